@@ -1,0 +1,82 @@
+"""The manifest that lets a reviewer check a reproduction.
+
+``results/<study>/manifest.json`` lists the SHA-256 of every input (raw files and the
+config file), the resolved configuration of the study, the versions of the packages that
+shape the results, and the SHA-256 of every output. :func:`verify_manifest` recomputes the
+output hashes and reports any difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from .io import package_versions, read_json, sha256_file
+
+__all__ = ["build_manifest", "verify_manifest"]
+
+
+def _hashes(paths: Iterable[str | Path], root: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(map(Path, paths)):
+        try:
+            key = path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            key = path.as_posix()
+        out[key] = sha256_file(path)
+    return out
+
+
+def build_manifest(
+    *,
+    study: str,
+    inputs: Iterable[str | Path],
+    outputs: Iterable[str | Path],
+    config: dict[str, Any],
+    root: str | Path = ".",
+) -> dict[str, Any]:
+    """Assemble the manifest of one study's run.
+
+    Parameters
+    ----------
+    study : str
+        The study's name.
+    inputs, outputs : iterables of paths
+        Files to hash; keys are paths relative to *root*, sorted.
+    config : dict
+        The resolved configuration (defaults filled in) of this study.
+
+    Returns
+    -------
+    dict
+        ``study``, ``inputs`` and ``outputs`` (path -> sha256), ``config`` and
+        ``versions``. No timestamps, so the same run gives the same bytes.
+    """
+    root = Path(root).resolve()
+    return {
+        "study": study,
+        "inputs": _hashes(inputs, root),
+        "outputs": _hashes(outputs, root),
+        "config": config,
+        "versions": package_versions(),
+    }
+
+
+def verify_manifest(manifest_path: str | Path, root: str | Path = ".") -> list[str]:
+    """Recompute the output hashes listed in a manifest.
+
+    Returns
+    -------
+    list of str
+        One line per output that is missing or differs; empty when all match.
+    """
+    root = Path(root)
+    manifest = read_json(manifest_path)
+    problems = []
+    for rel, expected in sorted({**manifest["inputs"], **manifest["outputs"]}.items()):
+        path = root / rel
+        if not path.exists():
+            problems.append(f"missing: {rel}")
+        elif sha256_file(path) != expected:
+            problems.append(f"differs: {rel}")
+    return problems

@@ -1,0 +1,33 @@
+rule score_instruments:
+    input:
+        sessions=rules.clean_sessions.output.sessions,
+    output:
+        scored="data/processed/{study}/scored.parquet",
+    params:
+        study=get_study,
+    log:
+        "logs/{study}/score_instruments.log",
+    script:
+        "../scripts/score_instruments.py"
+
+
+rule compute_reliability:
+    input:
+        sessions=rules.clean_sessions.output.sessions,
+    output:
+        csv="results/{study}/tables/reliability.csv",
+        md=report(
+            "results/{study}/tables/reliability.md",
+            caption="../report/reliability.rst",
+            category="Tables",
+            subcategory="{study}",
+        ),
+    params:
+        study=get_study,
+        seed=config["seed"],
+    log:
+        "logs/{study}/compute_reliability.log",
+    benchmark:
+        "logs/{study}/benchmarks/compute_reliability.tsv"
+    script:
+        "../scripts/compute_reliability.py"

@@ -1,0 +1,11 @@
+"""Snakemake adapter: clean one study's raw export (allianceflow.pipeline.clean_stage)."""
+from allianceflow.pipeline import clean_stage, run_step
+
+with run_step(snakemake.log[0]):
+    clean_stage(
+        snakemake.input.raw,
+        snakemake.params.study,
+        sessions=snakemake.output.sessions,
+        exclusions=snakemake.output.exclusions,
+        flow=snakemake.output.flow,
+    )

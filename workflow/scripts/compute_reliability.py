@@ -1,0 +1,11 @@
+"""Snakemake adapter: reliability table (allianceflow.pipeline.reliability_stage)."""
+from allianceflow.pipeline import reliability_stage, run_step
+
+with run_step(snakemake.log[0]):
+    reliability_stage(
+        snakemake.input.sessions,
+        snakemake.params.study,
+        seed=snakemake.params.seed,
+        csv=snakemake.output.csv,
+        md=snakemake.output.md,
+    )

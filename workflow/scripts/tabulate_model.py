@@ -1,0 +1,5 @@
+"""Snakemake adapter: model table (allianceflow.pipeline.model_table_stage)."""
+from allianceflow.pipeline import model_table_stage, run_step
+
+with run_step(snakemake.log[0]):
+    model_table_stage(snakemake.input.model, csv=snakemake.output.csv, md=snakemake.output.md)

@@ -1,0 +1,11 @@
+"""Snakemake adapter: the study's manifest (allianceflow.pipeline.manifest_stage)."""
+from allianceflow.pipeline import manifest_stage, run_step
+
+with run_step(snakemake.log[0]):
+    manifest_stage(
+        study=snakemake.wildcards.study,
+        study_config={"seed": snakemake.config["seed"], "study": snakemake.params.study},
+        inputs=[snakemake.input.raw, *snakemake.input.config],
+        outputs=snakemake.input.outputs,
+        manifest=snakemake.output.manifest,
+    )
