@@ -1,0 +1,448 @@
+"""Tests for allianceflow.score: hand-computed scores, proration, reliability."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from allianceflow.score import (
+    RELIABILITY_COLUMNS,
+    omega_total,
+    reliability,
+    score_columns,
+    score_sessions,
+)
+
+NAN = np.nan
+
+
+def frame(prefix: str, rows: list[list[float]], **extra) -> pd.DataFrame:
+    """Item table with columns <prefix>_1..k plus patient/session ids."""
+    k = len(rows[0])
+    d = pd.DataFrame(rows, columns=[f"{prefix}_{i}" for i in range(1, k + 1)], dtype=float)
+    d.insert(0, "session", range(1, len(rows) + 1))
+    d.insert(0, "patient", "p1")
+    for key, value in extra.items():
+        d[key] = value
+    return d
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def test_wai_sr_hand_computed():
+    # items 1..12 = 5 4 3 2 1 5 4 3 2 1 5 4
+    # task  = items 1, 2, 10, 12 = 5 + 4 + 1 + 4 = 14
+    # bond  = items 3, 5, 7, 9   = 3 + 1 + 4 + 2 = 10
+    # goal  = items 4, 6, 8, 11  = 2 + 5 + 3 + 5 = 15
+    # total = 14 + 10 + 15 = 39
+    d = frame("wai_sr", [[5, 4, 3, 2, 1, 5, 4, 3, 2, 1, 5, 4]])
+    s = score_sessions(d, ["wai_sr"])
+    assert s.loc[0, ["wai_sr_total", "wai_sr_task", "wai_sr_bond", "wai_sr_goal"]].tolist() == [
+        39,
+        14,
+        10,
+        15,
+    ]
+    assert s.loc[0, "wai_sr_n_items"] == 12
+    assert not s.loc[0, "wai_sr_prorated"]
+    assert list(s.columns[-6:]) == score_columns("wai_sr")
+    assert s["wai_sr_n_items"].dtype == np.int64
+    assert s["wai_sr_prorated"].dtype == bool
+
+
+def test_core10_reverse_keying():
+    # items 2 and 3 are reverse-keyed: x' = 0 + 4 - x.
+    # raw 0 4 4 1 1 1 1 1 1 1 -> keyed 0 0 0 1 1 1 1 1 1 1 -> total 7
+    # raw 4 0 0 4 4 4 4 4 4 4 -> keyed 4 4 4 4 4 4 4 4 4 4 -> total 40
+    d = frame("core10", [[0, 4, 4, 1, 1, 1, 1, 1, 1, 1], [4, 0, 0, 4, 4, 4, 4, 4, 4, 4]])
+    assert score_sessions(d, "core10")["core10_total"].tolist() == [7.0, 40.0]
+
+
+def test_oq45_reverse_keying_and_subscales():
+    # All raw answers 0: only the 9 reverse-keyed items score 4 (= 0 + 4 - 0).
+    # SD holds reversed items 13, 24, 31 -> 12; IR holds 1, 20, 37, 43 -> 16;
+    # SR holds 12, 21 -> 8; total = 9 * 4 = 36 = 12 + 16 + 8.
+    d = frame("oq45", [[0] * 45])
+    s = score_sessions(d, ["oq45"]).iloc[0]
+    assert (s["oq45_total"], s["oq45_sd"], s["oq45_ir"], s["oq45_sr"]) == (36, 12, 16, 8)
+
+
+def test_ors_total_of_visual_analogue_marks():
+    # 7.5 + 6.2 + 3.1 + 5.0 = 21.8
+    d = frame("ors", [[7.5, 6.2, 3.1, 5.0]])
+    assert score_sessions(d, ["ors"]).loc[0, "ors_total"] == pytest.approx(21.8, abs=1e-12)
+
+
+def test_proration_exactly_at_threshold_and_one_below():
+    # CORE-10 allows one missing item.
+    # Row 0, item 5 missing (1 missing = the limit): 9 keyed items are
+    #   2 + (4-1) + (4-1) + 2 + . + 2 + 2 + 2 + 2 + 2 = 20 -> 20 / 9 * 10 = 22.222...
+    # Row 1, items 5 and 6 missing (2 missing, one more than allowed) -> NaN.
+    d = frame(
+        "core10",
+        [
+            [2, 1, 1, 2, NAN, 2, 2, 2, 2, 2],
+            [2, 1, 1, 2, NAN, NAN, 2, 2, 2, 2],
+        ],
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"core10: 1 row\(s\) answered some but not enough items \(at most 1 may be missing\)",
+    ):
+        s = score_sessions(d, ["core10"])
+    assert s.loc[0, "core10_total"] == pytest.approx(200 / 9, rel=1e-12)
+    assert bool(s.loc[0, "core10_prorated"]) is True
+    assert s.loc[0, "core10_n_items"] == 9
+    assert np.isnan(s.loc[1, "core10_total"])
+    assert bool(s.loc[1, "core10_prorated"]) is False
+    assert s.loc[1, "core10_n_items"] == 8
+
+
+def test_prorate_false_scores_only_complete_rows():
+    d = frame("core10", [[2, 1, 1, 2, NAN, 2, 2, 2, 2, 2]])
+    with pytest.warns(UserWarning, match="core10: 1 row"):
+        s = score_sessions(d, ["core10"], prorate=False)
+    assert np.isnan(s.loc[0, "core10_total"])
+
+
+def test_not_administered_rows_are_nan_without_warning():
+    d = frame("phq9", [[NAN] * 9, [1] * 9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = score_sessions(d, ["phq9"])
+    assert np.isnan(s.loc[0, "phq9_total"])
+    assert s.loc[0, "phq9_n_items"] == 0
+    assert bool(s.loc[0, "phq9_prorated"]) is False
+    assert s.loc[1, "phq9_total"] == 9
+
+
+def test_oq45_rounded_subscale_mean_imputation():
+    # Override: one missing item allowed. Raw answers: every item 1, except
+    # SR items 4 = 2 and 14 = 2, and SR item 28 missing.
+    # Reverse-keyed SR items 12 and 21 score 4 - 1 = 3.
+    # Answered SR items (4, 12, 14, 21, 32, 38, 39, 44) = 2 + 3 + 2 + 3 + 1 + 1 + 1 + 1 = 14
+    # mean 14 / 8 = 1.75 -> rounded 2 imputed for item 28 -> SR = 16.
+    # SD: 22 forward items * 1 + reversed 13, 24, 31 * 3 = 22 + 9 = 31.
+    # IR: 7 forward items * 1 + reversed 1, 20, 37, 43 * 3 = 7 + 12 = 19.
+    # total = 31 + 19 + 16 = 66.
+    items = [1.0] * 45
+    items[4 - 1] = 2
+    items[14 - 1] = 2
+    items[28 - 1] = NAN
+    d = frame("oq45", [items])
+    s = score_sessions(d, {"oq45": {"max_missing": 1, "subscale_max_missing": 1}}).iloc[0]
+    assert (s["oq45_sd"], s["oq45_ir"], s["oq45_sr"], s["oq45_total"]) == (31, 19, 16, 66)
+    assert bool(s["oq45_prorated"]) is True
+    # by default (no proration confirmed) the same row is missing
+    with pytest.warns(UserWarning, match="oq45: 1 row"):
+        default = score_sessions(d, ["oq45"]).iloc[0]
+    assert np.isnan(default["oq45_total"]) and np.isnan(default["oq45_sr"])
+    assert default["oq45_sd"] == 31  # complete subscales still score
+
+
+STUDY = {
+    "id": "hope",
+    "name": "Study hope scale",
+    "construct": "other",
+    "informant": ["patient", "therapist"],
+    "items": 4,
+    "response": {"min": 1, "max": 7},
+    "reverse": [2],
+    "subscales": {"agency": {"items": [1, 2]}, "pathways": {"items": [3, 4]}},
+    "total": "mean",
+    "direction": "higher_is_better",
+    "proration": {"max_missing": 1, "subscale_max_missing": 0},
+    "sources": {"pilot": "Our pilot study (2025)."},
+}
+
+
+def test_config_defined_instrument_mean_rule_and_informants():
+    # item 2 reversed: x' = 1 + 7 - x.
+    # row 0 (patient):   6, 8-3=5, 4, 7 -> total mean 22/4 = 5.5; agency (6+5)/2 = 5.5; pathways 5.5
+    # row 1 (therapist): 2, 8-6=2, NaN, 5 -> total mean (2+2+5)/3 = 3.0 (prorated, 1 missing);
+    #                    agency 2.0; pathways NaN (subscale_max_missing = 0)
+    d = frame("hope", [[6, 3, 4, 7], [2, 6, NAN, 5]], informant=["patient", "therapist"])
+    s = score_sessions(d, [STUDY])
+    assert s["hope_total"].tolist() == [5.5, 3.0]
+    assert s["hope_agency"].tolist() == [5.5, 2.0]
+    assert s.loc[0, "hope_pathways"] == 5.5 and np.isnan(s.loc[1, "hope_pathways"])
+    assert s["hope_prorated"].tolist() == [False, True]
+    assert s["informant"].tolist() == ["patient", "therapist"]
+
+
+def test_mapping_of_definitions_and_overrides_and_several_instruments():
+    d = pd.concat(
+        [
+            frame("hope", [[6, 3, 4, 7]]),
+            frame("core10", [[1] * 10]).drop(columns=["patient", "session"]),
+        ],
+        axis=1,
+    )
+    s = score_sessions(d, {"hope": STUDY, "core10": {"cutoff": 12}})
+    # core10: keyed 1, 3, 3, 1 x 7 = 1 + 3 + 3 + 7 = 14
+    assert s.loc[0, "core10_total"] == 14
+    assert s.loc[0, "hope_total"] == 5.5
+    original = d.copy()
+    score_sessions(d, ["core10"])
+    pd.testing.assert_frame_equal(d, original)  # input not modified
+
+
+def test_integer_and_nullable_columns():
+    d = frame("gad7", [[1, 2, 3, 0, 1, 2, 3]]).astype({f"gad7_{i}": "Int64" for i in range(1, 8)})
+    assert score_sessions(d, ["gad7"]).loc[0, "gad7_total"] == 12  # 1+2+3+0+1+2+3
+
+
+# --------------------------------------------------------------------------- scoring errors
+
+
+def test_missing_item_column_lists_closest():
+    d = frame("ors", [[1, 2, 3, 4]]).rename(columns={"ors_4": "ors4"})
+    with pytest.raises(
+        KeyError,
+        match=r"instrument 'ors': column\(s\) \['ors_4'\] not found .*Closest match: 'ors4'",
+    ):
+        score_sessions(d, ["ors"])
+
+
+def test_out_of_range_value_names_column_and_row():
+    d = frame("phq9", [[0] * 9, [0, 0, 4, 0, 0, 0, 0, 0, 0]])
+    with pytest.raises(
+        ValueError,
+        match=r"Column 'phq9_3' \(instrument 'phq9'\) has value 4 at row 1; allowed range is 0 to 3",
+    ):
+        score_sessions(d, ["phq9"])
+
+
+def test_non_numeric_items_refused():
+    d = frame("ors", [[1, 2, 3, 4]])
+    d["ors_2"] = ["high"]
+    with pytest.raises(
+        TypeError, match=r"Column 'ors_2' of instrument 'ors' must be numeric; got dtype object"
+    ):
+        score_sessions(d, ["ors"])
+
+
+def test_scoring_twice_is_refused():
+    s = score_sessions(frame("ors", [[1, 2, 3, 4]]), ["ors"])
+    with pytest.raises(
+        ValueError,
+        match=r"already has score column\(s\) \['ors_total', 'ors_n_items', 'ors_prorated'\]",
+    ):
+        score_sessions(s, ["ors"])
+
+
+@pytest.mark.parametrize(
+    "instruments,error,message",
+    [
+        ([], ValueError, r"`instruments` is empty"),
+        (["ors", "ors"], ValueError, r"`instruments` names \['ors'\] more than once"),
+        ({"hope": {**STUDY, "id": "other"}}, ValueError, r"the key and the id must agree"),
+        ({"ors": 5}, ValueError, r"`instruments\['ors'\]` must be None, an override mapping"),
+        (5, ValueError, r"`instruments` must be an id, a list"),
+        (["nope"], KeyError, r"'nope' is not a built-in instrument"),
+    ],
+)
+def test_bad_instruments_argument(instruments, error, message):
+    with pytest.raises(error, match=message):
+        score_sessions(frame("ors", [[1, 2, 3, 4]]), instruments)
+
+
+def test_data_must_be_a_dataframe():
+    with pytest.raises(TypeError, match=r"`data` must be a pandas DataFrame; got dict"):
+        score_sessions({"ors_1": [1]}, ["ors"])
+
+
+# --------------------------------------------------------------------------- reliability
+
+QUIZ = {
+    "id": "quiz",
+    "name": "pingouin example items",
+    "construct": "other",
+    "informant": ["any"],
+    "items": 11,
+    "response": {"min": 0, "max": 1},
+    "total": "sum",
+    "direction": "higher_is_better",
+    "proration": {"max_missing": 0},
+    "sources": {"pingouin": "pingouin datasets"},
+}
+
+
+def test_alpha_matches_pingouin_documented_example_listwise():
+    pg = pytest.importorskip("pingouin")
+    wide = pg.read_dataset("cronbach_wide_missing")  # bundled with pingouin, offline
+    d = wide.copy()
+    d.columns = [f"quiz_{i}" for i in range(1, 12)]
+    d.insert(0, "session", 1)
+    d.insert(0, "patient", [f"s{i}" for i in range(len(d))])
+    out = reliability(d, [QUIZ], occasion="first", n_boot=0)
+    row = out.iloc[0]
+    # pingouin.cronbach_alpha docstring: nan_policy='listwise' -> (0.801695, [0.581, 0.933]).
+    assert row["alpha"] == pytest.approx(0.801695, abs=1e-6)
+    assert row["n"] == 9 and row["k"] == 11  # 12 respondents, 3 with a missing answer
+    # pingouin's documented CI uses n = 12 (rows counted before the listwise drop); we
+    # drop first, so Feldt's CI uses the 9 complete cases:
+    # 1 - (1 - a) * F.isf(.025, 8, 80) = 0.533, 1 - (1 - a) * F.isf(.975, 8, 80) = 0.947
+    assert (row["alpha_ci_low"], row["alpha_ci_high"]) == (0.533, 0.947)
+    assert np.isnan(row["omega_ci_low"])  # n_boot=0 skips the bootstrap
+
+
+def test_alpha_matches_pingouin_documented_example_long_format():
+    pg = pytest.importorskip("pingouin")
+    long = pg.read_dataset("cronbach_alpha")  # 15 subjects x 10 items, scores 1-7
+    wide = long.pivot(index="Subj", columns="Items", values="Scores")
+    wide = wide[[f"Q{i}" for i in range(1, 11)]]
+    wide.columns = [f"lik_{i}" for i in range(1, 11)]
+    d = wide.reset_index().rename(columns={"Subj": "patient"}).assign(session=1)
+    lik = {**QUIZ, "id": "lik", "items": 10, "response": {"min": 1, "max": 7}}
+    row = reliability(d, [lik], occasion="first", n_boot=0).iloc[0]
+    # pingouin docstring: (0.5917188485995826, array([0.195, 0.84 ]))
+    assert row["alpha"] == pytest.approx(0.5917188485995826, abs=1e-12)
+    assert (row["alpha_ci_low"], row["alpha_ci_high"]) == (0.195, 0.84)
+
+
+def _exact_cov_data(cov: np.ndarray, n: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Data whose sample covariance (ddof=1) equals `cov` exactly."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, cov.shape[0]))
+    z -= z.mean(axis=0)
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T
+    x = z @ np.linalg.cholesky(cov).T
+    return pd.DataFrame(x, columns=[f"i{j}" for j in range(cov.shape[0])])
+
+
+def test_omega_recovers_population_value_of_a_congeneric_model():
+    lam = np.array([0.4, 0.6, 0.8, 1.0])
+    psi = np.array([0.5, 0.6, 0.3, 0.4])
+    cov = np.outer(lam, lam) + np.diag(psi)
+    # omega = (sum lambda)^2 / ((sum lambda)^2 + sum psi) = 2.8^2 / (7.84 + 1.8) = 7.84 / 9.64
+    assert omega_total(_exact_cov_data(cov)) == pytest.approx(7.84 / 9.64, abs=1e-6)
+
+
+def test_omega_equals_alpha_for_tau_equivalent_items():
+    pg = pytest.importorskip("pingouin")
+    lam = np.full(5, 0.7)
+    psi = np.array([0.3, 0.5, 0.7, 0.4, 0.6])
+    data = _exact_cov_data(np.outer(lam, lam) + np.diag(psi))
+    # omega = 3.5^2 / (12.25 + 2.5) = 12.25 / 14.75; alpha is equal under tau-equivalence
+    alpha, _ = pg.cronbach_alpha(data=data)
+    assert omega_total(data) == pytest.approx(alpha, abs=1e-6)
+    assert omega_total(data) == pytest.approx(12.25 / 14.75, abs=1e-6)
+
+
+def test_omega_needs_two_items_and_three_rows():
+    with pytest.raises(
+        ValueError, match=r"at least 2 columns and 3 complete rows; got 1 column\(s\) and 3"
+    ):
+        omega_total(pd.DataFrame({"a": [1.0, 2.0, 3.0]}))
+
+
+def _simulated_sessions(n_patients=60, n_sessions=3, seed=5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        trait = rng.normal()
+        for s in range(1, n_sessions + 1):
+            state = trait + rng.normal(scale=0.5)
+            row = {
+                "patient": f"p{p}",
+                "session": s,
+                "informant": "patient" if s % 2 else "therapist",
+            }
+            for j in range(1, 13):
+                row[f"wai_sr_{j}"] = float(
+                    np.clip(np.round(3 + state + rng.normal(scale=0.7)), 1, 5)
+                )
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_reliability_table_shape_and_notes():
+    d = _simulated_sessions()
+    out = reliability(d, ["wai_sr"], n_boot=50, seed=3)
+    assert list(out.columns) == RELIABILITY_COLUMNS
+    assert out[["scale", "occasion"]].apply(tuple, axis=1).tolist() == [
+        ("total", "first"),
+        ("task", "first"),
+        ("bond", "first"),
+        ("goal", "first"),
+        ("total", "pooled"),
+        ("task", "pooled"),
+        ("bond", "pooled"),
+        ("goal", "pooled"),
+    ]
+    assert out.loc[out.occasion == "first", "n"].tolist() == [60] * 4
+    assert out.loc[out.occasion == "pooled", "n"].tolist() == [180] * 4
+    assert out["k"].tolist() == [12, 4, 4, 4] * 2
+    assert out.loc[4, "note"].startswith(
+        "pooled over sessions: rows within a patient are not independent"
+    )
+    assert out["note"].str.contains("informants pooled").all()
+    for _, r in out.iterrows():
+        assert r.alpha_ci_low < r.alpha < r.alpha_ci_high
+        assert r.omega_ci_low <= r.omega <= r.omega_ci_high
+        assert 0.5 < r.omega < 1
+
+
+def test_reliability_is_reproducible_with_a_seed():
+    d = _simulated_sessions()
+    a = reliability(d, ["wai_sr"], occasion="pooled", n_boot=30, seed=11)
+    b = reliability(d, ["wai_sr"], occasion="pooled", n_boot=30, seed=11)
+    c = reliability(d, ["wai_sr"], occasion="pooled", n_boot=30, seed=12)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["omega_ci_low"].equals(c["omega_ci_low"])
+
+
+def test_reliability_by_informant():
+    d = _simulated_sessions()
+    out = reliability(d, ["wai_sr"], occasion="first", by=["informant"], n_boot=0)
+    assert list(out.columns) == ["informant", *RELIABILITY_COLUMNS]
+    assert out["informant"].tolist() == ["patient"] * 4 + ["therapist"] * 4
+    # first therapist-rated session is session 2 for every patient
+    assert out.loc[out.informant == "therapist", "n"].tolist() == [60] * 4
+    assert not out["note"].str.contains("informants pooled").any()
+
+
+def test_reliability_applies_reverse_keying():
+    # CORE-10 items 2 and 3 are reverse-keyed: raw answers run opposite to the others,
+    # so after keying all ten items agree and alpha is high.
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=100)
+    raw = np.clip(np.round(2 + f[:, None] + rng.normal(scale=0.5, size=(100, 10))), 0, 4)
+    raw[:, 1:3] = 4 - raw[:, 1:3]
+    d = pd.DataFrame(raw, columns=[f"core10_{i}" for i in range(1, 11)])
+    d.insert(0, "session", 1)
+    d.insert(0, "patient", [f"p{i}" for i in range(100)])
+    row = reliability(d, ["core10"], occasion="first", n_boot=0).iloc[0]
+    assert row["alpha"] > 0.9
+
+
+def test_reliability_too_few_cases():
+    d = frame("ors", [[1, 2, 3, 4], [2, 3, 4, 5]])
+    d["patient"] = ["a", "b"]
+    row = reliability(d, ["ors"], occasion="first", n_boot=0).iloc[0]
+    assert row["n"] == 2 and np.isnan(row["alpha"])
+    assert "too few items or complete cases" in row["note"]
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (
+            {"occasion": "last"},
+            ValueError,
+            r"`occasion` must be 'first' or 'pooled' \(or both\); got 'last'",
+        ),
+        ({"ci": 95}, ValueError, r"`ci` must lie between 0 and 1; got 95"),
+        ({"n_boot": -1}, ValueError, r"`n_boot` must be a non-negative integer; got -1"),
+        ({"patient": "client"}, KeyError, r"reliability: column\(s\) \['client'\] not found"),
+        ({"by": ["site"]}, KeyError, r"reliability: column\(s\) \['site'\] not found"),
+    ],
+)
+def test_reliability_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        reliability(_simulated_sessions(n_patients=5), ["wai_sr"], **kwargs)
