@@ -25,6 +25,11 @@ test: $(STAMP)
 verify: $(STAMP)
 	$(BIN)/allianceflow verify results/*/manifest.json
 
+# Snakemake's HTML report of the example study (every figure and table with its caption).
+report: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report results/example/report.html
+
 # Regenerate the embedded example study from its seed (the bytes must not change).
 example: $(STAMP)
 	$(BIN)/python -m allianceflow.simulate data/raw/example

@@ -12,6 +12,14 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    study="|".join(STUDIES),
+    model="|".join(MODELS),
+    comparison="[A-Za-z][A-Za-z0-9_-]*_vs_[A-Za-z][A-Za-z0-9_-]*",
+
+
 include: "workflow/rules/clean.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/derive.smk"

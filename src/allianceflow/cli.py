@@ -1,4 +1,9 @@
-"""Command line: ``allianceflow verify MANIFEST...``.
+"""Command line: ``allianceflow verify MANIFEST...`` and ``allianceflow check PATH``.
+
+``check`` runs the clean stage on one raw file without writing anything and prints every
+problem as a table (row, column, rule, action, reason): a researcher checks an export
+before running the pipeline. Exit status 0 when the file would clean without errors or
+exclusions (flagged or altered rows are listed but pass), 1 otherwise.
 
 ``verify`` recomputes the SHA-256 of every input and output a manifest lists, so a reviewer
 can check that a reproduction gave the same bytes. Exit status 0 when everything matches,
@@ -30,6 +35,82 @@ def _verify(args: argparse.Namespace) -> int:
     return status
 
 
+def _pick_study(config: dict, path: Path, name: str | None, config_path: Path) -> tuple[str, dict]:
+    from .config import ConfigError
+
+    studies = config["studies"]
+    if name is not None:
+        if name not in studies:
+            raise ConfigError(
+                f"{config_path.name}: there is no study {name!r}; the studies are "
+                f"{', '.join(sorted(studies))}. Pass one of them with --study."
+            )
+        return name, studies[name]
+    target = path.resolve()
+    for study_name, study in studies.items():
+        if (config_path.resolve().parent / study["raw"]).resolve() == target:
+            return study_name, study
+    if len(studies) == 1:
+        return next(iter(studies.items()))
+    raise ConfigError(
+        f"{path}: no study in {config_path.name} reads this file, so its column mapping is "
+        f"unknown. Pass --study with one of {', '.join(sorted(studies))}."
+    )
+
+
+def _problem_table(exclusions) -> str:
+    columns = ["source_row", "column", "rule", "action", "reason"]
+    rows = [["row", "column", "rule", "action", "reason"]]
+    for record in exclusions[columns].itertuples(index=False):
+        rows.append(["" if v is None or v != v else str(v) for v in record])
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(row[j].ljust(widths[j]) for j in range(4)) + "  " + row[4])
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+    return "\n".join(lines)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from . import io
+    from .clean import clean_sessions
+    from .config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+        name, study = _pick_study(config, args.path, args.study, args.config)
+        raw = io.read_raw(
+            args.path,
+            delimiter=study.get("delimiter"),
+            encoding=study.get("encoding", "utf-8-sig"),
+            sheet=study.get("sheet"),
+            header_rows=study.get("header_rows", 1),
+        )
+        result = clean_sessions(raw, study, source=args.path.name, name=name, collect=True)
+    except (io.DataError, ConfigError) as error:
+        if args.debug:
+            raise
+        print(f"{args.path.name}: cannot be cleaned\n\n{error}")
+        return 1
+    flow = result.flow["sessions"]
+    problems = result.exclusions
+    errors = int((problems["action"] == "error").sum())
+    print(
+        f"{args.path.name} (study {name!r}): {flow['read']} rows read, {flow['kept']} kept, "
+        f"{flow['excluded']} excluded ({errors} by rules set to error); "
+        f"{result.flow['patients']['read']} patients, {result.flow['patients']['kept']} kept."
+    )
+    if len(problems):
+        print()
+        print(_problem_table(problems))
+    if flow["excluded"]:
+        print(f"\n{args.path.name}: {flow['excluded']} row(s) would not pass; see the table above.")
+        return 1
+    print(f"\n{args.path.name}: clean.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``allianceflow`` command."""
     parser = argparse.ArgumentParser(prog="allianceflow", description=__doc__.split("\n\n")[0])
@@ -38,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("manifests", nargs="+", type=Path)
     verify.add_argument("--root", type=Path, default=Path("."), help="project folder the paths are relative to")
     verify.set_defaults(func=_verify)
+    check = sub.add_parser("check", help="check a raw export against a study's config without writing anything")
+    check.add_argument("path", type=Path, help="the raw export to check")
+    check.add_argument("--config", type=Path, default=Path("config.yaml"), help="the config file (default: config.yaml)")
+    check.add_argument("--study", default=None, help="study whose settings apply (default: the study whose `raw` is PATH)")
+    check.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    check.set_defaults(func=_check)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -61,6 +61,8 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
         return f"{source}: `{key}`: {error.message}. Allowed keys are {allowed}."
     if error.validator == "type":
         return f"{source}: `{key}` is {error.instance!r}; it must be of type {error.validator_value}."
+    if error.validator == "oneOf" and "description" in error.schema:
+        return f"{source}: `{key}` does not fit the expected shape: {error.schema['description']}"
     return f"{source}: `{key}`: {error.message}."
 
 
@@ -100,6 +102,14 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | str | Path 
                 raise ConfigError(
                     f"{source}: `studies.{name}.models` names {model!r}, which is not defined "
                     f"under `models`; defined models are {known}."
+                )
+    for pair in resolved.get("comparisons", []):
+        for model in pair:
+            if model not in resolved["models"]:
+                known = ", ".join(sorted(resolved["models"]))
+                raise ConfigError(
+                    f"{source}: `comparisons` names {model!r}, which is not defined under "
+                    f"`models`; defined models are {known}."
                 )
     return resolved
 

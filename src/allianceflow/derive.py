@@ -12,12 +12,20 @@ multilevel models: A new look at an old issue. *Psychological Methods*, 12(2), 1
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["within_between", "lag_within_patient", "derive_analysis"]
+__all__ = [
+    "preset_variables",
+    "within_between",
+    "lag_within_patient",
+    "derive_analysis",
+    "derive_tables",
+    "DerivedTables",
+    "DERIVE_DEFAULTS",
+]
 
 
 def _check_columns(data: pd.DataFrame, *columns: str) -> None:
@@ -32,7 +40,15 @@ def _check_columns(data: pd.DataFrame, *columns: str) -> None:
             )
 
 
-def within_between(data: pd.DataFrame, column: str, *, patient: str = "patient", prefix: str | None = None) -> pd.DataFrame:
+def within_between(
+    data: pd.DataFrame,
+    column: str,
+    *,
+    patient: str = "patient",
+    prefix: str | None = None,
+    therapist: str | None = None,
+    grand_mean: bool = False,
+) -> pd.DataFrame:
     """Split a time-varying predictor into within- and between-patient parts.
 
     Parameters
@@ -45,13 +61,31 @@ def within_between(data: pd.DataFrame, column: str, *, patient: str = "patient",
         The patient id column.
     prefix : str, optional
         Prefix of the new columns; *column* when omitted.
+    therapist : str, optional
+        The therapist id column. When given, the between-patient part is split further
+        for three-level models (sessions in patients in therapists).
+    grand_mean : bool
+        Also add the grand-mean-centred value ``<prefix>_gmc``.
 
     Returns
     -------
     pandas.DataFrame
         A copy of *data* with ``<prefix>_pmean`` (the patient's mean over their non-missing
         sessions), ``<prefix>_between`` (that mean minus the grand mean of patient means)
-        and ``<prefix>_within`` (the session value minus the patient's mean).
+        and ``<prefix>_within`` (the session value minus the patient's mean). With
+        *grand_mean*: ``<prefix>_gmc`` (the session value minus the grand mean, which is
+        ``_within + _between``). With *therapist*: ``<prefix>_tmean`` (the therapist's
+        mean of their patients' means), ``<prefix>_therapist`` (that minus the grand
+        mean) and ``<prefix>_patient`` (the patient's mean minus their therapist's mean),
+        so that ``_between = _therapist + _patient``.
+
+    Raises
+    ------
+    KeyError
+        A named column is missing.
+    ValueError
+        A patient seen by more than one therapist (the three-level split needs patients
+        nested in therapists).
 
     Notes
     -----
@@ -62,7 +96,16 @@ def within_between(data: pd.DataFrame, column: str, *, patient: str = "patient",
 
     (person-mean centring, Enders & Tofighi 2007; Curran & Bauer 2011). The grand mean
     weighs every patient equally, whatever their number of sessions. Patients with no
-    observed value get missing parts.
+    observed value get missing parts. With therapists :math:`j`,
+
+    .. math::
+
+        \\bar x_j = \\frac{1}{N_j}\\sum_{i \\in j} \\bar x_i, \\qquad
+        x^{T}_j = \\bar x_j - \\bar x, \\qquad x^{P}_{i} = \\bar x_i - \\bar x_{j(i)},
+
+    each patient weighing equally within their therapist (patients with no observed value
+    do not count). Grand-mean centring: :math:`x^{G}_{it} = x_{it} - \\bar x`, with
+    :math:`\\bar x` the same grand mean of patient means.
 
     Examples
     --------
@@ -72,13 +115,34 @@ def within_between(data: pd.DataFrame, column: str, *, patient: str = "patient",
     [[-1.0, -2.0], [1.0, -2.0], [-1.0, 2.0], [1.0, 2.0]]
     """
     _check_columns(data, column, patient)
+    if therapist is not None:
+        _check_columns(data, therapist)
     prefix = prefix or column
     out = data.copy()
     pmean = out.groupby(patient, sort=False, observed=True)[column].transform("mean")
-    grand = out.groupby(patient, sort=False, observed=True)[column].mean().mean()
+    per_patient = out.groupby(patient, sort=False, observed=True)[column].mean()
+    grand = per_patient.mean()
     out[f"{prefix}_pmean"] = pmean
     out[f"{prefix}_between"] = pmean - grand
     out[f"{prefix}_within"] = out[column] - pmean
+    if grand_mean:
+        out[f"{prefix}_gmc"] = out[column] - grand
+    if therapist is not None:
+        pairs = out[[patient, therapist]].dropna().drop_duplicates()
+        multi = pairs[pairs.duplicated(patient, keep=False)]
+        if len(multi):
+            who = multi[patient].iloc[0]
+            raise ValueError(
+                f"Patient {who!r} is seen by more than one therapist "
+                f"({', '.join(map(str, multi.loc[multi[patient] == who, therapist]))}); the "
+                "three-level split needs each patient nested in one therapist."
+            )
+        of = pairs.set_index(patient)[therapist]
+        tmeans = per_patient.dropna().groupby(of.reindex(per_patient.dropna().index), sort=False).mean()
+        tmean = out[therapist].map(tmeans)
+        out[f"{prefix}_tmean"] = tmean
+        out[f"{prefix}_therapist"] = tmean - grand
+        out[f"{prefix}_patient"] = pmean - tmean
     return out
 
 
@@ -144,19 +208,333 @@ def lag_within_patient(
     return out
 
 
-def derive_analysis(scored: pd.DataFrame, *, alliance: str, outcome: str, lag_across_gaps: bool = False) -> pd.DataFrame:
+def derive_analysis(
+    scored: pd.DataFrame,
+    *,
+    alliance: str,
+    outcome: str,
+    lag_across_gaps: bool = False,
+    therapist: str | None = None,
+) -> pd.DataFrame:
     """Build the session-level analysis table from the scored sessions.
 
     Adds ``alliance`` and ``outcome`` (copies of the configured score columns), their
-    within/between parts (:func:`within_between`), ``alliance_within_lag`` and
-    ``alliance_lag`` (last session's values) and ``outcome_lag`` (:func:`lag_within_patient`).
-    The model presets use these names.
+    within/between parts and grand-mean-centred values (:func:`within_between`, with the
+    therapist split when *therapist* names a column), ``alliance_lag``,
+    ``alliance_within_lag`` and ``outcome_lag`` (last session's values) and
+    ``outcome_next`` (next session's outcome), all by :func:`lag_within_patient` with
+    ``across_gaps=lag_across_gaps``. The model presets use these names.
+
+    Parameters
+    ----------
+    scored : pandas.DataFrame
+        The scored session table (one informant).
+    alliance, outcome : str
+        The score columns used as alliance and outcome.
+    lag_across_gaps : bool
+        See :func:`lag_within_patient`.
+    therapist : str, optional
+        Therapist id column for the three-level split (``alliance_therapist``,
+        ``alliance_patient``, ``outcome_therapist`` …); None for two-level data.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Sorted by patient and session, index reset.
     """
     _check_columns(scored, alliance, outcome)
     out = scored.copy()
     out["alliance"] = out[alliance]
     out["outcome"] = out[outcome]
-    out = within_between(out, "alliance")
-    out = within_between(out, "outcome")
+    out = within_between(out, "alliance", therapist=therapist, grand_mean=True)
+    out = within_between(out, "outcome", therapist=therapist, grand_mean=True)
     out = lag_within_patient(out, ["alliance", "alliance_within", "outcome"], across_gaps=lag_across_gaps)
+    out = lag_within_patient(out, ["outcome"], lag=-1, suffix="_next", across_gaps=lag_across_gaps)
     return out.sort_values(["patient", "session"], kind="mergesort").reset_index(drop=True)
+
+
+def _detrended(data: pd.DataFrame, column: str, *, patient: str, session: str) -> pd.Series:
+    """Residual of *column* from each patient's own least-squares line over sessions.
+
+    Vectorised: slope_i = cov_i(t, x) / var_i(t) from group sums. Patients with fewer than
+    two observed values, or all on one session, get their deviation from their own mean.
+    """
+    ok = data[column].notna()
+    t = data[session].astype(float).where(ok)
+    x = data[column].astype(float)
+    g = data[patient]
+    t_mean = t.groupby(g, observed=True).transform("mean")
+    x_mean = x.groupby(g, observed=True).transform("mean")
+    dt = t - t_mean
+    sxy = (dt * (x - x_mean)).groupby(g, observed=True).transform("sum")
+    sxx = (dt * dt).groupby(g, observed=True).transform("sum")
+    slope = (sxy / sxx.where(sxx > 0)).fillna(0.0)
+    return x - x_mean - slope * (data[session].astype(float) - t_mean)
+
+
+def preset_variables(
+    analysis: pd.DataFrame,
+    patients: pd.DataFrame | None = None,
+    *,
+    components: Sequence[str] = (),
+    lag_across_gaps: bool = False,
+) -> pd.DataFrame:
+    r"""Add the variables the model presets use (:func:`allianceflow.models.preset_formula`).
+
+    Parameters
+    ----------
+    analysis : pandas.DataFrame
+        The analysis table from :func:`derive_analysis` (plus on-track status and ruptures
+        when those were derived).
+    patients : pandas.DataFrame, optional
+        The patients table (for ``off_track``).
+    components : sequence of str
+        Score columns of alliance components, e.g. ``["wai_sr_task", "wai_sr_bond",
+        "wai_sr_goal"]``; each ``<instrument>_<c>`` gives ``alliance_<c>_within_lag`` and
+        ``alliance_<c>_between``.
+    lag_across_gaps : bool
+        The study's lag rule (:func:`lag_within_patient`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with, where their inputs exist:
+
+        ``log_session``
+            :math:`\ln(\text{session})` (growth with log time).
+        ``alliance_within_detrended_lag``
+            Last session's deviation of the alliance from the patient's own least-squares
+            line over sessions (detrending, Falkenström et al. 2017), so a shared upward
+            trend in alliance and outcome is not read as a within-patient effect.
+        ``alliance_therapist_mean``, ``alliance_patient_deviation``
+            The therapist's mean alliance (grand-mean centred) and the patient's deviation
+            from their therapist's mean (Baldwin, Wampold & Imel 2007); the
+            ``alliance_therapist`` and ``alliance_patient`` parts of :func:`within_between`.
+        ``outcome_baseline``
+            The patient's intake outcome score.
+        ``off_track``
+            1 for patients flagged not on track at any session, else 0 (the "not on track"
+            cases of feedback studies, Lambert et al. 2018); missing when never assessed.
+        ``rupture_lag``, ``repair_lag``
+            1 when a rupture was detected at the previous session; 1 when that rupture was
+            repaired, 0 when it was not or there was none, missing when its repair window was
+            cut short by the end of the data. With both in a model, ``rupture_lag`` contrasts
+            unrepaired ruptures with none and ``repair_lag`` repaired with unrepaired ones.
+        ``alliance_<c>_within_lag``, ``alliance_<c>_between``
+            Per alliance component.
+    """
+    out = analysis.copy()
+    out["log_session"] = np.log(out["session"].astype(float))
+    out["alliance_within_detrended"] = _detrended(out, "alliance", patient="patient", session="session")
+    lagged = ["alliance_within_detrended"]
+    if "alliance_therapist" in out:
+        out["alliance_therapist_mean"] = out["alliance_therapist"]
+        out["alliance_patient_deviation"] = out["alliance_patient"]
+    if "intake_score" in out:
+        out["outcome_baseline"] = out["intake_score"]
+    if patients is not None and "first_off_track_session" in patients:
+        flagged = patients.set_index("patient")["first_off_track_session"].notna().astype(float)
+        assessed = patients.set_index("patient")["n_not_on_track"].notna() if "n_not_on_track" in patients else None
+        if assessed is not None:
+            flagged = flagged.where(assessed)
+        out["off_track"] = out["patient"].map(flagged)
+    if "rupture_detected" in out:
+        out["rupture"] = out["rupture_detected"].astype("Float64").astype(float)
+        # 1 repaired, 0 unrepaired or no rupture (so rupture_lag is the unrepaired contrast),
+        # missing when the repair window was censored by the end of the data.
+        repair = out["rupture_repair"].map({"repaired": 1.0, "unrepaired": 0.0, "censored": np.nan})
+        out["repair"] = repair.astype(float).where(out["rupture_repair"].notna(), 0.0)
+        out.loc[out["rupture"].isna(), "repair"] = np.nan
+        lagged += ["rupture", "repair"]
+    for column in components:
+        name = "alliance_" + column.rsplit("_", 1)[-1]
+        out[name] = out[column]
+        out = within_between(out, name)
+        lagged.append(f"{name}_within")
+    out = lag_within_patient(out, lagged, across_gaps=lag_across_gaps)
+    return out
+
+
+class DerivedTables(NamedTuple):
+    """The derive stage's outputs (see :func:`derive_tables`)."""
+
+    analysis: pd.DataFrame
+    patients: pd.DataFrame
+    sudden_gains: pd.DataFrame
+    expected_response: dict | None
+
+
+#: Defaults of the ``derive:`` block of a study (the schema fragment in
+#: ``.notes/derive_schema.yaml`` gives the same values).
+DERIVE_DEFAULTS: dict[str, Any] = {
+    "informant": None,
+    "therapist_centring": True,
+    "reliable_change": {"enabled": True},
+    "on_track": {"enabled": True, "reference": "study", "coefficients": None, "tolerance": 0.10},
+    "sudden_gains": {
+        "enabled": True, "events": ["gain", "loss"], "cutoff": None, "pct": 0.25, "crit3": True,
+        "alpha": 0.05, "adjust": True, "critical_value": 2.776,
+    },
+    "ruptures": {"enabled": True, "method": "patient_sd", "threshold": 1.5, "repair_within": 3, "across_gaps": False},
+    "endings": {"column": None, "followup": None, "gap_days": None, "labels": {}},
+}
+_BLOCKS = ("reliable_change", "on_track", "sudden_gains", "ruptures", "endings")
+
+
+def _settings(settings: Mapping | None) -> dict[str, Any]:
+    import copy
+    import difflib
+
+    merged = copy.deepcopy(DERIVE_DEFAULTS)
+    if settings is None:
+        return merged
+    if not isinstance(settings, Mapping):
+        raise TypeError(f"`settings` must be a mapping (the study's derive block); got {type(settings).__name__}.")
+    for key, value in settings.items():
+        if key not in merged:
+            close = difflib.get_close_matches(str(key), list(merged), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise KeyError(f"Unknown derive setting {key!r}{hint}; allowed: {', '.join(merged)}.")
+        if key in _BLOCKS:
+            if not isinstance(value, Mapping):
+                raise TypeError(f"Derive setting {key!r} must be a mapping; got {type(value).__name__}.")
+            unknown = sorted(set(value) - set(merged[key]))
+            if unknown:
+                raise KeyError(f"Unknown key {unknown[0]!r} in derive setting {key!r}; allowed: {', '.join(merged[key])}.")
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def derive_tables(
+    scored: pd.DataFrame,
+    *,
+    alliance: str,
+    outcome: str,
+    direction: str,
+    rci: float | None,
+    cutoff: float | None = None,
+    clinical_range: str | None = None,
+    lag_across_gaps: bool = False,
+    settings: Mapping | None = None,
+    reference: pd.DataFrame | None = None,
+    components: Sequence[str] = (),
+) -> DerivedTables:
+    """Every derived variable of one study: the analysis, patients and sudden-gains tables.
+
+    The numbers come from the caller (the pipeline looks them up in the outcome's
+    instrument file and the study's overrides); *settings* is the study's ``derive:``
+    block (defaults in :data:`DERIVE_DEFAULTS`).
+
+    Parameters
+    ----------
+    scored : pandas.DataFrame
+        The scored sessions.
+    alliance, outcome : str
+        Score columns used as alliance and outcome.
+    direction : {'higher_is_better', 'lower_is_better'}
+        The outcome's direction of improvement (``Instrument.direction``).
+    rci : float or None
+        The outcome's reliable change value (``Instrument.rci``). Needed for reliable
+        change and for the first sudden-gain criterion (unless ``sudden_gains.cutoff`` is
+        set); None is allowed only when both are switched off or given otherwise.
+    cutoff, clinical_range
+        The outcome's clinical cut-off and clinical side (``Instrument.cutoff``,
+        ``Instrument.clinical_range``); None: no recovery category.
+    lag_across_gaps : bool
+        The study's lag rule.
+    settings : mapping, optional
+        The ``derive:`` block.
+    reference : pandas.DataFrame, optional
+        A reference sample (scored, same outcome column) when
+        ``on_track.reference`` is ``'reference'``.
+    components : sequence of str
+        Alliance component score columns for the ``alliance_components`` preset
+        (see :func:`preset_variables`).
+
+    Returns
+    -------
+    DerivedTables
+        ``analysis`` (session level: :func:`derive_analysis` columns, plus the on-track
+        columns of :func:`allianceflow.ontrack.on_track` and the rupture columns of
+        :func:`allianceflow.ruptures.detect_ruptures` when enabled), ``patients`` (one row
+        per patient, :func:`allianceflow.clinical.derive_patients`), ``sudden_gains`` (one
+        row per gain or loss, :func:`allianceflow.suddengains.sudden_gains`) and
+        ``expected_response`` (the coefficients used, or None).
+    """
+    from .clinical import derive_patients
+    from .ontrack import ExpectedResponse, fit_expected_response, on_track
+    from .ruptures import detect_ruptures
+    from .suddengains import EVENT_COLUMNS, sudden_gains
+
+    cfg = _settings(settings)
+    data = scored
+    if cfg["informant"] is not None:
+        _check_columns(scored, "informant")
+        data = scored[scored["informant"].astype(str) == str(cfg["informant"])]
+        if data.empty:
+            raise ValueError(
+                f"Derive setting `informant` is {cfg['informant']!r} but no row has it; informants "
+                f"in the data: {', '.join(map(str, pd.unique(scored['informant'])))}."
+            )
+    therapist = "therapist" if cfg["therapist_centring"] and "therapist" in data.columns else None
+    analysis = derive_analysis(data, alliance=alliance, outcome=outcome, lag_across_gaps=lag_across_gaps, therapist=therapist)
+
+    model = None
+    if cfg["on_track"]["enabled"]:
+        ref = cfg["on_track"]["reference"]
+        if ref == "coefficients":
+            model = ExpectedResponse.from_mapping(cfg["on_track"]["coefficients"] or {})
+        elif ref == "reference":
+            if reference is None:
+                raise ValueError("Derive setting `on_track.reference` is 'reference' but no reference sample was given.")
+            model = fit_expected_response(reference, score=outcome)
+        elif ref == "study":
+            model = fit_expected_response(analysis, score="outcome")
+        else:
+            raise ValueError(
+                f"`on_track.reference` must be 'study', 'reference' or 'coefficients'; got {ref!r}."
+            )
+        analysis = on_track(analysis, model, score="outcome", direction=direction, tolerance=cfg["on_track"]["tolerance"])
+
+    if cfg["ruptures"]["enabled"]:
+        r = cfg["ruptures"]
+        analysis = detect_ruptures(analysis, alliance="alliance", method=r["method"], threshold=r["threshold"],
+                                   repair_within=r["repair_within"], across_gaps=r["across_gaps"])
+
+    sg_cfg = cfg["sudden_gains"]
+    if sg_cfg["enabled"]:
+        sg_cutoff = sg_cfg["cutoff"] if sg_cfg["cutoff"] is not None else rci
+        if sg_cutoff is None:
+            raise ValueError(
+                "Sudden gains need a first-criterion cut-off: set the outcome instrument's `rci` for the "
+                "study, or `derive: {sudden_gains: {cutoff: <points>}}`."
+            )
+        gains = sudden_gains(analysis, score="outcome", direction=direction, cutoff=sg_cutoff, pct=sg_cfg["pct"],
+                             crit3=sg_cfg["crit3"], alpha=sg_cfg["alpha"], adjust=sg_cfg["adjust"],
+                             critical_value=sg_cfg["critical_value"], events=sg_cfg["events"])
+    else:
+        gains = pd.DataFrame({c: pd.Series(dtype=object) for c in EVENT_COLUMNS})
+
+    if cfg["reliable_change"]["enabled"] and rci is None:
+        raise ValueError(
+            "Reliable change needs the outcome instrument's `rci`: set it for the study "
+            "(config `instruments: {<id>: {rci: <points>}}`) or switch it off with "
+            "`derive: {reliable_change: {enabled: false}}`."
+        )
+    e = cfg["endings"]
+    patients = derive_patients(
+        analysis, outcome="outcome", days="days" if "days" in analysis.columns else None,
+        direction=direction, rci=rci if rci is not None else 1.0,
+        cutoff=cutoff if cfg["reliable_change"]["enabled"] else None,
+        clinical_range=clinical_range, ending=e["column"], followup=e["followup"], gap_days=e["gap_days"],
+        ending_labels=e["labels"], sudden_gains=gains if sg_cfg["enabled"] else None,
+    )
+    if not cfg["reliable_change"]["enabled"]:
+        from .clinical import RELIABLE_CHANGE_COLUMNS
+
+        drop = [c for c in RELIABLE_CHANGE_COLUMNS[1:] if c in patients.columns]
+        patients = patients.drop(columns=drop + ["first_observed_session", "last_observed_session"], errors="ignore")
+    analysis = preset_variables(analysis, patients, components=components, lag_across_gaps=lag_across_gaps)
+    return DerivedTables(analysis, patients, gains, model.to_dict() if model is not None else None)

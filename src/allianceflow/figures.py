@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import matplotlib
 
@@ -26,7 +26,28 @@ import pandas as pd  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 
-__all__ = ["ONE_COLUMN", "TWO_COLUMNS", "style", "save_figure", "plot_within_between"]
+__all__ = [
+    "ONE_COLUMN",
+    "TWO_COLUMNS",
+    "OKABE_ITO",
+    "style",
+    "save_figure",
+    "model_implied_mean",
+    "pick_example_patient",
+    "plot_within_between",
+    "plot_trajectories",
+    "plot_forest",
+    "plot_caterpillar",
+    "plot_feedback_curves",
+    "plot_expected_response",
+    "plot_ruptures",
+    "plot_sudden_gains",
+    "plot_reliable_change",
+    "plot_flow",
+]
+
+Band = Literal["patients", "confidence"]
+Width = Literal["one", "two"]
 
 #: Figure widths in inches for one- and two-column journal pages.
 ONE_COLUMN = 3.35
@@ -95,4 +116,646 @@ def plot_within_between(analysis: pd.DataFrame, *, alliance_label: str = "allian
         right.set_xlabel(f"patient's mean {alliance_label}")
         right.set_ylabel(f"patient's mean {outcome_label}")
         right.set_title(f"Between patients (OLS slope {b_b:.2f})")
+    return fig
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+#: The Okabe–Ito palette by name.
+OKABE_ITO = {
+    "blue": "#0072B2", "vermillion": "#D55E00", "bluish_green": "#009E73", "reddish_purple": "#CC79A7",
+    "orange": "#E69F00", "sky_blue": "#56B4E9", "yellow": "#F0E442", "black": "#000000",
+}
+_CYCLE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+_GREY = "#999999"
+
+
+def _check_frame(data, name: str) -> None:
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"`{name}` must be a pandas DataFrame; got {type(data).__name__}.")
+
+
+def _check_columns(data: pd.DataFrame, *columns: str, name: str = "data") -> None:
+    import difflib
+
+    for column in columns:
+        if column not in data.columns:
+            close = difflib.get_close_matches(column, [str(c) for c in data.columns], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise KeyError(
+                f"Column {column!r} is not in `{name}`; columns are {', '.join(map(str, data.columns))}.{hint}"
+            )
+
+
+def _width(width: str) -> float:
+    if width not in ("one", "two"):
+        raise ValueError(f"`width` must be 'one' or 'two' (journal columns); got {width!r}.")
+    return ONE_COLUMN if width == "one" else TWO_COLUMNS
+
+
+def _mean_ci(values: pd.Series) -> tuple[float, float, float, int]:
+    """Mean and normal 95% CI of the mean (NaN interval for n < 2)."""
+    v = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    m = float(v.mean())
+    if n < 2:
+        return m, float("nan"), float("nan"), n
+    half = 1.96 * float(v.std(ddof=1)) / np.sqrt(n)
+    return m, m - half, m + half, n
+
+
+# --------------------------------------------------------------------------- model-implied mean
+
+
+def _term_value(part: str, grid: pd.DataFrame, hold: Mapping[str, float]) -> np.ndarray:
+    import re
+
+    match = re.fullmatch(r"(?:C\()?([A-Za-z_][\w.]*)\)?\[T\.(.+)\]", part)
+    if match:
+        column, level = match.groups()
+        if column in grid.columns:
+            return (grid[column].astype(str) == level).to_numpy(dtype=float)
+        return np.full(len(grid), float(hold.get(part, 0.0)))
+    if part in ("Intercept", "(Intercept)"):
+        return np.ones(len(grid))
+    if part in grid.columns:
+        return grid[part].to_numpy(dtype=float)
+    return np.full(len(grid), float(hold.get(part, 0.0)))
+
+
+def model_implied_mean(
+    result: Mapping[str, Any],
+    grid: pd.DataFrame,
+    *,
+    hold: Mapping[str, float] | None = None,
+    time: str = "session",
+    band: Band = "patients",
+) -> pd.DataFrame:
+    """The fixed-effects prediction of a fitted model on a grid, with a band.
+
+    Parameters
+    ----------
+    result : dict
+        A :func:`allianceflow.models.fit_model` result.
+    grid : pandas.DataFrame
+        Values of the predictors to predict at (e.g. ``session`` 1 … 16). Terms whose
+        variable is not in *grid* are held at ``hold[term]`` (default 0, the mean of a
+        centred predictor such as ``alliance_within_lag`` or ``alliance_between``).
+        Interactions ``a:b`` are products; ``x[T.level]`` is 1 where ``grid[x] == level``.
+    time : str
+        The time variable of random slopes (for the ``"patients"`` band).
+    band : {'patients', 'confidence'}
+        ``'patients'``: the range of 95% of patients' (and therapists') model-implied
+        trajectories, mean ± 1.96 √(Σ variances of the random effects at *time*), from the
+        variance components; ``'confidence'``: the 95% confidence band of the mean,
+        ±1.96 √(x' V x), which needs the fixed-effects covariance ``result['vcov_fixed']``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        *grid* plus ``mean``, ``lower``, ``upper``.
+
+    Raises
+    ------
+    KeyError
+        ``band='confidence'`` and the result has no ``vcov_fixed``.
+    """
+    if band not in ("patients", "confidence"):
+        raise ValueError(f"`band` must be 'patients' or 'confidence'; got {band!r}.")
+    hold = dict(hold or {})
+    terms = [f["term"] for f in result["fixed"]]
+    x = np.column_stack([
+        np.prod([_term_value(p, grid, hold) for p in term.split(":")], axis=0) for term in terms
+    ])
+    beta = np.array([f["estimate"] for f in result["fixed"]], dtype=float)
+    mean = x @ beta
+    if band == "confidence":
+        if "vcov_fixed" not in result:
+            raise KeyError(
+                "`result` has no 'vcov_fixed' (the covariance matrix of the fixed effects, "
+                "{'terms': [...], 'matrix': [[...]]}); use band='patients' or refit with a "
+                "models.py that stores it."
+            )
+        vc = result["vcov_fixed"]
+        order = [vc["terms"].index(t) for t in terms]
+        v = np.asarray(vc["matrix"], dtype=float)[np.ix_(order, order)]
+        half = 1.96 * np.sqrt(np.einsum("ij,jk,ik->i", x, v, x))
+    else:
+        t = grid[time].to_numpy(dtype=float) if time in grid.columns else np.zeros(len(grid))
+        var = np.zeros(len(grid))
+        for r in result.get("random", []):
+            if r["group"] == "Residual" or r["variance"] is None:
+                continue
+            z = np.ones(len(grid)) if r["term"] in ("(Intercept)", "Intercept", "1") else (t if r["term"] == time else 0.0)
+            var = var + float(r["variance"]) * z**2
+        for c in result.get("covariances", []):
+            if c.get("covariance") is None:
+                continue
+            pair = {c["term1"], c["term2"]}
+            if pair == {"(Intercept)", time}:
+                var = var + 2.0 * float(c["covariance"]) * t
+        half = 1.96 * np.sqrt(np.maximum(var, 0.0))
+    out = grid.reset_index(drop=True).copy()
+    out["mean"], out["lower"], out["upper"] = mean, mean - half, mean + half
+    return out
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def plot_trajectories(
+    analysis: pd.DataFrame,
+    result: Mapping[str, Any] | None = None,
+    *,
+    outcome: str = "outcome",
+    time: str = "session",
+    patient: str = "patient",
+    max_patients: int = 60,
+    band: Band = "patients",
+    outcome_label: str = "outcome",
+    width: Width = "one",
+) -> matplotlib.figure.Figure:
+    """Individual outcome trajectories with the model-implied mean and its band.
+
+    Thin grey lines are individual patients (all of them, or *max_patients* evenly spaced
+    in sorted id order, so the choice is the same every run); the thick line is the
+    fixed-effects prediction of *result* over *time* with the other predictors at 0 (the
+    mean of a centred predictor) and the shaded band that of :func:`model_implied_mean`.
+    """
+    _check_frame(analysis, "analysis")
+    _check_columns(analysis, outcome, time, patient, name="analysis")
+    ids = sorted(analysis[patient].astype(str).unique())
+    if len(ids) > max_patients:
+        ids = [ids[i] for i in np.linspace(0, len(ids) - 1, max_patients).round().astype(int)]
+    shown = analysis[analysis[patient].astype(str).isin(ids)].sort_values([patient, time], kind="mergesort")
+    with style():
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.75), constrained_layout=True)
+        for _, rows in shown.groupby(patient, observed=True, sort=True):
+            rows = rows.dropna(subset=[outcome])
+            ax.plot(rows[time], rows[outcome], color=_GREY, lw=0.5, alpha=0.5)
+        if result is not None:
+            t = np.arange(int(analysis[time].min()), int(analysis[time].max()) + 1, dtype=float)
+            pred = model_implied_mean(result, pd.DataFrame({time: t}), time=time, band=band)
+            what = "95% of patients" if band == "patients" else "95% CI"
+            ax.fill_between(pred[time], pred["lower"], pred["upper"], color=OKABE_ITO["sky_blue"], alpha=0.3,
+                            linewidth=0, label=f"model-implied band ({what})")
+            ax.plot(pred[time], pred["mean"], color=OKABE_ITO["blue"], lw=2, label="model-implied mean")
+            ax.legend(loc="best", frameon=False)
+        ax.set_xlabel(time)
+        ax.set_ylabel(outcome_label)
+        ax.set_title(f"{len(ids)} of {analysis[patient].nunique()} patients")
+    return fig
+
+
+def plot_forest(
+    results: Sequence[Mapping[str, Any]],
+    *,
+    drop: Sequence[str] = ("Intercept",),
+    labels: Mapping[str, str] | None = None,
+    width: Width = "one",
+) -> matplotlib.figure.Figure:
+    """Forest plot of the fixed effects (estimate and 95% CI) of one or more models.
+
+    Each term is a row (models side by side in Okabe–Ito colours and distinct markers);
+    the dotted line marks zero. *drop* removes terms on another scale (the intercept).
+    """
+    from .tables import DEFAULT_LABELS
+
+    results = list(results)
+    if not results:
+        raise ValueError("`results` must hold at least one model result; got none.")
+    labels = {**DEFAULT_LABELS, **(labels or {})}
+    terms: list[str] = []
+    for r in results:
+        terms += [f["term"] for f in r["fixed"] if f["term"] not in drop and f["term"] not in terms]
+    if not terms:
+        raise ValueError(f"every fixed effect is in `drop` ({list(drop)}); nothing to plot.")
+    k = len(results)
+    offsets = (np.arange(k) - (k - 1) / 2) * (0.6 / max(k, 1))
+    with style():
+        fig, ax = plt.subplots(figsize=(_width(width), 0.6 + 0.35 * len(terms) * max(1, k ** 0.5)), constrained_layout=True)
+        for m, r in enumerate(results):
+            rows = {f["term"]: f for f in r["fixed"]}
+            ys, xs, lo, hi = [], [], [], []
+            for i, term in enumerate(terms):
+                if term in rows and rows[term]["estimate"] is not None:
+                    ys.append(len(terms) - 1 - i + offsets[m])
+                    xs.append(rows[term]["estimate"])
+                    lo.append(rows[term]["estimate"] - rows[term]["ci_low"])
+                    hi.append(rows[term]["ci_high"] - rows[term]["estimate"])
+            ax.errorbar(xs, ys, xerr=[lo, hi], fmt=_MARKERS[m % len(_MARKERS)], color=_CYCLE[m % len(_CYCLE)],
+                        ms=4, capsize=2, lw=1, label=r["name"])
+        ax.axvline(0, color="black", lw=0.6, ls=":")
+        ax.set_yticks(range(len(terms)))
+        ax.set_yticklabels([labels.get(t, t) for t in reversed(terms)])
+        ax.set_xlabel("estimate (95% CI)")
+        if k > 1:
+            ax.legend(loc="best", frameon=False)
+    return fig
+
+
+def plot_caterpillar(
+    result: Mapping[str, Any],
+    *,
+    group: str = "therapist",
+    term: str = "(Intercept)",
+    width: Width = "one",
+) -> matplotlib.figure.Figure:
+    """Caterpillar plot: each group's conditional mode (BLUP) with its 95% interval.
+
+    Needs ``result["conditional_modes"]``: rows ``{group, level, term, estimate, se}``,
+    ``se`` the conditional SD (square root of the diagonal of the conditional variance
+    of the random effects). Groups are sorted by estimate; the dotted line marks the
+    average (0).
+
+    Raises
+    ------
+    KeyError
+        The result has no ``conditional_modes`` or none for *group* and *term*.
+    """
+    if "conditional_modes" not in result:
+        raise KeyError(
+            "`result` has no 'conditional_modes': the caterpillar plot needs fit_model to store "
+            "rows {'group', 'level', 'term', 'estimate', 'se'} (conditional modes and conditional SDs "
+            "of the random effects) under result['conditional_modes']."
+        )
+    modes = pd.DataFrame(result["conditional_modes"])
+    _check_columns(modes, "group", "level", "term", "estimate", "se", name="result['conditional_modes']")
+    modes = modes[(modes["group"] == group) & (modes["term"] == term)]
+    if modes.empty:
+        available = sorted({(g, t) for g, t in zip(pd.DataFrame(result["conditional_modes"])["group"], pd.DataFrame(result["conditional_modes"])["term"])})
+        raise KeyError(f"No conditional modes for group {group!r} and term {term!r}; there are {available}.")
+    modes = modes.assign(level=modes["level"].astype(str)).sort_values(["estimate", "level"], kind="mergesort").reset_index(drop=True)
+    x = np.arange(1, len(modes) + 1)
+    with style():
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.7), constrained_layout=True)
+        ax.errorbar(x, modes["estimate"], yerr=1.96 * modes["se"], fmt="o", ms=3, color=OKABE_ITO["blue"],
+                    ecolor=OKABE_ITO["sky_blue"], lw=1, capsize=0)
+        ax.axhline(0, color="black", lw=0.6, ls=":")
+        ax.set_xlabel(f"{group}s, ranked by estimate")
+        what = "intercept" if term in ("(Intercept)", "Intercept") else term
+        ax.set_ylabel(f"{group} {what}\n(conditional mode, 95% interval)")
+        ax.set_xlim(0, len(modes) + 1)
+    return fig
+
+
+def _patient_status(analysis: pd.DataFrame, patient: str, status: str) -> pd.Series:
+    """Per patient: 'not on track' if any session was, else 'on track'."""
+    ever = analysis.groupby(patient, observed=True)[status].agg(lambda s: bool((s.astype(str) == "not_on_track").any()))
+    return ever.map({True: "not on track", False: "on track"})
+
+
+def plot_feedback_curves(
+    analysis: pd.DataFrame,
+    *,
+    arm: str = "condition",
+    status: str = "track_status",
+    outcome: str = "outcome",
+    time: str = "session",
+    patient: str = "patient",
+    min_n: int = 5,
+    outcome_label: str = "outcome",
+    width: Width = "one",
+) -> matplotlib.figure.Figure:
+    """Mean outcome per session by arm × on-track status, with 95% CIs.
+
+    A patient counts as *not on track* when any of their sessions fell outside the
+    expected-treatment-response band (``track_status == 'not_on_track'``). Colour = arm,
+    line style = status (solid on track, dashed not on track). Sessions where a group has
+    fewer than *min_n* patients are not drawn (unstable, and a small cell).
+    """
+    _check_frame(analysis, "analysis")
+    _check_columns(analysis, arm, status, outcome, time, patient, name="analysis")
+    data = analysis.join(_patient_status(analysis, patient, status).rename("_status"), on=patient)
+    arms = sorted(data[arm].dropna().astype(str).unique())
+    with style():
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.75), constrained_layout=True)
+        for a_i, a in enumerate(arms):
+            for s_label, ls in (("on track", "-"), ("not on track", "--")):
+                rows = data[(data[arm].astype(str) == a) & (data["_status"] == s_label)]
+                n_pat = rows[patient].nunique()
+                if n_pat < min_n:
+                    continue
+                stats_ = [(t, *_mean_ci(g[outcome])) for t, g in rows.groupby(time, sort=True)]
+                stats_ = [s for s in stats_ if s[4] >= min_n]
+                if not stats_:
+                    continue
+                t, m, lo, hi, _ = map(np.array, zip(*stats_))
+                colour = _CYCLE[a_i % len(_CYCLE)]
+                ax.fill_between(t, lo, hi, color=colour, alpha=0.15, linewidth=0)
+                ax.plot(t, m, color=colour, ls=ls, lw=1.5, label=f"{a}, {s_label} (n = {n_pat})")
+        ax.set_xlabel(time)
+        ax.set_ylabel(f"mean {outcome_label} (95% CI)")
+        ax.legend(loc="best", frameon=False)
+    return fig
+
+
+def pick_example_patient(analysis: pd.DataFrame, *, patient: str = "patient", status: str = "track_status", min_sessions: int = 6) -> str:
+    """The first patient (sorted ids) with at least *min_sessions* sessions and a session
+    not on track; else the first with *min_sessions* sessions; else the first."""
+    _check_columns(analysis, patient, status, name="analysis")
+    sizes = analysis.groupby(patient, observed=True).size()
+    long_enough = sorted(map(str, sizes[sizes >= min_sessions].index))
+    off = set(analysis.loc[analysis[status].astype(str) == "not_on_track", patient].astype(str))
+    for candidates in ([p for p in long_enough if p in off], long_enough, sorted(map(str, sizes.index))):
+        if candidates:
+            return candidates[0]
+    raise ValueError("`analysis` has no patients.")
+
+
+def plot_expected_response(
+    analysis: pd.DataFrame,
+    patient_id: str | None = None,
+    *,
+    patient: str = "patient",
+    outcome: str = "outcome",
+    time: str = "session",
+    outcome_label: str = "outcome",
+    width: Width = "one",
+) -> matplotlib.figure.Figure:
+    """One patient's outcome against the expected-treatment-response band.
+
+    Uses the on-track columns of :func:`allianceflow.ontrack.on_track` (``etr_expected``,
+    ``etr_lower``, ``etr_upper``, ``track_status``). The patient's id is not printed.
+    """
+    _check_frame(analysis, "analysis")
+    _check_columns(analysis, patient, outcome, time, "etr_expected", "etr_lower", "etr_upper", "track_status", name="analysis")
+    if patient_id is None:
+        patient_id = pick_example_patient(analysis, patient=patient)
+    rows = analysis[analysis[patient].astype(str) == str(patient_id)].sort_values(time, kind="mergesort")
+    if rows.empty:
+        raise KeyError(f"`patient_id` {patient_id!r} is not in `analysis`.")
+    band = rows.dropna(subset=["etr_expected"])
+    off = rows[rows["track_status"].astype(str) == "not_on_track"]
+    on = rows[rows["track_status"].astype(str).isin(["on_track", "intake"])]
+    with style():
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.7), constrained_layout=True)
+        ax.fill_between(band[time], band["etr_lower"], band["etr_upper"], color=OKABE_ITO["sky_blue"], alpha=0.3,
+                        linewidth=0, label="expected response band")
+        ax.plot(band[time], band["etr_expected"], color=OKABE_ITO["blue"], ls="--", lw=1, label="expected response")
+        ax.plot(rows[time], rows[outcome], color="black", lw=1)
+        ax.scatter(on[time], on[outcome], color="black", s=14, zorder=3, label="on track")
+        ax.scatter(off[time], off[outcome], color=OKABE_ITO["vermillion"], marker="^", s=22, zorder=3, label="not on track")
+        ax.set_xlabel(time)
+        ax.set_ylabel(outcome_label)
+        ax.legend(loc="best", frameon=False)
+        ax.set_title("Example patient against the expected treatment response")
+    return fig
+
+
+def _aligned(analysis: pd.DataFrame, events: pd.DataFrame, *, value: str, patient: str, time: str,
+             at: str, window: tuple[int, int]) -> pd.DataFrame:
+    """Rows of *analysis* around each event, with ``offset`` = time − event time."""
+    base = analysis[[patient, time, value]].dropna(subset=[value])
+    ev = events[[patient, at]].reset_index(drop=True).rename(columns={at: "_at"})
+    ev["episode"] = np.arange(len(ev))
+    merged = base.merge(ev, on=patient)
+    merged["offset"] = merged[time] - merged["_at"]
+    return merged[(merged["offset"] >= window[0]) & (merged["offset"] <= window[1])]
+
+
+def plot_ruptures(
+    analysis: pd.DataFrame,
+    *,
+    alliance: str = "alliance",
+    patient: str = "patient",
+    time: str = "session",
+    window: tuple[int, int] = (-2, 4),
+    min_n: int = 5,
+    alliance_label: str = "alliance",
+    width: Width = "one",
+) -> matplotlib.figure.Figure:
+    """Rupture–repair episodes: mean alliance around the rupture session, by repair status.
+
+    Episodes are aligned at the rupture session (``rupture_detected``, offset 0); lines are
+    the mean alliance (95% CI) of repaired, unrepaired and censored episodes
+    (``rupture_repair``), drawn where at least *min_n* episodes contribute.
+    """
+    _check_frame(analysis, "analysis")
+    _check_columns(analysis, alliance, patient, time, "rupture_detected", "rupture_repair", name="analysis")
+    events = analysis[analysis["rupture_detected"].fillna(False).astype(bool)][[patient, time, "rupture_repair"]]
+    colours = {"repaired": OKABE_ITO["bluish_green"], "unrepaired": OKABE_ITO["vermillion"], "censored": _GREY}
+    with style():
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.75), constrained_layout=True)
+        for status, colour in colours.items():
+            ev = events[events["rupture_repair"].astype(str) == status].rename(columns={time: "_rupture"})
+            if len(ev) < min_n:
+                continue
+            rows = _aligned(analysis, ev, value=alliance, patient=patient, time=time, at="_rupture", window=window)
+            stats_ = [(o, *_mean_ci(g[alliance])) for o, g in rows.groupby("offset", sort=True)]
+            stats_ = [s for s in stats_ if s[4] >= min_n]
+            if not stats_:
+                continue
+            o, m, lo, hi, _ = map(np.array, zip(*stats_))
+            ax.fill_between(o, lo, hi, color=colour, alpha=0.2, linewidth=0)
+            ax.plot(o, m, color=colour, marker="o", ms=3, lw=1.5, label=f"{status} ({len(ev)} episodes)")
+        ax.axvline(0, color="black", lw=0.6, ls=":")
+        ax.set_xlabel("sessions from the rupture")
+        ax.set_ylabel(f"mean {alliance_label} (95% CI)")
+        ax.legend(loc="best", frameon=False)
+    return fig
+
+
+def plot_sudden_gains(
+    analysis: pd.DataFrame,
+    gains: pd.DataFrame,
+    *,
+    outcome: str = "outcome",
+    patient: str = "patient",
+    time: str = "session",
+    window: tuple[int, int] = (-2, 3),
+    outcome_label: str = "outcome",
+    width: Width = "one",
+) -> matplotlib.figure.Figure:
+    """Outcome around each sudden gain, aligned at the pre-gain session (offset 0).
+
+    Thin lines are individual gains; the thick line is their mean with its 95% CI
+    (Tang & DeRubeis, 1999, figure 1 style).
+    """
+    _check_frame(analysis, "analysis")
+    _check_frame(gains, "gains")
+    _check_columns(gains, patient, "event", "pregain_session", name="gains")
+    ev = gains[gains["event"].astype(str) == "gain"]
+    with style():
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.75), constrained_layout=True)
+        if len(ev):
+            rows = _aligned(analysis, ev, value=outcome, patient=patient, time=time, at="pregain_session", window=window)
+            for _, g in rows.groupby("episode", sort=True):
+                ax.plot(g["offset"], g[outcome], color=_GREY, lw=0.5, alpha=0.6)
+            stats_ = [(o, *_mean_ci(g[outcome])) for o, g in rows.groupby("offset", sort=True)]
+            o, m, lo, hi, _ = map(np.array, zip(*stats_))
+            ax.fill_between(o, lo, hi, color=OKABE_ITO["orange"], alpha=0.3, linewidth=0)
+            ax.plot(o, m, color=OKABE_ITO["vermillion"], lw=2, marker="o", ms=3, label=f"mean of {len(ev)} gains")
+            ax.legend(loc="best", frameon=False)
+        else:
+            ax.text(0.5, 0.5, "no sudden gains", ha="center", va="center", transform=ax.transAxes)
+        ax.axvspan(0, 1, color=OKABE_ITO["yellow"], alpha=0.25, linewidth=0)
+        ax.set_xlabel("sessions from the pre-gain session")
+        ax.set_ylabel(outcome_label)
+    return fig
+
+
+def plot_reliable_change(
+    patients: pd.DataFrame,
+    *,
+    rci: float | None,
+    cutoff: float | None = None,
+    direction: Literal["higher_is_better", "lower_is_better"] = "higher_is_better",
+    first: str = "score_first",
+    last: str = "score_last",
+    by: str | None = "condition",
+    outcome_label: str = "outcome",
+    width: Width = "one",
+) -> matplotlib.figure.Figure:
+    """Intake against last score, one dot per patient, with the reliable-change band and
+    the clinical cut-off (Jacobson & Truax, 1991).
+
+    Points inside the grey band around the identity line changed less than the reliable
+    change value *rci*; dashed lines mark the cut-off on both axes.
+    """
+    _check_frame(patients, "patients")
+    _check_columns(patients, first, last, name="patients")
+    if direction not in ("higher_is_better", "lower_is_better"):
+        raise ValueError(f"`direction` must be 'higher_is_better' or 'lower_is_better'; got {direction!r}.")
+    data = patients.dropna(subset=[first, last])
+    lo = float(np.nanmin(data[[first, last]].to_numpy())) if len(data) else 0.0
+    hi = float(np.nanmax(data[[first, last]].to_numpy())) if len(data) else 1.0
+    pad = 0.05 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    with style():
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width)), constrained_layout=True)
+        grid = np.array([lo, hi])
+        if rci is not None:
+            ax.fill_between(grid, grid - rci, grid + rci, color=_GREY, alpha=0.25, linewidth=0,
+                            label=f"no reliable change (± {rci:g})")
+        ax.plot(grid, grid, color="black", lw=0.6)
+        if cutoff is not None:
+            ax.axhline(cutoff, color="black", lw=0.8, ls="--", label=f"cut-off ({cutoff:g})")
+            ax.axvline(cutoff, color="black", lw=0.8, ls="--")
+        groups = [("all", data)] if by is None or by not in data.columns else [
+            (g, data[data[by].astype(str) == g]) for g in sorted(data[by].dropna().astype(str).unique())
+        ]
+        for i, (g, rows) in enumerate(groups):
+            ax.scatter(rows[first], rows[last], s=8, alpha=0.7, color=_CYCLE[i % len(_CYCLE)],
+                       marker=_MARKERS[i % len(_MARKERS)], linewidths=0, label=None if g == "all" else g)
+        up, down = ("improved", "deteriorated") if direction == "higher_is_better" else ("deteriorated", "improved")
+        ax.text(0.03, 0.97, f"reliably {up}", transform=ax.transAxes, ha="left", va="top")
+        ax.text(0.97, 0.03, f"reliably {down}", transform=ax.transAxes, ha="right", va="bottom")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_xlabel(f"{outcome_label} at intake")
+        ax.set_ylabel(f"{outcome_label} at the last session")
+        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 0.08), frameon=False)
+    return fig
+
+
+def _box(ax, x: float, y: float, text: str):
+    return ax.text(x, y, text, ha="center", va="center", transform=ax.transAxes,
+                   bbox={"boxstyle": "square,pad=0.5", "facecolor": "white", "edgecolor": "black", "linewidth": 0.8})
+
+
+def _connect(ax, boxes: list, edges: list[tuple[int, int, str]]) -> None:
+    """Arrows between box edges ('down': bottom centre to top centre; 'right': from the
+    vertical arrow below the source box to the left edge of the target box)."""
+    fig = ax.figure
+    fig.canvas.draw()  # lays out the boxes so their extents are known
+    renderer = fig.canvas.get_renderer()
+    inv = ax.transAxes.inverted()
+    extent = [inv.transform(b.get_bbox_patch().get_window_extent(renderer)) for b in boxes]
+    for a, b, kind in edges:
+        (ax0, ay0), (ax1, ay1) = extent[a]
+        (bx0, by0), (bx1, by1) = extent[b]
+        if kind == "down":
+            start, end = ((ax0 + ax1) / 2, ay0), ((bx0 + bx1) / 2, by1)
+        else:
+            start, end = ((ax0 + ax1) / 2, (by0 + by1) / 2), (bx0, (by0 + by1) / 2)
+        ax.annotate("", xy=end, xytext=start, xycoords="axes fraction", textcoords="axes fraction",
+                    arrowprops={"arrowstyle": "-|>", "color": "black", "lw": 0.8, "shrinkA": 0, "shrinkB": 0})
+
+
+def _rules(block: Mapping[str, Any]) -> str:
+    by_rule = block.get("excluded_by_rule", {}) or {}
+    return "".join(f"\n  {rule.replace('_', ' ')}: {n}" for rule, n in sorted(by_rule.items()))
+
+
+def plot_flow(
+    flow: Mapping[str, Any],
+    *,
+    arms: Mapping[str, Mapping[str, int]] | None = None,
+    analysed: Mapping[str, Mapping[str, Any]] | None = None,
+    width: Width = "two",
+) -> matplotlib.figure.Figure:
+    """A CONSORT-style flow diagram drawn from ``flow.json`` (the clean stage's counts).
+
+    Parameters
+    ----------
+    flow : mapping
+        ``sessions`` and ``patients`` blocks with ``read``, ``kept``, ``excluded`` and
+        ``excluded_by_rule`` (:func:`allianceflow.clean.clean_sessions`); ``source_file``.
+    arms : mapping, optional
+        Arm → ``{"patients": n, "sessions": n}`` of the kept data, one box per arm.
+    analysed : mapping, optional
+        Model name → ``{"n_obs": n, "n_groups": {...}, "n_dropped_missing": n}`` (the
+        model results), one line per model in the last box.
+
+    Raises
+    ------
+    KeyError
+        *flow* lacks the ``sessions`` or ``patients`` block or their counts.
+    """
+    for level in ("sessions", "patients"):
+        if level not in flow:
+            raise KeyError(f"`flow` has no {level!r} block; it has {sorted(flow)}.")
+        for key in ("read", "kept", "excluded"):
+            if key not in flow[level]:
+                raise KeyError(f"`flow['{level}']` has no {key!r}; it has {sorted(flow[level])}.")
+    s, p = flow["sessions"], flow["patients"]
+    source = flow.get("source_file", "the raw export")
+    excl = f"Excluded\n{p['excluded']} patients{_rules(p)}\n{s['excluded']} sessions{_rules(s)}"
+    lines_analysed = []
+    for name in sorted(analysed or {}):
+        m = analysed[name]
+        groups = ", ".join(f"{v} {k}s" for k, v in sorted(m.get("n_groups", {}).items()))
+        lines_analysed.append(f"{name}: {m['n_obs']} sessions, {groups}; {m.get('n_dropped_missing', 0)} left out (missing values)")
+    # Row heights in inches from their numbers of text lines, so long boxes never overflow;
+    # the gap below the first row holds the exclusion box.
+    line, pad, gap = 0.15, 0.25, 0.35
+    heights = [2 * line + pad, 2 * line + pad] + ([2 * line + pad] if arms else [])
+    heights += [(1 + len(lines_analysed)) * line + pad] if analysed else []
+    gaps = [max(gap, excl.count("\n") * line + pad + 0.1)] + [gap] * (len(heights) - 1)
+    total = sum(heights) + sum(gaps) + 0.2
+    centres, top = [], total - 0.1
+    for h, g in zip(heights, gaps):
+        centres.append((top - h / 2) / total)
+        top -= h + g
+    with style():
+        fig = plt.figure(figsize=(_width(width), total))
+        ax = fig.add_axes([0, 0, 1, 1])
+        ax.set_axis_off()
+        ys = centres
+        boxes = [_box(ax, 0.3, ys[0], f"Read from {source}\n{p['read']} patients, {s['read']} sessions")]
+        boxes.append(_box(ax, 0.75, (ys[0] + ys[1]) / 2, excl))
+        boxes.append(_box(ax, 0.3, ys[1], f"Kept\n{p['kept']} patients, {s['kept']} sessions"))
+        edges = [(0, 2, "down"), (0, 1, "right")]
+        above = [2]
+        row = 2
+        if arms:
+            names = sorted(arms)
+            xs = np.linspace(0.2, 0.8, len(names)) if len(names) > 1 else [0.3]
+            level = []
+            for x, name in zip(xs, names):
+                a = arms[name]
+                boxes.append(_box(ax, x, ys[row], f"{name}\n{a.get('patients', '')} patients, {a.get('sessions', '')} sessions"))
+                edges.append((2, len(boxes) - 1, "down"))
+                level.append(len(boxes) - 1)
+            above = level
+            row += 1
+        if analysed:
+            boxes.append(_box(ax, 0.5, ys[row], "Analysed\n" + "\n".join(lines_analysed)))
+            edges += [(i, len(boxes) - 1, "down") for i in above]
+        _connect(ax, boxes, edges)
     return fig

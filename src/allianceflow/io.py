@@ -9,6 +9,7 @@ the same bytes. Raw files are only ever opened for reading.
 from __future__ import annotations
 
 import csv
+import datetime
 import hashlib
 import json
 import math
@@ -19,9 +20,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
+    "DataError",
     "read_raw",
     "read_table",
     "write_table",
@@ -35,6 +38,20 @@ __all__ = [
 ]
 
 _DELIMITERS = ",;\t|"
+_DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
+_TEXT_SUFFIXES = {".csv", ".tsv", ".txt"}
+_EXCEL_SUFFIXES = {".xlsx", ".xlsm"}
+_STAT_SUFFIXES = {".sav", ".zsav", ".dta"}
+_BOM = b"\xef\xbb\xbf"
+
+
+class DataError(ValueError):
+    """A raw file cannot be turned into the canonical table; the message says how to fix it.
+
+    The message is one plain paragraph naming the file, the row and the column when they
+    are known, and the fix. :func:`allianceflow.pipeline.run_step` prints it without a
+    traceback.
+    """
 
 
 @contextmanager
@@ -52,9 +69,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def _sniff_delimiter(path: Path, encoding: str) -> str:
-    with open(path, "r", encoding=encoding, newline="") as handle:
-        sample = handle.read(64 * 1024)
+def _sniff_delimiter(sample: str) -> str:
     try:
         return csv.Sniffer().sniff(sample, delimiters=_DELIMITERS).delimiter
     except csv.Error:
@@ -63,42 +78,312 @@ def _sniff_delimiter(path: Path, encoding: str) -> str:
         return max(counts, key=counts.get) if any(counts.values()) else ","
 
 
-def read_raw(path: str | Path, *, delimiter: str | None = None, encoding: str = "utf-8-sig") -> pd.DataFrame:
+def _decode(path: Path, encoding: str) -> str:
+    data = path.read_bytes()
+    if data.startswith(_BOM):
+        # A UTF-8 byte-order mark settles the encoding, whatever the config says.
+        data, encoding = data[len(_BOM):], "utf-8"
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise DataError(
+            f"{path.name}: the encoding {encoding!r} is unknown. Set `encoding` for this study "
+            "in config.yaml to utf-8-sig, cp1252 or latin-1."
+        ) from None
+    except UnicodeDecodeError as error:
+        row = data[: error.start].count(b"\n") + 1
+        byte = data[error.start : error.start + 1].hex()
+        raise DataError(
+            f"{path.name}, row {row}: byte 0x{byte} cannot be read as {encoding}; the file "
+            "was probably saved by Windows software as cp1252 (or latin-1). Set "
+            "`encoding: cp1252` for this study in config.yaml, or save the file as UTF-8."
+        ) from None
+
+
+def _check_header(names: list[str], source: str, *, sep: str | None = None, row: int = 1) -> list[str]:
+    clean = [str(n).replace("\ufeff", "").strip() for n in names]
+    for position, name in enumerate(clean, start=1):
+        if name == "":
+            raise DataError(
+                f"{source}, row {row}: column {position} has no name in the header. If the "
+                "header spans two rows (merged cells), set `header_rows: 2` for this study in "
+                "config.yaml, or give every column a one-row name in the file."
+            )
+    seen: dict[str, int] = {}
+    for position, name in enumerate(clean, start=1):
+        if name in seen:
+            raise DataError(
+                f"{source}, row {row}: the header names column {name!r} twice (columns "
+                f"{seen[name]} and {position}). Rename one of them in the file so that every "
+                "column name is unique."
+            )
+        seen[name] = position
+    if sep is not None and len(clean) == 1:
+        others = [d for d in _DELIMITERS if d != sep and d in clean[0]]
+        if others:
+            raise DataError(
+                f"{source}, row {row}: the header is one column {clean[0][:60]!r} when split "
+                f"at {_DELIMITER_NAMES[sep]}, but it contains {_DELIMITER_NAMES[others[0]]}. "
+                f"Set `delimiter: {others[0]!r}` for this study in config.yaml (or null to "
+                "detect it)."
+            )
+    return clean
+
+
+def _check_records(text: str, sep: str, width: int, source: str) -> None:
+    """Stream the records once: every non-blank record has as many fields as the header."""
+    reader = csv.reader(_StringIO(text), delimiter=sep, strict=True)
+    record = 0
+    try:
+        for record, fields in enumerate(reader, start=1):
+            if record == 1 or not fields or fields == [""]:
+                continue
+            if len(fields) != width:
+                what = "fewer" if len(fields) < width else "more"
+                hint = (
+                    "The file may be truncated or a row was cut; export it again."
+                    if what == "fewer"
+                    else f"A value probably contains the delimiter {_DELIMITER_NAMES[sep]} "
+                    "without quotes, or the delimiter is wrong; quote the value or set "
+                    "`delimiter` for this study in config.yaml."
+                )
+                raise DataError(
+                    f"{source}, row {record}: the row has {len(fields)} fields, {what} than "
+                    f"the {width} columns of the header. {hint}"
+                )
+    except csv.Error as error:
+        raise DataError(
+            f"{source}, row {record + 1}: the file cannot be split into values ({error}); a "
+            "quote is probably never closed, which happens when a file is truncated. Export "
+            "the file again, or remove the stray quote."
+        ) from None
+
+
+class _StringIO:
+    """Line iterator over a string without copying it (csv.reader accepts any iterable)."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __iter__(self):
+        return iter(self._text.splitlines(keepends=True))
+
+
+def _read_text(path: Path, delimiter: str | None, encoding: str) -> pd.DataFrame:
+    source = path.name
+    text = _decode(path, encoding)
+    if not text.strip():
+        raise DataError(f"{source}: the file is empty. Export the data again.")
+    sep = delimiter or _sniff_delimiter(text[: 64 * 1024])
+    header = next(csv.reader(_StringIO(text), delimiter=sep))
+    names = _check_header(header, source, sep=sep)
+    _check_records(text, sep, len(names), source)
+    from io import StringIO
+
+    frame = pd.read_csv(
+        StringIO(text), sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False,
+        header=0, names=names, quoting=csv.QUOTE_MINIMAL,
+    )
+    frame.insert(0, "_source_row", np.arange(2, len(frame) + 2, dtype="int64"))
+    return frame
+
+
+def _cell_text(value: Any) -> str:
+    """One cell of a typed file as the text a CSV export would hold."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, (np.floating,)):
+        return _cell_text(float(value))
+    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, (pd.Timestamp, datetime.datetime)):
+        if pd.isna(value):
+            return ""
+        stamp = pd.Timestamp(value)
+        return stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else stamp.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, datetime.date):
+        return value.strftime("%Y-%m-%d")
+    if value is pd.NaT or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return str(value)
+
+
+def _typed_to_text(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Turn a typed frame (Excel, SPSS, Stata, parquet) into text columns.
+
+    Returns the text frame and the names of columns whose non-empty cells are all dates
+    (written as ISO ``%Y-%m-%d``).
+    """
+    out = {}
+    dates = []
+    for name in frame.columns:
+        column = frame[name]
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            column = column.astype(object)
+        values = column.tolist()
+        present = [v for v in values if not _is_blank(v)]
+        if present and all(isinstance(v, (datetime.date, pd.Timestamp)) for v in present):
+            dates.append(str(name))
+        out[name] = [_cell_text(v) for v in values]
+    return pd.DataFrame(out, columns=frame.columns, dtype=object), dates
+
+
+def _is_blank(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value == ""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_excel(path: Path, sheet: str | int | None, header_rows: int) -> pd.DataFrame:
+    source = path.name
+    try:
+        book = pd.ExcelFile(path, engine="openpyxl")
+    except Exception as error:  # zip or xml damage: a truncated or renamed file
+        raise DataError(
+            f"{source}: the file cannot be opened as an Excel workbook ({type(error).__name__}: "
+            f"{error}). It may be truncated or not really .xlsx; save it again from Excel."
+        ) from None
+    if sheet is None:
+        sheet = book.sheet_names[0]
+    if sheet not in book.sheet_names and not (isinstance(sheet, int) and 0 <= sheet < len(book.sheet_names)):
+        raise DataError(
+            f"{source}: the workbook has no sheet {sheet!r}; its sheets are "
+            f"{', '.join(repr(s) for s in book.sheet_names)}. Set `sheet` for this study in "
+            "config.yaml."
+        )
+    grid = book.parse(sheet_name=sheet, header=None, dtype=object)
+    if len(grid) < header_rows:
+        raise DataError(f"{source}, sheet {sheet!r}: the sheet is empty. Export the data again.")
+    top = [_cell_text(v) for v in grid.iloc[0].tolist()]
+    if header_rows == 2:
+        # A merged cell of the first row spans the columns to its right until the next name.
+        second = [_cell_text(v) for v in grid.iloc[1].tolist()]
+        filled, current = [], ""
+        for value in top:
+            current = value.strip() or current
+            filled.append(current)
+        names = [
+            "_".join(p for p in (a.strip(), b.strip()) if p) if b.strip() else a
+            for a, b in zip(filled, second)
+        ]
+        names = [n if top[i].strip() or second[i].strip() else "" for i, n in enumerate(names)]
+    else:
+        names = top
+    names = _check_header(names, f"{source}, sheet {sheet!r}", row=header_rows)
+    body = grid.iloc[header_rows:].reset_index(drop=True)
+    body.columns = names
+    frame, dates = _typed_to_text(body)
+    frame.insert(0, "_source_row", np.arange(header_rows + 1, header_rows + 1 + len(frame), dtype="int64"))
+    frame.attrs["date_columns"] = dates
+    return frame
+
+
+def _read_statistics(path: Path) -> pd.DataFrame:
+    import pyreadstat
+
+    reader = pyreadstat.read_dta if path.suffix.lower() == ".dta" else pyreadstat.read_sav
+    try:
+        typed, _meta = reader(str(path), apply_value_formats=True, formats_as_category=True)
+    except Exception as error:
+        raise DataError(
+            f"{path.name}: the file cannot be read as {'Stata' if path.suffix.lower() == '.dta' else 'SPSS'} "
+            f"data ({type(error).__name__}: {error}). It may be truncated; save it again."
+        ) from None
+    _check_header(list(typed.columns), path.name)
+    frame, dates = _typed_to_text(typed)
+    frame.insert(0, "_source_row", np.arange(1, len(frame) + 1, dtype="int64"))
+    frame.attrs["date_columns"] = dates
+    return frame
+
+
+def read_raw(
+    path: str | Path,
+    *,
+    delimiter: str | None = None,
+    encoding: str = "utf-8-sig",
+    sheet: str | int | None = None,
+    header_rows: int = 1,
+) -> pd.DataFrame:
     """Read a raw export as text columns, keeping every row and the raw values.
 
-    Every value is read as a string (``dtype=str``) with no automatic NA detection, so the
-    clean stage decides what is missing (declared missing codes) and what is malformed.
+    Every value is read as a string with no automatic NA detection, so the clean stage
+    decides what is missing (declared missing codes) and what is malformed. The file is
+    only opened for reading.
 
     Parameters
     ----------
     path : path
-        A ``.csv``/``.tsv``/``.txt`` file (any of ``,`` ``;`` tab ``|`` as delimiter) or a
-        ``.parquet`` file.
+        ``.csv``/``.tsv``/``.txt`` (delimiter ``,`` ``;`` tab or ``|``), Excel ``.xlsx``,
+        SPSS ``.sav``/``.zsav``, Stata ``.dta`` or ``.parquet``.
     delimiter : str, optional
         The CSV delimiter; detected from the first 64 KiB when omitted.
     encoding : str
-        Text encoding; the default ``utf-8-sig`` reads UTF-8 with or without a BOM.
+        Text encoding of a CSV file; the default ``utf-8-sig`` reads UTF-8 with or without
+        a BOM; ``cp1252`` or ``latin-1`` for files saved by older Windows software. A file
+        that starts with a UTF-8 BOM is read as UTF-8 whatever *encoding* says.
+    sheet : str or int, optional
+        Excel sheet name (or 0-based position); the first sheet when omitted.
+    header_rows : {1, 2}
+        Excel only: rows the header spans. With 2, a merged cell of the first row names
+        the columns below it and the second row's names are appended after ``_``
+        (``WAI-SR`` over ``1``, ``2`` → ``WAI-SR_1``, ``WAI-SR_2``).
 
     Returns
     -------
     pandas.DataFrame
-        The file's columns as strings, plus ``_source_row``: the 1-based line number of the
-        row in the file counting the header as line 1 (what a spreadsheet shows).
+        The file's columns as strings (column names stripped of spaces and BOM), plus
+        ``_source_row``: for CSV and Excel the row number a spreadsheet shows (the header
+        is row 1); for SPSS, Stata and parquet the 1-based case number. Blank lines are
+        dropped. ``frame.attrs["date_columns"]`` names the columns that held typed dates
+        (Excel, SPSS, Stata, parquet), written as ``%Y-%m-%d``. Value labels of SPSS and
+        Stata files replace the codes (``1`` → ``"patient"``).
+
+    Raises
+    ------
+    DataError
+        When the file cannot be read: unknown suffix, wrong encoding, empty file, a header
+        with a blank or repeated name, a row with too few or too many fields (truncated
+        file, unquoted delimiter), an unclosed quote, a missing Excel sheet.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if header_rows not in (1, 2):
+        raise ValueError(f"`header_rows` must be 1 or 2; got {header_rows!r}.")
+    if not path.exists():
+        raise DataError(f"{path}: the file does not exist. Check `raw` for this study in config.yaml.")
     if suffix == ".parquet":
-        frame = pd.read_parquet(path).astype("string").astype(object)
-        frame = frame.where(frame.notna(), "")
-    elif suffix in {".csv", ".tsv", ".txt"}:
-        sep = delimiter or _sniff_delimiter(path, encoding)
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding)
+        frame, dates = _typed_to_text(pd.read_parquet(path))
+        frame.columns = _check_header(list(frame.columns), path.name)
+        frame.insert(0, "_source_row", np.arange(1, len(frame) + 1, dtype="int64"))
+        frame.attrs["date_columns"] = dates
+    elif suffix in _TEXT_SUFFIXES:
+        if delimiter is not None and delimiter not in _DELIMITERS:
+            raise ValueError(f"`delimiter` must be ',', ';', tab or '|'; got {delimiter!r}.")
+        frame = _read_text(path, delimiter, encoding)
+        frame.attrs["date_columns"] = []
+    elif suffix in _EXCEL_SUFFIXES:
+        frame = _read_excel(path, sheet, header_rows)
+    elif suffix in _STAT_SUFFIXES:
+        frame = _read_statistics(path)
     else:
-        raise ValueError(
-            f"{path.name}: files ending in {suffix!r} cannot be read yet; "
-            "use .csv, .tsv, .txt or .parquet."
+        raise DataError(
+            f"{path.name}: files ending in {suffix!r} cannot be read; use .csv, .tsv, .txt, "
+            ".xlsx, .sav, .dta or .parquet (save older .xls files as .xlsx)."
         )
-    frame.insert(0, "_source_row", range(2, len(frame) + 2))
+    values = frame.drop(columns="_source_row")
+    blank = values.eq("").all(axis=1) if len(values.columns) else pd.Series(False, index=frame.index)
+    attrs = dict(frame.attrs)
+    frame = frame.loc[~blank].reset_index(drop=True)
+    frame.attrs.update(attrs)
     return frame
 
 

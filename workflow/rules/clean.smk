@@ -5,11 +5,12 @@ rule clean_sessions:
         sessions="data/processed/{study}/sessions.parquet",
         exclusions="data/processed/{study}/exclusions.csv",
         flow="data/processed/{study}/flow.json",
-    params:
-        study=get_study,
     log:
         "logs/{study}/clean_sessions.log",
     benchmark:
         "logs/{study}/benchmarks/clean_sessions.tsv"
+    params:
+        study=get_study,
+        name="{study}",
     script:
         "../scripts/clean_sessions.py"

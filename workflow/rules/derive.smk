@@ -3,9 +3,14 @@ rule derive_variables:
         scored=rules.score_instruments.output.scored,
     output:
         analysis="data/processed/{study}/analysis.parquet",
-    params:
-        study=get_study,
+        patients="data/processed/{study}/patients.parquet",
+        sudden_gains="data/processed/{study}/sudden_gains.csv",
+        expected="results/{study}/models/expected_response.json",
     log:
         "logs/{study}/derive_variables.log",
+    benchmark:
+        "logs/{study}/benchmarks/derive_variables.tsv"
+    params:
+        study=get_study,
     script:
         "../scripts/derive_variables.py"

@@ -1,3 +1,7 @@
+# Figures: PNG (300 dpi), PDF and SVG of every figure; plotting only, so a change of colour
+# or size reruns these rules and never a model fit.
+
+
 rule plot_within_between:
     input:
         analysis=rules.derive_variables.output.analysis,
@@ -10,9 +14,193 @@ rule plot_within_between:
         ),
         pdf="results/{study}/figures/within_between.pdf",
         svg="results/{study}/figures/within_between.svg",
-    params:
-        study=get_study,
     log:
         "logs/{study}/plot_within_between.log",
+    params:
+        study=get_study,
     script:
         "../scripts/plot_within_between.py"
+
+
+rule plot_trajectories:
+    input:
+        analysis=rules.derive_variables.output.analysis,
+        model=get_trajectory_model,
+    output:
+        png=report(
+            "results/{study}/figures/trajectories.png",
+            caption="../report/trajectories.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
+        pdf="results/{study}/figures/trajectories.pdf",
+        svg="results/{study}/figures/trajectories.svg",
+    log:
+        "logs/{study}/plot_trajectories.log",
+    params:
+        study=get_study,
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_forest:
+    input:
+        models=get_model_results,
+    output:
+        png=report(
+            "results/{study}/figures/forest.png",
+            caption="../report/forest.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
+        pdf="results/{study}/figures/forest.pdf",
+        svg="results/{study}/figures/forest.svg",
+    log:
+        "logs/{study}/plot_forest.log",
+    params:
+        study=get_study,
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_caterpillar:
+    input:
+        model=get_trajectory_model,
+    output:
+        png=report(
+            "results/{study}/figures/caterpillar.png",
+            caption="../report/caterpillar.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
+        pdf="results/{study}/figures/caterpillar.pdf",
+        svg="results/{study}/figures/caterpillar.svg",
+    log:
+        "logs/{study}/plot_caterpillar.log",
+    params:
+        study=get_study,
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_flow:
+    input:
+        flow=rules.clean_sessions.output.flow,
+        sessions=rules.clean_sessions.output.sessions,
+        models=get_model_results,
+    output:
+        png=report(
+            "results/{study}/figures/flow.png",
+            caption="../report/flow.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
+        pdf="results/{study}/figures/flow.pdf",
+        svg="results/{study}/figures/flow.svg",
+    log:
+        "logs/{study}/plot_flow.log",
+    params:
+        study=get_study,
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_feedback:
+    input:
+        analysis=rules.derive_variables.output.analysis,
+    output:
+        png=report(
+            "results/{study}/figures/feedback.png",
+            caption="../report/feedback.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
+        pdf="results/{study}/figures/feedback.pdf",
+        svg="results/{study}/figures/feedback.svg",
+    log:
+        "logs/{study}/plot_feedback.log",
+    params:
+        study=get_study,
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_expected_response:
+    input:
+        analysis=rules.derive_variables.output.analysis,
+    output:
+        png=report(
+            "results/{study}/figures/expected_response.png",
+            caption="../report/expected_response.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
+        pdf="results/{study}/figures/expected_response.pdf",
+        svg="results/{study}/figures/expected_response.svg",
+    log:
+        "logs/{study}/plot_expected_response.log",
+    params:
+        study=get_study,
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_ruptures:
+    input:
+        analysis=rules.derive_variables.output.analysis,
+    output:
+        png=report(
+            "results/{study}/figures/ruptures.png",
+            caption="../report/ruptures_figure.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
+        pdf="results/{study}/figures/ruptures.pdf",
+        svg="results/{study}/figures/ruptures.svg",
+    log:
+        "logs/{study}/plot_ruptures.log",
+    params:
+        study=get_study,
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_sudden_gains:
+    input:
+        analysis=rules.derive_variables.output.analysis,
+        sudden_gains=rules.derive_variables.output.sudden_gains,
+    output:
+        png=report(
+            "results/{study}/figures/sudden_gains.png",
+            caption="../report/sudden_gains_figure.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
+        pdf="results/{study}/figures/sudden_gains.pdf",
+        svg="results/{study}/figures/sudden_gains.svg",
+    log:
+        "logs/{study}/plot_sudden_gains.log",
+    params:
+        study=get_study,
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_reliable_change:
+    input:
+        patients=rules.derive_variables.output.patients,
+    output:
+        png=report(
+            "results/{study}/figures/reliable_change.png",
+            caption="../report/reliable_change.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
+        pdf="results/{study}/figures/reliable_change.pdf",
+        svg="results/{study}/figures/reliable_change.svg",
+    log:
+        "logs/{study}/plot_reliable_change.log",
+    params:
+        study=get_study,
+    script:
+        "../scripts/plot_figure.py"

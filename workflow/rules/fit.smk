@@ -4,11 +4,25 @@ rule fit_model:
     output:
         json="results/{study}/models/{model}.json",
         txt="results/{study}/models/{model}.txt",
-    params:
-        model=get_model,
     log:
         "logs/{study}/fit_model_{model}.log",
     benchmark:
         "logs/{study}/benchmarks/fit_model_{model}.tsv"
+    params:
+        model=get_model,
     script:
         "../scripts/fit_model.py"
+
+
+rule compare_models:
+    input:
+        analysis=rules.derive_variables.output.analysis,
+    output:
+        json="results/{study}/models/lrt_{comparison}.json",
+        txt="results/{study}/models/lrt_{comparison}.txt",
+    log:
+        "logs/{study}/compare_models_{comparison}.log",
+    params:
+        models=get_comparison_models,
+    script:
+        "../scripts/compare_models.py"

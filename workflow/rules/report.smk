@@ -5,9 +5,9 @@ rule write_manifest:
         outputs=get_manifest_outputs,
     output:
         manifest="results/{study}/manifest.json",
-    params:
-        study=get_study,
     log:
         "logs/{study}/write_manifest.log",
+    params:
+        resolved=get_resolved_config,
     script:
         "../scripts/write_manifest.py"

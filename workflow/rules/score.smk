@@ -3,10 +3,10 @@ rule score_instruments:
         sessions=rules.clean_sessions.output.sessions,
     output:
         scored="data/processed/{study}/scored.parquet",
-    params:
-        study=get_study,
     log:
         "logs/{study}/score_instruments.log",
+    params:
+        study=get_study,
     script:
         "../scripts/score_instruments.py"
 
@@ -22,12 +22,12 @@ rule compute_reliability:
             category="Tables",
             subcategory="{study}",
         ),
-    params:
-        study=get_study,
-        seed=config["seed"],
     log:
         "logs/{study}/compute_reliability.log",
     benchmark:
         "logs/{study}/benchmarks/compute_reliability.tsv"
+    params:
+        study=get_study,
+        seed=config["seed"],
     script:
         "../scripts/compute_reliability.py"

@@ -1,3 +1,7 @@
+# Tables: CSV (the unrounded numbers) and the APA table as Markdown, HTML, LaTeX and Word.
+PUBLISHED_TABLE_FORMATS = ["csv", "md", "html", "tex", "docx"]
+
+
 rule tabulate_model:
     input:
         model=rules.fit_model.output.json,
@@ -9,7 +13,69 @@ rule tabulate_model:
             category="Tables",
             subcategory="{study}",
         ),
+        html="results/{study}/tables/{model}.html",
+        tex="results/{study}/tables/{model}.tex",
+        docx="results/{study}/tables/{model}.docx",
     log:
         "logs/{study}/tabulate_model_{model}.log",
     script:
         "../scripts/tabulate_model.py"
+
+
+rule tabulate_models:
+    input:
+        models=get_model_results,
+    output:
+        csv="results/{study}/tables/models.csv",
+        md=report(
+            "results/{study}/tables/models.md",
+            caption="../report/models_table.rst",
+            category="Tables",
+            subcategory="{study}",
+        ),
+        html="results/{study}/tables/models.html",
+        tex="results/{study}/tables/models.tex",
+        docx="results/{study}/tables/models.docx",
+    log:
+        "logs/{study}/tabulate_models.log",
+    script:
+        "../scripts/tabulate.py"
+
+
+rule render_reliability:
+    input:
+        csv=rules.compute_reliability.output.csv,
+    output:
+        html="results/{study}/tables/reliability.html",
+        tex="results/{study}/tables/reliability.tex",
+        docx="results/{study}/tables/reliability.docx",
+    log:
+        "logs/{study}/render_reliability.log",
+    script:
+        "../scripts/tabulate.py"
+
+
+rule tabulate_descriptives:
+    input:
+        analysis=rules.derive_variables.output.analysis,
+        patients=rules.derive_variables.output.patients,
+        sudden_gains=rules.derive_variables.output.sudden_gains,
+    output:
+        csv="results/{study}/tables/{table}.csv",
+        md=report(
+            "results/{study}/tables/{table}.md",
+            caption="../report/descriptive_table.rst",
+            category="Tables",
+            subcategory="{study}",
+        ),
+        html="results/{study}/tables/{table}.html",
+        tex="results/{study}/tables/{table}.tex",
+        docx="results/{study}/tables/{table}.docx",
+    log:
+        "logs/{study}/tabulate_{table}.log",
+    wildcard_constraints:
+        table="table1|intake_correlations|clinical_significance|sudden_gains|ruptures",
+    params:
+        study=get_study,
+    script:
+        "../scripts/tabulate.py"

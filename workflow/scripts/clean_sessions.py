@@ -8,4 +8,5 @@ with run_step(snakemake.log[0]):
         sessions=snakemake.output.sessions,
         exclusions=snakemake.output.exclusions,
         flow=snakemake.output.flow,
+        name=snakemake.params.name,
     )

@@ -2,4 +2,11 @@
 from allianceflow.pipeline import derive_stage, run_step
 
 with run_step(snakemake.log[0]):
-    derive_stage(snakemake.input.scored, snakemake.params.study, analysis=snakemake.output.analysis)
+    derive_stage(
+        snakemake.input.scored,
+        snakemake.params.study,
+        analysis=snakemake.output.analysis,
+        patients=snakemake.output.patients,
+        sudden_gains=snakemake.output.sudden_gains,
+        expected=snakemake.output.expected,
+    )

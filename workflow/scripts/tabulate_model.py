@@ -2,4 +2,11 @@
 from allianceflow.pipeline import model_table_stage, run_step
 
 with run_step(snakemake.log[0]):
-    model_table_stage(snakemake.input.model, csv=snakemake.output.csv, md=snakemake.output.md)
+    model_table_stage(
+        snakemake.input.model,
+        csv=snakemake.output.csv,
+        md=snakemake.output.md,
+        html=snakemake.output.html,
+        tex=snakemake.output.tex,
+        docx=snakemake.output.docx,
+    )

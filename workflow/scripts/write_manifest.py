@@ -4,7 +4,7 @@ from allianceflow.pipeline import manifest_stage, run_step
 with run_step(snakemake.log[0]):
     manifest_stage(
         study=snakemake.wildcards.study,
-        study_config={"seed": snakemake.config["seed"], "study": snakemake.params.study},
+        study_config=snakemake.params.resolved,
         inputs=[snakemake.input.raw, *snakemake.input.config],
         outputs=snakemake.input.outputs,
         manifest=snakemake.output.manifest,

@@ -1,0 +1,201 @@
+"""Reliable change, clinical significance, endings and dose, the patients table."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from allianceflow.clinical import (
+    ENDING_COLUMNS,
+    RELIABLE_CHANGE_COLUMNS,
+    clinical_cutoffs,
+    derive_patients,
+    endings_and_dose,
+    reliable_change,
+    reliable_change_index,
+)
+from allianceflow.suddengains import sudden_gains
+
+
+def test_reliable_change_index_formula():
+    # 1.96 * sqrt(2) * 10.5 * sqrt(1 - 0.931) = 1.96 * 1.41421 * 10.5 * 0.262679 = 7.645
+    assert round(reliable_change_index(10.5, 0.931), 3) == 7.645
+    # z = 1: sqrt(2) * 4 * sqrt(0.75) = 4.898979
+    assert math.isclose(reliable_change_index(4.0, 0.25, z=1.0), math.sqrt(2) * 4 * math.sqrt(0.75))
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((0.0, 0.9), "`sd` must be greater than 0"),
+        ((5.0, 1.0), "`reliability` must be below 1"),
+        ((5.0, 1.2), "`reliability` must be at most 1"),
+        ((5.0, "0.9"), "`reliability` must be a finite number; got '0.9'"),
+    ],
+)
+def test_reliable_change_index_validation(args, match):
+    with pytest.raises(ValueError, match=match):
+        reliable_change_index(*args)
+
+
+def test_clinical_cutoffs_lower_is_better():
+    # a = 30 - 2*8 = 14; b = 10 + 2*5 = 20; c = (8*10 + 5*30) / 13 = 230/13
+    cut = clinical_cutoffs(30, 8, 10, 5, direction="lower_is_better")
+    assert cut == {"a": 14.0, "b": 20.0, "c": 230 / 13}
+
+
+def test_clinical_cutoffs_higher_is_better_and_partial():
+    # a = 18 + 2*6 = 30; b = 32 - 2*4 = 24; c = (6*32 + 4*18)/10 = 26.4
+    cut = clinical_cutoffs(18, 6, 32, 4, direction="higher_is_better")
+    assert cut["a"] == 30.0 and cut["b"] == 24.0 and math.isclose(cut["c"], 26.4)
+    assert clinical_cutoffs(18, 6, direction="higher_is_better") == {"a": 30.0, "b": None, "c": None}
+
+
+def _phq(rows):
+    return pd.DataFrame(rows, columns=["patient", "session", "phq9_total"])
+
+
+def test_reliable_change_categories_and_ties():
+    df = _phq([
+        ("rec", 1, 18), ("rec", 6, 12),       # 18 -> 12: improvement 6 == RC (tie counts); 12 >= 10 still clinical -> improved
+        ("rec2", 1, 16), ("rec2", 6, 9),      # improvement 7; 9 < 10 not clinical -> recovered
+        ("tie_cut", 1, 16), ("tie_cut", 4, 10),  # 10 is clinical (at_or_above) -> improved
+        ("det", 1, 5), ("det", 3, 11),        # worsening 6 == RC -> deteriorated
+        ("unch", 1, 14), ("unch", 2, 9),      # improvement 5 < 6 -> unchanged though crossed cut-off
+        ("low", 1, 8), ("low", 5, 1),         # starts non-clinical: reliable improvement -> improved
+        ("one", 1, 20),                       # one session -> no category
+    ])
+    rc = reliable_change(df, score="phq9_total", direction="lower_is_better", rci=6,
+                         cutoff=10, clinical_range="at_or_above").set_index("patient")
+    assert rc.loc["rec", "rc_category"] == "improved"
+    assert rc.loc["rec2", "rc_category"] == "recovered"
+    assert rc.loc["tie_cut", "rc_category"] == "improved"
+    assert rc.loc["det", "rc_category"] == "deteriorated"
+    assert rc.loc["unch", "rc_category"] == "unchanged"
+    assert rc.loc["low", "rc_category"] == "improved"
+    assert pd.isna(rc.loc["one", "rc_category"])
+    assert rc.loc["rec", "change"] == -6.0 and rc.loc["rec", "improvement"] == 6.0
+    assert bool(rc.loc["det", "reliable_deterioration"])
+    assert rc.loc["one", "n_observed"] == 1 and pd.isna(rc.loc["one", "reliable_improvement"])
+    assert bool(rc.loc["one", "clinical_first"])  # 20 >= 10
+
+
+def test_reliable_change_uses_first_and_last_observed():
+    # session 1 missing, session 5 missing, unsorted rows: first observed 2 (30), last observed 4 (22)
+    df = pd.DataFrame({"patient": "a", "session": [4, 1, 2, 5, 3],
+                       "ors_total": [22.0, np.nan, 15.0, np.nan, 18.0]})
+    rc = reliable_change(df, score="ors_total", direction="higher_is_better", rci=5,
+                         cutoff=25, clinical_range="below")
+    row = rc.iloc[0]
+    assert (row.first_session, row.last_session, row.score_first, row.score_last) == (2, 4, 15.0, 22.0)
+    # 22 - 15 = 7 >= 5; 15 < 25 clinical, 22 < 25 still clinical -> improved
+    assert row.rc_category == "improved"
+    assert list(rc.columns) == RELIABLE_CHANGE_COLUMNS
+
+
+def test_reliable_change_cutoff_below_tie_is_not_clinical():
+    # ORS: clinical below 25; 25 exactly is not clinical -> recovered
+    df = pd.DataFrame({"patient": "a", "session": [1, 2], "ors_total": [19.0, 25.0]})
+    rc = reliable_change(df, score="ors_total", direction="higher_is_better", rci=5,
+                         cutoff=25, clinical_range="below")
+    assert rc.rc_category.tolist() == ["recovered"]
+    assert rc.clinical_last.tolist() == [False]
+
+
+def test_reliable_change_without_cutoff_nobody_recovers():
+    df = _phq([("a", 1, 20), ("a", 2, 5)])
+    rc = reliable_change(df, score="phq9_total", direction="lower_is_better", rci=6)
+    assert rc.rc_category.tolist() == ["improved"]
+    assert rc.clinical_first.isna().all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"direction": "down", "rci": 6}, ValueError, "`direction` must be"),
+        ({"direction": "lower_is_better", "rci": 0}, ValueError, "`rci` must be greater than 0"),
+        ({"direction": "lower_is_better", "rci": 6, "cutoff": 10}, ValueError,
+         "`clinical_range` must be 'below' or 'at_or_above'; got None"),
+        ({"direction": "lower_is_better", "rci": 6, "score": "phq_total"}, KeyError, "Did you mean 'phq9_total'"),
+    ],
+)
+def test_reliable_change_validation(kwargs, error, match):
+    df = _phq([("a", 1, 20), ("a", 2, 5)])
+    kwargs = {"score": "phq9_total", **kwargs}
+    with pytest.raises(error, match=match):
+        reliable_change(df, **kwargs)
+
+
+def _sessions():
+    return pd.DataFrame({
+        "patient": ["a", "a", "a", "b", "b", "c"],
+        "session": [1, 2, 4, 1, 2, 1],
+        "days": [0.0, 7.0, 35.0, 0.0, 14.0, 0.0],
+        "followup": [95.0, 95.0, 95.0, 73.0, 73.0, 20.0],
+        "ending": [None, None, None, "Agreed", "Agreed", None],
+    })
+
+
+def test_endings_and_dose_inferred_and_recorded():
+    out = endings_and_dose(_sessions(), ending="ending", followup="followup", gap_days=60,
+                           labels={"Agreed": "planned"}).set_index("patient")
+    # a: 3 recorded sessions, last session number 4, weeks 35/7 = 5, longest gap 35 - 7 = 28
+    assert out.loc["a", "n_sessions"] == 3 and out.loc["a", "last_session"] == 4
+    assert out.loc["a", "weeks"] == 5.0 and out.loc["a", "longest_gap_days"] == 28.0
+    # a: 95 - 35 = 60 days without a session, tie with gap_days = 60 -> dropout (inferred)
+    assert out.loc["a", "ending"] == "dropout" and out.loc["a", "ending_source"] == "inferred"
+    # b: recorded "Agreed" -> planned
+    assert out.loc["b", "ending"] == "planned" and out.loc["b", "ending_source"] == "recorded"
+    # c: one session, 20 - 0 = 20 < 60 -> ongoing; weeks 0; no gap
+    assert out.loc["c", "ending"] == "ongoing" and out.loc["c", "weeks"] == 0.0
+    assert math.isnan(out.loc["c", "longest_gap_days"])
+    assert list(out.reset_index().columns) == ENDING_COLUMNS
+
+
+def test_endings_unknown_without_information():
+    out = endings_and_dose(_sessions())
+    assert out.ending.tolist() == ["unknown"] * 3
+    assert out.ending_source.tolist() == ["none"] * 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"ending": "ending"}, "Column 'ending' has ending 'Agreed' .*map it with `labels`"),
+        ({"gap_days": 30}, "`gap_days` needs `followup`"),
+        ({"gap_days": 0, "followup": "followup"}, "`gap_days` must be greater than 0"),
+    ],
+)
+def test_endings_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        endings_and_dose(_sessions(), **kwargs)
+
+
+def test_endings_must_be_constant_within_patient():
+    df = _sessions()
+    df.loc[0, "ending"] = "planned"
+    df.loc[1, "ending"] = "dropout"
+    with pytest.raises(ValueError, match="constant within patient; patient 'a'"):
+        endings_and_dose(df, ending="ending", labels={"Agreed": "planned"})
+
+
+def test_derive_patients_gathers_everything():
+    df = pd.DataFrame({
+        "patient": ["b"] * 6 + ["a"],
+        "therapist": ["T1"] * 6 + ["T2"],
+        "session": [1, 2, 3, 4, 5, 6, 1],
+        "days": [0.0, 7, 14, 21, 28, 35, 0.0],
+        "outcome": [20.0, 21, 20, 10, 9, 10, 15.0],
+    })
+    gains = sudden_gains(df, score="outcome", cutoff=6)
+    p = derive_patients(df, direction="lower_is_better", rci=6, cutoff=10,
+                        clinical_range="at_or_above", sudden_gains=gains)
+    assert p["patient"].tolist() == ["a", "b"]  # sorted
+    b = p.set_index("patient").loc["b"]
+    # 20 -> 10: improvement 10 >= 6; 20 clinical, 10 clinical (at_or_above) -> improved
+    assert b.rc_category == "improved" and b.therapist == "T1"
+    assert b.n_sudden_gains == 1 and b.first_sudden_gain_session == 3
+    assert b.weeks == 5.0
+    a = p.set_index("patient").loc["a"]
+    assert a.n_sessions == 1 and pd.isna(a.rc_category) and a.n_sudden_gains == 0

@@ -1,0 +1,166 @@
+"""Within/between parts, lags and leads, the analysis table and derive_tables."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from allianceflow.derive import (
+    DERIVE_DEFAULTS,
+    derive_analysis,
+    derive_tables,
+    lag_within_patient,
+    within_between,
+)
+
+
+def _three_level():
+    # T1: a (1, 3) mean 2; b (5) mean 5 -> T1 mean (2 + 5)/2 = 3.5
+    # T2: c (6, 8, 10) mean 8                -> T2 mean 8
+    # grand mean of patient means (2 + 5 + 8)/3 = 5
+    return pd.DataFrame({
+        "patient": ["a", "a", "b", "c", "c", "c"],
+        "therapist": ["T1", "T1", "T1", "T2", "T2", "T2"],
+        "session": [1, 2, 1, 1, 2, 3],
+        "x": [1.0, 3.0, 5.0, 6.0, 8.0, 10.0],
+    })
+
+
+def test_within_between_default_unchanged():
+    out = within_between(_three_level(), "x")
+    assert out["x_between"].tolist() == [-3.0, -3.0, 0.0, 3.0, 3.0, 3.0]
+    assert out["x_within"].tolist() == [-1.0, 1.0, 0.0, -2.0, 0.0, 2.0]
+    assert "x_gmc" not in out and "x_therapist" not in out
+
+
+def test_within_between_therapist_and_grand_mean():
+    out = within_between(_three_level(), "x", therapist="therapist", grand_mean=True)
+    assert out["x_tmean"].tolist() == [3.5, 3.5, 3.5, 8.0, 8.0, 8.0]
+    assert out["x_therapist"].tolist() == [-1.5, -1.5, -1.5, 3.0, 3.0, 3.0]
+    # patient part: a 2 - 3.5 = -1.5, b 5 - 3.5 = 1.5, c 8 - 8 = 0
+    assert out["x_patient"].tolist() == [-1.5, -1.5, 1.5, 0.0, 0.0, 0.0]
+    np.testing.assert_allclose(out["x_between"], out["x_therapist"] + out["x_patient"])
+    # gmc = x - 5 = within + between
+    assert out["x_gmc"].tolist() == [-4.0, -2.0, 0.0, 1.0, 3.0, 5.0]
+    np.testing.assert_allclose(out["x_gmc"], out["x_within"] + out["x_between"])
+
+
+def test_within_between_patient_with_two_therapists_refused():
+    df = _three_level()
+    df.loc[1, "therapist"] = "T2"
+    with pytest.raises(ValueError, match="Patient 'a' is seen by more than one therapist \\(T1, T2\\)"):
+        within_between(df, "x", therapist="therapist")
+
+
+def test_lead_respects_gaps():
+    df = pd.DataFrame({"patient": ["a"] * 3, "session": [1, 2, 4], "x": [1.0, 2.0, 4.0]})
+    lead = lag_within_patient(df, ["x"], lag=-1)["x_lead"]
+    assert lead.iloc[0] == 2.0 and math.isnan(lead.iloc[1]) and math.isnan(lead.iloc[2])
+    lead = lag_within_patient(df, ["x"], lag=-1, across_gaps=True)["x_lead"]
+    assert lead.tolist()[:2] == [2.0, 4.0] and math.isnan(lead.iloc[2])
+
+
+def test_lag_validation():
+    df = pd.DataFrame({"patient": ["a"], "session": [1], "x": [1.0]})
+    with pytest.raises(ValueError, match="`lag` must be a non-zero integer; got 0"):
+        lag_within_patient(df, ["x"], lag=0)
+
+
+def test_derive_analysis_columns_and_values():
+    df = _three_level().rename(columns={"x": "wai"})
+    df["ors"] = [10.0, 12.0, 20.0, 15.0, 17.0, 19.0]
+    out = derive_analysis(df, alliance="wai", outcome="ors", therapist="therapist")
+    for col in ("alliance_within", "alliance_between", "alliance_gmc", "alliance_therapist", "alliance_patient",
+                "alliance_within_lag", "alliance_lag", "outcome_lag", "outcome_next", "outcome_within"):
+        assert col in out.columns
+    c = out[out.patient == "c"]
+    assert c["outcome_next"].tolist()[:2] == [17.0, 19.0] and math.isnan(c["outcome_next"].iloc[2])
+    assert math.isnan(c["alliance_lag"].iloc[0]) and c["alliance_lag"].tolist()[1:] == [6.0, 8.0]
+    # one-session patient b: no lag, no lead, within 0
+    b = out[out.patient == "b"].iloc[0]
+    assert math.isnan(b.outcome_lag) and math.isnan(b.outcome_next) and b.alliance_within == 0.0
+
+
+def _scored(seed=5, n_patients=60, max_sessions=10):
+    """A small scored study: therapists, dropout, unrecorded sessions, missing scores."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_patients):
+        n = int(rng.integers(1, max_sessions + 1))
+        intake = rng.normal(19, 5)
+        level = rng.normal(3.6, 0.4)
+        for s in range(1, n + 1):
+            if s > 1 and rng.random() < 0.05:
+                continue  # unrecorded session
+            ors = intake + 0.6 * (s - 1) + rng.normal(0, 3)
+            rows.append({
+                "therapist": f"T{i % 6}", "patient": f"P{i:03d}", "session": s,
+                "days": 7.0 * (s - 1), "wai_sr_total": level + rng.normal(0, 0.4),
+                "ors_total": np.nan if rng.random() < 0.03 else round(float(np.clip(ors, 0, 40)), 1),
+            })
+    return pd.DataFrame(rows)
+
+
+def test_derive_tables_end_to_end_on_simulated_study():
+    scored = _scored()
+    res = derive_tables(scored, alliance="wai_sr_total", outcome="ors_total", direction="higher_is_better",
+                        rci=5.0, cutoff=25.0, clinical_range="below")
+    assert len(res.analysis) == len(scored)
+    assert res.patients["patient"].is_unique and len(res.patients) == scored.patient.nunique()
+    for col in ("track_status", "rupture_detected", "alliance_therapist", "outcome_next"):
+        assert col in res.analysis.columns
+    for col in ("rc_category", "ending", "weeks", "first_off_track_session", "n_sudden_gains", "n_ruptures"):
+        assert col in res.patients.columns
+    # counts reconcile between the event table and the patients table
+    assert res.patients.n_sudden_gains.sum() == (res.sudden_gains.event == "gain").sum()
+    assert res.patients.n_sudden_losses.sum() == (res.sudden_gains.event == "loss").sum()
+    assert res.patients.n_ruptures.sum() == res.analysis.rupture_detected.fillna(False).astype(bool).sum()
+    assert res.patients.n_ruptures.equals(res.patients.n_repaired + res.patients.n_unrepaired + res.patients.n_censored)
+    assert set(res.expected_response) == {"gamma0", "gamma1", "centre", "sigma", "n_patients", "n_observations"}
+    # the same inputs give the same tables
+    again = derive_tables(scored, alliance="wai_sr_total", outcome="ors_total", direction="higher_is_better",
+                          rci=5.0, cutoff=25.0, clinical_range="below")
+    pd.testing.assert_frame_equal(res.patients, again.patients)
+    pd.testing.assert_frame_equal(res.sudden_gains, again.sudden_gains)
+
+
+def test_derive_tables_settings_switches_and_coefficients():
+    scored = _scored(n_patients=20)
+    res = derive_tables(
+        scored, alliance="wai_sr_total", outcome="ors_total", direction="higher_is_better", rci=None,
+        settings={
+            "reliable_change": {"enabled": False},
+            "sudden_gains": {"enabled": False},
+            "ruptures": {"enabled": False},
+            "on_track": {"reference": "coefficients",
+                         "coefficients": {"gamma0": 2.0, "gamma1": -0.1, "centre": 19.0, "sigma": 4.0}},
+        },
+    )
+    assert res.sudden_gains.empty and "rupture_detected" not in res.analysis
+    assert "rc_category" not in res.patients and "n_sudden_gains" not in res.patients
+    assert res.expected_response["gamma0"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "settings, kwargs, error, match",
+    [
+        ({"sudden_gain": {}}, {}, KeyError, "Unknown derive setting 'sudden_gain' \\(did you mean 'sudden_gains'\\?\\)"),
+        ({"ruptures": {"k": 2}}, {}, KeyError, "Unknown key 'k' in derive setting 'ruptures'"),
+        ({"on_track": {"reference": "norms"}}, {}, ValueError, "`on_track.reference` must be 'study', 'reference' or 'coefficients'"),
+        ({}, {"rci": None}, ValueError, "Sudden gains need a first-criterion cut-off"),
+        ({"sudden_gains": {"cutoff": 5}}, {"rci": None}, ValueError, "Reliable change needs the outcome instrument's `rci`"),
+        ({"informant": "therapist"}, {}, KeyError, "Column 'informant' is not in the data"),
+    ],
+)
+def test_derive_tables_errors(settings, kwargs, error, match):
+    scored = _scored(n_patients=10)
+    args = dict(alliance="wai_sr_total", outcome="ors_total", direction="higher_is_better", rci=5.0)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        derive_tables(scored, settings=settings, **args)
+
+
+def test_defaults_cover_every_block():
+    assert set(DERIVE_DEFAULTS) == {"informant", "therapist_centring", "reliable_change", "on_track",
+                                    "sudden_gains", "ruptures", "endings"}

@@ -1,0 +1,160 @@
+"""Figures: every format, same bytes on a rerun, no dates in the metadata."""
+
+import pytest
+
+from allianceflow.derive import derive_analysis
+from allianceflow.figures import plot_within_between, save_figure
+from allianceflow.io import sha256_file
+from allianceflow.simulate import simulate_study
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    df = simulate_study(seed=7, n_patients=40, n_therapists=4, max_sessions=8)
+    df["wai"] = df.filter(regex=r"^wai_sr_\d+$").mean(axis=1)
+    df["ors"] = df.filter(regex=r"^ors_\d+$").sum(axis=1)
+    return derive_analysis(df, alliance="wai", outcome="ors")
+
+
+def test_saved_twice_gives_identical_bytes(analysis, tmp_path):
+    paths = {}
+    for run in ("a", "b"):
+        paths[run] = [tmp_path / f"{run}.{ext}" for ext in ("png", "pdf", "svg")]
+        save_figure(plot_within_between(analysis), paths[run])
+    for a, b in zip(paths["a"], paths["b"]):
+        assert sha256_file(a) == sha256_file(b), a.suffix
+
+
+def test_metadata_carries_no_date_and_fonts_are_embedded(analysis, tmp_path):
+    pdf, svg = tmp_path / "f.pdf", tmp_path / "f.svg"
+    save_figure(plot_within_between(analysis), [pdf, svg])
+    pdf_bytes = pdf.read_bytes()
+    assert b"CreationDate" not in pdf_bytes
+    assert b"/FontFile2" in pdf_bytes  # TrueType (Type 42) font embedded
+    svg_text = svg.read_text()
+    assert "<dc:date>" not in svg_text
+    assert "Within patients (OLS slope" in svg_text  # text kept as text
+
+
+def test_titles_report_the_ols_slopes(analysis, tmp_path):
+    import numpy as np
+
+    fig = plot_within_between(analysis)
+    within = analysis.dropna(subset=["alliance_within_lag", "outcome_within"])
+    slope = np.polyfit(within["alliance_within_lag"], within["outcome_within"], 1)[0]
+    assert fig.axes[0].get_title() == f"Within patients (OLS slope {slope:.2f})"
+
+
+def test_unknown_format_is_refused(analysis, tmp_path):
+    with pytest.raises(ValueError, match=r"`paths` must end in .png, .pdf or .svg; got 'f.jpg'."):
+        save_figure(plot_within_between(analysis), [tmp_path / "f.jpg"])
+
+
+# --------------------------------------------------------------------------- issue 7 figures
+
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from allianceflow import figures as F  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def derived():
+    from allianceflow.derive import derive_tables
+
+    df = simulate_study(seed=7, n_patients=80, n_therapists=6, max_sessions=10)
+    df["wai"] = df.filter(regex=r"^wai_sr_\d+$").sum(axis=1)
+    df["ors"] = df.filter(regex=r"^ors_\d+$").sum(axis=1)
+    return derive_tables(df, alliance="wai", outcome="ors", direction="higher_is_better", rci=5.0,
+                         cutoff=25.0, clinical_range="below")
+
+
+@pytest.fixture
+def result():
+    return {
+        "name": "m", "formula": "outcome ~ session + (1 + session | patient)",
+        "fixed": [
+            {"term": "Intercept", "estimate": 20.0, "se": 1.0, "ci_low": 18.04, "ci_high": 21.96},
+            {"term": "session", "estimate": 0.5, "se": 0.1, "ci_low": 0.304, "ci_high": 0.696},
+            {"term": "alliance_between", "estimate": 0.3, "se": 0.05, "ci_low": 0.202, "ci_high": 0.398},
+        ],
+        "random": [{"group": "patient", "term": "(Intercept)", "variance": 16.0},
+                   {"group": "patient", "term": "session", "variance": 0.25}],
+        "covariances": [{"group": "patient", "term1": "(Intercept)", "term2": "session", "covariance": -0.5}],
+    }
+
+
+def test_model_implied_mean_and_patient_band(result):
+    grid = pd.DataFrame({"session": [1.0, 3.0]})
+    pred = F.model_implied_mean(result, grid, hold={"alliance_between": 2.0})
+    assert pred["mean"].tolist() == pytest.approx([20.5 + 0.6, 21.5 + 0.6])
+    # var(t) = 16 + 0.25 t^2 + 2 (-0.5) t
+    half = 1.96 * np.sqrt([16 + 0.25 - 1.0, 16 + 2.25 - 3.0])
+    assert (pred["upper"] - pred["mean"]).tolist() == pytest.approx(half.tolist())
+    with pytest.raises(KeyError, match="'vcov_fixed'"):
+        F.model_implied_mean(result, grid, band="confidence")
+    vc = {"terms": ["session", "Intercept", "alliance_between"], "matrix": [[0.01, 0, 0], [0, 1.0, 0], [0, 0, 0.0025]]}
+    ci = F.model_implied_mean({**result, "vcov_fixed": vc}, grid, band="confidence")
+    assert (ci["upper"] - ci["mean"]).iloc[1] == pytest.approx(1.96 * np.sqrt(1.0 + 9 * 0.01))
+
+
+def test_caterpillar_names_the_key_it_needs(result):
+    with pytest.raises(KeyError, match=r"result\['conditional_modes'\]"):
+        F.plot_caterpillar(result)
+    modes = [{"group": "therapist", "level": f"T{i}", "term": "(Intercept)", "estimate": e, "se": 0.5}
+             for i, e in enumerate([0.3, -1.2, 0.9])]
+    fig = F.plot_caterpillar({**result, "conditional_modes": modes})
+    ys = fig.axes[0].lines[0].get_ydata()
+    assert list(ys) == [-1.2, 0.3, 0.9]  # ranked
+
+
+def test_flow_diagram_prints_the_counts(tmp_path):
+    flow = {"source_file": "x.csv",
+            "sessions": {"read": 120, "kept": 100, "excluded": 20, "excluded_by_rule": {"duplicate_identical": 20}},
+            "patients": {"read": 12, "kept": 10, "excluded": 2, "excluded_by_rule": {"min_sessions": 2}}}
+    fig = F.plot_flow(flow, arms={"tau": {"patients": 5, "sessions": 50}, "feedback": {"patients": 5, "sessions": 50}})
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "Read from x.csv\n12 patients, 120 sessions" in texts
+    assert "Excluded\n2 patients\n  min sessions: 2\n20 sessions\n  duplicate identical: 20" in texts
+    assert "feedback\n5 patients, 50 sessions" in texts
+    with pytest.raises(KeyError, match=r"`flow` has no 'patients' block"):
+        F.plot_flow({"sessions": flow["sessions"]})
+
+
+def test_every_new_figure_saves_identically_twice(derived, result, tmp_path):
+    a, p, g = derived.analysis, derived.patients, derived.sudden_gains
+    makers = {
+        "trajectories": lambda: F.plot_trajectories(a, result),
+        "forest": lambda: F.plot_forest([result, {**result, "name": "m2"}]),
+        "feedback": lambda: F.plot_feedback_curves(a),
+        "etr": lambda: F.plot_expected_response(a),
+        "ruptures": lambda: F.plot_ruptures(a),
+        "sudden_gains": lambda: F.plot_sudden_gains(a, g),
+        "reliable_change": lambda: F.plot_reliable_change(p, rci=5.0, cutoff=25.0),
+    }
+    for name, make in makers.items():
+        hashes = []
+        for run in ("a", "b"):
+            paths = [tmp_path / f"{name}_{run}.{ext}" for ext in ("png", "pdf", "svg")]
+            save_figure(make(), paths)
+            hashes.append([sha256_file(x) for x in paths])
+        assert hashes[0] == hashes[1], name
+
+
+def test_feedback_curves_label_groups_with_their_size(derived):
+    a = derived.analysis
+    fig = F.plot_feedback_curves(a, min_n=1)
+    labels = sorted(line.get_label() for line in fig.axes[0].lines)
+    status = F._patient_status(a, "patient", "track_status")
+    arm = a.groupby("patient")["condition"].first()
+    n = int(((arm == "tau") & (status == "on track")).sum())
+    assert f"tau, on track (n = {n})" in labels
+
+
+def test_example_patient_is_the_first_off_track(derived):
+    a = derived.analysis
+    pid = F.pick_example_patient(a)
+    off = sorted(set(a.loc[a["track_status"] == "not_on_track", "patient"]))
+    sizes = a.groupby("patient").size()
+    assert pid == next(x for x in off if sizes[x] >= 6)

@@ -1,0 +1,85 @@
+"""Tests of allianceflow.io readers: every format gives the same text table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from allianceflow import io
+
+ROWS = pd.DataFrame({
+    "ClientCode": ["P01", "P01", "P02"],
+    "SessionNo": [1, 2, 1],
+    "SessionDate": pd.to_datetime(["2024-02-01", "2024-02-08", "2024-02-03"]),
+    "ORS_1": [5.0, 5.5, 3.0],
+})
+EXPECTED = [["P01", "1", "2024-02-01", "5"], ["P01", "2", "2024-02-08", "5.5"], ["P02", "1", "2024-02-03", "3"]]
+
+
+@pytest.mark.parametrize("sep", [",", ";", "\t", "|"])
+def test_csv_delimiters_are_detected(tmp_path, sep):
+    path = tmp_path / "x.csv"
+    path.write_text(f"a{sep}b\n1{sep}2\n\n3{sep}4\n", encoding="utf-8")
+    frame = io.read_raw(path)
+    assert frame.values.tolist() == [[2, "1", "2"], [4, "3", "4"]]  # blank line 3 dropped, rows kept
+
+
+def test_statistics_and_parquet_formats_agree(tmp_path):
+    import pyreadstat
+
+    paths = {"sav": tmp_path / "x.sav", "dta": tmp_path / "x.dta", "parquet": tmp_path / "x.parquet"}
+    pyreadstat.write_sav(ROWS, paths["sav"])
+    pyreadstat.write_dta(ROWS, paths["dta"])
+    ROWS.to_parquet(paths["parquet"])
+    for kind, path in paths.items():
+        frame = io.read_raw(path)
+        assert frame["_source_row"].tolist() == [1, 2, 3], kind
+        assert frame.drop(columns="_source_row").values.tolist() == EXPECTED, kind
+        assert frame.attrs["date_columns"] == ["SessionDate"], kind
+
+
+def test_spss_value_labels_become_text(tmp_path):
+    import pyreadstat
+
+    frame = pd.DataFrame({"id": ["A", "B"], "informant": [1.0, 2.0]})
+    pyreadstat.write_sav(frame, tmp_path / "l.sav", variable_value_labels={"informant": {1.0: "patient", 2.0: "therapist"}})
+    assert io.read_raw(tmp_path / "l.sav")["informant"].tolist() == ["patient", "therapist"]
+
+
+def test_excel_sheet_and_rows(tmp_path):
+    path = tmp_path / "x.xlsx"
+    with pd.ExcelWriter(path) as writer:
+        pd.DataFrame({"a": [1]}).to_excel(writer, sheet_name="other", index=False)
+        ROWS.to_excel(writer, sheet_name="export", index=False)
+    frame = io.read_raw(path, sheet="export")
+    assert frame["_source_row"].tolist() == [2, 3, 4]
+    assert frame.drop(columns="_source_row").values.tolist() == EXPECTED
+    with pytest.raises(io.DataError, match=r"x.xlsx: the workbook has no sheet 'sessions'; its sheets are 'other', 'export'"):
+        io.read_raw(path, sheet="sessions")
+
+
+def test_column_names_lose_spaces_and_bom(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"\xef\xbb\xbf ClientCode ,b\nP1,2\n")
+    assert list(io.read_raw(path, encoding="cp1252").columns) == ["_source_row", "ClientCode", "b"]
+
+
+def test_read_raw_never_writes(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n")
+    path.chmod(0o444)
+    before = io.sha256_file(path)
+    io.read_raw(path)
+    assert io.sha256_file(path) == before
+
+
+def test_missing_file():
+    with pytest.raises(io.DataError, match="nope.csv: the file does not exist"):
+        io.read_raw(Path("nope.csv"))
+
+
+def test_writers_still_deterministic(tmp_path):
+    io.write_json({"b": 1.123456789012, "a": float("nan")}, tmp_path / "x.json")
+    assert (tmp_path / "x.json").read_text() == '{\n  "a": null,\n  "b": 1.123456789\n}\n'

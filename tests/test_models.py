@@ -1,0 +1,724 @@
+"""Tests for allianceflow.models: fitting, convergence checks, tidy results, presets, LRT."""
+
+import json
+import math
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import allianceflow.models as models
+from allianceflow.models import (
+    PRESETS,
+    compare_models,
+    fit_model,
+    fixed_effects_table,
+    format_model,
+    likelihood_ratio_test,
+    preset_formula,
+    random_effects_table,
+)
+
+SKELETON = (
+    "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 | patient)"
+)
+
+
+TRUE = {
+    "within": 2.0,
+    "between": 4.0,
+    "sd_therapist": 1.5,
+    "sd_patient": 4.5,
+    "sd_slope": 0.25,
+    "sd_residual": 3.5,
+}
+
+
+def simulate(seed: int, n_therapists: int, n_patients: int, n_sessions: int) -> pd.DataFrame:
+    """A self-contained three-level alliance-outcome study with known parameters.
+
+    Alliance :math:`A_{it}` has therapist, patient and session parts; its within-patient part
+    is the deviation from the patient's mean, the between part the patient mean minus the
+    grand mean, and the within part is lagged one session. The outcome is
+    :math:`Y_{it} = 19 + v_j + u_{0i} + (0.5 + u_{1i})(t-1) + 2 W_{i,t-1} + 4 B_i + e_{it}`
+    with independent random effects, so the alliance_outcome preset is correctly specified.
+    Patients have 2 to ``n_sessions`` sessions.
+    """
+    rng = np.random.default_rng(seed)
+    ther = np.arange(n_patients) % n_therapists
+    v = rng.normal(0, TRUE["sd_therapist"], n_therapists)
+    u0 = rng.normal(0, TRUE["sd_patient"], n_patients)
+    u1 = rng.normal(0, TRUE["sd_slope"], n_patients)
+    a_t = rng.normal(0, 0.2, n_therapists)
+    a_p = rng.normal(0, 0.45, n_patients)
+    n_ses = rng.integers(2, n_sessions + 1, n_patients)
+    rows = []
+    for i in range(n_patients):
+        s = np.arange(1, n_ses[i] + 1)
+        alliance = 3.6 + a_t[ther[i]] + a_p[i] + rng.normal(0, 0.3, len(s))
+        for k in range(len(s)):
+            rows.append(
+                {
+                    "therapist": f"T{ther[i]:02d}",
+                    "patient": f"P{i:03d}",
+                    "session": int(s[k]),
+                    "alliance": alliance[k],
+                    "u": v[ther[i]] + u0[i] + u1[i] * (s[k] - 1),
+                }
+            )
+    d = pd.DataFrame(rows)
+    pmean = d.groupby("patient")["alliance"].transform("mean")
+    d["alliance_within"] = d["alliance"] - pmean
+    d["alliance_between"] = pmean - d.groupby("patient")["alliance"].mean().mean()
+    d["alliance_within_lag"] = d.groupby("patient")["alliance_within"].shift(1)
+    d["outcome"] = (
+        19
+        + d["u"]
+        + 0.5 * (d["session"] - 1)
+        + TRUE["within"] * d["alliance_within_lag"].fillna(0)
+        + TRUE["between"] * d["alliance_between"]
+        + rng.normal(0, TRUE["sd_residual"], len(d))
+    )
+    d["condition"] = np.where(d["patient"].str[1:].astype(int) % 2 == 0, "feedback", "tau")
+    return d.drop(columns="u")
+
+
+@pytest.fixture(scope="module")
+def small():
+    return simulate(3, n_therapists=8, n_patients=60, n_sessions=8)
+
+
+@pytest.fixture(scope="module")
+def small_fit(small):
+    return fit_model(small, SKELETON, name="skeleton")
+
+
+def _equal_means_data():
+    """Therapists with identical patient sets: the therapist variance's REML estimate is 0,
+    and statsmodels' default-start lbfgs reports convergence at a wrong log-likelihood."""
+    rng = np.random.default_rng(5)
+    base_p, base_e, xb = rng.normal(0, 1, 5), rng.normal(0, 1, (5, 6)), rng.normal(0, 1, 5)
+    rows = []
+    for t in range(6):
+        for p in range(5):
+            for s in range(6):
+                rows.append(
+                    {
+                        "therapist": f"T{t}",
+                        "patient": f"T{t}P{p}",
+                        "session": s + 1,
+                        "xb": xb[p],
+                        "y": 2 + 0.5 * xb[p] + base_p[p] + base_e[p, s],
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- step 1 contract
+
+
+def _walk(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _walk(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk(v)
+    else:
+        yield obj
+
+
+def test_result_contract(small_fit, small):
+    r = small_fit
+    for key in [
+        "name",
+        "formula",
+        "reml",
+        "n_obs",
+        "n_groups",
+        "n_dropped_missing",
+        "fixed",
+        "random",
+        "residual_variance",
+        "icc",
+        "r2_marginal",
+        "r2_conditional",
+        "loglik",
+        "aic",
+        "bic",
+        "convergence",
+    ]:
+        assert key in r
+    assert r["name"] == "skeleton" and r["reml"] is True and r["formula"] == SKELETON
+    assert [f["term"] for f in r["fixed"]] == [
+        "Intercept",
+        "alliance_within_lag",
+        "alliance_between",
+        "session",
+    ]
+    assert set(r["fixed"][0]) == {
+        "term",
+        "estimate",
+        "se",
+        "ci_low",
+        "ci_high",
+        "statistic",
+        "p",
+        "df",
+        "r",
+    }
+    assert [(x["group"], x["term"]) for x in r["random"]] == [
+        ("therapist", "(Intercept)"),
+        ("patient", "(Intercept)"),
+    ]
+    assert set(r["icc"]) == {"therapist", "patient"}
+    conv = r["convergence"]
+    assert set(conv) == {
+        "converged",
+        "optimizer",
+        "attempts",
+        "max_abs_gradient",
+        "hessian_positive_definite",
+        "boundary",
+        "warnings",
+    }
+    assert conv["converged"] is True and conv["optimizer"] == "lbfgsb"
+    complete = (
+        small[["outcome", "alliance_within_lag", "alliance_between", "session"]].notna().all(axis=1)
+    )
+    assert r["n_obs"] == int(complete.sum()) and r["n_dropped_missing"] == int((~complete).sum())
+    assert r["n_groups"] == {
+        "therapist": small.loc[complete, "therapist"].nunique(),
+        "patient": small.loc[complete, "patient"].nunique(),
+    }
+    for v in _walk(r):
+        assert (
+            v is None
+            or isinstance(v, (str, bool, int, float))
+            and type(v) in (str, bool, int, float)
+        )
+
+
+def test_same_input_same_bytes(small, small_fit):
+    again = fit_model(small, SKELETON, name="skeleton")
+    assert json.dumps(again, sort_keys=True) == json.dumps(small_fit, sort_keys=True)
+    assert format_model(again) == format_model(small_fit)
+
+
+def test_rounding_to_12_significant_digits():
+    assert models._r(1 / 3) == 0.333333333333
+    assert models._r(float("nan")) is None and models._r(float("inf")) is None
+    assert models._r(np.float64(-2.0)) == -2.0 and type(models._r(np.float64(2))) is float
+
+
+def test_missing_rows_are_dropped_and_counted(small):
+    d = small.copy()
+    ok = d.index[d[["outcome", "alliance_within_lag", "alliance_between"]].notna().all(axis=1)]
+    d.loc[ok[:3], "outcome"] = np.nan
+    d.loc[ok[3:5], "alliance_between"] = np.nan
+    d.loc[ok[5:9], "wai_sr_1"] = np.nan  # not a model variable: must not drop rows
+    base = fit_model(small, SKELETON)
+    r = fit_model(d, SKELETON)
+    assert r["n_dropped_missing"] == base["n_dropped_missing"] + 5
+    assert r["n_obs"] == base["n_obs"] - 5
+
+
+def test_wald_arithmetic_and_r_equivalent(small_fit):
+    z = stats.norm.ppf(0.975)
+    for f in small_fit["fixed"]:
+        assert f["ci_low"] == pytest.approx(f["estimate"] - z * f["se"], rel=1e-9)
+        assert f["ci_high"] == pytest.approx(f["estimate"] + z * f["se"], rel=1e-9)
+        assert f["statistic"] == pytest.approx(f["estimate"] / f["se"], rel=1e-9)
+        assert f["p"] == pytest.approx(2 * stats.norm.sf(abs(f["statistic"])), rel=1e-6, abs=1e-15)
+        t = f["statistic"]
+        assert f["r"] == pytest.approx(t / math.sqrt(t * t + f["df"]), rel=1e-9)
+
+
+def test_containment_df(small_fit, small):
+    """Pinheiro & Bates df: patient-level terms get m_patient - m_therapist - 1."""
+    df = {f["term"]: f["df"] for f in small_fit["fixed"]}
+    n, n_p, n_t = (
+        small_fit["n_obs"],
+        small_fit["n_groups"]["patient"],
+        small_fit["n_groups"]["therapist"],
+    )
+    assert df["alliance_between"] == n_p - n_t - 1
+    assert df["alliance_within_lag"] == df["session"] == df["Intercept"] == n - n_p - 3
+
+
+def test_icc_and_r2_by_hand(small_fit, small):
+    r = small_fit
+    v_t, v_p = (x["variance"] for x in r["random"])
+    s2 = r["residual_variance"]
+    assert r["icc"]["therapist"] == pytest.approx(v_t / (v_t + v_p + s2), rel=1e-9)
+    assert r["icc"]["patient"] == pytest.approx(v_p / (v_t + v_p + s2), rel=1e-9)
+    d = small.dropna(subset=["outcome", "alliance_within_lag", "alliance_between"])
+    beta = {f["term"]: f["estimate"] for f in r["fixed"]}
+    pred = beta["Intercept"] + sum(
+        beta[c] * d[c] for c in ["alliance_within_lag", "alliance_between", "session"]
+    )
+    var_f = float(np.var(pred, ddof=1))
+    total = var_f + v_t + v_p + s2
+    assert r["r2_marginal"] == pytest.approx(var_f / total, rel=1e-8)
+    assert r["r2_conditional"] == pytest.approx((var_f + v_t + v_p) / total, rel=1e-8)
+
+
+def test_aic_bic_arithmetic(small_fit):
+    r = small_fit
+    assert r["n_params"] == 4 + 2 + 1
+    assert r["aic"] == pytest.approx(-2 * r["loglik"] + 2 * 7, rel=1e-10)
+    assert r["bic"] == pytest.approx(-2 * r["loglik"] + 7 * math.log(r["n_obs"]), rel=1e-10)
+
+
+def test_format_model_text(small_fit):
+    text = format_model(small_fit)
+    assert text.startswith("Linear mixed model 'skeleton' fit by REML (statsmodels.MixedLM)\n")
+    assert f"Formula: {SKELETON}\n" in text
+    assert "Convergence: converged (optimizer lbfgsb" in text
+    assert re.search(r"^  alliance_between\s+-?\d+\.\d{4}", text, flags=re.M)
+    assert "ICC: therapist " in text and "R2 marginal: " in text
+    assert "Attempts: lbfgsb: logLik " in text
+
+
+def test_tables(small_fit):
+    fx = fixed_effects_table(small_fit)
+    assert list(fx.columns) == [
+        "term",
+        "estimate",
+        "se",
+        "ci_low",
+        "ci_high",
+        "statistic",
+        "p",
+        "df",
+        "r",
+    ]
+    assert len(fx) == 4
+    rx = random_effects_table(small_fit)
+    assert rx["group"].tolist() == ["therapist", "patient", "Residual"]
+    assert rx["variance"].iloc[-1] == small_fit["residual_variance"]
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def test_recovers_alliance_effects_on_simulated_study():
+    d = simulate(11, n_therapists=20, n_patients=300, n_sessions=12)
+    r = fit_model(d, preset_formula("alliance_outcome"))
+    assert r["convergence"]["converged"]
+    fx = {f["term"]: f for f in r["fixed"]}
+    for term, truth in [
+        ("alliance_within_lag", TRUE["within"]),
+        ("alliance_between", TRUE["between"]),
+    ]:
+        assert fx[term]["ci_low"] < truth < fx[term]["ci_high"]
+        assert abs(fx[term]["estimate"] - truth) < 2.5 * fx[term]["se"]
+    assert fx["session"]["ci_low"] < 0.5 < fx["session"]["ci_high"]
+    sd = {(x["group"], x["term"]): x["sd"] for x in r["random"]}
+    assert math.sqrt(r["residual_variance"]) == pytest.approx(TRUE["sd_residual"], rel=0.03)
+    assert sd[("patient", "(Intercept)")] == pytest.approx(TRUE["sd_patient"], rel=0.1)
+    assert 0.1 < sd[("patient", "session")] < 0.45  # weakly identified with 2-12 sessions
+    assert 0.7 < sd[("therapist", "(Intercept)")] < 2.5
+    assert r["n_groups"] == {"therapist": 20, "patient": 300}
+
+
+def test_random_slope_covariance_reported(small):
+    r = fit_model(small, "outcome ~ alliance_within_lag + session + (1 + session | patient)")
+    assert r["convergence"]["converged"]
+    (c,) = r["covariances"]
+    assert (c["group"], c["term1"], c["term2"]) == ("patient", "(Intercept)", "session")
+    v = {x["term"]: x["variance"] for x in r["random"]}
+    assert c["correlation"] == pytest.approx(
+        c["covariance"] / math.sqrt(v["(Intercept)"] * v["session"]), rel=1e-9
+    )
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+def test_false_convergence_of_lbfgs_is_caught():
+    """statsmodels' lbfgs says converged=True about 0.95 log-likelihood units below the optimum."""
+    from statsmodels.regression.mixed_linear_model import MixedLM
+
+    d = _equal_means_data()
+    m = MixedLM.from_formula(
+        "y ~ xb + session",
+        d,
+        groups="therapist",
+        re_formula="1",
+        vc_formula={"p": "0 + C(patient)"},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = m.fit(method="lbfgs")
+    assert raw.converged and raw.llf < -254.8
+    # statsmodels' optimisers only: our check rejects lbfgs and a fall-back finds the optimum
+    r = fit_model(
+        d,
+        "y ~ xb + session + (1 | therapist) + (1 | patient)",
+        optimizers=("lbfgs", "bfgs", "powell", "nm"),
+    )
+    first = r["convergence"]["attempts"][0]
+    assert first["optimizer"] == "lbfgs" and first["statsmodels_converged"] is True
+    assert first["converged"] is False
+    assert r["convergence"]["converged"] is True
+    assert r["loglik"] == pytest.approx(-253.889393, abs=2e-6)
+    # default order: bounded L-BFGS-B gets there first time
+    r = fit_model(d, "y ~ xb + session + (1 | therapist) + (1 | patient)")
+    assert r["convergence"]["attempts"][0]["optimizer"] == "lbfgsb"
+    assert r["convergence"]["attempts"][0]["converged"] is True
+    assert r["loglik"] == pytest.approx(-253.889393, abs=2e-6)
+
+
+def test_infinite_likelihood_of_statsmodels_is_not_accepted():
+    """Unbounded lbfgs drives a variance to exactly 0 where statsmodels' likelihood is +inf."""
+    d = _equal_means_data()
+    r = fit_model(d, "y ~ xb + session + (1 | patient)", optimizers=("lbfgs", "nm"))
+    first = r["convergence"]["attempts"][0]
+    assert first["optimizer"] == "lbfgs" and first["loglik"] is None and first["converged"] is False
+    assert r["convergence"]["converged"] is True
+    assert r["loglik"] == pytest.approx(
+        fit_model(d, "y ~ xb + session + (1 | patient)")["loglik"], abs=1e-6
+    )
+
+
+def test_boundary_variance_is_refit_and_reported_as_zero():
+    d = _equal_means_data()
+    r = fit_model(d, "y ~ xb + session + (1 | therapist) + (1 | patient)")
+    reduced = fit_model(d, "y ~ xb + session + (1 | patient)")
+    t = r["random"][0]
+    assert (t["group"], t["term"], t["variance"], t["sd"], t["boundary"]) == (
+        "therapist",
+        "(Intercept)",
+        0.0,
+        0.0,
+        True,
+    )
+    assert r["convergence"]["boundary"] == ["(Intercept) | therapist"]
+    assert any(
+        w.startswith("singular fit: the variance of (Intercept) | therapist is at the boundary")
+        for w in r["convergence"]["warnings"]
+    )
+    assert r["loglik"] == reduced["loglik"]
+    assert [f["estimate"] for f in r["fixed"]] == [f["estimate"] for f in reduced["fixed"]]
+    assert r["n_params"] == reduced["n_params"] + 1  # the zero variance still counts, as in lme4
+    assert r["icc"]["therapist"] == 0.0
+
+
+def test_statsmodels_10239_guard(monkeypatch):
+    """A variance below 1e-10 zeroes between-group fixed effects in statsmodels; we refit."""
+    from statsmodels.regression.mixed_linear_model import MixedLM
+
+    d = _equal_means_data()
+    d["xt"] = d["therapist"].str[1].astype(float)  # a therapist-level covariate
+    d["y"] = d["y"] + 0.3 * d["xt"] + np.repeat(np.random.default_rng(1).normal(0, 0.5, 6), 30)
+    m = MixedLM.from_formula(
+        "y ~ xb + xt + session",
+        d,
+        groups="therapist",
+        re_formula="1",
+        vc_formula={"p": "0 + C(patient)"},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        good = m.fit(method="lbfgs")
+    packed = good.params_object.get_packed(use_sqrt=True, has_fe=False)
+    packed[0] = 0.0  # therapist variance exactly 0 -> below statsmodels' tol 1e-10
+    broken = models._result_at(m, packed, True)
+    # the statsmodels bug: intercept and the between-therapist covariate come back as 0.0
+    # (to rounding), although their estimates are far from 0
+    assert abs(broken.fe_params["Intercept"]) < 1e-12 and abs(broken.fe_params["xt"]) < 1e-12
+    assert good.fe_params["Intercept"] > 1.0 and good.fe_params["xt"] > 0.1
+    assert broken.fe_params["xb"] == pytest.approx(good.fe_params["xb"], rel=0.2)
+
+    real = models._fit_attempts
+    calls = {"n": 0}
+
+    def inject(model, reml, optimizers, grad_tol, maxiter):
+        calls["n"] += 1
+        out = real(model, reml, optimizers, grad_tol, maxiter)
+        if calls["n"] == 1:  # first fit: hand back the degenerate statsmodels result
+            res = models._result_at(model, packed, True)
+            return (res,) + out[1:]
+        return out
+
+    monkeypatch.setattr(models, "_fit_attempts", inject)
+    r = fit_model(d, "y ~ xb + xt + session + (1 | therapist) + (1 | patient)")
+    monkeypatch.undo()
+    reduced = fit_model(d, "y ~ xb + xt + session + (1 | patient)")
+    est = {f["term"]: f["estimate"] for f in r["fixed"]}
+    assert est["Intercept"] > 1.0 and est["xt"] > 0.1
+    assert est == {f["term"]: f["estimate"] for f in reduced["fixed"]}
+    assert r["random"][0]["variance"] == 0.0
+    assert any(
+        "statsmodels #10239" not in w and "issue #10239" in w for w in r["convergence"]["warnings"]
+    )
+    assert any(
+        "variance < 1e-10, statsmodels #10239 guard" in a.get("note", "")
+        for a in r["convergence"]["attempts"]
+    )
+
+
+def test_optimizer_fallback_order_recorded(small):
+    r = fit_model(small, SKELETON, optimizers=("nm", "lbfgs"))
+    assert r["convergence"]["attempts"][0]["optimizer"] == "nm"
+    assert r["convergence"]["converged"]
+    base = fit_model(small, SKELETON)
+    assert r["loglik"] == pytest.approx(base["loglik"], abs=1e-6)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        ({"data": [1, 2]}, TypeError, "`data` must be a pandas DataFrame; got list"),
+        ({"data": pd.DataFrame()}, ValueError, "`data` has no rows"),
+        ({"reml": "yes"}, TypeError, "`reml` must be True or False; got 'yes'"),
+        ({"name": ""}, ValueError, "`name` must be a non-empty string; got ''"),
+        (
+            {"optimizers": ("lbfgs", "adam")},
+            ValueError,
+            "`optimizers` entries must be one of .*; got 'adam'",
+        ),
+        ({"optimizers": ()}, ValueError, "`optimizers` must list at least one"),
+        (
+            {"formula": "outcome ~ session + (1 | therapist) + (1 + session | patient)"},
+            ValueError,
+            "MixedLM can give correlated random effects only to the outermost grouping factor",
+        ),
+        (
+            {"formula": "outcome ~ alliance_betwen + (1 | patient)"},
+            KeyError,
+            "uses 'alliance_betwen', which is not a column.*closest: 'alliance_between'",
+        ),
+    ],
+)
+def test_fit_model_validation(small, kwargs, exc, message):
+    args = {"data": small, "formula": SKELETON, **kwargs}
+    with pytest.raises(exc, match=message):
+        fit_model(args.pop("data"), args.pop("formula"), **args)
+
+
+def test_no_complete_rows(small):
+    d = small.assign(outcome=np.nan)
+    with pytest.raises(ValueError, match="`data` has no complete rows for the model variables"):
+        fit_model(d, SKELETON)
+
+
+# --------------------------------------------------------------------------- LRT
+
+
+def _fake(name, ll, k, n=100, reml=False, terms=("Intercept", "x")):
+    return {
+        "name": name,
+        "formula": name,
+        "loglik": ll,
+        "n_params": k,
+        "n_obs": n,
+        "reml": reml,
+        "aic": -2 * ll + 2 * k,
+        "bic": -2 * ll + k * math.log(n),
+        "fixed": [{"term": t} for t in terms],
+    }
+
+
+def test_lrt_arithmetic():
+    out = compare_models(_fake("m0", -100.0, 5, terms=("Intercept",)), _fake("m1", -97.0, 6))
+    assert (out["statistic"], out["df"], out["method"]) == (6.0, 1, "ML")
+    assert out["p"] == pytest.approx(0.0143058784, rel=1e-8)  # chi2.sf(6, 1)
+    assert out["p_boundary"] is None  # fixed effects differ: ordinary chi-square
+
+
+def test_lrt_variance_boundary_mixture():
+    out = compare_models(_fake("m0", -100.0, 5, reml=True), _fake("m1", -98.5, 7, reml=True))
+    assert out["statistic"] == 3.0 and out["df"] == 2
+    assert out["p"] == pytest.approx(math.exp(-1.5), rel=1e-9)  # chi2.sf(3, 2)
+    assert out["p_boundary"] == pytest.approx(
+        0.5 * math.exp(-1.5) + 0.5 * stats.chi2.sf(3, 1), rel=1e-9
+    )
+
+
+@pytest.mark.parametrize(
+    "r0, r1, message",
+    [
+        (_fake("a", -1, 3, n=10), _fake("b", -1, 4, n=11), "different rows \\(n_obs 10 vs 11\\)"),
+        (
+            _fake("a", -1, 3, reml=True),
+            _fake("b", -1, 4),
+            "one model was fitted by REML and the other by ML",
+        ),
+        (
+            _fake("a", -1, 3, reml=True, terms=("Intercept",)),
+            _fake("b", -1, 4, reml=True),
+            "REML fits with different fixed effects cannot be compared by LRT; refit both with reml=False",
+        ),
+        (_fake("a", -1, 4), _fake("b", -1, 4), "must have more parameters than 'a'"),
+    ],
+)
+def test_lrt_errors(r0, r1, message):
+    with pytest.raises(ValueError, match=message):
+        compare_models(r0, r1)
+
+
+def test_likelihood_ratio_test_refits_with_ml(small):
+    f0 = "outcome ~ session + (1 | therapist) + (1 | patient)"
+    out = likelihood_ratio_test(small, f0, SKELETON)
+    assert out["method"] == "ML" and out["fit0"]["reml"] is False and out["fit1"]["reml"] is False
+    assert out["fit0"]["n_obs"] == out["fit1"]["n_obs"] == out["n_obs"]
+    assert out["df"] == 2
+    assert out["statistic"] == pytest.approx(
+        2 * (out["fit1"]["loglik"] - out["fit0"]["loglik"]), rel=1e-9
+    )
+    out_r = likelihood_ratio_test(
+        small,
+        "outcome ~ session + (1 | patient)",
+        "outcome ~ session + (1 | therapist) + (1 | patient)",
+    )
+    assert out_r["method"] == "REML" and out_r["p_boundary"] is not None
+
+
+# --------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize(
+    "name, options, formula",
+    [
+        ("growth", {}, "outcome ~ session + (1 | therapist) + (1 + session || patient)"),
+        (
+            "growth",
+            {"time_shape": "log"},
+            "outcome ~ log_session + (1 | therapist) + (1 + log_session || patient)",
+        ),
+        (
+            "growth",
+            {"time_shape": "quadratic", "therapist": False},
+            "outcome ~ session + I(session^2) + (1 + session | patient)",
+        ),
+        (
+            "alliance_outcome",
+            {},
+            "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 + session || patient)",
+        ),
+        (
+            "alliance_outcome",
+            {"previous_outcome": True, "detrend": "linear", "therapist": False},
+            "outcome ~ alliance_within_detrended_lag + alliance_between + session + outcome_lag + (1 + session | patient)",
+        ),
+        (
+            "therapist_effects",
+            {"baseline": True},
+            "outcome ~ alliance_therapist_mean + alliance_patient_deviation + session + outcome_baseline"
+            " + (1 | therapist) + (1 + session || patient)",
+        ),
+        (
+            "feedback",
+            {},
+            "outcome ~ session * C(condition) * off_track + (1 | therapist) + (1 + session || patient)",
+        ),
+        (
+            "rupture_repair",
+            {"random": "(1 | patient)"},
+            "outcome ~ rupture_lag + repair_lag + alliance_within_lag + alliance_between + session + (1 | patient)",
+        ),
+        (
+            "alliance_components",
+            {"components": ("bond", "task"), "therapist": False},
+            "outcome ~ alliance_bond_within_lag + alliance_task_within_lag + alliance_bond_between"
+            " + alliance_task_between + session + (1 + session | patient)",
+        ),
+        (
+            "informants",
+            {"covariates": ["days"], "outcome": "phq9_total", "time": "days"},
+            "phq9_total ~ alliance_patient_within_lag + alliance_patient_between + alliance_therapist_within_lag"
+            " + alliance_therapist_between + days + days + (1 | therapist) + (1 + days || patient)",
+        ),
+    ],
+)
+def test_presets(name, options, formula):
+    assert preset_formula(name, **options) == formula
+
+
+def test_every_preset_parses_and_translates():
+    from allianceflow.formula import parse_formula, to_mixedlm
+
+    for name in PRESETS:
+        plan = to_mixedlm(parse_formula(preset_formula(name)))
+        assert plan.vc_formula  # patient components under therapist, or crossed
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("growth_curve", {}, "`name` must be one of 'growth', 'alliance_outcome'"),
+        ("growth", {"shape": "log"}, "preset 'growth' has no option 'shape'"),
+        (
+            "growth",
+            {"time_shape": "cubic"},
+            "`time_shape` must be 'linear', 'log' or 'quadratic'; got 'cubic'",
+        ),
+        (
+            "alliance_outcome",
+            {"detrend": "session"},
+            "`detrend` must be 'none' or 'linear'; got 'session'",
+        ),
+        ("alliance_outcome", {"therapist": "yes"}, "`therapist` must be True or False; got 'yes'"),
+        ("alliance_components", {"components": "bond"}, "`components` must be a non-empty list"),
+    ],
+)
+def test_preset_errors(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        preset_formula(name, **options)
+
+
+def test_feedback_preset_fits(small):
+    d = small.copy()
+    d["off_track"] = (d.groupby("patient")["outcome"].transform("first") < 15).astype(float)
+    r = fit_model(d, preset_formula("feedback", therapist=False))
+    terms = [f["term"] for f in r["fixed"]]
+    assert "session:C(condition)[T.tau]:off_track" in terms and len(terms) == 8
+    assert r["convergence"]["converged"]
+
+
+def test_conditional_modes_match_the_closed_form_blup():
+    """Random-intercept BLUPs: mode_j = lambda_j * mean_j(y - X b), with shrinkage
+    lambda_j = s2u / (s2u + s2e / n_j), and conditional variance (1/s2u + n_j/s2e)^-1
+    (e.g. Snijders & Bosker 2012, sec. 4.8). Unequal n_j make the shrinkage differ by group."""
+    rng = np.random.default_rng(12)
+    sizes = rng.integers(2, 9, 25)
+    group = np.repeat([f"G{j:02d}" for j in range(25)], sizes)
+    x = rng.normal(size=len(group))
+    u = np.repeat(rng.normal(0, 1.5, 25), sizes)
+    d = pd.DataFrame({"g": group, "x": x, "y": 1 + 0.5 * x + u + rng.normal(0, 1, len(group))})
+    res = fit_model(d, "y ~ x + (1 | g)")
+    s2u = res["random"][0]["variance"]
+    s2e = res["residual_variance"]
+    b = {row["term"]: row["estimate"] for row in res["fixed"]}
+    resid = d["y"] - b["Intercept"] - b["x"] * d["x"]
+    modes = pd.DataFrame(res["conditional_modes"]).set_index("level")
+    assert list(modes.index) == sorted(set(group)) and set(modes["group"]) == {"g"}
+    se = {row["term"]: row["se"] for row in res["fixed"]}
+    vcov = res["vcov_fixed"]
+    assert vcov["terms"] == ["Intercept", "x"]
+    assert [math.sqrt(vcov["matrix"][i][i]) for i in range(2)] == pytest.approx([se["Intercept"], se["x"]], rel=1e-9)
+    for level, part in resid.groupby(d["g"]):
+        n = len(part)
+        expected = s2u / (s2u + s2e / n) * part.mean()
+        cond_sd = (1 / s2u + n / s2e) ** -0.5
+        assert modes.loc[level, "estimate"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+        assert modes.loc[level, "se"] == pytest.approx(cond_sd, rel=1e-6)
+        assert modes.loc[level, "ci_high"] == pytest.approx(expected + 1.959963985 * cond_sd, rel=1e-6)
+
+
+def test_rank_deficient_design_names_the_culprit():
+    d = pd.DataFrame({"g": np.repeat(["a", "b", "c", "d"], 5), "x": np.arange(20.0), "k": 1.0})
+    d["y"] = d["x"] + np.repeat([0.0, 1.0, -1.0, 0.5], 5) + np.sin(np.arange(20))
+    with pytest.raises(ValueError, match=r"from the 20 complete rows: constant in the rows used: k\. Drop or recode"):
+        fit_model(d, "y ~ x + k + (1 | g)")
+    d["x2"] = 2 * d["x"]
+    with pytest.raises(ValueError, match=r"a combination of earlier terms: x2\."):
+        fit_model(d, "y ~ x + x2 + (1 | g)")

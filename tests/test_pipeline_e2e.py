@@ -1,0 +1,159 @@
+"""End to end: real Snakemake on a temporary copy of the example study."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from allianceflow.io import sha256_file
+from allianceflow.simulate import EXAMPLE_DESIGN
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+PROJECT_FILES = ["Snakefile", "config.yaml", "workflow", "data/raw/example"]
+
+
+def _copy_project(root: Path, target: Path) -> Path:
+    for name in PROJECT_FILES:
+        source, dest = root / name, target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, dest)
+        else:
+            shutil.copy2(source, dest)
+    return target
+
+
+def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _result_hashes(workdir: Path) -> dict[str, str]:
+    """sha256 of every file under results/ except Snakemake's report.html, which embeds the
+    run's job start and end times (its runtime statistics) and so differs on every run."""
+    return {
+        p.relative_to(workdir).as_posix(): sha256_file(p)
+        for p in sorted((workdir / "results").rglob("*"))
+        if p.is_file() and p.name != "report.html"
+    }
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, root):
+    workdir = _copy_project(root, tmp_path_factory.mktemp("run"))
+    raw = workdir / "data/raw/example/sessions_export.csv"
+    raw_hash = sha256_file(raw)
+    proc = _snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"dir": workdir, "raw_hash_before": raw_hash, "raw": raw}
+
+
+def test_within_patient_effect_ci_contains_the_truth(run):
+    result = json.loads((run["dir"] / "results/example/models/alliance_outcome.json").read_text())
+    fixed = {row["term"]: row for row in result["fixed"]}
+    # The simulator's truth is per WAI-SR item-mean point; the WAI-SR total is the sum of
+    # its 12 items, so one total-score point is 1/12 of an item-mean point.
+    truth = EXAMPLE_DESIGN.within_effect / 12
+    row = fixed["alliance_within_lag"]
+    assert row["ci_low"] < truth < row["ci_high"]
+    assert result["convergence"]["converged"] is True
+    assert result["n_groups"] == {"patient": 278, "therapist": 30}
+
+
+def test_flow_reconciles_with_the_raw_file_and_the_clean_table(run):
+    flow = json.loads((run["dir"] / "data/processed/example/flow.json").read_text())
+    raw_rows = len(pd.read_csv(run["raw"], dtype=str))
+    sessions = pd.read_parquet(run["dir"] / "data/processed/example/sessions.parquet")
+    exclusions = pd.read_csv(run["dir"] / "data/processed/example/exclusions.csv")
+    s = flow["sessions"]
+    assert s["read"] == raw_rows == 2907
+    assert s["read"] == s["kept"] + s["excluded"]
+    assert s["kept"] == len(sessions)
+    actions = exclusions["action"].value_counts().to_dict()
+    assert s["excluded"] == actions.get("excluded", 0) == 0
+    # Unrecorded sessions (the simulator's p_unrecorded) leave gaps, flagged not excluded.
+    assert s["flagged_by_rule"] == {"session_gap": actions["flagged"]} and actions["flagged"] == 64
+    assert flow["patients"]["read"] == flow["patients"]["kept"] + flow["patients"]["excluded"]
+
+
+def test_tables_have_the_expected_rows(run):
+    table = pd.read_csv(run["dir"] / "results/example/tables/alliance_outcome.csv")
+    assert table["term"].tolist() == ["Intercept", "alliance_within_lag", "alliance_between", "session"]
+    assert table["converged"].all()
+    reliability = pd.read_csv(run["dir"] / "results/example/tables/reliability.csv")
+    assert set(zip(reliability["instrument"], reliability["scale"])) == {
+        ("wai_sr", "total"), ("wai_sr", "task"), ("wai_sr", "bond"), ("wai_sr", "goal"), ("ors", "total")
+    }
+
+
+def test_manifest_lists_inputs_and_every_output(run):
+    workdir = run["dir"]
+    manifest = json.loads((workdir / "results/example/manifest.json").read_text())
+    assert manifest["inputs"]["data/raw/example/sessions_export.csv"] == run["raw_hash_before"]
+    assert manifest["inputs"]["config.yaml"] == sha256_file(workdir / "config.yaml")
+    outputs = {k: v for k, v in _result_hashes(workdir).items() if not k.endswith("manifest.json")}
+    assert manifest["outputs"] == outputs
+    assert manifest["config"]["study"]["alliance"] == "wai_sr_total"
+    assert manifest["versions"]["statsmodels"]
+    verify = subprocess.run(
+        [sys.executable, "-m", "allianceflow", "verify", "results/example/manifest.json"],
+        cwd=workdir, capture_output=True, text=True,
+    )
+    assert verify.returncode == 0 and "all files match" in verify.stdout
+
+
+def test_raw_file_is_never_written(run):
+    assert sha256_file(run["raw"]) == run["raw_hash_before"]
+
+
+def test_second_run_has_nothing_to_do(run):
+    proc = _snakemake(run["dir"], "--dry-run")
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, root):
+    again = _copy_project(root, tmp_path)
+    proc = _snakemake(again)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = _result_hashes(run["dir"]), _result_hashes(again)
+    manifest = json.loads((run["dir"] / "results/example/manifest.json").read_text())
+    assert set(first) == set(manifest["outputs"]) | {"results/example/manifest.json"}
+    # 7 models x (json, txt, 5 table formats) + 1 comparison x (json, txt) + models,
+    # reliability and 5 descriptive tables in 5 formats + 10 figures x 3 formats
+    # + expected_response.json (derive) + manifest
+    assert len(first) == 7 * 7 + 2 + 7 * 5 + 10 * 3 + 1 + 1 == 118
+    assert {k.rsplit(".", 1)[1] for k in first} == {"json", "txt", "csv", "md", "html", "tex", "docx", "png", "pdf", "svg"}
+    assert first == second
+
+
+def test_report_has_a_caption_per_figure_and_table(run):
+    proc = _snakemake(run["dir"], "--report", "results/example/report.html")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (run["dir"] / "results/example/report.html").read_text(encoding="utf-8")
+    for phrase in ("Flow of patients and sessions", "Fixed effects of every fitted model",
+                   "Sample characteristics by arm", "reliable change index around it"):
+        assert phrase in text
+
+
+def test_invalid_config_fails_before_any_job(tmp_path, root):
+    workdir = _copy_project(root, tmp_path)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["models"]["alliance_outcome"]["reml"] = "sometimes"
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = _snakemake(workdir)
+    assert proc.returncode != 0
+    assert "`models.alliance_outcome.reml` is 'sometimes'; it must be of type boolean." in proc.stderr
+    assert not (workdir / "data/processed").exists()
+    assert not (workdir / "results").exists()

@@ -1,0 +1,29 @@
+"""The manifest: hashes of inputs and outputs, and verification of a reproduction."""
+
+import hashlib
+
+from allianceflow.cli import main
+from allianceflow.io import write_json
+from allianceflow.report import build_manifest, verify_manifest
+
+
+def test_manifest_hashes_verify_and_tampering_is_found(tmp_path, capsys):
+    raw = tmp_path / "raw.csv"
+    raw.write_text("a,b\n1,2\n")
+    out = tmp_path / "results" / "t.csv"
+    out.parent.mkdir()
+    out.write_text("x\n1\n")
+    manifest = build_manifest(study="s", inputs=[raw], outputs=[out], config={"seed": 1}, root=tmp_path)
+    assert manifest["inputs"] == {"raw.csv": hashlib.sha256(b"a,b\n1,2\n").hexdigest()}
+    assert manifest["outputs"] == {"results/t.csv": hashlib.sha256(b"x\n1\n").hexdigest()}
+    assert manifest["versions"]["pandas"].count(".") >= 1
+    path = tmp_path / "manifest.json"
+    write_json(manifest, path)
+    assert verify_manifest(path, root=tmp_path) == []
+    assert main(["verify", str(path), "--root", str(tmp_path)]) == 0
+
+    out.write_text("x\n2\n")
+    raw.unlink()
+    assert verify_manifest(path, root=tmp_path) == ["missing: raw.csv", "differs: results/t.csv"]
+    assert main(["verify", str(path), "--root", str(tmp_path)]) == 1
+    assert "2 file(s) do not match" in capsys.readouterr().out

@@ -1,0 +1,10 @@
+"""Snakemake adapter: likelihood-ratio test of two models (allianceflow.pipeline.comparison_stage)."""
+from allianceflow.pipeline import comparison_stage, run_step
+
+with run_step(snakemake.log[0]):
+    comparison_stage(
+        snakemake.input.analysis,
+        snakemake.params.models,
+        json=snakemake.output.json,
+        txt=snakemake.output.txt,
+    )
