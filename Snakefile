@@ -18,6 +18,8 @@ wildcard_constraints:
     study="|".join(STUDIES),
     model="|".join(MODELS),
     comparison="[A-Za-z][A-Za-z0-9_-]*_vs_[A-Za-z][A-Za-z0-9_-]*",
+    design="|".join(POWER_DESIGNS) or "no-power-design",
+    chunk=r"\d+",
 
 
 include: "workflow/rules/clean.smk"
@@ -27,6 +29,8 @@ include: "workflow/rules/fit.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/pool.smk"
+include: "workflow/rules/power.smk"
 
 
 rule all:

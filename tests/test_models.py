@@ -1,5 +1,6 @@
 """Tests for allianceflow.models: fitting, convergence checks, tidy results, presets, LRT."""
 
+import functools
 import json
 import math
 import re
@@ -25,6 +26,11 @@ from allianceflow.models import (
 SKELETON = (
     "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 | patient)"
 )
+
+# The tests above the engine comparison exercise the statsmodels path (optimiser fall-backs,
+# its convergence flag, the #10239 guard); the fast engine has its own tests in
+# tests/test_engine.py and is compared with this path below.
+fit_sm = functools.partial(fit_model, engine="statsmodels")
 
 
 TRUE = {
@@ -93,7 +99,7 @@ def small():
 
 @pytest.fixture(scope="module")
 def small_fit(small):
-    return fit_model(small, SKELETON, name="skeleton")
+    return fit_sm(small, SKELETON, name="skeleton")
 
 
 def _equal_means_data():
@@ -203,7 +209,7 @@ def test_result_contract(small_fit, small):
 
 
 def test_same_input_same_bytes(small, small_fit):
-    again = fit_model(small, SKELETON, name="skeleton")
+    again = fit_sm(small, SKELETON, name="skeleton")
     assert json.dumps(again, sort_keys=True) == json.dumps(small_fit, sort_keys=True)
     assert format_model(again) == format_model(small_fit)
 
@@ -220,8 +226,8 @@ def test_missing_rows_are_dropped_and_counted(small):
     d.loc[ok[:3], "outcome"] = np.nan
     d.loc[ok[3:5], "alliance_between"] = np.nan
     d.loc[ok[5:9], "wai_sr_1"] = np.nan  # not a model variable: must not drop rows
-    base = fit_model(small, SKELETON)
-    r = fit_model(d, SKELETON)
+    base = fit_sm(small, SKELETON)
+    r = fit_sm(d, SKELETON)
     assert r["n_dropped_missing"] == base["n_dropped_missing"] + 5
     assert r["n_obs"] == base["n_obs"] - 5
 
@@ -307,7 +313,7 @@ def test_tables(small_fit):
 
 def test_recovers_alliance_effects_on_simulated_study():
     d = simulate(11, n_therapists=20, n_patients=300, n_sessions=12)
-    r = fit_model(d, preset_formula("alliance_outcome"))
+    r = fit_sm(d, preset_formula("alliance_outcome"))
     assert r["convergence"]["converged"]
     fx = {f["term"]: f for f in r["fixed"]}
     for term, truth in [
@@ -326,7 +332,7 @@ def test_recovers_alliance_effects_on_simulated_study():
 
 
 def test_random_slope_covariance_reported(small):
-    r = fit_model(small, "outcome ~ alliance_within_lag + session + (1 + session | patient)")
+    r = fit_sm(small, "outcome ~ alliance_within_lag + session + (1 + session | patient)")
     assert r["convergence"]["converged"]
     (c,) = r["covariances"]
     assert (c["group"], c["term1"], c["term2"]) == ("patient", "(Intercept)", "session")
@@ -356,7 +362,7 @@ def test_false_convergence_of_lbfgs_is_caught():
         raw = m.fit(method="lbfgs")
     assert raw.converged and raw.llf < -254.8
     # statsmodels' optimisers only: our check rejects lbfgs and a fall-back finds the optimum
-    r = fit_model(
+    r = fit_sm(
         d,
         "y ~ xb + session + (1 | therapist) + (1 | patient)",
         optimizers=("lbfgs", "bfgs", "powell", "nm"),
@@ -367,7 +373,7 @@ def test_false_convergence_of_lbfgs_is_caught():
     assert r["convergence"]["converged"] is True
     assert r["loglik"] == pytest.approx(-253.889393, abs=2e-6)
     # default order: bounded L-BFGS-B gets there first time
-    r = fit_model(d, "y ~ xb + session + (1 | therapist) + (1 | patient)")
+    r = fit_sm(d, "y ~ xb + session + (1 | therapist) + (1 | patient)")
     assert r["convergence"]["attempts"][0]["optimizer"] == "lbfgsb"
     assert r["convergence"]["attempts"][0]["converged"] is True
     assert r["loglik"] == pytest.approx(-253.889393, abs=2e-6)
@@ -376,19 +382,19 @@ def test_false_convergence_of_lbfgs_is_caught():
 def test_infinite_likelihood_of_statsmodels_is_not_accepted():
     """Unbounded lbfgs drives a variance to exactly 0 where statsmodels' likelihood is +inf."""
     d = _equal_means_data()
-    r = fit_model(d, "y ~ xb + session + (1 | patient)", optimizers=("lbfgs", "nm"))
+    r = fit_sm(d, "y ~ xb + session + (1 | patient)", optimizers=("lbfgs", "nm"))
     first = r["convergence"]["attempts"][0]
     assert first["optimizer"] == "lbfgs" and first["loglik"] is None and first["converged"] is False
     assert r["convergence"]["converged"] is True
     assert r["loglik"] == pytest.approx(
-        fit_model(d, "y ~ xb + session + (1 | patient)")["loglik"], abs=1e-6
+        fit_sm(d, "y ~ xb + session + (1 | patient)")["loglik"], abs=1e-6
     )
 
 
 def test_boundary_variance_is_refit_and_reported_as_zero():
     d = _equal_means_data()
-    r = fit_model(d, "y ~ xb + session + (1 | therapist) + (1 | patient)")
-    reduced = fit_model(d, "y ~ xb + session + (1 | patient)")
+    r = fit_sm(d, "y ~ xb + session + (1 | therapist) + (1 | patient)")
+    reduced = fit_sm(d, "y ~ xb + session + (1 | patient)")
     t = r["random"][0]
     assert (t["group"], t["term"], t["variance"], t["sd"], t["boundary"]) == (
         "therapist",
@@ -446,9 +452,9 @@ def test_statsmodels_10239_guard(monkeypatch):
         return out
 
     monkeypatch.setattr(models, "_fit_attempts", inject)
-    r = fit_model(d, "y ~ xb + xt + session + (1 | therapist) + (1 | patient)")
+    r = fit_sm(d, "y ~ xb + xt + session + (1 | therapist) + (1 | patient)")
     monkeypatch.undo()
-    reduced = fit_model(d, "y ~ xb + xt + session + (1 | patient)")
+    reduced = fit_sm(d, "y ~ xb + xt + session + (1 | patient)")
     est = {f["term"]: f["estimate"] for f in r["fixed"]}
     assert est["Intercept"] > 1.0 and est["xt"] > 0.1
     assert est == {f["term"]: f["estimate"] for f in reduced["fixed"]}
@@ -463,10 +469,10 @@ def test_statsmodels_10239_guard(monkeypatch):
 
 
 def test_optimizer_fallback_order_recorded(small):
-    r = fit_model(small, SKELETON, optimizers=("nm", "lbfgs"))
+    r = fit_sm(small, SKELETON, optimizers=("nm", "lbfgs"))
     assert r["convergence"]["attempts"][0]["optimizer"] == "nm"
     assert r["convergence"]["converged"]
-    base = fit_model(small, SKELETON)
+    base = fit_sm(small, SKELETON)
     assert r["loglik"] == pytest.approx(base["loglik"], abs=1e-6)
 
 
@@ -501,13 +507,13 @@ def test_optimizer_fallback_order_recorded(small):
 def test_fit_model_validation(small, kwargs, exc, message):
     args = {"data": small, "formula": SKELETON, **kwargs}
     with pytest.raises(exc, match=message):
-        fit_model(args.pop("data"), args.pop("formula"), **args)
+        fit_sm(args.pop("data"), args.pop("formula"), **args)
 
 
 def test_no_complete_rows(small):
     d = small.assign(outcome=np.nan)
     with pytest.raises(ValueError, match="`data` has no complete rows for the model variables"):
-        fit_model(d, SKELETON)
+        fit_sm(d, SKELETON)
 
 
 # --------------------------------------------------------------------------- LRT
@@ -678,7 +684,7 @@ def test_preset_errors(name, options, message):
 def test_feedback_preset_fits(small):
     d = small.copy()
     d["off_track"] = (d.groupby("patient")["outcome"].transform("first") < 15).astype(float)
-    r = fit_model(d, preset_formula("feedback", therapist=False))
+    r = fit_sm(d, preset_formula("feedback", therapist=False))
     terms = [f["term"] for f in r["fixed"]]
     assert "session:C(condition)[T.tau]:off_track" in terms and len(terms) == 8
     assert r["convergence"]["converged"]
@@ -722,3 +728,58 @@ def test_rank_deficient_design_names_the_culprit():
     d["x2"] = 2 * d["x"]
     with pytest.raises(ValueError, match=r"a combination of earlier terms: x2\."):
         fit_model(d, "y ~ x + x2 + (1 | g)")
+
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 | patient)",
+        "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 + session || patient)",
+        "outcome ~ session + (1 | therapist/patient)",
+        "outcome ~ session + alliance_within_lag + (1 + session | patient)",
+    ],
+)
+def test_fast_engine_and_statsmodels_give_the_same_results(small, formula):
+    fast = fit_model(small, formula, engine="auto")
+    ref = fit_model(small, formula, engine="statsmodels")
+    assert fast["engine"] == "allianceflow.engine" and ref["engine"] == "statsmodels.MixedLM"
+    assert set(fast) == set(ref) and set(fast["convergence"]) == set(ref["convergence"])
+    assert fast["loglik"] == pytest.approx(ref["loglik"], rel=1e-6)
+    for a, b in zip(fast["fixed"], ref["fixed"]):
+        assert a["term"] == b["term"]
+        assert a["estimate"] == pytest.approx(b["estimate"], abs=1e-5)
+        assert a["se"] == pytest.approx(b["se"], rel=1e-4)
+        assert a["df"] == b["df"]
+    for a, b in zip(fast["random"], ref["random"]):
+        assert (a["group"], a["term"]) == (b["group"], b["term"])
+        assert a["variance"] == pytest.approx(b["variance"], rel=2e-3, abs=1e-6)
+    assert fast["n_groups"] == ref["n_groups"] and fast["n_obs"] == ref["n_obs"]
+    for g in ref["icc"]:
+        assert fast["icc"][g] == pytest.approx(ref["icc"][g], abs=1e-4)
+    assert fast["r2_conditional"] == pytest.approx(ref["r2_conditional"], abs=1e-4)
+    modes_f = pd.DataFrame(fast["conditional_modes"])
+    modes_r = pd.DataFrame(ref["conditional_modes"])
+    assert list(modes_f["level"]) == list(modes_r["level"])
+    assert np.allclose(modes_f["estimate"], modes_r["estimate"], atol=1e-4)
+    assert np.allclose(modes_f["se"], modes_r["se"], rtol=1e-3)
+
+
+def test_auto_engine_fits_what_statsmodels_cannot(small):
+    formula = "outcome ~ session + (1 | therapist) + (1 + session | patient)"
+    with pytest.raises(ValueError, match="MixedLM can give correlated random effects only to the outermost"):
+        fit_model(small, formula, engine="statsmodels")
+    res = fit_model(small, formula)
+    assert res["engine"] == "allianceflow.engine" and res["convergence"]["converged"]
+    assert [c["term1"] + "/" + c["term2"] for c in res["covariances"]] == ["(Intercept)/session"]
+
+
+def test_fast_engine_refuses_crossed_factors_and_bad_engine_names():
+    rng = np.random.default_rng(3)
+    d = pd.DataFrame({"a": np.repeat(list("abcdef"), 12), "b": np.tile(list("uvwxyz"), 12), "x": rng.normal(size=72)})
+    d["y"] = d["x"] + rng.normal(size=72)
+    with pytest.raises(ValueError, match="The fast engine cannot fit 'y ~ x \\+ \\(1 \\| a\\) \\+ \\(1 \\| b\\)': it needs nested"):
+        fit_model(d, "y ~ x + (1 | a) + (1 | b)", engine="fast")
+    assert fit_model(d, "y ~ x + (1 | a) + (1 | b)")["engine"] == "statsmodels.MixedLM"
+    with pytest.raises(ValueError, match="`engine` must be 'auto', 'fast' or 'statsmodels'; got 'lme4'."):
+        fit_model(d, "y ~ x + (1 | a)", engine="lme4")

@@ -538,6 +538,12 @@ def _level_df(
         key=lambda f: (len(f), d.groupby(_key_col(f, plan)).ngroups),
     )
     keys = [_key_col(f, plan) for f in facs]
+    return _containment_df(d, keys, exog)
+
+
+def _containment_df(d: pd.DataFrame, keys: list[str], exog: pd.DataFrame) -> dict[str, float]:
+    """Containment df for nested grouping columns *keys*, ordered outer to inner."""
+    n = len(d)
     sizes = [1] + [int(d[k].nunique()) if k in d else int(d.groupby(k).ngroups) for k in keys] + [n]
     # level index of each column: innermost level within which it is constant
     level = {}
@@ -588,6 +594,7 @@ def fit_model(
     grad_tol: float = 1e-3,
     boundary_tol: float = 1e-4,
     maxiter: int = 2000,
+    engine: Literal["auto", "fast", "statsmodels"] = "auto",
 ) -> dict:
     """Fit a linear mixed model written in lme4 syntax and return tidy, JSON-ready results.
 
@@ -617,6 +624,14 @@ def fit_model(
         largest variance.
     maxiter : int, default 2000
         Iteration limit per optimiser.
+    engine : {"auto", "fast", "statsmodels"}, default "auto"
+        "fast": :func:`allianceflow.engine.fit_lmm`, lme4's profiled-deviance formulation
+        vectorised over patients (nested grouping factors only; any ``|`` or ``||`` block
+        at any level). "statsmodels": ``MixedLM`` with the optimiser fall-backs below.
+        "auto" takes the fast engine whenever :func:`allianceflow.engine.supports` the
+        structure and statsmodels otherwise (crossed factors). Both give the same result
+        keys; ``result["engine"]`` says which ran. The options ``optimizers``, ``grad_tol``
+        and ``maxiter`` apply to statsmodels only.
 
     Returns
     -------
@@ -719,7 +734,20 @@ def fit_model(
     optimizers = _check_optimizers(optimizers)
     if not isinstance(reml, (bool, np.bool_)):
         raise TypeError(f"`reml` must be True or False; got {reml!r}.")
+    if engine not in ("auto", "fast", "statsmodels"):
+        raise ValueError(f"`engine` must be 'auto', 'fast' or 'statsmodels'; got {engine!r}.")
     spec = parse_formula(formula)
+    if engine != "statsmodels":
+        from .engine import supports
+
+        if supports(spec, data):
+            return _fit_fast(data, spec, reml=bool(reml), name=name, boundary_tol=boundary_tol)
+        if engine == "fast":
+            raise ValueError(
+                f"The fast engine cannot fit {formula!r}: it needs nested grouping factors "
+                "(e.g. patients within therapists); use engine='statsmodels' (or 'auto') for "
+                "crossed factors."
+            )
     d, plan, n_dropped = _prepare(data, spec)
     model = _build_model(d, plan, bool(reml))
     _check_rank(model)
@@ -944,13 +972,147 @@ def fit_model(
     }
 
 
+def _fit_fast(data: pd.DataFrame, spec: FormulaSpec, *, reml: bool, name: str, boundary_tol: float) -> dict:
+    """Fit with :func:`allianceflow.engine.fit_lmm` and return the same result dict as the
+    statsmodels path (same keys, same definitions of df, r, ICC and R²)."""
+    import patsy
+
+    from .engine import fit_lmm
+
+    variables = formula_variables(spec, data.columns)
+    d = data.loc[data[variables].notna().all(axis=1), variables].reset_index(drop=True)
+    if len(d) == 0:
+        raise ValueError(
+            f"`data` has no complete rows for the model variables {variables} "
+            f"(all {len(data)} rows have a missing value in at least one)."
+        )
+    design = patsy.dmatrix(spec.fixed, d, return_type="dataframe")
+    _check_rank_design(design.to_numpy(dtype=float), list(design.columns))
+    fit = fit_lmm(data, spec, reml=reml, boundary_tol=boundary_tol)
+    keys = []
+    # outer to inner: fewer parts first, then fewer levels (study, therapist, patient)
+    for factor in sorted(spec.factors, key=lambda f: (len(f), d[list(f)].drop_duplicates().shape[0])):
+        key = ":".join(factor)
+        if key not in d:
+            d[key] = d[list(factor)].astype(str).agg(":".join, axis=1)
+        keys.append(key)
+    exog = design.reset_index(drop=True)
+    exog.columns = list(fit.fixed_names)
+    dfs = _containment_df(d, keys, exog)
+
+    zcrit = float(stats.norm.ppf(0.975))
+    fixed = []
+    ses = np.sqrt(np.diag(fit.cov_fe))
+    for term, est, se in zip(fit.fixed_names, fit.fe_params, ses):
+        est, se = float(est), float(se)
+        z = est / se if se > 0 else float("nan")
+        df_t = dfs.get(term, float(fit.n_obs - len(fit.fixed_names)))
+        fixed.append(
+            {
+                "term": term,
+                "estimate": _r(est),
+                "se": _r(se),
+                "ci_low": _r(est - zcrit * se),
+                "ci_high": _r(est + zcrit * se),
+                "statistic": _r(z),
+                "p": _r(2 * stats.norm.sf(abs(z))) if math.isfinite(z) else None,
+                "df": _r(df_t),
+                "r": _r(z / math.sqrt(z * z + df_t)) if math.isfinite(z) else None,
+            }
+        )
+    scale = float(fit.sigma2)
+    random, covs = [], []
+    order = [t.label for t in spec.random]
+    for group in dict.fromkeys(order):
+        cov = fit.cov_re[group]
+        terms = list(cov.index)
+        for i, t in enumerate(terms):
+            v = float(cov.iloc[i, i])
+            random.append({"group": group, "term": t, "variance": _r(v), "sd": _r(math.sqrt(max(v, 0.0))),
+                           "boundary": bool(v < boundary_tol * scale)})
+        correlated = [rt for rt in spec.random if rt.label == group and rt.correlated and len(rt.effects) > 1]
+        for rt in correlated:
+            effects = list(rt.effects)
+            for i in range(len(effects)):
+                for j in range(i + 1, len(effects)):
+                    c = float(cov.loc[effects[i], effects[j]])
+                    den = math.sqrt(max(cov.loc[effects[i], effects[i]], 0) * max(cov.loc[effects[j], effects[j]], 0))
+                    covs.append({"group": group, "term1": effects[i], "term2": effects[j], "covariance": _r(c),
+                                 "correlation": _r(c / den) if den > 0 else None})
+    var_r = float(sum(fit.level_variance.values()))
+    total = fit.var_fixed + var_r + scale
+    icc = {g: _r(fit.level_variance[g] / (var_r + scale)) for g in dict.fromkeys(order)}
+
+    modes = []
+    outer = order[0] if order else None
+    if outer is not None and outer in fit.ranef and len(fit.ranef[outer]) <= 5000:
+        frame = fit.ranef[outer]
+        level_col = frame.columns[0]
+        terms = [c for c in frame.columns[1:] if not str(c).startswith("se_")]
+        frame = frame.assign(_level=frame[level_col].astype(str)).sort_values("_level", kind="mergesort")
+        for _, row in frame.iterrows():
+            for t in terms:
+                est, se = float(row[t]), float(row[f"se_{t}"])
+                modes.append({"group": outer, "level": row["_level"], "term": t, "estimate": _r(est), "se": _r(se),
+                              "ci_low": _r(est - zcrit * se), "ci_high": _r(est + zcrit * se)})
+    warnings_ = list(fit.warnings)
+    if not fit.converged:
+        warnings_.append(
+            "the fit did not pass the convergence check; estimates should not be reported."
+        )
+    return {
+        "name": name,
+        "formula": spec.formula,
+        "reml": bool(reml),
+        "engine": "allianceflow.engine",
+        "n_obs": int(fit.n_obs),
+        "n_groups": {g: int(fit.n_groups[g]) for g in dict.fromkeys(order)},
+        "n_dropped_missing": int(fit.n_dropped_missing),
+        "fixed": fixed,
+        "random": random,
+        "covariances": covs,
+        "residual_variance": _r(scale),
+        "icc": icc,
+        "r2_marginal": _r(fit.var_fixed / total),
+        "r2_conditional": _r((fit.var_fixed + var_r) / total),
+        "loglik": _r(fit.loglik),
+        "n_params": int(fit.n_params),
+        "conditional_modes": modes,
+        "vcov_fixed": {"terms": list(fit.fixed_names), "matrix": [[_r(v) for v in row] for row in fit.cov_fe]},
+        "aic": _r(fit.aic),
+        "bic": _r(fit.bic),
+        "convergence": {
+            "converged": bool(fit.converged),
+            "optimizer": fit.optimizer,
+            "attempts": [
+                {
+                    "optimizer": fit.optimizer,
+                    "loglik": _r(fit.loglik),
+                    "converged": bool(fit.converged),
+                    "evaluations": int(fit.n_evaluations),
+                    "newton_decrement": _r(fit.newton_decrement),
+                    "max_abs_gradient": _r(fit.max_abs_gradient),
+                    "warnings": list(fit.warnings),
+                }
+            ],
+            "max_abs_gradient": _r(fit.max_abs_gradient),
+            "hessian_positive_definite": bool(fit.hessian_positive_definite),
+            "boundary": list(fit.boundary),
+            "warnings": warnings_,
+        },
+    }
+
+
 def _check_rank(model) -> None:
+    """Refuse a rank-deficient fixed-effects design (statsmodels path)."""
+    _check_rank_design(np.asarray(model.exog, dtype=float), list(model.exog_names))
+
+
+def _check_rank_design(exog: np.ndarray, names: list[str]) -> None:
     """Refuse a rank-deficient fixed-effects design with the columns that cause it."""
-    exog = np.asarray(model.exog, dtype=float)
     rank = np.linalg.matrix_rank(exog)
     if rank == exog.shape[1]:
         return
-    names = list(model.exog_names)
     constant = [n for n, col in zip(names, exog.T) if n != "Intercept" and np.ptp(col) == 0]
     redundant = []
     kept: list[int] = []

@@ -29,12 +29,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 __all__ = [
     "StudyDesign",
+    "INSTRUMENT_PAIRS",
+    "EXAMPLE2_DESIGN",
+    "EXAMPLE2_SEED",
+    "EXPORT2_COLUMNS",
+    "to_export_srs_phq9",
+    "write_example2_study",
     "EXAMPLE_DESIGN",
     "EXAMPLE_SEED",
     "simulate_study",
@@ -145,13 +152,40 @@ class StudyDesign:
             )
 
 
+class _Pair(NamedTuple):
+    alliance: str
+    outcome: str
+
+
+#: Alliance + outcome instrument pairs the simulator can write.
+INSTRUMENT_PAIRS: dict[str, _Pair] = {
+    "wai_sr+ors": _Pair("wai_sr", "ors"),
+    "srs+phq9": _Pair("srs", "phq9"),
+}
+InstrumentPair = Literal["wai_sr+ors", "srs+phq9"]
+
+
+def _check_pair(instruments: str) -> _Pair:
+    if instruments not in INSTRUMENT_PAIRS:
+        raise ValueError(
+            f"`instruments` must be 'wai_sr+ors' or 'srs+phq9'; got {instruments!r}."
+        )
+    return INSTRUMENT_PAIRS[instruments]
+
+
 #: The design of the embedded example study in ``data/raw/example/``.
 EXAMPLE_DESIGN = StudyDesign()
 #: The seed of the embedded example study.
 EXAMPLE_SEED = 20261125
 
 
-def simulate_study(design: StudyDesign | None = None, *, seed: int, **overrides) -> pd.DataFrame:
+def simulate_study(
+    design: StudyDesign | None = None,
+    *,
+    seed: int,
+    instruments: InstrumentPair = "wai_sr+ors",
+    **overrides,
+) -> pd.DataFrame:
     """Simulate one study in the canonical long format.
 
     Parameters
@@ -160,6 +194,15 @@ def simulate_study(design: StudyDesign | None = None, *, seed: int, **overrides)
         Design and true parameters; :data:`EXAMPLE_DESIGN` when omitted.
     seed : int
         Seed of :func:`numpy.random.default_rng`; the same seed gives the same study.
+    instruments : {'wai_sr+ors', 'srs+phq9'}, default 'wai_sr+ors'
+        The alliance + outcome pair. ``'srs+phq9'``: the alliance is the SRS (4 items,
+        0–10 to one decimal) and the outcome the PHQ-9 (9 items, integers 0–3, lower is
+        better). The design's parameters are then read on those scales: alliance
+        parameters on the SRS item-mean scale (0–10), ``wai_item_noise`` as the SRS item
+        noise, outcome parameters in PHQ-9 total points (0–27; improvement is a negative
+        slope and a beneficial alliance a negative effect) and ``ors_item_noise`` as the
+        SD of the noise around a ninth of the total before rounding each item to 0–3.
+        The default pair draws exactly the same numbers as before the option existed.
     **overrides
         Fields of :class:`StudyDesign` to replace, e.g. ``n_patients=2000``.
 
@@ -203,6 +246,7 @@ def simulate_study(design: StudyDesign | None = None, *, seed: int, **overrides)
     >>> sorted(df.condition.unique())
     ['feedback', 'tau']
     """
+    pair = _check_pair(instruments)
     design = dataclasses.replace(design or EXAMPLE_DESIGN, **overrides)
     rng = np.random.default_rng(seed)
     n_t, n_p, n_s = design.n_therapists, design.n_patients, design.max_sessions
@@ -237,12 +281,18 @@ def simulate_study(design: StudyDesign | None = None, *, seed: int, **overrides)
         + (design.alliance_slope + pat_alliance_slope[:, None]) * time
         + rng.normal(0.0, design.alliance_sd_session, (n_p, n_s))
     )
-    wai = np.clip(
-        np.rint(latent_alliance[:, :, None] + rng.normal(0.0, design.wai_item_noise, (n_p, n_s, 12))),
-        1,
-        5,
-    )
-    alliance = wai.mean(axis=2)  # the observed WAI-SR item mean, before any blanks
+    if pair.alliance == "wai_sr":
+        wai = np.clip(
+            np.rint(latent_alliance[:, :, None] + rng.normal(0.0, design.wai_item_noise, (n_p, n_s, 12))),
+            1,
+            5,
+        )
+    else:  # SRS: four 10 cm lines, marked to 0.1 cm
+        wai = np.round(
+            np.clip(latent_alliance[:, :, None] + rng.normal(0.0, design.wai_item_noise, (n_p, n_s, 4)), 0.0, 10.0),
+            1,
+        )
+    alliance = wai.mean(axis=2)  # the observed alliance item mean, before any blanks
     alliance_rec = np.where(recorded, alliance, np.nan)
     patient_mean = np.nanmean(alliance_rec, axis=1)
     grand_mean = patient_mean.mean()
@@ -260,10 +310,15 @@ def simulate_study(design: StudyDesign | None = None, *, seed: int, **overrides)
         + design.between_effect * (patient_mean - grand_mean)[:, None]
         + rng.normal(0.0, design.outcome_sd_residual, (n_p, n_s))
     )
-    ors = np.clip(
-        outcome[:, :, None] / 4.0 + rng.normal(0.0, design.ors_item_noise, (n_p, n_s, 4)), 0.0, 10.0
-    )
-    ors = np.round(ors, 1)
+    if pair.outcome == "ors":
+        ors = np.clip(
+            outcome[:, :, None] / 4.0 + rng.normal(0.0, design.ors_item_noise, (n_p, n_s, 4)), 0.0, 10.0
+        )
+        ors = np.round(ors, 1)
+    else:  # PHQ-9: nine items 0-3 whose sum has the expectation of the latent total
+        ors = np.clip(
+            np.rint(outcome[:, :, None] / 9.0 + rng.normal(0.0, design.ors_item_noise, (n_p, n_s, 9))), 0.0, 3.0
+        )
 
     # Blank items, then keep recorded sessions only ---------------------------------------
     wai = np.where(rng.random(wai.shape) < design.p_item_missing, np.nan, wai)
@@ -283,10 +338,10 @@ def simulate_study(design: StudyDesign | None = None, *, seed: int, **overrides)
             "days": days[pid, sid],
         }
     )
-    for k in range(12):
-        frame[f"wai_sr_{k + 1}"] = wai[pid, sid, k]
-    for k in range(4):
-        frame[f"ors_{k + 1}"] = ors[pid, sid, k]
+    for k in range(wai.shape[2]):
+        frame[f"{pair.alliance}_{k + 1}"] = wai[pid, sid, k]
+    for k in range(ors.shape[2]):
+        frame[f"{pair.outcome}_{k + 1}"] = ors[pid, sid, k]
     frame["true_alliance"] = alliance[pid, sid]
     frame["true_outcome"] = outcome[pid, sid]
     return frame.reset_index(drop=True)
@@ -408,8 +463,160 @@ def write_example_study(folder: str | Path, *, design: StudyDesign | None = None
     return path
 
 
+#: The design of the second example study in ``data/raw/example2/`` (SRS + PHQ-9): a
+#: smaller service, shorter treatments, parameters on the SRS item-mean (0–10) and PHQ-9
+#: total (0–27, lower is better) scales.
+EXAMPLE2_DESIGN = StudyDesign(
+    n_therapists=12,
+    n_patients=120,
+    max_sessions=12,
+    dropout_hazard=0.08,
+    p_unrecorded=0.04,
+    p_item_missing=0.01,
+    feedback_share=0.5,
+    alliance_mean=8.0,
+    alliance_slope=0.05,
+    alliance_sd_therapist=0.4,
+    alliance_sd_patient=0.9,
+    alliance_sd_slope=0.03,
+    alliance_sd_session=0.6,
+    wai_item_noise=0.6,
+    outcome_intercept=15.0,
+    outcome_slope=-0.5,
+    feedback_slope=-0.1,
+    outcome_sd_therapist=1.0,
+    outcome_sd_patient=4.0,
+    outcome_sd_slope=0.2,
+    slope_intercept_corr=-0.3,
+    outcome_sd_residual=2.5,
+    within_effect=-1.0,
+    between_effect=-1.5,
+    ors_item_noise=0.5,
+)
+#: The seed of the second example study.
+EXAMPLE2_SEED = 20261126
+
+#: Raw column names of the second example's export, by canonical name.
+EXPORT2_COLUMNS = {
+    "patient": "client_id",
+    "therapist": "counsellor",
+    "condition": "group",
+    "session": "visit",
+    "date": "visit_date",
+    **{f"srs_{k}": f"srs_q{k}" for k in range(1, 5)},
+    **{f"phq9_{k}": f"phq_{k:02d}" for k in range(1, 10)},
+}
+_GROUP_LABELS = {"feedback": "FIT", "tau": "usual care"}
+
+
+def to_export_srs_phq9(sessions: pd.DataFrame, *, seed: int) -> pd.DataFrame:
+    """Turn a simulated SRS + PHQ-9 study into the second example's export layout.
+
+    Unlike :func:`to_export`: ISO dates (year-month-day), the export's own lower-case
+    column names (:data:`EXPORT2_COLUMNS`), arm labels "FIT" and "usual care", and blank
+    cells (not a code) for items left blank. Written semicolon-delimited by
+    :func:`write_example2_study`.
+    """
+    rng = np.random.default_rng(seed)
+    patients = sessions["patient"].unique()
+    start = pd.Timestamp("2024-01-08") + pd.to_timedelta(rng.integers(0, 500, len(patients)), unit="D")
+    first_day = pd.Series(start, index=patients)
+    dates = first_day.loc[sessions["patient"]].to_numpy() + pd.to_timedelta(sessions["days"].to_numpy(), unit="D")
+    out = pd.DataFrame(
+        {
+            EXPORT2_COLUMNS["patient"]: sessions["patient"].str.replace("P", "C-", regex=False),
+            EXPORT2_COLUMNS["therapist"]: sessions["therapist"].str.replace("T", "K", regex=False),
+            EXPORT2_COLUMNS["condition"]: sessions["condition"].map(_GROUP_LABELS),
+            EXPORT2_COLUMNS["session"]: sessions["session"],
+            EXPORT2_COLUMNS["date"]: pd.DatetimeIndex(dates).strftime("%Y-%m-%d"),
+        }
+    )
+    for k in range(1, 5):
+        out[EXPORT2_COLUMNS[f"srs_{k}"]] = sessions[f"srs_{k}"].map(lambda v: f"{v:.1f}" if pd.notna(v) else "")
+    for k in range(1, 10):
+        out[EXPORT2_COLUMNS[f"phq9_{k}"]] = sessions[f"phq9_{k}"].map(lambda v: f"{v:.0f}" if pd.notna(v) else "")
+    return out
+
+
+def _readme2(design: StudyDesign, seed: int, sessions: pd.DataFrame) -> str:
+    rows = "\n".join(
+        f"| `{f.name}` | {getattr(design, f.name)} |" for f in dataclasses.fields(design)
+    )
+    per_patient = sessions.groupby("patient").size()
+    return f"""# The second example study (simulated): SRS + PHQ-9
+
+This folder holds a **simulated** study; no real patient contributed to it. It was written
+by `allianceflow.simulate.write_example2_study` with seed `{seed}`:
+
+```
+python -m allianceflow.simulate data/raw/example2 srs+phq9
+```
+
+and a test regenerates it and checks that the bytes are the same. It differs from
+`data/raw/example/` on purpose, so that the pipeline shows it handles several studies with
+different designs: another instrument pair (alliance: Session Rating Scale; outcome:
+PHQ-9, where **lower is better**), a smaller service, and another export layout.
+
+`visits.csv` is **semicolon-delimited**, one row per recorded visit, with ISO dates
+(year-month-day), arm labels "FIT" (feedback-informed treatment) and "usual care", and an
+**empty cell** for an item the patient left blank. It has {len(sessions)} rows:
+{sessions.patient.nunique()} patients of {sessions.therapist.nunique()} counsellors,
+{per_patient.min()}–{per_patient.max()} recorded visits per patient (median {per_patient.median():g}).
+
+| column | meaning |
+| --- | --- |
+| `client_id` | pseudonymous patient code |
+| `counsellor` | pseudonymous therapist code |
+| `group` | "FIT" or "usual care" |
+| `visit` | session number (gaps where a session went unrecorded) |
+| `visit_date` | date of the session, yyyy-mm-dd |
+| `srs_q1` … `srs_q4` | SRS items (relationship, goals and topics, approach or method, overall), 0–10 to one decimal |
+| `phq_01` … `phq_09` | PHQ-9 items, 0–3 |
+
+## Generating parameters
+
+Alliance parameters are on the SRS item-mean scale (0–10), outcome parameters in PHQ-9
+total points (0–27, lower is better); time is `session − 1`. The outcome at session *t* is
+
+    PHQ9_t = outcome_intercept + therapist + patient + (outcome_slope + feedback_slope·feedback + patient slope)·(t − 1)
+             + within_effect · (SRS_{{t−1}} − patient mean SRS) + between_effect · (patient mean SRS − grand mean) + residual
+
+with SRS the item mean. So the true within-patient effect of last session's alliance is
+**{design.within_effect}** PHQ-9 points per SRS item-mean point (**{design.within_effect / 4:g}** per
+SRS total point), and the true between-patient effect is **{design.between_effect}**
+(**{design.between_effect / 4:g}** per total point): a better alliance goes with fewer
+symptoms. `wai_item_noise` is the SRS item noise and `ors_item_noise` the noise around a
+ninth of the PHQ-9 total before each item is rounded to 0–3. Dropout is completely at random.
+
+| parameter | value |
+| --- | --- |
+{rows}
+"""
+
+
+def write_example2_study(
+    folder: str | Path, *, design: StudyDesign | None = None, seed: int = EXAMPLE2_SEED
+) -> Path:
+    """Write the second example study (``visits.csv`` and ``README.md``) into *folder*.
+
+    SRS + PHQ-9, semicolon-delimited (:func:`to_export_srs_phq9`). Returns the path of the
+    CSV file; the output is byte-identical for the same design and seed.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    design = design or EXAMPLE2_DESIGN
+    sessions = simulate_study(design, seed=seed, instruments="srs+phq9")
+    export = to_export_srs_phq9(sessions, seed=seed + 1)
+    path = folder / "visits.csv"
+    export.to_csv(path, index=False, sep=";", lineterminator="\n")
+    (folder / "README.md").write_text(_readme2(design, seed, sessions), encoding="utf-8")
+    return path
+
+
 if __name__ == "__main__":  # pragma: no cover - exercised through the CLI test
     import sys
 
     target = sys.argv[1] if len(sys.argv) > 1 else "data/raw/example"
-    print(write_example_study(target))
+    pair = sys.argv[2] if len(sys.argv) > 2 else "wai_sr+ors"
+    writer = write_example2_study if _check_pair(pair).alliance == "srs" else write_example_study
+    print(writer(target))

@@ -1,7 +1,10 @@
 # Validation of the config and every helper the rules use; no logic lives in the rules.
 from pathlib import Path
 
+import dataclasses
+
 from allianceflow.config import validate_config
+from allianceflow.power import chunk_seeds, designs_from_config
 
 # Validate before any job runs; fills in the schema's defaults in place.
 config.update(
@@ -12,6 +15,7 @@ config.update(
 
 STUDIES = sorted(config["studies"])
 MODELS = sorted(config["models"])
+POWER_DESIGNS = designs_from_config(config["power"]) if config["power"]["enabled"] else {}
 FIGURE_FORMATS = ["png", "pdf", "svg"]
 TABLE_FORMATS = ["csv", "md"]
 
@@ -118,10 +122,122 @@ def get_config_files():
     return [str(Path(f)) for f in workflow.configfiles]
 
 
+# ---- pooling across studies
+
+
+def get_pool_studies():
+    """Studies pooled: pool.studies, else every study that fits pool.model."""
+    pool = config["pool"]
+    names = pool["studies"] or [s for s in STUDIES if pool["model"] in config["studies"][s]["models"]]
+    return sorted(names)
+
+
+def pool_enabled():
+    """Pool when enabled and at least two studies fit the pooled model."""
+    return config["pool"]["enabled"] and len(get_pool_studies()) >= 2
+
+
+def get_pool_models(wildcards):
+    """Study -> fitted model JSON of pool.model."""
+    return {s: f"results/{s}/models/{config['pool']['model']}.json" for s in get_pool_studies()}
+
+
+def get_pool_analyses(wildcards):
+    """Study -> analysis table (for the one-stage model)."""
+    return {s: f"data/processed/{s}/analysis.parquet" for s in get_pool_studies()}
+
+
+def get_pool_inputs(wildcards):
+    """Named inputs of pool_studies: model_<study> and analysis_<study>."""
+    models = {f"model_{s}": p for s, p in get_pool_models(wildcards).items()}
+    analyses = {f"analysis_{s}": p for s, p in get_pool_analyses(wildcards).items()}
+    return {**models, **analyses}
+
+
+def get_pool_directions(wildcards):
+    """Study -> direction of improvement of its outcome instrument."""
+    from allianceflow.pool import outcome_direction
+
+    return {s: outcome_direction(config["studies"][s]) for s in get_pool_studies()}
+
+
+def get_pool_model_spec(wildcards):
+    """The specification of the pooled model."""
+    return config["models"][config["pool"]["model"]]
+
+
+def get_pool_outputs():
+    """Pooled targets of the default target (none with fewer than two studies)."""
+    if not pool_enabled():
+        return []
+    return [
+        "results/pooled/meta_analysis.json",
+        "results/pooled/models/one_stage.json",
+        "results/pooled/tables/one_vs_two_stage.csv",
+    ] + [f"results/pooled/tables/meta_analysis.{ext}" for ext in ("csv", "md")] + [
+        f"results/pooled/figures/meta_forest.{ext}" for ext in FIGURE_FORMATS
+    ]
+
+
+# ---- power
+
+
+def get_power_designs():
+    """Design name -> PowerDesign parameters (for the summary's size columns)."""
+    return {name: dataclasses.asdict(d) for name, d in POWER_DESIGNS.items()}
+
+
+def get_power_design(wildcards):
+    """The configured parameters of one design (only those given, so that a fitted study
+    can supply the rest)."""
+    power = config["power"]
+    design = dict(power["design"])
+    if power["vary"]:
+        values = dict(zip(POWER_DESIGNS, power["vary"]["values"]))
+        design[power["vary"]["parameter"]] = values[wildcards.design]
+    return design
+
+
+def get_power_seeds(wildcards):
+    """Seeds of one chunk (the same seeds for every design: common random numbers)."""
+    power = config["power"]
+    seed = config["seed"] if power["seed"] is None else power["seed"]
+    return chunk_seeds(seed, power["replications"], power["chunk_size"], int(wildcards.chunk))
+
+
+def get_power_fitted(wildcards):
+    """The fitted model that supplies effects and ICCs, or nothing."""
+    study = config["power"]["from_study"]
+    return [f"results/{study}/models/{config['pool']['model']}.json"] if study else []
+
+
+def get_power_chunks():
+    """Every chunk of every design."""
+    power = config["power"]
+    n_chunks = -(-power["replications"] // power["chunk_size"])
+    return [f"results/power/chunks/{d}/{c}.csv" for d in POWER_DESIGNS for c in range(n_chunks)]
+
+
+def get_power_x():
+    """x axis of the power curve: the varied size, else total patients."""
+    vary = config["power"]["vary"]
+    sizes = ("n_therapists", "patients_per_therapist", "sessions")
+    return vary["parameter"] if vary and vary["parameter"] in sizes else "n_patients"
+
+
+def get_power_outputs():
+    """Power targets of the default target (none unless power.enabled)."""
+    if not config["power"]["enabled"]:
+        return []
+    return [f"results/power/tables/power.{ext}" for ext in ("csv", "md")] + [
+        f"results/power/figures/power_curve.{ext}" for ext in FIGURE_FORMATS
+    ]
+
+
 def get_final_outputs():
     """Targets of the default target: every study's results and manifest."""
     targets = []
     for study in STUDIES:
         targets += get_study_outputs(study)
         targets.append(f"results/{study}/manifest.json")
-    return targets
+    return targets + get_pool_outputs() + get_power_outputs()

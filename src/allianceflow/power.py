@@ -1,0 +1,553 @@
+"""Simulation-based power for a planned alliance–outcome / feedback study.
+
+A planned design (therapists, patients per therapist, sessions, effect sizes, ICCs) is
+simulated many times with :func:`allianceflow.simulate.simulate_study`; each replication
+is fitted with the alliance–outcome model extended by the feedback × time interaction
+(:func:`allianceflow.models.fit_model`), and the estimates of the two effects of interest
+are compared with the truth:
+
+* ``alliance_within_lag``: the within-patient effect of last session's alliance;
+* ``session:feedback``: the extra per-session change in the feedback arm.
+
+Replications are independent, so they are split into chunks (one Snakemake job each,
+:func:`run_power_chunk`) and merged at the end (:func:`summarise_power`), which gives
+power, bias and 95% CI coverage with their Monte Carlo standard errors (Morris, White &
+Crowther 2019).
+
+References
+----------
+Arend, M. G., & Schäfer, T. (2019). Statistical power in two-level models: A tutorial based
+on Monte Carlo simulation. *Psychological Methods, 24*(1), 1–19.
+Morris, T. P., White, I. R., & Crowther, M. J. (2019). Using simulation studies to evaluate
+statistical methods. *Statistics in Medicine, 38*(11), 2074–2102.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .simulate import EXAMPLE_DESIGN, StudyDesign, simulate_study
+
+__all__ = [
+    "PowerDesign",
+    "DEFAULT_FORMULA",
+    "TERMS",
+    "replication_seeds",
+    "chunk_seeds",
+    "designs_from_config",
+    "design_from_model",
+    "simulate_power_data",
+    "run_power_chunk",
+    "summarise_power",
+    "plot_power_curve",
+    "power_markdown",
+    "power_chunk_stage",
+    "power_summary_stage",
+    "power_curve_stage",
+]
+
+#: The model fitted to each replication: the alliance_outcome model plus the feedback x
+#: time interaction; patient slopes as in the generating model (uncorrelated, as MixedLM
+#: cannot correlate them under a therapist level).
+DEFAULT_FORMULA = (
+    "outcome ~ alliance_within_lag + alliance_between + session + session:feedback"
+    " + (1 | therapist) + (1 + session || patient)"
+)
+#: Model term -> design field holding its true value.
+TERMS: dict[str, str] = {"alliance_within_lag": "within_effect", "session:feedback": "feedback_effect"}
+
+_E = EXAMPLE_DESIGN
+_OUTCOME_VAR = _E.outcome_sd_therapist**2 + _E.outcome_sd_patient**2 + _E.outcome_sd_residual**2
+
+
+@dataclass(frozen=True)
+class PowerDesign:
+    """A planned study: sizes, effects and variance shares of the outcome.
+
+    Effects are on the simulator's scales (:class:`allianceflow.simulate.StudyDesign`):
+    ORS total points per WAI-SR item-mean point for the alliance, ORS points per session
+    for the feedback effect. Parameters not listed keep the example study's values.
+
+    Attributes
+    ----------
+    n_therapists, patients_per_therapist, sessions
+        Sizes; ``sessions`` is the planned maximum number of sessions (dropout shortens it).
+    within_effect, between_effect
+        True within- and between-patient alliance effects.
+    feedback_effect
+        True extra per-session improvement in the feedback arm (arm share 1/2).
+    icc_therapist, icc_patient
+        Shares of the outcome variance (therapist + patient intercept + residual) at the
+        therapist and patient level; the residual gets the rest.
+    outcome_variance
+        That total variance (ORS points²).
+    dropout_hazard
+        Chance of ending after each session from session 2 on.
+    """
+
+    n_therapists: int = 20
+    patients_per_therapist: int = 10
+    sessions: int = _E.max_sessions
+    within_effect: float = _E.within_effect
+    between_effect: float = _E.between_effect
+    feedback_effect: float = _E.feedback_slope
+    icc_therapist: float = _E.outcome_sd_therapist**2 / _OUTCOME_VAR
+    icc_patient: float = _E.outcome_sd_patient**2 / _OUTCOME_VAR
+    outcome_variance: float = _OUTCOME_VAR
+    dropout_hazard: float = _E.dropout_hazard
+
+    def __post_init__(self) -> None:
+        for name in ("n_therapists", "patients_per_therapist", "sessions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+        if self.sessions < 3:
+            raise ValueError(f"`sessions` must be at least 3 (a lagged alliance needs two); got {self.sessions!r}.")
+        for name in ("icc_therapist", "icc_patient"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must lie in [0, 1); got {value!r}.")
+        if self.icc_therapist + self.icc_patient >= 1.0:
+            raise ValueError(
+                f"`icc_therapist` + `icc_patient` must be below 1 (the residual needs a share); "
+                f"got {self.icc_therapist!r} + {self.icc_patient!r}."
+            )
+        if not self.outcome_variance > 0:
+            raise ValueError(f"`outcome_variance` must be positive; got {self.outcome_variance!r}.")
+        if not 0.0 <= self.dropout_hazard < 1.0:
+            raise ValueError(f"`dropout_hazard` must lie in [0, 1); got {self.dropout_hazard!r}.")
+
+    @property
+    def n_patients(self) -> int:
+        """Total number of patients."""
+        return self.n_therapists * self.patients_per_therapist
+
+    def truth(self, term: str) -> float:
+        """The true value of a model term in :data:`TERMS`."""
+        if term not in TERMS:
+            raise KeyError(f"`term` must be one of {list(TERMS)}; got {term!r}.")
+        return float(getattr(self, TERMS[term]))
+
+    def to_study_design(self) -> StudyDesign:
+        """The :class:`StudyDesign` the simulator draws from."""
+        v = self.outcome_variance
+        return dataclasses.replace(
+            EXAMPLE_DESIGN,
+            n_therapists=self.n_therapists,
+            n_patients=self.n_patients,
+            max_sessions=self.sessions,
+            within_effect=self.within_effect,
+            between_effect=self.between_effect,
+            feedback_slope=self.feedback_effect,
+            outcome_sd_therapist=math.sqrt(self.icc_therapist * v),
+            outcome_sd_patient=math.sqrt(self.icc_patient * v),
+            outcome_sd_residual=math.sqrt((1.0 - self.icc_therapist - self.icc_patient) * v),
+            dropout_hazard=self.dropout_hazard,
+        )
+
+
+def _check_design(design: Any) -> PowerDesign:
+    if isinstance(design, PowerDesign):
+        return design
+    if isinstance(design, Mapping):
+        fields = {f.name for f in dataclasses.fields(PowerDesign)}
+        unknown = sorted(set(design) - fields)
+        if unknown:
+            raise KeyError(f"`design` has no parameter {unknown[0]!r}; parameters are {sorted(fields)}.")
+        return PowerDesign(**design)
+    raise TypeError(f"`design` must be a PowerDesign or a mapping of its parameters; got {type(design).__name__}.")
+
+
+# --------------------------------------------------------------------------- seeds and designs
+
+
+def replication_seeds(seed: int, replications: int) -> list[int]:
+    """One independent seed per replication, from :class:`numpy.random.SeedSequence`.
+
+    The same (seed, replications) gives the same list; the first *m* seeds do not depend
+    on *replications*. Every design uses the same seeds (common random numbers), which makes
+    power curves smoother than independent draws would.
+    """
+    if isinstance(replications, bool) or not isinstance(replications, (int, np.integer)) or replications < 1:
+        raise ValueError(f"`replications` must be a positive integer; got {replications!r}.")
+    children = np.random.SeedSequence(int(seed)).spawn(int(replications))
+    return [int(c.generate_state(1, dtype=np.uint32)[0]) for c in children]
+
+
+def chunk_seeds(seed: int, replications: int, chunk_size: int, chunk: int) -> list[int]:
+    """The seeds of chunk number *chunk* (0-based) of ``ceil(replications / chunk_size)``."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer; got {chunk_size!r}.")
+    n_chunks = math.ceil(replications / chunk_size)
+    if not 0 <= chunk < n_chunks:
+        raise ValueError(f"`chunk` must lie in 0..{n_chunks - 1} for {replications} replications in chunks of {chunk_size}; got {chunk!r}.")
+    return replication_seeds(seed, replications)[chunk * chunk_size : (chunk + 1) * chunk_size]
+
+
+def designs_from_config(power: Mapping[str, Any]) -> dict[str, PowerDesign]:
+    """The designs of a config ``power:`` block: ``design`` varied along ``vary``.
+
+    ``power["design"]`` holds :class:`PowerDesign` parameters; ``power["vary"]`` (optional)
+    is ``{"parameter": name, "values": [...]}``. Each value gives one design named
+    ``"<parameter>-<value>"``; without ``vary`` the single design is named ``"design"``.
+    """
+    base = dict(power.get("design") or {})
+    _check_design(base)
+    vary = power.get("vary")
+    if not vary:
+        return {"design": _check_design(base)}
+    name = vary.get("parameter")
+    fields = [f.name for f in dataclasses.fields(PowerDesign)]
+    if name not in fields:
+        raise KeyError(f"`power.vary.parameter` must be one of {fields}; got {name!r}.")
+    values = list(vary.get("values") or [])
+    if not values:
+        raise ValueError("`power.vary.values` must list at least one value.")
+    return {f"{name}-{value:g}" if isinstance(value, float) else f"{name}-{value}": _check_design({**base, name: value}) for value in values}
+
+
+def design_from_model(
+    result: Mapping[str, Any],
+    *,
+    alliance_items: int = 12,
+    base: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> PowerDesign:
+    """A design whose effects and variance shares come from a fitted study.
+
+    Parameters
+    ----------
+    result : dict
+        A :func:`allianceflow.models.fit_model` result with ``alliance_within_lag`` (and,
+        if present, ``alliance_between`` and ``session:feedback``) fixed effects, an ICC per
+        ``therapist`` and ``patient`` and the residual variance.
+    alliance_items : int, default 12
+        Items in the alliance total score: the model's effects per total-score point are
+        multiplied by it to get effects per item-mean point (the simulator's scale).
+    base : mapping, optional
+        :class:`PowerDesign` parameters that the fitted model does not supply (sizes,
+        dropout, and the feedback effect when the model has no ``session:feedback``).
+        Values from the model win over *base*.
+    **overrides
+        Parameters that win over the model (e.g. a smaller effect to plan for).
+
+    Notes
+    -----
+    ``outcome_variance`` = residual variance / (1 − ICC_therapist − ICC_patient). With
+    random slopes the patient ICC of :func:`fit_model` includes the slope variance at the
+    average time (Johnson 2014), so the planned intercept variance is then slightly high.
+    """
+    fixed = {row["term"]: row["estimate"] for row in result["fixed"]}
+    if "alliance_within_lag" not in fixed:
+        raise KeyError(f"`result` has no 'alliance_within_lag' effect; it has {list(fixed)}.")
+    icc = result.get("icc") or {}
+    icc_t = float(icc.get("therapist") or 0.0)
+    icc_p = float(icc.get("patient") or 0.0)
+    params: dict[str, Any] = {
+        "within_effect": float(fixed["alliance_within_lag"]) * alliance_items,
+        "icc_therapist": icc_t,
+        "icc_patient": icc_p,
+        "outcome_variance": float(result["residual_variance"]) / (1.0 - icc_t - icc_p),
+    }
+    if "alliance_between" in fixed:
+        params["between_effect"] = float(fixed["alliance_between"]) * alliance_items
+    if "session:feedback" in fixed:
+        params["feedback_effect"] = float(fixed["session:feedback"])
+    return _check_design({**dict(base or {}), **params, **overrides})
+
+
+# --------------------------------------------------------------------------- replications
+
+
+def simulate_power_data(design: PowerDesign | Mapping[str, Any], *, seed: int) -> pd.DataFrame:
+    """One simulated replication, ready for the model.
+
+    Returns the derive stage's analysis table of a study drawn from *design*, with the
+    alliance as the prorated WAI-SR item mean, the outcome as the ORS total (item mean × 4)
+    and ``feedback`` = 1 in the feedback arm, 0 otherwise.
+    """
+    from .derive import derive_analysis
+
+    design = _check_design(design)
+    sim = simulate_study(design.to_study_design(), seed=seed)
+    sim["alliance_score"] = sim.filter(regex=r"^wai_sr_\d+$").mean(axis=1)
+    sim["outcome_score"] = sim.filter(regex=r"^ors_\d+$").mean(axis=1) * 4.0
+    data = derive_analysis(sim, alliance="alliance_score", outcome="outcome_score")
+    data["feedback"] = (data["condition"] == "feedback").astype(float)
+    return data
+
+
+_ROW_COLUMNS = [
+    "design", "seed", "term", "truth", "estimate", "se", "ci_low", "ci_high", "p",
+    "significant", "covered", "converged", "n_obs", "n_patients", "error",
+]
+
+
+def run_power_chunk(
+    design: PowerDesign | Mapping[str, Any],
+    seeds: Sequence[int],
+    *,
+    formula: str = DEFAULT_FORMULA,
+    alpha: float = 0.05,
+    label: str = "design",
+) -> pd.DataFrame:
+    """Simulate and fit one replication per seed; one tidy row per seed and term.
+
+    Parameters
+    ----------
+    design : PowerDesign or mapping
+        The planned design.
+    seeds : sequence of int
+        One seed per replication (see :func:`chunk_seeds`).
+    formula : str, default :data:`DEFAULT_FORMULA`
+        Must contain the terms of :data:`TERMS`.
+    alpha : float, default 0.05
+        Significance level for ``significant``.
+    label : str, default "design"
+        Written to the ``design`` column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``design, seed, term, truth, estimate, se, ci_low, ci_high, p, significant,
+        covered, converged, n_obs, n_patients, error``. ``covered``: the 95% Wald interval
+        holds the truth. A replication whose fit fails keeps its rows with missing
+        estimates, ``converged`` False and the message in ``error``; one that the
+        convergence check rejects keeps its estimates with ``converged`` False.
+    """
+    from .models import fit_model
+
+    design = _check_design(design)
+    if not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+        raise ValueError(f"`alpha` must lie in (0, 1); got {alpha!r}.")
+    missing = [t for t in TERMS if t not in formula]
+    if missing:
+        raise ValueError(f"`formula` must contain the terms {list(TERMS)}; {missing} missing from {formula!r}.")
+    rows = []
+    for seed in seeds:
+        data = simulate_power_data(design, seed=int(seed))
+        try:
+            result = fit_model(data, formula, reml=True, name=label)
+        except (ValueError, np.linalg.LinAlgError) as error:
+            for term in TERMS:
+                rows.append({"design": label, "seed": int(seed), "term": term, "truth": design.truth(term),
+                             "converged": False, "n_patients": design.n_patients, "error": str(error)})
+            continue
+        fixed = {row["term"]: row for row in result["fixed"]}
+        for term in TERMS:
+            f = fixed[term]
+            truth = design.truth(term)
+            rows.append(
+                {
+                    "design": label,
+                    "seed": int(seed),
+                    "term": term,
+                    "truth": truth,
+                    "estimate": f["estimate"],
+                    "se": f["se"],
+                    "ci_low": f["ci_low"],
+                    "ci_high": f["ci_high"],
+                    "p": f["p"],
+                    "significant": bool(f["p"] is not None and f["p"] < alpha),
+                    "covered": bool(f["ci_low"] <= truth <= f["ci_high"]),
+                    "converged": bool(result["convergence"]["converged"]),
+                    "n_obs": int(result["n_obs"]),
+                    "n_patients": design.n_patients,
+                    "error": "",
+                }
+            )
+    frame = pd.DataFrame(rows, columns=_ROW_COLUMNS)
+    return frame.astype({"seed": "int64", "n_patients": "int64"})
+
+
+def summarise_power(chunks: pd.DataFrame | Iterable[pd.DataFrame], *, designs: Mapping[str, PowerDesign] | None = None) -> pd.DataFrame:
+    """Merge chunk results and summarise each design and term.
+
+    Parameters
+    ----------
+    chunks : DataFrame or iterable of DataFrames
+        Outputs of :func:`run_power_chunk` (any split of the replications).
+    designs : mapping of str to PowerDesign, optional
+        Adds the design's sizes (``n_therapists, patients_per_therapist, sessions``) as
+        columns, for power curves.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Sorted by design and term: ``design, term, n_patients, replications, converged,
+        truth, mean_estimate, bias, relative_bias, empirical_se, mean_se, power,
+        power_mcse, coverage, coverage_mcse`` (+ the design sizes when *designs* is
+        given). Everything after ``converged`` uses the converged replications only.
+
+    Raises
+    ------
+    ValueError
+        No rows, or the same seed twice for a design and term (a chunk merged twice).
+
+    Notes
+    -----
+    With *m* converged replications, :math:`\\hat\\theta_i` the estimates and θ the truth:
+    bias :math:`= \\bar{\\hat\\theta} - \\theta`; empirical SE = SD of the
+    :math:`\\hat\\theta_i`; power = share with p < α; coverage = share of 95% intervals
+    holding θ; Monte Carlo SE of a share *s* is :math:`\\sqrt{s(1-s)/m}` (Morris et al.
+    2019, Table 6).
+    """
+    frame = chunks if isinstance(chunks, pd.DataFrame) else pd.concat(list(chunks), ignore_index=True)
+    if frame.empty:
+        raise ValueError("`chunks` holds no replications.")
+    dup = frame.duplicated(["design", "term", "seed"])
+    if dup.any():
+        first = frame.loc[dup].iloc[0]
+        raise ValueError(
+            f"seed {first['seed']} appears twice for design {first['design']!r} and term {first['term']!r}: "
+            "was a chunk merged twice?"
+        )
+    out = []
+    for (design, term), g in frame.groupby(["design", "term"], sort=True):
+        ok = g[g["converged"].astype(bool)]
+        m = len(ok)
+        truth = float(g["truth"].iloc[0])
+        est = ok["estimate"].astype(float)
+        power = float(ok["significant"].astype(bool).mean()) if m else float("nan")
+        coverage = float(ok["covered"].astype(bool).mean()) if m else float("nan")
+        row = {
+            "design": design,
+            "term": term,
+            "n_patients": int(g["n_patients"].iloc[0]),
+            "replications": int(len(g)),
+            "converged": int(m),
+            "truth": truth,
+            "mean_estimate": float(est.mean()) if m else float("nan"),
+            "bias": float(est.mean() - truth) if m else float("nan"),
+            "relative_bias": float((est.mean() - truth) / truth) if m and truth != 0 else float("nan"),
+            "empirical_se": float(est.std(ddof=1)) if m > 1 else float("nan"),
+            "mean_se": float(ok["se"].astype(float).mean()) if m else float("nan"),
+            "power": power,
+            "power_mcse": math.sqrt(power * (1 - power) / m) if m else float("nan"),
+            "coverage": coverage,
+            "coverage_mcse": math.sqrt(coverage * (1 - coverage) / m) if m else float("nan"),
+        }
+        if designs is not None and design in designs:
+            d = designs[design]
+            row.update(n_therapists=d.n_therapists, patients_per_therapist=d.patients_per_therapist, sessions=d.sessions)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+_TERM_LABELS = {
+    "alliance_within_lag": "within-patient alliance effect",
+    "session:feedback": "feedback × session",
+}
+
+
+def plot_power_curve(summary: pd.DataFrame, *, x: str = "n_patients", target: float = 0.8, xlabel: str | None = None):
+    """Power (± 1.96 Monte Carlo SE) against a design size, one line per effect.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        From :func:`summarise_power`.
+    x : str, default "n_patients"
+        The column on the horizontal axis (e.g. ``patients_per_therapist`` when the
+        summary was made with ``designs``).
+    target : float, default 0.8
+        Drawn as a dashed reference line.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    from .figures import ONE_COLUMN, TWO_COLUMNS, style
+
+    if x not in summary.columns:
+        raise KeyError(f"`x` must be a column of `summary`; got {x!r}, columns are {list(summary.columns)}.")
+    colours = ["#0072B2", "#D55E00", "#009E73", "#CC79A7"]
+    with style():
+        fig, ax = plt.subplots(figsize=(TWO_COLUMNS * 0.7, ONE_COLUMN))
+        for colour, (term, g) in zip(colours, summary.groupby("term", sort=True)):
+            g = g.sort_values(x)
+            ax.errorbar(g[x], g["power"], yerr=1.96 * g["power_mcse"], marker="o", color=colour,
+                        capsize=2, label=_TERM_LABELS.get(term, term))
+        ax.axhline(target, color="#999999", ls="--", lw=0.8)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(xlabel or x.replace("_", " "))
+        ax.set_ylabel("power (α = .05)")
+        ax.legend(frameon=False, fontsize="small", loc="best")
+        fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- pipeline stages
+
+
+def power_markdown(summary: pd.DataFrame) -> str:
+    """The power table as Markdown (power and coverage with Monte Carlo SEs)."""
+    shown = pd.DataFrame(
+        {
+            "Design": summary["design"],
+            "Effect": summary["term"].map(lambda t: _TERM_LABELS.get(t, t)),
+            "Patients": summary["n_patients"].map(str),
+            "Converged": [f"{c}/{r}" for c, r in zip(summary["converged"], summary["replications"])],
+            "Truth": summary["truth"].map("{:.3g}".format),
+            "Bias": summary["bias"].map("{:.3f}".format),
+            "Emp. SE": summary["empirical_se"].map("{:.3f}".format),
+            "Mean SE": summary["mean_se"].map("{:.3f}".format),
+            "Power": [f"{p:.2f} ({m:.2f})" for p, m in zip(summary["power"], summary["power_mcse"])],
+            "Coverage": [f"{c:.2f} ({m:.2f})" for c, m in zip(summary["coverage"], summary["coverage_mcse"])],
+        }
+    )
+    note = ("*Note.* Power: share of converged replications with p < .05 (Monte Carlo SE); coverage: "
+            "share of 95% Wald intervals holding the true value.")
+    return "**Simulation-based power**\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n\n" + note + "\n"
+
+
+def power_chunk_stage(
+    *,
+    design: Mapping[str, Any],
+    seeds: Sequence[int],
+    label: str,
+    fitted=None,
+    alliance_items: int = 12,
+    formula: str = DEFAULT_FORMULA,
+    alpha: float = 0.05,
+    output,
+) -> None:
+    """Run one chunk of replications and write its rows (CSV).
+
+    With *fitted* (a fit stage JSON of a WAI-SR + ORS study) the effects and ICCs come
+    from that fitted study (:func:`design_from_model`) and *design* supplies the rest
+    (sizes, dropout, the feedback effect unless the model has one).
+    """
+    from . import io
+
+    if fitted:
+        plan = design_from_model(io.read_json(fitted), alliance_items=alliance_items, base=dict(design))
+    else:
+        plan = _check_design(dict(design))
+    io.write_table(run_power_chunk(plan, seeds, formula=formula, alpha=alpha, label=label), output)
+
+
+def power_summary_stage(chunks: Sequence[Any], *, designs: Mapping[str, Mapping[str, Any]], csv, md) -> None:
+    """Merge every chunk and write the power table (CSV, Markdown)."""
+    from . import io
+
+    summary = summarise_power([io.read_table(path) for path in chunks],
+                              designs={k: _check_design(dict(v)) for k, v in designs.items()})
+    io.write_table(summary, csv)
+    io.write_text(power_markdown(summary), md)
+
+
+def power_curve_stage(summary_csv, *, x: str = "n_patients", outputs) -> None:
+    """Draw the power curve from the power table in every format asked for."""
+    from . import io
+    from .figures import save_figure
+
+    save_figure(plot_power_curve(io.read_table(summary_csv), x=x), outputs)

@@ -1,0 +1,358 @@
+"""Pooling across studies: meta-analysis against published and hand-computed numbers,
+the forest plot, the one-stage model, and the second example study it is shown on.
+
+Reference data: the 16 correlations between conscientiousness and medication adherence of
+Molloy, O'Carroll & Ferguson (2014, Annals of Behavioral Medicine 47, 92–101), as shipped
+with R's metafor (``dat.molloy2014``). Reference numbers: metafor 3.8-1,
+``rma(yi, vi, data = escalc("ZCOR", ri = ri, ni = ni, data = dat.molloy2014),
+method = "DL" | "PM", test = "z" | "knha")``; metafor's own documentation reports
+Q(df = 15) = 38.1595 for these data. DerSimonian–Laird and Paule–Mandel are also computed
+here by hand from their definitions.
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import optimize, stats
+
+from allianceflow.pool import (
+    FLUCKIGER_2018,
+    Benchmark,
+    compare_stages,
+    meta_analysis,
+    meta_table,
+    one_stage_model,
+    plot_forest,
+    stack_studies,
+    study_effects,
+)
+from allianceflow.simulate import (
+    EXAMPLE2_DESIGN,
+    EXAMPLE2_SEED,
+    simulate_study,
+    write_example2_study,
+)
+
+MOLLOY_N = [109, 749, 55, 107, 72, 65, 174, 326, 58, 771, 56, 91, 116, 537, 158, 65]
+MOLLOY_R = [0.187, 0.162, 0.34, 0.32, 0.27, 0, 0.175, 0.05, 0.26, 0.01, -0.09, 0.37, 0, 0.15, 0.24, 0.04]
+
+
+@pytest.fixture
+def molloy():
+    return pd.DataFrame({"study": [f"s{i:02d}" for i in range(16)], "r": MOLLOY_R, "n": MOLLOY_N})
+
+
+def _hand(method):
+    """DL and PM from their definitions (DerSimonian & Laird 1986; Paule & Mandel 1982)."""
+    y = np.arctanh(np.array(MOLLOY_R))
+    v = 1 / (np.array(MOLLOY_N, dtype=float) - 3)
+    w = 1 / v
+    k = len(y)
+    ybar = (w * y).sum() / w.sum()
+    q = (w * (y - ybar) ** 2).sum()
+    if method == "dl":
+        tau2 = max(0.0, (q - (k - 1)) / (w.sum() - (w**2).sum() / w.sum()))
+    else:
+        def gen_q(t):
+            ws = 1 / (v + t)
+            mu = (ws * y).sum() / ws.sum()
+            return (ws * (y - mu) ** 2).sum() - (k - 1)
+
+        tau2 = optimize.brentq(gen_q, 0.0, 1.0, xtol=1e-15)
+    ws = 1 / (v + tau2)
+    mu = (ws * y).sum() / ws.sum()
+    se = math.sqrt(1 / ws.sum())
+    se_hksj = math.sqrt((ws * (y - mu) ** 2).sum() / ((k - 1) * ws.sum()))
+    return {"q": q, "tau2": tau2, "mu": mu, "se": se, "se_hksj": se_hksj, "k": k}
+
+
+# ---------------------------------------------------------------- published numbers
+
+
+@pytest.mark.parametrize(
+    "hksj, se, lo, hi",
+    [
+        (False, 0.0311612658, 0.0885233944, 0.2106733117),
+        (True, 0.0326851832, 0.0799315342, 0.2192651719),
+    ],
+)
+def test_dersimonian_laird_matches_metafor(molloy, hksj, se, lo, hi):
+    res = meta_analysis(molloy, method="dl", hksj=hksj)
+    p, het = res["pooled"], res["heterogeneity"]
+    assert p["z"] == pytest.approx(0.1495983531, abs=1e-9)
+    assert p["se"] == pytest.approx(se, abs=1e-9)
+    assert (p["ci_low_z"], p["ci_high_z"]) == pytest.approx((lo, hi), abs=1e-9)
+    assert het["tau2"] == pytest.approx(0.0077625441, abs=1e-10)
+    assert het["q"] == pytest.approx(38.1595154236, abs=1e-8)
+    assert het["df"] == 15
+    assert het["p"] == pytest.approx(0.000854584976, rel=1e-8)
+    assert het["i2"] == pytest.approx(0.606913247365, abs=1e-10)
+    assert het["h2"] == pytest.approx(2.5439676949, abs=1e-9)
+    # back on the r scale (metafor: predict(res, transf = transf.ztor))
+    assert p["r"] == pytest.approx(0.1484922664, abs=1e-9)
+    assert p["distribution"] == ("t(15)" if hksj else "normal")
+
+
+def test_paule_mandel_solves_its_equation_and_agrees_with_metafor(molloy):
+    hand = _hand("pm")
+    res = meta_analysis(molloy, method="pm")
+    assert res["heterogeneity"]["tau2"] == pytest.approx(hand["tau2"], abs=1e-11)
+    assert res["pooled"]["z"] == pytest.approx(hand["mu"], abs=1e-10)
+    assert res["pooled"]["se"] == pytest.approx(hand["se"], abs=1e-10)
+    # metafor 3.8-1 stops its PM iteration earlier: tau2 0.0094789754, estimate 0.1510065863
+    assert res["heterogeneity"]["tau2"] == pytest.approx(0.0094789754, abs=5e-7)
+    assert res["pooled"]["z"] == pytest.approx(0.1510065863, abs=1e-6)
+    # Higgins-Thompson I^2 does not depend on the tau2 estimator
+    assert res["heterogeneity"]["i2"] == pytest.approx((hand["q"] - 15) / hand["q"], abs=1e-12)
+
+
+@pytest.mark.parametrize("method", ["dl", "pm"])
+@pytest.mark.parametrize("hksj", [False, True])
+def test_pooled_estimate_and_interval_match_the_hand_computation(molloy, method, hksj):
+    hand = _hand(method)
+    res = meta_analysis(molloy, method=method, hksj=hksj)
+    se = hand["se_hksj"] if hksj else hand["se"]
+    crit = stats.t.isf(0.025, 15) if hksj else stats.norm.isf(0.025)
+    p = res["pooled"]
+    assert p["se"] == pytest.approx(se, abs=1e-9)
+    assert p["ci_low"] == pytest.approx(math.tanh(hand["mu"] - crit * se), abs=1e-9)
+    assert p["ci_high"] == pytest.approx(math.tanh(hand["mu"] + crit * se), abs=1e-9)
+    half = stats.t.isf(0.025, 14) * math.sqrt(hand["tau2"] + se**2)
+    assert (p["pi_low"], p["pi_high"]) == pytest.approx((math.tanh(hand["mu"] - half), math.tanh(hand["mu"] + half)), abs=1e-9)
+    weights = [s["weight"] for s in res["studies"]]
+    assert sum(weights) == pytest.approx(100.0)
+
+
+def test_dl_without_excess_heterogeneity_is_the_common_effect_model():
+    # Q < k - 1: statsmodels' DL tau2 would be negative; ours is truncated at 0
+    effects = pd.DataFrame({"study": ["a", "b", "c"], "r": [0.2, 0.3, 0.25], "n": [103, 203, 53]})
+    res = meta_analysis(effects, method="dl")
+    y = np.arctanh([0.2, 0.3, 0.25])
+    w = np.array([100.0, 200.0, 50.0])
+    assert res["heterogeneity"]["tau2"] == 0.0
+    assert res["heterogeneity"]["i2"] == 0.0
+    assert res["pooled"]["z"] == pytest.approx((w * y).sum() / w.sum(), abs=1e-12)
+    assert res["pooled"]["se"] == pytest.approx(math.sqrt(1 / w.sum()), abs=1e-12)
+    assert res["pooled"]["z"] == pytest.approx(res["fixed"]["z"], abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"method": "reml"}, ValueError, "`method` must be 'dl' or 'pm'; got 'reml'."),
+        ({"alpha": 1.5}, ValueError, r"`alpha` must lie in \(0, 1\); got 1.5."),
+        ({"hksj": "yes"}, TypeError, "`hksj` must be True or False; got 'yes'."),
+        ({"r": "corr"}, KeyError, "`effects` has no column 'corr'"),
+    ],
+)
+def test_bad_options_are_refused(molloy, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        meta_analysis(molloy, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "r, n, message",
+    [
+        ([0.2], [50], "`effects` must hold at least 2 studies to pool; got 1."),
+        ([0.2, 1.0], [50, 50], r"column 'r' must hold correlations in \(-1, 1\); got \[1.0\]."),
+        ([0.2, 0.3], [50, 3], r"column 'n' must hold sample sizes above 3; got \[3.0\]."),
+    ],
+)
+def test_bad_effects_are_refused(r, n, message):
+    effects = pd.DataFrame({"study": [f"s{i}" for i in range(len(r))], "r": r, "n": n})
+    with pytest.raises(ValueError, match=message):
+        meta_analysis(effects)
+
+
+def test_duplicate_study_labels_are_refused():
+    effects = pd.DataFrame({"study": ["a", "a"], "r": [0.2, 0.3], "n": [50, 60]})
+    with pytest.raises(ValueError, match=r"study labels in column 'study' must be unique; \['a'\] repeat."):
+        meta_analysis(effects)
+
+
+def test_missing_column_names_the_closest_match(molloy):
+    with pytest.raises(KeyError, match="Closest match: 'study'"):
+        meta_analysis(molloy, study="studdy")
+
+
+# ---------------------------------------------------------------- effects from model results
+
+
+def _result(term_rows):
+    return {"fixed": [{"term": t, "estimate": e, "se": 0.1, "statistic": z, "df": df, "r": z / math.sqrt(z * z + df)}
+                      for t, e, z, df in term_rows]}
+
+
+def test_study_effects_flip_lower_is_better_outcomes_and_use_df_plus_two():
+    results = {
+        "wai_ors": _result([("alliance_within_lag", 0.2, 5.0, 598.0)]),
+        "srs_phq": _result([("alliance_within_lag", -0.3, -4.0, 498.0)]),
+    }
+    eff = study_effects(results, directions={"srs_phq": "lower_is_better"})
+    assert list(eff["study"]) == ["srs_phq", "wai_ors"]
+    assert eff.loc[eff.study == "srs_phq", "r"].item() == pytest.approx(4 / math.sqrt(16 + 498))
+    assert eff.loc[eff.study == "wai_ors", "r"].item() == pytest.approx(5 / math.sqrt(25 + 598))
+    assert list(eff["n"]) == [500.0, 600.0]
+    assert list(eff["sign"]) == [-1, 1]
+
+
+def test_study_effects_name_the_missing_term_and_bad_direction():
+    results = {"a": _result([("session", 0.2, 5.0, 100.0)])}
+    with pytest.raises(KeyError, match=r"the model of study 'a' has no fixed effect 'alliance_within_lag'; it has \['session'\]"):
+        study_effects(results)
+    results = {"a": _result([("alliance_within_lag", 0.2, 5.0, 100.0)])}
+    with pytest.raises(ValueError, match="direction of study 'a' must be 'higher_is_better' or 'lower_is_better'; got 'up'."):
+        study_effects(results, directions={"a": "up"})
+
+
+# ---------------------------------------------------------------- forest plot and table
+
+
+def test_forest_plot_marks_the_benchmark(molloy):
+    res = meta_analysis(molloy, method="pm", hksj=True)
+    fig = plot_forest(res)
+    ax = fig.axes[0]
+    vertical = [tuple(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) == 2
+                and line.get_xdata()[0] == line.get_xdata()[1]]
+    assert (0.278, 0.278) in vertical
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "s00 (n = 109)"
+    assert labels[-1].startswith("Pooled (PM, HKSJ); I² = 61%")
+    assert "Flückiger et al. (2018): r = 0.278 [0.256, 0.299]" in [t.get_text() for t in ax.get_legend().get_texts()]
+    fig2 = plot_forest(res, benchmark=Benchmark("mine", 0.1, 0.05, 0.15))
+    assert (0.1, 0.1) in [tuple(line.get_xdata()) for line in fig2.axes[0].lines]
+
+
+def test_benchmark_is_checked():
+    assert (FLUCKIGER_2018.r, FLUCKIGER_2018.ci_low, FLUCKIGER_2018.ci_high) == (0.278, 0.256, 0.299)
+    with pytest.raises(ValueError, match=r"benchmark interval must hold its r: got r = 0.5 with CI \[0.1, 0.2\]."):
+        Benchmark("x", 0.5, 0.1, 0.2)
+    with pytest.raises(ValueError, match=r"benchmark `r` must be a number in \(-1, 1\); got 1.2."):
+        Benchmark("x", 1.2, 0.1, 0.2)
+
+
+def test_meta_table_has_a_row_per_study_and_the_pooled_row(molloy):
+    table = meta_table(meta_analysis(molloy))
+    assert len(table) == 17
+    assert table["study"].iloc[-1] == "Random effects (DL)"
+    assert table["n"].iloc[-1] == sum(MOLLOY_N)
+    assert table["ci_low"].iloc[0] == pytest.approx(math.tanh(math.atanh(0.187) - 1.959964 / math.sqrt(106)), abs=1e-6)
+
+
+# ---------------------------------------------------------------- one stage vs two stages
+
+
+def _analysis(instruments, seed, **overrides):
+    from allianceflow.derive import derive_analysis
+
+    if instruments == "srs+phq9":
+        df = simulate_study(EXAMPLE2_DESIGN, seed=seed, instruments="srs+phq9", **overrides)
+        df["a"] = df.filter(regex=r"^srs_\d+$").sum(axis=1, min_count=4)
+        df["y"] = df.filter(regex=r"^phq9_\d+$").sum(axis=1, min_count=9)
+    else:
+        df = simulate_study(seed=seed, **overrides)
+        df["a"] = df.filter(regex=r"^wai_sr_\d+$").mean(axis=1) * 12
+        df["y"] = df.filter(regex=r"^ors_\d+$").mean(axis=1) * 4
+    return derive_analysis(df, alliance="a", outcome="y")
+
+
+def test_stack_studies_standardises_within_study_and_nests_ids():
+    tables = {"one": _analysis("wai_sr+ors", 1, n_patients=40, n_therapists=4, max_sessions=6),
+              "two": _analysis("srs+phq9", 2, n_patients=40, n_therapists=4, max_sessions=6)}
+    stacked = stack_studies(tables, directions={"two": "lower_is_better"})
+    assert list(stacked.columns[:1]) == ["study"]
+    assert stacked.groupby("study")["outcome"].agg(["mean", "std"]).to_numpy() == pytest.approx(np.array([[0, 1], [0, 1]]), abs=1e-12)
+    assert stacked["patient"].str.match(r"^(one|two):P\d+$").all()
+    assert stacked["therapist"].nunique() == 8
+    two = tables["two"]
+    assert stacked.loc[stacked.study == "two", "alliance_within_lag"].to_numpy() == pytest.approx(
+        (two["alliance_within_lag"] / two["alliance"].std()).to_numpy(), nan_ok=True)
+    # lower-is-better outcome is negated: a higher PHQ-9 becomes a lower standardised outcome
+    y = two["outcome"]
+    assert stacked.loc[stacked.study == "two", "outcome"].to_numpy() == pytest.approx((-(y - y.mean()) / y.std()).to_numpy(), nan_ok=True)
+
+
+@pytest.mark.slow
+def test_one_stage_and_two_stage_agree_in_sign_and_size():
+    from allianceflow.models import fit_model
+
+    formula = "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 | patient)"
+    tables = {"wai_ors": _analysis("wai_sr+ors", 5, n_patients=120, n_therapists=12, max_sessions=10),
+              "srs_phq": _analysis("srs+phq9", 6)}
+    directions = {"srs_phq": "lower_is_better"}
+    results = {name: fit_model(t, formula, name=name) for name, t in tables.items()}
+    effects = study_effects(results, directions=directions)
+    assert (effects["r"] > 0).all()  # both: better alliance, better outcome
+    meta = meta_analysis(effects, method="dl")
+    one = one_stage_model(tables, formula, directions=directions)
+    assert one["n_groups"]["study"] == 2
+    assert one["formula"].endswith("+ (1 | study)")
+    table = compare_stages(meta, one)
+    assert list(table["approach"]) == ["two-stage (DL)", "one-stage"]
+    r2, r1 = table["r"]
+    assert r1 > 0 and r2 > 0
+    # same data, same question: the one-stage r lies inside the two-stage interval
+    assert table["ci_low"].iloc[0] < r1 < table["ci_high"].iloc[0]
+
+
+# ---------------------------------------------------------------- the second example study
+
+
+def test_second_example_is_exactly_what_the_simulator_writes(tmp_path, root):
+    written = write_example2_study(tmp_path, seed=EXAMPLE2_SEED)
+    assert written.read_bytes() == (root / "data/raw/example2/visits.csv").read_bytes()
+    assert (tmp_path / "README.md").read_text() == (root / "data/raw/example2/README.md").read_text()
+
+
+def test_second_example_has_its_own_layout_and_ranges(root):
+    raw = pd.read_csv(root / "data/raw/example2/visits.csv", sep=";", dtype=str, keep_default_na=False)
+    assert list(raw.columns[:5]) == ["client_id", "counsellor", "group", "visit", "visit_date"]
+    assert raw["client_id"].nunique() == 120 and raw["counsellor"].nunique() == 12
+    assert set(raw["group"]) == {"FIT", "usual care"}
+    assert raw["visit_date"].str.fullmatch(r"20\d\d-\d\d-\d\d").all()
+    srs = raw.filter(regex=r"^srs_q\d$")
+    phq = raw.filter(regex=r"^phq_\d\d$")
+    assert srs.shape[1] == 4 and phq.shape[1] == 9
+    assert (srs == "").to_numpy().sum() > 0 and (phq == "").to_numpy().sum() > 0  # blanks are empty cells
+    s = pd.to_numeric(srs.stack().replace("", np.nan)).dropna()
+    p = pd.to_numeric(phq.stack().replace("", np.nan)).dropna()
+    assert s.between(0, 10).all() and np.allclose(s * 10, np.round(s * 10))
+    assert set(p.unique()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_instrument_pair_is_checked():
+    with pytest.raises(ValueError, match="`instruments` must be 'wai_sr\\+ors' or 'srs\\+phq9'; got 'wai\\+phq9'."):
+        simulate_study(seed=1, instruments="wai+phq9")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [21, 22])
+def test_srs_phq9_truth_is_recovered(seed):
+    """Random-intercept generating model (no slopes): the estimates lie within 3 SE of the
+    true effects on the item-mean (SRS) and total (PHQ-9) scales. (Seed 21's between-patient
+    estimate is 2.1 SE from the truth, the kind of miss a 95% interval makes 1 time in 20,
+    so the tolerance is 3 SE over two seeds rather than the interval of one.)"""
+    import statsmodels.formula.api as smf
+
+    from allianceflow.derive import derive_analysis
+
+    df = simulate_study(EXAMPLE2_DESIGN, seed=seed, instruments="srs+phq9", n_patients=600, n_therapists=40,
+                        outcome_sd_slope=0.0, alliance_sd_slope=0.0)
+    df["srs"] = df.filter(regex=r"^srs_\d+$").mean(axis=1)
+    df["phq"] = df.filter(regex=r"^phq9_\d+$").mean(axis=1) * 9
+    data = derive_analysis(df, alliance="srs", outcome="phq").dropna(subset=["alliance_within_lag"])
+    fit = smf.mixedlm("outcome ~ alliance_within_lag + alliance_between + session", data, groups="therapist",
+                      vc_formula={"patient": "0 + C(patient)"}).fit(method="lbfgs")
+    for term, truth in [("alliance_within_lag", -1.0), ("alliance_between", -1.5)]:
+        assert abs(fit.params[term] - truth) < 3 * fit.bse[term], (term, fit.params[term], fit.bse[term])
+
+
+def test_outcome_direction_comes_from_the_instrument_file():
+    from allianceflow.pool import outcome_direction
+
+    assert outcome_direction({"instruments": {"srs": None, "phq9": {"rci": 6}}, "outcome": "phq9_total"}) == "lower_is_better"
+    assert outcome_direction({"instruments": ["wai_sr", "ors"], "outcome": "ors_total"}) == "higher_is_better"
+    with pytest.raises(ValueError, match=r"the study's `outcome` is 'gad7_total', which none of its `instruments` \(\['ors'\]\) scores."):
+        outcome_direction({"instruments": ["ors"], "outcome": "gad7_total"})

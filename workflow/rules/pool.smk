@@ -1,0 +1,49 @@
+# Across studies: random-effects meta-analysis of the per-study alliance-outcome effect
+# (two stages), the same model fitted once to the stacked studies (one stage), and the
+# forest plot. Helpers (get_pool_*) live in common.smk.
+
+
+rule pool_studies:
+    input:
+        unpack(get_pool_inputs),
+    output:
+        meta="results/pooled/meta_analysis.json",
+        csv="results/pooled/tables/meta_analysis.csv",
+        md=report(
+            "results/pooled/tables/meta_analysis.md",
+            caption="../report/meta_analysis.rst",
+            category="Pooled",
+        ),
+        one_stage="results/pooled/models/one_stage.json",
+        comparison="results/pooled/tables/one_vs_two_stage.csv",
+    log:
+        "logs/pooled/pool_studies.log",
+    benchmark:
+        "logs/pooled/benchmarks/pool_studies.tsv"
+    params:
+        models=get_pool_models,
+        analyses=get_pool_analyses,
+        directions=get_pool_directions,
+        model=get_pool_model_spec,
+        settings=config["pool"],
+    script:
+        "../scripts/pool_studies.py"
+
+
+rule plot_meta_forest:
+    input:
+        meta=rules.pool_studies.output.meta,
+    output:
+        png=report(
+            "results/pooled/figures/meta_forest.png",
+            caption="../report/meta_forest.rst",
+            category="Pooled",
+        ),
+        pdf="results/pooled/figures/meta_forest.pdf",
+        svg="results/pooled/figures/meta_forest.svg",
+    log:
+        "logs/pooled/plot_meta_forest.log",
+    params:
+        benchmark=config["pool"]["benchmark"],
+    script:
+        "../scripts/plot_meta_forest.py"

@@ -1,0 +1,59 @@
+# Simulation-based power for a planned design: one job per chunk of replications (so the
+# work spreads over local cores or cluster nodes), merged into one table and a power curve.
+# Helpers (get_power_*) live in common.smk.
+
+
+rule simulate_power_chunk:
+    input:
+        fitted=get_power_fitted,
+    output:
+        chunk="results/power/chunks/{design}/{chunk}.csv",
+    log:
+        "logs/power/{design}/simulate_power_chunk_{chunk}.log",
+    benchmark:
+        "logs/power/{design}/benchmarks/simulate_power_chunk_{chunk}.tsv"
+    params:
+        design=get_power_design,
+        seeds=get_power_seeds,
+        alliance_items=config["power"]["alliance_items"],
+        formula=config["power"]["formula"],
+        alpha=config["power"]["alpha"],
+    script:
+        "../scripts/simulate_power_chunk.py"
+
+
+rule summarise_power:
+    input:
+        chunks=get_power_chunks(),
+    output:
+        csv="results/power/tables/power.csv",
+        md=report(
+            "results/power/tables/power.md",
+            caption="../report/power_table.rst",
+            category="Power",
+        ),
+    log:
+        "logs/power/summarise_power.log",
+    params:
+        designs=get_power_designs(),
+    script:
+        "../scripts/summarise_power.py"
+
+
+rule plot_power_curve:
+    input:
+        summary=rules.summarise_power.output.csv,
+    output:
+        png=report(
+            "results/power/figures/power_curve.png",
+            caption="../report/power_curve.rst",
+            category="Power",
+        ),
+        pdf="results/power/figures/power_curve.pdf",
+        svg="results/power/figures/power_curve.svg",
+    log:
+        "logs/power/plot_power_curve.log",
+    params:
+        x=get_power_x(),
+    script:
+        "../scripts/plot_power_curve.py"

@@ -1,0 +1,24 @@
+"""Snakemake adapter: two-stage meta-analysis and one-stage model (allianceflow.pool.pool_stage)."""
+from allianceflow.pipeline import run_step
+from allianceflow.pool import pool_stage
+
+with run_step(snakemake.log[0]):
+    settings = snakemake.params.settings
+    pool_stage(
+        models=snakemake.params.models,
+        analyses=snakemake.params.analyses,
+        directions=snakemake.params.directions,
+        formula=snakemake.params.model["formula"],
+        reml=snakemake.params.model.get("reml", True),
+        term=settings["term"],
+        method=settings["method"],
+        hksj=settings["hksj"],
+        alpha=settings["alpha"],
+        one_stage=settings["one_stage"],
+        standardise=settings["standardise"],
+        meta_json=snakemake.output.meta,
+        table_csv=snakemake.output.csv,
+        table_md=snakemake.output.md,
+        one_stage_json=snakemake.output.one_stage,
+        comparison_csv=snakemake.output.comparison,
+    )
