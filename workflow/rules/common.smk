@@ -15,7 +15,9 @@ config.update(
 
 STUDIES = sorted(config["studies"])
 MODELS = sorted(config["models"])
-POWER_DESIGNS = designs_from_config(config["power"]) if config["power"]["enabled"] else {}
+POWER_DESIGNS = (
+    designs_from_config(config["power"]) if config["power"]["enabled"] else {}
+)
 FIGURE_FORMATS = ["png", "pdf", "svg"]
 TABLE_FORMATS = ["csv", "md"]
 
@@ -128,7 +130,9 @@ def get_config_files():
 def get_pool_studies():
     """Studies pooled: pool.studies, else every study that fits pool.model."""
     pool = config["pool"]
-    names = pool["studies"] or [s for s in STUDIES if pool["model"] in config["studies"][s]["models"]]
+    names = pool["studies"] or [
+        s for s in STUDIES if pool["model"] in config["studies"][s]["models"]
+    ]
     return sorted(names)
 
 
@@ -139,7 +143,10 @@ def pool_enabled():
 
 def get_pool_models(wildcards):
     """Study -> fitted model JSON of pool.model."""
-    return {s: f"results/{s}/models/{config['pool']['model']}.json" for s in get_pool_studies()}
+    return {
+        s: f"results/{s}/models/{config['pool']['model']}.json"
+        for s in get_pool_studies()
+    }
 
 
 def get_pool_analyses(wildcards):
@@ -170,13 +177,15 @@ def get_pool_outputs():
     """Pooled targets of the default target (none with fewer than two studies)."""
     if not pool_enabled():
         return []
-    return [
-        "results/pooled/meta_analysis.json",
-        "results/pooled/models/one_stage.json",
-        "results/pooled/tables/one_vs_two_stage.csv",
-    ] + [f"results/pooled/tables/meta_analysis.{ext}" for ext in ("csv", "md")] + [
-        f"results/pooled/figures/meta_forest.{ext}" for ext in FIGURE_FORMATS
-    ]
+    return (
+        [
+            "results/pooled/meta_analysis.json",
+            "results/pooled/models/one_stage.json",
+            "results/pooled/tables/one_vs_two_stage.csv",
+        ]
+        + [f"results/pooled/tables/meta_analysis.{ext}" for ext in ("csv", "md")]
+        + [f"results/pooled/figures/meta_forest.{ext}" for ext in FIGURE_FORMATS]
+    )
 
 
 # ---- power
@@ -202,7 +211,9 @@ def get_power_seeds(wildcards):
     """Seeds of one chunk (the same seeds for every design: common random numbers)."""
     power = config["power"]
     seed = config["seed"] if power["seed"] is None else power["seed"]
-    return chunk_seeds(seed, power["replications"], power["chunk_size"], int(wildcards.chunk))
+    return chunk_seeds(
+        seed, power["replications"], power["chunk_size"], int(wildcards.chunk)
+    )
 
 
 def get_power_fitted(wildcards):
@@ -215,7 +226,11 @@ def get_power_chunks():
     """Every chunk of every design."""
     power = config["power"]
     n_chunks = -(-power["replications"] // power["chunk_size"])
-    return [f"results/power/chunks/{d}/{c}.csv" for d in POWER_DESIGNS for c in range(n_chunks)]
+    return [
+        f"results/power/chunks/{d}/{c}.csv"
+        for d in POWER_DESIGNS
+        for c in range(n_chunks)
+    ]
 
 
 def get_power_x():
