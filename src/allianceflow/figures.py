@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -8,6 +8,7 @@ notebooks can call them directly. :func:`run_step` turns the errors a researcher
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ log = logging.getLogger("allianceflow")
 def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[logging.Logger]:
     """Log to *log_path*; on a :class:`DataError` or :class:`ConfigError` print its one
     paragraph to stderr and exit with status 1 (the traceback goes to the log only)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files here, never windows
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,330 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Multilevel models
+#
+# In this notebook you fit the **multilevel (mixed) models** of an alliance–outcome study:
+# sessions nested in patients nested in therapists. You will write models in lme4 syntax,
+# fit a growth model and the within/between alliance–outcome model, read variance
+# components and intraclass correlations, compare models with a likelihood-ratio test,
+# separate therapist from patient contributions to the alliance, and check every estimate
+# against the simulation's known truth.
+#
+# **Why it matters clinically.** Sessions of one patient resemble each other, and patients
+# of one therapist resemble each other. Analyses that ignore this nesting treat 2900
+# sessions as 2900 independent people and overstate certainty; analyses that average it
+# away lose the session-by-session process that clinicians care about. Multilevel models
+# keep both (Raudenbush & Bryk, 2002; Snijders & Bosker, 2012), and they let us ask the
+# two alliance questions of notebook 03 in one model: does a patient improve more after a
+# session with a better-than-usual alliance (within), and do patients with better
+# alliances improve more (between)?
+
+# %%
+import allianceflow
+from allianceflow import config, figures, io, models, pipeline, tables
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+# allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
+# figures so they show in the notebook.
+# %matplotlib inline
+print("allianceflow", allianceflow.__version__)
+
+# %% tags=["parameters"]
+PROJECT = Path("..")
+STUDY = "example"
+# Patients drawn in the trajectory figure.
+MAX_PATIENTS = 40
+
+# %% [markdown]
+# ## 1. The analysis table
+#
+# We run the pipeline's clean, score and derive stages into a temporary folder (notebooks
+# 01–03 explain them) and read the analysis table: one row per session with
+# `outcome` (ORS total), `alliance_within_lag`, `alliance_between`, `session`, etc.
+
+# %%
+cfg = config.load_config(PROJECT / "config.yaml")
+study = cfg["studies"][STUDY]
+work = Path(tempfile.mkdtemp(prefix="allianceflow_"))
+pipeline.clean_stage(PROJECT / study["raw"], study, sessions=work / "sessions.parquet",
+                     exclusions=work / "exclusions.csv", flow=work / "flow.json", name=STUDY)
+pipeline.score_stage(work / "sessions.parquet", study, scored=work / "scored.parquet")
+pipeline.derive_stage(work / "scored.parquet", study, analysis=work / "analysis.parquet",
+                      patients=work / "patients.parquet", sudden_gains=work / "sudden_gains.csv",
+                      expected=work / "expected.json")
+analysis = io.read_table(work / "analysis.parquet")
+print(analysis.shape)
+
+# %% [markdown]
+# ### The truth we hope to recover
+#
+# From `data/raw/example/README.md` (alliance parameters per WAI-SR *item-mean* point,
+# outcome parameters in ORS points; time is `session − 1`):
+#
+# | parameter | truth | on our scales |
+# | --- | --- | --- |
+# | outcome at the first session | 19.0 | intercept at `session = 0`: about 19 − 0.58 ≈ 18.4 |
+# | outcome change per session | 0.5 (TAU), 0.65 (feedback) | 0.577 averaged over the arms (154 of 300 patients had feedback) |
+# | within-patient effect of last session's alliance | 2.0 per item-mean point | **2/12 ≈ 0.167** per WAI-SR total point |
+# | between-patient effect of the patient's mean alliance | 4.0 per item-mean point | **4/12 ≈ 0.333** per total point |
+# | SD of therapist / patient intercepts, patient slopes | 1.5 / 4.5 / 0.25 | variances 2.25 / 20.25 / 0.0625 |
+# | residual SD | 3.5 (plus ORS item noise) | variance ≈ 12.25 + 2.6 ≈ 14.8 |
+#
+# Our models use `session` (1, 2, …) as time, so their intercept is the expected outcome
+# at a "session 0", half a point below the first session.
+
+# %% [markdown]
+# ## 2. A growth model
+#
+# Before adding predictors, describe change. `models.preset_formula` writes the standard
+# models in lme4 syntax; `models.fit_model` fits them (REML by default) and returns a
+# tidy, JSON-ready result; `models.format_model` prints it.
+
+# %%
+growth_formula = models.preset_formula("growth")
+print(growth_formula)
+growth = models.fit_model(analysis, growth_formula, name="growth")
+print(models.format_model(growth))
+
+# %% [markdown]
+# * `(1 | therapist)`: each therapist has their own average level;
+#   `(1 + session || patient)`: each patient has their own level and their own rate of
+#   change (the `||` makes the two uncorrelated, because the fitting engine cannot
+#   correlate them under a therapist level; the simulation has a correlation of −0.2).
+# * The intercept is about 18.3 (truth about 18.4). The slope, about 0.63 ORS points per
+#   session (95% CI 0.58–0.68), looks too steep for the 0.577 of the table, but it is
+#   right: the growth model leaves the alliance out, and in the simulation the alliance
+#   itself rises by 0.03 item points per session, which adds $2.0 \times 0.03 = 0.06$ ORS
+#   points per session through the within-patient effect. The total trend is about
+#   0.64. A coefficient is always "given the other terms in the model".
+# * **ICC**: the share of the outcome's variance that lies between therapists and between
+#   patients. About half of it is stable patient differences. In the simulation the
+#   therapist share is about 6–8% (therapist intercepts with variance 2.25, plus about
+#   0.64 through therapists' alliance levels, out of about 41), close to what is typical
+#   in practice (Baldwin & Imel, 2013); the estimate (0.14, a variance of about 6) is about
+#   twice that. With only 30 therapists a therapist variance is estimated imprecisely:
+#   **ask for many therapists** if therapist effects are the question.
+
+# %%
+fig = figures.plot_trajectories(analysis, growth, max_patients=MAX_PATIENTS, outcome_label="ORS total")
+
+# %% [markdown]
+# ## 3. The alliance–outcome model
+#
+# The study's main model (`alliance_outcome` in `config.yaml`): last session's
+# within-patient alliance and the patient's between-patient alliance predicting this
+# session's outcome, adjusting for time.
+
+# %%
+ao_formula = pipeline.model_formula(cfg["models"]["alliance_outcome"])
+print(ao_formula)
+ao = models.fit_model(analysis, ao_formula, name="alliance_outcome")
+print(models.format_model(ao))
+
+# %%
+truth = {"alliance_within_lag": 2 / 12, "alliance_between": 4 / 12}
+fixed = models.fixed_effects_table(ao).set_index("term").loc[list(truth)]
+fixed["truth"] = pd.Series(truth)
+fixed["CI covers truth"] = (fixed["ci_low"] <= fixed["truth"]) & (fixed["truth"] <= fixed["ci_high"])
+fixed[["estimate", "se", "ci_low", "ci_high", "truth", "CI covers truth", "r"]].round(3)
+
+# %% [markdown]
+# Both confidence intervals cover the truth: 0.16 within (truth 0.167), 0.29 between
+# (truth 0.333). Adjusting for `session` removed the time-trend bias that inflated the
+# naive within-patient slope of notebook 03 to 0.32.
+#
+# Note what is dropped: `n_dropped_missing` rows have no lagged alliance (first sessions,
+# and sessions after a gap) or no outcome. The model is fitted on the remaining sessions,
+# which is unbiased here because the simulator's missingness is completely at random.
+#
+# The column `r` is an **r-equivalent** ($z/\sqrt{z^2 + df}$; Rosenthal, 1991). The
+# meta-analytic alliance–outcome correlation of Flückiger et al. (2018) is
+# $r = .28$, but do not compare the numbers directly: most studies in that meta-analysis
+# correlate an early alliance with end-of-treatment outcome across patients, a mostly
+# between-patient quantity, while our within-patient `r` is a session-level effect
+# adjusted for everything stable about the patient.
+#
+# ### What a single, unsplit alliance coefficient does
+#
+# Entering last session's alliance without splitting it gives one coefficient that mixes
+# both effects. With ten sessions per patient the model draws mostly on the within-patient
+# information, so here the blend lies near the within effect; with few sessions per
+# patient it would move towards the between effect. Either way, it is neither
+# (Raudenbush & Bryk, 2002, ch. 5; Curran & Bauer, 2011).
+
+# %%
+blend = models.fit_model(analysis, "outcome ~ alliance_lag + session + (1 | therapist) + (1 | patient)", name="unsplit")
+models.fixed_effects_table(blend).round(3)
+
+# %% [markdown]
+# ## 4. Random slopes and the likelihood-ratio test
+#
+# Patients differ in how fast they improve (true slope SD 0.25). The configured
+# comparison asks whether a patient random slope of time improves the model.
+# `models.likelihood_ratio_test` fits both models to **the same rows** (and by maximum
+# likelihood if their fixed effects differ). A variance cannot be negative, so under the
+# null the test statistic is a 50:50 mixture of $\chi^2_0$ and $\chi^2_1$ and the usual
+# p-value is conservative; `p_boundary` corrects it (Self & Liang, 1987).
+
+# %%
+slopes_formula = pipeline.model_formula(cfg["models"]["alliance_outcome_slopes"])
+lrt = models.likelihood_ratio_test(analysis, ao_formula, slopes_formula, names=("alliance_outcome", "alliance_outcome_slopes"))
+{k: lrt[k] for k in ("method", "n_obs", "loglik0", "loglik1", "df", "statistic", "p", "p_boundary", "aic0", "aic1")}
+
+# %% [markdown]
+# The random slope is clearly needed (the simulation has one). With it, the within effect
+# stays at about 0.17 and its standard error barely changes.
+#
+# ## 5. Two sensitivity analyses
+#
+# * **Detrending** (Falkenström et al., 2017): use each session's deviation from the
+#   patient's own linear alliance trend instead of from their mean.
+# * **Previous outcome**: adding last session's outcome asks whether the alliance predicts
+#   *change*. With patient random intercepts a lagged outcome is biased in short series
+#   (Nickell, 1981), so read it as a sensitivity check. The simulation has no
+#   autoregression, so its true coefficient is 0.
+
+# %%
+sensitivity = {
+    "detrended": models.preset_formula("alliance_outcome", detrend="linear"),
+    "previous_outcome": models.preset_formula("alliance_outcome", previous_outcome=True),
+}
+fits = {"slopes": lrt["fit1"]} | {name: models.fit_model(analysis, f, name=name) for name, f in sensitivity.items()}
+pd.DataFrame({name: models.fixed_effects_table(r).set_index("term")["estimate"] for name, r in fits.items()}).round(3)
+
+# %% [markdown]
+# The within effect lies between 0.16 and 0.18 in every version, close to the truth; the
+# previous-outcome coefficient is small (0.04) as it should be. Agreement across sensible
+# specifications is what makes a within-patient effect credible.
+
+# %%
+fig = figures.plot_forest([ao, fits["slopes"], fits["detrended"]], drop=("Intercept", "session"), width="two",
+                         labels={"alliance_within_detrended_lag": "Alliance, within patient, detrended (previous session)"})
+
+# %% [markdown]
+# ## 6. Therapists' and patients' contributions to the alliance
+#
+# Baldwin, Wampold & Imel (2007) split the between-patient alliance into the
+# **therapist's mean** alliance across their patients and each **patient's deviation**
+# from it, and found that therapists' ability to form alliances, not patients', carried
+# the alliance–outcome correlation.
+
+# %%
+te = models.fit_model(analysis, models.preset_formula("therapist_effects"), name="therapist_effects")
+models.fixed_effects_table(te).round(3)
+
+# %% [markdown]
+# **Against the truth.** The simulator applies one between-patient effect (0.333 per WAI-SR
+# point) to the patient's mean alliance, whatever its source, so the true therapist-level
+# and patient-level coefficients are **both 0.333**. The estimates (about 0.48 and 0.24)
+# look like Baldwin et al.'s pattern, but the therapist coefficient rests on 30 therapists
+# and its CI (about 0.21 to 0.75) is wide; both intervals contain 0.333. A difference
+# between two coefficients must be tested, not read off two p-values, and with 30
+# therapists this design cannot tell them apart. (Exercise 2 asks you to check this.)
+#
+# The caterpillar plot shows each therapist's estimated deviation (conditional mode) with
+# a 95% interval: most intervals overlap zero and each other, which is the usual picture
+# with about ten patients per therapist.
+
+# %%
+fig = figures.plot_caterpillar(ao, group="therapist")
+
+# %% [markdown]
+# ## 7. Alliance components: task, bond and goal
+#
+# The `alliance_components` preset enters the three WAI-SR subscales, each split within and
+# between. The simulator has **one** alliance: every item reflects the same latent
+# alliance, and the outcome depends on the total only. So each component's true
+# coefficient is the same as the total's (0.167 within, 0.333 between, per subscale point).
+
+# %%
+comp = models.fit_model(analysis, models.preset_formula("alliance_components"), name="alliance_components")
+models.fixed_effects_table(comp).round(3)
+
+# %% [markdown]
+# The within coefficients are near 0.17 but three to four times less precise than the
+# total's; the between coefficients scatter from about 0 to 0.6 with standard errors near
+# 0.6. Subscales that correlate this highly cannot be separated: a study that reports
+# "the bond matters and the task does not" from such a model is reading noise. Compare
+# models, test the difference, or model the components as one factor.
+
+# %% [markdown]
+# ## 8. The publication table
+#
+# `tables.model_table` builds the APA table the pipeline writes to
+# `results/<study>/tables/` (here rendered as Markdown).
+
+# %%
+display(Markdown(tables.render_markdown(tables.model_table([ao, fits["slopes"]], name="alliance_models"))))
+
+# %% [markdown]
+# ## Summary
+#
+# * `models.preset_formula` writes standard models in lme4 syntax; `models.fit_model` fits
+#   them and reports estimates, CIs, variance components, ICCs, R², fit and convergence;
+#   `models.format_model` and `tables.model_table` present them.
+# * On the example the alliance–outcome model recovers both true effects: within 0.16
+#   (truth 0.167) and between 0.29 (truth 0.333), CIs covering the truth, once time is
+#   in the model.
+# * `models.likelihood_ratio_test` compares nested models on the same rows; the
+#   boundary-corrected p-value is the right one for an added variance.
+# * Therapist-level and component-level coefficients are imprecise with 30 therapists and
+#   highly correlated subscales; apparent differences between them are not evidence.
+#
+# **References**
+#
+# Baldwin, S. A., & Imel, Z. E. (2013). Therapist effects: Findings and methods. In M. J.
+# Lambert (Ed.), *Bergin and Garfield's handbook of psychotherapy and behavior change*
+# (6th ed., pp. 258–297). Wiley.
+# Baldwin, S. A., Wampold, B. E., & Imel, Z. E. (2007). Untangling the alliance–outcome
+# correlation: Exploring the relative importance of therapist and patient variability in
+# the alliance. *Journal of Consulting and Clinical Psychology, 75*(6), 842–852.
+# https://doi.org/10.1037/0022-006X.75.6.842
+# Curran, P. J., & Bauer, D. J. (2011). The disaggregation of within-person and
+# between-person effects in longitudinal models of change. *Annual Review of Psychology,
+# 62*, 583–619. https://doi.org/10.1146/annurev.psych.093008.100356
+# Falkenström, F., Finkel, S., Sandell, R., Rubel, J. A., & Holmqvist, R. (2017). Dynamic
+# models of individual change in psychotherapy process research. *Journal of Consulting and
+# Clinical Psychology, 85*(6), 537–549. https://doi.org/10.1037/ccp0000203
+# Flückiger, C., Del Re, A. C., Wampold, B. E., & Horvath, A. O. (2018). The alliance in
+# adult psychotherapy: A meta-analytic synthesis. *Psychotherapy, 55*(4), 316–340.
+# https://doi.org/10.1037/pst0000172
+# Nickell, S. (1981). Biases in dynamic models with fixed effects. *Econometrica, 49*(6),
+# 1417–1426. https://doi.org/10.2307/1911408
+# Raudenbush, S. W., & Bryk, A. S. (2002). *Hierarchical linear models: Applications and
+# data analysis methods* (2nd ed.). Sage.
+# Rosenthal, R. (1991). *Meta-analytic procedures for social research* (rev. ed.). Sage.
+# Self, S. G., & Liang, K.-Y. (1987). Asymptotic properties of maximum likelihood estimators
+# and likelihood ratio tests under nonstandard conditions. *Journal of the American
+# Statistical Association, 82*(398), 605–610. https://doi.org/10.1080/01621459.1987.10478472
+# Snijders, T. A. B., & Bosker, R. J. (2012). *Multilevel analysis: An introduction to basic
+# and advanced multilevel modeling* (2nd ed.). Sage.
+#
+# ## Exercise
+#
+# 1. Fit `"outcome ~ alliance_within_lag + alliance_between + session + (1 | patient)"`
+#    (no therapist level). What happens to the standard error of `alliance_between`, and
+#    why?
+# 2. Is the therapist-level coefficient of section 6 really larger than the patient-level
+#    one? Refit with `"outcome ~ alliance_between + alliance_patient_deviation + session +
+#    (1 | therapist) + (1 + session || patient)"`: the coefficient of
+#    `alliance_patient_deviation` is now the *difference* between the patient-level and the
+#    therapist-level effects. What is its 95% CI, and what do you conclude?
