@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from .contract import ITEM_PATTERN, item_ranges, validate_sessions
-from .io import DataError
+from .io import DataError, _per_value, _stripped
 from .privacy import check_privacy, get_salt, pseudonymise
 
 __all__ = [
@@ -345,7 +345,7 @@ def _to_long(raw: pd.DataFrame, study: dict[str, Any], source: str, codes: set[s
         cols = {c: name for c, (name, s) in per_session.items() if s == k}
         part = raw[fixed].copy()
         block = raw[list(cols)].rename(columns=cols)
-        text = block.apply(lambda s: s.astype(str).str.strip())
+        text = block.apply(_stripped)
         filled = (text.ne("") & ~text.isin(codes)).any(axis=1)
         part = pd.concat([part, block], axis=1).loc[filled]
         part["__session__"] = str(k)
@@ -473,7 +473,7 @@ def clean_sessions(
     if rows_read == 0:
         raise DataError(f"{source}: the file has a header but no data rows. Export the data again.")
     for column in frame.columns[1:]:
-        if frame[column].astype(str).str.strip().eq("").all():
+        if _per_value(frame[column], lambda s: s.astype(str).str.strip().eq("")).all():
             raise DataError(
                 f"{source}: column {raw_names[column]!r} (mapped to {column!r}) is empty in "
                 f"every one of its {rows_read} rows; the export probably lost it. Export the "
@@ -481,17 +481,17 @@ def clean_sessions(
             )
     frame = frame.reset_index(drop=True)
     value_cols = [c for c in frame.columns if c != "_source_row"]
-    frame["_session_text"] = frame["session"].astype(str).str.strip()
+    frame["_session_text"] = _stripped(frame["session"])
 
     # 3. ids: surrounding spaces, missing codes, variants ------------------------------------
     id_cols = [c for c in ("patient", "therapist") if c in frame]
     altered_ids: list[tuple[str, pd.Series, pd.Series]] = []
     for col in id_cols:
-        text = frame[col].astype(str)
-        stripped = text.str.strip()
+        text = _per_value(frame[col], lambda s: s.astype(str))
+        stripped = _stripped(text)
         values = stripped.mask(stripped.isin(codes) | stripped.eq(""))
         present = values.notna()
-        keyed = values[present].str.casefold().str.replace(r"\s+", "", regex=True)
+        keyed = _per_value(values[present], lambda s: s.str.casefold().str.replace(r"\s+", "", regex=True))
         spelled = pd.DataFrame({"key": keyed, "raw": text[present], "value": values[present]})
         spellings = spelled.groupby("key", sort=False)["raw"].nunique()
         variant_keys = spellings.index[spellings > 1]
@@ -537,16 +537,25 @@ def clean_sessions(
     for col in value_cols:
         if col in id_cols:
             continue
-        text = frame[col].astype(str).str.strip()
-        missing = text.isin(codes)
+        numeric = col in numeric_cols
+
+        def parse(values: pd.Series, numeric: bool = numeric) -> pd.DataFrame:
+            t = values.astype(str).str.strip()
+            parts = {"text": t, "empty": t.eq(""), "missing": t.isin(codes)}
+            if numeric:
+                number_text = t.str.replace(",", ".", regex=False) if decimal == "," else t
+                parts["number"] = pd.to_numeric(number_text.mask(parts["empty"] | parts["missing"]), errors="coerce").astype("float64")
+            return pd.DataFrame(parts, index=values.index)
+
+        parsed = _per_value(frame[col], parse)
+        text, empty, missing = parsed["text"], parsed["empty"], parsed["missing"]
         number = None
-        if col in numeric_cols:
-            number_text = text.str.replace(",", ".", regex=False) if decimal == "," else text
-            number = pd.to_numeric(number_text.mask(text.eq("") | missing), errors="coerce").astype("float64")
-            missing |= number.isin(numeric_codes)
+        if numeric:
+            number = parsed["number"]
+            missing = missing | number.isin(numeric_codes)
         missing_counts[col] = int(missing.sum())
         if col in numeric_cols:
-            bad = number.isna() & text.ne("") & ~missing
+            bad = number.isna() & ~empty & ~missing
             frame[col] = number.mask(missing)
             frame["_text_" + col] = text
             if bad.any():
@@ -562,10 +571,10 @@ def clean_sessions(
                 )
                 frame = cleaner.frame
         else:
-            frame[col] = text.mask(missing | text.eq("")).astype(object)
+            frame[col] = text.mask(missing | empty).astype(object)
     for col, mapping in (study.get("labels") or {}).items():
         if col in frame:
-            frame[col] = frame[col].map(lambda v, m=mapping: m.get(v, v) if pd.notna(v) else v)
+            frame[col] = _per_value(frame[col], lambda s, m=mapping: s.map(lambda v: m.get(v, v) if pd.notna(v) else v))
     cleaner.frame = frame
 
     # 5. ids and session numbers ---------------------------------------------------------------
@@ -580,7 +589,7 @@ def clean_sessions(
     invalid = (session < 1) | (session != np.floor(session))
     cleaner.apply(
         "session_invalid", invalid, column="session",
-        reason=f["_session_text"].map(lambda v: f"session number {v} is not a whole number of 1 or more"),
+        reason=f.loc[invalid, "_session_text"].map(lambda v: f"session number {v} is not a whole number of 1 or more"),
         fix="Session numbers count from 1 (1 = the first session); correct the value.",
     )
 
@@ -590,7 +599,7 @@ def clean_sessions(
         f = cleaner.frame
         typed = raw_names.get("date") in date_columns
         fmt = "%Y-%m-%d" if typed else study.get("date_format", "%Y-%m-%d")
-        dates = pd.to_datetime(f["date"], format=fmt, errors="coerce")
+        dates = _per_value(f["date"].dropna(), lambda s: pd.to_datetime(s, format=fmt, errors="coerce")).reindex(f.index)
         bad = dates.isna() & f["date"].notna()
         if bad.any():
             def why(value: str) -> str:
@@ -642,8 +651,10 @@ def clean_sessions(
     # 9. order, gaps and therapists within patients --------------------------------------------
     group = ["patient"] + (["informant"] if "informant" in value_cols else [])
     if has_dates and len(cleaner.frame):
-        f = cleaner.frame.sort_values([*group, "session"], kind="mergesort")
-        earlier = f.groupby(group, observed=True, dropna=False)["date"].transform(lambda d: d.cummax().shift())
+        f = cleaner.frame[list(dict.fromkeys([*group, "session", "date"]))].sort_values([*group, "session"], kind="mergesort")
+        keys_of = [f[c] for c in group]
+        running = f.groupby(keys_of, observed=True, dropna=False)["date"].cummax()
+        earlier = running.groupby(keys_of, observed=True, dropna=False).shift()
         order = f["date"] < earlier
         reason = pd.Series(
             [f"session {int(s)} is dated {d:%Y-%m-%d}, before an earlier session ({e:%Y-%m-%d})"
@@ -652,7 +663,7 @@ def clean_sessions(
         )
         cleaner.apply("session_order", order, column="date", reason=reason,
                       fix="Check the session numbers and dates of this patient.")
-    f = cleaner.frame.sort_values([*group, "session"], kind="mergesort")
+    f = cleaner.frame[list(dict.fromkeys([*group, "session"]))].sort_values([*group, "session"], kind="mergesort")
     previous = f.groupby(group, observed=True, dropna=False)["session"].shift().fillna(0)
     gap = f["session"] - previous > 1
     reason = pd.Series(
@@ -663,12 +674,12 @@ def clean_sessions(
     cleaner.apply("session_gap", gap, column="session", reason=reason,
                   fix="Add the missing sessions, or accept gaps with `flag` or `ignore`.")
     if "therapist" in value_cols:
-        f = cleaner.frame.sort_values([*group, "session"], kind="mergesort")
+        f = cleaner.frame[list(dict.fromkeys([*group, "session", "therapist"]))].sort_values([*group, "session"], kind="mergesort")
         therapists = f.groupby("patient")["therapist"].nunique()
         changers = therapists.index[therapists > 1]
         if len(changers):
             rows_of = f["patient"].isin(changers)
-            prev = f.groupby("patient")["therapist"].transform(lambda t: t.ffill().shift())
+            prev = f.groupby("patient")["therapist"].ffill().groupby(f["patient"]).shift()
             change = rows_of & f["therapist"].notna() & prev.notna() & f["therapist"].ne(prev)
             target = change if policies["therapist_change"] in ("flag", "error") else rows_of
             listing = f[rows_of].groupby("patient")["therapist"].agg(lambda t: " → ".join(pd.unique(t.dropna())))

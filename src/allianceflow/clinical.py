@@ -391,7 +391,8 @@ def endings_and_dose(
             f"and `days`; got followup={followup!r}, days={days!r}."
         )
     labels = dict(labels or {})
-    ordered = data.sort_values([patient, session], kind="mergesort")
+    needed = list(dict.fromkeys(c for c in (patient, session, days, ending, followup) if c))
+    ordered = data[needed].sort_values([patient, session], kind="mergesort")
     ids = pd.Index(pd.unique(data[patient]), name=patient)
     grouped = ordered.groupby(patient, sort=False)
     out = pd.DataFrame(index=ids)
@@ -421,14 +422,15 @@ def endings_and_dose(
                 f"Column {ending!r} has ending {value!r} (patient {raw.loc[bad, patient].iloc[0]!r}); "
                 f"allowed: {', '.join(map(repr, allowed))}, or map it with `labels`."
             )
-        per = mapped.groupby(raw[patient], sort=False).agg(lambda s: sorted(set(s)))
-        multi = per[per.map(len) > 1]
-        if len(multi):
+        by_patient = mapped.groupby(raw[patient], sort=False)
+        kinds = by_patient.nunique()
+        if (kinds > 1).any():
+            first = kinds.index[kinds > 1][0]
             raise ValueError(
-                f"Column {ending!r} must be constant within patient; patient {multi.index[0]!r} "
-                f"has {multi.iloc[0]}."
+                f"Column {ending!r} must be constant within patient; patient {first!r} "
+                f"has {sorted(set(mapped[raw[patient] == first]))}."
             )
-        recorded = per.map(lambda v: v[0]).reindex(ids)
+        recorded = by_patient.first().reindex(ids)
     source = pd.Series("none", index=ids, dtype=object)
     result = pd.Series("unknown", index=ids, dtype=object)
     has = recorded.notna()
@@ -517,9 +519,9 @@ def derive_patients(
     check_frame(analysis, "analysis")
     check_columns(analysis, patient, session, outcome, name="analysis")
     ids = pd.unique(analysis[patient])
-    ordered = analysis.sort_values([patient, session], kind="mergesort")
-    base = pd.DataFrame({patient: ids})
     present = [c for c in carry if c in analysis.columns and c != patient]
+    ordered = analysis[list(dict.fromkeys([patient, session, *present]))].sort_values([patient, session], kind="mergesort")
+    base = pd.DataFrame({patient: ids})
     if present:
         firsts = ordered.groupby(patient, sort=False)[present].first()
         base = base.merge(firsts, left_on=patient, right_index=True, how="left")

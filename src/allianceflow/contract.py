@@ -15,14 +15,18 @@ from typing import Mapping
 import pandas as pd
 import pandera.pandas as pa
 
-from .io import DataError
+from .io import DataError, _per_value
 
 __all__ = ["session_schema", "validate_sessions", "item_ranges", "ITEM_PATTERN"]
 
 #: Item columns are ``<instrument>_<item number>``.
 ITEM_PATTERN = re.compile(r"^(?P<instrument>[a-z][a-z0-9]*(?:_[a-z0-9]+)*)_(?P<item>\d+)$")
 
-_ID = pa.Check(lambda s: s.astype(str).str.strip().str.len() > 0, element_wise=False, error="id must not be empty")
+_ID = pa.Check(
+    lambda s: _per_value(s, lambda u: u.astype(str).str.strip().str.len() > 0),
+    element_wise=False,
+    error="id must not be empty",
+)
 
 
 def item_ranges(columns, instruments: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:

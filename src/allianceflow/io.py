@@ -305,6 +305,44 @@ def _read_statistics(path: Path) -> pd.DataFrame:
     return frame
 
 
+def _per_value(series: pd.Series, func) -> pd.Series:
+    """``func(series)`` for an element-wise *func*, computed once per distinct value.
+
+    *func* maps a Series to a Series (or a DataFrame of several results) on the same index.
+
+    Raw exports repeat few values (item responses, ids, dates) many times, so string
+    operations on the distinct values and a take by their codes replace a Python call per
+    row. Columns that are not all text (or all missing) go through *func* directly, so
+    values that compare equal but print differently (``1``, ``1.0``, ``True``) are never
+    merged.
+    """
+    if len(series) == 0 or pd.api.types.infer_dtype(series, skipna=True) != "string":
+        return func(series)
+    codes, uniques = pd.factorize(series)
+    na = codes < 0
+    if na.all():
+        return func(series)
+    result = func(pd.Series(uniques, dtype=object))
+    if isinstance(result, pd.DataFrame):
+        if na.any():
+            return func(series)
+        return pd.DataFrame({c: result[c].to_numpy()[codes] for c in result.columns}, index=series.index)
+    mapped = result.to_numpy()
+    if na.any():
+        if mapped.dtype != object:
+            return func(series)
+        values = mapped[np.where(na, 0, codes)]
+        values[na] = func(series[na]).to_numpy()
+    else:
+        values = mapped[codes]
+    return pd.Series(values, index=series.index, name=series.name)
+
+
+def _stripped(series: pd.Series) -> pd.Series:
+    """``series.astype(str).str.strip()``, once per distinct value."""
+    return _per_value(series, lambda s: s.astype(str).str.strip())
+
+
 def read_raw(
     path: str | Path,
     *,

@@ -35,7 +35,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .io import DataError
+from .io import DataError, _per_value
 
 __all__ = [
     "Finding",
@@ -162,8 +162,8 @@ def _birth_date(value: str, this_year: int) -> bool:
 
 def _by_content(values: pd.Series, rows: pd.Series, *, is_date_column: bool, this_year: int) -> tuple[str, int] | None:
     """The first identifier kind found in *values* and its source row, else None."""
-    text = values.astype(str).str.strip()
-    present = text.ne("")
+    parsed = _per_value(values, lambda s: pd.DataFrame({"text": s.astype(str).str.strip()}).assign(present=lambda d: d["text"].ne("")))
+    text, present = parsed["text"], parsed["present"]
     if not present.any():
         return None
     text, rows = text[present], rows[present]

@@ -140,7 +140,7 @@ def detect_ruptures(
         raise TypeError(f"`across_gaps` must be True or False; got {across_gaps!r}.")
 
     out = data.copy()
-    ordered = out.sort_values([patient, session], kind="mergesort")
+    ordered = out[list(dict.fromkeys([patient, session, alliance]))].sort_values([patient, session], kind="mergesort")
     a = ordered[alliance].astype(float)
     if across_gaps:
         rec = ordered.loc[a.notna(), [patient, session]].copy()
@@ -153,7 +153,8 @@ def detect_ruptures(
         prev = pd.Series(lookup.reindex(prev_key).to_numpy(), index=ordered.index)
     drop = prev - a
     if method == "patient_sd":
-        sd = a.groupby(ordered[patient], sort=False).transform(lambda s: s.std(ddof=1))
+        codes = pd.factorize(ordered[patient])[0]
+        sd = pd.Series(np.where(codes < 0, np.nan, _contiguous_group_sd(a.to_numpy(), codes)), index=ordered.index)
         tau = threshold * sd
         tau = tau.where(tau > 0)
     else:
@@ -162,32 +163,75 @@ def detect_ruptures(
     ok = drop.notna() & tau.notna()
     detected[ok] = (drop[ok] >= tau[ok]).to_numpy()
 
-    repair = pd.Series(np.nan, index=ordered.index, dtype=object)
-    repair_session = pd.Series(pd.NA, index=ordered.index, dtype="Int64")
     sessions = ordered[session].to_numpy()
-    patients = ordered[patient].to_numpy()
+    codes = pd.factorize(ordered[patient])[0]
     values = a.to_numpy()
     last_session = ordered.groupby(patient, sort=False)[session].transform("max").to_numpy()
     positions = np.flatnonzero(detected.fillna(False).to_numpy())
-    for pos in positions:
-        s, pid, level = sessions[pos], patients[pos], prev.iloc[pos]
-        j = pos + 1
-        status, when = None, None
-        while j < len(sessions) and patients[j] == pid and sessions[j] <= s + repair_within:
-            if not np.isnan(values[j]) and values[j] >= level:
-                status, when = "repaired", int(sessions[j])
-                break
-            j += 1
-        if status is None:
-            status = "unrepaired" if last_session[pos] >= s + repair_within else "censored"
-        repair.iloc[pos] = status
-        if when is not None:
-            repair_session.iloc[pos] = when
+    # Look ahead up to repair_within rows from every rupture at once: sessions are unique and
+    # increasing within a patient, so the window (s, s + repair_within] spans at most that
+    # many of the patient's following rows. The first row back at the pre-rupture level wins.
+    start, level = sessions[positions], prev.to_numpy()[positions]
+    found = np.zeros(len(positions), dtype=bool)
+    when = np.zeros(len(positions), dtype="int64")
+    alive = np.ones(len(positions), dtype=bool)
+    for step in range(1, repair_within + 1):
+        j = positions + step
+        alive &= j < len(sessions)
+        jj = np.where(alive, j, 0)
+        alive &= (codes[jj] == codes[positions]) & (sessions[jj] <= start + repair_within)
+        if not alive.any():
+            break
+        with np.errstate(invalid="ignore"):
+            hit = alive & ~found & (values[jj] >= level)
+        when[hit] = sessions[jj][hit]
+        found |= hit
+    status = np.where(found, "repaired", np.where(last_session[positions] >= start + repair_within, "unrepaired", "censored"))
+    repair_values = np.full(len(sessions), np.nan, dtype=object)
+    repair_values[positions] = status.astype(object)
+    repair = pd.Series(repair_values, index=ordered.index, dtype=object)
+    session_values = np.zeros(len(sessions), dtype="int64")
+    session_mask = np.ones(len(sessions), dtype=bool)
+    session_values[positions[found]] = when[found]
+    session_mask[positions[found]] = False
+    repair_session = pd.Series(pd.arrays.IntegerArray(session_values, session_mask), index=ordered.index)
     out["alliance_drop"] = drop.reindex(out.index)
     out["rupture_threshold"] = tau.reindex(out.index).astype(float)
     out["rupture_detected"] = detected.reindex(out.index)
     out["rupture_repair"] = repair.reindex(out.index)
     out["rupture_repair_session"] = repair_session.reindex(out.index)
+    return out
+
+
+def _contiguous_group_sd(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Sample SD (ddof 1, missing values skipped) of each run of equal *codes*, on every row.
+
+    The rows of a group must be contiguous. Groups of equal length are stacked into one
+    matrix and reduced along its rows with the two-pass formula of
+    :meth:`pandas.Series.std`, so each SD is bit for bit the one ``Series.std`` gives for
+    that group alone:
+
+    .. math:: SD = \\sqrt{\\frac{\\sum_t (x_t - \\bar x)^2}{n - 1}}, \\quad n \\ge 2 \\text{ observed values.}
+    """
+    out = np.empty(len(values), dtype="float64")
+    if len(values) == 0:
+        return out
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    sizes = np.diff(np.r_[starts, len(values)])
+    for size in np.unique(sizes):
+        first = starts[sizes == size]
+        rows = first[:, None] + np.arange(size)
+        block = values[rows]
+        mask = np.isnan(block)
+        count = (size - mask.sum(axis=1)).astype("float64")
+        zeroed = np.where(mask, 0.0, block)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            avg = zeroed.sum(axis=1, dtype=np.float64) / count
+            sqr = (avg[:, None] - zeroed) ** 2
+            sqr[mask] = 0.0
+            var = sqr.sum(axis=1, dtype=np.float64) / (count - 1.0)
+        var[count <= 1.0] = np.nan
+        out[rows] = np.sqrt(var)[:, None]
     return out
 
 

@@ -235,7 +235,7 @@ def _wide(data, score, patient, session, first_session, last_session):
     last = int(data[session].max()) if last_session is None else check_int(last_session, "last_session", minimum=1)
     if len(data) and last < first:
         raise ValueError(f"`last_session` ({last}) must not be before `first_session` ({first}).")
-    keep = data[(data[session] >= first) & (data[session] <= last)]
+    keep = data.loc[(data[session] >= first) & (data[session] <= last), list(dict.fromkeys([patient, session, score]))]
     patients = pd.Index(pd.unique(data[patient]))
     sessions = np.arange(first, last + 1) if len(data) else np.arange(first, first)
     values = np.full((len(patients), len(sessions)), np.nan)

@@ -1,0 +1,266 @@
+"""Clean, score and derive at routine-monitoring scale: 10^5 and 10^6 session rows (issue 10).
+
+For each size one study is simulated with :func:`allianceflow.simulate.simulate_study`
+(the example study's design, 50 patients per therapist, up to 16 sessions, ~10.2 recorded
+sessions per patient on average) and written as the clinic export of
+:func:`allianceflow.simulate.to_export` (CSV) to a temporary folder. The example study's
+block of ``config.yaml`` (read with :func:`allianceflow.config.load_config`) is pointed at
+that file, and the stage functions of :mod:`allianceflow.pipeline` run one after another
+on it, exactly as the Snakemake rules call them:
+
+* ``clean``  — :func:`~allianceflow.pipeline.clean_stage` (CSV → sessions.parquet,
+  exclusions.csv, flow.json)
+* ``score``  — :func:`~allianceflow.pipeline.score_stage` (→ scored.parquet)
+* ``derive`` — :func:`~allianceflow.pipeline.derive_stage` (→ analysis.parquet,
+  patients.parquet, sudden_gains.csv, expected.json)
+
+Each stage runs in its own fresh interpreter (a child process), so its peak resident
+memory (``VmHWM`` from ``/proc/self/status``, which equals ``ru_maxrss`` of the child) is
+that stage's alone. Recorded per stage: wall time of the stage call (imports excluded),
+rows/s, peak RSS, and the RSS after imports (the interpreter + numpy/pandas baseline).
+``--profile`` also writes a cProfile dump per stage (``<workdir>/<rows>/<stage>.prof``);
+``--workdir DIR --reuse`` keeps the data and reuses an export simulated before (the
+simulation is deterministic: seed 20261125).
+
+Run:  nohup .venv/bin/python benchmarks/pipeline_scale.py > benchmarks/results/pipeline_scale.log 2>&1 &
+Output: benchmarks/results/pipeline_scale.txt (and printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("clean", "score", "derive")
+#: Expected recorded sessions per patient under the example design (16 sessions, dropout
+#: hazard 0.06 from session 2, 3% unrecorded): 1 + 0.97 * (sum_{t<16} 0.94^t - 1).
+ROWS_PER_PATIENT = 1 + 0.97 * ((1 - 0.94**16) / 0.06 - 1)
+PATIENTS_PER_THERAPIST = 50
+SEED = 20261125
+
+
+def _rss_mb(field: str) -> float:
+    """``VmHWM`` (peak) or ``VmRSS`` (current) of this process in MB (Linux)."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _study(raw: Path) -> dict:
+    from allianceflow.config import load_config
+
+    config = load_config(REPO / "config.yaml")
+    study = dict(config["studies"]["example"])
+    study["raw"] = str(raw)
+    return study
+
+
+def _paths(folder: Path) -> dict[str, Path]:
+    return {
+        "raw": folder / "sessions_export.csv",
+        "sessions": folder / "sessions.parquet",
+        "exclusions": folder / "exclusions.csv",
+        "flow": folder / "flow.json",
+        "scored": folder / "scored.parquet",
+        "analysis": folder / "analysis.parquet",
+        "patients": folder / "patients.parquet",
+        "sudden_gains": folder / "sudden_gains.csv",
+        "expected": folder / "expected.json",
+    }
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def child_simulate(folder: Path, rows: int) -> dict:
+    from allianceflow.simulate import simulate_study, to_export
+
+    n_patients = max(PATIENTS_PER_THERAPIST, round(rows / ROWS_PER_PATIENT))
+    n_therapists = max(1, n_patients // PATIENTS_PER_THERAPIST)
+    start = time.perf_counter()
+    sessions = simulate_study(seed=SEED, n_patients=n_patients, n_therapists=n_therapists)
+    export = to_export(sessions, seed=SEED + 1)
+    del sessions
+    path = _paths(folder)["raw"]
+    export.to_csv(path, index=False, lineterminator="\n")
+    return {
+        "rows": int(len(export)),
+        "patients": n_patients,
+        "therapists": n_therapists,
+        "csv_mb": path.stat().st_size / 1e6,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def child_stage(stage: str, folder: Path, profile: bool) -> dict:
+    from allianceflow import pipeline
+
+    p = _paths(folder)
+    study = _study(p["raw"])
+    calls = {
+        "clean": lambda: pipeline.clean_stage(
+            p["raw"], study, sessions=p["sessions"], exclusions=p["exclusions"], flow=p["flow"], name="example"
+        ),
+        "score": lambda: pipeline.score_stage(p["sessions"], study, scored=p["scored"]),
+        "derive": lambda: pipeline.derive_stage(
+            p["scored"], study, analysis=p["analysis"], patients=p["patients"],
+            sudden_gains=p["sudden_gains"], expected=p["expected"],
+        ),
+    }
+    # Import everything the stage imports lazily, so the timing is of the work only.
+    import allianceflow.clean, allianceflow.derive, allianceflow.score  # noqa: E401,F401
+    import allianceflow.clinical, allianceflow.ontrack, allianceflow.ruptures, allianceflow.suddengains  # noqa: E401,F401
+
+    baseline = _rss_mb("VmRSS")
+    start = time.perf_counter()
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.runcall(calls[stage])
+        seconds = time.perf_counter() - start
+        profiler.dump_stats(str(folder / f"{stage}.prof"))
+    else:
+        calls[stage]()
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_mb": _rss_mb("VmHWM"), "baseline_mb": baseline}
+
+
+def _run_child(args: list[str]) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=REPO
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def run(sizes: list[int], workdir: Path, profile: bool, reuse: bool = False) -> list[dict]:
+    results = []
+    for rows in sizes:
+        folder = workdir / str(rows)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = folder / "simulated.json"
+        if reuse and meta.exists() and _paths(folder)["raw"].exists():
+            sim = {**json.loads(meta.read_text()), "reused": True}
+        else:
+            sim = _run_child(["simulate", str(folder), str(rows)])
+            meta.write_text(json.dumps(sim))
+        print(f"[{rows}] simulated {sim['rows']} rows, {sim['patients']} patients, "
+              f"{sim['csv_mb']:.0f} MB CSV in {sim['seconds']:.1f} s", flush=True)
+        record = {"target_rows": rows, **sim, "stages": {}}
+        for stage in STAGES:
+            load_before = _load()
+            res = _run_child([stage, str(folder), "1" if profile else "0"])
+            res["load_before"] = load_before
+            res["rows_per_s"] = sim["rows"] / res["seconds"]
+            record["stages"][stage] = res
+            print(f"[{rows}] {stage}: {res['seconds']:.2f} s, peak {res['peak_mb']:.0f} MB "
+                  f"(baseline {res['baseline_mb']:.0f} MB), {res['rows_per_s']:,.0f} rows/s, "
+                  f"load before {load_before}", flush=True)
+        out = _paths(folder)
+        import pandas as pd
+
+        analysis = pd.read_parquet(out["analysis"])
+        record["analysis_rows"] = int(len(analysis))
+        record["analysis_columns"] = int(analysis.shape[1])
+        record["flow"] = json.loads(out["flow"].read_text())["sessions"]
+        del analysis
+        results.append(record)
+    return results
+
+
+def report(results: list[dict], total_seconds: float, load_start: str, load_end: str) -> str:
+    import numpy
+    import pandas
+    import pyarrow
+
+    lines = [
+        "# Pipeline at scale: clean, score, derive (benchmarks/pipeline_scale.py, issue 10)",
+        "",
+        f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}; "
+        f"python {platform.python_version()}, numpy {numpy.__version__}, pandas {pandas.__version__}, "
+        f"pyarrow {pyarrow.__version__}",
+        f"load average (1/5/15 min) at start: {load_start}; at end: {load_end} "
+        "(shared machine: other jobs ran beside this one)",
+        "study: example design (simulate_study, seed 20261125), 50 patients per therapist, "
+        "up to 16 sessions; raw = to_export CSV; config = config.yaml studies.example",
+        "each stage in a fresh child process; seconds = wall time of the stage call (imports "
+        "excluded); peak = VmHWM of the child (ru_maxrss); baseline = RSS after imports",
+        "",
+    ]
+    for rec in results:
+        lines.append(
+            f"## {rec['rows']:,} session rows ({rec['patients']:,} patients, {rec['therapists']:,} therapists; "
+            f"CSV {rec['csv_mb']:.0f} MB; kept {rec['flow']['kept']:,}, excluded {rec['flow']['excluded']:,}; "
+            f"analysis table {rec['analysis_rows']:,} × {rec['analysis_columns']})"
+        )
+        lines.append("")
+        lines.append("| stage | seconds | rows/s | peak MB | baseline MB | load before (1/5/15) |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | --- |")
+        total = 0.0
+        for stage, res in rec["stages"].items():
+            total += res["seconds"]
+            lines.append(
+                f"| {stage} | {res['seconds']:.2f} | {res['rows_per_s']:,.0f} | {res['peak_mb']:.0f} | "
+                f"{res['baseline_mb']:.0f} | {res['load_before']} |"
+            )
+        lines.append(f"| **total** | {total:.2f} | {rec['rows'] / total:,.0f} | | | |")
+        lines.append("")
+    reused = any(rec.get("reused") for rec in results)
+    lines.append(f"benchmark wall time: {total_seconds:.0f} s" + (" (exports reused from --workdir, not simulated again)" if reused else " incl. simulation"))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--child":
+        kind, folder = argv[1], Path(argv[2])
+        if kind == "simulate":
+            result = child_simulate(folder, int(argv[3]))
+        else:
+            result = child_stage(kind, folder, argv[3] == "1")
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the data here (default: a temp dir)")
+    parser.add_argument("--profile", action="store_true", help="write a cProfile dump per stage")
+    parser.add_argument("--reuse", action="store_true", help="reuse a simulated export already in --workdir")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "pipeline_scale.txt")
+    args = parser.parse_args(argv)
+    load_start = _load()
+    start = time.perf_counter()
+    if args.workdir is None:
+        with tempfile.TemporaryDirectory(prefix="allianceflow-scale-") as tmp:
+            results = run(args.sizes, Path(tmp), args.profile)
+    else:
+        results = run(args.sizes, args.workdir, args.profile, args.reuse)
+    text = report(results, time.perf_counter() - start, load_start, _load())
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
