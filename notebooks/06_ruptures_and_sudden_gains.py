@@ -139,8 +139,9 @@ fig = figures.plot_ruptures(analysis, alliance_label="WAI-SR total")
 #
 # ### Does repair predict outcome?
 #
-# The `rupture_repair` preset asks whether a rupture at the previous session, and its
-# repair, predict this session's outcome beyond the within- and between-patient alliance.
+# The `rupture_repair` preset asks whether the ruptures a patient has had so far, and how
+# many of them were repaired, predict this session's outcome beyond the within- and
+# between-patient alliance.
 
 # %%
 rr = models.fit_model(analysis, pipeline.model_formula(cfg["models"]["rupture_repair"]), name="rupture_repair")
@@ -148,12 +149,12 @@ models.fixed_effects_table(rr).round(3)
 
 # %% [markdown]
 # **Against the truth**: the outcome depends on last session's alliance level only, so the
-# true coefficients of `rupture_lag` and `repair_lag` are **0**, and both estimates are
+# true coefficients of `ruptures_before` and `repairs_before` are **0**, and both estimates are
 # close to 0 with wide intervals; the within effect stays near the true 0.167. This is
 # the reassuring half: the model does not invent an effect that the alliance level
-# already explains. Two cautions for real data: `repair_lag` uses alliance ratings from
-# sessions *after* the one whose outcome it predicts (repair is only known later), so it
-# describes, it does not predict; and detected ruptures are a noisy proxy for the
+# already explains. Both counts use only sessions *before* the one whose outcome they
+# predict: a rupture counts as repaired only once its repair has happened, so the model
+# never looks ahead. One caution for real data: detected ruptures are a noisy proxy for the
 # observer-coded ruptures of the literature (Eubanks et al., 2018).
 
 # %% [markdown]

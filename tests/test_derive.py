@@ -164,3 +164,58 @@ def test_derive_tables_errors(settings, kwargs, error, match):
 def test_defaults_cover_every_block():
     assert set(DERIVE_DEFAULTS) == {"informant", "therapist_centring", "reliable_change", "on_track",
                                     "sudden_gains", "ruptures", "endings"}
+
+
+# --------------------------------------------------------------- preset_variables (review fixes)
+
+
+def _preset_frame():
+    d = pd.DataFrame({
+        "patient": ["a"] * 6 + ["b"],
+        "session": [1, 2, 3, 4, 5, 6, 1],
+        "alliance": [4.0, 2.0, 4.0, 4.0, 2.0, 3.0, 4.0],
+        # rupture detected at sessions 2 and 5 of patient a; the first repaired at session 3
+        "rupture_detected": pd.array([pd.NA, True, False, False, True, False, pd.NA], dtype="boolean"),
+        "rupture_repair": [None, "repaired", None, None, "censored", None, None],
+        "rupture_repair_session": pd.array([pd.NA, 3, pd.NA, pd.NA, pd.NA, pd.NA, pd.NA], dtype="Int64"),
+        "rupture": pd.Categorical(["none", "withdrawal", "none", "none", "confrontation", "none", "none"]),
+        "on_track": pd.array([pd.NA, True, False, True, True, True, pd.NA], dtype="boolean"),
+    })
+    patients = pd.DataFrame({"patient": ["a", "b"], "first_off_track_session": [3.0, np.nan], "n_not_on_track": [1, 0]})
+    return d, patients
+
+
+def test_ruptures_and_repairs_before_each_session_use_only_the_past():
+    from allianceflow.derive import preset_variables
+
+    d, patients = _preset_frame()
+    out = preset_variables(d, patients)
+    a = out[out["patient"] == "a"].sort_values("session")
+    # ruptures at sessions 2 and 5 count from the session after each
+    assert a["ruptures_before"].tolist() == [0, 0, 1, 1, 1, 2]
+    # the first rupture was repaired at session 3, so it counts as repaired from session 4
+    assert a["repairs_before"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert out["rupture_flag"].tolist()[:6] == [pytest.approx(np.nan, nan_ok=True), 1.0, 0.0, 0.0, 1.0, 0.0]
+    # the coded rupture column is kept as it was
+    assert out["rupture"].astype(str).tolist() == d["rupture"].astype(str).tolist()
+
+
+def test_off_track_is_missing_for_a_patient_never_assessed():
+    from allianceflow.derive import preset_variables
+
+    d, patients = _preset_frame()
+    out = preset_variables(d, patients)
+    assert out.loc[out["patient"] == "a", "off_track"].eq(1.0).all()
+    assert out.loc[out["patient"] == "b", "off_track"].isna().all()
+
+
+def test_component_names_are_explicit_and_collisions_refused():
+    from allianceflow.derive import preset_variables
+
+    d, _ = _preset_frame()
+    d["y_task"] = d["alliance"] + 1
+    d["w_task"] = d["alliance"] - 1
+    out = preset_variables(d, components={"task": "y_task"})
+    assert out["alliance_task_between"].notna().all() and "alliance_task_within_lag" in out
+    with pytest.raises(ValueError, match=r"give the component name 'task' twice; pass a mapping"):
+        preset_variables(d, components=["y_task", "w_task"])

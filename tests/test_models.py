@@ -252,7 +252,21 @@ def test_containment_df(small_fit, small):
         small_fit["n_groups"]["therapist"],
     )
     assert df["alliance_between"] == n_p - n_t - 1
-    assert df["alliance_within_lag"] == df["session"] == df["Intercept"] == n - n_p - 3
+    assert df["alliance_within_lag"] == df["session"] == df["Intercept"] == n - n_p - 2
+
+
+def test_containment_df_matches_nlme_orthodont_layout():
+    """nlme::lme(distance ~ age + Sex, random = ~1 | Subject, Orthodont) reports DF 80 for the
+    intercept and age and 25 for Sex (Pinheiro & Bates 2000, sec. 2.4.2): 108 rows, 27
+    subjects, 4 ages each. Same layout here with simulated values."""
+    rng = np.random.default_rng(5)
+    subject = np.repeat([f"S{i:02d}" for i in range(27)], 4)
+    d = pd.DataFrame({"subject": subject, "age": np.tile([8.0, 10.0, 12.0, 14.0], 27),
+                      "sex": np.repeat((np.arange(27) < 11).astype(float), 4)})
+    d["distance"] = 17 + 0.6 * d["age"] - 2 * d["sex"] + np.repeat(rng.normal(0, 1.8, 27), 4) + rng.normal(0, 1.4, 108)
+    for engine in ("fast", "statsmodels"):
+        df = {f["term"]: f["df"] for f in fit_model(d, "distance ~ age + sex + (1 | subject)", engine=engine)["fixed"]}
+        assert df == {"Intercept": 80.0, "age": 80.0, "sex": 25.0}, engine
 
 
 def test_icc_and_r2_by_hand(small_fit, small):
@@ -519,8 +533,9 @@ def test_no_complete_rows(small):
 # --------------------------------------------------------------------------- LRT
 
 
-def _fake(name, ll, k, n=100, reml=False, terms=("Intercept", "x")):
+def _fake(name, ll, k, n=100, reml=False, terms=("Intercept", "x"), variances=1):
     return {
+        "random": [{"variance": 1.0}] * variances,
         "name": name,
         "formula": name,
         "loglik": ll,
@@ -541,12 +556,19 @@ def test_lrt_arithmetic():
 
 
 def test_lrt_variance_boundary_mixture():
-    out = compare_models(_fake("m0", -100.0, 5, reml=True), _fake("m1", -98.5, 7, reml=True))
+    # one variance added with its covariance (1 + x | g) vs (1 | g): 50:50 chi2(1), chi2(2)
+    out = compare_models(_fake("m0", -100.0, 5, reml=True), _fake("m1", -98.5, 7, reml=True, variances=2))
     assert out["statistic"] == 3.0 and out["df"] == 2
     assert out["p"] == pytest.approx(math.exp(-1.5), rel=1e-9)  # chi2.sf(3, 2)
     assert out["p_boundary"] == pytest.approx(
         0.5 * math.exp(-1.5) + 0.5 * stats.chi2.sf(3, 1), rel=1e-9
     )
+    # two independent variances added (||): 1/4 chi2(0) + 1/2 chi2(1) + 1/4 chi2(2)
+    out = compare_models(_fake("m0", -100.0, 5, reml=True), _fake("m1", -98.5, 7, reml=True, variances=3))
+    assert out["p_boundary"] == pytest.approx(0.5 * stats.chi2.sf(3, 1) + 0.25 * math.exp(-1.5), rel=1e-9)
+    # two variances and a covariance added: no simple mixture, so none is reported
+    out = compare_models(_fake("m0", -100.0, 5, reml=True), _fake("m1", -98.5, 8, reml=True, variances=3))
+    assert out["p_boundary"] is None
 
 
 @pytest.mark.parametrize(
@@ -629,7 +651,7 @@ def test_likelihood_ratio_test_refits_with_ml(small):
         (
             "rupture_repair",
             {"random": "(1 | patient)"},
-            "outcome ~ rupture_lag + repair_lag + alliance_within_lag + alliance_between + session + (1 | patient)",
+            "outcome ~ ruptures_before + repairs_before + alliance_within_lag + alliance_between + session + (1 | patient)",
         ),
         (
             "alliance_components",
@@ -640,8 +662,9 @@ def test_likelihood_ratio_test_refits_with_ml(small):
         (
             "informants",
             {"covariates": ["days"], "outcome": "phq9_total", "time": "days"},
-            "phq9_total ~ alliance_patient_within_lag + alliance_patient_between + alliance_therapist_within_lag"
-            " + alliance_therapist_between + days + days + (1 | therapist) + (1 + days || patient)",
+            "phq9_total ~ alliance_rater_patient_within_lag + alliance_rater_patient_between"
+            " + alliance_rater_therapist_within_lag + alliance_rater_therapist_between + days + days"
+            " + (1 | therapist) + (1 + days || patient)",
         ),
     ],
 )

@@ -15,7 +15,7 @@ from allianceflow.simulate import EXAMPLE_DESIGN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PROJECT_FILES = ["Snakefile", "config.yaml", "workflow", "data/raw/example"]
+PROJECT_FILES = ["Snakefile", "config.yaml", "workflow", "data/raw/example", "data/raw/example2"]
 
 
 def _copy_project(root: Path, target: Path) -> Path:
@@ -39,12 +39,12 @@ def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _result_hashes(workdir: Path) -> dict[str, str]:
-    """sha256 of every file under results/ except Snakemake's report.html, which embeds the
+def _result_hashes(workdir: Path, folder: str = "results") -> dict[str, str]:
+    """sha256 of every file under *folder* except Snakemake's report.html, which embeds the
     run's job start and end times (its runtime statistics) and so differs on every run."""
     return {
         p.relative_to(workdir).as_posix(): sha256_file(p)
-        for p in sorted((workdir / "results").rglob("*"))
+        for p in sorted((workdir / folder).rglob("*"))
         if p.is_file() and p.name != "report.html"
     }
 
@@ -102,7 +102,7 @@ def test_manifest_lists_inputs_and_every_output(run):
     manifest = json.loads((workdir / "results/example/manifest.json").read_text())
     assert manifest["inputs"]["data/raw/example/sessions_export.csv"] == run["raw_hash_before"]
     assert manifest["inputs"]["config.yaml"] == sha256_file(workdir / "config.yaml")
-    outputs = {k: v for k, v in _result_hashes(workdir).items() if not k.endswith("manifest.json")}
+    outputs = {k: v for k, v in _result_hashes(workdir, "results/example").items() if not k.endswith("manifest.json")}
     assert manifest["outputs"] == outputs
     assert manifest["config"]["study"]["alliance"] == "wai_sr_total"
     assert manifest["versions"]["statsmodels"]
@@ -129,11 +129,13 @@ def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, root):
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = _result_hashes(run["dir"]), _result_hashes(again)
     manifest = json.loads((run["dir"] / "results/example/manifest.json").read_text())
-    assert set(first) == set(manifest["outputs"]) | {"results/example/manifest.json"}
+    example = {k for k in first if k.startswith("results/example/")}
+    assert example == set(manifest["outputs"]) | {"results/example/manifest.json"}
+    assert {k.split("/")[1] for k in first} == {"example", "example2", "pooled"}
     # 7 models x (json, txt, 5 table formats) + 1 comparison x (json, txt) + models,
     # reliability and 5 descriptive tables in 5 formats + 10 figures x 3 formats
     # + expected_response.json (derive) + manifest
-    assert len(first) == 7 * 7 + 2 + 7 * 5 + 10 * 3 + 1 + 1 == 118
+    assert len(example) == 7 * 7 + 2 + 7 * 5 + 10 * 3 + 1 + 1 == 118
     assert {k.rsplit(".", 1)[1] for k in first} == {"json", "txt", "csv", "md", "html", "tex", "docx", "png", "pdf", "svg"}
     assert first == second
 
@@ -157,3 +159,60 @@ def test_invalid_config_fails_before_any_job(tmp_path, root):
     assert "`models.alliance_outcome.reml` is 'sometimes'; it must be of type boolean." in proc.stderr
     assert not (workdir / "data/processed").exists()
     assert not (workdir / "results").exists()
+
+
+def test_derive_study_in_memory_equals_the_stage_output(run):
+    """derive_study (what notebooks call) gives exactly the analysis table the rule wrote."""
+    from allianceflow.config import load_config
+    from allianceflow.pipeline import arm_counts, derive_study
+
+    workdir = run["dir"]
+    study = load_config(workdir / "config.yaml")["studies"]["example"]
+    scored = pd.read_parquet(workdir / "data/processed/example/scored.parquet")
+    result = derive_study(scored, study)
+    pd.testing.assert_frame_equal(result.analysis, pd.read_parquet(workdir / "data/processed/example/analysis.parquet"))
+    sessions = pd.read_parquet(workdir / "data/processed/example/sessions.parquet")
+    counts = arm_counts(sessions)
+    assert sum(c["sessions"] for c in counts.values()) == len(sessions) == 2907
+    assert sum(c["patients"] for c in counts.values()) == 300
+    assert arm_counts(sessions.drop(columns="condition")) is None
+
+
+def test_several_informants_without_a_choice_get_a_config_error(run):
+    from allianceflow.config import ConfigError, load_config
+    from allianceflow.pipeline import derive_study
+
+    study = load_config(run["dir"] / "config.yaml")["studies"]["example"]
+    scored = pd.read_parquet(run["dir"] / "data/processed/example/scored.parquet")
+    both = pd.concat([scored.assign(informant="patient"), scored.assign(informant="therapist")], ignore_index=True)
+    with pytest.raises(ConfigError, match=r"several informants per session \(patient, therapist\); .* Set `derive: \{informant: <one of patient, therapist>\}`"):
+        derive_study(both, study)
+
+
+def test_two_informants_feed_the_informants_preset(run):
+    """Therapist-rated alliance beside the patient's: the derive stage lines both raters up
+    by patient and session, and the informants preset fits them side by side."""
+    import copy
+
+    import numpy as np
+
+    from allianceflow.config import load_config
+    from allianceflow.models import fit_model, preset_formula
+    from allianceflow.pipeline import derive_study
+
+    study = copy.deepcopy(load_config(run["dir"] / "config.yaml")["studies"]["example"])
+    study["derive"]["informant"] = "patient"
+    scored = pd.read_parquet(run["dir"] / "data/processed/example/scored.parquet")
+    rng = np.random.default_rng(1)
+    therapist = scored.assign(informant="therapist", wai_sr_total=scored["wai_sr_total"] + rng.normal(0, 3, len(scored)))
+    both = pd.concat([scored.assign(informant="patient"), therapist], ignore_index=True)
+    analysis = derive_study(both, study).analysis
+    assert len(analysis) == len(scored)  # one row per session of the outcome's informant
+    pd.testing.assert_series_equal(analysis["alliance_rater_patient_within"], analysis["alliance_within"], check_names=False)
+    lagged = analysis.dropna(subset=["alliance_rater_therapist_within_lag"])
+    assert len(lagged) > 2000
+    res = fit_model(analysis, preset_formula("informants"), name="informants")
+    terms = [row["term"] for row in res["fixed"]]
+    assert terms[1:5] == ["alliance_rater_patient_within_lag", "alliance_rater_patient_between",
+                          "alliance_rater_therapist_within_lag", "alliance_rater_therapist_between"]
+    assert res["convergence"]["converged"]

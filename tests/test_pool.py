@@ -212,7 +212,7 @@ def test_study_effects_name_the_missing_term_and_bad_direction():
 
 def test_forest_plot_marks_the_benchmark(molloy):
     res = meta_analysis(molloy, method="pm", hksj=True)
-    fig = plot_forest(res)
+    fig = plot_forest(res, comparable=True)
     ax = fig.axes[0]
     vertical = [tuple(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) == 2
                 and line.get_xdata()[0] == line.get_xdata()[1]]
@@ -221,8 +221,54 @@ def test_forest_plot_marks_the_benchmark(molloy):
     assert labels[0] == "s00 (n = 109)"
     assert labels[-1].startswith("Pooled (PM, HKSJ); I² = 61%")
     assert "Flückiger et al. (2018): r = 0.278 [0.256, 0.299]" in [t.get_text() for t in ax.get_legend().get_texts()]
-    fig2 = plot_forest(res, benchmark=Benchmark("mine", 0.1, 0.05, 0.15))
+    fig2 = plot_forest(res, benchmark=Benchmark("mine", 0.1, 0.05, 0.15), comparable=True)
     assert (0.1, 0.1) in [tuple(line.get_xdata()) for line in fig2.axes[0].lines]
+    assert fig.texts == []  # no "not comparable" note when the band is drawn
+
+
+def _vertical_lines(ax):
+    return [tuple(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) == 2
+            and line.get_xdata()[0] == line.get_xdata()[1]]
+
+
+def test_forest_plot_leaves_out_a_benchmark_that_is_not_comparable(molloy):
+    res = {**meta_analysis(molloy, method="pm", hksj=True), "term": "alliance_within_lag"}
+    fig = plot_forest(res)  # default: not comparable
+    ax = fig.axes[0]
+    assert (0.278, 0.278) not in _vertical_lines(ax)
+    assert ax.get_legend() is None
+    assert len(ax.patches) == 1  # the pooled diamond only, no shaded band
+    assert len(plot_forest(res, comparable=True).axes[0].patches) == 2  # diamond + band
+    assert [t.get_text() for t in fig.texts] == [
+        "Flückiger et al. (2018) benchmark (r = 0.278) not shown: it is a between-patient correlation, "
+        "not comparable with alliance_within_lag."
+    ]
+    assert plot_forest(res, benchmark=None).texts == []  # no benchmark, nothing to explain
+
+
+def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(molloy, tmp_path, monkeypatch):
+    import json
+
+    from allianceflow import pool
+
+    figures = {}
+    real = pool.plot_forest
+
+    def spy(result, **kwargs):
+        figures[result["term"]] = fig = real(result, **kwargs)
+        return fig
+
+    monkeypatch.setattr(pool, "plot_forest", spy)
+    bench = {"label": "Flückiger et al. (2018)", "r": 0.278, "ci_low": 0.256, "ci_high": 0.299}
+    for term in ("alliance_between", "alliance_within_lag"):
+        path = tmp_path / f"{term}.json"
+        path.write_text(json.dumps({**meta_analysis(molloy), "term": term}))
+        pool.forest_figure_stage(path, benchmark=bench, outputs=[tmp_path / f"{term}.png"])
+        assert (tmp_path / f"{term}.png").stat().st_size > 0
+    assert (0.278, 0.278) in _vertical_lines(figures["alliance_between"].axes[0])
+    assert figures["alliance_between"].texts == []
+    assert (0.278, 0.278) not in _vertical_lines(figures["alliance_within_lag"].axes[0])
+    assert "not comparable with alliance_within_lag" in figures["alliance_within_lag"].texts[0].get_text()
 
 
 def test_benchmark_is_checked():
@@ -272,6 +318,72 @@ def test_stack_studies_standardises_within_study_and_nests_ids():
     # lower-is-better outcome is negated: a higher PHQ-9 becomes a lower standardised outcome
     y = two["outcome"]
     assert stacked.loc[stacked.study == "two", "outcome"].to_numpy() == pytest.approx((-(y - y.mean()) / y.std()).to_numpy(), nan_ok=True)
+
+
+def _full_analysis(instruments, seed):
+    """An analysis table with every derived column the presets use: the three-level split,
+    intake score, detrended lag and two alliance components."""
+    from allianceflow.derive import derive_analysis, preset_variables
+
+    kw = dict(n_patients=40, n_therapists=4, max_sessions=6)
+    if instruments == "srs+phq9":
+        df = simulate_study(EXAMPLE2_DESIGN, seed=seed, instruments="srs+phq9", **kw)
+        items = df.filter(regex=r"^srs_\d+$")
+        df["y"] = df.filter(regex=r"^phq9_\d+$").sum(axis=1, min_count=9)
+    else:
+        df = simulate_study(seed=seed, **kw)
+        items = df.filter(regex=r"^wai_sr_\d+$")
+        df["y"] = df.filter(regex=r"^ors_\d+$").mean(axis=1) * 4
+    df["a"] = items.sum(axis=1)
+    df["x_task"] = items.iloc[:, :2].sum(axis=1)
+    df["x_bond"] = items.iloc[:, 2:].sum(axis=1) * 10  # a component on another scale
+    table = derive_analysis(df, alliance="a", outcome="y", therapist="therapist")
+    table["intake_score"] = table.groupby("patient")["outcome"].transform("first")
+    return preset_variables(table, components=["x_task", "x_bond"])
+
+
+def test_stack_studies_rescales_every_derived_alliance_and_outcome_column():
+    tables = {"one": _full_analysis("wai_sr+ors", 3), "two": _full_analysis("srs+phq9", 4)}
+    stacked = stack_studies(tables, directions={"two": "lower_is_better"})
+    for name, sign in (("one", 1.0), ("two", -1.0)):
+        raw = tables[name]
+        got = stacked[stacked.study == name].reset_index(drop=True)
+        my, sy = raw["outcome"].mean(), raw["outcome"].std()
+        ma, sa = raw["alliance"].mean(), raw["alliance"].std()
+        for col in ("outcome", "outcome_lag", "outcome_next", "outcome_baseline", "outcome_pmean"):
+            assert got[col].to_numpy() == pytest.approx((sign * (raw[col] - my) / sy).to_numpy(), nan_ok=True), col
+        for col in ("outcome_within", "outcome_between", "outcome_gmc", "outcome_therapist", "outcome_patient"):
+            assert got[col].to_numpy() == pytest.approx((sign * raw[col] / sy).to_numpy(), nan_ok=True), col
+        for col in ("alliance", "alliance_lag"):
+            assert got[col].to_numpy() == pytest.approx(((raw[col] - ma) / sa).to_numpy(), nan_ok=True), col
+        for col in ("alliance_within_lag", "alliance_between", "alliance_within", "alliance_within_detrended_lag",
+                    "alliance_therapist_mean", "alliance_patient_deviation"):
+            assert got[col].to_numpy() == pytest.approx((raw[col] / sa).to_numpy(), nan_ok=True), col
+        for c in ("task", "bond"):  # components on their own SD
+            sc = raw[f"alliance_{c}"].std()
+            for col in (f"alliance_{c}_within_lag", f"alliance_{c}_between"):
+                assert got[col].to_numpy() == pytest.approx((raw[col] / sc).to_numpy(), nan_ok=True), col
+            assert got[f"alliance_{c}"].std() == pytest.approx(1.0)
+    # last session's outcome is flipped and scaled exactly like the outcome: within a
+    # patient, outcome_lag at session s equals outcome at session s - 1
+    two = stacked[stacked.study == "two"]
+    prev = two.set_index(["patient", "session"])["outcome"]
+    keys = list(zip(two["patient"], two["session"] - 1))
+    expected = np.array([prev.get(k, np.nan) for k in keys])
+    assert two["outcome_lag"].to_numpy() == pytest.approx(expected, nan_ok=True)
+    assert two["outcome_lag"].notna().sum() > 100
+
+
+def test_one_stage_model_refuses_a_column_it_does_not_rescale():
+    tables = {"one": _analysis("wai_sr+ors", 1, n_patients=20, n_therapists=2, max_sessions=5),
+              "two": _analysis("srs+phq9", 2, n_patients=20, n_therapists=2, max_sessions=5)}
+    tables["two"]["outcome_change"] = tables["two"]["outcome"].diff()
+    with pytest.raises(ValueError, match=r"`formula` uses \['outcome_change'\], which the one-stage standardisation "
+                                         r"does not rescale .*supported alliance and outcome columns are \[.*'outcome_lag'"):
+        one_stage_model(tables, "outcome ~ outcome_change + alliance_within_lag + (1 | patient)")
+    stacked = stack_studies(tables)
+    assert stacked.loc[stacked.study == "two", "outcome_change"].to_numpy() == pytest.approx(
+        tables["two"]["outcome_change"].to_numpy(), nan_ok=True)  # left raw, hence refused
 
 
 @pytest.mark.slow

@@ -102,6 +102,33 @@ def test_design_from_a_fitted_model_rescales_to_item_means():
     assert design.n_therapists == 8
 
 
+def test_varied_parameter_wins_over_the_fitted_model(tmp_path):
+    import json
+
+    result = {
+        "fixed": [{"term": "alliance_within_lag", "estimate": 0.1}],
+        "icc": {"therapist": 0.05, "patient": 0.55},
+        "residual_variance": 12.0,
+    }
+    fitted = tmp_path / "model.json"
+    fitted.write_text(json.dumps(result))
+    base = {"n_therapists": 2, "patients_per_therapist": 3, "sessions": 4, "feedback_effect": 0.3}
+    truths = {}
+    for param, value in (("within_effect", 1.0), ("within_effect", 3.0), ("icc_patient", 0.3)):
+        out = tmp_path / f"{param}-{value}.csv"
+        power_chunk_stage(design={**base, param: value}, seeds=[1], label="d", fitted=fitted, vary=param, output=out)
+        truths[(param, value)] = pd.read_csv(out).set_index("term").loc["alliance_within_lag", "truth"]
+    # the varied effect is simulated and scored as the truth, not the model's 0.1 * 12 = 1.2
+    assert truths[("within_effect", 1.0)] == 1.0 and truths[("within_effect", 3.0)] == 3.0
+    assert truths[("icc_patient", 0.3)] == pytest.approx(1.2)  # not varied: the model supplies it
+    # the same through design_from_model: overrides win, base does not
+    assert design_from_model(result, base={"within_effect": 3.0}).within_effect == pytest.approx(1.2)
+    plan = design_from_model(result, base=base, icc_patient=0.3, outcome_variance=50.0)
+    assert (plan.icc_patient, plan.outcome_variance, plan.icc_therapist) == (0.3, 50.0, 0.05)
+    with pytest.raises(KeyError, match="`vary` must name a parameter given in `design`; got 'icc_patient'"):
+        power_chunk_stage(design=base, seeds=[1], label="d", fitted=fitted, vary="icc_patient", output=tmp_path / "x.csv")
+
+
 def test_a_chunk_has_one_row_per_seed_and_term_with_consistent_flags():
     rows = run_power_chunk(SMALL, [11, 12], label="tiny")
     assert list(rows.columns) == ["design", "seed", "term", "truth", "estimate", "se", "ci_low", "ci_high", "p",
@@ -151,10 +178,45 @@ def test_summary_formulas_on_hand_made_rows():
     )
     s = summarise_power(rows).iloc[0]
     assert (s["replications"], s["converged"]) == (4, 3)
+    assert s["failure_rate"] == pytest.approx(0.25)
     assert s["mean_estimate"] == pytest.approx(2.0) and s["bias"] == pytest.approx(0.0)
     assert s["empirical_se"] == pytest.approx(1.0)
-    assert s["power"] == pytest.approx(2 / 3) and s["power_mcse"] == pytest.approx(math.sqrt(2 / 9 / 3))
+    # power over all 4 replications (the non-converged one counts as not significant) ...
+    assert s["power"] == pytest.approx(2 / 4) and s["power_mcse"] == pytest.approx(math.sqrt(0.5 * 0.5 / 4))
+    # ... and over the 3 converged ones, kept under its own name
+    assert s["power_converged"] == pytest.approx(2 / 3)
+    assert s["power_converged_mcse"] == pytest.approx(math.sqrt(2 / 9 / 3))
     assert s["coverage"] == pytest.approx(1 / 3)
+
+
+def test_a_failed_fit_counts_against_power(tmp_path):
+    # the row shape run_power_chunk writes when a fit raises: no estimate, p or flags
+    rows = pd.DataFrame(
+        {
+            "design": "x", "seed": [1, 2, 3, 4, 5], "term": "session:feedback", "truth": 0.15,
+            "estimate": [0.2, 0.3, 0.25, 0.1, np.nan], "se": [0.05] * 4 + [np.nan],
+            "ci_low": [0.1, 0.2, 0.15, 0.0, np.nan], "ci_high": [0.3, 0.4, 0.35, 0.2, np.nan],
+            "p": [0.001, 0.001, 0.001, 0.04, np.nan],
+            "significant": [True, True, True, True, np.nan], "covered": [True, False, True, True, np.nan],
+            "converged": [True, True, True, True, False], "n_obs": [60] * 4 + [np.nan], "n_patients": 12,
+            "error": ["", "", "", "", "Singular matrix"],
+        }
+    )
+    s = summarise_power(rows).iloc[0]
+    assert s["power"] == pytest.approx(4 / 5)  # not 1.0: the failed replication is not a success
+    assert s["power_converged"] == pytest.approx(1.0)
+    assert s["failure_rate"] == pytest.approx(0.2)
+    assert s["coverage"] == pytest.approx(3 / 4)
+    # through a CSV as the pipeline writes it, and into the Markdown table
+    rows.to_csv(tmp_path / "c.csv", index=False)
+    power_summary_stage([tmp_path / "c.csv"], designs={}, csv=tmp_path / "p.csv", md=tmp_path / "p.md")
+    merged = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    assert (merged["power"], merged["power_converged"], merged["failure_rate"]) == pytest.approx((0.8, 1.0, 0.2))
+    md = (tmp_path / "p.md").read_text()
+    header, _, row = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()[2:5]]
+    shown = dict(zip(header, row))
+    assert (shown["Converged"], shown["Failed (%)"], shown["Power"], shown["Power (converged)"]) == (
+        "4/5", "20.0", "0.80 (0.18)", "1.00 (0.00)")
 
 
 @pytest.mark.slow

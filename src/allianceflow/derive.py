@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "informant_alliances",
     "preset_variables",
     "within_between",
     "lag_within_patient",
@@ -117,8 +118,13 @@ def within_between(
     _check_columns(data, column, patient)
     if therapist is not None:
         _check_columns(data, therapist)
-    prefix = prefix or column
     out = data.copy()
+    _add_within_between(out, column, patient=patient, prefix=prefix or column, therapist=therapist, grand_mean=grand_mean)
+    return out
+
+
+def _add_within_between(out: pd.DataFrame, column: str, *, patient: str, prefix: str, therapist: str | None, grand_mean: bool) -> None:
+    """The columns of :func:`within_between`, added to *out* in place (no copy of the table)."""
     pmean = out.groupby(patient, sort=False, observed=True)[column].transform("mean")
     per_patient = out.groupby(patient, sort=False, observed=True)[column].mean()
     grand = per_patient.mean()
@@ -143,7 +149,6 @@ def within_between(
         out[f"{prefix}_tmean"] = tmean
         out[f"{prefix}_therapist"] = tmean - grand
         out[f"{prefix}_patient"] = pmean - tmean
-    return out
 
 
 def lag_within_patient(
@@ -194,8 +199,14 @@ def lag_within_patient(
     if suffix is None:
         suffix = ("_lag" if lag > 0 else "_lead") + (str(abs(lag)) if abs(lag) > 1 else "")
     out = data.copy()
-    order = out.sort_values([patient, session], kind="mergesort").index
-    ordered = out.loc[order]
+    _add_lags(out, columns, patient=patient, session=session, lag=lag, across_gaps=across_gaps, suffix=suffix)
+    return out
+
+
+def _add_lags(out: pd.DataFrame, columns: Sequence[str], *, patient: str, session: str, lag: int, across_gaps: bool, suffix: str) -> None:
+    """The columns of :func:`lag_within_patient`, added to *out* in place (no copy of the table)."""
+    needed = list(dict.fromkeys([patient, session, *columns]))
+    ordered = out[needed].sort_values([patient, session], kind="mergesort")
     if across_gaps:
         shifted = ordered.groupby(patient, sort=False, observed=True)[list(columns)].shift(lag)
     else:
@@ -205,7 +216,6 @@ def lag_within_patient(
         shifted.index = ordered.index
     for column in columns:
         out[f"{column}{suffix}"] = shifted[column].reindex(out.index)
-    return out
 
 
 def derive_analysis(
@@ -246,10 +256,16 @@ def derive_analysis(
     out = scored.copy()
     out["alliance"] = out[alliance]
     out["outcome"] = out[outcome]
-    out = within_between(out, "alliance", therapist=therapist, grand_mean=True)
-    out = within_between(out, "outcome", therapist=therapist, grand_mean=True)
-    out = lag_within_patient(out, ["alliance", "alliance_within", "outcome"], across_gaps=lag_across_gaps)
-    out = lag_within_patient(out, ["outcome"], lag=-1, suffix="_next", across_gaps=lag_across_gaps)
+    # The steps of within_between and lag_within_patient, adding columns to this one copy.
+    for name in ("alliance", "outcome"):
+        _check_columns(out, name, "patient")
+        if therapist is not None:
+            _check_columns(out, therapist)
+        _add_within_between(out, name, patient="patient", prefix=name, therapist=therapist, grand_mean=True)
+    _check_columns(out, "patient", "session")
+    _add_lags(out, ["alliance", "alliance_within", "outcome"], patient="patient", session="session", lag=1,
+              across_gaps=lag_across_gaps, suffix="_lag")
+    _add_lags(out, ["outcome"], patient="patient", session="session", lag=-1, across_gaps=lag_across_gaps, suffix="_next")
     return out.sort_values(["patient", "session"], kind="mergesort").reset_index(drop=True)
 
 
@@ -272,6 +288,42 @@ def _detrended(data: pd.DataFrame, column: str, *, patient: str, session: str) -
     return x - x_mean - slope * (data[session].astype(float) - t_mean)
 
 
+def _ruptures_so_far(out: pd.DataFrame) -> pd.DataFrame:
+    """Detected ruptures and repairs before each session, from information available then.
+
+    ``rupture_flag`` is 1 at a session where a rupture was detected (0 otherwise, missing
+    where detection was impossible); ``ruptures_before`` counts detected ruptures at
+    earlier sessions of the patient, and ``repairs_before`` counts those whose repair
+    (``rupture_repair_session``) happened at an earlier session. Both use only sessions
+    before the current one, so they can predict its outcome without looking ahead.
+    """
+    out = out.copy()
+    out["rupture_flag"] = out["rupture_detected"].astype("Float64").astype(float)
+    narrow = out[["patient", "session", "rupture_flag", "rupture_repair", "rupture_repair_session"]]
+    ordered = narrow.sort_values(["patient", "session"], kind="mergesort")
+    order = ordered.index
+    repaired_at = ordered.loc[ordered["rupture_repair"].eq("repaired"), ["patient", "rupture_repair_session"]]
+    events = (
+        repaired_at.assign(session=repaired_at["rupture_repair_session"].astype("int64"))
+        .groupby(["patient", "session"], observed=True)
+        .size()
+        .rename("repair_events")
+        .reset_index()
+    )
+    repairs = (
+        ordered[["patient", "session"]]
+        .merge(events, on=["patient", "session"], how="left")["repair_events"]
+        .fillna(0.0)
+        .to_numpy(dtype=float)
+    )
+    ruptures = ordered["rupture_flag"].fillna(0.0).to_numpy()
+    parts = pd.DataFrame({"patient": ordered["patient"].to_numpy(), "_r": ruptures, "_p": repairs})
+    cum = parts.groupby("patient", sort=False, observed=True)[["_r", "_p"]].cumsum()
+    out["ruptures_before"] = pd.Series(cum["_r"].to_numpy() - ruptures, index=order)
+    out["repairs_before"] = pd.Series(cum["_p"].to_numpy() - repairs, index=order)
+    return out
+
+
 def preset_variables(
     analysis: pd.DataFrame,
     patients: pd.DataFrame | None = None,
@@ -288,10 +340,10 @@ def preset_variables(
         when those were derived).
     patients : pandas.DataFrame, optional
         The patients table (for ``off_track``).
-    components : sequence of str
-        Score columns of alliance components, e.g. ``["wai_sr_task", "wai_sr_bond",
-        "wai_sr_goal"]``; each ``<instrument>_<c>`` gives ``alliance_<c>_within_lag`` and
-        ``alliance_<c>_between``.
+    components : mapping or sequence of str
+        Alliance components as ``{name: score column}``, e.g. ``{"task": "wai_sr_task"}``,
+        or a list of score columns named ``<instrument>_<name>``; each gives
+        ``alliance_<name>_within_lag`` and ``alliance_<name>_between``.
     lag_across_gaps : bool
         The study's lag rule (:func:`lag_within_patient`).
 
@@ -315,11 +367,15 @@ def preset_variables(
         ``off_track``
             1 for patients flagged not on track at any session, else 0 (the "not on track"
             cases of feedback studies, Lambert et al. 2018); missing when never assessed.
-        ``rupture_lag``, ``repair_lag``
-            1 when a rupture was detected at the previous session; 1 when that rupture was
-            repaired, 0 when it was not or there was none, missing when its repair window was
-            cut short by the end of the data. With both in a model, ``rupture_lag`` contrasts
-            unrepaired ruptures with none and ``repair_lag`` repaired with unrepaired ones.
+            Being flagged happens after randomisation and can be changed by feedback itself,
+            so in ``time × arm × off_track`` it is a post-randomisation moderator: read its
+            interactions as descriptive, not causal.
+        ``rupture_flag``, ``ruptures_before``, ``repairs_before``
+            A detected rupture at this session (0/1), and the numbers of detected ruptures
+            and of repairs at the patient's earlier sessions (see :func:`_ruptures_so_far`):
+            with both counts in a model, ``repairs_before`` contrasts a repaired rupture with
+            one not (yet) repaired, using only what was known before the session. A coded
+            ``rupture`` column (none / confrontation / withdrawal) is left as it is.
         ``alliance_<c>_within_lag``, ``alliance_<c>_between``
             Per alliance component.
     """
@@ -334,24 +390,67 @@ def preset_variables(
         out["outcome_baseline"] = out["intake_score"]
     if patients is not None and "first_off_track_session" in patients:
         flagged = patients.set_index("patient")["first_off_track_session"].notna().astype(float)
-        assessed = patients.set_index("patient")["n_not_on_track"].notna() if "n_not_on_track" in patients else None
-        if assessed is not None:
-            flagged = flagged.where(assessed)
+        if "on_track" in out:
+            # missing for patients never assessed (e.g. a single session)
+            assessed = out["on_track"].notna().groupby(out["patient"], observed=True).any()
+            flagged = flagged.where(assessed.reindex(flagged.index).fillna(False).astype(bool))
         out["off_track"] = out["patient"].map(flagged)
     if "rupture_detected" in out:
-        out["rupture"] = out["rupture_detected"].astype("Float64").astype(float)
-        # 1 repaired, 0 unrepaired or no rupture (so rupture_lag is the unrepaired contrast),
-        # missing when the repair window was censored by the end of the data.
-        repair = out["rupture_repair"].map({"repaired": 1.0, "unrepaired": 0.0, "censored": np.nan})
-        out["repair"] = repair.astype(float).where(out["rupture_repair"].notna(), 0.0)
-        out.loc[out["rupture"].isna(), "repair"] = np.nan
-        lagged += ["rupture", "repair"]
-    for column in components:
-        name = "alliance_" + column.rsplit("_", 1)[-1]
+        out = _ruptures_so_far(out)
+    named = dict(components) if isinstance(components, Mapping) else {}
+    if not isinstance(components, Mapping):
+        for column in components:
+            name = column.rsplit("_", 1)[-1]
+            if name in named:
+                raise ValueError(
+                    f"`components` {list(components)} give the component name {name!r} twice; "
+                    "pass a mapping {name: column} instead."
+                )
+            named[name] = column
+    for comp, column in named.items():
+        name = f"alliance_{comp}"
         out[name] = out[column]
-        out = within_between(out, name)
+        _check_columns(out, name, "patient")
+        _add_within_between(out, name, patient="patient", prefix=name, therapist=None, grand_mean=False)
         lagged.append(f"{name}_within")
-    out = lag_within_patient(out, lagged, across_gaps=lag_across_gaps)
+    _check_columns(out, "patient", "session", *lagged)
+    _add_lags(out, lagged, patient="patient", session="session", lag=1, across_gaps=lag_across_gaps, suffix="_lag")
+    return out
+
+
+def informant_alliances(
+    scored: pd.DataFrame,
+    analysis: pd.DataFrame,
+    *,
+    alliance: str,
+    informant: str = "informant",
+    lag_across_gaps: bool = False,
+) -> pd.DataFrame:
+    """Each informant's alliance rating beside the analysis rows (multiple-informant designs).
+
+    For every informant *i* in ``scored[informant]`` (e.g. patient, therapist, observer),
+    the alliance score of that rater at the same patient and session is added as
+    ``alliance_rater_<i>``, split into ``alliance_rater_<i>_within`` / ``_between``
+    (:func:`within_between`) and lagged (``alliance_rater_<i>_within_lag``) with the
+    study's gap rule. The ``informants`` model preset uses these, so patient- and
+    therapist-rated alliance can predict the outcome side by side (e.g. Zilcha-Mano et
+    al. 2015).
+
+    Raises
+    ------
+    ValueError
+        When an informant rates a patient's session twice.
+    """
+    _check_columns(scored, "patient", "session", informant, alliance)
+    out = analysis.copy()
+    for name in sorted(map(str, scored[informant].dropna().unique())):
+        rows = scored.loc[scored[informant].astype(str) == name, ["patient", "session", alliance]]
+        if rows.duplicated(["patient", "session"]).any():
+            raise ValueError(f"informant {name!r} rates some sessions twice; one row per patient, session and informant is needed.")
+        column = f"alliance_rater_{name}"
+        out = out.merge(rows.rename(columns={alliance: column}), on=["patient", "session"], how="left")
+        out = within_between(out, column)
+        out = lag_within_patient(out, [f"{column}_within"], across_gaps=lag_across_gaps)
     return out
 
 
@@ -480,6 +579,8 @@ def derive_tables(
             )
     therapist = "therapist" if cfg["therapist_centring"] and "therapist" in data.columns else None
     analysis = derive_analysis(data, alliance=alliance, outcome=outcome, lag_across_gaps=lag_across_gaps, therapist=therapist)
+    if "informant" in scored and scored["informant"].nunique() > 1:
+        analysis = informant_alliances(scored, analysis, alliance=alliance, lag_across_gaps=lag_across_gaps)
 
     model = None
     if cfg["on_track"]["enabled"]:

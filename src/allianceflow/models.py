@@ -560,7 +560,11 @@ def _containment_df(d: pd.DataFrame, keys: list[str], exog: pd.DataFrame) -> dic
             else:
                 break
         level[c] = lev
-    n_at = {lv: sum(1 for c in level if level[c] == lv) for lv in range(1, len(keys) + 2)}
+    # The intercept is already accounted for by sizes[0] = 1 (Pinheiro & Bates 2000, sec.
+    # 2.4.2; nlme's Orthodont example: 108 rows, 27 subjects, age within, Sex between gives
+    # df 80 for intercept and age, 25 for Sex); it is reported at the innermost level.
+    intercepts = {c for c in x.columns if np.ptp(x[c].to_numpy()) == 0}
+    n_at = {lv: sum(1 for c in level if level[c] == lv and c not in intercepts) for lv in range(1, len(keys) + 2)}
     out = {}
     for c, lv in level.items():
         out[c] = float(max(sizes[lv] - sizes[lv - 1] - n_at[lv], 1))
@@ -1355,10 +1359,27 @@ def _lrt(r0: dict, r1: dict, random_only: bool) -> dict:
         "p_boundary": None,
     }
     if random_only:
-        # variances tested at the boundary: 50:50 mixture of chi2(df-1) and chi2(df)
-        lower = float(stats.chi2.sf(stat, df - 1)) if df > 1 else float(stat <= 0)
-        out["p_boundary"] = _r(0.5 * p + 0.5 * lower)
+        out["p_boundary"] = _r(_boundary_p(stat, df, len(r1["random"]) - len(r0["random"])))
     return out
+
+
+def _boundary_p(stat: float, df: int, added_variances: int) -> float | None:
+    """p of an LRT whose null puts variances on the boundary of the parameter space.
+
+    Self & Liang (1987); Stram & Lee (1994): adding *k* independent variances (no
+    covariances, ``df == k``) gives a mixture of :math:`\chi^2_j`, j = 0..k, with binomial
+    weights :math:`\binom{k}{j}/2^k`; adding one variance with its ``df - 1`` covariances
+    gives the 50:50 mixture of :math:`\chi^2_{df-1}` and :math:`\chi^2_{df}`. Other cases
+    have no simple mixture and return None (use the ordinary ``p``, which is conservative).
+    """
+    def sf(x: float, j: int) -> float:
+        return float(stat <= 0) if j == 0 else float(stats.chi2.sf(x, j))
+
+    if added_variances == df and df >= 1:
+        return sum(math.comb(df, j) / 2**df * sf(stat, j) for j in range(df + 1))
+    if added_variances == 1:
+        return 0.5 * sf(stat, df - 1) + 0.5 * sf(stat, df)
+    return None
 
 
 def compare_models(result0: dict, result1: dict) -> dict:
@@ -1531,16 +1552,18 @@ def preset_formula(name: str, **options: Any) -> str:
             ``time * arm * off_track``: ``arm="condition"`` (study arm, as ``C(condition)``)
             and ``on_track="off_track"`` (1 when the patient was flagged not on track).
         ``rupture_repair``
-            ``rupture_lag + repair_lag + alliance_within_lag + alliance_between + time``:
-            a rupture marker at the previous session and whether it was repaired, so the
-            repair coefficient is repaired versus unrepaired ruptures (Eubanks, Muran &
+            ``ruptures_before + repairs_before + alliance_within_lag + alliance_between +
+            time``: the numbers of detected ruptures and of their repairs at the patient's
+            earlier sessions, so ``repairs_before`` is a repaired versus a not (yet) repaired
+            rupture, from information available before the session (Eubanks, Muran &
             Safran 2018).
         ``alliance_components``
             ``components=("task", "bond", "goal")``: ``alliance_<c>_within_lag`` and
             ``alliance_<c>_between`` for each component (WAI-SR subscales).
         ``informants``
-            ``informants=("patient", "therapist")``: ``alliance_<i>_within_lag`` and
-            ``alliance_<i>_between`` for each rater.
+            ``informants=("patient", "therapist")``: ``alliance_rater_<i>_within_lag`` and
+            ``alliance_rater_<i>_between`` for each rater
+            (:func:`allianceflow.derive.informant_alliances`).
 
     Returns
     -------
@@ -1624,7 +1647,7 @@ def preset_formula(name: str, **options: Any) -> str:
     elif name == "feedback":
         fixed = [f"{t} * C({o['arm']}) * {o['on_track']}"]
     elif name == "rupture_repair":
-        fixed = ["rupture_lag", "repair_lag", "alliance_within_lag", "alliance_between", t]
+        fixed = ["ruptures_before", "repairs_before", "alliance_within_lag", "alliance_between", t]
     elif name == "alliance_components":
         comps = o["components"]
         if isinstance(comps, str) or not comps:
@@ -1640,7 +1663,7 @@ def preset_formula(name: str, **options: Any) -> str:
             raise ValueError(f"`informants` must be a non-empty list of names; got {infs!r}.")
         fixed = []
         for inf in infs:
-            fixed += [f"alliance_{inf}_within_lag", f"alliance_{inf}_between"]
+            fixed += [f"alliance_rater_{inf}_within_lag", f"alliance_rater_{inf}_between"]
         fixed += [t]
     fixed += covs
     rand = _random_part(time_slope, o["therapist"], o["random"])

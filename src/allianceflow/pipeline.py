@@ -25,6 +25,8 @@ __all__ = [
     "score_stage",
     "reliability_stage",
     "derive_stage",
+    "derive_study",
+    "arm_counts",
     "instrument_of",
     "fit_stage",
     "model_formula",
@@ -143,16 +145,39 @@ def instrument_of(study: dict[str, Any], column: str):
     )
 
 
-def derive_stage(scored: str | Path, study: dict[str, Any], *, analysis: str | Path, patients: str | Path, sudden_gains: str | Path, expected: str | Path) -> None:
-    """Within/between parts, lags, reliable change, on-track status, sudden gains, ruptures
-    and endings of the configured alliance and outcome scores."""
+def derive_study(scored, study: dict[str, Any], *, reference=None):
+    """Every derived variable of one study, in memory: the instrument numbers (direction,
+    reliable change value, cut-off, alliance subscales) are looked up from the study's
+    instruments and overrides, then :func:`allianceflow.derive.derive_tables` runs.
+
+    Parameters
+    ----------
+    scored : pandas.DataFrame
+        The scored sessions (:func:`allianceflow.score.score_sessions`).
+    study : dict
+        The study's validated config block.
+    reference : pandas.DataFrame, optional
+        A scored reference sample for the expected treatment response.
+
+    Returns
+    -------
+    allianceflow.derive.DerivedTables
+        ``analysis``, ``patients``, ``sudden_gains`` and ``expected_response``.
+    """
     from .derive import derive_tables
 
+    settings = study.get("derive") or {}
+    if "informant" in scored and not settings.get("informant") and scored.duplicated(["patient", "session"]).any():
+        found = ", ".join(sorted(map(str, scored["informant"].dropna().unique())))
+        raise ConfigError(
+            f"config.yaml: the data hold several informants per session ({found}); the derive "
+            f"stage works on one at a time. Set `derive: {{informant: <one of {found}>}}` for this study."
+        )
     inst = instrument_of(study, study["outcome"])
     alliance = instrument_of(study, study["alliance"])
-    components = [f"{alliance.id}_{sub}" for sub in alliance.subscales] if study["alliance"] == f"{alliance.id}_total" else []
-    result = derive_tables(
-        io.read_table(scored),
+    components = {sub: f"{alliance.id}_{sub}" for sub in alliance.subscales} if study["alliance"] == f"{alliance.id}_total" else {}
+    return derive_tables(
+        scored,
         alliance=study["alliance"],
         outcome=study["outcome"],
         direction=inst.direction,
@@ -162,7 +187,14 @@ def derive_stage(scored: str | Path, study: dict[str, Any], *, analysis: str | P
         lag_across_gaps=study.get("lag_across_gaps", False),
         settings=study.get("derive"),
         components=components,
+        reference=reference,
     )
+
+
+def derive_stage(scored: str | Path, study: dict[str, Any], *, analysis: str | Path, patients: str | Path, sudden_gains: str | Path, expected: str | Path) -> None:
+    """Within/between parts, lags, reliable change, on-track status, sudden gains, ruptures
+    and endings of the configured alliance and outcome scores (:func:`derive_study`)."""
+    result = derive_study(io.read_table(scored), study)
     io.write_table(result.analysis, analysis)
     io.write_table(result.patients, patients)
     io.write_table(result.sudden_gains, sudden_gains)
@@ -323,17 +355,22 @@ def caterpillar_figure_stage(model_json: str | Path, study: dict[str, Any], *, o
     save_figure(plot_caterpillar(io.read_json(model_json), group=group), outputs)
 
 
+def arm_counts(sessions, *, arm: str = "condition") -> dict[str, dict[str, int]] | None:
+    """Patients and sessions per study arm of the clean table (for the flow diagram);
+    None when the study has no arm column."""
+    if arm not in sessions:
+        return None
+    return {
+        str(name): {"patients": int(rows["patient"].nunique()), "sessions": int(len(rows))}
+        for name, rows in sessions.groupby(sessions[arm].astype(str), sort=True)
+    }
+
+
 def flow_figure_stage(flow: str | Path, sessions: str | Path, model_jsons, *, outputs) -> None:
     """CONSORT-style flow diagram: read, excluded (by rule), kept, by arm, analysed."""
     from .figures import plot_flow, save_figure
 
-    kept = io.read_table(sessions)
-    arms = None
-    if "condition" in kept:
-        arms = {
-            str(arm): {"patients": int(rows["patient"].nunique()), "sessions": int(len(rows))}
-            for arm, rows in kept.groupby(kept["condition"].astype(str), sort=True)
-        }
+    arms = arm_counts(io.read_table(sessions))
     analysed = {}
     for path in model_jsons:
         r = io.read_json(path)
@@ -382,7 +419,7 @@ def reliable_change_figure_stage(patients: str | Path, study: dict[str, Any], *,
 
     inst = instrument_of(study, study["outcome"])
     alliance = instrument_of(study, study["alliance"])
-    components = [f"{alliance.id}_{sub}" for sub in alliance.subscales] if study["alliance"] == f"{alliance.id}_total" else []
+    components = {sub: f"{alliance.id}_{sub}" for sub in alliance.subscales} if study["alliance"] == f"{alliance.id}_total" else {}
     fig = plot_reliable_change(io.read_table(patients), rci=inst.rci, cutoff=inst.cutoff, direction=inst.direction,
                                outcome_label=_labels(study)["outcome_label"])
     save_figure(fig, outputs)

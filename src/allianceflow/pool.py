@@ -6,7 +6,9 @@ r's are pooled on Fisher's z scale with a random-effects model whose between-stu
 τ² comes from DerSimonian–Laird (``"dl"``) or Paule–Mandel (``"pm"``), using
 :func:`statsmodels.stats.meta_analysis.combine_effects`; the Hartung–Knapp–Sidik–Jonkman
 interval is an option. The pooled z and its interval are turned back into r and drawn in a
-forest plot beside a benchmark (by default Flückiger et al. 2018, r = .278).
+forest plot, beside a benchmark (by default Flückiger et al. 2018, r = .278) only when the
+pooled term is comparable with it: Flückiger et al. pooled between-patient correlations, so
+the default within-patient lagged term (``alliance_within_lag``) is shown without it.
 
 One stage. The studies' analysis tables are stacked, with study as the top level of the
 multilevel model (patients in therapists in studies), and the same model is fitted once.
@@ -36,6 +38,7 @@ Statistical Software, 36*(3), 1–48.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
@@ -56,6 +59,8 @@ __all__ = [
     "meta_table",
     "plot_forest",
     "stack_studies",
+    "LEVEL_SUFFIXES",
+    "CENTRED_SUFFIXES",
     "one_stage_model",
     "compare_stages",
     "pool_markdown",
@@ -471,15 +476,29 @@ def meta_table(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["study", "n", "r", "ci_low", "ci_high", "weight"])
 
 
-def plot_forest(result: dict, *, benchmark: Benchmark | None = FLUCKIGER_2018, title: str | None = None):
-    """Forest plot of study r's (95% CI), the pooled r and a shaded benchmark band.
+def plot_forest(
+    result: dict,
+    *,
+    benchmark: Benchmark | None = FLUCKIGER_2018,
+    comparable: bool = False,
+    title: str | None = None,
+):
+    """Forest plot of study r's (95% CI), the pooled r and, when comparable, a benchmark band.
 
     Parameters
     ----------
     result : dict
         From :func:`meta_analysis`.
     benchmark : Benchmark or None, default :data:`FLUCKIGER_2018`
-        Drawn as a dashed line at its r with its CI shaded; None draws none.
+        Drawn as a dashed line at its r with its CI shaded when *comparable*; None draws
+        none.
+    comparable : bool, default False
+        Whether the pooled term estimates the same quantity as the benchmark. Flückiger et
+        al. (2018) pooled between-patient alliance–outcome correlations, so only a pooled
+        ``alliance_between`` is comparable (:func:`forest_figure_stage` sets
+        ``comparable = term == "alliance_between"``). When False the band is not drawn and
+        a one-line note under the plot says why; the default within-patient lagged effect
+        (``alliance_within_lag``) answers a different question and is typically smaller.
     title : str, optional
         Axis title.
 
@@ -512,7 +531,7 @@ def plot_forest(result: dict, *, benchmark: Benchmark | None = FLUCKIGER_2018, t
         ax.fill(diamond_x, diamond_y, color="#D55E00", zorder=3)
         if p["pi_low"] is not None:
             ax.plot([p["pi_low"], p["pi_high"]], [0.5, 0.5], color="#D55E00", lw=1, zorder=2)
-        if benchmark is not None:
+        if benchmark is not None and comparable:
             ax.axvspan(benchmark.ci_low, benchmark.ci_high, color="#009E73", alpha=0.2, lw=0)
             ax.axvline(benchmark.r, color="#009E73", ls="--", lw=1,
                        label=f"{benchmark.label}: r = {benchmark.r:.3f} [{benchmark.ci_low:.3f}, {benchmark.ci_high:.3f}]")
@@ -534,11 +553,95 @@ def plot_forest(result: dict, *, benchmark: Benchmark | None = FLUCKIGER_2018, t
         ax.set_xlabel("alliance–outcome r (95% CI)")
         if title:
             ax.set_title(title)
-        fig.tight_layout()
+        if benchmark is not None and not comparable:
+            pooled_term = result.get("term", "the pooled term")
+            fig.text(0.01, 0.01, f"{benchmark.label} benchmark (r = {benchmark.r:.3f}) not shown: it is a "
+                     f"between-patient correlation, not comparable with {pooled_term}.",
+                     fontsize="x-small", ha="left", va="bottom", color="#555555")
+            fig.tight_layout(rect=(0, 0.06, 1, 1))
+        else:
+            fig.tight_layout()
     return fig
 
 
 # --------------------------------------------------------------------------- one stage
+
+#: Suffixes of derived columns on the score's own scale (a level): standardised as
+#: :math:`(x - \bar a)/s_a`, with the mean and SD of the session-level score.
+LEVEL_SUFFIXES: tuple[str, ...] = ("", "_lag", "_next", "_baseline", "_pmean", "_tmean")
+#: Suffixes of derived columns that are already centred (deviations, differences of
+#: means): only divided by :math:`s_a`, never shifted.
+CENTRED_SUFFIXES: tuple[str, ...] = (
+    "_within", "_between", "_gmc", "_therapist", "_patient", "_within_lag", "_within_detrended",
+    "_within_detrended_lag", "_therapist_mean", "_patient_deviation",
+)
+_RESERVED = {s.strip("_").split("_")[0] for s in LEVEL_SUFFIXES + CENTRED_SUFFIXES if s}
+
+
+def _scale_plan(columns, alliance: str, outcome: str) -> dict[str, tuple[str, str]]:
+    """Column -> (base score column, "level" | "centred") for every column to standardise.
+
+    The bases are *outcome*, *alliance* and each alliance component ``<alliance>_<c>``
+    (``c`` one word, not a suffix word such as ``lag`` or ``within``), which gets its own
+    mean and SD. Columns starting with *alliance* or *outcome* that fit no pattern are left
+    out (and :func:`one_stage_model` refuses formulas that use them).
+    """
+    columns = [str(c) for c in columns]
+    bases = [outcome, alliance] + sorted(
+        c for c in columns
+        if c.startswith(alliance + "_") and "_" not in c[len(alliance) + 1:] and c[len(alliance) + 1:] not in _RESERVED
+    )
+    plan: dict[str, tuple[str, str]] = {}
+    for base in bases:
+        if base not in columns:
+            continue
+        for kind, suffixes in (("level", LEVEL_SUFFIXES), ("centred", CENTRED_SUFFIXES)):
+            for suffix in suffixes:
+                if base + suffix in columns:
+                    plan.setdefault(base + suffix, (base, kind))
+    return plan
+
+
+def _unscaled(columns, plan: Mapping[str, Any], alliance: str, outcome: str) -> list[str]:
+    """Columns named like alliance or outcome variables that *plan* does not standardise."""
+    return [str(c) for c in columns
+            if str(c) not in plan and (str(c).startswith(alliance) or str(c).startswith(outcome))]
+
+
+def _stack(tables, *, directions, standardise, alliance, outcome, study, ids):
+    if not tables:
+        raise ValueError("`tables` is empty: give at least one study's analysis table.")
+    directions = dict(directions or {})
+    parts = []
+    scaled: set[str] = set()
+    unscaled: set[str] = set()
+    for name in sorted(tables):
+        frame = tables[name].copy()
+        _check_columns(frame, [alliance, outcome], argument=f"tables[{name!r}]")
+        direction = directions.get(name, "higher_is_better")
+        _check_direction(name, direction)
+        if standardise:
+            sign = -1.0 if direction == "lower_is_better" else 1.0
+            plan = _scale_plan(frame.columns, alliance, outcome)
+            moments = {}
+            for base in {b for b, _ in plan.values()}:
+                sd = float(frame[base].std())
+                if not (sd > 0):
+                    label = "outcome" if base == outcome else "alliance" if base == alliance else f"component {base!r}"
+                    raise ValueError(f"study {name!r}: the {label} column has no variation (SD = {sd}); cannot standardise.")
+                moments[base] = (float(frame[base].mean()), sd, sign if base == outcome else 1.0)
+            for col, (base, kind) in plan.items():
+                mean, sd, s = moments[base]
+                shift = mean if kind == "level" else 0.0
+                frame[col] = s * (frame[col].astype(float) - shift) / sd
+            scaled |= set(plan)
+            unscaled |= set(_unscaled(frame.columns, plan, alliance, outcome))
+        for col in ids:
+            if col in frame.columns:
+                frame[col] = name + ":" + frame[col].astype(str)
+        frame.insert(0, study, name)
+        parts.append(frame)
+    return pd.concat(parts, ignore_index=True), scaled - unscaled, unscaled
 
 
 def stack_studies(
@@ -548,11 +651,10 @@ def stack_studies(
     standardise: bool = True,
     alliance: str = "alliance",
     outcome: str = "outcome",
-    alliance_columns: tuple[str, ...] = ("alliance_within_lag", "alliance_between", "alliance_within"),
     study: str = "study",
     ids: tuple[str, ...] = ("patient", "therapist"),
 ) -> pd.DataFrame:
-    """Stack the studies' analysis tables into one, with a study column and nested ids.
+    r"""Stack the studies' analysis tables into one, with a study column and nested ids.
 
     Parameters
     ----------
@@ -562,14 +664,23 @@ def stack_studies(
         Outcome direction per study (see :func:`study_effects`); a lower-is-better
         outcome is negated so that higher means better in every study.
     standardise : bool, default True
-        Put every study on a common scale: the outcome becomes
-        :math:`\\text{sign}\\,(y - \\bar y)/s_y` and each alliance column is divided by the
-        SD of the session-level alliance score, both within study. Needed when studies use
-        different instruments (WAI-SR vs SRS, ORS vs PHQ-9).
+        Put every study on a common scale, within study, using the mean :math:`\bar x` and
+        SD :math:`s_x` of the session-level score *x* (outcome, alliance, or an alliance
+        component ``alliance_<c>``) that a column derives from:
+
+        * level columns (suffixes :data:`LEVEL_SUFFIXES`: the score itself, ``_lag``,
+          ``_next``, ``_baseline``, ``_pmean``, ``_tmean``) become
+          :math:`\text{sign}\,(v - \bar x)/s_x`;
+        * centred columns (suffixes :data:`CENTRED_SUFFIXES`: ``_within``, ``_between``,
+          ``_within_lag``, ``_gmc``, ``_within_detrended_lag``, ``_therapist_mean``,
+          ``_patient_deviation`` …) become :math:`\text{sign}\,v/s_x` (no shift).
+
+        The sign is −1 for every outcome column of a lower-is-better study and +1
+        otherwise. An alliance component uses its own mean and SD. Needed when studies
+        use different instruments (WAI-SR vs SRS, ORS vs PHQ-9).
     alliance, outcome : str
-        Session-level alliance and outcome score columns.
-    alliance_columns : tuple of str
-        Columns derived from the alliance that get its scale (those present are scaled).
+        Session-level alliance and outcome score columns (and the prefixes of the columns
+        derived from them).
     study : str
         Name of the new study column.
     ids : tuple of str
@@ -578,42 +689,19 @@ def stack_studies(
     Returns
     -------
     pandas.DataFrame
-        The rows of every table in study order, with ``study`` first.
+        The rows of every table in study order, with ``study`` first. Columns named like
+        alliance or outcome variables that fit none of the patterns above are left raw;
+        :func:`one_stage_model` refuses formulas that use them.
 
     Raises
     ------
     ValueError
-        No tables, a bad direction, a constant alliance or outcome.
+        No tables, a bad direction, a constant alliance, component or outcome.
     KeyError
         A table lacks the alliance or outcome column.
     """
-    if not tables:
-        raise ValueError("`tables` is empty: give at least one study's analysis table.")
-    directions = dict(directions or {})
-    parts = []
-    for name in sorted(tables):
-        frame = tables[name].copy()
-        _check_columns(frame, [alliance, outcome], argument=f"tables[{name!r}]")
-        direction = directions.get(name, "higher_is_better")
-        _check_direction(name, direction)
-        if standardise:
-            sign = -1.0 if direction == "lower_is_better" else 1.0
-            sd_y = float(frame[outcome].std())
-            sd_a = float(frame[alliance].std())
-            for label, sd in (("outcome", sd_y), ("alliance", sd_a)):
-                if not (sd > 0):
-                    raise ValueError(f"study {name!r}: the {label} column has no variation (SD = {sd}); cannot standardise.")
-            frame[outcome] = sign * (frame[outcome] - frame[outcome].mean()) / sd_y
-            for col in alliance_columns:
-                if col in frame.columns:
-                    frame[col] = frame[col] / sd_a
-            frame[alliance] = (frame[alliance] - frame[alliance].mean()) / sd_a
-        for col in ids:
-            if col in frame.columns:
-                frame[col] = name + ":" + frame[col].astype(str)
-        frame.insert(0, study, name)
-        parts.append(frame)
-    return pd.concat(parts, ignore_index=True)
+    return _stack(tables, directions=directions, standardise=standardise, alliance=alliance,
+                  outcome=outcome, study=study, ids=ids)[0]
 
 
 def one_stage_model(
@@ -636,7 +724,8 @@ def one_stage_model(
         + session + (1 | therapist) + (1 | patient)"``. ``(1 | study)`` is added unless the
         formula already has a study term.
     directions, standardise
-        As in :func:`stack_studies`.
+        As in :func:`stack_studies`. With ``standardise`` every alliance or outcome column
+        the formula uses must be one that :func:`stack_studies` rescales.
     reml : bool, default True
         REML or ML.
     name : str
@@ -647,6 +736,13 @@ def one_stage_model(
     dict
         The :func:`allianceflow.models.fit_model` result of the stacked data, plus
         ``studies`` (the names) and ``standardised`` (bool).
+
+    Raises
+    ------
+    ValueError
+        A formula without ``~``, or (with ``standardise``) one that uses an alliance or
+        outcome column that would stay on its raw scale; the message lists the supported
+        columns.
 
     Notes
     -----
@@ -659,7 +755,17 @@ def one_stage_model(
 
     if not isinstance(formula, str) or "~" not in formula:
         raise ValueError(f"`formula` must be an lme4 formula with '~'; got {formula!r}.")
-    stacked = stack_studies(tables, directions=directions, standardise=standardise)
+    stacked, supported, unscaled = _stack(tables, directions=directions, standardise=standardise,
+                                          alliance="alliance", outcome="outcome", study="study",
+                                          ids=("patient", "therapist"))
+    if standardise:
+        used = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", formula)) & unscaled)
+        if used:
+            raise ValueError(
+                f"`formula` uses {used}, which the one-stage standardisation does not rescale "
+                f"(it would stay on each study's raw scale); supported alliance and outcome "
+                f"columns are {sorted(supported)}. Use those, or standardise=False."
+            )
     if "| study)" not in formula.replace(" ", "").replace("|study)", "| study)"):
         formula = f"{formula} + (1 | study)"
     result = fit_model(stacked, formula, reml=reml, name=name)
@@ -786,9 +892,16 @@ def pool_stage(
 
 
 def forest_figure_stage(meta_json, *, benchmark: Mapping[str, Any] | None, outputs) -> None:
-    """Draw the forest plot of a saved meta-analysis in every format asked for."""
+    """Draw the forest plot of a saved meta-analysis in every format asked for.
+
+    The benchmark band is drawn only when the pooled term (``meta["term"]``, written by
+    :func:`pool_stage`) is ``alliance_between``, the between-patient association the
+    benchmark estimates; otherwise the figure notes that it is not comparable.
+    """
     from . import io
     from .figures import save_figure
 
     mark = None if not benchmark else Benchmark(**benchmark)
-    save_figure(plot_forest(io.read_json(meta_json), benchmark=mark), outputs)
+    meta = io.read_json(meta_json)
+    term = meta.get("term", "alliance_within_lag")
+    save_figure(plot_forest(meta, benchmark=mark, comparable=term == "alliance_between"), outputs)

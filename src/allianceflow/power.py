@@ -367,7 +367,7 @@ def run_power_chunk(
 
 
 def summarise_power(chunks: pd.DataFrame | Iterable[pd.DataFrame], *, designs: Mapping[str, PowerDesign] | None = None) -> pd.DataFrame:
-    """Merge chunk results and summarise each design and term.
+    r"""Merge chunk results and summarise each design and term.
 
     Parameters
     ----------
@@ -381,9 +381,14 @@ def summarise_power(chunks: pd.DataFrame | Iterable[pd.DataFrame], *, designs: M
     -------
     pandas.DataFrame
         Sorted by design and term: ``design, term, n_patients, replications, converged,
-        truth, mean_estimate, bias, relative_bias, empirical_se, mean_se, power,
-        power_mcse, coverage, coverage_mcse`` (+ the design sizes when *designs* is
-        given). Everything after ``converged`` uses the converged replications only.
+        failure_rate, truth, power, power_mcse, power_converged, power_converged_mcse,
+        mean_estimate, bias, relative_bias, empirical_se, mean_se, coverage,
+        coverage_mcse`` (+ the design sizes when *designs* is given).
+
+        ``power`` is over **all** replications, a failed or non-converged fit counting as
+        not significant (what a study that cannot be analysed delivers); ``failure_rate``
+        is the share of replications not converged. ``power_converged`` and the columns
+        from ``mean_estimate`` on use the converged replications only.
 
     Raises
     ------
@@ -392,11 +397,12 @@ def summarise_power(chunks: pd.DataFrame | Iterable[pd.DataFrame], *, designs: M
 
     Notes
     -----
-    With *m* converged replications, :math:`\\hat\\theta_i` the estimates and θ the truth:
-    bias :math:`= \\bar{\\hat\\theta} - \\theta`; empirical SE = SD of the
-    :math:`\\hat\\theta_i`; power = share with p < α; coverage = share of 95% intervals
-    holding θ; Monte Carlo SE of a share *s* is :math:`\\sqrt{s(1-s)/m}` (Morris et al.
-    2019, Table 6).
+    With *n* replications, *m* of them converged, :math:`\hat\theta_i` the converged
+    estimates and θ the truth: power = (converged replications with p < α) / *n*;
+    power_converged = the same count / *m*; bias :math:`= \bar{\hat\theta} - \theta`;
+    empirical SE = SD of the :math:`\hat\theta_i`; coverage = share of the *m* 95%
+    intervals holding θ; the Monte Carlo SE of a share *s* of *n* is
+    :math:`\sqrt{s(1-s)/n}` (Morris et al. 2019, Table 6).
     """
     frame = chunks if isinstance(chunks, pd.DataFrame) else pd.concat(list(chunks), ignore_index=True)
     if frame.empty:
@@ -410,26 +416,33 @@ def summarise_power(chunks: pd.DataFrame | Iterable[pd.DataFrame], *, designs: M
         )
     out = []
     for (design, term), g in frame.groupby(["design", "term"], sort=True):
-        ok = g[g["converged"].astype(bool)]
+        converged = g["converged"].eq(True)
+        ok = g[converged]
+        n = len(g)
         m = len(ok)
         truth = float(g["truth"].iloc[0])
         est = ok["estimate"].astype(float)
-        power = float(ok["significant"].astype(bool).mean()) if m else float("nan")
+        hits = int(ok["significant"].eq(True).sum())
+        power = hits / n
+        power_converged = hits / m if m else float("nan")
         coverage = float(ok["covered"].astype(bool).mean()) if m else float("nan")
         row = {
             "design": design,
             "term": term,
             "n_patients": int(g["n_patients"].iloc[0]),
-            "replications": int(len(g)),
+            "replications": int(n),
             "converged": int(m),
+            "failure_rate": (n - m) / n,
             "truth": truth,
+            "power": power,
+            "power_mcse": math.sqrt(power * (1 - power) / n),
+            "power_converged": power_converged,
+            "power_converged_mcse": math.sqrt(power_converged * (1 - power_converged) / m) if m else float("nan"),
             "mean_estimate": float(est.mean()) if m else float("nan"),
             "bias": float(est.mean() - truth) if m else float("nan"),
             "relative_bias": float((est.mean() - truth) / truth) if m and truth != 0 else float("nan"),
             "empirical_se": float(est.std(ddof=1)) if m > 1 else float("nan"),
             "mean_se": float(ok["se"].astype(float).mean()) if m else float("nan"),
-            "power": power,
-            "power_mcse": math.sqrt(power * (1 - power) / m) if m else float("nan"),
             "coverage": coverage,
             "coverage_mcse": math.sqrt(coverage * (1 - coverage) / m) if m else float("nan"),
         }
@@ -496,16 +509,22 @@ def power_markdown(summary: pd.DataFrame) -> str:
             "Effect": summary["term"].map(lambda t: _TERM_LABELS.get(t, t)),
             "Patients": summary["n_patients"].map(str),
             "Converged": [f"{c}/{r}" for c, r in zip(summary["converged"], summary["replications"])],
+            "Failed (%)": summary["failure_rate"].map(lambda f: f"{100 * f:.1f}"),
             "Truth": summary["truth"].map("{:.3g}".format),
             "Bias": summary["bias"].map("{:.3f}".format),
             "Emp. SE": summary["empirical_se"].map("{:.3f}".format),
             "Mean SE": summary["mean_se"].map("{:.3f}".format),
             "Power": [f"{p:.2f} ({m:.2f})" for p, m in zip(summary["power"], summary["power_mcse"])],
+            "Power (converged)": [f"{p:.2f} ({m:.2f})" for p, m in
+                                  zip(summary["power_converged"], summary["power_converged_mcse"])],
             "Coverage": [f"{c:.2f} ({m:.2f})" for c, m in zip(summary["coverage"], summary["coverage_mcse"])],
         }
     )
-    note = ("*Note.* Power: share of converged replications with p < .05 (Monte Carlo SE); coverage: "
-            "share of 95% Wald intervals holding the true value.")
+    note = ("*Note.* Power: share of all replications with p < .05, a failed or non-converged fit "
+            "counting as not significant (Monte Carlo SE); power (converged): the same share among "
+            "converged replications only; failed: replications whose fit failed or did not converge. "
+            "Bias, SEs and coverage (share of 95% Wald intervals holding the true value) use the "
+            "converged replications.")
     return "**Simulation-based power**\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n\n" + note + "\n"
 
 
@@ -515,6 +534,7 @@ def power_chunk_stage(
     seeds: Sequence[int],
     label: str,
     fitted=None,
+    vary: str | None = None,
     alliance_items: int = 12,
     formula: str = DEFAULT_FORMULA,
     alpha: float = 0.05,
@@ -524,12 +544,18 @@ def power_chunk_stage(
 
     With *fitted* (a fit stage JSON of a WAI-SR + ORS study) the effects and ICCs come
     from that fitted study (:func:`design_from_model`) and *design* supplies the rest
-    (sizes, dropout, the feedback effect unless the model has one).
+    (sizes, dropout, the feedback effect unless the model has one). *vary* names the
+    parameter varied across designs (config ``power.vary.parameter``): its value in
+    *design* is passed as an override, so it wins over the fitted model's value (else
+    varying ``within_effect``, an ICC or ``outcome_variance`` would change nothing).
     """
     from . import io
 
+    if vary is not None and vary not in design:
+        raise KeyError(f"`vary` must name a parameter given in `design`; got {vary!r}, `design` has {sorted(design)}.")
     if fitted:
-        plan = design_from_model(io.read_json(fitted), alliance_items=alliance_items, base=dict(design))
+        overrides = {vary: design[vary]} if vary is not None else {}
+        plan = design_from_model(io.read_json(fitted), alliance_items=alliance_items, base=dict(design), **overrides)
     else:
         plan = _check_design(dict(design))
     io.write_table(run_power_chunk(plan, seeds, formula=formula, alpha=alpha, label=label), output)

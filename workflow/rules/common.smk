@@ -71,29 +71,43 @@ def get_trajectory_model(wildcards):
     return f"results/{wildcards.study}/models/{name}.json"
 
 
+def get_study_tables(study):
+    """Descriptive tables of one study: those whose variables the study derives."""
+    derive = config["studies"][study]["derive"]
+    tables = ["table1", "intake_correlations"]
+    if derive["reliable_change"]["enabled"]:
+        tables.append("clinical_significance")
+    if derive["sudden_gains"]["enabled"]:
+        tables.append("sudden_gains")
+    if derive["ruptures"]["enabled"]:
+        tables.append("ruptures")
+    return tables
+
+
+def get_study_figures(study):
+    """Figures of one study: those whose variables and columns the study has."""
+    cfg = config["studies"][study]
+    derive, mapped = cfg["derive"], set(cfg["columns"].values())
+    figures = ["within_between", "trajectories", "forest", "flow"]
+    if derive["on_track"]["enabled"]:
+        figures.append("expected_response")
+        if "condition" in mapped:
+            figures.append("feedback")
+    if derive["ruptures"]["enabled"]:
+        figures.append("ruptures")
+    if derive["sudden_gains"]["enabled"]:
+        figures.append("sudden_gains")
+    if derive["reliable_change"]["enabled"]:
+        figures.append("reliable_change")
+    if cfg["figures"]["caterpillar_group"] in mapped:
+        figures.append("caterpillar")
+    return figures
+
+
 def get_study_outputs(study):
-    """Every result of one study except its manifest (figures and tables of issue 7)."""
+    """Every result of one study except its manifest."""
     models = config["studies"][study]["models"]
     published = ["csv", "md", "html", "tex", "docx"]
-    tables = [
-        "table1",
-        "intake_correlations",
-        "clinical_significance",
-        "sudden_gains",
-        "ruptures",
-    ]
-    figures = [
-        "within_between",
-        "trajectories",
-        "forest",
-        "flow",
-        "feedback",
-        "expected_response",
-        "ruptures",
-        "sudden_gains",
-        "reliable_change",
-        "caterpillar",
-    ]
     return (
         [f"results/{study}/models/{m}.{ext}" for m in models for ext in ("json", "txt")]
         + [f"results/{study}/models/expected_response.json"]
@@ -105,10 +119,14 @@ def get_study_outputs(study):
         + [f"results/{study}/tables/{m}.{ext}" for m in models for ext in published]
         + [f"results/{study}/tables/models.{ext}" for ext in published]
         + [f"results/{study}/tables/reliability.{ext}" for ext in published]
-        + [f"results/{study}/tables/{t}.{ext}" for t in tables for ext in published]
+        + [
+            f"results/{study}/tables/{t}.{ext}"
+            for t in get_study_tables(study)
+            for ext in published
+        ]
         + [
             f"results/{study}/figures/{f}.{ext}"
-            for f in figures
+            for f in get_study_figures(study)
             for ext in FIGURE_FORMATS
         ]
     )
@@ -214,6 +232,12 @@ def get_power_seeds(wildcards):
     return chunk_seeds(
         seed, power["replications"], power["chunk_size"], int(wildcards.chunk)
     )
+
+
+def get_power_varied():
+    """The parameter the power curve varies (it wins over a fitted study's value), or None."""
+    vary = config["power"]["vary"]
+    return vary["parameter"] if vary else None
 
 
 def get_power_fitted(wildcards):

@@ -18,6 +18,7 @@ rule simulate_power_chunk:
         alliance_items=config["power"]["alliance_items"],
         formula=config["power"]["formula"],
         alpha=config["power"]["alpha"],
+        vary=get_power_varied(),
     script:
         "../scripts/simulate_power_chunk.py"
 

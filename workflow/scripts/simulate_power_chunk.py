@@ -11,5 +11,6 @@ with run_step(snakemake.log[0]):
         alliance_items=snakemake.params.alliance_items,
         formula=snakemake.params.formula,
         alpha=snakemake.params.alpha,
+        vary=snakemake.params.vary,
         output=snakemake.output.chunk,
     )
