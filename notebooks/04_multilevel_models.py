@@ -34,9 +34,8 @@
 
 # %%
 import allianceflow
-from allianceflow import config, figures, io, models, pipeline, tables
+from allianceflow import config, figures, models, pipeline, tables
 
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -56,21 +55,16 @@ MAX_PATIENTS = 40
 # %% [markdown]
 # ## 1. The analysis table
 #
-# We run the pipeline's clean, score and derive stages into a temporary folder (notebooks
+# We clean, score and derive the study in memory with `pipeline.prepare_study` (notebooks
 # 01–03 explain them) and read the analysis table: one row per session with
 # `outcome` (ORS total), `alliance_within_lag`, `alliance_between`, `session`, etc.
 
 # %%
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
-work = Path(tempfile.mkdtemp(prefix="allianceflow_"))
-pipeline.clean_stage(PROJECT / study["raw"], study, sessions=work / "sessions.parquet",
-                     exclusions=work / "exclusions.csv", flow=work / "flow.json", name=STUDY)
-pipeline.score_stage(work / "sessions.parquet", study, scored=work / "scored.parquet")
-pipeline.derive_stage(work / "scored.parquet", study, analysis=work / "analysis.parquet",
-                      patients=work / "patients.parquet", sudden_gains=work / "sudden_gains.csv",
-                      expected=work / "expected.json")
-analysis = io.read_table(work / "analysis.parquet")
+# Clean, score and derive in memory: the same functions as the pipeline's stages.
+prepared = pipeline.prepare_study(study, root=PROJECT, name=STUDY)
+analysis = prepared.analysis
 print(analysis.shape)
 
 # %% [markdown]

@@ -32,9 +32,8 @@
 
 # %%
 import allianceflow
-from allianceflow import config, figures, io, models, ontrack, pipeline
+from allianceflow import config, figures, models, ontrack, pipeline
 
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -54,20 +53,15 @@ TOLERANCE = 0.10
 # %% [markdown]
 # ## 1. The analysis table
 #
-# The pipeline's clean, score and derive stages, into a temporary folder (notebooks
+# The pipeline's clean, score and derive steps, in memory with `pipeline.prepare_study` (notebooks
 # 01–03).
 
 # %%
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
-work = Path(tempfile.mkdtemp(prefix="allianceflow_"))
-pipeline.clean_stage(PROJECT / study["raw"], study, sessions=work / "sessions.parquet",
-                     exclusions=work / "exclusions.csv", flow=work / "flow.json", name=STUDY)
-pipeline.score_stage(work / "sessions.parquet", study, scored=work / "scored.parquet")
-pipeline.derive_stage(work / "scored.parquet", study, analysis=work / "analysis.parquet",
-                      patients=work / "patients.parquet", sudden_gains=work / "sudden_gains.csv",
-                      expected=work / "expected.json")
-analysis = io.read_table(work / "analysis.parquet")
+# Clean, score and derive in memory: the same functions as the pipeline's stages.
+prepared = pipeline.prepare_study(study, root=PROJECT, name=STUDY)
+analysis = prepared.analysis
 ors = pipeline.instrument_of(study, study["outcome"])
 print("outcome:", study["outcome"], "|", ors.direction, "| on-track settings:", study["derive"]["on_track"])
 

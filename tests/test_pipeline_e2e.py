@@ -216,3 +216,17 @@ def test_two_informants_feed_the_informants_preset(run):
     assert terms[1:5] == ["alliance_rater_patient_within_lag", "alliance_rater_patient_between",
                           "alliance_rater_therapist_within_lag", "alliance_rater_therapist_between"]
     assert res["convergence"]["converged"]
+
+
+def test_prepare_study_in_memory_equals_the_pipeline_files(run):
+    from allianceflow.config import load_config
+    from allianceflow.pipeline import prepare_study
+
+    workdir = run["dir"]
+    study = load_config(workdir / "config.yaml")["studies"]["example"]
+    prepared = prepare_study(study, root=workdir, name="example")
+    processed = workdir / "data/processed/example"
+    pd.testing.assert_frame_equal(prepared.sessions, pd.read_parquet(processed / "sessions.parquet"))
+    pd.testing.assert_frame_equal(prepared.analysis, pd.read_parquet(processed / "analysis.parquet"))
+    pd.testing.assert_frame_equal(prepared.patients, pd.read_parquet(processed / "patients.parquet"))
+    assert prepared.flow == json.loads((processed / "flow.json").read_text())

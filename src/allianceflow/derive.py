@@ -17,6 +17,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
+from ._checks import check_columns
+
 __all__ = [
     "informant_alliances",
     "preset_variables",
@@ -27,18 +29,6 @@ __all__ = [
     "DerivedTables",
     "DERIVE_DEFAULTS",
 ]
-
-
-def _check_columns(data: pd.DataFrame, *columns: str) -> None:
-    import difflib
-
-    for column in columns:
-        if column not in data.columns:
-            close = difflib.get_close_matches(column, [str(c) for c in data.columns], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise KeyError(
-                f"Column {column!r} is not in the data; columns are {', '.join(map(str, data.columns))}.{hint}"
-            )
 
 
 def within_between(
@@ -115,9 +105,9 @@ def within_between(
     >>> within_between(df, "x")[["x_within", "x_between"]].to_numpy().tolist()
     [[-1.0, -2.0], [1.0, -2.0], [-1.0, 2.0], [1.0, 2.0]]
     """
-    _check_columns(data, column, patient)
+    check_columns(data, column, patient)
     if therapist is not None:
-        _check_columns(data, therapist)
+        check_columns(data, therapist)
     out = data.copy()
     _add_within_between(out, column, patient=patient, prefix=prefix or column, therapist=therapist, grand_mean=grand_mean)
     return out
@@ -193,7 +183,7 @@ def lag_within_patient(
     >>> lag_within_patient(df, ["x"], across_gaps=True)["x_lag"].tolist()
     [nan, 1.0, 2.0]
     """
-    _check_columns(data, patient, session, *columns)
+    check_columns(data, patient, session, *columns)
     if not isinstance(lag, (int, np.integer)) or lag == 0:
         raise ValueError(f"`lag` must be a non-zero integer; got {lag!r}.")
     if suffix is None:
@@ -252,17 +242,17 @@ def derive_analysis(
     pandas.DataFrame
         Sorted by patient and session, index reset.
     """
-    _check_columns(scored, alliance, outcome)
+    check_columns(scored, alliance, outcome)
     out = scored.copy()
     out["alliance"] = out[alliance]
     out["outcome"] = out[outcome]
     # The steps of within_between and lag_within_patient, adding columns to this one copy.
     for name in ("alliance", "outcome"):
-        _check_columns(out, name, "patient")
+        check_columns(out, name, "patient")
         if therapist is not None:
-            _check_columns(out, therapist)
+            check_columns(out, therapist)
         _add_within_between(out, name, patient="patient", prefix=name, therapist=therapist, grand_mean=True)
-    _check_columns(out, "patient", "session")
+    check_columns(out, "patient", "session")
     _add_lags(out, ["alliance", "alliance_within", "outcome"], patient="patient", session="session", lag=1,
               across_gaps=lag_across_gaps, suffix="_lag")
     _add_lags(out, ["outcome"], patient="patient", session="session", lag=-1, across_gaps=lag_across_gaps, suffix="_next")
@@ -410,10 +400,10 @@ def preset_variables(
     for comp, column in named.items():
         name = f"alliance_{comp}"
         out[name] = out[column]
-        _check_columns(out, name, "patient")
+        check_columns(out, name, "patient")
         _add_within_between(out, name, patient="patient", prefix=name, therapist=None, grand_mean=False)
         lagged.append(f"{name}_within")
-    _check_columns(out, "patient", "session", *lagged)
+    check_columns(out, "patient", "session", *lagged)
     _add_lags(out, lagged, patient="patient", session="session", lag=1, across_gaps=lag_across_gaps, suffix="_lag")
     return out
 
@@ -441,7 +431,7 @@ def informant_alliances(
     ValueError
         When an informant rates a patient's session twice.
     """
-    _check_columns(scored, "patient", "session", informant, alliance)
+    check_columns(scored, "patient", "session", informant, alliance)
     out = analysis.copy()
     for name in sorted(map(str, scored[informant].dropna().unique())):
         rows = scored.loc[scored[informant].astype(str) == name, ["patient", "session", alliance]]
@@ -570,7 +560,7 @@ def derive_tables(
     cfg = _settings(settings)
     data = scored
     if cfg["informant"] is not None:
-        _check_columns(scored, "informant")
+        check_columns(scored, "informant")
         data = scored[scored["informant"].astype(str) == str(cfg["informant"])]
         if data.empty:
             raise ValueError(

@@ -20,7 +20,9 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 import matplotlib
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
+
+from ._checks import check_columns, check_frame  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
 
@@ -127,23 +129,6 @@ OKABE_ITO = {
 _CYCLE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 _GREY = "#999999"
-
-
-def _check_frame(data, name: str) -> None:
-    if not isinstance(data, pd.DataFrame):
-        raise TypeError(f"`{name}` must be a pandas DataFrame; got {type(data).__name__}.")
-
-
-def _check_columns(data: pd.DataFrame, *columns: str, name: str = "data") -> None:
-    import difflib
-
-    for column in columns:
-        if column not in data.columns:
-            close = difflib.get_close_matches(column, [str(c) for c in data.columns], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise KeyError(
-                f"Column {column!r} is not in `{name}`; columns are {', '.join(map(str, data.columns))}.{hint}"
-            )
 
 
 def _width(width: str) -> float:
@@ -283,8 +268,8 @@ def plot_trajectories(
     fixed-effects prediction of *result* over *time* with the other predictors at 0 (the
     mean of a centred predictor) and the shaded band that of :func:`model_implied_mean`.
     """
-    _check_frame(analysis, "analysis")
-    _check_columns(analysis, outcome, time, patient, name="analysis")
+    check_frame(analysis, "analysis")
+    check_columns(analysis, outcome, time, patient, name="analysis")
     ids = sorted(analysis[patient].astype(str).unique())
     if len(ids) > max_patients:
         ids = [ids[i] for i in np.linspace(0, len(ids) - 1, max_patients).round().astype(int)]
@@ -381,7 +366,7 @@ def plot_caterpillar(
             "of the random effects) under result['conditional_modes']."
         )
     modes = pd.DataFrame(result["conditional_modes"])
-    _check_columns(modes, "group", "level", "term", "estimate", "se", name="result['conditional_modes']")
+    check_columns(modes, "group", "level", "term", "estimate", "se", name="result['conditional_modes']")
     modes = modes[(modes["group"] == group) & (modes["term"] == term)]
     if modes.empty:
         available = sorted({(g, t) for g, t in zip(pd.DataFrame(result["conditional_modes"])["group"], pd.DataFrame(result["conditional_modes"])["term"])})
@@ -425,8 +410,8 @@ def plot_feedback_curves(
     line style = status (solid on track, dashed not on track). Sessions where a group has
     fewer than *min_n* patients are not drawn (unstable, and a small cell).
     """
-    _check_frame(analysis, "analysis")
-    _check_columns(analysis, arm, status, outcome, time, patient, name="analysis")
+    check_frame(analysis, "analysis")
+    check_columns(analysis, arm, status, outcome, time, patient, name="analysis")
     data = analysis.join(_patient_status(analysis, patient, status).rename("_status"), on=patient)
     arms = sorted(data[arm].dropna().astype(str).unique())
     with style():
@@ -454,7 +439,7 @@ def plot_feedback_curves(
 def pick_example_patient(analysis: pd.DataFrame, *, patient: str = "patient", status: str = "track_status", min_sessions: int = 6) -> str:
     """The first patient (sorted ids) with at least *min_sessions* sessions and a session
     not on track; else the first with *min_sessions* sessions; else the first."""
-    _check_columns(analysis, patient, status, name="analysis")
+    check_columns(analysis, patient, status, name="analysis")
     sizes = analysis.groupby(patient, observed=True).size()
     long_enough = sorted(map(str, sizes[sizes >= min_sessions].index))
     off = set(analysis.loc[analysis[status].astype(str) == "not_on_track", patient].astype(str))
@@ -479,8 +464,8 @@ def plot_expected_response(
     Uses the on-track columns of :func:`allianceflow.ontrack.on_track` (``etr_expected``,
     ``etr_lower``, ``etr_upper``, ``track_status``). The patient's id is not printed.
     """
-    _check_frame(analysis, "analysis")
-    _check_columns(analysis, patient, outcome, time, "etr_expected", "etr_lower", "etr_upper", "track_status", name="analysis")
+    check_frame(analysis, "analysis")
+    check_columns(analysis, patient, outcome, time, "etr_expected", "etr_lower", "etr_upper", "track_status", name="analysis")
     if patient_id is None:
         patient_id = pick_example_patient(analysis, patient=patient)
     rows = analysis[analysis[patient].astype(str) == str(patient_id)].sort_values(time, kind="mergesort")
@@ -532,8 +517,8 @@ def plot_ruptures(
     the mean alliance (95% CI) of repaired, unrepaired and censored episodes
     (``rupture_repair``), drawn where at least *min_n* episodes contribute.
     """
-    _check_frame(analysis, "analysis")
-    _check_columns(analysis, alliance, patient, time, "rupture_detected", "rupture_repair", name="analysis")
+    check_frame(analysis, "analysis")
+    check_columns(analysis, alliance, patient, time, "rupture_detected", "rupture_repair", name="analysis")
     events = analysis[analysis["rupture_detected"].fillna(False).astype(bool)][[patient, time, "rupture_repair"]]
     colours = {"repaired": OKABE_ITO["bluish_green"], "unrepaired": OKABE_ITO["vermillion"], "censored": _GREY}
     with style():
@@ -573,9 +558,9 @@ def plot_sudden_gains(
     Thin lines are individual gains; the thick line is their mean with its 95% CI
     (Tang & DeRubeis, 1999, figure 1 style).
     """
-    _check_frame(analysis, "analysis")
-    _check_frame(gains, "gains")
-    _check_columns(gains, patient, "event", "pregain_session", name="gains")
+    check_frame(analysis, "analysis")
+    check_frame(gains, "gains")
+    check_columns(gains, patient, "event", "pregain_session", name="gains")
     ev = gains[gains["event"].astype(str) == "gain"]
     with style():
         fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.75), constrained_layout=True)
@@ -614,8 +599,8 @@ def plot_reliable_change(
     Points inside the grey band around the identity line changed less than the reliable
     change value *rci*; dashed lines mark the cut-off on both axes.
     """
-    _check_frame(patients, "patients")
-    _check_columns(patients, first, last, name="patients")
+    check_frame(patients, "patients")
+    check_columns(patients, first, last, name="patients")
     if direction not in ("higher_is_better", "lower_is_better"):
         raise ValueError(f"`direction` must be 'higher_is_better' or 'lower_is_better'; got {direction!r}.")
     data = patients.dropna(subset=[first, last])

@@ -13,7 +13,7 @@ import sys
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from . import io
 from .clean import DataError, clean_sessions
@@ -26,6 +26,8 @@ __all__ = [
     "reliability_stage",
     "derive_stage",
     "derive_study",
+    "prepare_study",
+    "PreparedStudy",
     "arm_counts",
     "instrument_of",
     "fit_stage",
@@ -189,6 +191,37 @@ def derive_study(scored, study: dict[str, Any], *, reference=None):
         components=components,
         reference=reference,
     )
+
+
+class PreparedStudy(NamedTuple):
+    """A study cleaned, scored and derived in memory (see :func:`prepare_study`)."""
+
+    sessions: Any
+    exclusions: Any
+    flow: dict
+    scored: Any
+    analysis: Any
+    patients: Any
+    sudden_gains: Any
+    expected_response: Any
+
+
+def prepare_study(study: dict[str, Any], *, root: str | Path = ".", name: str | None = None) -> PreparedStudy:
+    """Clean, score and derive one configured study in memory, writing nothing.
+
+    The same functions as the pipeline's clean, score and derive stages, for notebooks and
+    interactive work: ``prepare_study(load_config("config.yaml")["studies"]["example"])``.
+    *root* is the folder the study's ``raw`` path is relative to.
+    """
+    from .score import score_sessions
+
+    raw = Path(root) / study["raw"]
+    frame = io.read_raw(raw, delimiter=study.get("delimiter"), encoding=study.get("encoding", "utf-8-sig"),
+                        sheet=study.get("sheet"), header_rows=study.get("header_rows", 1))
+    cleaned = clean_sessions(frame, study, source=raw.name, name=name)
+    scored = score_sessions(cleaned.sessions, _instrument_specs(study))
+    derived = derive_study(scored, study)
+    return PreparedStudy(cleaned.sessions, cleaned.exclusions, cleaned.flow, scored, *derived)
 
 
 def derive_stage(scored: str | Path, study: dict[str, Any], *, analysis: str | Path, patients: str | Path, sudden_gains: str | Path, expected: str | Path) -> None:

@@ -39,6 +39,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from ._checks import check_columns, check_frame
 from scipy import stats
 
 __all__ = [
@@ -128,23 +130,6 @@ class Table:
 
 
 # --------------------------------------------------------------------------- numbers
-
-
-def _check_frame(data: Any, name: str = "data") -> None:
-    if not isinstance(data, pd.DataFrame):
-        raise TypeError(f"`{name}` must be a pandas DataFrame; got {type(data).__name__}.")
-
-
-def _check_columns(data: pd.DataFrame, *columns: str, name: str = "data") -> None:
-    import difflib
-
-    for column in columns:
-        if column not in data.columns:
-            close = difflib.get_close_matches(column, [str(c) for c in data.columns], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise KeyError(
-                f"Column {column!r} is not in `{name}`; columns are {', '.join(map(str, data.columns))}.{hint}"
-            )
 
 
 def _check_min_cell(min_cell: Any) -> int:
@@ -440,8 +425,8 @@ def reliability_table(table: pd.DataFrame) -> Table:
         occasion, n, k, alpha, alpha_ci_low, alpha_ci_high, omega, omega_ci_low,
         omega_ci_high`` and optionally ``note``).
     """
-    _check_frame(table, "table")
-    _check_columns(table, "instrument", "scale", "occasion", "n", "k", "alpha", "alpha_ci_low",
+    check_frame(table, "table")
+    check_columns(table, "instrument", "scale", "occasion", "n", "k", "alpha", "alpha_ci_low",
                    "alpha_ci_high", "omega", "omega_ci_low", "omega_ci_high", name="table")
 
     def ci(lo, hi):
@@ -557,26 +542,26 @@ def table1(
     >>> t.body.iloc[0].tolist()
     ['Patients, n', '< 2', '2', '3']
     """
-    _check_frame(analysis, "analysis")
+    check_frame(analysis, "analysis")
     min_cell = _check_min_cell(min_cell)
-    _check_columns(analysis, patient, session, name="analysis")
+    check_columns(analysis, patient, session, name="analysis")
     if by is not None:
-        _check_columns(analysis, by, name="analysis")
+        check_columns(analysis, by, name="analysis")
     if continuous is None:
         continuous = {c: DEFAULT_LABELS[c] for c in ("alliance", "outcome") if c in analysis.columns}
-    _check_columns(analysis, *continuous, name="analysis")
+    check_columns(analysis, *continuous, name="analysis")
     categorical = dict(categorical or {})
     intake = _intake_rows(analysis, patient, session)
     sessions = analysis.groupby(patient, observed=True, sort=True)[session].size().rename("_sessions")
     per_patient = intake.join(sessions)
     if patients is not None:
-        _check_frame(patients, "patients")
-        _check_columns(patients, patient, name="patients")
+        check_frame(patients, "patients")
+        check_columns(patients, patient, name="patients")
         extra = [c for c in patients.columns if c not in per_patient.columns and c != patient]
         per_patient = per_patient.join(patients.set_index(patient)[extra])
     for column in categorical:
         if column not in per_patient.columns:
-            _check_columns(per_patient.reset_index(), column, name="patients")
+            check_columns(per_patient.reset_index(), column, name="patients")
     groups = _groups(per_patient, by)
     records: list[dict[str, Any]] = []
     rows: list[list[str]] = []
@@ -691,7 +676,7 @@ def intake_correlations(
     The 95% CI is :math:`\\tanh(\\operatorname{artanh} r \\pm 1.96/\\sqrt{n-3})`; *p* from
     :math:`t = r\\sqrt{(n-2)/(1-r^2)}` on *n* − 2 df (pairwise complete patients).
     """
-    _check_frame(analysis, "analysis")
+    check_frame(analysis, "analysis")
     min_cell = _check_min_cell(min_cell)
     if columns is None:
         columns = [c for c in ("alliance", "outcome", "wai_sr_task", "wai_sr_bond", "wai_sr_goal", "srs_total")
@@ -700,7 +685,7 @@ def intake_correlations(
         columns = {c: DEFAULT_LABELS.get(c, c) for c in columns}
     if len(columns) < 2:
         raise ValueError(f"`columns` must name at least two scores; got {list(columns)}.")
-    _check_columns(analysis, patient, session, *columns, name="analysis")
+    check_columns(analysis, patient, session, *columns, name="analysis")
     intake = _intake_rows(analysis, patient, session)
     names = list(columns)
     records = []
@@ -768,9 +753,9 @@ def _count_table(
     (count of events, with % of the denominator events), ``"mean"`` (function returns a
     Series; M (SD)).
     """
-    _check_frame(patients, "patients")
+    check_frame(patients, "patients")
     min_cell = _check_min_cell(min_cell)
-    _check_columns(patients, patient, name="patients")
+    check_columns(patients, patient, name="patients")
     if by is not None and by not in patients.columns:
         by = None
     groups = _groups(patients, by)
@@ -867,8 +852,8 @@ def clinical_significance_table(
     """
     from .clinical import RC_CATEGORIES
 
-    _check_frame(patients, "patients")
-    _check_columns(patients, category, name="patients")
+    check_frame(patients, "patients")
+    check_columns(patients, category, name="patients")
     blocks = []
     for level in RC_CATEGORIES:
         blocks.append((level.capitalize(), level,
@@ -904,8 +889,8 @@ def sudden_gains_table(
         The events table (:func:`allianceflow.suddengains.sudden_gains`): adds the mean
         magnitude of the gains.
     """
-    _check_frame(patients, "patients")
-    _check_columns(patients, "n_sudden_gains", "n_sudden_gains_reversed", name="patients")
+    check_frame(patients, "patients")
+    check_columns(patients, "n_sudden_gains", "n_sudden_gains_reversed", name="patients")
     blocks = [
         ("Patients with ≥ 1 sudden gain", "patients_with_gain",
          lambda f: (int((f["n_sudden_gains"] > 0).sum()), len(f)), "patients"),
@@ -914,7 +899,7 @@ def sudden_gains_table(
          lambda f: (int(f["n_sudden_gains_reversed"].sum()), int(f["n_sudden_gains"].sum())), "events"),
     ]
     if gains is not None and len(gains):
-        _check_columns(gains, patient, "event", "magnitude", name="gains")
+        check_columns(gains, patient, "event", "magnitude", name="gains")
         g = gains[gains["event"].astype(str) == "gain"]
         blocks.append(("Magnitude of gains, M (SD)", "gain_magnitude",
                        lambda f: g.loc[g[patient].isin(f[patient]), "magnitude"], "mean"))
@@ -946,8 +931,8 @@ def ruptures_table(
         Patients table with ``n_ruptures``, ``n_repaired``, ``n_unrepaired``, ``n_censored``
         (:func:`allianceflow.ruptures.rupture_summary`).
     """
-    _check_frame(patients, "patients")
-    _check_columns(patients, "n_ruptures", "n_repaired", "n_unrepaired", "n_censored", name="patients")
+    check_frame(patients, "patients")
+    check_columns(patients, "n_ruptures", "n_repaired", "n_unrepaired", "n_censored", name="patients")
     blocks = [
         ("Patients with ≥ 1 rupture", "patients_with_rupture",
          lambda f: (int((f["n_ruptures"] > 0).sum()), len(f)), "patients"),

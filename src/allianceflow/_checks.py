@@ -1,0 +1,30 @@
+"""Argument checks shared by the modules that take DataFrames (messages name the argument,
+what it holds and what is allowed; a missing column lists the columns and the closest one)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["check_frame", "check_columns"]
+
+
+def check_frame(data: Any, name: str = "data") -> None:
+    """Raise TypeError unless *data* is a DataFrame."""
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"`{name}` must be a pandas DataFrame; got {type(data).__name__}.")
+
+
+def check_columns(data: pd.DataFrame, *columns: str, name: str = "data") -> None:
+    """Raise KeyError naming the first of *columns* missing from *data*, the columns it
+    has, and the closest match."""
+    where = "the data" if name == "data" else f"`{name}`"
+    for column in columns:
+        if column not in data.columns:
+            close = difflib.get_close_matches(column, [str(c) for c in data.columns], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise KeyError(
+                f"Column {column!r} is not in {where}; columns are {', '.join(map(str, data.columns))}.{hint}"
+            )
