@@ -84,3 +84,12 @@ def test_comparison_of_an_undefined_model_is_refused(config, schema):
     bad["comparisons"] = [["alliance_outcome", "growht"]]
     with pytest.raises(ConfigError, match="`comparisons` names 'growht', which is not defined under `models`"):
         validate_config(bad, schema)
+
+
+def test_reference_sample_must_name_another_study(config, schema):
+    bad = copy.deepcopy(config)
+    bad["studies"]["example"]["derive"]["on_track"]["reference"] = "reference"
+    with pytest.raises(ConfigError, match=r"`studies.example.derive.on_track.reference` is 'reference', so `reference_study` must name another study; got None. Other studies: example2."):
+        validate_config(bad, schema)
+    bad["studies"]["example"]["derive"]["on_track"]["reference_study"] = "example2"
+    assert validate_config(bad, schema)["studies"]["example"]["derive"]["on_track"]["reference_study"] == "example2"

@@ -230,3 +230,23 @@ def test_prepare_study_in_memory_equals_the_pipeline_files(run):
     pd.testing.assert_frame_equal(prepared.analysis, pd.read_parquet(processed / "analysis.parquet"))
     pd.testing.assert_frame_equal(prepared.patients, pd.read_parquet(processed / "patients.parquet"))
     assert prepared.flow == json.loads((processed / "flow.json").read_text())
+
+
+def test_expected_response_from_a_reference_sample(run):
+    """on_track.reference = reference fits the expected treatment response on the reference
+    study's scored sessions, not on the study itself."""
+    import copy
+
+    from allianceflow.config import load_config
+    from allianceflow.ontrack import fit_expected_response
+    from allianceflow.pipeline import derive_study
+
+    study = copy.deepcopy(load_config(run["dir"] / "config.yaml")["studies"]["example"])
+    study["derive"]["on_track"]["reference"] = "reference"
+    scored = pd.read_parquet(run["dir"] / "data/processed/example/scored.parquet")
+    reference = scored[scored["condition"] == "tau"]
+    expected = fit_expected_response(reference, score="ors_total").to_dict()
+    result = derive_study(scored, study, reference=reference)
+    assert result.expected_response == expected
+    own = derive_study(scored, load_config(run["dir"] / "config.yaml")["studies"]["example"]).expected_response
+    assert own != expected

@@ -103,6 +103,16 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | str | Path 
                     f"{source}: `studies.{name}.models` names {model!r}, which is not defined "
                     f"under `models`; defined models are {known}."
                 )
+    for name, study in resolved["studies"].items():
+        on_track = study.get("derive", {}).get("on_track", {})
+        if on_track.get("reference") == "reference":
+            ref = on_track.get("reference_study")
+            if ref not in resolved["studies"] or ref == name:
+                others = ", ".join(sorted(s for s in resolved["studies"] if s != name)) or "none"
+                raise ConfigError(
+                    f"{source}: `studies.{name}.derive.on_track.reference` is 'reference', so "
+                    f"`reference_study` must name another study; got {ref!r}. Other studies: {others}."
+                )
     for pair in resolved.get("comparisons", []):
         for model in pair:
             if model not in resolved["models"]:

@@ -459,7 +459,7 @@ DERIVE_DEFAULTS: dict[str, Any] = {
     "informant": None,
     "therapist_centring": True,
     "reliable_change": {"enabled": True},
-    "on_track": {"enabled": True, "reference": "study", "coefficients": None, "tolerance": 0.10},
+    "on_track": {"enabled": True, "reference": "study", "reference_study": None, "coefficients": None, "tolerance": 0.10},
     "sudden_gains": {
         "enabled": True, "events": ["gain", "loss"], "cutoff": None, "pct": 0.25, "crit3": True,
         "alpha": 0.05, "adjust": True, "critical_value": 2.776,

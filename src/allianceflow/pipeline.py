@@ -224,10 +224,12 @@ def prepare_study(study: dict[str, Any], *, root: str | Path = ".", name: str | 
     return PreparedStudy(cleaned.sessions, cleaned.exclusions, cleaned.flow, scored, *derived)
 
 
-def derive_stage(scored: str | Path, study: dict[str, Any], *, analysis: str | Path, patients: str | Path, sudden_gains: str | Path, expected: str | Path) -> None:
+def derive_stage(scored: str | Path, study: dict[str, Any], *, analysis: str | Path, patients: str | Path, sudden_gains: str | Path, expected: str | Path, reference: str | Path | None = None) -> None:
     """Within/between parts, lags, reliable change, on-track status, sudden gains, ruptures
-    and endings of the configured alliance and outcome scores (:func:`derive_study`)."""
-    result = derive_study(io.read_table(scored), study)
+    and endings of the configured alliance and outcome scores (:func:`derive_study`).
+    *reference* is the reference study's scored sessions, when the expected treatment
+    response is fitted on them."""
+    result = derive_study(io.read_table(scored), study, reference=io.read_table(reference) if reference else None)
     io.write_table(result.analysis, analysis)
     io.write_table(result.patients, patients)
     io.write_table(result.sudden_gains, sudden_gains)

@@ -39,6 +39,15 @@ def get_raw(wildcards):
     return config["studies"][wildcards.study]["raw"]
 
 
+def get_reference_scored(wildcards):
+    """The reference study's scored sessions when the expected treatment response is fitted
+    on a reference sample, else nothing."""
+    on_track = config["studies"][wildcards.study]["derive"]["on_track"]
+    if on_track["reference"] != "reference":
+        return []
+    return [f"data/processed/{on_track['reference_study']}/scored.parquet"]
+
+
 def get_model(wildcards):
     """The specification of one model."""
     return config["models"][wildcards.model]

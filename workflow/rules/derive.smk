@@ -1,6 +1,7 @@
 rule derive_variables:
     input:
         scored=rules.score_instruments.output.scored,
+        reference=get_reference_scored,
     output:
         analysis="data/processed/{study}/analysis.parquet",
         patients="data/processed/{study}/patients.parquet",

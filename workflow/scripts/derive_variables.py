@@ -9,4 +9,5 @@ with run_step(snakemake.log[0]):
         patients=snakemake.output.patients,
         sudden_gains=snakemake.output.sudden_gains,
         expected=snakemake.output.expected,
+        reference=snakemake.input.reference[0] if snakemake.input.reference else None,
     )
