@@ -813,24 +813,7 @@ def fit_model(
     exog = pd.DataFrame(fit_model_obj.exog, columns=fit_model_obj.exog_names)
     dfs = _level_df(fit_d, fit_plan, fit_spec, exog)
     zcrit = float(stats.norm.ppf(0.975))
-    fixed = []
-    for term in fe.index:
-        est, se = float(fe[term]), float(bse[term])
-        z = est / se if se > 0 else float("nan")
-        df_t = dfs.get(term, float(len(fit_d) - len(fe)))
-        fixed.append(
-            {
-                "term": term,
-                "estimate": _r(est),
-                "se": _r(se),
-                "ci_low": _r(est - zcrit * se),
-                "ci_high": _r(est + zcrit * se),
-                "statistic": _r(z),
-                "p": _r(2 * stats.norm.sf(abs(z))) if math.isfinite(z) else None,
-                "df": _r(df_t),
-                "r": _r(z / math.sqrt(z * z + df_t)) if math.isfinite(z) else None,
-            }
-        )
+    fixed = _fixed_rows(list(fe.index), fe.to_numpy(), bse.to_numpy(), dfs, float(len(fit_d) - len(fe)))
 
     random_rows: list[dict] = []
     covs: list[dict] = []
@@ -976,6 +959,31 @@ def fit_model(
     }
 
 
+def _fixed_rows(terms: list[str], estimates, ses, dfs: dict[str, float], df_default: float) -> list[dict]:
+    """Tidy fixed-effect rows: Wald z, two-sided normal p, 95% CI, containment df and the
+    r-equivalent r = z / sqrt(z² + df) (see :func:`fit_model`), for either engine."""
+    zcrit = float(stats.norm.ppf(0.975))
+    rows = []
+    for term, est, se in zip(terms, estimates, ses):
+        est, se = float(est), float(se)
+        z = est / se if se > 0 else float("nan")
+        df_t = dfs.get(term, df_default)
+        rows.append(
+            {
+                "term": term,
+                "estimate": _r(est),
+                "se": _r(se),
+                "ci_low": _r(est - zcrit * se),
+                "ci_high": _r(est + zcrit * se),
+                "statistic": _r(z),
+                "p": _r(2 * stats.norm.sf(abs(z))) if math.isfinite(z) else None,
+                "df": _r(df_t),
+                "r": _r(z / math.sqrt(z * z + df_t)) if math.isfinite(z) else None,
+            }
+        )
+    return rows
+
+
 def _fit_fast(data: pd.DataFrame, spec: FormulaSpec, *, reml: bool, name: str, boundary_tol: float) -> dict:
     """Fit with :func:`allianceflow.engine.fit_lmm` and return the same result dict as the
     statsmodels path (same keys, same definitions of df, r, ICC and R²)."""
@@ -1005,25 +1013,8 @@ def _fit_fast(data: pd.DataFrame, spec: FormulaSpec, *, reml: bool, name: str, b
     dfs = _containment_df(d, keys, exog)
 
     zcrit = float(stats.norm.ppf(0.975))
-    fixed = []
-    ses = np.sqrt(np.diag(fit.cov_fe))
-    for term, est, se in zip(fit.fixed_names, fit.fe_params, ses):
-        est, se = float(est), float(se)
-        z = est / se if se > 0 else float("nan")
-        df_t = dfs.get(term, float(fit.n_obs - len(fit.fixed_names)))
-        fixed.append(
-            {
-                "term": term,
-                "estimate": _r(est),
-                "se": _r(se),
-                "ci_low": _r(est - zcrit * se),
-                "ci_high": _r(est + zcrit * se),
-                "statistic": _r(z),
-                "p": _r(2 * stats.norm.sf(abs(z))) if math.isfinite(z) else None,
-                "df": _r(df_t),
-                "r": _r(z / math.sqrt(z * z + df_t)) if math.isfinite(z) else None,
-            }
-        )
+    fixed = _fixed_rows(list(fit.fixed_names), fit.fe_params, np.sqrt(np.diag(fit.cov_fe)), dfs,
+                        float(fit.n_obs - len(fit.fixed_names)))
     scale = float(fit.sigma2)
     random, covs = [], []
     order = [t.label for t in spec.random]
