@@ -41,7 +41,6 @@ from allianceflow.io import read_json, sha256_file
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-PROJECT_FILES = ["Snakefile", "config.yaml", "workflow", "data/raw"]
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 
 
@@ -200,27 +199,16 @@ def slurm_cluster():
 # --------------------------------------------------------------------------- the test
 
 
-def _copy_project(root: Path, target: Path) -> Path:
-    for name in PROJECT_FILES:
-        source, dest = root / name, target / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, dest)
-        else:
-            shutil.copy2(source, dest)
-    return target
-
-
-def test_pipeline_runs_through_the_slurm_profile(slurm_cluster, root, tmp_path):
+def test_pipeline_runs_through_the_slurm_profile(slurm_cluster, copy_project, tmp_path):
     env = slurm_cluster["env"]
     target = "results/example/models/alliance_outcome.json"
     # the same rule chain locally first, to compare bytes with the cluster's result
-    local = _copy_project(root, tmp_path / "local")
+    local = copy_project(tmp_path / "local")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", target],
                           cwd=local, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    workdir = _copy_project(root, tmp_path / "cluster")
+    workdir = copy_project(tmp_path / "cluster")
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/slurm",
          "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"],

@@ -1,7 +1,6 @@
 """End to end: real Snakemake on a temporary copy of the example study."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +14,6 @@ from allianceflow.simulate import EXAMPLE_DESIGN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PROJECT_FILES = ["Snakefile", "config.yaml", "workflow", "data/raw/example", "data/raw/example2"]
-
-
-def _copy_project(root: Path, target: Path) -> Path:
-    for name in PROJECT_FILES:
-        source, dest = root / name, target / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, dest)
-        else:
-            shutil.copy2(source, dest)
-    return target
 
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -50,8 +37,8 @@ def _result_hashes(workdir: Path, folder: str = "results") -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, root):
-    workdir = _copy_project(root, tmp_path_factory.mktemp("run"))
+def run(tmp_path_factory, copy_project):
+    workdir = copy_project(tmp_path_factory.mktemp("run"))
     raw = workdir / "data/raw/example/sessions_export.csv"
     raw_hash = sha256_file(raw)
     proc = _snakemake(workdir)
@@ -123,8 +110,8 @@ def test_second_run_has_nothing_to_do(run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, root):
-    again = _copy_project(root, tmp_path)
+def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
+    again = copy_project(tmp_path)
     proc = _snakemake(again)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = _result_hashes(run["dir"]), _result_hashes(again)
@@ -149,8 +136,8 @@ def test_report_has_a_caption_per_figure_and_table(run):
         assert phrase in text
 
 
-def test_invalid_config_fails_before_any_job(tmp_path, root):
-    workdir = _copy_project(root, tmp_path)
+def test_invalid_config_fails_before_any_job(tmp_path, copy_project):
+    workdir = copy_project(tmp_path)
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     config["models"]["alliance_outcome"]["reml"] = "sometimes"
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
