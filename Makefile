@@ -33,6 +33,7 @@ report: $(STAMP)
 # Regenerate the embedded example study from its seed (the bytes must not change).
 example: $(STAMP)
 	$(BIN)/python -m allianceflow.simulate data/raw/example
+	$(BIN)/python -m allianceflow.simulate data/raw/example2 srs+phq9
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

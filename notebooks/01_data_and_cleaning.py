@@ -149,6 +149,41 @@ print("patients:", sessions["patient"].nunique(), " therapists:", sessions["ther
 print(sessions.groupby("patient").size().describe()[["min", "50%", "max"]])
 
 # %% [markdown]
+# ### How treatment ended
+#
+# Whether a patient finished as planned, decided to stop (a *unilateral* ending) or simply
+# stopped coming (*dropout*) is patient-level information, and the dropout rate one reports
+# depends heavily on how it is defined (Swift & Greenberg, 2012). This export has a
+# `Discharge` column that the discharge form fills **on the patient's last row only**; the
+# config maps it to the canonical `ending` column and its labels ("Completed", "Client
+# ended", "No further contact") to the types planned, unilateral and dropout. The clean
+# step applies a value recorded on any of a patient's rows to all of them, and stops with a
+# message if one patient has two different endings (rule `ending_conflict`).
+#
+# Exports without such a column can still give endings: set the study's `extraction_date`
+# (the day the export was made) and `derive: {endings: {gap_days: 56, planned_sessions: 12}}`.
+# A patient with no session in the 8 weeks before the export has ended, one seen more
+# recently is still in treatment (`ongoing`). A gap says *that* treatment ended, not *how*:
+# `planned_sessions` adds a dose rule (at least 12 sessions = planned, fewer = dropout);
+# without it the ending is just `ended`, because calling everyone who stopped coming a
+# dropout would count the completers too. The second example study (`example2`) does this.
+
+# %%
+ending = sessions.groupby("patient")["ending"].first()
+print(study["labels"]["ending"])
+ending.value_counts()
+
+# %% [markdown]
+# The simulator ends every patient who attends all 16 planned sessions as "planned"; of
+# those who stop early (dropout hazard 0.06 per session) a share of 0.4 is recorded as
+# unilateral and the rest as dropouts. With 300 patients we expect about
+# 300 × 0.94¹⁵ ≈ 119 planned endings, give or take a binomial SD of about 8.5
+# (√(300 × 0.395 × 0.605)); the export has the count below.
+
+# %%
+print("expected planned ≈", round(300 * 0.94 ** 15), "; recorded:", int((ending == "planned").sum()))
+
+# %% [markdown]
 # ## 4. The flow diagram
 #
 # `figures.plot_flow` draws the counts as a CONSORT-style diagram (the pipeline writes the
@@ -234,6 +269,8 @@ except clean.DataError as error:
 # * On the simulated example nothing is excluded; the 64 flagged gaps are the sessions the
 #   simulator left unrecorded, and the 464 blanks match the 1% item-missing rate.
 # * Identifiers are refused before anything is written.
+# * Endings are read from a patient-level column (recorded on any of the patient's rows)
+#   or, with an `extraction_date`, inferred later from the time since the last session.
 #
 # **References**
 #
@@ -242,6 +279,9 @@ except clean.DataError as error:
 # Schulz, K. F., Altman, D. G., & Moher, D. (2010). CONSORT 2010 statement: Updated
 # guidelines for reporting parallel group randomised trials. *BMJ, 340*, c332.
 # https://doi.org/10.1136/bmj.c332
+# Swift, J. K., & Greenberg, R. P. (2012). Premature discontinuation in adult
+# psychotherapy: A meta-analysis. *Journal of Consulting and Clinical Psychology, 80*(4),
+# 547–559. https://doi.org/10.1037/a0028226
 #
 # ## Exercise
 #

@@ -345,20 +345,23 @@ _row = st.tuples(
     st.sampled_from(["P1", "P2", "p1", "P1 ", "P3", "", "NA"]),  # ids with variants and blanks
     st.sampled_from(["T1", "T2"]),
     st.sampled_from(["1", "2", "3", "5", "0", "-1", "", "2.5"]),  # invalid and missing sessions
-    st.sampled_from(["01/02/2024", "08/02/2024", "15/01/2024", "2024-02-01", ""]),
+    st.sampled_from(["01/02/2024", "08/02/2024", "15/01/2024", "2024-02-01", "20/02/2024", ""]),  # 20/02 is after the extraction
     st.sampled_from(["5", "0", "10", "11", "-9", "x", ""]),
+    st.sampled_from(["", "", "", "Done", "left", "Stopped"]),  # endings: blank, mapped, unmapped, conflicting
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(_row, min_size=1, max_size=25), min_sessions=st.integers(1, 3))
 def test_flow_always_reconciles(rows, min_sessions):
-    raw = pd.DataFrame(rows, columns=["ClientCode", "Clinician", "SessionNo", "SessionDate", "ORS_1"])
+    raw = pd.DataFrame(rows, columns=["ClientCode", "Clinician", "SessionNo", "SessionDate", "ORS_1", "Discharge"])
     raw.insert(0, "_source_row", np.arange(2, len(raw) + 2))
-    exclude_all = {rule: ("exclude" if "exclude" in allowed else "flag") for rule, (_, allowed) in RULES.items()}
+    exclude_all = {rule: next(p for p in ("exclude", "missing", "flag") if p in allowed) for rule, (_, allowed) in RULES.items()}
     exclude_all["not_a_number"] = "exclude"
-    study = make_study(columns={"ClientCode": "patient", "Clinician": "therapist", "SessionNo": "session", "SessionDate": "date", "ORS_1": "ors_1"},
-                       rules=exclude_all, min_sessions=min_sessions)
+    study = make_study(columns={"ClientCode": "patient", "Clinician": "therapist", "SessionNo": "session",
+                                "SessionDate": "date", "ORS_1": "ors_1", "Discharge": "ending"},
+                       rules=exclude_all, min_sessions=min_sessions, extraction_date="2024-02-10",
+                       labels={"ending": {"Done": "planned", "left": "unilateral"}})
     try:
         result = clean_sessions(raw, study, source="h.csv")
     except DataError as error:  # only a whole-column problem may stop the stage
@@ -373,3 +376,7 @@ def test_flow_always_reconciles(rows, min_sessions):
     assert len(kept_rows) == flow["sessions"]["kept"] == len(result.sessions)
     assert result.sessions["ors_1"].dropna().between(0, 10).all()
     assert not result.sessions.duplicated(["patient", "session"]).any()
+    out = result.sessions
+    assert (out.groupby("patient")["ending"].nunique(dropna=False) <= 1).all()  # one ending per patient
+    assert set(out["ending"].dropna().astype(str)) <= {"planned", "unilateral"}  # "Stopped" set missing
+    assert (out["days"].isna() | (out["days"] <= out["followup_days"])).all()  # nothing after the extraction

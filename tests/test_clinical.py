@@ -143,8 +143,8 @@ def test_endings_and_dose_inferred_and_recorded():
     # a: 3 recorded sessions, last session number 4, weeks 35/7 = 5, longest gap 35 - 7 = 28
     assert out.loc["a", "n_sessions"] == 3 and out.loc["a", "last_session"] == 4
     assert out.loc["a", "weeks"] == 5.0 and out.loc["a", "longest_gap_days"] == 28.0
-    # a: 95 - 35 = 60 days without a session, tie with gap_days = 60 -> dropout (inferred)
-    assert out.loc["a", "ending"] == "dropout" and out.loc["a", "ending_source"] == "inferred"
+    # a: 95 - 35 = 60 days without a session, tie with gap_days = 60 -> ended (inferred; no dose rule)
+    assert out.loc["a", "ending"] == "ended" and out.loc["a", "ending_source"] == "inferred"
     # b: recorded "Agreed" -> planned
     assert out.loc["b", "ending"] == "planned" and out.loc["b", "ending_source"] == "recorded"
     # c: one session, 20 - 0 = 20 < 60 -> ongoing; weeks 0; no gap
@@ -199,3 +199,17 @@ def test_derive_patients_gathers_everything():
     assert b.weeks == 5.0
     a = p.set_index("patient").loc["a"]
     assert a.n_sessions == 1 and pd.isna(a.rc_category) and a.n_sudden_gains == 0
+
+
+def test_planned_sessions_turn_an_inferred_ending_after_the_full_dose_into_planned():
+    # a: last session number 4, 60 days without a session (= gap_days, so ended);
+    # b: recorded; c: one session, 20 days since it (< 60, ongoing whatever the dose)
+    out = endings_and_dose(_sessions(), ending="ending", followup="followup", gap_days=60,
+                           planned_sessions=4, labels={"Agreed": "dropout"}).set_index("patient")
+    assert out["ending"].astype(str).to_dict() == {"a": "planned", "b": "dropout", "c": "ongoing"}
+    assert out["ending_source"].astype(str).to_dict() == {"a": "inferred", "b": "recorded", "c": "inferred"}
+    # without the recorded ending: a's last session 4 < 5 -> dropout; b: 73 - 14 = 59 days < 60
+    out = endings_and_dose(_sessions(), followup="followup", gap_days=60, planned_sessions=5)
+    assert out["ending"].astype(str).tolist() == ["dropout", "ongoing", "ongoing"]
+    with pytest.raises(ValueError, match="^`planned_sessions` only applies to endings inferred from a gap; set `gap_days` too.$"):
+        endings_and_dose(_sessions(), followup="followup", planned_sessions=5)

@@ -1,6 +1,7 @@
 """Within/between parts, lags and leads, the analysis table and derive_tables."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -164,6 +165,25 @@ def test_derive_tables_errors(settings, kwargs, error, match):
 def test_defaults_cover_every_block():
     assert set(DERIVE_DEFAULTS) == {"informant", "therapist_centring", "reliable_change", "on_track",
                                     "sudden_gains", "ruptures", "endings"}
+
+
+def test_schema_defaults_are_the_derive_defaults():
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    blocks = schema["$defs"]["study"]["properties"]["derive"]["properties"]
+    assert set(blocks) == set(DERIVE_DEFAULTS)
+    compared = 0
+    for block, spec in blocks.items():
+        if "properties" not in spec:
+            assert spec.get("default") == DERIVE_DEFAULTS[block], block
+            compared += 1
+            continue
+        for key, sub in spec["properties"].items():
+            assert sub.get("default") == DERIVE_DEFAULTS[block][key], f"{block}.{key}"
+            compared += 1
+    # the config keys the API has besides: endings.column/followup/labels (in-memory use)
+    assert compared >= 20  # the walk reached the nested keys
 
 
 # --------------------------------------------------------------- preset_variables (review fixes)

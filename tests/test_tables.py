@@ -101,6 +101,20 @@ def test_table1_describes_intake_by_arm():
     assert t5.body.iloc[-1, 1] == "n < 5"
 
 
+def test_table1_endings_in_category_order_and_weeks_in_treatment():
+    df = pd.DataFrame({"patient": list("abcdef"), "session": 1, "condition": ["x"] * 3 + ["y"] * 3})
+    endings = pd.Categorical(["dropout", "planned", "dropout", "ongoing", "planned", "dropout"],
+                             categories=["planned", "unilateral", "dropout", "ongoing", "unknown"])
+    people = pd.DataFrame({"patient": list("abcdef"), "ending": endings, "weeks": [1.0, 3, 5, 2, 2, 8]})
+    t = T.table1(df, therapist=None, continuous={}, categorical={"ending": "Ending"}, patients=people, min_cell=1)
+    body = t.body.set_index("Characteristic")
+    # M (SD) of 1, 3, 5 = 3 (2); of 2, 2, 8 = 4 (3.46); of all six = 3.5 (2.59)
+    assert body.loc["Weeks in treatment, M (SD)"].tolist() == ["3.00 (2.00)", "4.00 (3.46)", "3.50 (2.59)"]
+    # planned before dropout before ongoing (the categories' order), unused levels left out
+    assert [i for i in body.index if i.startswith("  ")] == ["  planned", "  dropout", "  ongoing"]
+    assert body.loc["  dropout"].tolist() == ["2 (66.7)", "1 (33.3)", "3 (50.0)"]
+
+
 def test_intake_correlation_matches_pearson():
     df = pd.DataFrame({"patient": list("abcdef"), "session": 1,
                        "alliance": [1.0, 2, 3, 4, 5, 6], "outcome": [2.0, 1, 4, 3, 6, 5]})

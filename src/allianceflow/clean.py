@@ -10,6 +10,15 @@ mapping; declared missing codes → missing; the rules below, each with a policy
 study's ``rules`` block; calendar dates → ``days``; optional keyed hashing of ids; and the
 data contract (:mod:`allianceflow.contract`).
 
+How treatment ended is patient-level information. A column mapped to ``ending`` records it
+(after the study's ``labels``: planned, unilateral, dropout or ongoing; blank when not
+recorded); a value on any of a patient's rows applies to all of them, so an export that
+writes the discharge reason on the last row only is read correctly. For endings inferred
+from a gap (:func:`allianceflow.clinical.endings_and_dose`), the time from each patient's
+first session to the data extraction is ``followup_days``: computed from the study's
+``extraction_date`` (the day the export was made, ``YYYY-MM-DD``) and the session dates, or
+mapped from the export when it has no dates.
+
 =====================  ===========================================  =================  ================
 rule                   what it finds                                policies           default
 =====================  ===========================================  =================  ================
@@ -18,8 +27,16 @@ id_variant             ids that differ only by case or spaces       error merge 
 missing_id             empty patient id or session number           error exclude      exclude
 not_a_number           text in a numeric column                     error exclude      error
                                                                     missing
+ending_invalid         an ``ending`` that is not planned,           error missing      error
+                       unilateral, dropout or ongoing after
+                       ``labels``
+ending_conflict        a patient whose ``ending`` or                error exclude      error
+                       ``followup_days`` differs between rows
 session_invalid        session number < 1 or not whole              error exclude      error
 date_invalid           a date that does not match ``date_format``   error exclude      error
+after_extraction       a session dated after ``extraction_date``    error exclude      error
+                       (or after the mapped ``followup_days``,
+                       or a negative ``followup_days``)
 duplicate_identical    an identical copy of an earlier row          error exclude      exclude
 duplicate_conflicting  same patient × session × informant,          error exclude      exclude
                        different values (all copies)
@@ -51,6 +68,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from .contract import ENDING_TYPES as _CONTRACT_ENDINGS
 from .contract import ITEM_PATTERN, item_ranges, validate_sessions
 from .io import DataError, _per_value, _stripped
 from .privacy import check_privacy, get_salt, pseudonymise
@@ -61,13 +79,22 @@ __all__ = [
     "clean_sessions",
     "map_columns",
     "reconcile",
+    "ENDING_TYPES",
     "EXCLUSION_COLUMNS",
     "ID_COLUMNS",
     "RULES",
 ]
 
 #: Canonical id and design columns; every other mapped column must be ``<instrument>_<item>``.
-ID_COLUMNS = ("patient", "therapist", "session", "date", "days", "condition", "informant", "rupture")
+ID_COLUMNS = (
+    "patient", "therapist", "session", "date", "days", "condition", "informant", "rupture",
+    "ending", "followup_days",
+)
+#: Recorded ending types (the ``ending`` column after the study's ``labels``); see
+#: :func:`allianceflow.clinical.endings_and_dose`.
+ENDING_TYPES = _CONTRACT_ENDINGS
+#: Patient-level columns: a value recorded on any of a patient's rows applies to all of them.
+PATIENT_LEVEL = ("ending", "followup_days")
 _REQUIRED = ("patient", "session")
 #: Columns of ``exclusions.csv``.
 EXCLUSION_COLUMNS = ["source_file", "source_row", "patient", "session", "rule", "action", "column", "reason"]
@@ -80,8 +107,11 @@ RULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "id_variant": ("merge", ("error", "merge", "exclude")),
     "missing_id": ("exclude", ("error", "exclude")),
     "not_a_number": ("error", ("error", "exclude", "missing")),
+    "ending_invalid": ("error", ("error", "missing")),
+    "ending_conflict": ("error", ("error", "exclude")),
     "session_invalid": ("error", ("error", "exclude")),
     "date_invalid": ("error", ("error", "exclude")),
+    "after_extraction": ("error", ("error", "exclude")),
     "duplicate_identical": ("exclude", ("error", "exclude")),
     "duplicate_conflicting": ("exclude", ("error", "exclude")),
     "out_of_range": ("error", ("error", "exclude", "missing")),
@@ -216,6 +246,17 @@ def _instrument_table(study: dict[str, Any], columns) -> dict[str, tuple[float, 
             inst = load_instrument(match["instrument"])
             table[inst.id] = (float(inst.response_min), float(inst.response_max), int(inst.n_items))
     return table
+
+
+def _extraction_date(value: Any, key: str) -> pd.Timestamp:
+    """The study's ``extraction_date`` (``YYYY-MM-DD``) as a timestamp."""
+    stamp = pd.to_datetime(str(value), format="%Y-%m-%d", errors="coerce")
+    if pd.isna(stamp):
+        raise DataError(
+            f"config.yaml: `{key}.extraction_date` is {value!r}, which is not a day of the "
+            "calendar; write the day the data were exported as YYYY-MM-DD, e.g. '2025-09-01'."
+        )
+    return stamp
 
 
 def _number_text(value: Any) -> str:
@@ -377,8 +418,9 @@ def clean_sessions(
     study : dict
         The study's block of the validated config: ``columns``, ``format``,
         ``wide_pattern``, ``missing_codes``, ``decimal``, ``labels``, ``date_format``,
-        ``drop_columns``, ``privacy_exempt``, ``hash_ids``, ``min_sessions``, ``rules``,
-        ``instruments`` (item ranges come from :mod:`allianceflow.instruments`).
+        ``extraction_date``, ``drop_columns``, ``privacy_exempt``, ``hash_ids``,
+        ``min_sessions``, ``rules``, ``instruments`` (item ranges come from
+        :mod:`allianceflow.instruments`).
     source : str
         The file name, used in exclusions and messages.
     name : str, optional
@@ -393,7 +435,10 @@ def clean_sessions(
     -------
     CleanResult
         ``sessions``: the canonical table sorted by patient and session, with ``days``
-        since the patient's first kept session (calendar dates are dropped); ``exclusions``:
+        since the patient's first kept session (calendar dates are dropped), and, when the
+        study has them, the patient-level ``ending`` (category of planned, unilateral,
+        dropout, ongoing; missing when not recorded) and ``followup_days`` (days from the
+        patient's first kept session to ``extraction_date``); ``exclusions``:
         one row per excluded, altered or flagged source row and rule; ``flow``: counts
         that reconcile (:func:`reconcile`).
 
@@ -401,7 +446,8 @@ def clean_sessions(
     ------
     DataError
         One paragraph naming the file, row, column and fix: a column that looks like a
-        direct identifier, a mapping error, or a rule whose policy is ``error``.
+        direct identifier, a mapping error, an ``extraction_date`` without session dates
+        (or with a mapped ``followup_days``), or a rule whose policy is ``error``.
 
     Notes
     -----
@@ -410,7 +456,11 @@ def clean_sessions(
     Ids are stripped of surrounding spaces; ids that become equal after case folding and
     removal of all spaces are variants of one id. Patient-level rules (therapist change,
     too few sessions) act on all of a patient's rows. ``days`` is whole days since the
-    patient's first kept dated session.
+    patient's first kept dated session. Patient-level values (``ending``,
+    ``followup_days``) are checked for conflicts and copied to all of the patient's rows
+    before any row-level rule runs, so a value recorded on a row that a later rule
+    excludes still describes the patient. A session on the extraction day counts as
+    before the extraction, whatever its time of day.
     """
     key = f"studies.{name}" if name else "studies.<study>"
     policies = _policies(study, key)
@@ -469,10 +519,29 @@ def clean_sessions(
                     f"{match['instrument']} has items 1 to {n_items}. Fix the mapping under "
                     "`columns` in config.yaml."
                 )
+    extraction = study.get("extraction_date")
+    if extraction is not None:
+        if "date" not in frame.columns:
+            raise DataError(
+                f"{source}: `{key}.extraction_date` is set, but no column is mapped to 'date', so "
+                "the follow-up time cannot be computed. Map the session dates to 'date', or map a "
+                "column of days from each patient's first session to the extraction to "
+                "'followup_days' and remove `extraction_date`."
+            )
+        extraction = _extraction_date(extraction, key)
+    if "followup_days" in frame.columns and "date" in frame.columns:
+        raise DataError(
+            f"{source}: column {raw_names['followup_days']!r} is mapped to 'followup_days', but the "
+            "sessions are dated, and with dates the follow-up time must come from the extraction "
+            "day (days are counted from each patient's first kept session). Remove the mapping and "
+            f"set `{key}.extraction_date` to the day the data were exported."
+        )
     rows_read = len(frame)
     if rows_read == 0:
         raise DataError(f"{source}: the file has a header but no data rows. Export the data again.")
     for column in frame.columns[1:]:
+        if column == "ending":  # blank until someone is discharged; not a lost column
+            continue
         if _per_value(frame[column], lambda s: s.astype(str).str.strip().eq("")).all():
             raise DataError(
                 f"{source}: column {raw_names[column]!r} (mapped to {column!r}) is empty in "
@@ -533,7 +602,7 @@ def clean_sessions(
     decimal = study.get("decimal", ".")
     missing_counts: dict[str, int] = {}
     frame = cleaner.frame
-    numeric_cols = [c for c in value_cols if c not in ID_COLUMNS or c in ("session", "days")]
+    numeric_cols = [c for c in value_cols if c not in ID_COLUMNS or c in ("session", "days", "followup_days")]
     for col in value_cols:
         if col in id_cols:
             continue
@@ -576,6 +645,45 @@ def clean_sessions(
         if col in frame:
             frame[col] = _per_value(frame[col], lambda s, m=mapping: s.map(lambda v: m.get(v, v) if pd.notna(v) else v))
     cleaner.frame = frame
+    if "ending" in frame:
+        folded = _per_value(frame["ending"], lambda s: s.map(lambda v: v.casefold() if isinstance(v, str) else v))
+        known = folded.isin(ENDING_TYPES)
+        frame["ending"] = frame["ending"].where(~known, folded)
+        bad = frame["ending"].notna() & ~known
+        cleaner.frame = frame
+        if bad.any():
+            example = frame.loc[bad, "ending"].iloc[0]
+            cleaner.apply(
+                "ending_invalid", bad, column="ending",
+                reason=frame.loc[bad, "ending"].map(lambda v: f"ending {v!r} is not one of {', '.join(ENDING_TYPES)}"),
+                fix=(f"Map each of the export's ending labels to one of these types under "
+                     f"`{key}.labels.ending` in config.yaml (here `{example!r}: <type>`); leave the cell "
+                     "blank when the ending is not recorded."),
+            )
+    # Patient-level values: one per patient, then on every row of the patient (before any
+    # row is excluded, so an ending recorded on a row that a later rule drops is kept).
+    for col in PATIENT_LEVEL:
+        if col not in cleaner.frame:
+            continue
+        f = cleaner.frame[["patient", "session", col]].sort_values(["patient", "session"], kind="mergesort")
+        recorded = f[f[col].notna()]
+        kinds = recorded.groupby("patient")[col].nunique()
+        conflicting = kinds.index[kinds > 1]
+        if len(conflicting):
+            of = recorded[recorded["patient"].isin(conflicting)]
+            first = of.groupby("patient")[col].transform("first")
+            listing = of.groupby("patient")[col].agg(lambda v: ", ".join(_number_text(x) for x in pd.unique(v)))
+            target = (of.index[of[col].ne(first)] if policies["ending_conflict"] == "error"
+                      else f.index[f["patient"].isin(conflicting)])
+            mask = pd.Series(False, index=cleaner.frame.index)
+            mask.loc[target] = True
+            reason = cleaner.frame.loc[target, "patient"].map(
+                lambda p, c=col: f"the patient's {c} differs between rows ({listing[p]}); it is one value per patient")
+            cleaner.apply("ending_conflict", mask, column=col, reason=reason,
+                          fix=f"Record one {col} per patient (on any or all of the patient's rows).")
+    for col in PATIENT_LEVEL:
+        if col in cleaner.frame and cleaner.frame[col].notna().any():
+            cleaner.frame = cleaner.frame.assign(**{col: cleaner.frame.groupby("patient")[col].transform("first")})
 
     # 5. ids and session numbers ---------------------------------------------------------------
     f = cleaner.frame
@@ -614,6 +722,15 @@ def clean_sessions(
                 fix = "The other cells of this column are spreadsheet dates; enter this cell as a date too."
             cleaner.apply("date_invalid", bad, column="date", reason=f["date"][bad].map(why), fix=fix)
         cleaner.frame = cleaner.frame.assign(date=dates.reindex(cleaner.frame.index))
+        if extraction is not None:
+            f = cleaner.frame
+            late = f["date"].dt.normalize() > extraction  # a session on the extraction day is in
+            cleaner.apply(
+                "after_extraction", late, column="date",
+                reason=f.loc[late, "date"].map(lambda d: f"the session is dated {d:%Y-%m-%d}, after the "
+                                                         f"extraction date {extraction:%Y-%m-%d}"),
+                fix=f"Check the date, or set `{key}.extraction_date` to the day the data were exported.",
+            )
 
     # 7. duplicates -----------------------------------------------------------------------------
     keys = ["patient", "session"] + (["informant"] if "informant" in value_cols else [])
@@ -686,6 +803,25 @@ def clean_sessions(
             reason = f.loc[target, "patient"].map(lambda p: f"the patient's therapist changes ({listing[p]})")
             cleaner.apply("therapist_change", target, column="therapist", reason=reason,
                           fix="Keep one therapist per patient, or flag or exclude such patients.")
+    if "followup_days" in cleaner.frame:
+        f = cleaner.frame
+        fix = "Check the patient's follow-up time (days from the first session to the extraction) and day counts."
+        negative = f["followup_days"] < 0
+        cleaner.apply(
+            "after_extraction", negative, column="followup_days",
+            reason=f.loc[negative, "followup_days"].map(
+                lambda u: f"the follow-up time is {u:g} days, so the extraction would precede the first session"),
+            fix=fix,
+        )
+        if "days" in cleaner.frame:
+            f = cleaner.frame
+            late = f["days"] > f["followup_days"]
+            cleaner.apply(
+                "after_extraction", late, column="days",
+                reason=[f"the session is on day {d:g}, after the follow-up time of {u:g} days"
+                        for d, u in zip(f.loc[late, "days"], f.loc[late, "followup_days"])],
+                fix=fix,
+            )
     minimum = int(study.get("min_sessions", 1) or 1)
     if minimum > 1:
         f = cleaner.frame
@@ -701,9 +837,13 @@ def clean_sessions(
     if has_dates:
         first = f.groupby("patient")["date"].transform("min")
         f["days"] = (f["date"] - first).dt.days.astype("float64")
+        if extraction is not None:
+            f["followup_days"] = (extraction - first.dt.normalize()).dt.days.astype("float64")
         f = f.drop(columns="date")
     elif "days" in f:
         f["days"] = f["days"].astype("float64")
+    if "followup_days" in f:
+        f["followup_days"] = f["followup_days"].astype("float64")
     exclusions = cleaner.exclusions()
     if salt is not None:
         for col in id_cols:
@@ -715,10 +855,12 @@ def clean_sessions(
     for col in ("condition", "informant", "rupture"):
         if col in f:
             f[col] = f[col].astype("category")
+    if "ending" in f:
+        f["ending"] = pd.Categorical(f["ending"], categories=list(ENDING_TYPES))
     f = f.sort_values(keys, kind="mergesort")
     rows = f["_source_row"]
-    sessions = f[[c for c in f.columns if c in value_cols or c == "days"]]
-    sessions = sessions[[c for c in ["patient", "therapist", "session", "days", "condition", "informant", "rupture"] if c in sessions] + [c for c in sessions if c not in ID_COLUMNS]]
+    sessions = f[[c for c in f.columns if c in value_cols or c in ("days", "followup_days")]]
+    sessions = sessions[[c for c in ID_COLUMNS if c in sessions] + [c for c in sessions if c not in ID_COLUMNS]]
     validate_sessions(sessions, ranges=ranges, source=source, rows=rows)
     sessions = sessions.reset_index(drop=True)
     flow = _flow(source, rows_read, source_rows, sessions, exclusions, cleaner.patient_rule, missing_counts, wide)

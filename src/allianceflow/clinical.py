@@ -36,6 +36,7 @@ from ._derive_checks import (
     check_number,
     check_sessions,
 )
+from .contract import ENDING_TYPES
 
 __all__ = [
     "reliable_change_index",
@@ -55,7 +56,8 @@ ClinicalRange = Literal["below", "at_or_above"]
 #: Categories of :func:`reliable_change`, in order (Jacobson & Truax, 1991).
 RC_CATEGORIES = ("recovered", "improved", "unchanged", "deteriorated")
 #: Ending types of :func:`endings_and_dose`.
-ENDINGS = ("planned", "unilateral", "dropout", "ongoing", "unknown")
+#: ``ended``: inferred from a gap without a dose rule (over, but not known how).
+ENDINGS = (*ENDING_TYPES, "ended", "unknown")
 
 #: Columns of :func:`reliable_change`.
 RELIABLE_CHANGE_COLUMNS = [
@@ -312,6 +314,7 @@ def endings_and_dose(
     ending: str | None = None,
     followup: str | None = None,
     gap_days: float | None = None,
+    planned_sessions: int | None = None,
     labels: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """How treatment ended, and how much of it there was, per patient.
@@ -332,8 +335,15 @@ def endings_and_dose(
         A patient-level column: days from the patient's first session to the date the data
         were extracted. Needed to infer an ending from a gap.
     gap_days : float, optional
-        Infer the ending when none is recorded: ``dropout`` when the patient had no session
+        Infer the ending when none is recorded: ``ended`` when the patient had no session
         for at least *gap_days* days before the extraction date, else ``ongoing``.
+    planned_sessions : int, optional
+        With *gap_days*: split the inferred endings by dose. After at least this many
+        sessions (the highest session number, which counts attended sessions when
+        sessions are numbered by attendance) the ending is ``planned``, before it
+        ``dropout`` -- the "failed to complete a predetermined number of sessions"
+        definition of premature termination in Swift & Greenberg (2012). A completer
+        whose last session went unrecorded is then counted as a dropout.
     labels : dict, optional
         Raw ending label -> one of the ending types, e.g. ``{"DNA": "dropout"}``.
 
@@ -363,15 +373,24 @@ def endings_and_dose(
         \\text{weeks}_i = \\frac{d_{i,last} - d_{i,first}}{7}, \\qquad
         \\text{ending}_i = \\begin{cases}
         \\text{recorded value} & \\text{if recorded} \\\\
-        \\text{dropout} & \\text{if } F_i - d_{i,last} \\ge G \\\\
+        \\text{ended} & \\text{if } F_i - d_{i,last} \\ge G \\text{ and no } P \\\\
+        \\text{planned} & \\text{if } F_i - d_{i,last} \\ge G \\text{ and } s_{i,last} \\ge P \\\\
+        \\text{dropout} & \\text{if } F_i - d_{i,last} \\ge G \\text{ and } s_{i,last} < P \\\\
         \\text{ongoing} & \\text{if } F_i - d_{i,last} < G \\\\
         \\text{unknown} & \\text{otherwise}
         \\end{cases}
 
-    with :math:`F_i` the follow-up days and :math:`G` = *gap_days*. A gap of exactly
-    *G* days counts as a dropout. *Unilateral* endings (the patient ends without the
-    therapist's agreement) and *planned* endings can only be recorded, never inferred
-    (Swift & Greenberg, 2012, discuss these definitions of premature discontinuation).
+    with :math:`F_i` the follow-up days, :math:`G` = *gap_days*, :math:`s_{i,last}` the
+    last session number and :math:`P` = *planned_sessions*. A gap of exactly *G* days
+    counts as an ending. A gap alone says that treatment is over, not how it ended, so
+    without *P* an inferred ending is ``ended``, never ``dropout``: calling every patient
+    who stopped coming a dropout would count the completers too. *Unilateral* endings (the
+    patient ends without the therapist's agreement) can only be recorded, never inferred.
+    Swift & Greenberg (2012) found the rate of premature termination to depend strongly on
+    its definition (therapist judgement, a dose criterion, a missed last appointment), so
+    report the one used; their premature termination covers both unilateral endings and
+    dropouts. Time in treatment (``weeks``, ``n_sessions``) of ``ongoing`` patients is
+    censored at the extraction.
 
     Examples
     --------
@@ -379,12 +398,17 @@ def endings_and_dose(
     >>> df = pd.DataFrame({"patient": ["a", "a", "b"], "session": [1, 2, 1],
     ...                    "days": [0.0, 7.0, 0.0], "followup": [100.0, 100.0, 30.0]})
     >>> endings_and_dose(df, followup="followup", gap_days=60).ending.tolist()
-    ['dropout', 'ongoing']
+    ['ended', 'ongoing']
+    >>> endings_and_dose(df, followup="followup", gap_days=60, planned_sessions=2).ending.tolist()
+    ['planned', 'ongoing']
     """
     check_frame(data)
     check_columns(data, patient, session, *(c for c in (days, ending, followup) if c))
     check_sessions(data, patient, session)
     gap_days = check_number(gap_days, "gap_days", minimum=0.0, strict_minimum=True, allow_none=True)
+    planned_sessions = check_number(planned_sessions, "planned_sessions", minimum=1.0, allow_none=True)
+    if planned_sessions is not None and gap_days is None:
+        raise ValueError("`planned_sessions` only applies to endings inferred from a gap; set `gap_days` too.")
     if gap_days is not None and (followup is None or days is None):
         raise ValueError(
             "`gap_days` needs `followup` (days from the first session to data extraction) "
@@ -440,7 +464,11 @@ def endings_and_dose(
         fu = ordered.groupby(patient, sort=False)[followup].max().reindex(ids).astype(float)
         since = fu - out["last_days"]
         can = ~has & since.notna()
-        result[can & (since >= gap_days)] = "dropout"
+        ended = can & (since >= gap_days)
+        if planned_sessions is None:
+            result[ended] = "ended"
+        else:
+            result[ended] = np.where(out["last_session"] >= planned_sessions, "planned", "dropout")[ended.to_numpy()]
         result[can & (since < gap_days)] = "ongoing"
         source[can] = "inferred"
     out["ending"] = pd.Categorical(result, categories=list(ENDINGS))
@@ -466,6 +494,7 @@ def derive_patients(
     ending: str | None = None,
     followup: str | None = None,
     gap_days: float | None = None,
+    planned_sessions: int | None = None,
     ending_labels: dict[str, str] | None = None,
     sudden_gains: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
@@ -486,7 +515,7 @@ def derive_patients(
         (``therapist``, ``condition``, baseline covariates).
     direction, rci, cutoff, clinical_range
         Passed to :func:`reliable_change`.
-    ending, followup, gap_days, ending_labels
+    ending, followup, gap_days, planned_sessions, ending_labels
         Passed to :func:`endings_and_dose` (*ending_labels* as ``labels``).
     sudden_gains : pandas.DataFrame, optional
         The table of :func:`allianceflow.suddengains.sudden_gains`; adds the counts of
@@ -526,7 +555,8 @@ def derive_patients(
         firsts = ordered.groupby(patient, sort=False)[present].first()
         base = base.merge(firsts, left_on=patient, right_index=True, how="left")
     ends = endings_and_dose(analysis, patient=patient, session=session, days=days, ending=ending,
-                            followup=followup, gap_days=gap_days, labels=ending_labels)
+                            followup=followup, gap_days=gap_days, planned_sessions=planned_sessions,
+                            labels=ending_labels)
     rc = reliable_change(analysis, score=outcome, patient=patient, session=session, direction=direction,
                          rci=rci, cutoff=cutoff, clinical_range=clinical_range)
     rc = rc.rename(columns={"first_session": "first_observed_session", "last_session": "last_observed_session"})

@@ -8,6 +8,7 @@ the key, what it holds, and what is allowed.
 from __future__ import annotations
 
 import copy
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,78 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
         return f"{source}: `{key}`: {error.message}. Allowed keys are {allowed}."
     if error.validator == "type":
         return f"{source}: `{key}` is {error.instance!r}; it must be of type {error.validator_value}."
+    if error.validator == "pattern" and "description" in error.schema:
+        return f"{source}: `{key}` is {error.instance!r}, which is not of the form this key needs. {error.schema['description']}"
     if error.validator == "oneOf" and "description" in error.schema:
         return f"{source}: `{key}` does not fit the expected shape: {error.schema['description']}"
     return f"{source}: `{key}`: {error.message}."
+
+
+def _moved_keys(config: dict[str, Any], source: str) -> None:
+    """Name the new place of keys that earlier versions accepted."""
+    studies = config.get("studies")
+    for name, study in (studies.items() if isinstance(studies, dict) else ()):
+        endings = ((study or {}).get("derive") or {}).get("endings") if isinstance(study, dict) else None
+        old = sorted(set(endings or {}) & {"column", "followup", "labels"}) if isinstance(endings, dict) else []
+        if old:
+            raise ConfigError(
+                f"{source}: `studies.{name}.derive.endings.{old[0]}` is no longer a setting. Map the "
+                f"export's ending column to 'ending' under `studies.{name}.columns` and its labels "
+                f"under `studies.{name}.labels.ending`; for endings inferred from a gap, give the day "
+                f"of the export as `studies.{name}.extraction_date`."
+            )
+
+
+def _check_endings(name: str, study: dict[str, Any], source: str) -> None:
+    """Cross-key checks of endings and follow-up time that the schema cannot express."""
+    from .contract import ENDING_TYPES
+
+    key = f"studies.{name}"
+    mapped = set(study["columns"].values())
+    extraction = study.get("extraction_date")
+    if extraction is not None:
+        try:
+            datetime.date.fromisoformat(extraction)
+        except ValueError:
+            raise ConfigError(
+                f"{source}: `{key}.extraction_date` is {extraction!r}, which is not a day of the "
+                "calendar; write the day the data were exported as YYYY-MM-DD, e.g. '2025-09-01'."
+            ) from None
+        if "date" not in mapped:
+            raise ConfigError(
+                f"{source}: `{key}.extraction_date` is set, but no column is mapped to 'date' under "
+                f"`{key}.columns`, so the follow-up time cannot be computed. Map the session dates to "
+                "'date', or map a column of days from each patient's first session to the extraction "
+                "to 'followup_days' and remove `extraction_date`."
+            )
+    if "followup_days" in mapped and "date" in mapped:
+        raise ConfigError(
+            f"{source}: `{key}.columns` maps a column to 'followup_days', but the sessions are dated "
+            "(a column is mapped to 'date'), and with dates the follow-up time comes from the day of "
+            f"the export. Remove that mapping and set `{key}.extraction_date`."
+        )
+    for raw, target in ((study.get("labels") or {}).get("ending") or {}).items():
+        if str(target).casefold() not in ENDING_TYPES:
+            raise ConfigError(
+                f"{source}: `{key}.labels.ending` maps {raw!r} to {target!r}; an ending must be one "
+                f"of {', '.join(ENDING_TYPES)}."
+            )
+    endings = study.get("derive", {}).get("endings", {})
+    prefix = f"{source}: `{key}.derive.endings"
+    if endings.get("gap_days") is not None:
+        if extraction is None and not {"followup_days", "days"} <= mapped:
+            raise ConfigError(
+                f"{prefix}.gap_days` infers endings from the time between a patient's last session "
+                "and the data extraction, so the study needs that time: set "
+                f"`{key}.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, or, "
+                "for an export without dates, map columns to 'days' and 'followup_days' under "
+                f"`{key}.columns`."
+            )
+    elif endings.get("planned_sessions") is not None:
+        raise ConfigError(
+            f"{prefix}.planned_sessions` only applies to endings inferred from a gap; set "
+            f"`{key}.derive.endings.gap_days` too, or remove it."
+        )
 
 
 def validate_config(config: dict[str, Any], schema: dict[str, Any] | str | Path = SCHEMA_PATH, *, source: str = "config.yaml") -> dict[str, Any]:
@@ -92,6 +162,11 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | str | Path 
     if not isinstance(schema, dict):
         schema = yaml.safe_load(Path(schema).read_text(encoding="utf-8"))
     resolved = copy.deepcopy(config)
+    _moved_keys(resolved, source)
+    for study in (resolved.get("studies") or {}).values() if isinstance(resolved.get("studies"), dict) else ():
+        # YAML reads an unquoted 2025-09-01 as a date; the schema wants the text.
+        if isinstance(study, dict) and isinstance(study.get("extraction_date"), datetime.date):
+            study["extraction_date"] = study["extraction_date"].isoformat()[:10]
     errors = sorted(_FillingValidator(schema).iter_errors(resolved), key=lambda e: (-len(e.absolute_path), _key(e.absolute_path)))
     if errors:
         raise ConfigError(_describe(errors[0], source))
@@ -113,6 +188,8 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | str | Path 
                     f"{source}: `studies.{name}.derive.on_track.reference` is 'reference', so "
                     f"`reference_study` must name another study; got {ref!r}. Other studies: {others}."
                 )
+    for name, study in resolved["studies"].items():
+        _check_endings(name, study, source)
     for pair in resolved.get("comparisons", []):
         for model in pair:
             if model not in resolved["models"]:

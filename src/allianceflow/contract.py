@@ -19,6 +19,9 @@ from .io import DataError, _per_value
 
 __all__ = ["session_schema", "validate_sessions", "item_ranges", "ITEM_PATTERN"]
 
+#: Recorded ending types (the same as :data:`allianceflow.clean.ENDING_TYPES`).
+ENDING_TYPES = ("planned", "unilateral", "dropout", "ongoing")
+
 #: Item columns are ``<instrument>_<item number>``.
 ITEM_PATTERN = re.compile(r"^(?P<instrument>[a-z][a-z0-9]*(?:_[a-z0-9]+)*)_(?P<item>\d+)$")
 
@@ -67,7 +70,7 @@ def session_schema(
     ----------
     columns : iterable of str
         The table's columns; optional canonical columns (therapist, days, condition,
-        informant, rupture) get their rule only when present, item columns
+        informant, rupture, ending, followup_days) get their rule only when present, item columns
         (``<instrument>_<n>``) are float64.
     ranges : mapping, optional
         Item column → ``(min, max)`` response range (see :func:`item_ranges`).
@@ -77,7 +80,8 @@ def session_schema(
     pandera.DataFrameSchema
         Strict (no other columns), checking: ``patient`` non-empty text; ``therapist``
         text; ``session`` int64 ≥ 1; ``days`` float64 ≥ 0; ``condition``, ``informant``,
-        ``rupture`` categories; items float64 within their range (missing allowed); one
+        ``rupture`` categories; ``ending`` a category of planned, unilateral, dropout,
+        ongoing; ``followup_days`` float64 ≥ 0; items float64 within their range (missing allowed); one
         row per patient × session (× informant).
     """
     columns = list(columns)
@@ -93,6 +97,10 @@ def session_schema(
     for name in ("condition", "informant", "rupture"):
         if name in columns:
             spec[name] = pa.Column("category", nullable=True)
+    if "ending" in columns:
+        spec["ending"] = pa.Column("category", pa.Check.isin(ENDING_TYPES), nullable=True)
+    if "followup_days" in columns:
+        spec["followup_days"] = pa.Column("float64", pa.Check.ge(0), nullable=True)
     for column in columns:
         if column in spec or not ITEM_PATTERN.match(column):
             continue

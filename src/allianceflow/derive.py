@@ -453,8 +453,10 @@ class DerivedTables(NamedTuple):
     expected_response: dict | None
 
 
-#: Defaults of the ``derive:`` block of a study (the schema fragment in
-#: ``.notes/derive_schema.yaml`` gives the same values).
+#: Defaults of the ``derive:`` block of a study; ``workflow/schemas/config.schema.yaml``
+#: gives the same values (tested). ``endings.column``, ``endings.followup`` and
+#: ``endings.labels`` are for in-memory use: the pipeline reads the clean stage's
+#: canonical ``ending`` and ``followup_days`` columns, with labels mapped by the clean stage.
 DERIVE_DEFAULTS: dict[str, Any] = {
     "informant": None,
     "therapist_centring": True,
@@ -465,7 +467,7 @@ DERIVE_DEFAULTS: dict[str, Any] = {
         "alpha": 0.05, "adjust": True, "critical_value": 2.776,
     },
     "ruptures": {"enabled": True, "method": "patient_sd", "threshold": 1.5, "repair_within": 3, "across_gaps": False},
-    "endings": {"column": None, "followup": None, "gap_days": None, "labels": {}},
+    "endings": {"column": None, "followup": None, "gap_days": None, "planned_sessions": None, "labels": {}},
 }
 _BLOCKS = ("reliable_change", "on_track", "sudden_gains", "ruptures", "endings")
 
@@ -534,7 +536,10 @@ def derive_tables(
     lag_across_gaps : bool
         The study's lag rule.
     settings : mapping, optional
-        The ``derive:`` block.
+        The ``derive:`` block. Its ``endings`` entry reads the recorded ending from
+        ``endings.column`` and the follow-up time from ``endings.followup``; when these are
+        None (the pipeline's case) from the clean stage's canonical ``ending`` and
+        ``followup_days`` columns, if the table has them.
     reference : pandas.DataFrame, optional
         A reference sample (scored, same outcome column) when
         ``on_track.reference`` is ``'reference'``.
@@ -547,7 +552,8 @@ def derive_tables(
     DerivedTables
         ``analysis`` (session level: :func:`derive_analysis` columns, plus the on-track
         columns of :func:`allianceflow.ontrack.on_track` and the rupture columns of
-        :func:`allianceflow.ruptures.detect_ruptures` when enabled), ``patients`` (one row
+        :func:`allianceflow.ruptures.detect_ruptures` when enabled; ``ending`` is the
+        patients table's, recorded or inferred, whenever one is known), ``patients`` (one row
         per patient, :func:`allianceflow.clinical.derive_patients`), ``sudden_gains`` (one
         row per gain or loss, :func:`allianceflow.suddengains.sudden_gains`) and
         ``expected_response`` (the coefficients used, or None).
@@ -615,17 +621,31 @@ def derive_tables(
             "`derive: {reliable_change: {enabled: false}}`."
         )
     e = cfg["endings"]
+    # The clean stage's canonical columns unless the caller names others (in-memory use).
+    ending_column = e["column"] if e["column"] is not None else ("ending" if "ending" in analysis.columns else None)
+    followup_column = e["followup"] if e["followup"] is not None else (
+        "followup_days" if "followup_days" in analysis.columns else None)
+    if e["gap_days"] is not None and followup_column is None:
+        raise ValueError(
+            "Derive setting `endings.gap_days` infers endings from the time between the last session "
+            "and the data extraction, but the data have no follow-up time: set the study's "
+            "`extraction_date` (with session dates), or map a column of follow-up days to 'followup_days'."
+        )
     patients = derive_patients(
         analysis, outcome="outcome", days="days" if "days" in analysis.columns else None,
         direction=direction, rci=rci if rci is not None else 1.0,
         cutoff=cutoff if cfg["reliable_change"]["enabled"] else None,
-        clinical_range=clinical_range, ending=e["column"], followup=e["followup"], gap_days=e["gap_days"],
-        ending_labels=e["labels"], sudden_gains=gains if sg_cfg["enabled"] else None,
+        clinical_range=clinical_range, ending=ending_column, followup=followup_column, gap_days=e["gap_days"],
+        planned_sessions=e["planned_sessions"], ending_labels=e["labels"], sudden_gains=gains if sg_cfg["enabled"] else None,
     )
     if not cfg["reliable_change"]["enabled"]:
         from .clinical import RELIABLE_CHANGE_COLUMNS
 
         drop = [c for c in RELIABLE_CHANGE_COLUMNS[1:] if c in patients.columns]
         patients = patients.drop(columns=drop + ["first_observed_session", "last_observed_session"], errors="ignore")
+    if "ending" in analysis.columns or patients["ending"].astype(str).ne("unknown").any():
+        # One ending per patient everywhere: the recorded one, or the one inferred from a gap.
+        ending = analysis["patient"].map(patients.set_index("patient")["ending"].astype(object))
+        analysis = analysis.assign(ending=pd.Categorical(ending, categories=patients["ending"].cat.categories))
     analysis = preset_variables(analysis, patients, components=components, lag_across_gaps=lag_across_gaps)
     return DerivedTables(analysis, patients, gains, model.to_dict() if model is not None else None)

@@ -347,7 +347,11 @@ def descriptive_table_stage(
     frame = io.read_table(analysis)
     people = io.read_table(patients)
     if name == "table1":
-        categorical = {"ending": "Ending"} if "ending" in people and people["ending"].astype(str).ne("unknown").any() else {}
+        categorical = {}
+        if "ending" in people and people["ending"].astype(str).ne("unknown").any():
+            sources = set(people["ending_source"].astype(str)) - {"none"}
+            label = {frozenset({"recorded"}): "Ending", frozenset({"inferred"}): "Ending (inferred from the gap before extraction)"}
+            categorical = {"ending": label.get(frozenset(sources), "Ending (recorded, or inferred from the gap before extraction)")}
         table = tables.table1(frame, patients=people, categorical=categorical, min_cell=min_cell,
                               therapist="therapist" if "therapist" in frame else None,
                               by="condition" if "condition" in frame else None)

@@ -39,6 +39,7 @@ __all__ = [
     "INSTRUMENT_PAIRS",
     "EXAMPLE2_DESIGN",
     "EXAMPLE2_SEED",
+    "EXAMPLE2_EXTRACTION_DATE",
     "EXPORT2_COLUMNS",
     "to_export_srs_phq9",
     "write_example2_study",
@@ -104,6 +105,11 @@ class StudyDesign:
     ors_item_noise
         SD of item-level noise around a quarter of the ORS total (items are marks on a
         10 cm line, recorded to 0.1).
+    unilateral_share
+        Share of the patients who end before ``max_sessions`` whose ending is recorded as
+        ``unilateral`` (the patient decided to stop); the others are ``dropout`` (no
+        further contact). Patients who attend every session end ``planned``. Drawn from a
+        separate random stream, so it changes no other value of the study.
     """
 
     n_therapists: int = 30
@@ -131,6 +137,7 @@ class StudyDesign:
     within_effect: float = 2.0
     between_effect: float = 4.0
     ors_item_noise: float = 0.8
+    unilateral_share: float = 0.4
 
     def __post_init__(self) -> None:
         for name in ("n_therapists", "n_patients", "max_sessions"):
@@ -142,7 +149,7 @@ class StudyDesign:
                 f"`n_patients` ({self.n_patients}) must be at least `n_therapists` "
                 f"({self.n_therapists}) so every therapist has a patient."
             )
-        for name in ("dropout_hazard", "p_unrecorded", "p_item_missing", "feedback_share"):
+        for name in ("dropout_hazard", "p_unrecorded", "p_item_missing", "feedback_share", "unilateral_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must lie in [0, 1]; got {value!r}.")
@@ -212,7 +219,8 @@ def simulate_study(
         One row per recorded session, sorted by patient and session, with columns
         ``therapist``, ``patient``, ``condition`` ("feedback" or "tau"), ``session``
         (1-based; gaps where a session went unrecorded), ``days`` (since the first
-        session), ``wai_sr_1`` … ``wai_sr_12`` (1–5, NaN when blank), ``ors_1`` …
+        session), ``ending`` (``planned`` when the patient attended every planned session,
+        else ``unilateral`` or ``dropout``; see ``StudyDesign.unilateral_share``), ``wai_sr_1`` … ``wai_sr_12`` (1–5, NaN when blank), ``ors_1`` …
         ``ors_4`` (0–10 to one decimal, NaN when blank), and the latent truth columns
         ``true_alliance`` (WAI-SR item mean of the full item set) and
         ``true_outcome`` (the ORS total before item noise).
@@ -326,6 +334,10 @@ def simulate_study(
     gaps = rng.integers(5, 10, (n_p, n_s)).astype(float)  # days between sessions
     gaps[:, 0] = 0.0
     days = np.cumsum(gaps, axis=1)
+    # Endings: planned after the last planned session; otherwise unilateral or dropout,
+    # drawn from their own stream so that adding them left every other value unchanged.
+    unilateral = np.random.default_rng([seed, 1]).random(n_p) < design.unilateral_share
+    ending = np.where(attended[:, -1], "planned", np.where(unilateral, "unilateral", "dropout"))
 
     pid, sid = np.nonzero(recorded)
     width = len(str(n_p))
@@ -336,6 +348,7 @@ def simulate_study(
             "condition": np.where(feedback[pid], "feedback", "tau"),
             "session": sid + 1,
             "days": days[pid, sid],
+            "ending": ending[pid],
         }
     )
     for k in range(wai.shape[2]):
@@ -359,8 +372,11 @@ EXPORT_COLUMNS = {
     "ors_2": "ORS_Interpersonal",
     "ors_3": "ORS_Social",
     "ors_4": "ORS_Overall",
+    "ending": "Discharge",
 }
 _ARM_LABELS = {"feedback": "ROM feedback", "tau": "TAU"}
+#: How the example export writes endings, on the patient's last recorded row only.
+ENDING_LABELS = {"planned": "Completed", "unilateral": "Client ended", "dropout": "No further contact"}
 _MISSING_CODE = -9
 
 
@@ -370,7 +386,9 @@ def to_export(sessions: pd.DataFrame, *, seed: int) -> pd.DataFrame:
     Calendar dates replace ``days`` (each patient starts on a seeded day in 2023–2024,
     written day/month/year), columns get the export's own names
     (:data:`EXPORT_COLUMNS`), arms get their labels ("ROM feedback", "TAU"), and blank
-    items are written as the missing-value code -9. Truth columns are dropped.
+    items are written as the missing-value code -9. The ending goes into a "Discharge"
+    column on the patient's last recorded row only (:data:`ENDING_LABELS`; blank on the
+    other rows), as a discharge form would fill it. Truth columns are dropped.
     """
     rng = np.random.default_rng(seed)
     patients = sessions["patient"].unique()
@@ -392,6 +410,8 @@ def to_export(sessions: pd.DataFrame, *, seed: int) -> pd.DataFrame:
     for k in range(1, 5):
         values = sessions[f"ors_{k}"].map(lambda v: f"{v:.1f}" if pd.notna(v) else str(_MISSING_CODE))
         out[EXPORT_COLUMNS[f"ors_{k}"]] = values
+    last = ~sessions["patient"].duplicated(keep="last")
+    out[EXPORT_COLUMNS["ending"]] = sessions["ending"].map(ENDING_LABELS).where(last, "")
     return out
 
 
@@ -427,6 +447,7 @@ recorded sessions per patient (median {per_patient.median():g}).
 | `SessionDate` | date of the session, dd/mm/yyyy |
 | `WAI_SR_01` … `WAI_SR_12` | WAI-SR items, 1–5 (task 1, 2, 10, 12; bond 3, 5, 7, 9; goal 4, 6, 8, 11) |
 | `ORS_Individual`, `ORS_Interpersonal`, `ORS_Social`, `ORS_Overall` | ORS items, 0–10 |
+| `Discharge` | how treatment ended, on the patient's last recorded row only (blank on the others): "Completed" (attended all {design.max_sessions} planned sessions), "Client ended" (the patient decided to stop) or "No further contact" |
 
 ## Generating parameters
 
@@ -438,7 +459,8 @@ total points (0–40); time is `session − 1`. The outcome at session *t* is
 
 so the true within-patient effect of last session's alliance is **{design.within_effect}** ORS
 points per WAI-SR item-mean point, and the true between-patient effect is
-**{design.between_effect}**. Dropout is completely at random.
+**{design.between_effect}**. Dropout is completely at random; a share `unilateral_share` of
+the patients who stop early is recorded as "Client ended", the rest as "No further contact".
 
 | parameter | value |
 | --- | --- |
@@ -495,6 +517,9 @@ EXAMPLE2_DESIGN = StudyDesign(
 )
 #: The seed of the second example study.
 EXAMPLE2_SEED = 20261126
+#: The day the second example's export was made (its ``extraction_date`` in config.yaml):
+#: after the last visit, so patients seen in the weeks before it count as still in treatment.
+EXAMPLE2_EXTRACTION_DATE = "2025-08-15"
 
 #: Raw column names of the second example's export, by canonical name.
 EXPORT2_COLUMNS = {
@@ -587,6 +612,16 @@ SRS total point), and the true between-patient effect is **{design.between_effec
 (**{design.between_effect / 4:g}** per total point): a better alliance goes with fewer
 symptoms. `wai_item_noise` is the SRS item noise and `ors_item_noise` the noise around a
 ninth of the PHQ-9 total before each item is rounded to 0–3. Dropout is completely at random.
+
+The export records no endings. It was made on {EXAMPLE2_EXTRACTION_DATE} (`extraction_date` in
+`config.yaml`), so the pipeline infers them: a patient with no visit in the 8 weeks before
+the export has ended (planned after all {design.max_sessions} sessions, otherwise a dropout);
+one seen more recently is still in treatment. The simulation itself ended every patient
+(planned after all sessions; early endings at random), so "ongoing" here is censoring by
+the export date, as in a real service. A patient who attended all sessions but whose last
+one went unrecorded (`p_unrecorded`) is inferred as a dropout: the dose rule sees only
+recorded session numbers, and the early endings recorded as unilateral in the simulation
+become dropouts too.
 
 | parameter | value |
 | --- | --- |

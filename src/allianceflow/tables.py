@@ -518,8 +518,10 @@ def table1(
         Column → label of patient-level categories described as n (%): columns of
         *patients* (e.g. ``ending``) or constant within patient in *analysis*.
     patients : pandas.DataFrame, optional
-        The patients table (one row per patient), for categorical columns and sessions
-        attended.
+        The patients table (one row per patient), for categorical columns and, when it has
+        ``weeks`` (:func:`allianceflow.clinical.endings_and_dose`), weeks in treatment.
+        Levels of a categorical column are listed in the order of its categories (e.g.
+        planned, unilateral, dropout, ongoing), others alphabetically.
     patient, session, therapist : str
         Column names (*therapist* None when there are none).
     min_cell : int, default 5
@@ -557,7 +559,9 @@ def table1(
     if patients is not None:
         check_frame(patients, "patients")
         check_columns(patients, patient, name="patients")
-        extra = [c for c in patients.columns if c not in per_patient.columns and c != patient]
+        # the patients table wins for its own columns (e.g. an ending inferred by derive)
+        extra = [c for c in patients.columns if c != patient and (c not in per_patient.columns or c in categorical)]
+        per_patient = per_patient.drop(columns=[c for c in extra if c in per_patient.columns])
         per_patient = per_patient.join(patients.set_index(patient)[extra])
     for column in categorical:
         if column not in per_patient.columns:
@@ -603,6 +607,8 @@ def table1(
         rows.append(row)
 
     describe("sessions", "Sessions attended, M (SD)", lambda f: f["_sessions"])
+    if "weeks" in per_patient.columns and per_patient["weeks"].notna().any():
+        describe("weeks", "Weeks in treatment, M (SD)", lambda f: f["weeks"])
     if continuous:
         sections.append(len(rows))
         rows.append(["At intake, M (SD)"] + [""] * len(groups))
@@ -611,7 +617,11 @@ def table1(
     for column, label in categorical.items():
         sections.append(len(rows))
         rows.append([f"{label}, n (%)"] + [""] * len(groups))
-        levels = sorted(per_patient[column].dropna().astype(str).unique())
+        present = set(per_patient[column].dropna().astype(str))
+        if isinstance(per_patient[column].dtype, pd.CategoricalDtype):  # the categories' own order
+            levels = [str(c) for c in per_patient[column].cat.categories if str(c) in present]
+        else:
+            levels = sorted(present)
         shown_levels = levels + (["Missing"] if per_patient[column].isna().any() else [])
         table_cells: dict[str, dict[str, str]] = {lv: {} for lv in shown_levels}
         for g, f in groups:
