@@ -541,8 +541,8 @@ def table1(
     >>> df = pd.DataFrame({"patient": list("aabbc"), "session": [1, 2, 1, 2, 1],
     ...                    "condition": ["x", "x", "y", "y", "y"], "outcome": [1., 2, 3, 4, 5]})
     >>> t = table1(df, min_cell=2, therapist=None)
-    >>> t.body.iloc[0].tolist()
-    ['Patients, n', '< 2', '2', '3']
+    >>> t.body.iloc[0].tolist()  # arm y's 2 would reveal arm x's 1 from the total of 3
+    ['Patients, n', '< 2', 'suppressed', '3']
     """
     check_frame(analysis, "analysis")
     min_cell = _check_min_cell(min_cell)
