@@ -110,6 +110,39 @@ def test_second_run_has_nothing_to_do(run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def _planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> tuple[dict[str, int], str]:
+    """Jobs per rule that a dry run would run (Snakemake's ``--quiet rules`` table)."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--dry-run", "--quiet", "rules", *args],
+                          cwd=workdir, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts, proc.stdout + proc.stderr
+
+
+def test_changed_package_code_rebuilds_every_result(run, tmp_path):
+    # A copy of the package with one comment added, imported first through PYTHONPATH: the
+    # same version number, other code. Every rule's `allianceflow_source` parameter changes,
+    # so the dry run plans exactly the jobs of a full build (--forceall).
+    import os
+    import shutil
+
+    import allianceflow
+
+    package = tmp_path / "pkg" / "allianceflow"
+    shutil.copytree(Path(allianceflow.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    with (package / "tables.py").open("a", encoding="utf-8") as handle:
+        handle.write("\n# a local fix\n")
+    changed, text = _planned_jobs(run["dir"], env={**os.environ, "PYTHONPATH": str(tmp_path / "pkg")})
+    full, _ = _planned_jobs(run["dir"], "--forceall")
+    assert changed == full
+    assert full["clean_sessions"] == 2 and full["total"] > 50
+    assert "params have changed since last execution" in text
+
+
 def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
     again = copy_project(tmp_path)
     proc = _snakemake(again)

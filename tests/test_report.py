@@ -1,6 +1,7 @@
 """The manifest: hashes of inputs and outputs, and verification of a reproduction."""
 
 import hashlib
+from pathlib import Path
 
 from allianceflow.cli import main
 from allianceflow.io import write_json
@@ -27,3 +28,27 @@ def test_manifest_hashes_verify_and_tampering_is_found(tmp_path, capsys):
     assert verify_manifest(path, root=tmp_path) == ["missing: raw.csv", "differs: results/t.csv"]
     assert main(["verify", str(path), "--root", str(tmp_path)]) == 1
     assert "2 file(s) do not match" in capsys.readouterr().out
+
+
+def test_source_fingerprint_follows_the_package_files_only(tmp_path):
+    import shutil
+
+    import allianceflow
+    from allianceflow.io import source_fingerprint
+
+    copy = tmp_path / "allianceflow"
+    shutil.copytree(Path(allianceflow.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    installed = source_fingerprint()
+    assert len(installed) == 64 and source_fingerprint(copy) == installed  # same files, other folder
+    (copy / "__pycache__").mkdir(exist_ok=True)
+    (copy / "__pycache__" / "x.pyc").write_bytes(b"cache")
+    (copy / "notes.txt").write_text("not part of the package", encoding="utf-8")
+    assert source_fingerprint(copy) == installed
+    instrument = copy / "instruments" / "ors.yaml"
+    instrument.write_bytes(instrument.read_bytes() + b"\n")  # an instrument definition is code too
+    assert source_fingerprint(copy) != installed
+    instrument.write_bytes(instrument.read_bytes()[:-1])
+    assert source_fingerprint(copy) == installed
+    (copy / "clinical.py").rename(copy / "clinical2.py")  # a renamed module
+    assert source_fingerprint(copy) != installed
+    assert build_manifest(study="s", inputs=[], outputs=[], config={}, root=tmp_path)["allianceflow_source_sha256"] == installed

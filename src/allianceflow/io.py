@@ -492,6 +492,37 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def source_fingerprint(root: str | Path | None = None) -> str:
+    """SHA-256 of the package's own files: its code, instrument definitions and style.
+
+    The workflow passes it to every rule as a parameter, so Snakemake rebuilds results
+    when the code that made them changes (an upgrade, a local fix) and not otherwise; the
+    manifest records it next to the package versions.
+
+    Parameters
+    ----------
+    root : path, optional
+        The package folder; default the installed ``allianceflow``.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits, over each file's path relative to *root* and its bytes, in
+        sorted path order (``.py``, ``.yaml``, ``.yml``, ``.json`` and ``matplotlibrc``;
+        caches are skipped), so it is the same on any machine with the same files.
+    """
+    root = Path(root) if root is not None else Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    files = sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and (p.suffix in {".py", ".yaml", ".yml", ".json"} or p.name == "matplotlibrc")
+    )
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def package_versions(names=("allianceflow", "numpy", "scipy", "pandas", "pyarrow", "statsmodels", "pingouin", "pandera", "matplotlib", "snakemake")) -> dict[str, str]:
     """Installed versions of the packages that shape the results."""
     versions = {}

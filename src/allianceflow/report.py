@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from .io import package_versions, read_json, sha256_file
+from .io import package_versions, read_json, sha256_file, source_fingerprint
 
 __all__ = ["build_manifest", "verify_manifest"]
 
@@ -49,8 +49,10 @@ def build_manifest(
     Returns
     -------
     dict
-        ``study``, ``inputs`` and ``outputs`` (path -> sha256), ``config`` and
-        ``versions``. No timestamps, so the same run gives the same bytes.
+        ``study``, ``inputs`` and ``outputs`` (path -> sha256), ``config``, ``versions``
+        and ``allianceflow_source_sha256`` (:func:`allianceflow.io.source_fingerprint`:
+        the exact package code, which a version number does not pin during development).
+        No timestamps, so the same run gives the same bytes.
     """
     root = Path(root).resolve()
     return {
@@ -59,6 +61,7 @@ def build_manifest(
         "outputs": _hashes(outputs, root),
         "config": config,
         "versions": package_versions(),
+        "allianceflow_source_sha256": source_fingerprint(),
     }
 
 

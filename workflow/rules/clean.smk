@@ -10,6 +10,7 @@ rule clean_sessions:
     benchmark:
         "logs/{study}/benchmarks/clean_sessions.tsv"
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
         name="{study}",
     script:

@@ -4,6 +4,7 @@ from pathlib import Path
 import dataclasses
 
 from allianceflow.config import validate_config
+from allianceflow.io import source_fingerprint
 from allianceflow.power import chunk_seeds, designs_from_config
 
 # Validate before any job runs; fills in the schema's defaults in place.
@@ -12,6 +13,11 @@ config.update(
         config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
     )
 )
+
+# A hash of the package's own files. Every rule gets it as a parameter, so results made by
+# other allianceflow code (an upgrade, a fix) are rebuilt instead of silently kept; a
+# rerun with the same code and inputs has nothing to do.
+SOURCE_FINGERPRINT = source_fingerprint()
 
 STUDIES = sorted(config["studies"])
 MODELS = sorted(config["models"])

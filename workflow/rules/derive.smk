@@ -12,6 +12,7 @@ rule derive_variables:
     benchmark:
         "logs/{study}/benchmarks/derive_variables.tsv"
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/derive_variables.py"

@@ -17,6 +17,7 @@ rule plot_within_between:
     log:
         "logs/{study}/plot_within_between.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/plot_within_between.py"
@@ -38,6 +39,7 @@ rule plot_trajectories:
     log:
         "logs/{study}/plot_trajectories.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/plot_figure.py"
@@ -58,6 +60,7 @@ rule plot_forest:
     log:
         "logs/{study}/plot_forest.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/plot_figure.py"
@@ -78,6 +81,7 @@ rule plot_caterpillar:
     log:
         "logs/{study}/plot_caterpillar.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/plot_figure.py"
@@ -100,6 +104,7 @@ rule plot_flow:
     log:
         "logs/{study}/plot_flow.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/plot_figure.py"
@@ -120,6 +125,7 @@ rule plot_feedback:
     log:
         "logs/{study}/plot_feedback.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/plot_figure.py"
@@ -140,6 +146,7 @@ rule plot_expected_response:
     log:
         "logs/{study}/plot_expected_response.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/plot_figure.py"
@@ -160,6 +167,7 @@ rule plot_ruptures:
     log:
         "logs/{study}/plot_ruptures.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/plot_figure.py"
@@ -181,6 +189,7 @@ rule plot_sudden_gains:
     log:
         "logs/{study}/plot_sudden_gains.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/plot_figure.py"
@@ -201,6 +210,7 @@ rule plot_reliable_change:
     log:
         "logs/{study}/plot_reliable_change.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/plot_figure.py"

@@ -9,6 +9,7 @@ rule fit_model:
     benchmark:
         "logs/{study}/benchmarks/fit_model_{model}.tsv"
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         model=get_model,
     script:
         "../scripts/fit_model.py"
@@ -23,6 +24,7 @@ rule compare_models:
     log:
         "logs/{study}/compare_models_{comparison}.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         models=get_comparison_models,
     script:
         "../scripts/compare_models.py"

@@ -21,6 +21,7 @@ rule pool_studies:
     benchmark:
         "logs/pooled/benchmarks/pool_studies.tsv"
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         models=get_pool_models,
         analyses=get_pool_analyses,
         directions=get_pool_directions,
@@ -44,6 +45,7 @@ rule plot_meta_forest:
     log:
         "logs/pooled/plot_meta_forest.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         benchmark=config["pool"]["benchmark"],
     script:
         "../scripts/plot_meta_forest.py"

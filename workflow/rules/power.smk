@@ -13,6 +13,7 @@ rule simulate_power_chunk:
     benchmark:
         "logs/power/{design}/benchmarks/simulate_power_chunk_{chunk}.tsv"
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         design=get_power_design,
         seeds=get_power_seeds,
         alliance_items=config["power"]["alliance_items"],
@@ -36,6 +37,7 @@ rule summarise_power:
     log:
         "logs/power/summarise_power.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         designs=get_power_designs(),
     script:
         "../scripts/summarise_power.py"
@@ -55,6 +57,7 @@ rule plot_power_curve:
     log:
         "logs/power/plot_power_curve.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         x=get_power_x(),
     script:
         "../scripts/plot_power_curve.py"

@@ -8,6 +8,7 @@ rule write_manifest:
     log:
         "logs/{study}/write_manifest.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         resolved=get_resolved_config,
     script:
         "../scripts/write_manifest.py"

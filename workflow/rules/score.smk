@@ -6,6 +6,7 @@ rule score_instruments:
     log:
         "logs/{study}/score_instruments.log",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/score_instruments.py"
@@ -27,6 +28,7 @@ rule compute_reliability:
     benchmark:
         "logs/{study}/benchmarks/compute_reliability.tsv"
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
         seed=config["seed"],
     script:

@@ -18,6 +18,8 @@ rule tabulate_model:
         docx="results/{study}/tables/{model}.docx",
     log:
         "logs/{study}/tabulate_model_{model}.log",
+    params:
+        allianceflow_source=SOURCE_FINGERPRINT,
     script:
         "../scripts/tabulate_model.py"
 
@@ -38,6 +40,8 @@ rule tabulate_models:
         docx="results/{study}/tables/models.docx",
     log:
         "logs/{study}/tabulate_models.log",
+    params:
+        allianceflow_source=SOURCE_FINGERPRINT,
     script:
         "../scripts/tabulate.py"
 
@@ -51,6 +55,8 @@ rule render_reliability:
         docx="results/{study}/tables/reliability.docx",
     log:
         "logs/{study}/render_reliability.log",
+    params:
+        allianceflow_source=SOURCE_FINGERPRINT,
     script:
         "../scripts/tabulate.py"
 
@@ -76,6 +82,7 @@ rule tabulate_descriptives:
     wildcard_constraints:
         table="table1|intake_correlations|clinical_significance|sudden_gains|ruptures",
     params:
+        allianceflow_source=SOURCE_FINGERPRINT,
         study=get_study,
     script:
         "../scripts/tabulate.py"
