@@ -100,9 +100,12 @@ print(models.format_model(growth))
 
 # %% [markdown]
 # * `(1 | therapist)`: each therapist has their own average level;
-#   `(1 + session || patient)`: each patient has their own level and their own rate of
-#   change (the `||` makes the two uncorrelated, because the fitting engine cannot
-#   correlate them under a therapist level; the simulation has a correlation of −0.2).
+#   `(1 + session | patient)`: each patient has their own level and their own rate of
+#   change, and the two may correlate (the simulation has a correlation of −0.2: patients
+#   who start higher improve a little more slowly). Writing `||` instead would fix that
+#   correlation at 0, which also makes the model depend on where time starts (session 0
+#   or session 1; Biesanz et al., 2004), so the presets estimate it unless you ask for
+#   `slopes="uncorrelated"`.
 # * The intercept is about 18.3 (truth about 18.4). The slope, about 0.63 ORS points per
 #   session (95% CI 0.58–0.68), looks too steep for the 0.577 of the table, but it is
 #   right: the growth model leaves the alliance out, and in the simulation the alliance
@@ -206,7 +209,7 @@ pd.DataFrame({name: models.fixed_effects_table(r).set_index("term")["estimate"] 
 
 # %% [markdown]
 # The within effect lies between 0.16 and 0.18 in every version, close to the truth; the
-# previous-outcome coefficient is small (0.04) as it should be. Agreement across sensible
+# previous-outcome coefficient is small (0.03, CI from about −0.01 to 0.07), as it should be. Agreement across sensible
 # specifications is what makes a within-patient effect credible.
 
 # %%
@@ -292,6 +295,9 @@ display(Markdown(tables.render_markdown(tables.model_table([ao, fits["slopes"]],
 # correlation: Exploring the relative importance of therapist and patient variability in
 # the alliance. *Journal of Consulting and Clinical Psychology, 75*(6), 842–852.
 # https://doi.org/10.1037/0022-006X.75.6.842
+# Biesanz, J. C., Deeb-Sossa, N., Papadakis, A. A., Bollen, K. A., & Curran, P. J. (2004).
+# The role of coding time in estimating and interpreting growth curve models.
+# *Psychological Methods, 9*(1), 30–52. https://doi.org/10.1037/1082-989X.9.1.30
 # Curran, P. J., & Bauer, D. J. (2011). The disaggregation of within-person and
 # between-person effects in longitudinal models of change. *Annual Review of Psychology,
 # 62*, 583–619. https://doi.org/10.1146/annurev.psych.093008.100356
@@ -319,6 +325,6 @@ display(Markdown(tables.render_markdown(tables.model_table([ao, fits["slopes"]],
 #    why?
 # 2. Is the therapist-level coefficient of section 6 really larger than the patient-level
 #    one? Refit with `"outcome ~ alliance_between + alliance_patient_deviation + session +
-#    (1 | therapist) + (1 + session || patient)"`: the coefficient of
+#    (1 | therapist) + (1 + session | patient)"`: the coefficient of
 #    `alliance_patient_deviation` is now the *difference* between the patient-level and the
 #    therapist-level effects. What is its 95% CI, and what do you conclude?

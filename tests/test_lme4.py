@@ -109,6 +109,12 @@ CASES = [
     )
     * 2
     + (True,),
+    # the presets' default: correlated patient slopes under a therapist level (fast engine only)
+    (
+        "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 + session | pid)",
+    )
+    * 2
+    + (True,),
     # nested with patient ids reused across therapists: lme4 expands to therapist:patient
     ("outcome ~ alliance_within_lag * session + (1 | therapist/patient)",) * 2 + (True,),
     # crossed: raters cross patients

@@ -327,7 +327,7 @@ def test_tables(small_fit):
 
 def test_recovers_alliance_effects_on_simulated_study():
     d = simulate(11, n_therapists=20, n_patients=300, n_sessions=12)
-    r = fit_sm(d, preset_formula("alliance_outcome"))
+    r = fit_sm(d, preset_formula("alliance_outcome", slopes="uncorrelated"))
     assert r["convergence"]["converged"]
     fx = {f["term"]: f for f in r["fixed"]}
     for term, truth in [
@@ -616,11 +616,17 @@ def test_likelihood_ratio_test_refits_with_ml(small):
 @pytest.mark.parametrize(
     "name, options, formula",
     [
-        ("growth", {}, "outcome ~ session + (1 | therapist) + (1 + session || patient)"),
+        ("growth", {}, "outcome ~ session + (1 | therapist) + (1 + session | patient)"),
+        ("growth", {"slopes": "uncorrelated"}, "outcome ~ session + (1 | therapist) + (1 + session || patient)"),
         (
             "growth",
             {"time_shape": "log"},
-            "outcome ~ log_session + (1 | therapist) + (1 + log_session || patient)",
+            "outcome ~ log_session + (1 | therapist) + (1 + log_session | patient)",
+        ),
+        (
+            "growth",
+            {"therapist": False, "slopes": "uncorrelated"},
+            "outcome ~ session + (1 + session || patient)",
         ),
         (
             "growth",
@@ -630,7 +636,7 @@ def test_likelihood_ratio_test_refits_with_ml(small):
         (
             "alliance_outcome",
             {},
-            "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 + session || patient)",
+            "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 + session | patient)",
         ),
         (
             "alliance_outcome",
@@ -641,12 +647,12 @@ def test_likelihood_ratio_test_refits_with_ml(small):
             "therapist_effects",
             {"baseline": True},
             "outcome ~ alliance_therapist_mean + alliance_patient_deviation + session + outcome_baseline"
-            " + (1 | therapist) + (1 + session || patient)",
+            " + (1 | therapist) + (1 + session | patient)",
         ),
         (
             "feedback",
             {},
-            "outcome ~ session * C(condition) * off_track + (1 | therapist) + (1 + session || patient)",
+            "outcome ~ session * C(condition) * off_track + (1 | therapist) + (1 + session | patient)",
         ),
         (
             "rupture_repair",
@@ -664,7 +670,7 @@ def test_likelihood_ratio_test_refits_with_ml(small):
             {"covariates": ["days"], "outcome": "phq9_total", "time": "days"},
             "phq9_total ~ alliance_rater_patient_within_lag + alliance_rater_patient_between"
             " + alliance_rater_therapist_within_lag + alliance_rater_therapist_between + days + days"
-            " + (1 | therapist) + (1 + days || patient)",
+            " + (1 | therapist) + (1 + days | patient)",
         ),
     ],
 )
@@ -673,11 +679,18 @@ def test_presets(name, options, formula):
 
 
 def test_every_preset_parses_and_translates():
+    from allianceflow.engine import supports
     from allianceflow.formula import parse_formula, to_mixedlm
 
     for name in PRESETS:
-        plan = to_mixedlm(parse_formula(preset_formula(name)))
-        assert plan.vc_formula  # patient components under therapist, or crossed
+        # uncorrelated slopes: statsmodels can fit it (patient components under therapist)
+        plan = to_mixedlm(parse_formula(preset_formula(name, slopes="uncorrelated")))
+        assert plan.vc_formula
+        # the correlated default: only the fast engine; MixedLM refuses with the fix
+        spec = parse_formula(preset_formula(name))
+        assert supports(spec)
+        with pytest.raises(ValueError, match=r"Write '\(1 \+ \w+ \|\| patient\)' \(uncorrelated\)"):
+            to_mixedlm(spec)
 
 
 @pytest.mark.parametrize(
@@ -696,6 +709,7 @@ def test_every_preset_parses_and_translates():
             "`detrend` must be 'none' or 'linear'; got 'session'",
         ),
         ("alliance_outcome", {"therapist": "yes"}, "`therapist` must be True or False; got 'yes'"),
+        ("growth", {"slopes": "diagonal"}, "`slopes` must be 'correlated' or 'uncorrelated'; got 'diagonal'"),
         ("alliance_components", {"components": "bond"}, "`components` must be a non-empty list"),
     ],
 )

@@ -1494,13 +1494,12 @@ PRESETS: tuple[str, ...] = (
 )
 
 
-def _random_part(time: str, therapist: bool, random: str | None) -> str:
+def _random_part(time: str, therapist: bool, random: str | None, slopes: str = "correlated") -> str:
     if random is not None:
         return random
-    if therapist:
-        # MixedLM cannot correlate patient intercepts and slopes under a therapist level
-        return f"(1 | therapist) + (1 + {time} || patient)"
-    return f"(1 + {time} | patient)"
+    bar = "|" if slopes == "correlated" else "||"
+    patient = f"(1 + {time} {bar} patient)"
+    return f"(1 | therapist) + {patient}" if therapist else patient
 
 
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
@@ -1517,11 +1516,19 @@ def preset_formula(name: str, **options: Any) -> str:
     ----------
     name : str
         One of :data:`PRESETS`. Options common to all: ``outcome="outcome"``,
-        ``time="session"``, ``therapist=True`` (add a therapist level; patient random
-        intercept and time slope are then uncorrelated, ``(1 + time || patient)``, because
-        MixedLM cannot correlate them under a therapist level; ``therapist=False`` gives
-        ``(1 + time | patient)``), ``random=None`` (a random part to use instead),
+        ``time="session"``, ``therapist=True`` (add a therapist random intercept),
+        ``slopes="correlated"`` (patient random intercepts and time slopes with their
+        covariance, ``(1 + time | patient)``; ``"uncorrelated"`` fixes the covariance at
+        0, ``(1 + time || patient)``), ``random=None`` (a random part to use instead),
         ``covariates=()`` (extra fixed terms).
+
+        Why correlated by default: fixing the intercept-slope covariance at 0 makes the
+        model depend on where time is zero (session 1 or session 0, say), because the
+        intercept variance and covariance change when time is shifted (Biesanz et al.
+        2004); with the covariance free, a shift of time gives the same fit. statsmodels'
+        MixedLM cannot fit the correlated version under a therapist level, so with
+        ``engine="statsmodels"`` use ``slopes="uncorrelated"``; the default engine
+        (:mod:`allianceflow.engine`) fits both.
 
         ``growth``
             ``time_shape="linear" | "log" | "quadratic"``. Log time uses the column
@@ -1569,14 +1576,17 @@ def preset_formula(name: str, **options: Any) -> str:
     Examples
     --------
     >>> preset_formula("alliance_outcome")
-    'outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 + session || patient)'
-    >>> preset_formula("growth", time_shape="quadratic", therapist=False)
-    'outcome ~ session + I(session^2) + (1 + session | patient)'
+    'outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 + session | patient)'
+    >>> preset_formula("growth", time_shape="quadratic", therapist=False, slopes="uncorrelated")
+    'outcome ~ session + I(session^2) + (1 + session || patient)'
 
     References
     ----------
     Baldwin, S. A., Wampold, B. E., & Imel, Z. E. (2007). Untangling the alliance-outcome
     correlation. *Journal of Consulting and Clinical Psychology, 75*(6), 842–852.
+    Biesanz, J. C., Deeb-Sossa, N., Papadakis, A. A., Bollen, K. A., & Curran, P. J. (2004).
+    The role of coding time in estimating and interpreting growth curve models.
+    *Psychological Methods, 9*(1), 30–52.
     Eubanks, C. F., Muran, J. C., & Safran, J. D. (2018). Alliance rupture repair: A
     meta-analysis. *Psychotherapy, 55*(4), 508–519.
     Falkenström, F., Finkel, S., Sandell, R., Rubel, J. A., & Holmqvist, R. (2017). Dynamic
@@ -1600,6 +1610,7 @@ def preset_formula(name: str, **options: Any) -> str:
         "outcome": "outcome",
         "time": "session",
         "therapist": True,
+        "slopes": "correlated",
         "random": None,
         "covariates": (),
     }
@@ -1613,6 +1624,7 @@ def preset_formula(name: str, **options: Any) -> str:
     y, t = o["outcome"], o["time"]
     if not isinstance(o["therapist"], bool):
         raise ValueError(f"`therapist` must be True or False; got {o['therapist']!r}.")
+    _check_choice("slopes", o["slopes"], ("correlated", "uncorrelated"))
     covs = [o["covariates"]] if isinstance(o["covariates"], str) else list(o["covariates"])
     time_slope = t
     if name == "growth":
@@ -1657,5 +1669,5 @@ def preset_formula(name: str, **options: Any) -> str:
             fixed += [f"alliance_rater_{inf}_within_lag", f"alliance_rater_{inf}_between"]
         fixed += [t]
     fixed += covs
-    rand = _random_part(time_slope, o["therapist"], o["random"])
+    rand = _random_part(time_slope, o["therapist"], o["random"], o["slopes"])
     return f"{y} ~ {' + '.join(fixed)} + {rand}"

@@ -53,8 +53,9 @@ __all__ = [
 ]
 
 #: The model fitted to each replication: the alliance_outcome model plus the feedback x
-#: time interaction; patient slopes as in the generating model (uncorrelated, as MixedLM
-#: cannot correlate them under a therapist level).
+#: time interaction, with uncorrelated patient intercepts and slopes. The generating model
+#: correlates them (``slope_intercept_corr``); ``power.formula`` with
+#: ``(1 + session | patient)`` fits that structure instead.
 DEFAULT_FORMULA = (
     "outcome ~ alliance_within_lag + alliance_between + session + session:feedback"
     " + (1 | therapist) + (1 + session || patient)"
