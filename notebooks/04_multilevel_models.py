@@ -177,9 +177,11 @@ models.fixed_effects_table(blend).round(3)
 # Patients differ in how fast they improve (true slope SD 0.25). The configured
 # comparison asks whether a patient random slope of time improves the model.
 # `models.likelihood_ratio_test` fits both models to **the same rows** (and by maximum
-# likelihood if their fixed effects differ). A variance cannot be negative, so under the
-# null the test statistic is a 50:50 mixture of $\chi^2_0$ and $\chi^2_1$ and the usual
-# p-value is conservative; `p_boundary` corrects it (Self & Liang, 1987).
+# likelihood if their fixed effects differ). The slopes model adds a variance and its
+# covariance with the intercepts (df = 2). A variance cannot be negative, so under the null
+# the test statistic is a 50:50 mixture of $\chi^2_1$ and $\chi^2_2$, not $\chi^2_2$,
+# and the usual p-value is conservative; `p_boundary` corrects it (Self & Liang, 1987;
+# Stram & Lee, 1994).
 
 # %%
 slopes_formula = pipeline.model_formula(cfg["models"]["alliance_outcome_slopes"])
@@ -317,6 +319,8 @@ display(Markdown(tables.render_markdown(tables.model_table([ao, fits["slopes"]],
 # Statistical Association, 82*(398), 605–610. https://doi.org/10.1080/01621459.1987.10478472
 # Snijders, T. A. B., & Bosker, R. J. (2012). *Multilevel analysis: An introduction to basic
 # and advanced multilevel modeling* (2nd ed.). Sage.
+# Stram, D. O., & Lee, J. W. (1994). Variance components testing in the longitudinal mixed
+# effects model. *Biometrics, 50*(4), 1171–1177. https://doi.org/10.2307/2533455
 #
 # ## Exercise
 #

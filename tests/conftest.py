@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +41,49 @@ def _copy_project(root: Path, target: Path) -> Path:
 def copy_project(root):
     """A function that copies the project's pipeline files into a folder and returns it."""
     return lambda target: _copy_project(root, Path(target))
+
+
+def simulate_three_level(seed=7, n_therapists=12, n_patients=120, n_sessions=10):
+    """A small three-level study (patients in therapists, crossed raters) with correlated
+    patient intercepts and slopes, for the lme4 comparisons and the engine tests."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    ther = np.arange(n_patients) % n_therapists
+    v = rng.normal(0, 1.5, n_therapists)
+    # patient intercepts and slopes correlate (-0.4), so the covariance is well determined
+    u0, u1 = rng.multivariate_normal([0.0, 0.0], [[4.5**2, -0.4 * 4.5 * 0.4], [-0.4 * 4.5 * 0.4, 0.4**2]], n_patients).T
+    for i in range(n_patients):
+        n = rng.integers(3, n_sessions + 1)
+        a = 3.6 + rng.normal(0, 0.45) + rng.normal(0, 0.3, n)
+        for s in range(1, n + 1):
+            rows.append(
+                {
+                    "therapist": f"T{ther[i]:02d}",
+                    "patient": f"P{i % 10}",  # ids reused across therapists
+                    "pid": f"T{ther[i]:02d}P{i:03d}",
+                    "rater": f"R{rng.integers(0, 6)}",
+                    "session": s,
+                    "alliance": a[s - 1],
+                    "y0": 19 + v[ther[i]] + u0[i] + (0.5 + u1[i]) * (s - 1),
+                }
+            )
+    d = pd.DataFrame(rows)
+    d["rater_eff"] = d["rater"].map({f"R{k}": e for k, e in enumerate(rng.normal(0, 1.0, 6))})
+    pm = d.groupby("pid")["alliance"].transform("mean")
+    d["alliance_within"] = d["alliance"] - pm
+    d["alliance_between"] = pm - pm.mean()
+    d["alliance_within_lag"] = d.groupby("pid")["alliance_within"].shift(1)
+    d["outcome"] = (
+        d["y0"]
+        + d["rater_eff"]
+        + 2.0 * d["alliance_within_lag"].fillna(0)
+        + 4.0 * d["alliance_between"]
+        + rng.normal(0, 3.5, len(d))
+    )
+    return d.dropna(subset=["alliance_within_lag"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def three_level_data() -> pd.DataFrame:
+    """:func:`simulate_three_level` with its default seed."""
+    return simulate_three_level()

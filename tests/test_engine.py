@@ -11,6 +11,7 @@ from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMParams
 
 from allianceflow.derive import derive_analysis
 from allianceflow.engine import LMMFit, fit_lmm, supports
+from allianceflow.models import fit_model
 from allianceflow.score import score_sessions
 from allianceflow.simulate import simulate_study
 
@@ -344,3 +345,18 @@ def test_rank_deficient_fixed_effects(complete):
     d = complete.assign(session2=complete["session"] * 2.0)
     with pytest.raises(ValueError, match="rank deficient"):
         fit_lmm(d, "outcome ~ session + session2 + (1 | patient)")
+
+
+def test_a_saddle_on_the_boundary_is_left_for_the_optimum(three_level_data):
+    # Therapist intercepts and slopes, correlated: from the default start the optimiser
+    # reached Λ entries (θ11, θ21) = (0, 0) with the therapist intercept variance at 0 -- a
+    # stationary point that is not a minimum (logLik 0.295 below the optimum). statsmodels
+    # can fit this structure (the therapist is the outermost factor) and is the reference.
+    formula = "outcome ~ alliance_within_lag + alliance_between + session + (1 + session | therapist) + (1 | pid)"
+    fast = fit_model(three_level_data, formula, engine="fast")
+    ref = fit_model(three_level_data, formula, engine="statsmodels")
+    assert fast["convergence"]["converged"] and not fast["convergence"]["boundary"]
+    assert fast["loglik"] >= ref["loglik"] - 1e-7
+    assert abs(fast["loglik"] - ref["loglik"]) < 1e-5
+    var = {x["term"]: x["variance"] for x in fast["random"] if x["group"] == "therapist"}
+    assert var["(Intercept)"] > 0.5  # not the boundary solution (0)

@@ -255,7 +255,8 @@ def test_inner_correlated_slopes_raise_with_alternatives():
         "random term '(1 + session | patient)': 'patient' is nested in 'therapist', and "
         "MixedLM can give correlated random effects only to the outermost grouping factor "
         "('therapist'); inner levels are independent variance components. Write "
-        "'(1 + session || patient)' (uncorrelated), or drop '(... | therapist)' so that "
+        "'(1 + session || patient)' (uncorrelated; for a preset model, the option `slopes: uncorrelated`), "
+        "or drop '(... | therapist)' so that "
         "'patient' becomes the outer level."
     )
     with pytest.raises(ValueError, match=re.escape(msg)):

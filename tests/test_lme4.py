@@ -7,7 +7,6 @@ import shutil
 import subprocess
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from allianceflow.models import fit_model
@@ -44,52 +43,17 @@ d$patient <- factor(d$patient); d$therapist <- factor(d$therapist); d$rater <- f
 fs <- readLines(args[2]); reml <- as.logical(readLines(args[3]))
 for (k in seq_along(fs)) {
   m <- lmer(as.formula(fs[k]), data = d, REML = reml[k],
-            control = lmerControl(optCtrl = list(ftol_abs = 1e-12, xtol_abs = 1e-10)))
+            control = lmerControl(optCtrl = list(ftol_abs = 1e-14, ftol_rel = 1e-15, xtol_abs = 1e-12,
+                                                  xtol_rel = 1e-12, maxeval = 1e5)))
   cat("MODEL", k, "\n")
   cat("LOGLIK", sprintf("%.10f", as.numeric(logLik(m))), "\n")
   cat("FIXEF", sprintf("%.12g", fixef(m)), "\n")
   cat("SE", sprintf("%.12g", sqrt(diag(as.matrix(vcov(m))))), "\n")
   vc <- as.data.frame(VarCorr(m))
   cat("VAR", sprintf("%.12g", vc$vcov[is.na(vc$var2)]), "\n")
+  cat("COV", sprintf("%.12g", vc$vcov[!is.na(vc$var2)]), "\n")
 }
 """
-
-
-def _simulate(seed=7, n_therapists=12, n_patients=120, n_sessions=10):
-    rng = np.random.default_rng(seed)
-    rows = []
-    ther = np.arange(n_patients) % n_therapists
-    v = rng.normal(0, 1.5, n_therapists)
-    u0, u1 = rng.normal(0, 4.5, n_patients), rng.normal(0, 0.4, n_patients)
-    for i in range(n_patients):
-        n = rng.integers(3, n_sessions + 1)
-        a = 3.6 + rng.normal(0, 0.45) + rng.normal(0, 0.3, n)
-        for s in range(1, n + 1):
-            rows.append(
-                {
-                    "therapist": f"T{ther[i]:02d}",
-                    "patient": f"P{i % 10}",  # ids reused across therapists
-                    "pid": f"T{ther[i]:02d}P{i:03d}",
-                    "rater": f"R{rng.integers(0, 6)}",
-                    "session": s,
-                    "alliance": a[s - 1],
-                    "y0": 19 + v[ther[i]] + u0[i] + (0.5 + u1[i]) * (s - 1),
-                }
-            )
-    d = pd.DataFrame(rows)
-    d["rater_eff"] = d["rater"].map({f"R{k}": e for k, e in enumerate(rng.normal(0, 1.0, 6))})
-    pm = d.groupby("pid")["alliance"].transform("mean")
-    d["alliance_within"] = d["alliance"] - pm
-    d["alliance_between"] = pm - pm.mean()
-    d["alliance_within_lag"] = d.groupby("pid")["alliance_within"].shift(1)
-    d["outcome"] = (
-        d["y0"]
-        + d["rater_eff"]
-        + 2.0 * d["alliance_within_lag"].fillna(0)
-        + 4.0 * d["alliance_between"]
-        + rng.normal(0, 3.5, len(d))
-    )
-    return d.dropna(subset=["alliance_within_lag"]).reset_index(drop=True)
 
 
 CASES = [
@@ -127,9 +91,9 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def lme4_fits(tmp_path_factory):
+def lme4_fits(tmp_path_factory, three_level_data):
     tmp = tmp_path_factory.mktemp("lme4")
-    d = _simulate()
+    d = three_level_data
     d.to_csv(tmp / "d.csv", index=False)
     (tmp / "fit.R").write_text(R_SCRIPT)
     (tmp / "f.txt").write_text("\n".join(c[1] for c in CASES) + "\n")
@@ -156,6 +120,7 @@ def lme4_fits(tmp_path_factory):
                 "fixef": np.array(lines["FIXEF"], dtype=float),
                 "se": np.array(lines["SE"], dtype=float),
                 "var": np.sort(np.array(lines["VAR"], dtype=float)),
+                "cov": np.sort(np.array(lines.get("COV", []), dtype=float)),
             }
         )
     return d, fits
@@ -186,3 +151,5 @@ def test_agrees_with_lme4(lme4_fits, k):
     assert np.max(np.abs(est - ref["fixef"]) / ref["se"]) < 2e-4
     assert np.max(np.abs(se - ref["se"]) / ref["se"]) < 2e-4
     assert np.allclose(var, ref["var"], rtol=1e-3, atol=1e-4)
+    cov = np.sort(np.array([c["covariance"] for c in r.get("covariances", [])]))
+    assert cov.shape == ref["cov"].shape and np.allclose(cov, ref["cov"], rtol=1e-3, atol=1e-4)

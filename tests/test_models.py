@@ -689,7 +689,7 @@ def test_every_preset_parses_and_translates():
         # the correlated default: only the fast engine; MixedLM refuses with the fix
         spec = parse_formula(preset_formula(name))
         assert supports(spec)
-        with pytest.raises(ValueError, match=r"Write '\(1 \+ \w+ \|\| patient\)' \(uncorrelated\)"):
+        with pytest.raises(ValueError, match=r"Write '\(1 \+ \w+ \|\| patient\)' \(uncorrelated; for a preset model, the option `slopes: uncorrelated`\)"):
             to_mixedlm(spec)
 
 
@@ -820,3 +820,20 @@ def test_fast_engine_refuses_crossed_factors_and_bad_engine_names():
     assert fit_model(d, "y ~ x + (1 | a) + (1 | b)")["engine"] == "statsmodels.MixedLM"
     with pytest.raises(ValueError, match="`engine` must be 'auto', 'fast' or 'statsmodels'; got 'lme4'."):
         fit_model(d, "y ~ x + (1 | a)", engine="lme4")
+
+
+def test_nesting_is_judged_on_the_rows_the_model_uses(small):
+    # one patient's first row names another therapist but has no outcome: the model drops
+    # that row, its rows are nested, and the correlated default goes to the fast engine
+    d = small.copy()
+    first = d.index[d["patient"] == d["patient"].iloc[0]][0]
+    other = sorted(set(d["therapist"]) - {d.loc[first, "therapist"]})[0]
+    d.loc[first, ["therapist", "outcome"]] = [other, np.nan]
+    formula = "outcome ~ session + (1 | therapist) + (1 + session | patient)"
+    r = fit_model(d, formula)
+    assert r["engine"] == "allianceflow.engine" and r["n_obs"] == len(small) - 1
+    # with the outcome present the patient really has two therapists: statsmodels' message
+    # names the option a preset user needs
+    d.loc[first, "outcome"] = small.loc[first, "outcome"]
+    with pytest.raises(ValueError, match=r"for a preset model, the option `slopes: uncorrelated`"):
+        fit_model(d, formula)

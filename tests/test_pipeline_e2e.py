@@ -270,3 +270,21 @@ def test_expected_response_from_a_reference_sample(run):
     assert result.expected_response == expected
     own = derive_study(scored, load_config(run["dir"] / "config.yaml")["studies"]["example"]).expected_response
     assert own != expected
+
+
+def test_pooling_a_preset_model(tmp_path, copy_project):
+    # pool.model may name a preset model, not only one written as a formula
+    work = copy_project(tmp_path)
+    config = yaml.safe_load((work / "config.yaml").read_text(encoding="utf-8"))
+    config["models"]["ao_preset"] = {"preset": "alliance_outcome"}
+    for study in config["studies"].values():
+        study["models"] = ["ao_preset"]
+    config["comparisons"] = []
+    config["pool"]["model"] = "ao_preset"
+    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    proc = _snakemake(work, "results/pooled/meta_analysis.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((work / "results/pooled/models/one_stage.json").read_text())
+    assert "(1 + session | patient)" in one["formula"] and "study" in one["formula"]
+    meta = json.loads((work / "results/pooled/meta_analysis.json").read_text())
+    assert meta["k"] == 2

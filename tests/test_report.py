@@ -3,6 +3,8 @@
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from allianceflow.cli import main
 from allianceflow.io import write_json
 from allianceflow.report import build_manifest, verify_manifest
@@ -22,6 +24,12 @@ def test_manifest_hashes_verify_and_tampering_is_found(tmp_path, capsys):
     write_json(manifest, path)
     assert verify_manifest(path, root=tmp_path) == []
     assert main(["verify", str(path), "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"{path}: all files match\n"
+    other = tmp_path / "other.json"
+    write_json({**manifest, "allianceflow_source_sha256": "0" * 64}, other)
+    assert main(["verify", str(other), "--root", str(tmp_path)]) == 0  # a note, not a failure
+    assert capsys.readouterr().out.startswith(
+        f"{other}: note: made by other allianceflow code than the one installed (package files sha256 000000000000...")
 
     out.write_text("x\n2\n")
     raw.unlink()
@@ -43,6 +51,8 @@ def test_source_fingerprint_follows_the_package_files_only(tmp_path):
     (copy / "__pycache__").mkdir(exist_ok=True)
     (copy / "__pycache__" / "x.pyc").write_bytes(b"cache")
     (copy / "notes.txt").write_text("not part of the package", encoding="utf-8")
+    (copy / ".ipynb_checkpoints").mkdir()
+    (copy / ".ipynb_checkpoints" / "tables-checkpoint.py").write_text("# an editor's copy\n", encoding="utf-8")
     assert source_fingerprint(copy) == installed
     instrument = copy / "instruments" / "ors.yaml"
     instrument.write_bytes(instrument.read_bytes() + b"\n")  # an instrument definition is code too
@@ -52,3 +62,27 @@ def test_source_fingerprint_follows_the_package_files_only(tmp_path):
     (copy / "clinical.py").rename(copy / "clinical2.py")  # a renamed module
     assert source_fingerprint(copy) != installed
     assert build_manifest(study="s", inputs=[], outputs=[], config={}, root=tmp_path)["allianceflow_source_sha256"] == installed
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="No package files under"):
+        source_fingerprint(tmp_path / "empty")
+
+
+def test_every_rule_that_runs_code_takes_the_source_fingerprint():
+    # Snakemake reruns a job when its params change, so each rule must carry the hash itself
+    # (a rule whose inputs do not come from another rule, like the power rules, would
+    # otherwise keep results made by other code)
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "Snakefile", *sorted((root / "workflow" / "rules").glob("*.smk"))]
+    checked = []
+    for path in files:
+        for block in re.split(r"\n(?=rule \w+:)", path.read_text(encoding="utf-8")):
+            head = re.match(r"rule (\w+):", block)
+            if not head or not re.search(r"^    (script|run|shell|notebook|wrapper):", block, re.M):
+                continue
+            params = re.search(r"^    params:\n((?:        .*\n)+)", block, re.M)
+            assert params and "allianceflow_source=SOURCE_FINGERPRINT," in params.group(1), f"{path.name}: rule {head.group(1)}"
+            checked.append(head.group(1))
+    assert {"clean_sessions", "fit_model", "simulate_power_chunk", "write_manifest", "plot_meta_forest"} <= set(checked)
+    assert len(checked) == 26

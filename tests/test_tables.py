@@ -155,3 +155,20 @@ def test_every_format_is_byte_identical_and_readable(tmp_path, result):
 def test_unknown_suffix_is_refused(tmp_path, result):
     with pytest.raises(ValueError, match=r"`paths` must end in .csv, .md, .html, .tex or .docx; got 't.xlsx'."):
         T.write_table_files(T.model_table([result]), [tmp_path / "t.xlsx"])
+
+
+def test_model_table_reports_the_covariance_of_correlated_random_effects(result):
+    correlated = {**result, "name": "m2", "formula": "outcome ~ session + (1 + session | patient)",
+                  "random": result["random"] + [{"group": "patient", "term": "session", "variance": 0.09, "sd": 0.3, "boundary": False}],
+                  "covariances": [{"group": "patient", "term1": "(Intercept)", "term2": "session",
+                                   "covariance": -0.18, "correlation": -0.3}]}
+    t = T.model_table([result, correlated])
+    body = t.body.set_index("Parameter")
+    row = body.loc["Patient intercept with Session, covariance (r)"]
+    assert row.tolist() == ["", "", "", "−0.18 (r = −.30)", "", ""]  # empty for the model without it
+    assert "Random effects (variance, covariance)" in body.index
+    cov = t.data[(t.data["model"] == "m2") & t.data["statistic"].isin(["covariance", "correlation"])]
+    assert cov["value"].tolist() == [-0.18, -0.3]
+    assert "Patient (Intercept) with session: covariance −0.180, correlation −0.300." in T.model_markdown(correlated)
+    # a model without correlated effects keeps the old section name
+    assert "Random effects (variance)" in T.model_table([result]).body["Parameter"].tolist()

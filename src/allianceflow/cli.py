@@ -7,7 +7,8 @@ exclusions (flagged or altered rows are listed but pass), 1 otherwise.
 
 ``verify`` recomputes the SHA-256 of every input and output a manifest lists, so a reviewer
 can check that a reproduction gave the same bytes. Exit status 0 when everything matches,
-1 otherwise.
+1 otherwise. It also notes (without changing the status) when the manifest was made by
+other allianceflow code than the installed package.
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ __all__ = ["main"]
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .io import read_json, source_fingerprint
     from .report import verify_manifest
 
     status = 0
+    installed = source_fingerprint()
     for manifest in args.manifests:
         problems = verify_manifest(manifest, root=args.root)
+        recorded = read_json(manifest).get("allianceflow_source_sha256")
+        if recorded is not None and recorded != installed:
+            print(f"{manifest}: note: made by other allianceflow code than the one installed "
+                  f"(package files sha256 {recorded[:12]}... there, {installed[:12]}... here); "
+                  "a difference in the outputs may come from that.")
         if problems:
             status = 1
             print(f"{manifest}: {len(problems)} file(s) do not match")

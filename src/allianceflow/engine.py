@@ -674,6 +674,38 @@ def _newton_polish(f, x, f_best, lo, boundary_tol, tol, max_steps=20):
     return x, f_best, steps
 
 
+def _escape_saddle(f, x, f_best, lo, boundary_tol, theta_slices):
+    """Leave a stationary point on the boundary that is not a minimum.
+
+    For each correlated block (a level with two or more θ) that has a diagonal θ at 0, the
+    finite-difference Hessian of the deviance over all of the block's θ (a diagonal θ may be
+    evaluated below 0: Λ and -Λ give the same covariance) is checked for negative curvature;
+    if there is some, steps along that eigenvector (oriented into the interior) are tried
+    and the first that lowers the deviance is taken. lme4's ``restart_edge`` serves the same
+    purpose by restarting the optimiser.
+    """
+    at_zero = np.isfinite(lo) & (x <= boundary_tol * 1e-2)
+    for sl, _rows, _cols in theta_slices:
+        idx = np.arange(len(x))[sl]
+        if len(idx) < 2 or not at_zero[idx].any():
+            continue
+        mask = np.zeros(len(x), dtype=bool)
+        mask[idx] = True
+        w, V = np.linalg.eigh(_fd_hessian(f, x, mask))
+        if w[0] >= -1e-8 * max(1.0, float(np.abs(w).max())):
+            continue
+        v = np.zeros(len(x))
+        v[idx] = V[:, 0]
+        if v[at_zero].sum() < 0:
+            v = -v
+        for t in (1e-2, 1e-1, 0.5, 1.0):
+            trial = np.maximum(x + t * v, lo)
+            ft = f(trial)
+            if ft < f_best - 1e-9:
+                return trial, ft, True
+    return x, f_best, False
+
+
 def _check(f, x, lo, boundary_tol):
     """Convergence check: PD Hessian and Newton decrement on the free coordinates; at the
     zero bound, the deviance must not decrease into the interior (first and second order)."""
@@ -781,7 +813,11 @@ def fit_lmm(
     :math:`\\tfrac12 g^\\top H^{-1} g` (the deviance still to gain) below ``tol``. Unlike lme4's
     absolute gradient tolerance (0.002), which the deviance's growth with *n* trips on large
     data, this criterion has the same meaning at any sample size. Diagonal θ at 0 must have a
-    non-negative gradient (Karush–Kuhn–Tucker); they are reported in ``boundary``.
+    non-negative gradient (Karush–Kuhn–Tucker); they are reported in ``boundary``. A
+    diagonal θ at 0 inside a correlated block can be a saddle rather than a minimum (the
+    deviance is flat in that θ alone but falls along a joint direction with its
+    off-diagonal); :func:`_escape_saddle` steps out along the most negative curvature and
+    the optimiser restarts, as lme4's ``restart_edge`` does.
 
     The log-likelihood at given parameters equals statsmodels' ``MixedLM.loglike`` to 1e-10
     relative, and a dense-matrix computation for structures MixedLM cannot express
@@ -872,6 +908,11 @@ def fit_lmm(
                 if ft < f_best - 1e-9:
                     phi, f_best, escaped = trial, ft, True
                     break
+        if not escaped:
+            # ... or jointly with the other entries of its block: at Λ's (θ11, θ21) = (0, 0)
+            # the deviance is flat in θ11 alone but can fall along a direction that moves
+            # both (a saddle, not a minimum). Step along the most negative curvature.
+            phi, f_best, escaped = _escape_saddle(f, phi, f_best, lo_phi, boundary_tol, prob.theta_slices)
         hess_pd, decrement, kkt_ok, g_full, on_bound = _check(f, phi, lo_phi, boundary_tol)
         if not escaped and hess_pd and decrement < tol and kkt_ok:
             break

@@ -525,7 +525,8 @@ def to_mixedlm(spec: FormulaSpec, data: pd.DataFrame | None = None) -> MixedLMPl
                     f"{[':'.join(f) for f in factors]} are crossed (not nested), and MixedLM "
                     "fits crossed factors only as independent variance components. Write "
                     f"'({' + '.join(('1',) + term.slopes) if term.intercept else '0 + ' + ' + '.join(term.slopes)} || {term.label})' "
-                    "(uncorrelated), or check that the data nest one factor in the other."
+                    "(uncorrelated; for a preset model, the option `slopes: uncorrelated`), or "
+                    "check that the data nest one factor in the other."
                 )
             for eff in term.effects:
                 add_vc(term, eff)
@@ -572,8 +573,8 @@ def to_mixedlm(spec: FormulaSpec, data: pd.DataFrame | None = None) -> MixedLMPl
                         f"to the outermost grouping factor ({outer_label!r}); inner levels are "
                         "independent variance components. Write "
                         f"'({' + '.join(('1',) + term.slopes) if term.intercept else '0 + ' + ' + '.join(term.slopes)} || {term.label})' "
-                        f"(uncorrelated), or drop {other} so that {term.label!r} becomes the "
-                        "outer level."
+                        f"(uncorrelated; for a preset model, the option `slopes: uncorrelated`), or "
+                        f"drop {other} so that {term.label!r} becomes the outer level."
                     )
                 for eff in term.effects:
                     add_vc(term, eff)

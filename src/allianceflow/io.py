@@ -509,14 +509,20 @@ def source_fingerprint(root: str | Path | None = None) -> str:
     str
         64 hexadecimal digits, over each file's path relative to *root* and its bytes, in
         sorted path order (``.py``, ``.yaml``, ``.yml``, ``.json`` and ``matplotlibrc``;
-        caches are skipped), so it is the same on any machine with the same files.
+        caches and hidden folders such as ``.ipynb_checkpoints`` are skipped), so it is the
+        same on any machine with the same files (a checkout that turns line endings into
+        CRLF has other bytes, as it does for the data; ``.gitattributes`` keeps LF).
     """
     root = Path(root) if root is not None else Path(__file__).resolve().parent
     digest = hashlib.sha256()
     files = sorted(
         p for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and (p.suffix in {".py", ".yaml", ".yml", ".json"} or p.name == "matplotlibrc")
+        if p.is_file()
+        and not any(part == "__pycache__" or part.startswith(".") for part in p.relative_to(root).parts)
+        and (p.suffix in {".py", ".yaml", ".yml", ".json"} or p.name == "matplotlibrc")
     )
+    if not any(p.name == "__init__.py" for p in files):
+        raise FileNotFoundError(f"No package files under {root} to fingerprint (is allianceflow installed from a zip?).")
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
         digest.update(path.read_bytes() + b"\0")

@@ -241,8 +241,11 @@ def design_from_model(
     Notes
     -----
     ``outcome_variance`` = residual variance / (1 − ICC_therapist − ICC_patient). With
-    random slopes the patient ICC of :func:`fit_model` includes the slope variance at the
-    average time (Johnson 2014), so the planned intercept variance is then slightly high.
+    random slopes the patient ICC of :func:`fit_model` is the patient-level variance averaged
+    over the observed times, slope variance and intercept-slope covariance included (Johnson
+    2014), so the planned intercept variance differs from the fitted one: higher through the
+    slope variance, lower through a negative covariance (the example study's slopes model:
+    patient ICC .49, or .56 when its covariance term is left out).
     """
     fixed = {row["term"]: row["estimate"] for row in result["fixed"]}
     if "alliance_within_lag" not in fixed:

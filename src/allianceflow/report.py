@@ -2,7 +2,8 @@
 
 ``results/<study>/manifest.json`` lists the SHA-256 of every input (raw files and the
 config file), the resolved configuration of the study, the versions of the packages that
-shape the results, and the SHA-256 of every output. :func:`verify_manifest` recomputes the
+shape the results, a SHA-256 of allianceflow's own files (the exact code), and the SHA-256
+of every output. :func:`verify_manifest` recomputes the
 output hashes and reports any difference.
 """
 

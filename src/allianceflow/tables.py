@@ -242,6 +242,9 @@ def model_markdown(result: dict[str, Any]) -> str:
             "SD": random["sd"].map(lambda v: _num(v, 3)),
         })
         lines.append(shown.to_markdown(index=False, disable_numparse=True))
+    for c in result.get("covariances", []):
+        lines.append(f"\n{c['group'].capitalize()} {c['term1']} with {c['term2']}: covariance "
+                     f"{_num(c['covariance'], 3)}, correlation {_num(c['correlation'], 3)}.")
     lines.append(f"\nResidual variance {_num(result['residual_variance'], 3)}.")
     icc = ", ".join(f"{k} {_num(v, 3)}" for k, v in sorted(result.get("icc", {}).items()))
     lines.append(
@@ -299,7 +302,8 @@ def model_table(
     Table
         Sections *Fixed effects* (per term: b, SE, 95% CI, z, p for one model; b (SE),
         95% CI and p per model for several), *Random effects* (variances, residual last),
-        and *Model fit* (ICC per level, marginal and conditional R², observations, groups,
+        with the covariance and correlation of each correlated pair, e.g. patient intercepts
+        with time slopes), and *Model fit* (ICC per level, marginal and conditional R², observations, groups,
         estimation, log-likelihood, AIC, BIC, convergence). ``data`` is long: ``model,
         section, term, statistic, value`` with the unrounded numbers.
 
@@ -322,6 +326,10 @@ def model_table(
                 records.append({"model": r["name"], "section": "fixed", "term": f["term"], "statistic": stat, "value": f[stat]})
         for v in r["random"]:
             records.append({"model": r["name"], "section": "random", "term": f"{v['group']}: {v['term']}", "statistic": "variance", "value": v["variance"]})
+        for c in r.get("covariances", []):
+            for stat in ("covariance", "correlation"):
+                records.append({"model": r["name"], "section": "random", "term": f"{c['group']}: {c['term1']} with {c['term2']}",
+                                "statistic": stat, "value": c[stat]})
         records.append({"model": r["name"], "section": "random", "term": "Residual", "statistic": "variance", "value": r["residual_variance"]})
         for g, v in r.get("icc", {}).items():
             records.append({"model": r["name"], "section": "fit", "term": f"ICC {g}", "statistic": "value", "value": v})
@@ -365,7 +373,8 @@ def model_table(
         for r in results:
             row += cells(r, next((f for f in r["fixed"] if f["term"] == term), None))
         rows.append(row)
-    section("Random effects (variance)")
+    has_cov = any(r.get("covariances") for r in results)
+    section("Random effects (variance, covariance)" if has_cov else "Random effects (variance)")
     components: list[tuple[str, str]] = []
     for r in results:
         components += [(v["group"], v["term"]) for v in r["random"] if (v["group"], v["term"]) not in components]
@@ -376,6 +385,17 @@ def model_table(
             values.append("" if match is None else _num(match["variance"]))
         what = "intercept" if t in ("(Intercept)", "Intercept", "1") else _label(t, labels)
         stat_row(f"{_label(g, labels).capitalize()} {what}", values)
+    pairs: list[tuple[str, str, str]] = []
+    for r in results:
+        pairs += [(c["group"], c["term1"], c["term2"]) for c in r.get("covariances", [])
+                  if (c["group"], c["term1"], c["term2"]) not in pairs]
+    for g, t1, t2 in pairs:
+        values = []
+        for r in results:
+            match = next((c for c in r.get("covariances", []) if (c["group"], c["term1"], c["term2"]) == (g, t1, t2)), None)
+            values.append("" if match is None else f"{_num(match['covariance'])} (r = {format_r(match['correlation'])})")
+        names = ["intercept" if t in ("(Intercept)", "Intercept", "1") else _label(t, labels) for t in (t1, t2)]
+        stat_row(f"{_label(g, labels).capitalize()} {names[0]} with {names[1]}, covariance (r)", values)
     stat_row("Residual", [_num(r["residual_variance"]) for r in results])
     section("Model fit")
     levels: list[str] = []

@@ -4,7 +4,7 @@ from pathlib import Path
 import dataclasses
 
 from allianceflow.config import validate_config
-from allianceflow.io import source_fingerprint
+from allianceflow.io import package_versions, source_fingerprint
 from allianceflow.power import chunk_seeds, designs_from_config
 
 # Validate before any job runs; fills in the schema's defaults in place.
@@ -14,10 +14,13 @@ config.update(
     )
 )
 
-# A hash of the package's own files. Every rule gets it as a parameter, so results made by
-# other allianceflow code (an upgrade, a fix) are rebuilt instead of silently kept; a
-# rerun with the same code and inputs has nothing to do.
-SOURCE_FINGERPRINT = source_fingerprint()
+# A hash of the package's own files and the versions of the libraries that compute results.
+# Every rule gets it as a parameter, so results made by other code (an upgrade, a fix) are
+# rebuilt instead of silently kept; a rerun with the same code and inputs has nothing to do.
+SOURCE_FINGERPRINT = {
+    "allianceflow_source_sha256": source_fingerprint(),
+    "versions": {k: v for k, v in package_versions().items() if k != "snakemake"},
+}
 
 STUDIES = sorted(config["studies"])
 MODELS = sorted(config["models"])

@@ -1,5 +1,5 @@
 """Snakemake adapter: two-stage meta-analysis and one-stage model (allianceflow.pool.pool_stage)."""
-from allianceflow.pipeline import run_step
+from allianceflow.pipeline import model_formula, run_step
 from allianceflow.pool import pool_stage
 
 with run_step(snakemake.log[0]):
@@ -8,7 +8,7 @@ with run_step(snakemake.log[0]):
         models=snakemake.params.models,
         analyses=snakemake.params.analyses,
         directions=snakemake.params.directions,
-        formula=snakemake.params.model["formula"],
+        formula=model_formula(snakemake.params.model),
         reml=snakemake.params.model.get("reml", True),
         term=settings["term"],
         method=settings["method"],
