@@ -897,6 +897,16 @@ def fit_lmm(
         phi, f_best, steps = _newton_polish(f, phi, f_best, lo_phi, boundary_tol, tol)
         if steps:
             optimizer = "L-BFGS-B + Newton"
+        # a diagonal θ that stops within boundary_tol of 0 is on the boundary (it is reported
+        # there): set it to 0 when that costs at most 1e-7 of deviance (the deviance is even
+        # and flat in it), so that the convergence check holds it on the bound instead of
+        # asking for curvature in a direction that has none
+        near = np.isfinite(lower) & (phi > 0) & (phi / scale < boundary_tol)
+        if near.any():
+            snapped = np.where(near, 0.0, phi)
+            fs = f(snapped)
+            if fs <= f_best + 1e-7:
+                phi, f_best = snapped, fs
         # a variance at 0 may be a stationary point that is not a minimum (the deviance is
         # even in a diagonal θ): try stepping back into the interior
         escaped = False

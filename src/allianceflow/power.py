@@ -53,12 +53,11 @@ __all__ = [
 ]
 
 #: The model fitted to each replication: the alliance_outcome model plus the feedback x
-#: time interaction, with uncorrelated patient intercepts and slopes. The generating model
-#: correlates them (``slope_intercept_corr``); ``power.formula`` with
-#: ``(1 + session | patient)`` fits that structure instead.
+#: time interaction, with correlated patient intercepts and slopes as in the generating
+#: model (``slope_intercept_corr``) and the analysis presets.
 DEFAULT_FORMULA = (
     "outcome ~ alliance_within_lag + alliance_between + session + session:feedback"
-    " + (1 | therapist) + (1 + session || patient)"
+    " + (1 | therapist) + (1 + session | patient)"
 )
 #: Model term -> design field holding its true value.
 TERMS: dict[str, str] = {"alliance_within_lag": "within_effect", "session:feedback": "feedback_effect"}
