@@ -650,7 +650,6 @@ def clean_sessions(
         known = folded.isin(ENDING_TYPES)
         frame["ending"] = frame["ending"].where(~known, folded)
         bad = frame["ending"].notna() & ~known
-        cleaner.frame = frame
         if bad.any():
             example = frame.loc[bad, "ending"].iloc[0]
             cleaner.apply(
@@ -681,8 +680,7 @@ def clean_sessions(
                 lambda p, c=col: f"the patient's {c} differs between rows ({listing[p]}); it is one value per patient")
             cleaner.apply("ending_conflict", mask, column=col, reason=reason,
                           fix=f"Record one {col} per patient (on any or all of the patient's rows).")
-    for col in PATIENT_LEVEL:
-        if col in cleaner.frame and cleaner.frame[col].notna().any():
+        if len(recorded):
             cleaner.frame = cleaner.frame.assign(**{col: cleaner.frame.groupby("patient")[col].transform("first")})
 
     # 5. ids and session numbers ---------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from allianceflow.formula import FormulaSpec, formula_variables, parse_formula
+from allianceflow.formula import FormulaSpec, model_rows, parse_formula
 
 __all__ = ["LMMFit", "fit_lmm", "supports"]
 
@@ -556,15 +556,7 @@ def _prepare(data: pd.DataFrame, spec: FormulaSpec):
         raise ValueError(
             f"`formula` {spec.formula!r} has no random part; add e.g. '(1 | patient)'."
         )
-    variables = formula_variables(spec, data.columns)
-    keep = data[variables].notna().all(axis=1).to_numpy()
-    n_dropped = int((~keep).sum())
-    d = data.loc[keep, variables].reset_index(drop=True)
-    if len(d) == 0:
-        raise ValueError(
-            f"`data` has no complete rows for the model variables {variables} "
-            f"(all {len(data)} rows have a missing value in at least one)."
-        )
+    d, n_dropped = model_rows(data, spec)
     levels = _levels_from_spec(spec)
     nested = _nesting_order(d, levels)
     if nested is None:

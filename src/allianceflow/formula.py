@@ -43,6 +43,7 @@ __all__ = [
     "parse_formula",
     "to_mixedlm",
     "formula_variables",
+    "model_rows",
 ]
 
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
@@ -367,6 +368,32 @@ def parse_formula(formula: str) -> FormulaSpec:
         fixed=" + ".join(fixed_out),
         random=tuple(random_terms),
     )
+
+
+def model_rows(data: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, int]:
+    """The rows a model uses: the formula's variables, rows with any missing value dropped.
+
+    Returns
+    -------
+    (pandas.DataFrame, int)
+        The complete rows (index reset) and how many rows were dropped.
+
+    Raises
+    ------
+    KeyError
+        A variable is not a column (:func:`formula_variables`).
+    ValueError
+        No row is complete.
+    """
+    variables = formula_variables(spec, data.columns)
+    keep = data[variables].notna().all(axis=1).to_numpy()
+    rows = data.loc[keep, variables].reset_index(drop=True)
+    if len(rows) == 0:
+        raise ValueError(
+            f"`data` has no complete rows for the model variables {variables} "
+            f"(all {len(data)} rows have a missing value in at least one)."
+        )
+    return rows, int((~keep).sum())
 
 
 def formula_variables(spec: FormulaSpec, columns) -> list[str]:

@@ -34,6 +34,7 @@ from allianceflow.formula import (
     MixedLMPlan,
     RandomTerm,
     formula_variables,
+    model_rows,
     parse_formula,
     to_mixedlm,
 )
@@ -113,16 +114,7 @@ def _check_name(name: Any) -> None:
 
 
 def _prepare(data: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, MixedLMPlan, int]:
-    variables = formula_variables(spec, data.columns)
-    sub = data[variables]
-    keep = sub.notna().all(axis=1).to_numpy()
-    n_dropped = int((~keep).sum())
-    d = data.loc[keep, variables].reset_index(drop=True)
-    if len(d) == 0:
-        raise ValueError(
-            f"`data` has no complete rows for the model variables {variables} "
-            f"(all {len(data)} rows have a missing value in at least one)."
-        )
+    d, n_dropped = model_rows(data, spec)
     for fac in {f for t in spec.random for f in t.factor}:
         d[fac] = d[fac].astype(str)
     plan = to_mixedlm(spec, d)
@@ -751,9 +743,9 @@ def fit_model(
         from .engine import supports
 
         # nesting is a property of the rows the model uses (incomplete rows are dropped)
-        used = [c for c in formula_variables(spec, data.columns) if c in data.columns]
-        if supports(spec, data.loc[data[used].notna().all(axis=1)] if used else data):
-            return _fit_fast(data, spec, reml=bool(reml), name=name, boundary_tol=boundary_tol)
+        rows, n_dropped = model_rows(data, spec)
+        if supports(spec, rows):
+            return _fit_fast(rows, spec, n_dropped=n_dropped, reml=bool(reml), name=name, boundary_tol=boundary_tol)
         if engine == "fast":
             raise ValueError(
                 f"The fast engine cannot fit {formula!r}: it needs nested grouping factors "
@@ -992,23 +984,19 @@ def _fixed_rows(terms: list[str], estimates, ses, dfs: dict[str, float], df_defa
     return rows
 
 
-def _fit_fast(data: pd.DataFrame, spec: FormulaSpec, *, reml: bool, name: str, boundary_tol: float) -> dict:
-    """Fit with :func:`allianceflow.engine.fit_lmm` and return the same result dict as the
-    statsmodels path (same keys, same definitions of df, r, ICC and R²)."""
+def _fit_fast(rows: pd.DataFrame, spec: FormulaSpec, *, n_dropped: int, reml: bool, name: str,
+              boundary_tol: float) -> dict:
+    """Fit the model's complete *rows* (:func:`allianceflow.formula.model_rows`; *n_dropped*
+    were incomplete) with :func:`allianceflow.engine.fit_lmm` and return the same result dict
+    as the statsmodels path (same keys, same definitions of df, r, ICC and R²)."""
     import patsy
 
     from .engine import fit_lmm
 
-    variables = formula_variables(spec, data.columns)
-    d = data.loc[data[variables].notna().all(axis=1), variables].reset_index(drop=True)
-    if len(d) == 0:
-        raise ValueError(
-            f"`data` has no complete rows for the model variables {variables} "
-            f"(all {len(data)} rows have a missing value in at least one)."
-        )
+    d = rows.copy()
     design = patsy.dmatrix(spec.fixed, d, return_type="dataframe")
     _check_rank_design(design.to_numpy(dtype=float), list(design.columns))
-    fit = fit_lmm(data, spec, reml=reml, boundary_tol=boundary_tol)
+    fit = fit_lmm(rows, spec, reml=reml, boundary_tol=boundary_tol)
     keys = []
     # outer to inner: fewer parts first, then fewer levels (study, therapist, patient)
     for factor in sorted(spec.factors, key=lambda f: (len(f), d[list(f)].drop_duplicates().shape[0])):
@@ -1070,7 +1058,7 @@ def _fit_fast(data: pd.DataFrame, spec: FormulaSpec, *, reml: bool, name: str, b
         "engine": "allianceflow.engine",
         "n_obs": int(fit.n_obs),
         "n_groups": {g: int(fit.n_groups[g]) for g in dict.fromkeys(order)},
-        "n_dropped_missing": int(fit.n_dropped_missing),
+        "n_dropped_missing": int(n_dropped),
         "fixed": fixed,
         "random": random,
         "covariances": covs,
