@@ -1,25 +1,43 @@
 # Two commands on a fresh machine with Python 3.11 and git:
-#   make run    set up .venv and run the pipeline on the example study
-#   make test   set up .venv and run the whole test suite
+#   make run    set up .venv from requirements.lock and run the pipeline on the example studies
+#   make test   set up .venv from requirements.lock and run the test suite
+# The environment is installed from requirements.lock (exact versions with sha256 hashes), so a
+# reviewer months later gets the same packages, and so the same bytes. `make lock` rewrites it
+# from pyproject.toml's ranges.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CORES ?= all
+LOCK := requirements.lock
 
-.PHONY: run test verify report example clean-results lint
+.PHONY: run resume test test-all verify report example clean-results lint format lock
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 
+# After an interrupted run (Ctrl-C, a killed job, a lost SSH session): release Snakemake's
+# lock on the folder and rerun the jobs whose outputs were left incomplete.
+resume: $(STAMP)
+	$(BIN)/snakemake --unlock
+	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
+
+# The default suite: quick (.test/ configuration for the end-to-end tests, hypothesis's quick
+# profile). With CI=true (as .ci/run sets) it runs everything: the full example pipeline, the
+# thorough hypothesis profile, and the lme4 and SLURM tests, which then fail if R or SLURM is
+# missing instead of skipping.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything CI runs, on your machine.
+test-all: $(STAMP)
+	CI=true $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Recompute the sha256 of every input and output listed in each study's manifest.
 verify: $(STAMP)
@@ -36,8 +54,21 @@ example: $(STAMP)
 	$(BIN)/python -m allianceflow.simulate data/raw/example2 srs+phq9
 
 lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+# Rewrite requirements.lock from pyproject.toml (the package and its test extra), for
+# Python 3.11 on Linux x86_64, with hashes. Run it after changing a dependency range.
+lock:
+	test -x $(BIN)/uv || ($(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet uv)
+	$(BIN)/uv pip compile pyproject.toml --extra test --generate-hashes --no-header \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o $(LOCK)
 
 clean-results:
 	rm -rf results/*/ data/processed/*/ logs .snakemake
