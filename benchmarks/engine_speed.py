@@ -129,10 +129,13 @@ def _run(cmd: list[str], timeout: float) -> dict:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"stopped after {timeout:.0f} s (timeout)", "wall": time.perf_counter() - t0}
+        return {
+            "error": f"stopped after {timeout:.0f} s (timeout)",
+            "wall": time.perf_counter() - t0,
+        }
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            txt = line[7:].replace(",\"warnings\":[\"\"]", ",\"warnings\":[]")
+            txt = line[7:].replace(',"warnings":[""]', ',"warnings":[]')
             try:
                 return json.loads(txt)
             except json.JSONDecodeError as exc:
@@ -148,12 +151,17 @@ def make_data(n_patients: int, seed: int, folder: Path) -> tuple[Path, Path, int
     from allianceflow.simulate import simulate_study
 
     df = simulate_study(
-        seed=seed, n_patients=n_patients, n_therapists=max(n_patients // 50, 10),
-        max_sessions=12, dropout_hazard=0.03,
+        seed=seed,
+        n_patients=n_patients,
+        n_therapists=max(n_patients // 50, 10),
+        max_sessions=12,
+        dropout_hazard=0.03,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        an = derive_analysis(score_sessions(df, ["wai_sr", "ors"]), alliance="wai_sr_total", outcome="ors_total")
+        an = derive_analysis(
+            score_sessions(df, ["wai_sr", "ors"]), alliance="wai_sr_total", outcome="ors_total"
+        )
     an = an[COLUMNS]
     pq, csv = folder / f"d{n_patients}.parquet", folder / f"d{n_patients}.csv"
     an.to_parquet(pq, index=False)
@@ -165,22 +173,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     ap.add_argument("--reps", type=int, default=3, help="repetitions per engine/lme4 fit")
-    ap.add_argument("--sm-reps-large", type=int, default=1, help="statsmodels reps at >= 20,000 patients")
-    ap.add_argument("--reps-large", type=int, default=2, help="lme4 repetitions at 100,000 patients")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds before a child is stopped")
-    ap.add_argument("--sm-timeout", type=float, default=240.0,
-                    help="seconds before statsmodels' therapist model is stopped")
-    ap.add_argument("--sm-100k", action="store_true", help="also run statsmodels at 100,000 patients")
+    ap.add_argument(
+        "--sm-reps-large", type=int, default=1, help="statsmodels reps at >= 20,000 patients"
+    )
+    ap.add_argument(
+        "--reps-large", type=int, default=2, help="lme4 repetitions at 100,000 patients"
+    )
+    ap.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds before a child is stopped"
+    )
+    ap.add_argument(
+        "--sm-timeout",
+        type=float,
+        default=240.0,
+        help="seconds before statsmodels' therapist model is stopped",
+    )
+    ap.add_argument(
+        "--sm-100k", action="store_true", help="also run statsmodels at 100,000 patients"
+    )
     ap.add_argument("--seed", type=int, default=20261125)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "engine_speed.txt"))
     args = ap.parse_args()
 
-    has_r = shutil.which("Rscript") is not None and subprocess.run(
-        ["Rscript", "-e", "library(lme4)"], capture_output=True).returncode == 0
+    has_r = (
+        shutil.which("Rscript") is not None
+        and subprocess.run(["Rscript", "-e", "library(lme4)"], capture_output=True).returncode == 0
+    )
     lme4_version = ""
     if has_r:
-        lme4_version = subprocess.run(["Rscript", "-e", "cat(as.character(packageVersion('lme4')))"],
-                                      capture_output=True, text=True).stdout.strip()
+        lme4_version = subprocess.run(
+            ["Rscript", "-e", "cat(as.character(packageVersion('lme4')))"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     tmp = Path(tempfile.mkdtemp(prefix="engine_speed_"))
     py_child, r_child = tmp / "child.py", tmp / "child.R"
     py_child.write_text(PY_CHILD)
@@ -192,27 +217,59 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {n} patients, {n_obs} complete rows", flush=True)
         for model, formula in MODELS.items():
             res = {}
-            res["engine"] = _run([sys.executable, str(py_child), "engine", model, str(pq), str(args.reps),
-                                  json.dumps(formula)], args.timeout)
+            res["engine"] = _run(
+                [
+                    sys.executable,
+                    str(py_child),
+                    "engine",
+                    model,
+                    str(pq),
+                    str(args.reps),
+                    json.dumps(formula),
+                ],
+                args.timeout,
+            )
             if model == "patient" and n >= 100_000 and not args.sm_100k:
-                res["statsmodels"] = {"error": "skipped in this run to stay within the session's time "
-                                      "limit (issue 10 measured 429 s; --sm-100k runs it)"}
+                res["statsmodels"] = {
+                    "error": "skipped in this run to stay within the session's time "
+                    "limit (issue 10 measured 429 s; --sm-100k runs it)"
+                }
             elif model == "therapist" and n >= 20_000:
-                res["statsmodels"] = {"error": "skipped: run at 2,000 patients only (issue 10: 88 s at "
-                                      "20,000, > 10 min and 3.4 GB at 100,000)"}
+                res["statsmodels"] = {
+                    "error": "skipped: run at 2,000 patients only (issue 10: 88 s at "
+                    "20,000, > 10 min and 3.4 GB at 100,000)"
+                }
             else:
                 sm_reps = args.reps if (n < 20_000 and model == "patient") else args.sm_reps_large
-                res["statsmodels"] = _run([sys.executable, str(py_child), "statsmodels", model, str(pq),
-                                           str(sm_reps), json.dumps(formula)],
-                                          args.sm_timeout if model == "therapist" else args.timeout)
+                res["statsmodels"] = _run(
+                    [
+                        sys.executable,
+                        str(py_child),
+                        "statsmodels",
+                        model,
+                        str(pq),
+                        str(sm_reps),
+                        json.dumps(formula),
+                    ],
+                    args.sm_timeout if model == "therapist" else args.timeout,
+                )
             if has_r:
                 r_reps = args.reps if n < 100_000 else args.reps_large
-                res["lme4"] = _run(["Rscript", str(r_child), str(csv), str(r_reps), formula], args.timeout)
+                res["lme4"] = _run(
+                    ["Rscript", str(r_child), str(csv), str(r_reps), formula], args.timeout
+                )
             else:
                 res["lme4"] = {"error": "Rscript with lme4 not installed"}
             for tool, r in res.items():
-                print(f"  {model:9s} {tool:11s} " + (f"median {np.median(r['times']):.3f} s, logLik {r['loglik']:.6f}"
-                      if "times" in r else r["error"]), flush=True)
+                print(
+                    f"  {model:9s} {tool:11s} "
+                    + (
+                        f"median {np.median(r['times']):.3f} s, logLik {r['loglik']:.6f}"
+                        if "times" in r
+                        else r["error"]
+                    ),
+                    flush=True,
+                )
             rows.append((n, n_obs, model, res))
     write_report(rows, args, lme4_version)
 
@@ -249,10 +306,21 @@ def write_report(rows, args, lme4_version: str) -> None:
     detail = []
     for n, n_obs, model, res in rows:
         e, l, s = res["engine"], res["lme4"], res["statsmodels"]
+
         def ratio(a):
-            return f"{np.median(a['times']) / np.median(e['times']):.1f}x" if "times" in a and "times" in e else "—"
+            return (
+                f"{np.median(a['times']) / np.median(e['times']):.1f}x"
+                if "times" in a and "times" in e
+                else "—"
+            )
+
         def mem(a):
-            return f"{a['hwm_mb']:.0f}(+{a['hwm_mb'] - a['hwm_base_mb']:.0f})" if "hwm_mb" in a else "—"
+            return (
+                f"{a['hwm_mb']:.0f}(+{a['hwm_mb'] - a['hwm_base_mb']:.0f})"
+                if "hwm_mb" in a
+                else "—"
+            )
+
         lines.append(
             f"{n:>9,} {n_obs:>8,} {model:10} {_fmt_t(e):>9} {_fmt_t(l):>9} {_fmt_t(s):>9} "
             f"{ratio(l):>9} {ratio(s):>8}  {mem(e) + '/' + mem(l) + '/' + mem(s):>26}"

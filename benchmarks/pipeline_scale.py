@@ -111,12 +111,21 @@ def child_stage(stage: str, folder: Path, profile: bool) -> dict:
     study = _study(p["raw"])
     calls = {
         "clean": lambda: pipeline.clean_stage(
-            p["raw"], study, sessions=p["sessions"], exclusions=p["exclusions"], flow=p["flow"], name="example"
+            p["raw"],
+            study,
+            sessions=p["sessions"],
+            exclusions=p["exclusions"],
+            flow=p["flow"],
+            name="example",
         ),
         "score": lambda: pipeline.score_stage(p["sessions"], study, scored=p["scored"]),
         "derive": lambda: pipeline.derive_stage(
-            p["scored"], study, analysis=p["analysis"], patients=p["patients"],
-            sudden_gains=p["sudden_gains"], expected=p["expected"],
+            p["scored"],
+            study,
+            analysis=p["analysis"],
+            patients=p["patients"],
+            sudden_gains=p["sudden_gains"],
+            expected=p["expected"],
         ),
     }
     # Import everything the stage imports lazily, so the timing is of the work only.
@@ -166,8 +175,11 @@ def run(sizes: list[int], workdir: Path, profile: bool, reuse: bool = False) -> 
         else:
             sim = _run_child(["simulate", str(folder), str(rows)])
             meta.write_text(json.dumps(sim))
-        print(f"[{rows}] simulated {sim['rows']} rows, {sim['patients']} patients, "
-              f"{sim['csv_mb']:.0f} MB CSV in {sim['seconds']:.1f} s", flush=True)
+        print(
+            f"[{rows}] simulated {sim['rows']} rows, {sim['patients']} patients, "
+            f"{sim['csv_mb']:.0f} MB CSV in {sim['seconds']:.1f} s",
+            flush=True,
+        )
         record = {"target_rows": rows, **sim, "stages": {}}
         for stage in STAGES:
             load_before = _load()
@@ -175,9 +187,12 @@ def run(sizes: list[int], workdir: Path, profile: bool, reuse: bool = False) -> 
             res["load_before"] = load_before
             res["rows_per_s"] = sim["rows"] / res["seconds"]
             record["stages"][stage] = res
-            print(f"[{rows}] {stage}: {res['seconds']:.2f} s, peak {res['peak_mb']:.0f} MB "
-                  f"(baseline {res['baseline_mb']:.0f} MB), {res['rows_per_s']:,.0f} rows/s, "
-                  f"load before {load_before}", flush=True)
+            print(
+                f"[{rows}] {stage}: {res['seconds']:.2f} s, peak {res['peak_mb']:.0f} MB "
+                f"(baseline {res['baseline_mb']:.0f} MB), {res['rows_per_s']:,.0f} rows/s, "
+                f"load before {load_before}",
+                flush=True,
+            )
         out = _paths(folder)
         import pandas as pd
 
@@ -228,7 +243,14 @@ def report(results: list[dict], total_seconds: float, load_start: str, load_end:
         lines.append(f"| **total** | {total:.2f} | {rec['rows'] / total:,.0f} | | | |")
         lines.append("")
     reused = any(rec.get("reused") for rec in results)
-    lines.append(f"benchmark wall time: {total_seconds:.0f} s" + (" (exports reused from --workdir, not simulated again)" if reused else " incl. simulation"))
+    lines.append(
+        f"benchmark wall time: {total_seconds:.0f} s"
+        + (
+            " (exports reused from --workdir, not simulated again)"
+            if reused
+            else " incl. simulation"
+        )
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -244,10 +266,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--workdir", type=Path, default=None, help="keep the data here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep the data here (default: a temp dir)"
+    )
     parser.add_argument("--profile", action="store_true", help="write a cProfile dump per stage")
-    parser.add_argument("--reuse", action="store_true", help="reuse a simulated export already in --workdir")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "pipeline_scale.txt")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse a simulated export already in --workdir"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=REPO / "benchmarks" / "results" / "pipeline_scale.txt"
+    )
     args = parser.parse_args(argv)
     load_start = _load()
     start = time.perf_counter()

@@ -144,7 +144,12 @@ result.exclusions.head(N_SHOW)
 
 # %%
 n_rows, n_items = len(raw), 16
-print("expected blanks ≈", round(n_rows * n_items * 0.01), "; reported:", result.flow["values"]["missing_code"])
+print(
+    "expected blanks ≈",
+    round(n_rows * n_items * 0.01),
+    "; reported:",
+    result.flow["values"]["missing_code"],
+)
 print("patients:", sessions["patient"].nunique(), " therapists:", sessions["therapist"].nunique())
 print(sessions.groupby("patient").size().describe()[["min", "50%", "max"]])
 
@@ -181,7 +186,7 @@ ending.value_counts()
 # (√(300 × 0.395 × 0.605)); the export has the count below.
 
 # %%
-print("expected planned ≈", round(300 * 0.94 ** 15), "; recorded:", int((ending == "planned").sum()))
+print("expected planned ≈", round(300 * 0.94**15), "; recorded:", int((ending == "planned").sum()))
 
 # %% [markdown]
 # ## 4. The flow diagram
@@ -237,8 +242,12 @@ fixed.exclusions[["source_row", "patient", "session", "rule", "action", "column"
 
 # %%
 print("problems:", clean.reconcile(fixed.flow))
-print("sessions read / kept / excluded:",
-      fixed.flow["sessions"]["read"], fixed.flow["sessions"]["kept"], fixed.flow["sessions"]["excluded"])
+print(
+    "sessions read / kept / excluded:",
+    fixed.flow["sessions"]["read"],
+    fixed.flow["sessions"]["kept"],
+    fixed.flow["sessions"]["excluded"],
+)
 
 # %% [markdown]
 # ## 6. The privacy guard

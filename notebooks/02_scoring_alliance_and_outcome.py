@@ -79,11 +79,17 @@ print("study overrides:", study["instruments"])
 wai = load_instrument("wai_sr", overrides=study["instruments"]["wai_sr"])
 ors = load_instrument("ors", overrides=study["instruments"]["ors"])
 for inst in (wai, ors):
-    print(f"\n{inst.name} ({inst.id}): {inst.n_items} items, {inst.response_min:g}–{inst.response_max:g}, "
-          f"total = {inst.total_rule}, {inst.direction}")
+    print(
+        f"\n{inst.name} ({inst.id}): {inst.n_items} items, {inst.response_min:g}–{inst.response_max:g}, "
+        f"total = {inst.total_rule}, {inst.direction}"
+    )
     print("  subscales:", inst.subscales or "none")
     print("  at most", inst.max_missing, "missing item(s) prorated")
-    print("  clinical cut-off:", inst.cutoff, f"(clinical range: {inst.clinical_range})" if inst.cutoff else "")
+    print(
+        "  clinical cut-off:",
+        inst.cutoff,
+        f"(clinical range: {inst.clinical_range})" if inst.cutoff else "",
+    )
     print("  reliable change:", inst.rci)
     print("  unconfirmed numbers:", inst.unconfirmed)
 
@@ -109,15 +115,30 @@ for inst in (wai, ors):
 
 # %%
 scored = score.score_sessions(sessions, study["instruments"])
-scored[["patient", "session", "wai_sr_total", "wai_sr_task", "wai_sr_bond", "wai_sr_goal",
-        "wai_sr_n_items", "wai_sr_prorated", "ors_total", "ors_n_items"]].head()
+scored[
+    [
+        "patient",
+        "session",
+        "wai_sr_total",
+        "wai_sr_task",
+        "wai_sr_bond",
+        "wai_sr_goal",
+        "wai_sr_n_items",
+        "wai_sr_prorated",
+        "ors_total",
+        "ors_n_items",
+    ]
+].head()
 
 # %%
-summary = pd.DataFrame({
-    "scored": [scored["wai_sr_total"].notna().sum(), scored["ors_total"].notna().sum()],
-    "missing": [scored["wai_sr_total"].isna().sum(), scored["ors_total"].isna().sum()],
-    "prorated": [scored["wai_sr_prorated"].sum(), scored["ors_prorated"].sum()],
-}, index=["WAI-SR total", "ORS total"])
+summary = pd.DataFrame(
+    {
+        "scored": [scored["wai_sr_total"].notna().sum(), scored["ors_total"].notna().sum()],
+        "missing": [scored["wai_sr_total"].isna().sum(), scored["ors_total"].isna().sum()],
+        "prorated": [scored["wai_sr_prorated"].sum(), scored["ors_prorated"].sum()],
+    },
+    index=["WAI-SR total", "ORS total"],
+)
 summary
 
 # %% [markdown]
@@ -135,10 +156,13 @@ summary
 
 # %%
 truth = simulate.simulate_study(seed=simulate.EXAMPLE_SEED)
-check = scored.merge(truth[["patient", "session", "true_alliance", "true_outcome"]], on=["patient", "session"])
+check = scored.merge(
+    truth[["patient", "session", "true_alliance", "true_outcome"]], on=["patient", "session"]
+)
 check["wai_error"] = check["wai_sr_total"] - 12 * check["true_alliance"]
-check.groupby("wai_sr_prorated")["wai_error"].agg(["count", "mean", lambda e: e.abs().mean(), "max"]).rename(
-    columns={"<lambda_0>": "mean |error|"})
+check.groupby("wai_sr_prorated")["wai_error"].agg(
+    ["count", "mean", lambda e: e.abs().mean(), "max"]
+).rename(columns={"<lambda_0>": "mean |error|"})
 
 # %% [markdown]
 # Complete forms are scored exactly (error 0). Prorated forms are off by about 0.4 points
@@ -159,8 +183,21 @@ check.groupby("wai_sr_prorated")["wai_error"].agg(["count", "mean", lambda e: e.
 
 # %%
 rel = score.reliability(sessions, study["instruments"], n_boot=N_BOOT, seed=cfg["seed"])
-rel[["instrument", "scale", "occasion", "n", "k", "alpha", "alpha_ci_low", "alpha_ci_high",
-     "omega", "omega_ci_low", "omega_ci_high"]].round(3)
+rel[
+    [
+        "instrument",
+        "scale",
+        "occasion",
+        "n",
+        "k",
+        "alpha",
+        "alpha_ci_low",
+        "alpha_ci_high",
+        "omega",
+        "omega_ci_low",
+        "omega_ci_high",
+    ]
+].round(3)
 
 # %% [markdown]
 # Alpha and omega agree closely here: the simulator gives every item the same noise, so
@@ -188,9 +225,13 @@ rel[["instrument", "scale", "occasion", "n", "k", "alpha", "alpha_ci_low", "alph
 intake = scored.sort_values("session").dropna(subset=["ors_total"]).groupby("patient").first()
 alpha_first = rel.query("instrument == 'ors' and occasion == 'first'")["alpha"].item()
 rc_sample = clinical.reliable_change_index(intake["ors_total"].std(), alpha_first)
-print(f"intake ORS: M = {intake['ors_total'].mean():.2f}, SD = {intake['ors_total'].std():.2f}; alpha = {alpha_first:.3f}")
+print(
+    f"intake ORS: M = {intake['ors_total'].mean():.2f}, SD = {intake['ors_total'].std():.2f}; alpha = {alpha_first:.3f}"
+)
 print(f"reliable change from this sample: {rc_sample:.2f} points (the study uses {ors.rci:g})")
-print(f"patients starting in the clinical range (ORS < {ors.cutoff:g}): {(intake['ors_total'] < ors.cutoff).mean():.0%}")
+print(
+    f"patients starting in the clinical range (ORS < {ors.cutoff:g}): {(intake['ors_total'] < ors.cutoff).mean():.0%}"
+)
 
 # %% [markdown]
 # The sample gives a smaller value (about 4.4) than the conventional 5: internal
@@ -202,13 +243,20 @@ print(f"patients starting in the clinical range (ORS < {ors.cutoff:g}): {(intake
 # `clinical.reliable_change` classifies every patient (first to last *observed* score).
 
 # %%
-rc = clinical.reliable_change(scored, score="ors_total", direction=ors.direction, rci=ors.rci,
-                              cutoff=ors.cutoff, clinical_range=ors.clinical_range)
+rc = clinical.reliable_change(
+    scored,
+    score="ors_total",
+    direction=ors.direction,
+    rci=ors.rci,
+    cutoff=ors.cutoff,
+    clinical_range=ors.clinical_range,
+)
 rc["rc_category"].value_counts(dropna=False)
 
 # %%
-fig = figures.plot_reliable_change(rc, rci=ors.rci, cutoff=ors.cutoff, direction=ors.direction, by=None,
-                                   outcome_label="ORS total")
+fig = figures.plot_reliable_change(
+    rc, rci=ors.rci, cutoff=ors.cutoff, direction=ors.direction, by=None, outcome_label="ORS total"
+)
 
 # %% [markdown]
 # Each dot is a patient; dots above the diagonal band improved reliably, dots that also

@@ -61,8 +61,14 @@ STUDY = "example"
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 work = Path(tempfile.mkdtemp(prefix="allianceflow_"))
-pipeline.clean_stage(PROJECT / study["raw"], study, sessions=work / "sessions.parquet",
-                     exclusions=work / "exclusions.csv", flow=work / "flow.json", name=STUDY)
+pipeline.clean_stage(
+    PROJECT / study["raw"],
+    study,
+    sessions=work / "sessions.parquet",
+    exclusions=work / "exclusions.csv",
+    flow=work / "flow.json",
+    name=STUDY,
+)
 pipeline.score_stage(work / "sessions.parquet", study, scored=work / "scored.parquet")
 scored = io.read_table(work / "scored.parquet")
 print(scored.shape, "alliance:", study["alliance"], " outcome:", study["outcome"])
@@ -80,7 +86,9 @@ print(scored.shape, "alliance:", study["alliance"], " outcome:", study["outcome"
 # construction across patients (Enders & Tofighi, 2007). `derive.within_between` does it:
 
 # %%
-toy = pd.DataFrame({"patient": ["a", "a", "a", "b", "b", "b"], "alliance": [40.0, 44.0, 48.0, 30.0, 34.0, 32.0]})
+toy = pd.DataFrame(
+    {"patient": ["a", "a", "a", "b", "b", "b"], "alliance": [40.0, 44.0, 48.0, 30.0, 34.0, 32.0]}
+)
 derive.within_between(toy, "alliance", grand_mean=True)
 
 # %% [markdown]
@@ -94,19 +102,39 @@ derive.within_between(toy, "alliance", grand_mean=True)
 # therapist (Baldwin, Wampold & Imel, 2007); notebook 04 uses it.
 
 # %%
-parts = derive.within_between(scored, study["alliance"], prefix="alliance", therapist="therapist", grand_mean=True)
-cols = ["alliance_pmean", "alliance_between", "alliance_within", "alliance_gmc",
-        "alliance_therapist", "alliance_patient"]
+parts = derive.within_between(
+    scored, study["alliance"], prefix="alliance", therapist="therapist", grand_mean=True
+)
+cols = [
+    "alliance_pmean",
+    "alliance_between",
+    "alliance_within",
+    "alliance_gmc",
+    "alliance_therapist",
+    "alliance_patient",
+]
 parts.loc[parts["patient"] == "P001", ["patient", "therapist", "session", study["alliance"], *cols]]
 
 # %%
-print("within + between = grand-mean centred:",
-      np.allclose(parts["alliance_within"] + parts["alliance_between"], parts["alliance_gmc"], equal_nan=True))
-print("therapist + patient = between:",
-      np.allclose(parts["alliance_therapist"] + parts["alliance_patient"], parts["alliance_between"], equal_nan=True))
+print(
+    "within + between = grand-mean centred:",
+    np.allclose(
+        parts["alliance_within"] + parts["alliance_between"], parts["alliance_gmc"], equal_nan=True
+    ),
+)
+print(
+    "therapist + patient = between:",
+    np.allclose(
+        parts["alliance_therapist"] + parts["alliance_patient"],
+        parts["alliance_between"],
+        equal_nan=True,
+    ),
+)
 per_patient = parts.groupby("patient")["alliance_between"].first()
-print(f"SD between patients: {per_patient.std():.2f} WAI-SR points;  "
-      f"SD within patients: {parts['alliance_within'].std():.2f} points")
+print(
+    f"SD between patients: {per_patient.std():.2f} WAI-SR points;  "
+    f"SD within patients: {parts['alliance_within'].std():.2f} points"
+)
 
 # %% [markdown]
 # **Against the truth.** On the WAI-SR item-mean scale the simulator draws therapist
@@ -131,12 +159,23 @@ print(f"SD between patients: {per_patient.std():.2f} WAI-SR points;  "
 # with `lag_across_gaps` in `config.yaml` (here: false).
 
 # %%
-gap_patient = parts.loc[parts["session"].diff().gt(1) & parts["patient"].eq(parts["patient"].shift()), "patient"].iloc[0]
+gap_patient = parts.loc[
+    parts["session"].diff().gt(1) & parts["patient"].eq(parts["patient"].shift()), "patient"
+].iloc[0]
 one = parts[parts["patient"] == gap_patient]
 strict = derive.lag_within_patient(one, ["alliance_within"])
-loose = derive.lag_within_patient(one, ["alliance_within"], across_gaps=True, suffix="_lag_across_gaps")
+loose = derive.lag_within_patient(
+    one, ["alliance_within"], across_gaps=True, suffix="_lag_across_gaps"
+)
 strict.assign(alliance_within_lag_across_gaps=loose["alliance_within_lag_across_gaps"])[
-    ["patient", "session", "alliance_within", "alliance_within_lag", "alliance_within_lag_across_gaps"]]
+    [
+        "patient",
+        "session",
+        "alliance_within",
+        "alliance_within_lag",
+        "alliance_within_lag_across_gaps",
+    ]
+]
 
 # %% [markdown]
 # ## 5. The derive stage
@@ -146,13 +185,23 @@ strict.assign(alliance_within_lag_across_gaps=loose["alliance_within_lag_across_
 # 06). Its `alliance_within_lag` is exactly what we built by hand above.
 
 # %%
-pipeline.derive_stage(work / "scored.parquet", study, analysis=work / "analysis.parquet",
-                      patients=work / "patients.parquet", sudden_gains=work / "sudden_gains.csv",
-                      expected=work / "expected.json")
+pipeline.derive_stage(
+    work / "scored.parquet",
+    study,
+    analysis=work / "analysis.parquet",
+    patients=work / "patients.parquet",
+    sudden_gains=work / "sudden_gains.csv",
+    expected=work / "expected.json",
+)
 analysis = io.read_table(work / "analysis.parquet")
 by_hand = derive.lag_within_patient(parts, ["alliance_within"]).sort_values(["patient", "session"])
-print("same as by hand:", np.allclose(by_hand["alliance_within_lag"], analysis["alliance_within_lag"], equal_nan=True))
-analysis[["alliance_within_lag", "alliance_between", "outcome", "outcome_within"]].describe().round(2)
+print(
+    "same as by hand:",
+    np.allclose(by_hand["alliance_within_lag"], analysis["alliance_within_lag"], equal_nan=True),
+)
+analysis[["alliance_within_lag", "alliance_between", "outcome", "outcome_within"]].describe().round(
+    2
+)
 
 # %% [markdown]
 # ## 6. Looking at both relations
@@ -162,7 +211,9 @@ analysis[["alliance_within_lag", "alliance_between", "outcome", "outcome_within"
 # patient's own mean) and the between-patient relation (right: one dot per patient).
 
 # %%
-fig = figures.plot_within_between(analysis, alliance_label="WAI-SR total", outcome_label="ORS total")
+fig = figures.plot_within_between(
+    analysis, alliance_label="WAI-SR total", outcome_label="ORS total"
+)
 
 # %% [markdown]
 # **Reading the slopes honestly.** The README of the example gives the truth: the
@@ -184,11 +235,15 @@ fig = figures.plot_within_between(analysis, alliance_label="WAI-SR total", outco
 # et al., 2017; the derive stage provides `alliance_within_detrended_lag`). A quick look:
 
 # %%
-comparison = pd.DataFrame({
-    "predictor": ["alliance_within_lag", "alliance_within_detrended_lag"],
-    "correlation with session": [analysis[["alliance_within_lag", "session"]].corr().iloc[0, 1],
-                                 analysis[["alliance_within_detrended_lag", "session"]].corr().iloc[0, 1]],
-})
+comparison = pd.DataFrame(
+    {
+        "predictor": ["alliance_within_lag", "alliance_within_detrended_lag"],
+        "correlation with session": [
+            analysis[["alliance_within_lag", "session"]].corr().iloc[0, 1],
+            analysis[["alliance_within_detrended_lag", "session"]].corr().iloc[0, 1],
+        ],
+    }
+)
 comparison.round(3)
 
 # %% [markdown]

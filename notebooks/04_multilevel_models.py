@@ -121,7 +121,9 @@ print(models.format_model(growth))
 #   **ask for many therapists** if therapist effects are the question.
 
 # %%
-fig = figures.plot_trajectories(analysis, growth, max_patients=MAX_PATIENTS, outcome_label="ORS total")
+fig = figures.plot_trajectories(
+    analysis, growth, max_patients=MAX_PATIENTS, outcome_label="ORS total"
+)
 
 # %% [markdown]
 # ## 3. The alliance–outcome model
@@ -140,7 +142,9 @@ print(models.format_model(ao))
 truth = {"alliance_within_lag": 2 / 12, "alliance_between": 4 / 12}
 fixed = models.fixed_effects_table(ao).set_index("term").loc[list(truth)]
 fixed["truth"] = pd.Series(truth)
-fixed["CI covers truth"] = (fixed["ci_low"] <= fixed["truth"]) & (fixed["truth"] <= fixed["ci_high"])
+fixed["CI covers truth"] = (fixed["ci_low"] <= fixed["truth"]) & (
+    fixed["truth"] <= fixed["ci_high"]
+)
 fixed[["estimate", "se", "ci_low", "ci_high", "truth", "CI covers truth", "r"]].round(3)
 
 # %% [markdown]
@@ -168,7 +172,9 @@ fixed[["estimate", "se", "ci_low", "ci_high", "truth", "CI covers truth", "r"]].
 # (Raudenbush & Bryk, 2002, ch. 5; Curran & Bauer, 2011).
 
 # %%
-blend = models.fit_model(analysis, "outcome ~ alliance_lag + session + (1 | therapist) + (1 | patient)", name="unsplit")
+blend = models.fit_model(
+    analysis, "outcome ~ alliance_lag + session + (1 | therapist) + (1 | patient)", name="unsplit"
+)
 models.fixed_effects_table(blend).round(3)
 
 # %% [markdown]
@@ -185,8 +191,24 @@ models.fixed_effects_table(blend).round(3)
 
 # %%
 slopes_formula = pipeline.model_formula(cfg["models"]["alliance_outcome_slopes"])
-lrt = models.likelihood_ratio_test(analysis, ao_formula, slopes_formula, names=("alliance_outcome", "alliance_outcome_slopes"))
-{k: lrt[k] for k in ("method", "n_obs", "loglik0", "loglik1", "df", "statistic", "p", "p_boundary", "aic0", "aic1")}
+lrt = models.likelihood_ratio_test(
+    analysis, ao_formula, slopes_formula, names=("alliance_outcome", "alliance_outcome_slopes")
+)
+{
+    k: lrt[k]
+    for k in (
+        "method",
+        "n_obs",
+        "loglik0",
+        "loglik1",
+        "df",
+        "statistic",
+        "p",
+        "p_boundary",
+        "aic0",
+        "aic1",
+    )
+}
 
 # %% [markdown]
 # The random slope is clearly needed (the simulation has one). With it, the within effect
@@ -206,8 +228,12 @@ sensitivity = {
     "detrended": models.preset_formula("alliance_outcome", detrend="linear"),
     "previous_outcome": models.preset_formula("alliance_outcome", previous_outcome=True),
 }
-fits = {"slopes": lrt["fit1"]} | {name: models.fit_model(analysis, f, name=name) for name, f in sensitivity.items()}
-pd.DataFrame({name: models.fixed_effects_table(r).set_index("term")["estimate"] for name, r in fits.items()}).round(3)
+fits = {"slopes": lrt["fit1"]} | {
+    name: models.fit_model(analysis, f, name=name) for name, f in sensitivity.items()
+}
+pd.DataFrame(
+    {name: models.fixed_effects_table(r).set_index("term")["estimate"] for name, r in fits.items()}
+).round(3)
 
 # %% [markdown]
 # The within effect lies between 0.16 and 0.18 in every version, close to the truth; the
@@ -215,8 +241,14 @@ pd.DataFrame({name: models.fixed_effects_table(r).set_index("term")["estimate"] 
 # specifications is what makes a within-patient effect credible.
 
 # %%
-fig = figures.plot_forest([ao, fits["slopes"], fits["detrended"]], drop=("Intercept", "session"), width="two",
-                         labels={"alliance_within_detrended_lag": "Alliance, within patient, detrended (previous session)"})
+fig = figures.plot_forest(
+    [ao, fits["slopes"], fits["detrended"]],
+    drop=("Intercept", "session"),
+    width="two",
+    labels={
+        "alliance_within_detrended_lag": "Alliance, within patient, detrended (previous session)"
+    },
+)
 
 # %% [markdown]
 # ## 6. Therapists' and patients' contributions to the alliance
@@ -227,7 +259,9 @@ fig = figures.plot_forest([ao, fits["slopes"], fits["detrended"]], drop=("Interc
 # the alliance–outcome correlation.
 
 # %%
-te = models.fit_model(analysis, models.preset_formula("therapist_effects"), name="therapist_effects")
+te = models.fit_model(
+    analysis, models.preset_formula("therapist_effects"), name="therapist_effects"
+)
 models.fixed_effects_table(te).round(3)
 
 # %% [markdown]
@@ -255,7 +289,9 @@ fig = figures.plot_caterpillar(ao, group="therapist")
 # coefficient is the same as the total's (0.167 within, 0.333 between, per subscale point).
 
 # %%
-comp = models.fit_model(analysis, models.preset_formula("alliance_components"), name="alliance_components")
+comp = models.fit_model(
+    analysis, models.preset_formula("alliance_components"), name="alliance_components"
+)
 models.fixed_effects_table(comp).round(3)
 
 # %% [markdown]
@@ -272,7 +308,11 @@ models.fixed_effects_table(comp).round(3)
 # `results/<study>/tables/` (here rendered as Markdown).
 
 # %%
-display(Markdown(tables.render_markdown(tables.model_table([ao, fits["slopes"]], name="alliance_models"))))
+display(
+    Markdown(
+        tables.render_markdown(tables.model_table([ao, fits["slopes"]], name="alliance_models"))
+    )
+)
 
 # %% [markdown]
 # ## Summary

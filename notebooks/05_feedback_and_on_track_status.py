@@ -63,7 +63,14 @@ study = cfg["studies"][STUDY]
 prepared = pipeline.prepare_study(study, root=PROJECT, name=STUDY)
 analysis = prepared.analysis
 ors = pipeline.instrument_of(study, study["outcome"])
-print("outcome:", study["outcome"], "|", ors.direction, "| on-track settings:", study["derive"]["on_track"])
+print(
+    "outcome:",
+    study["outcome"],
+    "|",
+    ors.direction,
+    "| on-track settings:",
+    study["derive"]["on_track"],
+)
 
 # %% [markdown]
 # ## 2. The expected treatment response
@@ -100,13 +107,17 @@ etr
 # higher is better); a session beyond it is **not on track**.
 
 # %%
-tracked = ontrack.on_track(analysis, etr, score="outcome", direction=ors.direction, tolerance=TOLERANCE)
+tracked = ontrack.on_track(
+    analysis, etr, score="outcome", direction=ors.direction, tolerance=TOLERANCE
+)
 tracked["track_status"].value_counts()
 
 # %%
 follow_up = tracked["track_status"].isin(["on_track", "not_on_track"])
-print(f"share of follow-up sessions not on track: {tracked.loc[follow_up, 'track_status'].eq('not_on_track').mean():.1%}"
-      f" (tolerance {TOLERANCE:.0%})")
+print(
+    f"share of follow-up sessions not on track: {tracked.loc[follow_up, 'track_status'].eq('not_on_track').mean():.1%}"
+    f" (tolerance {TOLERANCE:.0%})"
+)
 first = ontrack.first_off_track(tracked)
 first.head()
 
@@ -145,8 +156,11 @@ fig = figures.plot_feedback_curves(analysis, outcome_label="ORS total")
 # means slower improvement without feedback.
 
 # %%
-average = models.fit_model(analysis, "outcome ~ session * C(condition) + (1 | therapist) + (1 + session | patient)",
-                           name="feedback_average")
+average = models.fit_model(
+    analysis,
+    "outcome ~ session * C(condition) + (1 | therapist) + (1 + session | patient)",
+    name="feedback_average",
+)
 models.fixed_effects_table(average).round(3)
 
 # %% [markdown]
@@ -172,7 +186,9 @@ models.fixed_effects_table(fb).round(3)
 
 # %%
 patients = analysis.groupby("patient", observed=True).first()
-patients.groupby("condition", observed=True)["off_track"].agg(["count", "mean"]).rename(columns={"mean": "share ever off track"})
+patients.groupby("condition", observed=True)["off_track"].agg(["count", "mean"]).rename(
+    columns={"mean": "share ever off track"}
+)
 
 # %% [markdown]
 # How to read this carefully:

@@ -101,15 +101,24 @@ ruptures.detect_ruptures(toy, method="fixed", threshold=8)
 # %%
 rows = []
 for k in THRESHOLDS:
-    detected = ruptures.detect_ruptures(analysis, alliance="alliance", method="patient_sd", threshold=k,
-                                        repair_within=study["derive"]["ruptures"]["repair_within"])
+    detected = ruptures.detect_ruptures(
+        analysis,
+        alliance="alliance",
+        method="patient_sd",
+        threshold=k,
+        repair_within=study["derive"]["ruptures"]["repair_within"],
+    )
     per_patient = ruptures.rupture_summary(detected)
-    rows.append({"threshold (x patient SD)": k,
-                 "patients with a rupture": (per_patient["n_ruptures"] > 0).mean(),
-                 "ruptures": per_patient["n_ruptures"].sum(),
-                 "repaired": per_patient["n_repaired"].sum(),
-                 "unrepaired": per_patient["n_unrepaired"].sum(),
-                 "censored": per_patient["n_censored"].sum()})
+    rows.append(
+        {
+            "threshold (x patient SD)": k,
+            "patients with a rupture": (per_patient["n_ruptures"] > 0).mean(),
+            "ruptures": per_patient["n_ruptures"].sum(),
+            "repaired": per_patient["n_repaired"].sum(),
+            "unrepaired": per_patient["n_unrepaired"].sum(),
+            "censored": per_patient["n_censored"].sum(),
+        }
+    )
 pd.DataFrame(rows).round(2)
 
 # %% [markdown]
@@ -138,7 +147,9 @@ fig = figures.plot_ruptures(analysis, alliance_label="WAI-SR total")
 # between-patient alliance.
 
 # %%
-rr = models.fit_model(analysis, pipeline.model_formula(cfg["models"]["rupture_repair"]), name="rupture_repair")
+rr = models.fit_model(
+    analysis, pipeline.model_formula(cfg["models"]["rupture_repair"]), name="rupture_repair"
+)
 models.fixed_effects_table(rr).round(3)
 
 # %% [markdown]
@@ -170,8 +181,12 @@ models.fixed_effects_table(rr).round(3)
 # `suddengains.check_interval` checks one interval by hand:
 
 # %%
-print(suddengains.check_interval([18, 17, 19], [27, 26, 28], cutoff=ors.rci, direction=ors.direction))
-print(suddengains.check_interval([18, 24, 17], [27, 21, 28], cutoff=ors.rci, direction=ors.direction))
+print(
+    suddengains.check_interval([18, 17, 19], [27, 26, 28], cutoff=ors.rci, direction=ors.direction)
+)
+print(
+    suddengains.check_interval([18, 24, 17], [27, 21, 28], cutoff=ors.rci, direction=ors.direction)
+)
 
 # %% [markdown]
 # The first pattern is a sudden gain (an 8-point step between stable plateaus). The
@@ -185,8 +200,10 @@ print(suddengains.check_interval([18, 24, 17], [27, 21, 28], cutoff=ors.rci, dir
 gains = suddengains.sudden_gains(analysis, score="outcome", direction=ors.direction, cutoff=ors.rci)
 counts = suddengains.sudden_gains_by_patient(gains, analysis["patient"].unique())
 print(gains["event"].value_counts())
-print(f"patients with a sudden gain: {(counts['n_sudden_gains'] > 0).mean():.1%};"
-      f" gains reversed: {gains.loc[gains['event'] == 'gain', 'reversed'].mean():.0%}")
+print(
+    f"patients with a sudden gain: {(counts['n_sudden_gains'] > 0).mean():.1%};"
+    f" gains reversed: {gains.loc[gains['event'] == 'gain', 'reversed'].mean():.0%}"
+)
 gains.head()
 
 # %%

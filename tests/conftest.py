@@ -51,7 +51,9 @@ def simulate_three_level(seed=7, n_therapists=12, n_patients=120, n_sessions=10)
     ther = np.arange(n_patients) % n_therapists
     v = rng.normal(0, 1.5, n_therapists)
     # patient intercepts and slopes correlate (-0.4), so the covariance is well determined
-    u0, u1 = rng.multivariate_normal([0.0, 0.0], [[4.5**2, -0.4 * 4.5 * 0.4], [-0.4 * 4.5 * 0.4, 0.4**2]], n_patients).T
+    u0, u1 = rng.multivariate_normal(
+        [0.0, 0.0], [[4.5**2, -0.4 * 4.5 * 0.4], [-0.4 * 4.5 * 0.4, 0.4**2]], n_patients
+    ).T
     for i in range(n_patients):
         n = rng.integers(3, n_sessions + 1)
         a = 3.6 + rng.normal(0, 0.45) + rng.normal(0, 0.3, n)

@@ -46,14 +46,19 @@ def make_study(**settings_) -> dict:
 def run(name: str, **settings_):
     study = make_study(**settings_)
     raw = io.read_raw(
-        BAD / name, delimiter=study["delimiter"], encoding=study["encoding"],
-        sheet=study["sheet"], header_rows=study["header_rows"],
+        BAD / name,
+        delimiter=study["delimiter"],
+        encoding=study["encoding"],
+        sheet=study["sheet"],
+        header_rows=study["header_rows"],
     )
     return clean_sessions(raw, study, source=name, name="t")
 
 
 def test_corpus_is_reproducible(tmp_path):
-    spec = importlib.util.spec_from_file_location("make_bad_inputs", ROOT / "tests" / "data" / "make_bad_inputs.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_bad_inputs", ROOT / "tests" / "data" / "make_bad_inputs.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     written = module.main(tmp_path)
@@ -64,91 +69,89 @@ def test_corpus_is_reproducible(tmp_path):
 
 
 ERRORS = {
-    'blank_header.csv': (
-        'blank_header.csv, row 1: column 8 has no name in the header. If the header spans two rows (merged cells), set `header_rows: 2` for this study in config.yaml, or give every column a one-row name in the file.'
+    "blank_header.csv": (
+        "blank_header.csv, row 1: column 8 has no name in the header. If the header spans two rows (merged cells), set `header_rows: 2` for this study in config.yaml, or give every column a one-row name in the file."
     ),
-    'cp1252.csv': (
-        'cp1252.csv, row 7: byte 0xfc cannot be read as utf-8-sig; the file was probably saved by Windows software as cp1252 (or latin-1). Set `encoding: cp1252` for this study in config.yaml, or save the file as UTF-8.'
+    "cp1252.csv": (
+        "cp1252.csv, row 7: byte 0xfc cannot be read as utf-8-sig; the file was probably saved by Windows software as cp1252 (or latin-1). Set `encoding: cp1252` for this study in config.yaml, or save the file as UTF-8."
     ),
-    'date_of_birth_column.csv': (
+    "date_of_birth_column.csv": (
         "date_of_birth_column.csv: column 'Intake' looks like it holds dates of birth (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Intake' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
     ),
-    'decimal_comma.csv': (
+    "decimal_comma.csv": (
         "decimal_comma.csv, row 2, column 'ORS_1': '5,0' is not a number (5 more row(s) have the same problem). Correct the value, or declare it under `missing_codes` if it means 'missing'. The file writes decimals with a comma: set `decimal: ','` for this study in config.yaml. Or set `studies.t.rules.not_a_number` to 'exclude' or 'missing' in config.yaml."
     ),
-    'duplicate_header.csv': (
+    "duplicate_header.csv": (
         "duplicate_header.csv, row 1: the header names column 'ORS_3' twice (columns 7 and 8). Rename one of them in the file so that every column name is unique."
     ),
-    'email_column.csv': (
+    "email_column.csv": (
         "email_column.csv: column 'Contact' looks like it holds e-mail addresses (by its content; first at row 4). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Contact' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
     ),
-    'empty.csv': (
-        'empty.csv: the file is empty. Export the data again.'
-    ),
-    'empty_column.csv': (
+    "empty.csv": ("empty.csv: the file is empty. Export the data again."),
+    "empty_column.csv": (
         "empty_column.csv: column 'ORS_2' (mapped to 'ors_2') is empty in every one of its 6 rows; the export probably lost it. Export the data again, or remove the column from `columns` in config.yaml."
     ),
-    'extra_field.csv': (
+    "extra_field.csv": (
         "extra_field.csv, row 5: the row has 9 fields, more than the 8 columns of the header. A value probably contains the delimiter ',' without quotes, or the delimiter is wrong; quote the value or set `delimiter` for this study in config.yaml."
     ),
-    'fake.sav': (
-        'fake.sav: the file cannot be read as SPSS data (ReadstatError: Unable to read from file). It may be truncated; save it again.'
+    "fake.sav": (
+        "fake.sav: the file cannot be read as SPSS data (ReadstatError: Unable to read from file). It may be truncated; save it again."
     ),
-    'merged_header.xlsx': (
+    "merged_header.xlsx": (
         "merged_header.xlsx, sheet 'export', row 1: column 6 has no name in the header. If the header spans two rows (merged cells), set `header_rows: 2` for this study in config.yaml, or give every column a one-row name in the file."
     ),
-    'mixed_dates.csv': (
+    "mixed_dates.csv": (
         "mixed_dates.csv, row 3, column 'SessionDate': date '2024-02-08' is written as %Y-%m-%d, but the date format is %d/%m/%Y (mixed date formats). Write every date in one format in the file, or set `date_format` for this study in config.yaml. Or set `studies.t.rules.date_invalid` to 'exclude' in config.yaml."
     ),
-    'names_column.csv': (
+    "names_column.csv": (
         "names_column.csv: column 'Client' looks like it holds names (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Client' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
     ),
-    'national_id_in_item.csv': (
+    "national_id_in_item.csv": (
         "national_id_in_item.csv: column 'ORS_3' looks like it holds national id numbers (by its content; first at row 5). The input must be de-identified before the pipeline reads it. The column is mapped to 'ors_3': correct the value in the file, or, if the column is free of identifiers, add it to `privacy_exempt`."
     ),
-    'negative_session.csv': (
+    "negative_session.csv": (
         "negative_session.csv, row 6, column 'SessionNo': session number -2 is not a whole number of 1 or more. Session numbers count from 1 (1 = the first session); correct the value. Or set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
     ),
-    'notes_column.csv': (
+    "notes_column.csv": (
         "notes_column.csv: column 'Notes' looks like it holds free-text notes (by its name). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Notes' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
     ),
-    'notes_with_names.csv': (
+    "notes_with_names.csv": (
         "notes_with_names.csv: column 'Obs' looks like it holds free-text notes (by its content; first at row 3). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Obs' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
     ),
-    'old_excel.xls': (
+    "old_excel.xls": (
         "old_excel.xls: files ending in '.xls' cannot be read; use .csv, .tsv, .txt, .xlsx, .sav, .dta or .parquet (save older .xls files as .xlsx)."
     ),
-    'out_of_range.csv': (
+    "out_of_range.csv": (
         "out_of_range.csv, row 2, column 'ORS_4': ors_4 = 12.5 is outside the response range 0 to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in config.yaml."
     ),
-    'phone_column.csv': (
+    "phone_column.csv": (
         "phone_column.csv: column 'Tel' looks like it holds phone numbers (by its name and content; first at row 5). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Tel' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
     ),
-    'phone_in_unnamed_column.csv': (
+    "phone_in_unnamed_column.csv": (
         "phone_in_unnamed_column.csv: column 'Extra' looks like it holds phone numbers (by its content; first at row 6). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Extra' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
     ),
-    'postcode_column.csv': (
+    "postcode_column.csv": (
         "postcode_column.csv: column 'Area' looks like it holds postcodes (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Area' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
     ),
-    'renamed_column.csv': (
+    "renamed_column.csv": (
         "renamed_column.csv: the config maps column 'SessionDate' to 'date', but the file has no column 'SessionDate'. Closest columns in the file: 'Session_Date', 'SessionNo', 'Clinician'. Fix the name under `columns` in config.yaml."
     ),
-    'session_zero.csv': (
+    "session_zero.csv": (
         "session_zero.csv, row 5, column 'SessionNo': session number 0 is not a whole number of 1 or more. Session numbers count from 1 (1 = the first session); correct the value. Or set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
     ),
-    'street_address_column.csv': (
+    "street_address_column.csv": (
         "street_address_column.csv: column 'Home' looks like it holds street addresses (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Home' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
     ),
-    'text_in_items.csv': (
+    "text_in_items.csv": (
         "text_in_items.csv, row 4, column 'ORS_1': 'six' is not a number. Correct the value, or declare it under `missing_codes` if it means 'missing'. Or set `studies.t.rules.not_a_number` to 'exclude' or 'missing' in config.yaml."
     ),
-    'truncated.csv': (
-        'truncated.csv, row 7: the row has 4 fields, fewer than the 8 columns of the header. The file may be truncated or a row was cut; export it again.'
+    "truncated.csv": (
+        "truncated.csv, row 7: the row has 4 fields, fewer than the 8 columns of the header. The file may be truncated or a row was cut; export it again."
     ),
-    'unclosed_quote.csv': (
-        'unclosed_quote.csv, row 8: the file cannot be split into values (unexpected end of data); a quote is probably never closed, which happens when a file is truncated. Export the file again, or remove the stray quote.'
+    "unclosed_quote.csv": (
+        "unclosed_quote.csv, row 8: the file cannot be split into values (unexpected end of data); a quote is probably never closed, which happens when a file is truncated. Export the file again, or remove the stray quote."
     ),
-    'undeclared_code.csv': (
+    "undeclared_code.csv": (
         "undeclared_code.csv, row 7, column 'ORS_2': ors_2 = 999 is outside the response range 0 to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in config.yaml."
     ),
 }
@@ -175,33 +178,233 @@ def test_wrong_delimiter_declared_in_config():
 # Exclusions, alterations and flags: (file, settings, expected rows of exclusions.csv as
 # (source_row, patient, session, rule, action, column, reason), sessions kept).
 LOGGED = {
-    "duplicate_identical.csv": ({}, [(5, "P01", "2", "duplicate_identical", "excluded", "", "identical copy of an earlier row; the first copy is kept")], 6),
-    "duplicate_conflicting.csv": ({}, [
-        (6, "P02", "2", "duplicate_conflicting", "excluded", "", "same patient × session as rows 6, 7 but different values; all copies are excluded"),
-        (7, "P02", "2", "duplicate_conflicting", "excluded", "", "same patient × session as rows 6, 7 but different values; all copies are excluded"),
-    ], 5),
-    "missing_id.csv": ({}, [(6, None, "2", "missing_id", "excluded", "", "patient id is empty")], 5),
-    "trailing_spaces_ids.csv": ({}, [(3, "P01", "2", "id_variant", "altered", "ClientCode", "patient id 'P01  ' differs from 'P01' only by case or spaces; changed to 'P01'")], 6),
-    "case_ids.csv": ({}, [(4, "P01", "3", "id_variant", "altered", "ClientCode", "patient id 'p01' differs from 'P01' only by case or spaces; changed to 'P01'")], 6),
-    "therapist_change.csv": ({}, [(4, "P01", "3", "therapist_change", "flagged", "Clinician", "the patient's therapist changes (T1 → T2)")], 6),
-    "session_out_of_order.csv": ({}, [(4, "P01", "3", "session_order", "flagged", "SessionDate", "session 3 is dated 2024-02-05, before an earlier session (2024-02-08)")], 6),
-    "session_gap.csv": ({}, [(4, "P01", "5", "session_gap", "flagged", "SessionNo", "sessions 3 to 4 missing before session 5")], 6),
-    "negative_session.csv": ({"rules": {"session_invalid": "exclude"}}, [(6, "P02", "-2", "session_invalid", "excluded", "SessionNo", "session number -2 is not a whole number of 1 or more")], 5),
-    "session_zero.csv": ({"rules": {"session_invalid": "exclude"}}, [
-        (5, "P02", "0", "session_invalid", "excluded", "SessionNo", "session number 0 is not a whole number of 1 or more"),
-        (6, "P02", "2", "session_gap", "flagged", "SessionNo", "session 1 missing before session 2"),
-    ], 5),
-    "text_in_items.csv": ({"rules": {"not_a_number": "missing"}}, [(4, "P01", "3", "not_a_number", "set_missing", "ORS_1", "'six' is not a number")], 6),
-    "out_of_range.csv": ({"rules": {"out_of_range": "exclude"}}, [
-        (2, "P01", "1", "out_of_range", "excluded", "ORS_4", "ors_4 = 12.5 is outside the response range 0 to 10 of ors"),
-        (3, "P01", "2", "session_gap", "flagged", "SessionNo", "session 1 missing before session 2"),
-    ], 5),
-    "undeclared_code.csv": ({"rules": {"out_of_range": "missing"}}, [(7, "P03", "1", "out_of_range", "set_missing", "ORS_2", "ors_2 = 999 is outside the response range 0 to 10 of ors")], 6),
+    "duplicate_identical.csv": (
+        {},
+        [
+            (
+                5,
+                "P01",
+                "2",
+                "duplicate_identical",
+                "excluded",
+                "",
+                "identical copy of an earlier row; the first copy is kept",
+            )
+        ],
+        6,
+    ),
+    "duplicate_conflicting.csv": (
+        {},
+        [
+            (
+                6,
+                "P02",
+                "2",
+                "duplicate_conflicting",
+                "excluded",
+                "",
+                "same patient × session as rows 6, 7 but different values; all copies are excluded",
+            ),
+            (
+                7,
+                "P02",
+                "2",
+                "duplicate_conflicting",
+                "excluded",
+                "",
+                "same patient × session as rows 6, 7 but different values; all copies are excluded",
+            ),
+        ],
+        5,
+    ),
+    "missing_id.csv": (
+        {},
+        [(6, None, "2", "missing_id", "excluded", "", "patient id is empty")],
+        5,
+    ),
+    "trailing_spaces_ids.csv": (
+        {},
+        [
+            (
+                3,
+                "P01",
+                "2",
+                "id_variant",
+                "altered",
+                "ClientCode",
+                "patient id 'P01  ' differs from 'P01' only by case or spaces; changed to 'P01'",
+            )
+        ],
+        6,
+    ),
+    "case_ids.csv": (
+        {},
+        [
+            (
+                4,
+                "P01",
+                "3",
+                "id_variant",
+                "altered",
+                "ClientCode",
+                "patient id 'p01' differs from 'P01' only by case or spaces; changed to 'P01'",
+            )
+        ],
+        6,
+    ),
+    "therapist_change.csv": (
+        {},
+        [
+            (
+                4,
+                "P01",
+                "3",
+                "therapist_change",
+                "flagged",
+                "Clinician",
+                "the patient's therapist changes (T1 → T2)",
+            )
+        ],
+        6,
+    ),
+    "session_out_of_order.csv": (
+        {},
+        [
+            (
+                4,
+                "P01",
+                "3",
+                "session_order",
+                "flagged",
+                "SessionDate",
+                "session 3 is dated 2024-02-05, before an earlier session (2024-02-08)",
+            )
+        ],
+        6,
+    ),
+    "session_gap.csv": (
+        {},
+        [
+            (
+                4,
+                "P01",
+                "5",
+                "session_gap",
+                "flagged",
+                "SessionNo",
+                "sessions 3 to 4 missing before session 5",
+            )
+        ],
+        6,
+    ),
+    "negative_session.csv": (
+        {"rules": {"session_invalid": "exclude"}},
+        [
+            (
+                6,
+                "P02",
+                "-2",
+                "session_invalid",
+                "excluded",
+                "SessionNo",
+                "session number -2 is not a whole number of 1 or more",
+            )
+        ],
+        5,
+    ),
+    "session_zero.csv": (
+        {"rules": {"session_invalid": "exclude"}},
+        [
+            (
+                5,
+                "P02",
+                "0",
+                "session_invalid",
+                "excluded",
+                "SessionNo",
+                "session number 0 is not a whole number of 1 or more",
+            ),
+            (
+                6,
+                "P02",
+                "2",
+                "session_gap",
+                "flagged",
+                "SessionNo",
+                "session 1 missing before session 2",
+            ),
+        ],
+        5,
+    ),
+    "text_in_items.csv": (
+        {"rules": {"not_a_number": "missing"}},
+        [(4, "P01", "3", "not_a_number", "set_missing", "ORS_1", "'six' is not a number")],
+        6,
+    ),
+    "out_of_range.csv": (
+        {"rules": {"out_of_range": "exclude"}},
+        [
+            (
+                2,
+                "P01",
+                "1",
+                "out_of_range",
+                "excluded",
+                "ORS_4",
+                "ors_4 = 12.5 is outside the response range 0 to 10 of ors",
+            ),
+            (
+                3,
+                "P01",
+                "2",
+                "session_gap",
+                "flagged",
+                "SessionNo",
+                "session 1 missing before session 2",
+            ),
+        ],
+        5,
+    ),
+    "undeclared_code.csv": (
+        {"rules": {"out_of_range": "missing"}},
+        [
+            (
+                7,
+                "P03",
+                "1",
+                "out_of_range",
+                "set_missing",
+                "ORS_2",
+                "ors_2 = 999 is outside the response range 0 to 10 of ors",
+            )
+        ],
+        6,
+    ),
     # Excluding a row can leave a gap, which the gap rule then flags.
-    "mixed_dates.csv": ({"rules": {"date_invalid": "exclude"}}, [
-        (3, "P01", "2", "date_invalid", "excluded", "SessionDate", "date '2024-02-08' is written as %Y-%m-%d, but the date format is %d/%m/%Y (mixed date formats)"),
-        (4, "P01", "3", "session_gap", "flagged", "SessionNo", "session 2 missing before session 3"),
-    ], 5),
+    "mixed_dates.csv": (
+        {"rules": {"date_invalid": "exclude"}},
+        [
+            (
+                3,
+                "P01",
+                "2",
+                "date_invalid",
+                "excluded",
+                "SessionDate",
+                "date '2024-02-08' is written as %Y-%m-%d, but the date format is %d/%m/%Y (mixed date formats)",
+            ),
+            (
+                4,
+                "P01",
+                "3",
+                "session_gap",
+                "flagged",
+                "SessionNo",
+                "session 2 missing before session 3",
+            ),
+        ],
+        5,
+    ),
     "email_column.csv": ({"drop_columns": ["Contact"]}, [], 6),
     "notes_with_names.csv": ({"drop_columns": ["Obs"]}, [], 6),
 }
@@ -215,7 +418,15 @@ def test_bad_input_gets_its_exact_log_entry(name):
     assert list(got.columns) == EXCLUSION_COLUMNS
     assert (got["source_file"] == name).all()
     rows = [
-        (int(r.source_row), None if pd.isna(r.patient) else r.patient, str(r.session), r.rule, r.action, r.column, r.reason)
+        (
+            int(r.source_row),
+            None if pd.isna(r.patient) else r.patient,
+            str(r.session),
+            r.rule,
+            r.action,
+            r.column,
+            r.reason,
+        )
         for r in got.itertuples()
     ]
     assert rows == expected
@@ -227,12 +438,20 @@ def test_therapist_change_exclude_drops_the_patient():
     result = run("therapist_change.csv", rules={"therapist_change": "exclude"})
     assert result.exclusions["source_row"].tolist() == [2, 3, 4]
     assert set(result.exclusions["rule"]) == {"therapist_change"}
-    assert result.flow["patients"] == {"read": 3, "kept": 2, "excluded": 1, "excluded_by_rule": {"therapist_change": 1}, "rows_without_patient_id": 0}
+    assert result.flow["patients"] == {
+        "read": 3,
+        "kept": 2,
+        "excluded": 1,
+        "excluded_by_rule": {"therapist_change": 1},
+        "rows_without_patient_id": 0,
+    }
 
 
 def test_min_sessions_excludes_short_patients():
     result = run("bom.csv", min_sessions=2)
-    assert result.exclusions["reason"].tolist() == ["the patient has 1 session(s), fewer than min_sessions = 2"]
+    assert result.exclusions["reason"].tolist() == [
+        "the patient has 1 session(s), fewer than min_sessions = 2"
+    ]
     assert result.exclusions["patient"].tolist() == ["P03"]
     assert sorted(result.sessions["patient"].unique()) == ["P01", "P02"]
     assert result.flow["patients"]["excluded_by_rule"] == {"min_sessions": 1}
@@ -249,9 +468,17 @@ def test_bom_cp1252_and_decimal_comma_read_when_declared():
 
 
 def test_merged_header_reads_with_two_header_rows():
-    result = run("merged_header.xlsx", columns={
-        "ClientCode": "patient", "Clinician": "therapist", "SessionNo": "session",
-        "SessionDate": "date", **{f"ORS_{k}": f"ors_{k}" for k in range(1, 5)}}, header_rows=2)
+    result = run(
+        "merged_header.xlsx",
+        columns={
+            "ClientCode": "patient",
+            "Clinician": "therapist",
+            "SessionNo": "session",
+            "SessionDate": "date",
+            **{f"ORS_{k}": f"ors_{k}" for k in range(1, 5)},
+        },
+        header_rows=2,
+    )
     pd.testing.assert_frame_equal(result.sessions, run("bom.csv").sessions)
 
 
@@ -264,7 +491,10 @@ def test_policy_outside_the_allowed_set_is_refused():
     study = make_study()
     study["rules"]["session_gap"] = "exclude"
     raw = io.read_raw(BAD / "session_gap.csv")
-    with pytest.raises(DataError, match=r"`studies.t.rules.session_gap` is 'exclude'; allowed values are 'error', 'flag', 'ignore'"):
+    with pytest.raises(
+        DataError,
+        match=r"`studies.t.rules.session_gap` is 'exclude'; allowed values are 'error', 'flag', 'ignore'",
+    ):
         clean_sessions(raw, study, source="session_gap.csv", name="t")
 
 
@@ -296,15 +526,23 @@ def test_hash_ids_pseudonymises_sessions_and_exclusions():
 
 
 def test_wide_format_melts_sessions():
-    raw = pd.DataFrame({
-        "_source_row": [2, 3],
-        "Client": ["A1", "B2"],
-        **{f"ors{k}_s1": ["5", "6"] for k in range(1, 5)},
-        **{f"ors{k}_s2": ["7", ""] for k in range(1, 5)},
-    })
-    study = make_study(format="wide", columns={"Client": "patient", **{f"ors{k}": f"ors_{k}" for k in range(1, 5)}})
+    raw = pd.DataFrame(
+        {
+            "_source_row": [2, 3],
+            "Client": ["A1", "B2"],
+            **{f"ors{k}_s1": ["5", "6"] for k in range(1, 5)},
+            **{f"ors{k}_s2": ["7", ""] for k in range(1, 5)},
+        }
+    )
+    study = make_study(
+        format="wide", columns={"Client": "patient", **{f"ors{k}": f"ors_{k}" for k in range(1, 5)}}
+    )
     result = clean_sessions(raw, study, source="wide.csv")
-    assert result.sessions[["patient", "session"]].values.tolist() == [["A1", 1], ["A1", 2], ["B2", 1]]
+    assert result.sessions[["patient", "session"]].values.tolist() == [
+        ["A1", 1],
+        ["A1", 2],
+        ["B2", 1],
+    ]
     assert result.sessions["ors_1"].tolist() == [5.0, 7.0, 6.0]
     assert result.flow["source_rows_read"] == 2 and result.flow["sessions"]["read"] == 3
 
@@ -312,12 +550,23 @@ def test_wide_format_melts_sessions():
 def test_example_study_cleans_with_no_exclusions(root):
     config = load_config(root / "config.yaml")
     study = config["studies"]["example"]
-    result = clean_sessions(io.read_raw(root / study["raw"], delimiter=","), study, source="sessions_export.csv", name="example")
+    result = clean_sessions(
+        io.read_raw(root / study["raw"], delimiter=","),
+        study,
+        source="sessions_export.csv",
+        name="example",
+    )
     flow = result.flow
     assert flow["sessions"]["read"] == flow["sessions"]["kept"] == 2907
     assert flow["sessions"]["excluded"] == 0
     assert flow["sessions"]["flagged_by_rule"] == {"session_gap": 64}
-    assert flow["patients"] == {"read": 300, "kept": 300, "excluded": 0, "excluded_by_rule": {}, "rows_without_patient_id": 0}
+    assert flow["patients"] == {
+        "read": 300,
+        "kept": 300,
+        "excluded": 0,
+        "excluded_by_rule": {},
+        "rows_without_patient_id": 0,
+    }
     assert flow["values"]["missing_code"] == 464
     sessions = result.sessions
     assert list(sessions.columns[:5]) == ["patient", "therapist", "session", "days", "condition"]
@@ -333,7 +582,13 @@ def test_raw_files_are_never_written(root, tmp_path):
     raw = root / config["studies"]["example"]["raw"]
     before = io.sha256_file(raw)
     mtime = raw.stat().st_mtime_ns
-    clean_stage(raw, config["studies"]["example"], sessions=tmp_path / "s.parquet", exclusions=tmp_path / "e.csv", flow=tmp_path / "f.json")
+    clean_stage(
+        raw,
+        config["studies"]["example"],
+        sessions=tmp_path / "s.parquet",
+        exclusions=tmp_path / "e.csv",
+        flow=tmp_path / "f.json",
+    )
     assert io.sha256_file(raw) == before
     assert raw.stat().st_mtime_ns == mtime
     assert io.read_json(tmp_path / "f.json")["sessions"]["kept"] == 2907
@@ -345,23 +600,42 @@ _row = st.tuples(
     st.sampled_from(["P1", "P2", "p1", "P1 ", "P3", "", "NA"]),  # ids with variants and blanks
     st.sampled_from(["T1", "T2"]),
     st.sampled_from(["1", "2", "3", "5", "0", "-1", "", "2.5"]),  # invalid and missing sessions
-    st.sampled_from(["01/02/2024", "08/02/2024", "15/01/2024", "2024-02-01", "20/02/2024", ""]),  # 20/02 is after the extraction
+    st.sampled_from(
+        ["01/02/2024", "08/02/2024", "15/01/2024", "2024-02-01", "20/02/2024", ""]
+    ),  # 20/02 is after the extraction
     st.sampled_from(["5", "0", "10", "11", "-9", "x", ""]),
-    st.sampled_from(["", "", "", "Done", "left", "Stopped"]),  # endings: blank, mapped, unmapped, conflicting
+    st.sampled_from(
+        ["", "", "", "Done", "left", "Stopped"]
+    ),  # endings: blank, mapped, unmapped, conflicting
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(_row, min_size=1, max_size=25), min_sessions=st.integers(1, 3))
 def test_flow_always_reconciles(rows, min_sessions):
-    raw = pd.DataFrame(rows, columns=["ClientCode", "Clinician", "SessionNo", "SessionDate", "ORS_1", "Discharge"])
+    raw = pd.DataFrame(
+        rows, columns=["ClientCode", "Clinician", "SessionNo", "SessionDate", "ORS_1", "Discharge"]
+    )
     raw.insert(0, "_source_row", np.arange(2, len(raw) + 2))
-    exclude_all = {rule: next(p for p in ("exclude", "missing", "flag") if p in allowed) for rule, (_, allowed) in RULES.items()}
+    exclude_all = {
+        rule: next(p for p in ("exclude", "missing", "flag") if p in allowed)
+        for rule, (_, allowed) in RULES.items()
+    }
     exclude_all["not_a_number"] = "exclude"
-    study = make_study(columns={"ClientCode": "patient", "Clinician": "therapist", "SessionNo": "session",
-                                "SessionDate": "date", "ORS_1": "ors_1", "Discharge": "ending"},
-                       rules=exclude_all, min_sessions=min_sessions, extraction_date="2024-02-10",
-                       labels={"ending": {"Done": "planned", "left": "unilateral"}})
+    study = make_study(
+        columns={
+            "ClientCode": "patient",
+            "Clinician": "therapist",
+            "SessionNo": "session",
+            "SessionDate": "date",
+            "ORS_1": "ors_1",
+            "Discharge": "ending",
+        },
+        rules=exclude_all,
+        min_sessions=min_sessions,
+        extraction_date="2024-02-10",
+        labels={"ending": {"Done": "planned", "left": "unilateral"}},
+    )
     try:
         result = clean_sessions(raw, study, source="h.csv")
     except DataError as error:  # only a whole-column problem may stop the stage
@@ -371,12 +645,21 @@ def test_flow_always_reconciles(rows, min_sessions):
     assert reconcile(flow) == []
     assert flow["sessions"]["read"] == len(raw)
     removed = result.exclusions[result.exclusions["action"] == "excluded"]
-    assert sorted(removed["source_row"].tolist() + []) == sorted(set(removed["source_row"]))  # once each
+    assert sorted(removed["source_row"].tolist() + []) == sorted(
+        set(removed["source_row"])
+    )  # once each
     kept_rows = set(raw["_source_row"]) - set(removed["source_row"])
     assert len(kept_rows) == flow["sessions"]["kept"] == len(result.sessions)
     assert result.sessions["ors_1"].dropna().between(0, 10).all()
     assert not result.sessions.duplicated(["patient", "session"]).any()
     out = result.sessions
-    assert (out.groupby("patient")["ending"].nunique(dropna=False) <= 1).all()  # one ending per patient
-    assert set(out["ending"].dropna().astype(str)) <= {"planned", "unilateral"}  # "Stopped" set missing
-    assert (out["days"].isna() | (out["days"] <= out["followup_days"])).all()  # nothing after the extraction
+    assert (
+        out.groupby("patient")["ending"].nunique(dropna=False) <= 1
+    ).all()  # one ending per patient
+    assert set(out["ending"].dropna().astype(str)) <= {
+        "planned",
+        "unilateral",
+    }  # "Stopped" set missing
+    assert (
+        out["days"].isna() | (out["days"] <= out["followup_days"])
+    ).all()  # nothing after the extraction

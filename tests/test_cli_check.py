@@ -12,16 +12,27 @@ def _project(tmp_path, root, raw_name, **study):
     block = config["studies"]["example"]
     block.update(raw=raw_name, **study)
     (tmp_path / "workflow" / "schemas").mkdir(parents=True)
-    shutil.copy(root / "workflow" / "schemas" / "config.schema.yaml", tmp_path / "workflow" / "schemas")
+    shutil.copy(
+        root / "workflow" / "schemas" / "config.schema.yaml", tmp_path / "workflow" / "schemas"
+    )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     return tmp_path / "config.yaml"
 
 
 def test_example_is_clean(root, capsys):
-    status = main(["check", str(root / "data/raw/example/sessions_export.csv"), "--config", str(root / "config.yaml")])
+    status = main(
+        [
+            "check",
+            str(root / "data/raw/example/sessions_export.csv"),
+            "--config",
+            str(root / "config.yaml"),
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0
-    assert out.startswith("sessions_export.csv (study 'example'): 2907 rows read, 2907 kept, 0 excluded (0 by rules set to error); 300 patients, 300 kept.")
+    assert out.startswith(
+        "sessions_export.csv (study 'example'): 2907 rows read, 2907 kept, 0 excluded (0 by rules set to error); 300 patients, 300 kept."
+    )
     assert "16    SessionNo  session_gap  flagged  session 11 missing before session 12" in out
     assert out.rstrip().endswith("sessions_export.csv: clean.")
 
@@ -35,7 +46,10 @@ def test_problems_are_listed_and_exit_1(root, tmp_path, capsys):
     status = main(["check", str(tmp_path / "bad.csv"), "--config", str(config)])
     out = capsys.readouterr().out
     assert status == 1
-    assert "2907 rows read" not in out and "2908 rows read, 2906 kept, 2 excluded (1 by rules set to error)" in out
+    assert (
+        "2907 rows read" not in out
+        and "2908 rows read, 2906 kept, 2 excluded (1 by rules set to error)" in out
+    )
     assert "4     WAI_SR_01  not_a_number" in out and "'twelve' is not a number" in out
     assert "duplicate_identical  excluded" in out
 

@@ -49,7 +49,11 @@ def test_clinical_cutoffs_higher_is_better_and_partial():
     # a = 18 + 2*6 = 30; b = 32 - 2*4 = 24; c = (6*32 + 4*18)/10 = 26.4
     cut = clinical_cutoffs(18, 6, 32, 4, direction="higher_is_better")
     assert cut["a"] == 30.0 and cut["b"] == 24.0 and math.isclose(cut["c"], 26.4)
-    assert clinical_cutoffs(18, 6, direction="higher_is_better") == {"a": 30.0, "b": None, "c": None}
+    assert clinical_cutoffs(18, 6, direction="higher_is_better") == {
+        "a": 30.0,
+        "b": None,
+        "c": None,
+    }
 
 
 def _phq(rows):
@@ -57,17 +61,35 @@ def _phq(rows):
 
 
 def test_reliable_change_categories_and_ties():
-    df = _phq([
-        ("rec", 1, 18), ("rec", 6, 12),       # 18 -> 12: improvement 6 == RC (tie counts); 12 >= 10 still clinical -> improved
-        ("rec2", 1, 16), ("rec2", 6, 9),      # improvement 7; 9 < 10 not clinical -> recovered
-        ("tie_cut", 1, 16), ("tie_cut", 4, 10),  # 10 is clinical (at_or_above) -> improved
-        ("det", 1, 5), ("det", 3, 11),        # worsening 6 == RC -> deteriorated
-        ("unch", 1, 14), ("unch", 2, 9),      # improvement 5 < 6 -> unchanged though crossed cut-off
-        ("low", 1, 8), ("low", 5, 1),         # starts non-clinical: reliable improvement -> improved
-        ("one", 1, 20),                       # one session -> no category
-    ])
-    rc = reliable_change(df, score="phq9_total", direction="lower_is_better", rci=6,
-                         cutoff=10, clinical_range="at_or_above").set_index("patient")
+    df = _phq(
+        [
+            ("rec", 1, 18),
+            (
+                "rec",
+                6,
+                12,
+            ),  # 18 -> 12: improvement 6 == RC (tie counts); 12 >= 10 still clinical -> improved
+            ("rec2", 1, 16),
+            ("rec2", 6, 9),  # improvement 7; 9 < 10 not clinical -> recovered
+            ("tie_cut", 1, 16),
+            ("tie_cut", 4, 10),  # 10 is clinical (at_or_above) -> improved
+            ("det", 1, 5),
+            ("det", 3, 11),  # worsening 6 == RC -> deteriorated
+            ("unch", 1, 14),
+            ("unch", 2, 9),  # improvement 5 < 6 -> unchanged though crossed cut-off
+            ("low", 1, 8),
+            ("low", 5, 1),  # starts non-clinical: reliable improvement -> improved
+            ("one", 1, 20),  # one session -> no category
+        ]
+    )
+    rc = reliable_change(
+        df,
+        score="phq9_total",
+        direction="lower_is_better",
+        rci=6,
+        cutoff=10,
+        clinical_range="at_or_above",
+    ).set_index("patient")
     assert rc.loc["rec", "rc_category"] == "improved"
     assert rc.loc["rec2", "rc_category"] == "recovered"
     assert rc.loc["tie_cut", "rc_category"] == "improved"
@@ -83,12 +105,28 @@ def test_reliable_change_categories_and_ties():
 
 def test_reliable_change_uses_first_and_last_observed():
     # session 1 missing, session 5 missing, unsorted rows: first observed 2 (30), last observed 4 (22)
-    df = pd.DataFrame({"patient": "a", "session": [4, 1, 2, 5, 3],
-                       "ors_total": [22.0, np.nan, 15.0, np.nan, 18.0]})
-    rc = reliable_change(df, score="ors_total", direction="higher_is_better", rci=5,
-                         cutoff=25, clinical_range="below")
+    df = pd.DataFrame(
+        {
+            "patient": "a",
+            "session": [4, 1, 2, 5, 3],
+            "ors_total": [22.0, np.nan, 15.0, np.nan, 18.0],
+        }
+    )
+    rc = reliable_change(
+        df,
+        score="ors_total",
+        direction="higher_is_better",
+        rci=5,
+        cutoff=25,
+        clinical_range="below",
+    )
     row = rc.iloc[0]
-    assert (row.first_session, row.last_session, row.score_first, row.score_last) == (2, 4, 15.0, 22.0)
+    assert (row.first_session, row.last_session, row.score_first, row.score_last) == (
+        2,
+        4,
+        15.0,
+        22.0,
+    )
     # 22 - 15 = 7 >= 5; 15 < 25 clinical, 22 < 25 still clinical -> improved
     assert row.rc_category == "improved"
     assert list(rc.columns) == RELIABLE_CHANGE_COLUMNS
@@ -97,8 +135,14 @@ def test_reliable_change_uses_first_and_last_observed():
 def test_reliable_change_cutoff_below_tie_is_not_clinical():
     # ORS: clinical below 25; 25 exactly is not clinical -> recovered
     df = pd.DataFrame({"patient": "a", "session": [1, 2], "ors_total": [19.0, 25.0]})
-    rc = reliable_change(df, score="ors_total", direction="higher_is_better", rci=5,
-                         cutoff=25, clinical_range="below")
+    rc = reliable_change(
+        df,
+        score="ors_total",
+        direction="higher_is_better",
+        rci=5,
+        cutoff=25,
+        clinical_range="below",
+    )
     assert rc.rc_category.tolist() == ["recovered"]
     assert rc.clinical_last.tolist() == [False]
 
@@ -115,9 +159,16 @@ def test_reliable_change_without_cutoff_nobody_recovers():
     [
         ({"direction": "down", "rci": 6}, ValueError, "`direction` must be"),
         ({"direction": "lower_is_better", "rci": 0}, ValueError, "`rci` must be greater than 0"),
-        ({"direction": "lower_is_better", "rci": 6, "cutoff": 10}, ValueError,
-         "`clinical_range` must be 'below' or 'at_or_above'; got None"),
-        ({"direction": "lower_is_better", "rci": 6, "score": "phq_total"}, KeyError, "Did you mean 'phq9_total'"),
+        (
+            {"direction": "lower_is_better", "rci": 6, "cutoff": 10},
+            ValueError,
+            "`clinical_range` must be 'below' or 'at_or_above'; got None",
+        ),
+        (
+            {"direction": "lower_is_better", "rci": 6, "score": "phq_total"},
+            KeyError,
+            "Did you mean 'phq9_total'",
+        ),
     ],
 )
 def test_reliable_change_validation(kwargs, error, match):
@@ -128,18 +179,21 @@ def test_reliable_change_validation(kwargs, error, match):
 
 
 def _sessions():
-    return pd.DataFrame({
-        "patient": ["a", "a", "a", "b", "b", "c"],
-        "session": [1, 2, 4, 1, 2, 1],
-        "days": [0.0, 7.0, 35.0, 0.0, 14.0, 0.0],
-        "followup": [95.0, 95.0, 95.0, 73.0, 73.0, 20.0],
-        "ending": [None, None, None, "Agreed", "Agreed", None],
-    })
+    return pd.DataFrame(
+        {
+            "patient": ["a", "a", "a", "b", "b", "c"],
+            "session": [1, 2, 4, 1, 2, 1],
+            "days": [0.0, 7.0, 35.0, 0.0, 14.0, 0.0],
+            "followup": [95.0, 95.0, 95.0, 73.0, 73.0, 20.0],
+            "ending": [None, None, None, "Agreed", "Agreed", None],
+        }
+    )
 
 
 def test_endings_and_dose_inferred_and_recorded():
-    out = endings_and_dose(_sessions(), ending="ending", followup="followup", gap_days=60,
-                           labels={"Agreed": "planned"}).set_index("patient")
+    out = endings_and_dose(
+        _sessions(), ending="ending", followup="followup", gap_days=60, labels={"Agreed": "planned"}
+    ).set_index("patient")
     # a: 3 recorded sessions, last session number 4, weeks 35/7 = 5, longest gap 35 - 7 = 28
     assert out.loc["a", "n_sessions"] == 3 and out.loc["a", "last_session"] == 4
     assert out.loc["a", "weeks"] == 5.0 and out.loc["a", "longest_gap_days"] == 28.0
@@ -181,16 +235,24 @@ def test_endings_must_be_constant_within_patient():
 
 
 def test_derive_patients_gathers_everything():
-    df = pd.DataFrame({
-        "patient": ["b"] * 6 + ["a"],
-        "therapist": ["T1"] * 6 + ["T2"],
-        "session": [1, 2, 3, 4, 5, 6, 1],
-        "days": [0.0, 7, 14, 21, 28, 35, 0.0],
-        "outcome": [20.0, 21, 20, 10, 9, 10, 15.0],
-    })
+    df = pd.DataFrame(
+        {
+            "patient": ["b"] * 6 + ["a"],
+            "therapist": ["T1"] * 6 + ["T2"],
+            "session": [1, 2, 3, 4, 5, 6, 1],
+            "days": [0.0, 7, 14, 21, 28, 35, 0.0],
+            "outcome": [20.0, 21, 20, 10, 9, 10, 15.0],
+        }
+    )
     gains = sudden_gains(df, score="outcome", cutoff=6)
-    p = derive_patients(df, direction="lower_is_better", rci=6, cutoff=10,
-                        clinical_range="at_or_above", sudden_gains=gains)
+    p = derive_patients(
+        df,
+        direction="lower_is_better",
+        rci=6,
+        cutoff=10,
+        clinical_range="at_or_above",
+        sudden_gains=gains,
+    )
     assert p["patient"].tolist() == ["a", "b"]  # sorted
     b = p.set_index("patient").loc["b"]
     # 20 -> 10: improvement 10 >= 6; 20 clinical, 10 clinical (at_or_above) -> improved
@@ -204,12 +266,25 @@ def test_derive_patients_gathers_everything():
 def test_planned_sessions_turn_an_inferred_ending_after_the_full_dose_into_planned():
     # a: last session number 4, 60 days without a session (= gap_days, so ended);
     # b: recorded; c: one session, 20 days since it (< 60, ongoing whatever the dose)
-    out = endings_and_dose(_sessions(), ending="ending", followup="followup", gap_days=60,
-                           planned_sessions=4, labels={"Agreed": "dropout"}).set_index("patient")
+    out = endings_and_dose(
+        _sessions(),
+        ending="ending",
+        followup="followup",
+        gap_days=60,
+        planned_sessions=4,
+        labels={"Agreed": "dropout"},
+    ).set_index("patient")
     assert out["ending"].astype(str).to_dict() == {"a": "planned", "b": "dropout", "c": "ongoing"}
-    assert out["ending_source"].astype(str).to_dict() == {"a": "inferred", "b": "recorded", "c": "inferred"}
+    assert out["ending_source"].astype(str).to_dict() == {
+        "a": "inferred",
+        "b": "recorded",
+        "c": "inferred",
+    }
     # without the recorded ending: a's last session 4 < 5 -> dropout; b: 73 - 14 = 59 days < 60
     out = endings_and_dose(_sessions(), followup="followup", gap_days=60, planned_sessions=5)
     assert out["ending"].astype(str).tolist() == ["dropout", "ongoing", "ongoing"]
-    with pytest.raises(ValueError, match="^`planned_sessions` only applies to endings inferred from a gap; set `gap_days` too.$"):
+    with pytest.raises(
+        ValueError,
+        match="^`planned_sessions` only applies to endings inferred from a gap; set `gap_days` too.$",
+    ):
         endings_and_dose(_sessions(), followup="followup", planned_sessions=5)

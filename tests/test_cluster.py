@@ -56,7 +56,9 @@ def _ensure_installed() -> None:
     if all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "munged", "sbatch", "squeue")):
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("SLURM is not installed and cannot be (needs root and apt-get: apt-get install slurm-wlm munge).")
+        pytest.skip(
+            "SLURM is not installed and cannot be (needs root and apt-get: apt-get install slurm-wlm munge)."
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmd = ["apt-get", "install", "-y", "--no-install-recommends", "slurm-wlm", "munge"]
     proc = _run(cmd, env=env, timeout=1800)
@@ -148,12 +150,18 @@ def slurm_cluster():
     if os.geteuid() != 0:
         pytest.skip("starting slurmctld/slurmd/munged needs root.")
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
-        pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install snakemake-executor-plugin-slurm).")
+        pytest.skip(
+            "snakemake-executor-plugin-slurm is not installed (pip install snakemake-executor-plugin-slurm)."
+        )
     if Path("/etc/slurm/slurm.conf").exists():
-        pytest.skip("this machine has a SLURM configuration of its own (/etc/slurm/slurm.conf); not starting another cluster.")
+        pytest.skip(
+            "this machine has a SLURM configuration of its own (/etc/slurm/slurm.conf); not starting another cluster."
+        )
     _ensure_installed()
 
-    folder = Path(tempfile.mkdtemp(prefix="afslurm-", dir="/tmp"))  # short: socket paths are limited
+    folder = Path(
+        tempfile.mkdtemp(prefix="afslurm-", dir="/tmp")
+    )  # short: socket paths are limited
     for sub in ("state", "spool"):
         (folder / sub).mkdir()
     host = socket.gethostname().split(".")[0]
@@ -174,16 +182,40 @@ def slurm_cluster():
             system_key = Path("/etc/munge/munge.key")
             key.write_bytes(system_key.read_bytes() if system_key.exists() else os.urandom(1024))
             key.chmod(0o400)
-            start(["munged", "-F", "-f", f"--key-file={key}", f"--pid-file={folder}/munged.pid",
-                   f"--log-file={folder}/munged.log", f"--seed-file={folder}/munged.seed"], "munged", env)
-            _wait(_munge_works, 20, "munged answering on " + str(MUNGE_SOCKET), [folder / "munged.out"])
+            start(
+                [
+                    "munged",
+                    "-F",
+                    "-f",
+                    f"--key-file={key}",
+                    f"--pid-file={folder}/munged.pid",
+                    f"--log-file={folder}/munged.log",
+                    f"--seed-file={folder}/munged.seed",
+                ],
+                "munged",
+                env,
+            )
+            _wait(
+                _munge_works,
+                20,
+                "munged answering on " + str(MUNGE_SOCKET),
+                [folder / "munged.out"],
+            )
         start(["slurmctld", "-D", "-i", "-f", str(conf)], "slurmctld", env)
-        _wait(lambda: _run(["scontrol", "ping"], env=env, timeout=10).stdout.count("UP") > 0, 30,
-              "slurmctld answering scontrol ping", [folder / "slurmctld.out", folder / "slurmctld.log"])
+        _wait(
+            lambda: _run(["scontrol", "ping"], env=env, timeout=10).stdout.count("UP") > 0,
+            30,
+            "slurmctld answering scontrol ping",
+            [folder / "slurmctld.out", folder / "slurmctld.log"],
+        )
         no_conf = {k: v for k, v in env.items() if k != "SLURM_CONF"}
         start(["slurmd", "-D", "--conf-server", f"127.0.0.1:{ctld_port}"], "slurmd", no_conf)
-        _wait(lambda: _run(["sinfo", "-h", "-o", "%t"], env=env, timeout=10).stdout.strip() == "idle", 60,
-              "the node becoming idle", [folder / "slurmd.out", folder / "slurmd.log", folder / "slurmctld.log"])
+        _wait(
+            lambda: _run(["sinfo", "-h", "-o", "%t"], env=env, timeout=10).stdout.strip() == "idle",
+            60,
+            "the node becoming idle",
+            [folder / "slurmd.out", folder / "slurmd.log", folder / "slurmctld.log"],
+        )
         yield {"env": env, "folder": folder}
     finally:
         for proc in reversed(started):  # only the daemons this fixture started, by their own handle
@@ -204,15 +236,33 @@ def test_pipeline_runs_through_the_slurm_profile(slurm_cluster, copy_project, tm
     target = "results/example/models/alliance_outcome.json"
     # the same rule chain locally first, to compare bytes with the cluster's result
     local = copy_project(tmp_path / "local")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", target],
-                          cwd=local, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", target],
+        cwd=local,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     workdir = copy_project(tmp_path / "cluster")
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/slurm",
-         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=3600,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--profile",
+            "workflow/profiles/slurm",
+            "--slurm-status-command",
+            "squeue",
+            "--slurm-init-seconds-before-status-checks",
+            "5",
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -221,10 +271,16 @@ def test_pipeline_runs_through_the_slurm_profile(slurm_cluster, copy_project, tm
     submitted = [line for line in log.splitlines() if "has been submitted with SLURM jobid" in line]
     job_ids = {line.split("SLURM jobid ")[1].split()[0] for line in submitted}
     assert len(job_ids) >= 10, log[-3000:]
-    states = _run(["squeue", "-h", "-t", "all", "-o", "%i %T"], env=env, timeout=30).stdout.split("\n")
+    states = _run(["squeue", "-h", "-t", "all", "-o", "%i %T"], env=env, timeout=30).stdout.split(
+        "\n"
+    )
     state_of = dict(line.split() for line in states if line.strip())
-    assert {state_of.get(j) for j in job_ids} == {"COMPLETED"}, {j: state_of.get(j) for j in job_ids}
-    assert any("slurm_logs/rule_fit_model/" in line for line in submitted)  # the model fits ran as jobs
+    assert {state_of.get(j) for j in job_ids} == {"COMPLETED"}, {
+        j: state_of.get(j) for j in job_ids
+    }
+    assert any(
+        "slurm_logs/rule_fit_model/" in line for line in submitted
+    )  # the model fits ran as jobs
 
     # the results are there and make sense: the example's within-patient effect per WAI-SR
     # total point has the truth (2 ORS points per item-mean point = 2/12) in its interval

@@ -31,11 +31,27 @@ def test_shipped_config_is_valid_and_defaults_are_filled(root, config, schema):
 @pytest.mark.parametrize(
     "path, value, message",
     [
-        (("models", "alliance_outcome", "reml"), "yes", "`models.alliance_outcome.reml` is 'yes'; it must be of type boolean."),
-        (("studies", "example", "format"), "wide-ish", "`studies.example.format` is 'wide-ish'; allowed values are 'long'."),
-        (("studies", "example", "delimiter"), ":", r"`studies.example.delimiter` is ':'; allowed values are ',', ';', '\\t', '\|', None."),
+        (
+            ("models", "alliance_outcome", "reml"),
+            "yes",
+            "`models.alliance_outcome.reml` is 'yes'; it must be of type boolean.",
+        ),
+        (
+            ("studies", "example", "format"),
+            "wide-ish",
+            "`studies.example.format` is 'wide-ish'; allowed values are 'long'.",
+        ),
+        (
+            ("studies", "example", "delimiter"),
+            ":",
+            r"`studies.example.delimiter` is ':'; allowed values are ',', ';', '\\t', '\|', None.",
+        ),
         (("seed",), -1, "`seed`: -1 is less than the minimum of 0."),
-        (("studies", "example", "colour"), "red", r"`studies.example`: Additional properties are not allowed \('colour' was unexpected\). Allowed keys are .*alliance"),
+        (
+            ("studies", "example", "colour"),
+            "red",
+            r"`studies.example`: Additional properties are not allowed \('colour' was unexpected\). Allowed keys are .*alliance",
+        ),
     ],
 )
 def test_invalid_values_name_the_key_and_what_is_allowed(config, schema, path, value, message):
@@ -51,14 +67,19 @@ def test_invalid_values_name_the_key_and_what_is_allowed(config, schema, path, v
 def test_missing_required_key_is_named(config, schema):
     bad = copy.deepcopy(config)
     del bad["studies"]["example"]["outcome"]
-    with pytest.raises(ConfigError, match=r"^config.yaml: `studies.example` lacks a required key: 'outcome'."):
+    with pytest.raises(
+        ConfigError, match=r"^config.yaml: `studies.example` lacks a required key: 'outcome'."
+    ):
         validate_config(bad, schema)
 
 
 def test_study_naming_an_undefined_model_is_refused(config, schema):
     bad = copy.deepcopy(config)
     bad["studies"]["example"]["models"] = ["alliance_outcme"]
-    with pytest.raises(ConfigError, match="names 'alliance_outcme', which is not defined under `models`; defined models are alliance_components, alliance_outcome, "):
+    with pytest.raises(
+        ConfigError,
+        match="names 'alliance_outcme', which is not defined under `models`; defined models are alliance_components, alliance_outcome, ",
+    ):
         validate_config(bad, schema)
 
 
@@ -72,7 +93,10 @@ def test_a_file_that_is_not_a_mapping_is_refused(tmp_path, root):
 def test_model_needs_exactly_one_of_formula_or_preset(config, schema):
     bad = copy.deepcopy(config)
     bad["models"]["alliance_outcome"]["preset"] = "growth"
-    with pytest.raises(ConfigError, match=r"^config.yaml: `models.alliance_outcome` does not fit the expected shape: a model is given by exactly one of `formula`"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config.yaml: `models.alliance_outcome` does not fit the expected shape: a model is given by exactly one of `formula`",
+    ):
         validate_config(bad, schema)
     good = copy.deepcopy(config)
     good["models"]["growth"] = {"preset": "growth", "options": {"time_shape": "log"}}
@@ -82,14 +106,22 @@ def test_model_needs_exactly_one_of_formula_or_preset(config, schema):
 def test_comparison_of_an_undefined_model_is_refused(config, schema):
     bad = copy.deepcopy(config)
     bad["comparisons"] = [["alliance_outcome", "growht"]]
-    with pytest.raises(ConfigError, match="`comparisons` names 'growht', which is not defined under `models`"):
+    with pytest.raises(
+        ConfigError, match="`comparisons` names 'growht', which is not defined under `models`"
+    ):
         validate_config(bad, schema)
 
 
 def test_reference_sample_must_name_another_study(config, schema):
     bad = copy.deepcopy(config)
     bad["studies"]["example"]["derive"]["on_track"]["reference"] = "reference"
-    with pytest.raises(ConfigError, match=r"`studies.example.derive.on_track.reference` is 'reference', so `reference_study` must name another study; got None. Other studies: example2."):
+    with pytest.raises(
+        ConfigError,
+        match=r"`studies.example.derive.on_track.reference` is 'reference', so `reference_study` must name another study; got None. Other studies: example2.",
+    ):
         validate_config(bad, schema)
     bad["studies"]["example"]["derive"]["on_track"]["reference_study"] = "example2"
-    assert validate_config(bad, schema)["studies"]["example"]["derive"]["on_track"]["reference_study"] == "example2"
+    assert (
+        validate_config(bad, schema)["studies"]["example"]["derive"]["on_track"]["reference_study"]
+        == "example2"
+    )

@@ -20,12 +20,14 @@ def _three_level():
     # T1: a (1, 3) mean 2; b (5) mean 5 -> T1 mean (2 + 5)/2 = 3.5
     # T2: c (6, 8, 10) mean 8                -> T2 mean 8
     # grand mean of patient means (2 + 5 + 8)/3 = 5
-    return pd.DataFrame({
-        "patient": ["a", "a", "b", "c", "c", "c"],
-        "therapist": ["T1", "T1", "T1", "T2", "T2", "T2"],
-        "session": [1, 2, 1, 1, 2, 3],
-        "x": [1.0, 3.0, 5.0, 6.0, 8.0, 10.0],
-    })
+    return pd.DataFrame(
+        {
+            "patient": ["a", "a", "b", "c", "c", "c"],
+            "therapist": ["T1", "T1", "T1", "T2", "T2", "T2"],
+            "session": [1, 2, 1, 1, 2, 3],
+            "x": [1.0, 3.0, 5.0, 6.0, 8.0, 10.0],
+        }
+    )
 
 
 def test_within_between_default_unchanged():
@@ -50,7 +52,9 @@ def test_within_between_therapist_and_grand_mean():
 def test_within_between_patient_with_two_therapists_refused():
     df = _three_level()
     df.loc[1, "therapist"] = "T2"
-    with pytest.raises(ValueError, match="Patient 'a' is seen by more than one therapist \\(T1, T2\\)"):
+    with pytest.raises(
+        ValueError, match="Patient 'a' is seen by more than one therapist \\(T1, T2\\)"
+    ):
         within_between(df, "x", therapist="therapist")
 
 
@@ -72,8 +76,18 @@ def test_derive_analysis_columns_and_values():
     df = _three_level().rename(columns={"x": "wai"})
     df["ors"] = [10.0, 12.0, 20.0, 15.0, 17.0, 19.0]
     out = derive_analysis(df, alliance="wai", outcome="ors", therapist="therapist")
-    for col in ("alliance_within", "alliance_between", "alliance_gmc", "alliance_therapist", "alliance_patient",
-                "alliance_within_lag", "alliance_lag", "outcome_lag", "outcome_next", "outcome_within"):
+    for col in (
+        "alliance_within",
+        "alliance_between",
+        "alliance_gmc",
+        "alliance_therapist",
+        "alliance_patient",
+        "alliance_within_lag",
+        "alliance_lag",
+        "outcome_lag",
+        "outcome_next",
+        "outcome_within",
+    ):
         assert col in out.columns
     c = out[out.patient == "c"]
     assert c["outcome_next"].tolist()[:2] == [17.0, 19.0] and math.isnan(c["outcome_next"].iloc[2])
@@ -95,33 +109,73 @@ def _scored(seed=5, n_patients=60, max_sessions=10):
             if s > 1 and rng.random() < 0.05:
                 continue  # unrecorded session
             ors = intake + 0.6 * (s - 1) + rng.normal(0, 3)
-            rows.append({
-                "therapist": f"T{i % 6}", "patient": f"P{i:03d}", "session": s,
-                "days": 7.0 * (s - 1), "wai_sr_total": level + rng.normal(0, 0.4),
-                "ors_total": np.nan if rng.random() < 0.03 else round(float(np.clip(ors, 0, 40)), 1),
-            })
+            rows.append(
+                {
+                    "therapist": f"T{i % 6}",
+                    "patient": f"P{i:03d}",
+                    "session": s,
+                    "days": 7.0 * (s - 1),
+                    "wai_sr_total": level + rng.normal(0, 0.4),
+                    "ors_total": np.nan
+                    if rng.random() < 0.03
+                    else round(float(np.clip(ors, 0, 40)), 1),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def test_derive_tables_end_to_end_on_simulated_study():
     scored = _scored()
-    res = derive_tables(scored, alliance="wai_sr_total", outcome="ors_total", direction="higher_is_better",
-                        rci=5.0, cutoff=25.0, clinical_range="below")
+    res = derive_tables(
+        scored,
+        alliance="wai_sr_total",
+        outcome="ors_total",
+        direction="higher_is_better",
+        rci=5.0,
+        cutoff=25.0,
+        clinical_range="below",
+    )
     assert len(res.analysis) == len(scored)
     assert res.patients["patient"].is_unique and len(res.patients) == scored.patient.nunique()
     for col in ("track_status", "rupture_detected", "alliance_therapist", "outcome_next"):
         assert col in res.analysis.columns
-    for col in ("rc_category", "ending", "weeks", "first_off_track_session", "n_sudden_gains", "n_ruptures"):
+    for col in (
+        "rc_category",
+        "ending",
+        "weeks",
+        "first_off_track_session",
+        "n_sudden_gains",
+        "n_ruptures",
+    ):
         assert col in res.patients.columns
     # counts reconcile between the event table and the patients table
     assert res.patients.n_sudden_gains.sum() == (res.sudden_gains.event == "gain").sum()
     assert res.patients.n_sudden_losses.sum() == (res.sudden_gains.event == "loss").sum()
-    assert res.patients.n_ruptures.sum() == res.analysis.rupture_detected.fillna(False).astype(bool).sum()
-    assert res.patients.n_ruptures.equals(res.patients.n_repaired + res.patients.n_unrepaired + res.patients.n_censored)
-    assert set(res.expected_response) == {"gamma0", "gamma1", "centre", "sigma", "n_patients", "n_observations"}
+    assert (
+        res.patients.n_ruptures.sum()
+        == res.analysis.rupture_detected.fillna(False).astype(bool).sum()
+    )
+    assert res.patients.n_ruptures.equals(
+        res.patients.n_repaired + res.patients.n_unrepaired + res.patients.n_censored
+    )
+    assert set(res.expected_response) == {
+        "gamma0",
+        "gamma1",
+        "centre",
+        "sigma",
+        "n_patients",
+        "n_observations",
+    }
     # the same inputs give the same tables
-    again = derive_tables(scored, alliance="wai_sr_total", outcome="ors_total", direction="higher_is_better",
-                          rci=5.0, cutoff=25.0, clinical_range="below")
+    again = derive_tables(
+        scored,
+        alliance="wai_sr_total",
+        outcome="ors_total",
+        direction="higher_is_better",
+        rci=5.0,
+        cutoff=25.0,
+        clinical_range="below",
+    )
     pd.testing.assert_frame_equal(res.patients, again.patients)
     pd.testing.assert_frame_equal(res.sudden_gains, again.sudden_gains)
 
@@ -129,13 +183,19 @@ def test_derive_tables_end_to_end_on_simulated_study():
 def test_derive_tables_settings_switches_and_coefficients():
     scored = _scored(n_patients=20)
     res = derive_tables(
-        scored, alliance="wai_sr_total", outcome="ors_total", direction="higher_is_better", rci=None,
+        scored,
+        alliance="wai_sr_total",
+        outcome="ors_total",
+        direction="higher_is_better",
+        rci=None,
         settings={
             "reliable_change": {"enabled": False},
             "sudden_gains": {"enabled": False},
             "ruptures": {"enabled": False},
-            "on_track": {"reference": "coefficients",
-                         "coefficients": {"gamma0": 2.0, "gamma1": -0.1, "centre": 19.0, "sigma": 4.0}},
+            "on_track": {
+                "reference": "coefficients",
+                "coefficients": {"gamma0": 2.0, "gamma1": -0.1, "centre": 19.0, "sigma": 4.0},
+            },
         },
     )
     assert res.sudden_gains.empty and "rupture_detected" not in res.analysis
@@ -146,11 +206,26 @@ def test_derive_tables_settings_switches_and_coefficients():
 @pytest.mark.parametrize(
     "settings, kwargs, error, match",
     [
-        ({"sudden_gain": {}}, {}, KeyError, "Unknown derive setting 'sudden_gain' \\(did you mean 'sudden_gains'\\?\\)"),
+        (
+            {"sudden_gain": {}},
+            {},
+            KeyError,
+            "Unknown derive setting 'sudden_gain' \\(did you mean 'sudden_gains'\\?\\)",
+        ),
         ({"ruptures": {"k": 2}}, {}, KeyError, "Unknown key 'k' in derive setting 'ruptures'"),
-        ({"on_track": {"reference": "norms"}}, {}, ValueError, "`on_track.reference` must be 'study', 'reference' or 'coefficients'"),
+        (
+            {"on_track": {"reference": "norms"}},
+            {},
+            ValueError,
+            "`on_track.reference` must be 'study', 'reference' or 'coefficients'",
+        ),
         ({}, {"rci": None}, ValueError, "Sudden gains need a first-criterion cut-off"),
-        ({"sudden_gains": {"cutoff": 5}}, {"rci": None}, ValueError, "Reliable change needs the outcome instrument's `rci`"),
+        (
+            {"sudden_gains": {"cutoff": 5}},
+            {"rci": None},
+            ValueError,
+            "Reliable change needs the outcome instrument's `rci`",
+        ),
         ({"informant": "therapist"}, {}, KeyError, "Column 'informant' is not in the data"),
     ],
 )
@@ -163,14 +238,23 @@ def test_derive_tables_errors(settings, kwargs, error, match):
 
 
 def test_defaults_cover_every_block():
-    assert set(DERIVE_DEFAULTS) == {"informant", "therapist_centring", "reliable_change", "on_track",
-                                    "sudden_gains", "ruptures", "endings"}
+    assert set(DERIVE_DEFAULTS) == {
+        "informant",
+        "therapist_centring",
+        "reliable_change",
+        "on_track",
+        "sudden_gains",
+        "ruptures",
+        "endings",
+    }
 
 
 def test_schema_defaults_are_the_derive_defaults():
     import yaml
 
-    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    schema = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text()
+    )
     blocks = schema["$defs"]["study"]["properties"]["derive"]["properties"]
     assert set(blocks) == set(DERIVE_DEFAULTS)
     compared = 0
@@ -190,18 +274,28 @@ def test_schema_defaults_are_the_derive_defaults():
 
 
 def _preset_frame():
-    d = pd.DataFrame({
-        "patient": ["a"] * 6 + ["b"],
-        "session": [1, 2, 3, 4, 5, 6, 1],
-        "alliance": [4.0, 2.0, 4.0, 4.0, 2.0, 3.0, 4.0],
-        # rupture detected at sessions 2 and 5 of patient a; the first repaired at session 3
-        "rupture_detected": pd.array([pd.NA, True, False, False, True, False, pd.NA], dtype="boolean"),
-        "rupture_repair": [None, "repaired", None, None, "censored", None, None],
-        "rupture_repair_session": pd.array([pd.NA, 3, pd.NA, pd.NA, pd.NA, pd.NA, pd.NA], dtype="Int64"),
-        "rupture": pd.Categorical(["none", "withdrawal", "none", "none", "confrontation", "none", "none"]),
-        "on_track": pd.array([pd.NA, True, False, True, True, True, pd.NA], dtype="boolean"),
-    })
-    patients = pd.DataFrame({"patient": ["a", "b"], "first_off_track_session": [3.0, np.nan], "n_not_on_track": [1, 0]})
+    d = pd.DataFrame(
+        {
+            "patient": ["a"] * 6 + ["b"],
+            "session": [1, 2, 3, 4, 5, 6, 1],
+            "alliance": [4.0, 2.0, 4.0, 4.0, 2.0, 3.0, 4.0],
+            # rupture detected at sessions 2 and 5 of patient a; the first repaired at session 3
+            "rupture_detected": pd.array(
+                [pd.NA, True, False, False, True, False, pd.NA], dtype="boolean"
+            ),
+            "rupture_repair": [None, "repaired", None, None, "censored", None, None],
+            "rupture_repair_session": pd.array(
+                [pd.NA, 3, pd.NA, pd.NA, pd.NA, pd.NA, pd.NA], dtype="Int64"
+            ),
+            "rupture": pd.Categorical(
+                ["none", "withdrawal", "none", "none", "confrontation", "none", "none"]
+            ),
+            "on_track": pd.array([pd.NA, True, False, True, True, True, pd.NA], dtype="boolean"),
+        }
+    )
+    patients = pd.DataFrame(
+        {"patient": ["a", "b"], "first_off_track_session": [3.0, np.nan], "n_not_on_track": [1, 0]}
+    )
     return d, patients
 
 
@@ -215,7 +309,14 @@ def test_ruptures_and_repairs_before_each_session_use_only_the_past():
     assert a["ruptures_before"].tolist() == [0, 0, 1, 1, 1, 2]
     # the first rupture was repaired at session 3, so it counts as repaired from session 4
     assert a["repairs_before"].tolist() == [0, 0, 0, 1, 1, 1]
-    assert out["rupture_flag"].tolist()[:6] == [pytest.approx(np.nan, nan_ok=True), 1.0, 0.0, 0.0, 1.0, 0.0]
+    assert out["rupture_flag"].tolist()[:6] == [
+        pytest.approx(np.nan, nan_ok=True),
+        1.0,
+        0.0,
+        0.0,
+        1.0,
+        0.0,
+    ]
     # the coded rupture column is kept as it was
     assert out["rupture"].astype(str).tolist() == d["rupture"].astype(str).tolist()
 

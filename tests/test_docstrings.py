@@ -30,11 +30,18 @@ MODULES = _modules_with_examples()
 
 def test_the_documented_modules_have_examples():
     # the modules a student reads first show how they are called
-    assert {"allianceflow.clinical", "allianceflow.suddengains", "allianceflow.models", "allianceflow.tables"} <= set(MODULES)
+    assert {
+        "allianceflow.clinical",
+        "allianceflow.suddengains",
+        "allianceflow.models",
+        "allianceflow.tables",
+    } <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=FLAGS, report=False)
     assert result.attempted > 0
-    assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples in {name} failed; run python -m doctest -v on it"
+    assert result.failed == 0, (
+        f"{result.failed} of {result.attempted} docstring examples in {name} failed; run python -m doctest -v on it"
+    )

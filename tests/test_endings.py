@@ -26,7 +26,13 @@ from allianceflow.simulate import (
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-COLUMNS = {"Client": "patient", "Sess": "session", "Date": "date", "Item": "ors_1", "Discharge": "ending"}
+COLUMNS = {
+    "Client": "patient",
+    "Sess": "session",
+    "Date": "date",
+    "Item": "ors_1",
+    "Discharge": "ending",
+}
 
 
 def make_study(columns=None, **settings) -> dict:
@@ -70,7 +76,12 @@ def test_ending_recorded_on_one_row_applies_to_the_whole_patient():
     out = clean(ROWS, labels=LABELS).sessions
     # labels first ("left" -> "Unilateral"), then case folding to the canonical type
     assert out["ending"].astype(object).where(out["ending"].notna(), None).tolist() == [
-        "planned", "planned", "planned", "unilateral", "unilateral", None,
+        "planned",
+        "planned",
+        "planned",
+        "unilateral",
+        "unilateral",
+        None,
     ]
     assert list(out["ending"].cat.categories) == ["planned", "unilateral", "dropout", "ongoing"]
     assert list(out.columns) == ["patient", "session", "days", "ending", "ors_1"]
@@ -80,7 +91,9 @@ def test_an_ending_on_a_row_that_a_rule_excludes_still_counts_for_the_patient():
     rows = [list(r) for r in ROWS]
     rows[2][3] = "12"  # the row carrying a's ending has an ORS item above 10
     result = clean(rows, labels=LABELS, rules={"out_of_range": "exclude"})
-    assert result.exclusions[["source_row", "rule", "action"]].values.tolist() == [[4, "out_of_range", "excluded"]]
+    assert result.exclusions[["source_row", "rule", "action"]].values.tolist() == [
+        [4, "out_of_range", "excluded"]
+    ]
     a = result.sessions[result.sessions["patient"] == "a"]
     assert a["session"].tolist() == [1, 2]
     assert a["ending"].astype(str).tolist() == ["planned", "planned"]
@@ -98,9 +111,13 @@ def test_an_unmapped_ending_label_names_the_row_and_the_fix():
 
 
 def test_an_unmapped_ending_set_missing_is_logged_and_the_rows_kept():
-    result = clean(ROWS, labels={"ending": {"Done": "planned"}}, rules={"ending_invalid": "missing"})
+    result = clean(
+        ROWS, labels={"ending": {"Done": "planned"}}, rules={"ending_invalid": "missing"}
+    )
     log = result.exclusions
-    assert log[["source_row", "rule", "action", "column"]].values.tolist() == [[6, "ending_invalid", "set_missing", "Discharge"]]
+    assert log[["source_row", "rule", "action", "column"]].values.tolist() == [
+        [6, "ending_invalid", "set_missing", "Discharge"]
+    ]
     out = result.sessions.set_index(["patient", "session"])
     assert pd.isna(out.loc[("b", 2), "ending"]) and pd.isna(out.loc[("b", 1), "ending"])
     assert result.flow["sessions"]["kept"] == 6 and reconcile(result.flow) == []
@@ -127,7 +144,10 @@ def test_extraction_date_gives_followup_days_from_the_first_session():
     out = clean(ROWS, labels=LABELS, extraction_date="2025-03-31").sessions
     # a starts 2025-01-06: 84 days; b 2025-02-03: 56 days; c 2025-03-03: 28 days
     assert out.groupby("patient")["followup_days"].unique().map(list).to_dict() == {
-        "a": [84.0], "b": [56.0], "c": [28.0]}
+        "a": [84.0],
+        "b": [56.0],
+        "c": [28.0],
+    }
     assert out["followup_days"].dtype == "float64"
     assert list(out.columns) == ["patient", "session", "days", "ending", "followup_days", "ors_1"]
 
@@ -140,7 +160,9 @@ def test_a_session_after_the_extraction_date():
         "2025-02-28. Check the date, or set `studies.t.extraction_date` to the day the data were "
         "exported. Or set `studies.t.rules.after_extraction` to 'exclude' in config.yaml."
     )
-    result = clean(ROWS, labels=LABELS, extraction_date="2025-02-28", rules={"after_extraction": "exclude"})
+    result = clean(
+        ROWS, labels=LABELS, extraction_date="2025-02-28", rules={"after_extraction": "exclude"}
+    )
     assert result.sessions["patient"].unique().tolist() == ["a", "b"]
     assert result.flow["sessions"]["excluded_by_rule"] == {"after_extraction": 1}
 
@@ -158,15 +180,20 @@ def test_clean_itself_refuses_an_extraction_date_it_cannot_use():
         unvalidated(columns, [r[:2] + (r[3],) for r in ROWS], extraction_date="2025-03-31")
     assert str(error.value).startswith(
         "x.csv: `studies.t.extraction_date` is set, but no column is mapped to 'date', so the "
-        "follow-up time cannot be computed.")
+        "follow-up time cannot be computed."
+    )
     with pytest.raises(DataError) as error:
         unvalidated({**COLUMNS, "FU": "followup_days"}, [r + ("90",) for r in ROWS])
     assert str(error.value) == (
         "x.csv: column 'FU' is mapped to 'followup_days', but the sessions are dated, and with dates "
         "the follow-up time must come from the extraction day (days are counted from each patient's "
         "first kept session). Remove the mapping and set `studies.t.extraction_date` to the day the "
-        "data were exported.")
-    with pytest.raises(DataError, match=r"^config.yaml: `studies.t.extraction_date` is '2025-02-30', which is not a day of the calendar"):
+        "data were exported."
+    )
+    with pytest.raises(
+        DataError,
+        match=r"^config.yaml: `studies.t.extraction_date` is '2025-02-30', which is not a day of the calendar",
+    ):
         unvalidated(COLUMNS, ROWS, extraction_date="2025-02-30", labels=LABELS)
 
 
@@ -177,7 +204,13 @@ def test_a_session_on_the_extraction_day_is_before_the_extraction():
 
 
 def test_mapped_followup_days_without_dates():
-    columns = {"Client": "patient", "Sess": "session", "Day": "days", "Item": "ors_1", "FU": "followup_days"}
+    columns = {
+        "Client": "patient",
+        "Sess": "session",
+        "Day": "days",
+        "Item": "ors_1",
+        "FU": "followup_days",
+    }
     rows = [("a", "1", "0", "5", "100"), ("a", "2", "7", "6", ""), ("b", "1", "0", "5", "10")]
     out = clean(rows, columns=columns).sessions
     assert out["followup_days"].tolist() == [100.0, 100.0, 10.0]
@@ -187,12 +220,14 @@ def test_mapped_followup_days_without_dates():
     assert str(error.value) == (
         "x.csv, row 4, column 'FU': the follow-up time is -3 days, so the extraction would precede the "
         "first session. Check the patient's follow-up time (days from the first session to the "
-        "extraction) and day counts. Or set `studies.t.rules.after_extraction` to 'exclude' in config.yaml.")
+        "extraction) and day counts. Or set `studies.t.rules.after_extraction` to 'exclude' in config.yaml."
+    )
     rows = [("a", "1", "0", "5", "5"), ("a", "2", "7", "6", "")]
     with pytest.raises(DataError) as error:
         clean(rows, columns=columns)
     assert str(error.value).startswith(
-        "x.csv, row 3, column 'Day': the session is on day 7, after the follow-up time of 5 days.")
+        "x.csv, row 3, column 'Day': the session is on day 7, after the follow-up time of 5 days."
+    )
 
 
 def test_the_contract_refuses_an_ending_outside_the_types():
@@ -202,9 +237,18 @@ def test_the_contract_refuses_an_ending_outside_the_types():
 
 
 def test_wide_exports_carry_the_ending_to_every_session():
-    raw = pd.DataFrame({"_source_row": [2, 3], "Client": ["a", "b"], "Discharge": ["Done", ""],
-                        "Item_s1": ["5", "4"], "Item_s2": ["6", ""]})
-    study = make_study({"Client": "patient", "Discharge": "ending", "Item": "ors_1"}, format="wide", labels=LABELS)
+    raw = pd.DataFrame(
+        {
+            "_source_row": [2, 3],
+            "Client": ["a", "b"],
+            "Discharge": ["Done", ""],
+            "Item_s1": ["5", "4"],
+            "Item_s2": ["6", ""],
+        }
+    )
+    study = make_study(
+        {"Client": "patient", "Discharge": "ending", "Item": "ors_1"}, format="wide", labels=LABELS
+    )
     out = clean_sessions(raw, study, source="w.csv", name="t").sessions
     assert out[["patient", "session"]].values.tolist() == [["a", 1], ["a", 2], ["b", 1]]
     assert out["ending"].astype(object).tolist()[:2] == ["planned", "planned"]
@@ -215,8 +259,15 @@ def test_wide_exports_carry_the_ending_to_every_session():
 
 
 def _config(**study):
-    base = {"raw": "x.csv", "columns": dict(COLUMNS), "instruments": ["ors"], "alliance": "ors_total",
-            "outcome": "ors_total", "models": ["m"], **study}
+    base = {
+        "raw": "x.csv",
+        "columns": dict(COLUMNS),
+        "instruments": ["ors"],
+        "alliance": "ors_total",
+        "outcome": "ors_total",
+        "models": ["m"],
+        **study,
+    }
     return {"studies": {"t": base}, "models": {"m": {"formula": "outcome ~ 1"}}}
 
 
@@ -233,34 +284,57 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
     undated = {"Client": "patient", "Sess": "session", "Item": "ors_1", "FU": "followup_days"}
     with pytest.raises(ConfigError, match=r"gap_days` infers endings"):
         validate_config(_config(columns=undated, derive={"endings": {"gap_days": 56}}), SCHEMA)
-    validate_config(_config(columns={**undated, "Day": "days"}, derive={"endings": {"gap_days": 56}}), SCHEMA)
-    with pytest.raises(ConfigError, match=r"`studies.t.derive.endings.planned_sessions` only applies"):
+    validate_config(
+        _config(columns={**undated, "Day": "days"}, derive={"endings": {"gap_days": 56}}), SCHEMA
+    )
+    with pytest.raises(
+        ConfigError, match=r"`studies.t.derive.endings.planned_sessions` only applies"
+    ):
         validate_config(_config(derive={"endings": {"planned_sessions": 12}}), SCHEMA)
-    with pytest.raises(ConfigError, match=r"`studies.t.extraction_date` is '31/03/2025', which is not of the form this key needs. The day the data were exported, YYYY-MM-DD"):
+    with pytest.raises(
+        ConfigError,
+        match=r"`studies.t.extraction_date` is '31/03/2025', which is not of the form this key needs. The day the data were exported, YYYY-MM-DD",
+    ):
         validate_config(_config(extraction_date="31/03/2025"), SCHEMA)
 
 
-@pytest.mark.parametrize("study, message", [
-    ({"extraction_date": "2025-02-30"},
-     "config.yaml: `studies.t.extraction_date` is '2025-02-30', which is not a day of the calendar; "
-     "write the day the data were exported as YYYY-MM-DD, e.g. '2025-09-01'."),
-    ({"extraction_date": "2025-03-31", "columns": {"Client": "patient", "Sess": "session", "Item": "ors_1"}},
-     "config.yaml: `studies.t.extraction_date` is set, but no column is mapped to 'date' under "
-     "`studies.t.columns`, so the follow-up time cannot be computed. Map the session dates to 'date', "
-     "or map a column of days from each patient's first session to the extraction to 'followup_days' "
-     "and remove `extraction_date`."),
-    ({"columns": {**COLUMNS, "FU": "followup_days"}},
-     "config.yaml: `studies.t.columns` maps a column to 'followup_days', but the sessions are dated (a "
-     "column is mapped to 'date'), and with dates the follow-up time comes from the day of the export. "
-     "Remove that mapping and set `studies.t.extraction_date`."),
-    ({"labels": {"ending": {"Done": "complete"}}},
-     "config.yaml: `studies.t.labels.ending` maps 'Done' to 'complete'; an ending must be one of "
-     "planned, unilateral, dropout, ongoing."),
-    ({"derive": {"endings": {"labels": {"Done": "planned"}}}},
-     "config.yaml: `studies.t.derive.endings.labels` is no longer a setting. Map the export's ending "
-     "column to 'ending' under `studies.t.columns` and its labels under `studies.t.labels.ending`; for "
-     "endings inferred from a gap, give the day of the export as `studies.t.extraction_date`."),
-])
+@pytest.mark.parametrize(
+    "study, message",
+    [
+        (
+            {"extraction_date": "2025-02-30"},
+            "config.yaml: `studies.t.extraction_date` is '2025-02-30', which is not a day of the calendar; "
+            "write the day the data were exported as YYYY-MM-DD, e.g. '2025-09-01'.",
+        ),
+        (
+            {
+                "extraction_date": "2025-03-31",
+                "columns": {"Client": "patient", "Sess": "session", "Item": "ors_1"},
+            },
+            "config.yaml: `studies.t.extraction_date` is set, but no column is mapped to 'date' under "
+            "`studies.t.columns`, so the follow-up time cannot be computed. Map the session dates to 'date', "
+            "or map a column of days from each patient's first session to the extraction to 'followup_days' "
+            "and remove `extraction_date`.",
+        ),
+        (
+            {"columns": {**COLUMNS, "FU": "followup_days"}},
+            "config.yaml: `studies.t.columns` maps a column to 'followup_days', but the sessions are dated (a "
+            "column is mapped to 'date'), and with dates the follow-up time comes from the day of the export. "
+            "Remove that mapping and set `studies.t.extraction_date`.",
+        ),
+        (
+            {"labels": {"ending": {"Done": "complete"}}},
+            "config.yaml: `studies.t.labels.ending` maps 'Done' to 'complete'; an ending must be one of "
+            "planned, unilateral, dropout, ongoing.",
+        ),
+        (
+            {"derive": {"endings": {"labels": {"Done": "planned"}}}},
+            "config.yaml: `studies.t.derive.endings.labels` is no longer a setting. Map the export's ending "
+            "column to 'ending' under `studies.t.columns` and its labels under `studies.t.labels.ending`; for "
+            "endings inferred from a gap, give the day of the export as `studies.t.extraction_date`.",
+        ),
+    ],
+)
 def test_endings_config_mistakes_stop_before_any_job(study, message):
     with pytest.raises(ConfigError) as error:
         validate_config(_config(**study), SCHEMA)
@@ -287,37 +361,68 @@ def _scored():
 
 
 def test_derive_uses_the_recorded_ending_and_infers_the_rest():
-    settings = {"on_track": {"enabled": False}, "sudden_gains": {"enabled": False}, "ruptures": {"enabled": False},
-                "endings": {"gap_days": 28}}
-    derived = derive_tables(_scored(), alliance="ors_total", outcome="ors_total", direction="higher_is_better",
-                            rci=5.0, settings=settings)
+    settings = {
+        "on_track": {"enabled": False},
+        "sudden_gains": {"enabled": False},
+        "ruptures": {"enabled": False},
+        "endings": {"gap_days": 28},
+    }
+    derived = derive_tables(
+        _scored(),
+        alliance="ors_total",
+        outcome="ors_total",
+        direction="higher_is_better",
+        rci=5.0,
+        settings=settings,
+    )
     p = derived.patients.set_index("patient")
     # a, b recorded; c: first and only session 2025-03-03, extraction 28 days later = gap_days -> ended
     assert p["ending"].astype(str).to_dict() == {"a": "planned", "b": "unilateral", "c": "ended"}
-    assert p["ending_source"].astype(str).to_dict() == {"a": "recorded", "b": "recorded", "c": "inferred"}
+    assert p["ending_source"].astype(str).to_dict() == {
+        "a": "recorded",
+        "b": "recorded",
+        "c": "inferred",
+    }
     # the analysis table carries the same ending on every row, the inferred one included
-    assert derived.analysis.groupby("patient")["ending"].agg(lambda s: set(s.astype(str))).to_dict() == {
-        "a": {"planned"}, "b": {"unilateral"}, "c": {"ended"}}
+    assert derived.analysis.groupby("patient")["ending"].agg(
+        lambda s: set(s.astype(str))
+    ).to_dict() == {"a": {"planned"}, "b": {"unilateral"}, "c": {"ended"}}
 
     def ending_of_c(**endings):
         settings["endings"] = endings
-        p = derive_tables(_scored(), alliance="ors_total", outcome="ors_total", direction="higher_is_better",
-                          rci=5.0, settings=settings).patients.set_index("patient")
+        p = derive_tables(
+            _scored(),
+            alliance="ors_total",
+            outcome="ors_total",
+            direction="higher_is_better",
+            rci=5.0,
+            settings=settings,
+        ).patients.set_index("patient")
         assert p.loc["a", "ending"] == "planned"  # recorded endings never change
         return p.loc["c", "ending"]
 
     # c's last (and only) session is session 1: a dose rule of 1 session -> planned, of 2 -> dropout
     assert ending_of_c(gap_days=28, planned_sessions=1) == "planned"
     assert ending_of_c(gap_days=28, planned_sessions=2) == "dropout"
-    assert ending_of_c(gap_days=29, planned_sessions=1) == "ongoing"  # 28 < 29 days since the last session
+    assert (
+        ending_of_c(gap_days=29, planned_sessions=1) == "ongoing"
+    )  # 28 < 29 days since the last session
 
 
 def test_derive_without_a_followup_time_says_what_to_set():
     settings = {"endings": {"gap_days": 28}, "on_track": {"enabled": False}}
     scored = _scored().drop(columns="followup_days")
-    with pytest.raises(ValueError, match=r"set the study's `extraction_date` \(with session dates\)"):
-        derive_tables(scored, alliance="ors_total", outcome="ors_total", direction="higher_is_better",
-                      rci=5.0, settings=settings)
+    with pytest.raises(
+        ValueError, match=r"set the study's `extraction_date` \(with session dates\)"
+    ):
+        derive_tables(
+            scored,
+            alliance="ors_total",
+            outcome="ors_total",
+            direction="higher_is_better",
+            rci=5.0,
+            settings=settings,
+        )
 
 
 # --------------------------------------------------------------------------- the examples
@@ -325,7 +430,9 @@ def test_derive_without_a_followup_time_says_what_to_set():
 
 def test_simulated_endings_follow_attendance():
     sim = simulate_study(seed=3, n_therapists=10, n_patients=4000, max_sessions=8, p_unrecorded=0.0)
-    per = sim.groupby("patient").agg(ending=("ending", "first"), last=("session", "max"), kinds=("ending", "nunique"))
+    per = sim.groupby("patient").agg(
+        ending=("ending", "first"), last=("session", "max"), kinds=("ending", "nunique")
+    )
     assert (per["kinds"] == 1).all()
     # planned exactly when the patient attended every planned session
     assert ((per["ending"] == "planned") == (per["last"] == 8)).all()
@@ -333,8 +440,14 @@ def test_simulated_endings_follow_attendance():
     share = (early["ending"] == "unilateral").mean()
     assert abs(share - 0.4) < 3 * np.sqrt(0.4 * 0.6 / len(early))
     # the endings' own random stream leaves every other value as it was
-    other = simulate_study(seed=3, n_therapists=10, n_patients=4000, max_sessions=8, p_unrecorded=0.0,
-                           unilateral_share=0.9)
+    other = simulate_study(
+        seed=3,
+        n_therapists=10,
+        n_patients=4000,
+        max_sessions=8,
+        p_unrecorded=0.0,
+        unilateral_share=0.9,
+    )
     pd.testing.assert_frame_equal(sim.drop(columns="ending"), other.drop(columns="ending"))
 
 
@@ -352,34 +465,62 @@ def test_example2_endings_inferred_from_the_extraction_date():
     config = load_config(ROOT / "config.yaml")
     study = config["studies"]["example2"]
     assert study["extraction_date"] == EXAMPLE2_EXTRACTION_DATE
-    gap, planned = study["derive"]["endings"]["gap_days"], study["derive"]["endings"]["planned_sessions"]
+    gap, planned = (
+        study["derive"]["endings"]["gap_days"],
+        study["derive"]["endings"]["planned_sessions"],
+    )
     prepared = pipeline.prepare_study(study, root=ROOT, name="example2")
     sessions = prepared.sessions
     followup = sessions.groupby("patient")["followup_days"].first()
     got = prepared.patients.set_index("patient")
     since = followup - got["last_days"]
-    expected = np.where(since < gap, "ongoing", np.where(got["last_session"] >= planned, "planned", "dropout"))
+    expected = np.where(
+        since < gap, "ongoing", np.where(got["last_session"] >= planned, "planned", "dropout")
+    )
     assert got["ending"].astype(str).tolist() == expected.tolist()
     assert set(got["ending_source"].astype(str)) == {"inferred"}
     # Against the simulation's truth (the export does not carry it): every inferred planned
     # ending is a true planned one, and every ended patient the simulation ended early is a dropout.
-    truth = simulate_study(EXAMPLE2_DESIGN, seed=EXAMPLE2_SEED, instruments="srs+phq9").groupby("patient")["ending"].first()
+    truth = (
+        simulate_study(EXAMPLE2_DESIGN, seed=EXAMPLE2_SEED, instruments="srs+phq9")
+        .groupby("patient")["ending"]
+        .first()
+    )
     truth.index = truth.index.str.replace("P", "C-", regex=False)
     ended = got["ending"].astype(str) != "ongoing"
     assert (truth[got.index[got["ending"].astype(str) == "planned"]] == "planned").all()
-    assert (got.loc[ended & truth.reindex(got.index).ne("planned"), "ending"].astype(str) == "dropout").all()
+    assert (
+        got.loc[ended & truth.reindex(got.index).ne("planned"), "ending"].astype(str) == "dropout"
+    ).all()
     assert set(got["ending"].astype(str)) == {"planned", "dropout", "ongoing"}
 
 
 def test_table1_counts_the_inferred_endings_not_the_recorded_column():
     from allianceflow.tables import table1
 
-    settings = {"on_track": {"enabled": False}, "sudden_gains": {"enabled": False}, "ruptures": {"enabled": False},
-                "endings": {"gap_days": 28}}
-    derived = derive_tables(_scored(), alliance="ors_total", outcome="ors_total", direction="higher_is_better",
-                            rci=5.0, settings=settings)
-    t = table1(derived.analysis, patients=derived.patients, categorical={"ending": "Ending"},
-               therapist=None, by=None, continuous={}, min_cell=1)
+    settings = {
+        "on_track": {"enabled": False},
+        "sudden_gains": {"enabled": False},
+        "ruptures": {"enabled": False},
+        "endings": {"gap_days": 28},
+    }
+    derived = derive_tables(
+        _scored(),
+        alliance="ors_total",
+        outcome="ors_total",
+        direction="higher_is_better",
+        rci=5.0,
+        settings=settings,
+    )
+    t = table1(
+        derived.analysis,
+        patients=derived.patients,
+        categorical={"ending": "Ending"},
+        therapist=None,
+        by=None,
+        continuous={},
+        min_cell=1,
+    )
     body = t.body.set_index("Characteristic")
     levels = [i for i in body.index if i.startswith("  ")]
     assert levels == ["  planned", "  unilateral", "  ended"]  # c's inferred ending, not "Missing"
@@ -401,14 +542,25 @@ def test_endings_with_hashed_ids():
     assert out["patient"].nunique() == 2 and not out["patient"].isin(["a", "b", "c"]).any()
     assert sorted(out.groupby("patient")["ending"].first().astype(str)) == ["nan", "unilateral"]
     logged = result.exclusions["patient"].unique()
-    assert len(logged) == 1 and logged[0] not in ("a", "b", "c") and logged[0] not in set(out["patient"])
-    assert result.flow["patients"]["excluded_by_rule"] == {"ending_conflict": 1} and reconcile(result.flow) == []
+    assert (
+        len(logged) == 1
+        and logged[0] not in ("a", "b", "c")
+        and logged[0] not in set(out["patient"])
+    )
+    assert (
+        result.flow["patients"]["excluded_by_rule"] == {"ending_conflict": 1}
+        and reconcile(result.flow) == []
+    )
 
 
 def test_endings_with_several_informants_per_session():
     columns = {**COLUMNS, "Rater": "informant"}
-    rows = [("a", "1", "2025-01-06", "5", "", "patient"), ("a", "1", "2025-01-06", "6", "", "therapist"),
-            ("a", "2", "2025-01-13", "6", "", "patient"), ("a", "2", "2025-01-13", "7", "Done", "therapist")]
+    rows = [
+        ("a", "1", "2025-01-06", "5", "", "patient"),
+        ("a", "1", "2025-01-06", "6", "", "therapist"),
+        ("a", "2", "2025-01-13", "6", "", "patient"),
+        ("a", "2", "2025-01-13", "7", "Done", "therapist"),
+    ]
     out = clean(rows, columns=columns, labels=LABELS, extraction_date="2025-02-03").sessions
     assert len(out) == 4
     assert set(out["ending"].astype(str)) == {"planned"} and set(out["followup_days"]) == {28.0}
@@ -417,8 +569,19 @@ def test_endings_with_several_informants_per_session():
 def test_an_export_without_any_recorded_ending_yet():
     rows = [r[:4] + ("",) for r in ROWS]
     out = clean(rows, labels=LABELS).sessions
-    assert out["ending"].isna().all() and list(out["ending"].cat.categories) == ["planned", "unilateral", "dropout", "ongoing"]
-    derived = derive_tables(out.assign(ors_total=out["ors_1"] * 4), alliance="ors_total", outcome="ors_total",
-                            direction="higher_is_better", rci=5.0, settings={"on_track": {"enabled": False}})
+    assert out["ending"].isna().all() and list(out["ending"].cat.categories) == [
+        "planned",
+        "unilateral",
+        "dropout",
+        "ongoing",
+    ]
+    derived = derive_tables(
+        out.assign(ors_total=out["ors_1"] * 4),
+        alliance="ors_total",
+        outcome="ors_total",
+        direction="higher_is_better",
+        rci=5.0,
+        settings={"on_track": {"enabled": False}},
+    )
     assert set(derived.patients["ending"].astype(str)) == {"unknown"}
     assert set(derived.patients["ending_source"].astype(str)) == {"none"}

@@ -129,14 +129,18 @@ def test_agrees_with_statsmodels(complete, key, reml):
     assert ll_at_ours == pytest.approx(fit.loglik, rel=1e-10)
     # variance components
     if key in ("intercept", "correlated"):
-        np.testing.assert_allclose(fit.cov_re["patient"].to_numpy(), sm.cov_re.to_numpy(), rtol=2e-3, atol=1e-5)
+        np.testing.assert_allclose(
+            fit.cov_re["patient"].to_numpy(), sm.cov_re.to_numpy(), rtol=2e-3, atol=1e-5
+        )
     elif key == "uncorrelated":
         ours = np.diag(fit.cov_re["patient"].to_numpy())
         theirs = np.r_[sm.cov_re.to_numpy().ravel(), sm.vcomp]
         np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=1e-5)
         assert fit.cov_re["patient"].iloc[0, 1] == 0.0
     else:
-        ours = np.r_[fit.cov_re["therapist"].to_numpy().ravel(), np.diag(fit.cov_re["patient"].to_numpy())]
+        ours = np.r_[
+            fit.cov_re["therapist"].to_numpy().ravel(), np.diag(fit.cov_re["patient"].to_numpy())
+        ]
         theirs = np.r_[sm.cov_re.to_numpy().ravel(), sm.vcomp]
         np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=1e-5)
 
@@ -161,7 +165,9 @@ def test_conditional_modes_match_statsmodels(complete):
     theirs = pd.DataFrame(sm.random_effects).T
     theirs.columns = ["(Intercept)", "session"]
     theirs = theirs.loc[re.index]
-    np.testing.assert_allclose(re[["(Intercept)", "session"]].to_numpy(), theirs.to_numpy(), atol=2e-3, rtol=1e-3)
+    np.testing.assert_allclose(
+        re[["(Intercept)", "session"]].to_numpy(), theirs.to_numpy(), atol=2e-3, rtol=1e-3
+    )
     assert list(re.columns) == ["(Intercept)", "session", "se_(Intercept)", "se_session"]
     assert (re["se_session"] > 0).all()
     assert len(re) == fit.n_groups["patient"] == complete["patient"].nunique()
@@ -261,7 +267,9 @@ def test_singular_fit_is_reported_and_same_likelihood():
     # shuffle therapists among patients so that no therapist clustering remains
     rng = np.random.default_rng(0)
     pats = d["patient"].unique()
-    d["therapist"] = d["patient"].map(dict(zip(pats, rng.permutation(np.resize(["A", "B", "C", "D"], len(pats))))))
+    d["therapist"] = d["patient"].map(
+        dict(zip(pats, rng.permutation(np.resize(["A", "B", "C", "D"], len(pats)))))
+    )
     with_t = fit_lmm(d, FIXED + " + (1 | therapist) + (1 + session | patient)")
     without = fit_lmm(d, FIXED + " + (1 + session | patient)")
     if not with_t.boundary:
@@ -326,13 +334,43 @@ def test_crossed_factors_raise(complete):
 @pytest.mark.parametrize(
     "args, kwargs, exc, match",
     [
-        (("not a frame", FIXED + " + (1 | patient)"), {}, TypeError, r"`data` must be a pandas DataFrame; got str"),
-        ((None, 3), {}, TypeError, r"`formula_or_spec` must be an lme4 formula string or a FormulaSpec; got int"),
+        (
+            ("not a frame", FIXED + " + (1 | patient)"),
+            {},
+            TypeError,
+            r"`data` must be a pandas DataFrame; got str",
+        ),
+        (
+            (None, 3),
+            {},
+            TypeError,
+            r"`formula_or_spec` must be an lme4 formula string or a FormulaSpec; got int",
+        ),
         ((None, FIXED), {}, ValueError, r"has no random part"),
-        ((None, FIXED + " + (1 | patient)"), {"reml": "yes"}, TypeError, r"`reml` must be True or False; got 'yes'"),
-        ((None, FIXED + " + (1 | patient)"), {"tol": 0}, ValueError, r"`tol` must be a positive number; got 0"),
-        ((None, FIXED + " + (1 | clinic)"), {}, KeyError, r"grouping factor 'clinic' is not a column"),
-        ((None, FIXED + " + (1 | patient)"), {"start": [1.0, 2.0]}, ValueError, r"`start` must have 1 values"),
+        (
+            (None, FIXED + " + (1 | patient)"),
+            {"reml": "yes"},
+            TypeError,
+            r"`reml` must be True or False; got 'yes'",
+        ),
+        (
+            (None, FIXED + " + (1 | patient)"),
+            {"tol": 0},
+            ValueError,
+            r"`tol` must be a positive number; got 0",
+        ),
+        (
+            (None, FIXED + " + (1 | clinic)"),
+            {},
+            KeyError,
+            r"grouping factor 'clinic' is not a column",
+        ),
+        (
+            (None, FIXED + " + (1 | patient)"),
+            {"start": [1.0, 2.0]},
+            ValueError,
+            r"`start` must have 1 values",
+        ),
     ],
 )
 def test_validation(complete, args, kwargs, exc, match):
@@ -369,10 +407,14 @@ def test_a_variance_that_stops_next_to_zero_does_not_fail_the_convergence_check(
     # bound, the fit converges -- here to an interior point slightly better still.
     from allianceflow.power import PowerDesign, simulate_power_data
 
-    d = simulate_power_data(PowerDesign(n_therapists=12, patients_per_therapist=8, sessions=8, within_effect=1.5),
-                            seed=3715024065)
-    formula = ("outcome ~ alliance_within_lag + alliance_between + session + session:feedback"
-               " + (1 | therapist) + (1 + session | patient)")
+    d = simulate_power_data(
+        PowerDesign(n_therapists=12, patients_per_therapist=8, sessions=8, within_effect=1.5),
+        seed=3715024065,
+    )
+    formula = (
+        "outcome ~ alliance_within_lag + alliance_between + session + session:feedback"
+        " + (1 | therapist) + (1 + session | patient)"
+    )
     r = fit_model(d, formula, engine="fast")
     assert r["convergence"]["converged"] and r["convergence"]["hessian_positive_definite"]
     assert r["loglik"] >= -1571.90264259  # the value at the point the check refused

@@ -66,22 +66,40 @@ def derived():
     df = simulate_study(seed=7, n_patients=80, n_therapists=6, max_sessions=10)
     df["wai"] = df.filter(regex=r"^wai_sr_\d+$").sum(axis=1)
     df["ors"] = df.filter(regex=r"^ors_\d+$").sum(axis=1)
-    return derive_tables(df, alliance="wai", outcome="ors", direction="higher_is_better", rci=5.0,
-                         cutoff=25.0, clinical_range="below")
+    return derive_tables(
+        df,
+        alliance="wai",
+        outcome="ors",
+        direction="higher_is_better",
+        rci=5.0,
+        cutoff=25.0,
+        clinical_range="below",
+    )
 
 
 @pytest.fixture
 def result():
     return {
-        "name": "m", "formula": "outcome ~ session + (1 + session | patient)",
+        "name": "m",
+        "formula": "outcome ~ session + (1 + session | patient)",
         "fixed": [
             {"term": "Intercept", "estimate": 20.0, "se": 1.0, "ci_low": 18.04, "ci_high": 21.96},
             {"term": "session", "estimate": 0.5, "se": 0.1, "ci_low": 0.304, "ci_high": 0.696},
-            {"term": "alliance_between", "estimate": 0.3, "se": 0.05, "ci_low": 0.202, "ci_high": 0.398},
+            {
+                "term": "alliance_between",
+                "estimate": 0.3,
+                "se": 0.05,
+                "ci_low": 0.202,
+                "ci_high": 0.398,
+            },
         ],
-        "random": [{"group": "patient", "term": "(Intercept)", "variance": 16.0},
-                   {"group": "patient", "term": "session", "variance": 0.25}],
-        "covariances": [{"group": "patient", "term1": "(Intercept)", "term2": "session", "covariance": -0.5}],
+        "random": [
+            {"group": "patient", "term": "(Intercept)", "variance": 16.0},
+            {"group": "patient", "term": "session", "variance": 0.25},
+        ],
+        "covariances": [
+            {"group": "patient", "term1": "(Intercept)", "term2": "session", "covariance": -0.5}
+        ],
     }
 
 
@@ -94,7 +112,10 @@ def test_model_implied_mean_and_patient_band(result):
     assert (pred["upper"] - pred["mean"]).tolist() == pytest.approx(half.tolist())
     with pytest.raises(KeyError, match="'vcov_fixed'"):
         F.model_implied_mean(result, grid, band="confidence")
-    vc = {"terms": ["session", "Intercept", "alliance_between"], "matrix": [[0.01, 0, 0], [0, 1.0, 0], [0, 0, 0.0025]]}
+    vc = {
+        "terms": ["session", "Intercept", "alliance_between"],
+        "matrix": [[0.01, 0, 0], [0, 1.0, 0], [0, 0, 0.0025]],
+    }
     ci = F.model_implied_mean({**result, "vcov_fixed": vc}, grid, band="confidence")
     assert (ci["upper"] - ci["mean"]).iloc[1] == pytest.approx(1.96 * np.sqrt(1.0 + 9 * 0.01))
 
@@ -102,21 +123,40 @@ def test_model_implied_mean_and_patient_band(result):
 def test_caterpillar_names_the_key_it_needs(result):
     with pytest.raises(KeyError, match=r"result\['conditional_modes'\]"):
         F.plot_caterpillar(result)
-    modes = [{"group": "therapist", "level": f"T{i}", "term": "(Intercept)", "estimate": e, "se": 0.5}
-             for i, e in enumerate([0.3, -1.2, 0.9])]
+    modes = [
+        {"group": "therapist", "level": f"T{i}", "term": "(Intercept)", "estimate": e, "se": 0.5}
+        for i, e in enumerate([0.3, -1.2, 0.9])
+    ]
     fig = F.plot_caterpillar({**result, "conditional_modes": modes})
     ys = fig.axes[0].lines[0].get_ydata()
     assert list(ys) == [-1.2, 0.3, 0.9]  # ranked
 
 
 def test_flow_diagram_prints_the_counts(tmp_path):
-    flow = {"source_file": "x.csv",
-            "sessions": {"read": 120, "kept": 100, "excluded": 20, "excluded_by_rule": {"duplicate_identical": 20}},
-            "patients": {"read": 12, "kept": 10, "excluded": 2, "excluded_by_rule": {"min_sessions": 2}}}
-    fig = F.plot_flow(flow, arms={"tau": {"patients": 5, "sessions": 50}, "feedback": {"patients": 5, "sessions": 50}})
+    flow = {
+        "source_file": "x.csv",
+        "sessions": {
+            "read": 120,
+            "kept": 100,
+            "excluded": 20,
+            "excluded_by_rule": {"duplicate_identical": 20},
+        },
+        "patients": {
+            "read": 12,
+            "kept": 10,
+            "excluded": 2,
+            "excluded_by_rule": {"min_sessions": 2},
+        },
+    }
+    fig = F.plot_flow(
+        flow,
+        arms={"tau": {"patients": 5, "sessions": 50}, "feedback": {"patients": 5, "sessions": 50}},
+    )
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "Read from x.csv\n12 patients, 120 sessions" in texts
-    assert "Excluded\n2 patients\n  min sessions: 2\n20 sessions\n  duplicate identical: 20" in texts
+    assert (
+        "Excluded\n2 patients\n  min sessions: 2\n20 sessions\n  duplicate identical: 20" in texts
+    )
     assert "feedback\n5 patients, 50 sessions" in texts
     with pytest.raises(KeyError, match=r"`flow` has no 'patients' block"):
         F.plot_flow({"sessions": flow["sessions"]})

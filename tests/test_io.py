@@ -9,13 +9,19 @@ import pytest
 
 from allianceflow import io
 
-ROWS = pd.DataFrame({
-    "ClientCode": ["P01", "P01", "P02"],
-    "SessionNo": [1, 2, 1],
-    "SessionDate": pd.to_datetime(["2024-02-01", "2024-02-08", "2024-02-03"]),
-    "ORS_1": [5.0, 5.5, 3.0],
-})
-EXPECTED = [["P01", "1", "2024-02-01", "5"], ["P01", "2", "2024-02-08", "5.5"], ["P02", "1", "2024-02-03", "3"]]
+ROWS = pd.DataFrame(
+    {
+        "ClientCode": ["P01", "P01", "P02"],
+        "SessionNo": [1, 2, 1],
+        "SessionDate": pd.to_datetime(["2024-02-01", "2024-02-08", "2024-02-03"]),
+        "ORS_1": [5.0, 5.5, 3.0],
+    }
+)
+EXPECTED = [
+    ["P01", "1", "2024-02-01", "5"],
+    ["P01", "2", "2024-02-08", "5.5"],
+    ["P02", "1", "2024-02-03", "3"],
+]
 
 
 @pytest.mark.parametrize("sep", [",", ";", "\t", "|"])
@@ -23,13 +29,20 @@ def test_csv_delimiters_are_detected(tmp_path, sep):
     path = tmp_path / "x.csv"
     path.write_text(f"a{sep}b\n1{sep}2\n\n3{sep}4\n", encoding="utf-8")
     frame = io.read_raw(path)
-    assert frame.values.tolist() == [[2, "1", "2"], [4, "3", "4"]]  # blank line 3 dropped, rows kept
+    assert frame.values.tolist() == [
+        [2, "1", "2"],
+        [4, "3", "4"],
+    ]  # blank line 3 dropped, rows kept
 
 
 def test_statistics_and_parquet_formats_agree(tmp_path):
     import pyreadstat
 
-    paths = {"sav": tmp_path / "x.sav", "dta": tmp_path / "x.dta", "parquet": tmp_path / "x.parquet"}
+    paths = {
+        "sav": tmp_path / "x.sav",
+        "dta": tmp_path / "x.dta",
+        "parquet": tmp_path / "x.parquet",
+    }
     pyreadstat.write_sav(ROWS, paths["sav"])
     pyreadstat.write_dta(ROWS, paths["dta"])
     ROWS.to_parquet(paths["parquet"])
@@ -44,7 +57,11 @@ def test_spss_value_labels_become_text(tmp_path):
     import pyreadstat
 
     frame = pd.DataFrame({"id": ["A", "B"], "informant": [1.0, 2.0]})
-    pyreadstat.write_sav(frame, tmp_path / "l.sav", variable_value_labels={"informant": {1.0: "patient", 2.0: "therapist"}})
+    pyreadstat.write_sav(
+        frame,
+        tmp_path / "l.sav",
+        variable_value_labels={"informant": {1.0: "patient", 2.0: "therapist"}},
+    )
     assert io.read_raw(tmp_path / "l.sav")["informant"].tolist() == ["patient", "therapist"]
 
 
@@ -56,7 +73,10 @@ def test_excel_sheet_and_rows(tmp_path):
     frame = io.read_raw(path, sheet="export")
     assert frame["_source_row"].tolist() == [2, 3, 4]
     assert frame.drop(columns="_source_row").values.tolist() == EXPECTED
-    with pytest.raises(io.DataError, match=r"x.xlsx: the workbook has no sheet 'sessions'; its sheets are 'other', 'export'"):
+    with pytest.raises(
+        io.DataError,
+        match=r"x.xlsx: the workbook has no sheet 'sessions'; its sheets are 'other', 'export'",
+    ):
         io.read_raw(path, sheet="sessions")
 
 

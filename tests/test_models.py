@@ -261,11 +261,25 @@ def test_containment_df_matches_nlme_orthodont_layout():
     subjects, 4 ages each. Same layout here with simulated values."""
     rng = np.random.default_rng(5)
     subject = np.repeat([f"S{i:02d}" for i in range(27)], 4)
-    d = pd.DataFrame({"subject": subject, "age": np.tile([8.0, 10.0, 12.0, 14.0], 27),
-                      "sex": np.repeat((np.arange(27) < 11).astype(float), 4)})
-    d["distance"] = 17 + 0.6 * d["age"] - 2 * d["sex"] + np.repeat(rng.normal(0, 1.8, 27), 4) + rng.normal(0, 1.4, 108)
+    d = pd.DataFrame(
+        {
+            "subject": subject,
+            "age": np.tile([8.0, 10.0, 12.0, 14.0], 27),
+            "sex": np.repeat((np.arange(27) < 11).astype(float), 4),
+        }
+    )
+    d["distance"] = (
+        17
+        + 0.6 * d["age"]
+        - 2 * d["sex"]
+        + np.repeat(rng.normal(0, 1.8, 27), 4)
+        + rng.normal(0, 1.4, 108)
+    )
     for engine in ("fast", "statsmodels"):
-        df = {f["term"]: f["df"] for f in fit_model(d, "distance ~ age + sex + (1 | subject)", engine=engine)["fixed"]}
+        df = {
+            f["term"]: f["df"]
+            for f in fit_model(d, "distance ~ age + sex + (1 | subject)", engine=engine)["fixed"]
+        }
         assert df == {"Intercept": 80.0, "age": 80.0, "sex": 25.0}, engine
 
 
@@ -557,17 +571,25 @@ def test_lrt_arithmetic():
 
 def test_lrt_variance_boundary_mixture():
     # one variance added with its covariance (1 + x | g) vs (1 | g): 50:50 chi2(1), chi2(2)
-    out = compare_models(_fake("m0", -100.0, 5, reml=True), _fake("m1", -98.5, 7, reml=True, variances=2))
+    out = compare_models(
+        _fake("m0", -100.0, 5, reml=True), _fake("m1", -98.5, 7, reml=True, variances=2)
+    )
     assert out["statistic"] == 3.0 and out["df"] == 2
     assert out["p"] == pytest.approx(math.exp(-1.5), rel=1e-9)  # chi2.sf(3, 2)
     assert out["p_boundary"] == pytest.approx(
         0.5 * math.exp(-1.5) + 0.5 * stats.chi2.sf(3, 1), rel=1e-9
     )
     # two independent variances added (||): 1/4 chi2(0) + 1/2 chi2(1) + 1/4 chi2(2)
-    out = compare_models(_fake("m0", -100.0, 5, reml=True), _fake("m1", -98.5, 7, reml=True, variances=3))
-    assert out["p_boundary"] == pytest.approx(0.5 * stats.chi2.sf(3, 1) + 0.25 * math.exp(-1.5), rel=1e-9)
+    out = compare_models(
+        _fake("m0", -100.0, 5, reml=True), _fake("m1", -98.5, 7, reml=True, variances=3)
+    )
+    assert out["p_boundary"] == pytest.approx(
+        0.5 * stats.chi2.sf(3, 1) + 0.25 * math.exp(-1.5), rel=1e-9
+    )
     # two variances and a covariance added: no simple mixture, so none is reported
-    out = compare_models(_fake("m0", -100.0, 5, reml=True), _fake("m1", -98.5, 8, reml=True, variances=3))
+    out = compare_models(
+        _fake("m0", -100.0, 5, reml=True), _fake("m1", -98.5, 8, reml=True, variances=3)
+    )
     assert out["p_boundary"] is None
 
 
@@ -617,7 +639,11 @@ def test_likelihood_ratio_test_refits_with_ml(small):
     "name, options, formula",
     [
         ("growth", {}, "outcome ~ session + (1 | therapist) + (1 + session | patient)"),
-        ("growth", {"slopes": "uncorrelated"}, "outcome ~ session + (1 | therapist) + (1 + session || patient)"),
+        (
+            "growth",
+            {"slopes": "uncorrelated"},
+            "outcome ~ session + (1 | therapist) + (1 + session || patient)",
+        ),
         (
             "growth",
             {"time_shape": "log"},
@@ -689,7 +715,10 @@ def test_every_preset_parses_and_translates():
         # the correlated default: only the fast engine; MixedLM refuses with the fix
         spec = parse_formula(preset_formula(name))
         assert supports(spec)
-        with pytest.raises(ValueError, match=r"Write '\(1 \+ \w+ \|\| patient\)' \(uncorrelated; for a preset model, the option `slopes: uncorrelated`\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"Write '\(1 \+ \w+ \|\| patient\)' \(uncorrelated; for a preset model, the option `slopes: uncorrelated`\)",
+        ):
             to_mixedlm(spec)
 
 
@@ -709,7 +738,11 @@ def test_every_preset_parses_and_translates():
             "`detrend` must be 'none' or 'linear'; got 'session'",
         ),
         ("alliance_outcome", {"therapist": "yes"}, "`therapist` must be True or False; got 'yes'"),
-        ("growth", {"slopes": "diagonal"}, "`slopes` must be 'correlated' or 'uncorrelated'; got 'diagonal'"),
+        (
+            "growth",
+            {"slopes": "diagonal"},
+            "`slopes` must be 'correlated' or 'uncorrelated'; got 'diagonal'",
+        ),
         ("alliance_components", {"components": "bond"}, "`components` must be a non-empty list"),
     ],
 )
@@ -747,25 +780,31 @@ def test_conditional_modes_match_the_closed_form_blup():
     se = {row["term"]: row["se"] for row in res["fixed"]}
     vcov = res["vcov_fixed"]
     assert vcov["terms"] == ["Intercept", "x"]
-    assert [math.sqrt(vcov["matrix"][i][i]) for i in range(2)] == pytest.approx([se["Intercept"], se["x"]], rel=1e-9)
+    assert [math.sqrt(vcov["matrix"][i][i]) for i in range(2)] == pytest.approx(
+        [se["Intercept"], se["x"]], rel=1e-9
+    )
     for level, part in resid.groupby(d["g"]):
         n = len(part)
         expected = s2u / (s2u + s2e / n) * part.mean()
         cond_sd = (1 / s2u + n / s2e) ** -0.5
         assert modes.loc[level, "estimate"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
         assert modes.loc[level, "se"] == pytest.approx(cond_sd, rel=1e-6)
-        assert modes.loc[level, "ci_high"] == pytest.approx(expected + 1.959963985 * cond_sd, rel=1e-6)
+        assert modes.loc[level, "ci_high"] == pytest.approx(
+            expected + 1.959963985 * cond_sd, rel=1e-6
+        )
 
 
 def test_rank_deficient_design_names_the_culprit():
     d = pd.DataFrame({"g": np.repeat(["a", "b", "c", "d"], 5), "x": np.arange(20.0), "k": 1.0})
     d["y"] = d["x"] + np.repeat([0.0, 1.0, -1.0, 0.5], 5) + np.sin(np.arange(20))
-    with pytest.raises(ValueError, match=r"from the 20 complete rows: constant in the rows used: k\. Drop or recode"):
+    with pytest.raises(
+        ValueError,
+        match=r"from the 20 complete rows: constant in the rows used: k\. Drop or recode",
+    ):
         fit_model(d, "y ~ x + k + (1 | g)")
     d["x2"] = 2 * d["x"]
     with pytest.raises(ValueError, match=r"a combination of earlier terms: x2\."):
         fit_model(d, "y ~ x + x2 + (1 | g)")
-
 
 
 @pytest.mark.parametrize(
@@ -804,7 +843,9 @@ def test_fast_engine_and_statsmodels_give_the_same_results(small, formula):
 
 def test_auto_engine_fits_what_statsmodels_cannot(small):
     formula = "outcome ~ session + (1 | therapist) + (1 + session | patient)"
-    with pytest.raises(ValueError, match="MixedLM can give correlated random effects only to the outermost"):
+    with pytest.raises(
+        ValueError, match="MixedLM can give correlated random effects only to the outermost"
+    ):
         fit_model(small, formula, engine="statsmodels")
     res = fit_model(small, formula)
     assert res["engine"] == "allianceflow.engine" and res["convergence"]["converged"]
@@ -813,12 +854,23 @@ def test_auto_engine_fits_what_statsmodels_cannot(small):
 
 def test_fast_engine_refuses_crossed_factors_and_bad_engine_names():
     rng = np.random.default_rng(3)
-    d = pd.DataFrame({"a": np.repeat(list("abcdef"), 12), "b": np.tile(list("uvwxyz"), 12), "x": rng.normal(size=72)})
+    d = pd.DataFrame(
+        {
+            "a": np.repeat(list("abcdef"), 12),
+            "b": np.tile(list("uvwxyz"), 12),
+            "x": rng.normal(size=72),
+        }
+    )
     d["y"] = d["x"] + rng.normal(size=72)
-    with pytest.raises(ValueError, match="The fast engine cannot fit 'y ~ x \\+ \\(1 \\| a\\) \\+ \\(1 \\| b\\)': it needs nested"):
+    with pytest.raises(
+        ValueError,
+        match="The fast engine cannot fit 'y ~ x \\+ \\(1 \\| a\\) \\+ \\(1 \\| b\\)': it needs nested",
+    ):
         fit_model(d, "y ~ x + (1 | a) + (1 | b)", engine="fast")
     assert fit_model(d, "y ~ x + (1 | a) + (1 | b)")["engine"] == "statsmodels.MixedLM"
-    with pytest.raises(ValueError, match="`engine` must be 'auto', 'fast' or 'statsmodels'; got 'lme4'."):
+    with pytest.raises(
+        ValueError, match="`engine` must be 'auto', 'fast' or 'statsmodels'; got 'lme4'."
+    ):
         fit_model(d, "y ~ x + (1 | a)", engine="lme4")
 
 

@@ -23,11 +23,15 @@ NAMES = [
     "06_ruptures_and_sudden_gains",
 ]
 
-_IMPORT = re.compile(r"^\s*(import allianceflow\b|from allianceflow(\.\w+)* import\b)", re.MULTILINE)
+_IMPORT = re.compile(
+    r"^\s*(import allianceflow\b|from allianceflow(\.\w+)* import\b)", re.MULTILINE
+)
 
 
 def _cells(notebook) -> list[tuple[str, str, tuple[str, ...]]]:
-    return [(c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ()))) for c in notebook.cells]
+    return [
+        (c.cell_type, c.source.strip(), tuple(c.metadata.get("tags", ()))) for c in notebook.cells
+    ]
 
 
 def _code(notebook) -> list:
@@ -71,14 +75,20 @@ def test_stored_without_outputs(name):
 
 def test_first_code_cell_imports_allianceflow(pair):
     name, ipynb, _ = pair
-    assert _IMPORT.search(_code(ipynb)[0].source), f"{name}: the first code cell must import allianceflow"
+    assert _IMPORT.search(_code(ipynb)[0].source), (
+        f"{name}: the first code cell must import allianceflow"
+    )
 
 
 def test_has_a_parameters_cell(pair):
     name, ipynb, _ = pair
     tagged = [c for c in ipynb.cells if "parameters" in c.metadata.get("tags", ())]
-    assert len(tagged) == 1 and tagged[0].cell_type == "code", f"{name}: one code cell tagged 'parameters'"
-    assert ipynb.cells.index(tagged[0]) < ipynb.cells.index(_code(ipynb)[2]), f"{name}: parameters come first"
+    assert len(tagged) == 1 and tagged[0].cell_type == "code", (
+        f"{name}: one code cell tagged 'parameters'"
+    )
+    assert ipynb.cells.index(tagged[0]) < ipynb.cells.index(_code(ipynb)[2]), (
+        f"{name}: parameters come first"
+    )
 
 
 def test_opens_with_in_this_notebook(pair):
@@ -86,19 +96,27 @@ def test_opens_with_in_this_notebook(pair):
     first = ipynb.cells[0]
     assert first.cell_type == "markdown"
     body = [line for line in first.source.splitlines() if line.strip() and not line.startswith("#")]
-    assert body[0].startswith("In this notebook"), f"{name}: the opening text must start 'In this notebook'"
+    assert body[0].startswith("In this notebook"), (
+        f"{name}: the opening text must start 'In this notebook'"
+    )
     assert "clinically" in first.source, f"{name}: say why it matters clinically"
 
 
 def test_ends_with_summary_and_exercise(pair):
     name, ipynb, _ = pair
     markdown = [c.source for c in _markdown(ipynb)]
-    assert any(re.search(r"^## Summary\b", s, re.MULTILINE) for s in markdown), f"{name}: no '## Summary'"
-    last = ipynb.cells[-1]
-    assert last.cell_type == "markdown" and re.search(r"^## Exercise\b", last.source, re.MULTILINE), (
-        f"{name}: the last cell must hold the '## Exercise'"
+    assert any(re.search(r"^## Summary\b", s, re.MULTILINE) for s in markdown), (
+        f"{name}: no '## Summary'"
     )
-    summary_at = max(i for i, c in enumerate(ipynb.cells) if c.cell_type == "markdown" and "## Summary" in c.source)
+    last = ipynb.cells[-1]
+    assert last.cell_type == "markdown" and re.search(
+        r"^## Exercise\b", last.source, re.MULTILINE
+    ), f"{name}: the last cell must hold the '## Exercise'"
+    summary_at = max(
+        i
+        for i, c in enumerate(ipynb.cells)
+        if c.cell_type == "markdown" and "## Summary" in c.source
+    )
     assert summary_at >= len(ipynb.cells) - 2, f"{name}: the summary belongs at the end"
 
 
@@ -121,4 +139,6 @@ def test_runs_without_pipeline_outputs(pair):
 def test_shows_figures_from_the_package(pair):
     name, ipynb, _ = pair
     code = "\n".join(c.source for c in _code(ipynb))
-    assert re.search(r"figures\.plot_\w+\(", code), f"{name}: show a figure from allianceflow.figures"
+    assert re.search(r"figures\.plot_\w+\(", code), (
+        f"{name}: show a figure from allianceflow.figures"
+    )

@@ -37,8 +37,9 @@ def test_fit_with_noise_sigma():
     # gamma1 ln2 = (-5*2 + 5*1 + 0*2) / 50 = -0.1. Fitted changes: 5/3 + 0.5 = 13/6 (a),
     # 5/3 - 0.5 = 7/6 (b), 5/3 (c). Residuals -1/6, -1/6, 1/3 -> RSS = 1/36+1/36+1/9 = 1/6,
     # sigma = sqrt(RSS / (3 - 2)) = sqrt(1/6).
-    df = pd.DataFrame({"patient": list("aabbcc"), "session": [1, 2] * 3,
-                       "ors_total": [10, 12, 20, 21, 15, 17]})
+    df = pd.DataFrame(
+        {"patient": list("aabbcc"), "session": [1, 2] * 3, "ors_total": [10, 12, 20, 21, 15, 17]}
+    )
     m = fit_expected_response(df, score="ors_total")
     assert math.isclose(m.gamma0 * math.log(2), 5 / 3)
     assert math.isclose(m.gamma1 * math.log(2), -0.1)
@@ -47,9 +48,13 @@ def test_fit_with_noise_sigma():
 
 def test_fit_intake_is_first_observed_score():
     # patient a: session 1 score missing -> intake at session 2, t = session - 1
-    df = pd.DataFrame({"patient": ["a"] * 3 + ["b"] * 2 + ["c"] * 2,
-                       "session": [1, 2, 3, 1, 2, 1, 2],
-                       "x": [np.nan, 10.0, 12.0, 20.0, 21.0, 15.0, 17.0]})
+    df = pd.DataFrame(
+        {
+            "patient": ["a"] * 3 + ["b"] * 2 + ["c"] * 2,
+            "session": [1, 2, 3, 1, 2, 1, 2],
+            "x": [np.nan, 10.0, 12.0, 20.0, 21.0, 15.0, 17.0],
+        }
+    )
     m = fit_expected_response(df, score="x")
     # same data as test_fit_with_noise_sigma once a's intake moves to session 2
     assert math.isclose(m.gamma0 * math.log(2), 5 / 3)
@@ -58,10 +63,20 @@ def test_fit_intake_is_first_observed_score():
 @pytest.mark.parametrize(
     "df, match",
     [
-        (pd.DataFrame({"patient": ["a", "a"], "session": [1, 2], "x": [1.0, 2.0]}), "1 follow-up score"),
-        (pd.DataFrame({"patient": list("aabb"), "session": [1, 2, 1, 2], "x": [5.0, 6, 5, 7]}), "needs at least 3"),
-        (pd.DataFrame({"patient": list("aaabbb"), "session": [1, 2, 3] * 2, "x": [5.0, 6, 7, 5, 7, 8]}),
-         "same intake score"),
+        (
+            pd.DataFrame({"patient": ["a", "a"], "session": [1, 2], "x": [1.0, 2.0]}),
+            "1 follow-up score",
+        ),
+        (
+            pd.DataFrame({"patient": list("aabb"), "session": [1, 2, 1, 2], "x": [5.0, 6, 5, 7]}),
+            "needs at least 3",
+        ),
+        (
+            pd.DataFrame(
+                {"patient": list("aaabbb"), "session": [1, 2, 3] * 2, "x": [5.0, 6, 7, 5, 7, 8]}
+            ),
+            "same intake score",
+        ),
     ],
 )
 def test_fit_errors(df, match):
@@ -74,8 +89,9 @@ def test_on_track_band_ties_and_missing():
     m = ExpectedResponse(gamma0=3.0, gamma1=0.0, centre=20.0, sigma=2.0)
     z = stats.norm.ppf(0.9)
     lower2 = 20 + 3 * math.log(2) - 2 * z  # 20 + 2.079442 - 2.563103 = 19.516339
-    df = pd.DataFrame({"patient": "a", "session": [1, 2, 3, 4],
-                       "ors": [20.0, lower2, np.nan, 10.0]})
+    df = pd.DataFrame(
+        {"patient": "a", "session": [1, 2, 3, 4], "ors": [20.0, lower2, np.nan, 10.0]}
+    )
     out = on_track(df, m, score="ors", direction="higher_is_better")
     assert math.isclose(out.etr_expected.iloc[1], 20 + 3 * math.log(2))
     assert math.isclose(out.etr_lower.iloc[1], lower2)
@@ -99,12 +115,15 @@ def test_on_track_lower_is_better_uses_upper_edge():
 
 def test_one_session_patient_and_first_off_track():
     m = ExpectedResponse(gamma0=3.0, gamma1=0.0, centre=20.0, sigma=1.0)
-    df = pd.DataFrame({"patient": ["a", "b", "b", "b"], "session": [1, 1, 2, 3],
-                       "ors": [20.0, 20.0, 10.0, 10.0]})
+    df = pd.DataFrame(
+        {"patient": ["a", "b", "b", "b"], "session": [1, 1, 2, 3], "ors": [20.0, 20.0, 10.0, 10.0]}
+    )
     out = on_track(df, m, score="ors", direction="higher_is_better")
     assert out.track_status.tolist() == ["intake", "intake", "not_on_track", "not_on_track"]
     first = first_off_track(out).set_index("patient")
-    assert pd.isna(first.loc["a", "first_off_track_session"]) and first.loc["a", "n_not_on_track"] == 0
+    assert (
+        pd.isna(first.loc["a", "first_off_track_session"]) and first.loc["a", "n_not_on_track"] == 0
+    )
     assert first.loc["b", "first_off_track_session"] == 2 and first.loc["b", "n_not_on_track"] == 2
 
 
@@ -114,7 +133,9 @@ def test_from_mapping_and_validation():
     with pytest.raises(KeyError, match=r"missing \['sigma'\]"):
         ExpectedResponse.from_mapping({"gamma0": 1, "gamma1": -0.1, "centre": 20})
     with pytest.raises(KeyError, match="Unknown expected-response keys \\['slope'\\]"):
-        ExpectedResponse.from_mapping({"gamma0": 1, "gamma1": 0, "centre": 2, "sigma": 1, "slope": 3})
+        ExpectedResponse.from_mapping(
+            {"gamma0": 1, "gamma1": 0, "centre": 2, "sigma": 1, "slope": 3}
+        )
     with pytest.raises(ValueError, match="`sigma` must be greater than 0"):
         ExpectedResponse(gamma0=1, gamma1=0, centre=2, sigma=0)
     df = pd.DataFrame({"patient": "a", "session": [1, 2], "ors": [20.0, 21.0]})
@@ -134,7 +155,9 @@ def test_fit_on_generated_sample_recovers_model_and_band_share():
     t = np.arange(1, k + 1)
     mean = intake[:, None] + (2.5 - 0.2 * (intake[:, None] - 20))[:, :] * np.log(t)[None, :]
     y = mean + np.where(t[None, :] > 1, rng.normal(0, 3, (n, k)), 0.0)
-    df = pd.DataFrame({"patient": np.repeat(np.arange(n), k), "session": np.tile(t, n), "y": y.ravel()})
+    df = pd.DataFrame(
+        {"patient": np.repeat(np.arange(n), k), "session": np.tile(t, n), "y": y.ravel()}
+    )
     m = fit_expected_response(df, score="y")
     assert abs(m.gamma0 - 2.5) < 0.1 and abs(m.gamma1 + 0.2) < 0.02 and abs(m.sigma - 3) < 0.1
     out = on_track(df, m, score="y", direction="higher_is_better", tolerance=0.10)

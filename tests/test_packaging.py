@@ -16,9 +16,15 @@ def _split(requirement: str) -> tuple[str, str]:
 
 def test_pyproject_and_environment_agree(root):
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
-    pip = dict(_split(r) for r in project["dependencies"] + project["optional-dependencies"]["test"])
+    pip = dict(
+        _split(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]
+    )
     env = yaml.safe_load((root / "environment.yml").read_text())
-    conda = dict(_split(d) for d in env["dependencies"] if isinstance(d, str) and not re.match(r"^(python|pip)\b(?!-)", d))
+    conda = dict(
+        _split(d)
+        for d in env["dependencies"]
+        if isinstance(d, str) and not re.match(r"^(python|pip)\b(?!-)", d)
+    )
     assert {CONDA_NAMES.get(k, k): v for k, v in pip.items()} == conda
     assert "python=3.11" in env["dependencies"]
     assert {"pip": ["-e ."]} in env["dependencies"]

@@ -15,7 +15,6 @@ from allianceflow.simulate import EXAMPLE_DESIGN
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
@@ -76,11 +75,20 @@ def test_flow_reconciles_with_the_raw_file_and_the_clean_table(run):
 
 def test_tables_have_the_expected_rows(run):
     table = pd.read_csv(run["dir"] / "results/example/tables/alliance_outcome.csv")
-    assert table["term"].tolist() == ["Intercept", "alliance_within_lag", "alliance_between", "session"]
+    assert table["term"].tolist() == [
+        "Intercept",
+        "alliance_within_lag",
+        "alliance_between",
+        "session",
+    ]
     assert table["converged"].all()
     reliability = pd.read_csv(run["dir"] / "results/example/tables/reliability.csv")
     assert set(zip(reliability["instrument"], reliability["scale"])) == {
-        ("wai_sr", "total"), ("wai_sr", "task"), ("wai_sr", "bond"), ("wai_sr", "goal"), ("ors", "total")
+        ("wai_sr", "total"),
+        ("wai_sr", "task"),
+        ("wai_sr", "bond"),
+        ("wai_sr", "goal"),
+        ("ors", "total"),
     }
 
 
@@ -89,13 +97,19 @@ def test_manifest_lists_inputs_and_every_output(run):
     manifest = json.loads((workdir / "results/example/manifest.json").read_text())
     assert manifest["inputs"]["data/raw/example/sessions_export.csv"] == run["raw_hash_before"]
     assert manifest["inputs"]["config.yaml"] == sha256_file(workdir / "config.yaml")
-    outputs = {k: v for k, v in _result_hashes(workdir, "results/example").items() if not k.endswith("manifest.json")}
+    outputs = {
+        k: v
+        for k, v in _result_hashes(workdir, "results/example").items()
+        if not k.endswith("manifest.json")
+    }
     assert manifest["outputs"] == outputs
     assert manifest["config"]["study"]["alliance"] == "wai_sr_total"
     assert manifest["versions"]["statsmodels"]
     verify = subprocess.run(
         [sys.executable, "-m", "allianceflow", "verify", "results/example/manifest.json"],
-        cwd=workdir, capture_output=True, text=True,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
     )
     assert verify.returncode == 0 and "all files match" in verify.stdout
 
@@ -112,8 +126,14 @@ def test_second_run_has_nothing_to_do(run):
 
 def _planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> tuple[dict[str, int], str]:
     """Jobs per rule that a dry run would run (Snakemake's ``--quiet rules`` table)."""
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--dry-run", "--quiet", "rules", *args],
-                          cwd=workdir, capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--dry-run", "--quiet", "rules", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = {}
     for line in proc.stdout.splitlines():
@@ -133,10 +153,14 @@ def test_changed_package_code_rebuilds_every_result(run, tmp_path):
     import allianceflow
 
     package = tmp_path / "pkg" / "allianceflow"
-    shutil.copytree(Path(allianceflow.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(allianceflow.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
+    )
     with (package / "tables.py").open("a", encoding="utf-8") as handle:
         handle.write("\n# a local fix\n")
-    changed, text = _planned_jobs(run["dir"], env={**os.environ, "PYTHONPATH": str(tmp_path / "pkg")})
+    changed, text = _planned_jobs(
+        run["dir"], env={**os.environ, "PYTHONPATH": str(tmp_path / "pkg")}
+    )
     full, _ = _planned_jobs(run["dir"], "--forceall")
     assert changed == full
     assert full["clean_sessions"] == 2 and full["total"] > 50
@@ -156,7 +180,18 @@ def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
     # reliability and 5 descriptive tables in 5 formats + 10 figures x 3 formats
     # + expected_response.json (derive) + manifest
     assert len(example) == 7 * 7 + 2 + 7 * 5 + 10 * 3 + 1 + 1 == 118
-    assert {k.rsplit(".", 1)[1] for k in first} == {"json", "txt", "csv", "md", "html", "tex", "docx", "png", "pdf", "svg"}
+    assert {k.rsplit(".", 1)[1] for k in first} == {
+        "json",
+        "txt",
+        "csv",
+        "md",
+        "html",
+        "tex",
+        "docx",
+        "png",
+        "pdf",
+        "svg",
+    }
     assert first == second
 
 
@@ -164,8 +199,12 @@ def test_report_has_a_caption_per_figure_and_table(run):
     proc = _snakemake(run["dir"], "--report", "results/example/report.html")
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (run["dir"] / "results/example/report.html").read_text(encoding="utf-8")
-    for phrase in ("Flow of patients and sessions", "Fixed effects of every fitted model",
-                   "Sample characteristics by arm", "reliable change index around it"):
+    for phrase in (
+        "Flow of patients and sessions",
+        "Fixed effects of every fitted model",
+        "Sample characteristics by arm",
+        "reliable change index around it",
+    ):
         assert phrase in text
 
 
@@ -176,7 +215,9 @@ def test_invalid_config_fails_before_any_job(tmp_path, copy_project):
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     proc = _snakemake(workdir)
     assert proc.returncode != 0
-    assert "`models.alliance_outcome.reml` is 'sometimes'; it must be of type boolean." in proc.stderr
+    assert (
+        "`models.alliance_outcome.reml` is 'sometimes'; it must be of type boolean." in proc.stderr
+    )
     assert not (workdir / "data/processed").exists()
     assert not (workdir / "results").exists()
 
@@ -190,7 +231,9 @@ def test_derive_study_in_memory_equals_the_stage_output(run):
     study = load_config(workdir / "config.yaml")["studies"]["example"]
     scored = pd.read_parquet(workdir / "data/processed/example/scored.parquet")
     result = derive_study(scored, study)
-    pd.testing.assert_frame_equal(result.analysis, pd.read_parquet(workdir / "data/processed/example/analysis.parquet"))
+    pd.testing.assert_frame_equal(
+        result.analysis, pd.read_parquet(workdir / "data/processed/example/analysis.parquet")
+    )
     sessions = pd.read_parquet(workdir / "data/processed/example/sessions.parquet")
     counts = arm_counts(sessions)
     assert sum(c["sessions"] for c in counts.values()) == len(sessions) == 2907
@@ -204,8 +247,14 @@ def test_several_informants_without_a_choice_get_a_config_error(run):
 
     study = load_config(run["dir"] / "config.yaml")["studies"]["example"]
     scored = pd.read_parquet(run["dir"] / "data/processed/example/scored.parquet")
-    both = pd.concat([scored.assign(informant="patient"), scored.assign(informant="therapist")], ignore_index=True)
-    with pytest.raises(ConfigError, match=r"several informants per session \(patient, therapist\); .* Set `derive: \{informant: <one of patient, therapist>\}`"):
+    both = pd.concat(
+        [scored.assign(informant="patient"), scored.assign(informant="therapist")],
+        ignore_index=True,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"several informants per session \(patient, therapist\); .* Set `derive: \{informant: <one of patient, therapist>\}`",
+    ):
         derive_study(both, study)
 
 
@@ -224,17 +273,25 @@ def test_two_informants_feed_the_informants_preset(run):
     study["derive"]["informant"] = "patient"
     scored = pd.read_parquet(run["dir"] / "data/processed/example/scored.parquet")
     rng = np.random.default_rng(1)
-    therapist = scored.assign(informant="therapist", wai_sr_total=scored["wai_sr_total"] + rng.normal(0, 3, len(scored)))
+    therapist = scored.assign(
+        informant="therapist", wai_sr_total=scored["wai_sr_total"] + rng.normal(0, 3, len(scored))
+    )
     both = pd.concat([scored.assign(informant="patient"), therapist], ignore_index=True)
     analysis = derive_study(both, study).analysis
     assert len(analysis) == len(scored)  # one row per session of the outcome's informant
-    pd.testing.assert_series_equal(analysis["alliance_rater_patient_within"], analysis["alliance_within"], check_names=False)
+    pd.testing.assert_series_equal(
+        analysis["alliance_rater_patient_within"], analysis["alliance_within"], check_names=False
+    )
     lagged = analysis.dropna(subset=["alliance_rater_therapist_within_lag"])
     assert len(lagged) > 2000
     res = fit_model(analysis, preset_formula("informants"), name="informants")
     terms = [row["term"] for row in res["fixed"]]
-    assert terms[1:5] == ["alliance_rater_patient_within_lag", "alliance_rater_patient_between",
-                          "alliance_rater_therapist_within_lag", "alliance_rater_therapist_between"]
+    assert terms[1:5] == [
+        "alliance_rater_patient_within_lag",
+        "alliance_rater_patient_between",
+        "alliance_rater_therapist_within_lag",
+        "alliance_rater_therapist_between",
+    ]
     assert res["convergence"]["converged"]
 
 
@@ -246,9 +303,15 @@ def test_prepare_study_in_memory_equals_the_pipeline_files(run):
     study = load_config(workdir / "config.yaml")["studies"]["example"]
     prepared = prepare_study(study, root=workdir, name="example")
     processed = workdir / "data/processed/example"
-    pd.testing.assert_frame_equal(prepared.sessions, pd.read_parquet(processed / "sessions.parquet"))
-    pd.testing.assert_frame_equal(prepared.analysis, pd.read_parquet(processed / "analysis.parquet"))
-    pd.testing.assert_frame_equal(prepared.patients, pd.read_parquet(processed / "patients.parquet"))
+    pd.testing.assert_frame_equal(
+        prepared.sessions, pd.read_parquet(processed / "sessions.parquet")
+    )
+    pd.testing.assert_frame_equal(
+        prepared.analysis, pd.read_parquet(processed / "analysis.parquet")
+    )
+    pd.testing.assert_frame_equal(
+        prepared.patients, pd.read_parquet(processed / "patients.parquet")
+    )
     assert prepared.flow == json.loads((processed / "flow.json").read_text())
 
 
@@ -268,7 +331,9 @@ def test_expected_response_from_a_reference_sample(run):
     expected = fit_expected_response(reference, score="ors_total").to_dict()
     result = derive_study(scored, study, reference=reference)
     assert result.expected_response == expected
-    own = derive_study(scored, load_config(run["dir"] / "config.yaml")["studies"]["example"]).expected_response
+    own = derive_study(
+        scored, load_config(run["dir"] / "config.yaml")["studies"]["example"]
+    ).expected_response
     assert own != expected
 
 
@@ -281,7 +346,9 @@ def test_pooling_a_preset_model(tmp_path, copy_project):
         study["models"] = ["ao_preset"]
     config["comparisons"] = []
     config["pool"]["model"] = "ao_preset"
-    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    (work / "config.yaml").write_text(
+        yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
     proc = _snakemake(work, "results/pooled/meta_analysis.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((work / "results/pooled/models/one_stage.json").read_text())

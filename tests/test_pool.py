@@ -36,7 +36,24 @@ from allianceflow.simulate import (
 )
 
 MOLLOY_N = [109, 749, 55, 107, 72, 65, 174, 326, 58, 771, 56, 91, 116, 537, 158, 65]
-MOLLOY_R = [0.187, 0.162, 0.34, 0.32, 0.27, 0, 0.175, 0.05, 0.26, 0.01, -0.09, 0.37, 0, 0.15, 0.24, 0.04]
+MOLLOY_R = [
+    0.187,
+    0.162,
+    0.34,
+    0.32,
+    0.27,
+    0,
+    0.175,
+    0.05,
+    0.26,
+    0.01,
+    -0.09,
+    0.37,
+    0,
+    0.15,
+    0.24,
+    0.04,
+]
 
 
 @pytest.fixture
@@ -55,6 +72,7 @@ def _hand(method):
     if method == "dl":
         tau2 = max(0.0, (q - (k - 1)) / (w.sum() - (w**2).sum() / w.sum()))
     else:
+
         def gen_q(t):
             ws = 1 / (v + t)
             mu = (ws * y).sum() / ws.sum()
@@ -120,7 +138,9 @@ def test_pooled_estimate_and_interval_match_the_hand_computation(molloy, method,
     assert p["ci_low"] == pytest.approx(math.tanh(hand["mu"] - crit * se), abs=1e-9)
     assert p["ci_high"] == pytest.approx(math.tanh(hand["mu"] + crit * se), abs=1e-9)
     half = stats.t.isf(0.025, 14) * math.sqrt(hand["tau2"] + se**2)
-    assert (p["pi_low"], p["pi_high"]) == pytest.approx((math.tanh(hand["mu"] - half), math.tanh(hand["mu"] + half)), abs=1e-9)
+    assert (p["pi_low"], p["pi_high"]) == pytest.approx(
+        (math.tanh(hand["mu"] - half), math.tanh(hand["mu"] + half)), abs=1e-9
+    )
     weights = [s["weight"] for s in res["studies"]]
     assert sum(weights) == pytest.approx(100.0)
 
@@ -168,7 +188,9 @@ def test_bad_effects_are_refused(r, n, message):
 
 def test_duplicate_study_labels_are_refused():
     effects = pd.DataFrame({"study": ["a", "a"], "r": [0.2, 0.3], "n": [50, 60]})
-    with pytest.raises(ValueError, match=r"study labels in column 'study' must be unique; \['a'\] repeat."):
+    with pytest.raises(
+        ValueError, match=r"study labels in column 'study' must be unique; \['a'\] repeat."
+    ):
         meta_analysis(effects)
 
 
@@ -181,8 +203,19 @@ def test_missing_column_names_the_closest_match(molloy):
 
 
 def _result(term_rows):
-    return {"fixed": [{"term": t, "estimate": e, "se": 0.1, "statistic": z, "df": df, "r": z / math.sqrt(z * z + df)}
-                      for t, e, z, df in term_rows]}
+    return {
+        "fixed": [
+            {
+                "term": t,
+                "estimate": e,
+                "se": 0.1,
+                "statistic": z,
+                "df": df,
+                "r": z / math.sqrt(z * z + df),
+            }
+            for t, e, z, df in term_rows
+        ]
+    }
 
 
 def test_study_effects_flip_lower_is_better_outcomes_and_use_df_plus_two():
@@ -200,10 +233,16 @@ def test_study_effects_flip_lower_is_better_outcomes_and_use_df_plus_two():
 
 def test_study_effects_name_the_missing_term_and_bad_direction():
     results = {"a": _result([("session", 0.2, 5.0, 100.0)])}
-    with pytest.raises(KeyError, match=r"the model of study 'a' has no fixed effect 'alliance_within_lag'; it has \['session'\]"):
+    with pytest.raises(
+        KeyError,
+        match=r"the model of study 'a' has no fixed effect 'alliance_within_lag'; it has \['session'\]",
+    ):
         study_effects(results)
     results = {"a": _result([("alliance_within_lag", 0.2, 5.0, 100.0)])}
-    with pytest.raises(ValueError, match="direction of study 'a' must be 'higher_is_better' or 'lower_is_better'; got 'up'."):
+    with pytest.raises(
+        ValueError,
+        match="direction of study 'a' must be 'higher_is_better' or 'lower_is_better'; got 'up'.",
+    ):
         study_effects(results, directions={"a": "up"})
 
 
@@ -214,21 +253,29 @@ def test_forest_plot_marks_the_benchmark(molloy):
     res = meta_analysis(molloy, method="pm", hksj=True)
     fig = plot_forest(res, comparable=True)
     ax = fig.axes[0]
-    vertical = [tuple(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) == 2
-                and line.get_xdata()[0] == line.get_xdata()[1]]
+    vertical = [
+        tuple(line.get_xdata())
+        for line in ax.lines
+        if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]
+    ]
     assert (0.278, 0.278) in vertical
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels[0] == "s00 (n = 109)"
     assert labels[-1].startswith("Pooled (PM, HKSJ); I² = 61%")
-    assert "Flückiger et al. (2018): r = 0.278 [0.256, 0.299]" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "Flückiger et al. (2018): r = 0.278 [0.256, 0.299]" in [
+        t.get_text() for t in ax.get_legend().get_texts()
+    ]
     fig2 = plot_forest(res, benchmark=Benchmark("mine", 0.1, 0.05, 0.15), comparable=True)
     assert (0.1, 0.1) in [tuple(line.get_xdata()) for line in fig2.axes[0].lines]
     assert fig.texts == []  # no "not comparable" note when the band is drawn
 
 
 def _vertical_lines(ax):
-    return [tuple(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) == 2
-            and line.get_xdata()[0] == line.get_xdata()[1]]
+    return [
+        tuple(line.get_xdata())
+        for line in ax.lines
+        if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]
+    ]
 
 
 def test_forest_plot_leaves_out_a_benchmark_that_is_not_comparable(molloy):
@@ -246,7 +293,9 @@ def test_forest_plot_leaves_out_a_benchmark_that_is_not_comparable(molloy):
     assert plot_forest(res, benchmark=None).texts == []  # no benchmark, nothing to explain
 
 
-def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(molloy, tmp_path, monkeypatch):
+def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(
+    molloy, tmp_path, monkeypatch
+):
     import json
 
     from allianceflow import pool
@@ -268,12 +317,21 @@ def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(moll
     assert (0.278, 0.278) in _vertical_lines(figures["alliance_between"].axes[0])
     assert figures["alliance_between"].texts == []
     assert (0.278, 0.278) not in _vertical_lines(figures["alliance_within_lag"].axes[0])
-    assert "not comparable with alliance_within_lag" in figures["alliance_within_lag"].texts[0].get_text()
+    assert (
+        "not comparable with alliance_within_lag"
+        in figures["alliance_within_lag"].texts[0].get_text()
+    )
 
 
 def test_benchmark_is_checked():
-    assert (FLUCKIGER_2018.r, FLUCKIGER_2018.ci_low, FLUCKIGER_2018.ci_high) == (0.278, 0.256, 0.299)
-    with pytest.raises(ValueError, match=r"benchmark interval must hold its r: got r = 0.5 with CI \[0.1, 0.2\]."):
+    assert (FLUCKIGER_2018.r, FLUCKIGER_2018.ci_low, FLUCKIGER_2018.ci_high) == (
+        0.278,
+        0.256,
+        0.299,
+    )
+    with pytest.raises(
+        ValueError, match=r"benchmark interval must hold its r: got r = 0.5 with CI \[0.1, 0.2\]."
+    ):
         Benchmark("x", 0.5, 0.1, 0.2)
     with pytest.raises(ValueError, match=r"benchmark `r` must be a number in \(-1, 1\); got 1.2."):
         Benchmark("x", 1.2, 0.1, 0.2)
@@ -284,7 +342,9 @@ def test_meta_table_has_a_row_per_study_and_the_pooled_row(molloy):
     assert len(table) == 17
     assert table["study"].iloc[-1] == "Random effects (DL)"
     assert table["n"].iloc[-1] == sum(MOLLOY_N)
-    assert table["ci_low"].iloc[0] == pytest.approx(math.tanh(math.atanh(0.187) - 1.959964 / math.sqrt(106)), abs=1e-6)
+    assert table["ci_low"].iloc[0] == pytest.approx(
+        math.tanh(math.atanh(0.187) - 1.959964 / math.sqrt(106)), abs=1e-6
+    )
 
 
 # ---------------------------------------------------------------- one stage vs two stages
@@ -305,19 +365,26 @@ def _analysis(instruments, seed, **overrides):
 
 
 def test_stack_studies_standardises_within_study_and_nests_ids():
-    tables = {"one": _analysis("wai_sr+ors", 1, n_patients=40, n_therapists=4, max_sessions=6),
-              "two": _analysis("srs+phq9", 2, n_patients=40, n_therapists=4, max_sessions=6)}
+    tables = {
+        "one": _analysis("wai_sr+ors", 1, n_patients=40, n_therapists=4, max_sessions=6),
+        "two": _analysis("srs+phq9", 2, n_patients=40, n_therapists=4, max_sessions=6),
+    }
     stacked = stack_studies(tables, directions={"two": "lower_is_better"})
     assert list(stacked.columns[:1]) == ["study"]
-    assert stacked.groupby("study")["outcome"].agg(["mean", "std"]).to_numpy() == pytest.approx(np.array([[0, 1], [0, 1]]), abs=1e-12)
+    assert stacked.groupby("study")["outcome"].agg(["mean", "std"]).to_numpy() == pytest.approx(
+        np.array([[0, 1], [0, 1]]), abs=1e-12
+    )
     assert stacked["patient"].str.match(r"^(one|two):P\d+$").all()
     assert stacked["therapist"].nunique() == 8
     two = tables["two"]
     assert stacked.loc[stacked.study == "two", "alliance_within_lag"].to_numpy() == pytest.approx(
-        (two["alliance_within_lag"] / two["alliance"].std()).to_numpy(), nan_ok=True)
+        (two["alliance_within_lag"] / two["alliance"].std()).to_numpy(), nan_ok=True
+    )
     # lower-is-better outcome is negated: a higher PHQ-9 becomes a lower standardised outcome
     y = two["outcome"]
-    assert stacked.loc[stacked.study == "two", "outcome"].to_numpy() == pytest.approx((-(y - y.mean()) / y.std()).to_numpy(), nan_ok=True)
+    assert stacked.loc[stacked.study == "two", "outcome"].to_numpy() == pytest.approx(
+        (-(y - y.mean()) / y.std()).to_numpy(), nan_ok=True
+    )
 
 
 def _full_analysis(instruments, seed):
@@ -351,18 +418,40 @@ def test_stack_studies_rescales_every_derived_alliance_and_outcome_column():
         my, sy = raw["outcome"].mean(), raw["outcome"].std()
         ma, sa = raw["alliance"].mean(), raw["alliance"].std()
         for col in ("outcome", "outcome_lag", "outcome_next", "outcome_baseline", "outcome_pmean"):
-            assert got[col].to_numpy() == pytest.approx((sign * (raw[col] - my) / sy).to_numpy(), nan_ok=True), col
-        for col in ("outcome_within", "outcome_between", "outcome_gmc", "outcome_therapist", "outcome_patient"):
-            assert got[col].to_numpy() == pytest.approx((sign * raw[col] / sy).to_numpy(), nan_ok=True), col
+            assert got[col].to_numpy() == pytest.approx(
+                (sign * (raw[col] - my) / sy).to_numpy(), nan_ok=True
+            ), col
+        for col in (
+            "outcome_within",
+            "outcome_between",
+            "outcome_gmc",
+            "outcome_therapist",
+            "outcome_patient",
+        ):
+            assert got[col].to_numpy() == pytest.approx(
+                (sign * raw[col] / sy).to_numpy(), nan_ok=True
+            ), col
         for col in ("alliance", "alliance_lag"):
-            assert got[col].to_numpy() == pytest.approx(((raw[col] - ma) / sa).to_numpy(), nan_ok=True), col
-        for col in ("alliance_within_lag", "alliance_between", "alliance_within", "alliance_within_detrended_lag",
-                    "alliance_therapist_mean", "alliance_patient_deviation"):
-            assert got[col].to_numpy() == pytest.approx((raw[col] / sa).to_numpy(), nan_ok=True), col
+            assert got[col].to_numpy() == pytest.approx(
+                ((raw[col] - ma) / sa).to_numpy(), nan_ok=True
+            ), col
+        for col in (
+            "alliance_within_lag",
+            "alliance_between",
+            "alliance_within",
+            "alliance_within_detrended_lag",
+            "alliance_therapist_mean",
+            "alliance_patient_deviation",
+        ):
+            assert got[col].to_numpy() == pytest.approx((raw[col] / sa).to_numpy(), nan_ok=True), (
+                col
+            )
         for c in ("task", "bond"):  # components on their own SD
             sc = raw[f"alliance_{c}"].std()
             for col in (f"alliance_{c}_within_lag", f"alliance_{c}_between"):
-                assert got[col].to_numpy() == pytest.approx((raw[col] / sc).to_numpy(), nan_ok=True), col
+                assert got[col].to_numpy() == pytest.approx(
+                    (raw[col] / sc).to_numpy(), nan_ok=True
+                ), col
             assert got[f"alliance_{c}"].std() == pytest.approx(1.0)
     # last session's outcome is flipped and scaled exactly like the outcome: within a
     # patient, outcome_lag at session s equals outcome at session s - 1
@@ -375,15 +464,21 @@ def test_stack_studies_rescales_every_derived_alliance_and_outcome_column():
 
 
 def test_one_stage_model_refuses_a_column_it_does_not_rescale():
-    tables = {"one": _analysis("wai_sr+ors", 1, n_patients=20, n_therapists=2, max_sessions=5),
-              "two": _analysis("srs+phq9", 2, n_patients=20, n_therapists=2, max_sessions=5)}
+    tables = {
+        "one": _analysis("wai_sr+ors", 1, n_patients=20, n_therapists=2, max_sessions=5),
+        "two": _analysis("srs+phq9", 2, n_patients=20, n_therapists=2, max_sessions=5),
+    }
     tables["two"]["outcome_change"] = tables["two"]["outcome"].diff()
-    with pytest.raises(ValueError, match=r"`formula` uses \['outcome_change'\], which the one-stage standardisation "
-                                         r"does not rescale .*supported alliance and outcome columns are \[.*'outcome_lag'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`formula` uses \['outcome_change'\], which the one-stage standardisation "
+        r"does not rescale .*supported alliance and outcome columns are \[.*'outcome_lag'",
+    ):
         one_stage_model(tables, "outcome ~ outcome_change + alliance_within_lag + (1 | patient)")
     stacked = stack_studies(tables)
     assert stacked.loc[stacked.study == "two", "outcome_change"].to_numpy() == pytest.approx(
-        tables["two"]["outcome_change"].to_numpy(), nan_ok=True)  # left raw, hence refused
+        tables["two"]["outcome_change"].to_numpy(), nan_ok=True
+    )  # left raw, hence refused
 
 
 @pytest.mark.slow
@@ -391,8 +486,10 @@ def test_one_stage_and_two_stage_agree_in_sign_and_size():
     from allianceflow.models import fit_model
 
     formula = "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 | patient)"
-    tables = {"wai_ors": _analysis("wai_sr+ors", 5, n_patients=120, n_therapists=12, max_sessions=10),
-              "srs_phq": _analysis("srs+phq9", 6)}
+    tables = {
+        "wai_ors": _analysis("wai_sr+ors", 5, n_patients=120, n_therapists=12, max_sessions=10),
+        "srs_phq": _analysis("srs+phq9", 6),
+    }
     directions = {"srs_phq": "lower_is_better"}
     results = {name: fit_model(t, formula, name=name) for name, t in tables.items()}
     effects = study_effects(results, directions=directions)
@@ -415,11 +512,15 @@ def test_one_stage_and_two_stage_agree_in_sign_and_size():
 def test_second_example_is_exactly_what_the_simulator_writes(tmp_path, root):
     written = write_example2_study(tmp_path, seed=EXAMPLE2_SEED)
     assert written.read_bytes() == (root / "data/raw/example2/visits.csv").read_bytes()
-    assert (tmp_path / "README.md").read_text() == (root / "data/raw/example2/README.md").read_text()
+    assert (tmp_path / "README.md").read_text() == (
+        root / "data/raw/example2/README.md"
+    ).read_text()
 
 
 def test_second_example_has_its_own_layout_and_ranges(root):
-    raw = pd.read_csv(root / "data/raw/example2/visits.csv", sep=";", dtype=str, keep_default_na=False)
+    raw = pd.read_csv(
+        root / "data/raw/example2/visits.csv", sep=";", dtype=str, keep_default_na=False
+    )
     assert list(raw.columns[:5]) == ["client_id", "counsellor", "group", "visit", "visit_date"]
     assert raw["client_id"].nunique() == 120 and raw["counsellor"].nunique() == 12
     assert set(raw["group"]) == {"FIT", "usual care"}
@@ -427,7 +528,9 @@ def test_second_example_has_its_own_layout_and_ranges(root):
     srs = raw.filter(regex=r"^srs_q\d$")
     phq = raw.filter(regex=r"^phq_\d\d$")
     assert srs.shape[1] == 4 and phq.shape[1] == 9
-    assert (srs == "").to_numpy().sum() > 0 and (phq == "").to_numpy().sum() > 0  # blanks are empty cells
+    assert (srs == "").to_numpy().sum() > 0 and (
+        phq == ""
+    ).to_numpy().sum() > 0  # blanks are empty cells
     s = pd.to_numeric(srs.stack().replace("", np.nan)).dropna()
     p = pd.to_numeric(phq.stack().replace("", np.nan)).dropna()
     assert s.between(0, 10).all() and np.allclose(s * 10, np.round(s * 10))
@@ -435,7 +538,9 @@ def test_second_example_has_its_own_layout_and_ranges(root):
 
 
 def test_instrument_pair_is_checked():
-    with pytest.raises(ValueError, match="`instruments` must be 'wai_sr\\+ors' or 'srs\\+phq9'; got 'wai\\+phq9'."):
+    with pytest.raises(
+        ValueError, match="`instruments` must be 'wai_sr\\+ors' or 'srs\\+phq9'; got 'wai\\+phq9'."
+    ):
         simulate_study(seed=1, instruments="wai+phq9")
 
 
@@ -450,21 +555,47 @@ def test_srs_phq9_truth_is_recovered(seed):
 
     from allianceflow.derive import derive_analysis
 
-    df = simulate_study(EXAMPLE2_DESIGN, seed=seed, instruments="srs+phq9", n_patients=600, n_therapists=40,
-                        outcome_sd_slope=0.0, alliance_sd_slope=0.0)
+    df = simulate_study(
+        EXAMPLE2_DESIGN,
+        seed=seed,
+        instruments="srs+phq9",
+        n_patients=600,
+        n_therapists=40,
+        outcome_sd_slope=0.0,
+        alliance_sd_slope=0.0,
+    )
     df["srs"] = df.filter(regex=r"^srs_\d+$").mean(axis=1)
     df["phq"] = df.filter(regex=r"^phq9_\d+$").mean(axis=1) * 9
     data = derive_analysis(df, alliance="srs", outcome="phq").dropna(subset=["alliance_within_lag"])
-    fit = smf.mixedlm("outcome ~ alliance_within_lag + alliance_between + session", data, groups="therapist",
-                      vc_formula={"patient": "0 + C(patient)"}).fit(method="lbfgs")
+    fit = smf.mixedlm(
+        "outcome ~ alliance_within_lag + alliance_between + session",
+        data,
+        groups="therapist",
+        vc_formula={"patient": "0 + C(patient)"},
+    ).fit(method="lbfgs")
     for term, truth in [("alliance_within_lag", -1.0), ("alliance_between", -1.5)]:
-        assert abs(fit.params[term] - truth) < 3 * fit.bse[term], (term, fit.params[term], fit.bse[term])
+        assert abs(fit.params[term] - truth) < 3 * fit.bse[term], (
+            term,
+            fit.params[term],
+            fit.bse[term],
+        )
 
 
 def test_outcome_direction_comes_from_the_instrument_file():
     from allianceflow.pool import outcome_direction
 
-    assert outcome_direction({"instruments": {"srs": None, "phq9": {"rci": 6}}, "outcome": "phq9_total"}) == "lower_is_better"
-    assert outcome_direction({"instruments": ["wai_sr", "ors"], "outcome": "ors_total"}) == "higher_is_better"
-    with pytest.raises(ValueError, match=r"the study's `outcome` is 'gad7_total', which none of its `instruments` \(\['ors'\]\) scores."):
+    assert (
+        outcome_direction(
+            {"instruments": {"srs": None, "phq9": {"rci": 6}}, "outcome": "phq9_total"}
+        )
+        == "lower_is_better"
+    )
+    assert (
+        outcome_direction({"instruments": ["wai_sr", "ors"], "outcome": "ors_total"})
+        == "higher_is_better"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"the study's `outcome` is 'gad7_total', which none of its `instruments` \(\['ors'\]\) scores.",
+    ):
         outcome_direction({"instruments": ["ors"], "outcome": "gad7_total"})

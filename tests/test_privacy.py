@@ -66,7 +66,16 @@ def test_detection_by_name_and_content(column, values, kind):
     assert [f.kind for f in found] == [kind]
 
 
-@pytest.mark.parametrize("values", [["ROM feedback", "TAU"], ["2.8", "10.0", "-9"], ["P001", "T03"], ["21/02/2023"], ["Group Therapy", "Individual"]])
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["ROM feedback", "TAU"],
+        ["2.8", "10.0", "-9"],
+        ["P001", "T03"],
+        ["21/02/2023"],
+        ["Group Therapy", "Individual"],
+    ],
+)
 def test_ordinary_values_pass(values):
     frame = pd.DataFrame({"_source_row": range(2, 2 + len(values)), "c": values})
     assert find_identifiers(frame, date_columns=[], this_year=2026) == []
@@ -96,5 +105,7 @@ def test_salt_and_pseudonyms():
     with pytest.raises(io.DataError, match=f"{SALT_ENV} has only 5 characters"):
         get_salt({SALT_ENV: "short"})
     assert get_salt({SALT_ENV: "x" * 20}) == "x" * 20
-    with pytest.raises(ValueError, match="`salt` must be a string of at least 16 characters; got 3"):
+    with pytest.raises(
+        ValueError, match="`salt` must be a string of at least 16 characters; got 3"
+    ):
         pseudonymise(pd.Series(["a"]), "abc")

@@ -16,7 +16,9 @@ def test_manifest_hashes_verify_and_tampering_is_found(tmp_path, capsys):
     out = tmp_path / "results" / "t.csv"
     out.parent.mkdir()
     out.write_text("x\n1\n")
-    manifest = build_manifest(study="s", inputs=[raw], outputs=[out], config={"seed": 1}, root=tmp_path)
+    manifest = build_manifest(
+        study="s", inputs=[raw], outputs=[out], config={"seed": 1}, root=tmp_path
+    )
     assert manifest["inputs"] == {"raw.csv": hashlib.sha256(b"a,b\n1,2\n").hexdigest()}
     assert manifest["outputs"] == {"results/t.csv": hashlib.sha256(b"x\n1\n").hexdigest()}
     assert manifest["versions"]["pandas"].count(".") >= 1
@@ -29,7 +31,8 @@ def test_manifest_hashes_verify_and_tampering_is_found(tmp_path, capsys):
     write_json({**manifest, "allianceflow_source_sha256": "0" * 64}, other)
     assert main(["verify", str(other), "--root", str(tmp_path)]) == 0  # a note, not a failure
     assert capsys.readouterr().out.startswith(
-        f"{other}: note: made by other allianceflow code than the one installed (package files sha256 000000000000...")
+        f"{other}: note: made by other allianceflow code than the one installed (package files sha256 000000000000..."
+    )
 
     out.write_text("x\n2\n")
     raw.unlink()
@@ -45,14 +48,20 @@ def test_source_fingerprint_follows_the_package_files_only(tmp_path):
     from allianceflow.io import source_fingerprint
 
     copy = tmp_path / "allianceflow"
-    shutil.copytree(Path(allianceflow.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(allianceflow.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__")
+    )
     installed = source_fingerprint()
-    assert len(installed) == 64 and source_fingerprint(copy) == installed  # same files, other folder
+    assert (
+        len(installed) == 64 and source_fingerprint(copy) == installed
+    )  # same files, other folder
     (copy / "__pycache__").mkdir(exist_ok=True)
     (copy / "__pycache__" / "x.pyc").write_bytes(b"cache")
     (copy / "notes.txt").write_text("not part of the package", encoding="utf-8")
     (copy / ".ipynb_checkpoints").mkdir()
-    (copy / ".ipynb_checkpoints" / "tables-checkpoint.py").write_text("# an editor's copy\n", encoding="utf-8")
+    (copy / ".ipynb_checkpoints" / "tables-checkpoint.py").write_text(
+        "# an editor's copy\n", encoding="utf-8"
+    )
     assert source_fingerprint(copy) == installed
     instrument = copy / "instruments" / "ors.yaml"
     instrument.write_bytes(instrument.read_bytes() + b"\n")  # an instrument definition is code too
@@ -61,7 +70,12 @@ def test_source_fingerprint_follows_the_package_files_only(tmp_path):
     assert source_fingerprint(copy) == installed
     (copy / "clinical.py").rename(copy / "clinical2.py")  # a renamed module
     assert source_fingerprint(copy) != installed
-    assert build_manifest(study="s", inputs=[], outputs=[], config={}, root=tmp_path)["allianceflow_source_sha256"] == installed
+    assert (
+        build_manifest(study="s", inputs=[], outputs=[], config={}, root=tmp_path)[
+            "allianceflow_source_sha256"
+        ]
+        == installed
+    )
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="No package files under"):
         source_fingerprint(tmp_path / "empty")
@@ -82,7 +96,15 @@ def test_every_rule_that_runs_code_takes_the_source_fingerprint():
             if not head or not re.search(r"^    (script|run|shell|notebook|wrapper):", block, re.M):
                 continue
             params = re.search(r"^    params:\n((?:        .*\n)+)", block, re.M)
-            assert params and "allianceflow_source=SOURCE_FINGERPRINT," in params.group(1), f"{path.name}: rule {head.group(1)}"
+            assert params and "allianceflow_source=SOURCE_FINGERPRINT," in params.group(1), (
+                f"{path.name}: rule {head.group(1)}"
+            )
             checked.append(head.group(1))
-    assert {"clean_sessions", "fit_model", "simulate_power_chunk", "write_manifest", "plot_meta_forest"} <= set(checked)
+    assert {
+        "clean_sessions",
+        "fit_model",
+        "simulate_power_chunk",
+        "write_manifest",
+        "plot_meta_forest",
+    } <= set(checked)
     assert len(checked) == 26

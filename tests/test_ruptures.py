@@ -33,7 +33,9 @@ def test_unrepaired_and_censored():
     out = detect_ruptures(df, method="fixed", threshold=1.5, repair_within=3)
     rep = out.loc[out.rupture_detected.fillna(False).astype(bool)]
     assert rep[["patient", "session", "rupture_repair"]].to_numpy().tolist() == [
-        ["a", 2, "unrepaired"], ["b", 2, "censored"]]
+        ["a", 2, "unrepaired"],
+        ["b", 2, "censored"],
+    ]
     summary = rupture_summary(out).set_index("patient")
     assert summary.loc["a"].tolist() == [1, 0, 1, 0]
     assert summary.loc["b"].tolist() == [1, 0, 0, 1]
@@ -41,7 +43,9 @@ def test_unrepaired_and_censored():
 
 def test_repair_after_window_does_not_count():
     # drop at 2; return to 5 only at session 6 > 2 + 3 -> unrepaired
-    out = detect_ruptures(series([5.0, 3.0, 3.5, 4.0, 4.0, 5.0]), method="fixed", threshold=1.5, repair_within=3)
+    out = detect_ruptures(
+        series([5.0, 3.0, 3.5, 4.0, 4.0, 5.0]), method="fixed", threshold=1.5, repair_within=3
+    )
     assert out.rupture_repair.tolist()[1] == "unrepaired"
     assert pd.isna(out.rupture_repair_session.iloc[1])
 
@@ -86,7 +90,11 @@ def test_rows_keep_input_order():
     [
         ({"method": "sd"}, ValueError, "`method` must be 'patient_sd' or 'fixed'; got 'sd'"),
         ({"threshold": 0}, ValueError, "`threshold` must be greater than 0"),
-        ({"repair_within": 0}, ValueError, "`repair_within` must be an integer of at least 1; got 0"),
+        (
+            {"repair_within": 0},
+            ValueError,
+            "`repair_within` must be an integer of at least 1; got 0",
+        ),
         ({"across_gaps": "no"}, TypeError, "`across_gaps` must be True or False"),
         ({"alliance": "aliance"}, KeyError, "Did you mean 'alliance'"),
     ],
@@ -97,11 +105,18 @@ def test_validation(kwargs, error, match):
 
 
 def test_coded_ruptures():
-    df = pd.DataFrame({"patient": ["a", "a", "a", "b", "b"],
-                       "rupture": ["none", "withdrawal", "confrontation", None, "withdrawal"]})
+    df = pd.DataFrame(
+        {
+            "patient": ["a", "a", "a", "b", "b"],
+            "rupture": ["none", "withdrawal", "confrontation", None, "withdrawal"],
+        }
+    )
     out = coded_ruptures(df).set_index("patient")
     assert out.loc["a"].tolist() == [1, 1, 2, 3]
     assert out.loc["b"].tolist() == [0, 1, 1, 1]
     df.loc[0, "rupture"] = "silence"
-    with pytest.raises(ValueError, match="Column 'rupture' has value 'silence'; allowed: 'none', 'confrontation', 'withdrawal'"):
+    with pytest.raises(
+        ValueError,
+        match="Column 'rupture' has value 'silence'; allowed: 'none', 'confrontation', 'withdrawal'",
+    ):
         coded_ruptures(df)

@@ -9,7 +9,13 @@ import statsmodels.formula.api as smf
 
 from allianceflow.derive import derive_analysis
 from allianceflow.io import sha256_file
-from allianceflow.simulate import EXAMPLE_DESIGN, EXAMPLE_SEED, StudyDesign, simulate_study, write_example_study
+from allianceflow.simulate import (
+    EXAMPLE_DESIGN,
+    EXAMPLE_SEED,
+    StudyDesign,
+    simulate_study,
+    write_example_study,
+)
 
 
 def test_same_seed_same_study_and_different_seed_differs():
@@ -58,7 +64,9 @@ def test_invalid_design_is_refused(field, value, message):
 
 
 def test_fewer_patients_than_therapists_is_refused():
-    with pytest.raises(ValueError, match=r"`n_patients` \(3\) must be at least `n_therapists` \(5\)"):
+    with pytest.raises(
+        ValueError, match=r"`n_patients` \(3\) must be at least `n_therapists` \(5\)"
+    ):
         StudyDesign(n_patients=3, n_therapists=5)
 
 
@@ -69,7 +77,14 @@ def test_true_effects_are_recovered_by_the_correct_model():
     95% intervals should hold the truth (with slopes left unmodelled, the between-patient
     interval is too narrow: 87% coverage in 30 replications at the example's size).
     """
-    df = simulate_study(seed=21, n_patients=600, n_therapists=40, max_sessions=12, outcome_sd_slope=0.0, alliance_sd_slope=0.0)
+    df = simulate_study(
+        seed=21,
+        n_patients=600,
+        n_therapists=40,
+        max_sessions=12,
+        outcome_sd_slope=0.0,
+        alliance_sd_slope=0.0,
+    )
     df["wai"] = df.filter(regex=r"^wai_sr_\d+$").mean(axis=1)  # prorated item mean
     df["ors"] = df.filter(regex=r"^ors_\d+$").mean(axis=1) * 4
     data = derive_analysis(df, alliance="wai", outcome="ors").dropna(subset=["alliance_within_lag"])

@@ -67,7 +67,9 @@ def test_gain_at_first_possible_session():
     assert bool(first.is_event)
     assert iv["is_event"].tolist() == [True, False, False]
     g = sudden_gains(df, score="bdi", cutoff=7, events=["gain"])
-    assert g[["patient", "pregain_session", "postgain_session", "magnitude"]].to_numpy().tolist() == [["a", 2, 3, 10.0]]
+    assert g[
+        ["patient", "pregain_session", "postgain_session", "magnitude"]
+    ].to_numpy().tolist() == [["a", 2, 3, 10.0]]
 
 
 def test_no_interval_from_session_1_to_2():
@@ -87,18 +89,22 @@ def test_ties_meet_criteria_1_and_2_not_3():
     assert bool(iv.loc[3, "is_event"])
     # crit3 tie: pre (4, 6, 8) mean 6 SD 2; post (0, 2, 4) mean 2 SD 2; pooled SD 2.
     # With a fixed critical value of 2: 6 - 2 = 4 = 2 * 2 -> not met (strict >)
-    r = check_interval([4, 6, 8], [0, 2, 4], cutoff=None, pct=None, adjust=False, critical_value=2.0)
+    r = check_interval(
+        [4, 6, 8], [0, 2, 4], cutoff=None, pct=None, adjust=False, critical_value=2.0
+    )
     assert r["mean_pre"] - r["mean_post"] == 4.0 and r["pooled_sd"] == 2.0
     assert r["crit3"] == 0.0 and r["is_event"] is False
 
 
 def test_missing_sessions_rows_absent_and_nan_scores():
     # session 4 has no row, session 6 has a NaN score: grid 1..8
-    df = pd.DataFrame({
-        "patient": "a",
-        "session": [1, 2, 3, 5, 6, 7, 8],
-        "bdi": [30, 31, 30, 18, np.nan, 17, 18],
-    })
+    df = pd.DataFrame(
+        {
+            "patient": "a",
+            "session": [1, 2, 3, 5, 6, 7, 8],
+            "bdi": [30, 31, 30, 18, np.nan, 17, 18],
+        }
+    )
     iv = sudden_gain_intervals(df, score="bdi", cutoff=7).set_index("pregain_session")
     # 3 -> 4: postgain missing -> crit1, crit2 NA -> not a gain
     assert math.isnan(iv.loc[3, "crit1"]) and not iv.loc[3, "is_event"]
@@ -189,7 +195,11 @@ def test_empty_output_has_columns():
     [
         ({"cutoff": None, "pct": None, "crit3": False}, ValueError, "At least one criterion"),
         ({"cutoff": -1}, ValueError, "`cutoff` must be at least 0"),
-        ({"cutoff": 7, "direction": "up"}, ValueError, "`direction` must be 'higher_is_better' or 'lower_is_better'; got 'up'"),
+        (
+            {"cutoff": 7, "direction": "up"},
+            ValueError,
+            "`direction` must be 'higher_is_better' or 'lower_is_better'; got 'up'",
+        ),
         ({"cutoff": 7, "event": "win"}, ValueError, "`event` must be 'gain' or 'loss'; got 'win'"),
         ({"cutoff": 7, "alpha": 0}, ValueError, "`alpha` must be greater than 0"),
         ({"cutoff": 7, "crit3": "yes"}, TypeError, "`crit3` must be True or False"),

@@ -17,23 +17,67 @@ def _patients(counts):
     rows = []
     for arm, cats in counts.items():
         for cat, n in cats.items():
-            rows += [{"patient": f"{arm}{cat}{i}", "condition": arm, "rc_category": cat} for i in range(n)]
+            rows += [
+                {"patient": f"{arm}{cat}{i}", "condition": arm, "rc_category": cat}
+                for i in range(n)
+            ]
     return pd.DataFrame(rows)
 
 
 @pytest.fixture
 def result():
     return {
-        "name": "m1", "formula": "outcome ~ session + (1 | patient)", "reml": True,
-        "n_obs": 100, "n_groups": {"patient": 20}, "n_dropped_missing": 3,
+        "name": "m1",
+        "formula": "outcome ~ session + (1 | patient)",
+        "reml": True,
+        "n_obs": 100,
+        "n_groups": {"patient": 20},
+        "n_dropped_missing": 3,
         "fixed": [
-            {"term": "Intercept", "estimate": 10.0, "se": 0.5, "ci_low": 9.02, "ci_high": 10.98, "statistic": 20.0, "p": 1e-9},
-            {"term": "session", "estimate": -0.0456, "se": 0.02, "ci_low": -0.085, "ci_high": -0.006, "statistic": -2.28, "p": 0.0226},
+            {
+                "term": "Intercept",
+                "estimate": 10.0,
+                "se": 0.5,
+                "ci_low": 9.02,
+                "ci_high": 10.98,
+                "statistic": 20.0,
+                "p": 1e-9,
+            },
+            {
+                "term": "session",
+                "estimate": -0.0456,
+                "se": 0.02,
+                "ci_low": -0.085,
+                "ci_high": -0.006,
+                "statistic": -2.28,
+                "p": 0.0226,
+            },
         ],
-        "random": [{"group": "patient", "term": "(Intercept)", "variance": 4.0, "sd": 2.0, "boundary": False}],
-        "covariances": [], "residual_variance": 9.0, "icc": {"patient": 4 / 13},
-        "r2_marginal": 0.051, "r2_conditional": 0.34, "loglik": -250.125, "aic": 508.25, "bic": 518.67, "n_params": 4,
-        "convergence": {"converged": True, "optimizer": "lbfgs", "max_abs_gradient": 1e-8, "boundary": [], "warnings": []},
+        "random": [
+            {
+                "group": "patient",
+                "term": "(Intercept)",
+                "variance": 4.0,
+                "sd": 2.0,
+                "boundary": False,
+            }
+        ],
+        "covariances": [],
+        "residual_variance": 9.0,
+        "icc": {"patient": 4 / 13},
+        "r2_marginal": 0.051,
+        "r2_conditional": 0.34,
+        "loglik": -250.125,
+        "aic": 508.25,
+        "bic": 518.67,
+        "n_params": 4,
+        "convergence": {
+            "converged": True,
+            "optimizer": "lbfgs",
+            "max_abs_gradient": 1e-8,
+            "boundary": [],
+            "warnings": [],
+        },
     }
 
 
@@ -50,7 +94,11 @@ def test_model_table_single_and_side_by_side(result):
     row = one.body[one.body["Parameter"] == "Session"].iloc[0].tolist()
     assert row == ["Session", "−0.05", "0.02", "[−0.09, −0.01]", "−2.28", ".023"]
     assert one.body[one.body["Parameter"] == "ICC patient"].iloc[0, 1] == ".31"
-    assert one.body.iloc[list(one.sections)]["Parameter"].tolist() == ["Fixed effects", "Random effects (variance)", "Model fit"]
+    assert one.body.iloc[list(one.sections)]["Parameter"].tolist() == [
+        "Fixed effects",
+        "Random effects (variance)",
+        "Model fit",
+    ]
     two = T.model_table([result, {**result, "name": "m2"}])
     assert two.body.columns[1:4].tolist() == ["m1 b (SE)", "m1 95% CI", "m1 p"]
     assert two.body[two.body["Parameter"] == "Intercept"].iloc[0, 4] == "10.00 (0.50)"
@@ -63,8 +111,12 @@ def test_clinical_significance_suppresses_small_cells_and_their_complement():
     # tau: 3 deteriorated (< 5) -> "< 5"; the row total would reveal it, so the next
     # smallest arm cell of the row (feedback 6) is hidden; the arm's n would reveal both
     # down their columns, so the next smallest of each column (tau 9, feedback 10) too.
-    p = _patients({"feedback": {"recovered": 10, "unchanged": 12, "deteriorated": 6},
-                   "tau": {"recovered": 9, "unchanged": 11, "deteriorated": 3}})
+    p = _patients(
+        {
+            "feedback": {"recovered": 10, "unchanged": 12, "deteriorated": 6},
+            "tau": {"recovered": 9, "unchanged": 11, "deteriorated": 3},
+        }
+    )
     t = T.clinical_significance_table(p, min_cell=5)
     det = t.body[t.body["Measure"] == "Deteriorated"].iloc[0].tolist()
     assert det == ["Deteriorated", "suppressed", "< 5", "9 (17.6)"]
@@ -81,17 +133,21 @@ def test_clinical_significance_suppresses_small_cells_and_their_complement():
 
 
 def test_min_cell_is_validated():
-    with pytest.raises(ValueError, match=r"`min_cell` must be a whole number of at least 1; got 0."):
+    with pytest.raises(
+        ValueError, match=r"`min_cell` must be a whole number of at least 1; got 0."
+    ):
         T.clinical_significance_table(_patients({"a": {"recovered": 5}}), min_cell=0)
 
 
 def test_table1_describes_intake_by_arm():
-    df = pd.DataFrame({
-        "patient": ["a", "a", "b", "b", "c", "d", "e", "f"],
-        "session": [1, 2, 1, 2, 1, 1, 1, 1],
-        "condition": ["x", "x", "x", "x", "y", "y", "y", "y"],
-        "outcome": [10.0, 99, 14, 99, 20, 22, 24, 26],
-    })
+    df = pd.DataFrame(
+        {
+            "patient": ["a", "a", "b", "b", "c", "d", "e", "f"],
+            "session": [1, 2, 1, 2, 1, 1, 1, 1],
+            "condition": ["x", "x", "x", "x", "y", "y", "y", "y"],
+            "outcome": [10.0, 99, 14, 99, 20, 22, 24, 26],
+        }
+    )
     t = T.table1(df, therapist=None, continuous={"outcome": "Outcome"}, min_cell=2)
     assert t.body.columns.tolist() == ["Characteristic", "x (n = 2)", "y (n = 4)", "Total (n = 6)"]
     outcome = t.body.iloc[-1].tolist()
@@ -103,21 +159,42 @@ def test_table1_describes_intake_by_arm():
 
 def test_table1_endings_in_category_order_and_weeks_in_treatment():
     df = pd.DataFrame({"patient": list("abcdef"), "session": 1, "condition": ["x"] * 3 + ["y"] * 3})
-    endings = pd.Categorical(["dropout", "planned", "dropout", "ongoing", "planned", "dropout"],
-                             categories=["planned", "unilateral", "dropout", "ongoing", "unknown"])
-    people = pd.DataFrame({"patient": list("abcdef"), "ending": endings, "weeks": [1.0, 3, 5, 2, 2, 8]})
-    t = T.table1(df, therapist=None, continuous={}, categorical={"ending": "Ending"}, patients=people, min_cell=1)
+    endings = pd.Categorical(
+        ["dropout", "planned", "dropout", "ongoing", "planned", "dropout"],
+        categories=["planned", "unilateral", "dropout", "ongoing", "unknown"],
+    )
+    people = pd.DataFrame(
+        {"patient": list("abcdef"), "ending": endings, "weeks": [1.0, 3, 5, 2, 2, 8]}
+    )
+    t = T.table1(
+        df,
+        therapist=None,
+        continuous={},
+        categorical={"ending": "Ending"},
+        patients=people,
+        min_cell=1,
+    )
     body = t.body.set_index("Characteristic")
     # M (SD) of 1, 3, 5 = 3 (2); of 2, 2, 8 = 4 (3.46); of all six = 3.5 (2.59)
-    assert body.loc["Weeks in treatment, M (SD)"].tolist() == ["3.00 (2.00)", "4.00 (3.46)", "3.50 (2.59)"]
+    assert body.loc["Weeks in treatment, M (SD)"].tolist() == [
+        "3.00 (2.00)",
+        "4.00 (3.46)",
+        "3.50 (2.59)",
+    ]
     # planned before dropout before ongoing (the categories' order), unused levels left out
     assert [i for i in body.index if i.startswith("  ")] == ["  planned", "  dropout", "  ongoing"]
     assert body.loc["  dropout"].tolist() == ["2 (66.7)", "1 (33.3)", "3 (50.0)"]
 
 
 def test_intake_correlation_matches_pearson():
-    df = pd.DataFrame({"patient": list("abcdef"), "session": 1,
-                       "alliance": [1.0, 2, 3, 4, 5, 6], "outcome": [2.0, 1, 4, 3, 6, 5]})
+    df = pd.DataFrame(
+        {
+            "patient": list("abcdef"),
+            "session": 1,
+            "alliance": [1.0, 2, 3, 4, 5, 6],
+            "outcome": [2.0, 1, 4, 3, 6, 5],
+        }
+    )
     t = T.intake_correlations(df, min_cell=5)
     r = df["alliance"].corr(df["outcome"])
     assert t.data["r"].iloc[0] == pytest.approx(r)
@@ -153,22 +230,48 @@ def test_every_format_is_byte_identical_and_readable(tmp_path, result):
 
 
 def test_unknown_suffix_is_refused(tmp_path, result):
-    with pytest.raises(ValueError, match=r"`paths` must end in .csv, .md, .html, .tex or .docx; got 't.xlsx'."):
+    with pytest.raises(
+        ValueError, match=r"`paths` must end in .csv, .md, .html, .tex or .docx; got 't.xlsx'."
+    ):
         T.write_table_files(T.model_table([result]), [tmp_path / "t.xlsx"])
 
 
 def test_model_table_reports_the_covariance_of_correlated_random_effects(result):
-    correlated = {**result, "name": "m2", "formula": "outcome ~ session + (1 + session | patient)",
-                  "random": result["random"] + [{"group": "patient", "term": "session", "variance": 0.09, "sd": 0.3, "boundary": False}],
-                  "covariances": [{"group": "patient", "term1": "(Intercept)", "term2": "session",
-                                   "covariance": -0.18, "correlation": -0.3}]}
+    correlated = {
+        **result,
+        "name": "m2",
+        "formula": "outcome ~ session + (1 + session | patient)",
+        "random": result["random"]
+        + [{"group": "patient", "term": "session", "variance": 0.09, "sd": 0.3, "boundary": False}],
+        "covariances": [
+            {
+                "group": "patient",
+                "term1": "(Intercept)",
+                "term2": "session",
+                "covariance": -0.18,
+                "correlation": -0.3,
+            }
+        ],
+    }
     t = T.model_table([result, correlated])
     body = t.body.set_index("Parameter")
     row = body.loc["Patient intercept with Session, covariance (r)"]
-    assert row.tolist() == ["", "", "", "−0.18 (r = −.30)", "", ""]  # empty for the model without it
+    assert row.tolist() == [
+        "",
+        "",
+        "",
+        "−0.18 (r = −.30)",
+        "",
+        "",
+    ]  # empty for the model without it
     assert "Random effects (variance, covariance)" in body.index
-    cov = t.data[(t.data["model"] == "m2") & t.data["statistic"].isin(["covariance", "correlation"])]
+    cov = t.data[
+        (t.data["model"] == "m2") & t.data["statistic"].isin(["covariance", "correlation"])
+    ]
     assert cov["value"].tolist() == [-0.18, -0.3]
-    assert "Patient (Intercept) with session: covariance −0.180, correlation −0.300." in T.model_markdown(correlated)
+    assert (
+        "Patient (Intercept) with session: covariance −0.180, correlation −0.300."
+        in T.model_markdown(correlated)
+    )
     # a model without correlated effects keeps the old section name
     assert "Random effects (variance)" in T.model_table([result]).body["Parameter"].tolist()

@@ -87,8 +87,16 @@ __all__ = [
 
 #: Canonical id and design columns; every other mapped column must be ``<instrument>_<item>``.
 ID_COLUMNS = (
-    "patient", "therapist", "session", "date", "days", "condition", "informant", "rupture",
-    "ending", "followup_days",
+    "patient",
+    "therapist",
+    "session",
+    "date",
+    "days",
+    "condition",
+    "informant",
+    "rupture",
+    "ending",
+    "followup_days",
 )
 #: Recorded ending types (the ``ending`` column after the study's ``labels``); see
 #: :func:`allianceflow.clinical.endings_and_dose`.
@@ -97,7 +105,16 @@ ENDING_TYPES = _CONTRACT_ENDINGS
 PATIENT_LEVEL = ("ending", "followup_days")
 _REQUIRED = ("patient", "session")
 #: Columns of ``exclusions.csv``.
-EXCLUSION_COLUMNS = ["source_file", "source_row", "patient", "session", "rule", "action", "column", "reason"]
+EXCLUSION_COLUMNS = [
+    "source_file",
+    "source_row",
+    "patient",
+    "session",
+    "rule",
+    "action",
+    "column",
+    "reason",
+]
 _ITEM = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*_\d+$")
 
 Policy = Literal["error", "exclude", "flag", "missing", "merge", "ignore"]
@@ -121,7 +138,16 @@ RULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "min_sessions": ("exclude", ("error", "exclude", "flag")),
 }
 _ORDER = list(RULES)
-_OTHER_DATE_FORMATS = ("%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%d.%m.%Y", "%Y/%m/%d", "%d/%m/%y", "%Y-%m-%d %H:%M:%S")
+_OTHER_DATE_FORMATS = (
+    "%Y-%m-%d",
+    "%d/%m/%Y",
+    "%m/%d/%Y",
+    "%d-%m-%Y",
+    "%d.%m.%Y",
+    "%Y/%m/%d",
+    "%d/%m/%y",
+    "%Y-%m-%d %H:%M:%S",
+)
 
 
 @dataclass
@@ -268,7 +294,16 @@ def _number_text(value: Any) -> str:
 class _Cleaner:
     """State of one cleaning run: the frame, the log of actions and the policies."""
 
-    def __init__(self, frame: pd.DataFrame, *, source: str, policies: dict[str, str], raw_names: dict[str, str], key: str, collect: bool) -> None:
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        *,
+        source: str,
+        policies: dict[str, str],
+        raw_names: dict[str, str],
+        key: str,
+        collect: bool,
+    ) -> None:
         self.frame = frame
         self.source = source
         self.policies = policies
@@ -281,7 +316,9 @@ class _Cleaner:
     def raw(self, column: str | None) -> str:
         return self.raw_names.get(column, column) if column else ""
 
-    def record(self, part: pd.DataFrame, rule: str, action: str, column: str | None, reason) -> None:
+    def record(
+        self, part: pd.DataFrame, rule: str, action: str, column: str | None, reason
+    ) -> None:
         reasons = reason if isinstance(reason, pd.Series) else pd.Series(reason, index=part.index)
         self.records.append(
             pd.DataFrame(
@@ -298,7 +335,16 @@ class _Cleaner:
             )
         )
 
-    def apply(self, rule: str, mask: pd.Series, *, column: str | None, reason, fix: str, missing_column: str | None = None) -> None:
+    def apply(
+        self,
+        rule: str,
+        mask: pd.Series,
+        *,
+        column: str | None,
+        reason,
+        fix: str,
+        missing_column: str | None = None,
+    ) -> None:
         """Apply the policy of *rule* to the rows in *mask*."""
         mask = mask.reindex(self.frame.index, fill_value=False).astype(bool)
         if not mask.any():
@@ -312,7 +358,9 @@ class _Cleaner:
             if not self.collect:
                 first = part.index[0]
                 where = f", column {self.raw(column)!r}" if column else ""
-                others = f" ({len(part) - 1} more row(s) have the same problem)" if len(part) > 1 else ""
+                others = (
+                    f" ({len(part) - 1} more row(s) have the same problem)" if len(part) > 1 else ""
+                )
                 allowed = [p for p in RULES[rule][1] if p != "error"]
                 raise DataError(
                     f"{self.source}, row {part.loc[first, '_source_row']}{where}: "
@@ -345,7 +393,9 @@ class _Cleaner:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in EXCLUSION_COLUMNS})
         out = pd.concat(self.records, ignore_index=True)
         out["_order"] = out["rule"].map(_ORDER.index)
-        out = out.sort_values(["source_row", "_order", "column"], kind="mergesort").drop(columns="_order")
+        out = out.sort_values(["source_row", "_order", "column"], kind="mergesort").drop(
+            columns="_order"
+        )
         return out.reset_index(drop=True)
 
 
@@ -356,7 +406,9 @@ def _wide_columns(raw: pd.DataFrame, pattern: str, source: str) -> dict[str, tup
     try:
         regex = re.compile(pattern)
     except re.error as error:
-        raise DataError(f"config.yaml: `wide_pattern` {pattern!r} is not a valid regular expression ({error}).") from None
+        raise DataError(
+            f"config.yaml: `wide_pattern` {pattern!r} is not a valid regular expression ({error})."
+        ) from None
     if not {"name", "session"} <= set(regex.groupindex):
         raise DataError(
             f"config.yaml: `wide_pattern` {pattern!r} must have the named groups (?P<name>...) "
@@ -376,9 +428,13 @@ def _wide_columns(raw: pd.DataFrame, pattern: str, source: str) -> dict[str, tup
     return out
 
 
-def _to_long(raw: pd.DataFrame, study: dict[str, Any], source: str, codes: set[str]) -> tuple[pd.DataFrame, int]:
+def _to_long(
+    raw: pd.DataFrame, study: dict[str, Any], source: str, codes: set[str]
+) -> tuple[pd.DataFrame, int]:
     """Melt ``<name>_s<k>`` columns into one row per patient × session with any value."""
-    per_session = _wide_columns(raw, study.get("wide_pattern", r"^(?P<name>.+)_s(?P<session>\d+)$"), source)
+    per_session = _wide_columns(
+        raw, study.get("wide_pattern", r"^(?P<name>.+)_s(?P<session>\d+)$"), source
+    )
     fixed = [c for c in raw.columns if c not in per_session]
     sessions = sorted({s for _, s in per_session.values()})
     parts = []
@@ -392,7 +448,11 @@ def _to_long(raw: pd.DataFrame, study: dict[str, Any], source: str, codes: set[s
         part["__session__"] = str(k)
         parts.append(part)
     long = pd.concat(parts, ignore_index=True).fillna("")
-    long = long.sort_values(["_source_row", "__session__"], key=lambda s: s.astype(int) if s.name == "__session__" else s, kind="mergesort")
+    long = long.sort_values(
+        ["_source_row", "__session__"],
+        key=lambda s: s.astype(int) if s.name == "__session__" else s,
+        kind="mergesort",
+    )
     return long.reset_index(drop=True), len(raw)
 
 
@@ -479,7 +539,9 @@ def clean_sessions(
             )
     frame = frame.drop(columns=list(study.get("drop_columns", []) or []))
     if wide:
-        per_session = _wide_columns(frame, study.get("wide_pattern", r"^(?P<name>.+)_s(?P<session>\d+)$"), source)
+        per_session = _wide_columns(
+            frame, study.get("wide_pattern", r"^(?P<name>.+)_s(?P<session>\d+)$"), source
+        )
         raw_map = {c: columns[n] for c, (n, _) in per_session.items() if n in columns}
         raw_map.update({c: v for c, v in columns.items() if c in frame.columns})
     else:
@@ -560,20 +622,30 @@ def clean_sessions(
         stripped = _stripped(text)
         values = stripped.mask(stripped.isin(codes) | stripped.eq(""))
         present = values.notna()
-        keyed = _per_value(values[present], lambda s: s.str.casefold().str.replace(r"\s+", "", regex=True))
+        keyed = _per_value(
+            values[present], lambda s: s.str.casefold().str.replace(r"\s+", "", regex=True)
+        )
         spelled = pd.DataFrame({"key": keyed, "raw": text[present], "value": values[present]})
         spellings = spelled.groupby("key", sort=False)["raw"].nunique()
         variant_keys = spellings.index[spellings > 1]
         if len(variant_keys):
-            counts = spelled[spelled["key"].isin(variant_keys)].groupby(["key", "value"], sort=False).size()
-            counts = counts.reset_index(name="n").sort_values("n", ascending=False, kind="mergesort")
+            counts = (
+                spelled[spelled["key"].isin(variant_keys)]
+                .groupby(["key", "value"], sort=False)
+                .size()
+            )
+            counts = counts.reset_index(name="n").sort_values(
+                "n", ascending=False, kind="mergesort"
+            )
             canonical = counts.drop_duplicates("key").set_index("key")["value"]
             target = spelled["key"].map(canonical)
             changed = target.notna() & spelled["raw"].ne(target)
             idx = spelled.index[changed]
             altered_ids.append((col, spelled.loc[idx, "raw"], target.loc[idx]))
         frame[col] = values.astype(object)
-    cleaner = _Cleaner(frame, source=source, policies=policies, raw_names=raw_names, key=key, collect=collect)
+    cleaner = _Cleaner(
+        frame, source=source, policies=policies, raw_names=raw_names, key=key, collect=collect
+    )
     for col, old, new in altered_ids:
         mask = pd.Series(False, index=cleaner.frame.index)
         mask.loc[old.index] = True
@@ -584,11 +656,19 @@ def clean_sessions(
         if policies["id_variant"] == "merge":
             cleaner.frame.loc[old.index, col] = new.to_numpy()
             part = cleaner.frame.loc[mask]
-            cleaner.record(part, "id_variant", "altered", col, reason + pd.Series(
-                [f"; changed to {n!r}" for n in new], index=old.index))
+            cleaner.record(
+                part,
+                "id_variant",
+                "altered",
+                col,
+                reason + pd.Series([f"; changed to {n!r}" for n in new], index=old.index),
+            )
         else:
             cleaner.apply(
-                "id_variant", mask, column=col, reason=reason,
+                "id_variant",
+                mask,
+                column=col,
+                reason=reason,
                 fix=f"Write every id of one {col} the same way in the file.",
             )
 
@@ -602,7 +682,9 @@ def clean_sessions(
     decimal = study.get("decimal", ".")
     missing_counts: dict[str, int] = {}
     frame = cleaner.frame
-    numeric_cols = [c for c in value_cols if c not in ID_COLUMNS or c in ("session", "days", "followup_days")]
+    numeric_cols = [
+        c for c in value_cols if c not in ID_COLUMNS or c in ("session", "days", "followup_days")
+    ]
     for col in value_cols:
         if col in id_cols:
             continue
@@ -613,7 +695,9 @@ def clean_sessions(
             parts = {"text": t, "empty": t.eq(""), "missing": t.isin(codes)}
             if numeric:
                 number_text = t.str.replace(",", ".", regex=False) if decimal == "," else t
-                parts["number"] = pd.to_numeric(number_text.mask(parts["empty"] | parts["missing"]), errors="coerce").astype("float64")
+                parts["number"] = pd.to_numeric(
+                    number_text.mask(parts["empty"] | parts["missing"]), errors="coerce"
+                ).astype("float64")
             return pd.DataFrame(parts, index=values.index)
 
         parsed = _per_value(frame[col], parse)
@@ -635,7 +719,10 @@ def clean_sessions(
                     hint = " The file writes decimals with a comma: set `decimal: ','` for this study in config.yaml."
                 reason = text[bad].map(lambda v: f"{v!r} is not a number")
                 cleaner.apply(
-                    "not_a_number", bad, column=col, reason=reason,
+                    "not_a_number",
+                    bad,
+                    column=col,
+                    reason=reason,
                     fix=f"Correct the value, or declare it under `missing_codes` if it means 'missing'.{hint}",
                 )
                 frame = cleaner.frame
@@ -643,59 +730,101 @@ def clean_sessions(
             frame[col] = text.mask(missing | empty).astype(object)
     for col, mapping in (study.get("labels") or {}).items():
         if col in frame:
-            frame[col] = _per_value(frame[col], lambda s, m=mapping: s.map(lambda v: m.get(v, v) if pd.notna(v) else v))
+            frame[col] = _per_value(
+                frame[col], lambda s, m=mapping: s.map(lambda v: m.get(v, v) if pd.notna(v) else v)
+            )
     cleaner.frame = frame
     if "ending" in frame:
-        folded = _per_value(frame["ending"], lambda s: s.map(lambda v: v.casefold() if isinstance(v, str) else v))
+        folded = _per_value(
+            frame["ending"], lambda s: s.map(lambda v: v.casefold() if isinstance(v, str) else v)
+        )
         known = folded.isin(ENDING_TYPES)
         frame["ending"] = frame["ending"].where(~known, folded)
         bad = frame["ending"].notna() & ~known
         if bad.any():
             example = frame.loc[bad, "ending"].iloc[0]
             cleaner.apply(
-                "ending_invalid", bad, column="ending",
-                reason=frame.loc[bad, "ending"].map(lambda v: f"ending {v!r} is not one of {', '.join(ENDING_TYPES)}"),
-                fix=(f"Map each of the export's ending labels to one of these types under "
-                     f"`{key}.labels.ending` in config.yaml (here `{example!r}: <type>`); leave the cell "
-                     "blank when the ending is not recorded."),
+                "ending_invalid",
+                bad,
+                column="ending",
+                reason=frame.loc[bad, "ending"].map(
+                    lambda v: f"ending {v!r} is not one of {', '.join(ENDING_TYPES)}"
+                ),
+                fix=(
+                    f"Map each of the export's ending labels to one of these types under "
+                    f"`{key}.labels.ending` in config.yaml (here `{example!r}: <type>`); leave the cell "
+                    "blank when the ending is not recorded."
+                ),
             )
     # Patient-level values: one per patient, then on every row of the patient (before any
     # row is excluded, so an ending recorded on a row that a later rule drops is kept).
     for col in PATIENT_LEVEL:
         if col not in cleaner.frame:
             continue
-        f = cleaner.frame[["patient", "session", col]].sort_values(["patient", "session"], kind="mergesort")
+        f = cleaner.frame[["patient", "session", col]].sort_values(
+            ["patient", "session"], kind="mergesort"
+        )
         recorded = f[f[col].notna()]
         kinds = recorded.groupby("patient")[col].nunique()
         conflicting = kinds.index[kinds > 1]
         if len(conflicting):
             of = recorded[recorded["patient"].isin(conflicting)]
             first = of.groupby("patient")[col].transform("first")
-            listing = of.groupby("patient")[col].agg(lambda v: ", ".join(_number_text(x) for x in pd.unique(v)))
-            target = (of.index[of[col].ne(first)] if policies["ending_conflict"] == "error"
-                      else f.index[f["patient"].isin(conflicting)])
+            listing = of.groupby("patient")[col].agg(
+                lambda v: ", ".join(_number_text(x) for x in pd.unique(v))
+            )
+            target = (
+                of.index[of[col].ne(first)]
+                if policies["ending_conflict"] == "error"
+                else f.index[f["patient"].isin(conflicting)]
+            )
             mask = pd.Series(False, index=cleaner.frame.index)
             mask.loc[target] = True
             reason = cleaner.frame.loc[target, "patient"].map(
-                lambda p, c=col: f"the patient's {c} differs between rows ({listing[p]}); it is one value per patient")
-            cleaner.apply("ending_conflict", mask, column=col, reason=reason,
-                          fix=f"Record one {col} per patient (on any or all of the patient's rows).")
+                lambda p, c=col: (
+                    f"the patient's {c} differs between rows ({listing[p]}); it is one value per patient"
+                )
+            )
+            cleaner.apply(
+                "ending_conflict",
+                mask,
+                column=col,
+                reason=reason,
+                fix=f"Record one {col} per patient (on any or all of the patient's rows).",
+            )
         if len(recorded):
-            cleaner.frame = cleaner.frame.assign(**{col: cleaner.frame.groupby("patient")[col].transform("first")})
+            cleaner.frame = cleaner.frame.assign(
+                **{col: cleaner.frame.groupby("patient")[col].transform("first")}
+            )
 
     # 5. ids and session numbers ---------------------------------------------------------------
     f = cleaner.frame
     no_patient, no_session = f["patient"].isna(), f["session"].isna()
-    reason = pd.Series(np.where(no_patient & no_session, "patient id and session number are empty",
-                                np.where(no_patient, "patient id is empty", "session number is empty")), index=f.index)
-    cleaner.apply("missing_id", no_patient | no_session, column=None, reason=reason,
-                  fix="Fill in the patient id and session number.")
+    reason = pd.Series(
+        np.where(
+            no_patient & no_session,
+            "patient id and session number are empty",
+            np.where(no_patient, "patient id is empty", "session number is empty"),
+        ),
+        index=f.index,
+    )
+    cleaner.apply(
+        "missing_id",
+        no_patient | no_session,
+        column=None,
+        reason=reason,
+        fix="Fill in the patient id and session number.",
+    )
     f = cleaner.frame
     session = f["session"]
     invalid = (session < 1) | (session != np.floor(session))
     cleaner.apply(
-        "session_invalid", invalid, column="session",
-        reason=f.loc[invalid, "_session_text"].map(lambda v: f"session number {v} is not a whole number of 1 or more"),
+        "session_invalid",
+        invalid,
+        column="session",
+        reason=f.loc[invalid, "_session_text"].map(
+            lambda v: f"session number {v} is not a whole number of 1 or more"
+        ),
         fix="Session numbers count from 1 (1 = the first session); correct the value.",
     )
 
@@ -705,28 +834,46 @@ def clean_sessions(
         f = cleaner.frame
         typed = raw_names.get("date") in date_columns
         fmt = "%Y-%m-%d" if typed else study.get("date_format", "%Y-%m-%d")
-        dates = _per_value(f["date"].dropna(), lambda s: pd.to_datetime(s, format=fmt, errors="coerce")).reindex(f.index)
+        dates = _per_value(
+            f["date"].dropna(), lambda s: pd.to_datetime(s, format=fmt, errors="coerce")
+        ).reindex(f.index)
         bad = dates.isna() & f["date"].notna()
         if bad.any():
+
             def why(value: str) -> str:
                 for other in _OTHER_DATE_FORMATS:
-                    if other != fmt and not pd.isna(pd.to_datetime(value, format=other, errors="coerce")):
-                        return (f"date {value!r} is written as {other}, but the date format is {fmt} "
-                                f"(mixed date formats)")
+                    if other != fmt and not pd.isna(
+                        pd.to_datetime(value, format=other, errors="coerce")
+                    ):
+                        return (
+                            f"date {value!r} is written as {other}, but the date format is {fmt} "
+                            f"(mixed date formats)"
+                        )
                 return f"date {value!r} does not match the date format {fmt}"
-            fix = ("Write every date in one format in the file, or set `date_format` for this study "
-                   "in config.yaml.")
+
+            fix = (
+                "Write every date in one format in the file, or set `date_format` for this study "
+                "in config.yaml."
+            )
             if typed:
                 fix = "The other cells of this column are spreadsheet dates; enter this cell as a date too."
-            cleaner.apply("date_invalid", bad, column="date", reason=f["date"][bad].map(why), fix=fix)
+            cleaner.apply(
+                "date_invalid", bad, column="date", reason=f["date"][bad].map(why), fix=fix
+            )
         cleaner.frame = cleaner.frame.assign(date=dates.reindex(cleaner.frame.index))
         if extraction is not None:
             f = cleaner.frame
             late = f["date"].dt.normalize() > extraction  # a session on the extraction day is in
             cleaner.apply(
-                "after_extraction", late, column="date",
-                reason=f.loc[late, "date"].map(lambda d: f"the session is dated {d:%Y-%m-%d}, after the "
-                                                         f"extraction date {extraction:%Y-%m-%d}"),
+                "after_extraction",
+                late,
+                column="date",
+                reason=f.loc[late, "date"].map(
+                    lambda d: (
+                        f"the session is dated {d:%Y-%m-%d}, after the "
+                        f"extraction date {extraction:%Y-%m-%d}"
+                    )
+                ),
                 fix=f"Check the date, or set `{key}.extraction_date` to the day the data were exported.",
             )
 
@@ -734,62 +881,112 @@ def clean_sessions(
     keys = ["patient", "session"] + (["informant"] if "informant" in value_cols else [])
     content = value_cols
     f = cleaner.frame
-    cleaner.apply("duplicate_identical", f.duplicated(content, keep="first"), column=None,
-                  reason="identical copy of an earlier row; the first copy is kept",
-                  fix="Delete the copy from the file.")
+    cleaner.apply(
+        "duplicate_identical",
+        f.duplicated(content, keep="first"),
+        column=None,
+        reason="identical copy of an earlier row; the first copy is kept",
+        fix="Delete the copy from the file.",
+    )
     f = cleaner.frame
     conflicting = f.duplicated(keys, keep=False)
     if conflicting.any():
-        first_row = f.loc[conflicting].groupby(keys, observed=True, dropna=False)["_source_row"].transform("min")
-        rows = f.loc[conflicting].groupby(keys, observed=True, dropna=False)["_source_row"].transform(
-            lambda s: ", ".join(str(r) for r in s))
+        first_row = (
+            f.loc[conflicting]
+            .groupby(keys, observed=True, dropna=False)["_source_row"]
+            .transform("min")
+        )
+        rows = (
+            f.loc[conflicting]
+            .groupby(keys, observed=True, dropna=False)["_source_row"]
+            .transform(lambda s: ", ".join(str(r) for r in s))
+        )
         reason = pd.Series(
-            [f"same {' × '.join(keys)} as rows {r} but different values; all copies are excluded" for r in rows],
+            [
+                f"same {' × '.join(keys)} as rows {r} but different values; all copies are excluded"
+                for r in rows
+            ],
             index=rows.index,
         )
         del first_row
-        cleaner.apply("duplicate_conflicting", conflicting, column=None, reason=reason,
-                      fix="Keep one row per patient and session in the file (or map an `informant` column).")
+        cleaner.apply(
+            "duplicate_conflicting",
+            conflicting,
+            column=None,
+            reason=reason,
+            fix="Keep one row per patient and session in the file (or map an `informant` column).",
+        )
 
     # 8. item ranges --------------------------------------------------------------------------
-    ranges = item_ranges([c for c in value_cols if c not in ID_COLUMNS], {k: v[:2] for k, v in instruments.items()})
+    ranges = item_ranges(
+        [c for c in value_cols if c not in ID_COLUMNS], {k: v[:2] for k, v in instruments.items()}
+    )
     for col, (low, high) in ranges.items():
         f = cleaner.frame
         values = f[col]
         out = (values < low) | (values > high)
         if out.any():
             instrument = ITEM_PATTERN.match(col)["instrument"]
-            reason = values[out].map(lambda v: f"{col} = {v:g} is outside the response range {low:g} to {high:g} of {instrument}")
-            cleaner.apply("out_of_range", out, column=col, reason=reason,
-                          fix="Correct the value, or declare it under `missing_codes` if it is a code for 'missing'.")
+            reason = values[out].map(
+                lambda v: (
+                    f"{col} = {v:g} is outside the response range {low:g} to {high:g} of {instrument}"
+                )
+            )
+            cleaner.apply(
+                "out_of_range",
+                out,
+                column=col,
+                reason=reason,
+                fix="Correct the value, or declare it under `missing_codes` if it is a code for 'missing'.",
+            )
 
     # 9. order, gaps and therapists within patients --------------------------------------------
     group = ["patient"] + (["informant"] if "informant" in value_cols else [])
     if has_dates and len(cleaner.frame):
-        f = cleaner.frame[list(dict.fromkeys([*group, "session", "date"]))].sort_values([*group, "session"], kind="mergesort")
+        f = cleaner.frame[list(dict.fromkeys([*group, "session", "date"]))].sort_values(
+            [*group, "session"], kind="mergesort"
+        )
         keys_of = [f[c] for c in group]
         running = f.groupby(keys_of, observed=True, dropna=False)["date"].cummax()
         earlier = running.groupby(keys_of, observed=True, dropna=False).shift()
         order = f["date"] < earlier
         reason = pd.Series(
-            [f"session {int(s)} is dated {d:%Y-%m-%d}, before an earlier session ({e:%Y-%m-%d})"
-             for s, d, e in zip(f.loc[order, "session"], f.loc[order, "date"], earlier[order])],
+            [
+                f"session {int(s)} is dated {d:%Y-%m-%d}, before an earlier session ({e:%Y-%m-%d})"
+                for s, d, e in zip(f.loc[order, "session"], f.loc[order, "date"], earlier[order])
+            ],
             index=f.index[order],
         )
-        cleaner.apply("session_order", order, column="date", reason=reason,
-                      fix="Check the session numbers and dates of this patient.")
-    f = cleaner.frame[list(dict.fromkeys([*group, "session"]))].sort_values([*group, "session"], kind="mergesort")
+        cleaner.apply(
+            "session_order",
+            order,
+            column="date",
+            reason=reason,
+            fix="Check the session numbers and dates of this patient.",
+        )
+    f = cleaner.frame[list(dict.fromkeys([*group, "session"]))].sort_values(
+        [*group, "session"], kind="mergesort"
+    )
     previous = f.groupby(group, observed=True, dropna=False)["session"].shift().fillna(0)
     gap = f["session"] - previous > 1
     reason = pd.Series(
-        [f"session{'s' if s - p > 2 else ''} {int(p) + 1}{'' if s - p == 2 else f' to {int(s) - 1}'} missing before session {int(s)}"
-         for s, p in zip(f.loc[gap, "session"], previous[gap])],
+        [
+            f"session{'s' if s - p > 2 else ''} {int(p) + 1}{'' if s - p == 2 else f' to {int(s) - 1}'} missing before session {int(s)}"
+            for s, p in zip(f.loc[gap, "session"], previous[gap])
+        ],
         index=f.index[gap],
     )
-    cleaner.apply("session_gap", gap, column="session", reason=reason,
-                  fix="Add the missing sessions, or accept gaps with `flag` or `ignore`.")
+    cleaner.apply(
+        "session_gap",
+        gap,
+        column="session",
+        reason=reason,
+        fix="Add the missing sessions, or accept gaps with `flag` or `ignore`.",
+    )
     if "therapist" in value_cols:
-        f = cleaner.frame[list(dict.fromkeys([*group, "session", "therapist"]))].sort_values([*group, "session"], kind="mergesort")
+        f = cleaner.frame[list(dict.fromkeys([*group, "session", "therapist"]))].sort_values(
+            [*group, "session"], kind="mergesort"
+        )
         therapists = f.groupby("patient")["therapist"].nunique()
         changers = therapists.index[therapists > 1]
         if len(changers):
@@ -797,27 +994,47 @@ def clean_sessions(
             prev = f.groupby("patient")["therapist"].ffill().groupby(f["patient"]).shift()
             change = rows_of & f["therapist"].notna() & prev.notna() & f["therapist"].ne(prev)
             target = change if policies["therapist_change"] in ("flag", "error") else rows_of
-            listing = f[rows_of].groupby("patient")["therapist"].agg(lambda t: " → ".join(pd.unique(t.dropna())))
-            reason = f.loc[target, "patient"].map(lambda p: f"the patient's therapist changes ({listing[p]})")
-            cleaner.apply("therapist_change", target, column="therapist", reason=reason,
-                          fix="Keep one therapist per patient, or flag or exclude such patients.")
+            listing = (
+                f[rows_of]
+                .groupby("patient")["therapist"]
+                .agg(lambda t: " → ".join(pd.unique(t.dropna())))
+            )
+            reason = f.loc[target, "patient"].map(
+                lambda p: f"the patient's therapist changes ({listing[p]})"
+            )
+            cleaner.apply(
+                "therapist_change",
+                target,
+                column="therapist",
+                reason=reason,
+                fix="Keep one therapist per patient, or flag or exclude such patients.",
+            )
     if "followup_days" in cleaner.frame:
         f = cleaner.frame
         fix = "Check the patient's follow-up time (days from the first session to the extraction) and day counts."
         negative = f["followup_days"] < 0
         cleaner.apply(
-            "after_extraction", negative, column="followup_days",
+            "after_extraction",
+            negative,
+            column="followup_days",
             reason=f.loc[negative, "followup_days"].map(
-                lambda u: f"the follow-up time is {u:g} days, so the extraction would precede the first session"),
+                lambda u: (
+                    f"the follow-up time is {u:g} days, so the extraction would precede the first session"
+                )
+            ),
             fix=fix,
         )
         if "days" in cleaner.frame:
             f = cleaner.frame
             late = f["days"] > f["followup_days"]
             cleaner.apply(
-                "after_extraction", late, column="days",
-                reason=[f"the session is on day {d:g}, after the follow-up time of {u:g} days"
-                        for d, u in zip(f.loc[late, "days"], f.loc[late, "followup_days"])],
+                "after_extraction",
+                late,
+                column="days",
+                reason=[
+                    f"the session is on day {d:g}, after the follow-up time of {u:g} days"
+                    for d, u in zip(f.loc[late, "days"], f.loc[late, "followup_days"])
+                ],
                 fix=fix,
             )
     minimum = int(study.get("min_sessions", 1) or 1)
@@ -825,9 +1042,16 @@ def clean_sessions(
         f = cleaner.frame
         count = f.groupby("patient")["session"].transform("nunique")
         few = count < minimum
-        reason = count[few].map(lambda n: f"the patient has {n} session(s), fewer than min_sessions = {minimum}")
-        cleaner.apply("min_sessions", few, column=None, reason=reason,
-                      fix="Lower `min_sessions`, or exclude such patients.")
+        reason = count[few].map(
+            lambda n: f"the patient has {n} session(s), fewer than min_sessions = {minimum}"
+        )
+        cleaner.apply(
+            "min_sessions",
+            few,
+            column=None,
+            reason=reason,
+            fix="Lower `min_sessions`, or exclude such patients.",
+        )
 
     # 10. days, hashing, types, contract ------------------------------------------------------
     f = cleaner.frame.copy()
@@ -847,7 +1071,13 @@ def clean_sessions(
         for col in id_cols:
             f[col] = pseudonymise(f[col], salt)
         exclusions["patient"] = pseudonymise(exclusions["patient"], salt)
-        cleaner.patient_rule = {k: v for k, v in zip(pseudonymise(pd.Series(list(cleaner.patient_rule), dtype=object), salt), cleaner.patient_rule.values())}
+        cleaner.patient_rule = {
+            k: v
+            for k, v in zip(
+                pseudonymise(pd.Series(list(cleaner.patient_rule), dtype=object), salt),
+                cleaner.patient_rule.values(),
+            )
+        }
     for col in id_cols:
         f[col] = f[col].astype(object)
     for col in ("condition", "informant", "rupture"):
@@ -858,14 +1088,27 @@ def clean_sessions(
     f = f.sort_values(keys, kind="mergesort")
     rows = f["_source_row"]
     sessions = f[[c for c in f.columns if c in value_cols or c in ("days", "followup_days")]]
-    sessions = sessions[[c for c in ID_COLUMNS if c in sessions] + [c for c in sessions if c not in ID_COLUMNS]]
+    sessions = sessions[
+        [c for c in ID_COLUMNS if c in sessions] + [c for c in sessions if c not in ID_COLUMNS]
+    ]
     validate_sessions(sessions, ranges=ranges, source=source, rows=rows)
     sessions = sessions.reset_index(drop=True)
-    flow = _flow(source, rows_read, source_rows, sessions, exclusions, cleaner.patient_rule, missing_counts, wide)
+    flow = _flow(
+        source,
+        rows_read,
+        source_rows,
+        sessions,
+        exclusions,
+        cleaner.patient_rule,
+        missing_counts,
+        wide,
+    )
     return CleanResult(sessions=sessions, exclusions=exclusions, flow=flow)
 
 
-def _flow(source, rows_read, source_rows, sessions, exclusions, patient_rule, missing_counts, wide) -> dict[str, Any]:
+def _flow(
+    source, rows_read, source_rows, sessions, exclusions, patient_rule, missing_counts, wide
+) -> dict[str, Any]:
     removed = exclusions[exclusions["action"].isin(["excluded", "error"])]
     actions = {}
     for action in ("flagged", "altered", "set_missing"):
@@ -874,7 +1117,11 @@ def _flow(source, rows_read, source_rows, sessions, exclusions, patient_rule, mi
     kept_patients = set(sessions["patient"])
     read_patients = kept_patients | set(removed["patient"].dropna())
     gone = read_patients - kept_patients
-    by_rule = pd.Series([patient_rule.get(p, "unknown") for p in gone], dtype=object).value_counts().sort_index()
+    by_rule = (
+        pd.Series([patient_rule.get(p, "unknown") for p in gone], dtype=object)
+        .value_counts()
+        .sort_index()
+    )
     flow = {
         "source_file": source,
         "format": "wide" if wide else "long",
@@ -883,7 +1130,9 @@ def _flow(source, rows_read, source_rows, sessions, exclusions, patient_rule, mi
             "read": int(rows_read),
             "kept": int(len(sessions)),
             "excluded": int(len(removed)),
-            "excluded_by_rule": {k: int(v) for k, v in removed["rule"].value_counts().sort_index().items()},
+            "excluded_by_rule": {
+                k: int(v) for k, v in removed["rule"].value_counts().sort_index().items()
+            },
             "flagged_by_rule": actions["flagged"],
             "altered_by_rule": actions["altered"],
         },
@@ -912,7 +1161,11 @@ def reconcile(flow: dict[str, Any]) -> list[str]:
     for level in ("sessions", "patients"):
         block = flow[level]
         if block["read"] != block["kept"] + block["excluded"]:
-            problems.append(f"{level}: read {block['read']} != kept {block['kept']} + excluded {block['excluded']}")
+            problems.append(
+                f"{level}: read {block['read']} != kept {block['kept']} + excluded {block['excluded']}"
+            )
         if sum(block["excluded_by_rule"].values()) != block["excluded"]:
-            problems.append(f"{level}: excluded_by_rule sums to {sum(block['excluded_by_rule'].values())}, not {block['excluded']}")
+            problems.append(
+                f"{level}: excluded_by_rule sums to {sum(block['excluded_by_rule'].values())}, not {block['excluded']}"
+            )
     return problems

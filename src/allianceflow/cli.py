@@ -30,9 +30,11 @@ def _verify(args: argparse.Namespace) -> int:
         problems = verify_manifest(manifest, root=args.root)
         recorded = read_json(manifest).get("allianceflow_source_sha256")
         if recorded is not None and recorded != installed:
-            print(f"{manifest}: note: made by other allianceflow code than the one installed "
-                  f"(package files sha256 {recorded[:12]}... there, {installed[:12]}... here); "
-                  "a difference in the outputs may come from that.")
+            print(
+                f"{manifest}: note: made by other allianceflow code than the one installed "
+                f"(package files sha256 {recorded[:12]}... there, {installed[:12]}... here); "
+                "a difference in the outputs may come from that."
+            )
         if problems:
             status = 1
             print(f"{manifest}: {len(problems)} file(s) do not match")
@@ -125,12 +127,25 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     verify = sub.add_parser("verify", help="recompute the hashes listed in manifest.json files")
     verify.add_argument("manifests", nargs="+", type=Path)
-    verify.add_argument("--root", type=Path, default=Path("."), help="project folder the paths are relative to")
+    verify.add_argument(
+        "--root", type=Path, default=Path("."), help="project folder the paths are relative to"
+    )
     verify.set_defaults(func=_verify)
-    check = sub.add_parser("check", help="check a raw export against a study's config without writing anything")
+    check = sub.add_parser(
+        "check", help="check a raw export against a study's config without writing anything"
+    )
     check.add_argument("path", type=Path, help="the raw export to check")
-    check.add_argument("--config", type=Path, default=Path("config.yaml"), help="the config file (default: config.yaml)")
-    check.add_argument("--study", default=None, help="study whose settings apply (default: the study whose `raw` is PATH)")
+    check.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config.yaml"),
+        help="the config file (default: config.yaml)",
+    )
+    check.add_argument(
+        "--study",
+        default=None,
+        help="study whose settings apply (default: the study whose `raw` is PATH)",
+    )
     check.add_argument("--debug", action="store_true", help="show the traceback of an error")
     check.set_defaults(func=_check)
     args = parser.parse_args(argv)

@@ -61,14 +61,32 @@ ENDINGS = (*ENDING_TYPES, "ended", "unknown")
 
 #: Columns of :func:`reliable_change`.
 RELIABLE_CHANGE_COLUMNS = [
-    "patient", "n_observed", "first_session", "last_session", "score_first", "score_last",
-    "change", "improvement", "reliable_improvement", "reliable_deterioration",
-    "clinical_first", "clinical_last", "rc_category",
+    "patient",
+    "n_observed",
+    "first_session",
+    "last_session",
+    "score_first",
+    "score_last",
+    "change",
+    "improvement",
+    "reliable_improvement",
+    "reliable_deterioration",
+    "clinical_first",
+    "clinical_last",
+    "rc_category",
 ]
 #: Columns of :func:`endings_and_dose`.
 ENDING_COLUMNS = [
-    "patient", "n_sessions", "first_session", "last_session", "first_days", "last_days",
-    "weeks", "longest_gap_days", "ending", "ending_source",
+    "patient",
+    "n_sessions",
+    "first_session",
+    "last_session",
+    "first_days",
+    "last_days",
+    "weeks",
+    "longest_gap_days",
+    "ending",
+    "ending_source",
 ]
 
 
@@ -107,7 +125,9 @@ def reliable_change_index(sd: float, reliability: float, *, z: float = 1.96) -> 
     sd = check_number(sd, "sd", minimum=0.0, strict_minimum=True)
     reliability = check_number(reliability, "reliability", minimum=0.0, maximum=1.0)
     if reliability >= 1.0:
-        raise ValueError(f"`reliability` must be below 1 (perfect reliability has no measurement error); got {reliability:g}.")
+        raise ValueError(
+            f"`reliability` must be below 1 (perfect reliability has no measurement error); got {reliability:g}."
+        )
     z = check_number(z, "z", minimum=0.0, strict_minimum=True)
     return z * math.sqrt(2.0) * sd * math.sqrt(1.0 - reliability)
 
@@ -158,7 +178,9 @@ def clinical_cutoffs(
     m_c = check_number(clinical_mean, "clinical_mean")
     sd_c = check_number(clinical_sd, "clinical_sd", minimum=0.0, strict_minimum=True)
     m_f = check_number(functional_mean, "functional_mean", allow_none=True)
-    sd_f = check_number(functional_sd, "functional_sd", minimum=0.0, strict_minimum=True, allow_none=True)
+    sd_f = check_number(
+        functional_sd, "functional_sd", minimum=0.0, strict_minimum=True, allow_none=True
+    )
     s = 1.0 if direction == "higher_is_better" else -1.0
     a = m_c + 2.0 * s * sd_c
     b = c = None
@@ -271,7 +293,9 @@ def reliable_change(
     sign = 1.0 if direction == "higher_is_better" else -1.0
 
     ids = pd.Index(pd.unique(data[patient]), name=patient)
-    obs = data.loc[data[score].notna(), [patient, session, score]].sort_values([patient, session], kind="mergesort")
+    obs = data.loc[data[score].notna(), [patient, session, score]].sort_values(
+        [patient, session], kind="mergesort"
+    )
     grouped = obs.groupby(patient, sort=False)
     first = grouped.first()
     last = grouped.last()
@@ -292,7 +316,11 @@ def reliable_change(
     out["reliable_deterioration"] = rel_det
     out["clinical_first"] = _clinical(out["score_first"], cutoff, clinical_range)
     out["clinical_last"] = _clinical(out["score_last"], cutoff, clinical_range)
-    recovered = rel_imp.fillna(False) & out["clinical_first"].fillna(False) & ~out["clinical_last"].fillna(True)
+    recovered = (
+        rel_imp.fillna(False)
+        & out["clinical_first"].fillna(False)
+        & ~out["clinical_last"].fillna(True)
+    )
     category = np.select(
         [~two, recovered, rel_imp.fillna(False), rel_det.fillna(False)],
         [None, "recovered", "improved", "deteriorated"],
@@ -406,9 +434,13 @@ def endings_and_dose(
     check_columns(data, patient, session, *(c for c in (days, ending, followup) if c))
     check_sessions(data, patient, session)
     gap_days = check_number(gap_days, "gap_days", minimum=0.0, strict_minimum=True, allow_none=True)
-    planned_sessions = check_number(planned_sessions, "planned_sessions", minimum=1.0, allow_none=True)
+    planned_sessions = check_number(
+        planned_sessions, "planned_sessions", minimum=1.0, allow_none=True
+    )
     if planned_sessions is not None and gap_days is None:
-        raise ValueError("`planned_sessions` only applies to endings inferred from a gap; set `gap_days` too.")
+        raise ValueError(
+            "`planned_sessions` only applies to endings inferred from a gap; set `gap_days` too."
+        )
     if gap_days is not None and (followup is None or days is None):
         raise ValueError(
             "`gap_days` needs `followup` (days from the first session to data extraction) "
@@ -468,7 +500,9 @@ def endings_and_dose(
         if planned_sessions is None:
             result[ended] = "ended"
         else:
-            result[ended] = np.where(out["last_session"] >= planned_sessions, "planned", "dropout")[ended.to_numpy()]
+            result[ended] = np.where(out["last_session"] >= planned_sessions, "planned", "dropout")[
+                ended.to_numpy()
+            ]
         result[can & (since < gap_days)] = "ongoing"
         source[can] = "inferred"
     out["ending"] = pd.Categorical(result, categories=list(ENDINGS))
@@ -549,20 +583,42 @@ def derive_patients(
     check_columns(analysis, patient, session, outcome, name="analysis")
     ids = pd.unique(analysis[patient])
     present = [c for c in carry if c in analysis.columns and c != patient]
-    ordered = analysis[list(dict.fromkeys([patient, session, *present]))].sort_values([patient, session], kind="mergesort")
+    ordered = analysis[list(dict.fromkeys([patient, session, *present]))].sort_values(
+        [patient, session], kind="mergesort"
+    )
     base = pd.DataFrame({patient: ids})
     if present:
         firsts = ordered.groupby(patient, sort=False)[present].first()
         base = base.merge(firsts, left_on=patient, right_index=True, how="left")
-    ends = endings_and_dose(analysis, patient=patient, session=session, days=days, ending=ending,
-                            followup=followup, gap_days=gap_days, planned_sessions=planned_sessions,
-                            labels=ending_labels)
-    rc = reliable_change(analysis, score=outcome, patient=patient, session=session, direction=direction,
-                         rci=rci, cutoff=cutoff, clinical_range=clinical_range)
-    rc = rc.rename(columns={"first_session": "first_observed_session", "last_session": "last_observed_session"})
+    ends = endings_and_dose(
+        analysis,
+        patient=patient,
+        session=session,
+        days=days,
+        ending=ending,
+        followup=followup,
+        gap_days=gap_days,
+        planned_sessions=planned_sessions,
+        labels=ending_labels,
+    )
+    rc = reliable_change(
+        analysis,
+        score=outcome,
+        patient=patient,
+        session=session,
+        direction=direction,
+        rci=rci,
+        cutoff=cutoff,
+        clinical_range=clinical_range,
+    )
+    rc = rc.rename(
+        columns={"first_session": "first_observed_session", "last_session": "last_observed_session"}
+    )
     out = base.merge(ends, on=patient, how="left").merge(rc, on=patient, how="left")
     if "on_track" in analysis.columns:
-        out = out.merge(first_off_track(analysis, patient=patient, session=session), on=patient, how="left")
+        out = out.merge(
+            first_off_track(analysis, patient=patient, session=session), on=patient, how="left"
+        )
     if sudden_gains is not None:
         sg = sudden_gains_by_patient(sudden_gains, ids, patient=patient)
         out = out.merge(sg, on=patient, how="left")

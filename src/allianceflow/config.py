@@ -61,7 +61,9 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
         return f"{source}: `{key}`: {error.message}. Allowed keys are {allowed}."
     if error.validator == "type":
-        return f"{source}: `{key}` is {error.instance!r}; it must be of type {error.validator_value}."
+        return (
+            f"{source}: `{key}` is {error.instance!r}; it must be of type {error.validator_value}."
+        )
     if error.validator == "pattern" and "description" in error.schema:
         return f"{source}: `{key}` is {error.instance!r}, which is not of the form this key needs. {error.schema['description']}"
     if error.validator == "oneOf" and "description" in error.schema:
@@ -72,9 +74,15 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
 def _moved_keys(config: dict[str, Any], source: str) -> None:
     """Name the new place of keys that earlier versions accepted."""
     studies = config.get("studies")
-    for name, study in (studies.items() if isinstance(studies, dict) else ()):
-        endings = ((study or {}).get("derive") or {}).get("endings") if isinstance(study, dict) else None
-        old = sorted(set(endings or {}) & {"column", "followup", "labels"}) if isinstance(endings, dict) else []
+    for name, study in studies.items() if isinstance(studies, dict) else ():
+        endings = (
+            ((study or {}).get("derive") or {}).get("endings") if isinstance(study, dict) else None
+        )
+        old = (
+            sorted(set(endings or {}) & {"column", "followup", "labels"})
+            if isinstance(endings, dict)
+            else []
+        )
         if old:
             raise ConfigError(
                 f"{source}: `studies.{name}.derive.endings.{old[0]}` is no longer a setting. Map the "
@@ -136,7 +144,12 @@ def _check_endings(name: str, study: dict[str, Any], source: str) -> None:
         )
 
 
-def validate_config(config: dict[str, Any], schema: dict[str, Any] | str | Path = SCHEMA_PATH, *, source: str = "config.yaml") -> dict[str, Any]:
+def validate_config(
+    config: dict[str, Any],
+    schema: dict[str, Any] | str | Path = SCHEMA_PATH,
+    *,
+    source: str = "config.yaml",
+) -> dict[str, Any]:
     """Validate *config* against *schema* and return a copy with defaults filled in.
 
     Parameters
@@ -163,11 +176,18 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | str | Path 
         schema = yaml.safe_load(Path(schema).read_text(encoding="utf-8"))
     resolved = copy.deepcopy(config)
     _moved_keys(resolved, source)
-    for study in (resolved.get("studies") or {}).values() if isinstance(resolved.get("studies"), dict) else ():
+    for study in (
+        (resolved.get("studies") or {}).values()
+        if isinstance(resolved.get("studies"), dict)
+        else ()
+    ):
         # YAML reads an unquoted 2025-09-01 as a date; the schema wants the text.
         if isinstance(study, dict) and isinstance(study.get("extraction_date"), datetime.date):
             study["extraction_date"] = study["extraction_date"].isoformat()[:10]
-    errors = sorted(_FillingValidator(schema).iter_errors(resolved), key=lambda e: (-len(e.absolute_path), _key(e.absolute_path)))
+    errors = sorted(
+        _FillingValidator(schema).iter_errors(resolved),
+        key=lambda e: (-len(e.absolute_path), _key(e.absolute_path)),
+    )
     if errors:
         raise ConfigError(_describe(errors[0], source))
     for name, study in resolved["studies"].items():

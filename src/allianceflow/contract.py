@@ -32,7 +32,9 @@ _ID = pa.Check(
 )
 
 
-def item_ranges(columns, instruments: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+def item_ranges(
+    columns, instruments: Mapping[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
     """Response range of each item column in *columns* whose instrument is in *instruments*.
 
     Parameters
@@ -148,7 +150,12 @@ def validate_sessions(
         for _, case in cases.head(5).iterrows():
             where = ""
             index = case.get("index")
-            if rows is not None and index is not None and not pd.isna(index) and index in rows.index:
+            if (
+                rows is not None
+                and index is not None
+                and not pd.isna(index)
+                and index in rows.index
+            ):
                 where = f"row {int(rows.loc[index])}, "
             column = case.get("column")
             column = f"column {column!r}, " if column is not None and not pd.isna(column) else ""

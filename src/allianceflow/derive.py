@@ -109,11 +109,26 @@ def within_between(
     if therapist is not None:
         check_columns(data, therapist)
     out = data.copy()
-    _add_within_between(out, column, patient=patient, prefix=prefix or column, therapist=therapist, grand_mean=grand_mean)
+    _add_within_between(
+        out,
+        column,
+        patient=patient,
+        prefix=prefix or column,
+        therapist=therapist,
+        grand_mean=grand_mean,
+    )
     return out
 
 
-def _add_within_between(out: pd.DataFrame, column: str, *, patient: str, prefix: str, therapist: str | None, grand_mean: bool) -> None:
+def _add_within_between(
+    out: pd.DataFrame,
+    column: str,
+    *,
+    patient: str,
+    prefix: str,
+    therapist: str | None,
+    grand_mean: bool,
+) -> None:
     """The columns of :func:`within_between`, added to *out* in place (no copy of the table)."""
     pmean = out.groupby(patient, sort=False, observed=True)[column].transform("mean")
     per_patient = out.groupby(patient, sort=False, observed=True)[column].mean()
@@ -134,7 +149,9 @@ def _add_within_between(out: pd.DataFrame, column: str, *, patient: str, prefix:
                 "three-level split needs each patient nested in one therapist."
             )
         of = pairs.set_index(patient)[therapist]
-        tmeans = per_patient.dropna().groupby(of.reindex(per_patient.dropna().index), sort=False).mean()
+        tmeans = (
+            per_patient.dropna().groupby(of.reindex(per_patient.dropna().index), sort=False).mean()
+        )
         tmean = out[therapist].map(tmeans)
         out[f"{prefix}_tmean"] = tmean
         out[f"{prefix}_therapist"] = tmean - grand
@@ -189,11 +206,28 @@ def lag_within_patient(
     if suffix is None:
         suffix = ("_lag" if lag > 0 else "_lead") + (str(abs(lag)) if abs(lag) > 1 else "")
     out = data.copy()
-    _add_lags(out, columns, patient=patient, session=session, lag=lag, across_gaps=across_gaps, suffix=suffix)
+    _add_lags(
+        out,
+        columns,
+        patient=patient,
+        session=session,
+        lag=lag,
+        across_gaps=across_gaps,
+        suffix=suffix,
+    )
     return out
 
 
-def _add_lags(out: pd.DataFrame, columns: Sequence[str], *, patient: str, session: str, lag: int, across_gaps: bool, suffix: str) -> None:
+def _add_lags(
+    out: pd.DataFrame,
+    columns: Sequence[str],
+    *,
+    patient: str,
+    session: str,
+    lag: int,
+    across_gaps: bool,
+    suffix: str,
+) -> None:
     """The columns of :func:`lag_within_patient`, added to *out* in place (no copy of the table)."""
     needed = list(dict.fromkeys([patient, session, *columns]))
     ordered = out[needed].sort_values([patient, session], kind="mergesort")
@@ -202,7 +236,9 @@ def _add_lags(out: pd.DataFrame, columns: Sequence[str], *, patient: str, sessio
     else:
         source = ordered[[patient, session, *columns]].copy()
         source[session] = source[session] + lag
-        shifted = ordered[[patient, session]].merge(source, on=[patient, session], how="left")[list(columns)]
+        shifted = ordered[[patient, session]].merge(source, on=[patient, session], how="left")[
+            list(columns)
+        ]
         shifted.index = ordered.index
     for column in columns:
         out[f"{column}{suffix}"] = shifted[column].reindex(out.index)
@@ -251,11 +287,28 @@ def derive_analysis(
         check_columns(out, name, "patient")
         if therapist is not None:
             check_columns(out, therapist)
-        _add_within_between(out, name, patient="patient", prefix=name, therapist=therapist, grand_mean=True)
+        _add_within_between(
+            out, name, patient="patient", prefix=name, therapist=therapist, grand_mean=True
+        )
     check_columns(out, "patient", "session")
-    _add_lags(out, ["alliance", "alliance_within", "outcome"], patient="patient", session="session", lag=1,
-              across_gaps=lag_across_gaps, suffix="_lag")
-    _add_lags(out, ["outcome"], patient="patient", session="session", lag=-1, across_gaps=lag_across_gaps, suffix="_next")
+    _add_lags(
+        out,
+        ["alliance", "alliance_within", "outcome"],
+        patient="patient",
+        session="session",
+        lag=1,
+        across_gaps=lag_across_gaps,
+        suffix="_lag",
+    )
+    _add_lags(
+        out,
+        ["outcome"],
+        patient="patient",
+        session="session",
+        lag=-1,
+        across_gaps=lag_across_gaps,
+        suffix="_next",
+    )
     return out.sort_values(["patient", "session"], kind="mergesort").reset_index(drop=True)
 
 
@@ -292,7 +345,9 @@ def _ruptures_so_far(out: pd.DataFrame) -> pd.DataFrame:
     narrow = out[["patient", "session", "rupture_flag", "rupture_repair", "rupture_repair_session"]]
     ordered = narrow.sort_values(["patient", "session"], kind="mergesort")
     order = ordered.index
-    repaired_at = ordered.loc[ordered["rupture_repair"].eq("repaired"), ["patient", "rupture_repair_session"]]
+    repaired_at = ordered.loc[
+        ordered["rupture_repair"].eq("repaired"), ["patient", "rupture_repair_session"]
+    ]
     events = (
         repaired_at.assign(session=repaired_at["rupture_repair_session"].astype("int64"))
         .groupby(["patient", "session"], observed=True)
@@ -371,7 +426,9 @@ def preset_variables(
     """
     out = analysis.copy()
     out["log_session"] = np.log(out["session"].astype(float))
-    out["alliance_within_detrended"] = _detrended(out, "alliance", patient="patient", session="session")
+    out["alliance_within_detrended"] = _detrended(
+        out, "alliance", patient="patient", session="session"
+    )
     lagged = ["alliance_within_detrended"]
     if "alliance_therapist" in out:
         out["alliance_therapist_mean"] = out["alliance_therapist"]
@@ -401,10 +458,20 @@ def preset_variables(
         name = f"alliance_{comp}"
         out[name] = out[column]
         check_columns(out, name, "patient")
-        _add_within_between(out, name, patient="patient", prefix=name, therapist=None, grand_mean=False)
+        _add_within_between(
+            out, name, patient="patient", prefix=name, therapist=None, grand_mean=False
+        )
         lagged.append(f"{name}_within")
     check_columns(out, "patient", "session", *lagged)
-    _add_lags(out, lagged, patient="patient", session="session", lag=1, across_gaps=lag_across_gaps, suffix="_lag")
+    _add_lags(
+        out,
+        lagged,
+        patient="patient",
+        session="session",
+        lag=1,
+        across_gaps=lag_across_gaps,
+        suffix="_lag",
+    )
     return out
 
 
@@ -436,9 +503,13 @@ def informant_alliances(
     for name in sorted(map(str, scored[informant].dropna().unique())):
         rows = scored.loc[scored[informant].astype(str) == name, ["patient", "session", alliance]]
         if rows.duplicated(["patient", "session"]).any():
-            raise ValueError(f"informant {name!r} rates some sessions twice; one row per patient, session and informant is needed.")
+            raise ValueError(
+                f"informant {name!r} rates some sessions twice; one row per patient, session and informant is needed."
+            )
         column = f"alliance_rater_{name}"
-        out = out.merge(rows.rename(columns={alliance: column}), on=["patient", "session"], how="left")
+        out = out.merge(
+            rows.rename(columns={alliance: column}), on=["patient", "session"], how="left"
+        )
         out = within_between(out, column)
         out = lag_within_patient(out, [f"{column}_within"], across_gaps=lag_across_gaps)
     return out
@@ -461,13 +532,37 @@ DERIVE_DEFAULTS: dict[str, Any] = {
     "informant": None,
     "therapist_centring": True,
     "reliable_change": {"enabled": True},
-    "on_track": {"enabled": True, "reference": "study", "reference_study": None, "coefficients": None, "tolerance": 0.10},
-    "sudden_gains": {
-        "enabled": True, "events": ["gain", "loss"], "cutoff": None, "pct": 0.25, "crit3": True,
-        "alpha": 0.05, "adjust": True, "critical_value": 2.776,
+    "on_track": {
+        "enabled": True,
+        "reference": "study",
+        "reference_study": None,
+        "coefficients": None,
+        "tolerance": 0.10,
     },
-    "ruptures": {"enabled": True, "method": "patient_sd", "threshold": 1.5, "repair_within": 3, "across_gaps": False},
-    "endings": {"column": None, "followup": None, "gap_days": None, "planned_sessions": None, "labels": {}},
+    "sudden_gains": {
+        "enabled": True,
+        "events": ["gain", "loss"],
+        "cutoff": None,
+        "pct": 0.25,
+        "crit3": True,
+        "alpha": 0.05,
+        "adjust": True,
+        "critical_value": 2.776,
+    },
+    "ruptures": {
+        "enabled": True,
+        "method": "patient_sd",
+        "threshold": 1.5,
+        "repair_within": 3,
+        "across_gaps": False,
+    },
+    "endings": {
+        "column": None,
+        "followup": None,
+        "gap_days": None,
+        "planned_sessions": None,
+        "labels": {},
+    },
 }
 _BLOCKS = ("reliable_change", "on_track", "sudden_gains", "ruptures", "endings")
 
@@ -480,7 +575,9 @@ def _settings(settings: Mapping | None) -> dict[str, Any]:
     if settings is None:
         return merged
     if not isinstance(settings, Mapping):
-        raise TypeError(f"`settings` must be a mapping (the study's derive block); got {type(settings).__name__}.")
+        raise TypeError(
+            f"`settings` must be a mapping (the study's derive block); got {type(settings).__name__}."
+        )
     for key, value in settings.items():
         if key not in merged:
             close = difflib.get_close_matches(str(key), list(merged), n=1)
@@ -488,10 +585,14 @@ def _settings(settings: Mapping | None) -> dict[str, Any]:
             raise KeyError(f"Unknown derive setting {key!r}{hint}; allowed: {', '.join(merged)}.")
         if key in _BLOCKS:
             if not isinstance(value, Mapping):
-                raise TypeError(f"Derive setting {key!r} must be a mapping; got {type(value).__name__}.")
+                raise TypeError(
+                    f"Derive setting {key!r} must be a mapping; got {type(value).__name__}."
+                )
             unknown = sorted(set(value) - set(merged[key]))
             if unknown:
-                raise KeyError(f"Unknown key {unknown[0]!r} in derive setting {key!r}; allowed: {', '.join(merged[key])}.")
+                raise KeyError(
+                    f"Unknown key {unknown[0]!r} in derive setting {key!r}; allowed: {', '.join(merged[key])}."
+                )
             merged[key].update(value)
         else:
             merged[key] = value
@@ -574,9 +675,17 @@ def derive_tables(
                 f"in the data: {', '.join(map(str, pd.unique(scored['informant'])))}."
             )
     therapist = "therapist" if cfg["therapist_centring"] and "therapist" in data.columns else None
-    analysis = derive_analysis(data, alliance=alliance, outcome=outcome, lag_across_gaps=lag_across_gaps, therapist=therapist)
+    analysis = derive_analysis(
+        data,
+        alliance=alliance,
+        outcome=outcome,
+        lag_across_gaps=lag_across_gaps,
+        therapist=therapist,
+    )
     if "informant" in scored and scored["informant"].nunique() > 1:
-        analysis = informant_alliances(scored, analysis, alliance=alliance, lag_across_gaps=lag_across_gaps)
+        analysis = informant_alliances(
+            scored, analysis, alliance=alliance, lag_across_gaps=lag_across_gaps
+        )
 
     model = None
     if cfg["on_track"]["enabled"]:
@@ -585,7 +694,9 @@ def derive_tables(
             model = ExpectedResponse.from_mapping(cfg["on_track"]["coefficients"] or {})
         elif ref == "reference":
             if reference is None:
-                raise ValueError("Derive setting `on_track.reference` is 'reference' but no reference sample was given.")
+                raise ValueError(
+                    "Derive setting `on_track.reference` is 'reference' but no reference sample was given."
+                )
             model = fit_expected_response(reference, score=outcome)
         elif ref == "study":
             model = fit_expected_response(analysis, score="outcome")
@@ -593,12 +704,24 @@ def derive_tables(
             raise ValueError(
                 f"`on_track.reference` must be 'study', 'reference' or 'coefficients'; got {ref!r}."
             )
-        analysis = on_track(analysis, model, score="outcome", direction=direction, tolerance=cfg["on_track"]["tolerance"])
+        analysis = on_track(
+            analysis,
+            model,
+            score="outcome",
+            direction=direction,
+            tolerance=cfg["on_track"]["tolerance"],
+        )
 
     if cfg["ruptures"]["enabled"]:
         r = cfg["ruptures"]
-        analysis = detect_ruptures(analysis, alliance="alliance", method=r["method"], threshold=r["threshold"],
-                                   repair_within=r["repair_within"], across_gaps=r["across_gaps"])
+        analysis = detect_ruptures(
+            analysis,
+            alliance="alliance",
+            method=r["method"],
+            threshold=r["threshold"],
+            repair_within=r["repair_within"],
+            across_gaps=r["across_gaps"],
+        )
 
     sg_cfg = cfg["sudden_gains"]
     if sg_cfg["enabled"]:
@@ -608,9 +731,18 @@ def derive_tables(
                 "Sudden gains need a first-criterion cut-off: set the outcome instrument's `rci` for the "
                 "study, or `derive: {sudden_gains: {cutoff: <points>}}`."
             )
-        gains = sudden_gains(analysis, score="outcome", direction=direction, cutoff=sg_cutoff, pct=sg_cfg["pct"],
-                             crit3=sg_cfg["crit3"], alpha=sg_cfg["alpha"], adjust=sg_cfg["adjust"],
-                             critical_value=sg_cfg["critical_value"], events=sg_cfg["events"])
+        gains = sudden_gains(
+            analysis,
+            score="outcome",
+            direction=direction,
+            cutoff=sg_cutoff,
+            pct=sg_cfg["pct"],
+            crit3=sg_cfg["crit3"],
+            alpha=sg_cfg["alpha"],
+            adjust=sg_cfg["adjust"],
+            critical_value=sg_cfg["critical_value"],
+            events=sg_cfg["events"],
+        )
     else:
         gains = pd.DataFrame({c: pd.Series(dtype=object) for c in EVENT_COLUMNS})
 
@@ -622,9 +754,16 @@ def derive_tables(
         )
     e = cfg["endings"]
     # The clean stage's canonical columns unless the caller names others (in-memory use).
-    ending_column = e["column"] if e["column"] is not None else ("ending" if "ending" in analysis.columns else None)
-    followup_column = e["followup"] if e["followup"] is not None else (
-        "followup_days" if "followup_days" in analysis.columns else None)
+    ending_column = (
+        e["column"]
+        if e["column"] is not None
+        else ("ending" if "ending" in analysis.columns else None)
+    )
+    followup_column = (
+        e["followup"]
+        if e["followup"] is not None
+        else ("followup_days" if "followup_days" in analysis.columns else None)
+    )
     if e["gap_days"] is not None and followup_column is None:
         raise ValueError(
             "Derive setting `endings.gap_days` infers endings from the time between the last session "
@@ -632,20 +771,34 @@ def derive_tables(
             "`extraction_date` (with session dates), or map a column of follow-up days to 'followup_days'."
         )
     patients = derive_patients(
-        analysis, outcome="outcome", days="days" if "days" in analysis.columns else None,
-        direction=direction, rci=rci if rci is not None else 1.0,
+        analysis,
+        outcome="outcome",
+        days="days" if "days" in analysis.columns else None,
+        direction=direction,
+        rci=rci if rci is not None else 1.0,
         cutoff=cutoff if cfg["reliable_change"]["enabled"] else None,
-        clinical_range=clinical_range, ending=ending_column, followup=followup_column, gap_days=e["gap_days"],
-        planned_sessions=e["planned_sessions"], ending_labels=e["labels"], sudden_gains=gains if sg_cfg["enabled"] else None,
+        clinical_range=clinical_range,
+        ending=ending_column,
+        followup=followup_column,
+        gap_days=e["gap_days"],
+        planned_sessions=e["planned_sessions"],
+        ending_labels=e["labels"],
+        sudden_gains=gains if sg_cfg["enabled"] else None,
     )
     if not cfg["reliable_change"]["enabled"]:
         from .clinical import RELIABLE_CHANGE_COLUMNS
 
         drop = [c for c in RELIABLE_CHANGE_COLUMNS[1:] if c in patients.columns]
-        patients = patients.drop(columns=drop + ["first_observed_session", "last_observed_session"], errors="ignore")
+        patients = patients.drop(
+            columns=drop + ["first_observed_session", "last_observed_session"], errors="ignore"
+        )
     if "ending" in analysis.columns or patients["ending"].astype(str).ne("unknown").any():
         # One ending per patient everywhere: the recorded one, or the one inferred from a gap.
         ending = analysis["patient"].map(patients.set_index("patient")["ending"].astype(object))
-        analysis = analysis.assign(ending=pd.Categorical(ending, categories=patients["ending"].cat.categories))
-    analysis = preset_variables(analysis, patients, components=components, lag_across_gaps=lag_across_gaps)
+        analysis = analysis.assign(
+            ending=pd.Categorical(ending, categories=patients["ending"].cat.categories)
+        )
+    analysis = preset_variables(
+        analysis, patients, components=components, lag_across_gaps=lag_across_gaps
+    )
     return DerivedTables(analysis, patients, gains, model.to_dict() if model is not None else None)

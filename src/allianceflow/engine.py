@@ -107,7 +107,9 @@ def _codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray, pd.
     return codes.astype(np.int64), uniques.to_frame(index=False)
 
 
-def _nesting_order(data: pd.DataFrame, levels: list[_Level]) -> tuple[list[_Level], list[np.ndarray]] | None:
+def _nesting_order(
+    data: pd.DataFrame, levels: list[_Level]
+) -> tuple[list[_Level], list[np.ndarray]] | None:
     """Order levels inner to outer and check that each is nested in the next; None if not."""
     coded = [(lev, _codes(data, lev.factor)[0]) for lev in levels]
     coded.sort(key=lambda lc: -(int(lc[1].max()) + 1 if lc[1].size else 0))
@@ -317,7 +319,9 @@ class _Problem:
                 # row index of unit starts -> the unit of the next level containing that row
                 row_unit_next = np.searchsorted(starts[li + 1], starts[li], side="right") - 1
                 self.parent_of.append(row_unit_next)
-                self.parent_starts.append(np.flatnonzero(np.r_[True, row_unit_next[1:] != row_unit_next[:-1]]))
+                self.parent_starts.append(
+                    np.flatnonzero(np.r_[True, row_unit_next[1:] != row_unit_next[:-1]])
+                )
             else:
                 self.parent_of.append(np.zeros(self.m[li], dtype=np.int64))
                 self.parent_starts.append(np.array([0]))
@@ -333,7 +337,9 @@ class _Problem:
         rows_parent_starts = starts[1] if nlev > 1 else np.array([0])
         self.Grr0 = np.empty((r0, r0, len(rows_parent_starts)))
         for a in range(r0):
-            self.Grr0[a, a:] = np.add.reduceat(rest[:, a : a + 1] * rest[:, a:], rows_parent_starts, axis=0).T
+            self.Grr0[a, a:] = np.add.reduceat(
+                rest[:, a : a + 1] * rest[:, a:], rows_parent_starts, axis=0
+            ).T
             self.Grr0[a:, a] = self.Grr0[a, a:]
         # theta layout
         self.theta_slices = []
@@ -413,7 +419,9 @@ class _Problem:
             L[j, j] = np.sqrt(sjj)
             logdet += 2.0 * float(np.log(L[j, j]).sum())
             for i in range(j + 1, q):
-                L[i, j] = (A[i, j] - sum((L[i, k_] * L[j, k_] for k_ in range(j)), np.zeros(m))) / L[j, j]
+                L[i, j] = (
+                    A[i, j] - sum((L[i, k_] * L[j, k_] for k_ in range(j)), np.zeros(m))
+                ) / L[j, j]
         for i in range(q):
             acc = E[i].copy()
             for k_ in range(i):
@@ -914,7 +922,9 @@ def fit_lmm(
             # ... or jointly with the other entries of its block: at Λ's (θ11, θ21) = (0, 0)
             # the deviance is flat in θ11 alone but can fall along a direction that moves
             # both (a saddle, not a minimum). Step along the most negative curvature.
-            phi, f_best, escaped = _escape_saddle(f, phi, f_best, lo_phi, boundary_tol, prob.theta_slices)
+            phi, f_best, escaped = _escape_saddle(
+                f, phi, f_best, lo_phi, boundary_tol, prob.theta_slices
+            )
         hess_pd, decrement, kkt_ok, g_full, on_bound = _check(f, phi, lo_phi, boundary_tol)
         if not escaped and hess_pd and decrement < tol and kkt_ok:
             break
@@ -955,14 +965,18 @@ def fit_lmm(
         if lev.q > 1 and not any(abs(Lam[j, j]) < boundary_tol for j in range(lev.q)):
             rel = Lam @ Lam.T
             ev = np.linalg.eigvalsh(rel)
-            if ev.min() < boundary_tol**2 * max(ev.max(), 1e-300) and lev.pattern[np.tril_indices(lev.q, -1)].any():
+            if (
+                ev.min() < boundary_tol**2 * max(ev.max(), 1e-300)
+                and lev.pattern[np.tril_indices(lev.q, -1)].any()
+            ):
                 boundary.append(f"correlation | {lev.label}")
         Zl = Zs[:, col : col + lev.q]
         level_variance[lev.label] = float(np.mean(np.sum((Zl @ cov) * Zl, axis=1)))
         col += lev.q
     if boundary:
         warn.append(
-            "singular fit: random-effect variance at the boundary for " + ", ".join(boundary)
+            "singular fit: random-effect variance at the boundary for "
+            + ", ".join(boundary)
             + "; the model is over-parameterised for these data."
         )
     # conditional modes

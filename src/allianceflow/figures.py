@@ -93,7 +93,9 @@ def _fit_line(ax, x: np.ndarray, y: np.ndarray, colour: str) -> float:
     return float(slope)
 
 
-def plot_within_between(analysis: pd.DataFrame, *, alliance_label: str = "alliance", outcome_label: str = "outcome") -> matplotlib.figure.Figure:
+def plot_within_between(
+    analysis: pd.DataFrame, *, alliance_label: str = "alliance", outcome_label: str = "outcome"
+) -> matplotlib.figure.Figure:
     """Within- and between-patient alliance–outcome relations, side by side.
 
     Left: each session's outcome minus the patient's mean outcome against last session's
@@ -103,16 +105,44 @@ def plot_within_between(analysis: pd.DataFrame, *, alliance_label: str = "allian
     the multilevel model.
     """
     within = analysis.dropna(subset=["alliance_within_lag", "outcome_within"])
-    patients = analysis.groupby("patient", observed=True)[["alliance_pmean", "outcome_pmean"]].first().dropna()
+    patients = (
+        analysis.groupby("patient", observed=True)[["alliance_pmean", "outcome_pmean"]]
+        .first()
+        .dropna()
+    )
     with style():
         fig, (left, right) = plt.subplots(1, 2, figsize=(TWO_COLUMNS, 2.9), constrained_layout=True)
-        left.scatter(within["alliance_within_lag"], within["outcome_within"], s=3, alpha=0.25, color="#56B4E9", linewidths=0)
-        b_w = _fit_line(left, within["alliance_within_lag"].to_numpy(), within["outcome_within"].to_numpy(), "#0072B2")
+        left.scatter(
+            within["alliance_within_lag"],
+            within["outcome_within"],
+            s=3,
+            alpha=0.25,
+            color="#56B4E9",
+            linewidths=0,
+        )
+        b_w = _fit_line(
+            left,
+            within["alliance_within_lag"].to_numpy(),
+            within["outcome_within"].to_numpy(),
+            "#0072B2",
+        )
         left.set_xlabel(f"last session's {alliance_label}\n(deviation from patient's mean)")
         left.set_ylabel(f"{outcome_label} (deviation from patient's mean)")
         left.set_title(f"Within patients (OLS slope {b_w:.2f})")
-        right.scatter(patients["alliance_pmean"], patients["outcome_pmean"], s=6, alpha=0.6, color="#E69F00", linewidths=0)
-        b_b = _fit_line(right, patients["alliance_pmean"].to_numpy(), patients["outcome_pmean"].to_numpy(), "#D55E00")
+        right.scatter(
+            patients["alliance_pmean"],
+            patients["outcome_pmean"],
+            s=6,
+            alpha=0.6,
+            color="#E69F00",
+            linewidths=0,
+        )
+        b_b = _fit_line(
+            right,
+            patients["alliance_pmean"].to_numpy(),
+            patients["outcome_pmean"].to_numpy(),
+            "#D55E00",
+        )
         right.set_xlabel(f"patient's mean {alliance_label}")
         right.set_ylabel(f"patient's mean {outcome_label}")
         right.set_title(f"Between patients (OLS slope {b_b:.2f})")
@@ -123,8 +153,14 @@ def plot_within_between(analysis: pd.DataFrame, *, alliance_label: str = "allian
 
 #: The Okabe–Ito palette by name.
 OKABE_ITO = {
-    "blue": "#0072B2", "vermillion": "#D55E00", "bluish_green": "#009E73", "reddish_purple": "#CC79A7",
-    "orange": "#E69F00", "sky_blue": "#56B4E9", "yellow": "#F0E442", "black": "#000000",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "bluish_green": "#009E73",
+    "reddish_purple": "#CC79A7",
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "yellow": "#F0E442",
+    "black": "#000000",
 }
 _CYCLE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
@@ -210,9 +246,9 @@ def model_implied_mean(
         raise ValueError(f"`band` must be 'patients' or 'confidence'; got {band!r}.")
     hold = dict(hold or {})
     terms = [f["term"] for f in result["fixed"]]
-    x = np.column_stack([
-        np.prod([_term_value(p, grid, hold) for p in term.split(":")], axis=0) for term in terms
-    ])
+    x = np.column_stack(
+        [np.prod([_term_value(p, grid, hold) for p in term.split(":")], axis=0) for term in terms]
+    )
     beta = np.array([f["estimate"] for f in result["fixed"]], dtype=float)
     mean = x @ beta
     if band == "confidence":
@@ -232,7 +268,11 @@ def model_implied_mean(
         for r in result.get("random", []):
             if r["group"] == "Residual" or r["variance"] is None:
                 continue
-            z = np.ones(len(grid)) if r["term"] in ("(Intercept)", "Intercept", "1") else (t if r["term"] == time else 0.0)
+            z = (
+                np.ones(len(grid))
+                if r["term"] in ("(Intercept)", "Intercept", "1")
+                else (t if r["term"] == time else 0.0)
+            )
             var = var + float(r["variance"]) * z**2
         for c in result.get("covariances", []):
             if c.get("covariance") is None:
@@ -273,9 +313,13 @@ def plot_trajectories(
     ids = sorted(analysis[patient].astype(str).unique())
     if len(ids) > max_patients:
         ids = [ids[i] for i in np.linspace(0, len(ids) - 1, max_patients).round().astype(int)]
-    shown = analysis[analysis[patient].astype(str).isin(ids)].sort_values([patient, time], kind="mergesort")
+    shown = analysis[analysis[patient].astype(str).isin(ids)].sort_values(
+        [patient, time], kind="mergesort"
+    )
     with style():
-        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.75), constrained_layout=True)
+        fig, ax = plt.subplots(
+            figsize=(_width(width), _width(width) * 0.75), constrained_layout=True
+        )
         for _, rows in shown.groupby(patient, observed=True, sort=True):
             rows = rows.dropna(subset=[outcome])
             ax.plot(rows[time], rows[outcome], color=_GREY, lw=0.5, alpha=0.5)
@@ -283,9 +327,18 @@ def plot_trajectories(
             t = np.arange(int(analysis[time].min()), int(analysis[time].max()) + 1, dtype=float)
             pred = model_implied_mean(result, pd.DataFrame({time: t}), time=time, band=band)
             what = "95% of patients" if band == "patients" else "95% CI"
-            ax.fill_between(pred[time], pred["lower"], pred["upper"], color=OKABE_ITO["sky_blue"], alpha=0.3,
-                            linewidth=0, label=f"model-implied band ({what})")
-            ax.plot(pred[time], pred["mean"], color=OKABE_ITO["blue"], lw=2, label="model-implied mean")
+            ax.fill_between(
+                pred[time],
+                pred["lower"],
+                pred["upper"],
+                color=OKABE_ITO["sky_blue"],
+                alpha=0.3,
+                linewidth=0,
+                label=f"model-implied band ({what})",
+            )
+            ax.plot(
+                pred[time], pred["mean"], color=OKABE_ITO["blue"], lw=2, label="model-implied mean"
+            )
             ax.legend(loc="best", frameon=False)
         ax.set_xlabel(time)
         ax.set_ylabel(outcome_label)
@@ -319,7 +372,10 @@ def plot_forest(
     k = len(results)
     offsets = (np.arange(k) - (k - 1) / 2) * (0.6 / max(k, 1))
     with style():
-        fig, ax = plt.subplots(figsize=(_width(width), 0.6 + 0.35 * len(terms) * max(1, k ** 0.5)), constrained_layout=True)
+        fig, ax = plt.subplots(
+            figsize=(_width(width), 0.6 + 0.35 * len(terms) * max(1, k**0.5)),
+            constrained_layout=True,
+        )
         for m, r in enumerate(results):
             rows = {f["term"]: f for f in r["fixed"]}
             ys, xs, lo, hi = [], [], [], []
@@ -329,8 +385,17 @@ def plot_forest(
                     xs.append(rows[term]["estimate"])
                     lo.append(rows[term]["estimate"] - rows[term]["ci_low"])
                     hi.append(rows[term]["ci_high"] - rows[term]["estimate"])
-            ax.errorbar(xs, ys, xerr=[lo, hi], fmt=_MARKERS[m % len(_MARKERS)], color=_CYCLE[m % len(_CYCLE)],
-                        ms=4, capsize=2, lw=1, label=r["name"])
+            ax.errorbar(
+                xs,
+                ys,
+                xerr=[lo, hi],
+                fmt=_MARKERS[m % len(_MARKERS)],
+                color=_CYCLE[m % len(_CYCLE)],
+                ms=4,
+                capsize=2,
+                lw=1,
+                label=r["name"],
+            )
         ax.axvline(0, color="black", lw=0.6, ls=":")
         ax.set_yticks(range(len(terms)))
         ax.set_yticklabels([labels.get(t, t) for t in reversed(terms)])
@@ -366,17 +431,44 @@ def plot_caterpillar(
             "of the random effects) under result['conditional_modes']."
         )
     modes = pd.DataFrame(result["conditional_modes"])
-    check_columns(modes, "group", "level", "term", "estimate", "se", name="result['conditional_modes']")
+    check_columns(
+        modes, "group", "level", "term", "estimate", "se", name="result['conditional_modes']"
+    )
     modes = modes[(modes["group"] == group) & (modes["term"] == term)]
     if modes.empty:
-        available = sorted({(g, t) for g, t in zip(pd.DataFrame(result["conditional_modes"])["group"], pd.DataFrame(result["conditional_modes"])["term"])})
-        raise KeyError(f"No conditional modes for group {group!r} and term {term!r}; there are {available}.")
-    modes = modes.assign(level=modes["level"].astype(str)).sort_values(["estimate", "level"], kind="mergesort").reset_index(drop=True)
+        available = sorted(
+            {
+                (g, t)
+                for g, t in zip(
+                    pd.DataFrame(result["conditional_modes"])["group"],
+                    pd.DataFrame(result["conditional_modes"])["term"],
+                )
+            }
+        )
+        raise KeyError(
+            f"No conditional modes for group {group!r} and term {term!r}; there are {available}."
+        )
+    modes = (
+        modes.assign(level=modes["level"].astype(str))
+        .sort_values(["estimate", "level"], kind="mergesort")
+        .reset_index(drop=True)
+    )
     x = np.arange(1, len(modes) + 1)
     with style():
-        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.7), constrained_layout=True)
-        ax.errorbar(x, modes["estimate"], yerr=1.96 * modes["se"], fmt="o", ms=3, color=OKABE_ITO["blue"],
-                    ecolor=OKABE_ITO["sky_blue"], lw=1, capsize=0)
+        fig, ax = plt.subplots(
+            figsize=(_width(width), _width(width) * 0.7), constrained_layout=True
+        )
+        ax.errorbar(
+            x,
+            modes["estimate"],
+            yerr=1.96 * modes["se"],
+            fmt="o",
+            ms=3,
+            color=OKABE_ITO["blue"],
+            ecolor=OKABE_ITO["sky_blue"],
+            lw=1,
+            capsize=0,
+        )
         ax.axhline(0, color="black", lw=0.6, ls=":")
         ax.set_xlabel(f"{group}s, ranked by estimate")
         what = "intercept" if term in ("(Intercept)", "Intercept") else term
@@ -387,7 +479,9 @@ def plot_caterpillar(
 
 def _patient_status(analysis: pd.DataFrame, patient: str, status: str) -> pd.Series:
     """Per patient: 'not on track' if any session was, else 'on track'."""
-    ever = analysis.groupby(patient, observed=True)[status].agg(lambda s: bool((s.astype(str) == "not_on_track").any()))
+    ever = analysis.groupby(patient, observed=True)[status].agg(
+        lambda s: bool((s.astype(str) == "not_on_track").any())
+    )
     return ever.map({True: "not on track", False: "on track"})
 
 
@@ -415,7 +509,9 @@ def plot_feedback_curves(
     data = analysis.join(_patient_status(analysis, patient, status).rename("_status"), on=patient)
     arms = sorted(data[arm].dropna().astype(str).unique())
     with style():
-        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.75), constrained_layout=True)
+        fig, ax = plt.subplots(
+            figsize=(_width(width), _width(width) * 0.75), constrained_layout=True
+        )
         for a_i, a in enumerate(arms):
             for s_label, ls in (("on track", "-"), ("not on track", "--")):
                 rows = data[(data[arm].astype(str) == a) & (data["_status"] == s_label)]
@@ -436,14 +532,24 @@ def plot_feedback_curves(
     return fig
 
 
-def pick_example_patient(analysis: pd.DataFrame, *, patient: str = "patient", status: str = "track_status", min_sessions: int = 6) -> str:
+def pick_example_patient(
+    analysis: pd.DataFrame,
+    *,
+    patient: str = "patient",
+    status: str = "track_status",
+    min_sessions: int = 6,
+) -> str:
     """The first patient (sorted ids) with at least *min_sessions* sessions and a session
     not on track; else the first with *min_sessions* sessions; else the first."""
     check_columns(analysis, patient, status, name="analysis")
     sizes = analysis.groupby(patient, observed=True).size()
     long_enough = sorted(map(str, sizes[sizes >= min_sessions].index))
     off = set(analysis.loc[analysis[status].astype(str) == "not_on_track", patient].astype(str))
-    for candidates in ([p for p in long_enough if p in off], long_enough, sorted(map(str, sizes.index))):
+    for candidates in (
+        [p for p in long_enough if p in off],
+        long_enough,
+        sorted(map(str, sizes.index)),
+    ):
         if candidates:
             return candidates[0]
     raise ValueError("`analysis` has no patients.")
@@ -465,23 +571,59 @@ def plot_expected_response(
     ``etr_lower``, ``etr_upper``, ``track_status``). The patient's id is not printed.
     """
     check_frame(analysis, "analysis")
-    check_columns(analysis, patient, outcome, time, "etr_expected", "etr_lower", "etr_upper", "track_status", name="analysis")
+    check_columns(
+        analysis,
+        patient,
+        outcome,
+        time,
+        "etr_expected",
+        "etr_lower",
+        "etr_upper",
+        "track_status",
+        name="analysis",
+    )
     if patient_id is None:
         patient_id = pick_example_patient(analysis, patient=patient)
-    rows = analysis[analysis[patient].astype(str) == str(patient_id)].sort_values(time, kind="mergesort")
+    rows = analysis[analysis[patient].astype(str) == str(patient_id)].sort_values(
+        time, kind="mergesort"
+    )
     if rows.empty:
         raise KeyError(f"`patient_id` {patient_id!r} is not in `analysis`.")
     band = rows.dropna(subset=["etr_expected"])
     off = rows[rows["track_status"].astype(str) == "not_on_track"]
     on = rows[rows["track_status"].astype(str).isin(["on_track", "intake"])]
     with style():
-        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.7), constrained_layout=True)
-        ax.fill_between(band[time], band["etr_lower"], band["etr_upper"], color=OKABE_ITO["sky_blue"], alpha=0.3,
-                        linewidth=0, label="expected response band")
-        ax.plot(band[time], band["etr_expected"], color=OKABE_ITO["blue"], ls="--", lw=1, label="expected response")
+        fig, ax = plt.subplots(
+            figsize=(_width(width), _width(width) * 0.7), constrained_layout=True
+        )
+        ax.fill_between(
+            band[time],
+            band["etr_lower"],
+            band["etr_upper"],
+            color=OKABE_ITO["sky_blue"],
+            alpha=0.3,
+            linewidth=0,
+            label="expected response band",
+        )
+        ax.plot(
+            band[time],
+            band["etr_expected"],
+            color=OKABE_ITO["blue"],
+            ls="--",
+            lw=1,
+            label="expected response",
+        )
         ax.plot(rows[time], rows[outcome], color="black", lw=1)
         ax.scatter(on[time], on[outcome], color="black", s=14, zorder=3, label="on track")
-        ax.scatter(off[time], off[outcome], color=OKABE_ITO["vermillion"], marker="^", s=22, zorder=3, label="not on track")
+        ax.scatter(
+            off[time],
+            off[outcome],
+            color=OKABE_ITO["vermillion"],
+            marker="^",
+            s=22,
+            zorder=3,
+            label="not on track",
+        )
         ax.set_xlabel(time)
         ax.set_ylabel(outcome_label)
         ax.legend(loc="best", frameon=False)
@@ -489,8 +631,16 @@ def plot_expected_response(
     return fig
 
 
-def _aligned(analysis: pd.DataFrame, events: pd.DataFrame, *, value: str, patient: str, time: str,
-             at: str, window: tuple[int, int]) -> pd.DataFrame:
+def _aligned(
+    analysis: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    value: str,
+    patient: str,
+    time: str,
+    at: str,
+    window: tuple[int, int],
+) -> pd.DataFrame:
     """Rows of *analysis* around each event, with ``offset`` = time − event time."""
     base = analysis[[patient, time, value]].dropna(subset=[value])
     ev = events[[patient, at]].reset_index(drop=True).rename(columns={at: "_at"})
@@ -518,23 +668,45 @@ def plot_ruptures(
     (``rupture_repair``), drawn where at least *min_n* episodes contribute.
     """
     check_frame(analysis, "analysis")
-    check_columns(analysis, alliance, patient, time, "rupture_detected", "rupture_repair", name="analysis")
-    events = analysis[analysis["rupture_detected"].fillna(False).astype(bool)][[patient, time, "rupture_repair"]]
-    colours = {"repaired": OKABE_ITO["bluish_green"], "unrepaired": OKABE_ITO["vermillion"], "censored": _GREY}
+    check_columns(
+        analysis, alliance, patient, time, "rupture_detected", "rupture_repair", name="analysis"
+    )
+    events = analysis[analysis["rupture_detected"].fillna(False).astype(bool)][
+        [patient, time, "rupture_repair"]
+    ]
+    colours = {
+        "repaired": OKABE_ITO["bluish_green"],
+        "unrepaired": OKABE_ITO["vermillion"],
+        "censored": _GREY,
+    }
     with style():
-        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.75), constrained_layout=True)
+        fig, ax = plt.subplots(
+            figsize=(_width(width), _width(width) * 0.75), constrained_layout=True
+        )
         for status, colour in colours.items():
-            ev = events[events["rupture_repair"].astype(str) == status].rename(columns={time: "_rupture"})
+            ev = events[events["rupture_repair"].astype(str) == status].rename(
+                columns={time: "_rupture"}
+            )
             if len(ev) < min_n:
                 continue
-            rows = _aligned(analysis, ev, value=alliance, patient=patient, time=time, at="_rupture", window=window)
+            rows = _aligned(
+                analysis,
+                ev,
+                value=alliance,
+                patient=patient,
+                time=time,
+                at="_rupture",
+                window=window,
+            )
             stats_ = [(o, *_mean_ci(g[alliance])) for o, g in rows.groupby("offset", sort=True)]
             stats_ = [s for s in stats_ if s[4] >= min_n]
             if not stats_:
                 continue
             o, m, lo, hi, _ = map(np.array, zip(*stats_))
             ax.fill_between(o, lo, hi, color=colour, alpha=0.2, linewidth=0)
-            ax.plot(o, m, color=colour, marker="o", ms=3, lw=1.5, label=f"{status} ({len(ev)} episodes)")
+            ax.plot(
+                o, m, color=colour, marker="o", ms=3, lw=1.5, label=f"{status} ({len(ev)} episodes)"
+            )
         ax.axvline(0, color="black", lw=0.6, ls=":")
         ax.set_xlabel("sessions from the rupture")
         ax.set_ylabel(f"mean {alliance_label} (95% CI)")
@@ -563,15 +735,33 @@ def plot_sudden_gains(
     check_columns(gains, patient, "event", "pregain_session", name="gains")
     ev = gains[gains["event"].astype(str) == "gain"]
     with style():
-        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.75), constrained_layout=True)
+        fig, ax = plt.subplots(
+            figsize=(_width(width), _width(width) * 0.75), constrained_layout=True
+        )
         if len(ev):
-            rows = _aligned(analysis, ev, value=outcome, patient=patient, time=time, at="pregain_session", window=window)
+            rows = _aligned(
+                analysis,
+                ev,
+                value=outcome,
+                patient=patient,
+                time=time,
+                at="pregain_session",
+                window=window,
+            )
             for _, g in rows.groupby("episode", sort=True):
                 ax.plot(g["offset"], g[outcome], color=_GREY, lw=0.5, alpha=0.6)
             stats_ = [(o, *_mean_ci(g[outcome])) for o, g in rows.groupby("offset", sort=True)]
             o, m, lo, hi, _ = map(np.array, zip(*stats_))
             ax.fill_between(o, lo, hi, color=OKABE_ITO["orange"], alpha=0.3, linewidth=0)
-            ax.plot(o, m, color=OKABE_ITO["vermillion"], lw=2, marker="o", ms=3, label=f"mean of {len(ev)} gains")
+            ax.plot(
+                o,
+                m,
+                color=OKABE_ITO["vermillion"],
+                lw=2,
+                marker="o",
+                ms=3,
+                label=f"mean of {len(ev)} gains",
+            )
             ax.legend(loc="best", frameon=False)
         else:
             ax.text(0.5, 0.5, "no sudden gains", ha="center", va="center", transform=ax.transAxes)
@@ -602,7 +792,9 @@ def plot_reliable_change(
     check_frame(patients, "patients")
     check_columns(patients, first, last, name="patients")
     if direction not in ("higher_is_better", "lower_is_better"):
-        raise ValueError(f"`direction` must be 'higher_is_better' or 'lower_is_better'; got {direction!r}.")
+        raise ValueError(
+            f"`direction` must be 'higher_is_better' or 'lower_is_better'; got {direction!r}."
+        )
     data = patients.dropna(subset=[first, last])
     lo = float(np.nanmin(data[[first, last]].to_numpy())) if len(data) else 0.0
     hi = float(np.nanmax(data[[first, last]].to_numpy())) if len(data) else 1.0
@@ -612,19 +804,43 @@ def plot_reliable_change(
         fig, ax = plt.subplots(figsize=(_width(width), _width(width)), constrained_layout=True)
         grid = np.array([lo, hi])
         if rci is not None:
-            ax.fill_between(grid, grid - rci, grid + rci, color=_GREY, alpha=0.25, linewidth=0,
-                            label=f"no reliable change (± {rci:g})")
+            ax.fill_between(
+                grid,
+                grid - rci,
+                grid + rci,
+                color=_GREY,
+                alpha=0.25,
+                linewidth=0,
+                label=f"no reliable change (± {rci:g})",
+            )
         ax.plot(grid, grid, color="black", lw=0.6)
         if cutoff is not None:
             ax.axhline(cutoff, color="black", lw=0.8, ls="--", label=f"cut-off ({cutoff:g})")
             ax.axvline(cutoff, color="black", lw=0.8, ls="--")
-        groups = [("all", data)] if by is None or by not in data.columns else [
-            (g, data[data[by].astype(str) == g]) for g in sorted(data[by].dropna().astype(str).unique())
-        ]
+        groups = (
+            [("all", data)]
+            if by is None or by not in data.columns
+            else [
+                (g, data[data[by].astype(str) == g])
+                for g in sorted(data[by].dropna().astype(str).unique())
+            ]
+        )
         for i, (g, rows) in enumerate(groups):
-            ax.scatter(rows[first], rows[last], s=8, alpha=0.7, color=_CYCLE[i % len(_CYCLE)],
-                       marker=_MARKERS[i % len(_MARKERS)], linewidths=0, label=None if g == "all" else g)
-        up, down = ("improved", "deteriorated") if direction == "higher_is_better" else ("deteriorated", "improved")
+            ax.scatter(
+                rows[first],
+                rows[last],
+                s=8,
+                alpha=0.7,
+                color=_CYCLE[i % len(_CYCLE)],
+                marker=_MARKERS[i % len(_MARKERS)],
+                linewidths=0,
+                label=None if g == "all" else g,
+            )
+        up, down = (
+            ("improved", "deteriorated")
+            if direction == "higher_is_better"
+            else ("deteriorated", "improved")
+        )
         ax.text(0.03, 0.97, f"reliably {up}", transform=ax.transAxes, ha="left", va="top")
         ax.text(0.97, 0.03, f"reliably {down}", transform=ax.transAxes, ha="right", va="bottom")
         ax.set_xlim(lo, hi)
@@ -637,8 +853,20 @@ def plot_reliable_change(
 
 
 def _box(ax, x: float, y: float, text: str):
-    return ax.text(x, y, text, ha="center", va="center", transform=ax.transAxes,
-                   bbox={"boxstyle": "square,pad=0.5", "facecolor": "white", "edgecolor": "black", "linewidth": 0.8})
+    return ax.text(
+        x,
+        y,
+        text,
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        bbox={
+            "boxstyle": "square,pad=0.5",
+            "facecolor": "white",
+            "edgecolor": "black",
+            "linewidth": 0.8,
+        },
+    )
 
 
 def _connect(ax, boxes: list, edges: list[tuple[int, int, str]]) -> None:
@@ -656,8 +884,20 @@ def _connect(ax, boxes: list, edges: list[tuple[int, int, str]]) -> None:
             start, end = ((ax0 + ax1) / 2, ay0), ((bx0 + bx1) / 2, by1)
         else:
             start, end = ((ax0 + ax1) / 2, (by0 + by1) / 2), (bx0, (by0 + by1) / 2)
-        ax.annotate("", xy=end, xytext=start, xycoords="axes fraction", textcoords="axes fraction",
-                    arrowprops={"arrowstyle": "-|>", "color": "black", "lw": 0.8, "shrinkA": 0, "shrinkB": 0})
+        ax.annotate(
+            "",
+            xy=end,
+            xytext=start,
+            xycoords="axes fraction",
+            textcoords="axes fraction",
+            arrowprops={
+                "arrowstyle": "-|>",
+                "color": "black",
+                "lw": 0.8,
+                "shrinkA": 0,
+                "shrinkB": 0,
+            },
+        )
 
 
 def _rules(block: Mapping[str, Any]) -> str:
@@ -703,7 +943,9 @@ def plot_flow(
     for name in sorted(analysed or {}):
         m = analysed[name]
         groups = ", ".join(f"{v} {k}s" for k, v in sorted(m.get("n_groups", {}).items()))
-        lines_analysed.append(f"{name}: {m['n_obs']} sessions, {groups}; {m.get('n_dropped_missing', 0)} left out (missing values)")
+        lines_analysed.append(
+            f"{name}: {m['n_obs']} sessions, {groups}; {m.get('n_dropped_missing', 0)} left out (missing values)"
+        )
     # Row heights in inches from their numbers of text lines, so long boxes never overflow;
     # the gap below the first row holds the exclusion box.
     line, pad, gap = 0.15, 0.25, 0.35
@@ -720,7 +962,9 @@ def plot_flow(
         ax = fig.add_axes([0, 0, 1, 1])
         ax.set_axis_off()
         ys = centres
-        boxes = [_box(ax, 0.3, ys[0], f"Read from {source}\n{p['read']} patients, {s['read']} sessions")]
+        boxes = [
+            _box(ax, 0.3, ys[0], f"Read from {source}\n{p['read']} patients, {s['read']} sessions")
+        ]
         boxes.append(_box(ax, 0.75, (ys[0] + ys[1]) / 2, excl))
         boxes.append(_box(ax, 0.3, ys[1], f"Kept\n{p['kept']} patients, {s['kept']} sessions"))
         edges = [(0, 2, "down"), (0, 1, "right")]
@@ -732,7 +976,14 @@ def plot_flow(
             level = []
             for x, name in zip(xs, names):
                 a = arms[name]
-                boxes.append(_box(ax, x, ys[row], f"{name}\n{a.get('patients', '')} patients, {a.get('sessions', '')} sessions"))
+                boxes.append(
+                    _box(
+                        ax,
+                        x,
+                        ys[row],
+                        f"{name}\n{a.get('patients', '')} patients, {a.get('sessions', '')} sessions",
+                    )
+                )
                 edges.append((2, len(boxes) - 1, "down"))
                 level.append(len(boxes) - 1)
             above = level

@@ -82,7 +82,7 @@ def _decode(path: Path, encoding: str) -> str:
     data = path.read_bytes()
     if data.startswith(_BOM):
         # A UTF-8 byte-order mark settles the encoding, whatever the config says.
-        data, encoding = data[len(_BOM):], "utf-8"
+        data, encoding = data[len(_BOM) :], "utf-8"
     try:
         return data.decode(encoding)
     except LookupError:
@@ -100,7 +100,9 @@ def _decode(path: Path, encoding: str) -> str:
         ) from None
 
 
-def _check_header(names: list[str], source: str, *, sep: str | None = None, row: int = 1) -> list[str]:
+def _check_header(
+    names: list[str], source: str, *, sep: str | None = None, row: int = 1
+) -> list[str]:
     clean = [str(n).replace("\ufeff", "").strip() for n in names]
     for position, name in enumerate(clean, start=1):
         if name == "":
@@ -181,8 +183,14 @@ def _read_text(path: Path, delimiter: str | None, encoding: str) -> pd.DataFrame
     from io import StringIO
 
     frame = pd.read_csv(
-        StringIO(text), sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False,
-        header=0, names=names, quoting=csv.QUOTE_MINIMAL,
+        StringIO(text),
+        sep=sep,
+        dtype=str,
+        keep_default_na=False,
+        skip_blank_lines=False,
+        header=0,
+        names=names,
+        quoting=csv.QUOTE_MINIMAL,
     )
     frame.insert(0, "_source_row", np.arange(2, len(frame) + 2, dtype="int64"))
     return frame
@@ -204,7 +212,11 @@ def _cell_text(value: Any) -> str:
         if pd.isna(value):
             return ""
         stamp = pd.Timestamp(value)
-        return stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else stamp.strftime("%Y-%m-%d %H:%M:%S")
+        return (
+            stamp.strftime("%Y-%m-%d")
+            if stamp == stamp.normalize()
+            else stamp.strftime("%Y-%m-%d %H:%M:%S")
+        )
     if isinstance(value, datetime.date):
         return value.strftime("%Y-%m-%d")
     if value is pd.NaT or (not isinstance(value, str) and pd.isna(value)):
@@ -254,7 +266,9 @@ def _read_excel(path: Path, sheet: str | int | None, header_rows: int) -> pd.Dat
         ) from None
     if sheet is None:
         sheet = book.sheet_names[0]
-    if sheet not in book.sheet_names and not (isinstance(sheet, int) and 0 <= sheet < len(book.sheet_names)):
+    if sheet not in book.sheet_names and not (
+        isinstance(sheet, int) and 0 <= sheet < len(book.sheet_names)
+    ):
         raise DataError(
             f"{source}: the workbook has no sheet {sheet!r}; its sheets are "
             f"{', '.join(repr(s) for s in book.sheet_names)}. Set `sheet` for this study in "
@@ -282,7 +296,9 @@ def _read_excel(path: Path, sheet: str | int | None, header_rows: int) -> pd.Dat
     body = grid.iloc[header_rows:].reset_index(drop=True)
     body.columns = names
     frame, dates = _typed_to_text(body)
-    frame.insert(0, "_source_row", np.arange(header_rows + 1, header_rows + 1 + len(frame), dtype="int64"))
+    frame.insert(
+        0, "_source_row", np.arange(header_rows + 1, header_rows + 1 + len(frame), dtype="int64")
+    )
     frame.attrs["date_columns"] = dates
     return frame
 
@@ -326,7 +342,9 @@ def _per_value(series: pd.Series, func) -> pd.Series:
     if isinstance(result, pd.DataFrame):
         if na.any():
             return func(series)
-        return pd.DataFrame({c: result[c].to_numpy()[codes] for c in result.columns}, index=series.index)
+        return pd.DataFrame(
+            {c: result[c].to_numpy()[codes] for c in result.columns}, index=series.index
+        )
     mapped = result.to_numpy()
     if na.any():
         if mapped.dtype != object:
@@ -397,7 +415,9 @@ def read_raw(
     if header_rows not in (1, 2):
         raise ValueError(f"`header_rows` must be 1 or 2; got {header_rows!r}.")
     if not path.exists():
-        raise DataError(f"{path}: the file does not exist. Check `raw` for this study in config.yaml.")
+        raise DataError(
+            f"{path}: the file does not exist. Check `raw` for this study in config.yaml."
+        )
     if suffix == ".parquet":
         frame, dates = _typed_to_text(pd.read_parquet(path))
         frame.columns = _check_header(list(frame.columns), path.name)
@@ -418,7 +438,9 @@ def read_raw(
             ".xlsx, .sav, .dta or .parquet (save older .xls files as .xlsx)."
         )
     values = frame.drop(columns="_source_row")
-    blank = values.eq("").all(axis=1) if len(values.columns) else pd.Series(False, index=frame.index)
+    blank = (
+        values.eq("").all(axis=1) if len(values.columns) else pd.Series(False, index=frame.index)
+    )
     attrs = dict(frame.attrs)
     frame = frame.loc[~blank].reset_index(drop=True)
     frame.attrs.update(attrs)
@@ -516,20 +538,38 @@ def source_fingerprint(root: str | Path | None = None) -> str:
     root = Path(root) if root is not None else Path(__file__).resolve().parent
     digest = hashlib.sha256()
     files = sorted(
-        p for p in root.rglob("*")
+        p
+        for p in root.rglob("*")
         if p.is_file()
-        and not any(part == "__pycache__" or part.startswith(".") for part in p.relative_to(root).parts)
+        and not any(
+            part == "__pycache__" or part.startswith(".") for part in p.relative_to(root).parts
+        )
         and (p.suffix in {".py", ".yaml", ".yml", ".json"} or p.name == "matplotlibrc")
     )
     if not any(p.name == "__init__.py" for p in files):
-        raise FileNotFoundError(f"No package files under {root} to fingerprint (is allianceflow installed from a zip?).")
+        raise FileNotFoundError(
+            f"No package files under {root} to fingerprint (is allianceflow installed from a zip?)."
+        )
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
-def package_versions(names=("allianceflow", "numpy", "scipy", "pandas", "pyarrow", "statsmodels", "pingouin", "pandera", "matplotlib", "snakemake")) -> dict[str, str]:
+def package_versions(
+    names=(
+        "allianceflow",
+        "numpy",
+        "scipy",
+        "pandas",
+        "pyarrow",
+        "statsmodels",
+        "pingouin",
+        "pandera",
+        "matplotlib",
+        "snakemake",
+    ),
+) -> dict[str, str]:
     """Installed versions of the packages that shape the results."""
     versions = {}
     for name in names:

@@ -560,7 +560,10 @@ def _containment_df(d: pd.DataFrame, keys: list[str], exog: pd.DataFrame) -> dic
     # 2.4.2; nlme's Orthodont example: 108 rows, 27 subjects, age within, Sex between gives
     # df 80 for intercept and age, 25 for Sex); it is reported at the innermost level.
     intercepts = {c for c in x.columns if np.ptp(x[c].to_numpy()) == 0}
-    n_at = {lv: sum(1 for c in level if level[c] == lv and c not in intercepts) for lv in range(1, len(keys) + 2)}
+    n_at = {
+        lv: sum(1 for c in level if level[c] == lv and c not in intercepts)
+        for lv in range(1, len(keys) + 2)
+    }
     out = {}
     for c, lv in level.items():
         out[c] = float(max(sizes[lv] - sizes[lv - 1] - n_at[lv], 1))
@@ -745,7 +748,14 @@ def fit_model(
         # nesting is a property of the rows the model uses (incomplete rows are dropped)
         rows, n_dropped = model_rows(data, spec)
         if supports(spec, rows):
-            return _fit_fast(rows, spec, n_dropped=n_dropped, reml=bool(reml), name=name, boundary_tol=boundary_tol)
+            return _fit_fast(
+                rows,
+                spec,
+                n_dropped=n_dropped,
+                reml=bool(reml),
+                name=name,
+                boundary_tol=boundary_tol,
+            )
         if engine == "fast":
             raise ValueError(
                 f"The fast engine cannot fit {formula!r}: it needs nested grouping factors "
@@ -813,7 +823,9 @@ def fit_model(
     exog = pd.DataFrame(fit_model_obj.exog, columns=fit_model_obj.exog_names)
     dfs = _level_df(fit_d, fit_plan, fit_spec, exog)
     zcrit = float(stats.norm.ppf(0.975))
-    fixed = _fixed_rows(list(fe.index), fe.to_numpy(), bse.to_numpy(), dfs, float(len(fit_d) - len(fe)))
+    fixed = _fixed_rows(
+        list(fe.index), fe.to_numpy(), bse.to_numpy(), dfs, float(len(fit_d) - len(fe))
+    )
 
     random_rows: list[dict] = []
     covs: list[dict] = []
@@ -959,7 +971,9 @@ def fit_model(
     }
 
 
-def _fixed_rows(terms: list[str], estimates, ses, dfs: dict[str, float], df_default: float) -> list[dict]:
+def _fixed_rows(
+    terms: list[str], estimates, ses, dfs: dict[str, float], df_default: float
+) -> list[dict]:
     """Tidy fixed-effect rows: Wald z, two-sided normal p, 95% CI, containment df and the
     r-equivalent r = z / sqrt(z² + df) (see :func:`fit_model`), for either engine."""
     zcrit = float(stats.norm.ppf(0.975))
@@ -984,8 +998,15 @@ def _fixed_rows(terms: list[str], estimates, ses, dfs: dict[str, float], df_defa
     return rows
 
 
-def _fit_fast(rows: pd.DataFrame, spec: FormulaSpec, *, n_dropped: int, reml: bool, name: str,
-              boundary_tol: float) -> dict:
+def _fit_fast(
+    rows: pd.DataFrame,
+    spec: FormulaSpec,
+    *,
+    n_dropped: int,
+    reml: bool,
+    name: str,
+    boundary_tol: float,
+) -> dict:
     """Fit the model's complete *rows* (:func:`allianceflow.formula.model_rows`; *n_dropped*
     were incomplete) with :func:`allianceflow.engine.fit_lmm` and return the same result dict
     as the statsmodels path (same keys, same definitions of df, r, ICC and R²)."""
@@ -999,7 +1020,9 @@ def _fit_fast(rows: pd.DataFrame, spec: FormulaSpec, *, n_dropped: int, reml: bo
     fit = fit_lmm(rows, spec, reml=reml, boundary_tol=boundary_tol)
     keys = []
     # outer to inner: fewer parts first, then fewer levels (study, therapist, patient)
-    for factor in sorted(spec.factors, key=lambda f: (len(f), d[list(f)].drop_duplicates().shape[0])):
+    for factor in sorted(
+        spec.factors, key=lambda f: (len(f), d[list(f)].drop_duplicates().shape[0])
+    ):
         key = ":".join(factor)
         if key not in d:
             d[key] = d[list(factor)].astype(str).agg(":".join, axis=1)
@@ -1009,8 +1032,13 @@ def _fit_fast(rows: pd.DataFrame, spec: FormulaSpec, *, n_dropped: int, reml: bo
     dfs = _containment_df(d, keys, exog)
 
     zcrit = float(stats.norm.ppf(0.975))
-    fixed = _fixed_rows(list(fit.fixed_names), fit.fe_params, np.sqrt(np.diag(fit.cov_fe)), dfs,
-                        float(fit.n_obs - len(fit.fixed_names)))
+    fixed = _fixed_rows(
+        list(fit.fixed_names),
+        fit.fe_params,
+        np.sqrt(np.diag(fit.cov_fe)),
+        dfs,
+        float(fit.n_obs - len(fit.fixed_names)),
+    )
     scale = float(fit.sigma2)
     random, covs = [], []
     order = [t.label for t in spec.random]
@@ -1019,17 +1047,36 @@ def _fit_fast(rows: pd.DataFrame, spec: FormulaSpec, *, n_dropped: int, reml: bo
         terms = list(cov.index)
         for i, t in enumerate(terms):
             v = float(cov.iloc[i, i])
-            random.append({"group": group, "term": t, "variance": _r(v), "sd": _r(math.sqrt(max(v, 0.0))),
-                           "boundary": bool(v < boundary_tol * scale)})
-        correlated = [rt for rt in spec.random if rt.label == group and rt.correlated and len(rt.effects) > 1]
+            random.append(
+                {
+                    "group": group,
+                    "term": t,
+                    "variance": _r(v),
+                    "sd": _r(math.sqrt(max(v, 0.0))),
+                    "boundary": bool(v < boundary_tol * scale),
+                }
+            )
+        correlated = [
+            rt for rt in spec.random if rt.label == group and rt.correlated and len(rt.effects) > 1
+        ]
         for rt in correlated:
             effects = list(rt.effects)
             for i in range(len(effects)):
                 for j in range(i + 1, len(effects)):
                     c = float(cov.loc[effects[i], effects[j]])
-                    den = math.sqrt(max(cov.loc[effects[i], effects[i]], 0) * max(cov.loc[effects[j], effects[j]], 0))
-                    covs.append({"group": group, "term1": effects[i], "term2": effects[j], "covariance": _r(c),
-                                 "correlation": _r(c / den) if den > 0 else None})
+                    den = math.sqrt(
+                        max(cov.loc[effects[i], effects[i]], 0)
+                        * max(cov.loc[effects[j], effects[j]], 0)
+                    )
+                    covs.append(
+                        {
+                            "group": group,
+                            "term1": effects[i],
+                            "term2": effects[j],
+                            "covariance": _r(c),
+                            "correlation": _r(c / den) if den > 0 else None,
+                        }
+                    )
     var_r = float(sum(fit.level_variance.values()))
     total = fit.var_fixed + var_r + scale
     icc = {g: _r(fit.level_variance[g] / (var_r + scale)) for g in dict.fromkeys(order)}
@@ -1040,12 +1087,23 @@ def _fit_fast(rows: pd.DataFrame, spec: FormulaSpec, *, n_dropped: int, reml: bo
         frame = fit.ranef[outer]
         level_col = frame.columns[0]
         terms = [c for c in frame.columns[1:] if not str(c).startswith("se_")]
-        frame = frame.assign(_level=frame[level_col].astype(str)).sort_values("_level", kind="mergesort")
+        frame = frame.assign(_level=frame[level_col].astype(str)).sort_values(
+            "_level", kind="mergesort"
+        )
         for _, row in frame.iterrows():
             for t in terms:
                 est, se = float(row[t]), float(row[f"se_{t}"])
-                modes.append({"group": outer, "level": row["_level"], "term": t, "estimate": _r(est), "se": _r(se),
-                              "ci_low": _r(est - zcrit * se), "ci_high": _r(est + zcrit * se)})
+                modes.append(
+                    {
+                        "group": outer,
+                        "level": row["_level"],
+                        "term": t,
+                        "estimate": _r(est),
+                        "se": _r(se),
+                        "ci_low": _r(est - zcrit * se),
+                        "ci_high": _r(est + zcrit * se),
+                    }
+                )
     warnings_ = list(fit.warnings)
     if not fit.converged:
         warnings_.append(
@@ -1069,7 +1127,10 @@ def _fit_fast(rows: pd.DataFrame, spec: FormulaSpec, *, n_dropped: int, reml: bo
         "loglik": _r(fit.loglik),
         "n_params": int(fit.n_params),
         "conditional_modes": modes,
-        "vcov_fixed": {"terms": list(fit.fixed_names), "matrix": [[_r(v) for v in row] for row in fit.cov_fe]},
+        "vcov_fixed": {
+            "terms": list(fit.fixed_names),
+            "matrix": [[_r(v) for v in row] for row in fit.cov_fe],
+        },
         "aic": _r(fit.aic),
         "bic": _r(fit.bic),
         "convergence": {
@@ -1112,7 +1173,11 @@ def _check_rank_design(exog: np.ndarray, names: list[str]) -> None:
             kept.append(j)
         else:
             redundant.append(name)
-    detail = f"constant in the rows used: {', '.join(constant)}" if constant else f"a combination of earlier terms: {', '.join(redundant)}"
+    detail = (
+        f"constant in the rows used: {', '.join(constant)}"
+        if constant
+        else f"a combination of earlier terms: {', '.join(redundant)}"
+    )
     raise ValueError(
         f"The fixed effects cannot all be estimated from the {exog.shape[0]} complete rows: "
         f"{detail}. Drop or recode these terms, or check which rows are missing (rows with a "
@@ -1120,7 +1185,9 @@ def _check_rank_design(exog: np.ndarray, names: list[str]) -> None:
     )
 
 
-def _conditional_modes(res, plan: MixedLMPlan, d: pd.DataFrame, zcrit: float, max_groups: int = 5000) -> list[dict]:
+def _conditional_modes(
+    res, plan: MixedLMPlan, d: pd.DataFrame, zcrit: float, max_groups: int = 5000
+) -> list[dict]:
     """Conditional modes (BLUPs) of the outer grouping factor's random effects.
 
     One row per level and term: ``group, level, term, estimate, se, ci_low, ci_high``, where
@@ -1359,6 +1426,7 @@ def _boundary_p(stat: float, df: int, added_variances: int) -> float | None:
     gives the 50:50 mixture of :math:`\chi^2_{df-1}` and :math:`\chi^2_{df}`. Other cases
     have no simple mixture and return None (use the ordinary ``p``, which is conservative).
     """
+
     def sf(x: float, j: int) -> float:
         return float(stat <= 0) if j == 0 else float(stats.chi2.sf(x, j))
 

@@ -34,7 +34,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._derive_checks import DIRECTIONS, check_choice, check_columns, check_frame, check_number, check_sessions
+from ._derive_checks import (
+    DIRECTIONS,
+    check_choice,
+    check_columns,
+    check_frame,
+    check_number,
+    check_sessions,
+)
 
 __all__ = [
     "ExpectedResponse",
@@ -50,7 +57,15 @@ Direction = Literal["higher_is_better", "lower_is_better"]
 #: Values of the ``track_status`` column.
 TRACK_STATUS = ("intake", "on_track", "not_on_track", "missing")
 #: Columns added by :func:`on_track`.
-ON_TRACK_COLUMNS = ["intake_session", "intake_score", "etr_expected", "etr_lower", "etr_upper", "on_track", "track_status"]
+ON_TRACK_COLUMNS = [
+    "intake_session",
+    "intake_score",
+    "etr_expected",
+    "etr_lower",
+    "etr_upper",
+    "on_track",
+    "track_status",
+]
 
 
 @dataclass(frozen=True)
@@ -99,7 +114,9 @@ class ExpectedResponse:
         needed = ("gamma0", "gamma1", "centre", "sigma")
         missing = [k for k in needed if k not in values]
         if missing:
-            raise KeyError(f"Expected-response coefficients need {list(needed)}; missing {missing}.")
+            raise KeyError(
+                f"Expected-response coefficients need {list(needed)}; missing {missing}."
+            )
         extra = sorted(set(values) - set(needed) - {"n_patients", "n_observations"})
         if extra:
             raise KeyError(f"Unknown expected-response keys {extra}; allowed: {list(needed)}.")
@@ -118,7 +135,9 @@ class ExpectedResponse:
 
 
 def _intake(data: pd.DataFrame, score: str, patient: str, session: str) -> pd.DataFrame:
-    obs = data.loc[data[score].notna(), [patient, session, score]].sort_values([patient, session], kind="mergesort")
+    obs = data.loc[data[score].notna(), [patient, session, score]].sort_values(
+        [patient, session], kind="mergesort"
+    )
     first = obs.groupby(patient, sort=False).first()
     return first.rename(columns={session: "intake_session", score: "intake_score"})
 
@@ -206,8 +225,12 @@ def fit_expected_response(
     if not sigma > 0:
         sigma = float(np.finfo(float).eps)
     return ExpectedResponse(
-        gamma0=float(beta[0]), gamma1=float(beta[1]), centre=centre, sigma=sigma,
-        n_patients=int(obs[patient].nunique()), n_observations=int(n),
+        gamma0=float(beta[0]),
+        gamma1=float(beta[1]),
+        centre=centre,
+        sigma=sigma,
+        n_patients=int(obs[patient].nunique()),
+        n_observations=int(n),
     )
 
 
@@ -303,7 +326,9 @@ def on_track(
     return out
 
 
-def first_off_track(data: pd.DataFrame, *, patient: str = "patient", session: str = "session") -> pd.DataFrame:
+def first_off_track(
+    data: pd.DataFrame, *, patient: str = "patient", session: str = "session"
+) -> pd.DataFrame:
     """Each patient's first session off track and number of sessions off track.
 
     Parameters
@@ -333,6 +358,10 @@ def first_off_track(data: pd.DataFrame, *, patient: str = "patient", session: st
     ids = pd.Index(pd.unique(data[patient]), name=patient)
     sub = data.loc[off]
     out = pd.DataFrame(index=ids)
-    out["n_not_on_track"] = sub.groupby(patient, sort=False).size().reindex(ids).fillna(0).astype("int64")
-    out["first_off_track_session"] = sub.groupby(patient, sort=False)[session].min().reindex(ids).astype("Int64")
+    out["n_not_on_track"] = (
+        sub.groupby(patient, sort=False).size().reindex(ids).fillna(0).astype("int64")
+    )
+    out["first_off_track_session"] = (
+        sub.groupby(patient, sort=False)[session].min().reindex(ids).astype("Int64")
+    )
     return out.reset_index()

@@ -62,7 +62,12 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
-    logging.basicConfig(level=logging.WARNING, handlers=handlers, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(
+        level=logging.WARNING,
+        handlers=handlers,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
     log.setLevel(logging.INFO)
     logging.captureWarnings(True)  # warnings (e.g. unscorable rows) go to the log too
     try:
@@ -78,7 +83,15 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
         sys.exit(1)
 
 
-def clean_stage(raw: str | Path, study: dict[str, Any], *, sessions: str | Path, exclusions: str | Path, flow: str | Path, name: str | None = None) -> None:
+def clean_stage(
+    raw: str | Path,
+    study: dict[str, Any],
+    *,
+    sessions: str | Path,
+    exclusions: str | Path,
+    flow: str | Path,
+    name: str | None = None,
+) -> None:
     """Clean one raw export into the canonical table, its exclusions and flow counts.
 
     *name* is the study's key in config.yaml, used in messages (``studies.<name>.rules``).
@@ -96,7 +109,13 @@ def clean_stage(raw: str | Path, study: dict[str, Any], *, sessions: str | Path,
     io.write_table(result.exclusions, exclusions)
     io.write_json(result.flow, flow)
     counts = result.flow["sessions"]
-    log.info("%s: read %d rows, kept %d, excluded %d", raw.name, counts["read"], counts["kept"], counts["excluded"])
+    log.info(
+        "%s: read %d rows, kept %d, excluded %d",
+        raw.name,
+        counts["read"],
+        counts["kept"],
+        counts["excluded"],
+    )
 
 
 def score_stage(sessions: str | Path, study: dict[str, Any], *, scored: str | Path) -> None:
@@ -111,12 +130,19 @@ def _instrument_specs(study: dict[str, Any]):
     return study["instruments"]
 
 
-def reliability_stage(sessions: str | Path, study: dict[str, Any], *, seed: int, csv: str | Path, md: str | Path) -> None:
+def reliability_stage(
+    sessions: str | Path, study: dict[str, Any], *, seed: int, csv: str | Path, md: str | Path
+) -> None:
     """Alpha and omega with 95% CIs per instrument and subscale."""
     from .score import reliability
     from .tables import reliability_markdown
 
-    table = reliability(io.read_table(sessions), _instrument_specs(study), seed=seed, n_boot=study.get("reliability_bootstrap", 1000))
+    table = reliability(
+        io.read_table(sessions),
+        _instrument_specs(study),
+        seed=seed,
+        n_boot=study.get("reliability_bootstrap", 1000),
+    )
     io.write_table(table, csv)
     io.write_text(reliability_markdown(table), md)
 
@@ -137,7 +163,9 @@ def instrument_of(study: dict[str, Any], column: str):
     items = specs.items() if isinstance(specs, dict) else ((name, None) for name in specs)
     for name, spec in items:
         own_definition = isinstance(spec, dict) and "items" in spec
-        inst = load_instrument(spec if own_definition else name, overrides=None if own_definition else spec)
+        inst = load_instrument(
+            spec if own_definition else name, overrides=None if own_definition else spec
+        )
         if column in score_columns(inst):
             return inst
     raise ConfigError(
@@ -169,7 +197,11 @@ def derive_study(scored, study: dict[str, Any], *, reference=None):
     from .derive import derive_tables
 
     settings = study.get("derive") or {}
-    if "informant" in scored and not settings.get("informant") and scored.duplicated(["patient", "session"]).any():
+    if (
+        "informant" in scored
+        and not settings.get("informant")
+        and scored.duplicated(["patient", "session"]).any()
+    ):
         found = ", ".join(sorted(map(str, scored["informant"].dropna().unique())))
         raise ConfigError(
             f"config.yaml: the data hold several informants per session ({found}); the derive "
@@ -177,7 +209,11 @@ def derive_study(scored, study: dict[str, Any], *, reference=None):
         )
     inst = instrument_of(study, study["outcome"])
     alliance = instrument_of(study, study["alliance"])
-    components = {sub: f"{alliance.id}_{sub}" for sub in alliance.subscales} if study["alliance"] == f"{alliance.id}_total" else {}
+    components = (
+        {sub: f"{alliance.id}_{sub}" for sub in alliance.subscales}
+        if study["alliance"] == f"{alliance.id}_total"
+        else {}
+    )
     return derive_tables(
         scored,
         alliance=study["alliance"],
@@ -206,7 +242,9 @@ class PreparedStudy(NamedTuple):
     expected_response: Any
 
 
-def prepare_study(study: dict[str, Any], *, root: str | Path = ".", name: str | None = None) -> PreparedStudy:
+def prepare_study(
+    study: dict[str, Any], *, root: str | Path = ".", name: str | None = None
+) -> PreparedStudy:
     """Clean, score and derive one configured study in memory, writing nothing.
 
     The same functions as the pipeline's clean, score and derive stages, for notebooks and
@@ -216,20 +254,36 @@ def prepare_study(study: dict[str, Any], *, root: str | Path = ".", name: str | 
     from .score import score_sessions
 
     raw = Path(root) / study["raw"]
-    frame = io.read_raw(raw, delimiter=study.get("delimiter"), encoding=study.get("encoding", "utf-8-sig"),
-                        sheet=study.get("sheet"), header_rows=study.get("header_rows", 1))
+    frame = io.read_raw(
+        raw,
+        delimiter=study.get("delimiter"),
+        encoding=study.get("encoding", "utf-8-sig"),
+        sheet=study.get("sheet"),
+        header_rows=study.get("header_rows", 1),
+    )
     cleaned = clean_sessions(frame, study, source=raw.name, name=name)
     scored = score_sessions(cleaned.sessions, _instrument_specs(study))
     derived = derive_study(scored, study)
     return PreparedStudy(cleaned.sessions, cleaned.exclusions, cleaned.flow, scored, *derived)
 
 
-def derive_stage(scored: str | Path, study: dict[str, Any], *, analysis: str | Path, patients: str | Path, sudden_gains: str | Path, expected: str | Path, reference: str | Path | None = None) -> None:
+def derive_stage(
+    scored: str | Path,
+    study: dict[str, Any],
+    *,
+    analysis: str | Path,
+    patients: str | Path,
+    sudden_gains: str | Path,
+    expected: str | Path,
+    reference: str | Path | None = None,
+) -> None:
     """Within/between parts, lags, reliable change, on-track status, sudden gains, ruptures
     and endings of the configured alliance and outcome scores (:func:`derive_study`).
     *reference* is the reference study's scored sessions, when the expected treatment
     response is fitted on them."""
-    result = derive_study(io.read_table(scored), study, reference=io.read_table(reference) if reference else None)
+    result = derive_study(
+        io.read_table(scored), study, reference=io.read_table(reference) if reference else None
+    )
     io.write_table(result.analysis, analysis)
     io.write_table(result.patients, patients)
     io.write_table(result.sudden_gains, sudden_gains)
@@ -246,18 +300,24 @@ def model_formula(model: dict[str, Any]) -> str:
     return preset_formula(model["preset"], **model.get("options", {}))
 
 
-def fit_stage(analysis: str | Path, model: dict[str, Any], *, name: str, json: str | Path, txt: str | Path) -> None:
+def fit_stage(
+    analysis: str | Path, model: dict[str, Any], *, name: str, json: str | Path, txt: str | Path
+) -> None:
     """Fit one model and write its tidy results and a readable summary."""
     from .models import fit_model, format_model
 
-    result = fit_model(io.read_table(analysis), model_formula(model), reml=model.get("reml", True), name=name)
+    result = fit_model(
+        io.read_table(analysis), model_formula(model), reml=model.get("reml", True), name=name
+    )
     io.write_json(result, json)
     io.write_text(format_model(result), txt)
     conv = result["convergence"]
     log.info("%s: converged=%s with %s", name, conv["converged"], conv["optimizer"])
 
 
-def comparison_stage(analysis: str | Path, models: dict[str, dict[str, Any]], *, json: str | Path, txt: str | Path) -> None:
+def comparison_stage(
+    analysis: str | Path, models: dict[str, dict[str, Any]], *, json: str | Path, txt: str | Path
+) -> None:
     """Likelihood-ratio test of two configured models (simpler first) on the same rows.
 
     Both are refitted on the rows complete for both, by ML when their fixed effects differ.
@@ -265,7 +325,9 @@ def comparison_stage(analysis: str | Path, models: dict[str, dict[str, Any]], *,
     from .models import likelihood_ratio_test
 
     (name0, spec0), (name1, spec1) = models.items()
-    result = likelihood_ratio_test(io.read_table(analysis), model_formula(spec0), model_formula(spec1), names=(name0, name1))
+    result = likelihood_ratio_test(
+        io.read_table(analysis), model_formula(spec0), model_formula(spec1), names=(name0, name1)
+    )
     summary = {k: v for k, v in result.items() if k not in ("fit0", "fit1")}
     io.write_json(summary, json)
     lines = [f"Likelihood-ratio test: {name0} (simpler) vs {name1}"]
@@ -277,11 +339,15 @@ def within_between_figure_stage(analysis: str | Path, study: dict[str, Any], *, 
     """The within- vs between-patient alliance–outcome figure in every format asked for."""
     from .figures import plot_within_between, save_figure
 
-    fig = plot_within_between(io.read_table(analysis), alliance_label=study["alliance"], outcome_label=study["outcome"])
+    fig = plot_within_between(
+        io.read_table(analysis), alliance_label=study["alliance"], outcome_label=study["outcome"]
+    )
     save_figure(fig, outputs)
 
 
-def model_table_stage(model_json: str | Path, *, csv: str | Path, md: str | Path, **formats: str | Path) -> None:
+def model_table_stage(
+    model_json: str | Path, *, csv: str | Path, md: str | Path, **formats: str | Path
+) -> None:
     """One model's table: CSV of the fixed effects (unrounded, with convergence) and the
     APA table (fixed effects, variance components, fit) as Markdown and any of
     ``html=``, ``tex=``, ``docx=``."""
@@ -292,11 +358,15 @@ def model_table_stage(model_json: str | Path, *, csv: str | Path, md: str | Path
     write_table_files(model_table([result], name=result["name"]), [md, *formats.values()])
 
 
-def manifest_stage(*, study: str, study_config: dict[str, Any], inputs, outputs, manifest: str | Path) -> None:
+def manifest_stage(
+    *, study: str, study_config: dict[str, Any], inputs, outputs, manifest: str | Path
+) -> None:
     """Hashes of inputs and outputs, the resolved config and package versions."""
     from .report import build_manifest
 
-    io.write_json(build_manifest(study=study, inputs=inputs, outputs=outputs, config=study_config), manifest)
+    io.write_json(
+        build_manifest(study=study, inputs=inputs, outputs=outputs, config=study_config), manifest
+    )
 
 
 # --------------------------------------------------------------------------- figures and tables (issue 7)
@@ -311,7 +381,10 @@ def _figure_options(study: dict[str, Any]) -> dict[str, Any]:
 
 
 def _labels(study: dict[str, Any]) -> dict[str, str]:
-    return {"alliance_label": f"alliance ({study['alliance']})", "outcome_label": f"outcome ({study['outcome']})"}
+    return {
+        "alliance_label": f"alliance ({study['alliance']})",
+        "outcome_label": f"outcome ({study['outcome']})",
+    }
 
 
 def models_table_stage(model_jsons, *, outputs) -> None:
@@ -350,11 +423,24 @@ def descriptive_table_stage(
         categorical = {}
         if "ending" in people and people["ending"].astype(str).ne("unknown").any():
             sources = set(people["ending_source"].astype(str)) - {"none"}
-            label = {frozenset({"recorded"}): "Ending", frozenset({"inferred"}): "Ending (inferred from the gap before extraction)"}
-            categorical = {"ending": label.get(frozenset(sources), "Ending (recorded, or inferred from the gap before extraction)")}
-        table = tables.table1(frame, patients=people, categorical=categorical, min_cell=min_cell,
-                              therapist="therapist" if "therapist" in frame else None,
-                              by="condition" if "condition" in frame else None)
+            label = {
+                frozenset({"recorded"}): "Ending",
+                frozenset({"inferred"}): "Ending (inferred from the gap before extraction)",
+            }
+            categorical = {
+                "ending": label.get(
+                    frozenset(sources),
+                    "Ending (recorded, or inferred from the gap before extraction)",
+                )
+            }
+        table = tables.table1(
+            frame,
+            patients=people,
+            categorical=categorical,
+            min_cell=min_cell,
+            therapist="therapist" if "therapist" in frame else None,
+            by="condition" if "condition" in frame else None,
+        )
     elif name == "intake_correlations":
         table = tables.intake_correlations(frame, min_cell=min_cell)
     elif name == "clinical_significance":
@@ -371,11 +457,17 @@ def descriptive_table_stage(
     tables.write_table_files(table, outputs)
 
 
-def trajectories_figure_stage(analysis: str | Path, model_json: str | Path, study: dict[str, Any], *, outputs) -> None:
+def trajectories_figure_stage(
+    analysis: str | Path, model_json: str | Path, study: dict[str, Any], *, outputs
+) -> None:
     """Individual trajectories with the model-implied mean and band of one model."""
     from .figures import plot_trajectories, save_figure
 
-    fig = plot_trajectories(io.read_table(analysis), io.read_json(model_json), outcome_label=_labels(study)["outcome_label"])
+    fig = plot_trajectories(
+        io.read_table(analysis),
+        io.read_json(model_json),
+        outcome_label=_labels(study)["outcome_label"],
+    )
     save_figure(fig, outputs)
 
 
@@ -421,7 +513,11 @@ def feedback_figure_stage(analysis: str | Path, study: dict[str, Any], *, output
     """Mean outcome by arm × on-track status."""
     from .figures import plot_feedback_curves, save_figure
 
-    fig = plot_feedback_curves(io.read_table(analysis), min_n=_min_cell(study), outcome_label=_labels(study)["outcome_label"])
+    fig = plot_feedback_curves(
+        io.read_table(analysis),
+        min_n=_min_cell(study),
+        outcome_label=_labels(study)["outcome_label"],
+    )
     save_figure(fig, outputs)
 
 
@@ -430,8 +526,11 @@ def expected_response_figure_stage(analysis: str | Path, study: dict[str, Any], 
     ``figures.example_patient`` or the first off-track patient with six sessions)."""
     from .figures import plot_expected_response, save_figure
 
-    fig = plot_expected_response(io.read_table(analysis), _figure_options(study).get("example_patient"),
-                                 outcome_label=_labels(study)["outcome_label"])
+    fig = plot_expected_response(
+        io.read_table(analysis),
+        _figure_options(study).get("example_patient"),
+        outcome_label=_labels(study)["outcome_label"],
+    )
     save_figure(fig, outputs)
 
 
@@ -439,15 +538,25 @@ def ruptures_figure_stage(analysis: str | Path, study: dict[str, Any], *, output
     """Mean alliance around detected ruptures, by repair status."""
     from .figures import plot_ruptures, save_figure
 
-    fig = plot_ruptures(io.read_table(analysis), min_n=_min_cell(study), alliance_label=_labels(study)["alliance_label"])
+    fig = plot_ruptures(
+        io.read_table(analysis),
+        min_n=_min_cell(study),
+        alliance_label=_labels(study)["alliance_label"],
+    )
     save_figure(fig, outputs)
 
 
-def sudden_gains_figure_stage(analysis: str | Path, sudden_gains: str | Path, study: dict[str, Any], *, outputs) -> None:
+def sudden_gains_figure_stage(
+    analysis: str | Path, sudden_gains: str | Path, study: dict[str, Any], *, outputs
+) -> None:
     """Outcome around each sudden gain, aligned at the pre-gain session."""
     from .figures import plot_sudden_gains, save_figure
 
-    fig = plot_sudden_gains(io.read_table(analysis), io.read_table(sudden_gains), outcome_label=_labels(study)["outcome_label"])
+    fig = plot_sudden_gains(
+        io.read_table(analysis),
+        io.read_table(sudden_gains),
+        outcome_label=_labels(study)["outcome_label"],
+    )
     save_figure(fig, outputs)
 
 
@@ -458,7 +567,16 @@ def reliable_change_figure_stage(patients: str | Path, study: dict[str, Any], *,
 
     inst = instrument_of(study, study["outcome"])
     alliance = instrument_of(study, study["alliance"])
-    components = {sub: f"{alliance.id}_{sub}" for sub in alliance.subscales} if study["alliance"] == f"{alliance.id}_total" else {}
-    fig = plot_reliable_change(io.read_table(patients), rci=inst.rci, cutoff=inst.cutoff, direction=inst.direction,
-                               outcome_label=_labels(study)["outcome_label"])
+    components = (
+        {sub: f"{alliance.id}_{sub}" for sub in alliance.subscales}
+        if study["alliance"] == f"{alliance.id}_total"
+        else {}
+    )
+    fig = plot_reliable_change(
+        io.read_table(patients),
+        rci=inst.rci,
+        cutoff=inst.cutoff,
+        direction=inst.direction,
+        outcome_label=_labels(study)["outcome_label"],
+    )
     save_figure(fig, outputs)

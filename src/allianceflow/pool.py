@@ -177,7 +177,9 @@ def outcome_direction(study: Mapping[str, Any]) -> Direction:
     specs = study["instruments"]
     items = specs.items() if isinstance(specs, Mapping) else ((name, None) for name in specs)
     for name, spec in items:
-        inst = load_instrument(dict(spec) if isinstance(spec, Mapping) and "items" in spec else name)
+        inst = load_instrument(
+            dict(spec) if isinstance(spec, Mapping) and "items" in spec else name
+        )
         if study["outcome"] in score_columns(inst):
             return inst.direction
     raise ValueError(
@@ -244,7 +246,9 @@ def study_effects(
         direction = directions.get(study, "higher_is_better")
         _check_direction(study, direction)
         if row.get("r") is None or row.get("df") is None:
-            raise ValueError(f"the {term!r} effect of study {study!r} has no r-equivalent (r or df is missing).")
+            raise ValueError(
+                f"the {term!r} effect of study {study!r} has no r-equivalent (r or df is missing)."
+            )
         sign = -1 if direction == "lower_is_better" else 1
         rows.append(
             {
@@ -364,12 +368,16 @@ def meta_analysis(
         raise ValueError(f"`effects` must hold at least 2 studies to pool; got {len(effects)}.")
     labels = effects[study].astype(str)
     if labels.duplicated().any():
-        raise ValueError(f"study labels in column {study!r} must be unique; {labels[labels.duplicated()].tolist()} repeat.")
+        raise ValueError(
+            f"study labels in column {study!r} must be unique; {labels[labels.duplicated()].tolist()} repeat."
+        )
     rr = effects[r].to_numpy(dtype=float)
     nn = effects[n].to_numpy(dtype=float)
     bad_r = ~((rr > -1) & (rr < 1))
     if bad_r.any():
-        raise ValueError(f"column {r!r} must hold correlations in (-1, 1); got {rr[bad_r].tolist()}.")
+        raise ValueError(
+            f"column {r!r} must hold correlations in (-1, 1); got {rr[bad_r].tolist()}."
+        )
     bad_n = ~(nn > 3)
     if bad_n.any():
         raise ValueError(f"column {n!r} must hold sample sizes above 3; got {nn[bad_n].tolist()}.")
@@ -379,11 +387,26 @@ def meta_analysis(
     k = len(y)
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # DL with a negative tau2 (handled below)
-        res = combine_effects(y, v, method_re=method, row_names=list(labels), use_t=bool(hksj), alpha=alpha,
-                              **({"atol": 1e-10, "maxiter": 1000} if method == "pm" else {}))
+        res = combine_effects(
+            y,
+            v,
+            method_re=method,
+            row_names=list(labels),
+            use_t=bool(hksj),
+            alpha=alpha,
+            **({"atol": 1e-10, "maxiter": 1000} if method == "pm" else {}),
+        )
     if res.tau2 < 0:  # DL with Q < k - 1: truncate at 0 (== PM result, the common-effect model)
-        res = combine_effects(y, v, method_re="pm", row_names=list(labels), use_t=bool(hksj), alpha=alpha,
-                              atol=1e-10, maxiter=1000)
+        res = combine_effects(
+            y,
+            v,
+            method_re="pm",
+            row_names=list(labels),
+            use_t=bool(hksj),
+            alpha=alpha,
+            atol=1e-10,
+            maxiter=1000,
+        )
     tau2 = float(max(res.tau2, 0.0))
     mu = float(res.mean_effect_re)
     if hksj:
@@ -467,12 +490,21 @@ def meta_table(result: dict) -> pd.DataFrame:
         ``study, n, r, ci_low, ci_high, weight`` (weight in %, empty for the pooled row).
     """
     rows = [
-        {k: s[k] for k in ("study", "n", "r", "ci_low", "ci_high", "weight")} for s in result["studies"]
+        {k: s[k] for k in ("study", "n", "r", "ci_low", "ci_high", "weight")}
+        for s in result["studies"]
     ]
     p = result["pooled"]
     label = f"Random effects ({result['method'].upper()}{', HKSJ' if result['hksj'] else ''})"
-    rows.append({"study": label, "n": sum(s["n"] for s in result["studies"]), "r": p["r"],
-                 "ci_low": p["ci_low"], "ci_high": p["ci_high"], "weight": None})
+    rows.append(
+        {
+            "study": label,
+            "n": sum(s["n"] for s in result["studies"]),
+            "r": p["r"],
+            "ci_low": p["ci_low"],
+            "ci_high": p["ci_high"],
+            "weight": None,
+        }
+    )
     return pd.DataFrame(rows, columns=["study", "n", "r", "ci_low", "ci_high", "weight"])
 
 
@@ -523,8 +555,14 @@ def plot_forest(
         max_w = max(s["weight"] for s in studies)
         for yy, s in zip(ys, studies):
             ax.plot([s["ci_low"], s["ci_high"]], [yy, yy], color="#000000", lw=1)
-            ax.plot(s["r"], yy, marker="s", color="#0072B2", linestyle="none",
-                    markersize=4 + 6 * math.sqrt(s["weight"] / max_w))
+            ax.plot(
+                s["r"],
+                yy,
+                marker="s",
+                color="#0072B2",
+                linestyle="none",
+                markersize=4 + 6 * math.sqrt(s["weight"] / max_w),
+            )
         p = result["pooled"]
         diamond_x = [p["ci_low"], p["r"], p["ci_high"], p["r"], p["ci_low"]]
         diamond_y = [0.5, 0.8, 0.5, 0.2, 0.5]
@@ -533,8 +571,13 @@ def plot_forest(
             ax.plot([p["pi_low"], p["pi_high"]], [0.5, 0.5], color="#D55E00", lw=1, zorder=2)
         if benchmark is not None and comparable:
             ax.axvspan(benchmark.ci_low, benchmark.ci_high, color="#009E73", alpha=0.2, lw=0)
-            ax.axvline(benchmark.r, color="#009E73", ls="--", lw=1,
-                       label=f"{benchmark.label}: r = {benchmark.r:.3f} [{benchmark.ci_low:.3f}, {benchmark.ci_high:.3f}]")
+            ax.axvline(
+                benchmark.r,
+                color="#009E73",
+                ls="--",
+                lw=1,
+                label=f"{benchmark.label}: r = {benchmark.r:.3f} [{benchmark.ci_low:.3f}, {benchmark.ci_high:.3f}]",
+            )
             ax.legend(loc="upper left", frameon=False, fontsize="small")
         ax.axvline(0.0, color="#999999", lw=0.8)
         method = result["method"].upper() + (", HKSJ" if result["hksj"] else "")
@@ -555,9 +598,16 @@ def plot_forest(
             ax.set_title(title)
         if benchmark is not None and not comparable:
             pooled_term = result.get("term", "the pooled term")
-            fig.text(0.01, 0.01, f"{benchmark.label} benchmark (r = {benchmark.r:.3f}) not shown: it is a "
-                     f"between-patient correlation, not comparable with {pooled_term}.",
-                     fontsize="x-small", ha="left", va="bottom", color="#555555")
+            fig.text(
+                0.01,
+                0.01,
+                f"{benchmark.label} benchmark (r = {benchmark.r:.3f}) not shown: it is a "
+                f"between-patient correlation, not comparable with {pooled_term}.",
+                fontsize="x-small",
+                ha="left",
+                va="bottom",
+                color="#555555",
+            )
             fig.tight_layout(rect=(0, 0.06, 1, 1))
         else:
             fig.tight_layout()
@@ -572,8 +622,16 @@ LEVEL_SUFFIXES: tuple[str, ...] = ("", "_lag", "_next", "_baseline", "_pmean", "
 #: Suffixes of derived columns that are already centred (deviations, differences of
 #: means): only divided by :math:`s_a`, never shifted.
 CENTRED_SUFFIXES: tuple[str, ...] = (
-    "_within", "_between", "_gmc", "_therapist", "_patient", "_within_lag", "_within_detrended",
-    "_within_detrended_lag", "_therapist_mean", "_patient_deviation",
+    "_within",
+    "_between",
+    "_gmc",
+    "_therapist",
+    "_patient",
+    "_within_lag",
+    "_within_detrended",
+    "_within_detrended_lag",
+    "_therapist_mean",
+    "_patient_deviation",
 )
 _RESERVED = {s.strip("_").split("_")[0] for s in LEVEL_SUFFIXES + CENTRED_SUFFIXES if s}
 
@@ -588,8 +646,11 @@ def _scale_plan(columns, alliance: str, outcome: str) -> dict[str, tuple[str, st
     """
     columns = [str(c) for c in columns]
     bases = [outcome, alliance] + sorted(
-        c for c in columns
-        if c.startswith(alliance + "_") and "_" not in c[len(alliance) + 1:] and c[len(alliance) + 1:] not in _RESERVED
+        c
+        for c in columns
+        if c.startswith(alliance + "_")
+        and "_" not in c[len(alliance) + 1 :]
+        and c[len(alliance) + 1 :] not in _RESERVED
     )
     plan: dict[str, tuple[str, str]] = {}
     for base in bases:
@@ -604,8 +665,11 @@ def _scale_plan(columns, alliance: str, outcome: str) -> dict[str, tuple[str, st
 
 def _unscaled(columns, plan: Mapping[str, Any], alliance: str, outcome: str) -> list[str]:
     """Columns named like alliance or outcome variables that *plan* does not standardise."""
-    return [str(c) for c in columns
-            if str(c) not in plan and (str(c).startswith(alliance) or str(c).startswith(outcome))]
+    return [
+        str(c)
+        for c in columns
+        if str(c) not in plan and (str(c).startswith(alliance) or str(c).startswith(outcome))
+    ]
 
 
 def _stack(tables, *, directions, standardise, alliance, outcome, study, ids):
@@ -627,8 +691,16 @@ def _stack(tables, *, directions, standardise, alliance, outcome, study, ids):
             for base in {b for b, _ in plan.values()}:
                 sd = float(frame[base].std())
                 if not (sd > 0):
-                    label = "outcome" if base == outcome else "alliance" if base == alliance else f"component {base!r}"
-                    raise ValueError(f"study {name!r}: the {label} column has no variation (SD = {sd}); cannot standardise.")
+                    label = (
+                        "outcome"
+                        if base == outcome
+                        else "alliance"
+                        if base == alliance
+                        else f"component {base!r}"
+                    )
+                    raise ValueError(
+                        f"study {name!r}: the {label} column has no variation (SD = {sd}); cannot standardise."
+                    )
                 moments[base] = (float(frame[base].mean()), sd, sign if base == outcome else 1.0)
             for col, (base, kind) in plan.items():
                 mean, sd, s = moments[base]
@@ -700,8 +772,15 @@ def stack_studies(
     KeyError
         A table lacks the alliance or outcome column.
     """
-    return _stack(tables, directions=directions, standardise=standardise, alliance=alliance,
-                  outcome=outcome, study=study, ids=ids)[0]
+    return _stack(
+        tables,
+        directions=directions,
+        standardise=standardise,
+        alliance=alliance,
+        outcome=outcome,
+        study=study,
+        ids=ids,
+    )[0]
 
 
 def one_stage_model(
@@ -755,9 +834,15 @@ def one_stage_model(
 
     if not isinstance(formula, str) or "~" not in formula:
         raise ValueError(f"`formula` must be an lme4 formula with '~'; got {formula!r}.")
-    stacked, supported, unscaled = _stack(tables, directions=directions, standardise=standardise,
-                                          alliance="alliance", outcome="outcome", study="study",
-                                          ids=("patient", "therapist"))
+    stacked, supported, unscaled = _stack(
+        tables,
+        directions=directions,
+        standardise=standardise,
+        alliance="alliance",
+        outcome="outcome",
+        study="study",
+        ids=("patient", "therapist"),
+    )
     if standardise:
         used = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", formula)) & unscaled)
         if used:
@@ -774,7 +859,9 @@ def one_stage_model(
     return result
 
 
-def compare_stages(meta: dict, one_stage: dict, *, term: str = "alliance_within_lag") -> pd.DataFrame:
+def compare_stages(
+    meta: dict, one_stage: dict, *, term: str = "alliance_within_lag"
+) -> pd.DataFrame:
     """The pooled two-stage r beside the one-stage model's r-equivalent for the same term.
 
     Returns
@@ -796,11 +883,24 @@ def compare_stages(meta: dict, one_stage: dict, *, term: str = "alliance_within_
     label = f"two-stage ({meta['method'].upper()}{', HKSJ' if meta['hksj'] else ''})"
     return pd.DataFrame(
         [
-            {"approach": label, "r": p["r"], "ci_low": p["ci_low"], "ci_high": p["ci_high"],
-             "estimate": p["z"], "se": p["se"], "p": p["p"]},
-            {"approach": "one-stage", "r": _f(r1),
-             "ci_low": _f(np.tanh(np.arctanh(r1) - zc * se_z)), "ci_high": _f(np.tanh(np.arctanh(r1) + zc * se_z)),
-             "estimate": row["estimate"], "se": row["se"], "p": row["p"]},
+            {
+                "approach": label,
+                "r": p["r"],
+                "ci_low": p["ci_low"],
+                "ci_high": p["ci_high"],
+                "estimate": p["z"],
+                "se": p["se"],
+                "p": p["p"],
+            },
+            {
+                "approach": "one-stage",
+                "r": _f(r1),
+                "ci_low": _f(np.tanh(np.arctanh(r1) - zc * se_z)),
+                "ci_high": _f(np.tanh(np.arctanh(r1) + zc * se_z)),
+                "estimate": row["estimate"],
+                "se": row["se"],
+                "p": row["p"],
+            },
         ]
     )
 
@@ -816,8 +916,12 @@ def pool_markdown(meta: dict, comparison: pd.DataFrame | None = None) -> str:
             "Study": table["study"],
             "n": table["n"].map("{:.0f}".format),
             "r": table["r"].map("{:.3f}".format),
-            "95% CI": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
-            "Weight (%)": table["weight"].map(lambda w: "" if w is None or pd.isna(w) else f"{w:.1f}"),
+            "95% CI": [
+                f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])
+            ],
+            "Weight (%)": table["weight"].map(
+                lambda w: "" if w is None or pd.isna(w) else f"{w:.1f}"
+            ),
         }
     )
     het = meta["heterogeneity"]
@@ -830,17 +934,28 @@ def pool_markdown(meta: dict, comparison: pd.DataFrame | None = None) -> str:
         f"{', Hartung–Knapp–Sidik–Jonkman interval' if meta['hksj'] else ''}. "
         f"Q({het['df']}) = {het['q']:.2f}, p = {het['p']:.3g}; I² = {100 * het['i2']:.1f}%; "
         f"τ² = {het['tau2']:.4f} (z scale)."
-        + (f" 95% prediction interval for r: [{p['pi_low']:.3f}, {p['pi_high']:.3f}]." if p["pi_low"] is not None else ""),
+        + (
+            f" 95% prediction interval for r: [{p['pi_low']:.3f}, {p['pi_high']:.3f}]."
+            if p["pi_low"] is not None
+            else ""
+        ),
     ]
     if comparison is not None:
         comp = pd.DataFrame(
             {
                 "Approach": comparison["approach"],
                 "r": comparison["r"].map("{:.3f}".format),
-                "95% CI": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(comparison["ci_low"], comparison["ci_high"])],
+                "95% CI": [
+                    f"[{lo:.3f}, {hi:.3f}]"
+                    for lo, hi in zip(comparison["ci_low"], comparison["ci_high"])
+                ],
             }
         )
-        parts += ["", "**Two-stage and one-stage estimates**\n", comp.to_markdown(index=False, disable_numparse=True)]
+        parts += [
+            "",
+            "**Two-stage and one-stage estimates**\n",
+            comp.to_markdown(index=False, disable_numparse=True),
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -879,11 +994,15 @@ def pool_stage(
     comparison = None
     if one_stage:
         tables = {name: io.read_table(path) for name, path in analyses.items()}
-        one = one_stage_model(tables, formula, directions=directions, reml=reml, standardise=standardise)
+        one = one_stage_model(
+            tables, formula, directions=directions, reml=reml, standardise=standardise
+        )
         comparison = compare_stages(meta, one, term=term)
     else:
         one = {"skipped": True}
-        comparison = pd.DataFrame(columns=["approach", "r", "ci_low", "ci_high", "estimate", "se", "p"])
+        comparison = pd.DataFrame(
+            columns=["approach", "r", "ci_low", "ci_high", "estimate", "se", "p"]
+        )
     io.write_json(meta, meta_json)
     io.write_table(meta_table(meta), table_csv)
     io.write_text(pool_markdown(meta, comparison if one_stage else None), table_md)

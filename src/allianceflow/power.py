@@ -60,7 +60,10 @@ DEFAULT_FORMULA = (
     " + (1 | therapist) + (1 + session | patient)"
 )
 #: Model term -> design field holding its true value.
-TERMS: dict[str, str] = {"alliance_within_lag": "within_effect", "session:feedback": "feedback_effect"}
+TERMS: dict[str, str] = {
+    "alliance_within_lag": "within_effect",
+    "session:feedback": "feedback_effect",
+}
 
 _E = EXAMPLE_DESIGN
 _OUTCOME_VAR = _E.outcome_sd_therapist**2 + _E.outcome_sd_patient**2 + _E.outcome_sd_residual**2
@@ -108,7 +111,9 @@ class PowerDesign:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
         if self.sessions < 3:
-            raise ValueError(f"`sessions` must be at least 3 (a lagged alliance needs two); got {self.sessions!r}.")
+            raise ValueError(
+                f"`sessions` must be at least 3 (a lagged alliance needs two); got {self.sessions!r}."
+            )
         for name in ("icc_therapist", "icc_patient"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -159,9 +164,13 @@ def _check_design(design: Any) -> PowerDesign:
         fields = {f.name for f in dataclasses.fields(PowerDesign)}
         unknown = sorted(set(design) - fields)
         if unknown:
-            raise KeyError(f"`design` has no parameter {unknown[0]!r}; parameters are {sorted(fields)}.")
+            raise KeyError(
+                f"`design` has no parameter {unknown[0]!r}; parameters are {sorted(fields)}."
+            )
         return PowerDesign(**design)
-    raise TypeError(f"`design` must be a PowerDesign or a mapping of its parameters; got {type(design).__name__}.")
+    raise TypeError(
+        f"`design` must be a PowerDesign or a mapping of its parameters; got {type(design).__name__}."
+    )
 
 
 # --------------------------------------------------------------------------- seeds and designs
@@ -174,7 +183,11 @@ def replication_seeds(seed: int, replications: int) -> list[int]:
     on *replications*. Every design uses the same seeds (common random numbers), which makes
     power curves smoother than independent draws would.
     """
-    if isinstance(replications, bool) or not isinstance(replications, (int, np.integer)) or replications < 1:
+    if (
+        isinstance(replications, bool)
+        or not isinstance(replications, (int, np.integer))
+        or replications < 1
+    ):
         raise ValueError(f"`replications` must be a positive integer; got {replications!r}.")
     children = np.random.SeedSequence(int(seed)).spawn(int(replications))
     return [int(c.generate_state(1, dtype=np.uint32)[0]) for c in children]
@@ -182,11 +195,17 @@ def replication_seeds(seed: int, replications: int) -> list[int]:
 
 def chunk_seeds(seed: int, replications: int, chunk_size: int, chunk: int) -> list[int]:
     """The seeds of chunk number *chunk* (0-based) of ``ceil(replications / chunk_size)``."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, (int, np.integer))
+        or chunk_size < 1
+    ):
         raise ValueError(f"`chunk_size` must be a positive integer; got {chunk_size!r}.")
     n_chunks = math.ceil(replications / chunk_size)
     if not 0 <= chunk < n_chunks:
-        raise ValueError(f"`chunk` must lie in 0..{n_chunks - 1} for {replications} replications in chunks of {chunk_size}; got {chunk!r}.")
+        raise ValueError(
+            f"`chunk` must lie in 0..{n_chunks - 1} for {replications} replications in chunks of {chunk_size}; got {chunk!r}."
+        )
     return replication_seeds(seed, replications)[chunk * chunk_size : (chunk + 1) * chunk_size]
 
 
@@ -209,7 +228,12 @@ def designs_from_config(power: Mapping[str, Any]) -> dict[str, PowerDesign]:
     values = list(vary.get("values") or [])
     if not values:
         raise ValueError("`power.vary.values` must list at least one value.")
-    return {f"{name}-{value:g}" if isinstance(value, float) else f"{name}-{value}": _check_design({**base, name: value}) for value in values}
+    return {
+        f"{name}-{value:g}" if isinstance(value, float) else f"{name}-{value}": _check_design(
+            {**base, name: value}
+        )
+        for value in values
+    }
 
 
 def design_from_model(
@@ -287,8 +311,21 @@ def simulate_power_data(design: PowerDesign | Mapping[str, Any], *, seed: int) -
 
 
 _ROW_COLUMNS = [
-    "design", "seed", "term", "truth", "estimate", "se", "ci_low", "ci_high", "p",
-    "significant", "covered", "converged", "n_obs", "n_patients", "error",
+    "design",
+    "seed",
+    "term",
+    "truth",
+    "estimate",
+    "se",
+    "ci_low",
+    "ci_high",
+    "p",
+    "significant",
+    "covered",
+    "converged",
+    "n_obs",
+    "n_patients",
+    "error",
 ]
 
 
@@ -331,7 +368,9 @@ def run_power_chunk(
         raise ValueError(f"`alpha` must lie in (0, 1); got {alpha!r}.")
     missing = [t for t in TERMS if t not in formula]
     if missing:
-        raise ValueError(f"`formula` must contain the terms {list(TERMS)}; {missing} missing from {formula!r}.")
+        raise ValueError(
+            f"`formula` must contain the terms {list(TERMS)}; {missing} missing from {formula!r}."
+        )
     rows = []
     for seed in seeds:
         data = simulate_power_data(design, seed=int(seed))
@@ -339,8 +378,17 @@ def run_power_chunk(
             result = fit_model(data, formula, reml=True, name=label)
         except (ValueError, np.linalg.LinAlgError) as error:
             for term in TERMS:
-                rows.append({"design": label, "seed": int(seed), "term": term, "truth": design.truth(term),
-                             "converged": False, "n_patients": design.n_patients, "error": str(error)})
+                rows.append(
+                    {
+                        "design": label,
+                        "seed": int(seed),
+                        "term": term,
+                        "truth": design.truth(term),
+                        "converged": False,
+                        "n_patients": design.n_patients,
+                        "error": str(error),
+                    }
+                )
             continue
         fixed = {row["term"]: row for row in result["fixed"]}
         for term in TERMS:
@@ -369,7 +417,11 @@ def run_power_chunk(
     return frame.astype({"seed": "int64", "n_patients": "int64"})
 
 
-def summarise_power(chunks: pd.DataFrame | Iterable[pd.DataFrame], *, designs: Mapping[str, PowerDesign] | None = None) -> pd.DataFrame:
+def summarise_power(
+    chunks: pd.DataFrame | Iterable[pd.DataFrame],
+    *,
+    designs: Mapping[str, PowerDesign] | None = None,
+) -> pd.DataFrame:
     r"""Merge chunk results and summarise each design and term.
 
     Parameters
@@ -407,7 +459,9 @@ def summarise_power(chunks: pd.DataFrame | Iterable[pd.DataFrame], *, designs: M
     intervals holding θ; the Monte Carlo SE of a share *s* of *n* is
     :math:`\sqrt{s(1-s)/n}` (Morris et al. 2019, Table 6).
     """
-    frame = chunks if isinstance(chunks, pd.DataFrame) else pd.concat(list(chunks), ignore_index=True)
+    frame = (
+        chunks if isinstance(chunks, pd.DataFrame) else pd.concat(list(chunks), ignore_index=True)
+    )
     if frame.empty:
         raise ValueError("`chunks` holds no replications.")
     dup = frame.duplicated(["design", "term", "seed"])
@@ -440,10 +494,14 @@ def summarise_power(chunks: pd.DataFrame | Iterable[pd.DataFrame], *, designs: M
             "power": power,
             "power_mcse": math.sqrt(power * (1 - power) / n),
             "power_converged": power_converged,
-            "power_converged_mcse": math.sqrt(power_converged * (1 - power_converged) / m) if m else float("nan"),
+            "power_converged_mcse": math.sqrt(power_converged * (1 - power_converged) / m)
+            if m
+            else float("nan"),
             "mean_estimate": float(est.mean()) if m else float("nan"),
             "bias": float(est.mean() - truth) if m else float("nan"),
-            "relative_bias": float((est.mean() - truth) / truth) if m and truth != 0 else float("nan"),
+            "relative_bias": float((est.mean() - truth) / truth)
+            if m and truth != 0
+            else float("nan"),
             "empirical_se": float(est.std(ddof=1)) if m > 1 else float("nan"),
             "mean_se": float(ok["se"].astype(float).mean()) if m else float("nan"),
             "coverage": coverage,
@@ -451,7 +509,11 @@ def summarise_power(chunks: pd.DataFrame | Iterable[pd.DataFrame], *, designs: M
         }
         if designs is not None and design in designs:
             d = designs[design]
-            row.update(n_therapists=d.n_therapists, patients_per_therapist=d.patients_per_therapist, sessions=d.sessions)
+            row.update(
+                n_therapists=d.n_therapists,
+                patients_per_therapist=d.patients_per_therapist,
+                sessions=d.sessions,
+            )
         out.append(row)
     return pd.DataFrame(out)
 
@@ -462,7 +524,9 @@ _TERM_LABELS = {
 }
 
 
-def plot_power_curve(summary: pd.DataFrame, *, x: str = "n_patients", target: float = 0.8, xlabel: str | None = None):
+def plot_power_curve(
+    summary: pd.DataFrame, *, x: str = "n_patients", target: float = 0.8, xlabel: str | None = None
+):
     """Power (± 1.96 Monte Carlo SE) against a design size, one line per effect.
 
     Parameters
@@ -484,14 +548,23 @@ def plot_power_curve(summary: pd.DataFrame, *, x: str = "n_patients", target: fl
     from .figures import ONE_COLUMN, TWO_COLUMNS, style
 
     if x not in summary.columns:
-        raise KeyError(f"`x` must be a column of `summary`; got {x!r}, columns are {list(summary.columns)}.")
+        raise KeyError(
+            f"`x` must be a column of `summary`; got {x!r}, columns are {list(summary.columns)}."
+        )
     colours = ["#0072B2", "#D55E00", "#009E73", "#CC79A7"]
     with style():
         fig, ax = plt.subplots(figsize=(TWO_COLUMNS * 0.7, ONE_COLUMN))
         for colour, (term, g) in zip(colours, summary.groupby("term", sort=True)):
             g = g.sort_values(x)
-            ax.errorbar(g[x], g["power"], yerr=1.96 * g["power_mcse"], marker="o", color=colour,
-                        capsize=2, label=_TERM_LABELS.get(term, term))
+            ax.errorbar(
+                g[x],
+                g["power"],
+                yerr=1.96 * g["power_mcse"],
+                marker="o",
+                color=colour,
+                capsize=2,
+                label=_TERM_LABELS.get(term, term),
+            )
         ax.axhline(target, color="#999999", ls="--", lw=0.8)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(xlabel or x.replace("_", " "))
@@ -511,24 +584,40 @@ def power_markdown(summary: pd.DataFrame) -> str:
             "Design": summary["design"],
             "Effect": summary["term"].map(lambda t: _TERM_LABELS.get(t, t)),
             "Patients": summary["n_patients"].map(str),
-            "Converged": [f"{c}/{r}" for c, r in zip(summary["converged"], summary["replications"])],
+            "Converged": [
+                f"{c}/{r}" for c, r in zip(summary["converged"], summary["replications"])
+            ],
             "Failed (%)": summary["failure_rate"].map(lambda f: f"{100 * f:.1f}"),
             "Truth": summary["truth"].map("{:.3g}".format),
             "Bias": summary["bias"].map("{:.3f}".format),
             "Emp. SE": summary["empirical_se"].map("{:.3f}".format),
             "Mean SE": summary["mean_se"].map("{:.3f}".format),
-            "Power": [f"{p:.2f} ({m:.2f})" for p, m in zip(summary["power"], summary["power_mcse"])],
-            "Power (converged)": [f"{p:.2f} ({m:.2f})" for p, m in
-                                  zip(summary["power_converged"], summary["power_converged_mcse"])],
-            "Coverage": [f"{c:.2f} ({m:.2f})" for c, m in zip(summary["coverage"], summary["coverage_mcse"])],
+            "Power": [
+                f"{p:.2f} ({m:.2f})" for p, m in zip(summary["power"], summary["power_mcse"])
+            ],
+            "Power (converged)": [
+                f"{p:.2f} ({m:.2f})"
+                for p, m in zip(summary["power_converged"], summary["power_converged_mcse"])
+            ],
+            "Coverage": [
+                f"{c:.2f} ({m:.2f})" for c, m in zip(summary["coverage"], summary["coverage_mcse"])
+            ],
         }
     )
-    note = ("*Note.* Power: share of all replications with p < .05, a failed or non-converged fit "
-            "counting as not significant (Monte Carlo SE); power (converged): the same share among "
-            "converged replications only; failed: replications whose fit failed or did not converge. "
-            "Bias, SEs and coverage (share of 95% Wald intervals holding the true value) use the "
-            "converged replications.")
-    return "**Simulation-based power**\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n\n" + note + "\n"
+    note = (
+        "*Note.* Power: share of all replications with p < .05, a failed or non-converged fit "
+        "counting as not significant (Monte Carlo SE); power (converged): the same share among "
+        "converged replications only; failed: replications whose fit failed or did not converge. "
+        "Bias, SEs and coverage (share of 95% Wald intervals holding the true value) use the "
+        "converged replications."
+    )
+    return (
+        "**Simulation-based power**\n\n"
+        + shown.to_markdown(index=False, disable_numparse=True)
+        + "\n\n"
+        + note
+        + "\n"
+    )
 
 
 def power_chunk_stage(
@@ -555,21 +644,29 @@ def power_chunk_stage(
     from . import io
 
     if vary is not None and vary not in design:
-        raise KeyError(f"`vary` must name a parameter given in `design`; got {vary!r}, `design` has {sorted(design)}.")
+        raise KeyError(
+            f"`vary` must name a parameter given in `design`; got {vary!r}, `design` has {sorted(design)}."
+        )
     if fitted:
         overrides = {vary: design[vary]} if vary is not None else {}
-        plan = design_from_model(io.read_json(fitted), alliance_items=alliance_items, base=dict(design), **overrides)
+        plan = design_from_model(
+            io.read_json(fitted), alliance_items=alliance_items, base=dict(design), **overrides
+        )
     else:
         plan = _check_design(dict(design))
     io.write_table(run_power_chunk(plan, seeds, formula=formula, alpha=alpha, label=label), output)
 
 
-def power_summary_stage(chunks: Sequence[Any], *, designs: Mapping[str, Mapping[str, Any]], csv, md) -> None:
+def power_summary_stage(
+    chunks: Sequence[Any], *, designs: Mapping[str, Mapping[str, Any]], csv, md
+) -> None:
     """Merge every chunk and write the power table (CSV, Markdown)."""
     from . import io
 
-    summary = summarise_power([io.read_table(path) for path in chunks],
-                              designs={k: _check_design(dict(v)) for k, v in designs.items()})
+    summary = summarise_power(
+        [io.read_table(path) for path in chunks],
+        designs={k: _check_design(dict(v)) for k, v in designs.items()},
+    )
     io.write_table(summary, csv)
     io.write_text(power_markdown(summary), md)
 

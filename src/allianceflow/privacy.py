@@ -58,13 +58,38 @@ _HASH_CHARS = 16
 
 _NAME_RULES: list[tuple[str, re.Pattern]] = [
     ("e-mail addresses", re.compile(r"(^|_)(e_?mail|email_?address|mail)($|_)")),
-    ("phone numbers", re.compile(r"(^|_)(phone|telephone|tel|mobile|cell|gsm|telefoon|telefon)($|_|no|nr|number)")),
-    ("national id numbers", re.compile(r"(^|_)(ssn|bsn|nhs_?(no|number)?|national_?id|nin|insurance_?(no|number)|passport|social_?security|personnummer|sofi)($|_)")),
-    ("dates of birth", re.compile(r"(^|_)(dob|birth_?date|date_?of_?birth|birthday|geboortedatum|geburtsdatum|born)($|_)")),
+    (
+        "phone numbers",
+        re.compile(
+            r"(^|_)(phone|telephone|tel|mobile|cell|gsm|telefoon|telefon)($|_|no|nr|number)"
+        ),
+    ),
+    (
+        "national id numbers",
+        re.compile(
+            r"(^|_)(ssn|bsn|nhs_?(no|number)?|national_?id|nin|insurance_?(no|number)|passport|social_?security|personnummer|sofi)($|_)"
+        ),
+    ),
+    (
+        "dates of birth",
+        re.compile(
+            r"(^|_)(dob|birth_?date|date_?of_?birth|birthday|geboortedatum|geburtsdatum|born)($|_)"
+        ),
+    ),
     ("street addresses", re.compile(r"(^|_)(address|street|adres|straat|strasse|residence)($|_)")),
     ("postcodes", re.compile(r"(^|_)(post_?code|postal_?code|zip|zip_?code|postcode)($|_)")),
-    ("names", re.compile(r"(^|_)(name|first_?name|last_?name|surname|family_?name|given_?name|full_?name|naam|voornaam|achternaam|initials)($|_)")),
-    ("free-text notes", re.compile(r"(^|_)(notes?|comments?|remarks?|free_?text|memo|narrative|opmerking(en)?|bemerkung(en)?)($|_)")),
+    (
+        "names",
+        re.compile(
+            r"(^|_)(name|first_?name|last_?name|surname|family_?name|given_?name|full_?name|naam|voornaam|achternaam|initials)($|_)"
+        ),
+    ),
+    (
+        "free-text notes",
+        re.compile(
+            r"(^|_)(notes?|comments?|remarks?|free_?text|memo|narrative|opmerking(en)?|bemerkung(en)?)($|_)"
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------- by content
@@ -89,9 +114,29 @@ _STREET = re.compile(
     re.IGNORECASE,
 )
 _DATE = re.compile(r"^(\d{1,2})[./-](\d{1,2})[./-](\d{4})$|^(\d{4})-(\d{1,2})-(\d{1,2})")
-_PARTICLES = {"van", "de", "der", "den", "von", "da", "di", "le", "la", "du", "ten", "ter", "del", "dos", "el", "bin", "ibn"}
+_PARTICLES = {
+    "van",
+    "de",
+    "der",
+    "den",
+    "von",
+    "da",
+    "di",
+    "le",
+    "la",
+    "du",
+    "ten",
+    "ter",
+    "del",
+    "dos",
+    "el",
+    "bin",
+    "ibn",
+}
 _NAME_WORD = re.compile(r"^[A-ZÀ-Þ][a-zà-ÿ'’]+(?:-[A-ZÀ-Þ][a-zà-ÿ'’]+)?$")
-_NAME_IN_TEXT = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-ZÀ-Þ][a-zà-ÿ]+\s+(?:(?:van|de|der|den|von)\s+)*[A-ZÀ-Þ][a-zà-ÿ]+\b")
+_NAME_IN_TEXT = re.compile(
+    r"(?<![.!?]\s)(?<!^)\b[A-ZÀ-Þ][a-zà-ÿ]+\s+(?:(?:van|de|der|den|von)\s+)*[A-ZÀ-Þ][a-zà-ÿ]+\b"
+)
 #: A column is free text when at least this share of its values have five or more words.
 _FREE_TEXT_SHARE = 0.2
 #: A column holds names when at least this many distinct values look like "First Last".
@@ -141,7 +186,11 @@ def _is_name(value: str) -> bool:
     if not 2 <= len(words) <= 4:
         return False
     core = [w for w in words if w.lower() not in _PARTICLES]
-    return len(core) >= 2 and all(_NAME_WORD.match(w) for w in core) and words[0].lower() not in _PARTICLES
+    return (
+        len(core) >= 2
+        and all(_NAME_WORD.match(w) for w in core)
+        and words[0].lower() not in _PARTICLES
+    )
 
 
 def _is_number(value: str) -> bool:
@@ -160,9 +209,16 @@ def _birth_date(value: str, this_year: int) -> bool:
     return 1900 <= year <= this_year - _BIRTH_YEARS
 
 
-def _by_content(values: pd.Series, rows: pd.Series, *, is_date_column: bool, this_year: int) -> tuple[str, int] | None:
+def _by_content(
+    values: pd.Series, rows: pd.Series, *, is_date_column: bool, this_year: int
+) -> tuple[str, int] | None:
     """The first identifier kind found in *values* and its source row, else None."""
-    parsed = _per_value(values, lambda s: pd.DataFrame({"text": s.astype(str).str.strip()}).assign(present=lambda d: d["text"].ne("")))
+    parsed = _per_value(
+        values,
+        lambda s: pd.DataFrame({"text": s.astype(str).str.strip()}).assign(
+            present=lambda d: d["text"].ne("")
+        ),
+    )
     text, present = parsed["text"], parsed["present"]
     if not present.any():
         return None
@@ -176,7 +232,11 @@ def _by_content(values: pd.Series, rows: pd.Series, *, is_date_column: bool, thi
     phone = unique.map(_is_phone).astype(bool)
     checks = [
         ("e-mail addresses", unique.str.contains(_EMAIL)),
-        ("national id numbers", unique.str.match(_SSN) | (~phone & (unique.str.match(_NHS) | unique.str.match(_LONG_NUMBER)))),
+        (
+            "national id numbers",
+            unique.str.match(_SSN)
+            | (~phone & (unique.str.match(_NHS) | unique.str.match(_LONG_NUMBER))),
+        ),
         ("phone numbers", phone),
         ("postcodes", unique.str.match(_POSTCODE)),
         ("street addresses", unique.str.contains(_STREET)),
@@ -254,7 +314,11 @@ def find_identifiers(
     if this_year is None:
         this_year = pd.Timestamp.today().year
     exempt, date_columns = set(exempt), set(date_columns)
-    rows = raw["_source_row"] if "_source_row" in raw else pd.Series(range(1, len(raw) + 1), index=raw.index)
+    rows = (
+        raw["_source_row"]
+        if "_source_row" in raw
+        else pd.Series(range(1, len(raw) + 1), index=raw.index)
+    )
     findings = []
     for column in raw.columns:
         if column == "_source_row":
@@ -262,7 +326,12 @@ def find_identifiers(
         named = _by_name(column)
         found = None
         if column not in exempt:
-            found = _by_content(raw[column].fillna(""), rows, is_date_column=column in date_columns, this_year=this_year)
+            found = _by_content(
+                raw[column].fillna(""),
+                rows,
+                is_date_column=column in date_columns,
+                this_year=this_year,
+            )
         if named and found:
             findings.append(Finding(str(column), found[0], "name and content", found[1]))
         elif named:
@@ -310,7 +379,12 @@ def check_privacy(
     mapped = mapped or {}
     for finding in find_identifiers(raw, exempt=exempt, date_columns=date_columns):
         canonical = mapped.get(finding.column)
-        if hash_ids and canonical in ("patient", "therapist") and finding.kind in ("national id numbers", "phone numbers") and finding.evidence == "content":
+        if (
+            hash_ids
+            and canonical in ("patient", "therapist")
+            and finding.kind in ("national id numbers", "phone numbers")
+            and finding.evidence == "content"
+        ):
             continue
         where = f"; first at row {finding.row}" if finding.row is not None else ""
         head = (
@@ -377,10 +451,15 @@ def pseudonymise(ids: pd.Series, salt: str) -> pd.Series:
     ['0a988d4d850f1f20', '9f0dd855169c96b0']
     """
     if not isinstance(salt, str) or len(salt) < MIN_SALT_LENGTH:
-        raise ValueError(f"`salt` must be a string of at least {MIN_SALT_LENGTH} characters; got {len(salt) if isinstance(salt, str) else type(salt).__name__}.")
+        raise ValueError(
+            f"`salt` must be a string of at least {MIN_SALT_LENGTH} characters; got {len(salt) if isinstance(salt, str) else type(salt).__name__}."
+        )
     key = salt.encode("utf-8")
     unique = pd.unique(ids.dropna())
-    table = {v: hmac.new(key, str(v).encode("utf-8"), hashlib.sha256).hexdigest()[:_HASH_CHARS] for v in unique}
+    table = {
+        v: hmac.new(key, str(v).encode("utf-8"), hashlib.sha256).hexdigest()[:_HASH_CHARS]
+        for v in unique
+    }
     if len(set(table.values())) != len(table):
         raise ValueError("Two ids received the same pseudonym; use a different salt.")
     return ids.map(table, na_action="ignore").astype(object)

@@ -30,7 +30,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ._derive_checks import check_choice, check_columns, check_frame, check_int, check_number, check_sessions
+from ._derive_checks import (
+    check_choice,
+    check_columns,
+    check_frame,
+    check_int,
+    check_number,
+    check_sessions,
+)
 
 __all__ = [
     "detect_ruptures",
@@ -49,7 +56,13 @@ RUPTURE_LABELS = ("none", "confrontation", "withdrawal")
 #: Values of ``rupture_repair``.
 REPAIR_STATUS = ("repaired", "unrepaired", "censored")
 #: Columns added by :func:`detect_ruptures`.
-RUPTURE_COLUMNS = ["alliance_drop", "rupture_threshold", "rupture_detected", "rupture_repair", "rupture_repair_session"]
+RUPTURE_COLUMNS = [
+    "alliance_drop",
+    "rupture_threshold",
+    "rupture_detected",
+    "rupture_repair",
+    "rupture_repair_session",
+]
 
 
 def detect_ruptures(
@@ -140,7 +153,9 @@ def detect_ruptures(
         raise TypeError(f"`across_gaps` must be True or False; got {across_gaps!r}.")
 
     out = data.copy()
-    ordered = out[list(dict.fromkeys([patient, session, alliance]))].sort_values([patient, session], kind="mergesort")
+    ordered = out[list(dict.fromkeys([patient, session, alliance]))].sort_values(
+        [patient, session], kind="mergesort"
+    )
     a = ordered[alliance].astype(float)
     if across_gaps:
         rec = ordered.loc[a.notna(), [patient, session]].copy()
@@ -154,7 +169,10 @@ def detect_ruptures(
     drop = prev - a
     if method == "patient_sd":
         codes = pd.factorize(ordered[patient])[0]
-        sd = pd.Series(np.where(codes < 0, np.nan, _contiguous_group_sd(a.to_numpy(), codes)), index=ordered.index)
+        sd = pd.Series(
+            np.where(codes < 0, np.nan, _contiguous_group_sd(a.to_numpy(), codes)),
+            index=ordered.index,
+        )
         tau = threshold * sd
         tau = tau.where(tau > 0)
     else:
@@ -186,7 +204,11 @@ def detect_ruptures(
             hit = alive & ~found & (values[jj] >= level)
         when[hit] = sessions[jj][hit]
         found |= hit
-    status = np.where(found, "repaired", np.where(last_session[positions] >= start + repair_within, "unrepaired", "censored"))
+    status = np.where(
+        found,
+        "repaired",
+        np.where(last_session[positions] >= start + repair_within, "unrepaired", "censored"),
+    )
     repair_values = np.full(len(sessions), np.nan, dtype=object)
     repair_values[positions] = status.astype(object)
     repair = pd.Series(repair_values, index=ordered.index, dtype=object)
@@ -194,7 +216,9 @@ def detect_ruptures(
     session_mask = np.ones(len(sessions), dtype=bool)
     session_values[positions[found]] = when[found]
     session_mask[positions[found]] = False
-    repair_session = pd.Series(pd.arrays.IntegerArray(session_values, session_mask), index=ordered.index)
+    repair_session = pd.Series(
+        pd.arrays.IntegerArray(session_values, session_mask), index=ordered.index
+    )
     out["alliance_drop"] = drop.reindex(out.index)
     out["rupture_threshold"] = tau.reindex(out.index).astype(float)
     out["rupture_detected"] = detected.reindex(out.index)
@@ -256,14 +280,20 @@ def rupture_summary(data: pd.DataFrame, *, patient: str = "patient") -> pd.DataF
     ids = pd.Index(pd.unique(data[patient]), name=patient)
     out = pd.DataFrame(index=ids)
     detected = data["rupture_detected"].astype("boolean").fillna(False).astype(bool)
-    out["n_ruptures"] = detected.groupby(data[patient], sort=False).sum().reindex(ids).astype("int64")
+    out["n_ruptures"] = (
+        detected.groupby(data[patient], sort=False).sum().reindex(ids).astype("int64")
+    )
     for status in REPAIR_STATUS:
         hit = data["rupture_repair"].eq(status)
-        out[f"n_{status}"] = hit.groupby(data[patient], sort=False).sum().reindex(ids).astype("int64")
+        out[f"n_{status}"] = (
+            hit.groupby(data[patient], sort=False).sum().reindex(ids).astype("int64")
+        )
     return out.reset_index()
 
 
-def coded_ruptures(data: pd.DataFrame, *, rupture: str = "rupture", patient: str = "patient") -> pd.DataFrame:
+def coded_ruptures(
+    data: pd.DataFrame, *, rupture: str = "rupture", patient: str = "patient"
+) -> pd.DataFrame:
     """Per patient: counts of coded confrontation and withdrawal ruptures.
 
     Parameters
@@ -306,7 +336,11 @@ def coded_ruptures(data: pd.DataFrame, *, rupture: str = "rupture", patient: str
     ids = pd.Index(pd.unique(data[patient]), name=patient)
     out = pd.DataFrame(index=ids)
     for label in ("confrontation", "withdrawal"):
-        out[f"n_{label}"] = values.eq(label).groupby(data[patient], sort=False).sum().reindex(ids).astype("int64")
+        out[f"n_{label}"] = (
+            values.eq(label).groupby(data[patient], sort=False).sum().reindex(ids).astype("int64")
+        )
     out["n_coded_ruptures"] = out["n_confrontation"] + out["n_withdrawal"]
-    out["n_coded_sessions"] = coded.groupby(data[patient], sort=False).sum().reindex(ids).astype("int64")
+    out["n_coded_sessions"] = (
+        coded.groupby(data[patient], sort=False).sum().reindex(ids).astype("int64")
+    )
     return out.reset_index()

@@ -149,7 +149,13 @@ class StudyDesign:
                 f"`n_patients` ({self.n_patients}) must be at least `n_therapists` "
                 f"({self.n_therapists}) so every therapist has a patient."
             )
-        for name in ("dropout_hazard", "p_unrecorded", "p_item_missing", "feedback_share", "unilateral_share"):
+        for name in (
+            "dropout_hazard",
+            "p_unrecorded",
+            "p_item_missing",
+            "feedback_share",
+            "unilateral_share",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must lie in [0, 1]; got {value!r}.")
@@ -174,9 +180,7 @@ InstrumentPair = Literal["wai_sr+ors", "srs+phq9"]
 
 def _check_pair(instruments: str) -> _Pair:
     if instruments not in INSTRUMENT_PAIRS:
-        raise ValueError(
-            f"`instruments` must be 'wai_sr+ors' or 'srs+phq9'; got {instruments!r}."
-        )
+        raise ValueError(f"`instruments` must be 'wai_sr+ors' or 'srs+phq9'; got {instruments!r}.")
     return INSTRUMENT_PAIRS[instruments]
 
 
@@ -291,13 +295,19 @@ def simulate_study(
     )
     if pair.alliance == "wai_sr":
         wai = np.clip(
-            np.rint(latent_alliance[:, :, None] + rng.normal(0.0, design.wai_item_noise, (n_p, n_s, 12))),
+            np.rint(
+                latent_alliance[:, :, None] + rng.normal(0.0, design.wai_item_noise, (n_p, n_s, 12))
+            ),
             1,
             5,
         )
     else:  # SRS: four 10 cm lines, marked to 0.1 cm
         wai = np.round(
-            np.clip(latent_alliance[:, :, None] + rng.normal(0.0, design.wai_item_noise, (n_p, n_s, 4)), 0.0, 10.0),
+            np.clip(
+                latent_alliance[:, :, None] + rng.normal(0.0, design.wai_item_noise, (n_p, n_s, 4)),
+                0.0,
+                10.0,
+            ),
             1,
         )
     alliance = wai.mean(axis=2)  # the observed alliance item mean, before any blanks
@@ -320,12 +330,18 @@ def simulate_study(
     )
     if pair.outcome == "ors":
         ors = np.clip(
-            outcome[:, :, None] / 4.0 + rng.normal(0.0, design.ors_item_noise, (n_p, n_s, 4)), 0.0, 10.0
+            outcome[:, :, None] / 4.0 + rng.normal(0.0, design.ors_item_noise, (n_p, n_s, 4)),
+            0.0,
+            10.0,
         )
         ors = np.round(ors, 1)
     else:  # PHQ-9: nine items 0-3 whose sum has the expectation of the latent total
         ors = np.clip(
-            np.rint(outcome[:, :, None] / 9.0 + rng.normal(0.0, design.ors_item_noise, (n_p, n_s, 9))), 0.0, 3.0
+            np.rint(
+                outcome[:, :, None] / 9.0 + rng.normal(0.0, design.ors_item_noise, (n_p, n_s, 9))
+            ),
+            0.0,
+            3.0,
         )
 
     # Blank items, then keep recorded sessions only ---------------------------------------
@@ -376,7 +392,11 @@ EXPORT_COLUMNS = {
 }
 _ARM_LABELS = {"feedback": "ROM feedback", "tau": "TAU"}
 #: How the example export writes endings, on the patient's last recorded row only.
-ENDING_LABELS = {"planned": "Completed", "unilateral": "Client ended", "dropout": "No further contact"}
+ENDING_LABELS = {
+    "planned": "Completed",
+    "unilateral": "Client ended",
+    "dropout": "No further contact",
+}
 _MISSING_CODE = -9
 
 
@@ -392,9 +412,13 @@ def to_export(sessions: pd.DataFrame, *, seed: int) -> pd.DataFrame:
     """
     rng = np.random.default_rng(seed)
     patients = sessions["patient"].unique()
-    start = pd.Timestamp("2023-01-02") + pd.to_timedelta(rng.integers(0, 700, len(patients)), unit="D")
+    start = pd.Timestamp("2023-01-02") + pd.to_timedelta(
+        rng.integers(0, 700, len(patients)), unit="D"
+    )
     first_day = pd.Series(start, index=patients)
-    dates = first_day.loc[sessions["patient"]].to_numpy() + pd.to_timedelta(sessions["days"].to_numpy(), unit="D")
+    dates = first_day.loc[sessions["patient"]].to_numpy() + pd.to_timedelta(
+        sessions["days"].to_numpy(), unit="D"
+    )
     out = pd.DataFrame(
         {
             EXPORT_COLUMNS["patient"]: sessions["patient"],
@@ -408,7 +432,9 @@ def to_export(sessions: pd.DataFrame, *, seed: int) -> pd.DataFrame:
         values = sessions[f"wai_sr_{k}"]
         out[EXPORT_COLUMNS[f"wai_sr_{k}"]] = values.fillna(_MISSING_CODE).astype(int)
     for k in range(1, 5):
-        values = sessions[f"ors_{k}"].map(lambda v: f"{v:.1f}" if pd.notna(v) else str(_MISSING_CODE))
+        values = sessions[f"ors_{k}"].map(
+            lambda v: f"{v:.1f}" if pd.notna(v) else str(_MISSING_CODE)
+        )
         out[EXPORT_COLUMNS[f"ors_{k}"]] = values
     last = ~sessions["patient"].duplicated(keep="last")
     out[EXPORT_COLUMNS["ending"]] = sessions["ending"].map(ENDING_LABELS).where(last, "")
@@ -468,7 +494,9 @@ the patients who stop early is recorded as "Client ended", the rest as "No furth
 """
 
 
-def write_example_study(folder: str | Path, *, design: StudyDesign | None = None, seed: int = EXAMPLE_SEED) -> Path:
+def write_example_study(
+    folder: str | Path, *, design: StudyDesign | None = None, seed: int = EXAMPLE_SEED
+) -> Path:
     """Write the example study (``sessions_export.csv`` and ``README.md``) into *folder*.
 
     Returns the path of the CSV file. The output is byte-identical for the same design
@@ -544,9 +572,13 @@ def to_export_srs_phq9(sessions: pd.DataFrame, *, seed: int) -> pd.DataFrame:
     """
     rng = np.random.default_rng(seed)
     patients = sessions["patient"].unique()
-    start = pd.Timestamp("2024-01-08") + pd.to_timedelta(rng.integers(0, 500, len(patients)), unit="D")
+    start = pd.Timestamp("2024-01-08") + pd.to_timedelta(
+        rng.integers(0, 500, len(patients)), unit="D"
+    )
     first_day = pd.Series(start, index=patients)
-    dates = first_day.loc[sessions["patient"]].to_numpy() + pd.to_timedelta(sessions["days"].to_numpy(), unit="D")
+    dates = first_day.loc[sessions["patient"]].to_numpy() + pd.to_timedelta(
+        sessions["days"].to_numpy(), unit="D"
+    )
     out = pd.DataFrame(
         {
             EXPORT2_COLUMNS["patient"]: sessions["patient"].str.replace("P", "C-", regex=False),
@@ -557,9 +589,13 @@ def to_export_srs_phq9(sessions: pd.DataFrame, *, seed: int) -> pd.DataFrame:
         }
     )
     for k in range(1, 5):
-        out[EXPORT2_COLUMNS[f"srs_{k}"]] = sessions[f"srs_{k}"].map(lambda v: f"{v:.1f}" if pd.notna(v) else "")
+        out[EXPORT2_COLUMNS[f"srs_{k}"]] = sessions[f"srs_{k}"].map(
+            lambda v: f"{v:.1f}" if pd.notna(v) else ""
+        )
     for k in range(1, 10):
-        out[EXPORT2_COLUMNS[f"phq9_{k}"]] = sessions[f"phq9_{k}"].map(lambda v: f"{v:.0f}" if pd.notna(v) else "")
+        out[EXPORT2_COLUMNS[f"phq9_{k}"]] = sessions[f"phq9_{k}"].map(
+            lambda v: f"{v:.0f}" if pd.notna(v) else ""
+        )
     return out
 
 

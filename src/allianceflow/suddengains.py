@@ -64,20 +64,52 @@ _EVENTS = ("gain", "loss")
 
 #: Columns of :func:`sudden_gain_intervals`.
 INTERVAL_COLUMNS = [
-    "patient", "event", "pregain_session", "postgain_session", "pregain_score",
-    "postgain_score", "change", "n_pre", "n_post", "mean_pre", "mean_post", "pooled_sd",
-    "critical_value", "crit1", "crit2", "crit3", "is_event",
+    "patient",
+    "event",
+    "pregain_session",
+    "postgain_session",
+    "pregain_score",
+    "postgain_score",
+    "change",
+    "n_pre",
+    "n_post",
+    "mean_pre",
+    "mean_post",
+    "pooled_sd",
+    "critical_value",
+    "crit1",
+    "crit2",
+    "crit3",
+    "is_event",
 ]
 #: Columns of :func:`sudden_gains` (one row per gain or loss).
 EVENT_COLUMNS = [
-    "patient", "event", "pregain_session", "postgain_session", "pregain_score",
-    "postgain_score", "magnitude", "n_pre", "n_post", "mean_pre", "mean_post",
-    "critical_value", "total_change", "change_proportion", "reversal_value", "reversed",
+    "patient",
+    "event",
+    "pregain_session",
+    "postgain_session",
+    "pregain_score",
+    "postgain_score",
+    "magnitude",
+    "n_pre",
+    "n_post",
+    "mean_pre",
+    "mean_post",
+    "critical_value",
+    "total_change",
+    "change_proportion",
+    "reversal_value",
+    "reversed",
 ]
 #: Columns of :func:`sudden_gains_by_patient`.
 SUMMARY_COLUMNS = [
-    "patient", "n_sudden_gains", "n_sudden_gains_reversed", "first_sudden_gain_session",
-    "n_sudden_losses", "n_sudden_losses_reversed", "first_sudden_loss_session",
+    "patient",
+    "n_sudden_gains",
+    "n_sudden_gains_reversed",
+    "first_sudden_gain_session",
+    "n_sudden_losses",
+    "n_sudden_losses_reversed",
+    "first_sudden_loss_session",
 ]
 
 
@@ -111,7 +143,9 @@ def _check_criteria(cutoff, pct, crit3, alpha, adjust, fixed_critical):
     if not isinstance(adjust, bool):
         raise TypeError(f"`adjust` must be True or False; got {adjust!r}.")
     alpha = check_number(alpha, "alpha", minimum=0.0, maximum=1.0, strict_minimum=True)
-    fixed_critical = check_number(fixed_critical, "critical_value", minimum=0.0, strict_minimum=True)
+    fixed_critical = check_number(
+        fixed_critical, "critical_value", minimum=0.0, strict_minimum=True
+    )
     if cutoff is None and pct is None and not crit3:
         raise ValueError(
             "At least one criterion must be applied: set `cutoff`, `pct` or `crit3=True`; "
@@ -120,8 +154,18 @@ def _check_criteria(cutoff, pct, crit3, alpha, adjust, fixed_critical):
     return cutoff, pct, alpha, fixed_critical
 
 
-def _evaluate(pre: np.ndarray, post: np.ndarray, *, sign: float, cutoff, pct, crit3: bool,
-              alpha: float, adjust: bool, fixed_critical: float) -> dict[str, np.ndarray]:
+def _evaluate(
+    pre: np.ndarray,
+    post: np.ndarray,
+    *,
+    sign: float,
+    cutoff,
+    pct,
+    crit3: bool,
+    alpha: float,
+    adjust: bool,
+    fixed_critical: float,
+) -> dict[str, np.ndarray]:
     """Vectorised criteria. ``pre``/``post``: arrays (..., 3) of scores n-2..n and n+1..n+3.
 
     ``sign`` is +1 when the event is an increase of the score, -1 when a decrease.
@@ -131,8 +175,16 @@ def _evaluate(pre: np.ndarray, post: np.ndarray, *, sign: float, cutoff, pct, cr
     change = sign * (y_n1 - y_n)  # size of the step in the event's direction
     both = ~np.isnan(y_n) & ~np.isnan(y_n1)
     nan = np.full(change.shape, np.nan)
-    c1 = np.where(both, (change >= cutoff).astype(float), np.nan) if cutoff is not None else nan.copy()
-    c2 = np.where(both, (change >= pct * y_n).astype(float), np.nan) if pct is not None else nan.copy()
+    c1 = (
+        np.where(both, (change >= cutoff).astype(float), np.nan)
+        if cutoff is not None
+        else nan.copy()
+    )
+    c2 = (
+        np.where(both, (change >= pct * y_n).astype(float), np.nan)
+        if pct is not None
+        else nan.copy()
+    )
     n_pre = (~np.isnan(pre)).sum(axis=-1)
     n_post = (~np.isnan(post)).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -146,13 +198,17 @@ def _evaluate(pre: np.ndarray, post: np.ndarray, *, sign: float, cutoff, pct, cr
             var_post = np.nanvar(post, axis=-1, ddof=1)
         enough = (n_pre >= 2) & (n_post >= 2)
         df = n_pre + n_post - 2
-        pooled = np.sqrt(((n_pre - 1) * var_pre + (n_post - 1) * var_post) / np.where(enough, df, 1))
+        pooled = np.sqrt(
+            ((n_pre - 1) * var_pre + (n_post - 1) * var_post) / np.where(enough, df, 1)
+        )
         if adjust:
             crit = np.where(enough, stats.t.ppf(1.0 - alpha / 2.0, np.where(enough, df, 1)), np.nan)
         else:
             crit = np.where(enough, fixed_critical, np.nan)
         if crit3:
-            c3 = np.where(enough, (sign * (mean_post - mean_pre) > crit * pooled).astype(float), np.nan)
+            c3 = np.where(
+                enough, (sign * (mean_post - mean_pre) > crit * pooled).astype(float), np.nan
+            )
         else:
             c3 = nan.copy()
     applied = [c for c, on in ((c1, cutoff is not None), (c2, pct is not None), (c3, crit3)) if on]
@@ -160,9 +216,17 @@ def _evaluate(pre: np.ndarray, post: np.ndarray, *, sign: float, cutoff, pct, cr
     for c in applied:
         is_event &= c == 1.0  # NaN (not assessable) is not an event, as in create_bysg
     return {
-        "change": change, "n_pre": n_pre, "n_post": n_post, "mean_pre": np.where(n_pre > 0, mean_pre, np.nan),
-        "mean_post": np.where(n_post > 0, mean_post, np.nan), "pooled_sd": np.where(enough, pooled, np.nan),
-        "critical_value": crit, "crit1": c1, "crit2": c2, "crit3": c3, "is_event": is_event,
+        "change": change,
+        "n_pre": n_pre,
+        "n_post": n_post,
+        "mean_pre": np.where(n_pre > 0, mean_pre, np.nan),
+        "mean_post": np.where(n_post > 0, mean_post, np.nan),
+        "pooled_sd": np.where(enough, pooled, np.nan),
+        "critical_value": crit,
+        "crit1": c1,
+        "crit2": c2,
+        "crit3": c3,
+        "is_event": is_event,
     }
 
 
@@ -210,20 +274,35 @@ def check_interval(
     >>> r["is_event"], r["change"], round(r["critical_value"], 3)
     (True, 28.0, 2.776)
     """
-    cutoff, pct, alpha, critical_value = _check_criteria(cutoff, pct, crit3, alpha, adjust, critical_value)
+    cutoff, pct, alpha, critical_value = _check_criteria(
+        cutoff, pct, crit3, alpha, adjust, critical_value
+    )
     check_choice(event, _EVENTS, "event")
     check_choice(direction, DIRECTIONS, "direction")
     pre = np.asarray(pre_values, dtype=float)
     post = np.asarray(post_values, dtype=float)
     for name, arr in (("pre_values", pre), ("post_values", post)):
         if arr.shape != (3,):
-            raise ValueError(f"`{name}` must hold exactly 3 values (NaN where missing); got {arr.shape[0] if arr.ndim == 1 else arr.shape}.")
-    out = _evaluate(pre[None, :], post[None, :], sign=_sign(event, direction), cutoff=cutoff, pct=pct,
-                    crit3=crit3, alpha=alpha, adjust=adjust, fixed_critical=critical_value)
+            raise ValueError(
+                f"`{name}` must hold exactly 3 values (NaN where missing); got {arr.shape[0] if arr.ndim == 1 else arr.shape}."
+            )
+    out = _evaluate(
+        pre[None, :],
+        post[None, :],
+        sign=_sign(event, direction),
+        cutoff=cutoff,
+        pct=pct,
+        crit3=crit3,
+        alpha=alpha,
+        adjust=adjust,
+        fixed_critical=critical_value,
+    )
     result: dict[str, float | bool | int] = {}
     for key, value in out.items():
         v = value[0]
-        result[key] = bool(v) if key == "is_event" else (int(v) if key in ("n_pre", "n_post") else float(v))
+        result[key] = (
+            bool(v) if key == "is_event" else (int(v) if key in ("n_pre", "n_post") else float(v))
+        )
     return result
 
 
@@ -232,10 +311,17 @@ def _wide(data, score, patient, session, first_session, last_session):
     check_columns(data, patient, session, score)
     check_sessions(data, patient, session)
     first = check_int(first_session, "first_session", minimum=1)
-    last = int(data[session].max()) if last_session is None else check_int(last_session, "last_session", minimum=1)
+    last = (
+        int(data[session].max())
+        if last_session is None
+        else check_int(last_session, "last_session", minimum=1)
+    )
     if len(data) and last < first:
         raise ValueError(f"`last_session` ({last}) must not be before `first_session` ({first}).")
-    keep = data.loc[(data[session] >= first) & (data[session] <= last), list(dict.fromkeys([patient, session, score]))]
+    keep = data.loc[
+        (data[session] >= first) & (data[session] <= last),
+        list(dict.fromkeys([patient, session, score])),
+    ]
     patients = pd.Index(pd.unique(data[patient]))
     sessions = np.arange(first, last + 1) if len(data) else np.arange(first, first)
     values = np.full((len(patients), len(sessions)), np.nan)
@@ -359,7 +445,9 @@ def sudden_gain_intervals(
     >>> gain.pregain_session.tolist(), gain.postgain_session.tolist(), gain.change.tolist()
     ([3], [4], [10.0])
     """
-    cutoff, pct, alpha, critical_value = _check_criteria(cutoff, pct, crit3, alpha, adjust, critical_value)
+    cutoff, pct, alpha, critical_value = _check_criteria(
+        cutoff, pct, crit3, alpha, adjust, critical_value
+    )
     check_choice(direction, DIRECTIONS, "direction")
     check_choice(event, _EVENTS, "event")
     patients, sessions, values = _wide(data, score, patient, session, first_session, last_session)
@@ -372,8 +460,17 @@ def sudden_gain_intervals(
     # padded index of session position p is p + 2
     pre = np.stack([padded[:, positions + 2 + k] for k in (-2, -1, 0)], axis=-1)
     post = np.stack([padded[:, positions + 2 + k] for k in (1, 2, 3)], axis=-1)
-    res = _evaluate(pre, post, sign=_sign(event, direction), cutoff=cutoff, pct=pct, crit3=crit3,
-                    alpha=alpha, adjust=adjust, fixed_critical=critical_value)
+    res = _evaluate(
+        pre,
+        post,
+        sign=_sign(event, direction),
+        cutoff=cutoff,
+        pct=pct,
+        crit3=crit3,
+        alpha=alpha,
+        adjust=adjust,
+        fixed_critical=critical_value,
+    )
     n_pat, n_int = len(patients), len(positions)
     out = pd.DataFrame(
         {
@@ -473,9 +570,20 @@ def sudden_gains(
     row_of = {p: i for i, p in enumerate(patients)}
     for ev in events:
         iv = sudden_gain_intervals(
-            data, score=score, patient=patient, session=session, direction=direction, event=ev,
-            cutoff=cutoff, pct=pct, crit3=crit3, alpha=alpha, adjust=adjust,
-            critical_value=critical_value, first_session=first_session, last_session=last_session,
+            data,
+            score=score,
+            patient=patient,
+            session=session,
+            direction=direction,
+            event=ev,
+            cutoff=cutoff,
+            pct=pct,
+            crit3=crit3,
+            alpha=alpha,
+            adjust=adjust,
+            critical_value=critical_value,
+            first_session=first_session,
+            last_session=last_session,
         )
         found = iv.loc[iv["is_event"]].copy()
         sign = _sign(ev, direction)
@@ -499,7 +607,9 @@ def sudden_gains(
     if not frames or all(len(f) == 0 for f in frames):
         return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in EVENT_COLUMNS})
     out = pd.concat([f for f in frames if len(f)], ignore_index=True)
-    out = out.sort_values(["patient", "event", "pregain_session"], kind="mergesort").reset_index(drop=True)
+    out = out.sort_values(["patient", "event", "pregain_session"], kind="mergesort").reset_index(
+        drop=True
+    )
     return out[EVENT_COLUMNS]
 
 
@@ -526,7 +636,11 @@ def sudden_gains_by_patient(
     """
     check_frame(gains, "gains")
     check_columns(gains, "patient", "event", "pregain_session", "reversed", name="gains")
-    ids = pd.unique(pd.Series(list(patients))) if patients is not None else pd.unique(gains["patient"])
+    ids = (
+        pd.unique(pd.Series(list(patients)))
+        if patients is not None
+        else pd.unique(gains["patient"])
+    )
     out = pd.DataFrame({"patient": ids})
     for ev, label in (("gain", "gains"), ("loss", "losses")):
         singular = ev
@@ -537,8 +651,6 @@ def sudden_gains_by_patient(
         first = grouped["pregain_session"].min()
         out[f"n_sudden_{label}"] = out["patient"].map(n).fillna(0).astype("int64")
         out[f"n_sudden_{label}_reversed"] = out["patient"].map(n_rev).fillna(0).astype("int64")
-        out[f"first_sudden_{singular}_session"] = (
-            out["patient"].map(first).astype("Int64")
-        )
+        out[f"first_sudden_{singular}_session"] = out["patient"].map(first).astype("Int64")
     out = out[SUMMARY_COLUMNS]
     return out.rename(columns={"patient": patient})

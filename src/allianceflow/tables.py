@@ -210,7 +210,9 @@ def to_markdown(table: pd.DataFrame, *, title: str | None = None, note: str | No
             "Term": table["term"],
             "b": table["estimate"].map("{:.2f}".format),
             "SE": table["se"].map("{:.2f}".format),
-            "95% CI": [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
+            "95% CI": [
+                f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])
+            ],
             "z": table["statistic"].map("{:.2f}".format),
             "p": table["p"].map(format_p),
         }
@@ -231,20 +233,26 @@ def model_markdown(result: dict[str, Any]) -> str:
     never only in a log. (The plain-text companion of :func:`model_table`.)
     """
     conv = result["convergence"]
-    fixed = to_markdown(fixed_effects_table(result), title=f"Model {result['name']}: {result['formula']}")
+    fixed = to_markdown(
+        fixed_effects_table(result), title=f"Model {result['name']}: {result['formula']}"
+    )
     random = pd.DataFrame(result["random"])
     lines = [fixed, "", "Variance components", ""]
     if not random.empty:
-        shown = pd.DataFrame({
-            "Group": random["group"],
-            "Term": random["term"],
-            "Variance": random["variance"].map(lambda v: _num(v, 3)),
-            "SD": random["sd"].map(lambda v: _num(v, 3)),
-        })
+        shown = pd.DataFrame(
+            {
+                "Group": random["group"],
+                "Term": random["term"],
+                "Variance": random["variance"].map(lambda v: _num(v, 3)),
+                "SD": random["sd"].map(lambda v: _num(v, 3)),
+            }
+        )
         lines.append(shown.to_markdown(index=False, disable_numparse=True))
     for c in result.get("covariances", []):
-        lines.append(f"\n{c['group'].capitalize()} {c['term1']} with {c['term2']}: covariance "
-                     f"{_num(c['covariance'], 3)}, correlation {_num(c['correlation'], 3)}.")
+        lines.append(
+            f"\n{c['group'].capitalize()} {c['term1']} with {c['term2']}: covariance "
+            f"{_num(c['covariance'], 3)}, correlation {_num(c['correlation'], 3)}."
+        )
     lines.append(f"\nResidual variance {_num(result['residual_variance'], 3)}.")
     icc = ", ".join(f"{k} {_num(v, 3)}" for k, v in sorted(result.get("icc", {}).items()))
     lines.append(
@@ -323,21 +331,84 @@ def model_table(
     for r in results:
         for f in r["fixed"]:
             for stat in ("estimate", "se", "ci_low", "ci_high", "statistic", "p"):
-                records.append({"model": r["name"], "section": "fixed", "term": f["term"], "statistic": stat, "value": f[stat]})
+                records.append(
+                    {
+                        "model": r["name"],
+                        "section": "fixed",
+                        "term": f["term"],
+                        "statistic": stat,
+                        "value": f[stat],
+                    }
+                )
         for v in r["random"]:
-            records.append({"model": r["name"], "section": "random", "term": f"{v['group']}: {v['term']}", "statistic": "variance", "value": v["variance"]})
+            records.append(
+                {
+                    "model": r["name"],
+                    "section": "random",
+                    "term": f"{v['group']}: {v['term']}",
+                    "statistic": "variance",
+                    "value": v["variance"],
+                }
+            )
         for c in r.get("covariances", []):
             for stat in ("covariance", "correlation"):
-                records.append({"model": r["name"], "section": "random", "term": f"{c['group']}: {c['term1']} with {c['term2']}",
-                                "statistic": stat, "value": c[stat]})
-        records.append({"model": r["name"], "section": "random", "term": "Residual", "statistic": "variance", "value": r["residual_variance"]})
+                records.append(
+                    {
+                        "model": r["name"],
+                        "section": "random",
+                        "term": f"{c['group']}: {c['term1']} with {c['term2']}",
+                        "statistic": stat,
+                        "value": c[stat],
+                    }
+                )
+        records.append(
+            {
+                "model": r["name"],
+                "section": "random",
+                "term": "Residual",
+                "statistic": "variance",
+                "value": r["residual_variance"],
+            }
+        )
         for g, v in r.get("icc", {}).items():
-            records.append({"model": r["name"], "section": "fit", "term": f"ICC {g}", "statistic": "value", "value": v})
+            records.append(
+                {
+                    "model": r["name"],
+                    "section": "fit",
+                    "term": f"ICC {g}",
+                    "statistic": "value",
+                    "value": v,
+                }
+            )
         for key in ("r2_marginal", "r2_conditional", "n_obs", "loglik", "aic", "bic", "n_params"):
-            records.append({"model": r["name"], "section": "fit", "term": key, "statistic": "value", "value": r.get(key)})
+            records.append(
+                {
+                    "model": r["name"],
+                    "section": "fit",
+                    "term": key,
+                    "statistic": "value",
+                    "value": r.get(key),
+                }
+            )
         for g, v in r["n_groups"].items():
-            records.append({"model": r["name"], "section": "fit", "term": f"n_{g}", "statistic": "value", "value": v})
-        records.append({"model": r["name"], "section": "fit", "term": "converged", "statistic": "value", "value": float(bool(r["convergence"]["converged"]))})
+            records.append(
+                {
+                    "model": r["name"],
+                    "section": "fit",
+                    "term": f"n_{g}",
+                    "statistic": "value",
+                    "value": v,
+                }
+            )
+        records.append(
+            {
+                "model": r["name"],
+                "section": "fit",
+                "term": "converged",
+                "statistic": "value",
+                "value": float(bool(r["convergence"]["converged"])),
+            }
+        )
     data = pd.DataFrame(records, columns=["model", "section", "term", "statistic", "value"])
 
     per_model = ["b", "SE", "95% CI", "z", "p"] if single else ["b (SE)", "95% CI", "p"]
@@ -377,7 +448,11 @@ def model_table(
     section("Random effects (variance, covariance)" if has_cov else "Random effects (variance)")
     components: list[tuple[str, str]] = []
     for r in results:
-        components += [(v["group"], v["term"]) for v in r["random"] if (v["group"], v["term"]) not in components]
+        components += [
+            (v["group"], v["term"])
+            for v in r["random"]
+            if (v["group"], v["term"]) not in components
+        ]
     for g, t in components:
         values = []
         for r in results:
@@ -387,15 +462,34 @@ def model_table(
         stat_row(f"{_label(g, labels).capitalize()} {what}", values)
     pairs: list[tuple[str, str, str]] = []
     for r in results:
-        pairs += [(c["group"], c["term1"], c["term2"]) for c in r.get("covariances", [])
-                  if (c["group"], c["term1"], c["term2"]) not in pairs]
+        pairs += [
+            (c["group"], c["term1"], c["term2"])
+            for c in r.get("covariances", [])
+            if (c["group"], c["term1"], c["term2"]) not in pairs
+        ]
     for g, t1, t2 in pairs:
         values = []
         for r in results:
-            match = next((c for c in r.get("covariances", []) if (c["group"], c["term1"], c["term2"]) == (g, t1, t2)), None)
-            values.append("" if match is None else f"{_num(match['covariance'])} (r = {format_r(match['correlation'])})")
-        names = ["intercept" if t in ("(Intercept)", "Intercept", "1") else _label(t, labels) for t in (t1, t2)]
-        stat_row(f"{_label(g, labels).capitalize()} {names[0]} with {names[1]}, covariance (r)", values)
+            match = next(
+                (
+                    c
+                    for c in r.get("covariances", [])
+                    if (c["group"], c["term1"], c["term2"]) == (g, t1, t2)
+                ),
+                None,
+            )
+            values.append(
+                ""
+                if match is None
+                else f"{_num(match['covariance'])} (r = {format_r(match['correlation'])})"
+            )
+        names = [
+            "intercept" if t in ("(Intercept)", "Intercept", "1") else _label(t, labels)
+            for t in (t1, t2)
+        ]
+        stat_row(
+            f"{_label(g, labels).capitalize()} {names[0]} with {names[1]}, covariance (r)", values
+        )
     stat_row("Residual", [_num(r["residual_variance"]) for r in results])
     section("Model fit")
     levels: list[str] = []
@@ -410,7 +504,9 @@ def model_table(
     for r in results:
         groups += [g for g in r["n_groups"] if g not in groups]
     for g in groups:
-        stat_row(f"{_label(g, labels).capitalize()}s", [str(r["n_groups"].get(g, "")) for r in results])
+        stat_row(
+            f"{_label(g, labels).capitalize()}s", [str(r["n_groups"].get(g, "")) for r in results]
+        )
     stat_row("Estimation", ["REML" if r["reml"] else "ML" for r in results])
     stat_row("Log-likelihood", [_num(r["loglik"]) for r in results])
     stat_row("AIC", [_num(r["aic"]) for r in results])
@@ -426,7 +522,9 @@ def model_table(
         + " ".join(_convergence_sentence(r) for r in results)
     )
     if title is None:
-        title = "Multilevel Model of Outcome" if single else "Multilevel Models of Outcome Side by Side"
+        title = (
+            "Multilevel Model of Outcome" if single else "Multilevel Models of Outcome Side by Side"
+        )
     return Table(name=name, title=title, body=body, data=data, note=note, sections=tuple(sections))
 
 
@@ -446,27 +544,47 @@ def reliability_table(table: pd.DataFrame) -> Table:
         omega_ci_high`` and optionally ``note``).
     """
     check_frame(table, "table")
-    check_columns(table, "instrument", "scale", "occasion", "n", "k", "alpha", "alpha_ci_low",
-                   "alpha_ci_high", "omega", "omega_ci_low", "omega_ci_high", name="table")
+    check_columns(
+        table,
+        "instrument",
+        "scale",
+        "occasion",
+        "n",
+        "k",
+        "alpha",
+        "alpha_ci_low",
+        "alpha_ci_high",
+        "omega",
+        "omega_ci_low",
+        "omega_ci_high",
+        name="table",
+    )
 
     def ci(lo, hi):
         return "" if pd.isna(lo) else f"[{format_r(lo)}, {format_r(hi)}]"
 
-    body = pd.DataFrame({
-        "Instrument": table["instrument"].astype(str),
-        "Scale": table["scale"].astype(str),
-        "Occasion": table["occasion"].astype(str),
-        "n": table["n"].astype(int).astype(str),
-        "Items": table["k"].astype(int).astype(str),
-        "α": table["alpha"].map(format_r),
-        "α 95% CI": [ci(a, b) for a, b in zip(table["alpha_ci_low"], table["alpha_ci_high"])],
-        "ω": table["omega"].map(format_r),
-        "ω 95% CI": [ci(a, b) for a, b in zip(table["omega_ci_low"], table["omega_ci_high"])],
-    }).reset_index(drop=True)
+    body = pd.DataFrame(
+        {
+            "Instrument": table["instrument"].astype(str),
+            "Scale": table["scale"].astype(str),
+            "Occasion": table["occasion"].astype(str),
+            "n": table["n"].astype(int).astype(str),
+            "Items": table["k"].astype(int).astype(str),
+            "α": table["alpha"].map(format_r),
+            "α 95% CI": [ci(a, b) for a, b in zip(table["alpha_ci_low"], table["alpha_ci_high"])],
+            "ω": table["omega"].map(format_r),
+            "ω 95% CI": [ci(a, b) for a, b in zip(table["omega_ci_low"], table["omega_ci_high"])],
+        }
+    ).reset_index(drop=True)
     notes = sorted({n for n in table.get("note", pd.Series(dtype=str)).dropna() if n})
     note = "α = Cronbach's alpha; ω = McDonald's omega total. " + " ".join(notes)
-    return Table(name="reliability", title="Internal Consistency of the Instruments", body=body,
-                 data=table.reset_index(drop=True), note=note.strip())
+    return Table(
+        name="reliability",
+        title="Internal Consistency of the Instruments",
+        body=body,
+        data=table.reset_index(drop=True),
+        note=note.strip(),
+    )
 
 
 # --------------------------------------------------------------------------- descriptives
@@ -570,17 +688,25 @@ def table1(
     if by is not None:
         check_columns(analysis, by, name="analysis")
     if continuous is None:
-        continuous = {c: DEFAULT_LABELS[c] for c in ("alliance", "outcome") if c in analysis.columns}
+        continuous = {
+            c: DEFAULT_LABELS[c] for c in ("alliance", "outcome") if c in analysis.columns
+        }
     check_columns(analysis, *continuous, name="analysis")
     categorical = dict(categorical or {})
     intake = _intake_rows(analysis, patient, session)
-    sessions = analysis.groupby(patient, observed=True, sort=True)[session].size().rename("_sessions")
+    sessions = (
+        analysis.groupby(patient, observed=True, sort=True)[session].size().rename("_sessions")
+    )
     per_patient = intake.join(sessions)
     if patients is not None:
         check_frame(patients, "patients")
         check_columns(patients, patient, name="patients")
         # the patients table wins for its own columns (e.g. an ending inferred by derive)
-        extra = [c for c in patients.columns if c != patient and (c not in per_patient.columns or c in categorical)]
+        extra = [
+            c
+            for c in patients.columns
+            if c != patient and (c not in per_patient.columns or c in categorical)
+        ]
         per_patient = per_patient.drop(columns=[c for c in extra if c in per_patient.columns])
         per_patient = per_patient.join(patients.set_index(patient)[extra])
     for column in categorical:
@@ -600,19 +726,46 @@ def table1(
 
     row = ["Patients, n"]
     for g, _ in groups:
-        row.append(f"< {min_cell}" if hide_arm[g] and n_arm[g] < min_cell else ("suppressed" if hide_arm[g] else str(n_arm[g])))
-        records.append({"variable": "patients", "level": "", "group": g, "n": None if hide_arm[g] else n_arm[g],
-                        "count": None if hide_arm[g] else n_arm[g], "percent": None, "mean": None, "sd": None,
-                        "suppressed": hide_arm[g]})
+        row.append(
+            f"< {min_cell}"
+            if hide_arm[g] and n_arm[g] < min_cell
+            else ("suppressed" if hide_arm[g] else str(n_arm[g]))
+        )
+        records.append(
+            {
+                "variable": "patients",
+                "level": "",
+                "group": g,
+                "n": None if hide_arm[g] else n_arm[g],
+                "count": None if hide_arm[g] else n_arm[g],
+                "percent": None,
+                "mean": None,
+                "sd": None,
+                "suppressed": hide_arm[g],
+            }
+        )
     rows.append(row)
     if therapist is not None and therapist in per_patient.columns:
         row = ["Therapists, n"]
         for g, f in groups:
             k = int(f[therapist].nunique())
             hide = hide_arm[g] or 0 < k < min_cell
-            row.append(f"< {min_cell}" if hide and k < min_cell else ("suppressed" if hide else str(k)))
-            records.append({"variable": "therapists", "level": "", "group": g, "n": None if hide_arm[g] else n_arm[g],
-                            "count": None if hide else k, "percent": None, "mean": None, "sd": None, "suppressed": hide})
+            row.append(
+                f"< {min_cell}" if hide and k < min_cell else ("suppressed" if hide else str(k))
+            )
+            records.append(
+                {
+                    "variable": "therapists",
+                    "level": "",
+                    "group": g,
+                    "n": None if hide_arm[g] else n_arm[g],
+                    "count": None if hide else k,
+                    "percent": None,
+                    "mean": None,
+                    "sd": None,
+                    "suppressed": hide,
+                }
+            )
         rows.append(row)
 
     def describe(column: str, label: str, values_of) -> None:
@@ -620,10 +773,25 @@ def table1(
         for g, f in groups:
             v = pd.to_numeric(values_of(f), errors="coerce").dropna()
             hide = hide_arm[g] or len(v) < min_cell
-            m, s = (float(v.mean()), float(v.std(ddof=1))) if len(v) > 1 else (float(v.mean()) if len(v) else None, None)
+            m, s = (
+                (float(v.mean()), float(v.std(ddof=1)))
+                if len(v) > 1
+                else (float(v.mean()) if len(v) else None, None)
+            )
             row.append("n < " + str(min_cell) if hide else f"{_num(m)} ({_num(s)})")
-            records.append({"variable": column, "level": "", "group": g, "n": None if hide else len(v), "count": None,
-                            "percent": None, "mean": None if hide else m, "sd": None if hide else s, "suppressed": hide})
+            records.append(
+                {
+                    "variable": column,
+                    "level": "",
+                    "group": g,
+                    "n": None if hide else len(v),
+                    "count": None,
+                    "percent": None,
+                    "mean": None if hide else m,
+                    "sd": None if hide else s,
+                    "suppressed": hide,
+                }
+            )
         rows.append(row)
 
     describe("sessions", "Sessions attended, M (SD)", lambda f: f["_sessions"])
@@ -652,9 +820,19 @@ def table1(
                 c = int(counts[lv])
                 pct = 100.0 * c / len(f) if len(f) else None
                 table_cells[lv][g] = _count_cell(c, pct, bool(hidden[lv]), min_cell)
-                records.append({"variable": column, "level": lv, "group": g, "n": None if hide_arm[g] else len(f),
-                                "count": None if hidden[lv] else c, "percent": None if hidden[lv] else pct,
-                                "mean": None, "sd": None, "suppressed": bool(hidden[lv])})
+                records.append(
+                    {
+                        "variable": column,
+                        "level": lv,
+                        "group": g,
+                        "n": None if hide_arm[g] else len(f),
+                        "count": None if hidden[lv] else c,
+                        "percent": None if hidden[lv] else pct,
+                        "mean": None,
+                        "sd": None,
+                        "suppressed": bool(hidden[lv]),
+                    }
+                )
         for lv in shown_levels:
             rows.append([f"  {lv}"] + [table_cells[lv][g] for g, _ in groups])
 
@@ -663,16 +841,25 @@ def table1(
         for g, _ in groups
     ]
     body = pd.DataFrame(rows, columns=headings)
-    data = pd.DataFrame(records, columns=["variable", "level", "group", "n", "count", "percent", "mean", "sd", "suppressed"])
+    data = pd.DataFrame(
+        records,
+        columns=["variable", "level", "group", "n", "count", "percent", "mean", "sd", "suppressed"],
+    )
     note = (
         f"Intake = each patient's first recorded session. Percentages are of the patients in "
-        f"the column. Counts from 1 to {min_cell - 1} are shown as \"< {min_cell}\" and "
-        f"statistics on fewer than {min_cell} patients are not shown (\"n < {min_cell}\"); "
-        "where one count of a block is hidden, the next smallest is hidden too (\"suppressed\") "
+        f'the column. Counts from 1 to {min_cell - 1} are shown as "< {min_cell}" and '
+        f'statistics on fewer than {min_cell} patients are not shown ("n < {min_cell}"); '
+        'where one count of a block is hidden, the next smallest is hidden too ("suppressed") '
         "so that it cannot be recovered from the total."
     )
-    return Table(name="table1", title="Sample Characteristics by Arm", body=body, data=data, note=note,
-                 sections=tuple(sections))
+    return Table(
+        name="table1",
+        title="Sample Characteristics by Arm",
+        body=body,
+        data=data,
+        note=note,
+        sections=tuple(sections),
+    )
 
 
 def intake_correlations(
@@ -709,8 +896,18 @@ def intake_correlations(
     check_frame(analysis, "analysis")
     min_cell = _check_min_cell(min_cell)
     if columns is None:
-        columns = [c for c in ("alliance", "outcome", "wai_sr_task", "wai_sr_bond", "wai_sr_goal", "srs_total")
-                   if c in analysis.columns]
+        columns = [
+            c
+            for c in (
+                "alliance",
+                "outcome",
+                "wai_sr_task",
+                "wai_sr_bond",
+                "wai_sr_goal",
+                "srs_total",
+            )
+            if c in analysis.columns
+        ]
     if not isinstance(columns, Mapping):
         columns = {c: DEFAULT_LABELS.get(c, c) for c in columns}
     if len(columns) < 2:
@@ -729,9 +926,29 @@ def intake_correlations(
                 half = 1.96 / math.sqrt(n - 3)
                 z = math.atanh(max(min(r, 0.999999), -0.999999))
                 lo, hi = math.tanh(z - half), math.tanh(z + half)
-                records.append({"var1": a, "var2": b, "n": n, "r": r, "ci_low": lo, "ci_high": hi, "p": float(p)})
+                records.append(
+                    {
+                        "var1": a,
+                        "var2": b,
+                        "n": n,
+                        "r": r,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "p": float(p),
+                    }
+                )
             else:
-                records.append({"var1": a, "var2": b, "n": n, "r": None, "ci_low": None, "ci_high": None, "p": None})
+                records.append(
+                    {
+                        "var1": a,
+                        "var2": b,
+                        "n": n,
+                        "r": None,
+                        "ci_low": None,
+                        "ci_high": None,
+                        "p": None,
+                    }
+                )
     data = pd.DataFrame(records, columns=["var1", "var2", "n", "r", "ci_low", "ci_high", "p"])
     lookup = {(r["var1"], r["var2"]): r for r in records}
     rows = []
@@ -759,8 +976,13 @@ def intake_correlations(
         "Pearson correlations at intake (each patient's first recorded session), pairwise "
         "complete; 95% confidence intervals (Fisher z) are in the CSV. * p < .05. ** p < .01."
     )
-    return Table(name="intake_correlations", title="Correlations of Alliance and Outcome at Intake",
-                 body=body, data=data, note=note)
+    return Table(
+        name="intake_correlations",
+        title="Correlations of Alliance and Outcome at Intake",
+        body=body,
+        data=data,
+        note=note,
+    )
 
 
 def _count_table(
@@ -795,7 +1017,9 @@ def _count_table(
     if len(arm_counts):
         hide_arm.update({g: bool(h) for g, h in _suppress_block(arm_counts, min_cell).items()})
     hide_arm["Total"] = 0 < n_arm["Total"] < min_cell
-    computed = [(label, var, {g: func(f) for g, f in groups}, kind) for label, var, func, kind in blocks]
+    computed = [
+        (label, var, {g: func(f) for g, f in groups}, kind) for label, var, func, kind in blocks
+    ]
     names = [g for g, _ in groups]
     hidden: dict[tuple[int, str], bool] = {}
     for i, (_, _, values, kind) in enumerate(computed):
@@ -815,7 +1039,9 @@ def _count_table(
         return True
 
     changed = True
-    while changed:  # secondary suppression across arms (row totals) and, for partitions, down columns
+    while (
+        changed
+    ):  # secondary suppression across arms (row totals) and, for partitions, down columns
         changed = False
         for i in count_rows:
             changed |= hide_one_more([(i, g) for g in arms])
@@ -832,29 +1058,62 @@ def _count_table(
                 m = float(v.mean()) if len(v) else None
                 s = float(v.std(ddof=1)) if len(v) > 1 else None
                 row.append(f"n < {min_cell}" if hide else f"{_num(m)} ({_num(s)})")
-                records.append({"variable": var, "group": g, "count": None, "denominator": None if hide else len(v),
-                                "percent": None, "mean": None if hide else m, "sd": None if hide else s, "suppressed": hide})
+                records.append(
+                    {
+                        "variable": var,
+                        "group": g,
+                        "count": None,
+                        "denominator": None if hide else len(v),
+                        "percent": None,
+                        "mean": None if hide else m,
+                        "sd": None if hide else s,
+                        "suppressed": hide,
+                    }
+                )
         else:
             for g in names:
                 c, den = values[g]
                 pct = 100.0 * c / den if den else None
                 hide = bool(hidden[(i, g)])
                 row.append(_count_cell(c, pct, hide, min_cell))
-                records.append({"variable": var, "group": g, "count": None if hide else int(c),
-                                "denominator": None if hide else den, "percent": None if hide else pct,
-                                "mean": None, "sd": None, "suppressed": hide})
+                records.append(
+                    {
+                        "variable": var,
+                        "group": g,
+                        "count": None if hide else int(c),
+                        "denominator": None if hide else den,
+                        "percent": None if hide else pct,
+                        "mean": None,
+                        "sd": None,
+                        "suppressed": hide,
+                    }
+                )
         rows.append(row)
     headings = ["Measure"] + [
         f"{g} (n {'= ' + str(n_arm[g]) if not hide_arm[g] else ('< ' + str(min_cell) if n_arm[g] < min_cell else 'suppressed')})"
         for g, _ in groups
     ]
-    data = pd.DataFrame(records, columns=["variable", "group", "count", "denominator", "percent", "mean", "sd", "suppressed"])
+    data = pd.DataFrame(
+        records,
+        columns=[
+            "variable",
+            "group",
+            "count",
+            "denominator",
+            "percent",
+            "mean",
+            "sd",
+            "suppressed",
+        ],
+    )
     note = note + (
-        f" Counts from 1 to {min_cell - 1} are shown as \"< {min_cell}\" (with a second count of "
-        "patients \"suppressed\" where the total would reveal them); statistics on fewer than "
+        f' Counts from 1 to {min_cell - 1} are shown as "< {min_cell}" (with a second count of '
+        'patients "suppressed" where the total would reveal them); statistics on fewer than '
         f"{min_cell} patients are not shown."
     )
-    return Table(name=name, title=title, body=pd.DataFrame(rows, columns=headings), data=data, note=note)
+    return Table(
+        name=name, title=title, body=pd.DataFrame(rows, columns=headings), data=data, note=note
+    )
 
 
 def clinical_significance_table(
@@ -886,18 +1145,38 @@ def clinical_significance_table(
     check_columns(patients, category, name="patients")
     blocks = []
     for level in RC_CATEGORIES:
-        blocks.append((level.capitalize(), level,
-                       lambda f, lv=level: (int((f[category].astype(object) == lv).sum()), len(f)), "patients"))
-    blocks.append(("Not assessable (one observed score)", "not_assessable",
-                   lambda f: (int(f[category].isna().sum()), len(f)), "patients"))
+        blocks.append(
+            (
+                level.capitalize(),
+                level,
+                lambda f, lv=level: (int((f[category].astype(object) == lv).sum()), len(f)),
+                "patients",
+            )
+        )
+    blocks.append(
+        (
+            "Not assessable (one observed score)",
+            "not_assessable",
+            lambda f: (int(f[category].isna().sum()), len(f)),
+            "patients",
+        )
+    )
     note = (
         "n (%) of the arm's patients. Recovered = reliable improvement and a move from the "
         "clinical to the functional range; improved = reliable improvement only; deteriorated = "
         "reliable deterioration (Jacobson & Truax, 1991), first to last observed score."
     )
-    return _count_table(patients, by=by, blocks=blocks, min_cell=min_cell, name="clinical_significance",
-                        title="Reliable and Clinically Significant Change by Arm", note=note, patient=patient,
-                        partition=True)
+    return _count_table(
+        patients,
+        by=by,
+        blocks=blocks,
+        min_cell=min_cell,
+        name="clinical_significance",
+        title="Reliable and Clinically Significant Change by Arm",
+        note=note,
+        patient=patient,
+        partition=True,
+    )
 
 
 def sudden_gains_table(
@@ -922,28 +1201,58 @@ def sudden_gains_table(
     check_frame(patients, "patients")
     check_columns(patients, "n_sudden_gains", "n_sudden_gains_reversed", name="patients")
     blocks = [
-        ("Patients with ≥ 1 sudden gain", "patients_with_gain",
-         lambda f: (int((f["n_sudden_gains"] > 0).sum()), len(f)), "patients"),
+        (
+            "Patients with ≥ 1 sudden gain",
+            "patients_with_gain",
+            lambda f: (int((f["n_sudden_gains"] > 0).sum()), len(f)),
+            "patients",
+        ),
         ("Sudden gains", "gains", lambda f: (int(f["n_sudden_gains"].sum()), None), "events"),
-        ("Gains reversed, n (% of gains)", "gains_reversed",
-         lambda f: (int(f["n_sudden_gains_reversed"].sum()), int(f["n_sudden_gains"].sum())), "events"),
+        (
+            "Gains reversed, n (% of gains)",
+            "gains_reversed",
+            lambda f: (int(f["n_sudden_gains_reversed"].sum()), int(f["n_sudden_gains"].sum())),
+            "events",
+        ),
     ]
     if gains is not None and len(gains):
         check_columns(gains, patient, "event", "magnitude", name="gains")
         g = gains[gains["event"].astype(str) == "gain"]
-        blocks.append(("Magnitude of gains, M (SD)", "gain_magnitude",
-                       lambda f: g.loc[g[patient].isin(f[patient]), "magnitude"], "mean"))
+        blocks.append(
+            (
+                "Magnitude of gains, M (SD)",
+                "gain_magnitude",
+                lambda f: g.loc[g[patient].isin(f[patient]), "magnitude"],
+                "mean",
+            )
+        )
     if "n_sudden_losses" in patients.columns:
-        blocks.append(("Patients with ≥ 1 sudden loss", "patients_with_loss",
-                       lambda f: (int((f["n_sudden_losses"] > 0).sum()), len(f)), "patients"))
-        blocks.append(("Sudden losses", "losses", lambda f: (int(f["n_sudden_losses"].sum()), None), "events"))
+        blocks.append(
+            (
+                "Patients with ≥ 1 sudden loss",
+                "patients_with_loss",
+                lambda f: (int((f["n_sudden_losses"] > 0).sum()), len(f)),
+                "patients",
+            )
+        )
+        blocks.append(
+            ("Sudden losses", "losses", lambda f: (int(f["n_sudden_losses"].sum()), None), "events")
+        )
     note = (
         "Sudden gains after Tang and DeRubeis (1999): a between-session improvement at least "
         "the reliable change value, at least 25% of the pre-gain score, and larger than the "
         "fluctuation of the surrounding sessions; reversed = more than half of the gain lost later."
     )
-    return _count_table(patients, by=by, blocks=blocks, min_cell=min_cell, name="sudden_gains",
-                        title="Sudden Gains and Losses by Arm", note=note, patient=patient)
+    return _count_table(
+        patients,
+        by=by,
+        blocks=blocks,
+        min_cell=min_cell,
+        name="sudden_gains",
+        title="Sudden Gains and Losses by Arm",
+        note=note,
+        patient=patient,
+    )
 
 
 def ruptures_table(
@@ -962,25 +1271,61 @@ def ruptures_table(
         (:func:`allianceflow.ruptures.rupture_summary`).
     """
     check_frame(patients, "patients")
-    check_columns(patients, "n_ruptures", "n_repaired", "n_unrepaired", "n_censored", name="patients")
+    check_columns(
+        patients, "n_ruptures", "n_repaired", "n_unrepaired", "n_censored", name="patients"
+    )
     blocks = [
-        ("Patients with ≥ 1 rupture", "patients_with_rupture",
-         lambda f: (int((f["n_ruptures"] > 0).sum()), len(f)), "patients"),
+        (
+            "Patients with ≥ 1 rupture",
+            "patients_with_rupture",
+            lambda f: (int((f["n_ruptures"] > 0).sum()), len(f)),
+            "patients",
+        ),
         ("Ruptures per patient, M (SD)", "ruptures_per_patient", lambda f: f["n_ruptures"], "mean"),
         ("Ruptures", "ruptures", lambda f: (int(f["n_ruptures"].sum()), None), "events"),
-        ("Repaired, n (% of ruptures)", "repaired", lambda f: (int(f["n_repaired"].sum()), int(f["n_ruptures"].sum())), "events"),
-        ("Not repaired, n (% of ruptures)", "unrepaired", lambda f: (int(f["n_unrepaired"].sum()), int(f["n_ruptures"].sum())), "events"),
-        ("Censored, n (% of ruptures)", "censored", lambda f: (int(f["n_censored"].sum()), int(f["n_ruptures"].sum())), "events"),
+        (
+            "Repaired, n (% of ruptures)",
+            "repaired",
+            lambda f: (int(f["n_repaired"].sum()), int(f["n_ruptures"].sum())),
+            "events",
+        ),
+        (
+            "Not repaired, n (% of ruptures)",
+            "unrepaired",
+            lambda f: (int(f["n_unrepaired"].sum()), int(f["n_ruptures"].sum())),
+            "events",
+        ),
+        (
+            "Censored, n (% of ruptures)",
+            "censored",
+            lambda f: (int(f["n_censored"].sum()), int(f["n_ruptures"].sum())),
+            "events",
+        ),
     ]
     if "n_coded_ruptures" in patients.columns:
-        blocks.append(("Coded ruptures (observer)", "coded", lambda f: (int(f["n_coded_ruptures"].sum()), None), "events"))
+        blocks.append(
+            (
+                "Coded ruptures (observer)",
+                "coded",
+                lambda f: (int(f["n_coded_ruptures"].sum()), None),
+                "events",
+            )
+        )
     note = (
         "A rupture is a drop in session alliance beyond the study's threshold; repaired = the "
         "alliance returned to its pre-rupture level within the repair window; censored = the "
         "patient's data ended before the window closed (Eubanks, Muran, & Safran, 2018)."
     )
-    return _count_table(patients, by=by, blocks=blocks, min_cell=min_cell, name="ruptures",
-                        title="Alliance Ruptures and Repair by Arm", note=note, patient=patient)
+    return _count_table(
+        patients,
+        by=by,
+        blocks=blocks,
+        min_cell=min_cell,
+        name="ruptures",
+        title="Alliance Ruptures and Repair by Arm",
+        note=note,
+        patient=patient,
+    )
 
 
 # --------------------------------------------------------------------------- rendering
@@ -1024,7 +1369,9 @@ def render_html(table: Table) -> str:
         "<body>",
         f'<table id="{e(table.name)}">',
         f"<caption>{e(table.title)}</caption>",
-        "<thead><tr>" + "".join(f"<th>{e(str(c))}</th>" for c in table.body.columns) + "</tr></thead>",
+        "<thead><tr>"
+        + "".join(f"<th>{e(str(c))}</th>" for c in table.body.columns)
+        + "</tr></thead>",
         "<tbody>",
     ]
     for i, row in enumerate(table.body.itertuples(index=False)):
@@ -1040,11 +1387,29 @@ def render_html(table: Table) -> str:
 
 
 _LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "<": r"\textless{}", ">": r"\textgreater{}", "−": r"$-$", "–": "--", "—": "---",
-    "α": r"$\alpha$", "ω": r"$\omega$", "²": r"\textsuperscript{2}", "≥": r"$\geq$",
-    "≤": r"$\leq$", "×": r"$\times$", "|": r"\textbar{}", "±": r"$\pm$",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "−": r"$-$",
+    "–": "--",
+    "—": "---",
+    "α": r"$\alpha$",
+    "ω": r"$\omega$",
+    "²": r"\textsuperscript{2}",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "×": r"$\times$",
+    "|": r"\textbar{}",
+    "±": r"$\pm$",
 }
 
 
@@ -1072,13 +1437,21 @@ def render_latex(table: Table) -> str:
         if i in table.sections:
             lines.append(f"\\multicolumn{{{ncol}}}{{l}}{{\\textit{{{_tex(row[0])}}}}} \\\\")
         else:
-            cells = [_tex(v.strip()) if j else (r"\quad " + _tex(v.strip()) if v.startswith("  ") else _tex(v))
-                     for j, v in enumerate(row)]
+            cells = [
+                _tex(v.strip())
+                if j
+                else (r"\quad " + _tex(v.strip()) if v.startswith("  ") else _tex(v))
+                for j, v in enumerate(row)
+            ]
             lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     if table.note:
-        lines += [r"\begin{tablenotes}[flushleft]", r"\small", f"\\item \\textit{{Note.}} {_tex(table.note)}",
-                  r"\end{tablenotes}"]
+        lines += [
+            r"\begin{tablenotes}[flushleft]",
+            r"\small",
+            f"\\item \\textit{{Note.}} {_tex(table.note)}",
+            r"\end{tablenotes}",
+        ]
     lines += [r"\end{threeparttable}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -1107,7 +1480,10 @@ def _fixed_zip(raw: bytes) -> bytes:
     """Rewrite a zip with every member dated 1980-01-01, fixed attributes and no compression
     (stored: deflate output can differ between zlib builds), in the same order."""
     out = _io.BytesIO()
-    with zipfile.ZipFile(_io.BytesIO(raw)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+    with (
+        zipfile.ZipFile(_io.BytesIO(raw)) as src,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst,
+    ):
         for info in src.infolist():
             fixed = zipfile.ZipInfo(info.filename, date_time=_EPOCH)
             fixed.compress_type = zipfile.ZIP_STORED
@@ -1201,4 +1577,6 @@ def write_table_files(table: Table, paths: Iterable[str | Path]) -> None:
             with atomic_path(path) as tmp:
                 Path(tmp).write_bytes(render_docx(table))
         else:
-            raise ValueError(f"`paths` must end in .csv, .md, .html, .tex or .docx; got {path.name!r}.")
+            raise ValueError(
+                f"`paths` must end in .csv, .md, .html, .tex or .docx; got {path.name!r}."
+            )

@@ -53,7 +53,9 @@ def csv_files() -> dict[str, bytes]:
         "session_zero.csv": text(rows=edit(3, "SessionNo", "0")).encode(),
         "trailing_spaces_ids.csv": text(rows=edit(1, "ClientCode", "P01  ")).encode(),
         "case_ids.csv": text(rows=edit(2, "ClientCode", "p01")).encode(),
-        "email_column.csv": with_column("Contact", ["", "", "anna.devries@example.org", "", "", ""]).encode(),
+        "email_column.csv": with_column(
+            "Contact", ["", "", "anna.devries@example.org", "", "", ""]
+        ).encode(),
         "notes_with_names.csv": with_column(
             "Obs",
             [
@@ -67,16 +69,30 @@ def csv_files() -> dict[str, bytes]:
         ).encode(),
         "notes_column.csv": with_column("Notes", ["ok", "", "", "", "", ""]).encode(),
         "phone_column.csv": with_column("Tel", ["", "", "", "+31 6 1234 5678", "", ""]).encode(),
-        "phone_in_unnamed_column.csv": with_column("Extra", ["", "", "", "", "020-123 4567", ""]).encode(),
+        "phone_in_unnamed_column.csv": with_column(
+            "Extra", ["", "", "", "", "020-123 4567", ""]
+        ).encode(),
         "national_id_in_item.csv": text(rows=edit(3, "ORS_3", "123-45-6789")).encode(),
-        "postcode_column.csv": with_column("Area", ["1012 AB", "1012 AB", "1012 AB", "3511 LX", "3511 LX", "9711 CV"]).encode(),
-        "street_address_column.csv": with_column("Home", ["12 Baker Street", "12 Baker Street", "12 Baker Street", "", "", ""]).encode(),
-        "date_of_birth_column.csv": with_column("Intake", ["14/03/1975"] * 3 + ["02/11/1988"] * 2 + ["30/06/1969"]).encode(),
-        "names_column.csv": with_column("Client", ["Anna de Vries"] * 3 + ["Peter Smit"] * 2 + ["Maria Jansen"]).encode(),
+        "postcode_column.csv": with_column(
+            "Area", ["1012 AB", "1012 AB", "1012 AB", "3511 LX", "3511 LX", "9711 CV"]
+        ).encode(),
+        "street_address_column.csv": with_column(
+            "Home", ["12 Baker Street", "12 Baker Street", "12 Baker Street", "", "", ""]
+        ).encode(),
+        "date_of_birth_column.csv": with_column(
+            "Intake", ["14/03/1975"] * 3 + ["02/11/1988"] * 2 + ["30/06/1969"]
+        ).encode(),
+        "names_column.csv": with_column(
+            "Client", ["Anna de Vries"] * 3 + ["Peter Smit"] * 2 + ["Maria Jansen"]
+        ).encode(),
         "cp1252.csv": text(rows=edit(5, "Clinician", "Müller")).encode("cp1252"),
-        "decimal_comma.csv": text(rows=[[v.replace(".", ",") for v in r] for r in ROWS], sep=";").encode(),
+        "decimal_comma.csv": text(
+            rows=[[v.replace(".", ",") for v in r] for r in ROWS], sep=";"
+        ).encode(),
         "duplicate_identical.csv": text(rows=[*ROWS[:3], ROWS[1], *ROWS[3:]]).encode(),
-        "duplicate_conflicting.csv": text(rows=[*ROWS[:5], edit(4, "ORS_1", "9.0")[4], ROWS[5]]).encode(),
+        "duplicate_conflicting.csv": text(
+            rows=[*ROWS[:5], edit(4, "ORS_1", "9.0")[4], ROWS[5]]
+        ).encode(),
         "out_of_range.csv": text(rows=edit(0, "ORS_4", "12.5")).encode(),
         "missing_id.csv": text(rows=edit(4, "ClientCode", "")).encode(),
         "therapist_change.csv": text(rows=edit(2, "Clinician", "T2")).encode(),

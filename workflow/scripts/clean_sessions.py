@@ -1,4 +1,5 @@
 """Snakemake adapter: clean one study's raw export (allianceflow.pipeline.clean_stage)."""
+
 from allianceflow.pipeline import clean_stage, run_step
 
 with run_step(snakemake.log[0]):

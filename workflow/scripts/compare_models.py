@@ -1,4 +1,5 @@
 """Snakemake adapter: likelihood-ratio test of two models (allianceflow.pipeline.comparison_stage)."""
+
 from allianceflow.pipeline import comparison_stage, run_step
 
 with run_step(snakemake.log[0]):

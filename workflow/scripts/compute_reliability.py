@@ -1,4 +1,5 @@
 """Snakemake adapter: reliability table (allianceflow.pipeline.reliability_stage)."""
+
 from allianceflow.pipeline import reliability_stage, run_step
 
 with run_step(snakemake.log[0]):

@@ -1,4 +1,5 @@
 """Snakemake adapter: derived variables (allianceflow.pipeline.derive_stage)."""
+
 from allianceflow.pipeline import derive_stage, run_step
 
 with run_step(snakemake.log[0]):

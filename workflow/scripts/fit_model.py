@@ -1,4 +1,5 @@
 """Snakemake adapter: fit one model (allianceflow.pipeline.fit_stage)."""
+
 from allianceflow.pipeline import fit_stage, run_step
 
 with run_step(snakemake.log[0]):

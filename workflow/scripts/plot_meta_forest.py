@@ -1,4 +1,5 @@
 """Snakemake adapter: meta-analysis forest plot (allianceflow.pool.forest_figure_stage)."""
+
 from allianceflow.pipeline import run_step
 from allianceflow.pool import forest_figure_stage
 

@@ -1,4 +1,5 @@
 """Snakemake adapter: power curve (allianceflow.power.power_curve_stage)."""
+
 from allianceflow.pipeline import run_step
 from allianceflow.power import power_curve_stage
 

@@ -1,4 +1,5 @@
 """Snakemake adapter: within/between figure (allianceflow.pipeline.within_between_figure_stage)."""
+
 from allianceflow.pipeline import run_step, within_between_figure_stage
 
 with run_step(snakemake.log[0]):

@@ -1,4 +1,5 @@
 """Snakemake adapter: two-stage meta-analysis and one-stage model (allianceflow.pool.pool_stage)."""
+
 from allianceflow.pipeline import model_formula, run_step
 from allianceflow.pool import pool_stage
 

@@ -1,4 +1,5 @@
 """Snakemake adapter: score the study's instruments (allianceflow.pipeline.score_stage)."""
+
 from allianceflow.pipeline import run_step, score_stage
 
 with run_step(snakemake.log[0]):

@@ -1,4 +1,5 @@
 """Snakemake adapter: one chunk of power replications (allianceflow.power.power_chunk_stage)."""
+
 from allianceflow.pipeline import run_step
 from allianceflow.power import power_chunk_stage
 

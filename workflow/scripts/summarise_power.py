@@ -1,4 +1,5 @@
 """Snakemake adapter: merge power chunks (allianceflow.power.power_summary_stage)."""
+
 from allianceflow.pipeline import run_step
 from allianceflow.power import power_summary_stage
 

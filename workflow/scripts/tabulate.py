@@ -1,4 +1,5 @@
 """Snakemake adapter: a published table (allianceflow.pipeline.*_table_stage), chosen by rule."""
+
 from allianceflow import pipeline
 
 outputs = list(snakemake.output)

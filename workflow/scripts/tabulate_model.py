@@ -1,4 +1,5 @@
 """Snakemake adapter: model table (allianceflow.pipeline.model_table_stage)."""
+
 from allianceflow.pipeline import model_table_stage, run_step
 
 with run_step(snakemake.log[0]):

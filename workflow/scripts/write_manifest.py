@@ -1,4 +1,5 @@
 """Snakemake adapter: the study's manifest (allianceflow.pipeline.manifest_stage)."""
+
 from allianceflow.pipeline import manifest_stage, run_step
 
 with run_step(snakemake.log[0]):
