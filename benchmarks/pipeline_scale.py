@@ -129,8 +129,13 @@ def child_stage(stage: str, folder: Path, profile: bool) -> dict:
         ),
     }
     # Import everything the stage imports lazily, so the timing is of the work only.
-    import allianceflow.clean, allianceflow.derive, allianceflow.score  # noqa: E401,F401
-    import allianceflow.clinical, allianceflow.ontrack, allianceflow.ruptures, allianceflow.suddengains  # noqa: E401,F401
+    import allianceflow.clean  # noqa: F401
+    import allianceflow.clinical  # noqa: F401
+    import allianceflow.derive  # noqa: F401
+    import allianceflow.ontrack  # noqa: F401
+    import allianceflow.ruptures  # noqa: F401
+    import allianceflow.score  # noqa: F401
+    import allianceflow.suddengains  # noqa: F401
 
     baseline = _rss_mb("VmRSS")
     start = time.perf_counter()

@@ -36,13 +36,13 @@
 # cleaning step reports against it.
 
 # %%
-import allianceflow
-from allianceflow import clean, config, figures, io, privacy
-
 import copy
 from pathlib import Path
 
 import pandas as pd
+
+import allianceflow
+from allianceflow import clean, config, figures, io, privacy
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.

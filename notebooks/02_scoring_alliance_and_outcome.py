@@ -33,13 +33,13 @@
 # a clinician asks: *is this patient's change larger than the noise of the questionnaire?*
 
 # %%
-import allianceflow
-from allianceflow import clean, clinical, config, figures, io, score, simulate
-from allianceflow.instruments import load_instrument
-
 from pathlib import Path
 
 import pandas as pd
+
+import allianceflow
+from allianceflow import clean, clinical, config, figures, io, score, simulate
+from allianceflow.instruments import load_instrument
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.

@@ -32,14 +32,14 @@
 # answers neither question (Curran & Bauer, 2011; Falkenström et al., 2017).
 
 # %%
-import allianceflow
-from allianceflow import config, derive, figures, io, pipeline
-
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+import allianceflow
+from allianceflow import config, derive, figures, io, pipeline
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.

@@ -33,13 +33,13 @@
 # alliances improve more (between)?
 
 # %%
-import allianceflow
-from allianceflow import config, figures, models, pipeline, tables
-
 from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
+
+import allianceflow
+from allianceflow import config, figures, models, pipeline, tables
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.

@@ -31,12 +31,10 @@
 # means, and why "not on track" is a tricky variable to put in a model.
 
 # %%
-import allianceflow
-from allianceflow import config, figures, models, ontrack, pipeline
-
 from pathlib import Path
 
-import pandas as pd
+import allianceflow
+from allianceflow import config, figures, models, ontrack, pipeline
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.

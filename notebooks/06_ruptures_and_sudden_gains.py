@@ -31,12 +31,12 @@
 # fires by chance before reading meaning into an event.
 
 # %%
-import allianceflow
-from allianceflow import config, figures, models, pipeline, ruptures, suddengains
-
 from pathlib import Path
 
 import pandas as pd
+
+import allianceflow
+from allianceflow import config, figures, models, pipeline, ruptures, suddengains
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.

@@ -45,7 +45,8 @@ def copy_project(root):
 
 def simulate_three_level(seed=7, n_therapists=12, n_patients=120, n_sessions=10):
     """A small three-level study (patients in therapists, crossed raters) with correlated
-    patient intercepts and slopes, for the lme4 comparisons and the engine tests."""
+    patient intercepts and slopes, for the lme4 comparisons and the engine tests.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     ther = np.arange(n_patients) % n_therapists

@@ -1,5 +1,6 @@
 """The examples in the package's docstrings run and print what they claim (the docs are
-read by students; an example that no longer holds teaches the wrong thing)."""
+read by students; an example that no longer holds teaches the wrong thing).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Endings from a researcher's export to the patients table: the canonical ``ending`` and
 ``followup_days`` columns of the clean stage, the study's ``extraction_date``, the config
-checks, and the derive stage using them (recorded or inferred from a gap)."""
+checks, and the derive stage using them (recorded or inferred from a gap).
+"""
 
 from __future__ import annotations
 

@@ -76,8 +76,9 @@ def _sm_model(complete, key, reml):
 
 
 def _sm_fit(complete, key, reml):
-    """statsmodels' converged answer: lbfgs, then Nelder-Mead from there (lbfgs alone can
-    stop short; issue 6), keeping the better."""
+    """Statsmodels' converged answer: lbfgs, then Nelder-Mead from there (lbfgs alone can
+    stop short; issue 6), keeping the better.
+    """
     m = _sm_model(complete, key, reml)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -93,7 +94,8 @@ def _sm_params(fit: LMMFit, key: str) -> MixedLMParams:
     """Our estimates as statsmodels parameters (covariances relative to the residual).
 
     statsmodels' likelihood jumps at a singular covariance matrix (#10239), so a ridge of
-    1e-10 keeps a boundary fit just inside."""
+    1e-10 keeps a boundary fit just inside.
+    """
     s2 = fit.sigma2
     if key in ("intercept", "correlated"):
         cov_re, vcomp = fit.cov_re["patient"].to_numpy() / s2, np.zeros(0)
@@ -221,7 +223,8 @@ def _dense_loglik(X, y, V, reml):
 @pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
 def test_structures_statsmodels_cannot_fit(small, random, reml):
     """Likelihood at our estimates equals a dense computation, and no perturbation of any
-    variance parameter raises it (the estimates are the maximum)."""
+    variance parameter raises it (the estimates are the maximum).
+    """
     d = small
     fit = fit_lmm(d, f"{FIXED} + {random}", reml=reml)
     assert fit.converged, fit.warnings
@@ -261,7 +264,8 @@ def test_three_level_counts_and_ranef(complete):
 
 def test_singular_fit_is_reported_and_same_likelihood():
     """A therapist level without therapist variance: boundary fit, reported, and the same
-    likelihood as the model without it (as lme4)."""
+    likelihood as the model without it (as lme4).
+    """
     d = _analysis(11, n_patients=120, n_therapists=12, max_sessions=8, outcome_sd_therapist=0.0)
     d = d.dropna(subset=COLS)
     # shuffle therapists among patients so that no therapist clustering remains

@@ -104,7 +104,8 @@ def small_fit(small):
 
 def _equal_means_data():
     """Therapists with identical patient sets: the therapist variance's REML estimate is 0,
-    and statsmodels' default-start lbfgs reports convergence at a wrong log-likelihood."""
+    and statsmodels' default-start lbfgs reports convergence at a wrong log-likelihood.
+    """
     rng = np.random.default_rng(5)
     base_p, base_e, xb = rng.normal(0, 1, 5), rng.normal(0, 1, (5, 6)), rng.normal(0, 1, 5)
     rows = []
@@ -258,7 +259,8 @@ def test_containment_df(small_fit, small):
 def test_containment_df_matches_nlme_orthodont_layout():
     """nlme::lme(distance ~ age + Sex, random = ~1 | Subject, Orthodont) reports DF 80 for the
     intercept and age and 25 for Sex (Pinheiro & Bates 2000, sec. 2.4.2): 108 rows, 27
-    subjects, 4 ages each. Same layout here with simulated values."""
+    subjects, 4 ages each. Same layout here with simulated values.
+    """
     rng = np.random.default_rng(5)
     subject = np.repeat([f"S{i:02d}" for i in range(27)], 4)
     d = pd.DataFrame(
@@ -374,7 +376,7 @@ def test_random_slope_covariance_reported(small):
 
 
 def test_false_convergence_of_lbfgs_is_caught():
-    """statsmodels' lbfgs says converged=True about 0.95 log-likelihood units below the optimum."""
+    """Statsmodels' lbfgs says converged=True about 0.95 log-likelihood units below the optimum."""
     from statsmodels.regression.mixed_linear_model import MixedLM
 
     d = _equal_means_data()
@@ -763,7 +765,8 @@ def test_feedback_preset_fits(small):
 def test_conditional_modes_match_the_closed_form_blup():
     """Random-intercept BLUPs: mode_j = lambda_j * mean_j(y - X b), with shrinkage
     lambda_j = s2u / (s2u + s2e / n_j), and conditional variance (1/s2u + n_j/s2e)^-1
-    (e.g. Snijders & Bosker 2012, sec. 4.8). Unequal n_j make the shrinkage differ by group."""
+    (e.g. Snijders & Bosker 2012, sec. 4.8). Unequal n_j make the shrinkage differ by group.
+    """
     rng = np.random.default_rng(12)
     sizes = rng.integers(2, 9, 25)
     group = np.repeat([f"G{j:02d}" for j in range(25)], sizes)

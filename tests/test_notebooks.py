@@ -129,7 +129,8 @@ def test_cites_references(pair):
 
 def test_runs_without_pipeline_outputs(pair):
     """The notebooks compute from data/raw (or a temporary folder), never from the outputs
-    of an earlier pipeline run, so they work on a fresh clone."""
+    of an earlier pipeline run, so they work on a fresh clone.
+    """
     name, ipynb, _ = pair
     code = "\n".join(c.source for c in _code(ipynb))
     for output in ("data/processed", "results/"):

@@ -27,7 +27,8 @@ def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def _result_hashes(workdir: Path, folder: str = "results") -> dict[str, str]:
     """sha256 of every file under *folder* except Snakemake's report.html, which embeds the
-    run's job start and end times (its runtime statistics) and so differs on every run."""
+    run's job start and end times (its runtime statistics) and so differs on every run.
+    """
     return {
         p.relative_to(workdir).as_posix(): sha256_file(p)
         for p in sorted((workdir / folder).rglob("*"))
@@ -260,7 +261,8 @@ def test_several_informants_without_a_choice_get_a_config_error(run):
 
 def test_two_informants_feed_the_informants_preset(run):
     """Therapist-rated alliance beside the patient's: the derive stage lines both raters up
-    by patient and session, and the informants preset fits them side by side."""
+    by patient and session, and the informants preset fits them side by side.
+    """
     import copy
 
     import numpy as np
@@ -317,7 +319,8 @@ def test_prepare_study_in_memory_equals_the_pipeline_files(run):
 
 def test_expected_response_from_a_reference_sample(run):
     """on_track.reference = reference fits the expected treatment response on the reference
-    study's scored sessions, not on the study itself."""
+    study's scored sessions, not on the study itself.
+    """
     import copy
 
     from allianceflow.config import load_config

@@ -389,7 +389,8 @@ def test_stack_studies_standardises_within_study_and_nests_ids():
 
 def _full_analysis(instruments, seed):
     """An analysis table with every derived column the presets use: the three-level split,
-    intake score, detrended lag and two alliance components."""
+    intake score, detrended lag and two alliance components.
+    """
     from allianceflow.derive import derive_analysis, preset_variables
 
     kw = dict(n_patients=40, n_therapists=4, max_sessions=6)
@@ -550,7 +551,8 @@ def test_srs_phq9_truth_is_recovered(seed):
     """Random-intercept generating model (no slopes): the estimates lie within 3 SE of the
     true effects on the item-mean (SRS) and total (PHQ-9) scales. (Seed 21's between-patient
     estimate is 2.1 SE from the truth, the kind of miss a 95% interval makes 1 time in 20,
-    so the tolerance is 3 SE over two seeds rather than the interval of one.)"""
+    so the tolerance is 3 SE over two seeds rather than the interval of one.)
+    """
     import statsmodels.formula.api as smf
 
     from allianceflow.derive import derive_analysis

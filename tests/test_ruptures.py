@@ -1,7 +1,5 @@
 """Alliance ruptures: detection, repair, coded ruptures."""
 
-import math
-
 import numpy as np
 import pandas as pd
 import pytest

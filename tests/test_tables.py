@@ -1,7 +1,6 @@
 """Published tables: exact numbers, small-cell suppression, every format byte-identical."""
 
 import io
-import json
 import time
 import zipfile
 

@@ -1,5 +1,6 @@
 """Argument checks shared by the modules that take DataFrames (messages name the argument,
-what it holds and what is allowed; a missing column lists the columns and the closest one)."""
+what it holds and what is allowed; a missing column lists the columns and the closest one).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def check_frame(data: Any, name: str = "data") -> None:
 
 def check_columns(data: pd.DataFrame, *columns: str, name: str = "data") -> None:
     """Raise KeyError naming the first of *columns* missing from *data*, the columns it
-    has, and the closest match."""
+    has, and the closest match.
+    """
     where = "the data" if name == "data" else f"`{name}`"
     for column in columns:
         if column not in data.columns:

@@ -1,12 +1,14 @@
 """Argument checks shared by the derive-stage modules (derive, clinical, ontrack,
 suddengains, ruptures). Private: messages name the argument, what was received and what
-is allowed (docs/STYLE.md)."""
+is allowed (docs/STYLE.md).
+"""
 
 from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -22,7 +22,8 @@ psychotherapy: A meta-analysis. *Journal of Consulting and Clinical Psychology*,
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd

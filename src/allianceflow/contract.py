@@ -10,7 +10,7 @@ session × informant.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 import pandera.pandas as pa

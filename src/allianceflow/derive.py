@@ -12,7 +12,8 @@ multilevel models: A new look at an old issue. *Psychological Methods*, 12(2), 1
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd

@@ -264,7 +264,8 @@ class LMMFit:
 
     def variance_components(self) -> pd.DataFrame:
         """Variances and covariances: columns ``group, term1, term2, variance_or_cov``;
-        ``term2`` is empty for variances; residual last."""
+        ``term2`` is empty for variances; residual last.
+        """
         rows = []
         for label, cov in self.cov_re.items():
             effects = list(cov.index)
@@ -708,7 +709,8 @@ def _escape_saddle(f, x, f_best, lo, boundary_tol, theta_slices):
 
 def _check(f, x, lo, boundary_tol):
     """Convergence check: PD Hessian and Newton decrement on the free coordinates; at the
-    zero bound, the deviance must not decrease into the interior (first and second order)."""
+    zero bound, the deviance must not decrease into the interior (first and second order).
+    """
     on_bound = np.isfinite(lo) & (x <= boundary_tol * 1e-2)
     free = ~on_bound
     g = _central_grad(f, x, lo)

@@ -13,9 +13,10 @@ presentations that are friendly to colorblind people. https://jfly.uni-koeln.de/
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import matplotlib
 import matplotlib.pyplot as plt  # noqa: E402
@@ -23,7 +24,6 @@ import numpy as np  # noqa: E402
 import pandas as pd
 
 from ._checks import check_columns, check_frame  # noqa: E402
-
 from .io import atomic_path  # noqa: E402
 
 __all__ = [
@@ -540,7 +540,8 @@ def pick_example_patient(
     min_sessions: int = 6,
 ) -> str:
     """The first patient (sorted ids) with at least *min_sessions* sessions and a session
-    not on track; else the first with *min_sessions* sessions; else the first."""
+    not on track; else the first with *min_sessions* sessions; else the first.
+    """
     check_columns(analysis, patient, status, name="analysis")
     sizes = analysis.groupby(patient, observed=True).size()
     long_enough = sorted(map(str, sizes[sizes >= min_sessions].index))
@@ -871,7 +872,8 @@ def _box(ax, x: float, y: float, text: str):
 
 def _connect(ax, boxes: list, edges: list[tuple[int, int, str]]) -> None:
     """Arrows between box edges ('down': bottom centre to top centre; 'right': from the
-    vertical arrow below the source box to the left edge of the target box)."""
+    vertical arrow below the source box to the left edge of the target box).
+    """
     fig = ax.figure
     fig.canvas.draw()  # lays out the boxes so their extents are known
     renderer = fig.canvas.get_renderer()

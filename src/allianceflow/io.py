@@ -15,10 +15,11 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -473,7 +474,8 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
 
 def clean_for_json(value: Any, digits: int = 10) -> Any:
     """Turn numpy/pandas scalars into plain Python values, floats rounded to *digits*
-    significant digits, NaN and infinities to ``None``."""
+    significant digits, NaN and infinities to ``None``.
+    """
     if isinstance(value, dict):
         return {str(k): clean_for_json(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -158,7 +158,8 @@ def _sqrt_hessian(model, packed: np.ndarray) -> np.ndarray:
 def _boundary_mask(model, packed: np.ndarray, tol: float = 2 * _LOWER) -> np.ndarray:
     """Sqrt-scale parameters that are a single standard deviation (relative to the residual
     SD) sitting at the zero boundary: every variance component, and the random-effect SD
-    of the outer factor when it has one effect."""
+    of the outer factor when it has one effect.
+    """
     mask = np.zeros(len(packed), dtype=bool)
     k_re2 = model.k_re2
     idx = list(range(k_re2, k_re2 + model.k_vc))
@@ -975,7 +976,8 @@ def _fixed_rows(
     terms: list[str], estimates, ses, dfs: dict[str, float], df_default: float
 ) -> list[dict]:
     """Tidy fixed-effect rows: Wald z, two-sided normal p, 95% CI, containment df and the
-    r-equivalent r = z / sqrt(z² + df) (see :func:`fit_model`), for either engine."""
+    r-equivalent r = z / sqrt(z² + df) (see :func:`fit_model`), for either engine.
+    """
     zcrit = float(stats.norm.ppf(0.975))
     rows = []
     for term, est, se in zip(terms, estimates, ses):
@@ -1009,7 +1011,8 @@ def _fit_fast(
 ) -> dict:
     """Fit the model's complete *rows* (:func:`allianceflow.formula.model_rows`; *n_dropped*
     were incomplete) with :func:`allianceflow.engine.fit_lmm` and return the same result dict
-    as the statsmodels path (same keys, same definitions of df, r, ICC and R²)."""
+    as the statsmodels path (same keys, same definitions of df, r, ICC and R²).
+    """
     import patsy
 
     from .engine import fit_lmm
@@ -1418,12 +1421,12 @@ def _lrt(r0: dict, r1: dict, random_only: bool) -> dict:
 
 
 def _boundary_p(stat: float, df: int, added_variances: int) -> float | None:
-    """p of an LRT whose null puts variances on the boundary of the parameter space.
+    """P of an LRT whose null puts variances on the boundary of the parameter space.
 
     Self & Liang (1987); Stram & Lee (1994): adding *k* independent variances (no
-    covariances, ``df == k``) gives a mixture of :math:`\chi^2_j`, j = 0..k, with binomial
+    covariances, ``df == k``) gives a mixture of :math:`\\chi^2_j`, j = 0..k, with binomial
     weights :math:`\binom{k}{j}/2^k`; adding one variance with its ``df - 1`` covariances
-    gives the 50:50 mixture of :math:`\chi^2_{df-1}` and :math:`\chi^2_{df}`. Other cases
+    gives the 50:50 mixture of :math:`\\chi^2_{df-1}` and :math:`\\chi^2_{df}`. Other cases
     have no simple mixture and return None (use the ordinary ``p``, which is conservative).
     """
 

@@ -27,8 +27,9 @@ progress feedback: A meta-analysis of routine outcome monitoring. *Psychotherapy
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -107,7 +108,7 @@ class ExpectedResponse:
         check_number(self.sigma, "sigma", minimum=0.0, strict_minimum=True)
 
     @classmethod
-    def from_mapping(cls, values: Mapping) -> "ExpectedResponse":
+    def from_mapping(cls, values: Mapping) -> ExpectedResponse:
         """Build from a config mapping ``{gamma0, gamma1, centre, sigma}``."""
         if not isinstance(values, Mapping):
             raise TypeError(f"`values` must be a mapping; got {type(values).__name__}.")

@@ -11,9 +11,10 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 from . import io
 from .clean import DataError, clean_sessions
@@ -56,7 +57,8 @@ log = logging.getLogger("allianceflow")
 @contextmanager
 def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[logging.Logger]:
     """Log to *log_path*; on a :class:`DataError` or :class:`ConfigError` print its one
-    paragraph to stderr and exit with status 1 (the traceback goes to the log only)."""
+    paragraph to stderr and exit with status 1 (the traceback goes to the log only).
+    """
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files here, never windows
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path is not None:
@@ -280,7 +282,8 @@ def derive_stage(
     """Within/between parts, lags, reliable change, on-track status, sudden gains, ruptures
     and endings of the configured alliance and outcome scores (:func:`derive_study`).
     *reference* is the reference study's scored sessions, when the expected treatment
-    response is fitted on them."""
+    response is fitted on them.
+    """
     result = derive_study(
         io.read_table(scored), study, reference=io.read_table(reference) if reference else None
     )
@@ -292,7 +295,8 @@ def derive_stage(
 
 def model_formula(model: dict[str, Any]) -> str:
     """The lme4 formula of a configured model: its ``formula``, or its ``preset`` with
-    ``options`` through :func:`allianceflow.models.preset_formula`."""
+    ``options`` through :func:`allianceflow.models.preset_formula`.
+    """
     from .models import preset_formula
 
     if "formula" in model:
@@ -350,7 +354,8 @@ def model_table_stage(
 ) -> None:
     """One model's table: CSV of the fixed effects (unrounded, with convergence) and the
     APA table (fixed effects, variance components, fit) as Markdown and any of
-    ``html=``, ``tex=``, ``docx=``."""
+    ``html=``, ``tex=``, ``docx=``.
+    """
     from .tables import fixed_effects_table, model_table, write_table_files
 
     result = io.read_json(model_json)
@@ -413,7 +418,8 @@ def descriptive_table_stage(
 ) -> None:
     """One of the descriptive tables (``table1``, ``intake_correlations``,
     ``clinical_significance``, ``sudden_gains``, ``ruptures``) in every format asked for,
-    with the study's small-cell threshold ``tables.min_cell`` (default 5)."""
+    with the study's small-cell threshold ``tables.min_cell`` (default 5).
+    """
     from . import tables
 
     min_cell = _min_cell(study)
@@ -488,7 +494,8 @@ def caterpillar_figure_stage(model_json: str | Path, study: dict[str, Any], *, o
 
 def arm_counts(sessions, *, arm: str = "condition") -> dict[str, dict[str, int]] | None:
     """Patients and sessions per study arm of the clean table (for the flow diagram);
-    None when the study has no arm column."""
+    None when the study has no arm column.
+    """
     if arm not in sessions:
         return None
     return {
@@ -523,7 +530,8 @@ def feedback_figure_stage(analysis: str | Path, study: dict[str, Any], *, output
 
 def expected_response_figure_stage(analysis: str | Path, study: dict[str, Any], *, outputs) -> None:
     """One patient's outcome against the expected-treatment-response band (the patient is
-    ``figures.example_patient`` or the first off-track patient with six sessions)."""
+    ``figures.example_patient`` or the first off-track patient with six sessions).
+    """
     from .figures import plot_expected_response, save_figure
 
     fig = plot_expected_response(
@@ -562,7 +570,8 @@ def sudden_gains_figure_stage(
 
 def reliable_change_figure_stage(patients: str | Path, study: dict[str, Any], *, outputs) -> None:
     """Intake vs last score with the reliable-change band and the cut-off of the outcome
-    instrument (its ``rci``, ``cutoff`` and ``direction``, with the study's overrides)."""
+    instrument (its ``rci``, ``cutoff`` and ``direction``, with the study's overrides).
+    """
     from .figures import plot_reliable_change, save_figure
 
     inst = instrument_of(study, study["outcome"])

@@ -40,8 +40,9 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -541,9 +542,9 @@ def plot_forest(
         there are three or more studies, a thin bar for the prediction interval. Save it
         with :func:`allianceflow.figures.save_figure`.
     """
-    from .figures import ONE_COLUMN, TWO_COLUMNS, style
-
     import matplotlib.pyplot as plt
+
+    from .figures import ONE_COLUMN, TWO_COLUMNS, style
 
     if benchmark is not None and not isinstance(benchmark, Benchmark):
         raise TypeError(f"`benchmark` must be a Benchmark or None; got {type(benchmark).__name__}.")

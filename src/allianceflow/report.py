@@ -9,8 +9,9 @@ output hashes and reports any difference.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .io import package_versions, read_json, sha256_file, source_fingerprint
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from typing import Iterable, Literal, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd

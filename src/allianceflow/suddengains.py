@@ -31,7 +31,8 @@ Psychology*, 59(1), 12–19. https://doi.org/10.1037/0022-006X.59.1.12
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd

@@ -32,16 +32,17 @@ import html
 import io as _io
 import math
 import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ._checks import check_columns, check_frame
-from scipy import stats
 
 __all__ = [
     "Table",
@@ -86,7 +87,7 @@ DEFAULT_LABELS: dict[str, str] = {
 
 #: Fixed timestamp of every .docx zip member and core property (the zip format's epoch).
 _EPOCH = (1980, 1, 1, 0, 0, 0)
-_FIXED_DATE = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_FIXED_DATE = datetime(2000, 1, 1, tzinfo=UTC)
 _FIXED_COLUMNS = ["term", "estimate", "se", "ci_low", "ci_high", "statistic", "p"]
 
 
@@ -592,7 +593,8 @@ def reliability_table(table: pd.DataFrame) -> Table:
 
 def _suppress_block(counts: pd.Series, min_cell: int, total_shown: bool = True) -> pd.Series:
     """Which cells of one block of counts to hide: primary (1 ≤ n < min_cell) and, when a
-    single cell is hidden and the total is shown, the next smallest non-zero cell."""
+    single cell is hidden and the total is shown, the next smallest non-zero cell.
+    """
     hide = (counts > 0) & (counts < min_cell)
     if total_shown and int(hide.sum()) == 1:
         others = counts[~hide & (counts > 0)]
@@ -1356,7 +1358,8 @@ _HTML_STYLE = (
 
 def render_html(table: Table) -> str:
     """The table as a standalone HTML5 page (APA rules: lines above and below the header
-    and under the last row only)."""
+    and under the last row only).
+    """
     e = html.escape
     ncol = len(table.body.columns)
     lines = [
@@ -1478,7 +1481,8 @@ def _set_borders(cell, **edges: str) -> None:
 
 def _fixed_zip(raw: bytes) -> bytes:
     """Rewrite a zip with every member dated 1980-01-01, fixed attributes and no compression
-    (stored: deflate output can differ between zlib builds), in the same order."""
+    (stored: deflate output can differ between zlib builds), in the same order.
+    """
     out = _io.BytesIO()
     with (
         zipfile.ZipFile(_io.BytesIO(raw)) as src,

@@ -24,10 +24,11 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
-from typing import Literal, Mapping
+from typing import Literal
 
 import yaml
 
@@ -186,7 +187,7 @@ def available_instruments() -> list[str]:
     return sorted(names)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read_builtin(name: str) -> dict:
     text = _package_files().joinpath(f"{name}.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
