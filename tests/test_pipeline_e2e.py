@@ -157,7 +157,7 @@ def test_changed_package_code_rebuilds_every_result(run, tmp_path):
     shutil.copytree(
         Path(allianceflow.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
     )
-    with (package / "tables.py").open("a", encoding="utf-8") as handle:
+    with (package / "tables" / "render.py").open("a", encoding="utf-8") as handle:
         handle.write("\n# a local fix\n")
     changed, text = _planned_jobs(
         run["dir"], env={**os.environ, "PYTHONPATH": str(tmp_path / "pkg")}

@@ -12,7 +12,7 @@ from allianceflow.io import sha256_file
 
 
 def _patients(counts):
-    """A patients table with the given rc_category counts per arm."""
+    """Build a patients table with the given rc_category counts per arm."""
     rows = []
     for arm, cats in counts.items():
         for cat, n in cats.items():
