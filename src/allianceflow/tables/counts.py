@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -9,17 +11,39 @@ import pandas as pd
 from .._checks import check_columns, check_frame
 from .descriptive import _groups
 from .formatting import format_number
-from .suppression import _check_min_cell, _count_cell, _heading, _suppress_block
+from .suppression import CellSuppression, _check_min_cell, _heading, cell_text, suppression_note
 from .table import Table
 
 __all__ = ["clinical_significance_table", "sudden_gains_table", "ruptures_table"]
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One row of a by-arm count table.
+
+    ``kind`` is ``"patients"`` (a count of patients, n (%) of the column's patients),
+    ``"events"`` (a count of events, n or n (%) of the count in row ``of``) or ``"mean"``
+    (M (SD) of the values *func* returns). ``n_of``: the row whose count is this mean's n
+    (the mean size of the gains counted there). ``product_of``: the row whose count is
+    this mean times its n (ruptures per patient × patients = ruptures). ``sum_of``: rows
+    whose counts add up to this row's, in every column.
+    """
+
+    label: str
+    var: str
+    kind: str
+    func: Callable[[pd.DataFrame], Any]
+    of: str | None = None
+    n_of: str | None = None
+    product_of: str | None = None
+    sum_of: tuple[str, ...] = ()
 
 
 def _count_table(
     patients: pd.DataFrame,
     *,
     by: str | None,
-    blocks: list[tuple[str, str, Any, str]],
+    rows: list[_Row],
     min_cell: int,
     name: str,
     title: str,
@@ -27,15 +51,13 @@ def _count_table(
     patient: str = "patient",
     partition: bool = False,
 ) -> Table:
-    """Build a by-arm count table (the shared machinery of the three below).
+    """Build a by-arm count table with suppression that holds (the machinery of the three below).
 
-    *partition*: the patient rows split each arm, so a column's hidden cells need a second
-    hidden cell too.
-
-    *blocks*: (row label, variable id, function frame -> (count, denominator or None),
-    kind) with kind ``"patients"`` (count of patients: suppressed, n (%)), ``"events"``
-    (count of events, with % of the denominator events), ``"mean"`` (function returns a
-    Series; M (SD)).
+    Relations a reader can use, all given to :class:`CellSuppression`: in every row the
+    Total column is the sum of the arms (the pooled mean for means); the Total n is the sum
+    of the arms' ns; with *partition* the patient rows split each column's n; a row with
+    ``sum_of`` is the sum of those rows; a percentage is of the column's n or of the count
+    in row ``of``.
     """
     check_frame(patients, "patients")
     min_cell = _check_min_cell(min_cell)
@@ -43,107 +65,81 @@ def _count_table(
     if by is not None and by not in patients.columns:
         by = None
     groups = _groups(patients, by)
-    n_arm = {g: len(f) for g, f in groups}
-    arm_counts = pd.Series({g: n for g, n in n_arm.items() if g != "Total"}, dtype=float)
-    hide_arm = {g: False for g in n_arm}
-    if len(arm_counts):
-        hide_arm.update({g: bool(h) for g, h in _suppress_block(arm_counts, min_cell).items()})
-    hide_arm["Total"] = 0 < n_arm["Total"] < min_cell
-    computed = [
-        (label, var, {g: func(f) for g, f in groups}, kind) for label, var, func, kind in blocks
-    ]
     names = [g for g, _ in groups]
-    hidden: dict[tuple[int, str], bool] = {}
-    for i, (_, _, values, kind) in enumerate(computed):
-        if kind != "mean":
-            for g in names:
-                hidden[(i, g)] = hide_arm[g] or bool(0 < values[g][0] < min_cell)
-    count_rows = [i for i, c in enumerate(computed) if c[3] == "patients"]
-    arms = [g for g in names if g != "Total"]
-
-    def hide_one_more(cells: list[tuple[int, str]]) -> bool:
-        if sum(hidden[c] for c in cells) != 1:
-            return False
-        rest = [c for c in cells if not hidden[c] and computed[c[0]][2][c[1]][0] > 0]
-        if not rest:
-            return False
-        hidden[min(rest, key=lambda c: (computed[c[0]][2][c[1]][0], c))] = True
-        return True
-
-    changed = True
-    while (
-        changed
-    ):  # secondary suppression across arms (row totals) and, for partitions, down columns
-        changed = False
-        for i in count_rows:
-            changed |= hide_one_more([(i, g) for g in arms])
-        if partition:
-            for g in names:
-                changed |= hide_one_more([(i, g) for i in count_rows])
-    rows, records = [], []
-    for i, (label, var, values, kind) in enumerate(computed):
-        row = [label]
-        if kind == "mean":
-            for g in names:
-                v = pd.to_numeric(values[g], errors="coerce").dropna()
-                hide = hide_arm[g] or len(v) < min_cell
+    arms = names[:-1]
+    n_arm = {g: len(f) for g, f in groups}
+    sup = CellSuppression(min_cell)
+    for g in names:
+        sup.count(("n", g), n_arm[g])
+    sup.add_sum(("n", "Total"), [("n", g) for g in arms])
+    computed: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        for g, frame in groups:
+            key = (row.var, g)
+            if row.kind == "mean":
+                v = pd.to_numeric(row.func(frame), errors="coerce").dropna()
                 m = float(v.mean()) if len(v) else None
-                s = float(v.std(ddof=1)) if len(v) > 1 else None
-                row.append(
-                    f"n < {min_cell}" if hide else f"{format_number(m)} ({format_number(s)})"
-                )
-                records.append(
-                    {
-                        "variable": var,
-                        "group": g,
-                        "count": None,
-                        "denominator": None if hide else len(v),
-                        "percent": None,
-                        "mean": None if hide else m,
-                        "sd": None if hide else s,
-                        "suppressed": hide,
-                    }
-                )
-        else:
-            for g in names:
-                c, den = values[g]
+                sd = float(v.std(ddof=1)) if len(v) > 1 else None
+                computed[key] = {"n": len(v), "mean": m, "sd": sd}
+                sup.mean(key, m, len(v))
+            else:
+                c = int(row.func(frame))
+                den = n_arm[g] if row.kind == "patients" else None
+                if row.of is not None:
+                    den = computed[(row.of, g)]["count"]
                 pct = 100.0 * c / den if den else None
-                hide = bool(hidden[(i, g)])
-                row.append(_count_cell(c, pct, hide, min_cell))
-                records.append(
-                    {
-                        "variable": var,
-                        "group": g,
-                        "count": None if hide else int(c),
-                        "denominator": None if hide else den,
-                        "percent": None if hide else pct,
-                        "mean": None,
-                        "sd": None,
-                        "suppressed": hide,
-                    }
-                )
-        rows.append(row)
-    headings = ["Measure"] + [_heading(g, n_arm[g], hide_arm[g], min_cell) for g, _ in groups]
-    data = pd.DataFrame(
-        records,
-        columns=[
-            "variable",
-            "group",
-            "count",
-            "denominator",
-            "percent",
-            "mean",
-            "sd",
-            "suppressed",
-        ],
-    )
-    note = note + (
-        f' Counts from 1 to {min_cell - 1} are shown as "< {min_cell}" (with a second count of '
-        'patients "suppressed" where the total would reveal them); statistics on fewer than '
-        f"{min_cell} patients are not shown."
-    )
+                computed[key] = {"count": c, "denominator": den, "percent": pct}
+                sup.count(key, c, percent=pct)
+    for row in rows:
+        for g in names:
+            key = (row.var, g)
+            sup.add_follows(("n", g), key)
+            if row.kind == "patients":
+                sup.add_percent(key, ("n", g))
+            elif row.of is not None:
+                sup.add_percent(key, (row.of, g))
+            if row.n_of is not None:
+                sup.add_follows((row.n_of, g), key)
+                sup.add_same_n(key, (row.n_of, g))
+            if row.product_of is not None:
+                sup.add_product((row.product_of, g), key)
+                sup.add_same_n(key, ("n", g))
+            if row.sum_of:
+                sup.add_sum(key, [(part, g) for part in row.sum_of])
+        cells = [(row.var, g) for g in arms]
+        if row.kind == "mean":
+            sup.add_mean_relation((row.var, "Total"), cells)
+        else:
+            sup.add_sum((row.var, "Total"), cells)
+    if partition:
+        counted = [row.var for row in rows if row.kind == "patients"]
+        for g in names:
+            sup.add_sum(("n", g), [(var, g) for var in counted])
+    hidden = sup.solve()
+    body_rows, records = [], []
+    for row in rows:
+        cells = [row.label]
+        for g in names:
+            key, c, hide = (row.var, g), computed[(row.var, g)], hidden[(row.var, g)]
+            if row.kind == "mean":
+                text = f"{format_number(c['mean'])} ({format_number(c['sd'])})"
+                cells.append(cell_text(hide, mean_sd=text))
+                record = {"count": None, "denominator": c["n"], "percent": None}
+                record |= {"mean": c["mean"], "sd": c["sd"]}
+            else:
+                cells.append(cell_text(hide, count=c["count"], percent=c["percent"]))
+                record = {k: c[k] for k in ("count", "denominator", "percent")}
+                record |= {"mean": None, "sd": None}
+            if hide:
+                record = dict.fromkeys(record)
+            records.append({"variable": row.var, "group": g, **record, "suppressed": hide})
+        body_rows.append(cells)
+    headings = ["Measure"] + [_heading(g, n_arm[g], hidden[("n", g)]) for g in names]
+    columns = ["variable", "group", "count", "denominator", "percent", "mean", "sd", "suppressed"]
+    data = pd.DataFrame(records, columns=columns)
+    note = f"{note} {suppression_note(min_cell, complementary=bool(sup.complementary))}"
     return Table(
-        name=name, title=title, body=pd.DataFrame(rows, columns=headings), data=data, note=note
+        name=name, title=title, body=pd.DataFrame(body_rows, columns=headings), data=data, note=note
     )
 
 
@@ -174,22 +170,21 @@ def clinical_significance_table(
 
     check_frame(patients, "patients")
     check_columns(patients, category, name="patients")
-    blocks = []
-    for level in RC_CATEGORIES:
-        blocks.append(
-            (
-                level.capitalize(),
-                level,
-                lambda f, lv=level: (int((f[category].astype(object) == lv).sum()), len(f)),
-                "patients",
-            )
+    rows = [
+        _Row(
+            level.capitalize(),
+            level,
+            "patients",
+            lambda f, lv=level: (f[category].astype(object) == lv).sum(),
         )
-    blocks.append(
-        (
+        for level in RC_CATEGORIES
+    ]
+    rows.append(
+        _Row(
             "Not assessable (one observed score)",
             "not_assessable",
-            lambda f: (int(f[category].isna().sum()), len(f)),
             "patients",
+            lambda f: f[category].isna().sum(),
         )
     )
     note = (
@@ -200,7 +195,7 @@ def clinical_significance_table(
     return _count_table(
         patients,
         by=by,
-        blocks=blocks,
+        rows=rows,
         min_cell=min_cell,
         name="clinical_significance",
         title="Reliable and Clinically Significant Change by Arm",
@@ -231,44 +226,44 @@ def sudden_gains_table(
     """
     check_frame(patients, "patients")
     check_columns(patients, "n_sudden_gains", "n_sudden_gains_reversed", name="patients")
-    blocks = [
-        (
+    rows = [
+        _Row(
             "Patients with ≥ 1 sudden gain",
             "patients_with_gain",
-            lambda f: (int((f["n_sudden_gains"] > 0).sum()), len(f)),
             "patients",
+            lambda f: (f["n_sudden_gains"] > 0).sum(),
         ),
-        ("Sudden gains", "gains", lambda f: (int(f["n_sudden_gains"].sum()), None), "events"),
-        (
+        _Row("Sudden gains", "gains", "events", lambda f: f["n_sudden_gains"].sum()),
+        _Row(
             "Gains reversed, n (% of gains)",
             "gains_reversed",
-            lambda f: (int(f["n_sudden_gains_reversed"].sum()), int(f["n_sudden_gains"].sum())),
             "events",
+            lambda f: f["n_sudden_gains_reversed"].sum(),
+            of="gains",
         ),
     ]
     if gains is not None and len(gains):
         check_columns(gains, patient, "event", "magnitude", name="gains")
         g = gains[gains["event"].astype(str) == "gain"]
-        blocks.append(
-            (
+        rows.append(
+            _Row(
                 "Magnitude of gains, M (SD)",
                 "gain_magnitude",
-                lambda f: g.loc[g[patient].isin(f[patient]), "magnitude"],
                 "mean",
+                lambda f: g.loc[g[patient].isin(f[patient]), "magnitude"],
+                n_of="gains",
             )
         )
     if "n_sudden_losses" in patients.columns:
-        blocks.append(
-            (
+        rows.append(
+            _Row(
                 "Patients with ≥ 1 sudden loss",
                 "patients_with_loss",
-                lambda f: (int((f["n_sudden_losses"] > 0).sum()), len(f)),
                 "patients",
+                lambda f: (f["n_sudden_losses"] > 0).sum(),
             )
         )
-        blocks.append(
-            ("Sudden losses", "losses", lambda f: (int(f["n_sudden_losses"].sum()), None), "events")
-        )
+        rows.append(_Row("Sudden losses", "losses", "events", lambda f: f["n_sudden_losses"].sum()))
     note = (
         "Sudden gains after Tang and DeRubeis (1999): a between-session improvement at least "
         "the reliable change value, at least 25% of the pre-gain score, and larger than the "
@@ -277,7 +272,7 @@ def sudden_gains_table(
     return _count_table(
         patients,
         by=by,
-        blocks=blocks,
+        rows=rows,
         min_cell=min_cell,
         name="sudden_gains",
         title="Sudden Gains and Losses by Arm",
@@ -305,41 +300,49 @@ def ruptures_table(
     check_columns(
         patients, "n_ruptures", "n_repaired", "n_unrepaired", "n_censored", name="patients"
     )
-    blocks = [
-        (
+    rows = [
+        _Row(
             "Patients with ≥ 1 rupture",
             "patients_with_rupture",
-            lambda f: (int((f["n_ruptures"] > 0).sum()), len(f)),
             "patients",
+            lambda f: (f["n_ruptures"] > 0).sum(),
         ),
-        ("Ruptures per patient, M (SD)", "ruptures_per_patient", lambda f: f["n_ruptures"], "mean"),
-        ("Ruptures", "ruptures", lambda f: (int(f["n_ruptures"].sum()), None), "events"),
-        (
-            "Repaired, n (% of ruptures)",
-            "repaired",
-            lambda f: (int(f["n_repaired"].sum()), int(f["n_ruptures"].sum())),
-            "events",
+        _Row(
+            "Ruptures per patient, M (SD)",
+            "ruptures_per_patient",
+            "mean",
+            lambda f: f["n_ruptures"],
+            product_of="ruptures",
         ),
-        (
-            "Not repaired, n (% of ruptures)",
-            "unrepaired",
-            lambda f: (int(f["n_unrepaired"].sum()), int(f["n_ruptures"].sum())),
+        _Row(
+            "Ruptures",
+            "ruptures",
             "events",
-        ),
-        (
-            "Censored, n (% of ruptures)",
-            "censored",
-            lambda f: (int(f["n_censored"].sum()), int(f["n_ruptures"].sum())),
-            "events",
+            lambda f: f["n_ruptures"].sum(),
+            sum_of=("repaired", "unrepaired", "censored"),
         ),
     ]
+    for var, label in (
+        ("repaired", "Repaired"),
+        ("unrepaired", "Not repaired"),
+        ("censored", "Censored"),
+    ):
+        rows.append(
+            _Row(
+                f"{label}, n (% of ruptures)",
+                var,
+                "events",
+                lambda f, v=var: f[f"n_{v}"].sum(),
+                of="ruptures",
+            )
+        )
     if "n_coded_ruptures" in patients.columns:
-        blocks.append(
-            (
+        rows.append(
+            _Row(
                 "Coded ruptures (observer)",
                 "coded",
-                lambda f: (int(f["n_coded_ruptures"].sum()), None),
                 "events",
+                lambda f: f["n_coded_ruptures"].sum(),
             )
         )
     note = (
@@ -350,7 +353,7 @@ def ruptures_table(
     return _count_table(
         patients,
         by=by,
-        blocks=blocks,
+        rows=rows,
         min_cell=min_cell,
         name="ruptures",
         title="Alliance Ruptures and Repair by Arm",

@@ -12,7 +12,13 @@ from scipy import stats
 from .._checks import check_columns, check_frame
 from .formatting import DEFAULT_LABELS, format_number, format_r
 from .render import render_markdown
-from .suppression import _check_min_cell, _count_cell, _heading, _suppress_block
+from .suppression import (
+    CellSuppression,
+    _check_min_cell,
+    _heading,
+    cell_text,
+    suppression_note,
+)
 from .table import Table
 
 __all__ = ["reliability_markdown", "reliability_table", "table1", "intake_correlations"]
@@ -90,6 +96,16 @@ def _intake_rows(data: pd.DataFrame, patient: str, session: str) -> pd.DataFrame
     )
 
 
+def _count_row(
+    sup: CellSuppression, row: tuple[str, str], counts: Mapping[str, int], names: Sequence[str]
+) -> None:
+    """Add one row of counts by arm (the last of *names* is the Total) and its sum."""
+    for g in names:
+        sup.count((*row, g), counts[g])
+        sup.add_follows(("n", g), (*row, g))
+    sup.add_sum((*row, "Total"), [(*row, g) for g in names[:-1]])
+
+
 def _groups(frame: pd.DataFrame, by: str | None) -> list[tuple[str, pd.DataFrame]]:
     """(label, rows) per arm in sorted order, then the total."""
     out = []
@@ -135,8 +151,10 @@ def table1(
     patient, session, therapist : str
         Column names (*therapist* None when there are none).
     min_cell : int, default 5
-        Counts from 1 to ``min_cell - 1`` are shown as "< min_cell"; M (SD) and % on fewer
-        than *min_cell* patients are not shown.
+        Counts from 1 to ``min_cell - 1`` and M (SD) on fewer than *min_cell* values are
+        suppressed, with complementary suppression so that no suppressed cell can be worked
+        out from the totals, the column's n or the other cells
+        (:mod:`allianceflow.tables.suppression`).
 
     Returns
     -------
@@ -152,7 +170,7 @@ def table1(
     ...                    "condition": ["x", "x", "y", "y", "y"], "outcome": [1., 2, 3, 4, 5]})
     >>> t = table1(df, min_cell=2, therapist=None)
     >>> t.body.iloc[0].tolist()  # arm y's 2 would reveal arm x's 1 from the total of 3
-    ['Patients, n', '< 2', 'suppressed', '3']
+    ['Patients, n', 'suppressed', 'suppressed', '3']
     """
     check_frame(analysis, "analysis")
     min_cell = _check_min_cell(min_cell)
@@ -185,145 +203,122 @@ def table1(
         if column not in per_patient.columns:
             check_columns(per_patient.reset_index(), column, name="patients")
     groups = _groups(per_patient, by)
-    records: list[dict[str, Any]] = []
-    rows: list[list[str]] = []
-    sections: list[int] = []
+    names = [g for g, _ in groups]
+    arms = names[:-1]
     n_arm = {g: len(f) for g, f in groups}
-    hide_arm = {g: 0 < n < min_cell for g, n in n_arm.items()}
-    # primary suppression of an arm, plus a second arm so the total does not reveal it
-    if by is not None:
-        arm_counts = pd.Series({g: n for g, n in n_arm.items() if g != "Total"})
-        hidden = _suppress_block(arm_counts, min_cell)
-        hide_arm.update({g: bool(h) for g, h in hidden.items()})
+    sup = CellSuppression(min_cell)
+    for g in names:
+        sup.count(("n", g), n_arm[g])
+    sup.add_sum(("n", "Total"), [("n", g) for g in arms])
 
-    row = ["Patients, n"]
-    for g, _ in groups:
-        row.append(
-            f"< {min_cell}"
-            if hide_arm[g] and n_arm[g] < min_cell
-            else ("suppressed" if hide_arm[g] else str(n_arm[g]))
-        )
-        records.append(
-            {
-                "variable": "patients",
-                "level": "",
-                "group": g,
-                "n": None if hide_arm[g] else n_arm[g],
-                "count": None if hide_arm[g] else n_arm[g],
-                "percent": None,
-                "mean": None,
-                "sd": None,
-                "suppressed": hide_arm[g],
-            }
-        )
-    rows.append(row)
-    if therapist is not None and therapist in per_patient.columns:
-        row = ["Therapists, n"]
-        for g, f in groups:
-            k = int(f[therapist].nunique())
-            hide = hide_arm[g] or 0 < k < min_cell
-            row.append(
-                f"< {min_cell}" if hide and k < min_cell else ("suppressed" if hide else str(k))
-            )
-            records.append(
-                {
-                    "variable": "therapists",
-                    "level": "",
-                    "group": g,
-                    "n": None if hide_arm[g] else n_arm[g],
-                    "count": None if hide else k,
-                    "percent": None,
-                    "mean": None,
-                    "sd": None,
-                    "suppressed": hide,
-                }
-            )
-        rows.append(row)
-
-    def describe(column: str, label: str, values_of) -> None:
-        row = [label]
-        for g, f in groups:
-            v = pd.to_numeric(values_of(f), errors="coerce").dropna()
-            hide = hide_arm[g] or len(v) < min_cell
-            m, s = (
-                (float(v.mean()), float(v.std(ddof=1)))
-                if len(v) > 1
-                else (float(v.mean()) if len(v) else None, None)
-            )
-            row.append(
-                "n < " + str(min_cell) if hide else f"{format_number(m)} ({format_number(s)})"
-            )
-            records.append(
-                {
-                    "variable": column,
-                    "level": "",
-                    "group": g,
-                    "n": None if hide else len(v),
-                    "count": None,
-                    "percent": None,
-                    "mean": None if hide else m,
-                    "sd": None if hide else s,
-                    "suppressed": hide,
-                }
-            )
-        rows.append(row)
-
-    describe("sessions", "Sessions attended, M (SD)", lambda f: f["_sessions"])
+    # every cell of the table, with the relations a reader can use
+    has_therapists = therapist is not None and therapist in per_patient.columns
+    if has_therapists:
+        counts = {g: int(f[therapist].nunique()) for g, f in groups}
+        # sub-additive when arms share therapists; stated as a sum, which only hides more
+        _count_row(sup, ("therapists", ""), counts, names)
+    # (variable, label, column of per_patient, a score at intake)
+    described = [("sessions", "Sessions attended, M (SD)", "_sessions", False)]
     if "weeks" in per_patient.columns and per_patient["weeks"].notna().any():
-        describe("weeks", "Weeks in treatment, M (SD)", lambda f: f["weeks"])
-    if continuous:
-        sections.append(len(rows))
-        rows.append(["At intake, M (SD)"] + [""] * len(groups))
-        for column, label in continuous.items():
-            describe(column, f"  {label}", lambda f, c=column: f[c])
-    for column, label in categorical.items():
-        sections.append(len(rows))
-        rows.append([f"{label}, n (%)"] + [""] * len(groups))
+        described.append(("weeks", "Weeks in treatment, M (SD)", "weeks", False))
+    described += [(c, f"  {label}", c, True) for c, label in continuous.items()]
+    stats_of: dict[tuple[int, str], tuple[int, float | None, float | None]] = {}
+    for i, (_, _, source, _) in enumerate(described):
+        for g, f in groups:
+            v = pd.to_numeric(f[source], errors="coerce").dropna()
+            m = float(v.mean()) if len(v) else None
+            sd = float(v.std(ddof=1)) if len(v) > 1 else None
+            stats_of[(i, g)] = (len(v), m, sd)
+            sup.mean(("mean", i, g), m, len(v))
+            sup.add_follows(("n", g), ("mean", i, g))
+            if source == "_sessions":  # every patient has a number of sessions
+                sup.add_same_n(("mean", i, g), ("n", g))
+        sup.add_mean_relation(("mean", i, "Total"), [("mean", i, g) for g in arms])
+    levels_of: dict[str, list[str]] = {}
+    counts_of: dict[tuple[str, str, str], int] = {}
+    for column in categorical:
         present = set(per_patient[column].dropna().astype(str))
-        if isinstance(per_patient[column].dtype, pd.CategoricalDtype):  # the categories' own order
+        if isinstance(per_patient[column].dtype, pd.CategoricalDtype):  # the categories' order
             levels = [str(c) for c in per_patient[column].cat.categories if str(c) in present]
         else:
             levels = sorted(present)
-        shown_levels = levels + (["Missing"] if per_patient[column].isna().any() else [])
-        table_cells: dict[str, dict[str, str]] = {lv: {} for lv in shown_levels}
+        levels += ["Missing"] if per_patient[column].isna().any() else []
+        levels_of[column] = levels
         for g, f in groups:
             values = f[column].astype(object).where(f[column].notna(), "Missing").astype(str)
-            counts = values.value_counts().reindex(shown_levels, fill_value=0)
-            hidden = _suppress_block(counts, min_cell) | hide_arm[g]
-            for lv in shown_levels:
-                c = int(counts[lv])
-                pct = 100.0 * c / len(f) if len(f) else None
-                table_cells[lv][g] = _count_cell(c, pct, bool(hidden[lv]), min_cell)
-                records.append(
-                    {
-                        "variable": column,
-                        "level": lv,
-                        "group": g,
-                        "n": None if hide_arm[g] else len(f),
-                        "count": None if hidden[lv] else c,
-                        "percent": None if hidden[lv] else pct,
-                        "mean": None,
-                        "sd": None,
-                        "suppressed": bool(hidden[lv]),
-                    }
-                )
-        for lv in shown_levels:
-            rows.append([f"  {lv}"] + [table_cells[lv][g] for g, _ in groups])
+            counts = values.value_counts().reindex(levels, fill_value=0)
+            for lv in levels:
+                counts_of[(column, lv, g)] = int(counts[lv])
+        for lv in levels:
+            _count_row(sup, (column, lv), {g: counts_of[(column, lv, g)] for g in names}, names)
+            for g in names:
+                sup.add_percent((column, lv, g), ("n", g))
+        for g in names:  # the levels (with Missing) split the column's patients
+            sup.add_sum(("n", g), [(column, lv, g) for lv in levels])
+    hidden = sup.solve()
 
-    headings = ["Characteristic"] + [
-        _heading(g, n_arm[g], hide_arm[g], min_cell) for g, _ in groups
-    ]
+    records: list[dict[str, Any]] = []
+    rows: list[list[str]] = []
+    sections: list[int] = []
+
+    def record(variable: str, level: str, g: str, hide: bool, **values: Any) -> None:
+        shown = {"n": None, "count": None, "percent": None, "mean": None, "sd": None}
+        if not hide:
+            shown |= values
+        records.append(
+            {"variable": variable, "level": level, "group": g, **shown, "suppressed": hide}
+        )
+
+    row = ["Patients, n"]
+    for g in names:
+        hide = hidden[("n", g)]
+        row.append(cell_text(hide, count=n_arm[g]))
+        record("patients", "", g, hide, n=n_arm[g], count=n_arm[g])
+    rows.append(row)
+    if has_therapists:
+        row = ["Therapists, n"]
+        for g, f in groups:
+            k, hide = int(f[therapist].nunique()), hidden[("therapists", "", g)]
+            row.append(cell_text(hide, count=k))
+            record("therapists", "", g, hide, n=n_arm[g], count=k)
+        rows.append(row)
+    for i, (column, label, _, at_intake) in enumerate(described):
+        if at_intake and not described[i - 1][3]:
+            sections.append(len(rows))
+            rows.append(["At intake, M (SD)"] + [""] * len(groups))
+        row = [label]
+        for g in names:
+            n, m, sd = stats_of[(i, g)]
+            hide = hidden[("mean", i, g)]
+            text = f"{format_number(m)} ({format_number(sd)})"
+            row.append(cell_text(hide, mean_sd=text))
+            record(column, "", g, hide, n=n, mean=m, sd=sd)
+        rows.append(row)
+    for column, label in categorical.items():
+        sections.append(len(rows))
+        rows.append([f"{label}, n (%)"] + [""] * len(groups))
+        for g in names:  # the CSV lists a column's levels together
+            for lv in levels_of[column]:
+                c, hide = counts_of[(column, lv, g)], hidden[(column, lv, g)]
+                pct = 100.0 * c / n_arm[g] if n_arm[g] else None
+                record(column, lv, g, hide, n=n_arm[g], count=c, percent=pct)
+        for lv in levels_of[column]:
+            row = [f"  {lv}"]
+            for g in names:
+                c, hide = counts_of[(column, lv, g)], hidden[(column, lv, g)]
+                pct = 100.0 * c / n_arm[g] if n_arm[g] else None
+                row.append(cell_text(hide, count=c, percent=pct))
+            rows.append(row)
+
+    headings = ["Characteristic"] + [_heading(g, n_arm[g], hidden[("n", g)]) for g in names]
     body = pd.DataFrame(rows, columns=headings)
     data = pd.DataFrame(
         records,
         columns=["variable", "level", "group", "n", "count", "percent", "mean", "sd", "suppressed"],
     )
     note = (
-        f"Intake = each patient's first recorded session. Percentages are of the patients in "
-        f'the column. Counts from 1 to {min_cell - 1} are shown as "< {min_cell}" and '
-        f'statistics on fewer than {min_cell} patients are not shown ("n < {min_cell}"); '
-        'where one count of a block is hidden, the next smallest is hidden too ("suppressed") '
-        "so that it cannot be recovered from the total."
+        "Intake = each patient's first recorded session. Percentages are of the patients in "
+        "the column. " + suppression_note(min_cell, complementary=bool(sup.complementary))
     )
     return Table(
         name="table1",
