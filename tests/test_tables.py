@@ -3,12 +3,16 @@
 import io
 import time
 import zipfile
+from fractions import Fraction
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from allianceflow import tables as T
 from allianceflow.io import sha256_file
+from allianceflow.tables.suppression import CellSuppression
 
 
 def _patients(counts):
@@ -282,3 +286,471 @@ def test_model_table_reports_the_covariance_of_correlated_random_effects(result)
     )
     # a model without correlated effects keeps the old section name
     assert "Random effects (variance)" in T.model_table([result]).body["Parameter"].tolist()
+
+
+# --------------------------------------------------------------------------- suppression
+
+
+def test_the_audit_hides_a_cell_that_two_hidden_cells_per_sum_do_not_protect():
+    # a + b = 5, b + c = 7, a + c = 6: every sum has two hidden cells, yet
+    # a = (5 - 7 + 6) / 2 = 2. The audit finds it and hides the smallest total a appears in
+    # (a + b = 5); then the null space (1, -1, -1, -2) on (c, b, a, a + b) leaves all four open.
+    s = CellSuppression(min_cell=5)
+    for key, value in {"a": 2, "b": 3, "c": 4, "ab": 5, "bc": 7, "ac": 6}.items():
+        s.count(key, value)
+    s.add_sum("ab", ["a", "b"])
+    s.add_sum("bc", ["b", "c"])
+    s.add_sum("ac", ["a", "c"])
+    hidden = s.solve()
+    assert [k for k, h in hidden.items() if h] == ["a", "b", "c", "ab"]
+    assert s.primary == {"a", "b", "c"} and s.complementary == {"ab"}
+    assert s.recoverable() == []
+
+
+def test_one_arm_is_protected_by_hiding_the_total():
+    # a single arm with 3 patients: the Total column equals it, so the Total is hidden too
+    p = _patients({"only": {"recovered": 3, "unchanged": 10}})
+    t = T.clinical_significance_table(p, min_cell=5)
+    body = t.body.set_index("Measure")
+    assert body.columns.tolist() == ["only (n = 13)", "Total (n = 13)"]
+    assert body.loc["Recovered"].tolist() == ["suppressed", "suppressed"]
+    # the column's n (13) would give 3 back from 10: the 10 goes too, in both columns
+    assert body.loc["Unchanged"].tolist() == ["suppressed", "suppressed"]
+    assert body.loc["Deteriorated"].tolist() == ["0 (0.0)", "0 (0.0)"]
+
+
+def _gains_patients(arms):
+    """Patients with n_sudden_gains / _reversed / _losses and the gains' magnitudes."""
+    rows, events = [], []
+    for arm, (n, gains, reversed_, magnitudes) in arms.items():
+        for i in range(n):
+            pid = f"{arm}{i}"
+            g = 1 if i < gains else 0
+            rows.append(
+                {
+                    "patient": pid,
+                    "condition": arm,
+                    "n_sudden_gains": g,
+                    "n_sudden_gains_reversed": int(i < reversed_),
+                    "n_sudden_losses": 0,
+                }
+            )
+            if g:
+                events.append({"patient": pid, "event": "gain", "magnitude": magnitudes[i]})
+    return pd.DataFrame(rows), pd.DataFrame(events)
+
+
+def test_example2_sudden_gains_arm_and_mean_cannot_be_worked_out():
+    # example2 (the case of the issues): feedback 4 of 57 patients with one gain each,
+    # tau 7 of 63; 1 and 2 reversed. Before, feedback showed "< 5", tau 7 and Total 11
+    # (so feedback = 4), and the Total mean with tau's mean on 7 gave feedback's mean.
+    patients, gains = _gains_patients(
+        {
+            "feedback": (57, 4, 1, [9.0, 10.5, 8.0, 11.5]),
+            "tau": (63, 7, 2, [6.0, 7.5, 6.5, 8.0, 7.0, 5.5, 7.5]),
+        }
+    )
+    t = T.sudden_gains_table(patients, gains, min_cell=5)
+    body = t.body.set_index("Measure")
+    assert body.columns.tolist() == ["feedback (n = 57)", "tau (n = 63)", "Total (n = 120)"]
+    assert body.to_dict("split")["data"] == [
+        ["suppressed", "suppressed", "11 (9.2)"],
+        ["suppressed", "suppressed", "11"],
+        ["suppressed", "suppressed", "suppressed"],
+        ["suppressed", "suppressed", "7.91 (1.83)"],
+        ["0 (0.0)", "0 (0.0)", "0 (0.0)"],
+        ["0", "0", "0"],
+    ]
+    # (9 + 10.5 + 8 + 11.5 + 6 + 7.5 + 6.5 + 8 + 7 + 5.5 + 7.5) / 11 = 87 / 11 = 7.909
+    magnitude = t.data[t.data["variable"] == "gain_magnitude"]
+    assert magnitude["mean"].iloc[2] == pytest.approx(87.0 / 11)
+    assert magnitude["denominator"].iloc[2] == 11
+    hidden = t.data[t.data["suppressed"]]
+    assert hidden[["count", "denominator", "percent", "mean", "sd"]].isna().all().all()
+    assert "complementary suppression" in t.note
+
+
+def test_ruptures_mean_per_patient_goes_with_the_hidden_rupture_count():
+    # arm a: 12 patients, 3 with one rupture each (hidden); ruptures per patient = 3 / 12
+    # would give the count back, so the mean is hidden with it; b's 20 ruptures go so that
+    # Total - b does not reveal a, and with them b's mean; the % of a hidden number of
+    # ruptures would give it back, so the repaired, unrepaired and censored cells go too.
+    rows = []
+    for arm, n, ruptures in (("a", 12, [1, 1, 1]), ("b", 10, [2] * 10)):
+        for i in range(n):
+            k = ruptures[i] if i < len(ruptures) else 0
+            rows.append(
+                {
+                    "patient": f"{arm}{i}",
+                    "condition": arm,
+                    "n_ruptures": k,
+                    "n_repaired": k,
+                    "n_unrepaired": 0,
+                    "n_censored": 0,
+                }
+            )
+    t = T.ruptures_table(pd.DataFrame(rows), min_cell=5)
+    body = t.body.set_index("Measure")
+    assert body.columns.tolist() == ["a (n = 12)", "b (n = 10)", "Total (n = 22)"]
+    assert body.to_dict("split")["data"] == [
+        ["suppressed", "suppressed", "13 (59.1)"],
+        ["suppressed", "suppressed", "1.05 (0.95)"],  # 23 / 22
+        ["suppressed", "suppressed", "23"],
+        ["suppressed", "suppressed", "23 (100.0)"],
+        ["suppressed", "suppressed", "0 (0.0)"],
+        ["suppressed", "suppressed", "0 (0.0)"],
+    ]
+
+
+def test_table1_categories_are_protected_across_arms_too():
+    # x: 3 planned, 10 dropout; y: 8 planned, 9 dropout. The old rule hid x's 3 and 10
+    # down the column only, and Total 11 - y's 8 gave x's 3 back. Now y's 8 goes (the row)
+    # and y's 9 (y's column): every row and column of the 2 x 2 holds two hidden cells.
+    ids = [f"p{i}" for i in range(30)]
+    arm = ["x"] * 13 + ["y"] * 17
+    ending = ["planned"] * 3 + ["dropout"] * 10 + ["planned"] * 8 + ["dropout"] * 9
+    analysis = pd.DataFrame({"patient": ids, "session": 1, "condition": arm})
+    people = pd.DataFrame(
+        {"patient": ids, "ending": pd.Categorical(ending, categories=["planned", "dropout"])}
+    )
+    t = T.table1(
+        analysis,
+        therapist=None,
+        continuous={},
+        categorical={"ending": "Ending"},
+        patients=people,
+        min_cell=5,
+    )
+    body = t.body.set_index("Characteristic")
+    assert body.columns.tolist() == ["x (n = 13)", "y (n = 17)", "Total (n = 30)"]
+    assert body.loc["  planned"].tolist() == ["suppressed", "suppressed", "11 (36.7)"]
+    assert body.loc["  dropout"].tolist() == ["suppressed", "suppressed", "19 (63.3)"]
+    assert body.loc["Sessions attended, M (SD)"].tolist() == [
+        "1.00 (0.00)",
+        "1.00 (0.00)",
+        "1.00 (0.00)",
+    ]
+    ending_rows = t.data[t.data["variable"] == "ending"]
+    assert ending_rows["suppressed"].tolist() == [True, True, True, True, False, False]
+    assert ending_rows.loc[ending_rows["suppressed"], "count"].isna().all()
+
+
+# ------------------------------------------------- property: nothing hidden can be worked out
+#
+# The checker below is written from what a reader sees (the CSV and the column headings)
+# and from what the tables mean, not from the suppression code: every relation a reader
+# knows becomes a linear equation in the hidden values, solved exactly with fractions. A
+# hidden value is determined when some row of the reduced row echelon form is its unit
+# vector. A product of two hidden values (a hidden mean times its hidden n) is one unknown.
+
+
+def _determined(rows):
+    names = sorted({k for r in rows for k in r}, key=repr)
+    col = {n: j for j, n in enumerate(names)}
+    mat = []
+    for r in rows:
+        line = [Fraction(0)] * len(names)
+        for k, v in r.items():
+            line[col[k]] += v
+        if any(line):
+            mat.append(line)
+    pivots, top = [], 0
+    for j in range(len(names)):
+        pick = next((i for i in range(top, len(mat)) if mat[i][j] != 0), None)
+        if pick is None:
+            continue
+        mat[top], mat[pick] = mat[pick], mat[top]
+        mat[top] = [x / mat[top][j] for x in mat[top]]
+        for i in range(len(mat)):
+            if i != top and mat[i][j] != 0:
+                f = mat[i][j]
+                mat[i] = [a - f * b for a, b in zip(mat[i], mat[top], strict=True)]
+        pivots.append(j)
+        top += 1
+    return {names[j] for i, j in enumerate(pivots) if sum(x != 0 for x in mat[i]) == 1}
+
+
+class _Reader:
+    """What a reader knows: shown values, hidden unknowns, and the relations among them."""
+
+    def __init__(self):
+        self.known, self.hidden, self.rows = {}, set(), []
+
+    def value(self, name, shown, number):
+        if not shown:
+            self.hidden.add(name)
+        elif not pd.isna(number):  # a percentage of zero events is not printed
+            self.known[name] = Fraction(str(round(float(number), 6)))
+
+    def relation(self, *terms):
+        """Σ coef · a (· b) = known constant (nothing when a value is not printed)."""
+        names = [n for _, *ab in terms for n in ab]
+        if any(n not in self.known and n not in self.hidden for n in names):
+            return
+        row = {}
+        for coef, a, *b in terms:
+            coef = Fraction(coef)
+            if b:
+                b = b[0]
+                if a in self.hidden and b in self.hidden:
+                    key, factor = ("product", a, b), 1
+                elif a in self.hidden:
+                    key, factor = a, self.known[b]
+                elif b in self.hidden:
+                    key, factor = b, self.known[a]
+                else:
+                    continue
+            elif a in self.hidden:
+                key, factor = a, 1
+            else:
+                continue
+            row[key] = row.get(key, 0) + coef * factor
+        self.rows.append(row)
+
+
+def _groups_and_ns(table, reader):
+    groups = []
+    for heading in table.body.columns[1:]:
+        g, n = heading.rsplit(" (n ", 1)
+        groups.append(g)
+        reader.value(("n", g), not n.startswith("suppressed"), n.strip("= )") or 0)
+    arms = groups[:-1]
+    if arms:
+        reader.relation((1, ("n", "Total")), *[(-1, ("n", g)) for g in arms])
+    return groups, arms
+
+
+def _count_table_reader(table, kinds):
+    """kinds: variable -> ("patients" | "events" | "mean", denominator variable or None)."""
+    r = _Reader()
+    groups, arms = _groups_and_ns(table, r)
+    for rec in table.data.itertuples():
+        var, g, shown = rec.variable, rec.group, not rec.suppressed
+        kind, den = kinds[var]
+        if kind == "mean":
+            r.value(("mean", var, g), shown, rec.mean if shown else 0)
+            r.value(("nmean", var, g), shown, rec.denominator if shown else 0)
+        else:
+            r.value(("count", var, g), shown, rec.count if shown else 0)
+            if kind == "patients" or den is not None:  # a percentage is printed
+                r.value(("pct", var, g), shown, rec.percent if shown else 0)
+    for var, (kind, den) in kinds.items():
+        if kind == "mean":
+            r.relation(
+                (1, ("mean", var, "Total"), ("nmean", var, "Total")),
+                *[(-1, ("mean", var, g), ("nmean", var, g)) for g in arms],
+            )
+            r.relation((1, ("nmean", var, "Total")), *[(-1, ("nmean", var, g)) for g in arms])
+            continue
+        r.relation((1, ("count", var, "Total")), *[(-1, ("count", var, g)) for g in arms])
+        for g in groups:
+            d = ("n", g) if kind == "patients" else ("count", den, g) if den else None
+            if d is not None and (("pct", var, g) in r.known or ("pct", var, g) in r.hidden):
+                r.relation((1, ("count", var, g)), (Fraction(-1, 100), ("pct", var, g), d))
+    return r, groups
+
+
+def _leaks(reader, truth, min_cell):
+    """Hidden non-zero counts (and means) the reader can work out exactly."""
+    fixed = _determined(reader.rows)
+    leaks = []
+    for name in reader.hidden:
+        if name[0] in ("count", "n") and name in fixed and truth[name] > 0:
+            leaks.append(name)
+        if name[0] == "mean" and truth[("nmean", *name[1:])] > 0:
+            n = ("nmean", *name[1:])
+            if name in fixed or (n in fixed and ("product", name, n) in fixed):
+                leaks.append(name)
+        if name[0] == "nmean" and name in fixed and 0 < truth[name] < min_cell:
+            leaks.append(name)
+    return sorted(leaks, key=repr)
+
+
+def _truth(table):
+    """Every value of the same table built with min_cell=1 (nothing small to hide)."""
+    truth = {}
+    for heading in table.body.columns[1:]:
+        g, n = heading.rsplit(" (n = ", 1)
+        truth[("n", g)] = int(n.rstrip(")"))
+    for rec in table.data.itertuples():
+        key = (rec.variable, *((rec.level,) if hasattr(rec, "level") else ()), rec.group)
+        truth[("count", *key)] = 0 if pd.isna(rec.count) else rec.count
+        n = rec.denominator if "denominator" in table.data.columns else rec.n
+        truth[("nmean", *key)] = 0 if pd.isna(n) else n
+    return truth
+
+
+_SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def _arms(draw):
+    sizes = draw(st.lists(st.integers(1, 14), min_size=1, max_size=3))
+    return [(f"arm{i}", n) for i, n in enumerate(sizes)]
+
+
+@_SETTINGS
+@given(arms=_arms(), data=st.data(), min_cell=st.sampled_from([3, 5]))
+def test_no_suppressed_clinical_significance_cell_can_be_worked_out(arms, data, min_cell):
+    levels = ["recovered", "improved", "unchanged", "deteriorated", None]
+    rows = []
+    for arm, n in arms:
+        cats = data.draw(st.lists(st.sampled_from(levels), min_size=n, max_size=n))
+        rows += [
+            {"patient": f"{arm}-{i}", "condition": arm, "rc_category": c}
+            for i, c in enumerate(cats)
+        ]
+    patients = pd.DataFrame(rows)
+    t = T.clinical_significance_table(patients, min_cell=min_cell)
+    kinds = {v: ("patients", None) for v in [*levels[:-1], "not_assessable"]}
+    reader, groups = _count_table_reader(t, kinds)
+    for g in groups:  # the categories split each column's patients
+        reader.relation((1, ("n", g)), *[(-1, ("count", v, g)) for v in kinds])
+    truth = _truth(T.clinical_significance_table(patients, min_cell=1))
+    assert _leaks(reader, truth, min_cell) == []
+
+
+@_SETTINGS
+@given(arms=_arms(), data=st.data(), min_cell=st.sampled_from([3, 5]))
+def test_no_suppressed_sudden_gains_cell_or_mean_can_be_worked_out(arms, data, min_cell):
+    rows, events = [], []
+    for arm, n in arms:
+        for i in range(n):
+            gains = data.draw(st.sampled_from([0, 0, 0, 1, 1, 2]))
+            rows.append(
+                {
+                    "patient": f"{arm}-{i}",
+                    "condition": arm,
+                    "n_sudden_gains": gains,
+                    "n_sudden_gains_reversed": data.draw(st.integers(0, gains)),
+                    "n_sudden_losses": data.draw(st.sampled_from([0, 0, 0, 1])),
+                }
+            )
+            for _ in range(gains):
+                size = data.draw(st.integers(40, 200)) / 10
+                events.append({"patient": f"{arm}-{i}", "event": "gain", "magnitude": size})
+    patients = pd.DataFrame(rows)
+    gains = pd.DataFrame(events, columns=["patient", "event", "magnitude"])
+    t = T.sudden_gains_table(patients, gains, min_cell=min_cell)
+    kinds = {
+        "patients_with_gain": ("patients", None),
+        "gains": ("events", None),
+        "gains_reversed": ("events", "gains"),
+        "patients_with_loss": ("patients", None),
+        "losses": ("events", None),
+    }
+    if len(gains):
+        kinds["gain_magnitude"] = ("mean", None)
+    reader, groups = _count_table_reader(t, kinds)
+    if len(gains):  # the n of the mean size of the gains is the number of gains
+        for g in groups:
+            reader.relation((1, ("nmean", "gain_magnitude", g)), (-1, ("count", "gains", g)))
+    truth = _truth(T.sudden_gains_table(patients, gains, min_cell=1))
+    assert _leaks(reader, truth, min_cell) == []
+
+
+@_SETTINGS
+@given(arms=_arms(), data=st.data(), min_cell=st.sampled_from([3, 5]))
+def test_no_suppressed_rupture_cell_or_mean_can_be_worked_out(arms, data, min_cell):
+    rows = []
+    for arm, n in arms:
+        for i in range(n):
+            parts = {k: data.draw(st.sampled_from([0, 0, 1, 2])) for k in ("rep", "unrep", "cens")}
+            rows.append(
+                {
+                    "patient": f"{arm}-{i}",
+                    "condition": arm,
+                    "n_ruptures": sum(parts.values()),
+                    "n_repaired": parts["rep"],
+                    "n_unrepaired": parts["unrep"],
+                    "n_censored": parts["cens"],
+                }
+            )
+    patients = pd.DataFrame(rows)
+    t = T.ruptures_table(patients, min_cell=min_cell)
+    kinds = {
+        "patients_with_rupture": ("patients", None),
+        "ruptures_per_patient": ("mean", None),
+        "ruptures": ("events", None),
+        "repaired": ("events", "ruptures"),
+        "unrepaired": ("events", "ruptures"),
+        "censored": ("events", "ruptures"),
+    }
+    reader, groups = _count_table_reader(t, kinds)
+    for g in groups:
+        parts = [(-1, ("count", v, g)) for v in ("repaired", "unrepaired", "censored")]
+        reader.relation((1, ("count", "ruptures", g)), *parts)
+        # ruptures per patient x patients = ruptures; every patient is counted
+        m, n = ("mean", "ruptures_per_patient", g), ("nmean", "ruptures_per_patient", g)
+        reader.relation((1, m, n), (-1, ("count", "ruptures", g)))
+        reader.relation((1, n), (-1, ("n", g)))
+    truth = _truth(T.ruptures_table(patients, min_cell=1))
+    assert _leaks(reader, truth, min_cell) == []
+
+
+@_SETTINGS
+@given(arms=_arms(), data=st.data(), min_cell=st.sampled_from([3, 5]))
+def test_no_suppressed_table1_cell_or_mean_can_be_worked_out(arms, data, min_cell):
+    sessions, people = [], []
+    endings = ["planned", "dropout", "ongoing"]
+    for arm, n in arms:
+        for i in range(n):
+            pid = f"{arm}-{i}"
+            therapist = f"t{data.draw(st.integers(0, 3))}"
+            for s in range(1, data.draw(st.integers(1, 3)) + 1):
+                outcome = data.draw(st.sampled_from([float("nan"), 10.0, 14.5, 20.0, 31.0]))
+                sessions.append(
+                    {
+                        "patient": pid,
+                        "session": s,
+                        "condition": arm,
+                        "therapist": therapist,
+                        "outcome": outcome,
+                    }
+                )
+            people.append({"patient": pid, "ending": data.draw(st.sampled_from(endings))})
+    analysis, patients = pd.DataFrame(sessions), pd.DataFrame(people)
+
+    def make(m):
+        return T.table1(
+            analysis,
+            continuous={"outcome": "Outcome"},
+            categorical={"ending": "Ending"},
+            patients=patients,
+            min_cell=m,
+        )
+
+    t = make(min_cell)
+    reader = _Reader()
+    groups, arms_ = _groups_and_ns(t, reader)
+    levels = sorted(set(patients["ending"]))
+    for rec in t.data.itertuples():
+        key, shown = (rec.variable, rec.level, rec.group), not rec.suppressed
+        if rec.variable == "patients":
+            continue  # the heading's n
+        if rec.variable in ("therapists", "ending"):
+            reader.value(("count", *key), shown, rec.count if shown else 0)
+            if rec.variable == "ending":
+                reader.value(("pct", *key), shown, rec.percent if shown else 0)
+        else:
+            reader.value(("mean", *key), shown, rec.mean if shown else 0)
+            reader.value(("nmean", *key), shown, rec.n if shown else 0)
+    for var in ("sessions", "outcome"):
+        m = [("mean", var, "", g) for g in groups]
+        n = [("nmean", var, "", g) for g in groups]
+        pairs = zip(m[:-1], n[:-1], strict=True)
+        reader.relation((1, m[-1], n[-1]), *[(-1, a, b) for a, b in pairs])
+        reader.relation((1, n[-1]), *[(-1, b) for b in n[:-1]])
+    for g in groups:  # every patient has a number of sessions
+        reader.relation((1, ("nmean", "sessions", "", g)), (-1, ("n", g)))
+    rows = [("therapists", "")] + [("ending", lv) for lv in levels]
+    for var, lv in rows:  # therapists treated as additive: a reader who assumes it
+        cells = [("count", var, lv, g) for g in arms_]
+        reader.relation((1, ("count", var, lv, "Total")), *[(-1, c) for c in cells])
+    for g in groups:
+        reader.relation((1, ("n", g)), *[(-1, ("count", "ending", lv, g)) for lv in levels])
+        for lv in levels:
+            c, p = ("count", "ending", lv, g), ("pct", "ending", lv, g)
+            reader.relation((1, c), (Fraction(-1, 100), p, ("n", g)))
+    truth = _truth(make(1))
+    assert _leaks(reader, truth, min_cell) == []

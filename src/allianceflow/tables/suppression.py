@@ -265,6 +265,11 @@ class CellSuppression:
     def recoverable(self) -> list[Key]:
         """Hidden cells with a non-zero value that the shown cells determine exactly.
 
+        A count is recovered when its value is determined; a mean when its value is, or
+        both its n and its n × mean are; the n of a mean counts as recovered only when it
+        is a small count (the n of a mean hidden for another cell's sake is often simply
+        the arm's n, printed in the heading).
+
         Returns
         -------
         list
@@ -321,7 +326,14 @@ class CellSuppression:
         for key, unit in self._units.items():
             if not hidden[key] or unit.value <= 0:
                 continue
-            if (key, "v") in determined or (key, "m") in determined:
+            n_known = (key, "v") in determined
+            if unit.kind == "count":
+                leak = n_known
+            else:  # the mean, or its n when that n is a small count
+                product = ("product", (key, "m"), (key, "v"))
+                leak = (key, "m") in determined or (n_known and product in determined)
+                leak = leak or (n_known and unit.value < self.min_cell)
+            if leak:
                 out.append(key)
         return out
 
