@@ -151,7 +151,7 @@ def clinical_significance_table(
     patient: str = "patient",
     min_cell: int = 5,
 ) -> Table:
-    """Reliable and clinically significant change (Jacobson & Truax, 1991) by arm.
+    """Tabulate reliable and clinically significant change (Jacobson & Truax, 1991) by arm.
 
     Parameters
     ----------
@@ -159,6 +159,17 @@ def clinical_significance_table(
         One row per patient with *category* (values of
         :data:`allianceflow.clinical.RC_CATEGORIES`; missing when the patient has one
         observed score).
+    category : str
+        The column of change categories.
+    by : str or None
+        The arm column; None (or a column the table lacks) gives the Total only.
+    patient : str
+        The patient id column.
+    min_cell : int, default 5
+        Counts from 1 to ``min_cell - 1`` and means on fewer than *min_cell* values are
+        suppressed, with complementary suppression so that none can be worked out from the
+        Total column, the arms' ns or the other cells
+        (:mod:`allianceflow.tables.suppression`).
 
     Returns
     -------
@@ -213,7 +224,7 @@ def sudden_gains_table(
     patient: str = "patient",
     min_cell: int = 5,
 ) -> Table:
-    """Sudden gains and losses (Tang & DeRubeis, 1999) by arm.
+    """Tabulate sudden gains and losses (Tang & DeRubeis, 1999) by arm.
 
     Parameters
     ----------
@@ -223,6 +234,22 @@ def sudden_gains_table(
     gains : pandas.DataFrame, optional
         The events table (:func:`allianceflow.suddengains.sudden_gains`): adds the mean
         magnitude of the gains.
+    by : str or None
+        The arm column; None (or a column the table lacks) gives the Total only.
+    patient : str
+        The patient id column.
+    min_cell : int, default 5
+        Counts from 1 to ``min_cell - 1`` and means on fewer than *min_cell* values are
+        suppressed, with complementary suppression so that none can be worked out from the
+        Total column, the arms' ns or the other cells
+        (:mod:`allianceflow.tables.suppression`).
+
+    Returns
+    -------
+    Table
+        Rows patients with a gain (n (%)), gains, gains reversed (n (% of gains)), the mean
+        magnitude of the gains and, when searched for, patients with a loss and losses.
+        ``data``: ``variable, group, count, denominator, percent, mean, sd, suppressed``.
     """
     check_frame(patients, "patients")
     check_columns(patients, "n_sudden_gains", "n_sudden_gains_reversed", name="patients")
@@ -295,6 +322,22 @@ def ruptures_table(
     patients : pandas.DataFrame
         Patients table with ``n_ruptures``, ``n_repaired``, ``n_unrepaired``, ``n_censored``
         (:func:`allianceflow.ruptures.rupture_summary`).
+    by : str or None
+        The arm column; None (or a column the table lacks) gives the Total only.
+    patient : str
+        The patient id column.
+    min_cell : int, default 5
+        Counts from 1 to ``min_cell - 1`` and means on fewer than *min_cell* values are
+        suppressed, with complementary suppression so that none can be worked out from the
+        Total column, the arms' ns or the other cells
+        (:mod:`allianceflow.tables.suppression`).
+
+    Returns
+    -------
+    Table
+        Rows patients with a rupture (n (%)), ruptures per patient (M (SD)), ruptures, and
+        repaired, not repaired and censored ruptures (n (% of ruptures)).
+        ``data``: ``variable, group, count, denominator, percent, mean, sd, suppressed``.
     """
     check_frame(patients, "patients")
     check_columns(
