@@ -754,3 +754,26 @@ def test_no_suppressed_table1_cell_or_mean_can_be_worked_out(arms, data, min_cel
             reader.relation((1, c), (Fraction(-1, 100), p, ("n", g)))
     truth = _truth(make(1))
     assert _leaks(reader, truth, min_cell) == []
+
+
+def test_intake_correlations_hide_small_ns_and_their_statistics():
+    # alliance observed for 6 patients, outcome for 3: the outcome's M, SD and n and the
+    # pair's n (3) are not published at min_cell 5; the alliance's are (M 3.5, SD 1.87)
+    df = pd.DataFrame(
+        {
+            "patient": list("abcdef"),
+            "session": 1,
+            "alliance": [1.0, 2, 3, 4, 5, 6],
+            "outcome": [2.0, None, 4, None, 6, None],
+        }
+    )
+    t = T.intake_correlations(df, min_cell=5)
+    body = t.body.set_index("Variable")
+    assert body.loc["M"].tolist() == ["3.50", "suppressed"]
+    assert body.loc["SD"].tolist() == ["1.87", "suppressed"]
+    assert body.loc["n"].tolist() == ["6", "suppressed"]
+    assert body.loc["2. Outcome", "1"] == ""
+    assert t.data["n"].isna().tolist() == [True]
+    shown = T.intake_correlations(df, min_cell=3)
+    assert shown.data["n"].tolist() == [3]
+    assert shown.body.set_index("Variable").loc["n"].tolist() == ["6", "3"]

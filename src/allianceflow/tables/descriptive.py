@@ -348,7 +348,10 @@ def intake_correlations(
         Scores to correlate (column → label); default ``alliance``, ``outcome`` and the
         alliance subscales (``wai_sr_task``, ``wai_sr_bond``, ``wai_sr_goal``) present.
     min_cell : int
-        Pairs with fewer complete patients are not shown.
+        Pairs with fewer complete patients are not shown (nor, in the CSV, their n when it
+        is from 1 to ``min_cell - 1``); a score's M and SD on fewer than *min_cell* patients
+        and its n from 1 to ``min_cell - 1`` are "suppressed". The table has no margins, so
+        no complementary suppression is needed.
 
     Returns
     -------
@@ -410,7 +413,7 @@ def intake_correlations(
                     {
                         "var1": a,
                         "var2": b,
-                        "n": n,
+                        "n": None if 0 < n < min_cell else n,
                         "r": None,
                         "ci_low": None,
                         "ci_high": None,
@@ -436,9 +439,13 @@ def intake_correlations(
                 row.append("")
         rows.append(row)
     values = intake[names].apply(pd.to_numeric, errors="coerce")
-    rows.append(["M"] + [format_number(values[c].mean()) for c in names])
-    rows.append(["SD"] + [format_number(values[c].std(ddof=1)) for c in names])
-    rows.append(["n"] + [str(int(values[c].notna().sum())) for c in names])
+    n_of = {c: int(values[c].notna().sum()) for c in names}
+    few = {c: n_of[c] < min_cell for c in names}
+    rows.append(["M"] + [cell_text(few[c], mean_sd=format_number(values[c].mean())) for c in names])
+    rows.append(
+        ["SD"] + [cell_text(few[c], mean_sd=format_number(values[c].std(ddof=1))) for c in names]
+    )
+    rows.append(["n"] + [cell_text(0 < n_of[c] < min_cell, count=n_of[c]) for c in names])
     body = pd.DataFrame(rows, columns=["Variable"] + [str(k + 1) for k in range(len(names))])
     note = (
         "Pearson correlations at intake (each patient's first recorded session), pairwise "
