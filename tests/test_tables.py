@@ -777,3 +777,34 @@ def test_intake_correlations_hide_small_ns_and_their_statistics():
     shown = T.intake_correlations(df, min_cell=3)
     assert shown.data["n"].tolist() == [3]
     assert shown.body.set_index("Variable").loc["n"].tolist() == ["6", "3"]
+
+
+def test_the_audit_protects_a_total_that_two_hidden_cells_per_line_leave_open():
+    # min_cell 3. arm0: 2 recovered, 1 deteriorated; arm1: 3 recovered, 1 improved,
+    # 1 unchanged; arm2 as arm0. Every row and column then holds two hidden cells, yet the
+    # Total column gives deteriorated = 11 - 7 - (improved + unchanged), and arm1's column
+    # gives improved + unchanged = 5 - 3 = 2, so the Total's 2 deteriorated would be known.
+    # (Found by the property test without the audit.) The audit hides the Total's 7 recovered.
+    p = _patients(
+        {
+            "arm0": {"recovered": 2, "deteriorated": 1},
+            "arm1": {"recovered": 3, "improved": 1, "unchanged": 1},
+            "arm2": {"recovered": 2, "deteriorated": 1},
+        }
+    )
+    t = T.clinical_significance_table(p, min_cell=3)
+    body = t.body.set_index("Measure")
+    assert body.columns.tolist() == [
+        "arm0 (n = 3)",
+        "arm1 (n = 5)",
+        "arm2 (n = 3)",
+        "Total (n = 11)",
+    ]
+    hidden = "suppressed"
+    assert body.to_dict("split")["data"] == [
+        [hidden, "3 (60.0)", hidden, hidden],
+        ["0 (0.0)", hidden, "0 (0.0)", hidden],
+        ["0 (0.0)", hidden, "0 (0.0)", hidden],
+        [hidden, "0 (0.0)", hidden, hidden],
+        ["0 (0.0)", "0 (0.0)", "0 (0.0)", "0 (0.0)"],
+    ]
