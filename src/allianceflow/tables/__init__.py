@@ -13,7 +13,7 @@ has one module per part:
 - :mod:`~allianceflow.tables.counts`: counts by arm (clinical significance, sudden gains,
   ruptures);
 - :mod:`~allianceflow.tables.suppression`: small-cell suppression, primary and
-  complementary;
+  complementary, audited so that no hidden cell can be worked out (:class:`CellSuppression`);
 - :mod:`~allianceflow.tables.render`: Markdown, standalone HTML, a LaTeX ``table`` float
   (booktabs + threeparttable), Word ``.docx``, and :func:`write_table_files`, which writes
   any of them by file suffix.
@@ -35,6 +35,7 @@ from .descriptive import intake_correlations, reliability_markdown, reliability_
 from .formatting import DEFAULT_LABELS, format_number, format_p, format_r
 from .model import fixed_effects_table, model_markdown, model_table, to_markdown
 from .render import render_docx, render_html, render_latex, render_markdown, write_table_files
+from .suppression import CellSuppression
 from .table import TABLE_FORMATS, Table
 
 __all__ = [
@@ -60,4 +61,5 @@ __all__ = [
     "render_latex",
     "render_docx",
     "write_table_files",
+    "CellSuppression",
 ]

@@ -102,12 +102,15 @@ class _Unit:
 class CellSuppression:
     r"""A table's cells, the relations among them, and which cells to hide.
 
-    Add the cells with :meth:`count` and :meth:`mean`, the relations a reader can use with
-    :meth:`add_sum`, :meth:`add_mean_relation`, :meth:`add_percent` and
-    :meth:`add_product`, :meth:`add_same_n`, the cells to hide with another one with
-    :meth:`add_follows`, then
-    call :meth:`solve`. The rule, its audit and its sources are in the module docstring
-    (:mod:`allianceflow.tables.suppression`).
+    Add the cells with :meth:`count` and :meth:`mean`; the relations a reader can use with
+    :meth:`add_sum`, :meth:`add_mean_relation`, :meth:`add_percent`, :meth:`add_product`
+    and :meth:`add_same_n`; the cells to hide along with another with :meth:`add_follows`;
+    then call :meth:`solve`. The rule, its audit and its sources are in the module
+    docstring (:mod:`allianceflow.tables.suppression`).
+
+    The audit's null space comes from a singular value decomposition of the equations,
+    each scaled to a largest coefficient of 1; a coordinate below 1e-7 counts as zero, an
+    error that can only call a cell determined when it is not (and hide one cell more).
 
     Parameters
     ----------
