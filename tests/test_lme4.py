@@ -1,6 +1,7 @@
-"""Agreement with R's lme4 on the same data (optional: skips cleanly without Rscript + lme4).
+"""Agreement with R's lme4 on the same data.
 
-Install on Debian/Ubuntu with ``apt-get install r-base-core r-cran-lme4``.
+Needs Rscript with lme4 (Debian: ``apt-get install r-base-core r-cran-lme4``; .ci/run
+installs them). Outside CI the tests skip without them; under CI they fail.
 """
 
 import shutil
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from allianceflow.models import fit_model
+from conftest import require_tool
 
 pytestmark = pytest.mark.r
 
@@ -31,8 +33,13 @@ def _lme4_available() -> bool:
     return out.returncode == 0 and out.stdout.strip().endswith("ok")
 
 
-if not _lme4_available():
-    pytest.skip("Rscript with the lme4 package is not installed", allow_module_level=True)
+@pytest.fixture(scope="module", autouse=True)
+def _needs_lme4():
+    require_tool(
+        _lme4_available(),
+        "Rscript with the lme4 package",
+        "apt-get install r-base-core r-cran-lme4 (as .ci/run does).",
+    )
 
 
 R_SCRIPT = r"""
