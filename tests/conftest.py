@@ -57,7 +57,8 @@ def root() -> Path:
     return ROOT
 
 
-#: What a temporary copy of the project needs to run the pipeline (never results/ or data/processed/).
+#: What a temporary copy of the project needs to run the pipeline
+#: (never results/ or data/processed/).
 PROJECT_FILES = ["Snakefile", "config.yaml", "workflow", "data/raw", "requirements.lock"]
 
 #: The small configuration of the quick tier (the workflow catalogue's ``.test/`` convention).
@@ -88,8 +89,10 @@ def copy_project(root):
 
 
 def simulate_three_level(seed=7, n_therapists=12, n_patients=120, n_sessions=10):
-    """A small three-level study (patients in therapists, crossed raters) with correlated
-    patient intercepts and slopes, for the lme4 comparisons and the engine tests.
+    """A small three-level study: patients in therapists, crossed raters.
+
+    The patient intercepts and slopes are correlated. For the lme4 comparisons and the
+    engine tests.
     """
     rng = np.random.default_rng(seed)
     rows = []

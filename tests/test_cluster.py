@@ -1,11 +1,12 @@
 """The pipeline on a real (single-node) SLURM cluster, through workflow/profiles/slurm.
 
 The test needs Debian's ``slurm-wlm`` and ``munge`` (``.ci/run`` installs them; the test
-never installs anything), starts munged, slurmctld and slurmd on localhost with a minimal ``slurm.conf`` in a
-temporary folder, runs the project's default target on a copy of the project through the
-slurm profile (snakemake-executor-plugin-slurm: every rule becomes an sbatch job), checks
-that every job ran and completed under SLURM and that a model fitted on the cluster is
-byte-identical to the same model fitted locally, and stops the daemons it started.
+never installs anything), starts munged, slurmctld and slurmd on localhost with a minimal
+``slurm.conf`` in a temporary folder, runs the project's default target on a copy of the
+project through the slurm profile (snakemake-executor-plugin-slurm: every rule becomes an
+sbatch job), checks that every job ran and completed under SLURM and that a model fitted
+on the cluster is byte-identical to the same model fitted locally, and stops the daemons it
+started.
 
 Details that make a throw-away cluster work:
 
@@ -38,9 +39,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 
 from allianceflow.io import read_json, sha256_file
-from conftest import require_tool
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -150,7 +151,8 @@ def slurm_cluster():
     )
     if Path("/etc/slurm/slurm.conf").exists():
         pytest.skip(
-            "this machine has a SLURM configuration of its own (/etc/slurm/slurm.conf); not starting another cluster."
+            "this machine has a SLURM configuration of its own (/etc/slurm/slurm.conf); "
+            "not starting another cluster."
         )
     _ensure_installed()
 

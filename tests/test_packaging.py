@@ -1,7 +1,8 @@
-"""The package set is written down four times and they agree: pyproject.toml's ranges (for
-library users), environment.yml (for conda users), the rules' conda environment
-(workflow/envs/allianceflow.yaml) and requirements.lock (the exact versions, with hashes,
-that ``make run`` and ``make test`` install).
+"""The package set is written down four times and they agree.
+
+The four are pyproject.toml's ranges (for library users), environment.yml (for conda
+users), the rules' conda environment (workflow/envs/allianceflow.yaml) and requirements.lock
+(the exact versions, with hashes, that ``make run`` and ``make test`` install).
 """
 
 import re
@@ -48,7 +49,8 @@ def _lock(root) -> dict[str, Version]:
 
 def test_pyproject_and_environment_agree(root):
     project = _project(root)
-    pip = dict(_split(r) for r in project["dependencies"] + project["optional-dependencies"]["test"])
+    requirements = project["dependencies"] + project["optional-dependencies"]["test"]
+    pip = dict(_split(r) for r in requirements)
     env = yaml.safe_load((root / "environment.yml").read_text())
     assert {CONDA_NAMES.get(k, k): v for k, v in pip.items()} == _conda(root / "environment.yml")
     assert "python=3.11" in env["dependencies"]

@@ -1,5 +1,6 @@
-"""Expected treatment response and on-track / not-on-track status, in the style of
-routine outcome monitoring (Lambert's clinical support tools).
+"""Expected treatment response and on-track / not-on-track status.
+
+The approach follows routine outcome monitoring (Lambert's clinical support tools).
 
 :func:`fit_expected_response` fits the expected course of the outcome conditional on the
 intake score, on the study's own data or on a reference sample; an
@@ -71,19 +72,19 @@ ON_TRACK_COLUMNS = [
 
 @dataclass(frozen=True)
 class ExpectedResponse:
-    """Coefficients of the expected treatment response.
+    r"""Coefficients of the expected treatment response.
 
     The expected score at the *t*-th session counted from intake (:math:`t = 1` at
     intake) of a patient with intake score :math:`x_0` is
 
     .. math::
 
-        \\hat x_t = x_0 + \\bigl(\\gamma_0 + \\gamma_1 (x_0 - c)\\bigr) \\ln t .
+        \hat x_t = x_0 + \bigl(\gamma_0 + \gamma_1 (x_0 - c)\bigr) \ln t .
 
     Attributes
     ----------
     gamma0 : float
-        Change per unit of :math:`\\ln t` for a patient at the centre intake score.
+        Change per unit of :math:`\ln t` for a patient at the centre intake score.
     gamma1 : float
         How that rate changes per point of intake score above the centre (usually of the
         opposite sign: patients who start worse improve faster).
@@ -103,6 +104,7 @@ class ExpectedResponse:
     n_observations: int = 0
 
     def __post_init__(self) -> None:
+        """Check that the coefficients are finite numbers and *sigma* is positive."""
         for name in ("gamma0", "gamma1", "centre"):
             check_number(getattr(self, name), name)
         check_number(self.sigma, "sigma", minimum=0.0, strict_minimum=True)
@@ -124,6 +126,7 @@ class ExpectedResponse:
         return cls(**{k: values[k] for k in values})
 
     def to_dict(self) -> dict:
+        """Return the coefficients and counts as a plain dict (the inverse of from_mapping)."""
         return asdict(self)
 
     def expected(self, intake: np.ndarray | float, t: np.ndarray | float) -> np.ndarray:
@@ -150,7 +153,7 @@ def fit_expected_response(
     patient: str = "patient",
     session: str = "session",
 ) -> ExpectedResponse:
-    """Fit the expected treatment response conditional on the intake score.
+    r"""Fit the expected treatment response conditional on the intake score.
 
     Parameters
     ----------
@@ -175,14 +178,14 @@ def fit_expected_response(
     The intake is each patient's first observed score :math:`x_{i0}` at session
     :math:`s_{i0}`; a later observed score at session :math:`s` has
     :math:`t = s - s_{i0} + 1`. The change from intake is regressed, without intercept
-    (no change is expected at intake, :math:`\\ln 1 = 0`), on :math:`\\ln t` and
-    :math:`(x_{i0} - c)\\ln t` by ordinary least squares, with :math:`c` the mean intake
+    (no change is expected at intake, :math:`\ln 1 = 0`), on :math:`\ln t` and
+    :math:`(x_{i0} - c)\ln t` by ordinary least squares, with :math:`c` the mean intake
     of the patients contributing a follow-up score:
 
     .. math::
 
-        x_{it} - x_{i0} = \\gamma_0 \\ln t + \\gamma_1 (x_{i0} - c) \\ln t + e_{it}, \\qquad
-        \\hat\\sigma^2 = \\frac{\\sum e_{it}^2}{n - 2}.
+        x_{it} - x_{i0} = \gamma_0 \ln t + \gamma_1 (x_{i0} - c) \ln t + e_{it}, \qquad
+        \hat\sigma^2 = \frac{\sum e_{it}^2}{n - 2}.
 
     This is a fixed-effects version of the log-linear recovery curves of Finch, Lambert &
     Schaalje (2001), who fitted them as multilevel models by intake severity. Fitting on
@@ -208,7 +211,8 @@ def fit_expected_response(
     n = len(obs)
     if n < 3:
         raise ValueError(
-            f"`data` has {n} follow-up score(s) after intake; the expected response needs at least 3."
+            f"`data` has {n} follow-up score(s) after intake; "
+            "the expected response needs at least 3."
         )
     centre = float(obs.groupby(patient, sort=False)["intake_score"].first().mean())
     log_t = np.log((obs[session] - obs["intake_session"] + 1).to_numpy(dtype=float))
@@ -245,7 +249,7 @@ def on_track(
     direction: Direction,
     tolerance: float = 0.10,
 ) -> pd.DataFrame:
-    """On-track / not-on-track status of every session against the expected response.
+    r"""On-track / not-on-track status of every session against the expected response.
 
     Parameters
     ----------
@@ -273,11 +277,11 @@ def on_track(
 
     Notes
     -----
-    With :math:`z = \\Phi^{-1}(1 - \\text{tolerance})`,
+    With :math:`z = \Phi^{-1}(1 - \text{tolerance})`,
 
     .. math::
 
-        L_t = \\hat x_t - z\\hat\\sigma, \\qquad U_t = \\hat x_t + z\\hat\\sigma,
+        L_t = \hat x_t - z\hat\sigma, \qquad U_t = \hat x_t + z\hat\sigma,
 
     and a session is *not on track* when its score is worse than the alarm edge: below
     :math:`L_t` when higher is better, above :math:`U_t` when lower is better. A score on

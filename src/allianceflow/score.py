@@ -127,8 +127,9 @@ def score_columns(inst: Instrument | str) -> list[str]:
 
     Examples
     --------
-    >>> score_columns("wai_sr")
-    ['wai_sr_total', 'wai_sr_task', 'wai_sr_bond', 'wai_sr_goal', 'wai_sr_n_items', 'wai_sr_prorated']
+    >>> score_columns("wai_sr")  # doctest: +NORMALIZE_WHITESPACE
+    ['wai_sr_total', 'wai_sr_task', 'wai_sr_bond', 'wai_sr_goal',
+     'wai_sr_n_items', 'wai_sr_prorated']
     """
     inst = load_instrument(inst) if not isinstance(inst, Instrument) else inst
     return (
@@ -313,10 +314,10 @@ def _no_proration(inst: Instrument) -> Instrument:
 
 
 def _fit_one_factor(S: np.ndarray, start: np.ndarray | None = None):
-    """Maximum-likelihood one-factor model of a covariance matrix.
+    r"""Maximum-likelihood one-factor model of a covariance matrix.
 
-    Minimises :math:`F = \\log|\\Sigma| + \\mathrm{tr}(S\\Sigma^{-1})` with
-    :math:`\\Sigma = \\lambda\\lambda^\\top + \\Psi` (Joreskog, 1967), on the correlation
+    Minimises :math:`F = \log|\Sigma| + \mathrm{tr}(S\Sigma^{-1})` with
+    :math:`\Sigma = \lambda\lambda^\top + \Psi` (Joreskog, 1967), on the correlation
     scale (ML is scale invariant) with analytic gradient; uniquenesses are kept positive
     by a log parameterisation. Returns loadings, uniquenesses (covariance scale) and the
     optimiser's parameter vector (for warm starts).

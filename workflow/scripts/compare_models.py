@@ -1,4 +1,7 @@
-"""Snakemake adapter: likelihood-ratio test of two models (allianceflow.pipeline.comparison_stage)."""
+"""Snakemake adapter: likelihood-ratio test of two models.
+
+The work is done by allianceflow.pipeline.comparison_stage.
+"""
 
 from allianceflow.pipeline import comparison_stage, run_step
 
