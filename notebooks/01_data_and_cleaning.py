@@ -40,6 +40,7 @@ import copy
 from pathlib import Path
 
 import pandas as pd
+from IPython.display import display
 
 import allianceflow
 from allianceflow import clean, config, figures, io, privacy
@@ -108,7 +109,7 @@ sessions = result.sessions
 sessions.head(N_SHOW)
 
 # %%
-result.flow
+display(result.flow)
 
 # %% [markdown]
 # The flow must **reconcile**: rows read = rows kept + rows excluded, and the per-rule

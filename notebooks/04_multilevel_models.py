@@ -71,17 +71,20 @@ print(analysis.shape)
 # ### The truth we hope to recover
 #
 # From `data/raw/example/README.md` (alliance parameters per WAI-SR *item-mean* point,
-# outcome parameters in ORS points; time is `session − 1`):
+# outcome parameters in ORS points; time is `session − 1`). Our models use the WAI-SR
+# *total* of 12 items, so an alliance effect per total point is a twelfth of the truth:
 #
 # | parameter | truth | on our scales |
 # | --- | --- | --- |
 # | outcome at the first session | 19.0 | intercept at `session = 0`: about 19 − 0.58 ≈ 18.4 |
-# | outcome change per session | 0.5 (TAU), 0.65 (feedback) | 0.577 averaged over the arms (154 of 300 patients had feedback) |
-# | within-patient effect of last session's alliance | 2.0 per item-mean point | **2/12 ≈ 0.167** per WAI-SR total point |
-# | between-patient effect of the patient's mean alliance | 4.0 per item-mean point | **4/12 ≈ 0.333** per total point |
-# | SD of therapist / patient intercepts, patient slopes | 1.5 / 4.5 / 0.25 | variances 2.25 / 20.25 / 0.0625 |
+# | outcome change per session | 0.5 (TAU), 0.65 (feedback) | 0.577 averaged over the arms |
+# | within-patient effect of last session's alliance | 2.0 | **2/12 ≈ 0.167** per total point |
+# | between-patient effect of the patient's mean alliance | 4.0 | **4/12 ≈ 0.333** per total point |
+# | SD of therapist / patient intercepts | 1.5 / 4.5 | variances 2.25 / 20.25 |
+# | SD of patient slopes | 0.25 | variance 0.0625 |
 # | residual SD | 3.5 (plus ORS item noise) | variance ≈ 12.25 + 2.6 ≈ 14.8 |
 #
+# (154 of the 300 patients had feedback, hence the average change per session of 0.577.)
 # Our models use `session` (1, 2, …) as time, so their intercept is the expected outcome
 # at a "session 0", half a point below the first session.
 
@@ -237,8 +240,9 @@ pd.DataFrame(
 
 # %% [markdown]
 # The within effect lies between 0.16 and 0.18 in every version, close to the truth; the
-# previous-outcome coefficient is small (0.03, CI from about −0.01 to 0.07), as it should be. Agreement across sensible
-# specifications is what makes a within-patient effect credible.
+# previous-outcome coefficient is small (0.03, CI from about −0.01 to 0.07), as it should
+# be. Agreement across sensible specifications is what makes a within-patient effect
+# credible.
 
 # %%
 fig = figures.plot_forest(

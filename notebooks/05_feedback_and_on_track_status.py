@@ -33,6 +33,8 @@
 # %%
 from pathlib import Path
 
+from IPython.display import display
+
 import allianceflow
 from allianceflow import config, figures, models, ontrack, pipeline
 
@@ -84,7 +86,7 @@ print(
 
 # %%
 etr = ontrack.fit_expected_response(analysis, score="outcome")
-etr
+display(etr)
 
 # %% [markdown]
 # * $\gamma_0 \approx 2.3$: a patient with an average intake gains about 2.3 ORS points per
@@ -113,7 +115,8 @@ tracked["track_status"].value_counts()
 # %%
 follow_up = tracked["track_status"].isin(["on_track", "not_on_track"])
 print(
-    f"share of follow-up sessions not on track: {tracked.loc[follow_up, 'track_status'].eq('not_on_track').mean():.1%}"
+    "share of follow-up sessions not on track: "
+    f"{tracked.loc[follow_up, 'track_status'].eq('not_on_track').mean():.1%}"
     f" (tolerance {TOLERANCE:.0%})"
 )
 first = ontrack.first_off_track(tracked)
