@@ -9,9 +9,9 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import require_tool
 
 from allianceflow.models import fit_model
-from conftest import require_tool
 
 pytestmark = pytest.mark.r
 
