@@ -280,3 +280,17 @@ def test_bad_model_kind_is_refused():
         MultilevelExpectedResponse(
             beta0=0, beta1=0, gamma0=0, gamma1=0, centre=0, tau00=-1, tau01=0, tau11=0, sigma=1
         )
+
+
+def test_derive_settings_choose_the_multilevel_model():
+    from allianceflow.derive import derive_tables
+
+    scored = _multilevel_sample(n=200, k=6).rename(columns={"y": "ors_total"})
+    scored["wai_sr_total"] = 50.0 + (scored["session"] % 3)
+    args = dict(alliance="wai_sr_total", outcome="ors_total", direction="higher_is_better")
+    fixed = derive_tables(scored, rci=5.0, **args)
+    multi = derive_tables(scored, rci=5.0, settings={"on_track": {"model": "multilevel"}}, **args)
+    assert "tau11" not in fixed.expected_response
+    assert multi.expected_response["kind"] == "multilevel"
+    direct = fit_expected_response(scored, score="ors_total", model="multilevel")
+    assert multi.expected_response["gamma0"] == pytest.approx(direct.gamma0, rel=1e-6)

@@ -1156,6 +1156,7 @@ def pool_stage(
     method: Method = "pm",
     hksj: bool = True,
     alpha: float = 0.05,
+    pi_type: PiType = "default",
     one_stage: bool = True,
     standardise: bool = True,
     meta_json,
@@ -1175,7 +1176,7 @@ def pool_stage(
 
     results = {name: io.read_json(path) for name, path in models.items()}
     effects = study_effects(results, term=term, directions=directions)
-    meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha)
+    meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha, pi_type=pi_type)
     meta["term"] = term
     comparison = None
     if one_stage:
