@@ -12,6 +12,7 @@ import pytest
 
 from allianceflow.ddf import (
     compare_df,
+    f_test,
     kenward_roger,
     satterthwaite_df,
     variance_structure,
@@ -79,6 +80,48 @@ def test_kenward_roger_matches_pbkrtest(structures, k):
     kr = kenward_roger(structure=structures[k])
     np.testing.assert_allclose(kr["df"], REFERENCE[k]["kr_df"], rtol=1e-4)
     np.testing.assert_allclose(kr["se"], REFERENCE[k]["kr_se"], rtol=1e-5)
+
+
+# lmerTest::contest(m, L, ddf = "Satterthwaite" | "Kenward-Roger") on the first model:
+# F value, NumDF, DenDF, Pr(>F)
+HYPOTHESES = {
+    "both alliance terms": [[0, 1, 0, 0], [0, 0, 1, 0]],
+    "three rows": [[0, 1, -1, 0], [0, 0, 1, 0], [1, 0, 0, 10]],
+}
+CONTEST = {
+    ("both alliance terms", "satterthwaite"): (18.2664315293, 2, 185.981960369, 5.71619111092e-08),
+    ("both alliance terms", "kenward_roger"): (17.6386486786, 2, 254.153538724, 6.70948874448e-08),
+    ("three rows", "satterthwaite"): (586.364944214, 3, 56.9150788698, 9.58297863209e-43),
+    ("three rows", "kenward_roger"): (562.182693967, 3, 90.4953172558, 2.3134016654e-58),
+}
+
+
+@pytest.mark.parametrize("name, method", list(CONTEST))
+def test_f_test_matches_lmertest_contest(structures, name, method):
+    res = f_test(structure=structures[0], hypothesis=HYPOTHESES[name], method=method)
+    f, ndf, ddf, p = CONTEST[(name, method)]
+    assert res["ndf"] == ndf
+    assert res["f"] == pytest.approx(f, rel=1e-5)
+    assert res["ddf"] == pytest.approx(ddf, rel=1e-4)
+    assert res["p"] == pytest.approx(p, rel=1e-3)
+
+
+def test_one_row_f_test_is_the_squared_t_test(structures):
+    st = structures[0]
+    row = [0, 0, 0, 1]
+    for method, one in (("satterthwaite", satterthwaite_df), ("kenward_roger", kenward_roger)):
+        res = f_test(structure=st, hypothesis=[row], method=method)
+        t = one(structure=st, contrasts={"session": row})
+        assert res["ddf"] == pytest.approx(t["df"].iloc[0], rel=1e-10)
+        if method == "satterthwaite":
+            assert res["f"] == pytest.approx(t["statistic"].iloc[0] ** 2, rel=1e-10)
+
+
+def test_f_test_refuses_bad_arguments(structures):
+    with pytest.raises(ValueError, match="`method` must be 'satterthwaite' or 'kenward_roger'"):
+        f_test(structure=structures[0], hypothesis=[[0, 1, 0, 0]], method="kr")
+    with pytest.raises(ValueError, match=r"`hypothesis` must have 4 columns"):
+        f_test(structure=structures[0], hypothesis=[[0, 1]])
 
 
 def test_blocks_follow_the_outermost_factor(structures):
@@ -202,6 +245,10 @@ for (k in seq_along(fs)) {
   cat("SAT_DF", sprintf("%.12g", s[, "df"]), "\n")
   cat("KR_SE", sprintf("%.12g", kr[, "Std. Error"]), "\n")
   cat("KR_DF", sprintf("%.12g", kr[, "df"]), "\n")
+  if (k == 1) for (dd in c("Satterthwaite", "Kenward-Roger")) {
+    x <- contest(m, rbind(c(0, 1, -1, 0), c(0, 0, 1, 0), c(1, 0, 0, 10)), ddf = dd)
+    cat(paste0("F_", dd), sprintf("%.12g", c(x[["F value"]], x$DenDF)), "\n")
+  }
 }
 """
 
@@ -222,3 +269,13 @@ def test_df_match_lmertest_and_pbkrtest_computed_live(tmp_path, three_level_data
         np.testing.assert_allclose(sat["df"], ref["SAT_DF"], rtol=1e-4)
         np.testing.assert_allclose(kr["df"], ref["KR_DF"], rtol=1e-4)
         np.testing.assert_allclose(kr["se"], ref["KR_SE"], rtol=1e-5)
+        if k == 0:
+            for method, tag in (
+                ("satterthwaite", "F_Satterthwaite"),
+                ("kenward_roger", "F_Kenward-Roger"),
+            ):
+                res = f_test(
+                    structure=structures[0], hypothesis=HYPOTHESES["three rows"], method=method
+                )
+                assert res["f"] == pytest.approx(ref[tag][0], rel=1e-5)
+                assert res["ddf"] == pytest.approx(ref[tag][1], rel=1e-4)
