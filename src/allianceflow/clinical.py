@@ -1,6 +1,6 @@
 """Patient-level clinical variables and the patients table that gathers them.
 
-The variables are reliable change, clinical significance, endings and treatment dose.
+Reliable change, clinical significance, endings and treatment dose.
 
 :func:`reliable_change_index` and :func:`clinical_cutoffs` turn published norms into the
 numbers that :func:`reliable_change` applies (Jacobson & Truax, 1991).
@@ -55,8 +55,11 @@ __all__ = [
 Direction = Literal["higher_is_better", "lower_is_better"]
 ClinicalRange = Literal["below", "at_or_above"]
 
-#: Categories of :func:`reliable_change`, in order (Jacobson & Truax, 1991).
-RC_CATEGORIES = ("recovered", "improved", "unchanged", "deteriorated")
+#: Categories of :func:`reliable_change`, in order: Jacobson & Truax's (1991) four with
+#: "harmed" split off "deteriorated", with the names and order of the R package
+#: clinicalsignificance (Claus et al., 2024), whose ``cs_combined`` reports Recovered,
+#: Improved, Unchanged, Deteriorated, Harmed.
+RC_CATEGORIES = ("recovered", "improved", "unchanged", "deteriorated", "harmed")
 #: Ending types of :func:`endings_and_dose`.
 #: ``ended``: inferred from a gap without a dose rule (over, but not known how).
 ENDINGS = (*ENDING_TYPES, "ended", "unknown")
@@ -96,7 +99,7 @@ ENDING_COLUMNS = [
 
 
 def reliable_change_index(sd: float, reliability: float, *, z: float = 1.96) -> float:
-    r"""The reliable change value of a scale (Jacobson & Truax, 1991).
+    r"""Compute the reliable change value of a scale (Jacobson & Truax, 1991).
 
     Parameters
     ----------
@@ -271,10 +274,24 @@ def reliable_change(
     when it is below the cut-off (``'below'``) or at or above it (``'at_or_above'``), so
     a score equal to the cut-off is clinical only for ``'at_or_above'``. Categories:
     *recovered* = reliable improvement, clinical at the first score and not at the last;
-    *improved* = any other reliable improvement; *deteriorated* = reliable
-    deterioration; *unchanged* = neither. A patient who starts outside the clinical range
-    cannot recover (Jacobson & Truax's criterion needs movement from the clinical into
-    the functional range). Sessions with a missing score are skipped.
+    *improved* = any other reliable improvement; *harmed* = reliable deterioration,
+    not clinical at the first score and clinical at the last (the mirror image of
+    recovery); *deteriorated* = any other reliable deterioration; *unchanged* = neither.
+    A patient who starts outside the clinical range cannot recover (Jacobson & Truax's
+    criterion needs movement from the clinical into the functional range), and one who
+    starts inside it cannot be harmed. Without a cut-off nobody is recovered or harmed.
+    These are the definitions of the R package clinicalsignificance (its internal
+    ``.calc_recovered``: ``recovered = clinical_pre & functional_post & improved``,
+    ``harmed = !clinical_pre & !functional_post & deteriorated``, each taken out of
+    improved and deteriorated), in its order. Sessions with a missing score are skipped.
+
+    References
+    ----------
+    Claus, B. B., et al. (2024). The R package clinicalsignificance. *Journal of
+    Statistical Software, 111*(1). https://doi.org/10.18637/jss.v111.i01
+    Jacobson, N. S., & Truax, P. (1991). Clinical significance: A statistical approach to
+    defining meaningful change in psychotherapy research. *Journal of Consulting and
+    Clinical Psychology, 59*(1), 12–19.
 
     Examples
     --------
@@ -324,9 +341,14 @@ def reliable_change(
         & out["clinical_first"].fillna(False)
         & ~out["clinical_last"].fillna(True)
     )
+    harmed = (
+        rel_det.fillna(False)
+        & ~out["clinical_first"].fillna(True)
+        & out["clinical_last"].fillna(False)
+    )
     category = np.select(
-        [~two, recovered, rel_imp.fillna(False), rel_det.fillna(False)],
-        [None, "recovered", "improved", "deteriorated"],
+        [~two, recovered, rel_imp.fillna(False), harmed, rel_det.fillna(False)],
+        [None, "recovered", "improved", "harmed", "deteriorated"],
         default="unchanged",
     )
     out["rc_category"] = pd.Categorical(category, categories=list(RC_CATEGORIES))
@@ -536,7 +558,7 @@ def derive_patients(
     ending_labels: dict[str, str] | None = None,
     sudden_gains: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The patients table: one row per patient with every patient-level derived variable.
+    """Build the patients table: one row per patient with every patient-level variable.
 
     Parameters
     ----------

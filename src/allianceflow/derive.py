@@ -540,6 +540,7 @@ DERIVE_DEFAULTS: dict[str, Any] = {
         "reference_study": None,
         "coefficients": None,
         "tolerance": 0.10,
+        "model": "fixed",
     },
     "sudden_gains": {
         "enabled": True,
@@ -702,9 +703,13 @@ def derive_tables(
                     "Derive setting `on_track.reference` is 'reference' "
                     "but no reference sample was given."
                 )
-            model = fit_expected_response(reference, score=outcome)
+            model = fit_expected_response(
+                reference, score=outcome, model=cfg["on_track"]["model"]
+            )
         elif ref == "study":
-            model = fit_expected_response(analysis, score="outcome")
+            model = fit_expected_response(
+                analysis, score="outcome", model=cfg["on_track"]["model"]
+            )
         else:
             raise ValueError(
                 f"`on_track.reference` must be 'study', 'reference' or 'coefficients'; got {ref!r}."
