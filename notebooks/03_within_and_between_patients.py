@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 import allianceflow
-from allianceflow import config, derive, figures, io, pipeline
+from allianceflow import config, derive, figures, io, stages
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.
@@ -61,7 +61,7 @@ STUDY = "example"
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 work = Path(tempfile.mkdtemp(prefix="allianceflow_"))
-pipeline.clean_stage(
+stages.clean_stage(
     PROJECT / study["raw"],
     study,
     sessions=work / "sessions.parquet",
@@ -69,7 +69,7 @@ pipeline.clean_stage(
     flow=work / "flow.json",
     name=STUDY,
 )
-pipeline.score_stage(work / "sessions.parquet", study, scored=work / "scored.parquet")
+stages.score_stage(work / "sessions.parquet", study, scored=work / "scored.parquet")
 scored = io.read_table(work / "scored.parquet")
 print(scored.shape, "alliance:", study["alliance"], " outcome:", study["outcome"])
 
@@ -180,12 +180,12 @@ strict.assign(alliance_within_lag_across_gaps=loose["alliance_within_lag_across_
 # %% [markdown]
 # ## 5. The derive stage
 #
-# `pipeline.derive_stage` does all of this at once for the configured alliance and
+# `stages.derive_stage` does all of this at once for the configured alliance and
 # outcome (and adds the on-track, rupture and sudden-gain variables of notebooks 05 and
 # 06). Its `alliance_within_lag` is exactly what we built by hand above.
 
 # %%
-pipeline.derive_stage(
+stages.derive_stage(
     work / "scored.parquet",
     study,
     analysis=work / "analysis.parquet",
@@ -265,7 +265,7 @@ comparison.round(3)
 #   minus patient mean), and optionally the between part into therapist and patient parts.
 # * `derive.lag_within_patient` lags within patients; by default a missed session leaves
 #   the lag missing rather than reaching back further.
-# * `pipeline.derive_stage` builds all analysis variables, including
+# * `stages.derive_stage` builds all analysis variables, including
 #   `alliance_within_lag` and `alliance_between`.
 # * On the example, the between relation is close to the true 0.33 per WAI-SR point, but
 #   the naive within slope (0.32) is about twice the true 0.17 because alliance and outcome

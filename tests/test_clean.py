@@ -576,7 +576,7 @@ def test_example_study_cleans_with_no_exclusions(root):
 
 
 def test_raw_files_are_never_written(root, tmp_path):
-    from allianceflow.pipeline import clean_stage
+    from allianceflow.stages import clean_stage
 
     config = load_config(root / "config.yaml")
     raw = root / config["studies"]["example"]["raw"]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from allianceflow import pipeline
+from allianceflow import stages
 from allianceflow.clean import DataError, clean_sessions, reconcile
 from allianceflow.config import ConfigError, load_config, validate_config
 from allianceflow.contract import validate_sessions
@@ -454,7 +454,7 @@ def test_simulated_endings_follow_attendance():
 
 def test_example_endings_reach_the_patients_table_as_simulated():
     config = load_config(ROOT / "config.yaml")
-    prepared = pipeline.prepare_study(config["studies"]["example"], root=ROOT, name="example")
+    prepared = stages.prepare_study(config["studies"]["example"], root=ROOT, name="example")
     truth = simulate_study(EXAMPLE_DESIGN, seed=EXAMPLE_SEED).groupby("patient")["ending"].first()
     got = prepared.patients.set_index("patient")
     assert got["ending"].astype(str).to_dict() == truth.to_dict()
@@ -470,7 +470,7 @@ def test_example2_endings_inferred_from_the_extraction_date():
         study["derive"]["endings"]["gap_days"],
         study["derive"]["endings"]["planned_sessions"],
     )
-    prepared = pipeline.prepare_study(study, root=ROOT, name="example2")
+    prepared = stages.prepare_study(study, root=ROOT, name="example2")
     sessions = prepared.sessions
     followup = sessions.groupby("patient")["followup_days"].first()
     got = prepared.patients.set_index("patient")

@@ -226,7 +226,7 @@ def test_invalid_config_fails_before_any_job(tmp_path, copy_project):
 def test_derive_study_in_memory_equals_the_stage_output(run):
     """derive_study (what notebooks call) gives exactly the analysis table the rule wrote."""
     from allianceflow.config import load_config
-    from allianceflow.pipeline import arm_counts, derive_study
+    from allianceflow.stages import arm_counts, derive_study
 
     workdir = run["dir"]
     study = load_config(workdir / "config.yaml")["studies"]["example"]
@@ -244,7 +244,7 @@ def test_derive_study_in_memory_equals_the_stage_output(run):
 
 def test_several_informants_without_a_choice_get_a_config_error(run):
     from allianceflow.config import ConfigError, load_config
-    from allianceflow.pipeline import derive_study
+    from allianceflow.stages import derive_study
 
     study = load_config(run["dir"] / "config.yaml")["studies"]["example"]
     scored = pd.read_parquet(run["dir"] / "data/processed/example/scored.parquet")
@@ -269,7 +269,7 @@ def test_two_informants_feed_the_informants_preset(run):
 
     from allianceflow.config import load_config
     from allianceflow.models import fit_model, preset_formula
-    from allianceflow.pipeline import derive_study
+    from allianceflow.stages import derive_study
 
     study = copy.deepcopy(load_config(run["dir"] / "config.yaml")["studies"]["example"])
     study["derive"]["informant"] = "patient"
@@ -299,7 +299,7 @@ def test_two_informants_feed_the_informants_preset(run):
 
 def test_prepare_study_in_memory_equals_the_pipeline_files(run):
     from allianceflow.config import load_config
-    from allianceflow.pipeline import prepare_study
+    from allianceflow.stages import prepare_study
 
     workdir = run["dir"]
     study = load_config(workdir / "config.yaml")["studies"]["example"]
@@ -325,7 +325,7 @@ def test_expected_response_from_a_reference_sample(run):
 
     from allianceflow.config import load_config
     from allianceflow.ontrack import fit_expected_response
-    from allianceflow.pipeline import derive_study
+    from allianceflow.stages import derive_study
 
     study = copy.deepcopy(load_config(run["dir"] / "config.yaml")["studies"]["example"])
     study["derive"]["on_track"]["reference"] = "reference"

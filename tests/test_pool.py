@@ -298,7 +298,7 @@ def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(
 ):
     import json
 
-    from allianceflow import pool
+    from allianceflow import pool, stages
 
     figures = {}
     real = pool.plot_forest
@@ -312,7 +312,7 @@ def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(
     for term in ("alliance_between", "alliance_within_lag"):
         path = tmp_path / f"{term}.json"
         path.write_text(json.dumps({**meta_analysis(molloy), "term": term}))
-        pool.forest_figure_stage(path, benchmark=bench, outputs=[tmp_path / f"{term}.png"])
+        stages.meta_forest_figure_stage(path, benchmark=bench, outputs=[tmp_path / f"{term}.png"])
         assert (tmp_path / f"{term}.png").stat().st_size > 0
     assert (0.278, 0.278) in _vertical_lines(figures["alliance_between"].axes[0])
     assert figures["alliance_between"].texts == []

@@ -22,7 +22,7 @@ __all__ = ["main"]
 
 def _verify(args: argparse.Namespace) -> int:
     from .io import read_json, source_fingerprint
-    from .report import verify_manifest
+    from .manifest import verify_manifest
 
     status = 0
     installed = source_fingerprint()

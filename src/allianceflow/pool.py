@@ -65,8 +65,6 @@ __all__ = [
     "one_stage_model",
     "compare_stages",
     "pool_markdown",
-    "pool_stage",
-    "forest_figure_stage",
 ]
 
 Method = Literal["dl", "pm"]
@@ -528,7 +526,7 @@ def plot_forest(
     comparable : bool, default False
         Whether the pooled term estimates the same quantity as the benchmark. Flückiger et
         al. (2018) pooled between-patient alliance–outcome correlations, so only a pooled
-        ``alliance_between`` is comparable (:func:`forest_figure_stage` sets
+        ``alliance_between`` is comparable (:func:`allianceflow.stages.meta_forest_figure_stage` sets
         ``comparable = term == "alliance_between"``). When False the band is not drawn and
         a one-line note under the plot says why; the default within-patient lagged effect
         (``alliance_within_lag``) answers a different question and is typically smaller.
@@ -906,7 +904,7 @@ def compare_stages(
     )
 
 
-# --------------------------------------------------------------------------- pipeline stages
+# --------------------------------------------------------------------------- rendering
 
 
 def pool_markdown(meta: dict, comparison: pd.DataFrame | None = None) -> str:
@@ -958,70 +956,3 @@ def pool_markdown(meta: dict, comparison: pd.DataFrame | None = None) -> str:
             comp.to_markdown(index=False, disable_numparse=True),
         ]
     return "\n".join(parts) + "\n"
-
-
-def pool_stage(
-    *,
-    models: Mapping[str, Any],
-    analyses: Mapping[str, Any],
-    directions: Mapping[str, str],
-    formula: str,
-    reml: bool = True,
-    term: str = "alliance_within_lag",
-    method: Method = "pm",
-    hksj: bool = True,
-    alpha: float = 0.05,
-    one_stage: bool = True,
-    standardise: bool = True,
-    meta_json,
-    table_csv,
-    table_md,
-    one_stage_json,
-    comparison_csv,
-) -> None:
-    """Pool the studies' fitted models (two stages) and refit the stacked data (one stage).
-
-    *models* and *analyses* map study names to the fit stage's JSON and the derive stage's
-    analysis table. Writes the meta-analysis (JSON), its table (CSV, Markdown), the
-    one-stage model (JSON; ``{"skipped": true}`` when ``one_stage`` is false) and the
-    comparison of the two (CSV).
-    """
-    from . import io
-
-    results = {name: io.read_json(path) for name, path in models.items()}
-    effects = study_effects(results, term=term, directions=directions)
-    meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha)
-    meta["term"] = term
-    comparison = None
-    if one_stage:
-        tables = {name: io.read_table(path) for name, path in analyses.items()}
-        one = one_stage_model(
-            tables, formula, directions=directions, reml=reml, standardise=standardise
-        )
-        comparison = compare_stages(meta, one, term=term)
-    else:
-        one = {"skipped": True}
-        comparison = pd.DataFrame(
-            columns=["approach", "r", "ci_low", "ci_high", "estimate", "se", "p"]
-        )
-    io.write_json(meta, meta_json)
-    io.write_table(meta_table(meta), table_csv)
-    io.write_text(pool_markdown(meta, comparison if one_stage else None), table_md)
-    io.write_json(one, one_stage_json)
-    io.write_table(comparison, comparison_csv)
-
-
-def forest_figure_stage(meta_json, *, benchmark: Mapping[str, Any] | None, outputs) -> None:
-    """Draw the forest plot of a saved meta-analysis in every format asked for.
-
-    The benchmark band is drawn only when the pooled term (``meta["term"]``, written by
-    :func:`pool_stage`) is ``alliance_between``, the between-patient association the
-    benchmark estimates; otherwise the figure notes that it is not comparable.
-    """
-    from . import io
-    from .figures import save_figure
-
-    mark = None if not benchmark else Benchmark(**benchmark)
-    meta = io.read_json(meta_json)
-    term = meta.get("term", "alliance_within_lag")
-    save_figure(plot_forest(meta, benchmark=mark, comparable=term == "alliance_between"), outputs)

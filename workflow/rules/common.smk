@@ -155,6 +155,12 @@ def get_manifest_outputs(wildcards):
     return get_study_outputs(wildcards.study)
 
 
+def get_lock_file():
+    """The lock file the environment was installed from, when the project has one (its
+    hash goes into the manifest)."""
+    return [name for name in ["requirements.lock"] if Path(name).exists()]
+
+
 def get_config_files():
     """The config file(s) Snakemake read, hashed as inputs in the manifest."""
     return [str(Path(f)) for f in workflow.configfiles]

@@ -1,6 +1,6 @@
-"""Snakemake adapter: clean one study's raw export (allianceflow.pipeline.clean_stage)."""
+"""Snakemake adapter: clean one study's raw export (allianceflow.stages.clean_stage)."""
 
-from allianceflow.pipeline import clean_stage, run_step
+from allianceflow.stages import clean_stage, run_step
 
 with run_step(snakemake.log[0]):
     clean_stage(

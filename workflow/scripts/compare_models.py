@@ -1,6 +1,6 @@
-"""Snakemake adapter: likelihood-ratio test of two models (allianceflow.pipeline.comparison_stage)."""
+"""Snakemake adapter: likelihood-ratio test of two models (allianceflow.stages.comparison_stage)."""
 
-from allianceflow.pipeline import comparison_stage, run_step
+from allianceflow.stages import comparison_stage, run_step
 
 with run_step(snakemake.log[0]):
     comparison_stage(

@@ -1,6 +1,6 @@
-"""Snakemake adapter: reliability table (allianceflow.pipeline.reliability_stage)."""
+"""Snakemake adapter: reliability table (allianceflow.stages.reliability_stage)."""
 
-from allianceflow.pipeline import reliability_stage, run_step
+from allianceflow.stages import reliability_stage, run_step
 
 with run_step(snakemake.log[0]):
     reliability_stage(

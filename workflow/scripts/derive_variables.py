@@ -1,6 +1,6 @@
-"""Snakemake adapter: derived variables (allianceflow.pipeline.derive_stage)."""
+"""Snakemake adapter: derived variables (allianceflow.stages.derive_stage)."""
 
-from allianceflow.pipeline import derive_stage, run_step
+from allianceflow.stages import derive_stage, run_step
 
 with run_step(snakemake.log[0]):
     derive_stage(

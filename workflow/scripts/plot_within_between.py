@@ -1,6 +1,6 @@
-"""Snakemake adapter: within/between figure (allianceflow.pipeline.within_between_figure_stage)."""
+"""Snakemake adapter: within/between figure (allianceflow.stages.within_between_figure_stage)."""
 
-from allianceflow.pipeline import run_step, within_between_figure_stage
+from allianceflow.stages import run_step, within_between_figure_stage
 
 with run_step(snakemake.log[0]):
     within_between_figure_stage(

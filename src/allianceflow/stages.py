@@ -1,8 +1,11 @@
-"""One function per pipeline stage, from input paths to output paths.
+"""One function per pipeline stage, from input paths to output paths: the only file IO.
 
-The Snakemake scripts in ``workflow/scripts/`` are thin adapters that call these; tests and
-notebooks can call them directly. :func:`run_step` turns the errors a researcher can fix
-(bad data, bad config) into one plain paragraph instead of a traceback.
+Every ``*_stage`` function reads its inputs with :mod:`allianceflow.io`, calls the
+statistics of one topic module (clean, score, derive, models, tables, figures, pool,
+power, manifest) and writes its outputs. The Snakemake scripts in ``workflow/scripts/``
+are thin adapters that call these; tests and notebooks can call them directly.
+:func:`run_step` turns the errors a researcher can fix (bad data, bad config) into one
+plain paragraph instead of a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,7 +43,7 @@ __all__ = [
     "reliability_table_stage",
     "descriptive_table_stage",
     "trajectories_figure_stage",
-    "forest_figure_stage",
+    "model_forest_figure_stage",
     "caterpillar_figure_stage",
     "flow_figure_stage",
     "feedback_figure_stage",
@@ -48,6 +51,11 @@ __all__ = [
     "ruptures_figure_stage",
     "sudden_gains_figure_stage",
     "reliable_change_figure_stage",
+    "pool_stage",
+    "meta_forest_figure_stage",
+    "power_chunk_stage",
+    "power_summary_stage",
+    "power_curve_stage",
     "manifest_stage",
 ]
 
@@ -364,17 +372,26 @@ def model_table_stage(
 
 
 def manifest_stage(
-    *, study: str, study_config: dict[str, Any], inputs, outputs, manifest: str | Path
+    *,
+    study: str,
+    study_config: dict[str, Any],
+    inputs,
+    outputs,
+    manifest: str | Path,
+    lock: str | Path | None = None,
 ) -> None:
-    """Hashes of inputs and outputs, the resolved config and package versions."""
-    from .report import build_manifest
+    """Write the manifest: hashes of inputs, outputs and the lock file, the resolved config
+    and package versions (:func:`allianceflow.manifest.build_manifest`).
+    """
+    from .manifest import build_manifest
 
     io.write_json(
-        build_manifest(study=study, inputs=inputs, outputs=outputs, config=study_config), manifest
+        build_manifest(study=study, inputs=inputs, outputs=outputs, config=study_config, lock=lock),
+        manifest,
     )
 
 
-# --------------------------------------------------------------------------- figures and tables (issue 7)
+# --------------------------------------------------------------------------- figures and tables
 
 
 def _min_cell(study: dict[str, Any]) -> int:
@@ -477,8 +494,8 @@ def trajectories_figure_stage(
     save_figure(fig, outputs)
 
 
-def forest_figure_stage(model_jsons, *, outputs) -> None:
-    """Forest plot of the fixed effects of every model of the study."""
+def model_forest_figure_stage(model_jsons, *, outputs) -> None:
+    """Forest plot of the fixed effects of every model of one study."""
     from .figures import plot_forest, save_figure
 
     save_figure(plot_forest([io.read_json(p) for p in model_jsons]), outputs)
@@ -589,3 +606,142 @@ def reliable_change_figure_stage(patients: str | Path, study: dict[str, Any], *,
         outcome_label=_labels(study)["outcome_label"],
     )
     save_figure(fig, outputs)
+
+
+# --------------------------------------------------------------------------- across studies
+
+
+def pool_stage(
+    *,
+    models: Mapping[str, Any],
+    analyses: Mapping[str, Any],
+    directions: Mapping[str, str],
+    formula: str,
+    reml: bool = True,
+    term: str = "alliance_within_lag",
+    method: str = "pm",
+    hksj: bool = True,
+    alpha: float = 0.05,
+    one_stage: bool = True,
+    standardise: bool = True,
+    meta_json,
+    table_csv,
+    table_md,
+    one_stage_json,
+    comparison_csv,
+) -> None:
+    """Pool the studies' fitted models (two stages) and refit the stacked data (one stage).
+
+    *models* and *analyses* map study names to the fit stage's JSON and the derive stage's
+    analysis table. Writes the meta-analysis (JSON), its table (CSV, Markdown), the
+    one-stage model (JSON; ``{"skipped": true}`` when ``one_stage`` is false) and the
+    comparison of the two (CSV).
+    """
+    import pandas
+
+    from .pool import (
+        compare_stages,
+        meta_analysis,
+        meta_table,
+        one_stage_model,
+        pool_markdown,
+        study_effects,
+    )
+
+    results = {name: io.read_json(path) for name, path in models.items()}
+    effects = study_effects(results, term=term, directions=directions)
+    meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha)
+    meta["term"] = term
+    comparison = None
+    if one_stage:
+        tables = {name: io.read_table(path) for name, path in analyses.items()}
+        one = one_stage_model(
+            tables, formula, directions=directions, reml=reml, standardise=standardise
+        )
+        comparison = compare_stages(meta, one, term=term)
+    else:
+        one = {"skipped": True}
+        comparison = pandas.DataFrame(
+            columns=["approach", "r", "ci_low", "ci_high", "estimate", "se", "p"]
+        )
+    io.write_json(meta, meta_json)
+    io.write_table(meta_table(meta), table_csv)
+    io.write_text(pool_markdown(meta, comparison if one_stage else None), table_md)
+    io.write_json(one, one_stage_json)
+    io.write_table(comparison, comparison_csv)
+
+
+def meta_forest_figure_stage(meta_json, *, benchmark: Mapping[str, Any] | None, outputs) -> None:
+    """Draw the forest plot of a saved meta-analysis in every format asked for.
+
+    The benchmark band is drawn only when the pooled term (``meta["term"]``, written by
+    :func:`pool_stage`) is ``alliance_between``, the between-patient association the
+    benchmark estimates; otherwise the figure notes that it is not comparable.
+    """
+    from .figures import save_figure
+    from .pool import Benchmark, plot_forest
+
+    mark = None if not benchmark else Benchmark(**benchmark)
+    meta = io.read_json(meta_json)
+    term = meta.get("term", "alliance_within_lag")
+    save_figure(plot_forest(meta, benchmark=mark, comparable=term == "alliance_between"), outputs)
+
+
+def power_chunk_stage(
+    *,
+    design: Mapping[str, Any],
+    seeds: Sequence[int],
+    label: str,
+    fitted=None,
+    vary: str | None = None,
+    alliance_items: int = 12,
+    formula: str | None = None,
+    alpha: float = 0.05,
+    output,
+) -> None:
+    """Run one chunk of replications and write its rows (CSV).
+
+    With *fitted* (a fit stage JSON of a WAI-SR + ORS study) the effects and ICCs come
+    from that fitted study (:func:`design_from_model`) and *design* supplies the rest
+    (sizes, dropout, the feedback effect unless the model has one). *vary* names the
+    parameter varied across designs (config ``power.vary.parameter``): its value in
+    *design* is passed as an override, so it wins over the fitted model's value (else
+    varying ``within_effect``, an ICC or ``outcome_variance`` would change nothing).
+    """
+    from .power import DEFAULT_FORMULA, _check_design, design_from_model, run_power_chunk
+
+    formula = DEFAULT_FORMULA if formula is None else formula
+    if vary is not None and vary not in design:
+        raise KeyError(
+            f"`vary` must name a parameter given in `design`; got {vary!r}, `design` has {sorted(design)}."
+        )
+    if fitted:
+        overrides = {vary: design[vary]} if vary is not None else {}
+        plan = design_from_model(
+            io.read_json(fitted), alliance_items=alliance_items, base=dict(design), **overrides
+        )
+    else:
+        plan = _check_design(dict(design))
+    io.write_table(run_power_chunk(plan, seeds, formula=formula, alpha=alpha, label=label), output)
+
+
+def power_summary_stage(
+    chunks: Sequence[Any], *, designs: Mapping[str, Mapping[str, Any]], csv, md
+) -> None:
+    """Merge every chunk and write the power table (CSV, Markdown)."""
+    from .power import _check_design, power_markdown, summarise_power
+
+    summary = summarise_power(
+        [io.read_table(path) for path in chunks],
+        designs={k: _check_design(dict(v)) for k, v in designs.items()},
+    )
+    io.write_table(summary, csv)
+    io.write_text(power_markdown(summary), md)
+
+
+def power_curve_stage(summary_csv, *, x: str = "n_patients", outputs) -> None:
+    """Draw the power curve from the power table in every format asked for."""
+    from .figures import save_figure
+    from .power import plot_power_curve
+
+    save_figure(plot_power_curve(io.read_table(summary_csv), x=x), outputs)
