@@ -63,8 +63,11 @@ N_BOOT = 100
 # %%
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
-raw = io.read_raw(PROJECT / study["raw"], delimiter=study["delimiter"])
-sessions = clean.clean_sessions(raw, study, source=Path(study["raw"]).name, name=STUDY).sessions
+read, instruments = study["read"], study["measures"]["instruments"]
+raw = io.read_raw(PROJECT / read["raw"], delimiter=read["delimiter"])
+sessions = clean.clean_sessions(
+    raw, config.flat_study(study), source=Path(read["raw"]).name, name=STUDY
+).sessions
 print(sessions.shape)
 
 # %% [markdown]
@@ -75,9 +78,9 @@ print(sessions.shape)
 # carries its source, and numbers the project could not confirm are marked as such.
 
 # %%
-print("study overrides:", study["instruments"])
-wai = load_instrument("wai_sr", overrides=study["instruments"]["wai_sr"])
-ors = load_instrument("ors", overrides=study["instruments"]["ors"])
+print("study overrides:", instruments)
+wai = load_instrument("wai_sr", overrides=instruments["wai_sr"])
+ors = load_instrument("ors", overrides=instruments["ors"])
 for inst in (wai, ors):
     print(
         f"\n{inst.name} ({inst.id}): {inst.n_items} items, {inst.response_min:g}–{inst.response_max:g}, "
@@ -114,7 +117,7 @@ for inst in (wai, ors):
 # but too few to be scored: read those warnings, they are part of the result.
 
 # %%
-scored = score.score_sessions(sessions, study["instruments"])
+scored = score.score_sessions(sessions, instruments)
 scored[
     [
         "patient",
@@ -182,7 +185,7 @@ check.groupby("wai_sr_prorated")["wai_error"].agg(
 # sessions (rows of one patient are not independent, so the alpha interval is too narrow).
 
 # %%
-rel = score.reliability(sessions, study["instruments"], n_boot=N_BOOT, seed=cfg["seed"])
+rel = score.reliability(sessions, instruments, n_boot=N_BOOT, seed=cfg["seed"])
 rel[
     [
         "instrument",
@@ -304,7 +307,7 @@ fig = figures.plot_reliable_change(
 #
 # ## Exercise
 #
-# 1. Score the sessions again with `score.score_sessions(sessions, study["instruments"],
+# 1. Score the sessions again with `score.score_sessions(sessions, instruments,
 #    prorate=False)`. How many WAI-SR totals are lost? Would you expect the lost sessions
 #    to differ from the others in this simulation? In a real clinic?
 # 2. Recompute the reliable-change categories with `rci=rc_sample` (the sample-based value)

@@ -61,17 +61,23 @@ STUDY = "example"
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 work = Path(tempfile.mkdtemp(prefix="allianceflow_"))
+measures = study["measures"]
 stages.clean_stage(
-    PROJECT / study["raw"],
-    study,
+    PROJECT / study["read"]["raw"],
+    read=study["read"],
+    privacy=study["privacy"],
+    clean=study["clean"],
+    instruments=measures["instruments"],
     sessions=work / "sessions.parquet",
     exclusions=work / "exclusions.csv",
     flow=work / "flow.json",
     name=STUDY,
 )
-stages.score_stage(work / "sessions.parquet", study, scored=work / "scored.parquet")
+stages.score_stage(
+    work / "sessions.parquet", instruments=measures["instruments"], scored=work / "scored.parquet"
+)
 scored = io.read_table(work / "scored.parquet")
-print(scored.shape, "alliance:", study["alliance"], " outcome:", study["outcome"])
+print(scored.shape, "alliance:", measures["alliance"], " outcome:", measures["outcome"])
 
 # %% [markdown]
 # ## 2. Person-mean centring on a toy example
@@ -103,7 +109,7 @@ derive.within_between(toy, "alliance", grand_mean=True)
 
 # %%
 parts = derive.within_between(
-    scored, study["alliance"], prefix="alliance", therapist="therapist", grand_mean=True
+    scored, measures["alliance"], prefix="alliance", therapist="therapist", grand_mean=True
 )
 cols = [
     "alliance_pmean",
@@ -113,7 +119,9 @@ cols = [
     "alliance_therapist",
     "alliance_patient",
 ]
-parts.loc[parts["patient"] == "P001", ["patient", "therapist", "session", study["alliance"], *cols]]
+parts.loc[
+    parts["patient"] == "P001", ["patient", "therapist", "session", measures["alliance"], *cols]
+]
 
 # %%
 print(
@@ -187,7 +195,8 @@ strict.assign(alliance_within_lag_across_gaps=loose["alliance_within_lag_across_
 # %%
 stages.derive_stage(
     work / "scored.parquet",
-    study,
+    measures=measures,
+    derive=study["derive"],
     analysis=work / "analysis.parquet",
     patients=work / "patients.parquet",
     sudden_gains=work / "sudden_gains.csv",

@@ -60,10 +60,10 @@ study = cfg["studies"][STUDY]
 # Clean, score and derive in memory: the same functions as the pipeline's stages.
 prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
 analysis = prepared.analysis
-ors = stages.instrument_of(study, study["outcome"])
+ors = stages.instrument_of(study["measures"], study["measures"]["outcome"])
 print(
     "outcome:",
-    study["outcome"],
+    study["measures"]["outcome"],
     "|",
     ors.direction,
     "| on-track settings:",

@@ -10,7 +10,9 @@ from allianceflow.cli import main
 def _project(tmp_path, root, raw_name, **study):
     config = yaml.safe_load((root / "config.yaml").read_text())
     block = config["studies"]["example"]
-    block.update(raw=raw_name, **study)
+    block["read"]["raw"] = raw_name
+    for section, settings in study.items():
+        block.setdefault(section, {}).update(settings)
     (tmp_path / "workflow" / "schemas").mkdir(parents=True)
     shutil.copy(
         root / "workflow" / "schemas" / "config.schema.yaml", tmp_path / "workflow" / "schemas"

@@ -14,17 +14,19 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import io
 from .clean import DataError, clean_sessions
-from .config import ConfigError
+from .config import ConfigError, flat_study
 
 __all__ = [
     "run_step",
+    "read_export",
+    "clean_settings",
     "clean_stage",
     "score_stage",
     "reliability_stage",
@@ -37,6 +39,12 @@ __all__ = [
     "fit_stage",
     "model_formula",
     "comparison_stage",
+    "FIGURES",
+    "Figure",
+    "figure_settings",
+    "figure_stage",
+    "outcome_numbers",
+    "study_figures",
     "within_between_figure_stage",
     "model_table_stage",
     "models_table_stage",
@@ -93,10 +101,47 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
         sys.exit(1)
 
 
+def read_export(raw: str | Path, read: Mapping[str, Any]):
+    """Read a raw export as the study's ``read`` section describes it (delimiter, encoding,
+    Excel sheet and header rows; :func:`allianceflow.io.read_raw`).
+    """
+    return io.read_raw(
+        raw,
+        delimiter=read.get("delimiter"),
+        encoding=read.get("encoding", "utf-8-sig"),
+        sheet=read.get("sheet"),
+        header_rows=read.get("header_rows", 1),
+    )
+
+
+def clean_settings(
+    *,
+    read: Mapping[str, Any],
+    privacy: Mapping[str, Any] | None = None,
+    clean: Mapping[str, Any] | None = None,
+    instruments: Any,
+) -> dict[str, Any]:
+    """The settings :func:`allianceflow.clean.clean_sessions` reads, side by side, from the
+    study's ``read``, ``privacy`` and ``clean`` sections and its instruments (for item
+    ranges) (:func:`allianceflow.config.flat_study`).
+    """
+    return flat_study(
+        {
+            "read": read,
+            "privacy": privacy or {},
+            "clean": clean or {},
+            "measures": {"instruments": instruments},
+        }
+    )
+
+
 def clean_stage(
     raw: str | Path,
-    study: dict[str, Any],
     *,
+    read: Mapping[str, Any],
+    privacy: Mapping[str, Any] | None = None,
+    clean: Mapping[str, Any] | None = None,
+    instruments: Any,
     sessions: str | Path,
     exclusions: str | Path,
     flow: str | Path,
@@ -104,17 +149,13 @@ def clean_stage(
 ) -> None:
     """Clean one raw export into the canonical table, its exclusions and flow counts.
 
-    *name* is the study's key in config.yaml, used in messages (``studies.<name>.rules``).
+    *read*, *privacy* and *clean* are the study's sections of those names, *instruments*
+    its ``measures.instruments``; *name* is the study's key in config.yaml, used in
+    messages.
     """
     raw = Path(raw)
-    frame = io.read_raw(
-        raw,
-        delimiter=study.get("delimiter"),
-        encoding=study.get("encoding", "utf-8-sig"),
-        sheet=study.get("sheet"),
-        header_rows=study.get("header_rows", 1),
-    )
-    result = clean_sessions(frame, study, source=raw.name, name=name)
+    settings = clean_settings(read=read, privacy=privacy, clean=clean, instruments=instruments)
+    result = clean_sessions(read_export(raw, read), settings, source=raw.name, name=name)
     io.write_table(result.sessions, sessions)
     io.write_table(result.exclusions, exclusions)
     io.write_json(result.flow, flow)
@@ -128,38 +169,40 @@ def clean_stage(
     )
 
 
-def score_stage(sessions: str | Path, study: dict[str, Any], *, scored: str | Path) -> None:
-    """Score every instrument the study names."""
+def score_stage(sessions: str | Path, *, instruments: Any, scored: str | Path) -> None:
+    """Score every instrument of the study (its ``measures.instruments``)."""
     from .score import score_sessions
 
-    frame = io.read_table(sessions)
-    io.write_table(score_sessions(frame, _instrument_specs(study)), scored)
-
-
-def _instrument_specs(study: dict[str, Any]):
-    return study["instruments"]
+    io.write_table(score_sessions(io.read_table(sessions), instruments), scored)
 
 
 def reliability_stage(
-    sessions: str | Path, study: dict[str, Any], *, seed: int, csv: str | Path, md: str | Path
+    sessions: str | Path,
+    *,
+    instruments: Any,
+    seed: int,
+    n_boot: int = 1000,
+    csv: str | Path,
+    md: str | Path,
 ) -> None:
-    """Alpha and omega with 95% CIs per instrument and subscale."""
+    """Write alpha and omega with 95% CIs per instrument and subscale.
+
+    *instruments* is the study's ``measures.instruments``, *n_boot* its
+    ``measures.reliability_bootstrap``.
+    """
     from .score import reliability
     from .tables import reliability_markdown
 
-    table = reliability(
-        io.read_table(sessions),
-        _instrument_specs(study),
-        seed=seed,
-        n_boot=study.get("reliability_bootstrap", 1000),
-    )
+    table = reliability(io.read_table(sessions), instruments, seed=seed, n_boot=n_boot)
     io.write_table(table, csv)
     io.write_text(reliability_markdown(table), md)
 
 
-def instrument_of(study: dict[str, Any], column: str):
-    """The instrument (with the study's overrides) whose score *column* is, e.g. the
-    study's ``outcome`` or ``alliance``.
+def instrument_of(measures: Mapping[str, Any], column: str):
+    """Find the instrument (with the study's overrides) whose score *column* is.
+
+    *measures* is the study's ``measures`` section; *column* e.g. its ``outcome`` or
+    ``alliance``.
 
     Raises
     ------
@@ -169,7 +212,7 @@ def instrument_of(study: dict[str, Any], column: str):
     from .instruments import load_instrument
     from .score import score_columns
 
-    specs = study["instruments"]
+    specs = measures["instruments"]
     items = specs.items() if isinstance(specs, dict) else ((name, None) for name in specs)
     for name, spec in items:
         own_definition = isinstance(spec, dict) and "items" in spec
@@ -179,23 +222,26 @@ def instrument_of(study: dict[str, Any], column: str):
         if column in score_columns(inst):
             return inst
     raise ConfigError(
-        f"config.yaml: the study uses the score {column!r}, which none of its `instruments` "
-        f"produces; scores are named '<instrument>_total' or '<instrument>_<subscale>', "
-        f"e.g. 'ors_total' or 'wai_sr_bond'."
+        f"config.yaml: the study uses the score {column!r}, which none of its "
+        f"`measures.instruments` produces; scores are named '<instrument>_total' or "
+        f"'<instrument>_<subscale>', e.g. 'ors_total' or 'wai_sr_bond'."
     )
 
 
-def derive_study(scored, study: dict[str, Any], *, reference=None):
-    """Every derived variable of one study, in memory: the instrument numbers (direction,
-    reliable change value, cut-off, alliance subscales) are looked up from the study's
-    instruments and overrides, then :func:`allianceflow.derive.derive_tables` runs.
+def derive_study(scored, study: Mapping[str, Any], *, reference=None):
+    """Derive every variable of one study in memory.
+
+    The instrument numbers (direction, reliable change value, cut-off, alliance subscales)
+    are looked up from the study's instruments and overrides, then
+    :func:`allianceflow.derive.derive_tables` runs.
 
     Parameters
     ----------
     scored : pandas.DataFrame
         The scored sessions (:func:`allianceflow.score.score_sessions`).
     study : dict
-        The study's validated config block.
+        The study's validated config block (only its ``measures`` and ``derive`` sections
+        are read).
     reference : pandas.DataFrame, optional
         A scored reference sample for the expected treatment response.
 
@@ -206,7 +252,9 @@ def derive_study(scored, study: dict[str, Any], *, reference=None):
     """
     from .derive import derive_tables
 
-    settings = study.get("derive") or {}
+    measures = study["measures"]
+    settings = dict(study.get("derive") or {})
+    lag_across_gaps = settings.pop("lag_across_gaps", False)
     if (
         "informant" in scored
         and not settings.get("informant")
@@ -215,25 +263,26 @@ def derive_study(scored, study: dict[str, Any], *, reference=None):
         found = ", ".join(sorted(map(str, scored["informant"].dropna().unique())))
         raise ConfigError(
             f"config.yaml: the data hold several informants per session ({found}); the derive "
-            f"stage works on one at a time. Set `derive: {{informant: <one of {found}>}}` for this study."
+            f"stage works on one at a time. Set `derive: {{informant: <one of {found}>}}` for "
+            f"this study."
         )
-    inst = instrument_of(study, study["outcome"])
-    alliance = instrument_of(study, study["alliance"])
+    inst = instrument_of(measures, measures["outcome"])
+    alliance = instrument_of(measures, measures["alliance"])
     components = (
         {sub: f"{alliance.id}_{sub}" for sub in alliance.subscales}
-        if study["alliance"] == f"{alliance.id}_total"
+        if measures["alliance"] == f"{alliance.id}_total"
         else {}
     )
     return derive_tables(
         scored,
-        alliance=study["alliance"],
-        outcome=study["outcome"],
+        alliance=measures["alliance"],
+        outcome=measures["outcome"],
         direction=inst.direction,
         rci=inst.rci,
         cutoff=inst.cutoff,
         clinical_range=inst.clinical_range,
-        lag_across_gaps=study.get("lag_across_gaps", False),
-        settings=study.get("derive"),
+        lag_across_gaps=lag_across_gaps,
+        settings=settings,
         components=components,
         reference=reference,
     )
@@ -259,41 +308,43 @@ def prepare_study(
 
     The same functions as the pipeline's clean, score and derive stages, for notebooks and
     interactive work: ``prepare_study(load_config("config.yaml")["studies"]["example"])``.
-    *root* is the folder the study's ``raw`` path is relative to.
+    *root* is the folder the study's ``read.raw`` path is relative to.
     """
     from .score import score_sessions
 
-    raw = Path(root) / study["raw"]
-    frame = io.read_raw(
-        raw,
-        delimiter=study.get("delimiter"),
-        encoding=study.get("encoding", "utf-8-sig"),
-        sheet=study.get("sheet"),
-        header_rows=study.get("header_rows", 1),
+    read, instruments = study["read"], study["measures"]["instruments"]
+    raw = Path(root) / read["raw"]
+    settings = clean_settings(
+        read=read, privacy=study.get("privacy"), clean=study.get("clean"), instruments=instruments
     )
-    cleaned = clean_sessions(frame, study, source=raw.name, name=name)
-    scored = score_sessions(cleaned.sessions, _instrument_specs(study))
+    cleaned = clean_sessions(read_export(raw, read), settings, source=raw.name, name=name)
+    scored = score_sessions(cleaned.sessions, instruments)
     derived = derive_study(scored, study)
     return PreparedStudy(cleaned.sessions, cleaned.exclusions, cleaned.flow, scored, *derived)
 
 
 def derive_stage(
     scored: str | Path,
-    study: dict[str, Any],
     *,
+    measures: Mapping[str, Any],
+    derive: Mapping[str, Any],
     analysis: str | Path,
     patients: str | Path,
     sudden_gains: str | Path,
     expected: str | Path,
     reference: str | Path | None = None,
 ) -> None:
-    """Within/between parts, lags, reliable change, on-track status, sudden gains, ruptures
-    and endings of the configured alliance and outcome scores (:func:`derive_study`).
-    *reference* is the reference study's scored sessions, when the expected treatment
-    response is fitted on them.
+    """Derive the analysis variables and write them (:func:`derive_study`).
+
+    Within/between parts, lags, reliable change, on-track status, sudden gains, ruptures
+    and endings of the configured alliance and outcome scores; *measures* and *derive* are
+    the study's sections of those names. *reference* is the reference study's scored
+    sessions, when the expected treatment response is fitted on them.
     """
     result = derive_study(
-        io.read_table(scored), study, reference=io.read_table(reference) if reference else None
+        io.read_table(scored),
+        {"measures": measures, "derive": derive},
+        reference=io.read_table(reference) if reference else None,
     )
     io.write_table(result.analysis, analysis)
     io.write_table(result.patients, patients)
@@ -347,16 +398,6 @@ def comparison_stage(
     io.write_text("\n".join(lines) + "\n", txt)
 
 
-def within_between_figure_stage(analysis: str | Path, study: dict[str, Any], *, outputs) -> None:
-    """The within- vs between-patient alliance–outcome figure in every format asked for."""
-    from .figures import plot_within_between, save_figure
-
-    fig = plot_within_between(
-        io.read_table(analysis), alliance_label=study["alliance"], outcome_label=study["outcome"]
-    )
-    save_figure(fig, outputs)
-
-
 def model_table_stage(
     model_json: str | Path, *, csv: str | Path, md: str | Path, **formats: str | Path
 ) -> None:
@@ -391,22 +432,7 @@ def manifest_stage(
     )
 
 
-# --------------------------------------------------------------------------- figures and tables
-
-
-def _min_cell(study: dict[str, Any]) -> int:
-    return int((study.get("tables") or {}).get("min_cell", 5))
-
-
-def _figure_options(study: dict[str, Any]) -> dict[str, Any]:
-    return dict(study.get("figures") or {})
-
-
-def _labels(study: dict[str, Any]) -> dict[str, str]:
-    return {
-        "alliance_label": f"alliance ({study['alliance']})",
-        "outcome_label": f"outcome ({study['outcome']})",
-    }
+# --------------------------------------------------------------------------- tables
 
 
 def models_table_stage(model_jsons, *, outputs) -> None:
@@ -430,16 +456,17 @@ def descriptive_table_stage(
     analysis: str | Path,
     patients: str | Path,
     sudden_gains: str | Path,
-    study: dict[str, Any],
+    min_cell: int = 5,
     outputs,
 ) -> None:
-    """One of the descriptive tables (``table1``, ``intake_correlations``,
-    ``clinical_significance``, ``sudden_gains``, ``ruptures``) in every format asked for,
-    with the study's small-cell threshold ``tables.min_cell`` (default 5).
+    """Write one descriptive table in every format asked for.
+
+    *name* is ``table1``, ``intake_correlations``, ``clinical_significance``,
+    ``sudden_gains`` or ``ruptures``; counts of 1 to *min_cell* - 1 patients are suppressed
+    (the study's ``tables.min_cell``).
     """
     from . import tables
 
-    min_cell = _min_cell(study)
     frame = io.read_table(analysis)
     people = io.read_table(patients)
     if name == "table1":
@@ -480,33 +507,9 @@ def descriptive_table_stage(
     tables.write_table_files(table, outputs)
 
 
-def trajectories_figure_stage(
-    analysis: str | Path, model_json: str | Path, study: dict[str, Any], *, outputs
-) -> None:
-    """Individual trajectories with the model-implied mean and band of one model."""
-    from .figures import plot_trajectories, save_figure
-
-    fig = plot_trajectories(
-        io.read_table(analysis),
-        io.read_json(model_json),
-        outcome_label=_labels(study)["outcome_label"],
-    )
-    save_figure(fig, outputs)
-
-
-def model_forest_figure_stage(model_jsons, *, outputs) -> None:
-    """Forest plot of the fixed effects of every model of one study."""
-    from .figures import plot_forest, save_figure
-
-    save_figure(plot_forest([io.read_json(p) for p in model_jsons]), outputs)
-
-
-def caterpillar_figure_stage(model_json: str | Path, study: dict[str, Any], *, outputs) -> None:
-    """Caterpillar plot of the therapists' (``figures.caterpillar_group``) random intercepts."""
-    from .figures import plot_caterpillar, save_figure
-
-    group = _figure_options(study).get("caterpillar_group", "therapist")
-    save_figure(plot_caterpillar(io.read_json(model_json), group=group), outputs)
+# --------------------------------------------------------------------------- figures
+# Every figure stage takes its input files and its settings as keywords named as the rule's
+# inputs and as the settings in FIGURES, so that one adapter script can call any of them.
 
 
 def arm_counts(sessions, *, arm: str = "condition") -> dict[str, dict[str, int]] | None:
@@ -521,91 +524,238 @@ def arm_counts(sessions, *, arm: str = "condition") -> dict[str, dict[str, int]]
     }
 
 
-def flow_figure_stage(flow: str | Path, sessions: str | Path, model_jsons, *, outputs) -> None:
-    """CONSORT-style flow diagram: read, excluded (by rule), kept, by arm, analysed."""
+def within_between_figure_stage(*, analysis, alliance: str, outcome: str, outputs) -> None:
+    """Draw the within- vs between-patient alliance–outcome figure in every format asked for.
+
+    *alliance* and *outcome* are the study's score columns (``measures``), used as labels.
+    """
+    from .figures import plot_within_between, save_figure
+
+    fig = plot_within_between(
+        io.read_table(analysis), alliance_label=alliance, outcome_label=outcome
+    )
+    save_figure(fig, outputs)
+
+
+def trajectories_figure_stage(*, analysis, model, outcome: str, outputs) -> None:
+    """Draw individual trajectories with the model-implied mean and band of one model."""
+    from .figures import plot_trajectories, save_figure
+
+    fig = plot_trajectories(
+        io.read_table(analysis), io.read_json(model), outcome_label=f"outcome ({outcome})"
+    )
+    save_figure(fig, outputs)
+
+
+def model_forest_figure_stage(*, models, outputs) -> None:
+    """Draw the forest plot of the fixed effects of every model of one study."""
+    from .figures import plot_forest, save_figure
+
+    save_figure(plot_forest([io.read_json(p) for p in models]), outputs)
+
+
+def flow_figure_stage(*, flow, sessions, models, outputs) -> None:
+    """Draw the CONSORT-style flow diagram: read, excluded (by rule), kept, by arm, analysed."""
     from .figures import plot_flow, save_figure
 
     arms = arm_counts(io.read_table(sessions))
     analysed = {}
-    for path in model_jsons:
+    for path in models:
         r = io.read_json(path)
         analysed[r["name"]] = {k: r[k] for k in ("n_obs", "n_groups", "n_dropped_missing")}
     save_figure(plot_flow(io.read_json(flow), arms=arms, analysed=analysed or None), outputs)
 
 
-def feedback_figure_stage(analysis: str | Path, study: dict[str, Any], *, outputs) -> None:
-    """Mean outcome by arm × on-track status."""
-    from .figures import plot_feedback_curves, save_figure
+def expected_response_figure_stage(
+    *, analysis, example_patient: str | None, outcome: str, outputs
+) -> None:
+    """Draw one patient's outcome against the expected-treatment-response band.
 
-    fig = plot_feedback_curves(
-        io.read_table(analysis),
-        min_n=_min_cell(study),
-        outcome_label=_labels(study)["outcome_label"],
-    )
-    save_figure(fig, outputs)
-
-
-def expected_response_figure_stage(analysis: str | Path, study: dict[str, Any], *, outputs) -> None:
-    """One patient's outcome against the expected-treatment-response band (the patient is
-    ``figures.example_patient`` or the first off-track patient with six sessions).
+    The patient is *example_patient* (``report.figures.example_patient``) or, when None,
+    the first off-track patient with six sessions.
     """
     from .figures import plot_expected_response, save_figure
 
     fig = plot_expected_response(
-        io.read_table(analysis),
-        _figure_options(study).get("example_patient"),
-        outcome_label=_labels(study)["outcome_label"],
+        io.read_table(analysis), example_patient, outcome_label=f"outcome ({outcome})"
     )
     save_figure(fig, outputs)
 
 
-def ruptures_figure_stage(analysis: str | Path, study: dict[str, Any], *, outputs) -> None:
-    """Mean alliance around detected ruptures, by repair status."""
+def feedback_figure_stage(*, analysis, min_cell: int, outcome: str, outputs) -> None:
+    """Draw the mean outcome by arm × on-track status (groups under *min_cell* are hidden)."""
+    from .figures import plot_feedback_curves, save_figure
+
+    fig = plot_feedback_curves(
+        io.read_table(analysis), min_n=min_cell, outcome_label=f"outcome ({outcome})"
+    )
+    save_figure(fig, outputs)
+
+
+def ruptures_figure_stage(*, analysis, min_cell: int, alliance: str, outputs) -> None:
+    """Draw the mean alliance around detected ruptures, by repair status."""
     from .figures import plot_ruptures, save_figure
 
     fig = plot_ruptures(
-        io.read_table(analysis),
-        min_n=_min_cell(study),
-        alliance_label=_labels(study)["alliance_label"],
+        io.read_table(analysis), min_n=min_cell, alliance_label=f"alliance ({alliance})"
     )
     save_figure(fig, outputs)
 
 
-def sudden_gains_figure_stage(
-    analysis: str | Path, sudden_gains: str | Path, study: dict[str, Any], *, outputs
-) -> None:
-    """Outcome around each sudden gain, aligned at the pre-gain session."""
+def sudden_gains_figure_stage(*, analysis, sudden_gains, outcome: str, outputs) -> None:
+    """Draw the outcome around each sudden gain, aligned at the pre-gain session."""
     from .figures import plot_sudden_gains, save_figure
 
     fig = plot_sudden_gains(
         io.read_table(analysis),
         io.read_table(sudden_gains),
-        outcome_label=_labels(study)["outcome_label"],
+        outcome_label=f"outcome ({outcome})",
     )
     save_figure(fig, outputs)
 
 
-def reliable_change_figure_stage(patients: str | Path, study: dict[str, Any], *, outputs) -> None:
-    """Intake vs last score with the reliable-change band and the cut-off of the outcome
-    instrument (its ``rci``, ``cutoff`` and ``direction``, with the study's overrides).
+def reliable_change_figure_stage(
+    *, patients, rci: float, cutoff: float | None, direction: str, outcome: str, outputs
+) -> None:
+    """Draw intake vs last score with the reliable-change band and the cut-off.
+
+    *rci*, *cutoff* and *direction* are the outcome instrument's numbers with the study's
+    overrides (:func:`outcome_numbers`).
     """
     from .figures import plot_reliable_change, save_figure
 
-    inst = instrument_of(study, study["outcome"])
-    alliance = instrument_of(study, study["alliance"])
-    components = (
-        {sub: f"{alliance.id}_{sub}" for sub in alliance.subscales}
-        if study["alliance"] == f"{alliance.id}_total"
-        else {}
-    )
     fig = plot_reliable_change(
         io.read_table(patients),
-        rci=inst.rci,
-        cutoff=inst.cutoff,
-        direction=inst.direction,
-        outcome_label=_labels(study)["outcome_label"],
+        rci=rci,
+        cutoff=cutoff,
+        direction=direction,
+        outcome_label=f"outcome ({outcome})",
     )
     save_figure(fig, outputs)
+
+
+def caterpillar_figure_stage(*, model, caterpillar_group: str, outputs) -> None:
+    """Draw the caterpillar plot of one grouping factor's random intercepts."""
+    from .figures import plot_caterpillar, save_figure
+
+    save_figure(plot_caterpillar(io.read_json(model), group=caterpillar_group), outputs)
+
+
+def outcome_numbers(measures: Mapping[str, Any]) -> dict[str, Any]:
+    """Look up the outcome instrument's ``rci``, ``cutoff`` and ``direction``.
+
+    *measures* is the study's ``measures`` section; the numbers include its overrides
+    (:func:`instrument_of`).
+    """
+    inst = instrument_of(measures, measures["outcome"])
+    return {"rci": inst.rci, "cutoff": inst.cutoff, "direction": inst.direction}
+
+
+def _mapped(study: dict[str, Any]) -> set[str]:
+    return set(study["read"]["columns"].values())
+
+
+def _derived(part: str):
+    def applies(study: dict[str, Any]) -> bool:
+        return bool(study["derive"][part]["enabled"])
+
+    return applies
+
+
+def _always(study: dict[str, Any]) -> bool:
+    return True
+
+
+def _has_arms_and_on_track(study: dict[str, Any]) -> bool:
+    return _derived("on_track")(study) and "condition" in _mapped(study)
+
+
+def _has_caterpillar_group(study: dict[str, Any]) -> bool:
+    figures = (study.get("report") or {}).get("figures") or {}
+    return figures.get("caterpillar_group", "therapist") in _mapped(study)
+
+
+class Figure(NamedTuple):
+    """A study figure: its stage, the settings it reads and when a study has it.
+
+    ``stage`` is called with the rule's named inputs, the settings named in ``settings``
+    (:func:`figure_settings`) and ``outputs``; ``applies`` tells from a study's config block
+    whether the study has the figure (its variables are derived, its columns mapped).
+    """
+
+    stage: Callable[..., None]
+    settings: tuple[str, ...] = ()
+    applies: Callable[[dict[str, Any]], bool] = _always
+
+
+#: Every study figure by name (the rule is ``plot_<name>``, the files
+#: ``results/<study>/figures/<name>.<format>``). Adding a figure: an entry here, a rule in
+#: workflow/rules/figures.smk and its caption.
+FIGURES: dict[str, Figure] = {
+    "within_between": Figure(within_between_figure_stage, ("alliance", "outcome")),
+    "trajectories": Figure(trajectories_figure_stage, ("outcome",)),
+    "forest": Figure(model_forest_figure_stage),
+    "flow": Figure(flow_figure_stage),
+    "expected_response": Figure(
+        expected_response_figure_stage, ("example_patient", "outcome"), _derived("on_track")
+    ),
+    "feedback": Figure(
+        feedback_figure_stage,
+        ("min_cell", "outcome"),
+        _has_arms_and_on_track,
+    ),
+    "ruptures": Figure(ruptures_figure_stage, ("min_cell", "alliance"), _derived("ruptures")),
+    "sudden_gains": Figure(sudden_gains_figure_stage, ("outcome",), _derived("sudden_gains")),
+    "reliable_change": Figure(
+        reliable_change_figure_stage,
+        ("rci", "cutoff", "direction", "outcome"),
+        _derived("reliable_change"),
+    ),
+    "caterpillar": Figure(
+        caterpillar_figure_stage,
+        ("caterpillar_group",),
+        _has_caterpillar_group,
+    ),
+}
+
+
+def _check_figure(name: str) -> Figure:
+    if name not in FIGURES:
+        raise KeyError(f"`name` must be one of {', '.join(map(repr, FIGURES))}; got {name!r}.")
+    return FIGURES[name]
+
+
+def study_figures(study: dict[str, Any]) -> list[str]:
+    """Names of the figures a study has (:data:`FIGURES` whose ``applies`` holds)."""
+    return [name for name, figure in FIGURES.items() if figure.applies(study)]
+
+
+def figure_settings(name: str, study: dict[str, Any]) -> dict[str, Any]:
+    """The settings figure *name* reads, from a study's config block, and nothing else.
+
+    A rule that receives only these reruns when one of them changes and for no other
+    setting. Keys: ``alliance`` and ``outcome`` (``measures``, as labels), ``min_cell``
+    (``report.tables.min_cell``), ``example_patient`` and ``caterpillar_group``
+    (``report.figures``), ``rci``, ``cutoff`` and ``direction`` (:func:`outcome_numbers`).
+    """
+    wanted = _check_figure(name).settings
+    measures, report = study["measures"], study.get("report") or {}
+    figures = report.get("figures") or {}
+    values: dict[str, Any] = {
+        "alliance": measures["alliance"],
+        "outcome": measures["outcome"],
+        "min_cell": int((report.get("tables") or {}).get("min_cell", 5)),
+        "example_patient": figures.get("example_patient"),
+        "caterpillar_group": figures.get("caterpillar_group", "therapist"),
+    }
+    if {"rci", "cutoff", "direction"} & set(wanted):
+        values.update(outcome_numbers(measures))
+    return {key: values[key] for key in wanted}
+
+
+def figure_stage(name: str, *, inputs: Mapping[str, Any], settings: Mapping[str, Any], outputs):
+    """Run the stage of figure *name* (:data:`FIGURES`) on named *inputs* and *settings*."""
+    _check_figure(name).stage(**inputs, **settings, outputs=outputs)
 
 
 # --------------------------------------------------------------------------- across studies

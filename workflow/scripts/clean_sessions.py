@@ -5,7 +5,10 @@ from allianceflow.stages import clean_stage, run_step
 with run_step(snakemake.log[0]):
     clean_stage(
         snakemake.input.raw,
-        snakemake.params.study,
+        read=snakemake.params.read,
+        privacy=snakemake.params.privacy,
+        clean=snakemake.params.clean,
+        instruments=snakemake.params.instruments,
         sessions=snakemake.output.sessions,
         exclusions=snakemake.output.exclusions,
         flow=snakemake.output.flow,

@@ -5,7 +5,8 @@ from allianceflow.stages import derive_stage, run_step
 with run_step(snakemake.log[0]):
     derive_stage(
         snakemake.input.scored,
-        snakemake.params.study,
+        measures=snakemake.params.measures,
+        derive=snakemake.params.derive,
         analysis=snakemake.output.analysis,
         patients=snakemake.output.patients,
         sudden_gains=snakemake.output.sudden_gains,

@@ -3,4 +3,8 @@
 from allianceflow.stages import run_step, score_stage
 
 with run_step(snakemake.log[0]):
-    score_stage(snakemake.input.sessions, snakemake.params.study, scored=snakemake.output.scored)
+    score_stage(
+        snakemake.input.sessions,
+        instruments=snakemake.params.instruments,
+        scored=snakemake.output.scored,
+    )
