@@ -128,7 +128,7 @@ def test_second_run_has_nothing_to_do(run):
 def _planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> tuple[dict[str, int], str]:
     """Jobs per rule that a dry run would run (Snakemake's ``--quiet rules`` table)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--dry-run", "--quiet", "rules", *args],
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args, "--dry-run", "--quiet", "rules"],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -358,3 +358,28 @@ def test_pooling_a_preset_model(tmp_path, copy_project):
     assert "(1 + session | patient)" in one["formula"] and "study" in one["formula"]
     meta = json.loads((work / "results/pooled/meta_analysis.json").read_text())
     assert meta["k"] == 2
+
+
+def test_a_figure_setting_reruns_only_that_figure(tmp_path, copy_project):
+    """Each rule receives only its own settings: after a build, changing
+    report.figures.caterpillar_group leaves cleaning, derived variables, model fits and the
+    other figures as they are, and only the caterpillar plot is redrawn.
+    """
+    work = copy_project(tmp_path)
+    targets = [
+        "results/example2/figures/caterpillar.png",
+        "results/example2/figures/within_between.png",
+    ]
+    built = _snakemake(work, *targets)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert _planned_jobs(work, *targets)[0] == {}  # built: nothing to do
+
+    config = yaml.safe_load((work / "config.yaml").read_text(encoding="utf-8"))
+    config["studies"]["example2"]["report"] = {"figures": {"caterpillar_group": "patient"}}
+    (work / "config.yaml").write_text(
+        yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    counts, output = _planned_jobs(work, *targets)
+    assert counts == {"plot_caterpillar": 1, "total": 1}
+    reasons = output[output.index("Reasons:") :]
+    assert "params have changed" in reasons.lower() and "plot_caterpillar" in reasons
