@@ -203,3 +203,59 @@ def test_every_schema_property_has_a_type_description_and_default(schema):
     for name, block in schema["$defs"].items():
         walk(block, name, set(block.get("required", [])))
     assert missing == []
+
+
+def _schema_default(schema, path):
+    """The default of a schema property, e.g. ("study", "derive", "ruptures", "threshold")."""
+    node = schema["$defs"][path[0]]
+    for key in path[1:]:
+        node = node["properties"][key]
+    return node["default"]
+
+
+def test_function_defaults_agree_with_the_schema(schema):
+    """Defaults live in the schema; a function that takes the same setting as a keyword
+    defaults to the same value, so a notebook gets the pipeline's analysis."""
+    import inspect
+
+    from allianceflow import derive, ontrack, pool, power, ruptures, stages, suddengains
+
+    pairs = [
+        (pool.meta_analysis, "method", ("pool", "method")),
+        (pool.meta_analysis, "hksj", ("pool", "hksj")),
+        (pool.meta_analysis, "alpha", ("pool", "alpha")),
+        (stages.reliability_stage, "n_boot", ("study", "measures", "reliability_bootstrap")),
+        (stages.descriptive_table_stage, "min_cell", ("study", "report", "tables", "min_cell")),
+        (stages.power_chunk_stage, "alliance_items", ("power", "alliance_items")),
+        (stages.power_chunk_stage, "alpha", ("power", "alpha")),
+        (derive.derive_tables, "lag_across_gaps", ("study", "derive", "lag_across_gaps")),
+        (ontrack.on_track, "tolerance", ("study", "derive", "on_track", "tolerance")),
+        (ruptures.detect_ruptures, "method", ("study", "derive", "ruptures", "method")),
+        (ruptures.detect_ruptures, "threshold", ("study", "derive", "ruptures", "threshold")),
+        (ruptures.detect_ruptures, "across_gaps", ("study", "derive", "ruptures", "across_gaps")),
+    ]
+    pairs += [
+        (stages.pool_stage, key, ("pool", key))
+        for key in ("term", "method", "hksj", "alpha", "one_stage", "standardise")
+    ]
+    pairs += [
+        (
+            ruptures.detect_ruptures,
+            "repair_within",
+            ("study", "derive", "ruptures", "repair_within"),
+        )
+    ]
+    pairs += [
+        (suddengains.sudden_gains, key, ("study", "derive", "sudden_gains", key))
+        for key in ("pct", "crit3", "alpha", "adjust", "critical_value")
+    ]
+    differ = []
+    for function, parameter, path in pairs:
+        default = inspect.signature(function).parameters[parameter].default
+        if default != _schema_default(schema, path):
+            differ.append(f"{function.__name__}({parameter}={default!r}) vs {'.'.join(path)}")
+    assert differ == []
+    events = inspect.signature(suddengains.sudden_gains).parameters["events"].default
+    assert list(events) == _schema_default(schema, ("study", "derive", "sudden_gains", "events"))
+    assert power.DEFAULT_FORMULA == _schema_default(schema, ("power", "formula"))
+    assert len(pairs) == 24

@@ -267,7 +267,6 @@ def test_schema_defaults_are_the_derive_defaults():
         for key, sub in spec["properties"].items():
             assert sub.get("default") == DERIVE_DEFAULTS[block][key], f"{block}.{key}"
             compared += 1
-    # the config keys the API has besides: endings.column/followup/labels (in-memory use)
     assert compared >= 20  # the walk reached the nested keys
 
 

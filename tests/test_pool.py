@@ -148,7 +148,7 @@ def test_pooled_estimate_and_interval_match_the_hand_computation(molloy, method,
 def test_dl_without_excess_heterogeneity_is_the_common_effect_model():
     # Q < k - 1: statsmodels' DL tau2 would be negative; ours is truncated at 0
     effects = pd.DataFrame({"study": ["a", "b", "c"], "r": [0.2, 0.3, 0.25], "n": [103, 203, 53]})
-    res = meta_analysis(effects, method="dl")
+    res = meta_analysis(effects, method="dl", hksj=False)
     y = np.arctanh([0.2, 0.3, 0.25])
     w = np.array([100.0, 200.0, 50.0])
     assert res["heterogeneity"]["tau2"] == 0.0
@@ -340,7 +340,7 @@ def test_benchmark_is_checked():
 def test_meta_table_has_a_row_per_study_and_the_pooled_row(molloy):
     table = meta_table(meta_analysis(molloy))
     assert len(table) == 17
-    assert table["study"].iloc[-1] == "Random effects (DL)"
+    assert table["study"].iloc[-1] == "Random effects (PM, HKSJ)"  # the pipeline's defaults
     assert table["n"].iloc[-1] == sum(MOLLOY_N)
     assert table["ci_low"].iloc[0] == pytest.approx(
         math.tanh(math.atanh(0.187) - 1.959964 / math.sqrt(106)), abs=1e-6
@@ -495,7 +495,7 @@ def test_one_stage_and_two_stage_agree_in_sign_and_size():
     results = {name: fit_model(t, formula, name=name) for name, t in tables.items()}
     effects = study_effects(results, directions=directions)
     assert (effects["r"] > 0).all()  # both: better alliance, better outcome
-    meta = meta_analysis(effects, method="dl")
+    meta = meta_analysis(effects, method="dl", hksj=False)
     one = one_stage_model(tables, formula, directions=directions)
     assert one["n_groups"]["study"] == 2
     assert one["formula"].endswith("+ (1 | study)")

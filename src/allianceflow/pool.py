@@ -274,11 +274,15 @@ def meta_analysis(
     study: str = "study",
     r: str = "r",
     n: str = "n",
-    method: Method = "dl",
-    hksj: bool = False,
+    method: Method = "pm",
+    hksj: bool = True,
     alpha: float = 0.05,
 ) -> dict:
     """Random-effects meta-analysis of correlations on Fisher's z scale.
+
+    The defaults are the pipeline's (config ``pool``: Paule–Mandel τ² with the
+    Hartung–Knapp–Sidik–Jonkman interval), so a notebook and the pipeline give the same
+    analysis.
 
     Parameters
     ----------
@@ -287,13 +291,15 @@ def meta_analysis(
         :func:`study_effects`).
     study, r, n : str
         Column names of the study label, the correlation and the sample size (> 3).
-    method : {'dl', 'pm'}, default 'dl'
+    method : {'dl', 'pm'}, default 'pm'
         Estimator of the between-study variance τ²: DerSimonian–Laird (1986) method of
-        moments, or Paule–Mandel (1982), which solves the generalised Q equation.
-    hksj : bool, default False
+        moments, or Paule–Mandel (1982), which solves the generalised Q equation and is
+        recommended by Veroniki et al. (2016, Research Synthesis Methods 7, 55-79).
+    hksj : bool, default True
         Use the Hartung–Knapp–Sidik–Jonkman interval: the variance of the pooled z is
         rescaled by the weighted residual mean square and the interval uses
-        :math:`t_{k-1}` instead of the normal.
+        :math:`t_{k-1}` instead of the normal; recommended with few studies (IntHout et
+        al. 2014, BMC Medical Research Methodology 14, 25).
     alpha : float, default 0.05
         One minus the confidence level.
 
