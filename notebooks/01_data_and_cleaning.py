@@ -115,7 +115,7 @@ sessions = result.sessions
 sessions.head(N_SHOW)
 
 # %%
-result.flow
+result.flow  # noqa: B018 (the cell's output)
 
 # %% [markdown]
 # The flow must **reconcile**: rows read = rows kept + rows excluded, and the per-rule

@@ -83,7 +83,8 @@ wai = load_instrument("wai_sr", overrides=instruments["wai_sr"])
 ors = load_instrument("ors", overrides=instruments["ors"])
 for inst in (wai, ors):
     print(
-        f"\n{inst.name} ({inst.id}): {inst.n_items} items, {inst.response_min:g}–{inst.response_max:g}, "
+        f"\n{inst.name} ({inst.id}): {inst.n_items} items, "
+        f"{inst.response_min:g}–{inst.response_max:g}, "
         f"total = {inst.total_rule}, {inst.direction}"
     )
     print("  subscales:", inst.subscales or "none")
@@ -142,7 +143,7 @@ summary = pd.DataFrame(
     },
     index=["WAI-SR total", "ORS total"],
 )
-summary
+summary  # noqa: B018 (the cell's output)
 
 # %% [markdown]
 # With a 1% chance that any item is blank, a 12-item form has one blank in about 11% of
@@ -229,11 +230,13 @@ intake = scored.sort_values("session").dropna(subset=["ors_total"]).groupby("pat
 alpha_first = rel.query("instrument == 'ors' and occasion == 'first'")["alpha"].item()
 rc_sample = clinical.reliable_change_index(intake["ors_total"].std(), alpha_first)
 print(
-    f"intake ORS: M = {intake['ors_total'].mean():.2f}, SD = {intake['ors_total'].std():.2f}; alpha = {alpha_first:.3f}"
+    f"intake ORS: M = {intake['ors_total'].mean():.2f}, SD = {intake['ors_total'].std():.2f}; "
+    f"alpha = {alpha_first:.3f}"
 )
 print(f"reliable change from this sample: {rc_sample:.2f} points (the study uses {ors.rci:g})")
 print(
-    f"patients starting in the clinical range (ORS < {ors.cutoff:g}): {(intake['ors_total'] < ors.cutoff).mean():.0%}"
+    f"patients starting in the clinical range (ORS < {ors.cutoff:g}): "
+    f"{(intake['ors_total'] < ors.cutoff).mean():.0%}"
 )
 
 # %% [markdown]
@@ -268,8 +271,9 @@ fig = figures.plot_reliable_change(
 # gains about 5–6 points on average: roughly half the patients show reliable improvement,
 # and about 7% deteriorate reliably, although the average simulated patient improves and
 # only about 2% have a negative true slope (patient slopes have mean 0.5 and SD 0.25 ORS
-# points per session, before the feedback bonus). Noise alone moves some patients across the band, which is exactly why
-# the band exists, and why a single patient's category is uncertain.
+# points per session, before the feedback bonus). Noise alone moves some patients across
+# the band, which is exactly why the band exists, and why a single patient's category is
+# uncertain.
 
 # %% [markdown]
 # ## Summary

@@ -86,7 +86,8 @@ print(scored.shape, "alliance:", measures["alliance"], " outcome:", measures["ou
 # sessions and $\bar x$ the mean of the patient means (each patient counts once, whatever
 # their number of sessions):
 #
-# $$x^{B}_i = \bar x_i - \bar x \quad\text{(between)}, \qquad x^{W}_{it} = x_{it} - \bar x_i \quad\text{(within)}.$$
+# $$x^{B}_i = \bar x_i - \bar x \quad\text{(between)}, \qquad
+#   x^{W}_{it} = x_{it} - \bar x_i \quad\text{(within)}.$$
 #
 # The two parts add up to the grand-mean-centred score, and they are uncorrelated by
 # construction across patients (Enders & Tofighi, 2007). `derive.within_between` does it:
@@ -150,9 +151,10 @@ print(
 # 0.3, plus a small rise of 0.03 per session and item noise. On the 12-item total scale
 # that is a between-patient SD of about $12\sqrt{0.2^2 + 0.45^2} \approx 5.9$ points and a
 # session-to-session SD of about $12 \times 0.3 = 3.6$ points plus item noise (about 4 in
-# all), close to the observed 6.4 and 4.0. (The observed between SD also contains each patient's own session
-# noise, averaged over few sessions.) Most of the alliance's variation lies **between**
-# patients: a single alliance rating tells you mostly who the patient is.
+# all), close to the observed 6.4 and 4.0. (The observed between SD also contains each
+# patient's own session noise, averaged over few sessions.) Most of the alliance's
+# variation lies **between** patients: a single alliance rating tells you mostly who the
+# patient is.
 
 # %% [markdown]
 # ## 4. Lagging: last session's alliance
@@ -310,6 +312,7 @@ comparison.round(3)
 # 1. Split the **outcome** instead: `derive.within_between(scored, "ors_total",
 #    prefix="ors")`. Which share of the ORS variation lies between patients? Compare with
 #    the alliance.
-# 2. Redo the figure with `analysis.assign(alliance_within_lag=analysis["alliance_within_detrended_lag"])`.
+# 2. Redo the figure with
+#    `analysis.assign(alliance_within_lag=analysis["alliance_within_detrended_lag"])`.
 #    How does the within-patient OLS slope change, and how close does it come to 0.17?
 #    Why does the outcome's own time trend still matter?

@@ -59,13 +59,15 @@ def test_shipped_config_is_valid_and_defaults_are_filled(root, config, schema):
         (
             ("studies", "example", "read", "delimiter"),
             ":",
-            r"`studies.example.read.delimiter` is ':'; allowed values are ',', ';', '\\t', '\|', None.",
+            r"`studies.example.read.delimiter` is ':'; "
+            r"allowed values are ',', ';', '\\t', '\|', None.",
         ),
         (("seed",), -1, "`seed`: -1 is less than the minimum of 0."),
         (
             ("studies", "example", "colour"),
             "red",
-            r"`studies.example`: Additional properties are not allowed \('colour' was unexpected\). "
+            r"`studies.example`: Additional properties are not allowed "
+            r"\('colour' was unexpected\). "
             r"Allowed keys are clean, derive, measures, models, privacy, read, report.",
         ),
     ],
@@ -95,7 +97,8 @@ def test_study_naming_an_undefined_model_is_refused(config, schema):
     bad["studies"]["example"]["models"] = ["alliance_outcme"]
     with pytest.raises(
         ConfigError,
-        match="names 'alliance_outcme', which is not defined under `models`; defined models are alliance_components, alliance_outcome, ",
+        match="names 'alliance_outcme', which is not defined under `models`; defined models are "
+        "alliance_components, alliance_outcome, ",
     ):
         validate_config(bad, schema)
 
@@ -112,7 +115,8 @@ def test_model_needs_exactly_one_of_formula_or_preset(config, schema):
     bad["models"]["alliance_outcome"]["preset"] = "growth"
     with pytest.raises(
         ConfigError,
-        match=r"^config.yaml: `models.alliance_outcome` does not fit the expected shape: a model is given by exactly one of `formula`",
+        match=r"^config.yaml: `models.alliance_outcome` does not fit the expected shape: "
+        r"a model is given by exactly one of `formula`",
     ):
         validate_config(bad, schema)
     good = copy.deepcopy(config)
@@ -134,7 +138,8 @@ def test_reference_sample_must_name_another_study(config, schema):
     bad["studies"]["example"]["derive"]["on_track"]["reference"] = "reference"
     with pytest.raises(
         ConfigError,
-        match=r"`studies.example.derive.on_track.reference` is 'reference', so `reference_study` must name another study; got None. Other studies: example2.",
+        match=r"`studies.example.derive.on_track.reference` is 'reference', so `reference_study` "
+        r"must name another study; got None. Other studies: example2.",
     ):
         validate_config(bad, schema)
     bad["studies"]["example"]["derive"]["on_track"]["reference_study"] = "example2"
@@ -177,8 +182,10 @@ def test_group_study_and_flat_study_are_inverse(config, schema):
 
 
 def test_every_schema_property_has_a_type_description_and_default(schema):
-    """Each setting documents itself: a type, a description, and a default unless its block
-    requires it."""
+    """Each setting documents itself.
+
+    A type, a description, and a default unless its block requires it.
+    """
     # no schema default on purpose: the design's keys left out are supplied by a fitted
     # study (power.from_study) or by PowerDesign; a model gives one of formula or preset
     exempt = {
@@ -206,7 +213,7 @@ def test_every_schema_property_has_a_type_description_and_default(schema):
 
 
 def _schema_default(schema, path):
-    """The default of a schema property, e.g. ("study", "derive", "ruptures", "threshold")."""
+    """Return the default of a schema property, e.g. ("study", "derive", "ruptures", "x")."""
     node = schema["$defs"][path[0]]
     for key in path[1:]:
         node = node["properties"][key]
@@ -214,8 +221,11 @@ def _schema_default(schema, path):
 
 
 def test_function_defaults_agree_with_the_schema(schema):
-    """Defaults live in the schema; a function that takes the same setting as a keyword
-    defaults to the same value, so a notebook gets the pipeline's analysis."""
+    """Defaults live in the schema, and the functions agree with it.
+
+    A function that takes a setting as a keyword defaults to the schema's value, so a
+    notebook gets the pipeline's analysis.
+    """
     import inspect
 
     from allianceflow import derive, ontrack, pool, power, ruptures, stages, suddengains

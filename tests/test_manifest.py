@@ -43,7 +43,8 @@ def test_manifest_hashes_verify_and_tampering_is_found(tmp_path, capsys):
     write_json({**manifest, "allianceflow_source_sha256": "0" * 64}, other)
     assert main(["verify", str(other), "--root", str(tmp_path)]) == 0  # a note, not a failure
     assert capsys.readouterr().out.startswith(
-        f"{other}: note: made by other allianceflow code than the one installed (package files sha256 000000000000..."
+        f"{other}: note: made by other allianceflow code than the one installed "
+        "(package files sha256 000000000000..."
     )
 
     out.write_text("x\n2\n")

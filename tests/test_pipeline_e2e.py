@@ -26,7 +26,9 @@ def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _result_hashes(workdir: Path, folder: str = "results") -> dict[str, str]:
-    """sha256 of every file under *folder* except Snakemake's report.html, which embeds the
+    """Hash every file under *folder* (sha256).
+
+    Snakemake's report.html is left out: it embeds the
     run's job start and end times (its runtime statistics) and so differs on every run.
     """
     return {
@@ -84,7 +86,7 @@ def test_tables_have_the_expected_rows(run):
     ]
     assert table["converged"].all()
     reliability = pd.read_csv(run["dir"] / "results/example/tables/reliability.csv")
-    assert set(zip(reliability["instrument"], reliability["scale"])) == {
+    assert set(zip(reliability["instrument"], reliability["scale"], strict=True)) == {
         ("wai_sr", "total"),
         ("wai_sr", "task"),
         ("wai_sr", "bond"),
@@ -254,13 +256,16 @@ def test_several_informants_without_a_choice_get_a_config_error(run):
     )
     with pytest.raises(
         ConfigError,
-        match=r"several informants per session \(patient, therapist\); .* Set `derive: \{informant: <one of patient, therapist>\}`",
+        match=r"several informants per session \(patient, therapist\); .* "
+        r"Set `derive: \{informant: <one of patient, therapist>\}`",
     ):
         derive_study(both, study)
 
 
 def test_two_informants_feed_the_informants_preset(run):
-    """Therapist-rated alliance beside the patient's: the derive stage lines both raters up
+    """Therapist-rated alliance is lined up beside the patient's.
+
+    The derive stage lines both raters up
     by patient and session, and the informants preset fits them side by side.
     """
     import copy
@@ -318,7 +323,9 @@ def test_prepare_study_in_memory_equals_the_pipeline_files(run):
 
 
 def test_expected_response_from_a_reference_sample(run):
-    """on_track.reference = reference fits the expected treatment response on the reference
+    """The expected response is fitted on a reference sample when asked.
+
+    on_track.reference = reference fits the expected treatment response on the reference
     study's scored sessions, not on the study itself.
     """
     import copy
@@ -361,7 +368,9 @@ def test_pooling_a_preset_model(tmp_path, copy_project):
 
 
 def test_a_figure_setting_reruns_only_that_figure(tmp_path, copy_project):
-    """Each rule receives only its own settings: after a build, changing
+    """A figure setting reruns only that figure.
+
+    Each rule receives only its own settings: after a build, changing
     report.figures.caterpillar_group leaves cleaning, derived variables, model fits and the
     other figures as they are, and only the caterpillar plot is redrawn.
     """

@@ -100,7 +100,10 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
             f"{source}: `{key}` is {error.instance!r}; it must be of type {error.validator_value}."
         )
     if error.validator == "pattern" and "description" in error.schema:
-        return f"{source}: `{key}` is {error.instance!r}, which is not of the form this key needs. {error.schema['description']}"
+        return (
+            f"{source}: `{key}` is {error.instance!r}, which is not of the form this key needs. "
+            f"{error.schema['description']}"
+        )
     if error.validator == "oneOf" and "description" in error.schema:
         return f"{source}: `{key}` does not fit the expected shape: {error.schema['description']}"
     return f"{source}: `{key}`: {error.message}."
@@ -133,7 +136,7 @@ def group_study(study: dict[str, Any]) -> dict[str, Any]:
 
 
 def flat_study(study: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a grouped study block side by side, as the clean step reads them.
+    """Lay the keys of a grouped study block side by side, as the clean step reads them.
 
     The inverse of :func:`group_study`: every key of the ``read``, ``privacy``, ``clean``,
     ``measures`` and ``report`` sections at the top level, ``derive.lag_across_gaps`` as
@@ -203,32 +206,32 @@ def _check_endings(name: str, study: dict[str, Any], source: str) -> None:
             ) from None
         if "date" not in mapped:
             raise ConfigError(
-                f"{source}: `{key}.extraction_date` is set, but no column is mapped to 'date' under "
-                f"`{key}.columns`, so the follow-up time cannot be computed. Map the session dates to "
-                "'date', or map a column of days from each patient's first session to the extraction "
-                "to 'followup_days' and remove `extraction_date`."
+                f"{source}: `{key}.extraction_date` is set, but no column is mapped to 'date' "
+                f"under `{key}.columns`, so the follow-up time cannot be computed. Map the session "
+                "dates to 'date', or map a column of days from each patient's first session to the "
+                "extraction to 'followup_days' and remove `extraction_date`."
             )
     if "followup_days" in mapped and "date" in mapped:
         raise ConfigError(
-            f"{source}: `{key}.columns` maps a column to 'followup_days', but the sessions are dated "
-            "(a column is mapped to 'date'), and with dates the follow-up time comes from the day of "
-            f"the export. Remove that mapping and set `{key}.extraction_date`."
+            f"{source}: `{key}.columns` maps a column to 'followup_days', but the sessions are "
+            "dated (a column is mapped to 'date'), and with dates the follow-up time comes from "
+            f"the day of the export. Remove that mapping and set `{key}.extraction_date`."
         )
     for raw, target in ((read.get("labels") or {}).get("ending") or {}).items():
         if str(target).casefold() not in ENDING_TYPES:
             raise ConfigError(
-                f"{source}: `{key}.labels.ending` maps {raw!r} to {target!r}; an ending must be one "
-                f"of {', '.join(ENDING_TYPES)}."
+                f"{source}: `{key}.labels.ending` maps {raw!r} to {target!r}; an ending must be "
+                f"one of {', '.join(ENDING_TYPES)}."
             )
     endings = study.get("derive", {}).get("endings", {})
     prefix = f"{source}: `studies.{name}.derive.endings"
     if endings.get("gap_days") is not None:
         if extraction is None and not {"followup_days", "days"} <= mapped:
             raise ConfigError(
-                f"{prefix}.gap_days` infers endings from the time between a patient's last session "
-                "and the data extraction, so the study needs that time: set "
-                f"`{key}.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, or, "
-                "for an export without dates, map columns to 'days' and 'followup_days' under "
+                f"{prefix}.gap_days` infers endings from the time between a patient's last "
+                "session and the data extraction, so the study needs that time: set "
+                f"`{key}.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, "
+                "or, for an export without dates, map columns to 'days' and 'followup_days' under "
                 f"`{key}.columns`."
             )
     elif endings.get("planned_sessions") is not None:
@@ -301,7 +304,8 @@ def validate_config(
                 others = ", ".join(sorted(s for s in resolved["studies"] if s != name)) or "none"
                 raise ConfigError(
                     f"{source}: `studies.{name}.derive.on_track.reference` is 'reference', so "
-                    f"`reference_study` must name another study; got {ref!r}. Other studies: {others}."
+                    f"`reference_study` must name another study; got {ref!r}. Other studies: "
+                    f"{others}."
                 )
     for name, study in resolved["studies"].items():
         _check_endings(name, study, source)

@@ -72,8 +72,11 @@ log = logging.getLogger("allianceflow")
 
 @contextmanager
 def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[logging.Logger]:
-    """Log to *log_path*; on a :class:`DataError` or :class:`ConfigError` print its one
-    paragraph to stderr and exit with status 1 (the traceback goes to the log only).
+    """Log a step to *log_path* and turn a researcher's error into one paragraph.
+
+    On a :class:`DataError` or :class:`ConfigError` the step prints the error's paragraph to
+    stderr and exits with status 1 (the traceback goes to the log only, or is raised with
+    *debug*).
     """
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files here, never windows
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
@@ -102,8 +105,10 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
 
 
 def read_export(raw: str | Path, read: Mapping[str, Any]):
-    """Read a raw export as the study's ``read`` section describes it (delimiter, encoding,
-    Excel sheet and header rows; :func:`allianceflow.io.read_raw`).
+    """Read a raw export as the study's ``read`` section describes it.
+
+    The section gives the delimiter, encoding, Excel sheet and header rows
+    (:func:`allianceflow.io.read_raw`).
     """
     return io.read_raw(
         raw,
@@ -121,9 +126,10 @@ def clean_settings(
     clean: Mapping[str, Any] | None = None,
     instruments: Any,
 ) -> dict[str, Any]:
-    """The settings :func:`allianceflow.clean.clean_sessions` reads, side by side, from the
-    study's ``read``, ``privacy`` and ``clean`` sections and its instruments (for item
-    ranges) (:func:`allianceflow.config.flat_study`).
+    """Lay out the settings :func:`allianceflow.clean.clean_sessions` reads side by side.
+
+    They come from the study's ``read``, ``privacy`` and ``clean`` sections and its
+    instruments (for item ranges) (:func:`allianceflow.config.flat_study`).
     """
     return flat_study(
         {
@@ -353,8 +359,10 @@ def derive_stage(
 
 
 def model_formula(model: dict[str, Any]) -> str:
-    """The lme4 formula of a configured model: its ``formula``, or its ``preset`` with
-    ``options`` through :func:`allianceflow.models.preset_formula`.
+    """Give the lme4 formula of a configured model.
+
+    That is its ``formula``, or its ``preset`` with ``options`` through
+    :func:`allianceflow.models.preset_formula`.
     """
     from .models import preset_formula
 
@@ -401,9 +409,11 @@ def comparison_stage(
 def model_table_stage(
     model_json: str | Path, *, csv: str | Path, md: str | Path, **formats: str | Path
 ) -> None:
-    """One model's table: CSV of the fixed effects (unrounded, with convergence) and the
-    APA table (fixed effects, variance components, fit) as Markdown and any of
-    ``html=``, ``tex=``, ``docx=``.
+    """Write one model's tables.
+
+    A CSV of the fixed effects (unrounded, with convergence) and the APA table (fixed
+    effects, variance components, fit) as Markdown and any of ``html=``, ``tex=``,
+    ``docx=``.
     """
     from .tables import fixed_effects_table, model_table, write_table_files
 
@@ -421,8 +431,10 @@ def manifest_stage(
     manifest: str | Path,
     lock: str | Path | None = None,
 ) -> None:
-    """Write the manifest: hashes of inputs, outputs and the lock file, the resolved config
-    and package versions (:func:`allianceflow.manifest.build_manifest`).
+    """Write the manifest of one study (:func:`allianceflow.manifest.build_manifest`).
+
+    It holds the hashes of inputs, outputs and the lock file, the resolved config and the
+    package versions.
     """
     from .manifest import build_manifest
 
@@ -444,7 +456,7 @@ def models_table_stage(model_jsons, *, outputs) -> None:
 
 
 def reliability_table_stage(reliability_csv: str | Path, *, outputs) -> None:
-    """The reliability table (from the score stage's CSV) as html, tex and docx."""
+    """Write the reliability table (from the score stage's CSV) as html, tex and docx."""
     from .tables import reliability_table, write_table_files
 
     write_table_files(reliability_table(io.read_table(reliability_csv)), outputs)
@@ -513,7 +525,8 @@ def descriptive_table_stage(
 
 
 def arm_counts(sessions, *, arm: str = "condition") -> dict[str, dict[str, int]] | None:
-    """Patients and sessions per study arm of the clean table (for the flow diagram);
+    """Count patients and sessions per study arm of the clean table (for the flow diagram).
+
     None when the study has no arm column.
     """
     if arm not in sessions:
@@ -731,7 +744,7 @@ def study_figures(study: dict[str, Any]) -> list[str]:
 
 
 def figure_settings(name: str, study: dict[str, Any]) -> dict[str, Any]:
-    """The settings figure *name* reads, from a study's config block, and nothing else.
+    """Pick the settings figure *name* reads from a study's config block, and nothing else.
 
     A rule that receives only these reruns when one of them changes and for no other
     setting. Keys: ``alliance`` and ``outcome`` (``measures``, as labels), ``min_cell``
@@ -863,7 +876,8 @@ def power_chunk_stage(
     formula = DEFAULT_FORMULA if formula is None else formula
     if vary is not None and vary not in design:
         raise KeyError(
-            f"`vary` must name a parameter given in `design`; got {vary!r}, `design` has {sorted(design)}."
+            f"`vary` must name a parameter given in `design`; got {vary!r}, `design` has "
+            f"{sorted(design)}."
         )
     if fitted:
         overrides = {vary: design[vary]} if vary is not None else {}

@@ -244,7 +244,8 @@ def get_pool_directions(wildcards):
     from allianceflow.pool import outcome_direction
 
     return {
-        s: outcome_direction(config["studies"][s]["measures"]) for s in get_pool_studies()
+        s: outcome_direction(config["studies"][s]["measures"])
+        for s in get_pool_studies()
     }
 
 
