@@ -5,13 +5,13 @@ For each size one study is simulated with :func:`allianceflow.simulate.simulate_
 sessions per patient on average) and written as the clinic export of
 :func:`allianceflow.simulate.to_export` (CSV) to a temporary folder. The example study's
 block of ``config.yaml`` (read with :func:`allianceflow.config.load_config`) is pointed at
-that file, and the stage functions of :mod:`allianceflow.pipeline` run one after another
+that file, and the stage functions of :mod:`allianceflow.stages` run one after another
 on it, exactly as the Snakemake rules call them:
 
-* ``clean``  — :func:`~allianceflow.pipeline.clean_stage` (CSV → sessions.parquet,
+* ``clean``  — :func:`~allianceflow.stages.clean_stage` (CSV → sessions.parquet,
   exclusions.csv, flow.json)
-* ``score``  — :func:`~allianceflow.pipeline.score_stage` (→ scored.parquet)
-* ``derive`` — :func:`~allianceflow.pipeline.derive_stage` (→ analysis.parquet,
+* ``score``  — :func:`~allianceflow.stages.score_stage` (→ scored.parquet)
+* ``derive`` — :func:`~allianceflow.stages.derive_stage` (→ analysis.parquet,
   patients.parquet, sudden_gains.csv, expected.json)
 
 Each stage runs in its own fresh interpreter (a child process), so its peak resident
@@ -109,12 +109,12 @@ def child_simulate(folder: Path, rows: int) -> dict:
 
 
 def child_stage(stage: str, folder: Path, profile: bool) -> dict:
-    from allianceflow import pipeline
+    from allianceflow import stages
 
     p = _paths(folder)
     study = _study(p["raw"])
     calls = {
-        "clean": lambda: pipeline.clean_stage(
+        "clean": lambda: stages.clean_stage(
             p["raw"],
             study,
             sessions=p["sessions"],
@@ -122,8 +122,8 @@ def child_stage(stage: str, folder: Path, profile: bool) -> dict:
             flow=p["flow"],
             name="example",
         ),
-        "score": lambda: pipeline.score_stage(p["sessions"], study, scored=p["scored"]),
-        "derive": lambda: pipeline.derive_stage(
+        "score": lambda: stages.score_stage(p["sessions"], study, scored=p["scored"]),
+        "derive": lambda: stages.derive_stage(
             p["scored"],
             study,
             analysis=p["analysis"],

@@ -40,7 +40,6 @@ import copy
 from pathlib import Path
 
 import pandas as pd
-from IPython.display import display
 
 import allianceflow
 from allianceflow import clean, config, figures, io, privacy
@@ -62,20 +61,22 @@ N_SHOW = 5
 # %% [markdown]
 # ## 1. The study's description in `config.yaml`
 #
-# A researcher does not edit code to add a study; they describe it in `config.yaml`: where
-# the raw file is, how its columns map onto canonical names, which codes mean "missing",
-# how dates are written, and a **policy** for each cleaning rule. `load_config` reads the
-# file and validates it against the project's JSON schema, filling in every default, so a
-# typo such as `reml: yes` stops here with a message naming the key.
+# A researcher does not edit code to add a study; they describe it in `config.yaml`, one
+# section per stage. The `read` section says where the raw file is, how its columns map
+# onto canonical names, which codes mean "missing" and how dates are written; the `clean`
+# section gives a **policy** for each cleaning rule. `load_config` reads the file and
+# validates it against the project's JSON schema, filling in every default, so a typo such
+# as `reml: yes` stops here with a message naming the key.
 
 # %%
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
-print("raw file:     ", study["raw"])
-print("date format:  ", study["date_format"])
-print("missing codes:", study["missing_codes"])
-print("rules:        ", study["rules"])
-pd.Series(study["columns"], name="canonical name").to_frame().head(8)
+read = study["read"]
+print("raw file:     ", read["raw"])
+print("date format:  ", read["date_format"])
+print("missing codes:", read["missing_codes"])
+print("rules:        ", study["clean"]["rules"])
+pd.Series(read["columns"], name="canonical name").to_frame().head(8)
 
 # %% [markdown]
 # ## 2. Reading the raw export
@@ -86,7 +87,7 @@ pd.Series(study["columns"], name="canonical name").to_frame().head(8)
 # explicit and logged.
 
 # %%
-raw = io.read_raw(PROJECT / study["raw"], delimiter=study["delimiter"])
+raw = io.read_raw(PROJECT / read["raw"], delimiter=read["delimiter"])
 print(raw.shape)
 raw.head(N_SHOW)
 
@@ -99,17 +100,22 @@ raw.head(N_SHOW)
 # variants), turns calendar dates into **days since the patient's first session** (dates
 # are never kept), and checks the result against the data contract.
 #
+# `clean_sessions` reads the study's `read`, `privacy` and `clean` settings side by side
+# (`config.flat_study` lays the sections out that way).
+#
 # It returns three things: the canonical `sessions` table, an `exclusions` table (one row
 # per excluded, altered or flagged source row, with the rule and a reason) and `flow`
 # (the counts).
 
 # %%
-result = clean.clean_sessions(raw, study, source=Path(study["raw"]).name, name=STUDY)
+result = clean.clean_sessions(
+    raw, config.flat_study(study), source=Path(read["raw"]).name, name=STUDY
+)
 sessions = result.sessions
 sessions.head(N_SHOW)
 
 # %%
-display(result.flow)
+result.flow  # noqa: B018 (the cell's output)
 
 # %% [markdown]
 # The flow must **reconcile**: rows read = rows kept + rows excluded, and the per-rule
@@ -176,7 +182,7 @@ print(sessions.groupby("patient").size().describe()[["min", "50%", "max"]])
 
 # %%
 ending = sessions.groupby("patient")["ending"].first()
-print(study["labels"]["ending"])
+print(read["labels"]["ending"])
 ending.value_counts()
 
 # %% [markdown]

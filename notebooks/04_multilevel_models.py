@@ -39,7 +39,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import allianceflow
-from allianceflow import config, figures, models, pipeline, tables
+from allianceflow import config, figures, models, stages, tables
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.
@@ -55,7 +55,7 @@ MAX_PATIENTS = 40
 # %% [markdown]
 # ## 1. The analysis table
 #
-# We clean, score and derive the study in memory with `pipeline.prepare_study` (notebooks
+# We clean, score and derive the study in memory with `stages.prepare_study` (notebooks
 # 01–03 explain them) and read the analysis table: one row per session with
 # `outcome` (ORS total), `alliance_within_lag`, `alliance_between`, `session`, etc.
 
@@ -63,7 +63,7 @@ MAX_PATIENTS = 40
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 # Clean, score and derive in memory: the same functions as the pipeline's stages.
-prepared = pipeline.prepare_study(study, root=PROJECT, name=STUDY)
+prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
 analysis = prepared.analysis
 print(analysis.shape)
 
@@ -136,7 +136,7 @@ fig = figures.plot_trajectories(
 # session's outcome, adjusting for time.
 
 # %%
-ao_formula = pipeline.model_formula(cfg["models"]["alliance_outcome"])
+ao_formula = stages.model_formula(cfg["models"]["alliance_outcome"])
 print(ao_formula)
 ao = models.fit_model(analysis, ao_formula, name="alliance_outcome")
 print(models.format_model(ao))
@@ -193,7 +193,7 @@ models.fixed_effects_table(blend).round(3)
 # Stram & Lee, 1994).
 
 # %%
-slopes_formula = pipeline.model_formula(cfg["models"]["alliance_outcome_slopes"])
+slopes_formula = stages.model_formula(cfg["models"]["alliance_outcome_slopes"])
 lrt = models.likelihood_ratio_test(
     analysis, ao_formula, slopes_formula, names=("alliance_outcome", "alliance_outcome_slopes")
 )

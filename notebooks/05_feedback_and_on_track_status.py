@@ -36,7 +36,7 @@ from pathlib import Path
 from IPython.display import display
 
 import allianceflow
-from allianceflow import config, figures, models, ontrack, pipeline
+from allianceflow import config, figures, models, ontrack, stages
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.
@@ -53,19 +53,19 @@ TOLERANCE = 0.10
 # %% [markdown]
 # ## 1. The analysis table
 #
-# The pipeline's clean, score and derive steps, in memory with `pipeline.prepare_study` (notebooks
+# The pipeline's clean, score and derive steps, in memory with `stages.prepare_study` (notebooks
 # 01–03).
 
 # %%
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 # Clean, score and derive in memory: the same functions as the pipeline's stages.
-prepared = pipeline.prepare_study(study, root=PROJECT, name=STUDY)
+prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
 analysis = prepared.analysis
-ors = pipeline.instrument_of(study, study["outcome"])
+ors = stages.instrument_of(study["measures"], study["measures"]["outcome"])
 print(
     "outcome:",
-    study["outcome"],
+    study["measures"]["outcome"],
     "|",
     ors.direction,
     "| on-track settings:",
@@ -180,7 +180,7 @@ models.fixed_effects_table(average).round(3)
 # `session * C(condition) * off_track`.
 
 # %%
-fb_formula = pipeline.model_formula(cfg["models"]["feedback"])
+fb_formula = stages.model_formula(cfg["models"]["feedback"])
 print(fb_formula)
 fb = models.fit_model(analysis, fb_formula, name="feedback")
 models.fixed_effects_table(fb).round(3)

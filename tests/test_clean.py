@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from allianceflow import io
 from allianceflow.clean import EXCLUSION_COLUMNS, RULES, DataError, clean_sessions, reconcile
-from allianceflow.config import load_config, validate_config
+from allianceflow.config import flat_study, group_study, load_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = ROOT / "tests" / "data" / "bad"
@@ -39,8 +39,8 @@ def make_study(**settings_) -> dict:
         "models": ["m"],
         **settings_,
     }
-    config = {"studies": {"t": study}, "models": {"m": {"formula": "outcome ~ 1"}}}
-    return validate_config(config, SCHEMA)["studies"]["t"]
+    config = {"studies": {"t": group_study(study)}, "models": {"m": {"formula": "outcome ~ 1"}}}
+    return flat_study(validate_config(config, SCHEMA)["studies"]["t"])
 
 
 def run(name: str, **settings_):
@@ -502,7 +502,7 @@ def test_every_rule_has_a_schema_entry():
     import yaml
 
     schema = yaml.safe_load(SCHEMA.read_text())
-    rules = schema["$defs"]["study"]["properties"]["rules"]["properties"]
+    rules = schema["$defs"]["study"]["properties"]["clean"]["properties"]["rules"]["properties"]
     assert set(rules) == set(RULES)
     for rule, (default, allowed) in RULES.items():
         assert rules[rule]["default"] == default
@@ -549,7 +549,7 @@ def test_wide_format_melts_sessions():
 
 def test_example_study_cleans_with_no_exclusions(root):
     config = load_config(root / "config.yaml")
-    study = config["studies"]["example"]
+    study = flat_study(config["studies"]["example"])
     result = clean_sessions(
         io.read_raw(root / study["raw"], delimiter=","),
         study,
@@ -576,15 +576,19 @@ def test_example_study_cleans_with_no_exclusions(root):
 
 
 def test_raw_files_are_never_written(root, tmp_path):
-    from allianceflow.pipeline import clean_stage
+    from allianceflow.stages import clean_stage
 
     config = load_config(root / "config.yaml")
-    raw = root / config["studies"]["example"]["raw"]
+    study = config["studies"]["example"]
+    raw = root / study["read"]["raw"]
     before = io.sha256_file(raw)
     mtime = raw.stat().st_mtime_ns
     clean_stage(
         raw,
-        config["studies"]["example"],
+        read=study["read"],
+        privacy=study["privacy"],
+        clean=study["clean"],
+        instruments=study["measures"]["instruments"],
         sessions=tmp_path / "s.parquet",
         exclusions=tmp_path / "e.csv",
         flow=tmp_path / "f.json",

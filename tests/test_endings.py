@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from allianceflow import pipeline
+from allianceflow import stages
 from allianceflow.clean import DataError, clean_sessions, reconcile
-from allianceflow.config import ConfigError, load_config, validate_config
+from allianceflow.config import ConfigError, flat_study, group_study, load_config, validate_config
 from allianceflow.contract import validate_sessions
 from allianceflow.derive import derive_tables
 from allianceflow.simulate import (
@@ -47,8 +47,8 @@ def make_study(columns=None, **settings) -> dict:
         "models": ["m"],
         **settings,
     }
-    config = {"studies": {"t": study}, "models": {"m": {"formula": "outcome ~ 1"}}}
-    return validate_config(config, SCHEMA)["studies"]["t"]
+    config = {"studies": {"t": group_study(study)}, "models": {"m": {"formula": "outcome ~ 1"}}}
+    return flat_study(validate_config(config, SCHEMA)["studies"]["t"])
 
 
 def clean(rows, columns=None, **settings):
@@ -269,7 +269,7 @@ def _config(**study):
         "models": ["m"],
         **study,
     }
-    return {"studies": {"t": base}, "models": {"m": {"formula": "outcome ~ 1"}}}
+    return {"studies": {"t": group_study(base)}, "models": {"m": {"formula": "outcome ~ 1"}}}
 
 
 def test_gap_inference_without_a_followup_time_is_a_config_error():
@@ -278,8 +278,8 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
     assert str(error.value) == (
         "config.yaml: `studies.t.derive.endings.gap_days` infers endings from the time between a "
         "patient's last session and the data extraction, so the study needs that time: set "
-        "`studies.t.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, or, "
-        "for an export without dates, map columns to 'days' and 'followup_days' under `studies.t.columns`."
+        "`studies.t.read.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, or, "
+        "for an export without dates, map columns to 'days' and 'followup_days' under `studies.t.read.columns`."
     )
     # a follow-up column alone is not enough without the days of the sessions
     undated = {"Client": "patient", "Sess": "session", "Item": "ors_1", "FU": "followup_days"}
@@ -294,7 +294,7 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
         validate_config(_config(derive={"endings": {"planned_sessions": 12}}), SCHEMA)
     with pytest.raises(
         ConfigError,
-        match=r"`studies.t.extraction_date` is '31/03/2025', which is not of the form this key needs. The day the data were exported, YYYY-MM-DD",
+        match=r"`studies.t.read.extraction_date` is '31/03/2025', which is not of the form this key needs. The day the data were exported, YYYY-MM-DD",
     ):
         validate_config(_config(extraction_date="31/03/2025"), SCHEMA)
 
@@ -304,7 +304,7 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
     [
         (
             {"extraction_date": "2025-02-30"},
-            "config.yaml: `studies.t.extraction_date` is '2025-02-30', which is not a day of the calendar; "
+            "config.yaml: `studies.t.read.extraction_date` is '2025-02-30', which is not a day of the calendar; "
             "write the day the data were exported as YYYY-MM-DD, e.g. '2025-09-01'.",
         ),
         (
@@ -312,27 +312,28 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
                 "extraction_date": "2025-03-31",
                 "columns": {"Client": "patient", "Sess": "session", "Item": "ors_1"},
             },
-            "config.yaml: `studies.t.extraction_date` is set, but no column is mapped to 'date' under "
-            "`studies.t.columns`, so the follow-up time cannot be computed. Map the session dates to 'date', "
+            "config.yaml: `studies.t.read.extraction_date` is set, but no column is mapped to 'date' under "
+            "`studies.t.read.columns`, so the follow-up time cannot be computed. Map the session dates to 'date', "
             "or map a column of days from each patient's first session to the extraction to 'followup_days' "
             "and remove `extraction_date`.",
         ),
         (
             {"columns": {**COLUMNS, "FU": "followup_days"}},
-            "config.yaml: `studies.t.columns` maps a column to 'followup_days', but the sessions are dated (a "
+            "config.yaml: `studies.t.read.columns` maps a column to 'followup_days', but the sessions are dated (a "
             "column is mapped to 'date'), and with dates the follow-up time comes from the day of the export. "
-            "Remove that mapping and set `studies.t.extraction_date`.",
+            "Remove that mapping and set `studies.t.read.extraction_date`.",
         ),
         (
             {"labels": {"ending": {"Done": "complete"}}},
-            "config.yaml: `studies.t.labels.ending` maps 'Done' to 'complete'; an ending must be one of "
+            "config.yaml: `studies.t.read.labels.ending` maps 'Done' to 'complete'; an ending must be one of "
             "planned, unilateral, dropout, ongoing.",
         ),
         (
             {"derive": {"endings": {"labels": {"Done": "planned"}}}},
-            "config.yaml: `studies.t.derive.endings.labels` is no longer a setting. Map the export's ending "
-            "column to 'ending' under `studies.t.columns` and its labels under `studies.t.labels.ending`; for "
-            "endings inferred from a gap, give the day of the export as `studies.t.extraction_date`.",
+            "config.yaml: `studies.t.derive.endings.labels` is no longer a setting. Map the export's "
+            "ending column to 'ending' under `studies.t.read.columns` and its labels under "
+            "`studies.t.read.labels.ending`; for endings inferred from a gap, give the day of the "
+            "export as `studies.t.read.extraction_date`.",
         ),
     ],
 )
@@ -350,7 +351,7 @@ def test_an_unquoted_yaml_date_is_read_as_the_day(tmp_path):
     path.write_text(text.replace(quoted, "extraction_date: 2025-08-15"), encoding="utf-8")
     (tmp_path / "workflow" / "schemas").mkdir(parents=True)
     (tmp_path / "workflow" / "schemas" / "config.schema.yaml").write_bytes(SCHEMA.read_bytes())
-    assert load_config(path)["studies"]["example2"]["extraction_date"] == "2025-08-15"
+    assert load_config(path)["studies"]["example2"]["read"]["extraction_date"] == "2025-08-15"
 
 
 # --------------------------------------------------------------------------- derive
@@ -454,7 +455,7 @@ def test_simulated_endings_follow_attendance():
 
 def test_example_endings_reach_the_patients_table_as_simulated():
     config = load_config(ROOT / "config.yaml")
-    prepared = pipeline.prepare_study(config["studies"]["example"], root=ROOT, name="example")
+    prepared = stages.prepare_study(config["studies"]["example"], root=ROOT, name="example")
     truth = simulate_study(EXAMPLE_DESIGN, seed=EXAMPLE_SEED).groupby("patient")["ending"].first()
     got = prepared.patients.set_index("patient")
     assert got["ending"].astype(str).to_dict() == truth.to_dict()
@@ -465,12 +466,12 @@ def test_example_endings_reach_the_patients_table_as_simulated():
 def test_example2_endings_inferred_from_the_extraction_date():
     config = load_config(ROOT / "config.yaml")
     study = config["studies"]["example2"]
-    assert study["extraction_date"] == EXAMPLE2_EXTRACTION_DATE
+    assert study["read"]["extraction_date"] == EXAMPLE2_EXTRACTION_DATE
     gap, planned = (
         study["derive"]["endings"]["gap_days"],
         study["derive"]["endings"]["planned_sessions"],
     )
-    prepared = pipeline.prepare_study(study, root=ROOT, name="example2")
+    prepared = stages.prepare_study(study, root=ROOT, name="example2")
     sessions = prepared.sessions
     followup = sessions.groupby("patient")["followup_days"].first()
     got = prepared.patients.set_index("patient")

@@ -46,7 +46,9 @@ def _snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess
 
 
 def _result_hashes(workdir: Path, folder: str = "results") -> dict[str, str]:
-    """sha256 of every file under *folder* except Snakemake's report.html, which embeds the
+    """Hash every file under *folder* (sha256).
+
+    Snakemake's report.html is left out: it embeds the
     run's job start and end times (its runtime statistics) and so differs on every run.
     """
     return {
@@ -104,7 +106,7 @@ def test_tables_have_the_expected_rows(run):
     ]
     assert table["converged"].all()
     reliability = pd.read_csv(run["dir"] / "results/example/tables/reliability.csv")
-    assert set(zip(reliability["instrument"], reliability["scale"])) == {
+    assert set(zip(reliability["instrument"], reliability["scale"], strict=True)) == {
         ("wai_sr", "total"),
         ("wai_sr", "task"),
         ("wai_sr", "bond"),
@@ -147,7 +149,7 @@ def test_second_run_has_nothing_to_do(run):
 
 def _planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> tuple[dict[str, int], str]:
     """Jobs per rule that a dry run would run (Snakemake's ``--quiet rules`` table)."""
-    proc = _snakemake(workdir, "--dry-run", "--quiet", "rules", *args, env=env)
+    proc = _snakemake(workdir, *args, "--dry-run", "--quiet", "rules", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = {}
     for line in proc.stdout.splitlines():
@@ -246,7 +248,7 @@ def test_invalid_config_fails_before_any_job(tmp_path, copy_project):
 def test_derive_study_in_memory_equals_the_stage_output(run):
     """derive_study (what notebooks call) gives exactly the analysis table the rule wrote."""
     from allianceflow.config import load_config
-    from allianceflow.pipeline import arm_counts, derive_study
+    from allianceflow.stages import arm_counts, derive_study
 
     workdir = run["dir"]
     study = load_config(workdir / "config.yaml")["studies"]["example"]
@@ -264,7 +266,7 @@ def test_derive_study_in_memory_equals_the_stage_output(run):
 
 def test_several_informants_without_a_choice_get_a_config_error(run):
     from allianceflow.config import ConfigError, load_config
-    from allianceflow.pipeline import derive_study
+    from allianceflow.stages import derive_study
 
     study = load_config(run["dir"] / "config.yaml")["studies"]["example"]
     scored = pd.read_parquet(run["dir"] / "data/processed/example/scored.parquet")
@@ -274,13 +276,16 @@ def test_several_informants_without_a_choice_get_a_config_error(run):
     )
     with pytest.raises(
         ConfigError,
-        match=r"several informants per session \(patient, therapist\); .* Set `derive: \{informant: <one of patient, therapist>\}`",
+        match=r"several informants per session \(patient, therapist\); .* "
+        r"Set `derive: \{informant: <one of patient, therapist>\}`",
     ):
         derive_study(both, study)
 
 
 def test_two_informants_feed_the_informants_preset(run):
-    """Therapist-rated alliance beside the patient's: the derive stage lines both raters up
+    """Therapist-rated alliance is lined up beside the patient's.
+
+    The derive stage lines both raters up
     by patient and session, and the informants preset fits them side by side.
     """
     import copy
@@ -289,7 +294,7 @@ def test_two_informants_feed_the_informants_preset(run):
 
     from allianceflow.config import load_config
     from allianceflow.models import fit_model, preset_formula
-    from allianceflow.pipeline import derive_study
+    from allianceflow.stages import derive_study
 
     study = copy.deepcopy(load_config(run["dir"] / "config.yaml")["studies"]["example"])
     study["derive"]["informant"] = "patient"
@@ -319,7 +324,7 @@ def test_two_informants_feed_the_informants_preset(run):
 
 def test_prepare_study_in_memory_equals_the_pipeline_files(run):
     from allianceflow.config import load_config
-    from allianceflow.pipeline import prepare_study
+    from allianceflow.stages import prepare_study
 
     workdir = run["dir"]
     study = load_config(workdir / "config.yaml")["studies"]["example"]
@@ -338,14 +343,16 @@ def test_prepare_study_in_memory_equals_the_pipeline_files(run):
 
 
 def test_expected_response_from_a_reference_sample(run):
-    """on_track.reference = reference fits the expected treatment response on the reference
+    """The expected response is fitted on a reference sample when asked.
+
+    on_track.reference = reference fits the expected treatment response on the reference
     study's scored sessions, not on the study itself.
     """
     import copy
 
     from allianceflow.config import load_config
     from allianceflow.ontrack import fit_expected_response
-    from allianceflow.pipeline import derive_study
+    from allianceflow.stages import derive_study
 
     study = copy.deepcopy(load_config(run["dir"] / "config.yaml")["studies"]["example"])
     study["derive"]["on_track"]["reference"] = "reference"
@@ -378,3 +385,30 @@ def test_pooling_a_preset_model(tmp_path, copy_project):
     assert "(1 + session | patient)" in one["formula"] and "study" in one["formula"]
     meta = json.loads((work / "results/pooled/meta_analysis.json").read_text())
     assert meta["k"] == 2
+
+
+def test_a_figure_setting_reruns_only_that_figure(tmp_path, copy_project):
+    """A figure setting reruns only that figure.
+
+    Each rule receives only its own settings: after a build, changing
+    report.figures.caterpillar_group leaves cleaning, derived variables, model fits and the
+    other figures as they are, and only the caterpillar plot is redrawn.
+    """
+    work = copy_project(tmp_path)
+    targets = [
+        "results/example2/figures/caterpillar.png",
+        "results/example2/figures/within_between.png",
+    ]
+    built = _snakemake(work, *targets)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert _planned_jobs(work, *targets)[0] == {}  # built: nothing to do
+
+    config = yaml.safe_load((work / "config.yaml").read_text(encoding="utf-8"))
+    config["studies"]["example2"]["report"] = {"figures": {"caterpillar_group": "patient"}}
+    (work / "config.yaml").write_text(
+        yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    counts, output = _planned_jobs(work, *targets)
+    assert counts == {"plot_caterpillar": 1, "total": 1}
+    reasons = output[output.index("Reasons:") :]
+    assert "params have changed" in reasons.lower() and "plot_caterpillar" in reasons

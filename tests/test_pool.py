@@ -303,7 +303,7 @@ def test_random_effects_refuses_bad_input(yi, vi, message):
 def test_dl_without_excess_heterogeneity_is_the_common_effect_model():
     # Q < k - 1: statsmodels' DL tau2 would be negative; ours is truncated at 0
     effects = pd.DataFrame({"study": ["a", "b", "c"], "r": [0.2, 0.3, 0.25], "n": [103, 203, 53]})
-    res = meta_analysis(effects, method="dl")
+    res = meta_analysis(effects, method="dl", hksj=False)
     y = np.arctanh([0.2, 0.3, 0.25])
     w = np.array([100.0, 200.0, 50.0])
     assert res["heterogeneity"]["tau2"] == 0.0
@@ -457,7 +457,7 @@ def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(
 ):
     import json
 
-    from allianceflow import pool
+    from allianceflow import pool, stages
 
     figures = {}
     real = pool.plot_forest
@@ -471,7 +471,7 @@ def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(
     for term in ("alliance_between", "alliance_within_lag"):
         path = tmp_path / f"{term}.json"
         path.write_text(json.dumps({**meta_analysis(molloy), "term": term}))
-        pool.forest_figure_stage(path, benchmark=bench, outputs=[tmp_path / f"{term}.png"])
+        stages.meta_forest_figure_stage(path, benchmark=bench, outputs=[tmp_path / f"{term}.png"])
         assert (tmp_path / f"{term}.png").stat().st_size > 0
     assert (0.278, 0.278) in _vertical_lines(figures["alliance_between"].axes[0])
     assert figures["alliance_between"].texts == []
@@ -499,7 +499,7 @@ def test_benchmark_is_checked():
 def test_meta_table_has_a_row_per_study_and_the_pooled_row(molloy):
     table = meta_table(meta_analysis(molloy))
     assert len(table) == 17
-    assert table["study"].iloc[-1] == "Random effects (REML)"
+    assert table["study"].iloc[-1] == "Random effects (PM, HKSJ)"  # the pipeline's defaults
     assert table["n"].iloc[-1] == sum(MOLLOY_N)
     assert table["ci_low"].iloc[0] == pytest.approx(
         math.tanh(math.atanh(0.187) - 1.959964 / math.sqrt(106)), abs=1e-6
@@ -658,7 +658,7 @@ def test_one_stage_and_two_stage_agree_in_sign_and_size():
     results = {name: fit_model(t, formula, name=name) for name, t in tables.items()}
     effects = study_effects(results, directions=directions)
     assert (effects["r"] > 0).all()  # both: better alliance, better outcome
-    meta = meta_analysis(effects, method="dl")
+    meta = meta_analysis(effects, method="dl", hksj=False)
     one = one_stage_model(tables, formula, directions=directions)
     assert one["n_groups"]["study"] == 2
     assert one["formula"].endswith("+ (1 | study)")

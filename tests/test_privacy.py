@@ -21,7 +21,8 @@ PLANTS = {
 @pytest.fixture(scope="module")
 def example(root):
     config = load_config(root / "config.yaml")
-    return io.read_raw(root / config["studies"]["example"]["raw"]), config["studies"]["example"]
+    study = config["studies"]["example"]
+    return io.read_raw(root / study["read"]["raw"]), study
 
 
 def test_example_export_is_clean(example):

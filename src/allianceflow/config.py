@@ -15,10 +15,45 @@ from typing import Any
 import jsonschema
 import yaml
 
-__all__ = ["ConfigError", "validate_config", "load_config", "SCHEMA_PATH"]
+__all__ = [
+    "ConfigError",
+    "validate_config",
+    "load_config",
+    "SCHEMA_PATH",
+    "STUDY_SECTIONS",
+    "group_study",
+    "flat_study",
+]
 
 #: Where the schema lives, relative to the project folder.
 SCHEMA_PATH = Path("workflow") / "schemas" / "config.schema.yaml"
+
+#: The sections of a study block, one per stage, and the keys each holds. Before the study
+#: block was grouped these keys sat side by side in it; :func:`validate_config` points a key
+#: found at its old place to its section, and :func:`group_study` moves it there.
+STUDY_SECTIONS: dict[str, tuple[str, ...]] = {
+    "read": (
+        "raw",
+        "format",
+        "wide_pattern",
+        "sheet",
+        "header_rows",
+        "decimal",
+        "delimiter",
+        "encoding",
+        "date_format",
+        "missing_codes",
+        "extraction_date",
+        "columns",
+        "labels",
+    ),
+    "privacy": ("drop_columns", "privacy_exempt", "hash_ids"),
+    "clean": ("min_sessions", "rules"),
+    "measures": ("instruments", "alliance", "outcome", "reliability_bootstrap"),
+    "derive": ("lag_across_gaps",),
+    "report": ("figures", "tables"),
+}
+_SECTION_OF = {key: section for section, keys in STUDY_SECTIONS.items() for key in keys}
 
 
 class ConfigError(ValueError):
@@ -65,16 +100,77 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
             f"{source}: `{key}` is {error.instance!r}; it must be of type {error.validator_value}."
         )
     if error.validator == "pattern" and "description" in error.schema:
-        return f"{source}: `{key}` is {error.instance!r}, which is not of the form this key needs. {error.schema['description']}"
+        return (
+            f"{source}: `{key}` is {error.instance!r}, which is not of the form this key needs. "
+            f"{error.schema['description']}"
+        )
     if error.validator == "oneOf" and "description" in error.schema:
         return f"{source}: `{key}` does not fit the expected shape: {error.schema['description']}"
     return f"{source}: `{key}`: {error.message}."
+
+
+def group_study(study: dict[str, Any]) -> dict[str, Any]:
+    """Move the keys of a study block written side by side into their sections.
+
+    The inverse of :func:`flat_study`: ``{"raw": ..., "columns": ..., "rules": ...}``
+    becomes ``{"read": {"raw": ..., "columns": ...}, "clean": {"rules": ...}}``
+    (:data:`STUDY_SECTIONS`); keys already in a section stay there, and a flat ``derive``
+    block merges with ``lag_across_gaps``.
+
+    Examples
+    --------
+    >>> group_study({"raw": "x.csv", "alliance": "srs_total", "models": ["m"]})
+    {'read': {'raw': 'x.csv'}, 'measures': {'alliance': 'srs_total'}, 'models': ['m']}
+    """
+    grouped: dict[str, Any] = {}
+    for key, value in study.items():
+        section = _SECTION_OF.get(key)
+        if section is None:
+            if key in STUDY_SECTIONS and isinstance(value, dict):
+                grouped.setdefault(key, {}).update(value)
+            else:
+                grouped[key] = value
+        else:
+            grouped.setdefault(section, {})[key] = value
+    return grouped
+
+
+def flat_study(study: dict[str, Any]) -> dict[str, Any]:
+    """Lay the keys of a grouped study block side by side, as the clean step reads them.
+
+    The inverse of :func:`group_study`: every key of the ``read``, ``privacy``, ``clean``,
+    ``measures`` and ``report`` sections at the top level, ``derive.lag_across_gaps`` as
+    ``lag_across_gaps`` and the rest of ``derive`` as ``derive``; other keys (``models``)
+    as they are. Sections absent from *study* are left out.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in study.items():
+        if key == "derive":
+            rest = dict(value or {})
+            if "lag_across_gaps" in rest:
+                flat["lag_across_gaps"] = rest.pop("lag_across_gaps")
+            flat["derive"] = rest
+        elif key in STUDY_SECTIONS:
+            flat.update(value or {})
+        else:
+            flat[key] = value
+    return flat
 
 
 def _moved_keys(config: dict[str, Any], source: str) -> None:
     """Name the new place of keys that earlier versions accepted."""
     studies = config.get("studies")
     for name, study in studies.items() if isinstance(studies, dict) else ():
+        moved = [key for key in study if key in _SECTION_OF] if isinstance(study, dict) else []
+        if moved:
+            places = ", ".join(
+                f"`{key}` to `studies.{name}.{_SECTION_OF[key]}.{key}`" for key in moved
+            )
+            raise ConfigError(
+                f"{source}: the study block is grouped by stage ({', '.join(STUDY_SECTIONS)}, "
+                f"models), and `studies.{name}` holds keys of the earlier flat layout. Move "
+                f"{places}."
+            )
         endings = (
             ((study or {}).get("derive") or {}).get("endings") if isinstance(study, dict) else None
         )
@@ -85,10 +181,10 @@ def _moved_keys(config: dict[str, Any], source: str) -> None:
         )
         if old:
             raise ConfigError(
-                f"{source}: `studies.{name}.derive.endings.{old[0]}` is no longer a setting. Map the "
-                f"export's ending column to 'ending' under `studies.{name}.columns` and its labels "
-                f"under `studies.{name}.labels.ending`; for endings inferred from a gap, give the day "
-                f"of the export as `studies.{name}.extraction_date`."
+                f"{source}: `studies.{name}.derive.endings.{old[0]}` is no longer a setting. Map "
+                f"the export's ending column to 'ending' under `studies.{name}.read.columns` and "
+                f"its labels under `studies.{name}.read.labels.ending`; for endings inferred from "
+                f"a gap, give the day of the export as `studies.{name}.read.extraction_date`."
             )
 
 
@@ -96,9 +192,10 @@ def _check_endings(name: str, study: dict[str, Any], source: str) -> None:
     """Cross-key checks of endings and follow-up time that the schema cannot express."""
     from .contract import ENDING_TYPES
 
-    key = f"studies.{name}"
-    mapped = set(study["columns"].values())
-    extraction = study.get("extraction_date")
+    key = f"studies.{name}.read"
+    read = study["read"]
+    mapped = set(read["columns"].values())
+    extraction = read.get("extraction_date")
     if extraction is not None:
         try:
             datetime.date.fromisoformat(extraction)
@@ -109,38 +206,38 @@ def _check_endings(name: str, study: dict[str, Any], source: str) -> None:
             ) from None
         if "date" not in mapped:
             raise ConfigError(
-                f"{source}: `{key}.extraction_date` is set, but no column is mapped to 'date' under "
-                f"`{key}.columns`, so the follow-up time cannot be computed. Map the session dates to "
-                "'date', or map a column of days from each patient's first session to the extraction "
-                "to 'followup_days' and remove `extraction_date`."
+                f"{source}: `{key}.extraction_date` is set, but no column is mapped to 'date' "
+                f"under `{key}.columns`, so the follow-up time cannot be computed. Map the session "
+                "dates to 'date', or map a column of days from each patient's first session to the "
+                "extraction to 'followup_days' and remove `extraction_date`."
             )
     if "followup_days" in mapped and "date" in mapped:
         raise ConfigError(
-            f"{source}: `{key}.columns` maps a column to 'followup_days', but the sessions are dated "
-            "(a column is mapped to 'date'), and with dates the follow-up time comes from the day of "
-            f"the export. Remove that mapping and set `{key}.extraction_date`."
+            f"{source}: `{key}.columns` maps a column to 'followup_days', but the sessions are "
+            "dated (a column is mapped to 'date'), and with dates the follow-up time comes from "
+            f"the day of the export. Remove that mapping and set `{key}.extraction_date`."
         )
-    for raw, target in ((study.get("labels") or {}).get("ending") or {}).items():
+    for raw, target in ((read.get("labels") or {}).get("ending") or {}).items():
         if str(target).casefold() not in ENDING_TYPES:
             raise ConfigError(
-                f"{source}: `{key}.labels.ending` maps {raw!r} to {target!r}; an ending must be one "
-                f"of {', '.join(ENDING_TYPES)}."
+                f"{source}: `{key}.labels.ending` maps {raw!r} to {target!r}; an ending must be "
+                f"one of {', '.join(ENDING_TYPES)}."
             )
     endings = study.get("derive", {}).get("endings", {})
-    prefix = f"{source}: `{key}.derive.endings"
+    prefix = f"{source}: `studies.{name}.derive.endings"
     if endings.get("gap_days") is not None:
         if extraction is None and not {"followup_days", "days"} <= mapped:
             raise ConfigError(
-                f"{prefix}.gap_days` infers endings from the time between a patient's last session "
-                "and the data extraction, so the study needs that time: set "
-                f"`{key}.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, or, "
-                "for an export without dates, map columns to 'days' and 'followup_days' under "
+                f"{prefix}.gap_days` infers endings from the time between a patient's last "
+                "session and the data extraction, so the study needs that time: set "
+                f"`{key}.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, "
+                "or, for an export without dates, map columns to 'days' and 'followup_days' under "
                 f"`{key}.columns`."
             )
     elif endings.get("planned_sessions") is not None:
         raise ConfigError(
             f"{prefix}.planned_sessions` only applies to endings inferred from a gap; set "
-            f"`{key}.derive.endings.gap_days` too, or remove it."
+            f"`studies.{name}.derive.endings.gap_days` too, or remove it."
         )
 
 
@@ -182,8 +279,9 @@ def validate_config(
         else ()
     ):
         # YAML reads an unquoted 2025-09-01 as a date; the schema wants the text.
-        if isinstance(study, dict) and isinstance(study.get("extraction_date"), datetime.date):
-            study["extraction_date"] = study["extraction_date"].isoformat()[:10]
+        read = study.get("read") if isinstance(study, dict) else None
+        if isinstance(read, dict) and isinstance(read.get("extraction_date"), datetime.date):
+            read["extraction_date"] = read["extraction_date"].isoformat()[:10]
     errors = sorted(
         _FillingValidator(schema).iter_errors(resolved),
         key=lambda e: (-len(e.absolute_path), _key(e.absolute_path)),
@@ -206,7 +304,8 @@ def validate_config(
                 others = ", ".join(sorted(s for s in resolved["studies"] if s != name)) or "none"
                 raise ConfigError(
                     f"{source}: `studies.{name}.derive.on_track.reference` is 'reference', so "
-                    f"`reference_study` must name another study; got {ref!r}. Other studies: {others}."
+                    f"`reference_study` must name another study; got {ref!r}. Other studies: "
+                    f"{others}."
                 )
     for name, study in resolved["studies"].items():
         _check_endings(name, study, source)

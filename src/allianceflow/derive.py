@@ -526,10 +526,10 @@ class DerivedTables(NamedTuple):
     expected_response: dict | None
 
 
-#: Defaults of the ``derive:`` block of a study; ``workflow/schemas/config.schema.yaml``
-#: gives the same values (tested). ``endings.column``, ``endings.followup`` and
-#: ``endings.labels`` are for in-memory use: the pipeline reads the clean stage's
-#: canonical ``ending`` and ``followup_days`` columns, with labels mapped by the clean stage.
+#: Defaults of the ``derive:`` block of a study for in-memory use. The defaults' one place
+#: is ``workflow/schemas/config.schema.yaml``, which the pipeline fills in; the package
+#: cannot read the workflow's files once installed, so it keeps this copy, which the tests
+#: hold equal to the schema's (``lag_across_gaps`` is :func:`derive_tables`' own argument).
 DERIVE_DEFAULTS: dict[str, Any] = {
     "informant": None,
     "therapist_centring": True,
@@ -559,13 +559,7 @@ DERIVE_DEFAULTS: dict[str, Any] = {
         "repair_within": 3,
         "across_gaps": False,
     },
-    "endings": {
-        "column": None,
-        "followup": None,
-        "gap_days": None,
-        "planned_sessions": None,
-        "labels": {},
-    },
+    "endings": {"gap_days": None, "planned_sessions": None},
 }
 _BLOCKS = ("reliable_change", "on_track", "sudden_gains", "ruptures", "endings")
 
@@ -642,10 +636,8 @@ def derive_tables(
     lag_across_gaps : bool
         The study's lag rule.
     settings : mapping, optional
-        The ``derive:`` block. Its ``endings`` entry reads the recorded ending from
-        ``endings.column`` and the follow-up time from ``endings.followup``; when these are
-        None (the pipeline's case) from the clean stage's canonical ``ending`` and
-        ``followup_days`` columns, if the table has them.
+        The ``derive:`` block. Endings are read from the clean stage's canonical ``ending``
+        and ``followup_days`` columns, if the table has them.
     reference : pandas.DataFrame, optional
         A reference sample (scored, same outcome column) when
         ``on_track.reference`` is ``'reference'``.
@@ -764,17 +756,9 @@ def derive_tables(
             "`derive: {reliable_change: {enabled: false}}`."
         )
     e = cfg["endings"]
-    # The clean stage's canonical columns unless the caller names others (in-memory use).
-    ending_column = (
-        e["column"]
-        if e["column"] is not None
-        else ("ending" if "ending" in analysis.columns else None)
-    )
-    followup_column = (
-        e["followup"]
-        if e["followup"] is not None
-        else ("followup_days" if "followup_days" in analysis.columns else None)
-    )
+    # The clean stage's canonical columns, labels already mapped by the clean stage.
+    ending_column = "ending" if "ending" in analysis.columns else None
+    followup_column = "followup_days" if "followup_days" in analysis.columns else None
     if e["gap_days"] is not None and followup_column is None:
         raise ValueError(
             "Derive setting `endings.gap_days` infers endings from the time between "
@@ -794,7 +778,7 @@ def derive_tables(
         followup=followup_column,
         gap_days=e["gap_days"],
         planned_sessions=e["planned_sessions"],
-        ending_labels=e["labels"],
+        ending_labels={},
         sudden_gains=gains if sg_cfg["enabled"] else None,
     )
     if not cfg["reliable_change"]["enabled"]:

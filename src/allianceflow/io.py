@@ -50,7 +50,7 @@ class DataError(ValueError):
     """A raw file cannot be turned into the canonical table; the message says how to fix it.
 
     The message is one plain paragraph naming the file, the row and the column when they
-    are known, and the fix. :func:`allianceflow.pipeline.run_step` prints it without a
+    are known, and the fix. :func:`allianceflow.stages.run_step` prints it without a
     traceback.
     """
 

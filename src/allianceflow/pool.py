@@ -73,8 +73,6 @@ __all__ = [
     "one_stage_model",
     "compare_stages",
     "pool_markdown",
-    "pool_stage",
-    "forest_figure_stage",
 ]
 
 Method = Literal["reml", "dl", "pm"]
@@ -504,12 +502,16 @@ def meta_analysis(
     study: str = "study",
     r: str = "r",
     n: str = "n",
-    method: Method = "reml",
-    hksj: bool = False,
+    method: Method = "pm",
+    hksj: bool = True,
     pi_type: PiType = "default",
     alpha: float = 0.05,
 ) -> dict:
     r"""Random-effects meta-analysis of correlations on Fisher's z scale.
+
+    The defaults are the pipeline's (config ``pool``: Paule–Mandel τ² with the
+    Hartung–Knapp–Sidik–Jonkman interval), so a notebook and the pipeline give the same
+    analysis.
 
     Parameters
     ----------
@@ -518,14 +520,16 @@ def meta_analysis(
         :func:`study_effects`).
     study, r, n : str
         Column names of the study label, the correlation and the sample size (> 3).
-    method : {'reml', 'dl', 'pm'}, default 'reml'
+    method : {'reml', 'dl', 'pm'}, default 'pm'
         Estimator of the between-study variance τ²: restricted maximum likelihood
         (metafor's default), DerSimonian–Laird (1986) method of moments, or Paule–Mandel
-        (1982), which solves the generalised Q equation.
-    hksj : bool, default False
+        (1982), which solves the generalised Q equation and is recommended by Veroniki et
+        al. (2016, Research Synthesis Methods 7, 55-79).
+    hksj : bool, default True
         Use the Hartung–Knapp–Sidik–Jonkman interval: the variance of the pooled z is
         rescaled by the weighted residual mean square and the interval uses
-        :math:`t_{k-1}` instead of the normal.
+        :math:`t_{k-1}` instead of the normal; recommended with few studies (IntHout et
+        al. 2014, BMC Medical Research Methodology 14, 25).
     pi_type : {'default', 'riley'}, default 'default'
         The prediction interval as metafor's ``predict.rma`` computes it: with the test's
         critical value (normal, or :math:`t_{k-1}` under HKSJ), or ``'riley'`` with
@@ -709,7 +713,7 @@ def plot_forest(
     comparable : bool, default False
         Whether the pooled term estimates the same quantity as the benchmark. Flückiger et
         al. (2018) pooled between-patient alliance–outcome correlations, so only a pooled
-        ``alliance_between`` is comparable (:func:`forest_figure_stage` sets
+        ``alliance_between`` is comparable (:func:`allianceflow.stages.meta_forest_figure_stage` sets
         ``comparable = term == "alliance_between"``). When False the band is not drawn and
         a one-line note under the plot says why; the default within-patient lagged effect
         (``alliance_within_lag``) answers a different question and is typically smaller.
@@ -1091,7 +1095,7 @@ def compare_stages(
     )
 
 
-# --------------------------------------------------------------------------- pipeline stages
+# --------------------------------------------------------------------------- rendering
 
 
 def pool_markdown(meta: dict, comparison: pd.DataFrame | None = None) -> str:
@@ -1143,71 +1147,3 @@ def pool_markdown(meta: dict, comparison: pd.DataFrame | None = None) -> str:
             comp.to_markdown(index=False, disable_numparse=True),
         ]
     return "\n".join(parts) + "\n"
-
-
-def pool_stage(
-    *,
-    models: Mapping[str, Any],
-    analyses: Mapping[str, Any],
-    directions: Mapping[str, str],
-    formula: str,
-    reml: bool = True,
-    term: str = "alliance_within_lag",
-    method: Method = "pm",
-    hksj: bool = True,
-    alpha: float = 0.05,
-    pi_type: PiType = "default",
-    one_stage: bool = True,
-    standardise: bool = True,
-    meta_json,
-    table_csv,
-    table_md,
-    one_stage_json,
-    comparison_csv,
-) -> None:
-    """Pool the studies' fitted models (two stages) and refit the stacked data (one stage).
-
-    *models* and *analyses* map study names to the fit stage's JSON and the derive stage's
-    analysis table. Writes the meta-analysis (JSON), its table (CSV, Markdown), the
-    one-stage model (JSON; ``{"skipped": true}`` when ``one_stage`` is false) and the
-    comparison of the two (CSV).
-    """
-    from . import io
-
-    results = {name: io.read_json(path) for name, path in models.items()}
-    effects = study_effects(results, term=term, directions=directions)
-    meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha, pi_type=pi_type)
-    meta["term"] = term
-    comparison = None
-    if one_stage:
-        tables = {name: io.read_table(path) for name, path in analyses.items()}
-        one = one_stage_model(
-            tables, formula, directions=directions, reml=reml, standardise=standardise
-        )
-        comparison = compare_stages(meta, one, term=term)
-    else:
-        one = {"skipped": True}
-        comparison = pd.DataFrame(
-            columns=["approach", "r", "ci_low", "ci_high", "estimate", "se", "p"]
-        )
-    io.write_json(meta, meta_json)
-    io.write_table(meta_table(meta), table_csv)
-    io.write_text(pool_markdown(meta, comparison if one_stage else None), table_md)
-    io.write_json(one, one_stage_json)
-    io.write_table(comparison, comparison_csv)
-
-
-def forest_figure_stage(meta_json, *, benchmark: Mapping[str, Any] | None, outputs) -> None:
-    """Draw the forest plot of a saved meta-analysis in every format asked for.
-
-    The benchmark band is drawn only when the pooled term (``meta["term"]``, written by
-    :func:`pool_stage`) is ``alliance_between``, the between-patient association the
-    benchmark estimates; otherwise the figure notes that it is not comparable.
-    """
-    from . import io
-    from .figures import save_figure
-
-    mark = None if not benchmark else Benchmark(**benchmark)
-    meta = io.read_json(meta_json)
-    term = meta.get("term", "alliance_within_lag")
-    save_figure(plot_forest(meta, benchmark=mark, comparable=term == "alliance_between"), outputs)

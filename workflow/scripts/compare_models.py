@@ -1,9 +1,9 @@
 """Snakemake adapter: likelihood-ratio test of two models.
 
-The work is done by allianceflow.pipeline.comparison_stage.
+The work is done by allianceflow.stages.comparison_stage.
 """
 
-from allianceflow.pipeline import comparison_stage, run_step
+from allianceflow.stages import comparison_stage, run_step
 
 with run_step(snakemake.log[0]):
     comparison_stage(
