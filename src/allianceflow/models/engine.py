@@ -465,19 +465,9 @@ def fit_backend(
     """
     import patsy
 
-    d = rows.copy()
-    design = patsy.dmatrix(spec.fixed, d, return_type="dataframe")
+    design = patsy.dmatrix(spec.fixed, rows, return_type="dataframe")
     check_rank(design.to_numpy(dtype=float), list(design.columns))
     fit = fit_lmm(rows, spec, reml=reml, boundary_tol=boundary_tol)
-    keys = []
-    # outer to inner: fewer parts first, then fewer levels (study, therapist, patient)
-    for factor in sorted(
-        spec.factors, key=lambda f: (len(f), d[list(f)].drop_duplicates().shape[0])
-    ):
-        key = ":".join(factor)
-        if key not in d:
-            d[key] = d[list(factor)].astype(str).agg(":".join, axis=1)
-        keys.append(key)
     exog = design.reset_index(drop=True)
     exog.columns = list(fit.fixed_names)
     order = [t.label for t in spec.random]
@@ -519,7 +509,7 @@ def fit_backend(
         fixed_names=list(fit.fixed_names),
         beta=fit.fe_params,
         cov_fe=fit.cov_fe,
-        df=containment_df(d, keys, exog),
+        df=containment_df(rows, list(spec.factors), exog),
         df_default=float(fit.n_obs - len(fit.fixed_names)),
         sigma2=float(fit.sigma2),
         random=random,

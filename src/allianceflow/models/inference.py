@@ -123,10 +123,38 @@ def wald_rows(
     return rows
 
 
-def containment_df(d: pd.DataFrame, keys: list[str], exog: pd.DataFrame) -> dict[str, float]:
-    """Containment df for nested grouping columns *keys*, ordered outer to inner."""
-    n = len(d)
-    sizes = [1] + [int(d[k].nunique()) if k in d else int(d.groupby(k).ngroups) for k in keys] + [n]
+def containment_df(
+    data: pd.DataFrame, factors: list[tuple[str, ...]], exog: pd.DataFrame
+) -> dict[str, float]:
+    r"""Denominator df per fixed-effect column by the containment rule.
+
+    Pinheiro & Bates (2000, sec. 2.4.2): with the grouping factors nested in one another
+    and :math:`m_i` units at level *i* (outer to inner; observations innermost), a column
+    constant within the units of level *i* but not of level *i* - 1 gets
+    :math:`m_i - m_{i-1} - p_i` df, :math:`p_i` the number of such columns (at least 1).
+
+    Parameters
+    ----------
+    data : DataFrame
+        The model's rows.
+    factors : list of tuple of str
+        The grouping factors (each a tuple of columns), in formula order; they are ordered
+        outer to inner by number of columns, then number of levels.
+    exog : DataFrame
+        The fixed-effects design, one column per term, rows as *data*.
+
+    Returns
+    -------
+    dict
+        Column name -> df.
+    """
+    ordered = sorted(factors, key=lambda f: (len(f), data[list(f)].drop_duplicates().shape[0]))
+    keys = [
+        data[f[0]] if len(f) == 1 else data[list(f)].astype(str).agg(":".join, axis=1)
+        for f in ordered
+    ]
+    n = len(data)
+    sizes = [1] + [int(k.nunique()) for k in keys] + [n]
     # level index of each column: innermost level within which it is constant
     level = {}
     x = exog.reset_index(drop=True)
@@ -136,7 +164,7 @@ def containment_df(d: pd.DataFrame, keys: list[str], exog: pd.DataFrame) -> dict
             continue
         lev = len(keys) + 1
         for i in range(len(keys) - 1, -1, -1):
-            spread = x[c].groupby(d[keys[i]].to_numpy()).agg(lambda s: np.ptp(s.to_numpy()))
+            spread = x[c].groupby(keys[i].to_numpy()).agg(lambda s: np.ptp(s.to_numpy()))
             if float(spread.max()) <= 1e-12 * max(1.0, float(np.abs(x[c]).max())):
                 lev = i + 1
             else:

@@ -264,12 +264,12 @@ class MixedModelResult:
     --------
     >>> import numpy as np, pandas as pd
     >>> from allianceflow.models import fit_model
-    >>> rng = np.random.default_rng(1)
-    >>> d = pd.DataFrame({"patient": np.repeat([f"P{i:02d}" for i in range(30)], 5),
-    ...                   "session": np.tile(np.arange(1, 6), 30)})
-    >>> d["outcome"] = (10 + 0.5 * d["session"] + np.repeat(rng.normal(0, 2, 30), 5)
-    ...                 + rng.normal(0, 1, 150))
-    >>> res = fit_model(d, "outcome ~ session + (1 | patient)")
+    >>> d = pd.DataFrame({"g": np.repeat(list("abcdef"), 4), "x": np.tile([0.0, 1, 2, 3], 6)})
+    >>> d["y"] = (d["x"] + np.repeat([0.0, 1, -1, 0.5, 2, -2], 4)
+    ...           + np.tile([0.1, -0.1, 0.2, -0.2], 6) * np.repeat([1, 2, 1, 3, 1, 2], 4))
+    >>> res = fit_model(d, "y ~ x + (1 | g)", name="example")
+    >>> res
+    <MixedModelResult 'example': y ~ x + (1 | g) (converged)>
     >>> list(res.fixed.columns)
     ['term', 'estimate', 'se', 'ci_low', 'ci_high', 'statistic', 'p', 'df', 'r']
     >>> MixedModelResult.from_dict(res.to_dict()).to_dict() == res.to_dict()

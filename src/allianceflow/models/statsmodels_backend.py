@@ -448,18 +448,10 @@ def _re_singular(result) -> bool:
 def _level_df(
     d: pd.DataFrame, plan: MixedLMPlan, spec: FormulaSpec, exog: pd.DataFrame
 ) -> dict[str, float]:
-    """Denominator df per fixed term after Pinheiro & Bates (2000, sec. 2.4.2)."""
-    n = len(d)
-    p = exog.shape[1]
+    """Denominator df per fixed term: containment df, or n - p for crossed factors."""
     if plan.groups == "_all" or not spec.random:
-        return {c: float(n - p) for c in exog.columns}
-    # nesting chain outer -> inner (only intercept-level factors that nest)
-    facs = sorted(
-        {t.factor for t in spec.random},
-        key=lambda f: (len(f), d.groupby(_key_col(f, plan)).ngroups),
-    )
-    keys = [_key_col(f, plan) for f in facs]
-    return containment_df(d, keys, exog)
+        return {c: float(len(d) - exog.shape[1]) for c in exog.columns}
+    return containment_df(d, list(spec.factors), exog)
 
 
 def _key_col(factor: tuple[str, ...], plan: MixedLMPlan) -> str:
