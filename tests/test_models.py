@@ -1140,3 +1140,49 @@ def test_min_levels_is_configurable_and_checked():
         fit_model(d, formula, min_levels=1)
     with pytest.raises(TypeError, match="`min_levels` must be an integer of at least 2; got '5'."):
         fit_model(d, formula, min_levels="5")
+
+
+@pytest.mark.parametrize(
+    "change, formula, message",
+    [
+        (
+            lambda d: d.groupby("patient").head(1),
+            "outcome ~ session + (1 | patient)",
+            r"^`formula` 'outcome ~ session \+ \(1 \| patient\)': the grouping factor 'patient' "
+            r"has as many levels \(12\) as there are complete rows \(12\), so its variance "
+            r"cannot be told apart from the residual variance \(lme4 stops here too\)\. A random "
+            r"effect needs repeated rows per patient; drop the term or check the ids\.$",
+        ),
+        (
+            lambda d: d.groupby("patient").head(2),
+            "outcome ~ session + (1 + session | patient)",
+            r"^`formula` 'outcome ~ session \+ \(1 \+ session \| patient\)': the random term "
+            r"'\(1 \+ session \| patient\)' has 24 random effects \(12 levels x 2 effects\) for "
+            r"24 complete rows",
+        ),
+        (
+            lambda d: d.assign(outcome=7.0),
+            "outcome ~ session + (1 | patient)",
+            r"^`formula` 'outcome ~ session \+ \(1 \| patient\)': the response 'outcome' takes "
+            r"the single value 7\.0 in all 48 complete rows, so there is nothing to model\.",
+        ),
+    ],
+)
+@pytest.mark.parametrize("engine", ["auto", "statsmodels"])
+def test_unidentifiable_data_get_a_plain_message(change, formula, message, engine):
+    from allianceflow.io import DataError
+
+    d = change(_tiny_study(12, 1))
+    # a DataError: the pipeline prints the message without a traceback
+    with pytest.raises(DataError, match=message):
+        fit_model(d, formula, engine=engine)
+
+
+def test_an_interaction_factor_gets_its_conditional_modes():
+    """The outer factor ``therapist:patient`` labels its levels ``T0:P3``."""
+    d = _tiny_study(12, 1)
+    record = fit_model(d, "outcome ~ session + (1 | therapist/patient)").to_dict()
+    assert record["dropped_random_terms"][0]["group"] == "therapist"
+    modes = pd.DataFrame(record["conditional_modes"])
+    assert set(modes["group"]) == {"therapist:patient"} and set(modes["term"]) == {"(Intercept)"}
+    assert list(modes["level"]) == sorted(f"T0:P{i}" for i in range(12))

@@ -12,9 +12,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from allianceflow.io import DataError
 from allianceflow.models.formula import FormulaSpec, formula_variables
 
-__all__ = ["model_rows", "missing_by_variable", "check_rank"]
+__all__ = ["ModelError", "model_rows", "missing_by_variable", "check_rank", "check_identifiable"]
+
+
+class ModelError(DataError):
+    """The data cannot support the model asked for; the message says why and what to do.
+
+    A :class:`~allianceflow.io.DataError` (and so a ``ValueError``): the pipeline prints its
+    one paragraph without a traceback.
+    """
 
 
 def model_rows(data: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, int]:
@@ -36,7 +45,7 @@ def model_rows(data: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, int
     keep = data[variables].notna().all(axis=1).to_numpy()
     rows = data.loc[keep, variables].reset_index(drop=True)
     if len(rows) == 0:
-        raise ValueError(
+        raise ModelError(
             f"`data` has no complete rows for the model variables {variables} "
             f"(all {len(data)} rows have a missing value in at least one)."
         )
@@ -94,8 +103,50 @@ def check_rank(exog: np.ndarray, names: list[str]) -> None:
         if constant
         else f"a combination of earlier terms: {', '.join(redundant)}"
     )
-    raise ValueError(
+    raise ModelError(
         f"The fixed effects cannot all be estimated from the {exog.shape[0]} complete rows: "
         f"{detail}. Drop or recode these terms, or check which rows are missing (rows with a "
         "missing value in any model variable are dropped)."
     )
+
+
+def check_identifiable(rows: pd.DataFrame, spec: FormulaSpec) -> None:
+    """Refuse data in which the residual variance cannot be told apart from the others.
+
+    As lme4 does (its checks ``check.nobs.vs.nlev`` and ``check.nobs.vs.nRE``, both
+    "stop" by default): the response must vary; every grouping factor must have fewer
+    levels than there are rows; every random term must have fewer random effects (levels
+    times effects) than there are rows.
+
+    Raises
+    ------
+    ModelError
+        With the factor or term at fault and what to do.
+    """
+    n = len(rows)
+    y = rows[spec.response]
+    if y.nunique() < 2:
+        raise ModelError(
+            f"`formula` {spec.formula!r}: the response {spec.response!r} takes the single value "
+            f"{y.iloc[0]} in all {n} complete rows, so there is nothing to model. Check the "
+            "outcome column and the rows kept."
+        )
+    for factor in spec.factors:
+        label = ":".join(factor)
+        n_levels = int(rows[list(factor)].drop_duplicates().shape[0])
+        if n_levels >= n:
+            raise ModelError(
+                f"`formula` {spec.formula!r}: the grouping factor {label!r} has as many levels "
+                f"({n_levels}) as there are complete rows ({n}), so its variance cannot be told "
+                "apart from the residual variance (lme4 stops here too). A random effect needs "
+                f"repeated rows per {label}; drop the term or check the ids."
+            )
+        for term in spec.random:
+            if term.factor == factor and n_levels * len(term.effects) >= n:
+                raise ModelError(
+                    f"`formula` {spec.formula!r}: the random term {term.source!r} has "
+                    f"{n_levels * len(term.effects)} random effects ({n_levels} levels x "
+                    f"{len(term.effects)} effects) for {n} complete rows, so they cannot be "
+                    "told apart from the residual (lme4 stops here too). Drop random slopes "
+                    "or use data with more rows per unit."
+                )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from allianceflow.models.design import check_rank, model_rows
+from allianceflow.models.design import ModelError, check_rank, model_rows
 from allianceflow.models.formula import FormulaSpec
 from allianceflow.models.inference import containment_df
 from allianceflow.models.inference import round_sig as _r
@@ -167,7 +167,7 @@ def _prepare(data: pd.DataFrame, spec: FormulaSpec):
     levels = levels_from_spec(spec)
     nested = nesting_order(d, levels)
     if nested is None:
-        raise ValueError(
+        raise ModelError(
             f"`formula` {spec.formula!r}: the grouping factors "
             f"{[lev.label for lev in levels]} are not nested in one another in the data "
             "(some level of an inner factor occurs in more than one level of an outer one); "
@@ -178,11 +178,7 @@ def _prepare(data: pd.DataFrame, spec: FormulaSpec):
     X = patsy.dmatrix(spec.fixed, d, return_type="dataframe", eval_env=0)
     fixed_names = list(X.columns)
     Xv = X.to_numpy(dtype=float)
-    if np.linalg.matrix_rank(Xv) < Xv.shape[1]:
-        raise ValueError(
-            f"`formula` {spec.formula!r}: the fixed-effects design matrix is rank deficient "
-            f"(columns {fixed_names}); drop collinear terms."
-        )
+    check_rank(Xv, fixed_names)
     y = d[spec.response].to_numpy(dtype=float)
     Z_cols = []
     for lev in levels:
@@ -372,6 +368,12 @@ def fit_lmm(
         )
 
     sol = prob.solve(theta, keep=True)
+    if "beta" not in sol:
+        raise ModelError(
+            f"`formula` {spec.formula!r}: the likelihood cannot be evaluated at any variance "
+            f"parameters for these {prob.n} rows (the fixed effects reproduce the response "
+            "exactly, or the cross-products are singular); check the response and the terms."
+        )
     beta, sigma2 = sol["beta"], float(sol["sigma2"])
     cov_fe = sigma2 * np.linalg.inv(sol["XtVX"])
     dev = float(sol["deviance"])
@@ -465,9 +467,8 @@ def fit_backend(
     """
     import patsy
 
-    design = patsy.dmatrix(spec.fixed, rows, return_type="dataframe")
-    check_rank(design.to_numpy(dtype=float), list(design.columns))
     fit = fit_lmm(rows, spec, reml=reml, boundary_tol=boundary_tol)
+    design = patsy.dmatrix(spec.fixed, rows, return_type="dataframe")
     exog = design.reset_index(drop=True)
     exog.columns = list(fit.fixed_names)
     order = [t.label for t in spec.random]
@@ -489,11 +490,10 @@ def fit_backend(
     outer = order[0] if order else None
     if outer is not None and outer in fit.ranef and len(fit.ranef[outer]) <= 5000:
         frame = fit.ranef[outer]
-        level_col = frame.columns[0]
-        terms = [c for c in frame.columns[1:] if not str(c).startswith("se_")]
-        frame = frame.assign(_level=frame[level_col].astype(str)).sort_values(
-            "_level", kind="mergesort"
-        )
+        k = len(outer.split(":"))  # the factor's columns come first, then the effects
+        terms = [c for c in frame.columns[k:] if not str(c).startswith("se_")]
+        level = frame[list(frame.columns[:k])].astype(str).agg(":".join, axis=1)
+        frame = frame.assign(_level=level).sort_values("_level", kind="mergesort")
         for _, row in frame.iterrows():
             for t in terms:
                 modes.append((outer, row["_level"], t, float(row[t]), float(row[f"se_{t}"])))

@@ -18,7 +18,12 @@ import pandas as pd
 
 from allianceflow.models import engine as fast
 from allianceflow.models import statsmodels_backend as sm
-from allianceflow.models.design import missing_by_variable, model_rows
+from allianceflow.models.design import (
+    ModelError,
+    check_identifiable,
+    missing_by_variable,
+    model_rows,
+)
 from allianceflow.models.formula import FormulaSpec, drop_effects, parse_formula
 from allianceflow.models.pls import supports
 from allianceflow.models.result import MixedModelResult, build_result
@@ -79,7 +84,7 @@ def _few_level_terms(
     reduced = drop_effects(spec, [pair for d in dropped for pair in d["effects"]])
     if dropped and not reduced.random:
         detail = "; ".join(f"{d['group']!r} has {d['n_levels']}" for d in dropped)
-        raise ValueError(
+        raise ModelError(
             f"`formula` {spec.formula!r}: every grouping factor has fewer than min_levels = "
             f"{min_levels} levels in the {len(rows)} complete rows ({detail}), so no random "
             "effect can be estimated. Fit the study with more units, lower `min_levels` "
@@ -279,6 +284,7 @@ def fit_model(
     rows, n_dropped = model_rows(data, spec)
     by_variable = missing_by_variable(data, spec)
     fit_spec, dropped = _few_level_terms(rows, spec, min_levels)
+    check_identifiable(rows, fit_spec)
     # nesting is a property of the rows the model uses (incomplete rows are dropped)
     if engine != "statsmodels" and supports(fit_spec, rows):
         backend = fast.fit_backend(rows, fit_spec, reml=bool(reml), boundary_tol=boundary_tol)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from allianceflow.models.design import check_rank
+from allianceflow.models.design import ModelError, check_rank
 from allianceflow.models.formula import FormulaSpec, MixedLMPlan, drop_effects, to_mixedlm
 from allianceflow.models.inference import containment_df, is_boundary
 from allianceflow.models.inference import round_sig as _r
@@ -404,7 +404,7 @@ def _fit_attempts(model, reml: bool, optimizers: tuple[str, ...], grad_tol: floa
         if check["ok"]:
             break
     if best is None:
-        raise RuntimeError(
+        raise ModelError(
             "MixedLM failed with every optimiser: "
             + "; ".join(f"{a['optimizer']}: {a['warnings']}" for a in attempts)
         )
@@ -506,7 +506,7 @@ def fit_backend(
         names = ", ".join(f"{e} | {g}" for g, e in degenerate)
         zeroed = degenerate
         if not reduced.random:
-            raise ValueError(
+            raise ModelError(
                 f"every random-effect variance of {spec.formula!r} is zero ({names}); the data "
                 "show no clustering, so fit an ordinary regression instead."
             )
