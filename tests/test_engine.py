@@ -94,8 +94,8 @@ def _sm_fit(complete, key, reml):
 def _sm_params(fit: LMMFit, key: str) -> MixedLMParams:
     """Our estimates as statsmodels parameters (covariances relative to the residual).
 
-    statsmodels' likelihood jumps at a singular covariance matrix (#10239), so a ridge of
-    1e-10 keeps a boundary fit just inside.
+    statsmodels' likelihood jumps at a singular covariance matrix (statsmodels #10239), so a
+    ridge of 1e-10 keeps a boundary fit just inside.
     """
     s2 = fit.sigma2
     if key in ("intercept", "correlated"):

@@ -11,7 +11,9 @@ what a published analysis needs and MixedLM does not give reliably:
   not the optimum (:mod:`allianceflow.models.optimize` holds the shared steps);
 * a guard against statsmodels issue #10239: a random-effect variance below 1e-10 makes
   ``MixedLM.get_fe_params`` return between-group fixed effects as exactly 0.0;
-* lme4's ``vcov`` for the fixed effects, and the conditional modes of the outer factor.
+* lme4's ``vcov`` for the fixed effects, and the conditional modes of the outer factor
+  (from :mod:`allianceflow.models.mixedlm`, the layer that evaluates ``MixedLM`` at given
+  parameters).
 
 :func:`fit_backend` returns a :class:`~allianceflow.models.result.BackendFit`.
 """
@@ -25,10 +27,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from allianceflow.models.design import ModelError, check_rank
-from allianceflow.models.formula import FormulaSpec, MixedLMPlan, drop_effects, to_mixedlm
+from allianceflow.models.design import ModelError
+from allianceflow.models.formula import FormulaSpec, MixedLMPlan, drop_effects
 from allianceflow.models.inference import containment_df, is_boundary
 from allianceflow.models.inference import round_sig as _r
+from allianceflow.models.mixedlm import SM_TOL as _SM_TOL
+from allianceflow.models.mixedlm import build_model as _build_model
+from allianceflow.models.mixedlm import check_model_rank as _check_rank
+from allianceflow.models.mixedlm import conditional_modes as _conditional_modes
+from allianceflow.models.mixedlm import gls_cov_fe as _gls_cov_fe
+from allianceflow.models.mixedlm import loglike as _loglike
+from allianceflow.models.mixedlm import prepare as _prepare
+from allianceflow.models.mixedlm import result_at as _result_at
+from allianceflow.models.mixedlm import sqrt_hessian as _sqrt_hessian
 from allianceflow.models.optimize import newton_decrement, newton_polish
 from allianceflow.models.result import BackendFit
 
@@ -44,7 +55,6 @@ __all__ = ["OPTIMIZERS", "fit_backend", "check_optimizers"]
 #: variance with an infinite likelihood. Each fall-back starts from the best point found so far.
 OPTIMIZERS: tuple[str, ...] = ("lbfgsb", "lbfgs", "bfgs", "powell", "nm")
 _LOWER = 1e-4  # lower bound of SD-type parameters (relative to the residual SD) in "lbfgsb"
-_SM_TOL = 1e-10  # statsmodels' tolerance in MixedLM.get_fe_params (statsmodels #10239)
 
 
 def check_optimizers(optimizers: Any) -> tuple[str, ...]:
@@ -61,49 +71,6 @@ def check_optimizers(optimizers: Any) -> tuple[str, ...]:
                 f"`optimizers` entries must be one of {', '.join(map(repr, allowed))}; got {opt!r}."
             )
     return optimizers
-
-
-def _prepare(rows: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, MixedLMPlan]:
-    """Return the complete rows with grouping factors as strings, and the ``MixedLM`` plan."""
-    d = rows.copy()
-    for fac in {f for t in spec.random for f in t.factor}:
-        d[fac] = d[fac].astype(str)
-    plan = to_mixedlm(spec, d)
-    for col, parts in plan.derived_columns.items():
-        d[col] = d[list(parts)].agg(":".join, axis=1)
-    if plan.groups == "_all":
-        d["_all"] = "all"
-    return d, plan
-
-
-def _build_model(d: pd.DataFrame, plan: MixedLMPlan):
-    from statsmodels.regression.mixed_linear_model import MixedLM
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return MixedLM.from_formula(
-            plan.formula,
-            data=d,
-            groups=plan.groups,
-            re_formula=plan.re_formula,
-            vc_formula=plan.vc_formula or None,
-        )
-
-
-def _sqrt_hessian(model, packed: np.ndarray) -> np.ndarray:
-    """Central-difference Hessian of the profiled log-likelihood from the analytic score."""
-    k = len(packed)
-    h = np.zeros((k, k))
-    for j in range(k):
-        # relative step: a parameter near 0 must not be pushed across 0, where the
-        # covariance becomes singular and statsmodels' likelihood jumps (statsmodels #10239)
-        step = 1e-5 * min(1.0, max(abs(packed[j]), 1e-3))
-        e = np.zeros(k)
-        e[j] = step
-        h[:, j] = (
-            model.score(packed + e, profile_fe=True) - model.score(packed - e, profile_fe=True)
-        ) / (2 * step)
-    return 0.5 * (h + h.T)
 
 
 def _boundary_mask(model, packed: np.ndarray, tol: float = 2 * _LOWER) -> np.ndarray:
@@ -167,16 +134,6 @@ def _convergence_check(model, result, grad_tol: float) -> dict:
     }
 
 
-def _loglike(model, packed: np.ndarray) -> float:
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        try:
-            val = float(model.loglike(packed, profile_fe=True))
-        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
-            return float("nan")
-    return val if math.isfinite(val) else float("nan")
-
-
 def _newton_polish(model, packed: np.ndarray, max_steps: int = 25) -> tuple[np.ndarray, int]:
     """Safeguarded Newton ascent on the profiled log-likelihood (sqrt scale).
 
@@ -218,81 +175,6 @@ def _newton_polish(model, packed: np.ndarray, max_steps: int = 25) -> tuple[np.n
         require_finite=True,
     )
     return p, steps
-
-
-def _result_at(model, packed: np.ndarray, converged: bool):
-    """Build a statsmodels MixedLMResults at given (sqrt-scale, profiled) parameters.
-
-    Mirrors the end of ``MixedLM.fit`` (statsmodels 0.14/0.15) without re-optimising.
-    """
-    from statsmodels.regression.mixed_linear_model import (
-        MixedLMParams,
-        MixedLMResults,
-        MixedLMResultsWrapper,
-    )
-
-    params = MixedLMParams.from_packed(
-        packed, model.k_fe, model.k_re, use_sqrt=model.use_sqrt, has_fe=False
-    )
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        fe_params, _ = model.get_fe_params(params.cov_re, params.vcomp)
-        params.fe_params = fe_params
-        scale = model.get_scale(fe_params, params.cov_re, params.vcomp)
-        hess, _ = model.hessian(params)
-        try:
-            pcov = np.linalg.inv(-hess)
-        except np.linalg.LinAlgError:
-            pcov = np.full_like(hess, np.nan)
-    results = MixedLMResults(model, params.get_packed(use_sqrt=False, has_fe=True), pcov / scale)
-    results.params_object = params
-    results.fe_params = fe_params
-    results.cov_re = scale * params.cov_re
-    results.vcomp = scale * params.vcomp
-    results.scale = scale
-    results.cov_re_unscaled = params.cov_re
-    results.method = "REML" if model.reml else "ML"
-    results.converged = converged
-    results.hist = None
-    results.reml = model.reml
-    results.cov_pen = model.cov_pen
-    results.k_fe = model.k_fe
-    results.k_re = model.k_re
-    results.k_re2 = model.k_re2
-    results.k_vc = model.k_vc
-    results.use_sqrt = model.use_sqrt
-    results.freepat = None
-    return MixedLMResultsWrapper(results)
-
-
-def _gls_cov_fe(model, result) -> np.ndarray:
-    r"""Covariance of the fixed effects, :math:`\sigma^2 (X^\top V^{-1} X)^{-1}` (lme4's ``vcov``).
-
-    Conditional on the estimated variance parameters (statsmodels' ``bse_fe`` instead
-    inverts the joint observed information of fixed and variance parameters, which differs
-    from lme4 by a few per cent in small samples).
-    """
-    from statsmodels.regression.mixed_linear_model import _smw_solver
-
-    po = result.params_object
-    cov_re = np.atleast_2d(np.asarray(po.cov_re, dtype=float))
-    if model.k_re == 0:
-        cov_re_inv = np.empty((0, 0))
-    else:
-        w, v = np.linalg.eigh(cov_re)
-        ii = np.flatnonzero(w >= _SM_TOL)
-        cov_re_inv = (v[:, ii] / w[ii]) @ v[:, ii].T
-    xtvx = np.zeros((model.k_fe, model.k_fe))
-    for gi, _ in enumerate(model.group_labels):
-        vc_var = model._expand_vcomp(po.vcomp, gi)
-        if vc_var.size:
-            vc_vari = np.where(vc_var >= _SM_TOL, 1.0 / np.maximum(vc_var, _SM_TOL), 0.0)
-        else:
-            vc_vari = np.empty(0)
-        solver = _smw_solver(1.0, model._aex_r[gi], model._aex_r2[gi], cov_re_inv, vc_vari)
-        ex = model.exog_li[gi]
-        xtvx += ex.T @ solver(ex)
-    return float(result.scale) * np.linalg.inv(xtvx)
 
 
 def _fit_lbfgsb(model, reml: bool, start: np.ndarray | None, maxiter: int):
@@ -643,38 +525,3 @@ def fit_backend(
         boundary=boundary,
         warnings=warn_list,
     )
-
-
-def _check_rank(model) -> None:
-    """Refuse a rank-deficient fixed-effects design (statsmodels path)."""
-    check_rank(np.asarray(model.exog, dtype=float), list(model.exog_names))
-
-
-def _conditional_modes(
-    res, plan: MixedLMPlan, d: pd.DataFrame, max_groups: int = 5000
-) -> list[tuple[str, str, str, float, float]]:
-    """Conditional modes (BLUPs) of the outer grouping factor's random effects.
-
-    One row per level and term: ``(group, level, term, mode, se)``, where ``se`` is the
-    square root of the conditional variance of the random effect given the
-    data at the estimates (statsmodels' ``random_effects_cov``; lme4's ``condVar``), and the
-    interval is ``mode ± 1.96 se``: the intervals of a caterpillar plot. Empty for crossed
-    designs (no outer factor) and when the outer factor has more than *max_groups* levels
-    (the per-level covariance would dominate the fit's cost; use the fast engine there).
-    """
-    if not plan.re_labels or not plan.outer:
-        return []
-    levels = sorted(d[plan.groups].astype(str).unique())
-    if len(levels) > max_groups:
-        return []
-    k = len(plan.re_labels)
-    effects = res.random_effects
-    covs = res.random_effects_cov
-    rows = []
-    for key in sorted(effects, key=str):
-        values = np.asarray(effects[key], dtype=float)[:k]
-        cond = np.atleast_2d(np.asarray(covs[key], dtype=float))[:k, :k]
-        for j, (group, term) in enumerate(plan.re_labels):
-            se = math.sqrt(max(float(cond[j, j]), 0.0))
-            rows.append((group, str(key), term, float(values[j]), se))
-    return rows
