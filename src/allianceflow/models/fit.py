@@ -219,8 +219,8 @@ def fit_model(
     to the residual, ICC 0.499, as converged), and with *m* levels the variance rests on
     *m* - 1 degrees of freedom, so below five its estimate and the ICC built on it are too
     imprecise to report (Bolker et al. 2009 recommend at least five to six levels for a
-    random effect; Gelman & Hill 2007, sec. 11.4, note that little is gained over a
-    classical model with fewer). The fixed effects then ignore that level's clustering:
+    random effect; five is also the threshold of lme4's optional check). The fixed effects
+    then ignore that level's clustering:
     with few therapists, add the therapist as a fixed factor if its effect matters.
 
     *Tests.* Wald :math:`z = \hat\beta/\mathrm{SE}`, two-sided normal p, 95% CI
@@ -256,15 +256,13 @@ def fit_model(
 
     References
     ----------
+    Bates, D., Mächler, M., Bolker, B., & Walker, S. (2015). Fitting linear mixed-effects
+    models using lme4. *Journal of Statistical Software, 67*(1), 1–48.
     Bolker, B. M., Brooks, M. E., Clark, C. J., Geange, S. W., Poulsen, J. R., Stevens,
     M. H. H., & White, J.-S. S. (2009). Generalized linear mixed models: a practical guide
     for ecology and evolution. *Trends in Ecology & Evolution, 24*(3), 127–135.
-    Bates, D., Mächler, M., Bolker, B., & Walker, S. (2015). Fitting linear mixed-effects
-    models using lme4. *Journal of Statistical Software, 67*(1), 1–48.
     Flückiger, C., Del Re, A. C., Wampold, B. E., & Horvath, A. O. (2018). The alliance in
     adult psychotherapy: A meta-analytic synthesis. *Psychotherapy, 55*(4), 316–340.
-    Gelman, A., & Hill, J. (2007). *Data analysis using regression and
-    multilevel/hierarchical models*. Cambridge University Press.
     Johnson, P. C. D. (2014). Extension of Nakagawa & Schielzeth's R²GLMM to random slopes
     models. *Methods in Ecology and Evolution, 5*(9), 944–946.
     Nakagawa, S., & Schielzeth, H. (2013). A general and simple method for obtaining R² from
