@@ -420,20 +420,14 @@ def formula_variables(spec: FormulaSpec, columns) -> list[str]:
                 f"{sorted(cols)}{_closest(ident, cols)}."
             )
     for term in spec.random:
-        for s in term.slopes:
-            if s not in cols:
-                raise KeyError(
-                    f"random term {term.source!r}: slope {s!r} is not a column; columns are "
-                    f"{sorted(cols)}{_closest(s, cols)}."
-                )
-            add(s)
-        for f in term.factor:
-            if f not in cols:
-                raise KeyError(
-                    f"random term {term.source!r}: grouping factor {f!r} is not a column; "
-                    f"columns are {sorted(cols)}{_closest(f, cols)}."
-                )
-            add(f)
+        for kind, names in (("slope", term.slopes), ("grouping factor", term.factor)):
+            for name in names:
+                if name not in cols:
+                    raise KeyError(
+                        f"random term {term.source!r}: {kind} {name!r} is not a column; "
+                        f"columns are {sorted(cols)}{_closest(name, cols)}."
+                    )
+                add(name)
     if spec.response not in cols:
         raise KeyError(
             f"`formula` response {spec.response!r} is not a column; columns are "
