@@ -64,7 +64,7 @@ formula = json.loads(sys.argv[5])
 d = pd.read_parquet(path).dropna().reset_index(drop=True)
 d["patient"] = d["patient"].astype(str); d["therapist"] = d["therapist"].astype(str)
 if tool == "engine":
-    from allianceflow.engine import fit_lmm
+    from allianceflow.models.engine import fit_lmm
 else:
     from statsmodels.regression.mixed_linear_model import MixedLM
 base = hwm()

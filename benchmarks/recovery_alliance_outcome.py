@@ -55,7 +55,7 @@ def analysis_table(sessions: pd.DataFrame) -> pd.DataFrame:
 def one(seed: int) -> dict:
     data = analysis_table(simulate_study(seed=seed, **DESIGN))
     t0 = time.perf_counter()
-    res = fit_model(data, preset_formula("alliance_outcome"), name=f"rep{seed}")
+    res = fit_model(data, preset_formula("alliance_outcome"), name=f"rep{seed}").to_dict()
     out = {
         "seed": seed,
         "seconds": time.perf_counter() - t0,

@@ -311,7 +311,7 @@ def test_two_informants_feed_the_informants_preset(run):
     )
     lagged = analysis.dropna(subset=["alliance_rater_therapist_within_lag"])
     assert len(lagged) > 2000
-    res = fit_model(analysis, preset_formula("informants"), name="informants")
+    res = fit_model(analysis, preset_formula("informants"), name="informants").to_dict()
     terms = [row["term"] for row in res["fixed"]]
     assert terms[1:5] == [
         "alliance_rater_patient_within_lag",

@@ -655,7 +655,7 @@ def test_one_stage_and_two_stage_agree_in_sign_and_size():
         "srs_phq": _analysis("srs+phq9", 6),
     }
     directions = {"srs_phq": "lower_is_better"}
-    results = {name: fit_model(t, formula, name=name) for name, t in tables.items()}
+    results = {name: fit_model(t, formula, name=name).to_dict() for name, t in tables.items()}
     effects = study_effects(results, directions=directions)
     assert (effects["r"] > 0).all()  # both: better alliance, better outcome
     meta = meta_analysis(effects, method="dl", hksj=False)

@@ -1043,7 +1043,7 @@ def one_stage_model(
             )
     if "| study)" not in formula.replace(" ", "").replace("|study)", "| study)"):
         formula = f"{formula} + (1 | study)"
-    result = fit_model(stacked, formula, reml=reml, name=name)
+    result = fit_model(stacked, formula, reml=reml, name=name, min_levels=2).to_dict()
     result["studies"] = sorted(tables)
     result["standardised"] = bool(standardise)
     return result

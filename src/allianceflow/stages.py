@@ -375,14 +375,14 @@ def fit_stage(
     analysis: str | Path, model: dict[str, Any], *, name: str, json: str | Path, txt: str | Path
 ) -> None:
     """Fit one model and write its tidy results and a readable summary."""
-    from .models import fit_model, format_model
+    from .models import fit_model
 
     result = fit_model(
         io.read_table(analysis), model_formula(model), reml=model.get("reml", True), name=name
     )
-    io.write_json(result, json)
-    io.write_text(format_model(result), txt)
-    conv = result["convergence"]
+    io.write_json(result.to_dict(), json)
+    io.write_text(result.summary(), txt)
+    conv = result.convergence
     log.info("%s: converged=%s with %s", name, conv["converged"], conv["optimizer"])
 
 
