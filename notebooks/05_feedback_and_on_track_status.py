@@ -33,8 +33,6 @@
 # %%
 from pathlib import Path
 
-from IPython.display import display
-
 import allianceflow
 from allianceflow import config, figures, models, ontrack, stages
 
