@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from allianceflow.ddf import (
+from allianceflow.models.ddf import (
     compare_df,
     f_test,
     kenward_roger,
@@ -193,7 +193,7 @@ def test_compare_df_sets_the_three_side_by_side(three_level_data):
     ]
     np.testing.assert_allclose(table["df_satterthwaite"], REFERENCE[1]["sat_df"], rtol=1e-4)
     # the containment df are fit_model's own
-    fixed = fit_model(three_level_data, FORMULAS[1], reml=True)["fixed"]
+    fixed = fit_model(three_level_data, FORMULAS[1], reml=True).to_dict()["fixed"]
     assert table["df_containment"].tolist() == [row["df"] for row in fixed]
     # where precision rests on the 12 therapists, Satterthwaite gives far fewer df
     assert table["df_satterthwaite"].iloc[0] < 30 < table["df_containment"].iloc[0]

@@ -382,7 +382,7 @@ def _fit_multilevel(obs, log_t, x0, y, centre, patient) -> MultilevelExpectedRes
     )
     res = fit_model(
         frame, "etr_change ~ intake_c * log_t + (1 + log_t | patient)", reml=True, name="etr"
-    )
+    ).to_dict()
     fixed = {row["term"]: float(row["estimate"]) for row in res["fixed"]}
     var = {row["term"]: float(row["variance"]) for row in res["random"]}
     cov = [float(row["covariance"]) for row in res.get("covariances") or []]

@@ -8,7 +8,8 @@ convergence check (:mod:`~allianceflow.models.optimize`), and returns a
 :class:`MixedModelResult` (:mod:`~allianceflow.models.result`): ``.fixed`` and ``.random``
 DataFrames, ICC, R², convergence, ``.summary()`` and ``to_dict()`` for JSON. Inference --
 Wald tests, containment df, r-equivalents, likelihood-ratio tests -- lives in
-:mod:`~allianceflow.models.inference`; the standard research questions as formulas in
+:mod:`~allianceflow.models.inference`, Satterthwaite and Kenward–Roger df in
+:mod:`~allianceflow.models.ddf`; the standard research questions as formulas in
 :mod:`~allianceflow.models.presets`.
 
 Examples
@@ -18,6 +19,7 @@ Examples
 'outcome ~ session + (1 + session | patient)'
 """
 
+from allianceflow.models.ddf import compare_df, f_test, kenward_roger, satterthwaite_df
 from allianceflow.models.engine import LMMFit, fit_lmm
 from allianceflow.models.fit import fit_model
 from allianceflow.models.formula import FormulaSpec, RandomTerm, parse_formula
@@ -42,4 +44,8 @@ __all__ = [
     "fit_lmm",
     "LMMFit",
     "supports",
+    "satterthwaite_df",
+    "kenward_roger",
+    "f_test",
+    "compare_df",
 ]

@@ -56,7 +56,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .formula import FormulaSpec, model_rows, parse_formula
+from .design import model_rows
+from .formula import FormulaSpec, parse_formula
 
 __all__ = [
     "VarianceStructure",
@@ -155,6 +156,11 @@ def _lookup_covariance(result: Mapping[str, Any], group: str, a: str, b: str) ->
     )
 
 
+def _as_dict(result: Any) -> Any:
+    """A fit's JSON record: ``MixedModelResult.to_dict()``, or the dict as given."""
+    return result.to_dict() if hasattr(result, "to_dict") else result
+
+
 def _check_result(result: Any) -> None:
     if not isinstance(result, Mapping) or "random" not in result:
         raise TypeError(
@@ -182,7 +188,7 @@ def variance_structure(
         The data the model was fitted to (rows with a missing model variable are dropped,
         as ``fit_model`` does).
     formula : str or FormulaSpec
-        The lme4 formula (:func:`allianceflow.formula.parse_formula`).
+        The lme4 formula (:func:`allianceflow.models.parse_formula`).
     result : dict, optional
         ``fit_model(data, formula, reml=True)``; fitted here when omitted.
 
@@ -208,9 +214,10 @@ def variance_structure(
             "are n - p."
         )
     if result is None:
-        from .models import fit_model
+        from .fit import fit_model
 
         result = fit_model(data, spec.formula, reml=True)
+    result = _as_dict(result)
     _check_result(result)
     rows, _ = model_rows(data, spec)
     X_frame = patsy.dmatrix(spec.fixed, rows, return_type="dataframe", eval_env=0)
@@ -564,9 +571,10 @@ def compare_df(
         df_kenward_roger``; the containment df are those of *result* (``fit_model``).
     """
     if result is None:
-        from .models import fit_model
+        from .fit import fit_model
 
         result = fit_model(data, formula, reml=True)
+    result = _as_dict(result)
     st = variance_structure(data, formula, result)
     sat = satterthwaite_df(structure=st)
     kr = kenward_roger(structure=st)
