@@ -22,7 +22,11 @@ rows/s, peak RSS, and the RSS after imports (the interpreter + numpy/pandas base
 ``--workdir DIR --reuse`` keeps the data and reuses an export simulated before (the
 simulation is deterministic: seed 20261125).
 
-Run:  nohup .venv/bin/python benchmarks/pipeline_scale.py > benchmarks/results/pipeline_scale.log 2>&1 &
+Run:
+
+    nohup .venv/bin/python benchmarks/pipeline_scale.py \
+        > benchmarks/results/pipeline_scale.log 2>&1 &
+
 Output: benchmarks/results/pipeline_scale.txt (and printed).
 """
 
@@ -219,7 +223,8 @@ def report(results: list[dict], total_seconds: float, load_start: str, load_end:
         "# Pipeline at scale: clean, score, derive (benchmarks/pipeline_scale.py, issue 10)",
         "",
         f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}; "
-        f"python {platform.python_version()}, numpy {numpy.__version__}, pandas {pandas.__version__}, "
+        f"python {platform.python_version()}, numpy {numpy.__version__}, "
+        f"pandas {pandas.__version__}, "
         f"pyarrow {pyarrow.__version__}",
         f"load average (1/5/15 min) at start: {load_start}; at end: {load_end} "
         "(shared machine: other jobs ran beside this one)",
@@ -231,8 +236,10 @@ def report(results: list[dict], total_seconds: float, load_start: str, load_end:
     ]
     for rec in results:
         lines.append(
-            f"## {rec['rows']:,} session rows ({rec['patients']:,} patients, {rec['therapists']:,} therapists; "
-            f"CSV {rec['csv_mb']:.0f} MB; kept {rec['flow']['kept']:,}, excluded {rec['flow']['excluded']:,}; "
+            f"## {rec['rows']:,} session rows ({rec['patients']:,} patients, "
+            f"{rec['therapists']:,} therapists; "
+            f"CSV {rec['csv_mb']:.0f} MB; kept {rec['flow']['kept']:,}, "
+            f"excluded {rec['flow']['excluded']:,}; "
             f"analysis table {rec['analysis_rows']:,} × {rec['analysis_columns']})"
         )
         lines.append("")
@@ -242,7 +249,8 @@ def report(results: list[dict], total_seconds: float, load_start: str, load_end:
         for stage, res in rec["stages"].items():
             total += res["seconds"]
             lines.append(
-                f"| {stage} | {res['seconds']:.2f} | {res['rows_per_s']:,.0f} | {res['peak_mb']:.0f} | "
+                f"| {stage} | {res['seconds']:.2f} | {res['rows_per_s']:,.0f} | "
+                f"{res['peak_mb']:.0f} | "
                 f"{res['baseline_mb']:.0f} | {res['load_before']} |"
             )
         lines.append(f"| **total** | {total:.2f} | {rec['rows'] / total:,.0f} | | | |")

@@ -150,7 +150,7 @@ fig = figures.plot_ruptures(analysis, alliance_label="WAI-SR total")
 rr = models.fit_model(
     analysis, stages.model_formula(cfg["models"]["rupture_repair"]), name="rupture_repair"
 )
-models.fixed_effects_table(rr).round(3)
+rr.fixed.round(3)
 
 # %% [markdown]
 # **Against the truth**: the outcome depends on last session's alliance level only, so the

@@ -12,7 +12,7 @@ from allianceflow.io import sha256_file
 
 
 def _patients(counts):
-    """A patients table with the given rc_category counts per arm."""
+    """Build a patients table with the given rc_category counts per arm."""
     rows = []
     for arm, cats in counts.items():
         for cat, n in cats.items():
@@ -107,9 +107,11 @@ def test_model_table_single_and_side_by_side(result):
 
 
 def test_clinical_significance_suppresses_small_cells_and_their_complement():
-    # tau: 3 deteriorated (< 5) -> "< 5"; the row total would reveal it, so the next
-    # smallest arm cell of the row (feedback 6) is hidden; the arm's n would reveal both
-    # down their columns, so the next smallest of each column (tau 9, feedback 10) too.
+    # tau: 3 deteriorated (< 5) is hidden; the row total 9 would reveal it, so the next
+    # smallest arm cell of the row (feedback 6) is hidden; each arm's n would reveal its
+    # hidden cell down the column, so the next smallest of each column (tau 9, feedback 10)
+    # too. Rows and columns then hold two hidden cells each (a 2 x 2 cycle): no cell is
+    # determined.
     p = _patients(
         {
             "feedback": {"recovered": 10, "unchanged": 12, "deteriorated": 6},
@@ -117,18 +119,22 @@ def test_clinical_significance_suppresses_small_cells_and_their_complement():
         }
     )
     t = T.clinical_significance_table(p, min_cell=5)
-    det = t.body[t.body["Measure"] == "Deteriorated"].iloc[0].tolist()
-    assert det == ["Deteriorated", "suppressed", "< 5", "9 (17.6)"]
-    rec = t.body[t.body["Measure"] == "Recovered"].iloc[0].tolist()
-    assert rec == ["Recovered", "suppressed", "suppressed", "19 (37.3)"]
-    unc = t.body[t.body["Measure"] == "Unchanged"].iloc[0].tolist()
-    assert unc == ["Unchanged", "12 (42.9)", "11 (47.8)", "23 (45.1)"]
+    body = t.body.set_index("Measure")
+    assert body.columns.tolist() == ["feedback (n = 28)", "tau (n = 23)", "Total (n = 51)"]
+    assert body.loc["Deteriorated"].tolist() == ["suppressed", "suppressed", "9 (17.6)"]
+    assert body.loc["Recovered"].tolist() == ["suppressed", "suppressed", "19 (37.3)"]
+    assert body.loc["Unchanged"].tolist() == ["12 (42.9)", "11 (47.8)", "23 (45.1)"]
+    assert body.loc["Improved"].tolist() == ["0 (0.0)", "0 (0.0)", "0 (0.0)"]
     cells = t.data[(t.data["variable"] == "deteriorated")]
     assert cells["suppressed"].tolist() == [True, True, False]
     assert cells["count"].isna().tolist() == [True, True, False]  # no small count in the CSV
+    assert cells["percent"].isna().tolist() == [True, True, False]
+    assert "Complementary suppression" not in t.note  # the note names it in its own words
+    assert "by complementary suppression" in t.note and "Hundepool" in t.note
     # a threshold of 3 shows everything
     t3 = T.clinical_significance_table(p, min_cell=3)
     assert t3.body[t3.body["Measure"] == "Deteriorated"].iloc[0, 2] == "3 (13.0)"
+    assert "complementary" not in t3.note
 
 
 def test_min_cell_is_validated():
@@ -152,8 +158,10 @@ def test_table1_describes_intake_by_arm():
     outcome = t.body.iloc[-1].tolist()
     assert outcome == ["  Outcome", "12.00 (2.83)", "23.00 (2.58)", "19.33 (6.15)"]
     t5 = T.table1(df, therapist=None, continuous={"outcome": "Outcome"}, min_cell=5)
-    assert t5.body.iloc[0].tolist() == ["Patients, n", "< 5", "< 5", "6"]
-    assert t5.body.iloc[-1, 1] == "n < 5"
+    # both arms are small: hidden, the total of 6 shown (2 + 4: two unknowns, one sum)
+    assert t5.body.iloc[0].tolist() == ["Patients, n", "suppressed", "suppressed", "6"]
+    assert t5.body.columns.tolist()[1:] == ["x (n suppressed)", "y (n suppressed)", "Total (n = 6)"]
+    assert t5.body.iloc[-1].tolist() == ["  Outcome", "suppressed", "suppressed", "19.33 (6.15)"]
 
 
 def test_table1_endings_in_category_order_and_weeks_in_treatment():

@@ -41,7 +41,7 @@ def within_between(
     therapist: str | None = None,
     grand_mean: bool = False,
 ) -> pd.DataFrame:
-    """Split a time-varying predictor into within- and between-patient parts.
+    r"""Split a time-varying predictor into within- and between-patient parts.
 
     Parameters
     ----------
@@ -83,8 +83,8 @@ def within_between(
     -----
     .. math::
 
-        x^{B}_i = \\bar x_i - \\frac{1}{N}\\sum_{i'} \\bar x_{i'}, \\qquad
-        x^{W}_{it} = x_{it} - \\bar x_i
+        x^{B}_i = \bar x_i - \frac{1}{N}\sum_{i'} \bar x_{i'}, \qquad
+        x^{W}_{it} = x_{it} - \bar x_i
 
     (person-mean centring, Enders & Tofighi 2007; Curran & Bauer 2011). The grand mean
     weighs every patient equally, whatever their number of sessions. Patients with no
@@ -92,12 +92,12 @@ def within_between(
 
     .. math::
 
-        \\bar x_j = \\frac{1}{N_j}\\sum_{i \\in j} \\bar x_i, \\qquad
-        x^{T}_j = \\bar x_j - \\bar x, \\qquad x^{P}_{i} = \\bar x_i - \\bar x_{j(i)},
+        \bar x_j = \frac{1}{N_j}\sum_{i \in j} \bar x_i, \qquad
+        x^{T}_j = \bar x_j - \bar x, \qquad x^{P}_{i} = \bar x_i - \bar x_{j(i)},
 
     each patient weighing equally within their therapist (patients with no observed value
-    do not count). Grand-mean centring: :math:`x^{G}_{it} = x_{it} - \\bar x`, with
-    :math:`\\bar x` the same grand mean of patient means.
+    do not count). Grand-mean centring: :math:`x^{G}_{it} = x_{it} - \bar x`, with
+    :math:`\bar x` the same grand mean of patient means.
 
     Examples
     --------
@@ -505,7 +505,8 @@ def informant_alliances(
         rows = scored.loc[scored[informant].astype(str) == name, ["patient", "session", alliance]]
         if rows.duplicated(["patient", "session"]).any():
             raise ValueError(
-                f"informant {name!r} rates some sessions twice; one row per patient, session and informant is needed."
+                f"informant {name!r} rates some sessions twice; "
+                "one row per patient, session and informant is needed."
             )
         column = f"alliance_rater_{name}"
         out = out.merge(
@@ -539,6 +540,7 @@ DERIVE_DEFAULTS: dict[str, Any] = {
         "reference_study": None,
         "coefficients": None,
         "tolerance": 0.10,
+        "model": "fixed",
     },
     "sudden_gains": {
         "enabled": True,
@@ -571,7 +573,8 @@ def _settings(settings: Mapping | None) -> dict[str, Any]:
         return merged
     if not isinstance(settings, Mapping):
         raise TypeError(
-            f"`settings` must be a mapping (the study's derive block); got {type(settings).__name__}."
+            "`settings` must be a mapping (the study's derive block); "
+            f"got {type(settings).__name__}."
         )
     for key, value in settings.items():
         if key not in merged:
@@ -586,7 +589,8 @@ def _settings(settings: Mapping | None) -> dict[str, Any]:
             unknown = sorted(set(value) - set(merged[key]))
             if unknown:
                 raise KeyError(
-                    f"Unknown key {unknown[0]!r} in derive setting {key!r}; allowed: {', '.join(merged[key])}."
+                    f"Unknown key {unknown[0]!r} in derive setting {key!r}; "
+                    f"allowed: {', '.join(merged[key])}."
                 )
             merged[key].update(value)
         else:
@@ -688,11 +692,16 @@ def derive_tables(
         elif ref == "reference":
             if reference is None:
                 raise ValueError(
-                    "Derive setting `on_track.reference` is 'reference' but no reference sample was given."
+                    "Derive setting `on_track.reference` is 'reference' "
+                    "but no reference sample was given."
                 )
-            model = fit_expected_response(reference, score=outcome)
+            model = fit_expected_response(
+                reference, score=outcome, model=cfg["on_track"]["model"]
+            )
         elif ref == "study":
-            model = fit_expected_response(analysis, score="outcome")
+            model = fit_expected_response(
+                analysis, score="outcome", model=cfg["on_track"]["model"]
+            )
         else:
             raise ValueError(
                 f"`on_track.reference` must be 'study', 'reference' or 'coefficients'; got {ref!r}."
@@ -721,7 +730,8 @@ def derive_tables(
         sg_cutoff = sg_cfg["cutoff"] if sg_cfg["cutoff"] is not None else rci
         if sg_cutoff is None:
             raise ValueError(
-                "Sudden gains need a first-criterion cut-off: set the outcome instrument's `rci` for the "
+                "Sudden gains need a first-criterion cut-off: "
+                "set the outcome instrument's `rci` for the "
                 "study, or `derive: {sudden_gains: {cutoff: <points>}}`."
             )
         gains = sudden_gains(
@@ -751,9 +761,10 @@ def derive_tables(
     followup_column = "followup_days" if "followup_days" in analysis.columns else None
     if e["gap_days"] is not None and followup_column is None:
         raise ValueError(
-            "Derive setting `endings.gap_days` infers endings from the time between the last session "
-            "and the data extraction, but the data have no follow-up time: set the study's "
-            "`extraction_date` (with session dates), or map a column of follow-up days to 'followup_days'."
+            "Derive setting `endings.gap_days` infers endings from the time between "
+            "the last session and the data extraction, but the data have no follow-up time: "
+            "set the study's `extraction_date` (with session dates), "
+            "or map a column of follow-up days to 'followup_days'."
         )
     patients = derive_patients(
         analysis,

@@ -373,7 +373,7 @@ def run_power_chunk(
     for seed in seeds:
         data = simulate_power_data(design, seed=int(seed))
         try:
-            result = fit_model(data, formula, reml=True, name=label)
+            result = fit_model(data, formula, reml=True, name=label, min_levels=2).to_dict()
         except (ValueError, np.linalg.LinAlgError) as error:
             for term in TERMS:
                 rows.append(

@@ -375,14 +375,14 @@ def fit_stage(
     analysis: str | Path, model: dict[str, Any], *, name: str, json: str | Path, txt: str | Path
 ) -> None:
     """Fit one model and write its tidy results and a readable summary."""
-    from .models import fit_model, format_model
+    from .models import fit_model
 
     result = fit_model(
         io.read_table(analysis), model_formula(model), reml=model.get("reml", True), name=name
     )
-    io.write_json(result, json)
-    io.write_text(format_model(result), txt)
-    conv = result["convergence"]
+    io.write_json(result.to_dict(), json)
+    io.write_text(result.summary(), txt)
+    conv = result.convergence
     log.info("%s: converged=%s with %s", name, conv["converged"], conv["optimizer"])
 
 
@@ -785,6 +785,7 @@ def pool_stage(
     method: str = "pm",
     hksj: bool = True,
     alpha: float = 0.05,
+    pi_type: str = "default",
     one_stage: bool = True,
     standardise: bool = True,
     meta_json,
@@ -813,7 +814,7 @@ def pool_stage(
 
     results = {name: io.read_json(path) for name, path in models.items()}
     effects = study_effects(results, term=term, directions=directions)
-    meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha)
+    meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha, pi_type=pi_type)
     meta["term"] = term
     comparison = None
     if one_stage:

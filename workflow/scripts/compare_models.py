@@ -1,4 +1,7 @@
-"""Snakemake adapter: likelihood-ratio test of two models (allianceflow.stages.comparison_stage)."""
+"""Snakemake adapter: likelihood-ratio test of two models.
+
+The work is done by allianceflow.stages.comparison_stage.
+"""
 
 from allianceflow.stages import comparison_stage, run_step
 

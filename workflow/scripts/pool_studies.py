@@ -14,6 +14,7 @@ with run_step(snakemake.log[0]):
         method=settings["method"],
         hksj=settings["hksj"],
         alpha=settings["alpha"],
+        pi_type=settings.get("pi_type", "default"),
         one_stage=settings["one_stage"],
         standardise=settings["standardise"],
         meta_json=snakemake.output.meta,
