@@ -172,7 +172,8 @@ print(sessions.groupby("patient").size().describe()[["min", "50%", "max"]])
 # step applies a value recorded on any of a patient's rows to all of them, and stops with a
 # message if one patient has two different endings (rule `ending_conflict`).
 #
-# Exports without such a column can still give endings: set the study's `extraction_date`
+# Exports without such a column can still give endings: set the study's
+# `read.extraction_date`
 # (the day the export was made) and `derive: {endings: {gap_days: 56, planned_sessions: 12}}`.
 # A patient with no session in the 8 weeks before the export has ended, one seen more
 # recently is still in treatment (`ongoing`). A gap says *that* treatment ended, not *how*:
@@ -232,7 +233,7 @@ messy[["_source_row", "ClientCode", "SessionNo", "WAI_SR_03", "ORS_Social"]].hea
 
 # %%
 try:
-    clean.clean_sessions(messy, study, source="messy.csv", name=STUDY)
+    clean.clean_sessions(messy, config.flat_study(study), source="messy.csv", name=STUDY)
 except clean.DataError as error:
     print(error)
 
@@ -243,8 +244,8 @@ except clean.DataError as error:
 
 # %%
 lenient = copy.deepcopy(study)
-lenient["rules"].update({"out_of_range": "missing", "not_a_number": "missing"})
-fixed = clean.clean_sessions(messy, lenient, source="messy.csv", name=STUDY)
+lenient["clean"]["rules"].update({"out_of_range": "missing", "not_a_number": "missing"})
+fixed = clean.clean_sessions(messy, config.flat_study(lenient), source="messy.csv", name=STUDY)
 fixed.exclusions[["source_row", "patient", "session", "rule", "action", "column", "reason"]]
 
 # %%
@@ -261,7 +262,7 @@ print(
 #
 # A column that looks like a direct identifier (names, e-mail addresses, phone numbers,
 # exact dates of birth, addresses, free text) is refused **before anything is written**,
-# whether or not it is mapped. The researcher must drop it (`drop_columns`) or replace it
+# whether or not it is mapped. The researcher must drop it (`privacy.drop_columns`) or replace it
 # with a pseudonymous code. `privacy.find_identifiers` lists what it finds; cleaning
 # raises a `DataError`. (The address below is made up.)
 
@@ -270,7 +271,7 @@ leaky = messy.copy()
 leaky["Email"] = "someone@example.org"
 print(privacy.find_identifiers(leaky))
 try:
-    clean.clean_sessions(leaky, lenient, source="leaky.csv", name=STUDY)
+    clean.clean_sessions(leaky, config.flat_study(lenient), source="leaky.csv", name=STUDY)
 except clean.DataError as error:
     print(error)
 
@@ -301,9 +302,9 @@ except clean.DataError as error:
 #
 # ## Exercise
 #
-# 1. In the `lenient` copy of the study, set `min_sessions` to 3 and clean the full raw
+# 1. In the `lenient` copy of the study, set `clean.min_sessions` to 3 and clean the full raw
 #    export again. How many patients and sessions are excluded, under which rule? Does the
 #    flow still reconcile? Why might a "completers only" rule bias an alliance–outcome
 #    study even when dropout was at random?
-# 2. Set the `session_gap` rule to `"error"`. Read the message: which row and which
-#    patient does it name?
+# 2. Set the `session_gap` rule (under `clean.rules`) to `"error"`. Read the message:
+#    which row and which patient does it name?

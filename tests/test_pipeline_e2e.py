@@ -126,7 +126,8 @@ def test_manifest_lists_inputs_and_every_output(run):
         if not k.endswith("manifest.json")
     }
     assert manifest["outputs"] == outputs
-    assert manifest["config"]["study"]["alliance"] == "wai_sr_total"
+    assert manifest["config"]["study"]["measures"]["alliance"] == "wai_sr_total"
+    assert manifest["lock_sha256"] is None  # the copied project has no requirements.lock
     assert manifest["versions"]["statsmodels"]
     verify = subprocess.run(
         [sys.executable, "-m", "allianceflow", "verify", "results/example/manifest.json"],
