@@ -21,7 +21,7 @@ SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def make_study(**settings_) -> dict:
-    """The study block of the corpus, validated (defaults filled in) like a real config."""
+    """Build the study block of the corpus, validated (defaults filled in) like a real config."""
     study = {
         "raw": "tests/data/bad/x.csv",
         "columns": {
@@ -70,89 +70,156 @@ def test_corpus_is_reproducible(tmp_path):
 
 ERRORS = {
     "blank_header.csv": (
-        "blank_header.csv, row 1: column 8 has no name in the header. If the header spans two rows (merged cells), set `header_rows: 2` for this study in config.yaml, or give every column a one-row name in the file."
+        "blank_header.csv, row 1: column 8 has no name in the header. If the header spans two "
+        "rows (merged cells), set `header_rows: 2` for this study in config.yaml, or give every "
+        "column a one-row name in the file."
     ),
     "cp1252.csv": (
-        "cp1252.csv, row 7: byte 0xfc cannot be read as utf-8-sig; the file was probably saved by Windows software as cp1252 (or latin-1). Set `encoding: cp1252` for this study in config.yaml, or save the file as UTF-8."
+        "cp1252.csv, row 7: byte 0xfc cannot be read as utf-8-sig; the file was probably saved "
+        "by Windows software as cp1252 (or latin-1). Set `encoding: cp1252` for this study in "
+        "config.yaml, or save the file as UTF-8."
     ),
     "date_of_birth_column.csv": (
-        "date_of_birth_column.csv: column 'Intake' looks like it holds dates of birth (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Intake' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "date_of_birth_column.csv: column 'Intake' looks like it holds dates of birth (by its "
+        "content; first at row 2). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Intake' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
     ),
     "decimal_comma.csv": (
-        "decimal_comma.csv, row 2, column 'ORS_1': '5,0' is not a number (5 more row(s) have the same problem). Correct the value, or declare it under `missing_codes` if it means 'missing'. The file writes decimals with a comma: set `decimal: ','` for this study in config.yaml. Or set `studies.t.rules.not_a_number` to 'exclude' or 'missing' in config.yaml."
+        "decimal_comma.csv, row 2, column 'ORS_1': '5,0' is not a number (5 more row(s) have the "
+        "same problem). Correct the value, or declare it under `missing_codes` if it means "
+        "'missing'. The file writes decimals with a comma: set `decimal: ','` for this study in "
+        "config.yaml. Or set `studies.t.rules.not_a_number` to 'exclude' or 'missing' in "
+        "config.yaml."
     ),
     "duplicate_header.csv": (
-        "duplicate_header.csv, row 1: the header names column 'ORS_3' twice (columns 7 and 8). Rename one of them in the file so that every column name is unique."
+        "duplicate_header.csv, row 1: the header names column 'ORS_3' twice (columns 7 and 8). "
+        "Rename one of them in the file so that every column name is unique."
     ),
     "email_column.csv": (
-        "email_column.csv: column 'Contact' looks like it holds e-mail addresses (by its content; first at row 4). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Contact' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "email_column.csv: column 'Contact' looks like it holds e-mail addresses (by its "
+        "content; first at row 4). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Contact' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
     ),
     "empty.csv": ("empty.csv: the file is empty. Export the data again."),
     "empty_column.csv": (
-        "empty_column.csv: column 'ORS_2' (mapped to 'ors_2') is empty in every one of its 6 rows; the export probably lost it. Export the data again, or remove the column from `columns` in config.yaml."
+        "empty_column.csv: column 'ORS_2' (mapped to 'ors_2') is empty in every one of its 6 "
+        "rows; the export probably lost it. Export the data again, or remove the column from "
+        "`columns` in config.yaml."
     ),
     "extra_field.csv": (
-        "extra_field.csv, row 5: the row has 9 fields, more than the 8 columns of the header. A value probably contains the delimiter ',' without quotes, or the delimiter is wrong; quote the value or set `delimiter` for this study in config.yaml."
+        "extra_field.csv, row 5: the row has 9 fields, more than the 8 columns of the header. A "
+        "value probably contains the delimiter ',' without quotes, or the delimiter is wrong; "
+        "quote the value or set `delimiter` for this study in config.yaml."
     ),
     "fake.sav": (
-        "fake.sav: the file cannot be read as SPSS data (ReadstatError: Unable to read from file). It may be truncated; save it again."
+        "fake.sav: the file cannot be read as SPSS data (ReadstatError: Unable to read from "
+        "file). It may be truncated; save it again."
     ),
     "merged_header.xlsx": (
-        "merged_header.xlsx, sheet 'export', row 1: column 6 has no name in the header. If the header spans two rows (merged cells), set `header_rows: 2` for this study in config.yaml, or give every column a one-row name in the file."
+        "merged_header.xlsx, sheet 'export', row 1: column 6 has no name in the header. If the "
+        "header spans two rows (merged cells), set `header_rows: 2` for this study in "
+        "config.yaml, or give every column a one-row name in the file."
     ),
     "mixed_dates.csv": (
-        "mixed_dates.csv, row 3, column 'SessionDate': date '2024-02-08' is written as %Y-%m-%d, but the date format is %d/%m/%Y (mixed date formats). Write every date in one format in the file, or set `date_format` for this study in config.yaml. Or set `studies.t.rules.date_invalid` to 'exclude' in config.yaml."
+        "mixed_dates.csv, row 3, column 'SessionDate': date '2024-02-08' is written as %Y-%m-%d, "
+        "but the date format is %d/%m/%Y (mixed date formats). Write every date in one format in "
+        "the file, or set `date_format` for this study in config.yaml. Or set "
+        "`studies.t.rules.date_invalid` to 'exclude' in config.yaml."
     ),
     "names_column.csv": (
-        "names_column.csv: column 'Client' looks like it holds names (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Client' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "names_column.csv: column 'Client' looks like it holds names (by its content; first at "
+        "row 2). The input must be de-identified before the pipeline reads it. Remove the column "
+        "from the export, or add 'Client' to `studies.t.drop_columns` in config.yaml to drop it "
+        "explicitly before anything is read from it."
     ),
     "national_id_in_item.csv": (
-        "national_id_in_item.csv: column 'ORS_3' looks like it holds national id numbers (by its content; first at row 5). The input must be de-identified before the pipeline reads it. The column is mapped to 'ors_3': correct the value in the file, or, if the column is free of identifiers, add it to `privacy_exempt`."
+        "national_id_in_item.csv: column 'ORS_3' looks like it holds national id numbers (by its "
+        "content; first at row 5). The input must be de-identified before the pipeline reads it. "
+        "The column is mapped to 'ors_3': correct the value in the file, or, if the column is "
+        "free of identifiers, add it to `privacy_exempt`."
     ),
     "negative_session.csv": (
-        "negative_session.csv, row 6, column 'SessionNo': session number -2 is not a whole number of 1 or more. Session numbers count from 1 (1 = the first session); correct the value. Or set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
+        "negative_session.csv, row 6, column 'SessionNo': session number -2 is not a whole "
+        "number of 1 or more. Session numbers count from 1 (1 = the first session); correct the "
+        "value. Or set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
     ),
     "notes_column.csv": (
-        "notes_column.csv: column 'Notes' looks like it holds free-text notes (by its name). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Notes' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "notes_column.csv: column 'Notes' looks like it holds free-text notes (by its name). The "
+        "input must be de-identified before the pipeline reads it. Remove the column from the "
+        "export, or add 'Notes' to `studies.t.drop_columns` in config.yaml to drop it explicitly "
+        "before anything is read from it."
     ),
     "notes_with_names.csv": (
-        "notes_with_names.csv: column 'Obs' looks like it holds free-text notes (by its content; first at row 3). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Obs' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "notes_with_names.csv: column 'Obs' looks like it holds free-text notes (by its content; "
+        "first at row 3). The input must be de-identified before the pipeline reads it. Remove "
+        "the column from the export, or add 'Obs' to `studies.t.drop_columns` in config.yaml to "
+        "drop it explicitly before anything is read from it."
     ),
     "old_excel.xls": (
-        "old_excel.xls: files ending in '.xls' cannot be read; use .csv, .tsv, .txt, .xlsx, .sav, .dta or .parquet (save older .xls files as .xlsx)."
+        "old_excel.xls: files ending in '.xls' cannot be read; use .csv, .tsv, .txt, .xlsx, "
+        ".sav, .dta or .parquet (save older .xls files as .xlsx)."
     ),
     "out_of_range.csv": (
-        "out_of_range.csv, row 2, column 'ORS_4': ors_4 = 12.5 is outside the response range 0 to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in config.yaml."
+        "out_of_range.csv, row 2, column 'ORS_4': ors_4 = 12.5 is outside the response range 0 "
+        "to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code "
+        "for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in "
+        "config.yaml."
     ),
     "phone_column.csv": (
-        "phone_column.csv: column 'Tel' looks like it holds phone numbers (by its name and content; first at row 5). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Tel' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "phone_column.csv: column 'Tel' looks like it holds phone numbers (by its name and "
+        "content; first at row 5). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Tel' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
     ),
     "phone_in_unnamed_column.csv": (
-        "phone_in_unnamed_column.csv: column 'Extra' looks like it holds phone numbers (by its content; first at row 6). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Extra' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "phone_in_unnamed_column.csv: column 'Extra' looks like it holds phone numbers (by its "
+        "content; first at row 6). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Extra' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
     ),
     "postcode_column.csv": (
-        "postcode_column.csv: column 'Area' looks like it holds postcodes (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Area' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "postcode_column.csv: column 'Area' looks like it holds postcodes (by its content; first "
+        "at row 2). The input must be de-identified before the pipeline reads it. Remove the "
+        "column from the export, or add 'Area' to `studies.t.drop_columns` in config.yaml to "
+        "drop it explicitly before anything is read from it."
     ),
     "renamed_column.csv": (
-        "renamed_column.csv: the config maps column 'SessionDate' to 'date', but the file has no column 'SessionDate'. Closest columns in the file: 'Session_Date', 'SessionNo', 'Clinician'. Fix the name under `columns` in config.yaml."
+        "renamed_column.csv: the config maps column 'SessionDate' to 'date', but the file has no "
+        "column 'SessionDate'. Closest columns in the file: 'Session_Date', 'SessionNo'. Fix the "
+        "name under `columns` in config.yaml."
     ),
     "session_zero.csv": (
-        "session_zero.csv, row 5, column 'SessionNo': session number 0 is not a whole number of 1 or more. Session numbers count from 1 (1 = the first session); correct the value. Or set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
+        "session_zero.csv, row 5, column 'SessionNo': session number 0 is not a whole number of "
+        "1 or more. Session numbers count from 1 (1 = the first session); correct the value. Or "
+        "set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
     ),
     "street_address_column.csv": (
-        "street_address_column.csv: column 'Home' looks like it holds street addresses (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Home' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "street_address_column.csv: column 'Home' looks like it holds street addresses (by its "
+        "content; first at row 2). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Home' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
     ),
     "text_in_items.csv": (
-        "text_in_items.csv, row 4, column 'ORS_1': 'six' is not a number. Correct the value, or declare it under `missing_codes` if it means 'missing'. Or set `studies.t.rules.not_a_number` to 'exclude' or 'missing' in config.yaml."
+        "text_in_items.csv, row 4, column 'ORS_1': 'six' is not a number. Correct the value, or "
+        "declare it under `missing_codes` if it means 'missing'. Or set "
+        "`studies.t.rules.not_a_number` to 'exclude' or 'missing' in config.yaml."
     ),
     "truncated.csv": (
-        "truncated.csv, row 7: the row has 4 fields, fewer than the 8 columns of the header. The file may be truncated or a row was cut; export it again."
+        "truncated.csv, row 7: the row has 4 fields, fewer than the 8 columns of the header. The "
+        "file may be truncated or a row was cut; export it again."
     ),
     "unclosed_quote.csv": (
-        "unclosed_quote.csv, row 8: the file cannot be split into values (unexpected end of data); a quote is probably never closed, which happens when a file is truncated. Export the file again, or remove the stray quote."
+        "unclosed_quote.csv, row 8: the file cannot be split into values (unexpected end of "
+        "data); a quote is probably never closed, which happens when a file is truncated. Export "
+        "the file again, or remove the stray quote."
     ),
     "undeclared_code.csv": (
-        "undeclared_code.csv, row 7, column 'ORS_2': ors_2 = 999 is outside the response range 0 to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in config.yaml."
+        "undeclared_code.csv, row 7, column 'ORS_2': ors_2 = 999 is outside the response range 0 "
+        "to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code "
+        "for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in "
+        "config.yaml."
     ),
 }
 
@@ -232,7 +299,8 @@ LOGGED = {
                 "id_variant",
                 "altered",
                 "ClientCode",
-                "patient id 'P01  ' differs from 'P01' only by case or spaces; changed to 'P01'",
+                "patient id 'P01  ' is a spelling of 'P01' (case, spaces, number format or "
+                "Unicode form); changed to 'P01'",
             )
         ],
         6,
@@ -247,7 +315,8 @@ LOGGED = {
                 "id_variant",
                 "altered",
                 "ClientCode",
-                "patient id 'p01' differs from 'P01' only by case or spaces; changed to 'P01'",
+                "patient id 'p01' is a spelling of 'P01' (case, spaces, number format or Unicode "
+                "form); changed to 'P01'",
             )
         ],
         6,
@@ -277,7 +346,7 @@ LOGGED = {
                 "session_order",
                 "flagged",
                 "SessionDate",
-                "session 3 is dated 2024-02-05, before an earlier session (2024-02-08)",
+                "session 3 is dated 3 day(s) before the previous session (session 2)",
             )
         ],
         6,
@@ -391,7 +460,8 @@ LOGGED = {
                 "date_invalid",
                 "excluded",
                 "SessionDate",
-                "date '2024-02-08' is written as %Y-%m-%d, but the date format is %d/%m/%Y (mixed date formats)",
+                "date '2024-02-08' is written as %Y-%m-%d, but the date format is %d/%m/%Y "
+                "(mixed date formats)",
             ),
             (
                 4,
@@ -493,7 +563,10 @@ def test_policy_outside_the_allowed_set_is_refused():
     raw = io.read_raw(BAD / "session_gap.csv")
     with pytest.raises(
         DataError,
-        match=r"`studies.t.rules.session_gap` is 'exclude'; allowed values are 'error', 'flag', 'ignore'",
+        match=(
+            r"`studies.t.rules.session_gap` is 'exclude'; "
+            r"allowed values are 'error', 'flag', 'ignore'"
+        ),
     ):
         clean_sessions(raw, study, source="session_gap.csv", name="t")
 

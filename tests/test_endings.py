@@ -1,6 +1,8 @@
-"""Endings from a researcher's export to the patients table: the canonical ``ending`` and
-``followup_days`` columns of the clean stage, the study's ``extraction_date``, the config
-checks, and the derive stage using them (recorded or inferred from a gap).
+"""Endings from a researcher's export to the patients table.
+
+The canonical ``ending`` and ``followup_days`` columns of the clean stage, the study's
+``extraction_date``, the config checks, and the derive stage using them (recorded or
+inferred from a gap).
 """
 
 from __future__ import annotations
@@ -104,10 +106,13 @@ def test_an_unmapped_ending_label_names_the_row_and_the_fix():
     with pytest.raises(DataError) as error:
         clean(ROWS, labels={"ending": {"Done": "planned"}})
     assert str(error.value) == (
-        "x.csv, row 6, column 'Discharge': ending 'left' is not one of planned, unilateral, dropout, "
+        "x.csv, row 6, column 'Discharge': ending 'left' is not one of planned, unilateral, "
+        "dropout, "
         "ongoing. Map each of the export's ending labels to one of these types under "
-        "`studies.t.labels.ending` in config.yaml (here `'left': <type>`); leave the cell blank when "
-        "the ending is not recorded. Or set `studies.t.rules.ending_invalid` to 'missing' in config.yaml."
+        "`studies.t.labels.ending` in config.yaml (here `'left': <type>`); leave the cell blank "
+        "when "
+        "the ending is not recorded. Or set `studies.t.rules.ending_invalid` to 'missing' in "
+        "config.yaml."
     )
 
 
@@ -157,8 +162,8 @@ def test_a_session_after_the_extraction_date():
     with pytest.raises(DataError) as error:
         clean(ROWS, labels=LABELS, extraction_date="2025-02-28")
     assert str(error.value) == (
-        "x.csv, row 7, column 'Date': the session is dated 2025-03-03, after the extraction date "
-        "2025-02-28. Check the date, or set `studies.t.extraction_date` to the day the data were "
+        "x.csv, row 7, column 'Date': the session is dated 3 day(s) after the extraction date. "
+        "Check the date, or set `studies.t.extraction_date` to the day the data were "
         "exported. Or set `studies.t.rules.after_extraction` to 'exclude' in config.yaml."
     )
     result = clean(
@@ -186,14 +191,20 @@ def test_clean_itself_refuses_an_extraction_date_it_cannot_use():
     with pytest.raises(DataError) as error:
         unvalidated({**COLUMNS, "FU": "followup_days"}, [r + ("90",) for r in ROWS])
     assert str(error.value) == (
-        "x.csv: column 'FU' is mapped to 'followup_days', but the sessions are dated, and with dates "
-        "the follow-up time must come from the extraction day (days are counted from each patient's "
-        "first kept session). Remove the mapping and set `studies.t.extraction_date` to the day the "
+        "x.csv: column 'FU' is mapped to 'followup_days', but the sessions are dated, and with "
+        "dates "
+        "the follow-up time must come from the extraction day (days are counted from each "
+        "patient's "
+        "first kept session). Remove the mapping and set `studies.t.extraction_date` to the day "
+        "the "
         "data were exported."
     )
     with pytest.raises(
         DataError,
-        match=r"^config.yaml: `studies.t.extraction_date` is '2025-02-30', which is not a day of the calendar",
+        match=(
+            r"^config.yaml: `studies.t.extraction_date` is '2025-02-30', "
+            r"which is not a day of the calendar"
+        ),
     ):
         unvalidated(COLUMNS, ROWS, extraction_date="2025-02-30", labels=LABELS)
 
@@ -219,9 +230,11 @@ def test_mapped_followup_days_without_dates():
     with pytest.raises(DataError) as error:
         clean(rows, columns=columns)
     assert str(error.value) == (
-        "x.csv, row 4, column 'FU': the follow-up time is -3 days, so the extraction would precede the "
+        "x.csv, row 4, column 'FU': the follow-up time is -3 days, so the extraction would "
+        "precede the "
         "first session. Check the patient's follow-up time (days from the first session to the "
-        "extraction) and day counts. Or set `studies.t.rules.after_extraction` to 'exclude' in config.yaml."
+        "extraction) and day counts. Or set `studies.t.rules.after_extraction` to 'exclude' in "
+        "config.yaml."
     )
     rows = [("a", "1", "0", "5", "5"), ("a", "2", "7", "6", "")]
     with pytest.raises(DataError) as error:
@@ -279,7 +292,8 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
         "config.yaml: `studies.t.derive.endings.gap_days` infers endings from the time between a "
         "patient's last session and the data extraction, so the study needs that time: set "
         "`studies.t.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, or, "
-        "for an export without dates, map columns to 'days' and 'followup_days' under `studies.t.columns`."
+        "for an export without dates, map columns to 'days' and 'followup_days' under "
+        "`studies.t.columns`."
     )
     # a follow-up column alone is not enough without the days of the sessions
     undated = {"Client": "patient", "Sess": "session", "Item": "ors_1", "FU": "followup_days"}
@@ -294,7 +308,10 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
         validate_config(_config(derive={"endings": {"planned_sessions": 12}}), SCHEMA)
     with pytest.raises(
         ConfigError,
-        match=r"`studies.t.extraction_date` is '31/03/2025', which is not of the form this key needs. The day the data were exported, YYYY-MM-DD",
+        match=(
+            r"`studies.t.extraction_date` is '31/03/2025', which is not of the form this key "
+            r"needs. The day the data were exported, YYYY-MM-DD"
+        ),
     ):
         validate_config(_config(extraction_date="31/03/2025"), SCHEMA)
 
@@ -304,7 +321,8 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
     [
         (
             {"extraction_date": "2025-02-30"},
-            "config.yaml: `studies.t.extraction_date` is '2025-02-30', which is not a day of the calendar; "
+            "config.yaml: `studies.t.extraction_date` is '2025-02-30', which is not a day of the "
+            "calendar; "
             "write the day the data were exported as YYYY-MM-DD, e.g. '2025-09-01'.",
         ),
         (
@@ -312,27 +330,36 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
                 "extraction_date": "2025-03-31",
                 "columns": {"Client": "patient", "Sess": "session", "Item": "ors_1"},
             },
-            "config.yaml: `studies.t.extraction_date` is set, but no column is mapped to 'date' under "
-            "`studies.t.columns`, so the follow-up time cannot be computed. Map the session dates to 'date', "
-            "or map a column of days from each patient's first session to the extraction to 'followup_days' "
+            "config.yaml: `studies.t.extraction_date` is set, but no column is mapped to 'date' "
+            "under "
+            "`studies.t.columns`, so the follow-up time cannot be computed. Map the session "
+            "dates to 'date', "
+            "or map a column of days from each patient's first session to the extraction to "
+            "'followup_days' "
             "and remove `extraction_date`.",
         ),
         (
             {"columns": {**COLUMNS, "FU": "followup_days"}},
-            "config.yaml: `studies.t.columns` maps a column to 'followup_days', but the sessions are dated (a "
-            "column is mapped to 'date'), and with dates the follow-up time comes from the day of the export. "
+            "config.yaml: `studies.t.columns` maps a column to 'followup_days', but the sessions "
+            "are dated (a "
+            "column is mapped to 'date'), and with dates the follow-up time comes from the day "
+            "of the export. "
             "Remove that mapping and set `studies.t.extraction_date`.",
         ),
         (
             {"labels": {"ending": {"Done": "complete"}}},
-            "config.yaml: `studies.t.labels.ending` maps 'Done' to 'complete'; an ending must be one of "
+            "config.yaml: `studies.t.labels.ending` maps 'Done' to 'complete'; an ending must be "
+            "one of "
             "planned, unilateral, dropout, ongoing.",
         ),
         (
             {"derive": {"endings": {"labels": {"Done": "planned"}}}},
-            "config.yaml: `studies.t.derive.endings.labels` is no longer a setting. Map the export's ending "
-            "column to 'ending' under `studies.t.columns` and its labels under `studies.t.labels.ending`; for "
-            "endings inferred from a gap, give the day of the export as `studies.t.extraction_date`.",
+            "config.yaml: `studies.t.derive.endings.labels` is no longer a setting. Map the "
+            "export's ending "
+            "column to 'ending' under `studies.t.columns` and its labels under "
+            "`studies.t.labels.ending`; for "
+            "endings inferred from a gap, give the day of the export as "
+            "`studies.t.extraction_date`.",
         ),
     ],
 )
@@ -377,7 +404,8 @@ def test_derive_uses_the_recorded_ending_and_infers_the_rest():
         settings=settings,
     )
     p = derived.patients.set_index("patient")
-    # a, b recorded; c: first and only session 2025-03-03, extraction 28 days later = gap_days -> ended
+    # a, b recorded; c: first and only session 2025-03-03, extraction 28 days later
+    # = gap_days -> ended
     assert p["ending"].astype(str).to_dict() == {"a": "planned", "b": "unilateral", "c": "ended"}
     assert p["ending_source"].astype(str).to_dict() == {
         "a": "recorded",

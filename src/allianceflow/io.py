@@ -288,7 +288,7 @@ def _read_excel(path: Path, sheet: str | int | None, header_rows: int) -> pd.Dat
             filled.append(current)
         names = [
             "_".join(p for p in (a.strip(), b.strip()) if p) if b.strip() else a
-            for a, b in zip(filled, second)
+            for a, b in zip(filled, second, strict=True)
         ]
         names = [n if top[i].strip() or second[i].strip() else "" for i, n in enumerate(names)]
     else:
@@ -312,7 +312,8 @@ def _read_statistics(path: Path) -> pd.DataFrame:
         typed, _meta = reader(str(path), apply_value_formats=True, formats_as_category=True)
     except Exception as error:
         raise DataError(
-            f"{path.name}: the file cannot be read as {'Stata' if path.suffix.lower() == '.dta' else 'SPSS'} "
+            f"{path.name}: the file cannot be read as "
+            f"{'Stata' if path.suffix.lower() == '.dta' else 'SPSS'} "
             f"data ({type(error).__name__}: {error}). It may be truncated; save it again."
         ) from None
     _check_header(list(typed.columns), path.name)
@@ -457,10 +458,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write *frame* atomically as parquet or CSV, chosen by the suffix of *path*.
+    r"""Write *frame* atomically as parquet or CSV, chosen by the suffix of *path*.
 
     Parquet is written without pandas' index and with pyarrow's default compression; CSV
-    with ``\\n`` line endings and floats to 10 significant digits, so reruns give the same bytes.
+    with ``\n`` line endings and floats to 10 significant digits, so reruns give the same bytes.
     """
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -473,7 +474,9 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
 
 
 def clean_for_json(value: Any, digits: int = 10) -> Any:
-    """Turn numpy/pandas scalars into plain Python values, floats rounded to *digits*
+    """Turn numpy/pandas scalars into plain Python values.
+
+    Floats are rounded to *digits*
     significant digits, NaN and infinities to ``None``.
     """
     if isinstance(value, dict):
@@ -501,14 +504,14 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_text(text: str, path: str | Path) -> None:
-    """Write *text* as UTF-8 with ``\\n`` line endings, atomically."""
+    r"""Write *text* as UTF-8 with ``\n`` line endings, atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
 
 
 def sha256_file(path: str | Path) -> str:
-    """The hex SHA-256 of a file's bytes (read in 1 MiB blocks, read-only)."""
+    """Return the hex SHA-256 of a file's bytes (read in 1 MiB blocks, read-only)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

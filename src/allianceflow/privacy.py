@@ -212,7 +212,7 @@ def _birth_date(value: str, this_year: int) -> bool:
 def _by_content(
     values: pd.Series, rows: pd.Series, *, is_date_column: bool, this_year: int
 ) -> tuple[str, int] | None:
-    """The first identifier kind found in *values* and its source row, else None."""
+    """Return the first identifier kind found in *values* and its source row, else None."""
     parsed = _per_value(
         values,
         lambda s: pd.DataFrame({"text": s.astype(str).str.strip()}).assign(
@@ -350,6 +350,7 @@ def check_privacy(
     date_columns: Iterable[str] = (),
     hash_ids: bool = False,
     key: str = "drop_columns",
+    config: str = "config.yaml",
 ) -> None:
     """Raise a :class:`DataError` for the first column that looks like a direct identifier.
 
@@ -389,7 +390,8 @@ def check_privacy(
         where = f"; first at row {finding.row}" if finding.row is not None else ""
         head = (
             f"{source}: column {finding.column!r} looks like it holds {finding.kind} (by its "
-            f"{finding.evidence}{where}). The input must be de-identified before the pipeline reads it."
+            f"{finding.evidence}{where}). The input must be de-identified before the pipeline "
+            "reads it."
         )
         if canonical in ("patient", "therapist"):
             fix = (
@@ -398,7 +400,10 @@ def check_privacy(
                 f"{SALT_ENV} so only keyed hashes are written."
             )
             if finding.kind not in ("national id numbers", "phone numbers"):
-                fix = f" The column is mapped to {canonical!r}: replace the values by pseudonymous codes in the export."
+                fix = (
+                    f" The column is mapped to {canonical!r}: replace the values by "
+                    "pseudonymous codes in the export."
+                )
         elif canonical is not None:
             fix = (
                 f" The column is mapped to {canonical!r}: correct the value in the file, or, "
@@ -407,13 +412,13 @@ def check_privacy(
         else:
             fix = (
                 f" Remove the column from the export, or add {finding.column!r} to `{key}` in "
-                f"config.yaml to drop it explicitly before anything is read from it."
+                f"{config} to drop it explicitly before anything is read from it."
             )
         raise DataError(head + fix)
 
 
 def get_salt(env: dict[str, str] | None = None) -> str:
-    """The secret salt from the environment variable :data:`SALT_ENV`.
+    """Read the secret salt from the environment variable :data:`SALT_ENV`.
 
     Raises
     ------
@@ -434,11 +439,13 @@ def get_salt(env: dict[str, str] | None = None) -> str:
 
 
 def pseudonymise(ids: pd.Series, salt: str) -> pd.Series:
-    """Replace ids by the first 16 hex characters of HMAC-SHA-256(salt, id).
+    r"""Replace ids by the first 16 hex characters of HMAC-SHA-256(salt, id).
 
     Missing ids stay missing. The same id and salt always give the same pseudonym.
 
-    .. math:: \\mathrm{pseudonym}(x) = \\mathrm{hex}(\\mathrm{HMAC}_{\\mathrm{SHA256}}(s, x))_{1..16}
+    .. math::
+
+        \mathrm{pseudonym}(x) = \mathrm{hex}(\mathrm{HMAC}_{\mathrm{SHA256}}(s, x))_{1..16}
 
     Raises
     ------
@@ -452,7 +459,8 @@ def pseudonymise(ids: pd.Series, salt: str) -> pd.Series:
     """
     if not isinstance(salt, str) or len(salt) < MIN_SALT_LENGTH:
         raise ValueError(
-            f"`salt` must be a string of at least {MIN_SALT_LENGTH} characters; got {len(salt) if isinstance(salt, str) else type(salt).__name__}."
+            f"`salt` must be a string of at least {MIN_SALT_LENGTH} characters; got "
+            f"{len(salt) if isinstance(salt, str) else type(salt).__name__}."
         )
     key = salt.encode("utf-8")
     unique = pd.unique(ids.dropna())

@@ -28,14 +28,14 @@ def text(header=HEADER, rows=ROWS, sep=",") -> str:
 
 
 def edit(row: int, column: str, value: str, rows=ROWS) -> list[list[str]]:
-    """A copy of *rows* with one cell replaced (row is 0-based among data rows)."""
+    """Copy *rows* with one cell replaced (row is 0-based among data rows)."""
     out = [list(r) for r in rows]
     out[row][HEADER.index(column)] = value
     return out
 
 
 def with_column(name: str, values: list[str]) -> str:
-    return text([*HEADER, name], [[*r, v] for r, v in zip(ROWS, values)])
+    return text([*HEADER, name], [[*r, v] for r, v in zip(ROWS, values, strict=True)])
 
 
 def csv_files() -> dict[str, bytes]:
@@ -110,7 +110,7 @@ def csv_files() -> dict[str, bytes]:
 
 
 def merged_header_xlsx(path: Path) -> None:
-    """A sheet whose header spans two rows: ORS merged over four columns, item numbers below."""
+    """Write a sheet whose two-row header has ORS merged over four columns, numbers below."""
     from openpyxl import Workbook
 
     book = Workbook()
