@@ -33,7 +33,7 @@ def make_study(**settings_) -> dict:
         },
         "date_format": "%d/%m/%Y",
         "missing_codes": [-9, 99, "NA"],
-        "instruments": ["ors"],
+        "instruments": {"ors": {"rci": 5}},
         "alliance": "ors_total",
         "outcome": "ors_total",
         "models": ["m"],
@@ -51,6 +51,7 @@ def run(name: str, **settings_):
         encoding=study["encoding"],
         sheet=study["sheet"],
         header_rows=study["header_rows"],
+        skip_rows=study["skip_rows"],
     )
     return clean_sessions(raw, study, source=name, name="t")
 
@@ -221,6 +222,30 @@ ERRORS = {
         "for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in "
         "config.yaml."
     ),
+    "impossible_date.csv": (
+        "impossible_date.csv, row 3, column 'SessionDate': date '31/02/2024' is impossible: "
+        "February 2024 has 29 days. Correct the date: it is a typing error, since no such day "
+        "exists. Or set "
+        "`studies.t.rules.date_invalid` to 'exclude' in config.yaml."
+    ),
+    "lowercase_postcode_column.csv": (
+        "lowercase_postcode_column.csv: column 'Area' looks like it holds postcodes (by its "
+        "content; first at row 2). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Area' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
+    ),
+    "therapist_name.csv": (
+        "therapist_name.csv: column 'Clinician' looks like it holds names (by its content; first "
+        "at row 4). The input must be de-identified before the pipeline reads it. The column is "
+        "mapped to 'therapist': replace the values by pseudonymous codes in the export, or set "
+        "`hash_ids: true` and the environment variable ALLIANCEFLOW_SALT so only keyed hashes "
+        "are written."
+    ),
+    "title_rows.csv": (
+        "title_rows.csv, row 1: the header has blank column names, and row 3 looks like the "
+        "header, with 2 title row(s) above it. Set `skip_rows: 2` for this study in the config, "
+        "or delete the title rows in the file."
+    ),
 }
 
 
@@ -245,6 +270,81 @@ def test_wrong_delimiter_declared_in_config():
 # Exclusions, alterations and flags: (file, settings, expected rows of exclusions.csv as
 # (source_row, patient, session, rule, action, column, reason), sessions kept).
 LOGGED = {
+    "id_spellings.csv": (
+        {},
+        [
+            (
+                3,
+                "1",
+                "2",
+                "id_variant",
+                "altered",
+                "ClientCode",
+                "patient id '1.0' is a spelling of '1' (case, spaces, number format or Unicode "
+                "form); changed to '1'",
+            ),
+            (
+                4,
+                "1",
+                "3",
+                "id_variant",
+                "altered",
+                "ClientCode",
+                "patient id '01' is a spelling of '1' (case, spaces, number format or Unicode "
+                "form); changed to '1'",
+            ),
+            (
+                5,
+                "Zo\u00e9",
+                "1",
+                "id_variant",
+                "altered",
+                "ClientCode",
+                "patient id 'Zoe\u0301' is a spelling of 'Zo\u00e9' (case, spaces, number format "
+                "or Unicode form); changed to 'Zo\u00e9'",
+            ),
+        ],
+        6,
+    ),
+    "blank_therapist.csv": (
+        {},
+        [
+            (
+                3,
+                "P01",
+                "2",
+                "missing_therapist",
+                "altered",
+                "Clinician",
+                "therapist is blank; filled with the patient's only therapist 'T1'",
+            ),
+            (
+                7,
+                "P03",
+                "1",
+                "missing_therapist",
+                "excluded",
+                "Clinician",
+                "therapist is blank, and no other row of the patient names one",
+            ),
+        ],
+        5,
+    ),
+    "future_date.csv": (
+        {},
+        [
+            (
+                3,
+                "P01",
+                "2",
+                "session_order",
+                "flagged",
+                "SessionDate",
+                "session 2 is dated 2550 day(s) after the next session (session 3)",
+            ),
+        ],
+        8,
+    ),
     "duplicate_identical.csv": (
         {},
         [
@@ -736,3 +836,217 @@ def test_flow_always_reconciles(rows, min_sessions):
     assert (
         out["days"].isna() | (out["days"] <= out["followup_days"])
     ).all()  # nothing after the extraction
+
+
+def test_true_number_of_patients_after_id_spellings():
+    result = run("id_spellings.csv")
+    assert result.flow["patients"]["read"] == 3
+    assert sorted(result.sessions["patient"].unique()) == ["1", "P03", "Zo\u00e9"]
+
+
+def test_blank_therapist_is_counted_and_filled():
+    result = run("blank_therapist.csv")
+    assert result.flow["sessions"]["altered_by_rule"] == {"missing_therapist": 1}
+    assert result.flow["sessions"]["excluded_by_rule"] == {"missing_therapist": 1}
+    assert result.flow["values"]["missing_by_column"]["therapist"] == {
+        "raw_column": "Clinician",
+        "read_blank": 2,
+        "read_coded": 0,
+        "kept_missing": 0,
+    }
+    assert result.sessions["therapist"].notna().all()
+
+
+def test_blank_therapist_flag_keeps_the_rows_unfilled():
+    result = run("blank_therapist.csv", rules={"missing_therapist": "flag"})
+    assert result.exclusions["action"].tolist() == ["flagged", "flagged"]
+    assert result.sessions["therapist"].isna().sum() == 2
+
+
+def arm_study(**rules):
+    columns = {**make_study()["columns"], "Arm": "condition"}
+    return {"columns": columns, "labels": {"condition": {"FB": "feedback", "TAU": "tau"}}, **rules}
+
+
+def test_arm_switch_is_analysed_by_intention_to_treat():
+    result = run("arm_switch.csv", **arm_study())
+    rows = result.exclusions[["source_row", "rule", "action", "reason"]].values.tolist()
+    assert rows == [
+        [
+            4,
+            "condition_change",
+            "altered",
+            "the patient's arm changes (feedback \u2192 tau); analysed in the first recorded arm, "
+            "'feedback' (intention to treat)",
+        ],
+        [
+            6,
+            "condition_change",
+            "altered",
+            "arm is blank; filled with the patient's recorded arm 'tau'",
+        ],
+    ]
+    arms = result.sessions.groupby("patient", observed=True)["condition"].agg(
+        lambda c: sorted(set(c.astype(str)))
+    )
+    assert arms.to_dict() == {"P01": ["feedback"], "P02": ["tau"], "P03": ["feedback"]}
+
+
+def test_arm_switch_exclude_and_error():
+    result = run("arm_switch.csv", **arm_study(rules={"condition_change": "exclude"}))
+    assert result.flow["patients"]["excluded_by_rule"] == {"condition_change": 1}
+    assert reconcile(result.flow) == []
+    with pytest.raises(DataError) as error:
+        run("arm_switch.csv", **arm_study(rules={"condition_change": "error"}))
+    assert str(error.value) == (
+        "arm_switch.csv, row 4, column 'Arm': the patient's arm changes (feedback \u2192 tau). "
+        "Record the arm the patient was allocated to on every row, or set the rule to 'flag' to "
+        "analyse each patient in the first recorded arm (intention to treat). Or set "
+        "`studies.t.rules.condition_change` to 'flag' or 'exclude' in config.yaml."
+    )
+
+
+def test_therapist_name_passes_when_ids_are_hashed(monkeypatch):
+    monkeypatch.setenv("ALLIANCEFLOW_SALT", "s" * 32)
+    result = run("therapist_name.csv", hash_ids=True, rules={"therapist_change": "flag"})
+    result_env = result.sessions["therapist"]
+    assert "Dr Jane Smith" not in set(result_env)
+
+
+@pytest.mark.parametrize(
+    "name", ["id_spellings.csv", "future_date.csv", "therapist_change.csv", "case_ids.csv"]
+)
+def test_hashed_ids_leave_no_raw_id_or_date_in_the_outputs(name, monkeypatch):
+    import re
+
+    monkeypatch.setenv("ALLIANCEFLOW_SALT", "s" * 32)
+    raw = io.read_raw(BAD / name)
+    ids = set(raw["ClientCode"]) | set(raw["Clinician"])
+    ids |= {v.strip() for v in ids}
+    result = run(name, hash_ids=True)
+    reasons = " ".join(result.exclusions["reason"])
+    assert not {f"'{v}'" for v in ids if f"'{v}'" in reasons}
+    assert not ids & set(result.exclusions["patient"].dropna())
+    assert not ids & (set(result.sessions["patient"]) | set(result.sessions["therapist"]))
+    written = result.exclusions.to_csv(index=False) + str(result.flow)
+    written += result.sessions.to_csv(index=False)
+    assert not re.search(r"\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}", written)
+    assert result.flow["patients"]["read"] == 3
+
+
+def test_missing_values_are_counted_per_column():
+    result = run("undeclared_code.csv", missing_codes=[-9, 99, 999, "NA"])
+    counts = result.flow["values"]["missing_by_column"]["ors_2"]
+    assert counts == {"raw_column": "ORS_2", "read_blank": 0, "read_coded": 1, "kept_missing": 1}
+    assert result.flow["scores"]["ors"] == {
+        "items": 4,
+        "max_missing": 0,
+        "sessions": 6,
+        "sessions_without_total": 1,
+        "share": 0.1667,
+    }
+    assert result.flow["warnings"] == [
+        "ors: 1 of 6 kept sessions (16.7%) will have no ors_total, because more than 0 of its 4 "
+        "items are blank or coded missing; set `max_missing` for ors under the study's "
+        "`instruments` if its protocol prorates."
+    ]
+
+
+def test_steps_are_named_functions_that_run_alone():
+    from allianceflow.clean import STEPS, CleanRun
+    from allianceflow.clean.rules import out_of_order
+
+    assert [n for n, _ in STEPS][:3] == ["drop_columns", "privacy_guard", "reshape"]
+    assert out_of_order(np.array([1, 2, 2031, 4, 5])).tolist() == [0, 0, 1, 0, 0]
+    study = make_study()
+    raw = io.read_raw(BAD / "future_date.csv")
+    run_ = CleanRun(raw, study, source="f.csv", name="t", collect=False, env={}, config="c.yaml")
+    for _, step in STEPS[:4]:
+        step(run_)
+    assert run_.rows_read == 8 and "_session_text" in run_.frame
+
+
+def test_messages_name_the_config_file_given():
+    study = make_study()
+    raw = io.read_raw(BAD / "renamed_column.csv")
+    with pytest.raises(DataError, match=r"Fix the name under `columns` in study\.yaml\.$"):
+        clean_sessions(raw, study, source="renamed_column.csv", config="study.yaml")
+
+
+def test_no_similar_column_gets_no_suggestion():
+    study = make_study(columns={**make_study()["columns"], "Therapist": "therapist"})
+    study["columns"].pop("Clinician")
+    raw = io.read_raw(BAD / "bom.csv")
+    with pytest.raises(DataError) as error:
+        clean_sessions(raw, study, source="bom.csv")
+    assert "Closest" not in str(error.value)
+    assert "No column of the file has a similar name" in str(error.value)
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        io.write_json({"a": 1}, tmp_path / "x.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o640
+
+
+_messy_patient = st.tuples(
+    st.sampled_from(["1", "2", "3", "A7"]),  # true patient
+    st.lists(st.sampled_from(["FB", "TAU", ""]), min_size=1, max_size=4),  # arms per session
+    st.lists(st.sampled_from(["T1", ""]), min_size=1, max_size=4),  # therapist per session
+)
+
+
+def _spell(patient: str, k: int) -> str:
+    spellings = {
+        "1": ["1", "1.0", " 1", "01"],
+        "2": ["2", "2.0", "2 ", "002"],
+        "3": ["3", "3", "3.00", " 3 "],
+        "A7": ["A7", "a7", " A7", "A\uff17"],
+    }[patient]
+    return spellings[k % 4]
+
+
+_MESSY_STUDY = make_study(**arm_study())
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    patients=st.lists(_messy_patient, min_size=1, max_size=4, unique_by=lambda p: p[0]),
+    blanks=st.lists(st.booleans(), min_size=16, max_size=16),
+    duplicate=st.booleans(),
+    seed=st.integers(0, 10**6),
+)
+def test_messy_exports_reconcile_and_count_true_patients(patients, blanks, duplicate, seed):
+    rows = []
+    for patient, arms, therapists in patients:
+        for k in range(max(len(arms), len(therapists))):
+            rows.append(
+                [
+                    _spell(patient, k + seed),
+                    therapists[k % len(therapists)],
+                    str(k + 1),
+                    f"{k + 1:02d}/02/2024",
+                    *["" if blanks[(k * 4 + i) % 16] else str(i + 3) for i in range(4)],
+                    arms[k % len(arms)],
+                ]
+            )
+    if duplicate:
+        rows.append(list(rows[0]))
+    order = np.random.default_rng(seed).permutation(len(rows))
+    raw = pd.DataFrame([rows[i] for i in order], columns=[*make_study()["columns"], "Arm"])
+    raw.insert(0, "_source_row", np.arange(2, len(raw) + 2))
+    try:
+        result = clean_sessions(raw, _MESSY_STUDY, source="messy.csv")
+    except DataError as error:  # only a column blank in every row may stop the stage
+        assert "is empty in every one" in str(error)
+        return
+    assert reconcile(result.flow) == []
+    assert result.flow["patients"]["read"] == len(patients)
+    kept = result.sessions
+    assert kept.groupby("patient")["condition"].nunique().le(1).all()
+    assert kept["therapist"].notna().all()

@@ -43,7 +43,7 @@ def make_study(columns=None, **settings) -> dict:
         "raw": "x.csv",
         "columns": dict(COLUMNS if columns is None else columns),
         "date_format": "%Y-%m-%d",
-        "instruments": ["ors"],
+        "instruments": {"ors": {"rci": 5}},
         "alliance": "ors_total",
         "outcome": "ors_total",
         "models": ["m"],
@@ -276,7 +276,7 @@ def _config(**study):
     base = {
         "raw": "x.csv",
         "columns": dict(COLUMNS),
-        "instruments": ["ors"],
+        "instruments": {"ors": {"rci": 5}},
         "alliance": "ors_total",
         "outcome": "ors_total",
         "models": ["m"],

@@ -96,6 +96,7 @@ def _check(args: argparse.Namespace) -> int:
             encoding=study.get("encoding", "utf-8-sig"),
             sheet=study.get("sheet"),
             header_rows=study.get("header_rows", 1),
+            skip_rows=study.get("skip_rows", 0),
         )
         result = clean_sessions(raw, study, source=args.path.name, name=name, collect=True)
     except (io.DataError, ConfigError) as error:

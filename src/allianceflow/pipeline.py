@@ -105,6 +105,7 @@ def clean_stage(
         encoding=study.get("encoding", "utf-8-sig"),
         sheet=study.get("sheet"),
         header_rows=study.get("header_rows", 1),
+        skip_rows=study.get("skip_rows", 0),
     )
     result = clean_sessions(frame, study, source=raw.name, name=name)
     io.write_table(result.sessions, sessions)
@@ -262,6 +263,7 @@ def prepare_study(
         encoding=study.get("encoding", "utf-8-sig"),
         sheet=study.get("sheet"),
         header_rows=study.get("header_rows", 1),
+        skip_rows=study.get("skip_rows", 0),
     )
     cleaned = clean_sessions(frame, study, source=raw.name, name=name)
     scored = score_sessions(cleaned.sessions, _instrument_specs(study))

@@ -151,10 +151,13 @@ def parse_dates(run: CleanRun) -> None:
     bad = dates.isna() & f["date"].notna()
     if bad.any():
         quote = run.salt is None
+        reasons = f["date"][bad].map(lambda v: date_problem(v, fmt, quote=quote))
         fix = (
             "Write every date in one format in the file, or set `date_format` for this study "
             f"in {run.config}."
         )
+        if "is impossible" in reasons.iloc[0]:
+            fix = "Correct the date: it is a typing error, since no such day exists."
         if typed:
             fix = (
                 "The other cells of this column are spreadsheet dates; enter this cell as a "
@@ -164,7 +167,7 @@ def parse_dates(run: CleanRun) -> None:
             "date_invalid",
             bad,
             column="date",
-            reason=f["date"][bad].map(lambda v: date_problem(v, fmt, quote=quote)),
+            reason=reasons,
             fix=fix,
         )
     run.frame = run.frame.assign(date=dates.reindex(run.frame.index))
