@@ -98,7 +98,9 @@ def _check(args: argparse.Namespace) -> int:
             header_rows=study.get("header_rows", 1),
             skip_rows=study.get("skip_rows", 0),
         )
-        result = clean_sessions(raw, study, source=args.path.name, name=name, collect=True)
+        result = clean_sessions(
+            raw, study, source=args.path.name, name=name, collect=True, config=args.config.name
+        )
     except (io.DataError, ConfigError) as error:
         if args.debug:
             raise
