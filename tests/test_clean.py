@@ -243,7 +243,7 @@ ERRORS = {
     ),
     "title_rows.csv": (
         "title_rows.csv, row 1: the header has blank column names, and row 3 looks like the "
-        "header, with 2 title row(s) above it. Set `skip_rows: 2` for this study in the config, "
+        "header, with 2 title row(s) above it. Set `skip_rows: 2` for this study in config.yaml, "
         "or delete the title rows in the file."
     ),
 }

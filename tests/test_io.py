@@ -116,8 +116,8 @@ def test_title_rows_above_an_excel_header_get_skip_rows(tmp_path):
         io.read_raw(path)
     assert str(caught.value) == (
         "x.xlsx, sheet 'export', row 1: the header has blank column names, and row 3 looks like "
-        "the header, with 2 title row(s) above it. Set `skip_rows: 2` for this study in the "
-        "config, or delete the title rows in the file."
+        "the header, with 2 title row(s) above it. Set `skip_rows: 2` for this study in "
+        "config.yaml, or delete the title rows in the file."
     )
     frame = io.read_raw(path, skip_rows=2)
     assert frame["_source_row"].tolist() == [4, 5, 6]  # the rows a spreadsheet shows
@@ -133,3 +133,15 @@ def test_skip_rows_in_a_csv_keeps_spreadsheet_row_numbers(tmp_path):
         ValueError, match=r"`skip_rows` must be a whole number of 0 or more; got -1"
     ):
         io.read_raw(path, skip_rows=-1)
+
+
+def test_messages_name_the_config_file_given(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_bytes("ClientCode,Sessie\nP01,1\nM\xfcller,2\n".encode("cp1252"))
+    with pytest.raises(io.DataError) as caught:
+        io.read_raw(path, config="site_b.yaml")
+    assert str(caught.value) == (
+        "x.csv, row 3: byte 0xfc cannot be read as utf-8-sig; the file was probably saved by "
+        "Windows software as cp1252 (or latin-1). Set `encoding: cp1252` for this study in "
+        "site_b.yaml, or save the file as UTF-8."
+    )

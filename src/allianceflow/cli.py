@@ -97,6 +97,7 @@ def _check(args: argparse.Namespace) -> int:
             sheet=study.get("sheet"),
             header_rows=study.get("header_rows", 1),
             skip_rows=study.get("skip_rows", 0),
+            config=args.config.name,
         )
         result = clean_sessions(
             raw, study, source=args.path.name, name=name, collect=True, config=args.config.name

@@ -146,7 +146,7 @@ def _check_header(
         raise DataError(
             f"{source}, row {row}: the header has blank column names, and row {row + titles} "
             f"looks like the header, with {titles} title row(s) above it. Set `skip_rows: "
-            f"{titles}` for this study in the config, or delete the title rows in the file."
+            f"{titles}` for this study in config.yaml, or delete the title rows in the file."
         )
     for position, name in enumerate(clean, start=1):
         if name == "":
@@ -430,6 +430,7 @@ def read_raw(
     sheet: str | int | None = None,
     header_rows: int = 1,
     skip_rows: int = 0,
+    config: str = "config.yaml",
 ) -> pd.DataFrame:
     """Read a raw export as text columns, keeping every row and the raw values.
 
@@ -458,6 +459,8 @@ def read_raw(
         CSV and Excel: title rows above the header, skipped; source rows still count them,
         so row numbers in messages are the ones a spreadsheet shows. A header with blank
         names under title rows gets a message suggesting the number.
+    config : str
+        The name of the configuration file that messages name when they point to a setting.
 
     Returns
     -------
@@ -476,6 +479,23 @@ def read_raw(
         with a blank or repeated name, a row with too few or too many fields (truncated
         file, unquoted delimiter), an unclosed quote, a missing Excel sheet.
     """
+    try:
+        return _read_raw(path, delimiter, encoding, sheet, header_rows, skip_rows)
+    except DataError as error:
+        if config == "config.yaml":
+            raise
+        # The readers' messages point to settings "in config.yaml"; name the file given.
+        raise DataError(str(error).replace("config.yaml", config)) from None
+
+
+def _read_raw(
+    path: str | Path,
+    delimiter: str | None,
+    encoding: str,
+    sheet: str | int | None,
+    header_rows: int,
+    skip_rows: int,
+) -> pd.DataFrame:
     path = Path(path)
     suffix = path.suffix.lower()
     if header_rows not in (1, 2):
