@@ -1050,3 +1050,21 @@ def test_messy_exports_reconcile_and_count_true_patients(patients, blanks, dupli
     kept = result.sessions
     assert kept.groupby("patient")["condition"].nunique().le(1).all()
     assert kept["therapist"].notna().all()
+
+
+def test_blank_item_cells_are_counted_in_the_flow():
+    flow = run("blank_items.csv").flow
+    assert flow["values"]["missing_by_column"]["ors_2"] == {
+        "raw_column": "ORS_2",
+        "read_blank": 2,
+        "read_coded": 0,
+        "kept_missing": 2,
+    }
+    assert flow["values"]["missing_by_column"]["ors_4"] == {
+        "raw_column": "ORS_4",
+        "read_blank": 0,
+        "read_coded": 1,
+        "kept_missing": 1,
+    }
+    assert flow["scores"]["ors"]["sessions_without_total"] == 2  # rows 3 and 6
+    assert flow["values"]["missing_code"] == 1

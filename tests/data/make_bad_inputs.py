@@ -138,6 +138,9 @@ def csv_files() -> dict[str, bytes]:
             "Area", ["sw1a1aa", "sw1a1aa", "sw1a1aa", "1012ab", "1012ab", "k1a0b1"]
         ).encode(),
         "therapist_name.csv": text(rows=edit(2, "Clinician", "Dr Jane Smith")).encode(),
+        "blank_items.csv": text(
+            rows=edit(4, "ORS_2", "", rows=edit(1, "ORS_2", "", rows=edit(1, "ORS_4", "NA")))
+        ).encode(),
         "title_rows.csv": (
             "Session export,,,,,,,\nPrinted by the ROM system,,,,,,,\n" + good
         ).encode(),
