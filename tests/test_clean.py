@@ -1068,3 +1068,24 @@ def test_blank_item_cells_are_counted_in_the_flow():
     }
     assert flow["scores"]["ors"]["sessions_without_total"] == 2  # rows 3 and 6
     assert flow["values"]["missing_code"] == 1
+
+
+@pytest.mark.parametrize(
+    "value, fmt, reason",
+    [
+        ("31.02.2024", "%d.%m.%Y", "date '31.02.2024' is impossible: February 2024 has 29 days"),
+        ("29/02/2023", "%d/%m/%Y", "date '29/02/2023' is impossible: February 2023 has 28 days"),
+        ("2024-13-01", "%Y-%m-%d", "date '2024-13-01' is impossible: there is no month 13"),
+        (
+            "2024-02-08",
+            "%d/%m/%Y",
+            "date '2024-02-08' is written as %Y-%m-%d, but the date format is %d/%m/%Y "
+            "(mixed date formats)",
+        ),
+        ("soon", "%d/%m/%Y", "date 'soon' does not match the date format %d/%m/%Y"),
+    ],
+)
+def test_impossible_dates_are_called_impossible(value, fmt, reason):
+    from allianceflow.clean.rules import date_problem
+
+    assert date_problem(value, fmt) == reason

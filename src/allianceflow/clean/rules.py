@@ -371,7 +371,8 @@ def missing_therapist(run: CleanRun) -> None:
     blank = f["therapist"].isna()
     if not blank.any():
         return
-    named = f.loc[~blank].groupby("patient")["therapist"].agg(lambda t: list(pd.unique(t)))
+    others = ~blank & f["patient"].isin(set(f.loc[blank, "patient"].dropna()))
+    named = f.loc[others].groupby("patient")["therapist"].agg(lambda t: list(pd.unique(t)))
     options = f.loc[blank, "patient"].map(named)
     if run.policies["missing_therapist"] == "fill":
         fillable = options.map(lambda o: isinstance(o, list) and len(o) == 1)
