@@ -7,7 +7,8 @@ the pipeline does (:func:`allianceflow.score.score_sessions`,
 :func:`allianceflow.derive.derive_analysis`), and written to a parquet/CSV file. Two
 models are fitted by REML:
 
-* ``patient``:   ``outcome ~ session + alliance_within_lag + alliance_between + (1 + session | patient)``
+* ``patient``:   ``outcome ~ session + alliance_within_lag + alliance_between
+  + (1 + session | patient)``
 * ``therapist``: the same ``+ (1 | therapist)`` (for statsmodels the nearest formulation it
   can express: therapist groups, patient intercept and slope as independent variance
   components, as issue 10 measured it).
@@ -63,7 +64,7 @@ formula = json.loads(sys.argv[5])
 d = pd.read_parquet(path).dropna().reset_index(drop=True)
 d["patient"] = d["patient"].astype(str); d["therapist"] = d["therapist"].astype(str)
 if tool == "engine":
-    from allianceflow.engine import fit_lmm
+    from allianceflow.models.engine import fit_lmm
 else:
     from statsmodels.regression.mixed_linear_model import MixedLM
 base = hwm()
@@ -120,7 +121,10 @@ cat("RESULT {\"loglik\":", format(as.numeric(logLik(fit)), digits = 17),
     ",\"times\":[", paste(format(times, digits = 6), collapse = ","), "]",
     ",\"hwm_base_mb\":", base, ",\"hwm_mb\":", hwm(), ",\"n_obs\":", nrow(d),
     ",\"converged\":", if (length(conv)) "false" else "true",
-    ",\"warnings\":[", paste0("\"", gsub("[^A-Za-z0-9 .,:;()=<>|+_-]", " ", unique(c(msgs, conv))), "\"", collapse = ","), "]}\n", sep = "")
+    ",\"warnings\":[",
+    paste0("\"", gsub("[^A-Za-z0-9 .,:;()=<>|+_-]", " ", unique(c(msgs, conv))), "\"",
+           collapse = ","),
+    "]}\n", sep = "")
 """
 
 
@@ -284,30 +288,37 @@ def write_report(rows, args, lme4_version: str) -> None:
 
     lines = [
         "Fast LMM engine vs statsmodels MixedLM (lbfgs) vs lme4 — issue 10",
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"numpy {np.__version__}, scipy {scipy.__version__}, statsmodels {statsmodels.__version__}, "
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, "
+        f"numpy {np.__version__}, scipy {scipy.__version__}, "
+        f"statsmodels {statsmodels.__version__}, "
         f"lme4 {lme4_version or 'not installed'}",
-        f"REML; fitting time only (each tool in a fresh child process, data read from file first); "
+        "REML; fitting time only "
+        "(each tool in a fresh child process, data read from file first); "
         f"median of {args.reps} runs (lme4: {args.reps_large} at 100,000 patients; statsmodels: "
         f"{args.sm_reps_large} run at >= 20,000 patients and for the therapist model).",
-        f"load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in args.load_start)}, at end "
-        f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} (the machine is shared: other jobs inflate all timings).",
+        "load average (1/5/15 min) at start "
+        f"{'/'.join(f'{x:.1f}' for x in args.load_start)}, at end "
+        f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())} "
+        "(the machine is shared: other jobs inflate all timings).",
         "peak MB = peak resident memory (VmHWM) of the child after fitting; (+x) = increase over "
         "the peak after reading the data.",
         "",
         "models: patient   = " + MODELS["patient"],
         "        therapist = " + MODELS["therapist"],
-        "        (statsmodels therapist: groups=therapist, patient intercept and slope as independent",
-        "         variance components, its nearest formulation; a different model, so logLik differs)",
+        "        (statsmodels therapist: groups=therapist, "
+        "patient intercept and slope as independent",
+        "         variance components, its nearest formulation; "
+        "a different model, so logLik differs)",
         "",
         f"{'patients':>9} {'rows':>8} {'model':10} {'engine':>9} {'lme4':>9} {'statsm.':>9} "
         f"{'lme4/eng':>9} {'sm/eng':>8}  {'peak MB eng/lme4/sm':>26}",
     ]
     detail = []
     for n, n_obs, model, res in rows:
-        e, l, s = res["engine"], res["lme4"], res["statsmodels"]
+        e, lm, s = res["engine"], res["lme4"], res["statsmodels"]
 
-        def ratio(a):
+        def ratio(a, e=e):
             return (
                 f"{np.median(a['times']) / np.median(e['times']):.1f}x"
                 if "times" in a and "times" in e
@@ -322,38 +333,44 @@ def write_report(rows, args, lme4_version: str) -> None:
             )
 
         lines.append(
-            f"{n:>9,} {n_obs:>8,} {model:10} {_fmt_t(e):>9} {_fmt_t(l):>9} {_fmt_t(s):>9} "
-            f"{ratio(l):>9} {ratio(s):>8}  {mem(e) + '/' + mem(l) + '/' + mem(s):>26}"
+            f"{n:>9,} {n_obs:>8,} {model:10} {_fmt_t(e):>9} {_fmt_t(lm):>9} {_fmt_t(s):>9} "
+            f"{ratio(lm):>9} {ratio(s):>8}  {mem(e) + '/' + mem(lm) + '/' + mem(s):>26}"
         )
         detail.append(f"{n:,} patients, {model}:")
-        for tool, r in (("engine", e), ("lme4", l), ("statsmodels", s)):
+        for tool, r in (("engine", e), ("lme4", lm), ("statsmodels", s)):
             if "times" not in r:
                 detail.append(f"  {tool:11s} {r['error']}")
                 continue
             extra = ""
             if tool == "engine":
-                extra = f", {r['n_evaluations']} deviance evaluations, Newton decrement {r['newton_decrement']:.1e}"
+                extra = (
+                    f", {r['n_evaluations']} deviance evaluations, "
+                    f"Newton decrement {r['newton_decrement']:.1e}"
+                )
                 if r["boundary"]:
                     extra += f", boundary {r['boundary']}"
             detail.append(
-                f"  {tool:11s} times {', '.join(f'{t:.3f}' for t in r['times'])} s; logLik {r['loglik']:.6f}; "
+                f"  {tool:11s} times {', '.join(f'{t:.3f}' for t in r['times'])} s; "
+                f"logLik {r['loglik']:.6f}; "
                 f"converged {r['converged']}{extra}"
             )
             if r.get("warnings"):
                 detail.append(f"  {'':11s} warnings: {'; '.join(r['warnings'])[:300]}")
-        if "times" in e and "times" in l:
-            dl = abs(e["loglik"] - l["loglik"]) / abs(l["loglik"])
-            dfe = np.max(np.abs(np.array(e["fe"]) - np.array(l["fe"])))
-            dse = np.max(np.abs(np.array(e["se"]) / np.array(l["se"]) - 1))
+        if "times" in e and "times" in lm:
+            dl = abs(e["loglik"] - lm["loglik"]) / abs(lm["loglik"])
+            dfe = np.max(np.abs(np.array(e["fe"]) - np.array(lm["fe"])))
+            dse = np.max(np.abs(np.array(e["se"]) / np.array(lm["se"]) - 1))
+            higher = "higher" if e["loglik"] > lm["loglik"] else "lower or equal"
             detail.append(
-                f"  engine vs lme4: logLik rel. diff {dl:.1e} (engine {'higher' if e['loglik'] > l['loglik'] else 'lower or equal'}), "
+                f"  engine vs lme4: logLik rel. diff {dl:.1e} (engine {higher}), "
                 f"max |fixed effect diff| {dfe:.1e}, max SE rel. diff {dse:.1e}"
             )
         if "times" in e and "times" in s and model == "patient":
             dl = abs(e["loglik"] - s["loglik"]) / abs(s["loglik"])
             dfe = np.max(np.abs(np.array(e["fe"]) - np.array(s["fe"])))
+            higher = "higher" if e["loglik"] > s["loglik"] else "lower or equal"
             detail.append(
-                f"  engine vs statsmodels: logLik rel. diff {dl:.1e} (engine {'higher' if e['loglik'] > s['loglik'] else 'lower or equal'}), "
+                f"  engine vs statsmodels: logLik rel. diff {dl:.1e} (engine {higher}), "
                 f"max |fixed effect diff| {dfe:.1e}"
             )
     text = "\n".join(lines + ["", "Details"] + detail) + "\n"

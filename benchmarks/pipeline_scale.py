@@ -5,13 +5,13 @@ For each size one study is simulated with :func:`allianceflow.simulate.simulate_
 sessions per patient on average) and written as the clinic export of
 :func:`allianceflow.simulate.to_export` (CSV) to a temporary folder. The example study's
 block of ``config.yaml`` (read with :func:`allianceflow.config.load_config`) is pointed at
-that file, and the stage functions of :mod:`allianceflow.pipeline` run one after another
+that file, and the stage functions of :mod:`allianceflow.stages` run one after another
 on it, exactly as the Snakemake rules call them:
 
-* ``clean``  — :func:`~allianceflow.pipeline.clean_stage` (CSV → sessions.parquet,
+* ``clean``  — :func:`~allianceflow.stages.clean_stage` (CSV → sessions.parquet,
   exclusions.csv, flow.json)
-* ``score``  — :func:`~allianceflow.pipeline.score_stage` (→ scored.parquet)
-* ``derive`` — :func:`~allianceflow.pipeline.derive_stage` (→ analysis.parquet,
+* ``score``  — :func:`~allianceflow.stages.score_stage` (→ scored.parquet)
+* ``derive`` — :func:`~allianceflow.stages.derive_stage` (→ analysis.parquet,
   patients.parquet, sudden_gains.csv, expected.json)
 
 Each stage runs in its own fresh interpreter (a child process), so its peak resident
@@ -22,7 +22,11 @@ rows/s, peak RSS, and the RSS after imports (the interpreter + numpy/pandas base
 ``--workdir DIR --reuse`` keeps the data and reuses an export simulated before (the
 simulation is deterministic: seed 20261125).
 
-Run:  nohup .venv/bin/python benchmarks/pipeline_scale.py > benchmarks/results/pipeline_scale.log 2>&1 &
+Run:
+
+    nohup .venv/bin/python benchmarks/pipeline_scale.py \
+        > benchmarks/results/pipeline_scale.log 2>&1 &
+
 Output: benchmarks/results/pipeline_scale.txt (and printed).
 """
 
@@ -105,12 +109,12 @@ def child_simulate(folder: Path, rows: int) -> dict:
 
 
 def child_stage(stage: str, folder: Path, profile: bool) -> dict:
-    from allianceflow import pipeline
+    from allianceflow import stages
 
     p = _paths(folder)
     study = _study(p["raw"])
     calls = {
-        "clean": lambda: pipeline.clean_stage(
+        "clean": lambda: stages.clean_stage(
             p["raw"],
             study,
             sessions=p["sessions"],
@@ -118,8 +122,8 @@ def child_stage(stage: str, folder: Path, profile: bool) -> dict:
             flow=p["flow"],
             name="example",
         ),
-        "score": lambda: pipeline.score_stage(p["sessions"], study, scored=p["scored"]),
-        "derive": lambda: pipeline.derive_stage(
+        "score": lambda: stages.score_stage(p["sessions"], study, scored=p["scored"]),
+        "derive": lambda: stages.derive_stage(
             p["scored"],
             study,
             analysis=p["analysis"],
@@ -219,7 +223,8 @@ def report(results: list[dict], total_seconds: float, load_start: str, load_end:
         "# Pipeline at scale: clean, score, derive (benchmarks/pipeline_scale.py, issue 10)",
         "",
         f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}; "
-        f"python {platform.python_version()}, numpy {numpy.__version__}, pandas {pandas.__version__}, "
+        f"python {platform.python_version()}, numpy {numpy.__version__}, "
+        f"pandas {pandas.__version__}, "
         f"pyarrow {pyarrow.__version__}",
         f"load average (1/5/15 min) at start: {load_start}; at end: {load_end} "
         "(shared machine: other jobs ran beside this one)",
@@ -231,8 +236,10 @@ def report(results: list[dict], total_seconds: float, load_start: str, load_end:
     ]
     for rec in results:
         lines.append(
-            f"## {rec['rows']:,} session rows ({rec['patients']:,} patients, {rec['therapists']:,} therapists; "
-            f"CSV {rec['csv_mb']:.0f} MB; kept {rec['flow']['kept']:,}, excluded {rec['flow']['excluded']:,}; "
+            f"## {rec['rows']:,} session rows ({rec['patients']:,} patients, "
+            f"{rec['therapists']:,} therapists; "
+            f"CSV {rec['csv_mb']:.0f} MB; kept {rec['flow']['kept']:,}, "
+            f"excluded {rec['flow']['excluded']:,}; "
             f"analysis table {rec['analysis_rows']:,} × {rec['analysis_columns']})"
         )
         lines.append("")
@@ -242,7 +249,8 @@ def report(results: list[dict], total_seconds: float, load_start: str, load_end:
         for stage, res in rec["stages"].items():
             total += res["seconds"]
             lines.append(
-                f"| {stage} | {res['seconds']:.2f} | {res['rows_per_s']:,.0f} | {res['peak_mb']:.0f} | "
+                f"| {stage} | {res['seconds']:.2f} | {res['rows_per_s']:,.0f} | "
+                f"{res['peak_mb']:.0f} | "
                 f"{res['baseline_mb']:.0f} | {res['load_before']} |"
             )
         lines.append(f"| **total** | {total:.2f} | {rec['rows'] / total:,.0f} | | | |")

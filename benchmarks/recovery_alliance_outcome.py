@@ -55,7 +55,7 @@ def analysis_table(sessions: pd.DataFrame) -> pd.DataFrame:
 def one(seed: int) -> dict:
     data = analysis_table(simulate_study(seed=seed, **DESIGN))
     t0 = time.perf_counter()
-    res = fit_model(data, preset_formula("alliance_outcome"), name=f"rep{seed}")
+    res = fit_model(data, preset_formula("alliance_outcome"), name=f"rep{seed}").to_dict()
     out = {
         "seed": seed,
         "seconds": time.perf_counter() - t0,
@@ -78,7 +78,8 @@ def summarise(df: pd.DataFrame, reps: int, workers: int, wall: float) -> str:
     lines = [
         "Parameter recovery: alliance_outcome preset (issue 6)",
         f"formula: {preset_formula('alliance_outcome')}",
-        f"design per replication: {DESIGN}, other parameters as EXAMPLE_DESIGN; REML; seeds 1..{reps}",
+        f"design per replication: {DESIGN}, other parameters as EXAMPLE_DESIGN; "
+        f"REML; seeds 1..{reps}",
         f"replications: {len(df)}  converged: {int(df.converged.sum())}  "
         f"boundary (singular) fits: {int(df.boundary.sum())}  "
         f"optimizers used: {df.optimizer.value_counts().sort_index().to_dict()}",
@@ -96,12 +97,14 @@ def summarise(df: pd.DataFrame, reps: int, workers: int, wall: float) -> str:
         bias = est.mean() - truth
         lines.append(
             f"{term:<22}{truth:>7.2f}{est.mean():>10.4f}{bias:>9.4f}{bias / truth:>9.2%}"
-            f"{est.std(ddof=1):>9.4f}{se.mean():>9.4f}{math.sqrt(np.mean((est - truth) ** 2)):>8.4f}"
+            f"{est.std(ddof=1):>9.4f}{se.mean():>9.4f}"
+            f"{math.sqrt(np.mean((est - truth) ** 2)):>8.4f}"
             f"{cov:>9.3f}{mcse:>7.3f}{df[term + ':r'].mean():>8.3f}"
         )
     lines += [
         "",
-        f"fit time per replication: median {df.seconds.median():.2f} s, max {df.seconds.max():.2f} s; "
+        f"fit time per replication: median {df.seconds.median():.2f} s, "
+        f"max {df.seconds.max():.2f} s; "
         f"wall {wall:.0f} s on {workers} worker(s); python {platform.python_version()}",
     ]
     return "\n".join(lines) + "\n"

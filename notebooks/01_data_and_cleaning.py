@@ -61,20 +61,22 @@ N_SHOW = 5
 # %% [markdown]
 # ## 1. The study's description in `config.yaml`
 #
-# A researcher does not edit code to add a study; they describe it in `config.yaml`: where
-# the raw file is, how its columns map onto canonical names, which codes mean "missing",
-# how dates are written, and a **policy** for each cleaning rule. `load_config` reads the
-# file and validates it against the project's JSON schema, filling in every default, so a
-# typo such as `reml: yes` stops here with a message naming the key.
+# A researcher does not edit code to add a study; they describe it in `config.yaml`, one
+# section per stage. The `read` section says where the raw file is, how its columns map
+# onto canonical names, which codes mean "missing" and how dates are written; the `clean`
+# section gives a **policy** for each cleaning rule. `load_config` reads the file and
+# validates it against the project's JSON schema, filling in every default, so a typo such
+# as `reml: yes` stops here with a message naming the key.
 
 # %%
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
-print("raw file:     ", study["raw"])
-print("date format:  ", study["date_format"])
-print("missing codes:", study["missing_codes"])
-print("rules:        ", study["rules"])
-pd.Series(study["columns"], name="canonical name").to_frame().head(8)
+read = study["read"]
+print("raw file:     ", read["raw"])
+print("date format:  ", read["date_format"])
+print("missing codes:", read["missing_codes"])
+print("rules:        ", study["clean"]["rules"])
+pd.Series(read["columns"], name="canonical name").to_frame().head(8)
 
 # %% [markdown]
 # ## 2. Reading the raw export
@@ -85,7 +87,7 @@ pd.Series(study["columns"], name="canonical name").to_frame().head(8)
 # explicit and logged.
 
 # %%
-raw = io.read_raw(PROJECT / study["raw"], delimiter=study["delimiter"])
+raw = io.read_raw(PROJECT / read["raw"], delimiter=read["delimiter"])
 print(raw.shape)
 raw.head(N_SHOW)
 
@@ -98,17 +100,22 @@ raw.head(N_SHOW)
 # variants), turns calendar dates into **days since the patient's first session** (dates
 # are never kept), and checks the result against the data contract.
 #
+# `clean_sessions` reads the study's `read`, `privacy` and `clean` settings side by side
+# (`config.flat_study` lays the sections out that way).
+#
 # It returns three things: the canonical `sessions` table, an `exclusions` table (one row
 # per excluded, altered or flagged source row, with the rule and a reason) and `flow`
 # (the counts).
 
 # %%
-result = clean.clean_sessions(raw, study, source=Path(study["raw"]).name, name=STUDY)
+result = clean.clean_sessions(
+    raw, config.flat_study(study), source=Path(read["raw"]).name, name=STUDY
+)
 sessions = result.sessions
 sessions.head(N_SHOW)
 
 # %%
-result.flow
+result.flow  # noqa: B018 (the cell's output)
 
 # %% [markdown]
 # The flow must **reconcile**: rows read = rows kept + rows excluded, and the per-rule
@@ -165,7 +172,8 @@ print(sessions.groupby("patient").size().describe()[["min", "50%", "max"]])
 # step applies a value recorded on any of a patient's rows to all of them, and stops with a
 # message if one patient has two different endings (rule `ending_conflict`).
 #
-# Exports without such a column can still give endings: set the study's `extraction_date`
+# Exports without such a column can still give endings: set the study's
+# `read.extraction_date`
 # (the day the export was made) and `derive: {endings: {gap_days: 56, planned_sessions: 12}}`.
 # A patient with no session in the 8 weeks before the export has ended, one seen more
 # recently is still in treatment (`ongoing`). A gap says *that* treatment ended, not *how*:
@@ -175,7 +183,7 @@ print(sessions.groupby("patient").size().describe()[["min", "50%", "max"]])
 
 # %%
 ending = sessions.groupby("patient")["ending"].first()
-print(study["labels"]["ending"])
+print(read["labels"]["ending"])
 ending.value_counts()
 
 # %% [markdown]
@@ -225,7 +233,7 @@ messy[["_source_row", "ClientCode", "SessionNo", "WAI_SR_03", "ORS_Social"]].hea
 
 # %%
 try:
-    clean.clean_sessions(messy, study, source="messy.csv", name=STUDY)
+    clean.clean_sessions(messy, config.flat_study(study), source="messy.csv", name=STUDY)
 except clean.DataError as error:
     print(error)
 
@@ -236,8 +244,8 @@ except clean.DataError as error:
 
 # %%
 lenient = copy.deepcopy(study)
-lenient["rules"].update({"out_of_range": "missing", "not_a_number": "missing"})
-fixed = clean.clean_sessions(messy, lenient, source="messy.csv", name=STUDY)
+lenient["clean"]["rules"].update({"out_of_range": "missing", "not_a_number": "missing"})
+fixed = clean.clean_sessions(messy, config.flat_study(lenient), source="messy.csv", name=STUDY)
 fixed.exclusions[["source_row", "patient", "session", "rule", "action", "column", "reason"]]
 
 # %%
@@ -254,7 +262,7 @@ print(
 #
 # A column that looks like a direct identifier (names, e-mail addresses, phone numbers,
 # exact dates of birth, addresses, free text) is refused **before anything is written**,
-# whether or not it is mapped. The researcher must drop it (`drop_columns`) or replace it
+# whether or not it is mapped. The researcher must drop it (`privacy.drop_columns`) or replace it
 # with a pseudonymous code. `privacy.find_identifiers` lists what it finds; cleaning
 # raises a `DataError`. (The address below is made up.)
 
@@ -263,7 +271,7 @@ leaky = messy.copy()
 leaky["Email"] = "someone@example.org"
 print(privacy.find_identifiers(leaky))
 try:
-    clean.clean_sessions(leaky, lenient, source="leaky.csv", name=STUDY)
+    clean.clean_sessions(leaky, config.flat_study(lenient), source="leaky.csv", name=STUDY)
 except clean.DataError as error:
     print(error)
 
@@ -294,9 +302,9 @@ except clean.DataError as error:
 #
 # ## Exercise
 #
-# 1. In the `lenient` copy of the study, set `min_sessions` to 3 and clean the full raw
+# 1. In the `lenient` copy of the study, set `clean.min_sessions` to 3 and clean the full raw
 #    export again. How many patients and sessions are excluded, under which rule? Does the
 #    flow still reconcile? Why might a "completers only" rule bias an alliance–outcome
 #    study even when dropout was at random?
-# 2. Set the `session_gap` rule to `"error"`. Read the message: which row and which
-#    patient does it name?
+# 2. Set the `session_gap` rule (under `clean.rules`) to `"error"`. Read the message:
+#    which row and which patient does it name?

@@ -63,8 +63,11 @@ N_BOOT = 100
 # %%
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
-raw = io.read_raw(PROJECT / study["raw"], delimiter=study["delimiter"])
-sessions = clean.clean_sessions(raw, study, source=Path(study["raw"]).name, name=STUDY).sessions
+read, instruments = study["read"], study["measures"]["instruments"]
+raw = io.read_raw(PROJECT / read["raw"], delimiter=read["delimiter"])
+sessions = clean.clean_sessions(
+    raw, config.flat_study(study), source=Path(read["raw"]).name, name=STUDY
+).sessions
 print(sessions.shape)
 
 # %% [markdown]
@@ -75,12 +78,13 @@ print(sessions.shape)
 # carries its source, and numbers the project could not confirm are marked as such.
 
 # %%
-print("study overrides:", study["instruments"])
-wai = load_instrument("wai_sr", overrides=study["instruments"]["wai_sr"])
-ors = load_instrument("ors", overrides=study["instruments"]["ors"])
+print("study overrides:", instruments)
+wai = load_instrument("wai_sr", overrides=instruments["wai_sr"])
+ors = load_instrument("ors", overrides=instruments["ors"])
 for inst in (wai, ors):
     print(
-        f"\n{inst.name} ({inst.id}): {inst.n_items} items, {inst.response_min:g}–{inst.response_max:g}, "
+        f"\n{inst.name} ({inst.id}): {inst.n_items} items, "
+        f"{inst.response_min:g}–{inst.response_max:g}, "
         f"total = {inst.total_rule}, {inst.direction}"
     )
     print("  subscales:", inst.subscales or "none")
@@ -114,7 +118,7 @@ for inst in (wai, ors):
 # but too few to be scored: read those warnings, they are part of the result.
 
 # %%
-scored = score.score_sessions(sessions, study["instruments"])
+scored = score.score_sessions(sessions, instruments)
 scored[
     [
         "patient",
@@ -139,7 +143,7 @@ summary = pd.DataFrame(
     },
     index=["WAI-SR total", "ORS total"],
 )
-summary
+summary  # noqa: B018 (the cell's output)
 
 # %% [markdown]
 # With a 1% chance that any item is blank, a 12-item form has one blank in about 11% of
@@ -182,7 +186,7 @@ check.groupby("wai_sr_prorated")["wai_error"].agg(
 # sessions (rows of one patient are not independent, so the alpha interval is too narrow).
 
 # %%
-rel = score.reliability(sessions, study["instruments"], n_boot=N_BOOT, seed=cfg["seed"])
+rel = score.reliability(sessions, instruments, n_boot=N_BOOT, seed=cfg["seed"])
 rel[
     [
         "instrument",
@@ -226,11 +230,13 @@ intake = scored.sort_values("session").dropna(subset=["ors_total"]).groupby("pat
 alpha_first = rel.query("instrument == 'ors' and occasion == 'first'")["alpha"].item()
 rc_sample = clinical.reliable_change_index(intake["ors_total"].std(), alpha_first)
 print(
-    f"intake ORS: M = {intake['ors_total'].mean():.2f}, SD = {intake['ors_total'].std():.2f}; alpha = {alpha_first:.3f}"
+    f"intake ORS: M = {intake['ors_total'].mean():.2f}, SD = {intake['ors_total'].std():.2f}; "
+    f"alpha = {alpha_first:.3f}"
 )
 print(f"reliable change from this sample: {rc_sample:.2f} points (the study uses {ors.rci:g})")
 print(
-    f"patients starting in the clinical range (ORS < {ors.cutoff:g}): {(intake['ors_total'] < ors.cutoff).mean():.0%}"
+    f"patients starting in the clinical range (ORS < {ors.cutoff:g}): "
+    f"{(intake['ors_total'] < ors.cutoff).mean():.0%}"
 )
 
 # %% [markdown]
@@ -265,8 +271,9 @@ fig = figures.plot_reliable_change(
 # gains about 5–6 points on average: roughly half the patients show reliable improvement,
 # and about 7% deteriorate reliably, although the average simulated patient improves and
 # only about 2% have a negative true slope (patient slopes have mean 0.5 and SD 0.25 ORS
-# points per session, before the feedback bonus). Noise alone moves some patients across the band, which is exactly why
-# the band exists, and why a single patient's category is uncertain.
+# points per session, before the feedback bonus). Noise alone moves some patients across
+# the band, which is exactly why the band exists, and why a single patient's category is
+# uncertain.
 
 # %% [markdown]
 # ## Summary
@@ -304,7 +311,7 @@ fig = figures.plot_reliable_change(
 #
 # ## Exercise
 #
-# 1. Score the sessions again with `score.score_sessions(sessions, study["instruments"],
+# 1. Score the sessions again with `score.score_sessions(sessions, instruments,
 #    prorate=False)`. How many WAI-SR totals are lost? Would you expect the lost sessions
 #    to differ from the others in this simulation? In a real clinic?
 # 2. Recompute the reliable-change categories with `rci=rc_sample` (the sample-based value)

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 import allianceflow
-from allianceflow import config, derive, figures, io, pipeline
+from allianceflow import config, derive, figures, io, stages
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.
@@ -61,17 +61,23 @@ STUDY = "example"
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 work = Path(tempfile.mkdtemp(prefix="allianceflow_"))
-pipeline.clean_stage(
-    PROJECT / study["raw"],
-    study,
+measures = study["measures"]
+stages.clean_stage(
+    PROJECT / study["read"]["raw"],
+    read=study["read"],
+    privacy=study["privacy"],
+    clean=study["clean"],
+    instruments=measures["instruments"],
     sessions=work / "sessions.parquet",
     exclusions=work / "exclusions.csv",
     flow=work / "flow.json",
     name=STUDY,
 )
-pipeline.score_stage(work / "sessions.parquet", study, scored=work / "scored.parquet")
+stages.score_stage(
+    work / "sessions.parquet", instruments=measures["instruments"], scored=work / "scored.parquet"
+)
 scored = io.read_table(work / "scored.parquet")
-print(scored.shape, "alliance:", study["alliance"], " outcome:", study["outcome"])
+print(scored.shape, "alliance:", measures["alliance"], " outcome:", measures["outcome"])
 
 # %% [markdown]
 # ## 2. Person-mean centring on a toy example
@@ -80,7 +86,8 @@ print(scored.shape, "alliance:", study["alliance"], " outcome:", study["outcome"
 # sessions and $\bar x$ the mean of the patient means (each patient counts once, whatever
 # their number of sessions):
 #
-# $$x^{B}_i = \bar x_i - \bar x \quad\text{(between)}, \qquad x^{W}_{it} = x_{it} - \bar x_i \quad\text{(within)}.$$
+# $$x^{B}_i = \bar x_i - \bar x \quad\text{(between)}, \qquad
+#   x^{W}_{it} = x_{it} - \bar x_i \quad\text{(within)}.$$
 #
 # The two parts add up to the grand-mean-centred score, and they are uncorrelated by
 # construction across patients (Enders & Tofighi, 2007). `derive.within_between` does it:
@@ -103,7 +110,7 @@ derive.within_between(toy, "alliance", grand_mean=True)
 
 # %%
 parts = derive.within_between(
-    scored, study["alliance"], prefix="alliance", therapist="therapist", grand_mean=True
+    scored, measures["alliance"], prefix="alliance", therapist="therapist", grand_mean=True
 )
 cols = [
     "alliance_pmean",
@@ -113,7 +120,9 @@ cols = [
     "alliance_therapist",
     "alliance_patient",
 ]
-parts.loc[parts["patient"] == "P001", ["patient", "therapist", "session", study["alliance"], *cols]]
+parts.loc[
+    parts["patient"] == "P001", ["patient", "therapist", "session", measures["alliance"], *cols]
+]
 
 # %%
 print(
@@ -142,9 +151,10 @@ print(
 # 0.3, plus a small rise of 0.03 per session and item noise. On the 12-item total scale
 # that is a between-patient SD of about $12\sqrt{0.2^2 + 0.45^2} \approx 5.9$ points and a
 # session-to-session SD of about $12 \times 0.3 = 3.6$ points plus item noise (about 4 in
-# all), close to the observed 6.4 and 4.0. (The observed between SD also contains each patient's own session
-# noise, averaged over few sessions.) Most of the alliance's variation lies **between**
-# patients: a single alliance rating tells you mostly who the patient is.
+# all), close to the observed 6.4 and 4.0. (The observed between SD also contains each
+# patient's own session noise, averaged over few sessions.) Most of the alliance's
+# variation lies **between** patients: a single alliance rating tells you mostly who the
+# patient is.
 
 # %% [markdown]
 # ## 4. Lagging: last session's alliance
@@ -180,14 +190,15 @@ strict.assign(alliance_within_lag_across_gaps=loose["alliance_within_lag_across_
 # %% [markdown]
 # ## 5. The derive stage
 #
-# `pipeline.derive_stage` does all of this at once for the configured alliance and
+# `stages.derive_stage` does all of this at once for the configured alliance and
 # outcome (and adds the on-track, rupture and sudden-gain variables of notebooks 05 and
 # 06). Its `alliance_within_lag` is exactly what we built by hand above.
 
 # %%
-pipeline.derive_stage(
+stages.derive_stage(
     work / "scored.parquet",
-    study,
+    measures=measures,
+    derive=study["derive"],
     analysis=work / "analysis.parquet",
     patients=work / "patients.parquet",
     sudden_gains=work / "sudden_gains.csv",
@@ -265,7 +276,7 @@ comparison.round(3)
 #   minus patient mean), and optionally the between part into therapist and patient parts.
 # * `derive.lag_within_patient` lags within patients; by default a missed session leaves
 #   the lag missing rather than reaching back further.
-# * `pipeline.derive_stage` builds all analysis variables, including
+# * `stages.derive_stage` builds all analysis variables, including
 #   `alliance_within_lag` and `alliance_between`.
 # * On the example, the between relation is close to the true 0.33 per WAI-SR point, but
 #   the naive within slope (0.32) is about twice the true 0.17 because alliance and outcome
@@ -301,6 +312,7 @@ comparison.round(3)
 # 1. Split the **outcome** instead: `derive.within_between(scored, "ors_total",
 #    prefix="ors")`. Which share of the ORS variation lies between patients? Compare with
 #    the alliance.
-# 2. Redo the figure with `analysis.assign(alliance_within_lag=analysis["alliance_within_detrended_lag"])`.
+# 2. Redo the figure with
+#    `analysis.assign(alliance_within_lag=analysis["alliance_within_detrended_lag"])`.
 #    How does the within-patient OLS slope change, and how close does it come to 0.17?
 #    Why does the outcome's own time trend still matter?

@@ -39,7 +39,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import allianceflow
-from allianceflow import config, figures, models, pipeline, tables
+from allianceflow import config, figures, models, stages, tables
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.
@@ -55,7 +55,7 @@ MAX_PATIENTS = 40
 # %% [markdown]
 # ## 1. The analysis table
 #
-# We clean, score and derive the study in memory with `pipeline.prepare_study` (notebooks
+# We clean, score and derive the study in memory with `stages.prepare_study` (notebooks
 # 01–03 explain them) and read the analysis table: one row per session with
 # `outcome` (ORS total), `alliance_within_lag`, `alliance_between`, `session`, etc.
 
@@ -63,7 +63,7 @@ MAX_PATIENTS = 40
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 # Clean, score and derive in memory: the same functions as the pipeline's stages.
-prepared = pipeline.prepare_study(study, root=PROJECT, name=STUDY)
+prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
 analysis = prepared.analysis
 print(analysis.shape)
 
@@ -71,16 +71,20 @@ print(analysis.shape)
 # ### The truth we hope to recover
 #
 # From `data/raw/example/README.md` (alliance parameters per WAI-SR *item-mean* point,
-# outcome parameters in ORS points; time is `session − 1`):
+# outcome parameters in ORS points; time is `session − 1`). Our models use the WAI-SR
+# *total* of 12 items, so an alliance effect per total point is a twelfth of the truth:
 #
 # | parameter | truth | on our scales |
 # | --- | --- | --- |
-# | outcome at the first session | 19.0 | intercept at `session = 0`: about 19 − 0.58 ≈ 18.4 |
-# | outcome change per session | 0.5 (TAU), 0.65 (feedback) | 0.577 averaged over the arms (154 of 300 patients had feedback) |
-# | within-patient effect of last session's alliance | 2.0 per item-mean point | **2/12 ≈ 0.167** per WAI-SR total point |
-# | between-patient effect of the patient's mean alliance | 4.0 per item-mean point | **4/12 ≈ 0.333** per total point |
-# | SD of therapist / patient intercepts, patient slopes | 1.5 / 4.5 / 0.25 | variances 2.25 / 20.25 / 0.0625 |
+# | outcome at the first session | 19.0 | intercept at `session = 0`: 19 − 0.58 ≈ 18.4 |
+# | outcome change per session | 0.5 (TAU), 0.65 (feedback) | 0.577 averaged over arms¹ |
+# | within-patient effect, last alliance | 2.0 per item mean | **2/12 ≈ 0.167** per total |
+# | between-patient effect, mean alliance | 4.0 per item mean | **4/12 ≈ 0.333** per total |
+# | SD therapist / patient / slope | 1.5 / 4.5 / 0.25 | variances 2.25 / 20.25 / 0.0625 |
 # | residual SD | 3.5 (plus ORS item noise) | variance ≈ 12.25 + 2.6 ≈ 14.8 |
+#
+# ¹ 154 of the 300 patients had feedback. "Per total" is per WAI-SR total point;
+# "last alliance" is last session's alliance, "mean alliance" the patient's mean.
 #
 # Our models use `session` (1, 2, …) as time, so their intercept is the expected outcome
 # at a "session 0", half a point below the first session.
@@ -90,13 +94,14 @@ print(analysis.shape)
 #
 # Before adding predictors, describe change. `models.preset_formula` writes the standard
 # models in lme4 syntax; `models.fit_model` fits them (REML by default) and returns a
-# tidy, JSON-ready result; `models.format_model` prints it.
+# `MixedModelResult`: `.fixed` and `.random` are tidy tables, `.summary()` is the text the
+# pipeline writes, and `.to_dict()` its JSON.
 
 # %%
 growth_formula = models.preset_formula("growth")
 print(growth_formula)
 growth = models.fit_model(analysis, growth_formula, name="growth")
-print(models.format_model(growth))
+print(growth.summary())
 
 # %% [markdown]
 # * `(1 | therapist)`: each therapist has their own average level;
@@ -122,7 +127,7 @@ print(models.format_model(growth))
 
 # %%
 fig = figures.plot_trajectories(
-    analysis, growth, max_patients=MAX_PATIENTS, outcome_label="ORS total"
+    analysis, growth.to_dict(), max_patients=MAX_PATIENTS, outcome_label="ORS total"
 )
 
 # %% [markdown]
@@ -133,14 +138,14 @@ fig = figures.plot_trajectories(
 # session's outcome, adjusting for time.
 
 # %%
-ao_formula = pipeline.model_formula(cfg["models"]["alliance_outcome"])
+ao_formula = stages.model_formula(cfg["models"]["alliance_outcome"])
 print(ao_formula)
 ao = models.fit_model(analysis, ao_formula, name="alliance_outcome")
-print(models.format_model(ao))
+print(ao.summary())
 
 # %%
 truth = {"alliance_within_lag": 2 / 12, "alliance_between": 4 / 12}
-fixed = models.fixed_effects_table(ao).set_index("term").loc[list(truth)]
+fixed = ao.fixed.set_index("term").loc[list(truth)]
 fixed["truth"] = pd.Series(truth)
 fixed["CI covers truth"] = (fixed["ci_low"] <= fixed["truth"]) & (
     fixed["truth"] <= fixed["ci_high"]
@@ -175,7 +180,7 @@ fixed[["estimate", "se", "ci_low", "ci_high", "truth", "CI covers truth", "r"]].
 blend = models.fit_model(
     analysis, "outcome ~ alliance_lag + session + (1 | therapist) + (1 | patient)", name="unsplit"
 )
-models.fixed_effects_table(blend).round(3)
+blend.fixed.round(3)
 
 # %% [markdown]
 # ## 4. Random slopes and the likelihood-ratio test
@@ -190,7 +195,7 @@ models.fixed_effects_table(blend).round(3)
 # Stram & Lee, 1994).
 
 # %%
-slopes_formula = pipeline.model_formula(cfg["models"]["alliance_outcome_slopes"])
+slopes_formula = stages.model_formula(cfg["models"]["alliance_outcome_slopes"])
 lrt = models.likelihood_ratio_test(
     analysis, ao_formula, slopes_formula, names=("alliance_outcome", "alliance_outcome_slopes")
 )
@@ -231,18 +236,17 @@ sensitivity = {
 fits = {"slopes": lrt["fit1"]} | {
     name: models.fit_model(analysis, f, name=name) for name, f in sensitivity.items()
 }
-pd.DataFrame(
-    {name: models.fixed_effects_table(r).set_index("term")["estimate"] for name, r in fits.items()}
-).round(3)
+pd.DataFrame({name: r.fixed.set_index("term")["estimate"] for name, r in fits.items()}).round(3)
 
 # %% [markdown]
 # The within effect lies between 0.16 and 0.18 in every version, close to the truth; the
-# previous-outcome coefficient is small (0.03, CI from about −0.01 to 0.07), as it should be. Agreement across sensible
-# specifications is what makes a within-patient effect credible.
+# previous-outcome coefficient is small (0.03, CI from about −0.01 to 0.07), as it should
+# be. Agreement across sensible specifications is what makes a within-patient effect
+# credible.
 
 # %%
 fig = figures.plot_forest(
-    [ao, fits["slopes"], fits["detrended"]],
+    [ao.to_dict(), fits["slopes"].to_dict(), fits["detrended"].to_dict()],
     drop=("Intercept", "session"),
     width="two",
     labels={
@@ -262,7 +266,7 @@ fig = figures.plot_forest(
 te = models.fit_model(
     analysis, models.preset_formula("therapist_effects"), name="therapist_effects"
 )
-models.fixed_effects_table(te).round(3)
+te.fixed.round(3)
 
 # %% [markdown]
 # **Against the truth.** The simulator applies one between-patient effect (0.333 per WAI-SR
@@ -278,7 +282,7 @@ models.fixed_effects_table(te).round(3)
 # with about ten patients per therapist.
 
 # %%
-fig = figures.plot_caterpillar(ao, group="therapist")
+fig = figures.plot_caterpillar(ao.to_dict(), group="therapist")
 
 # %% [markdown]
 # ## 7. Alliance components: task, bond and goal
@@ -292,7 +296,7 @@ fig = figures.plot_caterpillar(ao, group="therapist")
 comp = models.fit_model(
     analysis, models.preset_formula("alliance_components"), name="alliance_components"
 )
-models.fixed_effects_table(comp).round(3)
+comp.fixed.round(3)
 
 # %% [markdown]
 # The within coefficients are near 0.17 but three to four times less precise than the
@@ -310,7 +314,9 @@ models.fixed_effects_table(comp).round(3)
 # %%
 display(
     Markdown(
-        tables.render_markdown(tables.model_table([ao, fits["slopes"]], name="alliance_models"))
+        tables.render_markdown(
+            tables.model_table([ao.to_dict(), fits["slopes"].to_dict()], name="alliance_models")
+        )
     )
 )
 
@@ -319,7 +325,7 @@ display(
 #
 # * `models.preset_formula` writes standard models in lme4 syntax; `models.fit_model` fits
 #   them and reports estimates, CIs, variance components, ICCs, R², fit and convergence;
-#   `models.format_model` and `tables.model_table` present them.
+#   the result's `.summary()` and `tables.model_table` present them.
 # * On the example the alliance–outcome model recovers both true effects: within 0.16
 #   (truth 0.167) and between 0.29 (truth 0.333), CIs covering the truth, once time is
 #   in the model.

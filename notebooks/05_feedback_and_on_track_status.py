@@ -34,7 +34,7 @@
 from pathlib import Path
 
 import allianceflow
-from allianceflow import config, figures, models, ontrack, pipeline
+from allianceflow import config, figures, models, ontrack, stages
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.
@@ -51,19 +51,19 @@ TOLERANCE = 0.10
 # %% [markdown]
 # ## 1. The analysis table
 #
-# The pipeline's clean, score and derive steps, in memory with `pipeline.prepare_study` (notebooks
+# The pipeline's clean, score and derive steps, in memory with `stages.prepare_study` (notebooks
 # 01–03).
 
 # %%
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 # Clean, score and derive in memory: the same functions as the pipeline's stages.
-prepared = pipeline.prepare_study(study, root=PROJECT, name=STUDY)
+prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
 analysis = prepared.analysis
-ors = pipeline.instrument_of(study, study["outcome"])
+ors = stages.instrument_of(study["measures"], study["measures"]["outcome"])
 print(
     "outcome:",
-    study["outcome"],
+    study["measures"]["outcome"],
     "|",
     ors.direction,
     "| on-track settings:",
@@ -84,7 +84,7 @@ print(
 
 # %%
 etr = ontrack.fit_expected_response(analysis, score="outcome")
-etr
+print(etr)
 
 # %% [markdown]
 # * $\gamma_0 \approx 2.3$: a patient with an average intake gains about 2.3 ORS points per
@@ -112,10 +112,8 @@ tracked["track_status"].value_counts()
 
 # %%
 follow_up = tracked["track_status"].isin(["on_track", "not_on_track"])
-print(
-    f"share of follow-up sessions not on track: {tracked.loc[follow_up, 'track_status'].eq('not_on_track').mean():.1%}"
-    f" (tolerance {TOLERANCE:.0%})"
-)
+not_on_track = tracked.loc[follow_up, "track_status"].eq("not_on_track").mean()
+print(f"share of follow-up sessions not on track: {not_on_track:.1%} (tolerance {TOLERANCE:.0%})")
 first = ontrack.first_off_track(tracked)
 first.head()
 
@@ -159,7 +157,7 @@ average = models.fit_model(
     "outcome ~ session * C(condition) + (1 | therapist) + (1 + session | patient)",
     name="feedback_average",
 )
-models.fixed_effects_table(average).round(3)
+average.fixed.round(3)
 
 # %% [markdown]
 # **Against the truth.** The simulation gives feedback patients an extra 0.15 ORS points of
@@ -177,10 +175,10 @@ models.fixed_effects_table(average).round(3)
 # `session * C(condition) * off_track`.
 
 # %%
-fb_formula = pipeline.model_formula(cfg["models"]["feedback"])
+fb_formula = stages.model_formula(cfg["models"]["feedback"])
 print(fb_formula)
 fb = models.fit_model(analysis, fb_formula, name="feedback")
-models.fixed_effects_table(fb).round(3)
+fb.fixed.round(3)
 
 # %%
 patients = analysis.groupby("patient", observed=True).first()

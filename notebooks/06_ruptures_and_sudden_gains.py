@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 import allianceflow
-from allianceflow import config, figures, models, pipeline, ruptures, suddengains
+from allianceflow import config, figures, models, ruptures, stages, suddengains
 
 # allianceflow.figures selects matplotlib's file-only "Agg" backend; switch back to inline
 # figures so they show in the notebook.
@@ -52,7 +52,7 @@ THRESHOLDS = [1.0, 1.5, 2.0]
 # %% [markdown]
 # ## 1. The analysis table
 #
-# The pipeline's clean, score and derive steps, in memory with `pipeline.prepare_study` (notebooks
+# The pipeline's clean, score and derive steps, in memory with `stages.prepare_study` (notebooks
 # 01–03). The derive stage already detected ruptures and sudden gains with the study's
 # settings; we redo both step by step.
 
@@ -60,9 +60,9 @@ THRESHOLDS = [1.0, 1.5, 2.0]
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 # Clean, score and derive in memory: the same functions as the pipeline's stages.
-prepared = pipeline.prepare_study(study, root=PROJECT, name=STUDY)
+prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
 analysis = prepared.analysis
-ors = pipeline.instrument_of(study, study["outcome"])
+ors = stages.instrument_of(study["measures"], study["measures"]["outcome"])
 print("rupture settings:", study["derive"]["ruptures"])
 print("sudden-gain settings:", study["derive"]["sudden_gains"], "| ORS reliable change:", ors.rci)
 
@@ -148,9 +148,9 @@ fig = figures.plot_ruptures(analysis, alliance_label="WAI-SR total")
 
 # %%
 rr = models.fit_model(
-    analysis, pipeline.model_formula(cfg["models"]["rupture_repair"]), name="rupture_repair"
+    analysis, stages.model_formula(cfg["models"]["rupture_repair"]), name="rupture_repair"
 )
-models.fixed_effects_table(rr).round(3)
+rr.fixed.round(3)
 
 # %% [markdown]
 # **Against the truth**: the outcome depends on last session's alliance level only, so the

@@ -1,4 +1,13 @@
-"""Shared fixtures. Figures draw on the Agg backend; paths are relative to the project."""
+"""Shared fixtures and the two tiers of the suite.
+
+Figures draw on the Agg backend; paths are relative to the project.
+
+``make test`` runs the quick tier: the end-to-end tests build the small ``.test/config.yaml``
+study set, hypothesis draws few examples, and the lme4 and SLURM tests run only where their
+tools are installed. With ``CI=true`` (``.ci/run``, ``make test-all``) the suite runs in full:
+the end-to-end tests build the real ``config.yaml``, hypothesis uses its thorough ``ci``
+profile, and the lme4 and SLURM tests fail, instead of skipping, when R or SLURM is missing.
+"""
 
 import os
 import shutil
@@ -12,8 +21,34 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: True under CI (``CI=true``, as .ci/run and ``make test-all`` set): run every test in full.
+FULL = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+# Property tests: a quick default, and a thorough profile for CI. Neither has a deadline:
+# one example can take a second on a loaded 2-core machine, and time is not what they test.
+settings.register_profile(
+    "quick", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if FULL else "quick"))
+
+
+def require_tool(available: bool, what: str, enable: str) -> None:
+    """Skip a test whose external tool is missing, or fail under CI, where it must run.
+
+    *what* names the tool; *enable* says how to install it (one line each).
+    """
+    if available:
+        return
+    if FULL:
+        pytest.fail(f"{what} is missing, and CI must run this test: {enable}", pytrace=False)
+    pytest.skip(f"{what} is not installed; to run this test: {enable}")
 
 
 @pytest.fixture(scope="session")
@@ -22,11 +57,15 @@ def root() -> Path:
     return ROOT
 
 
-#: What a temporary copy of the project needs to run the pipeline (never results/ or data/processed/).
-PROJECT_FILES = ["Snakefile", "config.yaml", "workflow", "data/raw"]
+#: What a temporary copy of the project needs to run the pipeline
+#: (never results/ or data/processed/).
+PROJECT_FILES = ["Snakefile", "config.yaml", "workflow", "data/raw", "requirements.lock"]
+
+#: The small configuration of the quick tier (the workflow catalogue's ``.test/`` convention).
+TEST_CONFIG = ROOT / ".test" / "config.yaml"
 
 
-def _copy_project(root: Path, target: Path) -> Path:
+def _copy_project(root: Path, target: Path, *, small: bool) -> Path:
     for name in PROJECT_FILES:
         source, dest = root / name, target / name
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -34,18 +73,26 @@ def _copy_project(root: Path, target: Path) -> Path:
             shutil.copytree(source, dest)
         else:
             shutil.copy2(source, dest)
+    if small:
+        shutil.copy2(TEST_CONFIG, target / "config.yaml")
     return target
 
 
 @pytest.fixture(scope="session")
 def copy_project(root):
-    """A function that copies the project's pipeline files into a folder and returns it."""
-    return lambda target: _copy_project(root, Path(target))
+    """A function that copies the project's pipeline files into a folder and returns it.
+
+    ``copy_project(folder)`` copies ``config.yaml`` as it is; ``copy_project(folder,
+    small=True)`` puts ``.test/config.yaml`` in its place.
+    """
+    return lambda target, small=False: _copy_project(root, Path(target), small=small)
 
 
 def simulate_three_level(seed=7, n_therapists=12, n_patients=120, n_sessions=10):
-    """A small three-level study (patients in therapists, crossed raters) with correlated
-    patient intercepts and slopes, for the lme4 comparisons and the engine tests.
+    """A small three-level study: patients in therapists, crossed raters.
+
+    The patient intercepts and slopes are correlated. For the lme4 comparisons and the
+    engine tests.
     """
     rng = np.random.default_rng(seed)
     rows = []

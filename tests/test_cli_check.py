@@ -10,7 +10,9 @@ from allianceflow.cli import main
 def _project(tmp_path, root, raw_name, **study):
     config = yaml.safe_load((root / "config.yaml").read_text())
     block = config["studies"]["example"]
-    block.update(raw=raw_name, **study)
+    block["read"]["raw"] = raw_name
+    for section, settings in study.items():
+        block.setdefault(section, {}).update(settings)
     (tmp_path / "workflow" / "schemas").mkdir(parents=True)
     shutil.copy(
         root / "workflow" / "schemas" / "config.schema.yaml", tmp_path / "workflow" / "schemas"
@@ -31,7 +33,8 @@ def test_example_is_clean(root, capsys):
     out = capsys.readouterr().out
     assert status == 0
     assert out.startswith(
-        "sessions_export.csv (study 'example'): 2907 rows read, 2907 kept, 0 excluded (0 by rules set to error); 300 patients, 300 kept."
+        "sessions_export.csv (study 'example'): 2907 rows read, 2907 kept, 0 excluded "
+        "(0 by rules set to error); 300 patients, 300 kept."
     )
     assert "16    SessionNo  session_gap  flagged  session 11 missing before session 12" in out
     assert out.rstrip().endswith("sessions_export.csv: clean.")

@@ -8,6 +8,7 @@ import pytest
 
 from allianceflow.clinical import (
     ENDING_COLUMNS,
+    RC_CATEGORIES,
     RELIABLE_CHANGE_COLUMNS,
     clinical_cutoffs,
     derive_patients,
@@ -74,7 +75,11 @@ def test_reliable_change_categories_and_ties():
             ("tie_cut", 1, 16),
             ("tie_cut", 4, 10),  # 10 is clinical (at_or_above) -> improved
             ("det", 1, 5),
-            ("det", 3, 11),  # worsening 6 == RC -> deteriorated
+            ("det", 3, 11),  # worsening 6 == RC, 5 -> 11 crosses into the clinical range -> harmed
+            ("det2", 1, 12),
+            ("det2", 3, 19),  # worsening 7, clinical at both scores -> deteriorated
+            ("det3", 1, 2),
+            ("det3", 3, 9),  # worsening 7, functional at both scores -> deteriorated
             ("unch", 1, 14),
             ("unch", 2, 9),  # improvement 5 < 6 -> unchanged though crossed cut-off
             ("low", 1, 8),
@@ -93,7 +98,9 @@ def test_reliable_change_categories_and_ties():
     assert rc.loc["rec", "rc_category"] == "improved"
     assert rc.loc["rec2", "rc_category"] == "recovered"
     assert rc.loc["tie_cut", "rc_category"] == "improved"
-    assert rc.loc["det", "rc_category"] == "deteriorated"
+    assert rc.loc["det", "rc_category"] == "harmed"
+    assert rc.loc["det2", "rc_category"] == "deteriorated"
+    assert rc.loc["det3", "rc_category"] == "deteriorated"
     assert rc.loc["unch", "rc_category"] == "unchanged"
     assert rc.loc["low", "rc_category"] == "improved"
     assert pd.isna(rc.loc["one", "rc_category"])
@@ -104,7 +111,8 @@ def test_reliable_change_categories_and_ties():
 
 
 def test_reliable_change_uses_first_and_last_observed():
-    # session 1 missing, session 5 missing, unsorted rows: first observed 2 (30), last observed 4 (22)
+    # session 1 missing, session 5 missing, unsorted rows: first observed 2 (30),
+    # last observed 4 (22)
     df = pd.DataFrame(
         {
             "patient": "a",
@@ -145,6 +153,39 @@ def test_reliable_change_cutoff_below_tie_is_not_clinical():
     )
     assert rc.rc_category.tolist() == ["recovered"]
     assert rc.clinical_last.tolist() == [False]
+
+
+def test_categories_have_the_names_and_order_of_clinicalsignificance():
+    # cs_combined's summary: Recovered, Improved, Unchanged, Deteriorated, Harmed
+    assert RC_CATEGORIES == ("recovered", "improved", "unchanged", "deteriorated", "harmed")
+
+
+def test_harmed_when_higher_is_better_and_the_tie_at_the_cutoff():
+    # ORS: clinical below 25. 31 -> 24 worsens by 7 >= 5 into the clinical range -> harmed;
+    # 30 -> 25 worsens by 5 but 25 is not clinical -> deteriorated
+    df = pd.DataFrame(
+        {
+            "patient": ["a", "a", "b", "b"],
+            "session": [1, 2, 1, 2],
+            "ors_total": [31.0, 24.0, 30.0, 25.0],
+        }
+    )
+    rc = reliable_change(
+        df,
+        score="ors_total",
+        direction="higher_is_better",
+        rci=5,
+        cutoff=25,
+        clinical_range="below",
+    )
+    assert rc.rc_category.tolist() == ["harmed", "deteriorated"]
+    assert list(rc.rc_category.cat.categories) == list(RC_CATEGORIES)
+
+
+def test_without_cutoff_nobody_is_harmed():
+    df = _phq([("a", 1, 2), ("a", 2, 20)])
+    rc = reliable_change(df, score="phq9_total", direction="lower_is_better", rci=6)
+    assert rc.rc_category.tolist() == ["deteriorated"]
 
 
 def test_reliable_change_without_cutoff_nobody_recovers():
@@ -197,7 +238,8 @@ def test_endings_and_dose_inferred_and_recorded():
     # a: 3 recorded sessions, last session number 4, weeks 35/7 = 5, longest gap 35 - 7 = 28
     assert out.loc["a", "n_sessions"] == 3 and out.loc["a", "last_session"] == 4
     assert out.loc["a", "weeks"] == 5.0 and out.loc["a", "longest_gap_days"] == 28.0
-    # a: 95 - 35 = 60 days without a session, tie with gap_days = 60 -> ended (inferred; no dose rule)
+    # a: 95 - 35 = 60 days without a session, tie with gap_days = 60 -> ended
+    # (inferred; no dose rule)
     assert out.loc["a", "ending"] == "ended" and out.loc["a", "ending_source"] == "inferred"
     # b: recorded "Agreed" -> planned
     assert out.loc["b", "ending"] == "planned" and out.loc["b", "ending_source"] == "recorded"
@@ -285,6 +327,8 @@ def test_planned_sessions_turn_an_inferred_ending_after_the_full_dose_into_plann
     assert out["ending"].astype(str).tolist() == ["dropout", "ongoing", "ongoing"]
     with pytest.raises(
         ValueError,
-        match="^`planned_sessions` only applies to endings inferred from a gap; set `gap_days` too.$",
+        match=(
+            "^`planned_sessions` only applies to endings inferred from a gap; set `gap_days` too.$"
+        ),
     ):
         endings_and_dose(_sessions(), followup="followup", planned_sessions=5)

@@ -5,7 +5,14 @@ import copy
 import pytest
 import yaml
 
-from allianceflow.config import ConfigError, load_config, validate_config
+from allianceflow.config import (
+    STUDY_SECTIONS,
+    ConfigError,
+    flat_study,
+    group_study,
+    load_config,
+    validate_config,
+)
 
 SCHEMA = "workflow/schemas/config.schema.yaml"
 
@@ -22,9 +29,17 @@ def schema(root):
 
 def test_shipped_config_is_valid_and_defaults_are_filled(root, config, schema):
     resolved = validate_config(config, schema)
-    assert resolved["studies"]["example"]["encoding"] == "utf-8-sig"  # a schema default
-    assert resolved["studies"]["example"]["missing_codes"] == [-9]  # the config's own value
-    assert "encoding" not in config["studies"]["example"]  # the input is not modified
+    assert resolved["studies"]["example"]["read"]["encoding"] == "utf-8-sig"  # a schema default
+    assert resolved["studies"]["example"]["read"]["missing_codes"] == [-9]  # the config's own
+    assert resolved["studies"]["example"]["report"] == {
+        "figures": {
+            "example_patient": None,
+            "trajectory_model": None,
+            "caterpillar_group": "therapist",
+        },
+        "tables": {"min_cell": 5},
+    }
+    assert "encoding" not in config["studies"]["example"]["read"]  # the input is not modified
     assert load_config(root / "config.yaml") == resolved
 
 
@@ -37,20 +52,23 @@ def test_shipped_config_is_valid_and_defaults_are_filled(root, config, schema):
             "`models.alliance_outcome.reml` is 'yes'; it must be of type boolean.",
         ),
         (
-            ("studies", "example", "format"),
+            ("studies", "example", "read", "format"),
             "wide-ish",
-            "`studies.example.format` is 'wide-ish'; allowed values are 'long'.",
+            "`studies.example.read.format` is 'wide-ish'; allowed values are 'long'.",
         ),
         (
-            ("studies", "example", "delimiter"),
+            ("studies", "example", "read", "delimiter"),
             ":",
-            r"`studies.example.delimiter` is ':'; allowed values are ',', ';', '\\t', '\|', None.",
+            r"`studies.example.read.delimiter` is ':'; "
+            r"allowed values are ',', ';', '\\t', '\|', None.",
         ),
         (("seed",), -1, "`seed`: -1 is less than the minimum of 0."),
         (
             ("studies", "example", "colour"),
             "red",
-            r"`studies.example`: Additional properties are not allowed \('colour' was unexpected\). Allowed keys are .*alliance",
+            r"`studies.example`: Additional properties are not allowed "
+            r"\('colour' was unexpected\). "
+            r"Allowed keys are clean, derive, measures, models, privacy, read, report.",
         ),
     ],
 )
@@ -66,9 +84,10 @@ def test_invalid_values_name_the_key_and_what_is_allowed(config, schema, path, v
 
 def test_missing_required_key_is_named(config, schema):
     bad = copy.deepcopy(config)
-    del bad["studies"]["example"]["outcome"]
+    del bad["studies"]["example"]["measures"]["outcome"]
     with pytest.raises(
-        ConfigError, match=r"^config.yaml: `studies.example` lacks a required key: 'outcome'."
+        ConfigError,
+        match=r"^config.yaml: `studies.example.measures` lacks a required key: 'outcome'.",
     ):
         validate_config(bad, schema)
 
@@ -78,7 +97,8 @@ def test_study_naming_an_undefined_model_is_refused(config, schema):
     bad["studies"]["example"]["models"] = ["alliance_outcme"]
     with pytest.raises(
         ConfigError,
-        match="names 'alliance_outcme', which is not defined under `models`; defined models are alliance_components, alliance_outcome, ",
+        match="names 'alliance_outcme', which is not defined under `models`; defined models are "
+        "alliance_components, alliance_outcome, ",
     ):
         validate_config(bad, schema)
 
@@ -95,7 +115,8 @@ def test_model_needs_exactly_one_of_formula_or_preset(config, schema):
     bad["models"]["alliance_outcome"]["preset"] = "growth"
     with pytest.raises(
         ConfigError,
-        match=r"^config.yaml: `models.alliance_outcome` does not fit the expected shape: a model is given by exactly one of `formula`",
+        match=r"^config.yaml: `models.alliance_outcome` does not fit the expected shape: "
+        r"a model is given by exactly one of `formula`",
     ):
         validate_config(bad, schema)
     good = copy.deepcopy(config)
@@ -117,7 +138,8 @@ def test_reference_sample_must_name_another_study(config, schema):
     bad["studies"]["example"]["derive"]["on_track"]["reference"] = "reference"
     with pytest.raises(
         ConfigError,
-        match=r"`studies.example.derive.on_track.reference` is 'reference', so `reference_study` must name another study; got None. Other studies: example2.",
+        match=r"`studies.example.derive.on_track.reference` is 'reference', so `reference_study` "
+        r"must name another study; got None. Other studies: example2.",
     ):
         validate_config(bad, schema)
     bad["studies"]["example"]["derive"]["on_track"]["reference_study"] = "example2"
@@ -125,3 +147,125 @@ def test_reference_sample_must_name_another_study(config, schema):
         validate_config(bad, schema)["studies"]["example"]["derive"]["on_track"]["reference_study"]
         == "example2"
     )
+
+
+def test_keys_of_the_flat_study_block_point_to_their_section(config, schema):
+    bad = copy.deepcopy(config)
+    study = bad["studies"]["example2"]
+    study["raw"] = study["read"].pop("raw")
+    study["caterpillar"] = "ignored: not a key of the earlier layout"
+    study["figures"] = {"caterpillar_group": "therapist"}
+    with pytest.raises(ConfigError) as error:
+        validate_config(bad, schema)
+    assert str(error.value) == (
+        "config.yaml: the study block is grouped by stage (read, privacy, clean, measures, "
+        "derive, report, models), and `studies.example2` holds keys of the earlier flat layout. "
+        "Move `raw` to `studies.example2.read.raw`, `figures` to "
+        "`studies.example2.report.figures`."
+    )
+
+
+def test_group_study_and_flat_study_are_inverse(config, schema):
+    study = validate_config(config, schema)["studies"]["example"]
+    flat = flat_study(study)
+    assert flat["raw"] == "data/raw/example/sessions_export.csv"
+    assert flat["rules"]["session_gap"] == "flag" and flat["hash_ids"] is False
+    assert flat["lag_across_gaps"] is False and "lag_across_gaps" not in flat["derive"]
+    assert flat["tables"] == {"min_cell": 5} and flat["models"] == study["models"]
+    assert group_study(flat) == study
+    # every key of the earlier layout has one section, and the schema has it there
+    section_of = [key for keys in STUDY_SECTIONS.values() for key in keys]
+    assert len(section_of) == len(set(section_of)) == 26
+    study_schema = schema["$defs"]["study"]["properties"]
+    for section, keys in STUDY_SECTIONS.items():
+        assert set(keys) <= set(study_schema[section]["properties"]), section
+
+
+def test_every_schema_property_has_a_type_description_and_default(schema):
+    """Each setting documents itself.
+
+    A type, a description, and a default unless its block requires it.
+    """
+    # no schema default on purpose: the design's keys left out are supplied by a fitted
+    # study (power.from_study) or by PowerDesign; a model gives one of formula or preset
+    exempt = {
+        f"power.design.{key}"
+        for key in schema["$defs"]["power"]["properties"]["design"]["properties"]
+    }
+    exempt |= {"model.formula", "model.preset"}
+    missing = []
+
+    def walk(node, path, required):
+        for key, spec in node.get("properties", {}).items():
+            where = f"{path}.{key}"
+            if "description" not in spec:
+                missing.append(f"{where}: description")
+            if not {"type", "oneOf", "$ref"} & set(spec):
+                missing.append(f"{where}: type")
+            if "default" not in spec and key not in required and where not in exempt:
+                missing.append(f"{where}: default")
+            walk(spec, where, set(spec.get("required", [])))
+
+    walk(schema, "", set(schema["required"]))
+    for name, block in schema["$defs"].items():
+        walk(block, name, set(block.get("required", [])))
+    assert missing == []
+
+
+def _schema_default(schema, path):
+    """Return the default of a schema property, e.g. ("study", "derive", "ruptures", "x")."""
+    node = schema["$defs"][path[0]]
+    for key in path[1:]:
+        node = node["properties"][key]
+    return node["default"]
+
+
+def test_function_defaults_agree_with_the_schema(schema):
+    """Defaults live in the schema, and the functions agree with it.
+
+    A function that takes a setting as a keyword defaults to the schema's value, so a
+    notebook gets the pipeline's analysis.
+    """
+    import inspect
+
+    from allianceflow import derive, ontrack, pool, power, ruptures, stages, suddengains
+
+    pairs = [
+        (pool.meta_analysis, "method", ("pool", "method")),
+        (pool.meta_analysis, "hksj", ("pool", "hksj")),
+        (pool.meta_analysis, "alpha", ("pool", "alpha")),
+        (stages.reliability_stage, "n_boot", ("study", "measures", "reliability_bootstrap")),
+        (stages.descriptive_table_stage, "min_cell", ("study", "report", "tables", "min_cell")),
+        (stages.power_chunk_stage, "alliance_items", ("power", "alliance_items")),
+        (stages.power_chunk_stage, "alpha", ("power", "alpha")),
+        (derive.derive_tables, "lag_across_gaps", ("study", "derive", "lag_across_gaps")),
+        (ontrack.on_track, "tolerance", ("study", "derive", "on_track", "tolerance")),
+        (ruptures.detect_ruptures, "method", ("study", "derive", "ruptures", "method")),
+        (ruptures.detect_ruptures, "threshold", ("study", "derive", "ruptures", "threshold")),
+        (ruptures.detect_ruptures, "across_gaps", ("study", "derive", "ruptures", "across_gaps")),
+    ]
+    pairs += [
+        (stages.pool_stage, key, ("pool", key))
+        for key in ("term", "method", "hksj", "alpha", "one_stage", "standardise")
+    ]
+    pairs += [
+        (
+            ruptures.detect_ruptures,
+            "repair_within",
+            ("study", "derive", "ruptures", "repair_within"),
+        )
+    ]
+    pairs += [
+        (suddengains.sudden_gains, key, ("study", "derive", "sudden_gains", key))
+        for key in ("pct", "crit3", "alpha", "adjust", "critical_value")
+    ]
+    differ = []
+    for function, parameter, path in pairs:
+        default = inspect.signature(function).parameters[parameter].default
+        if default != _schema_default(schema, path):
+            differ.append(f"{function.__name__}({parameter}={default!r}) vs {'.'.join(path)}")
+    assert differ == []
+    events = inspect.signature(suddengains.sudden_gains).parameters["events"].default
+    assert list(events) == _schema_default(schema, ("study", "derive", "sudden_gains", "events"))
+    assert power.DEFAULT_FORMULA == _schema_default(schema, ("power", "formula"))
+    assert len(pairs) == 24

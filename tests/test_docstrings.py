@@ -1,48 +1,27 @@
-"""The examples in the package's docstrings run and print what they claim (the docs are
-read by students; an example that no longer holds teaches the wrong thing).
+"""The modules a student reads first show how they are called.
+
+The docstring examples themselves run as doctests (``--doctest-modules`` over
+``src/allianceflow`` in pyproject.toml), each reported as its own test; this module checks
+that the examples are there to run, so that deleting them is not silently "green".
 """
 
 from __future__ import annotations
 
 import doctest
 import importlib
-import pkgutil
 
 import pytest
 
-import allianceflow
-
-FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-
-
-def _modules_with_examples() -> list[str]:
-    names = []
-    for info in pkgutil.walk_packages(allianceflow.__path__, prefix="allianceflow."):
-        if info.name.endswith("__main__"):
-            continue
-        tests = doctest.DocTestFinder().find(importlib.import_module(info.name))
-        if any(t.examples for t in tests):
-            names.append(info.name)
-    return sorted(names)
+DOCUMENTED = [
+    "allianceflow.clinical",
+    "allianceflow.suddengains",
+    "allianceflow.models",
+    "allianceflow.tables",
+]
 
 
-MODULES = _modules_with_examples()
-
-
-def test_the_documented_modules_have_examples():
-    # the modules a student reads first show how they are called
-    assert {
-        "allianceflow.clinical",
-        "allianceflow.suddengains",
-        "allianceflow.models",
-        "allianceflow.tables",
-    } <= set(MODULES)
-
-
-@pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(name), optionflags=FLAGS, report=False)
-    assert result.attempted > 0
-    assert result.failed == 0, (
-        f"{result.failed} of {result.attempted} docstring examples in {name} failed; run python -m doctest -v on it"
-    )
+@pytest.mark.parametrize("name", DOCUMENTED)
+def test_the_documented_modules_have_examples(name):
+    module = importlib.import_module(name)
+    tests = doctest.DocTestFinder().find(module)
+    assert sum(len(t.examples) for t in tests) > 0, f"{name} has no docstring examples"

@@ -1,6 +1,8 @@
-"""Endings from a researcher's export to the patients table: the canonical ``ending`` and
-``followup_days`` columns of the clean stage, the study's ``extraction_date``, the config
-checks, and the derive stage using them (recorded or inferred from a gap).
+"""Endings from a researcher's export to the patients table.
+
+The canonical ``ending`` and ``followup_days`` columns of the clean stage, the study's
+``extraction_date``, the config checks, and the derive stage using them (recorded or
+inferred from a gap).
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from allianceflow import pipeline
+from allianceflow import stages
 from allianceflow.clean import DataError, clean_sessions, reconcile
-from allianceflow.config import ConfigError, load_config, validate_config
+from allianceflow.config import ConfigError, flat_study, group_study, load_config, validate_config
 from allianceflow.contract import validate_sessions
 from allianceflow.derive import derive_tables
 from allianceflow.simulate import (
@@ -41,14 +43,14 @@ def make_study(columns=None, **settings) -> dict:
         "raw": "x.csv",
         "columns": dict(COLUMNS if columns is None else columns),
         "date_format": "%Y-%m-%d",
-        "instruments": ["ors"],
+        "instruments": {"ors": {"rci": 5}},
         "alliance": "ors_total",
         "outcome": "ors_total",
         "models": ["m"],
         **settings,
     }
-    config = {"studies": {"t": study}, "models": {"m": {"formula": "outcome ~ 1"}}}
-    return validate_config(config, SCHEMA)["studies"]["t"]
+    config = {"studies": {"t": group_study(study)}, "models": {"m": {"formula": "outcome ~ 1"}}}
+    return flat_study(validate_config(config, SCHEMA)["studies"]["t"])
 
 
 def clean(rows, columns=None, **settings):
@@ -104,10 +106,13 @@ def test_an_unmapped_ending_label_names_the_row_and_the_fix():
     with pytest.raises(DataError) as error:
         clean(ROWS, labels={"ending": {"Done": "planned"}})
     assert str(error.value) == (
-        "x.csv, row 6, column 'Discharge': ending 'left' is not one of planned, unilateral, dropout, "
+        "x.csv, row 6, column 'Discharge': ending 'left' is not one of planned, unilateral, "
+        "dropout, "
         "ongoing. Map each of the export's ending labels to one of these types under "
-        "`studies.t.labels.ending` in config.yaml (here `'left': <type>`); leave the cell blank when "
-        "the ending is not recorded. Or set `studies.t.rules.ending_invalid` to 'missing' in config.yaml."
+        "`studies.t.labels.ending` in config.yaml (here `'left': <type>`); leave the cell blank "
+        "when "
+        "the ending is not recorded. Or set `studies.t.rules.ending_invalid` to 'missing' in "
+        "config.yaml."
     )
 
 
@@ -157,8 +162,8 @@ def test_a_session_after_the_extraction_date():
     with pytest.raises(DataError) as error:
         clean(ROWS, labels=LABELS, extraction_date="2025-02-28")
     assert str(error.value) == (
-        "x.csv, row 7, column 'Date': the session is dated 2025-03-03, after the extraction date "
-        "2025-02-28. Check the date, or set `studies.t.extraction_date` to the day the data were "
+        "x.csv, row 7, column 'Date': the session is dated 3 day(s) after the extraction date. "
+        "Check the date, or set `studies.t.extraction_date` to the day the data were "
         "exported. Or set `studies.t.rules.after_extraction` to 'exclude' in config.yaml."
     )
     result = clean(
@@ -186,14 +191,20 @@ def test_clean_itself_refuses_an_extraction_date_it_cannot_use():
     with pytest.raises(DataError) as error:
         unvalidated({**COLUMNS, "FU": "followup_days"}, [r + ("90",) for r in ROWS])
     assert str(error.value) == (
-        "x.csv: column 'FU' is mapped to 'followup_days', but the sessions are dated, and with dates "
-        "the follow-up time must come from the extraction day (days are counted from each patient's "
-        "first kept session). Remove the mapping and set `studies.t.extraction_date` to the day the "
+        "x.csv: column 'FU' is mapped to 'followup_days', but the sessions are dated, and with "
+        "dates "
+        "the follow-up time must come from the extraction day (days are counted from each "
+        "patient's "
+        "first kept session). Remove the mapping and set `studies.t.extraction_date` to the day "
+        "the "
         "data were exported."
     )
     with pytest.raises(
         DataError,
-        match=r"^config.yaml: `studies.t.extraction_date` is '2025-02-30', which is not a day of the calendar",
+        match=(
+            r"^config.yaml: `studies.t.extraction_date` is '2025-02-30', "
+            r"which is not a day of the calendar"
+        ),
     ):
         unvalidated(COLUMNS, ROWS, extraction_date="2025-02-30", labels=LABELS)
 
@@ -219,9 +230,11 @@ def test_mapped_followup_days_without_dates():
     with pytest.raises(DataError) as error:
         clean(rows, columns=columns)
     assert str(error.value) == (
-        "x.csv, row 4, column 'FU': the follow-up time is -3 days, so the extraction would precede the "
+        "x.csv, row 4, column 'FU': the follow-up time is -3 days, so the extraction would "
+        "precede the "
         "first session. Check the patient's follow-up time (days from the first session to the "
-        "extraction) and day counts. Or set `studies.t.rules.after_extraction` to 'exclude' in config.yaml."
+        "extraction) and day counts. Or set `studies.t.rules.after_extraction` to 'exclude' in "
+        "config.yaml."
     )
     rows = [("a", "1", "0", "5", "5"), ("a", "2", "7", "6", "")]
     with pytest.raises(DataError) as error:
@@ -263,13 +276,13 @@ def _config(**study):
     base = {
         "raw": "x.csv",
         "columns": dict(COLUMNS),
-        "instruments": ["ors"],
+        "instruments": {"ors": {"rci": 5}},
         "alliance": "ors_total",
         "outcome": "ors_total",
         "models": ["m"],
         **study,
     }
-    return {"studies": {"t": base}, "models": {"m": {"formula": "outcome ~ 1"}}}
+    return {"studies": {"t": group_study(base)}, "models": {"m": {"formula": "outcome ~ 1"}}}
 
 
 def test_gap_inference_without_a_followup_time_is_a_config_error():
@@ -278,8 +291,8 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
     assert str(error.value) == (
         "config.yaml: `studies.t.derive.endings.gap_days` infers endings from the time between a "
         "patient's last session and the data extraction, so the study needs that time: set "
-        "`studies.t.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, or, "
-        "for an export without dates, map columns to 'days' and 'followup_days' under `studies.t.columns`."
+        "`studies.t.read.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, or, "
+        "for an export without dates, map columns to 'days' and 'followup_days' under `studies.t.read.columns`."
     )
     # a follow-up column alone is not enough without the days of the sessions
     undated = {"Client": "patient", "Sess": "session", "Item": "ors_1", "FU": "followup_days"}
@@ -294,7 +307,7 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
         validate_config(_config(derive={"endings": {"planned_sessions": 12}}), SCHEMA)
     with pytest.raises(
         ConfigError,
-        match=r"`studies.t.extraction_date` is '31/03/2025', which is not of the form this key needs. The day the data were exported, YYYY-MM-DD",
+        match=r"`studies.t.read.extraction_date` is '31/03/2025', which is not of the form this key needs. The day the data were exported, YYYY-MM-DD",
     ):
         validate_config(_config(extraction_date="31/03/2025"), SCHEMA)
 
@@ -304,7 +317,7 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
     [
         (
             {"extraction_date": "2025-02-30"},
-            "config.yaml: `studies.t.extraction_date` is '2025-02-30', which is not a day of the calendar; "
+            "config.yaml: `studies.t.read.extraction_date` is '2025-02-30', which is not a day of the calendar; "
             "write the day the data were exported as YYYY-MM-DD, e.g. '2025-09-01'.",
         ),
         (
@@ -312,27 +325,28 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
                 "extraction_date": "2025-03-31",
                 "columns": {"Client": "patient", "Sess": "session", "Item": "ors_1"},
             },
-            "config.yaml: `studies.t.extraction_date` is set, but no column is mapped to 'date' under "
-            "`studies.t.columns`, so the follow-up time cannot be computed. Map the session dates to 'date', "
+            "config.yaml: `studies.t.read.extraction_date` is set, but no column is mapped to 'date' under "
+            "`studies.t.read.columns`, so the follow-up time cannot be computed. Map the session dates to 'date', "
             "or map a column of days from each patient's first session to the extraction to 'followup_days' "
             "and remove `extraction_date`.",
         ),
         (
             {"columns": {**COLUMNS, "FU": "followup_days"}},
-            "config.yaml: `studies.t.columns` maps a column to 'followup_days', but the sessions are dated (a "
+            "config.yaml: `studies.t.read.columns` maps a column to 'followup_days', but the sessions are dated (a "
             "column is mapped to 'date'), and with dates the follow-up time comes from the day of the export. "
-            "Remove that mapping and set `studies.t.extraction_date`.",
+            "Remove that mapping and set `studies.t.read.extraction_date`.",
         ),
         (
             {"labels": {"ending": {"Done": "complete"}}},
-            "config.yaml: `studies.t.labels.ending` maps 'Done' to 'complete'; an ending must be one of "
+            "config.yaml: `studies.t.read.labels.ending` maps 'Done' to 'complete'; an ending must be one of "
             "planned, unilateral, dropout, ongoing.",
         ),
         (
             {"derive": {"endings": {"labels": {"Done": "planned"}}}},
-            "config.yaml: `studies.t.derive.endings.labels` is no longer a setting. Map the export's ending "
-            "column to 'ending' under `studies.t.columns` and its labels under `studies.t.labels.ending`; for "
-            "endings inferred from a gap, give the day of the export as `studies.t.extraction_date`.",
+            "config.yaml: `studies.t.derive.endings.labels` is no longer a setting. Map the export's "
+            "ending column to 'ending' under `studies.t.read.columns` and its labels under "
+            "`studies.t.read.labels.ending`; for endings inferred from a gap, give the day of the "
+            "export as `studies.t.read.extraction_date`.",
         ),
     ],
 )
@@ -350,7 +364,7 @@ def test_an_unquoted_yaml_date_is_read_as_the_day(tmp_path):
     path.write_text(text.replace(quoted, "extraction_date: 2025-08-15"), encoding="utf-8")
     (tmp_path / "workflow" / "schemas").mkdir(parents=True)
     (tmp_path / "workflow" / "schemas" / "config.schema.yaml").write_bytes(SCHEMA.read_bytes())
-    assert load_config(path)["studies"]["example2"]["extraction_date"] == "2025-08-15"
+    assert load_config(path)["studies"]["example2"]["read"]["extraction_date"] == "2025-08-15"
 
 
 # --------------------------------------------------------------------------- derive
@@ -377,7 +391,8 @@ def test_derive_uses_the_recorded_ending_and_infers_the_rest():
         settings=settings,
     )
     p = derived.patients.set_index("patient")
-    # a, b recorded; c: first and only session 2025-03-03, extraction 28 days later = gap_days -> ended
+    # a, b recorded; c: first and only session 2025-03-03, extraction 28 days later
+    # = gap_days -> ended
     assert p["ending"].astype(str).to_dict() == {"a": "planned", "b": "unilateral", "c": "ended"}
     assert p["ending_source"].astype(str).to_dict() == {
         "a": "recorded",
@@ -454,7 +469,7 @@ def test_simulated_endings_follow_attendance():
 
 def test_example_endings_reach_the_patients_table_as_simulated():
     config = load_config(ROOT / "config.yaml")
-    prepared = pipeline.prepare_study(config["studies"]["example"], root=ROOT, name="example")
+    prepared = stages.prepare_study(config["studies"]["example"], root=ROOT, name="example")
     truth = simulate_study(EXAMPLE_DESIGN, seed=EXAMPLE_SEED).groupby("patient")["ending"].first()
     got = prepared.patients.set_index("patient")
     assert got["ending"].astype(str).to_dict() == truth.to_dict()
@@ -465,12 +480,12 @@ def test_example_endings_reach_the_patients_table_as_simulated():
 def test_example2_endings_inferred_from_the_extraction_date():
     config = load_config(ROOT / "config.yaml")
     study = config["studies"]["example2"]
-    assert study["extraction_date"] == EXAMPLE2_EXTRACTION_DATE
+    assert study["read"]["extraction_date"] == EXAMPLE2_EXTRACTION_DATE
     gap, planned = (
         study["derive"]["endings"]["gap_days"],
         study["derive"]["endings"]["planned_sessions"],
     )
-    prepared = pipeline.prepare_study(study, root=ROOT, name="example2")
+    prepared = stages.prepare_study(study, root=ROOT, name="example2")
     sessions = prepared.sessions
     followup = sessions.groupby("patient")["followup_days"].first()
     got = prepared.patients.set_index("patient")

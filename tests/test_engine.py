@@ -10,8 +10,7 @@ import pytest
 from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMParams
 
 from allianceflow.derive import derive_analysis
-from allianceflow.engine import LMMFit, fit_lmm, supports
-from allianceflow.models import fit_model
+from allianceflow.models import LMMFit, fit_lmm, fit_model, supports
 from allianceflow.score import score_sessions
 from allianceflow.simulate import simulate_study
 
@@ -76,8 +75,10 @@ def _sm_model(complete, key, reml):
 
 
 def _sm_fit(complete, key, reml):
-    """Statsmodels' converged answer: lbfgs, then Nelder-Mead from there (lbfgs alone can
-    stop short; issue 6), keeping the better.
+    """Fit statsmodels to its converged answer, the reference.
+
+    lbfgs, then Nelder-Mead from there (lbfgs alone can stop short of lme4's answer),
+    keeping the better.
     """
     m = _sm_model(complete, key, reml)
     with warnings.catch_warnings():
@@ -93,8 +94,8 @@ def _sm_fit(complete, key, reml):
 def _sm_params(fit: LMMFit, key: str) -> MixedLMParams:
     """Our estimates as statsmodels parameters (covariances relative to the residual).
 
-    statsmodels' likelihood jumps at a singular covariance matrix (#10239), so a ridge of
-    1e-10 keeps a boundary fit just inside.
+    statsmodels' likelihood jumps at a singular covariance matrix (statsmodels #10239), so a
+    ridge of 1e-10 keeps a boundary fit just inside.
     """
     s2 = fit.sigma2
     if key in ("intercept", "correlated"):
@@ -222,8 +223,9 @@ def _dense_loglik(X, y, V, reml):
 )
 @pytest.mark.parametrize("reml", [True, False], ids=["REML", "ML"])
 def test_structures_statsmodels_cannot_fit(small, random, reml):
-    """Likelihood at our estimates equals a dense computation, and no perturbation of any
-    variance parameter raises it (the estimates are the maximum).
+    """Check the likelihood at our estimates against a dense computation.
+
+    No perturbation of any variance parameter raises it (the estimates are the maximum).
     """
     d = small
     fit = fit_lmm(d, f"{FIXED} + {random}", reml=reml)
@@ -263,8 +265,9 @@ def test_three_level_counts_and_ranef(complete):
 
 
 def test_singular_fit_is_reported_and_same_likelihood():
-    """A therapist level without therapist variance: boundary fit, reported, and the same
-    likelihood as the model without it (as lme4).
+    """Report a therapist level without therapist variance as a boundary fit.
+
+    The likelihood is that of the model without it (as lme4).
     """
     d = _analysis(11, n_patients=120, n_therapists=12, max_sessions=8, outcome_sd_therapist=0.0)
     d = d.dropna(subset=COLS)
@@ -272,7 +275,7 @@ def test_singular_fit_is_reported_and_same_likelihood():
     rng = np.random.default_rng(0)
     pats = d["patient"].unique()
     d["therapist"] = d["patient"].map(
-        dict(zip(pats, rng.permutation(np.resize(["A", "B", "C", "D"], len(pats)))))
+        dict(zip(pats, rng.permutation(np.resize(["A", "B", "C", "D"], len(pats))), strict=True))
     )
     with_t = fit_lmm(d, FIXED + " + (1 | therapist) + (1 + session | patient)")
     without = fit_lmm(d, FIXED + " + (1 + session | patient)")
@@ -385,7 +388,7 @@ def test_validation(complete, args, kwargs, exc, match):
 
 def test_rank_deficient_fixed_effects(complete):
     d = complete.assign(session2=complete["session"] * 2.0)
-    with pytest.raises(ValueError, match="rank deficient"):
+    with pytest.raises(ValueError, match="The fixed effects cannot all be estimated"):
         fit_lmm(d, "outcome ~ session + session2 + (1 | patient)")
 
 
@@ -394,9 +397,12 @@ def test_a_saddle_on_the_boundary_is_left_for_the_optimum(three_level_data):
     # reached Λ entries (θ11, θ21) = (0, 0) with the therapist intercept variance at 0 -- a
     # stationary point that is not a minimum (logLik 0.295 below the optimum). statsmodels
     # can fit this structure (the therapist is the outermost factor) and is the reference.
-    formula = "outcome ~ alliance_within_lag + alliance_between + session + (1 + session | therapist) + (1 | pid)"
-    fast = fit_model(three_level_data, formula, engine="fast")
-    ref = fit_model(three_level_data, formula, engine="statsmodels")
+    formula = (
+        "outcome ~ alliance_within_lag + alliance_between + session + (1 + session |"
+        " therapist) + (1 | pid)"
+    )
+    fast = fit_model(three_level_data, formula, engine="fast").to_dict()
+    ref = fit_model(three_level_data, formula, engine="statsmodels").to_dict()
     assert fast["convergence"]["converged"] and not fast["convergence"]["boundary"]
     assert fast["loglik"] >= ref["loglik"] - 1e-7
     assert abs(fast["loglik"] - ref["loglik"]) < 1e-5
@@ -419,8 +425,8 @@ def test_a_variance_that_stops_next_to_zero_does_not_fail_the_convergence_check(
         "outcome ~ alliance_within_lag + alliance_between + session + session:feedback"
         " + (1 | therapist) + (1 + session | patient)"
     )
-    r = fit_model(d, formula, engine="fast")
+    r = fit_model(d, formula, engine="fast").to_dict()
     assert r["convergence"]["converged"] and r["convergence"]["hessian_positive_definite"]
     assert r["loglik"] >= -1571.90264259  # the value at the point the check refused
-    uncorrelated = fit_model(d, formula.replace("| patient", "|| patient"), engine="fast")
+    uncorrelated = fit_model(d, formula.replace("| patient", "|| patient"), engine="fast").to_dict()
     assert r["loglik"] >= uncorrelated["loglik"]  # the larger model cannot fit worse

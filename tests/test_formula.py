@@ -1,4 +1,4 @@
-"""Tests for allianceflow.formula: lme4 syntax -> spec -> MixedLM arguments."""
+"""Tests for allianceflow.models.formula: lme4 syntax -> spec -> MixedLM arguments."""
 
 import re
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from allianceflow.formula import RandomTerm, formula_variables, parse_formula, to_mixedlm
+from allianceflow.models.formula import RandomTerm, formula_variables, parse_formula, to_mixedlm
 
 
 def _nested_data(n_ther=3, n_pat=2, n_ses=3, reuse_ids=False):
@@ -34,7 +34,8 @@ def _nested_data(n_ther=3, n_pat=2, n_ses=3, reuse_ids=False):
 
 def test_walking_skeleton_formula():
     spec = parse_formula(
-        "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 | patient)"
+        "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 |"
+        " patient)"
     )
     assert spec.response == "outcome"
     assert spec.fixed == "alliance_within_lag + alliance_between + session"
@@ -123,7 +124,8 @@ def test_fixed_part_translation(formula, fixed):
             "y ~ x + (1 + log(x) | g)",
             ValueError,
             re.escape(
-                "random slope 'log(x)' is not a column name. MixedLM needs plain columns here: derive the variable first"
+                "random slope 'log(x)' is not a column name. MixedLM needs plain columns here:"
+                " derive the variable first"
             ),
         ),
         ("y ~ x + (1 | g + h)", ValueError, "grouping factor 'g \\+ h' is not supported.*'g1/g2'"),
@@ -255,7 +257,8 @@ def test_inner_correlated_slopes_raise_with_alternatives():
         "random term '(1 + session | patient)': 'patient' is nested in 'therapist', and "
         "MixedLM can give correlated random effects only to the outermost grouping factor "
         "('therapist'); inner levels are independent variance components. Write "
-        "'(1 + session || patient)' (uncorrelated; for a preset model, the option `slopes: uncorrelated`), "
+        "'(1 + session || patient)' (uncorrelated; for a preset model, the option `slopes:"
+        " uncorrelated`), "
         "or drop '(... | therapist)' so that "
         "'patient' becomes the outer level."
     )

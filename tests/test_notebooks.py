@@ -1,5 +1,6 @@
-"""The teaching notebooks: paired with their py:percent scripts, stored without outputs,
-and shaped the way STYLE.md asks (they are *executed* by ``pytest --nbmake notebooks``).
+"""The teaching notebooks: paired with their py:percent scripts, stored without outputs.
+
+They are shaped the way STYLE.md asks (and *executed* by ``pytest --nbmake notebooks``).
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ def test_cites_references(pair):
 
 
 def test_runs_without_pipeline_outputs(pair):
-    """The notebooks compute from data/raw (or a temporary folder), never from the outputs
-    of an earlier pipeline run, so they work on a fresh clone.
+    """The notebooks compute from data/raw (or a temporary folder), never from earlier outputs.
+
+    They never read the outputs of an earlier pipeline run, so they work on a fresh clone.
     """
     name, ipynb, _ = pair
     code = "\n".join(c.source for c in _code(ipynb))

@@ -1,4 +1,8 @@
-"""End to end: real Snakemake on a temporary copy of the example study."""
+"""End to end: real Snakemake on a temporary copy of the example studies.
+
+The quick tier builds ``.test/config.yaml`` (three of the example's models, a short omega
+bootstrap); CI builds ``config.yaml`` itself (see tests/conftest.py).
+"""
 
 import json
 import subprocess
@@ -8,25 +12,43 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import FULL
 
 from allianceflow.io import sha256_file
 from allianceflow.simulate import EXAMPLE_DESIGN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+#: One Snakemake call may take this long before the test gives up (a loaded 2-core machine
+#: builds the full example in about 4 minutes; a timeout this long means a hung job).
+SNAKEMAKE_TIMEOUT = 3600
 
-def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+
+def _snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    try:
+        return subprocess.run(
+            command,
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=SNAKEMAKE_TIMEOUT,
+            env=env,
+        )
+    except subprocess.TimeoutExpired as error:
+        output = (error.stderr or b"")[-3000:]
+        pytest.fail(
+            f"TIMEOUT: `{' '.join(command[2:])}` in {workdir} did not finish within "
+            f"{SNAKEMAKE_TIMEOUT} s; this is a time-out, not a failed assertion. "
+            f"Last output:\n{output.decode(errors='replace') if isinstance(output, bytes) else output}",
+            pytrace=False,
+        )
 
 
 def _result_hashes(workdir: Path, folder: str = "results") -> dict[str, str]:
-    """sha256 of every file under *folder* except Snakemake's report.html, which embeds the
+    """Hash every file under *folder* (sha256).
+
+    Snakemake's report.html is left out: it embeds the
     run's job start and end times (its runtime statistics) and so differs on every run.
     """
     return {
@@ -38,7 +60,7 @@ def _result_hashes(workdir: Path, folder: str = "results") -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, copy_project):
-    workdir = copy_project(tmp_path_factory.mktemp("run"))
+    workdir = copy_project(tmp_path_factory.mktemp("run"), small=not FULL)
     raw = workdir / "data/raw/example/sessions_export.csv"
     raw_hash = sha256_file(raw)
     proc = _snakemake(workdir)
@@ -84,7 +106,7 @@ def test_tables_have_the_expected_rows(run):
     ]
     assert table["converged"].all()
     reliability = pd.read_csv(run["dir"] / "results/example/tables/reliability.csv")
-    assert set(zip(reliability["instrument"], reliability["scale"])) == {
+    assert set(zip(reliability["instrument"], reliability["scale"], strict=True)) == {
         ("wai_sr", "total"),
         ("wai_sr", "task"),
         ("wai_sr", "bond"),
@@ -104,7 +126,8 @@ def test_manifest_lists_inputs_and_every_output(run):
         if not k.endswith("manifest.json")
     }
     assert manifest["outputs"] == outputs
-    assert manifest["config"]["study"]["alliance"] == "wai_sr_total"
+    assert manifest["config"]["study"]["measures"]["alliance"] == "wai_sr_total"
+    assert manifest["lock_sha256"] is None  # the copied project has no requirements.lock
     assert manifest["versions"]["statsmodels"]
     verify = subprocess.run(
         [sys.executable, "-m", "allianceflow", "verify", "results/example/manifest.json"],
@@ -127,14 +150,7 @@ def test_second_run_has_nothing_to_do(run):
 
 def _planned_jobs(workdir: Path, *args: str, env: dict | None = None) -> tuple[dict[str, int], str]:
     """Jobs per rule that a dry run would run (Snakemake's ``--quiet rules`` table)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--dry-run", "--quiet", "rules", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
+    proc = _snakemake(workdir, *args, "--dry-run", "--quiet", "rules", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = {}
     for line in proc.stdout.splitlines():
@@ -157,7 +173,7 @@ def test_changed_package_code_rebuilds_every_result(run, tmp_path):
     shutil.copytree(
         Path(allianceflow.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
     )
-    with (package / "tables" / "render.py").open("a", encoding="utf-8") as handle:
+    with (package / "__init__.py").open("a", encoding="utf-8") as handle:
         handle.write("\n# a local fix\n")
     changed, text = _planned_jobs(
         run["dir"], env={**os.environ, "PYTHONPATH": str(tmp_path / "pkg")}
@@ -169,18 +185,16 @@ def test_changed_package_code_rebuilds_every_result(run, tmp_path):
 
 
 def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
-    again = copy_project(tmp_path)
-    proc = _snakemake(again)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    first, second = _result_hashes(run["dir"]), _result_hashes(again)
+    first = _result_hashes(run["dir"])
     manifest = json.loads((run["dir"] / "results/example/manifest.json").read_text())
     example = {k for k in first if k.startswith("results/example/")}
     assert example == set(manifest["outputs"]) | {"results/example/manifest.json"}
     assert {k.split("/")[1] for k in first} == {"example", "example2", "pooled"}
-    # 7 models x (json, txt, 5 table formats) + 1 comparison x (json, txt) + models,
+    # m models x (json, txt, 5 table formats) + 1 comparison x (json, txt) + models,
     # reliability and 5 descriptive tables in 5 formats + 10 figures x 3 formats
-    # + expected_response.json (derive) + manifest
-    assert len(example) == 7 * 7 + 2 + 7 * 5 + 10 * 3 + 1 + 1 == 118
+    # + expected_response.json (derive) + manifest: m = 7 in config.yaml, 3 in .test/
+    models = 7 if FULL else 3
+    assert len(example) == models * 7 + 2 + 7 * 5 + 10 * 3 + 1 + 1 == (118 if FULL else 90)
     assert {k.rsplit(".", 1)[1] for k in first} == {
         "json",
         "txt",
@@ -193,6 +207,15 @@ def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
         "pdf",
         "svg",
     }
+    # CI rebuilds everything in a second folder; the quick tier rebuilds the smaller
+    # example2 study (every per-study rule but the model comparison) and compares its bytes.
+    again = copy_project(tmp_path, small=not FULL)
+    proc = _snakemake(again, *([] if FULL else ["results/example2/manifest.json"]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = _result_hashes(again)
+    if not FULL:
+        first = {k: v for k, v in first.items() if k.startswith("results/example2/")}
+        assert len(first) > 60
     assert first == second
 
 
@@ -226,7 +249,7 @@ def test_invalid_config_fails_before_any_job(tmp_path, copy_project):
 def test_derive_study_in_memory_equals_the_stage_output(run):
     """derive_study (what notebooks call) gives exactly the analysis table the rule wrote."""
     from allianceflow.config import load_config
-    from allianceflow.pipeline import arm_counts, derive_study
+    from allianceflow.stages import arm_counts, derive_study
 
     workdir = run["dir"]
     study = load_config(workdir / "config.yaml")["studies"]["example"]
@@ -244,7 +267,7 @@ def test_derive_study_in_memory_equals_the_stage_output(run):
 
 def test_several_informants_without_a_choice_get_a_config_error(run):
     from allianceflow.config import ConfigError, load_config
-    from allianceflow.pipeline import derive_study
+    from allianceflow.stages import derive_study
 
     study = load_config(run["dir"] / "config.yaml")["studies"]["example"]
     scored = pd.read_parquet(run["dir"] / "data/processed/example/scored.parquet")
@@ -254,13 +277,16 @@ def test_several_informants_without_a_choice_get_a_config_error(run):
     )
     with pytest.raises(
         ConfigError,
-        match=r"several informants per session \(patient, therapist\); .* Set `derive: \{informant: <one of patient, therapist>\}`",
+        match=r"several informants per session \(patient, therapist\); .* "
+        r"Set `derive: \{informant: <one of patient, therapist>\}`",
     ):
         derive_study(both, study)
 
 
 def test_two_informants_feed_the_informants_preset(run):
-    """Therapist-rated alliance beside the patient's: the derive stage lines both raters up
+    """Therapist-rated alliance is lined up beside the patient's.
+
+    The derive stage lines both raters up
     by patient and session, and the informants preset fits them side by side.
     """
     import copy
@@ -269,7 +295,7 @@ def test_two_informants_feed_the_informants_preset(run):
 
     from allianceflow.config import load_config
     from allianceflow.models import fit_model, preset_formula
-    from allianceflow.pipeline import derive_study
+    from allianceflow.stages import derive_study
 
     study = copy.deepcopy(load_config(run["dir"] / "config.yaml")["studies"]["example"])
     study["derive"]["informant"] = "patient"
@@ -286,7 +312,7 @@ def test_two_informants_feed_the_informants_preset(run):
     )
     lagged = analysis.dropna(subset=["alliance_rater_therapist_within_lag"])
     assert len(lagged) > 2000
-    res = fit_model(analysis, preset_formula("informants"), name="informants")
+    res = fit_model(analysis, preset_formula("informants"), name="informants").to_dict()
     terms = [row["term"] for row in res["fixed"]]
     assert terms[1:5] == [
         "alliance_rater_patient_within_lag",
@@ -299,7 +325,7 @@ def test_two_informants_feed_the_informants_preset(run):
 
 def test_prepare_study_in_memory_equals_the_pipeline_files(run):
     from allianceflow.config import load_config
-    from allianceflow.pipeline import prepare_study
+    from allianceflow.stages import prepare_study
 
     workdir = run["dir"]
     study = load_config(workdir / "config.yaml")["studies"]["example"]
@@ -318,14 +344,16 @@ def test_prepare_study_in_memory_equals_the_pipeline_files(run):
 
 
 def test_expected_response_from_a_reference_sample(run):
-    """on_track.reference = reference fits the expected treatment response on the reference
+    """The expected response is fitted on a reference sample when asked.
+
+    on_track.reference = reference fits the expected treatment response on the reference
     study's scored sessions, not on the study itself.
     """
     import copy
 
     from allianceflow.config import load_config
     from allianceflow.ontrack import fit_expected_response
-    from allianceflow.pipeline import derive_study
+    from allianceflow.stages import derive_study
 
     study = copy.deepcopy(load_config(run["dir"] / "config.yaml")["studies"]["example"])
     study["derive"]["on_track"]["reference"] = "reference"
@@ -358,3 +386,30 @@ def test_pooling_a_preset_model(tmp_path, copy_project):
     assert "(1 + session | patient)" in one["formula"] and "study" in one["formula"]
     meta = json.loads((work / "results/pooled/meta_analysis.json").read_text())
     assert meta["k"] == 2
+
+
+def test_a_figure_setting_reruns_only_that_figure(tmp_path, copy_project):
+    """A figure setting reruns only that figure.
+
+    Each rule receives only its own settings: after a build, changing
+    report.figures.caterpillar_group leaves cleaning, derived variables, model fits and the
+    other figures as they are, and only the caterpillar plot is redrawn.
+    """
+    work = copy_project(tmp_path)
+    targets = [
+        "results/example2/figures/caterpillar.png",
+        "results/example2/figures/within_between.png",
+    ]
+    built = _snakemake(work, *targets)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert _planned_jobs(work, *targets)[0] == {}  # built: nothing to do
+
+    config = yaml.safe_load((work / "config.yaml").read_text(encoding="utf-8"))
+    config["studies"]["example2"]["report"] = {"figures": {"caterpillar_group": "patient"}}
+    (work / "config.yaml").write_text(
+        yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    counts, output = _planned_jobs(work, *targets)
+    assert counts == {"plot_caterpillar": 1, "total": 1}
+    reasons = output[output.index("Reasons:") :]
+    assert "params have changed" in reasons.lower() and "plot_caterpillar" in reasons

@@ -1,5 +1,6 @@
-"""Pooling across studies: meta-analysis against published and hand-computed numbers,
-the forest plot, the one-stage model, and the second example study it is shown on.
+"""Test pooling across studies against published, hand-computed and metafor's numbers.
+
+Also the forest plot, the one-stage model, and the second example study it is shown on.
 
 Reference data: the 16 correlations between conscientiousness and medication adherence of
 Molloy, O'Carroll & Ferguson (2014, Annals of Behavioral Medicine 47, 92–101), as shipped
@@ -25,6 +26,8 @@ from allianceflow.pool import (
     meta_table,
     one_stage_model,
     plot_forest,
+    random_effects,
+    reml_tau2,
     stack_studies,
     study_effects,
 )
@@ -137,18 +140,170 @@ def test_pooled_estimate_and_interval_match_the_hand_computation(molloy, method,
     assert p["se"] == pytest.approx(se, abs=1e-9)
     assert p["ci_low"] == pytest.approx(math.tanh(hand["mu"] - crit * se), abs=1e-9)
     assert p["ci_high"] == pytest.approx(math.tanh(hand["mu"] + crit * se), abs=1e-9)
-    half = stats.t.isf(0.025, 14) * math.sqrt(hand["tau2"] + se**2)
+    # metafor's predict.rma: the test's own critical value ...
+    half = crit * math.sqrt(hand["tau2"] + se**2)
     assert (p["pi_low"], p["pi_high"]) == pytest.approx(
         (math.tanh(hand["mu"] - half), math.tanh(hand["mu"] + half)), abs=1e-9
     )
+    # ... or t(k - 2) with pi.type = "riley" (Higgins, Thompson & Spiegelhalter 2009)
+    riley = meta_analysis(molloy, method=method, hksj=hksj, pi_type="riley")["pooled"]
+    half = stats.t.isf(0.025, 14) * math.sqrt(hand["tau2"] + se**2)
+    assert (riley["pi_low"], riley["pi_high"]) == pytest.approx(
+        (math.tanh(hand["mu"] - half), math.tanh(hand["mu"] + half)), abs=1e-9
+    )
+    assert riley["pi_distribution"] == "t(14)"
     weights = [s["weight"] for s in res["studies"]]
     assert sum(weights) == pytest.approx(100.0)
+
+
+# metafor 3.8-1 on dat.bcg: dat <- escalc(measure = "RR", ai = tpos, bi = tneg, ci = cpos,
+# di = cneg, data = dat.bcg); rma(yi, vi, data = dat, method = "REML", test = "z" | "knha",
+# control = list(threshold = 1e-12)); predict(res, pi.type = "default" | "riley")
+BCG_YI = [
+    -0.889311333920205, -1.58538865720143, -1.34807314829969, -1.44155119002131,
+    -0.217547322211296, -0.786115585818864, -1.62089822359839, 0.0119523335238405,
+    -0.469417648738149, -1.37134480347278, -0.339358828338391, 0.445913400571379,
+    -0.0173139482168798,
+]  # fmt: skip
+BCG_VI = [
+    0.325584765003961, 0.194581121398144, 0.415367965367965, 0.0200100319022476,
+    0.0512101721696309, 0.00690561845590876, 0.223017247572315, 0.00396157929781773,
+    0.056434210463249, 0.0730247936130289, 0.0124122139715597, 0.532505845200153,
+    0.0714046596839863,
+]  # fmt: skip
+# (test, pi_type): tau2, estimate, se, ci.lb, ci.ub, zval, pval, QE, I2 (%), H2, pi.lb, pi.ub
+METAFOR_BCG_REML = {
+    ("z", "default"): (0.313243258136, -0.714532342158, 0.179781516105, -1.06689763881,
+                       -0.362167045506, -3.97444830613, 7.05425810164e-05, 152.233008082,
+                       92.2213845213, 12.8557582353, -1.8666922179, 0.437627533587),
+    ("z", "riley"): (0.313243258136, -0.714532342158, 0.179781516105, -1.06689763881,
+                     -0.362167045506, -3.97444830613, 7.05425810164e-05, 152.233008082,
+                     92.2213845213, 12.8557582353, -2.00837590692, 0.579311222606),
+    ("knha", "default"): (0.313243258136, -0.714532342158, 0.180791744093, -1.10844371369,
+                          -0.320620970631, -3.95223988652, 0.00192001509606, 152.233008082,
+                          92.2213845213, 12.8557582353, -1.9960168342, 0.56695214988),
+    ("knha", "riley"): (0.313243258136, -0.714532342158, 0.180791744093, -1.10844371369,
+                        -0.320620970631, -3.95223988652, 0.00192001509606, 152.233008082,
+                        92.2213845213, 12.8557582353, -2.00905765037, 0.579992966055),
+}  # fmt: skip
+# the first k of the Molloy correlations on the z scale, REML, threshold = 1e-12
+METAFOR_MOLLOY_REML = {
+    (2, "z", "default"): (0.0, 0.166648125919, 0.0342594354914, 0.0995008662253,
+                          0.233795385613, 4.86429865317, 1.1486336693e-06, 0.0617159536351,
+                          0.0, 1.0, 0.0995008662253, 0.233795385613),
+    (2, "z", "riley"): (0.0, 0.166648125919, 0.0342594354914, 0.0995008662253, 0.233795385613,
+                        4.86429865317, 1.1486336693e-06, 0.0617159536351, 0.0, 1.0,
+                        -0.26865927558, 0.601955527418),
+    (2, "knha", "default"): (0.0, 0.166648125919, 0.00851096735391, 0.0585060322174,
+                             0.274790219621, 19.5803977373, 0.0324848937067, 0.0617159536351,
+                             0.0, 1.0, 0.0585060322174, 0.274790219621),
+    (2, "knha", "riley"): (0.0, 0.166648125919, 0.00851096735391, 0.0585060322174,
+                           0.274790219621, 19.5803977373, 0.0324848937067, 0.0617159536351,
+                           0.0, 1.0, 0.0585060322174, 0.274790219621),
+    (5, "z", "default"): (0.00259217913689, 0.223203318995, 0.043697556985, 0.137557681092,
+                          0.308848956898, 5.10791299093, 3.25736574371e-07, 4.45238470103,
+                          25.6682768458, 1.34532062162, 0.0917007536133, 0.354705884377),
+    (5, "z", "riley"): (0.00259217913689, 0.223203318995, 0.043697556985, 0.137557681092,
+                        0.308848956898, 5.10791299093, 3.25736574371e-07, 4.45238470103,
+                        25.6682768458, 1.34532062162, 0.00967906210276, 0.436727575888),
+    (5, "knha", "default"): (0.00259217913689, 0.223203318995, 0.0373423745421,
+                             0.119524265981, 0.326882372009, 5.97721279732, 0.00393704658193,
+                             4.45238470103, 25.6682768458, 1.34532062162, 0.047899180267,
+                             0.398507457723),
+    (5, "knha", "riley"): (0.00259217913689, 0.223203318995, 0.0373423745421, 0.119524265981,
+                           0.326882372009, 5.97721279732, 0.00393704658193, 4.45238470103,
+                           25.6682768458, 1.34532062162, 0.0222643529944, 0.424142284996),
+}  # fmt: skip
+# metafor with its default threshold (1e-5) on dat.bcg, test = "z": tau2 and estimate
+METAFOR_BCG_REML_DEFAULT_CONTROL = (0.313243325981, -0.714532348365)
+
+
+def _check_against_metafor(fit, ref, tol=1e-9):
+    p, het = fit["pooled"], fit["heterogeneity"]
+    tau2, est, se, lo, hi, stat, pval, q, i2, h2, pi_lo, pi_hi = ref
+    assert het["tau2"] == pytest.approx(tau2, abs=tol)
+    assert p["estimate"] == pytest.approx(est, abs=tol)
+    assert p["se"] == pytest.approx(se, abs=tol)
+    assert (p["ci_low"], p["ci_high"]) == pytest.approx((lo, hi), abs=tol)
+    assert p["statistic"] == pytest.approx(stat, abs=10 * tol)
+    assert p["p"] == pytest.approx(pval, rel=1e-7)
+    assert het["q"] == pytest.approx(q, abs=10 * tol)
+    # metafor prints the tau2-based I2 (in %) and H2
+    assert 100 * het["i2_tau2"] == pytest.approx(i2, abs=1e-7)
+    assert het["h2_tau2"] == pytest.approx(h2, abs=1e-7)
+    assert (p["pi_low"], p["pi_high"]) == pytest.approx((pi_lo, pi_hi), abs=tol)
+
+
+@pytest.mark.parametrize("test, pi_type", list(METAFOR_BCG_REML))
+def test_reml_matches_metafor_on_dat_bcg(test, pi_type):
+    fit = random_effects(BCG_YI, BCG_VI, method="reml", hksj=test == "knha", pi_type=pi_type)
+    _check_against_metafor(fit, METAFOR_BCG_REML[(test, pi_type)])
+    # the Q-based I2 differs from metafor's tau2-based one for REML
+    q = METAFOR_BCG_REML[(test, pi_type)][7]
+    assert fit["heterogeneity"]["i2"] == pytest.approx((q - 12) / q, abs=1e-10)
+    assert fit["heterogeneity"]["i2"] != pytest.approx(fit["heterogeneity"]["i2_tau2"], abs=1e-3)
+
+
+def test_reml_is_the_root_metafor_approaches_with_its_default_tolerance():
+    tau2 = reml_tau2(BCG_YI, BCG_VI)
+    assert tau2 == pytest.approx(METAFOR_BCG_REML_DEFAULT_CONTROL[0], abs=1e-7)
+    # the score of the restricted likelihood vanishes there
+    y, v = np.array(BCG_YI), np.array(BCG_VI)
+    w = 1 / (v + tau2)
+    mu = (w * y).sum() / w.sum()
+    score = (w**2 * (y - mu) ** 2).sum() - w.sum() + (w**2).sum() / w.sum()
+    assert abs(score) < 1e-9
+
+
+@pytest.mark.parametrize("k, test, pi_type", list(METAFOR_MOLLOY_REML))
+def test_reml_matches_metafor_with_two_and_five_studies(molloy, k, test, pi_type):
+    res = meta_analysis(molloy.iloc[:k], method="reml", hksj=test == "knha", pi_type=pi_type)
+    p, het = res["pooled"], res["heterogeneity"]
+    fit = {
+        "pooled": {
+            "estimate": p["z"],
+            "se": p["se"],
+            "ci_low": p["ci_low_z"],
+            "ci_high": p["ci_high_z"],
+            "statistic": p["statistic"],
+            "p": p["p"],
+            "pi_low": math.atanh(p["pi_low"]),
+            "pi_high": math.atanh(p["pi_high"]),
+        },
+        "heterogeneity": het,
+    }
+    _check_against_metafor(fit, METAFOR_MOLLOY_REML[(k, test, pi_type)])
+    df = k - 1 if test == "knha" else None
+    assert p["distribution"] == (f"t({df})" if df else "normal")
+    assert p["pi_distribution"] == (
+        f"t({max(1, k - 2)})" if pi_type == "riley" else p["distribution"]
+    )
+
+
+def test_tau2_based_i2_equals_the_q_based_one_for_dersimonian_laird(molloy):
+    het = meta_analysis(molloy, method="dl")["heterogeneity"]
+    assert het["i2_tau2"] == pytest.approx(het["i2"], abs=1e-12)
+    assert het["h2_tau2"] == pytest.approx(het["h2"], abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "yi, vi, message",
+    [
+        ([0.1], [0.1], "at least 2 effects are needed to pool; got 1."),
+        ([0.1, 0.2], [0.1], "`yi` and `vi` must have the same length; got 2 and 1."),
+        ([0.1, 0.2], [0.1, 0.0], r"`vi` must be positive and finite; got \[0.0\]."),
+        ([0.1, float("nan")], [0.1, 0.1], r"`yi` must be finite; got \[nan\]."),
+    ],
+)
+def test_random_effects_refuses_bad_input(yi, vi, message):
+    with pytest.raises(ValueError, match=message):
+        random_effects(yi, vi)
 
 
 def test_dl_without_excess_heterogeneity_is_the_common_effect_model():
     # Q < k - 1: statsmodels' DL tau2 would be negative; ours is truncated at 0
     effects = pd.DataFrame({"study": ["a", "b", "c"], "r": [0.2, 0.3, 0.25], "n": [103, 203, 53]})
-    res = meta_analysis(effects, method="dl")
+    res = meta_analysis(effects, method="dl", hksj=False)
     y = np.arctanh([0.2, 0.3, 0.25])
     w = np.array([100.0, 200.0, 50.0])
     assert res["heterogeneity"]["tau2"] == 0.0
@@ -161,7 +316,8 @@ def test_dl_without_excess_heterogeneity_is_the_common_effect_model():
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"method": "reml"}, ValueError, "`method` must be 'dl' or 'pm'; got 'reml'."),
+        ({"method": "ml"}, ValueError, "`method` must be 'reml', 'dl' or 'pm'; got 'ml'."),
+        ({"pi_type": "t"}, ValueError, "`pi_type` must be 'default' or 'riley'; got 't'."),
         ({"alpha": 1.5}, ValueError, r"`alpha` must lie in \(0, 1\); got 1.5."),
         ({"hksj": "yes"}, TypeError, "`hksj` must be True or False; got 'yes'."),
         ({"r": "corr"}, KeyError, "`effects` has no column 'corr'"),
@@ -235,7 +391,10 @@ def test_study_effects_name_the_missing_term_and_bad_direction():
     results = {"a": _result([("session", 0.2, 5.0, 100.0)])}
     with pytest.raises(
         KeyError,
-        match=r"the model of study 'a' has no fixed effect 'alliance_within_lag'; it has \['session'\]",
+        match=(
+            r"the model of study 'a' has no fixed effect 'alliance_within_lag'; "
+            r"it has \['session'\]"
+        ),
     ):
         study_effects(results)
     results = {"a": _result([("alliance_within_lag", 0.2, 5.0, 100.0)])}
@@ -287,8 +446,8 @@ def test_forest_plot_leaves_out_a_benchmark_that_is_not_comparable(molloy):
     assert len(ax.patches) == 1  # the pooled diamond only, no shaded band
     assert len(plot_forest(res, comparable=True).axes[0].patches) == 2  # diamond + band
     assert [t.get_text() for t in fig.texts] == [
-        "Flückiger et al. (2018) benchmark (r = 0.278) not shown: it is a between-patient correlation, "
-        "not comparable with alliance_within_lag."
+        "Flückiger et al. (2018) benchmark (r = 0.278) not shown: it is a between-patient "
+        "correlation, not comparable with alliance_within_lag."
     ]
     assert plot_forest(res, benchmark=None).texts == []  # no benchmark, nothing to explain
 
@@ -298,7 +457,7 @@ def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(
 ):
     import json
 
-    from allianceflow import pool
+    from allianceflow import pool, stages
 
     figures = {}
     real = pool.plot_forest
@@ -312,7 +471,7 @@ def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(
     for term in ("alliance_between", "alliance_within_lag"):
         path = tmp_path / f"{term}.json"
         path.write_text(json.dumps({**meta_analysis(molloy), "term": term}))
-        pool.forest_figure_stage(path, benchmark=bench, outputs=[tmp_path / f"{term}.png"])
+        stages.meta_forest_figure_stage(path, benchmark=bench, outputs=[tmp_path / f"{term}.png"])
         assert (tmp_path / f"{term}.png").stat().st_size > 0
     assert (0.278, 0.278) in _vertical_lines(figures["alliance_between"].axes[0])
     assert figures["alliance_between"].texts == []
@@ -340,7 +499,7 @@ def test_benchmark_is_checked():
 def test_meta_table_has_a_row_per_study_and_the_pooled_row(molloy):
     table = meta_table(meta_analysis(molloy))
     assert len(table) == 17
-    assert table["study"].iloc[-1] == "Random effects (DL)"
+    assert table["study"].iloc[-1] == "Random effects (PM, HKSJ)"  # the pipeline's defaults
     assert table["n"].iloc[-1] == sum(MOLLOY_N)
     assert table["ci_low"].iloc[0] == pytest.approx(
         math.tanh(math.atanh(0.187) - 1.959964 / math.sqrt(106)), abs=1e-6
@@ -388,8 +547,9 @@ def test_stack_studies_standardises_within_study_and_nests_ids():
 
 
 def _full_analysis(instruments, seed):
-    """An analysis table with every derived column the presets use: the three-level split,
-    intake score, detrended lag and two alliance components.
+    """Derive an analysis table with every derived column the presets use.
+
+    The three-level split, intake score, detrended lag and two alliance components.
     """
     from allianceflow.derive import derive_analysis, preset_variables
 
@@ -458,7 +618,7 @@ def test_stack_studies_rescales_every_derived_alliance_and_outcome_column():
     # patient, outcome_lag at session s equals outcome at session s - 1
     two = stacked[stacked.study == "two"]
     prev = two.set_index(["patient", "session"])["outcome"]
-    keys = list(zip(two["patient"], two["session"] - 1))
+    keys = list(zip(two["patient"], two["session"] - 1, strict=True))
     expected = np.array([prev.get(k, np.nan) for k in keys])
     assert two["outcome_lag"].to_numpy() == pytest.approx(expected, nan_ok=True)
     assert two["outcome_lag"].notna().sum() > 100
@@ -486,16 +646,19 @@ def test_one_stage_model_refuses_a_column_it_does_not_rescale():
 def test_one_stage_and_two_stage_agree_in_sign_and_size():
     from allianceflow.models import fit_model
 
-    formula = "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 | patient)"
+    formula = (
+        "outcome ~ alliance_within_lag + alliance_between + session "
+        "+ (1 | therapist) + (1 | patient)"
+    )
     tables = {
         "wai_ors": _analysis("wai_sr+ors", 5, n_patients=120, n_therapists=12, max_sessions=10),
         "srs_phq": _analysis("srs+phq9", 6),
     }
     directions = {"srs_phq": "lower_is_better"}
-    results = {name: fit_model(t, formula, name=name) for name, t in tables.items()}
+    results = {name: fit_model(t, formula, name=name).to_dict() for name, t in tables.items()}
     effects = study_effects(results, directions=directions)
     assert (effects["r"] > 0).all()  # both: better alliance, better outcome
-    meta = meta_analysis(effects, method="dl")
+    meta = meta_analysis(effects, method="dl", hksj=False)
     one = one_stage_model(tables, formula, directions=directions)
     assert one["n_groups"]["study"] == 2
     assert one["formula"].endswith("+ (1 | study)")
@@ -548,10 +711,12 @@ def test_instrument_pair_is_checked():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [21, 22])
 def test_srs_phq9_truth_is_recovered(seed):
-    """Random-intercept generating model (no slopes): the estimates lie within 3 SE of the
-    true effects on the item-mean (SRS) and total (PHQ-9) scales. (Seed 21's between-patient
-    estimate is 2.1 SE from the truth, the kind of miss a 95% interval makes 1 time in 20,
-    so the tolerance is 3 SE over two seeds rather than the interval of one.)
+    """Recover the truth of a random-intercept generating model (no slopes).
+
+    The estimates lie within 3 SE of the true effects on the item-mean (SRS) and total
+    (PHQ-9) scales. (Seed 21's between-patient estimate is 2.1 SE from the truth, the kind
+    of miss a 95% interval makes 1 time in 20, so the tolerance is 3 SE over two seeds
+    rather than the interval of one.)
     """
     import statsmodels.formula.api as smf
 
@@ -598,6 +763,41 @@ def test_outcome_direction_comes_from_the_instrument_file():
     )
     with pytest.raises(
         ValueError,
-        match=r"the study's `outcome` is 'gad7_total', which none of its `instruments` \(\['ors'\]\) scores.",
+        match=(
+            r"the study's `outcome` is 'gad7_total', which none of its `instruments` "
+            r"\(\['ors'\]\) scores."
+        ),
     ):
         outcome_direction({"instruments": ["ors"], "outcome": "gad7_total"})
+
+
+# ---------------------------------------------------------------- live comparison with R
+
+
+METAFOR_SCRIPT = r"""
+suppressMessages(library(metafor))
+dat <- escalc(measure = "RR", ai = tpos, bi = tneg, ci = cpos, di = cneg, data = dat.bcg)
+cat("YI", sprintf("%.17g", dat$yi), "\n"); cat("VI", sprintf("%.17g", dat$vi), "\n")
+ctl <- list(threshold = 1e-12, maxiter = 10000)
+for (t in c("z", "knha")) for (pt in c("default", "riley")) {
+  res <- rma(yi, vi, data = dat, method = "REML", test = t, control = ctl)
+  p <- predict(res, pi.type = pt)
+  cat(paste0(t, "_", pt), sprintf("%.15g", c(res$tau2, res$beta[1], res$se, res$ci.lb, res$ci.ub,
+      res$zval, res$pval, res$QE, res$I2, res$H2, p$pi.lb, p$pi.ub)), "\n")
+}
+"""
+
+
+@pytest.mark.r
+def test_reml_matches_metafor_computed_live(tmp_path):
+    from rscript import parse_lines, require_r, run_r
+
+    require_r("metafor")
+    out = parse_lines(run_r(METAFOR_SCRIPT, tmp_path))
+    yi, vi = np.array(out["YI"], dtype=float), np.array(out["VI"], dtype=float)
+    assert yi == pytest.approx(BCG_YI, abs=1e-14)
+    for test in ("z", "knha"):
+        for pi_type in ("default", "riley"):
+            ref = tuple(float(x) for x in out[f"{test}_{pi_type}"])
+            fit = random_effects(yi, vi, method="reml", hksj=test == "knha", pi_type=pi_type)
+            _check_against_metafor(fit, ref)

@@ -16,13 +16,12 @@ from allianceflow.power import (
     design_from_model,
     designs_from_config,
     plot_power_curve,
-    power_chunk_stage,
-    power_summary_stage,
     replication_seeds,
     run_power_chunk,
     summarise_power,
 )
 from allianceflow.simulate import EXAMPLE_DESIGN
+from allianceflow.stages import power_chunk_stage, power_summary_stage
 
 SMALL = PowerDesign(n_therapists=3, patients_per_therapist=4, sessions=6)
 

@@ -115,6 +115,8 @@ def test_coded_ruptures():
     df.loc[0, "rupture"] = "silence"
     with pytest.raises(
         ValueError,
-        match="Column 'rupture' has value 'silence'; allowed: 'none', 'confrontation', 'withdrawal'",
+        match=(
+            "Column 'rupture' has value 'silence'; allowed: 'none', 'confrontation', 'withdrawal'"
+        ),
     ):
         coded_ruptures(df)

@@ -10,6 +10,7 @@ import pytest
 
 from allianceflow.score import (
     RELIABILITY_COLUMNS,
+    cronbach_alpha,
     omega_total,
     reliability,
     score_columns,
@@ -212,7 +213,10 @@ def test_out_of_range_value_names_column_and_row():
     d = frame("phq9", [[0] * 9, [0, 0, 4, 0, 0, 0, 0, 0, 0]])
     with pytest.raises(
         ValueError,
-        match=r"Column 'phq9_3' \(instrument 'phq9'\) has value 4 at row 1; allowed range is 0 to 3",
+        match=(
+            r"Column 'phq9_3' \(instrument 'phq9'\) has value 4 at row 1; "
+            r"allowed range is 0 to 3"
+        ),
     ):
         score_sessions(d, ["phq9"])
 
@@ -306,7 +310,7 @@ def test_alpha_matches_pingouin_documented_example_long_format():
 
 
 def _exact_cov_data(cov: np.ndarray, n: int = 200, seed: int = 0) -> pd.DataFrame:
-    """Data whose sample covariance (ddof=1) equals `cov` exactly."""
+    """Simulate data whose sample covariance (ddof=1) equals `cov` exactly."""
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n, cov.shape[0]))
     z -= z.mean(axis=0)
@@ -446,3 +450,96 @@ def test_reliability_too_few_cases():
 def test_reliability_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):
         reliability(_simulated_sessions(n_patients=5), ["wai_sr"], **kwargs)
+
+
+# ---------------------------------------------------------------- psych's alpha
+
+# psych 2.2.9: x <- pingouin's cronbach_wide_missing (12 respondents x 11 items, 3 incomplete);
+# a <- psych::alpha(x, use = "pairwise" | "complete.obs"):
+# a$total$raw_alpha, a$total$std.alpha, a$feldt$lower.ci, a$feldt$upper.ci
+PSYCH_ALPHA = {
+    "pairwise": (0.732660835214447, 0.730149341317616, 0.435310448544826, 0.909362910164429),
+    # psych's Feldt CI counts all 12 rows even with use = "complete.obs"; on the 9 complete
+    # rows alone (psych::alpha(x[complete.cases(x), ])) it is 0.533003199913274, 0.947207967339016
+    "listwise": (0.801694915254237, 0.794475054570006, 0.533003199913274, 0.947207967339016),
+}
+
+
+def _wide_missing():
+    pg = pytest.importorskip("pingouin")
+    return pg.read_dataset("cronbach_wide_missing")  # bundled with pingouin, offline
+
+
+@pytest.mark.parametrize("missing", ["pairwise", "listwise"])
+def test_cronbach_alpha_matches_psych_with_missing_answers(missing):
+    res = cronbach_alpha(_wide_missing(), missing=missing)
+    raw, std, lo, hi = PSYCH_ALPHA[missing]
+    assert res["alpha"] == pytest.approx(raw, abs=1e-12)
+    assert res["std_alpha"] == pytest.approx(std, abs=1e-12)
+    assert (res["alpha_ci_low"], res["alpha_ci_high"]) == (round(lo, 3), round(hi, 3))
+    assert res["n"] == {"pairwise": 12, "listwise": 9}[missing]
+
+
+def test_standardised_alpha_is_the_alpha_of_z_scored_items():
+    x = _wide_missing().dropna()
+    z = (x - x.mean()) / x.std()
+    assert cronbach_alpha(x)["std_alpha"] == pytest.approx(cronbach_alpha(z)["alpha"], abs=1e-12)
+    k, rbar = x.shape[1], (x.corr().to_numpy().sum() - x.shape[1]) / (x.shape[1] * (x.shape[1] - 1))
+    assert cronbach_alpha(x)["std_alpha"] == pytest.approx(k * rbar / (1 + (k - 1) * rbar))
+
+
+def test_reliability_reports_pairwise_alpha_on_request():
+    d = _wide_missing()
+    d.columns = [f"quiz_{i}" for i in range(1, 12)]
+    d.insert(0, "session", 1)
+    d.insert(0, "patient", [f"s{i}" for i in range(len(d))])
+    listwise = reliability(d, [QUIZ], occasion="first", n_boot=0).iloc[0]
+    pairwise = reliability(d, [QUIZ], occasion="first", n_boot=0, alpha_missing="pairwise").iloc[0]
+    assert listwise["std_alpha"] == pytest.approx(PSYCH_ALPHA["listwise"][1], abs=1e-12)
+    assert pairwise["alpha"] == pytest.approx(PSYCH_ALPHA["pairwise"][0], abs=1e-12)
+    assert pairwise["std_alpha"] == pytest.approx(PSYCH_ALPHA["pairwise"][1], abs=1e-12)
+    assert pairwise["n"] == 9  # omega still uses the complete cases
+    assert "alpha from pairwise item covariances of 12 rows" in pairwise["note"]
+    assert pairwise["omega"] == pytest.approx(listwise["omega"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"missing": "all"}, ValueError, "`missing` must be 'listwise' or 'pairwise'; got 'all'."),
+        ({"ci": 1.0}, ValueError, "`ci` must lie between 0 and 1; got 1.0."),
+    ],
+)
+def test_cronbach_alpha_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        cronbach_alpha(pd.DataFrame({"a": [1.0, 2.0], "b": [2.0, 1.0]}), **kwargs)
+
+
+def test_cronbach_alpha_needs_two_items_and_rows():
+    with pytest.raises(ValueError, match=r"at least 2 items and 2 usable rows; got 1 items and 3"):
+        cronbach_alpha(pd.DataFrame({"a": [1.0, 2.0, 3.0]}))
+
+
+PSYCH_SCRIPT = r"""
+suppressMessages(library(psych))
+x <- read.csv(commandArgs(trailingOnly = TRUE)[1])
+for (u in c("pairwise", "complete.obs")) {
+  a <- suppressWarnings(psych::alpha(x, use = u, warnings = FALSE))
+  cat(u, sprintf("%.15g", c(a$total$raw_alpha, a$total$std.alpha)), "\n")
+}
+"""
+
+
+@pytest.mark.r
+def test_cronbach_alpha_matches_psych_computed_live(tmp_path):
+    from rscript import parse_lines, require_r, run_r
+
+    require_r("psych")
+    x = _wide_missing()
+    x.to_csv(tmp_path / "x.csv", index=False)
+    out = parse_lines(run_r(PSYCH_SCRIPT, tmp_path, tmp_path / "x.csv"))
+    for missing, use in (("pairwise", "pairwise"), ("listwise", "complete.obs")):
+        raw, std = (float(v) for v in out[use])
+        res = cronbach_alpha(x, missing=missing)
+        assert res["alpha"] == pytest.approx(raw, abs=1e-12)
+        assert res["std_alpha"] == pytest.approx(std, abs=1e-12)

@@ -1,3 +1,5 @@
+"""Run the command-line interface: ``python -m allianceflow``."""
+
 import sys
 
 from .cli import main

@@ -1,6 +1,7 @@
-"""Argument checks shared by the derive-stage modules (derive, clinical, ontrack,
-suddengains, ruptures). Private: messages name the argument, what was received and what
-is allowed (docs/STYLE.md).
+"""Argument checks shared by the derive-stage modules.
+
+The modules are derive, clinical, ontrack, suddengains and ruptures. Private: messages name
+the argument, what was received and what is allowed (docs/STYLE.md).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def check_sessions(data: pd.DataFrame, patient: str, session: str, name: str = "
     if numeric.isna().any() or (numeric != np.round(numeric)).any() or (numeric < 1).any():
         bad = values[numeric.isna() | (numeric != np.round(numeric)) | (numeric < 1)].iloc[0]
         raise ValueError(
-            f"Column {session!r} of `{name}` must hold whole session numbers >= 1; got {str(bad)!r}."
+            f"Column {session!r} of `{name}` must hold whole session numbers >= 1; "
+            f"got {str(bad)!r}."
         )
     dup = data.duplicated([patient, session])
     if dup.any():

@@ -22,7 +22,7 @@ __all__ = ["main"]
 
 def _verify(args: argparse.Namespace) -> int:
     from .io import read_json, source_fingerprint
-    from .report import verify_manifest
+    from .manifest import verify_manifest
 
     status = 0
     installed = source_fingerprint()
@@ -58,7 +58,7 @@ def _pick_study(config: dict, path: Path, name: str | None, config_path: Path) -
         return name, studies[name]
     target = path.resolve()
     for study_name, study in studies.items():
-        if (config_path.resolve().parent / study["raw"]).resolve() == target:
+        if (config_path.resolve().parent / study["read"]["raw"]).resolve() == target:
             return study_name, study
     if len(studies) == 1:
         return next(iter(studies.items()))
@@ -85,19 +85,21 @@ def _problem_table(exclusions) -> str:
 def _check(args: argparse.Namespace) -> int:
     from . import io
     from .clean import clean_sessions
-    from .config import ConfigError, load_config
+    from .config import ConfigError, flat_study, load_config
+    from .stages import read_export
 
     try:
         config = load_config(args.config)
         name, study = _pick_study(config, args.path, args.study, args.config)
-        raw = io.read_raw(
-            args.path,
-            delimiter=study.get("delimiter"),
-            encoding=study.get("encoding", "utf-8-sig"),
-            sheet=study.get("sheet"),
-            header_rows=study.get("header_rows", 1),
+        raw = read_export(args.path, study["read"], config=args.config.name)
+        result = clean_sessions(
+            raw,
+            flat_study(study),
+            source=args.path.name,
+            name=name,
+            collect=True,
+            config=args.config.name,
         )
-        result = clean_sessions(raw, study, source=args.path.name, name=name, collect=True)
     except (io.DataError, ConfigError) as error:
         if args.debug:
             raise

@@ -1,5 +1,6 @@
-"""Patient-level clinical variables: reliable change, clinical significance, endings,
-treatment dose, and the patients table that gathers them.
+"""Patient-level clinical variables and the patients table that gathers them.
+
+Reliable change, clinical significance, endings and treatment dose.
 
 :func:`reliable_change_index` and :func:`clinical_cutoffs` turn published norms into the
 numbers that :func:`reliable_change` applies (Jacobson & Truax, 1991).
@@ -54,8 +55,11 @@ __all__ = [
 Direction = Literal["higher_is_better", "lower_is_better"]
 ClinicalRange = Literal["below", "at_or_above"]
 
-#: Categories of :func:`reliable_change`, in order (Jacobson & Truax, 1991).
-RC_CATEGORIES = ("recovered", "improved", "unchanged", "deteriorated")
+#: Categories of :func:`reliable_change`, in order: Jacobson & Truax's (1991) four with
+#: "harmed" split off "deteriorated", with the names and order of the R package
+#: clinicalsignificance (Claus et al., 2024), whose ``cs_combined`` reports Recovered,
+#: Improved, Unchanged, Deteriorated, Harmed.
+RC_CATEGORIES = ("recovered", "improved", "unchanged", "deteriorated", "harmed")
 #: Ending types of :func:`endings_and_dose`.
 #: ``ended``: inferred from a gap without a dose rule (over, but not known how).
 ENDINGS = (*ENDING_TYPES, "ended", "unknown")
@@ -95,7 +99,7 @@ ENDING_COLUMNS = [
 
 
 def reliable_change_index(sd: float, reliability: float, *, z: float = 1.96) -> float:
-    """The reliable change value of a scale (Jacobson & Truax, 1991).
+    r"""Compute the reliable change value of a scale (Jacobson & Truax, 1991).
 
     Parameters
     ----------
@@ -115,8 +119,8 @@ def reliable_change_index(sd: float, reliability: float, *, z: float = 1.96) -> 
     -----
     .. math::
 
-        RC = z\\,\\sqrt{2}\\,SD\\,\\sqrt{1 - r} = z\\, S_{diff},\\qquad
-        S_{diff} = \\sqrt{2\\,SE^2},\\; SE = SD\\sqrt{1-r}
+        RC = z\,\sqrt{2}\,SD\,\sqrt{1 - r} = z\, S_{diff},\qquad
+        S_{diff} = \sqrt{2\,SE^2},\; SE = SD\sqrt{1-r}
 
     Examples
     --------
@@ -127,7 +131,8 @@ def reliable_change_index(sd: float, reliability: float, *, z: float = 1.96) -> 
     reliability = check_number(reliability, "reliability", minimum=0.0, maximum=1.0)
     if reliability >= 1.0:
         raise ValueError(
-            f"`reliability` must be below 1 (perfect reliability has no measurement error); got {reliability:g}."
+            "`reliability` must be below 1 (perfect reliability has no measurement error); "
+            f"got {reliability:g}."
         )
     z = check_number(z, "z", minimum=0.0, strict_minimum=True)
     return z * math.sqrt(2.0) * sd * math.sqrt(1.0 - reliability)
@@ -141,7 +146,7 @@ def clinical_cutoffs(
     *,
     direction: Direction,
 ) -> dict[str, float | None]:
-    """Cut-offs *a*, *b* and *c* of clinical significance (Jacobson & Truax, 1991).
+    r"""Cut-offs *a*, *b* and *c* of clinical significance (Jacobson & Truax, 1991).
 
     Parameters
     ----------
@@ -162,9 +167,9 @@ def clinical_cutoffs(
 
     .. math::
 
-        a = M_{clin} + 2 s\\,SD_{clin}, \\qquad
-        b = M_{func} - 2 s\\,SD_{func}, \\qquad
-        c = \\frac{SD_{clin} M_{func} + SD_{func} M_{clin}}{SD_{clin} + SD_{func}}
+        a = M_{clin} + 2 s\,SD_{clin}, \qquad
+        b = M_{func} - 2 s\,SD_{func}, \qquad
+        c = \frac{SD_{clin} M_{func} + SD_{func} M_{clin}}{SD_{clin} + SD_{func}}
 
     *a*: two SDs beyond the clinical mean in the direction of functioning; *b*: within two
     SDs of the functional mean; *c*: the point equally likely to belong to either
@@ -214,7 +219,7 @@ def reliable_change(
     cutoff: float | None = None,
     clinical_range: ClinicalRange | None = None,
 ) -> pd.DataFrame:
-    """Reliable and clinically significant change per patient, first to last observed score.
+    r"""Reliable and clinically significant change per patient, first to last observed score.
 
     Parameters
     ----------
@@ -261,18 +266,32 @@ def reliable_change(
 
     .. math::
 
-        I = s\\,(x_{last} - x_{first}), \\qquad
-        \\text{reliable improvement: } I \\ge RC, \\qquad
-        \\text{reliable deterioration: } I \\le -RC
+        I = s\,(x_{last} - x_{first}), \qquad
+        \text{reliable improvement: } I \ge RC, \qquad
+        \text{reliable deterioration: } I \le -RC
 
     A change of exactly *RC* points counts as reliable. A score is in the clinical range
     when it is below the cut-off (``'below'``) or at or above it (``'at_or_above'``), so
     a score equal to the cut-off is clinical only for ``'at_or_above'``. Categories:
     *recovered* = reliable improvement, clinical at the first score and not at the last;
-    *improved* = any other reliable improvement; *deteriorated* = reliable
-    deterioration; *unchanged* = neither. A patient who starts outside the clinical range
-    cannot recover (Jacobson & Truax's criterion needs movement from the clinical into
-    the functional range). Sessions with a missing score are skipped.
+    *improved* = any other reliable improvement; *harmed* = reliable deterioration,
+    not clinical at the first score and clinical at the last (the mirror image of
+    recovery); *deteriorated* = any other reliable deterioration; *unchanged* = neither.
+    A patient who starts outside the clinical range cannot recover (Jacobson & Truax's
+    criterion needs movement from the clinical into the functional range), and one who
+    starts inside it cannot be harmed. Without a cut-off nobody is recovered or harmed.
+    These are the definitions of the R package clinicalsignificance (its internal
+    ``.calc_recovered``: ``recovered = clinical_pre & functional_post & improved``,
+    ``harmed = !clinical_pre & !functional_post & deteriorated``, each taken out of
+    improved and deteriorated), in its order. Sessions with a missing score are skipped.
+
+    References
+    ----------
+    Claus, B. B., et al. (2024). The R package clinicalsignificance. *Journal of
+    Statistical Software, 111*(1). https://doi.org/10.18637/jss.v111.i01
+    Jacobson, N. S., & Truax, P. (1991). Clinical significance: A statistical approach to
+    defining meaningful change in psychotherapy research. *Journal of Consulting and
+    Clinical Psychology, 59*(1), 12–19.
 
     Examples
     --------
@@ -322,9 +341,14 @@ def reliable_change(
         & out["clinical_first"].fillna(False)
         & ~out["clinical_last"].fillna(True)
     )
+    harmed = (
+        rel_det.fillna(False)
+        & ~out["clinical_first"].fillna(True)
+        & out["clinical_last"].fillna(False)
+    )
     category = np.select(
-        [~two, recovered, rel_imp.fillna(False), rel_det.fillna(False)],
-        [None, "recovered", "improved", "deteriorated"],
+        [~two, recovered, rel_imp.fillna(False), harmed, rel_det.fillna(False)],
+        [None, "recovered", "improved", "harmed", "deteriorated"],
         default="unchanged",
     )
     out["rc_category"] = pd.Categorical(category, categories=list(RC_CATEGORIES))
@@ -346,7 +370,7 @@ def endings_and_dose(
     planned_sessions: int | None = None,
     labels: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """How treatment ended, and how much of it there was, per patient.
+    r"""How treatment ended, and how much of it there was, per patient.
 
     Parameters
     ----------
@@ -399,15 +423,15 @@ def endings_and_dose(
     -----
     .. math::
 
-        \\text{weeks}_i = \\frac{d_{i,last} - d_{i,first}}{7}, \\qquad
-        \\text{ending}_i = \\begin{cases}
-        \\text{recorded value} & \\text{if recorded} \\\\
-        \\text{ended} & \\text{if } F_i - d_{i,last} \\ge G \\text{ and no } P \\\\
-        \\text{planned} & \\text{if } F_i - d_{i,last} \\ge G \\text{ and } s_{i,last} \\ge P \\\\
-        \\text{dropout} & \\text{if } F_i - d_{i,last} \\ge G \\text{ and } s_{i,last} < P \\\\
-        \\text{ongoing} & \\text{if } F_i - d_{i,last} < G \\\\
-        \\text{unknown} & \\text{otherwise}
-        \\end{cases}
+        \text{weeks}_i = \frac{d_{i,last} - d_{i,first}}{7}, \qquad
+        \text{ending}_i = \begin{cases}
+        \text{recorded value} & \text{if recorded} \\
+        \text{ended} & \text{if } F_i - d_{i,last} \ge G \text{ and no } P \\
+        \text{planned} & \text{if } F_i - d_{i,last} \ge G \text{ and } s_{i,last} \ge P \\
+        \text{dropout} & \text{if } F_i - d_{i,last} \ge G \text{ and } s_{i,last} < P \\
+        \text{ongoing} & \text{if } F_i - d_{i,last} < G \\
+        \text{unknown} & \text{otherwise}
+        \end{cases}
 
     with :math:`F_i` the follow-up days, :math:`G` = *gap_days*, :math:`s_{i,last}` the
     last session number and :math:`P` = *planned_sessions*. A gap of exactly *G* days
@@ -476,7 +500,8 @@ def endings_and_dose(
         if bad.any():
             value = raw.loc[bad, ending].iloc[0]
             raise ValueError(
-                f"Column {ending!r} has ending {value!r} (patient {raw.loc[bad, patient].iloc[0]!r}); "
+                f"Column {ending!r} has ending {value!r} "
+                f"(patient {raw.loc[bad, patient].iloc[0]!r}); "
                 f"allowed: {', '.join(map(repr, allowed))}, or map it with `labels`."
             )
         by_patient = mapped.groupby(raw[patient], sort=False)
@@ -533,7 +558,7 @@ def derive_patients(
     ending_labels: dict[str, str] | None = None,
     sudden_gains: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The patients table: one row per patient with every patient-level derived variable.
+    """Build the patients table: one row per patient with every patient-level variable.
 
     Parameters
     ----------
@@ -572,7 +597,9 @@ def derive_patients(
     >>> import pandas as pd
     >>> df = pd.DataFrame({"patient": ["a", "a", "b"], "session": [1, 2, 1],
     ...                    "days": [0.0, 7.0, 0.0], "outcome": [10.0, 20.0, 15.0]})
-    >>> p = derive_patients(df, direction="higher_is_better", rci=5, cutoff=25, clinical_range="below")
+    >>> p = derive_patients(
+    ...     df, direction="higher_is_better", rci=5, cutoff=25, clinical_range="below"
+    ... )
     >>> p[["patient", "n_sessions", "weeks", "rc_category"]].to_numpy().tolist()
     [['a', 2, 1.0, 'improved'], ['b', 1, 0.0, nan]]
     """

@@ -15,10 +15,46 @@ from typing import Any
 import jsonschema
 import yaml
 
-__all__ = ["ConfigError", "validate_config", "load_config", "SCHEMA_PATH"]
+__all__ = [
+    "ConfigError",
+    "validate_config",
+    "load_config",
+    "SCHEMA_PATH",
+    "STUDY_SECTIONS",
+    "group_study",
+    "flat_study",
+]
 
 #: Where the schema lives, relative to the project folder.
 SCHEMA_PATH = Path("workflow") / "schemas" / "config.schema.yaml"
+
+#: The sections of a study block, one per stage, and the keys each holds. Before the study
+#: block was grouped these keys sat side by side in it; :func:`validate_config` points a key
+#: found at its old place to its section, and :func:`group_study` moves it there.
+STUDY_SECTIONS: dict[str, tuple[str, ...]] = {
+    "read": (
+        "raw",
+        "format",
+        "wide_pattern",
+        "sheet",
+        "header_rows",
+        "skip_rows",
+        "decimal",
+        "delimiter",
+        "encoding",
+        "date_format",
+        "missing_codes",
+        "extraction_date",
+        "columns",
+        "labels",
+    ),
+    "privacy": ("drop_columns", "privacy_exempt", "hash_ids"),
+    "clean": ("min_sessions", "rules"),
+    "measures": ("instruments", "alliance", "outcome", "reliability_bootstrap"),
+    "derive": ("lag_across_gaps",),
+    "report": ("figures", "tables"),
+}
+_SECTION_OF = {key: section for section, keys in STUDY_SECTIONS.items() for key in keys}
 
 
 class ConfigError(ValueError):
@@ -65,16 +101,77 @@ def _describe(error: jsonschema.ValidationError, source: str) -> str:
             f"{source}: `{key}` is {error.instance!r}; it must be of type {error.validator_value}."
         )
     if error.validator == "pattern" and "description" in error.schema:
-        return f"{source}: `{key}` is {error.instance!r}, which is not of the form this key needs. {error.schema['description']}"
+        return (
+            f"{source}: `{key}` is {error.instance!r}, which is not of the form this key needs. "
+            f"{error.schema['description']}"
+        )
     if error.validator == "oneOf" and "description" in error.schema:
         return f"{source}: `{key}` does not fit the expected shape: {error.schema['description']}"
     return f"{source}: `{key}`: {error.message}."
+
+
+def group_study(study: dict[str, Any]) -> dict[str, Any]:
+    """Move the keys of a study block written side by side into their sections.
+
+    The inverse of :func:`flat_study`: ``{"raw": ..., "columns": ..., "rules": ...}``
+    becomes ``{"read": {"raw": ..., "columns": ...}, "clean": {"rules": ...}}``
+    (:data:`STUDY_SECTIONS`); keys already in a section stay there, and a flat ``derive``
+    block merges with ``lag_across_gaps``.
+
+    Examples
+    --------
+    >>> group_study({"raw": "x.csv", "alliance": "srs_total", "models": ["m"]})
+    {'read': {'raw': 'x.csv'}, 'measures': {'alliance': 'srs_total'}, 'models': ['m']}
+    """
+    grouped: dict[str, Any] = {}
+    for key, value in study.items():
+        section = _SECTION_OF.get(key)
+        if section is None:
+            if key in STUDY_SECTIONS and isinstance(value, dict):
+                grouped.setdefault(key, {}).update(value)
+            else:
+                grouped[key] = value
+        else:
+            grouped.setdefault(section, {})[key] = value
+    return grouped
+
+
+def flat_study(study: dict[str, Any]) -> dict[str, Any]:
+    """Lay the keys of a grouped study block side by side, as the clean step reads them.
+
+    The inverse of :func:`group_study`: every key of the ``read``, ``privacy``, ``clean``,
+    ``measures`` and ``report`` sections at the top level, ``derive.lag_across_gaps`` as
+    ``lag_across_gaps`` and the rest of ``derive`` as ``derive``; other keys (``models``)
+    as they are. Sections absent from *study* are left out.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in study.items():
+        if key == "derive":
+            rest = dict(value or {})
+            if "lag_across_gaps" in rest:
+                flat["lag_across_gaps"] = rest.pop("lag_across_gaps")
+            flat["derive"] = rest
+        elif key in STUDY_SECTIONS:
+            flat.update(value or {})
+        else:
+            flat[key] = value
+    return flat
 
 
 def _moved_keys(config: dict[str, Any], source: str) -> None:
     """Name the new place of keys that earlier versions accepted."""
     studies = config.get("studies")
     for name, study in studies.items() if isinstance(studies, dict) else ():
+        moved = [key for key in study if key in _SECTION_OF] if isinstance(study, dict) else []
+        if moved:
+            places = ", ".join(
+                f"`{key}` to `studies.{name}.{_SECTION_OF[key]}.{key}`" for key in moved
+            )
+            raise ConfigError(
+                f"{source}: the study block is grouped by stage ({', '.join(STUDY_SECTIONS)}, "
+                f"models), and `studies.{name}` holds keys of the earlier flat layout. Move "
+                f"{places}."
+            )
         endings = (
             ((study or {}).get("derive") or {}).get("endings") if isinstance(study, dict) else None
         )
@@ -85,10 +182,10 @@ def _moved_keys(config: dict[str, Any], source: str) -> None:
         )
         if old:
             raise ConfigError(
-                f"{source}: `studies.{name}.derive.endings.{old[0]}` is no longer a setting. Map the "
-                f"export's ending column to 'ending' under `studies.{name}.columns` and its labels "
-                f"under `studies.{name}.labels.ending`; for endings inferred from a gap, give the day "
-                f"of the export as `studies.{name}.extraction_date`."
+                f"{source}: `studies.{name}.derive.endings.{old[0]}` is no longer a setting. Map "
+                f"the export's ending column to 'ending' under `studies.{name}.read.columns` and "
+                f"its labels under `studies.{name}.read.labels.ending`; for endings inferred from "
+                f"a gap, give the day of the export as `studies.{name}.read.extraction_date`."
             )
 
 
@@ -96,9 +193,10 @@ def _check_endings(name: str, study: dict[str, Any], source: str) -> None:
     """Cross-key checks of endings and follow-up time that the schema cannot express."""
     from .contract import ENDING_TYPES
 
-    key = f"studies.{name}"
-    mapped = set(study["columns"].values())
-    extraction = study.get("extraction_date")
+    key = f"studies.{name}.read"
+    read = study["read"]
+    mapped = set(read["columns"].values())
+    extraction = read.get("extraction_date")
     if extraction is not None:
         try:
             datetime.date.fromisoformat(extraction)
@@ -109,39 +207,146 @@ def _check_endings(name: str, study: dict[str, Any], source: str) -> None:
             ) from None
         if "date" not in mapped:
             raise ConfigError(
-                f"{source}: `{key}.extraction_date` is set, but no column is mapped to 'date' under "
-                f"`{key}.columns`, so the follow-up time cannot be computed. Map the session dates to "
-                "'date', or map a column of days from each patient's first session to the extraction "
-                "to 'followup_days' and remove `extraction_date`."
+                f"{source}: `{key}.extraction_date` is set, but no column is mapped to 'date' "
+                f"under `{key}.columns`, so the follow-up time cannot be computed. Map the session "
+                "dates to 'date', or map a column of days from each patient's first session to the "
+                "extraction to 'followup_days' and remove `extraction_date`."
             )
     if "followup_days" in mapped and "date" in mapped:
         raise ConfigError(
-            f"{source}: `{key}.columns` maps a column to 'followup_days', but the sessions are dated "
-            "(a column is mapped to 'date'), and with dates the follow-up time comes from the day of "
-            f"the export. Remove that mapping and set `{key}.extraction_date`."
+            f"{source}: `{key}.columns` maps a column to 'followup_days', but the sessions are "
+            "dated (a column is mapped to 'date'), and with dates the follow-up time comes from "
+            f"the day of the export. Remove that mapping and set `{key}.extraction_date`."
         )
-    for raw, target in ((study.get("labels") or {}).get("ending") or {}).items():
+    for raw, target in ((read.get("labels") or {}).get("ending") or {}).items():
         if str(target).casefold() not in ENDING_TYPES:
             raise ConfigError(
-                f"{source}: `{key}.labels.ending` maps {raw!r} to {target!r}; an ending must be one "
-                f"of {', '.join(ENDING_TYPES)}."
+                f"{source}: `{key}.labels.ending` maps {raw!r} to {target!r}; an ending must be "
+                f"one of {', '.join(ENDING_TYPES)}."
             )
     endings = study.get("derive", {}).get("endings", {})
-    prefix = f"{source}: `{key}.derive.endings"
+    prefix = f"{source}: `studies.{name}.derive.endings"
     if endings.get("gap_days") is not None:
         if extraction is None and not {"followup_days", "days"} <= mapped:
             raise ConfigError(
-                f"{prefix}.gap_days` infers endings from the time between a patient's last session "
-                "and the data extraction, so the study needs that time: set "
-                f"`{key}.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, or, "
-                "for an export without dates, map columns to 'days' and 'followup_days' under "
+                f"{prefix}.gap_days` infers endings from the time between a patient's last "
+                "session and the data extraction, so the study needs that time: set "
+                f"`{key}.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, "
+                "or, for an export without dates, map columns to 'days' and 'followup_days' under "
                 f"`{key}.columns`."
             )
     elif endings.get("planned_sessions") is not None:
         raise ConfigError(
             f"{prefix}.planned_sessions` only applies to endings inferred from a gap; set "
-            f"`{key}.derive.endings.gap_days` too, or remove it."
+            f"`studies.{name}.derive.endings.gap_days` too, or remove it."
         )
+
+
+def _study_instrument(study: dict[str, Any], score: str, key: str, source: str):
+    """Return the study's instrument (with its overrides) that produces the score *score*."""
+    from .instruments import load_instrument
+    from .score import score_columns
+
+    specs = (study.get("measures") or {}).get("instruments") or {}
+    items = specs.items() if isinstance(specs, dict) else ((name, None) for name in specs)
+    for ident, spec in items:
+        own = isinstance(spec, dict) and "items" in spec
+        try:
+            inst = load_instrument(spec if own else ident, overrides=None if own else spec)
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as error:
+            raise ConfigError(
+                f"{source}: `{key}.measures.instruments.{ident}` cannot be loaded: {error}"
+            ) from None
+        if score in score_columns(inst):
+            return inst
+    raise ConfigError(
+        f"{source}: `{key}.measures` uses the score {score!r}, which none of its `instruments` "
+        "produces; "
+        "scores are named '<instrument>_total' or '<instrument>_<subscale>', e.g. 'ors_total' "
+        "or 'wai_sr_bond'."
+    )
+
+
+def _check_instrument_numbers(name: str, study: dict[str, Any], source: str) -> None:
+    """Numbers the derive stage takes from the outcome instrument must exist before any job.
+
+    Reliable change, and sudden gains without their own ``cutoff``, need the outcome's
+    reliable change value (``rci``); instruments whose published value could not be
+    confirmed ship none (PHQ-9, ORS), so the study must set it or switch the variable off.
+    """
+    key = f"studies.{name}"
+    measures = study.get("measures") or {}
+    if "outcome" not in measures or "alliance" not in measures:
+        return
+    outcome = _study_instrument(study, measures["outcome"], key, source)
+    _study_instrument(study, measures["alliance"], key, source)
+    derive = study.get("derive") or {}
+    needs = []
+    if (derive.get("reliable_change") or {}).get("enabled", True):
+        needs.append(("reliable change", f"`{key}.derive.reliable_change.enabled: false`"))
+    gains = derive.get("sudden_gains") or {}
+    if gains.get("enabled", True) and gains.get("cutoff") is None:
+        needs.append(
+            (
+                "sudden gains",
+                f"`{key}.derive.sudden_gains.cutoff: <points>` or "
+                f"`{key}.derive.sudden_gains.enabled: false`",
+            )
+        )
+    if outcome.rci is None and needs:
+        what = " and ".join(n[0] for n in needs)
+        other = " and ".join(n[1] for n in needs)
+        raise ConfigError(
+            f"{source}: {what} need{'s' if len(needs) == 1 else ''} the reliable change value "
+            f"of the outcome instrument "
+            f"{outcome.id!r}, and its file ships none (it could not be confirmed from a "
+            f"published source). Set `{key}.measures.instruments.{outcome.id}: "
+            f"{{rci: <points>}}`, or "
+            f"set {other}."
+        )
+
+
+def _check_presets(name: str, study: dict[str, Any], config: dict[str, Any], source: str) -> None:
+    """Presets the study fits must find the columns and derived variables they use."""
+    key = f"studies.{name}"
+    mapped = set(study["read"]["columns"].values())
+    derive = study.get("derive") or {}
+    for model in study.get("models", []):
+        spec = config["models"].get(model) or {}
+        preset = spec.get("preset")
+        options = spec.get("options") or {}
+        if preset == "feedback":
+            arm = options.get("arm", "condition")
+            if arm == "condition" and "condition" not in mapped:
+                raise ConfigError(
+                    f"{source}: model {model!r} (preset feedback) compares arms, but "
+                    f"`{key}.read.columns` maps no column to 'condition'. Map the arm column, or "
+                    f"remove {model!r} from `{key}.models`."
+                )
+            if not (derive.get("on_track") or {}).get("enabled", True):
+                raise ConfigError(
+                    f"{source}: model {model!r} (preset feedback) needs the on-track status, but "
+                    f"`{key}.derive.on_track.enabled` is false. Switch it on, or remove "
+                    f"{model!r} from `{key}.models`."
+                )
+        elif preset == "rupture_repair" and not (derive.get("ruptures") or {}).get("enabled", True):
+            raise ConfigError(
+                f"{source}: model {model!r} (preset rupture_repair) needs detected ruptures, but "
+                f"`{key}.derive.ruptures.enabled` is false. Switch it on, or remove {model!r} "
+                f"from `{key}.models`."
+            )
+        elif preset == "alliance_components" and "alliance" in (study.get("measures") or {}):
+            alliance = _study_instrument(study, study["measures"]["alliance"], key, source)
+            wanted = options.get("components", ("task", "bond", "goal"))
+            missing = [c for c in wanted if c not in alliance.subscales]
+            if missing:
+                have = ", ".join(alliance.subscales) or "none"
+                raise ConfigError(
+                    f"{source}: model {model!r} (preset alliance_components) needs the alliance "
+                    f"subscale(s) {', '.join(missing)}, but {alliance.id!r} has {have}. Use an "
+                    f"alliance instrument with these subscales, or remove {model!r} from "
+                    f"`{key}.models`."
+                )
 
 
 def validate_config(
@@ -182,8 +387,9 @@ def validate_config(
         else ()
     ):
         # YAML reads an unquoted 2025-09-01 as a date; the schema wants the text.
-        if isinstance(study, dict) and isinstance(study.get("extraction_date"), datetime.date):
-            study["extraction_date"] = study["extraction_date"].isoformat()[:10]
+        read = study.get("read") if isinstance(study, dict) else None
+        if isinstance(read, dict) and isinstance(read.get("extraction_date"), datetime.date):
+            read["extraction_date"] = read["extraction_date"].isoformat()[:10]
     errors = sorted(
         _FillingValidator(schema).iter_errors(resolved),
         key=lambda e: (-len(e.absolute_path), _key(e.absolute_path)),
@@ -206,10 +412,13 @@ def validate_config(
                 others = ", ".join(sorted(s for s in resolved["studies"] if s != name)) or "none"
                 raise ConfigError(
                     f"{source}: `studies.{name}.derive.on_track.reference` is 'reference', so "
-                    f"`reference_study` must name another study; got {ref!r}. Other studies: {others}."
+                    f"`reference_study` must name another study; got {ref!r}. Other studies: "
+                    f"{others}."
                 )
     for name, study in resolved["studies"].items():
         _check_endings(name, study, source)
+        _check_instrument_numbers(name, study, source)
+        _check_presets(name, study, resolved, source)
     for pair in resolved.get("comparisons", []):
         for model in pair:
             if model not in resolved["models"]:

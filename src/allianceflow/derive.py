@@ -41,7 +41,7 @@ def within_between(
     therapist: str | None = None,
     grand_mean: bool = False,
 ) -> pd.DataFrame:
-    """Split a time-varying predictor into within- and between-patient parts.
+    r"""Split a time-varying predictor into within- and between-patient parts.
 
     Parameters
     ----------
@@ -83,8 +83,8 @@ def within_between(
     -----
     .. math::
 
-        x^{B}_i = \\bar x_i - \\frac{1}{N}\\sum_{i'} \\bar x_{i'}, \\qquad
-        x^{W}_{it} = x_{it} - \\bar x_i
+        x^{B}_i = \bar x_i - \frac{1}{N}\sum_{i'} \bar x_{i'}, \qquad
+        x^{W}_{it} = x_{it} - \bar x_i
 
     (person-mean centring, Enders & Tofighi 2007; Curran & Bauer 2011). The grand mean
     weighs every patient equally, whatever their number of sessions. Patients with no
@@ -92,12 +92,12 @@ def within_between(
 
     .. math::
 
-        \\bar x_j = \\frac{1}{N_j}\\sum_{i \\in j} \\bar x_i, \\qquad
-        x^{T}_j = \\bar x_j - \\bar x, \\qquad x^{P}_{i} = \\bar x_i - \\bar x_{j(i)},
+        \bar x_j = \frac{1}{N_j}\sum_{i \in j} \bar x_i, \qquad
+        x^{T}_j = \bar x_j - \bar x, \qquad x^{P}_{i} = \bar x_i - \bar x_{j(i)},
 
     each patient weighing equally within their therapist (patients with no observed value
-    do not count). Grand-mean centring: :math:`x^{G}_{it} = x_{it} - \\bar x`, with
-    :math:`\\bar x` the same grand mean of patient means.
+    do not count). Grand-mean centring: :math:`x^{G}_{it} = x_{it} - \bar x`, with
+    :math:`\bar x` the same grand mean of patient means.
 
     Examples
     --------
@@ -505,7 +505,8 @@ def informant_alliances(
         rows = scored.loc[scored[informant].astype(str) == name, ["patient", "session", alliance]]
         if rows.duplicated(["patient", "session"]).any():
             raise ValueError(
-                f"informant {name!r} rates some sessions twice; one row per patient, session and informant is needed."
+                f"informant {name!r} rates some sessions twice; "
+                "one row per patient, session and informant is needed."
             )
         column = f"alliance_rater_{name}"
         out = out.merge(
@@ -525,10 +526,10 @@ class DerivedTables(NamedTuple):
     expected_response: dict | None
 
 
-#: Defaults of the ``derive:`` block of a study; ``workflow/schemas/config.schema.yaml``
-#: gives the same values (tested). ``endings.column``, ``endings.followup`` and
-#: ``endings.labels`` are for in-memory use: the pipeline reads the clean stage's
-#: canonical ``ending`` and ``followup_days`` columns, with labels mapped by the clean stage.
+#: Defaults of the ``derive:`` block of a study for in-memory use. The defaults' one place
+#: is ``workflow/schemas/config.schema.yaml``, which the pipeline fills in; the package
+#: cannot read the workflow's files once installed, so it keeps this copy, which the tests
+#: hold equal to the schema's (``lag_across_gaps`` is :func:`derive_tables`' own argument).
 DERIVE_DEFAULTS: dict[str, Any] = {
     "informant": None,
     "therapist_centring": True,
@@ -539,6 +540,7 @@ DERIVE_DEFAULTS: dict[str, Any] = {
         "reference_study": None,
         "coefficients": None,
         "tolerance": 0.10,
+        "model": "fixed",
     },
     "sudden_gains": {
         "enabled": True,
@@ -557,13 +559,7 @@ DERIVE_DEFAULTS: dict[str, Any] = {
         "repair_within": 3,
         "across_gaps": False,
     },
-    "endings": {
-        "column": None,
-        "followup": None,
-        "gap_days": None,
-        "planned_sessions": None,
-        "labels": {},
-    },
+    "endings": {"gap_days": None, "planned_sessions": None},
 }
 _BLOCKS = ("reliable_change", "on_track", "sudden_gains", "ruptures", "endings")
 
@@ -577,7 +573,8 @@ def _settings(settings: Mapping | None) -> dict[str, Any]:
         return merged
     if not isinstance(settings, Mapping):
         raise TypeError(
-            f"`settings` must be a mapping (the study's derive block); got {type(settings).__name__}."
+            "`settings` must be a mapping (the study's derive block); "
+            f"got {type(settings).__name__}."
         )
     for key, value in settings.items():
         if key not in merged:
@@ -592,7 +589,8 @@ def _settings(settings: Mapping | None) -> dict[str, Any]:
             unknown = sorted(set(value) - set(merged[key]))
             if unknown:
                 raise KeyError(
-                    f"Unknown key {unknown[0]!r} in derive setting {key!r}; allowed: {', '.join(merged[key])}."
+                    f"Unknown key {unknown[0]!r} in derive setting {key!r}; "
+                    f"allowed: {', '.join(merged[key])}."
                 )
             merged[key].update(value)
         else:
@@ -638,10 +636,8 @@ def derive_tables(
     lag_across_gaps : bool
         The study's lag rule.
     settings : mapping, optional
-        The ``derive:`` block. Its ``endings`` entry reads the recorded ending from
-        ``endings.column`` and the follow-up time from ``endings.followup``; when these are
-        None (the pipeline's case) from the clean stage's canonical ``ending`` and
-        ``followup_days`` columns, if the table has them.
+        The ``derive:`` block. Endings are read from the clean stage's canonical ``ending``
+        and ``followup_days`` columns, if the table has them.
     reference : pandas.DataFrame, optional
         A reference sample (scored, same outcome column) when
         ``on_track.reference`` is ``'reference'``.
@@ -696,11 +692,16 @@ def derive_tables(
         elif ref == "reference":
             if reference is None:
                 raise ValueError(
-                    "Derive setting `on_track.reference` is 'reference' but no reference sample was given."
+                    "Derive setting `on_track.reference` is 'reference' "
+                    "but no reference sample was given."
                 )
-            model = fit_expected_response(reference, score=outcome)
+            model = fit_expected_response(
+                reference, score=outcome, model=cfg["on_track"]["model"]
+            )
         elif ref == "study":
-            model = fit_expected_response(analysis, score="outcome")
+            model = fit_expected_response(
+                analysis, score="outcome", model=cfg["on_track"]["model"]
+            )
         else:
             raise ValueError(
                 f"`on_track.reference` must be 'study', 'reference' or 'coefficients'; got {ref!r}."
@@ -729,7 +730,8 @@ def derive_tables(
         sg_cutoff = sg_cfg["cutoff"] if sg_cfg["cutoff"] is not None else rci
         if sg_cutoff is None:
             raise ValueError(
-                "Sudden gains need a first-criterion cut-off: set the outcome instrument's `rci` for the "
+                "Sudden gains need a first-criterion cut-off: "
+                "set the outcome instrument's `rci` for the "
                 "study, or `derive: {sudden_gains: {cutoff: <points>}}`."
             )
         gains = sudden_gains(
@@ -754,22 +756,15 @@ def derive_tables(
             "`derive: {reliable_change: {enabled: false}}`."
         )
     e = cfg["endings"]
-    # The clean stage's canonical columns unless the caller names others (in-memory use).
-    ending_column = (
-        e["column"]
-        if e["column"] is not None
-        else ("ending" if "ending" in analysis.columns else None)
-    )
-    followup_column = (
-        e["followup"]
-        if e["followup"] is not None
-        else ("followup_days" if "followup_days" in analysis.columns else None)
-    )
+    # The clean stage's canonical columns, labels already mapped by the clean stage.
+    ending_column = "ending" if "ending" in analysis.columns else None
+    followup_column = "followup_days" if "followup_days" in analysis.columns else None
     if e["gap_days"] is not None and followup_column is None:
         raise ValueError(
-            "Derive setting `endings.gap_days` infers endings from the time between the last session "
-            "and the data extraction, but the data have no follow-up time: set the study's "
-            "`extraction_date` (with session dates), or map a column of follow-up days to 'followup_days'."
+            "Derive setting `endings.gap_days` infers endings from the time between "
+            "the last session and the data extraction, but the data have no follow-up time: "
+            "set the study's `extraction_date` (with session dates), "
+            "or map a column of follow-up days to 'followup_days'."
         )
     patients = derive_patients(
         analysis,
@@ -783,7 +778,7 @@ def derive_tables(
         followup=followup_column,
         gap_days=e["gap_days"],
         planned_sessions=e["planned_sessions"],
-        ending_labels=e["labels"],
+        ending_labels={},
         sudden_gains=gains if sg_cfg["enabled"] else None,
     )
     if not cfg["reliable_change"]["enabled"]:

@@ -427,7 +427,8 @@ def plot_caterpillar(
     if "conditional_modes" not in result:
         raise KeyError(
             "`result` has no 'conditional_modes': the caterpillar plot needs fit_model to store "
-            "rows {'group', 'level', 'term', 'estimate', 'se'} (conditional modes and conditional SDs "
+            "rows {'group', 'level', 'term', 'estimate', 'se'} "
+            "(conditional modes and conditional SDs "
             "of the random effects) under result['conditional_modes']."
         )
     modes = pd.DataFrame(result["conditional_modes"])
@@ -539,8 +540,10 @@ def pick_example_patient(
     status: str = "track_status",
     min_sessions: int = 6,
 ) -> str:
-    """The first patient (sorted ids) with at least *min_sessions* sessions and a session
-    not on track; else the first with *min_sessions* sessions; else the first.
+    """The patient to show: first (sorted ids) with enough sessions and one not on track.
+
+    That is the first patient with at least *min_sessions* sessions and a session not on
+    track; else the first with *min_sessions* sessions; else the first.
     """
     check_columns(analysis, patient, status, name="analysis")
     sizes = analysis.groupby(patient, observed=True).size()
@@ -784,9 +787,9 @@ def plot_reliable_change(
     outcome_label: str = "outcome",
     width: Width = "one",
 ) -> matplotlib.figure.Figure:
-    """Intake against last score, one dot per patient, with the reliable-change band and
-    the clinical cut-off (Jacobson & Truax, 1991).
+    """Intake against last score, one dot per patient, with reliable-change band and cut-off.
 
+    The band and the clinical cut-off follow Jacobson & Truax (1991).
     Points inside the grey band around the identity line changed less than the reliable
     change value *rci*; dashed lines mark the cut-off on both axes.
     """
@@ -871,8 +874,10 @@ def _box(ax, x: float, y: float, text: str):
 
 
 def _connect(ax, boxes: list, edges: list[tuple[int, int, str]]) -> None:
-    """Arrows between box edges ('down': bottom centre to top centre; 'right': from the
-    vertical arrow below the source box to the left edge of the target box).
+    """Arrows between box edges.
+
+    'down': bottom centre to top centre; 'right': from the vertical arrow below the source
+    box to the left edge of the target box.
     """
     fig = ax.figure
     fig.canvas.draw()  # lays out the boxes so their extents are known
@@ -946,7 +951,8 @@ def plot_flow(
         m = analysed[name]
         groups = ", ".join(f"{v} {k}s" for k, v in sorted(m.get("n_groups", {}).items()))
         lines_analysed.append(
-            f"{name}: {m['n_obs']} sessions, {groups}; {m.get('n_dropped_missing', 0)} left out (missing values)"
+            f"{name}: {m['n_obs']} sessions, {groups}; "
+            f"{m.get('n_dropped_missing', 0)} left out (missing values)"
         )
     # Row heights in inches from their numbers of text lines, so long boxes never overflow;
     # the gap below the first row holds the exclusion box.
@@ -983,7 +989,8 @@ def plot_flow(
                         ax,
                         x,
                         ys[row],
-                        f"{name}\n{a.get('patients', '')} patients, {a.get('sessions', '')} sessions",
+                        f"{name}\n{a.get('patients', '')} patients, "
+                        f"{a.get('sessions', '')} sessions",
                     )
                 )
                 edges.append((2, len(boxes) - 1, "down"))

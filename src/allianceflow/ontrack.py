@@ -1,9 +1,12 @@
-"""Expected treatment response and on-track / not-on-track status, in the style of
-routine outcome monitoring (Lambert's clinical support tools).
+"""Expected treatment response and on-track / not-on-track status.
+
+In the style of routine outcome monitoring (Lambert's clinical support tools).
 
 :func:`fit_expected_response` fits the expected course of the outcome conditional on the
-intake score, on the study's own data or on a reference sample; an
-:class:`ExpectedResponse` can also be built from published coefficients.
+intake score, on the study's own data or on a reference sample, either as one log-linear
+course per intake (:class:`ExpectedResponse`, which can also be built from published
+coefficients) or as Finch, Lambert & Schaalje's (2001) multilevel model with each
+patient's own intercept and slope (:class:`MultilevelExpectedResponse`).
 :func:`on_track` compares every session with the expected course and its tolerance band;
 :func:`first_off_track` gives each patient's first session off track.
 
@@ -46,6 +49,8 @@ from ._derive_checks import (
 
 __all__ = [
     "ExpectedResponse",
+    "MultilevelExpectedResponse",
+    "ETR_MODELS",
     "fit_expected_response",
     "on_track",
     "first_off_track",
@@ -54,6 +59,10 @@ __all__ = [
 ]
 
 Direction = Literal["higher_is_better", "lower_is_better"]
+EtrModel = Literal["fixed", "multilevel"]
+
+#: Kinds of expected-response model :func:`fit_expected_response` fits.
+ETR_MODELS = ("fixed", "multilevel")
 
 #: Values of the ``track_status`` column.
 TRACK_STATUS = ("intake", "on_track", "not_on_track", "missing")
@@ -71,19 +80,19 @@ ON_TRACK_COLUMNS = [
 
 @dataclass(frozen=True)
 class ExpectedResponse:
-    """Coefficients of the expected treatment response.
+    r"""Coefficients of the expected treatment response.
 
     The expected score at the *t*-th session counted from intake (:math:`t = 1` at
     intake) of a patient with intake score :math:`x_0` is
 
     .. math::
 
-        \\hat x_t = x_0 + \\bigl(\\gamma_0 + \\gamma_1 (x_0 - c)\\bigr) \\ln t .
+        \hat x_t = x_0 + \bigl(\gamma_0 + \gamma_1 (x_0 - c)\bigr) \ln t .
 
     Attributes
     ----------
     gamma0 : float
-        Change per unit of :math:`\\ln t` for a patient at the centre intake score.
+        Change per unit of :math:`\ln t` for a patient at the centre intake score.
     gamma1 : float
         How that rate changes per point of intake score above the centre (usually of the
         opposite sign: patients who start worse improve faster).
@@ -103,6 +112,7 @@ class ExpectedResponse:
     n_observations: int = 0
 
     def __post_init__(self) -> None:
+        """Check that the coefficients are numbers and sigma positive."""
         for name in ("gamma0", "gamma1", "centre"):
             check_number(getattr(self, name), name)
         check_number(self.sigma, "sigma", minimum=0.0, strict_minimum=True)
@@ -124,15 +134,107 @@ class ExpectedResponse:
         return cls(**{k: values[k] for k in values})
 
     def to_dict(self) -> dict:
+        """Return the coefficients as a plain dict (for JSON)."""
         return asdict(self)
 
     def expected(self, intake: np.ndarray | float, t: np.ndarray | float) -> np.ndarray:
-        """Expected score at session count *t* (1 = intake) for intake score *intake*."""
+        """Return the expected score at session count *t* (1 = intake) for intake *intake*."""
         intake = np.asarray(intake, dtype=float)
         t = np.asarray(t, dtype=float)
         with np.errstate(invalid="ignore", divide="ignore"):
             log_t = np.where(t >= 1, np.log(np.where(t >= 1, t, 1.0)), np.nan)
         return intake + (self.gamma0 + self.gamma1 * (intake - self.centre)) * log_t
+
+    def band_sd(self, t: np.ndarray | float) -> np.ndarray:
+        r"""SD of the scores around :meth:`expected`: :math:`\sigma` at every *t*."""
+        return np.full(np.shape(t), self.sigma, dtype=float)
+
+
+@dataclass(frozen=True)
+class MultilevelExpectedResponse:
+    r"""Coefficients of the multilevel expected treatment response (Finch et al. 2001).
+
+    For a patient with intake score :math:`x_0`, at the *t*-th session counted from intake
+    (:math:`t \ge 2`; :math:`t = 1` is the intake itself, expected to be :math:`x_0`),
+
+    .. math::
+
+        \hat x_t = x_0 + \beta_0 + \beta_1 (x_0 - c)
+                   + \bigl(\gamma_0 + \gamma_1 (x_0 - c)\bigr) \ln t ,
+
+    and a new patient's score varies around it with the SD
+
+    .. math::
+
+        s_t = \sqrt{\tau_{00} + 2\tau_{01}\ln t + \tau_{11}\ln^2 t + \sigma^2},
+
+    the patient's own intercept and slope (random effects) plus the session's residual.
+
+    Attributes
+    ----------
+    beta0, beta1 : float
+        Change from intake at :math:`\ln t = 0` for a patient at the centre intake, and
+        its change per intake point above the centre.
+    gamma0, gamma1 : float
+        Change per unit of :math:`\ln t` at the centre intake, and its change per intake
+        point.
+    centre : float
+        The centring intake score *c*.
+    tau00, tau01, tau11 : float
+        Variance of the patients' intercepts, their covariance with the slopes, variance
+        of the slopes.
+    sigma : float
+        Residual SD within patients.
+    n_patients, n_observations : int
+        Size of the sample the coefficients came from.
+    """
+
+    beta0: float
+    beta1: float
+    gamma0: float
+    gamma1: float
+    centre: float
+    tau00: float
+    tau01: float
+    tau11: float
+    sigma: float
+    n_patients: int = 0
+    n_observations: int = 0
+
+    def __post_init__(self) -> None:
+        """Check that the coefficients are numbers and the variances non-negative."""
+        for name in ("beta0", "beta1", "gamma0", "gamma1", "centre", "tau01"):
+            check_number(getattr(self, name), name)
+        for name in ("tau00", "tau11"):
+            check_number(getattr(self, name), name, minimum=0.0)
+        check_number(self.sigma, "sigma", minimum=0.0, strict_minimum=True)
+
+    def to_dict(self) -> dict:
+        """Return the coefficients as a plain dict (for JSON)."""
+        return {"kind": "multilevel", **asdict(self)}
+
+    def expected(self, intake: np.ndarray | float, t: np.ndarray | float) -> np.ndarray:
+        """Return the expected score at session count *t* (1 = intake) for intake *intake*."""
+        intake = np.asarray(intake, dtype=float)
+        t = np.asarray(t, dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            log_t = np.where(t >= 1, np.log(np.where(t >= 1, t, 1.0)), np.nan)
+        centred = intake - self.centre
+        course = (
+            intake
+            + self.beta0
+            + self.beta1 * centred
+            + (self.gamma0 + self.gamma1 * centred) * log_t
+        )
+        return np.where(t == 1, intake, course)
+
+    def band_sd(self, t: np.ndarray | float) -> np.ndarray:
+        """SD of a new patient's score around :meth:`expected` at session count *t*."""
+        t = np.asarray(t, dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            log_t = np.where(t >= 1, np.log(np.where(t >= 1, t, 1.0)), np.nan)
+        var = self.tau00 + 2 * self.tau01 * log_t + self.tau11 * log_t**2 + self.sigma**2
+        return np.sqrt(np.maximum(var, 0.0))
 
 
 def _intake(data: pd.DataFrame, score: str, patient: str, session: str) -> pd.DataFrame:
@@ -149,8 +251,9 @@ def fit_expected_response(
     score: str = "outcome",
     patient: str = "patient",
     session: str = "session",
-) -> ExpectedResponse:
-    """Fit the expected treatment response conditional on the intake score.
+    model: EtrModel = "fixed",
+) -> ExpectedResponse | MultilevelExpectedResponse:
+    r"""Fit the expected treatment response conditional on the intake score.
 
     Parameters
     ----------
@@ -159,35 +262,61 @@ def fit_expected_response(
         config (read by the pipeline and passed here).
     score, patient, session : str
         Column names.
+    model : {'fixed', 'multilevel'}, default 'fixed'
+        ``'fixed'``: one log-linear course per intake score, fitted by least squares, with
+        one residual SD (:class:`ExpectedResponse`). ``'multilevel'``: the multilevel
+        model of Finch, Lambert & Schaalje (2001), with each patient's own intercept and
+        slope around that course (:class:`MultilevelExpectedResponse`), whose band widens
+        with :math:`\ln t` as the patients' slopes spread.
 
     Returns
     -------
-    ExpectedResponse
+    ExpectedResponse or MultilevelExpectedResponse
 
     Raises
     ------
     ValueError
         Fewer than three follow-up scores, or all intakes equal (the intake slope is not
-        identified).
+        identified); a bad ``model``.
 
     Notes
     -----
     The intake is each patient's first observed score :math:`x_{i0}` at session
     :math:`s_{i0}`; a later observed score at session :math:`s` has
     :math:`t = s - s_{i0} + 1`. The change from intake is regressed, without intercept
-    (no change is expected at intake, :math:`\\ln 1 = 0`), on :math:`\\ln t` and
-    :math:`(x_{i0} - c)\\ln t` by ordinary least squares, with :math:`c` the mean intake
+    (no change is expected at intake, :math:`\ln 1 = 0`), on :math:`\ln t` and
+    :math:`(x_{i0} - c)\ln t` by ordinary least squares, with :math:`c` the mean intake
     of the patients contributing a follow-up score:
 
     .. math::
 
-        x_{it} - x_{i0} = \\gamma_0 \\ln t + \\gamma_1 (x_{i0} - c) \\ln t + e_{it}, \\qquad
-        \\hat\\sigma^2 = \\frac{\\sum e_{it}^2}{n - 2}.
+        x_{it} - x_{i0} = \gamma_0 \ln t + \gamma_1 (x_{i0} - c) \ln t + e_{it}, \qquad
+        \hat\sigma^2 = \frac{\sum e_{it}^2}{n - 2}.
 
     This is a fixed-effects version of the log-linear recovery curves of Finch, Lambert &
     Schaalje (2001), who fitted them as multilevel models by intake severity. Fitting on
     the study's own data lets a patient's own scores shape the curve they are judged
     against; name a reference sample for an out-of-sample curve.
+
+    With ``model = "multilevel"`` the change from intake of the follow-up scores is fitted
+    by REML (:func:`allianceflow.models.fit_model`) as
+
+    .. math::
+
+        x_{it} - x_{i0} = \beta_0 + \beta_1 (x_{i0} - c) + \bigl(\gamma_0 + \gamma_1
+        (x_{i0} - c)\bigr) \ln t + u_{0i} + u_{1i} \ln t + e_{it},
+
+    :math:`(u_{0i}, u_{1i}) \sim N(0, T)`, :math:`e_{it} \sim N(0, \sigma^2)` — the
+    random-intercept-and-slope growth model of Finch et al. with intake as the level-2
+    predictor of both. The differences from the fixed model: (1) the course is not forced
+    through the intake (:math:`\beta_0, \beta_1` absorb a first-session drop and
+    regression to the mean); (2) the band is that of a *new* patient with this intake,
+    :math:`\hat x_t \pm z\, s_t` with :math:`s_t^2 = \tau_{00} + 2\tau_{01}\ln t +
+    \tau_{11}\ln^2 t + \sigma^2`, so it separates between- from within-patient
+    variation and widens (or narrows) with time as the patients' courses fan out, where
+    the fixed model's band has one width pooled over all sessions; (3) the coefficients
+    are estimated with each patient's repeated scores weighted as correlated, not as
+    independent rows.
 
     Examples
     --------
@@ -201,6 +330,7 @@ def fit_expected_response(
     check_frame(data)
     check_columns(data, patient, session, score)
     check_sessions(data, patient, session)
+    check_choice(model, ETR_MODELS, "model")
     intake = _intake(data, score, patient, session)
     obs = data.loc[data[score].notna(), [patient, session, score]]
     obs = obs.join(intake, on=patient)
@@ -208,7 +338,8 @@ def fit_expected_response(
     n = len(obs)
     if n < 3:
         raise ValueError(
-            f"`data` has {n} follow-up score(s) after intake; the expected response needs at least 3."
+            f"`data` has {n} follow-up score(s) after intake; the expected response needs at "
+            "least 3."
         )
     centre = float(obs.groupby(patient, sort=False)["intake_score"].first().mean())
     log_t = np.log((obs[session] - obs["intake_session"] + 1).to_numpy(dtype=float))
@@ -220,6 +351,8 @@ def fit_expected_response(
             "The intake slope of the expected response is not identified: every patient with a "
             "follow-up score has the same intake score. Supply coefficients or a reference sample."
         )
+    if model == "multilevel":
+        return _fit_multilevel(obs, log_t, x0, y, centre, patient)
     beta, *_ = np.linalg.lstsq(X, y, rcond=None)
     resid = y - X @ beta
     sigma = math.sqrt(float(resid @ resid) / (n - 2)) if n > 2 else float("nan")
@@ -235,9 +368,42 @@ def fit_expected_response(
     )
 
 
+def _fit_multilevel(obs, log_t, x0, y, centre, patient) -> MultilevelExpectedResponse:
+    """Fit the multilevel expected response (see :func:`fit_expected_response`)."""
+    from .models import fit_model
+
+    frame = pd.DataFrame(
+        {
+            "etr_change": y,
+            "intake_c": x0 - centre,
+            "log_t": log_t,
+            "patient": obs[patient].astype(str).to_numpy(),
+        }
+    )
+    res = fit_model(
+        frame, "etr_change ~ intake_c * log_t + (1 + log_t | patient)", reml=True, name="etr"
+    ).to_dict()
+    fixed = {row["term"]: float(row["estimate"]) for row in res["fixed"]}
+    var = {row["term"]: float(row["variance"]) for row in res["random"]}
+    cov = [float(row["covariance"]) for row in res.get("covariances") or []]
+    return MultilevelExpectedResponse(
+        beta0=fixed["Intercept"],
+        beta1=fixed["intake_c"],
+        gamma0=fixed["log_t"],
+        gamma1=fixed["intake_c:log_t"],
+        centre=centre,
+        tau00=var["(Intercept)"],
+        tau01=cov[0] if cov else 0.0,
+        tau11=var["log_t"],
+        sigma=math.sqrt(float(res["residual_variance"])),
+        n_patients=int(frame["patient"].nunique()),
+        n_observations=len(frame),
+    )
+
+
 def on_track(
     data: pd.DataFrame,
-    model: ExpectedResponse,
+    model: ExpectedResponse | MultilevelExpectedResponse,
     *,
     score: str = "outcome",
     patient: str = "patient",
@@ -245,13 +411,13 @@ def on_track(
     direction: Direction,
     tolerance: float = 0.10,
 ) -> pd.DataFrame:
-    """On-track / not-on-track status of every session against the expected response.
+    r"""On-track / not-on-track status of every session against the expected response.
 
     Parameters
     ----------
     data : pandas.DataFrame
         Long format (one informant).
-    model : ExpectedResponse
+    model : ExpectedResponse or MultilevelExpectedResponse
         From :func:`fit_expected_response` or :meth:`ExpectedResponse.from_mapping`.
     score, patient, session : str
         Column names.
@@ -273,11 +439,14 @@ def on_track(
 
     Notes
     -----
-    With :math:`z = \\Phi^{-1}(1 - \\text{tolerance})`,
+    With :math:`z = \Phi^{-1}(1 - \text{tolerance})`,
 
     .. math::
 
-        L_t = \\hat x_t - z\\hat\\sigma, \\qquad U_t = \\hat x_t + z\\hat\\sigma,
+        L_t = \hat x_t - z\hat s_t, \qquad U_t = \hat x_t + z\hat s_t,
+
+    with :math:`\hat s_t = \hat\sigma` for the fixed model and the SD of a new
+    patient's score at *t* for the multilevel one (:meth:`MultilevelExpectedResponse.band_sd`),
 
     and a session is *not on track* when its score is worse than the alarm edge: below
     :math:`L_t` when higher is better, above :math:`U_t` when lower is better. A score on
@@ -294,8 +463,11 @@ def on_track(
     check_frame(data)
     check_columns(data, patient, session, score)
     check_sessions(data, patient, session)
-    if not isinstance(model, ExpectedResponse):
-        raise TypeError(f"`model` must be an ExpectedResponse; got {type(model).__name__}.")
+    if not isinstance(model, (ExpectedResponse, MultilevelExpectedResponse)):
+        raise TypeError(
+            "`model` must be an ExpectedResponse or a MultilevelExpectedResponse; "
+            f"got {type(model).__name__}."
+        )
     check_choice(direction, DIRECTIONS, "direction")
     tolerance = check_number(tolerance, "tolerance", minimum=0.0, maximum=0.5, strict_minimum=True)
     z = float(stats.norm.ppf(1.0 - tolerance))
@@ -306,8 +478,9 @@ def on_track(
     t = (out[session] - out["intake_session"].astype(float) + 1).to_numpy(dtype=float)
     expected = model.expected(out["intake_score"].to_numpy(dtype=float), t)
     out["etr_expected"] = expected
-    out["etr_lower"] = expected - z * model.sigma
-    out["etr_upper"] = expected + z * model.sigma
+    sd = model.band_sd(t)
+    out["etr_lower"] = expected - z * sd
+    out["etr_upper"] = expected + z * sd
     x = out[score].astype(float)
     if direction == "higher_is_better":
         off = x < out["etr_lower"]

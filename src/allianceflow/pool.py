@@ -3,9 +3,12 @@
 Two stages. Each study's model gives an r-equivalent of the alliance term
 (:func:`allianceflow.models.fit_model`, ``r = z / sqrt(z² + df)``, Rosenthal 1991). The
 r's are pooled on Fisher's z scale with a random-effects model whose between-study variance
-τ² comes from DerSimonian–Laird (``"dl"``) or Paule–Mandel (``"pm"``), using
-:func:`statsmodels.stats.meta_analysis.combine_effects`; the Hartung–Knapp–Sidik–Jonkman
-interval is an option. The pooled z and its interval are turned back into r and drawn in a
+τ² comes from restricted maximum likelihood (``"reml"``, metafor's default), DerSimonian–Laird
+(``"dl"``) or Paule–Mandel (``"pm"``, both from
+:func:`statsmodels.stats.meta_analysis.combine_effects`); the Hartung–Knapp–Sidik–Jonkman
+interval and metafor's two kinds of prediction interval are options, and both the Q-based and
+metafor's τ²-based I² are reported. The pooled z and its interval are turned back into r and
+drawn in a
 forest plot, beside a benchmark (by default Flückiger et al. 2018, r = .278) only when the
 pooled term is comparable with it: Flückiger et al. pooled between-patient correlations, so
 the default within-patient lagged term (``alliance_within_lag``) is shown without it.
@@ -31,6 +34,8 @@ Research of the National Bureau of Standards, 87*(5), 377–385.
 Rosenthal, R. (1991). *Meta-analytic procedures for social research* (rev. ed.). Sage.
 Sidik, K., & Jonkman, J. N. (2002). A simple confidence interval for meta-analysis.
 *Statistics in Medicine, 21*(21), 3153–3159.
+Viechtbauer, W. (2005). Bias and efficiency of meta-analytic variance estimators in the
+random-effects model. *Journal of Educational and Behavioral Statistics, 30*(3), 261–293.
 Viechtbauer, W. (2010). Conducting meta-analyses in R with the metafor package. *Journal of
 Statistical Software, 36*(3), 1–48.
 """
@@ -56,6 +61,9 @@ __all__ = [
     "inverse_fisher_z",
     "study_effects",
     "outcome_direction",
+    "PI_TYPES",
+    "reml_tau2",
+    "random_effects",
     "meta_analysis",
     "meta_table",
     "plot_forest",
@@ -65,15 +73,22 @@ __all__ = [
     "one_stage_model",
     "compare_stages",
     "pool_markdown",
-    "pool_stage",
-    "forest_figure_stage",
 ]
 
-Method = Literal["dl", "pm"]
+Method = Literal["reml", "dl", "pm"]
+PiType = Literal["default", "riley"]
 Direction = Literal["higher_is_better", "lower_is_better"]
 
 #: Random-effects estimators of τ² offered (statsmodels' names).
-METHODS: tuple[str, ...] = ("dl", "pm")
+METHODS: tuple[str, ...] = ("reml", "dl", "pm")
+#: Full names of the τ² estimators, for tables and notes.
+METHOD_NAMES: dict[str, str] = {
+    "reml": "restricted maximum likelihood",
+    "dl": "DerSimonian–Laird",
+    "pm": "Paule–Mandel",
+}
+#: Prediction intervals offered (metafor's ``predict.rma(pi.type = ...)`` names).
+PI_TYPES: tuple[str, ...] = ("default", "riley")
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,7 @@ class Benchmark:
     ci_high: float
 
     def __post_init__(self) -> None:
+        """Check that r and its interval lie in (-1, 1) and the interval holds r."""
         for name in ("r", "ci_low", "ci_high"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not -1.0 < float(value) < 1.0:
@@ -107,7 +123,7 @@ FLUCKIGER_2018 = Benchmark("Flückiger et al. (2018)", 0.278, 0.256, 0.299)
 
 def _check_method(method: Any) -> None:
     if method not in METHODS:
-        raise ValueError(f"`method` must be 'dl' or 'pm'; got {method!r}.")
+        raise ValueError(f"`method` must be 'reml', 'dl' or 'pm'; got {method!r}.")
 
 
 def _check_alpha(alpha: Any) -> None:
@@ -151,12 +167,12 @@ def _f(x: Any) -> float | None:
 
 
 def fisher_z(r):
-    """Fisher's variance-stabilising transform :math:`z = \\operatorname{artanh}(r)`."""
+    r"""Fisher's variance-stabilising transform :math:`z = \operatorname{artanh}(r)`."""
     return np.arctanh(r)
 
 
 def inverse_fisher_z(z):
-    """Back-transform :math:`r = \\tanh(z)`."""
+    r"""Back-transform :math:`r = \tanh(z)`."""
     return np.tanh(z)
 
 
@@ -195,7 +211,7 @@ def study_effects(
     term: str = "alliance_within_lag",
     directions: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """One row per study: the alliance term's r-equivalent and its effective sample size.
+    r"""Tabulate each study's alliance term: its r-equivalent and effective sample size.
 
     Parameters
     ----------
@@ -227,9 +243,9 @@ def study_effects(
 
     Notes
     -----
-    The r-equivalent :math:`r = z/\\sqrt{z^2 + \\nu}` (Rosenthal 1991) treats the Wald
+    The r-equivalent :math:`r = z/\sqrt{z^2 + \nu}` (Rosenthal 1991) treats the Wald
     statistic like a *t* with ν degrees of freedom, as for a correlation from
-    :math:`n = \\nu + 2` pairs; :func:`meta_analysis` then uses the usual Fisher-z sampling
+    :math:`n = \nu + 2` pairs; :func:`meta_analysis` then uses the usual Fisher-z sampling
     variance :math:`1/(n - 3)`.
     """
     if not results:
@@ -270,17 +286,232 @@ def study_effects(
 # --------------------------------------------------------------------------- meta-analysis
 
 
+def reml_tau2(yi, vi) -> float:
+    r"""REML estimate of the between-study variance τ² of a random-effects model.
+
+    Parameters
+    ----------
+    yi, vi : array-like
+        Study effects and their (known) sampling variances (> 0), at least two.
+
+    Returns
+    -------
+    float
+        :math:`\hat\tau^2_{REML} \ge 0`.
+
+    Notes
+    -----
+    With :math:`w_i = 1/(v_i + \tau^2)`, :math:`\hat\mu(\tau^2) = \sum w_i y_i / \sum w_i`
+    and :math:`P = W - w w^\top / \sum w_i`, the restricted log-likelihood
+    :math:`\ell_R = -\tfrac12 \sum \log(v_i + \tau^2) - \tfrac12 \log \sum w_i
+    - \tfrac12 \sum w_i (y_i - \hat\mu)^2` has the score
+
+    .. math::
+
+        \frac{\partial \ell_R}{\partial \tau^2} = \tfrac12\bigl(y^\top P P y -
+        \operatorname{tr} P\bigr) = \tfrac12\Bigl(\sum w_i^2 (y_i - \hat\mu)^2 -
+        \sum w_i + \frac{\sum w_i^2}{\sum w_i}\Bigr).
+
+    When the score at :math:`\tau^2 = 0` is not positive the estimate is 0 (the boundary);
+    otherwise it is the root of the score, bracketed by doubling and solved with Brent's
+    method to :math:`10^{-14}`. metafor (Viechtbauer 2005, 2010) reaches the same root by
+    Fisher scoring, :math:`\tau^2 \leftarrow \tau^2 + (y^\top PPy - \operatorname{tr}P)
+    / \operatorname{tr}(PP)`, stopping when a step is below ``threshold`` (1e-5 by default),
+    so with its defaults it agrees to about 1e-7 and with ``threshold = 1e-12`` to 1e-10
+    (tests/test_pool.py). statsmodels 0.15 offers DL and Paule–Mandel but not REML.
+
+    References
+    ----------
+    Viechtbauer, W. (2005). Bias and efficiency of meta-analytic variance estimators in the
+    random-effects model. *Journal of Educational and Behavioral Statistics, 30*(3), 261–293.
+    """
+    from scipy import optimize
+
+    y = np.asarray(yi, dtype=float)
+    v = np.asarray(vi, dtype=float)
+
+    def score(tau2: float) -> float:
+        w = 1.0 / (v + tau2)
+        mu = (w * y).sum() / w.sum()
+        return float((w**2 * (y - mu) ** 2).sum() - w.sum() + (w**2).sum() / w.sum())
+
+    if score(0.0) <= 0.0:
+        return 0.0
+    upper = max(float(np.var(y)), float(v.mean()), 1e-8)
+    while score(upper) > 0.0:
+        upper *= 2.0
+    return float(optimize.brentq(score, 0.0, upper, xtol=1e-14, rtol=4 * np.finfo(float).eps))
+
+
+def random_effects(
+    yi,
+    vi,
+    *,
+    method: Method = "reml",
+    hksj: bool = False,
+    pi_type: PiType = "default",
+    alpha: float = 0.05,
+) -> dict:
+    r"""Random-effects model of k effects with known sampling variances (metafor's ``rma``).
+
+    Parameters
+    ----------
+    yi, vi : array-like
+        Effects and their sampling variances (> 0); at least two.
+    method : {'reml', 'dl', 'pm'}, default 'reml'
+        Estimator of τ²: restricted maximum likelihood (:func:`reml_tau2`, metafor's
+        default), DerSimonian–Laird (1986) or Paule–Mandel (1982).
+    hksj : bool, default False
+        Knapp–Hartung (Hartung–Knapp–Sidik–Jonkman) inference, metafor's ``test = "knha"``:
+        the variance of :math:`\hat\mu` is multiplied by the weighted residual mean square
+        and the interval and test use :math:`t_{k-1}`.
+    pi_type : {'default', 'riley'}, default 'default'
+        The prediction interval, as metafor's ``predict.rma``: ``'default'`` uses the
+        critical value of the test (normal, or :math:`t_{k-1}` under ``hksj``);
+        ``'riley'`` uses :math:`t_{k-2}` (at least 1 df), as Higgins, Thompson &
+        Spiegelhalter (2009) and Riley, Higgins & Deeks (2011) propose.
+    alpha : float, default 0.05
+        One minus the confidence level.
+
+    Returns
+    -------
+    dict
+        ``pooled`` (``estimate, se, ci_low, ci_high, statistic, p, pi_low, pi_high,
+        distribution, pi_distribution``), ``fixed`` (``estimate, se``: the common-effect
+        model), ``heterogeneity`` (``q, df, p, tau2, tau, i2, h2, i2_tau2, h2_tau2``) and
+        ``weights`` (random-effects weights in %, in input order).
+
+    Notes
+    -----
+    With :math:`w_i^* = 1/(v_i + \hat\tau^2)`, :math:`\hat\mu = \sum w_i^* y_i / \sum
+    w_i^*` and :math:`\operatorname{SE}^2 = 1/\sum w_i^*`; under Knapp–Hartung
+    :math:`\operatorname{SE}^2 = \sum w_i^*(y_i - \hat\mu)^2 / ((k-1)\sum w_i^*)`, not
+    truncated below at the usual variance (metafor's default). The prediction interval is
+    :math:`\hat\mu \pm c\,\sqrt{\hat\tau^2 + \operatorname{SE}^2}` with *c* as under
+    ``pi_type``.
+
+    Two I² are reported, because they differ for every τ² estimator but DL:
+
+    - ``i2`` and ``h2``, Higgins & Thompson's (2002) Q-based
+      :math:`I^2_Q = \max(0, (Q - (k-1))/Q)` and :math:`H^2_Q = Q/(k-1)`, which do not
+      depend on the τ² estimator;
+    - ``i2_tau2`` and ``h2_tau2``, metafor's τ²-based :math:`I^2 = \hat\tau^2 /
+      (\hat\tau^2 + s^2)` and :math:`H^2 = (\hat\tau^2 + s^2)/s^2`, with the "typical"
+      within-study variance :math:`s^2 = (k-1)\sum w_i / ((\sum w_i)^2 - \sum w_i^2)`,
+      :math:`w_i = 1/v_i` (Higgins & Thompson 2002, eq. 9). This is what ``rma`` prints as
+      I² and H² (as a proportion here, a percentage there).
+
+    The common-effect fit, Q and the DL and PM τ² are
+    :func:`statsmodels.stats.meta_analysis.combine_effects`; its DL τ² is not truncated at
+    0, so a negative value is set to 0 (the common-effect model), and PM is iterated to
+    :math:`|Q_{gen} - (k-1)| < 10^{-10}`. On metafor's ``dat.bcg`` (log risk ratios from
+    ``escalc("RR")``) everything agrees with metafor 3.8-1 ``rma(method = "REML",
+    test = "z" | "knha")`` and ``predict(pi.type = "default" | "riley")`` to 1e-9
+    (tests/test_pool.py).
+
+    References
+    ----------
+    Riley, R. D., Higgins, J. P. T., & Deeks, J. J. (2011). Interpretation of random effects
+    meta-analyses. *BMJ, 342*, d549.
+    """
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    _check_method(method)
+    _check_alpha(alpha)
+    if not isinstance(hksj, (bool, np.bool_)):
+        raise TypeError(f"`hksj` must be True or False; got {hksj!r}.")
+    if pi_type not in PI_TYPES:
+        raise ValueError(f"`pi_type` must be 'default' or 'riley'; got {pi_type!r}.")
+    y = np.asarray(yi, dtype=float).ravel()
+    v = np.asarray(vi, dtype=float).ravel()
+    if y.shape != v.shape:
+        raise ValueError(f"`yi` and `vi` must have the same length; got {len(y)} and {len(v)}.")
+    if len(y) < 2:
+        raise ValueError(f"at least 2 effects are needed to pool; got {len(y)}.")
+    if not np.isfinite(y).all():
+        raise ValueError(f"`yi` must be finite; got {y[~np.isfinite(y)].tolist()}.")
+    if not (np.isfinite(v) & (v > 0)).all():
+        raise ValueError(f"`vi` must be positive and finite; got {v[~(v > 0)].tolist()}.")
+    k = len(y)
+    sm_method = "dl" if method == "reml" else method  # reml: only Q and the common effect
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # DL with a negative tau2 (set to 0)
+        res = combine_effects(
+            y,
+            v,
+            method_re=sm_method,
+            **({"atol": 1e-10, "maxiter": 1000} if sm_method == "pm" else {}),
+        )
+    tau2 = reml_tau2(y, v) if method == "reml" else float(max(res.tau2, 0.0))
+    ws = 1.0 / (v + tau2)
+    mu = float((ws * y).sum() / ws.sum())
+    if hksj:
+        se = math.sqrt(float((ws * (y - mu) ** 2).sum() / ((k - 1) * ws.sum())))
+        crit = float(stats.t.isf(alpha / 2, k - 1))
+        stat = mu / se
+        p = float(2 * stats.t.sf(abs(stat), k - 1))
+        distribution = f"t({k - 1})"
+    else:
+        se = math.sqrt(1.0 / float(ws.sum()))
+        crit = float(stats.norm.isf(alpha / 2))
+        stat = mu / se
+        p = float(2 * stats.norm.sf(abs(stat)))
+        distribution = "normal"
+    if pi_type == "riley":
+        pi_df = max(1, k - 2)
+        pi_crit = float(stats.t.isf(alpha / 2, pi_df))
+        pi_distribution = f"t({pi_df})"
+    else:
+        pi_crit, pi_distribution = crit, distribution
+    half = pi_crit * math.sqrt(tau2 + se**2)
+    q = float(res.q)
+    w = 1.0 / v
+    s2 = (k - 1) * w.sum() / (w.sum() ** 2 - (w**2).sum())
+    return {
+        "pooled": {
+            "estimate": mu,
+            "se": se,
+            "ci_low": mu - crit * se,
+            "ci_high": mu + crit * se,
+            "statistic": stat,
+            "p": p,
+            "pi_low": mu - half,
+            "pi_high": mu + half,
+            "distribution": distribution,
+            "pi_distribution": pi_distribution,
+        },
+        "fixed": {"estimate": float(res.mean_effect_fe), "se": float(res.sd_eff_w_fe)},
+        "heterogeneity": {
+            "q": q,
+            "df": int(k - 1),
+            "p": float(stats.chi2.sf(q, k - 1)),
+            "tau2": tau2,
+            "tau": math.sqrt(tau2),
+            "i2": max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0,
+            "h2": q / (k - 1),
+            "i2_tau2": tau2 / (tau2 + s2),
+            "h2_tau2": (tau2 + s2) / s2,
+        },
+        "weights": (100.0 * ws / ws.sum()).tolist(),
+    }
+
+
 def meta_analysis(
     effects: pd.DataFrame,
     *,
     study: str = "study",
     r: str = "r",
     n: str = "n",
-    method: Method = "dl",
-    hksj: bool = False,
+    method: Method = "pm",
+    hksj: bool = True,
+    pi_type: PiType = "default",
     alpha: float = 0.05,
 ) -> dict:
-    """Random-effects meta-analysis of correlations on Fisher's z scale.
+    r"""Random-effects meta-analysis of correlations on Fisher's z scale.
+
+    The defaults are the pipeline's (config ``pool``: Paule–Mandel τ² with the
+    Hartung–Knapp–Sidik–Jonkman interval), so a notebook and the pipeline give the same
+    analysis.
 
     Parameters
     ----------
@@ -289,24 +520,33 @@ def meta_analysis(
         :func:`study_effects`).
     study, r, n : str
         Column names of the study label, the correlation and the sample size (> 3).
-    method : {'dl', 'pm'}, default 'dl'
-        Estimator of the between-study variance τ²: DerSimonian–Laird (1986) method of
-        moments, or Paule–Mandel (1982), which solves the generalised Q equation.
-    hksj : bool, default False
+    method : {'reml', 'dl', 'pm'}, default 'pm'
+        Estimator of the between-study variance τ²: restricted maximum likelihood
+        (metafor's default), DerSimonian–Laird (1986) method of moments, or Paule–Mandel
+        (1982), which solves the generalised Q equation and is recommended by Veroniki et
+        al. (2016, Research Synthesis Methods 7, 55-79).
+    hksj : bool, default True
         Use the Hartung–Knapp–Sidik–Jonkman interval: the variance of the pooled z is
         rescaled by the weighted residual mean square and the interval uses
-        :math:`t_{k-1}` instead of the normal.
+        :math:`t_{k-1}` instead of the normal; recommended with few studies (IntHout et
+        al. 2014, BMC Medical Research Methodology 14, 25).
+    pi_type : {'default', 'riley'}, default 'default'
+        The prediction interval as metafor's ``predict.rma`` computes it: with the test's
+        critical value (normal, or :math:`t_{k-1}` under HKSJ), or ``'riley'`` with
+        :math:`t_{k-2}` (Higgins, Thompson & Spiegelhalter 2009; at least 1 df).
     alpha : float, default 0.05
         One minus the confidence level.
 
     Returns
     -------
     dict
-        JSON-ready: ``method, hksj, alpha, k, studies`` (rows: ``study, r, n, z, variance,
-        ci_low, ci_high, weight`` — r-scale CI, random-effects weight in %), ``pooled``
-        (``z, se, ci_low_z, ci_high_z, r, ci_low, ci_high, statistic, p, pi_low,
-        pi_high, distribution``), ``fixed`` (the common-effect z, se and r),
-        ``heterogeneity`` (``q, df, p, tau2, tau, i2, h2``).
+        JSON-ready: ``method, hksj, pi_type, alpha, k, studies`` (rows: ``study, r, n, z,
+        variance, ci_low, ci_high, weight`` — r-scale CI, random-effects weight in %),
+        ``pooled`` (``z, se, ci_low_z, ci_high_z, r, ci_low, ci_high, statistic, p, pi_low,
+        pi_high, distribution, pi_distribution``), ``fixed`` (the common-effect z, se and
+        r), ``heterogeneity`` (``q, df, p, tau2, tau, i2, h2, i2_tau2, h2_tau2``: ``i2`` and
+        ``h2`` are Higgins & Thompson's Q-based ones, ``i2_tau2`` and ``h2_tau2`` metafor's
+        τ²-based ones; see :func:`random_effects`).
 
     Raises
     ------
@@ -314,63 +554,56 @@ def meta_analysis(
         A named column is missing.
     ValueError
         Fewer than two studies, an r outside (−1, 1), an n of 3 or less, a duplicated study
-        label, a bad ``method`` or ``alpha``.
+        label, a bad ``method``, ``pi_type`` or ``alpha``.
 
     Notes
     -----
-    With :math:`y_i = \\operatorname{artanh}(r_i)`, :math:`v_i = 1/(n_i - 3)`,
+    With :math:`y_i = \operatorname{artanh}(r_i)`, :math:`v_i = 1/(n_i - 3)`,
     :math:`w_i = 1/v_i`, the heterogeneity statistic is
-    :math:`Q = \\sum w_i (y_i - \\bar y_w)^2` on :math:`k-1` df and
+    :math:`Q = \sum w_i (y_i - \bar y_w)^2` on :math:`k-1` df and
 
     .. math::
 
-        \\hat\\tau^2_{DL} = \\max\\Bigl(0, \\frac{Q - (k-1)}{\\sum w_i - \\sum w_i^2/\\sum w_i}\\Bigr),
-        \\qquad
-        \\sum_i \\frac{(y_i - \\hat\\mu(\\tau^2))^2}{v_i + \\tau^2} = k - 1 \\;\\text{for}\\;
-        \\hat\\tau^2_{PM}
+        \hat\tau^2_{DL} = \max\Bigl(0, \frac{Q - (k-1)}{\sum w_i - \sum w_i^2/\sum w_i}\Bigr),
+        \qquad
+        \sum_i \frac{(y_i - \hat\mu(\tau^2))^2}{v_i + \tau^2} = k - 1 \;\text{for}\;
+        \hat\tau^2_{PM}
 
-    (0 when the left side is below :math:`k-1` at :math:`\\tau^2 = 0`). The pooled
-    :math:`\\hat\\mu = \\sum w_i^* y_i / \\sum w_i^*` with :math:`w_i^* = 1/(v_i +
-    \\hat\\tau^2)` has :math:`\\operatorname{SE} = (\\sum w_i^*)^{-1/2}`; under HKSJ,
-    :math:`\\operatorname{SE}^2 = \\sum w_i^*(y_i - \\hat\\mu)^2 / ((k-1)\\sum w_i^*)`
-    with :math:`t_{k-1}` quantiles. :math:`I^2 = \\max(0, (Q - (k-1))/Q)` and
-    :math:`H^2 = Q/(k-1)` (Higgins & Thompson 2002) do not depend on the τ² estimator
-    (metafor reports a τ²-based I² instead, which equals this one for DL only). The
-    prediction interval is :math:`\\hat\\mu \\pm t_{k-2}\\sqrt{\\hat\\tau^2 +
-    \\operatorname{SE}^2}` (Higgins, Thompson & Spiegelhalter 2009; needs k ≥ 3).
-    Everything is back-transformed with :math:`\\tanh`.
-
-    The computation is :func:`statsmodels.stats.meta_analysis.combine_effects`. Its DL
-    τ² is not truncated at 0; when Q < k − 1 we take the Paule–Mandel result instead,
-    which is then exactly the truncated DL answer (τ² = 0, the common-effect model).
-    Paule–Mandel is iterated to :math:`|Q_{gen} - (k-1)| < 10^{-10}`.
+    (0 when the left side is below :math:`k-1` at :math:`\tau^2 = 0`); REML is
+    :func:`reml_tau2`. The pooled :math:`\hat\mu = \sum w_i^* y_i / \sum w_i^*` with
+    :math:`w_i^* = 1/(v_i + \hat\tau^2)` has :math:`\operatorname{SE} = (\sum
+    w_i^*)^{-1/2}`; under HKSJ, :math:`\operatorname{SE}^2 = \sum w_i^*(y_i - \hat\mu)^2 /
+    ((k-1)\sum w_i^*)` with :math:`t_{k-1}` quantiles. The prediction interval is
+    :math:`\hat\mu \pm c\sqrt{\hat\tau^2 + \operatorname{SE}^2}` (see ``pi_type``).
+    Everything is back-transformed with :math:`\tanh`; the computation is
+    :func:`random_effects`.
 
     On the 16 correlations of Molloy et al. (2014) (metafor's ``dat.molloy2014``) the DL
     results agree with metafor 3.8-1 (``rma(yi, vi, method = "DL", test = "z" | "knha")``)
     to 1e-9; PM τ² is the exact root of the equation above (to 1e-12), which metafor's
-    default tolerance reaches to 3e-7 (tests/test_pool.py).
+    default tolerance reaches to 3e-7; REML on the first 2 and 5 of these studies agrees
+    with metafor to 1e-9 (tests/test_pool.py).
 
     Examples
     --------
     >>> import pandas as pd
-    >>> effects = pd.DataFrame({"study": ["a", "b", "c"], "r": [0.2, 0.3, 0.25], "n": [103, 203, 53]})
+    >>> effects = pd.DataFrame(
+    ...     {"study": ["a", "b", "c"], "r": [0.2, 0.3, 0.25], "n": [103, 203, 53]}
+    ... )
     >>> res = meta_analysis(effects)
     >>> round(res["pooled"]["r"], 4), res["heterogeneity"]["tau2"]
     (0.2648, 0.0)
     """
-    from statsmodels.stats.meta_analysis import combine_effects
-
     _check_method(method)
     _check_alpha(alpha)
-    if not isinstance(hksj, (bool, np.bool_)):
-        raise TypeError(f"`hksj` must be True or False; got {hksj!r}.")
     _check_columns(effects, [study, r, n])
     if len(effects) < 2:
         raise ValueError(f"`effects` must hold at least 2 studies to pool; got {len(effects)}.")
     labels = effects[study].astype(str)
     if labels.duplicated().any():
         raise ValueError(
-            f"study labels in column {study!r} must be unique; {labels[labels.duplicated()].tolist()} repeat."
+            f"study labels in column {study!r} must be unique; "
+            f"{labels[labels.duplicated()].tolist()} repeat."
         )
     rr = effects[r].to_numpy(dtype=float)
     nn = effects[n].to_numpy(dtype=float)
@@ -386,51 +619,9 @@ def meta_analysis(
     y = fisher_z(rr)
     v = 1.0 / (nn - 3.0)
     k = len(y)
-    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # DL with a negative tau2 (handled below)
-        res = combine_effects(
-            y,
-            v,
-            method_re=method,
-            row_names=list(labels),
-            use_t=bool(hksj),
-            alpha=alpha,
-            **({"atol": 1e-10, "maxiter": 1000} if method == "pm" else {}),
-        )
-    if res.tau2 < 0:  # DL with Q < k - 1: truncate at 0 (== PM result, the common-effect model)
-        res = combine_effects(
-            y,
-            v,
-            method_re="pm",
-            row_names=list(labels),
-            use_t=bool(hksj),
-            alpha=alpha,
-            atol=1e-10,
-            maxiter=1000,
-        )
-    tau2 = float(max(res.tau2, 0.0))
-    mu = float(res.mean_effect_re)
-    if hksj:
-        se = float(math.sqrt(res.var_hksj_re))
-        crit = float(stats.t.isf(alpha / 2, k - 1))
-        stat = mu / se
-        p = float(2 * stats.t.sf(abs(stat), k - 1))
-        distribution = f"t({k - 1})"
-    else:
-        se = float(res.sd_eff_w_re)
-        crit = float(stats.norm.isf(alpha / 2))
-        stat = mu / se
-        p = float(2 * stats.norm.sf(abs(stat)))
-        distribution = "normal"
-    lo_z, hi_z = mu - crit * se, mu + crit * se
-    if k >= 3:
-        half = float(stats.t.isf(alpha / 2, k - 2)) * math.sqrt(tau2 + se**2)
-        pi = (float(np.tanh(mu - half)), float(np.tanh(mu + half)))
-    else:
-        pi = (None, None)
-    q = float(res.q)
-    i2 = max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
-    weights = res.weights_rel_re * 100.0
+    fit = random_effects(y, v, method=method, hksj=hksj, pi_type=pi_type, alpha=alpha)
+    pooled, het = fit["pooled"], fit["heterogeneity"]
+    mu = pooled["estimate"]
     zcrit = float(stats.norm.isf(alpha / 2))
     studies = [
         {
@@ -441,49 +632,43 @@ def meta_analysis(
             "variance": _f(v[i]),
             "ci_low": _f(np.tanh(y[i] - zcrit * math.sqrt(v[i]))),
             "ci_high": _f(np.tanh(y[i] + zcrit * math.sqrt(v[i]))),
-            "weight": _f(weights[i]),
+            "weight": _f(fit["weights"][i]),
         }
         for i in range(k)
     ]
     return {
         "method": method,
         "hksj": bool(hksj),
+        "pi_type": pi_type,
         "alpha": float(alpha),
         "k": int(k),
         "studies": studies,
         "pooled": {
             "z": _f(mu),
-            "se": _f(se),
-            "ci_low_z": _f(lo_z),
-            "ci_high_z": _f(hi_z),
+            "se": _f(pooled["se"]),
+            "ci_low_z": _f(pooled["ci_low"]),
+            "ci_high_z": _f(pooled["ci_high"]),
             "r": _f(np.tanh(mu)),
-            "ci_low": _f(np.tanh(lo_z)),
-            "ci_high": _f(np.tanh(hi_z)),
-            "statistic": _f(stat),
-            "p": _f(p),
-            "pi_low": _f(pi[0]),
-            "pi_high": _f(pi[1]),
-            "distribution": distribution,
+            "ci_low": _f(np.tanh(pooled["ci_low"])),
+            "ci_high": _f(np.tanh(pooled["ci_high"])),
+            "statistic": _f(pooled["statistic"]),
+            "p": _f(pooled["p"]),
+            "pi_low": _f(np.tanh(pooled["pi_low"])),
+            "pi_high": _f(np.tanh(pooled["pi_high"])),
+            "distribution": pooled["distribution"],
+            "pi_distribution": pooled["pi_distribution"],
         },
         "fixed": {
-            "z": _f(res.mean_effect_fe),
-            "se": _f(res.sd_eff_w_fe),
-            "r": _f(np.tanh(res.mean_effect_fe)),
+            "z": _f(fit["fixed"]["estimate"]),
+            "se": _f(fit["fixed"]["se"]),
+            "r": _f(np.tanh(fit["fixed"]["estimate"])),
         },
-        "heterogeneity": {
-            "q": _f(q),
-            "df": int(k - 1),
-            "p": _f(stats.chi2.sf(q, k - 1)),
-            "tau2": _f(tau2),
-            "tau": _f(math.sqrt(tau2)),
-            "i2": _f(i2),
-            "h2": _f(q / (k - 1)),
-        },
+        "heterogeneity": {key: (_f(val) if key != "df" else val) for key, val in het.items()},
     }
 
 
 def meta_table(result: dict) -> pd.DataFrame:
-    """The forest plot as a table: one row per study, then the pooled row.
+    """Tabulate the forest plot: one row per study, then the pooled row.
 
     Returns
     -------
@@ -528,7 +713,7 @@ def plot_forest(
     comparable : bool, default False
         Whether the pooled term estimates the same quantity as the benchmark. Flückiger et
         al. (2018) pooled between-patient alliance–outcome correlations, so only a pooled
-        ``alliance_between`` is comparable (:func:`forest_figure_stage` sets
+        ``alliance_between`` is comparable (:func:`allianceflow.stages.meta_forest_figure_stage` sets
         ``comparable = term == "alliance_between"``). When False the band is not drawn and
         a one-line note under the plot says why; the default within-patient lagged effect
         (``alliance_within_lag``) answers a different question and is typically smaller.
@@ -554,7 +739,7 @@ def plot_forest(
         fig, ax = plt.subplots(figsize=(TWO_COLUMNS, max(ONE_COLUMN * 0.8, 1.0 + 0.35 * (k + 2))))
         ys = np.arange(k, 0, -1) + 1.0
         max_w = max(s["weight"] for s in studies)
-        for yy, s in zip(ys, studies):
+        for yy, s in zip(ys, studies, strict=True):
             ax.plot([s["ci_low"], s["ci_high"]], [yy, yy], color="#000000", lw=1)
             ax.plot(
                 s["r"],
@@ -577,7 +762,10 @@ def plot_forest(
                 color="#009E73",
                 ls="--",
                 lw=1,
-                label=f"{benchmark.label}: r = {benchmark.r:.3f} [{benchmark.ci_low:.3f}, {benchmark.ci_high:.3f}]",
+                label=(
+                    f"{benchmark.label}: r = {benchmark.r:.3f} "
+                    f"[{benchmark.ci_low:.3f}, {benchmark.ci_high:.3f}]"
+                ),
             )
             ax.legend(loc="upper left", frameon=False, fontsize="small")
         ax.axvline(0.0, color="#999999", lw=0.8)
@@ -700,7 +888,8 @@ def _stack(tables, *, directions, standardise, alliance, outcome, study, ids):
                         else f"component {base!r}"
                     )
                     raise ValueError(
-                        f"study {name!r}: the {label} column has no variation (SD = {sd}); cannot standardise."
+                        f"study {name!r}: the {label} column has no variation (SD = {sd}); "
+                        "cannot standardise."
                     )
                 moments[base] = (float(frame[base].mean()), sd, sign if base == outcome else 1.0)
             for col, (base, kind) in plan.items():
@@ -854,7 +1043,7 @@ def one_stage_model(
             )
     if "| study)" not in formula.replace(" ", "").replace("|study)", "| study)"):
         formula = f"{formula} + (1 | study)"
-    result = fit_model(stacked, formula, reml=reml, name=name)
+    result = fit_model(stacked, formula, reml=reml, name=name, min_levels=2).to_dict()
     result["studies"] = sorted(tables)
     result["standardised"] = bool(standardise)
     return result
@@ -863,7 +1052,7 @@ def one_stage_model(
 def compare_stages(
     meta: dict, one_stage: dict, *, term: str = "alliance_within_lag"
 ) -> pd.DataFrame:
-    """The pooled two-stage r beside the one-stage model's r-equivalent for the same term.
+    """Set the pooled two-stage r beside the one-stage model's r-equivalent for the same term.
 
     Returns
     -------
@@ -906,7 +1095,7 @@ def compare_stages(
     )
 
 
-# --------------------------------------------------------------------------- pipeline stages
+# --------------------------------------------------------------------------- rendering
 
 
 def pool_markdown(meta: dict, comparison: pd.DataFrame | None = None) -> str:
@@ -931,7 +1120,7 @@ def pool_markdown(meta: dict, comparison: pd.DataFrame | None = None) -> str:
         "**Alliance–outcome correlation, random-effects meta-analysis**\n",
         shown.to_markdown(index=False, disable_numparse=True),
         "",
-        f"*Note.* Fisher-z pooling, τ² by {'Paule–Mandel' if meta['method'] == 'pm' else 'DerSimonian–Laird'}"
+        f"*Note.* Fisher-z pooling, τ² by {METHOD_NAMES.get(meta['method'], meta['method'])}"
         f"{', Hartung–Knapp–Sidik–Jonkman interval' if meta['hksj'] else ''}. "
         f"Q({het['df']}) = {het['q']:.2f}, p = {het['p']:.3g}; I² = {100 * het['i2']:.1f}%; "
         f"τ² = {het['tau2']:.4f} (z scale)."
@@ -958,70 +1147,3 @@ def pool_markdown(meta: dict, comparison: pd.DataFrame | None = None) -> str:
             comp.to_markdown(index=False, disable_numparse=True),
         ]
     return "\n".join(parts) + "\n"
-
-
-def pool_stage(
-    *,
-    models: Mapping[str, Any],
-    analyses: Mapping[str, Any],
-    directions: Mapping[str, str],
-    formula: str,
-    reml: bool = True,
-    term: str = "alliance_within_lag",
-    method: Method = "pm",
-    hksj: bool = True,
-    alpha: float = 0.05,
-    one_stage: bool = True,
-    standardise: bool = True,
-    meta_json,
-    table_csv,
-    table_md,
-    one_stage_json,
-    comparison_csv,
-) -> None:
-    """Pool the studies' fitted models (two stages) and refit the stacked data (one stage).
-
-    *models* and *analyses* map study names to the fit stage's JSON and the derive stage's
-    analysis table. Writes the meta-analysis (JSON), its table (CSV, Markdown), the
-    one-stage model (JSON; ``{"skipped": true}`` when ``one_stage`` is false) and the
-    comparison of the two (CSV).
-    """
-    from . import io
-
-    results = {name: io.read_json(path) for name, path in models.items()}
-    effects = study_effects(results, term=term, directions=directions)
-    meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha)
-    meta["term"] = term
-    comparison = None
-    if one_stage:
-        tables = {name: io.read_table(path) for name, path in analyses.items()}
-        one = one_stage_model(
-            tables, formula, directions=directions, reml=reml, standardise=standardise
-        )
-        comparison = compare_stages(meta, one, term=term)
-    else:
-        one = {"skipped": True}
-        comparison = pd.DataFrame(
-            columns=["approach", "r", "ci_low", "ci_high", "estimate", "se", "p"]
-        )
-    io.write_json(meta, meta_json)
-    io.write_table(meta_table(meta), table_csv)
-    io.write_text(pool_markdown(meta, comparison if one_stage else None), table_md)
-    io.write_json(one, one_stage_json)
-    io.write_table(comparison, comparison_csv)
-
-
-def forest_figure_stage(meta_json, *, benchmark: Mapping[str, Any] | None, outputs) -> None:
-    """Draw the forest plot of a saved meta-analysis in every format asked for.
-
-    The benchmark band is drawn only when the pooled term (``meta["term"]``, written by
-    :func:`pool_stage`) is ``alliance_between``, the between-patient association the
-    benchmark estimates; otherwise the figure notes that it is not comparable.
-    """
-    from . import io
-    from .figures import save_figure
-
-    mark = None if not benchmark else Benchmark(**benchmark)
-    meta = io.read_json(meta_json)
-    term = meta.get("term", "alliance_within_lag")
-    save_figure(plot_forest(meta, benchmark=mark, comparable=term == "alliance_between"), outputs)

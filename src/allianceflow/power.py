@@ -48,9 +48,6 @@ __all__ = [
     "summarise_power",
     "plot_power_curve",
     "power_markdown",
-    "power_chunk_stage",
-    "power_summary_stage",
-    "power_curve_stage",
 ]
 
 #: The model fitted to each replication: the alliance_outcome model plus the feedback x
@@ -376,7 +373,7 @@ def run_power_chunk(
     for seed in seeds:
         data = simulate_power_data(design, seed=int(seed))
         try:
-            result = fit_model(data, formula, reml=True, name=label)
+            result = fit_model(data, formula, reml=True, name=label, min_levels=2).to_dict()
         except (ValueError, np.linalg.LinAlgError) as error:
             for term in TERMS:
                 rows.append(
@@ -575,7 +572,7 @@ def plot_power_curve(
     return fig
 
 
-# --------------------------------------------------------------------------- pipeline stages
+# --------------------------------------------------------------------------- rendering
 
 
 def power_markdown(summary: pd.DataFrame) -> str:
@@ -619,62 +616,3 @@ def power_markdown(summary: pd.DataFrame) -> str:
         + note
         + "\n"
     )
-
-
-def power_chunk_stage(
-    *,
-    design: Mapping[str, Any],
-    seeds: Sequence[int],
-    label: str,
-    fitted=None,
-    vary: str | None = None,
-    alliance_items: int = 12,
-    formula: str = DEFAULT_FORMULA,
-    alpha: float = 0.05,
-    output,
-) -> None:
-    """Run one chunk of replications and write its rows (CSV).
-
-    With *fitted* (a fit stage JSON of a WAI-SR + ORS study) the effects and ICCs come
-    from that fitted study (:func:`design_from_model`) and *design* supplies the rest
-    (sizes, dropout, the feedback effect unless the model has one). *vary* names the
-    parameter varied across designs (config ``power.vary.parameter``): its value in
-    *design* is passed as an override, so it wins over the fitted model's value (else
-    varying ``within_effect``, an ICC or ``outcome_variance`` would change nothing).
-    """
-    from . import io
-
-    if vary is not None and vary not in design:
-        raise KeyError(
-            f"`vary` must name a parameter given in `design`; got {vary!r}, `design` has {sorted(design)}."
-        )
-    if fitted:
-        overrides = {vary: design[vary]} if vary is not None else {}
-        plan = design_from_model(
-            io.read_json(fitted), alliance_items=alliance_items, base=dict(design), **overrides
-        )
-    else:
-        plan = _check_design(dict(design))
-    io.write_table(run_power_chunk(plan, seeds, formula=formula, alpha=alpha, label=label), output)
-
-
-def power_summary_stage(
-    chunks: Sequence[Any], *, designs: Mapping[str, Mapping[str, Any]], csv, md
-) -> None:
-    """Merge every chunk and write the power table (CSV, Markdown)."""
-    from . import io
-
-    summary = summarise_power(
-        [io.read_table(path) for path in chunks],
-        designs={k: _check_design(dict(v)) for k, v in designs.items()},
-    )
-    io.write_table(summary, csv)
-    io.write_text(power_markdown(summary), md)
-
-
-def power_curve_stage(summary_csv, *, x: str = "n_patients", outputs) -> None:
-    """Draw the power curve from the power table in every format asked for."""
-    from . import io
-    from .figures import save_figure
-
-    save_figure(plot_power_curve(io.read_table(summary_csv), x=x), outputs)

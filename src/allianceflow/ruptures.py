@@ -76,7 +76,7 @@ def detect_ruptures(
     repair_within: int = 3,
     across_gaps: bool = False,
 ) -> pd.DataFrame:
-    """Detect alliance ruptures as drops in session alliance, and their repair.
+    r"""Detect alliance ruptures as drops in session alliance, and their repair.
 
     Parameters
     ----------
@@ -122,12 +122,12 @@ def detect_ruptures(
 
     .. math::
 
-        D_s = A_{p(s)} - A_s, \\qquad
-        \\text{rupture at } s \\iff D_s \\ge \\tau_i, \\qquad
-        \\tau_i = \\begin{cases} k\\,SD_i & \\text{patient\\_sd} \\\\ k & \\text{fixed} \\end{cases}
+        D_s = A_{p(s)} - A_s, \qquad
+        \text{rupture at } s \iff D_s \ge \tau_i, \qquad
+        \tau_i = \begin{cases} k\,SD_i & \text{patient\_sd} \\ k & \text{fixed} \end{cases}
 
-    and the rupture is repaired when some :math:`s < s' \\le s + K` has
-    :math:`A_{s'} \\ge A_{p(s)}` (ties count as repaired). :math:`SD_i` is the sample SD
+    and the rupture is repaired when some :math:`s < s' \le s + K` has
+    :math:`A_{s'} \ge A_{p(s)}` (ties count as repaired). :math:`SD_i` is the sample SD
     (ddof 1) of the patient's observed alliance scores; a patient with fewer than two, or
     with constant ratings, has no detectable rupture under ``'patient_sd'``. A drop equal
     to the threshold is a rupture. Each qualifying drop is one rupture, so a slide over
@@ -228,14 +228,16 @@ def detect_ruptures(
 
 
 def _contiguous_group_sd(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Sample SD (ddof 1, missing values skipped) of each run of equal *codes*, on every row.
+    r"""Sample SD (ddof 1, missing values skipped) of each run of equal *codes*, on every row.
 
     The rows of a group must be contiguous. Groups of equal length are stacked into one
     matrix and reduced along its rows with the two-pass formula of
     :meth:`pandas.Series.std`, so each SD is bit for bit the one ``Series.std`` gives for
     that group alone:
 
-    .. math:: SD = \\sqrt{\\frac{\\sum_t (x_t - \\bar x)^2}{n - 1}}, \\quad n \\ge 2 \\text{ observed values.}
+    .. math::
+
+        SD = \sqrt{\frac{\sum_t (x_t - \bar x)^2}{n - 1}}, \quad n \ge 2 \text{ observed values.}
     """
     out = np.empty(len(values), dtype="float64")
     if len(values) == 0:
@@ -320,7 +322,8 @@ def coded_ruptures(
     >>> import pandas as pd
     >>> df = pd.DataFrame({"patient": ["a", "a", "a", "b"],
     ...                    "rupture": ["none", "withdrawal", None, "confrontation"]})
-    >>> coded_ruptures(df)[["n_withdrawal", "n_coded_ruptures", "n_coded_sessions"]].to_numpy().tolist()
+    >>> out = coded_ruptures(df)
+    >>> out[["n_withdrawal", "n_coded_ruptures", "n_coded_sessions"]].to_numpy().tolist()
     [[1, 1, 2], [0, 1, 1]]
     """
     check_frame(data)

@@ -3,8 +3,9 @@
 ``score_sessions`` turns the item columns of the canonical session table into totals,
 subscale scores, answered-item counts and proration flags, following each instrument's
 YAML file (see :mod:`allianceflow.instruments`). ``reliability`` reports Cronbach's alpha
-and McDonald's omega total, each with a 95% confidence interval, per instrument, scale and
-occasion (first session, and pooled over sessions).
+(raw, with a 95% confidence interval, and standardised, as psych's ``raw_alpha`` and
+``std.alpha``) and McDonald's omega total with a 95% confidence interval, per instrument,
+scale and occasion (first session, and pooled over sessions).
 """
 
 from __future__ import annotations
@@ -20,10 +21,21 @@ from scipy import optimize
 
 from allianceflow.instruments import Instrument, load_instrument
 
-__all__ = ["score_sessions", "reliability", "omega_total", "score_columns", "RELIABILITY_COLUMNS"]
+__all__ = [
+    "score_sessions",
+    "reliability",
+    "cronbach_alpha",
+    "omega_total",
+    "score_columns",
+    "RELIABILITY_COLUMNS",
+    "ALPHA_MISSING",
+]
 
 Occasion = Literal["first", "pooled"]
 _OCCASIONS = ("first", "pooled")
+AlphaMissing = Literal["listwise", "pairwise"]
+#: How alpha treats rows with a missing item: complete cases, or psych's pairwise covariances.
+ALPHA_MISSING: tuple[str, ...] = ("listwise", "pairwise")
 
 RELIABILITY_COLUMNS = [
     "instrument",
@@ -34,6 +46,7 @@ RELIABILITY_COLUMNS = [
     "alpha",
     "alpha_ci_low",
     "alpha_ci_high",
+    "std_alpha",
     "omega",
     "omega_ci_low",
     "omega_ci_high",
@@ -127,8 +140,9 @@ def score_columns(inst: Instrument | str) -> list[str]:
 
     Examples
     --------
-    >>> score_columns("wai_sr")
-    ['wai_sr_total', 'wai_sr_task', 'wai_sr_bond', 'wai_sr_goal', 'wai_sr_n_items', 'wai_sr_prorated']
+    >>> score_columns("wai_sr")  # doctest: +NORMALIZE_WHITESPACE
+    ['wai_sr_total', 'wai_sr_task', 'wai_sr_bond', 'wai_sr_goal', 'wai_sr_n_items',
+     'wai_sr_prorated']
     """
     inst = load_instrument(inst) if not isinstance(inst, Instrument) else inst
     return (
@@ -313,10 +327,10 @@ def _no_proration(inst: Instrument) -> Instrument:
 
 
 def _fit_one_factor(S: np.ndarray, start: np.ndarray | None = None):
-    """Maximum-likelihood one-factor model of a covariance matrix.
+    r"""Maximum-likelihood one-factor model of a covariance matrix.
 
-    Minimises :math:`F = \\log|\\Sigma| + \\mathrm{tr}(S\\Sigma^{-1})` with
-    :math:`\\Sigma = \\lambda\\lambda^\\top + \\Psi` (Joreskog, 1967), on the correlation
+    Minimises :math:`F = \log|\Sigma| + \mathrm{tr}(S\Sigma^{-1})` with
+    :math:`\Sigma = \lambda\lambda^\top + \Psi` (Joreskog, 1967), on the correlation
     scale (ML is scale invariant) with analytic gradient; uniquenesses are kept positive
     by a log parameterisation. Returns loadings, uniquenesses (covariance scale) and the
     optimiser's parameter vector (for warm starts).
@@ -360,6 +374,100 @@ def _omega_from_cov(S: np.ndarray, start=None):
     lam, psi, theta = _fit_one_factor(S, start)
     common = lam.sum() ** 2
     return common / (common + psi.sum()), theta
+
+
+def cronbach_alpha(
+    items: pd.DataFrame, *, missing: AlphaMissing = "listwise", ci: float = 0.95
+) -> dict[str, float]:
+    r"""Cronbach's alpha (raw, with Feldt's CI) and standardised alpha, as psych's ``alpha``.
+
+    Parameters
+    ----------
+    items : pandas.DataFrame
+        One column per item (already reverse-keyed), one row per response; at least two
+        items and two rows.
+    missing : {'listwise', 'pairwise'}, default 'listwise'
+        ``'listwise'``: only rows with every item answered (psych's ``use =
+        "complete.obs"``, pingouin's ``nan_policy = "listwise"``), so alpha describes one
+        set of respondents. ``'pairwise'``: each item covariance from the rows answering
+        both items (psych's default ``use = "pairwise"``), so every answer counts but the
+        covariance matrix mixes respondents and need not be positive definite.
+    ci : float, default 0.95
+        Confidence level of Feldt's interval.
+
+    Returns
+    -------
+    dict
+        ``alpha, alpha_ci_low, alpha_ci_high, std_alpha, n`` where ``n`` is the number of
+        rows Feldt's interval uses: the complete cases (listwise) or every row with at least
+        one answered item (pairwise, as psych's ``alpha.ci(n.obs = nrow(x))``).
+
+    Raises
+    ------
+    ValueError
+        A bad ``missing`` or ``ci``; fewer than two items or two usable rows.
+
+    Notes
+    -----
+    With *C* the item covariance matrix (listwise or pairwise) and
+    :math:`R = D^{-1/2} C D^{-1/2}` its correlation matrix (R's ``cov2cor``),
+
+    .. math::
+
+        \alpha = \frac{k}{k-1}\Bigl(1 - \frac{\operatorname{tr} C}{\mathbf 1^\top C
+        \mathbf 1}\Bigr), \qquad
+        \alpha_{std} = \frac{k}{k-1}\Bigl(1 - \frac{k}{\mathbf 1^\top R \mathbf 1}\Bigr)
+        = \frac{k \bar r}{1 + (k-1)\bar r},
+
+    :math:`\bar r` the mean inter-item correlation; standardised alpha is the alpha of the
+    z-scored items, the one to report when items have different ranges. The raw alpha and
+    Feldt's (1987) interval :math:`1 - (1-\alpha) F_{n-1, (n-1)(k-1)}` quantiles are
+    :func:`pingouin.cronbach_alpha` (interval rounded to 3 decimals). Agrees with psych
+    2.2.9 ``alpha(x, use = "complete.obs" | "pairwise")`` (``raw_alpha``, ``std.alpha``)
+    to 1e-12 on pingouin's ``cronbach_wide_missing`` data (tests/test_score.py).
+    Listwise on those 12 respondents (3 incomplete) gives .802, pairwise .733.
+
+    References
+    ----------
+    Revelle, W. (2024). *psych: Procedures for psychological, psychometric, and personality
+    research* (R package version 2.2.9). Northwestern University.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> x = pd.DataFrame({"a": [1, 2, 3, 4, 5], "b": [2, 2, 4, 4, 5], "c": [1, 3, 3, 5, 4.0]})
+    >>> res = cronbach_alpha(x)
+    >>> round(res["alpha"], 4), round(res["std_alpha"], 4)
+    (0.9364, 0.9374)
+    """
+    import pingouin as pg
+
+    if missing not in ALPHA_MISSING:
+        raise ValueError(f"`missing` must be 'listwise' or 'pairwise'; got {missing!r}.")
+    if not 0 < ci < 1:
+        raise ValueError(f"`ci` must lie between 0 and 1; got {ci!r}.")
+    if not isinstance(items, pd.DataFrame):
+        raise TypeError(f"`items` must be a pandas DataFrame; got {type(items).__name__}.")
+    x = items.astype(float)
+    x = x.dropna(how="any") if missing == "listwise" else x.dropna(how="all")
+    k = x.shape[1]
+    if k < 2 or len(x) < 2:
+        raise ValueError(
+            f"`items` must hold at least 2 items and 2 usable rows; got {k} items and "
+            f"{len(x)} rows ({missing})."
+        )
+    a, (lo, hi) = pg.cronbach_alpha(data=x, nan_policy=missing, ci=ci)
+    cov = x.cov().to_numpy()
+    sd = np.sqrt(np.diag(cov))
+    corr = cov / np.outer(sd, sd)
+    std = k / (k - 1) * (1 - k / corr.sum())
+    return {
+        "alpha": float(a),
+        "alpha_ci_low": float(lo),
+        "alpha_ci_high": float(hi),
+        "std_alpha": float(std),
+        "n": int(len(x)),
+    }
 
 
 def omega_total(items: pd.DataFrame) -> float:
@@ -461,6 +569,7 @@ def reliability(
     ci: float = 0.95,
     n_boot: int = 1000,
     seed: int = 0,
+    alpha_missing: AlphaMissing = "listwise",
 ) -> pd.DataFrame:
     r"""Cronbach's alpha and McDonald's omega, with CIs, per instrument, scale and occasion.
 
@@ -484,13 +593,17 @@ def reliability(
         Bootstrap replicates for the omega interval (0 skips it).
     seed : int, default 0
         Seed of the bootstrap generator (``numpy.random.default_rng``).
+    alpha_missing : {'listwise', 'pairwise'}, default 'listwise'
+        Rows alpha uses (see :func:`cronbach_alpha`): the complete cases, as omega does,
+        or psych's pairwise covariances over every row with an answered item of the scale
+        (the note then gives that number of rows; ``n`` stays the complete cases).
 
     Returns
     -------
     pandas.DataFrame
         One row per (``by`` group x) instrument x scale x occasion, with columns
-        ``instrument, scale, occasion, n, k, alpha, alpha_ci_low, alpha_ci_high, omega,
-        omega_ci_low, omega_ci_high, note``; ``scale`` is ``total`` or a subscale name,
+        ``instrument, scale, occasion, n, k, alpha, alpha_ci_low, alpha_ci_high, std_alpha,
+        omega, omega_ci_low, omega_ci_high, note``; ``scale`` is ``total`` or a subscale name,
         ``n`` the complete cases used and ``k`` the items.
 
     Raises
@@ -503,8 +616,9 @@ def reliability(
     Notes
     -----
     Items are reverse-keyed first; rows missing any item of the scale are dropped
-    (listwise) so alpha and omega use the same cases. Alpha and its CI are
-    ``pingouin.cronbach_alpha`` (Feldt, Woodruff & Salih, 1987). Omega total is
+    (listwise) so alpha and omega use the same cases, unless ``alpha_missing`` is
+    ``'pairwise'``. Alpha, its CI (Feldt, Woodruff & Salih, 1987) and standardised alpha
+    are :func:`cronbach_alpha`. Omega total is
     :func:`omega_total` (one-factor ML model); its CI is a percentile bootstrap that
     resamples patients, so for pooled sessions it respects their dependence, whereas
     Feldt's alpha interval assumes independent rows and is too narrow there.
@@ -517,10 +631,12 @@ def reliability(
     coefficient alpha. *Applied Psychological Measurement*, 11(1), 93-103.
     McDonald, R. P. (1999). *Test theory: A unified treatment*. Erlbaum.
     """
-    import pingouin as pg
-
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"`data` must be a pandas DataFrame; got {type(data).__name__}.")
+    if alpha_missing not in ALPHA_MISSING:
+        raise ValueError(
+            f"`alpha_missing` must be 'listwise' or 'pairwise'; got {alpha_missing!r}."
+        )
     occasions = (occasion,) if isinstance(occasion, str) else tuple(occasion)
     for occ in occasions:
         if occ not in _OCCASIONS:
@@ -551,9 +667,11 @@ def reliability(
                 pat = frame_adm[patient].to_numpy()[pos]
                 for scale in ["total", *inst.subscales]:
                     idx = [i - 1 for i in inst.scale_items(scale)]
-                    xs = x_occ[:, idx]
-                    complete = ~np.isnan(xs).any(axis=1)
-                    xs, ps = xs[complete], pat[complete]
+                    xs_any = x_occ[:, idx]
+                    answered = ~np.isnan(xs_any).all(axis=1)
+                    xs_any = xs_any[answered]
+                    complete = ~np.isnan(xs_any).any(axis=1)
+                    xs, ps = xs_any[complete], pat[answered][complete]
                     notes = []
                     if occ == "first":
                         if len(ps) and pd.Series(ps).duplicated().any():
@@ -568,33 +686,37 @@ def reliability(
                         )
                     if several_informants:
                         notes.append("informants pooled (pass by=['informant'] to separate)")
-                    row = dict(zip(by, key))
+                    row = dict(zip(by, key, strict=True))
                     row.update(
                         instrument=inst.id, scale=scale, occasion=occ, n=int(len(xs)), k=len(idx)
                     )
-                    row.update({c: np.nan for c in RELIABILITY_COLUMNS[5:11]})
-                    if len(idx) < 2 or len(xs) < 3:
+                    row.update({c: np.nan for c in RELIABILITY_COLUMNS[5:12]})
+                    x_alpha = xs if alpha_missing == "listwise" else xs_any
+                    if len(idx) < 2 or len(x_alpha) < 3:
                         notes.append("too few items or complete cases to estimate")
-                    elif np.any(np.var(xs, axis=0, ddof=1) == 0):
+                    elif np.any(np.nanvar(x_alpha, axis=0, ddof=1) == 0):
                         notes.append("an item has zero variance; not estimated")
                     else:
-                        wide = pd.DataFrame(xs, columns=[f"i{j}" for j in idx])
-                        a, (alo, ahi) = pg.cronbach_alpha(data=wide, nan_policy="listwise", ci=ci)
-                        row.update(
-                            alpha=float(a), alpha_ci_low=float(alo), alpha_ci_high=float(ahi)
-                        )
-                        try:
-                            om, theta = _omega_from_cov(np.cov(xs, rowvar=False))
-                            row["omega"] = float(om)
-                            if n_boot > 0:
-                                lo, hi, used = _bootstrap_omega(xs, ps, n_boot, rng, theta, ci)
-                                row.update(omega_ci_low=lo, omega_ci_high=hi)
-                                if used < n_boot:
-                                    notes.append(
-                                        f"omega CI from {used} of {n_boot} bootstrap replicates"
-                                    )
-                        except (np.linalg.LinAlgError, ValueError) as err:
-                            notes.append(f"omega not estimated: {err}")
+                        wide = pd.DataFrame(x_alpha, columns=[f"i{j}" for j in idx])
+                        res = cronbach_alpha(wide, missing=alpha_missing, ci=ci)
+                        row.update({c: res[c] for c in RELIABILITY_COLUMNS[5:9]})
+                        if alpha_missing == "pairwise":
+                            notes.append(f"alpha from pairwise item covariances of {res['n']} rows")
+                        if len(xs) < 3:
+                            notes.append("omega not estimated: fewer than 3 complete cases")
+                        else:
+                            try:
+                                om, theta = _omega_from_cov(np.cov(xs, rowvar=False))
+                                row["omega"] = float(om)
+                                if n_boot > 0:
+                                    lo, hi, used = _bootstrap_omega(xs, ps, n_boot, rng, theta, ci)
+                                    row.update(omega_ci_low=lo, omega_ci_high=hi)
+                                    if used < n_boot:
+                                        notes.append(
+                                            f"omega CI from {used} of {n_boot} bootstrap replicates"
+                                        )
+                            except (np.linalg.LinAlgError, ValueError) as err:
+                                notes.append(f"omega not estimated: {err}")
                     row["note"] = "; ".join(notes)
                     rows.append(row)
     return pd.DataFrame(rows, columns=[*by, *RELIABILITY_COLUMNS])

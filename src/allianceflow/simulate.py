@@ -140,6 +140,7 @@ class StudyDesign:
     unilateral_share: float = 0.4
 
     def __post_init__(self) -> None:
+        """Check the design: positive counts, probabilities in [0, 1], a valid correlation."""
         for name in ("n_therapists", "n_patients", "max_sessions"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -197,7 +198,7 @@ def simulate_study(
     instruments: InstrumentPair = "wai_sr+ors",
     **overrides,
 ) -> pd.DataFrame:
-    """Simulate one study in the canonical long format.
+    r"""Simulate one study in the canonical long format.
 
     Parameters
     ----------
@@ -224,29 +225,30 @@ def simulate_study(
         ``therapist``, ``patient``, ``condition`` ("feedback" or "tau"), ``session``
         (1-based; gaps where a session went unrecorded), ``days`` (since the first
         session), ``ending`` (``planned`` when the patient attended every planned session,
-        else ``unilateral`` or ``dropout``; see ``StudyDesign.unilateral_share``), ``wai_sr_1`` … ``wai_sr_12`` (1–5, NaN when blank), ``ors_1`` …
-        ``ors_4`` (0–10 to one decimal, NaN when blank), and the latent truth columns
+        else ``unilateral`` or ``dropout``; see ``StudyDesign.unilateral_share``),
+        ``wai_sr_1`` … ``wai_sr_12`` (1–5, NaN when blank), ``ors_1`` … ``ors_4`` (0–10 to
+        one decimal, NaN when blank), and the latent truth columns
         ``true_alliance`` (WAI-SR item mean of the full item set) and
         ``true_outcome`` (the ORS total before item noise).
 
     Notes
     -----
     With :math:`A_{it}` the WAI-SR item mean of patient *i* at session *t* (all 12
-    items, before blanks), :math:`\\bar A_i` its mean over the patient's recorded
-    sessions and :math:`\\bar A` the grand mean of the :math:`\\bar A_i`, the latent
+    items, before blanks), :math:`\bar A_i` its mean over the patient's recorded
+    sessions and :math:`\bar A` the grand mean of the :math:`\bar A_i`, the latent
     outcome is
 
     .. math::
 
-        Y_{it} = \\beta_0 + v_{j} + u_{0i} + (\\beta_1 + \\beta_f F_i + u_{1i})(t - 1)
-                 + \\gamma_W (A_{i,t-1} - \\bar A_i) + \\gamma_B (\\bar A_i - \\bar A)
-                 + \\varepsilon_{it},
+        Y_{it} = \beta_0 + v_{j} + u_{0i} + (\beta_1 + \beta_f F_i + u_{1i})(t - 1)
+                 + \gamma_W (A_{i,t-1} - \bar A_i) + \gamma_B (\bar A_i - \bar A)
+                 + \varepsilon_{it},
 
-    without the :math:`\\gamma_W` term at the first session. The four ORS items are
-    :math:`\\mathrm{clip}(Y_{it}/4 + e, 0, 10)` rounded to 0.1, so the observed total has
+    without the :math:`\gamma_W` term at the first session. The four ORS items are
+    :math:`\mathrm{clip}(Y_{it}/4 + e, 0, 10)` rounded to 0.1, so the observed total has
     the same expectation as :math:`Y_{it}` away from the floor and ceiling. Because the
     truth is defined on the observed alliance score, a correctly specified model recovers
-    :math:`\\gamma_W` and :math:`\\gamma_B` without attenuation (apart from the few
+    :math:`\gamma_W` and :math:`\gamma_B` without attenuation (apart from the few
     prorated scores).
 
     Examples
@@ -471,17 +473,22 @@ recorded sessions per patient (median {per_patient.median():g}).
 | `Arm` | "ROM feedback" or "TAU" (treatment as usual) |
 | `SessionNo` | session number (gaps where a session went unrecorded) |
 | `SessionDate` | date of the session, dd/mm/yyyy |
-| `WAI_SR_01` … `WAI_SR_12` | WAI-SR items, 1–5 (task 1, 2, 10, 12; bond 3, 5, 7, 9; goal 4, 6, 8, 11) |
+| `WAI_SR_01` … `WAI_SR_12` | WAI-SR items, 1–5 \
+(task 1, 2, 10, 12; bond 3, 5, 7, 9; goal 4, 6, 8, 11) |
 | `ORS_Individual`, `ORS_Interpersonal`, `ORS_Social`, `ORS_Overall` | ORS items, 0–10 |
-| `Discharge` | how treatment ended, on the patient's last recorded row only (blank on the others): "Completed" (attended all {design.max_sessions} planned sessions), "Client ended" (the patient decided to stop) or "No further contact" |
+| `Discharge` | how treatment ended, on the patient's last recorded row only \
+(blank on the others): "Completed" (attended all {design.max_sessions} planned sessions), \
+"Client ended" (the patient decided to stop) or "No further contact" |
 
 ## Generating parameters
 
 Alliance parameters are on the WAI-SR item-mean scale (1–5), outcome parameters in ORS
 total points (0–40); time is `session − 1`. The outcome at session *t* is
 
-    ORS_t = outcome_intercept + therapist + patient + (outcome_slope + feedback_slope·feedback + patient slope)·(t − 1)
-            + within_effect · (WAI_{{t−1}} − patient mean WAI) + between_effect · (patient mean WAI − grand mean) + residual
+    ORS_t = outcome_intercept + therapist + patient \
++ (outcome_slope + feedback_slope·feedback + patient slope)·(t − 1)
+            + within_effect · (WAI_{{t−1}} − patient mean WAI) \
++ between_effect · (patient mean WAI − grand mean) + residual
 
 so the true within-patient effect of last session's alliance is **{design.within_effect}** ORS
 points per WAI-SR item-mean point, and the true between-patient effect is
@@ -622,7 +629,8 @@ PHQ-9, where **lower is better**), a smaller service, and another export layout.
 (year-month-day), arm labels "FIT" (feedback-informed treatment) and "usual care", and an
 **empty cell** for an item the patient left blank. It has {len(sessions)} rows:
 {sessions.patient.nunique()} patients of {sessions.therapist.nunique()} counsellors,
-{per_patient.min()}–{per_patient.max()} recorded visits per patient (median {per_patient.median():g}).
+{per_patient.min()}–{per_patient.max()} recorded visits per patient \
+(median {per_patient.median():g}).
 
 | column | meaning |
 | --- | --- |
@@ -631,7 +639,8 @@ PHQ-9, where **lower is better**), a smaller service, and another export layout.
 | `group` | "FIT" or "usual care" |
 | `visit` | session number (gaps where a session went unrecorded) |
 | `visit_date` | date of the session, yyyy-mm-dd |
-| `srs_q1` … `srs_q4` | SRS items (relationship, goals and topics, approach or method, overall), 0–10 to one decimal |
+| `srs_q1` … `srs_q4` | SRS items (relationship, goals and topics, approach or method, \
+overall), 0–10 to one decimal |
 | `phq_01` … `phq_09` | PHQ-9 items, 0–3 |
 
 ## Generating parameters
@@ -639,11 +648,14 @@ PHQ-9, where **lower is better**), a smaller service, and another export layout.
 Alliance parameters are on the SRS item-mean scale (0–10), outcome parameters in PHQ-9
 total points (0–27, lower is better); time is `session − 1`. The outcome at session *t* is
 
-    PHQ9_t = outcome_intercept + therapist + patient + (outcome_slope + feedback_slope·feedback + patient slope)·(t − 1)
-             + within_effect · (SRS_{{t−1}} − patient mean SRS) + between_effect · (patient mean SRS − grand mean) + residual
+    PHQ9_t = outcome_intercept + therapist + patient \
++ (outcome_slope + feedback_slope·feedback + patient slope)·(t − 1)
+             + within_effect · (SRS_{{t−1}} − patient mean SRS) \
++ between_effect · (patient mean SRS − grand mean) + residual
 
 with SRS the item mean. So the true within-patient effect of last session's alliance is
-**{design.within_effect}** PHQ-9 points per SRS item-mean point (**{design.within_effect / 4:g}** per
+**{design.within_effect}** PHQ-9 points per SRS item-mean point \
+(**{design.within_effect / 4:g}** per
 SRS total point), and the true between-patient effect is **{design.between_effect}**
 (**{design.between_effect / 4:g}** per total point): a better alliance goes with fewer
 symptoms. `wai_item_noise` is the SRS item noise and `ors_item_noise` the noise around a

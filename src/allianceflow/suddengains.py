@@ -1,5 +1,6 @@
-"""Sudden gains and sudden losses (Tang & DeRubeis, 1999), as the R package
-``suddengains`` (Wiedemann et al., 2020) applies the criteria.
+"""Sudden gains and sudden losses (Tang & DeRubeis, 1999).
+
+The criteria are applied as the R package ``suddengains`` (Wiedemann et al., 2020) does.
 
 A *sudden gain* is a large improvement between two consecutive measurement points (the
 pregain session :math:`n` and the postgain session :math:`n+1`) that is stable relative
@@ -115,11 +116,11 @@ SUMMARY_COLUMNS = [
 
 
 def critical_value(n_pre: int, n_post: int, *, alpha: float = 0.05) -> float:
-    """Two-tailed Student-t critical value of the third criterion.
+    r"""Two-tailed Student-t critical value of the third criterion.
 
     .. math::
 
-        t_{crit} = t_{1-\\alpha/2,\\; n_{pre} + n_{post} - 2}
+        t_{crit} = t_{1-\alpha/2,\; n_{pre} + n_{post} - 2}
 
     With ``alpha = 0.05``: 2.776 with all six scores (df 4), 3.182 with one missing
     (df 3), 4.303 with one missing on each side (df 2), as in Lutz et al. (2013) and
@@ -127,7 +128,7 @@ def critical_value(n_pre: int, n_post: int, *, alpha: float = 0.05) -> float:
 
     Examples
     --------
-    >>> [round(critical_value(3, 3), 3), round(critical_value(2, 3), 3), round(critical_value(2, 2), 3)]
+    >>> [round(critical_value(n_pre, n_post), 3) for n_pre, n_post in [(3, 3), (2, 3), (2, 2)]]
     [2.776, 3.182, 4.303]
     """
     n_pre = check_int(n_pre, "n_pre", minimum=2)
@@ -285,7 +286,8 @@ def check_interval(
     for name, arr in (("pre_values", pre), ("post_values", post)):
         if arr.shape != (3,):
             raise ValueError(
-                f"`{name}` must hold exactly 3 values (NaN where missing); got {arr.shape[0] if arr.ndim == 1 else arr.shape}."
+                f"`{name}` must hold exactly 3 values (NaN where missing); "
+                f"got {arr.shape[0] if arr.ndim == 1 else arr.shape}."
             )
     out = _evaluate(
         pre[None, :],
@@ -350,7 +352,7 @@ def sudden_gain_intervals(
     first_session: int = 1,
     last_session: int | None = None,
 ) -> pd.DataFrame:
-    """Check every between-session interval of every patient for a sudden gain or loss.
+    r"""Check every between-session interval of every patient for a sudden gain or loss.
 
     Parameters
     ----------
@@ -406,16 +408,16 @@ def sudden_gain_intervals(
     -----
     With :math:`d = +1` for an increase and :math:`-1` for a decrease in the event's
     direction (a gain on a lower-is-better score is a decrease), the step
-    :math:`\\Delta = d\\,(x_{n+1} - x_n)` is an event when
+    :math:`\Delta = d\,(x_{n+1} - x_n)` is an event when
 
     .. math::
 
-        \\Delta \\ge \\text{cutoff}, \\qquad \\Delta \\ge \\text{pct}\\cdot x_n, \\qquad
-        d\\,(\\bar x_{post} - \\bar x_{pre}) > t_{crit}\\,
-        \\sqrt{\\frac{(n_{pre}-1)s_{pre}^2 + (n_{post}-1)s_{post}^2}{n_{pre}+n_{post}-2}}
+        \Delta \ge \text{cutoff}, \qquad \Delta \ge \text{pct}\cdot x_n, \qquad
+        d\,(\bar x_{post} - \bar x_{pre}) > t_{crit}\,
+        \sqrt{\frac{(n_{pre}-1)s_{pre}^2 + (n_{post}-1)s_{post}^2}{n_{pre}+n_{post}-2}}
 
-    where :math:`\\bar x_{pre}, s_{pre}` are the mean and SD of the available scores at
-    :math:`n-2, n-1, n` and :math:`\\bar x_{post}, s_{post}` those at
+    where :math:`\bar x_{pre}, s_{pre}` are the mean and SD of the available scores at
+    :math:`n-2, n-1, n` and :math:`\bar x_{post}, s_{post}` those at
     :math:`n+1, n+2, n+3`. Note that the right-hand side is the pooled SD, not the
     standard error of the difference: this is how ``suddengains`` (and Tang & DeRubeis)
     apply the criterion. Ties meet criteria 1 and 2 (``>=``) but not criterion 3 (``>``).
@@ -516,11 +518,13 @@ def sudden_gains(
     first_session: int = 1,
     last_session: int | None = None,
 ) -> pd.DataFrame:
-    """One row per sudden gain or sudden loss, with its magnitude and reversal.
+    r"""One row per sudden gain or sudden loss, with its magnitude and reversal.
 
     Parameters
     ----------
-    data, score, patient, session, direction, cutoff, pct, crit3, alpha, adjust, critical_value, first_session, last_session
+    data, score, patient, session, direction, cutoff, pct, crit3, alpha, adjust
+        As in :func:`sudden_gain_intervals`.
+    critical_value, first_session, last_session
         As in :func:`sudden_gain_intervals`.
     events : sequence of {'gain', 'loss'}
         Which events to look for.
@@ -542,7 +546,7 @@ def sudden_gains(
 
     .. math::
 
-        r = x_{n+1} - d\\,\\frac{m}{2},
+        r = x_{n+1} - d\,\frac{m}{2},
 
     and the event reversed when any observed score from session :math:`n+2` on lies
     strictly beyond :math:`r` (for a gain: worse than :math:`r`, i.e. more than half the

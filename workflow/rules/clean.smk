@@ -11,7 +11,10 @@ rule clean_sessions:
         "logs/{study}/benchmarks/clean_sessions.tsv"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        read=get_read,
+        privacy=get_privacy,
+        clean=get_clean,
+        instruments=get_instruments,
         name="{study}",
     script:
         "../scripts/clean_sessions.py"

@@ -6,6 +6,7 @@ import dataclasses
 from allianceflow.config import validate_config
 from allianceflow.io import package_versions, source_fingerprint
 from allianceflow.power import chunk_seeds, designs_from_config
+from allianceflow.stages import figure_settings, study_figures
 
 # Validate before any job runs; fills in the schema's defaults in place.
 config.update(
@@ -31,9 +32,59 @@ FIGURE_FORMATS = ["png", "pdf", "svg"]
 TABLE_FORMATS = ["csv", "md"]
 
 
-def get_study(wildcards):
-    """The validated config block of one study."""
-    return config["studies"][wildcards.study]
+# ---- one helper per section of a study block: a rule receives only the sections it reads,
+# so that changing a setting reruns only the rules that read it
+
+
+def get_read(wildcards):
+    """The study's `read` section: where the raw export is and how to read it."""
+    return config["studies"][wildcards.study]["read"]
+
+
+def get_privacy(wildcards):
+    """The study's `privacy` section: dropped, exempted and hashed columns."""
+    return config["studies"][wildcards.study]["privacy"]
+
+
+def get_clean(wildcards):
+    """The study's `clean` section: the policy of each clean rule."""
+    return config["studies"][wildcards.study]["clean"]
+
+
+def get_measures(wildcards):
+    """The study's `measures` section: instruments, alliance and outcome scores."""
+    return config["studies"][wildcards.study]["measures"]
+
+
+def get_instruments(wildcards):
+    """The study's instruments (`measures.instruments`), all that scoring reads."""
+    return config["studies"][wildcards.study]["measures"]["instruments"]
+
+
+def get_reliability_bootstrap(wildcards):
+    """Bootstrap resamples of the omega intervals (`measures.reliability_bootstrap`)."""
+    return config["studies"][wildcards.study]["measures"]["reliability_bootstrap"]
+
+
+def get_derive(wildcards):
+    """The study's `derive` section: settings of the derived clinical variables."""
+    return config["studies"][wildcards.study]["derive"]
+
+
+def get_min_cell(wildcards):
+    """The small-cell threshold of one study's published tables (`report.tables.min_cell`)."""
+    return config["studies"][wildcards.study]["report"]["tables"]["min_cell"]
+
+
+def get_figure_settings(figure):
+    """A function of the wildcards giving the settings one figure reads (its part of
+    `report.figures`, labels and numbers it draws), and no others."""
+
+    def get_settings(wildcards):
+        return figure_settings(figure, config["studies"][wildcards.study])
+
+    get_settings.__name__ = f"get_{figure}_settings"
+    return get_settings
 
 
 def get_resolved_config(wildcards):
@@ -45,7 +96,7 @@ def get_resolved_config(wildcards):
 
 def get_raw(wildcards):
     """The raw export of one study."""
-    return config["studies"][wildcards.study]["raw"]
+    return config["studies"][wildcards.study]["read"]["raw"]
 
 
 def get_reference_scored(wildcards):
@@ -85,7 +136,7 @@ def get_model_results(wildcards):
 def get_trajectory_model(wildcards):
     """The model whose implied mean the trajectory figure draws (the study's first model)."""
     study = config["studies"][wildcards.study]
-    name = (study.get("figures") or {}).get("trajectory_model") or study["models"][0]
+    name = study["report"]["figures"]["trajectory_model"] or study["models"][0]
     return f"results/{wildcards.study}/models/{name}.json"
 
 
@@ -104,22 +155,7 @@ def get_study_tables(study):
 
 def get_study_figures(study):
     """Figures of one study: those whose variables and columns the study has."""
-    cfg = config["studies"][study]
-    derive, mapped = cfg["derive"], set(cfg["columns"].values())
-    figures = ["within_between", "trajectories", "forest", "flow"]
-    if derive["on_track"]["enabled"]:
-        figures.append("expected_response")
-        if "condition" in mapped:
-            figures.append("feedback")
-    if derive["ruptures"]["enabled"]:
-        figures.append("ruptures")
-    if derive["sudden_gains"]["enabled"]:
-        figures.append("sudden_gains")
-    if derive["reliable_change"]["enabled"]:
-        figures.append("reliable_change")
-    if cfg["figures"]["caterpillar_group"] in mapped:
-        figures.append("caterpillar")
-    return figures
+    return study_figures(config["studies"][study])
 
 
 def get_study_outputs(study):
@@ -153,6 +189,12 @@ def get_study_outputs(study):
 def get_manifest_outputs(wildcards):
     """What the manifest of a study hashes as outputs."""
     return get_study_outputs(wildcards.study)
+
+
+def get_lock_file():
+    """The lock file the environment was installed from, when the project has one (its
+    hash goes into the manifest)."""
+    return [name for name in ["requirements.lock"] if Path(name).exists()]
 
 
 def get_config_files():
@@ -201,7 +243,10 @@ def get_pool_directions(wildcards):
     """Study -> direction of improvement of its outcome instrument."""
     from allianceflow.pool import outcome_direction
 
-    return {s: outcome_direction(config["studies"][s]) for s in get_pool_studies()}
+    return {
+        s: outcome_direction(config["studies"][s]["measures"])
+        for s in get_pool_studies()
+    }
 
 
 def get_pool_model_spec(wildcards):

@@ -13,6 +13,7 @@ rule derive_variables:
         "logs/{study}/benchmarks/derive_variables.tsv"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        measures=get_measures,
+        derive=get_derive,
     script:
         "../scripts/derive_variables.py"

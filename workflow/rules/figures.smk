@@ -1,5 +1,8 @@
 # Figures: PNG (300 dpi), PDF and SVG of every figure; plotting only, so a change of colour
-# or size reruns these rules and never a model fit.
+# or size reruns these rules and never a model fit. Each rule runs one entry of the package's
+# figure registry (allianceflow.stages.FIGURES) and receives only the settings it reads, so a
+# changed figure setting reruns that figure alone. Adding a figure: a registry entry, a rule
+# here and a caption in workflow/report/.
 
 
 rule plot_within_between:
@@ -18,9 +21,10 @@ rule plot_within_between:
         "logs/{study}/plot_within_between.log",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        figure="within_between",
+        settings=get_figure_settings("within_between"),
     script:
-        "../scripts/plot_within_between.py"
+        "../scripts/plot_figure.py"
 
 
 rule plot_trajectories:
@@ -40,7 +44,8 @@ rule plot_trajectories:
         "logs/{study}/plot_trajectories.log",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        figure="trajectories",
+        settings=get_figure_settings("trajectories"),
     script:
         "../scripts/plot_figure.py"
 
@@ -61,7 +66,8 @@ rule plot_forest:
         "logs/{study}/plot_forest.log",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        figure="forest",
+        settings=get_figure_settings("forest"),
     script:
         "../scripts/plot_figure.py"
 
@@ -82,7 +88,8 @@ rule plot_caterpillar:
         "logs/{study}/plot_caterpillar.log",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        figure="caterpillar",
+        settings=get_figure_settings("caterpillar"),
     script:
         "../scripts/plot_figure.py"
 
@@ -105,7 +112,8 @@ rule plot_flow:
         "logs/{study}/plot_flow.log",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        figure="flow",
+        settings=get_figure_settings("flow"),
     script:
         "../scripts/plot_figure.py"
 
@@ -126,7 +134,8 @@ rule plot_feedback:
         "logs/{study}/plot_feedback.log",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        figure="feedback",
+        settings=get_figure_settings("feedback"),
     script:
         "../scripts/plot_figure.py"
 
@@ -147,7 +156,8 @@ rule plot_expected_response:
         "logs/{study}/plot_expected_response.log",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        figure="expected_response",
+        settings=get_figure_settings("expected_response"),
     script:
         "../scripts/plot_figure.py"
 
@@ -168,7 +178,8 @@ rule plot_ruptures:
         "logs/{study}/plot_ruptures.log",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        figure="ruptures",
+        settings=get_figure_settings("ruptures"),
     script:
         "../scripts/plot_figure.py"
 
@@ -190,7 +201,8 @@ rule plot_sudden_gains:
         "logs/{study}/plot_sudden_gains.log",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        figure="sudden_gains",
+        settings=get_figure_settings("sudden_gains"),
     script:
         "../scripts/plot_figure.py"
 
@@ -211,6 +223,7 @@ rule plot_reliable_change:
         "logs/{study}/plot_reliable_change.log",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        figure="reliable_change",
+        settings=get_figure_settings("reliable_change"),
     script:
         "../scripts/plot_figure.py"

@@ -3,6 +3,7 @@ rule write_manifest:
         raw=get_raw,
         config=get_config_files(),
         outputs=get_manifest_outputs,
+        lock=get_lock_file(),
     output:
         manifest="results/{study}/manifest.json",
     log:

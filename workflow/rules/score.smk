@@ -7,7 +7,7 @@ rule score_instruments:
         "logs/{study}/score_instruments.log",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        instruments=get_instruments,
     script:
         "../scripts/score_instruments.py"
 
@@ -29,7 +29,8 @@ rule compute_reliability:
         "logs/{study}/benchmarks/compute_reliability.tsv"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        instruments=get_instruments,
+        n_boot=get_reliability_bootstrap,
         seed=config["seed"],
     script:
         "../scripts/compute_reliability.py"

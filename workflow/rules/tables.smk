@@ -43,7 +43,7 @@ rule tabulate_models:
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
     script:
-        "../scripts/tabulate.py"
+        "../scripts/tabulate_models.py"
 
 
 rule render_reliability:
@@ -58,7 +58,7 @@ rule render_reliability:
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
     script:
-        "../scripts/tabulate.py"
+        "../scripts/render_reliability.py"
 
 
 rule tabulate_descriptives:
@@ -83,6 +83,6 @@ rule tabulate_descriptives:
         table="table1|intake_correlations|clinical_significance|sudden_gains|ruptures",
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        study=get_study,
+        min_cell=get_min_cell,
     script:
-        "../scripts/tabulate.py"
+        "../scripts/tabulate_descriptives.py"

@@ -1,11 +1,14 @@
-"""Snakemake adapter: clean one study's raw export (allianceflow.pipeline.clean_stage)."""
+"""Snakemake adapter: clean one study's raw export (allianceflow.stages.clean_stage)."""
 
-from allianceflow.pipeline import clean_stage, run_step
+from allianceflow.stages import clean_stage, run_step
 
 with run_step(snakemake.log[0]):
     clean_stage(
         snakemake.input.raw,
-        snakemake.params.study,
+        read=snakemake.params.read,
+        privacy=snakemake.params.privacy,
+        clean=snakemake.params.clean,
+        instruments=snakemake.params.instruments,
         sessions=snakemake.output.sessions,
         exclusions=snakemake.output.exclusions,
         flow=snakemake.output.flow,

@@ -1,6 +1,9 @@
-"""Snakemake adapter: likelihood-ratio test of two models (allianceflow.pipeline.comparison_stage)."""
+"""Snakemake adapter: likelihood-ratio test of two models.
 
-from allianceflow.pipeline import comparison_stage, run_step
+The work is done by allianceflow.stages.comparison_stage.
+"""
+
+from allianceflow.stages import comparison_stage, run_step
 
 with run_step(snakemake.log[0]):
     comparison_stage(

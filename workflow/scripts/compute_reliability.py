@@ -1,12 +1,13 @@
-"""Snakemake adapter: reliability table (allianceflow.pipeline.reliability_stage)."""
+"""Snakemake adapter: reliability table (allianceflow.stages.reliability_stage)."""
 
-from allianceflow.pipeline import reliability_stage, run_step
+from allianceflow.stages import reliability_stage, run_step
 
 with run_step(snakemake.log[0]):
     reliability_stage(
         snakemake.input.sessions,
-        snakemake.params.study,
+        instruments=snakemake.params.instruments,
         seed=snakemake.params.seed,
+        n_boot=snakemake.params.n_boot,
         csv=snakemake.output.csv,
         md=snakemake.output.md,
     )

@@ -1,11 +1,12 @@
-"""Snakemake adapter: derived variables (allianceflow.pipeline.derive_stage)."""
+"""Snakemake adapter: derived variables (allianceflow.stages.derive_stage)."""
 
-from allianceflow.pipeline import derive_stage, run_step
+from allianceflow.stages import derive_stage, run_step
 
 with run_step(snakemake.log[0]):
     derive_stage(
         snakemake.input.scored,
-        snakemake.params.study,
+        measures=snakemake.params.measures,
+        derive=snakemake.params.derive,
         analysis=snakemake.output.analysis,
         patients=snakemake.output.patients,
         sudden_gains=snakemake.output.sudden_gains,

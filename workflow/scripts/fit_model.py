@@ -1,6 +1,6 @@
-"""Snakemake adapter: fit one model (allianceflow.pipeline.fit_stage)."""
+"""Snakemake adapter: fit one model (allianceflow.stages.fit_stage)."""
 
-from allianceflow.pipeline import fit_stage, run_step
+from allianceflow.stages import fit_stage, run_step
 
 with run_step(snakemake.log[0]):
     fit_stage(

@@ -1,7 +1,6 @@
-"""Snakemake adapter: power curve (allianceflow.power.power_curve_stage)."""
+"""Snakemake adapter: power curve (allianceflow.stages.power_curve_stage)."""
 
-from allianceflow.pipeline import run_step
-from allianceflow.power import power_curve_stage
+from allianceflow.stages import power_curve_stage, run_step
 
 with run_step(snakemake.log[0]):
     power_curve_stage(

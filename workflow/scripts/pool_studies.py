@@ -1,7 +1,6 @@
-"""Snakemake adapter: two-stage meta-analysis and one-stage model (allianceflow.pool.pool_stage)."""
+"""Snakemake adapter: two-stage and one-stage pooling (allianceflow.stages.pool_stage)."""
 
-from allianceflow.pipeline import model_formula, run_step
-from allianceflow.pool import pool_stage
+from allianceflow.stages import model_formula, pool_stage, run_step
 
 with run_step(snakemake.log[0]):
     settings = snakemake.params.settings
@@ -15,6 +14,7 @@ with run_step(snakemake.log[0]):
         method=settings["method"],
         hksj=settings["hksj"],
         alpha=settings["alpha"],
+        pi_type=settings.get("pi_type", "default"),
         one_stage=settings["one_stage"],
         standardise=settings["standardise"],
         meta_json=snakemake.output.meta,

@@ -1,6 +1,10 @@
-"""Snakemake adapter: score the study's instruments (allianceflow.pipeline.score_stage)."""
+"""Snakemake adapter: score the study's instruments (allianceflow.stages.score_stage)."""
 
-from allianceflow.pipeline import run_step, score_stage
+from allianceflow.stages import run_step, score_stage
 
 with run_step(snakemake.log[0]):
-    score_stage(snakemake.input.sessions, snakemake.params.study, scored=snakemake.output.scored)
+    score_stage(
+        snakemake.input.sessions,
+        instruments=snakemake.params.instruments,
+        scored=snakemake.output.scored,
+    )

@@ -1,7 +1,6 @@
-"""Snakemake adapter: one chunk of power replications (allianceflow.power.power_chunk_stage)."""
+"""Snakemake adapter: one chunk of power replications (allianceflow.stages.power_chunk_stage)."""
 
-from allianceflow.pipeline import run_step
-from allianceflow.power import power_chunk_stage
+from allianceflow.stages import power_chunk_stage, run_step
 
 with run_step(snakemake.log[0]):
     power_chunk_stage(

@@ -1,7 +1,6 @@
-"""Snakemake adapter: merge power chunks (allianceflow.power.power_summary_stage)."""
+"""Snakemake adapter: merge power chunks (allianceflow.stages.power_summary_stage)."""
 
-from allianceflow.pipeline import run_step
-from allianceflow.power import power_summary_stage
+from allianceflow.stages import power_summary_stage, run_step
 
 with run_step(snakemake.log[0]):
     power_summary_stage(

@@ -1,6 +1,6 @@
-"""Snakemake adapter: model table (allianceflow.pipeline.model_table_stage)."""
+"""Snakemake adapter: model table (allianceflow.stages.model_table_stage)."""
 
-from allianceflow.pipeline import model_table_stage, run_step
+from allianceflow.stages import model_table_stage, run_step
 
 with run_step(snakemake.log[0]):
     model_table_stage(

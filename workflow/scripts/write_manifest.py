@@ -1,6 +1,6 @@
-"""Snakemake adapter: the study's manifest (allianceflow.pipeline.manifest_stage)."""
+"""Snakemake adapter: the study's manifest (allianceflow.stages.manifest_stage)."""
 
-from allianceflow.pipeline import manifest_stage, run_step
+from allianceflow.stages import manifest_stage, run_step
 
 with run_step(snakemake.log[0]):
     manifest_stage(
@@ -9,4 +9,5 @@ with run_step(snakemake.log[0]):
         inputs=[snakemake.input.raw, *snakemake.input.config],
         outputs=snakemake.input.outputs,
         manifest=snakemake.output.manifest,
+        lock=snakemake.input.lock[0] if snakemake.input.lock else None,
     )

@@ -249,7 +249,8 @@ def validate_definition(definition: Mapping) -> dict:
 
     if not isinstance(definition, Mapping):
         raise ValueError(
-            f"An instrument definition must be a mapping of fields; got {type(definition).__name__}."
+            "An instrument definition must be a mapping of fields; "
+            f"got {type(definition).__name__}."
         )
     d = _normalise(definition)
     where = _where(d)
@@ -291,7 +292,8 @@ def _check_semantics(d: dict, where: str) -> None:
     resp = d["response"]
     if not resp["min"] < resp["max"]:
         raise ValueError(
-            f"{where}: field `response` must have min < max; got min={resp['min']}, max={resp['max']}."
+            f"{where}: field `response` must have min < max; "
+            f"got min={resp['min']}, max={resp['max']}."
         )
     _check_source(resp, "response", sources, where)
     _check_items(d.get("reverse", []), n, "reverse", where)
@@ -367,7 +369,8 @@ def _apply_overrides(d: dict, overrides: Mapping | None, where: str) -> dict:
         close = difflib.get_close_matches(unknown[0], OVERRIDE_KEYS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"{where}: override `{unknown[0]}` is not allowed{hint}; allowed: {list(OVERRIDE_KEYS)}."
+            f"{where}: override `{unknown[0]}` is not allowed{hint}; "
+            f"allowed: {list(OVERRIDE_KEYS)}."
         )
     d = copy.deepcopy(d)
     for key in ("cutoff", "rci"):

@@ -32,7 +32,7 @@ variance. Hence:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -43,7 +43,7 @@ __all__ = [
     "parse_formula",
     "to_mixedlm",
     "formula_variables",
-    "model_rows",
+    "drop_effects",
 ]
 
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
@@ -137,7 +137,8 @@ class MixedLMPlan:
     vc_labels : dict
         ``{"vc0": (group, term)}``.
     derived_columns : dict
-        Columns to add to the data before fitting: ``{"_g_therapist_patient": ("therapist", "patient")}``.
+        Columns to add to the data before fitting:
+        ``{"_g_therapist_patient": ("therapist", "patient")}``.
     variables : list of str
         Every data column the model uses (response, fixed, slopes, factors).
     outer : str
@@ -179,7 +180,7 @@ def _split_top(text: str, sep: str) -> list[str]:
 
 
 def _is_wrapped(term: str) -> bool:
-    """True when ``term`` is ``( ... )`` with the outer parentheses matching each other."""
+    """Tell whether ``term`` is ``( ... )`` with the outer parentheses matching each other."""
     if not (term.startswith("(") and term.endswith(")")):
         return False
     depth = 0
@@ -258,7 +259,8 @@ def _parse_random(inner: str, source: str) -> list[RandomTerm]:
         for name in lvl.split(":"):
             if not _NAME.match(name.strip()):
                 raise ValueError(
-                    f"random term {source!r}: grouping factor {name.strip()!r} is not a column name."
+                    f"random term {source!r}: grouping factor {name.strip()!r} is not a "
+                    "column name."
                 )
     factors: list[tuple[str, ...]] = []
     acc: tuple[str, ...] = ()
@@ -370,34 +372,34 @@ def parse_formula(formula: str) -> FormulaSpec:
     )
 
 
-def model_rows(data: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, int]:
-    """The rows a model uses: the formula's variables, rows with any missing value dropped.
+def drop_effects(spec: FormulaSpec, drop: list[tuple[str, str]]) -> FormulaSpec:
+    """Return the spec without the random effects *drop* (``(group label, effect)`` pairs).
 
-    Returns
-    -------
-    (pandas.DataFrame, int)
-        The complete rows (index reset) and how many rows were dropped.
-
-    Raises
-    ------
-    KeyError
-        A variable is not a column (:func:`formula_variables`).
-    ValueError
-        No row is complete.
+    A block keeps its other effects (and its correlation when two or more remain); a block
+    left without effects goes. The formula text is kept as given.
     """
-    variables = formula_variables(spec, data.columns)
-    keep = data[variables].notna().all(axis=1).to_numpy()
-    rows = data.loc[keep, variables].reset_index(drop=True)
-    if len(rows) == 0:
-        raise ValueError(
-            f"`data` has no complete rows for the model variables {variables} "
-            f"(all {len(data)} rows have a missing value in at least one)."
-        )
-    return rows, int((~keep).sum())
+    terms: list[RandomTerm] = []
+    for t in spec.random:
+        gone = {e for g, e in drop if g == t.label}
+        if not gone:
+            terms.append(t)
+            continue
+        intercept = t.intercept and "(Intercept)" not in gone
+        slopes = tuple(s for s in t.slopes if s not in gone)
+        if intercept or slopes:
+            terms.append(
+                replace(
+                    t,
+                    intercept=intercept,
+                    slopes=slopes,
+                    correlated=t.correlated and (int(intercept) + len(slopes)) > 1,
+                )
+            )
+    return replace(spec, random=tuple(terms))
 
 
 def formula_variables(spec: FormulaSpec, columns) -> list[str]:
-    """Data columns a parsed formula uses, in order of first appearance.
+    """List the data columns a parsed formula uses, in order of first appearance.
 
     Identifiers in the fixed part that are not columns (``np``, ``log``, ``I``) are skipped.
     """
@@ -418,20 +420,14 @@ def formula_variables(spec: FormulaSpec, columns) -> list[str]:
                 f"{sorted(cols)}{_closest(ident, cols)}."
             )
     for term in spec.random:
-        for s in term.slopes:
-            if s not in cols:
-                raise KeyError(
-                    f"random term {term.source!r}: slope {s!r} is not a column; columns are "
-                    f"{sorted(cols)}{_closest(s, cols)}."
-                )
-            add(s)
-        for f in term.factor:
-            if f not in cols:
-                raise KeyError(
-                    f"random term {term.source!r}: grouping factor {f!r} is not a column; "
-                    f"columns are {sorted(cols)}{_closest(f, cols)}."
-                )
-            add(f)
+        for kind, names in (("slope", term.slopes), ("grouping factor", term.factor)):
+            for name in names:
+                if name not in cols:
+                    raise KeyError(
+                        f"random term {term.source!r}: {kind} {name!r} is not a column; "
+                        f"columns are {sorted(cols)}{_closest(name, cols)}."
+                    )
+                add(name)
     if spec.response not in cols:
         raise KeyError(
             f"`formula` response {spec.response!r} is not a column; columns are "
@@ -454,7 +450,7 @@ def _key(data: pd.DataFrame, factor: tuple[str, ...]) -> pd.Series:
 
 
 def _nested_in(data: pd.DataFrame | None, inner: tuple[str, ...], outer: tuple[str, ...]) -> bool:
-    """True when every level of ``inner`` lies within one level of ``outer``."""
+    """Tell whether every level of ``inner`` lies within one level of ``outer``."""
     if inner == outer:
         return True
     if len(inner) > len(outer) and inner[: len(outer)] == outer:
@@ -463,6 +459,15 @@ def _nested_in(data: pd.DataFrame | None, inner: tuple[str, ...], outer: tuple[s
         return False
     k_in, k_out = _key(data, inner), _key(data, outer)
     return bool((pd.DataFrame({"i": k_in, "o": k_out}).groupby("i")["o"].nunique() <= 1).all())
+
+
+def _uncorrelated(term: RandomTerm) -> str:
+    """Write *term* with uncorrelated effects, ``(1 + x || g)``, for error messages."""
+    if term.intercept:
+        effects = " + ".join(("1",) + term.slopes)
+    else:
+        effects = "0 + " + " + ".join(term.slopes)
+    return f"({effects} || {term.label})"
 
 
 def _colname(factor: tuple[str, ...]) -> str:
@@ -551,7 +556,7 @@ def to_mixedlm(spec: FormulaSpec, data: pd.DataFrame | None = None) -> MixedLMPl
                     f"random term {term.source!r}: the grouping factors "
                     f"{[':'.join(f) for f in factors]} are crossed (not nested), and MixedLM "
                     "fits crossed factors only as independent variance components. Write "
-                    f"'({' + '.join(('1',) + term.slopes) if term.intercept else '0 + ' + ' + '.join(term.slopes)} || {term.label})' "
+                    f"'{_uncorrelated(term)}' "
                     "(uncorrelated; for a preset model, the option `slopes: uncorrelated`), or "
                     "check that the data nest one factor in the other."
                 )
@@ -599,8 +604,8 @@ def to_mixedlm(spec: FormulaSpec, data: pd.DataFrame | None = None) -> MixedLMPl
                         f"{outer_label!r}, and MixedLM can give correlated random effects only "
                         f"to the outermost grouping factor ({outer_label!r}); inner levels are "
                         "independent variance components. Write "
-                        f"'({' + '.join(('1',) + term.slopes) if term.intercept else '0 + ' + ' + '.join(term.slopes)} || {term.label})' "
-                        f"(uncorrelated; for a preset model, the option `slopes: uncorrelated`), or "
+                        f"'{_uncorrelated(term)}' "
+                        "(uncorrelated; for a preset model, the option `slopes: uncorrelated`), or "
                         f"drop {other} so that {term.label!r} becomes the outer level."
                     )
                 for eff in term.effects:

@@ -2,9 +2,10 @@
 
 ``results/<study>/manifest.json`` lists the SHA-256 of every input (raw files and the
 config file), the resolved configuration of the study, the versions of the packages that
-shape the results, a SHA-256 of allianceflow's own files (the exact code), and the SHA-256
-of every output. :func:`verify_manifest` recomputes the
-output hashes and reports any difference.
+shape the results, a SHA-256 of allianceflow's own files (the exact code), the SHA-256 of
+every output and the SHA-256 of the lock file (``requirements.lock``, every dependency pinned
+with its hashes). :func:`verify_manifest` recomputes the input and output hashes and reports
+any difference.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def build_manifest(
     outputs: Iterable[str | Path],
     config: dict[str, Any],
     root: str | Path = ".",
+    lock: str | Path | None = None,
 ) -> dict[str, Any]:
     """Assemble the manifest of one study's run.
 
@@ -47,14 +49,20 @@ def build_manifest(
         Files to hash; keys are paths relative to *root*, sorted.
     config : dict
         The resolved configuration (defaults filled in) of this study.
+    root : str or path
+        The project folder the paths are relative to.
+    lock : str or path, optional
+        The lock file the environment was installed from (``requirements.lock``); None
+        when the run has none (its hash is then recorded as None).
 
     Returns
     -------
     dict
         ``study``, ``inputs`` and ``outputs`` (path -> sha256), ``config``, ``versions``
         and ``allianceflow_source_sha256`` (:func:`allianceflow.io.source_fingerprint`:
-        the exact package code, which a version number does not pin during development).
-        No timestamps, so the same run gives the same bytes.
+        the exact package code, which a version number does not pin during development),
+        then ``lock_sha256`` (the lock file's SHA-256, or None). No timestamps, so the same
+        run gives the same bytes.
     """
     root = Path(root).resolve()
     return {
@@ -64,6 +72,7 @@ def build_manifest(
         "config": config,
         "versions": package_versions(),
         "allianceflow_source_sha256": source_fingerprint(),
+        "lock_sha256": None if lock is None else sha256_file(lock),
     }
 
 

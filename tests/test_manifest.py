@@ -7,7 +7,7 @@ import pytest
 
 from allianceflow.cli import main
 from allianceflow.io import write_json
-from allianceflow.report import build_manifest, verify_manifest
+from allianceflow.manifest import build_manifest, verify_manifest
 
 
 def test_manifest_hashes_verify_and_tampering_is_found(tmp_path, capsys):
@@ -22,6 +22,18 @@ def test_manifest_hashes_verify_and_tampering_is_found(tmp_path, capsys):
     assert manifest["inputs"] == {"raw.csv": hashlib.sha256(b"a,b\n1,2\n").hexdigest()}
     assert manifest["outputs"] == {"results/t.csv": hashlib.sha256(b"x\n1\n").hexdigest()}
     assert manifest["versions"]["pandas"].count(".") >= 1
+    assert manifest["lock_sha256"] is None  # no lock file given
+    assert list(manifest)[-1] == "lock_sha256"
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("pandas==2.2.3 --hash=sha256:00\n")
+    locked = build_manifest(
+        study="s", inputs=[raw], outputs=[out], config={"seed": 1}, root=tmp_path, lock=lock
+    )
+    expected = hashlib.sha256(b"pandas==2.2.3 --hash=sha256:00\n").hexdigest()
+    assert locked["lock_sha256"] == expected
+    assert {k: v for k, v in locked.items() if k != "lock_sha256"} == {
+        k: v for k, v in manifest.items() if k != "lock_sha256"
+    }
     path = tmp_path / "manifest.json"
     write_json(manifest, path)
     assert verify_manifest(path, root=tmp_path) == []
@@ -31,7 +43,8 @@ def test_manifest_hashes_verify_and_tampering_is_found(tmp_path, capsys):
     write_json({**manifest, "allianceflow_source_sha256": "0" * 64}, other)
     assert main(["verify", str(other), "--root", str(tmp_path)]) == 0  # a note, not a failure
     assert capsys.readouterr().out.startswith(
-        f"{other}: note: made by other allianceflow code than the one installed (package files sha256 000000000000..."
+        f"{other}: note: made by other allianceflow code than the one installed "
+        "(package files sha256 000000000000..."
     )
 
     out.write_text("x\n2\n")

@@ -1,0 +1,361 @@
+r"""Inference from a fitted mixed model: Wald rows, df, r-equivalent, ICC and R², LRT.
+
+Every number here is computed the same way whichever back-end fitted the model:
+
+* Wald :math:`z = \hat\beta/\mathrm{SE}`, two-sided normal p, 95% CI
+  :math:`\hat\beta \pm 1.96\,\mathrm{SE}` (:func:`wald_rows`);
+* denominator df by the containment rule of Pinheiro & Bates (2000, sec. 2.4.2)
+  (:func:`containment_df`) and the r-equivalent :math:`r = z/\sqrt{z^2 + df}`
+  (Rosenthal 1991);
+* ICC per level and Nakagawa & Schielzeth (2013) R² with Johnson's (2014) extension to
+  random slopes (:func:`variance_explained`);
+* likelihood-ratio tests with the boundary-corrected p of Self & Liang (1987) and Stram &
+  Lee (1994) (:func:`compare_models`, :func:`likelihood_ratio_test`).
+
+Results are rounded to 12 significant digits (:func:`round_sig`) so that JSON output is
+reproducible across platforms whose last bits differ.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from allianceflow.models.formula import FormulaSpec, formula_variables, parse_formula
+
+__all__ = [
+    "round_sig",
+    "wald_rows",
+    "containment_df",
+    "variance_explained",
+    "is_boundary",
+    "compare_models",
+    "likelihood_ratio_test",
+    "boundary_p",
+]
+
+SIG = 12  # significant digits kept in results
+
+
+def round_sig(x: Any) -> float | None:
+    """Round to ``SIG`` (12) significant digits as a plain float; NaN/inf become None."""
+    if x is None:
+        return None
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    if x == 0.0:
+        return 0.0
+    return float(f"{x:.{SIG}g}")
+
+
+_r = round_sig
+
+
+def is_boundary(variance: float, residual_variance: float, boundary_tol: float) -> bool:
+    """Tell whether a variance is below ``boundary_tol`` times the residual variance."""
+    return bool(variance < boundary_tol * residual_variance)
+
+
+def variance_explained(
+    var_fixed: float, level_variance: dict[str, float], residual: float, order: list[str]
+) -> tuple[dict[str, float], float, float]:
+    r"""ICC per level, marginal and conditional R² (unrounded).
+
+    With :math:`\sigma^2_f = \operatorname{var}(X\hat\beta)`, :math:`\sigma^2_l` the
+    variance of level *l* (:math:`\frac1n\sum_i z_{li}^\top \Sigma_l z_{li}`, Johnson
+    2014; the variance itself for random intercepts) and residual :math:`\sigma^2_e`:
+    :math:`R^2_m = \sigma^2_f/(\sigma^2_f + \sum_l\sigma^2_l + \sigma^2_e)`,
+    :math:`R^2_c = (\sigma^2_f + \sum_l\sigma^2_l)/(\ldots)` (Nakagawa & Schielzeth 2013)
+    and :math:`\mathrm{ICC}_l = \sigma^2_l/(\sum_l\sigma^2_l + \sigma^2_e)`.
+
+    Parameters
+    ----------
+    var_fixed : float
+    level_variance : dict
+        Per level label; summed in the order given.
+    residual : float
+    order : list of str
+        Level labels in the order to report the ICC (the formula's).
+
+    Returns
+    -------
+    (dict, float, float)
+        ICC per level, :math:`R^2_m`, :math:`R^2_c`.
+    """
+    var_r = float(sum(level_variance.values()))
+    total = var_fixed + var_r + residual
+    icc = {g: level_variance[g] / (var_r + residual) for g in order if g in level_variance}
+    return icc, var_fixed / total, (var_fixed + var_r) / total
+
+
+def wald_rows(
+    terms: list[str], estimates, ses, dfs: dict[str, float], df_default: float
+) -> list[dict]:
+    """Build the tidy fixed-effect rows, the same for either back-end.
+
+    Wald z, two-sided normal p, 95% CI, containment df and the r-equivalent
+    r = z / sqrt(z² + df) (see :func:`allianceflow.models.fit_model`).
+    """
+    zcrit = float(stats.norm.ppf(0.975))
+    rows = []
+    for term, est, se in zip(terms, estimates, ses, strict=True):
+        est, se = float(est), float(se)
+        z = est / se if se > 0 else float("nan")
+        df_t = dfs.get(term, df_default)
+        rows.append(
+            {
+                "term": term,
+                "estimate": _r(est),
+                "se": _r(se),
+                "ci_low": _r(est - zcrit * se),
+                "ci_high": _r(est + zcrit * se),
+                "statistic": _r(z),
+                "p": _r(2 * stats.norm.sf(abs(z))) if math.isfinite(z) else None,
+                "df": _r(df_t),
+                "r": _r(z / math.sqrt(z * z + df_t)) if math.isfinite(z) else None,
+            }
+        )
+    return rows
+
+
+def containment_df(
+    data: pd.DataFrame, factors: list[tuple[str, ...]], exog: pd.DataFrame
+) -> dict[str, float]:
+    r"""Denominator df per fixed-effect column by the containment rule.
+
+    Pinheiro & Bates (2000, sec. 2.4.2): with the grouping factors nested in one another
+    and :math:`m_i` units at level *i* (outer to inner; observations innermost), a column
+    constant within the units of level *i* but not of level *i* - 1 gets
+    :math:`m_i - m_{i-1} - p_i` df, :math:`p_i` the number of such columns (at least 1).
+
+    Parameters
+    ----------
+    data : DataFrame
+        The model's rows.
+    factors : list of tuple of str
+        The grouping factors (each a tuple of columns), in formula order; they are ordered
+        outer to inner by number of columns, then number of levels.
+    exog : DataFrame
+        The fixed-effects design, one column per term, rows as *data*.
+
+    Returns
+    -------
+    dict
+        Column name -> df.
+    """
+    ordered = sorted(factors, key=lambda f: (len(f), data[list(f)].drop_duplicates().shape[0]))
+    keys = [
+        data[f[0]] if len(f) == 1 else data[list(f)].astype(str).agg(":".join, axis=1)
+        for f in ordered
+    ]
+    n = len(data)
+    sizes = [1] + [int(k.nunique()) for k in keys] + [n]
+    # level index of each column: innermost level within which it is constant
+    level = {}
+    x = exog.reset_index(drop=True)
+    for c in x.columns:
+        if np.ptp(x[c].to_numpy()) == 0:  # intercept
+            level[c] = len(keys) + 1
+            continue
+        lev = len(keys) + 1
+        for i in range(len(keys) - 1, -1, -1):
+            spread = x[c].groupby(keys[i].to_numpy()).agg(lambda s: np.ptp(s.to_numpy()))
+            if float(spread.max()) <= 1e-12 * max(1.0, float(np.abs(x[c]).max())):
+                lev = i + 1
+            else:
+                break
+        level[c] = lev
+    # The intercept is already accounted for by sizes[0] = 1 (Pinheiro & Bates 2000, sec.
+    # 2.4.2; nlme's Orthodont example: 108 rows, 27 subjects, age within, Sex between gives
+    # df 80 for intercept and age, 25 for Sex); it is reported at the innermost level.
+    intercepts = {c for c in x.columns if np.ptp(x[c].to_numpy()) == 0}
+    n_at = {
+        lv: sum(1 for c in level if level[c] == lv and c not in intercepts)
+        for lv in range(1, len(keys) + 2)
+    }
+    out = {}
+    for c, lv in level.items():
+        out[c] = float(max(sizes[lv] - sizes[lv - 1] - n_at[lv], 1))
+    return out
+
+
+def _lrt(r0: dict, r1: dict, random_only: bool) -> dict:
+    ll0, ll1 = r0["loglik"], r1["loglik"]
+    df = int(r1["n_params"] - r0["n_params"])
+    if df <= 0:
+        raise ValueError(
+            f"model {r1['name']!r} must have more parameters than {r0['name']!r} to be "
+            f"compared by LRT; got {r1['n_params']} and {r0['n_params']}. Pass the smaller "
+            "model first."
+        )
+    stat = max(2.0 * (ll1 - ll0), 0.0)
+    p = float(stats.chi2.sf(stat, df))
+    out = {
+        "model0": r0["name"],
+        "model1": r1["name"],
+        "formula0": r0["formula"],
+        "formula1": r1["formula"],
+        "method": "REML" if r0["reml"] else "ML",
+        "n_obs": r0["n_obs"],
+        "loglik0": _r(ll0),
+        "loglik1": _r(ll1),
+        "aic0": r0["aic"],
+        "aic1": r1["aic"],
+        "bic0": r0["bic"],
+        "bic1": r1["bic"],
+        "df": df,
+        "statistic": _r(stat),
+        "p": _r(p),
+        "p_boundary": None,
+    }
+    if random_only:
+        out["p_boundary"] = _r(boundary_p(stat, df, len(r1["random"]) - len(r0["random"])))
+    return out
+
+
+def boundary_p(stat: float, df: int, added_variances: int) -> float | None:
+    r"""P of an LRT whose null puts variances on the boundary of the parameter space.
+
+    Self & Liang (1987); Stram & Lee (1994): adding *k* independent variances (no
+    covariances, ``df == k``) gives a mixture of :math:`\chi^2_j`, j = 0..k, with binomial
+    weights :math:`\binom{k}{j}/2^k`; adding one variance with its ``df - 1`` covariances
+    gives the 50:50 mixture of :math:`\chi^2_{df-1}` and :math:`\chi^2_{df}`. Other cases
+    have no simple mixture and return None (use the ordinary ``p``, which is conservative).
+    """
+
+    def sf(x: float, j: int) -> float:
+        return float(stat <= 0) if j == 0 else float(stats.chi2.sf(x, j))
+
+    if added_variances == df and df >= 1:
+        return sum(math.comb(df, j) / 2**df * sf(stat, j) for j in range(df + 1))
+    if added_variances == 1:
+        return 0.5 * sf(stat, df - 1) + 0.5 * sf(stat, df)
+    return None
+
+
+def _as_record(value: Any, argument: str) -> dict:
+    """Return the JSON record of a result or of its ``to_dict()`` (e.g. a model's JSON file)."""
+    if hasattr(value, "to_dict") and hasattr(value, "summary"):
+        return value.to_dict()
+    if isinstance(value, dict) and "loglik" in value:
+        return value
+    raise TypeError(
+        f"`{argument}` must be a MixedModelResult from fit_model or its to_dict(); "
+        f"got {type(value).__name__}."
+    )
+
+
+def compare_models(result0: Any, result1: Any) -> dict:
+    r"""Likelihood-ratio test between two fitted, nested models (results of ``fit_model``).
+
+    Parameters
+    ----------
+    result0, result1 : MixedModelResult or dict
+        The smaller and the larger model, fitted to the same rows with the same method (a
+        result of :func:`allianceflow.models.fit_model` or its ``to_dict()``).
+
+    Returns
+    -------
+    dict
+        ``model0, model1, formula0, formula1, method, n_obs, loglik0, loglik1, aic0, aic1,
+        bic0, bic1, df, statistic, p, p_boundary``.
+
+    Raises
+    ------
+    ValueError
+        Different ``n_obs`` (different rows were used: fit both on the same complete cases,
+        as :func:`likelihood_ratio_test` does), mixed REML/ML, REML fits whose fixed effects
+        differ (REML likelihoods are not comparable then: refit with ``reml=False``), or a
+        larger model without more parameters.
+
+    Notes
+    -----
+    :math:`\chi^2 = 2(\ell_1 - \ell_0)` on :math:`k_1 - k_0` df. When only random effects
+    differ the null puts variances on the boundary and the chi-square p is conservative;
+    ``p_boundary`` gives the 50:50 mixture of :math:`\chi^2_{df-1}` and :math:`\chi^2_{df}`
+    (Self & Liang 1987; Stram & Lee 1994), exact for one added variance.
+
+    References
+    ----------
+    Self, S. G., & Liang, K.-Y. (1987). Asymptotic properties of maximum likelihood
+    estimators and likelihood ratio tests under nonstandard conditions. *JASA, 82*, 605–610.
+    Stram, D. O., & Lee, J. W. (1994). Variance components testing in the longitudinal mixed
+    effects model. *Biometrics, 50*, 1171–1177.
+    """
+    result0, result1 = _as_record(result0, "result0"), _as_record(result1, "result1")
+    if result0["n_obs"] != result1["n_obs"]:
+        raise ValueError(
+            f"models were fitted to different rows (n_obs {result0['n_obs']} vs "
+            f"{result1['n_obs']}); fit both to the same complete cases, e.g. with "
+            "likelihood_ratio_test(data, formula0, formula1)."
+        )
+    if result0["reml"] != result1["reml"]:
+        raise ValueError("one model was fitted by REML and the other by ML; use the same method.")
+    fixed_same = [f["term"] for f in result0["fixed"]] == [f["term"] for f in result1["fixed"]]
+    if result0["reml"] and not fixed_same:
+        raise ValueError(
+            "REML fits with different fixed effects cannot be compared by LRT; refit both "
+            "with reml=False (likelihood_ratio_test does this automatically)."
+        )
+    return _lrt(result0, result1, random_only=fixed_same)
+
+
+def likelihood_ratio_test(
+    data: pd.DataFrame,
+    formula0: str,
+    formula1: str,
+    *,
+    reml: bool | Literal["auto"] = "auto",
+    names: tuple[str, str] = ("model0", "model1"),
+    **fit_options,
+) -> dict:
+    """Fit two nested models to the same complete cases and compare them by LRT.
+
+    Parameters
+    ----------
+    data : DataFrame
+    formula0, formula1 : str
+        The smaller and the larger model in lme4 syntax.
+    reml : bool or "auto", default "auto"
+        "auto": REML when the fixed parts are identical (the models differ only in random
+        effects), ML otherwise, as the comparison requires (lme4's ``anova`` refits with ML
+        the same way).
+    names : (str, str)
+        Names stored in the results.
+    **fit_options
+        Passed to :func:`allianceflow.models.fit_model`.
+
+    Returns
+    -------
+    dict
+        As :func:`compare_models`, plus ``fit0`` and ``fit1`` (the two
+        :class:`~allianceflow.models.MixedModelResult`).
+        Rows with a missing value in a variable of either model are dropped before both fits.
+    """
+    from allianceflow.models.fit import check_data, fit_model
+
+    check_data(data)
+    if reml not in ("auto", True, False):
+        raise ValueError(f"`reml` must be True, False or 'auto'; got {reml!r}.")
+    s0, s1 = parse_formula(formula0), parse_formula(formula1)
+    cols = data.columns
+    used = list(dict.fromkeys(formula_variables(s0, cols) + formula_variables(s1, cols)))
+    complete = data.loc[data[used].notna().all(axis=1)]
+    if reml == "auto":
+        reml = fixed_key(s0) == fixed_key(s1)
+    r0 = fit_model(complete, s0, reml=bool(reml), name=names[0], **fit_options)
+    r1 = fit_model(complete, s1, reml=bool(reml), name=names[1], **fit_options)
+    out = compare_models(r0, r1)
+    out["n_dropped_missing"] = int(len(data) - len(complete))
+    out["fit0"], out["fit1"] = r0, r1
+    return out
+
+
+def fixed_key(spec: FormulaSpec) -> tuple[str, ...]:
+    """Sort the fixed part's terms: equal keys for formulas with the same fixed effects."""
+    return tuple(sorted(t.strip() for t in spec.fixed.split("+")))

@@ -1,0 +1,204 @@
+"""lme4 formulas of the standard research questions (:func:`preset_formula`).
+
+A preset names a question (growth, alliance -> outcome within and between patients,
+therapist effects, feedback, rupture repair, alliance components, informants) and writes
+the model for it in lme4 syntax from the variables the derive stage makes
+(:func:`allianceflow.derive.preset_variables`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PRESETS", "preset_formula"]
+
+PRESETS: tuple[str, ...] = (
+    "growth",
+    "alliance_outcome",
+    "therapist_effects",
+    "feedback",
+    "rupture_repair",
+    "alliance_components",
+    "informants",
+)
+
+
+def _random_part(time: str, therapist: bool, random: str | None, slopes: str = "correlated") -> str:
+    if random is not None:
+        return random
+    bar = "|" if slopes == "correlated" else "||"
+    patient = f"(1 + {time} {bar} patient)"
+    return f"(1 | therapist) + {patient}" if therapist else patient
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"`{name}` must be {', '.join(map(repr, allowed[:-1]))} or {allowed[-1]!r}; "
+            f"got {value!r}."
+        )
+
+
+def preset_formula(name: str, **options: Any) -> str:
+    """lme4 formula of a standard research question, by name.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`PRESETS`. Options common to all: ``outcome="outcome"``,
+        ``time="session"``, ``therapist=True`` (add a therapist random intercept),
+        ``slopes="correlated"`` (patient random intercepts and time slopes with their
+        covariance, ``(1 + time | patient)``; ``"uncorrelated"`` fixes the covariance at
+        0, ``(1 + time || patient)``), ``random=None`` (a random part to use instead),
+        ``covariates=()`` (extra fixed terms).
+
+        Why correlated by default: fixing the intercept-slope covariance at 0 makes the
+        model depend on where time is zero (session 1 or session 0, say), because the
+        intercept variance and covariance change when time is shifted (Biesanz et al.
+        2004); with the covariance free, a shift of time gives the same fit. statsmodels'
+        MixedLM cannot fit the correlated version under a therapist level, so with
+        ``engine="statsmodels"`` use ``slopes="uncorrelated"``; the default engine
+        (:mod:`allianceflow.models.engine`) fits both.
+
+        ``growth``
+            ``time_shape="linear" | "log" | "quadratic"``. Log time uses the column
+            ``log_<time>`` (= ln(session)), which must exist, for the fixed and random slope.
+        ``alliance_outcome``
+            Last session's within- and between-patient alliance predicting this session's
+            outcome: ``alliance_within_lag + alliance_between + time``.
+            ``previous_outcome=False`` adds ``outcome_lag`` (note: with a patient random
+            intercept a lagged outcome is biased in short series; Nickell 1981).
+            ``detrend="none" | "linear"``: "linear" uses ``alliance_within_detrended_lag``, the
+            deviation from each patient's own linear alliance trajectory (Falkenström et al.
+            2017), so that shared time trends do not masquerade as within-patient effects;
+            "none" relies on the time covariate alone.
+        ``therapist_effects``
+            ``alliance_therapist_mean + alliance_patient_deviation + time``: the therapist's
+            mean alliance across their patients and each patient's deviation from it
+            (Baldwin, Wampold & Imel 2007). ``baseline=True`` adds ``outcome_baseline``.
+        ``feedback``
+            ``time * arm * off_track``: ``arm="condition"`` (study arm, as ``C(condition)``)
+            and ``on_track="off_track"`` (1 when the patient was flagged not on track).
+        ``rupture_repair``
+            ``ruptures_before + repairs_before + alliance_within_lag + alliance_between +
+            time``: the numbers of detected ruptures and of their repairs at the patient's
+            earlier sessions, so ``repairs_before`` is a repaired versus a not (yet) repaired
+            rupture, from information available before the session (Eubanks, Muran &
+            Safran 2018).
+        ``alliance_components``
+            ``components=("task", "bond", "goal")``: ``alliance_<c>_within_lag`` and
+            ``alliance_<c>_between`` for each component (WAI-SR subscales).
+        ``informants``
+            ``informants=("patient", "therapist")``: ``alliance_rater_<i>_within_lag`` and
+            ``alliance_rater_<i>_between`` for each rater
+            (:func:`allianceflow.derive.informant_alliances`).
+
+    Returns
+    -------
+    str
+        The formula, ready for :func:`fit_model`.
+
+    Raises
+    ------
+    ValueError
+        Unknown preset name, unknown option, or an option value outside its choices.
+
+    Examples
+    --------
+    >>> preset_formula("alliance_outcome")  # doctest: +NORMALIZE_WHITESPACE
+    'outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist)
+     + (1 + session | patient)'
+    >>> preset_formula("growth", time_shape="quadratic", therapist=False, slopes="uncorrelated")
+    'outcome ~ session + I(session^2) + (1 + session || patient)'
+
+    References
+    ----------
+    Baldwin, S. A., Wampold, B. E., & Imel, Z. E. (2007). Untangling the alliance-outcome
+    correlation. *Journal of Consulting and Clinical Psychology, 75*(6), 842–852.
+    Biesanz, J. C., Deeb-Sossa, N., Papadakis, A. A., Bollen, K. A., & Curran, P. J. (2004).
+    The role of coding time in estimating and interpreting growth curve models.
+    *Psychological Methods, 9*(1), 30–52.
+    Eubanks, C. F., Muran, J. C., & Safran, J. D. (2018). Alliance rupture repair: A
+    meta-analysis. *Psychotherapy, 55*(4), 508–519.
+    Falkenström, F., Finkel, S., Sandell, R., Rubel, J. A., & Holmqvist, R. (2017). Dynamic
+    models of individual change in psychotherapy process research. *Journal of Consulting
+    and Clinical Psychology, 85*(6), 537–549.
+    Nickell, S. (1981). Biases in dynamic models with fixed effects. *Econometrica, 49*(6),
+    1417–1426.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"`name` must be one of {', '.join(map(repr, PRESETS))}; got {name!r}.")
+    specific = {
+        "growth": {"time_shape": "linear"},
+        "alliance_outcome": {"previous_outcome": False, "detrend": "none"},
+        "therapist_effects": {"baseline": False},
+        "feedback": {"arm": "condition", "on_track": "off_track"},
+        "rupture_repair": {},
+        "alliance_components": {"components": ("task", "bond", "goal")},
+        "informants": {"informants": ("patient", "therapist")},
+    }[name]
+    common = {
+        "outcome": "outcome",
+        "time": "session",
+        "therapist": True,
+        "slopes": "correlated",
+        "random": None,
+        "covariates": (),
+    }
+    allowed = {**common, **specific}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"preset {name!r} has no option {unknown[0]!r}; options are {sorted(allowed)}."
+        )
+    o = {**allowed, **options}
+    y, t = o["outcome"], o["time"]
+    if not isinstance(o["therapist"], bool):
+        raise ValueError(f"`therapist` must be True or False; got {o['therapist']!r}.")
+    _check_choice("slopes", o["slopes"], ("correlated", "uncorrelated"))
+    covs = [o["covariates"]] if isinstance(o["covariates"], str) else list(o["covariates"])
+    time_slope = t
+    if name == "growth":
+        _check_choice("time_shape", o["time_shape"], ("linear", "log", "quadratic"))
+        if o["time_shape"] == "log":
+            time_slope = f"log_{t}"
+            fixed = [time_slope]
+        elif o["time_shape"] == "quadratic":
+            fixed = [t, f"I({t}^2)"]
+        else:
+            fixed = [t]
+    elif name == "alliance_outcome":
+        _check_choice("detrend", o["detrend"], ("none", "linear"))
+        _check_choice("previous_outcome", o["previous_outcome"], (False, True))
+        within = (
+            "alliance_within_detrended_lag" if o["detrend"] == "linear" else "alliance_within_lag"
+        )
+        fixed = [within, "alliance_between", t] + ([f"{y}_lag"] if o["previous_outcome"] else [])
+    elif name == "therapist_effects":
+        _check_choice("baseline", o["baseline"], (False, True))
+        fixed = ["alliance_therapist_mean", "alliance_patient_deviation", t]
+        fixed += [f"{y}_baseline"] if o["baseline"] else []
+    elif name == "feedback":
+        fixed = [f"{t} * C({o['arm']}) * {o['on_track']}"]
+    elif name == "rupture_repair":
+        fixed = ["ruptures_before", "repairs_before", "alliance_within_lag", "alliance_between", t]
+    elif name == "alliance_components":
+        comps = o["components"]
+        if isinstance(comps, str) or not comps:
+            raise ValueError(f"`components` must be a non-empty list of names; got {comps!r}.")
+        fixed = (
+            [f"alliance_{c}_within_lag" for c in comps]
+            + [f"alliance_{c}_between" for c in comps]
+            + [t]
+        )
+    else:  # informants
+        infs = o["informants"]
+        if isinstance(infs, str) or len(infs) < 1:
+            raise ValueError(f"`informants` must be a non-empty list of names; got {infs!r}.")
+        fixed = []
+        for inf in infs:
+            fixed += [f"alliance_rater_{inf}_within_lag", f"alliance_rater_{inf}_between"]
+        fixed += [t]
+    fixed += covs
+    rand = _random_part(time_slope, o["therapist"], o["random"], o["slopes"])
+    return f"{y} ~ {' + '.join(fixed)} + {rand}"

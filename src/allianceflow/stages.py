@@ -1,0 +1,915 @@
+"""One function per pipeline stage, from input paths to output paths: the only file IO.
+
+Every ``*_stage`` function reads its inputs with :mod:`allianceflow.io`, calls the
+statistics of one topic module (clean, score, derive, models, tables, figures, pool,
+power, manifest) and writes its outputs. The Snakemake scripts in ``workflow/scripts/``
+are thin adapters that call these; tests and notebooks can call them directly.
+:func:`run_step` turns the errors a researcher can fix (bad data, bad config) into one
+plain paragraph instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from . import io
+from .clean import DataError, clean_sessions
+from .config import ConfigError, flat_study
+
+__all__ = [
+    "run_step",
+    "read_export",
+    "clean_settings",
+    "clean_stage",
+    "score_stage",
+    "reliability_stage",
+    "derive_stage",
+    "derive_study",
+    "prepare_study",
+    "PreparedStudy",
+    "arm_counts",
+    "instrument_of",
+    "fit_stage",
+    "model_formula",
+    "comparison_stage",
+    "FIGURES",
+    "Figure",
+    "figure_settings",
+    "figure_stage",
+    "outcome_numbers",
+    "study_figures",
+    "within_between_figure_stage",
+    "model_table_stage",
+    "models_table_stage",
+    "reliability_table_stage",
+    "descriptive_table_stage",
+    "trajectories_figure_stage",
+    "model_forest_figure_stage",
+    "caterpillar_figure_stage",
+    "flow_figure_stage",
+    "feedback_figure_stage",
+    "expected_response_figure_stage",
+    "ruptures_figure_stage",
+    "sudden_gains_figure_stage",
+    "reliable_change_figure_stage",
+    "pool_stage",
+    "meta_forest_figure_stage",
+    "power_chunk_stage",
+    "power_summary_stage",
+    "power_curve_stage",
+    "manifest_stage",
+]
+
+log = logging.getLogger("allianceflow")
+
+
+@contextmanager
+def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[logging.Logger]:
+    """Log a step to *log_path* and turn a researcher's error into one paragraph.
+
+    On a :class:`DataError` or :class:`ConfigError` the step prints the error's paragraph to
+    stderr and exits with status 1 (the traceback goes to the log only, or is raised with
+    *debug*).
+    """
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files here, never windows
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+    logging.basicConfig(
+        level=logging.WARNING,
+        handlers=handlers,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    log.setLevel(logging.INFO)
+    logging.captureWarnings(True)  # warnings (e.g. unscorable rows) go to the log too
+    try:
+        yield log
+    except (DataError, ConfigError) as error:
+        if debug:
+            raise
+        log.debug("".join(traceback.format_exception(error)))
+        if log_path is not None:
+            with open(log_path, "a", encoding="utf-8") as handle:
+                handle.write("".join(traceback.format_exception(error)))
+        print(f"\nallianceflow: {error}\n", file=sys.stderr)
+        sys.exit(1)
+
+
+def read_export(raw: str | Path, read: Mapping[str, Any], *, config: str = "config.yaml"):
+    """Read a raw export as the study's ``read`` section describes it.
+
+    The section gives the delimiter, encoding, Excel sheet, title rows to skip and header
+    rows (:func:`allianceflow.io.read_raw`); messages name *config*, the file that holds
+    the section.
+    """
+    return io.read_raw(
+        raw,
+        delimiter=read.get("delimiter"),
+        encoding=read.get("encoding", "utf-8-sig"),
+        sheet=read.get("sheet"),
+        header_rows=read.get("header_rows", 1),
+        skip_rows=read.get("skip_rows", 0),
+        config=config,
+    )
+
+
+def clean_settings(
+    *,
+    read: Mapping[str, Any],
+    privacy: Mapping[str, Any] | None = None,
+    clean: Mapping[str, Any] | None = None,
+    instruments: Any,
+) -> dict[str, Any]:
+    """Lay out the settings :func:`allianceflow.clean.clean_sessions` reads side by side.
+
+    They come from the study's ``read``, ``privacy`` and ``clean`` sections and its
+    instruments (for item ranges) (:func:`allianceflow.config.flat_study`).
+    """
+    return flat_study(
+        {
+            "read": read,
+            "privacy": privacy or {},
+            "clean": clean or {},
+            "measures": {"instruments": instruments},
+        }
+    )
+
+
+def clean_stage(
+    raw: str | Path,
+    *,
+    read: Mapping[str, Any],
+    privacy: Mapping[str, Any] | None = None,
+    clean: Mapping[str, Any] | None = None,
+    instruments: Any,
+    sessions: str | Path,
+    exclusions: str | Path,
+    flow: str | Path,
+    name: str | None = None,
+) -> None:
+    """Clean one raw export into the canonical table, its exclusions and flow counts.
+
+    *read*, *privacy* and *clean* are the study's sections of those names, *instruments*
+    its ``measures.instruments``; *name* is the study's key in config.yaml, used in
+    messages.
+    """
+    raw = Path(raw)
+    settings = clean_settings(read=read, privacy=privacy, clean=clean, instruments=instruments)
+    result = clean_sessions(read_export(raw, read), settings, source=raw.name, name=name)
+    io.write_table(result.sessions, sessions)
+    io.write_table(result.exclusions, exclusions)
+    io.write_json(result.flow, flow)
+    counts = result.flow["sessions"]
+    log.info(
+        "%s: read %d rows, kept %d, excluded %d",
+        raw.name,
+        counts["read"],
+        counts["kept"],
+        counts["excluded"],
+    )
+
+
+def score_stage(sessions: str | Path, *, instruments: Any, scored: str | Path) -> None:
+    """Score every instrument of the study (its ``measures.instruments``)."""
+    from .score import score_sessions
+
+    io.write_table(score_sessions(io.read_table(sessions), instruments), scored)
+
+
+def reliability_stage(
+    sessions: str | Path,
+    *,
+    instruments: Any,
+    seed: int,
+    n_boot: int = 1000,
+    csv: str | Path,
+    md: str | Path,
+) -> None:
+    """Write alpha and omega with 95% CIs per instrument and subscale.
+
+    *instruments* is the study's ``measures.instruments``, *n_boot* its
+    ``measures.reliability_bootstrap``.
+    """
+    from .score import reliability
+    from .tables import reliability_markdown
+
+    table = reliability(io.read_table(sessions), instruments, seed=seed, n_boot=n_boot)
+    io.write_table(table, csv)
+    io.write_text(reliability_markdown(table), md)
+
+
+def instrument_of(measures: Mapping[str, Any], column: str):
+    """Find the instrument (with the study's overrides) whose score *column* is.
+
+    *measures* is the study's ``measures`` section; *column* e.g. its ``outcome`` or
+    ``alliance``.
+
+    Raises
+    ------
+    ConfigError
+        When none of the study's instruments produces *column*.
+    """
+    from .instruments import load_instrument
+    from .score import score_columns
+
+    specs = measures["instruments"]
+    items = specs.items() if isinstance(specs, dict) else ((name, None) for name in specs)
+    for name, spec in items:
+        own_definition = isinstance(spec, dict) and "items" in spec
+        inst = load_instrument(
+            spec if own_definition else name, overrides=None if own_definition else spec
+        )
+        if column in score_columns(inst):
+            return inst
+    raise ConfigError(
+        f"config.yaml: the study uses the score {column!r}, which none of its "
+        f"`measures.instruments` produces; scores are named '<instrument>_total' or "
+        f"'<instrument>_<subscale>', e.g. 'ors_total' or 'wai_sr_bond'."
+    )
+
+
+def derive_study(scored, study: Mapping[str, Any], *, reference=None):
+    """Derive every variable of one study in memory.
+
+    The instrument numbers (direction, reliable change value, cut-off, alliance subscales)
+    are looked up from the study's instruments and overrides, then
+    :func:`allianceflow.derive.derive_tables` runs.
+
+    Parameters
+    ----------
+    scored : pandas.DataFrame
+        The scored sessions (:func:`allianceflow.score.score_sessions`).
+    study : dict
+        The study's validated config block (only its ``measures`` and ``derive`` sections
+        are read).
+    reference : pandas.DataFrame, optional
+        A scored reference sample for the expected treatment response.
+
+    Returns
+    -------
+    allianceflow.derive.DerivedTables
+        ``analysis``, ``patients``, ``sudden_gains`` and ``expected_response``.
+    """
+    from .derive import derive_tables
+
+    measures = study["measures"]
+    settings = dict(study.get("derive") or {})
+    lag_across_gaps = settings.pop("lag_across_gaps", False)
+    if (
+        "informant" in scored
+        and not settings.get("informant")
+        and scored.duplicated(["patient", "session"]).any()
+    ):
+        found = ", ".join(sorted(map(str, scored["informant"].dropna().unique())))
+        raise ConfigError(
+            f"config.yaml: the data hold several informants per session ({found}); the derive "
+            f"stage works on one at a time. Set `derive: {{informant: <one of {found}>}}` for "
+            f"this study."
+        )
+    inst = instrument_of(measures, measures["outcome"])
+    alliance = instrument_of(measures, measures["alliance"])
+    components = (
+        {sub: f"{alliance.id}_{sub}" for sub in alliance.subscales}
+        if measures["alliance"] == f"{alliance.id}_total"
+        else {}
+    )
+    return derive_tables(
+        scored,
+        alliance=measures["alliance"],
+        outcome=measures["outcome"],
+        direction=inst.direction,
+        rci=inst.rci,
+        cutoff=inst.cutoff,
+        clinical_range=inst.clinical_range,
+        lag_across_gaps=lag_across_gaps,
+        settings=settings,
+        components=components,
+        reference=reference,
+    )
+
+
+class PreparedStudy(NamedTuple):
+    """A study cleaned, scored and derived in memory (see :func:`prepare_study`)."""
+
+    sessions: Any
+    exclusions: Any
+    flow: dict
+    scored: Any
+    analysis: Any
+    patients: Any
+    sudden_gains: Any
+    expected_response: Any
+
+
+def prepare_study(
+    study: dict[str, Any], *, root: str | Path = ".", name: str | None = None
+) -> PreparedStudy:
+    """Clean, score and derive one configured study in memory, writing nothing.
+
+    The same functions as the pipeline's clean, score and derive stages, for notebooks and
+    interactive work: ``prepare_study(load_config("config.yaml")["studies"]["example"])``.
+    *root* is the folder the study's ``read.raw`` path is relative to.
+    """
+    from .score import score_sessions
+
+    read, instruments = study["read"], study["measures"]["instruments"]
+    raw = Path(root) / read["raw"]
+    settings = clean_settings(
+        read=read, privacy=study.get("privacy"), clean=study.get("clean"), instruments=instruments
+    )
+    cleaned = clean_sessions(read_export(raw, read), settings, source=raw.name, name=name)
+    scored = score_sessions(cleaned.sessions, instruments)
+    derived = derive_study(scored, study)
+    return PreparedStudy(cleaned.sessions, cleaned.exclusions, cleaned.flow, scored, *derived)
+
+
+def derive_stage(
+    scored: str | Path,
+    *,
+    measures: Mapping[str, Any],
+    derive: Mapping[str, Any],
+    analysis: str | Path,
+    patients: str | Path,
+    sudden_gains: str | Path,
+    expected: str | Path,
+    reference: str | Path | None = None,
+) -> None:
+    """Derive the analysis variables and write them (:func:`derive_study`).
+
+    Within/between parts, lags, reliable change, on-track status, sudden gains, ruptures
+    and endings of the configured alliance and outcome scores; *measures* and *derive* are
+    the study's sections of those names. *reference* is the reference study's scored
+    sessions, when the expected treatment response is fitted on them.
+    """
+    result = derive_study(
+        io.read_table(scored),
+        {"measures": measures, "derive": derive},
+        reference=io.read_table(reference) if reference else None,
+    )
+    io.write_table(result.analysis, analysis)
+    io.write_table(result.patients, patients)
+    io.write_table(result.sudden_gains, sudden_gains)
+    io.write_json(result.expected_response, expected)
+
+
+def model_formula(model: dict[str, Any]) -> str:
+    """Give the lme4 formula of a configured model.
+
+    That is its ``formula``, or its ``preset`` with ``options`` through
+    :func:`allianceflow.models.preset_formula`.
+    """
+    from .models import preset_formula
+
+    if "formula" in model:
+        return model["formula"]
+    return preset_formula(model["preset"], **model.get("options", {}))
+
+
+def fit_stage(
+    analysis: str | Path, model: dict[str, Any], *, name: str, json: str | Path, txt: str | Path
+) -> None:
+    """Fit one model and write its tidy results and a readable summary."""
+    from .models import fit_model
+
+    result = fit_model(
+        io.read_table(analysis), model_formula(model), reml=model.get("reml", True), name=name
+    )
+    io.write_json(result.to_dict(), json)
+    io.write_text(result.summary(), txt)
+    conv = result.convergence
+    log.info("%s: converged=%s with %s", name, conv["converged"], conv["optimizer"])
+
+
+def comparison_stage(
+    analysis: str | Path, models: dict[str, dict[str, Any]], *, json: str | Path, txt: str | Path
+) -> None:
+    """Likelihood-ratio test of two configured models (simpler first) on the same rows.
+
+    Both are refitted on the rows complete for both, by ML when their fixed effects differ.
+    """
+    from .models import likelihood_ratio_test
+
+    (name0, spec0), (name1, spec1) = models.items()
+    result = likelihood_ratio_test(
+        io.read_table(analysis), model_formula(spec0), model_formula(spec1), names=(name0, name1)
+    )
+    summary = {k: v for k, v in result.items() if k not in ("fit0", "fit1")}
+    io.write_json(summary, json)
+    lines = [f"Likelihood-ratio test: {name0} (simpler) vs {name1}"]
+    lines += [f"  {key}: {summary[key]}" for key in sorted(summary)]
+    io.write_text("\n".join(lines) + "\n", txt)
+
+
+def model_table_stage(
+    model_json: str | Path, *, csv: str | Path, md: str | Path, **formats: str | Path
+) -> None:
+    """Write one model's tables.
+
+    A CSV of the fixed effects (unrounded, with convergence) and the APA table (fixed
+    effects, variance components, fit) as Markdown and any of ``html=``, ``tex=``,
+    ``docx=``.
+    """
+    from .tables import fixed_effects_table, model_table, write_table_files
+
+    result = io.read_json(model_json)
+    io.write_table(fixed_effects_table(result), csv)
+    write_table_files(model_table([result], name=result["name"]), [md, *formats.values()])
+
+
+def manifest_stage(
+    *,
+    study: str,
+    study_config: dict[str, Any],
+    inputs,
+    outputs,
+    manifest: str | Path,
+    lock: str | Path | None = None,
+) -> None:
+    """Write the manifest of one study (:func:`allianceflow.manifest.build_manifest`).
+
+    It holds the hashes of inputs, outputs and the lock file, the resolved config and the
+    package versions.
+    """
+    from .manifest import build_manifest
+
+    io.write_json(
+        build_manifest(study=study, inputs=inputs, outputs=outputs, config=study_config, lock=lock),
+        manifest,
+    )
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def models_table_stage(model_jsons, *, outputs) -> None:
+    """Every model of a study side by side in one APA table (csv, md, html, tex, docx)."""
+    from .tables import model_table, write_table_files
+
+    results = [io.read_json(path) for path in model_jsons]
+    write_table_files(model_table(results, name="models"), outputs)
+
+
+def reliability_table_stage(reliability_csv: str | Path, *, outputs) -> None:
+    """Write the reliability table (from the score stage's CSV) as html, tex and docx."""
+    from .tables import reliability_table, write_table_files
+
+    write_table_files(reliability_table(io.read_table(reliability_csv)), outputs)
+
+
+def descriptive_table_stage(
+    name: str,
+    *,
+    analysis: str | Path,
+    patients: str | Path,
+    sudden_gains: str | Path,
+    min_cell: int = 5,
+    outputs,
+) -> None:
+    """Write one descriptive table in every format asked for.
+
+    *name* is ``table1``, ``intake_correlations``, ``clinical_significance``,
+    ``sudden_gains`` or ``ruptures``; counts of 1 to *min_cell* - 1 patients are suppressed
+    (the study's ``tables.min_cell``).
+    """
+    from . import tables
+
+    frame = io.read_table(analysis)
+    people = io.read_table(patients)
+    if name == "table1":
+        categorical = {}
+        if "ending" in people and people["ending"].astype(str).ne("unknown").any():
+            sources = set(people["ending_source"].astype(str)) - {"none"}
+            label = {
+                frozenset({"recorded"}): "Ending",
+                frozenset({"inferred"}): "Ending (inferred from the gap before extraction)",
+            }
+            categorical = {
+                "ending": label.get(
+                    frozenset(sources),
+                    "Ending (recorded, or inferred from the gap before extraction)",
+                )
+            }
+        table = tables.table1(
+            frame,
+            patients=people,
+            categorical=categorical,
+            min_cell=min_cell,
+            therapist="therapist" if "therapist" in frame else None,
+            by="condition" if "condition" in frame else None,
+        )
+    elif name == "intake_correlations":
+        table = tables.intake_correlations(frame, min_cell=min_cell)
+    elif name == "clinical_significance":
+        table = tables.clinical_significance_table(people, min_cell=min_cell)
+    elif name == "sudden_gains":
+        table = tables.sudden_gains_table(people, io.read_table(sudden_gains), min_cell=min_cell)
+    elif name == "ruptures":
+        table = tables.ruptures_table(people, min_cell=min_cell)
+    else:
+        raise ValueError(
+            f"`name` must be 'table1', 'intake_correlations', 'clinical_significance', "
+            f"'sudden_gains' or 'ruptures'; got {name!r}."
+        )
+    tables.write_table_files(table, outputs)
+
+
+# --------------------------------------------------------------------------- figures
+# Every figure stage takes its input files and its settings as keywords named as the rule's
+# inputs and as the settings in FIGURES, so that one adapter script can call any of them.
+
+
+def arm_counts(sessions, *, arm: str = "condition") -> dict[str, dict[str, int]] | None:
+    """Count patients and sessions per study arm of the clean table (for the flow diagram).
+
+    None when the study has no arm column.
+    """
+    if arm not in sessions:
+        return None
+    return {
+        str(name): {"patients": int(rows["patient"].nunique()), "sessions": int(len(rows))}
+        for name, rows in sessions.groupby(sessions[arm].astype(str), sort=True)
+    }
+
+
+def within_between_figure_stage(*, analysis, alliance: str, outcome: str, outputs) -> None:
+    """Draw the within- vs between-patient alliance–outcome figure in every format asked for.
+
+    *alliance* and *outcome* are the study's score columns (``measures``), used as labels.
+    """
+    from .figures import plot_within_between, save_figure
+
+    fig = plot_within_between(
+        io.read_table(analysis), alliance_label=alliance, outcome_label=outcome
+    )
+    save_figure(fig, outputs)
+
+
+def trajectories_figure_stage(*, analysis, model, outcome: str, outputs) -> None:
+    """Draw individual trajectories with the model-implied mean and band of one model."""
+    from .figures import plot_trajectories, save_figure
+
+    fig = plot_trajectories(
+        io.read_table(analysis), io.read_json(model), outcome_label=f"outcome ({outcome})"
+    )
+    save_figure(fig, outputs)
+
+
+def model_forest_figure_stage(*, models, outputs) -> None:
+    """Draw the forest plot of the fixed effects of every model of one study."""
+    from .figures import plot_forest, save_figure
+
+    save_figure(plot_forest([io.read_json(p) for p in models]), outputs)
+
+
+def flow_figure_stage(*, flow, sessions, models, outputs) -> None:
+    """Draw the CONSORT-style flow diagram: read, excluded (by rule), kept, by arm, analysed."""
+    from .figures import plot_flow, save_figure
+
+    arms = arm_counts(io.read_table(sessions))
+    analysed = {}
+    for path in models:
+        r = io.read_json(path)
+        analysed[r["name"]] = {k: r[k] for k in ("n_obs", "n_groups", "n_dropped_missing")}
+    save_figure(plot_flow(io.read_json(flow), arms=arms, analysed=analysed or None), outputs)
+
+
+def expected_response_figure_stage(
+    *, analysis, example_patient: str | None, outcome: str, outputs
+) -> None:
+    """Draw one patient's outcome against the expected-treatment-response band.
+
+    The patient is *example_patient* (``report.figures.example_patient``) or, when None,
+    the first off-track patient with six sessions.
+    """
+    from .figures import plot_expected_response, save_figure
+
+    fig = plot_expected_response(
+        io.read_table(analysis), example_patient, outcome_label=f"outcome ({outcome})"
+    )
+    save_figure(fig, outputs)
+
+
+def feedback_figure_stage(*, analysis, min_cell: int, outcome: str, outputs) -> None:
+    """Draw the mean outcome by arm × on-track status (groups under *min_cell* are hidden)."""
+    from .figures import plot_feedback_curves, save_figure
+
+    fig = plot_feedback_curves(
+        io.read_table(analysis), min_n=min_cell, outcome_label=f"outcome ({outcome})"
+    )
+    save_figure(fig, outputs)
+
+
+def ruptures_figure_stage(*, analysis, min_cell: int, alliance: str, outputs) -> None:
+    """Draw the mean alliance around detected ruptures, by repair status."""
+    from .figures import plot_ruptures, save_figure
+
+    fig = plot_ruptures(
+        io.read_table(analysis), min_n=min_cell, alliance_label=f"alliance ({alliance})"
+    )
+    save_figure(fig, outputs)
+
+
+def sudden_gains_figure_stage(*, analysis, sudden_gains, outcome: str, outputs) -> None:
+    """Draw the outcome around each sudden gain, aligned at the pre-gain session."""
+    from .figures import plot_sudden_gains, save_figure
+
+    fig = plot_sudden_gains(
+        io.read_table(analysis),
+        io.read_table(sudden_gains),
+        outcome_label=f"outcome ({outcome})",
+    )
+    save_figure(fig, outputs)
+
+
+def reliable_change_figure_stage(
+    *, patients, rci: float, cutoff: float | None, direction: str, outcome: str, outputs
+) -> None:
+    """Draw intake vs last score with the reliable-change band and the cut-off.
+
+    *rci*, *cutoff* and *direction* are the outcome instrument's numbers with the study's
+    overrides (:func:`outcome_numbers`).
+    """
+    from .figures import plot_reliable_change, save_figure
+
+    fig = plot_reliable_change(
+        io.read_table(patients),
+        rci=rci,
+        cutoff=cutoff,
+        direction=direction,
+        outcome_label=f"outcome ({outcome})",
+    )
+    save_figure(fig, outputs)
+
+
+def caterpillar_figure_stage(*, model, caterpillar_group: str, outputs) -> None:
+    """Draw the caterpillar plot of one grouping factor's random intercepts."""
+    from .figures import plot_caterpillar, save_figure
+
+    save_figure(plot_caterpillar(io.read_json(model), group=caterpillar_group), outputs)
+
+
+def outcome_numbers(measures: Mapping[str, Any]) -> dict[str, Any]:
+    """Look up the outcome instrument's ``rci``, ``cutoff`` and ``direction``.
+
+    *measures* is the study's ``measures`` section; the numbers include its overrides
+    (:func:`instrument_of`).
+    """
+    inst = instrument_of(measures, measures["outcome"])
+    return {"rci": inst.rci, "cutoff": inst.cutoff, "direction": inst.direction}
+
+
+def _mapped(study: dict[str, Any]) -> set[str]:
+    return set(study["read"]["columns"].values())
+
+
+def _derived(part: str):
+    def applies(study: dict[str, Any]) -> bool:
+        return bool(study["derive"][part]["enabled"])
+
+    return applies
+
+
+def _always(study: dict[str, Any]) -> bool:
+    return True
+
+
+def _has_arms_and_on_track(study: dict[str, Any]) -> bool:
+    return _derived("on_track")(study) and "condition" in _mapped(study)
+
+
+def _has_caterpillar_group(study: dict[str, Any]) -> bool:
+    figures = (study.get("report") or {}).get("figures") or {}
+    return figures.get("caterpillar_group", "therapist") in _mapped(study)
+
+
+class Figure(NamedTuple):
+    """A study figure: its stage, the settings it reads and when a study has it.
+
+    ``stage`` is called with the rule's named inputs, the settings named in ``settings``
+    (:func:`figure_settings`) and ``outputs``; ``applies`` tells from a study's config block
+    whether the study has the figure (its variables are derived, its columns mapped).
+    """
+
+    stage: Callable[..., None]
+    settings: tuple[str, ...] = ()
+    applies: Callable[[dict[str, Any]], bool] = _always
+
+
+#: Every study figure by name (the rule is ``plot_<name>``, the files
+#: ``results/<study>/figures/<name>.<format>``). Adding a figure: an entry here, a rule in
+#: workflow/rules/figures.smk and its caption.
+FIGURES: dict[str, Figure] = {
+    "within_between": Figure(within_between_figure_stage, ("alliance", "outcome")),
+    "trajectories": Figure(trajectories_figure_stage, ("outcome",)),
+    "forest": Figure(model_forest_figure_stage),
+    "flow": Figure(flow_figure_stage),
+    "expected_response": Figure(
+        expected_response_figure_stage, ("example_patient", "outcome"), _derived("on_track")
+    ),
+    "feedback": Figure(
+        feedback_figure_stage,
+        ("min_cell", "outcome"),
+        _has_arms_and_on_track,
+    ),
+    "ruptures": Figure(ruptures_figure_stage, ("min_cell", "alliance"), _derived("ruptures")),
+    "sudden_gains": Figure(sudden_gains_figure_stage, ("outcome",), _derived("sudden_gains")),
+    "reliable_change": Figure(
+        reliable_change_figure_stage,
+        ("rci", "cutoff", "direction", "outcome"),
+        _derived("reliable_change"),
+    ),
+    "caterpillar": Figure(
+        caterpillar_figure_stage,
+        ("caterpillar_group",),
+        _has_caterpillar_group,
+    ),
+}
+
+
+def _check_figure(name: str) -> Figure:
+    if name not in FIGURES:
+        raise KeyError(f"`name` must be one of {', '.join(map(repr, FIGURES))}; got {name!r}.")
+    return FIGURES[name]
+
+
+def study_figures(study: dict[str, Any]) -> list[str]:
+    """Names of the figures a study has (:data:`FIGURES` whose ``applies`` holds)."""
+    return [name for name, figure in FIGURES.items() if figure.applies(study)]
+
+
+def figure_settings(name: str, study: dict[str, Any]) -> dict[str, Any]:
+    """Pick the settings figure *name* reads from a study's config block, and nothing else.
+
+    A rule that receives only these reruns when one of them changes and for no other
+    setting. Keys: ``alliance`` and ``outcome`` (``measures``, as labels), ``min_cell``
+    (``report.tables.min_cell``), ``example_patient`` and ``caterpillar_group``
+    (``report.figures``), ``rci``, ``cutoff`` and ``direction`` (:func:`outcome_numbers`).
+    """
+    wanted = _check_figure(name).settings
+    measures, report = study["measures"], study.get("report") or {}
+    figures = report.get("figures") or {}
+    values: dict[str, Any] = {
+        "alliance": measures["alliance"],
+        "outcome": measures["outcome"],
+        "min_cell": int((report.get("tables") or {}).get("min_cell", 5)),
+        "example_patient": figures.get("example_patient"),
+        "caterpillar_group": figures.get("caterpillar_group", "therapist"),
+    }
+    if {"rci", "cutoff", "direction"} & set(wanted):
+        values.update(outcome_numbers(measures))
+    return {key: values[key] for key in wanted}
+
+
+def figure_stage(name: str, *, inputs: Mapping[str, Any], settings: Mapping[str, Any], outputs):
+    """Run the stage of figure *name* (:data:`FIGURES`) on named *inputs* and *settings*."""
+    _check_figure(name).stage(**inputs, **settings, outputs=outputs)
+
+
+# --------------------------------------------------------------------------- across studies
+
+
+def pool_stage(
+    *,
+    models: Mapping[str, Any],
+    analyses: Mapping[str, Any],
+    directions: Mapping[str, str],
+    formula: str,
+    reml: bool = True,
+    term: str = "alliance_within_lag",
+    method: str = "pm",
+    hksj: bool = True,
+    alpha: float = 0.05,
+    pi_type: str = "default",
+    one_stage: bool = True,
+    standardise: bool = True,
+    meta_json,
+    table_csv,
+    table_md,
+    one_stage_json,
+    comparison_csv,
+) -> None:
+    """Pool the studies' fitted models (two stages) and refit the stacked data (one stage).
+
+    *models* and *analyses* map study names to the fit stage's JSON and the derive stage's
+    analysis table. Writes the meta-analysis (JSON), its table (CSV, Markdown), the
+    one-stage model (JSON; ``{"skipped": true}`` when ``one_stage`` is false) and the
+    comparison of the two (CSV).
+    """
+    import pandas
+
+    from .pool import (
+        compare_stages,
+        meta_analysis,
+        meta_table,
+        one_stage_model,
+        pool_markdown,
+        study_effects,
+    )
+
+    results = {name: io.read_json(path) for name, path in models.items()}
+    effects = study_effects(results, term=term, directions=directions)
+    meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha, pi_type=pi_type)
+    meta["term"] = term
+    comparison = None
+    if one_stage:
+        tables = {name: io.read_table(path) for name, path in analyses.items()}
+        one = one_stage_model(
+            tables, formula, directions=directions, reml=reml, standardise=standardise
+        )
+        comparison = compare_stages(meta, one, term=term)
+    else:
+        one = {"skipped": True}
+        comparison = pandas.DataFrame(
+            columns=["approach", "r", "ci_low", "ci_high", "estimate", "se", "p"]
+        )
+    io.write_json(meta, meta_json)
+    io.write_table(meta_table(meta), table_csv)
+    io.write_text(pool_markdown(meta, comparison if one_stage else None), table_md)
+    io.write_json(one, one_stage_json)
+    io.write_table(comparison, comparison_csv)
+
+
+def meta_forest_figure_stage(meta_json, *, benchmark: Mapping[str, Any] | None, outputs) -> None:
+    """Draw the forest plot of a saved meta-analysis in every format asked for.
+
+    The benchmark band is drawn only when the pooled term (``meta["term"]``, written by
+    :func:`pool_stage`) is ``alliance_between``, the between-patient association the
+    benchmark estimates; otherwise the figure notes that it is not comparable.
+    """
+    from .figures import save_figure
+    from .pool import Benchmark, plot_forest
+
+    mark = None if not benchmark else Benchmark(**benchmark)
+    meta = io.read_json(meta_json)
+    term = meta.get("term", "alliance_within_lag")
+    save_figure(plot_forest(meta, benchmark=mark, comparable=term == "alliance_between"), outputs)
+
+
+def power_chunk_stage(
+    *,
+    design: Mapping[str, Any],
+    seeds: Sequence[int],
+    label: str,
+    fitted=None,
+    vary: str | None = None,
+    alliance_items: int = 12,
+    formula: str | None = None,
+    alpha: float = 0.05,
+    output,
+) -> None:
+    """Run one chunk of replications and write its rows (CSV).
+
+    With *fitted* (a fit stage JSON of a WAI-SR + ORS study) the effects and ICCs come
+    from that fitted study (:func:`design_from_model`) and *design* supplies the rest
+    (sizes, dropout, the feedback effect unless the model has one). *vary* names the
+    parameter varied across designs (config ``power.vary.parameter``): its value in
+    *design* is passed as an override, so it wins over the fitted model's value (else
+    varying ``within_effect``, an ICC or ``outcome_variance`` would change nothing).
+    """
+    from .power import DEFAULT_FORMULA, _check_design, design_from_model, run_power_chunk
+
+    formula = DEFAULT_FORMULA if formula is None else formula
+    if vary is not None and vary not in design:
+        raise KeyError(
+            f"`vary` must name a parameter given in `design`; got {vary!r}, `design` has "
+            f"{sorted(design)}."
+        )
+    if fitted:
+        overrides = {vary: design[vary]} if vary is not None else {}
+        plan = design_from_model(
+            io.read_json(fitted), alliance_items=alliance_items, base=dict(design), **overrides
+        )
+    else:
+        plan = _check_design(dict(design))
+    io.write_table(run_power_chunk(plan, seeds, formula=formula, alpha=alpha, label=label), output)
+
+
+def power_summary_stage(
+    chunks: Sequence[Any], *, designs: Mapping[str, Mapping[str, Any]], csv, md
+) -> None:
+    """Merge every chunk and write the power table (CSV, Markdown)."""
+    from .power import _check_design, power_markdown, summarise_power
+
+    summary = summarise_power(
+        [io.read_table(path) for path in chunks],
+        designs={k: _check_design(dict(v)) for k, v in designs.items()},
+    )
+    io.write_table(summary, csv)
+    io.write_text(power_markdown(summary), md)
+
+
+def power_curve_stage(summary_csv, *, x: str = "n_patients", outputs) -> None:
+    """Draw the power curve from the power table in every format asked for."""
+    from .figures import save_figure
+    from .power import plot_power_curve
+
+    save_figure(plot_power_curve(io.read_table(summary_csv), x=x), outputs)
