@@ -21,7 +21,7 @@ SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def make_study(**settings_) -> dict:
-    """The study block of the corpus, validated (defaults filled in) like a real config."""
+    """Build the study block of the corpus, validated (defaults filled in) like a real config."""
     study = {
         "raw": "tests/data/bad/x.csv",
         "columns": {
@@ -33,7 +33,7 @@ def make_study(**settings_) -> dict:
         },
         "date_format": "%d/%m/%Y",
         "missing_codes": [-9, 99, "NA"],
-        "instruments": ["ors"],
+        "instruments": {"ors": {"rci": 5}},
         "alliance": "ors_total",
         "outcome": "ors_total",
         "models": ["m"],
@@ -51,6 +51,7 @@ def run(name: str, **settings_):
         encoding=study["encoding"],
         sheet=study["sheet"],
         header_rows=study["header_rows"],
+        skip_rows=study["skip_rows"],
     )
     return clean_sessions(raw, study, source=name, name="t")
 
@@ -70,89 +71,180 @@ def test_corpus_is_reproducible(tmp_path):
 
 ERRORS = {
     "blank_header.csv": (
-        "blank_header.csv, row 1: column 8 has no name in the header. If the header spans two rows (merged cells), set `header_rows: 2` for this study in config.yaml, or give every column a one-row name in the file."
+        "blank_header.csv, row 1: column 8 has no name in the header. If the header spans two "
+        "rows (merged cells), set `header_rows: 2` for this study in config.yaml, or give every "
+        "column a one-row name in the file."
     ),
     "cp1252.csv": (
-        "cp1252.csv, row 7: byte 0xfc cannot be read as utf-8-sig; the file was probably saved by Windows software as cp1252 (or latin-1). Set `encoding: cp1252` for this study in config.yaml, or save the file as UTF-8."
+        "cp1252.csv, row 7: byte 0xfc cannot be read as utf-8-sig; the file was probably saved "
+        "by Windows software as cp1252 (or latin-1). Set `encoding: cp1252` for this study in "
+        "config.yaml, or save the file as UTF-8."
     ),
     "date_of_birth_column.csv": (
-        "date_of_birth_column.csv: column 'Intake' looks like it holds dates of birth (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Intake' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "date_of_birth_column.csv: column 'Intake' looks like it holds dates of birth (by its "
+        "content; first at row 2). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Intake' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
     ),
     "decimal_comma.csv": (
-        "decimal_comma.csv, row 2, column 'ORS_1': '5,0' is not a number (5 more row(s) have the same problem). Correct the value, or declare it under `missing_codes` if it means 'missing'. The file writes decimals with a comma: set `decimal: ','` for this study in config.yaml. Or set `studies.t.rules.not_a_number` to 'exclude' or 'missing' in config.yaml."
+        "decimal_comma.csv, row 2, column 'ORS_1': '5,0' is not a number (5 more row(s) have the "
+        "same problem). Correct the value, or declare it under `missing_codes` if it means "
+        "'missing'. The file writes decimals with a comma: set `decimal: ','` for this study in "
+        "config.yaml. Or set `studies.t.rules.not_a_number` to 'exclude' or 'missing' in "
+        "config.yaml."
     ),
     "duplicate_header.csv": (
-        "duplicate_header.csv, row 1: the header names column 'ORS_3' twice (columns 7 and 8). Rename one of them in the file so that every column name is unique."
+        "duplicate_header.csv, row 1: the header names column 'ORS_3' twice (columns 7 and 8). "
+        "Rename one of them in the file so that every column name is unique."
     ),
     "email_column.csv": (
-        "email_column.csv: column 'Contact' looks like it holds e-mail addresses (by its content; first at row 4). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Contact' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "email_column.csv: column 'Contact' looks like it holds e-mail addresses (by its "
+        "content; first at row 4). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Contact' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
     ),
     "empty.csv": ("empty.csv: the file is empty. Export the data again."),
     "empty_column.csv": (
-        "empty_column.csv: column 'ORS_2' (mapped to 'ors_2') is empty in every one of its 6 rows; the export probably lost it. Export the data again, or remove the column from `columns` in config.yaml."
+        "empty_column.csv: column 'ORS_2' (mapped to 'ors_2') is empty in every one of its 6 "
+        "rows; the export probably lost it. Export the data again, or remove the column from "
+        "`columns` in config.yaml."
     ),
     "extra_field.csv": (
-        "extra_field.csv, row 5: the row has 9 fields, more than the 8 columns of the header. A value probably contains the delimiter ',' without quotes, or the delimiter is wrong; quote the value or set `delimiter` for this study in config.yaml."
+        "extra_field.csv, row 5: the row has 9 fields, more than the 8 columns of the header. A "
+        "value probably contains the delimiter ',' without quotes, or the delimiter is wrong; "
+        "quote the value or set `delimiter` for this study in config.yaml."
     ),
     "fake.sav": (
-        "fake.sav: the file cannot be read as SPSS data (ReadstatError: Unable to read from file). It may be truncated; save it again."
+        "fake.sav: the file cannot be read as SPSS data (ReadstatError: Unable to read from "
+        "file). It may be truncated; save it again."
     ),
     "merged_header.xlsx": (
-        "merged_header.xlsx, sheet 'export', row 1: column 6 has no name in the header. If the header spans two rows (merged cells), set `header_rows: 2` for this study in config.yaml, or give every column a one-row name in the file."
+        "merged_header.xlsx, sheet 'export', row 1: column 6 has no name in the header. If the "
+        "header spans two rows (merged cells), set `header_rows: 2` for this study in "
+        "config.yaml, or give every column a one-row name in the file."
     ),
     "mixed_dates.csv": (
-        "mixed_dates.csv, row 3, column 'SessionDate': date '2024-02-08' is written as %Y-%m-%d, but the date format is %d/%m/%Y (mixed date formats). Write every date in one format in the file, or set `date_format` for this study in config.yaml. Or set `studies.t.rules.date_invalid` to 'exclude' in config.yaml."
+        "mixed_dates.csv, row 3, column 'SessionDate': date '2024-02-08' is written as %Y-%m-%d, "
+        "but the date format is %d/%m/%Y (mixed date formats). Write every date in one format in "
+        "the file, or set `date_format` for this study in config.yaml. Or set "
+        "`studies.t.rules.date_invalid` to 'exclude' in config.yaml."
     ),
     "names_column.csv": (
-        "names_column.csv: column 'Client' looks like it holds names (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Client' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "names_column.csv: column 'Client' looks like it holds names (by its content; first at "
+        "row 2). The input must be de-identified before the pipeline reads it. Remove the column "
+        "from the export, or add 'Client' to `studies.t.drop_columns` in config.yaml to drop it "
+        "explicitly before anything is read from it."
     ),
     "national_id_in_item.csv": (
-        "national_id_in_item.csv: column 'ORS_3' looks like it holds national id numbers (by its content; first at row 5). The input must be de-identified before the pipeline reads it. The column is mapped to 'ors_3': correct the value in the file, or, if the column is free of identifiers, add it to `privacy_exempt`."
+        "national_id_in_item.csv: column 'ORS_3' looks like it holds national id numbers (by its "
+        "content; first at row 5). The input must be de-identified before the pipeline reads it. "
+        "The column is mapped to 'ors_3': correct the value in the file, or, if the column is "
+        "free of identifiers, add it to `privacy_exempt`."
     ),
     "negative_session.csv": (
-        "negative_session.csv, row 6, column 'SessionNo': session number -2 is not a whole number of 1 or more. Session numbers count from 1 (1 = the first session); correct the value. Or set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
+        "negative_session.csv, row 6, column 'SessionNo': session number -2 is not a whole "
+        "number of 1 or more. Session numbers count from 1 (1 = the first session); correct the "
+        "value. Or set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
     ),
     "notes_column.csv": (
-        "notes_column.csv: column 'Notes' looks like it holds free-text notes (by its name). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Notes' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "notes_column.csv: column 'Notes' looks like it holds free-text notes (by its name). The "
+        "input must be de-identified before the pipeline reads it. Remove the column from the "
+        "export, or add 'Notes' to `studies.t.drop_columns` in config.yaml to drop it explicitly "
+        "before anything is read from it."
     ),
     "notes_with_names.csv": (
-        "notes_with_names.csv: column 'Obs' looks like it holds free-text notes (by its content; first at row 3). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Obs' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "notes_with_names.csv: column 'Obs' looks like it holds free-text notes (by its content; "
+        "first at row 3). The input must be de-identified before the pipeline reads it. Remove "
+        "the column from the export, or add 'Obs' to `studies.t.drop_columns` in config.yaml to "
+        "drop it explicitly before anything is read from it."
     ),
     "old_excel.xls": (
-        "old_excel.xls: files ending in '.xls' cannot be read; use .csv, .tsv, .txt, .xlsx, .sav, .dta or .parquet (save older .xls files as .xlsx)."
+        "old_excel.xls: files ending in '.xls' cannot be read; use .csv, .tsv, .txt, .xlsx, "
+        ".sav, .dta or .parquet (save older .xls files as .xlsx)."
     ),
     "out_of_range.csv": (
-        "out_of_range.csv, row 2, column 'ORS_4': ors_4 = 12.5 is outside the response range 0 to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in config.yaml."
+        "out_of_range.csv, row 2, column 'ORS_4': ors_4 = 12.5 is outside the response range 0 "
+        "to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code "
+        "for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in "
+        "config.yaml."
     ),
     "phone_column.csv": (
-        "phone_column.csv: column 'Tel' looks like it holds phone numbers (by its name and content; first at row 5). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Tel' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "phone_column.csv: column 'Tel' looks like it holds phone numbers (by its name and "
+        "content; first at row 5). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Tel' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
     ),
     "phone_in_unnamed_column.csv": (
-        "phone_in_unnamed_column.csv: column 'Extra' looks like it holds phone numbers (by its content; first at row 6). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Extra' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "phone_in_unnamed_column.csv: column 'Extra' looks like it holds phone numbers (by its "
+        "content; first at row 6). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Extra' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
     ),
     "postcode_column.csv": (
-        "postcode_column.csv: column 'Area' looks like it holds postcodes (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Area' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "postcode_column.csv: column 'Area' looks like it holds postcodes (by its content; first "
+        "at row 2). The input must be de-identified before the pipeline reads it. Remove the "
+        "column from the export, or add 'Area' to `studies.t.drop_columns` in config.yaml to "
+        "drop it explicitly before anything is read from it."
     ),
     "renamed_column.csv": (
-        "renamed_column.csv: the config maps column 'SessionDate' to 'date', but the file has no column 'SessionDate'. Closest columns in the file: 'Session_Date', 'SessionNo', 'Clinician'. Fix the name under `columns` in config.yaml."
+        "renamed_column.csv: the config maps column 'SessionDate' to 'date', but the file has no "
+        "column 'SessionDate'. Closest columns in the file: 'Session_Date', 'SessionNo'. Fix the "
+        "name under `columns` in config.yaml."
     ),
     "session_zero.csv": (
-        "session_zero.csv, row 5, column 'SessionNo': session number 0 is not a whole number of 1 or more. Session numbers count from 1 (1 = the first session); correct the value. Or set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
+        "session_zero.csv, row 5, column 'SessionNo': session number 0 is not a whole number of "
+        "1 or more. Session numbers count from 1 (1 = the first session); correct the value. Or "
+        "set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
     ),
     "street_address_column.csv": (
-        "street_address_column.csv: column 'Home' looks like it holds street addresses (by its content; first at row 2). The input must be de-identified before the pipeline reads it. Remove the column from the export, or add 'Home' to `studies.t.drop_columns` in config.yaml to drop it explicitly before anything is read from it."
+        "street_address_column.csv: column 'Home' looks like it holds street addresses (by its "
+        "content; first at row 2). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Home' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
     ),
     "text_in_items.csv": (
-        "text_in_items.csv, row 4, column 'ORS_1': 'six' is not a number. Correct the value, or declare it under `missing_codes` if it means 'missing'. Or set `studies.t.rules.not_a_number` to 'exclude' or 'missing' in config.yaml."
+        "text_in_items.csv, row 4, column 'ORS_1': 'six' is not a number. Correct the value, or "
+        "declare it under `missing_codes` if it means 'missing'. Or set "
+        "`studies.t.rules.not_a_number` to 'exclude' or 'missing' in config.yaml."
     ),
     "truncated.csv": (
-        "truncated.csv, row 7: the row has 4 fields, fewer than the 8 columns of the header. The file may be truncated or a row was cut; export it again."
+        "truncated.csv, row 7: the row has 4 fields, fewer than the 8 columns of the header. The "
+        "file may be truncated or a row was cut; export it again."
     ),
     "unclosed_quote.csv": (
-        "unclosed_quote.csv, row 8: the file cannot be split into values (unexpected end of data); a quote is probably never closed, which happens when a file is truncated. Export the file again, or remove the stray quote."
+        "unclosed_quote.csv, row 8: the file cannot be split into values (unexpected end of "
+        "data); a quote is probably never closed, which happens when a file is truncated. Export "
+        "the file again, or remove the stray quote."
     ),
     "undeclared_code.csv": (
-        "undeclared_code.csv, row 7, column 'ORS_2': ors_2 = 999 is outside the response range 0 to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in config.yaml."
+        "undeclared_code.csv, row 7, column 'ORS_2': ors_2 = 999 is outside the response range 0 "
+        "to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code "
+        "for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in "
+        "config.yaml."
+    ),
+    "impossible_date.csv": (
+        "impossible_date.csv, row 3, column 'SessionDate': date '31/02/2024' is impossible: "
+        "February 2024 has 29 days. Correct the date: it is a typing error, since no such day "
+        "exists. Or set "
+        "`studies.t.rules.date_invalid` to 'exclude' in config.yaml."
+    ),
+    "lowercase_postcode_column.csv": (
+        "lowercase_postcode_column.csv: column 'Area' looks like it holds postcodes (by its "
+        "content; first at row 2). The input must be de-identified before the pipeline reads it. "
+        "Remove the column from the export, or add 'Area' to `studies.t.drop_columns` in "
+        "config.yaml to drop it explicitly before anything is read from it."
+    ),
+    "therapist_name.csv": (
+        "therapist_name.csv: column 'Clinician' looks like it holds names (by its content; first "
+        "at row 4). The input must be de-identified before the pipeline reads it. The column is "
+        "mapped to 'therapist': replace the values by pseudonymous codes in the export, or set "
+        "`hash_ids: true` and the environment variable ALLIANCEFLOW_SALT so only keyed hashes "
+        "are written."
+    ),
+    "title_rows.csv": (
+        "title_rows.csv, row 1: the header has blank column names, and row 3 looks like the "
+        "header, with 2 title row(s) above it. Set `skip_rows: 2` for this study in config.yaml, "
+        "or delete the title rows in the file."
     ),
 }
 
@@ -178,6 +270,81 @@ def test_wrong_delimiter_declared_in_config():
 # Exclusions, alterations and flags: (file, settings, expected rows of exclusions.csv as
 # (source_row, patient, session, rule, action, column, reason), sessions kept).
 LOGGED = {
+    "id_spellings.csv": (
+        {},
+        [
+            (
+                3,
+                "1",
+                "2",
+                "id_variant",
+                "altered",
+                "ClientCode",
+                "patient id '1.0' is a spelling of '1' (case, spaces, number format or Unicode "
+                "form); changed to '1'",
+            ),
+            (
+                4,
+                "1",
+                "3",
+                "id_variant",
+                "altered",
+                "ClientCode",
+                "patient id '01' is a spelling of '1' (case, spaces, number format or Unicode "
+                "form); changed to '1'",
+            ),
+            (
+                5,
+                "Zo\u00e9",
+                "1",
+                "id_variant",
+                "altered",
+                "ClientCode",
+                "patient id 'Zoe\u0301' is a spelling of 'Zo\u00e9' (case, spaces, number format "
+                "or Unicode form); changed to 'Zo\u00e9'",
+            ),
+        ],
+        6,
+    ),
+    "blank_therapist.csv": (
+        {},
+        [
+            (
+                3,
+                "P01",
+                "2",
+                "missing_therapist",
+                "altered",
+                "Clinician",
+                "therapist is blank; filled with the patient's only therapist 'T1'",
+            ),
+            (
+                7,
+                "P03",
+                "1",
+                "missing_therapist",
+                "excluded",
+                "Clinician",
+                "therapist is blank, and no other row of the patient names one",
+            ),
+        ],
+        5,
+    ),
+    "future_date.csv": (
+        {},
+        [
+            (
+                3,
+                "P01",
+                "2",
+                "session_order",
+                "flagged",
+                "SessionDate",
+                "session 2 is dated 2550 day(s) after the next session (session 3)",
+            ),
+        ],
+        8,
+    ),
     "duplicate_identical.csv": (
         {},
         [
@@ -232,7 +399,8 @@ LOGGED = {
                 "id_variant",
                 "altered",
                 "ClientCode",
-                "patient id 'P01  ' differs from 'P01' only by case or spaces; changed to 'P01'",
+                "patient id 'P01  ' is a spelling of 'P01' (case, spaces, number format or "
+                "Unicode form); changed to 'P01'",
             )
         ],
         6,
@@ -247,7 +415,8 @@ LOGGED = {
                 "id_variant",
                 "altered",
                 "ClientCode",
-                "patient id 'p01' differs from 'P01' only by case or spaces; changed to 'P01'",
+                "patient id 'p01' is a spelling of 'P01' (case, spaces, number format or Unicode "
+                "form); changed to 'P01'",
             )
         ],
         6,
@@ -277,7 +446,7 @@ LOGGED = {
                 "session_order",
                 "flagged",
                 "SessionDate",
-                "session 3 is dated 2024-02-05, before an earlier session (2024-02-08)",
+                "session 3 is dated 3 day(s) before the previous session (session 2)",
             )
         ],
         6,
@@ -391,7 +560,8 @@ LOGGED = {
                 "date_invalid",
                 "excluded",
                 "SessionDate",
-                "date '2024-02-08' is written as %Y-%m-%d, but the date format is %d/%m/%Y (mixed date formats)",
+                "date '2024-02-08' is written as %Y-%m-%d, but the date format is %d/%m/%Y "
+                "(mixed date formats)",
             ),
             (
                 4,
@@ -493,7 +663,10 @@ def test_policy_outside_the_allowed_set_is_refused():
     raw = io.read_raw(BAD / "session_gap.csv")
     with pytest.raises(
         DataError,
-        match=r"`studies.t.rules.session_gap` is 'exclude'; allowed values are 'error', 'flag', 'ignore'",
+        match=(
+            r"`studies.t.rules.session_gap` is 'exclude'; "
+            r"allowed values are 'error', 'flag', 'ignore'"
+        ),
     ):
         clean_sessions(raw, study, source="session_gap.csv", name="t")
 
@@ -667,3 +840,256 @@ def test_flow_always_reconciles(rows, min_sessions):
     assert (
         out["days"].isna() | (out["days"] <= out["followup_days"])
     ).all()  # nothing after the extraction
+
+
+def test_true_number_of_patients_after_id_spellings():
+    result = run("id_spellings.csv")
+    assert result.flow["patients"]["read"] == 3
+    assert sorted(result.sessions["patient"].unique()) == ["1", "P03", "Zo\u00e9"]
+
+
+def test_blank_therapist_is_counted_and_filled():
+    result = run("blank_therapist.csv")
+    assert result.flow["sessions"]["altered_by_rule"] == {"missing_therapist": 1}
+    assert result.flow["sessions"]["excluded_by_rule"] == {"missing_therapist": 1}
+    assert result.flow["values"]["missing_by_column"]["therapist"] == {
+        "raw_column": "Clinician",
+        "read_blank": 2,
+        "read_coded": 0,
+        "kept_missing": 0,
+    }
+    assert result.sessions["therapist"].notna().all()
+
+
+def test_blank_therapist_flag_keeps_the_rows_unfilled():
+    result = run("blank_therapist.csv", rules={"missing_therapist": "flag"})
+    assert result.exclusions["action"].tolist() == ["flagged", "flagged"]
+    assert result.sessions["therapist"].isna().sum() == 2
+
+
+def arm_study(**rules):
+    columns = {**make_study()["columns"], "Arm": "condition"}
+    return {"columns": columns, "labels": {"condition": {"FB": "feedback", "TAU": "tau"}}, **rules}
+
+
+def test_arm_switch_is_analysed_by_intention_to_treat():
+    result = run("arm_switch.csv", **arm_study())
+    rows = result.exclusions[["source_row", "rule", "action", "reason"]].values.tolist()
+    assert rows == [
+        [
+            4,
+            "condition_change",
+            "altered",
+            "the patient's arm changes (feedback \u2192 tau); analysed in the first recorded arm, "
+            "'feedback' (intention to treat)",
+        ],
+        [
+            6,
+            "condition_change",
+            "altered",
+            "arm is blank; filled with the patient's recorded arm 'tau'",
+        ],
+    ]
+    arms = result.sessions.groupby("patient", observed=True)["condition"].agg(
+        lambda c: sorted(set(c.astype(str)))
+    )
+    assert arms.to_dict() == {"P01": ["feedback"], "P02": ["tau"], "P03": ["feedback"]}
+
+
+def test_arm_switch_exclude_and_error():
+    result = run("arm_switch.csv", **arm_study(rules={"condition_change": "exclude"}))
+    assert result.flow["patients"]["excluded_by_rule"] == {"condition_change": 1}
+    assert reconcile(result.flow) == []
+    with pytest.raises(DataError) as error:
+        run("arm_switch.csv", **arm_study(rules={"condition_change": "error"}))
+    assert str(error.value) == (
+        "arm_switch.csv, row 4, column 'Arm': the patient's arm changes (feedback \u2192 tau). "
+        "Record the arm the patient was allocated to on every row, or set the rule to 'flag' to "
+        "analyse each patient in the first recorded arm (intention to treat). Or set "
+        "`studies.t.rules.condition_change` to 'flag' or 'exclude' in config.yaml."
+    )
+
+
+def test_therapist_name_passes_when_ids_are_hashed(monkeypatch):
+    monkeypatch.setenv("ALLIANCEFLOW_SALT", "s" * 32)
+    result = run("therapist_name.csv", hash_ids=True, rules={"therapist_change": "flag"})
+    result_env = result.sessions["therapist"]
+    assert "Dr Jane Smith" not in set(result_env)
+
+
+@pytest.mark.parametrize(
+    "name", ["id_spellings.csv", "future_date.csv", "therapist_change.csv", "case_ids.csv"]
+)
+def test_hashed_ids_leave_no_raw_id_or_date_in_the_outputs(name, monkeypatch):
+    import re
+
+    monkeypatch.setenv("ALLIANCEFLOW_SALT", "s" * 32)
+    raw = io.read_raw(BAD / name)
+    ids = set(raw["ClientCode"]) | set(raw["Clinician"])
+    ids |= {v.strip() for v in ids}
+    result = run(name, hash_ids=True)
+    reasons = " ".join(result.exclusions["reason"])
+    assert not {f"'{v}'" for v in ids if f"'{v}'" in reasons}
+    assert not ids & set(result.exclusions["patient"].dropna())
+    assert not ids & (set(result.sessions["patient"]) | set(result.sessions["therapist"]))
+    written = result.exclusions.to_csv(index=False) + str(result.flow)
+    written += result.sessions.to_csv(index=False)
+    assert not re.search(r"\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}", written)
+    assert result.flow["patients"]["read"] == 3
+
+
+def test_missing_values_are_counted_per_column():
+    result = run("undeclared_code.csv", missing_codes=[-9, 99, 999, "NA"])
+    counts = result.flow["values"]["missing_by_column"]["ors_2"]
+    assert counts == {"raw_column": "ORS_2", "read_blank": 0, "read_coded": 1, "kept_missing": 1}
+    assert result.flow["scores"]["ors"] == {
+        "items": 4,
+        "max_missing": 0,
+        "sessions": 6,
+        "sessions_without_total": 1,
+        "share": 0.1667,
+    }
+    assert result.flow["warnings"] == [
+        "ors: 1 of 6 kept sessions (16.7%) will have no ors_total, because more than 0 of its 4 "
+        "items are blank or coded missing; set `max_missing` for ors under the study's "
+        "`instruments` if its protocol prorates."
+    ]
+
+
+def test_steps_are_named_functions_that_run_alone():
+    from allianceflow.clean import STEPS, CleanRun
+    from allianceflow.clean.rules import out_of_order
+
+    assert [n for n, _ in STEPS][:3] == ["drop_columns", "privacy_guard", "reshape"]
+    assert out_of_order(np.array([1, 2, 2031, 4, 5])).tolist() == [0, 0, 1, 0, 0]
+    study = make_study()
+    raw = io.read_raw(BAD / "future_date.csv")
+    run_ = CleanRun(raw, study, source="f.csv", name="t", collect=False, env={}, config="c.yaml")
+    for _, step in STEPS[:4]:
+        step(run_)
+    assert run_.rows_read == 8 and "_session_text" in run_.frame
+
+
+def test_messages_name_the_config_file_given():
+    study = make_study()
+    raw = io.read_raw(BAD / "renamed_column.csv")
+    with pytest.raises(DataError, match=r"Fix the name under `columns` in study\.yaml\.$"):
+        clean_sessions(raw, study, source="renamed_column.csv", config="study.yaml")
+
+
+def test_no_similar_column_gets_no_suggestion():
+    study = make_study(columns={**make_study()["columns"], "Therapist": "therapist"})
+    study["columns"].pop("Clinician")
+    raw = io.read_raw(BAD / "bom.csv")
+    with pytest.raises(DataError) as error:
+        clean_sessions(raw, study, source="bom.csv")
+    assert "Closest" not in str(error.value)
+    assert "No column of the file has a similar name" in str(error.value)
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        io.write_json({"a": 1}, tmp_path / "x.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o640
+
+
+_messy_patient = st.tuples(
+    st.sampled_from(["1", "2", "3", "A7"]),  # true patient
+    st.lists(st.sampled_from(["FB", "TAU", ""]), min_size=1, max_size=4),  # arms per session
+    st.lists(st.sampled_from(["T1", ""]), min_size=1, max_size=4),  # therapist per session
+)
+
+
+def _spell(patient: str, k: int) -> str:
+    spellings = {
+        "1": ["1", "1.0", " 1", "01"],
+        "2": ["2", "2.0", "2 ", "002"],
+        "3": ["3", "3", "3.00", " 3 "],
+        "A7": ["A7", "a7", " A7", "A\uff17"],
+    }[patient]
+    return spellings[k % 4]
+
+
+_MESSY_STUDY = make_study(**arm_study())
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    patients=st.lists(_messy_patient, min_size=1, max_size=4, unique_by=lambda p: p[0]),
+    blanks=st.lists(st.booleans(), min_size=16, max_size=16),
+    duplicate=st.booleans(),
+    seed=st.integers(0, 10**6),
+)
+def test_messy_exports_reconcile_and_count_true_patients(patients, blanks, duplicate, seed):
+    rows = []
+    for patient, arms, therapists in patients:
+        for k in range(max(len(arms), len(therapists))):
+            rows.append(
+                [
+                    _spell(patient, k + seed),
+                    therapists[k % len(therapists)],
+                    str(k + 1),
+                    f"{k + 1:02d}/02/2024",
+                    *["" if blanks[(k * 4 + i) % 16] else str(i + 3) for i in range(4)],
+                    arms[k % len(arms)],
+                ]
+            )
+    if duplicate:
+        rows.append(list(rows[0]))
+    order = np.random.default_rng(seed).permutation(len(rows))
+    raw = pd.DataFrame([rows[i] for i in order], columns=[*make_study()["columns"], "Arm"])
+    raw.insert(0, "_source_row", np.arange(2, len(raw) + 2))
+    try:
+        result = clean_sessions(raw, _MESSY_STUDY, source="messy.csv")
+    except DataError as error:  # only a column blank in every row may stop the stage
+        assert "is empty in every one" in str(error)
+        return
+    assert reconcile(result.flow) == []
+    assert result.flow["patients"]["read"] == len(patients)
+    kept = result.sessions
+    assert kept.groupby("patient")["condition"].nunique().le(1).all()
+    assert kept["therapist"].notna().all()
+
+
+def test_blank_item_cells_are_counted_in_the_flow():
+    flow = run("blank_items.csv").flow
+    assert flow["values"]["missing_by_column"]["ors_2"] == {
+        "raw_column": "ORS_2",
+        "read_blank": 2,
+        "read_coded": 0,
+        "kept_missing": 2,
+    }
+    assert flow["values"]["missing_by_column"]["ors_4"] == {
+        "raw_column": "ORS_4",
+        "read_blank": 0,
+        "read_coded": 1,
+        "kept_missing": 1,
+    }
+    assert flow["scores"]["ors"]["sessions_without_total"] == 2  # rows 3 and 6
+    assert flow["values"]["missing_code"] == 1
+
+
+@pytest.mark.parametrize(
+    "value, fmt, reason",
+    [
+        ("31.02.2024", "%d.%m.%Y", "date '31.02.2024' is impossible: February 2024 has 29 days"),
+        ("29/02/2023", "%d/%m/%Y", "date '29/02/2023' is impossible: February 2023 has 28 days"),
+        ("2024-13-01", "%Y-%m-%d", "date '2024-13-01' is impossible: there is no month 13"),
+        (
+            "2024-02-08",
+            "%d/%m/%Y",
+            "date '2024-02-08' is written as %Y-%m-%d, but the date format is %d/%m/%Y "
+            "(mixed date formats)",
+        ),
+        ("soon", "%d/%m/%Y", "date 'soon' does not match the date format %d/%m/%Y"),
+    ],
+)
+def test_impossible_dates_are_called_impossible(value, fmt, reason):
+    from allianceflow.clean.rules import date_problem
+
+    assert date_problem(value, fmt) == reason

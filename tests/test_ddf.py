@@ -139,7 +139,7 @@ def test_blocks_follow_the_outermost_factor(structures):
 def test_the_structure_reproduces_the_fit(three_level_data, structures):
     res = fit_model(three_level_data, FORMULAS[0], reml=True)
     st = structures[0]
-    fixed = pd.DataFrame(res["fixed"])
+    fixed = res.fixed
     np.testing.assert_allclose(st.beta, fixed["estimate"], rtol=1e-7)
     np.testing.assert_allclose(np.sqrt(np.diag(st.phi)), fixed["se"], rtol=1e-6)
     # the REML deviance is at its minimum: gradient ~ 0 relative to its curvature

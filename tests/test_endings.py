@@ -1,6 +1,8 @@
-"""Endings from a researcher's export to the patients table: the canonical ``ending`` and
-``followup_days`` columns of the clean stage, the study's ``extraction_date``, the config
-checks, and the derive stage using them (recorded or inferred from a gap).
+"""Endings from a researcher's export to the patients table.
+
+The canonical ``ending`` and ``followup_days`` columns of the clean stage, the study's
+``extraction_date``, the config checks, and the derive stage using them (recorded or
+inferred from a gap).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def make_study(columns=None, **settings) -> dict:
         "raw": "x.csv",
         "columns": dict(COLUMNS if columns is None else columns),
         "date_format": "%Y-%m-%d",
-        "instruments": ["ors"],
+        "instruments": {"ors": {"rci": 5}},
         "alliance": "ors_total",
         "outcome": "ors_total",
         "models": ["m"],
@@ -104,10 +106,13 @@ def test_an_unmapped_ending_label_names_the_row_and_the_fix():
     with pytest.raises(DataError) as error:
         clean(ROWS, labels={"ending": {"Done": "planned"}})
     assert str(error.value) == (
-        "x.csv, row 6, column 'Discharge': ending 'left' is not one of planned, unilateral, dropout, "
+        "x.csv, row 6, column 'Discharge': ending 'left' is not one of planned, unilateral, "
+        "dropout, "
         "ongoing. Map each of the export's ending labels to one of these types under "
-        "`studies.t.labels.ending` in config.yaml (here `'left': <type>`); leave the cell blank when "
-        "the ending is not recorded. Or set `studies.t.rules.ending_invalid` to 'missing' in config.yaml."
+        "`studies.t.labels.ending` in config.yaml (here `'left': <type>`); leave the cell blank "
+        "when "
+        "the ending is not recorded. Or set `studies.t.rules.ending_invalid` to 'missing' in "
+        "config.yaml."
     )
 
 
@@ -157,8 +162,8 @@ def test_a_session_after_the_extraction_date():
     with pytest.raises(DataError) as error:
         clean(ROWS, labels=LABELS, extraction_date="2025-02-28")
     assert str(error.value) == (
-        "x.csv, row 7, column 'Date': the session is dated 2025-03-03, after the extraction date "
-        "2025-02-28. Check the date, or set `studies.t.extraction_date` to the day the data were "
+        "x.csv, row 7, column 'Date': the session is dated 3 day(s) after the extraction date. "
+        "Check the date, or set `studies.t.extraction_date` to the day the data were "
         "exported. Or set `studies.t.rules.after_extraction` to 'exclude' in config.yaml."
     )
     result = clean(
@@ -186,14 +191,20 @@ def test_clean_itself_refuses_an_extraction_date_it_cannot_use():
     with pytest.raises(DataError) as error:
         unvalidated({**COLUMNS, "FU": "followup_days"}, [r + ("90",) for r in ROWS])
     assert str(error.value) == (
-        "x.csv: column 'FU' is mapped to 'followup_days', but the sessions are dated, and with dates "
-        "the follow-up time must come from the extraction day (days are counted from each patient's "
-        "first kept session). Remove the mapping and set `studies.t.extraction_date` to the day the "
+        "x.csv: column 'FU' is mapped to 'followup_days', but the sessions are dated, and with "
+        "dates "
+        "the follow-up time must come from the extraction day (days are counted from each "
+        "patient's "
+        "first kept session). Remove the mapping and set `studies.t.extraction_date` to the day "
+        "the "
         "data were exported."
     )
     with pytest.raises(
         DataError,
-        match=r"^config.yaml: `studies.t.extraction_date` is '2025-02-30', which is not a day of the calendar",
+        match=(
+            r"^config.yaml: `studies.t.extraction_date` is '2025-02-30', "
+            r"which is not a day of the calendar"
+        ),
     ):
         unvalidated(COLUMNS, ROWS, extraction_date="2025-02-30", labels=LABELS)
 
@@ -219,9 +230,11 @@ def test_mapped_followup_days_without_dates():
     with pytest.raises(DataError) as error:
         clean(rows, columns=columns)
     assert str(error.value) == (
-        "x.csv, row 4, column 'FU': the follow-up time is -3 days, so the extraction would precede the "
+        "x.csv, row 4, column 'FU': the follow-up time is -3 days, so the extraction would "
+        "precede the "
         "first session. Check the patient's follow-up time (days from the first session to the "
-        "extraction) and day counts. Or set `studies.t.rules.after_extraction` to 'exclude' in config.yaml."
+        "extraction) and day counts. Or set `studies.t.rules.after_extraction` to 'exclude' in "
+        "config.yaml."
     )
     rows = [("a", "1", "0", "5", "5"), ("a", "2", "7", "6", "")]
     with pytest.raises(DataError) as error:
@@ -263,7 +276,7 @@ def _config(**study):
     base = {
         "raw": "x.csv",
         "columns": dict(COLUMNS),
-        "instruments": ["ors"],
+        "instruments": {"ors": {"rci": 5}},
         "alliance": "ors_total",
         "outcome": "ors_total",
         "models": ["m"],
@@ -378,7 +391,8 @@ def test_derive_uses_the_recorded_ending_and_infers_the_rest():
         settings=settings,
     )
     p = derived.patients.set_index("patient")
-    # a, b recorded; c: first and only session 2025-03-03, extraction 28 days later = gap_days -> ended
+    # a, b recorded; c: first and only session 2025-03-03, extraction 28 days later
+    # = gap_days -> ended
     assert p["ending"].astype(str).to_dict() == {"a": "planned", "b": "unilateral", "c": "ended"}
     assert p["ending_source"].astype(str).to_dict() == {
         "a": "recorded",

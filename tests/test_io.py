@@ -103,3 +103,45 @@ def test_missing_file():
 def test_writers_still_deterministic(tmp_path):
     io.write_json({"b": 1.123456789012, "a": float("nan")}, tmp_path / "x.json")
     assert (tmp_path / "x.json").read_text() == '{\n  "a": null,\n  "b": 1.123456789\n}\n'
+
+
+def test_title_rows_above_an_excel_header_get_skip_rows(tmp_path):
+    path = tmp_path / "x.xlsx"
+    with pd.ExcelWriter(path) as writer:
+        pd.DataFrame([["Session export"], ["Printed 2024"]]).to_excel(
+            writer, sheet_name="export", index=False, header=False
+        )
+        ROWS.to_excel(writer, sheet_name="export", index=False, startrow=2)
+    with pytest.raises(io.DataError) as caught:
+        io.read_raw(path)
+    assert str(caught.value) == (
+        "x.xlsx, sheet 'export', row 1: the header has blank column names, and row 3 looks like "
+        "the header, with 2 title row(s) above it. Set `skip_rows: 2` for this study in "
+        "config.yaml, or delete the title rows in the file."
+    )
+    frame = io.read_raw(path, skip_rows=2)
+    assert frame["_source_row"].tolist() == [4, 5, 6]  # the rows a spreadsheet shows
+    assert frame.drop(columns="_source_row").values.tolist() == EXPECTED
+
+
+def test_skip_rows_in_a_csv_keeps_spreadsheet_row_numbers(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("Export,,\nClientCode,SessionNo,ORS_1\nP01,1,5\nP01,2,x,9\n", encoding="utf-8")
+    with pytest.raises(io.DataError, match=r"^x.csv, row 4: the row has 4 fields"):
+        io.read_raw(path, skip_rows=1)
+    with pytest.raises(
+        ValueError, match=r"`skip_rows` must be a whole number of 0 or more; got -1"
+    ):
+        io.read_raw(path, skip_rows=-1)
+
+
+def test_messages_name_the_config_file_given(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_bytes("ClientCode,Sessie\nP01,1\nM\xfcller,2\n".encode("cp1252"))
+    with pytest.raises(io.DataError) as caught:
+        io.read_raw(path, config="site_b.yaml")
+    assert str(caught.value) == (
+        "x.csv, row 3: byte 0xfc cannot be read as utf-8-sig; the file was probably saved by "
+        "Windows software as cp1252 (or latin-1). Set `encoding: cp1252` for this study in "
+        "site_b.yaml, or save the file as UTF-8."
+    )

@@ -59,6 +59,11 @@ def test_identifier_planted_in_any_column_is_caught(example, data):
         ("c", ["943 476 5919"], "national id numbers"),
         ("c", ["Hoofdstraat 12"], "street addresses"),
         ("c", ["Pt calm today and spoke about her new job", ""], "free-text notes"),
+        ("c", ["sw1a 1aa"], "postcodes"),
+        ("c", ["sw1a1aa", "ec1a1bb", ""], "postcodes"),
+        ("c", ["1012ab", "3511lx"], "postcodes"),
+        ("c", ["k1a0b1", "m5v3l9"], "postcodes"),
+        ("c", ["Dr Jane Smith", "Prof. Anna de Vries", "Smith, J."], "names"),
     ],
 )
 def test_detection_by_name_and_content(column, values, kind):
@@ -75,6 +80,7 @@ def test_detection_by_name_and_content(column, values, kind):
         ["P001", "T03"],
         ["21/02/2023"],
         ["Group Therapy", "Individual"],
+        ["P12AB", "P01", "P02", "P03"],  # one code of postcode shape among ordinary ones
     ],
 )
 def test_ordinary_values_pass(values):
@@ -110,3 +116,19 @@ def test_salt_and_pseudonyms():
         ValueError, match="`salt` must be a string of at least 16 characters; got 3"
     ):
         pseudonymise(pd.Series(["a"]), "abc")
+
+
+@pytest.mark.parametrize("name", ["Dr Jane Smith", "Smith, J.", "Mr. Peter Smit", "J. de Vries"])
+def test_one_name_in_a_mapped_id_column_is_refused(name):
+    frame = pd.DataFrame({"_source_row": [2, 3, 4], "Clin": ["T1", name, "T2"]})
+    with pytest.raises(io.DataError) as caught:
+        check_privacy(frame, source="s.csv", mapped={"Clin": "therapist"})
+    assert str(caught.value) == (
+        "s.csv: column 'Clin' looks like it holds names (by its content; first at row 3). The "
+        "input must be de-identified before the pipeline reads it. The column is mapped to "
+        "'therapist': replace the values by pseudonymous codes in the export, or set "
+        "`hash_ids: true` and the environment variable ALLIANCEFLOW_SALT so only keyed hashes "
+        "are written."
+    )
+    check_privacy(frame, source="s.csv", mapped={"Clin": "therapist"}, hash_ids=True)
+    assert find_identifiers(frame) == []  # unmapped, one name among codes is not enough

@@ -91,9 +91,14 @@ def _check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         name, study = _pick_study(config, args.path, args.study, args.config)
-        raw = read_export(args.path, study["read"])
+        raw = read_export(args.path, study["read"], config=args.config.name)
         result = clean_sessions(
-            raw, flat_study(study), source=args.path.name, name=name, collect=True
+            raw,
+            flat_study(study),
+            source=args.path.name,
+            name=name,
+            collect=True,
+            config=args.config.name,
         )
     except (io.DataError, ConfigError) as error:
         if args.debug:

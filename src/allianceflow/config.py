@@ -241,6 +241,110 @@ def _check_endings(name: str, study: dict[str, Any], source: str) -> None:
         )
 
 
+def _study_instrument(study: dict[str, Any], score: str, key: str, source: str):
+    """Return the study's instrument (with its overrides) that produces the score *score*."""
+    from .instruments import load_instrument
+    from .score import score_columns
+
+    specs = study.get("instruments") or {}
+    items = specs.items() if isinstance(specs, dict) else ((name, None) for name in specs)
+    for ident, spec in items:
+        own = isinstance(spec, dict) and "items" in spec
+        try:
+            inst = load_instrument(spec if own else ident, overrides=None if own else spec)
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as error:
+            raise ConfigError(
+                f"{source}: `{key}.instruments.{ident}` cannot be loaded: {error}"
+            ) from None
+        if score in score_columns(inst):
+            return inst
+    raise ConfigError(
+        f"{source}: `{key}` uses the score {score!r}, which none of its `instruments` produces; "
+        "scores are named '<instrument>_total' or '<instrument>_<subscale>', e.g. 'ors_total' "
+        "or 'wai_sr_bond'."
+    )
+
+
+def _check_instrument_numbers(name: str, study: dict[str, Any], source: str) -> None:
+    """Numbers the derive stage takes from the outcome instrument must exist before any job.
+
+    Reliable change, and sudden gains without their own ``cutoff``, need the outcome's
+    reliable change value (``rci``); instruments whose published value could not be
+    confirmed ship none (PHQ-9, ORS), so the study must set it or switch the variable off.
+    """
+    key = f"studies.{name}"
+    if "outcome" not in study or "alliance" not in study:
+        return
+    outcome = _study_instrument(study, study["outcome"], key, source)
+    _study_instrument(study, study["alliance"], key, source)
+    derive = study.get("derive") or {}
+    needs = []
+    if (derive.get("reliable_change") or {}).get("enabled", True):
+        needs.append(("reliable change", f"`{key}.derive.reliable_change.enabled: false`"))
+    gains = derive.get("sudden_gains") or {}
+    if gains.get("enabled", True) and gains.get("cutoff") is None:
+        needs.append(
+            (
+                "sudden gains",
+                f"`{key}.derive.sudden_gains.cutoff: <points>` or "
+                f"`{key}.derive.sudden_gains.enabled: false`",
+            )
+        )
+    if outcome.rci is None and needs:
+        what = " and ".join(n[0] for n in needs)
+        other = " and ".join(n[1] for n in needs)
+        raise ConfigError(
+            f"{source}: {what} need{'s' if len(needs) == 1 else ''} the reliable change value "
+            f"of the outcome instrument "
+            f"{outcome.id!r}, and its file ships none (it could not be confirmed from a "
+            f"published source). Set `{key}.instruments.{outcome.id}: {{rci: <points>}}`, or "
+            f"set {other}."
+        )
+
+
+def _check_presets(name: str, study: dict[str, Any], config: dict[str, Any], source: str) -> None:
+    """Presets the study fits must find the columns and derived variables they use."""
+    key = f"studies.{name}"
+    mapped = set(study["columns"].values())
+    derive = study.get("derive") or {}
+    for model in study.get("models", []):
+        spec = config["models"].get(model) or {}
+        preset = spec.get("preset")
+        options = spec.get("options") or {}
+        if preset == "feedback":
+            arm = options.get("arm", "condition")
+            if arm == "condition" and "condition" not in mapped:
+                raise ConfigError(
+                    f"{source}: model {model!r} (preset feedback) compares arms, but "
+                    f"`{key}.columns` maps no column to 'condition'. Map the arm column, or "
+                    f"remove {model!r} from `{key}.models`."
+                )
+            if not (derive.get("on_track") or {}).get("enabled", True):
+                raise ConfigError(
+                    f"{source}: model {model!r} (preset feedback) needs the on-track status, but "
+                    f"`{key}.derive.on_track.enabled` is false. Switch it on, or remove "
+                    f"{model!r} from `{key}.models`."
+                )
+        elif preset == "rupture_repair" and not (derive.get("ruptures") or {}).get("enabled", True):
+            raise ConfigError(
+                f"{source}: model {model!r} (preset rupture_repair) needs detected ruptures, but "
+                f"`{key}.derive.ruptures.enabled` is false. Switch it on, or remove {model!r} "
+                f"from `{key}.models`."
+            )
+        elif preset == "alliance_components" and "alliance" in study:
+            alliance = _study_instrument(study, study["alliance"], key, source)
+            wanted = options.get("components", ("task", "bond", "goal"))
+            missing = [c for c in wanted if c not in alliance.subscales]
+            if missing:
+                have = ", ".join(alliance.subscales) or "none"
+                raise ConfigError(
+                    f"{source}: model {model!r} (preset alliance_components) needs the alliance "
+                    f"subscale(s) {', '.join(missing)}, but {alliance.id!r} has {have}. Use an "
+                    f"alliance instrument with these subscales, or remove {model!r} from "
+                    f"`{key}.models`."
+                )
+
+
 def validate_config(
     config: dict[str, Any],
     schema: dict[str, Any] | str | Path = SCHEMA_PATH,
@@ -309,6 +413,8 @@ def validate_config(
                 )
     for name, study in resolved["studies"].items():
         _check_endings(name, study, source)
+        _check_instrument_numbers(name, study, source)
+        _check_presets(name, study, resolved, source)
     for pair in resolved.get("comparisons", []):
         for model in pair:
             if model not in resolved["models"]:

@@ -66,7 +66,7 @@ def session_schema(
     *,
     ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> pa.DataFrameSchema:
-    """The pandera schema of a canonical session table with these *columns*.
+    """Build the pandera schema of a canonical session table with these *columns*.
 
     Parameters
     ----------
@@ -83,7 +83,8 @@ def session_schema(
         Strict (no other columns), checking: ``patient`` non-empty text; ``therapist``
         text; ``session`` int64 ≥ 1; ``days`` float64 ≥ 0; ``condition``, ``informant``,
         ``rupture`` categories; ``ending`` a category of planned, unilateral, dropout,
-        ongoing; ``followup_days`` float64 ≥ 0; items float64 within their range (missing allowed); one
+        ongoing; ``followup_days`` float64 ≥ 0; items float64 within their range (missing
+        allowed); one
         row per patient × session (× informant).
     """
     columns = list(columns)

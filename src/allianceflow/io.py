@@ -55,15 +55,28 @@ class DataError(ValueError):
     """
 
 
+def _umask() -> int:
+    """Return the process's file-mode creation mask (read by setting it and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to *path*; on success rename it to *path*."""
+    """Yield a temporary path next to *path*; on success rename it to *path*.
+
+    The temporary file is created private (mode 0600, by :func:`tempfile.mkstemp`) while
+    it is written; before the rename it gets the mode a plain ``open`` would give,
+    ``0666`` minus the user's umask, so outputs are as readable as the user's other files.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -101,10 +114,40 @@ def _decode(path: Path, encoding: str) -> str:
         ) from None
 
 
+def _title_rows(rows: list[list[str]]) -> int:
+    """Return how many title rows stand above the header (0 when the first row is one).
+
+    Title rows leave at least half of their cells blank; the header is the first of the
+    first ten rows whose cells are all named, unique, none a number, and as many as the
+    widest row's.
+    """
+    width = max((len(r) for r in rows), default=0)
+    for k, row in enumerate(rows[:10]):
+        cells = [str(c).strip() for c in row]
+        if sum(map(bool, cells)) > width / 2:
+            if len(cells) == width and all(cells) and len(set(cells)) == len(cells) and k:
+                numbers = pd.to_numeric(pd.Series(cells), errors="coerce").notna()
+                return 0 if numbers.any() else k
+            return 0
+    return 0
+
+
 def _check_header(
-    names: list[str], source: str, *, sep: str | None = None, row: int = 1
+    names: list[str],
+    source: str,
+    *,
+    sep: str | None = None,
+    row: int = 1,
+    top: list[list[str]] | None = None,
 ) -> list[str]:
     clean = [str(n).replace("\ufeff", "").strip() for n in names]
+    titles = _title_rows(top) if top else 0
+    if titles and any(n == "" for n in clean):
+        raise DataError(
+            f"{source}, row {row}: the header has blank column names, and row {row + titles} "
+            f"looks like the header, with {titles} title row(s) above it. Set `skip_rows: "
+            f"{titles}` for this study in config.yaml, or delete the title rows in the file."
+        )
     for position, name in enumerate(clean, start=1):
         if name == "":
             raise DataError(
@@ -133,7 +176,7 @@ def _check_header(
     return clean
 
 
-def _check_records(text: str, sep: str, width: int, source: str) -> None:
+def _check_records(text: str, sep: str, width: int, source: str, offset: int = 0) -> None:
     """Stream the records once: every non-blank record has as many fields as the header."""
     reader = csv.reader(_StringIO(text), delimiter=sep, strict=True)
     record = 0
@@ -151,14 +194,14 @@ def _check_records(text: str, sep: str, width: int, source: str) -> None:
                     "`delimiter` for this study in config.yaml."
                 )
                 raise DataError(
-                    f"{source}, row {record}: the row has {len(fields)} fields, {what} than "
-                    f"the {width} columns of the header. {hint}"
+                    f"{source}, row {record + offset}: the row has {len(fields)} fields, "
+                    f"{what} than the {width} columns of the header. {hint}"
                 )
     except csv.Error as error:
         raise DataError(
-            f"{source}, row {record + 1}: the file cannot be split into values ({error}); a "
-            "quote is probably never closed, which happens when a file is truncated. Export "
-            "the file again, or remove the stray quote."
+            f"{source}, row {record + 1 + offset}: the file cannot be split into values "
+            f"({error}); a quote is probably never closed, which happens when a file is "
+            "truncated. Export the file again, or remove the stray quote."
         ) from None
 
 
@@ -172,15 +215,22 @@ class _StringIO:
         return iter(self._text.splitlines(keepends=True))
 
 
-def _read_text(path: Path, delimiter: str | None, encoding: str) -> pd.DataFrame:
+def _read_text(
+    path: Path, delimiter: str | None, encoding: str, skip_rows: int = 0
+) -> pd.DataFrame:
     source = path.name
     text = _decode(path, encoding)
+    if skip_rows:
+        lines = text.splitlines(keepends=True)
+        text = "".join(lines[skip_rows:])
     if not text.strip():
         raise DataError(f"{source}: the file is empty. Export the data again.")
     sep = delimiter or _sniff_delimiter(text[: 64 * 1024])
-    header = next(csv.reader(_StringIO(text), delimiter=sep))
-    names = _check_header(header, source, sep=sep)
-    _check_records(text, sep, len(names), source)
+    reader = csv.reader(_StringIO(text), delimiter=sep)
+    top = [r for _, r in zip(range(10), reader, strict=False)]
+    header = top[0]
+    names = _check_header(header, source, sep=sep, row=skip_rows + 1, top=top)
+    _check_records(text, sep, len(names), source, offset=skip_rows)
     from io import StringIO
 
     frame = pd.read_csv(
@@ -193,7 +243,9 @@ def _read_text(path: Path, delimiter: str | None, encoding: str) -> pd.DataFrame
         names=names,
         quoting=csv.QUOTE_MINIMAL,
     )
-    frame.insert(0, "_source_row", np.arange(2, len(frame) + 2, dtype="int64"))
+    frame.insert(
+        0, "_source_row", np.arange(2 + skip_rows, len(frame) + 2 + skip_rows, dtype="int64")
+    )
     return frame
 
 
@@ -256,7 +308,9 @@ def _is_blank(value: Any) -> bool:
         return False
 
 
-def _read_excel(path: Path, sheet: str | int | None, header_rows: int) -> pd.DataFrame:
+def _read_excel(
+    path: Path, sheet: str | int | None, header_rows: int, skip_rows: int = 0
+) -> pd.DataFrame:
     source = path.name
     try:
         book = pd.ExcelFile(path, engine="openpyxl")
@@ -276,6 +330,7 @@ def _read_excel(path: Path, sheet: str | int | None, header_rows: int) -> pd.Dat
             "config.yaml."
         )
     grid = book.parse(sheet_name=sheet, header=None, dtype=object)
+    grid = grid.iloc[skip_rows:].reset_index(drop=True)
     if len(grid) < header_rows:
         raise DataError(f"{source}, sheet {sheet!r}: the sheet is empty. Export the data again.")
     top = [_cell_text(v) for v in grid.iloc[0].tolist()]
@@ -288,18 +343,22 @@ def _read_excel(path: Path, sheet: str | int | None, header_rows: int) -> pd.Dat
             filled.append(current)
         names = [
             "_".join(p for p in (a.strip(), b.strip()) if p) if b.strip() else a
-            for a, b in zip(filled, second)
+            for a, b in zip(filled, second, strict=True)
         ]
         names = [n if top[i].strip() or second[i].strip() else "" for i, n in enumerate(names)]
     else:
         names = top
-    names = _check_header(names, f"{source}, sheet {sheet!r}", row=header_rows)
+    top = (
+        [[_cell_text(v) for v in grid.iloc[i].tolist()] for i in range(min(10, len(grid)))]
+        if header_rows == 1
+        else None
+    )
+    names = _check_header(names, f"{source}, sheet {sheet!r}", row=skip_rows + header_rows, top=top)
     body = grid.iloc[header_rows:].reset_index(drop=True)
     body.columns = names
     frame, dates = _typed_to_text(body)
-    frame.insert(
-        0, "_source_row", np.arange(header_rows + 1, header_rows + 1 + len(frame), dtype="int64")
-    )
+    first = skip_rows + header_rows + 1
+    frame.insert(0, "_source_row", np.arange(first, first + len(frame), dtype="int64"))
     frame.attrs["date_columns"] = dates
     return frame
 
@@ -312,7 +371,8 @@ def _read_statistics(path: Path) -> pd.DataFrame:
         typed, _meta = reader(str(path), apply_value_formats=True, formats_as_category=True)
     except Exception as error:
         raise DataError(
-            f"{path.name}: the file cannot be read as {'Stata' if path.suffix.lower() == '.dta' else 'SPSS'} "
+            f"{path.name}: the file cannot be read as "
+            f"{'Stata' if path.suffix.lower() == '.dta' else 'SPSS'} "
             f"data ({type(error).__name__}: {error}). It may be truncated; save it again."
         ) from None
     _check_header(list(typed.columns), path.name)
@@ -369,6 +429,8 @@ def read_raw(
     encoding: str = "utf-8-sig",
     sheet: str | int | None = None,
     header_rows: int = 1,
+    skip_rows: int = 0,
+    config: str = "config.yaml",
 ) -> pd.DataFrame:
     """Read a raw export as text columns, keeping every row and the raw values.
 
@@ -393,6 +455,12 @@ def read_raw(
         Excel only: rows the header spans. With 2, a merged cell of the first row names
         the columns below it and the second row's names are appended after ``_``
         (``WAI-SR`` over ``1``, ``2`` → ``WAI-SR_1``, ``WAI-SR_2``).
+    skip_rows : int
+        CSV and Excel: title rows above the header, skipped; source rows still count them,
+        so row numbers in messages are the ones a spreadsheet shows. A header with blank
+        names under title rows gets a message suggesting the number.
+    config : str
+        The name of the configuration file that messages name when they point to a setting.
 
     Returns
     -------
@@ -411,10 +479,29 @@ def read_raw(
         with a blank or repeated name, a row with too few or too many fields (truncated
         file, unquoted delimiter), an unclosed quote, a missing Excel sheet.
     """
+    try:
+        return _read_raw(path, delimiter, encoding, sheet, header_rows, skip_rows)
+    except DataError as error:
+        if config == "config.yaml":
+            raise
+        # The readers' messages point to settings "in config.yaml"; name the file given.
+        raise DataError(str(error).replace("config.yaml", config)) from None
+
+
+def _read_raw(
+    path: str | Path,
+    delimiter: str | None,
+    encoding: str,
+    sheet: str | int | None,
+    header_rows: int,
+    skip_rows: int,
+) -> pd.DataFrame:
     path = Path(path)
     suffix = path.suffix.lower()
     if header_rows not in (1, 2):
         raise ValueError(f"`header_rows` must be 1 or 2; got {header_rows!r}.")
+    if isinstance(skip_rows, bool) or not isinstance(skip_rows, int) or skip_rows < 0:
+        raise ValueError(f"`skip_rows` must be a whole number of 0 or more; got {skip_rows!r}.")
     if not path.exists():
         raise DataError(
             f"{path}: the file does not exist. Check `raw` for this study in config.yaml."
@@ -427,10 +514,10 @@ def read_raw(
     elif suffix in _TEXT_SUFFIXES:
         if delimiter is not None and delimiter not in _DELIMITERS:
             raise ValueError(f"`delimiter` must be ',', ';', tab or '|'; got {delimiter!r}.")
-        frame = _read_text(path, delimiter, encoding)
+        frame = _read_text(path, delimiter, encoding, skip_rows)
         frame.attrs["date_columns"] = []
     elif suffix in _EXCEL_SUFFIXES:
-        frame = _read_excel(path, sheet, header_rows)
+        frame = _read_excel(path, sheet, header_rows, skip_rows)
     elif suffix in _STAT_SUFFIXES:
         frame = _read_statistics(path)
     else:
@@ -457,10 +544,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write *frame* atomically as parquet or CSV, chosen by the suffix of *path*.
+    r"""Write *frame* atomically as parquet or CSV, chosen by the suffix of *path*.
 
     Parquet is written without pandas' index and with pyarrow's default compression; CSV
-    with ``\\n`` line endings and floats to 10 significant digits, so reruns give the same bytes.
+    with ``\n`` line endings and floats to 10 significant digits, so reruns give the same bytes.
     """
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -473,7 +560,9 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
 
 
 def clean_for_json(value: Any, digits: int = 10) -> Any:
-    """Turn numpy/pandas scalars into plain Python values, floats rounded to *digits*
+    """Turn numpy/pandas scalars into plain Python values.
+
+    Floats are rounded to *digits*
     significant digits, NaN and infinities to ``None``.
     """
     if isinstance(value, dict):
@@ -501,14 +590,14 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_text(text: str, path: str | Path) -> None:
-    """Write *text* as UTF-8 with ``\\n`` line endings, atomically."""
+    r"""Write *text* as UTF-8 with ``\n`` line endings, atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
 
 
 def sha256_file(path: str | Path) -> str:
-    """The hex SHA-256 of a file's bytes (read in 1 MiB blocks, read-only)."""
+    """Return the hex SHA-256 of a file's bytes (read in 1 MiB blocks, read-only)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -426,7 +426,7 @@ def random_effects(
     if not (np.isfinite(v) & (v > 0)).all():
         raise ValueError(f"`vi` must be positive and finite; got {v[~(v > 0)].tolist()}.")
     k = len(y)
-    sm_method = "pm" if method == "reml" else method
+    sm_method = "dl" if method == "reml" else method  # reml: only Q and the common effect
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # DL with a negative tau2 (set to 0)
         res = combine_effects(

@@ -104,6 +104,14 @@ _POSTCODE = re.compile(
     r"|\d{4}\s?[A-Z]{2}"  # Netherlands: 1234 AB
     r"|[A-Z]\d[A-Z]\s\d[A-Z]\d)$"  # Canada: K1A 0B1
 )
+#: The same formats in any case and without the space (sw1a1aa, 1234ab, k1a0b1): alone they
+#: could be a record code (P12AB), so they count when they are most of a column's values.
+_POSTCODE_LOOSE = re.compile(
+    r"^(?:[A-Z]{1,2}\d[A-Z\d]?\s*\d[ABD-HJLNP-UW-Z]{2}|\d{4}\s*[A-Z]{2}|[A-Z]\d[A-Z]\s*\d[A-Z]\d)$",
+    re.IGNORECASE,
+)
+#: Share of a column's distinct values that must be loose postcodes.
+_POSTCODE_SHARE = 0.5
 _STREET_WORDS = (
     r"street|st|road|rd|avenue|ave|lane|ln|drive|dr|way|close|court|ct|place|pl|boulevard|blvd"
     r"|square|crescent|terrace"
@@ -133,6 +141,31 @@ _PARTICLES = {
     "bin",
     "ibn",
 }
+_TITLES = {
+    "dr",
+    "dr.",
+    "drs",
+    "drs.",
+    "prof",
+    "prof.",
+    "mr",
+    "mr.",
+    "mrs",
+    "mrs.",
+    "ms",
+    "ms.",
+    "mx",
+    "mx.",
+    "miss",
+    "sir",
+    "dhr",
+    "dhr.",
+    "mevr",
+    "mevr.",
+    "herr",
+    "frau",
+}
+_INITIAL = re.compile(r"^[A-ZÀ-Þ]\.(?:[A-ZÀ-Þ]\.)*$")
 _NAME_WORD = re.compile(r"^[A-ZÀ-Þ][a-zà-ÿ'’]+(?:-[A-ZÀ-Þ][a-zà-ÿ'’]+)?$")
 _NAME_IN_TEXT = re.compile(
     r"(?<![.!?]\s)(?<!^)\b[A-ZÀ-Þ][a-zà-ÿ]+\s+(?:(?:van|de|der|den|von)\s+)*[A-ZÀ-Þ][a-zà-ÿ]+\b"
@@ -182,13 +215,20 @@ def _by_name(column: str) -> str | None:
 
 
 def _is_name(value: str) -> bool:
-    words = value.split()
-    if not 2 <= len(words) <= 4:
+    """Whether *value* reads as a person's name: "Anna de Vries", "Dr Jane Smith", "Smith, J."."""
+    words = value.replace(",", " ").split()
+    titled = bool(words) and words[0].lower() in _TITLES
+    if titled:
+        words = words[1:]
+    if not (1 if titled else 2) <= len(words) <= 4:
         return False
     core = [w for w in words if w.lower() not in _PARTICLES]
+    initials = [w for w in core if _INITIAL.match(w)]
+    named = [w for w in core if _NAME_WORD.match(w)]
     return (
-        len(core) >= 2
-        and all(_NAME_WORD.match(w) for w in core)
+        len(core) >= (1 if titled else 2)
+        and len(named) >= 1
+        and len(named) + len(initials) == len(core)
         and words[0].lower() not in _PARTICLES
     )
 
@@ -210,9 +250,14 @@ def _birth_date(value: str, this_year: int) -> bool:
 
 
 def _by_content(
-    values: pd.Series, rows: pd.Series, *, is_date_column: bool, this_year: int
+    values: pd.Series,
+    rows: pd.Series,
+    *,
+    is_date_column: bool,
+    this_year: int,
+    is_id_column: bool = False,
 ) -> tuple[str, int] | None:
-    """The first identifier kind found in *values* and its source row, else None."""
+    """Return the first identifier kind found in *values* and its source row, else None."""
     parsed = _per_value(
         values,
         lambda s: pd.DataFrame({"text": s.astype(str).str.strip()}).assign(
@@ -238,7 +283,14 @@ def _by_content(
             | (~phone & (unique.str.match(_NHS) | unique.str.match(_LONG_NUMBER))),
         ),
         ("phone numbers", phone),
-        ("postcodes", unique.str.match(_POSTCODE)),
+        (
+            "postcodes",
+            unique.str.match(_POSTCODE)
+            | (
+                unique.str.match(_POSTCODE_LOOSE)
+                & (unique.str.match(_POSTCODE_LOOSE).mean() >= _POSTCODE_SHARE)
+            ),
+        ),
         ("street addresses", unique.str.contains(_STREET)),
     ]
     for kind, mask in checks:
@@ -254,7 +306,11 @@ def _by_content(
         return "free-text notes", first_row(long_text)
     names = unique.map(_is_name).astype(bool)
     numeric = unique.map(_is_number).astype(bool)
-    if names.sum() >= _MIN_NAMES or (names.any() and numeric.mean() >= 0.5):
+    if (
+        names.sum() >= _MIN_NAMES
+        or (names.any() and numeric.mean() >= 0.5)
+        or (names.any() and is_id_column)
+    ):
         return "names", first_row(names)
     in_text = long_text & unique.str.contains(_NAME_IN_TEXT)
     if in_text.any():
@@ -276,6 +332,7 @@ def find_identifiers(
     exempt: Iterable[str] = (),
     date_columns: Iterable[str] = (),
     this_year: int | None = None,
+    id_columns: Iterable[str] = (),
 ) -> list[Finding]:
     """Every column of *raw* that looks like a direct identifier, by name or content.
 
@@ -292,6 +349,9 @@ def find_identifiers(
         for dates of birth.
     this_year : int, optional
         The current year (for the date-of-birth check); today's year when omitted.
+    id_columns : iterable of str
+        Raw columns mapped to patient or therapist ids: one value that reads as a person's
+        name ("Dr Jane Smith", "Smith, J.") is enough there.
 
     Returns
     -------
@@ -313,7 +373,7 @@ def find_identifiers(
     """
     if this_year is None:
         this_year = pd.Timestamp.today().year
-    exempt, date_columns = set(exempt), set(date_columns)
+    exempt, date_columns, id_columns = set(exempt), set(date_columns), set(id_columns)
     rows = (
         raw["_source_row"]
         if "_source_row" in raw
@@ -331,6 +391,7 @@ def find_identifiers(
                 rows,
                 is_date_column=column in date_columns,
                 this_year=this_year,
+                is_id_column=column in id_columns,
             )
         if named and found:
             findings.append(Finding(str(column), found[0], "name and content", found[1]))
@@ -339,6 +400,10 @@ def find_identifiers(
         elif found:
             findings.append(Finding(str(column), found[0], "content", found[1]))
     return findings
+
+
+#: Identifiers in an id column that keyed hashing makes safe (only the hash is written).
+_HASHABLE = ("national id numbers", "phone numbers", "names")
 
 
 def check_privacy(
@@ -350,6 +415,7 @@ def check_privacy(
     date_columns: Iterable[str] = (),
     hash_ids: bool = False,
     key: str = "drop_columns",
+    config: str = "config.yaml",
 ) -> None:
     """Raise a :class:`DataError` for the first column that looks like a direct identifier.
 
@@ -365,8 +431,9 @@ def check_privacy(
     exempt, date_columns
         See :func:`find_identifiers`.
     hash_ids : bool
-        Whether patient and therapist ids will be pseudonymised; then long numbers in those
-        columns (record numbers) are accepted, since only their keyed hash is written.
+        Whether patient and therapist ids will be pseudonymised; then record numbers,
+        phone-like numbers and names in those columns are accepted, since only their keyed
+        hash is written (and no reason in the exclusions quotes a raw id).
     key : str
         The config key named in the message, e.g. ``studies.example.drop_columns``.
 
@@ -377,19 +444,22 @@ def check_privacy(
         content; first at row 2). ..."
     """
     mapped = mapped or {}
-    for finding in find_identifiers(raw, exempt=exempt, date_columns=date_columns):
+    ids = [c for c, v in mapped.items() if v in ("patient", "therapist")]
+    found = find_identifiers(raw, exempt=exempt, date_columns=date_columns, id_columns=ids)
+    for finding in found:
         canonical = mapped.get(finding.column)
         if (
             hash_ids
             and canonical in ("patient", "therapist")
-            and finding.kind in ("national id numbers", "phone numbers")
+            and finding.kind in _HASHABLE
             and finding.evidence == "content"
         ):
             continue
         where = f"; first at row {finding.row}" if finding.row is not None else ""
         head = (
             f"{source}: column {finding.column!r} looks like it holds {finding.kind} (by its "
-            f"{finding.evidence}{where}). The input must be de-identified before the pipeline reads it."
+            f"{finding.evidence}{where}). The input must be de-identified before the pipeline "
+            "reads it."
         )
         if canonical in ("patient", "therapist"):
             fix = (
@@ -397,8 +467,11 @@ def check_privacy(
                 f"codes in the export, or set `hash_ids: true` and the environment variable "
                 f"{SALT_ENV} so only keyed hashes are written."
             )
-            if finding.kind not in ("national id numbers", "phone numbers"):
-                fix = f" The column is mapped to {canonical!r}: replace the values by pseudonymous codes in the export."
+            if finding.kind not in _HASHABLE:
+                fix = (
+                    f" The column is mapped to {canonical!r}: replace the values by "
+                    "pseudonymous codes in the export."
+                )
         elif canonical is not None:
             fix = (
                 f" The column is mapped to {canonical!r}: correct the value in the file, or, "
@@ -407,13 +480,13 @@ def check_privacy(
         else:
             fix = (
                 f" Remove the column from the export, or add {finding.column!r} to `{key}` in "
-                f"config.yaml to drop it explicitly before anything is read from it."
+                f"{config} to drop it explicitly before anything is read from it."
             )
         raise DataError(head + fix)
 
 
 def get_salt(env: dict[str, str] | None = None) -> str:
-    """The secret salt from the environment variable :data:`SALT_ENV`.
+    """Read the secret salt from the environment variable :data:`SALT_ENV`.
 
     Raises
     ------
@@ -434,11 +507,13 @@ def get_salt(env: dict[str, str] | None = None) -> str:
 
 
 def pseudonymise(ids: pd.Series, salt: str) -> pd.Series:
-    """Replace ids by the first 16 hex characters of HMAC-SHA-256(salt, id).
+    r"""Replace ids by the first 16 hex characters of HMAC-SHA-256(salt, id).
 
     Missing ids stay missing. The same id and salt always give the same pseudonym.
 
-    .. math:: \\mathrm{pseudonym}(x) = \\mathrm{hex}(\\mathrm{HMAC}_{\\mathrm{SHA256}}(s, x))_{1..16}
+    .. math::
+
+        \mathrm{pseudonym}(x) = \mathrm{hex}(\mathrm{HMAC}_{\mathrm{SHA256}}(s, x))_{1..16}
 
     Raises
     ------
@@ -452,7 +527,8 @@ def pseudonymise(ids: pd.Series, salt: str) -> pd.Series:
     """
     if not isinstance(salt, str) or len(salt) < MIN_SALT_LENGTH:
         raise ValueError(
-            f"`salt` must be a string of at least {MIN_SALT_LENGTH} characters; got {len(salt) if isinstance(salt, str) else type(salt).__name__}."
+            f"`salt` must be a string of at least {MIN_SALT_LENGTH} characters; got "
+            f"{len(salt) if isinstance(salt, str) else type(salt).__name__}."
         )
     key = salt.encode("utf-8")
     unique = pd.unique(ids.dropna())

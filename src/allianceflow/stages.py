@@ -104,11 +104,12 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
         sys.exit(1)
 
 
-def read_export(raw: str | Path, read: Mapping[str, Any]):
+def read_export(raw: str | Path, read: Mapping[str, Any], *, config: str = "config.yaml"):
     """Read a raw export as the study's ``read`` section describes it.
 
-    The section gives the delimiter, encoding, Excel sheet and header rows
-    (:func:`allianceflow.io.read_raw`).
+    The section gives the delimiter, encoding, Excel sheet, title rows to skip and header
+    rows (:func:`allianceflow.io.read_raw`); messages name *config*, the file that holds
+    the section.
     """
     return io.read_raw(
         raw,
@@ -116,6 +117,8 @@ def read_export(raw: str | Path, read: Mapping[str, Any]):
         encoding=read.get("encoding", "utf-8-sig"),
         sheet=read.get("sheet"),
         header_rows=read.get("header_rows", 1),
+        skip_rows=read.get("skip_rows", 0),
+        config=config,
     )
 
 

@@ -28,14 +28,14 @@ def text(header=HEADER, rows=ROWS, sep=",") -> str:
 
 
 def edit(row: int, column: str, value: str, rows=ROWS) -> list[list[str]]:
-    """A copy of *rows* with one cell replaced (row is 0-based among data rows)."""
+    """Copy *rows* with one cell replaced (row is 0-based among data rows)."""
     out = [list(r) for r in rows]
     out[row][HEADER.index(column)] = value
     return out
 
 
 def with_column(name: str, values: list[str]) -> str:
-    return text([*HEADER, name], [[*r, v] for r, v in zip(ROWS, values)])
+    return text([*HEADER, name], [[*r, v] for r, v in zip(ROWS, values, strict=True)])
 
 
 def csv_files() -> dict[str, bytes]:
@@ -105,12 +105,51 @@ def csv_files() -> dict[str, bytes]:
         "undeclared_code.csv": text(rows=edit(5, "ORS_2", "999")).encode(),
         "fake.sav": b"$FL2@(#) IBM SPSS STATISTICS 64-bit Linux 28.0.0.0\x00\x00\x00",
         "old_excel.xls": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 24,
+        # Spellings of one id: a number exported as 1.0, a leading zero, a decomposed accent.
+        "id_spellings.csv": text(
+            rows=[
+                ["1", "T1", *ROWS[0][2:]],
+                ["1.0", "T1", *ROWS[1][2:]],
+                ["01", "T1", *ROWS[2][2:]],
+                ["Zoe\u0301", "T2", *ROWS[3][2:]],
+                ["Zo\u00e9", "T2", *ROWS[4][2:]],
+                ["P03", "T1", *ROWS[5][2:]],
+            ]
+        ).encode(),
+        "arm_switch.csv": text(
+            [*HEADER, "Arm"],
+            [[*r, a] for r, a in zip(ROWS, ["FB", "FB", "TAU", "TAU", "", "FB"], strict=True)],
+        ).encode(),
+        "blank_therapist.csv": text(
+            rows=edit(5, "Clinician", "", rows=edit(1, "Clinician", ""))
+        ).encode(),
+        "impossible_date.csv": text(rows=edit(1, "SessionDate", "31/02/2024")).encode(),
+        "future_date.csv": text(
+            rows=[
+                ROWS[0],
+                edit(1, "SessionDate", "08/02/2031")[1],
+                ROWS[2],
+                ["P01", "T1", "4", "22/02/2024", "6.0", "6.5", "7.0", "5.5"],
+                ["P01", "T1", "5", "29/02/2024", "6.0", "6.5", "7.0", "5.5"],
+                *ROWS[3:],
+            ]
+        ).encode(),
+        "lowercase_postcode_column.csv": with_column(
+            "Area", ["sw1a1aa", "sw1a1aa", "sw1a1aa", "1012ab", "1012ab", "k1a0b1"]
+        ).encode(),
+        "therapist_name.csv": text(rows=edit(2, "Clinician", "Dr Jane Smith")).encode(),
+        "blank_items.csv": text(
+            rows=edit(4, "ORS_2", "", rows=edit(1, "ORS_2", "", rows=edit(1, "ORS_4", "NA")))
+        ).encode(),
+        "title_rows.csv": (
+            "Session export,,,,,,,\nPrinted by the ROM system,,,,,,,\n" + good
+        ).encode(),
     }
     return files
 
 
 def merged_header_xlsx(path: Path) -> None:
-    """A sheet whose header spans two rows: ORS merged over four columns, item numbers below."""
+    """Write a sheet whose two-row header has ORS merged over four columns, numbers below."""
     from openpyxl import Workbook
 
     book = Workbook()

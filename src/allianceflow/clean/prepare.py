@@ -1,0 +1,420 @@
+"""The first steps of the clean stage: from the raw export to typed canonical columns.
+
+Each function is one named step of :data:`allianceflow.clean.STEPS`: it reads and
+replaces ``run.frame`` and logs what it changes or drops on the :class:`CleanRun`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import pandas as pd
+
+from ..contract import ITEM_PATTERN
+from ..io import DataError, _per_value, _stripped
+from ..privacy import check_privacy, get_salt
+from .columns import WIDE_PATTERN, extraction_day, instrument_table, map_columns, to_long
+from .columns import wide_columns as _wide_columns
+from .state import ENDING_TYPES, ID_COLUMNS, PATIENT_LEVEL, CleanRun, closest_text, number_text
+
+__all__ = [
+    "drop_columns",
+    "privacy_guard",
+    "reshape",
+    "map_to_canonical",
+    "canonical_ids",
+    "id_key",
+    "parse_values",
+    "apply_labels",
+    "check_endings",
+    "patient_level_values",
+]
+
+#: Id columns whose spellings are canonicalised (:func:`canonical_ids`).
+ID_LIKE = ("patient", "therapist")
+_INTEGRAL = re.compile(r"^[+]?(\d+)(?:\.0*)?$")
+_INVISIBLE = re.compile(r"[\s\u200b\u200c\u200d\u2060\ufeff]+")
+
+
+def drop_columns(run: CleanRun) -> None:
+    """Drop the raw columns the study lists under ``drop_columns`` (each must exist)."""
+    dropped = list(run.study.get("drop_columns", []) or [])
+    for column in dropped:
+        if column not in run.frame.columns:
+            raise DataError(
+                f"{run.source}: `{run.key}.drop_columns` names {column!r}, but the file has no "
+                f"such column. {closest_text(column, run.frame.columns[1:])}"
+            )
+    run.frame = run.frame.drop(columns=dropped)
+
+
+def privacy_guard(run: CleanRun) -> None:
+    """Refuse direct identifiers (:func:`allianceflow.privacy.check_privacy`); read the salt."""
+    frame, columns = run.frame, run.columns
+    if run.wide:
+        per_session = _wide_columns(
+            frame, run.study.get("wide_pattern", WIDE_PATTERN), run.source, run.config
+        )
+        raw_map = {c: columns[n] for c, (n, _) in per_session.items() if n in columns}
+        raw_map.update({c: v for c, v in columns.items() if c in frame.columns})
+    else:
+        raw_map = {c: v for c, v in columns.items() if c in frame.columns}
+    check_privacy(
+        frame,
+        source=run.source,
+        mapped=raw_map,
+        exempt=run.study.get("privacy_exempt", []) or [],
+        date_columns=[c for c, v in raw_map.items() if v == "date"],
+        hash_ids=run.hash_ids,
+        key=f"{run.key}.drop_columns",
+        config=run.config,
+    )
+    run.raw_map = raw_map
+    run.salt = get_salt(run.env) if run.hash_ids else None
+
+
+def reshape(run: CleanRun) -> None:
+    """Wide exports (``format: wide``): one row per patient × session with any value."""
+    run.source_rows = len(run.frame)
+    if not run.wide:
+        return
+    if "session" in run.columns.values():
+        raise DataError(
+            f"{run.source}: `format` is wide, so session numbers come from the column names "
+            f"(`wide_pattern`); remove the mapping to 'session' under `columns`."
+        )
+    run.frame, run.source_rows = to_long(run.frame, run.study, run.source, run.codes, run.config)
+    run.columns = {**run.columns, "__session__": "session"}
+
+
+def _count_missing(run: CleanRun) -> None:
+    """Blank and coded cells of every mapped column among the rows read."""
+    numeric_codes = _numeric_codes(run.codes)
+    decimal = run.study.get("decimal", ".")
+    for col in run.value_cols:
+        text = _stripped(run.frame[col])
+        blank = text.eq("")
+        coded = text.isin(run.codes)
+        if col not in ("patient", "therapist", "condition", "informant", "rupture", "ending"):
+            number_text_ = text.str.replace(",", ".", regex=False) if decimal == "," else text
+            coded |= pd.to_numeric(number_text_.mask(blank | coded), errors="coerce").isin(
+                numeric_codes
+            )
+        run.missing_by_column[col] = {
+            "raw_column": run.raw(col),
+            "read_blank": int((blank & ~coded).sum()),
+            "read_coded": int(coded.sum()),
+        }
+
+
+def map_to_canonical(run: CleanRun) -> None:
+    """Map raw columns to canonical names and check the mapping against the file."""
+    frame = map_columns(run.frame, run.columns, source=run.source, config=run.config)
+    run.raw_names = {v: k for k, v in run.columns.items()}
+    run.raw_names["session"] = run.raw_names.get("session", "session")
+    table = instrument_table(run.study, frame.columns)
+    run.instruments = {k: v[:3] for k, v in table.items()}
+    run.max_missing = {k: v[3] for k, v in table.items()}
+    for column in frame.columns:
+        match = ITEM_PATTERN.match(column)
+        if match and column not in ID_COLUMNS and match["instrument"] in run.instruments:
+            n_items = run.instruments[match["instrument"]][2]
+            if not 1 <= int(match["item"]) <= n_items:
+                raise DataError(
+                    f"{run.source}: column {run.raw_names[column]!r} is mapped to {column!r}, but "
+                    f"{match['instrument']} has items 1 to {n_items}. Fix the mapping under "
+                    f"`columns` in {run.config}."
+                )
+    extraction = run.study.get("extraction_date")
+    if extraction is not None:
+        if "date" not in frame.columns:
+            raise DataError(
+                f"{run.source}: `{run.key}.extraction_date` is set, but no column is mapped to "
+                "'date', so the follow-up time cannot be computed. Map the session dates to "
+                "'date', or map a column of days from each patient's first session to the "
+                "extraction to 'followup_days' and remove `extraction_date`."
+            )
+        run.extraction = extraction_day(extraction, run.key, run.config)
+    if "followup_days" in frame.columns and "date" in frame.columns:
+        raise DataError(
+            f"{run.source}: column {run.raw_names['followup_days']!r} is mapped to "
+            "'followup_days', but the sessions are dated, and with dates the follow-up time must "
+            "come from the extraction day (days are counted from each patient's first kept "
+            f"session). Remove the mapping and set `{run.key}.extraction_date` to the day the "
+            "data were exported."
+        )
+    run.rows_read = len(frame)
+    if run.rows_read == 0:
+        raise DataError(
+            f"{run.source}: the file has a header but no data rows. Export the data again."
+        )
+    for column in frame.columns[1:]:
+        if column == "ending":  # blank until someone is discharged; not a lost column
+            continue
+        if _per_value(frame[column], lambda s: s.astype(str).str.strip().eq("")).all():
+            raise DataError(
+                f"{run.source}: column {run.raw_names[column]!r} (mapped to {column!r}) is empty "
+                f"in every one of its {run.rows_read} rows; the export probably lost it. Export "
+                f"the data again, or remove the column from `columns` in {run.config}."
+            )
+    frame = frame.reset_index(drop=True)
+    run.value_cols = [c for c in frame.columns if c != "_source_row"]
+    frame["_session_text"] = _stripped(frame["session"])
+    run.frame = frame
+    _count_missing(run)
+
+
+def id_key(value: str) -> str:
+    """Return the key under which spellings of one id are merged.
+
+    Compatibility normal form (NFKC: full-width digits, ligatures, composed accents),
+    case folding, no whitespace or invisible characters, and a whole number written as
+    a number (``'007'``, ``'7'``, ``'7.0'`` all give ``'7'``).
+
+    Examples
+    --------
+    >>> [id_key(v) for v in ["P01", " p01", "P 01", "1.0", "001", "Jose\u0301"]]
+    ['p01', 'p01', 'p01', '1', '1', 'josé']
+    """
+    text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", value).casefold())
+    number = _INTEGRAL.match(text)
+    return str(int(number.group(1))) if number else text
+
+
+def canonical_ids(run: CleanRun) -> None:
+    """Strip ids, blank their missing codes, and merge spellings of one id (``id_variant``).
+
+    Ids are put in Unicode NFC and stripped of surrounding spaces. Ids with the same
+    :func:`id_key` are one id; with the policy ``merge`` every spelling is rewritten to
+    the id's most frequent one (the first seen on a tie) and each rewritten row is logged
+    with action ``altered``; ``exclude`` drops the rows of the other spellings.
+    """
+    frame = run.frame
+    run.id_cols = [c for c in ID_LIKE if c in frame]
+    altered: list[tuple[str, pd.Series, pd.Series]] = []
+    for col in run.id_cols:
+        text = _per_value(frame[col], lambda s: s.astype(str))
+        stripped = _per_value(
+            _stripped(text), lambda s: s.map(lambda v: unicodedata.normalize("NFC", v))
+        )
+        values = stripped.mask(stripped.isin(run.codes) | stripped.eq(""))
+        present = values.notna()
+        keyed = _per_value(values[present], lambda s: s.map(id_key))
+        spelled = pd.DataFrame({"key": keyed, "raw": text[present], "value": values[present]})
+        spellings = spelled.groupby("key", sort=False)["raw"].nunique()
+        variant_keys = spellings.index[spellings > 1]
+        if len(variant_keys):
+            counts = (
+                spelled[spelled["key"].isin(variant_keys)]
+                .groupby(["key", "value"], sort=False)
+                .size()
+            )
+            counts = counts.reset_index(name="n").sort_values(
+                "n", ascending=False, kind="mergesort"
+            )
+            canonical = counts.drop_duplicates("key").set_index("key")["value"]
+            target = spelled["key"].map(canonical)
+            changed = target.notna() & spelled["raw"].ne(target)
+            idx = spelled.index[changed]
+            altered.append((col, spelled.loc[idx, "raw"], target.loc[idx]))
+        frame[col] = values.astype(object)
+    run.frame = frame
+    how = "case, spaces, number format or Unicode form"
+    for col, old, new in altered:
+        mask = pd.Series(False, index=run.frame.index)
+        mask.loc[old.index] = True
+        if run.salt is None:
+            reason = pd.Series(
+                [
+                    f"{col} id {o!r} is a spelling of {n!r} ({how})"
+                    for o, n in zip(old, new, strict=True)
+                ],
+                index=old.index,
+            )
+        else:
+            reason = pd.Series(
+                [
+                    f"the {col} id of this row is another spelling ({how}) of the id hashed as "
+                    f"{run.shown_id(n)}"
+                    for n in new
+                ],
+                index=old.index,
+            )
+        if run.policies["id_variant"] == "merge":
+            run.frame.loc[old.index, col] = new.to_numpy()
+            part = run.frame.loc[mask]
+            merged = "; merged" if run.salt is not None else ""
+            changed = pd.Series(
+                [merged or f"; changed to {n!r}" for n in new], index=old.index, dtype=object
+            )
+            run.record(part, "id_variant", "altered", col, reason + changed)
+        else:
+            run.apply(
+                "id_variant",
+                mask,
+                column=col,
+                reason=reason,
+                fix=f"Write every id of one {col} the same way in the file.",
+            )
+
+
+def _numeric_codes(codes: set[str]) -> set[float]:
+    out = set()
+    for code in codes:
+        try:
+            out.add(float(code))
+        except ValueError:
+            pass
+    return out
+
+
+def parse_values(run: CleanRun) -> None:
+    """Strip values, blank missing codes, and read numeric columns (``not_a_number``)."""
+    numeric_codes = _numeric_codes(run.codes)
+    decimal = run.study.get("decimal", ".")
+    codes = run.codes
+    frame = run.frame
+    numeric_cols = [
+        c
+        for c in run.value_cols
+        if c not in ID_COLUMNS or c in ("session", "days", "followup_days")
+    ]
+    for col in run.value_cols:
+        if col in run.id_cols:
+            continue
+        numeric = col in numeric_cols
+
+        def parse(values: pd.Series, numeric: bool = numeric) -> pd.DataFrame:
+            t = values.astype(str).str.strip()
+            parts = {"text": t, "empty": t.eq(""), "missing": t.isin(codes)}
+            if numeric:
+                number_text = t.str.replace(",", ".", regex=False) if decimal == "," else t
+                parts["number"] = pd.to_numeric(
+                    number_text.mask(parts["empty"] | parts["missing"]), errors="coerce"
+                ).astype("float64")
+            return pd.DataFrame(parts, index=values.index)
+
+        parsed = _per_value(frame[col], parse)
+        text, empty, missing = parsed["text"], parsed["empty"], parsed["missing"]
+        if not numeric:
+            run.missing_counts[col] = int(missing.sum())
+            frame[col] = text.mask(missing | empty).astype(object)
+            continue
+        number = parsed["number"]
+        missing = missing | number.isin(numeric_codes)
+        run.missing_counts[col] = int(missing.sum())
+        bad = number.isna() & ~empty & ~missing
+        frame[col] = number.mask(missing)
+        frame["_text_" + col] = text
+        if bad.any():
+            run.frame = frame
+            hint = ""
+            comma = text[bad].str.fullmatch(r"-?\d+,\d+")
+            if comma.any() and decimal != ",":
+                hint = (
+                    " The file writes decimals with a comma: set `decimal: ','` for this study "
+                    f"in {run.config}."
+                )
+            if run.salt is None:
+                reason = text[bad].map(lambda v: f"{v!r} is not a number")
+            else:
+                reason = "the value is not a number"
+            run.apply(
+                "not_a_number",
+                bad,
+                column=col,
+                reason=reason,
+                fix=(
+                    "Correct the value, or declare it under `missing_codes` if it means "
+                    f"'missing'.{hint}"
+                ),
+            )
+            frame = run.frame
+    run.frame = frame
+
+
+def apply_labels(run: CleanRun) -> None:
+    """Replace raw labels by canonical ones (the study's ``labels``, per column)."""
+    frame = run.frame
+    for col, mapping in (run.study.get("labels") or {}).items():
+        if col in frame:
+            frame[col] = _per_value(
+                frame[col], lambda s, m=mapping: s.map(lambda v: m.get(v, v) if pd.notna(v) else v)
+            )
+    run.frame = frame
+
+
+def check_endings(run: CleanRun) -> None:
+    """Check that endings are planned, unilateral, dropout or ongoing (``ending_invalid``)."""
+    frame = run.frame
+    if "ending" not in frame:
+        return
+    folded = _per_value(
+        frame["ending"], lambda s: s.map(lambda v: v.casefold() if isinstance(v, str) else v)
+    )
+    known = folded.isin(ENDING_TYPES)
+    frame["ending"] = frame["ending"].where(~known, folded)
+    bad = frame["ending"].notna() & ~known
+    if bad.any():
+        example = frame.loc[bad, "ending"].iloc[0]
+        run.apply(
+            "ending_invalid",
+            bad,
+            column="ending",
+            reason=frame.loc[bad, "ending"].map(
+                lambda v: f"ending {v!r} is not one of {', '.join(ENDING_TYPES)}"
+            ),
+            fix=(
+                f"Map each of the export's ending labels to one of these types under "
+                f"`{run.key}.labels.ending` in {run.config} (here `{example!r}: <type>`); leave "
+                "the cell blank when the ending is not recorded."
+            ),
+        )
+
+
+def patient_level_values(run: CleanRun) -> None:
+    """One ending and follow-up time per patient (``ending_conflict``), on all its rows.
+
+    Runs before any row-level rule, so an ending recorded on a row that a later rule
+    excludes still describes the patient.
+    """
+    for col in PATIENT_LEVEL:
+        if col not in run.frame:
+            continue
+        f = run.frame[["patient", "session", col]].sort_values(
+            ["patient", "session"], kind="mergesort"
+        )
+        recorded = f[f[col].notna()]
+        kinds = recorded.groupby("patient")[col].nunique()
+        conflicting = kinds.index[kinds > 1]
+        if len(conflicting):
+            of = recorded[recorded["patient"].isin(conflicting)]
+            first = of.groupby("patient")[col].transform("first")
+            listing = of.groupby("patient")[col].agg(
+                lambda v: ", ".join(number_text(x) for x in pd.unique(v))
+            )
+            target = (
+                of.index[of[col].ne(first)]
+                if run.policies["ending_conflict"] == "error"
+                else f.index[f["patient"].isin(conflicting)]
+            )
+            mask = pd.Series(False, index=run.frame.index)
+            mask.loc[target] = True
+            reason = run.frame.loc[target, "patient"].map(
+                lambda p, c=col, listing=listing: (
+                    f"the patient's {c} differs between rows ({listing[p]}); it is one value "
+                    "per patient"
+                )
+            )
+            run.apply(
+                "ending_conflict",
+                mask,
+                column=col,
+                reason=reason,
+                fix=f"Record one {col} per patient (on any or all of the patient's rows).",
+            )
+        if len(recorded):
+            run.frame = run.frame.assign(
+                **{col: run.frame.groupby("patient")[col].transform("first")}
+            )
