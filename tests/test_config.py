@@ -175,7 +175,7 @@ def test_group_study_and_flat_study_are_inverse(config, schema):
     assert group_study(flat) == study
     # every key of the earlier layout has one section, and the schema has it there
     section_of = [key for keys in STUDY_SECTIONS.values() for key in keys]
-    assert len(section_of) == len(set(section_of)) == 25
+    assert len(section_of) == len(set(section_of)) == 26
     study_schema = schema["$defs"]["study"]["properties"]
     for section, keys in STUDY_SECTIONS.items():
         assert set(keys) <= set(study_schema[section]["properties"]), section

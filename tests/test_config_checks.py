@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from allianceflow.config import ConfigError, validate_config
+from allianceflow.config import STUDY_SECTIONS, ConfigError, group_study, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -16,8 +16,14 @@ CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
 
 
 def with_study(name: str, **changes) -> dict:
+    """The shipped config with *changes* (keys named as in the sections) in their sections."""
     config = copy.deepcopy(CONFIG)
-    config["studies"][name].update(changes)
+    study = config["studies"][name]
+    for section, value in group_study(changes).items():
+        if section in STUDY_SECTIONS:
+            study.setdefault(section, {}).update(value)
+        else:
+            study[section] = value
     return config
 
 
@@ -28,7 +34,8 @@ def test_the_shipped_config_passes():
 NEEDS_RCI = (
     "config.yaml: reliable change and sudden gains need the reliable change value of the "
     "outcome instrument 'phq9', and its file ships none (it could not be confirmed from a "
-    "published source). Set `studies.example2.instruments.phq9: {rci: <points>}`, or set "
+    "published source). Set `studies.example2.measures.instruments.phq9: {rci: <points>}`, "
+    "or set "
     "`studies.example2.derive.reliable_change.enabled: false` and "
     "`studies.example2.derive.sudden_gains.cutoff: <points>` or "
     "`studies.example2.derive.sudden_gains.enabled: false`."
@@ -102,8 +109,8 @@ def test_messages_name_the_config_file_given():
         ),
         (
             {"outcome": "phq9_total"},
-            "config.yaml: `studies.example` uses the score 'phq9_total', which none of its "
-            "`instruments` produces; scores are named '<instrument>_total' or "
+            "config.yaml: `studies.example.measures` uses the score 'phq9_total', which none of "
+            "its `instruments` produces; scores are named '<instrument>_total' or "
             "'<instrument>_<subscale>', e.g. 'ors_total' or 'wai_sr_bond'.",
         ),
     ],
@@ -121,12 +128,13 @@ def test_presets_find_what_they_need(change, message):
 
 def test_feedback_preset_needs_an_arm_column():
     study = copy.deepcopy(CONFIG["studies"]["example"])
-    columns = {k: v for k, v in study["columns"].items() if v != "condition"}
-    labels = {k: v for k, v in study["labels"].items() if k != "condition"}
+    columns = {k: v for k, v in study["read"]["columns"].items() if v != "condition"}
+    labels = {k: v for k, v in study["read"]["labels"].items() if k != "condition"}
     with pytest.raises(ConfigError) as error:
         validate_config(with_study("example", columns=columns, labels=labels), SCHEMA)
     assert str(error.value) == (
         "config.yaml: model 'feedback' (preset feedback) compares arms, but "
-        "`studies.example.columns` maps no column to 'condition'. Map the arm column, or remove "
+        "`studies.example.read.columns` maps no column to 'condition'. Map the arm column, or "
+        "remove "
         "'feedback' from `studies.example.models`."
     )

@@ -38,6 +38,7 @@ STUDY_SECTIONS: dict[str, tuple[str, ...]] = {
         "wide_pattern",
         "sheet",
         "header_rows",
+        "skip_rows",
         "decimal",
         "delimiter",
         "encoding",
@@ -246,7 +247,7 @@ def _study_instrument(study: dict[str, Any], score: str, key: str, source: str):
     from .instruments import load_instrument
     from .score import score_columns
 
-    specs = study.get("instruments") or {}
+    specs = (study.get("measures") or {}).get("instruments") or {}
     items = specs.items() if isinstance(specs, dict) else ((name, None) for name in specs)
     for ident, spec in items:
         own = isinstance(spec, dict) and "items" in spec
@@ -254,12 +255,13 @@ def _study_instrument(study: dict[str, Any], score: str, key: str, source: str):
             inst = load_instrument(spec if own else ident, overrides=None if own else spec)
         except (ValueError, KeyError, TypeError, FileNotFoundError) as error:
             raise ConfigError(
-                f"{source}: `{key}.instruments.{ident}` cannot be loaded: {error}"
+                f"{source}: `{key}.measures.instruments.{ident}` cannot be loaded: {error}"
             ) from None
         if score in score_columns(inst):
             return inst
     raise ConfigError(
-        f"{source}: `{key}` uses the score {score!r}, which none of its `instruments` produces; "
+        f"{source}: `{key}.measures` uses the score {score!r}, which none of its `instruments` "
+        "produces; "
         "scores are named '<instrument>_total' or '<instrument>_<subscale>', e.g. 'ors_total' "
         "or 'wai_sr_bond'."
     )
@@ -273,10 +275,11 @@ def _check_instrument_numbers(name: str, study: dict[str, Any], source: str) -> 
     confirmed ship none (PHQ-9, ORS), so the study must set it or switch the variable off.
     """
     key = f"studies.{name}"
-    if "outcome" not in study or "alliance" not in study:
+    measures = study.get("measures") or {}
+    if "outcome" not in measures or "alliance" not in measures:
         return
-    outcome = _study_instrument(study, study["outcome"], key, source)
-    _study_instrument(study, study["alliance"], key, source)
+    outcome = _study_instrument(study, measures["outcome"], key, source)
+    _study_instrument(study, measures["alliance"], key, source)
     derive = study.get("derive") or {}
     needs = []
     if (derive.get("reliable_change") or {}).get("enabled", True):
@@ -297,7 +300,8 @@ def _check_instrument_numbers(name: str, study: dict[str, Any], source: str) -> 
             f"{source}: {what} need{'s' if len(needs) == 1 else ''} the reliable change value "
             f"of the outcome instrument "
             f"{outcome.id!r}, and its file ships none (it could not be confirmed from a "
-            f"published source). Set `{key}.instruments.{outcome.id}: {{rci: <points>}}`, or "
+            f"published source). Set `{key}.measures.instruments.{outcome.id}: "
+            f"{{rci: <points>}}`, or "
             f"set {other}."
         )
 
@@ -305,7 +309,8 @@ def _check_instrument_numbers(name: str, study: dict[str, Any], source: str) -> 
 def _check_presets(name: str, study: dict[str, Any], config: dict[str, Any], source: str) -> None:
     """Presets the study fits must find the columns and derived variables they use."""
     key = f"studies.{name}"
-    mapped = set(study["columns"].values())
+    mapped = set(study["read"]["columns"].values())
+    measures = study.get("measures") or {}
     derive = study.get("derive") or {}
     for model in study.get("models", []):
         spec = config["models"].get(model) or {}
@@ -316,7 +321,7 @@ def _check_presets(name: str, study: dict[str, Any], config: dict[str, Any], sou
             if arm == "condition" and "condition" not in mapped:
                 raise ConfigError(
                     f"{source}: model {model!r} (preset feedback) compares arms, but "
-                    f"`{key}.columns` maps no column to 'condition'. Map the arm column, or "
+                    f"`{key}.read.columns` maps no column to 'condition'. Map the arm column, or "
                     f"remove {model!r} from `{key}.models`."
                 )
             if not (derive.get("on_track") or {}).get("enabled", True):
@@ -331,8 +336,8 @@ def _check_presets(name: str, study: dict[str, Any], config: dict[str, Any], sou
                 f"`{key}.derive.ruptures.enabled` is false. Switch it on, or remove {model!r} "
                 f"from `{key}.models`."
             )
-        elif preset == "alliance_components" and "alliance" in study:
-            alliance = _study_instrument(study, study["alliance"], key, source)
+        elif preset == "alliance_components" and "alliance" in measures:
+            alliance = _study_instrument(study, measures["alliance"], key, source)
             wanted = options.get("components", ("task", "bond", "goal"))
             missing = [c for c in wanted if c not in alliance.subscales]
             if missing:
