@@ -67,7 +67,7 @@ def _study(raw: Path) -> dict:
 
     config = load_config(REPO / "config.yaml")
     study = dict(config["studies"]["example"])
-    study["raw"] = str(raw)
+    study["read"] = {**study["read"], "raw": str(raw)}
     return study
 
 
@@ -116,16 +116,22 @@ def child_stage(stage: str, folder: Path, profile: bool) -> dict:
     calls = {
         "clean": lambda: stages.clean_stage(
             p["raw"],
-            study,
+            read=study["read"],
+            privacy=study["privacy"],
+            clean=study["clean"],
+            instruments=study["measures"]["instruments"],
             sessions=p["sessions"],
             exclusions=p["exclusions"],
             flow=p["flow"],
             name="example",
         ),
-        "score": lambda: stages.score_stage(p["sessions"], study, scored=p["scored"]),
+        "score": lambda: stages.score_stage(
+            p["sessions"], instruments=study["measures"]["instruments"], scored=p["scored"]
+        ),
         "derive": lambda: stages.derive_stage(
             p["scored"],
-            study,
+            measures=study["measures"],
+            derive=study["derive"],
             analysis=p["analysis"],
             patients=p["patients"],
             sudden_gains=p["sudden_gains"],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from allianceflow.config import ConfigError, validate_config
+from allianceflow.config import STUDY_SECTIONS, ConfigError, group_study, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -16,14 +16,14 @@ CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
 
 
 def with_study(name: str, **changes) -> dict:
-    """The shipped config with the study's sections updated (``measures={...}`` etc.)."""
+    """The shipped config with *changes* (keys named as in the sections) in their sections."""
     config = copy.deepcopy(CONFIG)
     study = config["studies"][name]
-    for section, values in changes.items():
-        if isinstance(values, dict) and isinstance(study.get(section), dict):
-            study[section].update(values)
+    for section, value in group_study(changes).items():
+        if section in STUDY_SECTIONS:
+            study.setdefault(section, {}).update(value)
         else:
-            study[section] = values
+            study[section] = value
     return config
 
 
@@ -34,7 +34,8 @@ def test_the_shipped_config_passes():
 NEEDS_RCI = (
     "config.yaml: reliable change and sudden gains need the reliable change value of the "
     "outcome instrument 'phq9', and its file ships none (it could not be confirmed from a "
-    "published source). Set `studies.example2.measures.instruments.phq9: {rci: <points>}`, or set "
+    "published source). Set `studies.example2.measures.instruments.phq9: {rci: <points>}`, "
+    "or set "
     "`studies.example2.derive.reliable_change.enabled: false` and "
     "`studies.example2.derive.sudden_gains.cutoff: <points>` or "
     "`studies.example2.derive.sudden_gains.enabled: false`."
@@ -42,7 +43,7 @@ NEEDS_RCI = (
 
 
 def test_phq9_as_shipped_is_refused_before_any_job():
-    config = with_study("example2", measures={"instruments": {"srs": None, "phq9": None}})
+    config = with_study("example2", instruments={"srs": None, "phq9": None})
     with pytest.raises(ConfigError) as error:
         validate_config(config, SCHEMA)
     assert str(error.value) == NEEDS_RCI
@@ -68,9 +69,7 @@ def test_phq9_as_shipped_is_refused_before_any_job():
 def test_each_derived_variable_that_needs_the_rci(derive, message):
     study = copy.deepcopy(CONFIG["studies"]["example2"])
     config = with_study(
-        "example2",
-        measures={"instruments": {"srs": None, "phq9": None}},
-        derive={**study["derive"], **derive},
+        "example2", instruments={"srs": None, "phq9": None}, derive={**study["derive"], **derive}
     )
     if message is None:
         validate_config(config, SCHEMA)
@@ -81,7 +80,7 @@ def test_each_derived_variable_that_needs_the_rci(derive, message):
 
 
 def test_messages_name_the_config_file_given():
-    config = with_study("example2", measures={"instruments": {"srs": None, "phq9": None}})
+    config = with_study("example2", instruments={"srs": None, "phq9": None})
     with pytest.raises(ConfigError, match=r"^site_b\.yaml: reliable change"):
         validate_config(config, SCHEMA, source="site_b.yaml")
 
@@ -102,19 +101,14 @@ def test_messages_name_the_config_file_given():
             "'rupture_repair' from `studies.example.models`.",
         ),
         (
-            {
-                "measures": {
-                    "instruments": {"srs": None, "ors": {"rci": 5}},
-                    "alliance": "srs_total",
-                }
-            },
+            {"instruments": {"srs": None, "ors": {"rci": 5}}, "alliance": "srs_total"},
             "config.yaml: model 'alliance_components' (preset alliance_components) needs the "
             "alliance subscale(s) task, bond, goal, but 'srs' has none. Use an alliance "
             "instrument with these subscales, or remove 'alliance_components' from "
             "`studies.example.models`.",
         ),
         (
-            {"measures": {"outcome": "phq9_total"}},
+            {"outcome": "phq9_total"},
             "config.yaml: `studies.example.measures` uses the score 'phq9_total', which none of "
             "its `instruments` produces; scores are named '<instrument>_total' or "
             "'<instrument>_<subscale>', e.g. 'ors_total' or 'wai_sr_bond'.",
@@ -137,9 +131,10 @@ def test_feedback_preset_needs_an_arm_column():
     columns = {k: v for k, v in study["read"]["columns"].items() if v != "condition"}
     labels = {k: v for k, v in study["read"]["labels"].items() if k != "condition"}
     with pytest.raises(ConfigError) as error:
-        validate_config(with_study("example", read={"columns": columns, "labels": labels}), SCHEMA)
+        validate_config(with_study("example", columns=columns, labels=labels), SCHEMA)
     assert str(error.value) == (
         "config.yaml: model 'feedback' (preset feedback) compares arms, but "
-        "`studies.example.read.columns` maps no column to 'condition'. Map the arm column, or remove "
+        "`studies.example.read.columns` maps no column to 'condition'. Map the arm column, or "
+        "remove "
         "'feedback' from `studies.example.models`."
     )

@@ -37,10 +37,12 @@ def _snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess
         )
     except subprocess.TimeoutExpired as error:
         output = (error.stderr or b"")[-3000:]
+        if isinstance(output, bytes):
+            output = output.decode(errors="replace")
         pytest.fail(
             f"TIMEOUT: `{' '.join(command[2:])}` in {workdir} did not finish within "
             f"{SNAKEMAKE_TIMEOUT} s; this is a time-out, not a failed assertion. "
-            f"Last output:\n{output.decode(errors='replace') if isinstance(output, bytes) else output}",
+            f"Last output:\n{output}",
             pytrace=False,
         )
 
@@ -127,7 +129,7 @@ def test_manifest_lists_inputs_and_every_output(run):
     }
     assert manifest["outputs"] == outputs
     assert manifest["config"]["study"]["measures"]["alliance"] == "wai_sr_total"
-    assert manifest["lock_sha256"] is None  # the copied project has no requirements.lock
+    assert manifest["lock_sha256"] == sha256_file(workdir / "requirements.lock")
     assert manifest["versions"]["statsmodels"]
     verify = subprocess.run(
         [sys.executable, "-m", "allianceflow", "verify", "results/example/manifest.json"],

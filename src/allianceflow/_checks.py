@@ -1,5 +1,7 @@
-"""Argument checks shared by the modules that take DataFrames (messages name the argument,
-what it holds and what is allowed; a missing column lists the columns and the closest one).
+"""Argument checks of the modules that take DataFrames: one frame check, one column check.
+
+Messages name the argument, what it holds and what is allowed; a missing column lists the
+columns there are and the closest one.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ def check_frame(data: Any, name: str = "data") -> None:
 
 
 def check_columns(data: pd.DataFrame, *columns: str, name: str = "data") -> None:
-    """Raise KeyError naming the first of *columns* missing from *data*, the columns it
-    has, and the closest match.
+    """Raise KeyError naming the first of *columns* missing from *data*.
+
+    The message lists the columns *data* has and the closest match.
     """
     where = "the data" if name == "data" else f"`{name}`"
     for column in columns:
         if column not in data.columns:
-            close = difflib.get_close_matches(column, [str(c) for c in data.columns], n=1)
+            existing = [str(c) for c in data.columns]
+            close = difflib.get_close_matches(str(column), existing, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise KeyError(
-                f"Column {column!r} is not in {where}; columns are {', '.join(map(str, data.columns))}.{hint}"
+                f"Column {column!r} is not in {where}; columns are {', '.join(existing)}.{hint}"
             )

@@ -1,12 +1,12 @@
 """Argument checks shared by the derive-stage modules.
 
 The modules are derive, clinical, ontrack, suddengains and ruptures. Private: messages name
-the argument, what was received and what is allowed (docs/STYLE.md).
+the argument, what was received and what is allowed. The frame and column checks are the
+package's one pair in :mod:`allianceflow._checks`, re-exported here.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -14,27 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._checks import check_columns as check_columns
+from ._checks import check_frame as check_frame
+
 __all__: list[str] = []
 
 DIRECTIONS = ("higher_is_better", "lower_is_better")
 CLINICAL_RANGES = ("below", "at_or_above")
-
-
-def check_frame(data: Any, name: str = "data") -> None:
-    if not isinstance(data, pd.DataFrame):
-        raise TypeError(f"`{name}` must be a pandas DataFrame; got {type(data).__name__}.")
-
-
-def check_columns(data: pd.DataFrame, *columns: str, name: str = "data") -> None:
-    """Raise KeyError naming the missing column, the columns that exist and the closest."""
-    for column in columns:
-        if column not in data.columns:
-            existing = [str(c) for c in data.columns]
-            close = difflib.get_close_matches(str(column), existing, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise KeyError(
-                f"Column {column!r} is not in `{name}`; columns are {', '.join(existing)}.{hint}"
-            )
 
 
 def check_choice(value: Any, allowed: Sequence[str], name: str) -> str:

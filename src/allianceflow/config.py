@@ -310,6 +310,7 @@ def _check_presets(name: str, study: dict[str, Any], config: dict[str, Any], sou
     """Presets the study fits must find the columns and derived variables they use."""
     key = f"studies.{name}"
     mapped = set(study["read"]["columns"].values())
+    measures = study.get("measures") or {}
     derive = study.get("derive") or {}
     for model in study.get("models", []):
         spec = config["models"].get(model) or {}
@@ -335,8 +336,8 @@ def _check_presets(name: str, study: dict[str, Any], config: dict[str, Any], sou
                 f"`{key}.derive.ruptures.enabled` is false. Switch it on, or remove {model!r} "
                 f"from `{key}.models`."
             )
-        elif preset == "alliance_components" and "alliance" in (study.get("measures") or {}):
-            alliance = _study_instrument(study, study["measures"]["alliance"], key, source)
+        elif preset == "alliance_components" and "alliance" in measures:
+            alliance = _study_instrument(study, measures["alliance"], key, source)
             wanted = options.get("components", ("task", "bond", "goal"))
             missing = [c for c in wanted if c not in alliance.subscales]
             if missing:

@@ -53,6 +53,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ._checks import check_columns, check_frame
+
 __all__ = [
     "Benchmark",
     "FLUCKIGER_2018",
@@ -132,17 +134,8 @@ def _check_alpha(alpha: Any) -> None:
 
 
 def _check_columns(frame: pd.DataFrame, columns: list[str], argument: str = "effects") -> None:
-    if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"`{argument}` must be a pandas DataFrame; got {type(frame).__name__}.")
-    import difflib
-
-    for col in columns:
-        if col not in frame.columns:
-            close = difflib.get_close_matches(col, list(map(str, frame.columns)), n=1)
-            hint = f" Closest match: {close[0]!r}." if close else ""
-            raise KeyError(
-                f"`{argument}` has no column {col!r}; columns are {list(frame.columns)}.{hint}"
-            )
+    check_frame(frame, argument)
+    check_columns(frame, *columns, name=argument)
 
 
 def _check_direction(study: str, direction: Any) -> None:
