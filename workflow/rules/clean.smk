@@ -9,6 +9,8 @@ rule clean_sessions:
         "logs/{study}/clean_sessions.log",
     benchmark:
         "logs/{study}/benchmarks/clean_sessions.tsv"
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         read=get_read,

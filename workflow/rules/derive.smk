@@ -11,6 +11,8 @@ rule derive_variables:
         "logs/{study}/derive_variables.log",
     benchmark:
         "logs/{study}/benchmarks/derive_variables.tsv"
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         measures=get_measures,

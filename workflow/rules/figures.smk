@@ -19,6 +19,8 @@ rule plot_within_between:
         svg="results/{study}/figures/within_between.svg",
     log:
         "logs/{study}/plot_within_between.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         figure="within_between",
@@ -42,6 +44,8 @@ rule plot_trajectories:
         svg="results/{study}/figures/trajectories.svg",
     log:
         "logs/{study}/plot_trajectories.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         figure="trajectories",
@@ -64,6 +68,8 @@ rule plot_forest:
         svg="results/{study}/figures/forest.svg",
     log:
         "logs/{study}/plot_forest.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         figure="forest",
@@ -86,6 +92,8 @@ rule plot_caterpillar:
         svg="results/{study}/figures/caterpillar.svg",
     log:
         "logs/{study}/plot_caterpillar.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         figure="caterpillar",
@@ -110,6 +118,8 @@ rule plot_flow:
         svg="results/{study}/figures/flow.svg",
     log:
         "logs/{study}/plot_flow.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         figure="flow",
@@ -132,6 +142,8 @@ rule plot_feedback:
         svg="results/{study}/figures/feedback.svg",
     log:
         "logs/{study}/plot_feedback.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         figure="feedback",
@@ -154,6 +166,8 @@ rule plot_expected_response:
         svg="results/{study}/figures/expected_response.svg",
     log:
         "logs/{study}/plot_expected_response.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         figure="expected_response",
@@ -176,6 +190,8 @@ rule plot_ruptures:
         svg="results/{study}/figures/ruptures.svg",
     log:
         "logs/{study}/plot_ruptures.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         figure="ruptures",
@@ -199,6 +215,8 @@ rule plot_sudden_gains:
         svg="results/{study}/figures/sudden_gains.svg",
     log:
         "logs/{study}/plot_sudden_gains.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         figure="sudden_gains",
@@ -221,6 +239,8 @@ rule plot_reliable_change:
         svg="results/{study}/figures/reliable_change.svg",
     log:
         "logs/{study}/plot_reliable_change.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         figure="reliable_change",

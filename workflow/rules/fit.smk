@@ -8,6 +8,8 @@ rule fit_model:
         "logs/{study}/fit_model_{model}.log",
     benchmark:
         "logs/{study}/benchmarks/fit_model_{model}.tsv"
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         model=get_model,
@@ -23,6 +25,8 @@ rule compare_models:
         txt="results/{study}/models/lrt_{comparison}.txt",
     log:
         "logs/{study}/compare_models_{comparison}.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         models=get_comparison_models,

@@ -20,6 +20,8 @@ rule pool_studies:
         "logs/pooled/pool_studies.log",
     benchmark:
         "logs/pooled/benchmarks/pool_studies.tsv"
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         models=get_pool_models,
@@ -44,6 +46,8 @@ rule plot_meta_forest:
         svg="results/pooled/figures/meta_forest.svg",
     log:
         "logs/pooled/plot_meta_forest.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         benchmark=config["pool"]["benchmark"],

@@ -12,6 +12,8 @@ rule simulate_power_chunk:
         "logs/power/{design}/simulate_power_chunk_{chunk}.log",
     benchmark:
         "logs/power/{design}/benchmarks/simulate_power_chunk_{chunk}.tsv"
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         design=get_power_design,
@@ -36,6 +38,8 @@ rule summarise_power:
         ),
     log:
         "logs/power/summarise_power.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         designs=get_power_designs(),
@@ -56,6 +60,8 @@ rule plot_power_curve:
         svg="results/power/figures/power_curve.svg",
     log:
         "logs/power/plot_power_curve.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         x=get_power_x(),

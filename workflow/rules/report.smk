@@ -8,6 +8,8 @@ rule write_manifest:
         manifest="results/{study}/manifest.json",
     log:
         "logs/{study}/write_manifest.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         resolved=get_resolved_config,

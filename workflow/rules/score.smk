@@ -5,6 +5,8 @@ rule score_instruments:
         scored="data/processed/{study}/scored.parquet",
     log:
         "logs/{study}/score_instruments.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         instruments=get_instruments,
@@ -27,6 +29,8 @@ rule compute_reliability:
         "logs/{study}/compute_reliability.log",
     benchmark:
         "logs/{study}/benchmarks/compute_reliability.tsv"
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         instruments=get_instruments,

@@ -18,6 +18,8 @@ rule tabulate_model:
         docx="results/{study}/tables/{model}.docx",
     log:
         "logs/{study}/tabulate_model_{model}.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
     script:
@@ -40,6 +42,8 @@ rule tabulate_models:
         docx="results/{study}/tables/models.docx",
     log:
         "logs/{study}/tabulate_models.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
     script:
@@ -55,6 +59,8 @@ rule render_reliability:
         docx="results/{study}/tables/reliability.docx",
     log:
         "logs/{study}/render_reliability.log",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
     script:
@@ -81,6 +87,8 @@ rule tabulate_descriptives:
         "logs/{study}/tabulate_{table}.log",
     wildcard_constraints:
         table="table1|intake_correlations|clinical_significance|sudden_gains|ruptures",
+    conda:
+        "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         min_cell=get_min_cell,
