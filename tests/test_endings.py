@@ -291,8 +291,10 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
     assert str(error.value) == (
         "config.yaml: `studies.t.derive.endings.gap_days` infers endings from the time between a "
         "patient's last session and the data extraction, so the study needs that time: set "
-        "`studies.t.read.extraction_date` (the day of the export, YYYY-MM-DD) with dated sessions, or, "
-        "for an export without dates, map columns to 'days' and 'followup_days' under `studies.t.read.columns`."
+        "`studies.t.read.extraction_date` (the day of the export, YYYY-MM-DD) with dated "
+        "sessions, or, "
+        "for an export without dates, map columns to 'days' and 'followup_days' under "
+        "`studies.t.read.columns`."
     )
     # a follow-up column alone is not enough without the days of the sessions
     undated = {"Client": "patient", "Sess": "session", "Item": "ors_1", "FU": "followup_days"}
@@ -307,7 +309,10 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
         validate_config(_config(derive={"endings": {"planned_sessions": 12}}), SCHEMA)
     with pytest.raises(
         ConfigError,
-        match=r"`studies.t.read.extraction_date` is '31/03/2025', which is not of the form this key needs. The day the data were exported, YYYY-MM-DD",
+        match=(
+            r"`studies.t.read.extraction_date` is '31/03/2025', which is not of the form this "
+            r"key needs. The day the data were exported, YYYY-MM-DD"
+        ),
     ):
         validate_config(_config(extraction_date="31/03/2025"), SCHEMA)
 
@@ -317,7 +322,8 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
     [
         (
             {"extraction_date": "2025-02-30"},
-            "config.yaml: `studies.t.read.extraction_date` is '2025-02-30', which is not a day of the calendar; "
+            "config.yaml: `studies.t.read.extraction_date` is '2025-02-30', which is not a day of "
+            "the calendar; "
             "write the day the data were exported as YYYY-MM-DD, e.g. '2025-09-01'.",
         ),
         (
@@ -325,25 +331,32 @@ def test_gap_inference_without_a_followup_time_is_a_config_error():
                 "extraction_date": "2025-03-31",
                 "columns": {"Client": "patient", "Sess": "session", "Item": "ors_1"},
             },
-            "config.yaml: `studies.t.read.extraction_date` is set, but no column is mapped to 'date' under "
-            "`studies.t.read.columns`, so the follow-up time cannot be computed. Map the session dates to 'date', "
-            "or map a column of days from each patient's first session to the extraction to 'followup_days' "
+            "config.yaml: `studies.t.read.extraction_date` is set, but no column is mapped to "
+            "'date' under "
+            "`studies.t.read.columns`, so the follow-up time cannot be computed. Map the session "
+            "dates to 'date', "
+            "or map a column of days from each patient's first session to the extraction to "
+            "'followup_days' "
             "and remove `extraction_date`.",
         ),
         (
             {"columns": {**COLUMNS, "FU": "followup_days"}},
-            "config.yaml: `studies.t.read.columns` maps a column to 'followup_days', but the sessions are dated (a "
-            "column is mapped to 'date'), and with dates the follow-up time comes from the day of the export. "
+            "config.yaml: `studies.t.read.columns` maps a column to 'followup_days', but the "
+            "sessions are dated (a "
+            "column is mapped to 'date'), and with dates the follow-up time comes from the day of "
+            "the export. "
             "Remove that mapping and set `studies.t.read.extraction_date`.",
         ),
         (
             {"labels": {"ending": {"Done": "complete"}}},
-            "config.yaml: `studies.t.read.labels.ending` maps 'Done' to 'complete'; an ending must be one of "
+            "config.yaml: `studies.t.read.labels.ending` maps 'Done' to 'complete'; an ending "
+            "must be one of "
             "planned, unilateral, dropout, ongoing.",
         ),
         (
             {"derive": {"endings": {"labels": {"Done": "planned"}}}},
-            "config.yaml: `studies.t.derive.endings.labels` is no longer a setting. Map the export's "
+            "config.yaml: `studies.t.derive.endings.labels` is no longer a setting. Map the "
+            "export's "
             "ending column to 'ending' under `studies.t.read.columns` and its labels under "
             "`studies.t.read.labels.ending`; for endings inferred from a gap, give the day of the "
             "export as `studies.t.read.extraction_date`.",

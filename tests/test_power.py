@@ -1,5 +1,7 @@
-"""Simulation-based power: designs map to the simulator, chunks merge exactly, power rises
-with the sample and the intervals cover the truth about 95% of the time.
+"""Simulation-based power: designs, chunks, power and coverage.
+
+Designs map to the simulator, chunks merge exactly, power rises with the sample and the
+intervals cover the truth about 95% of the time.
 """
 
 import dataclasses

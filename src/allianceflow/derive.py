@@ -695,13 +695,9 @@ def derive_tables(
                     "Derive setting `on_track.reference` is 'reference' "
                     "but no reference sample was given."
                 )
-            model = fit_expected_response(
-                reference, score=outcome, model=cfg["on_track"]["model"]
-            )
+            model = fit_expected_response(reference, score=outcome, model=cfg["on_track"]["model"])
         elif ref == "study":
-            model = fit_expected_response(
-                analysis, score="outcome", model=cfg["on_track"]["model"]
-            )
+            model = fit_expected_response(analysis, score="outcome", model=cfg["on_track"]["model"])
         else:
             raise ValueError(
                 f"`on_track.reference` must be 'study', 'reference' or 'coefficients'; got {ref!r}."

@@ -706,7 +706,8 @@ def plot_forest(
     comparable : bool, default False
         Whether the pooled term estimates the same quantity as the benchmark. Flückiger et
         al. (2018) pooled between-patient alliance–outcome correlations, so only a pooled
-        ``alliance_between`` is comparable (:func:`allianceflow.stages.meta_forest_figure_stage` sets
+        ``alliance_between`` is comparable
+        (:func:`allianceflow.stages.meta_forest_figure_stage` sets
         ``comparable = term == "alliance_between"``). When False the band is not drawn and
         a one-line note under the plot says why; the default within-patient lagged effect
         (``alliance_within_lag``) answers a different question and is typically smaller.

@@ -104,13 +104,15 @@ class PowerDesign:
     dropout_hazard: float = _E.dropout_hazard
 
     def __post_init__(self) -> None:
+        """Check the sizes and ICCs, so a bad design fails before any simulation."""
         for name in ("n_therapists", "patients_per_therapist", "sessions"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
         if self.sessions < 3:
             raise ValueError(
-                f"`sessions` must be at least 3 (a lagged alliance needs two); got {self.sessions!r}."
+                "`sessions` must be at least 3 (a lagged alliance needs two); "
+                f"got {self.sessions!r}."
             )
         for name in ("icc_therapist", "icc_patient"):
             value = getattr(self, name)
@@ -167,7 +169,8 @@ def _check_design(design: Any) -> PowerDesign:
             )
         return PowerDesign(**design)
     raise TypeError(
-        f"`design` must be a PowerDesign or a mapping of its parameters; got {type(design).__name__}."
+        "`design` must be a PowerDesign or a mapping of its parameters; "
+        f"got {type(design).__name__}."
     )
 
 
@@ -202,7 +205,8 @@ def chunk_seeds(seed: int, replications: int, chunk_size: int, chunk: int) -> li
     n_chunks = math.ceil(replications / chunk_size)
     if not 0 <= chunk < n_chunks:
         raise ValueError(
-            f"`chunk` must lie in 0..{n_chunks - 1} for {replications} replications in chunks of {chunk_size}; got {chunk!r}."
+            f"`chunk` must lie in 0..{n_chunks - 1} for {replications} replications in chunks "
+            f"of {chunk_size}; got {chunk!r}."
         )
     return replication_seeds(seed, replications)[chunk * chunk_size : (chunk + 1) * chunk_size]
 
@@ -466,8 +470,8 @@ def summarise_power(
     if dup.any():
         first = frame.loc[dup].iloc[0]
         raise ValueError(
-            f"seed {first['seed']} appears twice for design {first['design']!r} and term {first['term']!r}: "
-            "was a chunk merged twice?"
+            f"seed {first['seed']} appears twice for design {first['design']!r} and term "
+            f"{first['term']!r}: was a chunk merged twice?"
         )
     out = []
     for (design, term), g in frame.groupby(["design", "term"], sort=True):
