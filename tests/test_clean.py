@@ -72,25 +72,27 @@ def test_corpus_is_reproducible(tmp_path):
 ERRORS = {
     "blank_header.csv": (
         "blank_header.csv, row 1: column 8 has no name in the header. If the header spans two "
-        "rows (merged cells), set `header_rows: 2` for this study in config.yaml, or give every "
+        "rows (merged cells), set `read.header_rows: 2` for this study in config.yaml, or give "
+        "every "
         "column a one-row name in the file."
     ),
     "cp1252.csv": (
         "cp1252.csv, row 7: byte 0xfc cannot be read as utf-8-sig; the file was probably saved "
-        "by Windows software as cp1252 (or latin-1). Set `encoding: cp1252` for this study in "
+        "by Windows software as cp1252 (or latin-1). Set `read.encoding: cp1252` for this study in "
         "config.yaml, or save the file as UTF-8."
     ),
     "date_of_birth_column.csv": (
         "date_of_birth_column.csv: column 'Intake' looks like it holds dates of birth (by its "
         "content; first at row 2). The input must be de-identified before the pipeline reads it. "
-        "Remove the column from the export, or add 'Intake' to `studies.t.drop_columns` in "
+        "Remove the column from the export, or add 'Intake' to `studies.t.privacy.drop_columns` in "
         "config.yaml to drop it explicitly before anything is read from it."
     ),
     "decimal_comma.csv": (
         "decimal_comma.csv, row 2, column 'ORS_1': '5,0' is not a number (5 more row(s) have the "
-        "same problem). Correct the value, or declare it under `missing_codes` if it means "
-        "'missing'. The file writes decimals with a comma: set `decimal: ','` for this study in "
-        "config.yaml. Or set `studies.t.rules.not_a_number` to 'exclude' or 'missing' in "
+        "same problem). Correct the value, or declare it under `read.missing_codes` if it means "
+        "'missing'. The file writes decimals with a comma: set `read.decimal: ','` for this study "
+        "in "
+        "config.yaml. Or set `studies.t.clean.rules.not_a_number` to 'exclude' or 'missing' in "
         "config.yaml."
     ),
     "duplicate_header.csv": (
@@ -100,19 +102,20 @@ ERRORS = {
     "email_column.csv": (
         "email_column.csv: column 'Contact' looks like it holds e-mail addresses (by its "
         "content; first at row 4). The input must be de-identified before the pipeline reads it. "
-        "Remove the column from the export, or add 'Contact' to `studies.t.drop_columns` in "
+        "Remove the column from the export, or add 'Contact' to `studies.t.privacy.drop_columns` "
+        "in "
         "config.yaml to drop it explicitly before anything is read from it."
     ),
     "empty.csv": ("empty.csv: the file is empty. Export the data again."),
     "empty_column.csv": (
         "empty_column.csv: column 'ORS_2' (mapped to 'ors_2') is empty in every one of its 6 "
         "rows; the export probably lost it. Export the data again, or remove the column from "
-        "`columns` in config.yaml."
+        "`read.columns` in config.yaml."
     ),
     "extra_field.csv": (
         "extra_field.csv, row 5: the row has 9 fields, more than the 8 columns of the header. A "
         "value probably contains the delimiter ',' without quotes, or the delimiter is wrong; "
-        "quote the value or set `delimiter` for this study in config.yaml."
+        "quote the value or set `read.delimiter` for this study in config.yaml."
     ),
     "fake.sav": (
         "fake.sav: the file cannot be read as SPSS data (ReadstatError: Unable to read from "
@@ -120,42 +123,45 @@ ERRORS = {
     ),
     "merged_header.xlsx": (
         "merged_header.xlsx, sheet 'export', row 1: column 6 has no name in the header. If the "
-        "header spans two rows (merged cells), set `header_rows: 2` for this study in "
+        "header spans two rows (merged cells), set `read.header_rows: 2` for this study in "
         "config.yaml, or give every column a one-row name in the file."
     ),
     "mixed_dates.csv": (
         "mixed_dates.csv, row 3, column 'SessionDate': date '2024-02-08' is written as %Y-%m-%d, "
         "but the date format is %d/%m/%Y (mixed date formats). Write every date in one format in "
-        "the file, or set `date_format` for this study in config.yaml. Or set "
-        "`studies.t.rules.date_invalid` to 'exclude' in config.yaml."
+        "the file, or set `read.date_format` for this study in config.yaml. Or set "
+        "`studies.t.clean.rules.date_invalid` to 'exclude' in config.yaml."
     ),
     "names_column.csv": (
         "names_column.csv: column 'Client' looks like it holds names (by its content; first at "
         "row 2). The input must be de-identified before the pipeline reads it. Remove the column "
-        "from the export, or add 'Client' to `studies.t.drop_columns` in config.yaml to drop it "
+        "from the export, or add 'Client' to `studies.t.privacy.drop_columns` in config.yaml to "
+        "drop it "
         "explicitly before anything is read from it."
     ),
     "national_id_in_item.csv": (
         "national_id_in_item.csv: column 'ORS_3' looks like it holds national id numbers (by its "
         "content; first at row 5). The input must be de-identified before the pipeline reads it. "
         "The column is mapped to 'ors_3': correct the value in the file, or, if the column is "
-        "free of identifiers, add it to `privacy_exempt`."
+        "free of identifiers, add it to `privacy.privacy_exempt`."
     ),
     "negative_session.csv": (
         "negative_session.csv, row 6, column 'SessionNo': session number -2 is not a whole "
         "number of 1 or more. Session numbers count from 1 (1 = the first session); correct the "
-        "value. Or set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
+        "value. Or set `studies.t.clean.rules.session_invalid` to 'exclude' in config.yaml."
     ),
     "notes_column.csv": (
         "notes_column.csv: column 'Notes' looks like it holds free-text notes (by its name). The "
         "input must be de-identified before the pipeline reads it. Remove the column from the "
-        "export, or add 'Notes' to `studies.t.drop_columns` in config.yaml to drop it explicitly "
+        "export, or add 'Notes' to `studies.t.privacy.drop_columns` in config.yaml to drop it "
+        "explicitly "
         "before anything is read from it."
     ),
     "notes_with_names.csv": (
         "notes_with_names.csv: column 'Obs' looks like it holds free-text notes (by its content; "
         "first at row 3). The input must be de-identified before the pipeline reads it. Remove "
-        "the column from the export, or add 'Obs' to `studies.t.drop_columns` in config.yaml to "
+        "the column from the export, or add 'Obs' to `studies.t.privacy.drop_columns` in "
+        "config.yaml to "
         "drop it explicitly before anything is read from it."
     ),
     "old_excel.xls": (
@@ -164,48 +170,49 @@ ERRORS = {
     ),
     "out_of_range.csv": (
         "out_of_range.csv, row 2, column 'ORS_4': ors_4 = 12.5 is outside the response range 0 "
-        "to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code "
-        "for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in "
+        "to 10 of ors. Correct the value, or declare it under `read.missing_codes` if it is a code "
+        "for 'missing'. Or set `studies.t.clean.rules.out_of_range` to 'exclude' or 'missing' in "
         "config.yaml."
     ),
     "phone_column.csv": (
         "phone_column.csv: column 'Tel' looks like it holds phone numbers (by its name and "
         "content; first at row 5). The input must be de-identified before the pipeline reads it. "
-        "Remove the column from the export, or add 'Tel' to `studies.t.drop_columns` in "
+        "Remove the column from the export, or add 'Tel' to `studies.t.privacy.drop_columns` in "
         "config.yaml to drop it explicitly before anything is read from it."
     ),
     "phone_in_unnamed_column.csv": (
         "phone_in_unnamed_column.csv: column 'Extra' looks like it holds phone numbers (by its "
         "content; first at row 6). The input must be de-identified before the pipeline reads it. "
-        "Remove the column from the export, or add 'Extra' to `studies.t.drop_columns` in "
+        "Remove the column from the export, or add 'Extra' to `studies.t.privacy.drop_columns` in "
         "config.yaml to drop it explicitly before anything is read from it."
     ),
     "postcode_column.csv": (
         "postcode_column.csv: column 'Area' looks like it holds postcodes (by its content; first "
         "at row 2). The input must be de-identified before the pipeline reads it. Remove the "
-        "column from the export, or add 'Area' to `studies.t.drop_columns` in config.yaml to "
+        "column from the export, or add 'Area' to `studies.t.privacy.drop_columns` in config.yaml "
+        "to "
         "drop it explicitly before anything is read from it."
     ),
     "renamed_column.csv": (
         "renamed_column.csv: the config maps column 'SessionDate' to 'date', but the file has no "
         "column 'SessionDate'. Closest columns in the file: 'Session_Date', 'SessionNo'. Fix the "
-        "name under `columns` in config.yaml."
+        "name under `read.columns` in config.yaml."
     ),
     "session_zero.csv": (
         "session_zero.csv, row 5, column 'SessionNo': session number 0 is not a whole number of "
         "1 or more. Session numbers count from 1 (1 = the first session); correct the value. Or "
-        "set `studies.t.rules.session_invalid` to 'exclude' in config.yaml."
+        "set `studies.t.clean.rules.session_invalid` to 'exclude' in config.yaml."
     ),
     "street_address_column.csv": (
         "street_address_column.csv: column 'Home' looks like it holds street addresses (by its "
         "content; first at row 2). The input must be de-identified before the pipeline reads it. "
-        "Remove the column from the export, or add 'Home' to `studies.t.drop_columns` in "
+        "Remove the column from the export, or add 'Home' to `studies.t.privacy.drop_columns` in "
         "config.yaml to drop it explicitly before anything is read from it."
     ),
     "text_in_items.csv": (
         "text_in_items.csv, row 4, column 'ORS_1': 'six' is not a number. Correct the value, or "
-        "declare it under `missing_codes` if it means 'missing'. Or set "
-        "`studies.t.rules.not_a_number` to 'exclude' or 'missing' in config.yaml."
+        "declare it under `read.missing_codes` if it means 'missing'. Or set "
+        "`studies.t.clean.rules.not_a_number` to 'exclude' or 'missing' in config.yaml."
     ),
     "truncated.csv": (
         "truncated.csv, row 7: the row has 4 fields, fewer than the 8 columns of the header. The "
@@ -218,20 +225,20 @@ ERRORS = {
     ),
     "undeclared_code.csv": (
         "undeclared_code.csv, row 7, column 'ORS_2': ors_2 = 999 is outside the response range 0 "
-        "to 10 of ors. Correct the value, or declare it under `missing_codes` if it is a code "
-        "for 'missing'. Or set `studies.t.rules.out_of_range` to 'exclude' or 'missing' in "
+        "to 10 of ors. Correct the value, or declare it under `read.missing_codes` if it is a code "
+        "for 'missing'. Or set `studies.t.clean.rules.out_of_range` to 'exclude' or 'missing' in "
         "config.yaml."
     ),
     "impossible_date.csv": (
         "impossible_date.csv, row 3, column 'SessionDate': date '31/02/2024' is impossible: "
         "February 2024 has 29 days. Correct the date: it is a typing error, since no such day "
         "exists. Or set "
-        "`studies.t.rules.date_invalid` to 'exclude' in config.yaml."
+        "`studies.t.clean.rules.date_invalid` to 'exclude' in config.yaml."
     ),
     "lowercase_postcode_column.csv": (
         "lowercase_postcode_column.csv: column 'Area' looks like it holds postcodes (by its "
         "content; first at row 2). The input must be de-identified before the pipeline reads it. "
-        "Remove the column from the export, or add 'Area' to `studies.t.drop_columns` in "
+        "Remove the column from the export, or add 'Area' to `studies.t.privacy.drop_columns` in "
         "config.yaml to drop it explicitly before anything is read from it."
     ),
     "therapist_name.csv": (
@@ -243,7 +250,8 @@ ERRORS = {
     ),
     "title_rows.csv": (
         "title_rows.csv, row 1: the header has blank column names, and row 3 looks like the "
-        "header, with 2 title row(s) above it. Set `skip_rows: 2` for this study in config.yaml, "
+        "header, with 2 title row(s) above it. Set `read.skip_rows: 2` for this study in "
+        "config.yaml, "
         "or delete the title rows in the file."
     ),
 }
@@ -263,7 +271,7 @@ def test_wrong_delimiter_declared_in_config():
     assert str(caught.value) == (
         "wrong_delimiter.csv, row 1: the header is one column 'ClientCode;Clinician;SessionNo;"
         "SessionDate;ORS_1;ORS_2;ORS_3' when split at ',', but it contains ';'. Set "
-        "`delimiter: ';'` for this study in config.yaml (or null to detect it)."
+        "`read.delimiter: ';'` for this study in config.yaml (or null to detect it)."
     )
 
 
@@ -653,7 +661,9 @@ def test_merged_header_reads_with_two_header_rows():
 
 
 def test_rules_policy_error_names_the_switch():
-    with pytest.raises(DataError, match=r"set `studies.t.rules.duplicate_identical` to 'exclude'"):
+    with pytest.raises(
+        DataError, match=r"set `studies.t.clean.rules.duplicate_identical` to 'exclude'"
+    ):
         run("duplicate_identical.csv", rules={"duplicate_identical": "error"})
 
 
@@ -664,7 +674,7 @@ def test_policy_outside_the_allowed_set_is_refused():
     with pytest.raises(
         DataError,
         match=(
-            r"`studies.t.rules.session_gap` is 'exclude'; "
+            r"`studies.t.clean.rules.session_gap` is 'exclude'; "
             r"allowed values are 'error', 'flag', 'ignore'"
         ),
     ):
@@ -906,7 +916,7 @@ def test_arm_switch_exclude_and_error():
         "arm_switch.csv, row 4, column 'Arm': the patient's arm changes (feedback \u2192 tau). "
         "Record the arm the patient was allocated to on every row, or set the rule to 'flag' to "
         "analyse each patient in the first recorded arm (intention to treat). Or set "
-        "`studies.t.rules.condition_change` to 'flag' or 'exclude' in config.yaml."
+        "`studies.t.clean.rules.condition_change` to 'flag' or 'exclude' in config.yaml."
     )
 
 
@@ -973,7 +983,7 @@ def test_steps_are_named_functions_that_run_alone():
 def test_messages_name_the_config_file_given():
     study = make_study()
     raw = io.read_raw(BAD / "renamed_column.csv")
-    with pytest.raises(DataError, match=r"Fix the name under `columns` in study\.yaml\.$"):
+    with pytest.raises(DataError, match=r"Fix the name under `read.columns` in study\.yaml\.$"):
         clean_sessions(raw, study, source="renamed_column.csv", config="study.yaml")
 
 

@@ -67,7 +67,8 @@ def test_fatal_error_is_one_paragraph(root, tmp_path, capsys):
         "e.csv: cannot be cleaned\n\ne.csv: column 'Email' looks like it holds e-mail addresses "
         "(by its name and content; first at row 2). The input must be de-identified before the "
         "pipeline reads it. Remove the column from the export, or add 'Email' to "
-        "`studies.example.drop_columns` in config.yaml to drop it explicitly before anything is "
+        "`studies.example.privacy.drop_columns` in config.yaml to drop it explicitly before "
+        "anything is "
         "read from it.\n"
     )
 

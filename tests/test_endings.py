@@ -109,9 +109,10 @@ def test_an_unmapped_ending_label_names_the_row_and_the_fix():
         "x.csv, row 6, column 'Discharge': ending 'left' is not one of planned, unilateral, "
         "dropout, "
         "ongoing. Map each of the export's ending labels to one of these types under "
-        "`studies.t.labels.ending` in config.yaml (here `'left': <type>`); leave the cell blank "
+        "`studies.t.read.labels.ending` in config.yaml (here `'left': <type>`); leave the cell "
+        "blank "
         "when "
-        "the ending is not recorded. Or set `studies.t.rules.ending_invalid` to 'missing' in "
+        "the ending is not recorded. Or set `studies.t.clean.rules.ending_invalid` to 'missing' in "
         "config.yaml."
     )
 
@@ -137,7 +138,8 @@ def test_two_endings_for_one_patient_stop_or_exclude_the_patient():
     assert str(error.value) == (
         "x.csv, row 4, column 'Discharge': the patient's ending differs between rows (unilateral, "
         "planned); it is one value per patient. Record one ending per patient (on any or all of "
-        "the patient's rows). Or set `studies.t.rules.ending_conflict` to 'exclude' in config.yaml."
+        "the patient's rows). Or set `studies.t.clean.rules.ending_conflict` to 'exclude' in "
+        "config.yaml."
     )
     result = clean(rows, labels=LABELS, rules={"ending_conflict": "exclude"})
     assert sorted(result.sessions["patient"].unique()) == ["b", "c"]
@@ -163,8 +165,8 @@ def test_a_session_after_the_extraction_date():
         clean(ROWS, labels=LABELS, extraction_date="2025-02-28")
     assert str(error.value) == (
         "x.csv, row 7, column 'Date': the session is dated 3 day(s) after the extraction date. "
-        "Check the date, or set `studies.t.extraction_date` to the day the data were "
-        "exported. Or set `studies.t.rules.after_extraction` to 'exclude' in config.yaml."
+        "Check the date, or set `studies.t.read.extraction_date` to the day the data were "
+        "exported. Or set `studies.t.clean.rules.after_extraction` to 'exclude' in config.yaml."
     )
     result = clean(
         ROWS, labels=LABELS, extraction_date="2025-02-28", rules={"after_extraction": "exclude"}
@@ -185,7 +187,7 @@ def test_clean_itself_refuses_an_extraction_date_it_cannot_use():
     with pytest.raises(DataError) as error:
         unvalidated(columns, [r[:2] + (r[3],) for r in ROWS], extraction_date="2025-03-31")
     assert str(error.value).startswith(
-        "x.csv: `studies.t.extraction_date` is set, but no column is mapped to 'date', so the "
+        "x.csv: `studies.t.read.extraction_date` is set, but no column is mapped to 'date', so the "
         "follow-up time cannot be computed."
     )
     with pytest.raises(DataError) as error:
@@ -195,14 +197,15 @@ def test_clean_itself_refuses_an_extraction_date_it_cannot_use():
         "dates "
         "the follow-up time must come from the extraction day (days are counted from each "
         "patient's "
-        "first kept session). Remove the mapping and set `studies.t.extraction_date` to the day "
+        "first kept session). Remove the mapping and set `studies.t.read.extraction_date` to the "
+        "day "
         "the "
         "data were exported."
     )
     with pytest.raises(
         DataError,
         match=(
-            r"^config.yaml: `studies.t.extraction_date` is '2025-02-30', "
+            r"^config.yaml: `studies.t.read.extraction_date` is '2025-02-30', "
             r"which is not a day of the calendar"
         ),
     ):
@@ -233,7 +236,8 @@ def test_mapped_followup_days_without_dates():
         "x.csv, row 4, column 'FU': the follow-up time is -3 days, so the extraction would "
         "precede the "
         "first session. Check the patient's follow-up time (days from the first session to the "
-        "extraction) and day counts. Or set `studies.t.rules.after_extraction` to 'exclude' in "
+        "extraction) and day counts. Or set `studies.t.clean.rules.after_extraction` to 'exclude' "
+        "in "
         "config.yaml."
     )
     rows = [("a", "1", "0", "5", "5"), ("a", "2", "7", "6", "")]

@@ -116,7 +116,7 @@ def test_title_rows_above_an_excel_header_get_skip_rows(tmp_path):
         io.read_raw(path)
     assert str(caught.value) == (
         "x.xlsx, sheet 'export', row 1: the header has blank column names, and row 3 looks like "
-        "the header, with 2 title row(s) above it. Set `skip_rows: 2` for this study in "
+        "the header, with 2 title row(s) above it. Set `read.skip_rows: 2` for this study in "
         "config.yaml, or delete the title rows in the file."
     )
     frame = io.read_raw(path, skip_rows=2)
@@ -142,6 +142,6 @@ def test_messages_name_the_config_file_given(tmp_path):
         io.read_raw(path, config="site_b.yaml")
     assert str(caught.value) == (
         "x.csv, row 3: byte 0xfc cannot be read as utf-8-sig; the file was probably saved by "
-        "Windows software as cp1252 (or latin-1). Set `encoding: cp1252` for this study in "
+        "Windows software as cp1252 (or latin-1). Set `read.encoding: cp1252` for this study in "
         "site_b.yaml, or save the file as UTF-8."
     )

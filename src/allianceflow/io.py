@@ -101,8 +101,8 @@ def _decode(path: Path, encoding: str) -> str:
         return data.decode(encoding)
     except LookupError:
         raise DataError(
-            f"{path.name}: the encoding {encoding!r} is unknown. Set `encoding` for this study "
-            "in config.yaml to utf-8-sig, cp1252 or latin-1."
+            f"{path.name}: the encoding {encoding!r} is unknown. Set `read.encoding` for this "
+            "study in config.yaml to utf-8-sig, cp1252 or latin-1."
         ) from None
     except UnicodeDecodeError as error:
         row = data[: error.start].count(b"\n") + 1
@@ -110,7 +110,7 @@ def _decode(path: Path, encoding: str) -> str:
         raise DataError(
             f"{path.name}, row {row}: byte 0x{byte} cannot be read as {encoding}; the file "
             "was probably saved by Windows software as cp1252 (or latin-1). Set "
-            "`encoding: cp1252` for this study in config.yaml, or save the file as UTF-8."
+            "`read.encoding: cp1252` for this study in config.yaml, or save the file as UTF-8."
         ) from None
 
 
@@ -145,14 +145,14 @@ def _check_header(
     if titles and any(n == "" for n in clean):
         raise DataError(
             f"{source}, row {row}: the header has blank column names, and row {row + titles} "
-            f"looks like the header, with {titles} title row(s) above it. Set `skip_rows: "
+            f"looks like the header, with {titles} title row(s) above it. Set `read.skip_rows: "
             f"{titles}` for this study in config.yaml, or delete the title rows in the file."
         )
     for position, name in enumerate(clean, start=1):
         if name == "":
             raise DataError(
                 f"{source}, row {row}: column {position} has no name in the header. If the "
-                "header spans two rows (merged cells), set `header_rows: 2` for this study in "
+                "header spans two rows (merged cells), set `read.header_rows: 2` for this study in "
                 "config.yaml, or give every column a one-row name in the file."
             )
     seen: dict[str, int] = {}
@@ -170,7 +170,7 @@ def _check_header(
             raise DataError(
                 f"{source}, row {row}: the header is one column {clean[0][:60]!r} when split "
                 f"at {_DELIMITER_NAMES[sep]}, but it contains {_DELIMITER_NAMES[others[0]]}. "
-                f"Set `delimiter: {others[0]!r}` for this study in config.yaml (or null to "
+                f"Set `read.delimiter: {others[0]!r}` for this study in config.yaml (or null to "
                 "detect it)."
             )
     return clean
@@ -191,7 +191,7 @@ def _check_records(text: str, sep: str, width: int, source: str, offset: int = 0
                     if what == "fewer"
                     else f"A value probably contains the delimiter {_DELIMITER_NAMES[sep]} "
                     "without quotes, or the delimiter is wrong; quote the value or set "
-                    "`delimiter` for this study in config.yaml."
+                    "`read.delimiter` for this study in config.yaml."
                 )
                 raise DataError(
                     f"{source}, row {record + offset}: the row has {len(fields)} fields, "
@@ -326,7 +326,7 @@ def _read_excel(
     ):
         raise DataError(
             f"{source}: the workbook has no sheet {sheet!r}; its sheets are "
-            f"{', '.join(repr(s) for s in book.sheet_names)}. Set `sheet` for this study in "
+            f"{', '.join(repr(s) for s in book.sheet_names)}. Set `read.sheet` for this study in "
             "config.yaml."
         )
     grid = book.parse(sheet_name=sheet, header=None, dtype=object)

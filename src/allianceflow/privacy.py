@@ -475,7 +475,7 @@ def check_privacy(
         elif canonical is not None:
             fix = (
                 f" The column is mapped to {canonical!r}: correct the value in the file, or, "
-                f"if the column is free of identifiers, add it to `privacy_exempt`."
+                f"if the column is free of identifiers, add it to `privacy.privacy_exempt`."
             )
         else:
             fix = (
@@ -498,8 +498,8 @@ def get_salt(env: dict[str, str] | None = None) -> str:
     if len(salt) < MIN_SALT_LENGTH:
         state = "is not set" if not salt else f"has only {len(salt)} characters"
         raise DataError(
-            f"`hash_ids` is true but the environment variable {SALT_ENV} {state}; it must hold "
-            f"a secret of at least {MIN_SALT_LENGTH} characters, e.g. export {SALT_ENV}="
+            f"`privacy.hash_ids` is true but the environment variable {SALT_ENV} {state}; it must "
+            f"hold a secret of at least {MIN_SALT_LENGTH} characters, e.g. export {SALT_ENV}="
             "$(python -c 'import secrets; print(secrets.token_hex(32))'). Keep the same salt "
             "for every run and site, and never put it in config.yaml or the repository."
         )

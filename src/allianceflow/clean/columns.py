@@ -53,7 +53,7 @@ def map_columns(
             raise DataError(
                 f"{source}: the config maps column {raw_name!r} to {canonical!r}, but the file "
                 f"has no column {raw_name!r}. {closest_text(raw_name, present)} Fix the name "
-                f"under `columns` in {config}."
+                f"under `read.columns` in {config}."
             )
         if canonical not in ID_COLUMNS and not ITEM_NAME.match(canonical):
             raise DataError(
@@ -65,7 +65,7 @@ def map_columns(
         if canonical in seen:
             raise DataError(
                 f"{source}: columns {seen[canonical]!r} and {raw_name!r} are both mapped to "
-                f"{canonical!r}. Map only one of them under `columns` in {config}."
+                f"{canonical!r}. Map only one of them under `read.columns` in {config}."
             )
         seen[canonical] = raw_name
     mapped = set(columns.values())
@@ -177,7 +177,7 @@ def extraction_day(value: Any, key: str, config: str = "config.yaml") -> pd.Time
     stamp = pd.to_datetime(str(value), format="%Y-%m-%d", errors="coerce")
     if pd.isna(stamp):
         raise DataError(
-            f"{config}: `{key}.extraction_date` is {value!r}, which is not a day of the "
+            f"{config}: `{key}.read.extraction_date` is {value!r}, which is not a day of the "
             "calendar; write the day the data were exported as YYYY-MM-DD, e.g. '2025-09-01'."
         )
     return stamp

@@ -43,8 +43,8 @@ def drop_columns(run: CleanRun) -> None:
     for column in dropped:
         if column not in run.frame.columns:
             raise DataError(
-                f"{run.source}: `{run.key}.drop_columns` names {column!r}, but the file has no "
-                f"such column. {closest_text(column, run.frame.columns[1:])}"
+                f"{run.source}: `{run.key}.privacy.drop_columns` names {column!r}, but the file "
+                f"has no such column. {closest_text(column, run.frame.columns[1:])}"
             )
     run.frame = run.frame.drop(columns=dropped)
 
@@ -67,7 +67,7 @@ def privacy_guard(run: CleanRun) -> None:
         exempt=run.study.get("privacy_exempt", []) or [],
         date_columns=[c for c, v in raw_map.items() if v == "date"],
         hash_ids=run.hash_ids,
-        key=f"{run.key}.drop_columns",
+        key=f"{run.key}.privacy.drop_columns",
         config=run.config,
     )
     run.raw_map = raw_map
@@ -82,7 +82,7 @@ def reshape(run: CleanRun) -> None:
     if "session" in run.columns.values():
         raise DataError(
             f"{run.source}: `format` is wide, so session numbers come from the column names "
-            f"(`wide_pattern`); remove the mapping to 'session' under `columns`."
+            f"(`read.wide_pattern`); remove the mapping to 'session' under `read.columns`."
         )
     run.frame, run.source_rows = to_long(run.frame, run.study, run.source, run.codes, run.config)
     run.columns = {**run.columns, "__session__": "session"}
@@ -130,8 +130,8 @@ def map_to_canonical(run: CleanRun) -> None:
     if extraction is not None:
         if "date" not in frame.columns:
             raise DataError(
-                f"{run.source}: `{run.key}.extraction_date` is set, but no column is mapped to "
-                "'date', so the follow-up time cannot be computed. Map the session dates to "
+                f"{run.source}: `{run.key}.read.extraction_date` is set, but no column is mapped "
+                "to 'date', so the follow-up time cannot be computed. Map the session dates to "
                 "'date', or map a column of days from each patient's first session to the "
                 "extraction to 'followup_days' and remove `extraction_date`."
             )
@@ -141,7 +141,7 @@ def map_to_canonical(run: CleanRun) -> None:
             f"{run.source}: column {run.raw_names['followup_days']!r} is mapped to "
             "'followup_days', but the sessions are dated, and with dates the follow-up time must "
             "come from the extraction day (days are counted from each patient's first kept "
-            f"session). Remove the mapping and set `{run.key}.extraction_date` to the day the "
+            f"session). Remove the mapping and set `{run.key}.read.extraction_date` to the day the "
             "data were exported."
         )
     run.rows_read = len(frame)
@@ -156,7 +156,7 @@ def map_to_canonical(run: CleanRun) -> None:
             raise DataError(
                 f"{run.source}: column {run.raw_names[column]!r} (mapped to {column!r}) is empty "
                 f"in every one of its {run.rows_read} rows; the export probably lost it. Export "
-                f"the data again, or remove the column from `columns` in {run.config}."
+                f"the data again, or remove the column from `read.columns` in {run.config}."
             )
     frame = frame.reset_index(drop=True)
     run.value_cols = [c for c in frame.columns if c != "_source_row"]
@@ -313,8 +313,8 @@ def parse_values(run: CleanRun) -> None:
             comma = text[bad].str.fullmatch(r"-?\d+,\d+")
             if comma.any() and decimal != ",":
                 hint = (
-                    " The file writes decimals with a comma: set `decimal: ','` for this study "
-                    f"in {run.config}."
+                    " The file writes decimals with a comma: set `read.decimal: ','` for this "
+                    f"study in {run.config}."
                 )
             if run.salt is None:
                 reason = text[bad].map(lambda v: f"{v!r} is not a number")
@@ -326,7 +326,7 @@ def parse_values(run: CleanRun) -> None:
                 column=col,
                 reason=reason,
                 fix=(
-                    "Correct the value, or declare it under `missing_codes` if it means "
+                    "Correct the value, or declare it under `read.missing_codes` if it means "
                     f"'missing'.{hint}"
                 ),
             )
@@ -367,8 +367,8 @@ def check_endings(run: CleanRun) -> None:
             ),
             fix=(
                 f"Map each of the export's ending labels to one of these types under "
-                f"`{run.key}.labels.ending` in {run.config} (here `{example!r}: <type>`); leave "
-                "the cell blank when the ending is not recorded."
+                f"`{run.key}.read.labels.ending` in {run.config} (here `{example!r}: <type>`); "
+                "leave the cell blank when the ending is not recorded."
             ),
         )
 

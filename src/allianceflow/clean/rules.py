@@ -153,7 +153,7 @@ def parse_dates(run: CleanRun) -> None:
         quote = run.salt is None
         reasons = f["date"][bad].map(lambda v: date_problem(v, fmt, quote=quote))
         fix = (
-            "Write every date in one format in the file, or set `date_format` for this study "
+            "Write every date in one format in the file, or set `read.date_format` for this study "
             f"in {run.config}."
         )
         if "is impossible" in reasons.iloc[0]:
@@ -184,7 +184,7 @@ def parse_dates(run: CleanRun) -> None:
                 lambda n: f"the session is dated {n} day(s) after the extraction date"
             ),
             fix=(
-                f"Check the date, or set `{run.key}.extraction_date` to the day the data were "
+                f"Check the date, or set `{run.key}.read.extraction_date` to the day the data were "
                 "exported."
             ),
         )
@@ -248,8 +248,8 @@ def check_item_ranges(run: CleanRun) -> None:
                 column=col,
                 reason=reason,
                 fix=(
-                    "Correct the value, or declare it under `missing_codes` if it is a code for "
-                    "'missing'."
+                    "Correct the value, or declare it under `read.missing_codes` if it is a code "
+                    "for 'missing'."
                 ),
             )
 

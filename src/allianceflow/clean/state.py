@@ -165,13 +165,13 @@ def policies_of(study: dict[str, Any], key: str, config: str = "config.yaml") ->
         policy = given.pop(rule, default)
         if policy not in allowed:
             raise DataError(
-                f"{config}: `{key}.rules.{rule}` is {policy!r}; allowed values are "
+                f"{config}: `{key}.clean.rules.{rule}` is {policy!r}; allowed values are "
                 f"{', '.join(repr(a) for a in allowed)}."
             )
         out[rule] = policy
     if given:
         raise DataError(
-            f"{config}: `{key}.rules` has unknown rule(s) "
+            f"{config}: `{key}.clean.rules` has unknown rule(s) "
             f"{', '.join(repr(g) for g in sorted(given))}; the rules are {', '.join(RULE_ORDER)}."
         )
     return out
@@ -307,11 +307,11 @@ class CleanRun:
                 others = (
                     f" ({len(part) - 1} more row(s) have the same problem)" if len(part) > 1 else ""
                 )
-                allowed = [p for p in RULES[rule][1] if p != "error"]
+                allowed = " or ".join(repr(p) for p in RULES[rule][1] if p != "error")
                 raise DataError(
                     f"{self.source}, row {part.loc[first, '_source_row']}{where}: "
-                    f"{reasons.loc[first]}{others}. {fix} Or set `{self.key}.rules.{rule}` to "
-                    f"{' or '.join(repr(a) for a in allowed)} in {self.config}."
+                    f"{reasons.loc[first]}{others}. {fix} Or set "
+                    f"`{self.key}.clean.rules.{rule}` to {allowed} in {self.config}."
                 )
             self.record(part, rule, "error", column, reasons)
             self.drop(mask, rule)
