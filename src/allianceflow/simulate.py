@@ -661,7 +661,7 @@ SRS total point), and the true between-patient effect is **{design.between_effec
 symptoms. `wai_item_noise` is the SRS item noise and `ors_item_noise` the noise around a
 ninth of the PHQ-9 total before each item is rounded to 0–3. Dropout is completely at random.
 
-The export records no endings. It was made on {EXAMPLE2_EXTRACTION_DATE} (`extraction_date` in
+The export records no endings. It was made on {EXAMPLE2_EXTRACTION_DATE} (`read.extraction_date` in
 `config.yaml`), so the pipeline infers them: a patient with no visit in the 8 weeks before
 the export has ended (planned after all {design.max_sessions} sessions, otherwise a dropout);
 one seen more recently is still in treatment. The simulation itself ended every patient
