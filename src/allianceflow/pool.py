@@ -54,6 +54,7 @@ import pandas as pd
 from scipy import stats
 
 from ._checks import check_columns, check_frame
+from .models.inference import round_sig
 
 __all__ = [
     "Benchmark",
@@ -146,14 +147,9 @@ def _check_direction(study: str, direction: Any) -> None:
         )
 
 
-def _f(x: Any) -> float | None:
-    """Plain float for JSON (None for NaN/inf), rounded to 12 significant digits."""
-    if x is None:
-        return None
-    x = float(x)
-    if not math.isfinite(x):
-        return None
-    return float(f"{x:.12g}")
+#: Plain float for JSON (None for NaN/inf), rounded to 12 significant digits: the rounding
+#: of every number allianceflow writes (:func:`allianceflow.models.inference.round_sig`).
+_f = round_sig
 
 
 # --------------------------------------------------------------------------- effects
