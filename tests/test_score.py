@@ -204,7 +204,10 @@ def test_missing_item_column_lists_closest():
     d = frame("ors", [[1, 2, 3, 4]]).rename(columns={"ors_4": "ors4"})
     with pytest.raises(
         KeyError,
-        match=r"instrument 'ors': column\(s\) \['ors_4'\] not found .*Closest match: 'ors4'",
+        match=(
+            r"instrument 'ors': column 'ors_4' is not in the data; columns are .*"
+            r"Did you mean 'ors4'"
+        ),
     ):
         score_sessions(d, ["ors"])
 
@@ -443,8 +446,13 @@ def test_reliability_too_few_cases():
         ),
         ({"ci": 95}, ValueError, r"`ci` must lie between 0 and 1; got 95"),
         ({"n_boot": -1}, ValueError, r"`n_boot` must be a non-negative integer; got -1"),
-        ({"patient": "client"}, KeyError, r"reliability: column\(s\) \['client'\] not found"),
-        ({"by": ["site"]}, KeyError, r"reliability: column\(s\) \['site'\] not found"),
+        ({"patient": "client"}, KeyError, r"reliability: column 'client' is not in the data"),
+        (
+            {"by": ["site"]},
+            KeyError,
+            # nothing is close to 'site', so nothing is suggested
+            r"reliability: column 'site' is not in the data; columns are patient, .*wai_sr_12\.\W$",
+        ),
     ],
 )
 def test_reliability_bad_arguments(kwargs, error, message):

@@ -20,10 +20,14 @@ def check_frame(data: Any, name: str = "data") -> None:
         raise TypeError(f"`{name}` must be a pandas DataFrame; got {type(data).__name__}.")
 
 
-def check_columns(data: pd.DataFrame, *columns: str, name: str = "data") -> None:
+def check_columns(
+    data: pd.DataFrame, *columns: str, name: str = "data", what: str | None = None
+) -> None:
     """Raise KeyError naming the first of *columns* missing from *data*.
 
-    The message lists the columns *data* has and the closest match.
+    The message lists the columns *data* has and the closest match (difflib's ratio of at
+    least 0.6; nothing is suggested when no column is that close). *what* says whose
+    columns they are, e.g. "instrument 'ors'", and starts the message.
     """
     where = "the data" if name == "data" else f"`{name}`"
     for column in columns:
@@ -31,6 +35,7 @@ def check_columns(data: pd.DataFrame, *columns: str, name: str = "data") -> None
             existing = [str(c) for c in data.columns]
             close = difflib.get_close_matches(str(column), existing, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
+            lead = f"{what}: column" if what else "Column"
             raise KeyError(
-                f"Column {column!r} is not in {where}; columns are {', '.join(existing)}.{hint}"
+                f"{lead} {column!r} is not in {where}; columns are {', '.join(existing)}.{hint}"
             )

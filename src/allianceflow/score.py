@@ -10,7 +10,6 @@ scale and occasion (first session, and pooled over sessions).
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
+from allianceflow._checks import check_columns
 from allianceflow.instruments import Instrument, load_instrument
 
 __all__ = [
@@ -100,14 +100,7 @@ def _resolve(instruments) -> list[Instrument]:
 
 
 def _check_columns(data: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in data.columns]
-    if missing:
-        close = difflib.get_close_matches(missing[0], [str(c) for c in data.columns], n=1)
-        hint = f" Closest match: {close[0]!r}." if close else ""
-        raise KeyError(
-            f"{what}: column(s) {missing} not found in `data`; it has columns "
-            f"{list(data.columns)}.{hint}"
-        )
+    check_columns(data, *columns, name="data", what=what)
 
 
 def _item_matrix(data: pd.DataFrame, inst: Instrument) -> np.ndarray:
