@@ -987,6 +987,28 @@ def test_messages_name_the_config_file_given():
         clean_sessions(raw, study, source="renamed_column.csv", config="study.yaml")
 
 
+def test_the_clean_stage_names_the_config_file_it_was_given(root, tmp_path):
+    from allianceflow.stages import clean_stage
+
+    study = load_config(root / "config.yaml")["studies"]["example"]
+    read = {**study["read"], "columns": {**study["read"]["columns"], "Therapist": "therapist"}}
+    read["columns"].pop("Clinician")
+    with pytest.raises(DataError, match=r"in site_b\.yaml\.$"):
+        clean_stage(
+            root / study["read"]["raw"],
+            read=read,
+            privacy=study["privacy"],
+            clean=study["clean"],
+            instruments=study["measures"]["instruments"],
+            sessions=tmp_path / "s.parquet",
+            exclusions=tmp_path / "e.csv",
+            flow=tmp_path / "f.json",
+            name="example",
+            config="site_b.yaml",
+        )
+    assert not (tmp_path / "s.parquet").exists()
+
+
 def test_no_similar_column_gets_no_suggestion():
     study = make_study(columns={**make_study()["columns"], "Therapist": "therapist"})
     study["columns"].pop("Clinician")

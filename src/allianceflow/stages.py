@@ -155,16 +155,19 @@ def clean_stage(
     exclusions: str | Path,
     flow: str | Path,
     name: str | None = None,
+    config: str = "config.yaml",
 ) -> None:
     """Clean one raw export into the canonical table, its exclusions and flow counts.
 
     *read*, *privacy* and *clean* are the study's sections of those names, *instruments*
-    its ``measures.instruments``; *name* is the study's key in config.yaml, used in
-    messages.
+    its ``measures.instruments``; *name* is the study's key in the configuration file
+    *config*, and messages name both.
     """
     raw = Path(raw)
     settings = clean_settings(read=read, privacy=privacy, clean=clean, instruments=instruments)
-    result = clean_sessions(read_export(raw, read), settings, source=raw.name, name=name)
+    result = clean_sessions(
+        read_export(raw, read, config=config), settings, source=raw.name, name=name, config=config
+    )
     io.write_table(result.sessions, sessions)
     io.write_table(result.exclusions, exclusions)
     io.write_json(result.flow, flow)

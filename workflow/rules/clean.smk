@@ -18,5 +18,6 @@ rule clean_sessions:
         clean=get_clean,
         instruments=get_instruments,
         name="{study}",
+        config_file=get_config_name(),
     script:
         "../scripts/clean_sessions.py"

@@ -197,6 +197,12 @@ def get_lock_file():
     return [name for name in ["requirements.lock"] if Path(name).exists()]
 
 
+def get_config_name():
+    """The name of the config file the study settings came from (the last one given), for
+    messages that tell the researcher where to fix a setting."""
+    return Path(workflow.configfiles[-1]).name if workflow.configfiles else "config.yaml"
+
+
 def get_config_files():
     """The config file(s) Snakemake read, hashed as inputs in the manifest."""
     return [str(Path(f)) for f in workflow.configfiles]

@@ -13,4 +13,5 @@ with run_step(snakemake.log[0]):
         exclusions=snakemake.output.exclusions,
         flow=snakemake.output.flow,
         name=snakemake.params.name,
+        config=snakemake.params.config_file,
     )
