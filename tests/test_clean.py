@@ -797,7 +797,7 @@ _row = st.tuples(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(_row, min_size=1, max_size=25), min_sessions=st.integers(1, 3))
 def test_flow_always_reconciles(rows, min_sessions):
     raw = pd.DataFrame(

@@ -30,7 +30,7 @@ def test_example_export_is_clean(example):
     assert find_identifiers(raw, date_columns=["SessionDate"]) == []
 
 
-@settings(max_examples=60, deadline=None)
+@settings(deadline=None)
 @given(data=st.data())
 def test_identifier_planted_in_any_column_is_caught(example, data):
     raw, study = example
