@@ -144,8 +144,19 @@ def csv_files() -> dict[str, bytes]:
         "title_rows.csv": (
             "Session export,,,,,,,\nPrinted by the ROM system,,,,,,,\n" + good
         ).encode(),
+        # model-level classes: a study with a single therapist, and one too small to fit
+        "one_therapist.csv": text(rows=ONE_THERAPIST).encode(),
     }
     return files
+
+
+#: Eight patients of one therapist, three or four sessions each, with a slow rise in ORS.
+ONE_THERAPIST = [
+    [f"P{p:02d}", "T1", str(s), f"{1 + 7 * (s - 1) + p:02d}/03/2024", *items]
+    for p in range(1, 9)
+    for s in range(1, 4 + p % 2)
+    for items in [[f"{(2 + p % 5 + 0.5 * s + 0.3 * ((p * s) % 3)):.1f}"] * 4]
+]
 
 
 def merged_header_xlsx(path: Path) -> None:

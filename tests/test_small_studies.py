@@ -1,0 +1,56 @@
+"""Small and degenerate studies end in a result with its warning, or in a plain message.
+
+The exports are in tests/data/bad/ (written by tests/data/make_bad_inputs.py); they go
+through the clean and score stages as a researcher's would, then through ``fit_model``.
+"""
+
+import pytest
+
+from allianceflow.models import fit_model
+from allianceflow.models.design import ModelError
+from allianceflow.score import score_sessions
+from test_clean import run
+
+FORMULA = "ors_total ~ session + (1 | therapist) + (1 | patient)"
+
+
+@pytest.fixture(scope="module")
+def one_therapist():
+    return score_sessions(run("one_therapist.csv").sessions, {"ors": {"rci": 5}})
+
+
+def test_a_single_therapist_gets_no_variance_and_a_warning(one_therapist):
+    assert one_therapist["therapist"].nunique() == 1 and one_therapist["patient"].nunique() == 8
+    fit = fit_model(one_therapist, FORMULA, name="one_therapist")
+    record = fit.to_dict()
+    warning = (
+        "the grouping factor 'therapist' has 1 level in the rows used, fewer than "
+        "min_levels = 5: its variance cannot be estimated reliably (with one level not at "
+        "all), so (1 | therapist) was left out of the model and no variance or ICC is "
+        "reported for it."
+    )
+    assert warning in record["convergence"]["warnings"]
+    assert [d["group"] for d in record["dropped_random_terms"]] == ["therapist"]
+    assert {row["group"] for row in record["random"]} == {"patient"}
+    assert "therapist" not in (record["icc"] or {})
+    assert warning in fit.summary().replace("\n", " ").replace("  ", " ")
+    assert record["n_groups"] == {"patient": 8}
+
+
+def test_one_level_is_refused_even_at_lme4s_threshold(one_therapist):
+    # min_levels=2 is lme4's own rule: one level is refused, never fitted as a variance
+    with pytest.raises(ModelError, match="'therapist' has 1"):
+        fit_model(one_therapist, "ors_total ~ session + (1 | therapist)", min_levels=2)
+
+
+def test_three_patients_are_too_few_for_any_random_effect():
+    scored = score_sessions(run("bom.csv").sessions, {"ors": {"rci": 5}})
+    with pytest.raises(ModelError) as error:
+        fit_model(scored, FORMULA)
+    assert str(error.value) == (
+        f"`formula` {FORMULA!r}: every grouping factor has fewer than min_levels = 5 levels "
+        "in the 6 complete rows ('therapist' has 2; 'patient' has 3), so no random effect can "
+        "be estimated. Fit the study with more units, lower `min_levels` (at least 2), or use "
+        "an ordinary regression."
+    )
+    assert "\n" not in str(error.value)
