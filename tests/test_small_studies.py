@@ -5,11 +5,11 @@ through the clean and score stages as a researcher's would, then through ``fit_m
 """
 
 import pytest
+from test_clean import run
 
 from allianceflow.models import fit_model
 from allianceflow.models.design import ModelError
 from allianceflow.score import score_sessions
-from test_clean import run
 
 FORMULA = "ors_total ~ session + (1 | therapist) + (1 | patient)"
 
