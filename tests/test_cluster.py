@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
+from conftest import FULL, require_tool
 
 from allianceflow.io import read_json, sha256_file
 
@@ -139,8 +139,13 @@ def _wait(predicate, timeout: float, what: str, logs: list[Path]) -> None:
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster():
+def slurm_cluster(request):
     """A running single-node SLURM cluster; yields the environment to submit with."""
+    if not FULL and "cluster" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip(
+            "the SLURM cluster test runs in the full tier: make test-all (CI=true), or "
+            "pytest -m cluster as root with slurm-wlm and munge installed."
+        )
     if sys.platform != "linux":
         pytest.skip("the local SLURM cluster needs Linux.")
     require_tool(os.geteuid() == 0, "root", "run the cluster test as root (it starts slurmctld).")
