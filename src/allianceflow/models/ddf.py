@@ -29,9 +29,9 @@ covariance of :math:`\hat\beta`, :math:`P = V^{-1} - V^{-1} X \Phi X^\top V^{-1}
 :math:`O_j = X^\top V^{-1} V_j V^{-1} X` (so :math:`\partial\Phi/\partial\psi_j = \Phi O_j
 \Phi`) and :math:`Q_{ij} = X^\top V^{-1} V_i V^{-1} V_j V^{-1} X`.
 
-Which of the three df gives the better-calibrated intervals for the pipeline's models has
-not been measured here (the recovery benchmark is the place for it); nothing in
-``fit_model`` uses these functions yet.
+:func:`allianceflow.models.fit_model` uses these functions for its ``ddf`` option
+(``"satterthwaite"`` or ``"kenward-roger"``); the coverage of the resulting intervals is
+measured in ``benchmarks/coverage_df.py``.
 
 References
 ----------
@@ -60,6 +60,7 @@ from .design import model_rows
 from .formula import FormulaSpec, parse_formula
 
 __all__ = [
+    "BlockTooLarge",
     "VarianceStructure",
     "variance_structure",
     "satterthwaite_df",
@@ -69,6 +70,10 @@ __all__ = [
 ]
 
 DF_COLUMNS = ["term", "estimate", "se", "df", "statistic", "p"]
+
+
+class BlockTooLarge(ValueError):
+    """An independent block of the marginal covariance has more rows than ``max_block``."""
 
 
 @dataclass
@@ -178,7 +183,11 @@ def _check_result(result: Any) -> None:
 
 
 def variance_structure(
-    data: pd.DataFrame, formula: str | FormulaSpec, result: Mapping[str, Any] | None = None
+    data: pd.DataFrame,
+    formula: str | FormulaSpec,
+    result: Mapping[str, Any] | None = None,
+    *,
+    max_block: int | None = None,
 ) -> VarianceStructure:
     r"""Evaluate :math:`\Phi`, its derivatives and the REML information at the fitted *ψ*.
 
@@ -191,6 +200,10 @@ def variance_structure(
         The lme4 formula (:func:`allianceflow.models.parse_formula`).
     result : dict, optional
         ``fit_model(data, formula, reml=True)``; fitted here when omitted.
+    max_block : int, optional
+        Refuse (:class:`BlockTooLarge`, a ``ValueError``) when an independent block of *V*
+        has more rows than this: the dense matrices take about (number of variance
+        parameters + 3) × rows² × 8 bytes per block. None: no limit.
 
     Returns
     -------
@@ -201,7 +214,8 @@ def variance_structure(
     TypeError
         *result* is not a ``fit_model`` result.
     ValueError
-        *result* is an ML fit; the model has no random effects.
+        *result* is an ML fit; the model has no random effects; a block is larger than
+        *max_block*.
     KeyError
         *result* lacks a variance component of *formula*.
     """
@@ -270,6 +284,14 @@ def variance_structure(
             bounds = np.searchsorted(codes[order], np.arange(codes.max() + 2))
             blocks = [order[bounds[i] : bounds[i + 1]] for i in range(codes.max() + 1)]
             break
+    largest = max(len(b) for b in blocks)
+    if max_block is not None and largest > max_block:
+        raise BlockTooLarge(
+            f"the marginal covariance of {spec.formula!r} splits into blocks of up to "
+            f"{largest} rows (one block per level of the outermost grouping factor, or the "
+            f"whole data set for crossed factors), more than max_block = {max_block}: the "
+            "dense Satterthwaite and Kenward–Roger computations would need too much memory."
+        )
 
     xtvx = np.zeros((p, p))
     xtvy = np.zeros(p)
