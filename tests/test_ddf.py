@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from allianceflow.models import fit_model
 from allianceflow.models.ddf import (
     compare_df,
     f_test,
@@ -17,7 +18,6 @@ from allianceflow.models.ddf import (
     satterthwaite_df,
     variance_structure,
 )
-from allianceflow.models import fit_model
 
 FORMULAS = [
     # correlated patient slopes under a therapist level

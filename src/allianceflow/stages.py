@@ -374,14 +374,28 @@ def model_formula(model: dict[str, Any]) -> str:
     return preset_formula(model["preset"], **model.get("options", {}))
 
 
+#: Denominator df of fixed effects when a model spec has no ``ddf`` (the schema's default:
+#: Satterthwaite, after benchmarks/coverage_df.py and Luke 2017; see the schema's ``ddf``).
+MODEL_DDF = "satterthwaite"
+
+
 def fit_stage(
     analysis: str | Path, model: dict[str, Any], *, name: str, json: str | Path, txt: str | Path
 ) -> None:
-    """Fit one model and write its tidy results and a readable summary."""
+    """Fit one model and write its tidy results and a readable summary.
+
+    *model* is a configured model spec: ``formula`` or ``preset`` (with ``options``),
+    ``reml`` (default true) and ``ddf``, the denominator df of the fixed effects' tests and
+    intervals (default :data:`MODEL_DDF`; see :func:`allianceflow.models.fit_model`).
+    """
     from .models import fit_model
 
     result = fit_model(
-        io.read_table(analysis), model_formula(model), reml=model.get("reml", True), name=name
+        io.read_table(analysis),
+        model_formula(model),
+        reml=model.get("reml", True),
+        name=name,
+        ddf=model.get("ddf", MODEL_DDF),
     )
     io.write_json(result.to_dict(), json)
     io.write_text(result.summary(), txt)
@@ -395,6 +409,8 @@ def comparison_stage(
     """Likelihood-ratio test of two configured models (simpler first) on the same rows.
 
     Both are refitted on the rows complete for both, by ML when their fixed effects differ.
+    The models' ``ddf`` is not used: the test compares likelihoods, and the refitted models'
+    fixed-effect rows are not written.
     """
     from .models import likelihood_ratio_test
 
