@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from . import io
 from .clean import DataError, clean_sessions
@@ -191,18 +191,27 @@ def reliability_stage(
     instruments: Any,
     seed: int,
     n_boot: int = 1000,
+    alpha_missing: Literal["listwise", "pairwise"] = "listwise",
     csv: str | Path,
     md: str | Path,
 ) -> None:
     """Write alpha and omega with 95% CIs per instrument and subscale.
 
     *instruments* is the study's ``measures.instruments``, *n_boot* its
-    ``measures.reliability_bootstrap``.
+    ``measures.reliability_bootstrap`` and *alpha_missing* its ``measures.alpha_missing``
+    (the rows alpha uses: complete cases, or psych's pairwise covariances; see
+    :func:`allianceflow.score.reliability`).
     """
     from .score import reliability
     from .tables import reliability_markdown
 
-    table = reliability(io.read_table(sessions), instruments, seed=seed, n_boot=n_boot)
+    table = reliability(
+        io.read_table(sessions),
+        instruments,
+        seed=seed,
+        n_boot=n_boot,
+        alpha_missing=alpha_missing,
+    )
     io.write_table(table, csv)
     io.write_text(reliability_markdown(table), md)
 
