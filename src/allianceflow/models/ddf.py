@@ -327,14 +327,23 @@ def variance_structure(
     r_vj_r = np.zeros(m)
     for idx, vj, vinv, vx in per_block:
         r = vinv @ (y[idx] - X[idx] @ beta)
-        a = np.einsum("ij,mjk->mik", vinv, vj)  # V^-1 V_j
-        avx = np.einsum("mij,jk->mik", a, vx)  # V^-1 V_j V^-1 X
-        o += np.einsum("ij,mik->mjk", vx, np.einsum("mij,jk->mik", vj, vx))
-        q += np.einsum("aji,bjk->abik", np.einsum("mij,jk->mik", vj, vx), avx)
-        k_trace += np.einsum("aij,bji->ab", a, a)
-        vr = np.einsum("mij,j->mi", vj, r)  # V_j r
-        s += np.einsum("ai,ij,bj->ab", vr, vinv, vr)
-        u += np.einsum("ij,mi->mj", vx, vr)
+        # matrix products (BLAS) rather than einsum: the n^3 terms dominate on large blocks
+        nb = len(idx)
+        a = vinv @ vj  # V^-1 V_j, shape (m, nb, nb)
+        avx = a @ vx  # V^-1 V_j V^-1 X
+        vjvx = vj @ vx  # V_j V^-1 X
+        o += vx.T @ vjvx
+        # Q_ab = (V_a V^-1 X)' V^-1 V_b V^-1 X for every pair (a, b)
+        q += (
+            (vjvx.transpose(0, 2, 1).reshape(m * p, nb) @ avx.transpose(1, 0, 2).reshape(nb, m * p))
+            .reshape(m, p, m, p)
+            .transpose(0, 2, 1, 3)
+        )
+        # tr(V^-1 V_a V^-1 V_b) = sum_ij a_a[i, j] a_b[j, i]
+        k_trace += a.reshape(m, nb * nb) @ a.transpose(0, 2, 1).reshape(m, nb * nb).T
+        vr = vj @ r  # V_j r
+        s += vr @ vinv @ vr.T
+        u += vr @ vx
         tr_vinv_vj += np.einsum("mii->m", a)
         r_vj_r += vr @ r
     o = (o + o.transpose(0, 2, 1)) / 2.0
