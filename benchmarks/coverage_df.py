@@ -41,6 +41,10 @@ whichever comes first (one process).
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/coverage_df.py --reps 2000 --budget 1380 --seed 21
 Output: benchmarks/results/coverage_df.txt (and printed).
+
+A smaller study, where the df matter more (8 therapists, 40 patients):
+OMP_NUM_THREADS=1 python benchmarks/coverage_df.py --therapists 8 --patients 40 --reps 2000
+--budget 420 --seed 21 --out benchmarks/results/coverage_df_small.txt
 """
 
 from __future__ import annotations
@@ -222,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=800)
     ap.add_argument("--budget", type=float, default=1500.0, help="seconds; stop after this")
     ap.add_argument("--seed", type=int, default=21)
+    ap.add_argument("--therapists", type=int, default=DESIGN["n_therapists"])
+    ap.add_argument("--patients", type=int, default=DESIGN["n_patients"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "coverage_df.txt"))
     args = ap.parse_args(argv)
+    DESIGN.update(n_therapists=args.therapists, n_patients=args.patients)
     t0 = time.perf_counter()
     rows = []
     for rep in range(1, args.reps + 1):
