@@ -384,8 +384,8 @@ def model_formula(model: dict[str, Any]) -> str:
 
 
 #: Denominator df of fixed effects when a model spec has no ``ddf`` (the schema's default:
-#: Satterthwaite, after benchmarks/coverage_df.py and Luke 2017; see the schema's ``ddf``).
-MODEL_DDF = "satterthwaite"
+#: Kenward–Roger, after benchmarks/coverage_df.py and Luke 2017; see the schema's ``ddf``).
+MODEL_DDF = "kenward-roger"
 
 
 def fit_stage(
