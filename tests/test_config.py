@@ -175,7 +175,7 @@ def test_group_study_and_flat_study_are_inverse(config, schema):
     assert group_study(flat) == study
     # every key of the earlier layout has one section, and the schema has it there
     section_of = [key for keys in STUDY_SECTIONS.values() for key in keys]
-    assert len(section_of) == len(set(section_of)) == 26
+    assert len(section_of) == len(set(section_of)) == 27
     study_schema = schema["$defs"]["study"]["properties"]
     for section, keys in STUDY_SECTIONS.items():
         assert set(keys) <= set(study_schema[section]["properties"]), section
@@ -228,13 +228,15 @@ def test_function_defaults_agree_with_the_schema(schema):
     """
     import inspect
 
-    from allianceflow import derive, ontrack, pool, power, ruptures, stages, suddengains
+    from allianceflow import derive, ontrack, pool, power, ruptures, score, stages, suddengains
 
     pairs = [
         (pool.meta_analysis, "method", ("pool", "method")),
         (pool.meta_analysis, "hksj", ("pool", "hksj")),
         (pool.meta_analysis, "alpha", ("pool", "alpha")),
         (stages.reliability_stage, "n_boot", ("study", "measures", "reliability_bootstrap")),
+        (stages.reliability_stage, "alpha_missing", ("study", "measures", "alpha_missing")),
+        (score.reliability, "alpha_missing", ("study", "measures", "alpha_missing")),
         (stages.descriptive_table_stage, "min_cell", ("study", "report", "tables", "min_cell")),
         (stages.power_chunk_stage, "alliance_items", ("power", "alliance_items")),
         (stages.power_chunk_stage, "alpha", ("power", "alpha")),
@@ -268,4 +270,4 @@ def test_function_defaults_agree_with_the_schema(schema):
     events = inspect.signature(suddengains.sudden_gains).parameters["events"].default
     assert list(events) == _schema_default(schema, ("study", "derive", "sudden_gains", "events"))
     assert power.DEFAULT_FORMULA == _schema_default(schema, ("power", "formula"))
-    assert len(pairs) == 24
+    assert len(pairs) == 26

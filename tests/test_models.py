@@ -1186,3 +1186,216 @@ def test_an_interaction_factor_gets_its_conditional_modes():
     modes = pd.DataFrame(record["conditional_modes"])
     assert set(modes["group"]) == {"therapist:patient"} and set(modes["term"]) == {"(Intercept)"}
     assert list(modes["level"]) == sorted(f"T0:P{i}" for i in range(12))
+
+
+# --------------------------------------------------------------------------- denominator df
+
+DDF_FORMULA = (
+    "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) "
+    "+ (1 + session | pid)"
+)
+CROSSED_FORMULA = "outcome ~ alliance_within_lag + session + (1 | pid) + (1 | rater)"
+
+
+@pytest.mark.parametrize(
+    ("formula", "kwargs", "digest"),
+    [
+        (DDF_FORMULA, {}, "a54151f66caa46b8f1c07516360a0966353b4fc8902eca54f09f2c651fcb686d"),
+        (
+            DDF_FORMULA,
+            {"reml": False},
+            "df75376b827a6a2eff7bf0284eb6579e2dc0820996b53570d68fefe269b9ac08",
+        ),
+    ],
+)
+def test_containment_df_keep_the_record_byte_for_byte(three_level_data, formula, kwargs, digest):
+    """``ddf="containment"`` (the default) writes the JSON of the version before the option.
+
+    The digests are those of ``json.dumps(fit_model(...).to_dict())`` computed with the code
+    before ``ddf`` existed (REML and ML fits of the fast engine; a statsmodels fit's last
+    digits change with the number of BLAS threads, so it has no digest here).
+    """
+    import hashlib
+
+    for record in (
+        fit(three_level_data, formula, **kwargs),
+        fit(three_level_data, formula, ddf="containment", **kwargs),
+    ):
+        assert "ddf" not in record
+        assert hashlib.sha256(json.dumps(record).encode()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("formula", [DDF_FORMULA, CROSSED_FORMULA])
+def test_satterthwaite_rows_are_those_of_satterthwaite_df(three_level_data, formula):
+    from allianceflow.models.ddf import satterthwaite_df
+
+    d = three_level_data
+    containment = fit(d, formula)
+    record = fit(d, formula, ddf="satterthwaite")
+    reference = satterthwaite_df(d, formula, containment).set_index("term")
+    assert list(record)[-1] == "ddf" and record["ddf"] == "satterthwaite"
+    for row, before in zip(record["fixed"], containment["fixed"], strict=True):
+        ref = reference.loc[row["term"]]
+        df = float(ref["df"])
+        crit = stats.t.ppf(0.975, df)
+        assert row["df"] == round_sig(df)
+        # the estimate and the SE are the fit's (lmerTest's vcov), the same to rounding
+        assert row["estimate"] == before["estimate"] and row["se"] == before["se"]
+        assert row["se"] == pytest.approx(float(ref["se"]), rel=1e-9)
+        assert row["statistic"] == pytest.approx(float(ref["statistic"]), rel=1e-9)
+        assert row["p"] == pytest.approx(float(ref["p"]), rel=1e-8)
+        assert row["ci_low"] == pytest.approx(before["estimate"] - crit * before["se"], rel=1e-11)
+        assert row["ci_high"] == pytest.approx(before["estimate"] + crit * before["se"], rel=1e-11)
+        t = row["statistic"]
+        assert row["r"] == pytest.approx(t / math.sqrt(t * t + df), rel=1e-10)
+    # everything but the fixed-effect rows is the containment record's
+    rest = {k: v for k, v in record.items() if k not in ("fixed", "ddf")}
+    assert rest == {k: v for k, v in containment.items() if k != "fixed"}
+
+
+def test_kenward_roger_rows_are_those_of_kenward_roger(three_level_data):
+    from allianceflow.models.ddf import kenward_roger
+
+    d = three_level_data
+    containment = fit(d, DDF_FORMULA)
+    record = fit(d, DDF_FORMULA, ddf="kenward-roger")
+    reference = kenward_roger(d, DDF_FORMULA, containment).set_index("term")
+    assert record["ddf"] == "kenward-roger"
+    for row in record["fixed"]:
+        ref = reference.loc[row["term"]]
+        df, se = float(ref["df"]), float(ref["se"])
+        assert row["df"] == round_sig(df) and row["se"] == round_sig(se)
+        assert row["p"] == pytest.approx(float(ref["p"]), rel=1e-8)
+        crit = stats.t.ppf(0.975, df)
+        assert row["ci_high"] - row["ci_low"] == pytest.approx(2 * crit * se, rel=1e-10)
+    # pbkrtest 0.5.2 on this model (tests/test_ddf.py): adjusted SE and df of session
+    session = next(r for r in record["fixed"] if r["term"] == "session")
+    assert session["se"] == pytest.approx(0.0777007859644, rel=1e-5)
+    assert session["df"] == pytest.approx(65.6693429334, rel=1e-5)
+    # the covariance of the fixed effects stays lme4's unadjusted vcov
+    assert record["vcov_fixed"] == containment["vcov_fixed"]
+
+
+@pytest.mark.parametrize(("ddf", "label"), [("satterthwaite", "Satterthwaite"),
+                                            ("kenward-roger", "Kenward–Roger")])  # fmt: skip
+def test_an_ml_fit_keeps_containment_and_says_so(three_level_data, ddf, label):
+    record = fit(three_level_data, DDF_FORMULA, reml=False, ddf=ddf)
+    plain = fit(three_level_data, DDF_FORMULA, reml=False)
+    assert "ddf" not in record and record["fixed"] == plain["fixed"]
+    assert record["convergence"]["warnings"][-1] == (
+        f"ddf={ddf!r} was asked for, but the model was fitted by maximum likelihood "
+        f"(reml=False); {label} df are computed from a REML fit only, so the containment df "
+        f"and Wald z tests and intervals are reported. Fit with reml=True for {label} df."
+    )
+
+
+def test_a_block_too_large_for_dense_df_keeps_containment(three_level_data, monkeypatch):
+    import allianceflow.models.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "DDF_MAX_BLOCK", 40)
+    record = fit(three_level_data, DDF_FORMULA, ddf="satterthwaite")
+    assert "ddf" not in record
+    assert record["fixed"] == fit(three_level_data, DDF_FORMULA)["fixed"]
+    largest = int(three_level_data.groupby("therapist").size().max())
+    assert record["convergence"]["warnings"][-1] == (
+        f"ddf='satterthwaite' was asked for, but the marginal covariance of {DDF_FORMULA!r} "
+        f"splits into blocks of up to {largest} rows (one block per level of the outermost "
+        "grouping factor, or the whole data set for crossed factors), more than max_block = "
+        "40: the dense Satterthwaite and Kenward–Roger computations would need too much "
+        "memory. The containment df and Wald z tests and intervals are reported instead."
+    )
+
+
+@pytest.mark.parametrize("ddf", ["Satterthwaite", "kr", None])
+def test_a_bad_ddf_is_refused(three_level_data, ddf):
+    with pytest.raises(
+        ValueError,
+        match=rf"^`ddf` must be 'containment', 'satterthwaite' or 'kenward-roger'; got {ddf!r}\.$",
+    ):
+        fit_model(three_level_data, DDF_FORMULA, ddf=ddf)
+
+
+def _schema_model_ddf() -> dict:
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((root / "workflow/schemas/config.schema.yaml").read_text())
+    return schema["$defs"]["model"]["properties"]["ddf"]
+
+
+def test_the_model_spec_ddf_reaches_the_fit(tmp_path, three_level_data):
+    """``stages.fit_stage`` fits with the spec's ``ddf``, by default the schema's."""
+    from allianceflow import io, stages
+    from allianceflow.models.ddf import kenward_roger, satterthwaite_df
+
+    node = _schema_model_ddf()
+    assert node["enum"] == ["containment", "satterthwaite", "kenward-roger"]
+    assert stages.MODEL_DDF == node["default"]
+    d = three_level_data
+    io.write_table(d, tmp_path / "analysis.parquet")
+    containment = fit(d, DDF_FORMULA)
+    expected = {
+        "containment": {r["term"]: r["df"] for r in containment["fixed"]},
+        "satterthwaite": dict(
+            satterthwaite_df(d, DDF_FORMULA, containment)[["term", "df"]].to_numpy()
+        ),
+        "kenward-roger": dict(
+            kenward_roger(d, DDF_FORMULA, containment)[["term", "df"]].to_numpy()
+        ),
+    }
+    for ddf in (None, "containment", "satterthwaite", "kenward-roger"):
+        spec = {"formula": DDF_FORMULA} if ddf is None else {"formula": DDF_FORMULA, "ddf": ddf}
+        out = tmp_path / f"{ddf}.json"
+        stages.fit_stage(
+            tmp_path / "analysis.parquet", spec, name="m", json=out, txt=tmp_path / f"{ddf}.txt"
+        )
+        record = json.loads(out.read_text())
+        method = ddf or node["default"]
+        assert record.get("ddf", "containment") == method
+        # the JSON file keeps 10 significant digits (allianceflow.io.write_json)
+        assert {r["term"]: r["df"] for r in record["fixed"]} == pytest.approx(
+            expected[method], rel=1e-9
+        )
+
+
+@pytest.mark.parametrize(
+    ("ddf", "note", "stat"),
+    [
+        (
+            "containment",
+            "df: containment (Pinheiro & Bates 2000); Wald z tests, p and 95% CI from the "
+            "normal distribution.",
+            "z",
+        ),
+        (
+            "satterthwaite",
+            "df: Satterthwaite (lmerTest); t tests, p and 95% CI from the t distribution on "
+            "those df.",
+            "t",
+        ),
+        (
+            "kenward-roger",
+            "df: Kenward–Roger (pbkrtest); adjusted SE, t tests, p and 95% CI from the t "
+            "distribution on those df.",
+            "t",
+        ),
+    ],
+)
+def test_tables_and_summary_name_the_df(three_level_data, ddf, note, stat):
+    from allianceflow.tables import model_markdown, model_table
+
+    record = fit(three_level_data, DDF_FORMULA, ddf=ddf)
+    table = model_table([record], name="m")
+    assert f"p two-sided. {note} ICC = " in table.note
+    assert list(table.body.columns) == ["Parameter", "b", "SE", "95% CI", stat, "p"]
+    text = format_model(record)
+    assert f"\n{note}\n" in text
+    assert f"Fixed effects (Wald {stat}, 95% CI; r = {stat} / sqrt({stat}^2 + df)):" in text
+    assert f"*Note.* {note}" in model_markdown(record)
+    # two models with different df: the note names each
+    other = fit(three_level_data, DDF_FORMULA, name="other", ddf="containment")
+    both = model_table([{**record, "name": "one"}, other], name="both")
+    if ddf != "containment":
+        assert f"one: {note} other: df: containment (Pinheiro & Bates 2000)" in both.note

@@ -511,6 +511,33 @@ def test_reliability_reports_pairwise_alpha_on_request():
     assert pairwise["omega"] == pytest.approx(listwise["omega"])
 
 
+def test_the_reliability_stage_passes_alpha_missing(tmp_path):
+    """``measures.alpha_missing`` reaches the table the pipeline writes."""
+    from allianceflow import io, stages
+
+    d = _wide_missing()
+    d.columns = [f"quiz_{i}" for i in range(1, 12)]
+    d.insert(0, "session", 1)
+    d.insert(0, "patient", [f"s{i}" for i in range(len(d))])
+    io.write_table(d, tmp_path / "sessions.parquet")
+    alphas = {}
+    for missing in ("listwise", "pairwise"):
+        csv = tmp_path / f"{missing}.csv"
+        stages.reliability_stage(
+            tmp_path / "sessions.parquet",
+            instruments=[QUIZ],
+            seed=1,
+            n_boot=0,
+            alpha_missing=missing,
+            csv=csv,
+            md=tmp_path / f"{missing}.md",
+        )
+        table = pd.read_csv(csv)
+        alphas[missing] = table.loc[table["occasion"] == "first", "alpha"].iloc[0]
+    assert alphas["listwise"] == pytest.approx(PSYCH_ALPHA["listwise"][0], abs=1e-9)
+    assert alphas["pairwise"] == pytest.approx(PSYCH_ALPHA["pairwise"][0], abs=1e-9)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [

@@ -50,7 +50,7 @@ STUDY_SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "privacy": ("drop_columns", "privacy_exempt", "hash_ids"),
     "clean": ("min_sessions", "rules"),
-    "measures": ("instruments", "alliance", "outcome", "reliability_bootstrap"),
+    "measures": ("instruments", "alliance", "outcome", "reliability_bootstrap", "alpha_missing"),
     "derive": ("lag_across_gaps",),
     "report": ("figures", "tables"),
 }

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from . import io
 from .clean import DataError, clean_sessions
@@ -194,18 +194,27 @@ def reliability_stage(
     instruments: Any,
     seed: int,
     n_boot: int = 1000,
+    alpha_missing: Literal["listwise", "pairwise"] = "listwise",
     csv: str | Path,
     md: str | Path,
 ) -> None:
     """Write alpha and omega with 95% CIs per instrument and subscale.
 
     *instruments* is the study's ``measures.instruments``, *n_boot* its
-    ``measures.reliability_bootstrap``.
+    ``measures.reliability_bootstrap`` and *alpha_missing* its ``measures.alpha_missing``
+    (the rows alpha uses: complete cases, or psych's pairwise covariances; see
+    :func:`allianceflow.score.reliability`).
     """
     from .score import reliability
     from .tables import reliability_markdown
 
-    table = reliability(io.read_table(sessions), instruments, seed=seed, n_boot=n_boot)
+    table = reliability(
+        io.read_table(sessions),
+        instruments,
+        seed=seed,
+        n_boot=n_boot,
+        alpha_missing=alpha_missing,
+    )
     io.write_table(table, csv)
     io.write_text(reliability_markdown(table), md)
 
@@ -377,14 +386,28 @@ def model_formula(model: dict[str, Any]) -> str:
     return preset_formula(model["preset"], **model.get("options", {}))
 
 
+#: Denominator df of fixed effects when a model spec has no ``ddf`` (the schema's default:
+#: Kenward–Roger, after benchmarks/coverage_df.py and Luke 2017; see the schema's ``ddf``).
+MODEL_DDF = "kenward-roger"
+
+
 def fit_stage(
     analysis: str | Path, model: dict[str, Any], *, name: str, json: str | Path, txt: str | Path
 ) -> None:
-    """Fit one model and write its tidy results and a readable summary."""
+    """Fit one model and write its tidy results and a readable summary.
+
+    *model* is a configured model spec: ``formula`` or ``preset`` (with ``options``),
+    ``reml`` (default true) and ``ddf``, the denominator df of the fixed effects' tests and
+    intervals (default :data:`MODEL_DDF`; see :func:`allianceflow.models.fit_model`).
+    """
     from .models import fit_model
 
     result = fit_model(
-        io.read_table(analysis), model_formula(model), reml=model.get("reml", True), name=name
+        io.read_table(analysis),
+        model_formula(model),
+        reml=model.get("reml", True),
+        name=name,
+        ddf=model.get("ddf", MODEL_DDF),
     )
     io.write_json(result.to_dict(), json)
     io.write_text(result.summary(), txt)
@@ -398,6 +421,8 @@ def comparison_stage(
     """Likelihood-ratio test of two configured models (simpler first) on the same rows.
 
     Both are refitted on the rows complete for both, by ML when their fixed effects differ.
+    The models' ``ddf`` is not used: the test compares likelihoods, and the refitted models'
+    fixed-effect rows are not written.
     """
     from .models import likelihood_ratio_test
 

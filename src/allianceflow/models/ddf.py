@@ -29,9 +29,9 @@ covariance of :math:`\hat\beta`, :math:`P = V^{-1} - V^{-1} X \Phi X^\top V^{-1}
 :math:`O_j = X^\top V^{-1} V_j V^{-1} X` (so :math:`\partial\Phi/\partial\psi_j = \Phi O_j
 \Phi`) and :math:`Q_{ij} = X^\top V^{-1} V_i V^{-1} V_j V^{-1} X`.
 
-Which of the three df gives the better-calibrated intervals for the pipeline's models has
-not been measured here (the recovery benchmark is the place for it); nothing in
-``fit_model`` uses these functions yet.
+:func:`allianceflow.models.fit_model` uses these functions for its ``ddf`` option
+(``"satterthwaite"`` or ``"kenward-roger"``); the coverage of the resulting intervals is
+measured in ``benchmarks/coverage_df.py``.
 
 References
 ----------
@@ -60,6 +60,7 @@ from .design import model_rows
 from .formula import FormulaSpec, parse_formula
 
 __all__ = [
+    "BlockTooLarge",
     "VarianceStructure",
     "variance_structure",
     "satterthwaite_df",
@@ -69,6 +70,10 @@ __all__ = [
 ]
 
 DF_COLUMNS = ["term", "estimate", "se", "df", "statistic", "p"]
+
+
+class BlockTooLarge(ValueError):
+    """An independent block of the marginal covariance has more rows than ``max_block``."""
 
 
 @dataclass
@@ -178,7 +183,11 @@ def _check_result(result: Any) -> None:
 
 
 def variance_structure(
-    data: pd.DataFrame, formula: str | FormulaSpec, result: Mapping[str, Any] | None = None
+    data: pd.DataFrame,
+    formula: str | FormulaSpec,
+    result: Mapping[str, Any] | None = None,
+    *,
+    max_block: int | None = None,
 ) -> VarianceStructure:
     r"""Evaluate :math:`\Phi`, its derivatives and the REML information at the fitted *ψ*.
 
@@ -191,6 +200,10 @@ def variance_structure(
         The lme4 formula (:func:`allianceflow.models.parse_formula`).
     result : dict, optional
         ``fit_model(data, formula, reml=True)``; fitted here when omitted.
+    max_block : int, optional
+        Refuse (:class:`BlockTooLarge`, a ``ValueError``) when an independent block of *V*
+        has more rows than this: the dense matrices take about (number of variance
+        parameters + 3) × rows² × 8 bytes per block. None: no limit.
 
     Returns
     -------
@@ -201,7 +214,8 @@ def variance_structure(
     TypeError
         *result* is not a ``fit_model`` result.
     ValueError
-        *result* is an ML fit; the model has no random effects.
+        *result* is an ML fit; the model has no random effects; a block is larger than
+        *max_block*.
     KeyError
         *result* lacks a variance component of *formula*.
     """
@@ -270,6 +284,14 @@ def variance_structure(
             bounds = np.searchsorted(codes[order], np.arange(codes.max() + 2))
             blocks = [order[bounds[i] : bounds[i + 1]] for i in range(codes.max() + 1)]
             break
+    largest = max(len(b) for b in blocks)
+    if max_block is not None and largest > max_block:
+        raise BlockTooLarge(
+            f"the marginal covariance of {spec.formula!r} splits into blocks of up to "
+            f"{largest} rows (one block per level of the outermost grouping factor, or the "
+            f"whole data set for crossed factors), more than max_block = {max_block}: the "
+            "dense Satterthwaite and Kenward–Roger computations would need too much memory."
+        )
 
     xtvx = np.zeros((p, p))
     xtvy = np.zeros(p)
@@ -305,14 +327,23 @@ def variance_structure(
     r_vj_r = np.zeros(m)
     for idx, vj, vinv, vx in per_block:
         r = vinv @ (y[idx] - X[idx] @ beta)
-        a = np.einsum("ij,mjk->mik", vinv, vj)  # V^-1 V_j
-        avx = np.einsum("mij,jk->mik", a, vx)  # V^-1 V_j V^-1 X
-        o += np.einsum("ij,mik->mjk", vx, np.einsum("mij,jk->mik", vj, vx))
-        q += np.einsum("aji,bjk->abik", np.einsum("mij,jk->mik", vj, vx), avx)
-        k_trace += np.einsum("aij,bji->ab", a, a)
-        vr = np.einsum("mij,j->mi", vj, r)  # V_j r
-        s += np.einsum("ai,ij,bj->ab", vr, vinv, vr)
-        u += np.einsum("ij,mi->mj", vx, vr)
+        # matrix products (BLAS) rather than einsum: the n^3 terms dominate on large blocks
+        nb = len(idx)
+        a = vinv @ vj  # V^-1 V_j, shape (m, nb, nb)
+        avx = a @ vx  # V^-1 V_j V^-1 X
+        vjvx = vj @ vx  # V_j V^-1 X
+        o += vx.T @ vjvx
+        # Q_ab = (V_a V^-1 X)' V^-1 V_b V^-1 X for every pair (a, b)
+        q += (
+            (vjvx.transpose(0, 2, 1).reshape(m * p, nb) @ avx.transpose(1, 0, 2).reshape(nb, m * p))
+            .reshape(m, p, m, p)
+            .transpose(0, 2, 1, 3)
+        )
+        # tr(V^-1 V_a V^-1 V_b) = sum_ij a_a[i, j] a_b[j, i]
+        k_trace += a.reshape(m, nb * nb) @ a.transpose(0, 2, 1).reshape(m, nb * nb).T
+        vr = vj @ r  # V_j r
+        s += vr @ vinv @ vr.T
+        u += vr @ vx
         tr_vinv_vj += np.einsum("mii->m", a)
         r_vj_r += vr @ r
     o = (o + o.transpose(0, 2, 1)) / 2.0

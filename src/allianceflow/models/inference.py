@@ -3,7 +3,8 @@ r"""Inference from a fitted mixed model: Wald rows, df, r-equivalent, ICC and R�
 Every number here is computed the same way whichever back-end fitted the model:
 
 * Wald :math:`z = \hat\beta/\mathrm{SE}`, two-sided normal p, 95% CI
-  :math:`\hat\beta \pm 1.96\,\mathrm{SE}` (:func:`wald_rows`);
+  :math:`\hat\beta \pm 1.96\,\mathrm{SE}` (:func:`wald_rows`), or with Satterthwaite or
+  Kenward–Roger df (:mod:`allianceflow.models.ddf`) the *t* distribution on those df;
 * denominator df by the containment rule of Pinheiro & Bates (2000, sec. 2.4.2)
   (:func:`containment_df`) and the r-equivalent :math:`r = z/\sqrt{z^2 + df}`
   (Rosenthal 1991);
@@ -94,28 +95,60 @@ def variance_explained(
 
 
 def wald_rows(
-    terms: list[str], estimates, ses, dfs: dict[str, float], df_default: float
+    terms: list[str],
+    estimates,
+    ses,
+    dfs: dict[str, float],
+    df_default: float,
+    *,
+    distribution: Literal["normal", "t"] = "normal",
 ) -> list[dict]:
-    """Build the tidy fixed-effect rows, the same for either back-end.
+    r"""Build the tidy fixed-effect rows, the same for either back-end.
 
-    Wald z, two-sided normal p, 95% CI, containment df and the r-equivalent
-    r = z / sqrt(z² + df) (see :func:`allianceflow.models.fit_model`).
+    Parameters
+    ----------
+    terms, estimates, ses
+        Fixed-effect names, estimates and standard errors, in the same order.
+    dfs : dict
+        Denominator df per term; ``df_default`` for a term without one.
+    df_default : float
+    distribution : {"normal", "t"}, default "normal"
+        "normal" (containment df): Wald :math:`z = \hat\beta/\mathrm{SE}`, two-sided normal
+        p and CI :math:`\hat\beta \pm z_{.975}\,\mathrm{SE}`, as statsmodels and lme4's
+        ``confint(method = "Wald")``. "t" (Satterthwaite or Kenward–Roger df): the same
+        statistic referred to a *t* distribution on the row's df, two-sided p and CI
+        :math:`\hat\beta \pm t_{.975,\,df}\,\mathrm{SE}` (lmerTest's ``summary`` gives
+        the same t and p; its ``contest(..., confint = TRUE)`` the same interval).
+
+    Returns
+    -------
+    list of dict
+        ``term, estimate, se, ci_low, ci_high, statistic, p, df, r`` with the r-equivalent
+        :math:`r = z/\sqrt{z^2 + df}` (Rosenthal 1991; *t* in place of *z* for "t").
     """
+    if distribution not in ("normal", "t"):
+        raise ValueError(f"`distribution` must be 'normal' or 't'; got {distribution!r}.")
     zcrit = float(stats.norm.ppf(0.975))
     rows = []
     for term, est, se in zip(terms, estimates, ses, strict=True):
         est, se = float(est), float(se)
         z = est / se if se > 0 else float("nan")
         df_t = dfs.get(term, df_default)
+        if distribution == "t":
+            crit = float(stats.t.ppf(0.975, df_t))
+            p = float(2 * stats.t.sf(abs(z), df_t)) if math.isfinite(z) else None
+        else:
+            crit = zcrit
+            p = float(2 * stats.norm.sf(abs(z))) if math.isfinite(z) else None
         rows.append(
             {
                 "term": term,
                 "estimate": _r(est),
                 "se": _r(se),
-                "ci_low": _r(est - zcrit * se),
-                "ci_high": _r(est + zcrit * se),
+                "ci_low": _r(est - crit * se),
+                "ci_high": _r(est + crit * se),
                 "statistic": _r(z),
-                "p": _r(2 * stats.norm.sf(abs(z))) if math.isfinite(z) else None,
+                "p": _r(p),
                 "df": _r(df_t),
                 "r": _r(z / math.sqrt(z * z + df_t)) if math.isfinite(z) else None,
             }

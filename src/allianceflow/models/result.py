@@ -32,6 +32,8 @@ __all__ = [
     "MixedModelResult",
     "build_result",
     "format_model",
+    "ddf_method",
+    "ddf_note",
     "FIXED_COLUMNS",
     "RANDOM_COLUMNS",
 ]
@@ -67,6 +69,42 @@ _KEYS = (
     "bic",
     "convergence",
 )
+
+
+#: Per df method: how the fixed effects were tested, for notes and footers.
+_DDF_NOTES = {
+    "containment": (
+        "df: containment (Pinheiro & Bates 2000); Wald z tests, p and 95% CI from the normal "
+        "distribution"
+    ),
+    "satterthwaite": (
+        "df: Satterthwaite (lmerTest); t tests, p and 95% CI from the t distribution on those df"
+    ),
+    "kenward-roger": (
+        "df: Kenward–Roger (pbkrtest); adjusted SE, t tests, p and 95% CI from the t "
+        "distribution on those df"
+    ),
+}
+
+
+def ddf_method(record: dict) -> str:
+    """Name the df method of a model record: its ``ddf`` key, "containment" when absent."""
+    return record.get("ddf", "containment")
+
+
+def ddf_note(record: dict) -> str:
+    """Say which df and reference distribution a model record's tests use (one clause).
+
+    E.g. "df: Satterthwaite (lmerTest); t tests, p and 95% CI from the t distribution on
+    those df".
+    """
+    method = ddf_method(record)
+    if method not in _DDF_NOTES:
+        raise ValueError(
+            f"`record['ddf']` must be 'containment', 'satterthwaite' or 'kenward-roger'; "
+            f"got {method!r}."
+        )
+    return _DDF_NOTES[method]
 
 
 @dataclass
@@ -139,13 +177,37 @@ def build_result(
     dropped_by_variable: dict[str, int],
     dropped_terms: list[dict],
     boundary_tol: float,
+    ddf: str = "containment",
+    ddf_table: pd.DataFrame | None = None,
 ) -> MixedModelResult:
     """Turn a :class:`BackendFit` into a :class:`MixedModelResult` (the one place that does).
 
     ``dropped_terms`` lists the random terms left out before fitting because their grouping
     factor had too few levels (see :func:`allianceflow.models.fit_model`); their warnings
     join the convergence warnings.
+
+    With ``ddf`` "containment" (``ddf_table`` None) the fixed-effect rows are Wald z rows
+    with the back-end's containment df and the record has no ``ddf`` key (the record of
+    earlier versions, byte for byte). With "satterthwaite" or "kenward-roger",
+    ``ddf_table`` (``term, se, df``, from :mod:`allianceflow.models.ddf`) supplies each
+    row's df and standard error, the rows use the *t* distribution on those df
+    (:func:`~allianceflow.models.inference.wald_rows`), and ``ddf`` is recorded last.
     """
+    if (ddf == "containment") != (ddf_table is None):
+        raise ValueError(
+            f"`ddf_table` must be given exactly when `ddf` is not 'containment'; got ddf={ddf!r} "
+            f"and ddf_table {'None' if ddf_table is None else 'given'}."
+        )
+    ses = np.sqrt(np.diag(fit.cov_fe))
+    dfs = dict(fit.df)
+    if ddf_table is not None:
+        by_term = ddf_table.set_index("term")
+        ses = np.array(
+            [float(by_term.loc[t, "se"]) for t in fit.fixed_names]
+            if ddf == "kenward-roger"
+            else ses
+        )
+        dfs = {t: float(by_term.loc[t, "df"]) for t in fit.fixed_names}
     zcrit = float(stats.norm.ppf(0.975))
     scale = float(fit.sigma2)
     icc, r2_m, r2_c = variance_explained(
@@ -165,9 +227,10 @@ def build_result(
         "fixed": wald_rows(
             list(fit.fixed_names),
             fit.beta,
-            np.sqrt(np.diag(fit.cov_fe)),
-            fit.df,
+            ses,
+            dfs,
             float(fit.df_default),
+            distribution="normal" if ddf_table is None else "t",
         ),
         "random": [
             {
@@ -228,6 +291,8 @@ def build_result(
             for d in dropped_terms
         ],
     }
+    if ddf_table is not None:
+        record["ddf"] = ddf
     return MixedModelResult(record)
 
 
@@ -403,7 +468,7 @@ class MixedModelResult:
                     "estimate": _fmt(f["estimate"]),
                     "SE": _fmt(f["se"]),
                     "95% CI": f"[{_fmt(f['ci_low'])}, {_fmt(f['ci_high'])}]",
-                    "z": _fmt(f["statistic"], 2),
+                    _statistic(self._record): _fmt(f["statistic"], 2),
                     "p": _p(f["p"]),
                     "df": _fmt_df(f["df"]),
                     "r": _fmt(f["r"], 3),
@@ -427,6 +492,7 @@ class MixedModelResult:
             f"{'Converged' if c['converged'] else 'NOT CONVERGED'} ({c['optimizer']}); "
             f"{self._record['n_obs']} observations, {self._record['n_dropped_missing']} "
             "dropped for missing values",
+            ddf_note(self._record),
         ]
         return lines + [f"Warning: {w}" for w in c["warnings"]]
 
@@ -476,6 +542,11 @@ def _fmt_df(df: Any) -> str:
     if not math.isfinite(df):
         return "NA"
     return f"{df:.0f}" if df == round(df) else f"{df:.1f}"
+
+
+def _statistic(record: dict) -> str:
+    """The test statistic's letter: z for containment df, t otherwise."""
+    return "z" if ddf_method(record) == "containment" else "t"
 
 
 def _p(p: Any) -> str:
@@ -542,8 +613,9 @@ def format_model(result: MixedModelResult | dict) -> str:
         f"BIC: {_fmt(result['bic'], 2)}  parameters: {result['n_params']}"
     )
     lines.append("")
-    lines.append("Fixed effects (Wald z, 95% CI; r = z / sqrt(z^2 + df)):")
-    rows = [["term", "estimate", "SE", "CI low", "CI high", "z", "p", "df", "r"]]
+    stat = _statistic(result)
+    lines.append(f"Fixed effects (Wald {stat}, 95% CI; r = {stat} / sqrt({stat}^2 + df)):")
+    rows = [["term", "estimate", "SE", "CI low", "CI high", stat, "p", "df", "r"]]
     for f in result["fixed"]:
         rows.append(
             [
@@ -559,6 +631,7 @@ def format_model(result: MixedModelResult | dict) -> str:
             ]
         )
     lines.extend(_table(rows))
+    lines.append(ddf_note(result) + ".")
     lines.append("")
     lines.append("Random effects:")
     rows = [["group", "term", "variance", "SD", "boundary"]]

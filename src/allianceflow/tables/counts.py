@@ -174,8 +174,8 @@ def clinical_significance_table(
     Returns
     -------
     Table
-        Rows recovered, improved, unchanged, deteriorated and "not assessable", n (%) of the
-        arm's patients.
+        Rows recovered, improved, unchanged, deteriorated, harmed and "not assessable", n (%)
+        of the arm's patients.
     """
     from ..clinical import RC_CATEGORIES
 
@@ -201,7 +201,9 @@ def clinical_significance_table(
     note = (
         "n (%) of the arm's patients. Recovered = reliable improvement and a move from the "
         "clinical to the functional range; improved = reliable improvement only; deteriorated = "
-        "reliable deterioration (Jacobson & Truax, 1991), first to last observed score."
+        "reliable deterioration only; harmed = reliable deterioration and a move from the "
+        "functional into the clinical range (the clinicalsignificance R package's names and "
+        "order; Jacobson & Truax, 1991), first to last observed score."
     )
     return _count_table(
         patients,

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..models.result import ddf_method, ddf_note
 from .formatting import _label, format_number, format_p, format_r
 from .table import Table
 
@@ -42,11 +43,18 @@ def fixed_effects_table(result: dict[str, Any]) -> pd.DataFrame:
     return table
 
 
-def to_markdown(table: pd.DataFrame, *, title: str | None = None, note: str | None = None) -> str:
+def to_markdown(
+    table: pd.DataFrame,
+    *,
+    title: str | None = None,
+    note: str | None = None,
+    statistic: str = "z",
+) -> str:
     """Render a fixed-effects table (:func:`fixed_effects_table`) as Markdown, APA numbers.
 
-    Estimates, SEs, intervals and *z* to two decimals with a true minus sign, *p* by
-    :func:`~allianceflow.tables.formatting.format_p`.
+    Estimates, SEs, intervals and the statistic (headed *statistic*: "z" for Wald z with
+    containment df, "t" with Satterthwaite or Kenward–Roger df) to two decimals with a true
+    minus sign, *p* by :func:`~allianceflow.tables.formatting.format_p`.
     """
     shown = pd.DataFrame(
         {
@@ -57,7 +65,7 @@ def to_markdown(table: pd.DataFrame, *, title: str | None = None, note: str | No
                 f"[{format_number(lo)}, {format_number(hi)}]"
                 for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
             ],
-            "z": table["statistic"].map(format_number),
+            statistic: table["statistic"].map(format_number),
             "p": table["p"].map(format_p),
         }
     )
@@ -77,7 +85,10 @@ def model_markdown(result: dict[str, Any]) -> str:
     never only in a log. (The plain-text companion of :func:`model_table`.)
     """
     fixed = to_markdown(
-        fixed_effects_table(result), title=f"Model {result['name']}: {result['formula']}"
+        fixed_effects_table(result),
+        title=f"Model {result['name']}: {result['formula']}",
+        note=ddf_note(result) + ".",
+        statistic=_statistic(result),
     )
     random = pd.DataFrame(result["random"])
     lines = [fixed, "", "Variance components", ""]
@@ -106,6 +117,18 @@ def model_markdown(result: dict[str, Any]) -> str:
     lines.append(_fit_sentence(result))
     lines.append(_convergence_sentence(result))
     return "\n".join(lines) + "\n"
+
+
+def _statistic(result: dict[str, Any]) -> str:
+    return "z" if ddf_method(result) == "containment" else "t"
+
+
+def _df_sentence(results: Sequence[dict[str, Any]]) -> str:
+    """Which df each model's tests use: one clause when all agree, else one per model."""
+    notes = [ddf_note(r) for r in results]
+    if len(set(notes)) == 1:
+        return notes[0] + "."
+    return " ".join(f"{r['name']}: {n}." for r, n in zip(results, notes, strict=True))
 
 
 def _fit_sentence(result: dict[str, Any]) -> str:
@@ -256,7 +279,8 @@ def model_table(
         )
     data = pd.DataFrame(records, columns=["model", "section", "term", "statistic", "value"])
 
-    per_model = ["b", "SE", "95% CI", "z", "p"] if single else ["b (SE)", "95% CI", "p"]
+    stat = "z" if all(_statistic(r) == "z" for r in results) else "t"
+    per_model = ["b", "SE", "95% CI", stat, "p"] if single else ["b (SE)", "95% CI", "p"]
     headings = per_model if single else [f"{n} {c}" for n in names for c in per_model]
     width = len(headings)
     rows: list[list[str]] = []
@@ -368,7 +392,7 @@ def model_table(
     formulas = " ".join(f"{r['name']}: {r['formula']}." for r in results)
     note = (
         f"{formulas} b = unstandardised coefficient; SE = standard error; CI = Wald confidence "
-        "interval; p two-sided (normal reference). ICC = share of the random-effects plus "
+        f"interval; p two-sided. {_df_sentence(results)} ICC = share of the random-effects plus "
         "residual variance at each level; R² after Nakagawa and Schielzeth (2013). "
         + " ".join(_convergence_sentence(r) for r in results)
     )
