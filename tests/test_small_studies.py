@@ -54,3 +54,26 @@ def test_three_patients_are_too_few_for_any_random_effect():
         "an ordinary regression."
     )
     assert "\n" not in str(error.value)
+
+
+def test_the_model_spec_min_levels_reaches_the_fit(tmp_path, one_therapist):
+    """``stages.fit_stage`` uses the spec's ``min_levels``, by default the schema's 5."""
+    from pathlib import Path
+
+    import yaml
+
+    from allianceflow import io, stages
+
+    schema = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text()
+    )
+    assert schema["$defs"]["model"]["properties"]["min_levels"]["default"] == 5
+    assert stages.MODEL_MIN_LEVELS == 5
+    io.write_table(one_therapist, tmp_path / "analysis.parquet")
+    spec = {"formula": "ors_total ~ session + (1 | patient)"}
+    out = {"json": tmp_path / "m.json", "txt": tmp_path / "m.txt"}
+    stages.fit_stage(tmp_path / "analysis.parquet", spec, name="m", **out)
+    assert io.read_json(out["json"])["n_groups"] == {"patient": 8}
+    # eight patients are fewer than nine: the patient term goes, and with it every random effect
+    with pytest.raises(ModelError, match="'patient' has 8"):
+        stages.fit_stage(tmp_path / "analysis.parquet", {**spec, "min_levels": 9}, name="m", **out)

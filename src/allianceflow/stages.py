@@ -389,6 +389,8 @@ def model_formula(model: dict[str, Any]) -> str:
 #: Denominator df of fixed effects when a model spec has no ``ddf`` (the schema's default:
 #: Kenward–Roger, after benchmarks/coverage_df.py and Luke 2017; see the schema's ``ddf``).
 MODEL_DDF = "kenward-roger"
+#: Fewest levels of a grouping factor for its random effect (the schema's ``min_levels``).
+MODEL_MIN_LEVELS = 5
 
 
 def fit_stage(
@@ -397,8 +399,10 @@ def fit_stage(
     """Fit one model and write its tidy results and a readable summary.
 
     *model* is a configured model spec: ``formula`` or ``preset`` (with ``options``),
-    ``reml`` (default true) and ``ddf``, the denominator df of the fixed effects' tests and
-    intervals (default :data:`MODEL_DDF`; see :func:`allianceflow.models.fit_model`).
+    ``reml`` (default true), ``ddf``, the denominator df of the fixed effects' tests and
+    intervals (default :data:`MODEL_DDF`), and ``min_levels``, the fewest levels a grouping
+    factor needs for its random effect (default :data:`MODEL_MIN_LEVELS`); see
+    :func:`allianceflow.models.fit_model`.
     """
     from .models import fit_model
 
@@ -408,6 +412,7 @@ def fit_stage(
         reml=model.get("reml", True),
         name=name,
         ddf=model.get("ddf", MODEL_DDF),
+        min_levels=model.get("min_levels", MODEL_MIN_LEVELS),
     )
     io.write_json(result.to_dict(), json)
     io.write_text(result.summary(), txt)

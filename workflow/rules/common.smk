@@ -66,6 +66,11 @@ def get_reliability_bootstrap(wildcards):
     return config["studies"][wildcards.study]["measures"]["reliability_bootstrap"]
 
 
+def get_alpha_missing(wildcards):
+    """How alpha treats missing answers (`measures.alpha_missing`: listwise or pairwise)."""
+    return config["studies"][wildcards.study]["measures"]["alpha_missing"]
+
+
 def get_derive(wildcards):
     """The study's `derive` section: settings of the derived clinical variables."""
     return config["studies"][wildcards.study]["derive"]

@@ -35,6 +35,7 @@ rule compute_reliability:
         allianceflow_source=SOURCE_FINGERPRINT,
         instruments=get_instruments,
         n_boot=get_reliability_bootstrap,
+        alpha_missing=get_alpha_missing,
         seed=config["seed"],
     script:
         "../scripts/compute_reliability.py"

@@ -8,8 +8,7 @@ with run_step(snakemake.log[0]):
         instruments=snakemake.params.instruments,
         seed=snakemake.params.seed,
         n_boot=snakemake.params.n_boot,
-        # measures.alpha_missing, once the rule passes it (schema default: listwise)
-        alpha_missing=getattr(snakemake.params, "alpha_missing", "listwise"),
+        alpha_missing=snakemake.params.alpha_missing,
         csv=snakemake.output.csv,
         md=snakemake.output.md,
     )
