@@ -205,7 +205,9 @@ def get_lock_file():
 def get_config_name():
     """The name of the config file the study settings came from (the last one given), for
     messages that tell the researcher where to fix a setting."""
-    return Path(workflow.configfiles[-1]).name if workflow.configfiles else "config.yaml"
+    return (
+        Path(workflow.configfiles[-1]).name if workflow.configfiles else "config.yaml"
+    )
 
 
 def get_config_files():
