@@ -77,3 +77,23 @@ def test_the_model_spec_min_levels_reaches_the_fit(tmp_path, one_therapist):
     # eight patients are fewer than nine: the patient term goes, and with it every random effect
     with pytest.raises(ModelError, match="'patient' has 8"):
         stages.fit_stage(tmp_path / "analysis.parquet", {**spec, "min_levels": 9}, name="m", **out)
+
+
+def test_the_comparison_uses_the_spec_min_levels(tmp_path, three_level_data):
+    """The LRT refits keep a random term the spec's ``min_levels`` keeps (here 3 therapists)."""
+    from allianceflow import io, stages
+
+    data = three_level_data[three_level_data["therapist"].isin(["T00", "T01", "T02"])]
+    io.write_table(data, tmp_path / "analysis.parquet")
+    base = "outcome ~ alliance_within_lag + session"
+    models = {
+        "without": {"formula": f"{base} + (1 | pid)", "min_levels": 3},
+        "with": {"formula": f"{base} + (1 | pid) + (1 | therapist)", "min_levels": 3},
+    }
+    out = {"json": tmp_path / "lrt.json", "txt": tmp_path / "lrt.txt"}
+    stages.comparison_stage(tmp_path / "analysis.parquet", models, **out)
+    assert io.read_json(out["json"])["df"] == 1
+    # at the default of 5 the therapist term is left out, and the test says why it cannot run
+    models["with"].pop("min_levels")
+    with pytest.raises(ModelError, match=r"cannot be compared by LRT: after leaving out"):
+        stages.comparison_stage(tmp_path / "analysis.parquet", models, **out)

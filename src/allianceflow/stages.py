@@ -432,8 +432,14 @@ def comparison_stage(
     from .models import likelihood_ratio_test
 
     (name0, spec0), (name1, spec1) = models.items()
+    # both refits use the larger model's min_levels, so a random term the fits keep is
+    # not silently dropped from one of the compared models
     result = likelihood_ratio_test(
-        io.read_table(analysis), model_formula(spec0), model_formula(spec1), names=(name0, name1)
+        io.read_table(analysis),
+        model_formula(spec0),
+        model_formula(spec1),
+        names=(name0, name1),
+        min_levels=spec1.get("min_levels", MODEL_MIN_LEVELS),
     )
     summary = {k: v for k, v in result.items() if k not in ("fit0", "fit1")}
     io.write_json(summary, json)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from allianceflow.models.design import ModelError
 from allianceflow.models.formula import FormulaSpec, formula_variables, parse_formula
 
 __all__ = [
@@ -220,6 +221,18 @@ def containment_df(
 def _lrt(r0: dict, r1: dict, random_only: bool) -> dict:
     ll0, ll1 = r0["loglik"], r1["loglik"]
     df = int(r1["n_params"] - r0["n_params"])
+    dropped = [
+        f"{d['group']!r} in {r['name']!r}"
+        for r in (r0, r1)
+        for d in r.get("dropped_random_terms") or []
+    ]
+    if df <= 0 and dropped:
+        raise ModelError(
+            f"models {r0['name']!r} and {r1['name']!r} cannot be compared by LRT: after "
+            f"leaving out the random terms of grouping factors with too few levels "
+            f"({', '.join(dropped)}; see `min_levels`), the larger model has no more "
+            f"parameters than the smaller ({r1['n_params']} and {r0['n_params']})."
+        )
     if df <= 0:
         raise ValueError(
             f"model {r1['name']!r} must have more parameters than {r0['name']!r} to be "

@@ -66,7 +66,7 @@ def preset_formula(name: str, **options: Any) -> str:
         ``alliance_outcome``
             Last session's within- and between-patient alliance predicting this session's
             outcome: ``alliance_within_lag + alliance_between + time``.
-            ``previous_outcome=False`` adds ``outcome_lag`` (note: with a patient random
+            ``previous_outcome=True`` adds ``outcome_lag`` (note: with a patient random
             intercept a lagged outcome is biased in short series; Nickell 1981).
             ``detrend="none" | "linear"``: "linear" uses ``alliance_within_detrended_lag``, the
             deviation from each patient's own linear alliance trajectory (Falkenström et al.

@@ -307,7 +307,8 @@ class MixedModelResult:
     ----------
     fixed : pandas.DataFrame
         One row per fixed effect, columns ``term, estimate, se, ci_low, ci_high,
-        statistic, p, df, r`` (Wald z in ``statistic``; ``r`` the r-equivalent).
+        statistic, p, df, r`` (``statistic`` is Wald z with containment df, t with
+        Satterthwaite or Kenward–Roger df; ``r`` the r-equivalent).
     random : pandas.DataFrame
         One row per random effect, columns ``group, term, variance, sd, boundary``; the
         residual last (group ``"Residual"``, empty term).
@@ -579,7 +580,7 @@ def format_model(result: MixedModelResult | dict) -> str:
     -------
     str
         Model, formula, observations and groups (with rows dropped for missing values, by
-        variable), fit statistics, the fixed effects (Wald z, 95% CI, df, r-equivalent),
+        variable), fit statistics, the fixed effects (z or t, 95% CI, df, r-equivalent),
         the variance components, ICC and R², and convergence with every attempt and warning:
         convergence and warnings appear in the text, not only in a log.
     """
