@@ -948,6 +948,33 @@ def test_hashed_ids_leave_no_raw_id_or_date_in_the_outputs(name, monkeypatch):
     assert result.flow["patients"]["read"] == 3
 
 
+def test_hashed_ids_hide_a_date_typed_into_the_session_column(monkeypatch, tmp_path):
+    import re
+
+    monkeypatch.setenv("ALLIANCEFLOW_SALT", "s" * 32)
+    export = tmp_path / "dates_in_sessions.csv"
+    export.write_text(
+        "ClientCode,Clinician,SessionNo,SessionDate,ORS_1,ORS_2,ORS_3,ORS_4\n"
+        "P01,T1,1,01/02/2024,5,5,5,5\n"
+        "P01,T1,15/03/2024,08/02/2024,5,5,5,5\n"
+        "P01,T1,3,31/02/2024,5,5,5,5\n"
+        "P02,T1,1,02/02/2024,4,4,4,4\n",
+        encoding="utf-8",
+    )
+    study = make_study(hash_ids=True, rules={"not_a_number": "exclude", "date_invalid": "exclude"})
+    result = clean_sessions(io.read_raw(export), study, source=export.name, name="t")
+    log = result.exclusions
+    assert log[["source_row", "rule", "session"]].to_dict("records") == [
+        {"source_row": 3, "rule": "not_a_number", "session": ""},
+        {"source_row": 4, "rule": "date_invalid", "session": "3"},
+    ]
+    assert log["reason"].tolist()[1] == (
+        "the date is impossible: that day does not exist in its month"
+    )
+    written = log.to_csv(index=False) + str(result.flow)
+    assert not re.search(r"\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}|February|2024", written)
+
+
 def test_missing_values_are_counted_per_column():
     result = run("undeclared_code.csv", missing_codes=[-9, 99, 999, "NA"])
     counts = result.flow["values"]["missing_by_column"]["ors_2"]

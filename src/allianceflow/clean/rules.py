@@ -108,6 +108,8 @@ def date_problem(value: str, fmt: str, *, quote: bool = True) -> str:
     "date '31.02.2024' is impossible: February 2024 has 29 days"
     >>> date_problem("2024-02-08", "%d/%m/%Y", quote=False)
     'the date is written as %Y-%m-%d, but the date format is %d/%m/%Y (mixed date formats)'
+    >>> date_problem("31.02.2024", "%d.%m.%Y", quote=False)
+    'the date is impossible: that day does not exist in its month'
     """
     shown = f"date {value!r}" if quote else "the date"
     shape = _shape(fmt)
@@ -124,6 +126,8 @@ def date_problem(value: str, fmt: str, *, quote: bool = True) -> str:
             days = calendar.monthrange(year, month)[1]
             day = int(parts["d"])
             if not 1 <= day <= days:
+                if not quote:  # naming the month and year would give the date away
+                    return f"{shown} is impossible: that day does not exist in its month"
                 return f"{shown} is impossible: {calendar.month_name[month]} {year} has {days} days"
         return f"{shown} is impossible (not a day of the calendar)"
     for other in OTHER_DATE_FORMATS:

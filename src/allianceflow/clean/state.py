@@ -261,6 +261,18 @@ class CleanRun:
         return repr(pseudonymise(pd.Series([value], dtype=object), self.salt).iloc[0])
 
     # ------------------------------------------------------------------ the log
+    def _session_shown(self, part: pd.DataFrame):
+        """Show the session cells in the log: as written, but blank when hashed and not a number.
+
+        With hashed ids a cell that is not a plain number (a date typed into the session
+        column, say) is left blank, so no calendar date reaches the exclusions.
+        """
+        text = part["_session_text"].astype(object)
+        if self.salt is None:
+            return text.to_numpy()
+        plain = text.astype(str).str.strip().str.fullmatch(r"[+-]?\d+(\.\d+)?")
+        return text.where(plain.fillna(False), "").to_numpy()
+
     def record(
         self, part: pd.DataFrame, rule: str, action: str, column: str | None, reason
     ) -> None:
@@ -272,7 +284,7 @@ class CleanRun:
                     "source_file": self.source,
                     "source_row": part["_source_row"].to_numpy(),
                     "patient": part["patient"].astype(object).to_numpy(),
-                    "session": part["_session_text"].to_numpy(),
+                    "session": self._session_shown(part),
                     "rule": rule,
                     "action": action,
                     "column": self.raw(column) if column else "",
