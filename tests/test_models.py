@@ -1119,7 +1119,7 @@ def test_a_therapist_factor_with_too_few_levels_is_dropped_not_reported(n_therap
     warning = (
         f"the grouping factor 'therapist' has {levels} in the rows used, fewer than "
         "min_levels = 5: its variance cannot be estimated reliably (with one level not at "
-        "all), so (1 | therapist) was left out of the model and no variance or ICC is "
+        "all), so its random intercept was left out of the model and no variance or ICC is "
         "reported for it."
     )
     assert warning in res.warnings
@@ -1128,6 +1128,17 @@ def test_a_therapist_factor_with_too_few_levels_is_dropped_not_reported(n_therap
     without = fit_model(d, "outcome ~ session + x + (1 | patient)").to_dict()
     assert record["loglik"] == without["loglik"] and record["fixed"] == without["fixed"]
     assert record["n_params"] == without["n_params"]
+
+
+def test_min_levels_names_only_the_part_of_a_nested_term_it_leaves_out():
+    d = _tiny_study(30, 3)
+    res = fit_model(d, "outcome ~ session + x + (1 | therapist/patient)")
+    record = res.to_dict()
+    assert [r["group"] for r in record["random"]] == ["therapist:patient"]
+    assert [t["group"] for t in record["dropped_random_terms"]] == ["therapist"]
+    warning = next(w for w in res.warnings if "'therapist' has 3 levels" in w)
+    assert "so its random intercept was left out of the model" in warning
+    assert "therapist/patient" not in warning
 
 
 def test_min_levels_is_configurable_and_checked():

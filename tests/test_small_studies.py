@@ -26,7 +26,7 @@ def test_a_single_therapist_gets_no_variance_and_a_warning(one_therapist):
     warning = (
         "the grouping factor 'therapist' has 1 level in the rows used, fewer than "
         "min_levels = 5: its variance cannot be estimated reliably (with one level not at "
-        "all), so (1 | therapist) was left out of the model and no variance or ICC is "
+        "all), so its random intercept was left out of the model and no variance or ICC is "
         "reported for it."
     )
     assert warning in record["convergence"]["warnings"]

@@ -94,8 +94,10 @@ def _few_level_terms(
             continue
         label = ":".join(factor)
         terms = [t for t in spec.random if t.factor == factor]
-        sources = list(dict.fromkeys(t.source for t in terms))
         effects = [e for t in terms for e in t.effects]
+        # name the effects left out, not the whole term: in (1 | therapist/patient) only
+        # the therapist part goes
+        named = ", ".join("intercept" if e == "(Intercept)" else f"slope of {e}" for e in effects)
         dropped.append(
             {
                 "group": label,
@@ -106,7 +108,7 @@ def _few_level_terms(
                     f"the grouping factor {label!r} has {n_levels} level"
                     f"{'' if n_levels == 1 else 's'} in the rows used, fewer than "
                     f"min_levels = {min_levels}: its variance cannot be estimated reliably "
-                    f"(with one level not at all), so {', '.join(sources)} was left out of the "
+                    f"(with one level not at all), so its random {named} was left out of the "
                     "model and no variance or ICC is reported for it."
                 ),
                 "effects": [(label, e) for e in effects],
