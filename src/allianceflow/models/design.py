@@ -12,18 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from allianceflow.io import DataError
-from allianceflow.models.formula import FormulaSpec, formula_variables
+from allianceflow.models.formula import FormulaSpec, ModelError, formula_variables
 
 __all__ = ["ModelError", "model_rows", "missing_by_variable", "check_rank", "check_identifiable"]
-
-
-class ModelError(DataError):
-    """The data cannot support the model asked for; the message says why and what to do.
-
-    A :class:`~allianceflow.io.DataError` (and so a ``ValueError``): the pipeline prints its
-    one paragraph without a traceback.
-    """
 
 
 def model_rows(data: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, int]:

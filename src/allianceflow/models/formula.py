@@ -36,6 +36,8 @@ from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
+from allianceflow.io import DataError
+
 __all__ = [
     "RandomTerm",
     "FormulaSpec",
@@ -49,6 +51,14 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
 _IDENT = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
 _FUNCTIONS = {"I", "C", "log", "exp", "sqrt", "np", "center", "scale", "Q", "abs"}
+
+
+class ModelError(DataError):
+    """The data cannot support the model asked for; the message says why and what to do.
+
+    A :class:`~allianceflow.io.DataError` (and so a ``ValueError``): the pipeline prints its
+    one paragraph without a traceback.
+    """
 
 
 @dataclass(frozen=True)
@@ -552,7 +562,7 @@ def to_mixedlm(spec: FormulaSpec, data: pd.DataFrame | None = None) -> MixedLMPl
         groups = "_all"
         for term in spec.random:
             if term.correlated:
-                raise ValueError(
+                raise ModelError(
                     f"random term {term.source!r}: the grouping factors "
                     f"{[':'.join(f) for f in factors]} are crossed (not nested), and MixedLM "
                     "fits crossed factors only as independent variance components. Write "
