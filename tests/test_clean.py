@@ -1152,3 +1152,120 @@ def test_impossible_dates_are_called_impossible(value, fmt, reason):
     from allianceflow.clean.rules import date_problem
 
     assert date_problem(value, fmt) == reason
+
+
+def run_text(tmp_path, text: str, **settings_):
+    """Clean a small export written from *text* (a CSV with the corpus's columns)."""
+    path = tmp_path / "export.csv"
+    path.write_text(text, encoding="utf-8")
+    study = make_study(**settings_)
+    return clean_sessions(io.read_raw(path), study, source="export.csv", name="t")
+
+
+HEADER = "ClientCode,Clinician,SessionNo,SessionDate,ORS_1,ORS_2,ORS_3,ORS_4,Arm\n"
+
+
+def test_the_arm_of_an_excluded_first_session_is_the_intention_to_treat_arm(tmp_path):
+    text = HEADER + (
+        "A,T1,1,31/02/2024,5,5,5,5,FB\n"
+        "A,T1,2,08/03/2024,5,5,5,5,TAU\n"
+        "A,T1,3,15/03/2024,5,5,5,5,TAU\n"
+        "B,T2,1,01/03/2024,5,5,5,5,TAU\n"
+    )
+    result = run_text(tmp_path, text, **arm_study(rules={"date_invalid": "exclude"}))
+    rows = result.exclusions[["source_row", "rule", "action", "reason"]].values.tolist()
+    itt = (
+        "the patient's arm changes (feedback \u2192 tau); analysed in the first recorded arm, "
+        "'feedback' (intention to treat; it is recorded on row 2, which is excluded)"
+    )
+    assert rows == [
+        [
+            2,
+            "date_invalid",
+            "excluded",
+            "date '31/02/2024' is impossible: February 2024 has 29 days",
+        ],
+        [3, "session_gap", "flagged", "session 1 missing before session 2"],
+        [3, "condition_change", "altered", itt],
+        [4, "condition_change", "altered", itt],
+    ]
+    kept = result.sessions[["patient", "session", "condition"]].astype(str).values.tolist()
+    assert kept == [["A", "2", "feedback"], ["A", "3", "feedback"], ["B", "1", "tau"]]
+    excluded = run_text(
+        tmp_path,
+        text,
+        **arm_study(rules={"date_invalid": "exclude", "condition_change": "exclude"}),
+    )
+    switch = (
+        "the patient's arm changes (feedback \u2192 tau; it is recorded on row 2, which is "
+        "excluded)"
+    )
+    assert excluded.exclusions[["source_row", "rule", "action", "reason"]].values.tolist()[2:] == [
+        [3, "condition_change", "excluded", switch],
+        [4, "condition_change", "excluded", switch],
+    ]
+    assert excluded.flow["patients"]["excluded_by_rule"] == {"condition_change": 1}
+    assert reconcile(excluded.flow) == []
+
+
+def test_the_first_arm_is_by_session_number_not_file_order(tmp_path):
+    text = HEADER + ("A,T1,2,08/03/2024,5,5,5,5,TAU\nA,T1,1,01/03/2024,5,5,5,5,FB\n")
+    result = run_text(tmp_path, text, **arm_study())
+    assert result.exclusions[["source_row", "reason"]].values.tolist() == [
+        [
+            2,
+            "the patient's arm changes (feedback \u2192 tau); analysed in the first recorded "
+            "arm, 'feedback' (intention to treat)",
+        ]
+    ]
+    assert result.sessions["condition"].astype(str).tolist() == ["feedback", "feedback"]
+
+
+def order_export(dates: list[str]) -> str:
+    return HEADER.replace(",Arm", "") + "".join(
+        f"P01,T1,{s},{d},5,5,5,5\n" for s, d in enumerate(dates, start=1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("dates", "row", "reason"),
+    [
+        (
+            ["01/03/2024", "08/03/2024", "15/03/2024", "22/03/2031", "29/03/2024"],
+            5,
+            "session 4 is dated 2549 day(s) after the next session (session 5)",
+        ),
+        (
+            ["01/03/2024", "08/03/2031", "15/03/2024"],
+            3,
+            "session 2 is dated 2549 day(s) after the next session (session 3)",
+        ),
+        (
+            ["01/02/2024", "08/02/2024", "05/02/2024"],
+            4,
+            "session 3 is dated 3 day(s) before the previous session (session 2)",
+        ),
+        (
+            ["05/02/2024", "01/02/2024", "06/02/2024"],
+            3,
+            "session 2 is dated 4 day(s) before the previous session (session 1)",
+        ),
+    ],
+)
+def test_the_far_off_date_is_the_one_flagged(tmp_path, dates, row, reason):
+    result = run_text(tmp_path, order_export(dates))
+    assert result.exclusions[["source_row", "rule", "action", "reason"]].values.tolist() == [
+        [row, "session_order", "flagged", reason]
+    ]
+
+
+def test_out_of_order_prefers_the_shorter_span_only_beyond_the_kept_intervals():
+    from allianceflow.clean.rules import out_of_order
+
+    assert out_of_order(np.array([1, 8, 15, 2031, 29])).tolist() == [0, 0, 0, 1, 0]
+    assert out_of_order(np.array([1, 2031, 15])).tolist() == [0, 1, 0]
+    # spans 7 and 4 differ by 3, less than the kept interval 4: the later session is flagged
+    assert out_of_order(np.array([1, 8, 5])).tolist() == [0, 0, 1]
+    assert out_of_order(np.array([5, 1, 6])).tolist() == [0, 1, 0]
+    assert out_of_order(np.array([10, 1, 2, 3])).tolist() == [1, 0, 0, 0]
+    assert out_of_order(np.array([], dtype="int64")).tolist() == []

@@ -64,11 +64,12 @@ the patient's other rows when they name exactly one (action ``altered``) and exc
 rows it cannot fill; ``ignore`` does nothing.
 
 The analysis uses one arm per patient, by intention to treat: the arm of the patient's
-first recorded session. ``condition_change: flag`` (the default) keeps a patient whose arm
-changes and rewrites the other rows to that first arm (action ``altered``), because
-excluding such patients is a per-protocol analysis that can break the comparability of
-randomised arms (CONSORT 2010, item 16: analyse by original assigned groups);
-``exclude`` drops them and ``error`` stops.
+first recorded session (by session number, then source row), taken before any row rule,
+so it counts even when a rule excludes that session. ``condition_change: flag`` (the
+default) keeps a patient whose arm changes and rewrites the other rows to that first arm
+(action ``altered``), because excluding such patients is a per-protocol analysis that
+can break the comparability of randomised arms (CONSORT 2010, item 16: analyse by
+original assigned groups); ``exclude`` drops them and ``error`` stops.
 
 The stage is the list of named steps :data:`STEPS`, each a function of a
 :class:`~allianceflow.clean.state.CleanRun` that can be run and tested alone.

@@ -29,6 +29,7 @@ __all__ = [
     "apply_labels",
     "check_endings",
     "patient_level_values",
+    "first_arms",
 ]
 
 #: Id columns whose spellings are canonicalised (:func:`canonical_ids`).
@@ -373,12 +374,33 @@ def check_endings(run: CleanRun) -> None:
         )
 
 
+def first_arms(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each patient's first recorded arm: by session number, then source row.
+
+    Returns a frame indexed by patient with the columns ``condition``, ``_source_row``
+    (the file row the arm is recorded on) and ``_label`` (that row's label in *frame*);
+    rows with a blank arm or patient are skipped, and a row without a session number
+    comes after the numbered ones.
+    """
+    f = frame.loc[frame["patient"].notna() & frame["condition"].notna()]
+    f = f[["patient", "session", "_source_row", "condition"]].sort_values(
+        ["patient", "session", "_source_row"], kind="mergesort"
+    )
+    f = f.drop_duplicates("patient").assign(_label=f.index[~f["patient"].duplicated()])
+    return f.set_index("patient")[["condition", "_source_row", "_label"]]
+
+
 def patient_level_values(run: CleanRun) -> None:
     """One ending and follow-up time per patient (``ending_conflict``), on all its rows.
 
     Runs before any row-level rule, so an ending recorded on a row that a later rule
-    excludes still describes the patient.
+    excludes still describes the patient. For the same reason it records each patient's
+    first recorded arm (by session number, then source row) in ``run.first_arm``: the arm
+    :func:`allianceflow.clean.rules.condition_change` analyses the patient in (intention
+    to treat), even when a later rule excludes the row it is recorded on.
     """
+    if "condition" in run.frame:
+        run.first_arm = first_arms(run.frame)
     for col in PATIENT_LEVEL:
         if col not in run.frame:
             continue

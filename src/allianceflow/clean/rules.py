@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..contract import ITEM_PATTERN, item_ranges
 from ..io import _per_value
+from .prepare import first_arms
 from .state import ID_COLUMNS, OTHER_DATE_FORMATS, CleanRun
 
 __all__ = [
@@ -262,8 +263,11 @@ def out_of_order(dates: np.ndarray) -> np.ndarray:
     """Which dates of one patient's series (in session order) break the order.
 
     The kept dates are a longest non-decreasing subsequence (the fewest rows are
-    flagged); among several, the one of the earliest sessions, so one wrong date (a
-    session typed as 2031) flags that row only, not its successors.
+    flagged). Among several, the one of the earliest sessions is kept, unless another
+    spans fewer days by more than the longest interval between its own kept dates: then
+    that one is kept, so a far-off date (a session typed as 2031) is the one flagged,
+    whether it comes before or after the rows it disagrees with, while a near tie (a date
+    a few days off either way) flags the later session.
 
     Examples
     --------
@@ -271,19 +275,46 @@ def out_of_order(dates: np.ndarray) -> np.ndarray:
     [False, False, True, False, False]
     >>> out_of_order(np.array([1, 8, 5])).tolist()
     [False, False, True]
+    >>> out_of_order(np.array([1, 8, 15, 2031, 29])).tolist()
+    [False, False, False, True, False]
+    >>> out_of_order(np.array([1, 2031, 15])).tolist()
+    [False, True, False]
     """
     n = len(dates)
+    if not n:
+        return np.zeros(0, dtype=bool)
     longest = np.ones(n, dtype=int)  # longest non-decreasing run starting at i
+    end = dates.copy()  # the smallest last date of such a run starting at i
     for i in range(n - 2, -1, -1):
-        later = longest[i + 1 :][dates[i + 1 :] >= dates[i]]
+        later = np.flatnonzero(dates[i + 1 :] >= dates[i]) + i + 1
         if len(later):
-            longest[i] = 1 + later.max()
-    keep = np.zeros(n, dtype=bool)
-    need, last = int(longest.max()) if n else 0, None
-    for i in range(n):
-        if need and longest[i] == need and (last is None or dates[i] >= last):
-            keep[i], last, need = True, dates[i], need - 1
-    return ~keep
+            longest[i] = 1 + longest[later].max()
+            if longest[i] > 1:
+                end[i] = end[later[longest[later] == longest[i] - 1]].min()
+    need = int(longest.max())
+
+    def kept(start: int | None, target=None) -> np.ndarray:
+        keep, left, last = np.zeros(n, dtype=bool), need, None
+        for i in range(start or 0, n):
+            if (
+                left
+                and longest[i] == left
+                and (last is None or dates[i] >= last)
+                and (target is None or end[i] == target)
+            ):
+                keep[i], last, left = True, dates[i], left - 1
+        return keep
+
+    earliest = kept(None)
+    starts = np.flatnonzero(longest == need)
+    spans = end[starts] - dates[starts]
+    start = int(starts[np.argmin(spans)])
+    shortest = kept(start, end[start])
+    span = dates[shortest][-1] - dates[shortest][0]
+    steps = np.diff(dates[shortest])
+    if dates[earliest][-1] - dates[earliest][0] - span > (steps.max() if len(steps) else 0):
+        return ~shortest
+    return ~earliest
 
 
 def session_order(run: CleanRun) -> None:
@@ -455,12 +486,15 @@ def condition_change(run: CleanRun) -> None:
     """One arm per patient: the first recorded one (``condition_change``).
 
     The analysis is by intention to treat: every row of a patient takes the arm of the
-    patient's first recorded session (the best record of the allocation). With the
-    default ``flag``, a patient whose arm changes is kept and each row whose recorded arm
-    differs is logged with action ``altered``; ``exclude`` drops such patients (a
-    per-protocol choice that can break the comparability of randomised arms); ``error``
-    stops. A blank arm on a row of a patient with a recorded arm is filled with it and
-    logged (action ``altered``) whatever the policy.
+    patient's first recorded session (the best record of the allocation), taken by
+    :func:`allianceflow.clean.prepare.patient_level_values` before any row-level rule
+    runs, so the arm of a first session that a rule excludes (an impossible date, a
+    duplicate) still counts. With the default ``flag``, a patient whose arm changes is
+    kept and each row whose recorded arm differs is logged with action ``altered``;
+    ``exclude`` drops such patients (a per-protocol choice that can break the
+    comparability of randomised arms); ``error`` stops. A blank arm on a row of a patient
+    with a recorded arm is filled with it and logged (action ``altered``) whatever the
+    policy.
     """
     if "condition" not in run.value_cols:
         return
@@ -468,16 +502,33 @@ def condition_change(run: CleanRun) -> None:
         ["patient", "session"], kind="mergesort"
     )
     recorded = f[f["condition"].notna()]
-    if not len(recorded):
+    taken = run.first_arm if run.first_arm is not None else first_arms(run.frame)
+    now = first_arms(run.frame)
+    taken = pd.concat([taken, now.loc[now.index.difference(taken.index)]])
+    taken = taken.loc[taken.index.isin(set(f["patient"].dropna()))]
+    if not len(taken):
         return
-    first = recorded.groupby("patient")["condition"].first()
+    first = taken["condition"]
     arm = f["patient"].map(first)
-    kinds = recorded.groupby("patient")["condition"].nunique()
+    gone = taken.loc[~taken["_label"].isin(f.index), "_source_row"]
+    arms = pd.concat(
+        [
+            pd.DataFrame({"patient": first.index, "condition": first.to_numpy()}),
+            recorded[["patient", "condition"]],
+        ]
+    )
+    kinds = arms.groupby("patient")["condition"].nunique()
     switchers = kinds.index[kinds > 1]
     policy = run.policies["condition_change"]
     if len(switchers):
-        listing = recorded[recorded["patient"].isin(switchers)].groupby("patient")["condition"]
+        listing = arms[arms["patient"].isin(switchers)].groupby("patient")["condition"]
         listing = listing.agg(lambda c: " → ".join(map(str, pd.unique(c))))
+
+        def source(p) -> str:
+            if p not in gone.index:
+                return ""
+            return f"; it is recorded on row {gone[p]}, which is excluded"
+
         if policy == "flag":
             differs = f["condition"].notna() & f["condition"].ne(arm)
             idx = f.index[differs]
@@ -490,7 +541,7 @@ def condition_change(run: CleanRun) -> None:
                 pd.Series(
                     [
                         f"the patient's arm changes ({listing[p]}); analysed in the first "
-                        f"recorded arm, {a!r} (intention to treat)"
+                        f"recorded arm, {a!r} (intention to treat{source(p)})"
                         for p, a in zip(f.loc[idx, "patient"], arm[idx], strict=True)
                     ],
                     index=idx,
@@ -506,7 +557,7 @@ def condition_change(run: CleanRun) -> None:
                 target,
                 column="condition",
                 reason=f.loc[target, "patient"].map(
-                    lambda p: f"the patient's arm changes ({listing[p]})"
+                    lambda p: f"the patient's arm changes ({listing[p]}{source(p)})"
                 ),
                 fix=(
                     "Record the arm the patient was allocated to on every row, or set the rule "

@@ -230,6 +230,8 @@ class CleanRun:
         self.ranges: dict[str, tuple[float, float]] = {}
         self.records: list[pd.DataFrame] = []
         self.patient_rule: dict[Any, str] = {}
+        #: Each patient's first recorded arm and its source row, taken before any row rule.
+        self.first_arm: pd.DataFrame | None = None
         self.result: CleanResult | None = None
 
     # ------------------------------------------------------------------ small helpers
