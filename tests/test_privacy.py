@@ -132,3 +132,28 @@ def test_one_name_in_a_mapped_id_column_is_refused(name):
     )
     check_privacy(frame, source="s.csv", mapped={"Clin": "therapist"}, hash_ids=True)
     assert find_identifiers(frame) == []  # unmapped, one name among codes is not enough
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["JANE SMITH", "T02", "T03"],
+        ["jane smith", "T02", "T03"],
+        ["J Smith", "T02", "T03"],
+        ["Smith, Jane", "T02", "T03"],
+        ["Jane S.", "T02", "T03"],
+        ["Anna", "Peter", "Maria", "T04"],  # first names alone
+    ],
+)
+def test_names_in_an_id_column_are_caught_in_any_case(ids):
+    frame = pd.DataFrame(
+        {"_source_row": range(2, 2 + len(ids)), "Clin": ids, "ORS_1": ["5"] * len(ids)}
+    )
+    found = find_identifiers(frame, id_columns=["Clin"])
+    assert [(f.column, f.kind, f.row) for f in found] == [("Clin", "names", 2)]
+
+
+@pytest.mark.parametrize("ids", [["T01", "T02", "T03"], ["K01", "K12"], ["C-001", "C-002"]])
+def test_coded_ids_are_not_names(ids):
+    frame = pd.DataFrame({"_source_row": range(2, 2 + len(ids)), "Clin": ids})
+    assert find_identifiers(frame, id_columns=["Clin"]) == []

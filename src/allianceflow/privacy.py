@@ -233,6 +233,25 @@ def _is_name(value: str) -> bool:
     )
 
 
+_LETTERS = re.compile(r"^[^\W\d_]+(?:['’.-][^\W\d_]*)*\.?$")
+
+
+def _is_name_in_id(value: str) -> bool:
+    """Whether an id reads as a name in any case: "JANE SMITH", "J Smith", "Smith, Jane".
+
+    In a patient or therapist column an id is a code; two to four words made only of
+    letters (an initial may end in a period) are a person's name, whatever their case.
+    """
+    words = value.replace(",", " ").split()
+    return 2 <= len(words) <= 4 and all(_LETTERS.match(w) for w in words)
+
+
+def _first_names(unique: pd.Series) -> bool:
+    """Whether most ids are single words of three or more letters ("Anna", "PETER")."""
+    single = unique.map(lambda v: bool(_LETTERS.match(v)) and len(v) >= 3).astype(bool)
+    return int(single.sum()) >= 3 and float(single.mean()) >= 0.5
+
+
 def _is_number(value: str) -> bool:
     try:
         float(value.replace(",", "."))
@@ -305,6 +324,10 @@ def _by_content(
     if long_text.any() and text.isin(set(unique[long_text])).mean() >= _FREE_TEXT_SHARE:
         return "free-text notes", first_row(long_text)
     names = unique.map(_is_name).astype(bool)
+    if is_id_column:
+        names = names | unique.map(_is_name_in_id).astype(bool)
+        if _first_names(unique):
+            names = names | unique.map(lambda v: bool(_LETTERS.match(v))).astype(bool)
     numeric = unique.map(_is_number).astype(bool)
     if (
         names.sum() >= _MIN_NAMES
