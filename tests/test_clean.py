@@ -142,8 +142,8 @@ ERRORS = {
     "national_id_in_item.csv": (
         "national_id_in_item.csv: column 'ORS_3' looks like it holds national id numbers (by its "
         "content; first at row 5). The input must be de-identified before the pipeline reads it. "
-        "The column is mapped to 'ors_3': correct the value in the file, or, if the column is "
-        "free of identifiers, add it to `privacy.privacy_exempt`."
+        "The column is mapped to 'ors_3': correct the value in the file; if the column is free "
+        "of identifiers, add it to `studies.t.privacy.privacy_exempt` in config.yaml."
     ),
     "negative_session.csv": (
         "negative_session.csv, row 6, column 'SessionNo': session number -2 is not a whole "
@@ -253,6 +253,11 @@ ERRORS = {
         "header, with 2 title row(s) above it. Set `read.skip_rows: 2` for this study in "
         "config.yaml, "
         "or delete the title rows in the file."
+    ),
+    "title_rows_short.csv": (
+        "title_rows_short.csv, row 1: the first row has 1 of the file's 8 columns, and row 3 "
+        "looks like the header, with 2 title row(s) above it. Set `read.skip_rows: 2` for this "
+        "study in config.yaml, or delete the title rows in the file."
     ),
 }
 
@@ -1113,6 +1118,37 @@ def test_messy_exports_reconcile_and_count_true_patients(patients, blanks, dupli
     kept = result.sessions
     assert kept.groupby("patient")["condition"].nunique().le(1).all()
     assert kept["therapist"].notna().all()
+
+
+def test_declared_labels_codes_and_terms_are_not_taken_for_identifiers():
+    # Arm labels ("Usual Care"), a declared missing code ("Not Applicable") in an item, and a
+    # term code of Dutch-postcode shape ("2024SP") pass the guard; the code counts as missing.
+    result = run(
+        "declared_labels.csv",
+        columns={**make_study()["columns"], "Arm": "condition"},
+        missing_codes=[-9, 99, "NA", "Not Applicable"],
+        drop_columns=[],
+        privacy_exempt=[],
+    )
+    assert result.flow["patients"]["kept"] == 3
+    assert sorted(result.sessions["condition"].unique()) == [
+        "Feedback Group",
+        "Usual Care",
+        "Waiting List",
+    ]
+    assert result.flow["values"]["missing_by_column"]["ors_2"]["read_coded"] == 1
+
+
+def test_undeclared_missing_code_in_an_item_is_still_read_as_content():
+    with pytest.raises(DataError) as caught:
+        run("declared_labels.csv", columns={**make_study()["columns"], "Arm": "condition"})
+    assert str(caught.value) == (
+        "declared_labels.csv: column 'ORS_2' looks like it holds names (by its content; first at "
+        "row 3). The input must be de-identified before the pipeline reads it. The column is "
+        "mapped to 'ors_2': correct the value in the file; if it is a missing-value code (such "
+        "as 'Not Applicable'), list it under `studies.t.read.missing_codes`; if the column is "
+        "free of identifiers, add it to `studies.t.privacy.privacy_exempt` in config.yaml."
+    )
 
 
 def test_blank_item_cells_are_counted_in_the_flow():

@@ -142,9 +142,15 @@ def _check_header(
 ) -> list[str]:
     clean = [str(n).replace("\ufeff", "").strip() for n in names]
     titles = _title_rows(top) if top else 0
-    if titles and any(n == "" for n in clean):
+    width = max((len(r) for r in top), default=0) if top else 0
+    if titles and (any(n == "" for n in clean) or len(clean) < width):
+        what = (
+            "the header has blank column names"
+            if any(n == "" for n in clean)
+            else f"the first row has {len(clean)} of the file's {width} columns"
+        )
         raise DataError(
-            f"{source}, row {row}: the header has blank column names, and row {row + titles} "
+            f"{source}, row {row}: {what}, and row {row + titles} "
             f"looks like the header, with {titles} title row(s) above it. Set `read.skip_rows: "
             f"{titles}` for this study in config.yaml, or delete the title rows in the file."
         )

@@ -70,9 +70,25 @@ def privacy_guard(run: CleanRun) -> None:
         hash_ids=run.hash_ids,
         key=f"{run.key}.privacy.drop_columns",
         config=run.config,
+        declared=_declared_values(run, raw_map),
     )
     run.raw_map = raw_map
     run.salt = get_salt(run.env) if run.hash_ids else None
+
+
+def _declared_values(run: CleanRun, raw_map: dict[str, str]) -> dict[str, set[str]]:
+    """Raw values the config declares, which the privacy guard does not read as content.
+
+    The study's missing codes ("Not Applicable") in every column, and in each mapped column
+    the raw values that ``read.labels`` relabels ("Usual Care" → usual_care).
+    """
+    labels = run.study.get("labels", {}) or {}
+    declared: dict[str, set[str]] = {"*": set(run.codes)}
+    for raw_column, canonical in raw_map.items():
+        relabelled = labels.get(canonical) or {}
+        if relabelled:
+            declared[raw_column] = {str(value) for value in relabelled}
+    return declared
 
 
 def reshape(run: CleanRun) -> None:
