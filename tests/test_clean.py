@@ -254,6 +254,11 @@ ERRORS = {
         "config.yaml, "
         "or delete the title rows in the file."
     ),
+    "repeated_header.csv": (
+        "repeated_header.csv, row 5: the row repeats the header (rows 5, 9); the export was "
+        "probably made by appending files. Delete the repeated header rows in a copy of the "
+        "file, or export the data again as one table."
+    ),
     "title_rows_short.csv": (
         "title_rows_short.csv, row 1: the first row has 1 of the file's 8 columns, and row 3 "
         "looks like the header, with 2 title row(s) above it. Set `read.skip_rows: 2` for this "

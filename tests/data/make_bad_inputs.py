@@ -145,6 +145,7 @@ def csv_files() -> dict[str, bytes]:
             "Session export,,,,,,,\nPrinted by the ROM system,,,,,,,\n" + good
         ).encode(),
         "title_rows_short.csv": ("Session export\nPrinted by the ROM system\n" + good).encode(),
+        "repeated_header.csv": text(rows=[*ROWS[:3], HEADER, *ROWS[3:], HEADER]).encode(),
         # not identifiers: arm labels, a declared missing code in an item, a term code
         "declared_labels.csv": text(
             [*HEADER, "Arm", "Term"],
