@@ -146,6 +146,9 @@ def csv_files() -> dict[str, bytes]:
         ).encode(),
         "title_rows_short.csv": ("Session export\nPrinted by the ROM system\n" + good).encode(),
         "repeated_header.csv": text(rows=[*ROWS[:3], HEADER, *ROWS[3:], HEADER]).encode(),
+        "arm_spellings.csv": with_column(
+            "Arm", ["Feedback", "feedback", "FEEDBACK ", "TAU", "tau", "Feedback"]
+        ).encode(),
         # not identifiers: arm labels, a declared missing code in an item, a term code
         "declared_labels.csv": text(
             [*HEADER, "Arm", "Term"],

@@ -351,8 +351,79 @@ def parse_values(run: CleanRun) -> None:
     run.frame = frame
 
 
+#: Category columns whose label spellings are merged (``label_variant``); endings are
+#: case-folded by :func:`check_endings`.
+LABEL_LIKE = ("condition", "informant", "rupture")
+
+
+def label_key(value: str) -> str:
+    """Return the key under which spellings of one category label are merged.
+
+    Compatibility normal form (NFKC), case folding and runs of spaces as one space.
+
+    Examples
+    --------
+    >>> [label_key(v) for v in ["Feedback", "FEEDBACK", "usual  care", "Usual Care"]]
+    ['feedback', 'feedback', 'usual care', 'usual care']
+    """
+    return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
+
+
+def _label_variants(run: CleanRun) -> None:
+    """Merge spellings of one label in a category column (``label_variant``).
+
+    Without this, "Feedback" and "feedback" would be two arms of the trial. Each rewritten
+    row is logged as altered; with the policy ``error`` the first one stops the stage.
+    """
+    frame = run.frame
+    for col in [c for c in LABEL_LIKE if c in frame]:
+        present = frame[col].notna()
+        if not present.any():
+            continue
+        values = frame.loc[present, col].astype(str)
+        keyed = _per_value(values, lambda s: s.map(label_key))
+        spellings = pd.DataFrame({"key": keyed, "value": values})
+        counts = spellings.groupby(["key", "value"], sort=False).size().reset_index(name="n")
+        variant = counts.groupby("key")["value"].transform("size").gt(1)
+        if not variant.any():
+            continue
+        # A spelling the study maps under `read.labels` wins, then the most frequent one.
+        declared = set((run.study.get("labels") or {}).get(col) or {})
+        counts = counts[variant]
+        counts = counts.assign(declared=counts["value"].isin(declared))
+        counts = counts.sort_values(["declared", "n"], ascending=False, kind="mergesort")
+        canonical = counts.drop_duplicates("key").set_index("key")["value"]
+        target = spellings["key"].map(canonical)
+        changed = target.notna() & spellings["value"].ne(target)
+        idx = spellings.index[changed]
+        old, new = spellings.loc[idx, "value"], target.loc[idx]
+        reason = pd.Series(
+            [
+                f"{col} label {o!r} is a spelling of {n!r} (case, spaces or Unicode form)"
+                for o, n in zip(old, new, strict=True)
+            ],
+            index=idx,
+        )
+        mask = pd.Series(False, index=frame.index)
+        mask.loc[idx] = True
+        if run.policies["label_variant"] == "merge":
+            frame.loc[idx, col] = new.to_numpy()
+            run.record(frame.loc[idx], "label_variant", "altered", col, reason)
+        else:
+            run.apply(
+                "label_variant",
+                mask,
+                column=col,
+                reason=reason,
+                fix=f"Write every {col} label the same way in the file, or map each spelling "
+                f"under `{run.key}.read.labels.{col}` in {run.config}.",
+            )
+    run.frame = frame
+
+
 def apply_labels(run: CleanRun) -> None:
-    """Replace raw labels by canonical ones (the study's ``labels``, per column)."""
+    """Merge spellings of one label (``label_variant``), then apply the study's ``labels``."""
+    _label_variants(run)
     frame = run.frame
     for col, mapping in (run.study.get("labels") or {}).items():
         if col in frame:

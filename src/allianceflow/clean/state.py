@@ -70,6 +70,7 @@ Policy = Literal["error", "exclude", "flag", "missing", "merge", "fill", "ignore
 RULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "id_variant": ("merge", ("error", "merge", "exclude")),
     "missing_id": ("exclude", ("error", "exclude")),
+    "label_variant": ("merge", ("error", "merge")),
     "not_a_number": ("error", ("error", "exclude", "missing")),
     "ending_invalid": ("error", ("error", "missing")),
     "ending_conflict": ("error", ("error", "exclude")),
