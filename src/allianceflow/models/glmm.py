@@ -112,10 +112,10 @@ class _Family:
             mu = np.exp(eta)
             return y * eta - mu + self.const, y - mu, mu
         if self.link == "logit":
-            log_p = -np.logaddexp(0.0, -eta)
-            log_q = -np.logaddexp(0.0, eta)
-            mu = special.expit(eta)
-            return y * log_p + (n - y) * log_q + self.const, y - n * mu, n * mu * (1.0 - mu)
+            # log p = η - softplus(η), log(1 - p) = -softplus(η)
+            softplus = np.maximum(eta, 0.0) + np.log1p(np.exp(-np.abs(eta)))
+            mu = np.exp(eta - softplus)
+            return y * eta - n * softplus + self.const, y - n * mu, n * mu * (1.0 - mu)
         log_p, log_q = special.log_ndtr(eta), special.log_ndtr(-eta)
         dens = np.exp(-0.5 * eta * eta - 0.5 * _LOG2PI)
         # φ/Φ and φ/(1-Φ) from logs, stable in both tails
@@ -247,6 +247,7 @@ class _Problem:
         self.u = [np.zeros((bk.m, bk.q)) for bk in self.blocks]
         self.beta = np.zeros(self.p)
         self.n_evals = 0
+        self.step_tol = 1e-10 if family.link == "probit" else 1e-6
 
     # ------------------------------------------------------------------ pieces
     def lam(self, theta: np.ndarray, k: int) -> np.ndarray:
@@ -392,10 +393,11 @@ class _Problem:
                 continue
             u, beta = u_new, b_new
             pdev, eta, ll, s, w, sqr = cand
-            # a full step that small leaves u within ~1e-10 of the mode: enough for the
-            # log-determinant too (Fisher scoring converges only linearly for probit)
+            # a full step that small leaves u within ~1e-10 of the mode, enough for the
+            # log-determinant too: Newton's method (canonical links) converges
+            # quadratically, Fisher scoring (probit) only linearly
             step_size = max(float(np.max(np.abs(d))) if d.size else 0.0 for d in delta)
-            if t == 1.0 and (step_size < 1e-10 or decrement < tol):
+            if t == 1.0 and (step_size < self.step_tol or decrement < tol):
                 ok = True
                 break
         # the factor at the final weights (the step taken last is below tolerance)
