@@ -16,9 +16,16 @@ With :math:`b = \Lambda_\theta u`, :math:`u \sim N(0, I)` and linear predictor
 least squares (PIRLS; Bates et al. 2015, sec. 5 of the lme4 vignette on GLMMs): Fisher
 scoring steps :math:`(\Lambda^\top Z^\top W Z \Lambda + I)\,\delta = \Lambda^\top Z^\top s
 - u` (:math:`s_i = \partial \log p(y_i)/\partial\eta_i`, :math:`W` the GLM working weights
-:math:`w_i\,\mu_i'^2/V(\mu_i)`) with step halving, iterated to a decrement below
-:math:`10^{-11}`. With :math:`L_\theta L_\theta^\top = \Lambda^\top Z^\top W Z \Lambda + I`
-at :math:`\hat u`, the Laplace deviance is
+:math:`w_i\,\mu_i'^2/V(\mu_i)`) with step halving, iterated until a full step moves no
+element of :math:`u` by more than :math:`10^{-6}` (logit, log: Newton's method, quadratic
+convergence) or :math:`10^{-10}` (probit: Fisher scoring, linear convergence), so that
+:math:`u` is at the mode to about :math:`10^{-10}`. (glmer stops on the relative change of
+the penalised deviance and factors :math:`L_\theta` at the weights before its last step;
+its deviance then carries errors of up to :math:`10^{-6}` that show in its
+finite-difference Hessian, see ``tests/test_glmer.py``.)
+
+With :math:`L_\theta L_\theta^\top = \Lambda^\top Z^\top W Z \Lambda + I` at
+:math:`\hat u`, the Laplace deviance is
 
 .. math::
 
@@ -622,7 +629,7 @@ def _check_response_varies(rows: pd.DataFrame, spec: FormulaSpec, family: str) -
             return
         if family == "poisson" and (y > 0).any():
             return
-        what = f"the single value {y.iloc[0]!r}"
+        what = f"the single value {y.iloc[0]:g}"
     raise ModelError(
         f"`formula` {spec.formula!r}: the response has {what} in all {len(rows)} complete "
         f"rows, so a {family} model cannot be estimated (its intercept would be infinite). "
