@@ -297,3 +297,26 @@ def test_cbind_needs_binomial_and_two_columns():
     with pytest.raises(ValueError, match="write a binomial response as"):
         parse_formula("cbind(y) ~ x + (1 | g)")
     assert parse_formula("cbind(s, f) ~ x + (1 | g)").cbind == ("s", "f")
+
+
+def test_singular_fit_is_flagged_and_its_ses_are_the_glms():
+    """Without a therapist effect the variance goes to 0; the SEs are then those of the GLM."""
+    rng = np.random.default_rng(3)
+    d = pd.DataFrame(
+        {"therapist": np.repeat([f"T{i}" for i in range(20)], 30), "x": rng.normal(size=600)}
+    )
+    d["y"] = rng.binomial(1, special.expit(0.2 + 0.5 * d["x"]))
+    res = fit_model(d, "y ~ x + (1 | therapist)", family="binomial")
+    rec = res.to_dict()
+    assert rec["random"][0]["variance"] == 0.0 and rec["random"][0]["boundary"]
+    assert rec["convergence"]["boundary"] == ["(Intercept) | therapist"]
+    # logistic regression by IRLS, written out: its SEs are sqrt(diag((X'WX)^-1))
+    X = np.column_stack([np.ones(600), d["x"]])
+    beta = np.zeros(2)
+    for _ in range(30):
+        mu = special.expit(X @ beta)
+        beta = beta + np.linalg.solve(X.T @ (X * (mu * (1 - mu))[:, None]), X.T @ (d["y"] - mu))
+    mu = special.expit(X @ beta)
+    se = np.sqrt(np.diag(np.linalg.inv(X.T @ (X * (mu * (1 - mu))[:, None]))))
+    assert [f["estimate"] for f in rec["fixed"]] == pytest.approx(beta, abs=1e-6)
+    assert [f["se"] for f in rec["fixed"]] == pytest.approx(se, rel=1e-4)

@@ -1136,7 +1136,16 @@ def fit_model_glmm(
     -----
     The likelihood, PIRLS and the two optimisation stages are described in
     :mod:`allianceflow.models.glmm`. ``loglik`` includes the constants, as glmer's
-    ``logLik``; AIC and BIC count the fixed effects and covariance parameters.
+    ``logLik``; AIC and BIC count the fixed effects and covariance parameters. With
+    ``nAGQ > 1`` the constants are kept too, so that log-likelihoods at different nAGQ
+    can be compared; glmer's quadrature deviance sums deviance residuals instead, so its
+    ``logLik`` for nAGQ > 1 leaves out the saturated model's log-likelihood (nothing for
+    0/1 data; on lme4's ``cbpp`` with nAGQ = 5 glmer reports -50.01, which is our -91.98
+    less the saturated log-likelihood).
+
+    *Singular fits.* A variance at the zero bound is held there: the Hessian is taken over
+    the other parameters (glmer's finite-difference Hessian breaks down at the bound and it
+    falls back to the β-only covariance, which at θ = 0 is the same matrix).
 
     *Standard errors* are glmer's default: from the finite-difference Hessian of the
     deviance in (θ, β) jointly (:math:`V = 2H^{-1}`, the β block), which accounts for the
