@@ -258,6 +258,7 @@ def _small():
         ({"family": "binomial", "nAGQ": 26}, ValueError, "`nAGQ` must be a whole number"),
         ({"family": "binomial", "vcov": "sandwich"}, ValueError, "`vcov` must be 'hessian'"),
         ({"link": "logit"}, ValueError, "apply to family='binomial' or 'poisson'"),
+        ({"family": "poisson", "ddf": "satterthwaite"}, ValueError, "`ddf` applies to linear"),
     ],
 )
 def test_option_validation(kwargs, error, match):
