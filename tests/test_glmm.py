@@ -36,7 +36,7 @@ def _nested_counts(seed=5):
 def _problem(d, formula, family, link):
     spec = parse_formula(formula)
     rows, _ = model_rows(d, spec)
-    levels, codes, X, _names, y, trials, Z = glmm._prepare(rows, spec, family)
+    levels, codes, X, _names, y, trials, Z, _design = glmm._prepare(rows, spec, family)
     return glmm._Problem(levels, codes, Z, X, glmm._Family(family, link, y, trials)), rows
 
 

@@ -532,6 +532,8 @@ class GLMMFit:
     converged, optimizer, n_evaluations, max_abs_gradient, newton_decrement,
     hessian_positive_definite, boundary, warnings
         The convergence record.
+    design : DataFrame
+        The fixed-effects design (one column per term, the rows as given).
     """
 
     formula: str
@@ -562,6 +564,7 @@ class GLMMFit:
     hessian_positive_definite: bool
     boundary: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    design: pd.DataFrame | None = None
 
     @property
     def bse(self) -> np.ndarray:
@@ -684,7 +687,8 @@ def _prepare(rows: pd.DataFrame, spec: FormulaSpec, family: str):
     for lev in levels:
         for eff in lev.effects:
             Z_cols.append(np.ones(len(rows)) if eff == INTERCEPT else rows[eff].to_numpy(float))
-    return levels, codes, Xv, fixed_names, y, trials, Z_cols
+    design = pd.DataFrame(Xv, columns=fixed_names)
+    return levels, codes, Xv, fixed_names, y, trials, Z_cols, design
 
 
 def fit_glmm(
@@ -756,7 +760,7 @@ def fit_glmm(
         raise ValueError(f"`nAGQ` must be a whole number from 1 to 25; got {n_agq!r}.")
     if vcov not in ("hessian", "beta_only"):
         raise ValueError(f"`vcov` must be 'hessian' or 'beta_only'; got {vcov!r}.")
-    levels, codes, X, fixed_names, y, trials, Z_cols = _prepare(rows, spec, family)
+    levels, codes, X, fixed_names, y, trials, Z_cols, design = _prepare(rows, spec, family)
     if n_agq > 1 and (len(levels) != 1 or levels[0].q != 1):
         raise ModelError(
             f"`formula` {spec.formula!r}: adaptive Gauss–Hermite quadrature (nAGQ = {n_agq}) "
@@ -944,6 +948,7 @@ def fit_glmm(
         hessian_positive_definite=bool(opt.hessian_positive_definite),
         boundary=boundary,
         warnings=warn,
+        design=design,
     )
 
 
@@ -981,8 +986,6 @@ def fit_backend(
     variance as ``sigma2``, so that ICC and R² are on the latent scale) and the GLMM's own
     record keys (family, link, nAGQ, ratios, ...).
     """
-    import patsy
-
     fit = fit_glmm(
         rows,
         spec,
@@ -992,9 +995,7 @@ def fit_backend(
         vcov=vcov,
         boundary_tol=boundary_tol,
     )
-    design = patsy.dmatrix(spec.fixed, rows, return_type="dataframe")
-    exog = design.reset_index(drop=True)
-    exog.columns = list(fit.fixed_names)
+    exog = fit.design
     order = [t.label for t in spec.random]
     random, covs = [], []
     for group in dict.fromkeys(order):
