@@ -158,6 +158,7 @@ def test_record_keys_ratios_and_latent_icc(binary_fit):
     text = binary_fit.summary()
     assert "Generalised linear mixed model 'model' (binomial, logit link)" in text
     assert "Odds ratios (exp of estimate and 95% CI):" in text
+    assert "Residual: the latent-scale variance behind ICC and R2 (pi^2/3, logistic)" in text
 
 
 def test_beta_only_standard_errors_are_an_option(binary_fit):
@@ -321,3 +322,10 @@ def test_singular_fit_is_flagged_and_its_ses_are_the_glms():
     se = np.sqrt(np.diag(np.linalg.inv(X.T @ (X * (mu * (1 - mu))[:, None]))))
     assert [f["estimate"] for f in rec["fixed"]] == pytest.approx(beta, abs=1e-6)
     assert [f["se"] for f in rec["fixed"]] == pytest.approx(se, rel=1e-4)
+
+
+def test_complete_separation_is_a_model_error():
+    d = _small()
+    d["y"] = (d["x"] > 0).astype(int)
+    with pytest.raises(ModelError, match="This is complete or quasi-complete separation"):
+        fit_model(d, "y ~ x + (1 | therapist)", family="binomial")

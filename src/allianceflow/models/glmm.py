@@ -767,189 +767,205 @@ def fit_glmm(
             "needs a single scalar random effect (one grouping factor with a random intercept "
             "only), as in glmer; fit this model with nAGQ = 1 (the Laplace approximation)."
         )
-    fam = _Family(family, link, y, trials)
-    prob = _Problem(levels, codes, Z_cols, X, fam)
-    prob.beta = _glm_start(X, fam)
-    s_theta = prob.theta_scale()
-    s_beta = np.sqrt(np.mean(X**2, axis=0))
-    s_beta = np.where(s_beta > 0, s_beta, 1.0)
-    nt = prob.n_theta
 
-    # stage 1: θ on the deviance with u and β updated jointly (glmer's nAGQ = 0)
-    memo0: dict[bytes, float] = {}
+    def run() -> GLMMFit:
+        fam = _Family(family, link, y, trials)
+        prob = _Problem(levels, codes, Z_cols, X, fam)
+        prob.beta = _glm_start(X, fam)
+        s_theta = prob.theta_scale()
+        s_beta = np.sqrt(np.mean(X**2, axis=0))
+        s_beta = np.where(s_beta > 0, s_beta, 1.0)
+        nt = prob.n_theta
 
-    def f0(phi):
-        key = np.asarray(phi, dtype=float).tobytes()
-        if key not in memo0:
-            memo0[key] = prob.deviance0(phi / s_theta)
-        return memo0[key]
+        # stage 1: θ on the deviance with u and β updated jointly (glmer's nAGQ = 0)
+        memo0: dict[bytes, float] = {}
 
-    opt0 = minimize_bounded(
-        f0,
-        prob.theta0(),
-        prob.lower,
-        unscale=s_theta,
-        boundary_tol=boundary_tol,
-        tol=1e-4,
-        maxiter=maxiter,
-        theta_slices=prob.theta_slices,
-        rounds=2,
-    )
-    theta1 = opt0.x / s_theta
-    sol0 = prob.pirls(theta1, None, joint=True)
-    beta1 = sol0["beta"]
+        def f0(phi):
+            key = np.asarray(phi, dtype=float).tobytes()
+            if key not in memo0:
+                memo0[key] = prob.deviance0(phi / s_theta)
+            return memo0[key]
 
-    # stage 2: (θ, β) jointly on the Laplace / quadrature deviance
-    scale = np.concatenate([s_theta, s_beta])
-    lower = np.concatenate([prob.lower, np.full(len(beta1), -np.inf)])
-    memo: dict[bytes, float] = {}
-
-    def f(x):
-        key = np.asarray(x, dtype=float).tobytes()
-        if key not in memo:
-            par = x / scale
-            memo[key] = prob.deviance(par[:nt], par[nt:], n_agq)
-        return memo[key]
-
-    x0 = np.concatenate([theta1 * s_theta, beta1 * s_beta])
-    opt = minimize_bounded(
-        f,
-        x0,
-        lower,
-        unscale=scale,
-        boundary_tol=boundary_tol,
-        tol=tol,
-        maxiter=maxiter,
-        theta_slices=prob.theta_slices,
-    )
-    x = opt.x
-    par = x / scale
-    theta, beta = par[:nt], par[nt:]
-    dev = f(x)
-    warn: list[str] = []
-    on_bound = opt.on_bound
-    g_full = opt.gradient
-    max_grad = float(np.max(np.abs((g_full * scale)[~on_bound]))) if (~on_bound).any() else 0.0
-    converged = bool(
-        opt.hessian_positive_definite
-        and math.isfinite(opt.decrement)
-        and opt.decrement < tol
-        and opt.kkt_ok
-        and math.isfinite(dev)
-    )
-    if not opt.hessian_positive_definite:
-        warn.append(
-            "the deviance is not curved at the solution (finite-difference Hessian of the free "
-            "parameters not positive definite): the optimum is not unique."
+        opt0 = minimize_bounded(
+            f0,
+            prob.theta0(),
+            prob.lower,
+            unscale=s_theta,
+            boundary_tol=boundary_tol,
+            tol=1e-4,
+            maxiter=maxiter,
+            theta_slices=prob.theta_slices,
+            rounds=2,
         )
-    if not converged:
-        warn.append(
-            f"convergence check failed (Newton decrement {opt.decrement:.3g}, tolerance "
-            f"{tol:g}; KKT at the boundary {'ok' if opt.kkt_ok else 'violated'}); do not "
-            "report these estimates."
-        )
+        theta1 = opt0.x / s_theta
+        sol0 = prob.pirls(theta1, None, joint=True)
+        beta1 = sol0["beta"]
 
-    # covariance of β
-    cov_beta_only = prob.beta_only_cov(theta, beta)
-    free = ~on_bound
-    cov_hess = None
-    H = fd_hessian(f, x, free)
-    pd_ok, _ = newton_decrement(np.zeros(H.shape[0]), H)
-    if pd_ok:
-        inv = np.linalg.inv(H)
-        idx_beta = np.flatnonzero(free)
-        beta_pos = [i for i, j in enumerate(idx_beta) if j >= nt]
-        Vs = inv[np.ix_(beta_pos, beta_pos)]
-        Vs = Vs + Vs.T  # 2 H^-1, symmetrised (lme4's calc.vcov.hess)
-        cov_hess = Vs / np.outer(s_beta, s_beta)
-        if np.linalg.eigvalsh(cov_hess).min() <= 0:
-            cov_hess = None
-    if vcov == "hessian" and cov_hess is None:
-        warn.append(
-            "the covariance of the fixed effects from the finite-difference Hessian of the "
-            "deviance is not positive definite; the covariance conditional on the variance "
-            "parameters (vcov='beta_only') is reported instead, as glmer does."
-        )
-    use = "hessian" if (vcov == "hessian" and cov_hess is not None) else "beta_only"
-    cov_fe = cov_hess if use == "hessian" else cov_beta_only
+        # stage 2: (θ, β) jointly on the Laplace / quadrature deviance
+        scale = np.concatenate([s_theta, s_beta])
+        lower = np.concatenate([prob.lower, np.full(len(beta1), -np.inf)])
+        memo: dict[bytes, float] = {}
 
-    # random effects, boundary, conditional modes at the optimum
-    sol = prob.pirls(theta, beta, joint=False)
-    n = prob.n
-    cov_re: dict[str, pd.DataFrame] = {}
-    boundary: list[str] = []
-    level_variance: dict[str, float] = {}
-    ranef: dict[str, pd.DataFrame] = {}
-    blocks, chol, _G = sol["factor"]
-    K = len(prob.blocks)
-    for k, lev in enumerate(levels):
-        Lam = prob.lam(theta, k)
-        cov = Lam @ Lam.T
-        cov_re[lev.label] = pd.DataFrame(cov, index=list(lev.effects), columns=list(lev.effects))
-        for j, eff in enumerate(lev.effects):
-            if abs(Lam[j, j]) < boundary_tol:
-                boundary.append(f"{eff} | {lev.label}")
-        if lev.q > 1 and not any(abs(Lam[j, j]) < boundary_tol for j in range(lev.q)):
-            ev = np.linalg.eigvalsh(cov)
-            if (
-                ev.min() < boundary_tol**2 * max(ev.max(), 1e-300)
-                and lev.pattern[np.tril_indices(lev.q, -1)].any()
-            ):
-                boundary.append(f"correlation | {lev.label}")
-        Zl = prob.blocks[k].Z
-        level_variance[lev.label] = float(np.mean(np.sum((Zl @ cov) * Zl, axis=1)))
-        _, lab = factor_codes(rows, lev.factor)
-        frame = lab.reset_index(drop=True)
-        b = sol["u"][k] @ Lam.T
-        for j, eff in enumerate(lev.effects):
-            frame[eff] = b[:, j]
-        if k == K - 1 and chol is not None:
-            # outermost level: its block of (Λ'Z'WZΛ + I)^-1 is (L_K L_K')^-1 exactly
-            Linv = _tri_solve(chol[k], np.broadcast_to(np.eye(lev.q), chol[k].shape).copy())
-            cvar = np.einsum("ij,mkj,mkl,il->mi", Lam, Linv, Linv, Lam)
+        def f(x):
+            key = np.asarray(x, dtype=float).tobytes()
+            if key not in memo:
+                par = x / scale
+                memo[key] = prob.deviance(par[:nt], par[nt:], n_agq)
+            return memo[key]
+
+        x0 = np.concatenate([theta1 * s_theta, beta1 * s_beta])
+        opt = minimize_bounded(
+            f,
+            x0,
+            lower,
+            unscale=scale,
+            boundary_tol=boundary_tol,
+            tol=tol,
+            maxiter=maxiter,
+            theta_slices=prob.theta_slices,
+        )
+        x = opt.x
+        par = x / scale
+        theta, beta = par[:nt], par[nt:]
+        dev = f(x)
+        warn: list[str] = []
+        on_bound = opt.on_bound
+        g_full = opt.gradient
+        max_grad = float(np.max(np.abs((g_full * scale)[~on_bound]))) if (~on_bound).any() else 0.0
+        converged = bool(
+            opt.hessian_positive_definite
+            and math.isfinite(opt.decrement)
+            and opt.decrement < tol
+            and opt.kkt_ok
+            and math.isfinite(dev)
+        )
+        if not opt.hessian_positive_definite:
+            warn.append(
+                "the deviance is not curved at the solution (finite-difference Hessian of the free "
+                "parameters not positive definite): the optimum is not unique."
+            )
+        if not converged:
+            warn.append(
+                f"convergence check failed (Newton decrement {opt.decrement:.3g}, tolerance "
+                f"{tol:g}; KKT at the boundary {'ok' if opt.kkt_ok else 'violated'}); do not "
+                "report these estimates."
+            )
+
+        # covariance of β
+        cov_beta_only = prob.beta_only_cov(theta, beta)
+        free = ~on_bound
+        cov_hess = None
+        H = fd_hessian(f, x, free)
+        pd_ok, _ = newton_decrement(np.zeros(H.shape[0]), H)
+        if pd_ok:
+            inv = np.linalg.inv(H)
+            idx_beta = np.flatnonzero(free)
+            beta_pos = [i for i, j in enumerate(idx_beta) if j >= nt]
+            Vs = inv[np.ix_(beta_pos, beta_pos)]
+            Vs = Vs + Vs.T  # 2 H^-1, symmetrised (lme4's calc.vcov.hess)
+            cov_hess = Vs / np.outer(s_beta, s_beta)
+            if np.linalg.eigvalsh(cov_hess).min() <= 0:
+                cov_hess = None
+        if vcov == "hessian" and cov_hess is None:
+            warn.append(
+                "the covariance of the fixed effects from the finite-difference Hessian of the "
+                "deviance is not positive definite; the covariance conditional on the variance "
+                "parameters (vcov='beta_only') is reported instead, as glmer does."
+            )
+        use = "hessian" if (vcov == "hessian" and cov_hess is not None) else "beta_only"
+        cov_fe = cov_hess if use == "hessian" else cov_beta_only
+
+        # random effects, boundary, conditional modes at the optimum
+        sol = prob.pirls(theta, beta, joint=False)
+        n = prob.n
+        cov_re: dict[str, pd.DataFrame] = {}
+        boundary: list[str] = []
+        level_variance: dict[str, float] = {}
+        ranef: dict[str, pd.DataFrame] = {}
+        blocks, chol, _G = sol["factor"]
+        K = len(prob.blocks)
+        for k, lev in enumerate(levels):
+            Lam = prob.lam(theta, k)
+            cov = Lam @ Lam.T
+            cov_re[lev.label] = pd.DataFrame(
+                cov, index=list(lev.effects), columns=list(lev.effects)
+            )
             for j, eff in enumerate(lev.effects):
-                frame[f"se_{eff}"] = np.sqrt(cvar[:, j])
-        ranef[lev.label] = frame
-    if boundary:
-        warn.append(
-            "singular fit: random-effect variance at the boundary for "
-            + ", ".join(boundary)
-            + "; the model is over-parameterised for these data."
+                if abs(Lam[j, j]) < boundary_tol:
+                    boundary.append(f"{eff} | {lev.label}")
+            if lev.q > 1 and not any(abs(Lam[j, j]) < boundary_tol for j in range(lev.q)):
+                ev = np.linalg.eigvalsh(cov)
+                if (
+                    ev.min() < boundary_tol**2 * max(ev.max(), 1e-300)
+                    and lev.pattern[np.tril_indices(lev.q, -1)].any()
+                ):
+                    boundary.append(f"correlation | {lev.label}")
+            Zl = prob.blocks[k].Z
+            level_variance[lev.label] = float(np.mean(np.sum((Zl @ cov) * Zl, axis=1)))
+            _, lab = factor_codes(rows, lev.factor)
+            frame = lab.reset_index(drop=True)
+            b = sol["u"][k] @ Lam.T
+            for j, eff in enumerate(lev.effects):
+                frame[eff] = b[:, j]
+            if k == K - 1 and chol is not None:
+                # outermost level: its block of (Λ'Z'WZΛ + I)^-1 is (L_K L_K')^-1 exactly
+                Linv = _tri_solve(chol[k], np.broadcast_to(np.eye(lev.q), chol[k].shape).copy())
+                cvar = np.einsum("ij,mkj,mkl,il->mi", Lam, Linv, Linv, Lam)
+                for j, eff in enumerate(lev.effects):
+                    frame[f"se_{eff}"] = np.sqrt(cvar[:, j])
+            ranef[lev.label] = frame
+        if boundary:
+            warn.append(
+                "singular fit: random-effect variance at the boundary for "
+                + ", ".join(boundary)
+                + "; the model is over-parameterised for these data."
+            )
+        fixed_pred = X @ beta
+        order = [lev.label for lev in levels_from_spec(spec)]
+        n_groups = {lev.label: prob.blocks[k].m for k, lev in enumerate(levels)}
+        return GLMMFit(
+            formula=spec.formula,
+            family=family,
+            link=link,
+            n_agq=int(n_agq),
+            n_obs=int(n),
+            n_groups={g: n_groups[g] for g in order},
+            fixed_names=fixed_names,
+            fe_params=beta,
+            cov_fe=cov_fe,
+            cov_fe_beta_only=cov_beta_only,
+            vcov=use,
+            cov_re={g: cov_re[g] for g in order},
+            theta=theta,
+            loglik=-0.5 * dev,
+            deviance=dev,
+            n_params=int(len(beta) + nt),
+            ranef={g: ranef[g] for g in order},
+            var_fixed=float(np.var(fixed_pred, ddof=1)) if n > 1 else 0.0,
+            mean_eta=float(np.mean(fixed_pred)),
+            level_variance={g: level_variance[g] for g in order},
+            converged=converged,
+            optimizer=f"{opt0.optimizer} (nAGQ=0), then {opt.optimizer}",
+            n_evaluations=int(prob.n_evals),
+            max_abs_gradient=max_grad,
+            newton_decrement=float(opt.decrement),
+            hessian_positive_definite=bool(opt.hessian_positive_definite),
+            boundary=boundary,
+            warnings=warn,
+            design=design,
         )
-    fixed_pred = X @ beta
-    order = [lev.label for lev in levels_from_spec(spec)]
-    n_groups = {lev.label: prob.blocks[k].m for k, lev in enumerate(levels)}
-    return GLMMFit(
-        formula=spec.formula,
-        family=family,
-        link=link,
-        n_agq=int(n_agq),
-        n_obs=int(n),
-        n_groups={g: n_groups[g] for g in order},
-        fixed_names=fixed_names,
-        fe_params=beta,
-        cov_fe=cov_fe,
-        cov_fe_beta_only=cov_beta_only,
-        vcov=use,
-        cov_re={g: cov_re[g] for g in order},
-        theta=theta,
-        loglik=-0.5 * dev,
-        deviance=dev,
-        n_params=int(len(beta) + nt),
-        ranef={g: ranef[g] for g in order},
-        var_fixed=float(np.var(fixed_pred, ddof=1)) if n > 1 else 0.0,
-        mean_eta=float(np.mean(fixed_pred)),
-        level_variance={g: level_variance[g] for g in order},
-        converged=converged,
-        optimizer=f"{opt0.optimizer} (nAGQ=0), then {opt.optimizer}",
-        n_evaluations=int(prob.n_evals),
-        max_abs_gradient=max_grad,
-        newton_decrement=float(opt.decrement),
-        hessian_positive_definite=bool(opt.hessian_positive_definite),
-        boundary=boundary,
-        warnings=warn,
-        design=design,
-    )
+
+    try:
+        return run()
+    except np.linalg.LinAlgError as err:
+        raise ModelError(
+            f"`formula` {spec.formula!r}: the {family} likelihood of these {len(rows)} rows has "
+            "no finite maximum in the fixed effects (the weighted cross-products became "
+            "singular as an estimate ran off to infinity). This is complete or "
+            "quasi-complete separation: a predictor, or a combination of predictors, "
+            "predicts the outcome perfectly in part of the data. Cross-tabulate the outcome "
+            "with each predictor, then drop or merge the predictor (or categories) at fault."
+        ) from err
 
 
 def ratio_rows(names, beta, se, label: str | None) -> list[dict]:

@@ -725,6 +725,15 @@ def format_model(result: MixedModelResult | dict) -> str:
     lines.append("")
     icc = ", ".join(f"{g} {_fmt(v, 3)}" for g, v in result["icc"].items())
     lines.append(f"ICC: {icc}")
+    if "family" in result:
+        lines.append(
+            "Residual: the latent-scale variance behind ICC and R2 "
+            + {
+                "logit": "(pi^2/3, logistic)",
+                "probit": "(1, standard normal)",
+                "log": "(log-normal approximation, Nakagawa, Johnson & Schielzeth 2017)",
+            }[result["link"]]
+        )
     lines.append(
         f"R2 marginal: {_fmt(result['r2_marginal'], 3)}  R2 conditional: "
         f"{_fmt(result['r2_conditional'], 3)}  (Nakagawa & Schielzeth 2013)"
