@@ -83,6 +83,23 @@ def test_laplace_deviance_equals_dense_computation():
     dense = penalised(u) + logdet
     assert prob.deviance(theta, beta) == pytest.approx(dense, rel=1e-9)
 
+    # first stage (glmer's nAGQ = 0): u and β jointly, log-determinant of the u block only
+    ub = np.zeros(Z.shape[1] + 2)
+    XZ = np.column_stack([ZL, X])
+    for _ in range(50):
+        mu = np.exp(XZ @ ub)
+        A = XZ.T @ (mu[:, None] * XZ)
+        A[: Z.shape[1], : Z.shape[1]] += np.eye(Z.shape[1])
+        pen = np.r_[ub[: Z.shape[1]], 0.0, 0.0]
+        step = np.linalg.solve(A, XZ.T @ (y - mu) - pen)
+        ub = ub + step
+        if np.max(np.abs(step)) < 1e-14:
+            break
+    u, mu = ub[: Z.shape[1]], np.exp(XZ @ ub)
+    _sign, logdet = np.linalg.slogdet(ZL.T @ (mu[:, None] * ZL) + np.eye(Z.shape[1]))
+    dense0 = -2 * np.sum(stats.poisson.logpmf(y, mu)) + u @ u + logdet
+    assert prob.deviance0(theta) == pytest.approx(dense0, rel=1e-9)
+
 
 def test_adaptive_quadrature_converges_to_the_integral():
     r"""With 25 nodes, -2 log of :math:`\prod_j\int p(y_j|u)\phi(u)du` by numerical integration."""
@@ -329,3 +346,49 @@ def test_complete_separation_is_a_model_error():
     d["y"] = (d["x"] > 0).astype(int)
     with pytest.raises(ModelError, match="This is complete or quasi-complete separation"):
         fit_model(d, "y ~ x + (1 | therapist)", family="binomial")
+
+
+def test_laplace_deviance_three_levels_with_an_outer_slope():
+    """Observation, patient and therapist levels, a correlated slope at the outer level."""
+    d = _nested_counts(seed=6)
+    d["obs"] = [f"O{i:02d}" for i in range(len(d))]
+    prob, rows = _problem(
+        d, "y ~ time + (1 + time | therapist) + (1 | patient) + (1 | obs)", "poisson", "log"
+    )
+    # inner level first: obs, patient, then the therapist's lower triangle column by column
+    theta = np.array([0.25, 0.5, 0.4, -0.2, 0.35])
+    beta = np.array([0.4, 0.25])
+    spec = [  # (factor, effect columns, Λ block)
+        ("obs", ["one"], np.array([[0.25]])),
+        ("patient", ["one"], np.array([[0.5]])),
+        ("therapist", ["one", "time"], np.array([[0.4, 0.0], [-0.2, 0.35]])),
+    ]
+    rows = rows.assign(one=1.0)
+    blocks_z, blocks_l = [], []
+    for factor, cols, lam_block in spec:
+        units = sorted(rows[factor].unique())
+        for unit in units:
+            inside = (rows[factor] == unit).to_numpy()[:, None]
+            blocks_z.append(rows[cols].to_numpy(float) * inside)
+            blocks_l.append(lam_block)
+    Z = np.column_stack(blocks_z)
+    lam = np.zeros((Z.shape[1], Z.shape[1]))
+    k = 0
+    for block in blocks_l:
+        q = block.shape[0]
+        lam[k : k + q, k : k + q] = block
+        k += q
+    ZL = Z @ lam
+    X = np.column_stack([np.ones(len(rows)), rows["time"]])
+    y = rows["y"].to_numpy(float)
+    u = np.zeros(Z.shape[1])
+    for _ in range(50):
+        mu = np.exp(X @ beta + ZL @ u)
+        step = np.linalg.solve(ZL.T @ (mu[:, None] * ZL) + np.eye(len(u)), ZL.T @ (y - mu) - u)
+        u = u + step
+        if np.max(np.abs(step)) < 1e-14:
+            break
+    mu = np.exp(X @ beta + ZL @ u)
+    _sign, logdet = np.linalg.slogdet(ZL.T @ (mu[:, None] * ZL) + np.eye(len(u)))
+    dense = -2 * np.sum(stats.poisson.logpmf(y, mu)) + u @ u + logdet
+    assert prob.deviance(theta, beta) == pytest.approx(dense, rel=1e-9)
