@@ -13,7 +13,8 @@ The model
 With :math:`b = \Lambda_\theta u`, :math:`u \sim N(0, I)` and linear predictor
 :math:`\eta = X\beta + Z\Lambda_\theta u`, the conditional mode :math:`\hat u` maximises
 :math:`\log p(y \mid u) - \tfrac12\|u\|^2` and is found by penalised iteratively reweighted
-least squares (PIRLS; Bates et al. 2015, sec. 5 of the lme4 vignette on GLMMs): Fisher
+least squares (PIRLS, the penalised least-squares formulation of Bates et al. 2015 with
+GLM working weights, as lme4's ``glmer`` computes it in ``pwrssUpdate``): Fisher
 scoring steps :math:`(\Lambda^\top Z^\top W Z \Lambda + I)\,\delta = \Lambda^\top Z^\top s
 - u` (:math:`s_i = \partial \log p(y_i)/\partial\eta_i`, :math:`W` the GLM working weights
 :math:`w_i\,\mu_i'^2/V(\mu_i)`) with step halving, iterated until a full step moves no
@@ -44,6 +45,17 @@ Optimisation follows glmer (``nAGQ >= 1``): a first stage optimises θ of the de
 which PIRLS updates :math:`u` and :math:`\beta` jointly (glmer's ``nAGQ = 0``); the second
 stage optimises :math:`(\theta, \beta)` jointly on the Laplace (or quadrature) deviance,
 from the first stage's estimates.
+
+References
+----------
+Bates, D., Mächler, M., Bolker, B., & Walker, S. (2015). Fitting linear mixed-effects
+models using lme4. *Journal of Statistical Software, 67*(1), 1–48.
+https://doi.org/10.18637/jss.v067.i01
+Liu, Q., & Pierce, D. A. (1994). A note on Gauss–Hermite quadrature. *Biometrika, 81*(3),
+624–629.
+Pinheiro, J. C., & Bates, D. M. (1995). Approximations to the log-likelihood function in
+the nonlinear mixed-effects model. *Journal of Computational and Graphical Statistics,
+4*(1), 12–35.
 """
 
 from __future__ import annotations
@@ -124,10 +136,10 @@ class _Family:
             mu = np.exp(eta - softplus)
             return y * eta - n * softplus + self.const, y - n * mu, n * mu * (1.0 - mu)
         log_p, log_q = special.log_ndtr(eta), special.log_ndtr(-eta)
-        dens = np.exp(-0.5 * eta * eta - 0.5 * _LOG2PI)
+        log_dens = -0.5 * eta * eta - 0.5 * _LOG2PI
         # φ/Φ and φ/(1-Φ) from logs, stable in both tails
-        r1 = np.exp(np.log(dens + 1e-300) - log_p)
-        r0 = np.exp(np.log(dens + 1e-300) - log_q)
+        r1 = np.exp(log_dens - log_p)
+        r0 = np.exp(log_dens - log_q)
         score = y * r1 - (n - y) * r0
         weight = n * r1 * r0  # n φ² / (Φ (1 - Φ))
         return y * log_p + (n - y) * log_q + self.const, score, weight
@@ -140,10 +152,10 @@ def latent_residual_variance(family: str, link: str, mean_eta: float, var_random
     and normal distributions of the latent-variable formulation (Nakagawa & Schielzeth
     2013). Poisson with log link: the log-normal approximation
     :math:`\sigma^2_\varepsilon = \log(1 + 1/\lambda)` with
-    :math:`\lambda = \exp(\bar\eta + \tfrac12\sum_l\sigma^2_l)` (Nakagawa, Johnson &
-    Schielzeth 2017, Table 1 and eq. 5.8), where :math:`\bar\eta` is the mean of the
-    fixed-effects linear predictor (the intercept when the predictors are centred) and
-    :math:`\sigma^2_l` the random-effect variances.
+    :math:`\lambda = \exp(\bar\eta + \tfrac12\sum_l\sigma^2_l)` (the log-normal
+    approximation of Nakagawa, Johnson & Schielzeth 2017 for a Poisson response), where
+    :math:`\bar\eta` is the mean of the fixed-effects linear predictor (the intercept when
+    the predictors are centred) and :math:`\sigma^2_l` the random-effect variances.
 
     References
     ----------
