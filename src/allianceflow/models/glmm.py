@@ -75,7 +75,7 @@ from allianceflow.models.design import (
     model_rows,
 )
 from allianceflow.models.formula import FormulaSpec
-from allianceflow.models.inference import containment_df
+from allianceflow.models.inference import containment_df, is_singular
 from allianceflow.models.inference import round_sig as _r
 from allianceflow.models.optimize import fd_hessian, minimize_bounded, newton_decrement
 from allianceflow.models.pls import INTERCEPT, factor_codes, levels_from_spec, nesting_order
@@ -905,13 +905,13 @@ def fit_glmm(
             for j, eff in enumerate(lev.effects):
                 if abs(Lam[j, j]) < boundary_tol:
                     boundary.append(f"{eff} | {lev.label}")
-            if lev.q > 1 and not any(abs(Lam[j, j]) < boundary_tol for j in range(lev.q)):
-                ev = np.linalg.eigvalsh(cov)
-                if (
-                    ev.min() < boundary_tol**2 * max(ev.max(), 1e-300)
-                    and lev.pattern[np.tril_indices(lev.q, -1)].any()
-                ):
-                    boundary.append(f"correlation | {lev.label}")
+            if (
+                lev.q > 1
+                and not any(abs(Lam[j, j]) < boundary_tol for j in range(lev.q))
+                and lev.pattern[np.tril_indices(lev.q, -1)].any()
+                and is_singular(cov, 1.0, boundary_tol)
+            ):
+                boundary.append(f"correlation | {lev.label}")
             Zl = prob.blocks[k].Z
             level_variance[lev.label] = float(np.mean(np.sum((Zl @ cov) * Zl, axis=1)))
             _, lab = factor_codes(rows, lev.factor)

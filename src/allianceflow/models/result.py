@@ -262,7 +262,9 @@ def build_result(
                 "term": t,
                 "variance": _r(v),
                 "sd": _r(math.sqrt(max(v, 0.0))),
-                "boundary": is_boundary(v, scale, boundary_tol),
+                # a GLMM has no residual SD: its SDs are on the linear predictor's scale
+                # (θ itself, as lme4's isSingular for glmer)
+                "boundary": is_boundary(v, 1.0 if extra else scale, boundary_tol),
             }
             for g, t, v in fit.random
         ],
