@@ -27,9 +27,10 @@ Outcome Rating Scale. *Journal of Brief Therapy*, 2(2), 91–100.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -196,6 +197,7 @@ def simulate_study(
     *,
     seed: int,
     instruments: InstrumentPair = "wai_sr+ors",
+    modality: Mapping[str, Any] | None = None,
     **overrides,
 ) -> pd.DataFrame:
     r"""Simulate one study in the canonical long format.
@@ -215,6 +217,14 @@ def simulate_study(
         slope and a beneficial alliance a negative effect) and ``ors_item_noise`` as the
         SD of the noise around a ninth of the total before rounding each item to 0–3.
         The default pair draws exactly the same numbers as before the option existed.
+    modality : mapping, optional
+        A true moderation by session modality: ``{"shares": {level: probability, ...},
+        "within_effect": {level: effect, ...}}``. Each recorded session's modality is drawn
+        with these probabilities (independently of everything else, from its own random
+        stream) and the within-patient alliance effect of that session is the level's
+        effect instead of ``within_effect`` (levels left out keep ``within_effect``), e.g.
+        a weaker link in video sessions. Adds the columns ``modality`` and
+        ``true_within_effect``; without it the study is exactly as before.
     **overrides
         Fields of :class:`StudyDesign` to replace, e.g. ``n_patients=2000``.
 
@@ -321,12 +331,16 @@ def simulate_study(
     lag_within = np.full((n_p, n_s), 0.0)
     lag_within[:, 1:] = alliance[:, :-1] - patient_mean[:, None]
     slope = design.outcome_slope + design.feedback_slope * feedback + pat_outcome[:, 1]
+    session_effect = np.full((n_p, n_s), float(design.within_effect))
+    session_modality = None
+    if modality is not None:
+        session_modality, session_effect = _draw_modality(modality, design, seed, (n_p, n_s))
     outcome = (
         design.outcome_intercept
         + ther_outcome[therapist_of][:, None]
         + pat_outcome[:, 0][:, None]
         + slope[:, None] * time
-        + design.within_effect * lag_within
+        + session_effect * lag_within
         + design.between_effect * (patient_mean - grand_mean)[:, None]
         + rng.normal(0.0, design.outcome_sd_residual, (n_p, n_s))
     )
@@ -375,7 +389,45 @@ def simulate_study(
         frame[f"{pair.outcome}_{k + 1}"] = ors[pid, sid, k]
     frame["true_alliance"] = alliance[pid, sid]
     frame["true_outcome"] = outcome[pid, sid]
+    if session_modality is not None:
+        levels = list(modality["shares"])
+        frame.insert(5, "modality", pd.Categorical(session_modality[pid, sid], categories=levels))
+        frame["true_within_effect"] = session_effect[pid, sid]
     return frame.reset_index(drop=True)
+
+
+def _draw_modality(
+    modality: Mapping[str, Any], design: StudyDesign, seed: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Session modalities and each session's true within-patient alliance effect."""
+    if not isinstance(modality, Mapping) or "shares" not in modality:
+        raise ValueError(
+            "`modality` must be a mapping with `shares` ({level: probability}) and optionally "
+            f"`within_effect` ({{level: effect}}); got {modality!r}."
+        )
+    unknown = sorted(set(modality) - {"shares", "within_effect"})
+    if unknown:
+        raise ValueError(
+            f"`modality` has unknown key(s) {unknown}; allowed: 'shares', 'within_effect'."
+        )
+    shares = dict(modality["shares"])
+    p = np.array(list(shares.values()), dtype=float)
+    if len(p) < 2 or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
+        raise ValueError(
+            f"`modality['shares']` must give two or more levels with probabilities that sum "
+            f"to 1; got {shares!r}."
+        )
+    effects = dict(modality.get("within_effect") or {})
+    extra = sorted(set(effects) - set(shares))
+    if extra:
+        raise ValueError(
+            f"`modality['within_effect']` names level(s) {extra} that are not in `shares` "
+            f"({list(shares)})."
+        )
+    levels = np.array(list(shares), dtype=object)
+    drawn = np.random.default_rng([seed, 2]).choice(len(levels), size=shape, p=p)
+    effect_of = np.array([float(effects.get(lv, design.within_effect)) for lv in levels])
+    return levels[drawn], effect_of[drawn]
 
 
 #: Raw column names of the example export, by canonical name.

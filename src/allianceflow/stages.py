@@ -406,15 +406,22 @@ def fit_stage(
     """
     from .models import fit_model
 
-    result = fit_model(
-        io.read_table(analysis),
-        model_formula(model),
-        reml=model.get("reml", True),
-        name=name,
-        ddf=model.get("ddf", MODEL_DDF),
-        min_levels=model.get("min_levels", MODEL_MIN_LEVELS),
-    )
-    io.write_json(result.to_dict(), json)
+    fit_options = {
+        "reml": model.get("reml", True),
+        "ddf": model.get("ddf", MODEL_DDF),
+        "min_levels": model.get("min_levels", MODEL_MIN_LEVELS),
+    }
+    if "preset" in model and (model.get("options") or {}).get("moderator"):
+        # a moderated preset: moderator columns, simple slopes and cautions in the JSON
+        from .models.moderation import fit_moderated
+
+        result, record = fit_moderated(
+            io.read_table(analysis), model["preset"], model["options"], name=name, **fit_options
+        )
+    else:
+        result = fit_model(io.read_table(analysis), model_formula(model), name=name, **fit_options)
+        record = result.to_dict()
+    io.write_json(record, json)
     io.write_text(result.summary(), txt)
     conv = result.convergence
     log.info("%s: converged=%s with %s", name, conv["converged"], conv["optimizer"])
