@@ -176,3 +176,62 @@ def test_simulated_moderation_by_modality_is_recovered():
         slopes["video"]["slope"] - slopes["in_person"]["slope"]
     )
     assert any("low power" in note for note in record["notes"])
+
+
+def _clean(tmp_path, referral_b=("GP", "GP")):
+    from allianceflow import io
+    from allianceflow.clean import clean_sessions
+    from allianceflow.config import flat_study, group_study, validate_config
+
+    rows = [
+        ("P1", "T1", 1, "In person", "self", [5, 6, 7, 8]),
+        ("P1", "T1", 2, "Video", "", [6, 6, 7, 8]),
+        ("P2", "T1", 1, "Phone", referral_b[0], [4, 4, 4, 4]),
+        ("P2", "T1", 2, "In person", referral_b[1], [5, 5, 5, 5]),
+    ]
+    lines = ["ClientCode,Clinician,SessionNo,Mode,Referral,ORS_1,ORS_2,ORS_3,ORS_4"]
+    for p, t, s, mode, ref, ors in rows:
+        lines.append(",".join([p, t, str(s), mode, ref, *map(str, ors)]))
+    path = tmp_path / "x.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    study = {
+        "raw": str(path),
+        "columns": {
+            "ClientCode": "patient",
+            "Clinician": "therapist",
+            "SessionNo": "session",
+            "Mode": "modality",
+            "Referral": "moderator_referral",
+            **{f"ORS_{k}": f"ors_{k}" for k in range(1, 5)},
+        },
+        "labels": {"modality": {"In person": "in_person", "Video": "video", "Phone": "telephone"}},
+        "instruments": {"ors": {"rci": 5}},
+        "alliance": "ors_total",
+        "outcome": "ors_total",
+        "models": ["m"],
+    }
+    config = {"studies": {"t": group_study(study)}, "models": {"m": {"formula": "outcome ~ 1"}}}
+    schema = __import__("pathlib").Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml"
+    study = flat_study(validate_config(config, schema)["studies"]["t"])
+    raw = io.read_raw(path, delimiter=",", encoding=study["encoding"])
+    return clean_sessions(raw, study, source="x.csv", name="t")
+
+
+def test_clean_maps_modality_and_a_patient_level_moderator(tmp_path):
+    sessions = _clean(tmp_path).sessions
+    assert sessions["modality"].dtype == "category"
+    assert sessions["modality"].astype(str).tolist() == [
+        "in_person",
+        "video",
+        "telephone",
+        "in_person",
+    ]
+    # the patient-level value recorded on one row applies to all of the patient's rows
+    assert sessions["moderator_referral"].astype(str).tolist() == ["self", "self", "GP", "GP"]
+
+
+def test_patient_level_moderator_that_differs_within_a_patient_is_an_error(tmp_path):
+    from allianceflow.clean import DataError
+
+    with pytest.raises(DataError, match=r"moderator_referral differs between rows \(GP, self\)"):
+        _clean(tmp_path, referral_b=("GP", "self"))

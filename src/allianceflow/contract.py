@@ -82,7 +82,8 @@ def session_schema(
     pandera.DataFrameSchema
         Strict (no other columns), checking: ``patient`` non-empty text; ``therapist``
         text; ``session`` int64 ≥ 1; ``days`` float64 ≥ 0; ``condition``, ``informant``,
-        ``rupture`` categories; ``ending`` a category of planned, unilateral, dropout,
+        ``rupture``, ``modality`` (session: in person, video, telephone) and patient-level
+        ``moderator_<name>`` categories; ``ending`` a category of planned, unilateral, dropout,
         ongoing; ``followup_days`` float64 ≥ 0; items float64 within their range (missing
         allowed); one
         row per patient × session (× informant).
@@ -97,8 +98,12 @@ def session_schema(
         spec["therapist"] = pa.Column(object, nullable=True)
     if "days" in columns:
         spec["days"] = pa.Column("float64", pa.Check.ge(0), nullable=True)
-    for name in ("condition", "informant", "rupture"):
+    for name in ("condition", "informant", "rupture", "modality"):
         if name in columns:
+            spec[name] = pa.Column("category", nullable=True)
+    for name in columns:
+        if name.startswith("moderator_") and not ITEM_PATTERN.match(name):
+            # a patient-level moderator (constant within patient, checked by the clean stage)
             spec[name] = pa.Column("category", nullable=True)
     if "ending" in columns:
         spec["ending"] = pa.Column("category", pa.Check.isin(ENDING_TYPES), nullable=True)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..contract import ITEM_PATTERN
 from ..io import DataError, _stripped
-from .state import ID_COLUMNS, ITEM_NAME, closest_text
+from .state import ID_COLUMNS, ITEM_NAME, MODERATOR_NAME, closest_text
 
 __all__ = ["map_columns", "wide_columns", "to_long", "instrument_table", "extraction_day"]
 
@@ -55,10 +55,15 @@ def map_columns(
                 f"has no column {raw_name!r}. {closest_text(raw_name, present)} Fix the name "
                 f"under `read.columns` in {config}."
             )
-        if canonical not in ID_COLUMNS and not ITEM_NAME.match(canonical):
+        if (
+            canonical not in ID_COLUMNS
+            and not ITEM_NAME.match(canonical)
+            and not MODERATOR_NAME.match(canonical)
+        ):
             raise DataError(
                 f"{source}: column {raw_name!r} is mapped to {canonical!r}, which is neither a "
-                f"canonical column ({', '.join(ID_COLUMNS)}) nor an item name such as 'ors_1'."
+                f"canonical column ({', '.join(ID_COLUMNS)}), a patient-level moderator such "
+                "as 'moderator_referral', nor an item name such as 'ors_1'."
             )
     seen: dict[str, str] = {}
     for raw_name, canonical in columns.items():
