@@ -602,6 +602,13 @@ EXAMPLE2_DESIGN = StudyDesign(
     between_effect=-1.5,
     ors_item_noise=0.5,
 )
+#: The second example's sessions took place in person, by video or by telephone, and the
+#: within-patient alliance link is weaker in video sessions (-0.4 PHQ-9 points per SRS
+#: item-mean point instead of the design's -1.0): the truth its moderated model recovers.
+EXAMPLE2_MODALITY = {
+    "shares": {"in_person": 0.6, "video": 0.3, "telephone": 0.1},
+    "within_effect": {"video": -0.4},
+}
 #: The seed of the second example study.
 EXAMPLE2_SEED = 20261126
 #: The day the second example's export was made (its ``extraction_date`` in config.yaml):
@@ -619,6 +626,8 @@ EXPORT2_COLUMNS = {
     **{f"phq9_{k}": f"phq_{k:02d}" for k in range(1, 10)},
 }
 _GROUP_LABELS = {"feedback": "FIT", "tau": "usual care"}
+#: How the second example's export writes each session's modality (column ``mode``).
+MODALITY_LABELS = {"in_person": "in person", "video": "video", "telephone": "phone"}
 
 
 def to_export_srs_phq9(sessions: pd.DataFrame, *, seed: int) -> pd.DataFrame:
@@ -647,6 +656,8 @@ def to_export_srs_phq9(sessions: pd.DataFrame, *, seed: int) -> pd.DataFrame:
             EXPORT2_COLUMNS["date"]: pd.DatetimeIndex(dates).strftime("%Y-%m-%d"),
         }
     )
+    if "modality" in sessions:
+        out["mode"] = sessions["modality"].astype(str).map(MODALITY_LABELS)
     for k in range(1, 5):
         out[EXPORT2_COLUMNS[f"srs_{k}"]] = sessions[f"srs_{k}"].map(
             lambda v: f"{v:.1f}" if pd.notna(v) else ""
@@ -730,22 +741,55 @@ become dropouts too.
 
 
 def write_example2_study(
-    folder: str | Path, *, design: StudyDesign | None = None, seed: int = EXAMPLE2_SEED
+    folder: str | Path,
+    *,
+    design: StudyDesign | None = None,
+    seed: int = EXAMPLE2_SEED,
+    modality: Mapping[str, Any] | None = EXAMPLE2_MODALITY,
 ) -> Path:
     """Write the second example study (``visits.csv`` and ``README.md``) into *folder*.
 
-    SRS + PHQ-9, semicolon-delimited (:func:`to_export_srs_phq9`). Returns the path of the
-    CSV file; the output is byte-identical for the same design and seed.
+    SRS + PHQ-9, semicolon-delimited (:func:`to_export_srs_phq9`), with each visit's
+    modality (column ``mode``; see :data:`EXAMPLE2_MODALITY`, None leaves it out). Returns
+    the path of the CSV file; the output is byte-identical for the same design and seed.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     design = design or EXAMPLE2_DESIGN
-    sessions = simulate_study(design, seed=seed, instruments="srs+phq9")
+    sessions = simulate_study(design, seed=seed, instruments="srs+phq9", modality=modality)
     export = to_export_srs_phq9(sessions, seed=seed + 1)
     path = folder / "visits.csv"
     export.to_csv(path, index=False, sep=";", lineterminator="\n")
-    (folder / "README.md").write_text(_readme2(design, seed, sessions), encoding="utf-8")
+    text = _readme2(design, seed, sessions)
+    if modality is not None:
+        text += _modality_readme(modality, design, sessions)
+    (folder / "README.md").write_text(text, encoding="utf-8")
     return path
+
+
+def _modality_readme(modality: Mapping[str, Any], design: StudyDesign, sessions) -> str:
+    """The README's section on the simulated modality and its true moderation."""
+    counts = sessions["modality"].value_counts().reindex(list(modality["shares"]))
+    effects = modality.get("within_effect") or {}
+    rows = "\n".join(
+        f"| {lv} (`{MODALITY_LABELS.get(lv, lv)}`) | {share:g} | {int(counts[lv])} | "
+        f"{effects.get(lv, design.within_effect):g} |"
+        for lv, share in modality["shares"].items()
+    )
+    return f"""
+## Modality: a true moderation
+
+Each visit took place in person, by video or by telephone (column `mode`), drawn at random
+with the shares below, independently of everything else. The within-patient effect of last
+visit's alliance on this visit's PHQ-9 depends on this visit's modality: the design's
+`within_effect` in person, weaker by video. The pipeline's moderated model
+(`alliance_outcome_modality` in `config.yaml`) estimates these slopes; with 120 patients
+their intervals are wide (interaction tests have low power).
+
+| modality (export label) | share | visits | true within-patient effect |
+| --- | --- | --- | --- |
+{rows}
+"""
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through the CLI test
