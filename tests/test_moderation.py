@@ -235,3 +235,68 @@ def test_patient_level_moderator_that_differs_within_a_patient_is_an_error(tmp_p
 
     with pytest.raises(DataError, match=r"moderator_referral differs between rows \(GP, self\)"):
         _clean(tmp_path, referral_b=("GP", "self"))
+
+
+RECORD = {
+    "name": "ao_mod",
+    "ddf": "kenward-roger",
+    "fixed": [
+        {"term": "aw", "estimate": -1.0, "df": 500.0},
+        {"term": "aw:modality_video", "estimate": 0.6, "df": 300.0},
+    ],
+    "vcov_fixed": {
+        "terms": ["aw", "aw:modality_video"],
+        "matrix": [[0.01, -0.01], [-0.01, 0.04]],
+    },
+}
+INFO = ModeratorInfo("modality", "categorical", ("in_person", "video"), True, n_patients_varying=9)
+
+
+def test_simple_slopes_of_a_categorical_moderator_use_t_on_the_smallest_df():
+    out = simple_slopes(RECORD, INFO)
+    assert out["level"].tolist() == ["in_person", "video"]
+    assert out["slope"].tolist() == pytest.approx([-1.0, -0.4])
+    # video: Var = .01 + .04 - 2 * .01 = .03
+    assert out["se"].tolist() == pytest.approx([0.1, math.sqrt(0.03)])
+    assert out["df"].tolist() == [500.0, 300.0]
+    from scipy import stats
+
+    assert out.loc[1, "ci_high"] == pytest.approx(-0.4 + stats.t.ppf(0.975, 300) * 0.03**0.5)
+
+
+def test_simple_slopes_table_and_figure_use_words():
+    from allianceflow.figures import plot_simple_slopes
+    from allianceflow.tables import simple_slopes_table
+
+    rows = simple_slopes(RECORD, INFO).to_dict(orient="records")
+    record = {**RECORD, "simple_slopes": rows, "moderation": INFO.to_dict()}
+    table = simple_slopes_table(record, labels={"aw": "Alliance, within patient"})
+    assert table.title == "Alliance–Outcome Slopes by Session Modality"
+    assert table.body.columns.tolist() == [
+        "Alliance term",
+        "Session modality",
+        "Slope",
+        "95% CI",
+        "p",
+    ]
+    assert table.body["Session modality"].tolist() == ["In person", "Video"]
+    assert table.body["Slope"].tolist() == ["−1.00", "−0.40"]
+    assert "low power" in table.note
+    fig = plot_simple_slopes(record, labels={"aw": "Alliance, within patient"})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["In person", "Video"]
+    assert ax.get_xlabel() == "Session modality"
+    assert ax.get_title() == "Alliance, within patient"
+    with pytest.raises(ValueError, match=r"`result` 'x' has no simple slopes"):
+        plot_simple_slopes({"name": "x"})
+
+
+def test_moderated_models_are_those_with_a_moderator_option():
+    from allianceflow.stages import moderated_models
+
+    models = {
+        "a": {"preset": "alliance_outcome", "options": {"moderator": "modality"}},
+        "b": {"preset": "alliance_outcome"},
+        "c": {"formula": "outcome ~ 1"},
+    }
+    assert moderated_models({"models": ["a", "b", "c"]}, models) == ["a"]

@@ -422,7 +422,8 @@ def fit_stage(
         result = fit_model(io.read_table(analysis), model_formula(model), name=name, **fit_options)
         record = result.to_dict()
     io.write_json(record, json)
-    io.write_text(result.summary(), txt)
+    extra = "".join(f"Note: {note}\n" for note in record.get("notes", []))
+    io.write_text(result.summary() + ("\n" + extra if extra else ""), txt)
     conv = result.convergence
     log.info("%s: converged=%s with %s", name, conv["converged"], conv["optimizer"])
 
@@ -959,3 +960,32 @@ def power_curve_stage(summary_csv, *, x: str = "n_patients", outputs) -> None:
     from .power import plot_power_curve
 
     save_figure(plot_power_curve(io.read_table(summary_csv), x=x), outputs)
+
+
+def moderated_models(study: Mapping[str, Any], models: Mapping[str, Any]) -> list[str]:
+    """The study's models that are moderated presets (their ``options`` name a moderator).
+
+    *study* is the study's config block, *models* the top-level ``models`` block.
+    """
+    from .models.moderation import MODERATED_PRESETS
+
+    return [
+        name
+        for name in study.get("models", [])
+        if (models.get(name) or {}).get("preset") in MODERATED_PRESETS
+        and ((models.get(name) or {}).get("options") or {}).get("moderator")
+    ]
+
+
+def simple_slopes_table_stage(model_json: str | Path, *, outputs: Sequence[str | Path]) -> None:
+    """Write a moderated model's simple-slopes table (CSV numbers, rendered formats)."""
+    from .tables import simple_slopes_table, write_table_files
+
+    write_table_files(simple_slopes_table(io.read_json(model_json)), outputs)
+
+
+def simple_slopes_figure_stage(model_json: str | Path, *, outcome: str, outputs) -> None:
+    """Draw a moderated model's simple slopes (alliance slope per moderator level)."""
+    from .figures import plot_simple_slopes, save_figure
+
+    save_figure(plot_simple_slopes(io.read_json(model_json), outcome_label=outcome), outputs)

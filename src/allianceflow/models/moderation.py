@@ -394,8 +394,8 @@ def simple_slopes(
         :data:`SIMPLE_SLOPE_COLUMNS`: ``term`` (the alliance term), ``moderator``,
         ``level`` (the level's name; for a continuous moderator "-1 SD", "mean", "+1 SD"),
         ``value`` (the moderator value, for a continuous one in its own units), ``slope``,
-        ``se``, ``ci_low``, ``ci_high``, ``df`` (the interaction term's df when the model
-        used *t* tests, else None: normal) and two-sided ``p``.
+        ``se``, ``ci_low``, ``ci_high``, ``df`` (the smallest df of the coefficients the slope
+        combines when the model used *t* tests, else None: normal) and two-sided ``p``.
 
     Notes
     -----
@@ -446,9 +446,10 @@ def simple_slopes(
             slope = float(w @ np.array([est[t] for t in terms]))
             se = float(math.sqrt(max(w @ cov @ w, 0.0)))
             df = None
-            inter = [f"{a}:{c}" for c in weights] or [f"{a}:{first}"]
+            used = [a, *(f"{a}:{c}" for c in weights)]
             if record.get("ddf") in ("satterthwaite", "kenward-roger"):
-                df = min(float(dfs[t]) for t in inter if dfs.get(t) is not None)
+                # the smallest df of the coefficients the slope combines
+                df = min(float(dfs[t]) for t in used if dfs.get(t) is not None)
             crit = stats.t.ppf(0.5 + level / 2, df) if df else stats.norm.ppf(0.5 + level / 2)
             stat = slope / se if se > 0 else float("nan")
             p = 2 * (stats.t.sf(abs(stat), df) if df else stats.norm.sf(abs(stat)))
