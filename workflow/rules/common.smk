@@ -173,7 +173,9 @@ def get_moderated_outputs(study):
     models = moderated_models(config["studies"][study], config["models"])
     published = ["csv", "md", "html", "tex", "docx"]
     return [
-        f"results/{study}/tables/simple_slopes_{m}.{ext}" for m in models for ext in published
+        f"results/{study}/tables/simple_slopes_{m}.{ext}"
+        for m in models
+        for ext in published
     ] + [
         f"results/{study}/figures/simple_slopes_{m}.{ext}"
         for m in models
