@@ -110,3 +110,47 @@ def test_schema_refuses_unknown_source_for_not_applicable():
     bad = {**raw, "response": {**raw["response"], "not_applicable_source": "nowhere"}}
     with pytest.raises(ValueError, match=r"`response.not_applicable.source` is 'nowhere'"):
         validate_definition(bad)
+
+
+def test_clean_keeps_the_code_and_the_study_scores_it(tmp_path):
+    """A CARE export through the clean stage: 9 is kept (not out of range), 7 is refused."""
+    from pathlib import Path
+
+    from allianceflow import io
+    from allianceflow.clean import DataError, clean_sessions
+    from allianceflow.config import flat_study, group_study, validate_config
+
+    def clean(last_item_of_p2):
+        lines = ["id,sess," + ",".join(f"C{i}" for i in range(1, 11)) + ",O1,O2,O3,O4"]
+        lines.append("P1,1," + ",".join(map(str, ANSWERS)) + ",5,5,5,5")
+        lines.append("P2,1," + ",".join(map(str, _row(na_items=[9])[:9])) + f",{last_item_of_p2}")
+        lines[-1] += ",4,4,4,4"
+        path = tmp_path / "care.csv"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        study = {
+            "raw": str(path),
+            "columns": {
+                "id": "patient",
+                "sess": "session",
+                **{f"C{i}": f"care_{i}" for i in range(1, 11)},
+                **{f"O{i}": f"ors_{i}" for i in range(1, 5)},
+            },
+            "instruments": {"care": None, "ors": {"rci": 5}},
+            "alliance": "care_total",
+            "outcome": "ors_total",
+            "models": ["m"],
+        }
+        config = {"studies": {"t": group_study(study)}, "models": {"m": {"formula": "outcome ~ 1"}}}
+        schema = Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml"
+        study = flat_study(validate_config(config, schema)["studies"]["t"])
+        raw = io.read_raw(path, delimiter=",", encoding=study["encoding"])
+        return clean_sessions(raw, study, source="care.csv", name="t"), study
+
+    cleaned, study = clean(9)
+    assert cleaned.sessions["care_9"].tolist() == [3.0, 9.0]
+    scored = score_sessions(cleaned.sessions, study["instruments"])
+    # P2: items 9 and 10 "does not apply"; 8 answered sum 33 -> 41.25
+    assert scored["care_total"].tolist() == [41.0, 41.25]
+    assert scored["care_n_not_applicable"].tolist() == [0, 2]
+    with pytest.raises(DataError, match=r"care_10 = 7 is outside the response range 1 to 5"):
+        clean(7)

@@ -75,7 +75,8 @@ def session_schema(
         informant, rupture, ending, followup_days) get their rule only when present, item columns
         (``<instrument>_<n>``) are float64.
     ranges : mapping, optional
-        Item column → ``(min, max)`` response range (see :func:`item_ranges`).
+        Item column → ``(min, max)`` response range (see :func:`item_ranges`), or
+        ``(min, max, code)`` for an instrument with a "does not apply" code (allowed too).
 
     Returns
     -------
@@ -114,8 +115,17 @@ def session_schema(
             continue
         checks = []
         if column in ranges:
-            low, high = ranges[column]
-            checks.append(pa.Check.in_range(low, high))
+            low, high, *code = ranges[column]
+            if code and code[0] is not None:
+                na = float(code[0])
+                checks.append(
+                    pa.Check(
+                        lambda s, lo=low, hi=high, na=na: s.between(lo, hi) | s.eq(na) | s.isna(),
+                        error=f"in_range({low:g}, {high:g}) or the 'does not apply' code {na:g}",
+                    )
+                )
+            else:
+                checks.append(pa.Check.in_range(low, high))
         spec[column] = pa.Column("float64", checks=checks, nullable=True)
     keys = ["patient", "session"] + (["informant"] if "informant" in columns else [])
     return pa.DataFrameSchema(spec, strict=True, unique=keys, name="canonical session table")
