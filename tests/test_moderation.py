@@ -300,3 +300,26 @@ def test_moderated_models_are_those_with_a_moderator_option():
         "c": {"formula": "outcome ~ 1"},
     }
     assert moderated_models({"models": ["a", "b", "c"]}, models) == ["a"]
+
+
+def test_power_simulation_takes_the_modality_moderator():
+    from allianceflow.power import run_moderation_power_chunk, summarise_power
+
+    modality = {
+        "shares": {"in_person": 0.5, "video": 0.5},
+        "within_effect": {"video": 0.5},
+    }
+    design = {"n_therapists": 6, "patients_per_therapist": 8, "sessions": 8}
+    chunk = run_moderation_power_chunk(design, [11, 12], modality=modality, label="small")
+    assert chunk["term"].tolist() == ["alliance_within_lag:modality_video"] * 2
+    # truth: the video effect minus the in-person (design's) 2.0
+    assert chunk["truth"].tolist() == [-1.5, -1.5]
+    ok = chunk["converged"]
+    assert (
+        chunk.loc[ok, "covered"]
+        == (chunk.loc[ok, "ci_low"] <= -1.5) & (-1.5 <= chunk.loc[ok, "ci_high"])
+    ).all()
+    summary = summarise_power(chunk)
+    assert summary[["design", "replications", "truth"]].values.tolist() == [["small", 2, -1.5]]
+    with pytest.raises(ValueError, match=r"`modality` must be a mapping with `shares`; got 3\."):
+        run_moderation_power_chunk(design, [1], modality=3)
