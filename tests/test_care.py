@@ -154,3 +154,27 @@ def test_clean_keeps_the_code_and_the_study_scores_it(tmp_path):
     assert scored["care_n_not_applicable"].tolist() == [0, 2]
     with pytest.raises(DataError, match=r"care_10 = 7 is outside the response range 1 to 5"):
         clean(7)
+
+
+def test_an_empathy_score_can_be_the_relationship_predictor():
+    """`alliance: care_total` picks the CARE total as the predictor of the derive stage."""
+    from allianceflow.simulate import simulate_study
+    from allianceflow.stages import derive_study
+
+    sim = simulate_study(seed=5, n_therapists=3, n_patients=15, max_sessions=5)
+    # ten 1-5 items standing in for CARE answers, one "does not apply" on the first row
+    care = sim[[f"wai_sr_{i}" for i in range(1, 11)]].set_axis(
+        [f"care_{i}" for i in range(1, 11)], axis=1
+    )
+    data = pd.concat([sim.drop(columns=sim.filter(like="wai_sr_").columns), care], axis=1)
+    data.loc[0, "care_1"] = 9.0
+    instruments = {"care": None, "ors": {"rci": 5}}
+    scored = score_sessions(data, instruments)
+    measures = {"instruments": instruments, "alliance": "care_total", "outcome": "ors_total"}
+    derived = derive_study(scored, {"measures": measures, "derive": {}})
+    analysis = derived.analysis
+    assert analysis["alliance"].equals(analysis["care_total"])
+    assert scored.loc[0, "care_n_not_applicable"] == 1
+    first = analysis.set_index(["patient", "session"]).loc[(sim.loc[0, "patient"], 1)]
+    answered = data.loc[0, [f"care_{i}" for i in range(2, 11)]].astype(float)
+    assert first["alliance"] == pytest.approx(answered.sum() * 10 / answered.notna().sum())
