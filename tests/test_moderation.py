@@ -323,3 +323,40 @@ def test_power_simulation_takes_the_modality_moderator():
     assert summary[["design", "replications", "truth"]].values.tolist() == [["small", 2, -1.5]]
     with pytest.raises(ValueError, match=r"`modality` must be a mapping with `shares`; got 3\."):
         run_moderation_power_chunk(design, [1], modality=3)
+
+
+def test_a_moderated_model_can_be_compared_by_likelihood_ratio(tmp_path):
+    import json
+
+    from allianceflow import io
+    from allianceflow.derive import derive_analysis
+    from allianceflow.stages import comparison_stage
+
+    df = simulate_study(
+        seed=7,
+        n_patients=60,
+        n_therapists=6,
+        max_sessions=8,
+        modality={"shares": {"in_person": 0.5, "video": 0.5}},
+    )
+    scored = score_sessions(df, {"wai_sr": {"max_missing": 1}, "ors": {"max_missing": 1}})
+    io.write_table(
+        derive_analysis(scored, alliance="wai_sr_total", outcome="ors_total"),
+        tmp_path / "analysis.parquet",
+    )
+    options = {"random": "(1 | patient)"}
+    comparison_stage(
+        tmp_path / "analysis.parquet",
+        {
+            "ao": {"preset": "alliance_outcome", "options": options},
+            "ao_mod": {
+                "preset": "alliance_outcome",
+                "options": {**options, "moderator": "modality"},
+            },
+        },
+        json=tmp_path / "lrt.json",
+        txt=tmp_path / "lrt.txt",
+    )
+    lrt = json.loads((tmp_path / "lrt.json").read_text())
+    # the moderator's within and between parts and its three interactions
+    assert lrt["df"] == 5

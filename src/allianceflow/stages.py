@@ -440,12 +440,23 @@ def comparison_stage(
     from .models import likelihood_ratio_test
 
     (name0, spec0), (name1, spec1) = models.items()
+    data = io.read_table(analysis)
+    formulas = []
+    for spec in (spec0, spec1):
+        if "preset" in spec and (spec.get("options") or {}).get("moderator"):
+            # a moderated preset: its formula names the moderator's columns, made here
+            from .models.moderation import moderated_formula
+
+            data, formula, _ = moderated_formula(data, spec["preset"], spec["options"])
+            formulas.append(formula)
+        else:
+            formulas.append(model_formula(spec))
     # both refits use the larger model's min_levels, so a random term the fits keep is
     # not silently dropped from one of the compared models
     result = likelihood_ratio_test(
-        io.read_table(analysis),
-        model_formula(spec0),
-        model_formula(spec1),
+        data,
+        formulas[0],
+        formulas[1],
         names=(name0, name1),
         min_levels=spec1.get("min_levels", MODEL_MIN_LEVELS),
     )

@@ -78,6 +78,8 @@ from allianceflow._checks import check_columns
 
 __all__ = [
     "ModeratorInfo",
+    "fit_moderated",
+    "moderated_formula",
     "moderator_terms",
     "moderated_terms",
     "moderator_variables",
@@ -538,6 +540,33 @@ def fit_moderated(
         A preset that takes no moderator, or no ``moderator`` option.
     """
     from allianceflow.models.fit import fit_model
+
+    data, formula, info = moderated_formula(data, preset, options, patient=patient)
+    result = fit_model(data, formula, name=name, **fit_options)
+    record = result.to_dict()
+    slopes = simple_slopes(record, info)
+    record["moderation"] = info.to_dict()
+    record["simple_slopes"] = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in slopes.to_dict(orient="records")
+    ]
+    record["notes"] = list(record.get("notes", [])) + moderation_notes(info)
+    return result, record
+
+
+def moderated_formula(
+    data: pd.DataFrame, preset: str, options: Mapping[str, Any], *, patient: str = "patient"
+) -> tuple[pd.DataFrame, str, ModeratorInfo]:
+    """The data with the moderator's columns, and the moderated preset's formula.
+
+    The levels and the level of variation of the moderator are found from *data* unless
+    *options* give them (:func:`moderator_variables`); see :func:`fit_moderated`.
+
+    Raises
+    ------
+    ValueError
+        A preset that takes no moderator, or no ``moderator`` option.
+    """
     from allianceflow.models.presets import preset_formula
 
     if preset not in MODERATED_PRESETS:
@@ -557,13 +586,4 @@ def fit_moderated(
         within=options.get("moderator_within"),
     )
     formula = preset_formula(preset, **{**options, **info.preset_options()})
-    result = fit_model(data, formula, name=name, **fit_options)
-    record = result.to_dict()
-    slopes = simple_slopes(record, info)
-    record["moderation"] = info.to_dict()
-    record["simple_slopes"] = [
-        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-        for row in slopes.to_dict(orient="records")
-    ]
-    record["notes"] = list(record.get("notes", [])) + moderation_notes(info)
-    return result, record
+    return data, formula, info
