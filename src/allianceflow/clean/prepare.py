@@ -16,7 +16,15 @@ from ..io import DataError, _per_value, _stripped
 from ..privacy import check_privacy, get_salt
 from .columns import WIDE_PATTERN, extraction_day, instrument_table, map_columns, to_long
 from .columns import wide_columns as _wide_columns
-from .state import ENDING_TYPES, ID_COLUMNS, PATIENT_LEVEL, CleanRun, closest_text, number_text
+from .state import (
+    ENDING_TYPES,
+    ID_COLUMNS,
+    MODERATOR_PREFIX,
+    PATIENT_LEVEL,
+    CleanRun,
+    closest_text,
+    number_text,
+)
 
 __all__ = [
     "drop_columns",
@@ -113,7 +121,15 @@ def _count_missing(run: CleanRun) -> None:
         text = _stripped(run.frame[col])
         blank = text.eq("")
         coded = text.isin(run.codes)
-        if col not in ("patient", "therapist", "condition", "informant", "rupture", "ending"):
+        if col not in (
+            "patient",
+            "therapist",
+            "condition",
+            "informant",
+            "rupture",
+            "ending",
+            "modality",
+        ) and not col.startswith(MODERATOR_PREFIX):
             number_text_ = text.str.replace(",", ".", regex=False) if decimal == "," else text
             coded |= pd.to_numeric(number_text_.mask(blank | coded), errors="coerce").isin(
                 numeric_codes
@@ -295,7 +311,8 @@ def parse_values(run: CleanRun) -> None:
     numeric_cols = [
         c
         for c in run.value_cols
-        if c not in ID_COLUMNS or c in ("session", "days", "followup_days")
+        if (c not in ID_COLUMNS or c in ("session", "days", "followup_days"))
+        and not c.startswith(MODERATOR_PREFIX)
     ]
     for col in run.value_cols:
         if col in run.id_cols:
@@ -488,7 +505,8 @@ def patient_level_values(run: CleanRun) -> None:
     """
     if "condition" in run.frame:
         run.first_arm = first_arms(run.frame)
-    for col in PATIENT_LEVEL:
+    moderators = [c for c in run.frame if c.startswith(MODERATOR_PREFIX)]
+    for col in [*PATIENT_LEVEL, *moderators]:
         if col not in run.frame:
             continue
         f = run.frame[["patient", "session", col]].sort_values(

@@ -44,7 +44,12 @@ ID_COLUMNS = (
     "rupture",
     "ending",
     "followup_days",
+    "modality",
 )
+#: Prefix of patient-level moderator columns (``moderator_<name>``, text, constant within
+#: patient; e.g. ``moderator_referral``), mapped under ``read.columns`` like the others.
+MODERATOR_PREFIX = "moderator_"
+MODERATOR_NAME = re.compile(r"^moderator_[a-z][a-z0-9_]*[a-z]$")
 #: Recorded ending types (the ``ending`` column after the study's ``labels``); see
 #: :func:`allianceflow.clinical.endings_and_dose`.
 ENDING_TYPES = _CONTRACT_ENDINGS

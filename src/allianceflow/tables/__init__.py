@@ -34,6 +34,7 @@ from .counts import clinical_significance_table, ruptures_table, sudden_gains_ta
 from .descriptive import intake_correlations, reliability_markdown, reliability_table, table1
 from .formatting import DEFAULT_LABELS, format_number, format_p, format_r
 from .model import fixed_effects_table, model_markdown, model_table, to_markdown
+from .moderation import simple_slopes_table
 from .render import render_docx, render_html, render_latex, render_markdown, write_table_files
 from .suppression import CellSuppression
 from .table import TABLE_FORMATS, Table
@@ -62,4 +63,5 @@ __all__ = [
     "render_docx",
     "write_table_files",
     "CellSuppression",
+    "simple_slopes_table",
 ]
