@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from allianceflow.models import engine as fast
+from allianceflow.models import sparse
 from allianceflow.models import statsmodels_backend as sm
 from allianceflow.models.ddf import (
     BlockTooLarge,
@@ -359,11 +360,13 @@ def fit_model(
     # nesting is a property of the rows the model uses (incomplete rows are dropped)
     if engine != "statsmodels" and supports(fit_spec, rows):
         backend = fast.fit_backend(rows, fit_spec, reml=bool(reml), boundary_tol=boundary_tol)
+    elif engine != "statsmodels" and sparse.supports(fit_spec, rows):
+        # crossed or partially crossed factors: lme4's sparse formulation
+        backend = sparse.fit_backend(rows, fit_spec, reml=bool(reml), boundary_tol=boundary_tol)
     elif engine == "fast":
         raise ValueError(
-            f"The fast engine cannot fit {spec.formula!r}: it needs nested grouping factors "
-            "(e.g. patients within therapists); use engine='statsmodels' (or 'auto') for "
-            "crossed factors."
+            f"The fast engine cannot fit {spec.formula!r}: "
+            f"{sparse.refusal(fit_spec, rows)} Use engine='statsmodels' (or 'auto')."
         )
     else:
         backend = sm.fit_backend(
