@@ -92,21 +92,23 @@ CASES = {
 R_SCRIPT = r"""
 suppressMessages(library(lme4))
 args <- commandArgs(trailingOnly = TRUE)
-d <- read.csv(args[1], stringsAsFactors = TRUE)
-f <- readLines(args[2])
 ctrl <- lmerControl(optCtrl = list(ftol_abs = 1e-14, ftol_rel = 1e-15, xtol_abs = 1e-12,
                                    xtol_rel = 1e-12, maxeval = 1e5))
-for (reml in c(TRUE, FALSE)) {
-  m <- lmer(as.formula(f), data = d, REML = reml, control = ctrl)
-  tag <- if (reml) "REML" else "ML"
-  cat(paste0(tag, "_LOGLIK"), sprintf("%.12f", as.numeric(logLik(m))), "\n")
-  cat(paste0(tag, "_FIXEF"), sprintf("%.12g", fixef(m)), "\n")
-  cat(paste0(tag, "_SE"), sprintf("%.12g", sqrt(diag(as.matrix(vcov(m))))), "\n")
-  vc <- as.data.frame(VarCorr(m))
-  vc$var1[is.na(vc$var1)] <- "-"; vc$var2[is.na(vc$var2)] <- "-"
-  for (k in seq_len(nrow(vc))) {
-    cat(paste0(tag, "_VC_", vc$grp[k], "_", vc$var1[k], "_", vc$var2[k]),
-        sprintf("%.12g", vc$vcov[k]), "\n")
+for (case in readLines(file.path(args[1], "cases.txt"))) {
+  d <- read.csv(file.path(args[1], paste0(case, ".csv")), stringsAsFactors = TRUE)
+  f <- readLines(file.path(args[1], paste0(case, ".txt")))
+  for (reml in c(TRUE, FALSE)) {
+    m <- lmer(as.formula(f), data = d, REML = reml, control = ctrl)
+    tag <- paste0(case, "_", if (reml) "REML" else "ML")
+    cat(paste0(tag, "_LOGLIK"), sprintf("%.12f", as.numeric(logLik(m))), "\n")
+    cat(paste0(tag, "_FIXEF"), sprintf("%.12g", fixef(m)), "\n")
+    cat(paste0(tag, "_SE"), sprintf("%.12g", sqrt(diag(as.matrix(vcov(m))))), "\n")
+    vc <- as.data.frame(VarCorr(m))
+    vc$var1[is.na(vc$var1)] <- "-"; vc$var2[is.na(vc$var2)] <- "-"
+    for (k in seq_len(nrow(vc))) {
+      cat(paste0(tag, "_VC_", vc$grp[k], "_", vc$var1[k], "_", vc$var2[k]),
+          sprintf("%.12g", vc$vcov[k]), "\n")
+    }
   }
 }
 """
@@ -118,19 +120,18 @@ def _lme4_available() -> bool:
 
 @pytest.fixture(scope="module")
 def lme4_reference(tmp_path_factory):
-    """lme4's REML and ML fits of every case, from one Rscript per case."""
+    """lme4's REML and ML fits of every case, from one Rscript run."""
     require_tool(
         _lme4_available(),
         "Rscript with the lme4 package",
         "apt-get install r-base-core r-cran-lme4 (as .ci/run does).",
     )
-    out = {}
+    tmp = tmp_path_factory.mktemp("lme4")
     for name, (make, formula) in CASES.items():
-        tmp = tmp_path_factory.mktemp(name)
-        make().to_csv(tmp / "d.csv", index=False)
-        (tmp / "f.txt").write_text(formula + "\n")
-        out[name] = parse_lines(run_r(R_SCRIPT, tmp, tmp / "d.csv", tmp / "f.txt"))
-    return out
+        make().to_csv(tmp / f"{name}.csv", index=False)
+        (tmp / f"{name}.txt").write_text(formula + "\n")
+    (tmp / "cases.txt").write_text("\n".join(CASES) + "\n")
+    return parse_lines(run_r(R_SCRIPT, tmp, tmp))
 
 
 def _our_components(record: dict) -> dict[str, float]:
@@ -149,8 +150,8 @@ def _our_components(record: dict) -> dict[str, float]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_agrees_with_lme4(lme4_reference, case, reml):
     make, formula = CASES[case]
-    ref = lme4_reference[case]
-    tag = "REML" if reml else "ML"
+    ref = lme4_reference
+    tag = f"{case}_{'REML' if reml else 'ML'}"
     record = fit_model(make(), formula, reml=reml).to_dict()
     assert record["engine"] == "allianceflow.sparse"
     assert record["convergence"]["converged"]
@@ -260,7 +261,9 @@ def test_deviance_equals_the_dense_formula(case, reml):
     theta = np.array([0.8, 0.6, -0.05, 0.07][: prob.n_theta])
     if case == "patient_slope":
         theta = np.array([0.9, -0.02, 0.12, 0.5])
-    assert prob.deviance(theta) == pytest.approx(_dense_deviance(d, formula, theta, reml), rel=1e-10)
+    assert prob.deviance(theta) == pytest.approx(
+        _dense_deviance(d, formula, theta, reml), rel=1e-10
+    )
 
 
 def test_the_fast_engine_names_why_it_refuses(monkeypatch):
@@ -274,3 +277,34 @@ def test_the_fast_engine_names_why_it_refuses(monkeypatch):
         r"together, more than the sparse engine's limit of 5 ",
     ):
         fit_model(d, formula, engine="fast")
+
+
+# --------------------------------------------------------------------------- statsmodels cost
+
+
+def test_statsmodels_cost_estimate_is_the_documented_formula():
+    """One all-data group: n = 600 rows, q = 50 patients + 6 raters = 56 random effects."""
+    from allianceflow.models.mixedlm import prepare
+    from allianceflow.models.pls import check_spec
+    from allianceflow.models.statsmodels_backend import estimate_cost
+
+    d, plan = prepare(crossed_data(), check_spec(CASES["crossed"][1]))
+    cost = estimate_cost(d, plan)
+    assert cost["rows"] == 600 and cost["groups"] == 1 and cost["max_random_effects"] == 56
+    assert cost["seconds"] == pytest.approx(7.6e-7 * 600 * 56**2, rel=1e-12)
+    assert cost["bytes"] == pytest.approx(40 * 600 * 56, rel=1e-12)
+
+
+def test_statsmodels_warns_before_a_large_fit(monkeypatch):
+    import allianceflow.models.statsmodels_backend as smb
+
+    monkeypatch.setattr(smb, "WARN_SECONDS", 1.0)
+    message = (
+        r"statsmodels' MixedLM is about to fit 'y ~ session \+ x \+ \(1 \| patient\) \+ \(1 \| "
+        r"rater\)' on 600 rows with up to 56 random effects in one group of 600 rows; estimated "
+        r"time 1 s and memory 0\.0 GiB"
+    )
+    with pytest.warns(smb.LargeModelWarning, match=message):
+        record = fit_model(crossed_data(), CASES["crossed"][1], engine="statsmodels").to_dict()
+    assert record["engine"] == "statsmodels.MixedLM"
+    assert record["convergence"]["warnings"][0].startswith("statsmodels' MixedLM is about to fit")
