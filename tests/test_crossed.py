@@ -308,3 +308,29 @@ def test_statsmodels_warns_before_a_large_fit(monkeypatch):
         record = fit_model(crossed_data(), CASES["crossed"][1], engine="statsmodels").to_dict()
     assert record["engine"] == "statsmodels.MixedLM"
     assert record["convergence"]["warnings"][0].startswith("statsmodels' MixedLM is about to fit")
+
+
+def test_weighted_cross_products_equal_rows_scaled_by_root_weights():
+    """``update_weights`` (for a PIRLS loop): weights w act as rows scaled by sqrt(w)."""
+    make, formula = CASES["patient_slope"]
+    d = make()
+    _, levels, codes, X, _, y, z_cols, _ = sparse_engine._prepare(
+        d, sparse_engine.check_spec(formula)
+    )
+    w = np.random.default_rng(5).uniform(0.2, 3.0, len(y))
+    root = np.sqrt(w)
+    weighted = CrossedProblem(levels, codes, z_cols, X, y, True, weights=w)
+    scaled = CrossedProblem(
+        levels,
+        codes,
+        [[c * root for c in cols] for cols in z_cols],
+        X * root[:, None],
+        y * root,
+        True,
+    )
+    theta = np.array([0.9, -0.02, 0.12, 0.5])
+    assert weighted.deviance(theta) == pytest.approx(scaled.deviance(theta), rel=1e-12)
+    # and refreshing the weights in place gives the unweighted problem back
+    weighted.update_weights(y)
+    plain = CrossedProblem(levels, codes, z_cols, X, y, True)
+    assert weighted.deviance(theta) == pytest.approx(plain.deviance(theta), rel=1e-12)

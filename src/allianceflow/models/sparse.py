@@ -67,17 +67,22 @@ measured.
 
 For generalised models (PIRLS)
 ------------------------------
-The pieces are written so that a penalised iteratively reweighted least-squares loop can
-reuse them: :class:`CrossedProblem` takes the design once (``Z`` columns, ``X``, ``y``)
-and :meth:`CrossedProblem.update_weights` recomputes the weighted cross-products
-(:math:`Z^\top W Z`, :math:`Z^\top W X`, :math:`Z^\top W z`) for new working weights
-and a new working response without recomputing the design or the elimination order;
-:meth:`CrossedProblem.factor` returns the factorisation at θ (the unit blocks, the Schur
-complement's Cholesky factor, :math:`\log|A_\theta|`), and :meth:`CrossedProblem.modes`
-solves for the conditional modes :math:`u` given β -- the inner step of PIRLS (Bates et
-al. 2015, sec. 5 of the lme4 "PIRLS" vignette; Bates 2014, *Computational methods for
-mixed models*). A Laplace deviance is then :math:`\log|A_\theta| + \|u\|^2 +` the GLM
-deviance at the modes.
+The pieces are written so that a penalised iteratively reweighted least-squares loop (the
+inner step of lme4's ``glmer``) can reuse them for crossed GLMMs:
+:class:`CrossedProblem` takes the design once (``Z`` columns, ``X``, ``y``) and fixes the
+pattern of :math:`Z_1^\top Z_2` and the elimination order; :meth:`CrossedProblem.update_weights`
+recomputes the weighted cross-products (:math:`Z^\top W Z`, :math:`Z^\top W X`,
+:math:`Z^\top W z`) for new working weights :math:`W` and working response :math:`z`
+without touching the design; :meth:`CrossedProblem.factor` returns the factorisation at θ
+(the unit blocks :math:`D_i`, the Schur complement's Cholesky factor, :math:`\log|A_\theta|`
+and the reduced system); :meth:`CrossedProblem.modes` gives the conditional modes
+:math:`\hat b = \Lambda_\theta \hat u` for given β. A PIRLS iteration is then: working
+weights and response from the current linear predictor, ``update_weights``, ``factor``,
+β and :math:`\hat b` from the reduced system and ``modes``, until the penalised deviance
+stops falling; the Laplace approximation to the deviance is
+:math:`\log|A_\theta| + \|\hat u\|^2 +` the GLM deviance at the modes
+(Bates et al. 2015, sec. 3 for the LMM pieces; the GLMM case follows the same PLS system
+with weights). No GLMM is fitted here.
 
 References
 ----------
@@ -464,7 +469,7 @@ class CrossedProblem:
             if qk == 1:
                 out[o : o + mk * qk] = (blk * lam[0, 0]).reshape(mk * qk, -1)
             else:
-                out[o : o + mk * qk] = np.einsum("ba,mbc->mac", lam, blk).reshape(mk * qk, -1)
+                out[o : o + mk * qk] = (lam.T @ blk).reshape(mk * qk, -1)
         return out
 
     def _lam2(self, theta: np.ndarray):
@@ -483,13 +488,19 @@ class CrossedProblem:
         f = self.first
         q1, m1 = self.qs[f], self.m[f]
         lam1 = self.lam(theta, f)
-        a11 = np.einsum("ba,mbc,cd->mad", lam1, self.g1, lam1)
+        a11 = lam1.T @ self.g1 @ lam1
         a11 += np.eye(q1)
-        l11 = np.linalg.cholesky(a11)
-        logdet = 2.0 * float(np.log(np.diagonal(l11, axis1=1, axis2=2)).sum())
-        a11inv = np.linalg.inv(a11)
-        d1 = np.einsum("ab,mbc,dc->mad", lam1, a11inv, lam1)
-        dz1w = np.einsum("mab,mbj->maj", d1, self.z1w).reshape(m1 * q1, -1)
+        if q1 == 1:
+            if not np.all(a11 > 0):
+                raise np.linalg.LinAlgError("a unit block is not positive definite")
+            logdet = float(np.log(a11).sum())
+            a11inv = 1.0 / a11
+        else:
+            l11 = np.linalg.cholesky(a11)
+            logdet = 2.0 * float(np.log(np.diagonal(l11, axis1=1, axis2=2)).sum())
+            a11inv = np.linalg.inv(a11)
+        d1 = lam1 @ a11inv @ lam1.T
+        dz1w = (d1 @ self.z1w).reshape(m1 * q1, -1)
         z1w = self.z1w.reshape(m1 * q1, -1)
         h = self.wtw - z1w.T @ dz1w
         if self.q2:
@@ -497,7 +508,7 @@ class CrossedProblem:
             if q1 == 1:
                 dc = self.cdat * d1[self._pair_unit, 0, 0][None, :]
             else:
-                dc = np.einsum("pab,bp->ap", d1[self._pair_unit], self.cdat)
+                dc = (d1[self._pair_unit] @ self.cdat.T[:, :, None])[:, :, 0].T
             dcm = self._c_csr(dc)
             t = (self.c12t @ dcm).toarray()
             s0 = self._lam2_t(theta, self.a22 - t)
