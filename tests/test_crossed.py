@@ -334,3 +334,16 @@ def test_weighted_cross_products_equal_rows_scaled_by_root_weights():
     weighted.update_weights(y)
     plain = CrossedProblem(levels, codes, z_cols, X, y, True)
     assert weighted.deviance(theta) == pytest.approx(plain.deviance(theta), rel=1e-12)
+
+
+def test_the_sparse_product_fallback_gives_the_same_deviance(monkeypatch):
+    """Above MAX_PAIR_PRODUCTS, C'DC comes from a sparse product instead of a bincount."""
+    make, formula = CASES["patient_slope"]
+    prep = sparse_engine._prepare(make(), sparse_engine.check_spec(formula))
+    _, levels, codes, X, _, y, z_cols, _ = prep
+    theta = np.array([0.9, -0.02, 0.12, 0.5])
+    fast = CrossedProblem(levels, codes, z_cols, X, y, True)
+    monkeypatch.setattr(sparse_engine, "MAX_PAIR_PRODUCTS", 0)
+    fallback = CrossedProblem(levels, codes, z_cols, X, y, True)
+    assert fast._pp is not None and fallback._pp is None
+    assert fallback.deviance(theta) == pytest.approx(fast.deviance(theta), rel=1e-12)

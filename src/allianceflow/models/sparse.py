@@ -131,6 +131,10 @@ MAX_SCHUR = 6000
 ENGINE = "allianceflow.sparse"
 
 
+#: Largest number of within-unit products of :math:`Z_1^\top Z_2` entries for which
+#: :math:`C^\top D C` is a precomputed ``bincount`` (about 8 bytes x q1^2 each).
+MAX_PAIR_PRODUCTS = 20_000_000
+
 #: Below this order of the Schur complement the fit runs with one BLAS thread.
 SINGLE_THREAD_BELOW = 2000
 
@@ -259,8 +263,6 @@ class Factorization:
         :math:`\log|A_\theta|`.
     d1 : ndarray
         :math:`D_i = \Lambda_1 A_{11,i}^{-1}\Lambda_1^\top`, shape (m1, q1, q1).
-    dc : scipy.sparse matrix or None
-        :math:`D Z_1^\top Z_2` (csr, m1 q1 by q2); None without other factors.
     chol2 : ndarray
         Lower Cholesky factor of the Schur complement :math:`S` (q2, q2).
     r2 : ndarray
@@ -271,7 +273,6 @@ class Factorization:
 
     logdet: float
     d1: np.ndarray
-    dc: object
     chol2: np.ndarray
     r2: np.ndarray
     h: np.ndarray
@@ -346,6 +347,7 @@ class CrossedProblem:
             self._pair_col = uniq % self.q2
             npair = len(uniq)
             ptr = np.searchsorted(self._pair_unit, np.arange(m1 + 1))
+            self._pair_ptr = ptr
             # csr layout of C (rows (unit, a)): unit i, row a holds its pairs in order
             counts = np.diff(ptr)
             indptr = np.zeros(m1 * q1 + 1, dtype=np.int64)
@@ -429,6 +431,39 @@ class CrossedProblem:
             )
         self.c12 = self._c_csr(self.cdat)
         self.c12t = self.c12.T.tocsr()
+        self._pair_products(q1)
+
+    def _pair_products(self, q1: int) -> None:
+        r"""Precompute :math:`C^\top D C` as one ``bincount`` per θ where that is small.
+
+        For each unit and each two of its (unit, column) pairs *p*, *p'*, the products
+        :math:`C_{ap} C_{bp'}` land in :math:`T_{j(p) j(p')}` with weight :math:`D_{i,ab}`.
+        With :math:`\sum_i n_i^2` such products (:math:`n_i` the other factors' random
+        effects unit *i* shares rows with) below :data:`MAX_PAIR_PRODUCTS` this replaces a
+        sparse matrix product per θ; above it ``None`` selects the sparse product.
+        """
+        counts = np.diff(self._pair_ptr)
+        total = int((counts.astype(np.int64) ** 2).sum())
+        if total > MAX_PAIR_PRODUCTS:
+            self._pp = None
+            return
+        unit = np.repeat(np.arange(len(counts)), counts**2)
+        start = np.repeat(self._pair_ptr[:-1], counts**2)
+        size = np.repeat(counts, counts**2)
+        k = np.arange(total) - np.repeat(np.cumsum(counts**2) - counts**2, counts**2)
+        p1 = start + k // np.maximum(size, 1)
+        p2 = start + k % np.maximum(size, 1)
+        target = self._pair_col[p1] * self.q2 + self._pair_col[p2]
+        prods = {(a, b): self.cdat[a, p1] * self.cdat[b, p2] for a in range(q1) for b in range(q1)}
+        self._pp = (unit, target, prods)
+
+    def _dc(self, d1: np.ndarray):
+        r""":math:`D Z_1^\top Z_2` as csr: row (i, a) = sum_b D_i[a, b] C[(i, b), :]."""
+        if d1.shape[1] == 1:
+            dc = self.cdat * d1[self._pair_unit, 0, 0][None, :]
+        else:
+            dc = (d1[self._pair_unit] @ self.cdat.T[:, :, None])[:, :, 0].T
+        return self._c_csr(dc)
 
     def _c_csr(self, values: np.ndarray):
         """A csr matrix (m1 q1, q2) on the pattern of Z_1'Z_2 from (q1, n_pairs) values."""
@@ -504,13 +539,13 @@ class CrossedProblem:
         z1w = self.z1w.reshape(m1 * q1, -1)
         h = self.wtw - z1w.T @ dz1w
         if self.q2:
-            # D C on the pair pattern: row (i, a) = sum_b D_i[a, b] C[(i, b), :]
-            if q1 == 1:
-                dc = self.cdat * d1[self._pair_unit, 0, 0][None, :]
+            if self._pp is not None:
+                unit, target, prods = self._pp
+                wts = sum(prods[a, b] * d1[unit, a, b] for (a, b) in prods)
+                t = np.bincount(target, wts, minlength=self.q2 * self.q2)
+                t = t.reshape(self.q2, self.q2)
             else:
-                dc = (d1[self._pair_unit] @ self.cdat.T[:, :, None])[:, :, 0].T
-            dcm = self._c_csr(dc)
-            t = (self.c12t @ dcm).toarray()
+                t = (self.c12t @ self._dc(d1)).toarray()
             s0 = self._lam2_t(theta, self.a22 - t)
             s = self._lam2_t(theta, np.ascontiguousarray(s0.T)).T
             s = np.ascontiguousarray(s)
@@ -521,10 +556,9 @@ class CrossedProblem:
             g2 = _trsm(chol2, r2)
             h = h - g2.T @ g2
         else:
-            dcm = None
             chol2 = np.zeros((0, 0))
             r2 = np.zeros((0, self.p + 1))
-        return Factorization(logdet, d1, dcm, chol2, r2, h)
+        return Factorization(logdet, d1, chol2, r2, h)
 
     def solve(self, theta: np.ndarray, keep: bool = False) -> dict:
         """Profiled deviance and its by-products at ``theta`` (the keys of ``pls.Problem``)."""
@@ -606,7 +640,7 @@ class CrossedProblem:
         if self.q2:
             linv = _trsm(fac.chol2, np.eye(self.q2))  # S^{-1} = L^{-T} L^{-1}
             lam2 = self._lam2(theta)
-            K = (fac.dc @ lam2).tocsr()
+            K = (self._dc(fac.d1) @ lam2).tocsr()
             for start in range(0, m1 * q1, chunk):
                 P = np.asarray(K[start : start + chunk] @ linv.T)
                 var1[start : start + chunk] += np.einsum("ij,ij->i", P, P)
@@ -865,8 +899,14 @@ def fit_backend(
 
     Returns the :class:`~allianceflow.models.result.BackendFit` with the keys of the nested
     engine's. The denominator df of every fixed term is :math:`n - p` (the containment rule
-    assumes nested factors; statsmodels' crossed fits report the same); Satterthwaite and
-    Kenward–Roger df come from ``fit_model(..., ddf=...)`` as for nested models.
+    assumes nested factors; statsmodels' crossed fits report the same). Satterthwaite and
+    Kenward–Roger df come from ``fit_model(..., ddf=...)`` as for nested models
+    (:mod:`allianceflow.models.ddf`, from this fit's variance components); with crossed
+    factors the marginal covariance is a single block of all rows, so they are computed up
+    to ``DDF_MAX_BLOCK`` (2,000) rows, and beyond that ``fit_model`` keeps the :math:`n - p`
+    df and says so in a warning (the dense computation needs :math:`n^2` memory; a sparse
+    Satterthwaite from finite differences of this deviance, as lmerTest computes it, is not
+    implemented).
     """
     fit = fit_crossed(rows, spec, reml=reml, boundary_tol=boundary_tol)
     order = [t.label for t in spec.random]
