@@ -103,6 +103,10 @@ for (case in readLines(file.path(args[1], "cases.txt"))) {
     cat(paste0(tag, "_LOGLIK"), sprintf("%.12f", as.numeric(logLik(m))), "\n")
     cat(paste0(tag, "_FIXEF"), sprintf("%.12g", fixef(m)), "\n")
     cat(paste0(tag, "_SE"), sprintf("%.12g", sqrt(diag(as.matrix(vcov(m))))), "\n")
+    if (reml && requireNamespace("lmerTest", quietly = TRUE)) {
+      st <- summary(lmerTest::as_lmerModLmerTest(m))$coefficients
+      cat(paste0(tag, "_SATT"), sprintf("%.10g", st[, "df"]), "\n")
+    }
     vc <- as.data.frame(VarCorr(m))
     vc$var1[is.na(vc$var1)] <- "-"; vc$var2[is.na(vc$var2)] <- "-"
     for (k in seq_len(nrow(vc))) {
@@ -165,6 +169,23 @@ def test_agrees_with_lme4(lme4_reference, case, reml):
     assert set(ours) == set(theirs)
     for key, value in theirs.items():
         assert ours[key] == pytest.approx(value, rel=1e-3), key
+
+
+@pytest.mark.r
+@pytest.mark.parametrize("case", list(CASES))
+def test_satterthwaite_df_agree_with_lmertest(lme4_reference, case):
+    """``ddf="satterthwaite"`` on a sparse-engine fit: lmerTest's df (REML)."""
+    require_tool(
+        has_r_package("lmerTest"),
+        "Rscript with the lmerTest package",
+        "apt-get install r-cran-lmertest (as .ci/run does).",
+    )
+    make, formula = CASES[case]
+    record = fit_model(make(), formula, ddf="satterthwaite").to_dict()
+    assert record["engine"] == "allianceflow.sparse" and record["ddf"] == "satterthwaite"
+    ours = np.array([f["df"] for f in record["fixed"]])
+    theirs = np.array(lme4_reference[f"{case}_REML_SATT"], dtype=float)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3)
 
 
 def test_a_nested_design_keeps_the_nested_engine():
