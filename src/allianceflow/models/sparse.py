@@ -461,7 +461,14 @@ class CrossedProblem:
         p1 = start + k // np.maximum(size, 1)
         p2 = start + k % np.maximum(size, 1)
         target = self._pair_col[p1] * self.q2 + self._pair_col[p2]
-        prods = {(a, b): self.cdat[a, p1] * self.cdat[b, p2] for a in range(q1) for b in range(q1)}
+        # D is symmetric: the (a, b) and (b, a) products share the weight D_ab
+        prods = {}
+        for a in range(q1):
+            for b in range(a, q1):
+                prod = self.cdat[a, p1] * self.cdat[b, p2]
+                if b > a:
+                    prod += self.cdat[b, p1] * self.cdat[a, p2]
+                prods[a, b] = prod
         self._pp = (unit, target, prods)
 
     def _dc(self, d1: np.ndarray):
