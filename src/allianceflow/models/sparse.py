@@ -63,10 +63,10 @@ scikit-sparse==0.5.0`` compiles from source and fails without SuiteSparse's head
 builds there with a C compiler. A ``pip install allianceflow`` user can therefore not be
 assumed to have it. Measured on the 70,000-row crossed benchmark (7,500 patients × 300
 raters, :math:`A_\theta` of order 7,800 with 140,114 non-zeros), CPU time of one
-evaluation at the optimum with one BLAS thread: this module's whole deviance 6.9 ms;
-CHOLMOD (scikit-sparse 0.4.16, symbolic analysis done once, 62 ms) 37.8 ms for the numeric
+evaluation at the optimum with one BLAS thread: this module's whole deviance 7.1 ms;
+CHOLMOD (scikit-sparse 0.4.16, symbolic analysis done once, 66 ms) 42.7 ms for the numeric
 factorisation alone; scipy's SuperLU (``splu``, minimum-degree ordering of
-:math:`A + A^\top`, no pivoting, no reusable analysis) 139 ms for the factorisation alone.
+:math:`A + A^\top`, no pivoting, no reusable analysis) 148 ms for the factorisation alone.
 All three give the same :math:`\log|A_\theta|` to 1e-6. The block elimination needs
 numpy and scipy only and is the fastest, so it is the choice; CHOLMOD would matter only
 for designs whose smaller factors are too many for a dense Schur complement
