@@ -29,12 +29,13 @@ from allianceflow.models.ddf import (
 from allianceflow.models.design import (
     ModelError,
     check_identifiable,
+    group_codes,
     missing_by_variable,
     model_rows,
 )
 from allianceflow.models.formula import FormulaSpec, drop_effects, parse_formula
 from allianceflow.models.pls import supports
-from allianceflow.models.result import MixedModelResult, build_result
+from allianceflow.models.result import MixedModelResult, build_result, variance_record
 
 __all__ = ["fit_model", "check_data", "DDF_METHODS", "DDF_MAX_BLOCK"]
 
@@ -91,7 +92,7 @@ def _few_level_terms(
     """Drop the random terms of grouping factors with fewer than *min_levels* levels."""
     dropped = []
     for factor in spec.factors:
-        n_levels = int(rows[list(factor)].drop_duplicates().shape[0])
+        n_levels = len(group_codes(rows, factor)[1])
         if n_levels >= min_levels:
             continue
         label = ":".join(factor)
@@ -166,10 +167,16 @@ def fit_model(
         Cholesky factor of the relative covariance) accepted when the Newton test cannot be
         used.
     boundary_tol : float, default 1e-4
-        A random-effect variance below ``boundary_tol`` times the residual variance is
-        reported as at the boundary (a singular fit, as lme4's ``isSingular``), as is a
-        covariance matrix whose smallest eigenvalue is below ``boundary_tol`` times its
-        largest variance.
+        On the scale of standard deviations relative to the residual SD, as lme4's
+        ``isSingular`` (tolerance 1e-4 on θ): a random effect whose SD is below
+        ``boundary_tol`` times the residual SD (variance below ``boundary_tol``² times the
+        residual variance) is reported as at the boundary (a singular fit), as is a
+        covariance matrix of correlated effects with a direction whose SD is that small
+        (smallest eigenvalue of the covariance over the residual variance below
+        ``boundary_tol``²: a correlation at ±1). ``random[].boundary`` and
+        ``convergence["boundary"]`` use this one test
+        (:func:`allianceflow.models.inference.is_boundary`, ``is_singular``) whichever
+        engine ran.
     maxiter : int, default 2000
         Iteration limit per optimiser.
     engine : {"auto", "fast", "statsmodels"}, default "auto"
@@ -206,7 +213,9 @@ def fit_model(
         covariances, residual_variance, icc, r2_marginal, r2_conditional, loglik, n_params,
         conditional_modes, vcov_fixed, aic, bic, convergence, dropped_missing_by_variable,
         dropped_random_terms`` and, last, ``ddf`` (``"satterthwaite"`` or
-        ``"kenward-roger"``) when those df were used (no ``ddf`` key: containment); floats
+        ``"kenward-roger"``) when those df were used (no ``ddf`` key: containment);
+        ``conditional_modes`` are those of the outermost grouping factor (the one the others
+        are nested in; none for crossed factors or more than 5,000 levels); floats
         are plain Python floats rounded to 12 significant digits (``None`` for NaN).
         ``vcov_fixed`` is the unadjusted covariance also with Kenward–Roger (as lme4's
         ``vcov``).
@@ -398,15 +407,17 @@ def fit_model(
             f"for {_DDF_LABEL[ddf]} df."
         )
         ddf = "containment"
-    result = build_result(backend, **settings)
-    if ddf == "containment":
-        return result
-    try:
-        table = _ddf_table(rows, fit_spec, result.to_dict(), ddf)
-    except BlockTooLarge as err:
-        backend.warnings.append(
-            f"ddf={ddf!r} was asked for, but {err} The containment df and Wald z tests and "
-            "intervals are reported instead."
-        )
+    table = None
+    if ddf != "containment":
+        # the df need only the variance components, as the record rounds them: the result
+        # is built once, after them
+        try:
+            table = _ddf_table(rows, fit_spec, variance_record(backend), ddf)
+        except BlockTooLarge as err:
+            backend.warnings.append(
+                f"ddf={ddf!r} was asked for, but {err} The containment df and Wald z tests "
+                "and intervals are reported instead."
+            )
+    if table is None:
         return build_result(backend, **settings)
     return build_result(backend, **settings, ddf=ddf, ddf_table=table)

@@ -453,12 +453,6 @@ def _closest(name: str, cols) -> str:
     return f" (closest: {match[0]!r})" if match else ""
 
 
-def _key(data: pd.DataFrame, factor: tuple[str, ...]) -> pd.Series:
-    if len(factor) == 1:
-        return data[factor[0]].astype(str)
-    return data[list(factor)].astype(str).agg(":".join, axis=1)
-
-
 def _nested_in(data: pd.DataFrame | None, inner: tuple[str, ...], outer: tuple[str, ...]) -> bool:
     """Tell whether every level of ``inner`` lies within one level of ``outer``."""
     if inner == outer:
@@ -467,8 +461,9 @@ def _nested_in(data: pd.DataFrame | None, inner: tuple[str, ...], outer: tuple[s
         return True  # syntactic: therapist:patient inside therapist
     if data is None:
         return False
-    k_in, k_out = _key(data, inner), _key(data, outer)
-    return bool((pd.DataFrame({"i": k_in, "o": k_out}).groupby("i")["o"].nunique() <= 1).all())
+    from allianceflow.models.design import group_codes, nested_in
+
+    return nested_in(group_codes(data, inner)[0], group_codes(data, outer)[0])
 
 
 def _uncorrelated(term: RandomTerm) -> str:

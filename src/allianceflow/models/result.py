@@ -31,6 +31,7 @@ __all__ = [
     "BackendFit",
     "MixedModelResult",
     "build_result",
+    "variance_record",
     "format_model",
     "ddf_method",
     "ddf_note",
@@ -165,6 +166,24 @@ class BackendFit:
     hessian_positive_definite: bool
     boundary: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+
+
+def variance_record(fit: BackendFit) -> dict:
+    """The variance part of the record :func:`build_result` makes, without building it.
+
+    ``reml`` (True: only REML fits reach the df methods), ``random``, ``covariances`` and
+    ``residual_variance``, rounded as in the record: what
+    :func:`allianceflow.models.ddf.variance_structure` reads.
+    """
+    return {
+        "reml": True,
+        "random": [{"group": g, "term": t, "variance": _r(v)} for g, t, v in fit.random],
+        "covariances": [
+            {"group": g, "term1": t1, "term2": t2, "covariance": _r(c)}
+            for g, t1, t2, c, _ in fit.covariances
+        ],
+        "residual_variance": _r(fit.sigma2),
+    }
 
 
 def build_result(

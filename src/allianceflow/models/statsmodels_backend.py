@@ -33,7 +33,7 @@ import pandas as pd
 
 from allianceflow.models.design import ModelError
 from allianceflow.models.formula import FormulaSpec, MixedLMPlan, drop_effects
-from allianceflow.models.inference import containment_df, is_boundary
+from allianceflow.models.inference import containment_df, is_boundary, is_singular
 from allianceflow.models.inference import round_sig as _r
 from allianceflow.models.mixedlm import SM_TOL as _SM_TOL
 from allianceflow.models.mixedlm import build_model as _build_model
@@ -570,8 +570,7 @@ def fit_backend(
     at_zero = [(g, t) for g, t, v in random_rows if is_boundary(v, scale, boundary_tol)]
     boundary = [f"{t} | {g}" for g, t in at_zero]
     if len(labels) > 1 and not any(g == labels[0][0] for g, _ in at_zero):
-        rel = cov_re / scale
-        if float(np.linalg.eigvalsh(rel).min()) < boundary_tol * float(np.max(np.diag(rel))):
+        if is_singular(cov_re, scale, boundary_tol):
             boundary.append(f"correlation | {labels[0][0]}")
             warn_list.append(
                 f"singular fit: the random-effects covariance of {labels[0][0]!r} is "
