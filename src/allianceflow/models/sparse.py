@@ -152,8 +152,8 @@ def _blas_threads(limit: int | None):
     The Schur complements of typical designs (tens to hundreds of raters or therapists) are
     too small for threaded LAPACK to pay: on a loaded two-core machine, OpenBLAS's two
     threads made a 2,000-patient crossed fit take 14 s of CPU (51 s wall) instead of
-    0.43 s (1.7 s) with one. threadpoolctl comes with the pinned environment (through
-    scikit-learn); without it the fit runs as BLAS is configured.
+    0.43 s (1.7 s) with one. threadpoolctl is a declared dependency; should it be missing,
+    the fit runs as BLAS is configured.
     """
     import contextlib
 
