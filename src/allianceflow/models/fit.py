@@ -2,8 +2,9 @@
 
 The formula is parsed once and the model's complete rows selected once. Grouping factors
 with too few levels are dropped (with a warning), then the fit goes to the fast engine
-(:mod:`allianceflow.models.engine`, nested factors) or to statsmodels' ``MixedLM``
-(:mod:`allianceflow.models.statsmodels_backend`, crossed factors). Both return a
+(:mod:`allianceflow.models.engine`, nested factors; :mod:`allianceflow.models.sparse`,
+crossed factors) or to statsmodels' ``MixedLM``
+(:mod:`allianceflow.models.statsmodels_backend`, what neither covers). All return a
 :class:`~allianceflow.models.result.BackendFit`, from which
 :func:`~allianceflow.models.result.build_result` makes the one
 :class:`~allianceflow.models.result.MixedModelResult`.
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from allianceflow.models import engine as fast
+from allianceflow.models import sparse
 from allianceflow.models import statsmodels_backend as sm
 from allianceflow.models.ddf import (
     BlockTooLarge,
@@ -183,10 +185,12 @@ def fit_model(
         Iteration limit per optimiser.
     engine : {"auto", "fast", "statsmodels"}, default "auto"
         "fast": :func:`allianceflow.models.engine.fit_lmm`, lme4's profiled-deviance formulation
-        vectorised over patients (nested grouping factors only; any ``|`` or ``||`` block
-        at any level). "statsmodels": ``MixedLM`` with the optimiser fall-backs below.
-        "auto" takes the fast engine whenever :func:`allianceflow.models.pls.supports` the
-        structure and statsmodels otherwise (crossed factors). Both give the same result
+        vectorised over patients, for nested grouping factors (any ``|`` or ``||`` block
+        at any level), and :func:`allianceflow.models.sparse.fit_crossed`, the same
+        formulation with a sparse Cholesky factor, for crossed or partially crossed ones.
+        "statsmodels": ``MixedLM`` with the optimiser fall-backs below. "auto" takes the
+        fast engine whenever it supports the structure and statsmodels otherwise (warning
+        first when that fit will be slow or large). All give the same result
         keys; ``to_dict()["engine"]`` says which ran. The options ``optimizers``,
         ``grad_tol`` and ``maxiter`` apply to statsmodels only.
     min_levels : int, default 5
@@ -417,11 +421,13 @@ def fit_model(
     # nesting is a property of the rows the model uses (incomplete rows are dropped)
     if engine != "statsmodels" and supports(fit_spec, rows):
         backend = fast.fit_backend(rows, fit_spec, reml=bool(reml), boundary_tol=boundary_tol)
+    elif engine != "statsmodels" and sparse.supports(fit_spec, rows):
+        # crossed or partially crossed factors: lme4's sparse formulation
+        backend = sparse.fit_backend(rows, fit_spec, reml=bool(reml), boundary_tol=boundary_tol)
     elif engine == "fast":
         raise ValueError(
-            f"The fast engine cannot fit {spec.formula!r}: it needs nested grouping factors "
-            "(e.g. patients within therapists); use engine='statsmodels' (or 'auto') for "
-            "crossed factors."
+            f"The fast engine cannot fit {spec.formula!r}: "
+            f"{sparse.refusal(fit_spec, rows)} Use engine='statsmodels' (or 'auto')."
         )
     else:
         backend = sm.fit_backend(
