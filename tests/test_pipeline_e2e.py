@@ -232,6 +232,31 @@ def test_report_has_a_caption_per_figure_and_table(run):
         "reliable change index around it",
     ):
         assert phrase in text
+    # the front page is the summary in words, answers first
+    front = text[text.index("workflow_desc") :]
+    assert front.index("Results: example") < front.index("How these results were made")
+
+
+def test_summary_answers_each_model_from_its_json(run):
+    """results/<study>/summary.md: one paragraph per configured model, numbers from its JSON."""
+    workdir = run["dir"]
+    text = (workdir / "results/example/summary.md").read_text(encoding="utf-8")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    for name in config["studies"]["example"]["models"]:
+        result = json.loads((workdir / f"results/example/models/{name}.json").read_text())
+        assert f"(model {name})" in text
+        assert f"The model used {result['n_obs']:,} sessions of" in text
+    main = json.loads((workdir / "results/example/models/alliance_outcome.json").read_text())
+    within = next(r for r in main["fixed"] if r["term"] == "alliance_within_lag")
+    assert (
+        "A session whose WAI-SR total was 1 point above the patient's usual level was followed "
+        f"at the next session by an ORS total {within['estimate']:.2f} points higher (better) "
+        f"(*b* = {within['estimate']:.2f}, 95% CI [{within['ci_low']:.2f}, "
+        f"{within['ci_high']:.2f}]"
+    ) in text
+    assert "Flückiger et al. (2018)" in text
+    flow = json.loads((workdir / "data/processed/example/flow.json").read_text())
+    assert f"The export held {flow['sessions']['read']:,} session rows" in text
 
 
 def test_invalid_config_fails_before_any_job(tmp_path, copy_project):

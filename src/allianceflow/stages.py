@@ -65,6 +65,7 @@ __all__ = [
     "power_summary_stage",
     "power_curve_stage",
     "manifest_stage",
+    "summary_stage",
 ]
 
 log = logging.getLogger("allianceflow")
@@ -484,6 +485,41 @@ def manifest_stage(
         build_manifest(study=study, inputs=inputs, outputs=outputs, config=study_config, lock=lock),
         manifest,
     )
+
+
+def summary_stage(
+    model_jsons: Sequence[str | Path],
+    *,
+    flow: str | Path,
+    study: str,
+    measures: Mapping[str, Any],
+    benchmark: Mapping[str, Any] | None = None,
+    md: str | Path,
+    rst: str | Path | None = None,
+) -> None:
+    """Write the study's summary in words (:func:`allianceflow.summary.study_summary`).
+
+    *model_jsons* are the study's model results in config order, *flow* its ``flow.json``,
+    *measures* its ``measures`` section (the alliance and outcome scores, whose units the
+    effects are in, and the outcome's direction of improvement), *benchmark* the
+    meta-analytic benchmark (``pool.benchmark``; default
+    :data:`allianceflow.summary.BENCHMARK`). *md* gets the Markdown, *rst* (optional) the
+    same text as reStructuredText for the report's front page.
+    """
+    from .summary import BENCHMARK, markdown_to_rst, study_summary
+
+    text = study_summary(
+        [io.read_json(path) for path in model_jsons],
+        io.read_json(flow),
+        study=study,
+        alliance=measures["alliance"],
+        outcome=measures["outcome"],
+        outcome_direction=outcome_numbers(measures)["direction"],
+        benchmark=benchmark or BENCHMARK,
+    )
+    io.write_text(text, md)
+    if rst is not None:
+        io.write_text(markdown_to_rst(text), rst)
 
 
 # --------------------------------------------------------------------------- tables

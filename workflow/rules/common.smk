@@ -175,6 +175,7 @@ def get_study_outputs(study):
             for c in get_comparisons(study)
             for ext in ("json", "txt")
         ]
+        + [f"results/{study}/summary.{ext}" for ext in ("md", "rst")]
         + [f"results/{study}/tables/{m}.{ext}" for m in models for ext in published]
         + [f"results/{study}/tables/models.{ext}" for ext in published]
         + [f"results/{study}/tables/reliability.{ext}" for ext in published]
@@ -189,6 +190,11 @@ def get_study_outputs(study):
             for ext in FIGURE_FORMATS
         ]
     )
+
+
+def get_benchmark():
+    """The meta-analytic benchmark (`pool.benchmark`) quoted in the summaries."""
+    return config["pool"]["benchmark"]
 
 
 def get_manifest_outputs(wildcards):
