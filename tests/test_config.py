@@ -38,6 +38,12 @@ def test_shipped_config_is_valid_and_defaults_are_filled(root, config, schema):
             "caterpillar_group": "therapist",
         },
         "tables": {"min_cell": 5},
+        "labels": {
+            "arms": {"feedback": "routine outcome feedback", "tau": "treatment as usual"},
+            "variables": {},
+            "instruments": {},
+            "informants": {},
+        },
     }
     assert "encoding" not in config["studies"]["example"]["read"]  # the input is not modified
     assert load_config(root / "config.yaml") == resolved
