@@ -10,13 +10,14 @@ import pytest
 from docutils.core import publish_parts
 
 from allianceflow.config import load_config
+from allianceflow.labels import Labels
 from allianceflow.models import fit_model
 from allianceflow.stages import prepare_study
 from allianceflow.summary import (
     BENCHMARK,
-    PlainLabels,
     apa_p,
     apa_r,
+    column_label,
     markdown_to_rst,
     r_equivalent,
     study_summary,
@@ -26,12 +27,12 @@ FORMULA = (
     "outcome ~ alliance_within_lag + alliance_between + session + (1 | therapist) + (1 | patient)"
 )
 GROWTH = "outcome ~ session + (1 | therapist) + (1 | patient)"
-LABELS = PlainLabels()
 
 
 @pytest.fixture(scope="module")
 def study(root):
     config = load_config(root / "config.yaml")
+    labels = Labels.from_config(config["studies"]["example2"])
     with pytest.warns(UserWarning, match="answered some but not enough items"):
         prepared = prepare_study(config["studies"]["example2"], root=root, name="example2")
     analysis = prepared.analysis
@@ -48,9 +49,9 @@ def study(root):
         alliance="srs_total",
         outcome="phq9_total",
         outcome_direction="lower_is_better",
-        labels=LABELS,
+        labels=labels,
     )
-    return {"records": records, "flow": prepared.flow, "text": text}
+    return {"records": records, "flow": prepared.flow, "text": text, "labels": labels}
 
 
 def _sections(text):
@@ -103,10 +104,10 @@ def _flow_values(flow):
     return values
 
 
-def _strip_labels(text, flow):
-    """Remove the labels (which may hold digits, as "PHQ9 1") and the fixed phrases."""
+def _strip_labels(text, flow, labels):
+    """Remove the labels (which may hold digits, as "PHQ-9 item 4") and the fixed phrases."""
     names = ["srs_total", "phq9_total", *flow["values"]["missing_by_column"]]
-    for label in sorted({LABELS.variable(n) for n in names}, key=len, reverse=True):
+    for label in sorted({column_label(labels, n) for n in names}, key=len, reverse=True):
         text = text.replace(label, "")
     text = text.replace("95% CI", "").replace("1 point", "")
     benchmark = "*r* = {}, 95% CI [{}, {}]".format(
@@ -124,7 +125,7 @@ def test_every_number_in_the_text_is_a_record_value_rounded_as_shown(study):
     for name, content in sections.items():
         # the clean stage's warnings are quoted word for word (tested below)
         content = "\n".join(line for line in content.splitlines() if not line.startswith("- "))
-        content = _strip_labels(content, study["flow"]).replace("*p* < .001", "")
+        content = _strip_labels(content, study["flow"], study["labels"]).replace("*p* < .001", "")
         for number in NUMBER.findall(content):
             assert any(_matches(number, v) for v in sources[name]), (name, number)
             checked += 1
@@ -170,7 +171,7 @@ def test_directions_units_and_ns_in_words(study):
     assert within["estimate"] < 0  # more alliance, fewer PHQ-9 symptoms next session
     assert (
         "A session whose SRS total was 1 point above the patient's usual level was followed at "
-        f"the next session by a PHQ9 total {abs(within['estimate']):.2f} points lower (better)"
+        f"the next session by a PHQ-9 total {abs(within['estimate']):.2f} points lower (better)"
     ) in main
     assert (
         f"The model used {record['n_obs']} sessions of {record['n_groups']['patient']} patients "
@@ -178,13 +179,16 @@ def test_directions_units_and_ns_in_words(study):
     ) in main
     lag = record["dropped_missing_by_variable"]["alliance_within_lag"]
     assert f"{record['n_dropped_missing']} sessions were left out because" in main
-    assert f"alliance within lag in {lag} (no alliance score at the previous session" in main
+    assert (
+        f"{lag} had no SRS total at the previous session, within-patient (deviation from the "
+        "patient's mean), as at every patient's first session"
+    ) in main
     assert "The fit converged without warnings." in main
     # the benchmark, on alliance-outcome models only, with the outcome's direction
     assert "*r* = .278, 95% CI [.256, .299], in Flückiger et al. (2018)" in main
     assert "a negative *r* is in the benchmark's direction" in main
     assert "Flückiger" not in sections["growth"]
-    assert sections["growth"].startswith("\nWith each further session, the PHQ9 total was")
+    assert sections["growth"].startswith("\nWith each further session, the PHQ-9 total was")
 
 
 def test_dropped_random_terms_are_stated(study):
@@ -202,7 +206,7 @@ def test_data_paragraph_reconciles_and_quotes_the_clean_warnings(study):
         f"of {p['kept']} patients were kept and {s['excluded']} rows excluded."
     ) in data
     assert "Rows flagged but kept, by rule: session_gap: 29." in data
-    assert "PHQ9 4: 14;" in data  # kept_missing of phq9_4
+    assert "PHQ-9 item 4: 14;" in data  # kept_missing of phq9_4
     for warning in study["flow"]["warnings"]:
         assert f"- {warning}" in data
     assert any(w.startswith("phq9: 71 of 939 kept sessions") for w in study["flow"]["warnings"])

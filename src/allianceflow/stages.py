@@ -494,6 +494,7 @@ def summary_stage(
     study: str,
     measures: Mapping[str, Any],
     benchmark: Mapping[str, Any] | None = None,
+    labels: Mapping[str, Any] | None = None,
     md: str | Path,
     rst: str | Path | None = None,
 ) -> None:
@@ -503,9 +504,12 @@ def summary_stage(
     *measures* its ``measures`` section (the alliance and outcome scores, whose units the
     effects are in, and the outcome's direction of improvement), *benchmark* the
     meta-analytic benchmark (``pool.benchmark``; default
-    :data:`allianceflow.summary.BENCHMARK`). *md* gets the Markdown, *rst* (optional) the
-    same text as reStructuredText for the report's front page.
+    :data:`allianceflow.summary.BENCHMARK`), *labels* the study's
+    :meth:`allianceflow.labels.Labels.to_dict` (default: labels from *measures* and the
+    instrument files). *md* gets the Markdown, *rst* (optional) the same text as
+    reStructuredText for the report's front page.
     """
+    from .labels import Labels
     from .summary import BENCHMARK, markdown_to_rst, study_summary
 
     text = study_summary(
@@ -515,6 +519,7 @@ def summary_stage(
         alliance=measures["alliance"],
         outcome=measures["outcome"],
         outcome_direction=outcome_numbers(measures)["direction"],
+        labels=Labels.from_dict(labels) if labels else Labels.from_config({"measures": measures}),
         benchmark=benchmark or BENCHMARK,
     )
     io.write_text(text, md)

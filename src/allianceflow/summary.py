@@ -14,8 +14,8 @@ The text is Markdown that is also valid reStructuredText (setext headings, plain
 paragraphs, ``-`` lists), so that Snakemake's report can include it as its front page.
 
 Labels come from an object with ``variable(name)`` and ``term(term)`` methods (the label of
-a score column such as ``"ors_total"`` and of a model term such as
-``"alliance_within_lag"``); :class:`PlainLabels` is the fallback.
+a column such as ``"ors_total"`` and of a model term such as ``"alliance_within_lag"``):
+the study's :class:`allianceflow.labels.Labels`, or :class:`PlainLabels` as a fallback.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ __all__ = [
     "apa_p",
     "apa_r",
     "r_equivalent",
+    "column_label",
     "question_of",
     "model_paragraph",
     "data_paragraph",
@@ -119,6 +120,33 @@ class PlainLabels:
         if term in self.names:
             return self.names[term]
         return term.replace("_", " ")
+
+
+def _lower(text: str) -> str:
+    """Lower the first letter inside a sentence, unless it starts an abbreviation."""
+    if len(text) > 1 and (text[1].isupper() or text[1].isdigit()):
+        return text
+    return text[:1].lower() + text[1:]
+
+
+_ITEM = re.compile(r"^(?P<instrument>[a-z][a-z0-9_]*?)_(?P<item>\d+)$")
+
+
+def column_label(labels: Labels, column: str) -> str:
+    """Label of a column of the session table; an item column reads "<instrument> item N".
+
+    Examples
+    --------
+    >>> from allianceflow.labels import Labels
+    >>> labels = Labels(instruments={"ors": "ORS"})
+    >>> column_label(labels, "ors_3"), column_label(PlainLabels(), "ors_total")
+    ('ORS item 3', 'ORS total')
+    """
+    item = _ITEM.match(column)
+    instruments = getattr(labels, "instruments", {}) or {}
+    if item and item["instrument"] in instruments:
+        return f"{instruments[item['instrument']]} item {item['item']}"
+    return labels.variable(column)
 
 
 # --------------------------------------------------------------------------- APA numbers
@@ -355,7 +383,7 @@ def _term_sentence(
         return _COUNT.substitute(values, predictor=noun)
     if ":" in term or "[" in term:
         # interactions and contrasts of a categorical variable (e.g. arm) have no unit
-        return _CONTRAST.substitute(values, predictor=labels.term(term))
+        return _CONTRAST.substitute(values, predictor=_lower(labels.term(term)))
     return _GENERIC.substitute(values, predictor=labels.term(term))
 
 
@@ -396,16 +424,13 @@ def _statistics(row: Mapping[str, Any], ddf: str) -> str:
 
 _UNITS = {"patient": "patients", "therapist": "therapists", "system": "couples or families"}
 
+#: How a session lacking a model variable is said (``{label}``: the variable's label).
 _DROP_REASONS = {
-    "alliance_within_lag": (
-        "no alliance score at the previous session, as at every patient's first session"
-    ),
-    "alliance_within_detrended_lag": (
-        "no alliance score at the previous session, as at every patient's first session"
-    ),
-    "outcome": "no outcome total: too many of its items blank or coded missing",
-    "alliance_between": "no alliance score at any session",
-    "off_track": "on-track status never assessed",
+    "alliance_within_lag": "had no {label}, as at every patient's first session",
+    "alliance_within_detrended_lag": "had no {label}, as at every patient's first session",
+    "outcome": "had no {label}, too many of its items being blank or coded missing",
+    "alliance_between": "had no {label}: the patient has no alliance score at any session",
+    "off_track": "had no on-track status, the patient's never having been assessed",
 }
 
 
@@ -413,7 +438,8 @@ def _sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
     # patients first, then the other units in formula order
     order = sorted(record["n_groups"], key=lambda g: g != "patient")
     groups = [
-        f"{apa_number(record['n_groups'][g], 0)} {_UNITS.get(g, labels.variable(g) + ' units')}"
+        f"{apa_number(record['n_groups'][g], 0)} "
+        + _UNITS.get(g, _lower(labels.variable(g)) + " units")
         for g in order
     ]
     text = f"The model used {apa_number(record['n_obs'], 0)} sessions of " + _join(groups) + "."
@@ -421,8 +447,8 @@ def _sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
     if dropped:
         by_variable = record.get("dropped_missing_by_variable") or {}
         reasons = [
-            f"{labels.term(v)} in {apa_number(n, 0)}"
-            + (f" ({_DROP_REASONS[v]})" if v in _DROP_REASONS else "")
+            f"{apa_number(n, 0)} "
+            + _DROP_REASONS.get(v, "had no {label}").format(label=_lower(labels.variable(v)))
             for v, n in by_variable.items()
             if n
         ]
@@ -458,10 +484,15 @@ def _warning_sentence(record: Mapping[str, Any], labels: Labels) -> str:
         )
     boundary = [row for row in record.get("random", []) if row.get("boundary")]
     for row in boundary:
-        what = "intercept" if row["term"] == "(Intercept)" else f"slope of {row['term']}"
+        what = (
+            "intercept"
+            if row["term"] == "(Intercept)"
+            else f"slope of {_lower(labels.variable(row['term']))}"
+        )
+        group = _lower(labels.variable(row["group"]))
         notes.append(
-            f"The variance of the {labels.variable(row['group'])} {what} is at the boundary "
-            "(near zero, a singular fit): the data cannot tell it from none."
+            f"The variance of the {group} {what} is at the boundary (near zero, a singular "
+            "fit): the data cannot tell it from none."
         )
     for warning in conv.get("warnings", []):
         notes.append(f"Warning: {warning[:1].upper()}{warning[1:].rstrip('.')}.")
@@ -538,6 +569,8 @@ def model_paragraph(
     labels = labels or PlainLabels()
     ddf = record.get("ddf", "containment")
     sentences = []
+    interacting = {part for row in record["fixed"] for part in row["term"].split(":")[1:]}
+    interacting |= {row["term"].split(":")[0] for row in record["fixed"] if ":" in row["term"]}
     for row in record["fixed"]:
         if row["term"] == "Intercept":
             continue
@@ -551,6 +584,9 @@ def model_paragraph(
             amount=amount,
             direction=_direction(row["estimate"], outcome_direction),
         )
+        if row["term"] in interacting:
+            # a main effect in a model with its interactions is conditional
+            text += ", where the terms it interacts with are zero or at their reference level"
         sentences.append(f"{text[:1].upper()}{text[1:]} {_statistics(row, ddf)}.")
     body = [
         " ".join(sentences),
@@ -614,7 +650,9 @@ def data_paragraph(flow: Mapping[str, Any], *, labels: Labels | None = None) -> 
         if by_column[col].get("kept_missing")
     }
     if missing:
-        listed = "; ".join(f"{labels.variable(c)}: {apa_number(n, 0)}" for c, n in missing.items())
+        listed = "; ".join(
+            f"{column_label(labels, c)}: {apa_number(n, 0)}" for c, n in missing.items()
+        )
         text += f" Values missing among the kept rows, by column: {listed}."
     else:
         text += " No value is missing among the kept rows."

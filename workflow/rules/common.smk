@@ -197,6 +197,13 @@ def get_benchmark():
     return config["pool"]["benchmark"]
 
 
+def get_summary_labels(wildcards):
+    """Labels of one study's variables and terms in words (config and instrument files)."""
+    from allianceflow.labels import Labels
+
+    return Labels.from_config(config["studies"][wildcards.study]).to_dict()
+
+
 def get_manifest_outputs(wildcards):
     """What the manifest of a study hashes as outputs."""
     return get_study_outputs(wildcards.study)

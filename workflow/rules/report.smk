@@ -22,6 +22,7 @@ rule write_summary:
         allianceflow_source=SOURCE_FINGERPRINT,
         measures=get_measures,
         benchmark=get_benchmark(),
+        labels=get_summary_labels,
     script:
         "../scripts/write_summary.py"
 

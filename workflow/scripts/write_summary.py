@@ -9,6 +9,7 @@ with run_step(snakemake.log[0]):
         study=snakemake.wildcards.study,
         measures=snakemake.params.measures,
         benchmark=snakemake.params.benchmark,
+        labels=snakemake.params.labels,
         md=snakemake.output.md,
         rst=snakemake.output.rst,
     )
