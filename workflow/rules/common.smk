@@ -197,6 +197,42 @@ def get_benchmark():
     return config["pool"]["benchmark"]
 
 
+#: Names in words of the entries of Snakemake's report (labels of report(...)).
+REPORT_NAMES = {
+    "table1": "Table 1: sample characteristics by arm",
+    "intake_correlations": "Correlations at intake",
+    "clinical_significance": "Reliable and clinically significant change",
+    "sudden_gains": "Sudden gains",
+    "ruptures": "Alliance ruptures and repair",
+    "reliability": "Reliability (alpha and omega)",
+    "models": "Every model side by side",
+    "within_between": "Alliance and outcome within and between patients",
+    "trajectories": "Outcome trajectories",
+    "forest": "Fixed effects of every model (forest plot)",
+    "caterpillar": "Therapist random effects (caterpillar plot)",
+    "flow": "Flow of patients and sessions",
+    "feedback": "Outcome by arm and on-track status",
+    "expected_response": "Expected treatment response",
+    "reliable_change": "Reliable and clinically significant change",
+}
+
+
+def get_report_labels(kind, name=None):
+    """A function of the wildcards giving one report entry's labels: its study and its name
+    in words (*name*, else the wildcard *kind*, e.g. the model or table)."""
+
+    def get_labels(wildcards):
+        key = name or getattr(wildcards, kind)
+        if kind == "model":
+            words = f"model {key}"
+        else:
+            words = REPORT_NAMES.get(key, key.replace("_", " "))
+        return {"study": wildcards.study, kind: words}
+
+    get_labels.__name__ = f"get_{kind}_labels"
+    return get_labels
+
+
 def get_summary_labels(wildcards):
     """Labels of one study's variables and terms in words (config and instrument files)."""
     from allianceflow.labels import Labels

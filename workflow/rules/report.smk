@@ -11,7 +11,7 @@ rule write_summary:
             caption="../report/summary.rst",
             category="1. Summary",
             subcategory="{study}",
-            labels={"study": "{study}", "result": "summary in words"},
+            labels={"study": "{study}", "result": "each question answered in words"},
         ),
         rst="results/{study}/summary.rst",
     log:
@@ -37,7 +37,7 @@ rule write_manifest:
         manifest=report(
             "results/{study}/manifest.json",
             caption="../report/manifest.rst",
-            category="6. Provenance",
+            category="7. Provenance",
             subcategory="{study}",
             labels={"study": "{study}", "result": "manifest"},
         ),
