@@ -36,6 +36,7 @@ def test_shipped_config_is_valid_and_defaults_are_filled(root, config, schema):
             "example_patient": None,
             "trajectory_model": None,
             "caterpillar_group": "therapist",
+            "patient_lines": True,
         },
         "tables": {"min_cell": 5},
         "labels": {

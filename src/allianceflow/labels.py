@@ -55,6 +55,7 @@ __all__ = [
     "abbreviation",
     "lower_first",
     "upper_first",
+    "title_case",
 ]
 
 #: Suffixes of the derive stage's columns, longest first, with how each reads after the
@@ -123,6 +124,7 @@ _FUNCTIONS = {
     "np.sqrt": " (square root)",
 }
 _POWERS = {2: "squared", 3: "cubed"}
+_RANDOM = re.compile(r"\(([^()|]+?)\s*(\|\|?)\s*([^()|]+?)\)")
 
 
 def upper_first(text: str) -> str:
@@ -134,6 +136,33 @@ def upper_first(text: str) -> str:
     'Treatment as usual vs feedback'
     """
     return text[:1].upper() + text[1:]
+
+
+_MINOR = frozenset(
+    "a an the and but or for nor as at by in of off on per to up via vs with from".split()
+)
+
+
+def title_case(text: str) -> str:
+    """APA title case: major words capitalised, minor words (and, of, vs …) not.
+
+    Words already holding a capital (abbreviations) are kept as they are; the first word
+    and the first word after a colon are capitalised.
+
+    Examples
+    --------
+    >>> title_case("change in ORS total over sessions by arm and on-track status")
+    'Change in ORS Total Over Sessions by Arm and On-Track Status'
+    """
+    words = text.split(" ")
+    out = []
+    for i, word in enumerate(words):
+        first = i == 0 or out[-1].endswith(":")
+        if any(ch.isupper() for ch in word) or (word.lower() in _MINOR and not first):
+            out.append(word)
+        else:
+            out.append("-".join(upper_first(w) for w in word.split("-")))
+    return " ".join(out)
 
 
 def lower_first(text: str) -> str:
@@ -552,6 +581,115 @@ class Labels:
     def terms(self, terms: Iterable[str]) -> list[str]:
         """:meth:`term` of each of *terms*."""
         return [self.term(t) for t in terms]
+
+    # ------------------------------------------------------------------ questions
+    def random_part(self, formula: str) -> str:
+        """The random part of an lme4 formula in words.
+
+        Examples
+        --------
+        >>> Labels().random_part("y ~ x + (1 | therapist) + (1 + session | patient)")
+        'random intercepts for therapists; random intercepts and session slopes for patients'
+        >>> Labels().random_part("y ~ x + (0 + session || patient)")
+        'random session slopes for patients'
+        """
+        parts = []
+        for lhs, _, group in _RANDOM.findall(str(formula)):
+            effects = [e.strip() for e in lhs.split("+") if e.strip()]
+            intercept = "0" not in effects and "-1" not in effects
+            slopes = [lower_first(self.variable(e)) for e in effects if e not in ("0", "1", "-1")]
+            what = (["intercepts"] if intercept else []) + (
+                [f"{' and '.join(slopes)} slopes"] if slopes else []
+            )
+            groups = " within ".join(
+                lower_first(self.variable(g.strip())) + "s" for g in group.split("/")
+            )
+            parts.append(f"random {' and '.join(what)} for {groups}")
+        return "; ".join(parts)
+
+    def question(self, result: Mapping[str, Any]) -> str:
+        r"""The research question a fitted model answers, in words (sentence case).
+
+        Read from the model's response and fixed terms (the presets of
+        :func:`allianceflow.models.preset_formula` each have their own wording; any other
+        model is "<response> predicted by <terms>"), followed by its random part in
+        parentheses, so that two models of one question differ in their titles.
+
+        Parameters
+        ----------
+        result : mapping
+            A fitted model's record (``formula`` and ``fixed``), the JSON the fit stage writes.
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> labels = Labels(variables={"wai_sr_total": "WAI-SR total", "ors_total": "ORS total"},
+        ...                 alliance="wai_sr_total", outcome="ors_total")
+        >>> q = labels.question({
+        ...     "formula": "outcome ~ alliance_within_lag + alliance_between + session"
+        ...                " + (1 | therapist) + (1 | patient)",
+        ...     "fixed": [{"term": t} for t in
+        ...               ["Intercept", "alliance_within_lag", "alliance_between", "session"]]})
+        >>> print(q.replace(" (", "\n("))
+        WAI-SR total within and between patients predicting ORS total
+        (random intercepts for therapists; random intercepts for patients)
+        """
+        formula = str(result.get("formula", ""))
+        response = formula.split("~")[0].strip() or "outcome"
+        y = lower_first(self.variable(response))
+        terms = [f["term"] for f in result.get("fixed", []) if f["term"] != "Intercept"]
+        parts = {p.strip() for t in terms for p in _split_interaction(t)}
+        a = lower_first(self.variable("alliance"))
+        time_only = parts and parts <= {"session", "log_session", "I(session ** 2)", "I(session^2)"}
+        components = sorted(
+            {
+                m.group(1)
+                for p in parts
+                if (m := re.match(r"^alliance_([A-Za-z0-9]+)_within_lag$", p))
+                and m.group(1) not in ("within", "rater")
+            }
+        )
+        if any(p.startswith(("C(condition", "condition[")) for p in parts) and "off_track" in parts:
+            text = f"change in {y} over sessions by arm and on-track status"
+        elif "ruptures_before" in parts:
+            text = f"detected alliance ruptures and their repair predicting {y}"
+        elif "alliance_therapist_mean" in parts:
+            text = f"therapists' and patients' contributions to the {a}–{y} relation"
+        elif len(components) > 1:
+            instrument = (self.alliance or "alliance").rsplit("_total", 1)[0]
+            text = (
+                f"{self.instrument(instrument)} subscales within and between patients "
+                f"predicting {y}"
+            )
+        elif any(p.startswith("alliance_rater_") for p in parts):
+            who = sorted(
+                {
+                    self.informant(m.group(1))
+                    for p in parts
+                    if (m := re.match(r"^alliance_rater_(.+?)_(?:within_lag|between)$", p))
+                }
+            )
+            text = f"alliance rated by {' and '.join(who)} predicting {y}"
+        elif any(p.startswith("alliance_within") for p in parts) and "alliance_between" in parts:
+            text = f"{a} within and between patients predicting {y}"
+            if "alliance_within_detrended_lag" in parts:
+                text += ", detrended"
+            if "outcome_lag" in parts:
+                text += f", adjusting for {lower_first(self.variable('outcome_lag'))}"
+        elif time_only:
+            shape = (
+                " (log time)"
+                if "log_session" in parts
+                else (" (quadratic)" if len(parts) > 1 else "")
+            )
+            text = f"change in {y} over sessions{shape}"
+        else:
+            text = f"{y} predicted by " + "; ".join(lower_first(self.term(t)) for t in terms)
+        random = self.random_part(formula)
+        return upper_first(text + (f" ({random})" if random else ""))
 
 
 def _words(n: int) -> str:

@@ -8,6 +8,7 @@
 rule plot_within_between:
     input:
         analysis=rules.derive_variables.output.analysis,
+        models=get_model_results,
     output:
         png=report(
             "results/{study}/figures/within_between.png",
@@ -58,19 +59,19 @@ rule plot_trajectories:
 
 rule plot_forest:
     input:
-        models=get_model_results,
+        model=rules.fit_model.output.json,
     output:
         png=report(
-            "results/{study}/figures/forest.png",
+            "results/{study}/figures/forest_{model}.png",
             caption="../report/forest.rst",
             category="3. Figures",
             subcategory="{study}",
             labels=get_report_labels("figure", "forest"),
         ),
-        pdf="results/{study}/figures/forest.pdf",
-        svg="results/{study}/figures/forest.svg",
+        pdf="results/{study}/figures/forest_{model}.pdf",
+        svg="results/{study}/figures/forest_{model}.svg",
     log:
-        "logs/{study}/plot_forest.log",
+        "logs/{study}/plot_forest_{model}.log",
     conda:
         "../envs/allianceflow.yaml"
     params:
