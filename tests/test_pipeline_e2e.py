@@ -193,11 +193,13 @@ def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
     assert example == set(manifest["outputs"]) | {"results/example/manifest.json"}
     assert {k.split("/")[1] for k in first} == {"example", "example2", "pooled"}
     # m models x (json, txt, 5 table formats) + 1 comparison x (json, txt) + models,
-    # reliability and 5 descriptive tables in 5 formats + 10 figures x 3 formats
-    # + expected_response.json (derive) + summary (md, rst) + manifest: m = 7 in config.yaml,
-    # 3 in .test/
+    # reliability and 5 descriptive tables in 5 formats + (9 figures + a forest plot per
+    # model) x 3 formats + expected_response.json (derive) + summary (md, rst) + manifest:
+    # m = 7 in config.yaml, 3 in .test/
     models = 7 if FULL else 3
-    assert len(example) == models * 7 + 2 + 7 * 5 + 10 * 3 + 1 + 2 + 1 == (120 if FULL else 92)
+    assert len(example) == (
+        models * 7 + 2 + 7 * 5 + (9 + models) * 3 + 1 + 2 + 1 == (138 if FULL else 98)
+    )
     assert {k.rsplit(".", 1)[1] for k in first} == {
         "rst",
         "json",

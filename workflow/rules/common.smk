@@ -208,7 +208,7 @@ REPORT_NAMES = {
     "models": "Every model side by side",
     "within_between": "Alliance and outcome within and between patients",
     "trajectories": "Outcome trajectories",
-    "forest": "Fixed effects of every model (forest plot)",
+    "forest": "Fixed effects of model {model} (forest plot)",
     "caterpillar": "Therapist random effects (caterpillar plot)",
     "flow": "Flow of patients and sessions",
     "feedback": "Outcome by arm and on-track status",
@@ -219,7 +219,8 @@ REPORT_NAMES = {
 
 def get_report_labels(kind, name=None):
     """A function of the wildcards giving one report entry's labels: its study and its name
-    in words (*name*, else the wildcard *kind*, e.g. the model or table)."""
+    in words (*name*, else the wildcard *kind*, e.g. the model or table; a name may use the
+    rule's wildcards, as "{model}")."""
 
     def get_labels(wildcards):
         key = name or getattr(wildcards, kind)
@@ -227,7 +228,7 @@ def get_report_labels(kind, name=None):
             words = f"model {key}"
         else:
             words = REPORT_NAMES.get(key, key.replace("_", " "))
-        return {"study": wildcards.study, kind: words}
+        return {"study": wildcards.study, kind: words.format(**dict(wildcards.items()))}
 
     get_labels.__name__ = f"get_{kind}_labels"
     return get_labels
