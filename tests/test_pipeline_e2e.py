@@ -197,9 +197,8 @@ def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
     # model) x 3 formats + expected_response.json (derive) + summary (md, rst) + manifest:
     # m = 7 in config.yaml, 3 in .test/
     models = 7 if FULL else 3
-    assert len(example) == (
-        models * 7 + 2 + 7 * 5 + (9 + models) * 3 + 1 + 2 + 1 == (138 if FULL else 98)
-    )
+    expected = models * 7 + 2 + 7 * 5 + (9 + models) * 3 + 1 + 2 + 1
+    assert len(example) == expected == (138 if FULL else 98)
     assert {k.rsplit(".", 1)[1] for k in first} == {
         "rst",
         "json",

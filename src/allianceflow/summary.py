@@ -4,9 +4,9 @@ r"""Each research question answered in words: ``results/<study>/summary.md``.
 ``fit_model(...).to_dict()`` writes to ``results/<study>/models/<model>.json``) and its clean
 flow (``data/processed/<study>/flow.json``) into Markdown: one APA-style paragraph per
 configured model, titled by its research question, then a paragraph on the data. Every number
-in the text is a number of those records, rounded as APA asks (Publication Manual, 7th ed.,
-sec. 6.36: no leading zero for statistics that cannot exceed 1, such as *r* and *p*; exact
-*p* to three decimals, *p* < .001 below that). Nothing is computed here that the records do
+in the text is a number of those records, rounded as APA style asks (Publication Manual,
+7th ed.): no leading zero for statistics that cannot exceed 1, such as *r* and *p*; exact
+*p* to three decimals, and *p* < .001 below that. Nothing is computed here that the records do
 not hold, except the *r*-equivalent of a record written without one (see
 :func:`r_equivalent`).
 

@@ -205,6 +205,7 @@ REPORT_NAMES = {
     "sudden_gains": "Sudden gains",
     "ruptures": "Alliance ruptures and repair",
     "reliability": "Reliability (alpha and omega)",
+    "model_table": "Model {model}",
     "models": "Every model side by side",
     "within_between": "Alliance and outcome within and between patients",
     "trajectories": "Outcome trajectories",

@@ -13,7 +13,7 @@ rule tabulate_model:
             caption="../report/model_table.rst",
             category="2. Tables",
             subcategory="{study}",
-            labels=get_report_labels("table"),
+            labels=get_report_labels("table", "model_table"),
         ),
         tex="results/{study}/tables/{model}.tex",
         docx="results/{study}/tables/{model}.docx",
