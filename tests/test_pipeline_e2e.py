@@ -230,7 +230,7 @@ def test_report_has_a_caption_per_figure_and_table(run):
     text = (run["dir"] / "results/example/report.html").read_text(encoding="utf-8")
     for phrase in (
         "Flow of patients and sessions",
-        "Fixed effects of every fitted model",
+        "Fixed effects of one model",
         "Sample characteristics by arm",
         "reliable change index around it",
     ):
