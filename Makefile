@@ -11,7 +11,8 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= all
 LOCK := requirements.lock
 
-.PHONY: run resume test test-all verify report example clean-results lint format lock
+.PHONY: run resume test test-all verify report example clean-results lint format lock \
+	notebooks notebooks-html
 
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,24 @@ report: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report results/example/report.html
 
+# The teaching notebooks (notebooks/NN_*.ipynb) in JupyterLab: installs the `notebooks`
+# extra (JupyterLab, nbconvert) into .venv once, then opens JupyterLab on the folder.
+NOTEBOOKS_STAMP := $(VENV)/.notebooks-stamp
+NOTEBOOKS_HTML := build/notebooks
+
+$(NOTEBOOKS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[notebooks]"
+	touch $(NOTEBOOKS_STAMP)
+
+notebooks: $(NOTEBOOKS_STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+# Executed HTML copies of the notebooks in build/notebooks/ (git-ignored, never committed).
+notebooks-html: $(NOTEBOOKS_STAMP)
+	mkdir -p $(NOTEBOOKS_HTML)
+	cd notebooks && ../$(BIN)/jupyter nbconvert --to html --execute \
+		--ExecutePreprocessor.timeout=600 --output-dir ../$(NOTEBOOKS_HTML) *.ipynb
+
 # Regenerate the embedded example study from its seed (the bytes must not change).
 example: $(STAMP)
 	$(BIN)/python -m allianceflow.simulate data/raw/example
@@ -71,4 +90,4 @@ lock:
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 -o $(LOCK)
 
 clean-results:
-	rm -rf results/*/ data/processed/*/ logs .snakemake
+	rm -rf results/*/ data/processed/*/ logs .snakemake $(NOTEBOOKS_HTML)

@@ -40,6 +40,7 @@ import copy
 from pathlib import Path
 
 import pandas as pd
+from IPython.display import display
 
 import allianceflow
 from allianceflow import clean, config, figures, io, privacy
@@ -74,9 +75,10 @@ study = cfg["studies"][STUDY]
 read = study["read"]
 print("raw file:     ", read["raw"])
 print("date format:  ", read["date_format"])
-print("missing codes:", read["missing_codes"])
-print("rules:        ", study["clean"]["rules"])
-pd.Series(read["columns"], name="canonical name").to_frame().head(8)
+print("missing codes:", ", ".join(map(str, read["missing_codes"])))
+# each cleaning rule and its policy
+display(pd.Series(study["clean"]["rules"], name="policy").rename_axis("rule").to_frame())
+pd.Series(read["columns"], name="canonical name").rename_axis("raw column").to_frame().head(8)
 
 # %% [markdown]
 # ## 2. Reading the raw export
@@ -115,7 +117,20 @@ sessions = result.sessions
 sessions.head(N_SHOW)
 
 # %%
-result.flow  # noqa: B018 (the cell's output)
+flow = result.flow
+# rows (sessions) and patients read, kept and excluded
+display(
+    pd.DataFrame({level: flow[level] for level in ("sessions", "patients")}).loc[
+        ["read", "kept", "excluded"]
+    ]
+)
+# rows kept but flagged, per rule, and values missing per column among the rows read and kept
+display(
+    pd.Series(flow["sessions"]["flagged_by_rule"], name="rows flagged")
+    .rename_axis("rule")
+    .to_frame()
+)
+display(pd.DataFrame(flow["values"]["missing_by_column"]).T)
 
 # %% [markdown]
 # The flow must **reconcile**: rows read = rows kept + rows excluded, and the per-rule
@@ -183,7 +198,9 @@ print(sessions.groupby("patient").size().describe()[["min", "50%", "max"]])
 
 # %%
 ending = sessions.groupby("patient")["ending"].first()
-print(read["labels"]["ending"])
+display(
+    pd.Series(read["labels"]["ending"], name="canonical ending").rename_axis("raw label").to_frame()
+)
 ending.value_counts()
 
 # %% [markdown]

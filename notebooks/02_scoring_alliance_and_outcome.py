@@ -33,6 +33,7 @@
 # a clinician asks: *is this patient's change larger than the noise of the questionnaire?*
 
 # %%
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -78,7 +79,9 @@ print(sessions.shape)
 # carries its source, and numbers the project could not confirm are marked as such.
 
 # %%
-print("study overrides:", instruments)
+for name, override in instruments.items():  # the study's changes to the shipped files
+    changes = ", ".join(f"{k} = {v}" for k, v in (override or {}).items())
+    print(f"study override of {name}: {changes or 'none'}")
 wai = load_instrument("wai_sr", overrides=instruments["wai_sr"])
 ors = load_instrument("ors", overrides=instruments["ors"])
 for inst in (wai, ors):
@@ -87,7 +90,10 @@ for inst in (wai, ors):
         f"{inst.response_min:g}–{inst.response_max:g}, "
         f"total = {inst.total_rule}, {inst.direction}"
     )
-    print("  subscales:", inst.subscales or "none")
+    subscales = "; ".join(
+        f"{name} = items {', '.join(map(str, items))}" for name, items in inst.subscales.items()
+    )
+    print("  subscales:", subscales or "none")
     print("  at most", inst.max_missing, "missing item(s) prorated")
     print(
         "  clinical cut-off:",
@@ -95,7 +101,7 @@ for inst in (wai, ors):
         f"(clinical range: {inst.clinical_range})" if inst.cutoff else "",
     )
     print("  reliable change:", inst.rci)
-    print("  unconfirmed numbers:", inst.unconfirmed)
+    print("  unconfirmed numbers:", ", ".join(inst.unconfirmed) or "none")
 
 # %% [markdown]
 # Points to notice:
@@ -115,10 +121,16 @@ for inst in (wai, ors):
 #
 # `score.score_sessions` adds, per instrument, the total, the subscales, the number of
 # answered items and a proration flag. It **warns** about rows that answered some items
-# but too few to be scored: read those warnings, they are part of the result.
+# but too few to be scored: read those warnings, they are part of the result. Here we
+# collect them and print each message as a sentence.
 
 # %%
-scored = score.score_sessions(sessions, instruments)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    scored = score.score_sessions(sessions, instruments)
+for warning in caught:
+    print("Note:", warning.message)
+
 scored[
     [
         "patient",

@@ -33,6 +33,7 @@
 
 # %%
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ STUDY = "example"
 #
 # Notebooks 01 and 02 did this step by step. Here we call the same **stage functions**
 # that Snakemake runs, writing into a temporary folder instead of `data/processed/`.
-# (The warnings about unscorable rows are explained in notebook 02.)
+# (The notes about unscorable rows are explained in notebook 02.)
 
 # %%
 cfg = config.load_config(PROJECT / "config.yaml")
@@ -73,9 +74,15 @@ stages.clean_stage(
     flow=work / "flow.json",
     name=STUDY,
 )
-stages.score_stage(
-    work / "sessions.parquet", instruments=measures["instruments"], scored=work / "scored.parquet"
-)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    stages.score_stage(
+        work / "sessions.parquet",
+        instruments=measures["instruments"],
+        scored=work / "scored.parquet",
+    )
+for warning in caught:
+    print("Note:", warning.message)
 scored = io.read_table(work / "scored.parquet")
 print(scored.shape, "alliance:", measures["alliance"], " outcome:", measures["outcome"])
 

@@ -33,6 +33,7 @@
 # alliances improve more (between)?
 
 # %%
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -63,7 +64,13 @@ MAX_PATIENTS = 40
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 # Clean, score and derive in memory: the same functions as the pipeline's stages.
-prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
+# Scoring warns about sessions with too many blank items (notebook 02): we collect the
+# warnings and print each message as a sentence.
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
+for warning in caught:
+    print("Note:", warning.message)
 analysis = prepared.analysis
 print(analysis.shape)
 
@@ -199,21 +206,17 @@ slopes_formula = stages.model_formula(cfg["models"]["alliance_outcome_slopes"])
 lrt = models.likelihood_ratio_test(
     analysis, ao_formula, slopes_formula, names=("alliance_outcome", "alliance_outcome_slopes")
 )
-{
-    k: lrt[k]
-    for k in (
-        "method",
-        "n_obs",
-        "loglik0",
-        "loglik1",
-        "df",
-        "statistic",
-        "p",
-        "p_boundary",
-        "aic0",
-        "aic1",
-    )
-}
+print(
+    f"chi2({lrt['df']}) = {lrt['statistic']:.2f}, p = {lrt['p']:.2g}, boundary-corrected "
+    f"p = {lrt['p_boundary']:.2g} ({lrt['method']} fits on the same {lrt['n_obs']} sessions)"
+)
+pd.DataFrame(
+    {
+        "log-likelihood": [lrt["loglik0"], lrt["loglik1"]],
+        "AIC": [lrt["aic0"], lrt["aic1"]],
+    },
+    index=["alliance_outcome", "alliance_outcome_slopes"],
+).round(2)
 
 # %% [markdown]
 # The random slope is clearly needed (the simulation has one). With it, the within effect

@@ -31,6 +31,7 @@
 # means, and why "not on track" is a tricky variable to put in a model.
 
 # %%
+import warnings
 from pathlib import Path
 
 import allianceflow
@@ -58,16 +59,19 @@ TOLERANCE = 0.10
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 # Clean, score and derive in memory: the same functions as the pipeline's stages.
-prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
+# Scoring warns about sessions with too many blank items (notebook 02): we collect the
+# warnings and print each message as a sentence.
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
+for warning in caught:
+    print("Note:", warning.message)
 analysis = prepared.analysis
 ors = stages.instrument_of(study["measures"], study["measures"]["outcome"])
+print("outcome:", study["measures"]["outcome"], "|", ors.direction)
 print(
-    "outcome:",
-    study["measures"]["outcome"],
-    "|",
-    ors.direction,
-    "| on-track settings:",
-    study["derive"]["on_track"],
+    "on-track settings:",
+    ", ".join(f"{key} = {value}" for key, value in study["derive"]["on_track"].items()),
 )
 
 # %% [markdown]

@@ -31,6 +31,7 @@
 # fires by chance before reading meaning into an event.
 
 # %%
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -60,11 +61,19 @@ THRESHOLDS = [1.0, 1.5, 2.0]
 cfg = config.load_config(PROJECT / "config.yaml")
 study = cfg["studies"][STUDY]
 # Clean, score and derive in memory: the same functions as the pipeline's stages.
-prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
+# Scoring warns about sessions with too many blank items (notebook 02): we collect the
+# warnings and print each message as a sentence.
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    prepared = stages.prepare_study(study, root=PROJECT, name=STUDY)
+for warning in caught:
+    print("Note:", warning.message)
 analysis = prepared.analysis
 ors = stages.instrument_of(study["measures"], study["measures"]["outcome"])
-print("rupture settings:", study["derive"]["ruptures"])
-print("sudden-gain settings:", study["derive"]["sudden_gains"], "| ORS reliable change:", ors.rci)
+for part in ("ruptures", "sudden_gains"):
+    settings = study["derive"][part]
+    print(f"{part} settings:", ", ".join(f"{key} = {value}" for key, value in settings.items()))
+print("ORS reliable change:", ors.rci)
 
 # %% [markdown]
 # ### What the simulation contains
@@ -181,12 +190,14 @@ rr.fixed.round(3)
 # `suddengains.check_interval` checks one interval by hand:
 
 # %%
-print(
-    suddengains.check_interval([18, 17, 19], [27, 26, 28], cutoff=ors.rci, direction=ors.direction)
-)
-print(
-    suddengains.check_interval([18, 24, 17], [27, 21, 28], cutoff=ors.rci, direction=ors.direction)
-)
+# one row per interval checked: the criteria (1 = met) and whether it is a sudden gain
+pd.DataFrame(
+    [
+        suddengains.check_interval(pre, post, cutoff=ors.rci, direction=ors.direction)
+        for pre, post in (([18, 17, 19], [27, 26, 28]), ([18, 24, 17], [27, 21, 28]))
+    ],
+    index=["stable plateaus", "noisy plateaus"],
+).round(2)
 
 # %% [markdown]
 # The first pattern is a sudden gain (an 8-point step between stable plateaus). The

@@ -88,3 +88,53 @@ def test_unknown_study(root, capsys):
     status = main(["check", "x.csv", "--config", str(root / "config.yaml"), "--study", "nope"])
     assert status == 1
     assert "there is no study 'nope'; the studies are example" in capsys.readouterr().out
+
+
+def _many_problems(tmp_path, root):
+    """An export whose problem table (about 300 kB) is larger than a pipe's buffer (64 kB)."""
+    lines = (root / "data/raw/example/sessions_export.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "twice.csv").write_text("".join(lines + lines[1:]))  # every row twice
+    return tmp_path / "twice.csv", _project(tmp_path, root, "twice.csv")
+
+
+def test_a_closed_pipe_ends_quietly(root, tmp_path):
+    """`allianceflow check ... | head -1`: the first line, then no traceback (status 1)."""
+    import subprocess
+    import sys
+
+    raw, config = _many_problems(tmp_path, root)
+    command = [sys.executable, "-m", "allianceflow", "check", str(raw), "--config", str(config)]
+    producer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.Popen(["head", "-1"], stdin=producer.stdout, stdout=subprocess.PIPE)
+    producer.stdout.close()  # head alone reads the pipe, as in a shell
+    first_line, _ = head.communicate(timeout=300)
+    stderr = producer.stderr.read().decode()
+    producer.stderr.close()
+    assert producer.wait(timeout=300) == 1
+    assert stderr == ""
+    assert first_line.decode() == (
+        "twice.csv (study 'example'): 5814 rows read, 2907 kept, 2907 excluded (0 by rules set "
+        "to error); 300 patients, 300 kept.\n"
+    )
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"allianceflow {version('allianceflow')}\n"
+
+
+def test_help_is_plain_text(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: allianceflow [-h] [--version] COMMAND ...\n")
+    assert "  allianceflow check data/raw/example/sessions_export.csv\n" in out
+    assert "`" not in out and "::" not in out  # no reStructuredText markup

@@ -36,8 +36,15 @@ def test_shipped_config_is_valid_and_defaults_are_filled(root, config, schema):
             "example_patient": None,
             "trajectory_model": None,
             "caterpillar_group": "therapist",
+            "patient_lines": True,
         },
         "tables": {"min_cell": 5},
+        "labels": {
+            "arms": {"feedback": "routine outcome feedback", "tau": "treatment as usual"},
+            "variables": {},
+            "instruments": {},
+            "informants": {},
+        },
     }
     assert "encoding" not in config["studies"]["example"]["read"]  # the input is not modified
     assert load_config(root / "config.yaml") == resolved

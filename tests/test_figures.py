@@ -33,16 +33,38 @@ def test_metadata_carries_no_date_and_fonts_are_embedded(analysis, tmp_path):
     assert b"/FontFile2" in pdf_bytes  # TrueType (Type 42) font embedded
     svg_text = svg.read_text()
     assert "<dc:date>" not in svg_text
-    assert "Within patients (OLS slope" in svg_text  # text kept as text
+    assert "Within patients" in svg_text  # text kept as text
 
 
-def test_titles_report_the_ols_slopes(analysis, tmp_path):
+def test_without_a_model_the_titles_call_the_ols_slopes_orientation(analysis):
     import numpy as np
 
     fig = plot_within_between(analysis)
     within = analysis.dropna(subset=["alliance_within_lag", "outcome_within"])
     slope = np.polyfit(within["alliance_within_lag"], within["outcome_within"], 1)[0]
-    assert fig.axes[0].get_title() == f"Within patients (OLS slope {slope:.2f})"
+    assert fig.axes[0].get_title() == f"Within patients\n(OLS slope {slope:.2f}, for orientation)"
+
+
+def test_with_a_model_the_panels_show_its_estimates_not_ols(analysis):
+    """Issue 16: titles printed OLS slopes (0.32, 0.35) against the model's 0.162, 0.294."""
+    model = {
+        "name": "alliance_outcome",
+        "fixed": [
+            {"term": "Intercept", "estimate": 20.0, "ci_low": 19.0, "ci_high": 21.0},
+            {"term": "alliance_within_lag", "estimate": 0.162, "ci_low": 0.121, "ci_high": 0.203},
+            {"term": "alliance_between", "estimate": 0.294, "ci_low": 0.2, "ci_high": 0.388},
+        ],
+    }
+    fig = plot_within_between(analysis, model)
+    left, right = fig.axes
+    assert left.get_title() == "Within patients\nb = 0.16, 95% CI [0.12, 0.20]"
+    assert right.get_title() == "Between patients\nb = 0.29, 95% CI [0.20, 0.39]"
+    x, y = left.lines[0].get_data()
+    assert (y[-1] - y[0]) / (x[-1] - x[0]) == pytest.approx(0.162)
+    x, y = right.lines[0].get_data()
+    assert (y[-1] - y[0]) / (x[-1] - x[0]) == pytest.approx(0.294)
+    with pytest.raises(KeyError, match="has no within-patient term"):
+        plot_within_between(analysis, {"name": "growth", "fixed": model["fixed"][:1]})
 
 
 def test_unknown_format_is_refused(analysis, tmp_path):
@@ -157,7 +179,8 @@ def test_flow_diagram_prints_the_counts(tmp_path):
     assert (
         "Excluded\n2 patients\n  min sessions: 2\n20 sessions\n  duplicate identical: 20" in texts
     )
-    assert "feedback\n5 patients, 50 sessions" in texts
+    assert "Feedback\n5 patients, 50 sessions" in texts
+    assert "Treatment as usual\n5 patients, 50 sessions" in texts
     with pytest.raises(KeyError, match=r"`flow` has no 'patients' block"):
         F.plot_flow({"sessions": flow["sessions"]})
 
@@ -167,6 +190,8 @@ def test_every_new_figure_saves_identically_twice(derived, result, tmp_path):
     makers = {
         "trajectories": lambda: F.plot_trajectories(a, result),
         "forest": lambda: F.plot_forest([result, {**result, "name": "m2"}]),
+        "forest_one": lambda: F.plot_forest(result, title="A question"),
+        "trajectories_aggregate": lambda: F.plot_trajectories(a, result, patient_lines=False),
         "feedback": lambda: F.plot_feedback_curves(a),
         "etr": lambda: F.plot_expected_response(a),
         "ruptures": lambda: F.plot_ruptures(a),
@@ -185,11 +210,11 @@ def test_every_new_figure_saves_identically_twice(derived, result, tmp_path):
 def test_feedback_curves_label_groups_with_their_size(derived):
     a = derived.analysis
     fig = F.plot_feedback_curves(a, min_n=1)
-    labels = sorted(line.get_label() for line in fig.axes[0].lines)
+    labels = sorted(t.get_text() for t in fig.legends[0].get_texts())
     status = F._patient_status(a, "patient", "track_status")
     arm = a.groupby("patient")["condition"].first()
     n = int(((arm == "tau") & (status == "on track")).sum())
-    assert f"tau, on track (n = {n})" in labels
+    assert f"Treatment as usual, on track (n = {n})" in labels
 
 
 def test_example_patient_is_the_first_off_track(derived):
@@ -198,3 +223,153 @@ def test_example_patient_is_the_first_off_track(derived):
     off = sorted(set(a.loc[a["track_status"] == "not_on_track", "patient"]))
     sizes = a.groupby("patient").size()
     assert pid == next(x for x in off if sizes[x] >= 6)
+
+
+# --------------------------------------------------------------------------- issue 16 layout
+
+
+def _figures(derived, result):
+    a, p, g = derived.analysis, derived.patients, derived.sudden_gains
+    many = {
+        **result,
+        "fixed": result["fixed"]
+        + [
+            {
+                "term": f"C(condition)[T.tau]:x{i}",
+                "estimate": 0.1 * i,
+                "se": 0.1,
+                "ci_low": 0.1 * i - 0.2,
+                "ci_high": 0.1 * i + 0.2,
+            }
+            for i in range(30)
+        ],
+    }
+    modes = [
+        {"group": "therapist", "level": f"T{i}", "term": "(Intercept)", "estimate": e, "se": 0.5}
+        for i, e in enumerate([0.3, -1.2, 0.9])
+    ]
+    flow = {
+        "source_file": "sessions_export.csv",
+        "sessions": {"read": 1200, "kept": 1100, "excluded": 100, "excluded_by_rule": {"a": 1}},
+        "patients": {"read": 120, "kept": 110, "excluded": 10, "excluded_by_rule": {"b": 10}},
+    }
+    return {
+        "within_between": F.plot_within_between(a),
+        "trajectories": F.plot_trajectories(a, result),
+        "trajectories_aggregate": F.plot_trajectories(a, result, patient_lines=False),
+        "forest": F.plot_forest(result, title="WAI-SR total within and between patients"),
+        "forest_many_terms": F.plot_forest(many),
+        "caterpillar": F.plot_caterpillar({**result, "conditional_modes": modes}),
+        "feedback": F.plot_feedback_curves(a, min_n=1),
+        "expected_response": F.plot_expected_response(a),
+        "ruptures": F.plot_ruptures(a, min_n=1),
+        "sudden_gains": F.plot_sudden_gains(a, g),
+        "reliable_change": F.plot_reliable_change(p, rci=5.0, cutoff=25.0),
+        "flow": F.plot_flow(
+            flow,
+            arms={"tau": {"patients": 55, "sessions": 550}, "feedback": {"patients": 55}},
+            analysed={"alliance_outcome": {"n_obs": 900, "n_groups": {"patient": 110}}},
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def drawn(derived):
+    import matplotlib.pyplot as plt
+
+    result = {
+        "name": "m",
+        "formula": "outcome ~ session + (1 + session | patient)",
+        "fixed": [
+            {"term": "Intercept", "estimate": 20.0, "se": 1.0, "ci_low": 18.04, "ci_high": 21.96},
+            {"term": "session", "estimate": 0.5, "se": 0.1, "ci_low": 0.304, "ci_high": 0.696},
+        ],
+        "random": [
+            {"group": "patient", "term": "(Intercept)", "variance": 16.0},
+            {"group": "patient", "term": "session", "variance": 0.25},
+        ],
+        "covariances": [],
+    }
+    figs = _figures(derived, result)
+    for fig in figs.values():
+        fig.canvas.draw()
+    yield figs
+    for fig in figs.values():
+        plt.close(fig)
+
+
+def _drawn_texts(fig):
+    """The texts a reader sees: titles, axis and tick labels in view, legends, free texts."""
+    texts = list(fig.texts)
+    for legend in fig.legends:
+        texts += legend.get_texts()
+    for ax in fig.axes:
+        texts += list(ax.texts) + [ax.title, ax._left_title, ax._right_title]
+        if ax.axison:
+            texts += [ax.xaxis.label, ax.yaxis.label]
+            for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+                lo, hi = min(lo, hi), max(lo, hi)
+                pad = 1e-9 * (hi - lo)
+                texts += [  # tick labels in view (matplotlib draws no others)
+                    tick.label1
+                    for tick in axis.get_major_ticks()
+                    if lo - pad <= tick.get_loc() <= hi + pad
+                ]
+        if ax.get_legend():
+            texts += ax.get_legend().get_texts()
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def test_no_text_is_clipped_by_the_figure_edge(drawn):
+    """Every visible text's bounding box lies inside the figure (1 px tolerance)."""
+    for name, fig in drawn.items():
+        renderer = fig.canvas.get_renderer()
+        width, height = fig.bbox.width, fig.bbox.height
+        texts = _drawn_texts(fig)
+        assert texts, name
+        for text in texts:
+            box = text.get_window_extent(renderer)
+            inside = box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1
+            assert inside, (name, text.get_text(), box.bounds, (width, height))
+
+
+def test_legends_sit_outside_the_data(drawn):
+    """No legend box overlaps an axes' data area."""
+    for name, fig in drawn.items():
+        renderer = fig.canvas.get_renderer()
+        legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            for ax in fig.axes:
+                if ax.axison:
+                    assert not box.overlaps(ax.get_window_extent(renderer)), name
+    assert all(
+        fig.legends
+        for name, fig in drawn.items()
+        if name in ("trajectories", "feedback", "expected_response", "reliable_change")
+    )
+
+
+def test_session_ticks_are_whole_numbers(drawn):
+    for name in ("trajectories", "trajectories_aggregate", "feedback", "expected_response"):
+        ticks = drawn[name].axes[0].get_xticks()
+        assert all(float(t).is_integer() for t in ticks), (name, ticks)
+
+
+def test_a_forest_plot_is_at_most_9_inches_tall(drawn):
+    assert drawn["forest_many_terms"].get_size_inches()[1] == pytest.approx(9.0)
+    assert drawn["forest"].get_size_inches()[1] < 3.0
+    labels = [
+        t.get_text().replace("\n", " ")
+        for t in drawn["forest_many_terms"].axes[0].get_yticklabels()
+    ]
+    assert "Treatment as usual vs the reference level of arm × x3" in labels
+
+
+def test_aggregate_trajectories_draw_no_patient(derived, drawn):
+    ax = drawn["trajectories_aggregate"].axes[0]
+    n_sessions = derived.analysis["session"].nunique()
+    # the observed mean and the model-implied mean; no line per patient
+    assert len(ax.lines) == 2
+    assert len(ax.lines[0].get_xdata()) <= n_sessions
+    assert len(drawn["trajectories"].axes[0].lines) > 40

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jupytext
 import pytest
+from conftest import FULL
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -145,3 +146,37 @@ def test_shows_figures_from_the_package(pair):
     assert re.search(r"figures\.plot_\w+\(", code), (
         f"{name}: show a figure from allianceflow.figures"
     )
+
+
+def _executed(name: str):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    ).execute()
+    return notebook
+
+
+# One notebook in the quick tier (nbmake already runs all six); all six under CI.
+_OUTPUT_CHECKED = NAMES if FULL else NAMES[:1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _OUTPUT_CHECKED)
+def test_outputs_hold_no_warning_and_no_raw_dict(name):
+    """A student sees tables and sentences: no warning with its source line, no dict dump."""
+    notebook = _executed(name)
+    for index, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            where = f"{name}, cell {index}"
+            assert not (output.output_type == "stream" and output.name == "stderr"), (
+                f"{where} writes to stderr (a warning?): {output.text[:300]}"
+            )
+            text = output.get("text") or output.get("data", {}).get("text/plain", "")
+            assert not re.search(r"^\s*\{'", text, re.MULTILINE), f"{where} prints a dict: {text}"
+            assert "Warning:" not in text, f"{where} shows a warning: {text[:300]}"

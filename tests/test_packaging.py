@@ -49,7 +49,8 @@ def _lock(root) -> dict[str, Version]:
 
 def test_pyproject_and_environment_agree(root):
     project = _project(root)
-    requirements = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    requirements = project["dependencies"] + extras["test"] + extras["notebooks"]
     pip = dict(_split(r) for r in requirements)
     env = yaml.safe_load((root / "environment.yml").read_text())
     assert {CONDA_NAMES.get(k, k): v for k, v in pip.items()} == _conda(root / "environment.yml")

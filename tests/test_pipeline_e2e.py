@@ -193,11 +193,14 @@ def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
     assert example == set(manifest["outputs"]) | {"results/example/manifest.json"}
     assert {k.split("/")[1] for k in first} == {"example", "example2", "pooled"}
     # m models x (json, txt, 5 table formats) + 1 comparison x (json, txt) + models,
-    # reliability and 5 descriptive tables in 5 formats + 10 figures x 3 formats
-    # + expected_response.json (derive) + manifest: m = 7 in config.yaml, 3 in .test/
+    # reliability and 5 descriptive tables in 5 formats + (9 figures + a forest plot per
+    # model) x 3 formats + expected_response.json (derive) + summary (md, rst) + manifest:
+    # m = 7 in config.yaml, 3 in .test/
     models = 7 if FULL else 3
-    assert len(example) == models * 7 + 2 + 7 * 5 + 10 * 3 + 1 + 1 == (118 if FULL else 90)
+    expected = models * 7 + 2 + 7 * 5 + (9 + models) * 3 + 1 + 2 + 1
+    assert len(example) == expected == (138 if FULL else 98)
     assert {k.rsplit(".", 1)[1] for k in first} == {
+        "rst",
         "json",
         "txt",
         "csv",
@@ -227,11 +230,36 @@ def test_report_has_a_caption_per_figure_and_table(run):
     text = (run["dir"] / "results/example/report.html").read_text(encoding="utf-8")
     for phrase in (
         "Flow of patients and sessions",
-        "Fixed effects of every fitted model",
+        "Fixed effects of one model",
         "Sample characteristics by arm",
         "reliable change index around it",
     ):
         assert phrase in text
+    # the front page is the summary in words, answers first
+    front = text[text.index("workflow_desc") :]
+    assert front.index("Results: example") < front.index("How these results were made")
+
+
+def test_summary_answers_each_model_from_its_json(run):
+    """results/<study>/summary.md: one paragraph per configured model, numbers from its JSON."""
+    workdir = run["dir"]
+    text = (workdir / "results/example/summary.md").read_text(encoding="utf-8")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    for name in config["studies"]["example"]["models"]:
+        result = json.loads((workdir / f"results/example/models/{name}.json").read_text())
+        assert f"(model {name})" in text
+        assert f"The model used {result['n_obs']:,} sessions of" in text
+    main = json.loads((workdir / "results/example/models/alliance_outcome.json").read_text())
+    within = next(r for r in main["fixed"] if r["term"] == "alliance_within_lag")
+    assert (
+        "A session whose WAI-SR total was 1 point above the patient's usual level was followed "
+        f"at the next session by an ORS total {within['estimate']:.2f} points higher (better) "
+        f"(*b* = {within['estimate']:.2f}, 95% CI [{within['ci_low']:.2f}, "
+        f"{within['ci_high']:.2f}]"
+    ) in text
+    assert "Flückiger et al. (2018)" in text
+    flow = json.loads((workdir / "data/processed/example/flow.json").read_text())
+    assert f"The export held {flow['sessions']['read']:,} session rows" in text
 
 
 def test_invalid_config_fails_before_any_job(tmp_path, copy_project):

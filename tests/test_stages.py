@@ -21,28 +21,42 @@ def test_every_figure_has_a_rule_and_a_caption(root):
 
 
 def test_figure_settings_are_only_what_each_figure_reads(studies):
+    from allianceflow.labels import Labels
+
     example = studies["example"]
-    assert stages.figure_settings("caterpillar", example) == {"caterpillar_group": "therapist"}
-    assert stages.figure_settings("forest", example) == {}
-    assert stages.figure_settings("feedback", example) == {"min_cell": 5, "outcome": "ors_total"}
+    labels = Labels.from_config(example).to_dict()
+    assert labels["arms"]["tau"] == "treatment as usual"
+    assert stages.figure_settings("caterpillar", example) == {
+        "caterpillar_group": "therapist",
+        "labels": labels,
+    }
+    assert stages.figure_settings("forest", example) == {"labels": labels}
+    assert stages.figure_settings("feedback", example) == {"min_cell": 5, "labels": labels}
+    assert stages.figure_settings("trajectories", example) == {
+        "patient_lines": True,
+        "min_cell": 5,
+        "labels": labels,
+    }
     # the study sets the ORS reliable change value (5); the cut-off (25) is the ORS file's
     assert stages.figure_settings("reliable_change", example) == {
         "rci": 5.0,
         "cutoff": 25.0,
         "direction": "higher_is_better",
-        "outcome": "ors_total",
+        "labels": labels,
     }
-    assert stages.figure_settings("reliable_change", studies["example2"]) == {
+    settings = stages.figure_settings("reliable_change", studies["example2"])
+    assert {k: settings[k] for k in ("rci", "cutoff", "direction")} == {
         "rci": 6.0,
         "cutoff": 10.0,
         "direction": "lower_is_better",
-        "outcome": "phq9_total",
     }
+    assert settings["labels"]["variables"]["phq9_total"] == "PHQ-9 total"
 
 
 def test_a_study_has_the_figures_whose_variables_and_columns_it_has(studies):
     every = list(stages.FIGURES)
-    assert stages.study_figures(studies["example"]) == every
+    forests = [f"forest_{m}" for m in studies["example"]["models"]]
+    assert stages.study_figures(studies["example"]) == every[:2] + forests + every[3:]
     study = {
         **studies["example2"],
         "derive": {
@@ -55,7 +69,7 @@ def test_a_study_has_the_figures_whose_variables_and_columns_it_has(studies):
     assert stages.study_figures(study) == [
         "within_between",
         "trajectories",
-        "forest",
+        "forest_alliance_outcome",
         "flow",
         "sudden_gains",
         "reliable_change",

@@ -1,4 +1,4 @@
-"""Command line: ``allianceflow verify MANIFEST...`` and ``allianceflow check PATH``.
+"""Command line: ``allianceflow check PATH`` and ``allianceflow verify MANIFEST...``.
 
 ``check`` runs the clean stage on one raw file without writing anything and prints every
 problem as a table (row, column, rule, action, reason): a researcher checks an export
@@ -14,10 +14,32 @@ other allianceflow code than the installed package.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 __all__ = ["main"]
+
+_DESCRIPTION = """\
+Check a raw export before running the pipeline, and verify a reproduction's files.
+The pipeline itself runs with Snakemake: snakemake --cores all"""
+
+_EPILOG = """\
+examples:
+  allianceflow check data/raw/example/sessions_export.csv
+  allianceflow check visits.csv --config config.yaml --study example2
+  allianceflow verify results/*/manifest.json
+
+Run 'allianceflow COMMAND --help' for the options of one command."""
+
+
+def _version() -> str:
+    """The installed package's version (from its metadata), or "unknown"."""
+    try:
+        return version("allianceflow")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without metadata
+        return "unknown"
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -123,18 +145,34 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``allianceflow`` command."""
-    parser = argparse.ArgumentParser(prog="allianceflow", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    verify = sub.add_parser("verify", help="recompute the hashes listed in manifest.json files")
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="allianceflow",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="show the version"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    verify = sub.add_parser(
+        "verify",
+        help="recompute the hashes listed in manifest.json files",
+        description="Recompute the SHA-256 of every input and output a manifest lists. "
+        "Exit status 0 when every file matches, 1 otherwise.",
+    )
     verify.add_argument("manifests", nargs="+", type=Path)
     verify.add_argument(
         "--root", type=Path, default=Path("."), help="project folder the paths are relative to"
     )
     verify.set_defaults(func=_verify)
     check = sub.add_parser(
-        "check", help="check a raw export against a study's config without writing anything"
+        "check",
+        help="check a raw export against a study's config without writing anything",
+        description="Clean one raw export in memory and list every problem (row, column, "
+        "rule, action, reason). Exit status 0 when it would clean without errors or "
+        "exclusions, 1 otherwise.",
     )
     check.add_argument("path", type=Path, help="the raw export to check")
     check.add_argument(
@@ -146,12 +184,30 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument(
         "--study",
         default=None,
-        help="study whose settings apply (default: the study whose `raw` is PATH)",
+        help="study whose settings apply (default: the study whose raw file is PATH)",
     )
     check.add_argument("--debug", action="store_true", help="show the traceback of an error")
     check.set_defaults(func=_check)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``allianceflow`` command; returns its exit status.
+
+    Output piped into a program that stops reading early (``allianceflow check ... | head``)
+    ends the command quietly with status 1, as Python's documentation recommends ("Note on
+    SIGPIPE" in :mod:`signal`): the rest of the output goes to the null device instead of
+    raising ``BrokenPipeError`` again when Python flushes stdout at exit.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe raises here, inside the try
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

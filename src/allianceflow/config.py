@@ -126,7 +126,9 @@ def group_study(study: dict[str, Any]) -> dict[str, Any]:
     grouped: dict[str, Any] = {}
     for key, value in study.items():
         section = _SECTION_OF.get(key)
-        if section is None:
+        if key == "report_labels":  # flat_study's name for report.labels
+            grouped.setdefault("report", {})["labels"] = value
+        elif section is None:
             if key in STUDY_SECTIONS and isinstance(value, dict):
                 grouped.setdefault(key, {}).update(value)
             else:
@@ -151,6 +153,12 @@ def flat_study(study: dict[str, Any]) -> dict[str, Any]:
             if "lag_across_gaps" in rest:
                 flat["lag_across_gaps"] = rest.pop("lag_across_gaps")
             flat["derive"] = rest
+        elif key == "report":
+            # report.labels (words for figures and tables) is not read.labels.
+            rest = dict(value or {})
+            if "labels" in rest:
+                flat["report_labels"] = rest.pop("labels")
+            flat.update(rest)
         elif key in STUDY_SECTIONS:
             flat.update(value or {})
         else:

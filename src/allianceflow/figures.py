@@ -25,6 +25,7 @@ import pandas as pd
 
 from ._checks import check_columns, check_frame  # noqa: E402
 from .io import atomic_path  # noqa: E402
+from .labels import Labels, lower_first, upper_first  # noqa: E402
 
 __all__ = [
     "ONE_COLUMN",
@@ -45,6 +46,7 @@ __all__ = [
     "plot_reliable_change",
     "plot_flow",
     "plot_simple_slopes",
+    "within_between_estimates",
 ]
 
 Band = Literal["patients", "confidence"]
@@ -94,25 +96,108 @@ def _fit_line(ax, x: np.ndarray, y: np.ndarray, colour: str) -> float:
     return float(slope)
 
 
+def _slope_line(ax, x: np.ndarray, y: np.ndarray, slope: float, colour: str) -> None:
+    """Draw a line of the given *slope* through the centroid of the points."""
+    grid = np.linspace(x.min(), x.max(), 50)
+    ax.plot(grid, y.mean() + slope * (grid - x.mean()), color=colour, lw=1.5)
+
+
+def within_between_estimates(
+    result: Mapping[str, Any],
+    *,
+    within: Sequence[str] = (
+        "alliance_within_lag",
+        "alliance_within_detrended_lag",
+        "alliance_within",
+    ),
+    between: str = "alliance_between",
+) -> dict[str, dict[str, float]]:
+    """The within- and between-patient alliance slopes of a fitted model.
+
+    Parameters
+    ----------
+    result : mapping
+        A model result (:meth:`allianceflow.models.MixedModelResult.to_dict`, the JSON the
+        fit stage writes).
+    within : sequence of str
+        Candidate names of the within-patient term, the first present is used.
+    between : str
+        Name of the between-patient term.
+
+    Returns
+    -------
+    dict
+        ``{"within": {...}, "between": {...}}``, each with ``term``, ``estimate``,
+        ``ci_low`` and ``ci_high``.
+
+    Raises
+    ------
+    KeyError
+        The model has no within-patient or no between-patient alliance term.
+
+    Examples
+    --------
+    >>> r = {"name": "m", "fixed": [
+    ...     {"term": "alliance_within_lag", "estimate": 0.16, "ci_low": 0.12, "ci_high": 0.2},
+    ...     {"term": "alliance_between", "estimate": 0.29, "ci_low": 0.2, "ci_high": 0.38}]}
+    >>> within_between_estimates(r)["within"]["estimate"]
+    0.16
+    """
+    rows = {f["term"]: f for f in result["fixed"]}
+    term_w = next((t for t in within if t in rows), None)
+    if term_w is None or between not in rows:
+        raise KeyError(
+            f"model {result.get('name')!r} has no within-patient term ({', '.join(within)}) "
+            f"and between-patient term ({between}); its terms are {sorted(rows)}."
+        )
+    keys = ("estimate", "ci_low", "ci_high")
+    return {
+        "within": {"term": term_w, **{k: rows[term_w][k] for k in keys}},
+        "between": {"term": between, **{k: rows[between][k] for k in keys}},
+    }
+
+
+def _estimate_text(e: Mapping[str, Any]) -> str:
+    from .tables.formatting import format_number
+
+    return (
+        f"b = {format_number(e['estimate'])}, 95% CI "
+        f"[{format_number(e['ci_low'])}, {format_number(e['ci_high'])}]"
+    )
+
+
 def plot_within_between(
-    analysis: pd.DataFrame, *, alliance_label: str = "alliance", outcome_label: str = "outcome"
+    analysis: pd.DataFrame,
+    result: Mapping[str, Any] | None = None,
+    *,
+    alliance_label: str | None = None,
+    outcome_label: str | None = None,
+    labels: Labels | Mapping[str, Any] | None = None,
 ) -> matplotlib.figure.Figure:
     """Within- and between-patient alliance–outcome relations, side by side.
 
     Left: each session's outcome minus the patient's mean outcome against last session's
     alliance minus the patient's mean alliance (``alliance_within_lag``, ``outcome_within``).
-    Right: patient mean outcome against patient mean alliance (one dot per patient). Lines
-    are ordinary least-squares fits, for orientation only: the estimates to report come from
-    the multilevel model.
+    Right: patient mean outcome against patient mean alliance (one dot per patient).
+
+    With a fitted model *result* (a model with ``alliance_within_lag`` and
+    ``alliance_between``, :func:`within_between_estimates`), the lines have the model's
+    slopes, drawn through the centroid of each panel's points, and the panel titles print
+    the model's estimates with their 95% CIs: the numbers to report. Without one, the lines
+    are ordinary least-squares fits, for orientation only, and the titles say so.
     """
+    words = _as_labels(labels)
+    alliance_label = alliance_label or words.variable("alliance")
+    outcome_label = outcome_label or words.variable("outcome")
     within = analysis.dropna(subset=["alliance_within_lag", "outcome_within"])
     patients = (
         analysis.groupby("patient", observed=True)[["alliance_pmean", "outcome_pmean"]]
         .first()
         .dropna()
     )
+    estimates = within_between_estimates(result) if result is not None else None
     with style():
-        fig, (left, right) = plt.subplots(1, 2, figsize=(TWO_COLUMNS, 2.9), constrained_layout=True)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(TWO_COLUMNS, 3.1), layout="constrained")
         left.scatter(
             within["alliance_within_lag"],
             within["outcome_within"],
@@ -121,32 +206,29 @@ def plot_within_between(
             color="#56B4E9",
             linewidths=0,
         )
-        b_w = _fit_line(
-            left,
-            within["alliance_within_lag"].to_numpy(),
-            within["outcome_within"].to_numpy(),
-            "#0072B2",
+        xw = within["alliance_within_lag"].to_numpy()
+        yw = within["outcome_within"].to_numpy()
+        xb = patients["alliance_pmean"].to_numpy()
+        yb = patients["outcome_pmean"].to_numpy()
+        if estimates is None:
+            b_w = _fit_line(left, xw, yw, "#0072B2")
+            left.set_title(f"Within patients\n(OLS slope {b_w:.2f}, for orientation)")
+        else:
+            _slope_line(left, xw, yw, float(estimates["within"]["estimate"]), "#0072B2")
+            left.set_title(f"Within patients\n{_estimate_text(estimates['within'])}")
+        left.set_xlabel(
+            _wrap(f"{alliance_label} at the previous session (deviation from the patient's mean)")
         )
-        left.set_xlabel(f"last session's {alliance_label}\n(deviation from patient's mean)")
-        left.set_ylabel(f"{outcome_label} (deviation from patient's mean)")
-        left.set_title(f"Within patients (OLS slope {b_w:.2f})")
-        right.scatter(
-            patients["alliance_pmean"],
-            patients["outcome_pmean"],
-            s=6,
-            alpha=0.6,
-            color="#E69F00",
-            linewidths=0,
-        )
-        b_b = _fit_line(
-            right,
-            patients["alliance_pmean"].to_numpy(),
-            patients["outcome_pmean"].to_numpy(),
-            "#D55E00",
-        )
-        right.set_xlabel(f"patient's mean {alliance_label}")
-        right.set_ylabel(f"patient's mean {outcome_label}")
-        right.set_title(f"Between patients (OLS slope {b_b:.2f})")
+        left.set_ylabel(_wrap(f"{outcome_label} (deviation from the patient's mean)"))
+        right.scatter(xb, yb, s=6, alpha=0.6, color="#E69F00", linewidths=0)
+        if estimates is None:
+            b_b = _fit_line(right, xb, yb, "#D55E00")
+            right.set_title(f"Between patients\n(OLS slope {b_b:.2f}, for orientation)")
+        else:
+            _slope_line(right, xb, yb, float(estimates["between"]["estimate"]), "#D55E00")
+            right.set_title(f"Between patients\n{_estimate_text(estimates['between'])}")
+        right.set_xlabel(_wrap(f"{alliance_label}, patient mean"))
+        right.set_ylabel(_wrap(f"{outcome_label}, patient mean"))
     return fig
 
 
@@ -172,6 +254,36 @@ def _width(width: str) -> float:
     if width not in ("one", "two"):
         raise ValueError(f"`width` must be 'one' or 'two' (journal columns); got {width!r}.")
     return ONE_COLUMN if width == "one" else TWO_COLUMNS
+
+
+def _as_labels(labels: Labels | Mapping[str, Any] | None) -> Labels:
+    """A :class:`~allianceflow.labels.Labels` from labels, their record, or None."""
+    return Labels.from_dict(labels)
+
+
+def _wrap(text: str, width: int = 44) -> str:
+    """Break a long axis label into lines of at most *width* characters."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width, break_on_hyphens=False)) or text
+
+
+def _integer_ticks(ax, axis: str = "x") -> None:
+    """Whole-number ticks (sessions) on *axis*."""
+    from matplotlib.ticker import MaxNLocator
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend_below(fig, ax, *, ncols: int | None = None) -> None:
+    """The legend of *ax* below the axes, outside the data (constrained layout)."""
+    handles, texts = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    if ncols is None:
+        ncols = 2 if max(len(t) for t in texts) <= 22 and len(texts) > 1 else 1
+    fig.legend(handles, texts, loc="outside lower center", ncols=ncols, frameon=False)
 
 
 def _mean_ci(values: pd.Series) -> tuple[float, float, float, int]:
@@ -299,18 +411,26 @@ def plot_trajectories(
     patient: str = "patient",
     max_patients: int = 60,
     band: Band = "patients",
-    outcome_label: str = "outcome",
+    patient_lines: bool = True,
+    min_n: int = 5,
+    outcome_label: str | None = None,
+    labels: Labels | Mapping[str, Any] | None = None,
     width: Width = "one",
 ) -> matplotlib.figure.Figure:
-    """Individual outcome trajectories with the model-implied mean and its band.
+    """Outcome trajectories with the model-implied mean and its band.
 
-    Thin grey lines are individual patients (all of them, or *max_patients* evenly spaced
-    in sorted id order, so the choice is the same every run); the thick line is the
-    fixed-effects prediction of *result* over *time* with the other predictors at 0 (the
-    mean of a centred predictor) and the shaded band that of :func:`model_implied_mean`.
+    With ``patient_lines=True``, thin grey lines are individual patients (all of them, or
+    *max_patients* evenly spaced in sorted id order, so the choice is the same every run).
+    With ``patient_lines=False`` no individual is drawn: the observed mean per session with
+    its 95% CI (sessions with at least *min_n* patients) stands in for them, so the figure
+    shows aggregates only. The thick line is the fixed-effects prediction of *result* over
+    *time* with the other predictors at 0 (the mean of a centred predictor) and the shaded
+    band that of :func:`model_implied_mean`. The legend sits below the axes.
     """
     check_frame(analysis, "analysis")
     check_columns(analysis, outcome, time, patient, name="analysis")
+    words = _as_labels(labels)
+    outcome_label = outcome_label or words.variable(outcome)
     ids = sorted(analysis[patient].astype(str).unique())
     if len(ids) > max_patients:
         ids = [ids[i] for i in np.linspace(0, len(ids) - 1, max_patients).round().astype(int)]
@@ -318,12 +438,22 @@ def plot_trajectories(
         [patient, time], kind="mergesort"
     )
     with style():
-        fig, ax = plt.subplots(
-            figsize=(_width(width), _width(width) * 0.75), constrained_layout=True
-        )
-        for _, rows in shown.groupby(patient, observed=True, sort=True):
-            rows = rows.dropna(subset=[outcome])
-            ax.plot(rows[time], rows[outcome], color=_GREY, lw=0.5, alpha=0.5)
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.95), layout="constrained")
+        if patient_lines:
+            for _, rows in shown.groupby(patient, observed=True, sort=True):
+                rows = rows.dropna(subset=[outcome])
+                ax.plot(rows[time], rows[outcome], color=_GREY, lw=0.5, alpha=0.5)
+            title = f"{len(ids)} of {analysis[patient].nunique()} patients"
+        else:
+            stats_ = [(t, *_mean_ci(g[outcome])) for t, g in analysis.groupby(time, sort=True)]
+            stats_ = [x for x in stats_ if x[4] >= min_n]
+            if stats_:
+                t, m, lo, hi, _ = map(np.array, zip(*stats_))
+                ax.fill_between(t, lo, hi, color=_GREY, alpha=0.3, linewidth=0)
+                ax.plot(
+                    t, m, color="black", lw=1, marker="o", ms=2.5, label="observed mean (95% CI)"
+                )
+            title = f"{analysis[patient].nunique()} patients"
         if result is not None:
             t = np.arange(int(analysis[time].min()), int(analysis[time].max()) + 1, dtype=float)
             pred = model_implied_mean(result, pd.DataFrame({time: t}), time=time, band=band)
@@ -340,31 +470,46 @@ def plot_trajectories(
             ax.plot(
                 pred[time], pred["mean"], color=OKABE_ITO["blue"], lw=2, label="model-implied mean"
             )
-            ax.legend(loc="best", frameon=False)
-        ax.set_xlabel(time)
-        ax.set_ylabel(outcome_label)
-        ax.set_title(f"{len(ids)} of {analysis[patient].nunique()} patients")
+        _legend_below(fig, ax, ncols=1)
+        _integer_ticks(ax)
+        ax.set_xlabel(words.variable(time))
+        ax.set_ylabel(_wrap(outcome_label, 36))
+        ax.set_title(title)
     return fig
 
 
 def plot_forest(
-    results: Sequence[Mapping[str, Any]],
+    results: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     *,
     drop: Sequence[str] = ("Intercept",),
-    labels: Mapping[str, str] | None = None,
+    labels: Labels | Mapping[str, Any] | None = None,
+    title: str | None = None,
     width: Width = "one",
+    max_height: float = 9.0,
 ) -> matplotlib.figure.Figure:
-    """Forest plot of the fixed effects (estimate and 95% CI) of one or more models.
+    """Forest plot of the fixed effects (estimate and 95% CI) of one model, or several.
 
-    Each term is a row (models side by side in Okabe–Ito colours and distinct markers);
-    the dotted line marks zero. *drop* removes terms on another scale (the intercept).
+    Each term is a row, named in words (:meth:`allianceflow.labels.Labels.term`, or a
+    mapping from term to label); with several models they sit side by side in Okabe–Ito
+    colours and distinct markers, with the legend below the axes. The dotted line marks
+    zero. *drop* removes terms on another scale (the intercept). The pipeline draws one
+    figure per model (research question); the height grows with the number of terms and
+    never exceeds *max_height* inches.
+
+    Raises
+    ------
+    ValueError
+        No results, or every term dropped.
     """
-    from .tables import DEFAULT_LABELS
-
+    if isinstance(results, Mapping):
+        results = [results]
     results = list(results)
     if not results:
         raise ValueError("`results` must hold at least one model result; got none.")
-    labels = {**DEFAULT_LABELS, **(labels or {})}
+    if isinstance(labels, Mapping) and not set(labels) <= set(Labels.__dataclass_fields__):
+        mapping, words = dict(labels), Labels()
+    else:
+        mapping, words = {}, _as_labels(labels)
     terms: list[str] = []
     for r in results:
         terms += [f["term"] for f in r["fixed"] if f["term"] not in drop and f["term"] not in terms]
@@ -372,11 +517,11 @@ def plot_forest(
         raise ValueError(f"every fixed effect is in `drop` ({list(drop)}); nothing to plot.")
     k = len(results)
     offsets = (np.arange(k) - (k - 1) / 2) * (0.6 / max(k, 1))
+    names = [_wrap(mapping.get(t) or words.term(t), 34 if width == "one" else 60) for t in terms]
+    lines = sum(n.count("\n") + 1 for n in names)
+    height = min(max_height, 1.3 + 0.2 * lines + 0.12 * len(terms) * k + (0.3 if k > 1 else 0))
     with style():
-        fig, ax = plt.subplots(
-            figsize=(_width(width), 0.6 + 0.35 * len(terms) * max(1, k**0.5)),
-            constrained_layout=True,
-        )
+        fig, ax = plt.subplots(figsize=(_width(width), height), layout="constrained")
         for m, r in enumerate(results):
             rows = {f["term"]: f for f in r["fixed"]}
             ys, xs, lo, hi = [], [], [], []
@@ -395,14 +540,17 @@ def plot_forest(
                 ms=4,
                 capsize=2,
                 lw=1,
-                label=r["name"],
+                label=r.get("label") or r["name"],
             )
         ax.axvline(0, color="black", lw=0.6, ls=":")
         ax.set_yticks(range(len(terms)))
-        ax.set_yticklabels([labels.get(t, t) for t in reversed(terms)])
-        ax.set_xlabel("estimate (95% CI)")
+        ax.set_yticklabels(list(reversed(names)))
+        ax.set_ylim(-0.6, len(terms) - 0.4)
+        ax.set_xlabel("Estimate (95% CI)")
+        if title:
+            ax.set_title(_wrap(title, 40 if width == "one" else 80))
         if k > 1:
-            ax.legend(loc="best", frameon=False)
+            _legend_below(fig, ax, ncols=1)
     return fig
 
 
@@ -411,6 +559,7 @@ def plot_caterpillar(
     *,
     group: str = "therapist",
     term: str = "(Intercept)",
+    labels: Labels | Mapping[str, Any] | None = None,
     width: Width = "one",
 ) -> matplotlib.figure.Figure:
     """Caterpillar plot: each group's conditional mode (BLUP) with its 95% interval.
@@ -457,9 +606,7 @@ def plot_caterpillar(
     )
     x = np.arange(1, len(modes) + 1)
     with style():
-        fig, ax = plt.subplots(
-            figsize=(_width(width), _width(width) * 0.7), constrained_layout=True
-        )
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.7), layout="constrained")
         ax.errorbar(
             x,
             modes["estimate"],
@@ -472,9 +619,12 @@ def plot_caterpillar(
             capsize=0,
         )
         ax.axhline(0, color="black", lw=0.6, ls=":")
-        ax.set_xlabel(f"{group}s, ranked by estimate")
-        what = "intercept" if term in ("(Intercept)", "Intercept") else term
-        ax.set_ylabel(f"{group} {what}\n(conditional mode, 95% interval)")
+        words = _as_labels(labels)
+        who = words.group(group)
+        ax.set_xlabel(f"{who}s, ranked by estimate")
+        what = lower_first(words.term(term))
+        ax.set_ylabel(_wrap(f"{who} {what} (conditional mode, 95% interval)", 36))
+        _integer_ticks(ax)
         ax.set_xlim(0, len(modes) + 1)
     return fig
 
@@ -496,7 +646,8 @@ def plot_feedback_curves(
     time: str = "session",
     patient: str = "patient",
     min_n: int = 5,
-    outcome_label: str = "outcome",
+    outcome_label: str | None = None,
+    labels: Labels | Mapping[str, Any] | None = None,
     width: Width = "one",
 ) -> matplotlib.figure.Figure:
     """Mean outcome per session by arm × on-track status, with 95% CIs.
@@ -508,12 +659,12 @@ def plot_feedback_curves(
     """
     check_frame(analysis, "analysis")
     check_columns(analysis, arm, status, outcome, time, patient, name="analysis")
+    words = _as_labels(labels)
+    outcome_label = outcome_label or words.variable(outcome)
     data = analysis.join(_patient_status(analysis, patient, status).rename("_status"), on=patient)
     arms = sorted(data[arm].dropna().astype(str).unique())
     with style():
-        fig, ax = plt.subplots(
-            figsize=(_width(width), _width(width) * 0.75), constrained_layout=True
-        )
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 1.0), layout="constrained")
         for a_i, a in enumerate(arms):
             for s_label, ls in (("on track", "-"), ("not on track", "--")):
                 rows = data[(data[arm].astype(str) == a) & (data["_status"] == s_label)]
@@ -527,10 +678,12 @@ def plot_feedback_curves(
                 t, m, lo, hi, _ = map(np.array, zip(*stats_))
                 colour = _CYCLE[a_i % len(_CYCLE)]
                 ax.fill_between(t, lo, hi, color=colour, alpha=0.15, linewidth=0)
-                ax.plot(t, m, color=colour, ls=ls, lw=1.5, label=f"{a}, {s_label} (n = {n_pat})")
-        ax.set_xlabel(time)
-        ax.set_ylabel(f"mean {outcome_label} (95% CI)")
-        ax.legend(loc="best", frameon=False)
+                name = upper_first(words.level(arm, a))
+                ax.plot(t, m, color=colour, ls=ls, lw=1.5, label=f"{name}, {s_label} (n = {n_pat})")
+        ax.set_xlabel(words.variable(time))
+        ax.set_ylabel(_wrap(f"Mean {lower_first(outcome_label)} (95% CI)", 36))
+        _integer_ticks(ax)
+        _legend_below(fig, ax, ncols=1)
     return fig
 
 
@@ -567,7 +720,8 @@ def plot_expected_response(
     patient: str = "patient",
     outcome: str = "outcome",
     time: str = "session",
-    outcome_label: str = "outcome",
+    outcome_label: str | None = None,
+    labels: Labels | Mapping[str, Any] | None = None,
     width: Width = "one",
 ) -> matplotlib.figure.Figure:
     """One patient's outcome against the expected-treatment-response band.
@@ -594,13 +748,13 @@ def plot_expected_response(
     )
     if rows.empty:
         raise KeyError(f"`patient_id` {patient_id!r} is not in `analysis`.")
+    words = _as_labels(labels)
+    outcome_label = outcome_label or words.variable(outcome)
     band = rows.dropna(subset=["etr_expected"])
     off = rows[rows["track_status"].astype(str) == "not_on_track"]
     on = rows[rows["track_status"].astype(str).isin(["on_track", "intake"])]
     with style():
-        fig, ax = plt.subplots(
-            figsize=(_width(width), _width(width) * 0.7), constrained_layout=True
-        )
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 1.0), layout="constrained")
         ax.fill_between(
             band[time],
             band["etr_lower"],
@@ -629,10 +783,11 @@ def plot_expected_response(
             zorder=3,
             label="not on track",
         )
-        ax.set_xlabel(time)
-        ax.set_ylabel(outcome_label)
-        ax.legend(loc="best", frameon=False)
-        ax.set_title("Example patient against the expected treatment response")
+        ax.set_xlabel(words.variable(time))
+        ax.set_ylabel(_wrap(outcome_label, 36))
+        _integer_ticks(ax)
+        _legend_below(fig, ax)
+        ax.set_title("One patient against the expected response")
     return fig
 
 
@@ -663,7 +818,8 @@ def plot_ruptures(
     time: str = "session",
     window: tuple[int, int] = (-2, 4),
     min_n: int = 5,
-    alliance_label: str = "alliance",
+    alliance_label: str | None = None,
+    labels: Labels | Mapping[str, Any] | None = None,
     width: Width = "one",
 ) -> matplotlib.figure.Figure:
     """Rupture–repair episodes: mean alliance around the rupture session, by repair status.
@@ -684,10 +840,10 @@ def plot_ruptures(
         "unrepaired": OKABE_ITO["vermillion"],
         "censored": _GREY,
     }
+    words = _as_labels(labels)
+    alliance_label = alliance_label or words.variable(alliance)
     with style():
-        fig, ax = plt.subplots(
-            figsize=(_width(width), _width(width) * 0.75), constrained_layout=True
-        )
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.95), layout="constrained")
         for status, colour in colours.items():
             ev = events[events["rupture_repair"].astype(str) == status].rename(
                 columns={time: "_rupture"}
@@ -713,9 +869,10 @@ def plot_ruptures(
                 o, m, color=colour, marker="o", ms=3, lw=1.5, label=f"{status} ({len(ev)} episodes)"
             )
         ax.axvline(0, color="black", lw=0.6, ls=":")
-        ax.set_xlabel("sessions from the rupture")
-        ax.set_ylabel(f"mean {alliance_label} (95% CI)")
-        ax.legend(loc="best", frameon=False)
+        ax.set_xlabel("Sessions from the rupture")
+        ax.set_ylabel(_wrap(f"Mean {lower_first(alliance_label)} (95% CI)", 36))
+        _integer_ticks(ax)
+        _legend_below(fig, ax, ncols=1)
     return fig
 
 
@@ -727,7 +884,8 @@ def plot_sudden_gains(
     patient: str = "patient",
     time: str = "session",
     window: tuple[int, int] = (-2, 3),
-    outcome_label: str = "outcome",
+    outcome_label: str | None = None,
+    labels: Labels | Mapping[str, Any] | None = None,
     width: Width = "one",
 ) -> matplotlib.figure.Figure:
     """Outcome around each sudden gain, aligned at the pre-gain session (offset 0).
@@ -739,10 +897,9 @@ def plot_sudden_gains(
     check_frame(gains, "gains")
     check_columns(gains, patient, "event", "pregain_session", name="gains")
     ev = gains[gains["event"].astype(str) == "gain"]
+    outcome_label = outcome_label or _as_labels(labels).variable(outcome)
     with style():
-        fig, ax = plt.subplots(
-            figsize=(_width(width), _width(width) * 0.75), constrained_layout=True
-        )
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 0.9), layout="constrained")
         if len(ev):
             rows = _aligned(
                 analysis,
@@ -765,14 +922,15 @@ def plot_sudden_gains(
                 lw=2,
                 marker="o",
                 ms=3,
-                label=f"mean of {len(ev)} gains",
+                label=f"mean of {len(ev)} gains (95% CI)",
             )
-            ax.legend(loc="best", frameon=False)
+            _legend_below(fig, ax)
         else:
             ax.text(0.5, 0.5, "no sudden gains", ha="center", va="center", transform=ax.transAxes)
         ax.axvspan(0, 1, color=OKABE_ITO["yellow"], alpha=0.25, linewidth=0)
-        ax.set_xlabel("sessions from the pre-gain session")
-        ax.set_ylabel(outcome_label)
+        ax.set_xlabel("Sessions from the pre-gain session")
+        ax.set_ylabel(_wrap(outcome_label, 36))
+        _integer_ticks(ax)
     return fig
 
 
@@ -785,7 +943,8 @@ def plot_reliable_change(
     first: str = "score_first",
     last: str = "score_last",
     by: str | None = "condition",
-    outcome_label: str = "outcome",
+    outcome_label: str | None = None,
+    labels: Labels | Mapping[str, Any] | None = None,
     width: Width = "one",
 ) -> matplotlib.figure.Figure:
     """Intake against last score, one dot per patient, with reliable-change band and cut-off.
@@ -800,13 +959,15 @@ def plot_reliable_change(
         raise ValueError(
             f"`direction` must be 'higher_is_better' or 'lower_is_better'; got {direction!r}."
         )
+    words = _as_labels(labels)
+    outcome_label = outcome_label or words.variable("outcome")
     data = patients.dropna(subset=[first, last])
     lo = float(np.nanmin(data[[first, last]].to_numpy())) if len(data) else 0.0
     hi = float(np.nanmax(data[[first, last]].to_numpy())) if len(data) else 1.0
     pad = 0.05 * (hi - lo or 1.0)
     lo, hi = lo - pad, hi + pad
     with style():
-        fig, ax = plt.subplots(figsize=(_width(width), _width(width)), constrained_layout=True)
+        fig, ax = plt.subplots(figsize=(_width(width), _width(width) * 1.25), layout="constrained")
         grid = np.array([lo, hi])
         if rci is not None:
             ax.fill_between(
@@ -839,7 +1000,7 @@ def plot_reliable_change(
                 color=_CYCLE[i % len(_CYCLE)],
                 marker=_MARKERS[i % len(_MARKERS)],
                 linewidths=0,
-                label=None if g == "all" else g,
+                label=None if g == "all" else upper_first(words.level(by, g)),
             )
         up, down = (
             ("improved", "deteriorated")
@@ -851,9 +1012,9 @@ def plot_reliable_change(
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_aspect("equal")
-        ax.set_xlabel(f"{outcome_label} at intake")
-        ax.set_ylabel(f"{outcome_label} at the last session")
-        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 0.08), frameon=False)
+        ax.set_xlabel(_wrap(f"{outcome_label} at intake", 40))
+        ax.set_ylabel(_wrap(f"{outcome_label} at the last session", 40))
+        _legend_below(fig, ax)
     return fig
 
 
@@ -918,6 +1079,7 @@ def plot_flow(
     *,
     arms: Mapping[str, Mapping[str, int]] | None = None,
     analysed: Mapping[str, Mapping[str, Any]] | None = None,
+    labels: Labels | Mapping[str, Any] | None = None,
     width: Width = "two",
 ) -> matplotlib.figure.Figure:
     """A CONSORT-style flow diagram drawn from ``flow.json`` (the clean stage's counts).
@@ -990,7 +1152,8 @@ def plot_flow(
                         ax,
                         x,
                         ys[row],
-                        f"{name}\n{a.get('patients', '')} patients, "
+                        f"{upper_first(_as_labels(labels).arm(name))}\n"
+                        f"{a.get('patients', '')} patients, "
                         f"{a.get('sessions', '')} sessions",
                     )
                 )

@@ -65,6 +65,7 @@ __all__ = [
     "power_summary_stage",
     "power_curve_stage",
     "manifest_stage",
+    "summary_stage",
 ]
 
 log = logging.getLogger("allianceflow")
@@ -505,6 +506,46 @@ def manifest_stage(
     )
 
 
+def summary_stage(
+    model_jsons: Sequence[str | Path],
+    *,
+    flow: str | Path,
+    study: str,
+    measures: Mapping[str, Any],
+    benchmark: Mapping[str, Any] | None = None,
+    labels: Mapping[str, Any] | None = None,
+    md: str | Path,
+    rst: str | Path | None = None,
+) -> None:
+    """Write the study's summary in words (:func:`allianceflow.summary.study_summary`).
+
+    *model_jsons* are the study's model results in config order, *flow* its ``flow.json``,
+    *measures* its ``measures`` section (the alliance and outcome scores, whose units the
+    effects are in, and the outcome's direction of improvement), *benchmark* the
+    meta-analytic benchmark (``pool.benchmark``; default
+    :data:`allianceflow.summary.BENCHMARK`), *labels* the study's
+    :meth:`allianceflow.labels.Labels.to_dict` (default: labels from *measures* and the
+    instrument files). *md* gets the Markdown, *rst* (optional) the same text as
+    reStructuredText for the report's front page.
+    """
+    from .labels import Labels
+    from .summary import BENCHMARK, markdown_to_rst, study_summary
+
+    text = study_summary(
+        [io.read_json(path) for path in model_jsons],
+        io.read_json(flow),
+        study=study,
+        alliance=measures["alliance"],
+        outcome=measures["outcome"],
+        outcome_direction=outcome_numbers(measures)["direction"],
+        labels=Labels.from_dict(labels) if labels else Labels.from_config({"measures": measures}),
+        benchmark=benchmark or BENCHMARK,
+    )
+    io.write_text(text, md)
+    if rst is not None:
+        io.write_text(markdown_to_rst(text), rst)
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -598,37 +639,55 @@ def arm_counts(sessions, *, arm: str = "condition") -> dict[str, dict[str, int]]
     }
 
 
-def within_between_figure_stage(*, analysis, alliance: str, outcome: str, outputs) -> None:
+def within_between_figure_stage(*, analysis, models=(), labels=None, outputs) -> None:
     """Draw the within- vs between-patient alliance–outcome figure in every format asked for.
 
-    *alliance* and *outcome* are the study's score columns (``measures``), used as labels.
+    The lines and titles are the estimates of the first of *models* (fitted-model JSON
+    files) with a within- and a between-patient alliance term; with none, OLS lines for
+    orientation. *labels* is a :meth:`allianceflow.labels.Labels.to_dict` record.
     """
-    from .figures import plot_within_between, save_figure
+    from .figures import plot_within_between, save_figure, within_between_estimates
 
-    fig = plot_within_between(
-        io.read_table(analysis), alliance_label=alliance, outcome_label=outcome
-    )
+    chosen = None
+    for path in models:
+        result = io.read_json(path)
+        try:
+            within_between_estimates(result)
+        except KeyError:
+            continue
+        chosen = result
+        break
+    fig = plot_within_between(io.read_table(analysis), chosen, labels=labels)
     save_figure(fig, outputs)
 
 
-def trajectories_figure_stage(*, analysis, model, outcome: str, outputs) -> None:
-    """Draw individual trajectories with the model-implied mean and band of one model."""
+def trajectories_figure_stage(
+    *, analysis, model, patient_lines: bool = True, min_cell: int = 5, labels=None, outputs
+) -> None:
+    """Draw trajectories (patients' lines or aggregate means) with one model's implied mean."""
     from .figures import plot_trajectories, save_figure
 
     fig = plot_trajectories(
-        io.read_table(analysis), io.read_json(model), outcome_label=f"outcome ({outcome})"
+        io.read_table(analysis),
+        io.read_json(model),
+        patient_lines=patient_lines,
+        min_n=min_cell,
+        labels=labels,
     )
     save_figure(fig, outputs)
 
 
-def model_forest_figure_stage(*, models, outputs) -> None:
-    """Draw the forest plot of the fixed effects of every model of one study."""
+def model_forest_figure_stage(*, model, labels=None, outputs) -> None:
+    """Draw the forest plot of the fixed effects of one model (one research question)."""
     from .figures import plot_forest, save_figure
+    from .labels import Labels
 
-    save_figure(plot_forest([io.read_json(p) for p in models]), outputs)
+    result = io.read_json(model)
+    words = Labels.from_dict(labels)
+    save_figure(plot_forest(result, labels=words, title=words.question(result)), outputs)
 
 
-def flow_figure_stage(*, flow, sessions, models, outputs) -> None:
+def flow_figure_stage(*, flow, sessions, models, labels=None, outputs) -> None:
     """Draw the CONSORT-style flow diagram: read, excluded (by rule), kept, by arm, analysed."""
     from .figures import plot_flow, save_figure
 
@@ -637,11 +696,12 @@ def flow_figure_stage(*, flow, sessions, models, outputs) -> None:
     for path in models:
         r = io.read_json(path)
         analysed[r["name"]] = {k: r[k] for k in ("n_obs", "n_groups", "n_dropped_missing")}
-    save_figure(plot_flow(io.read_json(flow), arms=arms, analysed=analysed or None), outputs)
+    fig = plot_flow(io.read_json(flow), arms=arms, analysed=analysed or None, labels=labels)
+    save_figure(fig, outputs)
 
 
 def expected_response_figure_stage(
-    *, analysis, example_patient: str | None, outcome: str, outputs
+    *, analysis, example_patient: str | None, labels=None, outputs
 ) -> None:
     """Draw one patient's outcome against the expected-treatment-response band.
 
@@ -650,46 +710,40 @@ def expected_response_figure_stage(
     """
     from .figures import plot_expected_response, save_figure
 
-    fig = plot_expected_response(
-        io.read_table(analysis), example_patient, outcome_label=f"outcome ({outcome})"
-    )
+    fig = plot_expected_response(io.read_table(analysis), example_patient, labels=labels)
     save_figure(fig, outputs)
 
 
-def feedback_figure_stage(*, analysis, min_cell: int, outcome: str, outputs) -> None:
+def feedback_figure_stage(*, analysis, min_cell: int, labels=None, outputs) -> None:
     """Draw the mean outcome by arm × on-track status (groups under *min_cell* are hidden)."""
     from .figures import plot_feedback_curves, save_figure
 
-    fig = plot_feedback_curves(
-        io.read_table(analysis), min_n=min_cell, outcome_label=f"outcome ({outcome})"
-    )
+    fig = plot_feedback_curves(io.read_table(analysis), min_n=min_cell, labels=labels)
     save_figure(fig, outputs)
 
 
-def ruptures_figure_stage(*, analysis, min_cell: int, alliance: str, outputs) -> None:
+def ruptures_figure_stage(*, analysis, min_cell: int, labels=None, outputs) -> None:
     """Draw the mean alliance around detected ruptures, by repair status."""
     from .figures import plot_ruptures, save_figure
 
-    fig = plot_ruptures(
-        io.read_table(analysis), min_n=min_cell, alliance_label=f"alliance ({alliance})"
-    )
+    fig = plot_ruptures(io.read_table(analysis), min_n=min_cell, labels=labels)
     save_figure(fig, outputs)
 
 
-def sudden_gains_figure_stage(*, analysis, sudden_gains, outcome: str, outputs) -> None:
+def sudden_gains_figure_stage(*, analysis, sudden_gains, labels=None, outputs) -> None:
     """Draw the outcome around each sudden gain, aligned at the pre-gain session."""
     from .figures import plot_sudden_gains, save_figure
 
     fig = plot_sudden_gains(
         io.read_table(analysis),
         io.read_table(sudden_gains),
-        outcome_label=f"outcome ({outcome})",
+        labels=labels,
     )
     save_figure(fig, outputs)
 
 
 def reliable_change_figure_stage(
-    *, patients, rci: float, cutoff: float | None, direction: str, outcome: str, outputs
+    *, patients, rci: float, cutoff: float | None, direction: str, labels=None, outputs
 ) -> None:
     """Draw intake vs last score with the reliable-change band and the cut-off.
 
@@ -703,16 +757,17 @@ def reliable_change_figure_stage(
         rci=rci,
         cutoff=cutoff,
         direction=direction,
-        outcome_label=f"outcome ({outcome})",
+        labels=labels,
     )
     save_figure(fig, outputs)
 
 
-def caterpillar_figure_stage(*, model, caterpillar_group: str, outputs) -> None:
+def caterpillar_figure_stage(*, model, caterpillar_group: str, labels=None, outputs) -> None:
     """Draw the caterpillar plot of one grouping factor's random intercepts."""
     from .figures import plot_caterpillar, save_figure
 
-    save_figure(plot_caterpillar(io.read_json(model), group=caterpillar_group), outputs)
+    fig = plot_caterpillar(io.read_json(model), group=caterpillar_group, labels=labels)
+    save_figure(fig, outputs)
 
 
 def outcome_numbers(measures: Mapping[str, Any]) -> dict[str, Any]:
@@ -766,28 +821,28 @@ class Figure(NamedTuple):
 #: ``results/<study>/figures/<name>.<format>``). Adding a figure: an entry here, a rule in
 #: workflow/rules/figures.smk and its caption.
 FIGURES: dict[str, Figure] = {
-    "within_between": Figure(within_between_figure_stage, ("alliance", "outcome")),
-    "trajectories": Figure(trajectories_figure_stage, ("outcome",)),
-    "forest": Figure(model_forest_figure_stage),
-    "flow": Figure(flow_figure_stage),
+    "within_between": Figure(within_between_figure_stage, ("labels",)),
+    "trajectories": Figure(trajectories_figure_stage, ("patient_lines", "min_cell", "labels")),
+    "forest": Figure(model_forest_figure_stage, ("labels",)),
+    "flow": Figure(flow_figure_stage, ("labels",)),
     "expected_response": Figure(
-        expected_response_figure_stage, ("example_patient", "outcome"), _derived("on_track")
+        expected_response_figure_stage, ("example_patient", "labels"), _derived("on_track")
     ),
     "feedback": Figure(
         feedback_figure_stage,
-        ("min_cell", "outcome"),
+        ("min_cell", "labels"),
         _has_arms_and_on_track,
     ),
-    "ruptures": Figure(ruptures_figure_stage, ("min_cell", "alliance"), _derived("ruptures")),
-    "sudden_gains": Figure(sudden_gains_figure_stage, ("outcome",), _derived("sudden_gains")),
+    "ruptures": Figure(ruptures_figure_stage, ("min_cell", "labels"), _derived("ruptures")),
+    "sudden_gains": Figure(sudden_gains_figure_stage, ("labels",), _derived("sudden_gains")),
     "reliable_change": Figure(
         reliable_change_figure_stage,
-        ("rci", "cutoff", "direction", "outcome"),
+        ("rci", "cutoff", "direction", "labels"),
         _derived("reliable_change"),
     ),
     "caterpillar": Figure(
         caterpillar_figure_stage,
-        ("caterpillar_group",),
+        ("caterpillar_group", "labels"),
         _has_caterpillar_group,
     ),
 }
@@ -800,17 +855,25 @@ def _check_figure(name: str) -> Figure:
 
 
 def study_figures(study: dict[str, Any]) -> list[str]:
-    """Names of the figures a study has (:data:`FIGURES` whose ``applies`` holds)."""
-    return [name for name, figure in FIGURES.items() if figure.applies(study)]
+    """Files (stems) of the figures a study has (:data:`FIGURES` whose ``applies`` holds).
+
+    The forest plot is drawn once per model: ``forest_<model>``.
+    """
+    names: list[str] = []
+    for name, figure in FIGURES.items():
+        if figure.applies(study):
+            names += [f"forest_{m}" for m in study["models"]] if name == "forest" else [name]
+    return names
 
 
 def figure_settings(name: str, study: dict[str, Any]) -> dict[str, Any]:
     """Pick the settings figure *name* reads from a study's config block, and nothing else.
 
     A rule that receives only these reruns when one of them changes and for no other
-    setting. Keys: ``alliance`` and ``outcome`` (``measures``, as labels), ``min_cell``
-    (``report.tables.min_cell``), ``example_patient`` and ``caterpillar_group``
-    (``report.figures``), ``rci``, ``cutoff`` and ``direction`` (:func:`outcome_numbers`).
+    setting. Keys: ``labels`` (:meth:`allianceflow.labels.Labels.to_dict` of the study),
+    ``min_cell`` (``report.tables.min_cell``), ``example_patient``, ``caterpillar_group`` and
+    ``patient_lines`` (``report.figures``), ``rci``, ``cutoff`` and ``direction``
+    (:func:`outcome_numbers`).
     """
     wanted = _check_figure(name).settings
     measures, report = study["measures"], study.get("report") or {}
@@ -821,7 +884,12 @@ def figure_settings(name: str, study: dict[str, Any]) -> dict[str, Any]:
         "min_cell": int((report.get("tables") or {}).get("min_cell", 5)),
         "example_patient": figures.get("example_patient"),
         "caterpillar_group": figures.get("caterpillar_group", "therapist"),
+        "patient_lines": bool(figures.get("patient_lines", True)),
     }
+    if "labels" in wanted:
+        from .labels import Labels
+
+        values["labels"] = Labels.from_config(study).to_dict()
     if {"rci", "cutoff", "direction"} & set(wanted):
         values.update(outcome_numbers(measures))
     return {key: values[key] for key in wanted}

@@ -195,6 +195,7 @@ def get_study_outputs(study):
             for c in get_comparisons(study)
             for ext in ("json", "txt")
         ]
+        + [f"results/{study}/summary.{ext}" for ext in ("md", "rst")]
         + [f"results/{study}/tables/{m}.{ext}" for m in models for ext in published]
         + [f"results/{study}/tables/models.{ext}" for ext in published]
         + [f"results/{study}/tables/reliability.{ext}" for ext in published]
@@ -210,6 +211,56 @@ def get_study_outputs(study):
         ]
         + get_moderated_outputs(study)
     )
+
+
+def get_benchmark():
+    """The meta-analytic benchmark (`pool.benchmark`) quoted in the summaries."""
+    return config["pool"]["benchmark"]
+
+
+#: Names in words of the entries of Snakemake's report (labels of report(...)).
+REPORT_NAMES = {
+    "table1": "Table 1: sample characteristics by arm",
+    "intake_correlations": "Correlations at intake",
+    "clinical_significance": "Reliable and clinically significant change",
+    "sudden_gains": "Sudden gains",
+    "ruptures": "Alliance ruptures and repair",
+    "reliability": "Reliability (alpha and omega)",
+    "model_table": "Model {model}",
+    "models": "Every model side by side",
+    "within_between": "Alliance and outcome within and between patients",
+    "trajectories": "Outcome trajectories",
+    "forest": "Fixed effects of model {model} (forest plot)",
+    "caterpillar": "Therapist random effects (caterpillar plot)",
+    "flow": "Flow of patients and sessions",
+    "feedback": "Outcome by arm and on-track status",
+    "expected_response": "Expected treatment response",
+    "reliable_change": "Reliable and clinically significant change",
+}
+
+
+def get_report_labels(kind, name=None):
+    """A function of the wildcards giving one report entry's labels: its study and its name
+    in words (*name*, else the wildcard *kind*, e.g. the model or table; a name may use the
+    rule's wildcards, as "{model}")."""
+
+    def get_labels(wildcards):
+        key = name or getattr(wildcards, kind)
+        if kind == "model":
+            words = f"model {key}"
+        else:
+            words = REPORT_NAMES.get(key, key.replace("_", " "))
+        return {"study": wildcards.study, kind: words.format(**dict(wildcards.items()))}
+
+    get_labels.__name__ = f"get_{kind}_labels"
+    return get_labels
+
+
+def get_summary_labels(wildcards):
+    """Labels of one study's variables and terms in words (config and instrument files)."""
+    from allianceflow.labels import Labels
+
+    return Labels.from_config(config["studies"][wildcards.study]).to_dict()
 
 
 def get_manifest_outputs(wildcards):

@@ -8,12 +8,14 @@
 rule plot_within_between:
     input:
         analysis=rules.derive_variables.output.analysis,
+        models=get_model_results,
     output:
         png=report(
             "results/{study}/figures/within_between.png",
             caption="../report/within_between.rst",
-            category="Figures",
+            category="3. Figures",
             subcategory="{study}",
+            labels=get_report_labels("figure", "within_between"),
         ),
         pdf="results/{study}/figures/within_between.pdf",
         svg="results/{study}/figures/within_between.svg",
@@ -37,8 +39,9 @@ rule plot_trajectories:
         png=report(
             "results/{study}/figures/trajectories.png",
             caption="../report/trajectories.rst",
-            category="Figures",
+            category="3. Figures",
             subcategory="{study}",
+            labels=get_report_labels("figure", "trajectories"),
         ),
         pdf="results/{study}/figures/trajectories.pdf",
         svg="results/{study}/figures/trajectories.svg",
@@ -56,18 +59,19 @@ rule plot_trajectories:
 
 rule plot_forest:
     input:
-        models=get_model_results,
+        model=rules.fit_model.output.json,
     output:
         png=report(
-            "results/{study}/figures/forest.png",
+            "results/{study}/figures/forest_{model}.png",
             caption="../report/forest.rst",
-            category="Figures",
+            category="3. Figures",
             subcategory="{study}",
+            labels=get_report_labels("figure", "forest"),
         ),
-        pdf="results/{study}/figures/forest.pdf",
-        svg="results/{study}/figures/forest.svg",
+        pdf="results/{study}/figures/forest_{model}.pdf",
+        svg="results/{study}/figures/forest_{model}.svg",
     log:
-        "logs/{study}/plot_forest.log",
+        "logs/{study}/plot_forest_{model}.log",
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -85,8 +89,9 @@ rule plot_caterpillar:
         png=report(
             "results/{study}/figures/caterpillar.png",
             caption="../report/caterpillar.rst",
-            category="Figures",
+            category="3. Figures",
             subcategory="{study}",
+            labels=get_report_labels("figure", "caterpillar"),
         ),
         pdf="results/{study}/figures/caterpillar.pdf",
         svg="results/{study}/figures/caterpillar.svg",
@@ -111,8 +116,9 @@ rule plot_flow:
         png=report(
             "results/{study}/figures/flow.png",
             caption="../report/flow.rst",
-            category="Figures",
+            category="3. Figures",
             subcategory="{study}",
+            labels=get_report_labels("figure", "flow"),
         ),
         pdf="results/{study}/figures/flow.pdf",
         svg="results/{study}/figures/flow.svg",
@@ -135,8 +141,9 @@ rule plot_feedback:
         png=report(
             "results/{study}/figures/feedback.png",
             caption="../report/feedback.rst",
-            category="Figures",
+            category="3. Figures",
             subcategory="{study}",
+            labels=get_report_labels("figure", "feedback"),
         ),
         pdf="results/{study}/figures/feedback.pdf",
         svg="results/{study}/figures/feedback.svg",
@@ -159,8 +166,9 @@ rule plot_expected_response:
         png=report(
             "results/{study}/figures/expected_response.png",
             caption="../report/expected_response.rst",
-            category="Figures",
+            category="3. Figures",
             subcategory="{study}",
+            labels=get_report_labels("figure", "expected_response"),
         ),
         pdf="results/{study}/figures/expected_response.pdf",
         svg="results/{study}/figures/expected_response.svg",
@@ -183,8 +191,9 @@ rule plot_ruptures:
         png=report(
             "results/{study}/figures/ruptures.png",
             caption="../report/ruptures_figure.rst",
-            category="Figures",
+            category="3. Figures",
             subcategory="{study}",
+            labels=get_report_labels("figure", "ruptures"),
         ),
         pdf="results/{study}/figures/ruptures.pdf",
         svg="results/{study}/figures/ruptures.svg",
@@ -208,8 +217,9 @@ rule plot_sudden_gains:
         png=report(
             "results/{study}/figures/sudden_gains.png",
             caption="../report/sudden_gains_figure.rst",
-            category="Figures",
+            category="3. Figures",
             subcategory="{study}",
+            labels=get_report_labels("figure", "sudden_gains"),
         ),
         pdf="results/{study}/figures/sudden_gains.pdf",
         svg="results/{study}/figures/sudden_gains.svg",
@@ -232,8 +242,9 @@ rule plot_reliable_change:
         png=report(
             "results/{study}/figures/reliable_change.png",
             caption="../report/reliable_change.rst",
-            category="Figures",
+            category="3. Figures",
             subcategory="{study}",
+            labels=get_report_labels("figure", "reliable_change"),
         ),
         pdf="results/{study}/figures/reliable_change.pdf",
         svg="results/{study}/figures/reliable_change.svg",

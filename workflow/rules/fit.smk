@@ -3,7 +3,13 @@ rule fit_model:
         analysis=rules.derive_variables.output.analysis,
     output:
         json="results/{study}/models/{model}.json",
-        txt="results/{study}/models/{model}.txt",
+        txt=report(
+            "results/{study}/models/{model}.txt",
+            caption="../report/model_text.rst",
+            category="4. Model outputs",
+            subcategory="{study}",
+            labels=get_report_labels("model"),
+        ),
     log:
         "logs/{study}/fit_model_{model}.log",
     benchmark:

@@ -12,7 +12,8 @@ rule pool_studies:
         md=report(
             "results/pooled/tables/meta_analysis.md",
             caption="../report/meta_analysis.rst",
-            category="Pooled",
+            category="5. Pooled across studies",
+            labels={"table": "Random-effects meta-analysis"},
         ),
         one_stage="results/pooled/models/one_stage.json",
         comparison="results/pooled/tables/one_vs_two_stage.csv",
@@ -40,7 +41,8 @@ rule plot_meta_forest:
         png=report(
             "results/pooled/figures/meta_forest.png",
             caption="../report/meta_forest.rst",
-            category="Pooled",
+            category="5. Pooled across studies",
+            labels={"figure": "Forest plot of the studies"},
         ),
         pdf="results/pooled/figures/meta_forest.pdf",
         svg="results/pooled/figures/meta_forest.svg",

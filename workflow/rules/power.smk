@@ -34,7 +34,8 @@ rule summarise_power:
         md=report(
             "results/power/tables/power.md",
             caption="../report/power_table.rst",
-            category="Power",
+            category="6. Power",
+            labels={"table": "Power by design"},
         ),
     log:
         "logs/power/summarise_power.log",
@@ -54,7 +55,8 @@ rule plot_power_curve:
         png=report(
             "results/power/figures/power_curve.png",
             caption="../report/power_curve.rst",
-            category="Power",
+            category="6. Power",
+            labels={"figure": "Power curve"},
         ),
         pdf="results/power/figures/power_curve.pdf",
         svg="results/power/figures/power_curve.svg",

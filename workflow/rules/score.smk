@@ -19,12 +19,7 @@ rule compute_reliability:
         sessions=rules.clean_sessions.output.sessions,
     output:
         csv="results/{study}/tables/reliability.csv",
-        md=report(
-            "results/{study}/tables/reliability.md",
-            caption="../report/reliability.rst",
-            category="Tables",
-            subcategory="{study}",
-        ),
+        md="results/{study}/tables/reliability.md",
     log:
         "logs/{study}/compute_reliability.log",
     benchmark:

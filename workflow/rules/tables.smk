@@ -7,13 +7,14 @@ rule tabulate_model:
         model=rules.fit_model.output.json,
     output:
         csv="results/{study}/tables/{model}.csv",
-        md=report(
-            "results/{study}/tables/{model}.md",
+        md="results/{study}/tables/{model}.md",
+        html=report(
+            "results/{study}/tables/{model}.html",
             caption="../report/model_table.rst",
-            category="Tables",
+            category="2. Tables",
             subcategory="{study}",
+            labels=get_report_labels("table", "model_table"),
         ),
-        html="results/{study}/tables/{model}.html",
         tex="results/{study}/tables/{model}.tex",
         docx="results/{study}/tables/{model}.docx",
     log:
@@ -31,13 +32,14 @@ rule tabulate_models:
         models=get_model_results,
     output:
         csv="results/{study}/tables/models.csv",
-        md=report(
-            "results/{study}/tables/models.md",
+        md="results/{study}/tables/models.md",
+        html=report(
+            "results/{study}/tables/models.html",
             caption="../report/models_table.rst",
-            category="Tables",
+            category="2. Tables",
             subcategory="{study}",
+            labels=get_report_labels("table", "models"),
         ),
-        html="results/{study}/tables/models.html",
         tex="results/{study}/tables/models.tex",
         docx="results/{study}/tables/models.docx",
     log:
@@ -54,7 +56,13 @@ rule render_reliability:
     input:
         csv=rules.compute_reliability.output.csv,
     output:
-        html="results/{study}/tables/reliability.html",
+        html=report(
+            "results/{study}/tables/reliability.html",
+            caption="../report/reliability.rst",
+            category="2. Tables",
+            subcategory="{study}",
+            labels=get_report_labels("table", "reliability"),
+        ),
         tex="results/{study}/tables/reliability.tex",
         docx="results/{study}/tables/reliability.docx",
     log:
@@ -74,13 +82,14 @@ rule tabulate_descriptives:
         sudden_gains=rules.derive_variables.output.sudden_gains,
     output:
         csv="results/{study}/tables/{table}.csv",
-        md=report(
-            "results/{study}/tables/{table}.md",
+        md="results/{study}/tables/{table}.md",
+        html=report(
+            "results/{study}/tables/{table}.html",
             caption="../report/descriptive_table.rst",
-            category="Tables",
+            category="2. Tables",
             subcategory="{study}",
+            labels=get_report_labels("table"),
         ),
-        html="results/{study}/tables/{table}.html",
         tex="results/{study}/tables/{table}.tex",
         docx="results/{study}/tables/{table}.docx",
     log:

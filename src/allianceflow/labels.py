@@ -1,0 +1,731 @@
+r"""Words for column codes and model terms, for every figure, table and summary.
+
+A study's figures and tables never print a column code (``wai_sr_total``,
+``alliance_within_lag``) or a formula term (``C(condition)[T.tau]:off_track``): they print
+the labels of a :class:`Labels` object, built from the study's ``report.labels`` section
+in config and, for everything it does not name, from the instrument files.
+
+Defaults
+--------
+* A score ``<instrument>_total`` is "<abbreviation> total" ("WAI-SR total", "ORS total");
+  a subscale is "<abbreviation> <subscale label>" ("WAI-SR agreement on tasks"). The
+  abbreviation is the parenthesised one in the instrument's ``version`` when there is one,
+  else made from its ``name`` (initials of each capitalised word, the number after a
+  hyphen kept: "Patient Health Questionnaire-9" gives "PHQ-9").
+* The derive stage's generic ``alliance`` and ``outcome`` are the study's alliance and
+  outcome scores, and the suffixes of :mod:`allianceflow.derive` are read in words:
+  ``_within`` "within-patient (deviation from the patient's mean)", ``_between`` "patient
+  mean", ``_lag`` "at the previous session", ``_next`` "at the next session", and so on
+  (:data:`SUFFIXES`).
+* Arms and informants keep their canonical code, with underscores read as spaces, unless
+  config names them; "tau" is "treatment as usual".
+
+Model terms (:meth:`Labels.term`) follow patsy's names: ``:`` is an interaction, printed
+"×"; a treatment contrast ``C(f)[T.level]`` is printed "<level> vs <reference>", the
+reference being patsy's (the first level in sorted order, or the one given by
+``Treatment(reference=...)``).
+
+Examples
+--------
+>>> labels = Labels.from_config(
+...     {
+...         "measures": {"instruments": {"wai_sr": None, "ors": None},
+...                      "alliance": "wai_sr_total", "outcome": "ors_total"},
+...         "read": {"labels": {"condition": {"ROM feedback": "feedback", "TAU": "tau"}}},
+...     }
+... )
+>>> labels.variable("alliance_within_lag")
+"WAI-SR total at the previous session, within-patient (deviation from the patient's mean)"
+>>> labels.term("C(condition)[T.tau]:off_track")
+'Treatment as usual vs feedback × not on track'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "Labels",
+    "SUFFIXES",
+    "FIXED_VARIABLES",
+    "abbreviation",
+    "lower_first",
+    "upper_first",
+    "title_case",
+]
+
+#: Suffixes of the derive stage's columns, longest first, with how each reads after the
+#: label of the column it is added to (see :mod:`allianceflow.derive`).
+SUFFIXES: tuple[tuple[str, str], ...] = (
+    ("_within_detrended", ", deviation from the patient's own linear trend"),
+    ("_patient_deviation", ", patient's deviation from the therapist's mean"),
+    ("_therapist_mean", ", therapist mean"),
+    ("_detrended", ", deviation from the patient's own linear trend"),
+    ("_baseline", " at intake"),
+    ("_within", ", within-patient (deviation from the patient's mean)"),
+    ("_between", ", patient mean"),
+    ("_pmean", ", patient mean (uncentred)"),
+    ("_tmean", ", therapist mean (uncentred)"),
+    ("_therapist", ", therapist mean"),
+    ("_patient", ", patient's deviation from the therapist's mean"),
+    ("_gmc", ", grand-mean centred"),
+    ("_next", " at the next session"),
+)
+
+#: Lag suffixes: ``_lag`` (lag 1), ``_lag2`` …, ``_lead`` and ``_lead2`` …; the lag is
+#: stated before the other suffixes ("… at the previous session, within-patient …").
+_LAG = re.compile(r"^(?P<base>.+?)_(?P<kind>lag|lead)(?P<n>\d*)$")
+_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+
+#: Columns of the derive stage with a fixed meaning, and their labels.
+FIXED_VARIABLES: Mapping[str, str] = MappingProxyType(
+    {
+        "Intercept": "Intercept",
+        "session": "Session",
+        "log_session": "Session (natural log)",
+        "days": "Days since the first session",
+        "off_track": "Not on track",
+        "on_track": "On track",
+        "track_status": "On-track status",
+        "ruptures_before": "Ruptures at earlier sessions",
+        "repairs_before": "Repairs at earlier sessions",
+        "rupture_flag": "Rupture at this session",
+        "rupture": "Coded rupture",
+        "condition": "Arm",
+        "informant": "Informant",
+        "patient": "Patient",
+        "therapist": "Therapist",
+        "system": "Couple or family",
+        "role": "Role in the couple or family",
+        "ending": "Ending",
+        "study": "Study",
+        "Residual": "Residual",
+    }
+)
+
+_ARMS = {"tau": "treatment as usual", "feedback": "feedback", "waitlist": "wait list"}
+_CONTRAST = re.compile(
+    r"^(?:C\((?P<factor>[A-Za-z_][\w.]*)(?:\s*,\s*(?P<coding>.*))?\)|(?P<bare>[A-Za-z_]\w*))"
+    r"\[(?P<t>T\.)?(?P<level>[^\]]*)\]$"
+)
+_REFERENCE = re.compile(r"""reference\s*=\s*['"]?(?P<ref>[^'")]+)['"]?""")
+_POWER = re.compile(r"^I\(\s*(?P<x>[A-Za-z_]\w*)\s*(?:\^|\*\*)\s*(?P<p>\d+)\s*\)$")
+_FUNCTION = re.compile(r"^(?P<f>(?:np\.)?\w+)\(\s*(?P<x>[A-Za-z_]\w*)\s*\)$")
+_FUNCTIONS = {
+    "center": " (centred)",
+    "scale": " (standardised)",
+    "standardize": " (standardised)",
+    "log": " (natural log)",
+    "np.log": " (natural log)",
+    "np.sqrt": " (square root)",
+}
+_POWERS = {2: "squared", 3: "cubed"}
+_RANDOM = re.compile(r"\(([^()|]+?)\s*(\|\|?)\s*([^()|]+?)\)")
+
+
+def upper_first(text: str) -> str:
+    """Capitalise the first letter of *text*, leaving the rest as it is.
+
+    Examples
+    --------
+    >>> upper_first("treatment as usual vs feedback")
+    'Treatment as usual vs feedback'
+    """
+    return text[:1].upper() + text[1:]
+
+
+_MINOR = frozenset(
+    "a an the and but or for nor as at by in of off on per to up via vs with from".split()
+)
+
+
+def title_case(text: str) -> str:
+    """APA title case: major words capitalised, minor words (and, of, vs …) not.
+
+    Words already holding a capital (abbreviations) are kept as they are; the first word
+    and the first word after a colon are capitalised.
+
+    Examples
+    --------
+    >>> title_case("change in ORS total over sessions by arm and on-track status")
+    'Change in ORS Total Over Sessions by Arm and On-Track Status'
+    """
+    words = text.split(" ")
+    out = []
+    for i, word in enumerate(words):
+        first = i == 0 or out[-1].endswith(":")
+        if any(ch.isupper() for ch in word) or (word.lower() in _MINOR and not first):
+            out.append(word)
+        else:
+            out.append("-".join(upper_first(w) for w in word.split("-")))
+    return " ".join(out)
+
+
+def lower_first(text: str) -> str:
+    """Lower the first letter of *text* unless it starts an abbreviation.
+
+    A label that starts "WAI-SR" or "ORS" keeps its capitals; "Session" becomes "session".
+
+    Examples
+    --------
+    >>> lower_first("Not on track"), lower_first("ORS total"), lower_first("A")
+    ('not on track', 'ORS total', 'a')
+    """
+    if len(text) > 1 and (text[1].isupper() or text[1].isdigit()):
+        return text
+    return text[:1].lower() + text[1:]
+
+
+def abbreviation(name: str, version: str | None = None) -> str:
+    """The short name of an instrument, from its ``name`` (and ``version``) fields.
+
+    A parenthesised abbreviation in *version* wins ("client (WAI-SR)" gives "WAI-SR").
+    Otherwise: a one-word name is kept ("CORE-10"); else the initials of its capitalised
+    words, a number after a final hyphen kept, and the part after " - " abbreviated the same
+    way and joined with a hyphen.
+
+    Examples
+    --------
+    >>> abbreviation("Working Alliance Inventory - Short Revised")
+    'WAI-SR'
+    >>> abbreviation("Patient Health Questionnaire-9"), abbreviation("Outcome Rating Scale")
+    ('PHQ-9', 'ORS')
+    >>> abbreviation("CORE-10"), abbreviation("Outcome Questionnaire-45.2")
+    ('CORE-10', 'OQ-45.2')
+    """
+    found = re.search(r"\(([^()]+)\)", version or "")
+    if found:
+        return found.group(1).strip()
+    if " " not in name.strip():
+        return name.strip()
+    parts = []
+    for part in name.split(" - "):
+        words = part.split()
+        number = ""
+        last = re.match(r"^(?P<w>.*?)-(?P<n>[\d.]+)$", words[-1])
+        if last:
+            words[-1], number = last.group("w"), "-" + last.group("n")
+        initials = "".join(w[0] for w in words if w[:1].isupper())
+        parts.append(initials + number)
+    return "-".join(parts)
+
+
+def _check_mapping(value: Any, key: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"`report.labels.{key}` must be a mapping of code to label; got {type(value).__name__}."
+        )
+    out = {}
+    for code, label in value.items():
+        if not isinstance(label, str) or not label.strip():
+            raise TypeError(
+                f"`report.labels.{key}.{code}` must be a non-empty string; got {label!r}."
+            )
+        out[str(code)] = label
+    return out
+
+
+@dataclass(frozen=True)
+class Labels:
+    r"""Labels of a study's variables, instruments, arms and informants.
+
+    Build it with :meth:`from_config` (the usual way) or directly. Every mapping is from
+    a canonical code to words; a code it does not list gets a default (module docstring).
+
+    Parameters
+    ----------
+    variables : mapping of str to str
+        Column labels, e.g. ``{"ors_total": "Outcome Rating Scale total"}``. They win over
+        every default and are used inside derived names too (``ors_total`` labels
+        ``outcome_next`` when ``ors_total`` is the outcome).
+    instruments : mapping of str to str
+        Instrument abbreviations by id, e.g. ``{"wai_sr": "WAI-SR"}``.
+    arms : mapping of str to str
+        Labels of the levels of ``condition``, e.g. ``{"tau": "treatment as usual"}``.
+    informants : mapping of str to str
+        Labels of the levels of ``informant``.
+    subscales : mapping of str to str
+        Labels of subscale score columns (``wai_sr_task``), normally from the instrument files.
+    alliance, outcome : str, optional
+        The study's alliance and outcome score columns; the derive stage's generic
+        ``alliance`` and ``outcome`` columns (and ``alliance_<component>``) are read as them.
+    levels : mapping of str to sequence of str
+        Known levels of categorical columns (``{"condition": ["feedback", "tau"]}``); the
+        reference level of a contrast is the first in sorted order, as patsy codes it.
+
+    Examples
+    --------
+    >>> labels = Labels(arms={"tau": "usual care"}, levels={"condition": ["tau", "fit"]})
+    >>> labels.term("session:C(condition)[T.tau]")
+    'Session × usual care vs fit'
+    >>> labels.variable("off_track"), labels.variable("not_a_code")
+    ('Not on track', 'not_a_code')
+    """
+
+    variables: Mapping[str, str] = field(default_factory=dict)
+    instruments: Mapping[str, str] = field(default_factory=dict)
+    arms: Mapping[str, str] = field(default_factory=dict)
+    informants: Mapping[str, str] = field(default_factory=dict)
+    subscales: Mapping[str, str] = field(default_factory=dict)
+    alliance: str | None = None
+    outcome: str | None = None
+    levels: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(
+        cls, study_config: Mapping[str, Any], instruments: Iterable[Any] | None = None
+    ) -> Labels:
+        """Labels of one study, from its config block and its instruments.
+
+        Parameters
+        ----------
+        study_config : mapping
+            The study's block of ``config.yaml`` (``measures``, optionally ``report.labels``
+            with ``variables``, ``instruments``, ``arms`` and ``informants``, and ``read.labels``,
+            whose canonical ``condition`` and ``informant`` values are the known levels).
+        instruments : iterable of Instrument, optional
+            The study's instruments; by default loaded from ``measures.instruments`` (with
+            the study's own definitions).
+
+        Returns
+        -------
+        Labels
+
+        Raises
+        ------
+        TypeError
+            When a ``labels`` entry is not a mapping of code to a non-empty string.
+
+        Examples
+        --------
+        >>> study = {"measures": {"instruments": ["srs", "phq9"], "alliance": "srs_total",
+        ...                       "outcome": "phq9_total"},
+        ...          "report": {"labels": {"arms": {"fit": "Feedback-informed treatment"}}}}
+        >>> labels = Labels.from_config(study)
+        >>> labels.variable("outcome_next"), labels.arm("fit")
+        ('PHQ-9 total at the next session', 'Feedback-informed treatment')
+        """
+        if not isinstance(study_config, Mapping):
+            raise TypeError(
+                f"`study_config` must be a study's config block (a mapping); "
+                f"got {type(study_config).__name__}."
+            )
+        section = (study_config.get("report") or {}).get("labels") or {}
+        if not isinstance(section, Mapping):
+            raise TypeError(f"`report.labels` must be a mapping; got {type(section).__name__}.")
+        unknown = sorted(set(section) - {"variables", "instruments", "arms", "informants"})
+        if unknown:
+            raise KeyError(
+                f"`report.labels` has no key {unknown[0]!r}; keys are 'variables', 'instruments', "
+                f"'arms' and 'informants'."
+            )
+        measures = study_config.get("measures") or {}
+        if instruments is None:
+            instruments = _study_instruments(measures)
+        own = _check_mapping(section.get("instruments"), "instruments")
+        abbreviations: dict[str, str] = {}
+        variables: dict[str, str] = {}
+        subscales: dict[str, str] = {}
+        for inst in instruments:
+            short = own.get(inst.id) or abbreviation(
+                inst.name, str(inst.definition.get("version") or "")
+            )
+            abbreviations[inst.id] = short
+            variables[f"{inst.id}_total"] = f"{short} total"
+            for name in inst.subscales:
+                spec = (inst.definition.get("subscales") or {}).get(name) or {}
+                label = spec.get("label") if isinstance(spec, Mapping) else None
+                words = lower_first(label) if label else f"{name.replace('_', ' ')} subscale"
+                subscales[f"{inst.id}_{name}"] = f"{short} {words}"
+        variables.update(_check_mapping(section.get("variables"), "variables"))
+        levels: dict[str, list[str]] = {}
+        for factor in ("condition", "informant"):
+            mapped = ((study_config.get("read") or {}).get("labels") or {}).get(factor) or {}
+            found = {str(v) for v in mapped.values()}
+            key = "arms" if factor == "condition" else "informants"
+            found |= set(_check_mapping(section.get(key), key))
+            if found:
+                levels[factor] = sorted(found)
+        return cls(
+            variables=variables,
+            instruments={**abbreviations, **own},
+            arms=_check_mapping(section.get("arms"), "arms"),
+            informants=_check_mapping(section.get("informants"), "informants"),
+            subscales=subscales,
+            alliance=measures.get("alliance"),
+            outcome=measures.get("outcome"),
+            levels=levels,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-type record (JSON- and Snakemake-params-ready); :meth:`from_dict` reads it.
+
+        Examples
+        --------
+        >>> Labels.from_dict(Labels(alliance="srs_total").to_dict()).alliance
+        'srs_total'
+        """
+        return {
+            "variables": dict(sorted(self.variables.items())),
+            "instruments": dict(sorted(self.instruments.items())),
+            "arms": dict(sorted(self.arms.items())),
+            "informants": dict(sorted(self.informants.items())),
+            "subscales": dict(sorted(self.subscales.items())),
+            "alliance": self.alliance,
+            "outcome": self.outcome,
+            "levels": {k: list(v) for k, v in sorted(self.levels.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any] | Labels | None) -> Labels:
+        """Rebuild labels from :meth:`to_dict`'s record (None gives the defaults)."""
+        if record is None:
+            return cls()
+        if isinstance(record, Labels):
+            return record
+        if not isinstance(record, Mapping):
+            raise TypeError(
+                f"`record` must be a mapping from Labels.to_dict(); got {type(record).__name__}."
+            )
+        allowed = set(cls.__dataclass_fields__)
+        unknown = sorted(set(record) - allowed)
+        if unknown:
+            raise KeyError(f"`record` has no field {unknown[0]!r}; fields are {sorted(allowed)}.")
+        return cls(**dict(record))
+
+    # ------------------------------------------------------------------ single labels
+    def arm(self, level: Any) -> str:
+        """Label of an arm (a level of ``condition``), as it reads inside a sentence.
+
+        Examples
+        --------
+        >>> Labels().arm("tau"), Labels().arm("ROM_feedback")
+        ('treatment as usual', 'ROM feedback')
+        """
+        code = str(level)
+        return self.arms.get(code) or _ARMS.get(code) or code.replace("_", " ")
+
+    def informant(self, level: Any) -> str:
+        """Label of an informant (a level of ``informant``).
+
+        Examples
+        --------
+        >>> Labels(informants={"observer": "independent observer"}).informant("observer")
+        'independent observer'
+        >>> Labels().informant("partner_a")
+        'partner a'
+        """
+        code = str(level)
+        return self.informants.get(code) or code.replace("_", " ")
+
+    def level(self, factor: str, level: Any) -> str:
+        """Label of *level* of the categorical column *factor* (arms, informants, others)."""
+        if factor == "condition":
+            return self.arm(level)
+        if factor == "informant":
+            return self.informant(level)
+        return self.variables.get(f"{factor}={level}") or str(level).replace("_", " ")
+
+    def instrument(self, instrument_id: str) -> str:
+        """Abbreviation of an instrument by id ("WAI-SR" for ``wai_sr``)."""
+        return self.instruments.get(instrument_id) or instrument_id
+
+    def group(self, name: str) -> str:
+        """Label of a grouping factor of a model's random part ("Therapist")."""
+        return self.variable(name)
+
+    def variable(self, column: str) -> str:
+        r"""Label of a column: config first, then scores, fixed names and derived suffixes.
+
+        The label starts with a capital letter (unless it starts with an abbreviation);
+        :func:`lower_first` reads it inside a sentence. An unknown code is returned as it
+        is, so a missing label shows in the output rather than being guessed.
+
+        Examples
+        --------
+        >>> labels = Labels(
+        ...     variables={"wai_sr_total": "WAI-SR total", "ors_total": "ORS total"},
+        ...     alliance="wai_sr_total", outcome="ors_total",
+        ...     subscales={"wai_sr_task": "WAI-SR agreement on tasks"},
+        ... )
+        >>> labels.variable("alliance_between")
+        'WAI-SR total, patient mean'
+        >>> labels.variable("outcome_lag2")
+        'ORS total two sessions earlier'
+        >>> labels.variable("alliance_task_between")
+        'WAI-SR agreement on tasks, patient mean'
+        >>> labels.variable("alliance_therapist_mean")
+        'WAI-SR total, therapist mean'
+        >>> labels.variable("alliance_rater_therapist_between")
+        'WAI-SR total (therapist-rated), patient mean'
+        """
+        column = str(column)
+        if column in self.variables:
+            return self.variables[column]
+        if column in FIXED_VARIABLES:
+            return FIXED_VARIABLES[column]
+        if column in self.subscales:
+            return self.subscales[column]
+        if column == "alliance":
+            return self.variable(self.alliance) if self.alliance else "Alliance"
+        if column == "outcome":
+            return self.variable(self.outcome) if self.outcome else "Outcome"
+        lag = _LAG.match(column)
+        if lag:
+            n = int(lag.group("n") or 1)
+            base = lag.group("base")
+            if lag.group("kind") == "lag":
+                when = " at the previous session" if n == 1 else f" {_words(n)} sessions earlier"
+            else:
+                when = " at the next session" if n == 1 else f" {_words(n)} sessions later"
+            for suffix, words in SUFFIXES:
+                if base.endswith(suffix) and len(base) > len(suffix):
+                    return self.variable(base[: -len(suffix)]) + when + words
+            return self.variable(base) + when
+        for suffix, words in SUFFIXES:
+            if column.endswith(suffix) and len(column) > len(suffix):
+                stem = column[: -len(suffix)]
+                if self._known(stem):
+                    return self.variable(stem) + words
+        rater = re.match(r"^alliance_rater_(?P<who>.+)$", column)
+        if rater:
+            return f"{self.variable('alliance')} ({self.informant(rater.group('who'))}-rated)"
+        component = re.match(r"^alliance_(?P<c>[A-Za-z0-9]+)$", column)
+        if component and self.alliance:
+            instrument = self.alliance.rsplit("_total", 1)[0]
+            score = f"{instrument}_{component.group('c')}"
+            if score in self.subscales or score in self.variables:
+                return self.variable(score)
+        return column
+
+    def _known(self, column: str) -> bool:
+        return self.variable(column) != column
+
+    # ------------------------------------------------------------------ model terms
+    def reference(self, factor: str) -> str | None:
+        """Reference level of *factor* as patsy codes it (first in sorted order), if known."""
+        found = self.levels.get(factor)
+        return sorted(map(str, found))[0] if found else None
+
+    def term(self, term: str) -> str:
+        r"""A model term in words, interactions joined by "×", contrasts as "<level> vs <ref>".
+
+        Parameters
+        ----------
+        term : str
+            A fixed-effect name as patsy (and the model JSON) writes it, or a random-effect
+            term such as ``(Intercept)``.
+
+        Returns
+        -------
+        str
+            The term in words, starting with a capital letter.
+
+        Examples
+        --------
+        >>> labels = Labels(levels={"condition": ["feedback", "tau"]}, outcome="ors_total",
+        ...                 variables={"ors_total": "ORS total"})
+        >>> labels.term("C(condition)[T.tau]:off_track")
+        'Treatment as usual vs feedback × not on track'
+        >>> labels.term("session:C(condition, Treatment(reference='tau'))[T.feedback]")
+        'Session × feedback vs treatment as usual'
+        >>> labels.term("I(session ** 2)"), labels.term("(Intercept)")
+        ('Session squared', 'Intercept')
+        >>> labels.term("center(outcome_lag)")
+        'ORS total at the previous session (centred)'
+        """
+        text = str(term).strip()
+        if text in ("(Intercept)", "Intercept", "1"):
+            return "Intercept"
+        parts = _split_interaction(text)
+        words = [self._factor(p) for p in parts]
+        return upper_first(" × ".join([words[0], *(lower_first(w) for w in words[1:])]))
+
+    def _factor(self, part: str) -> str:
+        part = part.strip()
+        contrast = _CONTRAST.match(part)
+        if contrast:
+            factor = contrast.group("factor") or contrast.group("bare")
+            level = contrast.group("level").strip().strip("'\"")
+            coding = contrast.group("coding") or ""
+            given = _REFERENCE.search(coding)
+            if given:
+                ref: str | None = given.group("ref").strip()
+            else:
+                ref = self.reference(factor)
+            name = self.level(factor, level)
+            if contrast.group("t") is None:  # full-rank coding: the level itself
+                return upper_first(name)
+            if ref is None or ref == level:
+                return upper_first(
+                    f"{name} vs the reference level of {lower_first(self.variable(factor))}"
+                )
+            return upper_first(f"{name} vs {self.level(factor, ref)}")
+        power = _POWER.match(part)
+        if power:
+            p = int(power.group("p"))
+            word = _POWERS.get(p, f"to the power {p}")
+            return f"{self.variable(power.group('x'))} {word}"
+        function = _FUNCTION.match(part)
+        if function and function.group("f") in _FUNCTIONS:
+            return self.variable(function.group("x")) + _FUNCTIONS[function.group("f")]
+        return self.variable(part)
+
+    def terms(self, terms: Iterable[str]) -> list[str]:
+        """:meth:`term` of each of *terms*."""
+        return [self.term(t) for t in terms]
+
+    # ------------------------------------------------------------------ questions
+    def random_part(self, formula: str) -> str:
+        """The random part of an lme4 formula in words.
+
+        Examples
+        --------
+        >>> Labels().random_part("y ~ x + (1 | therapist) + (1 + session | patient)")
+        'random intercepts for therapists; random intercepts and session slopes for patients'
+        >>> Labels().random_part("y ~ x + (0 + session || patient)")
+        'random session slopes for patients'
+        """
+        parts = []
+        for lhs, _, group in _RANDOM.findall(str(formula)):
+            effects = [e.strip() for e in lhs.split("+") if e.strip()]
+            intercept = "0" not in effects and "-1" not in effects
+            slopes = [lower_first(self.variable(e)) for e in effects if e not in ("0", "1", "-1")]
+            what = (["intercepts"] if intercept else []) + (
+                [f"{' and '.join(slopes)} slopes"] if slopes else []
+            )
+            groups = " within ".join(
+                lower_first(self.variable(g.strip())) + "s" for g in group.split("/")
+            )
+            parts.append(f"random {' and '.join(what)} for {groups}")
+        return "; ".join(parts)
+
+    def question(self, result: Mapping[str, Any]) -> str:
+        r"""The research question a fitted model answers, in words (sentence case).
+
+        Read from the model's response and fixed terms (the presets of
+        :func:`allianceflow.models.preset_formula` each have their own wording; any other
+        model is "<response> predicted by <terms>"), followed by its random part in
+        parentheses, so that two models of one question differ in their titles.
+
+        Parameters
+        ----------
+        result : mapping
+            A fitted model's record (``formula`` and ``fixed``), the JSON the fit stage writes.
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> labels = Labels(variables={"wai_sr_total": "WAI-SR total", "ors_total": "ORS total"},
+        ...                 alliance="wai_sr_total", outcome="ors_total")
+        >>> q = labels.question({
+        ...     "formula": "outcome ~ alliance_within_lag + alliance_between + session"
+        ...                " + (1 | therapist) + (1 | patient)",
+        ...     "fixed": [{"term": t} for t in
+        ...               ["Intercept", "alliance_within_lag", "alliance_between", "session"]]})
+        >>> print(q.replace(" (", "\n("))
+        WAI-SR total within and between patients predicting ORS total
+        (random intercepts for therapists; random intercepts for patients)
+        """
+        formula = str(result.get("formula", ""))
+        response = formula.split("~")[0].strip() or "outcome"
+        y = lower_first(self.variable(response))
+        terms = [f["term"] for f in result.get("fixed", []) if f["term"] != "Intercept"]
+        parts = {p.strip() for t in terms for p in _split_interaction(t)}
+        a = lower_first(self.variable("alliance"))
+        time_only = parts and parts <= {"session", "log_session", "I(session ** 2)", "I(session^2)"}
+        components = sorted(
+            {
+                m.group(1)
+                for p in parts
+                if (m := re.match(r"^alliance_([A-Za-z0-9]+)_within_lag$", p))
+                and m.group(1) not in ("within", "rater")
+            }
+        )
+        if any(p.startswith(("C(condition", "condition[")) for p in parts) and "off_track" in parts:
+            text = f"change in {y} over sessions by arm and on-track status"
+        elif "ruptures_before" in parts:
+            text = f"detected alliance ruptures and their repair predicting {y}"
+        elif "alliance_therapist_mean" in parts:
+            text = f"therapists' and patients' contributions to the {a}–{y} relation"
+        elif len(components) > 1:
+            instrument = (self.alliance or "alliance").rsplit("_total", 1)[0]
+            text = (
+                f"{self.instrument(instrument)} subscales within and between patients "
+                f"predicting {y}"
+            )
+        elif any(p.startswith("alliance_rater_") for p in parts):
+            who = sorted(
+                {
+                    self.informant(m.group(1))
+                    for p in parts
+                    if (m := re.match(r"^alliance_rater_(.+?)_(?:within_lag|between)$", p))
+                }
+            )
+            text = f"alliance rated by {' and '.join(who)} predicting {y}"
+        elif any(p.startswith("alliance_within") for p in parts) and "alliance_between" in parts:
+            text = f"{a} within and between patients predicting {y}"
+            if "alliance_within_detrended_lag" in parts:
+                text += ", detrended"
+            if "outcome_lag" in parts:
+                text += f", adjusting for {lower_first(self.variable('outcome_lag'))}"
+        elif time_only:
+            shape = (
+                " (log time)"
+                if "log_session" in parts
+                else (" (quadratic)" if len(parts) > 1 else "")
+            )
+            text = f"change in {y} over sessions{shape}"
+        else:
+            text = f"{y} predicted by " + "; ".join(lower_first(self.term(t)) for t in terms)
+        random = self.random_part(formula)
+        return upper_first(text + (f" ({random})" if random else ""))
+
+
+def _words(n: int) -> str:
+    return _WORDS.get(n, str(n))
+
+
+def _split_interaction(term: str) -> list[str]:
+    """Split a patsy term at the ``:`` that are not inside brackets or quotes."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(term):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == ":" and depth == 0:
+            parts.append(term[start:i])
+            start = i + 1
+    parts.append(term[start:])
+    return parts
+
+
+def _study_instruments(measures: Mapping[str, Any]) -> list[Any]:
+    from .instruments import load_instrument
+
+    specs = measures.get("instruments") or {}
+    items = specs.items() if isinstance(specs, Mapping) else ((name, None) for name in specs)
+    out = []
+    for name, spec in items:
+        own_definition = isinstance(spec, Mapping) and "items" in spec
+        out.append(
+            load_instrument(
+                spec if own_definition else name, overrides=None if own_definition else spec
+            )
+        )
+    return out

@@ -1,0 +1,800 @@
+r"""Each research question answered in words: ``results/<study>/summary.md``.
+
+:func:`study_summary` turns a study's fitted-model records (the JSON that
+``fit_model(...).to_dict()`` writes to ``results/<study>/models/<model>.json``) and its clean
+flow (``data/processed/<study>/flow.json``) into Markdown: one APA-style paragraph per
+configured model, titled by its research question, then a paragraph on the data. Every number
+in the text is a number of those records, rounded as APA style asks (Publication Manual,
+7th ed.): no leading zero for statistics that cannot exceed 1, such as *r* and *p*; exact
+*p* to three decimals, and *p* < .001 below that. Nothing is computed here that the records do
+not hold, except the *r*-equivalent of a record written without one (see
+:func:`r_equivalent`).
+
+The text is Markdown that is also valid reStructuredText (setext headings, plain
+paragraphs, ``-`` lists), so that Snakemake's report can include it as its front page.
+
+Labels come from an object with ``variable(name)`` and ``term(term)`` methods (the label of
+a column such as ``"ors_total"`` and of a model term such as ``"alliance_within_lag"``):
+the study's :class:`allianceflow.labels.Labels`, or :class:`PlainLabels` as a fallback.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from string import Template
+from typing import Any, Protocol
+
+__all__ = [
+    "BENCHMARK",
+    "Labels",
+    "PlainLabels",
+    "apa_number",
+    "apa_p",
+    "apa_r",
+    "r_equivalent",
+    "column_label",
+    "question_of",
+    "model_paragraph",
+    "data_paragraph",
+    "study_summary",
+    "markdown_to_rst",
+]
+
+#: The meta-analytic alliance–outcome benchmark: Flückiger, Del Re, Wampold & Horvath
+#: (2018), face-to-face psychotherapy, 295 studies, r = .278, 95% CI [.256, .299].
+BENCHMARK: dict[str, Any] = {
+    "label": "Flückiger et al. (2018)",
+    "r": 0.278,
+    "ci_low": 0.256,
+    "ci_high": 0.299,
+}
+
+_REFERENCES = {
+    "fluckiger": (
+        "Flückiger, C., Del Re, A. C., Wampold, B. E., & Horvath, A. O. (2018). The alliance "
+        "in adult psychotherapy: A meta-analytic synthesis. *Psychotherapy, 55*(4), 316–340. "
+        "https://doi.org/10.1037/pst0000172"
+    ),
+    "rosenthal": (
+        "Rosenthal, R. (1991). *Meta-analytic procedures for social research* (Rev. ed.). Sage."
+    ),
+    "kenward-roger": (
+        "Kenward, M. G., & Roger, J. H. (1997). Small sample inference for fixed effects from "
+        "restricted maximum likelihood. *Biometrics, 53*(3), 983–997. "
+        "https://doi.org/10.2307/2533558"
+    ),
+    "satterthwaite": (
+        "Kuznetsova, A., Brockhoff, P. B., & Christensen, R. H. B. (2017). lmerTest package: "
+        "Tests in linear mixed effects models. *Journal of Statistical Software, 82*(13), "
+        "1–26. https://doi.org/10.18637/jss.v082.i13"
+    ),
+    "containment": (
+        "Pinheiro, J. C., & Bates, D. M. (2000). *Mixed-effects models in S and S-PLUS*. Springer."
+    ),
+}
+
+
+class Labels(Protocol):
+    """What the summary needs of labels: words for a variable and for a model term."""
+
+    def variable(self, name: str) -> str:
+        """Label of a column, e.g. ``"ors_total"`` -> ``"ORS total"``."""
+
+    def term(self, term: str) -> str:
+        """Label of a model term, e.g. ``"alliance_within_lag"`` in words."""
+
+
+class PlainLabels:
+    """Fallback labels: instrument ids in capitals, terms as written, given names first.
+
+    Parameters
+    ----------
+    names : mapping, optional
+        Column or term -> label, consulted first.
+
+    Examples
+    --------
+    >>> labels = PlainLabels()
+    >>> labels.variable("wai_sr_total"), labels.variable("phq9_total")
+    ('WAI-SR total', 'PHQ9 total')
+    >>> labels.term("alliance_within_lag")
+    'alliance within lag'
+    """
+
+    def __init__(self, names: Mapping[str, str] | None = None) -> None:
+        self.names = dict(names or {})
+
+    def variable(self, name: str) -> str:
+        """Label of a column: ``<instrument>_total`` -> "<INSTRUMENT> total"."""
+        if name in self.names:
+            return self.names[name]
+        ident, _, part = name.rpartition("_")
+        if ident and part:
+            return f"{ident.upper().replace('_', '-')} {part}"
+        return name.replace("_", " ")
+
+    def term(self, term: str) -> str:
+        """Label of a model term: the term with underscores as spaces."""
+        if term in self.names:
+            return self.names[term]
+        return term.replace("_", " ")
+
+
+def _lower(text: str) -> str:
+    """Lower the first letter inside a sentence, unless it starts an abbreviation."""
+    if len(text) > 1 and (text[1].isupper() or text[1].isdigit()):
+        return text
+    return text[:1].lower() + text[1:]
+
+
+_ITEM = re.compile(r"^(?P<instrument>[a-z][a-z0-9_]*?)_(?P<item>\d+)$")
+
+
+def column_label(labels: Labels, column: str) -> str:
+    """Label of a column of the session table; an item column reads "<instrument> item N".
+
+    Examples
+    --------
+    >>> from allianceflow.labels import Labels
+    >>> labels = Labels(instruments={"ors": "ORS"})
+    >>> column_label(labels, "ors_3"), column_label(PlainLabels(), "ors_total")
+    ('ORS item 3', 'ORS total')
+    """
+    item = _ITEM.match(column)
+    instruments = getattr(labels, "instruments", {}) or {}
+    if item and item["instrument"] in instruments:
+        return f"{instruments[item['instrument']]} item {item['item']}"
+    return labels.variable(column)
+
+
+# --------------------------------------------------------------------------- APA numbers
+
+
+def apa_number(value: float, decimals: int = 2) -> str:
+    """Format a number with *decimals* decimals, thousands separated, never "-0.00".
+
+    Examples
+    --------
+    >>> apa_number(-0.001), apa_number(2510, 0), apa_number(0.1649)
+    ('0.00', '2,510', '0.16')
+    """
+    text = f"{value:,.{decimals}f}"
+    if re.fullmatch(r"-[0.,]+", text):
+        text = text[1:]
+    return text
+
+
+def _no_leading_zero(text: str) -> str:
+    return re.sub(r"^(-?)0\.", r"\1.", text)
+
+
+def apa_r(value: float) -> str:
+    """Format a correlation as APA does: two decimals, no leading zero.
+
+    Examples
+    --------
+    >>> apa_r(0.1649), apa_r(-0.2463), apa_r(0.278)
+    ('.16', '-.25', '.28')
+    """
+    return _no_leading_zero(apa_number(value, 2))
+
+
+def apa_p(p: float | None) -> str:
+    """Format a p value as APA does: "p = .034", "p < .001", no leading zero.
+
+    Examples
+    --------
+    >>> apa_p(0.0341), apa_p(3e-17), apa_p(0.5)
+    ('p = .034', 'p < .001', 'p = .500')
+    """
+    if p is None or not math.isfinite(p):
+        return "p not available"
+    if p < 0.001:
+        return "p < .001"
+    return f"p = {_no_leading_zero(f'{p:.3f}')}"
+
+
+def _decimals(*values: float) -> int:
+    """Decimals that show the largest of *values* to two significant digits (2 to 4)."""
+    largest = max((abs(v) for v in values if v is not None and math.isfinite(v)), default=1.0)
+    for decimals in (2, 3, 4):
+        if largest >= 10 ** (1 - decimals):
+            return decimals
+    return 4
+
+
+def _df(df: float) -> str:
+    """Degrees of freedom: whole numbers as such, others to one decimal."""
+    return apa_number(df, 0) if float(df).is_integer() else apa_number(df, 1)
+
+
+def r_equivalent(statistic: float, df: float) -> float:
+    r"""The *r*-equivalent of a test statistic on *df* degrees of freedom.
+
+    .. math:: r = \frac{t}{\sqrt{t^2 + df}}
+
+    (Rosenthal, 1991, eq. 2.16), with *z* in place of *t* for a Wald *z* test; the sign is
+    that of the statistic. The model records already hold it (their ``r`` column, computed
+    the same way by :func:`allianceflow.models.inference.wald_rows`); the summary computes it
+    only for a record written without one.
+
+    References
+    ----------
+    Rosenthal, R. (1991). *Meta-analytic procedures for social research* (Rev. ed.). Sage.
+
+    Examples
+    --------
+    >>> round(r_equivalent(2.0, 96.0), 6)
+    0.2
+    """
+    if df <= 0 or not math.isfinite(statistic):
+        raise ValueError(
+            f"`df` must be positive and `statistic` finite; got df={df!r}, statistic={statistic!r}."
+        )
+    return statistic / math.sqrt(statistic * statistic + df)
+
+
+# --------------------------------------------------------------------------- questions
+
+_QUESTIONS = {
+    "alliance_outcome": (
+        "Does a stronger alliance in one session predict a better outcome at the next, "
+        "within and between patients?"
+    ),
+    "alliance_detrended": (
+        "Does an alliance above the patient's own trend predict a better outcome at the "
+        "next session?"
+    ),
+    "therapist_effects": (
+        "Do therapists whose patients report stronger alliances have better outcomes, and "
+        "do patients who report a stronger alliance than their therapist's other patients?"
+    ),
+    "rupture_repair": "Are alliance ruptures, and their repair, followed by different outcomes?",
+    "alliance_components": (
+        "Which alliance component (task, bond, goal) predicts the outcome at the next session?"
+    ),
+    "informants": "Whose alliance rating (patient or therapist) predicts the outcome?",
+    "feedback": (
+        "Does outcome feedback change the course of treatment, especially for patients not "
+        "on track?"
+    ),
+    "growth": "How does the outcome change over sessions?",
+}
+
+
+def question_of(record: Mapping[str, Any]) -> str:
+    """The research question a model answers, in words, from its fixed-effect terms.
+
+    A model with the within- and between-patient alliance asks the alliance–outcome
+    question; one with ``off_track`` the feedback question; one with only time the growth
+    question; any other model "What predicts <outcome>?".
+    """
+    terms = {row["term"] for row in record["fixed"]}
+    words = " ".join(terms)
+    if "alliance_therapist_mean" in terms:
+        return _QUESTIONS["therapist_effects"]
+    if "ruptures_before" in terms or "repairs_before" in terms:
+        return _QUESTIONS["rupture_repair"]
+    if re.search(r"alliance_rater_\w+_within_lag", words):
+        return _QUESTIONS["informants"]
+    if re.search(r"alliance_(task|bond|goal)_within_lag", words):
+        return _QUESTIONS["alliance_components"]
+    if "alliance_within_detrended_lag" in terms:
+        return _QUESTIONS["alliance_detrended"]
+    if "alliance_within_lag" in terms or "alliance_between" in terms:
+        return _QUESTIONS["alliance_outcome"]
+    if "off_track" in words:
+        return _QUESTIONS["feedback"]
+    if terms - {"Intercept"} <= {"session", "log_session", "I(session^2)"}:
+        return _QUESTIONS["growth"]
+    return "What predicts the outcome?"
+
+
+def _is_alliance_outcome(record: Mapping[str, Any]) -> bool:
+    """Whether the model estimates an alliance–outcome association (benchmark applies)."""
+    return any(
+        row["term"].startswith("alliance_") and ":" not in row["term"] for row in record["fixed"]
+    )
+
+
+# --------------------------------------------------------------------------- sentences
+
+_WITHIN = Template(
+    "a session whose $predictor was 1 point above the patient's usual level was followed "
+    "at the next session by $outcome_article $outcome $amount $direction"
+)
+_DETRENDED = Template(
+    "a session whose $predictor was 1 point above the patient's own trend was followed at "
+    "the next session by $outcome_article $outcome $amount $direction"
+)
+_BETWEEN = Template(
+    "patients whose mean $predictor was 1 point higher than another patient's had "
+    "$outcome_article $outcome $amount $direction on average"
+)
+_THERAPIST = Template(
+    "patients of a therapist whose patients' mean $predictor was 1 point higher had "
+    "$outcome_article $outcome $amount $direction"
+)
+_DEVIATION = Template(
+    "patients whose mean $predictor was 1 point above their therapist's mean had "
+    "$outcome_article $outcome $amount $direction"
+)
+_OFF_TRACK = Template(
+    "patients flagged not on track at any session had $outcome_article $outcome $amount $direction"
+)
+_SESSION = Template("with each further session, the $outcome was $amount $direction")
+_COUNT = Template(
+    "each further $predictor at the patient's earlier sessions went with $outcome_article "
+    "$outcome $amount $direction"
+)
+_GENERIC = Template(
+    "$predictor one unit higher went with $outcome_article $outcome $amount $direction"
+)
+_CONTRAST = Template("for $predictor, the $outcome was $amount $direction")
+
+
+def _article(noun: str) -> str:
+    """Choose "an" before a vowel sound: a vowel, or an initialism such as ORS or SRS."""
+    initialism = noun[:2].isupper()
+    return "an" if noun[:1].upper() in ("AEFHILMNORSX" if initialism else "AEIOU") else "a"
+
+
+def _term_sentence(
+    term: str,
+    *,
+    labels: Labels,
+    alliance: str,
+    outcome: str,
+    amount: str,
+    direction: str,
+) -> str:
+    """The effect of one term in words, in the instruments' units."""
+    out = labels.variable(outcome)
+    values = {
+        "outcome": out,
+        "outcome_article": _article(out),
+        "amount": amount,
+        "direction": direction,
+    }
+    prefix = alliance.rsplit("_", 1)[0]
+    component = re.fullmatch(r"alliance_(\w+?)_(within_lag|between)", term)
+    if term == "alliance_within_lag":
+        return _WITHIN.substitute(values, predictor=labels.variable(alliance))
+    if term == "alliance_within_detrended_lag":
+        return _DETRENDED.substitute(values, predictor=labels.variable(alliance))
+    if term == "alliance_between":
+        return _BETWEEN.substitute(values, predictor=labels.variable(alliance))
+    if term == "alliance_therapist_mean":
+        return _THERAPIST.substitute(values, predictor=labels.variable(alliance))
+    if term == "alliance_patient_deviation":
+        return _DEVIATION.substitute(values, predictor=labels.variable(alliance))
+    if component and not component[1].startswith("rater_"):
+        predictor = labels.variable(f"{prefix}_{component[1]}")
+        template = _WITHIN if component[2] == "within_lag" else _BETWEEN
+        return template.substitute(values, predictor=predictor)
+    if term == "session":
+        return _SESSION.substitute(values)
+    if term == "off_track":
+        return _OFF_TRACK.substitute(values)
+    if term in ("ruptures_before", "repairs_before"):
+        noun = "detected rupture" if term == "ruptures_before" else "repaired rupture"
+        return _COUNT.substitute(values, predictor=noun)
+    if ":" in term or "[" in term:
+        # interactions and contrasts of a categorical variable (e.g. arm) have no unit
+        return _CONTRAST.substitute(values, predictor=_lower(labels.term(term)))
+    return _GENERIC.substitute(values, predictor=labels.term(term))
+
+
+def _direction(estimate: float, outcome_direction: str | None) -> str:
+    higher = estimate > 0
+    word = "higher" if higher else "lower"
+    if outcome_direction == "higher_is_better":
+        return f"{word} ({'better' if higher else 'worse'})"
+    if outcome_direction == "lower_is_better":
+        return f"{word} ({'worse' if higher else 'better'})"
+    return word
+
+
+def _statistics(row: Mapping[str, Any], ddf: str) -> str:
+    """Give the statistics of one fixed effect in APA style.
+
+    E.g. "(*b* = 0.16, 95% CI [0.12, 0.20], *t*(2510.4) = 8.03, *p* < .001, *r* = .16)".
+    """
+    est, low, high = row["estimate"], row["ci_low"], row["ci_high"]
+    decimals = _decimals(est, low, high)
+    r = row.get("r")
+    if r is None and row.get("statistic") is not None and row.get("df"):
+        r = r_equivalent(row["statistic"], row["df"])
+    parts = [
+        f"*b* = {apa_number(est, decimals)}",
+        f"95% CI [{apa_number(low, decimals)}, {apa_number(high, decimals)}]",
+    ]
+    if row.get("statistic") is not None:
+        if ddf == "containment":
+            parts.append(f"*z* = {apa_number(row['statistic'], 2)}")
+        else:
+            parts.append(f"*t*({_df(row['df'])}) = {apa_number(row['statistic'], 2)}")
+    parts.append(f"*{apa_p(row.get('p'))[0]}*{apa_p(row.get('p'))[1:]}")
+    if r is not None:
+        parts.append(f"*r* = {apa_r(r)}")
+    return "(" + ", ".join(parts) + ")"
+
+
+_UNITS = {"patient": "patients", "therapist": "therapists", "system": "couples or families"}
+
+#: How a session lacking a model variable is said (``{label}``: the variable's label).
+_DROP_REASONS = {
+    "alliance_within_lag": "had no {label}, as at every patient's first session",
+    "alliance_within_detrended_lag": "had no {label}, as at every patient's first session",
+    "outcome": "had no {label}, too many of its items being blank or coded missing",
+    "alliance_between": "had no {label}: the patient has no alliance score at any session",
+    "off_track": "had no on-track status, the patient's never having been assessed",
+}
+
+
+def _sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
+    # patients first, then the other units in formula order
+    order = sorted(record["n_groups"], key=lambda g: g != "patient")
+    groups = [
+        f"{apa_number(record['n_groups'][g], 0)} "
+        + _UNITS.get(g, _lower(labels.variable(g)) + " units")
+        for g in order
+    ]
+    text = f"The model used {apa_number(record['n_obs'], 0)} sessions of " + _join(groups) + "."
+    dropped = record.get("n_dropped_missing", 0)
+    if dropped:
+        by_variable = record.get("dropped_missing_by_variable") or {}
+        reasons = [
+            f"{apa_number(n, 0)} "
+            + _DROP_REASONS.get(v, "had no {label}").format(label=_lower(labels.variable(v)))
+            for v, n in by_variable.items()
+            if n
+        ]
+        text += (
+            f" {apa_number(dropped, 0)} sessions were left out because a model variable was "
+            "missing"
+            + (": " + "; ".join(reasons) if reasons else "")
+            + "."
+            + (
+                " A session missing several variables is counted under each."
+                if len(reasons) > 1
+                else ""
+            )
+        )
+    else:
+        text += " No session was left out for missing values."
+    return text
+
+
+def _join(items: Sequence[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _warning_sentence(record: Mapping[str, Any], labels: Labels) -> str:
+    conv = record.get("convergence") or {}
+    notes = []
+    if not conv.get("converged", True):
+        notes.append(
+            "**The fit did not converge**: read its estimates as unreliable and see the "
+            "model's text output."
+        )
+    boundary = [row for row in record.get("random", []) if row.get("boundary")]
+    for row in boundary:
+        what = (
+            "intercept"
+            if row["term"] == "(Intercept)"
+            else f"slope of {_lower(labels.variable(row['term']))}"
+        )
+        group = _lower(labels.variable(row["group"]))
+        notes.append(
+            f"The variance of the {group} {what} is at the boundary (near zero, a singular "
+            "fit): the data cannot tell it from none."
+        )
+    for warning in conv.get("warnings", []):
+        notes.append(f"Warning: {warning[:1].upper()}{warning[1:].rstrip('.')}.")
+    if not notes:
+        return "The fit converged without warnings."
+    return " ".join(notes)
+
+
+def _benchmark_sentence(benchmark: Mapping[str, Any], outcome_direction: str | None) -> str:
+    sign = ""
+    if outcome_direction == "lower_is_better":
+        sign = (
+            " Lower outcome scores are better here, so a negative *r* is in the benchmark's "
+            "direction."
+        )
+    r, low, high = (
+        _no_leading_zero(f"{float(benchmark[key]):.3f}") for key in ("r", "ci_low", "ci_high")
+    )
+    return (
+        "For comparison, the meta-analytic alliance–outcome correlation is "
+        f"*r* = {r}, 95% CI [{low}, {high}], in {benchmark['label']}; it pools correlations "
+        "of the alliance with later outcome, "
+        "mostly between patients, so a within-patient session-to-session effect is expected "
+        f"to be smaller.{sign}"
+    )
+
+
+_PARAGRAPH = Template("$title\n$underline\n\n$body\n")
+
+
+def _heading(title: str, char: str) -> str:
+    return f"{title}\n{char * len(title)}\n"
+
+
+def model_paragraph(
+    record: Mapping[str, Any],
+    *,
+    labels: Labels | None = None,
+    alliance: str,
+    outcome: str,
+    outcome_direction: str | None = None,
+    question: str | None = None,
+    benchmark: Mapping[str, Any] | None = BENCHMARK,
+) -> str:
+    """One research question answered in words: heading and APA-style paragraph.
+
+    Parameters
+    ----------
+    record : dict
+        A model record (``MixedModelResult.to_dict()``, a model's JSON).
+    labels : Labels, optional
+        Words for variables and terms (default :class:`PlainLabels`).
+    alliance, outcome : str
+        The study's alliance and outcome score columns (``measures.alliance`` and
+        ``measures.outcome``), e.g. ``"wai_sr_total"`` and ``"ors_total"``: the units of
+        the effects.
+    outcome_direction : {"higher_is_better", "lower_is_better"}, optional
+        The outcome instrument's direction of improvement, said after each effect.
+    question : str, optional
+        The title; default :func:`question_of`.
+    benchmark : dict or None
+        ``label, r, ci_low, ci_high`` of the meta-analytic benchmark quoted for models of
+        the alliance–outcome association (default :data:`BENCHMARK`); None leaves it out.
+
+    Returns
+    -------
+    str
+        Markdown (also valid reStructuredText): a level-2 setext heading, then the
+        paragraph: each fixed effect other than the intercept in words with *b*, its 95% CI,
+        the test (*t* on the record's df, or Wald *z*), *p* and the *r*-equivalent; the
+        numbers of sessions and units; the sessions left out and why; convergence and
+        boundary warnings; and, where it applies, the benchmark.
+    """
+    labels = labels or PlainLabels()
+    ddf = record.get("ddf", "containment")
+    sentences = []
+    interacting = {part for row in record["fixed"] for part in row["term"].split(":")[1:]}
+    interacting |= {row["term"].split(":")[0] for row in record["fixed"] if ":" in row["term"]}
+    for row in record["fixed"]:
+        if row["term"] == "Intercept":
+            continue
+        decimals = _decimals(row["estimate"], row["ci_low"], row["ci_high"])
+        amount = apa_number(abs(row["estimate"]), decimals) + " points"
+        text = _term_sentence(
+            row["term"],
+            labels=labels,
+            alliance=alliance,
+            outcome=outcome,
+            amount=amount,
+            direction=_direction(row["estimate"], outcome_direction),
+        )
+        if row["term"] in interacting:
+            # a main effect in a model with its interactions is conditional
+            text += ", where the terms it interacts with are zero or at their reference level"
+        sentences.append(f"{text[:1].upper()}{text[1:]} {_statistics(row, ddf)}.")
+    body = [
+        " ".join(sentences),
+        _sample_sentence(record, labels),
+        _warning_sentence(record, labels),
+    ]
+    if benchmark is not None and _is_alliance_outcome(record):
+        body.append(_benchmark_sentence(benchmark, outcome_direction))
+    title = f"{question or question_of(record)} (model {record['name']})"
+    return _PARAGRAPH.substitute(
+        title=title, underline="-" * len(title), body=" ".join(b for b in body if b)
+    )
+
+
+def data_paragraph(flow: Mapping[str, Any], *, labels: Labels | None = None) -> str:
+    """The "Data" paragraph: rows and patients read, kept and excluded, missing values.
+
+    Parameters
+    ----------
+    flow : dict
+        The study's ``flow.json`` (:func:`allianceflow.clean.clean_sessions`).
+    labels : Labels, optional
+        Words for columns (default :class:`PlainLabels`).
+
+    Returns
+    -------
+    str
+        Markdown: a level-2 heading "Data"; the sessions (rows) and patients read, kept
+        and excluded with the count per rule; rows flagged or altered but kept, per rule;
+        the columns with missing values among the kept rows; and the clean stage's
+        warnings, word for word, as a list.
+    """
+    labels = labels or PlainLabels()
+    s, p = flow["sessions"], flow["patients"]
+    text = (
+        f"The export held {apa_number(s['read'], 0)} session rows of "
+        f"{apa_number(p['read'], 0)} patients; {apa_number(s['kept'], 0)} rows of "
+        f"{apa_number(p['kept'], 0)} patients were kept and {apa_number(s['excluded'], 0)} "
+        "rows excluded"
+    )
+    excluded = s.get("excluded_by_rule") or {}
+    text += (
+        " (" + "; ".join(f"{rule}: {apa_number(n, 0)}" for rule, n in excluded.items()) + ")."
+        if excluded
+        else "."
+    )
+    for action in ("flagged", "altered"):
+        counts = s.get(f"{action}_by_rule") or {}
+        if counts:
+            listed = "; ".join(f"{rule}: {apa_number(n, 0)}" for rule, n in counts.items())
+            text += f" Rows {action} but kept, by rule: {listed}."
+    if p.get("excluded"):
+        listed = "; ".join(
+            f"{rule}: {apa_number(n, 0)}" for rule, n in (p.get("excluded_by_rule") or {}).items()
+        )
+        text += f" Patients excluded, by rule: {listed}."
+    by_column = (flow.get("values") or {}).get("missing_by_column") or {}
+    missing = {
+        col: by_column[col]["kept_missing"]
+        for col in sorted(by_column, key=_natural)
+        if by_column[col].get("kept_missing")
+    }
+    if missing:
+        listed = "; ".join(
+            f"{column_label(labels, c)}: {apa_number(n, 0)}" for c, n in missing.items()
+        )
+        text += f" Values missing among the kept rows, by column: {listed}."
+    else:
+        text += " No value is missing among the kept rows."
+    text += " Every excluded, altered or flagged row is listed in exclusions.csv."
+    warnings = flow.get("warnings") or []
+    if warnings:
+        text += "\n\nWarnings from cleaning:\n\n" + "\n".join(f"- {w}" for w in warnings)
+    return _heading("Data", "-") + "\n" + text + "\n"
+
+
+_RST_END = set(" \n\t-.,:;!?\\/'\")]}>")
+_RST_START = set(" \n\t-:/'\"<([{")
+
+
+def markdown_to_rst(text: str) -> str:
+    r"""Make the summary's Markdown read the same as reStructuredText.
+
+    The summary uses only what the two share (setext headings, paragraphs, ``-`` lists,
+    ``*emphasis*`` and ``**strong**``), except that reStructuredText wants inline markup
+    next to whitespace or punctuation: ``*t*(12)`` and ``*t*²`` get an escaped space
+    (``*t*\ (12)``), which renders as nothing.
+
+    Examples
+    --------
+    >>> markdown_to_rst("*t*(12) = 2.0, *t*² and *b* = 1")
+    '*t*\\ (12) = 2.0, *t*\\ ² and *b* = 1'
+    """
+    out = []
+    pos = 0
+    for match in re.finditer(r"(\*{1,2})[^*\s][^*]*?\1", text):
+        start, end = match.span()
+        out.append(text[pos:start])
+        if start > 0 and text[start - 1] not in _RST_START:
+            out.append("\\ ")
+        out.append(match[0])
+        if end < len(text) and text[end] not in _RST_END:
+            out.append("\\ ")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _natural(name: str) -> list:
+    """Sort key that puts item 2 before item 10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _references(records: Sequence[Mapping[str, Any]], benchmark_used: bool) -> str:
+    keys = ["rosenthal"]
+    keys += sorted({r.get("ddf", "containment") for r in records})
+    if benchmark_used:
+        keys.insert(0, "fluckiger")
+    entries = sorted(dict.fromkeys(_REFERENCES[k] for k in keys))
+    return _heading("References", "-") + "\n" + "\n\n".join(entries) + "\n"
+
+
+def study_summary(
+    records: Sequence[Mapping[str, Any]],
+    flow: Mapping[str, Any],
+    *,
+    study: str,
+    alliance: str,
+    outcome: str,
+    outcome_direction: str | None = None,
+    labels: Labels | None = None,
+    questions: Mapping[str, str] | None = None,
+    benchmark: Mapping[str, Any] | None = BENCHMARK,
+) -> str:
+    """The summary of one study: each research question answered, then the data.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        The study's model records, in config order.
+    flow : dict
+        The study's ``flow.json``.
+    study : str
+        The study's name (the title).
+    alliance, outcome, outcome_direction, labels, benchmark
+        As :func:`model_paragraph`.
+    questions : mapping, optional
+        Model name -> research question (the paragraph's title); default
+        :func:`question_of`.
+
+    Returns
+    -------
+    str
+        Markdown that is also reStructuredText: a title, a sentence on how to read the
+        statistics, one paragraph per model (:func:`model_paragraph`), the data
+        paragraph (:func:`data_paragraph`) and the references cited.
+
+    Raises
+    ------
+    TypeError
+        *records* is not a sequence of dicts.
+    KeyError
+        A record lacks ``name``, ``fixed``, ``n_obs`` or ``n_groups``.
+    """
+    if isinstance(records, (str, bytes, Mapping)) or not all(
+        isinstance(r, Mapping) for r in records
+    ):
+        raise TypeError(
+            f"`records` must be a list of model records (dicts); got {type(records).__name__}."
+        )
+    for record in records:
+        missing = [k for k in ("name", "fixed", "n_obs", "n_groups") if k not in record]
+        if missing:
+            raise KeyError(
+                f"`records`: the record {record.get('name', '?')!r} lacks {missing}; pass the "
+                "JSON written by fit_model(...).to_dict()."
+            )
+    labels = labels or PlainLabels()
+    questions = dict(questions or {})
+    ddfs = sorted({r.get("ddf", "containment") for r in records})
+    how = (
+        "Each question is answered by a multilevel model; *b* is the fixed effect in the "
+        "instruments' points, with its 95% confidence interval, its test and the "
+        "*r*-equivalent *r* = *t* / √(*t*² + *df*) (Rosenthal, 1991). Tests: "
+        + "; ".join(_DDF_SENTENCE[d] for d in ddfs)
+        + "."
+    )
+    parts = [_heading(f"Results: {study}", "="), how + "\n"]
+    for record in records:
+        parts.append(
+            model_paragraph(
+                record,
+                labels=labels,
+                alliance=alliance,
+                outcome=outcome,
+                outcome_direction=outcome_direction,
+                question=questions.get(record["name"]),
+                benchmark=benchmark,
+            )
+        )
+    parts.append(data_paragraph(flow, labels=labels))
+    used = benchmark is not None and any(_is_alliance_outcome(r) for r in records)
+    parts.append(_references(records, used))
+    return "\n".join(parts)
+
+
+_DDF_SENTENCE = {
+    "kenward-roger": "*t* on Kenward–Roger degrees of freedom (Kenward & Roger, 1997)",
+    "satterthwaite": "*t* on Satterthwaite degrees of freedom (Kuznetsova et al., 2017)",
+    "containment": "Wald *z* (Pinheiro & Bates, 2000)",
+}
