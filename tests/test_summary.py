@@ -205,7 +205,7 @@ def test_data_paragraph_reconciles_and_quotes_the_clean_warnings(study):
         f"The export held {s['read']} session rows of {p['read']} patients; {s['kept']} rows "
         f"of {p['kept']} patients were kept and {s['excluded']} rows excluded."
     ) in data
-    assert "Rows flagged but kept, by rule: session_gap: 29." in data
+    assert "Rows flagged but kept, by reason: sessions missing before it: 29." in data
     assert "PHQ-9 item 4: 14;" in data  # kept_missing of phq9_4
     for warning in study["flow"]["warnings"]:
         assert f"- {warning}" in data
@@ -258,3 +258,10 @@ def test_apa_r_and_r_equivalent_by_hand():
 def test_bad_records(records, error, match):
     with pytest.raises(error, match=match):
         study_summary(records, {}, study="s", alliance="wai_sr_total", outcome="ors_total")
+
+
+def test_every_clean_rule_has_words():
+    from allianceflow.clean import RULES
+    from allianceflow.summary import RULE_WORDS
+
+    assert sorted(RULE_WORDS) == sorted(RULES)

@@ -601,6 +601,37 @@ def model_paragraph(
     )
 
 
+#: Each clean rule in words (the rules are listed in :mod:`allianceflow.clean`).
+RULE_WORDS = {
+    "id_variant": "another spelling of an id",
+    "missing_id": "no patient id or session number",
+    "label_variant": "another spelling of an arm or other label",
+    "not_a_number": "text where a number belongs",
+    "ending_invalid": "an unknown kind of ending",
+    "ending_conflict": "conflicting patient-level values",
+    "session_invalid": "an invalid session number",
+    "date_invalid": "an invalid date",
+    "after_extraction": "a session after the data extraction",
+    "duplicate_identical": "an identical copy of another row",
+    "duplicate_conflicting": "conflicting copies of one session",
+    "out_of_range": "an answer outside the instrument's range",
+    "session_order": "dated out of session order",
+    "session_gap": "sessions missing before it",
+    "therapist_change": "a change of therapist",
+    "min_sessions": "too few sessions",
+    "missing_therapist": "no therapist",
+    "condition_change": "a change of arm",
+}
+
+
+def _by_rule(counts: Mapping[str, int]) -> str:
+    """``{"session_gap": 3}`` → ``"sessions missing before it: 3"``."""
+    return "; ".join(
+        f"{RULE_WORDS.get(rule, rule.replace('_', ' '))}: {apa_number(n, 0)}"
+        for rule, n in counts.items()
+    )
+
+
 def data_paragraph(flow: Mapping[str, Any], *, labels: Labels | None = None) -> str:
     """The "Data" paragraph: rows and patients read, kept and excluded, missing values.
 
@@ -628,21 +659,13 @@ def data_paragraph(flow: Mapping[str, Any], *, labels: Labels | None = None) -> 
         "rows excluded"
     )
     excluded = s.get("excluded_by_rule") or {}
-    text += (
-        " (" + "; ".join(f"{rule}: {apa_number(n, 0)}" for rule, n in excluded.items()) + ")."
-        if excluded
-        else "."
-    )
+    text += f" ({_by_rule(excluded)})." if excluded else "."
     for action in ("flagged", "altered"):
         counts = s.get(f"{action}_by_rule") or {}
         if counts:
-            listed = "; ".join(f"{rule}: {apa_number(n, 0)}" for rule, n in counts.items())
-            text += f" Rows {action} but kept, by rule: {listed}."
+            text += f" Rows {action} but kept, by reason: {_by_rule(counts)}."
     if p.get("excluded"):
-        listed = "; ".join(
-            f"{rule}: {apa_number(n, 0)}" for rule, n in (p.get("excluded_by_rule") or {}).items()
-        )
-        text += f" Patients excluded, by rule: {listed}."
+        text += f" Patients excluded, by reason: {_by_rule(p.get('excluded_by_rule') or {})}."
     by_column = (flow.get("values") or {}).get("missing_by_column") or {}
     missing = {
         col: by_column[col]["kept_missing"]
