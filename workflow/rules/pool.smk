@@ -46,6 +46,8 @@ rule plot_meta_forest:
         svg="results/pooled/figures/meta_forest.svg",
     log:
         "logs/pooled/plot_meta_forest.log",
+    benchmark:
+        "logs/pooled/benchmarks/plot_meta_forest.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:

@@ -8,6 +8,8 @@ rule write_manifest:
         manifest="results/{study}/manifest.json",
     log:
         "logs/{study}/write_manifest.log",
+    benchmark:
+        "logs/{study}/benchmarks/write_manifest.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:

@@ -5,6 +5,8 @@ rule score_instruments:
         scored="data/processed/{study}/scored.parquet",
     log:
         "logs/{study}/score_instruments.log",
+    benchmark:
+        "logs/{study}/benchmarks/score_instruments.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:

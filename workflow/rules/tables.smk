@@ -18,6 +18,8 @@ rule tabulate_model:
         docx="results/{study}/tables/{model}.docx",
     log:
         "logs/{study}/tabulate_model_{model}.log",
+    benchmark:
+        "logs/{study}/benchmarks/tabulate_model_{model}.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -42,6 +44,8 @@ rule tabulate_models:
         docx="results/{study}/tables/models.docx",
     log:
         "logs/{study}/tabulate_models.log",
+    benchmark:
+        "logs/{study}/benchmarks/tabulate_models.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -59,6 +63,8 @@ rule render_reliability:
         docx="results/{study}/tables/reliability.docx",
     log:
         "logs/{study}/render_reliability.log",
+    benchmark:
+        "logs/{study}/benchmarks/render_reliability.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -85,6 +91,8 @@ rule tabulate_descriptives:
         docx="results/{study}/tables/{table}.docx",
     log:
         "logs/{study}/tabulate_{table}.log",
+    benchmark:
+        "logs/{study}/benchmarks/tabulate_descriptives_{table}.tsv"
     wildcard_constraints:
         table="table1|intake_correlations|clinical_significance|sudden_gains|ruptures",
     conda:
