@@ -87,13 +87,15 @@ def _stage_imports() -> dict[str, list[str]]:
         if isinstance(node, ast.FunctionDef):
             mods = []
             for sub in ast.walk(node):
-                if isinstance(sub, ast.ImportFrom):
-                    base = "allianceflow." * (sub.level > 0) + (sub.module or "")
-                    mods.append(base.rstrip(".") or "allianceflow")
+                if isinstance(sub, ast.ImportFrom) and sub.module:
+                    mods.append("allianceflow." * (sub.level > 0) + sub.module)
+                elif isinstance(sub, ast.ImportFrom):  # from . import tables
+                    mods += [f"allianceflow.{a.name}" for a in sub.names]
                 elif isinstance(sub, ast.Import):
                     mods += [a.name for a in sub.names]
             calls = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
             out[node.name] = (mods, calls)
+
     # follow calls between stage functions (derive_stage -> derive_study -> .derive)
     def closure(name, seen):
         mods, calls = out.get(name, ([], set()))
@@ -186,7 +188,9 @@ def main() -> None:
     jobs = sum(v["jobs"] for v in per_rule.values())
     cpu_jobs = sum(v["cpu_time"] for v in per_rule.values())
     print(f"{'sum of jobs':<24} {int(jobs):4d} {cpu_jobs:9.1f}")
-    print(f"whole run (Snakemake + jobs, getrusage): {res['cpu']:.1f} CPU-s, {res['wall']:.1f} s wall")
+    print(
+        f"whole run (Snakemake + jobs, getrusage): {res['cpu']:.1f} CPU-s, {res['wall']:.1f} s wall"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 
 from allianceflow._checks import check_columns
 from allianceflow.instruments import Instrument, load_instrument
@@ -332,6 +331,8 @@ def _fit_one_factor(S: np.ndarray, start: np.ndarray | None = None):
     by a log parameterisation. Returns loadings, uniquenesses (covariance scale) and the
     optimiser's parameter vector (for warm starts).
     """
+    from scipy import optimize  # only reliability fits factor models; scoring does not
+
     d = np.sqrt(np.diag(S))
     R = S / np.outer(d, d)
     k = R.shape[0]
