@@ -28,7 +28,7 @@ rule pool_studies:
         analyses=get_pool_analyses,
         directions=get_pool_directions,
         model=get_pool_model_spec,
-        settings=config["pool"],
+        settings=get_pool_settings(),
     script:
         "../scripts/pool_studies.py"
 

@@ -27,6 +27,9 @@ rule compute_reliability:
             category="Tables",
             subcategory="{study}",
         ),
+        html="results/{study}/tables/reliability.html",
+        tex="results/{study}/tables/reliability.tex",
+        docx="results/{study}/tables/reliability.docx",
     log:
         "logs/{study}/compute_reliability.log",
     benchmark:

@@ -54,25 +54,6 @@ rule tabulate_models:
         "../scripts/tabulate_models.py"
 
 
-rule render_reliability:
-    input:
-        csv=rules.compute_reliability.output.csv,
-    output:
-        html="results/{study}/tables/reliability.html",
-        tex="results/{study}/tables/reliability.tex",
-        docx="results/{study}/tables/reliability.docx",
-    log:
-        "logs/{study}/render_reliability.log",
-    benchmark:
-        "logs/{study}/benchmarks/render_reliability.tsv"
-    conda:
-        "../envs/allianceflow.yaml"
-    params:
-        allianceflow_source=SOURCE_FINGERPRINT,
-    script:
-        "../scripts/render_reliability.py"
-
-
 rule tabulate_descriptives:
     input:
         analysis=rules.derive_variables.output.analysis,
