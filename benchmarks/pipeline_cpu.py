@@ -14,8 +14,14 @@ Usage::
 
     python benchmarks/pipeline_cpu.py [--label before] [--cores 2] [--imports-only]
 
-and paste the output into ``benchmarks/results/pipeline_cpu.txt``. The machine's load
-changes wall time, much less CPU time; numbers are for comparison on one machine.
+and paste the output into ``benchmarks/results/pipeline_cpu.txt``. ``--summarise DIR``
+only sums the benchmark files of a run already made in DIR.
+
+Snakemake samples a job's processes (every 0.5 s for the first 15 s, then every 30 s), so a
+benchmark file's ``cpu_time`` leaves out what a job spent after its last sample: it is close
+for short jobs and an undercount for long ones, more so on a loaded machine where jobs take
+longer. The whole-run total from ``getrusage`` is exact. The machine's load changes wall
+time, much less CPU time; numbers are for comparison on one machine.
 """
 
 from __future__ import annotations
@@ -67,16 +73,32 @@ def run_pipeline(cores: int) -> dict:
         wall, cpu = time.perf_counter() - wall0, _children_cpu() - cpu0
         if proc.returncode != 0:
             sys.exit(f"snakemake failed:\n{proc.stderr[-4000:]}")
-        per_rule: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        for path in sorted(workdir.glob("logs/**/benchmarks/*.tsv")):
-            rule = max((r for r in rules if path.stem.startswith(r)), key=len)
-            with path.open() as handle:
-                row = next(csv.DictReader(handle, delimiter="\t"))
-            per_rule[rule]["jobs"] += 1
-            per_rule[rule]["s"] += float(row["s"])
-            per_rule[rule]["cpu_time"] += float(row["cpu_time"])
-        n_jobs = sum(1 for line in proc.stderr.splitlines() if line.startswith("rule "))
-    return {"wall": wall, "cpu": cpu, "per_rule": per_rule, "jobs": n_jobs}
+        per_rule = summarise(workdir, rules)
+    return {"wall": wall, "cpu": cpu, "per_rule": per_rule}
+
+
+def summarise(workdir: Path, rules: list[str]) -> dict[str, dict[str, float]]:
+    """Jobs, ``cpu_time`` and ``s`` summed per rule over the benchmark files in *workdir*."""
+    per_rule: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for path in sorted(workdir.glob("logs/**/benchmarks/*.tsv")):
+        rule = max((r for r in rules if path.stem.startswith(r)), key=len)
+        with path.open() as handle:
+            row = next(csv.DictReader(handle, delimiter="\t"))
+        per_rule[rule]["jobs"] += 1
+        per_rule[rule]["s"] += float(row["s"])
+        per_rule[rule]["cpu_time"] += float(row["cpu_time"])
+    return per_rule
+
+
+def print_rules(per_rule: dict[str, dict[str, float]]) -> None:
+    """One line per rule, most CPU first, and the sum."""
+    print(f"{'rule':<24} {'jobs':>4} {'cpu_time':>9} {'s (wall)':>9}")
+    for rule in sorted(per_rule, key=lambda r: -per_rule[r]["cpu_time"]):
+        v = per_rule[rule]
+        print(f"{rule:<24} {int(v['jobs']):4d} {v['cpu_time']:9.1f} {v['s']:9.1f}")
+    jobs = sum(v["jobs"] for v in per_rule.values())
+    cpu_jobs = sum(v["cpu_time"] for v in per_rule.values())
+    print(f"{'sum of jobs':<24} {int(jobs):4d} {cpu_jobs:9.1f}")
 
 
 def _stage_imports() -> dict[str, list[str]]:
@@ -172,7 +194,22 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="interpreter starts per import")
     parser.add_argument("--imports-only", action="store_true")
+    parser.add_argument(
+        "--summarise",
+        type=Path,
+        metavar="DIR",
+        help="only sum the benchmark files of a run already made in DIR",
+    )
     args = parser.parse_args()
+    if args.summarise:
+        rules = [  # the rules of the copy that ran
+            line.split()[1].rstrip(":")
+            for smk in (args.summarise / "workflow" / "rules").glob("*.smk")
+            for line in smk.read_text().splitlines()
+            if line.startswith("rule ")
+        ]
+        print_rules(summarise(args.summarise, sorted(set(rules))))
+        return
     print(f"== {args.label} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     print("-- per-job imports (fresh interpreter, median CPU-s beyond `python -c pass`)")
     report_imports(args.repeat)
@@ -180,14 +217,7 @@ def main() -> None:
         return
     res = run_pipeline(args.cores)
     print(f"-- example pipeline, --cores {args.cores}")
-    print(f"{'rule':<24} {'jobs':>4} {'cpu_time':>9} {'s (wall)':>9}")
-    per_rule = res["per_rule"]
-    for rule in sorted(per_rule, key=lambda r: -per_rule[r]["cpu_time"]):
-        v = per_rule[rule]
-        print(f"{rule:<24} {int(v['jobs']):4d} {v['cpu_time']:9.1f} {v['s']:9.1f}")
-    jobs = sum(v["jobs"] for v in per_rule.values())
-    cpu_jobs = sum(v["cpu_time"] for v in per_rule.values())
-    print(f"{'sum of jobs':<24} {int(jobs):4d} {cpu_jobs:9.1f}")
+    print_rules(res["per_rule"])
     print(
         f"whole run (Snakemake + jobs, getrusage): {res['cpu']:.1f} CPU-s, {res['wall']:.1f} s wall"
     )

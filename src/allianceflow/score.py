@@ -682,7 +682,7 @@ def _bootstrap_omega(
             continue
     stats = stats[keep]
     log.info(
-        "%s: %d of %d bootstrap replicates (%d patients, %d rows; %d refitted alone) in %.1f CPU-s",
+        "%s: %d of %d bootstrap replicates (%d patients, %d rows; %d refitted alone) in %.2f CPU-s",
         label,
         len(stats),
         n_boot,
