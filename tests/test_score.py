@@ -578,3 +578,109 @@ def test_cronbach_alpha_matches_psych_computed_live(tmp_path):
         res = cronbach_alpha(x, missing=missing)
         assert res["alpha"] == pytest.approx(raw, abs=1e-12)
         assert res["std_alpha"] == pytest.approx(std, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- omega bootstrap
+
+FIVE = {
+    "id": "five",
+    "name": "five congeneric items",
+    "construct": "other",
+    "informant": ["any"],
+    "items": 5,
+    "response": {"min": -100, "max": 100},
+    "total": "sum",
+    "direction": "higher_is_better",
+    "proration": {"max_missing": 0},
+    "sources": {"test": "simulated"},
+}
+
+
+def _clustered_items(n_patients=50, n_sessions=3, seed=21) -> pd.DataFrame:
+    """Five congeneric items, three sessions per patient who share a trait."""
+    rng = np.random.default_rng(seed)
+    loadings = np.array([1.0, 0.9, 0.8, 0.7, 0.6])
+    trait = np.repeat(rng.normal(size=n_patients), n_sessions)
+    factor = trait + rng.normal(scale=0.6, size=trait.size)
+    x = factor[:, None] * loadings + rng.normal(scale=0.7, size=(trait.size, 5))
+    d = pd.DataFrame(x, columns=[f"five_{j}" for j in range(1, 6)])
+    d.insert(0, "session", np.tile(np.arange(1, n_sessions + 1), n_patients))
+    d.insert(0, "patient", [f"p{i:02d}" for i in np.repeat(np.arange(n_patients), n_sessions)])
+    return d
+
+
+def _resamples(n_patients: int, n_boot: int, seed: int) -> list[np.ndarray]:
+    """The patients each bootstrap replicate draws, as reliability() draws them."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, n_patients, size=n_patients) for _ in range(n_boot)]
+
+
+def test_batched_omega_bootstrap_equals_refitting_each_replicate():
+    from allianceflow.score import _bootstrap_omega, _omega_from_cov
+
+    d = _clustered_items()
+    x = d.filter(like="five_").to_numpy()
+    groups = d["patient"].to_numpy()
+    start = _omega_from_cov(np.cov(x, rowvar=False))[1]
+    lo, hi, used = _bootstrap_omega(x, groups, 200, np.random.default_rng(3), start, 0.95)
+    # the definition: stack every row of each drawn patient, np.cov, one BFGS fit each
+    members = [np.flatnonzero(groups == g) for g in pd.unique(groups)]
+    stats = [
+        _omega_from_cov(np.cov(x[np.concatenate([members[i] for i in pick])], rowvar=False), start)[
+            0
+        ]
+        for pick in _resamples(len(members), 200, 3)
+    ]
+    assert used == 200
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(stats, [0.025, 0.975])), abs=1e-8)
+
+
+def test_omega_bootstrap_logs_its_progress(caplog):
+    d = _clustered_items()
+    with caplog.at_level("INFO", logger="allianceflow"):
+        reliability(d, [FIVE], occasion="pooled", n_boot=100, seed=1)
+    assert "omega five total (pooled): 100 of 100 bootstrap replicates (50 patients, 150 rows" in (
+        caplog.text
+    )
+
+
+FACTANAL_SCRIPT = r"""
+args <- commandArgs(trailingOnly = TRUE)
+x <- as.matrix(read.csv(args[1]))
+patient <- read.csv(args[2])$patient
+picks <- as.matrix(read.csv(args[3]))
+members <- split(seq_len(nrow(x)), factor(patient, levels = unique(patient)))
+omega <- function(S) {
+  f <- factanal(covmat = S, factors = 1, n.obs = 100)
+  lam <- f$loadings[, 1] * sqrt(diag(S))
+  psi <- f$uniquenesses * diag(S)
+  sum(lam)^2 / (sum(lam)^2 + sum(psi))
+}
+stats <- apply(picks, 1, function(p) omega(cov(x[unlist(members[p + 1]), ])))
+cat("omega", sprintf("%.10f", omega(cov(x))), "\n")
+cat("ci", sprintf("%.10f", quantile(stats, c(0.025, 0.975), type = 7)), "\n")
+"""
+
+
+@pytest.mark.r
+def test_omega_and_its_bootstrap_interval_match_r_factanal_on_the_same_resamples(tmp_path):
+    from rscript import parse_lines, require_r, run_r
+
+    require_r("stats")
+    d = _clustered_items()
+    d.filter(like="five_").to_csv(tmp_path / "x.csv", index=False)
+    d[["patient"]].to_csv(tmp_path / "patient.csv", index=False)
+    pd.DataFrame(np.array(_resamples(50, 200, 8))).to_csv(tmp_path / "picks.csv", index=False)
+    out = parse_lines(
+        run_r(
+            FACTANAL_SCRIPT,
+            tmp_path,
+            *(tmp_path / f for f in ("x.csv", "patient.csv", "picks.csv")),
+        )
+    )
+    row = reliability(d, [FIVE], occasion="pooled", n_boot=200, seed=8).iloc[0]
+    # factanal's L-BFGS-B stops earlier than our BFGS and Fisher scoring: 1e-5 apart
+    assert row["omega"] == pytest.approx(float(out["omega"][0]), abs=1e-5)
+    assert row["omega_ci_low"] == pytest.approx(float(out["ci"][0]), abs=1e-5)
+    assert row["omega_ci_high"] == pytest.approx(float(out["ci"][1]), abs=1e-5)
+    assert row["note"].startswith("pooled over sessions")

@@ -10,16 +10,19 @@ scale and occasion (first session, and pooled over sessions).
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 
 from allianceflow._checks import check_columns
 from allianceflow.instruments import Instrument, load_instrument
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "score_sessions",
@@ -344,6 +347,8 @@ def _fit_one_factor(S: np.ndarray, start: np.ndarray | None = None):
     by a log parameterisation. Returns loadings, uniquenesses (covariance scale) and the
     optimiser's parameter vector (for warm starts).
     """
+    from scipy import optimize  # only reliability fits factor models; scoring does not
+
     d = np.sqrt(np.diag(S))
     R = S / np.outer(d, d)
     k = R.shape[0]
@@ -540,26 +545,168 @@ def _occasion_positions(
     return np.flatnonzero((frame[session] == first).to_numpy())
 
 
-def _bootstrap_omega(x: np.ndarray, groups: np.ndarray, n_boot: int, rng, start, level):
-    """Percentile CI of omega from a bootstrap that resamples patients (clusters)."""
+def _cluster_moments(x: np.ndarray, groups: np.ndarray):
+    """Row counts, item sums and item cross-product sums of each cluster (patient).
+
+    Items are centred at their overall means first, which changes no covariance and keeps
+    the sums of squares accurate.
+    """
     codes, uniques = pd.factorize(groups)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
-    members = [order[bounds[i] : bounds[i + 1]] for i in range(len(uniques))]
-    stats = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(uniques), size=len(uniques))
-        rows = np.concatenate([members[i] for i in pick])
-        xb = x[rows]
-        if xb.shape[0] < 3:
-            continue
-        S = np.cov(xb, rowvar=False)
-        if np.any(np.diag(S) <= 0):
-            continue
+    m, (n, k) = len(uniques), x.shape
+    xc = x - x.mean(axis=0)
+    counts = np.bincount(codes, minlength=m).astype(float)
+    sums = np.zeros((m, k))
+    np.add.at(sums, codes, xc)
+    cross = np.zeros((m, k * k))
+    np.add.at(cross, codes, (xc[:, :, None] * xc[:, None, :]).reshape(n, k * k))
+    return counts, sums, cross
+
+
+def _fit_one_factor_batch(R: np.ndarray, start: np.ndarray, *, gtol=1e-8, maxiter=200):
+    r"""Fit the one-factor ML model of :func:`_fit_one_factor` to a stack of matrices at once.
+
+    Fisher scoring on the same parameters (loadings and log-uniquenesses) and the same
+    objective :math:`F = \log|\Sigma| + \mathrm{tr}(R\Sigma^{-1})`, with step halving; a fit
+    stops when the largest absolute gradient is below *gtol* (the tolerance BFGS uses in
+    :func:`_fit_one_factor`). With :math:`P = \Sigma^{-1}`, :math:`u = P\lambda` and
+    :math:`c = \lambda^\top P\lambda`, the expected second derivatives
+    :math:`\mathrm{tr}(P\,\partial_a\Sigma\,P\,\partial_b\Sigma)` are
+    :math:`2(c P_{ab} + u_a u_b)` for two loadings, :math:`2\psi_b P_{ab} u_b` for a loading
+    and a log-uniqueness and :math:`\psi_a\psi_b P_{ab}^2` for two log-uniquenesses.
+
+    Parameters
+    ----------
+    R : numpy.ndarray
+        Correlation matrices, shape ``(B, k, k)``.
+    start : numpy.ndarray
+        Starting parameters, shape ``(2k,)`` or ``(B, 2k)``.
+
+    Returns
+    -------
+    theta : numpy.ndarray
+        Parameters ``(B, 2k)``.
+    converged : numpy.ndarray
+        Boolean ``(B,)``: the gradient criterion was met.
+    """
+    B, k, _ = R.shape
+    theta = np.array(np.broadcast_to(start, (B, 2 * k)), dtype=float)
+    diag = np.eye(k, dtype=bool)
+
+    def evaluate(th, Rs):
+        lam, psi = th[:, :k], np.exp(th[:, k:])
+        sigma = lam[:, :, None] * lam[:, None, :]
+        sigma[:, diag] += psi
+        sign, logdet = np.linalg.slogdet(sigma)
+        P = np.linalg.inv(sigma)
+        f = np.where(sign > 0, logdet + np.einsum("bij,bij->b", Rs, P), np.inf)
+        return lam, psi, P, f
+
+    lam, psi, P, f = evaluate(theta, R)
+    converged = np.zeros(B, dtype=bool)
+    failed = ~np.isfinite(f)
+    for _ in range(maxiter):
+        act = np.flatnonzero(~converged & ~failed)
+        if not len(act):
+            break
+        lam_a, psi_a, P_a = lam[act], psi[act], P[act]
+        G = P_a - P_a @ R[act] @ P_a
+        grad = np.concatenate(
+            [2.0 * np.einsum("bij,bj->bi", G, lam_a), psi_a * np.diagonal(G, axis1=1, axis2=2)],
+            axis=1,
+        )
+        now = np.abs(grad).max(axis=1) < gtol
+        converged[act[now]] = True
+        act, lam_a, psi_a, P_a, grad = (v[~now] for v in (act, lam_a, psi_a, P_a, grad))
+        if not len(act):
+            break
+        u = np.einsum("bij,bj->bi", P_a, lam_a)
+        c = np.einsum("bi,bi->b", lam_a, u)
+        H = np.empty((len(act), 2 * k, 2 * k))
+        H[:, :k, :k] = 2.0 * (P_a * c[:, None, None] + u[:, :, None] * u[:, None, :])
+        H[:, :k, k:] = 2.0 * P_a * (u * psi_a)[:, None, :]
+        H[:, k:, :k] = np.swapaxes(H[:, :k, k:], 1, 2)
+        H[:, k:, k:] = P_a**2 * psi_a[:, :, None] * psi_a[:, None, :]
         try:
-            stats.append(_omega_from_cov(S, start)[0])
+            step = np.linalg.solve(H, grad[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:  # a singular information matrix: left to BFGS
+            failed[act] = True
+            continue
+        pending, t = np.arange(len(act)), np.ones(len(act))
+        for _ in range(30):  # step halving until F does not increase
+            rows = act[pending]
+            trial = theta[rows] - t[pending, None] * step[pending]
+            lam_t, psi_t, P_t, f_t = evaluate(trial, R[rows])
+            ok = f_t <= f[rows] + 1e-12 * np.abs(f[rows])
+            done = rows[ok]
+            theta[done], lam[done], psi[done], P[done], f[done] = (
+                trial[ok],
+                lam_t[ok],
+                psi_t[ok],
+                P_t[ok],
+                f_t[ok],
+            )
+            pending = pending[~ok]
+            if not len(pending):
+                break
+            t[pending] /= 2
+        else:
+            failed[act[pending]] = True
+    return theta, converged
+
+
+def _bootstrap_omega(
+    x: np.ndarray, groups: np.ndarray, n_boot: int, rng, start, level, *, label: str = "omega"
+):
+    r"""Percentile CI of omega from a bootstrap that resamples patients (clusters).
+
+    Each replicate draws as many patients as there are, with replacement, and takes every
+    row of each drawn patient. Its item covariance matrix is computed from per-patient sums
+    weighted by how often each patient was drawn (the same matrix as ``np.cov`` of the
+    stacked rows), and the one-factor models of all replicates are fitted together
+    (:func:`_fit_one_factor_batch`) from the full-sample estimate; a replicate that does not
+    converge there is refitted alone with BFGS (:func:`_fit_one_factor`), as every replicate
+    was before. Replicates with fewer than 3 rows or an item without variance are skipped.
+    The random draws are those of the former one-replicate-at-a-time loop, so a seed gives
+    the same resamples.
+    """
+    counts, sums, cross = _cluster_moments(x, groups)
+    m, k = len(counts), x.shape[1]
+    t0 = time.process_time()
+    weights = np.empty((n_boot, m))
+    for b in range(n_boot):
+        weights[b] = np.bincount(rng.integers(0, m, size=m), minlength=m)
+    n = weights @ counts
+    sx = weights @ sums
+    with np.errstate(divide="ignore", invalid="ignore"):
+        S = (
+            (weights @ cross).reshape(n_boot, k, k)
+            - sx[:, :, None] * sx[:, None, :] / n[:, None, None]
+        ) / (n - 1)[:, None, None]
+    var = np.diagonal(S, axis1=1, axis2=2)
+    usable = (n >= 3) & np.all(var > 0, axis=1)
+    S = S[usable]
+    d = np.sqrt(np.diagonal(S, axis1=1, axis2=2))
+    theta, converged = _fit_one_factor_batch(S / (d[:, :, None] * d[:, None, :]), start)
+    lam, psi = theta[:, :k] * d, np.exp(theta[:, k:]) * d**2
+    stats = lam.sum(axis=1) ** 2 / (lam.sum(axis=1) ** 2 + psi.sum(axis=1))
+    keep = converged.copy()
+    for i in np.flatnonzero(~converged):
+        try:
+            stats[i] = _omega_from_cov(S[i], start)[0]
+            keep[i] = True
         except (np.linalg.LinAlgError, ValueError):
             continue
+    stats = stats[keep]
+    log.info(
+        "%s: %d of %d bootstrap replicates (%d patients, %d rows; %d refitted alone) in %.2f CPU-s",
+        label,
+        len(stats),
+        n_boot,
+        m,
+        len(x),
+        int((~converged).sum()),
+        time.process_time() - t0,
+    )
     if len(stats) < max(10, n_boot // 2):
         return np.nan, np.nan, len(stats)
     a = (1 - level) / 2
@@ -696,6 +843,7 @@ def reliability(
                     if several_informants:
                         notes.append("informants pooled (pass by=['informant'] to separate)")
                     row = dict(zip(by, key, strict=True))
+                    label = " ".join(["omega", *map(str, key), inst.id, scale, f"({occ})"])
                     row.update(
                         instrument=inst.id, scale=scale, occasion=occ, n=int(len(xs)), k=len(idx)
                     )
@@ -718,7 +866,9 @@ def reliability(
                                 om, theta = _omega_from_cov(np.cov(xs, rowvar=False))
                                 row["omega"] = float(om)
                                 if n_boot > 0:
-                                    lo, hi, used = _bootstrap_omega(xs, ps, n_boot, rng, theta, ci)
+                                    lo, hi, used = _bootstrap_omega(
+                                        xs, ps, n_boot, rng, theta, ci, label=label
+                                    )
                                     row.update(omega_ci_low=lo, omega_ci_high=hi)
                                     if used < n_boot:
                                         notes.append(

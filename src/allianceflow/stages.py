@@ -19,9 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+# Only what every job needs is imported here (io: pandas, pyarrow); each stage imports its
+# own statistics (clean and its data contract, scipy, matplotlib, the models) when it runs,
+# so a job pays for the modules of its own stage alone.
 from . import io
-from .clean import DataError, clean_sessions
-from .config import ConfigError, flat_study
+from .io import DataError
 
 __all__ = [
     "run_step",
@@ -94,8 +96,8 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
     logging.captureWarnings(True)  # warnings (e.g. unscorable rows) go to the log too
     try:
         yield log
-    except (DataError, ConfigError) as error:
-        if debug:
+    except ValueError as error:
+        if debug or not isinstance(error, _researcher_errors()):
             raise
         log.debug("".join(traceback.format_exception(error)))
         if log_path is not None:
@@ -103,6 +105,16 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
                 handle.write("".join(traceback.format_exception(error)))
         print(f"\nallianceflow: {error}\n", file=sys.stderr)
         sys.exit(1)
+
+
+def _researcher_errors() -> tuple[type[ValueError], ...]:
+    """The errors :func:`run_step` prints as a paragraph: DataError, and ConfigError.
+
+    ConfigError is looked up only when :mod:`allianceflow.config` has been imported (nothing
+    else raises it), so that a job does not import the config validator just to catch it.
+    """
+    config = sys.modules.get(f"{__package__}.config")
+    return (DataError, config.ConfigError) if config is not None else (DataError,)
 
 
 def read_export(raw: str | Path, read: Mapping[str, Any], *, config: str = "config.yaml"):
@@ -135,6 +147,8 @@ def clean_settings(
     They come from the study's ``read``, ``privacy`` and ``clean`` sections and its
     instruments (for item ranges) (:func:`allianceflow.config.flat_study`).
     """
+    from .config import flat_study
+
     return flat_study(
         {
             "read": read,
@@ -164,6 +178,8 @@ def clean_stage(
     its ``measures.instruments``; *name* is the study's key in the configuration file
     *config*, and messages name both.
     """
+    from .clean import clean_sessions
+
     raw = Path(raw)
     settings = clean_settings(read=read, privacy=privacy, clean=clean, instruments=instruments)
     result = clean_sessions(
@@ -231,6 +247,7 @@ def instrument_of(measures: Mapping[str, Any], column: str):
     ConfigError
         When none of the study's instruments produces *column*.
     """
+    from .config import ConfigError
     from .instruments import load_instrument
     from .score import score_columns
 
@@ -272,6 +289,7 @@ def derive_study(scored, study: Mapping[str, Any], *, reference=None):
     allianceflow.derive.DerivedTables
         ``analysis``, ``patients``, ``sudden_gains`` and ``expected_response``.
     """
+    from .config import ConfigError
     from .derive import derive_tables
 
     measures = study["measures"]
@@ -332,6 +350,7 @@ def prepare_study(
     interactive work: ``prepare_study(load_config("config.yaml")["studies"]["example"])``.
     *root* is the folder the study's ``read.raw`` path is relative to.
     """
+    from .clean import clean_sessions
     from .score import score_sessions
 
     read, instruments = study["read"], study["measures"]["instruments"]

@@ -51,11 +51,6 @@ def get_clean(wildcards):
     return config["studies"][wildcards.study]["clean"]
 
 
-def get_measures(wildcards):
-    """The study's `measures` section: instruments, alliance and outcome scores."""
-    return config["studies"][wildcards.study]["measures"]
-
-
 def get_instruments(wildcards):
     """The study's instruments (`measures.instruments`), all that scoring reads."""
     return config["studies"][wildcards.study]["measures"]["instruments"]
@@ -69,6 +64,14 @@ def get_reliability_bootstrap(wildcards):
 def get_alpha_missing(wildcards):
     """How alpha treats missing answers (`measures.alpha_missing`: listwise or pairwise)."""
     return config["studies"][wildcards.study]["measures"]["alpha_missing"]
+
+
+def get_derive_measures(wildcards):
+    """What derive reads of the study's `measures`: the alliance and outcome scores and the
+    instruments (with overrides) their numbers come from, not the reliability settings.
+    """
+    measures = config["studies"][wildcards.study]["measures"]
+    return {key: measures[key] for key in ("instruments", "alliance", "outcome")}
 
 
 def get_derive(wildcards):
@@ -332,6 +335,24 @@ def get_pool_directions(wildcards):
         s: outcome_direction(config["studies"][s]["measures"])
         for s in get_pool_studies()
     }
+
+
+#: The `pool` settings the pooling itself reads (not `benchmark`, which only the forest
+#: plot draws, nor `enabled`, `studies` and `model`, which choose its inputs).
+POOL_SETTINGS = (
+    "term",
+    "method",
+    "hksj",
+    "alpha",
+    "pi_type",
+    "one_stage",
+    "standardise",
+)
+
+
+def get_pool_settings():
+    """The settings of the meta-analysis and the one-stage model (`POOL_SETTINGS`)."""
+    return {key: config["pool"][key] for key in POOL_SETTINGS if key in config["pool"]}
 
 
 def get_pool_model_spec(wildcards):

@@ -15,7 +15,7 @@ rule derive_variables:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        measures=get_measures,
+        measures=get_derive_measures,
         derive=get_derive,
     script:
         "../scripts/derive_variables.py"

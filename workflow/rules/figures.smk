@@ -21,6 +21,8 @@ rule plot_within_between:
         svg="results/{study}/figures/within_between.svg",
     log:
         "logs/{study}/plot_within_between.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_within_between.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -47,6 +49,8 @@ rule plot_trajectories:
         svg="results/{study}/figures/trajectories.svg",
     log:
         "logs/{study}/plot_trajectories.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_trajectories.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -72,6 +76,8 @@ rule plot_forest:
         svg="results/{study}/figures/forest_{model}.svg",
     log:
         "logs/{study}/plot_forest_{model}.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_forest_{model}.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -97,6 +103,8 @@ rule plot_caterpillar:
         svg="results/{study}/figures/caterpillar.svg",
     log:
         "logs/{study}/plot_caterpillar.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_caterpillar.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -124,6 +132,8 @@ rule plot_flow:
         svg="results/{study}/figures/flow.svg",
     log:
         "logs/{study}/plot_flow.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_flow.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -149,6 +159,8 @@ rule plot_feedback:
         svg="results/{study}/figures/feedback.svg",
     log:
         "logs/{study}/plot_feedback.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_feedback.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -174,6 +186,8 @@ rule plot_expected_response:
         svg="results/{study}/figures/expected_response.svg",
     log:
         "logs/{study}/plot_expected_response.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_expected_response.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -199,6 +213,8 @@ rule plot_ruptures:
         svg="results/{study}/figures/ruptures.svg",
     log:
         "logs/{study}/plot_ruptures.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_ruptures.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -225,6 +241,8 @@ rule plot_sudden_gains:
         svg="results/{study}/figures/sudden_gains.svg",
     log:
         "logs/{study}/plot_sudden_gains.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_sudden_gains.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -250,6 +268,8 @@ rule plot_reliable_change:
         svg="results/{study}/figures/reliable_change.svg",
     log:
         "logs/{study}/plot_reliable_change.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_reliable_change.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:

@@ -31,6 +31,8 @@ rule compare_models:
         txt="results/{study}/models/lrt_{comparison}.txt",
     log:
         "logs/{study}/compare_models_{comparison}.log",
+    benchmark:
+        "logs/{study}/benchmarks/compare_models_{comparison}.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:

@@ -18,6 +18,8 @@ rule tabulate_simple_slopes:
         docx="results/{study}/tables/simple_slopes_{model}.docx",
     log:
         "logs/{study}/tabulate_simple_slopes_{model}.log",
+    benchmark:
+        "logs/{study}/benchmarks/tabulate_simple_slopes_{model}.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -40,6 +42,8 @@ rule plot_simple_slopes:
         svg="results/{study}/figures/simple_slopes_{model}.svg",
     log:
         "logs/{study}/plot_simple_slopes_{model}.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_simple_slopes_{model}.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:

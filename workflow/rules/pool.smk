@@ -29,7 +29,7 @@ rule pool_studies:
         analyses=get_pool_analyses,
         directions=get_pool_directions,
         model=get_pool_model_spec,
-        settings=config["pool"],
+        settings=get_pool_settings(),
     script:
         "../scripts/pool_studies.py"
 
@@ -48,6 +48,8 @@ rule plot_meta_forest:
         svg="results/pooled/figures/meta_forest.svg",
     log:
         "logs/pooled/plot_meta_forest.log",
+    benchmark:
+        "logs/pooled/benchmarks/plot_meta_forest.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:

@@ -39,6 +39,8 @@ rule summarise_power:
         ),
     log:
         "logs/power/summarise_power.log",
+    benchmark:
+        "logs/power/benchmarks/summarise_power.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -62,6 +64,8 @@ rule plot_power_curve:
         svg="results/power/figures/power_curve.svg",
     log:
         "logs/power/plot_power_curve.log",
+    benchmark:
+        "logs/power/benchmarks/plot_power_curve.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:

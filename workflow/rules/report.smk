@@ -16,11 +16,13 @@ rule write_summary:
         rst="results/{study}/summary.rst",
     log:
         "logs/{study}/write_summary.log",
+    benchmark:
+        "logs/{study}/benchmarks/write_summary.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        measures=get_measures,
+        measures=get_derive_measures,
         benchmark=get_benchmark(),
         labels=get_summary_labels,
     script:
@@ -43,6 +45,8 @@ rule write_manifest:
         ),
     log:
         "logs/{study}/write_manifest.log",
+    benchmark:
+        "logs/{study}/benchmarks/write_manifest.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:

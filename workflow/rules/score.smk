@@ -5,6 +5,8 @@ rule score_instruments:
         scored="data/processed/{study}/scored.parquet",
     log:
         "logs/{study}/score_instruments.log",
+    benchmark:
+        "logs/{study}/benchmarks/score_instruments.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -20,6 +22,15 @@ rule compute_reliability:
     output:
         csv="results/{study}/tables/reliability.csv",
         md="results/{study}/tables/reliability.md",
+        html=report(
+            "results/{study}/tables/reliability.html",
+            caption="../report/reliability.rst",
+            category="2. Tables",
+            subcategory="{study}",
+            labels=get_report_labels("table", "reliability"),
+        ),
+        tex="results/{study}/tables/reliability.tex",
+        docx="results/{study}/tables/reliability.docx",
     log:
         "logs/{study}/compute_reliability.log",
     benchmark:

@@ -19,6 +19,8 @@ rule tabulate_model:
         docx="results/{study}/tables/{model}.docx",
     log:
         "logs/{study}/tabulate_model_{model}.log",
+    benchmark:
+        "logs/{study}/benchmarks/tabulate_model_{model}.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -44,35 +46,14 @@ rule tabulate_models:
         docx="results/{study}/tables/models.docx",
     log:
         "logs/{study}/tabulate_models.log",
+    benchmark:
+        "logs/{study}/benchmarks/tabulate_models.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
     script:
         "../scripts/tabulate_models.py"
-
-
-rule render_reliability:
-    input:
-        csv=rules.compute_reliability.output.csv,
-    output:
-        html=report(
-            "results/{study}/tables/reliability.html",
-            caption="../report/reliability.rst",
-            category="2. Tables",
-            subcategory="{study}",
-            labels=get_report_labels("table", "reliability"),
-        ),
-        tex="results/{study}/tables/reliability.tex",
-        docx="results/{study}/tables/reliability.docx",
-    log:
-        "logs/{study}/render_reliability.log",
-    conda:
-        "../envs/allianceflow.yaml"
-    params:
-        allianceflow_source=SOURCE_FINGERPRINT,
-    script:
-        "../scripts/render_reliability.py"
 
 
 rule tabulate_descriptives:
@@ -94,6 +75,8 @@ rule tabulate_descriptives:
         docx="results/{study}/tables/{table}.docx",
     log:
         "logs/{study}/tabulate_{table}.log",
+    benchmark:
+        "logs/{study}/benchmarks/tabulate_descriptives_{table}.tsv"
     wildcard_constraints:
         table="table1|intake_correlations|clinical_significance|sudden_gains|ruptures",
     conda:

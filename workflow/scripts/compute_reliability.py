@@ -1,6 +1,10 @@
-"""Snakemake adapter: reliability table (allianceflow.stages.reliability_stage)."""
+"""Snakemake adapter: the reliability table in every format.
 
-from allianceflow.stages import reliability_stage, run_step
+The numbers come from allianceflow.stages.reliability_stage (CSV and Markdown), the
+rendered html, tex and docx from reliability_table_stage.
+"""
+
+from allianceflow.stages import reliability_stage, reliability_table_stage, run_step
 
 with run_step(snakemake.log[0]):
     reliability_stage(
@@ -11,4 +15,8 @@ with run_step(snakemake.log[0]):
         alpha_missing=snakemake.params.alpha_missing,
         csv=snakemake.output.csv,
         md=snakemake.output.md,
+    )
+    reliability_table_stage(
+        snakemake.output.csv,
+        outputs=[snakemake.output.html, snakemake.output.tex, snakemake.output.docx],
     )

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-from scipy import stats
 
 from .._checks import check_columns, check_frame
 from .formatting import DEFAULT_LABELS, format_number, format_r
@@ -383,6 +382,8 @@ def intake_correlations(
         columns = {c: DEFAULT_LABELS.get(c, c) for c in columns}
     if len(columns) < 2:
         raise ValueError(f"`columns` must name at least two scores; got {list(columns)}.")
+    from scipy import stats  # here, not at the top: the other tables do not need scipy
+
     check_columns(analysis, patient, session, *columns, name="analysis")
     intake = _intake_rows(analysis, patient, session)
     names = list(columns)

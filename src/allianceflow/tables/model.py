@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 
-from ..models.result import ddf_method, ddf_note
 from .formatting import _label, format_number, format_p, format_r
 from .table import Table
 
@@ -84,6 +83,8 @@ def model_markdown(result: dict[str, Any]) -> str:
     Convergence, the optimiser and any boundary (singular) fit are printed under the table,
     never only in a log. (The plain-text companion of :func:`model_table`.)
     """
+    from ..models.result import ddf_note  # the models package imports scipy: only when used
+
     fixed = to_markdown(
         fixed_effects_table(result),
         title=f"Model {result['name']}: {result['formula']}",
@@ -120,11 +121,15 @@ def model_markdown(result: dict[str, Any]) -> str:
 
 
 def _statistic(result: dict[str, Any]) -> str:
+    from ..models.result import ddf_method
+
     return "z" if ddf_method(result) == "containment" else "t"
 
 
 def _df_sentence(results: Sequence[dict[str, Any]]) -> str:
     """Which df each model's tests use: one clause when all agree, else one per model."""
+    from ..models.result import ddf_note
+
     notes = [ddf_note(r) for r in results]
     if len(set(notes)) == 1:
         return notes[0] + "."

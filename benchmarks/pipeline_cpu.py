@@ -1,0 +1,227 @@
+"""CPU cost of the example pipeline, per rule, and the import overhead each job pays.
+
+Runs ``snakemake --cores N`` on the full example (``config.yaml``: both studies, pooling,
+power) in a temporary copy of the project, as the end-to-end tests do, then sums the
+``cpu_time`` and ``s`` columns of every job's Snakemake ``benchmark:`` file per rule. The
+total CPU of the whole run (the Snakemake process, its DAG, every job) comes from
+``getrusage(RUSAGE_CHILDREN)``. Separately it measures, with fresh interpreters, what one job
+pays before it computes anything: ``import snakemake.script`` (the preamble of every
+``script:`` job), ``import allianceflow.stages`` and each rule script's imports (its
+top-level imports plus the modules its stage function imports lazily), as process CPU time
+(median of *repeat* runs) and as ``-X importtime`` cumulative microseconds.
+
+Usage::
+
+    python benchmarks/pipeline_cpu.py [--label before] [--cores 2] [--imports-only]
+
+and paste the output into ``benchmarks/results/pipeline_cpu.txt``. ``--summarise DIR``
+only sums the benchmark files of a run already made in DIR.
+
+Snakemake samples a job's processes (every 0.5 s for the first 15 s, then every 30 s), so a
+benchmark file's ``cpu_time`` leaves out what a job spent after its last sample: it is close
+for short jobs and an undercount for long ones, more so on a loaded machine where jobs take
+longer. The whole-run total from ``getrusage`` is exact. The machine's load changes wall
+time, much less CPU time; numbers are for comparison on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import _copy_project  # noqa: E402  (the copy the end-to-end tests make)
+
+SCRIPTS = ROOT / "workflow" / "scripts"
+STAGES = ROOT / "src" / "allianceflow" / "stages.py"
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_pipeline(cores: int) -> dict:
+    """Run the example in a temporary copy; return wall, total CPU and per-rule sums."""
+    with tempfile.TemporaryDirectory(prefix="pipeline_cpu_") as tmp:
+        workdir = _copy_project(ROOT, Path(tmp), small=False)
+        rules = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--list-rules"],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        cpu0, wall0 = _children_cpu(), time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--cores", str(cores)],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+        )
+        wall, cpu = time.perf_counter() - wall0, _children_cpu() - cpu0
+        if proc.returncode != 0:
+            sys.exit(f"snakemake failed:\n{proc.stderr[-4000:]}")
+        per_rule = summarise(workdir, rules)
+    return {"wall": wall, "cpu": cpu, "per_rule": per_rule}
+
+
+def summarise(workdir: Path, rules: list[str]) -> dict[str, dict[str, float]]:
+    """Jobs, ``cpu_time`` and ``s`` summed per rule over the benchmark files in *workdir*."""
+    per_rule: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for path in sorted(workdir.glob("logs/**/benchmarks/*.tsv")):
+        rule = max((r for r in rules if path.stem.startswith(r)), key=len)
+        with path.open() as handle:
+            row = next(csv.DictReader(handle, delimiter="\t"))
+        per_rule[rule]["jobs"] += 1
+        per_rule[rule]["s"] += float(row["s"])
+        per_rule[rule]["cpu_time"] += float(row["cpu_time"])
+    return per_rule
+
+
+def print_rules(per_rule: dict[str, dict[str, float]]) -> None:
+    """One line per rule, most CPU first, and the sum."""
+    print(f"{'rule':<24} {'jobs':>4} {'cpu_time':>9} {'s (wall)':>9}")
+    for rule in sorted(per_rule, key=lambda r: -per_rule[r]["cpu_time"]):
+        v = per_rule[rule]
+        print(f"{rule:<24} {int(v['jobs']):4d} {v['cpu_time']:9.1f} {v['s']:9.1f}")
+    jobs = sum(v["jobs"] for v in per_rule.values())
+    cpu_jobs = sum(v["cpu_time"] for v in per_rule.values())
+    print(f"{'sum of jobs':<24} {int(jobs):4d} {cpu_jobs:9.1f}")
+
+
+def _stage_imports() -> dict[str, list[str]]:
+    """Stage function -> the modules it imports inside its body (lazily)."""
+    tree = ast.parse(STAGES.read_text())
+    out: dict[str, tuple[list[str], set[str]]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            mods = []
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.ImportFrom) and sub.module:
+                    mods.append("allianceflow." * (sub.level > 0) + sub.module)
+                elif isinstance(sub, ast.ImportFrom):  # from . import tables
+                    mods += [f"allianceflow.{a.name}" for a in sub.names]
+                elif isinstance(sub, ast.Import):
+                    mods += [a.name for a in sub.names]
+            calls = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+            out[node.name] = (mods, calls)
+
+    # follow calls between stage functions (derive_stage -> derive_study -> .derive)
+    def closure(name, seen):
+        mods, calls = out.get(name, ([], set()))
+        found = list(mods)
+        for other in sorted(calls - seen):
+            if other in out:
+                seen.add(other)
+                found += closure(other, seen)
+        return found
+
+    return {name: list(dict.fromkeys(closure(name, {name}))) for name in out}
+
+
+def script_imports() -> dict[str, list[str]]:
+    """Rule script -> every module its job imports: top level, then its stage's lazy ones."""
+    lazy = _stage_imports()
+    out = {}
+    for path in sorted(SCRIPTS.glob("*.py")):
+        mods, called = [], []
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom):
+                mods.append(node.module)
+                called += [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods += [a.name for a in node.names]
+        for name in called:
+            mods += lazy.get(name, [])
+        # figure_stage dispatches to the registry's stage functions: all of figures.py
+        if "figure_stage" in called:
+            mods.append("allianceflow.figures")
+        out[path.stem] = list(dict.fromkeys(mods))
+    return out
+
+
+def import_cost(modules: list[str], repeat: int) -> tuple[float, float]:
+    """Median process CPU seconds of ``python -c 'import ...'`` and -X importtime total (s)."""
+    code = "; ".join(f"import {m}" for m in modules) or "pass"
+    cpus = []
+    for _ in range(repeat):
+        before = _children_cpu()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        cpus.append(_children_cpu() - before)
+    err = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True
+    ).stderr
+    total = 0
+    for line in err.splitlines():
+        parts = line.split("|")
+        # top-level entries only (no indentation before the module name)
+        if len(parts) == 3 and parts[1].strip().isdigit() and not parts[2].startswith("  "):
+            total += int(parts[1])
+    return statistics.median(cpus), total / 1e6
+
+
+def report_imports(repeat: int) -> None:
+    """Print the import costs of an empty interpreter, the preamble and every rule script."""
+    base, _ = import_cost([], repeat)
+    print(f"python -c pass: {base:.2f} CPU-s (subtracted below)")
+    rows = [
+        ("snakemake.script (job preamble)", ["snakemake.script"]),
+        ("allianceflow.stages", ["allianceflow.stages"]),
+    ] + [(f"scripts/{k}.py", v) for k, v in script_imports().items()]
+    print(f"{'what':<42} {'CPU-s':>6} {'importtime-s':>12}  modules")
+    for label, mods in rows:
+        cpu, imp = import_cost(mods, repeat)
+        shown = ", ".join(m.replace("allianceflow.", "af.") for m in mods)
+        print(f"{label:<42} {cpu - base:6.2f} {imp:12.2f}  {shown}")
+
+
+def main() -> None:
+    """Parse arguments, measure, print."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", default="", help="a heading for the output")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="interpreter starts per import")
+    parser.add_argument("--imports-only", action="store_true")
+    parser.add_argument(
+        "--summarise",
+        type=Path,
+        metavar="DIR",
+        help="only sum the benchmark files of a run already made in DIR",
+    )
+    args = parser.parse_args()
+    if args.summarise:
+        rules = [  # the rules of the copy that ran
+            line.split()[1].rstrip(":")
+            for smk in (args.summarise / "workflow" / "rules").glob("*.smk")
+            for line in smk.read_text().splitlines()
+            if line.startswith("rule ")
+        ]
+        print_rules(summarise(args.summarise, sorted(set(rules))))
+        return
+    print(f"== {args.label} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    print("-- per-job imports (fresh interpreter, median CPU-s beyond `python -c pass`)")
+    report_imports(args.repeat)
+    if args.imports_only:
+        return
+    res = run_pipeline(args.cores)
+    print(f"-- example pipeline, --cores {args.cores}")
+    print_rules(res["per_rule"])
+    print(
+        f"whole run (Snakemake + jobs, getrusage): {res['cpu']:.1f} CPU-s, {res['wall']:.1f} s wall"
+    )
+
+
+if __name__ == "__main__":
+    main()
