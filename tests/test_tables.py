@@ -97,14 +97,16 @@ def test_model_table_single_and_side_by_side(result):
     assert list(one.body.columns) == ["Parameter", "b", "SE", "95% CI", "z", "p"]
     row = one.body[one.body["Parameter"] == "Session"].iloc[0].tolist()
     assert row == ["Session", "−0.05", "0.02", "[−0.09, −0.01]", "−2.28", ".023"]
-    assert one.body[one.body["Parameter"] == "ICC patient"].iloc[0, 1] == ".31"
+    assert one.body[one.body["Parameter"] == "ICC, patient"].iloc[0, 1] == ".31"
     assert one.body.iloc[list(one.sections)]["Parameter"].tolist() == [
         "Fixed effects",
         "Random effects (variance)",
         "Model fit",
     ]
     two = T.model_table([result, {**result, "name": "m2"}])
-    assert two.body.columns[1:4].tolist() == ["m1 b (SE)", "m1 95% CI", "m1 p"]
+    assert two.body.columns[1:4].tolist() == ["Model 1 b (SE)", "Model 1 95% CI", "Model 1 p"]
+    assert two.body.columns[4:7].tolist() == ["Model 2 b (SE)", "Model 2 95% CI", "Model 2 p"]
+    assert "Model 1 = " in two.note and "Model 2 = " in two.note
     assert two.body[two.body["Parameter"] == "Intercept"].iloc[0, 4] == "10.00 (0.50)"
     assert set(two.data["model"]) == {"m1", "m2"}
     with pytest.raises(ValueError, match=r"`results` must have unique names; got \['m1', 'm1'\]"):
@@ -214,7 +216,7 @@ def test_intake_correlation_matches_pearson():
 
 
 def test_every_format_is_byte_identical_and_readable(tmp_path, result):
-    table = T.model_table([result])
+    table = T.model_table([result], number=3)
     runs = {}
     for run in ("a", "b"):
         paths = [tmp_path / f"{run}.{ext}" for ext in T.TABLE_FORMATS]
@@ -230,15 +232,42 @@ def test_every_format_is_byte_identical_and_readable(tmp_path, result):
     import docx
 
     document = docx.Document(io.BytesIO(docx_bytes))
-    assert document.tables[0].cell(0, 1).text == "b"
-    assert document.paragraphs[0].text == "Multilevel Model of Outcome"
+    heading = document.tables[0].cell(0, 1).paragraphs[0].runs
+    assert [(r.text, r.italic) for r in heading] == [("b", True)]
+    ci = document.tables[0].cell(0, 3).paragraphs[0].runs
+    assert [(r.text, bool(r.italic)) for r in ci] == [("95% CI", False)]  # CI: not a symbol
+    assert document.paragraphs[0].text == "Table 3"
+    assert document.paragraphs[0].runs[0].bold
+    title = "Change in Outcome Over Sessions (Random Intercepts for Patients)"
+    assert document.paragraphs[1].text == title
     tex = (tmp_path / "a.tex").read_text()
+    assert r"\renewcommand{\thetable}{3}" in tex and f"\\caption{{{title}}}" in tex
     assert r"\multicolumn{6}{l}{\textit{Fixed effects}} \\" in tex
     assert r"Session & $-$0.05 & 0.02 & [$-$0.09, $-$0.01] & $-$2.28 & .023 \\" in tex
+    assert r"\textit{b} & \textit{SE} & 95\% CI & \textit{z} & \textit{p} \\" in tex
+    assert "landscape" not in tex
     html = (tmp_path / "a.html").read_text()
     assert "<td>[−0.09, −0.01]</td>" in html
+    assert f"<caption><strong>Table 3</strong><br><em>{title}</em></caption>" in html
+    assert "<th><em>SE</em></th>" in html and "<th>95% CI</th>" in html
+    assert (tmp_path / "a.md").read_text().startswith(f"**Table 3**\n\n*{title}*\n")
     csv = pd.read_csv(tmp_path / "a.csv")
     assert csv.columns.tolist() == ["model", "section", "term", "statistic", "value"]
+
+
+def test_a_wide_table_is_set_landscape(result):
+    models = [{**result, "name": f"m{i}"} for i in range(3)]
+    wide = T.model_table(models)
+    assert len(wide.body.columns) == 10 and wide.wide
+    tex = T.render_latex(wide)
+    assert tex.splitlines()[1] == r"\begin{landscape}" and tex.rstrip().endswith(r"\end{landscape}")
+    assert "pdflscape" in tex.splitlines()[0]
+    import docx
+    from docx.enum.section import WD_ORIENT
+
+    document = docx.Document(io.BytesIO(T.render_docx(wide)))
+    assert document.sections[0].orientation == WD_ORIENT.LANDSCAPE
+    assert not T.model_table([result]).wide
 
 
 def test_unknown_suffix_is_refused(tmp_path, result):
@@ -267,7 +296,7 @@ def test_model_table_reports_the_covariance_of_correlated_random_effects(result)
     }
     t = T.model_table([result, correlated])
     body = t.body.set_index("Parameter")
-    row = body.loc["Patient intercept with Session, covariance (r)"]
+    row = body.loc["Patient intercept with session slope, covariance (r)"]
     assert row.tolist() == [
         "",
         "",

@@ -36,7 +36,7 @@ from .formatting import DEFAULT_LABELS, format_number, format_p, format_r
 from .model import fixed_effects_table, model_markdown, model_table, to_markdown
 from .render import render_docx, render_html, render_latex, render_markdown, write_table_files
 from .suppression import CellSuppression
-from .table import TABLE_FORMATS, Table
+from .table import TABLE_FORMATS, Table, with_labels
 
 __all__ = [
     "Table",
@@ -62,4 +62,5 @@ __all__ = [
     "render_docx",
     "write_table_files",
     "CellSuppression",
+    "with_labels",
 ]
