@@ -839,3 +839,42 @@ def test_the_audit_protects_a_total_that_two_hidden_cells_per_line_leave_open():
         ["0 (0.0)", "0 (0.0)", "0 (0.0)", "0 (0.0)"],  # harmed
         ["0 (0.0)", "0 (0.0)", "0 (0.0)", "0 (0.0)"],  # not assessable
     ]
+
+
+# --------------------------------------------------------------------------- pooled tables
+
+
+def test_pooled_table_is_formatted_like_the_study_tables_and_explains_k_2():
+    from allianceflow.pool import meta_analysis
+
+    effects = pd.DataFrame({"study": ["example", "example2"], "r": [0.2, 0.3], "n": [200, 120]})
+    meta = meta_analysis(effects)  # Paule–Mandel with the HKSJ interval, the pipeline default
+    comparison = pd.DataFrame(
+        {
+            "approach": ["two-stage (PM, HKSJ)", "one-stage"],
+            "r": [0.24, 0.25],
+            "ci_low": [-0.4, 0.18],
+            "ci_high": [0.7, 0.31],
+        }
+    )
+    t = T.meta_analysis_table(meta, comparison, number=1)
+    assert t.label == "Table 1"
+    assert (
+        t.title == "Random-Effects Meta-Analysis of the Within-Patient Alliance–Outcome Association"
+    )
+    assert t.body.columns.tolist() == ["Study", "n", "r", "95% CI", "Weight (%)"]
+    # tau^2 = 0 here (Q = 0.84 < 1 df): weights 197 : 117 of the inverse variances n - 3
+    assert t.body.iloc[1].tolist() == ["example", "200", ".20", "[.06, .33]", "62.7"]
+    assert t.body.iloc[2].tolist() == ["example2", "120", ".30", "[.13, .45]", "37.3"]
+    assert t.body.iloc[list(t.sections)]["Study"].tolist() == [
+        "Studies",
+        "Pooled",
+        "Two-stage and one-stage estimates",
+    ]
+    assert "critical value 12.71 instead of 1.96" in t.note
+    assert "IntHout et al., 2014; Röver et al., 2015" in t.note
+    assert "k = 2 studies" in t.note and "Paule–Mandel" in t.note
+    html = T.render_html(t)
+    assert "<strong>Table 1</strong>" in html and "<th><em>r</em></th>" in html
+    assert T.few_studies_note(5, hksj=True) == ""
+    assert "critical value 4.30 instead of 1.96" in T.few_studies_note(3, hksj=True)

@@ -165,7 +165,8 @@ def title_case(text: str) -> str:
         if any(ch.isupper() for ch in core) or (core.lower() in _MINOR and not first):
             out.append(word)
         else:
-            out.append(lead + "-".join(upper_first(w) for w in core.split("-")))
+            parts = re.split(r"([-–])", core)
+            out.append(lead + "".join(upper_first(w) for w in parts))
     return " ".join(out)
 
 

@@ -953,9 +953,9 @@ def pool_stage(
         meta_analysis,
         meta_table,
         one_stage_model,
-        pool_markdown,
         study_effects,
     )
+    from .tables import meta_analysis_table, write_table_files
 
     results = {name: io.read_json(path) for name, path in models.items()}
     effects = study_effects(results, term=term, directions=directions)
@@ -975,7 +975,14 @@ def pool_stage(
         )
     io.write_json(meta, meta_json)
     io.write_table(meta_table(meta), table_csv)
-    io.write_text(pool_markdown(meta, comparison if one_stage else None), table_md)
+    level = "between" if term == "alliance_between" else "within"
+    table = meta_analysis_table(
+        meta,
+        comparison if one_stage else None,
+        what=f"the {level}-patient alliance–outcome association",
+        number=1,
+    )
+    write_table_files(table, [table_md])
     io.write_json(one, one_stage_json)
     io.write_table(comparison, comparison_csv)
 

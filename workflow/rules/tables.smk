@@ -22,6 +22,7 @@ rule tabulate_model:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
+        settings=get_table_settings(wildcard="model"),
     script:
         "../scripts/tabulate_model.py"
 
@@ -46,6 +47,7 @@ rule tabulate_models:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
+        settings=get_table_settings(name="models"),
     script:
         "../scripts/tabulate_models.py"
 
@@ -63,6 +65,7 @@ rule render_reliability:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
+        settings=get_table_settings(name="reliability"),
     script:
         "../scripts/render_reliability.py"
 
@@ -92,5 +95,6 @@ rule tabulate_descriptives:
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         min_cell=get_min_cell,
+        settings=get_table_settings(wildcard="table"),
     script:
         "../scripts/tabulate_descriptives.py"

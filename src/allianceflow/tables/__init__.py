@@ -12,6 +12,8 @@ has one module per part:
 - :mod:`~allianceflow.tables.descriptive`: reliability, Table 1, intake correlations;
 - :mod:`~allianceflow.tables.counts`: counts by arm (clinical significance, sudden gains,
   ruptures);
+- :mod:`~allianceflow.tables.pooled`: the meta-analysis across studies, formatted like the
+  study tables (:func:`meta_analysis_table`);
 - :mod:`~allianceflow.tables.suppression`: small-cell suppression, primary and
   complementary, audited so that no hidden cell can be worked out (:class:`CellSuppression`);
 - :mod:`~allianceflow.tables.render`: Markdown, standalone HTML, a LaTeX ``table`` float
@@ -34,6 +36,7 @@ from .counts import clinical_significance_table, ruptures_table, sudden_gains_ta
 from .descriptive import intake_correlations, reliability_markdown, reliability_table, table1
 from .formatting import DEFAULT_LABELS, format_number, format_p, format_r
 from .model import fixed_effects_table, model_markdown, model_table, to_markdown
+from .pooled import few_studies_note, meta_analysis_table
 from .render import render_docx, render_html, render_latex, render_markdown, write_table_files
 from .suppression import CellSuppression
 from .table import TABLE_FORMATS, Table, with_labels
@@ -63,4 +66,6 @@ __all__ = [
     "write_table_files",
     "CellSuppression",
     "with_labels",
+    "meta_analysis_table",
+    "few_studies_note",
 ]
