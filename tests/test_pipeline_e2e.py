@@ -227,7 +227,7 @@ def test_report_has_a_caption_per_figure_and_table(run):
     text = (run["dir"] / "results/example/report.html").read_text(encoding="utf-8")
     for phrase in (
         "Flow of patients and sessions",
-        "Fixed effects of every fitted model",
+        "Fixed effects of one model",
         "Sample characteristics by arm",
         "reliable change index around it",
     ):
@@ -407,7 +407,9 @@ def test_a_figure_setting_reruns_only_that_figure(tmp_path, copy_project):
     assert _planned_jobs(work, *targets)[0] == {}  # built: nothing to do
 
     config = yaml.safe_load((work / "config.yaml").read_text(encoding="utf-8"))
-    config["studies"]["example2"]["report"] = {"figures": {"caterpillar_group": "patient"}}
+    config["studies"]["example2"].setdefault("report", {})["figures"] = {
+        "caterpillar_group": "patient"
+    }
     (work / "config.yaml").write_text(
         yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8"
     )

@@ -878,3 +878,30 @@ def test_pooled_table_is_formatted_like_the_study_tables_and_explains_k_2():
     assert "<strong>Table 1</strong>" in html and "<th><em>r</em></th>" in html
     assert T.few_studies_note(5, hksj=True) == ""
     assert "critical value 4.30 instead of 1.96" in T.few_studies_note(3, hksj=True)
+
+
+def test_tables_are_numbered_in_citation_order(root):
+    from allianceflow import stages
+    from allianceflow.config import load_config
+
+    studies = load_config(root / "config.yaml")["studies"]
+    example = studies["example"]
+    names = stages.study_tables(example) + example["models"] + ["models"]
+    assert names[:6] == [
+        "table1",
+        "reliability",
+        "intake_correlations",
+        "clinical_significance",
+        "sudden_gains",
+        "ruptures",
+    ]
+    numbers = [stages.table_settings(n, example)["number"] for n in names]
+    assert numbers == list(range(1, 15))  # 6 descriptive, 7 models, all models side by side
+    # a study that derives no ruptures: its tables close up
+    study = {**studies["example2"]}
+    study["derive"] = {**study["derive"], "ruptures": {"enabled": False}}
+    assert stages.study_tables(study)[-1] == "sudden_gains"
+    assert stages.table_settings("alliance_outcome", study)["number"] == 6
+    assert stages.table_settings("models", study)["number"] == 7
+    with pytest.raises(KeyError, match="`name` must be one of 'table1'"):
+        stages.table_settings("growth", studies["example2"])

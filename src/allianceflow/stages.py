@@ -710,7 +710,12 @@ def flow_figure_stage(*, flow, sessions, models, labels=None, outputs) -> None:
     analysed = {}
     for path in models:
         r = io.read_json(path)
-        key = Labels.from_dict(labels).question(r, random=False)
+        words = Labels.from_dict(labels)
+        key = words.question(r, random=False)
+        if key in analysed:  # two models of one question differ in their random part
+            key = words.question(r)
+        while key in analysed:
+            key += " (again)"
         analysed[key] = {k: r[k] for k in ("n_obs", "n_groups", "n_dropped_missing")}
     fig = plot_flow(io.read_json(flow), arms=arms, analysed=analysed or None, labels=labels)
     save_figure(fig, outputs)
