@@ -193,10 +193,12 @@ def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
     assert example == set(manifest["outputs"]) | {"results/example/manifest.json"}
     assert {k.split("/")[1] for k in first} == {"example", "example2", "pooled"}
     # m models x (json, txt, 5 table formats) + 1 comparison x (json, txt) + models,
-    # reliability and 5 descriptive tables in 5 formats + 10 figures x 3 formats
-    # + expected_response.json (derive) + manifest: m = 7 in config.yaml, 3 in .test/
+    # reliability and 5 descriptive tables in 5 formats + figures x 3 formats
+    # + expected_response.json (derive) + manifest: m = 7 in config.yaml, 3 in .test/;
+    # the forest plot is drawn once per model: 9 + m figures
     models = 7 if FULL else 3
-    assert len(example) == models * 7 + 2 + 7 * 5 + 10 * 3 + 1 + 1 == (118 if FULL else 90)
+    figures = 9 + models
+    assert len(example) == models * 7 + 2 + 7 * 5 + figures * 3 + 1 + 1 == (136 if FULL else 96)
     assert {k.rsplit(".", 1)[1] for k in first} == {
         "json",
         "txt",

@@ -546,8 +546,10 @@ def plot_forest(
         ax.set_yticklabels(list(reversed(names)))
         ax.set_ylim(-0.6, len(terms) - 0.4)
         ax.set_xlabel("Estimate (95% CI)")
-        if title:
-            ax.set_title(_wrap(title, 40 if width == "one" else 80))
+        if title:  # over the whole figure: a long question must not overrun a narrow axes
+            fig.suptitle(
+                _wrap(title, 44 if width == "one" else 90), fontsize=plt.rcParams["axes.titlesize"]
+            )
         if k > 1:
             _legend_below(fig, ax, ncols=1)
     return fig
