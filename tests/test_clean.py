@@ -142,8 +142,8 @@ ERRORS = {
     "national_id_in_item.csv": (
         "national_id_in_item.csv: column 'ORS_3' looks like it holds national id numbers (by its "
         "content; first at row 5). The input must be de-identified before the pipeline reads it. "
-        "The column is mapped to 'ors_3': correct the value in the file, or, if the column is "
-        "free of identifiers, add it to `privacy.privacy_exempt`."
+        "The column is mapped to 'ors_3': correct the value in the file; if the column is free "
+        "of identifiers, add it to `studies.t.privacy.privacy_exempt` in config.yaml."
     ),
     "negative_session.csv": (
         "negative_session.csv, row 6, column 'SessionNo': session number -2 is not a whole "
@@ -253,6 +253,16 @@ ERRORS = {
         "header, with 2 title row(s) above it. Set `read.skip_rows: 2` for this study in "
         "config.yaml, "
         "or delete the title rows in the file."
+    ),
+    "repeated_header.csv": (
+        "repeated_header.csv, row 5: the row repeats the header (rows 5, 9); the export was "
+        "probably made by appending files. Delete the repeated header rows in a copy of the "
+        "file, or export the data again as one table."
+    ),
+    "title_rows_short.csv": (
+        "title_rows_short.csv, row 1: the first row has 1 of the file's 8 columns, and row 3 "
+        "looks like the header, with 2 title row(s) above it. Set `read.skip_rows: 2` for this "
+        "study in config.yaml, or delete the title rows in the file."
     ),
 }
 
@@ -805,7 +815,7 @@ def test_flow_always_reconciles(rows, min_sessions):
     )
     raw.insert(0, "_source_row", np.arange(2, len(raw) + 2))
     exclude_all = {
-        rule: next(p for p in ("exclude", "missing", "flag") if p in allowed)
+        rule: next(p for p in ("exclude", "missing", "flag", "merge") if p in allowed)
         for rule, (_, allowed) in RULES.items()
     }
     exclude_all["not_a_number"] = "exclude"
@@ -1059,7 +1069,7 @@ def test_outputs_follow_the_umask(tmp_path):
 
 _messy_patient = st.tuples(
     st.sampled_from(["1", "2", "3", "A7"]),  # true patient
-    st.lists(st.sampled_from(["FB", "TAU", ""]), min_size=1, max_size=4),  # arms per session
+    st.lists(st.sampled_from(["FB", "fb", "TAU", "tau ", ""]), min_size=1, max_size=4),  # arms
     st.lists(st.sampled_from(["T1", ""]), min_size=1, max_size=4),  # therapist per session
 )
 
@@ -1112,7 +1122,87 @@ def test_messy_exports_reconcile_and_count_true_patients(patients, blanks, dupli
     assert result.flow["patients"]["read"] == len(patients)
     kept = result.sessions
     assert kept.groupby("patient")["condition"].nunique().le(1).all()
+    arms = kept["condition"].dropna().astype(str).unique()
+    assert len(arms) == len({a.casefold() for a in arms})  # one spelling per arm
     assert kept["therapist"].notna().all()
+
+
+def test_spellings_of_one_arm_are_merged_and_logged():
+    columns = {**make_study()["columns"], "Arm": "condition"}
+    result = run("arm_spellings.csv", columns=columns)
+    arms = result.sessions.groupby("patient", observed=True)["condition"].unique()
+    assert {p: list(a) for p, a in arms.items()} == {
+        "P01": ["Feedback"],
+        "P02": ["TAU"],
+        "P03": ["Feedback"],
+    }
+    logged = result.exclusions[result.exclusions["rule"] == "label_variant"]
+    assert logged[["source_row", "action", "column", "reason"]].values.tolist() == [
+        [
+            3,
+            "altered",
+            "Arm",
+            "condition label 'feedback' is a spelling of 'Feedback' (case, spaces or Unicode form)",
+        ],
+        [
+            4,
+            "altered",
+            "Arm",
+            "condition label 'FEEDBACK' is a spelling of 'Feedback' (case, spaces or Unicode form)",
+        ],
+        [
+            6,
+            "altered",
+            "Arm",
+            "condition label 'tau' is a spelling of 'TAU' (case, spaces or Unicode form)",
+        ],
+    ]
+    assert result.flow["sessions"]["altered_by_rule"] == {"label_variant": 3}
+    # A spelling the study relabels wins over the most frequent one.
+    relabelled = run(
+        "arm_spellings.csv", columns=columns, labels={"condition": {"tau": "usual care"}}
+    )
+    assert sorted(relabelled.sessions["condition"].unique()) == ["Feedback", "usual care"]
+    with pytest.raises(DataError) as caught:
+        run("arm_spellings.csv", columns=columns, rules={"label_variant": "error"})
+    assert str(caught.value) == (
+        "arm_spellings.csv, row 3, column 'Arm': condition label 'feedback' is a spelling of "
+        "'Feedback' (case, spaces or Unicode form) (2 more row(s) have the same problem). "
+        "Write every condition label the same way in the file, or map each spelling under "
+        "`studies.t.read.labels.condition` in config.yaml. Or set "
+        "`studies.t.clean.rules.label_variant` to 'merge' in config.yaml."
+    )
+
+
+def test_declared_labels_codes_and_terms_are_not_taken_for_identifiers():
+    # Arm labels ("Usual Care"), a declared missing code ("Not Applicable") in an item, and a
+    # term code of Dutch-postcode shape ("2024SP") pass the guard; the code counts as missing.
+    result = run(
+        "declared_labels.csv",
+        columns={**make_study()["columns"], "Arm": "condition"},
+        missing_codes=[-9, 99, "NA", "Not Applicable"],
+        drop_columns=[],
+        privacy_exempt=[],
+    )
+    assert result.flow["patients"]["kept"] == 3
+    assert sorted(result.sessions["condition"].unique()) == [
+        "Feedback Group",
+        "Usual Care",
+        "Waiting List",
+    ]
+    assert result.flow["values"]["missing_by_column"]["ors_2"]["read_coded"] == 1
+
+
+def test_undeclared_missing_code_in_an_item_is_still_read_as_content():
+    with pytest.raises(DataError) as caught:
+        run("declared_labels.csv", columns={**make_study()["columns"], "Arm": "condition"})
+    assert str(caught.value) == (
+        "declared_labels.csv: column 'ORS_2' looks like it holds names (by its content; first at "
+        "row 3). The input must be de-identified before the pipeline reads it. The column is "
+        "mapped to 'ors_2': correct the value in the file; if it is a missing-value code (such "
+        "as 'Not Applicable'), list it under `studies.t.read.missing_codes`; if the column is "
+        "free of identifiers, add it to `studies.t.privacy.privacy_exempt` in config.yaml."
+    )
 
 
 def test_blank_item_cells_are_counted_in_the_flow():

@@ -20,7 +20,7 @@ from allianceflow.instruments import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTINS = ["core10", "gad7", "oq45", "ors", "phq9", "srs", "wai_sr"]
+BUILTINS = ["care", "core10", "gad7", "oq45", "ors", "phq9", "srs", "wai_sr"]
 
 # A minimal valid study-defined instrument (as it would appear in config.yaml).
 STUDY_DEF = {

@@ -888,7 +888,7 @@ def test_auto_engine_fits_what_statsmodels_cannot(small):
     assert [c["term1"] + "/" + c["term2"] for c in res["covariances"]] == ["(Intercept)/session"]
 
 
-def test_fast_engine_refuses_crossed_factors_and_bad_engine_names():
+def test_crossed_factors_go_to_the_sparse_engine_and_bad_engine_names_are_refused():
     rng = np.random.default_rng(3)
     d = pd.DataFrame(
         {
@@ -898,13 +898,11 @@ def test_fast_engine_refuses_crossed_factors_and_bad_engine_names():
         }
     )
     d["y"] = d["x"] + rng.normal(size=72)
-    with pytest.raises(
-        ValueError,
-        match=r"The fast engine cannot fit 'y ~ x \+ \(1 \| a\) \+ \(1 \| b\)': it needs "
-        "nested",
-    ):
-        fit_model(d, "y ~ x + (1 | a) + (1 | b)", engine="fast")
-    assert fit(d, "y ~ x + (1 | a) + (1 | b)")["engine"] == "statsmodels.MixedLM"
+    # crossed factors: the sparse engine (tests/test_crossed.py), whether asked for or not
+    for engine in ("auto", "fast"):
+        assert fit(d, "y ~ x + (1 | a) + (1 | b)", engine=engine)["engine"] == (
+            "allianceflow.sparse"
+        )
     with pytest.raises(
         ValueError, match="`engine` must be 'auto', 'fast' or 'statsmodels'; got 'lme4'."
     ):
@@ -921,11 +919,12 @@ def test_nesting_is_judged_on_the_rows_the_model_uses(small):
     formula = "outcome ~ session + (1 | therapist) + (1 + session | patient)"
     r = fit(d, formula)
     assert r["engine"] == "allianceflow.engine" and r["n_obs"] == len(small) - 1
-    # with the outcome present the patient really has two therapists: statsmodels' message
-    # names the option a preset user needs
+    # with the outcome present the patient really has two therapists: the sparse engine fits
+    # the partially crossed design; statsmodels' message names the option a preset user needs
     d.loc[first, "outcome"] = small.loc[first, "outcome"]
+    assert fit(d, formula)["engine"] == "allianceflow.sparse"
     with pytest.raises(ValueError, match=r"for a preset model, the option `slopes: uncorrelated`"):
-        fit_model(d, formula)
+        fit_model(d, formula, engine="statsmodels")
 
 
 # --------------------------------------------------------------------------- the result object

@@ -81,6 +81,8 @@ def test_detection_by_name_and_content(column, values, kind):
         ["21/02/2023"],
         ["Group Therapy", "Individual"],
         ["P12AB", "P01", "P02", "P03"],  # one code of postcode shape among ordinary ones
+        ["2024SP", "2024SP", "2025SP"],  # terms: the four digits are years
+        ["2024FA", "2025SU", "2024 SA"],  # letters no Dutch postcode uses
     ],
 )
 def test_ordinary_values_pass(values):
@@ -157,3 +159,26 @@ def test_names_in_an_id_column_are_caught_in_any_case(ids):
 def test_coded_ids_are_not_names(ids):
     frame = pd.DataFrame({"_source_row": range(2, 2 + len(ids)), "Clin": ids})
     assert find_identifiers(frame, id_columns=["Clin"]) == []
+
+
+@pytest.mark.parametrize("values", [["1012 AB"], ["3511 LX", "P01"], ["1012ab", "3511lx"]])
+def test_dutch_postcodes_are_caught(values):
+    frame = pd.DataFrame({"_source_row": range(2, 2 + len(values)), "c": values})
+    assert [f.kind for f in find_identifiers(frame, this_year=2026)] == ["postcodes"]
+
+
+def test_arm_labels_in_a_category_column_are_not_names():
+    arms = ["Usual Care", "Feedback Group", "Waiting List", "Usual Care"]
+    frame = pd.DataFrame({"_source_row": range(2, 6), "Arm": arms})
+    assert [f.kind for f in find_identifiers(frame, this_year=2026)] == ["names"]
+    assert find_identifiers(frame, this_year=2026, category_columns=["Arm"]) == []
+    frame["Arm"] = ["Usual Care", "j.smith@example.com", "Waiting List", "Usual Care"]
+    found = find_identifiers(frame, this_year=2026, category_columns=["Arm"])
+    assert [(f.kind, f.row) for f in found] == [("e-mail addresses", 3)]
+
+
+def test_declared_values_are_not_content():
+    frame = pd.DataFrame({"_source_row": range(2, 6), "Q1": ["3", "Not Applicable", "2", "1"]})
+    assert [f.kind for f in find_identifiers(frame, this_year=2026)] == ["names"]
+    assert find_identifiers(frame, this_year=2026, declared={"*": ["Not Applicable"]}) == []
+    assert find_identifiers(frame, this_year=2026, declared={"Q1": [" Not Applicable "]}) == []

@@ -324,6 +324,17 @@ def _check_presets(name: str, study: dict[str, Any], config: dict[str, Any], sou
         spec = config["models"].get(model) or {}
         preset = spec.get("preset")
         options = spec.get("options") or {}
+        moderator = options.get("moderator")
+        if (
+            moderator
+            and (moderator == "modality" or str(moderator).startswith("moderator_"))
+            and moderator not in mapped
+        ):
+            raise ConfigError(
+                f"{source}: model {model!r} is moderated by {moderator!r}, but "
+                f"`{key}.read.columns` maps no column to {moderator!r}. Map the column, or "
+                f"remove {model!r} from `{key}.models`."
+            )
         if preset == "feedback":
             arm = options.get("arm", "condition")
             if arm == "condition" and "condition" not in mapped:

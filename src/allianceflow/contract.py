@@ -75,14 +75,16 @@ def session_schema(
         informant, rupture, ending, followup_days) get their rule only when present, item columns
         (``<instrument>_<n>``) are float64.
     ranges : mapping, optional
-        Item column → ``(min, max)`` response range (see :func:`item_ranges`).
+        Item column → ``(min, max)`` response range (see :func:`item_ranges`), or
+        ``(min, max, code)`` for an instrument with a "does not apply" code (allowed too).
 
     Returns
     -------
     pandera.DataFrameSchema
         Strict (no other columns), checking: ``patient`` non-empty text; ``therapist``
         text; ``session`` int64 ≥ 1; ``days`` float64 ≥ 0; ``condition``, ``informant``,
-        ``rupture`` categories; ``ending`` a category of planned, unilateral, dropout,
+        ``rupture``, ``modality`` (session: in person, video, telephone) and patient-level
+        ``moderator_<name>`` categories; ``ending`` a category of planned, unilateral, dropout,
         ongoing; ``followup_days`` float64 ≥ 0; items float64 within their range (missing
         allowed); one
         row per patient × session (× informant).
@@ -97,8 +99,12 @@ def session_schema(
         spec["therapist"] = pa.Column(object, nullable=True)
     if "days" in columns:
         spec["days"] = pa.Column("float64", pa.Check.ge(0), nullable=True)
-    for name in ("condition", "informant", "rupture"):
+    for name in ("condition", "informant", "rupture", "modality"):
         if name in columns:
+            spec[name] = pa.Column("category", nullable=True)
+    for name in columns:
+        if name.startswith("moderator_") and not ITEM_PATTERN.match(name):
+            # a patient-level moderator (constant within patient, checked by the clean stage)
             spec[name] = pa.Column("category", nullable=True)
     if "ending" in columns:
         spec["ending"] = pa.Column("category", pa.Check.isin(ENDING_TYPES), nullable=True)
@@ -109,8 +115,17 @@ def session_schema(
             continue
         checks = []
         if column in ranges:
-            low, high = ranges[column]
-            checks.append(pa.Check.in_range(low, high))
+            low, high, *code = ranges[column]
+            if code and code[0] is not None:
+                na = float(code[0])
+                checks.append(
+                    pa.Check(
+                        lambda s, lo=low, hi=high, na=na: s.between(lo, hi) | s.eq(na) | s.isna(),
+                        error=f"in_range({low:g}, {high:g}) or the 'does not apply' code {na:g}",
+                    )
+                )
+            else:
+                checks.append(pa.Check.in_range(low, high))
         spec[column] = pa.Column("float64", checks=checks, nullable=True)
     keys = ["patient", "session"] + (["informant"] if "informant" in columns else [])
     return pa.DataFrameSchema(spec, strict=True, unique=keys, name="canonical session table")

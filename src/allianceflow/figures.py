@@ -46,6 +46,7 @@ __all__ = [
     "plot_reliable_change",
     "plot_flow",
     "within_between_estimates",
+    "plot_simple_slopes",
 ]
 
 Band = Literal["patients", "confidence"]
@@ -1171,4 +1172,66 @@ def plot_flow(
             boxes.append(_box(ax, 0.5, ys[row], "Analysed\n" + "\n".join(lines_analysed)))
             edges += [(i, len(boxes) - 1, "down") for i in above]
         _connect(ax, boxes, edges)
+    return fig
+
+
+def plot_simple_slopes(
+    result: Mapping[str, Any],
+    *,
+    labels: Mapping[str, str] | None = None,
+    outcome_label: str = "outcome",
+    width: Width = "one",
+) -> matplotlib.figure.Figure:
+    """Simple slopes of a moderated model: the alliance slope at each moderator level.
+
+    One panel per moderated alliance term; each level of the moderator (or −1 SD, mean,
+    +1 SD of a continuous one) is a point with its 95% CI from the model's
+    ``simple_slopes`` (:func:`allianceflow.models.moderation.simple_slopes`); the dotted
+    line marks no link. Overlapping intervals do not show equal slopes: interaction tests
+    have low power.
+    """
+    from .tables import DEFAULT_LABELS
+    from .tables.moderation import level_label
+
+    if not result.get("simple_slopes"):
+        raise ValueError(
+            f"`result` {result.get('name')!r} has no simple slopes; fit a preset with the "
+            "`moderator` option."
+        )
+    names = {**DEFAULT_LABELS, **(labels or {})}
+    slopes = pd.DataFrame(result["simple_slopes"])
+    terms = list(dict.fromkeys(slopes["term"]))
+    moderator = str((result.get("moderation") or {}).get("moderator", "moderator"))
+    moderator_words = names.get(moderator, moderator.removeprefix("moderator_").replace("_", " "))
+    if moderator == "modality" and moderator not in names:
+        moderator_words = "session modality"
+    with style():
+        fig, axes = plt.subplots(
+            1,
+            len(terms),
+            figsize=(_width(width if len(terms) == 1 else "two"), 2.6),
+            sharey=True,
+            constrained_layout=True,
+            squeeze=False,
+        )
+        for ax, term in zip(axes[0], terms, strict=True):
+            rows = slopes[slopes["term"] == term].reset_index(drop=True)
+            x = np.arange(len(rows))
+            ax.errorbar(
+                x,
+                rows["slope"],
+                yerr=[rows["slope"] - rows["ci_low"], rows["ci_high"] - rows["slope"]],
+                fmt="o",
+                color=OKABE_ITO["blue"],
+                ms=4,
+                capsize=3,
+                lw=1,
+            )
+            ax.axhline(0, color="black", lw=0.6, ls=":")
+            ax.set_xticks(x)
+            ax.set_xticklabels([level_label(str(v), labels) for v in rows["level"]])
+            ax.set_xlim(-0.5, len(rows) - 0.5)
+            ax.set_xlabel(moderator_words.capitalize())
+            ax.set_title(names.get(term, term), fontsize="medium")
+        axes[0][0].set_ylabel(f"Change in {outcome_label}\nper alliance point (95% CI)")
     return fig

@@ -142,9 +142,15 @@ def _check_header(
 ) -> list[str]:
     clean = [str(n).replace("\ufeff", "").strip() for n in names]
     titles = _title_rows(top) if top else 0
-    if titles and any(n == "" for n in clean):
+    width = max((len(r) for r in top), default=0) if top else 0
+    if titles and (any(n == "" for n in clean) or len(clean) < width):
+        what = (
+            "the header has blank column names"
+            if any(n == "" for n in clean)
+            else f"the first row has {len(clean)} of the file's {width} columns"
+        )
         raise DataError(
-            f"{source}, row {row}: the header has blank column names, and row {row + titles} "
+            f"{source}, row {row}: {what}, and row {row + titles} "
             f"looks like the header, with {titles} title row(s) above it. Set `read.skip_rows: "
             f"{titles}` for this study in config.yaml, or delete the title rows in the file."
         )
@@ -176,13 +182,22 @@ def _check_header(
     return clean
 
 
-def _check_records(text: str, sep: str, width: int, source: str, offset: int = 0) -> None:
-    """Stream the records once: every non-blank record has as many fields as the header."""
+def _check_records(text: str, sep: str, names: list[str], source: str, offset: int = 0) -> None:
+    """Stream the records once: every non-blank record has as many fields as the header.
+
+    A record that repeats the header (files appended to one another) is refused with the
+    rows where it repeats, since its cells would otherwise be read as values.
+    """
+    width = len(names)
     reader = csv.reader(_StringIO(text), delimiter=sep, strict=True)
     record = 0
+    repeats: list[int] = []
     try:
         for record, fields in enumerate(reader, start=1):
             if record == 1 or not fields or fields == [""]:
+                continue
+            if [f.replace("\ufeff", "").strip() for f in fields] == names:
+                repeats.append(record + offset)
                 continue
             if len(fields) != width:
                 what = "fewer" if len(fields) < width else "more"
@@ -197,6 +212,14 @@ def _check_records(text: str, sep: str, width: int, source: str, offset: int = 0
                     f"{source}, row {record + offset}: the row has {len(fields)} fields, "
                     f"{what} than the {width} columns of the header. {hint}"
                 )
+        if repeats:
+            shown = ", ".join(map(str, repeats[:5])) + (" …" if len(repeats) > 5 else "")
+            where = f" (rows {shown})" if len(repeats) > 1 else ""
+            raise DataError(
+                f"{source}, row {repeats[0]}: the row repeats the header{where}; the "
+                "export was probably made by appending files. Delete the repeated header rows "
+                "in a copy of the file, or export the data again as one table."
+            )
     except csv.Error as error:
         raise DataError(
             f"{source}, row {record + 1 + offset}: the file cannot be split into values "
@@ -230,7 +253,7 @@ def _read_text(
     top = [r for _, r in zip(range(10), reader, strict=False)]
     header = top[0]
     names = _check_header(header, source, sep=sep, row=skip_rows + 1, top=top)
-    _check_records(text, sep, len(names), source, offset=skip_rows)
+    _check_records(text, sep, names, source, offset=skip_rows)
     from io import StringIO
 
     frame = pd.read_csv(

@@ -45,6 +45,7 @@ __all__ = [
     "design_from_model",
     "simulate_power_data",
     "run_power_chunk",
+    "run_moderation_power_chunk",
     "summarise_power",
     "plot_power_curve",
     "power_markdown",
@@ -294,17 +295,23 @@ def design_from_model(
 # --------------------------------------------------------------------------- replications
 
 
-def simulate_power_data(design: PowerDesign | Mapping[str, Any], *, seed: int) -> pd.DataFrame:
+def simulate_power_data(
+    design: PowerDesign | Mapping[str, Any],
+    *,
+    seed: int,
+    modality: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
     """One simulated replication, ready for the model.
 
     Returns the derive stage's analysis table of a study drawn from *design*, with the
     alliance as the prorated WAI-SR item mean, the outcome as the ORS total (item mean × 4)
-    and ``feedback`` = 1 in the feedback arm, 0 otherwise.
+    and ``feedback`` = 1 in the feedback arm, 0 otherwise. *modality* adds session
+    modalities with a true moderation (see :func:`allianceflow.simulate.simulate_study`).
     """
     from .derive import derive_analysis
 
     design = _check_design(design)
-    sim = simulate_study(design.to_study_design(), seed=seed)
+    sim = simulate_study(design.to_study_design(), seed=seed, modality=modality)
     sim["alliance_score"] = sim.filter(regex=r"^wai_sr_\d+$").mean(axis=1)
     sim["outcome_score"] = sim.filter(regex=r"^ors_\d+$").mean(axis=1) * 4.0
     data = derive_analysis(sim, alliance="alliance_score", outcome="outcome_score")
@@ -620,3 +627,86 @@ def power_markdown(summary: pd.DataFrame) -> str:
         + note
         + "\n"
     )
+
+
+def run_moderation_power_chunk(
+    design: PowerDesign | Mapping[str, Any],
+    seeds: Sequence[int],
+    *,
+    modality: Mapping[str, Any],
+    alpha: float = 0.05,
+    label: str = "design",
+) -> pd.DataFrame:
+    """Power to detect a moderation of the within-patient alliance effect by modality.
+
+    Each replication is drawn from *design* with session modalities and their true
+    within-patient effects (*modality*, as in :func:`allianceflow.simulate.simulate_study`)
+    and fitted with the ``alliance_outcome`` preset moderated by ``modality``
+    (:func:`allianceflow.models.moderation.fit_moderated`, Wald tests). The terms are the
+    interactions ``alliance_within_lag:modality_<level>`` of each non-reference level (the
+    first level of ``modality["shares"]`` is the reference), whose truth is the level's
+    effect minus the reference level's.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :func:`run_power_chunk`, one row per seed and interaction, ready for
+        :func:`summarise_power`.
+
+    Notes
+    -----
+    Interactions need far larger samples than main effects of the same size: the SE of a
+    difference between two slopes is at least the larger of their SEs, and the rarer level
+    has few sessions.
+    """
+    from .models.moderation import fit_moderated, moderator_terms
+
+    design = _check_design(design)
+    if not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+        raise ValueError(f"`alpha` must lie in (0, 1); got {alpha!r}.")
+    if not isinstance(modality, Mapping) or "shares" not in modality:
+        raise ValueError(f"`modality` must be a mapping with `shares`; got {modality!r}.")
+    levels = [str(lv) for lv in modality["shares"]]
+    effects = dict(modality.get("within_effect") or {})
+    reference = float(effects.get(levels[0], design.within_effect))
+    terms = {
+        f"alliance_within_lag:{column}": float(effects.get(level, design.within_effect)) - reference
+        for column, level, _ in moderator_terms("modality", levels)
+    }
+    options = {"moderator": "modality", "moderator_levels": levels, "moderator_within": True}
+    rows = []
+    for seed in seeds:
+        data = simulate_power_data(design, seed=int(seed), modality=modality)
+        base = {"design": label, "seed": int(seed), "n_patients": design.n_patients}
+        try:
+            _, record = fit_moderated(
+                data, "alliance_outcome", options, name=label, reml=True, min_levels=2
+            )
+        except (ValueError, np.linalg.LinAlgError) as error:
+            for term, truth in terms.items():
+                rows.append(
+                    {**base, "term": term, "truth": truth, "converged": False, "error": str(error)}
+                )
+            continue
+        fixed = {row["term"]: row for row in record["fixed"]}
+        for term, truth in terms.items():
+            f = fixed[term]
+            rows.append(
+                {
+                    **base,
+                    "term": term,
+                    "truth": truth,
+                    "estimate": f["estimate"],
+                    "se": f["se"],
+                    "ci_low": f["ci_low"],
+                    "ci_high": f["ci_high"],
+                    "p": f["p"],
+                    "significant": bool(f["p"] is not None and f["p"] < alpha),
+                    "covered": bool(f["ci_low"] <= truth <= f["ci_high"]),
+                    "converged": bool(record["convergence"]["converged"]),
+                    "n_obs": int(record["n_obs"]),
+                    "error": "",
+                }
+            )
+    frame = pd.DataFrame(rows, columns=_ROW_COLUMNS)
+    return frame.astype({"seed": "int64", "n_patients": "int64"})

@@ -30,7 +30,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -99,19 +99,31 @@ _SSN = re.compile(r"^\d{3}-\d{2}-\d{4}$")
 _NHS = re.compile(r"^\d{3}[ -]\d{3}[ -]\d{4}$")
 _LONG_NUMBER = re.compile(r"^\d{9,12}$")
 _PHONE = re.compile(r"^(\+|00)?[\d\s\-().]{8,}\d$")
+#: Letters of a Dutch postcode: F, I, O, Q, U and Y are not used, nor SA, SD and SS
+#: (PostNL, "Postcodeboek"), which keeps term codes such as 2024FA or 2025SU apart.
+_NL_LETTERS = r"(?!S[ADS])[A-EGHJ-NPR-TV-XZ]{2}"
 _POSTCODE = re.compile(
     r"^(?:[A-Z]{1,2}\d[A-Z\d]?\s+\d[A-Z]{2}"  # UK, with the space: SW1A 1AA
-    r"|\d{4}\s?[A-Z]{2}"  # Netherlands: 1234 AB
+    rf"|[1-9]\d{{3}}\s{_NL_LETTERS}"  # Netherlands, with the space: 1234 AB
     r"|[A-Z]\d[A-Z]\s\d[A-Z]\d)$"  # Canada: K1A 0B1
 )
 #: The same formats in any case and without the space (sw1a1aa, 1234ab, k1a0b1): alone they
-#: could be a record code (P12AB), so they count when they are most of a column's values.
+#: could be a record code (P12AB) or a term (2024SP), so they count when they are most of a
+#: column's values, and four digits that are all years (1900-2099) read as terms or cohorts.
 _POSTCODE_LOOSE = re.compile(
-    r"^(?:[A-Z]{1,2}\d[A-Z\d]?\s*\d[ABD-HJLNP-UW-Z]{2}|\d{4}\s*[A-Z]{2}|[A-Z]\d[A-Z]\s*\d[A-Z]\d)$",
+    r"^(?:[A-Z]{1,2}\d[A-Z\d]?\s*\d[ABD-HJLNP-UW-Z]{2}"
+    rf"|[1-9]\d{{3}}\s*{_NL_LETTERS}"
+    r"|[A-Z]\d[A-Z]\s*\d[A-Z]\d)$",
     re.IGNORECASE,
 )
+_YEAR_CODE = re.compile(r"^(?:19|20)\d\d\s*[A-Z]{2}$", re.IGNORECASE)
 #: Share of a column's distinct values that must be loose postcodes.
 _POSTCODE_SHARE = 0.5
+#: A mapped category column (arm, informant, rupture, ending) with at most this many distinct
+#: values holds labels ("Usual Care"), not names.
+_MAX_CATEGORY_LEVELS = 20
+#: Canonical columns that hold category labels.
+CATEGORY_COLUMNS = ("condition", "informant", "rupture", "ending", "role")
 _STREET_WORDS = (
     r"street|st|road|rd|avenue|ave|lane|ln|drive|dr|way|close|court|ct|place|pl|boulevard|blvd"
     r"|square|crescent|terrace"
@@ -275,12 +287,14 @@ def _by_content(
     is_date_column: bool,
     this_year: int,
     is_id_column: bool = False,
+    is_category_column: bool = False,
+    declared: frozenset[str] = frozenset(),
 ) -> tuple[str, int] | None:
     """Return the first identifier kind found in *values* and its source row, else None."""
     parsed = _per_value(
         values,
         lambda s: pd.DataFrame({"text": s.astype(str).str.strip()}).assign(
-            present=lambda d: d["text"].ne("")
+            present=lambda d: d["text"].ne("") & ~d["text"].isin(declared)
         ),
     )
     text, present = parsed["text"], parsed["present"]
@@ -294,6 +308,11 @@ def _by_content(
         return int(rows[text.isin(hits)].iloc[0])
 
     phone = unique.map(_is_phone).astype(bool)
+    loose = unique.str.match(_POSTCODE_LOOSE)
+    years = unique.str.match(_YEAR_CODE)
+    loose_postcodes = (
+        loose.mean() >= _POSTCODE_SHARE and not bool(years[loose].all()) if loose.any() else False
+    )
     checks = [
         ("e-mail addresses", unique.str.contains(_EMAIL)),
         (
@@ -304,11 +323,7 @@ def _by_content(
         ("phone numbers", phone),
         (
             "postcodes",
-            unique.str.match(_POSTCODE)
-            | (
-                unique.str.match(_POSTCODE_LOOSE)
-                & (unique.str.match(_POSTCODE_LOOSE).mean() >= _POSTCODE_SHARE)
-            ),
+            unique.str.match(_POSTCODE) | (loose & loose_postcodes),
         ),
         ("street addresses", unique.str.contains(_STREET)),
     ]
@@ -324,6 +339,8 @@ def _by_content(
     if long_text.any() and text.isin(set(unique[long_text])).mean() >= _FREE_TEXT_SHARE:
         return "free-text notes", first_row(long_text)
     names = unique.map(_is_name).astype(bool)
+    if is_category_column and len(unique) <= _MAX_CATEGORY_LEVELS:
+        names[:] = False
     if is_id_column:
         names = names | unique.map(_is_name_in_id).astype(bool)
         if _first_names(unique):
@@ -356,6 +373,8 @@ def find_identifiers(
     date_columns: Iterable[str] = (),
     this_year: int | None = None,
     id_columns: Iterable[str] = (),
+    category_columns: Iterable[str] = (),
+    declared: Mapping[str, Iterable[str]] | None = None,
 ) -> list[Finding]:
     """Every column of *raw* that looks like a direct identifier, by name or content.
 
@@ -375,6 +394,14 @@ def find_identifiers(
     id_columns : iterable of str
         Raw columns mapped to patient or therapist ids: one value that reads as a person's
         name ("Dr Jane Smith", "Smith, J.") is enough there.
+    category_columns : iterable of str
+        Raw columns mapped to a category (arm, informant, rupture, ending): with at most
+        20 distinct values they hold labels ("Usual Care"), which are not taken for names;
+        every other check still applies.
+    declared : mapping of str to iterable of str, optional
+        Per raw column, values the configuration declares and so are not content: the
+        study's ``missing_codes`` ("Not Applicable") and the raw values it relabels under
+        ``read.labels``. The key ``"*"`` applies to every column.
 
     Returns
     -------
@@ -397,6 +424,9 @@ def find_identifiers(
     if this_year is None:
         this_year = pd.Timestamp.today().year
     exempt, date_columns, id_columns = set(exempt), set(date_columns), set(id_columns)
+    category_columns = set(category_columns)
+    declared = {str(k): {str(v).strip() for v in vs} for k, vs in (declared or {}).items()}
+    everywhere = declared.get("*", set())
     rows = (
         raw["_source_row"]
         if "_source_row" in raw
@@ -415,6 +445,8 @@ def find_identifiers(
                 is_date_column=column in date_columns,
                 this_year=this_year,
                 is_id_column=column in id_columns,
+                is_category_column=column in category_columns,
+                declared=frozenset(everywhere | declared.get(str(column), set())),
             )
         if named and found:
             findings.append(Finding(str(column), found[0], "name and content", found[1]))
@@ -439,6 +471,7 @@ def check_privacy(
     hash_ids: bool = False,
     key: str = "drop_columns",
     config: str = "config.yaml",
+    declared: Mapping[str, Iterable[str]] | None = None,
 ) -> None:
     """Raise a :class:`DataError` for the first column that looks like a direct identifier.
 
@@ -459,6 +492,10 @@ def check_privacy(
         hash is written (and no reason in the exclusions quotes a raw id).
     key : str
         The config key named in the message, e.g. ``studies.example.drop_columns``.
+    config : str
+        The configuration file named in the message.
+    declared : mapping, optional
+        Values the configuration declares, per raw column (see :func:`find_identifiers`).
 
     Raises
     ------
@@ -468,7 +505,15 @@ def check_privacy(
     """
     mapped = mapped or {}
     ids = [c for c, v in mapped.items() if v in ("patient", "therapist")]
-    found = find_identifiers(raw, exempt=exempt, date_columns=date_columns, id_columns=ids)
+    categories = [c for c, v in mapped.items() if v in CATEGORY_COLUMNS]
+    found = find_identifiers(
+        raw,
+        exempt=exempt,
+        date_columns=date_columns,
+        id_columns=ids,
+        category_columns=categories,
+        declared=declared,
+    )
     for finding in found:
         canonical = mapped.get(finding.column)
         if (
@@ -496,9 +541,17 @@ def check_privacy(
                     "pseudonymous codes in the export."
                 )
         elif canonical is not None:
+            study = key.removesuffix("drop_columns").removesuffix("privacy.")
+            code = (
+                f"if it is a missing-value code (such as 'Not Applicable'), list it under "
+                f"`{study}read.missing_codes`; "
+                if finding.kind == "names"
+                else ""
+            )
             fix = (
-                f" The column is mapped to {canonical!r}: correct the value in the file, or, "
-                f"if the column is free of identifiers, add it to `privacy.privacy_exempt`."
+                f" The column is mapped to {canonical!r}: correct the value in the file; {code}"
+                f"if the column is free of identifiers, add it to "
+                f"`{study}privacy.privacy_exempt` in {config}."
             )
         else:
             fix = (

@@ -114,6 +114,9 @@ def _item_matrix(data: pd.DataFrame, inst: Instrument) -> np.ndarray:
                 f"{data[c].dtype}. Map response labels to numbers in the clean stage."
             )
     x = data[cols].astype("float64").to_numpy(dtype=float, na_value=np.nan, copy=True)
+    if inst.not_applicable is not None:
+        # "Does not apply" counts as a missing item (see _not_applicable_counts).
+        x[x == inst.not_applicable] = np.nan
     lo, hi = inst.response_min, inst.response_max
     bad = ~np.isnan(x) & ((x < lo) | (x > hi))
     if bad.any():
@@ -142,7 +145,14 @@ def score_columns(inst: Instrument | str) -> list[str]:
         [f"{inst.id}_total"]
         + [f"{inst.id}_{s}" for s in inst.subscales]
         + [f"{inst.id}_n_items", f"{inst.id}_prorated"]
+        + ([f"{inst.id}_n_not_applicable"] if inst.not_applicable is not None else [])
     )
+
+
+def _not_applicable_counts(data: pd.DataFrame, inst: Instrument) -> np.ndarray:
+    """Number of "does not apply" answers (``inst.not_applicable``) per row."""
+    x = data[list(inst.item_columns)].astype("float64").to_numpy(dtype=float, na_value=np.nan)
+    return (x == inst.not_applicable).sum(axis=1).astype("int64")
 
 
 def _scale_item_mean(x: np.ndarray, max_missing: int, rule: str):
@@ -229,7 +239,9 @@ def score_sessions(data: pd.DataFrame, instruments, *, prorate: bool = True) -> 
     pandas.DataFrame
         A copy of ``data`` with, per instrument: ``<id>_total`` (float), ``<id>_<sub>``
         for each subscale (float), ``<id>_n_items`` (answered items, int) and
-        ``<id>_prorated`` (bool: some reported score of the row was prorated).
+        ``<id>_prorated`` (bool: some reported score of the row was prorated); for an
+        instrument with a "does not apply" code (``Instrument.not_applicable``, e.g. the
+        CARE Measure), ``<id>_n_not_applicable`` (int: such answers in the row).
 
     Raises
     ------
@@ -260,7 +272,9 @@ def score_sessions(data: pd.DataFrame, instruments, *, prorate: bool = True) -> 
     i.e. the CORE "item mean x k" rule (CORE System Trust). The ``subscale_item_mean_rounded``
     rule (OQ-45 scoring sheet) replaces each missing item by the mean of the answered
     items of its subscale rounded half up, then sums. Subscales use
-    ``subscale_max_missing``.
+    ``subscale_max_missing``. A "does not apply" answer counts as a missing item here (the
+    CARE Measure's rule: up to two "not applicable" or missing answers are replaced by the
+    mean of the remaining items, more than two leave the score missing; Mercer et al. 2004).
 
     Examples
     --------
@@ -307,6 +321,8 @@ def score_sessions(data: pd.DataFrame, instruments, *, prorate: bool = True) -> 
             out[f"{inst.id}_{name}"] = res[name]
         out[f"{inst.id}_n_items"] = res["n_items"]
         out[f"{inst.id}_prorated"] = res["prorated"]
+        if inst.not_applicable is not None:
+            out[f"{inst.id}_n_not_applicable"] = _not_applicable_counts(data, inst)
     return out
 
 

@@ -27,9 +27,10 @@ Outcome Rating Scale. *Journal of Brief Therapy*, 2(2), 91–100.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -196,6 +197,7 @@ def simulate_study(
     *,
     seed: int,
     instruments: InstrumentPair = "wai_sr+ors",
+    modality: Mapping[str, Any] | None = None,
     **overrides,
 ) -> pd.DataFrame:
     r"""Simulate one study in the canonical long format.
@@ -215,6 +217,14 @@ def simulate_study(
         slope and a beneficial alliance a negative effect) and ``ors_item_noise`` as the
         SD of the noise around a ninth of the total before rounding each item to 0–3.
         The default pair draws exactly the same numbers as before the option existed.
+    modality : mapping, optional
+        A true moderation by session modality: ``{"shares": {level: probability, ...},
+        "within_effect": {level: effect, ...}}``. Each recorded session's modality is drawn
+        with these probabilities (independently of everything else, from its own random
+        stream) and the within-patient alliance effect of that session is the level's
+        effect instead of ``within_effect`` (levels left out keep ``within_effect``), e.g.
+        a weaker link in video sessions. Adds the columns ``modality`` and
+        ``true_within_effect``; without it the study is exactly as before.
     **overrides
         Fields of :class:`StudyDesign` to replace, e.g. ``n_patients=2000``.
 
@@ -321,12 +331,16 @@ def simulate_study(
     lag_within = np.full((n_p, n_s), 0.0)
     lag_within[:, 1:] = alliance[:, :-1] - patient_mean[:, None]
     slope = design.outcome_slope + design.feedback_slope * feedback + pat_outcome[:, 1]
+    session_effect = np.full((n_p, n_s), float(design.within_effect))
+    session_modality = None
+    if modality is not None:
+        session_modality, session_effect = _draw_modality(modality, design, seed, (n_p, n_s))
     outcome = (
         design.outcome_intercept
         + ther_outcome[therapist_of][:, None]
         + pat_outcome[:, 0][:, None]
         + slope[:, None] * time
-        + design.within_effect * lag_within
+        + session_effect * lag_within
         + design.between_effect * (patient_mean - grand_mean)[:, None]
         + rng.normal(0.0, design.outcome_sd_residual, (n_p, n_s))
     )
@@ -375,7 +389,45 @@ def simulate_study(
         frame[f"{pair.outcome}_{k + 1}"] = ors[pid, sid, k]
     frame["true_alliance"] = alliance[pid, sid]
     frame["true_outcome"] = outcome[pid, sid]
+    if session_modality is not None:
+        levels = list(modality["shares"])
+        frame.insert(5, "modality", pd.Categorical(session_modality[pid, sid], categories=levels))
+        frame["true_within_effect"] = session_effect[pid, sid]
     return frame.reset_index(drop=True)
+
+
+def _draw_modality(
+    modality: Mapping[str, Any], design: StudyDesign, seed: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Session modalities and each session's true within-patient alliance effect."""
+    if not isinstance(modality, Mapping) or "shares" not in modality:
+        raise ValueError(
+            "`modality` must be a mapping with `shares` ({level: probability}) and optionally "
+            f"`within_effect` ({{level: effect}}); got {modality!r}."
+        )
+    unknown = sorted(set(modality) - {"shares", "within_effect"})
+    if unknown:
+        raise ValueError(
+            f"`modality` has unknown key(s) {unknown}; allowed: 'shares', 'within_effect'."
+        )
+    shares = dict(modality["shares"])
+    p = np.array(list(shares.values()), dtype=float)
+    if len(p) < 2 or np.any(p < 0) or not np.isclose(p.sum(), 1.0):
+        raise ValueError(
+            f"`modality['shares']` must give two or more levels with probabilities that sum "
+            f"to 1; got {shares!r}."
+        )
+    effects = dict(modality.get("within_effect") or {})
+    extra = sorted(set(effects) - set(shares))
+    if extra:
+        raise ValueError(
+            f"`modality['within_effect']` names level(s) {extra} that are not in `shares` "
+            f"({list(shares)})."
+        )
+    levels = np.array(list(shares), dtype=object)
+    drawn = np.random.default_rng([seed, 2]).choice(len(levels), size=shape, p=p)
+    effect_of = np.array([float(effects.get(lv, design.within_effect)) for lv in levels])
+    return levels[drawn], effect_of[drawn]
 
 
 #: Raw column names of the example export, by canonical name.
@@ -550,6 +602,13 @@ EXAMPLE2_DESIGN = StudyDesign(
     between_effect=-1.5,
     ors_item_noise=0.5,
 )
+#: The second example's sessions took place in person, by video or by telephone, and the
+#: within-patient alliance link is weaker in video sessions (-0.4 PHQ-9 points per SRS
+#: item-mean point instead of the design's -1.0): the truth its moderated model recovers.
+EXAMPLE2_MODALITY = {
+    "shares": {"in_person": 0.6, "video": 0.3, "telephone": 0.1},
+    "within_effect": {"video": -0.4},
+}
 #: The seed of the second example study.
 EXAMPLE2_SEED = 20261126
 #: The day the second example's export was made (its ``extraction_date`` in config.yaml):
@@ -567,6 +626,8 @@ EXPORT2_COLUMNS = {
     **{f"phq9_{k}": f"phq_{k:02d}" for k in range(1, 10)},
 }
 _GROUP_LABELS = {"feedback": "FIT", "tau": "usual care"}
+#: How the second example's export writes each session's modality (column ``mode``).
+MODALITY_LABELS = {"in_person": "in person", "video": "video", "telephone": "phone"}
 
 
 def to_export_srs_phq9(sessions: pd.DataFrame, *, seed: int) -> pd.DataFrame:
@@ -595,6 +656,8 @@ def to_export_srs_phq9(sessions: pd.DataFrame, *, seed: int) -> pd.DataFrame:
             EXPORT2_COLUMNS["date"]: pd.DatetimeIndex(dates).strftime("%Y-%m-%d"),
         }
     )
+    if "modality" in sessions:
+        out["mode"] = sessions["modality"].astype(str).map(MODALITY_LABELS)
     for k in range(1, 5):
         out[EXPORT2_COLUMNS[f"srs_{k}"]] = sessions[f"srs_{k}"].map(
             lambda v: f"{v:.1f}" if pd.notna(v) else ""
@@ -678,22 +741,55 @@ become dropouts too.
 
 
 def write_example2_study(
-    folder: str | Path, *, design: StudyDesign | None = None, seed: int = EXAMPLE2_SEED
+    folder: str | Path,
+    *,
+    design: StudyDesign | None = None,
+    seed: int = EXAMPLE2_SEED,
+    modality: Mapping[str, Any] | None = EXAMPLE2_MODALITY,
 ) -> Path:
     """Write the second example study (``visits.csv`` and ``README.md``) into *folder*.
 
-    SRS + PHQ-9, semicolon-delimited (:func:`to_export_srs_phq9`). Returns the path of the
-    CSV file; the output is byte-identical for the same design and seed.
+    SRS + PHQ-9, semicolon-delimited (:func:`to_export_srs_phq9`), with each visit's
+    modality (column ``mode``; see :data:`EXAMPLE2_MODALITY`, None leaves it out). Returns
+    the path of the CSV file; the output is byte-identical for the same design and seed.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     design = design or EXAMPLE2_DESIGN
-    sessions = simulate_study(design, seed=seed, instruments="srs+phq9")
+    sessions = simulate_study(design, seed=seed, instruments="srs+phq9", modality=modality)
     export = to_export_srs_phq9(sessions, seed=seed + 1)
     path = folder / "visits.csv"
     export.to_csv(path, index=False, sep=";", lineterminator="\n")
-    (folder / "README.md").write_text(_readme2(design, seed, sessions), encoding="utf-8")
+    text = _readme2(design, seed, sessions)
+    if modality is not None:
+        text += _modality_readme(modality, design, sessions)
+    (folder / "README.md").write_text(text, encoding="utf-8")
     return path
+
+
+def _modality_readme(modality: Mapping[str, Any], design: StudyDesign, sessions) -> str:
+    """The README's section on the simulated modality and its true moderation."""
+    counts = sessions["modality"].value_counts().reindex(list(modality["shares"]))
+    effects = modality.get("within_effect") or {}
+    rows = "\n".join(
+        f"| {lv} (`{MODALITY_LABELS.get(lv, lv)}`) | {share:g} | {int(counts[lv])} | "
+        f"{effects.get(lv, design.within_effect):g} |"
+        for lv, share in modality["shares"].items()
+    )
+    return f"""
+## Modality: a true moderation
+
+Each visit took place in person, by video or by telephone (column `mode`), drawn at random
+with the shares below, independently of everything else. The within-patient effect of last
+visit's alliance on this visit's PHQ-9 depends on this visit's modality: the design's
+`within_effect` in person, weaker by video. The pipeline's moderated model
+(`alliance_outcome_modality` in `config.yaml`) estimates these slopes; with 120 patients
+their intervals are wide (interaction tests have low power).
+
+| modality (export label) | share | visits | true within-patient effect |
+| --- | --- | --- | --- |
+{rows}
+"""
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through the CLI test

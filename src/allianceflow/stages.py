@@ -406,16 +406,24 @@ def fit_stage(
     """
     from .models import fit_model
 
-    result = fit_model(
-        io.read_table(analysis),
-        model_formula(model),
-        reml=model.get("reml", True),
-        name=name,
-        ddf=model.get("ddf", MODEL_DDF),
-        min_levels=model.get("min_levels", MODEL_MIN_LEVELS),
-    )
-    io.write_json(result.to_dict(), json)
-    io.write_text(result.summary(), txt)
+    fit_options = {
+        "reml": model.get("reml", True),
+        "ddf": model.get("ddf", MODEL_DDF),
+        "min_levels": model.get("min_levels", MODEL_MIN_LEVELS),
+    }
+    if "preset" in model and (model.get("options") or {}).get("moderator"):
+        # a moderated preset: moderator columns, simple slopes and cautions in the JSON
+        from .models.moderation import fit_moderated
+
+        result, record = fit_moderated(
+            io.read_table(analysis), model["preset"], model["options"], name=name, **fit_options
+        )
+    else:
+        result = fit_model(io.read_table(analysis), model_formula(model), name=name, **fit_options)
+        record = result.to_dict()
+    io.write_json(record, json)
+    extra = "".join(f"Note: {note}\n" for note in record.get("notes", []))
+    io.write_text(result.summary() + ("\n" + extra if extra else ""), txt)
     conv = result.convergence
     log.info("%s: converged=%s with %s", name, conv["converged"], conv["optimizer"])
 
@@ -432,12 +440,23 @@ def comparison_stage(
     from .models import likelihood_ratio_test
 
     (name0, spec0), (name1, spec1) = models.items()
+    data = io.read_table(analysis)
+    formulas = []
+    for spec in (spec0, spec1):
+        if "preset" in spec and (spec.get("options") or {}).get("moderator"):
+            # a moderated preset: its formula names the moderator's columns, made here
+            from .models.moderation import moderated_formula
+
+            data, formula, _ = moderated_formula(data, spec["preset"], spec["options"])
+            formulas.append(formula)
+        else:
+            formulas.append(model_formula(spec))
     # both refits use the larger model's min_levels, so a random term the fits keep is
     # not silently dropped from one of the compared models
     result = likelihood_ratio_test(
-        io.read_table(analysis),
-        model_formula(spec0),
-        model_formula(spec1),
+        data,
+        formulas[0],
+        formulas[1],
         names=(name0, name1),
         min_levels=spec1.get("min_levels", MODEL_MIN_LEVELS),
     )
@@ -1067,3 +1086,32 @@ def power_curve_stage(summary_csv, *, x: str = "n_patients", outputs) -> None:
     from .power import plot_power_curve
 
     save_figure(plot_power_curve(io.read_table(summary_csv), x=x), outputs)
+
+
+def moderated_models(study: Mapping[str, Any], models: Mapping[str, Any]) -> list[str]:
+    """The study's models that are moderated presets (their ``options`` name a moderator).
+
+    *study* is the study's config block, *models* the top-level ``models`` block.
+    """
+    from .models.moderation import MODERATED_PRESETS
+
+    return [
+        name
+        for name in study.get("models", [])
+        if (models.get(name) or {}).get("preset") in MODERATED_PRESETS
+        and ((models.get(name) or {}).get("options") or {}).get("moderator")
+    ]
+
+
+def simple_slopes_table_stage(model_json: str | Path, *, outputs: Sequence[str | Path]) -> None:
+    """Write a moderated model's simple-slopes table (CSV numbers, rendered formats)."""
+    from .tables import simple_slopes_table, write_table_files
+
+    write_table_files(simple_slopes_table(io.read_json(model_json)), outputs)
+
+
+def simple_slopes_figure_stage(model_json: str | Path, *, outcome: str, outputs) -> None:
+    """Draw a moderated model's simple slopes (alliance slope per moderator level)."""
+    from .figures import plot_simple_slopes, save_figure
+
+    save_figure(plot_simple_slopes(io.read_json(model_json), outcome_label=outcome), outputs)

@@ -144,6 +144,24 @@ def csv_files() -> dict[str, bytes]:
         "title_rows.csv": (
             "Session export,,,,,,,\nPrinted by the ROM system,,,,,,,\n" + good
         ).encode(),
+        "title_rows_short.csv": ("Session export\nPrinted by the ROM system\n" + good).encode(),
+        "repeated_header.csv": text(rows=[*ROWS[:3], HEADER, *ROWS[3:], HEADER]).encode(),
+        "arm_spellings.csv": with_column(
+            "Arm", ["Feedback", "feedback", "FEEDBACK ", "TAU", "tau", "Feedback"]
+        ).encode(),
+        # not identifiers: arm labels, a declared missing code in an item, a term code
+        "declared_labels.csv": text(
+            [*HEADER, "Arm", "Term"],
+            [
+                [*r, arm, term]
+                for r, arm, term in zip(
+                    edit(1, "ORS_2", "Not Applicable"),
+                    ["Usual Care"] * 3 + ["Feedback Group"] * 2 + ["Waiting List"],
+                    ["2024SP", "2024SP", "2024SP", "2024FA", "2024FA", "2025SP"],
+                    strict=True,
+                )
+            ],
+        ).encode(),
         # model-level classes: a study with a single therapist, and one too small to fit
         "one_therapist.csv": text(rows=ONE_THERAPIST).encode(),
     }

@@ -8,6 +8,7 @@ from allianceflow.io import package_versions, source_fingerprint
 from allianceflow.power import chunk_seeds, designs_from_config
 from allianceflow.stages import (
     figure_settings,
+    moderated_models,
     study_figures,
     study_tables,
     table_settings,
@@ -173,6 +174,26 @@ def get_study_figures(study):
     return study_figures(config["studies"][study])
 
 
+def get_outcome_score(wildcards):
+    """The study's outcome score column (`measures.outcome`), for figure labels."""
+    return config["studies"][wildcards.study]["measures"]["outcome"]
+
+
+def get_moderated_outputs(study):
+    """Simple-slopes tables and figures of the study's moderated models."""
+    models = moderated_models(config["studies"][study], config["models"])
+    published = ["csv", "md", "html", "tex", "docx"]
+    return [
+        f"results/{study}/tables/simple_slopes_{m}.{ext}"
+        for m in models
+        for ext in published
+    ] + [
+        f"results/{study}/figures/simple_slopes_{m}.{ext}"
+        for m in models
+        for ext in FIGURE_FORMATS
+    ]
+
+
 def get_study_outputs(study):
     """Every result of one study except its manifest."""
     models = config["studies"][study]["models"]
@@ -198,6 +219,7 @@ def get_study_outputs(study):
             for f in get_study_figures(study)
             for ext in FIGURE_FORMATS
         ]
+        + get_moderated_outputs(study)
     )
 
 

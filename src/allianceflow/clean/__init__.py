@@ -25,6 +25,8 @@ rule                   what it finds                                policies    
 id_variant             spellings of one id: case, spaces, ``1.0``   error merge        merge
                        or ``01`` for ``1``, Unicode form            exclude
 missing_id             empty patient id or session number           error exclude      exclude
+label_variant          spellings of one arm, informant or rupture   error merge        merge
+                       label: case, spaces, Unicode form
 not_a_number           text in a numeric column                     error exclude      error
                                                                     missing
 ending_invalid         an ``ending`` that is not planned,           error missing      error

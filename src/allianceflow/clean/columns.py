@@ -9,9 +9,16 @@ import pandas as pd
 
 from ..contract import ITEM_PATTERN
 from ..io import DataError, _stripped
-from .state import ID_COLUMNS, ITEM_NAME, closest_text
+from .state import ID_COLUMNS, ITEM_NAME, MODERATOR_NAME, closest_text
 
-__all__ = ["map_columns", "wide_columns", "to_long", "instrument_table", "extraction_day"]
+__all__ = [
+    "map_columns",
+    "wide_columns",
+    "to_long",
+    "instrument_table",
+    "not_applicable_codes",
+    "extraction_day",
+]
 
 _REQUIRED = ("patient", "session")
 WIDE_PATTERN = r"^(?P<name>.+)_s(?P<session>\d+)$"
@@ -55,10 +62,15 @@ def map_columns(
                 f"has no column {raw_name!r}. {closest_text(raw_name, present)} Fix the name "
                 f"under `read.columns` in {config}."
             )
-        if canonical not in ID_COLUMNS and not ITEM_NAME.match(canonical):
+        if (
+            canonical not in ID_COLUMNS
+            and not ITEM_NAME.match(canonical)
+            and not MODERATOR_NAME.match(canonical)
+        ):
             raise DataError(
                 f"{source}: column {raw_name!r} is mapped to {canonical!r}, which is neither a "
-                f"canonical column ({', '.join(ID_COLUMNS)}) nor an item name such as 'ors_1'."
+                f"canonical column ({', '.join(ID_COLUMNS)}), a patient-level moderator such "
+                "as 'moderator_referral', nor an item name such as 'ors_1'."
             )
     seen: dict[str, str] = {}
     for raw_name, canonical in columns.items():
@@ -170,6 +182,30 @@ def instrument_table(study: dict[str, Any], columns) -> dict[str, tuple[float, f
         if match and match["instrument"] in builtin and match["instrument"] not in table:
             table[match["instrument"]] = row(load_instrument(match["instrument"]))
     return table
+
+
+def not_applicable_codes(study: dict[str, Any], columns) -> dict[str, float]:
+    """Instrument id → its "does not apply" code, for the study's instruments that have one.
+
+    Such a code (e.g. the CARE Measure's) lies outside the response range but is an answer,
+    not an out-of-range value; the score stage counts it as a missing item.
+    """
+    from ..instruments import load_instrument
+
+    out = {}
+    for ident in instrument_table(study, columns):
+        specs = study.get("instruments") or {}
+        spec = specs.get(ident) if isinstance(specs, dict) else None
+        try:
+            if isinstance(spec, dict) and "items" in spec:
+                inst = load_instrument({**spec, "id": ident})
+            else:
+                inst = load_instrument(ident, overrides=spec or None)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if inst.not_applicable is not None:
+            out[ident] = inst.not_applicable
+    return out
 
 
 def extraction_day(value: Any, key: str, config: str = "config.yaml") -> pd.Timestamp:

@@ -43,9 +43,11 @@ def finish(run: CleanRun) -> None:
         )
     for col in run.id_cols:
         f[col] = f[col].astype(object)
-    for col in ("condition", "informant", "rupture"):
+    for col in ("condition", "informant", "rupture", "modality"):
         if col in f:
             f[col] = f[col].astype("category")
+    for col in [c for c in f if c.startswith("moderator_")]:
+        f[col] = f[col].astype("category")
     if "ending" in f:
         f["ending"] = pd.Categorical(f["ending"], categories=list(ENDING_TYPES))
     f = f.sort_values(run.keys, kind="mergesort")

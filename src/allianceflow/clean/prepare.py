@@ -16,7 +16,15 @@ from ..io import DataError, _per_value, _stripped
 from ..privacy import check_privacy, get_salt
 from .columns import WIDE_PATTERN, extraction_day, instrument_table, map_columns, to_long
 from .columns import wide_columns as _wide_columns
-from .state import ENDING_TYPES, ID_COLUMNS, PATIENT_LEVEL, CleanRun, closest_text, number_text
+from .state import (
+    ENDING_TYPES,
+    ID_COLUMNS,
+    MODERATOR_PREFIX,
+    PATIENT_LEVEL,
+    CleanRun,
+    closest_text,
+    number_text,
+)
 
 __all__ = [
     "drop_columns",
@@ -70,9 +78,25 @@ def privacy_guard(run: CleanRun) -> None:
         hash_ids=run.hash_ids,
         key=f"{run.key}.privacy.drop_columns",
         config=run.config,
+        declared=_declared_values(run, raw_map),
     )
     run.raw_map = raw_map
     run.salt = get_salt(run.env) if run.hash_ids else None
+
+
+def _declared_values(run: CleanRun, raw_map: dict[str, str]) -> dict[str, set[str]]:
+    """Raw values the config declares, which the privacy guard does not read as content.
+
+    The study's missing codes ("Not Applicable") in every column, and in each mapped column
+    the raw values that ``read.labels`` relabels ("Usual Care" → usual_care).
+    """
+    labels = run.study.get("labels", {}) or {}
+    declared: dict[str, set[str]] = {"*": set(run.codes)}
+    for raw_column, canonical in raw_map.items():
+        relabelled = labels.get(canonical) or {}
+        if relabelled:
+            declared[raw_column] = {str(value) for value in relabelled}
+    return declared
 
 
 def reshape(run: CleanRun) -> None:
@@ -97,7 +121,15 @@ def _count_missing(run: CleanRun) -> None:
         text = _stripped(run.frame[col])
         blank = text.eq("")
         coded = text.isin(run.codes)
-        if col not in ("patient", "therapist", "condition", "informant", "rupture", "ending"):
+        if col not in (
+            "patient",
+            "therapist",
+            "condition",
+            "informant",
+            "rupture",
+            "ending",
+            "modality",
+        ) and not col.startswith(MODERATOR_PREFIX):
             number_text_ = text.str.replace(",", ".", regex=False) if decimal == "," else text
             coded |= pd.to_numeric(number_text_.mask(blank | coded), errors="coerce").isin(
                 numeric_codes
@@ -279,7 +311,8 @@ def parse_values(run: CleanRun) -> None:
     numeric_cols = [
         c
         for c in run.value_cols
-        if c not in ID_COLUMNS or c in ("session", "days", "followup_days")
+        if (c not in ID_COLUMNS or c in ("session", "days", "followup_days"))
+        and not c.startswith(MODERATOR_PREFIX)
     ]
     for col in run.value_cols:
         if col in run.id_cols:
@@ -335,8 +368,79 @@ def parse_values(run: CleanRun) -> None:
     run.frame = frame
 
 
+#: Category columns whose label spellings are merged (``label_variant``); endings are
+#: case-folded by :func:`check_endings`.
+LABEL_LIKE = ("condition", "informant", "rupture")
+
+
+def label_key(value: str) -> str:
+    """Return the key under which spellings of one category label are merged.
+
+    Compatibility normal form (NFKC), case folding and runs of spaces as one space.
+
+    Examples
+    --------
+    >>> [label_key(v) for v in ["Feedback", "FEEDBACK", "usual  care", "Usual Care"]]
+    ['feedback', 'feedback', 'usual care', 'usual care']
+    """
+    return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
+
+
+def _label_variants(run: CleanRun) -> None:
+    """Merge spellings of one label in a category column (``label_variant``).
+
+    Without this, "Feedback" and "feedback" would be two arms of the trial. Each rewritten
+    row is logged as altered; with the policy ``error`` the first one stops the stage.
+    """
+    frame = run.frame
+    for col in [c for c in LABEL_LIKE if c in frame]:
+        present = frame[col].notna()
+        if not present.any():
+            continue
+        values = frame.loc[present, col].astype(str)
+        keyed = _per_value(values, lambda s: s.map(label_key))
+        spellings = pd.DataFrame({"key": keyed, "value": values})
+        counts = spellings.groupby(["key", "value"], sort=False).size().reset_index(name="n")
+        variant = counts.groupby("key")["value"].transform("size").gt(1)
+        if not variant.any():
+            continue
+        # A spelling the study maps under `read.labels` wins, then the most frequent one.
+        declared = set((run.study.get("labels") or {}).get(col) or {})
+        counts = counts[variant]
+        counts = counts.assign(declared=counts["value"].isin(declared))
+        counts = counts.sort_values(["declared", "n"], ascending=False, kind="mergesort")
+        canonical = counts.drop_duplicates("key").set_index("key")["value"]
+        target = spellings["key"].map(canonical)
+        changed = target.notna() & spellings["value"].ne(target)
+        idx = spellings.index[changed]
+        old, new = spellings.loc[idx, "value"], target.loc[idx]
+        reason = pd.Series(
+            [
+                f"{col} label {o!r} is a spelling of {n!r} (case, spaces or Unicode form)"
+                for o, n in zip(old, new, strict=True)
+            ],
+            index=idx,
+        )
+        mask = pd.Series(False, index=frame.index)
+        mask.loc[idx] = True
+        if run.policies["label_variant"] == "merge":
+            frame.loc[idx, col] = new.to_numpy()
+            run.record(frame.loc[idx], "label_variant", "altered", col, reason)
+        else:
+            run.apply(
+                "label_variant",
+                mask,
+                column=col,
+                reason=reason,
+                fix=f"Write every {col} label the same way in the file, or map each spelling "
+                f"under `{run.key}.read.labels.{col}` in {run.config}.",
+            )
+    run.frame = frame
+
+
 def apply_labels(run: CleanRun) -> None:
-    """Replace raw labels by canonical ones (the study's ``labels``, per column)."""
+    """Merge spellings of one label (``label_variant``), then apply the study's ``labels``."""
+    _label_variants(run)
     frame = run.frame
     for col, mapping in (run.study.get("labels") or {}).items():
         if col in frame:
@@ -401,7 +505,8 @@ def patient_level_values(run: CleanRun) -> None:
     """
     if "condition" in run.frame:
         run.first_arm = first_arms(run.frame)
-    for col in PATIENT_LEVEL:
+    moderators = [c for c in run.frame if c.startswith(MODERATOR_PREFIX)]
+    for col in [*PATIENT_LEVEL, *moderators]:
         if col not in run.frame:
             continue
         f = run.frame[["patient", "session", col]].sort_values(

@@ -233,13 +233,21 @@ def duplicates(run: CleanRun) -> None:
 
 def check_item_ranges(run: CleanRun) -> None:
     """Items outside their instrument's response range (``out_of_range``)."""
+    from .columns import not_applicable_codes
+
     run.ranges = item_ranges(
         [c for c in run.value_cols if c not in ID_COLUMNS],
         {k: v[:2] for k, v in run.instruments.items()},
     )
-    for col, (low, high) in run.ranges.items():
+    codes = not_applicable_codes(run.study, run.frame.columns) if run.ranges else {}
+    for col, (low, high, *_) in list(run.ranges.items()):
         values = run.frame[col]
         out = (values < low) | (values > high)
+        code = codes.get(ITEM_PATTERN.match(col)["instrument"])
+        if code is not None:
+            # a "does not apply" answer (e.g. CARE) is kept; the score stage counts it
+            out &= values.ne(code)
+            run.ranges[col] = (low, high, code)
         if out.any():
             instrument = ITEM_PATTERN.match(col)["instrument"]
             reason = values[out].map(

@@ -44,7 +44,12 @@ ID_COLUMNS = (
     "rupture",
     "ending",
     "followup_days",
+    "modality",
 )
+#: Prefix of patient-level moderator columns (``moderator_<name>``, text, constant within
+#: patient; e.g. ``moderator_referral``), mapped under ``read.columns`` like the others.
+MODERATOR_PREFIX = "moderator_"
+MODERATOR_NAME = re.compile(r"^moderator_[a-z][a-z0-9_]*[a-z]$")
 #: Recorded ending types (the ``ending`` column after the study's ``labels``); see
 #: :func:`allianceflow.clinical.endings_and_dose`.
 ENDING_TYPES = _CONTRACT_ENDINGS
@@ -70,6 +75,7 @@ Policy = Literal["error", "exclude", "flag", "missing", "merge", "fill", "ignore
 RULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "id_variant": ("merge", ("error", "merge", "exclude")),
     "missing_id": ("exclude", ("error", "exclude")),
+    "label_variant": ("merge", ("error", "merge")),
     "not_a_number": ("error", ("error", "exclude", "missing")),
     "ending_invalid": ("error", ("error", "missing")),
     "ending_conflict": ("error", ("error", "exclude")),

@@ -42,12 +42,12 @@ __all__ = [
 ]
 
 #: Keys a study may override on any instrument (``instruments: {ors: {cutoff: 28}}``).
-OVERRIDE_KEYS = ("cutoff", "rci", "max_missing", "subscale_max_missing")
+OVERRIDE_KEYS = ("cutoff", "rci", "max_missing", "subscale_max_missing", "not_applicable")
 
 #: Source keys that need no entry in ``sources``.
 _FREE_SOURCES = ("none", "study override")
 
-Construct = Literal["alliance", "outcome", "other"]
+Construct = Literal["alliance", "empathy", "outcome", "other"]
 Direction = Literal["higher_is_better", "lower_is_better"]
 TotalRule = Literal["sum", "mean"]
 ProrationMethod = Literal["item_mean", "subscale_item_mean_rounded"]
@@ -66,7 +66,7 @@ class Instrument:
         Instrument id; item columns are ``<id>_1`` ... ``<id>_<n_items>``.
     name : str
         Full name.
-    construct : {'alliance', 'outcome', 'other'}
+    construct : {'alliance', 'empathy', 'outcome', 'other'}
     informant : tuple of str
         Who completes it by design (scores are computed for any informant).
     n_items : int
@@ -91,6 +91,9 @@ class Instrument:
         Reliable-change value of the total (same None rule as ``cutoff``).
     unconfirmed : tuple of str
         Fields whose published value could not be confirmed (e.g. ``('cutoff',)``).
+    not_applicable : float or None
+        Code of a "does not apply" answer (outside the response range), or None when the
+        instrument has none. Such answers count as missing items for proration.
     definition : dict
         The validated definition, with overrides applied (sources included).
     """
@@ -114,6 +117,7 @@ class Instrument:
     rci: float | None
     unconfirmed: tuple[str, ...]
     definition: dict = field(repr=False, compare=False)
+    not_applicable: float | None = None
 
     @property
     def item_columns(self) -> tuple[str, ...]:
@@ -177,7 +181,7 @@ def available_instruments() -> list[str]:
     Examples
     --------
     >>> available_instruments()
-    ['core10', 'gad7', 'oq45', 'ors', 'phq9', 'srs', 'wai_sr']
+    ['care', 'core10', 'gad7', 'oq45', 'ors', 'phq9', 'srs', 'wai_sr']
     """
     names = []
     for entry in _package_files().iterdir():
@@ -296,6 +300,16 @@ def _check_semantics(d: dict, where: str) -> None:
             f"got min={resp['min']}, max={resp['max']}."
         )
     _check_source(resp, "response", sources, where)
+    na = resp.get("not_applicable")
+    if na is not None and resp["min"] <= na <= resp["max"]:
+        raise ValueError(
+            f"{where}: field `response.not_applicable` must lie outside the response range "
+            f"{resp['min']:g} to {resp['max']:g} (it is a code, not an answer); got {na:g}."
+        )
+    if "not_applicable_source" in resp:
+        _check_source(
+            {"source": resp["not_applicable_source"]}, "response.not_applicable", sources, where
+        )
     _check_items(d.get("reverse", []), n, "reverse", where)
     if "reverse_source" in d:
         _check_source({"source": d["reverse_source"]}, "reverse", sources, where)
@@ -373,6 +387,11 @@ def _apply_overrides(d: dict, overrides: Mapping | None, where: str) -> dict:
             f"allowed: {list(OVERRIDE_KEYS)}."
         )
     d = copy.deepcopy(d)
+    if "not_applicable" in overrides:
+        value = overrides["not_applicable"]
+        if value is not None:
+            _check_number(value, "not_applicable", where)
+        d["response"]["not_applicable"] = None if value is None else float(value)
     for key in ("cutoff", "rci"):
         if key in overrides:
             value = overrides[key]
@@ -456,6 +475,11 @@ def _build(d: dict) -> Instrument:
         rci=_fact_value(d.get("rci")),
         unconfirmed=tuple(unconfirmed),
         definition=d,
+        not_applicable=(
+            None
+            if d["response"].get("not_applicable") is None
+            else float(d["response"]["not_applicable"])
+        ),
     )
 
 
@@ -472,7 +496,8 @@ def load_instrument(
         :class:`Instrument` (returned as is, with ``overrides`` applied).
     overrides : mapping, optional
         Replaces published numbers for this study: ``cutoff``, ``rci`` (numbers, or None
-        to drop), ``max_missing`` and ``subscale_max_missing`` (non-negative integers).
+        to drop), ``max_missing`` and ``subscale_max_missing`` (non-negative integers),
+        ``not_applicable`` (the export's code for "does not apply", or None).
         Overridden numbers are recorded with source "study override".
 
     Returns

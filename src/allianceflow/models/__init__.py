@@ -1,10 +1,13 @@
-"""Multilevel (linear mixed) models written in lme4 syntax, fitted and reported tidily.
+"""Multilevel (linear and generalised linear mixed) models in lme4 syntax, reported tidily.
 
 :func:`fit_model` parses an lme4 formula once (:mod:`~allianceflow.models.formula`), fits it
 with the fast nested engine (:mod:`~allianceflow.models.engine`, lme4's profiled deviance
-vectorised over units) or statsmodels' ``MixedLM`` for crossed factors
-(:mod:`~allianceflow.models.statsmodels_backend`), both driven by one optimiser and
-convergence check (:mod:`~allianceflow.models.optimize`), and returns a
+vectorised over units), the sparse engine for crossed and partially crossed factors
+(:mod:`~allianceflow.models.sparse`), the GLMM engine for binomial and Poisson outcomes
+(:mod:`~allianceflow.models.glmm`, glmer's Laplace and adaptive quadrature), or statsmodels'
+``MixedLM`` for what none of them covers (:mod:`~allianceflow.models.statsmodels_backend`),
+all driven by one optimiser and convergence check (:mod:`~allianceflow.models.optimize`),
+and returns a
 :class:`MixedModelResult` (:mod:`~allianceflow.models.result`): ``.fixed`` and ``.random``
 DataFrames, ICC, R², convergence, ``.summary()`` and ``to_dict()`` for JSON. Inference --
 Wald tests, containment df, r-equivalents, likelihood-ratio tests -- lives in

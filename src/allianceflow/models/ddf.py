@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .design import model_rows
+from .design import group_codes, model_rows, nested_in
 from .formula import FormulaSpec, parse_formula
 
 __all__ = [
@@ -127,17 +127,6 @@ class VarianceStructure:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _factor_key(data: pd.DataFrame, factor: tuple[str, ...]) -> np.ndarray:
-    if len(factor) == 1:
-        return data[factor[0]].astype(str).to_numpy()
-    return data[list(factor)].astype(str).agg(":".join, axis=1).to_numpy()
-
-
-def _nested(inner: np.ndarray, outer: np.ndarray) -> bool:
-    frame = pd.DataFrame({"i": inner, "o": outer})
-    return bool((frame.groupby("i")["o"].nunique() <= 1).all())
 
 
 def _lookup_variance(result: Mapping[str, Any], group: str, effect: str) -> float:
@@ -246,7 +235,7 @@ def variance_structure(
     pieces: list[tuple[int, np.ndarray, np.ndarray]] = []  # (term index, x_a, x_b)
     keys: list[np.ndarray] = []
     for t_index, term in enumerate(spec.random):
-        keys.append(_factor_key(rows, term.factor))
+        keys.append(group_codes(rows, term.factor)[0])
         values = {
             e: np.ones(n) if e == "(Intercept)" else rows[e].to_numpy(dtype=float)
             for e in term.effects
@@ -277,9 +266,9 @@ def variance_structure(
 
     # independent blocks: levels of a factor that every other factor is nested in
     blocks = [np.arange(n)]
-    for key in sorted(keys, key=lambda k: len(np.unique(k))):
-        if all(_nested(other, key) for other in keys):
-            codes, _ = pd.factorize(key)
+    for key in sorted(keys, key=lambda k: int(k.max()) + 1):
+        if all(nested_in(other, key) for other in keys):
+            codes = key
             order = np.argsort(codes, kind="stable")
             bounds = np.searchsorted(codes[order], np.arange(codes.max() + 2))
             blocks = [order[bounds[i] : bounds[i + 1]] for i in range(codes.max() + 1)]

@@ -4,17 +4,121 @@ Every back-end fits the complete cases of the formula's variables (listwise dele
 lme4's default ``na.action = na.omit``). :func:`model_rows` selects them once;
 :func:`missing_by_variable` says which variable emptied how many rows, so that a result
 accounts for every row it did not use; :func:`check_rank` refuses a fixed-effects design
-that cannot be estimated, naming the columns at fault.
+that cannot be estimated, naming the columns at fault. :func:`group_codes` is the one way
+the models identify the levels of a grouping factor (one column, or several for an
+interaction such as ``therapist:patient``), :func:`level_labels` the one way they name them,
+and :func:`nested_in` the one test that a factor is nested in another.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
 
 from allianceflow.models.formula import FormulaSpec, ModelError, formula_variables
 
-__all__ = ["ModelError", "model_rows", "missing_by_variable", "check_rank", "check_identifiable"]
+__all__ = [
+    "ModelError",
+    "model_rows",
+    "missing_by_variable",
+    "check_rank",
+    "check_identifiable",
+    "group_codes",
+    "level_labels",
+    "nested_in",
+    "fixed_design",
+]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def fixed_design(spec: FormulaSpec, rows: pd.DataFrame) -> pd.DataFrame:
+    """The fixed-effects design of *spec* on the complete *rows* (index reset).
+
+    The same matrix and column names as ``patsy.dmatrix(spec.fixed, rows)``: when the fixed
+    part is an intercept and distinct plain columns of a numeric (not boolean) type, the
+    columns are taken as they are, without patsy's formula machinery (which costs more than
+    fitting a small model); anything else (factors, interactions, transformations, no
+    intercept) goes to patsy.
+    """
+    terms = [t.strip() for t in spec.fixed.split("+")]
+    if terms and terms[0] == "1":
+        terms = terms[1:]
+    simple = (
+        len(set(terms)) == len(terms)
+        and all(_NAME.match(t) and t in rows.columns and t != "Intercept" for t in terms)
+        and all(
+            pd.api.types.is_numeric_dtype(rows[t]) and not pd.api.types.is_bool_dtype(rows[t])
+            for t in terms
+        )
+    )
+    if simple:
+        columns = {"Intercept": np.ones(len(rows))}
+        columns.update({t: rows[t].to_numpy(dtype=float) for t in terms})
+        return pd.DataFrame(columns)
+    import patsy
+
+    design = patsy.dmatrix(spec.fixed, rows, return_type="dataframe", eval_env=0)
+    return design.reset_index(drop=True)
+
+
+def group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray, pd.DataFrame]:
+    """Integer codes of a grouping factor's levels, and the levels.
+
+    Every model module identifies grouping levels through this function, so that a level is
+    the same unit whichever back-end, df method or check looks at it.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame
+        Rows without missing values in the factor's columns.
+    factor : tuple of str
+        One column, or several for an interaction (``("therapist", "patient")`` for
+        ``therapist:patient``): a level is a distinct combination of their values.
+
+    Returns
+    -------
+    (numpy.ndarray, pandas.DataFrame)
+        One int64 code per row, 0 .. m - 1 in the sorted order of the levels, and the *m*
+        levels (one row each, the factor's columns).
+
+    Examples
+    --------
+    >>> d = pd.DataFrame({"t": ["b", "a", "b"], "p": [1, 1, 2]})
+    >>> codes, levels = group_codes(d, ("t", "p"))
+    >>> codes.tolist(), level_labels(levels)
+    ([1, 0, 2], ['a:1', 'b:1', 'b:2'])
+    """
+    if len(factor) == 1:
+        codes, uniques = pd.factorize(data[factor[0]], sort=True)
+        return codes.astype(np.int64), pd.DataFrame({factor[0]: np.asarray(uniques)})
+    mi = pd.MultiIndex.from_frame(data[list(factor)])
+    codes, uniques = pd.factorize(mi, sort=True)
+    return codes.astype(np.int64), uniques.to_frame(index=False)
+
+
+def level_labels(levels: pd.DataFrame) -> list[str]:
+    """Name each level of :func:`group_codes`: its values as text, joined by ``:``."""
+    if levels.shape[1] == 1:
+        return [str(v) for v in levels.iloc[:, 0]]
+    return [":".join(map(str, row)) for row in levels.itertuples(index=False, name=None)]
+
+
+def nested_in(inner: np.ndarray, outer: np.ndarray) -> bool:
+    """Whether every level of *inner* lies within one level of *outer* (codes, one per row).
+
+    >>> nested_in(np.array([0, 0, 1, 2]), np.array([5, 5, 5, 6]))
+    True
+    >>> nested_in(np.array([0, 0, 1]), np.array([5, 6, 6]))
+    False
+    """
+    if inner.size == 0:
+        return True
+    last = np.full(int(inner.max()) + 1, -1, dtype=np.int64)
+    last[inner] = outer  # the outer level of each inner level's last row
+    return bool(np.array_equal(last[inner], outer))
 
 
 def model_rows(data: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, int]:
@@ -33,8 +137,11 @@ def model_rows(data: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, int
         No row is complete.
     """
     variables = formula_variables(spec, data.columns)
-    keep = data[variables].notna().all(axis=1).to_numpy()
-    rows = data.loc[keep, variables].reset_index(drop=True)
+    keep = np.ones(len(data), dtype=bool)
+    for v in variables:
+        keep &= data[v].notna().to_numpy()
+    rows = data[variables]
+    rows = (rows if keep.all() else rows.loc[keep]).reset_index(drop=True)
     if len(rows) == 0:
         raise ModelError(
             f"`data` has no complete rows for the model variables {variables} "
@@ -124,7 +231,7 @@ def check_identifiable(rows: pd.DataFrame, spec: FormulaSpec) -> None:
         )
     for factor in spec.factors:
         label = ":".join(factor)
-        n_levels = int(rows[list(factor)].drop_duplicates().shape[0])
+        n_levels = len(group_codes(rows, factor)[1])
         if n_levels >= n:
             raise ModelError(
                 f"`formula` {spec.formula!r}: the grouping factor {label!r} has as many levels "

@@ -16,9 +16,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from allianceflow.models.design import ModelError, check_rank, model_rows
+from allianceflow.models.design import (
+    ModelError,
+    check_rank,
+    fixed_design,
+    level_labels,
+    model_rows,
+)
 from allianceflow.models.formula import FormulaSpec
-from allianceflow.models.inference import containment_df
+from allianceflow.models.inference import containment_df, is_boundary, is_singular
 from allianceflow.models.inference import round_sig as _r
 from allianceflow.models.optimize import minimize_bounded
 from allianceflow.models.pls import (
@@ -93,6 +99,8 @@ class LMMFit:
         ``"<effect> | <factor>"`` for random-effect SDs at 0 (singular fit) and
         ``"correlation | <factor>"`` for a singular (rank-deficient) covariance matrix.
     warnings : list of str
+    nesting : list of str
+        Grouping factor labels from the innermost to the outermost (each nested in the next).
     """
 
     formula: str
@@ -122,6 +130,7 @@ class LMMFit:
     hessian_positive_definite: bool
     boundary: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    nesting: list = field(default_factory=list)
 
     @property
     def bse(self) -> np.ndarray:
@@ -152,9 +161,8 @@ class LMMFit:
 # --------------------------------------------------------------------------- fitting
 
 
-def _prepare(data: pd.DataFrame, spec: FormulaSpec):
-    import patsy
-
+def _prepare(data: pd.DataFrame, spec: FormulaSpec, *, complete: bool = False):
+    """Rows, nesting, design and response of a fit; *complete*: *data* are the model's rows."""
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"`data` must be a pandas DataFrame; got {type(data).__name__}.")
     if len(data) == 0:
@@ -163,7 +171,7 @@ def _prepare(data: pd.DataFrame, spec: FormulaSpec):
         raise ValueError(
             f"`formula` {spec.formula!r} has no random part; add e.g. '(1 | patient)'."
         )
-    d, n_dropped = model_rows(data, spec)
+    d, n_dropped = (data, 0) if complete else model_rows(data, spec)
     levels = levels_from_spec(spec)
     nested = nesting_order(d, levels)
     if nested is None:
@@ -175,7 +183,7 @@ def _prepare(data: pd.DataFrame, spec: FormulaSpec):
             "inner units ids that are unique across outer units (e.g. '(1 | therapist/patient)')."
         )
     levels, codes = nested
-    X = patsy.dmatrix(spec.fixed, d, return_type="dataframe", eval_env=0)
+    X = fixed_design(spec, d)
     fixed_names = list(X.columns)
     Xv = X.to_numpy(dtype=float)
     check_rank(Xv, fixed_names)
@@ -184,7 +192,26 @@ def _prepare(data: pd.DataFrame, spec: FormulaSpec):
     for lev in levels:
         for eff in lev.effects:
             Z_cols.append(np.ones(len(d)) if eff == INTERCEPT else d[eff].to_numpy(dtype=float))
-    return d, levels, codes, Xv, fixed_names, y, Z_cols, n_dropped
+    return d, levels, codes, Xv, fixed_names, y, Z_cols, n_dropped, X
+
+
+_BLAS = None
+
+
+def _one_blas_thread():
+    """Limit BLAS to one thread for the duration of a fit (a context manager).
+
+    The engine's linear algebra is on tiny matrices (one small block per unit) and scipy's
+    L-BFGS-B calls BLAS on vectors of a few entries; a multi-threaded BLAS spends more time
+    waking and synchronising its threads than computing (on two cores, 3-4 times the CPU
+    time of a small fit). threadpoolctl restores the previous setting on exit.
+    """
+    global _BLAS
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def fit_lmm(
@@ -221,8 +248,14 @@ def fit_lmm(
         Convergence: the predicted deviance gain of one more Newton step must be below
         ``tol`` (deviance units).
     boundary_tol : float, default 1e-4
-        A diagonal θ (an SD relative to the residual SD) below this is a singular fit
-        (lme4's ``isSingular`` tolerance).
+        Boundary (singular fit) tolerance on the scale of standard deviations relative to
+        the residual SD, as lme4's ``isSingular`` (whose tolerance 1e-4 applies to θ): an
+        effect whose SD is below ``boundary_tol`` times the residual SD is at the boundary
+        (``"<effect> | <factor>"``), and a correlated block none of whose effects is, whose
+        covariance matrix has a direction with an SD that small (smallest eigenvalue of
+        :math:`\Lambda\Lambda^\top` below ``boundary_tol``²), is singular
+        (``"correlation | <factor>"``, a correlation at ±1). The optimiser also sets a
+        diagonal θ below ``boundary_tol`` to 0 when that costs nothing.
     maxiter : int, default 1000
         Iteration limit of L-BFGS-B.
 
@@ -308,7 +341,22 @@ def fit_lmm(
     for name, val in (("tol", tol), ("boundary_tol", boundary_tol)):
         if not (isinstance(val, (int, float)) and val > 0):
             raise ValueError(f"`{name}` must be a positive number; got {val!r}.")
-    d, levels, codes, X, fixed_names, y, Z_cols, n_dropped = _prepare(data, spec)
+    prepared = _prepare(data, spec)
+    with _one_blas_thread():
+        return _fit_prepared(
+            prepared,
+            spec,
+            reml=bool(reml),
+            start=start,
+            tol=tol,
+            boundary_tol=boundary_tol,
+            maxiter=maxiter,
+        )
+
+
+def _fit_prepared(prepared, spec, *, reml, start, tol, boundary_tol, maxiter) -> LMMFit:
+    """Fit the output of :func:`_prepare` (see :func:`fit_lmm`)."""
+    d, levels, codes, X, fixed_names, y, Z_cols, n_dropped, _ = prepared
     prob = Problem(levels, codes, Z_cols, X, y, bool(reml))
     lower = prob.lower
     if start is None:
@@ -390,17 +438,19 @@ def fit_lmm(
         Lam = prob.lam(theta, li)
         cov = sigma2 * Lam @ Lam.T
         cov_re[lev.label] = pd.DataFrame(cov, index=list(lev.effects), columns=list(lev.effects))
-        for j, eff in enumerate(lev.effects):
-            if abs(Lam[j, j]) < boundary_tol:
-                boundary.append(f"{eff} | {lev.label}")
-        if lev.q > 1 and not any(abs(Lam[j, j]) < boundary_tol for j in range(lev.q)):
-            rel = Lam @ Lam.T
-            ev = np.linalg.eigvalsh(rel)
-            if (
-                ev.min() < boundary_tol**2 * max(ev.max(), 1e-300)
-                and lev.pattern[np.tril_indices(lev.q, -1)].any()
-            ):
-                boundary.append(f"correlation | {lev.label}")
+        # on the scale of SDs relative to the residual SD (see fit_lmm's boundary_tol)
+        rel = Lam @ Lam.T
+        at_zero = [is_boundary(rel[j, j], 1.0, boundary_tol) for j in range(lev.q)]
+        boundary += [
+            f"{eff} | {lev.label}" for eff, z in zip(lev.effects, at_zero, strict=True) if z
+        ]
+        if (
+            lev.q > 1
+            and not any(at_zero)
+            and lev.pattern[np.tril_indices(lev.q, -1)].any()
+            and is_singular(rel, 1.0, boundary_tol)
+        ):
+            boundary.append(f"correlation | {lev.label}")
         Zl = Zs[:, col : col + lev.q]
         level_variance[lev.label] = float(np.mean(np.sum((Zl @ cov) * Zl, axis=1)))
         col += lev.q
@@ -454,6 +504,7 @@ def fit_lmm(
         hessian_positive_definite=bool(hess_pd),
         boundary=boundary,
         warnings=warn,
+        nesting=[lev.label for lev in levels],
     )
 
 
@@ -463,14 +514,23 @@ def fit_backend(
     """Fit the complete *rows* with :func:`fit_lmm` for ``allianceflow.models.fit_model``.
 
     Returns the :class:`~allianceflow.models.result.BackendFit`: containment df, random rows
-    in formula order, the outer factor's conditional modes, the convergence record.
+    in formula order, the conditional modes of the outermost grouping factor (the one every
+    other factor is nested in, as the statsmodels back-end reports; none when it has more
+    than 5,000 levels), the convergence record. The rows, design and nesting are prepared
+    once, for the fit and for the containment df.
     """
-    import patsy
-
-    fit = fit_lmm(rows, spec, reml=reml, boundary_tol=boundary_tol)
-    design = patsy.dmatrix(spec.fixed, rows, return_type="dataframe")
-    exog = design.reset_index(drop=True)
-    exog.columns = list(fit.fixed_names)
+    prepared = _prepare(rows, spec, complete=True)
+    with _one_blas_thread():
+        fit = _fit_prepared(
+            prepared,
+            spec,
+            reml=bool(reml),
+            start=None,
+            tol=1e-6,
+            boundary_tol=boundary_tol,
+            maxiter=1000,
+        )
+    exog = prepared[-1]
     order = [t.label for t in spec.random]
     random, covs = [], []
     for group in dict.fromkeys(order):
@@ -486,17 +546,6 @@ def fit_backend(
                     a, b = effects[i], effects[j]
                     den = math.sqrt(max(cov.loc[a, a], 0) * max(cov.loc[b, b], 0))
                     covs.append((group, a, b, float(cov.loc[a, b]), den))
-    modes = []
-    outer = order[0] if order else None
-    if outer is not None and outer in fit.ranef and len(fit.ranef[outer]) <= 5000:
-        frame = fit.ranef[outer]
-        k = len(outer.split(":"))  # the factor's columns come first, then the effects
-        terms = [c for c in frame.columns[k:] if not str(c).startswith("se_")]
-        level = frame[list(frame.columns[:k])].astype(str).agg(":".join, axis=1)
-        frame = frame.assign(_level=level).sort_values("_level", kind="mergesort")
-        for _, row in frame.iterrows():
-            for t in terms:
-                modes.append((outer, row["_level"], t, float(row[t]), float(row[f"se_{t}"])))
     warnings_ = list(fit.warnings)
     if not fit.converged:
         warnings_.append(
@@ -519,7 +568,7 @@ def fit_backend(
         var_fixed=fit.var_fixed,
         loglik=fit.loglik,
         n_params=int(fit.n_params),
-        conditional_modes=modes,
+        conditional_modes=_outer_modes(fit, spec),
         converged=bool(fit.converged),
         optimizer=fit.optimizer,
         attempts=[
@@ -538,3 +587,20 @@ def fit_backend(
         boundary=list(fit.boundary),
         warnings=warnings_,
     )
+
+
+def _outer_modes(fit: LMMFit, spec: FormulaSpec, max_groups: int = 5000) -> list[tuple]:
+    """``(group, level, term, mode, se)`` of the outermost factor, levels sorted as text."""
+    if not fit.nesting:
+        return []
+    outer = fit.nesting[-1]
+    frame = fit.ranef[outer]
+    if len(frame) > max_groups:
+        return []
+    k = len(next(t.factor for t in spec.random if t.label == outer))
+    terms = [c for c in frame.columns[k:] if not str(c).startswith("se_")]
+    labels = level_labels(frame.iloc[:, :k])
+    est = {t: frame[t].to_numpy(dtype=float).tolist() for t in terms}
+    se = {t: frame[f"se_{t}"].to_numpy(dtype=float).tolist() for t in terms}
+    rank = sorted(range(len(labels)), key=labels.__getitem__)
+    return [(outer, labels[i], t, est[t][i], se[t][i]) for i in rank for t in terms]

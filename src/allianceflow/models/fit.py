@@ -2,8 +2,9 @@
 
 The formula is parsed once and the model's complete rows selected once. Grouping factors
 with too few levels are dropped (with a warning), then the fit goes to the fast engine
-(:mod:`allianceflow.models.engine`, nested factors) or to statsmodels' ``MixedLM``
-(:mod:`allianceflow.models.statsmodels_backend`, crossed factors). Both return a
+(:mod:`allianceflow.models.engine`, nested factors; :mod:`allianceflow.models.sparse`,
+crossed factors) or to statsmodels' ``MixedLM``
+(:mod:`allianceflow.models.statsmodels_backend`, what neither covers). All return a
 :class:`~allianceflow.models.result.BackendFit`, from which
 :func:`~allianceflow.models.result.build_result` makes the one
 :class:`~allianceflow.models.result.MixedModelResult`.
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from allianceflow.models import engine as fast
+from allianceflow.models import sparse
 from allianceflow.models import statsmodels_backend as sm
 from allianceflow.models.ddf import (
     BlockTooLarge,
@@ -27,12 +29,13 @@ from allianceflow.models.ddf import (
 from allianceflow.models.design import (
     ModelError,
     check_identifiable,
+    group_codes,
     missing_by_variable,
     model_rows,
 )
 from allianceflow.models.formula import FormulaSpec, drop_effects, parse_formula
 from allianceflow.models.pls import supports
-from allianceflow.models.result import MixedModelResult, build_result
+from allianceflow.models.result import MixedModelResult, build_result, variance_record
 
 __all__ = ["fit_model", "check_data", "DDF_METHODS", "DDF_MAX_BLOCK"]
 
@@ -89,7 +92,7 @@ def _few_level_terms(
     """Drop the random terms of grouping factors with fewer than *min_levels* levels."""
     dropped = []
     for factor in spec.factors:
-        n_levels = int(rows[list(factor)].drop_duplicates().shape[0])
+        n_levels = len(group_codes(rows, factor)[1])
         if n_levels >= min_levels:
             continue
         label = ":".join(factor)
@@ -139,6 +142,10 @@ def fit_model(
     engine: Literal["auto", "fast", "statsmodels"] = "auto",
     min_levels: int = 5,
     ddf: Literal["containment", "satterthwaite", "kenward-roger"] = "containment",
+    family: Literal["gaussian", "binomial", "poisson"] = "gaussian",
+    link: str | None = None,
+    nAGQ: int = 1,  # noqa: N803 -- lme4's name
+    vcov: Literal["hessian", "beta_only"] = "hessian",
 ) -> MixedModelResult:
     r"""Fit a linear mixed model written in lme4 syntax and return tidy, JSON-ready results.
 
@@ -164,18 +171,26 @@ def fit_model(
         Cholesky factor of the relative covariance) accepted when the Newton test cannot be
         used.
     boundary_tol : float, default 1e-4
-        A random-effect variance below ``boundary_tol`` times the residual variance is
-        reported as at the boundary (a singular fit, as lme4's ``isSingular``), as is a
-        covariance matrix whose smallest eigenvalue is below ``boundary_tol`` times its
-        largest variance.
+        On the scale of standard deviations relative to the residual SD, as lme4's
+        ``isSingular`` (tolerance 1e-4 on θ): a random effect whose SD is below
+        ``boundary_tol`` times the residual SD (variance below ``boundary_tol``² times the
+        residual variance) is reported as at the boundary (a singular fit), as is a
+        covariance matrix of correlated effects with a direction whose SD is that small
+        (smallest eigenvalue of the covariance over the residual variance below
+        ``boundary_tol``²: a correlation at ±1). ``random[].boundary`` and
+        ``convergence["boundary"]`` use this one test
+        (:func:`allianceflow.models.inference.is_boundary`, ``is_singular``) whichever
+        engine ran.
     maxiter : int, default 2000
         Iteration limit per optimiser.
     engine : {"auto", "fast", "statsmodels"}, default "auto"
         "fast": :func:`allianceflow.models.engine.fit_lmm`, lme4's profiled-deviance formulation
-        vectorised over patients (nested grouping factors only; any ``|`` or ``||`` block
-        at any level). "statsmodels": ``MixedLM`` with the optimiser fall-backs below.
-        "auto" takes the fast engine whenever :func:`allianceflow.models.pls.supports` the
-        structure and statsmodels otherwise (crossed factors). Both give the same result
+        vectorised over patients, for nested grouping factors (any ``|`` or ``||`` block
+        at any level), and :func:`allianceflow.models.sparse.fit_crossed`, the same
+        formulation with a sparse Cholesky factor, for crossed or partially crossed ones.
+        "statsmodels": ``MixedLM`` with the optimiser fall-backs below. "auto" takes the
+        fast engine whenever it supports the structure and statsmodels otherwise (warning
+        first when that fit will be slow or large). All give the same result
         keys; ``to_dict()["engine"]`` says which ran. The options ``optimizers``,
         ``grad_tol`` and ``maxiter`` apply to statsmodels only.
     min_levels : int, default 5
@@ -191,6 +206,20 @@ def fit_model(
         ``reml=False`` the containment df are kept and a warning says so, as they are (with a
         warning) when the marginal covariance has an independent block of more than
         ``DDF_MAX_BLOCK`` (2000) rows, e.g. crossed factors on large data.
+    family : {"gaussian", "binomial", "poisson"}, default "gaussian"
+        "gaussian": the linear mixed model described here. "binomial" (0/1 response or
+        ``cbind(successes, failures)``) and "poisson" fit a generalised linear mixed model
+        as lme4's ``glmer`` (:func:`allianceflow.models.glmm.fit_model_glmm`, which
+        documents the GLMM's options and record); ``reml``, ``ddf``, ``optimizers``,
+        ``grad_tol``, ``maxiter`` and ``engine`` do not apply to it.
+    link : str, optional
+        GLMM link: binomial "logit" (default) or "probit"; Poisson "log".
+    nAGQ : int, default 1
+        GLMM: 1 for the Laplace approximation, more for adaptive Gauss–Hermite quadrature
+        (a single scalar random effect only), as glmer's ``nAGQ``.
+    vcov : {"hessian", "beta_only"}, default "hessian"
+        GLMM: covariance of the fixed effects, glmer's default (Hessian in θ and β jointly)
+        or conditional on θ.
 
     Returns
     -------
@@ -202,7 +231,9 @@ def fit_model(
         covariances, residual_variance, icc, r2_marginal, r2_conditional, loglik, n_params,
         conditional_modes, vcov_fixed, aic, bic, convergence, dropped_missing_by_variable,
         dropped_random_terms`` and, last, ``ddf`` (``"satterthwaite"`` or
-        ``"kenward-roger"``) when those df were used (no ``ddf`` key: containment); floats
+        ``"kenward-roger"``) when those df were used (no ``ddf`` key: containment);
+        ``conditional_modes`` are those of the outermost grouping factor (the one the others
+        are nested in; none for crossed factors or more than 5,000 levels); floats
         are plain Python floats rounded to 12 significant digits (``None`` for NaN).
         ``vcov_fixed`` is the unadjusted covariance also with Kenward–Roger (as lme4's
         ``vcov``).
@@ -344,6 +375,32 @@ def fit_model(
     """
     check_data(data)
     _check_name(name)
+    if family not in ("gaussian", "binomial", "poisson"):
+        raise ValueError(f"`family` must be 'gaussian', 'binomial' or 'poisson'; got {family!r}.")
+    if family != "gaussian":
+        if ddf != "containment":
+            raise ValueError(
+                f"`ddf` applies to linear models (family='gaussian'); a {family} GLMM has Wald "
+                f"z tests, as glmer; got ddf={ddf!r}."
+            )
+        from allianceflow.models.glmm import fit_model_glmm
+
+        return fit_model_glmm(
+            data,
+            formula,
+            family=family,
+            link=link,
+            nAGQ=nAGQ,
+            vcov=vcov,
+            name=name,
+            boundary_tol=boundary_tol,
+            min_levels=min_levels,
+        )
+    if link not in (None, "identity") or nAGQ != 1:
+        raise ValueError(
+            f"`link` and `nAGQ` apply to family='binomial' or 'poisson'; got link={link!r}, "
+            f"nAGQ={nAGQ!r} with family='gaussian'."
+        )
     optimizers = sm.check_optimizers(optimizers)
     if not isinstance(reml, (bool, np.bool_)):
         raise TypeError(f"`reml` must be True or False; got {reml!r}.")
@@ -352,6 +409,11 @@ def fit_model(
     min_levels = _check_min_levels(min_levels)
     ddf = _check_ddf(ddf)
     spec = formula if isinstance(formula, FormulaSpec) else parse_formula(formula)
+    if spec.cbind is not None:
+        raise ValueError(
+            f"`formula` {spec.formula!r}: a cbind(successes, failures) response needs "
+            "family='binomial'."
+        )
     rows, n_dropped = model_rows(data, spec)
     by_variable = missing_by_variable(data, spec)
     fit_spec, dropped = _few_level_terms(rows, spec, min_levels)
@@ -359,11 +421,13 @@ def fit_model(
     # nesting is a property of the rows the model uses (incomplete rows are dropped)
     if engine != "statsmodels" and supports(fit_spec, rows):
         backend = fast.fit_backend(rows, fit_spec, reml=bool(reml), boundary_tol=boundary_tol)
+    elif engine != "statsmodels" and sparse.supports(fit_spec, rows):
+        # crossed or partially crossed factors: lme4's sparse formulation
+        backend = sparse.fit_backend(rows, fit_spec, reml=bool(reml), boundary_tol=boundary_tol)
     elif engine == "fast":
         raise ValueError(
-            f"The fast engine cannot fit {spec.formula!r}: it needs nested grouping factors "
-            "(e.g. patients within therapists); use engine='statsmodels' (or 'auto') for "
-            "crossed factors."
+            f"The fast engine cannot fit {spec.formula!r}: "
+            f"{sparse.refusal(fit_spec, rows)} Use engine='statsmodels' (or 'auto')."
         )
     else:
         backend = sm.fit_backend(
@@ -392,15 +456,17 @@ def fit_model(
             f"for {_DDF_LABEL[ddf]} df."
         )
         ddf = "containment"
-    result = build_result(backend, **settings)
-    if ddf == "containment":
-        return result
-    try:
-        table = _ddf_table(rows, fit_spec, result.to_dict(), ddf)
-    except BlockTooLarge as err:
-        backend.warnings.append(
-            f"ddf={ddf!r} was asked for, but {err} The containment df and Wald z tests and "
-            "intervals are reported instead."
-        )
+    table = None
+    if ddf != "containment":
+        # the df need only the variance components, as the record rounds them: the result
+        # is built once, after them
+        try:
+            table = _ddf_table(rows, fit_spec, variance_record(backend), ddf)
+        except BlockTooLarge as err:
+            backend.warnings.append(
+                f"ddf={ddf!r} was asked for, but {err} The containment df and Wald z tests "
+                "and intervals are reported instead."
+            )
+    if table is None:
         return build_result(backend, **settings)
     return build_result(backend, **settings, ddf=ddf, ddf_table=table)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from allianceflow.models.design import ModelError
+from allianceflow.models.design import ModelError, group_codes
 from allianceflow.models.formula import FormulaSpec, formula_variables, parse_formula
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "containment_df",
     "variance_explained",
     "is_boundary",
+    "is_singular",
     "compare_models",
     "likelihood_ratio_test",
     "boundary_p",
@@ -59,8 +60,35 @@ _r = round_sig
 
 
 def is_boundary(variance: float, residual_variance: float, boundary_tol: float) -> bool:
-    """Tell whether a variance is below ``boundary_tol`` times the residual variance."""
-    return bool(variance < boundary_tol * residual_variance)
+    r"""Tell whether a random-effect variance is at the boundary (a singular fit).
+
+    The test is on the scale of standard deviations relative to the residual SD, the scale
+    of lme4's ``isSingular`` (tolerance 1e-4 on :math:`\theta`, the relative Cholesky factor,
+    whose diagonal for a single effect is :math:`\sigma_b/\sigma`):
+    :math:`\sigma_b/\sigma < \mathrm{tol}`, i.e. variance :math:`< \mathrm{tol}^2\sigma^2`.
+    Every boundary flag of a fit (``random[].boundary``, ``convergence["boundary"]`` of both
+    back-ends) uses this test, and :func:`is_singular` for correlated blocks.
+
+    >>> is_boundary(1e-9, 1.0, 1e-4), is_boundary(1e-7, 1.0, 1e-4)
+    (True, False)
+    """
+    return bool(variance < boundary_tol**2 * residual_variance)
+
+
+def is_singular(covariance, residual_variance: float, boundary_tol: float) -> bool:
+    r"""Tell whether a random-effects covariance matrix is singular (a correlation at ±1).
+
+    On the scale of :func:`is_boundary`: some linear combination of the effects has an SD
+    below ``boundary_tol`` times the residual SD, i.e. the smallest eigenvalue of
+    :math:`\Sigma/\sigma^2` is below :math:`\mathrm{tol}^2`.
+
+    >>> is_singular(np.array([[1.0, 1.0], [1.0, 1.0]]), 1.0, 1e-4)
+    True
+    >>> is_singular(np.array([[1.0, 0.5], [0.5, 1.0]]), 1.0, 1e-4)
+    False
+    """
+    rel = np.asarray(covariance, dtype=float) / residual_variance
+    return bool(np.linalg.eigvalsh(rel).min() < boundary_tol**2)
 
 
 def variance_explained(
@@ -182,24 +210,31 @@ def containment_df(
     dict
         Column name -> df.
     """
-    ordered = sorted(factors, key=lambda f: (len(f), data[list(f)].drop_duplicates().shape[0]))
-    keys = [
-        data[f[0]] if len(f) == 1 else data[list(f)].astype(str).agg(":".join, axis=1)
-        for f in ordered
-    ]
+    coded = [(f, group_codes(data, f)[0]) for f in factors]
+    coded.sort(key=lambda fc: (len(fc[0]), int(fc[1].max()) + 1 if fc[1].size else 0))
+    keys = [c for _, c in coded]
     n = len(data)
-    sizes = [1] + [int(k.nunique()) for k in keys] + [n]
-    # level index of each column: innermost level within which it is constant
-    level = {}
+    sizes = [1] + [int(k.max()) + 1 for k in keys] + [n]
     x = exog.reset_index(drop=True)
-    for c in x.columns:
-        if np.ptp(x[c].to_numpy()) == 0:  # intercept
+    values = x.to_numpy(dtype=float)
+    intercept_like = np.ptp(values, axis=0) == 0
+    tolerance = 1e-12 * np.maximum(1.0, np.abs(values).max(axis=0))
+    # per factor, per column: is the column constant within every level (range 0)?
+    constant_within = []
+    for codes in keys:
+        grouped = pd.DataFrame(values).groupby(codes, sort=False)
+        spread = (grouped.max() - grouped.min()).max(axis=0).to_numpy()
+        constant_within.append(spread <= tolerance)
+    # level index of each column: the outermost level within whose units it is constant
+    # (counting from the innermost level outwards while it stays constant)
+    level = {}
+    for j, c in enumerate(x.columns):
+        if intercept_like[j]:
             level[c] = len(keys) + 1
             continue
         lev = len(keys) + 1
         for i in range(len(keys) - 1, -1, -1):
-            spread = x[c].groupby(keys[i].to_numpy()).agg(lambda s: np.ptp(s.to_numpy()))
-            if float(spread.max()) <= 1e-12 * max(1.0, float(np.abs(x[c]).max())):
+            if constant_within[i][j]:
                 lev = i + 1
             else:
                 break
@@ -207,7 +242,7 @@ def containment_df(
     # The intercept is already accounted for by sizes[0] = 1 (Pinheiro & Bates 2000, sec.
     # 2.4.2; nlme's Orthodont example: 108 rows, 27 subjects, age within, Sex between gives
     # df 80 for intercept and age, 25 for Sex); it is reported at the innermost level.
-    intercepts = {c for c in x.columns if np.ptp(x[c].to_numpy()) == 0}
+    intercepts = {c for j, c in enumerate(x.columns) if intercept_like[j]}
     n_at = {
         lv: sum(1 for c in level if level[c] == lv and c not in intercepts)
         for lv in range(1, len(keys) + 2)
@@ -267,11 +302,32 @@ def _lrt(r0: dict, r1: dict, random_only: bool) -> dict:
 def boundary_p(stat: float, df: int, added_variances: int) -> float | None:
     r"""P of an LRT whose null puts variances on the boundary of the parameter space.
 
-    Self & Liang (1987); Stram & Lee (1994): adding *k* independent variances (no
-    covariances, ``df == k``) gives a mixture of :math:`\chi^2_j`, j = 0..k, with binomial
-    weights :math:`\binom{k}{j}/2^k`; adding one variance with its ``df - 1`` covariances
-    gives the 50:50 mixture of :math:`\chi^2_{df-1}` and :math:`\chi^2_{df}`. Other cases
-    have no simple mixture and return None (use the ordinary ``p``, which is conservative).
+    Under the null a variance is 0, on the edge of the parameter space, and the LRT
+    statistic is not :math:`\chi^2_{df}` but a mixture (a :math:`\bar\chi^2`). What is
+    returned assumes:
+
+    * one variance added with its ``df - 1`` covariances (``added_variances == 1``): the
+      50:50 mixture :math:`\tfrac12\chi^2_{df-1} + \tfrac12\chi^2_{df}`
+      (:math:`\chi^2_0` a point mass at 0): Self & Liang (1987) for one variance,
+      Stram & Lee (1994) for a random effect added with its covariances; the 5% critical
+      values are 2.71 (df 1) and 5.14 (df 2);
+    * *k* variances without covariances (``added_variances == df == k``): binomial weights
+      :math:`\binom{k}{j}/2^k` on :math:`\chi^2_j`, j = 0..k. This is Self & Liang's
+      result when the *k* estimators are asymptotically independent; when they are
+      correlated the true weights depend on the information matrix, and this p is an
+      approximation.
+
+    Both are asymptotic: the other parameters interior, the units of the grouping factor
+    independent and many. Other cases (e.g. several variances with covariances) have no
+    simple mixture and return None: use the ordinary ``p``, which is conservative.
+
+    References
+    ----------
+    Self, S. G., & Liang, K.-Y. (1987). Asymptotic properties of maximum likelihood
+    estimators and likelihood ratio tests under nonstandard conditions. *Journal of the
+    American Statistical Association, 82*(398), 605–610.
+    Stram, D. O., & Lee, J. W. (1994). Variance components testing in the longitudinal
+    mixed effects model. *Biometrics, 50*(4), 1171–1177.
     """
 
     def sf(x: float, j: int) -> float:
@@ -324,7 +380,9 @@ def compare_models(result0: Any, result1: Any) -> dict:
     :math:`\chi^2 = 2(\ell_1 - \ell_0)` on :math:`k_1 - k_0` df. When only random effects
     differ the null puts variances on the boundary and the chi-square p is conservative;
     ``p_boundary`` gives the 50:50 mixture of :math:`\chi^2_{df-1}` and :math:`\chi^2_{df}`
-    (Self & Liang 1987; Stram & Lee 1994), exact for one added variance.
+    for one added variance (with its covariances) and binomial weights for several
+    independent ones (Self & Liang 1987; Stram & Lee 1994; the assumptions are listed in
+    :func:`boundary_p`), None otherwise.
 
     References
     ----------
@@ -382,6 +440,14 @@ def likelihood_ratio_test(
         As :func:`compare_models`, plus ``fit0`` and ``fit1`` (the two
         :class:`~allianceflow.models.MixedModelResult`).
         Rows with a missing value in a variable of either model are dropped before both fits.
+
+    Notes
+    -----
+    The refits use ``fit_model``'s default containment df unless ``ddf`` is passed in
+    ``fit_options``, whatever df the models were reported with: the test compares
+    likelihoods, which do not depend on the df, and the refits' fixed-effect rows are not
+    the reported ones (an ML refit, needed when the fixed parts differ, cannot have
+    Satterthwaite or Kenward–Roger df, which are defined for REML fits).
     """
     from allianceflow.models.fit import check_data, fit_model
 

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from allianceflow.models.design import check_rank
+from allianceflow.models.design import check_rank, group_codes, level_labels
 from allianceflow.models.formula import FormulaSpec, MixedLMPlan, to_mixedlm
 
 __all__ = [
@@ -41,7 +41,8 @@ def prepare(rows: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, MixedL
         d[fac] = d[fac].astype(str)
     plan = to_mixedlm(spec, d)
     for col, parts in plan.derived_columns.items():
-        d[col] = d[list(parts)].agg(":".join, axis=1)
+        codes, levels = group_codes(d, parts)
+        d[col] = np.asarray(level_labels(levels), dtype=object)[codes]
     if plan.groups == "_all":
         d["_all"] = "all"
     return d, plan

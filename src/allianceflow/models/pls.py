@@ -23,7 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.linalg.lapack import dgesv as _gesv
+from scipy.linalg.lapack import dpotrf as _potrf
 
+from allianceflow.models.design import group_codes, nested_in
 from allianceflow.models.formula import FormulaSpec, parse_formula
 
 __all__ = ["Problem", "supports", "levels_from_spec", "nesting_order", "factor_codes"]
@@ -95,26 +98,19 @@ def check_spec(spec) -> FormulaSpec:
     return spec
 
 
-def factor_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray, pd.DataFrame]:
-    """Integer codes of a (possibly interaction) grouping factor and the level labels."""
-    if len(factor) == 1:
-        codes, uniques = pd.factorize(data[factor[0]], sort=True)
-        return codes.astype(np.int64), pd.DataFrame({factor[0]: np.asarray(uniques)})
-    frame = data[list(factor)]
-    mi = pd.MultiIndex.from_frame(frame)
-    codes, uniques = pd.factorize(mi, sort=True)
-    return codes.astype(np.int64), uniques.to_frame(index=False)
+#: Integer codes of a grouping factor and its levels (the models' one helper for them,
+#: :func:`allianceflow.models.design.group_codes`).
+factor_codes = group_codes
 
 
 def nesting_order(
     data: pd.DataFrame, levels: list[_Level]
 ) -> tuple[list[_Level], list[np.ndarray]] | None:
     """Order levels inner to outer and check that each is nested in the next; None if not."""
-    coded = [(lev, factor_codes(data, lev.factor)[0]) for lev in levels]
+    coded = [(lev, group_codes(data, lev.factor)[0]) for lev in levels]
     coded.sort(key=lambda lc: -(int(lc[1].max()) + 1 if lc[1].size else 0))
     for (_inner, ci), (_outer, co) in zip(coded[:-1], coded[1:], strict=True):
-        pairs = np.unique(np.stack([ci, co], axis=1), axis=0)
-        if len(pairs) != int(ci.max()) + 1:
+        if not nested_in(ci, co):
             return None
     return [lc[0] for lc in coded], [lc[1] for lc in coded]
 
@@ -289,7 +285,7 @@ class Problem:
         A = np.empty((q, q, m))
         for a_ in range(q):
             for b in range(a_ + 1):
-                acc = np.full(m, 1.0 if a_ == b else 0.0)
+                acc = 1.0 if a_ == b else 0.0  # (scalar start: no array to allocate)
                 for c in range(q):
                     if Lam[c, a_] != 0.0:
                         acc = acc + Lam[c, a_] * T[c][b]
@@ -303,13 +299,11 @@ class Problem:
         logdet = 0.0
         F = np.empty_like(E)
         for j in range(q):
-            sjj = A[j, j] - sum((L[j, k_] ** 2 for k_ in range(j)), np.zeros(m))
+            sjj = A[j, j] - sum((L[j, k_] ** 2 for k_ in range(j)), 0.0)
             L[j, j] = np.sqrt(sjj)
             logdet += 2.0 * float(np.log(L[j, j]).sum())
             for i in range(j + 1, q):
-                L[i, j] = (
-                    A[i, j] - sum((L[i, k_] * L[j, k_] for k_ in range(j)), np.zeros(m))
-                ) / L[j, j]
+                L[i, j] = (A[i, j] - sum((L[i, k_] * L[j, k_] for k_ in range(j)), 0.0)) / L[j, j]
         for i in range(q):
             acc = E[i].copy()
             for k_ in range(i):
@@ -364,11 +358,14 @@ class Problem:
         XtVX = H[:p, :p]
         XtVy = H[:p, p]
         yVy = H[p, p]
-        try:
-            RX = np.linalg.cholesky(XtVX)
-        except np.linalg.LinAlgError:
+        # LAPACK directly (the same potrf and gesv numpy.linalg calls): on the engine's
+        # p x p systems numpy's wrappers cost more than the factorisations
+        RX, info = _potrf(XtVX, lower=1)
+        if info != 0:
             return {"deviance": np.inf}
-        beta = np.linalg.solve(XtVX, XtVy)
+        _, _, beta, info = _gesv(XtVX, XtVy)
+        if info != 0:
+            return {"deviance": np.inf}
         r2 = float(yVy - XtVy @ beta)
         n = self.n
         if not r2 > 0:

@@ -31,6 +31,27 @@ def _random_part(time: str, therapist: bool, random: str | None, slopes: str = "
     return f"(1 | therapist) + {patient}" if therapist else patient
 
 
+#: Options of the moderated presets (alliance_outcome, alliance_components, informants).
+_MODERATOR = {"moderator": None, "moderator_levels": None, "moderator_within": False}
+
+
+def _moderator_part(o: dict, pairs: list[tuple[str, str]]) -> list[str]:
+    """The moderator's terms (see :mod:`allianceflow.models.moderation`)."""
+    from allianceflow.models.moderation import moderated_terms
+
+    m = o["moderator"]
+    if not isinstance(m, str) or not m:
+        raise ValueError(f"`moderator` must be a column name; got {m!r}.")
+    levels = o["moderator_levels"]
+    if levels is not None and (isinstance(levels, str) or len(levels) < 2):
+        raise ValueError(
+            f"`moderator_levels` must list at least two levels (the reference first); "
+            f"got {levels!r}."
+        )
+    _check_choice("moderator_within", o["moderator_within"], (False, True))
+    return moderated_terms(pairs, m, levels, o["moderator_within"])
+
+
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(
@@ -98,6 +119,27 @@ def preset_formula(name: str, **options: Any) -> str:
     str
         The formula, ready for :func:`fit_model`.
 
+        Moderators (``alliance_outcome``, ``alliance_components``, ``informants``)
+            ``moderator=None``: a column whose levels may change the alliance–outcome link.
+            It adds the moderator and its interactions with each within- and
+            between-patient alliance term. ``moderator_levels=None``: the levels of a
+            categorical moderator, the reference first, written as 0/1 columns
+            ``<moderator>_<level>``; None: a continuous moderator, written as
+            ``<moderator>_c`` (centred). ``moderator_within=False``: True for a moderator
+            that varies within patients (e.g. ``modality`` of each session), whose main
+            effect is then split into ``_within`` and ``_between`` parts and whose
+            between part also moderates both alliance terms. The pipeline finds the
+            levels and the level of the moderator from the data and makes these columns
+            (:func:`allianceflow.models.moderation.moderator_variables`), and reports
+            simple slopes at each level (or at -1/0/+1 SD) with their CIs.
+
+            Cautions: a moderator that varies within patients needs its own
+            within/between split, or its coefficient blends a within-patient and a
+            between-patient effect (Enders & Tofighi 2007; Hoffman & Stawski 2009); and
+            tests of interactions have low power, so a non-significant interaction is not
+            evidence that the link is the same at every level (plan the sample with a power
+            simulation that includes the moderator).
+
     Raises
     ------
     ValueError
@@ -110,11 +152,20 @@ def preset_formula(name: str, **options: Any) -> str:
      + (1 + session | patient)'
     >>> preset_formula("growth", time_shape="quadratic", therapist=False, slopes="uncorrelated")
     'outcome ~ session + I(session^2) + (1 + session || patient)'
+    >>> preset_formula("alliance_outcome", therapist=False, moderator="group",
+    ...                moderator_levels=["a", "b"])  # doctest: +NORMALIZE_WHITESPACE
+    'outcome ~ alliance_within_lag + alliance_between + session + group_b
+     + alliance_within_lag:group_b + alliance_between:group_b + (1 + session | patient)'
 
     References
     ----------
     Baldwin, S. A., Wampold, B. E., & Imel, Z. E. (2007). Untangling the alliance-outcome
     correlation. *Journal of Consulting and Clinical Psychology, 75*(6), 842–852.
+    Enders, C. K., & Tofighi, D. (2007). Centering predictor variables in cross-sectional
+    multilevel models: A new look at an old issue. *Psychological Methods, 12*(2), 121–138.
+    Hoffman, L., & Stawski, R. S. (2009). Persons as contexts: Evaluating between-person and
+    within-person effects in longitudinal analysis. *Research in Human Development, 6*(2–3),
+    97–120.
     Biesanz, J. C., Deeb-Sossa, N., Papadakis, A. A., Bollen, K. A., & Curran, P. J. (2004).
     The role of coding time in estimating and interpreting growth curve models.
     *Psychological Methods, 9*(1), 30–52.
@@ -130,12 +181,12 @@ def preset_formula(name: str, **options: Any) -> str:
         raise ValueError(f"`name` must be one of {', '.join(map(repr, PRESETS))}; got {name!r}.")
     specific = {
         "growth": {"time_shape": "linear"},
-        "alliance_outcome": {"previous_outcome": False, "detrend": "none"},
+        "alliance_outcome": {"previous_outcome": False, "detrend": "none", **_MODERATOR},
         "therapist_effects": {"baseline": False},
         "feedback": {"arm": "condition", "on_track": "off_track"},
         "rupture_repair": {},
-        "alliance_components": {"components": ("task", "bond", "goal")},
-        "informants": {"informants": ("patient", "therapist")},
+        "alliance_components": {"components": ("task", "bond", "goal"), **_MODERATOR},
+        "informants": {"informants": ("patient", "therapist"), **_MODERATOR},
     }[name]
     common = {
         "outcome": "outcome",
@@ -174,6 +225,7 @@ def preset_formula(name: str, **options: Any) -> str:
             "alliance_within_detrended_lag" if o["detrend"] == "linear" else "alliance_within_lag"
         )
         fixed = [within, "alliance_between", t] + ([f"{y}_lag"] if o["previous_outcome"] else [])
+        pairs = [(within, "alliance_between")]
     elif name == "therapist_effects":
         _check_choice("baseline", o["baseline"], (False, True))
         fixed = ["alliance_therapist_mean", "alliance_patient_deviation", t]
@@ -191,6 +243,7 @@ def preset_formula(name: str, **options: Any) -> str:
             + [f"alliance_{c}_between" for c in comps]
             + [t]
         )
+        pairs = [(f"alliance_{c}_within_lag", f"alliance_{c}_between") for c in comps]
     else:  # informants
         infs = o["informants"]
         if isinstance(infs, str) or len(infs) < 1:
@@ -199,6 +252,11 @@ def preset_formula(name: str, **options: Any) -> str:
         for inf in infs:
             fixed += [f"alliance_rater_{inf}_within_lag", f"alliance_rater_{inf}_between"]
         fixed += [t]
+        pairs = [
+            (f"alliance_rater_{inf}_within_lag", f"alliance_rater_{inf}_between") for inf in infs
+        ]
+    if o.get("moderator") is not None:
+        fixed += _moderator_part(o, pairs)
     fixed += covs
     rand = _random_part(time_slope, o["therapist"], o["random"], o["slopes"])
     return f"{y} ~ {' + '.join(fixed)} + {rand}"

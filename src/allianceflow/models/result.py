@@ -30,7 +30,9 @@ from allianceflow.models.inference import (
 __all__ = [
     "BackendFit",
     "MixedModelResult",
+    "GLMMResult",
     "build_result",
+    "variance_record",
     "format_model",
     "ddf_method",
     "ddf_note",
@@ -167,6 +169,24 @@ class BackendFit:
     warnings: list = field(default_factory=list)
 
 
+def variance_record(fit: BackendFit) -> dict:
+    """The variance part of the record :func:`build_result` makes, without building it.
+
+    ``reml`` (True: only REML fits reach the df methods), ``random``, ``covariances`` and
+    ``residual_variance``, rounded as in the record: what
+    :func:`allianceflow.models.ddf.variance_structure` reads.
+    """
+    return {
+        "reml": True,
+        "random": [{"group": g, "term": t, "variance": _r(v)} for g, t, v in fit.random],
+        "covariances": [
+            {"group": g, "term1": t1, "term2": t2, "covariance": _r(c)}
+            for g, t1, t2, c, _ in fit.covariances
+        ],
+        "residual_variance": _r(fit.sigma2),
+    }
+
+
 def build_result(
     fit: BackendFit,
     *,
@@ -179,6 +199,7 @@ def build_result(
     boundary_tol: float,
     ddf: str = "containment",
     ddf_table: pd.DataFrame | None = None,
+    extra: dict | None = None,
 ) -> MixedModelResult:
     """Turn a :class:`BackendFit` into a :class:`MixedModelResult` (the one place that does).
 
@@ -192,6 +213,9 @@ def build_result(
     ``ddf_table`` (``term, se, df``, from :mod:`allianceflow.models.ddf`) supplies each
     row's df and standard error, the rows use the *t* distribution on those df
     (:func:`~allianceflow.models.inference.wald_rows`), and ``ddf`` is recorded last.
+
+    ``extra`` (a GLMM's keys: ``family``, ``link``, ``nAGQ``, ratios, ...) is appended to
+    the record, and the result is then a :class:`GLMMResult`.
     """
     if (ddf == "containment") != (ddf_table is None):
         raise ValueError(
@@ -238,7 +262,9 @@ def build_result(
                 "term": t,
                 "variance": _r(v),
                 "sd": _r(math.sqrt(max(v, 0.0))),
-                "boundary": is_boundary(v, scale, boundary_tol),
+                # a GLMM has no residual SD: its SDs are on the linear predictor's scale
+                # (θ itself, as lme4's isSingular for glmer)
+                "boundary": is_boundary(v, 1.0 if extra else scale, boundary_tol),
             }
             for g, t, v in fit.random
         ],
@@ -293,6 +319,9 @@ def build_result(
     }
     if ddf_table is not None:
         record["ddf"] = ddf
+    if extra:
+        record.update(extra)
+        return GLMMResult(record)
     return MixedModelResult(record)
 
 
@@ -359,6 +388,8 @@ class MixedModelResult:
         """
         if isinstance(record, MixedModelResult):
             return record
+        if cls is MixedModelResult and isinstance(record, dict) and "family" in record:
+            return GLMMResult.from_dict(record)
         if not isinstance(record, dict):
             raise TypeError(
                 f"`record` must be a dict from MixedModelResult.to_dict(); got "
@@ -520,6 +551,38 @@ class MixedModelResult:
         return "\n".join(parts)
 
 
+class GLMMResult(MixedModelResult):
+    """A fitted generalised linear mixed model (binomial or Poisson), as lme4's ``glmer``.
+
+    The record has the linear model's keys (``reml`` False; ``residual_variance`` the
+    latent-scale residual variance behind ``icc`` and R², see
+    :func:`allianceflow.models.glmm.latent_residual_variance`) plus ``family``, ``link``,
+    ``nAGQ``, ``vcov_method``, ``se_beta_only``, ``ratio_type`` ("odds ratio", "rate
+    ratio", or None for probit), ``ratios`` (``term, ratio, ci_low, ci_high``: exp of the
+    estimate and of its Wald 95% CI), ``latent_residual_variance`` and ``icc_scale``.
+    """
+
+    @property
+    def family(self) -> str:
+        """The family: "binomial" or "poisson"."""
+        return self._record["family"]
+
+    @property
+    def link(self) -> str:
+        """The link: "logit", "probit" or "log"."""
+        return self._record["link"]
+
+    @property
+    def ratios(self) -> pd.DataFrame:
+        """Odds ratios (logit) or rate ratios (log) with 95% CIs; empty for probit."""
+        return pd.DataFrame(self._record["ratios"], columns=["term", "ratio", "ci_low", "ci_high"])
+
+    def __repr__(self) -> str:
+        """Name, family, formula and convergence verdict on one line."""
+        status = "converged" if self.converged else "NOT converged"
+        return f"<GLMMResult {self.name!r} ({self.family}, {self.link}): {self.formula} ({status})>"
+
+
 # --------------------------------------------------------------------------- plain text
 
 
@@ -593,10 +656,19 @@ def format_model(result: MixedModelResult | dict) -> str:
         )
     lines = []
     method = "REML" if result["reml"] else "ML"
-    lines.append(
-        f"Linear mixed model '{result['name']}' fit by {method} "
-        f"({result.get('engine', 'statsmodels.MixedLM')})"
-    )
+    if "family" in result:
+        method = (
+            "Laplace" if result["nAGQ"] == 1 else f"adaptive Gauss-Hermite, nAGQ={result['nAGQ']}"
+        )
+        lines.append(
+            f"Generalised linear mixed model '{result['name']}' ({result['family']}, "
+            f"{result['link']} link) fit by ML ({method}; {result['engine']})"
+        )
+    else:
+        lines.append(
+            f"Linear mixed model '{result['name']}' fit by {method} "
+            f"({result.get('engine', 'statsmodels.MixedLM')})"
+        )
     lines.append(f"Formula: {result['formula']}")
     groups = ", ".join(f"{g}: {n}" for g, n in result["n_groups"].items())
     lines.append(
@@ -633,6 +705,15 @@ def format_model(result: MixedModelResult | dict) -> str:
         )
     lines.extend(_table(rows))
     lines.append(ddf_note(result) + ".")
+    if result.get("ratios"):
+        lines.append("")
+        lines.append(f"{result['ratio_type'].capitalize()}s (exp of estimate and 95% CI):")
+        rows = [["term", "ratio", "CI low", "CI high"]]
+        rows += [
+            [f["term"], _fmt(f["ratio"]), _fmt(f["ci_low"]), _fmt(f["ci_high"])]
+            for f in result["ratios"]
+        ]
+        lines.extend(_table(rows))
     lines.append("")
     lines.append("Random effects:")
     rows = [["group", "term", "variance", "SD", "boundary"]]
@@ -665,6 +746,15 @@ def format_model(result: MixedModelResult | dict) -> str:
     lines.append("")
     icc = ", ".join(f"{g} {_fmt(v, 3)}" for g, v in result["icc"].items())
     lines.append(f"ICC: {icc}")
+    if "family" in result:
+        lines.append(
+            "Residual: the latent-scale variance behind ICC and R2 "
+            + {
+                "logit": "(pi^2/3, logistic)",
+                "probit": "(1, standard normal)",
+                "log": "(log-normal approximation, Nakagawa, Johnson & Schielzeth 2017)",
+            }[result["link"]]
+        )
     lines.append(
         f"R2 marginal: {_fmt(result['r2_marginal'], 3)}  R2 conditional: "
         f"{_fmt(result['r2_conditional'], 3)}  (Nakagawa & Schielzeth 2013)"

@@ -36,6 +36,7 @@ from .counts import clinical_significance_table, ruptures_table, sudden_gains_ta
 from .descriptive import intake_correlations, reliability_markdown, reliability_table, table1
 from .formatting import DEFAULT_LABELS, format_number, format_p, format_r
 from .model import fixed_effects_table, model_markdown, model_table, to_markdown
+from .moderation import simple_slopes_table
 from .pooled import few_studies_note, meta_analysis_table
 from .render import render_docx, render_html, render_latex, render_markdown, write_table_files
 from .suppression import CellSuppression
@@ -68,4 +69,5 @@ __all__ = [
     "with_labels",
     "meta_analysis_table",
     "few_studies_note",
+    "simple_slopes_table",
 ]
