@@ -257,7 +257,11 @@ def _figures(derived, result):
         "within_between": F.plot_within_between(a),
         "trajectories": F.plot_trajectories(a, result),
         "trajectories_aggregate": F.plot_trajectories(a, result, patient_lines=False),
-        "forest": F.plot_forest(result, title="WAI-SR total within and between patients"),
+        "forest": F.plot_forest(
+            result,
+            title="Change in ORS total over sessions by arm and on-track status (random "
+            "intercepts for therapists; random intercepts and session slopes for patients)",
+        ),
         "forest_many_terms": F.plot_forest(many),
         "caterpillar": F.plot_caterpillar({**result, "conditional_modes": modes}),
         "feedback": F.plot_feedback_curves(a, min_n=1),

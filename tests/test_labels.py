@@ -202,3 +202,48 @@ def test_lower_first_keeps_abbreviations():
         "PHQ-9",
         "x",
     ]
+
+
+def _result(formula, terms):
+    return {"formula": formula, "fixed": [{"term": t} for t in ["Intercept", *terms]]}
+
+
+@pytest.mark.parametrize(
+    ("formula", "terms", "question"),
+    [
+        (
+            "outcome ~ alliance_within_lag + alliance_between + session"
+            " + (1 | therapist) + (1 | patient)",
+            ["alliance_within_lag", "alliance_between", "session"],
+            "WAI-SR total within and between patients predicting ORS total "
+            "(random intercepts for therapists; random intercepts for patients)",
+        ),
+        (
+            "outcome ~ alliance_within_lag + alliance_between + session"
+            " + (1 | therapist) + (1 + session | patient)",
+            ["alliance_within_lag", "alliance_between", "session"],
+            "WAI-SR total within and between patients predicting ORS total (random intercepts "
+            "for therapists; random intercepts and session slopes for patients)",
+        ),
+        (
+            "outcome ~ session + (1 | therapist) + (1 + session | patient)",
+            ["session"],
+            "Change in ORS total over sessions (random intercepts for therapists; random "
+            "intercepts and session slopes for patients)",
+        ),
+        (
+            "outcome ~ session * C(condition) * off_track + (1 | patient)",
+            ["C(condition)[T.tau]", "session", "off_track", "session:C(condition)[T.tau]"],
+            "Change in ORS total over sessions by arm and on-track status "
+            "(random intercepts for patients)",
+        ),
+        (
+            "outcome ~ outcome_lag + (1 | patient)",
+            ["outcome_lag"],
+            "ORS total predicted by ORS total at the previous session "
+            "(random intercepts for patients)",
+        ),
+    ],
+)
+def test_each_model_is_named_by_its_question(labels, formula, terms, question):
+    assert labels.question(_result(formula, terms)) == question

@@ -435,7 +435,9 @@ def test_a_figure_setting_reruns_only_that_figure(tmp_path, copy_project):
     assert _planned_jobs(work, *targets)[0] == {}  # built: nothing to do
 
     config = yaml.safe_load((work / "config.yaml").read_text(encoding="utf-8"))
-    config["studies"]["example2"]["report"] = {"figures": {"caterpillar_group": "patient"}}
+    config["studies"]["example2"].setdefault("report", {})["figures"] = {
+        "caterpillar_group": "patient"
+    }
     (work / "config.yaml").write_text(
         yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8"
     )

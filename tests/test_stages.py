@@ -69,7 +69,7 @@ def test_a_study_has_the_figures_whose_variables_and_columns_it_has(studies):
     assert stages.study_figures(study) == [
         "within_between",
         "trajectories",
-        "forest_alliance_outcome",
+        *[f"forest_{m}" for m in studies["example2"]["models"]],
         "flow",
         "sudden_gains",
         "reliable_change",

@@ -97,14 +97,16 @@ def test_model_table_single_and_side_by_side(result):
     assert list(one.body.columns) == ["Parameter", "b", "SE", "95% CI", "z", "p"]
     row = one.body[one.body["Parameter"] == "Session"].iloc[0].tolist()
     assert row == ["Session", "−0.05", "0.02", "[−0.09, −0.01]", "−2.28", ".023"]
-    assert one.body[one.body["Parameter"] == "ICC patient"].iloc[0, 1] == ".31"
+    assert one.body[one.body["Parameter"] == "ICC, patient"].iloc[0, 1] == ".31"
     assert one.body.iloc[list(one.sections)]["Parameter"].tolist() == [
         "Fixed effects",
         "Random effects (variance)",
         "Model fit",
     ]
     two = T.model_table([result, {**result, "name": "m2"}])
-    assert two.body.columns[1:4].tolist() == ["m1 b (SE)", "m1 95% CI", "m1 p"]
+    assert two.body.columns[1:4].tolist() == ["Model 1 b (SE)", "Model 1 95% CI", "Model 1 p"]
+    assert two.body.columns[4:7].tolist() == ["Model 2 b (SE)", "Model 2 95% CI", "Model 2 p"]
+    assert "Model 1 = " in two.note and "Model 2 = " in two.note
     assert two.body[two.body["Parameter"] == "Intercept"].iloc[0, 4] == "10.00 (0.50)"
     assert set(two.data["model"]) == {"m1", "m2"}
     with pytest.raises(ValueError, match=r"`results` must have unique names; got \['m1', 'm1'\]"):
@@ -214,7 +216,7 @@ def test_intake_correlation_matches_pearson():
 
 
 def test_every_format_is_byte_identical_and_readable(tmp_path, result):
-    table = T.model_table([result])
+    table = T.model_table([result], number=3)
     runs = {}
     for run in ("a", "b"):
         paths = [tmp_path / f"{run}.{ext}" for ext in T.TABLE_FORMATS]
@@ -230,15 +232,42 @@ def test_every_format_is_byte_identical_and_readable(tmp_path, result):
     import docx
 
     document = docx.Document(io.BytesIO(docx_bytes))
-    assert document.tables[0].cell(0, 1).text == "b"
-    assert document.paragraphs[0].text == "Multilevel Model of Outcome"
+    heading = document.tables[0].cell(0, 1).paragraphs[0].runs
+    assert [(r.text, r.italic) for r in heading] == [("b", True)]
+    ci = document.tables[0].cell(0, 3).paragraphs[0].runs
+    assert [(r.text, bool(r.italic)) for r in ci] == [("95% CI", False)]  # CI: not a symbol
+    assert document.paragraphs[0].text == "Table 3"
+    assert document.paragraphs[0].runs[0].bold
+    title = "Change in Outcome Over Sessions (Random Intercepts for Patients)"
+    assert document.paragraphs[1].text == title
     tex = (tmp_path / "a.tex").read_text()
+    assert r"\renewcommand{\thetable}{3}" in tex and f"\\caption{{{title}}}" in tex
     assert r"\multicolumn{6}{l}{\textit{Fixed effects}} \\" in tex
     assert r"Session & $-$0.05 & 0.02 & [$-$0.09, $-$0.01] & $-$2.28 & .023 \\" in tex
+    assert r"\textit{b} & \textit{SE} & 95\% CI & \textit{z} & \textit{p} \\" in tex
+    assert "landscape" not in tex
     html = (tmp_path / "a.html").read_text()
     assert "<td>[−0.09, −0.01]</td>" in html
+    assert f"<caption><strong>Table 3</strong><br><em>{title}</em></caption>" in html
+    assert "<th><em>SE</em></th>" in html and "<th>95% CI</th>" in html
+    assert (tmp_path / "a.md").read_text().startswith(f"**Table 3**\n\n*{title}*\n")
     csv = pd.read_csv(tmp_path / "a.csv")
     assert csv.columns.tolist() == ["model", "section", "term", "statistic", "value"]
+
+
+def test_a_wide_table_is_set_landscape(result):
+    models = [{**result, "name": f"m{i}"} for i in range(3)]
+    wide = T.model_table(models)
+    assert len(wide.body.columns) == 10 and wide.wide
+    tex = T.render_latex(wide)
+    assert tex.splitlines()[1] == r"\begin{landscape}" and tex.rstrip().endswith(r"\end{landscape}")
+    assert "pdflscape" in tex.splitlines()[0]
+    import docx
+    from docx.enum.section import WD_ORIENT
+
+    document = docx.Document(io.BytesIO(T.render_docx(wide)))
+    assert document.sections[0].orientation == WD_ORIENT.LANDSCAPE
+    assert not T.model_table([result]).wide
 
 
 def test_unknown_suffix_is_refused(tmp_path, result):
@@ -267,7 +296,7 @@ def test_model_table_reports_the_covariance_of_correlated_random_effects(result)
     }
     t = T.model_table([result, correlated])
     body = t.body.set_index("Parameter")
-    row = body.loc["Patient intercept with Session, covariance (r)"]
+    row = body.loc["Patient intercept with session slope, covariance (r)"]
     assert row.tolist() == [
         "",
         "",
@@ -810,3 +839,69 @@ def test_the_audit_protects_a_total_that_two_hidden_cells_per_line_leave_open():
         ["0 (0.0)", "0 (0.0)", "0 (0.0)", "0 (0.0)"],  # harmed
         ["0 (0.0)", "0 (0.0)", "0 (0.0)", "0 (0.0)"],  # not assessable
     ]
+
+
+# --------------------------------------------------------------------------- pooled tables
+
+
+def test_pooled_table_is_formatted_like_the_study_tables_and_explains_k_2():
+    from allianceflow.pool import meta_analysis
+
+    effects = pd.DataFrame({"study": ["example", "example2"], "r": [0.2, 0.3], "n": [200, 120]})
+    meta = meta_analysis(effects)  # Paule–Mandel with the HKSJ interval, the pipeline default
+    comparison = pd.DataFrame(
+        {
+            "approach": ["two-stage (PM, HKSJ)", "one-stage"],
+            "r": [0.24, 0.25],
+            "ci_low": [-0.4, 0.18],
+            "ci_high": [0.7, 0.31],
+        }
+    )
+    t = T.meta_analysis_table(meta, comparison, number=1)
+    assert t.label == "Table 1"
+    assert (
+        t.title == "Random-Effects Meta-Analysis of the Within-Patient Alliance–Outcome Association"
+    )
+    assert t.body.columns.tolist() == ["Study", "n", "r", "95% CI", "Weight (%)"]
+    # tau^2 = 0 here (Q = 0.84 < 1 df): weights 197 : 117 of the inverse variances n - 3
+    assert t.body.iloc[1].tolist() == ["example", "200", ".20", "[.06, .33]", "62.7"]
+    assert t.body.iloc[2].tolist() == ["example2", "120", ".30", "[.13, .45]", "37.3"]
+    assert t.body.iloc[list(t.sections)]["Study"].tolist() == [
+        "Studies",
+        "Pooled",
+        "Two-stage and one-stage estimates",
+    ]
+    assert "critical value 12.71 instead of 1.96" in t.note
+    assert "IntHout et al., 2014; Röver et al., 2015" in t.note
+    assert "k = 2 studies" in t.note and "Paule–Mandel" in t.note
+    html = T.render_html(t)
+    assert "<strong>Table 1</strong>" in html and "<th><em>r</em></th>" in html
+    assert T.few_studies_note(5, hksj=True) == ""
+    assert "critical value 4.30 instead of 1.96" in T.few_studies_note(3, hksj=True)
+
+
+def test_tables_are_numbered_in_citation_order(root):
+    from allianceflow import stages
+    from allianceflow.config import load_config
+
+    studies = load_config(root / "config.yaml")["studies"]
+    example = studies["example"]
+    names = stages.study_tables(example) + example["models"] + ["models"]
+    assert names[:6] == [
+        "table1",
+        "reliability",
+        "intake_correlations",
+        "clinical_significance",
+        "sudden_gains",
+        "ruptures",
+    ]
+    numbers = [stages.table_settings(n, example)["number"] for n in names]
+    assert numbers == list(range(1, 15))  # 6 descriptive, 7 models, all models side by side
+    # a study that derives no ruptures: its tables close up
+    study = {**studies["example2"]}
+    study["derive"] = {**study["derive"], "ruptures": {"enabled": False}}
+    assert stages.study_tables(study)[-1] == "sudden_gains"
+    assert stages.table_settings("alliance_outcome", study)["number"] == 6
+    assert stages.table_settings("models", study)["number"] == 6 + len(study["models"])
+    with pytest.raises(KeyError, match="`name` must be one of 'table1'"):
+        stages.table_settings("growth", studies["example2"])

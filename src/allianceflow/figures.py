@@ -547,8 +547,10 @@ def plot_forest(
         ax.set_yticklabels(list(reversed(names)))
         ax.set_ylim(-0.6, len(terms) - 0.4)
         ax.set_xlabel("Estimate (95% CI)")
-        if title:
-            ax.set_title(_wrap(title, 40 if width == "one" else 80))
+        if title:  # over the whole figure: a long question must not overrun a narrow axes
+            fig.suptitle(
+                _wrap(title, 44 if width == "one" else 90), fontsize=plt.rcParams["axes.titlesize"]
+            )
         if k > 1:
             _legend_below(fig, ax, ncols=1)
     return fig
@@ -1092,8 +1094,9 @@ def plot_flow(
     arms : mapping, optional
         Arm → ``{"patients": n, "sessions": n}`` of the kept data, one box per arm.
     analysed : mapping, optional
-        Model name → ``{"n_obs": n, "n_groups": {...}, "n_dropped_missing": n}`` (the
-        model results), one line per model in the last box.
+        Model name (or its question in words) → ``{"n_obs": n, "n_groups": {...},
+        "n_dropped_missing": n}`` (the model results), one entry per model in the last box,
+        in the order given, wrapped to the box.
 
     Raises
     ------
@@ -1110,12 +1113,16 @@ def plot_flow(
     source = flow.get("source_file", "the raw export")
     excl = f"Excluded\n{p['excluded']} patients{_rules(p)}\n{s['excluded']} sessions{_rules(s)}"
     lines_analysed = []
-    for name in sorted(analysed or {}):
+    import textwrap
+
+    for name in analysed or {}:  # in the order given (the study's models)
         m = analysed[name]
         groups = ", ".join(f"{v} {k}s" for k, v in sorted(m.get("n_groups", {}).items()))
-        lines_analysed.append(
+        lines_analysed += textwrap.wrap(
             f"{name}: {m['n_obs']} sessions, {groups}; "
-            f"{m.get('n_dropped_missing', 0)} left out (missing values)"
+            f"{m.get('n_dropped_missing', 0)} left out (missing values)",
+            width=95 if width == "two" else 45,
+            subsequent_indent="    ",
         )
     # Row heights in inches from their numbers of text lines, so long boxes never overflow;
     # the gap below the first row holds the exclusion box.

@@ -153,15 +153,20 @@ def title_case(text: str) -> str:
     --------
     >>> title_case("change in ORS total over sessions by arm and on-track status")
     'Change in ORS Total Over Sessions by Arm and On-Track Status'
+    >>> title_case("growth (random intercepts for patients)")
+    'Growth (Random Intercepts for Patients)'
     """
     words = text.split(" ")
     out = []
     for i, word in enumerate(words):
         first = i == 0 or out[-1].endswith(":")
-        if any(ch.isupper() for ch in word) or (word.lower() in _MINOR and not first):
+        lead = word[: len(word) - len(word.lstrip("(\"'“‘["))]
+        core = word[len(lead) :]
+        if any(ch.isupper() for ch in core) or (core.lower() in _MINOR and not first):
             out.append(word)
         else:
-            out.append("-".join(upper_first(w) for w in word.split("-")))
+            parts = re.split(r"([-–])", core)
+            out.append(lead + "".join(upper_first(w) for w in parts))
     return " ".join(out)
 
 
@@ -252,6 +257,9 @@ class Labels:
         Labels of the levels of ``informant``.
     subscales : mapping of str to str
         Labels of subscale score columns (``wai_sr_task``), normally from the instrument files.
+    names : mapping of str to str
+        Full names of the instruments by abbreviation (``{"ORS": "Outcome Rating Scale"}``),
+        for the abbreviations in table notes.
     alliance, outcome : str, optional
         The study's alliance and outcome score columns; the derive stage's generic
         ``alliance`` and ``outcome`` columns (and ``alliance_<component>``) are read as them.
@@ -273,6 +281,7 @@ class Labels:
     arms: Mapping[str, str] = field(default_factory=dict)
     informants: Mapping[str, str] = field(default_factory=dict)
     subscales: Mapping[str, str] = field(default_factory=dict)
+    names: Mapping[str, str] = field(default_factory=dict)
     alliance: str | None = None
     outcome: str | None = None
     levels: Mapping[str, Sequence[str]] = field(default_factory=dict)
@@ -333,11 +342,13 @@ class Labels:
         abbreviations: dict[str, str] = {}
         variables: dict[str, str] = {}
         subscales: dict[str, str] = {}
+        names: dict[str, str] = {}
         for inst in instruments:
             short = own.get(inst.id) or abbreviation(
                 inst.name, str(inst.definition.get("version") or "")
             )
             abbreviations[inst.id] = short
+            names[short] = inst.name
             variables[f"{inst.id}_total"] = f"{short} total"
             for name in inst.subscales:
                 spec = (inst.definition.get("subscales") or {}).get(name) or {}
@@ -359,6 +370,7 @@ class Labels:
             arms=_check_mapping(section.get("arms"), "arms"),
             informants=_check_mapping(section.get("informants"), "informants"),
             subscales=subscales,
+            names=names,
             alliance=measures.get("alliance"),
             outcome=measures.get("outcome"),
             levels=levels,
@@ -378,6 +390,7 @@ class Labels:
             "arms": dict(sorted(self.arms.items())),
             "informants": dict(sorted(self.informants.items())),
             "subscales": dict(sorted(self.subscales.items())),
+            "names": dict(sorted(self.names.items())),
             "alliance": self.alliance,
             "outcome": self.outcome,
             "levels": {k: list(v) for k, v in sorted(self.levels.items())},
@@ -607,7 +620,7 @@ class Labels:
             parts.append(f"random {' and '.join(what)} for {groups}")
         return "; ".join(parts)
 
-    def question(self, result: Mapping[str, Any]) -> str:
+    def question(self, result: Mapping[str, Any], *, random: bool = True) -> str:
         r"""The research question a fitted model answers, in words (sentence case).
 
         Read from the model's response and fixed terms (the presets of
@@ -619,6 +632,8 @@ class Labels:
         ----------
         result : mapping
             A fitted model's record (``formula`` and ``fixed``), the JSON the fit stage writes.
+        random : bool
+            Add the random part in parentheses (False for a short label).
 
         Returns
         -------
@@ -688,8 +703,8 @@ class Labels:
             text = f"change in {y} over sessions{shape}"
         else:
             text = f"{y} predicted by " + "; ".join(lower_first(self.term(t)) for t in terms)
-        random = self.random_part(formula)
-        return upper_first(text + (f" ({random})" if random else ""))
+        part = self.random_part(formula) if random else ""
+        return upper_first(text + (f" ({part})" if part else ""))
 
 
 def _words(n: int) -> str:

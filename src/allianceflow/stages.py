@@ -488,19 +488,31 @@ def comparison_stage(
 
 
 def model_table_stage(
-    model_json: str | Path, *, csv: str | Path, md: str | Path, **formats: str | Path
+    model_json: str | Path,
+    *,
+    csv: str | Path,
+    md: str | Path,
+    labels: Mapping[str, Any] | None = None,
+    number: int | None = None,
+    **formats: str | Path,
 ) -> None:
     """Write one model's tables.
 
     A CSV of the fixed effects (unrounded, with convergence) and the APA table (fixed
     effects, variance components, fit) as Markdown and any of ``html=``, ``tex=``,
-    ``docx=``.
+    ``docx=``, titled by the model's research question; *labels* is the study's
+    :meth:`allianceflow.labels.Labels.to_dict` record and *number* the table's number
+    (:func:`table_settings`).
     """
+    from .labels import Labels
     from .tables import fixed_effects_table, model_table, write_table_files
 
     result = io.read_json(model_json)
     io.write_table(fixed_effects_table(result), csv)
-    write_table_files(model_table([result], name=result["name"]), [md, *formats.values()])
+    table = model_table(
+        [result], name=result["name"], labels=Labels.from_dict(labels), number=number
+    )
+    write_table_files(table, [md, *formats.values()])
 
 
 def manifest_stage(
@@ -568,19 +580,74 @@ def summary_stage(
 # --------------------------------------------------------------------------- tables
 
 
-def models_table_stage(model_jsons, *, outputs) -> None:
+def models_table_stage(model_jsons, *, outputs, labels=None, number: int | None = None) -> None:
     """Every model of a study side by side in one APA table (csv, md, html, tex, docx)."""
+    from .labels import Labels
     from .tables import model_table, write_table_files
 
     results = [io.read_json(path) for path in model_jsons]
-    write_table_files(model_table(results, name="models"), outputs)
+    table = model_table(results, name="models", labels=Labels.from_dict(labels), number=number)
+    write_table_files(table, outputs)
 
 
-def reliability_table_stage(reliability_csv: str | Path, *, outputs) -> None:
+def reliability_table_stage(
+    reliability_csv: str | Path, *, outputs, labels=None, number: int | None = None
+) -> None:
     """Write the reliability table (from the score stage's CSV) as html, tex and docx."""
-    from .tables import reliability_table, write_table_files
+    from .tables import reliability_table, with_labels, write_table_files
 
-    write_table_files(reliability_table(io.read_table(reliability_csv)), outputs)
+    table = reliability_table(io.read_table(reliability_csv))
+    write_table_files(with_labels(table, labels, number=number), outputs)
+
+
+#: The order of a study's tables: descriptive first, then one per model, then all models.
+DESCRIPTIVE_TABLES = (
+    "table1",
+    "reliability",
+    "intake_correlations",
+    "clinical_significance",
+    "sudden_gains",
+    "ruptures",
+)
+
+
+def study_tables(study: dict[str, Any]) -> list[str]:
+    """Descriptive tables of one study: those whose variables the study derives.
+
+    ``reliability`` is made by the score stage and rendered by its own rule; the others
+    by :func:`descriptive_table_stage`.
+    """
+    derive = study["derive"]
+    optional = {
+        "clinical_significance": "reliable_change",
+        "sudden_gains": "sudden_gains",
+        "ruptures": "ruptures",
+    }
+    return [
+        name
+        for name in DESCRIPTIVE_TABLES
+        if name not in optional or derive[optional[name]]["enabled"]
+    ]
+
+
+def table_settings(name: str, study: dict[str, Any]) -> dict[str, Any]:
+    """The number ("Table 3") and the labels of table *name* of a study.
+
+    Tables are numbered in the order a paper cites them: the descriptive tables
+    (:func:`study_tables`), one table per model in the study's order, then ``models`` (all
+    models side by side).
+
+    Raises
+    ------
+    KeyError
+        *name* is not a table of the study.
+    """
+    from .labels import Labels
+
+    order = study_tables(study) + list(study["models"]) + ["models"]
+    if name not in order:
+        raise KeyError(f"`name` must be one of {', '.join(map(repr, order))}; got {name!r}.")
+    return {"number": order.index(name) + 1, "labels": Labels.from_config(study).to_dict()}
 
 
 def descriptive_table_stage(
@@ -590,13 +657,17 @@ def descriptive_table_stage(
     patients: str | Path,
     sudden_gains: str | Path,
     min_cell: int = 5,
+    labels=None,
+    number: int | None = None,
     outputs,
 ) -> None:
     """Write one descriptive table in every format asked for.
 
     *name* is ``table1``, ``intake_correlations``, ``clinical_significance``,
     ``sudden_gains`` or ``ruptures``; counts of 1 to *min_cell* - 1 patients are suppressed
-    (the study's ``tables.min_cell``).
+    (the study's ``tables.min_cell``). Arms and variables are named by *labels* (the
+    study's :meth:`allianceflow.labels.Labels.to_dict` record); *number* is the table's
+    number (:func:`table_settings`).
     """
     from . import tables
 
@@ -637,7 +708,7 @@ def descriptive_table_stage(
             f"`name` must be 'table1', 'intake_correlations', 'clinical_significance', "
             f"'sudden_gains' or 'ruptures'; got {name!r}."
         )
-    tables.write_table_files(table, outputs)
+    tables.write_table_files(tables.with_labels(table, labels, number=number), outputs)
 
 
 # --------------------------------------------------------------------------- figures
@@ -707,14 +778,24 @@ def model_forest_figure_stage(*, model, labels=None, outputs) -> None:
 
 
 def flow_figure_stage(*, flow, sessions, models, labels=None, outputs) -> None:
-    """Draw the CONSORT-style flow diagram: read, excluded (by rule), kept, by arm, analysed."""
+    """Draw the CONSORT-style flow diagram: read, excluded (by rule), kept, by arm, analysed.
+
+    Each model is named by its research question (:meth:`allianceflow.labels.Labels.question`).
+    """
     from .figures import plot_flow, save_figure
+    from .labels import Labels
 
     arms = arm_counts(io.read_table(sessions))
     analysed = {}
     for path in models:
         r = io.read_json(path)
-        analysed[r["name"]] = {k: r[k] for k in ("n_obs", "n_groups", "n_dropped_missing")}
+        words = Labels.from_dict(labels)
+        key = words.question(r, random=False)
+        if key in analysed:  # two models of one question differ in their random part
+            key = words.question(r)
+        while key in analysed:
+            key += " (again)"
+        analysed[key] = {k: r[k] for k in ("n_obs", "n_groups", "n_dropped_missing")}
     fig = plot_flow(io.read_json(flow), arms=arms, analysed=analysed or None, labels=labels)
     save_figure(fig, outputs)
 
@@ -956,9 +1037,9 @@ def pool_stage(
         meta_analysis,
         meta_table,
         one_stage_model,
-        pool_markdown,
         study_effects,
     )
+    from .tables import meta_analysis_table, write_table_files
 
     results = {name: io.read_json(path) for name, path in models.items()}
     effects = study_effects(results, term=term, directions=directions)
@@ -978,7 +1059,14 @@ def pool_stage(
         )
     io.write_json(meta, meta_json)
     io.write_table(meta_table(meta), table_csv)
-    io.write_text(pool_markdown(meta, comparison if one_stage else None), table_md)
+    level = "between" if term == "alliance_between" else "within"
+    table = meta_analysis_table(
+        meta,
+        comparison if one_stage else None,
+        what=f"the {level}-patient alliance–outcome association",
+        number=1,
+    )
+    write_table_files(table, [table_md])
     io.write_json(one, one_stage_json)
     io.write_table(comparison, comparison_csv)
 

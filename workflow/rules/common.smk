@@ -6,7 +6,13 @@ import dataclasses
 from allianceflow.config import validate_config
 from allianceflow.io import package_versions, source_fingerprint
 from allianceflow.power import chunk_seeds, designs_from_config
-from allianceflow.stages import figure_settings, moderated_models, study_figures
+from allianceflow.stages import (
+    figure_settings,
+    moderated_models,
+    study_figures,
+    study_tables,
+    table_settings,
+)
 
 # Validate before any job runs; fills in the schema's defaults in place.
 config.update(
@@ -149,16 +155,21 @@ def get_trajectory_model(wildcards):
 
 
 def get_study_tables(study):
-    """Descriptive tables of one study: those whose variables the study derives."""
-    derive = config["studies"][study]["derive"]
-    tables = ["table1", "intake_correlations"]
-    if derive["reliable_change"]["enabled"]:
-        tables.append("clinical_significance")
-    if derive["sudden_gains"]["enabled"]:
-        tables.append("sudden_gains")
-    if derive["ruptures"]["enabled"]:
-        tables.append("ruptures")
-    return tables
+    """Descriptive tables of one study: those whose variables the study derives (the
+    reliability table has its own rule)."""
+    return [t for t in study_tables(config["studies"][study]) if t != "reliability"]
+
+
+def get_table_settings(wildcard=None, name=None):
+    """A function of the wildcards giving one table's number and the study's labels:
+    the table is named by the wildcard *wildcard* (model, table) or is *name*."""
+
+    def get_settings(wildcards):
+        table = name if wildcard is None else getattr(wildcards, wildcard)
+        return table_settings(table, config["studies"][wildcards.study])
+
+    get_settings.__name__ = f"get_{name or wildcard}_table_settings"
+    return get_settings
 
 
 def get_study_figures(study):

@@ -25,6 +25,7 @@ rule tabulate_model:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
+        settings=get_table_settings(wildcard="model"),
     script:
         "../scripts/tabulate_model.py"
 
@@ -52,6 +53,7 @@ rule tabulate_models:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
+        settings=get_table_settings(name="models"),
     script:
         "../scripts/tabulate_models.py"
 
@@ -84,5 +86,6 @@ rule tabulate_descriptives:
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         min_cell=get_min_cell,
+        settings=get_table_settings(wildcard="table"),
     script:
         "../scripts/tabulate_descriptives.py"

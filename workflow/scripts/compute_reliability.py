@@ -19,4 +19,5 @@ with run_step(snakemake.log[0]):
     reliability_table_stage(
         snakemake.output.csv,
         outputs=[snakemake.output.html, snakemake.output.tex, snakemake.output.docx],
+        **snakemake.params.table,
     )

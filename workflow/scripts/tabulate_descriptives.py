@@ -10,4 +10,5 @@ with run_step(snakemake.log[0]):
         sudden_gains=snakemake.input.sudden_gains,
         min_cell=snakemake.params.min_cell,
         outputs=list(snakemake.output),
+        **snakemake.params.settings,
     )

@@ -10,4 +10,5 @@ with run_step(snakemake.log[0]):
         html=snakemake.output.html,
         tex=snakemake.output.tex,
         docx=snakemake.output.docx,
+        **snakemake.params.settings,
     )

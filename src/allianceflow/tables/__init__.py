@@ -12,6 +12,8 @@ has one module per part:
 - :mod:`~allianceflow.tables.descriptive`: reliability, Table 1, intake correlations;
 - :mod:`~allianceflow.tables.counts`: counts by arm (clinical significance, sudden gains,
   ruptures);
+- :mod:`~allianceflow.tables.pooled`: the meta-analysis across studies, formatted like the
+  study tables (:func:`meta_analysis_table`);
 - :mod:`~allianceflow.tables.suppression`: small-cell suppression, primary and
   complementary, audited so that no hidden cell can be worked out (:class:`CellSuppression`);
 - :mod:`~allianceflow.tables.render`: Markdown, standalone HTML, a LaTeX ``table`` float
@@ -35,9 +37,10 @@ from .descriptive import intake_correlations, reliability_markdown, reliability_
 from .formatting import DEFAULT_LABELS, format_number, format_p, format_r
 from .model import fixed_effects_table, model_markdown, model_table, to_markdown
 from .moderation import simple_slopes_table
+from .pooled import few_studies_note, meta_analysis_table
 from .render import render_docx, render_html, render_latex, render_markdown, write_table_files
 from .suppression import CellSuppression
-from .table import TABLE_FORMATS, Table
+from .table import TABLE_FORMATS, Table, with_labels
 
 __all__ = [
     "Table",
@@ -63,5 +66,8 @@ __all__ = [
     "render_docx",
     "write_table_files",
     "CellSuppression",
+    "with_labels",
+    "meta_analysis_table",
+    "few_studies_note",
     "simple_slopes_table",
 ]

@@ -14,6 +14,7 @@ Psychological Association* (7th ed.).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -81,8 +82,18 @@ def format_r(r: float | None, digits: int = 2) -> str:
     return _without_leading_zero(format_number(r, digits))
 
 
-def _label(term: str, labels: Mapping[str, str] | None) -> str:
-    """Return the readable name of *term*: *labels* first, then :data:`DEFAULT_LABELS`."""
+def _label(term: str, labels: Mapping[str, str] | Any | None) -> str:
+    """Return the readable name of *term*.
+
+    With a :class:`~allianceflow.labels.Labels`, its :meth:`~allianceflow.labels.Labels.term`;
+    with a mapping, the mapping first, then :data:`DEFAULT_LABELS`, then the term in words.
+    """
+    from ..labels import Labels
+
+    if isinstance(labels, Labels):
+        return labels.term(term)
     if labels and term in labels:
         return labels[term]
-    return DEFAULT_LABELS.get(term, term)
+    if term in DEFAULT_LABELS:
+        return DEFAULT_LABELS[term]
+    return Labels().term(term)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..labels import Labels, lower_first, title_case
 from .formatting import _label, format_number, format_p, format_r
 from .table import Table
 
@@ -126,14 +127,15 @@ def _statistic(result: dict[str, Any]) -> str:
     return "z" if ddf_method(result) == "containment" else "t"
 
 
-def _df_sentence(results: Sequence[dict[str, Any]]) -> str:
+def _df_sentence(results: Sequence[dict[str, Any]], names: Sequence[str] | None = None) -> str:
     """Which df each model's tests use: one clause when all agree, else one per model."""
     from ..models.result import ddf_note
 
     notes = [ddf_note(r) for r in results]
     if len(set(notes)) == 1:
         return notes[0] + "."
-    return " ".join(f"{r['name']}: {n}." for r, n in zip(results, notes, strict=True))
+    names = list(names) if names is not None else [r["name"] for r in results]
+    return " ".join(f"{m}: {n}." for m, n in zip(names, notes, strict=True))
 
 
 def _fit_sentence(result: dict[str, Any]) -> str:
@@ -146,15 +148,35 @@ def _fit_sentence(result: dict[str, Any]) -> str:
     )
 
 
-def _convergence_sentence(result: dict[str, Any]) -> str:
+def _boundary_words(item: str, labels: Any) -> str:
+    """``"session | patient"`` → "patient session slope" (a random effect at the boundary)."""
+    effect, _, group = (part.strip() for part in item.partition("|"))
+    if not group:
+        return item
+    who = lower_first(_label(group, labels))
+    if effect in ("(Intercept)", "Intercept", "1"):
+        return f"{who} intercept"
+    if effect == "correlation":
+        return f"{who} correlation"
+    return f"{who} {lower_first(_label(effect, labels))} slope"
+
+
+def _convergence_sentence(
+    result: dict[str, Any], labels: Any = None, name: str | None = None
+) -> str:
     conv = result["convergence"]
     status = "converged" if conv["converged"] else "DID NOT CONVERGE"
-    boundary = ", ".join(conv.get("boundary", [])) or "none"
+    if labels is None:
+        boundary = ", ".join(conv.get("boundary", [])) or "none"
+    else:
+        boundary = ", ".join(_boundary_words(b, labels) for b in conv.get("boundary", []))
+        boundary = boundary or "none"
     warnings = "; ".join(conv.get("warnings", [])) or "none"
     grad = conv.get("max_abs_gradient")
     grad_text = "n/a" if grad is None else f"{grad:.2g}"
+    who = f"Fit of {result['name']}" if name is None else name
     return (
-        f"Fit of {result['name']} {status} with optimiser {conv['optimizer']}; max |gradient| "
+        f"{who} {status} with optimiser {conv['optimizer']}; max |gradient| "
         f"{grad_text}; variances at the boundary: {boundary}; warnings: {warnings}."
     )
 
@@ -162,9 +184,10 @@ def _convergence_sentence(result: dict[str, Any]) -> str:
 def model_table(
     results: Sequence[dict[str, Any]],
     *,
-    labels: Mapping[str, str] | None = None,
+    labels: Labels | Mapping[str, str] | None = None,
     name: str = "models",
     title: str | None = None,
+    number: int | None = None,
 ) -> Table:
     """APA table of one or several fitted models side by side.
 
@@ -173,10 +196,16 @@ def model_table(
     results : sequence of dict
         Results of :func:`allianceflow.models.fit_model` (their ``name`` heads the
         columns; names must be unique).
-    labels : mapping, optional
-        Readable names of terms and groups; :data:`DEFAULT_LABELS` otherwise.
+    labels : Labels or mapping, optional
+        The study's :class:`~allianceflow.labels.Labels` (terms in words, the reference
+        arm stated, units and instrument names in the note), or a mapping of readable
+        names of terms and groups; :data:`DEFAULT_LABELS` otherwise.
     name, title : str
-        File stem and table title.
+        File stem and table title; by default the title is the model's research question
+        (:meth:`~allianceflow.labels.Labels.question`), and several models are headed
+        "Model 1", "Model 2" … with their questions in the note.
+    number : int, optional
+        The table's number in the study ("Table 3").
 
     Returns
     -------
@@ -286,7 +315,9 @@ def model_table(
 
     stat = "z" if all(_statistic(r) == "z" for r in results) else "t"
     per_model = ["b", "SE", "95% CI", stat, "p"] if single else ["b (SE)", "95% CI", "p"]
-    headings = per_model if single else [f"{n} {c}" for n in names for c in per_model]
+    words = labels if isinstance(labels, Labels) else Labels()
+    model_names = [f"Model {i}" for i in range(1, len(results) + 1)]
+    headings = per_model if single else [f"{n} {c}" for n in model_names for c in per_model]
     width = len(headings)
     rows: list[list[str]] = []
     sections: list[int] = []
@@ -338,7 +369,11 @@ def model_table(
         for r in results:
             match = next((v for v in r["random"] if (v["group"], v["term"]) == (g, t)), None)
             values.append("" if match is None else format_number(match["variance"]))
-        what = "intercept" if t in ("(Intercept)", "Intercept", "1") else _label(t, labels)
+        what = (
+            "intercept"
+            if t in ("(Intercept)", "Intercept", "1")
+            else f"{lower_first(_label(t, labels))} slope"
+        )
         stat_row(f"{_label(g, labels).capitalize()} {what}", values)
     pairs: list[tuple[str, str, str]] = []
     for r in results:
@@ -364,7 +399,9 @@ def model_table(
                 else f"{format_number(match['covariance'])} (r = {format_r(match['correlation'])})"
             )
         names = [
-            "intercept" if t in ("(Intercept)", "Intercept", "1") else _label(t, labels)
+            "intercept"
+            if t in ("(Intercept)", "Intercept", "1")
+            else f"{lower_first(_label(t, labels))} slope"
             for t in (t1, t2)
         ]
         stat_row(
@@ -376,7 +413,10 @@ def model_table(
     for r in results:
         levels += [g for g in r.get("icc", {}) if g not in levels]
     for g in levels:
-        stat_row(f"ICC {_label(g, labels)}", [format_r(r.get("icc", {}).get(g)) for r in results])
+        stat_row(
+            f"ICC, {lower_first(_label(g, labels))}",
+            [format_r(r.get("icc", {}).get(g)) for r in results],
+        )
     stat_row("Marginal R²", [format_r(r.get("r2_marginal")) for r in results])
     stat_row("Conditional R²", [format_r(r.get("r2_conditional")) for r in results])
     stat_row("Observations", [str(r["n_obs"]) for r in results])
@@ -394,15 +434,52 @@ def model_table(
     stat_row("Converged", ["yes" if r["convergence"]["converged"] else "NO" for r in results])
 
     body = pd.DataFrame(rows, columns=["Parameter", *headings])
-    formulas = " ".join(f"{r['name']}: {r['formula']}." for r in results)
+    y = lower_first(words.variable("outcome"))
+    a = lower_first(words.variable("alliance"))
+    if single:
+        which = f"Random effects: {words.random_part(results[0].get('formula', ''))}. "
+    else:
+        which = (
+            " ".join(
+                f"{m} = {lower_first(words.question(r))}." for m, r in zip(model_names, results)
+            )
+            + " "
+        )
+    units = (
+        f"b = unstandardised coefficient, in {y} points per one-unit change of the predictor "
+        f"(one point of the {a}, one session; for an arm contrast, the difference from the "
+        "reference arm; × = interaction); "
+        if words.outcome
+        else "b = unstandardised coefficient; "
+    )
+    instruments = "; ".join(f"{k} = {v}" for k, v in sorted(words.names.items()))
     note = (
-        f"{formulas} b = unstandardised coefficient; SE = standard error; CI = Wald confidence "
-        f"interval; p two-sided. {_df_sentence(results)} ICC = share of the random-effects plus "
-        "residual variance at each level; R² after Nakagawa and Schielzeth (2013). "
-        + " ".join(_convergence_sentence(r) for r in results)
+        f"{which}{units}SE = standard error; CI = confidence interval; {stat} = test "
+        f"statistic; p two-sided. {_df_sentence(results, model_names)} ICC = intraclass "
+        "correlation, the share of the random-effects plus residual variance at each level; "
+        "R² after Nakagawa and Schielzeth (2013); REML = restricted maximum likelihood; "
+        "ML = maximum likelihood; AIC = Akaike information criterion; "
+        "BIC = Bayesian information criterion"
+        + (f"; {instruments}" if instruments else "")
+        + ". "
+        + " ".join(
+            _convergence_sentence(r, words, "The fit" if single else m)
+            for m, r in zip(model_names, results)
+        )
     )
     if title is None:
         title = (
-            "Multilevel Model of Outcome" if single else "Multilevel Models of Outcome Side by Side"
+            title_case(words.question(results[0]))
+            if single
+            else f"Multilevel Models {model_names[0][6:]}–{len(results)} of "
+            f"{title_case(words.variable('outcome'))} Side by Side"
         )
-    return Table(name=name, title=title, body=body, data=data, note=note, sections=tuple(sections))
+    return Table(
+        name=name,
+        title=title,
+        body=body,
+        data=data,
+        note=note,
+        sections=tuple(sections),
+        number=number,
+    )

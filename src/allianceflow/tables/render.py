@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import io as _io
+import re
 import zipfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -15,7 +16,48 @@ from pathlib import Path
 
 from .table import Table
 
-__all__ = ["render_markdown", "render_html", "render_latex", "render_docx", "write_table_files"]
+__all__ = [
+    "render_markdown",
+    "render_html",
+    "render_latex",
+    "render_docx",
+    "write_table_files",
+    "STATISTICAL_SYMBOLS",
+    "symbol_spans",
+]
+
+#: Statistical symbols printed in italics in HTML, LaTeX and Word (APA 7, 6.45–6.46: Latin
+#: letters used as statistical symbols are italic; abbreviations such as CI, ICC, AIC and
+#: Greek letters are not).
+STATISTICAL_SYMBOLS = ("SE", "SD", "df", "M", "N", "n", "b", "t", "z", "p", "r", "g", "k", "F", "d")
+_SYMBOL = re.compile(
+    r"(?<![\w.\-−'’/])("
+    + "|".join(STATISTICAL_SYMBOLS)
+    + r"|R(?=²))(?=²|(?![\w\-]))"  # R only as R² (the letter alone also names software)
+)
+
+
+def symbol_spans(text: str) -> list[tuple[str, bool]]:
+    """Split *text* into runs, marking the statistical symbols to print in italics.
+
+    Examples
+    --------
+    >>> symbol_spans("b (SE)")
+    [('b', True), (' (', False), ('SE', True), (')', False)]
+    >>> symbol_spans("95% CI, R², Model 2 p")
+    [('95% CI, ', False), ('R', True), ('², Model 2 ', False), ('p', True)]
+    """
+    out: list[tuple[str, bool]] = []
+    last = 0
+    for match in _SYMBOL.finditer(text):
+        if match.start() > last:
+            out.append((text[last : match.start()], False))
+        out.append((match.group(1), True))
+        last = match.end()
+    if last < len(text):
+        out.append((text[last:], False))
+    return out
+
 
 #: Fixed timestamp of every .docx zip member and core property (the zip format's epoch).
 _EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -28,7 +70,8 @@ def render_markdown(table: Table) -> str:
     first = body.columns[0]
     for i in table.sections:
         body.iloc[i, 0] = f"*{body.iloc[i, 0]}*"
-    text = f"**{table.title}**\n\n" + body.to_markdown(index=False, disable_numparse=True) + "\n"
+    head = f"**{table.label}**\n\n*{table.title}*" if table.label else f"**{table.title}**"
+    text = f"{head}\n\n" + body.to_markdown(index=False, disable_numparse=True) + "\n"
     if table.note:
         text += f"\n*Note.* {table.note}\n"
     del first
@@ -38,7 +81,7 @@ def render_markdown(table: Table) -> str:
 _HTML_STYLE = (
     "body{font-family:'DejaVu Sans',Arial,sans-serif;font-size:10pt;margin:2em;}"
     "table{border-collapse:collapse;}"
-    "caption{text-align:left;font-style:italic;padding-bottom:.5em;}"
+    "caption{text-align:left;padding-bottom:.5em;}"
     "thead th{border-top:1.5px solid #000;border-bottom:1px solid #000;padding:.25em .6em;"
     "text-align:center;}"
     "tbody td{padding:.15em .6em;text-align:center;}"
@@ -48,36 +91,50 @@ _HTML_STYLE = (
 )
 
 
+def _html_symbols(text: str) -> str:
+    return "".join(
+        f"<em>{html.escape(t)}</em>" if italic else html.escape(t)
+        for t, italic in symbol_spans(str(text))
+    )
+
+
 def render_html(table: Table) -> str:
     """Render *table* as a standalone HTML5 page.
 
-    APA rules: lines above and below the header and under the last row only.
+    APA rules: the number in bold above the italic title, lines above and below the header
+    and under the last row only, statistical symbols in italics (:func:`symbol_spans`).
     """
     e = html.escape
+    s = _html_symbols
+    caption = (
+        f"<strong>{e(table.label)}</strong><br><em>{e(table.title)}</em>"
+        if table.label
+        else e(table.title)
+    )
     ncol = len(table.body.columns)
     lines = [
         "<!DOCTYPE html>",
         '<html lang="en">',
         '<head><meta charset="utf-8">',
-        f"<title>{e(table.title)}</title>",
+        f"<title>{e(' '.join(filter(None, [table.label, table.title])))}</title>",
         f"<style>{_HTML_STYLE}</style>",
         "</head>",
         "<body>",
         f'<table id="{e(table.name)}">',
-        f"<caption>{e(table.title)}</caption>",
+        f"<caption>{caption}</caption>",
         "<thead><tr>"
-        + "".join(f"<th>{e(str(c))}</th>" for c in table.body.columns)
+        + "".join(f"<th>{s(str(c))}</th>" for c in table.body.columns)
         + "</tr></thead>",
         "<tbody>",
     ]
     for i, row in enumerate(table.body.itertuples(index=False)):
         if i in table.sections:
-            lines.append(f'<tr><td class="section" colspan="{ncol}">{e(row[0])}</td></tr>')
+            lines.append(f'<tr><td class="section" colspan="{ncol}">{s(row[0])}</td></tr>')
         else:
-            lines.append("<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>")
+            lines.append("<tr>" + "".join(f"<td>{s(v)}</td>" for v in row) + "</tr>")
     lines += ["</tbody>", "</table>"]
     if table.note:
-        lines.append(f'<p class="note"><em>Note.</em> {e(table.note)}</p>')
+        lines.append(f'<p class="note"><em>Note.</em> {s(table.note)}</p>')
     lines += ["</body>", "</html>"]
     return "\n".join(lines) + "\n"
 
@@ -113,20 +170,36 @@ def _tex(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
+def _tex_symbols(text: str) -> str:
+    return "".join(
+        f"\\textit{{{_tex(t)}}}" if italic else _tex(t) for t, italic in symbol_spans(str(text))
+    )
+
+
 def render_latex(table: Table) -> str:
-    r"""Render *table* as a LaTeX float (needs ``\usepackage{booktabs, threeparttable}``)."""
+    r"""Render *table* as a LaTeX float.
+
+    Needs ``\usepackage{booktabs, threeparttable}``, and ``pdflscape`` for a wide table
+    (:attr:`Table.wide`), which is set on a landscape page. A numbered table keeps its
+    number (``\thetable`` is set inside the float, so ``\ref`` gives it too); statistical
+    symbols are in italics (:func:`symbol_spans`).
+    """
     ncol = len(table.body.columns)
     spec = "l" + "c" * (ncol - 1)
-    lines = [
-        f"% {table.name}: generated by allianceflow; needs \\usepackage{{booktabs,threeparttable}}",
-        r"\begin{table}[htbp]",
-        r"\centering",
+    packages = "booktabs,threeparttable" + (",pdflscape" if table.wide else "")
+    lines = [f"% {table.name}: generated by allianceflow; needs \\usepackage{{{packages}}}"]
+    if table.wide:
+        lines.append(r"\begin{landscape}")
+    lines += [r"\begin{table}[htbp]", r"\centering"]
+    if table.number is not None:
+        lines.append(f"\\renewcommand{{\\thetable}}{{{table.number}}}")
+    lines += [
         r"\begin{threeparttable}",
         f"\\caption{{{_tex(table.title)}}}",
         f"\\label{{tab:{table.name}}}",
         f"\\begin{{tabular}}{{{spec}}}",
         r"\toprule",
-        " & ".join(_tex(c) for c in table.body.columns) + r" \\",
+        " & ".join(_tex_symbols(c) for c in table.body.columns) + r" \\",
         r"\midrule",
     ]
     for i, row in enumerate(table.body.itertuples(index=False)):
@@ -134,9 +207,11 @@ def render_latex(table: Table) -> str:
             lines.append(f"\\multicolumn{{{ncol}}}{{l}}{{\\textit{{{_tex(row[0])}}}}} \\\\")
         else:
             cells = [
-                _tex(v.strip())
+                _tex_symbols(v.strip())
                 if j
-                else (r"\quad " + _tex(v.strip()) if v.startswith("  ") else _tex(v))
+                else (
+                    r"\quad " + _tex_symbols(v.strip()) if v.startswith("  ") else _tex_symbols(v)
+                )
                 for j, v in enumerate(row)
             ]
             lines.append(" & ".join(cells) + r" \\")
@@ -145,10 +220,12 @@ def render_latex(table: Table) -> str:
         lines += [
             r"\begin{tablenotes}[flushleft]",
             r"\small",
-            f"\\item \\textit{{Note.}} {_tex(table.note)}",
+            f"\\item \\textit{{Note.}} {_tex_symbols(table.note)}",
             r"\end{tablenotes}",
         ]
     lines += [r"\end{threeparttable}", r"\end{table}"]
+    if table.wide:
+        lines.append(r"\end{landscape}")
     return "\n".join(lines) + "\n"
 
 
@@ -191,6 +268,14 @@ def _fixed_zip(raw: bytes) -> bytes:
     return out.getvalue()
 
 
+def _docx_runs(paragraph, text: str) -> None:
+    """Add *text* to a Word paragraph, statistical symbols in italics."""
+    for part, italic in symbol_spans(text):
+        run = paragraph.add_run(part)
+        if italic:
+            run.italic = True
+
+
 def render_docx(table: Table) -> bytes:
     """Render *table* as a Word document (.docx bytes), APA layout, the same bytes every run.
 
@@ -218,13 +303,21 @@ def render_docx(table: Table) -> bytes:
     style = document.styles["Normal"]
     style.font.name = "Times New Roman"
     style.font.size = Pt(11)
+    if table.wide:
+        from docx.enum.section import WD_ORIENT
+
+        section = document.sections[0]
+        section.orientation = WD_ORIENT.LANDSCAPE
+        section.page_width, section.page_height = section.page_height, section.page_width
+    if table.label:
+        document.add_paragraph().add_run(table.label).bold = True
     title = document.add_paragraph()
     title.add_run(table.title).italic = True
     body = table.body
     grid = document.add_table(rows=len(body) + 1, cols=len(body.columns))
     for j, heading in enumerate(body.columns):
         cell = grid.cell(0, j)
-        cell.text = str(heading)
+        _docx_runs(cell.paragraphs[0], str(heading))
         _set_borders(cell, top="12", bottom="8")
         if j:
             cell.paragraphs[0].alignment = WD_ALIGN_PARAGRAPH.CENTER
@@ -236,7 +329,7 @@ def render_docx(table: Table) -> bytes:
                 if j == 0:
                     cell.paragraphs[0].add_run(value).italic = True
             else:
-                cell.text = value
+                _docx_runs(cell.paragraphs[0], value)
                 if j:
                     cell.paragraphs[0].alignment = WD_ALIGN_PARAGRAPH.CENTER
             if i == last:
@@ -244,7 +337,7 @@ def render_docx(table: Table) -> bytes:
     if table.note:
         note = document.add_paragraph()
         note.add_run("Note.").italic = True
-        note.add_run(f" {table.note}")
+        _docx_runs(note, f" {table.note}")
     raw = _io.BytesIO()
     document.save(raw)
     return _fixed_zip(raw.getvalue())

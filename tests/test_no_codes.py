@@ -1,0 +1,178 @@
+"""No published figure or table prints a column code or a formula term (issue 16).
+
+A small simulated study runs through the pipeline's own stage functions (score, derive,
+fit, every table and every figure of the study, with the example study's config), and
+every SVG ``<text>``/``<title>`` and every table cell, heading, title and note is searched
+for the codes of the data: the column names of the analysis, patient and sudden-gain
+tables, the fixed- and random-effect term names of the fitted models, and the arm codes
+that differ from their labels ("tau").
+"""
+
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from allianceflow import io, stages
+from allianceflow.config import load_config
+from allianceflow.labels import Labels
+from allianceflow.score import score_sessions
+from allianceflow.simulate import simulate_study
+
+MODELS = ["alliance_outcome", "feedback", "therapist_effects", "rupture_repair"]
+TABLES = ["table1", "intake_correlations", "clinical_significance", "sudden_gains", "ruptures"]
+
+
+@pytest.fixture(scope="module")
+def study(root, tmp_path_factory):
+    """Run the stages on a simulated study with the example study's settings."""
+    config = load_config(root / "config.yaml")
+    block = dict(config["studies"]["example"])
+    block["models"] = MODELS
+    out = tmp_path_factory.mktemp("study")
+    sessions = simulate_study(seed=11, n_patients=60, n_therapists=6, max_sessions=10)
+    instruments = block["measures"]["instruments"]
+    io.write_table(score_sessions(sessions, instruments), out / "scored.parquet")
+    files = {n: out / f"{n}.parquet" for n in ("analysis", "patients", "sudden_gains")}
+    stages.derive_stage(
+        out / "scored.parquet",
+        measures=block["measures"],
+        derive=block["derive"],
+        expected=out / "expected.json",
+        **files,
+    )
+    models = []
+    for name in MODELS:
+        spec = {**config["models"][name], "ddf": "satterthwaite"}
+        stages.fit_stage(
+            files["analysis"], spec, name=name, json=out / f"{name}.json", txt=out / f"{name}.txt"
+        )
+        models.append(out / f"{name}.json")
+    return {"config": block, "dir": out, "files": files, "models": models}
+
+
+def _codes(study) -> set[str]:
+    """Codes a reader must never see: column names and model terms, and arm codes."""
+    found: set[str] = set()
+    for path in study["files"].values():
+        found |= set(io.read_table(path).columns)
+    for path in study["models"]:
+        result = io.read_json(path)
+        found |= {f["term"] for f in result["fixed"]}
+        found |= {r["term"] for r in result["random"]} | {r["group"] for r in result["random"]}
+    # plain words (session, patient, outcome, condition) are English as well as codes;
+    # a code has an underscore, a digit or formula syntax
+    codes = {c for c in found if re.search(r"[_\d(\[:]", c) and c != "Intercept"}
+    labels = Labels.from_config(study["config"])
+    words = " ".join(labels.arm(level) for level in labels.levels["condition"])
+    codes |= {level for level in labels.levels["condition"] if not _hits(words, {level})}
+    return codes
+
+
+def _hits(text: str, codes: set[str]) -> list[str]:
+    return sorted(c for c in codes if re.search(r"(?<![\w])" + re.escape(c) + r"(?![\w])", text))
+
+
+def _svg_texts(path) -> list[str]:
+    tree = ET.parse(path)
+    out = []
+    for element in tree.iter():
+        tag = element.tag.rsplit("}", 1)[-1]
+        if tag in ("text", "title"):
+            out.append("".join(element.itertext()))
+    return out
+
+
+def test_the_codes_are_real(study):
+    """The search could fail: the data do hold the codes issue 16 found in the outputs."""
+    codes = _codes(study)
+    assert {"ors_total", "wai_sr_total", "alliance_within_lag", "tau"} <= codes
+    assert "C(condition)[T.tau]:off_track" in codes
+    assert _hits("x ors_total y", codes) == ["ors_total"]
+    assert _hits("ORS total, treatment as usual", codes) == []
+
+
+def test_no_figure_prints_a_code(study, tmp_path):
+    codes = _codes(study)
+    block = study["config"]
+    inputs = {
+        "analysis": study["files"]["analysis"],
+        "patients": study["files"]["patients"],
+        "sudden_gains": study["files"]["sudden_gains"],
+        "models": study["models"],
+        "model": study["models"][0],
+        "flow": tmp_path / "flow.json",
+        "sessions": study["files"]["analysis"],
+    }
+    io.write_json(
+        {
+            "source_file": "sessions.csv",
+            "sessions": {"read": 10, "kept": 10, "excluded": 0, "excluded_by_rule": {}},
+            "patients": {"read": 2, "kept": 2, "excluded": 0, "excluded_by_rule": {}},
+        },
+        inputs["flow"],
+    )
+    wanted = {
+        "within_between": ("analysis", "models"),
+        "trajectories": ("analysis", "model"),
+        "forest": ("model",),
+        "flow": ("flow", "sessions", "models"),
+        "expected_response": ("analysis",),
+        "feedback": ("analysis",),
+        "ruptures": ("analysis",),
+        "sudden_gains": ("analysis", "sudden_gains"),
+        "reliable_change": ("patients",),
+        "caterpillar": ("model",),
+    }
+    drawn = []
+    for name, keys in wanted.items():
+        settings = stages.figure_settings(name, block)
+        for i, model in enumerate(study["models"] if name == "forest" else [None]):
+            given = {k: inputs[k] for k in keys}
+            if model is not None:
+                given["model"] = model
+            svg = tmp_path / f"{name}_{i}.svg"
+            stages.figure_stage(name, inputs=given, settings=settings, outputs=[svg])
+            texts = _svg_texts(svg)
+            assert texts, name
+            for text in texts:
+                assert _hits(text, codes) == [], (svg.name, text)
+            drawn.append(svg.name)
+    assert len(drawn) == len(wanted) + len(MODELS) - 1
+
+
+def test_no_table_prints_a_code(study, tmp_path):
+    from allianceflow.tables import render_html
+
+    codes = _codes(study)
+    built = []
+    for name in TABLES:
+        stages.descriptive_table_stage(
+            name,
+            analysis=study["files"]["analysis"],
+            patients=study["files"]["patients"],
+            sudden_gains=study["files"]["sudden_gains"],
+            labels=Labels.from_config(study["config"]).to_dict(),
+            outputs=[tmp_path / f"{name}.html"],
+        )
+        built.append(tmp_path / f"{name}.html")
+    for path in study["models"]:
+        stages.model_table_stage(
+            path,
+            csv=tmp_path / f"{path.stem}.csv",
+            md=tmp_path / f"{path.stem}.md",
+            html=tmp_path / f"{path.stem}.html",
+            labels=Labels.from_config(study["config"]).to_dict(),
+        )
+        built.append(tmp_path / f"{path.stem}.html")
+    stages.models_table_stage(
+        study["models"],
+        labels=Labels.from_config(study["config"]).to_dict(),
+        outputs=[tmp_path / "models.html"],
+    )
+    built.append(tmp_path / "models.html")
+    assert render_html  # the HTML files hold every heading, cell, title and note
+    for path in built:
+        text = re.sub(r"<[^>]+>", "\n", path.read_text(encoding="utf-8"))
+        for line in text.splitlines():
+            assert _hits(line, codes) == [], (path.name, line)
