@@ -19,7 +19,13 @@ from allianceflow.labels import Labels
 from allianceflow.score import score_sessions
 from allianceflow.simulate import simulate_study
 
-MODELS = ["alliance_outcome", "feedback", "therapist_effects", "rupture_repair"]
+MODELS = [
+    "alliance_outcome",
+    "feedback",
+    "therapist_effects",
+    "rupture_repair",
+    "alliance_outcome_modality",
+]
 TABLES = ["table1", "intake_correlations", "clinical_significance", "sudden_gains", "ruptures"]
 
 
@@ -30,7 +36,13 @@ def study(root, tmp_path_factory):
     block = dict(config["studies"]["example"])
     block["models"] = MODELS
     out = tmp_path_factory.mktemp("study")
-    sessions = simulate_study(seed=11, n_patients=60, n_therapists=6, max_sessions=10)
+    sessions = simulate_study(
+        seed=11,
+        n_patients=60,
+        n_therapists=6,
+        max_sessions=10,
+        modality={"shares": {"in_person": 0.6, "video": 0.4}, "within_effect": {"video": 0.5}},
+    )
     instruments = block["measures"]["instruments"]
     io.write_table(score_sessions(sessions, instruments), out / "scored.parquet")
     files = {n: out / f"{n}.parquet" for n in ("analysis", "patients", "sudden_gains")}
@@ -176,3 +188,21 @@ def test_no_table_prints_a_code(study, tmp_path):
         text = re.sub(r"<[^>]+>", "\n", path.read_text(encoding="utf-8"))
         for line in text.splitlines():
             assert _hits(line, codes) == [], (path.name, line)
+
+
+def test_no_simple_slopes_output_prints_a_code(study, tmp_path):
+    codes = _codes(study)
+    labels = Labels.from_config(study["config"]).to_dict()
+    moderated = study["models"][MODELS.index("alliance_outcome_modality")]
+    svg, html = tmp_path / "slopes.svg", tmp_path / "slopes.html"
+    outcome = study["config"]["measures"]["outcome"]
+    stages.simple_slopes_figure_stage(moderated, outcome=outcome, outputs=[svg], labels=labels)
+    stages.simple_slopes_table_stage(moderated, outputs=[html], labels=labels)
+    texts = _svg_texts(svg)
+    assert any("video" in t.lower() for t in texts)
+    for text in texts:
+        assert _hits(text, codes) == [], text
+    table = re.sub(r"<[^>]+>", "\n", html.read_text(encoding="utf-8"))
+    assert "Video" in table
+    for line in table.splitlines():
+        assert _hits(line, codes) == [], line

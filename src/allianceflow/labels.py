@@ -103,9 +103,13 @@ FIXED_VARIABLES: Mapping[str, str] = MappingProxyType(
         "role": "Role in the couple or family",
         "ending": "Ending",
         "study": "Study",
+        "modality": "Session modality",
         "Residual": "Residual",
     }
 )
+
+#: Session modalities in words (the canonical ``modality`` levels).
+_MODALITIES = {"in_person": "in person", "video": "video", "telephone": "telephone"}
 
 _ARMS = {"tau": "treatment as usual", "feedback": "feedback", "waitlist": "wait list"}
 _CONTRAST = re.compile(
@@ -478,6 +482,8 @@ class Labels:
         'WAI-SR total, therapist mean'
         >>> labels.variable("alliance_rater_therapist_between")
         'WAI-SR total (therapist-rated), patient mean'
+        >>> labels.variable("modality_video_between")
+        'Video session, patient mean'
         """
         column = str(column)
         if column in self.variables:
@@ -507,6 +513,13 @@ class Labels:
                 stem = column[: -len(suffix)]
                 if self._known(stem):
                     return self.variable(stem) + words
+        modality = re.match(r"^modality_(?P<level>[a-z_]+)$", column)
+        if modality:  # a moderator's dummy: 1 for sessions of this modality
+            level = modality.group("level")
+            return f"{_MODALITIES.get(level, level.replace('_', ' ')).capitalize()} session"
+        moderator = re.match(r"^moderator_(?P<name>.+)$", column)
+        if moderator:  # a patient-level moderator column (moderator_<name>)
+            return moderator.group("name").replace("_", " ").capitalize()
         rater = re.match(r"^alliance_rater_(?P<who>.+)$", column)
         if rater:
             return f"{self.variable('alliance')} ({self.informant(rater.group('who'))}-rated)"

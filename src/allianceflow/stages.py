@@ -1163,15 +1163,51 @@ def moderated_models(study: Mapping[str, Any], models: Mapping[str, Any]) -> lis
     ]
 
 
-def simple_slopes_table_stage(model_json: str | Path, *, outputs: Sequence[str | Path]) -> None:
-    """Write a moderated model's simple-slopes table (CSV numbers, rendered formats)."""
+def _slope_words(result: Mapping[str, Any], labels: Mapping[str, Any] | None) -> dict[str, str]:
+    """Words for a moderated model's terms and moderator, from the study's labels."""
+    from .labels import Labels
+
+    words = Labels.from_dict(labels)
+    names = {row["term"]: words.term(row["term"]) for row in result.get("simple_slopes", [])}
+    moderator = (result.get("moderation") or {}).get("moderator")
+    if moderator and words.variable(moderator) != moderator:
+        names[moderator] = words.variable(moderator)
+    return names
+
+
+def simple_slopes_table_stage(
+    model_json: str | Path,
+    *,
+    outputs: Sequence[str | Path],
+    labels: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a moderated model's simple-slopes table (CSV numbers, rendered formats).
+
+    *labels* is the study's :meth:`allianceflow.labels.Labels.to_dict` record: the
+    alliance terms are named in its words.
+    """
     from .tables import simple_slopes_table, write_table_files
 
-    write_table_files(simple_slopes_table(io.read_json(model_json)), outputs)
+    result = io.read_json(model_json)
+    write_table_files(simple_slopes_table(result, labels=_slope_words(result, labels)), outputs)
 
 
-def simple_slopes_figure_stage(model_json: str | Path, *, outcome: str, outputs) -> None:
+def simple_slopes_figure_stage(
+    model_json: str | Path,
+    *,
+    outcome: str,
+    outputs,
+    labels: Mapping[str, Any] | None = None,
+) -> None:
     """Draw a moderated model's simple slopes (alliance slope per moderator level)."""
     from .figures import plot_simple_slopes, save_figure
+    from .labels import Labels, lower_first
 
-    save_figure(plot_simple_slopes(io.read_json(model_json), outcome_label=outcome), outputs)
+    result = io.read_json(model_json)
+    outcome_words = lower_first(Labels.from_dict(labels).variable(outcome))
+    save_figure(
+        plot_simple_slopes(
+            result, labels=_slope_words(result, labels), outcome_label=outcome_words
+        ),
+        outputs,
+    )

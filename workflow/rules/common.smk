@@ -270,7 +270,7 @@ def get_report_labels(kind, name=None):
     return get_labels
 
 
-def get_summary_labels(wildcards):
+def get_study_labels(wildcards):
     """Labels of one study's variables and terms in words (config and instrument files)."""
     from allianceflow.labels import Labels
 

@@ -10,7 +10,7 @@ rule tabulate_simple_slopes:
         md=report(
             "results/{study}/tables/simple_slopes_{model}.md",
             caption="../report/simple_slopes_table.rst",
-            category="Tables",
+            category="2. Tables",
             subcategory="{study}",
         ),
         html="results/{study}/tables/simple_slopes_{model}.html",
@@ -24,6 +24,7 @@ rule tabulate_simple_slopes:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
+        labels=get_study_labels,
     script:
         "../scripts/tabulate_simple_slopes.py"
 
@@ -35,7 +36,7 @@ rule plot_simple_slopes:
         png=report(
             "results/{study}/figures/simple_slopes_{model}.png",
             caption="../report/simple_slopes.rst",
-            category="Figures",
+            category="3. Figures",
             subcategory="{study}",
         ),
         pdf="results/{study}/figures/simple_slopes_{model}.pdf",
@@ -49,5 +50,6 @@ rule plot_simple_slopes:
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         outcome=get_outcome_score,
+        labels=get_study_labels,
     script:
         "../scripts/plot_simple_slopes.py"

@@ -24,7 +24,7 @@ rule write_summary:
         allianceflow_source=SOURCE_FINGERPRINT,
         measures=get_derive_measures,
         benchmark=get_benchmark(),
-        labels=get_summary_labels,
+        labels=get_study_labels,
     script:
         "../scripts/write_summary.py"
 

@@ -6,5 +6,6 @@ with run_step(snakemake.log[0]):
     simple_slopes_figure_stage(
         snakemake.input.model,
         outcome=snakemake.params.outcome,
+        labels=snakemake.params.labels,
         outputs=[snakemake.output.png, snakemake.output.pdf, snakemake.output.svg],
     )

@@ -3,4 +3,6 @@
 from allianceflow.stages import run_step, simple_slopes_table_stage
 
 with run_step(snakemake.log[0]):
-    simple_slopes_table_stage(snakemake.input.model, outputs=list(snakemake.output))
+    simple_slopes_table_stage(
+        snakemake.input.model, outputs=list(snakemake.output), labels=snakemake.params.labels
+    )
