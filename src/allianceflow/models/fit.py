@@ -90,7 +90,7 @@ def _few_level_terms(
     """Drop the random terms of grouping factors with fewer than *min_levels* levels."""
     dropped = []
     for factor in spec.factors:
-        n_levels = len(group_codes(rows, factor)[1])
+        n_levels = len(group_codes(rows, factor, sort=False)[1])
         if n_levels >= min_levels:
             continue
         label = ":".join(factor)
