@@ -64,7 +64,9 @@ def fixed_design(spec: FormulaSpec, rows: pd.DataFrame) -> pd.DataFrame:
     return design.reset_index(drop=True)
 
 
-def group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray, pd.DataFrame]:
+def group_codes(
+    data: pd.DataFrame, factor: tuple[str, ...], *, sort: bool = True
+) -> tuple[np.ndarray, pd.DataFrame]:
     """Integer codes of a grouping factor's levels, and the levels.
 
     Every model module identifies grouping levels through this function, so that a level is
@@ -77,6 +79,9 @@ def group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray
     factor : tuple of str
         One column, or several for an interaction (``("therapist", "patient")`` for
         ``therapist:patient``): a level is a distinct combination of their values.
+    sort : bool, default True
+        Number the levels in sorted order; False numbers them in order of appearance,
+        which is cheaper and enough to count levels or compare partitions.
 
     Returns
     -------
@@ -92,10 +97,10 @@ def group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray
     ([1, 0, 2], ['a:1', 'b:1', 'b:2'])
     """
     if len(factor) == 1:
-        codes, uniques = pd.factorize(data[factor[0]], sort=True)
+        codes, uniques = pd.factorize(data[factor[0]], sort=sort)
         return codes.astype(np.int64), pd.DataFrame({factor[0]: np.asarray(uniques)})
     mi = pd.MultiIndex.from_frame(data[list(factor)])
-    codes, uniques = pd.factorize(mi, sort=True)
+    codes, uniques = pd.factorize(mi, sort=sort)
     return codes.astype(np.int64), uniques.to_frame(index=False)
 
 
@@ -231,7 +236,7 @@ def check_identifiable(rows: pd.DataFrame, spec: FormulaSpec) -> None:
         )
     for factor in spec.factors:
         label = ":".join(factor)
-        n_levels = len(group_codes(rows, factor)[1])
+        n_levels = len(group_codes(rows, factor, sort=False)[1])
         if n_levels >= n:
             raise ModelError(
                 f"`formula` {spec.formula!r}: the grouping factor {label!r} has as many levels "

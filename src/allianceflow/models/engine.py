@@ -31,7 +31,6 @@ from allianceflow.models.pls import (
     INTERCEPT,
     Problem,
     check_spec,
-    factor_codes,
     levels_from_spec,
     nesting_order,
 )
@@ -464,7 +463,10 @@ def _fit_prepared(prepared, spec, *, reml, start, tol, boundary_tol, maxiter) ->
     b_levels, ses = prob.conditional_modes(theta, sol)
     ranef: dict[str, pd.DataFrame] = {}
     for li, lev in enumerate(levels):
-        _, lab = factor_codes(d, lev.factor)
+        # the level of each code (the codes number the sorted levels): a row that has it
+        row_of = np.empty(int(codes[li].max()) + 1, dtype=np.int64)
+        row_of[codes[li]] = np.arange(len(codes[li]))
+        lab = d[list(lev.factor)].iloc[row_of].reset_index(drop=True)
         frame = lab.iloc[prob.unit_codes[li]].reset_index(drop=True)
         for j, eff in enumerate(lev.effects):
             frame[eff] = b_levels[li][:, j]

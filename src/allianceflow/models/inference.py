@@ -210,7 +210,7 @@ def containment_df(
     dict
         Column name -> df.
     """
-    coded = [(f, group_codes(data, f)[0]) for f in factors]
+    coded = [(f, group_codes(data, f, sort=False)[0]) for f in factors]
     coded.sort(key=lambda fc: (len(fc[0]), int(fc[1].max()) + 1 if fc[1].size else 0))
     keys = [c for _, c in coded]
     n = len(data)

@@ -104,10 +104,14 @@ factor_codes = group_codes
 
 
 def nesting_order(
-    data: pd.DataFrame, levels: list[_Level]
+    data: pd.DataFrame, levels: list[_Level], *, sort: bool = True
 ) -> tuple[list[_Level], list[np.ndarray]] | None:
-    """Order levels inner to outer and check that each is nested in the next; None if not."""
-    coded = [(lev, group_codes(data, lev.factor)[0]) for lev in levels]
+    """Order levels inner to outer and check that each is nested in the next; None if not.
+
+    Returns the ordered levels and their integer codes (:func:`group_codes`, levels in
+    sorted order unless ``sort`` is False).
+    """
+    coded = [(lev, group_codes(data, lev.factor, sort=sort)[0]) for lev in levels]
     coded.sort(key=lambda lc: -(int(lc[1].max()) + 1 if lc[1].size else 0))
     for (_inner, ci), (_outer, co) in zip(coded[:-1], coded[1:], strict=True):
         if not nested_in(ci, co):
@@ -152,7 +156,7 @@ def supports(spec: FormulaSpec | str, data: pd.DataFrame | None = None) -> bool:
                     if col not in data.columns:
                         return False
             d = data[[c for c in dict.fromkeys(c for lev in levels for c in lev.factor)]].dropna()
-            if len(d) == 0 or nesting_order(d, levels) is None:
+            if len(d) == 0 or nesting_order(d, levels, sort=False) is None:
                 return False
         return True
     except (ValueError, TypeError, KeyError):
