@@ -1408,4 +1408,4 @@ def test_tables_and_summary_name_the_df(three_level_data, ddf, note, stat):
     other = fit(three_level_data, DDF_FORMULA, name="other", ddf="containment")
     both = model_table([{**record, "name": "one"}, other], name="both")
     if ddf != "containment":
-        assert f"one: {note} other: df: containment (Pinheiro & Bates 2000)" in both.note
+        assert f"Model 1: {note} Model 2: df: containment (Pinheiro & Bates 2000)" in both.note
