@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PRESETS", "preset_formula"]
+__all__ = ["PRESETS", "PATIENT_PRESETS", "preset_formula", "preset_level", "preset_family"]
+
+#: Presets fitted to the patients table, one row per patient, and the family of each:
+#: binary outcomes are binomial (logit link), counts Poisson (log link).
+PATIENT_PRESETS: dict[str, str] = {
+    "deterioration": "binomial",
+    "improvement": "binomial",
+    "dropout": "binomial",
+    "attendance": "poisson",
+}
 
 PRESETS: tuple[str, ...] = (
     "growth",
@@ -20,7 +29,37 @@ PRESETS: tuple[str, ...] = (
     "rupture_repair",
     "alliance_components",
     "informants",
+    *PATIENT_PRESETS,
 )
+
+
+def _check_name(name: str) -> None:
+    if name not in PRESETS:
+        raise ValueError(f"`name` must be one of {', '.join(map(repr, PRESETS))}; got {name!r}.")
+
+
+def preset_level(name: str) -> str:
+    """The table a preset is fitted to: ``"patient"`` (the patients table) or ``"session"``.
+
+    Examples
+    --------
+    >>> preset_level("dropout"), preset_level("growth")
+    ('patient', 'session')
+    """
+    _check_name(name)
+    return "patient" if name in PATIENT_PRESETS else "session"
+
+
+def preset_family(name: str) -> str:
+    """The response family of a preset: ``"binomial"``, ``"poisson"`` or ``"gaussian"``.
+
+    Examples
+    --------
+    >>> preset_family("deterioration"), preset_family("attendance"), preset_family("growth")
+    ('binomial', 'poisson', 'gaussian')
+    """
+    _check_name(name)
+    return PATIENT_PRESETS.get(name, "gaussian")
 
 
 def _random_part(time: str, therapist: bool, random: str | None, slopes: str = "correlated") -> str:
@@ -93,6 +132,32 @@ def preset_formula(name: str, **options: Any) -> str:
             ``alliance_rater_<i>_between`` for each rater
             (:func:`allianceflow.derive.informant_alliances`).
 
+        The patient-level presets (:data:`PATIENT_PRESETS`) model one row per patient of
+        the patients table (:func:`allianceflow.clinical.patient_outcomes`) with a
+        therapist random intercept; they take ``therapist``, ``random`` and
+        ``covariates`` (not ``outcome``, ``time`` or ``slopes``), and are fitted with the
+        family of :func:`preset_family`.
+
+        ``deterioration``, ``improvement``
+            ``deteriorated`` (reliable deterioration) or ``improved`` (reliable
+            improvement, recovery included) ``~ arm + outcome_baseline``, with
+            ``arm="feedback"`` (the 0/1 feedback-arm column, so treatment as usual is the
+            reference) and ``by_track=False``; ``by_track=True`` gives the subgroup model
+            ``arm * off_track + outcome_baseline``, whose ``arm`` term is the arm effect in
+            patients never flagged and ``arm:off_track`` its change in patients flagged not
+            on track (a post-randomisation subgroup: descriptive, see
+            :func:`allianceflow.derive.preset_variables`). Binomial, logit link: the
+            coefficients are log odds ratios (Lambert, Whipple & Kleinstäuber 2018).
+        ``dropout``
+            ``dropout ~ early_alliance + outcome_baseline``: an early ending (unilateral or
+            dropout vs planned) by the mean alliance of the first sessions and baseline
+            severity; binomial (Sharf, Primavera & Diener 2010).
+        ``attendance``
+            ``sessions_attended ~ early_alliance``; Poisson, log link: the coefficient is a
+            log rate ratio. Sessions attended are bounded by the planned number, so the
+            counts are usually under-dispersed against the Poisson and its SEs
+            conservative.
+
     Returns
     -------
     str
@@ -123,11 +188,17 @@ def preset_formula(name: str, **options: Any) -> str:
     Falkenström, F., Finkel, S., Sandell, R., Rubel, J. A., & Holmqvist, R. (2017). Dynamic
     models of individual change in psychotherapy process research. *Journal of Consulting
     and Clinical Psychology, 85*(6), 537–549.
+    Lambert, M. J., Whipple, J. L., & Kleinstäuber, M. (2018). Collecting and delivering
+    progress feedback: A meta-analysis of routine outcome monitoring. *Psychotherapy,
+    55*(4), 520–537.
     Nickell, S. (1981). Biases in dynamic models with fixed effects. *Econometrica, 49*(6),
     1417–1426.
+    Sharf, J., Primavera, L. H., & Diener, M. J. (2010). Dropout and therapeutic alliance:
+    A meta-analysis of adult individual psychotherapy. *Psychotherapy, 47*(4), 637–645.
     """
-    if name not in PRESETS:
-        raise ValueError(f"`name` must be one of {', '.join(map(repr, PRESETS))}; got {name!r}.")
+    _check_name(name)
+    if name in PATIENT_PRESETS:
+        return _patient_formula(name, options)
     specific = {
         "growth": {"time_shape": "linear"},
         "alliance_outcome": {"previous_outcome": False, "detrend": "none"},
@@ -201,4 +272,41 @@ def preset_formula(name: str, **options: Any) -> str:
         fixed += [t]
     fixed += covs
     rand = _random_part(time_slope, o["therapist"], o["random"], o["slopes"])
+    return f"{y} ~ {' + '.join(fixed)} + {rand}"
+
+
+def _patient_formula(name: str, options: dict[str, Any]) -> str:
+    """Formula of a patient-level preset (see :func:`preset_formula`)."""
+    specific = {
+        "deterioration": {"arm": "feedback", "by_track": False},
+        "improvement": {"arm": "feedback", "by_track": False},
+        "dropout": {},
+        "attendance": {},
+    }[name]
+    allowed = {"therapist": True, "random": None, "covariates": (), **specific}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"preset {name!r} has no option {unknown[0]!r}; options are {sorted(allowed)}."
+        )
+    o = {**allowed, **options}
+    if not isinstance(o["therapist"], bool):
+        raise ValueError(f"`therapist` must be True or False; got {o['therapist']!r}.")
+    covs = [o["covariates"]] if isinstance(o["covariates"], str) else list(o["covariates"])
+    if name in ("deterioration", "improvement"):
+        _check_choice("by_track", o["by_track"], (False, True))
+        y = "deteriorated" if name == "deterioration" else "improved"
+        arm = o["arm"]
+        fixed = [f"{arm} * off_track" if o["by_track"] else arm, "outcome_baseline"]
+    elif name == "dropout":
+        y, fixed = "dropout", ["early_alliance", "outcome_baseline"]
+    else:
+        y, fixed = "sessions_attended", ["early_alliance"]
+    fixed += covs
+    if o["random"] is not None:
+        rand = o["random"]
+    elif o["therapist"]:
+        rand = "(1 | therapist)"
+    else:
+        return f"{y} ~ {' + '.join(fixed)}"
     return f"{y} ~ {' + '.join(fixed)} + {rand}"

@@ -30,6 +30,7 @@ Examples
 **Reliable and Clinically Significant Change by Arm**
 """
 
+from .binary import binary_effects_table, ratio_table
 from .counts import clinical_significance_table, ruptures_table, sudden_gains_table
 from .descriptive import intake_correlations, reliability_markdown, reliability_table, table1
 from .formatting import DEFAULT_LABELS, format_number, format_p, format_r
@@ -62,4 +63,6 @@ __all__ = [
     "render_docx",
     "write_table_files",
     "CellSuppression",
+    "ratio_table",
+    "binary_effects_table",
 ]
