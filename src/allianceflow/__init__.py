@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "fit_model": "allianceflow.models",
     "preset_formula": "allianceflow.models",
     "MixedModelResult": "allianceflow.models",
+    "GLMMResult": "allianceflow.models.result",
     "format_model": "allianceflow.models",
     "likelihood_ratio_test": "allianceflow.models",
     "compare_models": "allianceflow.models",

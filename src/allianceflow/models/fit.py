@@ -139,6 +139,10 @@ def fit_model(
     engine: Literal["auto", "fast", "statsmodels"] = "auto",
     min_levels: int = 5,
     ddf: Literal["containment", "satterthwaite", "kenward-roger"] = "containment",
+    family: Literal["gaussian", "binomial", "poisson"] = "gaussian",
+    link: str | None = None,
+    nAGQ: int = 1,  # noqa: N803 -- lme4's name
+    vcov: Literal["hessian", "beta_only"] = "hessian",
 ) -> MixedModelResult:
     r"""Fit a linear mixed model written in lme4 syntax and return tidy, JSON-ready results.
 
@@ -191,6 +195,20 @@ def fit_model(
         ``reml=False`` the containment df are kept and a warning says so, as they are (with a
         warning) when the marginal covariance has an independent block of more than
         ``DDF_MAX_BLOCK`` (2000) rows, e.g. crossed factors on large data.
+    family : {"gaussian", "binomial", "poisson"}, default "gaussian"
+        "gaussian": the linear mixed model described here. "binomial" (0/1 response or
+        ``cbind(successes, failures)``) and "poisson" fit a generalised linear mixed model
+        as lme4's ``glmer`` (:func:`allianceflow.models.glmm.fit_model_glmm`, which
+        documents the GLMM's options and record); ``reml``, ``ddf``, ``optimizers``,
+        ``grad_tol``, ``maxiter`` and ``engine`` do not apply to it.
+    link : str, optional
+        GLMM link: binomial "logit" (default) or "probit"; Poisson "log".
+    nAGQ : int, default 1
+        GLMM: 1 for the Laplace approximation, more for adaptive Gauss–Hermite quadrature
+        (a single scalar random effect only), as glmer's ``nAGQ``.
+    vcov : {"hessian", "beta_only"}, default "hessian"
+        GLMM: covariance of the fixed effects, glmer's default (Hessian in θ and β jointly)
+        or conditional on θ.
 
     Returns
     -------
@@ -344,6 +362,27 @@ def fit_model(
     """
     check_data(data)
     _check_name(name)
+    if family not in ("gaussian", "binomial", "poisson"):
+        raise ValueError(f"`family` must be 'gaussian', 'binomial' or 'poisson'; got {family!r}.")
+    if family != "gaussian":
+        from allianceflow.models.glmm import fit_model_glmm
+
+        return fit_model_glmm(
+            data,
+            formula,
+            family=family,
+            link=link,
+            nAGQ=nAGQ,
+            vcov=vcov,
+            name=name,
+            boundary_tol=boundary_tol,
+            min_levels=min_levels,
+        )
+    if link not in (None, "identity") or nAGQ != 1:
+        raise ValueError(
+            f"`link` and `nAGQ` apply to family='binomial' or 'poisson'; got link={link!r}, "
+            f"nAGQ={nAGQ!r} with family='gaussian'."
+        )
     optimizers = sm.check_optimizers(optimizers)
     if not isinstance(reml, (bool, np.bool_)):
         raise TypeError(f"`reml` must be True or False; got {reml!r}.")
@@ -352,6 +391,11 @@ def fit_model(
     min_levels = _check_min_levels(min_levels)
     ddf = _check_ddf(ddf)
     spec = formula if isinstance(formula, FormulaSpec) else parse_formula(formula)
+    if spec.cbind is not None:
+        raise ValueError(
+            f"`formula` {spec.formula!r}: a cbind(successes, failures) response needs "
+            "family='binomial'."
+        )
     rows, n_dropped = model_rows(data, spec)
     by_variable = missing_by_variable(data, spec)
     fit_spec, dropped = _few_level_terms(rows, spec, min_levels)

@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+_CBIND = re.compile(r"^cbind\(\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*,\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*\)$")
 _IDENT = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
 _FUNCTIONS = {"I", "C", "log", "exp", "sqrt", "np", "center", "scale", "Q", "abs"}
 
@@ -111,12 +112,16 @@ class FormulaSpec:
         ``I()`` becomes ``**``, ``log(`` becomes ``np.log(``).
     random : tuple of RandomTerm
         Random-effect blocks, with ``a/b`` expanded to ``a`` and ``a:b`` as lme4 does.
+    cbind : tuple of (str, str) or None
+        For lme4's binomial response ``cbind(successes, failures)``: the two columns
+        (``response`` is then the successes column); None for a single-column response.
     """
 
     formula: str
     response: str
     fixed: str
     random: tuple[RandomTerm, ...] = field(default_factory=tuple)
+    cbind: tuple[str, str] | None = None
 
     @property
     def factors(self) -> tuple[tuple[str, ...], ...]:
@@ -298,7 +303,9 @@ def parse_formula(formula: str) -> FormulaSpec:
     Parameters
     ----------
     formula : str
-        ``response ~ fixed terms + (random | factor) ...``. Supported random parts:
+        ``response ~ fixed terms + (random | factor) ...``; the response is a column, or
+        for a binomial model lme4's ``cbind(successes, failures)`` of two columns.
+        Supported random parts:
         ``(1 | g)``, ``(1 + x | g)`` (correlated), ``(0 + x | g)``, ``(1 + x || g)``
         (uncorrelated), ``(1 | g1/g2)`` (nested: expands to ``(1 | g1) + (1 | g1:g2)``) and
         ``(1 | g1:g2)``. Fixed part: ``a + b``, ``a*b``, ``a:b``, ``I(x^2)``, ``log(x)``,
@@ -334,7 +341,13 @@ def parse_formula(formula: str) -> FormulaSpec:
     response, rhs = sides[0].strip(), sides[1].strip()
     if not response:
         raise ValueError(f"`formula` has no response before '~'; got {formula!r}.")
-    if not _NAME.match(response):
+    cbind = _CBIND.match(response)
+    if cbind is None and response.replace(" ", "").startswith("cbind("):
+        raise ValueError(
+            f"`formula` response {response!r}: write a binomial response as "
+            "'cbind(successes, failures)' with two column names."
+        )
+    if cbind is None and not _NAME.match(response):
         raise ValueError(f"`formula` response {response!r} must be a column name; derive it first.")
     if not rhs:
         raise ValueError(f"`formula` has nothing after '~'; got {formula!r}.")
@@ -376,9 +389,10 @@ def parse_formula(formula: str) -> FormulaSpec:
         fixed_out = ["0"] + [t for t in fixed_out if t not in {"0", "1"}]
     return FormulaSpec(
         formula=formula.strip(),
-        response=response,
+        response=cbind.group(1) if cbind else response,
         fixed=" + ".join(fixed_out),
         random=tuple(random_terms),
+        cbind=(cbind.group(1), cbind.group(2)) if cbind else None,
     )
 
 
@@ -421,6 +435,8 @@ def formula_variables(spec: FormulaSpec, columns) -> list[str]:
             out.append(name)
 
     add(spec.response)
+    if spec.cbind is not None:
+        add(spec.cbind[1])
     for ident in _IDENT.findall(spec.fixed):
         if ident in cols:
             add(ident)
@@ -438,11 +454,12 @@ def formula_variables(spec: FormulaSpec, columns) -> list[str]:
                         f"columns are {sorted(cols)}{_closest(name, cols)}."
                     )
                 add(name)
-    if spec.response not in cols:
-        raise KeyError(
-            f"`formula` response {spec.response!r} is not a column; columns are "
-            f"{sorted(cols)}{_closest(spec.response, cols)}."
-        )
+    for response in spec.cbind or (spec.response,):
+        if response not in cols:
+            raise KeyError(
+                f"`formula` response {response!r} is not a column; columns are "
+                f"{sorted(cols)}{_closest(response, cols)}."
+            )
     return out
 
 

@@ -30,6 +30,7 @@ from allianceflow.models.inference import (
 __all__ = [
     "BackendFit",
     "MixedModelResult",
+    "GLMMResult",
     "build_result",
     "format_model",
     "ddf_method",
@@ -179,6 +180,7 @@ def build_result(
     boundary_tol: float,
     ddf: str = "containment",
     ddf_table: pd.DataFrame | None = None,
+    extra: dict | None = None,
 ) -> MixedModelResult:
     """Turn a :class:`BackendFit` into a :class:`MixedModelResult` (the one place that does).
 
@@ -192,6 +194,9 @@ def build_result(
     ``ddf_table`` (``term, se, df``, from :mod:`allianceflow.models.ddf`) supplies each
     row's df and standard error, the rows use the *t* distribution on those df
     (:func:`~allianceflow.models.inference.wald_rows`), and ``ddf`` is recorded last.
+
+    ``extra`` (a GLMM's keys: ``family``, ``link``, ``nAGQ``, ratios, ...) is appended to
+    the record, and the result is then a :class:`GLMMResult`.
     """
     if (ddf == "containment") != (ddf_table is None):
         raise ValueError(
@@ -293,6 +298,9 @@ def build_result(
     }
     if ddf_table is not None:
         record["ddf"] = ddf
+    if extra:
+        record.update(extra)
+        return GLMMResult(record)
     return MixedModelResult(record)
 
 
@@ -359,6 +367,8 @@ class MixedModelResult:
         """
         if isinstance(record, MixedModelResult):
             return record
+        if cls is MixedModelResult and isinstance(record, dict) and "family" in record:
+            return GLMMResult.from_dict(record)
         if not isinstance(record, dict):
             raise TypeError(
                 f"`record` must be a dict from MixedModelResult.to_dict(); got "
@@ -520,6 +530,38 @@ class MixedModelResult:
         return "\n".join(parts)
 
 
+class GLMMResult(MixedModelResult):
+    """A fitted generalised linear mixed model (binomial or Poisson), as lme4's ``glmer``.
+
+    The record has the linear model's keys (``reml`` False; ``residual_variance`` the
+    latent-scale residual variance behind ``icc`` and R², see
+    :func:`allianceflow.models.glmm.latent_residual_variance`) plus ``family``, ``link``,
+    ``nAGQ``, ``vcov_method``, ``se_beta_only``, ``ratio_type`` ("odds ratio", "rate
+    ratio", or None for probit), ``ratios`` (``term, ratio, ci_low, ci_high``: exp of the
+    estimate and of its Wald 95% CI), ``latent_residual_variance`` and ``icc_scale``.
+    """
+
+    @property
+    def family(self) -> str:
+        """The family: "binomial" or "poisson"."""
+        return self._record["family"]
+
+    @property
+    def link(self) -> str:
+        """The link: "logit", "probit" or "log"."""
+        return self._record["link"]
+
+    @property
+    def ratios(self) -> pd.DataFrame:
+        """Odds ratios (logit) or rate ratios (log) with 95% CIs; empty for probit."""
+        return pd.DataFrame(self._record["ratios"], columns=["term", "ratio", "ci_low", "ci_high"])
+
+    def __repr__(self) -> str:
+        """Name, family, formula and convergence verdict on one line."""
+        status = "converged" if self.converged else "NOT converged"
+        return f"<GLMMResult {self.name!r} ({self.family}, {self.link}): {self.formula} ({status})>"
+
+
 # --------------------------------------------------------------------------- plain text
 
 
@@ -593,10 +635,19 @@ def format_model(result: MixedModelResult | dict) -> str:
         )
     lines = []
     method = "REML" if result["reml"] else "ML"
-    lines.append(
-        f"Linear mixed model '{result['name']}' fit by {method} "
-        f"({result.get('engine', 'statsmodels.MixedLM')})"
-    )
+    if "family" in result:
+        method = (
+            "Laplace" if result["nAGQ"] == 1 else f"adaptive Gauss-Hermite, nAGQ={result['nAGQ']}"
+        )
+        lines.append(
+            f"Generalised linear mixed model '{result['name']}' ({result['family']}, "
+            f"{result['link']} link) fit by ML ({method}; {result['engine']})"
+        )
+    else:
+        lines.append(
+            f"Linear mixed model '{result['name']}' fit by {method} "
+            f"({result.get('engine', 'statsmodels.MixedLM')})"
+        )
     lines.append(f"Formula: {result['formula']}")
     groups = ", ".join(f"{g}: {n}" for g, n in result["n_groups"].items())
     lines.append(
@@ -633,6 +684,15 @@ def format_model(result: MixedModelResult | dict) -> str:
         )
     lines.extend(_table(rows))
     lines.append(ddf_note(result) + ".")
+    if result.get("ratios"):
+        lines.append("")
+        lines.append(f"{result['ratio_type'].capitalize()}s (exp of estimate and 95% CI):")
+        rows = [["term", "ratio", "CI low", "CI high"]]
+        rows += [
+            [f["term"], _fmt(f["ratio"]), _fmt(f["ci_low"]), _fmt(f["ci_high"])]
+            for f in result["ratios"]
+        ]
+        lines.extend(_table(rows))
     lines.append("")
     lines.append("Random effects:")
     rows = [["group", "term", "variance", "SD", "boundary"]]
