@@ -451,7 +451,7 @@ BENCHMARKS: list[dict[str, object]] = [
         "doi": "10.1037/a0021175",
         "comparison": "weaker alliance vs dropout (11 studies, 1,301 patients)",
         "hedges_g": None,
-        "success_rate_difference": None,
+        "success_rate_difference": "not reported",
         "d": 0.55,
         "note": "abstract: d = .55 (alliance-dropout); as a log odds ratio d·π/√3 = 1.00",
     },

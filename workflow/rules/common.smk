@@ -6,7 +6,7 @@ import dataclasses
 from allianceflow.config import validate_config
 from allianceflow.io import package_versions, source_fingerprint
 from allianceflow.power import chunk_seeds, designs_from_config
-from allianceflow.stages import figure_settings, study_figures
+from allianceflow.stages import figure_settings, outcome_numbers, study_figures
 
 # Validate before any job runs; fills in the schema's defaults in place.
 config.update(
@@ -79,6 +79,12 @@ def get_derive(wildcards):
 def get_min_cell(wildcards):
     """The small-cell threshold of one study's published tables (`report.tables.min_cell`)."""
     return config["studies"][wildcards.study]["report"]["tables"]["min_cell"]
+
+
+def get_outcome_direction(wildcards):
+    """The outcome's direction of improvement (its instrument's, with the study's overrides)."""
+    measures = config["studies"][wildcards.study]["measures"]
+    return outcome_numbers(measures)["direction"]
 
 
 def get_figure_settings(figure):
@@ -158,6 +164,12 @@ def get_study_tables(study):
     return tables
 
 
+def has_binary_effects(study):
+    """Does the study get the arm contrasts of the binary outcomes (arms, on-track status
+    and reliable change all derived)?"""
+    return "binary_rates" in study_figures(config["studies"][study])
+
+
 def get_study_figures(study):
     """Figures of one study: those whose variables and columns the study has."""
     return study_figures(config["studies"][study])
@@ -187,6 +199,11 @@ def get_study_outputs(study):
             f"results/{study}/figures/{f}.{ext}"
             for f in get_study_figures(study)
             for ext in FIGURE_FORMATS
+        ]
+        + [
+            f"results/{study}/tables/binary_effects.{ext}"
+            for ext in published
+            if has_binary_effects(study)
         ]
     )
 

@@ -94,3 +94,28 @@ rule tabulate_descriptives:
         min_cell=get_min_cell,
     script:
         "../scripts/tabulate_descriptives.py"
+
+
+rule tabulate_binary_effects:
+    input:
+        patients=rules.derive_variables.output.patients,
+    output:
+        csv="results/{study}/tables/binary_effects.csv",
+        md=report(
+            "results/{study}/tables/binary_effects.md",
+            caption="../report/binary_effects.rst",
+            category="Tables",
+            subcategory="{study}",
+        ),
+        html="results/{study}/tables/binary_effects.html",
+        tex="results/{study}/tables/binary_effects.tex",
+        docx="results/{study}/tables/binary_effects.docx",
+    log:
+        "logs/{study}/tabulate_binary_effects.log",
+    conda:
+        "../envs/allianceflow.yaml"
+    params:
+        allianceflow_source=SOURCE_FINGERPRINT,
+        direction=get_outcome_direction,
+    script:
+        "../scripts/tabulate_binary_effects.py"

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PRESETS", "PATIENT_PRESETS", "preset_formula", "preset_level", "preset_family"]
+__all__ = [
+    "PRESETS",
+    "PATIENT_PRESETS",
+    "ALL_PRESETS",
+    "preset_formula",
+    "preset_level",
+    "preset_family",
+    "preset_rows",
+]
 
 #: Presets fitted to the patients table, one row per patient, and the family of each:
 #: binary outcomes are binomial (logit link), counts Poisson (log link).
@@ -21,6 +29,7 @@ PATIENT_PRESETS: dict[str, str] = {
     "attendance": "poisson",
 }
 
+#: Session-level presets: linear mixed models of the analysis table (one row per session).
 PRESETS: tuple[str, ...] = (
     "growth",
     "alliance_outcome",
@@ -29,13 +38,17 @@ PRESETS: tuple[str, ...] = (
     "rupture_repair",
     "alliance_components",
     "informants",
-    *PATIENT_PRESETS,
 )
+#: Every preset name :func:`preset_formula` knows: the session-level ones, then the
+#: patient-level ones.
+ALL_PRESETS: tuple[str, ...] = (*PRESETS, *PATIENT_PRESETS)
 
 
 def _check_name(name: str) -> None:
-    if name not in PRESETS:
-        raise ValueError(f"`name` must be one of {', '.join(map(repr, PRESETS))}; got {name!r}.")
+    if name not in ALL_PRESETS:
+        raise ValueError(
+            f"`name` must be one of {', '.join(map(repr, ALL_PRESETS))}; got {name!r}."
+        )
 
 
 def preset_level(name: str) -> str:
@@ -48,6 +61,33 @@ def preset_level(name: str) -> str:
     """
     _check_name(name)
     return "patient" if name in PATIENT_PRESETS else "session"
+
+
+#: Values of the ``subgroup`` option of the deterioration and improvement presets, and the
+#: ``off_track`` value of the rows each keeps.
+SUBGROUPS = {"not_on_track": 1.0, "on_track": 0.0}
+
+
+def preset_rows(name: str, **options: Any) -> dict[str, float]:
+    """The rows a preset is fitted to, as ``{column: value}`` (empty: all rows).
+
+    Only the deterioration and improvement presets restrict rows, with their ``subgroup``
+    option: ``"not_on_track"`` keeps patients ever flagged (``off_track == 1``),
+    ``"on_track"`` those assessed and never flagged.
+
+    Examples
+    --------
+    >>> preset_rows("deterioration", subgroup="not_on_track")
+    {'off_track': 1.0}
+    >>> preset_rows("dropout")
+    {}
+    """
+    _check_name(name)
+    subgroup = options.get("subgroup")
+    if name not in ("deterioration", "improvement") or subgroup is None:
+        return {}
+    _check_choice("subgroup", subgroup, (None, *SUBGROUPS))
+    return {"off_track": SUBGROUPS[subgroup]}
 
 
 def preset_family(name: str) -> str:
@@ -84,12 +124,12 @@ def preset_formula(name: str, **options: Any) -> str:
     Parameters
     ----------
     name : str
-        One of :data:`PRESETS`. Options common to all: ``outcome="outcome"``,
-        ``time="session"``, ``therapist=True`` (add a therapist random intercept),
-        ``slopes="correlated"`` (patient random intercepts and time slopes with their
-        covariance, ``(1 + time | patient)``; ``"uncorrelated"`` fixes the covariance at
-        0, ``(1 + time || patient)``), ``random=None`` (a random part to use instead),
-        ``covariates=()`` (extra fixed terms).
+        One of :data:`ALL_PRESETS`. Options common to the session-level presets:
+        ``outcome="outcome"``, ``time="session"``, ``therapist=True`` (add a therapist
+        random intercept), ``slopes="correlated"`` (patient random intercepts and time
+        slopes with their covariance, ``(1 + time | patient)``; ``"uncorrelated"`` fixes
+        the covariance at 0, ``(1 + time || patient)``), ``random=None`` (a random part to
+        use instead), ``covariates=()`` (extra fixed terms).
 
         Why correlated by default: fixing the intercept-slope covariance at 0 makes the
         model depend on where time is zero (session 1 or session 0, say), because the
@@ -146,8 +186,13 @@ def preset_formula(name: str, **options: Any) -> str:
             ``arm * off_track + outcome_baseline``, whose ``arm`` term is the arm effect in
             patients never flagged and ``arm:off_track`` its change in patients flagged not
             on track (a post-randomisation subgroup: descriptive, see
-            :func:`allianceflow.derive.preset_variables`). Binomial, logit link: the
-            coefficients are log odds ratios (Lambert, Whipple & Kleinstäuber 2018).
+            :func:`allianceflow.derive.preset_variables`). ``subgroup="not_on_track"`` (or
+            ``"on_track"``) fits the main model to those patients only
+            (:func:`preset_rows`): use it for deterioration, which a patient can hardly
+            reach without being flagged, so that the interaction model has (almost) no
+            deteriorations among on-track patients and its coefficients are not
+            estimable (separation). Binomial, logit link: the coefficients are log odds
+            ratios (Lambert, Whipple & Kleinstäuber 2018).
         ``dropout``
             ``dropout ~ early_alliance + outcome_baseline``: an early ending (unilateral or
             dropout vs planned) by the mean alliance of the first sessions and baseline
@@ -278,8 +323,8 @@ def preset_formula(name: str, **options: Any) -> str:
 def _patient_formula(name: str, options: dict[str, Any]) -> str:
     """Formula of a patient-level preset (see :func:`preset_formula`)."""
     specific = {
-        "deterioration": {"arm": "feedback", "by_track": False},
-        "improvement": {"arm": "feedback", "by_track": False},
+        "deterioration": {"arm": "feedback", "by_track": False, "subgroup": None},
+        "improvement": {"arm": "feedback", "by_track": False, "subgroup": None},
         "dropout": {},
         "attendance": {},
     }[name]
@@ -295,6 +340,12 @@ def _patient_formula(name: str, options: dict[str, Any]) -> str:
     covs = [o["covariates"]] if isinstance(o["covariates"], str) else list(o["covariates"])
     if name in ("deterioration", "improvement"):
         _check_choice("by_track", o["by_track"], (False, True))
+        _check_choice("subgroup", o["subgroup"], (None, *SUBGROUPS))
+        if o["by_track"] and o["subgroup"] is not None:
+            raise ValueError(
+                "`by_track` models arm × off_track in all patients and `subgroup` keeps one "
+                f"subgroup; use one of them, got by_track=True and subgroup={o['subgroup']!r}."
+            )
         y = "deteriorated" if name == "deterioration" else "improved"
         arm = o["arm"]
         fixed = [f"{arm} * off_track" if o["by_track"] else arm, "outcome_baseline"]

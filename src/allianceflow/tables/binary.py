@@ -123,12 +123,17 @@ def ratio_table(
     )
 
 
-_OUTCOME_LABELS = {"deteriorated": "Reliable deterioration", "improved": "Reliable improvement"}
+_OUTCOME_LABELS = {
+    "deteriorated": "Reliable deterioration",
+    "improved": "Reliable improvement or recovery",
+}
 _SUBGROUP_LABELS = {"all": "all patients", "not_on_track": "not on track", "on_track": "on track"}
 
 
 def _pct(value: float) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{100 * value:.1f}%".replace("-", "−")  # the minus sign, as format_number
 
 
 def binary_effects_table(
