@@ -1213,5 +1213,5 @@ def plot_dropout_curve(
         )
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel(predictor_label)
-        ax.set_ylabel("predicted probability of an early ending (95% CI)")
+        ax.set_ylabel("P(early ending), 95% CI")
     return fig

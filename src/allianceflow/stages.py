@@ -804,7 +804,7 @@ def dropout_curve_figure_stage(*, model, patients, alliance: str, outputs) -> No
     fig = plot_dropout_curve(
         io.read_json(model),
         io.read_table(patients),
-        predictor_label=f"early alliance ({alliance}, mean of the first sessions)",
+        predictor_label=f"early alliance ({alliance})",
     )
     save_figure(fig, outputs)
 
