@@ -365,6 +365,11 @@ def fit_model(
     if family not in ("gaussian", "binomial", "poisson"):
         raise ValueError(f"`family` must be 'gaussian', 'binomial' or 'poisson'; got {family!r}.")
     if family != "gaussian":
+        if ddf != "containment":
+            raise ValueError(
+                f"`ddf` applies to linear models (family='gaussian'); a {family} GLMM has Wald "
+                f"z tests, as glmer; got ddf={ddf!r}."
+            )
         from allianceflow.models.glmm import fit_model_glmm
 
         return fit_model_glmm(

@@ -16,9 +16,16 @@ With :math:`b = \Lambda_\theta u`, :math:`u \sim N(0, I)` and linear predictor
 least squares (PIRLS; Bates et al. 2015, sec. 5 of the lme4 vignette on GLMMs): Fisher
 scoring steps :math:`(\Lambda^\top Z^\top W Z \Lambda + I)\,\delta = \Lambda^\top Z^\top s
 - u` (:math:`s_i = \partial \log p(y_i)/\partial\eta_i`, :math:`W` the GLM working weights
-:math:`w_i\,\mu_i'^2/V(\mu_i)`) with step halving, iterated to a decrement below
-:math:`10^{-11}`. With :math:`L_\theta L_\theta^\top = \Lambda^\top Z^\top W Z \Lambda + I`
-at :math:`\hat u`, the Laplace deviance is
+:math:`w_i\,\mu_i'^2/V(\mu_i)`) with step halving, iterated until a full step moves no
+element of :math:`u` by more than :math:`10^{-6}` (logit, log: Newton's method, quadratic
+convergence) or :math:`10^{-10}` (probit: Fisher scoring, linear convergence), so that
+:math:`u` is at the mode to about :math:`10^{-10}`. (glmer stops on the relative change of
+the penalised deviance and factors :math:`L_\theta` at the weights before its last step;
+its deviance then carries errors of up to :math:`10^{-6}` that show in its
+finite-difference Hessian, see ``tests/test_glmer.py``.)
+
+With :math:`L_\theta L_\theta^\top = \Lambda^\top Z^\top W Z \Lambda + I` at
+:math:`\hat u`, the Laplace deviance is
 
 .. math::
 
@@ -112,10 +119,10 @@ class _Family:
             mu = np.exp(eta)
             return y * eta - mu + self.const, y - mu, mu
         if self.link == "logit":
-            log_p = -np.logaddexp(0.0, -eta)
-            log_q = -np.logaddexp(0.0, eta)
-            mu = special.expit(eta)
-            return y * log_p + (n - y) * log_q + self.const, y - n * mu, n * mu * (1.0 - mu)
+            # log p = η - softplus(η), log(1 - p) = -softplus(η)
+            softplus = np.maximum(eta, 0.0) + np.log1p(np.exp(-np.abs(eta)))
+            mu = np.exp(eta - softplus)
+            return y * eta - n * softplus + self.const, y - n * mu, n * mu * (1.0 - mu)
         log_p, log_q = special.log_ndtr(eta), special.log_ndtr(-eta)
         dens = np.exp(-0.5 * eta * eta - 0.5 * _LOG2PI)
         # φ/Φ and φ/(1-Φ) from logs, stable in both tails
@@ -247,6 +254,7 @@ class _Problem:
         self.u = [np.zeros((bk.m, bk.q)) for bk in self.blocks]
         self.beta = np.zeros(self.p)
         self.n_evals = 0
+        self.step_tol = 1e-10 if family.link == "probit" else 1e-6
 
     # ------------------------------------------------------------------ pieces
     def lam(self, theta: np.ndarray, k: int) -> np.ndarray:
@@ -334,7 +342,7 @@ class _Problem:
         return x
 
     # ------------------------------------------------------------------ PIRLS
-    def pirls(self, theta, beta, *, joint: bool, tol: float = 1e-11, maxit: int = 60):
+    def pirls(self, theta, beta, *, joint: bool, tol: float = 1e-22, maxit: int = 200):
         """Conditional modes (and, jointly, β) at θ by penalised IRLS; the fit's pieces.
 
         Returns a dict with ``u, beta, eta, loglik`` (summed log p(y|u)), ``sqr_u``,
@@ -392,7 +400,11 @@ class _Problem:
                 continue
             u, beta = u_new, b_new
             pdev, eta, ll, s, w, sqr = cand
-            if decrement < tol and t == 1.0:
+            # a full step that small leaves u within ~1e-10 of the mode, enough for the
+            # log-determinant too: Newton's method (canonical links) converges
+            # quadratically, Fisher scoring (probit) only linearly
+            step_size = max(float(np.max(np.abs(d))) if d.size else 0.0 for d in delta)
+            if t == 1.0 and (step_size < self.step_tol or decrement < tol):
                 ok = True
                 break
         # the factor at the final weights (the step taken last is below tolerance)
@@ -617,7 +629,7 @@ def _check_response_varies(rows: pd.DataFrame, spec: FormulaSpec, family: str) -
             return
         if family == "poisson" and (y > 0).any():
             return
-        what = f"the single value {y.iloc[0]!r}"
+        what = f"the single value {y.iloc[0]:g}"
     raise ModelError(
         f"`formula` {spec.formula!r}: the response has {what} in all {len(rows)} complete "
         f"rows, so a {family} model cannot be estimated (its intercept would be infinite). "
@@ -1124,7 +1136,16 @@ def fit_model_glmm(
     -----
     The likelihood, PIRLS and the two optimisation stages are described in
     :mod:`allianceflow.models.glmm`. ``loglik`` includes the constants, as glmer's
-    ``logLik``; AIC and BIC count the fixed effects and covariance parameters.
+    ``logLik``; AIC and BIC count the fixed effects and covariance parameters. With
+    ``nAGQ > 1`` the constants are kept too, so that log-likelihoods at different nAGQ
+    can be compared; glmer's quadrature deviance sums deviance residuals instead, so its
+    ``logLik`` for nAGQ > 1 leaves out the saturated model's log-likelihood (nothing for
+    0/1 data; on lme4's ``cbpp`` with nAGQ = 5 glmer reports -50.01, which is our -91.98
+    less the saturated log-likelihood).
+
+    *Singular fits.* A variance at the zero bound is held there: the Hessian is taken over
+    the other parameters (glmer's finite-difference Hessian breaks down at the bound and it
+    falls back to the β-only covariance, which at θ = 0 is the same matrix).
 
     *Standard errors* are glmer's default: from the finite-difference Hessian of the
     deviance in (θ, β) jointly (:math:`V = 2H^{-1}`, the β block), which accounts for the
@@ -1142,10 +1163,15 @@ def fit_model_glmm(
     :func:`latent_residual_variance`).
 
     *Agreement with lme4 1.1-31's glmer* (``tests/test_glmer.py``, glmer refitted with
-    ``tolPwrss = 1e-12`` and tight optimiser tolerances): log-likelihood within 1e-6
-    relative, fixed effects within 1e-4, SEs within 1e-3 relative, on binomial cbind data
-    (lme4's ``cbpp``), binary data with a therapist level, Poisson counts, two nested
-    factors, and adaptive quadrature with nAGQ = 5.
+    ``tolPwrss = 1e-13`` and tight optimiser tolerances): log-likelihood within 1e-6
+    relative, fixed effects within 1e-4, SEs and β-only SEs within 1e-3 relative,
+    variances within 2e-3 relative, on binomial cbind data (lme4's ``cbpp``), binary data
+    with a therapist level, Poisson counts with three nested factors (lme4's
+    ``grouseticks``) and with a correlated random slope, binary sessions in patients in
+    therapists, and adaptive quadrature with nAGQ = 5 (binary and cbind data). With the
+    probit link glmer's Hessian SEs differ from ours by up to 2.4%: its PIRLS (Fisher
+    scoring, linearly convergent) leaves errors of 1e-6 in its deviance, which its
+    finite-difference Hessian magnifies; its β-only SEs agree within 1e-3.
 
     References
     ----------
