@@ -88,13 +88,13 @@ def test_flow_reconciles_with_the_raw_file_and_the_clean_table(run):
     sessions = pd.read_parquet(run["dir"] / "data/processed/example/sessions.parquet")
     exclusions = pd.read_csv(run["dir"] / "data/processed/example/exclusions.csv")
     s = flow["sessions"]
-    assert s["read"] == raw_rows == 2907
+    assert s["read"] == raw_rows == 3510
     assert s["read"] == s["kept"] + s["excluded"]
     assert s["kept"] == len(sessions)
     actions = exclusions["action"].value_counts().to_dict()
     assert s["excluded"] == actions.get("excluded", 0) == 0
     # Unrecorded sessions (the simulator's p_unrecorded) leave gaps, flagged not excluded.
-    assert s["flagged_by_rule"] == {"session_gap": actions["flagged"]} and actions["flagged"] == 64
+    assert s["flagged_by_rule"] == {"session_gap": actions["flagged"]} and actions["flagged"] == 84
     assert flow["patients"]["read"] == flow["patients"]["kept"] + flow["patients"]["excluded"]
 
 
@@ -262,7 +262,7 @@ def test_derive_study_in_memory_equals_the_stage_output(run):
     )
     sessions = pd.read_parquet(workdir / "data/processed/example/sessions.parquet")
     counts = arm_counts(sessions)
-    assert sum(c["sessions"] for c in counts.values()) == len(sessions) == 2907
+    assert sum(c["sessions"] for c in counts.values()) == len(sessions) == 3510
     assert sum(c["patients"] for c in counts.values()) == 300
     assert arm_counts(sessions.drop(columns="condition")) is None
 

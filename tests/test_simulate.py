@@ -164,3 +164,18 @@ def test_feedback_repairs_episodes_but_never_adds_one():
     assert not (p.lasting & ~p.episode).any()
     fb = p[p.arm == "feedback"]
     assert 0.02 < fb.lasting.mean() < 0.08  # truth 0.0505
+
+
+def test_without_the_new_mechanisms_the_former_example_is_drawn_again(tmp_path):
+    """Without the new mechanisms the simulator draws the former example byte for byte.
+
+    That is early_sessions=1, no alliance effect on endings and no episodes; the hash is the
+    former example CSV's as committed.
+    """
+    legacy = dataclasses.replace(
+        EXAMPLE_DESIGN, early_sessions=1, dropout_alliance_effect=0.0, deterioration_share=0.0
+    )
+    written = write_example_study(tmp_path, design=legacy, seed=EXAMPLE_SEED)
+    assert sha256_file(written) == (
+        "be1d8e39005383e4ecc7f53c16795658aabd21e2e2eb328fd5d575faf7e2306b"
+    )

@@ -103,8 +103,9 @@ class PowerDesign:
         That total variance (ORS points²).
     dropout_hazard
         Rate and timing of early endings (see :class:`allianceflow.simulate.StudyDesign`).
-    dropout_alliance_effect
-        True log-odds of an early ending per WAI-SR item-mean point of early alliance.
+    early_sessions, dropout_alliance_effect
+        Sessions before an early ending can happen (the early alliance's sessions), and the
+        true log-odds of an early ending per WAI-SR item-mean point of early alliance.
     deterioration_share, feedback_deterioration_effect
         Probability of a deterioration episode, and the true log odds ratio of a lasting
         one, feedback vs treatment as usual.
@@ -120,6 +121,7 @@ class PowerDesign:
     icc_patient: float = _E.outcome_sd_patient**2 / _OUTCOME_VAR
     outcome_variance: float = _OUTCOME_VAR
     dropout_hazard: float = _E.dropout_hazard
+    early_sessions: int = _E.early_sessions
     dropout_alliance_effect: float = _E.dropout_alliance_effect
     deterioration_share: float = _E.deterioration_share
     feedback_deterioration_effect: float = _E.feedback_deterioration_effect
@@ -175,6 +177,7 @@ class PowerDesign:
             outcome_sd_patient=math.sqrt(self.icc_patient * v),
             outcome_sd_residual=math.sqrt((1.0 - self.icc_therapist - self.icc_patient) * v),
             dropout_hazard=self.dropout_hazard,
+            early_sessions=self.early_sessions,
             dropout_alliance_effect=self.dropout_alliance_effect,
             deterioration_share=self.deterioration_share,
             feedback_deterioration_effect=self.feedback_deterioration_effect,

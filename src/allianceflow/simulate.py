@@ -84,7 +84,10 @@ class StudyDesign:
         (a geometric distribution from session *k*, truncated before ``max_sessions``).
     early_sessions
         Sessions every patient attends before an early ending can happen; the early
-        alliance is the mean observed alliance of these sessions (of those recorded).
+        alliance is the mean observed alliance of these sessions (of those recorded). With
+        ``early_sessions=1``, ``dropout_alliance_effect=0`` and ``deterioration_share=0``
+        the simulator draws exactly the studies of its former version (constant dropout
+        hazard from session 2, no episodes).
     dropout_alliance_effect
         True effect of the early alliance on early ending (premature termination): the
         log-odds per alliance item-mean point above ``alliance_mean`` (negative: a better
@@ -359,10 +362,10 @@ def simulate_study(
         size=n_p,
     )
 
-    # Attendance is decided after the alliance (early endings depend on it). The first
-    # draw is the one the former constant-hazard attendance used: kept so that every later
-    # draw of this stream is unchanged.
-    rng.random((n_p, n_s))
+    # Attendance is decided after the alliance (early endings depend on it). Without an
+    # alliance effect the endings come from these per-session hazard draws, as the former
+    # constant-hazard simulator drew them (early_sessions=1 and no episodes give its studies).
+    ends = rng.random((n_p, n_s)) < design.dropout_hazard
     on_record = rng.random((n_p, n_s)) >= design.p_unrecorded
     on_record[:, 0] = True  # the intake session is always recorded
 
@@ -395,7 +398,7 @@ def simulate_study(
     alliance = wai.mean(axis=2)  # the observed alliance item mean, before any blanks
 
     # Early endings depend on the early alliance; the last session follows the hazard ------
-    early_alliance, ended_early, last = _endings(design, alliance, on_record, seed)
+    early_alliance, ended_early, last = _endings(design, alliance, on_record, ends, seed)
     attended = np.arange(n_s)[None, :] < last[:, None]
     recorded = attended & on_record
     alliance_rec = np.where(recorded, alliance, np.nan)
@@ -500,13 +503,23 @@ def early_ending_intercept(design: StudyDesign) -> float:
 
 
 def _endings(
-    design: StudyDesign, alliance: np.ndarray, on_record: np.ndarray, seed: int
+    design: StudyDesign, alliance: np.ndarray, on_record: np.ndarray, ends: np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Early alliance, early ending and number of sessions attended, per patient."""
+    """Early alliance, early ending and number of sessions attended, per patient.
+
+    With ``dropout_alliance_effect == 0`` the ending is the first of the per-session hazard
+    draws *ends* from session ``early_sessions`` on (a constant hazard: the same
+    distribution as below, with the former simulator's draws).
+    """
     n_p, n_s = alliance.shape
     k = min(design.early_sessions, n_s)
     early = np.where(on_record[:, :k], alliance[:, :k], np.nan)
     early_alliance = np.nanmean(early, axis=1)  # session 1 is always on record
+    if design.dropout_alliance_effect == 0:
+        later = ends[:, k:]
+        ended_early = later.any(axis=1)
+        last = np.where(ended_early, k + later.argmax(axis=1), n_s)
+        return early_alliance, ended_early, last
     rng = np.random.default_rng([seed, 2])
     u_end, u_when = rng.random(n_p), rng.random(n_p)
     alpha = early_ending_intercept(design)
