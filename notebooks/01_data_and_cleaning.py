@@ -140,11 +140,11 @@ result.exclusions.head(N_SHOW)
 #
 # * Nothing was excluded, as expected: the simulator writes no duplicates, bad ids or
 #   impossible values.
-# * The 84 `session_gap` **flags** are the unrecorded sessions: the patient attended,
+# * The 64 `session_gap` **flags** are the unrecorded sessions: the patient attended,
 #   but no questionnaire was stored, so session numbers jump (e.g. 11 → 13). They are kept
 #   and flagged, not excluded; later notebooks show why gaps matter for lagged variables.
-# * `missing_code` counts the `-9` cells turned into missing values. With 3510 rows × 16
-#   items and a 1% blank rate we expect about 562; the flow reports 558.
+# * `missing_code` counts the `-9` cells turned into missing values. With 2907 rows × 16
+#   items and a 1% blank rate we expect about 465; the flow reports 464.
 #
 # In real data, compare such counts with what the data manager expects: a surprising
 # number is often the first sign of an export problem.

@@ -88,13 +88,13 @@ def test_flow_reconciles_with_the_raw_file_and_the_clean_table(run):
     sessions = pd.read_parquet(run["dir"] / "data/processed/example/sessions.parquet")
     exclusions = pd.read_csv(run["dir"] / "data/processed/example/exclusions.csv")
     s = flow["sessions"]
-    assert s["read"] == raw_rows == 3510
+    assert s["read"] == raw_rows == 2907
     assert s["read"] == s["kept"] + s["excluded"]
     assert s["kept"] == len(sessions)
     actions = exclusions["action"].value_counts().to_dict()
     assert s["excluded"] == actions.get("excluded", 0) == 0
     # Unrecorded sessions (the simulator's p_unrecorded) leave gaps, flagged not excluded.
-    assert s["flagged_by_rule"] == {"session_gap": actions["flagged"]} and actions["flagged"] == 84
+    assert s["flagged_by_rule"] == {"session_gap": actions["flagged"]} and actions["flagged"] == 64
     assert flow["patients"]["read"] == flow["patients"]["kept"] + flow["patients"]["excluded"]
 
 
@@ -193,10 +193,11 @@ def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
     assert example == set(manifest["outputs"]) | {"results/example/manifest.json"}
     assert {k.split("/")[1] for k in first} == {"example", "example2", "pooled"}
     # m models x (json, txt, 5 table formats) + 1 comparison x (json, txt) + models,
-    # reliability and 5 descriptive tables in 5 formats + 10 figures x 3 formats
-    # + expected_response.json (derive) + manifest: m = 7 in config.yaml, 3 in .test/
-    models = 7 if FULL else 3
-    assert len(example) == models * 7 + 2 + 7 * 5 + 10 * 3 + 1 + 1 == (118 if FULL else 90)
+    # reliability, 5 descriptive tables and the binary arm contrasts in 5 formats + 12
+    # figures x 3 formats + expected_response.json (derive) + manifest: m = 13 in
+    # config.yaml, 4 in .test/
+    models = 13 if FULL else 4
+    assert len(example) == models * 7 + 2 + 8 * 5 + 12 * 3 + 1 + 1 == (171 if FULL else 108)
     assert {k.rsplit(".", 1)[1] for k in first} == {
         "json",
         "txt",
@@ -262,7 +263,7 @@ def test_derive_study_in_memory_equals_the_stage_output(run):
     )
     sessions = pd.read_parquet(workdir / "data/processed/example/sessions.parquet")
     counts = arm_counts(sessions)
-    assert sum(c["sessions"] for c in counts.values()) == len(sessions) == 3510
+    assert sum(c["sessions"] for c in counts.values()) == len(sessions) == 2907
     assert sum(c["patients"] for c in counts.values()) == 300
     assert arm_counts(sessions.drop(columns="condition")) is None
 

@@ -45,6 +45,8 @@ __all__ = [
     "to_export_srs_phq9",
     "write_example2_study",
     "EXAMPLE_DESIGN",
+    "EXAMPLE_FILE_DESIGN",
+    "FORMER",
     "EXAMPLE_SEED",
     "simulate_study",
     "to_export",
@@ -233,8 +235,15 @@ def _check_pair(instruments: str) -> _Pair:
     return INSTRUMENT_PAIRS[instruments]
 
 
-#: The design of the embedded example study in ``data/raw/example/``.
+#: The default design of :func:`simulate_study`, with early endings that depend on the
+#: early alliance and feedback that repairs deterioration episodes.
 EXAMPLE_DESIGN = StudyDesign()
+#: Settings that switch the alliance-dependent endings and the episodes off: with them the
+#: simulator draws exactly the studies of its former version (constant dropout hazard).
+FORMER = {"early_sessions": 1, "dropout_alliance_effect": 0.0, "deterioration_share": 0.0}
+#: The design of the embedded example study in ``data/raw/example/``: the default design
+#: with :data:`FORMER` (the files are unchanged; see the example README).
+EXAMPLE_FILE_DESIGN = dataclasses.replace(EXAMPLE_DESIGN, **FORMER)
 #: The seed of the embedded example study.
 EXAMPLE_SEED = 20261125
 
@@ -719,9 +728,57 @@ def _readme(design: StudyDesign, seed: int, sessions: pd.DataFrame) -> str:
     )
     per_patient = sessions.groupby("patient").size()
     measured = measured_deterioration_risks(design, rci=5.0)
+    former = design.dropout_alliance_effect == 0 and design.deterioration_share == 0
     lasting_difference = lasting_deterioration_share(
         design, feedback=True
     ) - lasting_deterioration_share(design, feedback=False)
+    if former:
+        binary = f"""Early endings are completely at random (constant hazard `dropout_hazard` from
+session 2): the true effect of the alliance on early ending is **0**. There are no
+deterioration episodes (`deterioration_share` 0), so feedback changes deterioration only
+through `feedback_slope`. The simulator's alliance-dependent endings and deterioration
+episodes (`simulate.EXAMPLE_DESIGN`) are switched off for these files (`simulate.FORMER`).
+The true risks of reliable deterioration (first to last ORS total, reliable change value 5
+as in `config.yaml`), by Monte Carlo over 100,000 simulated patients
+(`measured_deterioration_risks`): TAU **{measured["tau"]:.3f}**, feedback
+**{measured["feedback"]:.3f}**, a risk difference of **{measured["risk_difference"]:.3f}**.
+"""
+    else:
+        binary = f"""Early endings depend on the early alliance (the mean WAI-SR item mean of the \
+first {design.early_sessions} sessions, `early_sessions`):
+
+    logit P(ends early) = {early_ending_intercept(design):.4f} \
++ dropout_alliance_effect · (early WAI − {design.alliance_mean})
+
+so the true effect of the early alliance on early ending ("Client ended" or "No further
+contact") is **{design.dropout_alliance_effect}** log-odds per WAI-SR item-mean point
+(odds ratio {math.exp(design.dropout_alliance_effect):.3f}; \
+**{design.dropout_alliance_effect / 12:.5g}** per WAI-SR total point, odds ratio \
+{math.exp(design.dropout_alliance_effect / 12):.4f}). The
+intercept is logit(1 − (1 − dropout_hazard)^(max_sessions − early_sessions)); early enders
+leave after session {design.early_sessions} + a geometric number of further sessions
+(`dropout_hazard`). A share `unilateral_share` of the patients who stop early is recorded
+as "Client ended", the rest as "No further contact".
+
+A patient has a deterioration episode with probability {design.deterioration_share} in either
+arm: from its onset (session 2–5) the patient stops improving and the ORS total is
+{design.deterioration_drop} points lower. In
+the feedback arm the therapist sees the alarm and repairs a share of the episodes (the ORS
+returns to its course two sessions after the onset), so that the true log odds ratio of a
+lasting episode, feedback vs TAU, is **{design.feedback_deterioration_effect}** (odds ratio
+{math.exp(design.feedback_deterioration_effect):.3f}; lasting episodes in \
+{lasting_deterioration_share(design, feedback=False):.4f} of TAU and \
+{lasting_deterioration_share(design, feedback=True):.4f} of feedback patients, a risk
+difference of {lasting_difference:.4f}).
+The effect works through the patients who go off track. Reliable deterioration as measured
+(first to last ORS total, reliable change value 5 as in `config.yaml`) also counts chance
+falls and misses episodes after a patient's last session, so its odds ratio lies between
+this truth and 1. Its true risks, by Monte Carlo over 100,000 simulated patients
+(`measured_deterioration_risks`): TAU **{measured["tau"]:.3f}**, feedback
+**{measured["feedback"]:.3f}**, a risk difference of **{measured["risk_difference"]:.3f}**
+(log odds ratio {measured["log_odds_ratio"]:.3f}); the pipeline's risk difference in
+`tables/binary_effects` estimates this difference.
+"""
     return f"""# The example study (simulated)
 
 This folder holds a **simulated** study; no real patient contributed to it. It was written
@@ -768,41 +825,7 @@ so the true within-patient effect of last session's alliance is **{design.within
 points per WAI-SR item-mean point, and the true between-patient effect is
 **{design.between_effect}**.
 
-Early endings depend on the early alliance (the mean WAI-SR item mean of the first
-{design.early_sessions} sessions, `early_sessions`):
-
-    logit P(ends early) = {early_ending_intercept(design):.4f} \
-+ dropout_alliance_effect · (early WAI − {design.alliance_mean})
-
-so the true effect of the early alliance on early ending ("Client ended" or "No further
-contact") is **{design.dropout_alliance_effect}** log-odds per WAI-SR item-mean point
-(odds ratio {math.exp(design.dropout_alliance_effect):.3f}; \
-**{design.dropout_alliance_effect / 12:.5g}** per WAI-SR total point, odds ratio \
-{math.exp(design.dropout_alliance_effect / 12):.4f}). The
-intercept is logit(1 − (1 − dropout_hazard)^(max_sessions − early_sessions)); early enders
-leave after session {design.early_sessions} + a geometric number of further sessions
-(`dropout_hazard`). A share `unilateral_share` of the patients who stop early is recorded
-as "Client ended", the rest as "No further contact".
-
-A patient has a deterioration episode with probability {design.deterioration_share} in either
-arm: from its onset (session 2–5) the patient stops improving and the ORS total is
-{design.deterioration_drop} points lower. In
-the feedback arm the therapist sees the alarm and repairs a share of the episodes (the ORS
-returns to its course two sessions after the onset), so that the true log odds ratio of a
-lasting episode, feedback vs TAU, is **{design.feedback_deterioration_effect}** (odds ratio
-{math.exp(design.feedback_deterioration_effect):.3f}; lasting episodes in \
-{lasting_deterioration_share(design, feedback=False):.4f} of TAU and \
-{lasting_deterioration_share(design, feedback=True):.4f} of feedback patients, a risk
-difference of {lasting_difference:.4f}).
-The effect works through the patients who go off track. Reliable deterioration as measured
-(first to last ORS total, reliable change value 5 as in `config.yaml`) also counts chance
-falls and misses episodes after a patient's last session, so its odds ratio lies between
-this truth and 1. Its true risks, by Monte Carlo over 100,000 simulated patients
-(`measured_deterioration_risks`): TAU **{measured["tau"]:.3f}**, feedback
-**{measured["feedback"]:.3f}**, a risk difference of **{measured["risk_difference"]:.3f}**
-(log odds ratio {measured["log_odds_ratio"]:.3f}); the pipeline's risk difference in
-`tables/binary_effects` estimates this difference.
-
+{binary}
 | parameter | value |
 | --- | --- |
 {rows}
@@ -819,7 +842,7 @@ def write_example_study(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    design = design or EXAMPLE_DESIGN
+    design = design or EXAMPLE_FILE_DESIGN
     sessions = simulate_study(design, seed=seed)
     export = to_export(sessions, seed=seed + 1)
     path = folder / "sessions_export.csv"
@@ -967,18 +990,14 @@ with SRS the item mean. So the true within-patient effect of last session's alli
 SRS total point), and the true between-patient effect is **{design.between_effect}**
 (**{design.between_effect / 4:g}** per total point): a better alliance goes with fewer
 symptoms. `wai_item_noise` is the SRS item noise and `ors_item_noise` the noise around a
-ninth of the PHQ-9 total before each item is rounded to 0–3. Early endings depend on the
-early alliance (**{design.dropout_alliance_effect}** log-odds per SRS item-mean point of the
-first {design.early_sessions} sessions), and deterioration episodes (probability
-{design.deterioration_share}, {design.deterioration_drop} PHQ-9 points) are repaired in the
-feedback arm with a true log odds ratio of a lasting episode of
-**{design.feedback_deterioration_effect}**, as in the first example (see its README).
+ninth of the PHQ-9 total before each item is rounded to 0–3. Dropout is completely at random
+(the files are drawn with `simulate.FORMER`: no alliance-dependent endings, no episodes).
 
 The export records no endings. It was made on {EXAMPLE2_EXTRACTION_DATE} (`read.extraction_date` in
 `config.yaml`), so the pipeline infers them: a patient with no visit in the 8 weeks before
 the export has ended (planned after all {design.max_sessions} sessions, otherwise a dropout);
 one seen more recently is still in treatment. The simulation itself ended every patient
-(planned after all sessions, or early), so "ongoing" here is censoring by
+(planned after all sessions; early endings at random), so "ongoing" here is censoring by
 the export date, as in a real service. A patient who attended all sessions but whose last
 one went unrecorded (`p_unrecorded`) is inferred as a dropout: the dose rule sees only
 recorded session numbers, and the early endings recorded as unilateral in the simulation
@@ -1000,7 +1019,7 @@ def write_example2_study(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    design = design or EXAMPLE2_DESIGN
+    design = design or dataclasses.replace(EXAMPLE2_DESIGN, **FORMER)
     sessions = simulate_study(design, seed=seed, instruments="srs+phq9")
     export = to_export_srs_phq9(sessions, seed=seed + 1)
     path = folder / "visits.csv"
