@@ -152,6 +152,14 @@ def test_wilson_interval_by_hand_at_zero_events():
     assert wilson_interval(0, 20) == pytest.approx((0.0, 0.0, z * z / (20 + z * z)))
 
 
+@pytest.mark.parametrize("n", [1, 3, 7, 19, 40, 91, 101, 154])
+def test_wilson_limits_are_exact_at_the_edges(n):
+    # rounding must not put a limit on the wrong side of the estimate (a figure's error
+    # bars cannot be negative)
+    assert wilson_interval(0, n)[:2] == (0.0, 0.0)
+    assert wilson_interval(n, n)[::2] == (1.0, 1.0)
+
+
 @pytest.mark.parametrize(
     "counts, expected",
     [

@@ -114,7 +114,10 @@ def wilson_interval(successes: int, n: int, *, alpha: float = 0.05) -> tuple[flo
     centre = p + z * z / (2 * n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     denom = 1 + z * z / n
-    return (p, max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom))
+    # the limits are exactly 0 at x = 0 and 1 at x = n (rounding could push them past p)
+    low = 0.0 if x == 0 else min(p, max(0.0, (centre - half) / denom))
+    high = 1.0 if x == n else max(p, min(1.0, (centre + half) / denom))
+    return (p, low, high)
 
 
 def newcombe_difference(
