@@ -17,16 +17,17 @@ import yaml
 HERE = Path(__file__).resolve().parent
 
 #: The example study's models in the quick tier: the two of the configured comparison (so the
-#: likelihood-ratio rule runs) and the therapist-effects model (the caterpillar figure).
-SMALL_MODELS = ["alliance_outcome", "alliance_outcome_slopes", "therapist_effects"]
+#: likelihood-ratio rule runs), the therapist-effects model (the caterpillar figure) and the
+#: dropout GLMM (a patient-level preset: its OR table and the dropout-curve figure).
+SMALL_MODELS = ["alliance_outcome", "alliance_outcome_slopes", "therapist_effects", "dropout"]
 
 #: Bootstrap resamples of the omega interval (config.yaml: 1000).
 SMALL_BOOTSTRAP = 50
 
 HEADER = """\
 # Written by .test/make_config.py from config.yaml: do not edit by hand.
-# The small configuration of the quick test tier (make test): the example study fits three
-# of its seven models and the omega interval uses 50 bootstrap resamples, so every rule,
+# The small configuration of the quick test tier (make test): the example study fits four
+# of its thirteen models and the omega interval uses 50 bootstrap resamples, so every rule,
 # figure and table, the model comparison and the pooling still run on both example studies.
 # CI (CI=true) runs the same end-to-end tests on config.yaml itself.
 """

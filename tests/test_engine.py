@@ -417,8 +417,11 @@ def test_a_variance_that_stops_next_to_zero_does_not_fail_the_convergence_check(
     # bound, the fit converges -- here to an interior point slightly better still.
     from allianceflow.power import PowerDesign, simulate_power_data
 
-    d = simulate_power_data(
-        PowerDesign(n_therapists=12, patients_per_therapist=8, sessions=8, within_effect=1.5),
+    legacy = {"early_sessions": 1, "dropout_alliance_effect": 0.0, "deterioration_share": 0.0}
+    d = simulate_power_data(  # the simulator as it was when the case was found
+        PowerDesign(
+            n_therapists=12, patients_per_therapist=8, sessions=8, within_effect=1.5, **legacy
+        ),
         seed=3715024065,
     )
     formula = (

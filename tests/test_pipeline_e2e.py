@@ -193,12 +193,12 @@ def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
     assert example == set(manifest["outputs"]) | {"results/example/manifest.json"}
     assert {k.split("/")[1] for k in first} == {"example", "example2", "pooled"}
     # m models x (json, txt, 5 table formats) + 1 comparison x (json, txt) + models,
-    # reliability and 5 descriptive tables in 5 formats + (9 figures + a forest plot per
-    # model) x 3 formats + expected_response.json (derive) + summary (md, rst) + manifest:
-    # m = 7 in config.yaml, 3 in .test/
-    models = 7 if FULL else 3
-    expected = models * 7 + 2 + 7 * 5 + (9 + models) * 3 + 1 + 2 + 1
-    assert len(example) == expected == (138 if FULL else 98)
+    # reliability, 5 descriptive tables and the binary arm contrasts in 5 formats + (11
+    # figures + a forest plot per model) x 3 formats + expected_response.json (derive) +
+    # summary (md, rst) + manifest: m = 13 in config.yaml, 4 in .test/
+    models = 13 if FULL else 4
+    expected = models * 7 + 2 + 8 * 5 + (11 + models) * 3 + 1 + 2 + 1
+    assert len(example) == expected == (209 if FULL else 119)
     assert {k.rsplit(".", 1)[1] for k in first} == {
         "rst",
         "json",

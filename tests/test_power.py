@@ -5,6 +5,7 @@ intervals cover the truth about 95% of the time.
 """
 
 import dataclasses
+import logging
 import math
 
 import numpy as np
@@ -19,7 +20,9 @@ from allianceflow.power import (
     designs_from_config,
     plot_power_curve,
     replication_seeds,
+    run_binary_power_chunk,
     run_power_chunk,
+    simulate_patients,
     summarise_power,
 )
 from allianceflow.simulate import EXAMPLE_DESIGN
@@ -382,3 +385,41 @@ def test_power_curve_draws_one_line_per_effect():
     ]
     with pytest.raises(KeyError, match="`x` must be a column of `summary`; got 'sessions'"):
         plot_power_curve(summary, x="sessions")
+
+
+# --------------------------------------------------------------------------- binary presets
+
+
+def test_binary_power_rows_carry_the_glmm_term_and_its_truth(caplog):
+    design = PowerDesign(n_therapists=10, patients_per_therapist=10, sessions=10)
+    seeds = replication_seeds(3, 2)
+    with caplog.at_level(logging.INFO, logger="allianceflow"):
+        rows = run_binary_power_chunk(design, seeds, preset="dropout", label="small")
+    assert rows["term"].tolist() == ["early_alliance", "early_alliance"]
+    assert rows["truth"].tolist() == [EXAMPLE_DESIGN.dropout_alliance_effect] * 2
+    assert rows["n_obs"].tolist() == [100, 100]  # one row per patient
+    ok = rows["converged"]
+    assert (rows.loc[ok, "covered"] == (rows.ci_low <= -1.0) & (rows.ci_high >= -1.0))[ok].all()
+    # the progress display: one logged line per replication
+    assert [r.getMessage() for r in caplog.records if r.name == "allianceflow"] == [
+        f"power small: replication 1 of 2 (seed {seeds[0]})",
+        f"power small: replication 2 of 2 (seed {seeds[1]})",
+    ]
+    summary = summarise_power(rows)
+    assert summary.loc[0, "replications"] == 2 and summary.loc[0, "term"] == "early_alliance"
+
+
+def test_simulated_patients_carry_the_binary_outcomes():
+    design = PowerDesign(n_therapists=5, patients_per_therapist=8, sessions=8)
+    patients = simulate_patients(design, seed=4)
+    assert len(patients) == 40
+    assert set(patients["dropout"].dropna().unique()) <= {0.0, 1.0}
+    assert patients["early_alliance_n"].between(1, 3).all()
+    assert patients["early_alliance"].between(1, 5).all()  # WAI-SR item mean
+
+
+def test_binary_power_refuses_an_unknown_preset():
+    with pytest.raises(
+        ValueError, match=r"`preset` must be 'deterioration' or 'dropout'; got 'attendance'."
+    ):
+        run_binary_power_chunk(PowerDesign(), [1], preset="attendance")

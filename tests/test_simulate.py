@@ -13,6 +13,8 @@ from allianceflow.simulate import (
     EXAMPLE_DESIGN,
     EXAMPLE_SEED,
     StudyDesign,
+    early_ending_intercept,
+    lasting_deterioration_share,
     simulate_study,
     write_example_study,
 )
@@ -56,6 +58,15 @@ def test_one_arm_per_patient_and_both_arms_present():
         ("n_patients", 0, "`n_patients` must be a positive integer; got 0."),
         ("dropout_hazard", 1.5, r"`dropout_hazard` must lie in \[0, 1\]; got 1.5."),
         ("slope_intercept_corr", 1.0, r"`slope_intercept_corr` must lie in \(-1, 1\); got 1.0."),
+        ("early_sessions", 0, "`early_sessions` must be a positive integer; got 0."),
+        ("deterioration_share", -0.1, r"`deterioration_share` must lie in \[0, 1\]; got -0.1."),
+        ("deterioration_drop", -1.0, "`deterioration_drop` must be at least 0; got -1.0."),
+        (
+            "feedback_deterioration_effect",
+            0.5,
+            r"`feedback_deterioration_effect` must be at most 0 \(feedback repairs episodes, "
+            r"it never causes them\); got 0.5.",
+        ),
     ],
 )
 def test_invalid_design_is_refused(field, value, message):
@@ -114,3 +125,57 @@ def test_example_export_looks_like_a_clinic_export(root):
     assert raw["SessionDate"].str.fullmatch(r"\d\d/\d\d/20\d\d").all()
     assert (raw == "-9").to_numpy().sum() > 0  # blank items carry the export's missing code
     assert raw["ClientCode"].nunique() == 300 and raw["Clinician"].nunique() == 30
+
+
+def test_binary_truths_by_hand():
+    # 1 - (1 - 0.06)^(16 - 3) early enders at the mean early alliance
+    p = 1 - 0.94**13
+    assert early_ending_intercept(EXAMPLE_DESIGN) == pytest.approx(np.log(p / (1 - p)), rel=1e-12)
+    # expit(logit(0.15) - 1.2)
+    eta = np.log(0.15 / 0.85) - 1.2
+    assert lasting_deterioration_share(EXAMPLE_DESIGN, feedback=True) == pytest.approx(
+        1 / (1 + np.exp(-eta)), rel=1e-12
+    )
+    assert lasting_deterioration_share(EXAMPLE_DESIGN, feedback=False) == 0.15
+    none = dataclasses.replace(EXAMPLE_DESIGN, dropout_hazard=0.0)
+    assert early_ending_intercept(none) == -np.inf
+
+
+def test_early_enders_attend_the_early_sessions_and_completers_all():
+    df = simulate_study(seed=12, n_patients=200, n_therapists=10, p_unrecorded=0.0)
+    last = df.groupby("patient").agg(n=("session", "max"), ending=("ending", "first"))
+    early = last["ending"] != "planned"
+    assert last.loc[early, "n"].between(EXAMPLE_DESIGN.early_sessions, 15).all()
+    assert last.loc[~early, "n"].eq(16).all()
+    # no early endings at all without a hazard
+    none = simulate_study(seed=12, n_patients=50, n_therapists=5, dropout_hazard=0.0)
+    assert none["ending"].eq("planned").all()
+
+
+def test_feedback_repairs_episodes_but_never_adds_one():
+    df = simulate_study(seed=13, n_patients=4000, n_therapists=40)
+    p = df.groupby("patient").agg(
+        arm=("condition", "first"),
+        episode=("true_episode", "first"),
+        lasting=("true_lasting_episode", "first"),
+    )
+    tau = p[p.arm == "tau"]
+    assert (tau.episode == tau.lasting).all()  # no repair without feedback
+    assert not (p.lasting & ~p.episode).any()
+    fb = p[p.arm == "feedback"]
+    assert 0.02 < fb.lasting.mean() < 0.08  # truth 0.0505
+
+
+def test_without_the_new_mechanisms_the_former_example_is_drawn_again(tmp_path):
+    """Without the new mechanisms the simulator draws the former example byte for byte.
+
+    That is early_sessions=1, no alliance effect on endings and no episodes; the hash is the
+    former example CSV's as committed.
+    """
+    legacy = dataclasses.replace(
+        EXAMPLE_DESIGN, early_sessions=1, dropout_alliance_effect=0.0, deterioration_share=0.0
+    )
+    written = write_example_study(tmp_path, design=legacy, seed=EXAMPLE_SEED)
+    assert sha256_file(written) == (
+        "be1d8e39005383e4ecc7f53c16795658aabd21e2e2eb328fd5d575faf7e2306b"
+    )

@@ -46,6 +46,9 @@ __all__ = [
     "reliable_change",
     "endings_and_dose",
     "derive_patients",
+    "patient_outcomes",
+    "PATIENT_OUTCOME_COLUMNS",
+    "EARLY_ALLIANCE_SESSIONS",
     "RC_CATEGORIES",
     "ENDINGS",
     "RELIABLE_CHANGE_COLUMNS",
@@ -655,3 +658,154 @@ def derive_patients(
     if "rupture" in analysis.columns:
         out = out.merge(coded_ruptures(analysis, patient=patient), on=patient, how="left")
     return out.sort_values(patient, kind="mergesort").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- patient outcomes
+
+#: Columns of :func:`patient_outcomes`: the outcomes and predictors of the patient-level
+#: presets (``deterioration``, ``improvement``, ``dropout``, ``attendance``).
+PATIENT_OUTCOME_COLUMNS = [
+    "feedback",
+    "deteriorated",
+    "improved",
+    "dropout",
+    "sessions_attended",
+    "early_alliance",
+    "early_alliance_n",
+    "outcome_baseline",
+    "off_track",
+]
+#: Default number of first sessions whose alliance is averaged into the early alliance.
+EARLY_ALLIANCE_SESSIONS = 3
+
+
+def patient_outcomes(
+    patients: pd.DataFrame,
+    analysis: pd.DataFrame,
+    *,
+    alliance: str = "alliance",
+    patient: str = "patient",
+    session: str = "session",
+    early_sessions: int = EARLY_ALLIANCE_SESSIONS,
+) -> pd.DataFrame:
+    r"""Add the patient-level outcomes and predictors of the binary and count presets.
+
+    Parameters
+    ----------
+    patients : pandas.DataFrame
+        The patients table of :func:`derive_patients` (reliable-change, endings, the
+        ``condition`` column and, when derived, on-track columns).
+    analysis : pandas.DataFrame
+        The session-level analysis table, with the *alliance* column (and ``on_track``
+        when derived).
+    alliance, patient, session : str
+        Column names.
+    early_sessions : int, default 3
+        The early alliance is the mean alliance of the sessions numbered within the first
+        *early_sessions* from the patient's first session.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy of *patients* with :data:`PATIENT_OUTCOME_COLUMNS` (floats, NaN when not
+        known):
+
+        ``feedback``
+            1 for the feedback arm (``condition`` is ``"feedback"``), 0 for any other arm;
+            NaN without a ``condition`` column or a ``"feedback"`` arm. A 0/1 column makes
+            treatment as usual the reference of the presets' arm effect.
+        ``deteriorated``, ``improved``
+            1/0: reliable deterioration; reliable improvement (which includes recovery,
+            since a recovered patient has improved reliably). NaN with fewer than two
+            observed scores.
+        ``dropout``
+            1 for an early ending (``unilateral`` or ``dropout``: premature termination,
+            which covers both in Swift & Greenberg 2012), 0 for ``planned``; NaN for
+            ``ongoing``, ``ended`` (over, not known how) and ``unknown``.
+        ``sessions_attended``
+            The last session number (the number of sessions attended when sessions are
+            numbered by attendance).
+        ``early_alliance``, ``early_alliance_n``
+            Mean alliance over the patient's sessions numbered below
+            ``first_session + early_sessions``, and how many scores it averages (fewer
+            than *early_sessions* for a patient who left earlier or missed a rating).
+        ``outcome_baseline``
+            The first observed outcome score (baseline severity).
+        ``off_track``
+            1 for a patient flagged not on track at any session, 0 for one assessed and
+            never flagged, NaN for one never assessed; only when the on-track status was
+            derived.
+
+    Notes
+    -----
+    Why three sessions: "early alliance" is the alliance of the first sessions, most often
+    rated at the third (Horvath & Symonds, 1991; Horvath, Del Re, Flückiger & Symonds,
+    2011), and the mean of three ratings is less noisy than one. A patient who ends
+    before the *k*-th session has an early alliance from fewer sessions, which lies closer
+    in time to the ending; report ``early_alliance_n`` or restrict to patients with
+    ``early_alliance_n == k`` when that matters.
+
+    References
+    ----------
+    Horvath, A. O., & Symonds, B. D. (1991). Relation between working alliance and outcome
+    in psychotherapy: A meta-analysis. *Journal of Counseling Psychology, 38*(2), 139–149.
+    Horvath, A. O., Del Re, A. C., Flückiger, C., & Symonds, D. (2011). Alliance in
+    individual psychotherapy. *Psychotherapy, 48*(1), 9–16.
+    Swift, J. K., & Greenberg, R. P. (2012). Premature discontinuation in adult
+    psychotherapy: A meta-analysis. *Journal of Consulting and Clinical Psychology,
+    80*(4), 547–559.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> a = pd.DataFrame({"patient": ["a", "a", "a", "a"], "session": [1, 2, 3, 4],
+    ...                   "alliance": [40.0, 44.0, 48.0, 60.0], "outcome": [10, 12, 20, 22]})
+    >>> p = derive_patients(a, direction="higher_is_better", rci=5, days=None)
+    >>> patient_outcomes(p, a)[["improved", "early_alliance", "early_alliance_n"]].values.tolist()
+    [[1.0, 44.0, 3.0]]
+    """
+    check_frame(patients, "patients")
+    check_frame(analysis, "analysis")
+    check_columns(patients, patient, "last_session", "first_session", name="patients")
+    check_columns(analysis, patient, session, alliance, name="analysis")
+    if isinstance(early_sessions, bool) or not isinstance(early_sessions, (int, np.integer)):
+        raise TypeError(f"`early_sessions` must be an integer; got {early_sessions!r}.")
+    if early_sessions < 1:
+        raise ValueError(f"`early_sessions` must be at least 1; got {early_sessions!r}.")
+    out = patients.copy()
+    arm = out["condition"].astype(object) if "condition" in out else None
+    if arm is not None and arm.eq("feedback").any():
+        out["feedback"] = np.where(arm.isna(), np.nan, arm.eq("feedback").astype(float))
+    else:
+        out["feedback"] = np.nan
+    for column, source in (
+        ("deteriorated", "reliable_deterioration"),
+        ("improved", "reliable_improvement"),
+    ):
+        if source in out:
+            out[column] = out[source].astype("Float64").astype(float)
+        else:
+            out[column] = np.nan
+    if "ending" in out:
+        ending = out["ending"].astype(object)
+        out["dropout"] = np.select(
+            [ending.isin(["unilateral", "dropout"]), ending.eq("planned")], [1.0, 0.0], np.nan
+        )
+    else:
+        out["dropout"] = np.nan
+    out["sessions_attended"] = out["last_session"].astype(float)
+    first = out.set_index(patient)["first_session"]
+    rows = analysis[[patient, session, alliance]]
+    early = rows[rows[session] < rows[patient].map(first) + early_sessions]
+    grouped = early.groupby(patient, sort=False)[alliance]
+    out["early_alliance"] = out[patient].map(grouped.mean()).astype(float)
+    out["early_alliance_n"] = out[patient].map(grouped.count()).fillna(0).astype(float)
+    out["outcome_baseline"] = out["score_first"].astype(float) if "score_first" in out else np.nan
+    if "first_off_track_session" in out and "on_track" in analysis:
+        flagged = out["first_off_track_session"].notna().astype(float)
+        assessed = analysis["on_track"].notna().groupby(analysis[patient], observed=True).any()
+        known = out[patient].map(assessed).fillna(False).astype(bool)
+        out["off_track"] = flagged.where(known.to_numpy())
+    else:
+        out["off_track"] = np.nan
+    return out

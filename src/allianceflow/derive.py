@@ -559,7 +559,7 @@ DERIVE_DEFAULTS: dict[str, Any] = {
         "repair_within": 3,
         "across_gaps": False,
     },
-    "endings": {"gap_days": None, "planned_sessions": None},
+    "endings": {"gap_days": None, "planned_sessions": None, "early_alliance_sessions": 3},
 }
 _BLOCKS = ("reliable_change", "on_track", "sudden_gains", "ruptures", "endings")
 
@@ -777,6 +777,9 @@ def derive_tables(
         ending_labels={},
         sudden_gains=gains if sg_cfg["enabled"] else None,
     )
+    from .clinical import patient_outcomes
+
+    patients = patient_outcomes(patients, analysis, early_sessions=e["early_alliance_sessions"])
     if not cfg["reliable_change"]["enabled"]:
         from .clinical import RELIABLE_CHANGE_COLUMNS
 
@@ -784,6 +787,7 @@ def derive_tables(
         patients = patients.drop(
             columns=drop + ["first_observed_session", "last_observed_session"], errors="ignore"
         )
+        patients[["deteriorated", "improved"]] = np.nan
     if "ending" in analysis.columns or patients["ending"].astype(str).ne("unknown").any():
         # One ending per patient everywhere: the recorded one, or the one inferred from a gap.
         ending = analysis["patient"].map(patients.set_index("patient")["ending"].astype(object))

@@ -47,6 +47,9 @@ __all__ = [
     "plot_flow",
     "plot_simple_slopes",
     "within_between_estimates",
+    "plot_binary_rates",
+    "dropout_curve",
+    "plot_dropout_curve",
 ]
 
 Band = Literal["patients", "confidence"]
@@ -1234,4 +1237,213 @@ def plot_simple_slopes(
             ax.set_xlabel(moderator_words.capitalize())
             ax.set_title(names.get(term, term), fontsize="medium")
         axes[0][0].set_ylabel(f"Change in {outcome_label}\nper alliance point (95% CI)")
+
+
+# --------------------------------------------------------------------------- binary presets
+
+#: Labels of the binary outcomes drawn by :func:`plot_binary_rates`.
+_BINARY_LABELS = {
+    "deteriorated": "reliable deterioration",
+    "improved": "reliable improvement or recovery",
+    "dropout": "early ending",
+}
+
+
+def plot_binary_rates(
+    patients: pd.DataFrame,
+    *,
+    outcomes: Sequence[str] = ("deteriorated", "improved"),
+    arm: str = "condition",
+    subgroup: str = "off_track",
+    min_n: int = 5,
+    width: Width = "two",
+) -> matplotlib.figure.Figure:
+    r"""Rates of binary outcomes by arm × on-track status, with Wilson 95% intervals.
+
+    One panel per outcome; within a panel, one point per arm at each of "on track" and
+    "not on track" (patients ever flagged, ``off_track`` = 1), with its Wilson score
+    interval (:func:`allianceflow.effects.wilson_interval`; Wilson 1927, Newcombe 1998).
+    Cells with fewer than *min_n* patients are not drawn (small-cell suppression); each
+    point is labelled with events/patients.
+
+    Parameters
+    ----------
+    patients : pandas.DataFrame
+        The patients table (:func:`allianceflow.clinical.patient_outcomes` columns).
+    outcomes : sequence of str
+        0/1 columns, one panel each.
+    arm, subgroup : str
+        The arm column and the 0/1 not-on-track column.
+    min_n : int
+        Smallest cell drawn.
+    width : {'one', 'two'}
+        Journal column width.
+    """
+    from .effects import wilson_interval
+
+    check_frame(patients, "patients")
+    check_columns(patients, arm, subgroup, *outcomes, name="patients")
+    arms = sorted(patients[arm].dropna().astype(str).unique())
+    statuses = (("on track", 0), ("not on track", 1))
+    with style():
+        fig, axes = plt.subplots(
+            1,
+            len(outcomes),
+            figsize=(_width(width), _width(width) * 0.45),
+            constrained_layout=True,
+            squeeze=False,
+        )
+        for ax, outcome in zip(axes[0], outcomes):
+            labelled: set[str] = set()
+            for a_i, a in enumerate(arms):
+                offset = (a_i - (len(arms) - 1) / 2) * 0.15
+                for s_i, (_, flag) in enumerate(statuses):
+                    y = patients.loc[
+                        patients[arm].astype(str).eq(a) & patients[subgroup].eq(flag), outcome
+                    ].dropna()
+                    if y.size < min_n:
+                        continue
+                    p, lo, hi = wilson_interval(int(y.sum()), int(y.size))
+                    colour = _CYCLE[a_i % len(_CYCLE)]
+                    ax.errorbar(
+                        s_i + offset,
+                        p,
+                        yerr=[[p - lo], [hi - p]],
+                        fmt="o",
+                        color=colour,
+                        capsize=3,
+                        label=None if a in labelled else a,
+                    )
+                    labelled.add(a)
+                    ax.annotate(
+                        f"{int(y.sum())}/{y.size}",
+                        (s_i + offset, hi),
+                        textcoords="offset points",
+                        xytext=(0, 3),
+                        ha="center",
+                        fontsize="x-small",
+                    )
+            ax.set_xticks(range(len(statuses)), [s for s, _ in statuses])
+            ax.set_xlim(-0.5, len(statuses) - 0.5)
+            ax.set_ylim(0, 1)
+            ax.set_title(_BINARY_LABELS.get(outcome, outcome))
+            ax.set_ylabel("proportion of patients (95% Wilson CI)")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        if handles:
+            axes[0][0].legend(handles, labels, loc="upper left", frameon=False)
+    return fig
+
+
+def dropout_curve(
+    model: Mapping[str, Any],
+    patients: pd.DataFrame,
+    *,
+    predictor: str = "early_alliance",
+    points: int = 50,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    r"""Model-predicted probability across *predictor*, with a pointwise confidence band.
+
+    Parameters
+    ----------
+    model : mapping
+        A fitted binomial (logit) model's JSON record with ``fixed`` and ``vcov_fixed``.
+    patients : pandas.DataFrame
+        The rows the model was fitted to; other numeric predictors are held at their mean.
+    predictor : str
+        The fixed-effect term drawn on the x axis.
+    points : int
+        Grid points from the observed minimum to the maximum of *predictor*.
+    alpha : float
+        One minus the confidence level.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns *predictor*, ``probability``, ``low``, ``high``.
+
+    Notes
+    -----
+    With :math:`x` the design row (intercept, the grid value, the other terms at their
+    means), :math:`\hat\eta = x^\top\hat\beta` and
+    :math:`\operatorname{SE}(\hat\eta) = \sqrt{x^\top \hat V x}` (the delta method on the
+    link scale), the band is :math:`\operatorname{expit}(\hat\eta \pm z\,\operatorname{SE})`,
+    which stays inside (0, 1). It is conditional on a therapist random effect of 0 (a
+    typical therapist), not averaged over therapists.
+    """
+    from scipy import stats
+
+    terms = model["vcov_fixed"]["terms"]
+    vcov = np.asarray(model["vcov_fixed"]["matrix"], dtype=float)
+    beta = {row["term"]: row["estimate"] for row in model["fixed"]}
+    if predictor not in terms:
+        raise KeyError(f"`predictor` {predictor!r} is not a term of the model; terms: {terms}.")
+    others = [t for t in terms if t not in ("Intercept", predictor)]
+    check_columns(patients, predictor, *others, name="patients")
+    x_obs = patients[predictor].dropna()
+    grid = np.linspace(float(x_obs.min()), float(x_obs.max()), points)
+    design = np.zeros((points, len(terms)))
+    for j, term in enumerate(terms):
+        if term == "Intercept":
+            design[:, j] = 1.0
+        elif term == predictor:
+            design[:, j] = grid
+        else:
+            design[:, j] = float(patients[term].mean())
+    b = np.array([beta[t] for t in terms])
+    eta = design @ b
+    se = np.sqrt(np.einsum("ij,jk,ik->i", design, vcov, design))
+    z = float(stats.norm.ppf(1 - alpha / 2))
+
+    def expit(v):
+        return 1.0 / (1.0 + np.exp(-v))
+
+    return pd.DataFrame(
+        {
+            predictor: grid,
+            "probability": expit(eta),
+            "low": expit(eta - z * se),
+            "high": expit(eta + z * se),
+        }
+    )
+
+
+def plot_dropout_curve(
+    model: Mapping[str, Any],
+    patients: pd.DataFrame,
+    *,
+    predictor: str = "early_alliance",
+    outcome: str = "dropout",
+    predictor_label: str = "early alliance",
+    width: Width = "one",
+) -> matplotlib.figure.Figure:
+    """Predicted probability of an early ending across the early alliance, with a 95% band.
+
+    The line and band are :func:`dropout_curve`; the observed endings are drawn as a rug
+    (early endings at the top, planned endings at the bottom).
+    """
+    check_frame(patients, "patients")
+    check_columns(patients, predictor, outcome, name="patients")
+    curve = dropout_curve(model, patients, predictor=predictor)
+    observed = patients[[predictor, outcome]].dropna()
+    with style():
+        fig, ax = plt.subplots(
+            figsize=(_width(width), _width(width) * 0.8), constrained_layout=True
+        )
+        colour = _CYCLE[0]
+        ax.fill_between(
+            curve[predictor], curve["low"], curve["high"], color=colour, alpha=0.2, linewidth=0
+        )
+        ax.plot(curve[predictor], curve["probability"], color=colour, lw=1.5)
+        ax.plot(
+            observed[predictor],
+            observed[outcome].to_numpy() * 1.02 - 0.01,
+            "|",
+            color="0.4",
+            markersize=6,
+            alpha=0.5,
+        )
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel(predictor_label)
+        ax.set_ylabel("P(early ending), 95% CI")
     return fig

@@ -14,6 +14,13 @@ Replications are independent, so they are split into chunks (one Snakemake job e
 power, bias and 95% CI coverage with their Monte Carlo standard errors (Morris, White &
 Crowther 2019).
 
+The binary presets have their own replications (:func:`run_binary_power_chunk`): each
+simulated study is reduced to its patients table (:func:`simulate_patients`) and fitted
+with the preset's GLMM, for the feedback effect on deterioration (``deterioration``) or the
+early-alliance effect on early ending (``dropout``); their rows summarise the same way.
+Every replication logs a progress line (logger ``allianceflow``), which the pipeline's
+power jobs write to their log files.
+
 References
 ----------
 Arend, M. G., & Schäfer, T. (2019). Statistical power in two-level models: A tutorial based
@@ -25,6 +32,7 @@ statistical methods. *Statistics in Medicine, 38*(11), 2074–2102.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +42,8 @@ import numpy as np
 import pandas as pd
 
 from .simulate import EXAMPLE_DESIGN, StudyDesign, simulate_study
+
+log = logging.getLogger("allianceflow")
 
 __all__ = [
     "PowerDesign",
@@ -46,6 +56,9 @@ __all__ = [
     "simulate_power_data",
     "run_power_chunk",
     "run_moderation_power_chunk",
+    "BINARY_TERMS",
+    "simulate_patients",
+    "run_binary_power_chunk",
     "summarise_power",
     "plot_power_curve",
     "power_markdown",
@@ -90,7 +103,13 @@ class PowerDesign:
     outcome_variance
         That total variance (ORS points²).
     dropout_hazard
-        Chance of ending after each session from session 2 on.
+        Rate and timing of early endings (see :class:`allianceflow.simulate.StudyDesign`).
+    early_sessions, dropout_alliance_effect
+        Sessions before an early ending can happen (the early alliance's sessions), and the
+        true log-odds of an early ending per WAI-SR item-mean point of early alliance.
+    deterioration_share, feedback_deterioration_effect
+        Probability of a deterioration episode, and the true log odds ratio of a lasting
+        one, feedback vs treatment as usual.
     """
 
     n_therapists: int = 20
@@ -103,6 +122,10 @@ class PowerDesign:
     icc_patient: float = _E.outcome_sd_patient**2 / _OUTCOME_VAR
     outcome_variance: float = _OUTCOME_VAR
     dropout_hazard: float = _E.dropout_hazard
+    early_sessions: int = _E.early_sessions
+    dropout_alliance_effect: float = _E.dropout_alliance_effect
+    deterioration_share: float = _E.deterioration_share
+    feedback_deterioration_effect: float = _E.feedback_deterioration_effect
 
     def __post_init__(self) -> None:
         """Check the sizes and ICCs, so a bad design fails before any simulation."""
@@ -155,6 +178,10 @@ class PowerDesign:
             outcome_sd_patient=math.sqrt(self.icc_patient * v),
             outcome_sd_residual=math.sqrt((1.0 - self.icc_therapist - self.icc_patient) * v),
             dropout_hazard=self.dropout_hazard,
+            early_sessions=self.early_sessions,
+            dropout_alliance_effect=self.dropout_alliance_effect,
+            deterioration_share=self.deterioration_share,
+            feedback_deterioration_effect=self.feedback_deterioration_effect,
         )
 
 
@@ -381,7 +408,8 @@ def run_power_chunk(
             f"`formula` must contain the terms {list(TERMS)}; {missing} missing from {formula!r}."
         )
     rows = []
-    for seed in seeds:
+    for i, seed in enumerate(seeds, start=1):
+        _progress(label, i, len(seeds), int(seed))
         data = simulate_power_data(design, seed=int(seed))
         try:
             result = fit_model(data, formula, reml=True, name=label, min_levels=2).to_dict()
@@ -422,6 +450,125 @@ def run_power_chunk(
                     "error": "",
                 }
             )
+    frame = pd.DataFrame(rows, columns=_ROW_COLUMNS)
+    return frame.astype({"seed": "int64", "n_patients": "int64"})
+
+
+def _progress(label: str, i: int, n: int, seed: int) -> None:
+    log.info("power %s: replication %d of %d (seed %d)", label, i, n, seed)
+
+
+#: Binary preset -> (model term, :class:`PowerDesign` field holding its true value).
+BINARY_TERMS: dict[str, tuple[str, str]] = {
+    "deterioration": ("feedback", "feedback_deterioration_effect"),
+    "dropout": ("early_alliance", "dropout_alliance_effect"),
+}
+
+
+def simulate_patients(
+    design: PowerDesign | Mapping[str, Any], *, seed: int, rci: float = 5.0
+) -> pd.DataFrame:
+    """One simulated replication as its patients table, ready for the binary presets.
+
+    The alliance is the prorated WAI-SR item mean (so the dropout effect is per item-mean
+    point, the simulator's scale) and the outcome the ORS total, missing when an item is
+    blank; reliable change uses *rci* ORS points; the patient-level outcomes are those of
+    :func:`allianceflow.clinical.patient_outcomes` (early alliance of the design's first
+    ``early_sessions`` sessions). No on-track status is derived.
+    """
+    from .clinical import derive_patients, patient_outcomes
+
+    design = _check_design(design)
+    sim = simulate_study(design.to_study_design(), seed=seed)
+    sim["alliance"] = sim.filter(regex=r"^wai_sr_\d+$").mean(axis=1)
+    sim["outcome"] = sim.filter(regex=r"^ors_\d+$").sum(axis=1, min_count=4)
+    patients = derive_patients(
+        sim, direction="higher_is_better", rci=rci, ending="ending", days="days"
+    )
+    return patient_outcomes(patients, sim, early_sessions=EXAMPLE_DESIGN.early_sessions)
+
+
+def run_binary_power_chunk(
+    design: PowerDesign | Mapping[str, Any],
+    seeds: Sequence[int],
+    *,
+    preset: str = "dropout",
+    alpha: float = 0.05,
+    label: str = "design",
+    rci: float = 5.0,
+) -> pd.DataFrame:
+    """Simulate and fit a binary preset's GLMM once per seed; one row per seed.
+
+    Parameters
+    ----------
+    design : PowerDesign or mapping
+        The planned design.
+    seeds : sequence of int
+        One seed per replication (see :func:`chunk_seeds`).
+    preset : {'deterioration', 'dropout'}
+        The preset fitted (:func:`allianceflow.models.preset_formula`, binomial GLMM with
+        a therapist random intercept) and its term of :data:`BINARY_TERMS`.
+    alpha : float
+        Significance level for ``significant``.
+    label : str
+        Written to the ``design`` column.
+    rci : float
+        Reliable change value of the ORS total, for deterioration.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :func:`run_power_chunk`, for :func:`summarise_power`. The truth of
+        ``deterioration`` is the log odds ratio of a *lasting episode*; reliable
+        deterioration as measured also counts chance falls, so its bias and coverage show
+        how much the measured outcome dilutes the effect (see
+        :func:`allianceflow.simulate.measured_deterioration_risks`). The dropout truth is
+        exact.
+    """
+    from .models import fit_model
+    from .models.presets import preset_family, preset_formula
+
+    design = _check_design(design)
+    if preset not in BINARY_TERMS:
+        raise ValueError(
+            f"`preset` must be {' or '.join(map(repr, BINARY_TERMS))}; got {preset!r}."
+        )
+    if not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+        raise ValueError(f"`alpha` must lie in (0, 1); got {alpha!r}.")
+    term, field = BINARY_TERMS[preset]
+    truth = float(getattr(design, field))
+    formula = preset_formula(preset)
+    rows = []
+    for i, seed in enumerate(seeds, start=1):
+        _progress(label, i, len(seeds), int(seed))
+        data = simulate_patients(design, seed=int(seed), rci=rci)
+        base = {"design": label, "seed": int(seed), "term": term, "truth": truth}
+        try:
+            result = fit_model(
+                data, formula, family=preset_family(preset), name=label, min_levels=2
+            ).to_dict()
+        except (ValueError, np.linalg.LinAlgError) as error:
+            rows.append(
+                {**base, "converged": False, "n_patients": design.n_patients, "error": str(error)}
+            )
+            continue
+        f = next(row for row in result["fixed"] if row["term"] == term)
+        rows.append(
+            {
+                **base,
+                "estimate": f["estimate"],
+                "se": f["se"],
+                "ci_low": f["ci_low"],
+                "ci_high": f["ci_high"],
+                "p": f["p"],
+                "significant": bool(f["p"] is not None and f["p"] < alpha),
+                "covered": bool(f["ci_low"] <= truth <= f["ci_high"]),
+                "converged": bool(result["convergence"]["converged"]),
+                "n_obs": int(result["n_obs"]),
+                "n_patients": design.n_patients,
+                "error": "",
+            }
+        )
     frame = pd.DataFrame(rows, columns=_ROW_COLUMNS)
     return frame.astype({"seed": "int64", "n_patients": "int64"})
 
@@ -530,6 +677,8 @@ def summarise_power(
 _TERM_LABELS = {
     "alliance_within_lag": "within-patient alliance effect",
     "session:feedback": "feedback × session",
+    "feedback": "feedback on deterioration (log OR)",
+    "early_alliance": "early alliance on early ending (log OR)",
 }
 
 

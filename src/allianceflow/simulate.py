@@ -27,6 +27,7 @@ Outcome Rating Scale. *Journal of Brief Therapy*, 2(2), 91–100.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +46,16 @@ __all__ = [
     "to_export_srs_phq9",
     "write_example2_study",
     "EXAMPLE_DESIGN",
+    "EXAMPLE_FILE_DESIGN",
+    "FORMER",
     "EXAMPLE_SEED",
     "simulate_study",
     "to_export",
     "write_example_study",
     "EXPORT_COLUMNS",
+    "early_ending_intercept",
+    "lasting_deterioration_share",
+    "measured_deterioration_risks",
 ]
 
 #: WAI-SR item numbers of each subscale (Hatcher & Gillaspy, 2006).
@@ -73,8 +79,34 @@ class StudyDesign:
     n_therapists, n_patients, max_sessions
         Sizes. Patients are spread over therapists as evenly as possible.
     dropout_hazard
-        Probability of ending after each session from session 2 on (completely at random),
-        so patients have unequal numbers of sessions.
+        Rate and timing of early endings: a patient whose early alliance equals
+        ``alliance_mean`` ends early with probability
+        :math:`1 - (1 - h)^{S - k}` (*h* this hazard, *S* = ``max_sessions``, *k* =
+        ``early_sessions``), as a constant hazard *h* of ending after each session from
+        session *k* on would give; an early ender's last session is drawn from that hazard
+        (a geometric distribution from session *k*, truncated before ``max_sessions``).
+    early_sessions
+        Sessions every patient attends before an early ending can happen; the early
+        alliance is the mean observed alliance of these sessions (of those recorded). With
+        ``early_sessions=1``, ``dropout_alliance_effect=0`` and ``deterioration_share=0``
+        the simulator draws exactly the studies of its former version (constant dropout
+        hazard from session 2, no episodes).
+    dropout_alliance_effect
+        True effect of the early alliance on early ending (premature termination): the
+        log-odds per alliance item-mean point above ``alliance_mean`` (negative: a better
+        early alliance, fewer early endings). See :func:`simulate_study`, Notes.
+    deterioration_share
+        Probability that a patient has a deterioration episode (either arm).
+    deterioration_drop
+        Size of an episode: from its onset (session 2–5, uniformly) treatment stops working
+        (the patient's change since the onset is undone) and the outcome is this many
+        points worse (lower ORS, higher PHQ-9), for the rest of treatment.
+    feedback_deterioration_effect
+        True effect of feedback on lasting deterioration: the log odds ratio of a lasting
+        episode, feedback vs treatment as usual (at most 0). In the feedback arm the
+        therapist sees the alarm and repairs a share of the episodes: the outcome returns to
+        its course two sessions after the onset, so the effect is concentrated in the
+        patients who go off track.
     p_unrecorded
         Probability that an attended session has no questionnaire record (a gap in the
         session numbers of the export).
@@ -111,6 +143,9 @@ class StudyDesign:
         ``unilateral`` (the patient decided to stop); the others are ``dropout`` (no
         further contact). Patients who attend every session end ``planned``. Drawn from a
         separate random stream, so it changes no other value of the study.
+
+    The endings, the episodes and their repair are drawn from random streams of their own,
+    so that the other draws (alliance, outcome, items) are those of a study without them.
     """
 
     n_therapists: int = 30
@@ -139,10 +174,15 @@ class StudyDesign:
     between_effect: float = 4.0
     ors_item_noise: float = 0.8
     unilateral_share: float = 0.4
+    early_sessions: int = 3
+    dropout_alliance_effect: float = -1.0
+    deterioration_share: float = 0.15
+    deterioration_drop: float = 12.0
+    feedback_deterioration_effect: float = -1.2
 
     def __post_init__(self) -> None:
         """Check the design: positive counts, probabilities in [0, 1], a valid correlation."""
-        for name in ("n_therapists", "n_patients", "max_sessions"):
+        for name in ("n_therapists", "n_patients", "max_sessions", "early_sessions"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
@@ -157,10 +197,20 @@ class StudyDesign:
             "p_item_missing",
             "feedback_share",
             "unilateral_share",
+            "deterioration_share",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must lie in [0, 1]; got {value!r}.")
+        if self.deterioration_drop < 0:
+            raise ValueError(
+                f"`deterioration_drop` must be at least 0; got {self.deterioration_drop!r}."
+            )
+        if self.feedback_deterioration_effect > 0:
+            raise ValueError(
+                "`feedback_deterioration_effect` must be at most 0 (feedback repairs "
+                f"episodes, it never causes them); got {self.feedback_deterioration_effect!r}."
+            )
         if not -1.0 < self.slope_intercept_corr < 1.0:
             raise ValueError(
                 f"`slope_intercept_corr` must lie in (-1, 1); got {self.slope_intercept_corr!r}."
@@ -186,8 +236,15 @@ def _check_pair(instruments: str) -> _Pair:
     return INSTRUMENT_PAIRS[instruments]
 
 
-#: The design of the embedded example study in ``data/raw/example/``.
+#: The default design of :func:`simulate_study`, with early endings that depend on the
+#: early alliance and feedback that repairs deterioration episodes.
 EXAMPLE_DESIGN = StudyDesign()
+#: Settings that switch the alliance-dependent endings and the episodes off: with them the
+#: simulator draws exactly the studies of its former version (constant dropout hazard).
+FORMER = {"early_sessions": 1, "dropout_alliance_effect": 0.0, "deterioration_share": 0.0}
+#: The design of the embedded example study in ``data/raw/example/``: the default design
+#: with :data:`FORMER` (the files are unchanged; see the example README).
+EXAMPLE_FILE_DESIGN = dataclasses.replace(EXAMPLE_DESIGN, **FORMER)
 #: The seed of the embedded example study.
 EXAMPLE_SEED = 20261125
 
@@ -238,8 +295,10 @@ def simulate_study(
         else ``unilateral`` or ``dropout``; see ``StudyDesign.unilateral_share``),
         ``wai_sr_1`` … ``wai_sr_12`` (1–5, NaN when blank), ``ors_1`` … ``ors_4`` (0–10 to
         one decimal, NaN when blank), and the latent truth columns
-        ``true_alliance`` (WAI-SR item mean of the full item set) and
-        ``true_outcome`` (the ORS total before item noise).
+        ``true_alliance`` (WAI-SR item mean of the full item set),
+        ``true_outcome`` (the ORS total before item noise), ``true_early_alliance`` (the
+        patient's early alliance that the early ending depended on), ``true_episode`` and
+        ``true_lasting_episode`` (a deterioration episode, and one that was not repaired).
 
     Notes
     -----
@@ -260,6 +319,39 @@ def simulate_study(
     truth is defined on the observed alliance score, a correctly specified model recovers
     :math:`\gamma_W` and :math:`\gamma_B` without attenuation (apart from the few
     prorated scores).
+
+    *Early endings.* With :math:`E_i` the mean of :math:`A_{it}` over the patient's
+    recorded sessions among the first :math:`k` = ``early_sessions`` (which every patient
+    attends), patient *i* ends treatment early (unilateral or dropout) with probability
+
+    .. math::
+
+        \Pr(D_i = 1) = \operatorname{expit}\bigl(\alpha + \beta_A (E_i - \mu_A)\bigr),
+        \qquad \alpha = \operatorname{logit}\bigl(1 - (1 - h)^{S - k}\bigr),
+
+    with :math:`\beta_A` = ``dropout_alliance_effect``, :math:`\mu_A` = ``alliance_mean``,
+    *h* = ``dropout_hazard`` and *S* = ``max_sessions`` (:func:`early_ending_intercept`).
+    Nothing else (arm, outcome, therapist) changes the odds, so a logistic model of early
+    ending on the early alliance, with or without baseline severity and a therapist
+    intercept, has the true slope :math:`\beta_A`. Because the truth is defined on the
+    observed alliance score, it is recovered without attenuation (apart from prorated
+    scores). Early enders leave after session :math:`k + G`, *G* geometric with
+    parameter *h* truncated below :math:`S - k`; the others attend all *S* sessions.
+
+    *Deterioration.* A patient has an episode with probability :math:`\pi_0` =
+    ``deterioration_share``; from its onset (session 2–5) the patient's change stops (the
+    slope term is held at its value at the onset) and the latent outcome is
+    ``deterioration_drop`` points worse. In the feedback arm an episode is repaired two
+    sessions after its onset with probability :math:`1 - \pi_F / \pi_0`, with
+    :math:`\pi_F = \operatorname{expit}(\operatorname{logit}\pi_0 + \beta_D)`, so the
+    true log odds ratio of a lasting episode (feedback vs treatment as usual) is
+    :math:`\beta_D` = ``feedback_deterioration_effect``
+    (:func:`lasting_deterioration_share`). Reliable deterioration as the pipeline
+    measures it (first to last observed score) also counts patients whose scores fell by
+    chance and misses episodes that begin after a patient's last session, so its odds
+    ratio lies between :math:`e^{\beta_D}` and 1; with little session noise and no early
+    endings it approaches :math:`e^{\beta_D}`. The episodes are independent of the
+    alliance, so :math:`\gamma_W` and :math:`\gamma_B` keep their meaning.
 
     Examples
     --------
@@ -289,12 +381,12 @@ def simulate_study(
         size=n_p,
     )
 
-    # Attendance: everyone attends session 1; after that a constant dropout hazard --------
+    # Attendance is decided after the alliance (early endings depend on it). Without an
+    # alliance effect the endings come from these per-session hazard draws, as the former
+    # constant-hazard simulator drew them (early_sessions=1 and no episodes give its studies).
     ends = rng.random((n_p, n_s)) < design.dropout_hazard
-    ends[:, 0] = False
-    attended = np.cumsum(ends, axis=1) == 0  # attends until the first "end" draw
-    recorded = attended & (rng.random((n_p, n_s)) >= design.p_unrecorded)
-    recorded[:, 0] = attended[:, 0]  # the intake session is always recorded
+    on_record = rng.random((n_p, n_s)) >= design.p_unrecorded
+    on_record[:, 0] = True  # the intake session is always recorded
 
     # Alliance items ----------------------------------------------------------------------
     time = np.arange(n_s, dtype=float)[None, :]
@@ -323,6 +415,11 @@ def simulate_study(
             1,
         )
     alliance = wai.mean(axis=2)  # the observed alliance item mean, before any blanks
+
+    # Early endings depend on the early alliance; the last session follows the hazard ------
+    early_alliance, ended_early, last = _endings(design, alliance, on_record, ends, seed)
+    attended = np.arange(n_s)[None, :] < last[:, None]
+    recorded = attended & on_record
     alliance_rec = np.where(recorded, alliance, np.nan)
     patient_mean = np.nanmean(alliance_rec, axis=1)
     grand_mean = patient_mean.mean()
@@ -344,6 +441,13 @@ def simulate_study(
         + design.between_effect * (patient_mean - grand_mean)[:, None]
         + rng.normal(0.0, design.outcome_sd_residual, (n_p, n_s))
     )
+    worse = -1.0 if pair.outcome == "ors" else 1.0
+    episode, lasting, onset = _episodes(design, feedback, seed)
+    under_way = _episode_course(episode, lasting, onset, n_s)
+    # during an episode treatment stops working (no further change from the onset on) and
+    # the outcome is `deterioration_drop` points worse
+    stalled = slope[:, None] * np.maximum(time - onset[:, None], 0.0)
+    outcome = outcome + under_way * (worse * design.deterioration_drop - stalled)
     if pair.outcome == "ors":
         ors = np.clip(
             outcome[:, :, None] / 4.0 + rng.normal(0.0, design.ors_item_noise, (n_p, n_s, 4)),
@@ -369,7 +473,7 @@ def simulate_study(
     # Endings: planned after the last planned session; otherwise unilateral or dropout,
     # drawn from their own stream so that adding them left every other value unchanged.
     unilateral = np.random.default_rng([seed, 1]).random(n_p) < design.unilateral_share
-    ending = np.where(attended[:, -1], "planned", np.where(unilateral, "unilateral", "dropout"))
+    ending = np.where(~ended_early, "planned", np.where(unilateral, "unilateral", "dropout"))
 
     pid, sid = np.nonzero(recorded)
     width = len(str(n_p))
@@ -393,6 +497,9 @@ def simulate_study(
         levels = list(modality["shares"])
         frame.insert(5, "modality", pd.Categorical(session_modality[pid, sid], categories=levels))
         frame["true_within_effect"] = session_effect[pid, sid]
+    frame["true_early_alliance"] = early_alliance[pid]
+    frame["true_episode"] = episode[pid]
+    frame["true_lasting_episode"] = lasting[pid]
     return frame.reset_index(drop=True)
 
 
@@ -428,6 +535,178 @@ def _draw_modality(
     drawn = np.random.default_rng([seed, 2]).choice(len(levels), size=shape, p=p)
     effect_of = np.array([float(effects.get(lv, design.within_effect)) for lv in levels])
     return levels[drawn], effect_of[drawn]
+
+
+def _logit(p: float) -> float:
+    with np.errstate(divide="ignore"):
+        return float(np.log(p) - np.log1p(-p))
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=float)))
+
+
+def early_ending_intercept(design: StudyDesign) -> float:
+    r"""True log-odds of an early ending for a patient whose early alliance is ``alliance_mean``.
+
+    .. math:: \alpha = \operatorname{logit}\bigl(1 - (1 - h)^{S - k}\bigr)
+
+    with *h* = ``dropout_hazard``, *S* = ``max_sessions`` and *k* = ``early_sessions``
+    (:math:`-\infty` when no early ending is possible, :math:`+\infty` when *h* = 1).
+
+    Examples
+    --------
+    >>> round(early_ending_intercept(EXAMPLE_DESIGN), 4)
+    0.2113
+    """
+    chances = max(design.max_sessions - design.early_sessions, 0)
+    return _logit(1.0 - (1.0 - design.dropout_hazard) ** chances)
+
+
+def _endings(
+    design: StudyDesign, alliance: np.ndarray, on_record: np.ndarray, ends: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Early alliance, early ending and number of sessions attended, per patient.
+
+    With ``dropout_alliance_effect == 0`` the ending is the first of the per-session hazard
+    draws *ends* from session ``early_sessions`` on (a constant hazard: the same
+    distribution as below, with the former simulator's draws).
+    """
+    n_p, n_s = alliance.shape
+    k = min(design.early_sessions, n_s)
+    early = np.where(on_record[:, :k], alliance[:, :k], np.nan)
+    early_alliance = np.nanmean(early, axis=1)  # session 1 is always on record
+    if design.dropout_alliance_effect == 0:
+        later = ends[:, k:]
+        ended_early = later.any(axis=1)
+        last = np.where(ended_early, k + later.argmax(axis=1), n_s)
+        return early_alliance, ended_early, last
+    rng = np.random.default_rng([seed, 4])  # its own stream ([seed, 2] draws modalities)
+    u_end, u_when = rng.random(n_p), rng.random(n_p)
+    alpha = early_ending_intercept(design)
+    if not np.isfinite(alpha):
+        p_end = np.full(n_p, 1.0 if alpha > 0 else 0.0)
+    else:
+        eta = alpha + design.dropout_alliance_effect * (early_alliance - design.alliance_mean)
+        p_end = _expit(eta)
+    ended_early = u_end < p_end
+    last = np.full(n_p, n_s)
+    h, chances = design.dropout_hazard, n_s - k
+    if ended_early.any():
+        if h >= 1.0:
+            extra = np.zeros(n_p, dtype=int)
+        else:  # inverse CDF of the geometric number of further sessions, truncated
+            reach = 1.0 - (1.0 - h) ** chances
+            extra = np.floor(np.log1p(-u_when * reach) / np.log1p(-h)).astype(int)
+            extra = np.minimum(extra, chances - 1)
+        last = np.where(ended_early, k + extra, n_s)
+    return early_alliance, ended_early, last
+
+
+#: Sessions from the onset of a deterioration episode to its repair (feedback arm).
+_REPAIR_AFTER = 2
+#: Sessions at which an episode can begin (uniformly).
+_ONSET_SESSIONS = (2, 5)
+
+
+def lasting_deterioration_share(design: StudyDesign, *, feedback: bool) -> float:
+    r"""True probability of a lasting deterioration episode in one arm.
+
+    Treatment as usual: ``deterioration_share`` (:math:`\pi_0`); feedback:
+    :math:`\operatorname{expit}(\operatorname{logit}\pi_0 + \beta_D)` with
+    :math:`\beta_D` = ``feedback_deterioration_effect``.
+
+    Examples
+    --------
+    >>> round(lasting_deterioration_share(EXAMPLE_DESIGN, feedback=True), 4)
+    0.0505
+    """
+    pi0 = design.deterioration_share
+    if not feedback or pi0 in (0.0, 1.0):
+        return float(pi0)
+    return float(_expit(_logit(pi0) + design.feedback_deterioration_effect))
+
+
+def measured_deterioration_risks(
+    design: StudyDesign | None = None,
+    *,
+    rci: float,
+    n_patients: int = 100_000,
+    seed: int = 1,
+) -> dict[str, float]:
+    r"""True risks of *measured* reliable deterioration per arm, by Monte Carlo.
+
+    The pipeline measures reliable deterioration from the observed outcome total (first to
+    last observed score, :func:`allianceflow.clinical.reliable_change`), which also counts
+    chance falls and misses episodes after a patient's last session; its population risks
+    are not a closed-form function of the design. This simulates *n_patients* patients of
+    *design* (therapists scaled to keep the patients per therapist), totals the outcome
+    items of each session (missing when an item is blank, as the ORS and PHQ-9 score without
+    proration) and applies :func:`~allianceflow.clinical.reliable_change`.
+
+    Parameters
+    ----------
+    design : StudyDesign, optional
+        :data:`EXAMPLE_DESIGN` when omitted (WAI-SR + ORS).
+    rci : float
+        The reliable change value in outcome points (the study's ``rci``).
+    n_patients : int
+        Simulated patients; the Monte Carlo SE of a risk is at most
+        :math:`0.5/\sqrt{n/2}`.
+    seed : int
+        Seed of the simulation.
+
+    Returns
+    -------
+    dict
+        ``tau`` and ``feedback`` (risks), ``risk_difference`` (feedback − tau) and
+        ``log_odds_ratio``.
+    """
+    from .clinical import reliable_change
+
+    design = design or EXAMPLE_DESIGN
+    per = max(1, design.n_patients // design.n_therapists)
+    big = dataclasses.replace(design, n_patients=n_patients, n_therapists=max(1, n_patients // per))
+    sim = simulate_study(big, seed=seed)
+    items = sim.filter(regex=r"^ors_\d+$")
+    sim["total"] = items.sum(axis=1, min_count=items.shape[1]).where(items.notna().all(axis=1))
+    rc = reliable_change(sim, score="total", direction="higher_is_better", rci=rci)
+    arm = sim.groupby("patient", sort=False)["condition"].first()
+    det = rc.set_index("patient")["reliable_deterioration"].astype("Float64")
+    risks = det.groupby(arm.reindex(det.index)).mean()
+    tau, fb = float(risks["tau"]), float(risks["feedback"])
+    return {
+        "tau": tau,
+        "feedback": fb,
+        "risk_difference": fb - tau,
+        "log_odds_ratio": _logit(fb) - _logit(tau),
+    }
+
+
+def _episodes(
+    design: StudyDesign, feedback: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Who has an episode, whether it lasts, and its onset (0-based session index)."""
+    n_p = feedback.size
+    rng = np.random.default_rng([seed, 3])
+    u_episode, u_repair = rng.random(n_p), rng.random(n_p)
+    onset = rng.integers(_ONSET_SESSIONS[0] - 1, _ONSET_SESSIONS[1], n_p)
+    episode = u_episode < design.deterioration_share
+    pi0 = design.deterioration_share
+    # P(lasting | episode, feedback) = pi_F / pi_0, so that P(lasting | feedback) = pi_F
+    keep = lasting_deterioration_share(design, feedback=True) / pi0 if pi0 > 0 else 0.0
+    lasting = episode & (~feedback | (u_repair < keep))
+    return episode, lasting, onset
+
+
+def _episode_course(
+    episode: np.ndarray, lasting: np.ndarray, onset: np.ndarray, n_s: int
+) -> np.ndarray:
+    """1 at the sessions an episode is under way, else 0 (patients x sessions)."""
+    t = np.arange(n_s)[None, :]
+    started = episode[:, None] & (t >= onset[:, None])
+    repaired = (episode & ~lasting)[:, None] & (t >= onset[:, None] + _REPAIR_AFTER)
+    return (started & ~repaired).astype(float)
 
 
 #: Raw column names of the example export, by canonical name.
@@ -500,6 +779,58 @@ def _readme(design: StudyDesign, seed: int, sessions: pd.DataFrame) -> str:
         f"| `{f.name}` | {getattr(design, f.name)} |" for f in dataclasses.fields(design)
     )
     per_patient = sessions.groupby("patient").size()
+    measured = measured_deterioration_risks(design, rci=5.0)
+    former = design.dropout_alliance_effect == 0 and design.deterioration_share == 0
+    lasting_difference = lasting_deterioration_share(
+        design, feedback=True
+    ) - lasting_deterioration_share(design, feedback=False)
+    if former:
+        binary = f"""Early endings are completely at random (constant hazard `dropout_hazard` from
+session 2): the true effect of the alliance on early ending is **0**. There are no
+deterioration episodes (`deterioration_share` 0), so feedback changes deterioration only
+through `feedback_slope`. The simulator's alliance-dependent endings and deterioration
+episodes (`simulate.EXAMPLE_DESIGN`) are switched off for these files (`simulate.FORMER`).
+The true risks of reliable deterioration (first to last ORS total, reliable change value 5
+as in `config.yaml`), by Monte Carlo over 100,000 simulated patients
+(`measured_deterioration_risks`): TAU **{measured["tau"]:.3f}**, feedback
+**{measured["feedback"]:.3f}**, a risk difference of **{measured["risk_difference"]:.3f}**.
+"""
+    else:
+        binary = f"""Early endings depend on the early alliance (the mean WAI-SR item mean of the \
+first {design.early_sessions} sessions, `early_sessions`):
+
+    logit P(ends early) = {early_ending_intercept(design):.4f} \
++ dropout_alliance_effect · (early WAI − {design.alliance_mean})
+
+so the true effect of the early alliance on early ending ("Client ended" or "No further
+contact") is **{design.dropout_alliance_effect}** log-odds per WAI-SR item-mean point
+(odds ratio {math.exp(design.dropout_alliance_effect):.3f}; \
+**{design.dropout_alliance_effect / 12:.5g}** per WAI-SR total point, odds ratio \
+{math.exp(design.dropout_alliance_effect / 12):.4f}). The
+intercept is logit(1 − (1 − dropout_hazard)^(max_sessions − early_sessions)); early enders
+leave after session {design.early_sessions} + a geometric number of further sessions
+(`dropout_hazard`). A share `unilateral_share` of the patients who stop early is recorded
+as "Client ended", the rest as "No further contact".
+
+A patient has a deterioration episode with probability {design.deterioration_share} in either
+arm: from its onset (session 2–5) the patient stops improving and the ORS total is
+{design.deterioration_drop} points lower. In
+the feedback arm the therapist sees the alarm and repairs a share of the episodes (the ORS
+returns to its course two sessions after the onset), so that the true log odds ratio of a
+lasting episode, feedback vs TAU, is **{design.feedback_deterioration_effect}** (odds ratio
+{math.exp(design.feedback_deterioration_effect):.3f}; lasting episodes in \
+{lasting_deterioration_share(design, feedback=False):.4f} of TAU and \
+{lasting_deterioration_share(design, feedback=True):.4f} of feedback patients, a risk
+difference of {lasting_difference:.4f}).
+The effect works through the patients who go off track. Reliable deterioration as measured
+(first to last ORS total, reliable change value 5 as in `config.yaml`) also counts chance
+falls and misses episodes after a patient's last session, so its odds ratio lies between
+this truth and 1. Its true risks, by Monte Carlo over 100,000 simulated patients
+(`measured_deterioration_risks`): TAU **{measured["tau"]:.3f}**, feedback
+**{measured["feedback"]:.3f}**, a risk difference of **{measured["risk_difference"]:.3f}**
+(log odds ratio {measured["log_odds_ratio"]:.3f}); the pipeline's risk difference in
+`tables/binary_effects` estimates this difference.
+"""
     return f"""# The example study (simulated)
 
 This folder holds a **simulated** study; no real patient contributed to it. It was written
@@ -544,9 +875,9 @@ total points (0–40); time is `session − 1`. The outcome at session *t* is
 
 so the true within-patient effect of last session's alliance is **{design.within_effect}** ORS
 points per WAI-SR item-mean point, and the true between-patient effect is
-**{design.between_effect}**. Dropout is completely at random; a share `unilateral_share` of
-the patients who stop early is recorded as "Client ended", the rest as "No further contact".
+**{design.between_effect}**.
 
+{binary}
 | parameter | value |
 | --- | --- |
 {rows}
@@ -563,7 +894,7 @@ def write_example_study(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    design = design or EXAMPLE_DESIGN
+    design = design or EXAMPLE_FILE_DESIGN
     sessions = simulate_study(design, seed=seed)
     export = to_export(sessions, seed=seed + 1)
     path = folder / "sessions_export.csv"
@@ -722,7 +1053,8 @@ with SRS the item mean. So the true within-patient effect of last session's alli
 SRS total point), and the true between-patient effect is **{design.between_effect}**
 (**{design.between_effect / 4:g}** per total point): a better alliance goes with fewer
 symptoms. `wai_item_noise` is the SRS item noise and `ors_item_noise` the noise around a
-ninth of the PHQ-9 total before each item is rounded to 0–3. Dropout is completely at random.
+ninth of the PHQ-9 total before each item is rounded to 0–3. Dropout is completely at random
+(the files are drawn with `simulate.FORMER`: no alliance-dependent endings, no episodes).
 
 The export records no endings. It was made on {EXAMPLE2_EXTRACTION_DATE} (`read.extraction_date` in
 `config.yaml`), so the pipeline infers them: a patient with no visit in the 8 weeks before
@@ -755,7 +1087,7 @@ def write_example2_study(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    design = design or EXAMPLE2_DESIGN
+    design = design or dataclasses.replace(EXAMPLE2_DESIGN, **FORMER)
     sessions = simulate_study(design, seed=seed, instruments="srs+phq9", modality=modality)
     export = to_export_srs_phq9(sessions, seed=seed + 1)
     path = folder / "visits.csv"

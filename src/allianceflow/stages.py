@@ -41,6 +41,10 @@ __all__ = [
     "fit_stage",
     "model_formula",
     "comparison_stage",
+    "patient_fit_stage",
+    "binary_effects_stage",
+    "binary_rates_figure_stage",
+    "dropout_curve_figure_stage",
     "FIGURES",
     "Figure",
     "figure_settings",
@@ -414,7 +418,13 @@ MODEL_MIN_LEVELS = 5
 
 
 def fit_stage(
-    analysis: str | Path, model: dict[str, Any], *, name: str, json: str | Path, txt: str | Path
+    analysis: str | Path,
+    model: dict[str, Any],
+    *,
+    name: str,
+    json: str | Path,
+    txt: str | Path,
+    patients: str | Path | None = None,
 ) -> None:
     """Fit one model and write its tidy results and a readable summary.
 
@@ -422,10 +432,16 @@ def fit_stage(
     ``reml`` (default true), ``ddf``, the denominator df of the fixed effects' tests and
     intervals (default :data:`MODEL_DDF`), and ``min_levels``, the fewest levels a grouping
     factor needs for its random effect (default :data:`MODEL_MIN_LEVELS`); see
-    :func:`allianceflow.models.fit_model`.
+    :func:`allianceflow.models.fit_model`. A patient-level preset
+    (:data:`allianceflow.models.presets.PATIENT_PRESETS`) is fitted to *patients* instead
+    (:func:`patient_fit_stage`).
     """
     from .models import fit_model
+    from .models.presets import preset_level
 
+    if "preset" in model and preset_level(model["preset"]) == "patient":
+        patient_fit_stage(patients, model, name=name, json=json, txt=txt)
+        return
     fit_options = {
         "reml": model.get("reml", True),
         "ddf": model.get("ddf", MODEL_DDF),
@@ -446,6 +462,64 @@ def fit_stage(
     io.write_text(result.summary() + ("\n" + extra if extra else ""), txt)
     conv = result.convergence
     log.info("%s: converged=%s with %s", name, conv["converged"], conv["optimizer"])
+
+
+def patient_fit_stage(
+    patients: str | Path | None,
+    model: dict[str, Any],
+    *,
+    name: str,
+    json: str | Path,
+    txt: str | Path,
+) -> None:
+    """Fit a patient-level preset (binomial or Poisson GLMM) to the patients table.
+
+    The family comes from the preset (:func:`allianceflow.models.presets.preset_family`),
+    the rows from its options (:func:`allianceflow.models.presets.preset_rows`, e.g. the
+    not-on-track patients); ``min_levels`` as for :func:`fit_stage`. REML and ``ddf`` do
+    not apply to GLMMs (Wald z intervals, as ``glmer``).
+    """
+    from .models import fit_model
+    from .models.presets import preset_family, preset_rows
+
+    if patients is None:
+        raise ValueError(
+            f"model {name!r}: the {model['preset']!r} preset is fitted to the patients table; "
+            "pass `patients` (data/processed/<study>/patients.parquet)."
+        )
+    data = io.read_table(patients)
+    for column, value in preset_rows(model["preset"], **model.get("options", {})).items():
+        data = data[data[column] == value]
+    result = fit_model(
+        data,
+        model_formula(model),
+        family=preset_family(model["preset"]),
+        name=name,
+        min_levels=model.get("min_levels", MODEL_MIN_LEVELS),
+    )
+    io.write_json(result.to_dict(), json)
+    io.write_text(result.summary(), txt)
+    conv = result.convergence
+    log.info("%s: converged=%s with %s", name, conv["converged"], conv["optimizer"])
+
+
+def binary_effects_stage(
+    patients: str | Path, *, direction: str, csv: str | Path, outputs: Sequence[str | Path]
+) -> None:
+    """Rates, risk differences, NNTs and Hedges' *g* by arm beside the published benchmarks.
+
+    Writes the unrounded contrasts (:func:`allianceflow.effects.arm_contrasts`) to *csv*
+    and the APA table (:func:`allianceflow.tables.binary_effects_table`) to *outputs*
+    (Markdown, HTML, LaTeX, Word by suffix). *direction* is the outcome's.
+    """
+    from .effects import BENCHMARKS, arm_contrasts
+    from .tables import binary_effects_table, write_table_files
+
+    contrasts = arm_contrasts(
+        io.read_table(patients), higher_is_better=direction == "higher_is_better"
+    )
+    io.write_table(contrasts, csv)
+    write_table_files(binary_effects_table(contrasts, BENCHMARKS), outputs)
 
 
 def comparison_stage(
@@ -505,10 +579,13 @@ def model_table_stage(
     (:func:`table_settings`).
     """
     from .labels import Labels
-    from .tables import fixed_effects_table, model_table, write_table_files
+    from .tables import fixed_effects_table, model_table, ratio_table, write_table_files
 
     result = io.read_json(model_json)
     io.write_table(fixed_effects_table(result), csv)
+    if result.get("family", "gaussian") != "gaussian":  # OR / IRR table of a GLMM
+        write_table_files(ratio_table(result), [md, *formats.values()])
+        return
     table = model_table(
         [result], name=result["name"], labels=Labels.from_dict(labels), number=number
     )
@@ -580,12 +657,26 @@ def summary_stage(
 # --------------------------------------------------------------------------- tables
 
 
+def _linear(results: list[dict]) -> list[dict]:
+    """Keep the linear (gaussian) models of *results* (all of them when none is linear).
+
+    A GLMM's log-odds or log-rate coefficients are on another scale, and each GLMM has its
+    own OR/IRR table.
+    """
+    linear = [r for r in results if r.get("family", "gaussian") == "gaussian"]
+    return linear or results
+
+
 def models_table_stage(model_jsons, *, outputs, labels=None, number: int | None = None) -> None:
-    """Every model of a study side by side in one APA table (csv, md, html, tex, docx)."""
+    """Every linear model of a study side by side in one APA table (csv, md, html, tex, docx).
+
+    GLMMs (binomial, Poisson) are left out: their coefficients are on the log-odds or
+    log-rate scale, and each has its own OR/IRR table (:func:`model_table_stage`).
+    """
     from .labels import Labels
     from .tables import model_table, write_table_files
 
-    results = [io.read_json(path) for path in model_jsons]
+    results = _linear([io.read_json(path) for path in model_jsons])
     table = model_table(results, name="models", labels=Labels.from_dict(labels), number=number)
     write_table_files(table, outputs)
 
@@ -870,6 +961,25 @@ def caterpillar_figure_stage(*, model, caterpillar_group: str, labels=None, outp
     save_figure(fig, outputs)
 
 
+def binary_rates_figure_stage(*, patients, min_cell: int, outputs) -> None:
+    """Draw deterioration and improvement rates by arm × on-track status (Wilson CIs)."""
+    from .figures import plot_binary_rates, save_figure
+
+    save_figure(plot_binary_rates(io.read_table(patients), min_n=min_cell), outputs)
+
+
+def dropout_curve_figure_stage(*, model, patients, alliance: str, outputs) -> None:
+    """Draw the predicted probability of an early ending across the early alliance."""
+    from .figures import plot_dropout_curve, save_figure
+
+    fig = plot_dropout_curve(
+        io.read_json(model),
+        io.read_table(patients),
+        predictor_label=f"early alliance ({alliance})",
+    )
+    save_figure(fig, outputs)
+
+
 def outcome_numbers(measures: Mapping[str, Any]) -> dict[str, Any]:
     """Look up the outcome instrument's ``rci``, ``cutoff`` and ``direction``.
 
@@ -897,6 +1007,14 @@ def _always(study: dict[str, Any]) -> bool:
 
 def _has_arms_and_on_track(study: dict[str, Any]) -> bool:
     return _derived("on_track")(study) and "condition" in _mapped(study)
+
+
+def _has_binary_rates(study: dict[str, Any]) -> bool:
+    return _has_arms_and_on_track(study) and _derived("reliable_change")(study)
+
+
+def _has_dropout_model(study: dict[str, Any]) -> bool:
+    return "dropout" in study.get("models", ())
 
 
 def _has_caterpillar_group(study: dict[str, Any]) -> bool:
@@ -945,6 +1063,9 @@ FIGURES: dict[str, Figure] = {
         ("caterpillar_group", "labels"),
         _has_caterpillar_group,
     ),
+    "binary_rates": Figure(binary_rates_figure_stage, ("min_cell",), _has_binary_rates),
+    # the model named "dropout" of the study (the dropout preset)
+    "dropout_curve": Figure(dropout_curve_figure_stage, ("alliance",), _has_dropout_model),
 }
 
 

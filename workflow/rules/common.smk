@@ -9,6 +9,7 @@ from allianceflow.power import chunk_seeds, designs_from_config
 from allianceflow.stages import (
     figure_settings,
     moderated_models,
+    outcome_numbers,
     study_figures,
     study_tables,
     table_settings,
@@ -88,6 +89,12 @@ def get_derive(wildcards):
 def get_min_cell(wildcards):
     """The small-cell threshold of one study's published tables (`report.tables.min_cell`)."""
     return config["studies"][wildcards.study]["report"]["tables"]["min_cell"]
+
+
+def get_outcome_direction(wildcards):
+    """The outcome's direction of improvement (its instrument's, with the study's overrides)."""
+    measures = config["studies"][wildcards.study]["measures"]
+    return outcome_numbers(measures)["direction"]
 
 
 def get_figure_settings(figure):
@@ -172,6 +179,12 @@ def get_table_settings(wildcard=None, name=None):
     return get_settings
 
 
+def has_binary_effects(study):
+    """Does the study get the arm contrasts of the binary outcomes (arms, on-track status
+    and reliable change all derived)?"""
+    return "binary_rates" in study_figures(config["studies"][study])
+
+
 def get_study_figures(study):
     """Figures of one study: those whose variables and columns the study has."""
     return study_figures(config["studies"][study])
@@ -224,6 +237,11 @@ def get_study_outputs(study):
             for ext in FIGURE_FORMATS
         ]
         + get_moderated_outputs(study)
+        + [
+            f"results/{study}/tables/binary_effects.{ext}"
+            for ext in published
+            if has_binary_effects(study)
+        ]
     )
 
 

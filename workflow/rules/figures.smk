@@ -278,3 +278,52 @@ rule plot_reliable_change:
         settings=get_figure_settings("reliable_change"),
     script:
         "../scripts/plot_figure.py"
+
+
+rule plot_binary_rates:
+    input:
+        patients=rules.derive_variables.output.patients,
+    output:
+        png=report(
+            "results/{study}/figures/binary_rates.png",
+            caption="../report/binary_rates.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
+        pdf="results/{study}/figures/binary_rates.pdf",
+        svg="results/{study}/figures/binary_rates.svg",
+    log:
+        "logs/{study}/plot_binary_rates.log",
+    conda:
+        "../envs/allianceflow.yaml"
+    params:
+        allianceflow_source=SOURCE_FINGERPRINT,
+        figure="binary_rates",
+        settings=get_figure_settings("binary_rates"),
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_dropout_curve:
+    input:
+        model="results/{study}/models/dropout.json",
+        patients=rules.derive_variables.output.patients,
+    output:
+        png=report(
+            "results/{study}/figures/dropout_curve.png",
+            caption="../report/dropout_curve.rst",
+            category="Figures",
+            subcategory="{study}",
+        ),
+        pdf="results/{study}/figures/dropout_curve.pdf",
+        svg="results/{study}/figures/dropout_curve.svg",
+    log:
+        "logs/{study}/plot_dropout_curve.log",
+    conda:
+        "../envs/allianceflow.yaml"
+    params:
+        allianceflow_source=SOURCE_FINGERPRINT,
+        figure="dropout_curve",
+        settings=get_figure_settings("dropout_curve"),
+    script:
+        "../scripts/plot_figure.py"

@@ -1,6 +1,8 @@
 rule fit_model:
     input:
         analysis=rules.derive_variables.output.analysis,
+        # patient-level presets (deterioration, improvement, dropout, attendance)
+        patients=rules.derive_variables.output.patients,
     output:
         json="results/{study}/models/{model}.json",
         txt=report(

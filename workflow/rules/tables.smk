@@ -89,3 +89,28 @@ rule tabulate_descriptives:
         settings=get_table_settings(wildcard="table"),
     script:
         "../scripts/tabulate_descriptives.py"
+
+
+rule tabulate_binary_effects:
+    input:
+        patients=rules.derive_variables.output.patients,
+    output:
+        csv="results/{study}/tables/binary_effects.csv",
+        md=report(
+            "results/{study}/tables/binary_effects.md",
+            caption="../report/binary_effects.rst",
+            category="Tables",
+            subcategory="{study}",
+        ),
+        html="results/{study}/tables/binary_effects.html",
+        tex="results/{study}/tables/binary_effects.tex",
+        docx="results/{study}/tables/binary_effects.docx",
+    log:
+        "logs/{study}/tabulate_binary_effects.log",
+    conda:
+        "../envs/allianceflow.yaml"
+    params:
+        allianceflow_source=SOURCE_FINGERPRINT,
+        direction=get_outcome_direction,
+    script:
+        "../scripts/tabulate_binary_effects.py"

@@ -9,4 +9,5 @@ with run_step(snakemake.log[0]):
         name=snakemake.wildcards.model,
         json=snakemake.output.json,
         txt=snakemake.output.txt,
+        patients=snakemake.input.patients,
     )

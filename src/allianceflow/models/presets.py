@@ -10,8 +10,26 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PRESETS", "preset_formula"]
+__all__ = [
+    "PRESETS",
+    "PATIENT_PRESETS",
+    "ALL_PRESETS",
+    "preset_formula",
+    "preset_level",
+    "preset_family",
+    "preset_rows",
+]
 
+#: Presets fitted to the patients table, one row per patient, and the family of each:
+#: binary outcomes are binomial (logit link), counts Poisson (log link).
+PATIENT_PRESETS: dict[str, str] = {
+    "deterioration": "binomial",
+    "improvement": "binomial",
+    "dropout": "binomial",
+    "attendance": "poisson",
+}
+
+#: Session-level presets: linear mixed models of the analysis table (one row per session).
 PRESETS: tuple[str, ...] = (
     "growth",
     "alliance_outcome",
@@ -21,6 +39,67 @@ PRESETS: tuple[str, ...] = (
     "alliance_components",
     "informants",
 )
+#: Every preset name :func:`preset_formula` knows: the session-level ones, then the
+#: patient-level ones.
+ALL_PRESETS: tuple[str, ...] = (*PRESETS, *PATIENT_PRESETS)
+
+
+def _check_name(name: str) -> None:
+    if name not in ALL_PRESETS:
+        raise ValueError(
+            f"`name` must be one of {', '.join(map(repr, ALL_PRESETS))}; got {name!r}."
+        )
+
+
+def preset_level(name: str) -> str:
+    """The table a preset is fitted to: ``"patient"`` (the patients table) or ``"session"``.
+
+    Examples
+    --------
+    >>> preset_level("dropout"), preset_level("growth")
+    ('patient', 'session')
+    """
+    _check_name(name)
+    return "patient" if name in PATIENT_PRESETS else "session"
+
+
+#: Values of the ``subgroup`` option of the deterioration and improvement presets, and the
+#: ``off_track`` value of the rows each keeps.
+SUBGROUPS = {"not_on_track": 1.0, "on_track": 0.0}
+
+
+def preset_rows(name: str, **options: Any) -> dict[str, float]:
+    """The rows a preset is fitted to, as ``{column: value}`` (empty: all rows).
+
+    Only the deterioration and improvement presets restrict rows, with their ``subgroup``
+    option: ``"not_on_track"`` keeps patients ever flagged (``off_track == 1``),
+    ``"on_track"`` those assessed and never flagged.
+
+    Examples
+    --------
+    >>> preset_rows("deterioration", subgroup="not_on_track")
+    {'off_track': 1.0}
+    >>> preset_rows("dropout")
+    {}
+    """
+    _check_name(name)
+    subgroup = options.get("subgroup")
+    if name not in ("deterioration", "improvement") or subgroup is None:
+        return {}
+    _check_choice("subgroup", subgroup, (None, *SUBGROUPS))
+    return {"off_track": SUBGROUPS[subgroup]}
+
+
+def preset_family(name: str) -> str:
+    """The response family of a preset: ``"binomial"``, ``"poisson"`` or ``"gaussian"``.
+
+    Examples
+    --------
+    >>> preset_family("deterioration"), preset_family("attendance"), preset_family("growth")
+    ('binomial', 'poisson', 'gaussian')
+    """
+    _check_name(name)
+    return PATIENT_PRESETS.get(name, "gaussian")
 
 
 def _random_part(time: str, therapist: bool, random: str | None, slopes: str = "correlated") -> str:
@@ -66,12 +145,12 @@ def preset_formula(name: str, **options: Any) -> str:
     Parameters
     ----------
     name : str
-        One of :data:`PRESETS`. Options common to all: ``outcome="outcome"``,
-        ``time="session"``, ``therapist=True`` (add a therapist random intercept),
-        ``slopes="correlated"`` (patient random intercepts and time slopes with their
-        covariance, ``(1 + time | patient)``; ``"uncorrelated"`` fixes the covariance at
-        0, ``(1 + time || patient)``), ``random=None`` (a random part to use instead),
-        ``covariates=()`` (extra fixed terms).
+        One of :data:`ALL_PRESETS`. Options common to the session-level presets:
+        ``outcome="outcome"``, ``time="session"``, ``therapist=True`` (add a therapist
+        random intercept), ``slopes="correlated"`` (patient random intercepts and time
+        slopes with their covariance, ``(1 + time | patient)``; ``"uncorrelated"`` fixes
+        the covariance at 0, ``(1 + time || patient)``), ``random=None`` (a random part to
+        use instead), ``covariates=()`` (extra fixed terms).
 
         Why correlated by default: fixing the intercept-slope covariance at 0 makes the
         model depend on where time is zero (session 1 or session 0, say), because the
@@ -113,6 +192,37 @@ def preset_formula(name: str, **options: Any) -> str:
             ``informants=("patient", "therapist")``: ``alliance_rater_<i>_within_lag`` and
             ``alliance_rater_<i>_between`` for each rater
             (:func:`allianceflow.derive.informant_alliances`).
+
+        The patient-level presets (:data:`PATIENT_PRESETS`) model one row per patient of
+        the patients table (:func:`allianceflow.clinical.patient_outcomes`) with a
+        therapist random intercept; they take ``therapist``, ``random`` and
+        ``covariates`` (not ``outcome``, ``time`` or ``slopes``), and are fitted with the
+        family of :func:`preset_family`.
+
+        ``deterioration``, ``improvement``
+            ``deteriorated`` (reliable deterioration) or ``improved`` (reliable
+            improvement, recovery included) ``~ arm + outcome_baseline``, with
+            ``arm="feedback"`` (the 0/1 feedback-arm column, so treatment as usual is the
+            reference) and ``by_track=False``; ``by_track=True`` gives the subgroup model
+            ``arm * off_track + outcome_baseline``, whose ``arm`` term is the arm effect in
+            patients never flagged and ``arm:off_track`` its change in patients flagged not
+            on track (a post-randomisation subgroup: descriptive, see
+            :func:`allianceflow.derive.preset_variables`). ``subgroup="not_on_track"`` (or
+            ``"on_track"``) fits the main model to those patients only
+            (:func:`preset_rows`): use it for deterioration, which a patient can hardly
+            reach without being flagged, so that the interaction model has (almost) no
+            deteriorations among on-track patients and its coefficients are not
+            estimable (separation). Binomial, logit link: the coefficients are log odds
+            ratios (Lambert, Whipple & Kleinstäuber 2018).
+        ``dropout``
+            ``dropout ~ early_alliance + outcome_baseline``: an early ending (unilateral or
+            dropout vs planned) by the mean alliance of the first sessions and baseline
+            severity; binomial (Sharf, Primavera & Diener 2010).
+        ``attendance``
+            ``sessions_attended ~ early_alliance``; Poisson, log link: the coefficient is a
+            log rate ratio. Sessions attended are bounded by the planned number, so the
+            counts are usually under-dispersed against the Poisson and its SEs
+            conservative.
 
     Returns
     -------
@@ -174,11 +284,17 @@ def preset_formula(name: str, **options: Any) -> str:
     Falkenström, F., Finkel, S., Sandell, R., Rubel, J. A., & Holmqvist, R. (2017). Dynamic
     models of individual change in psychotherapy process research. *Journal of Consulting
     and Clinical Psychology, 85*(6), 537–549.
+    Lambert, M. J., Whipple, J. L., & Kleinstäuber, M. (2018). Collecting and delivering
+    progress feedback: A meta-analysis of routine outcome monitoring. *Psychotherapy,
+    55*(4), 520–537.
     Nickell, S. (1981). Biases in dynamic models with fixed effects. *Econometrica, 49*(6),
     1417–1426.
+    Sharf, J., Primavera, L. H., & Diener, M. J. (2010). Dropout and therapeutic alliance:
+    A meta-analysis of adult individual psychotherapy. *Psychotherapy, 47*(4), 637–645.
     """
-    if name not in PRESETS:
-        raise ValueError(f"`name` must be one of {', '.join(map(repr, PRESETS))}; got {name!r}.")
+    _check_name(name)
+    if name in PATIENT_PRESETS:
+        return _patient_formula(name, options)
     specific = {
         "growth": {"time_shape": "linear"},
         "alliance_outcome": {"previous_outcome": False, "detrend": "none", **_MODERATOR},
@@ -259,4 +375,47 @@ def preset_formula(name: str, **options: Any) -> str:
         fixed += _moderator_part(o, pairs)
     fixed += covs
     rand = _random_part(time_slope, o["therapist"], o["random"], o["slopes"])
+    return f"{y} ~ {' + '.join(fixed)} + {rand}"
+
+
+def _patient_formula(name: str, options: dict[str, Any]) -> str:
+    """Formula of a patient-level preset (see :func:`preset_formula`)."""
+    specific = {
+        "deterioration": {"arm": "feedback", "by_track": False, "subgroup": None},
+        "improvement": {"arm": "feedback", "by_track": False, "subgroup": None},
+        "dropout": {},
+        "attendance": {},
+    }[name]
+    allowed = {"therapist": True, "random": None, "covariates": (), **specific}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"preset {name!r} has no option {unknown[0]!r}; options are {sorted(allowed)}."
+        )
+    o = {**allowed, **options}
+    if not isinstance(o["therapist"], bool):
+        raise ValueError(f"`therapist` must be True or False; got {o['therapist']!r}.")
+    covs = [o["covariates"]] if isinstance(o["covariates"], str) else list(o["covariates"])
+    if name in ("deterioration", "improvement"):
+        _check_choice("by_track", o["by_track"], (False, True))
+        _check_choice("subgroup", o["subgroup"], (None, *SUBGROUPS))
+        if o["by_track"] and o["subgroup"] is not None:
+            raise ValueError(
+                "`by_track` models arm × off_track in all patients and `subgroup` keeps one "
+                f"subgroup; use one of them, got by_track=True and subgroup={o['subgroup']!r}."
+            )
+        y = "deteriorated" if name == "deterioration" else "improved"
+        arm = o["arm"]
+        fixed = [f"{arm} * off_track" if o["by_track"] else arm, "outcome_baseline"]
+    elif name == "dropout":
+        y, fixed = "dropout", ["early_alliance", "outcome_baseline"]
+    else:
+        y, fixed = "sessions_attended", ["early_alliance"]
+    fixed += covs
+    if o["random"] is not None:
+        rand = o["random"]
+    elif o["therapist"]:
+        rand = "(1 | therapist)"
+    else:
+        return f"{y} ~ {' + '.join(fixed)}"
     return f"{y} ~ {' + '.join(fixed)} + {rand}"

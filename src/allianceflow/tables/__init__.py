@@ -32,6 +32,7 @@ Examples
 **Reliable and Clinically Significant Change by Arm**
 """
 
+from .binary import binary_effects_table, ratio_table
 from .counts import clinical_significance_table, ruptures_table, sudden_gains_table
 from .descriptive import intake_correlations, reliability_markdown, reliability_table, table1
 from .formatting import DEFAULT_LABELS, format_number, format_p, format_r
@@ -70,4 +71,6 @@ __all__ = [
     "meta_analysis_table",
     "few_studies_note",
     "simple_slopes_table",
+    "ratio_table",
+    "binary_effects_table",
 ]
