@@ -22,8 +22,9 @@ from allianceflow.simulate import (
     EXAMPLE2_DESIGN,
     EXAMPLE2_EXTRACTION_DATE,
     EXAMPLE2_SEED,
-    EXAMPLE_DESIGN,
+    EXAMPLE_FILE_DESIGN,
     EXAMPLE_SEED,
+    FORMER,
     simulate_study,
 )
 
@@ -487,7 +488,8 @@ def test_simulated_endings_follow_attendance():
 def test_example_endings_reach_the_patients_table_as_simulated():
     config = load_config(ROOT / "config.yaml")
     prepared = stages.prepare_study(config["studies"]["example"], root=ROOT, name="example")
-    truth = simulate_study(EXAMPLE_DESIGN, seed=EXAMPLE_SEED).groupby("patient")["ending"].first()
+    truth = simulate_study(EXAMPLE_FILE_DESIGN, seed=EXAMPLE_SEED)
+    truth = truth.groupby("patient")["ending"].first()
     got = prepared.patients.set_index("patient")
     assert got["ending"].astype(str).to_dict() == truth.to_dict()
     assert set(got["ending_source"].astype(str)) == {"recorded"}
@@ -515,7 +517,7 @@ def test_example2_endings_inferred_from_the_extraction_date():
     # Against the simulation's truth (the export does not carry it): every inferred planned
     # ending is a true planned one, and every ended patient the simulation ended early is a dropout.
     truth = (
-        simulate_study(EXAMPLE2_DESIGN, seed=EXAMPLE2_SEED, instruments="srs+phq9")
+        simulate_study(EXAMPLE2_DESIGN, seed=EXAMPLE2_SEED, instruments="srs+phq9", **FORMER)
         .groupby("patient")["ending"]
         .first()
     )

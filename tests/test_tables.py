@@ -896,7 +896,7 @@ def test_tables_are_numbered_in_citation_order(root):
         "ruptures",
     ]
     numbers = [stages.table_settings(n, example)["number"] for n in names]
-    assert numbers == list(range(1, 15))  # 6 descriptive, 7 models, all models side by side
+    assert numbers == list(range(1, 21))  # 6 descriptive, 13 models, all models side by side
     # a study that derives no ruptures: its tables close up
     study = {**studies["example2"]}
     study["derive"] = {**study["derive"], "ruptures": {"enabled": False}}

@@ -1237,6 +1237,7 @@ def plot_simple_slopes(
             ax.set_xlabel(moderator_words.capitalize())
             ax.set_title(names.get(term, term), fontsize="medium")
         axes[0][0].set_ylabel(f"Change in {outcome_label}\nper alliance point (95% CI)")
+    return fig
 
 
 # --------------------------------------------------------------------------- binary presets

@@ -104,6 +104,11 @@ FIXED_VARIABLES: Mapping[str, str] = MappingProxyType(
         "ending": "Ending",
         "study": "Study",
         "modality": "Session modality",
+        "feedback": "Feedback arm (vs treatment as usual)",
+        "deteriorated": "Reliable deterioration",
+        "improved": "Reliable improvement or recovery",
+        "dropout": "Early ending (dropout or unilateral)",
+        "sessions_attended": "Sessions attended",
         "Residual": "Residual",
     }
 )
@@ -496,6 +501,8 @@ class Labels:
             return self.variable(self.alliance) if self.alliance else "Alliance"
         if column == "outcome":
             return self.variable(self.outcome) if self.outcome else "Outcome"
+        if column == "early_alliance":
+            return f"{self.variable('alliance')}, mean of the first sessions"
         lag = _LAG.match(column)
         if lag:
             n = int(lag.group("n") or 1)

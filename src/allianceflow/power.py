@@ -334,11 +334,20 @@ def simulate_power_data(
     alliance as the prorated WAI-SR item mean, the outcome as the ORS total (item mean × 4)
     and ``feedback`` = 1 in the feedback arm, 0 otherwise. *modality* adds session
     modalities with a true moderation (see :func:`allianceflow.simulate.simulate_study`).
+
+    Deterioration episodes are switched off (``deterioration_share`` = 0) whatever the
+    design says: feedback repairs some of them, which adds a benefit of feedback that the
+    linear presets' feedback × session term does not measure, so that term's truth
+    (``feedback_effect``) would no longer be the effect the model estimates. The binary
+    presets' power (:func:`run_binary_power_chunk`) keeps them.
     """
+    import dataclasses
+
     from .derive import derive_analysis
 
     design = _check_design(design)
-    sim = simulate_study(design.to_study_design(), seed=seed, modality=modality)
+    study = dataclasses.replace(design.to_study_design(), deterioration_share=0.0)
+    sim = simulate_study(study, seed=seed, modality=modality)
     sim["alliance_score"] = sim.filter(regex=r"^wai_sr_\d+$").mean(axis=1)
     sim["outcome_score"] = sim.filter(regex=r"^ors_\d+$").mean(axis=1) * 4.0
     data = derive_analysis(sim, alliance="alliance_score", outcome="outcome_score")

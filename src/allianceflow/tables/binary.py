@@ -68,7 +68,7 @@ def ratio_table(
     ...      "fixed": [{"term": "early_alliance", "estimate": -0.1, "se": 0.02,
     ...                 "ci_low": -0.14, "ci_high": -0.06, "p": 0.0001}]}
     >>> ratio_table(r).body.iloc[0].tolist()
-    ['early_alliance', '−0.10', '0.02', '0.90', '[0.87, 0.94]', '< .001']
+    ['Alliance, mean of the first sessions', '−0.10', '0.02', '0.90', '[0.87, 0.94]', '< .001']
     """
     family = result.get("family")
     if family not in RATIO_NAMES:
