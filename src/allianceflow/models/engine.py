@@ -548,11 +548,7 @@ def fit_backend(
                     a, b = effects[i], effects[j]
                     den = math.sqrt(max(cov.loc[a, a], 0) * max(cov.loc[b, b], 0))
                     covs.append((group, a, b, float(cov.loc[a, b]), den))
-    warnings_ = list(fit.warnings)
-    if not fit.converged:
-        warnings_.append(
-            "the fit did not pass the convergence check; estimates should not be reported."
-        )
+    warnings_ = fit_warnings(fit)
     return BackendFit(
         engine="allianceflow.engine",
         n_obs=int(fit.n_obs),
@@ -573,22 +569,37 @@ def fit_backend(
         conditional_modes=_outer_modes(fit, spec),
         converged=bool(fit.converged),
         optimizer=fit.optimizer,
-        attempts=[
-            {
-                "optimizer": fit.optimizer,
-                "loglik": _r(fit.loglik),
-                "converged": bool(fit.converged),
-                "evaluations": int(fit.n_evaluations),
-                "newton_decrement": _r(fit.newton_decrement),
-                "max_abs_gradient": _r(fit.max_abs_gradient),
-                "warnings": list(fit.warnings),
-            }
-        ],
+        attempts=single_attempt(fit),
         max_abs_gradient=fit.max_abs_gradient,
         hessian_positive_definite=bool(fit.hessian_positive_definite),
         boundary=list(fit.boundary),
         warnings=warnings_,
     )
+
+
+def fit_warnings(fit) -> list[str]:
+    """The fit's warnings, plus one when it failed the convergence check."""
+    warnings_ = list(fit.warnings)
+    if not fit.converged:
+        warnings_.append(
+            "the fit did not pass the convergence check; estimates should not be reported."
+        )
+    return warnings_
+
+
+def single_attempt(fit) -> list[dict]:
+    """The ``attempts`` record of a fit made by one optimiser run (rounded for JSON)."""
+    return [
+        {
+            "optimizer": fit.optimizer,
+            "loglik": _r(fit.loglik),
+            "converged": bool(fit.converged),
+            "evaluations": int(fit.n_evaluations),
+            "newton_decrement": _r(fit.newton_decrement),
+            "max_abs_gradient": _r(fit.max_abs_gradient),
+            "warnings": list(fit.warnings),
+        }
+    ]
 
 
 def _outer_modes(fit: LMMFit, spec: FormulaSpec, max_groups: int = 5000) -> list[tuple]:

@@ -74,6 +74,7 @@ from allianceflow.models.design import (
     missing_by_variable,
     model_rows,
 )
+from allianceflow.models.engine import fit_warnings, single_attempt
 from allianceflow.models.formula import FormulaSpec
 from allianceflow.models.inference import containment_df, is_singular
 from allianceflow.models.inference import round_sig as _r
@@ -1057,11 +1058,7 @@ def fit_backend(
         for _, row in frame.iterrows():
             for t in terms:
                 modes.append((outer, row["_level"], t, float(row[t]), float(row[f"se_{t}"])))
-    warnings_ = list(fit.warnings)
-    if not fit.converged:
-        warnings_.append(
-            "the fit did not pass the convergence check; estimates should not be reported."
-        )
+    warnings_ = fit_warnings(fit)
     backend = BackendFit(
         engine="allianceflow.glmm",
         n_obs=int(fit.n_obs),
@@ -1082,17 +1079,7 @@ def fit_backend(
         conditional_modes=modes,
         converged=bool(fit.converged),
         optimizer=fit.optimizer,
-        attempts=[
-            {
-                "optimizer": fit.optimizer,
-                "loglik": _r(fit.loglik),
-                "converged": bool(fit.converged),
-                "evaluations": int(fit.n_evaluations),
-                "newton_decrement": _r(fit.newton_decrement),
-                "max_abs_gradient": _r(fit.max_abs_gradient),
-                "warnings": list(fit.warnings),
-            }
-        ],
+        attempts=single_attempt(fit),
         max_abs_gradient=fit.max_abs_gradient,
         hessian_positive_definite=bool(fit.hessian_positive_definite),
         boundary=list(fit.boundary),

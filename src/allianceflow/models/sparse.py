@@ -112,9 +112,8 @@ import scipy.sparse as sp
 from scipy.linalg import blas
 
 from allianceflow.models.design import ModelError, check_rank, model_rows
-from allianceflow.models.engine import LMMFit
+from allianceflow.models.engine import LMMFit, fit_warnings, single_attempt
 from allianceflow.models.formula import FormulaSpec
-from allianceflow.models.inference import round_sig as _r
 from allianceflow.models.optimize import minimize_bounded
 from allianceflow.models.pls import INTERCEPT, check_spec, factor_codes, levels_from_spec
 from allianceflow.models.result import BackendFit
@@ -954,11 +953,7 @@ def fit_backend(
         ):
             for j, t in enumerate(terms):
                 modes.append((outer, lev_name, t, float(vals[j]), float(vals[len(terms) + j])))
-    warnings_ = list(fit.warnings)
-    if not fit.converged:
-        warnings_.append(
-            "the fit did not pass the convergence check; estimates should not be reported."
-        )
+    warnings_ = fit_warnings(fit)
     df = float(fit.n_obs - len(fit.fixed_names))
     return BackendFit(
         engine=ENGINE,
@@ -980,17 +975,7 @@ def fit_backend(
         conditional_modes=modes,
         converged=bool(fit.converged),
         optimizer=fit.optimizer,
-        attempts=[
-            {
-                "optimizer": fit.optimizer,
-                "loglik": _r(fit.loglik),
-                "converged": bool(fit.converged),
-                "evaluations": int(fit.n_evaluations),
-                "newton_decrement": _r(fit.newton_decrement),
-                "max_abs_gradient": _r(fit.max_abs_gradient),
-                "warnings": list(fit.warnings),
-            }
-        ],
+        attempts=single_attempt(fit),
         max_abs_gradient=fit.max_abs_gradient,
         hessian_positive_definite=bool(fit.hessian_positive_definite),
         boundary=list(fit.boundary),
