@@ -358,7 +358,7 @@ def test_weighted_cross_products_equal_rows_scaled_by_root_weights():
 
 
 def test_the_sparse_product_fallback_gives_the_same_deviance(monkeypatch):
-    """Above MAX_PAIR_PRODUCTS, C'DC comes from a sparse product instead of a bincount."""
+    """Above MAX_PAIR_PRODUCTS, C'DC is a sparse matrix product, not the pair-product matvec."""
     make, formula = CASES["patient_slope"]
     prep = sparse_engine._prepare(make(), sparse_engine.check_spec(formula))
     _, levels, codes, X, _, y, z_cols, _ = prep

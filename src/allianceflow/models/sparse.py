@@ -138,7 +138,8 @@ ENGINE = "allianceflow.sparse"
 
 
 #: Largest number of within-unit products of :math:`Z_1^\top Z_2` entries for which
-#: :math:`C^\top D C` is a precomputed ``bincount`` (about 8 bytes x q1^2 each).
+#: :math:`C^\top D C` is one product with a precomputed sparse matrix (about 12 bytes x
+#: q1(q1+1)/2 each).
 MAX_PAIR_PRODUCTS = 20_000_000
 
 #: Below this order of the Schur complement the fit runs with one BLAS thread.
@@ -174,6 +175,54 @@ def _trsm(lower: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     if rhs.ndim == 1:
         return _trsm(lower, rhs[:, None])[:, 0]
     return blas.dtrsm(1.0, lower, rhs, lower=1)
+
+
+def _unit_blocks(g: dict, lam: np.ndarray) -> tuple[float, np.ndarray]:
+    r"""Factor the unit blocks :math:`A_i = \Lambda^\top G_i\Lambda + I` of the first factor.
+
+    Returns :math:`\sum_i \log|A_i|` and :math:`D_i = \Lambda A_i^{-1}\Lambda^\top`, shape
+    (m, q, q). *g* maps ``(a, b)`` to the vector of :math:`G_{i,ab}` over units. For
+    :math:`q \le 2` the inverse and determinant are written out (:math:`A^{-1} =
+    \operatorname{adj}(A)/|A|`), vectorised over units; larger blocks go to LAPACK (batched
+    Cholesky and inverse). Raises ``numpy.linalg.LinAlgError`` when a block is not positive
+    definite.
+    """
+    q = lam.shape[0]
+    if q == 1:
+        ll = lam[0, 0] * lam[0, 0]
+        a = ll * g[0, 0] + 1.0
+        if not np.all(a > 0):
+            raise np.linalg.LinAlgError("a unit block is not positive definite")
+        return float(np.log(a).sum()), (ll / a)[:, None, None]
+    if q == 2:
+        (l00, _), (l10, l11) = lam
+        # T = G Λ (columns 0, 1), then A = Λ'T + I
+        t00 = g[0, 0] * l00 + g[0, 1] * l10
+        t10 = g[1, 0] * l00 + g[1, 1] * l10
+        t01 = g[0, 1] * l11
+        t11 = g[1, 1] * l11
+        a00 = l00 * t00 + l10 * t10 + 1.0
+        a01 = l00 * t01 + l10 * t11
+        a11 = l11 * t11 + 1.0
+        det = a00 * a11 - a01 * a01
+        if not (np.all(a00 > 0) and np.all(det > 0)):
+            raise np.linalg.LinAlgError("a unit block is not positive definite")
+        # A^{-1} = [[a11, -a01], [-a01, a00]] / det; D = Λ A^{-1} Λ'
+        i00, i01, i11 = a11 / det, -a01 / det, a00 / det
+        d = np.empty((len(det), 2, 2))
+        d[:, 0, 0] = l00 * l00 * i00
+        d[:, 0, 1] = d[:, 1, 0] = l00 * (l10 * i00 + l11 * i01)
+        d[:, 1, 1] = l10 * l10 * i00 + 2.0 * l10 * l11 * i01 + l11 * l11 * i11
+        return float(np.log(det).sum()), d
+    m = len(g[0, 0])
+    G = np.empty((m, q, q))
+    for (a, b), v in g.items():
+        G[:, a, b] = v
+    A = lam.T @ G @ lam
+    A += np.eye(q)
+    L = np.linalg.cholesky(A)
+    logdet = 2.0 * float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
+    return logdet, lam @ np.linalg.inv(A) @ lam.T
 
 
 # --------------------------------------------------------------------------- structure
@@ -412,6 +461,8 @@ class CrossedProblem:
                 g1[:, a, b] = np.bincount(c1, z1[:, a] * self.z[f][:, b], minlength=m1)
                 g1[:, b, a] = g1[:, a, b]
         self.g1 = g1
+        # component-major views of the unit blocks, for _unit_blocks
+        self.g1c = {(a, b): np.ascontiguousarray(g1[:, a, b]) for a in range(q1) for b in range(q1)}
         k = W.shape[1]
         z1w = np.empty((m1, q1, k))
         for a in range(q1):
@@ -440,13 +491,17 @@ class CrossedProblem:
         self._pair_products(q1)
 
     def _pair_products(self, q1: int) -> None:
-        r"""Precompute :math:`C^\top D C` as one ``bincount`` per θ where that is small.
+        r"""Precompute :math:`C^\top D C` as one sparse product per θ where that is small.
 
         For each unit and each two of its (unit, column) pairs *p*, *p'*, the products
         :math:`C_{ap} C_{bp'}` land in :math:`T_{j(p) j(p')}` with weight :math:`D_{i,ab}`.
         With :math:`\sum_i n_i^2` such products (:math:`n_i` the other factors' random
-        effects unit *i* shares rows with) below :data:`MAX_PAIR_PRODUCTS` this replaces a
-        sparse matrix product per θ; above it ``None`` selects the sparse product.
+        effects unit *i* shares rows with) below :data:`MAX_PAIR_PRODUCTS`, they are the
+        entries of a sparse matrix :math:`P` (:math:`q_2^2` rows, one column per unit and
+        entry :math:`ab`, :math:`a \le b`, of :math:`D_i`), and
+        :math:`\operatorname{vec}(C^\top D C) = P\,\operatorname{vec}(D)` is one sparse
+        matrix-vector product per θ (about three times faster than the sparse
+        matrix-matrix product :math:`C^\top (D C)`); above it ``None`` selects that product.
         """
         counts = np.diff(self._pair_ptr)
         total = int((counts.astype(np.int64) ** 2).sum())
@@ -460,15 +515,24 @@ class CrossedProblem:
         p1 = start + k // np.maximum(size, 1)
         p2 = start + k % np.maximum(size, 1)
         target = self._pair_col[p1] * self.q2 + self._pair_col[p2]
-        # D is symmetric: the (a, b) and (b, a) products share the weight D_ab
-        prods = {}
+        # D is symmetric: the (a, b) and (b, a) products share the weight D_ab. As one
+        # sparse matrix P (q2^2 x n_ab m1), so that vec(T) = P [D_ab over units; ...] is a
+        # single sparse product per θ
+        m1 = len(counts)
+        keys, vals, cols = [], [], []
         for a in range(q1):
             for b in range(a, q1):
                 prod = self.cdat[a, p1] * self.cdat[b, p2]
                 if b > a:
                     prod += self.cdat[b, p1] * self.cdat[a, p2]
-                prods[a, b] = prod
-        self._pp = (unit, target, prods)
+                vals.append(prod)
+                cols.append(len(keys) * m1 + unit)
+                keys.append((a, b))
+        P = sp.csr_matrix(
+            (np.concatenate(vals), (np.tile(target, len(keys)), np.concatenate(cols))),
+            shape=(self.q2 * self.q2, len(keys) * m1),
+        )
+        self._pp = (keys, P)
 
     def _dc(self, d1: np.ndarray):
         r""":math:`D Z_1^\top Z_2` as csr: row (i, a) = sum_b D_i[a, b] C[(i, b), :]."""
@@ -536,33 +600,25 @@ class CrossedProblem:
         f = self.first
         q1, m1 = self.qs[f], self.m[f]
         lam1 = self.lam(theta, f)
-        a11 = lam1.T @ self.g1 @ lam1
-        a11 += np.eye(q1)
+        logdet, d1 = _unit_blocks(self.g1c, lam1)
+        z1w = self.z1w
         if q1 == 1:
-            if not np.all(a11 > 0):
-                raise np.linalg.LinAlgError("a unit block is not positive definite")
-            logdet = float(np.log(a11).sum())
-            a11inv = 1.0 / a11
+            dz1w = (d1[:, 0, 0][:, None] * z1w[:, 0, :]).reshape(m1, -1)
         else:
-            l11 = np.linalg.cholesky(a11)
-            logdet = 2.0 * float(np.log(np.diagonal(l11, axis1=1, axis2=2)).sum())
-            a11inv = np.linalg.inv(a11)
-        d1 = lam1 @ a11inv @ lam1.T
-        dz1w = (d1 @ self.z1w).reshape(m1 * q1, -1)
-        z1w = self.z1w.reshape(m1 * q1, -1)
+            dz1w = np.einsum("mab,mbk->mak", d1, z1w).reshape(m1 * q1, -1)
+        z1w = z1w.reshape(m1 * q1, -1)
         h = self.wtw - z1w.T @ dz1w
         if self.q2:
             if self._pp is not None:
-                unit, target, prods = self._pp
-                wts = sum(prods[a, b] * d1[unit, a, b] for (a, b) in prods)
-                t = np.bincount(target, wts, minlength=self.q2 * self.q2)
-                t = t.reshape(self.q2, self.q2)
+                keys, P = self._pp
+                dvec = np.concatenate([d1[:, a, b] for a, b in keys])
+                t = (P @ dvec).reshape(self.q2, self.q2)
             else:
                 t = (self.c12t @ self._dc(d1)).toarray()
             s0 = self._lam2_t(theta, self.a22 - t)
             s = self._lam2_t(theta, np.ascontiguousarray(s0.T)).T
             s = np.ascontiguousarray(s)
-            s[np.diag_indices_from(s)] += 1.0
+            s.flat[:: self.q2 + 1] += 1.0
             chol2 = np.linalg.cholesky(s)
             logdet += 2.0 * float(np.log(np.diag(chol2)).sum())
             r2 = self._lam2_t(theta, self.z2w - np.asarray(self.c12t @ dz1w))
