@@ -1,10 +1,11 @@
 """Speed of the public fit path, ``fit_model``, against the engine and lme4 (issue 20).
 
-In one run, on the same data, three fitters are timed:
+In one run, on the same data, small, nested and crossed models, three fitters are timed:
 
 * ``fit_model`` (:func:`allianceflow.models.fit_model`, the public path: complete rows,
   few-level check, engine, containment df, ICC, R², conditional modes, the JSON record);
-* ``fit_lmm`` (:func:`allianceflow.models.engine.fit_lmm`, the engine alone);
+* the engine alone: ``fit_lmm`` (:func:`allianceflow.models.engine.fit_lmm`) for nested
+  models, ``fit_crossed`` (:func:`allianceflow.models.sparse.fit_crossed`) for crossed ones;
 * lme4's ``lmer`` in one R session that times its own fits with repeated ``system.time``
   (R start-up and ``library(lme4)`` are excluded; they are measured once on their own and
   reported, since a user who calls R from Python pays them once per process).
@@ -21,23 +22,28 @@ Data sets (REML fits):
   and 20,000 patients (50 per therapist), scored and derived as the pipeline does; the
   models ``outcome ~ session + alliance_within_lag + alliance_between + (1 + session |
   patient)`` and the same ``+ (1 | therapist)``.
+* ``crossed 200``, ``crossed 2k`` (``--crossed-sizes``): ``benchmarks/crossed.py``'s
+  simulation, patients with 4-14 sessions each rated by one of 60 or 150 raters, the models
+  ``y ~ session + x + (1 | patient) + (1 | rater)`` (intercepts) and the same with
+  ``(1 + session | patient)`` (slope).
 
 Reported per model: the median CPU time (process time; the machine is shared, so wall time
 mostly measures waiting) and median wall time of each fitter, the ratios
-``fit_model / fit_lmm`` and ``lmer / fit_model``, peak memory (Python: tracemalloc peak of one
+``fit_model / engine`` and ``lmer / fit_model``, peak memory (Python: tracemalloc peak of one
 extra fit; R: the "max used" of ``gc()`` over its fits), and agreement: the largest absolute
 difference between ``fit_model`` and ``lmer`` in the fixed effects and in the variance
 components (variances, covariances, residual variance), and in the REML log-likelihood.
 With ``--ddf`` the cost of ``ddf="satterthwaite"`` and ``"kenward-roger"`` (the pipeline's
 default) is timed too.
 
-Run:  python benchmarks/fit_path.py --ddf > benchmarks/results/fit_path.txt
+Run:  python benchmarks/fit_path.py > benchmarks/results/fit_path.txt
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import platform
 import shutil
@@ -52,6 +58,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from crossed import MODELS as CROSSED_MODELS  # noqa: E402
+from crossed import simulate as simulate_crossed  # noqa: E402
+
+#: Raters of the crossed data sets, by number of patients (as benchmarks/crossed.py).
+CROSSED_RATERS = {200: 60, 2000: 150, 7500: 300}
 
 FIXED = "outcome ~ session + alliance_within_lag + alliance_between"
 NESTED_MODELS = {
@@ -107,7 +121,13 @@ def nested(n_patients: int, seed: int = 20261125) -> pd.DataFrame:
     return an[cols].dropna().reset_index(drop=True)
 
 
-def cases(sizes: list[int]) -> list[tuple[str, pd.DataFrame, str, int]]:
+def _size(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def cases(
+    sizes: list[int], crossed_sizes: list[int] = ()
+) -> list[tuple[str, pd.DataFrame, str, int]]:
     """``(label, data, formula, repetitions)`` of every benchmark fit."""
     out = [
         ("sleepstudy-like (180 rows)", sleepstudy_like(), SLEEP_FORMULA, 30),
@@ -117,7 +137,13 @@ def cases(sizes: list[int]) -> list[tuple[str, pd.DataFrame, str, int]]:
         d = nested(n)
         reps = 5 if n <= 5000 else 3
         for model, formula in NESTED_MODELS.items():
-            out.append((f"nested {n // 1000}k {model} ({len(d)} rows)", d, formula, reps))
+            out.append((f"nested {_size(n)} {model} ({len(d)} rows)", d, formula, reps))
+    for n in crossed_sizes:
+        d = simulate_crossed(n, CROSSED_RATERS.get(n, max(n // 25, 10)))
+        reps = 15 if n <= 500 else 5 if n <= 5000 else 3
+        for model, formula in CROSSED_MODELS.items():
+            label = "intercepts" if model == "crossed" else model
+            out.append((f"crossed {_size(n)} {label} ({len(d)} rows)", d, formula, reps))
     return out
 
 
@@ -145,10 +171,13 @@ def _peak_mb(fn) -> float:
 
 def run_python(data: pd.DataFrame, formula: str, reps: int, ddf: bool) -> dict:
     from allianceflow.models import fit_lmm, fit_model
+    from allianceflow.models.pls import supports
+    from allianceflow.models.sparse import fit_crossed
 
+    engine = fit_lmm if supports(formula, data) else fit_crossed
     fns = {
         "fit_model": lambda: fit_model(data, formula),
-        "fit_lmm": lambda: fit_lmm(data, formula),
+        "engine": lambda: engine(data, formula),
     }
     if ddf:
         fns["fit_model satterthwaite"] = lambda: fit_model(data, formula, ddf="satterthwaite")
@@ -174,7 +203,7 @@ put <- function(job, kind, a, b, value) {
 }
 for (i in seq_len(nrow(jobs))) {
   d <- read.csv(jobs$path[i], stringsAsFactors = FALSE)
-  for (id in intersect(c("patient", "therapist", "Subject"), names(d))) {
+  for (id in intersect(c("patient", "therapist", "Subject", "rater"), names(d))) {
     d[[id]] <- as.character(d[[id]])
   }
   f <- as.formula(jobs$formula[i])
@@ -269,6 +298,7 @@ def agreement(res, r: dict) -> tuple[float, float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[2000, 20000])
+    ap.add_argument("--crossed-sizes", type=int, nargs="*", default=[200, 2000])
     ap.add_argument("--ddf", action="store_true", help="also time ddf='satterthwaite'/'k-r'")
     ap.add_argument(
         "--ddf-max-rows", type=int, default=20000, help="time the ddf on data up to this size"
@@ -280,7 +310,7 @@ def main() -> None:
     import allianceflow
 
     load0 = os.getloadavg()
-    items = cases(args.sizes)
+    items = cases(args.sizes, args.crossed_sizes)
     py = []
     for label, data, formula, reps in items:
         print(f"[{time.strftime('%H:%M:%S')}] {label}", file=sys.stderr, flush=True)
@@ -297,7 +327,7 @@ def main() -> None:
     load1 = os.getloadavg()
 
     med = statistics.median
-    print("fit_model vs engine.fit_lmm vs lme4 lmer (in-process) — issue 20")
+    print("fit_model vs the engine alone vs lme4 lmer (in-process) — issue 20")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
@@ -313,6 +343,10 @@ def main() -> None:
         "(user + system), the primary measure on a shared machine; wall in brackets."
     )
     print("peak MB: Python tracemalloc peak of one fit; R gc() 'max used' (Ncells + Vcells).")
+    print(
+        "engine: fit_lmm (nested: small and nested rows) or fit_crossed (crossed rows); "
+        "fm/eng = fit_model / engine, lmer/fm = lmer / fit_model (above 1: fit_model faster)."
+    )
     if has_r:
         print(
             f"R start-up + library(lme4): {r_whole['startup']:.2f} s wall (not in the lmer "
@@ -320,12 +354,12 @@ def main() -> None:
         )
     print()
     head = (
-        f"{'model':44s} {'fit_model':>16s} {'fit_lmm':>16s} {'lmer':>16s} "
-        f"{'fm/lmm':>7s} {'lmer/fm':>8s} {'peak MB fm/lmm/R':>18s}"
+        f"{'model':44s} {'fit_model':>16s} {'engine':>16s} {'lmer':>16s} "
+        f"{'fm/eng':>7s} {'lmer/fm':>8s} {'peak MB fm/eng/R':>18s}"
     )
     print(head)
     for i, ((label, _, _, _), p) in enumerate(zip(items, py, strict=True), start=1):
-        fm, fl = p["fit_model"], p["fit_lmm"]
+        fm, fl = p["fit_model"], p["engine"]
         r = rr.get(i) if has_r else None
 
         def cell(cpu, wall):
@@ -350,6 +384,20 @@ def main() -> None:
             f"  {label:44s} fixed {d_fe:.1e}  variance components {d_vc:.1e} "
             f"({rel:.1e} of the largest)  "
             f"logLik {d_ll:.1e}  ({conv})"
+        )
+    if has_r:
+        ratios = [med(rr[i]["cpu"]) / med(p["fit_model"]["cpu"]) for i, p in enumerate(py, start=1)]
+        slowest = min(range(len(ratios)), key=ratios.__getitem__)
+        print()
+        print(
+            f"lmer / fit_model CPU over all {len(ratios)} models: smallest "
+            f"{ratios[slowest]:.2f}x ({items[slowest][0]}), geometric mean "
+            f"{math.exp(statistics.mean(math.log(r) for r in ratios)):.2f}x; fit_model is "
+            + (
+                "at least as fast as lmer on every model."
+                if ratios[slowest] >= 1
+                else "slower than lmer on at least one model."
+            )
         )
     if args.ddf:
         print()

@@ -12,7 +12,10 @@ and :func:`nested_in` the one test that a factor is nested in another.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -23,9 +26,11 @@ __all__ = [
     "ModelError",
     "model_rows",
     "missing_by_variable",
+    "complete_rows",
     "check_rank",
     "check_identifiable",
     "group_codes",
+    "shared_codes",
     "level_labels",
     "nested_in",
     "fixed_design",
@@ -64,6 +69,37 @@ def fixed_design(spec: FormulaSpec, rows: pd.DataFrame) -> pd.DataFrame:
     return design.reset_index(drop=True)
 
 
+#: The frame whose grouping codes are being shared (:func:`shared_codes`) and its codes.
+_SHARED: contextvars.ContextVar = contextvars.ContextVar("allianceflow_shared_codes", default=None)
+
+
+@contextlib.contextmanager
+def shared_codes(rows: pd.DataFrame) -> Iterator[None]:
+    """Compute each grouping factor's codes on *rows* once, for the duration of the block.
+
+    A fit asks for the levels of the same factors on the same rows several times (the
+    few-level check, the identifiability check, the nesting test, the engine, the
+    containment df); on string ids of 10^5 rows each ``pandas.factorize`` costs tens of
+    milliseconds. Inside the block, :func:`group_codes` called with this very frame (the
+    same object, not an equal one) returns codes it has already computed. The frame must
+    not be changed inside the block; :func:`allianceflow.models.fit_model` uses it on the
+    complete rows it made itself.
+
+    Examples
+    --------
+    >>> d = pd.DataFrame({"g": ["b", "a", "b"]})
+    >>> with shared_codes(d):
+    ...     first = group_codes(d, ("g",))[0]
+    ...     group_codes(d, ("g",))[0] is first
+    True
+    """
+    token = _SHARED.set((rows, {}))
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
 def group_codes(
     data: pd.DataFrame, factor: tuple[str, ...], *, sort: bool = True
 ) -> tuple[np.ndarray, pd.DataFrame]:
@@ -80,14 +116,17 @@ def group_codes(
         One column, or several for an interaction (``("therapist", "patient")`` for
         ``therapist:patient``): a level is a distinct combination of their values.
     sort : bool, default True
-        Number the levels in sorted order; False numbers them in order of appearance,
-        which is cheaper and enough to count levels or compare partitions.
+        Number the levels in sorted order; False numbers them in any order (order of
+        appearance, or sorted when the sorted codes are already at hand in a
+        :func:`shared_codes` block), which is cheaper and enough to count levels or compare
+        partitions.
 
     Returns
     -------
     (numpy.ndarray, pandas.DataFrame)
-        One int64 code per row, 0 .. m - 1 in the sorted order of the levels, and the *m*
-        levels (one row each, the factor's columns).
+        One int64 code per row, 0 .. m - 1 (in the sorted order of the levels when
+        ``sort``), and the *m* levels in the order of their codes (one row each, the
+        factor's columns).
 
     Examples
     --------
@@ -96,12 +135,25 @@ def group_codes(
     >>> codes.tolist(), level_labels(levels)
     ([1, 0, 2], ['a:1', 'b:1', 'b:2'])
     """
+    factor = tuple(factor)
+    shared = _SHARED.get()
+    store = shared[1] if shared is not None and shared[0] is data else None
+    if store is not None:
+        hit = store.get(factor)
+        if hit is not None:
+            return hit
+        sort = True  # shared codes serve every caller: number the levels in sorted order
     if len(factor) == 1:
         codes, uniques = pd.factorize(data[factor[0]], sort=sort)
-        return codes.astype(np.int64), pd.DataFrame({factor[0]: np.asarray(uniques)})
-    mi = pd.MultiIndex.from_frame(data[list(factor)])
-    codes, uniques = pd.factorize(mi, sort=sort)
-    return codes.astype(np.int64), uniques.to_frame(index=False)
+        out = codes.astype(np.int64), pd.DataFrame({factor[0]: np.asarray(uniques)})
+    else:
+        mi = pd.MultiIndex.from_frame(data[list(factor)])
+        codes, uniques = pd.factorize(mi, sort=sort)
+        out = codes.astype(np.int64), uniques.to_frame(index=False)
+    if store is not None:
+        out[0].setflags(write=False)  # shared: no caller may change them
+        store[factor] = out
+    return out
 
 
 def level_labels(levels: pd.DataFrame) -> list[str]:
@@ -153,6 +205,37 @@ def model_rows(data: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, int
             f"(all {len(data)} rows have a missing value in at least one)."
         )
     return rows, int((~keep).sum())
+
+
+def complete_rows(data: pd.DataFrame, spec: FormulaSpec) -> tuple[pd.DataFrame, int, dict]:
+    """:func:`model_rows` and :func:`missing_by_variable` in one pass over the variables.
+
+    Returns
+    -------
+    (pandas.DataFrame, int, dict)
+        The complete rows (index reset), how many rows were dropped, and the rows missing
+        each variable.
+
+    Raises
+    ------
+    KeyError, ValueError
+        As :func:`model_rows`.
+    """
+    variables = formula_variables(spec, data.columns)
+    keep = np.ones(len(data), dtype=bool)
+    by_variable = {}
+    for v in variables:
+        present = data[v].notna().to_numpy()
+        by_variable[v] = int(len(present) - np.count_nonzero(present))
+        keep &= present
+    rows = data[variables]
+    rows = (rows if keep.all() else rows.loc[keep]).reset_index(drop=True)
+    if len(rows) == 0:
+        raise ModelError(
+            f"`data` has no complete rows for the model variables {variables} "
+            f"(all {len(data)} rows have a missing value in at least one)."
+        )
+    return rows, int((~keep).sum()), by_variable
 
 
 def missing_by_variable(data: pd.DataFrame, spec: FormulaSpec) -> dict[str, int]:

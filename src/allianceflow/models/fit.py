@@ -29,9 +29,9 @@ from allianceflow.models.ddf import (
 from allianceflow.models.design import (
     ModelError,
     check_identifiable,
+    complete_rows,
     group_codes,
-    missing_by_variable,
-    model_rows,
+    shared_codes,
 )
 from allianceflow.models.formula import FormulaSpec, drop_effects, parse_formula
 from allianceflow.models.pls import supports
@@ -418,8 +418,43 @@ def fit_model(
             f"`formula` {spec.formula!r}: a cbind(successes, failures) response needs "
             "family='binomial'."
         )
-    rows, n_dropped = model_rows(data, spec)
-    by_variable = missing_by_variable(data, spec)
+    rows, n_dropped, by_variable = complete_rows(data, spec)
+    # every step below identifies the grouping levels of these same rows: factorise once
+    with shared_codes(rows):
+        return _fit_rows(
+            by_variable,
+            spec,
+            rows,
+            n_dropped,
+            reml=reml,
+            optimizers=optimizers,
+            grad_tol=grad_tol,
+            maxiter=maxiter,
+            engine=engine,
+            min_levels=min_levels,
+            ddf=ddf,
+            boundary_tol=boundary_tol,
+            name=name,
+        )
+
+
+def _fit_rows(
+    by_variable,
+    spec,
+    rows,
+    n_dropped,
+    *,
+    reml,
+    optimizers,
+    grad_tol,
+    maxiter,
+    engine,
+    min_levels,
+    ddf,
+    boundary_tol,
+    name,
+) -> MixedModelResult:
+    """The Gaussian part of :func:`fit_model` on its complete *rows*."""
     fit_spec, dropped = _few_level_terms(rows, spec, min_levels)
     check_identifiable(rows, fit_spec)
     # nesting is a property of the rows the model uses (incomplete rows are dropped)

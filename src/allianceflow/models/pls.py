@@ -155,7 +155,10 @@ def supports(spec: FormulaSpec | str, data: pd.DataFrame | None = None) -> bool:
                 for col in lev.factor:
                     if col not in data.columns:
                         return False
-            d = data[[c for c in dict.fromkeys(c for lev in levels for c in lev.factor)]].dropna()
+            cols = list(dict.fromkeys(c for lev in levels for c in lev.factor))
+            # complete rows (as fit_model passes) are used as they are, so that their codes
+            # are shared (design.shared_codes); otherwise the complete cases of the factors
+            d = data if not data[cols].isna().to_numpy().any() else data[cols].dropna()
             if len(d) == 0 or nesting_order(d, levels, sort=False) is None:
                 return False
         return True

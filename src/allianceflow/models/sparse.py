@@ -111,7 +111,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.linalg import blas
 
-from allianceflow.models.design import ModelError, check_rank, model_rows
+from allianceflow.models.design import ModelError, check_rank, fixed_design, model_rows
 from allianceflow.models.engine import LMMFit, fit_warnings, single_attempt
 from allianceflow.models.formula import FormulaSpec
 from allianceflow.models.optimize import minimize_bounded
@@ -246,7 +246,8 @@ def schur_size(spec: FormulaSpec | str, data: pd.DataFrame) -> tuple[int, int]:
     sizes = []
     for lev in levels:
         cols = list(lev.factor)
-        m = int(data[cols].dropna().drop_duplicates().shape[0])
+        rows = data if not data[cols].isna().to_numpy().any() else data[cols].dropna()
+        m = len(factor_codes(rows, lev.factor, sort=False)[1])
         sizes.append(m * lev.q)
     if not sizes:
         return 0, 0
@@ -726,9 +727,8 @@ class CrossedProblem:
 # --------------------------------------------------------------------------- fitting
 
 
-def _prepare(data: pd.DataFrame, spec: FormulaSpec):
-    import patsy
-
+def _prepare(data: pd.DataFrame, spec: FormulaSpec, *, complete: bool = False):
+    """Rows, codes, design and response of a fit; *complete*: *data* are the model's rows."""
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"`data` must be a pandas DataFrame; got {type(data).__name__}.")
     if len(data) == 0:
@@ -737,7 +737,7 @@ def _prepare(data: pd.DataFrame, spec: FormulaSpec):
         raise ValueError(
             f"`formula` {spec.formula!r} has no random part; add e.g. '(1 | patient)'."
         )
-    d, n_dropped = model_rows(data, spec)
+    d, n_dropped = (data, 0) if complete else model_rows(data, spec)
     levels = levels_from_spec(spec)
     why = refusal(spec, d)
     if why:
@@ -746,7 +746,7 @@ def _prepare(data: pd.DataFrame, spec: FormulaSpec):
             "smaller factors (e.g. fewer random slopes on them)."
         )
     codes = _level_codes(d, levels)
-    X = patsy.dmatrix(spec.fixed, d, return_type="dataframe", eval_env=0)
+    X = fixed_design(spec, d)
     fixed_names = list(X.columns)
     Xv = X.to_numpy(dtype=float)
     check_rank(Xv, fixed_names)
@@ -827,7 +827,11 @@ def fit_crossed(
     for name, val in (("tol", tol), ("boundary_tol", boundary_tol)):
         if not (isinstance(val, (int, float)) and val > 0):
             raise ValueError(f"`{name}` must be a positive number; got {val!r}.")
-    d, levels, codes, X, fixed_names, y, z_cols, n_dropped = _prepare(data, spec)
+    return _fit_crossed(_prepare(data, spec), spec, reml, tol, boundary_tol, maxiter)
+
+
+def _fit_crossed(prepared, spec, reml, tol, boundary_tol, maxiter) -> LMMFit:
+    d, levels, codes, X, fixed_names, y, z_cols, n_dropped = prepared
     prob = CrossedProblem(levels, codes, z_cols, X, y, bool(reml))
     with _blas_threads(1 if prob.q2 < SINGLE_THREAD_BELOW else None):
         return _fit(
@@ -977,7 +981,9 @@ def fit_backend(
     Satterthwaite from finite differences of this deviance, as lmerTest computes it, is not
     implemented).
     """
-    fit = fit_crossed(rows, spec, reml=reml, boundary_tol=boundary_tol)
+    fit = _fit_crossed(
+        _prepare(rows, spec, complete=True), spec, bool(reml), 1e-6, boundary_tol, 1000
+    )
     order = [t.label for t in spec.random]
     random, covs = [], []
     for group in dict.fromkeys(order):
