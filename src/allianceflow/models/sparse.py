@@ -110,6 +110,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.linalg import blas
+from scipy.linalg.lapack import dpotrf as _potrf
+from scipy.linalg.lapack import dpotrs as _potrs
 
 from allianceflow.models.design import ModelError, check_rank, fixed_design, model_rows
 from allianceflow.models.engine import LMMFit, fit_warnings, single_attempt
@@ -420,6 +422,8 @@ class CrossedProblem:
                 self._c_indices[self._csr_pos[a]] = self._pair_col
         else:
             self._z2 = sp.csr_matrix((self.n, 0))
+        self._rest_scalar = all(self.qs[k] == 1 for k in self.rest)
+        self._rest_m = [self.m[k] for k in self.rest]
         # theta layout (as pls.Problem)
         self.theta_slices = []
         lower = []
@@ -616,13 +620,22 @@ class CrossedProblem:
                 t = (P @ dvec).reshape(self.q2, self.q2)
             else:
                 t = (self.c12t @ self._dc(d1)).toarray()
-            s0 = self._lam2_t(theta, self.a22 - t)
-            s = self._lam2_t(theta, np.ascontiguousarray(s0.T)).T
-            s = np.ascontiguousarray(s)
+            r2 = self.z2w - self.c12t @ dz1w
+            if self._rest_scalar:
+                # every other factor has one effect: Λ_2 is diagonal
+                lam2 = np.repeat([self.lam(theta, k)[0, 0] for k in self.rest], self._rest_m)
+                s = (self.a22 - t) * lam2[:, None]
+                s *= lam2[None, :]
+                r2 *= lam2[:, None]
+            else:
+                s0 = self._lam2_t(theta, self.a22 - t)
+                s = np.ascontiguousarray(self._lam2_t(theta, np.ascontiguousarray(s0.T)).T)
+                r2 = self._lam2_t(theta, r2)
             s.flat[:: self.q2 + 1] += 1.0
-            chol2 = np.linalg.cholesky(s)
+            chol2, info = _potrf(s, lower=1, clean=1)
+            if info != 0:
+                raise np.linalg.LinAlgError("the Schur complement is not positive definite")
             logdet += 2.0 * float(np.log(np.diag(chol2)).sum())
-            r2 = self._lam2_t(theta, self.z2w - np.asarray(self.c12t @ dz1w))
             g2 = _trsm(chol2, r2)
             h = h - g2.T @ g2
         else:
@@ -639,11 +652,13 @@ class CrossedProblem:
         XtVX = H[:p, :p]
         XtVy = H[:p, p]
         yVy = H[p, p]
-        try:
-            RX = np.linalg.cholesky(XtVX)
-        except np.linalg.LinAlgError:
+        # LAPACK directly, as pls.Problem: numpy's wrappers cost more than these p x p solves
+        RX, info = _potrf(XtVX, lower=1, clean=1)
+        if info != 0:
             return {"deviance": np.inf}
-        beta = np.linalg.solve(XtVX, XtVy)
+        beta, info = _potrs(RX, XtVy, lower=1)
+        if info != 0:
+            return {"deviance": np.inf}
         r2 = float(yVy - XtVy @ beta)
         n = self.n
         if not r2 > 0:
