@@ -368,3 +368,19 @@ def test_the_sparse_product_fallback_gives_the_same_deviance(monkeypatch):
     fallback = CrossedProblem(levels, codes, z_cols, X, y, True)
     assert fast._pp is not None and fallback._pp is None
     assert fallback.deviance(theta) == pytest.approx(fast.deviance(theta), rel=1e-12)
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_unit_blocks_match_a_dense_computation(q):
+    r"""log|A_i| and D_i = Λ A_i^{-1} Λ' of the first factor's blocks, against numpy."""
+    rng = np.random.default_rng(q)
+    m = 7
+    Z = rng.normal(size=(m, 5, q))
+    G = np.einsum("mra,mrb->mab", Z, Z)
+    lam = np.tril(rng.normal(size=(q, q)))
+    logdet, D = sparse_engine._unit_blocks(
+        {(a, b): G[:, a, b].copy() for a in range(q) for b in range(q)}, lam
+    )
+    A = lam.T @ G @ lam + np.eye(q)
+    assert logdet == pytest.approx(float(np.linalg.slogdet(A)[1].sum()), rel=1e-12)
+    np.testing.assert_allclose(D, lam @ np.linalg.inv(A) @ lam.T, rtol=1e-10, atol=1e-14)

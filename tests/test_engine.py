@@ -434,3 +434,25 @@ def test_a_variance_that_stops_next_to_zero_does_not_fail_the_convergence_check(
     assert r["loglik"] >= -1571.90264259  # the value at the point the check refused
     uncorrelated = fit_model(d, formula.replace("| patient", "|| patient"), engine="fast").to_dict()
     assert r["loglik"] >= uncorrelated["loglik"]  # the larger model cannot fit worse
+
+
+# --------------------------------------------------------------------------- differences
+
+
+@pytest.mark.parametrize("cross", ["four-point", "axis"])
+def test_fd_hessian_is_exact_on_a_cubic(cross):
+    """Both cross-term formulas are second order: exact to rounding on a cubic's Hessian.
+
+    f = x0^2 x1 + 3 x1^2 + x0 x2 - x2^3 / 6 has, at (1, 2, -1), the Hessian
+    [[2 x1, 2 x0, 1], [2 x0, 6, 0], [1, 0, -x2]] = [[4, 2, 1], [2, 6, 0], [1, 0, 1]]; the
+    third derivatives' error terms cancel in central differences.
+    """
+    from allianceflow.models.optimize import fd_hessian
+
+    def f(x):
+        return x[0] ** 2 * x[1] + 3 * x[1] ** 2 + x[0] * x[2] - x[2] ** 3 / 6
+
+    H = fd_hessian(f, np.array([1.0, 2.0, -1.0]), np.ones(3, dtype=bool), cross=cross)
+    np.testing.assert_allclose(H, [[4, 2, 1], [2, 6, 0], [1, 0, 1]], atol=1e-6)
+    sub = fd_hessian(f, np.array([1.0, 2.0, -1.0]), np.array([True, False, True]), cross=cross)
+    np.testing.assert_allclose(sub, [[4, 1], [1, 1]], atol=1e-6)

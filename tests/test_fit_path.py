@@ -140,3 +140,42 @@ def test_every_boundary_flag_of_a_fit_uses_the_same_scale(three_level_data, fact
 )
 def test_boundary_p_is_the_50_50_mixture(stat, df, added, expected):
     assert boundary_p(stat, df, added) == pytest.approx(expected, abs=2e-5)
+
+
+# --------------------------------------------------------------------------- shared codes
+
+
+def test_shared_codes_factorise_a_factor_once_per_frame():
+    """Inside the block the same frame's codes are reused (sorted, read-only); outside not."""
+    from allianceflow.models.design import shared_codes
+
+    d = pd.DataFrame({"g": ["b", "a", "c", "a"]})
+    other = d.copy()
+    with shared_codes(d):
+        first, levels = group_codes(d, ("g",), sort=False)
+        assert first.tolist() == [1, 0, 2, 0]  # sorted even though sort=False was asked
+        assert group_codes(d, ("g",))[0] is first
+        assert not first.flags.writeable
+        # an equal frame that is not the same object is factorised afresh, in its own order
+        assert group_codes(other, ("g",), sort=False)[0].tolist() == [0, 1, 2, 1]
+    assert group_codes(d, ("g",), sort=False)[0].tolist() == [0, 1, 2, 1]
+    assert levels["g"].tolist() == ["a", "b", "c"]
+
+
+def test_complete_rows_is_model_rows_and_missing_by_variable():
+    from allianceflow.models.design import complete_rows, missing_by_variable, model_rows
+    from allianceflow.models.formula import parse_formula
+
+    d = pd.DataFrame(
+        {
+            "y": [1.0, np.nan, 3.0, np.nan, 5.0],
+            "x": [1.0, 2.0, np.nan, np.nan, 4.0],
+            "g": ["a", "a", "b", None, "b"],
+        }
+    )
+    spec = parse_formula("y ~ x + (1 | g)")
+    rows, dropped, by_variable = complete_rows(d, spec)
+    expected_rows, expected_dropped = model_rows(d, spec)
+    pd.testing.assert_frame_equal(rows, expected_rows)
+    assert dropped == expected_dropped == 3
+    assert by_variable == missing_by_variable(d, spec) == {"y": 2, "x": 2, "g": 1}

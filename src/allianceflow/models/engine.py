@@ -297,18 +297,19 @@ def fit_lmm(
     :math:`\operatorname{vcov}(\hat\beta) = \hat\sigma^2 (X^\top V^{-1}X)^{-1}`.
 
     θ is optimised by L-BFGS-B (diagonal entries of Λ bounded below by 0) with
-    central-difference gradients, then polished by safeguarded Newton steps on a
-    finite-difference Hessian. *Convergence* is checked on the free parameters (those not at
-    the zero bound): the Hessian must be positive definite and the Newton decrement
-    :math:`\tfrac12 g^\top H^{-1} g` (the deviance still to gain) below ``tol``. Unlike lme4's
-    absolute gradient tolerance (0.002), which the deviance's growth with *n* trips on large
-    data, this criterion has the same meaning at any sample size. Diagonal θ at 0 must have a
-    non-negative gradient (Karush–Kuhn–Tucker); they are reported in ``boundary``. A
-    diagonal θ at 0 inside a correlated block can be a saddle rather than a minimum (the
-    deviance is flat in that θ alone but falls along a joint direction with its
-    off-diagonal); :func:`allianceflow.models.optimize.escape_saddle` steps out along the
-    most negative curvature and
-    the optimiser restarts, as lme4's ``restart_edge`` does.
+    forward-difference gradients until it stalls, then polished by safeguarded Newton steps
+    on central-difference gradients and Hessian
+    (:func:`allianceflow.models.optimize.minimize_bounded`). *Convergence* is checked on the
+    free parameters (those not at the zero bound): the Hessian must be positive definite and
+    the Newton decrement :math:`\tfrac12 g^\top H^{-1} g` (the deviance still to gain) below
+    ``tol``. Unlike lme4's absolute gradient tolerance (0.002), which the deviance's growth
+    with *n* trips on large data, this criterion has the same meaning at any sample size.
+    Diagonal θ at 0 must have a non-negative gradient (Karush–Kuhn–Tucker); they are
+    reported in ``boundary``. A diagonal θ at 0 inside a correlated block can be a saddle
+    rather than a minimum (the deviance is flat in that θ alone but falls along a joint
+    direction with its off-diagonal); :func:`allianceflow.models.optimize.escape_saddle`
+    steps out along the most negative curvature and the optimiser restarts, as lme4's
+    ``restart_edge`` does.
 
     The log-likelihood at given parameters equals statsmodels' ``MixedLM.loglike`` to 1e-10
     relative, and a dense-matrix computation for structures MixedLM cannot express

@@ -15,7 +15,8 @@ deviations relative to the residual SD -- are bounded below. They share:
 
 The statsmodels back-end supplies the analytic score of ``MixedLM`` as gradient; the fast
 engine works from deviance values alone (finite differences, :func:`central_grad`,
-:func:`fd_hessian`). Objectives here are minimised (a deviance, or minus a log-likelihood).
+:func:`fd_hessian`), memoised, so that a Newton step's gradient and Hessian share their
+evaluations along the axes. Objectives here are minimised (a deviance, or minus a log-likelihood).
 """
 
 from __future__ import annotations
@@ -362,12 +363,14 @@ def minimize_bounded(
 ) -> BoundedOptimum:
     """Minimise a deviance over θ with diagonal entries bounded below by 0.
 
-    Each round: L-BFGS-B (forward-difference gradients), a Newton polish
-    (:func:`newton_polish`), a diagonal θ within ``boundary_tol`` of 0 set to 0 when that
-    costs at most 1e-7 of deviance, an attempt to step back into the interior from a
-    variance at 0 (alone, then jointly with its block, :func:`escape_saddle`), and the
-    check (:func:`check_bounded`). Rounds repeat while an escape succeeded or the check
-    fails, at most ``rounds`` times.
+    Each round: L-BFGS-B (forward-difference gradients), ended once two consecutive
+    iterations each gained less than ``stall_tol`` (:class:`_StallStop`), a Newton polish
+    (:func:`newton_polish`, central differences with step :data:`FD_STEP`, the Hessian's
+    cross terms from the ``"axis"`` formula of :func:`fd_hessian`), a diagonal θ within
+    ``boundary_tol`` of 0 set to 0 when that costs at most 1e-7 of deviance, an attempt
+    to step back into the interior from a variance at 0 (alone, then jointly with its
+    block, :func:`escape_saddle`), and the check (:func:`check_bounded`). Rounds repeat
+    while an escape succeeded or the check fails, at most ``rounds`` times.
 
     Parameters
     ----------
@@ -381,6 +384,12 @@ def minimize_bounded(
         ``s``: θ = x / s (for the boundary tolerance, which is on θ's scale).
     boundary_tol, tol, maxiter, theta_slices
         As :func:`allianceflow.models.engine.fit_lmm`; ``theta_slices`` are the θ blocks.
+    rounds : int, default 4
+    stall_tol : float, optional
+        Deviance gain per L-BFGS-B iteration below which it counts as stalled; default
+        :data:`STALL_FRACTION` times ``tol``. Where the quasi-Newton run stops changes only
+        how many evaluations the fit takes: the Newton polish and the check decide the
+        answer.
     """
     lo_phi = np.where(np.isfinite(lower), 0.0, -np.inf)
     bounds = [(0.0, None) if np.isfinite(lo) else (None, None) for lo in lower]
