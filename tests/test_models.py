@@ -1210,11 +1210,11 @@ CROSSED_FORMULA = "outcome ~ alliance_within_lag + session + (1 | pid) + (1 | ra
 @pytest.mark.parametrize(
     ("formula", "kwargs", "digest"),
     [
-        (DDF_FORMULA, {}, "a54151f66caa46b8f1c07516360a0966353b4fc8902eca54f09f2c651fcb686d"),
+        (DDF_FORMULA, {}, "02f65a7f95da917a4822863c38f6d483c670a381802e6dbb1f8bfe5dfd6c7f5c"),
         (
             DDF_FORMULA,
             {"reml": False},
-            "df75376b827a6a2eff7bf0284eb6579e2dc0820996b53570d68fefe269b9ac08",
+            "cc7d162ad4cfd4aee89dc9ea5db6e9e6a6cf0fffec106bc8abddcd8f6598a257",
         ),
     ],
 )
@@ -1223,7 +1223,10 @@ def test_containment_df_keep_the_record_byte_for_byte(three_level_data, formula,
 
     The digests are those of ``json.dumps(fit_model(...).to_dict())`` computed with the code
     before ``ddf`` existed (REML and ML fits of the fast engine; a statsmodels fit's last
-    digits change with the number of BLAS threads, so it has no digest here).
+    digits change with the number of BLAS threads, so it has no digest here), and computed
+    again when the optimiser learnt to end a stalled L-BFGS-B run: the record's evaluation
+    count and gradient changed, the estimates by less than 1e-8 relative, the
+    log-likelihoods not in their 12 digits (-1861.16060421 REML, -1860.58580276 ML).
     """
     import hashlib
 
