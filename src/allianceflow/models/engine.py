@@ -467,13 +467,13 @@ def _fit_prepared(prepared, spec, *, reml, start, tol, boundary_tol, maxiter) ->
         # the level of each code (the codes number the sorted levels): a row that has it
         row_of = np.empty(int(codes[li].max()) + 1, dtype=np.int64)
         row_of[codes[li]] = np.arange(len(codes[li]))
-        lab = d[list(lev.factor)].iloc[row_of].reset_index(drop=True)
-        frame = lab.iloc[prob.unit_codes[li]].reset_index(drop=True)
-        for j, eff in enumerate(lev.effects):
-            frame[eff] = b_levels[li][:, j]
-        for j, eff in enumerate(lev.effects):
-            frame[f"se_{eff}"] = ses[li][:, j]
-        ranef[lev.label] = frame
+        take = row_of[prob.unit_codes[li]]
+        # one frame from whole columns (adding columns one by one costs more than the fit
+        # of a small model)
+        columns = {c: d[c].iloc[take].reset_index(drop=True) for c in lev.factor}
+        columns.update({eff: b_levels[li][:, j] for j, eff in enumerate(lev.effects)})
+        columns.update({f"se_{eff}": ses[li][:, j] for j, eff in enumerate(lev.effects)})
+        ranef[lev.label] = pd.DataFrame(columns)
     fixed_pred = X @ beta
     var_fixed = float(np.var(fixed_pred, ddof=1)) if n > 1 else 0.0
     n_groups = {lev.label: int(prob.m[li]) for li, lev in enumerate(levels)}
