@@ -210,3 +210,49 @@ def test_a_null_scoring_rule_must_be_marked_unconfirmed(change, message):
     }
     with pytest.raises(ValueError, match=message):
         load_instrument(definition)
+
+
+def _clean_family_forms(root, folder, instruments, bad_item: int | None = None):
+    """Clean three family members' SOFTA-s forms with the example study's read settings."""
+    import copy
+
+    from allianceflow.clean import clean_sessions
+    from allianceflow.config import load_config
+    from allianceflow.stages import clean_settings, read_export
+
+    study = copy.deepcopy(load_config(root / "config.yaml")["studies"]["example"])
+    rows = []
+    for family, member in [("F1", "mother"), ("F1", "son"), ("F2", "father")]:
+        row = {"Client": f"{family}-{member}", "Clinician": "T1", "Session": 1}
+        row.update({f"SOFTA_{j + 1:02d}": FULL[j] for j in range(16)})
+        rows.append(row)
+    if bad_item is not None:
+        rows[2][f"SOFTA_{bad_item:02d}"] = 6
+    pd.DataFrame(rows).to_csv(folder / "family.csv", index=False)
+    columns = {"Client": "patient", "Clinician": "therapist", "Session": "session"}
+    columns.update({f"SOFTA_{j:02d}": f"softa_s_{j}" for j in range(1, 17)})
+    read = {**study["read"], "raw": "family.csv", "columns": columns, "labels": {}}
+    settings = clean_settings(
+        read=read, privacy=study["privacy"], clean=study["clean"], instruments=instruments
+    )
+    return clean_sessions(read_export(folder / "family.csv", read), settings, source="family.csv")
+
+
+def test_the_clean_stage_checks_answers_against_the_study_key(root, tmp_path):
+    from allianceflow.clean import DataError
+
+    cleaned = _clean_family_forms(root, tmp_path, {"softa_s": KEY})
+    assert len(cleaned.sessions) == 3
+    scored = score_sessions(cleaned.sessions, {"softa_s": KEY})
+    assert scored["softa_s_total"].tolist() == [66.0, 66.0, 66.0]
+    with pytest.raises(DataError) as err:
+        _clean_family_forms(root, tmp_path, {"softa_s": KEY}, bad_item=7)
+    assert str(err.value).startswith(
+        "family.csv, row 4, column 'SOFTA_07': softa_s_7 = 6 is outside the response range "
+        "1 to 5 of softa_s."
+    )
+
+
+def test_the_clean_stage_asks_for_the_key_of_an_unconfirmed_instrument(root, tmp_path):
+    with pytest.raises(ValueError, match=r"instrument 'softa_s' cannot be scored as shipped"):
+        _clean_family_forms(root, tmp_path, {"softa_s": None})
