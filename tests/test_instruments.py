@@ -20,7 +20,9 @@ from allianceflow.instruments import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTINS = ["care", "core10", "gad7", "oq45", "ors", "phq9", "srs", "wai_sr"]
+BUILTINS = ["care", "core10", "gad7", "oq45", "ors", "phq9", "softa_s", "srs", "wai_sr"]
+#: Built-ins whose scoring key could not be confirmed: they load only with a study's key.
+INCOMPLETE = ["softa_s"]
 
 # A minimal valid study-defined instrument (as it would appear in config.yaml).
 STUDY_DEF = {
@@ -54,6 +56,10 @@ def test_builtin_files_validate_and_cite_sources(name):
     d = validate_definition(raw)
     assert d["id"] == name
     assert d["sources"], "every instrument cites its sources"
+    if name in INCOMPLETE:
+        with pytest.raises(ValueError, match=f"instrument '{name}' cannot be scored as shipped"):
+            load_instrument(name)
+        return
     inst = load_instrument(name)
     assert isinstance(inst, Instrument)
     assert inst.item_columns[0] == f"{name}_1"

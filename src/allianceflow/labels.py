@@ -529,7 +529,10 @@ class Labels:
             return moderator.group("name").replace("_", " ").capitalize()
         rater = re.match(r"^alliance_rater_(?P<who>.+)$", column)
         if rater:
-            return f"{self.variable('alliance')} ({self.informant(rater.group('who'))}-rated)"
+            who = self.informant(rater.group("who"))
+            if " " in who:  # "significant other-rated" does not read; the possessive does
+                return f"{who[:1].upper()}{who[1:]}'s alliance ({self.variable('alliance')})"
+            return f"{self.variable('alliance')} ({who}-rated)"
         component = re.match(r"^alliance_(?P<c>[A-Za-z0-9]+)$", column)
         if component and self.alliance:
             instrument = self.alliance.rsplit("_total", 1)[0]

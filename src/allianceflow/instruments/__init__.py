@@ -42,7 +42,16 @@ __all__ = [
 ]
 
 #: Keys a study may override on any instrument (``instruments: {ors: {cutoff: 28}}``).
-OVERRIDE_KEYS = ("cutoff", "rci", "max_missing", "subscale_max_missing", "not_applicable")
+OVERRIDE_KEYS = (
+    "cutoff",
+    "rci",
+    "max_missing",
+    "subscale_max_missing",
+    "not_applicable",
+    "response",
+    "reverse",
+    "subscales",
+)
 
 #: Source keys that need no entry in ``sources``.
 _FREE_SOURCES = ("none", "study override")
@@ -181,7 +190,7 @@ def available_instruments() -> list[str]:
     Examples
     --------
     >>> available_instruments()
-    ['care', 'core10', 'gad7', 'oq45', 'ors', 'phq9', 'srs', 'wai_sr']
+    ['care', 'core10', 'gad7', 'oq45', 'ors', 'phq9', 'softa_s', 'srs', 'wai_sr']
     """
     names = []
     for entry in _package_files().iterdir():
@@ -294,14 +303,21 @@ def _check_semantics(d: dict, where: str) -> None:
     n = d["items"]
     sources = d["sources"]
     resp = d["response"]
-    if not resp["min"] < resp["max"]:
+    if resp["min"] is None or resp["max"] is None:
+        if not resp.get("unconfirmed"):
+            raise ValueError(
+                f"{where}: field `response` has a null min or max; mark it `unconfirmed: true` "
+                "when the range could not be confirmed, or give both numbers."
+            )
+    elif not resp["min"] < resp["max"]:
         raise ValueError(
             f"{where}: field `response` must have min < max; "
             f"got min={resp['min']}, max={resp['max']}."
         )
     _check_source(resp, "response", sources, where)
     na = resp.get("not_applicable")
-    if na is not None and resp["min"] <= na <= resp["max"]:
+    known = resp["min"] is not None and resp["max"] is not None
+    if na is not None and known and resp["min"] <= na <= resp["max"]:
         raise ValueError(
             f"{where}: field `response.not_applicable` must lie outside the response range "
             f"{resp['min']:g} to {resp['max']:g} (it is a code, not an answer); got {na:g}."
@@ -310,13 +326,18 @@ def _check_semantics(d: dict, where: str) -> None:
         _check_source(
             {"source": resp["not_applicable_source"]}, "response.not_applicable", sources, where
         )
-    _check_items(d.get("reverse", []), n, "reverse", where)
+    _check_items(d.get("reverse") or [], n, "reverse", where)
     if "reverse_source" in d:
         _check_source({"source": d["reverse_source"]}, "reverse", sources, where)
     for name, sub in d.get("subscales", {}).items():
         if name == "total":
             raise ValueError(f"{where}: field `subscales.total` is reserved for the total score.")
-        _check_items(sub["items"], n, f"subscales.{name}.items", where)
+        if sub["items"] is None and not sub.get("unconfirmed"):
+            raise ValueError(
+                f"{where}: field `subscales.{name}.items` is null; mark the subscale "
+                "`unconfirmed: true` when its items could not be confirmed, or list them."
+            )
+        _check_items(sub["items"] or [], n, f"subscales.{name}.items", where)
         _check_source(sub, f"subscales.{name}", sources, where)
     pr = d["proration"]
     if pr["max_missing"] >= n:
@@ -326,7 +347,7 @@ def _check_semantics(d: dict, where: str) -> None:
         )
     _check_source(pr, "proration", sources, where)
     if pr.get("method") == "subscale_item_mean_rounded":
-        covered = sorted({i for s in d.get("subscales", {}).values() for i in s["items"]})
+        covered = sorted({i for s in d.get("subscales", {}).values() for i in s["items"] or []})
         if covered != list(range(1, n + 1)):
             missing = sorted(set(range(1, n + 1)) - set(covered))
             raise ValueError(
@@ -410,6 +431,7 @@ def _apply_overrides(d: dict, overrides: Mapping | None, where: str) -> dict:
                 "source": "study override",
                 "note": f"study override (published or suggested value: {published})",
             }
+    _override_scoring_key(d, overrides, where)
     if key_present := [k for k in ("max_missing", "subscale_max_missing") if k in overrides]:
         for key in key_present:
             _check_number(overrides[key], key, where, integer=True)
@@ -417,6 +439,78 @@ def _apply_overrides(d: dict, overrides: Mapping | None, where: str) -> dict:
         d["proration"]["source"] = "study override"
         d["proration"]["unconfirmed"] = False
     return d
+
+
+def _item_list(value, key: str, where: str) -> list[int]:
+    ok = (
+        isinstance(value, (list, tuple))
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in value)
+        and len(set(value)) == len(value)
+    )
+    if not ok:
+        raise ValueError(
+            f"{where}: override `{key}` must be a list of distinct item numbers (1, 2, ...); "
+            f"got {value!r}."
+        )
+    return list(value)
+
+
+def _override_scoring_key(d: dict, overrides: Mapping, where: str) -> None:
+    """Apply the study's `response`, `reverse` and `subscales` overrides to *d* in place.
+
+    These supply scoring rules that a built-in file leaves null because they could not be
+    confirmed (e.g. the SOFTA-s item key); they are recorded with source "study override".
+    """
+    if "response" in overrides:
+        value = overrides["response"]
+        if not isinstance(value, Mapping) or set(value) != {"min", "max"}:
+            raise ValueError(
+                f"{where}: override `response` must be a mapping {{min: <number>, max: "
+                f"<number>}}; got {value!r}."
+            )
+        for bound in ("min", "max"):
+            _check_number(value[bound], f"response.{bound}", where)
+        d["response"].update(
+            min=float(value["min"]),
+            max=float(value["max"]),
+            source="study override",
+            unconfirmed=False,
+        )
+    if "reverse" in overrides:
+        d["reverse"] = _item_list(overrides["reverse"], "reverse", where)
+        d["reverse_source"] = "study override"
+    if "subscales" in overrides:
+        value = overrides["subscales"]
+        known = d.get("subscales") or {}
+        if not isinstance(value, Mapping) or not value:
+            raise ValueError(
+                f"{where}: override `subscales` must map subscale names ({sorted(known)}) to "
+                f"lists of item numbers; got {value!r}."
+            )
+        for name, items in value.items():
+            if name not in known:
+                raise ValueError(
+                    f"{where}: override `subscales` names {name!r}, which is not a subscale of "
+                    f"this instrument (allowed: {sorted(known)})."
+                )
+            known[name].update(
+                items=_item_list(items, f"subscales.{name}", where),
+                source="study override",
+                unconfirmed=False,
+            )
+
+
+def _unscorable(d: dict) -> list[str]:
+    """Scoring rules a definition leaves null (unconfirmed), in words."""
+    missing = []
+    if d["response"]["min"] is None or d["response"]["max"] is None:
+        missing.append("response range (`response: {min: ..., max: ...}`)")
+    if d.get("reverse", []) is None:
+        missing.append("reverse-keyed items (`reverse: [...]`, [] for none)")
+    subs = sorted(k for k, v in (d.get("subscales") or {}).items() if v["items"] is None)
+    if subs:
+        missing.append(f"items of the subscales {subs} (`subscales: {{<name>: [...]}}`)")
+    return missing
 
 
 # --------------------------------------------------------------------------- build
@@ -432,6 +526,15 @@ def _fact_value(fact) -> float | None:
 
 
 def _build(d: dict) -> Instrument:
+    missing = _unscorable(d)
+    if missing:
+        raise ValueError(
+            f"{_where(d)} cannot be scored as shipped: its {'; '.join(missing)} could not be "
+            "confirmed against a published source. Set them for the study from the "
+            f"developers' scoring key, e.g. config `instruments: {{{d['id']}: {{response: "
+            "{min: <lowest>, max: <highest>}, reverse: [<items>], subscales: "
+            "{<name>: [<items>]}}}`."
+        )
     pr = d["proration"]
     unconfirmed = []
     for key in ("cutoff", "rci"):
@@ -497,7 +600,10 @@ def load_instrument(
     overrides : mapping, optional
         Replaces published numbers for this study: ``cutoff``, ``rci`` (numbers, or None
         to drop), ``max_missing`` and ``subscale_max_missing`` (non-negative integers),
-        ``not_applicable`` (the export's code for "does not apply", or None).
+        ``not_applicable`` (the export's code for "does not apply", or None), and the
+        scoring key a built-in file leaves null because it could not be confirmed:
+        ``response`` (``{"min": ..., "max": ...}``), ``reverse`` (item numbers) and
+        ``subscales`` (``{name: [items]}`` for the file's subscales).
         Overridden numbers are recorded with source "study override".
 
     Returns
@@ -509,7 +615,9 @@ def load_instrument(
     KeyError
         Unknown built-in id (the message lists the available ids and the closest one).
     ValueError
-        Invalid definition or override; the message names the field.
+        Invalid definition or override; the message names the field. Also when a scoring
+        rule is left null as unconfirmed (e.g. the SOFTA-s item key) and the overrides do
+        not supply it: the message names every missing rule.
     """
     if isinstance(spec, Instrument):
         definition = spec.definition
