@@ -1213,15 +1213,21 @@ def power_chunk_stage(
     design: Mapping[str, Any],
     seeds: Sequence[int],
     label: str,
+    analysis: str = "alliance_outcome",
     fitted=None,
     vary: str | None = None,
     alliance_items: int = 12,
     formula: str | None = None,
+    ddf: str = "containment",
+    rci: float = 5.0,
+    modality: Mapping[str, Any] | None = None,
     alpha: float = 0.05,
     output,
 ) -> None:
-    """Run one chunk of replications and write its rows (CSV).
+    """Run one chunk of replications of one power analysis and write its rows (CSV).
 
+    *analysis* is a key of :data:`allianceflow.power.ANALYSES`; *formula*, *ddf*, *rci*
+    and *modality* are its settings (:func:`allianceflow.power.run_analysis_chunk`).
     With *fitted* (a fit stage JSON of a WAI-SR + ORS study) the effects and ICCs come
     from that fitted study (:func:`design_from_model`) and *design* supplies the rest
     (sizes, dropout, the feedback effect unless the model has one). *vary* names the
@@ -1229,7 +1235,7 @@ def power_chunk_stage(
     *design* is passed as an override, so it wins over the fitted model's value (else
     varying ``within_effect``, an ICC or ``outcome_variance`` would change nothing).
     """
-    from .power import DEFAULT_FORMULA, _check_design, design_from_model, run_power_chunk
+    from .power import DEFAULT_FORMULA, _check_design, design_from_model, run_analysis_chunk
 
     formula = DEFAULT_FORMULA if formula is None else formula
     if vary is not None and vary not in design:
@@ -1244,7 +1250,18 @@ def power_chunk_stage(
         )
     else:
         plan = _check_design(dict(design))
-    io.write_table(run_power_chunk(plan, seeds, formula=formula, alpha=alpha, label=label), output)
+    rows = run_analysis_chunk(
+        analysis,
+        plan,
+        seeds,
+        alpha=alpha,
+        label=label,
+        formula=formula,
+        ddf=ddf,
+        rci=rci,
+        modality=modality,
+    )
+    io.write_table(rows, output)
 
 
 def power_summary_stage(
