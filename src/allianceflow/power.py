@@ -548,8 +548,9 @@ def _replicate(
 
     For each seed: log a progress line, draw the data (*simulate*), fit it (*fit*, which
     returns a :func:`allianceflow.models.fit_model` record) and write one row per effect
-    (:data:`ROW_COLUMNS`). A fit that raises ``ValueError`` or ``LinAlgError`` keeps its
-    rows with missing estimates, ``converged`` False and the message in ``error``.
+    (:data:`ROW_COLUMNS`). A fit that raises ``ValueError``, ``OverflowError`` or
+    ``LinAlgError`` keeps its rows with missing estimates, ``converged`` False and the
+    message in ``error``.
     """
     rows = []
     for i, seed in enumerate(seeds, start=1):
@@ -560,7 +561,9 @@ def _replicate(
         base["n_patients"] = n_patients
         try:
             record = fit(data)
-        except (ValueError, np.linalg.LinAlgError) as error:
+        except (ValueError, OverflowError, np.linalg.LinAlgError) as error:
+            # OverflowError: a GLMM whose odds ratio interval overflows (separation, with a
+            # huge SE) is a replication that cannot be analysed, not a failed job
             for e in effects:
                 rows.append(
                     {
