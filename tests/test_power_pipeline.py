@@ -186,6 +186,48 @@ def test_a_chunk_refuses_bad_settings(analysis, settings, error, message):
         run_analysis_chunk(analysis, PowerDesign(), [1], **settings)
 
 
+def test_the_power_curve_speaks_in_words():
+    from allianceflow.power import plot_power_curve
+
+    rows = []
+    for n, p in ((5, 0.3), (10, 0.6)):
+        rows.append(
+            {
+                "analysis": "alliance_outcome",
+                "term": "alliance_within_lag",
+                "effect": "within-patient alliance effect",
+                "units": "ORS points per WAI-SR item-mean point",
+                "truth": 2.0,
+                "alpha": 0.05,
+                "patients_per_therapist": n,
+                "power": p,
+                "power_mcse": 0.05,
+            }
+        )
+        for level in ("telephone", "video"):
+            rows.append(
+                {
+                    **rows[0],
+                    "analysis": "moderation",
+                    "term": f"alliance_within_lag:modality_{level}",
+                    "effect": f"within-patient alliance effect, {level} minus in person sessions",
+                    "truth": -1.5 if level == "video" else float(n),  # varies: no size shown
+                    "patients_per_therapist": n,
+                    "power": p / 2,
+                }
+            )
+    fig = plot_power_curve(pd.DataFrame(rows), x="patients_per_therapist")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "within-patient alliance effect (2 ORS points per WAI-SR item-mean point)",
+        "within-patient alliance effect, telephone minus in person sessions",
+        "within-patient alliance effect, video minus in person sessions "
+        "(-1.5 ORS points per WAI-SR item-mean point)",
+    ]
+    assert ax.get_xlabel() == "patients per therapist"
+    assert ax.get_ylabel() == "power (p < .05)"
+
+
 # --------------------------------------------------------------------------- the config
 
 

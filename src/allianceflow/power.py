@@ -1075,8 +1075,11 @@ def plot_power_curve(
     ------
     KeyError
         *x* is not a column of *summary*.
-    ValueError
-        More effects than the seven colours of the Okabe–Ito palette.
+
+    Notes
+    -----
+    Effects take the seven Okabe–Ito colours in turn, each with its own marker; from the
+    eighth on the colours repeat with dashed lines.
     """
     import matplotlib.pyplot as plt
 
@@ -1088,24 +1091,20 @@ def plot_power_curve(
         )
     keys = ["analysis", "term"] if "analysis" in summary.columns else ["term"]
     groups = list(summary.groupby(keys, sort=True))
-    if len(groups) > len(_COLOURS):
-        raise ValueError(
-            f"`summary` holds {len(groups)} effects; a power curve draws at most "
-            f"{len(_COLOURS)} (one colour each). Plot a subset of its rows."
-        )
     alphas = summary["alpha"].dropna().unique() if "alpha" in summary.columns else [0.05]
     alpha = f"{float(alphas[0]):g}".lstrip("0") if len(alphas) == 1 else "α of each effect"
     with style():
         fig, ax = plt.subplots(figsize=(TWO_COLUMNS * 0.7, ONE_COLUMN))
-        for colour, marker, (key, g) in zip(_COLOURS, _MARKERS, groups):
+        for i, (key, g) in enumerate(groups):
             term = key[-1] if isinstance(key, tuple) else key
             g = g.sort_values(x)
             ax.errorbar(
                 g[x],
                 g["power"],
                 yerr=1.96 * g["power_mcse"],
-                marker=marker,
-                color=colour,
+                marker=_MARKERS[i % len(_MARKERS)],
+                ls="-" if i < len(_COLOURS) else "--",
+                color=_COLOURS[i % len(_COLOURS)],
                 capsize=2,
                 label=_legend_label(g, term),
             )
