@@ -493,6 +493,17 @@ def test_a_moderated_pool_model_gets_its_moderated_formula_and_says_what_it_pool
         )
 
 
+def test_planning_from_a_moderated_pool_model_is_refused_before_any_job():
+    spec = {"preset": "alliance_outcome", "options": {"moderator": "modality"}}
+    with pytest.raises(
+        ConfigError,
+        match=r"^config.yaml: `power.from_study` plans from the fitted `pool.model` "
+        r"\('ao_modality'\), which is moderated by 'modality'",
+    ):
+        check_power_config({"from_study": "example"}, pool_model=("ao_modality", spec))
+    assert list(check_power_config({"from_study": None}, pool_model=("m", spec))) == ["design"]
+
+
 def test_planning_from_a_moderated_model_is_refused():
     result = {
         "fixed": [{"term": "alliance_within_lag", "estimate": 0.2}],

@@ -295,13 +295,18 @@ def designs_from_config(power: Mapping[str, Any]) -> dict[str, PowerDesign]:
 
 
 def check_power_config(
-    power: Mapping[str, Any], *, source: str = "config.yaml"
+    power: Mapping[str, Any],
+    *,
+    source: str = "config.yaml",
+    pool_model: tuple[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, PowerDesign]:
     """Check what the schema cannot in a validated ``power:`` block; return its designs.
 
     The designs must be valid :class:`PowerDesign` s (:func:`designs_from_config`), and
     when ``analyses`` holds ``moderation`` the ``moderation`` block must give two or more
-    modalities whose shares sum to 1 and true effects only for those modalities.
+    modalities whose shares sum to 1 and true effects only for those modalities. With
+    ``from_study``, *pool_model* (the name and spec of config ``pool.model``, whose fit
+    supplies the effects) must not be moderated (see :func:`design_from_model`).
 
     Raises
     ------
@@ -315,6 +320,17 @@ def check_power_config(
     except (KeyError, ValueError) as error:
         text = error.args[0] if error.args else str(error)
         raise ConfigError(f"{source}: `power.design` is not a valid design: {text}") from None
+    if power.get("from_study") and pool_model is not None:
+        name, spec = pool_model
+        moderator = ((spec or {}).get("options") or {}).get("moderator")
+        if moderator:
+            raise ConfigError(
+                f"{source}: `power.from_study` plans from the fitted `pool.model` ({name!r}), "
+                f"which is moderated by {moderator!r}: its alliance_within_lag is the slope at "
+                "the moderator's reference level, not the study's within-patient effect. Set "
+                "`pool.model` to an unmoderated alliance-outcome model, or `power.from_study: "
+                "null`."
+            )
     if "moderation" not in (power.get("analyses") or ()):
         return designs
     block = power.get("moderation") or {}

@@ -33,7 +33,15 @@ SOURCE_FINGERPRINT = {
 STUDIES = sorted(config["studies"])
 MODELS = sorted(config["models"])
 POWER_DESIGNS = (
-    check_power_config(config["power"]) if config["power"]["enabled"] else {}
+    check_power_config(
+        config["power"],
+        pool_model=(
+            config["pool"]["model"],
+            config["models"].get(config["pool"]["model"]),
+        ),
+    )
+    if config["power"]["enabled"]
+    else {}
 )
 POWER_ANALYSES = config["power"]["analyses"] if config["power"]["enabled"] else []
 FIGURE_FORMATS = ["png", "pdf", "svg"]
