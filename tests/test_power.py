@@ -175,15 +175,20 @@ def test_varied_parameter_wins_over_the_fitted_model(tmp_path):
 def test_a_chunk_has_one_row_per_seed_and_term_with_consistent_flags():
     rows = run_power_chunk(SMALL, [11, 12], label="tiny")
     assert list(rows.columns) == [
+        "analysis",
         "design",
         "seed",
         "term",
+        "effect",
+        "units",
         "truth",
         "estimate",
         "se",
         "ci_low",
         "ci_high",
         "p",
+        "test",
+        "alpha",
         "significant",
         "covered",
         "converged",
@@ -191,6 +196,13 @@ def test_a_chunk_has_one_row_per_seed_and_term_with_consistent_flags():
         "n_patients",
         "error",
     ]
+    assert set(rows["analysis"]) == {"alliance_outcome"}
+    assert list(rows["effect"][:2]) == ["within-patient alliance effect", "feedback × session"]
+    assert list(rows["units"][:2]) == [
+        "ORS points per WAI-SR item-mean point",
+        "ORS points per session",
+    ]
+    assert set(rows["test"]) == {"Wald z (containment df)"}
     assert list(rows["seed"]) == [11, 11, 12, 12]
     assert list(rows["term"]) == ["alliance_within_lag", "session:feedback"] * 2
     assert list(rows["truth"]) == [2.0, 0.15, 2.0, 0.15]

@@ -965,12 +965,13 @@ def stack_studies(
 
 def one_stage_model(
     tables: Mapping[str, pd.DataFrame],
-    formula: str,
+    formula: str | None,
     *,
     directions: Mapping[str, str] | None = None,
     reml: bool = True,
     standardise: bool = True,
     name: str = "one_stage",
+    moderation: Mapping[str, Any] | None = None,
 ) -> dict:
     """Fit the model once to all studies, with study as the top level.
 
@@ -989,12 +990,19 @@ def one_stage_model(
         REML or ML.
     name : str
         Stored in the result.
+    moderation : mapping, optional
+        A moderated preset, ``{"preset": ..., "options": {"moderator": ..., ...}}``, whose
+        formula depends on the data (the moderator's levels, and whether it varies within
+        patients): its columns are made on the stacked table and its formula is that of
+        :func:`allianceflow.models.moderation.moderated_formula`; *formula* must then be
+        None.
 
     Returns
     -------
     dict
         The :func:`allianceflow.models.fit_model` result of the stacked data, plus
-        ``studies`` (the names) and ``standardised`` (bool).
+        ``studies`` (the names) and ``standardised`` (bool); with *moderation*, also
+        ``moderation`` (the moderator's kind, levels and level of variation).
 
     Raises
     ------
@@ -1012,7 +1020,12 @@ def one_stage_model(
     """
     from .models import fit_model
 
-    if not isinstance(formula, str) or "~" not in formula:
+    if moderation is not None and formula is not None:
+        raise ValueError(
+            "`formula` must be None with `moderation` (the moderated preset's formula is made "
+            f"from the stacked data); got formula={formula!r}."
+        )
+    if moderation is None and (not isinstance(formula, str) or "~" not in formula):
         raise ValueError(f"`formula` must be an lme4 formula with '~'; got {formula!r}.")
     stacked, supported, unscaled = _stack(
         tables,
@@ -1023,6 +1036,13 @@ def one_stage_model(
         study="study",
         ids=("patient", "therapist"),
     )
+    info = None
+    if moderation is not None:
+        from .models.moderation import moderated_formula
+
+        stacked, formula, info = moderated_formula(
+            stacked, moderation["preset"], moderation.get("options") or {}
+        )
     if standardise:
         used = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", formula)) & unscaled)
         if used:
@@ -1036,6 +1056,8 @@ def one_stage_model(
     result = fit_model(stacked, formula, reml=reml, name=name, min_levels=2).to_dict()
     result["studies"] = sorted(tables)
     result["standardised"] = bool(standardise)
+    if info is not None:
+        result["moderation"] = info.to_dict()
     return result
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "instrument_of",
     "fit_stage",
     "model_formula",
+    "one_stage_spec",
     "comparison_stage",
     "patient_fit_stage",
     "binary_effects_stage",
@@ -402,12 +403,39 @@ def model_formula(model: dict[str, Any]) -> str:
 
     That is its ``formula``, or its ``preset`` with ``options`` through
     :func:`allianceflow.models.preset_formula`.
+
+    A moderated preset (``options`` with a ``moderator``) has no formula without its data
+    (the moderator's levels, and whether it varies within patients, decide its terms), so
+    it is refused: use :func:`allianceflow.models.moderation.moderated_formula` with the
+    data (:func:`fit_stage` does), or :func:`one_stage_spec` for the one-stage model.
     """
     from .models import preset_formula
 
     if "formula" in model:
         return model["formula"]
+    if (model.get("options") or {}).get("moderator"):
+        raise ValueError(
+            f"model {model!r} is moderated by {model['options']['moderator']!r}, and its formula "
+            "depends on the data (the moderator's levels and whether it varies within "
+            "patients); build it with allianceflow.models.moderation.moderated_formula(data, "
+            "preset, options)."
+        )
     return preset_formula(model["preset"], **model.get("options", {}))
+
+
+def one_stage_spec(model: dict[str, Any]) -> dict[str, Any]:
+    """The ``formula`` and ``moderation`` arguments of :func:`pool_stage` for a model spec.
+
+    An unmoderated model gives its formula (:func:`model_formula`); a moderated preset gives
+    ``formula=None`` and ``moderation={"preset", "options"}``, so that the one-stage model
+    makes the moderator's columns and formula from the stacked data.
+    """
+    if "preset" in model and (model.get("options") or {}).get("moderator"):
+        return {
+            "formula": None,
+            "moderation": {"preset": model["preset"], "options": dict(model["options"])},
+        }
+    return {"formula": model_formula(model), "moderation": None}
 
 
 #: Denominator df of fixed effects when a model spec has no ``ddf`` (the schema's default:
@@ -1129,7 +1157,8 @@ def pool_stage(
     models: Mapping[str, Any],
     analyses: Mapping[str, Any],
     directions: Mapping[str, str],
-    formula: str,
+    formula: str | None,
+    moderation: Mapping[str, Any] | None = None,
     reml: bool = True,
     term: str = "alliance_within_lag",
     method: str = "pm",
@@ -1149,7 +1178,10 @@ def pool_stage(
     *models* and *analyses* map study names to the fit stage's JSON and the derive stage's
     analysis table. Writes the meta-analysis (JSON), its table (CSV, Markdown), the
     one-stage model (JSON; ``{"skipped": true}`` when ``one_stage`` is false) and the
-    comparison of the two (CSV).
+    comparison of the two (CSV). A moderated pooled model gives ``formula=None`` and
+    *moderation* (:func:`one_stage_spec`): its one-stage formula is made from the stacked
+    data. Its *term* is then the slope at the moderator's reference level, which must be
+    the same level in every study; the table says so.
     """
     import pandas
 
@@ -1163,6 +1195,7 @@ def pool_stage(
     from .tables import meta_analysis_table, write_table_files
 
     results = {name: io.read_json(path) for name, path in models.items()}
+    at = _reference_level(results)
     effects = study_effects(results, term=term, directions=directions)
     meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha, pi_type=pi_type)
     meta["term"] = term
@@ -1170,7 +1203,12 @@ def pool_stage(
     if one_stage:
         tables = {name: io.read_table(path) for name, path in analyses.items()}
         one = one_stage_model(
-            tables, formula, directions=directions, reml=reml, standardise=standardise
+            tables,
+            formula,
+            directions=directions,
+            reml=reml,
+            standardise=standardise,
+            moderation=moderation,
         )
         comparison = compare_stages(meta, one, term=term)
     else:
@@ -1184,12 +1222,49 @@ def pool_stage(
     table = meta_analysis_table(
         meta,
         comparison if one_stage else None,
-        what=f"the {level}-patient alliance–outcome association",
+        what=f"the {level}-patient alliance–outcome association{at}",
         number=1,
     )
     write_table_files(table, [table_md])
     io.write_json(one, one_stage_json)
     io.write_table(comparison, comparison_csv)
+
+
+def _reference_level(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Words for the moderator level a moderated model's alliance terms hold (or "").
+
+    The alliance terms of a moderated model are its slopes at the moderator's reference
+    level (a categorical moderator) or at its grand mean (a continuous one); pooling them
+    across studies compares like with like only when that level is the same everywhere.
+
+    Raises
+    ------
+    ValueError
+        The studies' moderated models have different moderators or reference levels.
+    """
+    found = {
+        name: (
+            r["moderation"]["moderator"],
+            (r["moderation"].get("levels") or [None])[0],
+        )
+        for name, r in results.items()
+        if r.get("moderation")
+    }
+    if not found:
+        return ""
+    if len(set(found.values())) > 1 or len(found) != len(results):
+        raise ValueError(
+            "The pooled model is moderated, and its alliance terms are the slopes at the "
+            "moderator's reference level, which differ between the studies: "
+            f"{ {n: list(v) for n, v in sorted(found.items())} } (moderator, reference level; "
+            "a study missing here is not moderated). Give `moderator_levels` (the same "
+            "reference first) in the model's options, or pool an unmoderated model."
+        )
+    moderator, reference = next(iter(found.values()))
+    moderator = str(moderator).removeprefix("moderator_").replace("_", " ")
+    if reference is None:
+        return f" at the mean {moderator}"
+    return f" at the reference {moderator} ({str(reference).replace('_', ' ')})"
 
 
 def meta_forest_figure_stage(meta_json, *, benchmark: Mapping[str, Any] | None, outputs) -> None:
@@ -1213,15 +1288,21 @@ def power_chunk_stage(
     design: Mapping[str, Any],
     seeds: Sequence[int],
     label: str,
+    analysis: str = "alliance_outcome",
     fitted=None,
     vary: str | None = None,
     alliance_items: int = 12,
     formula: str | None = None,
+    ddf: str = "containment",
+    rci: float = 5.0,
+    modality: Mapping[str, Any] | None = None,
     alpha: float = 0.05,
     output,
 ) -> None:
-    """Run one chunk of replications and write its rows (CSV).
+    """Run one chunk of replications of one power analysis and write its rows (CSV).
 
+    *analysis* is a key of :data:`allianceflow.power.ANALYSES`; *formula*, *ddf*, *rci*
+    and *modality* are its settings (:func:`allianceflow.power.run_analysis_chunk`).
     With *fitted* (a fit stage JSON of a WAI-SR + ORS study) the effects and ICCs come
     from that fitted study (:func:`design_from_model`) and *design* supplies the rest
     (sizes, dropout, the feedback effect unless the model has one). *vary* names the
@@ -1229,7 +1310,7 @@ def power_chunk_stage(
     *design* is passed as an override, so it wins over the fitted model's value (else
     varying ``within_effect``, an ICC or ``outcome_variance`` would change nothing).
     """
-    from .power import DEFAULT_FORMULA, _check_design, design_from_model, run_power_chunk
+    from .power import DEFAULT_FORMULA, _check_design, design_from_model, run_analysis_chunk
 
     formula = DEFAULT_FORMULA if formula is None else formula
     if vary is not None and vary not in design:
@@ -1244,7 +1325,18 @@ def power_chunk_stage(
         )
     else:
         plan = _check_design(dict(design))
-    io.write_table(run_power_chunk(plan, seeds, formula=formula, alpha=alpha, label=label), output)
+    rows = run_analysis_chunk(
+        analysis,
+        plan,
+        seeds,
+        alpha=alpha,
+        label=label,
+        formula=formula,
+        ddf=ddf,
+        rci=rci,
+        modality=modality,
+    )
+    io.write_table(rows, output)
 
 
 def power_summary_stage(

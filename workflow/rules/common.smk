@@ -5,7 +5,7 @@ import dataclasses
 
 from allianceflow.config import validate_config
 from allianceflow.io import package_versions, source_fingerprint
-from allianceflow.power import chunk_seeds, designs_from_config
+from allianceflow.power import check_power_config, chunk_seeds
 from allianceflow.stages import (
     figure_settings,
     moderated_models,
@@ -33,8 +33,17 @@ SOURCE_FINGERPRINT = {
 STUDIES = sorted(config["studies"])
 MODELS = sorted(config["models"])
 POWER_DESIGNS = (
-    designs_from_config(config["power"]) if config["power"]["enabled"] else {}
+    check_power_config(
+        config["power"],
+        pool_model=(
+            config["pool"]["model"],
+            config["models"].get(config["pool"]["model"]),
+        ),
+    )
+    if config["power"]["enabled"]
+    else {}
 )
+POWER_ANALYSES = config["power"]["analyses"] if config["power"]["enabled"] else []
 FIGURE_FORMATS = ["png", "pdf", "svg"]
 TABLE_FORMATS = ["csv", "md"]
 
@@ -444,12 +453,30 @@ def get_power_fitted(wildcards):
     return [f"results/{study}/models/{config['pool']['model']}.json"] if study else []
 
 
+def get_power_settings(wildcards):
+    """The settings of one power analysis only (so that changing another analysis's settings
+    reruns none of its jobs)."""
+    power = config["power"]
+    return {
+        "alliance_outcome": {"formula": power["formula"], "ddf": power["ddf"]},
+        "deterioration": {"rci": power["rci"]},
+        "dropout": {},
+        "moderation": {"ddf": power["ddf"], "modality": power["moderation"]},
+    }[wildcards.analysis]
+
+
+def get_power_analysis_pattern():
+    """Wildcard constraint of the power analyses asked for."""
+    return "|".join(POWER_ANALYSES) or "no-power-analysis"
+
+
 def get_power_chunks():
-    """Every chunk of every design."""
+    """Every chunk of every design of every analysis."""
     power = config["power"]
     n_chunks = -(-power["replications"] // power["chunk_size"])
     return [
-        f"results/power/chunks/{d}/{c}.csv"
+        f"results/power/chunks/{a}/{d}/{c}.csv"
+        for a in POWER_ANALYSES
         for d in POWER_DESIGNS
         for c in range(n_chunks)
     ]

@@ -1,5 +1,6 @@
-# Simulation-based power for a planned design: one job per chunk of replications (so the
-# work spreads over local cores or cluster nodes), merged into one table and a power curve.
+# Simulation-based power for a planned design: one job per analysis (power.analyses), design
+# and chunk of replications (so the work spreads over local cores or cluster nodes), each
+# logging a line per replication, merged into one table and a power curve.
 # Helpers (get_power_*) live in common.smk.
 
 
@@ -7,19 +8,21 @@ rule simulate_power_chunk:
     input:
         fitted=get_power_fitted,
     output:
-        chunk="results/power/chunks/{design}/{chunk}.csv",
+        chunk="results/power/chunks/{analysis}/{design}/{chunk}.csv",
     log:
-        "logs/power/{design}/simulate_power_chunk_{chunk}.log",
+        "logs/power/{analysis}/{design}/simulate_power_chunk_{chunk}.log",
     benchmark:
-        "logs/power/{design}/benchmarks/simulate_power_chunk_{chunk}.tsv"
+        "logs/power/{analysis}/{design}/benchmarks/simulate_power_chunk_{chunk}.tsv"
+    wildcard_constraints:
+        analysis=get_power_analysis_pattern(),
     conda:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         design=get_power_design,
         seeds=get_power_seeds,
+        settings=get_power_settings,
         alliance_items=config["power"]["alliance_items"],
-        formula=config["power"]["formula"],
         alpha=config["power"]["alpha"],
         vary=get_power_varied(),
     script:

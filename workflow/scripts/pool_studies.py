@@ -1,6 +1,6 @@
 """Snakemake adapter: two-stage and one-stage pooling (allianceflow.stages.pool_stage)."""
 
-from allianceflow.stages import model_formula, pool_stage, run_step
+from allianceflow.stages import one_stage_spec, pool_stage, run_step
 
 with run_step(snakemake.log[0]):
     settings = snakemake.params.settings
@@ -8,7 +8,7 @@ with run_step(snakemake.log[0]):
         models=snakemake.params.models,
         analyses=snakemake.params.analyses,
         directions=snakemake.params.directions,
-        formula=model_formula(snakemake.params.model),
+        **one_stage_spec(snakemake.params.model),
         reml=snakemake.params.model.get("reml", True),
         term=settings["term"],
         method=settings["method"],

@@ -7,10 +7,11 @@ with run_step(snakemake.log[0]):
         design=snakemake.params.design,
         seeds=snakemake.params.seeds,
         label=snakemake.wildcards.design,
+        analysis=snakemake.wildcards.analysis,
         fitted=snakemake.input.fitted[0] if snakemake.input.fitted else None,
         alliance_items=snakemake.params.alliance_items,
-        formula=snakemake.params.formula,
         alpha=snakemake.params.alpha,
         vary=snakemake.params.vary,
         output=snakemake.output.chunk,
+        **snakemake.params.settings,
     )
