@@ -1458,5 +1458,5 @@ def plot_dropout_curve(
         )
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel(_wrap(predictor_label, 40 if width == "one" else 80))
-        ax.set_ylabel("Probability of an early ending (95% CI)")
+        ax.set_ylabel(_wrap("Probability of an early ending (95% CI)", 28))
     return fig
