@@ -972,7 +972,7 @@ def test_glmm_and_binary_effects_tables_are_numbered_and_in_words():
     )
     assert t.body["Predictor"].tolist() == [
         "Intercept",
-        "Feedback arm (vs treatment as usual)",
+        "Routine outcome feedback arm (vs treatment as usual)",
         "ORS total at intake",
     ]
     # OR = e^b and its interval e^(b -+ 0.4): e^-0.5 = 0.6065, e^-0.9 = 0.4066, e^-0.1 = 0.9048

@@ -489,10 +489,18 @@ class Labels:
         'WAI-SR total (therapist-rated), patient mean'
         >>> labels.variable("modality_video_between")
         'Video session, patient mean'
+        >>> Labels(arms={"tau": "usual care"}, levels={"condition": ["feedback", "tau"]}).variable(
+        ...     "feedback")
+        'Feedback arm (vs usual care)'
         """
         column = str(column)
         if column in self.variables:
             return self.variables[column]
+        if column == "feedback" and "feedback" in self.levels.get("condition", ()):
+            # the binary presets' 0/1 arm column, against the study's other arm(s)
+            others = [str(v) for v in self.levels["condition"] if str(v) != "feedback"]
+            versus = self.arm(others[0]) if len(others) == 1 else "the other arms"
+            return f"{upper_first(self.arm('feedback'))} arm (vs {versus})"
         if column in FIXED_VARIABLES:
             return FIXED_VARIABLES[column]
         if column in self.subscales:

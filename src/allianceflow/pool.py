@@ -1164,51 +1164,21 @@ def compare_stages(
 
 
 def pool_markdown(meta: dict, comparison: pd.DataFrame | None = None) -> str:
-    """The pooled result as Markdown: the study table, heterogeneity and the two stages."""
-    table = meta_table(meta)
-    shown = pd.DataFrame(
-        {
-            "Study": table["study"],
-            "n": table["n"].map("{:.0f}".format),
-            "r": table["r"].map("{:.3f}".format),
-            "95% CI": [
-                f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])
-            ],
-            "Weight (%)": table["weight"].map(
-                lambda w: "" if w is None or pd.isna(w) else f"{w:.1f}"
-            ),
-        }
-    )
-    het = meta["heterogeneity"]
-    p = meta["pooled"]
-    parts = [
-        "**Alliance–outcome correlation, random-effects meta-analysis**\n",
-        shown.to_markdown(index=False, disable_numparse=True),
-        "",
-        f"*Note.* Fisher-z pooling, τ² by {METHOD_NAMES.get(meta['method'], meta['method'])}"
-        f"{', Hartung–Knapp–Sidik–Jonkman interval' if meta['hksj'] else ''}. "
-        f"Q({het['df']}) = {het['q']:.2f}, p = {het['p']:.3g}; I² = {100 * het['i2']:.1f}%; "
-        f"τ² = {het['tau2']:.4f} (z scale)."
-        + (
-            f" 95% prediction interval for r: [{p['pi_low']:.3f}, {p['pi_high']:.3f}]."
-            if p["pi_low"] is not None
-            else ""
-        ),
-    ]
-    if comparison is not None:
-        comp = pd.DataFrame(
-            {
-                "Approach": comparison["approach"],
-                "r": comparison["r"].map("{:.3f}".format),
-                "95% CI": [
-                    f"[{lo:.3f}, {hi:.3f}]"
-                    for lo, hi in zip(comparison["ci_low"], comparison["ci_high"])
-                ],
-            }
-        )
-        parts += [
-            "",
-            "**Two-stage and one-stage estimates**\n",
-            comp.to_markdown(index=False, disable_numparse=True),
-        ]
-    return "\n".join(parts) + "\n"
+    """The pooled result as Markdown: the APA table the pipeline writes.
+
+    One writer for the pooled table: :func:`allianceflow.tables.meta_analysis_table`
+    (studies, the pooled estimate and its prediction interval, the two-stage and one-stage
+    estimates; heterogeneity and the method in its note), rendered by
+    :func:`allianceflow.tables.render_markdown`.
+
+    Examples
+    --------
+    >>> meta = meta_analysis(pd.DataFrame({"study": ["a", "b"], "r": [0.2, 0.3],
+    ...                                    "n": [200, 120]}))
+    >>> pool_markdown({**meta, "term": "alliance_within_lag"}).splitlines()[0]
+    '**Table 1**'
+    """
+    from .tables import meta_analysis_table, render_markdown
+
+    what = f"the {effect_words(str(meta.get('term', 'alliance_within_lag')))}"
+    return render_markdown(meta_analysis_table(meta, comparison, what=what, number=1))

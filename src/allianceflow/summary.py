@@ -8,7 +8,9 @@ in the text is a number of those records, rounded as APA style asks (Publication
 7th ed.): no leading zero for statistics that cannot exceed 1, such as *r* and *p*; exact
 *p* to three decimals, and *p* < .001 below that. Nothing is computed here that the records do
 not hold, except the *r*-equivalent of a record written without one (see
-:func:`r_equivalent`).
+:func:`r_equivalent`) and an ICC said as a percentage. A GLMM's effects are its record's odds
+or rate ratios; no risk difference or NNT is stated, since the model records hold none (the
+study's arm-contrast table gives them, :func:`allianceflow.effects.arm_contrasts`).
 
 The text is Markdown that is also valid reStructuredText (setext headings, plain
 paragraphs, ``-`` lists), so that Snakemake's report can include it as its front page.
@@ -16,6 +18,14 @@ paragraphs, ``-`` lists), so that Snakemake's report can include it as its front
 Labels come from an object with ``variable(name)`` and ``term(term)`` methods (the label of
 a column such as ``"ors_total"`` and of a model term such as ``"alliance_within_lag"``):
 the study's :class:`allianceflow.labels.Labels`, or :class:`PlainLabels` as a fallback.
+
+References
+----------
+Johnson, P. C. D. (2014). Extension of Nakagawa & Schielzeth's R²GLMM to random slopes
+models. *Methods in Ecology and Evolution, 5*(9), 944–946.
+Nakagawa, S., Johnson, P. C. D., & Schielzeth, H. (2017). The coefficient of determination
+R² and intra-class correlation coefficient from generalized linear mixed-effects models
+revisited and expanded. *Journal of the Royal Society Interface, 14*(134), 20170213.
 """
 
 from __future__ import annotations
@@ -664,11 +674,15 @@ def model_paragraph(
     Returns
     -------
     str
-        Markdown (also valid reStructuredText): a level-2 setext heading, then the
-        paragraph: each fixed effect other than the intercept in words with *b*, its 95% CI,
-        the test (*t* on the record's df, or Wald *z*), *p* and the *r*-equivalent; the
-        numbers of sessions and units; the sessions left out and why; convergence and
-        boundary warnings; and, where it applies, the benchmark.
+        Markdown (also valid reStructuredText): a level-2 setext heading (the model's
+        question, :func:`question_of`), then the paragraph: each fixed effect other than
+        the intercept in words with *b*, its 95% CI, the test (*t* on the record's df, or
+        Wald *z*), *p* and the *r*-equivalent; for a binomial or Poisson GLMM, the odds or
+        rate ratio of the record's ``ratios`` with its 95% CI, *b*, Wald *z* and *p*
+        instead (no *r*-equivalent); the numbers of sessions (or, for a patient-level
+        model, patients) and units; the rows left out and why; the share of the
+        unexplained variance at each level (the record's ICCs); convergence and boundary
+        warnings; and, where it applies, the benchmark.
     """
     labels = labels or PlainLabels()
     ddf = record.get("ddf", "containment")
