@@ -174,7 +174,9 @@ def get_table_settings(wildcard=None, name=None, prefix=""):
 
     def get_settings(wildcards):
         table = name if wildcard is None else prefix + getattr(wildcards, wildcard)
-        return table_settings(table, config["studies"][wildcards.study], config["models"])
+        return table_settings(
+            table, config["studies"][wildcards.study], config["models"]
+        )
 
     get_settings.__name__ = f"get_{prefix}{name or wildcard}_table_settings"
     return get_settings
@@ -371,7 +373,10 @@ def get_pool_labels(wildcards):
     """Study -> its labels (Labels.to_dict()): the studies named in words."""
     from allianceflow.labels import Labels
 
-    return {s: Labels.from_config(config["studies"][s]).to_dict() for s in get_pool_studies()}
+    return {
+        s: Labels.from_config(config["studies"][s]).to_dict()
+        for s in get_pool_studies()
+    }
 
 
 #: The `pool` settings the pooling itself reads (not `benchmark`, which only the forest
