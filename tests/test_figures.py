@@ -274,7 +274,27 @@ def _figures(derived, result):
             arms={"tau": {"patients": 55, "sessions": 550}, "feedback": {"patients": 55}},
             analysed={"alliance_outcome": {"n_obs": 900, "n_groups": {"patient": 110}}},
         ),
+        "binary_rates": F.plot_binary_rates(p, min_n=1),
+        "dropout_curve": F.plot_dropout_curve(_dropout_model(p), p),
+        "meta_forest": _meta_forest(),
     }
+
+
+def _dropout_model(patients):
+    from allianceflow.models import fit_model
+
+    return fit_model(
+        patients, "dropout ~ early_alliance + (1 | therapist)", family="binomial"
+    ).to_dict()
+
+
+def _meta_forest():
+    from allianceflow.pool import meta_analysis, plot_forest
+
+    effects = pd.DataFrame({"study": ["example", "example2"], "r": [0.2, 0.3], "n": [900, 400]})
+    meta = {**meta_analysis(effects), "term": "alliance_within_lag"}
+    meta["studies"][0]["label"] = "example: alliance WAI-SR total, outcome ORS total"
+    return plot_forest(meta)
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +370,8 @@ def test_legends_sit_outside_the_data(drawn):
     assert all(
         fig.legends
         for name, fig in drawn.items()
-        if name in ("trajectories", "feedback", "expected_response", "reliable_change")
+        if name
+        in ("trajectories", "feedback", "expected_response", "reliable_change", "binary_rates")
     )
 
 

@@ -247,3 +247,69 @@ def _result(formula, terms):
 )
 def test_each_model_is_named_by_its_question(labels, formula, terms, question):
     assert labels.question(_result(formula, terms)) == question
+
+
+@pytest.mark.parametrize(
+    ("preset", "options", "extra", "question"),
+    [
+        (
+            "deterioration",
+            {},
+            {},
+            "Reliable deterioration by arm, adjusting for ORS total at intake "
+            "(random intercepts for therapists)",
+        ),
+        (
+            "deterioration",
+            {"subgroup": "not_on_track"},
+            {"rows": {"off_track": 1.0}},
+            "Reliable deterioration by arm, adjusting for ORS total at intake, in patients not "
+            "on track (random intercepts for therapists)",
+        ),
+        (
+            "improvement",
+            {"by_track": True},
+            {},
+            "Reliable improvement or recovery by arm and on-track status, adjusting for ORS "
+            "total at intake (random intercepts for therapists)",
+        ),
+        (
+            "dropout",
+            {},
+            {},
+            "Early WAI-SR total (mean of the first sessions) predicting early ending (dropout "
+            "or unilateral), adjusting for ORS total at intake (random intercepts for "
+            "therapists)",
+        ),
+        (
+            "attendance",
+            {},
+            {},
+            "Early WAI-SR total (mean of the first sessions) predicting sessions attended "
+            "(random intercepts for therapists)",
+        ),
+    ],
+)
+def test_each_patient_level_preset_has_its_question(labels, preset, options, extra, question):
+    """The binary and count presets' questions, from the formulas the presets write."""
+    from allianceflow.models import preset_formula
+
+    formula = preset_formula(preset, **options)
+    fixed = formula.split("~")[1].split("+ (")[0]
+    terms = []
+    for part in (p.strip() for p in fixed.split("+")):
+        if "*" in part:
+            a, b = (x.strip() for x in part.split("*"))
+            terms += [a, b, f"{a}:{b}"]
+        else:
+            terms.append(part)
+    assert labels.question({**_result(formula, terms), **extra}) == question
+
+
+def test_a_moderated_model_says_its_moderator(labels):
+    formula = "outcome ~ alliance_within_lag + alliance_between + session + (1 | patient)"
+    result = _result(formula, ["alliance_within_lag", "alliance_between", "session"])
+    plain = labels.question(result)
+    moderated = labels.question({**result, "moderation": {"moderator": "modality"}})
+    assert moderated == plain.replace(" (random", ", moderated by session modality (random")
+    assert moderated != plain

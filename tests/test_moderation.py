@@ -277,7 +277,7 @@ def test_simple_slopes_table_and_figure_use_words():
         "Session modality",
         "Slope",
         "95% CI",
-        "p",
+        "*p*",
     ]
     assert table.body["Session modality"].tolist() == ["In person", "Video"]
     assert table.body["Slope"].tolist() == ["−1.00", "−0.40"]

@@ -26,6 +26,8 @@ MODELS = [
     "rupture_repair",
     "alliance_outcome_modality",
 ]
+#: Patient-level GLMMs (the binary and count presets), fitted to the patients table.
+PATIENT_MODELS = ["dropout", "improvement", "attendance"]
 TABLES = ["table1", "intake_correlations", "clinical_significance", "sudden_gains", "ruptures"]
 
 
@@ -58,6 +60,15 @@ def study(root, tmp_path_factory):
         spec = {**config["models"][name], "ddf": "satterthwaite"}
         stages.fit_stage(
             files["analysis"], spec, name=name, json=out / f"{name}.json", txt=out / f"{name}.txt"
+        )
+        models.append(out / f"{name}.json")
+    for name in PATIENT_MODELS:
+        stages.patient_fit_stage(
+            files["patients"],
+            config["models"][name],
+            name=name,
+            json=out / f"{name}.json",
+            txt=out / f"{name}.txt",
         )
         models.append(out / f"{name}.json")
     return {"config": block, "dir": out, "files": files, "models": models}
@@ -100,6 +111,7 @@ def test_the_codes_are_real(study):
     codes = _codes(study)
     assert {"ors_total", "wai_sr_total", "alliance_within_lag", "tau"} <= codes
     assert "C(condition)[T.tau]:off_track" in codes
+    assert {"early_alliance", "outcome_baseline", "sessions_attended"} <= codes
     assert _hits("x ors_total y", codes) == ["ors_total"]
     assert _hits("ORS total, treatment as usual", codes) == []
 
@@ -135,6 +147,8 @@ def test_no_figure_prints_a_code(study, tmp_path):
         "sudden_gains": ("analysis", "sudden_gains"),
         "reliable_change": ("patients",),
         "caterpillar": ("model",),
+        "binary_rates": ("patients",),
+        "dropout_curve": ("model", "patients"),
     }
     drawn = []
     for name, keys in wanted.items():
@@ -143,6 +157,8 @@ def test_no_figure_prints_a_code(study, tmp_path):
             given = {k: inputs[k] for k in keys}
             if model is not None:
                 given["model"] = model
+            if name == "dropout_curve":
+                given["model"] = study["dir"] / "dropout.json"
             svg = tmp_path / f"{name}_{i}.svg"
             stages.figure_stage(name, inputs=given, settings=settings, outputs=[svg])
             texts = _svg_texts(svg)
@@ -150,7 +166,7 @@ def test_no_figure_prints_a_code(study, tmp_path):
             for text in texts:
                 assert _hits(text, codes) == [], (svg.name, text)
             drawn.append(svg.name)
-    assert len(drawn) == len(wanted) + len(MODELS) - 1
+    assert len(drawn) == len(wanted) + len(study["models"]) - 1
 
 
 def test_no_table_prints_a_code(study, tmp_path):
@@ -177,6 +193,14 @@ def test_no_table_prints_a_code(study, tmp_path):
             labels=Labels.from_config(study["config"]).to_dict(),
         )
         built.append(tmp_path / f"{path.stem}.html")
+    stages.binary_effects_stage(
+        study["files"]["patients"],
+        direction="higher_is_better",
+        csv=tmp_path / "binary_effects.csv",
+        outputs=[tmp_path / "binary_effects.html"],
+        labels=Labels.from_config(study["config"]).to_dict(),
+    )
+    built.append(tmp_path / "binary_effects.html")
     stages.models_table_stage(
         study["models"],
         labels=Labels.from_config(study["config"]).to_dict(),
@@ -206,3 +230,50 @@ def test_no_simple_slopes_output_prints_a_code(study, tmp_path):
     assert "Video" in table
     for line in table.splitlines():
         assert _hits(line, codes) == [], line
+
+
+def test_no_pooled_output_prints_a_code(study, tmp_path):
+    """The pooled forest plot and table name the studies, the effect and its unit in words."""
+    codes = _codes(study) | {"alliance_within_lag", "alliance_between"}
+    # two fits with a within-patient alliance term stand for two studies
+    model = study["models"][MODELS.index("alliance_outcome")]
+    other = study["models"][MODELS.index("alliance_outcome_modality")]
+    labels = Labels.from_config(study["config"]).to_dict()
+    meta = tmp_path / "meta.json"
+    tables = [tmp_path / f"meta.{ext}" for ext in ("html", "tex")]
+    stages.pool_stage(
+        models={"example": model, "example2": other},
+        analyses={},
+        directions={"example": "higher_is_better", "example2": "higher_is_better"},
+        formula="",
+        one_stage=False,
+        meta_json=meta,
+        table_csv=tmp_path / "meta.csv",
+        table_md=tmp_path / "meta.md",
+        one_stage_json=tmp_path / "one.json",
+        comparison_csv=tmp_path / "comparison.csv",
+        table_formats=tables,
+        labels={"example": labels, "example2": labels},
+    )
+    svg = tmp_path / "forest.svg"
+    stages.meta_forest_figure_stage(
+        meta,
+        benchmark={
+            "label": "Flückiger et al. (2018)",
+            "r": 0.278,
+            "ci_low": 0.256,
+            "ci_high": 0.299,
+        },
+        outputs=[svg],
+    )
+    texts = " ".join(" ".join(t.split()) for t in _svg_texts(svg))
+    assert "example: alliance WAI-SR total, outcome ORS total" in texts
+    assert "within-patient alliance–outcome association" in texts
+    for text in _svg_texts(svg):
+        assert _hits(text, codes) == [], text
+    html = re.sub(r"<[^>]+>", "\n", tables[0].read_text(encoding="utf-8"))
+    assert "example2: alliance WAI-SR total, outcome ORS total" in html
+    assert "<strong>Table 1</strong>" in tables[0].read_text(encoding="utf-8")
+    for line in html.splitlines() + (tmp_path / "meta.md").read_text().splitlines():
+        assert _hits(line, codes) == [], line
+    assert "\\begin{table}" in tables[1].read_text(encoding="utf-8")

@@ -248,7 +248,8 @@ def test_summary_answers_each_model_from_its_json(run):
     for name in config["studies"]["example"]["models"]:
         result = json.loads((workdir / f"results/example/models/{name}.json").read_text())
         assert f"(model {name})" in text
-        assert f"The model used {result['n_obs']:,} sessions of" in text
+        rows = "patients" if "family" in result else "sessions"  # GLMMs: one row per patient
+        assert f"The model used {result['n_obs']:,} {rows} of" in text
     main = json.loads((workdir / "results/example/models/alliance_outcome.json").read_text())
     within = next(r for r in main["fixed"] if r["term"] == "alliance_within_lag")
     assert (

@@ -420,13 +420,50 @@ def test_forest_plot_marks_the_benchmark(molloy):
     assert (0.278, 0.278) in vertical
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels[0] == "s00 (n = 109)"
-    assert labels[-1].startswith("Pooled (PM, HKSJ); I² = 61%")
-    assert "Flückiger et al. (2018): r = 0.278 [0.256, 0.299]" in [
-        t.get_text() for t in ax.get_legend().get_texts()
-    ]
+    assert labels[-1] == "Pooled, random effects\nI² = 61%, τ² = 0.0095"
+    # the band is named in the note under the plot, not in a legend over the data
+    assert ax.get_legend() is None and fig.legends == []
+    assert "Dashed line and band: Flückiger et al. (2018), r = 0.278 [0.256, 0.299]." in (
+        _note(fig)
+    )
+    assert "not comparable" not in _note(fig)
+    assert "τ² by Paule–Mandel, Hartung–Knapp–Sidik–Jonkman interval" in _note(fig)
     fig2 = plot_forest(res, benchmark=Benchmark("mine", 0.1, 0.05, 0.15), comparable=True)
     assert (0.1, 0.1) in [tuple(line.get_xdata()) for line in fig2.axes[0].lines]
-    assert fig.texts == []  # no "not comparable" note when the band is drawn
+
+
+def _note(fig):
+    """The note under a pooled forest plot, on one line."""
+    return " ".join(fig.get_supxlabel().split())
+
+
+def test_forest_plot_speaks_in_words(molloy):
+    """Studies by their labels, the effect in words with its unit, the title from the term."""
+    from allianceflow.tables import format_r
+
+    res = {**meta_analysis(molloy), "term": "alliance_within_lag"}
+    res["studies"][0]["label"] = "s00: alliance WAI-SR total, outcome ORS total"
+    fig = plot_forest(res, studies={"s01": "Second study"})
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[:3] == [
+        "s00: alliance WAI-SR total, outcome ORS total\n(n = 109)",
+        f"Second study (n = {res['studies'][1]['n']:.0f})",
+        "s02 (n = 55)",
+    ]
+    assert " ".join(ax.get_xlabel().split()) == (
+        "r-equivalent of the within-patient alliance–outcome association (95% CI); "
+        "positive: a stronger alliance with a better outcome"
+    )
+    assert fig.get_suptitle() == (
+        "Random-effects meta-analysis of the within-patient alliance–outcome association"
+    )
+    right = [t.get_text() for t in fig.axes[1].get_yticklabels()]
+    first = res["studies"][0]
+    assert right[0] == (
+        f"{format_r(first['r'])} [{format_r(first['ci_low'])}, {format_r(first['ci_high'])}]"
+    )
+    assert first["r"] == pytest.approx(MOLLOY_R[0])
 
 
 def _vertical_lines(ax):
@@ -445,11 +482,11 @@ def test_forest_plot_leaves_out_a_benchmark_that_is_not_comparable(molloy):
     assert ax.get_legend() is None
     assert len(ax.patches) == 1  # the pooled diamond only, no shaded band
     assert len(plot_forest(res, comparable=True).axes[0].patches) == 2  # diamond + band
-    assert [t.get_text() for t in fig.texts] == [
+    assert _note(fig).endswith(
         "Flückiger et al. (2018) benchmark (r = 0.278) not shown: it is a between-patient "
-        "correlation, not comparable with alliance_within_lag."
-    ]
-    assert plot_forest(res, benchmark=None).texts == []  # no benchmark, nothing to explain
+        "correlation, not comparable with the within-patient alliance–outcome association."
+    )
+    assert "benchmark" not in _note(plot_forest(res, benchmark=None))  # nothing to explain
 
 
 def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(
@@ -474,11 +511,10 @@ def test_forest_stage_draws_the_benchmark_only_for_the_between_patient_term(
         stages.meta_forest_figure_stage(path, benchmark=bench, outputs=[tmp_path / f"{term}.png"])
         assert (tmp_path / f"{term}.png").stat().st_size > 0
     assert (0.278, 0.278) in _vertical_lines(figures["alliance_between"].axes[0])
-    assert figures["alliance_between"].texts == []
+    assert "not comparable" not in _note(figures["alliance_between"])
     assert (0.278, 0.278) not in _vertical_lines(figures["alliance_within_lag"].axes[0])
-    assert (
-        "not comparable with alliance_within_lag"
-        in figures["alliance_within_lag"].texts[0].get_text()
+    assert "not comparable with the within-patient alliance–outcome association" in _note(
+        figures["alliance_within_lag"]
     )
 
 

@@ -4,6 +4,7 @@ The records are real fits on the second example study (SRS alliance, PHQ-9 outco
 is better), cleaned, scored and derived as the pipeline does.
 """
 
+import math
 import re
 
 import pytest
@@ -11,7 +12,7 @@ from docutils.core import publish_parts
 
 from allianceflow.config import load_config
 from allianceflow.labels import Labels
-from allianceflow.models import fit_model
+from allianceflow.models import fit_model, preset_formula
 from allianceflow.stages import prepare_study
 from allianceflow.summary import (
     BENCHMARK,
@@ -37,10 +38,22 @@ def study(root):
         prepared = prepare_study(config["studies"]["example2"], root=root, name="example2")
     analysis = prepared.analysis
     few = analysis[analysis["therapist"].isin(sorted(analysis["therapist"].unique())[:3])]
+    patients = prepared.patients
     records = [
         fit_model(analysis, FORMULA, name="alliance_outcome", ddf="kenward-roger").to_dict(),
         fit_model(analysis, GROWTH, name="growth").to_dict(),
         fit_model(few, FORMULA, name="three_therapists", ddf="satterthwaite").to_dict(),
+        # the binary and count presets: patient-level GLMMs
+        fit_model(
+            patients,
+            preset_formula("improvement", by_track=True),
+            family="binomial",
+            name="improvement_by_track",
+        ).to_dict(),
+        fit_model(patients, preset_formula("dropout"), family="binomial", name="dropout").to_dict(),
+        fit_model(
+            patients, preset_formula("attendance"), family="poisson", name="attendance"
+        ).to_dict(),
     ]
     text = study_summary(
         records,
@@ -90,6 +103,10 @@ def _record_values(record):
         values.append(abs(row["estimate"]))
     for term in record["dropped_random_terms"]:
         values += [term["n_levels"], term["min_levels"]]
+    for ratio in record.get("ratios") or []:  # a GLMM's OR / IRR and their intervals
+        values += [ratio["ratio"], ratio["ci_low"], ratio["ci_high"]]
+    for icc in record["icc"].values():  # the ICC, and as a percentage
+        values += [icc, 100 * icc]
     return [v for v in values if v is not None]
 
 
@@ -141,6 +158,8 @@ def test_each_effect_states_its_row(study):
     )
     sections = _sections(study["text"])
     for record in study["records"]:
+        if "family" in record:
+            continue  # GLMMs are stated as OR / IRR (test_glmm_effects_as_ratios)
         stated = [m.groupdict() for m in pattern.finditer(sections[record["name"]])]
         rows = [row for row in record["fixed"] if row["term"] != "Intercept"]
         assert len(stated) == len(rows)
@@ -218,8 +237,8 @@ def test_the_summary_is_valid_restructuredtext(study):
         markdown_to_rst(study["text"]), writer="html", settings_overrides={"halt_level": 2}
     )["html_body"]
     assert '<h1 class="title">Results: example2</h1>' in html
-    # three models, the data and the references, each a section of its own
-    assert html.count('<div class="section"') == 5
+    # six models, the data and the references, each a section of its own
+    assert html.count('<div class="section"') == 8
     assert "<em>t</em>(" in html and "*" not in html
 
 
@@ -265,3 +284,101 @@ def test_every_clean_rule_has_words():
     from allianceflow.summary import RULE_WORDS
 
     assert sorted(RULE_WORDS) == sorted(RULES)
+
+
+def test_variance_components_in_words(study):
+    """Each model's ICCs, as the share of the variance the fixed effects leave unexplained."""
+    sections = _sections(study["text"])
+    record = study["records"][0]
+    icc = record["icc"]
+    assert list(icc) == ["therapist", "patient"]
+    assert (
+        "Of the variance in the PHQ-9 total that the fixed effects leave unexplained, "
+        f"{100 * icc['therapist']:.0f}% lay between therapists (ICC = "
+        f"{apa_r(icc['therapist'])}) and {100 * icc['patient']:.0f}% between patients "
+        f"(ICC = {apa_r(icc['patient'])})."
+    ) in sections["alliance_outcome"]
+    # a GLMM's ICC is on the latent scale; no model states an interval the record lacks
+    attendance = study["records"][-1]
+    assert (
+        "Of the variance in sessions attended (on the latent log-rate scale) that the fixed "
+        f"effects leave unexplained, {100 * attendance['icc']['therapist']:.0f}% lay between "
+        "therapists"
+    ) in sections["attendance"]
+    assert not re.search(r"ICC = [^)]*CI", study["text"])
+
+
+RATIO = re.compile(
+    r"\((?P<name>OR|IRR) = (?P<ratio>\S+), 95% CI \[(?P<lo>\S+), (?P<hi>\S+)\], "
+    r"\*b\* = (?P<b>\S+), \*z\* = (?P<z>\S+), \*p\* (?P<p>[=<] [^)]+)\)"
+)
+
+
+def test_glmm_effects_as_ratios(study):
+    """Each GLMM effect as OR or IRR with its CI, b, z and p, equal to the record."""
+    sections = _sections(study["text"])
+    glmms = [r for r in study["records"] if "family" in r]
+    assert [r["name"] for r in glmms] == ["improvement_by_track", "dropout", "attendance"]
+    for record in glmms:
+        text = sections[record["name"]]
+        stated = [m.groupdict() for m in RATIO.finditer(text)]
+        ratios = {r["term"]: r for r in record["ratios"]}
+        rows = [row for row in record["fixed"] if row["term"] != "Intercept"]
+        assert len(stated) == len(rows)
+        for numbers, row in zip(stated, rows, strict=True):
+            ratio = ratios[row["term"]]
+            assert numbers["name"] == ("OR" if record["family"] == "binomial" else "IRR")
+            for key, value in (("ratio", "ratio"), ("lo", "ci_low"), ("hi", "ci_high")):
+                assert _matches(numbers[key], ratio[value]), (record["name"], key)
+            assert ratio["ratio"] == pytest.approx(math.exp(row["estimate"]), rel=1e-9)
+            assert _matches(numbers["b"], row["estimate"])
+            assert _matches(numbers["z"], row["statistic"])
+        assert "*r* =" not in text  # no r-equivalent for a binary or count outcome
+        assert f"The model used {record['n_obs']} patients of " in text
+    improvement = glmms[0]
+    arm = next(r for r in improvement["fixed"] if r["term"] == "feedback")
+    word = "higher" if arm["estimate"] > 0 else "lower"
+    judged = "better" if arm["estimate"] > 0 else "worse"
+    assert (
+        f"Patients in the feedback-informed treatment arm had {word} odds of reliable "
+        f"improvement or recovery ({judged}) than patients in usual care, where the terms it "
+        "interacts with are zero or at their reference level (OR = "
+    ) in sections["improvement_by_track"]
+    assert "by the ratio of odds ratios (OR = " in sections["improvement_by_track"]
+    assert (
+        "Each 1 point higher early SRS total (mean of the first sessions) went with"
+        in (sections["dropout"])
+    )
+    assert "conditional on the random effects (a typical therapist)" in study["text"]
+
+
+def test_one_question_for_summary_forest_plot_and_table(study, tmp_path):
+    """The summary's heading, the forest plot's title and the table's title word one question."""
+    import xml.etree.ElementTree as ET
+
+    from allianceflow import io, stages
+    from allianceflow.labels import title_case
+    from allianceflow.summary import question_of
+    from allianceflow.tables import model_table, ratio_table
+
+    labels = study["labels"]
+    for record in study["records"]:
+        question = labels.question(record)
+        assert question_of(record, labels) == question
+        assert f"\n{question} (model {record['name']})\n" in study["text"]
+        path = tmp_path / f"{record['name']}.json"
+        io.write_json(record, path)
+        svg = tmp_path / f"{record['name']}.svg"
+        stages.model_forest_figure_stage(model=path, labels=labels.to_dict(), outputs=[svg])
+        texts = [
+            " ".join("".join(e.itertext()).split())
+            for e in ET.parse(svg).iter()
+            if e.tag.endswith("}text")
+        ]
+        assert " ".join(question.split()) in " ".join(texts), record["name"]
+        table = (
+            ratio_table(record, labels=labels)
+            if "family" in record
+            else model_table([record], name=record["name"], labels=labels)
+        )
+        assert table.title == title_case(question)

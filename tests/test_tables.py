@@ -905,3 +905,107 @@ def test_tables_are_numbered_in_citation_order(root):
     assert stages.table_settings("models", study)["number"] == 6 + len(study["models"])
     with pytest.raises(KeyError, match="`name` must be one of 'table1'"):
         stages.table_settings("growth", studies["example2"])
+
+
+def test_supplementary_tables_are_numbered_after_the_models(root):
+    """The arm contrasts of the binary outcomes, then each moderated model's simple slopes."""
+    from allianceflow import stages
+    from allianceflow.config import load_config
+
+    config = load_config(root / "config.yaml")
+    example, example2 = config["studies"]["example"], config["studies"]["example2"]
+    # example: 6 descriptive tables, 13 models, all models side by side (20), then these
+    assert stages.table_settings("binary_effects", example, config["models"])["number"] == 21
+    # example2: arms, on-track status and reliable change, and one moderated model
+    models = config["models"]
+    assert stages.moderated_models(example2, models) == ["alliance_outcome_modality"]
+    last = stages.table_settings("models", example2, models)["number"]
+    slopes = "simple_slopes_alliance_outcome_modality"
+    assert stages.table_settings("binary_effects", example2, models)["number"] == last + 1
+    assert stages.table_settings(slopes, example2, models)["number"] == last + 2
+    assert stages.table_settings(slopes, example2, models)["labels"]["arms"] == {
+        "feedback": "feedback-informed treatment",
+        "tau": "usual care",
+    }
+    # without on-track status there are no arm contrasts, and the slopes close up
+    study = {**example2, "derive": {**example2["derive"], "on_track": {"enabled": False}}}
+    assert stages.table_settings(slopes, study, models)["number"] == last + 1
+    with pytest.raises(KeyError, match="got 'binary_effects'"):
+        stages.table_settings("binary_effects", study, models)
+    # the simple slopes are known only with the models block
+    with pytest.raises(KeyError, match=f"got '{slopes}'"):
+        stages.table_settings(slopes, example2)
+
+
+def test_glmm_and_binary_effects_tables_are_numbered_and_in_words():
+    from allianceflow.effects import BENCHMARKS
+    from allianceflow.labels import Labels
+
+    labels = Labels(
+        arms={"feedback": "routine outcome feedback"},
+        levels={"condition": ["feedback", "tau"]},
+        variables={"ors_total": "ORS total"},
+        outcome="ors_total",
+    )
+    record = {
+        "name": "deterioration",
+        "family": "binomial",
+        "formula": "deteriorated ~ feedback + outcome_baseline + (1 | therapist)",
+        "n_obs": 250,
+        "nAGQ": 1,
+        "fixed": [
+            {"term": t, "estimate": b, "se": 0.2, "ci_low": b - 0.4, "ci_high": b + 0.4, "p": p}
+            for t, b, p in [
+                ("Intercept", -1.0, 0.001),
+                ("feedback", -0.5, 0.01),
+                ("outcome_baseline", 0.02, 0.3),
+            ]
+        ],
+        "random": [{"group": "therapist", "term": "(Intercept)", "variance": 0.1}],
+        "rows": {"off_track": 1.0},
+    }
+    t = T.ratio_table(record, labels=labels.to_dict(), number=9)
+    assert t.label == "Table 9"
+    assert t.title == (
+        "Reliable Deterioration by Arm, Adjusting for ORS Total at Intake, in Patients Not on "
+        "Track (Random Intercepts for Therapists)"
+    )
+    assert t.body["Predictor"].tolist() == [
+        "Intercept",
+        "Routine outcome feedback arm (vs treatment as usual)",
+        "ORS total at intake",
+    ]
+    # OR = e^b and its interval e^(b -+ 0.4): e^-0.5 = 0.6065, e^-0.9 = 0.4066, e^-0.1 = 0.9048
+    assert t.body.iloc[1].tolist()[3:5] == ["0.61", "[0.41, 0.90]"]
+    assert "Random intercepts for therapists: the ratios are conditional on them" in t.note
+    assert "Laplace approximation" in t.note
+    contrasts = pd.DataFrame(
+        [
+            {
+                "outcome": "deteriorated",
+                "subgroup": "all",
+                "events_treated": 3,
+                "n_treated": 60,
+                "rate_treated": 0.05,
+                "events_control": 9,
+                "n_control": 60,
+                "rate_control": 0.15,
+                "success_rate_difference": 0.1,
+                "srd_low": -0.01,
+                "srd_high": 0.21,
+                "nnt_text": "NNTB 10.0",
+                "hedges_g": 0.2,
+                "g_low": -0.1,
+                "g_high": 0.5,
+            }
+        ]
+    )
+    b = T.binary_effects_table(contrasts, BENCHMARKS, labels=labels, number=21)
+    assert b.label == "Table 21"
+    assert b.body.columns[1:3].tolist() == [
+        "Routine outcome feedback: events/N (%)",
+        "Treatment as usual: events/N (%)",
+    ]
+    assert b.body.iloc[0, 1:3].tolist() == ["3/60 (5.0%)", "9/60 (15.0%)"]
+    assert "(routine outcome feedback minus treatment as usual:" in b.note
+    assert "tau" not in b.note.split()

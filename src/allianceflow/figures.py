@@ -1258,6 +1258,7 @@ def plot_binary_rates(
     subgroup: str = "off_track",
     min_n: int = 5,
     width: Width = "two",
+    labels: Labels | Mapping[str, Any] | None = None,
 ) -> matplotlib.figure.Figure:
     r"""Rates of binary outcomes by arm × on-track status, with Wilson 95% intervals.
 
@@ -1279,9 +1280,12 @@ def plot_binary_rates(
         Smallest cell drawn.
     width : {'one', 'two'}
         Journal column width.
+    labels : Labels or its record, optional
+        Arms in words (the legend, below the panels).
     """
     from .effects import wilson_interval
 
+    words = _as_labels(labels)
     check_frame(patients, "patients")
     check_columns(patients, arm, subgroup, *outcomes, name="patients")
     arms = sorted(patients[arm].dropna().astype(str).unique())
@@ -1313,7 +1317,7 @@ def plot_binary_rates(
                         fmt="o",
                         color=colour,
                         capsize=3,
-                        label=None if a in labelled else a,
+                        label=None if a in labelled else upper_first(words.arm(a)),
                     )
                     labelled.add(a)
                     ax.annotate(
@@ -1327,11 +1331,9 @@ def plot_binary_rates(
             ax.set_xticks(range(len(statuses)), [s for s, _ in statuses])
             ax.set_xlim(-0.5, len(statuses) - 0.5)
             ax.set_ylim(0, 1)
-            ax.set_title(_BINARY_LABELS.get(outcome, outcome))
-            ax.set_ylabel("proportion of patients (95% Wilson CI)")
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        if handles:
-            axes[0][0].legend(handles, labels, loc="upper left", frameon=False)
+            ax.set_title(upper_first(_BINARY_LABELS.get(outcome, outcome)))
+            ax.set_ylabel("Proportion of patients (95% Wilson CI)")
+        _legend_below(fig, axes[0][0])
     return fig
 
 
@@ -1415,14 +1417,24 @@ def plot_dropout_curve(
     *,
     predictor: str = "early_alliance",
     outcome: str = "dropout",
-    predictor_label: str = "early alliance",
+    predictor_label: str | None = None,
     width: Width = "one",
+    labels: Labels | Mapping[str, Any] | None = None,
 ) -> matplotlib.figure.Figure:
     """Predicted probability of an early ending across the early alliance, with a 95% band.
 
     The line and band are :func:`dropout_curve`; the observed endings are drawn as a rug
-    (early endings at the top, planned endings at the bottom).
+    (early endings at the top, planned endings at the bottom). The x axis is
+    *predictor_label*, else the predictor in the words of *labels* ("Early WAI-SR total
+    (mean of the first sessions)").
     """
+    words = _as_labels(labels)
+    if predictor_label is None:
+        predictor_label = (
+            f"Early {lower_first(words.variable('alliance'))} (mean of the first sessions)"
+            if predictor == "early_alliance"
+            else words.variable(predictor)
+        )
     check_frame(patients, "patients")
     check_columns(patients, predictor, outcome, name="patients")
     curve = dropout_curve(model, patients, predictor=predictor)
@@ -1445,6 +1457,6 @@ def plot_dropout_curve(
             alpha=0.5,
         )
         ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel(predictor_label)
-        ax.set_ylabel("P(early ending), 95% CI")
+        ax.set_xlabel(_wrap(predictor_label, 40 if width == "one" else 80))
+        ax.set_ylabel(_wrap("Probability of an early ending (95% CI)", 28))
     return fig

@@ -489,10 +489,18 @@ class Labels:
         'WAI-SR total (therapist-rated), patient mean'
         >>> labels.variable("modality_video_between")
         'Video session, patient mean'
+        >>> Labels(arms={"tau": "usual care"}, levels={"condition": ["feedback", "tau"]}).variable(
+        ...     "feedback")
+        'Feedback arm (vs usual care)'
         """
         column = str(column)
         if column in self.variables:
             return self.variables[column]
+        if column == "feedback" and "feedback" in self.levels.get("condition", ()):
+            # the binary presets' 0/1 arm column, against the study's other arm(s)
+            others = [str(v) for v in self.levels["condition"] if str(v) != "feedback"]
+            versus = self.arm(others[0]) if len(others) == 1 else "the other arms"
+            return f"{upper_first(self.arm('feedback'))} arm (vs {versus})"
         if column in FIXED_VARIABLES:
             return FIXED_VARIABLES[column]
         if column in self.subscales:
@@ -649,12 +657,19 @@ class Labels:
         Read from the model's response and fixed terms (the presets of
         :func:`allianceflow.models.preset_formula` each have their own wording; any other
         model is "<response> predicted by <terms>"), followed by its random part in
-        parentheses, so that two models of one question differ in their titles.
+        parentheses, so that two models of one question differ in their titles. A
+        moderated model adds ", moderated by <moderator>" (its record's ``moderation``), a
+        model fitted to a subgroup ", in patients <subgroup>" (its record's ``rows``).
+
+        This is the one wording of a model's question: the summary's headings
+        (:func:`allianceflow.summary.question_of`), the forest plots' titles and the model
+        tables' titles all read it.
 
         Parameters
         ----------
         result : mapping
-            A fitted model's record (``formula`` and ``fixed``), the JSON the fit stage writes.
+            A fitted model's record (``formula`` and ``fixed``; optionally ``moderation`` and
+        ``rows``), the JSON the fit stage writes.
         random : bool
             Add the random part in parentheses (False for a short label).
 
@@ -690,7 +705,16 @@ class Labels:
                 and m.group(1) not in ("within", "rater")
             }
         )
-        if any(p.startswith(("C(condition", "condition[")) for p in parts) and "off_track" in parts:
+        patient_level = response in _PATIENT_RESPONSES
+        if patient_level and "feedback" in parts:
+            text = f"{y} by arm" + (" and on-track status" if "off_track" in parts else "")
+            text += self._adjusting(parts - {"feedback", "off_track"})
+        elif patient_level and "early_alliance" in parts:
+            text = f"early {a} (mean of the first sessions) predicting {y}"
+            text += self._adjusting(parts - {"early_alliance"})
+        elif (
+            any(p.startswith(("C(condition", "condition[")) for p in parts) and "off_track" in parts
+        ):
             text = f"change in {y} over sessions by arm and on-track status"
         elif "ruptures_before" in parts:
             text = f"detected alliance ruptures and their repair predicting {y}"
@@ -726,8 +750,31 @@ class Labels:
             text = f"change in {y} over sessions{shape}"
         else:
             text = f"{y} predicted by " + "; ".join(lower_first(self.term(t)) for t in terms)
+        moderator = (result.get("moderation") or {}).get("moderator")
+        if moderator:
+            text += f", moderated by {lower_first(self.variable(moderator))}"
+        text += self._subgroup(result.get("rows") or {})
         part = self.random_part(formula) if random else ""
         return upper_first(text + (f" ({part})" if part else ""))
+
+    def _adjusting(self, covariates: Iterable[str]) -> str:
+        """Return ", adjusting for <covariates>" in words ("" for none)."""
+        named = [lower_first(self.term(c)) for c in sorted(covariates)]
+        return f", adjusting for {' and '.join(named)}" if named else ""
+
+    def _subgroup(self, rows: Mapping[str, Any]) -> str:
+        """The rows a model was fitted to (a record's ``rows``), e.g. ", patients not on track"."""
+        said = []
+        for column, value in sorted(rows.items()):
+            if column == "off_track" and value in (0, 1):
+                said.append("not on track" if value == 1 else "on track")
+            else:
+                said.append(f"{lower_first(self.variable(column))} = {value:g}")
+        return f", in patients {' and '.join(said)}" if said else ""
+
+
+#: Responses of the patient-level presets (one row per patient: binomial and Poisson GLMMs).
+_PATIENT_RESPONSES = frozenset({"deteriorated", "improved", "dropout", "sessions_attended"})
 
 
 def _words(n: int) -> str:

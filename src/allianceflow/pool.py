@@ -70,6 +70,8 @@ __all__ = [
     "meta_analysis",
     "meta_table",
     "plot_forest",
+    "effect_words",
+    "study_label",
     "stack_studies",
     "LEVEL_SUFFIXES",
     "CENTRED_SUFFIXES",
@@ -683,19 +685,73 @@ def meta_table(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["study", "n", "r", "ci_low", "ci_high", "weight"])
 
 
+def effect_words(term: str, *, labels: Any = None) -> str:
+    """The pooled effect in words, e.g. "within-patient alliance–outcome association".
+
+    The two terms the pipeline pools have their own wording; any other term is its label
+    (:meth:`allianceflow.labels.Labels.term`, the study's labels when given).
+
+    Examples
+    --------
+    >>> effect_words("alliance_within_lag"), effect_words("alliance_between")
+    ('within-patient alliance–outcome association', 'between-patient alliance–outcome association')
+    """
+    from .labels import Labels, lower_first
+
+    fixed = {
+        "alliance_within_lag": "within-patient alliance–outcome association",
+        "alliance_within_detrended_lag": "detrended within-patient alliance–outcome association",
+        "alliance_between": "between-patient alliance–outcome association",
+    }
+    if term in fixed:
+        return fixed[term]
+    return f"association of {lower_first(Labels.from_dict(labels).term(term))} with outcome"
+
+
+def study_label(study: str, labels: Any = None) -> str:
+    """A study named with its alliance and outcome scores in words.
+
+    *labels* is the study's :class:`allianceflow.labels.Labels` (or its record); without
+    it the study's name alone.
+
+    Examples
+    --------
+    >>> from allianceflow.labels import Labels
+    >>> study_label("example", Labels(alliance="wai_sr_total", outcome="ors_total",
+    ...                               variables={"wai_sr_total": "WAI-SR total",
+    ...                                          "ors_total": "ORS total"}))
+    'example: alliance WAI-SR total, outcome ORS total'
+    """
+    if labels is None:
+        return str(study)
+    from .labels import Labels
+
+    words = Labels.from_dict(labels)
+    if not (words.alliance and words.outcome):
+        return str(study)
+    alliance, outcome = words.variable(words.alliance), words.variable(words.outcome)
+    return f"{study}: alliance {alliance}, outcome {outcome}"
+
+
 def plot_forest(
     result: dict,
     *,
     benchmark: Benchmark | None = FLUCKIGER_2018,
     comparable: bool = False,
     title: str | None = None,
+    studies: Mapping[str, str] | None = None,
 ):
     """Forest plot of study r's (95% CI), the pooled r and, when comparable, a benchmark band.
+
+    Everything is in words: each study by its label (*studies*, else the ``label`` of its
+    row in *result*, as :func:`allianceflow.stages.pool_stage` writes it with
+    :func:`study_label`, else its name) and its n, the pooled effect by
+    :func:`effect_words` of ``result["term"]``, the method spelled out under the plot.
 
     Parameters
     ----------
     result : dict
-        From :func:`meta_analysis`.
+        From :func:`meta_analysis` (with ``term``, the pooled fixed effect, when known).
     benchmark : Benchmark or None, default :data:`FLUCKIGER_2018`
         Drawn as a dashed line at its r with its CI shaded when *comparable*; None draws
         none.
@@ -705,31 +761,39 @@ def plot_forest(
         ``alliance_between`` is comparable
         (:func:`allianceflow.stages.meta_forest_figure_stage` sets
         ``comparable = term == "alliance_between"``). When False the band is not drawn and
-        a one-line note under the plot says why; the default within-patient lagged effect
+        a note under the plot says why; the default within-patient lagged effect
         (``alliance_within_lag``) answers a different question and is typically smaller.
     title : str, optional
-        Axis title.
+        Figure title; by default "Random-effects meta-analysis of the <effect>".
+    studies : mapping of str to str, optional
+        Study name -> label.
 
     Returns
     -------
     matplotlib.figure.Figure
         Squares scaled by random-effects weight, a diamond for the pooled estimate and, when
-        there are three or more studies, a thin bar for the prediction interval. Save it
-        with :func:`allianceflow.figures.save_figure`.
+        there are three or more studies, a thin bar for the prediction interval; the legend
+        of the benchmark and the notes sit below the axes. Save it with
+        :func:`allianceflow.figures.save_figure`.
     """
     import matplotlib.pyplot as plt
 
-    from .figures import ONE_COLUMN, TWO_COLUMNS, style
+    from .figures import TWO_COLUMNS, _wrap, style
+    from .labels import upper_first
+    from .tables.formatting import format_number, format_r
 
     if benchmark is not None and not isinstance(benchmark, Benchmark):
         raise TypeError(f"`benchmark` must be a Benchmark or None; got {type(benchmark).__name__}.")
-    studies = result["studies"]
-    k = len(studies)
+    rows = result["studies"]
+    k = len(rows)
+    names = dict(studies or {})
+    effect = effect_words(str(result.get("term", "alliance_within_lag")))
+    level = f"{100 * (1 - float(result.get('alpha', 0.05))):g}%"
     with style():
-        fig, ax = plt.subplots(figsize=(TWO_COLUMNS, max(ONE_COLUMN * 0.8, 1.0 + 0.35 * (k + 2))))
+        fig, ax = plt.subplots(figsize=(TWO_COLUMNS, 2.6 + 0.35 * (k + 2)), layout="constrained")
         ys = np.arange(k, 0, -1) + 1.0
-        max_w = max(s["weight"] for s in studies)
-        for yy, s in zip(ys, studies, strict=True):
+        max_w = max(s["weight"] for s in rows)
+        for yy, s in zip(ys, rows, strict=True):
             ax.plot([s["ci_low"], s["ci_high"]], [yy, yy], color="#000000", lw=1)
             ax.plot(
                 s["r"],
@@ -747,49 +811,60 @@ def plot_forest(
             ax.plot([p["pi_low"], p["pi_high"]], [0.5, 0.5], color="#D55E00", lw=1, zorder=2)
         if benchmark is not None and comparable:
             ax.axvspan(benchmark.ci_low, benchmark.ci_high, color="#009E73", alpha=0.2, lw=0)
-            ax.axvline(
-                benchmark.r,
-                color="#009E73",
-                ls="--",
-                lw=1,
-                label=(
-                    f"{benchmark.label}: r = {benchmark.r:.3f} "
-                    f"[{benchmark.ci_low:.3f}, {benchmark.ci_high:.3f}]"
-                ),
-            )
-            ax.legend(loc="upper left", frameon=False, fontsize="small")
+            ax.axvline(benchmark.r, color="#009E73", ls="--", lw=1)
         ax.axvline(0.0, color="#999999", lw=0.8)
-        method = result["method"].upper() + (", HKSJ" if result["hksj"] else "")
         het = result["heterogeneity"]
-        labels = [f"{s['study']} (n = {s['n']:.0f})" for s in studies]
-        labels.append(f"Pooled ({method}); I² = {100 * het['i2']:.0f}%, τ² = {het['tau2']:.4f}")
-        ax.set_yticks(list(ys) + [0.5], labels)
-        right = [f"{s['r']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" for s in studies]
-        right.append(f"{p['r']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}]")
+        ticks = [
+            _wrap(f"{names.get(s['study']) or s.get('label') or s['study']} (n = {s['n']:.0f})", 46)
+            for s in rows
+        ]
+        ticks.append(
+            f"Pooled, random effects\nI² = {format_number(100 * het['i2'], 0)}%, "
+            f"τ² = {format_number(het['tau2'], 4)}"
+        )
+        ax.set_yticks(list(ys) + [0.5], ticks)
+        right = [
+            f"{format_r(s['r'])} [{format_r(s['ci_low'])}, {format_r(s['ci_high'])}]" for s in rows
+        ]
+        right.append(f"{format_r(p['r'])} [{format_r(p['ci_low'])}, {format_r(p['ci_high'])}]")
         twin = ax.twinx()
-        twin.set_ylim(ax.get_ylim())
         twin.set_yticks(list(ys) + [0.5], right)
         twin.tick_params(length=0)
         ax.set_ylim(-0.2, k + 1.8)
         twin.set_ylim(-0.2, k + 1.8)
-        ax.set_xlabel("alliance–outcome r (95% CI)")
-        if title:
-            ax.set_title(title)
-        if benchmark is not None and not comparable:
-            pooled_term = result.get("term", "the pooled term")
-            fig.text(
-                0.01,
-                0.01,
-                f"{benchmark.label} benchmark (r = {benchmark.r:.3f}) not shown: it is a "
-                f"between-patient correlation, not comparable with {pooled_term}.",
-                fontsize="x-small",
-                ha="left",
-                va="bottom",
-                color="#555555",
+        ax.set_xlabel(
+            _wrap(
+                f"r-equivalent of the {effect} ({level} CI); positive: a stronger alliance "
+                "with a better outcome",
+                80,
             )
-            fig.tight_layout(rect=(0, 0.06, 1, 1))
-        else:
-            fig.tight_layout()
+        )
+        fig.suptitle(
+            _wrap(title or upper_first(f"random-effects meta-analysis of the {effect}"), 80),
+            fontsize=plt.rcParams["axes.titlesize"],
+        )
+        method = METHOD_NAMES.get(result["method"], result["method"])
+        notes = [
+            f"τ² by {method}"
+            + (", Hartung–Knapp–Sidik–Jonkman interval" if result["hksj"] else "")
+            + (
+                f"; the thin bar is the {level} prediction interval"
+                if p["pi_low"] is not None
+                else ""
+            )
+            + ". n = effective sample size (the term's degrees of freedom + 2)."
+        ]
+        if benchmark is not None and comparable:
+            notes.append(
+                f"Dashed line and band: {benchmark.label}, r = {benchmark.r:.3f} "
+                f"[{benchmark.ci_low:.3f}, {benchmark.ci_high:.3f}]."
+            )
+        if benchmark is not None and not comparable:
+            notes.append(
+                f"{benchmark.label} benchmark (r = {benchmark.r:.3f}) not shown: it is a "
+                f"between-patient correlation, not comparable with the {effect}."
+            )
+        fig.supxlabel(_wrap(" ".join(notes), 120), fontsize="x-small", color="#555555")
     return fig
 
 
@@ -1111,51 +1186,21 @@ def compare_stages(
 
 
 def pool_markdown(meta: dict, comparison: pd.DataFrame | None = None) -> str:
-    """The pooled result as Markdown: the study table, heterogeneity and the two stages."""
-    table = meta_table(meta)
-    shown = pd.DataFrame(
-        {
-            "Study": table["study"],
-            "n": table["n"].map("{:.0f}".format),
-            "r": table["r"].map("{:.3f}".format),
-            "95% CI": [
-                f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])
-            ],
-            "Weight (%)": table["weight"].map(
-                lambda w: "" if w is None or pd.isna(w) else f"{w:.1f}"
-            ),
-        }
-    )
-    het = meta["heterogeneity"]
-    p = meta["pooled"]
-    parts = [
-        "**Alliance–outcome correlation, random-effects meta-analysis**\n",
-        shown.to_markdown(index=False, disable_numparse=True),
-        "",
-        f"*Note.* Fisher-z pooling, τ² by {METHOD_NAMES.get(meta['method'], meta['method'])}"
-        f"{', Hartung–Knapp–Sidik–Jonkman interval' if meta['hksj'] else ''}. "
-        f"Q({het['df']}) = {het['q']:.2f}, p = {het['p']:.3g}; I² = {100 * het['i2']:.1f}%; "
-        f"τ² = {het['tau2']:.4f} (z scale)."
-        + (
-            f" 95% prediction interval for r: [{p['pi_low']:.3f}, {p['pi_high']:.3f}]."
-            if p["pi_low"] is not None
-            else ""
-        ),
-    ]
-    if comparison is not None:
-        comp = pd.DataFrame(
-            {
-                "Approach": comparison["approach"],
-                "r": comparison["r"].map("{:.3f}".format),
-                "95% CI": [
-                    f"[{lo:.3f}, {hi:.3f}]"
-                    for lo, hi in zip(comparison["ci_low"], comparison["ci_high"])
-                ],
-            }
-        )
-        parts += [
-            "",
-            "**Two-stage and one-stage estimates**\n",
-            comp.to_markdown(index=False, disable_numparse=True),
-        ]
-    return "\n".join(parts) + "\n"
+    """The pooled result as Markdown: the APA table the pipeline writes.
+
+    One writer for the pooled table: :func:`allianceflow.tables.meta_analysis_table`
+    (studies, the pooled estimate and its prediction interval, the two-stage and one-stage
+    estimates; heterogeneity and the method in its note), rendered by
+    :func:`allianceflow.tables.render_markdown`.
+
+    Examples
+    --------
+    >>> meta = meta_analysis(pd.DataFrame({"study": ["a", "b"], "r": [0.2, 0.3],
+    ...                                    "n": [200, 120]}))
+    >>> pool_markdown({**meta, "term": "alliance_within_lag"}).splitlines()[0]
+    '**Table 1**'
+    """
+    from .tables import meta_analysis_table, render_markdown
+
+    what = f"the {effect_words(str(meta.get('term', 'alliance_within_lag')))}"
+    return render_markdown(meta_analysis_table(meta, comparison, what=what, number=1))

@@ -516,7 +516,8 @@ def patient_fit_stage(
             "pass `patients` (data/processed/<study>/patients.parquet)."
         )
     data = io.read_table(patients)
-    for column, value in preset_rows(model["preset"], **model.get("options", {})).items():
+    rows = preset_rows(model["preset"], **model.get("options", {}))
+    for column, value in rows.items():
         data = data[data[column] == value]
     result = fit_model(
         data,
@@ -525,20 +526,30 @@ def patient_fit_stage(
         name=name,
         min_levels=model.get("min_levels", MODEL_MIN_LEVELS),
     )
-    io.write_json(result.to_dict(), json)
+    record = result.to_dict()
+    if rows:  # the subgroup fitted, so that its title says whom the model is about
+        record["rows"] = rows
+    io.write_json(record, json)
     io.write_text(result.summary(), txt)
     conv = result.convergence
     log.info("%s: converged=%s with %s", name, conv["converged"], conv["optimizer"])
 
 
 def binary_effects_stage(
-    patients: str | Path, *, direction: str, csv: str | Path, outputs: Sequence[str | Path]
+    patients: str | Path,
+    *,
+    direction: str,
+    csv: str | Path,
+    outputs: Sequence[str | Path],
+    labels: Mapping[str, Any] | None = None,
+    number: int | None = None,
 ) -> None:
     """Rates, risk differences, NNTs and Hedges' *g* by arm beside the published benchmarks.
 
     Writes the unrounded contrasts (:func:`allianceflow.effects.arm_contrasts`) to *csv*
     and the APA table (:func:`allianceflow.tables.binary_effects_table`) to *outputs*
-    (Markdown, HTML, LaTeX, Word by suffix). *direction* is the outcome's.
+    (Markdown, HTML, LaTeX, Word by suffix). *direction* is the outcome's; *labels* and
+    *number* as :func:`table_settings` gives them.
     """
     from .effects import BENCHMARKS, arm_contrasts
     from .tables import binary_effects_table, write_table_files
@@ -547,7 +558,8 @@ def binary_effects_stage(
         io.read_table(patients), higher_is_better=direction == "higher_is_better"
     )
     io.write_table(contrasts, csv)
-    write_table_files(binary_effects_table(contrasts, BENCHMARKS), outputs)
+    table = binary_effects_table(contrasts, BENCHMARKS, labels=labels, number=number)
+    write_table_files(table, outputs)
 
 
 def comparison_stage(
@@ -612,7 +624,8 @@ def model_table_stage(
     result = io.read_json(model_json)
     io.write_table(fixed_effects_table(result), csv)
     if result.get("family", "gaussian") != "gaussian":  # OR / IRR table of a GLMM
-        write_table_files(ratio_table(result), [md, *formats.values()])
+        table = ratio_table(result, labels=Labels.from_dict(labels), number=number)
+        write_table_files(table, [md, *formats.values()])
         return
     table = model_table(
         [result], name=result["name"], labels=Labels.from_dict(labels), number=number
@@ -749,12 +762,16 @@ def study_tables(study: dict[str, Any]) -> list[str]:
     ]
 
 
-def table_settings(name: str, study: dict[str, Any]) -> dict[str, Any]:
+def table_settings(
+    name: str, study: dict[str, Any], models: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The number ("Table 3") and the labels of table *name* of a study.
 
     Tables are numbered in the order a paper cites them: the descriptive tables
-    (:func:`study_tables`), one table per model in the study's order, then ``models`` (all
-    models side by side).
+    (:func:`study_tables`), one table per model in the study's order, ``models`` (all
+    models side by side), then ``binary_effects`` (when the study has arms, on-track
+    status and reliable change) and ``simple_slopes_<model>`` of each moderated model
+    (:func:`moderated_models`; *models* is the top-level ``models`` block, needed for them).
 
     Raises
     ------
@@ -764,6 +781,8 @@ def table_settings(name: str, study: dict[str, Any]) -> dict[str, Any]:
     from .labels import Labels
 
     order = study_tables(study) + list(study["models"]) + ["models"]
+    order += ["binary_effects"] if _has_binary_rates(study) else []
+    order += [f"simple_slopes_{m}" for m in moderated_models(study, models or {})]
     if name not in order:
         raise KeyError(f"`name` must be one of {', '.join(map(repr, order))}; got {name!r}.")
     return {"number": order.index(name) + 1, "labels": Labels.from_config(study).to_dict()}
@@ -989,22 +1008,19 @@ def caterpillar_figure_stage(*, model, caterpillar_group: str, labels=None, outp
     save_figure(fig, outputs)
 
 
-def binary_rates_figure_stage(*, patients, min_cell: int, outputs) -> None:
+def binary_rates_figure_stage(*, patients, min_cell: int, labels=None, outputs) -> None:
     """Draw deterioration and improvement rates by arm × on-track status (Wilson CIs)."""
     from .figures import plot_binary_rates, save_figure
 
-    save_figure(plot_binary_rates(io.read_table(patients), min_n=min_cell), outputs)
+    fig = plot_binary_rates(io.read_table(patients), min_n=min_cell, labels=labels)
+    save_figure(fig, outputs)
 
 
-def dropout_curve_figure_stage(*, model, patients, alliance: str, outputs) -> None:
+def dropout_curve_figure_stage(*, model, patients, labels=None, outputs) -> None:
     """Draw the predicted probability of an early ending across the early alliance."""
     from .figures import plot_dropout_curve, save_figure
 
-    fig = plot_dropout_curve(
-        io.read_json(model),
-        io.read_table(patients),
-        predictor_label=f"early alliance ({alliance})",
-    )
+    fig = plot_dropout_curve(io.read_json(model), io.read_table(patients), labels=labels)
     save_figure(fig, outputs)
 
 
@@ -1091,9 +1107,9 @@ FIGURES: dict[str, Figure] = {
         ("caterpillar_group", "labels"),
         _has_caterpillar_group,
     ),
-    "binary_rates": Figure(binary_rates_figure_stage, ("min_cell",), _has_binary_rates),
+    "binary_rates": Figure(binary_rates_figure_stage, ("min_cell", "labels"), _has_binary_rates),
     # the model named "dropout" of the study (the dropout preset)
-    "dropout_curve": Figure(dropout_curve_figure_stage, ("alliance",), _has_dropout_model),
+    "dropout_curve": Figure(dropout_curve_figure_stage, ("labels",), _has_dropout_model),
 }
 
 
@@ -1172,25 +1188,32 @@ def pool_stage(
     table_md,
     one_stage_json,
     comparison_csv,
+    table_formats: Sequence[str | Path] = (),
+    labels: Mapping[str, Any] | None = None,
 ) -> None:
     """Pool the studies' fitted models (two stages) and refit the stacked data (one stage).
 
     *models* and *analyses* map study names to the fit stage's JSON and the derive stage's
-    analysis table. Writes the meta-analysis (JSON), its table (CSV, Markdown), the
-    one-stage model (JSON; ``{"skipped": true}`` when ``one_stage`` is false) and the
-    comparison of the two (CSV). A moderated pooled model gives ``formula=None`` and
-    *moderation* (:func:`one_stage_spec`): its one-stage formula is made from the stacked
-    data. Its *term* is then the slope at the moderator's reference level, which must be
-    the same level in every study; the table says so.
+    analysis table. Writes the meta-analysis (JSON), its table (CSV, Markdown, and any of
+    *table_formats*: HTML, LaTeX, Word by suffix), the one-stage model (JSON;
+    ``{"skipped": true}`` when ``one_stage`` is false) and the comparison of the two (CSV).
+    *labels* maps study names to their :meth:`allianceflow.labels.Labels.to_dict` records:
+    each study is named in words (:func:`allianceflow.pool.study_label`), in the JSON's
+    ``label`` of its row, the table and the forest plot. A moderated pooled model gives
+    ``formula=None`` and *moderation* (:func:`one_stage_spec`): its one-stage formula is made
+    from the stacked data. Its *term* is then the slope at the moderator's reference level,
+    which must be the same level in every study; the table says so.
     """
     import pandas
 
     from .pool import (
         compare_stages,
+        effect_words,
         meta_analysis,
         meta_table,
         one_stage_model,
         study_effects,
+        study_label,
     )
     from .tables import meta_analysis_table, write_table_files
 
@@ -1199,6 +1222,8 @@ def pool_stage(
     effects = study_effects(results, term=term, directions=directions)
     meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha, pi_type=pi_type)
     meta["term"] = term
+    for row in meta["studies"]:
+        row["label"] = study_label(row["study"], (labels or {}).get(row["study"]))
     comparison = None
     if one_stage:
         tables = {name: io.read_table(path) for name, path in analyses.items()}
@@ -1218,14 +1243,13 @@ def pool_stage(
         )
     io.write_json(meta, meta_json)
     io.write_table(meta_table(meta), table_csv)
-    level = "between" if term == "alliance_between" else "within"
     table = meta_analysis_table(
         meta,
         comparison if one_stage else None,
-        what=f"the {level}-patient alliance–outcome association{at}",
+        what=f"the {effect_words(term)}{at}",
         number=1,
     )
-    write_table_files(table, [table_md])
+    write_table_files(table, [table_md, *table_formats])
     io.write_json(one, one_stage_json)
     io.write_table(comparison, comparison_csv)
 
@@ -1393,16 +1417,18 @@ def simple_slopes_table_stage(
     *,
     outputs: Sequence[str | Path],
     labels: Mapping[str, Any] | None = None,
+    number: int | None = None,
 ) -> None:
     """Write a moderated model's simple-slopes table (CSV numbers, rendered formats).
 
     *labels* is the study's :meth:`allianceflow.labels.Labels.to_dict` record: the
-    alliance terms are named in its words.
+    alliance terms are named in its words; *number* is the table's (:func:`table_settings`).
     """
     from .tables import simple_slopes_table, write_table_files
 
     result = io.read_json(model_json)
-    write_table_files(simple_slopes_table(result, labels=_slope_words(result, labels)), outputs)
+    table = simple_slopes_table(result, labels=_slope_words(result, labels), number=number)
+    write_table_files(table, outputs)
 
 
 def simple_slopes_figure_stage(

@@ -8,7 +8,9 @@ in the text is a number of those records, rounded as APA style asks (Publication
 7th ed.): no leading zero for statistics that cannot exceed 1, such as *r* and *p*; exact
 *p* to three decimals, and *p* < .001 below that. Nothing is computed here that the records do
 not hold, except the *r*-equivalent of a record written without one (see
-:func:`r_equivalent`).
+:func:`r_equivalent`) and an ICC said as a percentage. A GLMM's effects are its record's odds
+or rate ratios; no risk difference or NNT is stated, since the model records hold none (the
+study's arm-contrast table gives them, :func:`allianceflow.effects.arm_contrasts`).
 
 The text is Markdown that is also valid reStructuredText (setext headings, plain
 paragraphs, ``-`` lists), so that Snakemake's report can include it as its front page.
@@ -16,6 +18,14 @@ paragraphs, ``-`` lists), so that Snakemake's report can include it as its front
 Labels come from an object with ``variable(name)`` and ``term(term)`` methods (the label of
 a column such as ``"ors_total"`` and of a model term such as ``"alliance_within_lag"``):
 the study's :class:`allianceflow.labels.Labels`, or :class:`PlainLabels` as a fallback.
+
+References
+----------
+Johnson, P. C. D. (2014). Extension of Nakagawa & Schielzeth's R²GLMM to random slopes
+models. *Methods in Ecology and Evolution, 5*(9), 944–946.
+Nakagawa, S., Johnson, P. C. D., & Schielzeth, H. (2017). The coefficient of determination
+R² and intra-class correlation coefficient from generalized linear mixed-effects models
+revisited and expanded. *Journal of the Royal Society Interface, 14*(134), 20170213.
 """
 
 from __future__ import annotations
@@ -238,58 +248,24 @@ def r_equivalent(statistic: float, df: float) -> float:
 
 # --------------------------------------------------------------------------- questions
 
-_QUESTIONS = {
-    "alliance_outcome": (
-        "Does a stronger alliance in one session predict a better outcome at the next, "
-        "within and between patients?"
-    ),
-    "alliance_detrended": (
-        "Does an alliance above the patient's own trend predict a better outcome at the "
-        "next session?"
-    ),
-    "therapist_effects": (
-        "Do therapists whose patients report stronger alliances have better outcomes, and "
-        "do patients who report a stronger alliance than their therapist's other patients?"
-    ),
-    "rupture_repair": "Are alliance ruptures, and their repair, followed by different outcomes?",
-    "alliance_components": (
-        "Which alliance component (task, bond, goal) predicts the outcome at the next session?"
-    ),
-    "informants": "Whose alliance rating (patient or therapist) predicts the outcome?",
-    "feedback": (
-        "Does outcome feedback change the course of treatment, especially for patients not "
-        "on track?"
-    ),
-    "growth": "How does the outcome change over sessions?",
-}
 
+def question_of(record: Mapping[str, Any], labels: Labels | None = None) -> str:
+    """The research question a model answers, in words: :meth:`allianceflow.labels.Labels.question`.
 
-def question_of(record: Mapping[str, Any]) -> str:
-    """The research question a model answers, in words, from its fixed-effect terms.
+    One wording of a model's question serves the summary's headings, the forest plots'
+    titles and the model tables' titles; *labels* without a ``question`` method (such as
+    :class:`PlainLabels`) fall back to the default :class:`allianceflow.labels.Labels`.
 
-    A model with the within- and between-patient alliance asks the alliance–outcome
-    question; one with ``off_track`` the feedback question; one with only time the growth
-    question; any other model "What predicts <outcome>?".
+    Examples
+    --------
+    >>> question_of({"formula": "outcome ~ session + (1 | patient)",
+    ...              "fixed": [{"term": "Intercept"}, {"term": "session"}]})
+    'Change in outcome over sessions (random intercepts for patients)'
     """
-    terms = {row["term"] for row in record["fixed"]}
-    words = " ".join(terms)
-    if "alliance_therapist_mean" in terms:
-        return _QUESTIONS["therapist_effects"]
-    if "ruptures_before" in terms or "repairs_before" in terms:
-        return _QUESTIONS["rupture_repair"]
-    if re.search(r"alliance_rater_\w+_within_lag", words):
-        return _QUESTIONS["informants"]
-    if re.search(r"alliance_(task|bond|goal)_within_lag", words):
-        return _QUESTIONS["alliance_components"]
-    if "alliance_within_detrended_lag" in terms:
-        return _QUESTIONS["alliance_detrended"]
-    if "alliance_within_lag" in terms or "alliance_between" in terms:
-        return _QUESTIONS["alliance_outcome"]
-    if "off_track" in words:
-        return _QUESTIONS["feedback"]
-    if terms - {"Intercept"} <= {"session", "log_session", "I(session^2)"}:
-        return _QUESTIONS["growth"]
-    return "What predicts the outcome?"
+    from .labels import Labels as _Labels
+
+    words = labels if hasattr(labels, "question") else _Labels()
+    return words.question(record)
 
 
 def _is_alliance_outcome(record: Mapping[str, Any]) -> bool:
@@ -431,6 +407,12 @@ _DROP_REASONS = {
     "outcome": "had no {label}, too many of its items being blank or coded missing",
     "alliance_between": "had no {label}: the patient has no alliance score at any session",
     "off_track": "had no on-track status, the patient's never having been assessed",
+    "deteriorated": "had no reliable-change status, having fewer than two outcome scores",
+    "improved": "had no reliable-change status, having fewer than two outcome scores",
+    "dropout": "had no known kind of ending (still in treatment, or not recorded)",
+    "early_alliance": "had no alliance score in the first sessions",
+    "outcome_baseline": "had no outcome score",
+    "feedback": "had no arm",
 }
 
 
@@ -442,7 +424,14 @@ def _sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
         + _UNITS.get(g, _lower(labels.variable(g)) + " units")
         for g in order
     ]
-    text = f"The model used {apa_number(record['n_obs'], 0)} sessions of " + _join(groups) + "."
+    # a patient-level model (the binary and count presets) has one row per patient
+    rows = "patients" if _is_glmm(record) and "patient" not in record["n_groups"] else "sessions"
+    if rows == "patients":
+        text = f"The model used {apa_number(record['n_obs'], 0)} patients"
+        text += (" of " + _join(groups) if groups else "") + "."
+    else:
+        text = f"The model used {apa_number(record['n_obs'], 0)} sessions of " + _join(groups)
+        text += "."
     dropped = record.get("n_dropped_missing", 0)
     if dropped:
         by_variable = record.get("dropped_missing_by_variable") or {}
@@ -453,18 +442,18 @@ def _sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
             if n
         ]
         text += (
-            f" {apa_number(dropped, 0)} sessions were left out because a model variable was "
+            f" {apa_number(dropped, 0)} {rows} were left out because a model variable was "
             "missing"
             + (": " + "; ".join(reasons) if reasons else "")
             + "."
             + (
-                " A session missing several variables is counted under each."
+                f" A {rows[:-1]} missing several variables is counted under each."
                 if len(reasons) > 1
                 else ""
             )
         )
     else:
-        text += " No session was left out for missing values."
+        text += f" No {rows[:-1]} was left out for missing values."
     return text
 
 
@@ -520,6 +509,131 @@ def _benchmark_sentence(benchmark: Mapping[str, Any], outcome_direction: str | N
     )
 
 
+# --------------------------------------------------------------------------- GLMMs
+
+#: The ratio of a GLMM family's exponentiated coefficients, its abbreviation and the scale.
+_RATIOS = {
+    "binomial": ("odds", "OR", "log-odds"),
+    "poisson": ("rate", "IRR", "log-rate"),
+}
+#: Outcomes of the binary presets whose direction is clear: is a higher rate better?
+_BINARY_BETTER = {"deteriorated": False, "improved": True}
+
+
+def _response(record: Mapping[str, Any]) -> str:
+    """The model's response column, from its formula ("outcome" when it has none)."""
+    return str(record.get("formula", "")).split("~")[0].strip() or "outcome"
+
+
+def _is_glmm(record: Mapping[str, Any]) -> bool:
+    return record.get("family") in _RATIOS
+
+
+def _arm_words(labels: Labels) -> tuple[str, str]:
+    """The feedback arm and the arm(s) it is compared with, in words."""
+    arm = getattr(labels, "arm", lambda level: str(level).replace("_", " "))
+    levels = [str(v) for v in (getattr(labels, "levels", {}) or {}).get("condition", ())]
+    others = [v for v in levels if v != "feedback"]
+    other = arm(others[0]) if len(others) == 1 else "the other arms"
+    return arm("feedback"), other
+
+
+def _glmm_phrase(part: str, labels: Labels) -> str:
+    """A term of a patient-level GLMM as it reads inside a sentence."""
+    if part == "feedback":
+        return f"the {_arm_words(labels)[0]} arm"
+    if part == "off_track":
+        return "patients not on track"
+    if part == "early_alliance":
+        return f"early {_lower(labels.variable('alliance'))} (mean of the first sessions)"
+    return _lower(labels.term(part))
+
+
+def _ratio_sentence(row: Mapping[str, Any], record: Mapping[str, Any], labels: Labels) -> str:
+    """One GLMM fixed effect in words: who had higher or lower odds (rate) of what."""
+    noun, _, _ = _RATIOS[record["family"]]
+    response = _response(record)
+    outcome = _lower(labels.variable(response))
+    up = row["estimate"] > 0
+    better = _BINARY_BETTER.get(response)
+    judged = "" if better is None else (" (better)" if up == better else " (worse)")
+    if record["family"] == "poisson":
+        more = f"{'more' if up else 'fewer'} {outcome}"
+    else:
+        more = f"{'higher' if up else 'lower'} odds of {outcome}{judged}"
+    term = row["term"]
+    if ":" in term:
+        first, *rest = term.split(":")
+        others = " and ".join(_glmm_phrase(p, labels) for p in rest)
+        return (
+            f"the {noun} ratio of {_glmm_phrase(first, labels)} was "
+            f"{'larger' if up else 'smaller'} for {others}, by the ratio of {noun} ratios"
+        )
+    if term == "feedback":
+        treated, other = _arm_words(labels)
+        return f"patients in the {treated} arm had {more} than patients in {other}"
+    if term == "off_track":
+        return f"patients not on track had {more} than patients on track"
+    return f"each 1 point higher {_glmm_phrase(term, labels)} went with {more}"
+
+
+def _ratio_statistics(row: Mapping[str, Any], ratio: Mapping[str, Any], family: str) -> str:
+    """E.g. "(OR = 0.55, 95% CI [0.30, 1.01], *b* = −0.60, *z* = −1.92, *p* = .055)".
+
+    The ratio and its interval are the record's ``ratios`` row (e^b and the exponentiated
+    Wald interval of b); decimals follow b, so that a ratio near 1 keeps its digits.
+    """
+    _, abbreviation, _ = _RATIOS[family]
+    decimals = _decimals(row["estimate"], row["ci_low"], row["ci_high"])
+    parts = [
+        f"{abbreviation} = {apa_number(ratio['ratio'], decimals)}",
+        f"95% CI [{apa_number(ratio['ci_low'], decimals)}, "
+        f"{apa_number(ratio['ci_high'], decimals)}]",
+        f"*b* = {apa_number(row['estimate'], decimals)}",
+    ]
+    if row.get("statistic") is not None:
+        parts.append(f"*z* = {apa_number(row['statistic'], 2)}")
+    parts.append(f"*{apa_p(row.get('p'))[0]}*{apa_p(row.get('p'))[1:]}")
+    return "(" + ", ".join(parts) + ")"
+
+
+# --------------------------------------------------------------------------- variance
+
+
+def _icc_sentence(record: Mapping[str, Any], labels: Labels) -> str:
+    r"""Where the variance lay: each grouping factor's ICC of the record, in words.
+
+    The record's ICC of level *l* is :math:`\sigma^2_l / (\sum_k \sigma^2_k + \sigma^2_e)`
+    (:func:`allianceflow.models.inference.variance_explained`): the share of the variance
+    the fixed effects leave unexplained, the adjusted ICC of Nakagawa, Johnson and
+    Schielzeth (2017). With random slopes :math:`\sigma^2_l` is averaged over the rows
+    (Johnson, 2014); a GLMM's ICC is on the latent scale (residual :math:`\pi^2/3` for the
+    logit link). No interval is stated: the records hold none.
+    """
+    icc = record.get("icc") or {}
+    if not icc:
+        return ""
+    slopes = {row["group"] for row in record.get("random", []) if row.get("term") != "(Intercept)"}
+    parts = []
+    for group, value in icc.items():
+        if value is None:
+            continue
+        who = _UNITS.get(group, _lower(labels.variable(group)) + " units")
+        lay = "" if parts else "lay "
+        text = f"{apa_number(100 * value, 0)}% {lay}between {who} (ICC = {apa_r(value)})"
+        if group in slopes:
+            text += ", random slopes included and averaged over the rows"
+        parts.append(text)
+    if not parts:
+        return ""
+    what = _lower(labels.variable(_response(record)))
+    what = what if _is_glmm(record) else f"the {what}"
+    if _is_glmm(record):
+        _, _, scale = _RATIOS[record["family"]]
+        what = f"{what} (on the latent {scale} scale)"
+    return f"Of the variance in {what} that the fixed effects leave unexplained, {_join(parts)}."
+
+
 _PARAGRAPH = Template("$title\n$underline\n\n$body\n")
 
 
@@ -560,19 +674,31 @@ def model_paragraph(
     Returns
     -------
     str
-        Markdown (also valid reStructuredText): a level-2 setext heading, then the
-        paragraph: each fixed effect other than the intercept in words with *b*, its 95% CI,
-        the test (*t* on the record's df, or Wald *z*), *p* and the *r*-equivalent; the
-        numbers of sessions and units; the sessions left out and why; convergence and
-        boundary warnings; and, where it applies, the benchmark.
+        Markdown (also valid reStructuredText): a level-2 setext heading (the model's
+        question, :func:`question_of`), then the paragraph: each fixed effect other than
+        the intercept in words with *b*, its 95% CI, the test (*t* on the record's df, or
+        Wald *z*), *p* and the *r*-equivalent; for a binomial or Poisson GLMM, the odds or
+        rate ratio of the record's ``ratios`` with its 95% CI, *b*, Wald *z* and *p*
+        instead (no *r*-equivalent); the numbers of sessions (or, for a patient-level
+        model, patients) and units; the rows left out and why; the share of the
+        unexplained variance at each level (the record's ICCs); convergence and boundary
+        warnings; and, where it applies, the benchmark.
     """
     labels = labels or PlainLabels()
     ddf = record.get("ddf", "containment")
     sentences = []
     interacting = {part for row in record["fixed"] for part in row["term"].split(":")[1:]}
     interacting |= {row["term"].split(":")[0] for row in record["fixed"] if ":" in row["term"]}
+    ratios = {r["term"]: r for r in record.get("ratios") or []}
     for row in record["fixed"]:
         if row["term"] == "Intercept":
+            continue
+        if _is_glmm(record) and row["term"] in ratios:
+            text = _ratio_sentence(row, record, labels)
+            if row["term"] in interacting:
+                text += ", where the terms it interacts with are zero or at their reference level"
+            stats = _ratio_statistics(row, ratios[row["term"]], record["family"])
+            sentences.append(f"{text[:1].upper()}{text[1:]} {stats}.")
             continue
         decimals = _decimals(row["estimate"], row["ci_low"], row["ci_high"])
         amount = apa_number(abs(row["estimate"]), decimals) + " points"
@@ -591,11 +717,12 @@ def model_paragraph(
     body = [
         " ".join(sentences),
         _sample_sentence(record, labels),
+        _icc_sentence(record, labels),
         _warning_sentence(record, labels),
     ]
     if benchmark is not None and _is_alliance_outcome(record):
         body.append(_benchmark_sentence(benchmark, outcome_direction))
-    title = f"{question or question_of(record)} (model {record['name']})"
+    title = f"{question or question_of(record, labels)} (model {record['name']})"
     return _PARAGRAPH.substitute(
         title=title, underline="-" * len(title), body=" ".join(b for b in body if b)
     )
@@ -797,6 +924,14 @@ def study_summary(
         + "; ".join(_DDF_SENTENCE[d] for d in ddfs)
         + "."
     )
+    if any(_is_glmm(r) for r in records):
+        how += (
+            " For the binary and count outcomes (generalised linear mixed models), *b* is on "
+            "the log-odds or log-rate scale, OR (odds ratio) and IRR (incidence rate ratio) "
+            "are e raised to *b*, with the exponentiated confidence interval of *b*, "
+            "conditional on the random effects (a typical therapist), and the test is Wald "
+            "*z*."
+        )
     parts = [_heading(f"Results: {study}", "="), how + "\n"]
     for record in records:
         parts.append(

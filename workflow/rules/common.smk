@@ -176,15 +176,18 @@ def get_study_tables(study):
     return [t for t in study_tables(config["studies"][study]) if t != "reliability"]
 
 
-def get_table_settings(wildcard=None, name=None):
+def get_table_settings(wildcard=None, name=None, prefix=""):
     """A function of the wildcards giving one table's number and the study's labels:
-    the table is named by the wildcard *wildcard* (model, table) or is *name*."""
+    the table is named by the wildcard *wildcard* (model, table) after *prefix*, or is
+    *name*."""
 
     def get_settings(wildcards):
-        table = name if wildcard is None else getattr(wildcards, wildcard)
-        return table_settings(table, config["studies"][wildcards.study])
+        table = name if wildcard is None else prefix + getattr(wildcards, wildcard)
+        return table_settings(
+            table, config["studies"][wildcards.study], config["models"]
+        )
 
-    get_settings.__name__ = f"get_{name or wildcard}_table_settings"
+    get_settings.__name__ = f"get_{prefix}{name or wildcard}_table_settings"
     return get_settings
 
 
@@ -375,6 +378,16 @@ def get_pool_directions(wildcards):
     }
 
 
+def get_pool_labels(wildcards):
+    """Study -> its labels (Labels.to_dict()): the studies named in words."""
+    from allianceflow.labels import Labels
+
+    return {
+        s: Labels.from_config(config["studies"][s]).to_dict()
+        for s in get_pool_studies()
+    }
+
+
 #: The `pool` settings the pooling itself reads (not `benchmark`, which only the forest
 #: plot draws, nor `enabled`, `studies` and `model`, which choose its inputs).
 POOL_SETTINGS = (
@@ -408,7 +421,10 @@ def get_pool_outputs():
             "results/pooled/models/one_stage.json",
             "results/pooled/tables/one_vs_two_stage.csv",
         ]
-        + [f"results/pooled/tables/meta_analysis.{ext}" for ext in ("csv", "md")]
+        + [
+            f"results/pooled/tables/meta_analysis.{ext}"
+            for ext in ("csv", "md", "html", "tex", "docx")
+        ]
         + [f"results/pooled/figures/meta_forest.{ext}" for ext in FIGURE_FORMATS]
     )
 

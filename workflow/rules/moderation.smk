@@ -24,7 +24,7 @@ rule tabulate_simple_slopes:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        labels=get_study_labels,
+        settings=get_table_settings(wildcard="model", prefix="simple_slopes_"),
     script:
         "../scripts/tabulate_simple_slopes.py"
 

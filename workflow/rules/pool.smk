@@ -9,12 +9,15 @@ rule pool_studies:
     output:
         meta="results/pooled/meta_analysis.json",
         csv="results/pooled/tables/meta_analysis.csv",
-        md=report(
-            "results/pooled/tables/meta_analysis.md",
+        md="results/pooled/tables/meta_analysis.md",
+        html=report(
+            "results/pooled/tables/meta_analysis.html",
             caption="../report/meta_analysis.rst",
             category="5. Pooled across studies",
             labels={"table": "Random-effects meta-analysis"},
         ),
+        tex="results/pooled/tables/meta_analysis.tex",
+        docx="results/pooled/tables/meta_analysis.docx",
         one_stage="results/pooled/models/one_stage.json",
         comparison="results/pooled/tables/one_vs_two_stage.csv",
     log:
@@ -30,6 +33,7 @@ rule pool_studies:
         directions=get_pool_directions,
         model=get_pool_model_spec,
         settings=get_pool_settings(),
+        labels=get_pool_labels,
     script:
         "../scripts/pool_studies.py"
 

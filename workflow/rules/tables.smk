@@ -112,5 +112,6 @@ rule tabulate_binary_effects:
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
         direction=get_outcome_direction,
+        settings=get_table_settings(name="binary_effects"),
     script:
         "../scripts/tabulate_binary_effects.py"

@@ -20,6 +20,8 @@ with run_step(snakemake.log[0]):
         meta_json=snakemake.output.meta,
         table_csv=snakemake.output.csv,
         table_md=snakemake.output.md,
+        table_formats=[snakemake.output.html, snakemake.output.tex, snakemake.output.docx],
+        labels=snakemake.params.labels,
         one_stage_json=snakemake.output.one_stage,
         comparison_csv=snakemake.output.comparison,
     )

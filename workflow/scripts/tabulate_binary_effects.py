@@ -13,4 +13,5 @@ with run_step(snakemake.log[0]):
             snakemake.output.tex,
             snakemake.output.docx,
         ],
+        **snakemake.params.settings,
     )

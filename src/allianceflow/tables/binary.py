@@ -29,7 +29,11 @@ def _exp(value: float | None) -> float | None:
 
 
 def ratio_table(
-    result: Mapping[str, Any], *, labels: Mapping[str, str] | None = None, name: str | None = None
+    result: Mapping[str, Any],
+    *,
+    labels: Any = None,
+    name: str | None = None,
+    number: int | None = None,
 ) -> Table:
     r"""APA table of a binomial (logit) or Poisson (log) model, with OR or IRR.
 
@@ -38,10 +42,15 @@ def ratio_table(
     result : mapping
         A fitted model's JSON record (``fixed`` rows with ``term``, ``estimate``, ``se``,
         ``ci_low``, ``ci_high``, ``p``; ``family``; optionally ``random`` and ``n_obs``).
-    labels : mapping, optional
-        Term -> label for the rows.
+    labels : Labels, its record, or mapping, optional
+        The study's :class:`~allianceflow.labels.Labels` (or its ``to_dict()`` record):
+        terms in words and the title, the model's research question
+        (:meth:`~allianceflow.labels.Labels.question`, as the summary and the forest plot
+        word it); or a mapping of term -> label for the rows only.
     name : str, optional
         File stem; the model's name by default.
+    number : int, optional
+        The table's number in its study (:func:`allianceflow.stages.table_settings`).
 
     Returns
     -------
@@ -70,6 +79,11 @@ def ratio_table(
     >>> ratio_table(r).body.iloc[0].tolist()
     ['Alliance, mean of the first sessions', '−0.10', '0.02', '0.90', '[0.87, 0.94]', '< .001']
     """
+    from ..labels import Labels, lower_first, title_case
+
+    if isinstance(labels, Mapping) and set(labels) <= set(Labels.__dataclass_fields__):
+        labels = Labels.from_dict(labels)
+    words = labels if isinstance(labels, Labels) else Labels()
     family = result.get("family")
     if family not in RATIO_NAMES:
         raise ValueError(
@@ -110,16 +124,28 @@ def ratio_table(
     )
     if result.get("n_obs") is not None:
         note += f" N = {result['n_obs']} patients."
-    if result.get("random"):
-        groups = ", ".join(sorted({str(g["group"]) for g in result["random"]}))
-        note += f" Random intercept of {groups}: ratios are conditional on it."
-    title = f"{'Logistic' if family == 'binomial' else 'Poisson'} Mixed Model: {result['name']}"
+    random = result.get("random") or []
+    if random:
+        groups = list(dict.fromkeys(str(r["group"]) for r in random))
+        effects = "intercepts" if all(r["term"] == "(Intercept)" for r in random) else "effects"
+        named = " and ".join(lower_first(words.variable(g)) + "s" for g in groups)
+        note += (
+            f" Random {effects} for {named}: the ratios are conditional on them (a typical "
+            f"{lower_first(words.variable(groups[0]))})."
+        )
+    kind = "Logistic" if family == "binomial" else "Poisson"
+    agq = int(result.get("nAGQ") or 1)
+    method = (
+        "Laplace approximation" if agq == 1 else f"adaptive Gauss–Hermite quadrature, {agq} points"
+    )
+    note += f" {kind} mixed model ({method})."
     return Table(
         name=name or str(result["name"]),
-        title=title,
+        title=title_case(words.question(result)),
         body=pd.DataFrame(body, columns=columns),
         data=pd.DataFrame(rows),
         note=note,
+        number=number,
     )
 
 
@@ -143,6 +169,8 @@ def binary_effects_table(
     treated: str = "feedback",
     control: str = "tau",
     name: str = "binary_effects",
+    labels: Any = None,
+    number: int | None = None,
 ) -> Table:
     """Rates, risk difference, NNT and Hedges' *g* by arm, beside the published benchmarks.
 
@@ -155,9 +183,14 @@ def binary_effects_table(
         ``success_rate_difference``, ``note``); a number that was not confirmed is None
         and shown as "not confirmed".
     treated, control : str
-        Arm names for the headings.
+        The two arms' canonical levels.
     name : str
         File stem.
+    labels : Labels or its record, optional
+        The study's :class:`~allianceflow.labels.Labels`: the arms in words
+        (:meth:`~allianceflow.labels.Labels.arm`, "treatment as usual" for ``tau``).
+    number : int, optional
+        The table's number in its study (:func:`allianceflow.stages.table_settings`).
 
     Returns
     -------
@@ -165,6 +198,10 @@ def binary_effects_table(
         One row per outcome and subgroup, then a section of benchmark rows. ``data`` is
         *contrasts* unrounded, with the benchmarks appended (``source`` column).
     """
+    from ..labels import Labels, upper_first
+
+    words = Labels.from_dict(labels)
+    treated_words, control_words = words.arm(treated), words.arm(control)
     body = []
     for _, r in contrasts.iterrows():
         body.append(
@@ -201,8 +238,8 @@ def binary_effects_table(
         )
     columns = [
         "Outcome, subgroup",
-        f"{treated}: events/N (%)",
-        f"{control}: events/N (%)",
+        f"{upper_first(treated_words)}: events/N (%)",
+        f"{upper_first(control_words)}: events/N (%)",
         "Success-rate difference [95% CI]",
         "NNT [95% CI]",
         "Hedges' *g* [95% CI]",
@@ -213,14 +250,14 @@ def binary_effects_table(
     )
     note = (
         f"Success-rate difference = the difference in the proportion of patients with the "
-        f"better result ({treated} minus {control}: fewer deteriorations, more "
+        f"better result ({treated_words} minus {control_words}: fewer deteriorations, more "
         "improvements), with Newcombe's (1998) hybrid score interval; NNT = its reciprocal, "
         "with Altman's (1998) interval (NNTB = benefit, NNTH = harm; an interval that "
         "includes no difference runs through infinity). Hedges' *g* = end-of-treatment "
-        f"difference in the last observed outcome, {treated} minus {control}, positive "
-        "favouring feedback. Not on track = flagged at any session (a post-randomisation "
-        "subgroup). Intervals treat patients as independent; the mixed models' odds ratios "
-        "allow for therapists. Benchmarks as stated in their abstracts."
+        f"difference in the last observed outcome, {treated_words} minus {control_words}, "
+        f"positive favouring {treated_words}. Not on track = flagged at any session (a "
+        "post-randomisation subgroup). Intervals treat patients as independent; the mixed "
+        "models' odds ratios allow for therapists. Benchmarks as stated in their abstracts."
     )
     return Table(
         name=name,
@@ -229,4 +266,5 @@ def binary_effects_table(
         data=data,
         note=note,
         sections=tuple(sections),
+        number=number,
     )

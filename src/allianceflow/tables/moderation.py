@@ -32,7 +32,10 @@ def level_label(level: str, labels: Mapping[str, str] | None = None) -> str:
 
 
 def simple_slopes_table(
-    result: Mapping[str, Any], *, labels: Mapping[str, str] | None = None
+    result: Mapping[str, Any],
+    *,
+    labels: Mapping[str, str] | None = None,
+    number: int | None = None,
 ) -> Table:
     """The simple slopes of a moderated model (its JSON's ``simple_slopes``) as a Table.
 
@@ -43,6 +46,8 @@ def simple_slopes_table(
         (:func:`allianceflow.models.moderation.fit_moderated`).
     labels : mapping, optional
         Words for terms and levels (``DEFAULT_LABELS`` and :data:`LEVEL_LABELS` otherwise).
+    number : int, optional
+        The table's number in its study (:func:`allianceflow.stages.table_settings`).
 
     Returns
     -------
@@ -86,7 +91,7 @@ def simple_slopes_table(
                 f"[{format_number(lo)}, {format_number(hi)}]"
                 for lo, hi in zip(data["ci_low"], data["ci_high"], strict=True)
             ],
-            "p": [format_p(v) for v in data["p"]],
+            "*p*": [format_p(v) for v in data["p"]],
         }
     )
     within = (
@@ -108,4 +113,5 @@ def simple_slopes_table(
         body=body,
         data=data,
         note=note,
+        number=number,
     )

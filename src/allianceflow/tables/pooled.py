@@ -152,7 +152,7 @@ def meta_analysis_table(
     for s in studies:
         rows.append(
             [
-                str(s["study"]),
+                str(s.get("label") or s["study"]),
                 format_number(s["n"], 0),
                 format_r(s["r"]),
                 interval(s["ci_low"], s["ci_high"]),
@@ -236,8 +236,10 @@ def meta_analysis_table(
     note = (
         f"k = {k} studies. r = correlation (r-equivalent of each study's estimate), pooled on "
         f"Fisher's z scale by a random-effects model, τ² by {method}, with a {interval_words}; "
-        f"CI = confidence interval; n = patients; weight = share of the random-effects "
-        f"weights. Q({het['df']}) = {format_number(het['q'])}, p = {format_p(het['p'])}; "
+        "CI = confidence interval; n = effective sample size (the degrees of freedom of the "
+        "study's estimate + 2, the sample size of a correlation on as many degrees of "
+        "freedom); weight = share of the random-effects weights. "
+        f"Q({het['df']}) = {format_number(het['q'])}, p = {format_p(het['p'])}; "
         f"I² = {format_number(100 * het['i2'], 1)}%; τ² = {format_number(het['tau2'], 4)} "
         "(z scale). The prediction interval is where the effect of a new study would lie."
     )

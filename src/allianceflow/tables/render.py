@@ -163,6 +163,7 @@ _LATEX_SPECIAL = {
     "×": r"$\times$",
     "|": r"\textbar{}",
     "±": r"$\pm$",
+    "τ": r"$\tau$",
 }
 
 
