@@ -437,7 +437,7 @@ def fit_stage(
     (:func:`patient_fit_stage`).
     """
     from .models import fit_model
-    from .models.presets import preset_level
+    from .models.presets import preset_level, preset_rows
 
     if "preset" in model and preset_level(model["preset"]) == "patient":
         patient_fit_stage(patients, model, name=name, json=json, txt=txt)
@@ -455,7 +455,11 @@ def fit_stage(
             io.read_table(analysis), model["preset"], model["options"], name=name, **fit_options
         )
     else:
-        result = fit_model(io.read_table(analysis), model_formula(model), name=name, **fit_options)
+        data = io.read_table(analysis)
+        if "preset" in model:  # system-level presets keep one row per system session
+            for column, value in preset_rows(model["preset"], **model.get("options", {})).items():
+                data = data[data[column] == value]
+        result = fit_model(data, model_formula(model), name=name, **fit_options)
         record = result.to_dict()
     io.write_json(record, json)
     extra = "".join(f"Note: {note}\n" for note in record.get("notes", []))
