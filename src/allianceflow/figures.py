@@ -1462,9 +1462,7 @@ def _plural(unit: str) -> str:
     return {"family": "families", "couple or family": "couples or families"}.get(unit, unit + "s")
 
 
-def pick_systems(
-    analysis: pd.DataFrame, *, system: str = "system", n: int = 12
-) -> list[str]:
+def pick_systems(analysis: pd.DataFrame, *, system: str = "system", n: int = 12) -> list[str]:
     """Choose *n* systems (couples, families) to draw, the same ones every run.
 
     All of them when there are at most *n*; else *n* evenly spaced in sorted id order (as
@@ -1662,9 +1660,7 @@ def plot_split_outcome(
     units = _plural(unit)
     estimates = split_estimates(result) if result is not None else None
     within = analysis.dropna(subset=["alliance_split_within_lag", "outcome_within"])
-    systems = (
-        analysis.groupby(system, observed=True)[["alliance_split", "outcome"]].mean().dropna()
-    )
+    systems = analysis.groupby(system, observed=True)[["alliance_split", "outcome"]].mean().dropna()
     split = lower_first(words.variable("alliance_split"))
     outcome_label = words.variable("outcome")
     with style():
@@ -1689,7 +1685,9 @@ def plot_split_outcome(
             _slope_line(left, xw, yw, float(estimates["within"]["estimate"]), OKABE_ITO["blue"])
             left.set_title(f"{head_w}\n{_estimate_text(estimates['within'])}")
         left.set_xlabel(
-            _wrap(f"{upper_first(split)} at the previous session (deviation from the {unit}'s mean)")
+            _wrap(
+                f"{upper_first(split)} at the previous session (deviation from the {unit}'s mean)"
+            )
         )
         left.set_ylabel(_wrap(f"{outcome_label} (deviation from the client's mean)"))
         right.scatter(xb, yb, s=8, alpha=0.7, color=OKABE_ITO["orange"], linewidths=0)

@@ -855,7 +855,6 @@ class Labels:
         part = self.random_part(formula) if random else ""
         return upper_first(text + (f" ({part})" if part else ""))
 
-
     def _couple_question(self, parts: set[str], a: str, y: str) -> str | None:
         """The question of a couples preset (allianceflow.models.preset_formula), or None."""
         unit = self.system_word()

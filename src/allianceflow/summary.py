@@ -261,6 +261,16 @@ _QUESTIONS = {
         "on track?"
     ),
     "growth": "How does the outcome change over sessions?",
+    "couple_alliance_outcome": (
+        "Do a client's own alliance (actor effect) and their partner's alliance (partner "
+        "effect) predict the client's outcome, within and between clients?"
+    ),
+    "split_alliance": (
+        "Does a split between the partners' alliances predict their outcomes, over and above "
+        "the couple's mean alliance?"
+    ),
+    "split_trajectory": "How does the split between the partners' alliances change over sessions?",
+    "split_dropout": "Does an early split between the partners' alliances predict an early ending?",
 }
 
 
@@ -273,6 +283,9 @@ def question_of(record: Mapping[str, Any]) -> str:
     """
     terms = {row["term"] for row in record["fixed"]}
     words = " ".join(terms)
+    couple = _couple_question(record, terms)
+    if couple:
+        return _QUESTIONS[couple]
     if "alliance_therapist_mean" in terms:
         return _QUESTIONS["therapist_effects"]
     if "ruptures_before" in terms or "repairs_before" in terms:
@@ -290,6 +303,30 @@ def question_of(record: Mapping[str, Any]) -> str:
     if terms - {"Intercept"} <= {"session", "log_session", "I(session^2)"}:
         return _QUESTIONS["growth"]
     return "What predicts the outcome?"
+
+
+def _response(record: Mapping[str, Any]) -> str:
+    """The response (left-hand side) of a record's formula, or "outcome"."""
+    return str(record.get("formula", "")).split("~")[0].strip() or "outcome"
+
+
+def _couple_question(record: Mapping[str, Any], terms: set[str]) -> str | None:
+    """Which couples preset a record answers (a key of ``_QUESTIONS``), or None.
+
+    Read from its terms and response: the partner's alliance (actor–partner model), the
+    split with the system's mean (split model), the split as the response (its trajectory)
+    and the early split (termination).
+    """
+    parts = {part for term in terms for part in term.split(":")}
+    if any(p.startswith("alliance_partner_") for p in parts):
+        return "couple_alliance_outcome"
+    if any(p.startswith("alliance_split_") for p in parts):
+        return "split_alliance"
+    if _response(record) == "alliance_split":
+        return "split_trajectory"
+    if "early_alliance_split" in parts:
+        return "split_dropout"
+    return None
 
 
 def _is_alliance_outcome(record: Mapping[str, Any]) -> bool:
@@ -335,6 +372,79 @@ _GENERIC = Template(
 _CONTRAST = Template("for $predictor, the $outcome was $amount $direction")
 
 
+_PARTNER_WITHIN = Template(
+    "a session at which the $other's $predictor was 1 point above the $other's usual level "
+    "was followed at the next session by $outcome_article $outcome $amount $direction for the "
+    "client"
+)
+_PARTNER_BETWEEN = Template(
+    "clients whose $other's mean $predictor was 1 point higher had $outcome_article $outcome "
+    "$amount $direction on average"
+)
+_SYSTEM_WITHIN = Template(
+    "a session at which the $unit's mean $predictor was 1 point above the $unit's usual level "
+    "was followed at the next session by $outcome_article $outcome $amount $direction for each "
+    "member"
+)
+_SYSTEM_BETWEEN = Template(
+    "$units whose mean $predictor was 1 point higher than another $unit's had "
+    "$outcome_article $outcome $amount $direction on average"
+)
+_SPLIT_WITHIN = Template(
+    "a session at which the $members' $predictor scores were 1 point further apart$spread than "
+    "usual for the $unit was followed at the next session by $outcome_article $outcome $amount "
+    "$direction"
+)
+_SPLIT_BETWEEN = Template(
+    "$units whose $members' $predictor scores were on average 1 point further apart$spread than "
+    "another $unit's had $outcome_article $outcome $amount $direction on average"
+)
+
+
+def _system_words(labels: Labels) -> dict[str, str]:
+    """What a system is in *labels* (couple, family, couple or family) and its members."""
+    unit = getattr(labels, "system_word", lambda: "couple or family")()
+    units = {"family": "families", "couple or family": "couples or families"}.get(unit)
+    return {
+        "unit": unit,
+        "units": units or f"{unit}s",
+        "members": "partners" if unit == "couple" else "members",
+        "other": "partner" if unit != "family" else "other members",
+        "spread": " (in SD)" if unit == "family" else "",
+    }
+
+
+def _couple_sentence(term: str, values: Mapping[str, str], labels: Labels, alliance: str):
+    """The effect of one term of a couples preset in words, or None for other terms."""
+    words = {**_system_words(labels), **values, "predictor": labels.variable(alliance)}
+    templates = {
+        "alliance_partner_within_lag": _PARTNER_WITHIN,
+        "alliance_partner_between": _PARTNER_BETWEEN,
+        "alliance_system_mean_within_lag": _SYSTEM_WITHIN,
+        "alliance_system_mean_between": _SYSTEM_BETWEEN,
+        "alliance_split_within_lag": _SPLIT_WITHIN,
+        "alliance_split_between": _SPLIT_BETWEEN,
+    }
+    if term in templates:
+        return templates[term].substitute(words)
+    if re.fullmatch(r"role_\w+", term):  # a role's difference from the reference role
+        return _CONTRAST.substitute(values, predictor=_lower(labels.term(term)))
+    return None
+
+
+def _odds_sentence(row: Mapping[str, Any], labels: Labels) -> str:
+    """A binomial GLMM's coefficient in words, as an odds ratio per unit of its predictor."""
+    odds = math.exp(row["estimate"])
+    low, high = math.exp(row["ci_low"]), math.exp(row["ci_high"])
+    what = _lower(labels.variable(row["term"]))
+    response = _lower(labels.variable("dropout"))
+    return (
+        f"one point more in the {what}{',' if ',' in what else ''} multiplied the odds of "
+        f"{_article(response)} {response} by {apa_number(odds, 2)} (odds ratio, 95% CI "
+        f"[{apa_number(low, 2)}, {apa_number(high, 2)}])"
+    )
+
+
 def _article(noun: str) -> str:
     """Choose "an" before a vowel sound: a vowel, or an initialism such as ORS or SRS."""
     initialism = noun[:2].isupper()
@@ -359,6 +469,9 @@ def _term_sentence(
         "direction": direction,
     }
     prefix = alliance.rsplit("_", 1)[0]
+    couple = _couple_sentence(term, values, labels, alliance)
+    if couple is not None:
+        return couple
     component = re.fullmatch(r"alliance_(\w+?)_(within_lag|between)", term)
     if term == "alliance_within_lag":
         return _WITHIN.substitute(values, predictor=labels.variable(alliance))
@@ -468,6 +581,38 @@ def _sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
     return text
 
 
+#: The actor terms of the actor–partner model (the client's own alliance).
+_ACTOR_TERMS = ("alliance_within_lag", "alliance_between")
+#: The partner terms of the actor–partner model (the other member's alliance).
+_PARTNER_TERMS = ("alliance_partner_within_lag", "alliance_partner_between")
+
+
+def _couple_sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
+    """The N of a couples model: sessions, clients, couples (families) and therapists.
+
+    A model of one row per system (``split_dropout``) counts systems; one of one row per
+    system and session (``split_trajectory``) counts the systems' sessions.
+    """
+    words = _system_words(labels)
+    units = {"patient": "clients", "system": words["units"], "therapist": "therapists"}
+    groups = record["n_groups"]
+    order = [g for g in ("patient", "system", "therapist") if g in groups]
+    order += [g for g in groups if g not in order]
+    counted = [
+        f"{apa_number(groups[g], 0)} {units.get(g, _lower(labels.variable(g)) + ' units')}"
+        for g in order
+    ]
+    if "patient" not in groups and "system" not in groups:  # one row per system
+        rows = f"{apa_number(record['n_obs'], 0)} {words['units']}"
+        text = f"The model used {rows}" + (f" of {_join(counted)}" if counted else "") + "."
+    else:
+        what = "sessions" if "patient" in groups else f"{words['unit']} sessions"
+        text = f"The model used {apa_number(record['n_obs'], 0)} {what} of {_join(counted)}."
+    # what was left out for missing values, as for any model (the first sentence replaced)
+    rest = _sample_sentence(record, labels).split(". ", 1)
+    return text + (" " + rest[1] if len(rest) > 1 else "")
+
+
 def _join(items: Sequence[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
@@ -571,6 +716,9 @@ def model_paragraph(
     sentences = []
     interacting = {part for row in record["fixed"] for part in row["term"].split(":")[1:]}
     interacting |= {row["term"].split(":")[0] for row in record["fixed"] if ":" in row["term"]}
+    couple = _couple_question(record, {row["term"] for row in record["fixed"]})
+    if couple == "split_trajectory":  # the split itself is the response, in alliance points
+        outcome, outcome_direction = "alliance_split", None
     for row in record["fixed"]:
         if row["term"] == "Intercept":
             continue
@@ -584,16 +732,27 @@ def model_paragraph(
             amount=amount,
             direction=_direction(row["estimate"], outcome_direction),
         )
+        if couple == "split_dropout" and record.get("family") == "binomial":
+            text = _odds_sentence(row, labels)
+        elif couple == "split_trajectory" and row["term"] == "session":
+            split = _lower(labels.variable("alliance_split"))
+            direction = _direction(row["estimate"], None)
+            text = f"with each further session, the {split} was {amount} {direction}"
+        elif couple == "couple_alliance_outcome" and row["term"] in _ACTOR_TERMS:
+            text = f"actor effect: {text}"
+        elif couple == "couple_alliance_outcome" and row["term"] in _PARTNER_TERMS:
+            text = f"partner effect: {text}"
         if row["term"] in interacting:
             # a main effect in a model with its interactions is conditional
             text += ", where the terms it interacts with are zero or at their reference level"
         sentences.append(f"{text[:1].upper()}{text[1:]} {_statistics(row, ddf)}.")
     body = [
         " ".join(sentences),
-        _sample_sentence(record, labels),
+        _couple_sample_sentence(record, labels) if couple else _sample_sentence(record, labels),
         _warning_sentence(record, labels),
     ]
-    if benchmark is not None and _is_alliance_outcome(record):
+    # the benchmark pools individual therapy: not quoted for the couples presets
+    if benchmark is not None and _is_alliance_outcome(record) and not couple:
         body.append(_benchmark_sentence(benchmark, outcome_direction))
     title = f"{question or question_of(record)} (model {record['name']})"
     return _PARAGRAPH.substitute(
