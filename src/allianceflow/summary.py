@@ -73,6 +73,12 @@ _REFERENCES = {
     "containment": (
         "Pinheiro, J. C., & Bates, D. M. (2000). *Mixed-effects models in S and S-PLUS*. Springer."
     ),
+    "kenny": "Kenny, D. A., Kashy, D. A., & Cook, W. L. (2006). *Dyadic data analysis*. Guilford.",
+    "bartle-haring": (
+        "Bartle-Haring, S., Glebova, T., Gangamma, R., Grafsky, E., & Delaney, R. O. (2012). "
+        "Alliance and termination status in couple therapy: A comparison of methods for "
+        "assessing discrepancies. *Psychotherapy Research, 22*(5), 502–514."
+    ),
 }
 
 
@@ -887,6 +893,11 @@ def _references(records: Sequence[Mapping[str, Any]], benchmark_used: bool) -> s
     keys += sorted({r.get("ddf", "containment") for r in records})
     if benchmark_used:
         keys.insert(0, "fluckiger")
+    couples = {_couple_question(r, {f["term"] for f in r["fixed"]}) for r in records}
+    if couples & {"couple_alliance_outcome"}:
+        keys.append("kenny")
+    if couples & {"split_alliance", "split_trajectory", "split_dropout"}:
+        keys.append("bartle-haring")
     entries = sorted(dict.fromkeys(_REFERENCES[k] for k in keys))
     return _heading("References", "-") + "\n" + "\n\n".join(entries) + "\n"
 
@@ -970,7 +981,10 @@ def study_summary(
             )
         )
     parts.append(data_paragraph(flow, labels=labels))
-    used = benchmark is not None and any(_is_alliance_outcome(r) for r in records)
+    used = benchmark is not None and any(
+        _is_alliance_outcome(r) and not _couple_question(r, {f["term"] for f in r["fixed"]})
+        for r in records
+    )
     parts.append(_references(records, used))
     return "\n".join(parts)
 
