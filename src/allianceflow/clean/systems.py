@@ -96,7 +96,7 @@ def _fill_patient_value(run: CleanRun, column: str, rule: str, fix: str) -> None
             reason=f.loc[mask, "patient"].map(
                 lambda p: (
                     f"the client's {label} differs between rows ({listing[p]}); a client "
-                    f"belongs to one {label}"
+                    + ("belongs to one system" if column == "system" else "has one role")
                 )
             ),
             fix=fix,
@@ -209,9 +209,15 @@ def _check_roles(run: CleanRun, setting: Any) -> None:
         reasons.setdefault(
             patient, f"two clients of system {run.shown_id(system)} have the role {role!r}"
         )
-    if setting is True and len(held):
-        sets = held.groupby("system")["role"].agg(lambda r: tuple(sorted(map(str, r))))
-        usual = sets.value_counts().index[0]
+    # Declared distinguishable: the usual set of roles, among systems whose roles are whole.
+    whole = held[
+        ~held["system"].isin(twice["system"])
+        & ~held["system"].isin(per_client.loc[per_client["role"].isna(), "system"])
+    ]
+    if setting is True and len(whole):
+        sets = whole.groupby("system")["role"].agg(lambda r: tuple(sorted(map(str, r))))
+        counts = sets.map(sets.value_counts())
+        usual = sets[counts == counts.max()].iloc[0]  # the most common; a tie: first system
         for system in sets.index[sets != usual]:
             for patient in per_client.loc[per_client["system"] == system, "patient"]:
                 reasons.setdefault(
