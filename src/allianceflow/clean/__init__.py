@@ -55,6 +55,11 @@ missing_therapist      a blank therapist                            error fill  
                                                                     exclude flag
 condition_change       a patient whose arm (``condition``)          error flag         flag
                        changes between rows                         exclude
+system_change,         couples and families (``system``, ``role``;  see there
+role_change, …         :mod:`allianceflow.clean.systems`):
+                       system_change, role_change,
+                       system_therapist, system_size,
+                       system_roles, system_sessions
 =====================  ===========================================  =================  =======
 
 ``error`` stops with one paragraph naming the file, row, column and fix; ``exclude`` drops
@@ -120,6 +125,7 @@ from .state import (
     CleanResult,
     CleanRun,
 )
+from .systems import systems, systems_read
 
 __all__ = [
     "CleanResult",
@@ -143,6 +149,7 @@ STEPS: tuple[tuple[str, Callable[[CleanRun], None]], ...] = (
     ("reshape", reshape),
     ("map_to_canonical", map_to_canonical),
     ("canonical_ids", canonical_ids),
+    ("systems_read", systems_read),
     ("parse_values", parse_values),
     ("apply_labels", apply_labels),
     ("check_endings", check_endings),
@@ -159,6 +166,7 @@ STEPS: tuple[tuple[str, Callable[[CleanRun], None]], ...] = (
     ("condition_change", condition_change),
     ("followup", followup),
     ("min_sessions", min_sessions),
+    ("systems", systems),
     ("finish", finish),
 )
 
