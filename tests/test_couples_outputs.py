@@ -236,3 +236,74 @@ def test_summary_answers_the_couples_questions_in_units(study, block, labels):
     assert "Kenny, D. A., Kashy, D. A., & Cook, W. L. (2006)" in text
     assert "Bartle-Haring, S., Glebova" in text
     assert not re.search(r"\b(alliance|early|role|system)_\w+", text)
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def _readme_truths(root) -> dict[str, tuple[float, float]]:
+    """The true (within, between) effects in example3's README table, by effect."""
+    text = (root / "data/raw/example3/README.md").read_text(encoding="utf-8")
+    rows = re.findall(
+        r"^\| (actor|partner|split) \(.*?\) \| \*\*(\S+)\*\* \| \*\*(\S+)\*\* \|$", text, re.M
+    )
+    return {name: (float(w), float(b)) for name, w, b in rows}
+
+
+def test_example3_readme_states_the_simulators_truths(root):
+    from allianceflow.simulate import EXAMPLE3_DESIGN as D
+
+    assert _readme_truths(root) == {
+        "actor": (D.actor_within, D.actor_between),
+        "partner": (D.partner_within, D.partner_between),
+        "split": (D.split_within, D.split_between),
+    }
+
+
+@pytest.fixture(scope="module")
+def example3_fits(root, config, block):
+    """The actor-partner and split models fitted to the committed example3 export.
+
+    The export is prepared as the pipeline does (clean, score, derive) and fitted with the
+    pipeline's default Kenward-Roger df.
+    """
+    from allianceflow.models import fit_model
+
+    prepared = stages.prepare_study(block, root=root, name="example3")
+    fits = {}
+    for name in ("couple_alliance_outcome", "split_alliance"):
+        spec = config["models"][name]
+        fits[name] = fit_model(
+            prepared.analysis, stages.model_formula(spec), name=name, ddf=stages.MODEL_DDF
+        ).to_dict()
+    return prepared, fits
+
+
+@pytest.mark.slow
+def test_example3_recovers_the_true_actor_partner_and_split_effects(root, example3_fits):
+    """Each 95% CI of example3's actor, partner and split effects holds the README's truth."""
+    prepared, fits = example3_fits
+    truths = _readme_truths(root)
+    terms = {
+        "couple_alliance_outcome": {
+            "alliance_within_lag": truths["actor"][0],
+            "alliance_between": truths["actor"][1],
+            "alliance_partner_within_lag": truths["partner"][0],
+            "alliance_partner_between": truths["partner"][1],
+        },
+        "split_alliance": {
+            "alliance_split_within_lag": truths["split"][0],
+            "alliance_split_between": truths["split"][1],
+        },
+    }
+    for name, wanted in terms.items():
+        result = fits[name]
+        assert result["convergence"]["converged"], name
+        rows = {f["term"]: f for f in result["fixed"]}
+        for term, truth in wanted.items():
+            row = rows[term]
+            assert row["ci_low"] < truth < row["ci_high"], (name, term, truth, row)
+        # the design the README states: 150 couples (300 clients) of 20 therapists
+        assert result["n_groups"] == {"therapist": 20, "system": 150, "patient": 300}
+    assert prepared.flow["systems"]["kept"] == 150
+    assert prepared.flow["systems"]["distinguishable"] is True
