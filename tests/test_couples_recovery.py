@@ -130,3 +130,24 @@ def test_interval_coverage_over_seeds():
         hits += [covered(fixed, f"{term}:role_partner_b", 0.0) for term in APIM]
     assert len(hits) == 64
     assert int(np.sum(hits)) >= 57, hits
+
+
+def test_fit_stage_keeps_one_row_per_system_session_for_the_trajectory(example, tmp_path):
+    import json
+
+    from allianceflow import io
+    from allianceflow.stages import fit_stage
+
+    analysis, _ = example
+    io.write_table(analysis, tmp_path / "analysis.parquet")
+    fit_stage(
+        tmp_path / "analysis.parquet",
+        {"preset": "split_trajectory", "ddf": "containment"},
+        name="split_trajectory",
+        json=tmp_path / "m.json",
+        txt=tmp_path / "m.txt",
+    )
+    record = json.loads((tmp_path / "m.json").read_text())
+    rows = analysis[analysis["system_row"] == 1.0].dropna(subset=["alliance_split"])
+    per_session = analysis.drop_duplicates(["system", "session"])["alliance_split"]
+    assert record["n_obs"] == len(rows) == per_session.notna().sum()
