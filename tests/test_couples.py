@@ -275,3 +275,21 @@ def test_export_dates_follow_days():
     dates = pd.to_datetime(e["session_date"])
     first = dates.groupby(e["client_id"]).transform("min")
     assert ((dates - first).dt.days.to_numpy() == s["days"].to_numpy()).all()
+
+
+def test_the_module_writes_example3_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "allianceflow.simulate", str(tmp_path), "couples"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == str(tmp_path / "couple_sessions.csv")
+    assert (
+        (tmp_path / "README.md")
+        .read_text(encoding="utf-8")
+        .startswith("# The couples example study (simulated): SRS + ORS")
+    )

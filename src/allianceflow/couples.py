@@ -10,35 +10,39 @@ their within- and between-system parts, lags, and the split's trajectory.
 
 Which split measure
 -------------------
-Bartle-Haring et al. (2012) studied how the split alliance of couples changes over
-sessions and whether it predicts premature termination. Three ways to express a split are
-in use in this literature:
+Bartle-Haring, Glebova, Gangamma, Grafsky & Delaney (2012) compared ways of assessing the
+discrepancy between partners' alliances in 72 couples of a university training clinic and
+used them to predict termination status. What their abstract states (the full text was not
+available to us): they demonstrate the **standard deviation** of the partners' alliances and
+the **intraclass correlation** to assess discrepancies over time in the first sessions, and
+differences between partners operationalised as categorical or continuous variables; the
+differences, analysed separately at each time point, did not predict termination status,
+while in a multilevel model the way the discrepancies *changed over time* did. Which exact
+ICC they used (over items, over sessions, per couple) and how they categorised the
+differences we could not confirm.
 
-* the **absolute difference** of the two partners' scores, :math:`|a - b|` (defined for
-  dyads only; Pinsof's "split alliance" and the operationalisation in Anker et al. 2010's
-  couples data);
-* the **standard deviation** of the members' scores (defined for any system size;
-  for a dyad it is :math:`|a - b|/\sqrt 2` with the sample SD, so it carries the same
-  information and orders dyads identically);
-* an **ICC-based** index: the intraclass correlation of the members' scores within
-  systems, a property of a *sample* of systems (how much of the variance lies between
-  systems), not a score of one system at one session, so it cannot be a predictor of a
-  system's outcome; at most it describes how similar partners are overall.
+The candidate measures, as scores of one system at one session:
 
-What we could not confirm from the article: the search tools available to us returned
-neither the abstract nor the text of Bartle-Haring et al. (2012), so which of these
-measures they compare, and which they prefer, is stated here from the issue that asked
-for this module, not from the source. Readers should check the article before citing a
-conclusion of it.
+* the **absolute difference** of the two partners' scores, :math:`|a - b|` (dyads only;
+  in the alliance's own units);
+* the **standard deviation** of the members' scores (any system size; for a dyad
+  :math:`|a - b|/\sqrt 2` with the sample SD, so it orders dyads exactly as the difference
+  and only rescales a coefficient);
+* an **ICC-based** index: the intraclass correlation of members' scores within systems
+  describes a *sample* of systems (the share of variance between systems), and a per-couple
+  agreement ICC needs several ratings (items or sessions) per partner, so it is not a
+  session-level score in the alliance's units and cannot enter the outcome models as a
+  time-varying predictor.
 
 The choice here: the **absolute difference for dyads** and the **sample SD (ddof = 1) for
 systems of three or more** (by the system's size, so a family's split keeps one scale when
 a member misses a session), computed at each session from the members who rated it
-(:func:`split_measures`). Both are per-system, per-session scores, in the alliance's own
-units, so a model's split coefficient reads "outcome points per alliance point of
-disagreement"; the ICC cannot be used that way. For a dyad the SD is the difference over
-:math:`\sqrt 2`, so the choice only rescales the coefficient; :func:`split_measures` also
-returns the SD and the range so a study can report either.
+(:func:`split_measures`, which also returns the SD and the range so a study can report
+either). Because Bartle-Haring et al. found the *change* of the discrepancy, not its level
+at one session, related to termination, the split's trajectory is kept too: its
+within-system part over sessions, its least-squares slope per system
+(``alliance_split_slope``) and the ``split_trajectory`` preset (split over sessions, with
+a random slope per system).
 
 Within and between systems
 --------------------------
@@ -54,10 +58,12 @@ References
 Anker, M. G., Owen, J., Duncan, B. L., & Sparks, J. A. (2010). The alliance in couple
 therapy: Partner influence, early change, and alliance patterns in a naturalistic sample.
 *Journal of Consulting and Clinical Psychology, 78*(5), 635–645.
+https://doi.org/10.1037/a0020051
 
-Bartle-Haring, S., et al. (2012). *Psychotherapy Research, 22*(5), 502–514. Cited as
-the issue gives it; we could not retrieve the article, so its title and full author list
-are not confirmed here (see "Which split measure").
+Bartle-Haring, S., Glebova, T., Gangamma, R., Grafsky, E., & Delaney, R. O. (2012).
+Alliance and termination status in couple therapy: A comparison of methods for assessing
+discrepancies. *Psychotherapy Research, 22*(5), 502–514.
+https://doi.org/10.1080/10503307.2012.676985
 
 Curran, P. J., & Bauer, D. J. (2011). The disaggregation of within-person and
 between-person effects in longitudinal models of change. *Annual Review of Psychology,

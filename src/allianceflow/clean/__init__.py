@@ -55,11 +55,16 @@ missing_therapist      a blank therapist                            error fill  
                                                                     exclude flag
 condition_change       a patient whose arm (``condition``)          error flag         flag
                        changes between rows                         exclude
-system_change,         couples and families (``system``, ``role``;  see there
-role_change, …         :mod:`allianceflow.clean.systems`):
-                       system_change, role_change,
-                       system_therapist, system_size,
-                       system_roles, system_sessions
+system_change          a client in more than one system, or none    error exclude      error
+role_change            a client whose role changes between rows     error exclude      error
+system_therapist       a system seen by more than one therapist     error exclude      error
+system_size            a system with one client (no partner)        error exclude      flag
+                                                                    flag
+system_roles           a client without a role, a role held twice   error exclude      flag
+                       in a system, or other roles than the other   flag
+                       systems (``clean.distinguishable: true``)
+system_sessions        a session no other client of its system      error exclude      flag
+                       attended (see :mod:`.systems`)               flag ignore
 =====================  ===========================================  =================  =======
 
 ``error`` stops with one paragraph naming the file, row, column and fix; ``exclude`` drops
@@ -192,8 +197,8 @@ def clean_sessions(
         The study's block of the validated config: ``columns``, ``format``,
         ``wide_pattern``, ``missing_codes``, ``decimal``, ``labels``, ``date_format``,
         ``extraction_date``, ``drop_columns``, ``privacy_exempt``, ``hash_ids``,
-        ``min_sessions``, ``rules``, ``instruments`` (item ranges come from
-        :mod:`allianceflow.instruments`).
+        ``min_sessions``, ``rules``, ``distinguishable`` (couples and families),
+        ``instruments`` (item ranges come from :mod:`allianceflow.instruments`).
     source : str
         The file name, used in exclusions and messages.
     name : str, optional
