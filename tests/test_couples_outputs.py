@@ -183,8 +183,21 @@ def test_the_couples_study_has_its_two_figures(block, config):
 def test_summary_answers_the_couples_questions_in_units(study, block, labels):
     records = [io.read_json(p) for p in study["models"]]
     flow = {
-        "sessions": {"read": 10, "kept": 10, "excluded": 0},
+        "sessions": {
+            "read": 10,
+            "kept": 10,
+            "excluded": 0,
+            "flagged_by_rule": {"system_sessions": 3},
+        },
         "patients": {"read": 2, "kept": 2, "excluded": 0},
+        "systems": {
+            "read": 41,
+            "kept": 40,
+            "members": {"2": 40},
+            "roles": ["partner_a", "partner_b"],
+            "distinguishable": True,
+            "sessions_shared": 0.9724,
+        },
     }
     text = study_summary(
         records,
@@ -232,6 +245,16 @@ def test_summary_answers_the_couples_questions_in_units(study, block, labels):
     assert f"The model used {dropout['n_obs']} couples of 8 therapists." in text
     trajectory = records[MODELS.index("split_trajectory")]
     assert f"The model used {trajectory['n_obs']:,} couple sessions of 40 couples" in text
+    assert (
+        "The export held 41 couples, of which 40 were kept (40 of 2 members). The partners are "
+        "distinguishable by role: every couple has one partner A and one partner B. 97.2% of "
+        "sessions were attended by every member of the couple."
+    ) in text
+    assert "a session no other member of the couple or family attended: 3" in text
+    roles = records[MODELS.index("couple_alliance_outcome_roles")]
+    assert question_of(roles) == (
+        "Do the actor and partner effects of the alliance differ between the partners' roles?"
+    )
     assert "Flückiger" not in text  # the individual-therapy benchmark is not quoted
     assert "Kenny, D. A., Kashy, D. A., & Cook, W. L. (2006)" in text
     assert "Bartle-Haring, S., Glebova" in text

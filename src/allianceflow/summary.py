@@ -271,6 +271,9 @@ _QUESTIONS = {
         "Do a client's own alliance (actor effect) and their partner's alliance (partner "
         "effect) predict the client's outcome, within and between clients?"
     ),
+    "couple_alliance_outcome_roles": (
+        "Do the actor and partner effects of the alliance differ between the partners' roles?"
+    ),
     "split_alliance": (
         "Does a split between the partners' alliances predict their outcomes, over and above "
         "the couple's mean alliance?"
@@ -325,7 +328,8 @@ def _couple_question(record: Mapping[str, Any], terms: set[str]) -> str | None:
     """
     parts = {part for term in terms for part in term.split(":")}
     if any(p.startswith("alliance_partner_") for p in parts):
-        return "couple_alliance_outcome"
+        roles = any(p.startswith("role_") for p in parts)
+        return "couple_alliance_outcome_roles" if roles else "couple_alliance_outcome"
     if any(p.startswith("alliance_split_") for p in parts):
         return "split_alliance"
     if _response(record) == "alliance_split":
@@ -744,9 +748,9 @@ def model_paragraph(
             split = _lower(labels.variable("alliance_split"))
             direction = _direction(row["estimate"], None)
             text = f"with each further session, the {split} was {amount} {direction}"
-        elif couple == "couple_alliance_outcome" and row["term"] in _ACTOR_TERMS:
+        elif couple.startswith("couple_alliance_outcome") and row["term"] in _ACTOR_TERMS:
             text = f"actor effect: {text}"
-        elif couple == "couple_alliance_outcome" and row["term"] in _PARTNER_TERMS:
+        elif couple.startswith("couple_alliance_outcome") and row["term"] in _PARTNER_TERMS:
             text = f"partner effect: {text}"
         if row["term"] in interacting:
             # a main effect in a model with its interactions is conditional
@@ -786,6 +790,12 @@ RULE_WORDS = {
     "min_sessions": "too few sessions",
     "missing_therapist": "no therapist",
     "condition_change": "a change of arm",
+    "system_change": "a client in more than one couple or family",
+    "system_therapist": "a couple or family seen by more than one therapist",
+    "role_change": "a change of a client's role",
+    "system_roles": "two members in one role, a blank role, or other roles than the others'",
+    "system_sessions": "a session no other member of the couple or family attended",
+    "system_size": "a couple or family of one member",
 }
 
 
@@ -845,10 +855,48 @@ def data_paragraph(flow: Mapping[str, Any], *, labels: Labels | None = None) -> 
     else:
         text += " No value is missing among the kept rows."
     text += " Every excluded, altered or flagged row is listed in exclusions.csv."
+    if flow.get("systems"):
+        text += " " + _systems_sentence(flow["systems"], labels)
     warnings = flow.get("warnings") or []
     if warnings:
         text += "\n\nWarnings from cleaning:\n\n" + "\n".join(f"- {w}" for w in warnings)
     return _heading("Data", "-") + "\n" + text + "\n"
+
+
+def _systems_sentence(systems: Mapping[str, Any], labels: Labels) -> str:
+    """The couples (families) of a study's ``flow.json``: read, kept, sizes, roles."""
+    words = _system_words(labels)
+    text = (
+        f"The export held {apa_number(systems['read'], 0)} {words['units']}, of which "
+        f"{apa_number(systems['kept'], 0)} were kept"
+    )
+    sizes = systems.get("members") or {}
+    if sizes:
+        text += (
+            " ("
+            + _join([f"{apa_number(n, 0)} of {size} members" for size, n in sorted(sizes.items())])
+            + ")"
+        )
+    text += "."
+    roles = [
+        getattr(labels, "role", lambda r: r.replace("_", " "))(r)
+        for r in systems.get("roles") or ()
+    ]
+    if systems.get("distinguishable") and roles:
+        each = _join([f"one {r}" for r in roles])
+        text += (
+            f" The {words['members']} are distinguishable by role: every {words['unit']} "
+            f"has {each}."
+        )
+    elif systems.get("distinguishable") is False:
+        text += f" The {words['members']} are not distinguishable by role."
+    shared = systems.get("sessions_shared")
+    if shared is not None:
+        text += (
+            f" {apa_number(100 * shared, 1)}% of sessions were attended by every member of the "
+            f"{words['unit']}."
+        )
+    return text
 
 
 _RST_END = set(" \n\t-.,:;!?\\/'\")]}>")
@@ -894,7 +942,7 @@ def _references(records: Sequence[Mapping[str, Any]], benchmark_used: bool) -> s
     if benchmark_used:
         keys.insert(0, "fluckiger")
     couples = {_couple_question(r, {f["term"] for f in r["fixed"]}) for r in records}
-    if couples & {"couple_alliance_outcome"}:
+    if couples & {"couple_alliance_outcome", "couple_alliance_outcome_roles"}:
         keys.append("kenny")
     if couples & {"split_alliance", "split_trajectory", "split_dropout"}:
         keys.append("bartle-haring")
