@@ -748,9 +748,9 @@ def model_paragraph(
             split = _lower(labels.variable("alliance_split"))
             direction = _direction(row["estimate"], None)
             text = f"with each further session, the {split} was {amount} {direction}"
-        elif couple.startswith("couple_alliance_outcome") and row["term"] in _ACTOR_TERMS:
+        elif (couple or "").startswith("couple_alliance_outcome") and row["term"] in _ACTOR_TERMS:
             text = f"actor effect: {text}"
-        elif couple.startswith("couple_alliance_outcome") and row["term"] in _PARTNER_TERMS:
+        elif (couple or "").startswith("couple_alliance_outcome") and row["term"] in _PARTNER_TERMS:
             text = f"partner effect: {text}"
         if row["term"] in interacting:
             # a main effect in a model with its interactions is conditional
