@@ -60,6 +60,14 @@ def test_split_is_the_difference_in_dyads_and_the_sd_in_families(two_systems):
     assert _at(two_systems, "y", 2, "alliance_system_mean") == 17.0
 
 
+def test_the_documented_columns_are_the_added_ones(two_systems):
+    from allianceflow.couples import SYSTEM_COLUMNS
+
+    given = {"system", "patient", "session", "alliance"}
+    given |= {"alliance_pmean", "alliance_within", "alliance_between"}  # within_between's
+    assert set(two_systems.columns) - given == set(SYSTEM_COLUMNS)
+
+
 def test_partner_values_by_hand(two_systems):
     # Partner: the other members who rated the session (everyone who rated, for z at 2).
     assert _at(two_systems, "a", 1, "alliance_partner") == 36.0

@@ -227,3 +227,20 @@ def test_declared_distinguishable_flags_a_system_with_other_roles():
     )
     # auto: found, logged, not flagged
     assert run("couple_other_roles.csv").exclusions.empty
+
+
+def test_a_blank_role_is_filled_from_the_clients_other_rows_even_with_hashed_ids():
+    salt = {"ALLIANCEFLOW_SALT": "s" * 32}
+    result = run("couple_blank_role.csv", hash_ids=True, env=salt)
+    assert result.exclusions[
+        ["source_row", "rule", "action", "column", "reason"]
+    ].values.tolist() == [
+        [
+            9,
+            "role_change",
+            "altered",
+            "Partner",
+            "role is blank; filled with the client's role 'partner_b'",
+        ]
+    ]
+    assert result.sessions["role"].value_counts().to_dict() == {"partner_a": 4, "partner_b": 4}

@@ -211,6 +211,7 @@ def couple_files() -> dict[str, bytes]:
         "couple_single_client.csv": couples(COUPLE_ROWS[:6]),
         "couple_session_alone.csv": couples(alone),
         "couple_blank_system.csv": couples(couple_edit(COUPLE_ROWS, 1, "Couple", "")),
+        "couple_blank_role.csv": couples(couple_edit(COUPLE_ROWS, 7, "Partner", "")),
         "couple_other_roles.csv": couples(
             couple_edit(couple_edit(COUPLE_ROWS, 6, "Partner", "C"), 7, "Partner", "C")
         ),

@@ -113,7 +113,10 @@ def _fill_patient_value(run: CleanRun, column: str, rule: str, fix: str) -> None
             "altered",
             column,
             values.map(
-                lambda v: f"{label} is blank; filled with the client's {label} {run.shown_id(v)}"
+                lambda v: (
+                    f"{label} is blank; filled with the client's {label} "
+                    + (run.shown_id(v) if column == "system" else repr(v))
+                )  # roles are not ids
             ),
         )
 
