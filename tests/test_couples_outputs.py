@@ -330,3 +330,13 @@ def test_example3_recovers_the_true_actor_partner_and_split_effects(root, exampl
         assert result["n_groups"] == {"therapist": 20, "system": 150, "patient": 300}
     assert prepared.flow["systems"]["kept"] == 150
     assert prepared.flow["systems"]["distinguishable"] is True
+
+
+def test_committed_example3_is_what_the_simulator_writes(root, tmp_path):
+    """data/raw/example3 is write_example3_study's output, byte for byte (`make example`)."""
+    from allianceflow.io import sha256_file
+    from allianceflow.simulate import write_example3_study
+
+    write_example3_study(tmp_path)
+    for name in ("couple_sessions.csv", "README.md"):
+        assert sha256_file(tmp_path / name) == sha256_file(root / "data/raw/example3" / name), name
