@@ -71,6 +71,7 @@ notebooks-html: $(NOTEBOOKS_STAMP)
 example: $(STAMP)
 	$(BIN)/python -m allianceflow.simulate data/raw/example
 	$(BIN)/python -m allianceflow.simulate data/raw/example2 srs+phq9
+	$(BIN)/python -m allianceflow.simulate data/raw/example3 couples
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -298,7 +298,58 @@ def _meta_forest():
 
 
 @pytest.fixture(scope="module")
-def drawn(derived):
+def couples():
+    """The analysis table of a small simulated couples study, and its labels."""
+    from allianceflow.derive import derive_tables
+    from allianceflow.labels import Labels
+    from allianceflow.simulate import simulate_couples
+
+    df = simulate_couples(seed=3, n_systems=30, n_therapists=6, max_sessions=8)
+    df["srs"] = df.filter(regex=r"^srs_\d+$").sum(axis=1)
+    df["ors"] = df.filter(regex=r"^ors_\d+$").sum(axis=1)
+    analysis = derive_tables(
+        df,
+        alliance="srs",
+        outcome="ors",
+        direction="higher_is_better",
+        rci=5.0,
+        cutoff=25.0,
+        clinical_range="below",
+    ).analysis
+    labels = Labels(
+        variables={"srs": "SRS total", "ors": "ORS total"},
+        alliance="srs",
+        outcome="ors",
+        levels={"role": ["partner_a", "partner_b"]},
+    )
+    return analysis, labels
+
+
+def _couple_figures(couples):
+    analysis, labels = couples
+    split = {
+        "name": "split_alliance",
+        "fixed": [
+            {
+                "term": "alliance_split_within_lag",
+                "estimate": -0.3,
+                "ci_low": -0.4,
+                "ci_high": -0.2,
+            },
+            {"term": "alliance_split_between", "estimate": -0.5, "ci_low": -0.8, "ci_high": -0.2},
+        ],
+    }
+    return {
+        "couple_trajectories": F.plot_couple_trajectories(analysis, labels=labels),
+        "couple_trajectories_ten": F.plot_couple_trajectories(
+            analysis, labels=labels, n_systems=10
+        ),
+        "split_outcome": F.plot_split_outcome(analysis, split, labels=labels),
+    }
+
+
+@pytest.fixture(scope="module")
+def drawn(derived, couples):
     import matplotlib.pyplot as plt
 
     result = {
@@ -314,7 +365,7 @@ def drawn(derived):
         ],
         "covariances": [],
     }
-    figs = _figures(derived, result)
+    figs = {**_figures(derived, result), **_couple_figures(couples)}
     for fig in figs.values():
         fig.canvas.draw()
     yield figs
@@ -371,7 +422,15 @@ def test_legends_sit_outside_the_data(drawn):
         fig.legends
         for name, fig in drawn.items()
         if name
-        in ("trajectories", "feedback", "expected_response", "reliable_change", "binary_rates")
+        in (
+            "trajectories",
+            "feedback",
+            "expected_response",
+            "reliable_change",
+            "binary_rates",
+            "couple_trajectories",
+            "couple_trajectories_ten",
+        )
     )
 
 
@@ -379,6 +438,9 @@ def test_session_ticks_are_whole_numbers(drawn):
     for name in ("trajectories", "trajectories_aggregate", "feedback", "expected_response"):
         ticks = drawn[name].axes[0].get_xticks()
         assert all(float(t).is_integer() for t in ticks), (name, ticks)
+    for name in ("couple_trajectories", "couple_trajectories_ten"):  # every panel
+        for ax in drawn[name].axes:
+            assert all(float(t).is_integer() for t in ax.get_xticks()), (name, ax.get_title())
 
 
 def test_a_forest_plot_is_at_most_9_inches_tall(drawn):

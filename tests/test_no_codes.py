@@ -277,3 +277,84 @@ def test_no_pooled_output_prints_a_code(study, tmp_path):
     for line in html.splitlines() + (tmp_path / "meta.md").read_text().splitlines():
         assert _hits(line, codes) == [], line
     assert "\\begin{table}" in tables[1].read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- couples (issue 17)
+
+#: Models of the couples study whose terms reach its figures and tables.
+COUPLE_MODELS = ["couple_alliance_outcome_roles", "split_alliance"]
+
+
+@pytest.fixture(scope="module")
+def couples(root, tmp_path_factory):
+    """Run the stages on a simulated couples study with the example3 study's settings."""
+    from allianceflow.simulate import simulate_couples
+
+    config = load_config(root / "config.yaml")
+    block = dict(config["studies"]["example3"])
+    out = tmp_path_factory.mktemp("couples")
+    sessions = simulate_couples(seed=9, n_systems=30, n_therapists=6, max_sessions=8)
+    scored = score_sessions(sessions, block["measures"]["instruments"])
+    io.write_table(scored, out / "scored.parquet")
+    files = {n: out / f"{n}.parquet" for n in ("analysis", "patients", "sudden_gains")}
+    stages.derive_stage(
+        out / "scored.parquet",
+        measures=block["measures"],
+        derive=block["derive"],
+        expected=out / "expected.json",
+        **files,
+    )
+    models = []
+    for name in COUPLE_MODELS:
+        spec = {**config["models"][name], "ddf": "satterthwaite"}
+        json = out / f"{name}.json"
+        stages.fit_stage(files["analysis"], spec, name=name, json=json, txt=out / f"{name}.txt")
+        models.append(json)
+    return {"config": block, "files": files, "models": models}
+
+
+def _couple_codes(couples) -> set[str]:
+    found: set[str] = set()
+    for path in couples["files"].values():
+        found |= set(io.read_table(path).columns)
+    for path in couples["models"]:
+        result = io.read_json(path)
+        found |= {f["term"] for f in result["fixed"]} | {r["group"] for r in result["random"]}
+    found |= {"partner_a", "partner_b"}  # role codes: printed "partner A", "partner B"
+    return {c for c in found if re.search(r"[_\d(\[:]", c) and c != "Intercept"}
+
+
+def test_no_couples_figure_or_table_prints_a_code(couples, tmp_path):
+    codes = _couple_codes(couples)
+    assert {"alliance_split_between", "role_partner_b", "alliance_partner_within_lag"} <= codes
+    assert "alliance_within_lag:role_partner_b" in codes
+    block = couples["config"]
+    inputs = {"analysis": couples["files"]["analysis"], "models": couples["models"]}
+    wanted = {
+        "couple_trajectories": ("analysis",),
+        "split_outcome": ("analysis", "models"),
+        "within_between": ("analysis", "models"),
+        "forest": ("model",),
+    }
+    for name, keys in wanted.items():
+        for i, model in enumerate(couples["models"] if name == "forest" else [None]):
+            given = {k: inputs[k] for k in keys if k != "model"}
+            if model is not None:
+                given["model"] = model
+            svg = tmp_path / f"{name}_{i}.svg"
+            stages.figure_stage(
+                name, inputs=given, settings=stages.figure_settings(name, block), outputs=[svg]
+            )
+            texts = _svg_texts(svg)
+            assert texts, name
+            for text in texts:
+                assert _hits(text, codes) == [], (svg.name, text)
+    labels = Labels.from_config(block).to_dict()
+    for path in couples["models"]:
+        html = tmp_path / f"{path.stem}.html"
+        md, csv = tmp_path / f"{path.stem}.md", tmp_path / f"{path.stem}.csv"
+        stages.model_table_stage(path, csv=csv, md=md, html=html, labels=labels)
+        text = re.sub(r"<[^>]+>", "\n", html.read_text(encoding="utf-8"))
+        assert ("Partner B (vs partner A)" in text) == ("roles" in path.stem)
+        for line in text.splitlines():
+            assert _hits(line, codes) == [], (path.name, line)

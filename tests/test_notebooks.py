@@ -15,7 +15,7 @@ from conftest import FULL
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
-#: The six teaching notebooks, in teaching order.
+#: The seven teaching notebooks, in teaching order.
 NAMES = [
     "01_data_and_cleaning",
     "02_scoring_alliance_and_outcome",
@@ -23,6 +23,7 @@ NAMES = [
     "04_multilevel_models",
     "05_feedback_and_on_track_status",
     "06_ruptures_and_sudden_gains",
+    "07_couples_split_alliance_and_partner_effects",
 ]
 
 _IMPORT = re.compile(

@@ -182,7 +182,7 @@ def test_changed_package_code_rebuilds_every_result(run, tmp_path):
     )
     full, _ = _planned_jobs(run["dir"], "--forceall")
     assert changed == full
-    assert full["clean_sessions"] == 2 and full["total"] > 50
+    assert full["clean_sessions"] == (3 if FULL else 2) and full["total"] > 50
     assert "params have changed since last execution" in text
 
 
@@ -191,7 +191,8 @@ def test_rerun_elsewhere_gives_identical_bytes(run, tmp_path, copy_project):
     manifest = json.loads((run["dir"] / "results/example/manifest.json").read_text())
     example = {k for k in first if k.startswith("results/example/")}
     assert example == set(manifest["outputs"]) | {"results/example/manifest.json"}
-    assert {k.split("/")[1] for k in first} == {"example", "example2", "pooled"}
+    studies = {"example", "example2", "pooled"} | ({"example3"} if FULL else set())
+    assert {k.split("/")[1] for k in first} == studies
     # m models x (json, txt, 5 table formats) + 1 comparison x (json, txt) + models,
     # reliability, 5 descriptive tables and the binary arm contrasts in 5 formats + (11
     # figures + a forest plot per model) x 3 formats + expected_response.json (derive) +
@@ -446,3 +447,73 @@ def test_a_figure_setting_reruns_only_that_figure(tmp_path, copy_project):
     assert counts == {"plot_caterpillar": 1, "total": 1}
     reasons = output[output.index("Reasons:") :]
     assert "params have changed" in reasons.lower() and "plot_caterpillar" in reasons
+
+
+#: example3's outputs besides the per-model ones: its two couples figures and the figures,
+#: descriptive tables and summary every study with its derived variables gets.
+EXAMPLE3_FIGURES = [
+    "within_between",
+    "trajectories",
+    "flow",
+    "reliable_change",
+    "caterpillar",
+    "couple_trajectories",
+    "split_outcome",
+]
+
+
+def test_example3_is_built_by_the_full_tier_only(run):
+    """The couples study: CI builds it from config.yaml; the quick tier leaves it out.
+
+    Under CI its figures, tables and summary exist, its actor, partner and split CIs hold
+    the README's truths, and its manifest lists each output.
+    """
+    workdir = run["dir"]
+    folder = workdir / "results/example3"
+    if not FULL:
+        assert not folder.exists()
+        assert "example3" not in yaml.safe_load((workdir / "config.yaml").read_text())["studies"]
+        return
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    models = config["studies"]["example3"]["models"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    expected = {
+        f"results/example3/figures/{name}.{ext}"
+        for name in EXAMPLE3_FIGURES + [f"forest_{m}" for m in models]
+        for ext in ("png", "pdf", "svg")
+    } | {
+        f"results/example3/tables/{name}.{ext}"
+        for name in models + ["models", "table1", "intake_correlations", "clinical_significance"]
+        for ext in ("csv", "md", "html", "tex", "docx")
+    }
+    assert expected <= set(manifest["outputs"])
+    assert not any("ruptures" in k or "sudden_gains" in k for k in manifest["outputs"])
+    from allianceflow.simulate import EXAMPLE3_DESIGN as D
+
+    truths = {
+        "couple_alliance_outcome": {
+            "alliance_within_lag": D.actor_within,
+            "alliance_between": D.actor_between,
+            "alliance_partner_within_lag": D.partner_within,
+            "alliance_partner_between": D.partner_between,
+        },
+        "split_alliance": {
+            "alliance_split_within_lag": D.split_within,
+            "alliance_split_between": D.split_between,
+        },
+    }
+    summary = (folder / "summary.md").read_text(encoding="utf-8")
+    for name, wanted in truths.items():
+        result = json.loads((folder / f"models/{name}.json").read_text())
+        rows = {f["term"]: f for f in result["fixed"]}
+        for term, truth in wanted.items():
+            assert rows[term]["ci_low"] < truth < rows[term]["ci_high"], (name, term)
+        n = result["n_groups"]
+        assert n == {"therapist": 20, "system": 150, "patient": 300}
+        assert (
+            f"The model used {result['n_obs']:,} sessions of 300 clients, 150 couples and 20 "
+            "therapists."
+        ) in summary
+    assert "Partner effect: a session at which the partner's SRS total" in summary
+    flow = json.loads((workdir / "data/processed/example3/flow.json").read_text())
+    assert flow["systems"]["read"] == flow["systems"]["kept"] == 150

@@ -22,6 +22,9 @@ def test_test_config_is_config_yaml_made_small(root):
     assert small["studies"]["example"]["models"] == make.SMALL_MODELS
     assert small["studies"]["example"]["measures"]["reliability_bootstrap"] == 50
     assert config["studies"]["example"]["models"] != make.SMALL_MODELS
+    # the couples study is built by the full tier only, and its models go with it
+    assert "example3" in config["studies"] and "example3" not in small["studies"]
+    assert "split_alliance" in config["models"] and "split_alliance" not in small["models"]
 
 
 def test_test_config_is_valid(root):

@@ -56,7 +56,11 @@ def test_figure_settings_are_only_what_each_figure_reads(studies):
 def test_a_study_has_the_figures_whose_variables_and_columns_it_has(studies):
     every = list(stages.FIGURES)
     forests = [f"forest_{m}" for m in studies["example"]["models"]]
-    assert stages.study_figures(studies["example"]) == every[:2] + forests + every[3:]
+    couples = ["couple_trajectories", "split_outcome"]  # studies with a `system` column only
+    individual = [f for f in every[3:] if f not in couples]
+    assert stages.study_figures(studies["example"]) == every[:2] + forests + individual
+    example3 = stages.study_figures(studies["example3"])
+    assert example3[-2:] == couples and "feedback" not in example3 and "ruptures" not in example3
     study = {
         **studies["example2"],
         "derive": {

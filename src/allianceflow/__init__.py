@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # simulated studies with known truth
     "simulate_study": "allianceflow.simulate",
+    "simulate_couples": "allianceflow.simulate",
     # configuration
     "load_config": "allianceflow.config",
     # clean, score, derive
@@ -30,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "reliability": "allianceflow.score",
     "within_between": "allianceflow.derive",
     "lag_within_patient": "allianceflow.derive",
+    "system_variables": "allianceflow.couples",
     "reliable_change": "allianceflow.clinical",
     "clinical_cutoffs": "allianceflow.clinical",
     "fit_expected_response": "allianceflow.ontrack",

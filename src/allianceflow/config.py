@@ -49,7 +49,7 @@ STUDY_SECTIONS: dict[str, tuple[str, ...]] = {
         "labels",
     ),
     "privacy": ("drop_columns", "privacy_exempt", "hash_ids"),
-    "clean": ("min_sessions", "rules"),
+    "clean": ("min_sessions", "rules", "distinguishable"),
     "measures": ("instruments", "alliance", "outcome", "reliability_bootstrap", "alpha_missing"),
     "derive": ("lag_across_gaps",),
     "report": ("figures", "tables"),

@@ -71,9 +71,9 @@ def session_schema(
     Parameters
     ----------
     columns : iterable of str
-        The table's columns; optional canonical columns (therapist, days, condition,
-        informant, rupture, ending, followup_days) get their rule only when present, item columns
-        (``<instrument>_<n>``) are float64.
+        The table's columns; optional canonical columns (therapist, system, role, days,
+        condition, informant, rupture, ending, followup_days) get their rule only when
+        present, item columns (``<instrument>_<n>``) are float64.
     ranges : mapping, optional
         Item column → ``(min, max)`` response range (see :func:`item_ranges`), or
         ``(min, max, code)`` for an instrument with a "does not apply" code (allowed too).
@@ -82,7 +82,8 @@ def session_schema(
     -------
     pandera.DataFrameSchema
         Strict (no other columns), checking: ``patient`` non-empty text; ``therapist``
-        text; ``session`` int64 ≥ 1; ``days`` float64 ≥ 0; ``condition``, ``informant``,
+        text; ``system`` (couple or family id) non-empty text; ``role`` category;
+        ``session`` int64 ≥ 1; ``days`` float64 ≥ 0; ``condition``, ``informant``,
         ``rupture``, ``modality`` (session: in person, video, telephone) and patient-level
         ``moderator_<name>`` categories; ``ending`` a category of planned, unilateral, dropout,
         ongoing; ``followup_days`` float64 ≥ 0; items float64 within their range (missing
@@ -97,9 +98,11 @@ def session_schema(
     }
     if "therapist" in columns:
         spec["therapist"] = pa.Column(object, nullable=True)
+    if "system" in columns:  # couple or family id: every client belongs to one
+        spec["system"] = pa.Column(object, checks=_ID, nullable=False)
     if "days" in columns:
         spec["days"] = pa.Column("float64", pa.Check.ge(0), nullable=True)
-    for name in ("condition", "informant", "rupture", "modality"):
+    for name in ("condition", "informant", "rupture", "modality", "role"):
         if name in columns:
             spec[name] = pa.Column("category", nullable=True)
     for name in columns:

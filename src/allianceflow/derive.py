@@ -651,8 +651,12 @@ def derive_tables(
         ``analysis`` (session level: :func:`derive_analysis` columns, plus the on-track
         columns of :func:`allianceflow.ontrack.on_track` and the rupture columns of
         :func:`allianceflow.ruptures.detect_ruptures` when enabled; ``ending`` is the
-        patients table's, recorded or inferred, whenever one is known), ``patients`` (one row
-        per patient, :func:`allianceflow.clinical.derive_patients`), ``sudden_gains`` (one
+        patients table's, recorded or inferred, whenever one is known; with a ``system``
+        column, the couple and family variables of
+        :func:`allianceflow.couples.system_variables` and, with a ``role`` column, the
+        role dummies of :func:`allianceflow.couples.role_dummies`), ``patients`` (one row
+        per patient, :func:`allianceflow.clinical.derive_patients`; with a ``system``
+        column, :func:`allianceflow.couples.system_patient_variables`), ``sudden_gains`` (one
         row per gain or loss, :func:`allianceflow.suddengains.sudden_gains`) and
         ``expected_response`` (the coefficients used, or None).
     """
@@ -797,4 +801,14 @@ def derive_tables(
     analysis = preset_variables(
         analysis, patients, components=components, lag_across_gaps=lag_across_gaps
     )
+    if "system" in analysis.columns:
+        # Couple and family therapy: the system's mean alliance, split and partner effects.
+        from .couples import role_dummies, system_patient_variables, system_variables
+
+        analysis = system_variables(analysis, lag_across_gaps=lag_across_gaps)
+        if "role" in analysis.columns:
+            analysis = role_dummies(analysis)
+        patients = system_patient_variables(
+            patients, analysis, early_sessions=e["early_alliance_sessions"]
+        )
     return DerivedTables(analysis, patients, gains, model.to_dict() if model is not None else None)

@@ -50,6 +50,10 @@ __all__ = [
     "plot_binary_rates",
     "dropout_curve",
     "plot_dropout_curve",
+    "pick_systems",
+    "split_estimates",
+    "plot_couple_trajectories",
+    "plot_split_outcome",
 ]
 
 Band = Literal["patients", "confidence"]
@@ -1459,4 +1463,254 @@ def plot_dropout_curve(
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel(_wrap(predictor_label, 40 if width == "one" else 80))
         ax.set_ylabel(_wrap("Probability of an early ending (95% CI)", 28))
+    return fig
+
+
+# --------------------------------------------------------------------------- couples and families
+
+
+def _plural(unit: str) -> str:
+    """Plural of what a system is: couples, families, couples or families."""
+    return {"family": "families", "couple or family": "couples or families"}.get(unit, unit + "s")
+
+
+def pick_systems(analysis: pd.DataFrame, *, system: str = "system", n: int = 12) -> list[str]:
+    """Choose *n* systems (couples, families) to draw, the same ones every run.
+
+    All of them when there are at most *n*; else *n* evenly spaced in sorted id order (as
+    :func:`plot_trajectories` chooses patients), so that the choice depends on the ids
+    alone, never on a random draw or on the data's order.
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame({"system": [f"C{i:02d}" for i in range(10)]})
+    >>> pick_systems(frame, n=4)
+    ['C00', 'C03', 'C06', 'C09']
+    """
+    check_frame(analysis, "analysis")
+    check_columns(analysis, system, name="analysis")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"`n` must be a positive whole number of systems; got {n!r}.")
+    ids = sorted(analysis[system].dropna().astype(str).unique())
+    if len(ids) <= n:
+        return ids
+    return [ids[i] for i in np.linspace(0, len(ids) - 1, n).round().astype(int)]
+
+
+def plot_couple_trajectories(
+    analysis: pd.DataFrame,
+    *,
+    alliance: str = "alliance",
+    system: str = "system",
+    role: str = "role",
+    time: str = "session",
+    n_systems: int = 12,
+    ncols: int = 4,
+    labels: Labels | Mapping[str, Any] | None = None,
+) -> matplotlib.figure.Figure:
+    """Each partner's alliance over sessions, one panel per couple (or family).
+
+    Small multiples of *n_systems* systems (:func:`pick_systems`), numbered 1, 2, …
+    in sorted id order (ids are never printed); in each panel one line per member, coloured
+    (and marked) by role, so that where the lines part the split is seen. The panels share
+    their axes, the session ticks are whole numbers and the legend (the roles in words,
+    :meth:`allianceflow.labels.Labels.role`) sits below the panels.
+
+    Parameters
+    ----------
+    analysis : pandas.DataFrame
+        The analysis table of a couples study: one row per client × session with
+        *alliance*, *system*, *role* and *time*.
+    alliance : str
+        The alliance column (the derive stage's ``alliance``: the study's alliance score).
+    n_systems, ncols : int
+        Systems drawn, and panels per row.
+    labels : Labels or its record, optional
+        Words for the alliance, the roles and what a system is (a couple or a family).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    check_frame(analysis, "analysis")
+    check_columns(analysis, alliance, system, role, time, name="analysis")
+    if not isinstance(ncols, int) or isinstance(ncols, bool) or ncols < 1:
+        raise ValueError(f"`ncols` must be a positive whole number of panels; got {ncols!r}.")
+    words = _as_labels(labels)
+    unit = words.system_word()
+    chosen = pick_systems(analysis, system=system, n=n_systems)
+    roles = sorted(analysis[role].dropna().astype(str).unique())
+    colours = {r: _CYCLE[i % len(_CYCLE)] for i, r in enumerate(roles)}
+    markers = {r: _MARKERS[i % len(_MARKERS)] for i, r in enumerate(roles)}
+    ncols = min(ncols, len(chosen))
+    nrows = -(-len(chosen) // ncols)
+    data = analysis[analysis[system].astype(str).isin(chosen)].sort_values(
+        [system, role, time], kind="mergesort"
+    )
+    with style():
+        fig, axes = plt.subplots(
+            nrows,
+            ncols,
+            figsize=(TWO_COLUMNS, 1.45 * nrows + 1.3),
+            sharex=True,
+            sharey=True,
+            layout="constrained",
+            squeeze=False,
+        )
+        for k, (ax, sid) in enumerate(zip(axes.flat, chosen)):
+            rows = data[data[system].astype(str) == sid]
+            for r in roles:
+                member = rows[rows[role].astype(str) == r].dropna(subset=[alliance])
+                if member.empty:
+                    continue
+                ax.plot(
+                    member[time],
+                    member[alliance],
+                    color=colours[r],
+                    marker=markers[r],
+                    ms=2.5,
+                    lw=1,
+                    label=upper_first(words.role(r)),
+                )
+            ax.set_title(f"{upper_first(unit)} {k + 1}", fontsize="medium")
+            _integer_ticks(ax)
+        for ax in list(axes.flat)[len(chosen) :]:
+            ax.set_visible(False)
+        for k in range(len(chosen)):  # the lowest drawn panel of each column: its session axis
+            ax = axes.flat[k]
+            if k + ncols >= len(chosen):
+                ax.xaxis.set_tick_params(labelbottom=True)
+                ax.set_xlabel(words.variable(time))
+            if k % ncols == 0:
+                ax.set_ylabel(_wrap(words.variable(alliance), 24))
+        handles, texts = [], []
+        for ax in axes.flat:  # one legend entry per role, whichever panel has it
+            for handle, text in zip(*ax.get_legend_handles_labels()):
+                if text not in texts:
+                    handles.append(handle)
+                    texts.append(text)
+        fig.legend(
+            handles, texts, loc="outside lower center", ncols=max(len(texts), 1), frameon=False
+        )
+        total = analysis[system].nunique()
+        fig.suptitle(
+            f"{_wrap(words.variable(alliance), 60)} of each member, "
+            f"{len(chosen)} of {total} {_plural(unit)}",
+            fontsize=plt.rcParams["axes.titlesize"],
+        )
+    return fig
+
+
+def split_estimates(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The within- and between-system split effects of a fitted ``split_alliance`` model.
+
+    Parameters
+    ----------
+    result : mapping
+        A model record (the fit stage's JSON) with the terms ``alliance_split_within_lag``
+        and ``alliance_split_between`` (:func:`allianceflow.models.preset_formula`,
+        ``split_alliance``).
+
+    Returns
+    -------
+    dict
+        ``{"within": {...}, "between": {...}}`` as :func:`within_between_estimates`.
+
+    Raises
+    ------
+    KeyError
+        The model has no split terms.
+
+    Examples
+    --------
+    >>> r = {"name": "s", "fixed": [
+    ...     {"term": "alliance_split_within_lag", "estimate": -0.1, "ci_low": -0.2,
+    ...      "ci_high": 0.0},
+    ...     {"term": "alliance_split_between", "estimate": -0.4, "ci_low": -0.6,
+    ...      "ci_high": -0.2}]}
+    >>> split_estimates(r)["between"]["estimate"]
+    -0.4
+    """
+    return within_between_estimates(
+        result, within=("alliance_split_within_lag",), between="alliance_split_between"
+    )
+
+
+def plot_split_outcome(
+    analysis: pd.DataFrame,
+    result: Mapping[str, Any] | None = None,
+    *,
+    system: str = "system",
+    labels: Labels | Mapping[str, Any] | None = None,
+) -> matplotlib.figure.Figure:
+    """The split between partners' alliance and the outcome, within and between couples.
+
+    Left: each session's outcome minus the client's mean outcome (``outcome_within``)
+    against the split at the previous session minus the couple's mean split
+    (``alliance_split_within_lag``), one dot per client × session. Right: each couple's
+    mean outcome (both partners, every session) against its mean split over sessions (the
+    mean of ``alliance_split``, in alliance points), one dot per couple.
+
+    With a fitted ``split_alliance`` model *result* (:func:`split_estimates`) the lines
+    have the model's slopes (adjusted for the couple's mean alliance and time), drawn
+    through the centroid of each panel's points, and the panel titles print the
+    estimates with their 95% CIs: the numbers to report. Without one, ordinary
+    least-squares lines, for orientation only, and the titles say so.
+    """
+    check_frame(analysis, "analysis")
+    check_columns(
+        analysis,
+        system,
+        "outcome",
+        "outcome_within",
+        "alliance_split",
+        "alliance_split_within_lag",
+        name="analysis",
+    )
+    words = _as_labels(labels)
+    unit = words.system_word()
+    units = _plural(unit)
+    estimates = split_estimates(result) if result is not None else None
+    within = analysis.dropna(subset=["alliance_split_within_lag", "outcome_within"])
+    systems = analysis.groupby(system, observed=True)[["alliance_split", "outcome"]].mean().dropna()
+    split = lower_first(words.variable("alliance_split"))
+    outcome_label = words.variable("outcome")
+    with style():
+        fig, (left, right) = plt.subplots(1, 2, figsize=(TWO_COLUMNS, 3.2), layout="constrained")
+        left.scatter(
+            within["alliance_split_within_lag"],
+            within["outcome_within"],
+            s=3,
+            alpha=0.25,
+            color=OKABE_ITO["sky_blue"],
+            linewidths=0,
+        )
+        xw = within["alliance_split_within_lag"].to_numpy(dtype=float)
+        yw = within["outcome_within"].to_numpy(dtype=float)
+        xb = systems["alliance_split"].to_numpy(dtype=float)
+        yb = systems["outcome"].to_numpy(dtype=float)
+        head_w, head_b = f"Within {units}", f"Between {units}"
+        if estimates is None:
+            b_w = _fit_line(left, xw, yw, OKABE_ITO["blue"])
+            left.set_title(f"{head_w}\n(OLS slope {b_w:.2f}, for orientation)")
+        else:
+            _slope_line(left, xw, yw, float(estimates["within"]["estimate"]), OKABE_ITO["blue"])
+            left.set_title(f"{head_w}\n{_estimate_text(estimates['within'])}")
+        left.set_xlabel(
+            _wrap(
+                f"{upper_first(split)} at the previous session (deviation from the {unit}'s mean)"
+            )
+        )
+        left.set_ylabel(_wrap(f"{outcome_label} (deviation from the client's mean)"))
+        right.scatter(xb, yb, s=8, alpha=0.7, color=OKABE_ITO["orange"], linewidths=0)
+        if estimates is None:
+            b_b = _fit_line(right, xb, yb, OKABE_ITO["vermillion"])
+            right.set_title(f"{head_b}\n(OLS slope {b_b:.2f}, for orientation)")
+        else:
+            _slope_line(
+                right, xb, yb, float(estimates["between"]["estimate"]), OKABE_ITO["vermillion"]
+            )
+            right.set_title(f"{head_b}\n{_estimate_text(estimates['between'])}")
+        right.set_xlabel(_wrap(f"{upper_first(split)}, the {unit}'s mean over sessions"))
+        right.set_ylabel(_wrap(f"{outcome_label}, the {unit}'s mean"))
     return fig

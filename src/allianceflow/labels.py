@@ -113,6 +113,10 @@ FIXED_VARIABLES: Mapping[str, str] = MappingProxyType(
     }
 )
 
+#: The partners' roles in words (the canonical ``role`` levels of a couple); a family role
+#: (``mother``, ``child`` ...) reads as its code with underscores as spaces.
+_ROLES = {"partner_a": "partner A", "partner_b": "partner B"}
+
 #: Session modalities in words (the canonical ``modality`` levels).
 _MODALITIES = {"in_person": "in person", "video": "video", "telephone": "telephone"}
 
@@ -373,6 +377,9 @@ class Labels:
             found |= set(_check_mapping(section.get(key), key))
             if found:
                 levels[factor] = sorted(found)
+        roles = ((study_config.get("read") or {}).get("labels") or {}).get("role") or {}
+        if roles:  # a couples or family study: its roles (partner_a, partner_b, mother ...)
+            levels["role"] = sorted({str(v) for v in roles.values()})
         return cls(
             variables=variables,
             instruments={**abbreviations, **own},
@@ -453,7 +460,41 @@ class Labels:
             return self.arm(level)
         if factor == "informant":
             return self.informant(level)
+        if factor == "role":
+            return self.role(level)
         return self.variables.get(f"{factor}={level}") or str(level).replace("_", " ")
+
+    def role(self, level: Any) -> str:
+        """Label of a client's role in a couple or family (a level of ``role``).
+
+        Examples
+        --------
+        >>> Labels().role("partner_b"), Labels().role("step_parent")
+        ('partner B', 'step parent')
+        """
+        code = str(level)
+        return self.variables.get(f"role={code}") or _ROLES.get(code) or code.replace("_", " ")
+
+    def system_word(self) -> str:
+        """What a ``system`` is in this study: "couple", "family" or "couple or family".
+
+        A couple when the known roles (``levels["role"]``, from ``read.labels.role``) are
+        the two partners', a family when there are others, "couple or family" when the
+        roles are not known.
+
+        Examples
+        --------
+        >>> Labels(levels={"role": ["partner_a", "partner_b"]}).system_word()
+        'couple'
+        >>> Labels(levels={"role": ["child", "father", "mother"]}).system_word()
+        'family'
+        >>> Labels().system_word()
+        'couple or family'
+        """
+        roles = set(self.levels.get("role") or ())
+        if not roles:
+            return "couple or family"
+        return "couple" if roles <= set(_ROLES) else "family"
 
     def instrument(self, instrument_id: str) -> str:
         """Abbreviation of an instrument by id ("WAI-SR" for ``wai_sr``)."""
@@ -501,6 +542,10 @@ class Labels:
             others = [str(v) for v in self.levels["condition"] if str(v) != "feedback"]
             versus = self.arm(others[0]) if len(others) == 1 else "the other arms"
             return f"{upper_first(self.arm('feedback'))} arm (vs {versus})"
+        if column == "system":
+            return upper_first(self.system_word())
+        if column == "role" and self.levels.get("role"):
+            return f"Role in the {self.system_word()}"
         if column in FIXED_VARIABLES:
             return FIXED_VARIABLES[column]
         if column in self.subscales:
@@ -511,6 +556,9 @@ class Labels:
             return self.variable(self.outcome) if self.outcome else "Outcome"
         if column == "early_alliance":
             return f"{self.variable('alliance')}, mean of the first sessions"
+        couple = self._couple_variable(column)
+        if couple is not None:
+            return couple
         lag = _LAG.match(column)
         if lag:
             n = int(lag.group("n") or 1)
@@ -551,6 +599,82 @@ class Labels:
 
     def _known(self, column: str) -> bool:
         return self.variable(column) != column
+
+    def _couple_variable(self, column: str) -> str | None:
+        r"""Label of a variable of couple and family therapy, or None for other columns.
+
+        The columns are those of :func:`allianceflow.couples.system_variables`: the
+        partner's alliance (``alliance_partner``: the other partner's, or the other members'
+        mean in a family), the system's mean alliance (``alliance_system_mean``) and the
+        split (``alliance_split``: the partners' absolute difference, the members' SD in a
+        family), each with ``_within`` (partner: deviation from the partner's own mean;
+        system mean and split: deviation from the system's own mean over sessions),
+        ``_between`` and ``_lag``; the split's trend ``alliance_split_slope``; the early
+        means of the patients table (``early_alliance_split``); the role dummies
+        ``role_<level>``; ``system_members`` and ``system_row``.
+
+        Examples
+        --------
+        >>> labels = Labels(variables={"srs_total": "SRS total"}, alliance="srs_total",
+        ...                 levels={"role": ["partner_a", "partner_b"]})
+        >>> labels.variable("alliance_partner_within_lag")
+        "Partner's SRS total at the previous session, within-partner (deviation from the partner's own mean)"
+        >>> labels.variable("alliance_split_between")
+        "Split in SRS total between the partners, the couple's mean over sessions (deviation from the mean of couples)"
+        >>> labels.variable("role_partner_b")
+        'Partner B (vs partner A)'
+        """  # noqa: E501
+        unit = self.system_word()
+        units = "couples or families" if unit == "couple or family" else unit + "s"
+        if unit == "family":
+            units = "families"
+        role = re.fullmatch(r"role_(?P<level>\w+)", column)
+        if role:
+            level = role.group("level")
+            known = sorted(str(r) for r in self.levels.get("role") or () if str(r) != level)
+            versus = self.role(known[0]) if known else "the reference role"
+            return upper_first(f"{self.role(level)} (vs {versus})")
+        if column == "system_members":
+            return f"Members of the {unit}"
+        if column == "system_row":
+            return f"One row per {unit} and session"
+        match = re.fullmatch(
+            r"(?P<early>early_)?alliance_(?P<what>partner|system_mean|split)"
+            r"(?P<rest>_slope|(?:_within|_between)?(?:_lag)?)",
+            column,
+        )
+        if not match:
+            return None
+        a = self.variable("alliance")
+        what, rest = match.group("what"), match.group("rest")
+        if what == "partner":
+            base = f"Other members' mean {a}" if unit == "family" else f"Partner's {a}"
+        elif what == "system_mean":
+            base = f"{upper_first(unit)} mean {a}"
+        elif unit == "couple":
+            base = f"Split in {a} between the partners"
+        elif unit == "family":
+            base = f"Split in {a} among the members (SD)"
+        else:
+            base = f"Split in {a} (partners' absolute difference or members' SD)"
+        if match.group("early"):
+            return f"{base}, mean of the first sessions" if not rest else column
+        if rest == "_slope":
+            return f"{upper_first(_split_trend(base, unit))}" if what == "split" else column
+        text = base + (" at the previous session" if rest.endswith("_lag") else "")
+        if rest.startswith("_within"):
+            text += (
+                ", within-partner (deviation from the partner's own mean)"
+                if what == "partner"
+                else f", within the {unit} (deviation from its mean over sessions)"
+            )
+        elif rest.startswith("_between"):
+            text += (
+                ", partner's mean over sessions"
+                if what == "partner"
+                else f", the {unit}'s mean over sessions (deviation from the mean of {units})"
+            )
+        return text
 
     # ------------------------------------------------------------------ model terms
     def reference(self, factor: str) -> str | None:
@@ -706,7 +830,10 @@ class Labels:
             }
         )
         patient_level = response in _PATIENT_RESPONSES
-        if patient_level and "feedback" in parts:
+        couple = self._couple_question(parts, a, y)
+        if couple:
+            text = couple
+        elif patient_level and "feedback" in parts:
             text = f"{y} by arm" + (" and on-track status" if "off_track" in parts else "")
             text += self._adjusting(parts - {"feedback", "off_track"})
         elif patient_level and "early_alliance" in parts:
@@ -772,6 +899,22 @@ class Labels:
                 said.append(f"{lower_first(self.variable(column))} = {value:g}")
         return f", in patients {' and '.join(said)}" if said else ""
 
+    def _couple_question(self, parts: set[str], a: str, y: str) -> str | None:
+        """The question of a couples preset (allianceflow.models.preset_formula), or None."""
+        unit = self.system_word()
+        members = "partners" if unit == "couple" else "members"
+        if any(p.startswith("alliance_partner_") for p in parts):
+            other = "other members'" if unit == "family" else "partner's"
+            text = f"own and {other} {a} predicting {y} (actor and partner effects)"
+            if any(p.startswith("role_") for p in parts):
+                text = text[: -len(")")] + ", by role)"
+            return text
+        if any(p.startswith("alliance_split_") for p in parts):
+            return f"{unit} mean {a} and the split between the {members} predicting {y}"
+        if "early_alliance_split" in parts:
+            return f"early split in {a} between the {members} predicting {y}"
+        return None
+
 
 #: Responses of the patient-level presets (one row per patient: binomial and Poisson GLMMs).
 _PATIENT_RESPONSES = frozenset({"deteriorated", "improved", "dropout", "sessions_attended"})
@@ -779,6 +922,11 @@ _PATIENT_RESPONSES = frozenset({"deteriorated", "improved", "dropout", "sessions
 
 def _words(n: int) -> str:
     return _WORDS.get(n, str(n))
+
+
+def _split_trend(split: str, unit: str) -> str:
+    """The split's linear trend over sessions in words (``alliance_split_slope``)."""
+    return f"change in the {lower_first(split)} per session (the {unit}'s linear trend)"
 
 
 def _split_interaction(term: str) -> list[str]:

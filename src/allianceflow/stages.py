@@ -465,7 +465,7 @@ def fit_stage(
     (:func:`patient_fit_stage`).
     """
     from .models import fit_model
-    from .models.presets import preset_level
+    from .models.presets import preset_level, preset_rows
 
     if "preset" in model and preset_level(model["preset"]) == "patient":
         patient_fit_stage(patients, model, name=name, json=json, txt=txt)
@@ -483,7 +483,11 @@ def fit_stage(
             io.read_table(analysis), model["preset"], model["options"], name=name, **fit_options
         )
     else:
-        result = fit_model(io.read_table(analysis), model_formula(model), name=name, **fit_options)
+        data = io.read_table(analysis)
+        if "preset" in model:  # system-level presets keep one row per system session
+            for column, value in preset_rows(model["preset"], **model.get("options", {})).items():
+                data = data[data[column] == value]
+        result = fit_model(data, model_formula(model), name=name, **fit_options)
         record = result.to_dict()
     io.write_json(record, json)
     extra = "".join(f"Note: {note}\n" for note in record.get("notes", []))
@@ -1024,6 +1028,34 @@ def dropout_curve_figure_stage(*, model, patients, labels=None, outputs) -> None
     save_figure(fig, outputs)
 
 
+def couple_trajectories_figure_stage(*, analysis, labels=None, outputs) -> None:
+    """Draw both partners' alliance over sessions for a fixed sample of couples (families)."""
+    from .figures import plot_couple_trajectories, save_figure
+
+    save_figure(plot_couple_trajectories(io.read_table(analysis), labels=labels), outputs)
+
+
+def split_outcome_figure_stage(*, analysis, models=(), labels=None, outputs) -> None:
+    """Draw the split between partners' alliance against the outcome, within and between.
+
+    The lines and titles are the estimates of the first of *models* (fitted-model JSON
+    files) with the split terms (the ``split_alliance`` preset); with none, OLS lines for
+    orientation (:func:`allianceflow.figures.plot_split_outcome`).
+    """
+    from .figures import plot_split_outcome, save_figure, split_estimates
+
+    chosen = None
+    for path in models:
+        result = io.read_json(path)
+        try:
+            split_estimates(result)
+        except KeyError:
+            continue
+        chosen = result
+        break
+    save_figure(plot_split_outcome(io.read_table(analysis), chosen, labels=labels), outputs)
+
+
 def outcome_numbers(measures: Mapping[str, Any]) -> dict[str, Any]:
     """Look up the outcome instrument's ``rci``, ``cutoff`` and ``direction``.
 
@@ -1059,6 +1091,10 @@ def _has_binary_rates(study: dict[str, Any]) -> bool:
 
 def _has_dropout_model(study: dict[str, Any]) -> bool:
     return "dropout" in study.get("models", ())
+
+
+def _has_systems(study: dict[str, Any]) -> bool:
+    return "system" in _mapped(study)
 
 
 def _has_caterpillar_group(study: dict[str, Any]) -> bool:
@@ -1110,6 +1146,9 @@ FIGURES: dict[str, Figure] = {
     "binary_rates": Figure(binary_rates_figure_stage, ("min_cell", "labels"), _has_binary_rates),
     # the model named "dropout" of the study (the dropout preset)
     "dropout_curve": Figure(dropout_curve_figure_stage, ("labels",), _has_dropout_model),
+    # couple and family therapy (a `system` column)
+    "couple_trajectories": Figure(couple_trajectories_figure_stage, ("labels",), _has_systems),
+    "split_outcome": Figure(split_outcome_figure_stage, ("labels",), _has_systems),
 }
 
 

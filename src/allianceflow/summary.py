@@ -83,6 +83,12 @@ _REFERENCES = {
     "containment": (
         "Pinheiro, J. C., & Bates, D. M. (2000). *Mixed-effects models in S and S-PLUS*. Springer."
     ),
+    "kenny": "Kenny, D. A., Kashy, D. A., & Cook, W. L. (2006). *Dyadic data analysis*. Guilford.",
+    "bartle-haring": (
+        "Bartle-Haring, S., Glebova, T., Gangamma, R., Grafsky, E., & Delaney, R. O. (2012). "
+        "Alliance and termination status in couple therapy: A comparison of methods for "
+        "assessing discrepancies. *Psychotherapy Research, 22*(5), 502–514."
+    ),
 }
 
 
@@ -268,6 +274,31 @@ def question_of(record: Mapping[str, Any], labels: Labels | None = None) -> str:
     return words.question(record)
 
 
+def _response(record: Mapping[str, Any]) -> str:
+    """The response (left-hand side) of a record's formula, or "outcome"."""
+    return str(record.get("formula", "")).split("~")[0].strip() or "outcome"
+
+
+def _couple_question(record: Mapping[str, Any], terms: set[str]) -> str | None:
+    """Which couples preset a record answers (the preset's name), or None.
+
+    Read from its terms and response: the partner's alliance (actor–partner model), the
+    split with the system's mean (split model), the split as the response (its trajectory)
+    and the early split (termination).
+    """
+    parts = {part for term in terms for part in term.split(":")}
+    if any(p.startswith("alliance_partner_") for p in parts):
+        roles = any(p.startswith("role_") for p in parts)
+        return "couple_alliance_outcome_roles" if roles else "couple_alliance_outcome"
+    if any(p.startswith("alliance_split_") for p in parts):
+        return "split_alliance"
+    if _response(record) == "alliance_split":
+        return "split_trajectory"
+    if "early_alliance_split" in parts:
+        return "split_dropout"
+    return None
+
+
 def _is_alliance_outcome(record: Mapping[str, Any]) -> bool:
     """Whether the model estimates an alliance–outcome association (benchmark applies)."""
     return any(
@@ -311,6 +342,79 @@ _GENERIC = Template(
 _CONTRAST = Template("for $predictor, the $outcome was $amount $direction")
 
 
+_PARTNER_WITHIN = Template(
+    "a session at which the $other's $predictor was 1 point above the $other's usual level "
+    "was followed at the next session by $outcome_article $outcome $amount $direction for the "
+    "client"
+)
+_PARTNER_BETWEEN = Template(
+    "clients whose $other's mean $predictor was 1 point higher had $outcome_article $outcome "
+    "$amount $direction on average"
+)
+_SYSTEM_WITHIN = Template(
+    "a session at which the $unit's mean $predictor was 1 point above the $unit's usual level "
+    "was followed at the next session by $outcome_article $outcome $amount $direction for each "
+    "member"
+)
+_SYSTEM_BETWEEN = Template(
+    "$units whose mean $predictor was 1 point higher than another $unit's had "
+    "$outcome_article $outcome $amount $direction on average"
+)
+_SPLIT_WITHIN = Template(
+    "a session at which the $members' $predictor scores were 1 point further apart$spread than "
+    "usual for the $unit was followed at the next session by $outcome_article $outcome $amount "
+    "$direction"
+)
+_SPLIT_BETWEEN = Template(
+    "$units whose $members' $predictor scores were on average 1 point further apart$spread than "
+    "another $unit's had $outcome_article $outcome $amount $direction on average"
+)
+
+
+def _system_words(labels: Labels) -> dict[str, str]:
+    """What a system is in *labels* (couple, family, couple or family) and its members."""
+    unit = getattr(labels, "system_word", lambda: "couple or family")()
+    units = {"family": "families", "couple or family": "couples or families"}.get(unit)
+    return {
+        "unit": unit,
+        "units": units or f"{unit}s",
+        "members": "partners" if unit == "couple" else "members",
+        "other": "partner" if unit != "family" else "other members",
+        "spread": " (in SD)" if unit == "family" else "",
+    }
+
+
+def _couple_sentence(term: str, values: Mapping[str, str], labels: Labels, alliance: str):
+    """The effect of one term of a couples preset in words, or None for other terms."""
+    words = {**_system_words(labels), **values, "predictor": labels.variable(alliance)}
+    templates = {
+        "alliance_partner_within_lag": _PARTNER_WITHIN,
+        "alliance_partner_between": _PARTNER_BETWEEN,
+        "alliance_system_mean_within_lag": _SYSTEM_WITHIN,
+        "alliance_system_mean_between": _SYSTEM_BETWEEN,
+        "alliance_split_within_lag": _SPLIT_WITHIN,
+        "alliance_split_between": _SPLIT_BETWEEN,
+    }
+    if term in templates:
+        return templates[term].substitute(words)
+    if re.fullmatch(r"role_\w+", term):  # a role's difference from the reference role
+        return _CONTRAST.substitute(values, predictor=_lower(labels.term(term)))
+    return None
+
+
+def _odds_sentence(row: Mapping[str, Any], labels: Labels) -> str:
+    """A binomial GLMM's coefficient in words, as an odds ratio per unit of its predictor."""
+    odds = math.exp(row["estimate"])
+    low, high = math.exp(row["ci_low"]), math.exp(row["ci_high"])
+    what = _lower(labels.variable(row["term"]))
+    response = _lower(labels.variable("dropout"))
+    return (
+        f"one point more in the {what}{',' if ',' in what else ''} multiplied the odds of "
+        f"{_article(response)} {response} by {apa_number(odds, 2)} (odds ratio, 95% CI "
+        f"[{apa_number(low, 2)}, {apa_number(high, 2)}])"
+    )
+
+
 def _article(noun: str) -> str:
     """Choose "an" before a vowel sound: a vowel, or an initialism such as ORS or SRS."""
     initialism = noun[:2].isupper()
@@ -335,6 +439,9 @@ def _term_sentence(
         "direction": direction,
     }
     prefix = alliance.rsplit("_", 1)[0]
+    couple = _couple_sentence(term, values, labels, alliance)
+    if couple is not None:
+        return couple
     component = re.fullmatch(r"alliance_(\w+?)_(within_lag|between)", term)
     if term == "alliance_within_lag":
         return _WITHIN.substitute(values, predictor=labels.variable(alliance))
@@ -455,6 +562,38 @@ def _sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
     else:
         text += f" No {rows[:-1]} was left out for missing values."
     return text
+
+
+#: The actor terms of the actor–partner model (the client's own alliance).
+_ACTOR_TERMS = ("alliance_within_lag", "alliance_between")
+#: The partner terms of the actor–partner model (the other member's alliance).
+_PARTNER_TERMS = ("alliance_partner_within_lag", "alliance_partner_between")
+
+
+def _couple_sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
+    """The N of a couples model: sessions, clients, couples (families) and therapists.
+
+    A model of one row per system (``split_dropout``) counts systems; one of one row per
+    system and session (``split_trajectory``) counts the systems' sessions.
+    """
+    words = _system_words(labels)
+    units = {"patient": "clients", "system": words["units"], "therapist": "therapists"}
+    groups = record["n_groups"]
+    order = [g for g in ("patient", "system", "therapist") if g in groups]
+    order += [g for g in groups if g not in order]
+    counted = [
+        f"{apa_number(groups[g], 0)} {units.get(g, _lower(labels.variable(g)) + ' units')}"
+        for g in order
+    ]
+    if "patient" not in groups and "system" not in groups:  # one row per system
+        rows = f"{apa_number(record['n_obs'], 0)} {words['units']}"
+        text = f"The model used {rows}" + (f" of {_join(counted)}" if counted else "") + "."
+    else:
+        what = "sessions" if "patient" in groups else f"{words['unit']} sessions"
+        text = f"The model used {apa_number(record['n_obs'], 0)} {what} of {_join(counted)}."
+    # what was left out for missing values, as for any model (the first sentence replaced)
+    rest = _sample_sentence(record, labels).split(". ", 1)
+    return text + (" " + rest[1] if len(rest) > 1 else "")
 
 
 def _join(items: Sequence[str]) -> str:
@@ -690,6 +829,9 @@ def model_paragraph(
     interacting = {part for row in record["fixed"] for part in row["term"].split(":")[1:]}
     interacting |= {row["term"].split(":")[0] for row in record["fixed"] if ":" in row["term"]}
     ratios = {r["term"]: r for r in record.get("ratios") or []}
+    couple = _couple_question(record, {row["term"] for row in record["fixed"]})
+    if couple == "split_trajectory":  # the split itself is the response, in alliance points
+        outcome, outcome_direction = "alliance_split", None
     for row in record["fixed"]:
         if row["term"] == "Intercept":
             continue
@@ -710,17 +852,28 @@ def model_paragraph(
             amount=amount,
             direction=_direction(row["estimate"], outcome_direction),
         )
+        if couple == "split_dropout" and record.get("family") == "binomial":
+            text = _odds_sentence(row, labels)
+        elif couple == "split_trajectory" and row["term"] == "session":
+            split = _lower(labels.variable("alliance_split"))
+            direction = _direction(row["estimate"], None)
+            text = f"with each further session, the {split} was {amount} {direction}"
+        elif (couple or "").startswith("couple_alliance_outcome") and row["term"] in _ACTOR_TERMS:
+            text = f"actor effect: {text}"
+        elif (couple or "").startswith("couple_alliance_outcome") and row["term"] in _PARTNER_TERMS:
+            text = f"partner effect: {text}"
         if row["term"] in interacting:
             # a main effect in a model with its interactions is conditional
             text += ", where the terms it interacts with are zero or at their reference level"
         sentences.append(f"{text[:1].upper()}{text[1:]} {_statistics(row, ddf)}.")
     body = [
         " ".join(sentences),
-        _sample_sentence(record, labels),
+        _couple_sample_sentence(record, labels) if couple else _sample_sentence(record, labels),
         _icc_sentence(record, labels),
         _warning_sentence(record, labels),
     ]
-    if benchmark is not None and _is_alliance_outcome(record):
+    # the benchmark pools individual therapy: not quoted for the couples presets
+    if benchmark is not None and _is_alliance_outcome(record) and not couple:
         body.append(_benchmark_sentence(benchmark, outcome_direction))
     title = f"{question or question_of(record, labels)} (model {record['name']})"
     return _PARAGRAPH.substitute(
@@ -748,6 +901,12 @@ RULE_WORDS = {
     "min_sessions": "too few sessions",
     "missing_therapist": "no therapist",
     "condition_change": "a change of arm",
+    "system_change": "a client in more than one couple or family",
+    "system_therapist": "a couple or family seen by more than one therapist",
+    "role_change": "a change of a client's role",
+    "system_roles": "two members in one role, a blank role, or other roles than the others'",
+    "system_sessions": "a session no other member of the couple or family attended",
+    "system_size": "a couple or family of one member",
 }
 
 
@@ -807,10 +966,48 @@ def data_paragraph(flow: Mapping[str, Any], *, labels: Labels | None = None) -> 
     else:
         text += " No value is missing among the kept rows."
     text += " Every excluded, altered or flagged row is listed in exclusions.csv."
+    if flow.get("systems"):
+        text += " " + _systems_sentence(flow["systems"], labels)
     warnings = flow.get("warnings") or []
     if warnings:
         text += "\n\nWarnings from cleaning:\n\n" + "\n".join(f"- {w}" for w in warnings)
     return _heading("Data", "-") + "\n" + text + "\n"
+
+
+def _systems_sentence(systems: Mapping[str, Any], labels: Labels) -> str:
+    """The couples (families) of a study's ``flow.json``: read, kept, sizes, roles."""
+    words = _system_words(labels)
+    text = (
+        f"The export held {apa_number(systems['read'], 0)} {words['units']}, of which "
+        f"{apa_number(systems['kept'], 0)} were kept"
+    )
+    sizes = systems.get("members") or {}
+    if sizes:
+        text += (
+            " ("
+            + _join([f"{apa_number(n, 0)} of {size} members" for size, n in sorted(sizes.items())])
+            + ")"
+        )
+    text += "."
+    roles = [
+        getattr(labels, "role", lambda r: r.replace("_", " "))(r)
+        for r in systems.get("roles") or ()
+    ]
+    if systems.get("distinguishable") and roles:
+        each = _join([f"one {r}" for r in roles])
+        text += (
+            f" The {words['members']} are distinguishable by role: every {words['unit']} "
+            f"has {each}."
+        )
+    elif systems.get("distinguishable") is False:
+        text += f" The {words['members']} are not distinguishable by role."
+    shared = systems.get("sessions_shared")
+    if shared is not None:
+        text += (
+            f" {apa_number(100 * shared, 1)}% of sessions were attended by every member of the "
+            f"{words['unit']}."
+        )
+    return text
 
 
 _RST_END = set(" \n\t-.,:;!?\\/'\")]}>")
@@ -855,6 +1052,11 @@ def _references(records: Sequence[Mapping[str, Any]], benchmark_used: bool) -> s
     keys += sorted({r.get("ddf", "containment") for r in records})
     if benchmark_used:
         keys.insert(0, "fluckiger")
+    couples = {_couple_question(r, {f["term"] for f in r["fixed"]}) for r in records}
+    if couples & {"couple_alliance_outcome", "couple_alliance_outcome_roles"}:
+        keys.append("kenny")
+    if couples & {"split_alliance", "split_trajectory", "split_dropout"}:
+        keys.append("bartle-haring")
     entries = sorted(dict.fromkeys(_REFERENCES[k] for k in keys))
     return _heading("References", "-") + "\n" + "\n\n".join(entries) + "\n"
 
@@ -946,7 +1148,10 @@ def study_summary(
             )
         )
     parts.append(data_paragraph(flow, labels=labels))
-    used = benchmark is not None and any(_is_alliance_outcome(r) for r in records)
+    used = benchmark is not None and any(
+        _is_alliance_outcome(r) and not _couple_question(r, {f["term"] for f in r["fixed"]})
+        for r in records
+    )
     parts.append(_references(records, used))
     return "\n".join(parts)
 

@@ -164,8 +164,58 @@ def csv_files() -> dict[str, bytes]:
         ).encode(),
         # model-level classes: a study with a single therapist, and one too small to fit
         "one_therapist.csv": text(rows=ONE_THERAPIST).encode(),
+        # couples: two couples of two clients each (see COUPLE_ROWS)
+        **couple_files(),
     }
     return files
+
+
+#: Header and rows of a tiny couples export: couple C1 (P01 partner A, P02 partner B) with
+#: T1 and couple C2 (P03 A, P04 B) with T2, two sessions each.
+COUPLE_HEADER = ["ClientCode", "Clinician", "Couple", "Partner", "SessionNo", "SessionDate"]
+COUPLE_HEADER += [f"ORS_{k}" for k in range(1, 5)]
+COUPLE_ROWS = [
+    [p, t, c, r, str(s), f"{d + 7 * (s - 1):02d}/02/2024", *[f"{4 + s + i / 2:.1f}"] * 4]
+    for p, t, c, r, d, i in [
+        ("P01", "T1", "C1", "A", 1, 0),
+        ("P02", "T1", "C1", "B", 1, 1),
+        ("P03", "T2", "C2", "A", 2, 2),
+        ("P04", "T2", "C2", "B", 2, 3),
+    ]
+    for s in (1, 2)
+]
+
+
+def couple_edit(rows: list[list[str]], row: int, column: str, value: str) -> list[list[str]]:
+    """Copy *rows* with one cell replaced (row is 0-based among data rows)."""
+    out = [list(r) for r in rows]
+    out[row][COUPLE_HEADER.index(column)] = value
+    return out
+
+
+def couple_files() -> dict[str, bytes]:
+    """The couples corpus: one problem per file, for the clean stage's system rules."""
+
+    def couples(rows) -> bytes:
+        return text(COUPLE_HEADER, rows).encode()
+
+    both_p02 = couple_edit(couple_edit(COUPLE_ROWS, 2, "Clinician", "T3"), 3, "Clinician", "T3")
+    same_role = couple_edit(couple_edit(COUPLE_ROWS, 2, "Partner", "A"), 3, "Partner", "A")
+    alone = [*COUPLE_ROWS, ["P04", "T2", "C2", "B", "3", "16/02/2024", *["7.0"] * 4]]
+    return {
+        "couple_good.csv": couples(COUPLE_ROWS),
+        "couple_two_systems.csv": couples(couple_edit(COUPLE_ROWS, 3, "Couple", "C2")),
+        "couple_two_therapists.csv": couples(both_p02),
+        "couple_role_change.csv": couples(couple_edit(COUPLE_ROWS, 1, "Partner", "B")),
+        "couple_same_role.csv": couples(same_role),
+        "couple_single_client.csv": couples(COUPLE_ROWS[:6]),
+        "couple_session_alone.csv": couples(alone),
+        "couple_blank_system.csv": couples(couple_edit(COUPLE_ROWS, 1, "Couple", "")),
+        "couple_blank_role.csv": couples(couple_edit(COUPLE_ROWS, 7, "Partner", "")),
+        "couple_other_roles.csv": couples(
+            couple_edit(couple_edit(COUPLE_ROWS, 6, "Partner", "C"), 7, "Partner", "C")
+        ),
+    }
 
 
 #: Eight patients of one therapist, three or four sessions each, with a slow rise in ORS.

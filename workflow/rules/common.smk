@@ -280,6 +280,8 @@ REPORT_NAMES = {
     "feedback": "Outcome by arm and on-track status",
     "expected_response": "Expected treatment response",
     "reliable_change": "Reliable and clinically significant change",
+    "couple_trajectories": "Partners' alliance over sessions, per couple",
+    "split_outcome": "Split alliance and outcome within and between couples",
 }
 
 

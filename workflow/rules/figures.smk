@@ -327,3 +327,58 @@ rule plot_dropout_curve:
         settings=get_figure_settings("dropout_curve"),
     script:
         "../scripts/plot_figure.py"
+
+
+rule plot_couple_trajectories:
+    input:
+        analysis=rules.derive_variables.output.analysis,
+    output:
+        png=report(
+            "results/{study}/figures/couple_trajectories.png",
+            caption="../report/couple_trajectories.rst",
+            category="3. Figures",
+            subcategory="{study}",
+            labels=get_report_labels("figure", "couple_trajectories"),
+        ),
+        pdf="results/{study}/figures/couple_trajectories.pdf",
+        svg="results/{study}/figures/couple_trajectories.svg",
+    log:
+        "logs/{study}/plot_couple_trajectories.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_couple_trajectories.tsv"
+    conda:
+        "../envs/allianceflow.yaml"
+    params:
+        allianceflow_source=SOURCE_FINGERPRINT,
+        figure="couple_trajectories",
+        settings=get_figure_settings("couple_trajectories"),
+    script:
+        "../scripts/plot_figure.py"
+
+
+rule plot_split_outcome:
+    input:
+        analysis=rules.derive_variables.output.analysis,
+        models=get_model_results,
+    output:
+        png=report(
+            "results/{study}/figures/split_outcome.png",
+            caption="../report/split_outcome.rst",
+            category="3. Figures",
+            subcategory="{study}",
+            labels=get_report_labels("figure", "split_outcome"),
+        ),
+        pdf="results/{study}/figures/split_outcome.pdf",
+        svg="results/{study}/figures/split_outcome.svg",
+    log:
+        "logs/{study}/plot_split_outcome.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_split_outcome.tsv"
+    conda:
+        "../envs/allianceflow.yaml"
+    params:
+        allianceflow_source=SOURCE_FINGERPRINT,
+        figure="split_outcome",
+        settings=get_figure_settings("split_outcome"),
+    script:
+        "../scripts/plot_figure.py"

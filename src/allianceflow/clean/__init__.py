@@ -55,6 +55,16 @@ missing_therapist      a blank therapist                            error fill  
                                                                     exclude flag
 condition_change       a patient whose arm (``condition``)          error flag         flag
                        changes between rows                         exclude
+system_change          a client in more than one system, or none    error exclude      error
+role_change            a client whose role changes between rows     error exclude      error
+system_therapist       a system seen by more than one therapist     error exclude      error
+system_size            a system with one client (no partner)        error exclude      flag
+                                                                    flag
+system_roles           a client without a role, a role held twice   error exclude      flag
+                       in a system, or other roles than the other   flag
+                       systems (``clean.distinguishable: true``)
+system_sessions        a session no other client of its system      error exclude      flag
+                       attended (see :mod:`.systems`)               flag ignore
 =====================  ===========================================  =================  =======
 
 ``error`` stops with one paragraph naming the file, row, column and fix; ``exclude`` drops
@@ -120,6 +130,7 @@ from .state import (
     CleanResult,
     CleanRun,
 )
+from .systems import systems, systems_read
 
 __all__ = [
     "CleanResult",
@@ -143,6 +154,7 @@ STEPS: tuple[tuple[str, Callable[[CleanRun], None]], ...] = (
     ("reshape", reshape),
     ("map_to_canonical", map_to_canonical),
     ("canonical_ids", canonical_ids),
+    ("systems_read", systems_read),
     ("parse_values", parse_values),
     ("apply_labels", apply_labels),
     ("check_endings", check_endings),
@@ -159,6 +171,7 @@ STEPS: tuple[tuple[str, Callable[[CleanRun], None]], ...] = (
     ("condition_change", condition_change),
     ("followup", followup),
     ("min_sessions", min_sessions),
+    ("systems", systems),
     ("finish", finish),
 )
 
@@ -184,8 +197,8 @@ def clean_sessions(
         The study's block of the validated config: ``columns``, ``format``,
         ``wide_pattern``, ``missing_codes``, ``decimal``, ``labels``, ``date_format``,
         ``extraction_date``, ``drop_columns``, ``privacy_exempt``, ``hash_ids``,
-        ``min_sessions``, ``rules``, ``instruments`` (item ranges come from
-        :mod:`allianceflow.instruments`).
+        ``min_sessions``, ``rules``, ``distinguishable`` (couples and families),
+        ``instruments`` (item ranges come from :mod:`allianceflow.instruments`).
     source : str
         The file name, used in exclusions and messages.
     name : str, optional

@@ -43,7 +43,7 @@ def finish(run: CleanRun) -> None:
         )
     for col in run.id_cols:
         f[col] = f[col].astype(object)
-    for col in ("condition", "informant", "rupture", "modality"):
+    for col in ("condition", "informant", "rupture", "modality", "role"):
         if col in f:
             f[col] = f[col].astype("category")
     for col in [c for c in f if c.startswith("moderator_")]:
@@ -60,6 +60,21 @@ def finish(run: CleanRun) -> None:
     validate_sessions(sessions, ranges=run.ranges, source=run.source, rows=rows)
     sessions = sessions.reset_index(drop=True)
     flow = flow_counts(run, sessions, exclusions, patient_rule)
+    if "system" in sessions:
+        from .systems import system_flow
+
+        system_rule = run.system_rule
+        if run.salt is not None:
+            system_rule = dict(
+                zip(
+                    pseudonymise(pd.Series(list(system_rule), dtype=object), run.salt),
+                    system_rule.values(),
+                    strict=True,
+                )
+            )
+        flow["systems"] = system_flow(
+            sessions, run.systems_read, system_rule, run.study.get("distinguishable", "auto")
+        )
     run.result = CleanResult(sessions=sessions, exclusions=exclusions, flow=flow)
 
 
@@ -168,11 +183,13 @@ def flow_counts(
 def reconcile(flow: dict[str, Any]) -> list[str]:
     """List the ways *flow* fails to reconcile; an empty list when it does.
 
-    Checks, at session and at patient level, ``read == kept + excluded`` and that the
-    per-rule counts sum to ``excluded``.
+    Checks, at session and at patient level (and at system level when the study has
+    systems), ``read == kept + excluded`` and that the per-rule counts sum to ``excluded``.
     """
     problems = []
-    for level in ("sessions", "patients"):
+    for level in ("sessions", "patients", "systems"):
+        if level not in flow:  # systems: only when a column is mapped to 'system'
+            continue
         block = flow[level]
         if block["read"] != block["kept"] + block["excluded"]:
             problems.append(

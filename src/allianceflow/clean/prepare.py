@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Id columns whose spellings are canonicalised (:func:`canonical_ids`).
-ID_LIKE = ("patient", "therapist")
+ID_LIKE = ("patient", "therapist", "system")
 _INTEGRAL = re.compile(r"^[+]?(\d+)(?:\.0*)?$")
 _INVISIBLE = re.compile(r"[\s\u200b\u200c\u200d\u2060\ufeff]+")
 
@@ -370,7 +370,7 @@ def parse_values(run: CleanRun) -> None:
 
 #: Category columns whose label spellings are merged (``label_variant``); endings are
 #: case-folded by :func:`check_endings`.
-LABEL_LIKE = ("condition", "informant", "rupture")
+LABEL_LIKE = ("condition", "informant", "rupture", "role")
 
 
 def label_key(value: str) -> str:

@@ -36,6 +36,8 @@ __all__ = [
 ID_COLUMNS = (
     "patient",
     "therapist",
+    "system",
+    "role",
     "session",
     "date",
     "days",
@@ -91,6 +93,12 @@ RULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "min_sessions": ("exclude", ("error", "exclude", "flag")),
     "missing_therapist": ("fill", ("error", "fill", "exclude", "flag")),
     "condition_change": ("flag", ("error", "flag", "exclude")),
+    "system_change": ("error", ("error", "exclude")),
+    "role_change": ("error", ("error", "exclude")),
+    "system_therapist": ("error", ("error", "exclude")),
+    "system_size": ("flag", ("error", "exclude", "flag")),
+    "system_roles": ("flag", ("error", "exclude", "flag")),
+    "system_sessions": ("flag", ("error", "exclude", "flag", "ignore")),
 }
 RULE_ORDER = list(RULES)
 OTHER_DATE_FORMATS = (
@@ -236,6 +244,10 @@ class CleanRun:
         self.ranges: dict[str, tuple[float, float]] = {}
         self.records: list[pd.DataFrame] = []
         self.patient_rule: dict[Any, str] = {}
+        #: Systems (couples, families) named on the rows read, and the rule that removed
+        #: each system's last row (see :mod:`allianceflow.clean.systems`).
+        self.systems_read: int = 0
+        self.system_rule: dict[Any, str] = {}
         #: Each patient's first recorded arm and its source row, taken before any row rule.
         self.first_arm: pd.DataFrame | None = None
         self.result: CleanResult | None = None
@@ -349,11 +361,17 @@ class CleanRun:
     def drop(self, mask: pd.Series, rule: str) -> None:
         """Drop the rows of *mask*; a patient left with no row is excluded by *rule*."""
         gone = self.frame.loc[mask, "patient"].dropna().unique()
+        systems = self.frame.loc[mask, "system"].dropna().unique() if "system" in self.frame else ()
         self.frame = self.frame.loc[~mask]
         left = set(self.frame["patient"].dropna().unique())
         for patient in gone:
             if patient not in left:
                 self.patient_rule[patient] = rule
+        if len(systems):
+            left = set(self.frame["system"].dropna().unique())
+            for system in systems:
+                if system not in left:
+                    self.system_rule[system] = rule
 
     def exclusions(self) -> pd.DataFrame:
         """Return the log as a table sorted by source row, rule order and column."""

@@ -18,6 +18,8 @@ __all__ = [
     "preset_level",
     "preset_family",
     "preset_rows",
+    "COUPLE_PRESETS",
+    "SYSTEM_PATIENT_PRESETS",
 ]
 
 #: Presets fitted to the patients table, one row per patient, and the family of each:
@@ -28,6 +30,9 @@ PATIENT_PRESETS: dict[str, str] = {
     "dropout": "binomial",
     "attendance": "poisson",
 }
+#: Patient-level presets of couple and family therapy, fitted to one client per system
+#: (:func:`preset_rows`), and their family.
+SYSTEM_PATIENT_PRESETS: dict[str, str] = {"split_dropout": "binomial"}
 
 #: Session-level presets: linear mixed models of the analysis table (one row per session).
 PRESETS: tuple[str, ...] = (
@@ -39,9 +44,17 @@ PRESETS: tuple[str, ...] = (
     "alliance_components",
     "informants",
 )
-#: Every preset name :func:`preset_formula` knows: the session-level ones, then the
-#: patient-level ones.
-ALL_PRESETS: tuple[str, ...] = (*PRESETS, *PATIENT_PRESETS)
+#: Presets of couple and family therapy (:mod:`allianceflow.couples`): their data need a
+#: ``system`` column, and their default random part has a system level.
+COUPLE_PRESETS: tuple[str, ...] = (
+    "couple_alliance_outcome",
+    "split_alliance",
+    "split_trajectory",
+    "split_dropout",
+)
+#: Every preset name :func:`preset_formula` knows: the session-level ones, the couples
+#: ones (session-level, then ``split_dropout``), then the patient-level ones.
+ALL_PRESETS: tuple[str, ...] = (*PRESETS, *COUPLE_PRESETS, *PATIENT_PRESETS)
 
 
 def _check_name(name: str) -> None:
@@ -60,7 +73,7 @@ def preset_level(name: str) -> str:
     ('patient', 'session')
     """
     _check_name(name)
-    return "patient" if name in PATIENT_PRESETS else "session"
+    return "patient" if name in PATIENT_PRESETS or name in SYSTEM_PATIENT_PRESETS else "session"
 
 
 #: Values of the ``subgroup`` option of the deterioration and improvement presets, and the
@@ -71,9 +84,12 @@ SUBGROUPS = {"not_on_track": 1.0, "on_track": 0.0}
 def preset_rows(name: str, **options: Any) -> dict[str, float]:
     """The rows a preset is fitted to, as ``{column: value}`` (empty: all rows).
 
-    Only the deterioration and improvement presets restrict rows, with their ``subgroup``
-    option: ``"not_on_track"`` keeps patients ever flagged (``off_track == 1``),
-    ``"on_track"`` those assessed and never flagged.
+    The system-level couples presets (``split_trajectory``, ``split_dropout``) keep one
+    row per system session or per system (``system_row == 1``,
+    :func:`allianceflow.couples.system_variables`). The deterioration and improvement
+    presets restrict rows with their ``subgroup`` option: ``"not_on_track"`` keeps
+    patients ever flagged (``off_track == 1``), ``"on_track"`` those assessed and never
+    flagged.
 
     Examples
     --------
@@ -81,8 +97,12 @@ def preset_rows(name: str, **options: Any) -> dict[str, float]:
     {'off_track': 1.0}
     >>> preset_rows("dropout")
     {}
+    >>> preset_rows("split_dropout")
+    {'system_row': 1.0}
     """
     _check_name(name)
+    if name in ("split_trajectory", "split_dropout"):
+        return {"system_row": 1.0}
     subgroup = options.get("subgroup")
     if name not in ("deterioration", "improvement") or subgroup is None:
         return {}
@@ -99,7 +119,7 @@ def preset_family(name: str) -> str:
     ('binomial', 'poisson', 'gaussian')
     """
     _check_name(name)
-    return PATIENT_PRESETS.get(name, "gaussian")
+    return {**PATIENT_PRESETS, **SYSTEM_PATIENT_PRESETS}.get(name, "gaussian")
 
 
 def _random_part(time: str, therapist: bool, random: str | None, slopes: str = "correlated") -> str:
@@ -193,6 +213,34 @@ def preset_formula(name: str, **options: Any) -> str:
             ``alliance_rater_<i>_between`` for each rater
             (:func:`allianceflow.derive.informant_alliances`).
 
+        The couples presets (:data:`COUPLE_PRESETS`; variables from
+        :func:`allianceflow.couples.system_variables`) model sessions in clients in systems
+        (couples, families) in therapists. Their default random part is ``(1 | therapist)
+        + (1 | system) + (1 | patient)``; ``slopes="none" | "correlated" |
+        "uncorrelated"`` (default ``"none"``) adds a patient time slope.
+
+        ``couple_alliance_outcome``
+            The actor–partner interdependence model (APIM; Kenny, Kashy & Cook 2006):
+            ``alliance_within_lag + alliance_between`` (actor: the client's own alliance)
+            ``+ alliance_partner_within_lag + alliance_partner_between`` (partner: the other
+            member's, the other members' mean in a family) ``+ time``.
+            ``distinguishable=False``; ``True`` adds the role dummies ``role_<r>`` of the
+            roles after the first of ``roles=("partner_a", "partner_b")`` and their
+            interactions with the four alliance terms (the plain terms are then the first
+            role's effects).
+        ``split_alliance``
+            ``alliance_system_mean_within_lag + alliance_system_mean_between +
+            alliance_split_within_lag + alliance_split_between + time``: the system's mean
+            alliance and its split (absolute difference of a dyad, SD of a family), each
+            within (last session, around the system's mean) and between systems.
+        ``split_trajectory``
+            ``alliance_split ~ time + (1 | therapist) + (1 + time | system)`` on one row per
+            system session (:func:`preset_rows`): how the split changes over sessions.
+        ``split_dropout``
+            ``dropout ~ early_alliance_split + early_alliance_system_mean + (1 | therapist)``
+            on one row per system; binomial: the early split's log odds ratio of the system
+            ending early (:func:`allianceflow.couples.system_patient_variables`).
+
         The patient-level presets (:data:`PATIENT_PRESETS`) model one row per patient of
         the patients table (:func:`allianceflow.clinical.patient_outcomes`) with a
         therapist random intercept; they take ``therapist``, ``random`` and
@@ -273,6 +321,7 @@ def preset_formula(name: str, **options: Any) -> str:
     correlation. *Journal of Consulting and Clinical Psychology, 75*(6), 842–852.
     Enders, C. K., & Tofighi, D. (2007). Centering predictor variables in cross-sectional
     multilevel models: A new look at an old issue. *Psychological Methods, 12*(2), 121–138.
+    Kenny, D. A., Kashy, D. A., & Cook, W. L. (2006). *Dyadic data analysis*. Guilford Press.
     Hoffman, L., & Stawski, R. S. (2009). Persons as contexts: Evaluating between-person and
     within-person effects in longitudinal analysis. *Research in Human Development, 6*(2–3),
     97–120.
@@ -293,6 +342,8 @@ def preset_formula(name: str, **options: Any) -> str:
     A meta-analysis of adult individual psychotherapy. *Psychotherapy, 47*(4), 637–645.
     """
     _check_name(name)
+    if name in COUPLE_PRESETS:
+        return _couple_formula(name, options)
     if name in PATIENT_PRESETS:
         return _patient_formula(name, options)
     specific = {
@@ -418,4 +469,96 @@ def _patient_formula(name: str, options: dict[str, Any]) -> str:
         rand = "(1 | therapist)"
     else:
         return f"{y} ~ {' + '.join(fixed)}"
+    return f"{y} ~ {' + '.join(fixed)} + {rand}"
+
+
+#: The actor and partner terms of ``couple_alliance_outcome`` (within: last session).
+APIM_TERMS = (
+    "alliance_within_lag",
+    "alliance_between",
+    "alliance_partner_within_lag",
+    "alliance_partner_between",
+)
+#: The system mean and split terms of ``split_alliance``.
+SPLIT_TERMS = (
+    "alliance_system_mean_within_lag",
+    "alliance_system_mean_between",
+    "alliance_split_within_lag",
+    "alliance_split_between",
+)
+
+
+def _couple_formula(name: str, options: dict[str, Any]) -> str:
+    r"""Formula of a couples preset (see :func:`preset_formula`).
+
+    ``couple_alliance_outcome`` is the actor–partner interdependence model (APIM) with
+    each client's own (actor) and the other members' (partner) alliance split into
+    within-client (last session) and between-client parts. Indistinguishable members
+    (``distinguishable=False``) share one actor and one partner effect. Distinguishable
+    ones (``distinguishable=True``) get the interaction approach of Kenny, Kashy & Cook
+    (2006, ch. 7): the role dummies after the reference role and their products with every
+    alliance term, so the plain terms are the reference role's effects and each
+    ``:role_<r>`` term is how role *r*'s effect differs.
+    """
+    common = {"outcome": "outcome", "time": "session", "therapist": True, "random": None}
+    common["covariates"] = ()
+    specific = {
+        "couple_alliance_outcome": {
+            "distinguishable": False,
+            "roles": ("partner_a", "partner_b"),
+            "slopes": "none",
+        },
+        "split_alliance": {"slopes": "none"},
+        "split_trajectory": {"slopes": "correlated", "outcome": "alliance_split"},
+        "split_dropout": {},
+    }[name]
+    allowed = {**common, **specific}
+    if name == "split_dropout":
+        allowed = {"therapist": True, "random": None, "covariates": ()}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"preset {name!r} has no option {unknown[0]!r}; options are {sorted(allowed)}."
+        )
+    o = {**allowed, **options}
+    if not isinstance(o["therapist"], bool):
+        raise ValueError(f"`therapist` must be True or False; got {o['therapist']!r}.")
+    covs = [o["covariates"]] if isinstance(o["covariates"], str) else list(o["covariates"])
+    therapist = ["(1 | therapist)"] if o["therapist"] else []
+    if name == "split_dropout":
+        fixed = ["early_alliance_split", "early_alliance_system_mean", *covs]
+        rand = o["random"] if o["random"] is not None else " + ".join(therapist)
+        return f"dropout ~ {' + '.join(fixed)}" + (f" + {rand}" if rand else "")
+    y, t = o["outcome"], o["time"]
+    if name == "split_trajectory":
+        _check_choice("slopes", o["slopes"], ("correlated", "uncorrelated"))
+        bar = "|" if o["slopes"] == "correlated" else "||"
+        fixed = [t, *covs]
+        rand = o["random"] or " + ".join([*therapist, f"(1 + {t} {bar} system)"])
+        return f"{y} ~ {' + '.join(fixed)} + {rand}"
+    _check_choice("slopes", o["slopes"], ("none", "correlated", "uncorrelated"))
+    if name == "couple_alliance_outcome":
+        _check_choice("distinguishable", o["distinguishable"], (False, True))
+        fixed = list(APIM_TERMS)
+        if o["distinguishable"]:
+            roles = o["roles"]
+            if isinstance(roles, str) or len(roles) < 2 or len(set(roles)) != len(roles):
+                raise ValueError(
+                    "`roles` must list at least two distinct roles, the reference first; "
+                    f"got {roles!r}."
+                )
+            dummies = [f"role_{r}" for r in roles[1:]]
+            fixed += dummies + [f"{term}:{d}" for d in dummies for term in APIM_TERMS]
+    else:
+        fixed = list(SPLIT_TERMS)
+    fixed = [*fixed[: len(APIM_TERMS)], t, *fixed[len(APIM_TERMS) :], *covs]
+    if o["random"] is not None:
+        rand = o["random"]
+    else:
+        patient = {
+            "none": "(1 | patient)",
+            "correlated": f"(1 + {t} | patient)",
+            "uncorrelated": f"(1 + {t} || patient)",
+        }[o["slopes"]]
+        rand = " + ".join([*therapist, "(1 | system)", patient])
     return f"{y} ~ {' + '.join(fixed)} + {rand}"
