@@ -202,6 +202,10 @@ def variance_structure(
         block (:math:`q_j` random effects in block *j*: for a crossed design, every level of
         every factor); the dense one it replaced held (number of variance parameters + 3) ×
         rows² × 8 bytes per block. None: no limit.
+    _dense : bool, default False
+        Compute with dense :math:`V_j` per block instead
+        (:func:`allianceflow.models.ddf_moments.dense_reml_moments`): the reference the
+        default is tested and benchmarked against; same results, far slower.
 
     Returns
     -------
