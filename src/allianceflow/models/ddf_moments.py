@@ -306,8 +306,9 @@ def _reml_moments(X, y, psi, terms, params, block_of_row) -> dict[str, np.ndarra
         )
         acc_k += cd.reshape(m_r, -1) @ cd.transpose(0, 1, 3, 2).reshape(m_r, -1).T
         acc_tr += np.einsum("acii->a", cd)
-        c2_partner = np.take_along_axis(np.broadcast_to(c2, (m_r, c, s, s)), part[..., None], 3)
-        acc_k_res += np.einsum("aci,aci->a", msk, c2_partner[..., 0])
+        # tr(Delta_a C_2) = sum_i mask_a[i] C_2[partner_a[i], i]
+        c2_partner = c2[np.arange(c)[None, :, None], part, np.arange(s)[None, None, :]]
+        acc_k_res += np.einsum("aci,aci->a", msk, c2_partner)
 
     # assemble the m = m_r + 1 parameters (residual last) in the augmented [X, y] forms
     t1 = (gxx - s1) / sigma2
