@@ -279,3 +279,46 @@ def test_df_match_lmertest_and_pbkrtest_computed_live(tmp_path, three_level_data
                 )
                 assert res["f"] == pytest.approx(ref[tag][0], rel=1e-5)
                 assert res["ddf"] == pytest.approx(ref[tag][1], rel=1e-4)
+
+
+# A therapist level of a few hundred rows per therapist: the Woodbury computation
+# (ddf_moments.reml_moments, the default) against dense V_j per therapist
+# (ddf_moments.dense_reml_moments, the computation before it). The crossed model (one block of
+# every row) runs on the smaller three-level data.
+WOODBURY_CASES = [("large", f) for f in FORMULAS if "rater" not in f] + [
+    ("large", "outcome ~ alliance_within_lag + session + (1 + session | therapist) + (1 | pid)"),
+    ("small", next(f for f in FORMULAS if "rater" in f)),
+]
+
+
+@pytest.fixture(scope="module")
+def large_therapist_data():
+    from conftest import simulate_three_level
+
+    return simulate_three_level(seed=11, n_therapists=6, n_patients=300, n_sessions=12)
+
+
+@pytest.mark.parametrize("size, formula", WOODBURY_CASES)
+def test_woodbury_moments_match_the_dense_computation(
+    large_therapist_data, three_level_data, size, formula
+):
+    d = large_therapist_data if size == "large" else three_level_data
+    if size == "large":
+        assert d.groupby("therapist").size().between(250, 450).all()
+    res = fit_model(d, formula, reml=True)
+    fast = variance_structure(d, formula, res)
+    dense = variance_structure(d, formula, res, _dense=True)
+    assert fast.n_blocks == dense.n_blocks == (1 if size == "small" else 6)
+    assert fast.parameters == dense.parameters
+    for name in ("beta", "phi", "o", "q", "expected", "hessian"):
+        ref = getattr(dense, name)
+        np.testing.assert_allclose(
+            getattr(fast, name), ref, rtol=1e-8, atol=1e-8 * np.max(np.abs(ref)), err_msg=name
+        )
+    # the gradient is ~0 at the optimum: compare it on the scale of the curvature
+    scale = np.sqrt(np.abs(np.diag(dense.expected)))
+    np.testing.assert_allclose(fast.gradient / scale, dense.gradient / scale, atol=1e-8)
+    for fn in (kenward_roger, satterthwaite_df):
+        new, old = fn(structure=fast), fn(structure=dense)
+        for column in ("estimate", "se", "df", "statistic"):
+            np.testing.assert_allclose(new[column], old[column], rtol=1e-8, err_msg=column)

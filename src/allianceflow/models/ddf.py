@@ -19,8 +19,13 @@ evaluate the restricted likelihood and the marginal covariance
 
     V(\psi) = \sum_j \psi_j V_j = \sum_t Z_t (I \otimes G_t) Z_t^\top + \sigma^2 I
 
-with dense numpy, one block per level of the outermost grouping factor when every other
-factor is nested in it (one block for the whole data set otherwise, e.g. crossed designs).
+one independent block per level of the outermost grouping factor when every other factor is
+nested in it (one block for the whole data set otherwise, e.g. crossed designs). No
+:math:`n_j \times n_j` matrix is formed: :math:`V_j^{-1}` is applied through Woodbury's
+identity and every needed product is written with :math:`Z_j^\top Z_j`, :math:`Z_j^\top X_j`
+and :math:`q_j \times q_j` matrices (:func:`allianceflow.models.ddf_moments.reml_moments`,
+which states the formulas; the dense computation it replaced is kept as
+:func:`~allianceflow.models.ddf_moments.dense_reml_moments` and agrees to about 1e-14).
 :math:`\psi` holds every variance, every covariance of a correlated block (``|``) and
 :math:`\sigma^2`, as pbkrtest's ``get_SigmaG``; :math:`V_j = \partial V / \partial \psi_j`.
 
@@ -56,6 +61,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .ddf_moments import dense_reml_moments, reml_moments
 from .design import group_codes, model_rows, nested_in
 from .formula import FormulaSpec, parse_formula
 
@@ -177,6 +183,7 @@ def variance_structure(
     result: Mapping[str, Any] | None = None,
     *,
     max_block: int | None = None,
+    _dense: bool = False,
 ) -> VarianceStructure:
     r"""Evaluate :math:`\Phi`, its derivatives and the REML information at the fitted *ψ*.
 
@@ -191,8 +198,14 @@ def variance_structure(
         ``fit_model(data, formula, reml=True)``; fitted here when omitted.
     max_block : int, optional
         Refuse (:class:`BlockTooLarge`, a ``ValueError``) when an independent block of *V*
-        has more rows than this: the dense matrices take about (number of variance
-        parameters + 3) × rows² × 8 bytes per block. None: no limit.
+        has more rows than this. The computation holds :math:`q_j \times q_j` matrices per
+        block (:math:`q_j` random effects in block *j*: for a crossed design, every level of
+        every factor); the dense one it replaced held (number of variance parameters + 3) ×
+        rows² × 8 bytes per block. None: no limit.
+    _dense : bool, default False
+        Compute with dense :math:`V_j` per block instead
+        (:func:`allianceflow.models.ddf_moments.dense_reml_moments`): the reference the
+        default is tested and benchmarked against; same results, far slower.
 
     Returns
     -------
@@ -228,34 +241,37 @@ def variance_structure(
     y = rows[spec.response].to_numpy(dtype=float)
     n, p = X.shape
 
-    # parameters psi and, per random term, the pieces that build each V_j
+    # parameters psi and, per random term, its level codes and effect values
     names: list[str] = []
     psi: list[float] = []
     zero: list[set[str]] = []  # per parameter: the effects whose variance it involves
-    pieces: list[tuple[int, np.ndarray, np.ndarray]] = []  # (term index, x_a, x_b)
+    params: list[tuple[int, int, int]] = []  # (term index, effect a, effect b)
+    terms: list[tuple[np.ndarray, np.ndarray]] = []
     keys: list[np.ndarray] = []
     for t_index, term in enumerate(spec.random):
         keys.append(group_codes(rows, term.factor)[0])
-        values = {
-            e: np.ones(n) if e == "(Intercept)" else rows[e].to_numpy(dtype=float)
-            for e in term.effects
-        }
-        for e in term.effects:
+        values = np.column_stack(
+            [
+                np.ones(n) if e == "(Intercept)" else rows[e].to_numpy(dtype=float)
+                for e in term.effects
+            ]
+        )
+        terms.append((keys[-1], values))
+        for i, e in enumerate(term.effects):
             names.append(f"var({term.label}, {e})")
             psi.append(_lookup_variance(result, term.label, e))
-            pieces.append((t_index, values[e], values[e]))
+            params.append((t_index, i, i))
             zero.append({f"{term.label}|{e}"})
         if term.correlated and len(term.effects) > 1:
             for i, a in enumerate(term.effects):
-                for b in term.effects[i + 1 :]:
+                for j, b in enumerate(term.effects[i + 1 :], start=i + 1):
                     names.append(f"cov({term.label}, {a}, {b})")
                     psi.append(_lookup_covariance(result, term.label, a, b))
-                    pieces.append((t_index, values[a], values[b]))
+                    params.append((t_index, i, j))
                     zero.append({f"{term.label}|{a}", f"{term.label}|{b}"})
     names.append("residual")
     psi.append(float(result["residual_variance"]))
     psi_arr = np.array(psi)
-    m = len(psi_arr)
     tiny = 1e-10 * psi_arr[-1]
     vanished = {
         next(iter(z))
@@ -265,15 +281,13 @@ def variance_structure(
     at_boundary = np.array([bool(z & vanished) for z in zero] + [False])
 
     # independent blocks: levels of a factor that every other factor is nested in
-    blocks = [np.arange(n)]
+    block_of_row = np.zeros(n, dtype=np.int64)
     for key in sorted(keys, key=lambda k: int(k.max()) + 1):
         if all(nested_in(other, key) for other in keys):
-            codes = key
-            order = np.argsort(codes, kind="stable")
-            bounds = np.searchsorted(codes[order], np.arange(codes.max() + 2))
-            blocks = [order[bounds[i] : bounds[i + 1]] for i in range(codes.max() + 1)]
+            block_of_row = key
             break
-    largest = max(len(b) for b in blocks)
+    n_blocks = int(block_of_row.max()) + 1
+    largest = int(np.bincount(block_of_row).max())
     if max_block is not None and largest > max_block:
         raise BlockTooLarge(
             f"the marginal covariance of {spec.formula!r} splits into blocks of up to "
@@ -282,59 +296,12 @@ def variance_structure(
             "dense Satterthwaite and Kenward–Roger computations would need too much memory."
         )
 
-    xtvx = np.zeros((p, p))
-    xtvy = np.zeros(p)
-    per_block = []
-    for idx in blocks:
-        vj = []
-        for t_index, xa, xb in pieces:
-            same = keys[t_index][idx][:, None] == keys[t_index][idx][None, :]
-            outer = np.outer(xa[idx], xb[idx])
-            # d V / d variance = Z_a Z_a'; d V / d covariance = Z_a Z_b' + Z_b Z_a'
-            vj.append(same * (outer if xa is xb else outer + outer.T))
-        vj.append(np.eye(len(idx)))
-        vj = np.array(vj)
-        v = np.tensordot(psi_arr, vj, axes=1)
-        chol = np.linalg.cholesky(v)
-        vinv = np.linalg.inv(chol)
-        vinv = vinv.T @ vinv
-        xb_ = X[idx]
-        vx = vinv @ xb_
-        xtvx += xb_.T @ vx
-        xtvy += vx.T @ y[idx]
-        per_block.append((idx, vj, vinv, vx))
-    phi = np.linalg.inv(xtvx)
-    phi = (phi + phi.T) / 2.0
-    beta = phi @ xtvy
-
-    o = np.zeros((m, p, p))
-    q = np.zeros((m, m, p, p))
-    k_trace = np.zeros((m, m))
-    s = np.zeros((m, m))
-    u = np.zeros((m, p))
-    tr_vinv_vj = np.zeros(m)
-    r_vj_r = np.zeros(m)
-    for idx, vj, vinv, vx in per_block:
-        r = vinv @ (y[idx] - X[idx] @ beta)
-        # matrix products (BLAS) rather than einsum: the n^3 terms dominate on large blocks
-        nb = len(idx)
-        a = vinv @ vj  # V^-1 V_j, shape (m, nb, nb)
-        avx = a @ vx  # V^-1 V_j V^-1 X
-        vjvx = vj @ vx  # V_j V^-1 X
-        o += vx.T @ vjvx
-        # Q_ab = (V_a V^-1 X)' V^-1 V_b V^-1 X for every pair (a, b)
-        q += (
-            (vjvx.transpose(0, 2, 1).reshape(m * p, nb) @ avx.transpose(1, 0, 2).reshape(nb, m * p))
-            .reshape(m, p, m, p)
-            .transpose(0, 2, 1, 3)
-        )
-        # tr(V^-1 V_a V^-1 V_b) = sum_ij a_a[i, j] a_b[j, i]
-        k_trace += a.reshape(m, nb * nb) @ a.transpose(0, 2, 1).reshape(m, nb * nb).T
-        vr = vj @ r  # V_j r
-        s += vr @ vinv @ vr.T
-        u += vr @ vx
-        tr_vinv_vj += np.einsum("mii->m", a)
-        r_vj_r += vr @ r
+    moments = (dense_reml_moments if _dense else reml_moments)(
+        X, y, psi_arr, terms, params, block_of_row
+    )
+    phi, beta, o, q = moments["phi"], moments["beta"], moments["o"], moments["q"]
+    k_trace, s, u = moments["k_trace"], moments["s"], moments["u"]
+    tr_vinv_vj, r_vj_r = moments["tr_vinv_vj"], moments["r_vj_r"]
     o = (o + o.transpose(0, 2, 1)) / 2.0
     phi_o = np.einsum("ij,mjk->mik", phi, o)
     expected = (
@@ -355,7 +322,7 @@ def variance_structure(
         expected=expected,
         hessian=hessian,
         gradient=gradient,
-        n_blocks=len(blocks),
+        n_blocks=n_blocks,
         at_boundary=at_boundary,
     )
 
