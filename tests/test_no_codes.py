@@ -8,8 +8,10 @@ tables, the fixed- and random-effect term names of the fitted models, and the ar
 that differ from their labels ("tau").
 """
 
+import json
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -235,9 +237,15 @@ def test_no_simple_slopes_output_prints_a_code(study, tmp_path):
 def test_no_pooled_output_prints_a_code(study, tmp_path):
     """The pooled forest plot and table name the studies, the effect and its unit in words."""
     codes = _codes(study) | {"alliance_within_lag", "alliance_between"}
-    # two fits with a within-patient alliance term stand for two studies
+    # the fit and a copy with a shifted within-patient estimate stand for two studies
+    # (unmoderated both: a moderated and an unmoderated model are not pooled)
     model = study["models"][MODELS.index("alliance_outcome")]
-    other = study["models"][MODELS.index("alliance_outcome_modality")]
+    record = json.loads(Path(model).read_text(encoding="utf-8"))
+    for row in record["fixed"]:
+        if row["term"] == "alliance_within_lag":
+            row.update({k: row[k] + 0.05 for k in ("estimate", "ci_low", "ci_high")})
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(record), encoding="utf-8")
     labels = Labels.from_config(study["config"]).to_dict()
     meta = tmp_path / "meta.json"
     tables = [tmp_path / f"meta.{ext}" for ext in ("html", "tex")]

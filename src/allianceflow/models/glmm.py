@@ -982,18 +982,32 @@ def fit_glmm(
 
 
 def ratio_rows(names, beta, se, label: str | None) -> list[dict]:
-    """``term, ratio, ci_low, ci_high``: exp of the estimate and of its Wald 95% CI."""
+    """``term, ratio, ci_low, ci_high``: exp of the estimate and of its Wald 95% CI.
+
+    A bound beyond the largest float (log ratio above about 709, as with a huge SE near
+    separation) is not finite and is stored as None (null in the JSON), instead of
+    raising an OverflowError.
+
+    Examples
+    --------
+    >>> ratio_rows(["x"], [0.0], [1000.0], "OR")
+    [{'term': 'x', 'ratio': 1.0, 'ci_low': 0.0, 'ci_high': None}]
+    """
     if label is None:
         return []
     z = float(stats.norm.ppf(0.975))
+
+    def _exp(x: float) -> float:
+        return math.exp(x) if x < 709.0 else math.inf
+
     rows = []
     for t, b, s in zip(names, beta, se, strict=True):
         rows.append(
             {
                 "term": t,
-                "ratio": _r(math.exp(b)),
-                "ci_low": _r(math.exp(b - z * s)),
-                "ci_high": _r(math.exp(b + z * s)),
+                "ratio": _r(_exp(b)),
+                "ci_low": _r(_exp(b - z * s)),
+                "ci_high": _r(_exp(b + z * s)),
             }
         )
     return rows
