@@ -14,7 +14,8 @@ Each simulated table goes through the package's score and derive functions with 
 study's blocks of ``config.yaml`` (:func:`allianceflow.score.score_sessions`,
 :func:`allianceflow.stages.derive_study`); the clean stage is skipped because the
 simulated table is already canonical (at the configured seed the path through the export
-and :func:`allianceflow.stages.prepare_study` gives the same estimates to the last digit).
+and :func:`allianceflow.stages.prepare_study` gives the same within-patient estimate to the
+last digit).
 The derive steps no model here reads (sudden gains, ruptures; for example2 also on-track
 status, reliable change and the endings, which example2 infers from the export date) are
 switched off to save time. The models are the configured ones
