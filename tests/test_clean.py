@@ -750,9 +750,9 @@ def test_example_study_cleans_with_no_exclusions(root):
         name="example",
     )
     flow = result.flow
-    assert flow["sessions"]["read"] == flow["sessions"]["kept"] == 2907
+    assert flow["sessions"]["read"] == flow["sessions"]["kept"] == 3374
     assert flow["sessions"]["excluded"] == 0
-    assert flow["sessions"]["flagged_by_rule"] == {"session_gap": 64}
+    assert flow["sessions"]["flagged_by_rule"] == {"session_gap": 82}
     assert flow["patients"] == {
         "read": 300,
         "kept": 300,
@@ -760,7 +760,7 @@ def test_example_study_cleans_with_no_exclusions(root):
         "excluded_by_rule": {},
         "rows_without_patient_id": 0,
     }
-    assert flow["values"]["missing_code"] == 464
+    assert flow["values"]["missing_code"] == 555
     sessions = result.sessions
     assert list(sessions.columns[:5]) == ["patient", "therapist", "session", "days", "condition"]
     assert sessions["session"].dtype == "int64" and sessions["days"].dtype == "float64"
@@ -788,7 +788,7 @@ def test_raw_files_are_never_written(root, tmp_path):
     )
     assert io.sha256_file(raw) == before
     assert raw.stat().st_mtime_ns == mtime
-    assert io.read_json(tmp_path / "f.json")["sessions"]["kept"] == 2907
+    assert io.read_json(tmp_path / "f.json")["sessions"]["kept"] == 3374
 
 
 # --------------------------------------------------------------------------- property test

@@ -33,10 +33,10 @@ def test_example_is_clean(root, capsys):
     out = capsys.readouterr().out
     assert status == 0
     assert out.startswith(
-        "sessions_export.csv (study 'example'): 2907 rows read, 2907 kept, 0 excluded "
+        "sessions_export.csv (study 'example'): 3374 rows read, 3374 kept, 0 excluded "
         "(0 by rules set to error); 300 patients, 300 kept."
     )
-    assert "16    SessionNo  session_gap  flagged  session 11 missing before session 12" in out
+    assert "31    SessionNo  session_gap  flagged  session 11 missing before session 12" in out
     assert out.rstrip().endswith("sessions_export.csv: clean.")
 
 
@@ -50,8 +50,8 @@ def test_problems_are_listed_and_exit_1(root, tmp_path, capsys):
     out = capsys.readouterr().out
     assert status == 1
     assert (
-        "2907 rows read" not in out
-        and "2908 rows read, 2906 kept, 2 excluded (1 by rules set to error)" in out
+        "3374 rows read" not in out
+        and "3375 rows read, 3373 kept, 2 excluded (1 by rules set to error)" in out
     )
     assert "4     WAI_SR_01  not_a_number" in out and "'twelve' is not a number" in out
     assert "duplicate_identical  excluded" in out
@@ -113,7 +113,7 @@ def test_a_closed_pipe_ends_quietly(root, tmp_path):
     assert producer.wait(timeout=300) == 1
     assert stderr == ""
     assert first_line.decode() == (
-        "twice.csv (study 'example'): 5814 rows read, 2907 kept, 2907 excluded (0 by rules set "
+        "twice.csv (study 'example'): 6748 rows read, 3374 kept, 3374 excluded (0 by rules set "
         "to error); 300 patients, 300 kept.\n"
     )
 

@@ -24,7 +24,6 @@ from allianceflow.simulate import (
     EXAMPLE2_SEED,
     EXAMPLE_FILE_DESIGN,
     EXAMPLE_SEED,
-    FORMER,
     simulate_study,
 )
 
@@ -517,7 +516,7 @@ def test_example2_endings_inferred_from_the_extraction_date():
     # Against the simulation's truth (the export does not carry it): every inferred planned
     # ending is a true planned one, and every ended patient the simulation ended early is a dropout.
     truth = (
-        simulate_study(EXAMPLE2_DESIGN, seed=EXAMPLE2_SEED, instruments="srs+phq9", **FORMER)
+        simulate_study(EXAMPLE2_DESIGN, seed=EXAMPLE2_SEED, instruments="srs+phq9")
         .groupby("patient")["ending"]
         .first()
     )

@@ -179,3 +179,147 @@ def test_without_the_new_mechanisms_the_former_example_is_drawn_again(tmp_path):
     assert sha256_file(written) == (
         "be1d8e39005383e4ecc7f53c16795658aabd21e2e2eb328fd5d575faf7e2306b"
     )
+
+
+# ------------------------------------------------- the committed examples and their truths
+
+
+#: The deterioration models' truths: log odds ratios of *measured* reliable deterioration
+#: (feedback vs TAU, given the baseline ORS), by Monte Carlo over 20,000 simulated patients
+#: (benchmarks/results/example_truths.txt, Monte Carlo SE 0.05 and 0.06), as the example
+#: README states them. The lasting-episode truth (-1.2) is not what these models estimate:
+#: over 100 replications the all-patients model's mean is -0.88 (bias +0.32, 8 Monte Carlo SEs).
+MEASURED_DETERIORATION = {"deterioration": -0.8837, "deterioration_not_on_track": -1.0135}
+
+
+def _fit_truths(root):
+    """Fit every model that has a simulator truth to the committed example studies.
+
+    Returns ``{truth name: (estimate, ci_low, ci_high, truth)}``, per point of the alliance
+    total score the pipeline uses (WAI-SR: sum of 12 items; SRS: sum of 4), with the
+    configured models and fit settings (Kenward-Roger df for linear models).
+    """
+    import warnings
+
+    from allianceflow.config import load_config
+    from allianceflow.models import fit_model
+    from allianceflow.models.moderation import fit_moderated
+    from allianceflow.models.presets import preset_family, preset_rows
+    from allianceflow.simulate import EXAMPLE2_DESIGN, EXAMPLE2_MODALITY
+    from allianceflow.stages import MODEL_DDF, MODEL_MIN_LEVELS, model_formula, prepare_study
+
+    config = load_config(root / "config.yaml")
+    models = config["models"]
+    linear = {"reml": True, "ddf": MODEL_DDF, "min_levels": MODEL_MIN_LEVELS}
+    d, d2 = EXAMPLE_DESIGN, EXAMPLE2_DESIGN
+    out = {}
+
+    def keep(name, record, term, truth):
+        row = next(r for r in record["fixed"] if r["term"] == term)
+        out[name] = (row["estimate"], row["ci_low"], row["ci_high"], truth)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = prepare_study(config["studies"]["example"], root=root, name="example")
+        two = prepare_study(config["studies"]["example2"], root=root, name="example2")
+        rec = fit_model(one.analysis, models["alliance_outcome"]["formula"], **linear).to_dict()
+        keep("example within", rec, "alliance_within_lag", d.within_effect / 12)
+        keep("example between", rec, "alliance_between", d.between_effect / 12)
+        for name, term, truth in (
+            ("dropout", "early_alliance", d.dropout_alliance_effect / 12),
+            ("deterioration", "feedback", MEASURED_DETERIORATION["deterioration"]),
+            (
+                "deterioration_not_on_track",
+                "feedback",
+                MEASURED_DETERIORATION["deterioration_not_on_track"],
+            ),
+        ):
+            spec, data = models[name], one.patients
+            for column, value in preset_rows(spec["preset"], **spec.get("options", {})).items():
+                data = data[data[column] == value]
+            fit = fit_model(
+                data,
+                model_formula(spec),
+                family=preset_family(spec["preset"]),
+                min_levels=MODEL_MIN_LEVELS,
+            )
+            keep(name, fit.to_dict(), term, truth)
+        rec = fit_model(two.analysis, models["alliance_outcome"]["formula"], **linear).to_dict()
+        effect = {
+            lv: EXAMPLE2_MODALITY["within_effect"].get(lv, d2.within_effect)
+            for lv in EXAMPLE2_MODALITY["shares"]
+        }
+        mixed = sum(s * effect[lv] for lv, s in EXAMPLE2_MODALITY["shares"].items())
+        keep("example2 within (mixed over modalities)", rec, "alliance_within_lag", mixed / 4)
+        keep("example2 between", rec, "alliance_between", d2.between_effect / 4)
+        spec = models["alliance_outcome_modality"]
+        _, mod = fit_moderated(two.analysis, spec["preset"], spec["options"], **linear)
+        for row in mod["simple_slopes"]:
+            out[f"example2 slope {row['level']}"] = (
+                row["slope"],
+                row["ci_low"],
+                row["ci_high"],
+                effect[row["level"]] / 4,
+            )
+        keep(
+            "example2 video - in person",
+            mod,
+            "alliance_within_lag:modality_video",
+            (effect["video"] - effect["in_person"]) / 4,
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def example_truths(root):
+    return _fit_truths(root)
+
+
+#: The truth the configured seed's draw misses (see the example README and
+#: benchmarks/results/example_truths.txt for the coverage over 100 replications).
+MISSED = {"example within"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        "example between",
+        "dropout",
+        "deterioration",
+        "deterioration_not_on_track",
+        "example2 within (mixed over modalities)",
+        "example2 between",
+        "example2 slope in_person",
+        "example2 slope video",
+        "example2 slope telephone",
+        "example2 video - in person",
+    ],
+)
+def test_committed_examples_recover_the_simulator_truths(example_truths, name):
+    estimate, low, high, truth = example_truths[name]
+    assert low < truth < high, (name, estimate, low, high, truth)
+
+
+def test_the_readme_states_the_deterioration_models_truths(root):
+    readme = (root / "data/raw/example/README.md").read_text()
+    for name, truth in MEASURED_DETERIORATION.items():
+        assert f"**{truth:.2f}** ".replace("-", "−") in readme, name
+
+
+@pytest.mark.slow
+def test_the_within_effect_draw_of_the_first_example_misses_as_its_readme_says(
+    example_truths, root
+):
+    """The configured seed's within-patient estimate lies below its truth's interval.
+
+    A 95% interval misses 1 time in 20; over 100 replications of the design the model's
+    interval covers the truth at its nominal rate (benchmarks/example_truths.py), so the
+    miss is the draw's, and the README states it rather than a reseeded file hiding it.
+    """
+    estimate, low, high, truth = example_truths["example within"]
+    assert truth == pytest.approx(2.0 / 12)
+    assert high < truth
+    assert estimate * 12 == pytest.approx(1.2825, abs=5e-5)
+    readme = (root / "data/raw/example/README.md").read_text()
+    assert f"{estimate * 12:.2f} [{low * 12:.2f}, {high * 12:.2f}]" in readme

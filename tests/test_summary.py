@@ -221,14 +221,14 @@ def test_data_paragraph_reconciles_and_quotes_the_clean_warnings(study):
     data = _sections(study["text"])["Data"]
     s, p = study["flow"]["sessions"], study["flow"]["patients"]
     assert (
-        f"The export held {s['read']} session rows of {p['read']} patients; {s['kept']} rows "
-        f"of {p['kept']} patients were kept and {s['excluded']} rows excluded."
+        f"The export held {s['read']:,} session rows of {p['read']:,} patients; {s['kept']:,} "
+        f"rows of {p['kept']:,} patients were kept and {s['excluded']:,} rows excluded."
     ) in data
-    assert "Rows flagged but kept, by reason: sessions missing before it: 29." in data
-    assert "PHQ-9 item 4: 14;" in data  # kept_missing of phq9_4
+    assert "Rows flagged but kept, by reason: sessions missing before it: 27." in data
+    assert "PHQ-9 item 4: 15;" in data  # kept_missing of phq9_4
     for warning in study["flow"]["warnings"]:
         assert f"- {warning}" in data
-    assert any(w.startswith("phq9: 71 of 939 kept sessions") for w in study["flow"]["warnings"])
+    assert any(w.startswith("phq9: 84 of 1048 kept sessions") for w in study["flow"]["warnings"])
 
 
 def test_the_summary_is_valid_restructuredtext(study):
