@@ -244,6 +244,7 @@ def test_no_pooled_output_prints_a_code(study, tmp_path):
     for row in record["fixed"]:
         if row["term"] == "alliance_within_lag":
             row.update({k: row[k] + 0.05 for k in ("estimate", "ci_low", "ci_high")})
+            row["r"] = row["r"] + 0.05
     other = tmp_path / "other.json"
     other.write_text(json.dumps(record), encoding="utf-8")
     labels = Labels.from_config(study["config"]).to_dict()
