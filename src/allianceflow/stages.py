@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -83,8 +84,10 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
 
     On a :class:`DataError` or :class:`ConfigError` the step prints the error's paragraph to
     stderr and exits with status 1 (the traceback goes to the log only, or is raised with
-    *debug*).
+    *debug*). A step that ends normally logs the CPU time of its process, and how much
+    of it went before the step began (interpreter start and imports).
     """
+    started = time.process_time()
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files here, never windows
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path is not None:
@@ -100,6 +103,11 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
     logging.captureWarnings(True)  # warnings (e.g. unscorable rows) go to the log too
     try:
         yield log
+        log.info(
+            "CPU time: %.2f s in this process, %.2f s of it before the step began",
+            time.process_time(),
+            started,
+        )
     except ValueError as error:
         if debug or not isinstance(error, _researcher_errors()):
             raise
