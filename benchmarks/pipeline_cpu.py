@@ -72,15 +72,28 @@ main()
 _CPU_LINE = re.compile(r"CPU time: ([0-9.]+) s in this process, ([0-9.]+) s of it before")
 
 
-def run_pipeline(cores: int, scheduler: str | None, root: Path = ROOT, env=None) -> dict:
+#: What every rule script becomes with ``--stub``: write its outputs empty, compute nothing.
+_STUB = """for path in [*snakemake.output, *snakemake.log]:
+    open(path, "w").close()
+"""
+
+
+def run_pipeline(
+    cores: int, scheduler: str | None, root: Path = ROOT, env=None, stub: bool = False
+) -> dict:
     """Run the example in a temporary copy of *root*; return wall and CPU, per rule too.
 
     ``cpu`` is the whole run (getrusage of Snakemake and every process it started),
     ``snakemake`` the Snakemake process alone, ``per_rule`` the benchmark files and the
-    CPU each job's own process logged.
+    CPU each job's own process logged. With *stub* every rule script only writes empty
+    outputs: the run measures Snakemake's own cost (DAG, params, scheduling, job starts
+    and the script preamble) on the real DAG.
     """
     with tempfile.TemporaryDirectory(prefix="pipeline_cpu_") as tmp:
         workdir = _copy_project(root, Path(tmp), small=False)
+        if stub:
+            for script in (workdir / "workflow" / "scripts").glob("*.py"):
+                script.write_text(_STUB)
         rules = subprocess.run(
             [sys.executable, "-m", "snakemake", "--list-rules"],
             cwd=workdir,
@@ -265,7 +278,13 @@ def main() -> None:
     parser.add_argument(
         "--scheduler",
         action="append",
-        help="Snakemake's job scheduler (ilp, greedy); repeat to run once with each",
+        help="Snakemake's job scheduler (ilp, greedy); repeat to run once with each "
+        "(default: greedy, as `make run`)",
+    )
+    parser.add_argument(
+        "--stub",
+        action="store_true",
+        help="replace every rule script by one that writes empty outputs (Snakemake's own cost)",
     )
     parser.add_argument(
         "--before",
@@ -296,15 +315,15 @@ def main() -> None:
     if args.imports_only:
         return
     runs = []
-    for scheduler in args.scheduler or [None]:
-        how = f"--scheduler {scheduler}" if scheduler else "the tree's profile's scheduler"
+    for scheduler in args.scheduler or ["greedy"]:
+        how = f"--scheduler {scheduler}" + (", stub scripts" if args.stub else "")
         if args.before:
             env = {**os.environ, "PYTHONPATH": str(args.before.resolve() / "src")}
             runs.append((f"before ({args.before}), {how}", scheduler, args.before, env))
         runs.append((f"this tree, {how}", scheduler, ROOT, None))
     for label, scheduler, root, env in runs:
         load = os.getloadavg()
-        res = run_pipeline(args.cores, scheduler, root, env)
+        res = run_pipeline(args.cores, scheduler, root, env, stub=args.stub)
         end = os.getloadavg()
         print_run(
             f"{label}, --cores {args.cores}; load average {load[0]:.1f} at start, "
