@@ -30,6 +30,9 @@ __all__ = [
     "run_step",
     "read_export",
     "clean_settings",
+    "CLEAN_OVERRIDES",
+    "SCORE_OVERRIDES",
+    "instrument_overrides",
     "clean_stage",
     "score_stage",
     "reliability_stage",
@@ -145,6 +148,37 @@ def read_export(raw: str | Path, read: Mapping[str, Any], *, config: str = "conf
         skip_rows=read.get("skip_rows", 0),
         config=config,
     )
+
+
+#: The overrides of an instrument (:data:`allianceflow.instruments.OVERRIDE_KEYS`) that the
+#: clean stage reads: its proration limit (sessions whose score will be lost are counted) and
+#: its "does not apply" code (an answer, not an out-of-range value).
+CLEAN_OVERRIDES = ("max_missing", "not_applicable")
+#: The overrides that scoring reads: the proration limits and the "does not apply" code.
+SCORE_OVERRIDES = ("max_missing", "subscale_max_missing", "not_applicable")
+
+
+def instrument_overrides(instruments: Any, keys: Sequence[str]) -> Any:
+    """Keep only the overrides named *keys* of a study's ``measures.instruments``.
+
+    A stage that receives only what it reads is rerun by Snakemake only when that changes:
+    with ``keys=CLEAN_OVERRIDES`` a new reliable-change value (``rci``) or cut-off leaves
+    the clean data alone. Instruments a study defines itself (a mapping with ``items``) and
+    a list of ids are returned as they are.
+
+    Examples
+    --------
+    >>> instrument_overrides({"wai_sr": {"max_missing": 1}, "ors": {"rci": 5}}, CLEAN_OVERRIDES)
+    {'wai_sr': {'max_missing': 1}, 'ors': None}
+    """
+    if not isinstance(instruments, Mapping):
+        return instruments
+    kept = {}
+    for name, spec in instruments.items():
+        if isinstance(spec, Mapping) and "items" not in spec:
+            spec = {key: value for key, value in spec.items() if key in keys} or None
+        kept[name] = spec
+    return kept
 
 
 def clean_settings(
