@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import os
+import re
 import resource
 import statistics
 import subprocess
@@ -52,33 +54,79 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_pipeline(cores: int) -> dict:
-    """Run the example in a temporary copy; return wall, total CPU and per-rule sums."""
+#: Runs Snakemake in this interpreter and, at exit, writes the CPU time of its own process
+#: (DAG, scheduling, job starts, benchmark sampling: every thread) to the file argv[1].
+_SNAKEMAKE = """
+import atexit, resource, sys
+out = sys.argv.pop(1)
+def _own_cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    with open(out, "w") as handle:
+        handle.write(str(usage.ru_utime + usage.ru_stime))
+atexit.register(_own_cpu)
+from snakemake.cli import main
+main()
+"""
+
+#: The line :func:`allianceflow.stages.run_step` logs when a job's step ends.
+_CPU_LINE = re.compile(r"CPU time: ([0-9.]+) s in this process, ([0-9.]+) s of it before")
+
+
+#: What every rule script becomes with ``--stub``: write its outputs empty, compute nothing.
+_STUB = """for path in [*snakemake.output, *snakemake.log]:
+    open(path, "w").close()
+"""
+
+
+def run_pipeline(
+    cores: int, scheduler: str | None, root: Path = ROOT, env=None, stub: bool = False
+) -> dict:
+    """Run the example in a temporary copy of *root*; return wall and CPU, per rule too.
+
+    ``cpu`` is the whole run (getrusage of Snakemake and every process it started),
+    ``snakemake`` the Snakemake process alone, ``per_rule`` the benchmark files and the
+    CPU each job's own process logged. With *stub* every rule script only writes empty
+    outputs: the run measures Snakemake's own cost (DAG, params, scheduling, job starts
+    and the script preamble) on the real DAG.
+    """
     with tempfile.TemporaryDirectory(prefix="pipeline_cpu_") as tmp:
-        workdir = _copy_project(ROOT, Path(tmp), small=False)
+        workdir = _copy_project(root, Path(tmp), small=False)
+        if stub:
+            for script in (workdir / "workflow" / "scripts").glob("*.py"):
+                script.write_text(_STUB)
         rules = subprocess.run(
             [sys.executable, "-m", "snakemake", "--list-rules"],
             cwd=workdir,
             capture_output=True,
             text=True,
             check=True,
+            env=env,
         ).stdout.split()
+        own = Path(tmp) / "snakemake_cpu.txt"
         cpu0, wall0 = _children_cpu(), time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "snakemake", "--cores", str(cores)],
+            [sys.executable, "-c", _SNAKEMAKE, str(own), "--cores", str(cores)]
+            + (["--scheduler", scheduler] if scheduler else []),
             cwd=workdir,
             capture_output=True,
             text=True,
+            env=env,
         )
         wall, cpu = time.perf_counter() - wall0, _children_cpu() - cpu0
         if proc.returncode != 0:
             sys.exit(f"snakemake failed:\n{proc.stderr[-4000:]}")
         per_rule = summarise(workdir, rules)
-    return {"wall": wall, "cpu": cpu, "per_rule": per_rule}
+        snakemake_cpu = float(own.read_text())
+    return {"wall": wall, "cpu": cpu, "snakemake": snakemake_cpu, "per_rule": per_rule}
 
 
 def summarise(workdir: Path, rules: list[str]) -> dict[str, dict[str, float]]:
-    """Jobs, ``cpu_time`` and ``s`` summed per rule over the benchmark files in *workdir*."""
+    """Per rule: jobs, the benchmark files' ``cpu_time`` and ``s``, and the logged CPU.
+
+    ``job_cpu`` is the CPU time each job's own process logged at the end of its step
+    (exact, unlike the sampled ``cpu_time``), ``job_start`` the part of it spent before
+    the step began: interpreter start, Snakemake's script preamble and the imports.
+    """
     per_rule: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for path in sorted(workdir.glob("logs/**/benchmarks/*.tsv")):
         rule = max((r for r in rules if path.stem.startswith(r)), key=len)
@@ -87,18 +135,37 @@ def summarise(workdir: Path, rules: list[str]) -> dict[str, dict[str, float]]:
         per_rule[rule]["jobs"] += 1
         per_rule[rule]["s"] += float(row["s"])
         per_rule[rule]["cpu_time"] += float(row["cpu_time"])
+    for path in sorted(workdir.glob("logs/**/*.log")):
+        found = _CPU_LINE.search(path.read_text(errors="replace"))
+        if found:
+            # log names start with the rule's name, or its verb (tabulate_<table>.log)
+            rule = max(
+                (r for r in rules if path.stem.startswith(r)),
+                key=len,
+                default="tabulate_descriptives",
+            )
+            per_rule[rule]["logged_jobs"] += 1
+            per_rule[rule]["job_cpu"] += float(found.group(1))
+            per_rule[rule]["job_start"] += float(found.group(2))
     return per_rule
 
 
 def print_rules(per_rule: dict[str, dict[str, float]]) -> None:
-    """One line per rule, most CPU first, and the sum."""
-    print(f"{'rule':<24} {'jobs':>4} {'cpu_time':>9} {'s (wall)':>9}")
-    for rule in sorted(per_rule, key=lambda r: -per_rule[r]["cpu_time"]):
+    """One line per rule, most CPU first, and the sums."""
+    print(f"{'rule':<24} {'jobs':>4} {'cpu_time':>9} {'s (wall)':>9} {'job CPU':>8} {'start':>6}")
+    for rule in sorted(per_rule, key=lambda r: -per_rule[r]["job_cpu"]):
         v = per_rule[rule]
-        print(f"{rule:<24} {int(v['jobs']):4d} {v['cpu_time']:9.1f} {v['s']:9.1f}")
-    jobs = sum(v["jobs"] for v in per_rule.values())
-    cpu_jobs = sum(v["cpu_time"] for v in per_rule.values())
-    print(f"{'sum of jobs':<24} {int(jobs):4d} {cpu_jobs:9.1f}")
+        jobs = int(max(v["jobs"], v["logged_jobs"]))
+        print(
+            f"{rule:<24} {jobs:4d} {v['cpu_time']:9.1f} {v['s']:9.1f} "
+            f"{v['job_cpu']:8.1f} {v['job_start']:6.1f}"
+        )
+    jobs = sum(max(v["jobs"], v["logged_jobs"]) for v in per_rule.values())
+    sums = {k: sum(v[k] for v in per_rule.values()) for k in ("cpu_time", "job_cpu", "job_start")}
+    print(
+        f"{'sum of jobs':<24} {int(jobs):4d} {sums['cpu_time']:9.1f} {'':9} "
+        f"{sums['job_cpu']:8.1f} {sums['job_start']:6.1f}"
+    )
 
 
 def _stage_imports() -> dict[str, list[str]]:
@@ -187,6 +254,19 @@ def report_imports(repeat: int) -> None:
         print(f"{label:<42} {cpu - base:6.2f} {imp:12.2f}  {shown}")
 
 
+def print_run(label: str, res: dict) -> None:
+    """The per-rule table and the whole-run totals of one run."""
+    print(f"-- {label}")
+    print_rules(res["per_rule"])
+    jobs = sum(v["job_cpu"] for v in res["per_rule"].values())
+    print(
+        f"whole run (getrusage of Snakemake and every process it started): {res['cpu']:.1f} "
+        f"CPU-s, {res['wall']:.1f} s wall; Snakemake's own process {res['snakemake']:.1f}; "
+        f"jobs' processes (logged) {jobs:.1f}; other children (solver, teardown) "
+        f"{res['cpu'] - res['snakemake'] - jobs:.1f}"
+    )
+
+
 def main() -> None:
     """Parse arguments, measure, print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -194,11 +274,29 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="interpreter starts per import")
     parser.add_argument("--imports-only", action="store_true")
+    parser.add_argument("--no-imports", action="store_true", help="skip the import costs")
+    parser.add_argument(
+        "--scheduler",
+        action="append",
+        help="Snakemake's job scheduler (ilp, greedy); repeat to run once with each "
+        "(default: greedy, as `make run`)",
+    )
+    parser.add_argument(
+        "--stub",
+        action="store_true",
+        help="replace every rule script by one that writes empty outputs (Snakemake's own cost)",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also run a checkout of another commit in DIR first (its src/ on PYTHONPATH)",
+    )
     parser.add_argument(
         "--summarise",
         type=Path,
         metavar="DIR",
-        help="only sum the benchmark files of a run already made in DIR",
+        help="only sum the benchmark files and logs of a run already made in DIR",
     )
     args = parser.parse_args()
     if args.summarise:
@@ -211,16 +309,27 @@ def main() -> None:
         print_rules(summarise(args.summarise, sorted(set(rules))))
         return
     print(f"== {args.label} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
-    print("-- per-job imports (fresh interpreter, median CPU-s beyond `python -c pass`)")
-    report_imports(args.repeat)
+    if not args.no_imports:
+        print("-- per-job imports (fresh interpreter, median CPU-s beyond `python -c pass`)")
+        report_imports(args.repeat)
     if args.imports_only:
         return
-    res = run_pipeline(args.cores)
-    print(f"-- example pipeline, --cores {args.cores}")
-    print_rules(res["per_rule"])
-    print(
-        f"whole run (Snakemake + jobs, getrusage): {res['cpu']:.1f} CPU-s, {res['wall']:.1f} s wall"
-    )
+    runs = []
+    for scheduler in args.scheduler or ["greedy"]:
+        how = f"--scheduler {scheduler}" + (", stub scripts" if args.stub else "")
+        if args.before:
+            env = {**os.environ, "PYTHONPATH": str(args.before.resolve() / "src")}
+            runs.append((f"before ({args.before}), {how}", scheduler, args.before, env))
+        runs.append((f"this tree, {how}", scheduler, ROOT, None))
+    for label, scheduler, root, env in runs:
+        load = os.getloadavg()
+        res = run_pipeline(args.cores, scheduler, root, env, stub=args.stub)
+        end = os.getloadavg()
+        print_run(
+            f"{label}, --cores {args.cores}; load average {load[0]:.1f} at start, "
+            f"{end[0]:.1f} at end",
+            res,
+        )
 
 
 if __name__ == "__main__":

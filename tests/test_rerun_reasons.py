@@ -115,3 +115,22 @@ def test_a_changed_setting_reruns_only_what_reads_it(recorded, path, value, expe
     assert set(jobs) == expected | MANIFESTS
     changed = {job for job, reason in jobs.items() if reason.startswith("Params have changed")}
     assert changed == expected
+
+
+def test_a_new_reliable_change_value_leaves_clean_and_score_alone(recorded):
+    """A new `rci` reruns what reads reliable change, from derive on, and not clean or score.
+
+    Clean and score receive only the instrument overrides they read (proration limits,
+    "does not apply" codes). Snakemake names changed params as the reason only of jobs whose
+    inputs are not rebuilt anyway: derive, and the reliability table beside it.
+    """
+    jobs = _plan(recorded, ("studies", "example", "measures", "instruments", "ors", "rci"), 6)
+    changed = {job for job, reason in jobs.items() if reason.startswith("Params have changed")}
+    assert changed == {
+        ("derive_variables", "study=example"),
+        ("compute_reliability", "study=example"),
+    }
+    assert not {job for job in jobs if job[0] in ("clean_sessions", "score_instruments")}
+    # what reads the derived variables reruns after derive
+    assert jobs[("plot_reliable_change", "study=example")].startswith("Input files updated")
+    assert jobs[("write_summary", "study=example")].startswith("Input files updated")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,9 @@ __all__ = [
     "run_step",
     "read_export",
     "clean_settings",
+    "CLEAN_OVERRIDES",
+    "SCORE_OVERRIDES",
+    "instrument_overrides",
     "clean_stage",
     "score_stage",
     "reliability_stage",
@@ -84,8 +88,10 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
 
     On a :class:`DataError` or :class:`ConfigError` the step prints the error's paragraph to
     stderr and exits with status 1 (the traceback goes to the log only, or is raised with
-    *debug*).
+    *debug*). A step that ends normally logs the CPU time of its process, and how much
+    of it went before the step began (interpreter start and imports).
     """
+    started = time.process_time()
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files here, never windows
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path is not None:
@@ -101,6 +107,11 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
     logging.captureWarnings(True)  # warnings (e.g. unscorable rows) go to the log too
     try:
         yield log
+        log.info(
+            "CPU time: %.2f s in this process, %.2f s of it before the step began",
+            time.process_time(),
+            started,
+        )
     except ValueError as error:
         if debug or not isinstance(error, _researcher_errors()):
             raise
@@ -138,6 +149,37 @@ def read_export(raw: str | Path, read: Mapping[str, Any], *, config: str = "conf
         skip_rows=read.get("skip_rows", 0),
         config=config,
     )
+
+
+#: The overrides of an instrument (:data:`allianceflow.instruments.OVERRIDE_KEYS`) that the
+#: clean stage reads: its proration limit (sessions whose score will be lost are counted) and
+#: its "does not apply" code (an answer, not an out-of-range value).
+CLEAN_OVERRIDES = ("max_missing", "not_applicable")
+#: The overrides that scoring reads: the proration limits and the "does not apply" code.
+SCORE_OVERRIDES = ("max_missing", "subscale_max_missing", "not_applicable")
+
+
+def instrument_overrides(instruments: Any, keys: Sequence[str]) -> Any:
+    """Keep only the overrides named *keys* of a study's ``measures.instruments``.
+
+    A stage that receives only what it reads is rerun by Snakemake only when that changes:
+    with ``keys=CLEAN_OVERRIDES`` a new reliable-change value (``rci``) or cut-off leaves
+    the clean data alone. Instruments a study defines itself (a mapping with ``items``) and
+    a list of ids are returned as they are.
+
+    Examples
+    --------
+    >>> instrument_overrides({"wai_sr": {"max_missing": 1}, "ors": {"rci": 5}}, CLEAN_OVERRIDES)
+    {'wai_sr': {'max_missing': 1}, 'ors': None}
+    """
+    if not isinstance(instruments, Mapping):
+        return instruments
+    kept = {}
+    for name, spec in instruments.items():
+        if isinstance(spec, Mapping) and "items" not in spec:
+            spec = {key: value for key, value in spec.items() if key in keys} or None
+        kept[name] = spec
+    return kept
 
 
 def clean_settings(

@@ -16,7 +16,7 @@ rule clean_sessions:
         read=get_read,
         privacy=get_privacy,
         clean=get_clean,
-        instruments=get_instruments,
+        instruments=get_clean_instruments,
         name="{study}",
         config_file=get_config_name(),
     script:

@@ -1,4 +1,5 @@
 # Validation of the config and every helper the rules use; no logic lives in the rules.
+from functools import cache
 from pathlib import Path
 
 import dataclasses
@@ -7,7 +8,10 @@ from allianceflow.config import validate_config
 from allianceflow.io import package_versions, source_fingerprint
 from allianceflow.power import check_power_config, chunk_seeds
 from allianceflow.stages import (
+    CLEAN_OVERRIDES,
+    SCORE_OVERRIDES,
     figure_settings,
+    instrument_overrides,
     moderated_models,
     outcome_numbers,
     study_figures,
@@ -48,6 +52,37 @@ FIGURE_FORMATS = ["png", "pdf", "svg"]
 TABLE_FORMATS = ["csv", "md"]
 
 
+# ---- settings computed once per run: Snakemake evaluates a job's params again at every
+# scheduling round while the job waits, and labels and instrument numbers are read from the
+# instrument files (the config does not change during a run)
+
+
+@cache
+def get_labels_of_study(study):
+    """Labels of one study's variables and terms in words (config and instrument files)."""
+    from allianceflow.labels import Labels
+
+    return Labels.from_config(config["studies"][study]).to_dict()
+
+
+@cache
+def get_outcome_numbers(study):
+    """The outcome instrument's rci, cutoff and direction, with the study's overrides."""
+    return outcome_numbers(config["studies"][study]["measures"])
+
+
+@cache
+def get_figure_settings_of(figure, study):
+    """The settings one figure of one study reads (allianceflow.stages.figure_settings)."""
+    return figure_settings(figure, config["studies"][study])
+
+
+@cache
+def get_table_settings_of(table, study):
+    """The number and labels of one table of one study (allianceflow.stages.table_settings)."""
+    return table_settings(table, config["studies"][study], config["models"])
+
+
 # ---- one helper per section of a study block: a rule receives only the sections it reads,
 # so that changing a setting reruns only the rules that read it
 
@@ -68,8 +103,20 @@ def get_clean(wildcards):
 
 
 def get_instruments(wildcards):
-    """The study's instruments (`measures.instruments`), all that scoring reads."""
+    """The study's instruments (`measures.instruments`), with every override."""
     return config["studies"][wildcards.study]["measures"]["instruments"]
+
+
+def get_clean_instruments(wildcards):
+    """The study's instruments with only the overrides that cleaning reads (proration
+    limit, "does not apply" code): a new `rci` or `cutoff` does not rerun clean."""
+    return instrument_overrides(get_instruments(wildcards), CLEAN_OVERRIDES)
+
+
+def get_score_instruments(wildcards):
+    """The study's instruments with only the overrides that scoring reads (proration
+    limits, "does not apply" code): a new `rci` or `cutoff` does not rescore."""
+    return instrument_overrides(get_instruments(wildcards), SCORE_OVERRIDES)
 
 
 def get_reliability_bootstrap(wildcards):
@@ -102,8 +149,7 @@ def get_min_cell(wildcards):
 
 def get_outcome_direction(wildcards):
     """The outcome's direction of improvement (its instrument's, with the study's overrides)."""
-    measures = config["studies"][wildcards.study]["measures"]
-    return outcome_numbers(measures)["direction"]
+    return get_outcome_numbers(wildcards.study)["direction"]
 
 
 def get_figure_settings(figure):
@@ -111,7 +157,7 @@ def get_figure_settings(figure):
     `report.figures`, labels and numbers it draws), and no others."""
 
     def get_settings(wildcards):
-        return figure_settings(figure, config["studies"][wildcards.study])
+        return get_figure_settings_of(figure, wildcards.study)
 
     get_settings.__name__ = f"get_{figure}_settings"
     return get_settings
@@ -183,9 +229,7 @@ def get_table_settings(wildcard=None, name=None, prefix=""):
 
     def get_settings(wildcards):
         table = name if wildcard is None else prefix + getattr(wildcards, wildcard)
-        return table_settings(
-            table, config["studies"][wildcards.study], config["models"]
-        )
+        return get_table_settings_of(table, wildcards.study)
 
     get_settings.__name__ = f"get_{prefix}{name or wildcard}_table_settings"
     return get_settings
@@ -304,9 +348,7 @@ def get_report_labels(kind, name=None):
 
 def get_study_labels(wildcards):
     """Labels of one study's variables and terms in words (config and instrument files)."""
-    from allianceflow.labels import Labels
-
-    return Labels.from_config(config["studies"][wildcards.study]).to_dict()
+    return get_labels_of_study(wildcards.study)
 
 
 def get_manifest_outputs(wildcards):

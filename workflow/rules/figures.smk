@@ -294,6 +294,8 @@ rule plot_binary_rates:
         svg="results/{study}/figures/binary_rates.svg",
     log:
         "logs/{study}/plot_binary_rates.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_binary_rates.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:
@@ -319,6 +321,8 @@ rule plot_dropout_curve:
         svg="results/{study}/figures/dropout_curve.svg",
     log:
         "logs/{study}/plot_dropout_curve.log",
+    benchmark:
+        "logs/{study}/benchmarks/plot_dropout_curve.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:

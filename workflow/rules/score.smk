@@ -11,7 +11,7 @@ rule score_instruments:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        instruments=get_instruments,
+        instruments=get_score_instruments,
     script:
         "../scripts/score_instruments.py"
 

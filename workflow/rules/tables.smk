@@ -107,6 +107,8 @@ rule tabulate_binary_effects:
         docx="results/{study}/tables/binary_effects.docx",
     log:
         "logs/{study}/tabulate_binary_effects.log",
+    benchmark:
+        "logs/{study}/benchmarks/tabulate_binary_effects.tsv"
     conda:
         "../envs/allianceflow.yaml"
     params:

@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
-from scipy import stats
 
 from .formatting import format_number, format_p, format_r
 from .table import Table
@@ -75,6 +74,8 @@ def few_studies_note(k: int, *, hksj: bool, alpha: float = 0.05) -> str:
     level = f"{100 * (1 - alpha):g}%"
     words = {1: "one", 2: "two", 3: "three", 4: "four"}.get(k, str(k))
     if hksj and k > 1:
+        from scipy import stats  # here, so that every table job does not import scipy.stats
+
         crit = float(stats.t.isf(alpha / 2, k - 1))
         normal = float(stats.norm.isf(alpha / 2))
         df = "degree" if k == 2 else "degrees"

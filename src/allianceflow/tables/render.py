@@ -316,8 +316,10 @@ def render_docx(table: Table) -> bytes:
     title.add_run(table.title).italic = True
     body = table.body
     grid = document.add_table(rows=len(body) + 1, cols=len(body.columns))
+    # each row's cells once (Table.cell(i, j) walks every cell of the table at each call)
+    cells = [grid_row.cells for grid_row in grid.rows]
     for j, heading in enumerate(body.columns):
-        cell = grid.cell(0, j)
+        cell = cells[0][j]
         _docx_runs(cell.paragraphs[0], str(heading))
         _set_borders(cell, top="12", bottom="8")
         if j:
@@ -325,7 +327,7 @@ def render_docx(table: Table) -> bytes:
     last = len(body)
     for i, row in enumerate(body.itertuples(index=False), start=1):
         for j, value in enumerate(row):
-            cell = grid.cell(i, j)
+            cell = cells[i][j]
             if (i - 1) in table.sections:
                 if j == 0:
                     cell.paragraphs[0].add_run(value).italic = True
