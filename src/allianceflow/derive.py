@@ -310,7 +310,27 @@ def derive_analysis(
         across_gaps=lag_across_gaps,
         suffix="_next",
     )
-    return out.sort_values(["patient", "session"], kind="mergesort").reset_index(drop=True)
+    return _sorted_by_patient(out)
+
+
+def _sorted_by_patient(out: pd.DataFrame) -> pd.DataFrame:
+    """*out* sorted by patient and session (stable), with a fresh 0..n-1 index.
+
+    The clean stage writes sessions in this order already, and a sort would copy the whole
+    table; so an ordered table only gets its index replaced, in place.
+    """
+    patient = out["patient"].to_numpy()
+    session = out["session"].to_numpy()
+    try:
+        later = patient[1:] > patient[:-1]
+        same = patient[1:] == patient[:-1]
+        ordered = bool(np.all(later | (same & (session[1:] >= session[:-1]))))
+    except TypeError:  # ids of mixed types: let pandas decide the order
+        ordered = False
+    if not ordered:
+        return out.sort_values(["patient", "session"], kind="mergesort").reset_index(drop=True)
+    out.index = pd.RangeIndex(len(out))
+    return out
 
 
 def _detrended(data: pd.DataFrame, column: str, *, patient: str, session: str) -> pd.Series:
@@ -342,6 +362,12 @@ def _ruptures_so_far(out: pd.DataFrame) -> pd.DataFrame:
     before the current one, so they can predict its outcome without looking ahead.
     """
     out = out.copy()
+    _add_ruptures_so_far(out)
+    return out
+
+
+def _add_ruptures_so_far(out: pd.DataFrame) -> None:
+    """:func:`_ruptures_so_far`, adding the columns to *out* itself."""
     out["rupture_flag"] = out["rupture_detected"].astype("Float64").astype(float)
     narrow = out[["patient", "session", "rupture_flag", "rupture_repair", "rupture_repair_session"]]
     ordered = narrow.sort_values(["patient", "session"], kind="mergesort")
@@ -367,7 +393,6 @@ def _ruptures_so_far(out: pd.DataFrame) -> pd.DataFrame:
     cum = parts.groupby("patient", sort=False, observed=True)[["_r", "_p"]].cumsum()
     out["ruptures_before"] = pd.Series(cum["_r"].to_numpy() - ruptures, index=order)
     out["repairs_before"] = pd.Series(cum["_p"].to_numpy() - repairs, index=order)
-    return out
 
 
 def preset_variables(
@@ -426,6 +451,18 @@ def preset_variables(
             Per alliance component.
     """
     out = analysis.copy()
+    _add_preset_variables(out, patients, components=components, lag_across_gaps=lag_across_gaps)
+    return out
+
+
+def _add_preset_variables(
+    out: pd.DataFrame,
+    patients: pd.DataFrame | None,
+    *,
+    components: Sequence[str] | Mapping[str, str],
+    lag_across_gaps: bool,
+) -> None:
+    """:func:`preset_variables`, adding the columns to *out* itself (no copy of the table)."""
     out["log_session"] = np.log(out["session"].astype(float))
     out["alliance_within_detrended"] = _detrended(
         out, "alliance", patient="patient", session="session"
@@ -444,7 +481,7 @@ def preset_variables(
             flagged = flagged.where(assessed.reindex(flagged.index).fillna(False).astype(bool))
         out["off_track"] = out["patient"].map(flagged)
     if "rupture_detected" in out:
-        out = _ruptures_so_far(out)
+        _add_ruptures_so_far(out)
     named = dict(components) if isinstance(components, Mapping) else {}
     if not isinstance(components, Mapping):
         for column in components:
@@ -473,7 +510,6 @@ def preset_variables(
         across_gaps=lag_across_gaps,
         suffix="_lag",
     )
-    return out
 
 
 def informant_alliances(
@@ -712,6 +748,7 @@ def derive_tables(
             score="outcome",
             direction=direction,
             tolerance=cfg["on_track"]["tolerance"],
+            copy=False,  # `analysis` is this function's own table
         )
 
     if cfg["ruptures"]["enabled"]:
@@ -723,6 +760,7 @@ def derive_tables(
             threshold=r["threshold"],
             repair_within=r["repair_within"],
             across_gaps=r["across_gaps"],
+            copy=False,
         )
 
     sg_cfg = cfg["sudden_gains"]
@@ -795,10 +833,10 @@ def derive_tables(
     if "ending" in analysis.columns or patients["ending"].astype(str).ne("unknown").any():
         # One ending per patient everywhere: the recorded one, or the one inferred from a gap.
         ending = analysis["patient"].map(patients.set_index("patient")["ending"].astype(object))
-        analysis = analysis.assign(
-            ending=pd.Categorical(ending, categories=patients["ending"].cat.categories)
-        )
-    analysis = preset_variables(
+        analysis["ending"] = pd.Categorical(ending, categories=patients["ending"].cat.categories)
+    # `analysis` is this function's own table by now, so the preset variables are added
+    # to it without a copy (at 10^6 sessions a copy is about a gigabyte).
+    _add_preset_variables(
         analysis, patients, components=components, lag_across_gaps=lag_across_gaps
     )
     if "system" in analysis.columns:

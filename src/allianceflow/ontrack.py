@@ -410,6 +410,7 @@ def on_track(
     session: str = "session",
     direction: Direction,
     tolerance: float = 0.10,
+    copy: bool = True,
 ) -> pd.DataFrame:
     r"""On-track / not-on-track status of every session against the expected response.
 
@@ -427,6 +428,9 @@ def on_track(
         One-sided probability, for a patient following the expected course, of a score
         beyond the alarm edge (0.10 = the band's alarm edge is the 10th percentile of the
         expected course in the worsening direction).
+    copy : bool
+        False adds the columns to *data* itself instead of to a copy (the pipeline's
+        own table, which at 10^6 sessions saves a copy of about a gigabyte).
 
     Returns
     -------
@@ -471,7 +475,7 @@ def on_track(
     check_choice(direction, DIRECTIONS, "direction")
     tolerance = check_number(tolerance, "tolerance", minimum=0.0, maximum=0.5, strict_minimum=True)
     z = float(stats.norm.ppf(1.0 - tolerance))
-    out = data.copy()
+    out = data.copy() if copy else data
     intake = _intake(data, score, patient, session)
     out["intake_session"] = out[patient].map(intake["intake_session"]).astype("Int64")
     out["intake_score"] = out[patient].map(intake["intake_score"]).astype(float)

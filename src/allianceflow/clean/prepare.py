@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import numpy as np
 import pandas as pd
 
 from ..contract import ITEM_PATTERN
@@ -114,12 +115,26 @@ def reshape(run: CleanRun) -> None:
 
 
 def _count_missing(run: CleanRun) -> None:
-    """Blank and coded cells of every mapped column among the rows read."""
+    """Blank and coded cells of every mapped column among the rows read.
+
+    A column other than ``ending`` (blank until someone is discharged) that is blank in
+    every row is refused: the export probably lost it.
+    """
     numeric_codes = _numeric_codes(run.codes)
     decimal = run.study.get("decimal", ".")
     for col in run.value_cols:
-        text = _stripped(run.frame[col])
+        # Blank and coded are properties of a value, so they are decided once per distinct
+        # value and counted with the number of rows holding it.
+        codes, values = pd.factorize(run.frame[col], use_na_sentinel=False)
+        rows = np.bincount(codes, minlength=len(values))
+        text = _stripped(pd.Series(values, dtype=object))
         blank = text.eq("")
+        if col != "ending" and not rows[~blank.to_numpy()].any():
+            raise DataError(
+                f"{run.source}: column {run.raw_names[col]!r} (mapped to {col!r}) is empty "
+                f"in every one of its {run.rows_read} rows; the export probably lost it. Export "
+                f"the data again, or remove the column from `read.columns` in {run.config}."
+            )
         coded = text.isin(run.codes)
         if col not in (
             "patient",
@@ -136,8 +151,8 @@ def _count_missing(run: CleanRun) -> None:
             )
         run.missing_by_column[col] = {
             "raw_column": run.raw(col),
-            "read_blank": int((blank & ~coded).sum()),
-            "read_coded": int(coded.sum()),
+            "read_blank": int(rows[(blank & ~coded).to_numpy()].sum()),
+            "read_coded": int(rows[coded.to_numpy()].sum()),
         }
 
 
@@ -182,20 +197,11 @@ def map_to_canonical(run: CleanRun) -> None:
         raise DataError(
             f"{run.source}: the file has a header but no data rows. Export the data again."
         )
-    for column in frame.columns[1:]:
-        if column == "ending":  # blank until someone is discharged; not a lost column
-            continue
-        if _per_value(frame[column], lambda s: s.astype(str).str.strip().eq("")).all():
-            raise DataError(
-                f"{run.source}: column {run.raw_names[column]!r} (mapped to {column!r}) is empty "
-                f"in every one of its {run.rows_read} rows; the export probably lost it. Export "
-                f"the data again, or remove the column from `read.columns` in {run.config}."
-            )
     frame = frame.reset_index(drop=True)
     run.value_cols = [c for c in frame.columns if c != "_source_row"]
-    frame["_session_text"] = _stripped(frame["session"])
     run.frame = frame
-    _count_missing(run)
+    _count_missing(run)  # also refuses a column that is blank in every row
+    frame["_session_text"] = _stripped(frame["session"])
 
 
 def id_key(value: str) -> str:
@@ -486,8 +492,8 @@ def first_arms(frame: pd.DataFrame) -> pd.DataFrame:
     rows with a blank arm or patient are skipped, and a row without a session number
     comes after the numbered ones.
     """
-    f = frame.loc[frame["patient"].notna() & frame["condition"].notna()]
-    f = f[["patient", "session", "_source_row", "condition"]].sort_values(
+    f = frame[["patient", "session", "_source_row", "condition"]]
+    f = f.loc[f["patient"].notna() & f["condition"].notna()].sort_values(
         ["patient", "session", "_source_row"], kind="mergesort"
     )
     f = f.drop_duplicates("patient").assign(_label=f.index[~f["patient"].duplicated()])
