@@ -460,3 +460,37 @@ def test_aggregate_trajectories_draw_no_patient(derived, drawn):
     assert len(ax.lines) == 2
     assert len(ax.lines[0].get_xdata()) <= n_sessions
     assert len(drawn["trajectories"].axes[0].lines) > 40
+
+
+def test_a_glmm_forest_plot_shows_odds_ratios_on_a_log_axis():
+    """A binomial GLMM's forest plot draws exp(b) with the record's ratio CIs around 1."""
+    import matplotlib.pyplot as plt
+
+    record = {
+        "name": "dropout",
+        "family": "binomial",
+        "fixed": [
+            {"term": "Intercept", "estimate": -1.0, "ci_low": -1.5, "ci_high": -0.5},
+            {"term": "early_alliance", "estimate": -0.5, "ci_low": -0.9, "ci_high": -0.1},
+        ],
+        "ratios": [
+            {"term": "Intercept", "ratio": 0.368, "ci_low": 0.223, "ci_high": 0.607},
+            {"term": "early_alliance", "ratio": 0.607, "ci_low": 0.407, "ci_high": 0.905},
+        ],
+    }
+    fig = F.plot_forest(record)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert ax.get_xlabel() == "Odds ratio (95% CI, log scale)"
+    points = ax.containers[0][0]  # the errorbar's data line
+    assert list(points.get_xdata()) == [0.607]
+    (bars,) = ax.containers[0][2]  # the CI: 0.407 to 0.905 at the term's row
+    assert bars.get_segments()[0][:, 0].tolist() == pytest.approx([0.407, 0.905])
+    reference = [line for line in ax.lines if line.get_linestyle() == ":"]
+    assert [list(line.get_xdata()) for line in reference] == [[1, 1]]
+    # an identity-link record keeps b on its own scale, with the line at 0
+    linear = F.plot_forest({**record, "family": "gaussian", "ratios": []})
+    assert linear.axes[0].get_xscale() == "linear"
+    assert linear.axes[0].get_xlabel() == "Estimate (95% CI)"
+    plt.close(fig)
+    plt.close(linear)

@@ -485,6 +485,10 @@ def plot_trajectories(
     return fig
 
 
+#: The ratio a GLMM family's exponentiated coefficients are (the records' ``ratios``).
+_RATIO_AXES = {"binomial": "Odds ratio", "poisson": "Rate ratio"}
+
+
 def plot_forest(
     results: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     *,
@@ -502,6 +506,10 @@ def plot_forest(
     zero. *drop* removes terms on another scale (the intercept). The pipeline draws one
     figure per model (research question); the height grows with the number of terms and
     never exceeds *max_height* inches.
+
+    GLMMs whose records carry ``ratios`` (logit: odds ratios; log: rate ratios) are drawn
+    as those ratios with their 95% CIs on a log axis, with the dotted line at 1, so a
+    clinician reads the ratio rather than *b* on the log-odds or log-rate scale.
 
     Raises
     ------
@@ -523,6 +531,12 @@ def plot_forest(
     if not terms:
         raise ValueError(f"every fixed effect is in `drop` ({list(drop)}); nothing to plot.")
     k = len(results)
+    families = {r.get("family") for r in results}
+    ratio_axis = (
+        _RATIO_AXES.get(families.pop())
+        if len(families) == 1 and all(r.get("ratios") for r in results)
+        else None
+    )
     offsets = (np.arange(k) - (k - 1) / 2) * (0.6 / max(k, 1))
     names = [_wrap(mapping.get(t) or words.term(t), 34 if width == "one" else 60) for t in terms]
     lines = sum(n.count("\n") + 1 for n in names)
@@ -530,14 +544,16 @@ def plot_forest(
     with style():
         fig, ax = plt.subplots(figsize=(_width(width), height), layout="constrained")
         for m, r in enumerate(results):
-            rows = {f["term"]: f for f in r["fixed"]}
+            point = "ratio" if ratio_axis else "estimate"
+            rows = {f["term"]: f for f in (r["ratios"] if ratio_axis else r["fixed"])}
             ys, xs, lo, hi = [], [], [], []
             for i, term in enumerate(terms):
-                if term in rows and rows[term]["estimate"] is not None:
+                row = rows.get(term)
+                if row is not None and None not in (row[point], row["ci_low"], row["ci_high"]):
                     ys.append(len(terms) - 1 - i + offsets[m])
-                    xs.append(rows[term]["estimate"])
-                    lo.append(rows[term]["estimate"] - rows[term]["ci_low"])
-                    hi.append(rows[term]["ci_high"] - rows[term]["estimate"])
+                    xs.append(row[point])
+                    lo.append(row[point] - row["ci_low"])
+                    hi.append(row["ci_high"] - row[point])
             ax.errorbar(
                 xs,
                 ys,
@@ -549,11 +565,15 @@ def plot_forest(
                 lw=1,
                 label=r.get("label") or r["name"],
             )
-        ax.axvline(0, color="black", lw=0.6, ls=":")
+        ax.axvline(1 if ratio_axis else 0, color="black", lw=0.6, ls=":")
         ax.set_yticks(range(len(terms)))
         ax.set_yticklabels(list(reversed(names)))
         ax.set_ylim(-0.6, len(terms) - 0.4)
-        ax.set_xlabel("Estimate (95% CI)")
+        if ratio_axis:
+            ax.set_xscale("log")
+            ax.set_xlabel(f"{ratio_axis} (95% CI, log scale)")
+        else:
+            ax.set_xlabel("Estimate (95% CI)")
         if title:  # over the whole figure: a long question must not overrun a narrow axes
             fig.suptitle(
                 _wrap(title, 44 if width == "one" else 90), fontsize=plt.rcParams["axes.titlesize"]

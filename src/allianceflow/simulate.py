@@ -931,14 +931,23 @@ def write_example_study(
     Returns the path of the CSV file. The output is byte-identical for the same design
     and seed.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     design = design or EXAMPLE_FILE_DESIGN
     sessions = simulate_study(design, seed=seed)
     export = to_export(sessions, seed=seed + 1)
-    path = folder / "sessions_export.csv"
-    export.to_csv(path, index=False, lineterminator="\n")
-    (folder / "README.md").write_text(_readme(design, seed, sessions), encoding="utf-8")
+    return _write_study(folder, "sessions_export.csv", export, _readme(design, seed, sessions))
+
+
+def _write_study(folder: str | Path, name: str, export, readme: str, *, sep: str = ",") -> Path:
+    r"""Write an example study's export *name* and its ``README.md`` into *folder*.
+
+    Returns the export's path. ``\n`` line endings and no index, so the bytes depend only on
+    the export and the README text.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    export.to_csv(path, index=False, sep=sep, lineterminator="\n")
+    (folder / "README.md").write_text(readme, encoding="utf-8")
     return path
 
 
@@ -1178,20 +1187,15 @@ def write_example2_study(
     modality (column ``mode``; see :data:`EXAMPLE2_MODALITY`, None leaves it out). Returns
     the path of the CSV file; the output is byte-identical for the same design and seed.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     design = design or EXAMPLE2_DESIGN
     sessions = simulate_study(design, seed=seed, instruments="srs+phq9", modality=modality)
     export = to_export_srs_phq9(sessions, seed=seed + 1)
-    path = folder / "visits.csv"
-    export.to_csv(path, index=False, sep=";", lineterminator="\n")
     text = _readme2(design, seed, sessions)
     if modality is not None:
         text += _modality_readme(modality, design, sessions)
     if (design, seed, modality) == (EXAMPLE2_DESIGN, EXAMPLE2_SEED, EXAMPLE2_MODALITY):
         text += _EXAMPLE2_RECOVERY
-    (folder / "README.md").write_text(text, encoding="utf-8")
-    return path
+    return _write_study(folder, "visits.csv", export, text, sep=";")
 
 
 def _modality_readme(modality: Mapping[str, Any], design: StudyDesign, sessions) -> str:
@@ -1704,15 +1708,10 @@ def write_example3_study(
     Returns the path of the CSV file; the output is byte-identical for the same design and
     seed.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     design = design or EXAMPLE3_DESIGN
     sessions = simulate_couples(design, seed=seed)
     export = to_export_couples(sessions, seed=seed + 1)
-    path = folder / "couple_sessions.csv"
-    export.to_csv(path, index=False, lineterminator="\n")
-    (folder / "README.md").write_text(_readme3(design, seed, sessions), encoding="utf-8")
-    return path
+    return _write_study(folder, "couple_sessions.csv", export, _readme3(design, seed, sessions))
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through the CLI test
