@@ -25,8 +25,8 @@
 #
 # **Why it matters clinically.** Sessions of one patient resemble each other, and patients
 # of one therapist resemble each other. Analyses that ignore this nesting treat thousands
-# of sessions as thousands of independent people and overstate certainty; analyses that average it
-# away lose the session-by-session process that clinicians care about. Multilevel models
+# of sessions as thousands of independent people and overstate certainty; analyses that
+# average it away lose the session-by-session process that clinicians care about. Multilevel models
 # keep both (Raudenbush & Bryk, 2002; Snijders & Bosker, 2012), and they let us ask the
 # two alliance questions of notebook 03 in one model: does a patient improve more after a
 # session with a better-than-usual alliance (within), and do patients with better
@@ -186,8 +186,8 @@ fixed[["estimate", "se", "ci_low", "ci_high", "truth", "CI covers truth", "r"]].
 # Monte Carlo error and its 95% interval covers the truth in 89% of the studies: slightly
 # less than 95%, because this random-intercept model leaves out the patients' own
 # outcome slopes, so its standard errors are about 10% too small. A 95% interval misses
-# about 1 time in 20, and this model's about 1 time in 9: the example happens to be one
-# of those draws. A single study is one draw; this is why studies are
+# about 1 time in 20, this model's about 1 time in 9, and the example happens to be one
+# of those times. A single study is one draw of chance; this is why studies are
 # replicated and meta-analysed. Adjusting for `session` did remove the time-trend bias
 # that inflated the naive within-patient slope of notebook 03.
 #
@@ -210,9 +210,9 @@ fixed[["estimate", "se", "ci_low", "ci_high", "truth", "CI covers truth", "r"]].
 # ### What a single, unsplit alliance coefficient does
 #
 # Entering last session's alliance without splitting it gives one coefficient that mixes
-# both effects. With a dozen sessions per patient the model draws mostly on the within-patient
-# information, so here the blend lies nearer the within effect; with few sessions per
-# patient it would move towards the between effect. Either way, it is neither
+# both effects. With a dozen sessions per patient the model draws mostly on the
+# within-patient information, so here the blend lies nearer the within effect; with few
+# sessions per patient it would move towards the between effect. Either way, it is neither
 # (Raudenbush & Bryk, 2002, ch. 5; Curran & Bauer, 2011).
 
 # %%
