@@ -148,18 +148,20 @@ result.exclusions.head(N_SHOW)
 # ### Checking against the truth
 #
 # The example's README (`data/raw/example/README.md`) gives the generating parameters:
-# 300 patients of 30 therapists, up to 16 sessions, dropout **completely at random** with
-# a hazard of 0.06 per session, a 3% chance that an attended session has no questionnaire
-# record (`p_unrecorded`), and a 1% chance that any single item is left blank
-# (`p_item_missing`, written as `-9`).
+# 300 patients of 30 therapists, up to 16 sessions, early endings that depend on the
+# patient's early alliance (section "How treatment ended" below), a 3% chance that an
+# attended session has no questionnaire record (`p_unrecorded`), and a 1% chance that any
+# single item is left blank (`p_item_missing`, written as `-9`).
 #
 # * Nothing was excluded, as expected: the simulator writes no duplicates, bad ids or
 #   impossible values.
-# * The 64 `session_gap` **flags** are the unrecorded sessions: the patient attended,
-#   but no questionnaire was stored, so session numbers jump (e.g. 11 → 13). They are kept
-#   and flagged, not excluded; later notebooks show why gaps matter for lagged variables.
-# * `missing_code` counts the `-9` cells turned into missing values. With 2907 rows × 16
-#   items and a 1% blank rate we expect about 465; the flow reports 464.
+# * The `session_gap` **flags** counted above are the unrecorded sessions: the patient
+#   attended, but no questionnaire was stored, so session numbers jump (e.g. 11 → 13). They
+#   are kept and flagged, not excluded; later notebooks show why gaps matter for lagged
+#   variables.
+# * `missing_code` counts the `-9` cells turned into missing values. With a 1% blank rate
+#   we expect about 1% of the rows × 16 items; the cell below prints the expectation next
+#   to the reported count.
 #
 # In real data, compare such counts with what the data manager expects: a surprising
 # number is often the first sign of an export problem.
@@ -205,13 +207,19 @@ ending.value_counts()
 
 # %% [markdown]
 # The simulator ends every patient who attends all 16 planned sessions as "planned"; of
-# those who stop early (dropout hazard 0.06 per session) a share of 0.4 is recorded as
-# unilateral and the rest as dropouts. With 300 patients we expect about
-# 300 × 0.94¹⁵ ≈ 119 planned endings, give or take a binomial SD of about 8.5
-# (√(300 × 0.395 × 0.605)); the export has the count below.
+# those who stop early a share of 0.4 is recorded as unilateral and the rest as dropouts.
+# Whether a patient stops early depends on their alliance in the first three sessions
+# (`data/raw/example/README.md`): the log-odds of an early ending fall by 1 per WAI-SR
+# item-mean point, so patients with a weak early alliance leave more often, as in real
+# services (Sharf, Primavera & Diener, 2010). At the average early alliance the chance of
+# completing is 0.94¹³ ≈ 0.45 (the README's intercept), so with 300 patients we expect
+# about 300 × 0.94¹³ ≈ 134 planned endings, give or take a binomial SD of about 8.6
+# (√(300 × 0.447 × 0.553)); the cell below prints the count in the export. Because these
+# endings depend on the alliance, the missing later sessions are **not** missing
+# completely at random: notebook 04 comes back to this.
 
 # %%
-print("expected planned ≈", round(300 * 0.94**15), "; recorded:", int((ending == "planned").sum()))
+print("expected planned ≈", round(300 * 0.94**13), "; recorded:", int((ending == "planned").sum()))
 
 # %% [markdown]
 # ## 4. The flow diagram
@@ -300,8 +308,8 @@ except clean.DataError as error:
 #   an exclusions log and flow counts that reconcile (`clean.reconcile`).
 # * Every rule has an explicit, configurable policy; the default for impossible values is
 #   to **stop**, because silently dropping or fixing them changes the sample.
-# * On the simulated example nothing is excluded; the 64 flagged gaps are the sessions the
-#   simulator left unrecorded, and the 464 blanks match the 1% item-missing rate.
+# * On the simulated example nothing is excluded; the flagged gaps are the sessions the
+#   simulator left unrecorded, and the count of blanks matches the 1% item-missing rate.
 # * Identifiers are refused before anything is written.
 # * Endings are read from a patient-level column (recorded on any of the patient's rows)
 #   or, with an `extraction_date`, inferred later from the time since the last session.
@@ -313,6 +321,9 @@ except clean.DataError as error:
 # Schulz, K. F., Altman, D. G., & Moher, D. (2010). CONSORT 2010 statement: Updated
 # guidelines for reporting parallel group randomised trials. *BMJ, 340*, c332.
 # https://doi.org/10.1136/bmj.c332
+# Sharf, J., Primavera, L. H., & Diener, M. J. (2010). Dropout and therapeutic alliance: A
+# meta-analysis of adult individual psychotherapy. *Psychotherapy: Theory, Research,
+# Practice, Training, 47*(4), 637–645. https://doi.org/10.1037/a0021175
 # Swift, J. K., & Greenberg, R. P. (2012). Premature discontinuation in adult
 # psychotherapy: A meta-analysis. *Journal of Consulting and Clinical Psychology, 80*(4),
 # 547–559. https://doi.org/10.1037/a0028226
@@ -322,6 +333,7 @@ except clean.DataError as error:
 # 1. In the `lenient` copy of the study, set `clean.min_sessions` to 3 and clean the full raw
 #    export again. How many patients and sessions are excluded, under which rule? Does the
 #    flow still reconcile? Why might a "completers only" rule bias an alliance–outcome
-#    study even when dropout was at random?
+#    study, here where a weak early alliance makes an early ending likelier, and even
+#    where dropout is completely at random?
 # 2. Set the `session_gap` rule (under `clean.rules`) to `"error"`. Read the message:
 #    which row and which patient does it name?

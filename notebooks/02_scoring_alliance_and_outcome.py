@@ -155,13 +155,20 @@ summary = pd.DataFrame(
     },
     index=["WAI-SR total", "ORS total"],
 )
+n_sessions = len(scored)
+print(
+    f"prorated WAI-SR totals: {scored['wai_sr_prorated'].mean():.1%} of the sessions; "
+    f"missing WAI-SR totals: {scored['wai_sr_total'].isna().mean():.1%}; "
+    f"missing ORS totals: {scored['ors_total'].isna().mean():.1%} (of {n_sessions} sessions)"
+)
 summary  # noqa: B018 (the cell's output)
 
 # %% [markdown]
 # With a 1% chance that any item is blank, a 12-item form has one blank in about 11% of
 # sessions ($1 - 0.99^{12}$) and two or more in about 0.6%; a 4-item form has a blank in
-# about 4% ($1 - 0.99^{4}$). That is what we see: 307 prorated WAI-SR totals, 16
-# missing ones, and 119 missing ORS totals (the ORS allows no blank).
+# about 4% ($1 - 0.99^{4}$). That is what the shares printed above show: about one
+# WAI-SR total in ten is prorated, very few are missing, and the ORS totals are missing
+# about as often as a 4-item form has a blank (the ORS allows no blank).
 #
 # ### Checking against the truth
 #
@@ -181,8 +188,9 @@ check.groupby("wai_sr_prorated")["wai_error"].agg(
 ).rename(columns={"<lambda_0>": "mean |error|"})
 
 # %% [markdown]
-# Complete forms are scored exactly (error 0). Prorated forms are off by about 0.4 points
-# on average (at most about 1.6 points on a 12–60 scale), with no systematic sign: here
+# Complete forms are scored exactly (error 0). Prorated forms are off by less than half a
+# point on average (`mean |error|`; the largest error is under 2 points on a 12–60
+# scale), with no systematic sign (`mean` near 0): here
 # proration is a small, unbiased approximation. That is true *because* the simulator
 # blanks items completely at random; if patients skip the item they find hardest to
 # endorse, proration would flatter the alliance.
@@ -219,8 +227,8 @@ rel[
 # Alpha and omega agree closely here: the simulator gives every item the same noise, so
 # the items are (close to) equally good indicators and alpha's assumption holds. In real
 # data a gap between them is a hint that some items measure the construct less well.
-# Reliability of .93–.94 for the WAI-SR total is high; subscales of four items are less
-# reliable (about .83), which matters in notebook 04 when bond, task and goal compete in
+# Reliability above .9 for the WAI-SR total is high; subscales of four items are less
+# reliable (in the .80s), which matters in notebook 04 when bond, task and goal compete in
 # one model.
 
 # %% [markdown]
@@ -252,7 +260,7 @@ print(
 )
 
 # %% [markdown]
-# The sample gives a smaller value (about 4.4) than the conventional 5: internal
+# The sample gives a smaller value (printed above) than the conventional 5: internal
 # consistency is high here because the simulator's item noise is small, and alpha is an
 # internal-consistency estimate, not test–retest reliability. Which value to use is a
 # decision to make **before** looking at outcomes and to report; a fixed, published value
@@ -269,7 +277,14 @@ rc = clinical.reliable_change(
     cutoff=ors.cutoff,
     clinical_range=ors.clinical_range,
 )
-rc["rc_category"].value_counts(dropna=False)
+category = rc["rc_category"]
+improved = category.isin(["improved", "recovered"]).mean()
+deteriorated = category.isin(["deteriorated", "harmed"]).mean()
+print(
+    f"reliably improved (improved or recovered): {improved:.0%}; reliably deteriorated "
+    f"(deteriorated or harmed): {deteriorated:.0%} of {len(rc)} patients"
+)
+category.value_counts(dropna=False)
 
 # %%
 fig = figures.plot_reliable_change(
@@ -280,11 +295,14 @@ fig = figures.plot_reliable_change(
 # Each dot is a patient; dots above the diagonal band improved reliably, dots that also
 # end above the horizontal cut-off line recovered. In the simulation the average patient
 # gains 0.5 ORS points per session (0.65 with feedback), so a patient who stays ten sessions
-# gains about 5–6 points on average: roughly half the patients show reliable improvement,
-# and about 7% deteriorate reliably, although the average simulated patient improves and
-# only about 2% have a negative true slope (patient slopes have mean 0.5 and SD 0.25 ORS
-# points per session, before the feedback bonus). Noise alone moves some patients across
-# the band, which is exactly why the band exists, and why a single patient's category is
+# gains about 5–6 points on average, and roughly half the patients show reliable
+# improvement (the shares printed above). Some deteriorate reliably, although only about
+# 2% have a negative true slope (patient slopes have mean 0.5 and SD 0.25 ORS points per
+# session, before the feedback bonus). Two things put them there. The simulator gives 15%
+# of the patients a **deterioration episode**: from a session between 2 and 5 on, the
+# patient stops improving and scores 12 ORS points lower (in the feedback arm a share of
+# the episodes is repaired; notebook 05). And noise alone moves some patients across the
+# band, which is exactly why the band exists, and why a single patient's category is
 # uncertain.
 
 # %% [markdown]
@@ -293,8 +311,8 @@ fig = figures.plot_reliable_change(
 # * Instruments are YAML data with sources; the study's overrides (here WAI-SR proration,
 #   the ORS reliable change value) are explicit and reported.
 # * `score.score_sessions` scores totals and subscales, flags prorated scores and warns
-#   about unscorable rows; on the example, proration is exact to within about 0.4 points
-#   because items were blanked at random.
+#   about unscorable rows; on the example, proration errs by less than half a point on
+#   average, without bias, because items were blanked at random.
 # * `score.reliability` gives alpha and omega with intervals; the WAI-SR total and the ORS
 #   are highly reliable in the simulation, the four-item WAI-SR subscales less so.
 # * `clinical.reliable_change_index` and `clinical.reliable_change` turn change scores into
