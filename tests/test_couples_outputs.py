@@ -209,7 +209,12 @@ def test_summary_answers_the_couples_questions_in_units(study, block, labels):
         labels=labels,
     )
     apim = records[0]
-    assert question_of(apim).startswith("Do a client's own alliance (actor effect)")
+    # the summary's heading is the model's one wording of its question (Labels.question)
+    question = question_of(apim, labels)
+    assert question.startswith(
+        "Own and partner's SRS total predicting ORS total (actor and partner effects)"
+    )
+    assert question in text
     partner = next(r for r in apim["fixed"] if r["term"] == "alliance_partner_within_lag")
     sign = "higher (better)" if partner["estimate"] > 0 else "lower (worse)"
     assert (
@@ -252,9 +257,10 @@ def test_summary_answers_the_couples_questions_in_units(study, block, labels):
     ) in text
     assert "a session no other member of the couple or family attended: 3" in text
     roles = records[MODELS.index("couple_alliance_outcome_roles")]
-    assert question_of(roles) == (
-        "Do the actor and partner effects of the alliance differ between the partners' roles?"
+    assert question_of(roles, labels).startswith(
+        "Own and partner's SRS total predicting ORS total (actor and partner effects, by role)"
     )
+    assert question_of(roles, labels) in text
     assert "Flückiger" not in text  # the individual-therapy benchmark is not quoted
     assert "Kenny, D. A., Kashy, D. A., & Cook, W. L. (2006)" in text
     assert "Bartle-Haring, S., Glebova" in text

@@ -426,7 +426,9 @@ def test_pooling_a_preset_model(tmp_path, copy_project):
     one = json.loads((work / "results/pooled/models/one_stage.json").read_text())
     assert "(1 + session | patient)" in one["formula"] and "study" in one["formula"]
     meta = json.loads((work / "results/pooled/meta_analysis.json").read_text())
-    assert meta["k"] == 2
+    # every configured study fits the preset, so every one is pooled
+    assert meta["k"] == len(config["studies"])
+    assert sorted(row["study"] for row in meta["studies"]) == sorted(config["studies"])
 
 
 def test_a_figure_setting_reruns_only_that_figure(tmp_path, copy_project):

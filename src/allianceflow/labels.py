@@ -770,7 +770,7 @@ class Labels:
                 [f"{' and '.join(slopes)} slopes"] if slopes else []
             )
             groups = " within ".join(
-                lower_first(self.variable(g.strip())) + "s" for g in group.split("/")
+                _plural(lower_first(self.variable(g.strip()))) for g in group.split("/")
             )
             parts.append(f"random {' and '.join(what)} for {groups}")
         return "; ".join(parts)
@@ -918,6 +918,21 @@ class Labels:
 
 #: Responses of the patient-level presets (one row per patient: binomial and Poisson GLMMs).
 _PATIENT_RESPONSES = frozenset({"deteriorated", "improved", "dropout", "sessions_attended"})
+
+
+def _plural(noun: str) -> str:
+    """The plural of a grouping factor's name: "patients", "families", "couples or families".
+
+    Examples
+    --------
+    >>> [_plural(n) for n in ["patient", "family", "couple or family", "day"]]
+    ['patients', 'families', 'couples or families', 'days']
+    """
+    if " or " in noun:
+        return " or ".join(_plural(part) for part in noun.split(" or "))
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return noun[:-1] + "ies"
+    return noun + "s"
 
 
 def _words(n: int) -> str:

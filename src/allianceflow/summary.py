@@ -835,7 +835,8 @@ def model_paragraph(
     for row in record["fixed"]:
         if row["term"] == "Intercept":
             continue
-        if _is_glmm(record) and row["term"] in ratios:
+        split_odds = couple == "split_dropout" and record.get("family") == "binomial"
+        if _is_glmm(record) and row["term"] in ratios and not split_odds:
             text = _ratio_sentence(row, record, labels)
             if row["term"] in interacting:
                 text += ", where the terms it interacts with are zero or at their reference level"
@@ -852,7 +853,7 @@ def model_paragraph(
             amount=amount,
             direction=_direction(row["estimate"], outcome_direction),
         )
-        if couple == "split_dropout" and record.get("family") == "binomial":
+        if split_odds:  # the couples' own wording of the early split's odds ratio
             text = _odds_sentence(row, labels)
         elif couple == "split_trajectory" and row["term"] == "session":
             split = _lower(labels.variable("alliance_split"))
