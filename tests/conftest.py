@@ -137,3 +137,39 @@ def simulate_three_level(seed=7, n_therapists=12, n_patients=120, n_sessions=10)
 def three_level_data() -> pd.DataFrame:
     """:func:`simulate_three_level` with its default seed."""
     return simulate_three_level()
+
+
+def run_study_stages(sessions, block, models, names, out):
+    """Score, derive and fit *names* (session-level presets, Satterthwaite df) as the rules do.
+
+    *block* is a study's config block, *models* the config's ``models`` section and *out* a
+    folder. Returns the derive stage's files and the fitted models' JSON paths.
+    """
+    from allianceflow import io, stages
+    from allianceflow.score import score_sessions
+
+    io.write_table(
+        score_sessions(sessions, block["measures"]["instruments"]), out / "scored.parquet"
+    )
+    files = {n: out / f"{n}.parquet" for n in ("analysis", "patients", "sudden_gains")}
+    stages.derive_stage(
+        out / "scored.parquet",
+        measures=block["measures"],
+        derive=block["derive"],
+        expected=out / "expected.json",
+        **files,
+    )
+    paths = []
+    for name in names:
+        spec = {**models[name], "ddf": "satterthwaite"}
+        json = out / f"{name}.json"
+        stages.fit_stage(
+            files["analysis"],
+            spec,
+            name=name,
+            json=json,
+            txt=out / f"{name}.txt",
+            patients=files["patients"],
+        )
+        paths.append(json)
+    return files, paths

@@ -10,12 +10,12 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_study_stages
 
 from allianceflow import io, stages
 from allianceflow.config import load_config
 from allianceflow.figures import pick_systems, plot_couple_trajectories, plot_split_outcome
 from allianceflow.labels import Labels
-from allianceflow.score import score_sessions
 from allianceflow.simulate import simulate_couples
 from allianceflow.summary import question_of, study_summary
 
@@ -49,29 +49,7 @@ def study(config, block, tmp_path_factory):
     """Score, derive and fit a 40-couple study with example3's settings."""
     out = tmp_path_factory.mktemp("couples")
     sessions = simulate_couples(seed=5, n_systems=40, n_therapists=8, max_sessions=8)
-    io.write_table(
-        score_sessions(sessions, block["measures"]["instruments"]), out / "scored.parquet"
-    )
-    files = {n: out / f"{n}.parquet" for n in ("analysis", "patients", "sudden_gains")}
-    stages.derive_stage(
-        out / "scored.parquet",
-        measures=block["measures"],
-        derive=block["derive"],
-        expected=out / "expected.json",
-        **files,
-    )
-    models = []
-    for name in MODELS:
-        spec = {**config["models"][name], "ddf": "satterthwaite"}
-        stages.fit_stage(
-            files["analysis"],
-            spec,
-            name=name,
-            json=out / f"{name}.json",
-            txt=out / f"{name}.txt",
-            patients=files["patients"],
-        )
-        models.append(out / f"{name}.json")
+    files, models = run_study_stages(sessions, block, config["models"], MODELS, out)
     return {"dir": out, "files": files, "models": models}
 
 

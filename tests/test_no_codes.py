@@ -14,11 +14,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from conftest import run_study_stages
 
 from allianceflow import io, stages
 from allianceflow.config import load_config
 from allianceflow.labels import Labels
-from allianceflow.score import score_sessions
 from allianceflow.simulate import simulate_study
 
 MODELS = [
@@ -47,23 +47,7 @@ def study(root, tmp_path_factory):
         max_sessions=10,
         modality={"shares": {"in_person": 0.6, "video": 0.4}, "within_effect": {"video": 0.5}},
     )
-    instruments = block["measures"]["instruments"]
-    io.write_table(score_sessions(sessions, instruments), out / "scored.parquet")
-    files = {n: out / f"{n}.parquet" for n in ("analysis", "patients", "sudden_gains")}
-    stages.derive_stage(
-        out / "scored.parquet",
-        measures=block["measures"],
-        derive=block["derive"],
-        expected=out / "expected.json",
-        **files,
-    )
-    models = []
-    for name in MODELS:
-        spec = {**config["models"][name], "ddf": "satterthwaite"}
-        stages.fit_stage(
-            files["analysis"], spec, name=name, json=out / f"{name}.json", txt=out / f"{name}.txt"
-        )
-        models.append(out / f"{name}.json")
+    files, models = run_study_stages(sessions, block, config["models"], MODELS, out)
     for name in PATIENT_MODELS:
         stages.patient_fit_stage(
             files["patients"],
@@ -303,22 +287,7 @@ def couples(root, tmp_path_factory):
     block = dict(config["studies"]["example3"])
     out = tmp_path_factory.mktemp("couples")
     sessions = simulate_couples(seed=9, n_systems=30, n_therapists=6, max_sessions=8)
-    scored = score_sessions(sessions, block["measures"]["instruments"])
-    io.write_table(scored, out / "scored.parquet")
-    files = {n: out / f"{n}.parquet" for n in ("analysis", "patients", "sudden_gains")}
-    stages.derive_stage(
-        out / "scored.parquet",
-        measures=block["measures"],
-        derive=block["derive"],
-        expected=out / "expected.json",
-        **files,
-    )
-    models = []
-    for name in COUPLE_MODELS:
-        spec = {**config["models"][name], "ddf": "satterthwaite"}
-        json = out / f"{name}.json"
-        stages.fit_stage(files["analysis"], spec, name=name, json=json, txt=out / f"{name}.txt")
-        models.append(json)
+    files, models = run_study_stages(sessions, block, config["models"], COUPLE_MODELS, out)
     return {"config": block, "files": files, "models": models}
 
 
