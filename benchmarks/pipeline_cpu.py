@@ -88,7 +88,16 @@ def run_pipeline(
     CPU each job's own process logged. With *stub* every rule script only writes empty
     outputs: the run measures Snakemake's own cost (DAG, params, scheduling, job starts
     and the script preamble) on the real DAG.
+
+    Python runs as on a researcher's machine: it caches compiled modules
+    (``__pycache__``), so ``PYTHONDONTWRITEBYTECODE``, which some sandboxes set and which
+    makes every job compile the package again (about 0.3 CPU-s a job), is unset, and the
+    package is compiled once before the run, as its first import would.
     """
+    env = {k: v for k, v in (env or os.environ).items() if k != "PYTHONDONTWRITEBYTECODE"}
+    package = (root / "src" / "allianceflow") if env.get("PYTHONPATH") else None
+    for source in filter(None, [package, ROOT / "src" / "allianceflow"]):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(source)], check=True)
     with tempfile.TemporaryDirectory(prefix="pipeline_cpu_") as tmp:
         workdir = _copy_project(root, Path(tmp), small=False)
         if stub:
@@ -128,8 +137,15 @@ def summarise(workdir: Path, rules: list[str]) -> dict[str, dict[str, float]]:
     the step began: interpreter start, Snakemake's script preamble and the imports.
     """
     per_rule: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+
+    def rule_of(path: Path, study: str) -> str | None:
+        # files are named after the rule (fit_model_<model>.log), or after a per-study rule
+        # without its study (logs/<study>/plot_figures.log for plot_figures_<study>)
+        found = [r for r in rules if path.stem.startswith(r) or r == f"{path.stem}_{study}"]
+        return max(found, key=len, default=None)
+
     for path in sorted(workdir.glob("logs/**/benchmarks/*.tsv")):
-        rule = max((r for r in rules if path.stem.startswith(r)), key=len)
+        rule = rule_of(path, path.parts[-3])
         with path.open() as handle:
             row = next(csv.DictReader(handle, delimiter="\t"))
         per_rule[rule]["jobs"] += 1
@@ -138,12 +154,7 @@ def summarise(workdir: Path, rules: list[str]) -> dict[str, dict[str, float]]:
     for path in sorted(workdir.glob("logs/**/*.log")):
         found = _CPU_LINE.search(path.read_text(errors="replace"))
         if found:
-            # log names start with the rule's name, or its verb (tabulate_<table>.log)
-            rule = max(
-                (r for r in rules if path.stem.startswith(r)),
-                key=len,
-                default="tabulate_descriptives",
-            )
+            rule = rule_of(path, path.parts[-2]) or path.stem
             per_rule[rule]["logged_jobs"] += 1
             per_rule[rule]["job_cpu"] += float(found.group(1))
             per_rule[rule]["job_start"] += float(found.group(2))
@@ -215,6 +226,9 @@ def script_imports() -> dict[str, list[str]]:
         # figure_stage dispatches to the registry's stage functions: all of figures.py
         if "figure_stage" in called:
             mods.append("allianceflow.figures")
+        # outputs_stage runs figure and table stages (OUTPUT_STAGES): both modules
+        if "outputs_stage" in called:
+            mods += ["allianceflow.figures", "allianceflow.tables"]
         out[path.stem] = list(dict.fromkeys(mods))
     return out
 
@@ -222,13 +236,14 @@ def script_imports() -> dict[str, list[str]]:
 def import_cost(modules: list[str], repeat: int) -> tuple[float, float]:
     """Median process CPU seconds of ``python -c 'import ...'`` and -X importtime total (s)."""
     code = "; ".join(f"import {m}" for m in modules) or "pass"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     cpus = []
     for _ in range(repeat):
         before = _children_cpu()
-        subprocess.run([sys.executable, "-c", code], check=True)
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
         cpus.append(_children_cpu() - before)
     err = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, env=env
     ).stderr
     total = 0
     for line in err.splitlines():
@@ -300,13 +315,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.summarise:
-        rules = [  # the rules of the copy that ran
-            line.split()[1].rstrip(":")
-            for smk in (args.summarise / "workflow" / "rules").glob("*.smk")
-            for line in smk.read_text().splitlines()
-            if line.startswith("rule ")
-        ]
-        print_rules(summarise(args.summarise, sorted(set(rules))))
+        rules = subprocess.run(  # the rules of the copy that ran
+            [sys.executable, "-m", "snakemake", "--list-rules"],
+            cwd=args.summarise,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        print_rules(summarise(args.summarise, rules))
         return
     print(f"== {args.label} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     if not args.no_imports:

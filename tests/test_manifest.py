@@ -104,14 +104,21 @@ def test_every_rule_that_runs_code_takes_the_source_fingerprint():
     files = [root / "Snakefile", *sorted((root / "workflow" / "rules").glob("*.smk"))]
     checked, rules = [], []
     for path in files:
-        for block in re.split(r"\n(?=rule \w+:)", path.read_text(encoding="utf-8")):
-            head = re.match(r"rule (\w+):", block)
+        # a rule is "rule name:" at the top level, or "rule:" with a `name:` (one per study,
+        # defined in a loop: plot_figures_<study>)
+        text = path.read_text(encoding="utf-8")
+        for block in re.split(r"\n(?=rule \w+:|( +)rule:)", text):
+            if not block:
+                continue
+            head = re.match(r"rule (\w+):", block) or re.match(
+                r" +rule:\n +name:\n +f?\"([\w{}]+)\"", block
+            )
             if head:
                 rules.append(head.group(1))
-            if not head or not re.search(r"^    (script|run|shell|notebook|wrapper):", block, re.M):
+            if not head or not re.search(r"^ +(script|run|shell|notebook|wrapper):", block, re.M):
                 continue
-            params = re.search(r"^    params:\n((?:        .*\n)+)", block, re.M)
-            assert params and "allianceflow_source=SOURCE_FINGERPRINT," in params.group(1), (
+            params = re.search(r"^( +)params:\n((?:\1    .*\n)+)", block, re.M)
+            assert params and "allianceflow_source=SOURCE_FINGERPRINT," in params.group(2), (
                 f"{path.name}: rule {head.group(1)}"
             )
             checked.append(head.group(1))
@@ -121,5 +128,7 @@ def test_every_rule_that_runs_code_takes_the_source_fingerprint():
         "simulate_power_chunk",
         "write_manifest",
         "plot_meta_forest",
+        "plot_figures_{study}",
+        "tabulate_tables_{study}",
     } <= set(checked)
     assert sorted(checked) == sorted(set(rules) - {"all"})  # every rule but the target list

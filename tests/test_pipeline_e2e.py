@@ -191,7 +191,11 @@ def test_changed_package_code_rebuilds_every_result(run, tmp_path):
     )
     full, _ = _planned_jobs(run["dir"], "--forceall")
     assert changed == full
-    assert full["clean_sessions"] == (3 if FULL else 2) and full["total"] > 50
+    assert full["clean_sessions"] == (3 if FULL else 2)
+    assert full["plot_figures_example"] == full["tabulate_tables_example"] == 1
+    # per study: clean, score, reliability, derive, a fit per model, figures, tables,
+    # summary, manifest; one comparison, the pooling and its forest plot, and `all`
+    assert full["total"] == (48 if FULL else 26)
     assert "params have changed since last execution" in text
 
 
@@ -431,12 +435,12 @@ def test_pooling_a_preset_model(tmp_path, copy_project):
     assert sorted(row["study"] for row in meta["studies"]) == sorted(config["studies"])
 
 
-def test_a_figure_setting_reruns_only_that_figure(tmp_path, copy_project):
-    """A figure setting reruns only that figure.
+def test_a_figure_setting_reruns_only_the_figures(tmp_path, copy_project):
+    """A figure setting reruns only the study's figure job.
 
     Each rule receives only its own settings: after a build, changing
     report.figures.caterpillar_group leaves cleaning, derived variables, model fits and the
-    other figures as they are, and only the caterpillar plot is redrawn.
+    tables as they are, and only the study's figures are redrawn (one job draws them all).
     """
     work = copy_project(tmp_path)
     targets = [
@@ -455,9 +459,9 @@ def test_a_figure_setting_reruns_only_that_figure(tmp_path, copy_project):
         yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8"
     )
     counts, output = _planned_jobs(work, *targets)
-    assert counts == {"plot_caterpillar": 1, "total": 1}
+    assert counts == {"plot_figures_example2": 1, "total": 1}
     reasons = output[output.index("Reasons:") :]
-    assert "params have changed" in reasons.lower() and "plot_caterpillar" in reasons
+    assert "params have changed" in reasons.lower() and "plot_figures_example2" in reasons
 
 
 #: example3's outputs besides the per-model ones: its two couples figures and the figures,

@@ -1,5 +1,7 @@
 """The stage layer's registry of study figures and the settings each stage receives."""
 
+from pathlib import Path
+
 import pytest
 
 from allianceflow import stages
@@ -11,13 +13,96 @@ def studies(root):
     return load_config(root / "config.yaml")["studies"]
 
 
-def test_every_figure_has_a_rule_and_a_caption(root):
+@pytest.fixture(scope="module")
+def models(root):
+    return load_config(root / "config.yaml")["models"]
+
+
+def test_every_figure_is_drawn_by_the_study_figure_job_with_a_caption(root):
     rules = (root / "workflow" / "rules" / "figures.smk").read_text(encoding="utf-8")
-    for name in stages.FIGURES:
-        assert f"rule plot_{name}:" in rules
-        assert f'figure="{name}",' in rules and f'get_figure_settings("{name}")' in rules
+    assert 'f"plot_figures_{study}"' in rules and "steps=get_figure_steps(study)" in rules
     captions = {p.stem for p in (root / "workflow" / "report").glob("*.rst")}
-    assert {"within_between", "trajectories", "forest", "caterpillar", "flow"} <= captions
+    for name in stages.FIGURES:
+        assert name in captions or f"{name}_figure" in captions, name
+    for name in stages.DESCRIPTIVE_TABLES:
+        assert name in captions or f"{name}_table" in captions, name
+
+
+def test_each_figure_gets_exactly_the_files_and_settings_its_stage_takes(studies):
+    """The planned inputs and settings of every figure are the keywords its stage requires.
+
+    A figure stage's keywords are its input files, its settings and ``outputs``; a planned
+    step that missed one would fail in the job, one too many would be an unused input that
+    reruns the figure job for nothing.
+    """
+    import inspect
+
+    block = studies["example"]
+    for name, figure in stages.FIGURES.items():
+        stem = f"forest_{block['models'][0]}" if name == "forest" else name
+        params = inspect.signature(figure.stage).parameters
+        required = {k for k, p in params.items() if p.default is inspect.Parameter.empty}
+        given = set(stages.figure_inputs(stem, "example", block)) | set(figure.settings)
+        assert required - {"outputs"} <= given <= set(params) - {"outputs"}, name
+
+
+def test_the_figure_and_table_jobs_write_every_file_of_their_study_once(studies, models):
+    block = studies["example2"]
+    figures = stages.figure_steps("example2", block, models)
+    tables = stages.table_steps("example2", block, models)
+    stems = [Path(p).stem for p in stages.step_files(figures, outputs=True)[::3]]
+    assert stems == stages.study_figures(block) + [
+        f"simple_slopes_{m}" for m in stages.moderated_models(block, models)
+    ]
+    assert stems[-1] == "simple_slopes_alliance_outcome_modality"
+    written = stages.step_files(tables, outputs=True)
+    assert len(written) == len(set(written)) == 5 * len(tables)
+    assert [Path(p).stem for p in written[::5]] == [
+        "table1",
+        "intake_correlations",
+        "clinical_significance",
+        "sudden_gains",
+        "ruptures",
+        "alliance_outcome",
+        "alliance_outcome_modality",
+        "models",
+        "binary_effects",
+        "simple_slopes_alliance_outcome_modality",
+    ]
+    numbers = [step["number"] for step in tables]
+    assert numbers == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11]  # Table 2 is reliability, its own job
+    assert stages.step_files(tables, outputs=False) == [
+        "data/processed/example2/analysis.parquet",
+        "data/processed/example2/patients.parquet",
+        "data/processed/example2/sudden_gains.csv",
+        "results/example2/models/alliance_outcome.json",
+        "results/example2/models/alliance_outcome_modality.json",
+    ]
+
+
+def test_step_files_separates_what_a_step_reads_from_what_it_writes():
+    steps = [
+        {
+            "stage": "figure",
+            "name": "flow",
+            "inputs": {"flow": "d/flow.json", "models": ["m/a.json", "m/b.json"]},
+            "settings": {"labels": {"x": "y.z"}},
+            "outputs": ["f/flow.png", "f/flow.pdf"],
+        },
+        {"stage": "model_table", "model_json": "m/a.json", "csv": "t/a.csv", "md": "t/a.md"},
+    ]
+    assert stages.step_files(steps, outputs=False) == ["d/flow.json", "m/a.json", "m/b.json"]
+    assert stages.step_files(steps, outputs=True) == [
+        "f/flow.png",
+        "f/flow.pdf",
+        "t/a.csv",
+        "t/a.md",
+    ]
+
+
+def test_an_unknown_step_is_named_with_the_known_stages():
+    with pytest.raises(KeyError, match=r"`stage` must be one of 'figure', .*; got 'violin'\."):
+        stages.outputs_stage([{"stage": "violin"}])
 
 
 def test_figure_settings_are_only_what_each_figure_reads(studies):

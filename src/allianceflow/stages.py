@@ -77,6 +77,13 @@ __all__ = [
     "power_curve_stage",
     "manifest_stage",
     "summary_stage",
+    "study_files",
+    "figure_inputs",
+    "figure_steps",
+    "table_steps",
+    "step_files",
+    "OUTPUT_STAGES",
+    "outputs_stage",
 ]
 
 log = logging.getLogger("allianceflow")
@@ -1147,9 +1154,10 @@ def _has_caterpillar_group(study: dict[str, Any]) -> bool:
 class Figure(NamedTuple):
     """A study figure: its stage, the settings it reads and when a study has it.
 
-    ``stage`` is called with the rule's named inputs, the settings named in ``settings``
-    (:func:`figure_settings`) and ``outputs``; ``applies`` tells from a study's config block
-    whether the study has the figure (its variables are derived, its columns mapped).
+    ``stage`` is called with its input files (:func:`figure_inputs`), the settings named
+    in ``settings`` (:func:`figure_settings`) and ``outputs``; ``applies`` tells from a
+    study's config block whether the study has the figure (its variables are derived, its
+    columns mapped).
     """
 
     stage: Callable[..., None]
@@ -1157,9 +1165,9 @@ class Figure(NamedTuple):
     applies: Callable[[dict[str, Any]], bool] = _always
 
 
-#: Every study figure by name (the rule is ``plot_<name>``, the files
-#: ``results/<study>/figures/<name>.<format>``). Adding a figure: an entry here, a rule in
-#: workflow/rules/figures.smk and its caption.
+#: Every study figure by name (the files ``results/<study>/figures/<name>.<format>``, drawn
+#: by the study's figure job, :func:`figure_steps`). Adding a figure: an entry here, its
+#: input files in :func:`figure_inputs` and its caption in workflow/report/.
 FIGURES: dict[str, Figure] = {
     "within_between": Figure(within_between_figure_stage, ("labels",)),
     "trajectories": Figure(trajectories_figure_stage, ("patient_lines", "min_cell", "labels")),
@@ -1215,7 +1223,7 @@ def study_figures(study: dict[str, Any]) -> list[str]:
 def figure_settings(name: str, study: dict[str, Any]) -> dict[str, Any]:
     """Pick the settings figure *name* reads from a study's config block, and nothing else.
 
-    A rule that receives only these reruns when one of them changes and for no other
+    A figure job that receives only these reruns when one of them changes and for no other
     setting. Keys: ``labels`` (:meth:`allianceflow.labels.Labels.to_dict` of the study),
     ``min_cell`` (``report.tables.min_cell``), ``example_patient``, ``caterpillar_group`` and
     ``patient_lines`` (``report.figures``), ``rci``, ``cutoff`` and ``direction``
@@ -1531,3 +1539,237 @@ def simple_slopes_figure_stage(
         ),
         outputs,
     )
+
+
+# --------------------------------------------------------------------------- a study's outputs
+# A study's figures are drawn by one job and its tables written by another (the rules
+# plot_figures_<study> and tabulate_tables_<study>): one process pays the interpreter,
+# pandas, matplotlib and python-docx start-up once for all of them, instead of once per
+# file (about 1.3 CPU-s a job). The job is a list of steps, each one call of a stage above
+# with the files it reads and writes and the settings it reads; :func:`figure_steps` and
+# :func:`table_steps` plan them from the config, :func:`outputs_stage` runs them. A changed
+# figure setting reruns the study's figure job (seconds), never a table, a fit or clean.
+
+FIGURE_FORMATS = ("png", "pdf", "svg")
+TABLE_FORMATS = ("csv", "md", "html", "tex", "docx")
+
+
+def study_files(study: str) -> dict[str, str]:
+    """Where the clean and derive stages of *study* write (paths relative to the project).
+
+    The same paths as the rules in ``workflow/rules/clean.smk`` and ``derive.smk``.
+    """
+    data = f"data/processed/{study}"
+    return {
+        "sessions": f"{data}/sessions.parquet",
+        "flow": f"{data}/flow.json",
+        "analysis": f"{data}/analysis.parquet",
+        "patients": f"{data}/patients.parquet",
+        "sudden_gains": f"{data}/sudden_gains.csv",
+    }
+
+
+def _model_json(study: str, model: str) -> str:
+    return f"results/{study}/models/{model}.json"
+
+
+def _figure_files(study: str, stem: str) -> list[str]:
+    return [f"results/{study}/figures/{stem}.{ext}" for ext in FIGURE_FORMATS]
+
+
+def _table_files(study: str, stem: str) -> list[str]:
+    return [f"results/{study}/tables/{stem}.{ext}" for ext in TABLE_FORMATS]
+
+
+def figure_inputs(name: str, study: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The files figure *name* of *study* is drawn from, named as its stage's keywords.
+
+    *config* is the study's block. ``forest_<model>`` draws that model; the trajectory and
+    caterpillar plots draw ``report.figures.trajectory_model`` (else the first model).
+    """
+    files = study_files(study)
+    models = [_model_json(study, m) for m in config["models"]]
+    figures = (config.get("report") or {}).get("figures") or {}
+    trajectory = _model_json(study, figures.get("trajectory_model") or config["models"][0])
+    if name.startswith("forest_"):
+        return {"model": _model_json(study, name.removeprefix("forest_"))}
+    analysis = {"analysis": files["analysis"]}
+    return {
+        "within_between": {**analysis, "models": models},
+        "trajectories": {**analysis, "model": trajectory},
+        "caterpillar": {"model": trajectory},
+        "flow": {"flow": files["flow"], "sessions": files["sessions"], "models": models},
+        "feedback": analysis,
+        "expected_response": analysis,
+        "ruptures": analysis,
+        "sudden_gains": {**analysis, "sudden_gains": files["sudden_gains"]},
+        "reliable_change": {"patients": files["patients"]},
+        "binary_rates": {"patients": files["patients"]},
+        "dropout_curve": {
+            "model": _model_json(study, "dropout"),
+            "patients": files["patients"],
+        },
+        "couple_trajectories": analysis,
+        "split_outcome": {**analysis, "models": models},
+    }[name]
+
+
+def figure_steps(
+    study: str, config: Mapping[str, Any], models: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Every figure of *study* as a step of its figure job (:func:`outputs_stage`).
+
+    *config* is the study's block, *models* the top-level ``models`` block. The figures are
+    those of :func:`study_figures` (a forest plot per model) and the simple slopes of each
+    moderated model (:func:`moderated_models`); each step gets only the settings its figure
+    reads (:func:`figure_settings`).
+    """
+    steps = []
+    for stem in study_figures(dict(config)):
+        name = "forest" if stem.startswith("forest_") else stem
+        steps.append(
+            {
+                "stage": "figure",
+                "name": name,
+                "inputs": figure_inputs(stem, study, config),
+                "settings": figure_settings(name, dict(config)),
+                "outputs": _figure_files(study, stem),
+            }
+        )
+    for model in moderated_models(config, models):
+        settings = figure_settings("forest", dict(config))  # the labels
+        steps.append(
+            {
+                "stage": "simple_slopes_figure",
+                "model_json": _model_json(study, model),
+                "outcome": config["measures"]["outcome"],
+                "labels": settings["labels"],
+                "outputs": _figure_files(study, f"simple_slopes_{model}"),
+            }
+        )
+    return steps
+
+
+def table_steps(
+    study: str, config: Mapping[str, Any], models: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Every table of *study* but reliability as a step of its table job (:func:`outputs_stage`).
+
+    The descriptive tables (:func:`study_tables`), one table per model, all models side by
+    side, the binary outcomes' arm contrasts (when the study has them) and the simple
+    slopes of each moderated model, each with its number and labels (:func:`table_settings`).
+    The reliability table is written by the job that computes it (its bootstrap is costly).
+    """
+    cfg, files = dict(config), study_files(study)
+    min_cell = int(((cfg.get("report") or {}).get("tables") or {}).get("min_cell", 5))
+    steps: list[dict[str, Any]] = []
+    for name in study_tables(cfg):
+        if name == "reliability":
+            continue
+        steps.append(
+            {
+                "stage": "descriptive_table",
+                "name": name,
+                "analysis": files["analysis"],
+                "patients": files["patients"],
+                "sudden_gains": files["sudden_gains"],
+                "min_cell": min_cell,
+                "outputs": _table_files(study, name),
+                **table_settings(name, cfg, models),
+            }
+        )
+    for model in cfg["models"]:
+        csv, md, html, tex, docx = _table_files(study, model)
+        steps.append(
+            {
+                "stage": "model_table",
+                "model_json": _model_json(study, model),
+                **dict(csv=csv, md=md, html=html, tex=tex, docx=docx),
+                **table_settings(model, cfg, models),
+            }
+        )
+    steps.append(
+        {
+            "stage": "models_table",
+            "model_jsons": [_model_json(study, m) for m in cfg["models"]],
+            "outputs": _table_files(study, "models"),
+            **table_settings("models", cfg, models),
+        }
+    )
+    if _has_binary_rates(cfg):
+        csv, *rendered = _table_files(study, "binary_effects")
+        steps.append(
+            {
+                "stage": "binary_effects",
+                "patients": files["patients"],
+                "direction": outcome_numbers(cfg["measures"])["direction"],
+                "csv": csv,
+                "outputs": rendered,
+                **table_settings("binary_effects", cfg, models),
+            }
+        )
+    for model in moderated_models(cfg, models):
+        steps.append(
+            {
+                "stage": "simple_slopes_table",
+                "model_json": _model_json(study, model),
+                "outputs": _table_files(study, f"simple_slopes_{model}"),
+                **table_settings(f"simple_slopes_{model}", cfg, models),
+            }
+        )
+    return steps
+
+
+#: The stages a figure or table job runs, by the ``stage`` of its steps.
+OUTPUT_STAGES: dict[str, Callable[..., None]] = {
+    "figure": figure_stage,
+    "simple_slopes_figure": simple_slopes_figure_stage,
+    "descriptive_table": descriptive_table_stage,
+    "model_table": model_table_stage,
+    "models_table": models_table_stage,
+    "binary_effects": binary_effects_stage,
+    "simple_slopes_table": simple_slopes_table_stage,
+}
+
+
+def step_files(steps: Sequence[Mapping[str, Any]], *, outputs: bool) -> list[str]:
+    """The files *steps* read (``outputs=False``) or write (``outputs=True``), each once.
+
+    Outputs are the values of the keywords ``outputs``, ``csv``, ``md``, ``html``, ``tex``
+    and ``docx``; inputs are every other path (a string ending in a file suffix, or a list
+    of them), such as ``analysis`` or ``model_jsons``.
+    """
+    written = {"outputs", "csv", "md", "html", "tex", "docx"}
+    found: list[str] = []
+    for step in steps:
+        pairs = dict(step)
+        pairs.update(pairs.pop("inputs", {}) or {})
+        for key, value in pairs.items():
+            if key in ("stage", "name", "settings", "labels") or (key in written) != outputs:
+                continue
+            values = value if isinstance(value, list | tuple) else [value]
+            found += [v for v in values if isinstance(v, str) and Path(v).suffix]
+    return list(dict.fromkeys(found))
+
+
+def outputs_stage(steps: Sequence[Mapping[str, Any]]) -> None:
+    """Run the steps of a study's figure or table job in order (:data:`OUTPUT_STAGES`).
+
+    Each step is the keywords of one stage call plus ``stage``, its name; the log names
+    each step and the CPU time it took. A step that fails stops the job with its own error.
+    """
+    for step in steps:
+        stage = step["stage"]
+        if stage not in OUTPUT_STAGES:
+            raise KeyError(
+                f"`stage` must be one of {', '.join(map(repr, OUTPUT_STAGES))}; got {stage!r}."
+            )
+        started = time.process_time()
+        OUTPUT_STAGES[stage](**{k: v for k, v in step.items() if k != "stage"})
+        written = step_files([step], outputs=True)
+        log.info(
+            "%s: %s (%.2f CPU-s)",
+            stage,
+            Path(written[0]).stem if written else "",
+            time.process_time() - started,
+        )

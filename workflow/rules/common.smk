@@ -4,19 +4,19 @@ from pathlib import Path
 
 import dataclasses
 
+from snakemake.io import report as report_entry  # `report` starts a directive here
+
 from allianceflow.config import validate_config
 from allianceflow.io import package_versions, source_fingerprint
 from allianceflow.power import check_power_config, chunk_seeds
 from allianceflow.stages import (
     CLEAN_OVERRIDES,
     SCORE_OVERRIDES,
-    figure_settings,
+    figure_steps,
     instrument_overrides,
-    moderated_models,
-    outcome_numbers,
-    study_figures,
-    study_tables,
+    step_files,
     table_settings,
+    table_steps,
 )
 
 # Validate before any job runs; fills in the schema's defaults in place.
@@ -49,7 +49,6 @@ POWER_DESIGNS = (
 )
 POWER_ANALYSES = config["power"]["analyses"] if config["power"]["enabled"] else []
 FIGURE_FORMATS = ["png", "pdf", "svg"]
-TABLE_FORMATS = ["csv", "md"]
 
 
 # ---- settings computed once per run: Snakemake evaluates a job's params again at every
@@ -63,18 +62,6 @@ def get_labels_of_study(study):
     from allianceflow.labels import Labels
 
     return Labels.from_config(config["studies"][study]).to_dict()
-
-
-@cache
-def get_outcome_numbers(study):
-    """The outcome instrument's rci, cutoff and direction, with the study's overrides."""
-    return outcome_numbers(config["studies"][study]["measures"])
-
-
-@cache
-def get_figure_settings_of(figure, study):
-    """The settings one figure of one study reads (allianceflow.stages.figure_settings)."""
-    return figure_settings(figure, config["studies"][study])
 
 
 @cache
@@ -142,27 +129,6 @@ def get_derive(wildcards):
     return config["studies"][wildcards.study]["derive"]
 
 
-def get_min_cell(wildcards):
-    """The small-cell threshold of one study's published tables (`report.tables.min_cell`)."""
-    return config["studies"][wildcards.study]["report"]["tables"]["min_cell"]
-
-
-def get_outcome_direction(wildcards):
-    """The outcome's direction of improvement (its instrument's, with the study's overrides)."""
-    return get_outcome_numbers(wildcards.study)["direction"]
-
-
-def get_figure_settings(figure):
-    """A function of the wildcards giving the settings one figure reads (its part of
-    `report.figures`, labels and numbers it draws), and no others."""
-
-    def get_settings(wildcards):
-        return get_figure_settings_of(figure, wildcards.study)
-
-    get_settings.__name__ = f"get_{figure}_settings"
-    return get_settings
-
-
 def get_resolved_config(wildcards):
     """The resolved config that shapes one study's results (recorded in its manifest)."""
     study = config["studies"][wildcards.study]
@@ -209,61 +175,9 @@ def get_model_results(wildcards):
     return [f"results/{wildcards.study}/models/{m}.json" for m in models]
 
 
-def get_trajectory_model(wildcards):
-    """The model whose implied mean the trajectory figure draws (the study's first model)."""
-    study = config["studies"][wildcards.study]
-    name = study["report"]["figures"]["trajectory_model"] or study["models"][0]
-    return f"results/{wildcards.study}/models/{name}.json"
-
-
-def get_study_tables(study):
-    """Descriptive tables of one study: those whose variables the study derives (the
-    reliability table has its own rule)."""
-    return [t for t in study_tables(config["studies"][study]) if t != "reliability"]
-
-
-def get_table_settings(wildcard=None, name=None, prefix=""):
-    """A function of the wildcards giving one table's number and the study's labels:
-    the table is named by the wildcard *wildcard* (model, table) after *prefix*, or is
-    *name*."""
-
-    def get_settings(wildcards):
-        table = name if wildcard is None else prefix + getattr(wildcards, wildcard)
-        return get_table_settings_of(table, wildcards.study)
-
-    get_settings.__name__ = f"get_{prefix}{name or wildcard}_table_settings"
-    return get_settings
-
-
-def has_binary_effects(study):
-    """Does the study get the arm contrasts of the binary outcomes (arms, on-track status
-    and reliable change all derived)?"""
-    return "binary_rates" in study_figures(config["studies"][study])
-
-
-def get_study_figures(study):
-    """Figures of one study: those whose variables and columns the study has."""
-    return study_figures(config["studies"][study])
-
-
-def get_outcome_score(wildcards):
-    """The study's outcome score column (`measures.outcome`), for figure labels."""
-    return config["studies"][wildcards.study]["measures"]["outcome"]
-
-
-def get_moderated_outputs(study):
-    """Simple-slopes tables and figures of the study's moderated models."""
-    models = moderated_models(config["studies"][study], config["models"])
-    published = ["csv", "md", "html", "tex", "docx"]
-    return [
-        f"results/{study}/tables/simple_slopes_{m}.{ext}"
-        for m in models
-        for ext in published
-    ] + [
-        f"results/{study}/figures/simple_slopes_{m}.{ext}"
-        for m in models
-        for ext in FIGURE_FORMATS
-    ]
+def get_reliability_table_settings(wildcards):
+    """The reliability table's number and the study's labels."""
+    return get_table_settings_of("reliability", wildcards.study)
 
 
 def get_study_outputs(study):
@@ -279,31 +193,97 @@ def get_study_outputs(study):
             for ext in ("json", "txt")
         ]
         + [f"results/{study}/summary.{ext}" for ext in ("md", "rst")]
-        + [f"results/{study}/tables/{m}.{ext}" for m in models for ext in published]
-        + [f"results/{study}/tables/models.{ext}" for ext in published]
         + [f"results/{study}/tables/reliability.{ext}" for ext in published]
-        + [
-            f"results/{study}/tables/{t}.{ext}"
-            for t in get_study_tables(study)
-            for ext in published
-        ]
-        + [
-            f"results/{study}/figures/{f}.{ext}"
-            for f in get_study_figures(study)
-            for ext in FIGURE_FORMATS
-        ]
-        + get_moderated_outputs(study)
-        + [
-            f"results/{study}/tables/binary_effects.{ext}"
-            for ext in published
-            if has_binary_effects(study)
-        ]
+        + step_files(get_table_steps(study), outputs=True)
+        + step_files(get_figure_steps(study), outputs=True)
     )
 
 
 def get_benchmark():
     """The meta-analytic benchmark (`pool.benchmark`) quoted in the summaries."""
     return config["pool"]["benchmark"]
+
+
+# ---- one figure job and one table job per study (allianceflow.stages.figure_steps and
+# table_steps): a study's figures are drawn in one process and its tables written in another,
+# so that the interpreter, pandas, matplotlib and Word start once per study, not per file
+
+
+@cache
+def get_figure_steps(study):
+    """The figures of one study as the steps of its figure job."""
+    return figure_steps(study, config["studies"][study], config["models"])
+
+
+@cache
+def get_table_steps(study):
+    """The tables of one study (all but reliability) as the steps of its table job."""
+    return table_steps(study, config["studies"][study], config["models"])
+
+
+def get_job_inputs(steps):
+    """The files a figure or table job reads (every step's inputs, each once)."""
+    return step_files(steps, outputs=False)
+
+
+#: The caption file (workflow/report/) of each kind of figure and table, where it is not
+#: the kind's own name.
+CAPTIONS = {
+    "ruptures_figure": "ruptures_figure",
+    "sudden_gains_figure": "sudden_gains_figure",
+    "simple_slopes_figure": "simple_slopes",
+    "model_table": "model_table",
+    "models_table": "models_table",
+    "simple_slopes_table": "simple_slopes_table",
+    "sudden_gains_table": "sudden_gains_table",
+    "ruptures_table": "ruptures_table",
+}
+
+
+def _report_kind(step, stem):
+    """(kind, model) of a step for its caption and name in words: e.g. ("forest", "growth")."""
+    stage = step["stage"]
+    if stage == "figure" and step["name"] == "forest":
+        return "forest", stem.removeprefix("forest_")
+    if stage == "figure":
+        figure = step["name"]
+        return (
+            f"{figure}_figure" if figure in ("ruptures", "sudden_gains") else figure
+        ), None
+    if stage in ("simple_slopes_figure", "simple_slopes_table"):
+        return stage, stem.removeprefix("simple_slopes_")
+    if stage == "model_table":
+        return stage, stem
+    if stage == "descriptive_table" and step["name"] in ("sudden_gains", "ruptures"):
+        return f"{step['name']}_table", None
+    if stage == "descriptive_table":
+        return step["name"], None
+    return stage, None
+
+
+def get_job_outputs(study, steps, entry, category, key):
+    """The files a study's figure or table job writes; the *entry* file of each (its PNG
+    or HTML) is an entry of Snakemake's report, with its caption and name in words."""
+    outputs = []
+    for step in steps:
+        files = step_files([step], outputs=True)
+        stem = Path(files[0]).stem
+        kind, model = _report_kind(step, stem)
+        words = REPORT_NAMES.get(kind, kind.replace("_", " ")).format(model=model)
+        for path in files:
+            if not path.endswith(entry):
+                outputs.append(path)
+                continue
+            outputs.append(
+                report_entry(
+                    path,
+                    caption=f"../report/{CAPTIONS.get(kind, kind)}.rst",
+                    category=category,
+                    subcategory=study,
+                    labels={"study": study, key: words},
+                )
+            )
+    return outputs
 
 
 #: Names in words of the entries of Snakemake's report (labels of report(...)).
@@ -315,7 +295,16 @@ REPORT_NAMES = {
     "ruptures": "Alliance ruptures and repair",
     "reliability": "Reliability (alpha and omega)",
     "model_table": "Model {model}",
-    "models": "Every model side by side",
+    "binary_effects": "Binary outcomes by arm",
+    "simple_slopes_table": "Simple slopes of model {model}",
+    "simple_slopes_figure": "Simple slopes of model {model}",
+    "dropout_curve": "Dropout over sessions",
+    "binary_rates": "Binary outcomes by arm",
+    "sudden_gains_figure": "Sudden gains",
+    "ruptures_figure": "Alliance ruptures and repair",
+    "sudden_gains_table": "Sudden gains",
+    "ruptures_table": "Alliance ruptures and repair",
+    "models_table": "Every model side by side",
     "within_between": "Alliance and outcome within and between patients",
     "trajectories": "Outcome trajectories",
     "forest": "Fixed effects of model {model} (forest plot)",

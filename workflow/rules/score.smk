@@ -43,6 +43,6 @@ rule compute_reliability:
         n_boot=get_reliability_bootstrap,
         alpha_missing=get_alpha_missing,
         seed=config["seed"],
-        table=get_table_settings(name="reliability"),
+        table=get_reliability_table_settings,
     script:
         "../scripts/compute_reliability.py"

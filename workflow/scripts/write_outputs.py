@@ -1,0 +1,6 @@
+"""Snakemake adapter: a study's figures or tables (allianceflow.stages.outputs_stage)."""
+
+from allianceflow.stages import outputs_stage, run_step
+
+with run_step(snakemake.log[0]):
+    outputs_stage(snakemake.params.steps)
