@@ -19,6 +19,11 @@ Defaults
   (:data:`SUFFIXES`).
 * Arms and informants keep their canonical code, with underscores read as spaces, unless
   config names them; "tau" is "treatment as usual".
+* In couple and family therapy (a study that maps a column to ``system``) the people rated
+  are clients: ``_within`` reads "within-client (deviation from the client's own mean)" and
+  ``_between`` "client's mean over sessions", as the partner's columns do
+  (:attr:`Labels.person`). A role's 0/1 column ``role_<identifier>`` (:func:`identifier`)
+  reads as the role's words.
 
 Model terms (:meth:`Labels.term`) follow patsy's names: ``:`` is an interaction, printed
 "×"; a treatment contrast ``C(f)[T.level]`` is printed "<level> vs <reference>", the
@@ -290,6 +295,14 @@ def identifier(label: Any, *, what: str = "label") -> str:
     return text
 
 
+def _name_of(label: Any) -> str:
+    """:func:`identifier` of *label*, or the label as text when it has no letter or digit."""
+    try:
+        return identifier(label)
+    except ValueError:
+        return str(label)
+
+
 def _check_mapping(value: Any, key: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -557,7 +570,7 @@ class Labels:
     def _role_of(self, name: str) -> str:
         """The known role whose :func:`identifier` is *name* (a ``role_<name>`` column)."""
         for level in self.levels.get("role") or ():
-            if identifier(level) == name:
+            if _name_of(level) == name:
                 return str(level)
         return name
 
@@ -577,7 +590,7 @@ class Labels:
         >>> Labels().system_word()
         'couple or family'
         """
-        roles = {identifier(r) for r in self.levels.get("role") or ()}
+        roles = {_name_of(r) for r in self.levels.get("role") or ()}
         if not roles:
             return "couple or family"
         return "couple" if roles <= set(_ROLES) else "family"
