@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -126,6 +127,34 @@ def test_early_split_and_system_rows_of_the_patients_table(two_systems):
     assert p["system_row"].tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="`early_sessions` must be at least 1; got 0"):
         system_patient_variables(patients, two_systems, early_sessions=0)
+
+
+def test_role_dummies_are_named_in_snake_case():
+    d = pd.DataFrame({"role": ["Mère", "Père", "Beau-père", "Enfant (2)", None]})
+    out = role_dummies(d)
+    made = [c for c in out.columns if c.startswith("role_")]
+    assert made == ["role_beau_pere", "role_enfant_2", "role_mere", "role_pere"]
+    assert all(c.isidentifier() for c in made)
+    assert out["role_mere"].tolist()[:4] == [1.0, 0.0, 0.0, 0.0]
+    assert np.isnan(out["role_pere"].iloc[4])
+    capitals = role_dummies(pd.DataFrame({"role": ["Partner A", "Partner B"]}))
+    assert capitals["role_partner_b"].tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("roles", "message"),
+    [
+        (
+            ["Partner A", "partner_a"],
+            "the roles 'Partner A' and 'partner_a' both give the column 'role_partner_a'; map "
+            "them to distinct roles under `read.labels.role`.",
+        ),
+        (["?"], "the role '?' has no letter or digit to name a column by; give it a name"),
+    ],
+)
+def test_role_dummies_refuse_roles_that_name_no_column_of_their_own(roles, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        role_dummies(pd.DataFrame({"role": roles}))
 
 
 def test_role_dummies_follow_category_order():

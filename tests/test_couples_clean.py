@@ -244,3 +244,24 @@ def test_a_blank_role_is_filled_from_the_clients_other_rows_even_with_hashed_ids
         ]
     ]
     assert result.sessions["role"].value_counts().to_dict() == {"partner_a": 4, "partner_b": 4}
+
+
+def test_a_role_without_a_system_is_refused():
+    columns = {
+        "ClientCode": "patient",
+        "Clinician": "therapist",
+        "Partner": "role",
+        "SessionNo": "session",
+        "SessionDate": "date",
+        **{f"ORS_{k}": f"ors_{k}" for k in range(1, 5)},
+    }
+    with pytest.raises(DataError) as info:
+        run("couple_role_without_system.csv", columns=columns)
+    assert str(info.value) == (
+        "couple_role_without_system.csv: column 'Partner' is mapped to 'role', the client's "
+        "role in a couple or family, but no column is mapped to 'system', the couple or "
+        "family id, so the roles cannot be checked: a role is a role within one couple or "
+        "family. Map the column of couple or family ids to 'system' under "
+        "`studies.t.read.columns` in config.yaml, or remove the mapping to 'role' if the "
+        "clients were not seen together."
+    )

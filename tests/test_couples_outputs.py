@@ -77,9 +77,16 @@ def test_couple_variables_read_in_words(labels):
     assert labels.variable("early_alliance_split") == (
         "Split in SRS total between the partners, mean of the first sessions"
     )
+    # the actor's own terms read as the partner's do: couples work speaks of clients
+    assert labels.person == "client"
     assert labels.term("alliance_within_lag:role_partner_b") == (
-        "SRS total at the previous session, within-patient (deviation from the patient's "
+        "SRS total at the previous session, within-client (deviation from the client's own "
         "mean) × partner B (vs partner A)"
+    )
+    assert labels.term("alliance_between") == "SRS total, client's mean over sessions"
+    assert labels.variable("patient") == "Client"
+    assert labels.random_part("y ~ x + (1 | system) + (1 | patient)") == (
+        "random intercepts for couples; random intercepts for clients"
     )
 
 
@@ -212,6 +219,18 @@ def test_summary_answers_the_couples_questions_in_units(study, block, labels):
         f"The model used {apim['n_obs']:,} sessions of {n['patient']} clients, {n['system']} "
         f"couples and {n['therapist']} therapists."
     ) in text
+    # the actor effects speak of the client, as the partner effects do
+    rows = {r["term"]: r for r in apim["fixed"]}
+    within, between = rows["alliance_within_lag"], rows["alliance_between"]
+    assert (
+        "Actor effect: a session whose SRS total was 1 point above the client's usual level "
+        f"was followed at the next session by an ORS total {abs(within['estimate']):.2f} points "
+    ) in text
+    assert (
+        "Actor effect: clients whose mean SRS total was 1 point higher than another client's "
+        f"had an ORS total {abs(between['estimate']):.2f} points "
+    ) in text
+    assert "patient" not in text.lower()
     split = records[MODELS.index("split_alliance")]
     between = next(r for r in split["fixed"] if r["term"] == "alliance_split_between")
     assert (

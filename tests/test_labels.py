@@ -4,7 +4,7 @@ import patsy
 import pytest
 
 from allianceflow.config import flat_study, load_config
-from allianceflow.labels import Labels, abbreviation, lower_first
+from allianceflow.labels import Labels, abbreviation, identifier, lower_first
 from allianceflow.models import preset_formula
 
 STUDY = {
@@ -313,3 +313,94 @@ def test_a_moderated_model_says_its_moderator(labels):
     moderated = labels.question({**result, "moderation": {"moderator": "modality"}})
     assert moderated == plain.replace(" (random", ", moderated by session modality (random")
     assert moderated != plain
+
+
+# --------------------------------------------------------------------------- couples and families
+
+
+@pytest.mark.parametrize(
+    ("label", "name"),
+    [
+        ("partner_a", "partner_a"),
+        ("Partner B", "partner_b"),
+        ("  PARTNER   b ", "partner_b"),
+        ("Mère", "mere"),
+        ("Beau-père", "beau_pere"),
+        ("Großmutter", "grossmutter"),
+        ("Niño (2)", "nino_2"),
+        ("Мать", "мать"),
+    ],
+)
+def test_identifier_is_snake_case(label, name):
+    assert identifier(label) == name
+    assert f"role_{name}".isidentifier()
+
+
+def test_identifier_refuses_a_label_without_a_letter():
+    with pytest.raises(ValueError) as info:
+        identifier(" – ", what="role")
+    assert str(info.value) == (
+        "the role ' – ' has no letter or digit to name a column by; give it a name that has one."
+    )
+
+
+def test_role_columns_read_as_the_roles_words():
+    family = Labels(
+        variables={"srs_total": "SRS total"},
+        alliance="srs_total",
+        levels={"role": ["Enfant", "Mère", "Père"]},
+        person="client",
+    )
+    assert family.system_word() == "family"
+    assert family.variable("role_mere") == "Mère (vs enfant)"
+    assert family.term("alliance_within_lag:role_pere") == (
+        "SRS total at the previous session, within-client (deviation from the client's own "
+        "mean) × père (vs enfant)"
+    )
+    # the partners spelled as the export spells them are still a couple
+    couple = Labels(levels={"role": ["Partner A", "Partner B"]})
+    assert couple.system_word() == "couple"
+    assert couple.variable("role_partner_b") == "Partner B (vs partner A)"
+
+
+def test_a_study_with_systems_speaks_of_clients():
+    study = {
+        **STUDY,
+        "read": {
+            "columns": {"Couple": "system", "Client": "patient", "Partner": "role"},
+            "labels": {"role": {"A": "partner_a", "B": "partner_b"}},
+        },
+    }
+    clients = Labels.from_config(study)
+    assert (clients.person, Labels.from_config(STUDY).person) == ("client", "patient")
+    words = {
+        "alliance_within_lag": (
+            "WAI-SR total at the previous session, within-client (deviation from the client's "
+            "own mean)"
+        ),
+        "alliance_between": "WAI-SR total, client's mean over sessions",
+        "alliance_pmean": "WAI-SR total, client's mean over sessions (uncentred)",
+        "alliance_within_detrended_lag": (
+            "WAI-SR total at the previous session, deviation from the client's own linear trend"
+        ),
+        "alliance_patient_deviation": "WAI-SR total, client's deviation from the therapist's mean",
+        "alliance_partner_between": "Partner's WAI-SR total, partner's mean over sessions",
+        "patient": "Client",
+    }
+    assert {c: clients.variable(c) for c in words} == words
+    record = {
+        "formula": "outcome ~ alliance_within_lag + alliance_between + (1 | patient)",
+        "fixed": [{"term": t} for t in ("Intercept", "alliance_within_lag", "alliance_between")],
+        "rows": {"off_track": 1},
+    }
+    assert clients.question(record) == (
+        "WAI-SR total within and between clients predicting ORS total, in clients not on "
+        "track (random intercepts for clients)"
+    )
+    assert Labels.from_dict(clients.to_dict()) == clients
+    assert clients.to_dict()["person"] == "client"
+
+
+def test_person_is_checked():
+    with pytest.raises(ValueError, match=r"^`person` must be 'patient' or 'client'; got 'user'\.$"):
+        Labels(person="user")

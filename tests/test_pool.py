@@ -236,7 +236,9 @@ def _check_against_metafor(fit, ref, tol=1e-9):
 
 @pytest.mark.parametrize("test, pi_type", list(METAFOR_BCG_REML))
 def test_reml_matches_metafor_on_dat_bcg(test, pi_type):
-    fit = random_effects(BCG_YI, BCG_VI, method="reml", hksj=test == "knha", pi_type=pi_type)
+    fit = random_effects(
+        BCG_YI, BCG_VI, method="reml", hksj=test == "knha", hksj_adhoc=False, pi_type=pi_type
+    )
     _check_against_metafor(fit, METAFOR_BCG_REML[(test, pi_type)])
     # the Q-based I2 differs from metafor's tau2-based one for REML
     q = METAFOR_BCG_REML[(test, pi_type)][7]
@@ -257,7 +259,9 @@ def test_reml_is_the_root_metafor_approaches_with_its_default_tolerance():
 
 @pytest.mark.parametrize("k, test, pi_type", list(METAFOR_MOLLOY_REML))
 def test_reml_matches_metafor_with_two_and_five_studies(molloy, k, test, pi_type):
-    res = meta_analysis(molloy.iloc[:k], method="reml", hksj=test == "knha", pi_type=pi_type)
+    res = meta_analysis(
+        molloy.iloc[:k], method="reml", hksj=test == "knha", hksj_adhoc=False, pi_type=pi_type
+    )
     p, het = res["pooled"], res["heterogeneity"]
     fit = {
         "pooled": {
@@ -300,6 +304,91 @@ def test_random_effects_refuses_bad_input(yi, vi, message):
         random_effects(yi, vi)
 
 
+# ---------------------------------------------------------------- equal effects (Q = 0)
+
+EQUAL_YI = [0.2, 0.2, 0.2, 0.2]
+EQUAL_VI = [0.01, 0.02, 0.04, 0.05]
+# metafor 3.8-1: rma(yi, vi, method = "REML" | "DL" | "PM", test = "adhoc"), the same for all
+# three estimators; columns as METAFOR_BCG_REML. test = "knha" prints se = 0, tval = Inf.
+METAFOR_EQUAL_ADHOC = {
+    "default": (0.0, 0.2, 0.0716114874039433, -0.0278997135045501, 0.42789971350455,
+                2.79284800875379, 0.0682570728547282, 0.0, 0.0, 1.0, -0.0278997135045501,
+                0.42789971350455),
+    "riley": (0.0, 0.2, 0.0716114874039433, -0.0278997135045501, 0.42789971350455,
+              2.79284800875379, 0.0682570728547282, 0.0, 0.0, 1.0, -0.108119361759996,
+              0.508119361759996),
+}  # fmt: skip
+# the first two Molloy correlations, REML, test = "adhoc": Q = 0.0617 < 1, so the factor
+# max(1, q) is 1 where metafor's "knha" uses s2w = 0.0617 (se 0.00851, METAFOR_MOLLOY_REML)
+METAFOR_MOLLOY2_ADHOC = (0.0, 0.166648125919113, 0.0342594354913766, -0.268659275580088,
+                         0.601955527418314, 4.86429865317131, 0.1290776161772,
+                         0.0617159536350817, 0.0, 1.0, -0.268659275580088,
+                         0.601955527418314)  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["reml", "dl", "pm"])
+@pytest.mark.parametrize("pi_type", ["default", "riley"])
+def test_equal_effects_get_the_ad_hoc_knapp_hartung_interval_of_metafor(method, pi_type):
+    # Q = 0, tau2 = 0 and the Knapp-Hartung factor q = 0: the unmodified variance is 0
+    fit = random_effects(EQUAL_YI, EQUAL_VI, method=method, hksj=True, pi_type=pi_type)
+    _check_against_metafor(fit, METAFOR_EQUAL_ADHOC[pi_type])
+    # by hand: se = (sum 1/v)^(-1/2) = 195^(-1/2), t(3) quantile
+    se = 195**-0.5
+    crit = stats.t.isf(0.025, 3)
+    assert fit["pooled"]["se"] == pytest.approx(se, abs=1e-15)
+    assert fit["pooled"]["ci_low"] == pytest.approx(0.2 - crit * se, abs=1e-15)
+    assert fit["pooled"]["distribution"] == "t(3)"
+    assert all(math.isfinite(v) for v in fit["pooled"].values() if isinstance(v, float))
+
+
+def test_the_ad_hoc_factor_is_one_when_the_studies_agree_more_than_chance():
+    y = np.arctanh(MOLLOY_R[:2])
+    v = 1 / (np.array(MOLLOY_N[:2], dtype=float) - 3)
+    fit = random_effects(y, v, method="reml", hksj=True)
+    _check_against_metafor(fit, METAFOR_MOLLOY2_ADHOC)
+    # unmodified: metafor's test = "knha", the standard error four times smaller
+    plain = random_effects(y, v, method="reml", hksj=True, hksj_adhoc=False)
+    _check_against_metafor(plain, METAFOR_MOLLOY_REML[(2, "knha", "default")])
+
+
+def test_the_ad_hoc_factor_changes_nothing_when_q_is_above_one(molloy):
+    # DL on all 16 studies: q = 1.100 > 1
+    fit = meta_analysis(molloy, method="dl", hksj=True)
+    plain = meta_analysis(molloy, method="dl", hksj=True, hksj_adhoc=False)
+    assert fit["pooled"] == plain["pooled"]
+    assert (fit["hksj_adhoc"], plain["hksj_adhoc"]) == (True, False)
+
+
+def test_unmodified_knapp_hartung_refuses_equal_effects():
+    with pytest.raises(ValueError) as info:
+        random_effects(EQUAL_YI, EQUAL_VI, hksj=True, hksj_adhoc=False)
+    assert str(info.value) == (
+        "the unmodified Knapp–Hartung variance is 0 because the 4 effects are equal "
+        "(weighted residual sum of squares 0): its interval would have zero width; use "
+        "`hksj_adhoc=True` (Knapp & Hartung's max(1, q)) or `hksj=False`."
+    )
+
+
+def test_studies_with_equal_r_pool_to_a_finite_interval():
+    # the pipeline's defaults (Paule-Mandel, HKSJ); artanh(0.3) is the same float three times
+    effects = pd.DataFrame({"study": ["a", "b", "c"], "r": [0.3] * 3, "n": [50, 80, 120]})
+    res = meta_analysis(effects)
+    p = res["pooled"]
+    # metafor 3.8-1: rma(measure = "ZCOR", ri, ni, method = "PM", test = "adhoc"),
+    # predict(transf = transf.ztor)
+    assert p["z"] == pytest.approx(0.309519604203112, abs=1e-12)
+    assert p["se"] == pytest.approx(0.0644156626400831, abs=1e-12)  # (47 + 77 + 117)^(-1/2)
+    assert (p["ci_low_z"], p["ci_high_z"]) == pytest.approx(
+        (0.0323613775061377, 0.586677830900086), abs=1e-11
+    )
+    assert p["statistic"] == pytest.approx(4.80503640756636, abs=1e-10)
+    assert p["p"] == pytest.approx(0.0406868063890963, rel=1e-9)
+    assert (p["ci_low"], p["ci_high"]) == pytest.approx(
+        (0.0323500853244859, 0.527502063349756), abs=1e-11
+    )
+    assert res["heterogeneity"]["tau2"] == 0.0
+
+
 def test_dl_without_excess_heterogeneity_is_the_common_effect_model():
     # Q < k - 1: statsmodels' DL tau2 would be negative; ours is truncated at 0
     effects = pd.DataFrame({"study": ["a", "b", "c"], "r": [0.2, 0.3, 0.25], "n": [103, 203, 53]})
@@ -320,6 +409,7 @@ def test_dl_without_excess_heterogeneity_is_the_common_effect_model():
         ({"pi_type": "t"}, ValueError, "`pi_type` must be 'default' or 'riley'; got 't'."),
         ({"alpha": 1.5}, ValueError, r"`alpha` must lie in \(0, 1\); got 1.5."),
         ({"hksj": "yes"}, TypeError, "`hksj` must be True or False; got 'yes'."),
+        ({"hksj_adhoc": 1}, TypeError, "`hksj_adhoc` must be True or False; got 1."),
         ({"r": "corr"}, KeyError, "Column 'corr' is not in `effects`"),
     ],
 )
@@ -427,7 +517,12 @@ def test_forest_plot_marks_the_benchmark(molloy):
         _note(fig)
     )
     assert "not comparable" not in _note(fig)
-    assert "τ² by Paule–Mandel, Hartung–Knapp–Sidik–Jonkman interval" in _note(fig)
+    assert (
+        "τ² by Paule–Mandel, Hartung–Knapp–Sidik–Jonkman interval (its variance never below "
+        "the Wald one: Knapp & Hartung, 2003); the thin bar" in _note(fig)
+    )
+    plain = plot_forest(meta_analysis(molloy, hksj_adhoc=False))
+    assert "Hartung–Knapp–Sidik–Jonkman interval; the thin bar" in _note(plain)
     fig2 = plot_forest(res, benchmark=Benchmark("mine", 0.1, 0.05, 0.15), comparable=True)
     assert (0.1, 0.1) in [tuple(line.get_xdata()) for line in fig2.axes[0].lines]
 
@@ -821,6 +916,12 @@ for (t in c("z", "knha")) for (pt in c("default", "riley")) {
   cat(paste0(t, "_", pt), sprintf("%.15g", c(res$tau2, res$beta[1], res$se, res$ci.lb, res$ci.ub,
       res$zval, res$pval, res$QE, res$I2, res$H2, p$pi.lb, p$pi.ub)), "\n")
 }
+yi <- c(0.2, 0.2, 0.2, 0.2); vi <- c(0.01, 0.02, 0.04, 0.05)
+for (m in c("REML", "DL", "PM")) for (pt in c("default", "riley")) {
+  res <- rma(yi, vi, method = m, test = "adhoc"); p <- predict(res, pi.type = pt)
+  cat(paste0("adhoc_", m, "_", pt), sprintf("%.15g", c(res$tau2, res$beta[1], res$se,
+      res$ci.lb, res$ci.ub, res$zval, res$pval, res$QE, res$I2, res$H2, p$pi.lb, p$pi.ub)), "\n")
+}
 """
 
 
@@ -835,5 +936,15 @@ def test_reml_matches_metafor_computed_live(tmp_path):
     for test in ("z", "knha"):
         for pi_type in ("default", "riley"):
             ref = tuple(float(x) for x in out[f"{test}_{pi_type}"])
-            fit = random_effects(yi, vi, method="reml", hksj=test == "knha", pi_type=pi_type)
+            fit = random_effects(
+                yi, vi, method="reml", hksj=test == "knha", hksj_adhoc=False, pi_type=pi_type
+            )
+            _check_against_metafor(fit, ref)
+    # equal effects under Knapp & Hartung's ad hoc correction, every estimator of tau2
+    for method in ("REML", "DL", "PM"):
+        for pi_type in ("default", "riley"):
+            ref = tuple(float(x) for x in out[f"adhoc_{method}_{pi_type}"])
+            fit = random_effects(
+                EQUAL_YI, EQUAL_VI, method=method.lower(), hksj=True, pi_type=pi_type
+            )
             _check_against_metafor(fit, ref)

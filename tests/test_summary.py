@@ -210,6 +210,48 @@ def test_directions_units_and_ns_in_words(study):
     assert sections["growth"].startswith("\nWith each further session, the PHQ-9 total was")
 
 
+def test_a_study_of_clients_speaks_of_clients(study):
+    """Labels.person words the same record's sentences, N and reasons (couple therapy)."""
+    from dataclasses import replace
+
+    from allianceflow.summary import data_paragraph, model_paragraph
+
+    record = study["records"][0]
+    clients = replace(study["labels"], person="client")
+    text = model_paragraph(
+        record,
+        labels=clients,
+        alliance="srs_total",
+        outcome="phq9_total",
+        outcome_direction="lower_is_better",
+        benchmark=None,  # the benchmark's own studies are of patients
+    )
+    within = next(r for r in record["fixed"] if r["term"] == "alliance_within_lag")
+    between = next(r for r in record["fixed"] if r["term"] == "alliance_between")
+    assert (
+        "A session whose SRS total was 1 point above the client's usual level was followed at "
+        f"the next session by a PHQ-9 total {abs(within['estimate']):.2f} points lower (better)"
+    ) in text
+    assert (
+        "Clients whose mean SRS total was 1 point higher than another client's had a PHQ-9 "
+        f"total {abs(between['estimate']):.2f} points"
+    ) in text
+    lag = record["dropped_missing_by_variable"]["alliance_within_lag"]
+    assert (
+        f"{lag} had no SRS total at the previous session, within-client (deviation from the "
+        "client's own mean), as at every client's first session"
+    ) in text
+    assert f"sessions of {record['n_groups']['patient']} clients and" in text
+    assert "SRS total within and between clients predicting PHQ-9 total" in text
+    assert "random intercepts for clients" in text
+    assert "patient" not in text
+    s, p = study["flow"]["sessions"], study["flow"]["patients"]
+    assert (
+        f"The export held {s['read']:,} session rows of {p['read']:,} clients; {s['kept']:,} "
+        f"rows of {p['kept']:,} clients were kept"
+    ) in data_paragraph(study["flow"], labels=clients)
+
+
 def test_dropped_random_terms_are_stated(study):
     few = _sections(study["text"])["three_therapists"]
     assert "Warning: The grouping factor 'therapist' has 3 levels in the rows used" in few

@@ -387,15 +387,25 @@ def role_dummies(
 
     The distinguishable ``couple_alliance_outcome`` preset uses the columns of the roles
     after the reference (e.g. ``role_partner_b``). *levels* defaults to the category order
-    of a categorical column, else the sorted distinct roles.
+    of a categorical column, else the sorted distinct roles. A level is named by its
+    snake_case :func:`allianceflow.labels.identifier` ("Partner B" gives ``role_partner_b``,
+    "Mère" ``role_mere``), so every column is a formula name; the labels read it back as
+    the role's words.
+
+    Raises
+    ------
+    ValueError
+        A role has no letter or digit, or two roles give one column name.
 
     Examples
     --------
     >>> import pandas as pd
-    >>> d = pd.DataFrame({"role": ["partner_a", "partner_b", None]})
+    >>> d = pd.DataFrame({"role": ["partner_a", "Partner B", None]})
     >>> role_dummies(d)["role_partner_b"].tolist()
     [0.0, 1.0, nan]
     """
+    from .labels import identifier
+
     check_columns(data, role)
     out = data.copy()
     if levels is None:
@@ -405,8 +415,16 @@ def role_dummies(
         else:
             levels = sorted(map(str, column.dropna().unique()))
     text = out[role].astype(object)
+    named: dict[str, str] = {}
     for level in levels:
-        out[f"{role}_{level}"] = np.where(text.isna(), np.nan, text.eq(level).astype(float))
+        name = f"{role}_{identifier(level, what='role')}"
+        if name in named:
+            raise ValueError(
+                f"the roles {named[name]!r} and {level!r} both give the column {name!r}; "
+                "map them to distinct roles under `read.labels.role`."
+            )
+        named[name] = level
+        out[name] = np.where(text.isna(), np.nan, text.eq(level).astype(float))
     return out
 
 

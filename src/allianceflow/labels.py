@@ -19,6 +19,11 @@ Defaults
   (:data:`SUFFIXES`).
 * Arms and informants keep their canonical code, with underscores read as spaces, unless
   config names them; "tau" is "treatment as usual".
+* In couple and family therapy (a study that maps a column to ``system``) the people rated
+  are clients: ``_within`` reads "within-client (deviation from the client's own mean)" and
+  ``_between`` "client's mean over sessions", as the partner's columns do
+  (:attr:`Labels.person`). A role's 0/1 column ``role_<identifier>`` (:func:`identifier`)
+  reads as the role's words.
 
 Model terms (:meth:`Labels.term`) follow patsy's names: ``:`` is an interaction, printed
 "×"; a treatment contrast ``C(f)[T.level]`` is printed "<level> vs <reference>", the
@@ -43,6 +48,7 @@ Examples
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -53,6 +59,7 @@ __all__ = [
     "SUFFIXES",
     "FIXED_VARIABLES",
     "abbreviation",
+    "identifier",
     "lower_first",
     "upper_first",
     "title_case",
@@ -116,6 +123,20 @@ FIXED_VARIABLES: Mapping[str, str] = MappingProxyType(
 #: The partners' roles in words (the canonical ``role`` levels of a couple); a family role
 #: (``mother``, ``child`` ...) reads as its code with underscores as spaces.
 _ROLES = {"partner_a": "partner A", "partner_b": "partner B"}
+
+#: What a study calls the people whose sessions are rated (:attr:`Labels.person`).
+PERSONS = ("patient", "client")
+
+#: The derive stage's suffixes in a study of clients (couple and family therapy), where
+#: they read as the partner's own columns do ("within-partner (deviation from the
+#: partner's own mean)"); every other suffix reads "client" for "patient".
+_CLIENT_SUFFIXES = {
+    ", within-patient (deviation from the patient's mean)": (
+        ", within-client (deviation from the client's own mean)"
+    ),
+    ", patient mean": ", client's mean over sessions",
+    ", patient mean (uncentred)": ", client's mean over sessions (uncentred)",
+}
 
 #: Session modalities in words (the canonical ``modality`` levels).
 _MODALITIES = {"in_person": "in person", "video": "video", "telephone": "telephone"}
@@ -232,6 +253,56 @@ def abbreviation(name: str, version: str | None = None) -> str:
     return "-".join(parts)
 
 
+def identifier(label: Any, *, what: str = "label") -> str:
+    """A label as a snake_case identifier, for the name of a column made from it.
+
+    Accents are dropped (Unicode NFKD decomposition, combining marks removed), letters are
+    case-folded, and each run of characters other than letters and digits becomes one
+    underscore, none at either end. Letters of other scripts are kept, lower-cased, so
+    ``role_<identifier>`` is a Python identifier, as patsy formulas need.
+
+    Parameters
+    ----------
+    label : Any
+        The label, e.g. a role as the export spells it.
+    what : str, default 'label'
+        What the label is, for the error message ("role").
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        *label* has no letter or digit.
+
+    Examples
+    --------
+    >>> identifier("Partner B"), identifier("Mère"), identifier("Step-parent (2)")
+    ('partner_b', 'mere', 'step_parent_2')
+    >>> identifier("partner_a"), identifier("  Groß Eltern "), identifier("Мать")
+    ('partner_a', 'gross_eltern', 'мать')
+    """
+    text = unicodedata.normalize("NFKD", str(label))
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).casefold()
+    text = re.sub(r"[\W_]+", "_", text).strip("_")
+    if not text:
+        raise ValueError(
+            f"the {what} {label!r} has no letter or digit to name a column by; give it a name "
+            "that has one."
+        )
+    return text
+
+
+def _name_of(label: Any) -> str:
+    """:func:`identifier` of *label*, or the label as text when it has no letter or digit."""
+    try:
+        return identifier(label)
+    except ValueError:
+        return str(label)
+
+
 def _check_mapping(value: Any, key: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -279,6 +350,17 @@ class Labels:
     levels : mapping of str to sequence of str
         Known levels of categorical columns (``{"condition": ["feedback", "tau"]}``); the
         reference level of a contrast is the first in sorted order, as patsy codes it.
+    person : {'patient', 'client'}, default 'patient'
+        What the study calls the people whose sessions are rated. In couple and family
+        therapy (a study that maps a column to ``system``) they are clients, the partners
+        or members of a family: the ``patient`` column is "Client", the person-mean parts
+        read "within-client (deviation from the client's own mean)" and "client's mean over
+        sessions", and the questions speak of clients.
+
+    Raises
+    ------
+    ValueError
+        ``person`` is not 'patient' or 'client'.
 
     Examples
     --------
@@ -298,6 +380,12 @@ class Labels:
     alliance: str | None = None
     outcome: str | None = None
     levels: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    person: str = "patient"
+
+    def __post_init__(self) -> None:
+        """Check :attr:`person`."""
+        if self.person not in PERSONS:
+            raise ValueError(f"`person` must be 'patient' or 'client'; got {self.person!r}.")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -380,6 +468,8 @@ class Labels:
         roles = ((study_config.get("read") or {}).get("labels") or {}).get("role") or {}
         if roles:  # a couples or family study: its roles (partner_a, partner_b, mother ...)
             levels["role"] = sorted({str(v) for v in roles.values()})
+        columns = (study_config.get("read") or {}).get("columns") or {}
+        mapped = set(map(str, columns.values())) if isinstance(columns, Mapping) else set()
         return cls(
             variables=variables,
             instruments={**abbreviations, **own},
@@ -390,6 +480,7 @@ class Labels:
             alliance=measures.get("alliance"),
             outcome=measures.get("outcome"),
             levels=levels,
+            person="client" if "system" in mapped else "patient",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -410,6 +501,7 @@ class Labels:
             "alliance": self.alliance,
             "outcome": self.outcome,
             "levels": {k: list(v) for k, v in sorted(self.levels.items())},
+            "person": self.person,
         }
 
     @classmethod
@@ -475,6 +567,13 @@ class Labels:
         code = str(level)
         return self.variables.get(f"role={code}") or _ROLES.get(code) or code.replace("_", " ")
 
+    def _role_of(self, name: str) -> str:
+        """The known role whose :func:`identifier` is *name* (a ``role_<name>`` column)."""
+        for level in self.levels.get("role") or ():
+            if _name_of(level) == name:
+                return str(level)
+        return name
+
     def system_word(self) -> str:
         """What a ``system`` is in this study: "couple", "family" or "couple or family".
 
@@ -491,7 +590,7 @@ class Labels:
         >>> Labels().system_word()
         'couple or family'
         """
-        roles = set(self.levels.get("role") or ())
+        roles = {_name_of(r) for r in self.levels.get("role") or ()}
         if not roles:
             return "couple or family"
         return "couple" if roles <= set(_ROLES) else "family"
@@ -546,6 +645,8 @@ class Labels:
             return upper_first(self.system_word())
         if column == "role" and self.levels.get("role"):
             return f"Role in the {self.system_word()}"
+        if column == "patient":
+            return upper_first(self.person)
         if column in FIXED_VARIABLES:
             return FIXED_VARIABLES[column]
         if column in self.subscales:
@@ -569,13 +670,13 @@ class Labels:
                 when = " at the next session" if n == 1 else f" {_words(n)} sessions later"
             for suffix, words in SUFFIXES:
                 if base.endswith(suffix) and len(base) > len(suffix):
-                    return self.variable(base[: -len(suffix)]) + when + words
+                    return self.variable(base[: -len(suffix)]) + when + self._suffix(words)
             return self.variable(base) + when
         for suffix, words in SUFFIXES:
             if column.endswith(suffix) and len(column) > len(suffix):
                 stem = column[: -len(suffix)]
                 if self._known(stem):
-                    return self.variable(stem) + words
+                    return self.variable(stem) + self._suffix(words)
         modality = re.match(r"^modality_(?P<level>[a-z_]+)$", column)
         if modality:  # a moderator's dummy: 1 for sessions of this modality
             level = modality.group("level")
@@ -599,6 +700,22 @@ class Labels:
 
     def _known(self, column: str) -> bool:
         return self.variable(column) != column
+
+    def _suffix(self, words: str) -> str:
+        """A suffix's words (:data:`SUFFIXES`) for this study's :attr:`person`."""
+        if self.person == "patient":
+            return words
+        return _CLIENT_SUFFIXES.get(words) or words.replace("patient", self.person)
+
+    def people(self) -> str:
+        """The plural of :attr:`person`: "patients", or "clients" in couple and family therapy.
+
+        Examples
+        --------
+        >>> Labels().people(), Labels(person="client").people()
+        ('patients', 'clients')
+        """
+        return f"{self.person}s"
 
     def _couple_variable(self, column: str) -> str | None:
         r"""Label of a variable of couple and family therapy, or None for other columns.
@@ -630,9 +747,9 @@ class Labels:
             units = "families"
         role = re.fullmatch(r"role_(?P<level>\w+)", column)
         if role:
-            level = role.group("level")
+            level = self._role_of(role.group("level"))
             known = sorted(str(r) for r in self.levels.get("role") or () if str(r) != level)
-            versus = self.role(known[0]) if known else "the reference role"
+            versus = lower_first(self.role(known[0])) if known else "the reference role"
             return upper_first(f"{self.role(level)} (vs {versus})")
         if column == "system_members":
             return f"Members of the {unit}"
@@ -846,11 +963,11 @@ class Labels:
         elif "ruptures_before" in parts:
             text = f"detected alliance ruptures and their repair predicting {y}"
         elif "alliance_therapist_mean" in parts:
-            text = f"therapists' and patients' contributions to the {a}–{y} relation"
+            text = f"therapists' and {self.people()}' contributions to the {a}–{y} relation"
         elif len(components) > 1:
             instrument = (self.alliance or "alliance").rsplit("_total", 1)[0]
             text = (
-                f"{self.instrument(instrument)} subscales within and between patients "
+                f"{self.instrument(instrument)} subscales within and between {self.people()} "
                 f"predicting {y}"
             )
         elif any(p.startswith("alliance_rater_") for p in parts):
@@ -863,7 +980,7 @@ class Labels:
             )
             text = f"alliance rated by {' and '.join(who)} predicting {y}"
         elif any(p.startswith("alliance_within") for p in parts) and "alliance_between" in parts:
-            text = f"{a} within and between patients predicting {y}"
+            text = f"{a} within and between {self.people()} predicting {y}"
             if "alliance_within_detrended_lag" in parts:
                 text += ", detrended"
             if "outcome_lag" in parts:
@@ -897,7 +1014,7 @@ class Labels:
                 said.append("not on track" if value == 1 else "on track")
             else:
                 said.append(f"{lower_first(self.variable(column))} = {value:g}")
-        return f", in patients {' and '.join(said)}" if said else ""
+        return f", in {self.people()} {' and '.join(said)}" if said else ""
 
     def _couple_question(self, parts: set[str], a: str, y: str) -> str | None:
         """The question of a couples preset (allianceflow.models.preset_formula), or None."""

@@ -6,12 +6,13 @@ r's are pooled on Fisher's z scale with a random-effects model whose between-stu
 τ² comes from restricted maximum likelihood (``"reml"``, metafor's default), DerSimonian–Laird
 (``"dl"``) or Paule–Mandel (``"pm"``, both from
 :func:`statsmodels.stats.meta_analysis.combine_effects`); the Hartung–Knapp–Sidik–Jonkman
-interval and metafor's two kinds of prediction interval are options, and both the Q-based and
-metafor's τ²-based I² are reported. The pooled z and its interval are turned back into r and
-drawn in a
-forest plot, beside a benchmark (by default Flückiger et al. 2018, r = .278) only when the
-pooled term is comparable with it: Flückiger et al. pooled between-patient correlations, so
-the default within-patient lagged term (``alliance_within_lag``) is shown without it.
+interval (by default with Knapp & Hartung's 2003 ad hoc correction, which also keeps it
+finite when the studies agree exactly) and metafor's two kinds of prediction interval are
+options, and both the Q-based and metafor's τ²-based I² are reported. The pooled z and its
+interval are turned back into r and drawn in a forest plot, beside a benchmark (by default
+Flückiger et al. 2018, r = .278) only when the pooled term is comparable with it: Flückiger
+et al. pooled between-patient correlations, so the default within-patient lagged term
+(``alliance_within_lag``) is shown without it.
 
 One stage. The studies' analysis tables are stacked, with study as the top level of the
 multilevel model (patients in therapists in studies), and the same model is fitted once.
@@ -29,6 +30,8 @@ Higgins, J. P. T., & Thompson, S. G. (2002). Quantifying heterogeneity in a meta
 *Statistics in Medicine, 21*(11), 1539–1558.
 Higgins, J. P. T., Thompson, S. G., & Spiegelhalter, D. J. (2009). A re-evaluation of
 random-effects meta-analysis. *Journal of the Royal Statistical Society A, 172*(1), 137–159.
+Knapp, G., & Hartung, J. (2003). Improved tests for a random effects meta-regression with a
+single covariate. *Statistics in Medicine, 22*(17), 2693–2710.
 Paule, R. C., & Mandel, J. (1982). Consensus values and weighting factors. *Journal of
 Research of the National Bureau of Standards, 87*(5), 377–385.
 Rosenthal, R. (1991). *Meta-analytic procedures for social research* (rev. ed.). Sage.
@@ -340,6 +343,7 @@ def random_effects(
     *,
     method: Method = "reml",
     hksj: bool = False,
+    hksj_adhoc: bool = True,
     pi_type: PiType = "default",
     alpha: float = 0.05,
 ) -> dict:
@@ -353,9 +357,14 @@ def random_effects(
         Estimator of τ²: restricted maximum likelihood (:func:`reml_tau2`, metafor's
         default), DerSimonian–Laird (1986) or Paule–Mandel (1982).
     hksj : bool, default False
-        Knapp–Hartung (Hartung–Knapp–Sidik–Jonkman) inference, metafor's ``test = "knha"``:
-        the variance of :math:`\hat\mu` is multiplied by the weighted residual mean square
-        and the interval and test use :math:`t_{k-1}`.
+        Knapp–Hartung (Hartung–Knapp–Sidik–Jonkman) inference: the variance of
+        :math:`\hat\mu` is multiplied by the weighted residual mean square *q* and the
+        interval and test use :math:`t_{k-1}`.
+    hksj_adhoc : bool, default True
+        Under ``hksj``, Knapp & Hartung's (2003) ad hoc correction: the multiplier is
+        :math:`\max(1, q)`, so the variance is never below the usual :math:`1/\sum w_i^*`
+        (metafor's ``test = "adhoc"``). ``False`` is the unmodified method (metafor's
+        ``test = "knha"``), which refuses effects that are all equal (see Notes).
     pi_type : {'default', 'riley'}, default 'default'
         The prediction interval, as metafor's ``predict.rma``: ``'default'`` uses the
         critical value of the test (normal, or :math:`t_{k-1}` under ``hksj``);
@@ -372,14 +381,41 @@ def random_effects(
         model), ``heterogeneity`` (``q, df, p, tau2, tau, i2, h2, i2_tau2, h2_tau2``) and
         ``weights`` (random-effects weights in %, in input order).
 
+    Raises
+    ------
+    TypeError
+        ``hksj`` or ``hksj_adhoc`` is not a bool.
+    ValueError
+        Bad ``method``, ``pi_type``, ``alpha`` or effects; or the unmodified Knapp–Hartung
+        method (``hksj_adhoc=False``) on effects that are all equal.
+
     Notes
     -----
     With :math:`w_i^* = 1/(v_i + \hat\tau^2)`, :math:`\hat\mu = \sum w_i^* y_i / \sum
-    w_i^*` and :math:`\operatorname{SE}^2 = 1/\sum w_i^*`; under Knapp–Hartung
-    :math:`\operatorname{SE}^2 = \sum w_i^*(y_i - \hat\mu)^2 / ((k-1)\sum w_i^*)`, not
-    truncated below at the usual variance (metafor's default). The prediction interval is
-    :math:`\hat\mu \pm c\,\sqrt{\hat\tau^2 + \operatorname{SE}^2}` with *c* as under
-    ``pi_type``.
+    w_i^*` and :math:`\operatorname{SE}^2 = 1/\sum w_i^*`. Under Knapp–Hartung
+
+    .. math::
+
+        \operatorname{SE}^2_{HK} = \frac{q}{\sum w_i^*}, \qquad
+        q = \frac{1}{k-1}\sum w_i^*(y_i - \hat\mu)^2,
+
+    and with the ad hoc correction (``hksj_adhoc``, Knapp & Hartung 2003) *q* is replaced
+    by :math:`q^* = \max(1, q)`. The correction matters when the effects agree more closely
+    than their sampling variances lead one to expect (:math:`q < 1`): the unmodified
+    standard error is then below the Wald one on the same weights, and when every
+    effect is the same (:math:`Q = 0`, so :math:`\hat\tau^2 = 0` and :math:`q = 0`) it
+    has zero width and an infinite *t* — metafor 3.8-1's ``test = "knha"`` prints
+    ``se = 0``, ``tval = Inf``. With :math:`q^*` the interval is
+    :math:`\hat\mu \pm t_{k-1}/\sqrt{\sum w_i^*}`, as metafor's ``test = "adhoc"``.
+    IntHout et al. (2014) recommend Knapp–Hartung inference over the Wald interval, and
+    Röver, Knapp & Friede (2015) its corrected form when there are few studies of unequal
+    precision, the pipeline's usual case; with Paule–Mandel's
+    :math:`\hat\tau^2 > 0`, :math:`q = 1` by construction and the two agree. A weighted
+    residual sum of squares at or below machine epsilon counts as 0, as in metafor; the
+    unmodified method then raises ``ValueError`` rather than report a zero-width interval.
+
+    The prediction interval is :math:`\hat\mu \pm c\,\sqrt{\hat\tau^2 +
+    \operatorname{SE}^2}` with *c* as under ``pi_type``.
 
     Two I² are reported, because they differ for every τ² estimator but DL:
 
@@ -400,17 +436,30 @@ def random_effects(
     test = "z" | "knha")`` and ``predict(pi.type = "default" | "riley")`` to 1e-9
     (tests/test_pool.py).
 
+    On four equal effects (0.2 with variances 0.01, 0.02, 0.04, 0.05) the corrected
+    interval agrees with metafor 3.8-1 ``rma(method = "REML" | "DL" | "PM",
+    test = "adhoc")`` to 1e-9 (tests/test_pool.py).
+
     References
     ----------
+    IntHout, J., Ioannidis, J. P. A., & Borm, G. F. (2014). The Hartung-Knapp-Sidik-Jonkman
+    method for random effects meta-analysis is straightforward and considerably outperforms
+    the standard DerSimonian-Laird method. *BMC Medical Research Methodology, 14*, 25.
+    Knapp, G., & Hartung, J. (2003). Improved tests for a random effects meta-regression
+    with a single covariate. *Statistics in Medicine, 22*(17), 2693–2710.
     Riley, R. D., Higgins, J. P. T., & Deeks, J. J. (2011). Interpretation of random effects
     meta-analyses. *BMJ, 342*, d549.
+    Röver, C., Knapp, G., & Friede, T. (2015). Hartung-Knapp-Sidik-Jonkman approach and its
+    modification for random-effects meta-analysis with few studies. *BMC Medical Research
+    Methodology, 15*, 99.
     """
     from statsmodels.stats.meta_analysis import combine_effects
 
     _check_method(method)
     _check_alpha(alpha)
-    if not isinstance(hksj, (bool, np.bool_)):
-        raise TypeError(f"`hksj` must be True or False; got {hksj!r}.")
+    for name, flag in (("hksj", hksj), ("hksj_adhoc", hksj_adhoc)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"`{name}` must be True or False; got {flag!r}.")
     if pi_type not in PI_TYPES:
         raise ValueError(f"`pi_type` must be 'default' or 'riley'; got {pi_type!r}.")
     y = np.asarray(yi, dtype=float).ravel()
@@ -437,7 +486,18 @@ def random_effects(
     ws = 1.0 / (v + tau2)
     mu = float((ws * y).sum() / ws.sum())
     if hksj:
-        se = math.sqrt(float((ws * (y - mu) ** 2).sum() / ((k - 1) * ws.sum())))
+        rss = float((ws * (y - mu) ** 2).sum())
+        q_hk = rss / (k - 1) if rss > np.finfo(float).eps else 0.0  # metafor's cut
+        if hksj_adhoc:
+            q_hk = max(1.0, q_hk)
+        elif q_hk == 0.0:
+            raise ValueError(
+                f"the unmodified Knapp–Hartung variance is 0 because the {k} effects are equal "
+                f"(weighted residual sum of squares {rss:.3g}): its interval would have zero "
+                "width; use "
+                "`hksj_adhoc=True` (Knapp & Hartung's max(1, q)) or `hksj=False`."
+            )
+        se = math.sqrt(q_hk / float(ws.sum()))
         crit = float(stats.t.isf(alpha / 2, k - 1))
         stat = mu / se
         p = float(2 * stats.t.sf(abs(stat), k - 1))
@@ -495,6 +555,7 @@ def meta_analysis(
     n: str = "n",
     method: Method = "pm",
     hksj: bool = True,
+    hksj_adhoc: bool = True,
     pi_type: PiType = "default",
     alpha: float = 0.05,
 ) -> dict:
@@ -521,6 +582,11 @@ def meta_analysis(
         rescaled by the weighted residual mean square and the interval uses
         :math:`t_{k-1}` instead of the normal; recommended with few studies (IntHout et
         al. 2014, BMC Medical Research Methodology 14, 25).
+    hksj_adhoc : bool, default True
+        Under ``hksj``, Knapp & Hartung's (2003) ad hoc correction: the rescaling factor is
+        at least 1, so the interval is never built on a smaller variance than the Wald one,
+        and studies with equal r get a finite, non-zero-width interval (metafor's
+        ``test = "adhoc"``; see :func:`random_effects`).
     pi_type : {'default', 'riley'}, default 'default'
         The prediction interval as metafor's ``predict.rma`` computes it: with the test's
         critical value (normal, or :math:`t_{k-1}` under HKSJ), or ``'riley'`` with
@@ -531,8 +597,9 @@ def meta_analysis(
     Returns
     -------
     dict
-        JSON-ready: ``method, hksj, pi_type, alpha, k, studies`` (rows: ``study, r, n, z,
-        variance, ci_low, ci_high, weight`` — r-scale CI, random-effects weight in %),
+        JSON-ready: ``method, hksj, hksj_adhoc, pi_type, alpha, k, studies`` (rows:
+        ``study, r, n, z, variance, ci_low, ci_high, weight`` — r-scale CI, random-effects
+        weight in %),
         ``pooled`` (``z, se, ci_low_z, ci_high_z, r, ci_low, ci_high, statistic, p, pi_low,
         pi_high, distribution, pi_distribution``), ``fixed`` (the common-effect z, se and
         r), ``heterogeneity`` (``q, df, p, tau2, tau, i2, h2, i2_tau2, h2_tau2``: ``i2`` and
@@ -545,7 +612,8 @@ def meta_analysis(
         A named column is missing.
     ValueError
         Fewer than two studies, an r outside (−1, 1), an n of 3 or less, a duplicated study
-        label, a bad ``method``, ``pi_type`` or ``alpha``.
+        label, a bad ``method``, ``pi_type`` or ``alpha``; ``hksj_adhoc=False`` with
+        studies whose r are all equal.
 
     Notes
     -----
@@ -563,8 +631,9 @@ def meta_analysis(
     (0 when the left side is below :math:`k-1` at :math:`\tau^2 = 0`); REML is
     :func:`reml_tau2`. The pooled :math:`\hat\mu = \sum w_i^* y_i / \sum w_i^*` with
     :math:`w_i^* = 1/(v_i + \hat\tau^2)` has :math:`\operatorname{SE} = (\sum
-    w_i^*)^{-1/2}`; under HKSJ, :math:`\operatorname{SE}^2 = \sum w_i^*(y_i - \hat\mu)^2 /
-    ((k-1)\sum w_i^*)` with :math:`t_{k-1}` quantiles. The prediction interval is
+    w_i^*)^{-1/2}`; under HKSJ, :math:`\operatorname{SE}^2 = q / \sum w_i^*` with
+    :math:`q = \sum w_i^*(y_i - \hat\mu)^2 / (k-1)`, or :math:`\max(1, q)` with
+    ``hksj_adhoc``, and :math:`t_{k-1}` quantiles. The prediction interval is
     :math:`\hat\mu \pm c\sqrt{\hat\tau^2 + \operatorname{SE}^2}` (see ``pi_type``).
     Everything is back-transformed with :math:`\tanh`; the computation is
     :func:`random_effects`.
@@ -610,7 +679,9 @@ def meta_analysis(
     y = fisher_z(rr)
     v = 1.0 / (nn - 3.0)
     k = len(y)
-    fit = random_effects(y, v, method=method, hksj=hksj, pi_type=pi_type, alpha=alpha)
+    fit = random_effects(
+        y, v, method=method, hksj=hksj, hksj_adhoc=hksj_adhoc, pi_type=pi_type, alpha=alpha
+    )
     pooled, het = fit["pooled"], fit["heterogeneity"]
     mu = pooled["estimate"]
     zcrit = float(stats.norm.isf(alpha / 2))
@@ -630,6 +701,7 @@ def meta_analysis(
     return {
         "method": method,
         "hksj": bool(hksj),
+        "hksj_adhoc": bool(hksj_adhoc),
         "pi_type": pi_type,
         "alpha": float(alpha),
         "k": int(k),
@@ -847,6 +919,11 @@ def plot_forest(
         notes = [
             f"τ² by {method}"
             + (", Hartung–Knapp–Sidik–Jonkman interval" if result["hksj"] else "")
+            + (
+                " (its variance never below the Wald one: Knapp & Hartung, 2003)"
+                if result["hksj"] and result.get("hksj_adhoc")
+                else ""
+            )
             + (
                 f"; the thin bar is the {level} prediction interval"
                 if p["pi_low"] is not None

@@ -308,32 +308,34 @@ def _is_alliance_outcome(record: Mapping[str, Any]) -> bool:
 
 # --------------------------------------------------------------------------- sentences
 
+# $person and $people: the study's word for the people rated (Labels.person): "patient"
+# or, in couple and family therapy, "client"
 _WITHIN = Template(
-    "a session whose $predictor was 1 point above the patient's usual level was followed "
+    "a session whose $predictor was 1 point above the $person's usual level was followed "
     "at the next session by $outcome_article $outcome $amount $direction"
 )
 _DETRENDED = Template(
-    "a session whose $predictor was 1 point above the patient's own trend was followed at "
+    "a session whose $predictor was 1 point above the $person's own trend was followed at "
     "the next session by $outcome_article $outcome $amount $direction"
 )
 _BETWEEN = Template(
-    "patients whose mean $predictor was 1 point higher than another patient's had "
+    "$people whose mean $predictor was 1 point higher than another $person's had "
     "$outcome_article $outcome $amount $direction on average"
 )
 _THERAPIST = Template(
-    "patients of a therapist whose patients' mean $predictor was 1 point higher had "
+    "$people of a therapist whose $people' mean $predictor was 1 point higher had "
     "$outcome_article $outcome $amount $direction"
 )
 _DEVIATION = Template(
-    "patients whose mean $predictor was 1 point above their therapist's mean had "
+    "$people whose mean $predictor was 1 point above their therapist's mean had "
     "$outcome_article $outcome $amount $direction"
 )
 _OFF_TRACK = Template(
-    "patients flagged not on track at any session had $outcome_article $outcome $amount $direction"
+    "$people flagged not on track at any session had $outcome_article $outcome $amount $direction"
 )
 _SESSION = Template("with each further session, the $outcome was $amount $direction")
 _COUNT = Template(
-    "each further $predictor at the patient's earlier sessions went with $outcome_article "
+    "each further $predictor at the $person's earlier sessions went with $outcome_article "
     "$outcome $amount $direction"
 )
 _GENERIC = Template(
@@ -369,6 +371,16 @@ _SPLIT_BETWEEN = Template(
     "$units whose $members' $predictor scores were on average 1 point further apart$spread than "
     "another $unit's had $outcome_article $outcome $amount $direction on average"
 )
+
+
+def _person_words(labels: Any) -> dict[str, str]:
+    """The study's word for the people rated and its plural (``Labels.person``).
+
+    "patient" and "patients", or "client" and "clients" for a study of couples or families;
+    labels without a ``person`` (:class:`PlainLabels`) say "patient".
+    """
+    person = getattr(labels, "person", "patient")
+    return {"person": person, "people": f"{person}s"}
 
 
 def _system_words(labels: Labels) -> dict[str, str]:
@@ -437,6 +449,7 @@ def _term_sentence(
         "outcome_article": _article(out),
         "amount": amount,
         "direction": direction,
+        **_person_words(labels),
     }
     prefix = alliance.rsplit("_", 1)[0]
     couple = _couple_sentence(term, values, labels, alliance)
@@ -507,13 +520,19 @@ def _statistics(row: Mapping[str, Any], ddf: str) -> str:
 
 _UNITS = {"patient": "patients", "therapist": "therapists", "system": "couples or families"}
 
+
+def _units(labels: Any) -> dict[str, str]:
+    """The grouping factors' plurals, the patients' in the study's word (:func:`_person_words`)."""
+    return {**_UNITS, "patient": _person_words(labels)["people"]}
+
+
 #: How a session lacking a model variable is said (``{label}``: the variable's label).
 _DROP_REASONS = {
-    "alliance_within_lag": "had no {label}, as at every patient's first session",
-    "alliance_within_detrended_lag": "had no {label}, as at every patient's first session",
+    "alliance_within_lag": "had no {label}, as at every {person}'s first session",
+    "alliance_within_detrended_lag": "had no {label}, as at every {person}'s first session",
     "outcome": "had no {label}, too many of its items being blank or coded missing",
-    "alliance_between": "had no {label}: the patient has no alliance score at any session",
-    "off_track": "had no on-track status, the patient's never having been assessed",
+    "alliance_between": "had no {label}: the {person} has no alliance score at any session",
+    "off_track": "had no on-track status, the {person}'s never having been assessed",
     "deteriorated": "had no reliable-change status, having fewer than two outcome scores",
     "improved": "had no reliable-change status, having fewer than two outcome scores",
     "dropout": "had no known kind of ending (still in treatment, or not recorded)",
@@ -523,18 +542,22 @@ _DROP_REASONS = {
 }
 
 
-def _sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
+def _sample_sentence(record: Mapping[str, Any], labels: Labels, rows: str | None = None) -> str:
+    """The N of a model and the rows left out; *rows* names its rows (default: by the model)."""
     # patients first, then the other units in formula order
     order = sorted(record["n_groups"], key=lambda g: g != "patient")
     groups = [
         f"{apa_number(record['n_groups'][g], 0)} "
-        + _UNITS.get(g, _lower(labels.variable(g)) + " units")
+        + _units(labels).get(g, _lower(labels.variable(g)) + " units")
         for g in order
     ]
     # a patient-level model (the binary and count presets) has one row per patient
-    rows = "patients" if _is_glmm(record) and "patient" not in record["n_groups"] else "sessions"
-    if rows == "patients":
-        text = f"The model used {apa_number(record['n_obs'], 0)} patients"
+    people = _person_words(labels)["people"]
+    if rows is None:
+        patient_level = _is_glmm(record) and "patient" not in record["n_groups"]
+        rows = people if patient_level else "sessions"
+    if rows == people:
+        text = f"The model used {apa_number(record['n_obs'], 0)} {people}"
         text += (" of " + _join(groups) if groups else "") + "."
     else:
         text = f"The model used {apa_number(record['n_obs'], 0)} sessions of " + _join(groups)
@@ -544,7 +567,9 @@ def _sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
         by_variable = record.get("dropped_missing_by_variable") or {}
         reasons = [
             f"{apa_number(n, 0)} "
-            + _DROP_REASONS.get(v, "had no {label}").format(label=_lower(labels.variable(v)))
+            + _DROP_REASONS.get(v, "had no {label}").format(
+                label=_lower(labels.variable(v)), **_person_words(labels)
+            )
             for v, n in by_variable.items()
             if n
         ]
@@ -554,14 +579,27 @@ def _sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
             + (": " + "; ".join(reasons) if reasons else "")
             + "."
             + (
-                f" A {rows[:-1]} missing several variables is counted under each."
+                f" A {_singular(rows)} missing several variables is counted under each."
                 if len(reasons) > 1
                 else ""
             )
         )
     else:
-        text += f" No {rows[:-1]} was left out for missing values."
+        text += f" No {_singular(rows)} was left out for missing values."
     return text
+
+
+def _singular(rows: str) -> str:
+    """The singular of a plural of rows: "sessions", "families", "couples or families".
+
+    Examples
+    --------
+    >>> [_singular(r) for r in ("sessions", "families", "couples or families", "clients")]
+    ['session', 'family', 'couple or family', 'client']
+    """
+    if " or " in rows:
+        return " or ".join(_singular(part) for part in rows.split(" or "))
+    return rows[:-3] + "y" if rows.endswith("ies") else rows[:-1]
 
 
 #: The actor terms of the actor–partner model (the client's own alliance).
@@ -586,13 +624,14 @@ def _couple_sample_sentence(record: Mapping[str, Any], labels: Labels) -> str:
         for g in order
     ]
     if "patient" not in groups and "system" not in groups:  # one row per system
-        rows = f"{apa_number(record['n_obs'], 0)} {words['units']}"
-        text = f"The model used {rows}" + (f" of {_join(counted)}" if counted else "") + "."
+        what = words["units"]
+        text = f"The model used {apa_number(record['n_obs'], 0)} {what}"
+        text += (f" of {_join(counted)}" if counted else "") + "."
     else:
         what = "sessions" if "patient" in groups else f"{words['unit']} sessions"
         text = f"The model used {apa_number(record['n_obs'], 0)} {what} of {_join(counted)}."
     # what was left out for missing values, as for any model (the first sentence replaced)
-    rest = _sample_sentence(record, labels).split(". ", 1)
+    rest = _sample_sentence(record, labels, rows=what).split(". ", 1)
     return text + (" " + rest[1] if len(rest) > 1 else "")
 
 
@@ -757,7 +796,7 @@ def _icc_sentence(record: Mapping[str, Any], labels: Labels) -> str:
     for group, value in icc.items():
         if value is None:
             continue
-        who = _UNITS.get(group, _lower(labels.variable(group)) + " units")
+        who = _units(labels).get(group, _lower(labels.variable(group)) + " units")
         lay = "" if parts else "lay "
         text = f"{apa_number(100 * value, 0)}% {lay}between {who} (ICC = {apa_r(value)})"
         if group in slopes:
@@ -939,10 +978,11 @@ def data_paragraph(flow: Mapping[str, Any], *, labels: Labels | None = None) -> 
     """
     labels = labels or PlainLabels()
     s, p = flow["sessions"], flow["patients"]
+    people = _person_words(labels)["people"]
     text = (
         f"The export held {apa_number(s['read'], 0)} session rows of "
-        f"{apa_number(p['read'], 0)} patients; {apa_number(s['kept'], 0)} rows of "
-        f"{apa_number(p['kept'], 0)} patients were kept and {apa_number(s['excluded'], 0)} "
+        f"{apa_number(p['read'], 0)} {people}; {apa_number(s['kept'], 0)} rows of "
+        f"{apa_number(p['kept'], 0)} {people} were kept and {apa_number(s['excluded'], 0)} "
         "rows excluded"
     )
     excluded = s.get("excluded_by_rule") or {}
@@ -952,7 +992,10 @@ def data_paragraph(flow: Mapping[str, Any], *, labels: Labels | None = None) -> 
         if counts:
             text += f" Rows {action} but kept, by reason: {_by_rule(counts)}."
     if p.get("excluded"):
-        text += f" Patients excluded, by reason: {_by_rule(p.get('excluded_by_rule') or {})}."
+        text += (
+            f" {people.capitalize()} excluded, by reason: "
+            f"{_by_rule(p.get('excluded_by_rule') or {})}."
+        )
     by_column = (flow.get("values") or {}).get("missing_by_column") or {}
     missing = {
         col: by_column[col]["kept_missing"]

@@ -215,6 +215,14 @@ def couple_files() -> dict[str, bytes]:
         "couple_other_roles.csv": couples(
             couple_edit(couple_edit(COUPLE_ROWS, 6, "Partner", "C"), 7, "Partner", "C")
         ),
+        # a role column and no couple column: the roles cannot be checked
+        "couple_role_without_system.csv": text(
+            [c for c in COUPLE_HEADER if c != "Couple"],
+            [
+                [v for c, v in zip(COUPLE_HEADER, r, strict=True) if c != "Couple"]
+                for r in COUPLE_ROWS
+            ],
+        ).encode(),
     }
 
 

@@ -52,7 +52,28 @@ DISTINGUISHABLE = ("auto", True, False)
 
 
 def systems_read(run: CleanRun) -> None:
-    """Count the systems the rows read name (after id spellings are merged)."""
+    """Count the systems the rows read name (after id spellings are merged).
+
+    A ``role`` column needs a ``system`` column: a role (partner A, mother) is a role in a
+    couple or family, and the checks of roles (``role_change``, ``system_roles``) and the
+    couples presets read it within its system. Without one the stage stops.
+
+    Raises
+    ------
+    DataError
+        A column is mapped to ``role`` and none to ``system``.
+    """
+    if "role" in run.frame and "system" not in run.frame:
+        from ..io import DataError
+
+        raise DataError(
+            f"{run.source}: column {run.raw('role')!r} is mapped to 'role', the client's role "
+            "in a couple or family, but no column is mapped to 'system', the couple or family "
+            "id, so the roles cannot be checked: a role is a role within one couple or family. "
+            f"Map the column of couple or family ids to 'system' under "
+            f"`{run.key}.read.columns` in {run.config}, or remove the mapping to 'role' if "
+            "the clients were not seen together."
+        )
     if "system" in run.frame:
         run.systems_read = int(run.frame["system"].nunique())
 
