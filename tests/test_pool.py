@@ -948,3 +948,33 @@ def test_reml_matches_metafor_computed_live(tmp_path):
                 EQUAL_YI, EQUAL_VI, method=method.lower(), hksj=True, pi_type=pi_type
             )
             _check_against_metafor(fit, ref)
+
+
+def test_the_pool_stage_passes_the_ad_hoc_choice_on(tmp_path):
+    """`pool.hksj_adhoc` reaches the meta-analysis: two studies with the same effect pool to
+    the ad hoc interval by default, and the unmodified method refuses them."""
+    import json
+
+    from allianceflow import stages
+
+    paths = {}
+    for name in ("a", "b"):  # the same within-patient effect, r = 4 / sqrt(16 + 198)
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(_result([("alliance_within_lag", 0.2, 4.0, 198.0)])))
+    out = {
+        "meta_json": tmp_path / "meta.json",
+        "table_csv": tmp_path / "meta.csv",
+        "table_md": tmp_path / "meta.md",
+        "one_stage_json": tmp_path / "one.json",
+        "comparison_csv": tmp_path / "cmp.csv",
+    }
+    common = dict(models=paths, analyses={}, directions={}, formula="", one_stage=False)
+    stages.pool_stage(**common, **out)
+    meta = json.loads(out["meta_json"].read_text())
+    z = math.atanh(4 / math.sqrt(16 + 198))
+    se = math.sqrt(1 / (200 - 3) / 2)  # the common-effect SE: q = 0 is raised to 1
+    assert meta["hksj"] is True and meta["hksj_adhoc"] is True
+    assert meta["pooled"]["z"] == pytest.approx(z, abs=1e-9)  # stored to 10 digits
+    assert meta["pooled"]["se"] == pytest.approx(se, abs=1e-9)
+    with pytest.raises(ValueError, match="hksj_adhoc=True"):
+        stages.pool_stage(**common, hksj_adhoc=False, **out)

@@ -1268,6 +1268,7 @@ def pool_stage(
     term: str = "alliance_within_lag",
     method: str = "pm",
     hksj: bool = True,
+    hksj_adhoc: bool = True,
     alpha: float = 0.05,
     pi_type: str = "default",
     one_stage: bool = True,
@@ -1309,7 +1310,9 @@ def pool_stage(
     results = {name: io.read_json(path) for name, path in models.items()}
     at = _reference_level(results)
     effects = study_effects(results, term=term, directions=directions)
-    meta = meta_analysis(effects, method=method, hksj=hksj, alpha=alpha, pi_type=pi_type)
+    meta = meta_analysis(
+        effects, method=method, hksj=hksj, hksj_adhoc=hksj_adhoc, alpha=alpha, pi_type=pi_type
+    )
     meta["term"] = term
     for row in meta["studies"]:
         row["label"] = study_label(row["study"], (labels or {}).get(row["study"]))

@@ -427,6 +427,7 @@ POOL_SETTINGS = (
     "term",
     "method",
     "hksj",
+    "hksj_adhoc",
     "alpha",
     "pi_type",
     "one_stage",

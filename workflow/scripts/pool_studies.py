@@ -13,6 +13,7 @@ with run_step(snakemake.log[0]):
         term=settings["term"],
         method=settings["method"],
         hksj=settings["hksj"],
+        hksj_adhoc=settings.get("hksj_adhoc", True),
         alpha=settings["alpha"],
         pi_type=settings.get("pi_type", "default"),
         one_stage=settings["one_stage"],
