@@ -951,8 +951,11 @@ def test_reml_matches_metafor_computed_live(tmp_path):
 
 
 def test_the_pool_stage_passes_the_ad_hoc_choice_on(tmp_path):
-    """`pool.hksj_adhoc` reaches the meta-analysis: two studies with the same effect pool to
-    the ad hoc interval by default, and the unmodified method refuses them."""
+    """`pool.hksj_adhoc` reaches the meta-analysis.
+
+    Two studies with the same effect pool to the ad hoc interval by default, and the
+    unmodified method refuses them.
+    """
     import json
 
     from allianceflow import stages
