@@ -79,7 +79,12 @@ _STUB = """for path in [*snakemake.output, *snakemake.log]:
 
 
 def run_pipeline(
-    cores: int, scheduler: str | None, root: Path = ROOT, env=None, stub: bool = False
+    cores: int,
+    scheduler: str | None,
+    root: Path = ROOT,
+    env=None,
+    stub: bool = False,
+    studies: list[str] | None = None,
 ) -> dict:
     """Run the example in a temporary copy of *root*; return wall and CPU, per rule too.
 
@@ -87,7 +92,8 @@ def run_pipeline(
     ``snakemake`` the Snakemake process alone, ``per_rule`` the benchmark files and the
     CPU each job's own process logged. With *stub* every rule script only writes empty
     outputs: the run measures Snakemake's own cost (DAG, params, scheduling, job starts
-    and the script preamble) on the real DAG.
+    and the script preamble) on the real DAG. *studies* keeps only those studies of the
+    example's config (the pooling stays when two or more remain).
 
     Python runs as on a researcher's machine: it caches compiled modules
     (``__pycache__``), so ``PYTHONDONTWRITEBYTECODE``, which some sandboxes set and which
@@ -100,6 +106,14 @@ def run_pipeline(
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(source)], check=True)
     with tempfile.TemporaryDirectory(prefix="pipeline_cpu_") as tmp:
         workdir = _copy_project(root, Path(tmp), small=False)
+        if studies:
+            import yaml
+
+            config = yaml.safe_load((workdir / "config.yaml").read_text(encoding="utf-8"))
+            config["studies"] = {k: v for k, v in config["studies"].items() if k in studies}
+            (workdir / "config.yaml").write_text(
+                yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8"
+            )
         if stub:
             for script in (workdir / "workflow" / "scripts").glob("*.py"):
                 script.write_text(_STUB)
@@ -297,6 +311,13 @@ def main() -> None:
         "(default: greedy, as `make run`)",
     )
     parser.add_argument(
+        "--studies",
+        nargs="+",
+        metavar="STUDY",
+        help="keep only these studies of config.yaml (e.g. example example2: the two "
+        "studies issue 20's target was set on)",
+    )
+    parser.add_argument(
         "--stub",
         action="store_true",
         help="replace every rule script by one that writes empty outputs (Snakemake's own cost)",
@@ -339,7 +360,7 @@ def main() -> None:
         runs.append((f"this tree, {how}", scheduler, ROOT, None))
     for label, scheduler, root, env in runs:
         load = os.getloadavg()
-        res = run_pipeline(args.cores, scheduler, root, env, stub=args.stub)
+        res = run_pipeline(args.cores, scheduler, root, env, stub=args.stub, studies=args.studies)
         end = os.getloadavg()
         print_run(
             f"{label}, --cores {args.cores}; load average {load[0]:.1f} at start, "
