@@ -322,3 +322,35 @@ def test_woodbury_moments_match_the_dense_computation(
         new, old = fn(structure=fast), fn(structure=dense)
         for column in ("estimate", "se", "df", "statistic"):
             np.testing.assert_allclose(new[column], old[column], rtol=1e-8, err_msg=column)
+
+
+def test_a_crossed_block_of_more_than_2000_rows_gets_kenward_roger_df():
+    """Refused before (one block of every row, over the old 2,000-row limit): now computed.
+
+    The crossed model's marginal covariance is one block of all 2,216 rows but only 346
+    random effects (340 patients, 6 raters), which is what the Woodbury computation holds;
+    its Kenward–Roger and Satterthwaite rows equal those of dense V (the computation the
+    row limit protected).
+    """
+    from conftest import simulate_three_level
+
+    from allianceflow.models.fit import DDF_MAX_MEMORY
+
+    d = simulate_three_level(seed=5, n_patients=340, n_sessions=12)
+    formula = "outcome ~ alliance_within_lag + session + (1 | pid) + (1 | rater)"
+    assert len(d) == 2216 and d["pid"].nunique() + d["rater"].nunique() == 346
+    record = fit_model(d, formula, ddf="kenward-roger").to_dict()
+    assert record["engine"] == "allianceflow.sparse" and record["ddf"] == "kenward-roger"
+    structure = variance_structure(d, formula, record, max_memory=DDF_MAX_MEMORY)
+    dense = variance_structure(d, formula, record, _dense=True)
+    assert structure.n_blocks == dense.n_blocks == 1
+    ours, ref = kenward_roger(structure=structure), kenward_roger(structure=dense)
+    for column in ("se", "df"):
+        np.testing.assert_allclose(ours[column], ref[column], rtol=1e-8, err_msg=column)
+        rows = [row[column] for row in record["fixed"]]
+        np.testing.assert_allclose(rows, ref[column], rtol=1e-8, err_msg=column)
+    np.testing.assert_allclose(
+        satterthwaite_df(structure=structure)["df"],
+        satterthwaite_df(structure=dense)["df"],
+        rtol=1e-8,
+    )
