@@ -322,3 +322,71 @@ def test_woodbury_moments_match_the_dense_computation(
         new, old = fn(structure=fast), fn(structure=dense)
         for column in ("estimate", "se", "df", "statistic"):
             np.testing.assert_allclose(new[column], old[column], rtol=1e-8, err_msg=column)
+
+
+CROSSED_FORMULA = "outcome ~ alliance_within_lag + session + (1 | pid) + (1 | rater)"
+
+
+def _crossed_over_2000_rows():
+    from conftest import simulate_three_level
+
+    return simulate_three_level(seed=5, n_patients=340, n_sessions=12), CROSSED_FORMULA
+
+
+def test_a_crossed_block_of_more_than_2000_rows_gets_kenward_roger_df():
+    """Refused before (one block of every row, over the old 2,000-row limit): now computed.
+
+    The crossed model's marginal covariance is one block of all 2,216 rows but only 346
+    random effects (340 patients, 6 raters), which is what the Woodbury computation holds;
+    its Kenward–Roger and Satterthwaite rows equal those of dense V (the computation the
+    row limit protected).
+    """
+    from allianceflow.models.fit import DDF_MAX_MEMORY
+
+    d, formula = _crossed_over_2000_rows()
+    assert len(d) == 2216 and d["pid"].nunique() + d["rater"].nunique() == 346
+    record = fit_model(d, formula, ddf="kenward-roger").to_dict()
+    assert record["engine"] == "allianceflow.sparse" and record["ddf"] == "kenward-roger"
+    structure = variance_structure(d, formula, record, max_memory=DDF_MAX_MEMORY)
+    dense = variance_structure(d, formula, record, _dense=True)
+    assert structure.n_blocks == dense.n_blocks == 1
+    ours, ref = kenward_roger(structure=structure), kenward_roger(structure=dense)
+    for column in ("se", "df"):
+        np.testing.assert_allclose(ours[column], ref[column], rtol=1e-8, err_msg=column)
+        rows = [row[column] for row in record["fixed"]]
+        np.testing.assert_allclose(rows, ref[column], rtol=1e-8, err_msg=column)
+    np.testing.assert_allclose(
+        satterthwaite_df(structure=structure)["df"],
+        satterthwaite_df(structure=dense)["df"],
+        rtol=1e-8,
+    )
+
+
+PBKRTEST_CROSSED = r"""
+suppressMessages({library(lmerTest); library(pbkrtest)})
+args <- commandArgs(trailingOnly = TRUE)
+d <- read.csv(args[1])
+ctl <- lmerControl(optCtrl = list(ftol_abs = 1e-14, ftol_rel = 1e-15, xtol_abs = 1e-12,
+                                  xtol_rel = 1e-12, maxeval = 1e5))
+m <- lmer(as.formula(args[2]), data = d, REML = TRUE, control = ctl)
+kr <- summary(m, ddf = "Kenward-Roger")$coefficients
+cat("KR_SE", sprintf("%.12g", kr[, "Std. Error"]), "\n")
+cat("KR_DF", sprintf("%.12g", kr[, "df"]), "\n")
+"""
+
+
+@pytest.mark.r
+@pytest.mark.slow
+def test_a_crossed_block_of_more_than_2000_rows_matches_pbkrtest(tmp_path):
+    """The case the 2,000-row limit refused, against pbkrtest (through lmerTest's summary)."""
+    from rscript import require_r, run_r
+
+    require_r("lmerTest", "pbkrtest")
+    d, formula = _crossed_over_2000_rows()
+    d.to_csv(tmp_path / "d.csv", index=False)
+    out = run_r(PBKRTEST_CROSSED, tmp_path, tmp_path / "d.csv", formula)
+    ref = {ln.split()[0]: np.array(ln.split()[1:], float) for ln in out.splitlines() if ln}
+    record = fit_model(d, formula, ddf="kenward-roger").to_dict()
+    assert record["ddf"] == "kenward-roger"
+    np.testing.assert_allclose([r["df"] for r in record["fixed"]], ref["KR_DF"], rtol=1e-4)
+    np.testing.assert_allclose([r["se"] for r in record["fixed"]], ref["KR_SE"], rtol=1e-5)

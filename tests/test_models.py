@@ -1302,20 +1302,24 @@ def test_an_ml_fit_keeps_containment_and_says_so(three_level_data, ddf, label):
     )
 
 
-def test_a_block_too_large_for_dense_df_keeps_containment(three_level_data, monkeypatch):
+def test_df_too_large_for_the_memory_limit_keep_containment(three_level_data, monkeypatch):
     import allianceflow.models.fit as fit_module
 
-    monkeypatch.setattr(fit_module, "DDF_MAX_BLOCK", 40)
+    monkeypatch.setattr(fit_module, "DDF_MAX_MEMORY", 2**20)
     record = fit(three_level_data, DDF_FORMULA, ddf="satterthwaite")
     assert "ddf" not in record
     assert record["fixed"] == fit(three_level_data, DDF_FORMULA)["fixed"]
-    largest = int(three_level_data.groupby("therapist").size().max())
+    # a therapist's block: its intercept and each patient's intercept and slope; 4 variance
+    # parameters; 8 (8 + 3 * 4) max(q^2, 2^19) bytes
+    largest = 1 + 2 * int(three_level_data.groupby("therapist")["pid"].nunique().max())
+    assert largest == 21
     assert record["convergence"]["warnings"][-1] == (
         f"ddf='satterthwaite' was asked for, but the marginal covariance of {DDF_FORMULA!r} "
-        f"splits into blocks of up to {largest} rows (one block per level of the outermost "
-        "grouping factor, or the whole data set for crossed factors), more than max_block = "
-        "40: the dense Satterthwaite and Kenward–Roger computations would need too much "
-        "memory. The containment df and Wald z tests and intervals are reported instead."
+        "has an independent block with 21 random effects (one block per level of the "
+        "outermost grouping factor, or one for the whole data set when factors are crossed), "
+        "for which the Satterthwaite and Kenward–Roger computations would hold about 80 MiB, "
+        "more than max_memory = 1 MiB. The containment df and Wald z tests and intervals are "
+        "reported instead."
     )
 
 
@@ -1412,3 +1416,80 @@ def test_tables_and_summary_name_the_df(three_level_data, ddf, note, stat):
     both = model_table([{**record, "name": "one"}, other], name="both")
     if ddf != "containment":
         assert f"Model 1: {note} Model 2: df: containment (Pinheiro & Bates 2000)" in both.note
+
+
+# ---------------------------------------------------------- imports and distributions
+
+_GRID_X = [-math.inf, -3.0, -1.0, 0.0, 1e-300, 0.3, 1.959963984540054, 3.84, 40.0, 1e300,
+           math.inf, math.nan]  # fmt: skip
+_GRID_DF = [-1.0, 0.0, 1e-3, 0.5, 1.0, 2.3, 7.0, 30.0, 99.9, 100.0, 1e3, 1e6, math.inf,
+            math.nan]  # fmt: skip
+
+
+def _same(ours, theirs) -> bool:
+    theirs = float(theirs)
+    return ours == theirs or (math.isnan(ours) and math.isnan(theirs))
+
+
+def test_distributions_equal_scipy_stats_bit_for_bit():
+    """Every function of models.distributions returns scipy.stats' float, ends included."""
+    from allianceflow.models import distributions as dist
+
+    bad = []
+    for x in _GRID_X:
+        if not _same(dist.norm_sf(x), stats.norm.sf(x)):
+            bad.append(("norm_sf", x))
+        for df in _GRID_DF:
+            if not _same(dist.t_sf(x, df), stats.t.sf(x, df)):
+                bad.append(("t_sf", x, df))
+            if not _same(dist.chi2_sf(x, df), stats.chi2.sf(x, df)):
+                bad.append(("chi2_sf", x, df))
+            for dfd in _GRID_DF:
+                if not _same(dist.f_sf(x, df, dfd), stats.f.sf(x, df, dfd)):
+                    bad.append(("f_sf", x, df, dfd))
+    for q in [0.0, 1e-10, 0.025, 0.5, 0.975, 0.995, 1.0, 1.5, -0.1, math.nan]:
+        if not _same(dist.norm_ppf(q), stats.norm.ppf(q)):
+            bad.append(("norm_ppf", q))
+        for df in _GRID_DF:
+            if not _same(dist.t_ppf(q, df), stats.t.ppf(q, df)):
+                bad.append(("t_ppf", q, df))
+    assert bad == []
+
+
+_IMPORT_CHECK = """
+import sys
+import numpy as np, pandas as pd
+{prelude}
+print(",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+_FIT_BOTH = """
+from allianceflow.models import fit_model
+rng = np.random.default_rng(3)
+d = pd.DataFrame({"t": np.repeat(np.arange(12), 20), "p": np.arange(240) // 4,
+                  "x": rng.normal(size=240)})
+d["y"] = d["x"] + rng.normal(size=12)[d["t"]] + rng.normal(size=60)[d["p"]] + rng.normal(size=240)
+d["b"] = (d["y"] > 0).astype(int)
+fit_model(d, "y ~ x + (1 | t) + (1 | p)", ddf="kenward-roger")
+fit_model(d.groupby("p").first().reset_index(), "b ~ x + (1 | t)", family="binomial")
+"""
+
+
+@pytest.mark.parametrize(
+    ("prelude", "loaded"),
+    [
+        # a table or figure job reads fitted models: no scipy, no engine
+        ("import allianceflow.models.result", ""),
+        # the fast engine (LMM, Kenward–Roger df) and the GLMM: neither statsmodels nor
+        # scipy.stats nor patsy (plain numeric fixed effects)
+        (_FIT_BOTH, "allianceflow.models.engine,scipy.optimize,scipy.special"),
+    ],
+)
+def test_a_job_imports_only_what_it_needs(prelude, loaded):
+    import subprocess
+    import sys
+
+    heavy = ("scipy.stats", "statsmodels", "patsy", "scipy.optimize", "scipy.special",
+             "allianceflow.models.engine")  # fmt: skip
+    code = _IMPORT_CHECK.format(prelude=prelude, heavy=heavy)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == loaded

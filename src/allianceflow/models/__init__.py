@@ -22,15 +22,56 @@ Examples
 'outcome ~ session + (1 + session | patient)'
 """
 
-from allianceflow.models.ddf import compare_df, f_test, kenward_roger, satterthwaite_df
-from allianceflow.models.engine import LMMFit, fit_lmm
-from allianceflow.models.fit import fit_model
-from allianceflow.models.formula import FormulaSpec, RandomTerm, parse_formula
-from allianceflow.models.inference import compare_models, likelihood_ratio_test
-from allianceflow.models.pls import supports
-from allianceflow.models.presets import PRESETS, preset_formula
-from allianceflow.models.result import MixedModelResult, format_model
-from allianceflow.models.statsmodels_backend import OPTIMIZERS
+import importlib
+from typing import Any
+
+#: Public name -> the submodule that defines it. The submodules are imported on first use
+#: (PEP 562), so that a job which only reads results (``allianceflow.models.result``, for
+#: tables and figures) does not load the fitting engines, and a fit loads only its own.
+_EXPORTS: dict[str, str] = {
+    "fit_model": "fit",
+    "preset_formula": "presets",
+    "PRESETS": "presets",
+    "MixedModelResult": "result",
+    "format_model": "result",
+    "likelihood_ratio_test": "inference",
+    "compare_models": "inference",
+    "parse_formula": "formula",
+    "FormulaSpec": "formula",
+    "RandomTerm": "formula",
+    "OPTIMIZERS": "statsmodels_backend",
+    "fit_lmm": "engine",
+    "LMMFit": "engine",
+    "supports": "pls",
+    "satterthwaite_df": "ddf",
+    "kenward_roger": "ddf",
+    "f_test": "ddf",
+    "compare_df": "ddf",
+}
+
+#: The package's submodules, importable as attributes (``allianceflow.models.glmm``).
+_SUBMODULES = frozenset(
+    {
+        "blas",
+        "ddf",
+        "ddf_moments",
+        "design",
+        "distributions",
+        "engine",
+        "fit",
+        "formula",
+        "glmm",
+        "inference",
+        "mixedlm",
+        "moderation",
+        "optimize",
+        "pls",
+        "presets",
+        "result",
+        "sparse",
+        "statsmodels_backend",
+    }
+)
 
 __all__ = [
     "fit_model",
@@ -52,3 +93,20 @@ __all__ = [
     "f_test",
     "compare_df",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name, or a submodule, on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names and the submodules, for tab completion."""
+    return sorted({*__all__, *_SUBMODULES})

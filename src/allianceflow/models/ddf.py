@@ -59,10 +59,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from .ddf_moments import dense_reml_moments, reml_moments
-from .design import group_codes, model_rows, nested_in
+from .ddf_moments import block_effects, dense_reml_moments, moments_memory, reml_moments
+from .design import fixed_design, group_codes, model_rows, nested_in
+from .distributions import f_sf, t_sf
 from .formula import FormulaSpec, parse_formula
 
 __all__ = [
@@ -79,7 +79,7 @@ DF_COLUMNS = ["term", "estimate", "se", "df", "statistic", "p"]
 
 
 class BlockTooLarge(ValueError):
-    """An independent block of the marginal covariance has more rows than ``max_block``."""
+    """The df computation for the largest block of *V* would need more than ``max_memory``."""
 
 
 @dataclass
@@ -182,8 +182,9 @@ def variance_structure(
     formula: str | FormulaSpec,
     result: Mapping[str, Any] | None = None,
     *,
-    max_block: int | None = None,
+    max_memory: int | None = None,
     _dense: bool = False,
+    _complete: bool = False,
 ) -> VarianceStructure:
     r"""Evaluate :math:`\Phi`, its derivatives and the REML information at the fitted *ψ*.
 
@@ -196,16 +197,23 @@ def variance_structure(
         The lme4 formula (:func:`allianceflow.models.parse_formula`).
     result : dict, optional
         ``fit_model(data, formula, reml=True)``; fitted here when omitted.
-    max_block : int, optional
-        Refuse (:class:`BlockTooLarge`, a ``ValueError``) when an independent block of *V*
-        has more rows than this. The computation holds :math:`q_j \times q_j` matrices per
-        block (:math:`q_j` random effects in block *j*: for a crossed design, every level of
-        every factor); the dense one it replaced held (number of variance parameters + 3) ×
-        rows² × 8 bytes per block. None: no limit.
+    max_memory : int, optional
+        Refuse (:class:`BlockTooLarge`, a ``ValueError``) when the computation would hold
+        more than this many bytes
+        (:func:`allianceflow.models.ddf_moments.moments_memory`). It holds
+        :math:`q_j \times q_j` matrices per block, :math:`q_j` the random effects of block
+        *j* (with patients nested in therapists, a therapist's intercept and its patients'
+        effects; with crossed factors one block of every level of every factor), whatever
+        the block's number of rows; the dense computation it replaced held (number of
+        variance parameters + 3) × rows² × 8 bytes per block. None: no limit.
     _dense : bool, default False
         Compute with dense :math:`V_j` per block instead
         (:func:`allianceflow.models.ddf_moments.dense_reml_moments`): the reference the
         default is tested and benchmarked against; same results, far slower.
+    _complete : bool, default False
+        *data* are already the model's complete rows (``fit_model``'s, inside its
+        :func:`~allianceflow.models.design.shared_codes` block): used as they are, so that
+        the fit's grouping codes and fixed-effects design are reused.
 
     Returns
     -------
@@ -216,13 +224,11 @@ def variance_structure(
     TypeError
         *result* is not a ``fit_model`` result.
     ValueError
-        *result* is an ML fit; the model has no random effects; a block is larger than
-        *max_block*.
+        *result* is an ML fit; the model has no random effects; the largest block would need
+        more than *max_memory* bytes (:class:`BlockTooLarge`).
     KeyError
         *result* lacks a variance component of *formula*.
     """
-    import patsy
-
     spec = parse_formula(formula) if isinstance(formula, str) else formula
     if not spec.random:
         raise ValueError(
@@ -235,9 +241,9 @@ def variance_structure(
         result = fit_model(data, spec.formula, reml=True)
     result = _as_dict(result)
     _check_result(result)
-    rows, _ = model_rows(data, spec)
-    X_frame = patsy.dmatrix(spec.fixed, rows, return_type="dataframe", eval_env=0)
-    X = X_frame.to_numpy(dtype=float)
+    rows = data if _complete else model_rows(data, spec)[0]
+    X_frame = fixed_design(spec, rows)  # patsy's columns and names, without patsy when simple
+    X = np.ascontiguousarray(X_frame.to_numpy(dtype=float))  # row-major, as patsy's
     y = rows[spec.response].to_numpy(dtype=float)
     n, p = X.shape
 
@@ -287,14 +293,17 @@ def variance_structure(
             block_of_row = key
             break
     n_blocks = int(block_of_row.max()) + 1
-    largest = int(np.bincount(block_of_row).max())
-    if max_block is not None and largest > max_block:
-        raise BlockTooLarge(
-            f"the marginal covariance of {spec.formula!r} splits into blocks of up to "
-            f"{largest} rows (one block per level of the outermost grouping factor, or the "
-            f"whole data set for crossed factors), more than max_block = {max_block}: the "
-            "dense Satterthwaite and Kenward–Roger computations would need too much memory."
-        )
+    if max_memory is not None and not _dense:
+        largest = int(block_effects(terms, block_of_row).max())
+        need = moments_memory(largest, len(params))
+        if need > max_memory:
+            raise BlockTooLarge(
+                f"the marginal covariance of {spec.formula!r} has an independent block with "
+                f"{largest} random effects (one block per level of the outermost grouping "
+                "factor, or one for the whole data set when factors are crossed), for which "
+                f"the Satterthwaite and Kenward–Roger computations would hold about "
+                f"{need / 2**20:,.0f} MiB, more than max_memory = {max_memory / 2**20:,.0f} MiB."
+            )
 
     moments = (dense_reml_moments if _dense else reml_moments)(
         X, y, psi_arr, terms, params, block_of_row
@@ -430,7 +439,7 @@ def satterthwaite_df(
                 "se": float(np.sqrt(var)),
                 "df": df,
                 "statistic": t,
-                "p": float(2 * stats.t.sf(abs(t), df)),
+                "p": 2 * t_sf(abs(t), df),
             }
         )
     return pd.DataFrame(rows, columns=DF_COLUMNS)
@@ -540,7 +549,7 @@ def kenward_roger(
                 "se": se,
                 "df": float(df),
                 "statistic": t,
-                "p": float(2 * stats.t.sf(abs(t), df)),
+                "p": 2 * t_sf(abs(t), df),
             }
         )
     return pd.DataFrame(rows, columns=DF_COLUMNS)
@@ -646,7 +655,7 @@ def f_test(
         lb = L @ st.beta
         f_u = float(lb @ np.linalg.lstsq(L @ phi_a @ L.T, lb, rcond=None)[0]) / q
         f = scaling * f_u
-        return {"f": f, "ndf": float(q), "ddf": df, "p": float(stats.f.sf(f, q, df)),
+        return {"f": f, "ndf": float(q), "ddf": df, "p": f_sf(f, q, df),
                 "scaling": scaling}  # fmt: skip
     d, vecs = np.linalg.eigh(L @ st.phi @ L.T)
     order = np.argsort(d)[::-1]
@@ -666,5 +675,5 @@ def f_test(
     else:
         e = float(np.sum(nu / (nu - 2)))
         ddf = 2 * e / (e - q)
-    return {"f": f, "ndf": float(q), "ddf": ddf, "p": float(stats.f.sf(f, q, ddf)),
+    return {"f": f, "ndf": float(q), "ddf": ddf, "p": f_sf(f, q, ddf),
             "scaling": 1.0}  # fmt: skip

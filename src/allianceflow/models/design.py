@@ -46,8 +46,22 @@ def fixed_design(spec: FormulaSpec, rows: pd.DataFrame) -> pd.DataFrame:
     part is an intercept and distinct plain columns of a numeric (not boolean) type, the
     columns are taken as they are, without patsy's formula machinery (which costs more than
     fitting a small model); anything else (factors, interactions, transformations, no
-    intercept) goes to patsy.
+    intercept) goes to patsy. Inside a :func:`shared_codes` block on these very *rows* the
+    design is built once and shared (the fit and its Satterthwaite or Kenward–Roger df both
+    need it); callers must not change it.
     """
+    shared = _SHARED.get()
+    store = shared[1] if shared is not None and shared[0] is rows else None
+    key = ("fixed design", spec.fixed, None)  # no grouping factor has this key
+    if store is not None and key in store:
+        return store[key]
+    design = _fixed_design(spec, rows)
+    if store is not None:
+        store[key] = design
+    return design
+
+
+def _fixed_design(spec: FormulaSpec, rows: pd.DataFrame) -> pd.DataFrame:
     terms = [t.strip() for t in spec.fixed.split("+")]
     if terms and terms[0] == "1":
         terms = terms[1:]
@@ -79,10 +93,11 @@ def shared_codes(rows: pd.DataFrame) -> Iterator[None]:
 
     A fit asks for the levels of the same factors on the same rows several times (the
     few-level check, the identifiability check, the nesting test, the engine, the
-    containment df); on string ids of 10^5 rows each ``pandas.factorize`` costs tens of
-    milliseconds. Inside the block, :func:`group_codes` called with this very frame (the
-    same object, not an equal one) returns codes it has already computed. The frame must
-    not be changed inside the block; :func:`allianceflow.models.fit_model` uses it on the
+    containment df, the Satterthwaite or Kenward–Roger df); on string ids of 10^5 rows each
+    ``pandas.factorize`` costs tens of milliseconds. Inside the block, :func:`group_codes`
+    called with this very frame (the same object, not an equal one) returns codes it has
+    already computed, and :func:`fixed_design` the design it has already built. The frame
+    must not be changed inside the block; :func:`allianceflow.models.fit_model` uses it on the
     complete rows it made itself.
 
     Examples

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from allianceflow.models.blas import one_blas_thread
 from allianceflow.models.design import (
     ModelError,
     check_rank,
@@ -194,25 +195,6 @@ def _prepare(data: pd.DataFrame, spec: FormulaSpec, *, complete: bool = False):
     return d, levels, codes, Xv, fixed_names, y, Z_cols, n_dropped, X
 
 
-_BLAS = None
-
-
-def _one_blas_thread():
-    """Limit BLAS to one thread for the duration of a fit (a context manager).
-
-    The engine's linear algebra is on tiny matrices (one small block per unit) and scipy's
-    L-BFGS-B calls BLAS on vectors of a few entries; a multi-threaded BLAS spends more time
-    waking and synchronising its threads than computing (on two cores, 3-4 times the CPU
-    time of a small fit). threadpoolctl restores the previous setting on exit.
-    """
-    global _BLAS
-    from threadpoolctl import ThreadpoolController
-
-    if _BLAS is None:
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
-
-
 def fit_lmm(
     data: pd.DataFrame,
     formula_or_spec: FormulaSpec | str,
@@ -342,7 +324,7 @@ def fit_lmm(
         if not (isinstance(val, (int, float)) and val > 0):
             raise ValueError(f"`{name}` must be a positive number; got {val!r}.")
     prepared = _prepare(data, spec)
-    with _one_blas_thread():
+    with one_blas_thread():
         return _fit_prepared(
             prepared,
             spec,
@@ -523,7 +505,7 @@ def fit_backend(
     once, for the fit and for the containment df.
     """
     prepared = _prepare(rows, spec, complete=True)
-    with _one_blas_thread():
+    with one_blas_thread():
         fit = _fit_prepared(
             prepared,
             spec,

@@ -37,13 +37,16 @@ from allianceflow.models.formula import FormulaSpec, drop_effects, parse_formula
 from allianceflow.models.pls import supports
 from allianceflow.models.result import MixedModelResult, build_result, variance_record
 
-__all__ = ["fit_model", "check_data", "DDF_METHODS", "DDF_MAX_BLOCK"]
+__all__ = ["fit_model", "check_data", "DDF_METHODS", "DDF_MAX_MEMORY"]
 
 #: Denominator df methods of :func:`fit_model` (its ``ddf`` argument).
 DDF_METHODS = ("containment", "satterthwaite", "kenward-roger")
-#: Largest independent block of the marginal covariance (rows) for which Satterthwaite or
-#: Kenward–Roger df are computed; beyond it the containment df are kept, with a warning.
-DDF_MAX_BLOCK = 2000
+#: Most memory (bytes) the Satterthwaite or Kenward–Roger df may take
+#: (:func:`allianceflow.models.ddf_moments.moments_memory` of the largest independent block
+#: of the marginal covariance, counted in random effects, not rows); beyond it the
+#: containment df are kept, with a warning. 1 GiB is a crossed block of about 3,000 random
+#: effects (2 variance parameters), some 20 CPU-s; nested blocks are far smaller.
+DDF_MAX_MEMORY = 2**30
 
 
 def check_data(data: Any) -> None:
@@ -80,7 +83,8 @@ _DDF_LABEL = {"satterthwaite": "Satterthwaite", "kenward-roger": "Kenward–Roge
 
 def _ddf_table(rows: pd.DataFrame, spec: FormulaSpec, record: dict, ddf: str) -> pd.DataFrame:
     """Satterthwaite or Kenward–Roger ``term, se, df`` of a REML fit's fixed effects."""
-    structure = variance_structure(rows, spec, record, max_block=DDF_MAX_BLOCK)
+    # the fit's complete rows: their grouping codes and design are reused (shared_codes)
+    structure = variance_structure(rows, spec, record, max_memory=DDF_MAX_MEMORY, _complete=True)
     if ddf == "satterthwaite":
         return satterthwaite_df(structure=structure)
     return kenward_roger(structure=structure)
@@ -204,12 +208,13 @@ def fit_model(
         Kenward–Roger's df with its adjusted standard errors, as pbkrtest
         (:func:`allianceflow.models.ddf.kenward_roger`). The last two need a REML fit: with
         ``reml=False`` the containment df are kept and a warning says so, as they are (with a
-        warning) when the marginal covariance has an independent block of more than
-        ``DDF_MAX_BLOCK`` (2000) rows, e.g. crossed factors on large data. Cost: the
-        default adds nothing to the fit; the other two build the dense marginal covariance
-        of each level of the outermost factor, about 6 times the fit with 2,000 patients
-        alone and over 100 times with them in 40 therapists of some 400 rows each
-        (``benchmarks/results/fit_path.txt``).
+        warning) when their computation would need more than ``DDF_MAX_MEMORY`` (1 GiB),
+        i.e. an independent block of the marginal covariance with more than about 3,000
+        random effects, e.g. crossed factors with thousands of levels (the number of rows
+        does not matter). Cost: the default adds nothing to the fit; the other two work on
+        each level of the outermost factor through Woodbury's identity
+        (:mod:`allianceflow.models.ddf_moments`), less than the fit itself with 2,000
+        patients, alone or in 40 therapists (``benchmarks/results/ddf_speed.txt``).
     family : {"gaussian", "binomial", "poisson"}, default "gaussian"
         "gaussian": the linear mixed model described here. "binomial" (0/1 response or
         ``cbind(successes, failures)``) and "poisson" fit a generalised linear mixed model

@@ -66,14 +66,16 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
+from scipy import special
 
 from allianceflow.models.design import (
     ModelError,
     check_rank,
+    fixed_design,
     missing_by_variable,
     model_rows,
 )
+from allianceflow.models.distributions import norm_ppf
 from allianceflow.models.engine import fit_warnings, single_attempt
 from allianceflow.models.formula import FormulaSpec
 from allianceflow.models.inference import containment_df, is_singular
@@ -678,8 +680,6 @@ def _glm_start(X, fam: _Family, maxit: int = 50) -> np.ndarray:
 
 
 def _prepare(rows: pd.DataFrame, spec: FormulaSpec, family: str):
-    import patsy
-
     levels = levels_from_spec(spec)
     nested = nesting_order(rows, levels)
     if nested is None:
@@ -691,9 +691,10 @@ def _prepare(rows: pd.DataFrame, spec: FormulaSpec, family: str):
             "(e.g. '(1 | therapist/patient)') if they are in fact nested, or drop one factor."
         )
     levels, codes = nested
-    X = patsy.dmatrix(spec.fixed, rows, return_type="dataframe", eval_env=0)
+    X = fixed_design(spec, rows)  # patsy's columns and names, without patsy when simple
     fixed_names = list(X.columns)
-    Xv = X.to_numpy(dtype=float)
+    # row-major, as patsy's matrix was: the same sums in the same order, the same fit
+    Xv = np.ascontiguousarray(X.to_numpy(dtype=float))
     check_rank(Xv, fixed_names)
     y, trials = _response(rows, spec, family)
     Z_cols = []
@@ -1055,7 +1056,7 @@ def ratio_rows(names, beta, se, label: str | None) -> list[dict]:
     """
     if label is None:
         return []
-    z = float(stats.norm.ppf(0.975))
+    z = norm_ppf(0.975)
 
     def _exp(x: float) -> float:
         return math.exp(x) if x < 709.0 else math.inf

@@ -72,9 +72,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from allianceflow._checks import check_columns
+from allianceflow.models.distributions import norm_ppf, norm_sf, t_ppf, t_sf
 
 __all__ = [
     "ModeratorInfo",
@@ -452,9 +452,9 @@ def simple_slopes(
             if record.get("ddf") in ("satterthwaite", "kenward-roger"):
                 # the smallest df of the coefficients the slope combines
                 df = min(float(dfs[t]) for t in used if dfs.get(t) is not None)
-            crit = stats.t.ppf(0.5 + level / 2, df) if df else stats.norm.ppf(0.5 + level / 2)
+            crit = t_ppf(0.5 + level / 2, df) if df else norm_ppf(0.5 + level / 2)
             stat = slope / se if se > 0 else float("nan")
-            p = 2 * (stats.t.sf(abs(stat), df) if df else stats.norm.sf(abs(stat)))
+            p = 2 * (t_sf(abs(stat), df) if df else norm_sf(abs(stat)))
             shown = value if info.kind == "categorical" else (info.mean or 0.0) + value
             rows.append(
                 {

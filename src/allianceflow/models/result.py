@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from allianceflow.models.distributions import norm_ppf
 from allianceflow.models.inference import (
     is_boundary,
     round_sig,
@@ -232,7 +232,7 @@ def build_result(
             else ses
         )
         dfs = {t: float(by_term.loc[t, "df"]) for t in fit.fixed_names}
-    zcrit = float(stats.norm.ppf(0.975))
+    zcrit = norm_ppf(0.975)
     scale = float(fit.sigma2)
     icc, r2_m, r2_c = variance_explained(
         fit.var_fixed, fit.level_variance, scale, list(dict.fromkeys(fit.group_order))

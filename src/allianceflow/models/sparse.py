@@ -113,6 +113,7 @@ from scipy.linalg import blas
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
+from allianceflow.models.blas import one_blas_thread
 from allianceflow.models.design import ModelError, check_rank, fixed_design, model_rows
 from allianceflow.models.engine import LMMFit, fit_warnings, single_attempt
 from allianceflow.models.formula import FormulaSpec
@@ -149,23 +150,19 @@ SINGLE_THREAD_BELOW = 2000
 
 
 def _blas_threads(limit: int | None):
-    """Limit BLAS threads while fitting (a no-op without threadpoolctl or with None).
+    """Limit BLAS to *limit* threads while fitting (a no-op with None).
 
     The Schur complements of typical designs (tens to hundreds of raters or therapists) are
     too small for threaded LAPACK to pay: on a loaded two-core machine, OpenBLAS's two
     threads made a 2,000-patient crossed fit take 14 s of CPU (51 s wall) instead of
-    0.43 s (1.7 s) with one. threadpoolctl is a declared dependency; should it be missing,
-    the fit runs as BLAS is configured.
+    0.43 s (1.7 s) with one (:func:`allianceflow.models.blas.one_blas_thread`, whose
+    library scan is shared with the other engines).
     """
     import contextlib
 
     if limit is None:
         return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - the lock installs it
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=limit, user_api="blas")
+    return one_blas_thread(limit)
 
 
 def _trsm(lower: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -990,11 +987,12 @@ def fit_backend(
     assumes nested factors; statsmodels' crossed fits report the same). Satterthwaite and
     Kenward–Roger df come from ``fit_model(..., ddf=...)`` as for nested models
     (:mod:`allianceflow.models.ddf`, from this fit's variance components); with crossed
-    factors the marginal covariance is a single block of all rows, so they are computed up
-    to ``DDF_MAX_BLOCK`` (2,000) rows, and beyond that ``fit_model`` keeps the :math:`n - p`
-    df and says so in a warning (the dense computation needs :math:`n^2` memory; a sparse
-    Satterthwaite from finite differences of this deviance, as lmerTest computes it, is not
-    implemented).
+    factors the marginal covariance is a single block of all rows, whose Woodbury
+    computation holds dense matrices of every random effect (every level of every factor),
+    so they are computed while that needs at most ``DDF_MAX_MEMORY`` (1 GiB, about 3,000
+    random effects), and beyond that ``fit_model`` keeps the :math:`n - p` df and says so in
+    a warning (a sparse Satterthwaite from finite differences of this deviance, as lmerTest
+    computes it, is not implemented).
     """
     fit = _fit_crossed(
         _prepare(rows, spec, complete=True), spec, bool(reml), 1e-6, boundary_tol, 1000
