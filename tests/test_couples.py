@@ -191,6 +191,11 @@ def test_couple_presets_formulas():
         " + alliance_partner_within_lag:role_partner_b + alliance_partner_between:role_partner_b"
         " + (1 | system) + (1 | patient)"
     )
+    # roles as the export spells them name the columns clean makes (role_<snake_case>)
+    spelled = preset_formula(
+        "couple_alliance_outcome", distinguishable=True, roles=["Mère", "Beau-père"]
+    )
+    assert " + role_beau_pere + alliance_within_lag:role_beau_pere + " in spelled
     assert preset_formula("split_alliance", slopes="correlated") == (
         "outcome ~ alliance_system_mean_within_lag + alliance_system_mean_between"
         " + alliance_split_within_lag + alliance_split_between + session"

@@ -547,7 +547,9 @@ def _couple_formula(name: str, options: dict[str, Any]) -> str:
                     "`roles` must list at least two distinct roles, the reference first; "
                     f"got {roles!r}."
                 )
-            dummies = [f"role_{r}" for r in roles[1:]]
+            from ..labels import identifier  # the role columns clean names (role_<id>)
+
+            dummies = [f"role_{identifier(r, what='role')}" for r in roles[1:]]
             fixed += dummies + [f"{term}:{d}" for d in dummies for term in APIM_TERMS]
     else:
         fixed = list(SPLIT_TERMS)
