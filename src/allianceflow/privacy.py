@@ -33,9 +33,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from .io import DataError, _per_value
+from .io import DataError
 
 __all__ = [
     "Finding",
@@ -290,22 +291,36 @@ def _by_content(
     is_category_column: bool = False,
     declared: frozenset[str] = frozenset(),
 ) -> tuple[str, int] | None:
-    """Return the first identifier kind found in *values* and its source row, else None."""
-    parsed = _per_value(
-        values,
-        lambda s: pd.DataFrame({"text": s.astype(str).str.strip()}).assign(
-            present=lambda d: d["text"].ne("") & ~d["text"].isin(declared)
-        ),
-    )
-    text, present = parsed["text"], parsed["present"]
-    if not present.any():
+    """Return the first identifier kind found in *values* and its source row, else None.
+
+    The checks read each distinct stripped value once; rows are only counted (free text)
+    or searched for the first row holding a value found (the source row reported).
+    """
+    if len(values) and pd.api.types.infer_dtype(values, skipna=True) == "string":
+        # Text cells: factorised once; the stripped distinct values get codes of their own.
+        codes, uniques = pd.factorize(values)
+        stripped = pd.Series(uniques, dtype=object).astype(str).str.strip()
+        text_codes, distinct = pd.factorize(stripped)
+        row_codes = text_codes[codes]
+    else:
+        row_codes, distinct = pd.factorize(values.astype(str).str.strip())
+    distinct = pd.Series(distinct, dtype=object)
+    kept = (distinct.ne("") & ~distinct.isin(declared)).to_numpy()
+    if not kept.any():
         return None
-    text, rows = text[present], rows[present]
-    unique = pd.Series(text.unique())
+    # The distinct present values in order of first appearance, as ``text.unique()`` gives.
+    positions = np.flatnonzero(kept)
+    unique = pd.Series(distinct.to_numpy()[positions], dtype=object)
+    per_value = np.bincount(row_codes, minlength=len(distinct))
+    row_numbers = rows.to_numpy()
 
     def first_row(mask_unique: pd.Series) -> int:
-        hits = set(unique[mask_unique.to_numpy()])
-        return int(rows[text.isin(hits)].iloc[0])
+        hits = positions[mask_unique.to_numpy(dtype=bool)]
+        return int(row_numbers[np.isin(row_codes, hits)][0])
+
+    def share(mask_unique: pd.Series) -> float:
+        hits = positions[mask_unique.to_numpy(dtype=bool)]
+        return int(per_value[hits].sum()) / int(per_value[positions].sum())
 
     phone = unique.map(_is_phone).astype(bool)
     loose = unique.str.match(_POSTCODE_LOOSE)
@@ -336,7 +351,7 @@ def _by_content(
             return "dates of birth", first_row(births)
     words = unique.str.split().str.len()
     long_text = (words >= 5) | (unique.str.len() >= 40)
-    if long_text.any() and text.isin(set(unique[long_text])).mean() >= _FREE_TEXT_SHARE:
+    if long_text.any() and share(long_text) >= _FREE_TEXT_SHARE:
         return "free-text notes", first_row(long_text)
     names = unique.map(_is_name).astype(bool)
     if is_category_column and len(unique) <= _MAX_CATEGORY_LEVELS:

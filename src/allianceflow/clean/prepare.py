@@ -515,10 +515,11 @@ def patient_level_values(run: CleanRun) -> None:
     for col in [*PATIENT_LEVEL, *moderators]:
         if col not in run.frame:
             continue
-        f = run.frame[["patient", "session", col]].sort_values(
+        # Only the rows that record a value are sorted (a stable sort of them keeps the
+        # order they have in the sorted table).
+        recorded = run.frame.loc[run.frame[col].notna(), ["patient", "session", col]].sort_values(
             ["patient", "session"], kind="mergesort"
         )
-        recorded = f[f[col].notna()]
         kinds = recorded.groupby("patient")[col].nunique()
         conflicting = kinds.index[kinds > 1]
         if len(conflicting):
@@ -530,7 +531,7 @@ def patient_level_values(run: CleanRun) -> None:
             target = (
                 of.index[of[col].ne(first)]
                 if run.policies["ending_conflict"] == "error"
-                else f.index[f["patient"].isin(conflicting)]
+                else run.frame.index[run.frame["patient"].isin(conflicting)]
             )
             mask = pd.Series(False, index=run.frame.index)
             mask.loc[target] = True
@@ -548,6 +549,5 @@ def patient_level_values(run: CleanRun) -> None:
                 fix=f"Record one {col} per patient (on any or all of the patient's rows).",
             )
         if len(recorded):
-            run.frame = run.frame.assign(
-                **{col: run.frame.groupby("patient")[col].transform("first")}
-            )
+            # Set on the run's own table: ``assign`` would copy every column.
+            run.frame[col] = run.frame.groupby("patient")[col].transform("first")
