@@ -131,8 +131,18 @@ def _add_within_between(
     grand_mean: bool,
 ) -> None:
     """The columns of :func:`within_between`, added to *out* in place (no copy of the table)."""
-    pmean = out.groupby(patient, sort=False, observed=True)[column].transform("mean")
-    per_patient = out.groupby(patient, sort=False, observed=True)[column].mean()
+    codes = _id_codes(out[patient])
+    if codes is None:
+        pmean = out.groupby(patient, sort=False, observed=True)[column].transform("mean")
+        per_patient = out.groupby(patient, sort=False, observed=True)[column].mean()
+    else:
+        # Grouped by the ids' codes (in order of first appearance, as `sort=False` groups
+        # are): the same groups in the same order, without hashing the ids twice.
+        codes, ids = codes
+        grouped = out[column].groupby(codes, sort=False)
+        pmean = grouped.transform("mean")
+        per_patient = grouped.mean()
+        per_patient.index = ids.take(per_patient.index.to_numpy()).rename(patient)
     grand = per_patient.mean()
     out[f"{prefix}_pmean"] = pmean
     out[f"{prefix}_between"] = pmean - grand
@@ -230,6 +240,29 @@ def _add_lags(
     suffix: str,
 ) -> None:
     """The columns of :func:`lag_within_patient`, added to *out* in place (no copy of the table)."""
+    codes = _id_codes(out[patient], sort=True)
+    if codes is not None and patient not in columns and session not in columns:
+        # Patients by their codes (sorted like the ids): the same order and the same
+        # matches as sorting and merging on the ids themselves, on integers.
+        keys = pd.DataFrame(
+            {"_patient": codes[0], "_session": out[session].to_numpy()}, index=out.index
+        )
+        values = out[list(columns)]
+        if across_gaps:
+            order = keys.sort_values(["_patient", "_session"], kind="mergesort").index
+            shifted = (
+                values.loc[order]
+                .groupby(keys["_patient"].loc[order].to_numpy(), sort=False)
+                .shift(lag)
+            )
+        else:
+            source = pd.concat([keys, values], axis=1)
+            source["_session"] = source["_session"] + lag
+            shifted = keys.merge(source, on=["_patient", "_session"], how="left")
+            shifted.index = out.index
+        for column in columns:
+            out[f"{column}{suffix}"] = shifted[column].reindex(out.index)
+        return
     needed = list(dict.fromkeys([patient, session, *columns]))
     ordered = out[needed].sort_values([patient, session], kind="mergesort")
     if across_gaps:
@@ -243,6 +276,22 @@ def _add_lags(
         shifted.index = ordered.index
     for column in columns:
         out[f"{column}{suffix}"] = shifted[column].reindex(out.index)
+
+
+def _id_codes(ids: pd.Series, *, sort: bool = False) -> tuple[np.ndarray, pd.Index] | None:
+    """Integer codes of an id column and the ids they stand for, or None.
+
+    None when an id is missing or the ids cannot be sorted (mixed types), where the callers
+    keep grouping by the ids themselves. With *sort* the codes follow the ids' sort order,
+    else their order of first appearance.
+    """
+    try:
+        codes, uniques = pd.factorize(ids, sort=sort)
+    except TypeError:
+        return None
+    if len(codes) and codes.min() < 0:
+        return None
+    return codes, pd.Index(uniques)
 
 
 def derive_analysis(

@@ -505,6 +505,20 @@ def _per_value(series: pd.Series, func) -> pd.Series:
     return pd.Series(values, index=series.index, name=series.name)
 
 
+def _distinct(series: pd.Series) -> tuple[np.ndarray, pd.Series] | None:
+    """Codes and distinct values of an all-text column with no missing value, else None.
+
+    ``series`` equals ``distinct[codes]``, so an element-wise computation on ``distinct``
+    taken by ``codes`` is the computation on every row (see :func:`_per_value`).
+    """
+    if len(series) == 0 or pd.api.types.infer_dtype(series, skipna=True) != "string":
+        return None
+    codes, uniques = pd.factorize(series)
+    if (codes < 0).any():
+        return None
+    return codes, pd.Series(uniques, dtype=object)
+
+
 def _per_missing_kind(missing: np.ndarray, func) -> np.ndarray:
     """``func`` of missing values (None, NaN, NA, NaT), computed once per kind of missing value.
 
