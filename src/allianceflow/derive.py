@@ -391,7 +391,9 @@ def _detrended(data: pd.DataFrame, column: str, *, patient: str, session: str) -
     ok = data[column].notna()
     t = data[session].astype(float).where(ok)
     x = data[column].astype(float)
-    g = data[patient]
+    codes = _id_codes(data[patient])
+    # Integer codes group the rows as the ids do (transforms keep the row order).
+    g = data[patient] if codes is None else codes[0]
     t_mean = t.groupby(g, observed=True).transform("mean")
     x_mean = x.groupby(g, observed=True).transform("mean")
     dt = t - t_mean
@@ -419,6 +421,10 @@ def _add_ruptures_so_far(out: pd.DataFrame) -> None:
     """:func:`_ruptures_so_far`, adding the columns to *out* itself."""
     out["rupture_flag"] = out["rupture_detected"].astype("Float64").astype(float)
     narrow = out[["patient", "session", "rupture_flag", "rupture_repair", "rupture_repair_session"]]
+    codes = _id_codes(out["patient"], sort=True)
+    if codes is not None:
+        # Patients by codes that sort as the ids do: the same order, groups and matches.
+        narrow = narrow.assign(patient=codes[0])
     ordered = narrow.sort_values(["patient", "session"], kind="mergesort")
     order = ordered.index
     repaired_at = ordered.loc[
