@@ -80,7 +80,10 @@ def privacy_guard(run: CleanRun) -> None:
         key=f"{run.key}.privacy.drop_columns",
         config=run.config,
         declared=_declared_values(run, raw_map),
+        distinct=None if run.wide else run.distinct,
     )
+    if run.distinct:
+        run.distinct_rows = frame["_source_row"].to_numpy().copy()
     run.raw_map = raw_map
     run.salt = get_salt(run.env) if run.hash_ids else None
 
@@ -122,10 +125,14 @@ def _count_missing(run: CleanRun) -> None:
     """
     numeric_codes = _numeric_codes(run.codes)
     decimal = run.study.get("decimal", ".")
+    known = run.distinct_values()
     for col in run.value_cols:
         # Blank and coded are properties of a value, so they are decided once per distinct
         # value and counted with the number of rows holding it.
-        codes, values = pd.factorize(run.frame[col], use_na_sentinel=False)
+        if col in known:
+            codes, values = known[col]
+        else:
+            codes, values = pd.factorize(run.frame[col], use_na_sentinel=False)
         rows = np.bincount(codes, minlength=len(values))
         text = _stripped(pd.Series(values, dtype=object))
         blank = text.eq("")
@@ -332,6 +339,7 @@ def parse_values(run: CleanRun) -> None:
         if (c not in ID_COLUMNS or c in ("session", "days", "followup_days"))
         and not c.startswith(MODERATOR_PREFIX)
     ]
+    known = run.distinct_values()
     for col in run.value_cols:
         if col in run.id_cols:
             continue
@@ -347,7 +355,7 @@ def parse_values(run: CleanRun) -> None:
                 ).astype("float64")
             return pd.DataFrame(parts, index=values.index)
 
-        distinct = _distinct(frame[col])
+        distinct = known[col] if col in known else _distinct(frame[col])
         if distinct is not None:
             # Every result is decided per distinct value and taken by the codes once.
             row_codes, values = distinct
@@ -374,6 +382,7 @@ def parse_values(run: CleanRun) -> None:
             if bad.any():
                 _not_a_number(run, frame, col, text, bad, decimal)
                 frame = run.frame
+                known = run.distinct_values()  # empty when rows were dropped
             continue
         parsed = _per_value(frame[col], parse)
         text, empty, missing = parsed["text"], parsed["empty"], parsed["missing"]
@@ -390,7 +399,9 @@ def parse_values(run: CleanRun) -> None:
         if bad.any():
             _not_a_number(run, frame, col, text, bad, decimal)
             frame = run.frame
+            known = run.distinct_values()
     run.frame = frame
+    run.distinct, run.distinct_rows = {}, None  # parsed: the raw codes are not needed again
 
 
 def _not_a_number(
