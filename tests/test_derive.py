@@ -126,6 +126,7 @@ def _scored(seed=5, n_patients=60, max_sessions=10):
 
 def test_derive_tables_end_to_end_on_simulated_study():
     scored = _scored()
+    unchanged = scored.copy(deep=True)
     res = derive_tables(
         scored,
         alliance="wai_sr_total",
@@ -178,6 +179,8 @@ def test_derive_tables_end_to_end_on_simulated_study():
     )
     pd.testing.assert_frame_equal(res.patients, again.patients)
     pd.testing.assert_frame_equal(res.sudden_gains, again.sudden_gains)
+    # the analysis table shares the scored columns: deriving never writes into them
+    pd.testing.assert_frame_equal(scored, unchanged, check_exact=True)
 
 
 def test_derive_tables_settings_switches_and_coefficients():

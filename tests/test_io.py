@@ -145,3 +145,50 @@ def test_messages_name_the_config_file_given(tmp_path):
         "Windows software as cp1252 (or latin-1). Set `read.encoding: cp1252` for this study in "
         "site_b.yaml, or save the file as UTF-8."
     )
+
+
+# Files without quotes have their record widths counted per line; files with quotes are
+# streamed through the csv module. Both must give the same messages, with either line end.
+WIDTH_CASES = [
+    (
+        "a,b,c\n1,2,3\n4,5\n6,7,8\n",
+        "x.csv, row 3: the row has 2 fields, fewer than the 3 columns of the header.",
+    ),
+    (
+        "a,b,c\n1,2,3\n\n4,5,6,7\n",
+        "x.csv, row 4: the row has 4 fields, more than the 3 columns of the header.",
+    ),
+    (
+        "a,b,c\n1,2,3\na, b ,c\n4,5,6\na,b,c\n",
+        "x.csv, row 3: the row repeats the header (rows 3, 5); the export was probably made",
+    ),
+]
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+@pytest.mark.parametrize("quoted", [False, True])
+@pytest.mark.parametrize("text, message", WIDTH_CASES)
+def test_row_width_messages_with_and_without_quotes(tmp_path, text, message, ending, quoted):
+    if quoted:
+        text = text.replace("1,2,3", '"1",2,3')
+    path = tmp_path / "x.csv"
+    path.write_bytes(text.replace("\n", ending).encode("utf-8"))
+    with pytest.raises(io.DataError) as caught:
+        io.read_raw(path, delimiter=",")
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_blank_lines_and_cells_count_like_the_csv_module(tmp_path, ending):
+    # A blank line is skipped; a line of blank cells is a row of the header's width.
+    path = tmp_path / "x.csv"
+    path.write_bytes(ending.join(["a,b", "1,2", "", ",", "3,4", ""]).encode("utf-8"))
+    frame = io.read_raw(path, delimiter=",")
+    assert frame.values.tolist() == [[2, "1", "2"], [5, "3", "4"]]
+
+
+def test_per_value_keeps_each_kind_of_missing_value():
+    # None and NaN print differently; each missing kind is computed once, not merged.
+    series = pd.Series(["x ", None, float("nan"), "x", None], dtype=object)
+    out = io._per_value(series, lambda s: s.astype(str).str.strip())
+    assert out.tolist() == ["x", "None", "nan", "x", "None"]

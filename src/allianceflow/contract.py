@@ -162,7 +162,8 @@ def validate_sessions(
     """
     schema = session_schema(sessions.columns, ranges=ranges)
     try:
-        schema.validate(sessions, lazy=True)
+        # ``inplace``: the schema coerces nothing, so the table is read, not copied first.
+        schema.validate(sessions, lazy=True, inplace=True)
     except pa.errors.SchemaErrors as errors:
         cases = errors.failure_cases
         parts = []

@@ -131,8 +131,18 @@ def _add_within_between(
     grand_mean: bool,
 ) -> None:
     """The columns of :func:`within_between`, added to *out* in place (no copy of the table)."""
-    pmean = out.groupby(patient, sort=False, observed=True)[column].transform("mean")
-    per_patient = out.groupby(patient, sort=False, observed=True)[column].mean()
+    codes = _id_codes(out[patient])
+    if codes is None:
+        pmean = out.groupby(patient, sort=False, observed=True)[column].transform("mean")
+        per_patient = out.groupby(patient, sort=False, observed=True)[column].mean()
+    else:
+        # Grouped by the ids' codes (in order of first appearance, as `sort=False` groups
+        # are): the same groups in the same order, without hashing the ids twice.
+        codes, ids = codes
+        grouped = out[column].groupby(codes, sort=False)
+        pmean = grouped.transform("mean")
+        per_patient = grouped.mean()
+        per_patient.index = ids.take(per_patient.index.to_numpy()).rename(patient)
     grand = per_patient.mean()
     out[f"{prefix}_pmean"] = pmean
     out[f"{prefix}_between"] = pmean - grand
@@ -230,6 +240,29 @@ def _add_lags(
     suffix: str,
 ) -> None:
     """The columns of :func:`lag_within_patient`, added to *out* in place (no copy of the table)."""
+    codes = _id_codes(out[patient], sort=True)
+    if codes is not None and patient not in columns and session not in columns:
+        # Patients by their codes (sorted like the ids): the same order and the same
+        # matches as sorting and merging on the ids themselves, on integers.
+        keys = pd.DataFrame(
+            {"_patient": codes[0], "_session": out[session].to_numpy()}, index=out.index
+        )
+        values = out[list(columns)]
+        if across_gaps:
+            order = keys.sort_values(["_patient", "_session"], kind="mergesort").index
+            shifted = (
+                values.loc[order]
+                .groupby(keys["_patient"].loc[order].to_numpy(), sort=False)
+                .shift(lag)
+            )
+        else:
+            source = pd.concat([keys, values], axis=1)
+            source["_session"] = source["_session"] + lag
+            shifted = keys.merge(source, on=["_patient", "_session"], how="left")
+            shifted.index = out.index
+        for column in columns:
+            out[f"{column}{suffix}"] = shifted[column].reindex(out.index)
+        return
     needed = list(dict.fromkeys([patient, session, *columns]))
     ordered = out[needed].sort_values([patient, session], kind="mergesort")
     if across_gaps:
@@ -243,6 +276,22 @@ def _add_lags(
         shifted.index = ordered.index
     for column in columns:
         out[f"{column}{suffix}"] = shifted[column].reindex(out.index)
+
+
+def _id_codes(ids: pd.Series, *, sort: bool = False) -> tuple[np.ndarray, pd.Index] | None:
+    """Integer codes of an id column and the ids they stand for, or None.
+
+    None when an id is missing or the ids cannot be sorted (mixed types), where the callers
+    keep grouping by the ids themselves. With *sort* the codes follow the ids' sort order,
+    else their order of first appearance.
+    """
+    try:
+        codes, uniques = pd.factorize(ids, sort=sort)
+    except TypeError:
+        return None
+    if len(codes) and codes.min() < 0:
+        return None
+    return codes, pd.Index(uniques)
 
 
 def derive_analysis(
@@ -280,7 +329,9 @@ def derive_analysis(
         Sorted by patient and session, index reset.
     """
     check_columns(scored, alliance, outcome)
-    out = scored.copy()
+    # A shallow copy: the scored columns are shared with *scored* (not copied, which at
+    # 10^6 rows is ~300 MB); every step below adds columns and none writes into one.
+    out = scored.copy(deep=False)
     out["alliance"] = out[alliance]
     out["outcome"] = out[outcome]
     # The steps of within_between and lag_within_patient, adding columns to this one copy.
@@ -342,7 +393,9 @@ def _detrended(data: pd.DataFrame, column: str, *, patient: str, session: str) -
     ok = data[column].notna()
     t = data[session].astype(float).where(ok)
     x = data[column].astype(float)
-    g = data[patient]
+    codes = _id_codes(data[patient])
+    # Integer codes group the rows as the ids do (transforms keep the row order).
+    g = data[patient] if codes is None else codes[0]
     t_mean = t.groupby(g, observed=True).transform("mean")
     x_mean = x.groupby(g, observed=True).transform("mean")
     dt = t - t_mean
@@ -370,6 +423,10 @@ def _add_ruptures_so_far(out: pd.DataFrame) -> None:
     """:func:`_ruptures_so_far`, adding the columns to *out* itself."""
     out["rupture_flag"] = out["rupture_detected"].astype("Float64").astype(float)
     narrow = out[["patient", "session", "rupture_flag", "rupture_repair", "rupture_repair_session"]]
+    codes = _id_codes(out["patient"], sort=True)
+    if codes is not None:
+        # Patients by codes that sort as the ids do: the same order, groups and matches.
+        narrow = narrow.assign(patient=codes[0])
     ordered = narrow.sort_values(["patient", "session"], kind="mergesort")
     order = ordered.index
     repaired_at = ordered.loc[

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
+from operator import methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,37 @@ def _check_records(text: str, sep: str, names: list[str], source: str, offset: i
         ) from None
 
 
+#: Line breaks of :meth:`str.splitlines` other than ``\n`` and ``\r\n``.
+_OTHER_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def _plain_records_ok(text: str, sep: str, width: int) -> bool:
+    r"""Whether :func:`_check_records` would find every record of *text* of the header's width.
+
+    Decided by counting delimiters per line, for files with no quotes, no NUL, no line
+    break other than ``\n`` or ``\r\n`` and no line near the :mod:`csv` field limit:
+    there a record is a line and its fields are its delimiters plus one. A blank line is
+    skipped, as the reader skips it. ``False`` means "not shown" (quotes, another line
+    break, or a row of another width): the caller then streams the records through
+    :mod:`csv`.
+    """
+    if '"' in text or "\0" in text or text.count("\r") != text.count("\r\n"):
+        return False
+    if any(mark in text for mark in _OTHER_BREAKS):
+        return False
+    lines = text.split("\n")
+    n = len(lines)
+    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=n)
+    if "\r" in text:
+        lengths -= np.fromiter(map(methodcaller("endswith", "\r"), lines), dtype=bool, count=n)
+    if lengths.max() >= csv.field_size_limit() // 2:
+        return False
+    fields = np.fromiter(map(methodcaller("count", sep), lines), dtype=np.int64, count=n) + 1
+    del lines
+    wrong = (lengths > 0) & (fields != width)
+    return not wrong[1:].any()
+
+
 class _StringIO:
     """Line iterator over a string without copying it (csv.reader accepts any iterable)."""
 
@@ -256,11 +288,12 @@ def _read_text(
     if not text.strip():
         raise DataError(f"{source}: the file is empty. Export the data again.")
     sep = delimiter or _sniff_delimiter(text[: 64 * 1024])
-    reader = csv.reader(_StringIO(text), delimiter=sep)
-    top = [r for _, r in zip(range(10), reader, strict=False)]
+    top = _top_records(text, sep)
     header = top[0]
     names = _check_header(header, source, sep=sep, row=skip_rows + 1, top=top)
-    _check_records(text, sep, names, source, offset=skip_rows)
+    plain = _plain_records_ok(text, sep, len(names))
+    if not plain:
+        _check_records(text, sep, names, source, offset=skip_rows)
     from io import StringIO
 
     frame = pd.read_csv(
@@ -273,10 +306,35 @@ def _read_text(
         names=names,
         quoting=csv.QUOTE_MINIMAL,
     )
+    if plain and len(frame) and len(names):
+        # The record check above did not look for repeated headers; a row whose first
+        # cell is the header's first name sends the file through the full check.
+        first = _per_value(frame[names[0]], lambda s: s.str.replace("\ufeff", "").str.strip())
+        if first.eq(names[0]).any():
+            _check_records(text, sep, names, source, offset=skip_rows)
     frame.insert(
         0, "_source_row", np.arange(2 + skip_rows, len(frame) + 2 + skip_rows, dtype="int64")
     )
     return frame
+
+
+def _top_records(text: str, sep: str, count: int = 10) -> list[list[str]]:
+    """The first *count* records of *text* (fewer when the file is shorter).
+
+    The records are read from the first MiB when it holds more than *count* of them (so the
+    last one taken is complete), else from the whole text.
+    """
+    head = text[: 1 << 20]
+    if len(head) < len(text):
+        lines = head.splitlines(keepends=True)[:-1]  # the last line may be cut
+        try:
+            top = [r for _, r in zip(range(count + 1), csv.reader(lines, delimiter=sep))]
+        except csv.Error:
+            top = []
+        if len(top) > count:
+            return top[:count]
+    reader = csv.reader(_StringIO(text), delimiter=sep)
+    return [r for _, r in zip(range(count), reader, strict=False)]
 
 
 def _cell_text(value: Any) -> str:
@@ -441,10 +499,38 @@ def _per_value(series: pd.Series, func) -> pd.Series:
         if mapped.dtype != object:
             return func(series)
         values = mapped[np.where(na, 0, codes)]
-        values[na] = func(series[na]).to_numpy()
+        values[na] = _per_missing_kind(series.to_numpy(dtype=object)[na], func)
     else:
         values = mapped[codes]
     return pd.Series(values, index=series.index, name=series.name)
+
+
+def _distinct(series: pd.Series) -> tuple[np.ndarray, pd.Series] | None:
+    """Codes and distinct values of an all-text column with no missing value, else None.
+
+    ``series`` equals ``distinct[codes]``, so an element-wise computation on ``distinct``
+    taken by ``codes`` is the computation on every row (see :func:`_per_value`).
+    """
+    if len(series) == 0 or pd.api.types.infer_dtype(series, skipna=True) != "string":
+        return None
+    codes, uniques = pd.factorize(series)
+    if (codes < 0).any():
+        return None
+    return codes, pd.Series(uniques, dtype=object)
+
+
+def _per_missing_kind(missing: np.ndarray, func) -> np.ndarray:
+    """``func`` of missing values (None, NaN, NA, NaT), computed once per kind of missing value.
+
+    Missing values of one type behave alike under an element-wise *func*, so one of each
+    type stands for all of them (an export with an ``ending`` on its last rows only has
+    hundreds of thousands of blanks).
+    """
+    kinds, types = pd.factorize(np.frompyfunc(type, 1, 1)(missing))
+    first = np.zeros(len(types), dtype=np.intp)
+    first[kinds[::-1]] = np.arange(len(kinds) - 1, -1, -1)
+    done = func(pd.Series(missing[first], dtype=object)).to_numpy()
+    return done[kinds]
 
 
 def _stripped(series: pd.Series) -> pd.Series:
@@ -555,14 +641,36 @@ def _read_raw(
             f"{path.name}: files ending in {suffix!r} cannot be read; use .csv, .tsv, .txt, "
             ".xlsx, .sav, .dta or .parquet (save older .xls files as .xlsx)."
         )
-    values = frame.drop(columns="_source_row")
-    blank = (
-        values.eq("").all(axis=1) if len(values.columns) else pd.Series(False, index=frame.index)
-    )
+    blank = _blank_rows(frame)
+    if not blank.any():
+        return frame
     attrs = dict(frame.attrs)
     frame = frame.loc[~blank].reset_index(drop=True)
     frame.attrs.update(attrs)
     return frame
+
+
+def _blank_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose every cell (``_source_row`` aside) is ``""``, column by column.
+
+    The same as ``frame.drop(columns="_source_row").eq("").all(axis=1)``; after the first
+    column only the rows still blank are compared.
+    """
+    blank = np.zeros(len(frame), dtype=bool)
+    candidates = None
+    for column in frame.columns:
+        if column == "_source_row":
+            continue
+        if candidates is None:
+            candidates = np.flatnonzero(frame[column].eq("").to_numpy(dtype=bool))
+        else:
+            values = frame[column].to_numpy(dtype=object)[candidates]
+            candidates = candidates[pd.Series(values, dtype=object).eq("").to_numpy(dtype=bool)]
+        if len(candidates) == 0:
+            return blank
+    if candidates is not None:
+        blank[candidates] = True
+    return blank
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

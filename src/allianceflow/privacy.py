@@ -33,9 +33,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from .io import DataError, _per_value
+from .io import DataError, _distinct
 
 __all__ = [
     "Finding",
@@ -289,23 +290,40 @@ def _by_content(
     is_id_column: bool = False,
     is_category_column: bool = False,
     declared: frozenset[str] = frozenset(),
+    distinct: tuple[np.ndarray, pd.Series] | None = None,
 ) -> tuple[str, int] | None:
-    """Return the first identifier kind found in *values* and its source row, else None."""
-    parsed = _per_value(
-        values,
-        lambda s: pd.DataFrame({"text": s.astype(str).str.strip()}).assign(
-            present=lambda d: d["text"].ne("") & ~d["text"].isin(declared)
-        ),
-    )
-    text, present = parsed["text"], parsed["present"]
-    if not present.any():
+    """Return the first identifier kind found in *values* and its source row, else None.
+
+    The checks read each distinct stripped value once; rows are only counted (free text)
+    or searched for the first row holding a value found (the source row reported).
+    """
+    if distinct is not None or (
+        len(values) and pd.api.types.infer_dtype(values, skipna=True) == "string"
+    ):
+        # Text cells: factorised once; the stripped distinct values get codes of their own.
+        codes, uniques = distinct if distinct is not None else pd.factorize(values)
+        stripped = pd.Series(uniques, dtype=object).astype(str).str.strip()
+        text_codes, distinct = pd.factorize(stripped)
+        row_codes = text_codes[codes]
+    else:
+        row_codes, distinct = pd.factorize(values.astype(str).str.strip())
+    distinct = pd.Series(distinct, dtype=object)
+    kept = (distinct.ne("") & ~distinct.isin(declared)).to_numpy()
+    if not kept.any():
         return None
-    text, rows = text[present], rows[present]
-    unique = pd.Series(text.unique())
+    # The distinct present values in order of first appearance, as ``text.unique()`` gives.
+    positions = np.flatnonzero(kept)
+    unique = pd.Series(distinct.to_numpy()[positions], dtype=object)
+    per_value = np.bincount(row_codes, minlength=len(distinct))
+    row_numbers = rows.to_numpy()
 
     def first_row(mask_unique: pd.Series) -> int:
-        hits = set(unique[mask_unique.to_numpy()])
-        return int(rows[text.isin(hits)].iloc[0])
+        hits = positions[mask_unique.to_numpy(dtype=bool)]
+        return int(row_numbers[np.isin(row_codes, hits)][0])
+
+    def share(mask_unique: pd.Series) -> float:
+        hits = positions[mask_unique.to_numpy(dtype=bool)]
+        return int(per_value[hits].sum()) / int(per_value[positions].sum())
 
     phone = unique.map(_is_phone).astype(bool)
     loose = unique.str.match(_POSTCODE_LOOSE)
@@ -336,7 +354,7 @@ def _by_content(
             return "dates of birth", first_row(births)
     words = unique.str.split().str.len()
     long_text = (words >= 5) | (unique.str.len() >= 40)
-    if long_text.any() and text.isin(set(unique[long_text])).mean() >= _FREE_TEXT_SHARE:
+    if long_text.any() and share(long_text) >= _FREE_TEXT_SHARE:
         return "free-text notes", first_row(long_text)
     names = unique.map(_is_name).astype(bool)
     if is_category_column and len(unique) <= _MAX_CATEGORY_LEVELS:
@@ -375,6 +393,7 @@ def find_identifiers(
     id_columns: Iterable[str] = (),
     category_columns: Iterable[str] = (),
     declared: Mapping[str, Iterable[str]] | None = None,
+    distinct: dict[str, tuple[np.ndarray, pd.Series]] | None = None,
 ) -> list[Finding]:
     """Every column of *raw* that looks like a direct identifier, by name or content.
 
@@ -402,6 +421,10 @@ def find_identifiers(
         Per raw column, values the configuration declares and so are not content: the
         study's ``missing_codes`` ("Not Applicable") and the raw values it relabels under
         ``read.labels``. The key ``"*"`` applies to every column.
+    distinct : dict, optional
+        Filled with each checked column that is all text with no missing cell: its codes
+        and distinct values (``column == distinct[codes]``), so that later steps need not
+        factorise the column again.
 
     Returns
     -------
@@ -439,14 +462,19 @@ def find_identifiers(
         named = _by_name(column)
         found = None
         if column not in exempt:
+            coded = _distinct(raw[column])
+            if coded is not None and distinct is not None:
+                # kept for later steps: 32-bit codes halve what the run holds meanwhile
+                distinct[str(column)] = (coded[0].astype(np.int32), coded[1])
             found = _by_content(
-                raw[column].fillna(""),
+                raw[column].fillna("") if coded is None else raw[column],
                 rows,
                 is_date_column=column in date_columns,
                 this_year=this_year,
                 is_id_column=column in id_columns,
                 is_category_column=column in category_columns,
                 declared=frozenset(everywhere | declared.get(str(column), set())),
+                distinct=coded,
             )
         if named and found:
             findings.append(Finding(str(column), found[0], "name and content", found[1]))
@@ -472,6 +500,7 @@ def check_privacy(
     key: str = "drop_columns",
     config: str = "config.yaml",
     declared: Mapping[str, Iterable[str]] | None = None,
+    distinct: dict[str, tuple[np.ndarray, pd.Series]] | None = None,
 ) -> None:
     """Raise a :class:`DataError` for the first column that looks like a direct identifier.
 
@@ -496,6 +525,9 @@ def check_privacy(
         The configuration file named in the message.
     declared : mapping, optional
         Values the configuration declares, per raw column (see :func:`find_identifiers`).
+    distinct : dict, optional
+        Filled with the codes and distinct values of the all-text columns checked (see
+        :func:`find_identifiers`).
 
     Raises
     ------
@@ -513,6 +545,7 @@ def check_privacy(
         id_columns=ids,
         category_columns=categories,
         declared=declared,
+        distinct=distinct,
     )
     for finding in found:
         canonical = mapped.get(finding.column)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..contract import ITEM_PATTERN
-from ..io import DataError, _per_value, _stripped
+from ..io import DataError, _distinct, _per_value, _stripped
 from ..privacy import check_privacy, get_salt
 from .columns import WIDE_PATTERN, extraction_day, instrument_table, map_columns, to_long
 from .columns import wide_columns as _wide_columns
@@ -80,7 +80,10 @@ def privacy_guard(run: CleanRun) -> None:
         key=f"{run.key}.privacy.drop_columns",
         config=run.config,
         declared=_declared_values(run, raw_map),
+        distinct=None if run.wide else run.distinct,
     )
+    if run.distinct:
+        run.distinct_rows = frame["_source_row"].to_numpy().copy()
     run.raw_map = raw_map
     run.salt = get_salt(run.env) if run.hash_ids else None
 
@@ -122,10 +125,14 @@ def _count_missing(run: CleanRun) -> None:
     """
     numeric_codes = _numeric_codes(run.codes)
     decimal = run.study.get("decimal", ".")
+    known = run.distinct_values()
     for col in run.value_cols:
         # Blank and coded are properties of a value, so they are decided once per distinct
         # value and counted with the number of rows holding it.
-        codes, values = pd.factorize(run.frame[col], use_na_sentinel=False)
+        if col in known:
+            codes, values = known[col]
+        else:
+            codes, values = pd.factorize(run.frame[col], use_na_sentinel=False)
         rows = np.bincount(codes, minlength=len(values))
         text = _stripped(pd.Series(values, dtype=object))
         blank = text.eq("")
@@ -233,6 +240,18 @@ def canonical_ids(run: CleanRun) -> None:
     run.id_cols = [c for c in ID_LIKE if c in frame]
     altered: list[tuple[str, pd.Series, pd.Series]] = []
     for col in run.id_cols:
+        distinct = _distinct(frame[col])
+        if distinct is not None:
+            # Each distinct id is read once; with no two spellings of one key (the usual
+            # case) the column is the cleaned distinct values taken by their codes.
+            row_codes, raw = distinct
+            cleaned = raw.astype(str).str.strip().map(lambda v: unicodedata.normalize("NFC", v))
+            cleaned = cleaned.mask(cleaned.isin(run.codes) | cleaned.eq(""))
+            if not cleaned.dropna().map(id_key).duplicated().any():
+                frame[col] = pd.Series(
+                    cleaned.to_numpy(dtype=object)[row_codes], index=frame.index, dtype=object
+                )
+                continue
         text = _per_value(frame[col], lambda s: s.astype(str))
         stripped = _per_value(
             _stripped(text), lambda s: s.map(lambda v: unicodedata.normalize("NFC", v))
@@ -320,6 +339,7 @@ def parse_values(run: CleanRun) -> None:
         if (c not in ID_COLUMNS or c in ("session", "days", "followup_days"))
         and not c.startswith(MODERATOR_PREFIX)
     ]
+    known = run.distinct_values()
     for col in run.value_cols:
         if col in run.id_cols:
             continue
@@ -335,6 +355,35 @@ def parse_values(run: CleanRun) -> None:
                 ).astype("float64")
             return pd.DataFrame(parts, index=values.index)
 
+        distinct = known[col] if col in known else _distinct(frame[col])
+        if distinct is not None:
+            # Every result is decided per distinct value and taken by the codes once.
+            row_codes, values = distinct
+            per_value = parse(values)
+            counts = np.bincount(row_codes, minlength=len(values))
+            missing_values = per_value["missing"].to_numpy(dtype=bool)
+            empty_values = per_value["empty"].to_numpy(dtype=bool)
+            if numeric:
+                number_values = per_value["number"]
+                missing_values = missing_values | number_values.isin(numeric_codes).to_numpy()
+                bad_values = number_values.isna().to_numpy() & ~empty_values & ~missing_values
+                kept_values = number_values.mask(missing_values).to_numpy(dtype="float64")
+            else:
+                kept_values = (
+                    per_value["text"].mask(missing_values | empty_values).to_numpy(dtype=object)
+                )
+            run.missing_counts[col] = int(counts[missing_values].sum())
+            frame[col] = pd.Series(kept_values[row_codes], index=frame.index)
+            if not numeric:
+                continue
+            text = pd.Series(per_value["text"].to_numpy(dtype=object)[row_codes], index=frame.index)
+            frame["_text_" + col] = text
+            bad = pd.Series(bad_values[row_codes], index=frame.index)
+            if bad.any():
+                _not_a_number(run, frame, col, text, bad, decimal)
+                frame = run.frame
+                known = run.distinct_values()  # empty when rows were dropped
+            continue
         parsed = _per_value(frame[col], parse)
         text, empty, missing = parsed["text"], parsed["empty"], parsed["missing"]
         if not numeric:
@@ -348,30 +397,42 @@ def parse_values(run: CleanRun) -> None:
         frame[col] = number.mask(missing)
         frame["_text_" + col] = text
         if bad.any():
-            run.frame = frame
-            hint = ""
-            comma = text[bad].str.fullmatch(r"-?\d+,\d+")
-            if comma.any() and decimal != ",":
-                hint = (
-                    " The file writes decimals with a comma: set `read.decimal: ','` for this "
-                    f"study in {run.config}."
-                )
-            if run.salt is None:
-                reason = text[bad].map(lambda v: f"{v!r} is not a number")
-            else:
-                reason = "the value is not a number"
-            run.apply(
-                "not_a_number",
-                bad,
-                column=col,
-                reason=reason,
-                fix=(
-                    "Correct the value, or declare it under `read.missing_codes` if it means "
-                    f"'missing'.{hint}"
-                ),
-            )
+            _not_a_number(run, frame, col, text, bad, decimal)
             frame = run.frame
+            known = run.distinct_values()
     run.frame = frame
+    run.distinct, run.distinct_rows = {}, None  # parsed: the raw codes are not needed again
+
+
+def _not_a_number(
+    run: CleanRun, frame: pd.DataFrame, col: str, text: pd.Series, bad: pd.Series, decimal: str
+) -> None:
+    """Apply ``not_a_number`` to the rows of *bad* (text in the numeric column *col*).
+
+    Sets ``run.frame`` (to *frame*, less the rows the policy drops).
+    """
+    run.frame = frame
+    hint = ""
+    comma = text[bad].str.fullmatch(r"-?\d+,\d+")
+    if comma.any() and decimal != ",":
+        hint = (
+            " The file writes decimals with a comma: set `read.decimal: ','` for this "
+            f"study in {run.config}."
+        )
+    if run.salt is None:
+        reason = text[bad].map(lambda v: f"{v!r} is not a number")
+    else:
+        reason = "the value is not a number"
+    run.apply(
+        "not_a_number",
+        bad,
+        column=col,
+        reason=reason,
+        fix=(
+            "Correct the value, or declare it under `read.missing_codes` if it means "
+            f"'missing'.{hint}"
+        ),
+    )
 
 
 #: Category columns whose label spellings are merged (``label_variant``); endings are
@@ -515,10 +576,11 @@ def patient_level_values(run: CleanRun) -> None:
     for col in [*PATIENT_LEVEL, *moderators]:
         if col not in run.frame:
             continue
-        f = run.frame[["patient", "session", col]].sort_values(
+        # Only the rows that record a value are sorted (a stable sort of them keeps the
+        # order they have in the sorted table).
+        recorded = run.frame.loc[run.frame[col].notna(), ["patient", "session", col]].sort_values(
             ["patient", "session"], kind="mergesort"
         )
-        recorded = f[f[col].notna()]
         kinds = recorded.groupby("patient")[col].nunique()
         conflicting = kinds.index[kinds > 1]
         if len(conflicting):
@@ -530,7 +592,7 @@ def patient_level_values(run: CleanRun) -> None:
             target = (
                 of.index[of[col].ne(first)]
                 if run.policies["ending_conflict"] == "error"
-                else f.index[f["patient"].isin(conflicting)]
+                else run.frame.index[run.frame["patient"].isin(conflicting)]
             )
             mask = pd.Series(False, index=run.frame.index)
             mask.loc[target] = True
@@ -548,6 +610,5 @@ def patient_level_values(run: CleanRun) -> None:
                 fix=f"Record one {col} per patient (on any or all of the patient's rows).",
             )
         if len(recorded):
-            run.frame = run.frame.assign(
-                **{col: run.frame.groupby("patient")[col].transform("first")}
-            )
+            # Set on the run's own table: ``assign`` would copy every column.
+            run.frame[col] = run.frame.groupby("patient")[col].transform("first")

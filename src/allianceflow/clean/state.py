@@ -250,9 +250,32 @@ class CleanRun:
         self.system_rule: dict[Any, str] = {}
         #: Each patient's first recorded arm and its source row, taken before any row rule.
         self.first_arm: pd.DataFrame | None = None
+        #: Codes and distinct values of the raw all-text columns, by raw name, taken by the
+        #: privacy guard, and the source rows they are aligned with: the value columns are
+        #: not rewritten before they are parsed, so while the rows are these rows the
+        #: later steps reuse them instead of factorising the columns again.
+        self.distinct: dict[str, tuple[np.ndarray, pd.Series]] = {}
+        self.distinct_rows: np.ndarray | None = None
         self.result: CleanResult | None = None
 
     # ------------------------------------------------------------------ small helpers
+    def distinct_values(self) -> dict[str, tuple[np.ndarray, pd.Series]]:
+        """Codes and distinct values of the canonical columns, while the rows are unchanged.
+
+        Empty once a step has dropped or reordered rows (the source rows differ from
+        those the privacy guard saw); see :attr:`distinct`.
+        """
+        if not self.distinct or self.distinct_rows is None or "_source_row" not in self.frame:
+            return {}
+        rows = self.frame["_source_row"].to_numpy()
+        if len(rows) != len(self.distinct_rows) or not np.array_equal(rows, self.distinct_rows):
+            return {}
+        return {
+            column: self.distinct[raw]
+            for column, raw in self.raw_names.items()
+            if raw in self.distinct and column in self.frame
+        }
+
     @property
     def has_dates(self) -> bool:
         """Whether the sessions carry calendar dates (a column mapped to ``date``)."""
