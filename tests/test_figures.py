@@ -555,3 +555,36 @@ def test_pdfs_embed_the_lean_subset_and_are_the_same_bytes_twice(analysis, tmp_p
 
     font = TTFont(io.BytesIO(zlib.decompress(stream.group(1))))
     assert "glyf" in font and not {"GSUB", "GPOS", "kern"} & set(font.keys())
+
+
+def _ratio_record(low: float, ratio: float, high: float) -> dict:
+    return {
+        "name": "m",
+        "family": "binomial",
+        "fixed": [{"term": "x", "estimate": np.log(ratio), "ci_low": 0.0, "ci_high": 0.0}],
+        "ratios": [{"term": "x", "ratio": ratio, "ci_low": low, "ci_high": high}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("low", "ratio", "high", "labels"),
+    [
+        (0.22, 0.6, 2.9, ["0.2", "0.5", "1", "2"]),  # a decade: 1, 2, 5 times powers of ten
+        (1.011, 1.016, 1.0214, ["1", "1.005", "1.01", "1.015", "1.02"]),  # 2 %: even steps
+        (0.004, 0.05, 0.9, ["0.01", "0.03", "0.1", "0.3", "1"]),  # over two decades
+    ],
+)
+def test_ratio_axes_are_labelled_in_plain_numbers_that_do_not_overlap(low, ratio, high, labels):
+    """Issue 20: log-axis labels such as 1.005×10⁰ printed over each other."""
+    import matplotlib.pyplot as plt
+
+    fig = F.plot_forest(_ratio_record(low, ratio, high))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lo, hi = sorted(ax.get_xlim())
+    shown = [t for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert [t.get_text() for t in shown] == labels
+    assert not [t for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    boxes = [t.get_window_extent() for t in shown]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    plt.close(fig)

@@ -682,6 +682,7 @@ def plot_forest(
         ax.set_ylim(-0.6, len(terms) - 0.4)
         if ratio_axis:
             ax.set_xscale("log")
+            _ratio_ticks(ax, ax.dataLim.x0, ax.dataLim.x1)
             ax.set_xlabel(f"{ratio_axis} (95% CI, log scale)")
         else:
             ax.set_xlabel("Estimate (95% CI)")
@@ -692,6 +693,34 @@ def plot_forest(
         if k > 1:
             _legend_below(fig, ax, ncols=1)
     return fig
+
+
+def _ratio_ticks(ax, low: float, high: float) -> None:
+    """Label a log ratio axis with plain numbers (0.5, 1, 2), never overprinted.
+
+    matplotlib's log-axis labels are powers of ten (``2 × 10⁻¹``), and on an axis that
+    spans less than a decade every minor tick gets one, so that they run into each other.
+    Here the labelled ticks are 1, 2 and 5 times the powers of ten when the axis (*low* to
+    *high*, and 1) spans up to a decade and a half; 1 and 3 times them up to three decades;
+    the powers of ten beyond; and, when it spans less than a factor of 3 (``1.00`` to
+    ``1.02``), up to six evenly spaced values. The other ticks stay as unlabelled marks.
+    """
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter
+
+    span = np.log10(max(high, 1.0) / min(low, 1.0))  # the dotted line at 1 is in view
+    if not np.isfinite(span):  # no positive data: matplotlib's own ticks
+        return
+    if span < np.log10(3.0):
+        locator = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10])
+    elif span <= 1.5:
+        locator = LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+    elif span <= 3:
+        locator = LogLocator(base=10, subs=(1.0, 3.0))
+    else:
+        locator = LogLocator(base=10)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_caterpillar(
