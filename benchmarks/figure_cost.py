@@ -20,8 +20,8 @@ numbers are medians over ``--repeat`` workers. ``--profile FILE`` instead writes
 
 Usage::
 
-    python benchmarks/figure_cost.py --run RUN --label after --repeat 5 \
-        >> benchmarks/results/figure_cost.txt
+    python benchmarks/figure_cost.py --run RUN --label after --repeat 3 \
+        --append benchmarks/results/figure_cost.txt
 
 CPU time (``time.process_time``) is what the pipeline's budget counts; it moves much less
 with the machine's load than wall time, but the load average is printed with the numbers.
@@ -465,6 +465,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="write a cProfile of one pass here")
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--outputs", type=Path, help="keep the last pass's files here")
+    parser.add_argument("--append", type=Path, help="also append the report to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -498,7 +499,11 @@ def main() -> None:
             )
             results.append(json.loads(done.stdout))
         n_jobs = {k: sum(r["kind"] == k for r in results[0]["warm"]) for k in ("figure", "table")}
-        sys.stdout.write(_report(args.label, results, n_jobs))
+        report = _report(args.label, results, n_jobs)
+        sys.stdout.write(report)
+        if args.append:
+            with args.append.open("a", encoding="utf-8") as fh:
+                fh.write(report + "\n")
         if args.outputs:
             shutil.copytree(work / "results", args.outputs, dirs_exist_ok=True)
 
