@@ -494,3 +494,97 @@ def test_a_glmm_forest_plot_shows_odds_ratios_on_a_log_axis():
     assert linear.axes[0].get_xlabel() == "Estimate (95% CI)"
     plt.close(fig)
     plt.close(linear)
+
+
+# --------------------------------------------------------------------------- saving cost (issue 20)
+
+
+def test_the_order_of_the_paths_does_not_change_the_files(analysis, tmp_path):
+    """PNG first, then the vector formats on one layout, whatever order the paths come in."""
+    made = {}
+    for run, order in (("a", ("png", "pdf", "svg")), ("b", ("svg", "pdf", "png"))):
+        paths = [tmp_path / f"{run}.{ext}" for ext in order]
+        save_figure(plot_within_between(analysis), paths)
+        made[run] = {p.suffix: sha256_file(p) for p in paths}
+    assert made["a"] == made["b"]
+
+
+def test_pdf_font_subsets_keep_every_outline_and_width_and_drop_layout_tables():
+    """The lean subset draws each glyph as matplotlib's own subset does."""
+    from fontTools.ttLib import TTFont
+    from matplotlib.backends import _backend_pdf_ps
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    path = findfont(FontProperties(family="DejaVu Sans"))
+    font = get_font(path)
+    glyphs = {font.get_char_index(ord(c)) for c in "Odds ratio (95% CI) −0.25 × b² ≥ fi"}
+    with _backend_pdf_ps.get_glyphs_subset(path, glyphs) as theirs:
+        theirs_font = TTFont(_backend_pdf_ps.font_as_file(theirs.font))
+        their_map = dict(theirs.glyph_index_map)
+    with F._glyphs_subset(path, glyphs) as ours:
+        ours_font = TTFont(_backend_pdf_ps.font_as_file(ours.font))
+        our_map = dict(ours.glyph_index_map)
+    assert glyphs <= set(our_map)  # every glyph drawn is in the subset
+    assert not {"GSUB", "GPOS", "GDEF", "kern", "MATH"} & set(ours_font.keys())
+    assert {"GSUB", "GPOS"} <= set(theirs_font.keys())
+    for tag in ("name", "cvt ", "fpgm", "prep"):  # names and hinting programs
+        assert ours_font.reader[tag] == theirs_font.reader[tag], tag
+    our_order, their_order = ours_font.getGlyphOrder(), theirs_font.getGlyphOrder()
+    for gid in glyphs:
+        ours_name, theirs_name = our_order[our_map[gid]], their_order[their_map[gid]]
+        assert ours_name == theirs_name
+        ours_glyph, theirs_glyph = ours_font["glyf"][ours_name], theirs_font["glyf"][theirs_name]
+        assert ours_glyph.compile(ours_font["glyf"]) == theirs_glyph.compile(theirs_font["glyf"])
+        assert ours_font["hmtx"][ours_name] == theirs_font["hmtx"][theirs_name]
+
+
+def test_pdfs_embed_the_lean_subset_and_are_the_same_bytes_twice(analysis, tmp_path):
+    import re
+    import zlib
+
+    from fontTools.ttLib import TTFont
+
+    pdfs = [tmp_path / "a.pdf", tmp_path / "b.pdf"]
+    for pdf in pdfs:
+        save_figure(plot_within_between(analysis), [pdf])
+    data = pdfs[0].read_bytes()
+    assert data == pdfs[1].read_bytes()
+    (ref,) = set(re.findall(rb"/FontFile2 (\d+) 0 R", data))
+    stream = re.search(rb"\n" + ref + rb" 0 obj\n<<.*?>>\nstream\n(.*?)\nendstream", data, re.S)
+    import io
+
+    font = TTFont(io.BytesIO(zlib.decompress(stream.group(1))))
+    assert "glyf" in font and not {"GSUB", "GPOS", "kern"} & set(font.keys())
+
+
+def _ratio_record(low: float, ratio: float, high: float) -> dict:
+    return {
+        "name": "m",
+        "family": "binomial",
+        "fixed": [{"term": "x", "estimate": np.log(ratio), "ci_low": 0.0, "ci_high": 0.0}],
+        "ratios": [{"term": "x", "ratio": ratio, "ci_low": low, "ci_high": high}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("low", "ratio", "high", "labels"),
+    [
+        (0.22, 0.6, 2.9, ["0.2", "0.5", "1", "2"]),  # a decade: 1, 2, 5 times powers of ten
+        (1.011, 1.016, 1.0214, ["1", "1.005", "1.01", "1.015", "1.02"]),  # 2 %: even steps
+        (0.004, 0.05, 0.9, ["0.01", "0.03", "0.1", "0.3", "1"]),  # over two decades
+    ],
+)
+def test_ratio_axes_are_labelled_in_plain_numbers_that_do_not_overlap(low, ratio, high, labels):
+    """Issue 20: log-axis labels such as 1.005×10⁰ printed over each other."""
+    import matplotlib.pyplot as plt
+
+    fig = F.plot_forest(_ratio_record(low, ratio, high))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lo, hi = sorted(ax.get_xlim())
+    shown = [t for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert [t.get_text() for t in shown] == labels
+    assert not [t for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    boxes = [t.get_window_extent() for t in shown]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    plt.close(fig)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +64,8 @@ Width = Literal["one", "two"]
 ONE_COLUMN = 3.35
 TWO_COLUMNS = 6.85
 _RC = Path(__file__).with_name("matplotlibrc")
+#: The order files are saved in (:func:`_save_all`).
+_SAVE_ORDER = ("png", "pdf", "svg")
 _METADATA = {
     "png": {"Software": None},
     "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
@@ -88,12 +91,120 @@ def save_figure(fig: matplotlib.figure.Figure, paths) -> None:
 
 
 def _save_all(fig: matplotlib.figure.Figure, paths) -> None:
+    """Save *fig* to *paths*: the PNG, then the PDF and the SVG on one layout.
+
+    A layout engine (constrained layout) places the axes from the text sizes the format's
+    renderer measures: the PNG's at 300 dpi, the PDF's and the SVG's in points, which
+    agree with each other to within half a point. The PDF (or the first vector format) is
+    laid out and the SVG is drawn on its layout instead of laying the figure out again.
+    The files are saved in that order whatever the order of *paths*, so the same figure
+    gives the same bytes.
+    """
+    saves = []
     for path in map(Path, paths):
         fmt = path.suffix.lstrip(".").lower()
         if fmt not in _METADATA:
             raise ValueError(f"`paths` must end in .png, .pdf or .svg; got {path.name!r}.")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, metadata=_METADATA[fmt], dpi=300, bbox_inches=None)
+        saves.append((_SAVE_ORDER.index(fmt), path, fmt))
+    engine = fig.get_layout_engine()
+    vector_laid_out = False
+    try:
+        for _, path, fmt in sorted(saves, key=lambda save: save[0]):  # stable
+            vector = fmt != "png"
+            if vector and vector_laid_out and engine is not None:
+                fig.set_layout_engine("none")  # keep the positions the last save computed
+            with atomic_path(path) as tmp, _lean_font_subsets(fmt == "pdf"):
+                fig.savefig(tmp, format=fmt, metadata=_METADATA[fmt], dpi=300, bbox_inches=None)
+            vector_laid_out = vector_laid_out or vector
+    finally:
+        if engine is not None and fig.get_layout_engine() is not engine:
+            fig.set_layout_engine(engine)
+
+
+# --------------------------------------------------------------------------- PDF font subsets
+
+#: OpenType tables a PDF reader never uses: glyph substitution and positioning (GSUB, GPOS,
+#: GDEF, BASE, JSTF, the old ``kern``) and math layout (MATH). matplotlib has already shaped
+#: and placed every glyph when it writes the PDF; the reader draws the embedded outlines
+#: (``glyf``) at those positions with the embedded advance widths (``hmtx``).
+_LAYOUT_TABLES = ("GSUB", "GPOS", "GDEF", "BASE", "JSTF", "kern", "MATH")
+
+
+@contextmanager
+def _lean_font_subsets(active: bool = True) -> Iterator[None]:
+    """Subset fonts for the PDF backend from copies without their layout tables.
+
+    matplotlib embeds each font of a PDF (Type 42, ``pdf.fonttype: 42``) as a subset made
+    with fontTools, which reads and subsets the whole font file, GSUB and GPOS included,
+    for every PDF: most of the cost of saving a PDF. The subsets made here hold the same
+    glyph outlines, advance widths, hinting programs and names, so every glyph is drawn
+    the same; the layout tables (:data:`_LAYOUT_TABLES`), which no PDF reader uses, are left
+    out of the font before subsetting. Without matplotlib's subsetting hook (another
+    matplotlib version) the PDF is written as matplotlib writes it.
+    """
+    try:
+        from matplotlib.backends import _backend_pdf_ps as pdf_ps
+    except ImportError:  # pragma: no cover - another matplotlib layout
+        pdf_ps = None
+    original = getattr(pdf_ps, "get_glyphs_subset", None)
+    if not active or original is None or not hasattr(pdf_ps, "SubsetResults"):
+        yield
+        return
+    pdf_ps.get_glyphs_subset = _glyphs_subset
+    try:
+        yield
+    finally:
+        pdf_ps.get_glyphs_subset = original
+
+
+def _glyphs_subset(fontfile, glyphs):
+    """:func:`matplotlib.backends._backend_pdf_ps.get_glyphs_subset` on a lean copy.
+
+    The options are matplotlib's (glyph names kept, recommended glyphs added, its extra
+    tables dropped), plus :data:`_LAYOUT_TABLES`; the font is read from memory
+    (:func:`_lean_font`).
+    """
+    import io as _bytes_io
+
+    from fontTools import subset
+    from matplotlib.backends import _backend_pdf_ps as pdf_ps
+
+    options = subset.Options(glyph_names=True, recommended_glyphs=True)
+    options.drop_tables += [
+        *("FFTM", "PfEd", "BDF", "meta", "MERG", "TSIV", "Zapf", "bdat", "bloc", "cidg"),
+        *("fdsc", "feat", "fmtx", "fond", "just", "kerx", "ltag", "morx", "trak", "xref"),
+        *_LAYOUT_TABLES,
+    ]
+    path = str(fontfile)
+    face = int(getattr(fontfile, "face_index", 0))
+    font = subset.load_font(_bytes_io.BytesIO(_lean_font(path, face)), options)
+    subsetter = subset.Subsetter(options=options)
+    subsetter.populate(gids=glyphs)
+    subsetter.subset(font)
+    return pdf_ps.SubsetResults(font, subsetter.glyph_index_map)._as_cm()
+
+
+@cache
+def _lean_font(path: str, face_index: int) -> bytes:
+    """The font at *path* (face *face_index* of a collection) without its layout tables.
+
+    Read once per process; the tables kept are copied byte for byte (nothing is
+    recompiled, and the ``head`` timestamp is the file's, so subsets are the same bytes on
+    every run).
+    """
+    import io as _bytes_io
+
+    from fontTools import ttLib
+
+    with ttLib.TTFont(
+        path, fontNumber=face_index, lazy=True, recalcBBoxes=False, recalcTimestamp=False
+    ) as font:
+        for tag in _LAYOUT_TABLES:
+            if tag in font:
+                del font[tag]
+        out = _bytes_io.BytesIO()
+        font.save(out, reorderTables=False)
+    return out.getvalue()
 
 
 def _fit_line(ax, x: np.ndarray, y: np.ndarray, colour: str) -> float:
@@ -571,6 +682,7 @@ def plot_forest(
         ax.set_ylim(-0.6, len(terms) - 0.4)
         if ratio_axis:
             ax.set_xscale("log")
+            _ratio_ticks(ax, ax.dataLim.x0, ax.dataLim.x1)
             ax.set_xlabel(f"{ratio_axis} (95% CI, log scale)")
         else:
             ax.set_xlabel("Estimate (95% CI)")
@@ -581,6 +693,34 @@ def plot_forest(
         if k > 1:
             _legend_below(fig, ax, ncols=1)
     return fig
+
+
+def _ratio_ticks(ax, low: float, high: float) -> None:
+    """Label a log ratio axis with plain numbers (0.5, 1, 2), never overprinted.
+
+    matplotlib's log-axis labels are powers of ten (``2 × 10⁻¹``), and on an axis that
+    spans less than a decade every minor tick gets one, so that they run into each other.
+    Here the labelled ticks are 1, 2 and 5 times the powers of ten when the axis (*low* to
+    *high*, and 1) spans up to a decade and a half; 1 and 3 times them up to three decades;
+    the powers of ten beyond; and, when it spans less than a factor of 3 (``1.00`` to
+    ``1.02``), up to six evenly spaced values. The other ticks stay as unlabelled marks.
+    """
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter
+
+    span = np.log10(max(high, 1.0) / min(low, 1.0))  # the dotted line at 1 is in view
+    if not np.isfinite(span):  # no positive data: matplotlib's own ticks
+        return
+    if span < np.log10(3.0):
+        locator = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10])
+    elif span <= 1.5:
+        locator = LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+    elif span <= 3:
+        locator = LogLocator(base=10, subs=(1.0, 3.0))
+    else:
+        locator = LogLocator(base=10)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_caterpillar(
@@ -1070,9 +1210,9 @@ def _connect(ax, boxes: list, edges: list[tuple[int, int, str]]) -> None:
     'down': bottom centre to top centre; 'right': from the vertical arrow below the source
     box to the left edge of the target box.
     """
-    fig = ax.figure
-    fig.canvas.draw()  # lays out the boxes so their extents are known
-    renderer = fig.canvas.get_renderer()
+    renderer = ax.figure.canvas.get_renderer()
+    for box in boxes:  # size each box around its text (what drawing the figure would do)
+        box.update_bbox_position_size(renderer)
     inv = ax.transAxes.inverted()
     extent = [inv.transform(b.get_bbox_patch().get_window_extent(renderer)) for b in boxes]
     for a, b, kind in edges:
