@@ -1479,6 +1479,12 @@ fit_model(d.groupby("p").first().reset_index(), "b ~ x + (1 | t)", family="binom
     [
         # a table or figure job reads fitted models: no scipy, no engine
         ("import allianceflow.models.result", ""),
+        # nor does a figure or table job's code (the pooled forest plot, Wilson intervals)
+        (
+            "import allianceflow.stages, allianceflow.figures, allianceflow.tables, "
+            "allianceflow.pool, allianceflow.effects, allianceflow.labels",
+            "",
+        ),
         # the fast engine (LMM, Kenward–Roger df) and the GLMM: neither statsmodels nor
         # scipy.stats nor patsy (plain numeric fixed effects)
         (_FIT_BOTH, "allianceflow.models.engine,scipy.optimize,scipy.special"),

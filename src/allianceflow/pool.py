@@ -54,7 +54,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ._checks import check_columns, check_frame
 from .models.inference import round_sig
@@ -453,6 +452,7 @@ def random_effects(
     modification for random-effects meta-analysis with few studies. *BMC Medical Research
     Methodology, 15*, 99.
     """
+    from scipy import stats  # imported here: the forest plot's job does not need it
     from statsmodels.stats.meta_analysis import combine_effects
 
     _check_method(method)
@@ -654,6 +654,8 @@ def meta_analysis(
     >>> round(res["pooled"]["r"], 4), res["heterogeneity"]["tau2"]
     (0.2648, 0.0)
     """
+    from scipy import stats  # imported here: the forest plot's job does not need it
+
     _check_method(method)
     _check_alpha(alpha)
     _check_columns(effects, [study, r, n])
@@ -1226,6 +1228,8 @@ def compare_stages(
         scale; for the one-stage row they are the (standardised) fixed effect, and the r
         interval is the Fisher-z interval around its r-equivalent with ``n = df + 2``.
     """
+    from scipy import stats  # imported here: the forest plot's job does not need it
+
     fixed = {row["term"]: row for row in one_stage["fixed"]}
     if term not in fixed:
         raise KeyError(f"the one-stage model has no fixed effect {term!r}; it has {list(fixed)}.")
