@@ -1,10 +1,10 @@
 """CPU cost of the example's figures and tables, per output and per format (issue 20).
 
 Calls the figure and table stages (``allianceflow.stages``) the way the rules in
-``workflow/rules/figures.smk``, ``tables.smk``, ``moderation.smk``, ``score.smk`` and
-``pool.smk`` call them, with the inputs of a finished example run (``--run DIR``: its
-``data/processed`` and ``results/*/models``, copied to a temporary folder first, so the run
-is only read) and the settings of ``config.yaml``, in fresh interpreters:
+``workflow/rules/figures.smk``, ``tables.smk``, ``score.smk`` and ``pool.smk`` call them,
+with the inputs of a finished example run (``--run DIR``: its ``data/processed`` and
+``results/*/models``, copied to a temporary folder first, so the run is only read) and the
+settings of ``config.yaml``, in fresh interpreters:
 
 * **start-up**: ``import allianceflow.stages`` and the imports a figure or a table job
   pays before it draws (pandas, matplotlib.pyplot, python-docx), process CPU time;
@@ -73,11 +73,32 @@ def _copy_inputs(run: Path, work: Path) -> None:
             shutil.copy2(path, target)
 
 
+def _rebased(value, work: Path):
+    """Return *value* (a step's keyword) with every relative file path under *work*.
+
+    Paths may stand alone or in a list or mapping; other values are returned unchanged.
+    """
+    if isinstance(value, dict):
+        return {k: _rebased(v, work) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rebased(v, work) for v in value]
+    if isinstance(value, str) and value.startswith(("data/", "results/")):
+        return str(work / value)
+    return value
+
+
 def _jobs(work: Path, config_path: Path) -> list[tuple[str, str, Callable[[], None]]]:
-    """Every figure and table of the example as ``(kind, name, call)``, in rule order."""
+    """Every figure and table of the example as ``(kind, name, call)``, in the jobs' order.
+
+    The figures and tables are the steps of the study's figure and table jobs
+    (:func:`allianceflow.stages.figure_steps`, :func:`~allianceflow.stages.table_steps`,
+    which exist from commit 3ca6ae3 on: to rerun the "before" recorded in the results file,
+    use this script as of commit 21f74d1), with their paths under *work*; the reliability
+    table, the pooled forest plot and the power curve are called as their own rules call
+    them.
+    """
     from allianceflow import stages
     from allianceflow.config import load_config
-    from allianceflow.labels import Labels
 
     config = load_config(config_path)
     jobs: list[tuple[str, str, Callable[[], None]]] = []
@@ -85,131 +106,24 @@ def _jobs(work: Path, config_path: Path) -> list[tuple[str, str, Callable[[], No
     def p(*parts: str) -> str:
         return str(work.joinpath(*parts))
 
-    wanted = {  # each figure rule's named inputs (workflow/rules/figures.smk)
-        "within_between": ("analysis", "models"),
-        "trajectories": ("analysis", "model=trajectory"),
-        "caterpillar": ("model=trajectory",),
-        "flow": ("flow", "sessions", "models"),
-        "feedback": ("analysis",),
-        "expected_response": ("analysis",),
-        "ruptures": ("analysis",),
-        "sudden_gains": ("analysis", "sudden_gains"),
-        "reliable_change": ("patients",),
-        "binary_rates": ("patients",),
-        "dropout_curve": ("patients", "model=dropout"),
-        "couple_trajectories": ("analysis",),
-        "split_outcome": ("analysis", "models"),
-    }
     for study, block in config["studies"].items():
-        processed = ("data", "processed", study)
-
-        def model_json(name: str, study=study) -> str:
-            return p("results", study, "models", f"{name}.json")
-
-        models = [model_json(m) for m in block["models"]]
-        trajectory = block["report"]["figures"]["trajectory_model"] or block["models"][0]
-        inputs = {
-            "analysis": p(*processed, "analysis.parquet"),
-            "patients": p(*processed, "patients.parquet"),
-            "sudden_gains": p(*processed, "sudden_gains.csv"),
-            "sessions": p(*processed, "sessions.parquet"),
-            "flow": p(*processed, "flow.json"),
-            "models": models,
-            "trajectory": model_json(trajectory),
-            "dropout": model_json("dropout"),
-        }
-
-        def figure_outs(stem: str, study=study) -> list[str]:
-            return [p("results", study, "figures", f"{stem}.{f}") for f in FIGURE_FORMATS]
-
-        def table_outs(name: str, study=study) -> list[str]:
-            return [p("results", study, "tables", f"{name}.{f}") for f in TABLE_FORMATS]
-
-        for stem in stages.study_figures(block):
-            name = "forest" if stem.startswith("forest_") else stem
-            if name == "forest":
-                named = {"model": model_json(stem[len("forest_") :])}
-            else:
-                named = {}
-                for key in wanted[name]:
-                    arg, _, source = key.partition("=")
-                    named[arg] = inputs[source or arg]
+        steps = [
+            ("figure", step) for step in stages.figure_steps(study, block, config["models"])
+        ] + [("table", step) for step in stages.table_steps(study, block, config["models"])]
+        for kind, step in steps:
+            stem = Path(stages.step_files([step], outputs=True)[0]).stem
+            call = partial(stages.outputs_stage, [_rebased(step, work)])
+            jobs.append((kind, f"{study}/{stem}", call))
+        if "reliability" in stages.study_tables(block):  # compute_reliability renders it
             call = partial(
-                stages.figure_stage,
-                name,
-                inputs=named,
-                settings=stages.figure_settings(name, block),
-                outputs=figure_outs(stem),
+                stages.reliability_table_stage,
+                p("results", study, "tables", "reliability.csv"),
+                outputs=[
+                    p("results", study, "tables", f"reliability.{f}") for f in TABLE_FORMATS[1:]
+                ],
+                **stages.table_settings("reliability", block, config["models"]),
             )
-            jobs.append(("figure", f"{study}/{stem}", call))
-        labels = Labels.from_config(block).to_dict()
-        moderated = stages.moderated_models(block, config["models"])
-        for model in moderated:
-            call = partial(
-                stages.simple_slopes_figure_stage,
-                model_json(model),
-                outcome=block["measures"]["outcome"],
-                labels=labels,
-                outputs=figure_outs(f"simple_slopes_{model}"),
-            )
-            jobs.append(("figure", f"{study}/simple_slopes_{model}", call))
-
-        def settings(name: str, block=block) -> dict:
-            return stages.table_settings(name, block, config["models"])
-
-        min_cell = block["report"]["tables"]["min_cell"]
-        for name in stages.study_tables(block):
-            if name == "reliability":  # compute_reliability renders md, html, tex, docx
-                call = partial(
-                    stages.reliability_table_stage,
-                    p("results", study, "tables", "reliability.csv"),
-                    outputs=table_outs(name)[1:],
-                    **settings(name),
-                )
-            else:
-                call = partial(
-                    stages.descriptive_table_stage,
-                    name,
-                    analysis=inputs["analysis"],
-                    patients=inputs["patients"],
-                    sudden_gains=inputs["sudden_gains"],
-                    min_cell=min_cell,
-                    outputs=table_outs(name),
-                    **settings(name),
-                )
-            jobs.append(("table", f"{study}/{name}", call))
-        for model, path in zip(block["models"], models):
-            call = partial(
-                stages.model_table_stage,
-                path,
-                **dict(zip(TABLE_FORMATS, table_outs(model))),
-                **settings(model),
-            )
-            jobs.append(("table", f"{study}/{model}", call))
-        call = partial(
-            stages.models_table_stage, models, outputs=table_outs("models"), **settings("models")
-        )
-        jobs.append(("table", f"{study}/models", call))
-        if "binary_rates" in stages.study_figures(block):
-            outs = table_outs("binary_effects")
-            call = partial(
-                stages.binary_effects_stage,
-                inputs["patients"],
-                direction=stages.outcome_numbers(block["measures"])["direction"],
-                csv=outs[0],
-                outputs=outs[1:],
-                **settings("binary_effects"),
-            )
-            jobs.append(("table", f"{study}/binary_effects", call))
-        for model in moderated:
-            name = f"simple_slopes_{model}"
-            call = partial(
-                stages.simple_slopes_table_stage,
-                model_json(model),
-                outputs=table_outs(name),
-                **settings(name),
-            )
-            jobs.append(("table", f"{study}/{name}", call))
+            jobs.append(("table", f"{study}/reliability", call))
     meta = work / "results" / "pooled" / "meta_analysis.json"
     if meta.exists():
         call = partial(
