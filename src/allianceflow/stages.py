@@ -903,8 +903,8 @@ def descriptive_table_stage(
 
 
 # --------------------------------------------------------------------------- figures
-# Every figure stage takes its input files and its settings as keywords named as the rule's
-# inputs and as the settings in FIGURES, so that one adapter script can call any of them.
+# Every figure stage takes its input files and its settings as keywords named as in
+# figure_inputs and as the settings in FIGURES, so that figure_stage can call any of them.
 
 
 def arm_counts(sessions, *, arm: str = "condition") -> dict[str, dict[str, int]] | None:

@@ -170,7 +170,7 @@ def get_comparison_models(wildcards):
 
 
 def get_model_results(wildcards):
-    """The fitted-model JSON files of one study (figures and tables that compare models)."""
+    """The fitted-model JSON files of one study (the summary answers each of them)."""
     models = config["studies"][wildcards.study]["models"]
     return [f"results/{wildcards.study}/models/{m}.json" for m in models]
 
@@ -226,18 +226,9 @@ def get_job_inputs(steps):
     return step_files(steps, outputs=False)
 
 
-#: The caption file (workflow/report/) of each kind of figure and table, where it is not
-#: the kind's own name.
-CAPTIONS = {
-    "ruptures_figure": "ruptures_figure",
-    "sudden_gains_figure": "sudden_gains_figure",
-    "simple_slopes_figure": "simple_slopes",
-    "model_table": "model_table",
-    "models_table": "models_table",
-    "simple_slopes_table": "simple_slopes_table",
-    "sudden_gains_table": "sudden_gains_table",
-    "ruptures_table": "ruptures_table",
-}
+#: The caption file (workflow/report/) of a kind of figure or table whose caption is not
+#: named after the kind (the others: workflow/report/<kind>.rst).
+CAPTIONS = {"simple_slopes_figure": "simple_slopes"}
 
 
 def _report_kind(step, stem):
@@ -291,8 +282,6 @@ REPORT_NAMES = {
     "table1": "Table 1: sample characteristics by arm",
     "intake_correlations": "Correlations at intake",
     "clinical_significance": "Reliable and clinically significant change",
-    "sudden_gains": "Sudden gains",
-    "ruptures": "Alliance ruptures and repair",
     "reliability": "Reliability (alpha and omega)",
     "model_table": "Model {model}",
     "binary_effects": "Binary outcomes by arm",
