@@ -11,7 +11,9 @@ from allianceflow.io import package_versions, source_fingerprint
 from allianceflow.power import check_power_config, chunk_seeds
 from allianceflow.stages import (
     CLEAN_OVERRIDES,
+    FIGURE_FORMATS,
     SCORE_OVERRIDES,
+    TABLE_FORMATS,
     figure_steps,
     instrument_overrides,
     step_files,
@@ -48,7 +50,6 @@ POWER_DESIGNS = (
     else {}
 )
 POWER_ANALYSES = config["power"]["analyses"] if config["power"]["enabled"] else []
-FIGURE_FORMATS = ["png", "pdf", "svg"]
 
 
 # ---- settings computed once per run: Snakemake evaluates a job's params again at every
@@ -183,7 +184,6 @@ def get_reliability_table_settings(wildcards):
 def get_study_outputs(study):
     """Every result of one study except its manifest."""
     models = config["studies"][study]["models"]
-    published = ["csv", "md", "html", "tex", "docx"]
     return (
         [f"results/{study}/models/{m}.{ext}" for m in models for ext in ("json", "txt")]
         + [f"results/{study}/models/expected_response.json"]
@@ -193,7 +193,7 @@ def get_study_outputs(study):
             for ext in ("json", "txt")
         ]
         + [f"results/{study}/summary.{ext}" for ext in ("md", "rst")]
-        + [f"results/{study}/tables/reliability.{ext}" for ext in published]
+        + [f"results/{study}/tables/reliability.{ext}" for ext in TABLE_FORMATS]
         + step_files(get_table_steps(study), outputs=True)
         + step_files(get_figure_steps(study), outputs=True)
     )
@@ -444,10 +444,7 @@ def get_pool_outputs():
             "results/pooled/models/one_stage.json",
             "results/pooled/tables/one_vs_two_stage.csv",
         ]
-        + [
-            f"results/pooled/tables/meta_analysis.{ext}"
-            for ext in ("csv", "md", "html", "tex", "docx")
-        ]
+        + [f"results/pooled/tables/meta_analysis.{ext}" for ext in TABLE_FORMATS]
         + [f"results/pooled/figures/meta_forest.{ext}" for ext in FIGURE_FORMATS]
     )
 
