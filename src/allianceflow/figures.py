@@ -1538,7 +1538,7 @@ def dropout_curve(
     which stays inside (0, 1). It is conditional on a therapist random effect of 0 (a
     typical therapist), not averaged over therapists.
     """
-    from scipy import stats
+    from .models.distributions import norm_ppf  # scipy.special's ndtri, as scipy.stats uses
 
     terms = model["vcov_fixed"]["terms"]
     vcov = np.asarray(model["vcov_fixed"]["matrix"], dtype=float)
@@ -1560,7 +1560,7 @@ def dropout_curve(
     b = np.array([beta[t] for t in terms])
     eta = design @ b
     se = np.sqrt(np.einsum("ij,jk,ik->i", design, vcov, design))
-    z = float(stats.norm.ppf(1 - alpha / 2))
+    z = norm_ppf(1 - alpha / 2)
 
     def expit(v):
         return 1.0 / (1.0 + np.exp(-v))
