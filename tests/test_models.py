@@ -1462,6 +1462,12 @@ import numpy as np, pandas as pd
 {prelude}
 print(",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
+_INTAKE_CORRELATIONS = """
+from allianceflow.tables import intake_correlations
+d = pd.DataFrame({"patient": list("abcdef"), "session": 1, "alliance": [1.0, 2, 3, 4, 5, 6],
+                  "outcome": [2.0, 1, 4, 3, 6, 5]})
+assert intake_correlations(d).data["p"].notna().all()
+"""
 _FIT_BOTH = """
 from allianceflow.models import fit_model
 rng = np.random.default_rng(3)
@@ -1485,6 +1491,10 @@ fit_model(d.groupby("p").first().reset_index(), "b ~ x + (1 | t)", family="binom
             "allianceflow.pool, allianceflow.effects, allianceflow.labels",
             "",
         ),
+        # the derive job's modules (on-track bands take the normal quantile when they run)
+        ("import allianceflow.derive, allianceflow.ontrack, allianceflow.clinical", ""),
+        # the intake-correlation table computes Pearson's p without scipy.stats
+        (_INTAKE_CORRELATIONS, "scipy.special"),
         # the fast engine (LMM, Kenward–Roger df) and the GLMM: neither statsmodels nor
         # scipy.stats nor patsy (plain numeric fixed effects)
         (_FIT_BOTH, "allianceflow.models.engine,scipy.optimize,scipy.special"),

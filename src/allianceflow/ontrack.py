@@ -36,7 +36,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ._derive_checks import (
     DIRECTIONS,
@@ -474,7 +473,9 @@ def on_track(
         )
     check_choice(direction, DIRECTIONS, "direction")
     tolerance = check_number(tolerance, "tolerance", minimum=0.0, maximum=0.5, strict_minimum=True)
-    z = float(stats.norm.ppf(1.0 - tolerance))
+    from .models.distributions import norm_ppf  # scipy.special's ndtri, not scipy.stats
+
+    z = norm_ppf(1.0 - tolerance)
     out = data.copy() if copy else data
     intake = _intake(data, score, patient, session)
     out["intake_session"] = out[patient].map(intake["intake_session"]).astype("Int64")
