@@ -500,7 +500,7 @@ def test_a_glmm_forest_plot_shows_odds_ratios_on_a_log_axis():
 
 
 def test_the_order_of_the_paths_does_not_change_the_files(analysis, tmp_path):
-    """PNG first, then the vector formats on one layout, whatever order the paths come in."""
+    """The PDF first, then the SVG and the PNG on its layout, whatever order the paths come in."""
     made = {}
     for run, order in (("a", ("png", "pdf", "svg")), ("b", ("svg", "pdf", "png"))):
         paths = [tmp_path / f"{run}.{ext}" for ext in order]
