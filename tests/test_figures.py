@@ -263,6 +263,15 @@ def _figures(derived, result):
             "intercepts for therapists; random intercepts and session slopes for patients)",
         ),
         "forest_many_terms": F.plot_forest(many),
+        "forest_odds_ratios": F.plot_forest(
+            _odds_ratio_record(),
+            labels={
+                "feedback": "Routine outcome feedback arm (vs treatment as usual)",
+                "outcome_baseline": "ORS total at intake",
+            },
+            title="Reliable deterioration by arm, adjusting for ORS total at intake "
+            "(random intercepts for therapists)",
+        ),
         "caterpillar": F.plot_caterpillar({**result, "conditional_modes": modes}),
         "feedback": F.plot_feedback_curves(a, min_n=1),
         "expected_response": F.plot_expected_response(a),
@@ -277,6 +286,26 @@ def _figures(derived, result):
         "binary_rates": F.plot_binary_rates(p, min_n=1),
         "dropout_curve": F.plot_dropout_curve(_dropout_model(p), p),
         "meta_forest": _meta_forest(),
+    }
+
+
+def _odds_ratio_record():
+    """A logistic GLMM's record as the fit stage writes it: b and the odds ratios."""
+    fixed = [
+        ("Intercept", -3.22, -4.91, -1.54),
+        ("feedback", -0.66, -1.48, 0.16),
+        ("outcome_baseline", 0.01, -0.05, 0.07),
+    ]
+    return {
+        "name": "deterioration",
+        "family": "binomial",
+        "fixed": [
+            {"term": t, "estimate": b, "ci_low": lo, "ci_high": hi} for t, b, lo, hi in fixed
+        ],
+        "ratios": [
+            {"term": t, "ratio": np.exp(b), "ci_low": np.exp(lo), "ci_high": np.exp(hi)}
+            for t, b, lo, hi in fixed
+        ],
     }
 
 
@@ -481,7 +510,10 @@ def test_a_glmm_forest_plot_shows_odds_ratios_on_a_log_axis():
     fig = F.plot_forest(record)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
-    assert ax.get_xlabel() == "Odds ratio (95% CI, log scale)"
+    assert ax.get_xlabel() == "Odds ratio\n(95% CI, log scale)"  # one column: two lines
+    wide = F.plot_forest(record, width="two")
+    assert wide.axes[0].get_xlabel() == "Odds ratio (95% CI, log scale)"
+    plt.close(wide)
     points = ax.containers[0][0]  # the errorbar's data line
     assert list(points.get_xdata()) == [0.607]
     (bars,) = ax.containers[0][2]  # the CI: 0.407 to 0.905 at the term's row

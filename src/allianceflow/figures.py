@@ -684,7 +684,10 @@ def plot_forest(
         if ratio_axis:
             ax.set_xscale("log")
             _ratio_ticks(ax, ax.dataLim.x0, ax.dataLim.x1)
-            ax.set_xlabel(f"{ratio_axis} (95% CI, log scale)")
+            # on one column the axes can be narrower than the label, which would run off
+            # the figure (a label is centred on its axes): two lines
+            gap = "\n" if width == "one" else " "
+            ax.set_xlabel(f"{ratio_axis}{gap}(95% CI, log scale)")
         else:
             ax.set_xlabel("Estimate (95% CI)")
         if title:  # over the whole figure: a long question must not overrun a narrow axes
