@@ -110,6 +110,42 @@ def test_study_naming_an_undefined_model_is_refused(config, schema):
         validate_config(bad, schema)
 
 
+@pytest.mark.parametrize(
+    ("name", "why", "suggestion"),
+    [
+        (
+            "table1",
+            "is also the name of a table every study writes (tables/table1.csv and the other "
+            "formats)",
+            "table1_model",
+        ),
+        ("models", "is also the name of a table every study writes (tables/models.csv", None),
+        (
+            "simple_slopes_growth",
+            "starts with 'simple_slopes_', which names the simple-slopes tables",
+            "growth_model",
+        ),  # fmt: skip
+        ("lrt_growth", "starts with 'lrt_', which names the model comparisons", "growth_model"),
+    ],
+)
+def test_a_model_named_like_another_output_is_refused(config, schema, name, why, suggestion):
+    """A model called like a table (or a comparison) would write that table's files."""
+    bad = copy.deepcopy(config)
+    bad["models"][name] = bad["models"]["alliance_outcome"]
+    with pytest.raises(ConfigError) as error:
+        validate_config(bad, schema)
+    message = str(error.value)
+    assert message.startswith(f"config.yaml: the model name {name!r} under `models` {why}")
+    if suggestion:
+        assert f"Rename the model (and every study or comparison that names it), e.g. to " \
+            f"'{suggestion}'." in message  # fmt: skip
+    assert message.endswith(
+        "Names not to use: table1, reliability, intake_correlations, clinical_significance, "
+        "sudden_gains, ruptures, models, binary_effects, and names starting with "
+        "simple_slopes_ or lrt_."
+    )
+
+
 def test_a_file_that_is_not_a_mapping_is_refused(tmp_path, root):
     path = tmp_path / "config.yaml"
     path.write_text("- just\n- a list\n")

@@ -369,6 +369,36 @@ def _check_presets(name: str, study: dict[str, Any], config: dict[str, Any], sou
                 )
 
 
+def _check_model_names(models: dict[str, Any], source: str) -> None:
+    """Refuse a model name that another output of a study already uses.
+
+    A model's table is ``tables/<model>.*`` and its result ``models/<model>.json``; the
+    descriptive tables, the table of all models, the binary-outcome table, the simple-slopes
+    tables (``simple_slopes_<model>``) and the comparisons (``models/lrt_<a>_vs_<b>``) live
+    beside them (:data:`allianceflow.stages.RESERVED_MODEL_NAMES`).
+    """
+    from .stages import RESERVED_MODEL_NAMES, RESERVED_MODEL_PREFIXES
+
+    for model in models:
+        taken = model in RESERVED_MODEL_NAMES
+        prefix = next((p for p in RESERVED_MODEL_PREFIXES if model.startswith(p)), None)
+        if taken or prefix:
+            why = (
+                f"is also the name of a table every study writes (tables/{model}.csv and "
+                "the other formats)"
+                if taken
+                else f"starts with {prefix!r}, which names the "
+                + ("simple-slopes tables" if prefix == "simple_slopes_" else "model comparisons")
+            )
+            raise ConfigError(
+                f"{source}: the model name {model!r} under `models` {why}, so the two could "
+                "write the same file. Rename the model (and every study or comparison that "
+                f"names it), e.g. to '{model.removeprefix(prefix or '')}_model'. Names not "
+                f"to use: {', '.join(RESERVED_MODEL_NAMES)}, and names starting with "
+                f"{' or '.join(RESERVED_MODEL_PREFIXES)}."
+            )
+
+
 def validate_config(
     config: dict[str, Any],
     schema: dict[str, Any] | str | Path = SCHEMA_PATH,
@@ -416,6 +446,7 @@ def validate_config(
     )
     if errors:
         raise ConfigError(_describe(errors[0], source))
+    _check_model_names(resolved["models"], source)
     for name, study in resolved["studies"].items():
         for model in study["models"]:
             if model not in resolved["models"]:

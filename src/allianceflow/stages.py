@@ -807,6 +807,12 @@ DESCRIPTIVE_TABLES = (
     "sudden_gains",
     "ruptures",
 )
+#: Tables a study's table job writes besides one per model (``tables/<model>.*``): a model
+#: named like one of them would write the same files, and so would a model whose name starts
+#: with ``simple_slopes_`` (a moderated model's simple slopes) or, among the model results,
+#: with ``lrt_`` (a comparison). :func:`allianceflow.config.validate_config` refuses them.
+RESERVED_MODEL_NAMES = (*DESCRIPTIVE_TABLES, "models", "binary_effects")
+RESERVED_MODEL_PREFIXES = ("simple_slopes_", "lrt_")
 
 
 def study_tables(study: dict[str, Any]) -> list[str]:
