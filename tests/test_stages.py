@@ -179,3 +179,47 @@ def test_clean_settings_lays_the_sections_side_by_side(studies):
     assert settings["rules"]["session_gap"] == "flag"
     assert settings["instruments"] == {"wai_sr": {"max_missing": 1}, "ors": {"rci": 5}}
     assert "hash_ids" not in settings and "alliance" not in settings
+
+
+_RUN_STEP_GC = """
+import gc, weakref
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from allianceflow.stages import run_step
+
+fig = plt.figure()
+alive = weakref.ref(fig)
+with run_step(None):
+    pass
+plt.close(fig)
+del fig
+gc.collect()
+print(gc.get_freeze_count() == 0, alive() is None)
+with run_step(None, own_process=True):
+    pass
+print(gc.get_freeze_count() > 0)
+"""
+
+
+def test_only_a_job_process_hands_its_objects_to_the_permanent_generation():
+    """run_step freezes the garbage collector only with own_process (the Snakemake scripts).
+
+    Without it (a notebook) a figure closed after a step is still collected.
+    """
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _RUN_STEP_GC], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_every_snakemake_script_runs_its_step_as_its_own_process(root):
+    """Each adapter in workflow/scripts wraps its work in run_step(..., own_process=True)."""
+    scripts = sorted((root / "workflow" / "scripts").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        text = script.read_text(encoding="utf-8")
+        assert text.count("with run_step(snakemake.log[0], own_process=True):") == 1, script.name

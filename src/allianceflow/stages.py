@@ -91,7 +91,9 @@ log = logging.getLogger("allianceflow")
 
 
 @contextmanager
-def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[logging.Logger]:
+def run_step(
+    log_path: str | Path | None, *, debug: bool = False, own_process: bool = False
+) -> Iterator[logging.Logger]:
     """Log a step to *log_path* and turn a researcher's error into one paragraph.
 
     On a :class:`DataError` or :class:`ConfigError` the step prints the error's paragraph to
@@ -99,18 +101,20 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
     *debug*). A step that ends normally logs the CPU time of its process, and how much
     of it went before the step began (interpreter start and imports).
 
-    It is made for a job's own process (a Snakemake script): it sets the process's logging,
-    its Matplotlib backend and its garbage collector. What the job has imported when the
-    step begins, and everything left when it ends, is moved to the collector's permanent
-    generation (:func:`gc.freeze`), which the step's full collections and the interpreter's
-    collections at exit do not walk. Modules live until the process exits anyway, and an
-    object there that becomes garbage is still freed by reference counting (only a
-    reference cycle among them waits for the exit). Exit alone cost a job with pandas,
-    SciPy and Matplotlib about 0.3 CPU-s, almost all of it those collections
-    (``benchmarks/results/pipeline_cpu.txt``).
+    It sets the process's logging and its Matplotlib backend: it is made for a job's own
+    process. With *own_process* (every Snakemake script passes it: the step is all its
+    process does) it also hands what the job has imported when the step begins, and
+    everything left when it ends, to the garbage collector's permanent generation
+    (:func:`gc.freeze`), which the step's full collections and the interpreter's
+    collections at exit do not walk. An object there that becomes garbage is still freed by
+    reference counting; only a reference cycle among them waits for the exit, which is why
+    a notebook or another long-lived process should leave *own_process* off. Exit alone
+    cost a job with pandas, SciPy and Matplotlib loaded about 0.35 CPU-s, almost all of it
+    those collections, and 0.04 with them frozen (``benchmarks/results/pipeline_cpu.txt``).
     """
     started = time.process_time()
-    gc.freeze()
+    if own_process:
+        gc.freeze()
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files here, never windows
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path is not None:
@@ -131,7 +135,8 @@ def run_step(log_path: str | Path | None, *, debug: bool = False) -> Iterator[lo
             time.process_time(),
             started,
         )
-        gc.freeze()
+        if own_process:
+            gc.freeze()
     except ValueError as error:
         if debug or not isinstance(error, _researcher_errors()):
             raise
@@ -807,11 +812,13 @@ DESCRIPTIVE_TABLES = (
     "sudden_gains",
     "ruptures",
 )
-#: Tables a study's table job writes besides one per model (``tables/<model>.*``): a model
-#: named like one of them would write the same files, and so would a model whose name starts
-#: with ``simple_slopes_`` (a moderated model's simple slopes) or, among the model results,
-#: with ``lrt_`` (a comparison). :func:`allianceflow.config.validate_config` refuses them.
-RESERVED_MODEL_NAMES = (*DESCRIPTIVE_TABLES, "models", "binary_effects")
+#: Files a study writes besides one per model (``tables/<model>.*``, ``models/<model>.json``):
+#: its tables, and the expected-response model derive writes among the model results. A
+#: model named like one of them (in any case: some file systems ignore it) would write the
+#: same files, and so could a model whose name starts with ``simple_slopes_`` (a moderated
+#: model's simple slopes) or ``lrt_`` (a comparison).
+#: :func:`allianceflow.config.validate_config` refuses them.
+RESERVED_MODEL_NAMES = (*DESCRIPTIVE_TABLES, "models", "binary_effects", "expected_response")
 RESERVED_MODEL_PREFIXES = ("simple_slopes_", "lrt_")
 
 

@@ -6,7 +6,7 @@ rendered html, tex and docx from reliability_table_stage.
 
 from allianceflow.stages import reliability_stage, reliability_table_stage, run_step
 
-with run_step(snakemake.log[0]):
+with run_step(snakemake.log[0], own_process=True):
     reliability_stage(
         snakemake.input.sessions,
         instruments=snakemake.params.instruments,

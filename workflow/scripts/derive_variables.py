@@ -2,7 +2,7 @@
 
 from allianceflow.stages import derive_stage, run_step
 
-with run_step(snakemake.log[0]):
+with run_step(snakemake.log[0], own_process=True):
     derive_stage(
         snakemake.input.scored,
         measures=snakemake.params.measures,

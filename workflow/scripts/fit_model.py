@@ -2,7 +2,7 @@
 
 from allianceflow.stages import fit_stage, run_step
 
-with run_step(snakemake.log[0]):
+with run_step(snakemake.log[0], own_process=True):
     fit_stage(
         snakemake.input.analysis,
         snakemake.params.model,

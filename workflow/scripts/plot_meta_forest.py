@@ -2,7 +2,7 @@
 
 from allianceflow.stages import meta_forest_figure_stage, run_step
 
-with run_step(snakemake.log[0]):
+with run_step(snakemake.log[0], own_process=True):
     meta_forest_figure_stage(
         snakemake.input.meta,
         benchmark=snakemake.params.benchmark,

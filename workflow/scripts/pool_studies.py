@@ -2,7 +2,7 @@
 
 from allianceflow.stages import one_stage_spec, pool_stage, run_step
 
-with run_step(snakemake.log[0]):
+with run_step(snakemake.log[0], own_process=True):
     settings = snakemake.params.settings
     pool_stage(
         models=snakemake.params.models,

@@ -2,7 +2,7 @@
 
 from allianceflow.stages import power_chunk_stage, run_step
 
-with run_step(snakemake.log[0]):
+with run_step(snakemake.log[0], own_process=True):
     power_chunk_stage(
         design=snakemake.params.design,
         seeds=snakemake.params.seeds,

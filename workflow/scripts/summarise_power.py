@@ -2,7 +2,7 @@
 
 from allianceflow.stages import power_summary_stage, run_step
 
-with run_step(snakemake.log[0]):
+with run_step(snakemake.log[0], own_process=True):
     power_summary_stage(
         snakemake.input.chunks,
         designs=snakemake.params.designs,

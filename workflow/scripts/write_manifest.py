@@ -2,7 +2,7 @@
 
 from allianceflow.stages import manifest_stage, run_step
 
-with run_step(snakemake.log[0]):
+with run_step(snakemake.log[0], own_process=True):
     manifest_stage(
         study=snakemake.wildcards.study,
         study_config=snakemake.params.resolved,

@@ -2,5 +2,5 @@
 
 from allianceflow.stages import outputs_stage, run_step
 
-with run_step(snakemake.log[0]):
+with run_step(snakemake.log[0], own_process=True):
     outputs_stage(snakemake.params.steps)

@@ -2,7 +2,7 @@
 
 from allianceflow.stages import run_step, summary_stage
 
-with run_step(snakemake.log[0]):
+with run_step(snakemake.log[0], own_process=True):
     summary_stage(
         snakemake.input.models,
         flow=snakemake.input.flow,
