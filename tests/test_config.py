@@ -126,6 +126,15 @@ def test_study_naming_an_undefined_model_is_refused(config, schema):
             "growth_model",
         ),  # fmt: skip
         ("lrt_growth", "starts with 'lrt_', which names the model comparisons", "growth_model"),
+        # a file system that ignores case (macOS, Windows) makes these the same files
+        ("Table1", "is also the name of a table every study writes (tables/table1.csv", None),
+        (
+            "expected_response",
+            "is also the name of the expected-response model derive writes "
+            "(models/expected_response.json)",
+            "expected_response_model",
+        ),
+        ("lrt_", "starts with 'lrt_', which names the model comparisons", "model_lrt"),
     ],
 )
 def test_a_model_named_like_another_output_is_refused(config, schema, name, why, suggestion):
@@ -141,8 +150,8 @@ def test_a_model_named_like_another_output_is_refused(config, schema, name, why,
             f"'{suggestion}'." in message  # fmt: skip
     assert message.endswith(
         "Names not to use: table1, reliability, intake_correlations, clinical_significance, "
-        "sudden_gains, ruptures, models, binary_effects, and names starting with "
-        "simple_slopes_ or lrt_."
+        "sudden_gains, ruptures, models, binary_effects, expected_response (in any case), "
+        "and names starting with simple_slopes_ or lrt_."
     )
 
 

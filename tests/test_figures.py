@@ -379,6 +379,8 @@ def _couple_figures(couples):
 
 @pytest.fixture(scope="module")
 def drawn(derived, couples):
+    import io
+
     import matplotlib.pyplot as plt
 
     result = {
@@ -396,6 +398,12 @@ def drawn(derived, couples):
     }
     figs = {**_figures(derived, result), **_couple_figures(couples)}
     for fig in figs.values():
+        # as the files are made (figures._save_all): laid out by the PDF's save, then drawn
+        # on that layout at the PNG's 300 dpi
+        with F.style():
+            fig.savefig(io.BytesIO(), format="pdf", dpi=300)
+        fig.set_layout_engine("none")
+        fig.set_dpi(300)
         fig.canvas.draw()
     yield figs
     for fig in figs.values():

@@ -237,8 +237,12 @@ def test_pearson_equals_scipy_pearsonr_exactly():
         assert _pearson(x, y) == (float(expected.statistic), float(expected.pvalue))
     r, p = _pearson(np.array([1.0, 2, 3, 4, 5, 6]), np.array([2.0, 1, 4, 3, 6, 5]))
     assert (round(r, 12), round(p, 12)) == (0.828571428571, 0.041562682216)  # r = 29/35
-    constant = _pearson(np.full(5, 3.0), np.arange(5.0))
-    assert np.isnan(constant[0]) and np.isnan(constant[1])
+    # a constant score (3.7: its computed mean is not exactly 3.7) has no correlation
+    for n in (4, 6, 7, 10):
+        constant = _pearson(np.full(n, 3.7), np.arange(float(n)))
+        assert np.isnan(constant[0]) and np.isnan(constant[1]), n
+        with pytest.warns(stats.ConstantInputWarning):
+            assert all(np.isnan(stats.pearsonr(np.full(n, 3.7), np.arange(float(n)))))
 
 
 def test_every_format_is_byte_identical_and_readable(tmp_path, result):

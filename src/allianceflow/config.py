@@ -373,30 +373,42 @@ def _check_model_names(models: dict[str, Any], source: str) -> None:
     """Refuse a model name that another output of a study already uses.
 
     A model's table is ``tables/<model>.*`` and its result ``models/<model>.json``; the
-    descriptive tables, the table of all models, the binary-outcome table, the simple-slopes
-    tables (``simple_slopes_<model>``) and the comparisons (``models/lrt_<a>_vs_<b>``) live
-    beside them (:data:`allianceflow.stages.RESERVED_MODEL_NAMES`).
+    descriptive tables, the table of all models, the binary-outcome table, the
+    expected-response model (``models/expected_response.json``), the simple-slopes tables
+    (``simple_slopes_<model>``) and the comparisons (``models/lrt_<a>_vs_<b>``) live beside
+    them (:data:`allianceflow.stages.RESERVED_MODEL_NAMES`). Names are compared without
+    regard to case, as macOS's and Windows's file systems compare them.
     """
     from .stages import RESERVED_MODEL_NAMES, RESERVED_MODEL_PREFIXES
 
     for model in models:
-        taken = model in RESERVED_MODEL_NAMES
-        prefix = next((p for p in RESERVED_MODEL_PREFIXES if model.startswith(p)), None)
-        if taken or prefix:
+        folded = model.casefold()
+        taken = folded in RESERVED_MODEL_NAMES
+        prefix = next((p for p in RESERVED_MODEL_PREFIXES if folded.startswith(p)), None)
+        if not (taken or prefix):
+            continue
+        if folded == "expected_response":
             why = (
-                f"is also the name of a table every study writes (tables/{model}.csv and "
+                "is also the name of the expected-response model derive writes "
+                "(models/expected_response.json)"
+            )
+        elif taken:
+            why = (
+                f"is also the name of a table every study writes (tables/{folded}.csv and "
                 "the other formats)"
-                if taken
-                else f"starts with {prefix!r}, which names the "
-                + ("simple-slopes tables" if prefix == "simple_slopes_" else "model comparisons")
             )
-            raise ConfigError(
-                f"{source}: the model name {model!r} under `models` {why}, so the two could "
-                "write the same file. Rename the model (and every study or comparison that "
-                f"names it), e.g. to '{model.removeprefix(prefix or '')}_model'. Names not "
-                f"to use: {', '.join(RESERVED_MODEL_NAMES)}, and names starting with "
-                f"{' or '.join(RESERVED_MODEL_PREFIXES)}."
-            )
+        else:
+            names = "simple-slopes tables" if prefix == "simple_slopes_" else "model comparisons"
+            why = f"starts with {prefix!r}, which names the {names}"
+        stem = model[len(prefix) :] if prefix else model
+        suggestion = f"{stem}_model" if stem else f"model_{model.strip('_')}"
+        raise ConfigError(
+            f"{source}: the model name {model!r} under `models` {why}, so the two could "
+            "write the same file. Rename the model (and every study or comparison that "
+            f"names it), e.g. to '{suggestion}'. Names not to use: "
+            f"{', '.join(RESERVED_MODEL_NAMES)} (in any case), and names starting with "
+            f"{' or '.join(RESERVED_MODEL_PREFIXES)}."
+        )
 
 
 def validate_config(

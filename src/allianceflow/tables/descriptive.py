@@ -340,15 +340,16 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     :math:`p = 2\,\bigl(1 - I_{(|r|+1)/2}(n/2 - 1, n/2 - 1)\bigr)`, which equals the *t*
     test :math:`t = r\sqrt{(n-2)/(1-r^2)}` on *n* − 2 df (Kendall & Stuart; SciPy's
     documentation of ``pearsonr``). Written out so that a table job need not import
-    ``scipy.stats`` (about 1 CPU-s); a test checks it equals ``pearsonr`` exactly. A constant
-    vector gives NaN for both.
+    ``scipy.stats`` (about 1 CPU-s); a test checks it equals ``pearsonr`` exactly for three
+    or more pairs. A constant vector (every value equal, as ``pearsonr`` tests it) or fewer
+    than three pairs give NaN for both.
     """
     from scipy import special
 
+    if len(x) < 3 or (x == x[0]).all() or (y == y[0]).all():  # as pearsonr: no correlation
+        return math.nan, math.nan
     xm, ym = x - x.mean(), y - y.mean()
     xmax, ymax = np.abs(xm).max(), np.abs(ym).max()
-    if xmax == 0 or ymax == 0:
-        return math.nan, math.nan
     normxm = xmax * np.linalg.vector_norm(xm / xmax)
     normym = ymax * np.linalg.vector_norm(ym / ymax)
     r = float(np.clip(np.vecdot(xm / normxm, ym / normym), -1.0, 1.0))
