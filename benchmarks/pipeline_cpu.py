@@ -283,6 +283,43 @@ def report_imports(repeat: int) -> None:
         print(f"{label:<42} {cpu - base:6.2f} {imp:12.2f}  {shown}")
 
 
+#: A job's imports, then its CPU time so far written to argv[1]; argv[2] == "freeze" calls
+#: gc.freeze() first, as run_step(own_process=True) does when the step ends.
+_EXIT = """
+import gc, resource, sys
+import pandas, pyarrow.parquet, scipy.optimize, snakemake.script, allianceflow.stages
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot
+if sys.argv[2] == "freeze":
+    gc.freeze()
+usage = resource.getrusage(resource.RUSAGE_SELF)
+open(sys.argv[1], "w").write(str(usage.ru_utime + usage.ru_stime))
+"""
+
+
+def report_exit_cost(repeat: int) -> None:
+    """Print what a job's interpreter spends after its last line (median of *repeat* runs).
+
+    The process's whole CPU time (getrusage of the child) minus the CPU time it had used
+    at its last line: the interpreter's exit, with a fit or figure job's modules loaded,
+    with and without :func:`gc.freeze` before it. Snakemake sets one BLAS thread per job,
+    so this does too.
+    """
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    print(f"-- interpreter exit after a job's imports (median of {repeat}, CPU-s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        own = Path(tmp) / "self.txt"
+        for mode in ("plain", "freeze"):
+            costs = []
+            for _ in range(repeat):
+                before = _children_cpu()
+                subprocess.run([sys.executable, "-c", _EXIT, str(own), mode], env=env, check=True)
+                costs.append(_children_cpu() - before - float(own.read_text()))
+            label = "gc.freeze() first" if mode == "freeze" else "as it is"
+            print(f"exit, {label:<18} {statistics.median(costs):6.3f}")
+
+
 def print_run(label: str, res: dict) -> None:
     """The per-rule table and the whole-run totals of one run."""
     print(f"-- {label}")
@@ -304,6 +341,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="interpreter starts per import")
     parser.add_argument("--imports-only", action="store_true")
     parser.add_argument("--no-imports", action="store_true", help="skip the import costs")
+    parser.add_argument(
+        "--exit-cost",
+        action="store_true",
+        help="only measure the interpreter's exit after a job's imports, with and without "
+        "gc.freeze()",
+    )
     parser.add_argument(
         "--scheduler",
         action="append",
@@ -346,6 +389,9 @@ def main() -> None:
         print_rules(summarise(args.summarise, rules))
         return
     print(f"== {args.label} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    if args.exit_cost:
+        report_exit_cost(max(args.repeat, 5))
+        return
     if not args.no_imports:
         print("-- per-job imports (fresh interpreter, median CPU-s beyond `python -c pass`)")
         report_imports(args.repeat)
