@@ -85,18 +85,31 @@ def test_step_files_separates_what_a_step_reads_from_what_it_writes():
         {
             "stage": "figure",
             "name": "flow",
-            "inputs": {"flow": "d/flow.json", "models": ["m/a.json", "m/b.json"]},
-            "settings": {"labels": {"x": "y.z"}},
-            "outputs": ["f/flow.png", "f/flow.pdf"],
+            "inputs": {
+                "flow": "data/processed/s/flow.json",
+                "models": ["results/s/models/a.json", "results/s/models/b.json"],
+            },
+            "settings": {"labels": {"x": "y.z"}, "outcome": "phq.9"},
+            "outputs": ["results/s/figures/flow.png", "results/s/figures/flow.pdf"],
         },
-        {"stage": "model_table", "model_json": "m/a.json", "csv": "t/a.csv", "md": "t/a.md"},
+        {
+            "stage": "model_table",
+            "model_json": "results/s/models/a.json",
+            "alliance": "wai.sr",  # a column named with a dot is a setting, not a file
+            "csv": "results/s/tables/a.csv",
+            "md": "results/s/tables/a.md",
+        },
     ]
-    assert stages.step_files(steps, outputs=False) == ["d/flow.json", "m/a.json", "m/b.json"]
+    assert stages.step_files(steps, outputs=False) == [
+        "data/processed/s/flow.json",
+        "results/s/models/a.json",
+        "results/s/models/b.json",
+    ]
     assert stages.step_files(steps, outputs=True) == [
-        "f/flow.png",
-        "f/flow.pdf",
-        "t/a.csv",
-        "t/a.md",
+        "results/s/figures/flow.png",
+        "results/s/figures/flow.pdf",
+        "results/s/tables/a.csv",
+        "results/s/tables/a.md",
     ]
 
 

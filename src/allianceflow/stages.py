@@ -1761,12 +1761,19 @@ OUTPUT_STAGES: dict[str, Callable[..., None]] = {
 }
 
 
+#: The folders the planned figure and table steps read from and write to.
+STEP_TREES = ("data/processed/", "results/")
+
+
 def step_files(steps: Sequence[Mapping[str, Any]], *, outputs: bool) -> list[str]:
     """The files *steps* read (``outputs=False``) or write (``outputs=True``), each once.
 
     Outputs are the values of the keywords ``outputs``, ``csv``, ``md``, ``html``, ``tex``
-    and ``docx``; inputs are every other path (a string ending in a file suffix, or a list
-    of them), such as ``analysis`` or ``model_jsons``.
+    and ``docx``; inputs are every other path, such as ``analysis`` or ``model_jsons``. A
+    path is a string (or a list of them) in one of the trees the pipeline writes,
+    ``data/processed/`` and ``results/`` (:data:`STEP_TREES`), where every planned step
+    reads and writes; a setting's value, such as a column named ``phq.9``, is never taken
+    for one.
     """
     written = {"outputs", "csv", "md", "html", "tex", "docx"}
     found: list[str] = []
@@ -1777,7 +1784,7 @@ def step_files(steps: Sequence[Mapping[str, Any]], *, outputs: bool) -> list[str
             if key in ("stage", "name", "settings", "labels") or (key in written) != outputs:
                 continue
             values = value if isinstance(value, list | tuple) else [value]
-            found += [v for v in values if isinstance(v, str) and Path(v).suffix]
+            found += [v for v in values if isinstance(v, str) and v.startswith(STEP_TREES)]
     return list(dict.fromkeys(found))
 
 
