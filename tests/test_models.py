@@ -1505,7 +1505,7 @@ def test_a_job_imports_only_what_it_needs(prelude, loaded):
     import sys
 
     heavy = ("scipy.stats", "statsmodels", "patsy", "scipy.optimize", "scipy.special",
-             "allianceflow.models.engine")  # fmt: skip
+             "allianceflow.models.engine", "pandera")  # fmt: skip
     code = _IMPORT_CHECK.format(prelude=prelude, heavy=heavy)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == loaded

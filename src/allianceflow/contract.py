@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import pandera.pandas as pa
 
 from .io import DataError, _per_value
+
+# pandera is imported where a schema is built or checked, so that a job which only reads
+# ENDING_TYPES (derive, the table and figure jobs) does not import it (~0.35 CPU-s).
+if TYPE_CHECKING:
+    import pandera.pandas as pa
 
 __all__ = ["session_schema", "validate_sessions", "item_ranges", "ITEM_PATTERN"]
 
@@ -25,11 +30,16 @@ ENDING_TYPES = ("planned", "unilateral", "dropout", "ongoing")
 #: Item columns are ``<instrument>_<item number>``.
 ITEM_PATTERN = re.compile(r"^(?P<instrument>[a-z][a-z0-9]*(?:_[a-z0-9]+)*)_(?P<item>\d+)$")
 
-_ID = pa.Check(
-    lambda s: _per_value(s, lambda u: u.astype(str).str.strip().str.len() > 0),
-    element_wise=False,
-    error="id must not be empty",
-)
+
+def _id_check() -> pa.Check:
+    """The check of an id column: no empty (or all-blank) id."""
+    import pandera.pandas as pa
+
+    return pa.Check(
+        lambda s: _per_value(s, lambda u: u.astype(str).str.strip().str.len() > 0),
+        element_wise=False,
+        error="id must not be empty",
+    )
 
 
 def item_ranges(
@@ -92,14 +102,17 @@ def session_schema(
     """
     columns = list(columns)
     ranges = dict(ranges or {})
+    import pandera.pandas as pa
+
+    nonempty = _id_check()
     spec: dict[str, pa.Column] = {
-        "patient": pa.Column(object, checks=_ID, nullable=False),
+        "patient": pa.Column(object, checks=nonempty, nullable=False),
         "session": pa.Column("int64", pa.Check.ge(1), nullable=False),
     }
     if "therapist" in columns:
         spec["therapist"] = pa.Column(object, nullable=True)
     if "system" in columns:  # couple or family id: every client belongs to one
-        spec["system"] = pa.Column(object, checks=_ID, nullable=False)
+        spec["system"] = pa.Column(object, checks=nonempty, nullable=False)
     if "days" in columns:
         spec["days"] = pa.Column("float64", pa.Check.ge(0), nullable=True)
     for name in ("condition", "informant", "rupture", "modality", "role"):
@@ -160,6 +173,8 @@ def validate_sessions(
         One paragraph listing up to five failures (column, check, row, value) and the
         number of others.
     """
+    import pandera.pandas as pa
+
     schema = session_schema(sessions.columns, ranges=ranges)
     try:
         # ``inplace``: the schema coerces nothing, so the table is read, not copied first.
