@@ -122,17 +122,33 @@ def test_a_changed_setting_reruns_only_what_reads_it(recorded, path, value, expe
 def test_a_new_reliable_change_value_leaves_clean_and_score_alone(recorded):
     """A new `rci` reruns what reads reliable change, from derive on, and not clean or score.
 
-    Clean and score receive only the instrument overrides they read (proration limits,
-    "does not apply" codes). Snakemake names changed params as the reason only of jobs whose
-    inputs are not rebuilt anyway: derive, and the reliability table beside it.
+    Clean, score and the reliability table receive only the instrument overrides they read
+    (the item key, proration limits). Snakemake names changed params as the reason only of
+    jobs whose inputs are not rebuilt anyway: here derive alone.
     """
     jobs = _plan(recorded, ("studies", "example", "measures", "instruments", "ors", "rci"), 6)
     changed = {job for job, reason in jobs.items() if reason.startswith("Params have changed")}
-    assert changed == {
-        ("derive_variables", "study=example"),
-        ("compute_reliability", "study=example"),
+    assert changed == {("derive_variables", "study=example")}
+    assert not {
+        job
+        for job in jobs
+        if job[0] in ("clean_sessions", "score_instruments", "compute_reliability")
     }
-    assert not {job for job in jobs if job[0] in ("clean_sessions", "score_instruments")}
     # what reads the derived variables reruns after derive
     assert jobs[("plot_figures_example", "")].startswith("Input files updated")
     assert jobs[("write_summary", "study=example")].startswith("Input files updated")
+
+
+def test_a_new_item_key_reruns_clean_and_everything_after_it(recorded):
+    """A study's reverse-keyed items (an override of the item key) reach clean and score.
+
+    Clean is rerun for its changed params; score and the reliability table follow because
+    their input is rebuilt (their own params changed too, which Snakemake does not list
+    first).
+    """
+    path = ("studies", "example", "measures", "instruments", "ors", "reverse")
+    jobs = _plan(recorded, path, [2])
+    assert jobs[("clean_sessions", "study=example")].startswith("Params have changed")
+    for rule in ("score_instruments", "compute_reliability", "derive_variables"):
+        assert jobs[(rule, "study=example")].startswith("Input files updated"), rule
+    assert not {job for job in jobs if job[1] == "study=example2"} - MANIFESTS

@@ -236,3 +236,55 @@ def test_every_snakemake_script_runs_its_step_as_its_own_process(root):
     for script in scripts:
         text = script.read_text(encoding="utf-8")
         assert text.count("with run_step(snakemake.log[0], own_process=True):") == 1, script.name
+
+
+def test_clean_score_and_reliability_receive_the_study_s_item_key():
+    """A study's item key reaches every stage that reads items, the clinical numbers none.
+
+    The item key: response range, reverse items, subscale items, "does not apply". The score
+    job scored the shipped WAI-SR when a study keyed item 3 in reverse (its
+    overrides were dropped on the way): 39 instead of 37 on this patient's first session.
+    """
+    import warnings
+
+    from allianceflow.instruments import load_instrument
+    from allianceflow.score import score_sessions
+    from allianceflow.simulate import simulate_study
+
+    study = {
+        "wai_sr": {
+            "reverse": [3],
+            "subscales": {"task": [1, 2, 10]},
+            "response": {"min": 1, "max": 5},
+            "max_missing": 2,
+        },
+        "ors": {"not_applicable": 99, "rci": 5, "cutoff": 25},
+    }
+    for keys in (stages.CLEAN_OVERRIDES, stages.SCORE_OVERRIDES, stages.RELIABILITY_OVERRIDES):
+        received = stages.instrument_overrides(study, keys)
+        for name, spec in study.items():
+            full, job = (
+                load_instrument(name, overrides=spec),
+                load_instrument(name, overrides=received[name]),
+            )
+            assert (job.response_min, job.response_max) == (full.response_min, full.response_max)
+            assert job.reverse == full.reverse and job.not_applicable == full.not_applicable
+            assert {s: job.scale_items(s) for s in job.subscales} == {
+                s: full.scale_items(s) for s in full.subscales
+            }
+        assert "rci" not in received["ors"] and "cutoff" not in received["ors"]
+    assert stages.instrument_overrides(study, stages.RELIABILITY_OVERRIDES)["wai_sr"] == {
+        "reverse": [3],
+        "subscales": {"task": [1, 2, 10]},
+        "response": {"min": 1, "max": 5},
+    }
+    sessions = simulate_study(seed=1, n_therapists=3, n_patients=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # rows with too many missing items
+        full = score_sessions(sessions, study)["wai_sr_total"]
+        job = score_sessions(sessions, stages.instrument_overrides(study, stages.SCORE_OVERRIDES))[
+            "wai_sr_total"
+        ]
+        shipped = score_sessions(sessions, ["wai_sr", "ors"])["wai_sr_total"]
+    assert job.equals(full)
+    assert (float(full.iloc[0]), float(shipped.iloc[0])) == (37.0, 39.0)

@@ -33,6 +33,8 @@ __all__ = [
     "clean_settings",
     "CLEAN_OVERRIDES",
     "SCORE_OVERRIDES",
+    "RELIABILITY_OVERRIDES",
+    "ITEM_OVERRIDES",
     "instrument_overrides",
     "clean_stage",
     "score_stage",
@@ -176,12 +178,19 @@ def read_export(raw: str | Path, read: Mapping[str, Any], *, config: str = "conf
     )
 
 
-#: The overrides of an instrument (:data:`allianceflow.instruments.OVERRIDE_KEYS`) that the
-#: clean stage reads: its proration limit (sessions whose score will be lost are counted) and
-#: its "does not apply" code (an answer, not an out-of-range value).
-CLEAN_OVERRIDES = ("max_missing", "not_applicable")
-#: The overrides that scoring reads: the proration limits and the "does not apply" code.
-SCORE_OVERRIDES = ("max_missing", "subscale_max_missing", "not_applicable")
+#: The overrides of an instrument (:data:`allianceflow.instruments.OVERRIDE_KEYS`) that say
+#: what an item's answer means: its response range, the reverse-keyed items, the items of
+#: each subscale (the scoring key a study supplies where a built-in file could not confirm
+#: it) and the "does not apply" code. Every stage that reads items needs them.
+ITEM_OVERRIDES = ("response", "reverse", "subscales", "not_applicable")
+#: The overrides that the clean stage reads: the item key (values are checked against the
+#: response range) and the proration limits (sessions whose score will be lost are counted).
+CLEAN_OVERRIDES = (*ITEM_OVERRIDES, "max_missing", "subscale_max_missing")
+#: The overrides that scoring reads: the item key and the proration limits.
+SCORE_OVERRIDES = (*ITEM_OVERRIDES, "max_missing", "subscale_max_missing")
+#: The overrides that the reliability table reads: the item key (it uses complete cases, so
+#: no proration limit).
+RELIABILITY_OVERRIDES = ITEM_OVERRIDES
 
 
 def instrument_overrides(instruments: Any, keys: Sequence[str]) -> Any:

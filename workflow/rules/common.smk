@@ -12,6 +12,7 @@ from allianceflow.power import check_power_config, chunk_seeds
 from allianceflow.stages import (
     CLEAN_OVERRIDES,
     FIGURE_FORMATS,
+    RELIABILITY_OVERRIDES,
     SCORE_OVERRIDES,
     TABLE_FORMATS,
     figure_steps,
@@ -96,15 +97,21 @@ def get_instruments(wildcards):
 
 
 def get_clean_instruments(wildcards):
-    """The study's instruments with only the overrides that cleaning reads (proration
-    limit, "does not apply" code): a new `rci` or `cutoff` does not rerun clean."""
+    """The study's instruments with only the overrides that cleaning reads (item key,
+    proration limits): a new `rci` or `cutoff` does not rerun clean."""
     return instrument_overrides(get_instruments(wildcards), CLEAN_OVERRIDES)
 
 
 def get_score_instruments(wildcards):
-    """The study's instruments with only the overrides that scoring reads (proration
-    limits, "does not apply" code): a new `rci` or `cutoff` does not rescore."""
+    """The study's instruments with only the overrides that scoring reads (item key,
+    proration limits): a new `rci` or `cutoff` does not rescore."""
     return instrument_overrides(get_instruments(wildcards), SCORE_OVERRIDES)
+
+
+def get_reliability_instruments(wildcards):
+    """The study's instruments with only the overrides the reliability table reads (item
+    key): a new `rci`, `cutoff` or proration limit does not rerun its bootstrap."""
+    return instrument_overrides(get_instruments(wildcards), RELIABILITY_OVERRIDES)
 
 
 def get_reliability_bootstrap(wildcards):

@@ -39,7 +39,7 @@ rule compute_reliability:
         "../envs/allianceflow.yaml"
     params:
         allianceflow_source=SOURCE_FINGERPRINT,
-        instruments=get_instruments,
+        instruments=get_reliability_instruments,
         n_boot=get_reliability_bootstrap,
         alpha_missing=get_alpha_missing,
         seed=config["seed"],
