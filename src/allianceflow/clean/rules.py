@@ -181,7 +181,11 @@ def parse_dates(run: CleanRun) -> None:
             reason=reasons,
             fix=fix,
         )
-    run.frame = run.frame.assign(date=dates.reindex(run.frame.index))
+    # Set on a shallow copy (the run's own table; no column is copied): ``assign`` made a
+    # deep copy of every column, which at 10^6 rows cost ~2 s.
+    frame = run.frame.copy(deep=False)
+    frame["date"] = dates.reindex(frame.index)
+    run.frame = frame
     extraction = run.extraction
     if extraction is not None:
         f = run.frame
