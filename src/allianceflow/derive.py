@@ -132,6 +132,7 @@ def _add_within_between(
 ) -> None:
     """The columns of :func:`within_between`, added to *out* in place (no copy of the table)."""
     codes = _id_codes(out[patient])
+    patient_codes = None if codes is None else codes[0]
     if codes is None:
         pmean = out.groupby(patient, sort=False, observed=True)[column].transform("mean")
         per_patient = out.groupby(patient, sort=False, observed=True)[column].mean()
@@ -150,7 +151,7 @@ def _add_within_between(
     if grand_mean:
         out[f"{prefix}_gmc"] = out[column] - grand
     if therapist is not None:
-        pairs = out[[patient, therapist]].dropna().drop_duplicates()
+        pairs = _pairs(out, patient, therapist, patient_codes)
         multi = pairs[pairs.duplicated(patient, keep=False)]
         if len(multi):
             who = multi[patient].iloc[0]
@@ -240,6 +241,21 @@ def _add_lags(
     suffix: str,
 ) -> None:
     """The columns of :func:`lag_within_patient`, added to *out* in place (no copy of the table)."""
+    if abs(lag) == 1 and patient not in columns and session not in columns:
+        neighbour = _neighbour_rows(
+            out, patient=patient, session=session, lag=lag, across_gaps=across_gaps
+        )
+        if neighbour is not None:
+            # Sorted by patient and session: the row a lag (or lead) of one comes from is
+            # the row just before (after), when it is the same patient's and, unless
+            # across gaps, its session is one earlier (later). Missing where there is none,
+            # with the types a left merge gives (int to float, bool to object).
+            for column in columns:
+                col = out[column]
+                base = col.to_numpy() if isinstance(col.dtype, np.dtype) else col.array
+                values = pd.api.extensions.take(base, neighbour, allow_fill=True)
+                out[f"{column}{suffix}"] = pd.Series(values, index=out.index)
+            return
     codes = _id_codes(out[patient], sort=True)
     if codes is not None and patient not in columns and session not in columns:
         # Patients by their codes (sorted like the ids): the same order and the same
@@ -276,6 +292,55 @@ def _add_lags(
         shifted.index = ordered.index
     for column in columns:
         out[f"{column}{suffix}"] = shifted[column].reindex(out.index)
+
+
+def _pairs(
+    out: pd.DataFrame, patient: str, therapist: str, patient_codes: np.ndarray | None
+) -> pd.DataFrame:
+    """``out[[patient, therapist]].dropna().drop_duplicates()``, by integer codes.
+
+    The first row of each distinct (patient, therapist) pair with both present, in row
+    order and with its index label, as ``drop_duplicates`` keeps it; found from the
+    codes of the ids instead of hashing both text columns again.
+    """
+    if patient_codes is None:
+        return out[[patient, therapist]].dropna().drop_duplicates()
+    therapist_codes, therapists = pd.factorize(out[therapist])
+    both = np.flatnonzero(therapist_codes >= 0)  # patient ids are all present here
+    key = patient_codes[both].astype(np.int64) * (len(therapists) + 1) + therapist_codes[both]
+    _, first = np.unique(key, return_index=True)
+    return out[[patient, therapist]].iloc[both[np.sort(first)]]
+
+
+def _neighbour_rows(
+    out: pd.DataFrame, *, patient: str, session: str, lag: int, across_gaps: bool
+) -> np.ndarray | None:
+    """Position of the row a lag of ``lag`` (+1 or -1) takes its value from, -1 for none.
+
+    None unless the rows are sorted by patient and session with one row per patient and
+    session (ids of one comparable type, none missing, whole session numbers), where the
+    caller merges on the keys instead. Sorted so, the previous session of a patient is the
+    row before: with ``across_gaps`` whatever its number, else only when it is ``s - 1``.
+    """
+    ids = out[patient].to_numpy()
+    sessions = out[session].to_numpy()
+    if len(ids) < 2 or sessions.dtype.kind not in "iu" or pd.isna(ids).any():
+        return None
+    try:
+        same = ids[1:] == ids[:-1]
+        later = ids[1:] > ids[:-1]
+    except TypeError:  # ids of mixed types
+        return None
+    step = np.diff(sessions)
+    if not bool(np.all(later | (same & (step > 0)))):
+        return None
+    follows = same if across_gaps else same & (step == 1)
+    neighbour = np.full(len(ids), -1, dtype=np.intp)
+    if lag == 1:
+        neighbour[1:][follows] = np.flatnonzero(follows)
+    else:
+        neighbour[:-1][follows] = np.flatnonzero(follows) + 1
+    return neighbour
 
 
 def _id_codes(ids: pd.Series, *, sort: bool = False) -> tuple[np.ndarray, pd.Index] | None:
