@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ._checks import check_columns
+from ._derive_checks import neighbour_rows as _neighbour_rows
 
 __all__ = [
     "informant_alliances",
@@ -310,37 +311,6 @@ def _pairs(
     key = patient_codes[both].astype(np.int64) * (len(therapists) + 1) + therapist_codes[both]
     _, first = np.unique(key, return_index=True)
     return out[[patient, therapist]].iloc[both[np.sort(first)]]
-
-
-def _neighbour_rows(
-    out: pd.DataFrame, *, patient: str, session: str, lag: int, across_gaps: bool
-) -> np.ndarray | None:
-    """Position of the row a lag of ``lag`` (+1 or -1) takes its value from, -1 for none.
-
-    None unless the rows are sorted by patient and session with one row per patient and
-    session (ids of one comparable type, none missing, whole session numbers), where the
-    caller merges on the keys instead. Sorted so, the previous session of a patient is the
-    row before: with ``across_gaps`` whatever its number, else only when it is ``s - 1``.
-    """
-    ids = out[patient].to_numpy()
-    sessions = out[session].to_numpy()
-    if len(ids) < 2 or sessions.dtype.kind not in "iu" or pd.isna(ids).any():
-        return None
-    try:
-        same = ids[1:] == ids[:-1]
-        later = ids[1:] > ids[:-1]
-    except TypeError:  # ids of mixed types
-        return None
-    step = np.diff(sessions)
-    if not bool(np.all(later | (same & (step > 0)))):
-        return None
-    follows = same if across_gaps else same & (step == 1)
-    neighbour = np.full(len(ids), -1, dtype=np.intp)
-    if lag == 1:
-        neighbour[1:][follows] = np.flatnonzero(follows)
-    else:
-        neighbour[:-1][follows] = np.flatnonzero(follows) + 1
-    return neighbour
 
 
 def _id_codes(ids: pd.Series, *, sort: bool = False) -> tuple[np.ndarray, pd.Index] | None:
