@@ -209,7 +209,9 @@ def map_to_canonical(run: CleanRun) -> None:
         raise DataError(
             f"{run.source}: the file has a header but no data rows. Export the data again."
         )
-    frame = frame.reset_index(drop=True)
+    # map_columns' table is a new one: its index is replaced in place (reset_index
+    # copied every column).
+    frame.index = pd.RangeIndex(len(frame))
     run.value_cols = [c for c in frame.columns if c != "_source_row"]
     run.frame = frame
     _count_missing(run)  # also refuses a column that is blank in every row
