@@ -96,6 +96,28 @@ def unique_in(values: Iterable) -> list:
     return seen
 
 
+def sorted_by_patient(data: pd.DataFrame, *, patient: str, session: str) -> np.ndarray | None:
+    """Whether each row has the previous row's patient, if the rows are sorted; else None.
+
+    Not None only when the rows are sorted by patient and then session, with one row per
+    patient and session: ids of one comparable type and none missing, whole session
+    numbers strictly increasing within a patient (as the analysis table is). A stable sort
+    by patient and session would then leave the rows as they are.
+    """
+    ids = data[patient].to_numpy()
+    sessions = data[session].to_numpy()
+    if len(ids) < 2 or sessions.dtype.kind not in "iu" or pd.isna(ids).any():
+        return None
+    try:
+        same = ids[1:] == ids[:-1]
+        later = ids[1:] > ids[:-1]
+    except TypeError:  # ids of mixed types
+        return None
+    if not bool(np.all(later | (same & (np.diff(sessions) > 0)))):
+        return None
+    return np.asarray(same, dtype=bool)
+
+
 def neighbour_rows(
     out: pd.DataFrame, *, patient: str, session: str, lag: int, across_gaps: bool
 ) -> np.ndarray | None:
@@ -106,18 +128,11 @@ def neighbour_rows(
     caller merges on the keys instead. Sorted so, the previous session of a patient is the
     row before: with ``across_gaps`` whatever its number, else only when it is ``s - 1``.
     """
+    same = sorted_by_patient(out, patient=patient, session=session)
+    if same is None:
+        return None
     ids = out[patient].to_numpy()
-    sessions = out[session].to_numpy()
-    if len(ids) < 2 or sessions.dtype.kind not in "iu" or pd.isna(ids).any():
-        return None
-    try:
-        same = ids[1:] == ids[:-1]
-        later = ids[1:] > ids[:-1]
-    except TypeError:  # ids of mixed types
-        return None
-    step = np.diff(sessions)
-    if not bool(np.all(later | (same & (step > 0)))):
-        return None
+    step = np.diff(out[session].to_numpy())
     follows = same if across_gaps else same & (step == 1)
     neighbour = np.full(len(ids), -1, dtype=np.intp)
     if lag == 1:
