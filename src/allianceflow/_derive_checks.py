@@ -106,16 +106,17 @@ def sorted_by_patient(data: pd.DataFrame, *, patient: str, session: str) -> np.n
     """
     ids = data[patient].to_numpy()
     sessions = data[session].to_numpy()
-    if len(ids) < 2 or sessions.dtype.kind not in "iu" or pd.isna(ids).any():
+    if len(ids) < 2 or sessions.dtype.kind not in "iu":
         return None
     try:
+        # A missing id fails too: NaN compares false with everything, and None or pd.NA
+        # cannot be ordered against an id (TypeError) or give no truth value.
         same = ids[1:] == ids[:-1]
         later = ids[1:] > ids[:-1]
-    except TypeError:  # ids of mixed types
+        ordered = bool(np.all(later | (same & (np.diff(sessions) > 0))))
+    except (TypeError, ValueError):  # ids of mixed types, or missing
         return None
-    if not bool(np.all(later | (same & (np.diff(sessions) > 0)))):
-        return None
-    return np.asarray(same, dtype=bool)
+    return np.asarray(same, dtype=bool) if ordered else None
 
 
 def neighbour_rows(

@@ -122,6 +122,10 @@ def within_between(
     return out
 
 
+#: Passed as ``codes`` when :func:`_id_codes` gave None (the callers then group by the ids).
+_NO_CODES = (None,)
+
+
 def _add_within_between(
     out: pd.DataFrame,
     column: str,
@@ -130,9 +134,15 @@ def _add_within_between(
     prefix: str,
     therapist: str | None,
     grand_mean: bool,
+    codes: Any = None,
 ) -> None:
-    """The columns of :func:`within_between`, added to *out* in place (no copy of the table)."""
-    codes = _id_codes(out[patient])
+    """The columns of :func:`within_between`, added to *out* in place (no copy of the table).
+
+    *codes*: ``_id_codes(out[patient])`` when the caller has them already (the ids are the
+    same for every column it splits), or ``_NO_CODES`` when those were None.
+    """
+    codes = _id_codes(out[patient]) if codes is None else codes
+    codes = None if codes is _NO_CODES else codes
     patient_codes = None if codes is None else codes[0]
     if codes is None:
         pmean = out.groupby(patient, sort=False, observed=True)[column].transform("mean")
@@ -370,12 +380,20 @@ def derive_analysis(
     out["alliance"] = out[alliance]
     out["outcome"] = out[outcome]
     # The steps of within_between and lag_within_patient, adding columns to this one copy.
+    codes = None  # the patients' codes, found once for both columns
     for name in ("alliance", "outcome"):
         check_columns(out, name, "patient")
         if therapist is not None:
             check_columns(out, therapist)
+        codes = codes or _id_codes(out["patient"]) or _NO_CODES
         _add_within_between(
-            out, name, patient="patient", prefix=name, therapist=therapist, grand_mean=True
+            out,
+            name,
+            patient="patient",
+            prefix=name,
+            therapist=therapist,
+            grand_mean=True,
+            codes=codes,
         )
     check_columns(out, "patient", "session")
     _add_lags(
@@ -584,12 +602,20 @@ def _add_preset_variables(
                     "pass a mapping {name: column} instead."
                 )
             named[name] = column
+    codes = None  # the patients' codes, found once for every component
     for comp, column in named.items():
         name = f"alliance_{comp}"
         out[name] = out[column]
         check_columns(out, name, "patient")
+        codes = codes or _id_codes(out["patient"]) or _NO_CODES
         _add_within_between(
-            out, name, patient="patient", prefix=name, therapist=None, grand_mean=False
+            out,
+            name,
+            patient="patient",
+            prefix=name,
+            therapist=None,
+            grand_mean=False,
+            codes=codes,
         )
         lagged.append(f"{name}_within")
     check_columns(out, "patient", "session", *lagged)
