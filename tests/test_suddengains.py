@@ -280,3 +280,21 @@ def test_sudden_gains_equals_interval_table_event_by_event(seed):
     got = sudden_gains(data, direction=direction, events=events, **criteria)
     want = _events_one_by_one(data, direction=direction, events=events, **criteria)
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_window_means_and_variances_are_numpys_bit_for_bit(seed):
+    # The criteria share one pass for the window means and variances; the values must be
+    # exactly numpy's nanmean and nanvar(ddof=1), NaN included (0, 1 or 2 missing of 3).
+    from allianceflow.suddengains import _nan_mean_var
+
+    rng = np.random.default_rng(seed)
+    values = rng.normal(20, 7, size=(500, 13, 3)).round(int(seed % 3))
+    values[rng.random(values.shape) < 0.3] = np.nan
+    mean, var = _nan_mean_var(values)
+    with np.errstate(invalid="ignore", divide="ignore"), pytest.warns(RuntimeWarning):
+        want_mean = np.nanmean(values, axis=-1)
+        want_var = np.nanvar(values, axis=-1, ddof=1)
+    np.testing.assert_array_equal(mean, want_mean)
+    np.testing.assert_array_equal(var, want_var)
+    assert np.isnan(var).any() and not np.isnan(var).all()

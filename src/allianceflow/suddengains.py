@@ -156,6 +156,26 @@ def _check_criteria(cutoff, pct, crit3, alpha, adjust, fixed_critical):
     return cutoff, pct, alpha, fixed_critical
 
 
+def _nan_mean_var(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""``np.nanmean(values, axis=-1)`` and ``np.nanvar(values, axis=-1, ddof=1)`` in one pass.
+
+    The operations of numpy's own functions, in their order (missing values set to 0,
+    sums over the last axis, :math:`\bar x = \sum x / n`, squared deviations with the
+    missing ones set to 0, :math:`s^2 = \sum (x - \bar x)^2 / (n - 1)`, NaN where
+    :math:`n \le 1`), sharing the mean: the same bits (tests/test_suddengains.py checks it).
+    """
+    mask = np.isnan(values)
+    filled = np.where(mask, 0.0, values)
+    count = (~mask).sum(axis=-1, dtype=np.intp, keepdims=True)
+    mean = filled.sum(axis=-1, keepdims=True) / count
+    deviation = filled - mean
+    deviation[mask] = 0.0
+    dof = count[..., 0] - 1
+    var = (deviation * deviation).sum(axis=-1) / dof
+    var[dof <= 0] = np.nan
+    return mean[..., 0], var
+
+
 def _moments(
     pre: np.ndarray, post: np.ndarray, *, alpha: float, adjust: bool, fixed_critical: float
 ) -> dict[str, np.ndarray]:
@@ -167,14 +187,8 @@ def _moments(
     n_pre = (~np.isnan(pre)).sum(axis=-1)
     n_post = (~np.isnan(post)).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean_pre = np.nanmean(pre, axis=-1)
-            mean_post = np.nanmean(post, axis=-1)
-            var_pre = np.nanvar(pre, axis=-1, ddof=1)
-            var_post = np.nanvar(post, axis=-1, ddof=1)
+        mean_pre, var_pre = _nan_mean_var(pre)
+        mean_post, var_post = _nan_mean_var(post)
         enough = (n_pre >= 2) & (n_post >= 2)
         df = n_pre + n_post - 2
         pooled = np.sqrt(
