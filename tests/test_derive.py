@@ -393,3 +393,27 @@ def test_patient_therapist_pairs_by_codes_equal_drop_duplicates(seed):
     got = _pairs(data, "patient", "therapist", codes)
     want = data[["patient", "therapist"]].dropna().drop_duplicates()
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_values_by_patient_code_equal_the_map(seed):
+    # Patient-level values reach the session rows by the ids' codes; the result must be
+    # Series.map's: values, missing ones, type and name.
+    from allianceflow.derive import _by_patient
+
+    rng = np.random.default_rng(seed)
+    ids = pd.Series(
+        [f"p{i}" if seed % 2 else int(i) for i in rng.integers(0, 30, 200)], name="patient"
+    )
+    known = pd.unique(ids)[: int(rng.integers(0, 31))]
+    kind = seed % 4
+    values = [
+        rng.random(len(known)),
+        rng.integers(0, 3, len(known)),
+        rng.choice(["planned", "dropout", None], len(known)),
+        rng.random(len(known)) < 0.5,
+    ][kind]
+    per_patient = pd.Series(values, index=pd.Index(known, name="patient"))
+    pd.testing.assert_series_equal(
+        _by_patient(ids, per_patient), ids.map(per_patient), check_exact=True
+    )

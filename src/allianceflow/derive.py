@@ -323,6 +323,23 @@ def _pairs(
     return out[[patient, therapist]].iloc[both[np.sort(first)]]
 
 
+def _by_patient(ids: pd.Series, values: pd.Series) -> pd.Series:
+    """``ids.map(values)`` for *values* indexed by unique ids, taken by the ids' codes.
+
+    Each distinct id is looked up once and the rows take its value by their integer codes
+    (the same values and type as the map, which hashes every row's id) for float and
+    object values; other types, ids that cannot be coded, or an index with repeats, go
+    through the map itself.
+    """
+    if values.dtype.kind not in "fO":  # (the map gives bool values missing as float)
+        return ids.map(values)
+    codes = _id_codes(ids)
+    if codes is None or not values.index.is_unique:
+        return ids.map(values)
+    per_id = values.reindex(codes[1]).to_numpy()
+    return pd.Series(per_id[codes[0]], index=ids.index, name=ids.name)
+
+
 def _id_codes(ids: pd.Series, *, sort: bool = False) -> tuple[np.ndarray, pd.Index] | None:
     """Integer codes of an id column and the ids they stand for, or None.
 
@@ -589,7 +606,7 @@ def _add_preset_variables(
             # missing for patients never assessed (e.g. a single session)
             assessed = out["on_track"].notna().groupby(out["patient"], observed=True).any()
             flagged = flagged.where(assessed.reindex(flagged.index).fillna(False).astype(bool))
-        out["off_track"] = out["patient"].map(flagged)
+        out["off_track"] = _by_patient(out["patient"], flagged)
     if "rupture_detected" in out:
         _add_ruptures_so_far(out)
     named = dict(components) if isinstance(components, Mapping) else {}
@@ -950,7 +967,9 @@ def derive_tables(
         patients[["deteriorated", "improved"]] = np.nan
     if "ending" in analysis.columns or patients["ending"].astype(str).ne("unknown").any():
         # One ending per patient everywhere: the recorded one, or the one inferred from a gap.
-        ending = analysis["patient"].map(patients.set_index("patient")["ending"].astype(object))
+        ending = _by_patient(
+            analysis["patient"], patients.set_index("patient")["ending"].astype(object)
+        )
         analysis["ending"] = pd.Categorical(ending, categories=patients["ending"].cat.categories)
     # `analysis` is this function's own table by now, so the preset variables are added
     # to it without a copy (at 10^6 sessions a copy is about a gigabyte).
