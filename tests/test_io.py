@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -193,25 +192,3 @@ def test_per_value_keeps_each_kind_of_missing_value():
     series = pd.Series(["x ", None, float("nan"), "x", None], dtype=object)
     out = io._per_value(series, lambda s: s.astype(str).str.strip())
     assert out.tolist() == ["x", "None", "nan", "x", "None"]
-
-
-@pytest.mark.parametrize("seed", range(60))
-def test_record_widths_counted_on_bytes_equal_line_by_line(seed):
-    # The plain-CSV width check counts delimiters on the UTF-8 bytes; it must decide as
-    # the count line by line does: blank lines, \r\n endings, non-ASCII text, rows of
-    # another width, a missing or present final line break.
-    from allianceflow.io import _plain_widths_ok, _plain_widths_ok_by_line
-
-    rng = np.random.default_rng(seed)
-    sep = [",", ";", "\t", "|"][seed % 4]
-    width = int(rng.integers(1, 6))
-    cells = ["", "1", "ab", "Zoë", "日本", "x y", "\u00a0", "€5"]
-    lines = []
-    for _ in range(int(rng.integers(0, 30))):
-        if rng.random() < 0.1:
-            lines.append("")
-            continue
-        n = width if rng.random() < 0.9 else int(rng.integers(1, 8))
-        lines.append(sep.join(rng.choice(cells, size=n)))
-    text = ("\r\n" if seed % 3 == 0 else "\n").join(lines) + ("\n" if seed % 2 else "")
-    assert _plain_widths_ok(text, sep, width) == _plain_widths_ok_by_line(text, sep, width)

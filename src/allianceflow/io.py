@@ -254,39 +254,6 @@ def _plain_records_ok(text: str, sep: str, width: int) -> bool:
         return False
     if any(mark in text for mark in _OTHER_BREAKS):
         return False
-    if len(sep) == 1 and sep.isascii():
-        return _plain_widths_ok(text, sep, width)
-    return _plain_widths_ok_by_line(text, sep, width)
-
-
-def _plain_widths_ok(text: str, sep: str, width: int) -> bool:
-    r"""Every non-blank line after the first has ``width - 1`` delimiters (*sep* ASCII).
-
-    Counted on the UTF-8 bytes: ``\n``, ``\r`` and an ASCII delimiter are one byte each
-    and never part of another character, so line starts and delimiter positions found
-    there, and the delimiters between them counted by a binary search, are those of
-    :func:`_plain_widths_ok_by_line`. Line lengths are in bytes, at least the characters,
-    so the field-size guard can only send more files to the full check.
-    """
-    data = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    breaks = np.flatnonzero(data == ord("\n"))
-    starts = np.concatenate(([0], breaks + 1))
-    ends = np.concatenate((breaks, [len(data)]))
-    lengths = ends - starts
-    if len(data):
-        cr = np.zeros(len(lengths), dtype=bool)
-        cr[lengths > 0] = data[ends[lengths > 0] - 1] == ord("\r")
-        lengths -= cr
-    if lengths.max() >= csv.field_size_limit() // 2:
-        return False
-    delimiters = np.flatnonzero(data == ord(sep))
-    fields = np.searchsorted(delimiters, ends) - np.searchsorted(delimiters, starts) + 1
-    wrong = (lengths > 0) & (fields != width)
-    return not wrong[1:].any()
-
-
-def _plain_widths_ok_by_line(text: str, sep: str, width: int) -> bool:
-    """:func:`_plain_widths_ok` line by line, for any delimiter."""
     lines = text.split("\n")
     n = len(lines)
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=n)
