@@ -20,7 +20,10 @@ that stage's alone. Recorded per stage: wall time of the stage call (imports exc
 rows/s, peak RSS, and the RSS after imports (the interpreter + numpy/pandas baseline).
 ``--profile`` also writes a cProfile dump per stage (``<workdir>/<rows>/<stage>.prof``);
 ``--workdir DIR --reuse`` keeps the data and reuses an export simulated before (the
-simulation is deterministic: seed 20261125).
+simulation is deterministic: seed 20261125). ``--before DIR`` runs the stages with the
+package found in *DIR* (put first on the children's ``PYTHONPATH``; e.g. the ``src/`` of
+``git archive main``), so that before and after are measured in one sitting; the report
+gives the sha256 of every output, to show that both write the same bytes.
 
 Run:
 
@@ -171,9 +174,22 @@ def child_stage(stage: str, folder: Path, profile: bool) -> dict:
     }
 
 
+#: Source folder put first on the children's PYTHONPATH (``--before``), or None.
+BEFORE_SRC: Path | None = None
+
+
 def _run_child(args: list[str]) -> dict:
+    env = dict(os.environ)
+    if BEFORE_SRC is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(BEFORE_SRC), *filter(None, [env.get("PYTHONPATH")])]
+        )
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=REPO
+        [sys.executable, __file__, "--child", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"child {args} failed:\n{proc.stderr[-4000:]}")
@@ -224,6 +240,21 @@ def run(sizes: list[int], workdir: Path, profile: bool, reuse: bool = False) -> 
         record["analysis_rows"] = int(len(analysis))
         record["analysis_columns"] = int(analysis.shape[1])
         record["flow"] = json.loads(out["flow"].read_text())["sessions"]
+        from allianceflow.io import sha256_file
+
+        record["sha256"] = {
+            name: sha256_file(out[name])
+            for name in (
+                "sessions",
+                "exclusions",
+                "flow",
+                "scored",
+                "analysis",
+                "patients",
+                "sudden_gains",
+                "expected",
+            )
+        }
         del analysis
         results.append(record)
     return results
@@ -280,6 +311,12 @@ def report(results: list[dict], total_seconds: float, load_start: str, load_end:
         ]
         lines.append(f"issue 20 targets (clean + score + derive): {'; '.join(verdict)}")
         lines.append("")
+        if rec.get("sha256"):
+            lines.append("sha256 of the outputs:")
+            lines.append("")
+            for name, digest in rec["sha256"].items():
+                lines.append(f"- {_paths(Path('.'))[name].name}: {digest}")
+            lines.append("")
     reused = any(rec.get("reused") for rec in results)
     lines.append(
         f"benchmark wall time: {total_seconds:.0f} s"
@@ -314,7 +351,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--output", type=Path, default=REPO / "benchmarks" / "results" / "pipeline_scale.txt"
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="run the stages with the package in this folder instead (e.g. the src/ of a "
+        "`git archive` of main), to compare before and after in one sitting",
+    )
     args = parser.parse_args(argv)
+    global BEFORE_SRC
+    BEFORE_SRC = args.before.resolve() if args.before is not None else None
     load_start = _load()
     start = time.perf_counter()
     if args.workdir is None:

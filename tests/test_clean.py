@@ -1359,3 +1359,33 @@ def test_out_of_order_prefers_the_shorter_span_only_beyond_the_kept_intervals():
     assert out_of_order(np.array([5, 1, 6])).tolist() == [0, 1, 0]
     assert out_of_order(np.array([10, 1, 2, 3])).tolist() == [1, 0, 0, 0]
     assert out_of_order(np.array([], dtype="int64")).tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_duplicates_match_whole_table_comparison(seed):
+    # The duplicates rule compares whole rows only among the rows of a repeated key; the
+    # rows it logs must be those of comparing every row of the table with every other.
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(int(rng.integers(1, 8))):
+        for s in range(1, int(rng.integers(2, 6))):
+            rows.append(
+                [f"P{p}", "T1", str(s), f"{s:02d}/03/2024", *map(str, rng.integers(0, 3, 4))]
+            )
+    for _ in range(int(rng.integers(0, 6))):  # identical copies and conflicting versions
+        copy = list(rows[int(rng.integers(len(rows)))])
+        if rng.random() < 0.5:
+            copy[4 + int(rng.integers(4))] = str(int(rng.integers(3, 6)))
+        rows.append(copy)
+    order = rng.permutation(len(rows))
+    raw = pd.DataFrame([rows[i] for i in order], columns=list(make_study()["columns"]))
+    raw.insert(0, "_source_row", np.arange(2, len(raw) + 2))
+    result = clean_sessions(raw, make_study(), source="dups.csv")
+    values = raw.drop(columns="_source_row")
+    identical = values.duplicated(keep="first")
+    left = raw.loc[~identical]
+    conflicting = left.duplicated(["ClientCode", "SessionNo"], keep=False)
+    logged = result.exclusions.groupby("rule")["source_row"].apply(sorted).to_dict()
+    assert logged.get("duplicate_identical", []) == sorted(raw.loc[identical, "_source_row"])
+    assert logged.get("duplicate_conflicting", []) == sorted(left.loc[conflicting, "_source_row"])
+    assert reconcile(result.flow) == []

@@ -343,3 +343,77 @@ def test_component_names_are_explicit_and_collisions_refused():
     assert out["alliance_task_between"].notna().all() and "alliance_task_within_lag" in out
     with pytest.raises(ValueError, match=r"give the component name 'task' twice; pass a mapping"):
         preset_variables(d, components=["y_task", "w_task"])
+
+
+@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("across_gaps", [False, True])
+def test_lags_of_sorted_rows_equal_the_merge_on_keys(seed, across_gaps):
+    # A table sorted by patient and session takes lags and leads from the neighbouring
+    # rows; a shuffled copy goes through the merge on patient and session. Same values
+    # and the same types (int to float, bool to object, nullable kept).
+    rng = np.random.default_rng(seed)
+    frames = []
+    for p in rng.choice(10**5, size=int(rng.integers(1, 30)), replace=False):
+        sessions = np.sort(
+            rng.choice(np.arange(1, 15), size=int(rng.integers(1, 10)), replace=False)
+        )
+        pid = f"p{p}" if seed % 3 else int(p)
+        frames.append(pd.DataFrame({"patient": pid, "session": sessions}))
+    data = pd.concat(frames, ignore_index=True)
+    n = len(data)
+    data["x"] = np.where(rng.random(n) < 0.2, np.nan, rng.normal(size=n))
+    data["k"] = rng.integers(0, 5, n)
+    data["b"] = rng.random(n) < 0.5
+    data["f"] = pd.array(np.where(rng.random(n) < 0.2, None, rng.random(n)), dtype="Float64")
+    data = data.sort_values(["patient", "session"], kind="mergesort").reset_index(drop=True)
+    shuffled = data.sample(frac=1.0, random_state=seed)
+    for lag in (1, -1):
+        got = lag_within_patient(data, ["x", "k", "b", "f"], lag=lag, across_gaps=across_gaps)
+        want = lag_within_patient(shuffled, ["x", "k", "b", "f"], lag=lag, across_gaps=across_gaps)
+        pd.testing.assert_frame_equal(got, want.loc[data.index], check_exact=True)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_patient_therapist_pairs_by_codes_equal_drop_duplicates(seed):
+    # The three-level split finds each patient's therapists from integer codes; the rows
+    # must be those of dropna().drop_duplicates() on the two id columns, labels and order.
+    from allianceflow.derive import _id_codes, _pairs
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    patients = rng.integers(0, 40, n)
+    therapists = np.where(rng.random(n) < 0.1, None, rng.integers(0, 6, n).astype(str))
+    data = pd.DataFrame(
+        {"patient": [f"p{p}" if seed % 2 else int(p) for p in patients], "therapist": therapists},
+        index=rng.permutation(n) + 7,
+    )
+    if seed % 3 == 0:
+        data["therapist"] = data["therapist"].astype("category")
+    codes, _ = _id_codes(data["patient"])
+    got = _pairs(data, "patient", "therapist", codes)
+    want = data[["patient", "therapist"]].dropna().drop_duplicates()
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_values_by_patient_code_equal_the_map(seed):
+    # Patient-level values reach the session rows by the ids' codes; the result must be
+    # Series.map's: values, missing ones, type and name.
+    from allianceflow.derive import _by_patient
+
+    rng = np.random.default_rng(seed)
+    ids = pd.Series(
+        [f"p{i}" if seed % 2 else int(i) for i in rng.integers(0, 30, 200)], name="patient"
+    )
+    known = pd.unique(ids)[: int(rng.integers(0, 31))]
+    kind = seed % 4
+    values = [
+        rng.random(len(known)),
+        rng.integers(0, 3, len(known)),
+        rng.choice(["planned", "dropout", None], len(known)),
+        rng.random(len(known)) < 0.5,
+    ][kind]
+    per_patient = pd.Series(values, index=pd.Index(known, name="patient"))
+    pd.testing.assert_series_equal(
+        _by_patient(ids, per_patient), ids.map(per_patient), check_exact=True
+    )

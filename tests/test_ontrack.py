@@ -296,3 +296,26 @@ def test_derive_settings_choose_the_multilevel_model():
     assert multi.expected_response["kind"] == "multilevel"
     direct = fit_expected_response(scored, score="ors_total", model="multilevel")
     assert multi.expected_response["gamma0"] == pytest.approx(direct.gamma0, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("direction", ["higher_is_better", "lower_is_better"])
+def test_sorted_table_gives_the_status_of_a_shuffled_copy(seed, direction):
+    # A table sorted by patient and session finds each intake without sorting and builds
+    # the status from codes; a shuffled copy is sorted first. Same columns, same values.
+    rng = np.random.default_rng(seed)
+    frames = []
+    for p in rng.choice(10**5, size=int(rng.integers(1, 25)), replace=False):
+        k = int(rng.integers(1, 12))
+        sessions = np.sort(rng.choice(np.arange(1, 16), size=k, replace=False))
+        pid = f"p{p}" if seed % 2 else int(p)
+        frames.append(pd.DataFrame({"patient": pid, "session": sessions}))
+    data = pd.concat(frames, ignore_index=True)
+    data["outcome"] = np.where(rng.random(len(data)) < 0.2, np.nan, rng.normal(20, 6, len(data)))
+    data = data.sort_values(["patient", "session"], kind="mergesort").reset_index(drop=True)
+    shuffled = data.sample(frac=1.0, random_state=seed)
+    model = ExpectedResponse(gamma0=2.0, gamma1=-0.1, centre=20.0, sigma=4.0)
+    got = on_track(data, model, direction=direction)
+    want = on_track(shuffled, model, direction=direction)
+    pd.testing.assert_frame_equal(got, want.loc[data.index], check_exact=True)
+    assert set(got["track_status"].astype(str)) >= {"intake"}

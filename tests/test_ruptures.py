@@ -120,3 +120,28 @@ def test_coded_ruptures():
         ),
     ):
         coded_ruptures(df)
+
+
+@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("method", ["patient_sd", "fixed"])
+def test_sorted_table_gives_the_ruptures_of_a_shuffled_copy(seed, method):
+    # A table sorted by patient and session takes the previous session from the row
+    # before; a shuffled copy is sorted and matched on the keys. Same columns, same values.
+    rng = np.random.default_rng(seed)
+    frames = []
+    for p in rng.choice(10**5, size=int(rng.integers(1, 25)), replace=False):
+        k = int(rng.integers(1, 12))
+        sessions = np.sort(rng.choice(np.arange(1, 16), size=k, replace=False))
+        pid = f"p{p}" if seed % 2 else int(p)
+        frames.append(pd.DataFrame({"patient": pid, "session": sessions}))
+    data = pd.concat(frames, ignore_index=True)
+    data["alliance"] = np.where(
+        rng.random(len(data)) < 0.15, np.nan, rng.integers(30, 60, len(data)).astype(float)
+    )
+    data = data.sort_values(["patient", "session"], kind="mergesort").reset_index(drop=True)
+    shuffled = data.sample(frac=1.0, random_state=seed)
+    threshold = 1.0 if method == "patient_sd" else 5.0
+    got = detect_ruptures(data, method=method, threshold=threshold, repair_within=2)
+    want = detect_ruptures(shuffled, method=method, threshold=threshold, repair_within=2)
+    pd.testing.assert_frame_equal(got, want.loc[data.index], check_exact=True)
+    assert got["rupture_detected"].fillna(False).any() or len(data) < 10

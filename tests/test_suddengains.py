@@ -9,6 +9,7 @@ import pytest
 from allianceflow.suddengains import (
     EVENT_COLUMNS,
     INTERVAL_COLUMNS,
+    _dtype,
     check_interval,
     critical_value,
     sudden_gain_intervals,
@@ -217,3 +218,83 @@ def test_duplicate_sessions_refused():
     df = long("a", [20, 20, 10], sessions=[1, 2, 2])
     with pytest.raises(ValueError, match="more than one row for patient 'a' at session 2"):
         sudden_gains(df, score="bdi", cutoff=7)
+
+
+def _events_one_by_one(data, *, direction, events, **criteria):
+    """sudden_gains the long way: the full interval table per event, then a loop per event."""
+    frames = []
+    for ev in events:
+        iv = sudden_gain_intervals(data, direction=direction, event=ev, **criteria)
+        found = iv.loc[iv["is_event"]].copy()
+        sign = (1.0 if direction == "higher_is_better" else -1.0) * (1.0 if ev == "gain" else -1.0)
+        found["magnitude"] = found["change"]
+        found["reversal_value"] = found["postgain_score"] - sign * found["magnitude"] / 2.0
+        reversed_, total = [], []
+        for p, n, r in zip(found["patient"], found["pregain_session"], found["reversal_value"]):
+            rows = data[data["patient"] == p].sort_values("session")
+            later = rows.loc[rows["session"] >= n + 2, "outcome"].dropna().to_numpy()
+            reversed_.append(bool(np.any(sign * (later - r) < 0)))
+            observed = rows["outcome"].dropna().to_numpy()
+            total.append(sign * (observed[-1] - observed[0]))
+        found["reversed"] = np.array(reversed_, dtype=bool)
+        found["total_change"] = np.array(total, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            found["change_proportion"] = np.where(
+                found["total_change"] != 0, found["magnitude"] / found["total_change"], np.nan
+            )
+        frames.append(found)
+    if all(len(f) == 0 for f in frames):
+        return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in EVENT_COLUMNS})
+    out = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    out = out.sort_values(["patient", "event", "pregain_session"], kind="mergesort")
+    return out.reset_index(drop=True)[EVENT_COLUMNS]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_sudden_gains_equals_interval_table_event_by_event(seed):
+    # sudden_gains evaluates both events on one wide table and keeps only the events; the
+    # rows and every value must be those of the full interval table, event by event.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    frames = []
+    for _ in range(n):
+        k = int(rng.integers(1, 17))
+        sessions = np.sort(rng.choice(np.arange(1, 21), size=k, replace=False))
+        walk = 20 + np.cumsum(rng.normal(0, 4, size=k)).round(0)
+        walk[rng.random(k) < 0.15] = np.nan
+        ids = f"p{rng.integers(0, 10**6)}" if seed % 2 else int(rng.integers(0, 10**6))
+        frames.append(pd.DataFrame({"patient": ids, "session": sessions, "outcome": walk}))
+    data = pd.concat(frames, ignore_index=True).drop_duplicates(["patient", "session"])
+    data = data.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    criteria = {
+        "score": "outcome",
+        "cutoff": [None, 5.0, 0.0][seed % 3],
+        "pct": [0.25, None][seed % 2],
+        "crit3": bool(seed % 5) or [None, 5.0, 0.0][seed % 3] is None,
+        "adjust": bool(seed % 4),
+        "critical_value": 3.0,
+        "alpha": 0.05 if seed % 3 else 0.1,
+    }
+    direction = ["lower_is_better", "higher_is_better"][seed % 2]
+    events = [["gain", "loss"], ["loss"], ["gain"]][seed % 3]
+    got = sudden_gains(data, direction=direction, events=events, **criteria)
+    want = _events_one_by_one(data, direction=direction, events=events, **criteria)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_window_means_and_variances_are_numpys_bit_for_bit(seed):
+    # The criteria share one pass for the window means and variances; the values must be
+    # exactly numpy's nanmean and nanvar(ddof=1), NaN included (0, 1 or 2 missing of 3).
+    from allianceflow.suddengains import _nan_mean_var
+
+    rng = np.random.default_rng(seed)
+    values = rng.normal(20, 7, size=(500, 13, 3)).round(int(seed % 3))
+    values[rng.random(values.shape) < 0.3] = np.nan
+    mean, var = _nan_mean_var(values)
+    with np.errstate(invalid="ignore", divide="ignore"), pytest.warns(RuntimeWarning):
+        want_mean = np.nanmean(values, axis=-1)
+        want_var = np.nanvar(values, axis=-1, ddof=1)
+    np.testing.assert_array_equal(mean, want_mean)
+    np.testing.assert_array_equal(var, want_var)
+    assert np.isnan(var).any() and not np.isnan(var).all()

@@ -2,7 +2,8 @@
 
 The modules are derive, clinical, ontrack, suddengains and ruptures. Private: messages name
 the argument, what was received and what is allowed. The frame and column checks are the
-package's one pair in :mod:`allianceflow._checks`, re-exported here.
+package's one pair in :mod:`allianceflow._checks`, re-exported here. Also the shared
+helpers of those modules (:func:`sorted_view`, :func:`neighbour_rows`).
 """
 
 from __future__ import annotations
@@ -93,3 +94,50 @@ def unique_in(values: Iterable) -> list:
         if v not in seen:
             seen.append(v)
     return seen
+
+
+def sorted_by_patient(data: pd.DataFrame, *, patient: str, session: str) -> np.ndarray | None:
+    """Whether each row has the previous row's patient, if the rows are sorted; else None.
+
+    Not None only when the rows are sorted by patient and then session, with one row per
+    patient and session: ids of one comparable type and none missing, whole session
+    numbers strictly increasing within a patient (as the analysis table is). A stable sort
+    by patient and session would then leave the rows as they are.
+    """
+    ids = data[patient].to_numpy()
+    sessions = data[session].to_numpy()
+    if len(ids) < 2 or sessions.dtype.kind not in "iu":
+        return None
+    try:
+        # A missing id fails too: NaN compares false with everything, and None or pd.NA
+        # cannot be ordered against an id (TypeError) or give no truth value.
+        same = ids[1:] == ids[:-1]
+        later = ids[1:] > ids[:-1]
+        ordered = bool(np.all(later | (same & (np.diff(sessions) > 0))))
+    except (TypeError, ValueError):  # ids of mixed types, or missing
+        return None
+    return np.asarray(same, dtype=bool) if ordered else None
+
+
+def neighbour_rows(
+    out: pd.DataFrame, *, patient: str, session: str, lag: int, across_gaps: bool
+) -> np.ndarray | None:
+    """Position of the row a lag of ``lag`` (+1 or -1) takes its value from, -1 for none.
+
+    None unless the rows are sorted by patient and session with one row per patient and
+    session (ids of one comparable type, none missing, whole session numbers), where the
+    caller merges on the keys instead. Sorted so, the previous session of a patient is the
+    row before: with ``across_gaps`` whatever its number, else only when it is ``s - 1``.
+    """
+    same = sorted_by_patient(out, patient=patient, session=session)
+    if same is None:
+        return None
+    ids = out[patient].to_numpy()
+    step = np.diff(out[session].to_numpy())
+    follows = same if across_gaps else same & (step == 1)
+    neighbour = np.full(len(ids), -1, dtype=np.intp)
+    if lag == 1:
+        neighbour[1:][follows] = np.flatnonzero(follows)
+    else:
+        neighbour[:-1][follows] = np.flatnonzero(follows) + 1
+    return neighbour

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ._checks import check_columns
+from ._derive_checks import neighbour_rows as _neighbour_rows
 
 __all__ = [
     "informant_alliances",
@@ -121,6 +122,10 @@ def within_between(
     return out
 
 
+#: Passed as ``codes`` when :func:`_id_codes` gave None (the callers then group by the ids).
+_NO_CODES = (None,)
+
+
 def _add_within_between(
     out: pd.DataFrame,
     column: str,
@@ -129,9 +134,16 @@ def _add_within_between(
     prefix: str,
     therapist: str | None,
     grand_mean: bool,
+    codes: Any = None,
 ) -> None:
-    """The columns of :func:`within_between`, added to *out* in place (no copy of the table)."""
-    codes = _id_codes(out[patient])
+    """The columns of :func:`within_between`, added to *out* in place (no copy of the table).
+
+    *codes*: ``_id_codes(out[patient])`` when the caller has them already (the ids are the
+    same for every column it splits), or ``_NO_CODES`` when those were None.
+    """
+    codes = _id_codes(out[patient]) if codes is None else codes
+    codes = None if codes is _NO_CODES else codes
+    patient_codes = None if codes is None else codes[0]
     if codes is None:
         pmean = out.groupby(patient, sort=False, observed=True)[column].transform("mean")
         per_patient = out.groupby(patient, sort=False, observed=True)[column].mean()
@@ -150,7 +162,7 @@ def _add_within_between(
     if grand_mean:
         out[f"{prefix}_gmc"] = out[column] - grand
     if therapist is not None:
-        pairs = out[[patient, therapist]].dropna().drop_duplicates()
+        pairs = _pairs(out, patient, therapist, patient_codes)
         multi = pairs[pairs.duplicated(patient, keep=False)]
         if len(multi):
             who = multi[patient].iloc[0]
@@ -240,6 +252,21 @@ def _add_lags(
     suffix: str,
 ) -> None:
     """The columns of :func:`lag_within_patient`, added to *out* in place (no copy of the table)."""
+    if abs(lag) == 1 and patient not in columns and session not in columns:
+        neighbour = _neighbour_rows(
+            out, patient=patient, session=session, lag=lag, across_gaps=across_gaps
+        )
+        if neighbour is not None:
+            # Sorted by patient and session: the row a lag (or lead) of one comes from is
+            # the row just before (after), when it is the same patient's and, unless
+            # across gaps, its session is one earlier (later). Missing where there is none,
+            # with the types a left merge gives (int to float, bool to object).
+            for column in columns:
+                col = out[column]
+                base = col.to_numpy() if isinstance(col.dtype, np.dtype) else col.array
+                values = pd.api.extensions.take(base, neighbour, allow_fill=True)
+                out[f"{column}{suffix}"] = pd.Series(values, index=out.index)
+            return
     codes = _id_codes(out[patient], sort=True)
     if codes is not None and patient not in columns and session not in columns:
         # Patients by their codes (sorted like the ids): the same order and the same
@@ -276,6 +303,41 @@ def _add_lags(
         shifted.index = ordered.index
     for column in columns:
         out[f"{column}{suffix}"] = shifted[column].reindex(out.index)
+
+
+def _pairs(
+    out: pd.DataFrame, patient: str, therapist: str, patient_codes: np.ndarray | None
+) -> pd.DataFrame:
+    """``out[[patient, therapist]].dropna().drop_duplicates()``, by integer codes.
+
+    The first row of each distinct (patient, therapist) pair with both present, in row
+    order and with its index label, as ``drop_duplicates`` keeps it; found from the
+    codes of the ids instead of hashing both text columns again.
+    """
+    if patient_codes is None:
+        return out[[patient, therapist]].dropna().drop_duplicates()
+    therapist_codes, therapists = pd.factorize(out[therapist])
+    both = np.flatnonzero(therapist_codes >= 0)  # patient ids are all present here
+    key = patient_codes[both].astype(np.int64) * (len(therapists) + 1) + therapist_codes[both]
+    _, first = np.unique(key, return_index=True)
+    return out[[patient, therapist]].iloc[both[np.sort(first)]]
+
+
+def _by_patient(ids: pd.Series, values: pd.Series) -> pd.Series:
+    """``ids.map(values)`` for *values* indexed by unique ids, taken by the ids' codes.
+
+    Each distinct id is looked up once and the rows take its value by their integer codes
+    (the same values and type as the map, which hashes every row's id) for float and
+    object values; other types, ids that cannot be coded, or an index with repeats, go
+    through the map itself.
+    """
+    if values.dtype.kind not in "fO":  # (the map gives bool values missing as float)
+        return ids.map(values)
+    codes = _id_codes(ids)
+    if codes is None or not values.index.is_unique:
+        return ids.map(values)
+    per_id = values.reindex(codes[1]).to_numpy()
+    return pd.Series(per_id[codes[0]], index=ids.index, name=ids.name)
 
 
 def _id_codes(ids: pd.Series, *, sort: bool = False) -> tuple[np.ndarray, pd.Index] | None:
@@ -335,12 +397,20 @@ def derive_analysis(
     out["alliance"] = out[alliance]
     out["outcome"] = out[outcome]
     # The steps of within_between and lag_within_patient, adding columns to this one copy.
+    codes = None  # the patients' codes, found once for both columns
     for name in ("alliance", "outcome"):
         check_columns(out, name, "patient")
         if therapist is not None:
             check_columns(out, therapist)
+        codes = codes or _id_codes(out["patient"]) or _NO_CODES
         _add_within_between(
-            out, name, patient="patient", prefix=name, therapist=therapist, grand_mean=True
+            out,
+            name,
+            patient="patient",
+            prefix=name,
+            therapist=therapist,
+            grand_mean=True,
+            codes=codes,
         )
     check_columns(out, "patient", "session")
     _add_lags(
@@ -536,7 +606,7 @@ def _add_preset_variables(
             # missing for patients never assessed (e.g. a single session)
             assessed = out["on_track"].notna().groupby(out["patient"], observed=True).any()
             flagged = flagged.where(assessed.reindex(flagged.index).fillna(False).astype(bool))
-        out["off_track"] = out["patient"].map(flagged)
+        out["off_track"] = _by_patient(out["patient"], flagged)
     if "rupture_detected" in out:
         _add_ruptures_so_far(out)
     named = dict(components) if isinstance(components, Mapping) else {}
@@ -549,12 +619,20 @@ def _add_preset_variables(
                     "pass a mapping {name: column} instead."
                 )
             named[name] = column
+    codes = None  # the patients' codes, found once for every component
     for comp, column in named.items():
         name = f"alliance_{comp}"
         out[name] = out[column]
         check_columns(out, name, "patient")
+        codes = codes or _id_codes(out["patient"]) or _NO_CODES
         _add_within_between(
-            out, name, patient="patient", prefix=name, therapist=None, grand_mean=False
+            out,
+            name,
+            patient="patient",
+            prefix=name,
+            therapist=None,
+            grand_mean=False,
+            codes=codes,
         )
         lagged.append(f"{name}_within")
     check_columns(out, "patient", "session", *lagged)
@@ -889,7 +967,9 @@ def derive_tables(
         patients[["deteriorated", "improved"]] = np.nan
     if "ending" in analysis.columns or patients["ending"].astype(str).ne("unknown").any():
         # One ending per patient everywhere: the recorded one, or the one inferred from a gap.
-        ending = analysis["patient"].map(patients.set_index("patient")["ending"].astype(object))
+        ending = _by_patient(
+            analysis["patient"], patients.set_index("patient")["ending"].astype(object)
+        )
         analysis["ending"] = pd.Categorical(ending, categories=patients["ending"].cat.categories)
     # `analysis` is this function's own table by now, so the preset variables are added
     # to it without a copy (at 10^6 sessions a copy is about a gigabyte).

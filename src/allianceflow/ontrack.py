@@ -44,6 +44,7 @@ from ._derive_checks import (
     check_frame,
     check_number,
     check_sessions,
+    sorted_by_patient,
 )
 
 __all__ = [
@@ -237,9 +238,10 @@ class MultilevelExpectedResponse:
 
 
 def _intake(data: pd.DataFrame, score: str, patient: str, session: str) -> pd.DataFrame:
-    obs = data.loc[data[score].notna(), [patient, session, score]].sort_values(
-        [patient, session], kind="mergesort"
-    )
+    obs = data.loc[data[score].notna(), [patient, session, score]]
+    if sorted_by_patient(data, patient=patient, session=session) is None:
+        # (rows already sorted by patient and session are in the order this sort gives)
+        obs = obs.sort_values([patient, session], kind="mergesort")
     first = obs.groupby(patient, sort=False).first()
     return first.rename(columns={session: "intake_session", score: "intake_score"})
 
@@ -496,12 +498,13 @@ def on_track(
     flag = pd.Series(pd.NA, index=out.index, dtype="boolean")
     flag[assessable] = ~off[assessable]
     out["on_track"] = flag
+    # Codes of TRACK_STATUS (intake, on_track, not_on_track, missing), not 10^6 strings.
     status = np.select(
         [at_intake, assessable & off, assessable & ~off],
-        ["intake", "not_on_track", "on_track"],
-        default="missing",
+        [TRACK_STATUS.index(s) for s in ("intake", "not_on_track", "on_track")],
+        default=TRACK_STATUS.index("missing"),
     )
-    out["track_status"] = pd.Categorical(status, categories=list(TRACK_STATUS))
+    out["track_status"] = pd.Categorical.from_codes(status, categories=list(TRACK_STATUS))
     return out
 
 

@@ -38,6 +38,7 @@ from ._derive_checks import (
     check_number,
     check_sessions,
 )
+from ._derive_checks import neighbour_rows as _neighbour_rows
 
 __all__ = [
     "detect_ruptures",
@@ -157,11 +158,25 @@ def detect_ruptures(
         raise TypeError(f"`across_gaps` must be True or False; got {across_gaps!r}.")
 
     out = data.copy() if copy else data
-    ordered = out[list(dict.fromkeys([patient, session, alliance]))].sort_values(
-        [patient, session], kind="mergesort"
+    columns = list(dict.fromkeys([patient, session, alliance]))
+    # A table sorted by patient and session (the analysis table) is used as it is: the
+    # previous session is the row before, and the patients' codes group contiguous rows.
+    neighbour = (
+        _neighbour_rows(out, patient=patient, session=session, lag=1, across_gaps=False)
+        if alliance not in (patient, session)
+        else None
     )
+    if neighbour is None:
+        ordered = out[columns].sort_values([patient, session], kind="mergesort")
+    else:
+        ordered = out[columns]
     a = ordered[alliance].astype(float)
-    if across_gaps:
+    if neighbour is not None and not across_gaps:
+        prev = pd.Series(
+            pd.api.extensions.take(a.to_numpy(), neighbour, allow_fill=True),
+            index=ordered.index,
+        )
+    elif across_gaps:
         rec = ordered.loc[a.notna(), [patient, session]].copy()
         rec["prev"] = a[a.notna()].groupby(rec[patient], sort=False).shift(1)
         prev = rec["prev"].reindex(ordered.index)
@@ -171,8 +186,8 @@ def detect_ruptures(
         prev_key = pd.MultiIndex.from_arrays([ordered[patient], ordered[session] - 1])
         prev = pd.Series(lookup.reindex(prev_key).to_numpy(), index=ordered.index)
     drop = prev - a
+    codes = pd.factorize(ordered[patient])[0]
     if method == "patient_sd":
-        codes = pd.factorize(ordered[patient])[0]
         sd = pd.Series(
             np.where(codes < 0, np.nan, _contiguous_group_sd(a.to_numpy(), codes)),
             index=ordered.index,
@@ -186,9 +201,11 @@ def detect_ruptures(
     detected[ok] = (drop[ok] >= tau[ok]).to_numpy()
 
     sessions = ordered[session].to_numpy()
-    codes = pd.factorize(ordered[patient])[0]
     values = a.to_numpy()
-    last_session = ordered.groupby(patient, sort=False)[session].transform("max").to_numpy()
+    if neighbour is None:
+        last_session = ordered.groupby(patient, sort=False)[session].transform("max").to_numpy()
+    else:  # no id is missing, so the codes group the rows as the ids do
+        last_session = ordered[session].groupby(codes, sort=False).transform("max").to_numpy()
     positions = np.flatnonzero(detected.fillna(False).to_numpy())
     # Look ahead up to repair_within rows from every rupture at once: sessions are unique and
     # increasing within a patient, so the window (s, s + repair_within] spans at most that

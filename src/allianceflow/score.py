@@ -240,9 +240,10 @@ def score_sessions(data: pd.DataFrame, instruments, *, prorate: bool = True) -> 
     Returns
     -------
     pandas.DataFrame
-        A copy of ``data`` with, per instrument: ``<id>_total`` (float), ``<id>_<sub>``
-        for each subscale (float), ``<id>_n_items`` (answered items, int) and
-        ``<id>_prorated`` (bool: some reported score of the row was prorated); for an
+        A new table (``data``'s columns, shared with it, not copied) with, per
+        instrument: ``<id>_total`` (float), ``<id>_<sub>`` for each subscale (float),
+        ``<id>_n_items`` (answered items, int) and ``<id>_prorated`` (bool: some
+        reported score of the row was prorated); for an
         instrument with a "does not apply" code (``Instrument.not_applicable``, e.g. the
         CARE Measure), ``<id>_n_not_applicable`` (int: such answers in the row).
 
@@ -297,7 +298,9 @@ def score_sessions(data: pd.DataFrame, instruments, *, prorate: bool = True) -> 
     if not isinstance(data, pd.DataFrame):
         raise TypeError(f"`data` must be a pandas DataFrame; got {type(data).__name__}.")
     insts = _resolve(instruments)
-    out = data.copy()
+    # A shallow copy: the score columns are added to a new table whose other columns are
+    # those of *data* (not copied: ~0.7 s at 10^6 rows); *data* itself is left as it is.
+    out = data.copy(deep=False)
     for inst in insts:
         new = score_columns(inst)
         clash = [c for c in new if c in data.columns]

@@ -156,6 +156,59 @@ def _check_criteria(cutoff, pct, crit3, alpha, adjust, fixed_critical):
     return cutoff, pct, alpha, fixed_critical
 
 
+def _nan_mean_var(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""``np.nanmean(values, axis=-1)`` and ``np.nanvar(values, axis=-1, ddof=1)`` in one pass.
+
+    The operations of numpy's own functions, in their order (missing values set to 0,
+    sums over the last axis, :math:`\bar x = \sum x / n`, squared deviations with the
+    missing ones set to 0, :math:`s^2 = \sum (x - \bar x)^2 / (n - 1)`, NaN where
+    :math:`n \le 1`), sharing the mean: the same bits (tests/test_suddengains.py checks it).
+    """
+    mask = np.isnan(values)
+    filled = np.where(mask, 0.0, values)
+    count = (~mask).sum(axis=-1, dtype=np.intp, keepdims=True)
+    mean = filled.sum(axis=-1, keepdims=True) / count
+    deviation = filled - mean
+    deviation[mask] = 0.0
+    dof = count[..., 0] - 1
+    var = (deviation * deviation).sum(axis=-1) / dof
+    var[dof <= 0] = np.nan
+    return mean[..., 0], var
+
+
+def _moments(
+    pre: np.ndarray, post: np.ndarray, *, alpha: float, adjust: bool, fixed_critical: float
+) -> dict[str, np.ndarray]:
+    """The direction-free parts of the criteria: counts, means, pooled SD, critical value.
+
+    ``pre``/``post``: arrays (..., 3) of scores n-2..n and n+1..n+3. A gain and a loss
+    share them, so :func:`sudden_gains` computes them once for both.
+    """
+    n_pre = (~np.isnan(pre)).sum(axis=-1)
+    n_post = (~np.isnan(post)).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_pre, var_pre = _nan_mean_var(pre)
+        mean_post, var_post = _nan_mean_var(post)
+        enough = (n_pre >= 2) & (n_post >= 2)
+        df = n_pre + n_post - 2
+        pooled = np.sqrt(
+            ((n_pre - 1) * var_pre + (n_post - 1) * var_post) / np.where(enough, df, 1)
+        )
+        if adjust:
+            crit = np.where(enough, stats.t.ppf(1.0 - alpha / 2.0, np.where(enough, df, 1)), np.nan)
+        else:
+            crit = np.where(enough, fixed_critical, np.nan)
+    return {
+        "n_pre": n_pre,
+        "n_post": n_post,
+        "raw_mean_pre": mean_pre,
+        "raw_mean_post": mean_post,
+        "raw_pooled": pooled,
+        "enough": enough,
+        "critical_value": crit,
+    }
+
+
 def _evaluate(
     pre: np.ndarray,
     post: np.ndarray,
@@ -167,12 +220,16 @@ def _evaluate(
     alpha: float,
     adjust: bool,
     fixed_critical: float,
+    moments: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Vectorised criteria. ``pre``/``post``: arrays (..., 3) of scores n-2..n and n+1..n+3.
 
     ``sign`` is +1 when the event is an increase of the score, -1 when a decrease.
     Criteria are float arrays: 1.0 met, 0.0 not met, NaN not assessable / not applied.
+    *moments* are :func:`_moments` of the same arrays, when already computed.
     """
+    if moments is None:
+        moments = _moments(pre, post, alpha=alpha, adjust=adjust, fixed_critical=fixed_critical)
     y_n, y_n1 = pre[..., 2], post[..., 0]
     change = sign * (y_n1 - y_n)  # size of the step in the event's direction
     both = ~np.isnan(y_n) & ~np.isnan(y_n1)
@@ -187,32 +244,16 @@ def _evaluate(
         if pct is not None
         else nan.copy()
     )
-    n_pre = (~np.isnan(pre)).sum(axis=-1)
-    n_post = (~np.isnan(post)).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean_pre = np.nanmean(pre, axis=-1)
-            mean_post = np.nanmean(post, axis=-1)
-            var_pre = np.nanvar(pre, axis=-1, ddof=1)
-            var_post = np.nanvar(post, axis=-1, ddof=1)
-        enough = (n_pre >= 2) & (n_post >= 2)
-        df = n_pre + n_post - 2
-        pooled = np.sqrt(
-            ((n_pre - 1) * var_pre + (n_post - 1) * var_post) / np.where(enough, df, 1)
-        )
-        if adjust:
-            crit = np.where(enough, stats.t.ppf(1.0 - alpha / 2.0, np.where(enough, df, 1)), np.nan)
-        else:
-            crit = np.where(enough, fixed_critical, np.nan)
-        if crit3:
+    n_pre, n_post, enough = moments["n_pre"], moments["n_post"], moments["enough"]
+    mean_pre, mean_post = moments["raw_mean_pre"], moments["raw_mean_post"]
+    pooled, crit = moments["raw_pooled"], moments["critical_value"]
+    if crit3:
+        with np.errstate(invalid="ignore"):
             c3 = np.where(
                 enough, (sign * (mean_post - mean_pre) > crit * pooled).astype(float), np.nan
             )
-        else:
-            c3 = nan.copy()
+    else:
+        c3 = nan.copy()
     applied = [c for c, on in ((c1, cutoff is not None), (c2, pct is not None), (c3, crit3)) if on]
     is_event = np.ones(change.shape, dtype=bool)
     for c in applied:
@@ -454,15 +495,9 @@ def sudden_gain_intervals(
     check_choice(direction, DIRECTIONS, "direction")
     check_choice(event, _EVENTS, "event")
     patients, sessions, values = _wide(data, score, patient, session, first_session, last_session)
-    n_points = len(sessions)
-    # pregain positions 1 .. n_points - 3 (0-based), i.e. sessions first+1 .. last-2
-    positions = np.arange(1, max(n_points - 2, 1))
+    positions, pre, post = _windows(sessions, values)
     if len(patients) == 0 or len(positions) == 0:
         return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in INTERVAL_COLUMNS})
-    padded = np.pad(values, ((0, 0), (2, 3)), constant_values=np.nan)
-    # padded index of session position p is p + 2
-    pre = np.stack([padded[:, positions + 2 + k] for k in (-2, -1, 0)], axis=-1)
-    post = np.stack([padded[:, positions + 2 + k] for k in (1, 2, 3)], axis=-1)
     res = _evaluate(
         pre,
         post,
@@ -489,6 +524,21 @@ def sudden_gain_intervals(
         arr = res[key].ravel()
         out[key] = arr.astype("int64") if key in ("n_pre", "n_post") else arr
     return out[INTERVAL_COLUMNS]
+
+
+def _windows(sessions: np.ndarray, values: np.ndarray):
+    """Pregain positions and the (patients, intervals, 3) scores before and after each.
+
+    The pregain positions are 1 .. ``len(sessions) - 3`` (0-based), i.e. sessions
+    ``first + 1`` .. ``last - 2``; ``pre`` holds the scores at n-2, n-1, n and ``post``
+    those at n+1, n+2, n+3 (NaN beyond the span).
+    """
+    positions = np.arange(1, max(len(sessions) - 2, 1))
+    padded = np.pad(values, ((0, 0), (2, 3)), constant_values=np.nan)
+    # padded index of session position p is p + 2
+    pre = np.stack([padded[:, positions + 2 + k] for k in (-2, -1, 0)], axis=-1)
+    post = np.stack([padded[:, positions + 2 + k] for k in (1, 2, 3)], axis=-1)
+    return positions, pre, post
 
 
 def _dtype(column: str):
@@ -571,39 +621,64 @@ def sudden_gains(
         check_choice(e, _EVENTS, "events")
     check_choice(direction, DIRECTIONS, "direction")
     frames = []
+    # One wide table, one set of windows and one set of means and SDs for both events;
+    # only the intervals that are events become rows (the rows and values are those of
+    # sudden_gain_intervals(...)[is_event], which tests/test_suddengains.py checks).
     patients, sessions, values = _wide(data, score, patient, session, first_session, last_session)
-    row_of = {p: i for i, p in enumerate(patients)}
+    cutoff, pct, alpha, critical_value = _check_criteria(
+        cutoff, pct, crit3, alpha, adjust, critical_value
+    )
+    positions, pre, post = _windows(sessions, values)
+    if len(patients) == 0 or len(positions) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in EVENT_COLUMNS})
+    moments = _moments(pre, post, alpha=alpha, adjust=adjust, fixed_critical=critical_value)
+    n_int = len(positions)
+    observed = ~np.isnan(values)
     for ev in events:
-        iv = sudden_gain_intervals(
-            data,
-            score=score,
-            patient=patient,
-            session=session,
-            direction=direction,
-            event=ev,
+        sign = _sign(ev, direction)
+        res = _evaluate(
+            pre,
+            post,
+            sign=sign,
             cutoff=cutoff,
             pct=pct,
             crit3=crit3,
             alpha=alpha,
             adjust=adjust,
-            critical_value=critical_value,
-            first_session=first_session,
-            last_session=last_session,
+            fixed_critical=critical_value,
+            moments=moments,
         )
-        found = iv.loc[iv["is_event"]].copy()
-        sign = _sign(ev, direction)
-        found["magnitude"] = found["change"]
+        hit = np.flatnonzero(res["is_event"].ravel())
+        rows, cols = np.divmod(hit, n_int)
+        found = pd.DataFrame(
+            {
+                "patient": patients.to_numpy()[rows],
+                "event": ev,
+                "pregain_session": sessions[positions][cols].astype("int64"),
+                "postgain_session": sessions[positions + 1][cols].astype("int64"),
+                "pregain_score": pre[..., 2].ravel()[hit],
+                "postgain_score": post[..., 0].ravel()[hit],
+            }
+        )
+        for key in ("n_pre", "n_post", "mean_pre", "mean_post", "critical_value"):
+            arr = res[key].ravel()[hit]
+            found[key] = arr.astype("int64") if key in ("n_pre", "n_post") else arr
+        found["magnitude"] = res["change"].ravel()[hit]
         found["reversal_value"] = found["postgain_score"] - sign * found["magnitude"] / 2.0
-        reversed_, total = [], []
-        for p, n, r in zip(found["patient"], found["pregain_session"], found["reversal_value"]):
-            series = values[row_of[p]]
-            later = series[sessions >= n + 2]
-            later = later[~np.isnan(later)]
-            reversed_.append(bool(np.any(sign * (later - r) < 0)))
-            observed = series[~np.isnan(series)]
-            total.append(sign * (observed[-1] - observed[0]))
-        found["reversed"] = np.array(reversed_, dtype=bool)
-        found["total_change"] = np.array(total, dtype=float)
+        # Reversed: an observed score from session n + 2 on strictly beyond the reversal
+        # value; total change: last observed score minus the first, in the event's direction.
+        series = values[rows]
+        later = observed[rows] & (
+            sessions[None, :] >= found["pregain_session"].to_numpy()[:, None] + 2
+        )
+        with np.errstate(invalid="ignore"):
+            beyond = sign * (series - found["reversal_value"].to_numpy()[:, None]) < 0
+        found["reversed"] = (later & beyond).any(axis=1)
+        seen = observed[rows]
+        first = seen.argmax(axis=1)
+        last = seen.shape[1] - 1 - seen[:, ::-1].argmax(axis=1)
+        index = np.arange(len(rows))
+        found["total_change"] = sign * (series[index, last] - series[index, first])
         with np.errstate(divide="ignore", invalid="ignore"):
             found["change_proportion"] = np.where(
                 found["total_change"] != 0, found["magnitude"] / found["total_change"], np.nan

@@ -88,7 +88,9 @@ def map_columns(
                 f"{closest_text(required, present)} Add `<raw name>: {required}` under "
                 f"`columns` in {config}."
             )
-    return raw[["_source_row", *columns]].rename(columns=columns)
+    out = raw[["_source_row", *columns]]  # a new frame: named in place, not copied again
+    out.columns = [columns.get(c, c) for c in out.columns]
+    return out
 
 
 def wide_columns(

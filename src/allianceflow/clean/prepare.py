@@ -56,7 +56,12 @@ def drop_columns(run: CleanRun) -> None:
                 f"{run.source}: `{run.key}.privacy.drop_columns` names {column!r}, but the file "
                 f"has no such column. {closest_text(column, run.frame.columns[1:])}"
             )
-    run.frame = run.frame.drop(columns=dropped)
+    if dropped:
+        # Deleted from a shallow copy of the run's own table: ``drop`` copied every column.
+        frame = run.frame.copy(deep=False)
+        for column in dict.fromkeys(dropped):
+            del frame[column]
+        run.frame = frame
 
 
 def privacy_guard(run: CleanRun) -> None:
@@ -204,7 +209,9 @@ def map_to_canonical(run: CleanRun) -> None:
         raise DataError(
             f"{run.source}: the file has a header but no data rows. Export the data again."
         )
-    frame = frame.reset_index(drop=True)
+    # map_columns' table is a new one: its index is replaced in place (reset_index
+    # copied every column).
+    frame.index = pd.RangeIndex(len(frame))
     run.value_cols = [c for c in frame.columns if c != "_source_row"]
     run.frame = frame
     _count_missing(run)  # also refuses a column that is blank in every row

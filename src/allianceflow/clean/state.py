@@ -223,7 +223,10 @@ class CleanRun:
         self.policies = policies_of(study, self.key, config)
         self.collect = collect
         self.env = env
-        self.frame = raw.copy()
+        # A shallow copy: no step writes into the raw columns, and map_to_canonical takes
+        # the mapped ones into a new table (map_columns) before any step sets a value, so
+        # *raw* is left as it was without copying every column first.
+        self.frame = raw.copy(deep=False)
         self.date_columns = set(raw.attrs.get("date_columns", []))
         self.codes = {str(c).strip() for c in study.get("missing_codes", [])}
         self.columns = dict(study["columns"])
