@@ -1462,6 +1462,17 @@ import numpy as np, pandas as pd
 {prelude}
 print(",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
+_DERIVE_RUN = """
+import warnings
+from allianceflow.derive import derive_tables
+from allianceflow.score import score_sessions
+from allianceflow.simulate import simulate_study
+warnings.simplefilter("ignore")  # rows with too many missing items are reported, not tested
+scored = score_sessions(simulate_study(seed=1, n_therapists=4, n_patients=40), ["wai_sr", "ors"])
+derived = derive_tables(scored, alliance="wai_sr_total", outcome="ors_total",
+                        direction="higher_is_better", rci=5.0, cutoff=25.0, clinical_range="below")
+assert len(derived.sudden_gains.columns) and derived.analysis["on_track"].notna().any()
+"""
 _INTAKE_CORRELATIONS = """
 from allianceflow.tables import intake_correlations
 d = pd.DataFrame({"patient": list("abcdef"), "session": 1, "alliance": [1.0, 2, 3, 4, 5, 6],
@@ -1493,6 +1504,8 @@ fit_model(d.groupby("p").first().reset_index(), "b ~ x + (1 | t)", family="binom
         ),
         # the derive job's modules (on-track bands take the normal quantile when they run)
         ("import allianceflow.derive, allianceflow.ontrack, allianceflow.clinical", ""),
+        # and running derive: the t and normal quantiles come from scipy.special
+        (_DERIVE_RUN, "scipy.special"),
         # the intake-correlation table computes Pearson's p without scipy.stats
         (_INTAKE_CORRELATIONS, "scipy.special"),
         # the fast engine (LMM, Kenward–Roger df) and the GLMM: neither statsmodels nor
