@@ -332,3 +332,65 @@ def test_planned_sessions_turn_an_inferred_ending_after_the_full_dose_into_plann
         ),
     ):
         endings_and_dose(_sessions(), followup="followup", planned_sessions=5)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_patients_table_by_integer_codes_equals_the_table_by_ids(seed):
+    """derive_patients groups by integer codes of the ids; the table is the one by ids.
+
+    Simulated studies whose ids are random text, their rows shuffled (so that the ids first
+    appear in another order than they sort in), with endings, on-track status, ruptures
+    and sudden gains; compared with the same steps run on the ids themselves, exactly. An
+    error still names the patient by its own id.
+    """
+    import numpy as np
+
+    from allianceflow import clinical
+    from allianceflow.derive import derive_tables
+    from allianceflow.score import score_sessions
+    from allianceflow.simulate import simulate_study
+
+    rng = np.random.default_rng(seed)
+    sessions = simulate_study(seed=seed, n_therapists=5, n_patients=60)
+    names = {p: f"{rng.choice(list('kqxbz'))}{rng.integers(10**6)}" for p in sessions.patient}
+    sessions["patient"] = sessions["patient"].map(names)
+    with pytest.warns(UserWarning):  # rows with too few items are reported
+        scored = score_sessions(sessions, ["wai_sr", "ors"])
+    derived = derive_tables(
+        scored,
+        alliance="wai_sr_total",
+        outcome="ors_total",
+        direction="higher_is_better",
+        rci=5.0,
+        cutoff=25.0,
+        clinical_range="below",
+    )
+    # rows in any order: the ids first appear in another order than they sort in
+    analysis = derived.analysis.iloc[rng.permutation(len(derived.analysis))]
+    gains = derived.sudden_gains
+    assert list(pd.unique(analysis["patient"])) != sorted(set(names.values()))
+    assert len(gains) and analysis["on_track"].notna().any() and analysis["ending"].notna().any()
+    settings = dict(
+        outcome="outcome",
+        patient="patient",
+        session="session",
+        days="days",
+        carry=("therapist", "condition"),
+        direction="higher_is_better",
+        rci=5.0,
+        cutoff=25.0,
+        clinical_range="below",
+        ending="ending",
+        followup=None,
+        gap_days=None,
+        planned_sessions=None,
+        ending_labels={},
+    )
+    by_ids = clinical._patients_table(analysis, sudden_gains=gains, **settings)
+    by_codes = clinical.derive_patients(analysis, sudden_gains=gains, **settings)
+    pd.testing.assert_frame_equal(by_codes, by_ids, check_exact=True)
+    assert by_codes["patient"].tolist() == sorted(set(names.values()))
+    twice = pd.concat([analysis, analysis.iloc[[5]]], ignore_index=True)
+    patient = analysis["patient"].iloc[5]
+    with pytest.raises(ValueError, match=f"more than one row for patient '{patient}' at session"):
+        clinical.derive_patients(twice, sudden_gains=gains, **settings)
