@@ -335,7 +335,7 @@ def test_planned_sessions_turn_an_inferred_ending_after_the_full_dose_into_plann
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_patients_table_by_integer_codes_equals_the_table_by_ids(seed):
+def test_patients_table_by_integer_codes_equals_the_table_by_ids(seed, monkeypatch):
     """derive_patients groups by integer codes of the ids; the table is the one by ids.
 
     Simulated studies whose ids are random text, their rows shuffled (so that the ids first
@@ -387,10 +387,36 @@ def test_patients_table_by_integer_codes_equals_the_table_by_ids(seed):
         ending_labels={},
     )
     by_ids = clinical._patients_table(analysis, sudden_gains=gains, **settings)
+    built = []  # the table derive_patients builds: by codes, once (no fallback to the ids)
+    real = clinical._patients_table
+    monkeypatch.setattr(
+        clinical,
+        "_patients_table",
+        lambda frame, **kw: built.append(frame["patient"].dtype) or real(frame, **kw),
+    )
     by_codes = clinical.derive_patients(analysis, sudden_gains=gains, **settings)
+    assert built == [np.dtype(np.intp)]
+    monkeypatch.setattr(clinical, "_patients_table", real)
     pd.testing.assert_frame_equal(by_codes, by_ids, check_exact=True)
     assert by_codes["patient"].tolist() == sorted(set(names.values()))
     twice = pd.concat([analysis, analysis.iloc[[5]]], ignore_index=True)
     patient = analysis["patient"].iloc[5]
     with pytest.raises(ValueError, match=f"more than one row for patient '{patient}' at session"):
         clinical.derive_patients(twice, sudden_gains=gains, **settings)
+
+
+def test_only_text_ids_without_a_missing_one_are_coded():
+    """Ids mixing text and numbers, or with a missing id, are grouped by the ids themselves.
+
+    factorize would order the mixed ids (numbers first) where sorting the ids raises, and a
+    missing id has no code.
+    """
+    from allianceflow import clinical
+
+    assert clinical._patient_codes(pd.Series(["b", "b", 1, "a"], dtype=object), None) is None
+    assert clinical._patient_codes(pd.Series(["b", None, "a"], dtype=object), None) is None
+    assert clinical._patient_codes(pd.Series([3, 1, 2]), None) is None
+    codes, ids, _ = clinical._patient_codes(pd.Series(["b", "c", "a", "b"]), None)
+    assert codes.tolist() == [1, 2, 0, 1] and ids.tolist() == ["a", "b", "c"]
+    gains = pd.DataFrame({"patient": ["c", "x"]})
+    assert clinical._patient_codes(pd.Series(["b", "c", "a"]), gains) is None

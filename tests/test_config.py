@@ -155,6 +155,18 @@ def test_a_model_named_like_another_output_is_refused(config, schema, name, why,
     )
 
 
+def test_two_model_names_that_differ_only_in_case_are_refused(config, schema):
+    bad = copy.deepcopy(config)
+    bad["models"]["Growth"] = bad["models"]["growth"]
+    with pytest.raises(ConfigError) as error:
+        validate_config(bad, schema)
+    assert str(error.value) == (
+        "config.yaml: the model names 'growth' and 'Growth' under `models` differ only in "
+        "case; on macOS and Windows, whose file systems ignore case, they would write the "
+        "same files. Rename one of them."
+    )
+
+
 def test_a_file_that_is_not_a_mapping_is_refused(tmp_path, root):
     path = tmp_path / "config.yaml"
     path.write_text("- just\n- a list\n")

@@ -417,3 +417,17 @@ def test_values_by_patient_code_equal_the_map(seed):
     pd.testing.assert_series_equal(
         _by_patient(ids, per_patient), ids.map(per_patient), check_exact=True
     )
+    # a category or string type is kept, as the map keeps it
+    for dtype in ("category", "string"):
+        typed = pd.Series(rng.choice(["planned", "dropout"], len(known)), index=known, dtype=dtype)
+        pd.testing.assert_series_equal(_by_patient(ids, typed), ids.map(typed), check_exact=True)
+
+
+def test_ids_mixing_text_and_numbers_are_not_sorted_by_their_codes():
+    """Sorting such ids raises; factorize would order them (numbers first): no codes."""
+    from allianceflow.derive import _id_codes
+
+    mixed = pd.Series(["b", 2, "a", 1], dtype=object)
+    assert _id_codes(mixed, sort=True) is None
+    codes, ids = _id_codes(mixed)  # first-appearance order needs no sorting
+    assert codes.tolist() == [0, 1, 2, 3] and ids.tolist() == ["b", 2, "a", 1]

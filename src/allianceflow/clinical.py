@@ -647,14 +647,11 @@ def _patient_codes(ids: pd.Series, gains: pd.DataFrame | None):
     None (the ids are used as they are) unless the ids are text without a missing one and
     every patient of *gains* (the sudden-gains table) is among them.
     """
-    if ids.dtype != object:
+    # only text: factorize "sorts" text mixed with numbers (numbers first) where sorting the
+    # ids themselves raises, and a missing id has no code
+    if ids.dtype != object or pd.api.types.infer_dtype(ids, skipna=False) != "string":
         return None
-    try:
-        codes, uniques = pd.factorize(ids, sort=True)
-    except TypeError:  # ids that do not sort (text mixed with numbers)
-        return None
-    if len(codes) and codes.min() < 0:
-        return None
+    codes, uniques = pd.factorize(ids, sort=True)
     uniques = pd.Index(uniques, dtype=object)
     if gains is not None:
         gains = gains.copy(deep=False)

@@ -381,6 +381,15 @@ def _check_model_names(models: dict[str, Any], source: str) -> None:
     """
     from .stages import RESERVED_MODEL_NAMES, RESERVED_MODEL_PREFIXES
 
+    seen: dict[str, str] = {}
+    for model in models:
+        other = seen.setdefault(model.casefold(), model)
+        if other != model:
+            raise ConfigError(
+                f"{source}: the model names {other!r} and {model!r} under `models` differ only "
+                "in case; on macOS and Windows, whose file systems ignore case, they would "
+                "write the same files. Rename one of them."
+            )
     for model in models:
         folded = model.casefold()
         taken = folded in RESERVED_MODEL_NAMES

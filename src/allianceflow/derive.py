@@ -331,7 +331,9 @@ def _by_patient(ids: pd.Series, values: pd.Series) -> pd.Series:
     object values; other types, ids that cannot be coded, or an index with repeats, go
     through the map itself.
     """
-    if values.dtype.kind not in "fO":  # (the map gives bool values missing as float)
+    # (the map gives bool values missing as float; a category or string type keeps its
+    # type through the map, so it goes through the map)
+    if not (isinstance(values.dtype, np.dtype) and values.dtype.kind in "fO"):
         return ids.map(values)
     codes = _id_codes(ids)
     if codes is None or not values.index.is_unique:
@@ -343,10 +345,13 @@ def _by_patient(ids: pd.Series, values: pd.Series) -> pd.Series:
 def _id_codes(ids: pd.Series, *, sort: bool = False) -> tuple[np.ndarray, pd.Index] | None:
     """Integer codes of an id column and the ids they stand for, or None.
 
-    None when an id is missing or the ids cannot be sorted (mixed types), where the callers
+    None when an id is missing or, with *sort*, when the ids mix types (text and numbers,
+    which factorize orders numbers first where sorting the ids raises), where the callers
     keep grouping by the ids themselves. With *sort* the codes follow the ids' sort order,
     else their order of first appearance.
     """
+    if sort and pd.api.types.infer_dtype(ids, skipna=True).startswith("mixed"):
+        return None
     try:
         codes, uniques = pd.factorize(ids, sort=sort)
     except TypeError:
