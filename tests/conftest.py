@@ -88,6 +88,22 @@ def copy_project(root):
     return lambda target, small=False: _copy_project(root, Path(target), small=small)
 
 
+def random_session_keys(rng: np.random.Generator, *, text_ids: bool) -> pd.DataFrame:
+    """Patient and session keys of a random design: 1-24 patients, 1-11 sessions each.
+
+    Sessions are drawn from 1-15 without repeats and sorted within patient; ids are text
+    (``p123``) or integers. For the tests that compare a fast path on sorted tables with the
+    path for any order.
+    """
+    frames = []
+    for p in rng.choice(10**5, size=int(rng.integers(1, 25)), replace=False):
+        k = int(rng.integers(1, 12))
+        sessions = np.sort(rng.choice(np.arange(1, 16), size=k, replace=False))
+        pid = f"p{p}" if text_ids else int(p)
+        frames.append(pd.DataFrame({"patient": pid, "session": sessions}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def simulate_three_level(seed=7, n_therapists=12, n_patients=120, n_sessions=10):
     """A small three-level study: patients in therapists, crossed raters.
 

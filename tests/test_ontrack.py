@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import random_session_keys
 from scipy import stats
 
 from allianceflow.ontrack import (
@@ -304,13 +305,7 @@ def test_sorted_table_gives_the_status_of_a_shuffled_copy(seed, direction):
     # A table sorted by patient and session finds each intake without sorting and builds
     # the status from codes; a shuffled copy is sorted first. Same columns, same values.
     rng = np.random.default_rng(seed)
-    frames = []
-    for p in rng.choice(10**5, size=int(rng.integers(1, 25)), replace=False):
-        k = int(rng.integers(1, 12))
-        sessions = np.sort(rng.choice(np.arange(1, 16), size=k, replace=False))
-        pid = f"p{p}" if seed % 2 else int(p)
-        frames.append(pd.DataFrame({"patient": pid, "session": sessions}))
-    data = pd.concat(frames, ignore_index=True)
+    data = random_session_keys(rng, text_ids=bool(seed % 2))
     data["outcome"] = np.where(rng.random(len(data)) < 0.2, np.nan, rng.normal(20, 6, len(data)))
     data = data.sort_values(["patient", "session"], kind="mergesort").reset_index(drop=True)
     shuffled = data.sample(frac=1.0, random_state=seed)

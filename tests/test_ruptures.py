@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import random_session_keys
 
 from allianceflow.ruptures import RUPTURE_COLUMNS, coded_ruptures, detect_ruptures, rupture_summary
 
@@ -128,13 +129,7 @@ def test_sorted_table_gives_the_ruptures_of_a_shuffled_copy(seed, method):
     # A table sorted by patient and session takes the previous session from the row
     # before; a shuffled copy is sorted and matched on the keys. Same columns, same values.
     rng = np.random.default_rng(seed)
-    frames = []
-    for p in rng.choice(10**5, size=int(rng.integers(1, 25)), replace=False):
-        k = int(rng.integers(1, 12))
-        sessions = np.sort(rng.choice(np.arange(1, 16), size=k, replace=False))
-        pid = f"p{p}" if seed % 2 else int(p)
-        frames.append(pd.DataFrame({"patient": pid, "session": sessions}))
-    data = pd.concat(frames, ignore_index=True)
+    data = random_session_keys(rng, text_ids=bool(seed % 2))
     data["alliance"] = np.where(
         rng.random(len(data)) < 0.15, np.nan, rng.integers(30, 60, len(data)).astype(float)
     )
