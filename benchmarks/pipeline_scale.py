@@ -14,9 +14,11 @@ on it, exactly as the Snakemake rules call them:
 * ``derive`` — :func:`~allianceflow.stages.derive_stage` (→ analysis.parquet,
   patients.parquet, sudden_gains.csv, expected.json)
 
-Each stage runs in its own fresh interpreter (a child process), so its peak resident
+Each stage runs in its own fresh interpreter (a child process), inside
+``run_step(None, own_process=True)`` as its Snakemake job runs it, so its peak resident
 memory (``VmHWM`` from ``/proc/self/status``, which equals ``ru_maxrss`` of the child) is
-that stage's alone. Recorded per stage: wall time of the stage call (imports excluded),
+that stage's alone. Recorded per stage: wall time of the stage call (imports excluded,
+pandera's too),
 rows/s, peak RSS, and the RSS after imports (the interpreter + numpy/pandas baseline).
 ``--profile`` also writes a cProfile dump per stage (``<workdir>/<rows>/<stage>.prof``);
 ``--workdir DIR --reuse`` keeps the data and reuses an export simulated before (the
@@ -145,6 +147,8 @@ def child_stage(stage: str, folder: Path, profile: bool) -> dict:
         ),
     }
     # Import everything the stage imports lazily, so the timing is of the work only.
+    import pandera  # noqa: F401  (the data contract imports it when clean checks the table)
+
     import allianceflow.clean  # noqa: F401
     import allianceflow.clinical  # noqa: F401
     import allianceflow.derive  # noqa: F401
@@ -156,16 +160,20 @@ def child_stage(stage: str, folder: Path, profile: bool) -> dict:
     baseline = _rss_mb("VmRSS")
     cpu_start = time.process_time()
     start = time.perf_counter()
-    if profile:
-        import cProfile
+    # The stage runs in its process as a Snakemake job runs it: inside
+    # run_step(own_process=True), which freezes the garbage collector and tunes the
+    # allocator (stages.tune_allocator) when the step begins.
+    with stages.run_step(None, own_process=True):
+        if profile:
+            import cProfile
 
-        profiler = cProfile.Profile()
-        profiler.runcall(calls[stage])
-        seconds = time.perf_counter() - start
-        profiler.dump_stats(str(folder / f"{stage}.prof"))
-    else:
-        calls[stage]()
-        seconds = time.perf_counter() - start
+            profiler = cProfile.Profile()
+            profiler.runcall(calls[stage])
+            seconds = time.perf_counter() - start
+            profiler.dump_stats(str(folder / f"{stage}.prof"))
+        else:
+            calls[stage]()
+            seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
         "cpu_seconds": time.process_time() - cpu_start,
