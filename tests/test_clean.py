@@ -1389,3 +1389,67 @@ def test_duplicates_match_whole_table_comparison(seed):
     assert logged.get("duplicate_identical", []) == sorted(raw.loc[identical, "_source_row"])
     assert logged.get("duplicate_conflicting", []) == sorted(left.loc[conflicting, "_source_row"])
     assert reconcile(result.flow) == []
+
+
+_ID_VALUES = st.sampled_from(["P1", "P2", "P10", "p2", "", None, np.nan, 3, 3.0, "P1 "])
+_SESSIONS = st.sampled_from([1.0, 2.0, 2.0, 3.0, 10.0, np.nan, -0.0, 0.0])
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(st.tuples(_ID_VALUES, _SESSIONS, st.integers(0, 3)), max_size=30),
+    presort=st.booleans(),
+    categorical=st.booleans(),
+)
+def test_sort_rows_gives_the_stable_pandas_sort(rows, presort, categorical):
+    """sort_rows equals sort_values(kind="mergesort"): ordered, missing, mixed or categorical.
+
+    Half the tables are sorted first, so the ordered case (returned as it is) is drawn as
+    often as the others; ties keep their row order (the third column tells them apart).
+    """
+    from allianceflow.clean.state import in_order, sort_rows
+
+    frame = pd.DataFrame(rows, columns=["patient", "session", "row"], dtype=object)
+    frame["session"] = frame["session"].astype("float64")
+    frame["row"] = np.arange(len(frame))
+    if presort:
+        try:
+            frame = frame.sort_values(["patient", "session"], kind="mergesort")
+        except TypeError:  # ids pandas cannot order (a number among text): left as drawn
+            pass
+    if categorical:
+        frame["patient"] = frame["patient"].astype(str).astype("category")
+    keys = ["patient", "session"]
+    try:
+        expected = frame.sort_values(keys, kind="mergesort")
+    except TypeError:
+        with pytest.raises(TypeError):
+            sort_rows(frame, keys)
+        return
+    got = sort_rows(frame, keys)
+    pd.testing.assert_frame_equal(got, expected)
+    if in_order(frame, keys):
+        assert got is frame
+
+
+def test_sort_rows_returns_an_ordered_export_as_it_is_and_sorts_the_others():
+    """Ids in order with sessions in order are not sorted again; one swap is sorted."""
+    from allianceflow.clean.state import in_order, sort_rows
+
+    frame = pd.DataFrame(
+        {
+            "patient": ["A1", "A1", "A1", "B2", "B2", "C3"],
+            "session": [1, 2, 2, 1, 4, 1],
+            "tie": [0, 1, 2, 3, 4, 5],
+        }
+    )
+    assert in_order(frame, ["patient", "session"])
+    assert sort_rows(frame, ["patient", "session"]) is frame
+    swapped = frame.iloc[[0, 1, 2, 4, 3, 5]]
+    assert not in_order(swapped, ["patient", "session"])
+    assert sort_rows(swapped, ["patient", "session"])["tie"].tolist() == [0, 1, 2, 3, 4, 5]
+    # a missing session, or a category column, is always left to pandas
+    gap = frame.assign(session=[1, 2, None, 1, 4, 1])
+    assert not in_order(gap, ["patient", "session"])
+    assert sort_rows(gap, ["patient", "session"])["tie"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert not in_order(frame.astype({"patient": "category"}), ["patient", "session"])

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..contract import ITEM_PATTERN, validate_sessions
 from ..privacy import pseudonymise
-from .state import ENDING_TYPES, ID_COLUMNS, CleanResult, CleanRun
+from .state import ENDING_TYPES, ID_COLUMNS, CleanResult, CleanRun, sort_rows
 
 __all__ = ["finish", "flow_counts", "score_losses", "reconcile"]
 
@@ -53,7 +53,7 @@ def finish(run: CleanRun) -> None:
     if "ending" in f:
         f["ending"] = pd.Categorical(f["ending"], categories=list(ENDING_TYPES))
     # Sorted by the keys alone, then the kept columns taken once in that order.
-    order = f[run.keys].sort_values(run.keys, kind="mergesort").index
+    order = sort_rows(f[run.keys], run.keys).index
     rows = f["_source_row"].loc[order]
     value_cols = run.value_cols
     kept = [c for c in f.columns if c in value_cols or c in ("days", "followup_days")]

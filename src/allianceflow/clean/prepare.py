@@ -25,6 +25,7 @@ from .state import (
     CleanRun,
     closest_text,
     number_text,
+    sort_rows,
 )
 
 __all__ = [
@@ -561,8 +562,8 @@ def first_arms(frame: pd.DataFrame) -> pd.DataFrame:
     comes after the numbered ones.
     """
     f = frame[["patient", "session", "_source_row", "condition"]]
-    f = f.loc[f["patient"].notna() & f["condition"].notna()].sort_values(
-        ["patient", "session", "_source_row"], kind="mergesort"
+    f = sort_rows(
+        f.loc[f["patient"].notna() & f["condition"].notna()], ["patient", "session", "_source_row"]
     )
     f = f.drop_duplicates("patient").assign(_label=f.index[~f["patient"].duplicated()])
     return f.set_index("patient")[["condition", "_source_row", "_label"]]
@@ -585,8 +586,9 @@ def patient_level_values(run: CleanRun) -> None:
             continue
         # Only the rows that record a value are sorted (a stable sort of them keeps the
         # order they have in the sorted table).
-        recorded = run.frame.loc[run.frame[col].notna(), ["patient", "session", col]].sort_values(
-            ["patient", "session"], kind="mergesort"
+        recorded = sort_rows(
+            run.frame.loc[run.frame[col].notna(), ["patient", "session", col]],
+            ["patient", "session"],
         )
         kinds = recorded.groupby("patient")[col].nunique()
         conflicting = kinds.index[kinds > 1]

@@ -11,7 +11,7 @@ import pandas as pd
 from ..contract import ITEM_PATTERN, item_ranges
 from ..io import _per_value
 from .prepare import first_arms
-from .state import ID_COLUMNS, OTHER_DATE_FORMATS, CleanRun
+from .state import ID_COLUMNS, OTHER_DATE_FORMATS, CleanRun, sort_rows
 
 __all__ = [
     "missing_ids",
@@ -354,9 +354,7 @@ def session_order(run: CleanRun) -> None:
     if not run.has_dates or not len(run.frame):
         return
     group = run.group
-    f = run.frame[list(dict.fromkeys([*group, "session", "date"]))].sort_values(
-        [*group, "session"], kind="mergesort"
-    )
+    f = sort_rows(run.frame[list(dict.fromkeys([*group, "session", "date"]))], [*group, "session"])
     keys_of = [f[c] for c in group]
     running = f.groupby(keys_of, observed=True, dropna=False)["date"].cummax()
     earlier = running.groupby(keys_of, observed=True, dropna=False).shift()
@@ -400,9 +398,7 @@ def session_order(run: CleanRun) -> None:
 def session_gaps(run: CleanRun) -> None:
     """Session numbers missing before a recorded session (``session_gap``)."""
     group = run.group
-    f = run.frame[list(dict.fromkeys([*group, "session"]))].sort_values(
-        [*group, "session"], kind="mergesort"
-    )
+    f = sort_rows(run.frame[list(dict.fromkeys([*group, "session"]))], [*group, "session"])
     previous = f.groupby(group, observed=True, dropna=False)["session"].shift().fillna(0)
     gap = f["session"] - previous > 1
 
@@ -482,8 +478,8 @@ def therapist_change(run: CleanRun) -> None:
     if "therapist" not in run.value_cols:
         return
     group = run.group
-    f = run.frame[list(dict.fromkeys([*group, "session", "therapist"]))].sort_values(
-        [*group, "session"], kind="mergesort"
+    f = sort_rows(
+        run.frame[list(dict.fromkeys([*group, "session", "therapist"]))], [*group, "session"]
     )
     therapists = f.groupby("patient")["therapist"].nunique()
     changers = therapists.index[therapists > 1]
@@ -530,9 +526,7 @@ def condition_change(run: CleanRun) -> None:
     """
     if "condition" not in run.value_cols:
         return
-    f = run.frame[["patient", "session", "condition"]].sort_values(
-        ["patient", "session"], kind="mergesort"
-    )
+    f = sort_rows(run.frame[["patient", "session", "condition"]], ["patient", "session"])
     recorded = f[f["condition"].notna()]
     taken = run.first_arm if run.first_arm is not None else first_arms(run.frame)
     if (

@@ -30,6 +30,8 @@ __all__ = [
     "RULES",
     "closest",
     "policies_of",
+    "sort_rows",
+    "in_order",
 ]
 
 #: Canonical id and design columns; every other mapped column must be ``<instrument>_<item>``.
@@ -189,6 +191,48 @@ def policies_of(study: dict[str, Any], key: str, config: str = "config.yaml") ->
             f"{', '.join(repr(g) for g in sorted(given))}; the rules are {', '.join(RULE_ORDER)}."
         )
     return out
+
+
+def sort_rows(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """*frame* as ``frame.sort_values(keys, kind="mergesort")`` sorts it (stable).
+
+    Exports usually come in this order already (by patient, then session), and the sort
+    would factorise every text id to find that out: *frame* itself is returned when its
+    rows are in order (:func:`in_order`), and pandas sorts the others.
+    """
+    if in_order(frame, keys):
+        return frame
+    return frame.sort_values(keys, kind="mergesort")
+
+
+def in_order(frame: pd.DataFrame, keys: list[str]) -> bool:
+    """Whether a stable sort of *frame* by *keys* would leave its rows where they are.
+
+    True when each row's keys, compared one key after another, are equal to or after the
+    previous row's. It is decided only when no key value is missing and each key is of
+    one comparable type, held in a NumPy or object column: a missing value, ids of mixed
+    types, or a categorical key (sorted by the order of its categories) give False, and
+    the caller sorts.
+    """
+    n = len(frame)
+    if n < 2:
+        return True
+    later = np.zeros(n - 1, dtype=bool)
+    tied = np.ones(n - 1, dtype=bool)
+    for key in keys:
+        dtype = frame[key].dtype
+        if not isinstance(dtype, np.dtype) or dtype.kind not in "biufmMO":
+            return False
+        values = frame[key].to_numpy()
+        before, after = values[:-1], values[1:]
+        try:
+            # NaN and NaT compare false both ways, so a missing value is never in order.
+            with np.errstate(invalid="ignore"):
+                later |= tied & np.asarray(after > before, dtype=bool)
+                tied &= np.asarray(after == before, dtype=bool)
+        except (TypeError, ValueError):  # None, pd.NA or ids of types that cannot be ordered
+            return False
+    return bool(np.all(later | tied))
 
 
 def number_text(value: Any) -> str:
