@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from allianceflow.derive import (
     DERIVE_DEFAULTS,
@@ -431,3 +433,36 @@ def test_ids_mixing_text_and_numbers_are_not_sorted_by_their_codes():
     assert _id_codes(mixed, sort=True) is None
     codes, ids = _id_codes(mixed)  # first-appearance order needs no sorting
     assert codes.tolist() == [0, 1, 2, 3] and ids.tolist() == ["b", 2, "a", 1]
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "B", "c10", "c2"]), st.integers(1, 4)),
+        min_size=2,
+        max_size=20,
+    ),
+    presort=st.booleans(),
+)
+def test_check_sessions_refuses_a_repeated_session_sorted_or_not(rows, presort):
+    """A repeated (patient, session) is refused whether or not the rows come sorted.
+
+    Sorted tables with sessions rising within each patient skip pandas' duplicate search;
+    half the drawn tables are sorted, so both paths are checked against ``duplicated``.
+    """
+    from allianceflow._derive_checks import check_sessions
+
+    data = pd.DataFrame(rows, columns=["patient", "session"])
+    if presort:
+        data = data.sort_values(["patient", "session"], kind="mergesort")
+    repeated = data.duplicated(["patient", "session"])
+    if repeated.any():
+        first = data[repeated].iloc[0]
+        with pytest.raises(
+            ValueError,
+            match=f"more than one row for patient '{first['patient']}' at session "
+            f"{first['session']};",
+        ):
+            check_sessions(data, "patient", "session")
+    else:
+        check_sessions(data, "patient", "session")

@@ -75,6 +75,8 @@ def check_sessions(data: pd.DataFrame, patient: str, session: str, name: str = "
             f"Column {session!r} of `{name}` must hold whole session numbers >= 1; "
             f"got {str(bad)!r}."
         )
+    if sorted_by_patient(data, patient=patient, session=session) is not None:
+        return  # sorted with sessions strictly increasing within patient: no repeats
     dup = data.duplicated([patient, session])
     if dup.any():
         row = data.loc[dup].iloc[0]
