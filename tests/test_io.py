@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from allianceflow import io
 
@@ -192,3 +194,51 @@ def test_per_value_keeps_each_kind_of_missing_value():
     series = pd.Series(["x ", None, float("nan"), "x", None], dtype=object)
     out = io._per_value(series, lambda s: s.astype(str).str.strip())
     assert out.tolist() == ["x", "None", "nan", "x", "None"]
+
+
+_CELLS = st.sampled_from(["1", "22", "", " ", "x y", "é", "ClientCode", "b"])
+
+
+@settings(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    widths=st.lists(st.integers(0, 5), min_size=1, max_size=8),
+    cells=st.data(),
+    crlf=st.booleans(),
+    final_break=st.booleans(),
+)
+def test_unquoted_files_read_as_the_record_by_record_check_reads_them(
+    tmp_path_factory, monkeypatch, widths, cells, crlf, final_break
+):
+    """Plain files (no quotes) read the same with and without the per-record check.
+
+    A plain file skips the csv module's record check when its lines hold, together, the
+    header's delimiters; rows of the wrong width (0 is a blank line) that make up for one
+    another, trailing delimiters, a repeated header and blank lines must still give the
+    frame, or the exact message, of the full check.
+    """
+    header = ["ClientCode", "b", "c"]
+    lines = [",".join(header)]
+    for width in widths:
+        lines.append(",".join(cells.draw(st.lists(_CELLS, min_size=width, max_size=width))))
+    newline = "\r\n" if crlf else "\n"
+    text = newline.join(lines) + (newline if final_break else "")
+    path = tmp_path_factory.mktemp("plain") / "export.csv"
+    path.write_bytes(text.encode("utf-8"))
+
+    def outcome():
+        try:
+            return io.read_raw(path, delimiter=",")
+        except io.DataError as error:
+            return str(error)
+
+    fast = outcome()
+    with monkeypatch.context() as patch:  # undone before the next drawn file
+        patch.setattr(io, "_plain_records_ok", lambda *args: False)
+        full = outcome()
+    assert isinstance(fast, str) == isinstance(full, str), (fast, full)
+    if isinstance(full, str):
+        assert fast == full
+    else:
+        pd.testing.assert_frame_equal(fast, full)
