@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import random_session_keys
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -466,3 +467,41 @@ def test_check_sessions_refuses_a_repeated_session_sorted_or_not(rows, presort):
             check_sessions(data, "patient", "session")
     else:
         check_sessions(data, "patient", "session")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_informant_alliances_adds_each_raters_columns_without_copying_the_table(seed):
+    """Each informant's rating, split and lag equal the merge-split-lag of the public functions.
+
+    The analysis table handed in is left unchanged, and its columns are shared with the
+    result rather than copied.
+    """
+    from allianceflow.derive import informant_alliances
+
+    rng = np.random.default_rng(seed)
+    keys = random_session_keys(rng, text_ids=bool(seed % 2))
+    raters = []
+    for name in ("patient", "therapist", "observer"):
+        rated = keys.sample(frac=float(rng.uniform(0.5, 1.0)), random_state=seed)
+        raters.append(rated.assign(informant=name, wai=rng.normal(5, 1, len(rated))))
+    scored = pd.concat(raters, ignore_index=True).sample(frac=1.0, random_state=seed)
+    own = scored[scored["informant"] == "patient"]
+    analysis = derive_analysis(
+        own.assign(ors=rng.normal(20, 5, len(own))), alliance="wai", outcome="ors"
+    )
+    before = analysis.copy()
+    across = bool(seed % 3 == 0)
+    got = informant_alliances(scored, analysis, alliance="wai", lag_across_gaps=across)
+
+    expected = analysis.copy()
+    for name in ("observer", "patient", "therapist"):
+        rows = scored.loc[scored["informant"] == name, ["patient", "session", "wai"]]
+        column = f"alliance_rater_{name}"
+        expected = expected.merge(
+            rows.rename(columns={"wai": column}), on=["patient", "session"], how="left"
+        )
+        expected = within_between(expected, column)
+        expected = lag_within_patient(expected, [f"{column}_within"], across_gaps=across)
+    pd.testing.assert_frame_equal(got, expected)
+    pd.testing.assert_frame_equal(analysis, before)
+    assert np.shares_memory(got["alliance"].to_numpy(), analysis["alliance"].to_numpy())

@@ -676,7 +676,14 @@ def informant_alliances(
         When an informant rates a patient's session twice.
     """
     check_columns(scored, "patient", "session", informant, alliance)
-    out = analysis.copy()
+    check_columns(analysis, "patient", "session", name="analysis")
+    # The ratings are added to a shallow copy: the analysis table's columns are shared,
+    # not copied (at 10^6 sessions a copy is about a gigabyte, and the merge, split and lag
+    # of each informant made three), and the caller's table is left as it is, since only
+    # new columns are set. The rows keep their order, numbered 0..n-1 as a merge numbers them.
+    out = analysis.copy(deep=False)
+    out.index = pd.RangeIndex(len(out))
+    keys = out[["patient", "session"]]
     for name in sorted(map(str, scored[informant].dropna().unique())):
         rows = scored.loc[scored[informant].astype(str) == name, ["patient", "session", alliance]]
         if rows.duplicated(["patient", "session"]).any():
@@ -685,11 +692,21 @@ def informant_alliances(
                 "one row per patient, session and informant is needed."
             )
         column = f"alliance_rater_{name}"
-        out = out.merge(
-            rows.rename(columns={alliance: column}), on=["patient", "session"], how="left"
+        # The rating of each analysis row's session: a left merge of the keys alone.
+        rated = keys.merge(rows, on=["patient", "session"], how="left")
+        out[column] = rated[alliance].to_numpy()
+        _add_within_between(
+            out, column, patient="patient", prefix=column, therapist=None, grand_mean=False
         )
-        out = within_between(out, column)
-        out = lag_within_patient(out, [f"{column}_within"], across_gaps=lag_across_gaps)
+        _add_lags(
+            out,
+            [f"{column}_within"],
+            patient="patient",
+            session="session",
+            lag=1,
+            across_gaps=lag_across_gaps,
+            suffix="_lag",
+        )
     return out
 
 
