@@ -335,3 +335,26 @@ def test_the_module_writes_example3_from_the_command_line(tmp_path):
         .read_text(encoding="utf-8")
         .startswith("# The couples example study (simulated): SRS + ORS")
     )
+
+
+def test_system_variables_and_role_dummies_add_columns_without_copying_the_table():
+    """Both leave the table handed in as it was and share its columns with the result.
+
+    The unrated member's partner value is written into the result's own column after it
+    is set, which must not reach the caller's table either.
+    """
+    rows = [
+        ("c", "a", 1, 30.0, "partner_a"),
+        ("c", "a", 2, 34.0, "partner_a"),
+        ("c", "b", 1, 36.0, "partner_b"),
+        ("c", "b", 2, np.nan, "partner_b"),
+    ]
+    d = pd.DataFrame(rows, columns=["system", "patient", "session", "alliance", "role"])
+    analysis = within_between(d, "alliance")
+    before = analysis.copy()
+    out = role_dummies(system_variables(analysis))
+    pd.testing.assert_frame_equal(analysis, before)
+    assert np.shares_memory(out["alliance"].to_numpy(), analysis["alliance"].to_numpy())
+    # b did not rate session 2: a's rating is b's partner value there
+    assert _at(out, "b", 2, "alliance_partner") == 34.0
+    assert out["role_partner_b"].tolist() == [0.0, 0.0, 1.0, 1.0]

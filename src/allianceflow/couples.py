@@ -282,7 +282,9 @@ def system_variables(
 
     within, between = f"{alliance}_within", f"{alliance}_between"
     check_columns(analysis, alliance, within, between, system, patient, session)
-    out = analysis.copy()
+    # A shallow copy: the table's columns are shared, not copied (at 10^6 sessions a copy
+    # is most of a gigabyte); only new columns are set, so *analysis* is left as it is.
+    out = analysis.copy(deep=False)
     pairs = out[[patient, system]].dropna().drop_duplicates()
     multi = pairs[pairs.duplicated(patient, keep=False)]
     if len(multi):
@@ -407,7 +409,7 @@ def role_dummies(
     from .labels import identifier
 
     check_columns(data, role)
-    out = data.copy()
+    out = data.copy(deep=False)  # shares the columns of *data*; only new ones are set
     if levels is None:
         column = out[role]
         if isinstance(column.dtype, pd.CategoricalDtype):
