@@ -199,24 +199,31 @@ def test_per_value_keeps_each_kind_of_missing_value():
 _CELLS = st.sampled_from(["1", "22", "", " ", "x y", "é", "ClientCode", "b"])
 
 
-@settings(
-    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
-)
+def _widths_ok_line_by_line(text: str, sep: str, width: int) -> bool:
+    """The per-line rule: every non-blank line after the header has width - 1 delimiters."""
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    return all(line.count(sep) == width - 1 for line in lines[1:] if line)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    widths=st.lists(st.integers(0, 5), min_size=1, max_size=8),
+    widths=st.lists(st.integers(0, 5), min_size=1, max_size=12),
     cells=st.data(),
     crlf=st.booleans(),
     final_break=st.booleans(),
+    block=st.integers(1, 5),
 )
 def test_unquoted_files_read_as_the_record_by_record_check_reads_them(
-    tmp_path_factory, monkeypatch, widths, cells, crlf, final_break
+    tmp_path_factory, monkeypatch, widths, cells, crlf, final_break, block
 ):
     """Plain files (no quotes) read the same with and without the per-record check.
 
-    A plain file skips the csv module's record check when its lines hold, together, the
-    header's delimiters; rows of the wrong width (0 is a blank line) that make up for one
-    another, trailing delimiters, a repeated header and blank lines must still give the
-    frame, or the exact message, of the full check.
+    A plain file skips the csv module's record check when every line holds the header's
+    delimiters, counted a block of lines at a time (here 1 to 5 lines, so that lines on
+    either side of a block's edge are drawn). Rows of the wrong width (0 is a blank line),
+    rows that make up for one another, trailing delimiters, a repeated header and blank
+    lines must give the frame, or the exact message, of the full check; and the count
+    must agree with a count line by line.
     """
     header = ["ClientCode", "b", "c"]
     lines = [",".join(header)]
@@ -233,8 +240,12 @@ def test_unquoted_files_read_as_the_record_by_record_check_reads_them(
         except io.DataError as error:
             return str(error)
 
-    fast = outcome()
     with monkeypatch.context() as patch:  # undone before the next drawn file
+        patch.setattr(io, "_LINES_PER_BLOCK", block)
+        fast = outcome()
+        counted = io._plain_records_ok(text, ",", 3, text.encode("utf-8"))
+    assert counted == _widths_ok_line_by_line(text, ",", 3)
+    with monkeypatch.context() as patch:
         patch.setattr(io, "_plain_records_ok", lambda *args: False)
         full = outcome()
     assert isinstance(fast, str) == isinstance(full, str), (fast, full)
@@ -242,3 +253,35 @@ def test_unquoted_files_read_as_the_record_by_record_check_reads_them(
         assert fast == full
     else:
         pd.testing.assert_frame_equal(fast, full)
+
+
+def test_a_long_row_where_pandas_starts_a_block_is_named(tmp_path):
+    """A too-long row that starts one of pandas' reading blocks is named, not cut.
+
+    pandas keeps the first fields of such a row: with 2,048 columns its C reader reads 256
+    rows at a time, and a row one field too long at the start of the second block, with a
+    short last row making the file's total of delimiters right, was read without an error
+    when only that total was checked. Every row's delimiters are counted, so it is named.
+    """
+    width = 2048
+    header = ",".join(f"c{i}" for i in range(width))
+    good = ",".join(["1"] * width)
+    rows = [good] * 300
+    rows[256] = good + ",9"
+    rows[-1] = ",".join(["1"] * (width - 1))
+    path = tmp_path / "wide.csv"
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    with pytest.raises(io.DataError) as caught:
+        io.read_raw(path, delimiter=",")
+    assert str(caught.value).startswith(
+        "wide.csv, row 258: the row has 2049 fields, more than the 2048 columns of the header."
+    )
+
+
+@pytest.mark.parametrize("delimiter", [",;", "", "\t|"])
+def test_a_delimiter_of_two_characters_or_none_is_refused(tmp_path, delimiter):
+    path = tmp_path / "x.csv"
+    path.write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(ValueError) as caught:
+        io.read_raw(path, delimiter=delimiter)
+    assert str(caught.value) == f"`delimiter` must be ',', ';', tab or '|'; got {delimiter!r}."
