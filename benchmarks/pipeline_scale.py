@@ -15,7 +15,7 @@ on it, exactly as the Snakemake rules call them:
   patients.parquet, sudden_gains.csv, expected.json)
 
 Each stage runs in its own fresh interpreter (a child process), inside
-``run_step(None, own_process=True)`` as its Snakemake job runs it, so its peak resident
+``run_step(None, own_process=True, ...)`` as its Snakemake job runs it, so its peak resident
 memory (``VmHWM`` from ``/proc/self/status``, which equals ``ru_maxrss`` of the child) is
 that stage's alone. Recorded per stage: wall time of the stage call (imports excluded,
 pandera's too),
@@ -160,10 +160,15 @@ def child_stage(stage: str, folder: Path, profile: bool) -> dict:
     baseline = _rss_mb("VmRSS")
     cpu_start = time.process_time()
     start = time.perf_counter()
-    # The stage runs in its process as a Snakemake job runs it: inside
-    # run_step(own_process=True), which freezes the garbage collector and tunes the
-    # allocator (stages.tune_allocator) when the step begins.
-    with stages.run_step(None, own_process=True):
+    # The stage runs in its process as its Snakemake job runs it: inside run_step, which
+    # freezes the garbage collector and, for clean and derive, tunes the allocator
+    # (stages.tune_allocator) when the step begins. A --before tree older than these
+    # arguments gets the ones it has.
+    import inspect
+
+    takes = inspect.signature(stages.run_step).parameters
+    job = {"own_process": True, "reuse_memory": stage in ("clean", "derive")}
+    with stages.run_step(None, **{k: v for k, v in job.items() if k in takes}):
         if profile:
             import cProfile
 
@@ -284,8 +289,9 @@ def report(results: list[dict], total_seconds: float, load_start: str, load_end:
         "(shared machine: other jobs ran beside this one)",
         "study: example design (simulate_study, seed 20261125), 50 patients per therapist, "
         "up to 16 sessions; raw = to_export CSV; config = config.yaml studies.example",
-        "each stage in a fresh child process; seconds = wall time of the stage call (imports "
-        "excluded); peak = VmHWM of the child (ru_maxrss); baseline = RSS after imports",
+        "each stage in a fresh child process, inside run_step(own_process=True, ...) as its "
+        "job runs it; seconds = wall time of the stage call (imports excluded); peak = VmHWM of "
+        "the child (ru_maxrss); baseline = RSS after imports",
         "",
     ]
     for rec in results:

@@ -199,8 +199,12 @@ import gc, weakref
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import allianceflow.stages as stages
 from allianceflow.stages import run_step
 
+tuned = []
+tune = stages.tune_allocator
+stages.tune_allocator = lambda: tuned.append(tune())
 fig = plt.figure()
 alive = weakref.ref(fig)
 with run_step(None):
@@ -208,22 +212,22 @@ with run_step(None):
 plt.close(fig)
 del fig
 gc.collect()
-print(gc.get_freeze_count() == 0, alive() is None)
-import allianceflow.stages as stages
-tuned = []
-tune = stages.tune_allocator
-stages.tune_allocator = lambda: tuned.append(tune())
+print(gc.get_freeze_count() == 0, alive() is None, tuned)
 with run_step(None, own_process=True):
     pass
 print(gc.get_freeze_count() > 0, tuned)
+with run_step(None, own_process=True, reuse_memory=True):
+    pass
+print(tuned)
 """
 
 
 def test_only_a_job_process_hands_its_objects_to_the_permanent_generation():
-    """run_step freezes the garbage collector and tunes malloc only with own_process.
+    """run_step freezes the garbage collector only with own_process, tunes malloc on request.
 
-    Without it (a notebook) a figure closed after a step is still collected. With it (the
-    Snakemake scripts) glibc accepts both allocator settings; elsewhere nothing is set.
+    Without own_process (a notebook) a figure closed after a step is still collected and
+    the allocator is left alone; with it (the Snakemake scripts) the allocator is tuned only
+    with reuse_memory, and glibc accepts both settings (elsewhere nothing is set).
     """
     import platform
     import subprocess
@@ -233,16 +237,79 @@ def test_only_a_job_process_hands_its_objects_to_the_permanent_generation():
         [sys.executable, "-c", _RUN_STEP_GC], capture_output=True, text=True, check=True
     )
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert out.stdout.split() == ["True", "True", "True", f"[{glibc}]"]
+    assert out.stdout.splitlines() == ["True True []", "True []", f"[{glibc}]"]
+
+
+_MALLOC = """
+import ctypes, platform, sys
+
+MiB = 1 << 20
+if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+    from allianceflow.stages import tune_allocator
+    print("other", tune_allocator())
+    raise SystemExit
+
+class Info(ctypes.Structure):  # struct mallinfo2 of <malloc.h>
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def served(size):
+    # MiB of a fresh block mapped on its own, and MiB the heap still holds once it is freed
+    before = libc.mallinfo2()
+    block = libc.malloc(size)
+    during = libc.mallinfo2()
+    libc.free(block)
+    after = libc.mallinfo2()
+    return (during.hblkhd - before.hblkhd) // MiB, (after.arena - before.arena) // MiB
+
+print("default", *served(30 * MiB))
+from allianceflow.stages import tune_allocator
+print("tuned", tune_allocator(), *served(30 * MiB), *served(48 * MiB))
+"""
+
+
+def test_the_tuned_allocator_keeps_blocks_below_32_mib_on_the_heap_after_they_are_freed():
+    """The C library's own counters (glibc's mallinfo2) show what tune_allocator changes.
+
+    By default a 30 MiB block gets a mapping of its own, returned when it is freed; tuned,
+    it comes from the heap, which keeps it once freed, and a 48 MiB block (above the
+    32 MiB threshold) is still mapped on its own. Elsewhere than glibc nothing is set.
+    """
+    import platform
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _MALLOC], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert out[:2] == ["default 30 0", "tuned True 0 30 48 0"]
+    else:
+        assert out[0] == "other False"
 
 
 def test_every_snakemake_script_runs_its_step_as_its_own_process(root):
-    """Each adapter in workflow/scripts wraps its work in run_step(..., own_process=True)."""
+    """Each adapter in workflow/scripts wraps its work in run_step(..., own_process=True).
+
+    Only clean and derive, measured to gain from it, let the allocator reuse freed memory.
+    """
     scripts = sorted((root / "workflow" / "scripts").glob("*.py"))
     assert scripts
+    reusing = []
     for script in scripts:
         text = script.read_text(encoding="utf-8")
-        assert text.count("with run_step(snakemake.log[0], own_process=True):") == 1, script.name
+        plain = text.count("with run_step(snakemake.log[0], own_process=True):")
+        reuse = text.count("with run_step(snakemake.log[0], own_process=True, reuse_memory=True):")
+        assert plain + reuse == 1, script.name
+        if reuse:
+            reusing.append(script.name)
+    assert reusing == ["clean_sessions.py", "derive_variables.py"]
 
 
 def test_clean_score_and_reliability_receive_the_study_s_item_key():

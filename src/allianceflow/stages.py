@@ -96,7 +96,11 @@ log = logging.getLogger("allianceflow")
 
 @contextmanager
 def run_step(
-    log_path: str | Path | None, *, debug: bool = False, own_process: bool = False
+    log_path: str | Path | None,
+    *,
+    debug: bool = False,
+    own_process: bool = False,
+    reuse_memory: bool = False,
 ) -> Iterator[logging.Logger]:
     """Log a step to *log_path* and turn a researcher's error into one paragraph.
 
@@ -115,12 +119,15 @@ def run_step(
     a notebook or another long-lived process should leave *own_process* off. Exit alone
     cost a job with pandas, SciPy and Matplotlib loaded about 0.35 CPU-s, almost all of it
     those collections, and 0.04 with them frozen (``benchmarks/results/pipeline_cpu.txt``).
-    It also lets the C allocator keep the memory the step frees (:func:`tune_allocator`).
+    With *own_process* and *reuse_memory* (the clean and derive scripts, which allocate and
+    free hundreds of megabytes of columns on large studies) it also lets the C allocator
+    keep the memory the step frees for reuse (:func:`tune_allocator`).
     """
     started = time.process_time()
     if own_process:
         gc.freeze()
-        tune_allocator()
+        if reuse_memory:
+            tune_allocator()
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files here, never windows
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path is not None:
@@ -167,25 +174,25 @@ def tune_allocator() -> bool:
 
     By default glibc serves each allocation above its mmap threshold (128 KiB, raised
     as such blocks are freed) with a mapping of its own, unmapped again when it is freed,
-    and it returns free memory at the top of the heap above its trim threshold to the
-    kernel. A step on 10^6 rows allocates and frees thousands of column arrays of 1–10 MB;
-    every new mapping is handed over by the kernel one zero-filled page at a time. With
-    the mmap threshold fixed at 32 MiB (the upper limit mallopt(3) documents for 64-bit
-    systems) and the trim threshold at 1 GiB, such arrays reuse freed heap memory
-    (mallopt(3): ``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``; the GNU C Library manual,
-    "Malloc Tunable Parameters").
+    and it returns free memory at the top of the heap to the kernel. A step on 10^6 rows
+    allocates and frees thousands of column arrays of 1–10 MB, and the kernel hands over
+    every new mapping one zero-filled page at a time. With the mmap threshold fixed at
+    32 MiB (the upper limit mallopt(3) documents for 64-bit systems) and the trim threshold
+    at 1 GiB, such arrays reuse freed heap memory (mallopt(3): ``M_MMAP_THRESHOLD``,
+    ``M_TRIM_THRESHOLD``; the GNU C Library manual, "Malloc Tunable Parameters").
 
-    Cleaning 10^6 session rows took about 2.4 s less wall time and 1.7 s less system time,
-    with 27% fewer page faults and a peak 7 MB higher; deriving took about 1 s less
-    (``benchmarks/results/pipeline_scale.txt``). The price is that the process keeps up to
-    1 GiB it has freed until it exits, so :func:`run_step` sets it only in a job's own
-    process (``own_process=True``), never in a notebook.
+    At 10^6 session rows, 4 alternating runs each with and without it: clean 16.0 → 15.0 s
+    (system time 3.5 → 2.3 s, minor page faults 459,000 → 333,000), derive 12.2 → 11.3 s,
+    score no faster; peaks 7 and 20 MB higher (``benchmarks/results/pipeline_scale.txt``).
+    The price: memory the step frees stays with the process until it exits, so that its
+    resident size stays near its peak. :func:`run_step` sets it only where it was measured
+    to help (``reuse_memory=True``: the clean and derive jobs), never in a notebook.
 
     Returns
     -------
     bool
-        True when glibc accepted both settings; False elsewhere (macOS, Windows, musl),
-        where nothing is changed.
+        True when glibc accepted both settings; False elsewhere (macOS, Windows, musl), or
+        when it refused the mmap threshold (then nothing is changed).
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -196,9 +203,9 @@ def tune_allocator() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success and 0 when it refuses a value.
-    mmap = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-    trim = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-    return mmap == 1 and trim == 1
+    if mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) != 1:
+        return False
+    return mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
 
 
 def _researcher_errors() -> tuple[type[ValueError], ...]:

@@ -2,7 +2,7 @@
 
 from allianceflow.stages import clean_stage, run_step
 
-with run_step(snakemake.log[0], own_process=True):
+with run_step(snakemake.log[0], own_process=True, reuse_memory=True):
     clean_stage(
         snakemake.input.raw,
         read=snakemake.params.read,

@@ -2,7 +2,7 @@
 
 from allianceflow.stages import derive_stage, run_step
 
-with run_step(snakemake.log[0], own_process=True):
+with run_step(snakemake.log[0], own_process=True, reuse_memory=True):
     derive_stage(
         snakemake.input.scored,
         measures=snakemake.params.measures,
