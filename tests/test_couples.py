@@ -341,7 +341,8 @@ def test_system_variables_and_role_dummies_add_columns_without_copying_the_table
     """Both leave the table handed in as it was and share its columns with the result.
 
     The unrated member's partner value is written into the result's own column after it
-    is set, which must not reach the caller's table either.
+    is set; run again on a table that has the columns already, that write must not reach
+    the caller's table either.
     """
     rows = [
         ("c", "a", 1, 30.0, "partner_a"),
@@ -358,3 +359,9 @@ def test_system_variables_and_role_dummies_add_columns_without_copying_the_table
     # b did not rate session 2: a's rating is b's partner value there
     assert _at(out, "b", 2, "alliance_partner") == 34.0
     assert out["role_partner_b"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    once = system_variables(analysis)
+    once.loc[once["patient"] == "b", "alliance_partner"] = -1.0  # to be recomputed
+    kept = once.copy()
+    again = system_variables(once)
+    pd.testing.assert_frame_equal(once, kept)
+    assert _at(again, "b", 2, "alliance_partner") == 34.0

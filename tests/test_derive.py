@@ -474,7 +474,7 @@ def test_informant_alliances_adds_each_raters_columns_without_copying_the_table(
     """Each informant's rating, split and lag equal the merge-split-lag of the public functions.
 
     The analysis table handed in is left unchanged, and its columns are shared with the
-    result rather than copied.
+    result rather than copied; a nullable Float64 rating stays Float64.
     """
     from allianceflow.derive import informant_alliances
 
@@ -485,6 +485,8 @@ def test_informant_alliances_adds_each_raters_columns_without_copying_the_table(
         rated = keys.sample(frac=float(rng.uniform(0.5, 1.0)), random_state=seed)
         raters.append(rated.assign(informant=name, wai=rng.normal(5, 1, len(rated))))
     scored = pd.concat(raters, ignore_index=True).sample(frac=1.0, random_state=seed)
+    if seed == 5:  # a nullable rating keeps its type, as the merge keeps it
+        scored["wai"] = scored["wai"].astype("Float64")
     own = scored[scored["informant"] == "patient"]
     analysis = derive_analysis(
         own.assign(ors=rng.normal(20, 5, len(own))), alliance="wai", outcome="ors"
@@ -505,3 +507,4 @@ def test_informant_alliances_adds_each_raters_columns_without_copying_the_table(
     pd.testing.assert_frame_equal(got, expected)
     pd.testing.assert_frame_equal(analysis, before)
     assert np.shares_memory(got["alliance"].to_numpy(), analysis["alliance"].to_numpy())
+    assert str(got["alliance_rater_observer"].dtype) == ("Float64" if seed == 5 else "float64")

@@ -223,7 +223,8 @@ def system_variables(
     Returns
     -------
     pandas.DataFrame
-        A copy with (prefix ``alliance``):
+        A new table that shares *analysis*'s columns (a shallow copy; change them in the
+        result only by replacing them, ``out[c] = ...``) and adds (prefix ``alliance``):
 
         ``alliance_system_mean``, ``alliance_split``
             The system's mean alliance and its split at the session (:func:`split_measures`:
@@ -392,7 +393,8 @@ def role_dummies(
     of a categorical column, else the sorted distinct roles. A level is named by its
     snake_case :func:`allianceflow.labels.identifier` ("Partner B" gives ``role_partner_b``,
     "Mère" ``role_mere``), so every column is a formula name; the labels read it back as
-    the role's words.
+    the role's words. The result is a new table that shares *data*'s columns (a shallow
+    copy): change them in it only by replacing them, ``out[c] = ...``.
 
     Raises
     ------

@@ -393,7 +393,9 @@ def derive_analysis(
     Returns
     -------
     pandas.DataFrame
-        Sorted by patient and session, index reset.
+        Sorted by patient and session, index reset. When *scored* is in that order
+        already, the table shares its columns (a shallow copy: change them in the result
+        only by replacing them, ``out[c] = ...``).
     """
     check_columns(scored, alliance, outcome)
     # A shallow copy: the scored columns are shared with *scored* (not copied, which at
@@ -670,6 +672,11 @@ def informant_alliances(
     therapist-rated alliance can predict the outcome side by side (e.g. Zilcha-Mano et
     al. 2015).
 
+    The result is a new table with *analysis*'s rows in their order, numbered 0..n-1; it
+    shares *analysis*'s columns (a shallow copy: change them in the result only by
+    replacing them, ``out[c] = ...``). A rating keeps its type (a nullable ``Float64``
+    stays one), and an ``alliance_rater_<i>`` column already there is replaced.
+
     Raises
     ------
     ValueError
@@ -694,7 +701,7 @@ def informant_alliances(
         column = f"alliance_rater_{name}"
         # The rating of each analysis row's session: a left merge of the keys alone.
         rated = keys.merge(rows, on=["patient", "session"], how="left")
-        out[column] = rated[alliance].to_numpy()
+        out[column] = rated[alliance]  # both tables are numbered 0..n-1
         _add_within_between(
             out, column, patient="patient", prefix=column, therapist=None, grand_mean=False
         )

@@ -197,8 +197,9 @@ def sort_rows(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """*frame* as ``frame.sort_values(keys, kind="mergesort")`` sorts it (stable).
 
     Exports usually come in this order already (by patient, then session), and the sort
-    would factorise every text id to find that out: *frame* itself is returned when its
-    rows are in order (:func:`in_order`), and pandas sorts the others.
+    would factorise every text id to find that out: *frame* itself, not a copy, is returned
+    when its rows are in order (:func:`in_order`), and pandas sorts the others. Callers
+    read the result; one that writes into it must copy it first.
     """
     if in_order(frame, keys):
         return frame
@@ -209,10 +210,11 @@ def in_order(frame: pd.DataFrame, keys: list[str]) -> bool:
     """Whether a stable sort of *frame* by *keys* would leave its rows where they are.
 
     True when each row's keys, compared one key after another, are equal to or after the
-    previous row's. It is decided only when no key value is missing and each key is of
-    one comparable type, held in a NumPy or object column: a missing value, ids of mixed
-    types, or a categorical key (sorted by the order of its categories) give False, and
-    the caller sorts.
+    previous row's. Only NumPy and object columns of one comparable type are compared: a
+    categorical key (sorted by the order of its categories), ids of types that cannot be
+    ordered, or a missing value where it has to be compared give False, and the caller
+    sorts. (A missing session after a new patient's id is in order, as pandas' sort finds
+    it; a missing value that decides the order is not, since NaN and NaT compare false.)
     """
     n = len(frame)
     if n < 2:
@@ -226,7 +228,8 @@ def in_order(frame: pd.DataFrame, keys: list[str]) -> bool:
         values = frame[key].to_numpy()
         before, after = values[:-1], values[1:]
         try:
-            # NaN and NaT compare false both ways, so a missing value is never in order.
+            # NaN and NaT compare false both ways: a missing value that decides the order
+            # is never taken for in order.
             with np.errstate(invalid="ignore"):
                 later |= tied & np.asarray(after > before, dtype=bool)
                 tied &= np.asarray(after == before, dtype=bool)
