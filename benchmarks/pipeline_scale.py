@@ -38,6 +38,7 @@ Output: benchmarks/results/pipeline_scale.txt (and printed).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -157,18 +158,17 @@ def child_stage(stage: str, folder: Path, profile: bool) -> dict:
     import allianceflow.score  # noqa: F401
     import allianceflow.suddengains  # noqa: F401
 
-    baseline = _rss_mb("VmRSS")
-    cpu_start = time.process_time()
-    start = time.perf_counter()
     # The stage runs in its process as its Snakemake job runs it: inside run_step, which
     # freezes the garbage collector and, for clean and derive, tunes the allocator
     # (stages.tune_allocator) when the step begins. A --before tree older than these
-    # arguments gets the ones it has.
-    import inspect
-
+    # arguments gets the ones it has (the report's "run_step" line says which).
     takes = inspect.signature(stages.run_step).parameters
     job = {"own_process": True, "reuse_memory": stage in ("clean", "derive")}
-    with stages.run_step(None, **{k: v for k, v in job.items() if k in takes}):
+    given = {k: v for k, v in job.items() if k in takes}
+    baseline = _rss_mb("VmRSS")
+    cpu_start = time.process_time()
+    start = time.perf_counter()
+    with stages.run_step(None, **given):
         if profile:
             import cProfile
 
@@ -180,6 +180,7 @@ def child_stage(stage: str, folder: Path, profile: bool) -> dict:
             calls[stage]()
             seconds = time.perf_counter() - start
     return {
+        "run_step": ", ".join(f"{k}={v}" for k, v in given.items()),
         "seconds": seconds,
         "cpu_seconds": time.process_time() - cpu_start,
         "peak_mb": _rss_mb("VmHWM"),
@@ -318,6 +319,10 @@ def report(results: list[dict], total_seconds: float, load_start: str, load_end:
                 f"{res['baseline_mb']:.0f} | {res['load_before']} |"
             )
         lines.append(f"| **total** | {total:.2f} | {cpu:.2f} | {rec['rows'] / total:,.0f} | | | |")
+        lines.append("")
+        for stage, res in rec["stages"].items():
+            if "run_step" in res:
+                lines.append(f"- {stage} ran in run_step({res['run_step']})")
         lines.append("")
         verdict = [
             f"time {total:.1f} s {'<=' if total <= TARGET_SECONDS else '>'} {TARGET_SECONDS} s",

@@ -394,8 +394,9 @@ def derive_analysis(
     -------
     pandas.DataFrame
         Sorted by patient and session, index reset. When *scored* is in that order
-        already, the table shares its columns (a shallow copy: change them in the result
-        only by replacing them, ``out[c] = ...``).
+        already (ids of one type, no id or session missing), the table shares its columns
+        (a shallow copy: change them in the result only by replacing them,
+        ``out[c] = ...``).
     """
     check_columns(scored, alliance, outcome)
     # A shallow copy: the scored columns are shared with *scored* (not copied, which at
@@ -674,8 +675,9 @@ def informant_alliances(
 
     The result is a new table with *analysis*'s rows in their order, numbered 0..n-1; it
     shares *analysis*'s columns (a shallow copy: change them in the result only by
-    replacing them, ``out[c] = ...``). A rating keeps its type (a nullable ``Float64``
-    stays one), and an ``alliance_rater_<i>`` column already there is replaced.
+    replacing them, ``out[c] = ...``). A rating has the type a left merge gives it (a
+    nullable ``Float64`` stays one; whole numbers with an unrated session become float),
+    and an ``alliance_rater_<i>`` column already there is replaced.
 
     Raises
     ------

@@ -213,8 +213,9 @@ def in_order(frame: pd.DataFrame, keys: list[str]) -> bool:
     previous row's. Only NumPy and object columns of one comparable type are compared: a
     categorical key (sorted by the order of its categories), ids of types that cannot be
     ordered, or a missing value where it has to be compared give False, and the caller
-    sorts. (A missing session after a new patient's id is in order, as pandas' sort finds
-    it; a missing value that decides the order is not, since NaN and NaT compare false.)
+    sorts. (NaN and NaT compare false: one that decides the order gives False, one after a
+    new patient's id does not, as pandas' sort leaves that row too. None, or pd.NA in a
+    nullable column, gives False wherever it is.)
     """
     n = len(frame)
     if n < 2:
