@@ -88,6 +88,17 @@ def copy_project(root):
     return lambda target, small=False: _copy_project(root, Path(target), small=small)
 
 
+#: The outcome numbers the example study gives derive_tables for the ORS: its direction,
+#: the shipped cut-off (25, below it clinical) and the reliable-change value the study sets
+#: in config.yaml (5 points; the instrument file leaves it unconfirmed).
+EXAMPLE_ORS = {
+    "direction": "higher_is_better",
+    "rci": 5.0,
+    "cutoff": 25.0,
+    "clinical_range": "below",
+}
+
+
 def random_session_keys(rng: np.random.Generator, *, text_ids: bool) -> pd.DataFrame:
     """Patient and session keys of a random design: 1-24 patients, 1-11 sessions each.
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import EXAMPLE_ORS
 
 from allianceflow.clinical import (
     ENDING_COLUMNS,
@@ -360,10 +361,7 @@ def test_patients_table_by_integer_codes_equals_the_table_by_ids(seed, monkeypat
         scored,
         alliance="wai_sr_total",
         outcome="ors_total",
-        direction="higher_is_better",
-        rci=5.0,
-        cutoff=25.0,
-        clinical_range="below",
+        **EXAMPLE_ORS,
     )
     # rows in any order: the ids first appear in another order than they sort in
     analysis = derived.analysis.iloc[rng.permutation(len(derived.analysis))]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import random_session_keys
+from conftest import EXAMPLE_ORS, random_session_keys
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -134,10 +134,7 @@ def test_derive_tables_end_to_end_on_simulated_study():
         scored,
         alliance="wai_sr_total",
         outcome="ors_total",
-        direction="higher_is_better",
-        rci=5.0,
-        cutoff=25.0,
-        clinical_range="below",
+        **EXAMPLE_ORS,
     )
     assert len(res.analysis) == len(scored)
     assert res.patients["patient"].is_unique and len(res.patients) == scored.patient.nunique()
@@ -175,10 +172,7 @@ def test_derive_tables_end_to_end_on_simulated_study():
         scored,
         alliance="wai_sr_total",
         outcome="ors_total",
-        direction="higher_is_better",
-        rci=5.0,
-        cutoff=25.0,
-        clinical_range="below",
+        **EXAMPLE_ORS,
     )
     pd.testing.assert_frame_equal(res.patients, again.patients)
     pd.testing.assert_frame_equal(res.sudden_gains, again.sudden_gains)

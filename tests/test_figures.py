@@ -1,6 +1,7 @@
 """Figures: every format, same bytes on a rerun, no dates in the metadata."""
 
 import pytest
+from conftest import EXAMPLE_ORS
 
 from allianceflow.derive import derive_analysis
 from allianceflow.figures import plot_within_between, save_figure
@@ -92,10 +93,7 @@ def derived():
         df,
         alliance="wai",
         outcome="ors",
-        direction="higher_is_better",
-        rci=5.0,
-        cutoff=25.0,
-        clinical_range="below",
+        **EXAMPLE_ORS,
     )
 
 
@@ -340,10 +338,7 @@ def couples():
         df,
         alliance="srs",
         outcome="ors",
-        direction="higher_is_better",
-        rci=5.0,
-        cutoff=25.0,
-        clinical_range="below",
+        **EXAMPLE_ORS,
     ).analysis
     labels = Labels(
         variables={"srs": "SRS total", "ors": "ORS total"},
